@@ -1,0 +1,55 @@
+"""nexus.admin.v1.AdminService: the host's plugins, their state and their health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nexus.admin.v1 import admin_pb2, admin_pb2_grpc
+
+from nexus_grpc.errors import NotFoundError
+from nexus_grpc.health import HealthState
+from nexus_grpc.plugins.manager import PluginManager, PluginRecord
+
+__all__ = ["AdminServicer"]
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """Reports what the plugin manager knows, live."""
+
+    def __init__(self, manager: PluginManager, health: HealthState) -> None:
+        self._manager = manager
+        self._health = health
+
+    async def ListPlugins(
+        self, request: admin_pb2.ListPluginsRequest, context: Any
+    ) -> admin_pb2.ListPluginsResponse:
+        """Every plugin the host discovered, by name."""
+        return admin_pb2.ListPluginsResponse(
+            plugins=[self._describe(record) for record in self._manager.records()]
+        )
+
+    async def GetPlugin(self, request: admin_pb2.GetPluginRequest, context: Any) -> admin_pb2.Plugin:
+        """One plugin by name; NOT_FOUND when the host never discovered it."""
+        record = self._manager.record(request.name)
+        if record is None:
+            raise NotFoundError("plugin", request.name)
+        return self._describe(record)
+
+    def _describe(self, record: PluginRecord) -> admin_pb2.Plugin:
+        manifest = record.manifest
+        plugin = admin_pb2.Plugin(
+            name=record.name,
+            source=record.source,
+            state=admin_pb2.PluginState.Value(f"PLUGIN_STATE_{record.state}"),
+            error=record.error,
+        )
+        if manifest is not None:
+            plugin.version = manifest.version
+            plugin.category = admin_pb2.Category.Value(f"CATEGORY_{manifest.category.upper()}")
+            plugin.description = manifest.description
+            plugin.requires.extend(manifest.requires)
+        plugin.services.extend(
+            admin_pb2.ServiceStatus(name=name, serving=bool(self._health.is_serving(name)))
+            for name in record.services
+        )
+        return plugin

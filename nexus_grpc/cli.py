@@ -1,0 +1,157 @@
+"""The ``nexus`` command: serve, plugins, gen, lint."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+
+from nexus_grpc.config import ConfigError, load_config
+
+__all__ = ["main"]
+
+_log = logging.getLogger("nexus")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nexus`` console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    result: int = args.run(args)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nexus", description="gRPC-first plugin host.")
+    commands = parser.add_subparsers(title="commands")
+
+    serve = commands.add_parser("serve", help="run the host with its plugins")
+    serve.add_argument(
+        "-c", "--config", default=os.environ.get("NEXUS_CONFIG"),
+        help="TOML config file (default: $NEXUS_CONFIG, else embedded defaults)",
+    )
+    serve.add_argument("--grpc-address", help="override server.grpc_address")
+    serve.add_argument(
+        "--plugin-dir", action="append", default=None,
+        help="plugin folder (repeatable); replaces plugins.dirs",
+    )
+    serve.set_defaults(run=_serve)
+
+    plugins = commands.add_parser("plugins", help="list the plugins of a running host")
+    plugins.add_argument("--address", default="127.0.0.1:50051", help="host:port of the host")
+    plugins.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    plugins.set_defaults(run=_plugins)
+
+    gen = commands.add_parser("gen", help="compile proto/ into generated/")
+    gen.add_argument("--proto", default="proto", help="contracts folder")
+    gen.add_argument("--out", default="generated", help="output folder")
+    gen.add_argument("--check", action="store_true", help="only report stale files")
+    gen.set_defaults(run=_gen)
+
+    lint = commands.add_parser("lint", help="lint the contracts with buf")
+    lint.add_argument("args", nargs=argparse.REMAINDER, help="passed to scripts/lint")
+    lint.set_defaults(run=_lint)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from nexus_grpc.host import Host
+    from nexus_grpc.logs import configure_logging
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"nexus: configuration error: {error}", file=sys.stderr)
+        return 2
+    if args.grpc_address:
+        config = replace(config, server=replace(config.server, grpc_address=args.grpc_address))
+    if args.plugin_dir:
+        config = replace(config, plugins=replace(config.plugins, dirs=tuple(args.plugin_dir)))
+    configure_logging(config.log.level, config.log.format)
+    try:
+        asyncio.run(Host(config).run_until_signalled())
+    except Exception as error:
+        # Start-up failures (port taken, strict mode, unreachable database) are the
+        # operator's to fix: say what failed without a traceback, which is in debug logs.
+        _log.debug("start-up failed", exc_info=True)
+        _log.error("nexus could not start: %s", error)
+        return 1
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+    from nexus.admin.v1 import admin_pb2, admin_pb2_grpc
+
+    with grpc.insecure_channel(args.address) as channel:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        try:
+            response = stub.ListPlugins(admin_pb2.ListPluginsRequest(), timeout=10)
+        except grpc.RpcError as error:
+            print(f"nexus: {args.address}: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(response), indent=2))
+        return 0
+    rows = [("NAME", "VERSION", "CATEGORY", "STATE", "SERVICES")]
+    for plugin in response.plugins:
+        rows.append(
+            (
+                plugin.name,
+                plugin.version or "-",
+                admin_pb2.Category.Name(plugin.category).removeprefix("CATEGORY_").lower(),
+                admin_pb2.PluginState.Name(plugin.state).removeprefix("PLUGIN_STATE_"),
+                ", ".join(
+                    f"{s.name}{'' if s.serving else ' (not serving)'}" for s in plugin.services
+                )
+                or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    for plugin in response.plugins:
+        if plugin.error:
+            print(f"\n{plugin.name}: {plugin.error}")
+    return 0
+
+
+def _gen(args: argparse.Namespace) -> int:
+    from nexus_grpc.codegen import CodegenError, find_stale, generate
+
+    proto, out = Path(args.proto), Path(args.out)
+    try:
+        if args.check:
+            stale = find_stale(proto, out)
+            for item in stale:
+                print(f"{out / item.path}: {item.reason}")
+            return 1 if stale else 0
+        written = generate(proto, out)
+    except CodegenError as error:
+        print(f"nexus gen: {error}", file=sys.stderr)
+        return 1
+    print(f"nexus gen: wrote {len(written)} files to {out}")
+    return 0
+
+
+def _lint(args: argparse.Namespace) -> int:
+    # buf is installed per project through npm; scripts/lint knows how (and prepares the
+    # google/api protos buf needs offline), so the CLI defers to it.
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        script = folder / "scripts" / "lint"
+        if (folder / "buf.yaml").is_file() and script.is_file():
+            return subprocess.call([str(script), *args.args])
+    print("nexus lint: no buf.yaml with scripts/lint found here or above", file=sys.stderr)
+    return 2

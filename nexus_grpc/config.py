@@ -1,0 +1,275 @@
+"""Host configuration: embedded defaults, then a TOML file, then ``NEXUS_*`` variables.
+
+Every key has a default, so ``nexus serve`` runs with no file at all. A wrong value is
+reported with its key, where it came from and what was expected, before anything
+starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "LogConfig",
+    "PluginsConfig",
+    "ServerConfig",
+    "StorageConfig",
+    "load_config",
+]
+
+ENV_PREFIX = "NEXUS_"
+#: Separates nesting levels in variable names: NEXUS_SERVER__GRPC_ADDRESS.
+ENV_NESTING = "__"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The gRPC listener."""
+
+    #: host:port to listen on; port 0 picks a free port (tests).
+    grpc_address: str = "127.0.0.1:50051"
+    #: Seconds in-flight calls may take to finish after SIGTERM before they are cancelled.
+    grace_period: float = 10.0
+    #: Share the port with other processes (multi-worker mode). Off by default because
+    #: grpcio turns SO_REUSEPORT on silently, letting two hosts bind the same port.
+    reuse_port: bool = False
+    #: Seconds to keep serving after health turns NOT_SERVING on shutdown, so load
+    #: balancers polling health stop routing here before new calls are refused.
+    shutdown_delay: float = 0.0
+    #: Largest message accepted or sent, in bytes.
+    max_message_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PluginsConfig:
+    """Where plugins come from and which ones run."""
+
+    #: Folders whose sub-folders holding a ``manifest.toml`` are plugins.
+    dirs: tuple[str, ...] = ("plugins",)
+    #: Also load plugins installed through the ``nexus.plugins`` entry-point group.
+    entry_points: bool = True
+    #: Only these plugins (by name); empty means every plugin discovered.
+    enabled: tuple[str, ...] = ()
+    #: Never these plugins.
+    disabled: tuple[str, ...] = ()
+    #: Refuse to start when any plugin fails, instead of starting without it.
+    strict: bool = False
+    #: Seconds a plugin's start or stop hook may take.
+    hook_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """The database behind plugin repositories."""
+
+    #: SQLAlchemy async URL; empty means SQLite in ``<data_dir>/nexus.db``.
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Log output."""
+
+    #: debug, info, warning or error.
+    level: str = "info"
+    #: json (one object per line), text, or auto (text on a terminal, else json).
+    format: str = "auto"
+    #: One access-log line per call (method, code, duration, request id).
+    access: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the host reads at start-up."""
+
+    #: Folder for the embedded database and generated keys.
+    data_dir: str = ".nexus"
+    server: ServerConfig = field(default_factory=ServerConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    #: Per-plugin settings: ``[plugin.orders]`` becomes the orders plugin's config.
+    plugin: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def storage_url(self) -> str:
+        """The storage URL, defaulting to the embedded SQLite file."""
+        if self.storage.url:
+            return self.storage.url
+        return f"sqlite+aiosqlite:///{Path(self.data_dir).resolve() / 'nexus.db'}"
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "log.level": ("debug", "info", "warning", "error"),
+    "log.format": ("auto", "json", "text"),
+}
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the configuration from defaults, the TOML file at ``path`` and ``environ``."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_toml(Path(path))
+    env = os.environ if environ is None else environ
+    for name, value in sorted(env.items()):
+        if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "CONFIG":
+            _apply_env(raw, name, value)
+    config = _build(Config, raw, "")
+    assert isinstance(config, Config)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def _apply_env(raw: dict[str, Any], name: str, value: str) -> None:
+    keys = [part.lower() for part in name[len(ENV_PREFIX) :].split(ENV_NESTING)]
+    if not all(keys):
+        raise ConfigError(f"environment variable {name}: empty key segment")
+    target = raw
+    for key in keys[:-1]:
+        child = target.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"environment variable {name}: {key} is not a table")
+        target = child
+    # Mark the value as text from the environment; _coerce parses it by the field's type.
+    target[keys[-1]] = _EnvText(name, value)
+
+
+@dataclass(frozen=True)
+class _EnvText:
+    variable: str
+    text: str
+
+
+def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> object:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        where = prefix.rstrip(".") or "the top level"
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]} (known keys in {where}: "
+            f"{', '.join(sorted(known))})"
+        )
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(cls):
+        if item.name not in raw:
+            continue
+        key = prefix + item.name
+        hint = hints[item.name]
+        value = raw[item.name]
+        if dataclasses.is_dataclass(hint):
+            values[item.name] = _build(typing.cast(type, hint), value, key + ".")
+        elif key == "plugin":
+            values[item.name] = _plugin_tables(value)
+        else:
+            values[item.name] = _coerce(key, hint, value)
+    return cls(**values)
+
+
+def _plugin_tables(value: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(value, Mapping):
+        raise ConfigError("plugin: expected a table of per-plugin tables, e.g. [plugin.orders]")
+    tables: dict[str, dict[str, Any]] = {}
+    for name, table in value.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"plugin.{name}: expected a table")
+        tables[name] = {
+            k: (v.text if isinstance(v, _EnvText) else v) for k, v in table.items()
+        }
+    return tables
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    source = f" (from {value.variable})" if isinstance(value, _EnvText) else ""
+    text = value.text if isinstance(value, _EnvText) else None
+    expected = _describe(hint)
+    try:
+        result = _parse(hint, value, text)
+    except (TypeError, ValueError):
+        shown = text if text is not None else value
+        raise ConfigError(f"{key}{source}: expected {expected}, got {shown!r}") from None
+    choices = _CHOICES.get(key)
+    if choices and result not in choices:
+        raise ConfigError(f"{key}{source}: expected one of {', '.join(choices)}, got {result!r}")
+    if isinstance(result, int | float) and not isinstance(result, bool) and result < 0:
+        raise ConfigError(f"{key}{source}: expected {expected} >= 0, got {result!r}")
+    return result
+
+
+def _parse(hint: Any, value: Any, text: str | None) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if text is not None:
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if isinstance(value, bool):
+            return value
+        raise TypeError(value)
+    if hint is int:
+        if text is not None:
+            return int(text)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError(value)
+    if hint is float:
+        if text is not None:
+            return float(text)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError(value)
+    if hint is str:
+        if text is not None:
+            return text
+        if isinstance(value, str):
+            return value
+        raise TypeError(value)
+    if origin is tuple:
+        if text is not None:
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise TypeError(value)
+    raise TypeError(f"unsupported config type {hint!r}")
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is tuple:
+        return "a list of strings (comma-separated in environment variables)"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if isinstance(hint, type) and hint in names:
+        return names[hint]
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+    return str(hint)

@@ -1,0 +1,156 @@
+"""The host's lifecycle: start the parts in order, serve, drain, stop them in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from pathlib import Path
+
+import grpc
+
+from nexus_grpc.admin import AdminServicer
+from nexus_grpc.config import Config
+from nexus_grpc.health import OVERALL, HealthState
+from nexus_grpc.pipeline import default_stages
+from nexus_grpc.plugins.manager import PluginManager
+from nexus_grpc.reflection import ReflectionServicer, reflection_bindings
+from nexus_grpc.routing import InFlight, Router
+from nexus_grpc.server import create_server
+from nexus_grpc.servicers import bind_servicer, build_routes
+from nexus_grpc.storage import Storage
+
+__all__ = ["CORE_PLUGIN", "Host"]
+
+#: Plugin name under which the host's own services (health, reflection, admin) are routed.
+CORE_PLUGIN = "nexus"
+
+_log = logging.getLogger("nexus.host")
+
+
+class Host:
+    """One nexus process: storage, plugins, the gRPC server, health."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.router = Router()
+        self.health = HealthState()
+        self._stages = default_stages(access_log=config.log.access)
+        self._storage: Storage | None = None
+        self._server: grpc.aio.Server | None = None
+        self._plugins: PluginManager | None = None
+        self._stopping: asyncio.Task[None] | None = None
+        self.grpc_port = 0
+
+    @property
+    def plugins(self) -> PluginManager:
+        """The plugin manager (available once started)."""
+        if self._plugins is None:
+            raise RuntimeError("the host is not started")
+        return self._plugins
+
+    @property
+    def grpc_address(self) -> str:
+        """The address clients dial, with the real port when port 0 was configured."""
+        host = self.config.server.grpc_address.rsplit(":", 1)[0]
+        return f"{host}:{self.grpc_port}"
+
+    async def start(self) -> None:
+        """Open storage, bind the port, load plugins, start serving."""
+        started = time.perf_counter()
+        Path(self.config.data_dir).mkdir(parents=True, exist_ok=True)
+        # Bind first: a taken port should fail before any plugin start hook runs.
+        self._server, self.grpc_port = create_server(self.config.server, self.router)
+        self._storage = await Storage.connect(self.config.storage_url())
+        self._plugins = PluginManager(
+            self.config,
+            storage=self._storage,
+            router=self.router,
+            stages=self._stages,
+            health=self.health,
+        )
+        self._install_core_services(self._plugins)
+        try:
+            await self._plugins.load_all()
+        except BaseException:
+            await self._storage.close()
+            raise
+        await self._server.start()
+        await self.health.set(OVERALL, True)
+        records = self._plugins.records()
+        _log.info(
+            "nexus serving on %s",
+            self.grpc_address,
+            extra={
+                "grpc_address": self.grpc_address,
+                "plugins_serving": [r.name for r in records if r.state == "SERVING"],
+                "plugins_failed": [r.name for r in records if r.state == "FAILED"],
+                "startup_ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
+
+    def _install_core_services(self, manager: PluginManager) -> None:
+        in_flight = InFlight()
+        bindings = [
+            *bind_servicer(self.health.servicer),
+            *reflection_bindings(ReflectionServicer(self.router)),
+            *bind_servicer(AdminServicer(manager, self.health)),
+        ]
+        routes = []
+        for binding in bindings:
+            routes.extend(
+                build_routes(binding, plugin=CORE_PLUGIN, stages=self._stages, in_flight=in_flight)
+            )
+        self.router.add(routes)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING, keep serving for ``shutdown_delay``, drain for ``grace``, stop."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace: float | None) -> None:
+        settings = self.config.server
+        grace = settings.grace_period if grace is None else grace
+        await self.health.shut_down()
+        if self._server is not None:
+            if settings.shutdown_delay > 0:
+                # Load balancers polling health stop sending before new calls are refused.
+                await asyncio.sleep(settings.shutdown_delay)
+            _log.info("draining calls for up to %.1fs", grace, extra={"grace_period": grace})
+            await self._server.stop(grace)
+        if self._plugins is not None:
+            await self._plugins.stop_all()
+        if self._storage is not None:
+            await self._storage.close()
+        _log.info("nexus stopped")
+
+    async def force_stop(self) -> None:
+        """Cancel in-flight calls now (a second SIGTERM during a drain)."""
+        if self._server is not None:
+            await self._server.stop(0)
+
+    async def run_until_signalled(self) -> None:
+        """Start, serve until SIGTERM or SIGINT, then stop gracefully (a second signal forces)."""
+        loop = asyncio.get_running_loop()
+        signalled = asyncio.Event()
+        forced: list[asyncio.Task[None]] = []
+
+        def on_signal(number: signal.Signals) -> None:
+            if signalled.is_set():
+                _log.warning("%s again: cancelling in-flight calls", number.name)
+                forced.append(loop.create_task(self.force_stop()))
+                return
+            _log.info("%s received: shutting down", number.name)
+            signalled.set()
+
+        await self.start()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(number, on_signal, number)
+        try:
+            await signalled.wait()
+            await self.stop()
+        finally:
+            for number in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(number)

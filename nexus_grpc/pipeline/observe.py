@@ -1,0 +1,98 @@
+"""Request ids, in-flight accounting and the access log, for every call.
+
+The request id comes from the caller's ``x-request-id`` metadata when it is a sane
+token, otherwise it is generated; it is set in a context variable for the logs, echoed
+in trailing metadata, and named in INTERNAL errors so an operator can find the
+traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import grpc
+
+from nexus_grpc.logs import request_id_var
+from nexus_grpc.routing import CallHandler, MethodInfo
+
+__all__ = ["ObserveStage", "incoming_request_id"]
+
+_access = logging.getLogger("nexus.access")
+
+_MAX_REQUEST_ID = 128
+
+
+def incoming_request_id(metadata: Any) -> str:
+    """The caller's ``x-request-id`` if it is short printable ASCII, else a new id."""
+    for key, value in metadata or ():
+        if key == "x-request-id" and isinstance(value, str):
+            if 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.isprintable():
+                return value
+            break
+    return uuid.uuid4().hex
+
+
+class ObserveStage:
+    """Outermost stage: request id, in-flight count, one access-log line per call."""
+
+    def __init__(self, *, access_log: bool = True) -> None:
+        self._access_log = access_log
+
+    def bind(self, method: MethodInfo, next: CallHandler) -> CallHandler:
+        """Wrap ``next`` with request-id propagation and accounting for ``method``."""
+        in_flight = method.in_flight
+        path = method.path
+        plugin = method.plugin
+        access_log = self._access_log
+
+        async def observe(request: Any, context: Any) -> Any:
+            request_id = incoming_request_id(context.invocation_metadata())
+            token = request_id_var.set(request_id)
+            context.set_trailing_metadata((("x-request-id", request_id),))
+            in_flight.enter()
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                result = await next(request, context)
+                code = context.code() or grpc.StatusCode.OK
+                return result
+            except asyncio.CancelledError:
+                code = _cancelled_code(context)
+                raise
+            except BaseException:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                in_flight.leave()
+                if access_log:
+                    _access.info(
+                        "%s %s",
+                        path,
+                        _code_name(code),
+                        extra={
+                            "method": path,
+                            "plugin": plugin,
+                            "code": _code_name(code),
+                            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                            "peer": context.peer(),
+                        },
+                    )
+                request_id_var.reset(token)
+
+        return observe
+
+
+def _cancelled_code(context: Any) -> grpc.StatusCode:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
+def _code_name(code: Any) -> str:
+    # grpc.aio contexts report codes as grpc.StatusCode; other transports may use ints.
+    return str(code.name) if isinstance(code, grpc.StatusCode) else str(code)

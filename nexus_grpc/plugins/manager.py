@@ -1,0 +1,282 @@
+"""The plugin lifecycle: discover, order by requirements, load, start, serve, stop.
+
+A broken plugin never takes the host down: it is recorded as failed with the reason,
+its services report NOT_SERVING, the plugins requiring it fail too, and everything
+else starts. With ``plugins.strict`` the host refuses to start instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nexus_grpc.config import Config
+from nexus_grpc.health import HealthState
+from nexus_grpc.pipeline import Stage
+from nexus_grpc.plugins.discovery import Candidate, discover
+from nexus_grpc.plugins.loader import LoadedPlugin, PluginError, import_plugin
+from nexus_grpc.plugins.manifest import Manifest
+from nexus_grpc.plugins.spec import Hook, PluginContext
+from nexus_grpc.routing import InFlight, Router
+from nexus_grpc.servicers import ServicerError, bind_servicer, build_routes, construct_servicer
+from nexus_grpc.storage import Storage
+
+__all__ = ["PluginManager", "PluginRecord", "PluginState", "StrictModeError"]
+
+_log = logging.getLogger("nexus.plugins")
+
+
+class StrictModeError(RuntimeError):
+    """``plugins.strict`` is on and at least one plugin failed."""
+
+
+class PluginState:
+    """Lifecycle states (names match nexus.admin.v1.PluginState)."""
+
+    DISCOVERED = "DISCOVERED"
+    SERVING = "SERVING"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+    DISABLED = "DISABLED"
+
+
+@dataclass
+class PluginRecord:
+    """What the host knows about one plugin, whatever became of it."""
+
+    name: str
+    source: str
+    manifest: Manifest | None
+    state: str = PluginState.DISCOVERED
+    error: str = ""
+    loaded: LoadedPlugin | None = None
+    context: PluginContext | None = None
+    in_flight: InFlight = field(default_factory=InFlight)
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """Services the manifest declares."""
+        return self.manifest.services if self.manifest else ()
+
+
+class PluginManager:
+    """Loads the configured plugins into the router and keeps their records."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        storage: Storage,
+        router: Router,
+        stages: Sequence[Stage],
+        health: HealthState,
+    ) -> None:
+        self._config = config
+        self._storage = storage
+        self._router = router
+        self._stages = stages
+        self._health = health
+        self._records: dict[str, PluginRecord] = {}
+        self._candidates: dict[str, Candidate] = {}
+        self._start_order: list[str] = []
+        # Services of failed plugins, published NOT_SERVING once loading is done (the
+        # failure is recorded in sync code; publishing health is async).
+        self._unhealthy: list[str] = []
+
+    def records(self) -> list[PluginRecord]:
+        """Every plugin record, sorted by name."""
+        return [self._records[name] for name in sorted(self._records)]
+
+    def record(self, name: str) -> PluginRecord | None:
+        """The record of plugin ``name``."""
+        return self._records.get(name)
+
+    async def load_all(self) -> None:
+        """Discover and start every enabled plugin in requirement order."""
+        settings = self._config.plugins
+        candidates = discover(settings.dirs, entry_points=settings.entry_points)
+        for candidate in candidates:
+            self._admit(candidate)
+        for name in self._requirement_order():
+            record = self._records[name]
+            if record.state == PluginState.DISCOVERED:
+                await self._load(record)
+        for service in self._unhealthy:
+            await self._health.set(service, False)
+        self._unhealthy.clear()
+        failed = [r for r in self._records.values() if r.state == PluginState.FAILED]
+        if failed and settings.strict:
+            reasons = "; ".join(r.error for r in failed)
+            raise StrictModeError(f"plugins.strict is on and {len(failed)} plugin(s) failed: {reasons}")
+
+    async def stop_all(self) -> None:
+        """Stop serving plugins in reverse start order, running their stop hooks."""
+        for name in reversed(self._start_order):
+            record = self._records[name]
+            if record.state != PluginState.SERVING:
+                continue
+            self._router.remove_plugin(name)
+            record.state = PluginState.STOPPED
+            assert record.loaded is not None and record.context is not None
+            hook = record.loaded.plugin.on_stop
+            if hook is not None:
+                try:
+                    await self._run_hook(hook, record.context)
+                except Exception:
+                    _log.exception("plugin %r: stop hook failed", name, extra={"plugin": name})
+        self._start_order.clear()
+
+    def _admit(self, candidate: Candidate) -> None:
+        settings = self._config.plugins
+        existing = self._records.get(candidate.name)
+        if existing is not None:
+            existing.state = PluginState.FAILED
+            existing.error = (
+                f"plugin name {candidate.name!r} is used by both {existing.source} and "
+                f"{candidate.source}; rename one or remove it from the plugin folders"
+            )
+            _log.error(existing.error, extra={"plugin": candidate.name})
+            return
+        record = PluginRecord(candidate.name, candidate.source, candidate.manifest)
+        self._records[candidate.name] = record
+        if candidate.error or candidate.manifest is None:
+            self._fail(record, candidate.error or "manifest missing")
+        elif candidate.name in settings.disabled or (
+            settings.enabled and candidate.name not in settings.enabled
+        ):
+            record.state = PluginState.DISABLED
+        else:
+            self._candidates[candidate.name] = candidate
+
+    def _requirement_order(self) -> list[str]:
+        """Plugin names so that each comes after the plugins it requires."""
+        order: list[str] = []
+        visiting: set[str] = set()
+
+        def visit(name: str, chain: tuple[str, ...]) -> None:
+            if name in order or name in visiting:
+                if name in visiting:
+                    cycle = " -> ".join((*chain, name))
+                    self._fail(self._records[name], f"requirement cycle {cycle}; break it")
+                return
+            visiting.add(name)
+            record = self._records[name]
+            for required in record.manifest.requires if record.manifest else ():
+                if required in self._records:
+                    visit(required, (*chain, name))
+            visiting.discard(name)
+            order.append(name)
+
+        for name in sorted(self._records):
+            visit(name, ())
+        return order
+
+    async def _load(self, record: PluginRecord) -> None:
+        manifest = record.manifest
+        assert manifest is not None
+        for required in manifest.requires:
+            other = self._records.get(required)
+            if other is None:
+                known = ", ".join(sorted(self._records)) or "none"
+                self._fail(
+                    record,
+                    f"requires plugin {required!r}, which was not found (discovered: {known}); "
+                    "install it or remove it from `requires`",
+                )
+                return
+            if other.state != PluginState.SERVING:
+                self._fail(
+                    record,
+                    f"requires plugin {required!r}, which is {other.state.lower()}"
+                    + (f": {other.error}" if other.error else ""),
+                )
+                return
+        candidate = self._candidates[record.name]
+        try:
+            loaded = import_plugin(candidate)
+            for service in manifest.services:
+                owner = self._router.table.plugin_of(service)
+                if owner is not None:
+                    raise PluginError(
+                        f"plugin {record.name!r}: service {service} is served by plugin "
+                        f"{owner!r} already; two plugins cannot serve the same service"
+                    )
+            context = self._context(manifest)
+            servicers = [construct_servicer(cls, context) for cls in loaded.plugin.services]
+            routes = []
+            for servicer in servicers:
+                for binding in bind_servicer(servicer):
+                    routes.extend(
+                        build_routes(
+                            binding,
+                            plugin=record.name,
+                            stages=self._stages,
+                            in_flight=record.in_flight,
+                        )
+                    )
+            if loaded.plugin.on_start is not None:
+                await self._run_hook(loaded.plugin.on_start, context)
+        except PluginError as error:
+            self._fail(record, str(error), error)
+            return
+        except (ServicerError, TypeError) as error:
+            self._fail(record, f"plugin {record.name!r} ({manifest.path}): {error}", error)
+            return
+        except TimeoutError as error:
+            timeout = self._config.plugins.hook_timeout
+            self._fail(record, f"plugin {record.name!r}: start hook took longer than {timeout}s", error)
+            return
+        except Exception as error:
+            self._fail(
+                record,
+                f"plugin {record.name!r} ({manifest.path}): start failed: "
+                f"{type(error).__name__}: {error}",
+                error,
+            )
+            return
+        self._router.add(routes)
+        record.loaded, record.context, record.state = loaded, context, PluginState.SERVING
+        self._start_order.append(record.name)
+        for service in manifest.services:
+            await self._health.set(service, True)
+        _log.info(
+            "plugin %s %s serving %s",
+            manifest.name,
+            manifest.version,
+            ", ".join(manifest.services) or "no services",
+            extra={"plugin": manifest.name},
+        )
+
+    def _context(self, manifest: Manifest) -> PluginContext:
+        data_dir = Path(self._config.data_dir) / "plugins" / manifest.name
+        return PluginContext(
+            name=manifest.name,
+            category=manifest.category,
+            config=dict(self._config.plugin.get(manifest.name, {})),
+            storage=self._storage.namespace(manifest.namespace),
+            logger=logging.getLogger(f"nexus.plugins.{manifest.name}"),
+            data_dir=data_dir,
+        )
+
+    async def _run_hook(self, hook: Hook, context: PluginContext) -> None:
+        result = hook(context)
+        if inspect.isawaitable(result):
+            await asyncio.wait_for(result, self._config.plugins.hook_timeout)
+
+    def _fail(self, record: PluginRecord, reason: str, error: BaseException | None = None) -> None:
+        record.state = PluginState.FAILED
+        record.error = reason
+        _log.error(
+            "plugin %s failed: %s",
+            record.name,
+            reason,
+            exc_info=error if error is not None and not isinstance(error, PluginError) else None,
+            extra={"plugin": record.name},
+        )
+        for service in record.services:
+            # Clients checking a failed plugin's service see NOT_SERVING, not NOT_FOUND.
+            self._unhealthy.append(service)

@@ -1,0 +1,56 @@
+"""What a plugin states about itself: its capabilities, and the context it receives.
+
+There is no base class with abstract methods to stub. A plugin package exposes a
+:class:`Plugin` value naming what it has: the servicer classes it serves and,
+optionally, start and stop hooks. The host calls only what is there, so a capability
+added to nexus later never breaks an existing plugin.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nexus_grpc.storage import Namespace
+
+__all__ = ["Hook", "Plugin", "PluginContext"]
+
+
+@dataclass(frozen=True)
+class PluginContext:
+    """What the host hands a plugin: its identity, settings, storage and logger."""
+
+    #: The plugin's name, from its manifest.
+    name: str
+    #: The plugin's category, from its manifest.
+    category: str
+    #: The ``[plugin.<name>]`` table of the host configuration.
+    config: Mapping[str, Any]
+    #: The plugin's own storage namespace, ``plugins/<category>/<name>``.
+    storage: Namespace
+    #: A logger named ``nexus.plugins.<name>``.
+    logger: logging.Logger
+    #: A folder the plugin may keep files in.
+    data_dir: Path
+
+
+#: A start or stop hook: receives the context, may be sync or async.
+Hook = Callable[[PluginContext], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """The capabilities of a plugin.
+
+    ``services`` are ordinary servicer classes subclassing generated ``...Servicer``
+    classes. The host creates one instance of each: with the :class:`PluginContext` as
+    only argument when ``__init__`` takes one, without arguments otherwise.
+    """
+
+    services: Sequence[type] = field(default_factory=tuple)
+    on_start: Hook | None = None
+    on_stop: Hook | None = None

@@ -1,0 +1,205 @@
+"""Method name → route: the immutable routing table and the router that swaps it.
+
+grpcio cannot add methods to a started server nor remove any, so the server has one
+generic handler (:mod:`nexus_grpc.dispatcher`) that looks calls up here. A table is
+never mutated: loading or unloading a plugin builds a new table (a new *generation*)
+and swaps it in with one attribute assignment, so a call sees either the old table or
+the new one, never half of each. Calls already running keep the route they started
+with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import MethodDescriptor
+
+__all__ = ["Arity", "CallHandler", "InFlight", "MethodInfo", "Route", "Router", "RoutingTable"]
+
+#: The one shape every handler has once bound into a route: ``(request, context)``
+#: where request is a message or, for client streaming, an async iterator of them.
+#: Streaming responses are written with ``context.write``; the return value is the
+#: response of unary-response methods and None otherwise.
+CallHandler = Callable[[Any, Any], Awaitable[Any]]
+
+
+class Arity(enum.Enum):
+    """Whether requests and responses are single messages or streams."""
+
+    UNARY_UNARY = "unary_unary"
+    UNARY_STREAM = "unary_stream"
+    STREAM_UNARY = "stream_unary"
+    STREAM_STREAM = "stream_stream"
+
+    @classmethod
+    def of(cls, descriptor: MethodDescriptor) -> Arity:
+        """The arity a method descriptor declares."""
+        client = "stream" if descriptor.client_streaming else "unary"
+        server = "stream" if descriptor.server_streaming else "unary"
+        return cls(f"{client}_{server}")
+
+    @property
+    def grpc_type(self) -> str:
+        """The ``grpc_type`` label go-grpc-prometheus uses for this arity."""
+        return {
+            Arity.UNARY_UNARY: "unary",
+            Arity.UNARY_STREAM: "server_stream",
+            Arity.STREAM_UNARY: "client_stream",
+            Arity.STREAM_STREAM: "bidi_stream",
+        }[self]
+
+
+class InFlight:
+    """Counts the calls a plugin is serving, so unloading can wait for them to end."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def count(self) -> int:
+        """Calls currently running."""
+        return self._count
+
+    def enter(self) -> None:
+        """A call started."""
+        self._count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        """A call ended, however it ended."""
+        self._count -= 1
+        if self._count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no call is running; False when ``timeout`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What the pipeline knows about a method when it binds its stages."""
+
+    #: "/package.Service/Method", as it appears on the wire.
+    path: str
+    #: Name of the plugin serving the method ("nexus" for the host's own services).
+    plugin: str
+    descriptor: MethodDescriptor
+    arity: Arity
+    #: Calls of this plugin in progress (shared by all its methods).
+    in_flight: InFlight = field(compare=False)
+
+    @property
+    def service(self) -> str:
+        """Fully qualified service name."""
+        return str(self.descriptor.containing_service.full_name)
+
+    @property
+    def method(self) -> str:
+        """Bare method name."""
+        return str(self.descriptor.name)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Everything needed to serve one method, bound once when the table is built."""
+
+    info: MethodInfo
+    #: The handler wrapped in the call pipeline; shared by every transport.
+    call: CallHandler
+    #: ``call`` packaged for grpcio, with the message (de)serializers.
+    grpc_handler: grpc.RpcMethodHandler
+
+    @property
+    def path(self) -> str:
+        """Wire path of the method."""
+        return self.info.path
+
+    @property
+    def plugin(self) -> str:
+        """Plugin serving the method."""
+        return self.info.plugin
+
+    @property
+    def service(self) -> str:
+        """Fully qualified service name."""
+        return self.info.service
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """One immutable generation of routes, keyed by wire path."""
+
+    generation: int = 0
+    routes: Mapping[str, Route] = field(default_factory=lambda: MappingProxyType({}))
+
+    def services(self) -> list[str]:
+        """Fully qualified names of every routed service, sorted."""
+        return sorted({route.service for route in self.routes.values()})
+
+    def plugin_of(self, service: str) -> str | None:
+        """The plugin serving ``service``, if any."""
+        for route in self.routes.values():
+            if route.service == service:
+                return route.plugin
+        return None
+
+    def with_routes(self, added: Iterable[Route]) -> RoutingTable:
+        """A new generation with ``added`` routes; a path may be routed once only."""
+        routes = dict(self.routes)
+        for route in added:
+            existing = routes.get(route.path)
+            if existing is not None:
+                raise ValueError(
+                    f"{route.path} is served by plugin {existing.plugin!r} already; "
+                    f"plugin {route.plugin!r} cannot serve it too"
+                )
+            routes[route.path] = route
+        return RoutingTable(self.generation + 1, MappingProxyType(routes))
+
+    def without_plugin(self, plugin: str) -> RoutingTable:
+        """A new generation with none of ``plugin``'s routes."""
+        routes = {path: r for path, r in self.routes.items() if r.plugin != plugin}
+        return RoutingTable(self.generation + 1, MappingProxyType(routes))
+
+
+class Router:
+    """Holds the current routing table; readers take ``router.table`` once per call."""
+
+    def __init__(self) -> None:
+        self.table = RoutingTable()
+        self._listeners: list[Callable[[RoutingTable], None]] = []
+
+    def lookup(self, path: str) -> Route | None:
+        """The route for a wire path in the current generation."""
+        return self.table.routes.get(path)
+
+    def add(self, routes: Iterable[Route]) -> RoutingTable:
+        """Install ``routes`` as a new generation."""
+        return self._swap(self.table.with_routes(routes))
+
+    def remove_plugin(self, plugin: str) -> RoutingTable:
+        """Drop ``plugin``'s routes as a new generation; its running calls go on."""
+        return self._swap(self.table.without_plugin(plugin))
+
+    def on_change(self, listener: Callable[[RoutingTable], None]) -> None:
+        """Call ``listener`` with every new generation (the gateway rebuilds its routes)."""
+        self._listeners.append(listener)
+
+    def _swap(self, table: RoutingTable) -> RoutingTable:
+        self.table = table
+        for listener in self._listeners:
+            listener(table)
+        return table

@@ -1,0 +1,47 @@
+"""The one grpc.aio server: its listening port and the dispatcher in front of the router."""
+
+from __future__ import annotations
+
+import grpc
+
+from nexus_grpc.config import ServerConfig
+from nexus_grpc.routing import Router
+
+__all__ = ["Dispatcher", "ListenError", "create_server"]
+
+
+class ListenError(RuntimeError):
+    """The server cannot listen on the configured address."""
+
+
+class Dispatcher(grpc.GenericRpcHandler):
+    """The server's only handler: looks each call up in the current routing table."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        """The route's handler, or None (grpcio answers UNIMPLEMENTED) for unknown methods."""
+        route = self._router.table.routes.get(handler_call_details.method)  # type: ignore[attr-defined]
+        return route.grpc_handler if route is not None else None
+
+
+def create_server(config: ServerConfig, router: Router) -> tuple[grpc.aio.Server, int]:
+    """A server bound to ``config.grpc_address``, not started; returns it and its port."""
+    options = [
+        # grpcio enables SO_REUSEPORT by default, which lets a second host bind the same
+        # port and silently receive half the connections.
+        ("grpc.so_reuseport", 1 if config.reuse_port else 0),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+    ]
+    server = grpc.aio.server(options=options)
+    server.add_generic_rpc_handlers((Dispatcher(router),))
+    try:
+        port = server.add_insecure_port(config.grpc_address)
+    except RuntimeError as error:
+        raise ListenError(
+            f"server.grpc_address {config.grpc_address}: cannot listen ({error}); "
+            "is another process using the port, or is the host name wrong?"
+        ) from None
+    return server, port

@@ -1,0 +1,35 @@
+"""Namespaced storage of protobuf messages on SQLite or PostgreSQL.
+
+>>> storage = await Storage.connect("sqlite+aiosqlite:///var/nexus.db")
+>>> orders = storage.namespace("plugins/business/orders").repository(orders_pb2.Order)
+>>> order = await orders.create(orders_pb2.Order(customer_id="c1"))
+>>> page = await orders.list(filter={"customer_id": "c1"}, order_by="create_time desc")
+
+Each message is stored serialized (the source of truth) next to an index document of
+its scalar fields, which filters and orderings use. Lists page by keyset, with opaque
+page tokens. ``Namespace.transaction()`` groups operations into one transaction.
+"""
+
+from .errors import InvalidQueryError
+from .index import IndexValue, index_document
+from .namespace import Namespace, UnitOfWork, validate_namespace
+from .query import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from .repository import Page, Record, Repository
+from .schema import RECORDS_TABLE
+from .storage import Storage
+
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "RECORDS_TABLE",
+    "IndexValue",
+    "InvalidQueryError",
+    "Namespace",
+    "Page",
+    "Record",
+    "Repository",
+    "Storage",
+    "UnitOfWork",
+    "index_document",
+    "validate_namespace",
+]

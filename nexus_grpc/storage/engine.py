@@ -1,0 +1,171 @@
+"""Connecting to SQLite or PostgreSQL, creating the schema, and running transactions.
+
+SQLite needs care to behave like a server database under concurrency:
+
+* WAL journal so readers never block the writer, and a busy timeout so a second
+  writer waits for the first instead of failing at once;
+* the sqlite3 driver's own transaction handling is switched off and this module emits
+  BEGIN itself: ``BEGIN IMMEDIATE`` (take the write lock up front) for anything that
+  may write, so a transaction that reads and then writes can never fail half-way with
+  "database is locked" when upgrading its lock; plain (deferred) BEGIN for reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from nexus_grpc.errors import ConflictError
+
+from .schema import metadata
+from .sql import SqlDialect, dialect_for
+
+__all__ = ["Database", "translate_errors"]
+
+#: Execution option naming the SQLite BEGIN flavour of a connection's next transaction.
+_SQLITE_BEGIN = "nexus_sqlite_begin"
+
+#: Key of the PostgreSQL advisory lock serialising schema creation across processes.
+_SCHEMA_LOCK_KEY = 0x6E657875_73000001  # "nexus" + 1, any constant unique to this table
+
+#: SQLSTATEs of PostgreSQL failures a retry can cure: serialization failure, deadlock,
+#: lock not available.
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+
+
+class Database:
+    """An async SQLAlchemy engine plus what the storage needs to know about its backend."""
+
+    def __init__(self, engine: AsyncEngine, dialect: SqlDialect) -> None:
+        self.engine = engine
+        self.dialect = dialect
+        self._closed = False
+
+    @classmethod
+    async def open(cls, url: str | URL, *, sqlite_busy_timeout: float = 5.0) -> Database:
+        """Create the engine for ``url`` (no connection is made yet)."""
+        parsed = _normalise_url(url)
+        backend = parsed.get_backend_name()
+        if backend == "sqlite":
+            assert parsed.database  # checked by _normalise_url
+            if not parsed.query.get("uri"):
+                await asyncio.to_thread(_make_parent_dir, parsed.database)
+            engine = create_async_engine(parsed, connect_args={"timeout": sqlite_busy_timeout})
+            _configure_sqlite(engine, busy_timeout_ms=round(sqlite_busy_timeout * 1000))
+        else:
+            engine = create_async_engine(parsed)
+        return cls(engine, dialect_for(backend))
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    async def close(self) -> None:
+        """Close every pooled connection; the Database cannot be used afterwards."""
+        self._closed = True
+        await self.engine.dispose()
+
+    async def create_schema(self) -> None:
+        """Create the table if missing; safe when several processes do it at once."""
+        async with self.transaction(write=True) as conn:
+            if self.dialect.name == "postgresql":
+                # CREATE TABLE IF NOT EXISTS still races on PostgreSQL's catalogs (unique
+                # violation on pg_type); a transaction-scoped advisory lock serialises the
+                # check-and-create. On SQLite, BEGIN IMMEDIATE already does.
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY}
+                )
+            await conn.run_sync(metadata.create_all, checkfirst=True)
+
+    @asynccontextmanager
+    async def transaction(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
+        """A connection in a fresh transaction: commit on normal exit, else rollback.
+
+        ``write`` False lets SQLite readers run beside a writer; on PostgreSQL it makes
+        no difference.
+        """
+        if self._closed:
+            raise RuntimeError("the storage is closed")
+        with translate_errors():
+            async with self.engine.connect() as conn:
+                if not write and self.dialect.name == "sqlite":
+                    await conn.execution_options(**{_SQLITE_BEGIN: "DEFERRED"})
+                async with conn.begin():
+                    yield conn
+
+
+def _normalise_url(url: str | URL) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ValueError(f"not a database URL: {url!r}") from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:") or parsed.query.get("mode") == "memory":
+            # Each pooled connection would see its own empty database (or all share one
+            # connection and one transaction): neither gives the isolation promised here.
+            raise ValueError("in-memory SQLite is not supported; give a file path")
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+asyncpg")
+    raise ValueError(
+        f"unsupported database {backend!r}: use sqlite+aiosqlite or postgresql+asyncpg"
+    )
+
+
+def _make_parent_dir(database: str) -> None:
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Stop the driver from emitting BEGIN (and COMMIT before DDL) on its own.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            # busy_timeout first: switching to WAL itself may have to wait for a lock.
+            cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.fetchall()
+            # NORMAL is durable in WAL mode except for the last commits on power loss.
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(_SQLITE_BEGIN, "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn lock timeouts, deadlocks and serialization failures into ConflictError."""
+    try:
+        yield
+    except DBAPIError as exc:
+        conflict = _conflict_for(exc)
+        if conflict is None:
+            raise
+        raise conflict from exc
+
+
+def _conflict_for(exc: DBAPIError) -> ConflictError | None:
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate in _RETRYABLE_SQLSTATES:
+        return ConflictError("the operation collided with a concurrent change; retry it")
+    if isinstance(exc, OperationalError) and "locked" in str(exc.orig):
+        return ConflictError("the database is busy with another write; retry it")
+    return None

@@ -1,0 +1,311 @@
+"""A typed collection of protobuf messages inside one namespace."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from sqlalchemy import ColumnElement, and_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from nexus_grpc.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+)
+
+from .index import descriptor_of, index_document
+from .query import DEFAULT_PAGE_SIZE, build_query, check_page_size
+from .schema import MAX_KEY_LENGTH, records
+from .sql import SqlDialect
+
+__all__ = ["M", "Page", "Record", "Repository", "Scope"]
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True)
+class Page(Generic[M]):
+    """One page of a list: the items and the token of the next page ("" on the last)."""
+
+    items: list[M]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class Record(Generic[M]):
+    """A stored message with its bookkeeping: ``version`` starts at 1, +1 per update."""
+
+    message: M
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class Scope(Protocol):
+    """Where a repository runs its statements: a namespace, maybe inside a transaction."""
+
+    @property
+    def namespace(self) -> str:
+        """The namespace every row read or written belongs to."""
+        ...
+
+    @property
+    def dialect(self) -> SqlDialect:
+        """The database backend."""
+        ...
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether statements join a caller's transaction (else each is its own)."""
+        ...
+
+    def connection(self, *, write: bool) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection with an open transaction to run one operation's statements in."""
+        ...
+
+
+class Repository(Generic[M]):
+    """Messages of one type in one collection of one namespace.
+
+    Get one from :meth:`Namespace.repository` (each call its own transaction) or from
+    :meth:`UnitOfWork.repository` (calls join that transaction). Messages go in and come
+    out as copies: the repository never keeps or changes a message it was given.
+    """
+
+    def __init__(
+        self, scope: Scope, message_type: type[M], *, collection: str, id_field: str
+    ) -> None:
+        self._scope = scope
+        self._type = message_type
+        self._collection = collection
+        self._id_field = id_field
+
+    @property
+    def collection(self) -> str:
+        """The collection name (by default the message's full name)."""
+        return self._collection
+
+    @property
+    def message_type(self) -> type[M]:
+        """The message class stored here."""
+        return self._type
+
+    @property
+    def id_field(self) -> str:
+        """The name of the string field holding each message's id."""
+        return self._id_field
+
+    async def create(self, message: M) -> M:
+        """Store a new message and return a copy of it as stored.
+
+        An empty id field is filled with a fresh UUID4 hex string (in the copy). Raises
+        AlreadyExistsError if the collection holds that id already.
+        """
+        created = self._copy(message)
+        record_id: str = getattr(created, self._id_field)
+        if not record_id:
+            record_id = uuid.uuid4().hex
+            setattr(created, self._id_field, record_id)
+        _check_id_length(self._id_field, record_id)
+        now = datetime.now(UTC)
+        # ON CONFLICT DO NOTHING instead of catching the unique violation: on PostgreSQL
+        # a failed INSERT would poison the caller's whole transaction. A concurrent insert
+        # of the same key waits for the other transaction, then inserts nothing.
+        statement = self._scope.dialect.insert().values(
+            namespace=self._scope.namespace,
+            collection=self._collection,
+            id=record_id,
+            payload=created.SerializeToString(deterministic=True),
+            index_doc=index_document(created),
+            version=1,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            async with self._scope.connection(write=True) as conn:
+                inserted = (await conn.execute(statement)).rowcount
+        except IntegrityError as exc:
+            raise AlreadyExistsError(self._collection, record_id) from exc
+        if inserted != 1:
+            raise AlreadyExistsError(self._collection, record_id)
+        return created
+
+    async def get(self, id: str, *, for_update: bool = False) -> M | None:
+        """The message with ``id``, or None.
+
+        ``for_update`` (only inside a transaction) locks the row until the transaction
+        ends, so a read-modify-write cannot lose a concurrent update.
+        """
+        record = await self.get_record(id, for_update=for_update)
+        return None if record is None else record.message
+
+    async def get_record(self, id: str, *, for_update: bool = False) -> Record[M] | None:
+        """Like :meth:`get`, with the version and timestamps."""
+        if for_update and not self._scope.in_transaction:
+            raise RuntimeError(
+                "for_update needs a transaction: use the repository of a "
+                "Namespace.transaction() unit of work"
+            )
+        if not _fits(id):
+            return None
+        statement = select(
+            records.c.payload, records.c.version, records.c.created_at, records.c.updated_at
+        ).where(self._key(id))
+        if for_update:
+            # PostgreSQL locks the row; SQLAlchemy leaves the clause out on SQLite, where
+            # the transaction holds the database write lock from BEGIN IMMEDIATE anyway.
+            statement = statement.with_for_update()
+        async with self._scope.connection(write=for_update) as conn:
+            row = (await conn.execute(statement)).first()
+        if row is None:
+            return None
+        return Record(self._parse(row.payload), row.version, row.created_at, row.updated_at)
+
+    async def update(self, message: M, *, expected_version: int | None = None) -> M:
+        """Replace the stored message with the same id; return a copy of the new one.
+
+        Raises NotFoundError if there is none. With ``expected_version`` the update only
+        happens if the stored version still is that one, else ConflictError: optimistic
+        concurrency without holding a lock.
+        """
+        updated = self._copy(message)
+        record_id: str = getattr(updated, self._id_field)
+        if not _fits(record_id) or not record_id:
+            raise NotFoundError(self._collection, record_id)
+        condition = self._key(record_id)
+        if expected_version is not None:
+            condition = and_(condition, records.c.version == expected_version)
+        statement = (
+            records.update()
+            .where(condition)
+            .values(
+                payload=updated.SerializeToString(deterministic=True),
+                index_doc=index_document(updated),
+                version=records.c.version + 1,
+                updated_at=datetime.now(UTC),
+            )
+        )
+        async with self._scope.connection(write=True) as conn:
+            changed = (await conn.execute(statement)).rowcount
+            if changed == 1:
+                return updated
+            exists = await conn.execute(select(records.c.version).where(self._key(record_id)))
+            current = exists.scalar_one_or_none()
+        if current is None:
+            raise NotFoundError(self._collection, record_id)
+        raise ConflictError(
+            f"{self._collection} {record_id!r} was changed concurrently: version {current}, "
+            f"expected {expected_version}; re-read it and retry"
+        )
+
+    async def delete(self, id: str) -> bool:
+        """Delete the message with ``id``; whether there was one."""
+        if not _fits(id):
+            return False
+        async with self._scope.connection(write=True) as conn:
+            deleted = (await conn.execute(records.delete().where(self._key(id)))).rowcount
+        return bool(deleted)
+
+    async def list(
+        self,
+        *,
+        filter: Mapping[str, object] | None = None,
+        order_by: str = "",
+        page_size: int = DEFAULT_PAGE_SIZE,
+        page_token: str = "",
+    ) -> Page[M]:
+        """One page of the messages matching ``filter``, in ``order_by`` order.
+
+        ``filter`` maps field paths ("customer_id", "address.city") to a value (equal)
+        or a list/tuple of values (any of). Enum values may be numbers or names;
+        Timestamp values datetimes or Timestamps. ``order_by`` is "" (by id), "field",
+        "field desc" or several of those separated by commas; the id breaks ties.
+        Pass the previous page's ``next_page_token`` with the same filter and order_by
+        to continue. Bad arguments raise InvalidQueryError.
+        """
+        size = check_page_size(page_size)
+        query = build_query(
+            descriptor_of(self._type),
+            id_field=self._id_field,
+            namespace=self._scope.namespace,
+            collection=self._collection,
+            filter=filter,
+            order_by=order_by,
+        )
+        dialect = self._scope.dialect
+        sort_columns = [
+            dialect.value(key.target).label(f"k{i}") for i, key in enumerate(query.sort)
+        ]
+        statement = (
+            select(records.c.payload, *sort_columns)
+            .where(self._collection_rows(), *dialect.conditions(query.conditions))
+            .order_by(*dialect.order_by(query.sort))
+            .limit(size + 1)  # one more than asked tells whether another page exists
+        )
+        if page_token:
+            statement = statement.where(dialect.after(query.sort, query.decode_token(page_token)))
+        async with self._scope.connection(write=False) as conn:
+            rows = (await conn.execute(statement)).all()
+        items = [self._parse(row.payload) for row in rows[:size]]
+        next_token = ""
+        if len(rows) > size:
+            last = rows[size - 1]
+            next_token = query.encode_token(
+                [dialect.result(key.target, last[i + 1]) for i, key in enumerate(query.sort)]
+            )
+        return Page(items, next_token)
+
+    def _collection_rows(self) -> ColumnElement[bool]:
+        return and_(
+            records.c.namespace == self._scope.namespace,
+            records.c.collection == self._collection,
+        )
+
+    def _key(self, id: str) -> ColumnElement[bool]:
+        return and_(self._collection_rows(), records.c.id == id)
+
+    def _copy(self, message: M) -> M:
+        if not isinstance(message, self._type):
+            raise TypeError(
+                f"expected a {self._type.DESCRIPTOR.full_name}, got {type(message).__name__}"
+            )
+        copy = self._type()
+        copy.CopyFrom(message)
+        return copy
+
+    def _parse(self, payload: bytes) -> M:
+        return self._type.FromString(payload)
+
+
+def check_id_field(message_type: type[Message], id_field: str) -> None:
+    """Raise ValueError unless ``id_field`` is a singular string field of the message."""
+    descriptor = message_type.DESCRIPTOR
+    field = descriptor.fields_by_name.get(id_field)
+    if field is None:
+        raise ValueError(f"{descriptor.full_name} has no field {id_field!r} to use as the id")
+    if field.is_repeated or field.type != FieldDescriptor.TYPE_STRING:
+        raise ValueError(
+            f"id field {descriptor.full_name}.{id_field} must be a singular string field"
+        )
+
+
+def _fits(record_id: Any) -> bool:
+    # Longer ids cannot have been stored; PostgreSQL would reject them outright.
+    return isinstance(record_id, str) and len(record_id) <= MAX_KEY_LENGTH
+
+
+def _check_id_length(id_field: str, record_id: str) -> None:
+    if len(record_id) > MAX_KEY_LENGTH:
+        raise InvalidArgumentError(
+            [FieldViolation(id_field, f"must be at most {MAX_KEY_LENGTH} characters")]
+        )

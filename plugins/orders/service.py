@@ -1,0 +1,184 @@
+"""nexus.orders.v1.OrdersService over the host's repository."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
+
+from nexus_grpc import PluginContext, StatusError
+from nexus_grpc.errors import NotFoundError
+
+from .feed import ChangeFeed, WatcherTooSlowError
+from .validation import (
+    UPDATABLE_FIELDS,
+    validate_cancel,
+    validate_create,
+    validate_id,
+    validate_list,
+    validate_update,
+)
+
+DEFAULT_PAGE_SIZE = 50
+_FINAL_STATES = (orders_pb2.ORDER_STATUS_CANCELLED, orders_pb2.ORDER_STATUS_REJECTED)
+
+Context = Any  # grpc.aio.ServicerContext or the gateway's equivalent
+
+
+class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
+    """Orders stored in the plugin's namespace; changes fanned out to watchers."""
+
+    def __init__(self, ctx: PluginContext) -> None:
+        self._storage = ctx.storage
+        self._orders = ctx.storage.repository(orders_pb2.Order)
+        self._feed = ChangeFeed()
+
+    async def CreateOrder(
+        self, request: orders_pb2.CreateOrderRequest, context: Context
+    ) -> orders_pb2.Order:
+        """Store a new pending order with computed totals and times."""
+        validate_create(request)
+        order = orders_pb2.Order()
+        order.CopyFrom(request.order)
+        order.id = request.order_id
+        order.status = orders_pb2.ORDER_STATUS_PENDING
+        order.cancel_reason = ""
+        order.total_cents = _total(order)
+        now = _now()
+        order.create_time.CopyFrom(now)
+        order.update_time.CopyFrom(now)
+        created = await self._orders.create(order)
+        self._feed.publish(_change(orders_pb2.CHANGE_TYPE_CREATED, created))
+        return created
+
+    async def GetOrder(self, request: orders_pb2.GetOrderRequest, context: Context) -> orders_pb2.Order:
+        """The order with ``request.id``."""
+        validate_id(request.id)
+        order = await self._orders.get(request.id)
+        if order is None:
+            raise NotFoundError("order", request.id)
+        return order
+
+    async def ListOrders(
+        self, request: orders_pb2.ListOrdersRequest, context: Context
+    ) -> orders_pb2.ListOrdersResponse:
+        """One page of orders matching the filters."""
+        field, descending = validate_list(request)
+        page = await self._orders.list(
+            filter=_filter(request.customer_id, request.status),
+            order_by=f"{field} desc" if descending else field,
+            page_size=request.page_size or DEFAULT_PAGE_SIZE,
+            page_token=request.page_token,
+        )
+        return orders_pb2.ListOrdersResponse(orders=page.items, next_page_token=page.next_page_token)
+
+    async def UpdateOrder(
+        self, request: orders_pb2.UpdateOrderRequest, context: Context
+    ) -> orders_pb2.Order:
+        """Change the fields named by the update mask of an open order."""
+        paths = validate_update(request)
+        async with self._storage.transaction() as unit:
+            orders = unit.repository(orders_pb2.Order)
+            order = await orders.get(request.order.id, for_update=True)
+            if order is None:
+                raise NotFoundError("order", request.order.id)
+            _require_open(order, "updated")
+            for path in UPDATABLE_FIELDS:
+                if path in paths:
+                    if path == "items":
+                        del order.items[:]
+                        order.items.extend(request.order.items)
+                    else:
+                        setattr(order, path, getattr(request.order, path))
+            order.total_cents = _total(order)
+            order.update_time.CopyFrom(_now())
+            updated = await orders.update(order)
+        self._feed.publish(_change(orders_pb2.CHANGE_TYPE_UPDATED, updated))
+        return updated
+
+    async def CancelOrder(
+        self, request: orders_pb2.CancelOrderRequest, context: Context
+    ) -> orders_pb2.Order:
+        """Cancel an open order, recording why."""
+        validate_cancel(request)
+        async with self._storage.transaction() as unit:
+            orders = unit.repository(orders_pb2.Order)
+            order = await orders.get(request.id, for_update=True)
+            if order is None:
+                raise NotFoundError("order", request.id)
+            _require_open(order, "cancelled")
+            order.status = orders_pb2.ORDER_STATUS_CANCELLED
+            order.cancel_reason = request.reason
+            order.update_time.CopyFrom(_now())
+            cancelled = await orders.update(order)
+        self._feed.publish(_change(orders_pb2.CHANGE_TYPE_CANCELLED, cancelled))
+        return cancelled
+
+    async def WatchOrders(
+        self, request: orders_pb2.WatchOrdersRequest, context: Context
+    ) -> AsyncIterator[orders_pb2.WatchOrdersResponse]:
+        """Stream changes (after the current orders, when asked) until the client leaves."""
+        # Subscribe before reading the snapshot so no change falls between the two; an
+        # order changed meanwhile may then be seen twice, never missed.
+        async with self._feed.subscribe() as changes:
+            if request.include_existing:
+                token = ""
+                while True:
+                    page = await self._orders.list(
+                        filter=_filter(request.customer_id, 0),
+                        order_by="create_time",
+                        page_size=200,
+                        page_token=token,
+                    )
+                    for order in page.items:
+                        yield _change(orders_pb2.CHANGE_TYPE_EXISTING, order)
+                    token = page.next_page_token
+                    if not token:
+                        break
+            try:
+                async for change in changes:
+                    if not request.customer_id or change.order.customer_id == request.customer_id:
+                        yield change
+            except WatcherTooSlowError:
+                raise StatusError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "the watcher fell too far behind and missed changes; watch again",
+                    reason="WATCHER_TOO_SLOW",
+                ) from None
+
+
+def _filter(customer_id: str, status: int) -> dict[str, object]:
+    found: dict[str, object] = {}
+    if customer_id:
+        found["customer_id"] = customer_id
+    if status:
+        found["status"] = status
+    return found
+
+
+def _require_open(order: orders_pb2.Order, verb: str) -> None:
+    if order.status in _FINAL_STATES:
+        state = orders_pb2.OrderStatus.Name(order.status)
+        raise StatusError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"order {order.id!r} is {state} and cannot be {verb}",
+            reason="ORDER_CLOSED",
+            metadata={"status": state},
+        )
+
+
+def _total(order: orders_pb2.Order) -> int:
+    return sum(item.quantity * item.unit_price_cents for item in order.items)
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+def _change(kind: int, order: orders_pb2.Order) -> orders_pb2.WatchOrdersResponse:
+    return orders_pb2.WatchOrdersResponse(change_type=kind, order=order)  # type: ignore[arg-type]

@@ -1,0 +1,86 @@
+"""Configuration: defaults, TOML, environment, and the errors for bad values."""
+
+from pathlib import Path
+
+import pytest
+
+from nexus_grpc.config import Config, ConfigError, load_config
+
+
+def test_defaults_need_no_file_or_environment() -> None:
+    config = load_config(environ={})
+    assert config == Config()
+    assert config.server.grpc_address == "127.0.0.1:50051"
+    assert config.storage_url().startswith("sqlite+aiosqlite:///")
+    assert config.storage_url().endswith("/.nexus/nexus.db")
+
+
+def test_toml_file_overrides_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "nexus.toml"
+    path.write_text(
+        'data_dir = "/var/lib/nexus"\n'
+        "[server]\ngrace_period = 3\nreuse_port = true\n"
+        '[plugins]\ndirs = ["a", "b"]\nstrict = true\n'
+        '[plugin.orders]\nmax = 5\n'
+    )
+    config = load_config(path, environ={})
+    assert config.data_dir == "/var/lib/nexus"
+    assert config.server.grace_period == 3.0
+    assert config.server.reuse_port is True
+    assert config.plugins.dirs == ("a", "b")
+    assert config.plugins.strict is True
+    assert config.plugin == {"orders": {"max": 5}}
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "nexus.toml"
+    path.write_text('[server]\ngrpc_address = "0.0.0.0:1"\n')
+    config = load_config(
+        path,
+        environ={
+            "NEXUS_SERVER__GRPC_ADDRESS": "127.0.0.1:9",
+            "NEXUS_PLUGINS__DISABLED": "a, b",
+            "NEXUS_PLUGINS__STRICT": "yes",
+            "NEXUS_PLUGIN__ORDERS__LIMIT": "7",
+            "NEXUS_CONFIG": "ignored: names the file",
+            "OTHER": "ignored",
+        },
+    )
+    assert config.server.grpc_address == "127.0.0.1:9"
+    assert config.plugins.disabled == ("a", "b")
+    assert config.plugins.strict is True
+    assert config.plugin["orders"] == {"limit": "7"}
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"NEXUS_SERVER__GRACE_PERIOD": "soon"},
+            "server.grace_period (from NEXUS_SERVER__GRACE_PERIOD): expected a number, got 'soon'",
+        ),
+        ({"NEXUS_SERVER__GRACE_PERIOD": "-1"}, "server.grace_period (from NEXUS_SERVER__GRACE_PERIOD): expected a number >= 0"),
+        ({"NEXUS_PLUGINS__STRICT": "maybe"}, "plugins.strict (from NEXUS_PLUGINS__STRICT): expected true or false"),
+        ({"NEXUS_SERVER__PORT": "1"}, "unknown config key server.port (known keys in server:"),
+        ({"NEXUS_LOG__FORMAT": "xml"}, "log.format (from NEXUS_LOG__FORMAT): expected one of auto, json, text"),
+    ],
+)
+def test_bad_environment_values_name_key_and_expectation(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ=environ)
+    assert message in str(caught.value)
+
+
+def test_bad_file_values_name_key_and_expectation(tmp_path: Path) -> None:
+    path = tmp_path / "nexus.toml"
+    path.write_text('[server]\nmax_message_bytes = "big"\n')
+    with pytest.raises(ConfigError, match=r"server.max_message_bytes: expected an integer, got 'big'"):
+        load_config(path, environ={})
+    path.write_text("[server\n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_config(path, environ={})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml", environ={})
+    path.write_text("server = 3\n")
+    with pytest.raises(ConfigError, match="server: expected a table"):
+        load_config(path, environ={})
