@@ -165,8 +165,8 @@ def _walk(
             elif sub.full_name == _DURATION:
                 found[path] = IndexedField(path, ValueKind.DURATION, _DURATION, fd)
             elif sub.full_name not in enclosing and len(enclosing) < MAX_DEPTH:
-                # A recursive type is indexed down to its first repetition only: the
-                # walk must end, and deeper copies are rarely what anyone filters on.
+                # A message type already on the path (recursion) is not indexed again:
+                # the walk must end, and nobody filters on parent.parent.name anyway.
                 _walk(sub, path + ".", (*enclosing, sub.full_name), found)
             continue
         scalar = _SCALAR_KINDS.get(fd.type)
@@ -188,9 +188,11 @@ def index_document(message: Message) -> dict[str, IndexValue]:
 
 def _to_index_value(kind: ValueKind, value: object) -> IndexValue:
     if kind is ValueKind.TIMESTAMP or kind is ValueKind.DURATION:
-        if not isinstance(value, timestamp_pb2.Timestamp | duration_pb2.Duration):
+        # By descriptor name, not isinstance: a message from another descriptor pool (a
+        # dynamic message) has its own Timestamp class.
+        if not isinstance(value, Message):
             raise TypeError(f"expected a {kind.value} message, got {type(value).__name__}")
-        return value.seconds * _NANOS_PER_SECOND + value.nanos
+        return _seconds_nanos(value)
     if kind is ValueKind.BOOL:
         return bool(value)
     if kind is ValueKind.STRING:
@@ -244,18 +246,27 @@ def _why_not_indexed(descriptor: Descriptor, path: str) -> str:
     return "the field is not indexed (nested too deep or inside a recursive message)"
 
 
-def timestamp_nanos(value: datetime | timestamp_pb2.Timestamp) -> int:
-    """Nanoseconds since the epoch of an aware datetime or a Timestamp message."""
-    if isinstance(value, timestamp_pb2.Timestamp):
-        return value.seconds * _NANOS_PER_SECOND + value.nanos
-    if value.tzinfo is None:
-        raise ValueError("naive datetime")
-    return delta_nanos(value - _EPOCH)
+def _seconds_nanos(message: Message) -> int:
+    seconds, nanos = getattr(message, "seconds", 0), getattr(message, "nanos", 0)
+    if not isinstance(seconds, int) or not isinstance(nanos, int):
+        raise TypeError(f"{message.DESCRIPTOR.full_name} has no integer seconds and nanos")
+    return seconds * _NANOS_PER_SECOND + nanos
 
 
-def delta_nanos(value: timedelta | duration_pb2.Duration) -> int:
-    """Nanoseconds of a timedelta or a Duration message, computed exactly."""
-    if isinstance(value, duration_pb2.Duration):
-        return value.seconds * _NANOS_PER_SECOND + value.nanos
-    whole_seconds = value.days * 86_400 + value.seconds
-    return whole_seconds * _NANOS_PER_SECOND + value.microseconds * 1_000
+def timestamp_nanos(value: object) -> int | None:
+    """Nanoseconds since the epoch of an aware datetime or a Timestamp; else None."""
+    if isinstance(value, datetime):
+        return None if value.tzinfo is None else delta_nanos(value - _EPOCH)
+    if isinstance(value, Message) and value.DESCRIPTOR.full_name == _TIMESTAMP:
+        return _seconds_nanos(value)
+    return None
+
+
+def delta_nanos(value: object) -> int | None:
+    """Nanoseconds of a timedelta or a Duration message, computed exactly; else None."""
+    if isinstance(value, timedelta):
+        whole_seconds = value.days * 86_400 + value.seconds
+        return whole_seconds * _NANOS_PER_SECOND + value.microseconds * 1_000
+    if isinstance(value, Message) and value.DESCRIPTOR.full_name == _DURATION:
+        return _seconds_nanos(value)
+    return None

@@ -13,9 +13,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
-from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.descriptor import Descriptor
 
 from .errors import InvalidQueryError
@@ -246,15 +244,9 @@ def _coerce_value(target: Target, value: object) -> Scalar | None:
             return number if math.isfinite(number) else None
         return None
     if kind is ValueKind.TIMESTAMP:
-        if isinstance(value, timestamp_pb2.Timestamp) or (
-            isinstance(value, datetime) and value.tzinfo is not None
-        ):
-            return timestamp_nanos(value)
-        return None
+        return timestamp_nanos(value)
     if kind is ValueKind.DURATION:
-        if isinstance(value, timedelta | duration_pb2.Duration):
-            return delta_nanos(value)
-        return None
+        return delta_nanos(value)
     if kind is ValueKind.ENUM and isinstance(value, str) and field is not None:
         enum_type = field.descriptor.enum_type
         named = enum_type.values_by_name.get(value) if enum_type is not None else None

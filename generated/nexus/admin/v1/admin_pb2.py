@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from nexus.options.v1 import options_pb2 as nexus_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1anexus/admin/v1/admin.proto\x12\x0enexus.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1enexus/options/v1/options.proto\"\x14\n\x12ListPluginsRequest\">\n\x13ListPluginsResponse\x12\'\n\x07plugins\x18\x01 \x03(\x0b\x32\x16.nexus.admin.v1.Plugin\" \n\x10GetPluginRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xf6\x01\n\x06Plugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12*\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32\x18.nexus.admin.v1.Category\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12*\n\x05state\x18\x06 \x01(\x0e\x32\x1b.nexus.admin.v1.PluginState\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x10\n\x08requires\x18\x08 \x03(\t\x12/\n\x08services\x18\t \x03(\x0b\x32\x1d.nexus.admin.v1.ServiceStatus\".\n\rServiceStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07serving\x18\x02 \x01(\x08*\x84\x01\n\x08\x43\x61tegory\x12\x18\n\x14\x43\x41TEGORY_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41TEGORY_BUSINESS\x10\x01\x12\x18\n\x14\x43\x41TEGORY_INTEGRATION\x10\x02\x12\x16\n\x12\x43\x41TEGORY_ANALYTICS\x10\x03\x12\x15\n\x11\x43\x41TEGORY_SECURITY\x10\x04*\x95\x01\n\x0bPluginState\x12\x1c\n\x18PLUGIN_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17PLUGIN_STATE_DISCOVERED\x10\x01\x12\x18\n\x14PLUGIN_STATE_SERVING\x10\x02\x12\x17\n\x13PLUGIN_STATE_FAILED\x10\x03\x12\x18\n\x14PLUGIN_STATE_STOPPED\x10\x04\x32\x81\x02\n\x0c\x41\x64minService\x12q\n\x0bListPlugins\x12\".nexus.admin.v1.ListPluginsRequest\x1a#.nexus.admin.v1.ListPluginsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/admin/plugins\x12g\n\tGetPlugin\x12 .nexus.admin.v1.GetPluginRequest\x1a\x16.nexus.admin.v1.Plugin\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/admin/plugins/{name}\x1a\x15\xea\xbb\x1c\x11\x1a\x0f\n\x05\x61\x64min\x12\x04read\x18\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1anexus/admin/v1/admin.proto\x12\x0enexus.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1enexus/options/v1/options.proto\"\x14\n\x12ListPluginsRequest\">\n\x13ListPluginsResponse\x12\'\n\x07plugins\x18\x01 \x03(\x0b\x32\x16.nexus.admin.v1.Plugin\" \n\x10GetPluginRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xf6\x01\n\x06Plugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12*\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32\x18.nexus.admin.v1.Category\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12*\n\x05state\x18\x06 \x01(\x0e\x32\x1b.nexus.admin.v1.PluginState\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x10\n\x08requires\x18\x08 \x03(\t\x12/\n\x08services\x18\t \x03(\x0b\x32\x1d.nexus.admin.v1.ServiceStatus\".\n\rServiceStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07serving\x18\x02 \x01(\x08*\x84\x01\n\x08\x43\x61tegory\x12\x18\n\x14\x43\x41TEGORY_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41TEGORY_BUSINESS\x10\x01\x12\x18\n\x14\x43\x41TEGORY_INTEGRATION\x10\x02\x12\x16\n\x12\x43\x41TEGORY_ANALYTICS\x10\x03\x12\x15\n\x11\x43\x41TEGORY_SECURITY\x10\x04*\xb0\x01\n\x0bPluginState\x12\x1c\n\x18PLUGIN_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17PLUGIN_STATE_DISCOVERED\x10\x01\x12\x18\n\x14PLUGIN_STATE_SERVING\x10\x02\x12\x17\n\x13PLUGIN_STATE_FAILED\x10\x03\x12\x18\n\x14PLUGIN_STATE_STOPPED\x10\x04\x12\x19\n\x15PLUGIN_STATE_DISABLED\x10\x05\x32\x81\x02\n\x0c\x41\x64minService\x12q\n\x0bListPlugins\x12\".nexus.admin.v1.ListPluginsRequest\x1a#.nexus.admin.v1.ListPluginsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/admin/plugins\x12g\n\tGetPlugin\x12 .nexus.admin.v1.GetPluginRequest\x1a\x16.nexus.admin.v1.Plugin\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/admin/plugins/{name}\x1a\x15\xea\xbb\x1c\x11\x1a\x0f\n\x05\x61\x64min\x12\x04read\x18\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,7 +42,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CATEGORY']._serialized_start=526
   _globals['_CATEGORY']._serialized_end=658
   _globals['_PLUGINSTATE']._serialized_start=661
-  _globals['_PLUGINSTATE']._serialized_end=810
+  _globals['_PLUGINSTATE']._serialized_end=837
   _globals['_LISTPLUGINSREQUEST']._serialized_start=108
   _globals['_LISTPLUGINSREQUEST']._serialized_end=128
   _globals['_LISTPLUGINSRESPONSE']._serialized_start=130
@@ -53,6 +53,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLUGIN']._serialized_end=475
   _globals['_SERVICESTATUS']._serialized_start=477
   _globals['_SERVICESTATUS']._serialized_end=523
-  _globals['_ADMINSERVICE']._serialized_start=813
-  _globals['_ADMINSERVICE']._serialized_end=1070
+  _globals['_ADMINSERVICE']._serialized_start=840
+  _globals['_ADMINSERVICE']._serialized_end=1097
 # @@protoc_insertion_point(module_scope)

@@ -24,6 +24,7 @@ class PluginState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PLUGIN_STATE_SERVING: _ClassVar[PluginState]
     PLUGIN_STATE_FAILED: _ClassVar[PluginState]
     PLUGIN_STATE_STOPPED: _ClassVar[PluginState]
+    PLUGIN_STATE_DISABLED: _ClassVar[PluginState]
 CATEGORY_UNSPECIFIED: Category
 CATEGORY_BUSINESS: Category
 CATEGORY_INTEGRATION: Category
@@ -34,6 +35,7 @@ PLUGIN_STATE_DISCOVERED: PluginState
 PLUGIN_STATE_SERVING: PluginState
 PLUGIN_STATE_FAILED: PluginState
 PLUGIN_STATE_STOPPED: PluginState
+PLUGIN_STATE_DISABLED: PluginState
 
 class ListPluginsRequest(_message.Message):
     __slots__ = ()
