@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from nexus.admin.v1 import admin_pb2, admin_pb2_grpc
 
@@ -28,7 +28,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             plugins=[self._describe(record) for record in self._manager.records()]
         )
 
-    async def GetPlugin(self, request: admin_pb2.GetPluginRequest, context: Any) -> admin_pb2.Plugin:
+    async def GetPlugin(
+        self, request: admin_pb2.GetPluginRequest, context: Any
+    ) -> admin_pb2.Plugin:
         """One plugin by name; NOT_FOUND when the host never discovered it."""
         record = self._manager.record(request.name)
         if record is None:
@@ -40,12 +42,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         plugin = admin_pb2.Plugin(
             name=record.name,
             source=record.source,
-            state=admin_pb2.PluginState.Value(f"PLUGIN_STATE_{record.state}"),
+            state=cast(
+                admin_pb2.PluginState, admin_pb2.PluginState.Value(f"PLUGIN_STATE_{record.state}")
+            ),
             error=record.error,
         )
         if manifest is not None:
             plugin.version = manifest.version
-            plugin.category = admin_pb2.Category.Value(f"CATEGORY_{manifest.category.upper()}")
+            plugin.category = cast(
+                admin_pb2.Category,
+                admin_pb2.Category.Value(f"CATEGORY_{manifest.category.upper()}"),
+            )
             plugin.description = manifest.description
             plugin.requires.extend(manifest.requires)
         plugin.services.extend(

@@ -39,12 +39,16 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the host with its plugins")
     serve.add_argument(
-        "-c", "--config", default=os.environ.get("NEXUS_CONFIG"),
+        "-c",
+        "--config",
+        default=os.environ.get("NEXUS_CONFIG"),
         help="TOML config file (default: $NEXUS_CONFIG, else embedded defaults)",
     )
     serve.add_argument("--grpc-address", help="override server.grpc_address")
     serve.add_argument(
-        "--plugin-dir", action="append", default=None,
+        "--plugin-dir",
+        action="append",
+        default=None,
         help="plugin folder (repeatable); replaces plugins.dirs",
     )
     serve.set_defaults(run=_serve)
@@ -96,7 +100,7 @@ def _plugins(args: argparse.Namespace) -> int:
     from nexus.admin.v1 import admin_pb2, admin_pb2_grpc
 
     with grpc.insecure_channel(args.address) as channel:
-        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        stub = admin_pb2_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             response = stub.ListPlugins(admin_pb2.ListPluginsRequest(), timeout=10)
         except grpc.RpcError as error:
@@ -121,7 +125,11 @@ def _plugins(args: argparse.Namespace) -> int:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+            + "  "
+            + row[-1]
+        )
     for plugin in response.plugins:
         if plugin.error:
             print(f"\n{plugin.name}: {plugin.error}")

@@ -91,7 +91,8 @@ def find_stale(proto_root: Path, generated_dir: Path) -> list[StaleFile]:
         fresh = _tree(fresh_root)
         current = _tree(generated_dir)
         stale = [
-            StaleFile(name, "missing: run scripts/gen") for name in sorted(fresh.keys() - current.keys())
+            StaleFile(name, "missing: run scripts/gen")
+            for name in sorted(fresh.keys() - current.keys())
         ]
         stale += [
             StaleFile(name, "no contract produces it: delete it or run scripts/gen")

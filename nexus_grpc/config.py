@@ -201,9 +201,7 @@ def _plugin_tables(value: Any) -> dict[str, dict[str, Any]]:
     for name, table in value.items():
         if not isinstance(table, Mapping):
             raise ConfigError(f"plugin.{name}: expected a table")
-        tables[name] = {
-            k: (v.text if isinstance(v, _EnvText) else v) for k, v in table.items()
-        }
+        tables[name] = {k: (v.text if isinstance(v, _EnvText) else v) for k, v in table.items()}
     return tables
 
 

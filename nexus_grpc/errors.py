@@ -67,7 +67,9 @@ class InvalidArgumentError(StatusError):
         summary = message or "; ".join(f"{v.field}: {v.description}" for v in found)
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
                 for v in found
             ]
         )
@@ -128,9 +130,7 @@ def to_status_proto(error: StatusError) -> status_pb2.Status:
         )
         packed.append(_pack(info))
     packed.extend(_pack(detail) for detail in error.details)
-    return status_pb2.Status(
-        code=_CODE_NUMBERS[error.code], message=error.message, details=packed
-    )
+    return status_pb2.Status(code=_CODE_NUMBERS[error.code], message=error.message, details=packed)
 
 
 def _pack(message: Message) -> any_pb2.Any:

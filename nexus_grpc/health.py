@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from grpc_health.v1 import health_pb2
-from grpc_health.v1.health import aio as health_aio
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 __all__ = ["OVERALL", "HealthState"]
 

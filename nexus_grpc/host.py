@@ -59,7 +59,7 @@ class Host:
     async def start(self) -> None:
         """Open storage, bind the port, load plugins, start serving."""
         started = time.perf_counter()
-        Path(self.config.data_dir).mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(Path(self.config.data_dir).mkdir, parents=True, exist_ok=True)
         # Bind first: a taken port should fail before any plugin start hook runs.
         self._server, self.grpc_port = create_server(self.config.server, self.router)
         self._storage = await Storage.connect(self.config.storage_url())

@@ -49,10 +49,12 @@ def _v1_service_descriptor() -> descriptor_pool.DescriptorPool:
 _CORE_POOL = _v1_service_descriptor()
 
 
-class ReflectionServicer(reflection_pb2_grpc.ServerReflectionServicer):
+class ReflectionServicer(reflection_pb2_grpc.ServerReflectionServicer):  # type: ignore[misc]
     """Answers reflection requests about the services currently routed."""
 
-    def __init__(self, router: Router, pools: Iterable[descriptor_pool.DescriptorPool] = ()) -> None:
+    def __init__(
+        self, router: Router, pools: Iterable[descriptor_pool.DescriptorPool] = ()
+    ) -> None:
         self._router = router
         self._pools = [descriptor_pool.Default(), *pools, _CORE_POOL]
 
@@ -81,20 +83,30 @@ class ReflectionServicer(reflection_pb2_grpc.ServerReflectionServicer):
                 reflection_pb2.ServiceResponse(name=name) for name in self._service_names()
             )
         elif kind == "file_by_filename":
-            self._files(response, sent, lambda pool: pool.FindFileByName(request.file_by_filename),
-                        f"file {request.file_by_filename!r} not found")
+            self._files(
+                response,
+                sent,
+                lambda pool: pool.FindFileByName(request.file_by_filename),
+                f"file {request.file_by_filename!r} not found",
+            )
         elif kind == "file_containing_symbol":
             symbol = request.file_containing_symbol
-            self._files(response, sent, lambda pool: pool.FindFileContainingSymbol(symbol),
-                        f"symbol {symbol!r} not found")
+            self._files(
+                response,
+                sent,
+                lambda pool: pool.FindFileContainingSymbol(symbol),
+                f"symbol {symbol!r} not found",
+            )
         elif kind == "file_containing_extension":
             ext = request.file_containing_extension
             self._files(
                 response,
                 sent,
-                lambda pool: pool.FindExtensionByNumber(
-                    pool.FindMessageTypeByName(ext.containing_type), ext.extension_number
-                ).file,
+                lambda pool: (
+                    pool.FindExtensionByNumber(
+                        pool.FindMessageTypeByName(ext.containing_type), ext.extension_number
+                    ).file
+                ),
                 f"extension {ext.extension_number} of {ext.containing_type!r} not found",
             )
         elif kind == "all_extension_numbers_of_type":

@@ -79,10 +79,10 @@ class InFlight:
         if self._count == 0:
             self._idle.set()
 
-    async def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until no call is running; False when ``timeout`` passed first."""
+    async def wait_idle(self, seconds: float | None = None) -> bool:
+        """Wait until no call is running; False when ``seconds`` passed first."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(self._idle.wait(), seconds)
         except TimeoutError:
             return False
         return True
@@ -120,7 +120,7 @@ class Route:
     #: The handler wrapped in the call pipeline; shared by every transport.
     call: CallHandler
     #: ``call`` packaged for grpcio, with the message (de)serializers.
-    grpc_handler: grpc.RpcMethodHandler
+    grpc_handler: grpc.RpcMethodHandler[Any, Any]
 
     @property
     def path(self) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from nexus_grpc.config import ServerConfig
@@ -14,15 +16,17 @@ class ListenError(RuntimeError):
     """The server cannot listen on the configured address."""
 
 
-class Dispatcher(grpc.GenericRpcHandler):
+class Dispatcher(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     """The server's only handler: looks each call up in the current routing table."""
 
     def __init__(self, router: Router) -> None:
         self._router = router
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         """The route's handler, or None (grpcio answers UNIMPLEMENTED) for unknown methods."""
-        route = self._router.table.routes.get(handler_call_details.method)  # type: ignore[attr-defined]
+        route = self._router.table.routes.get(handler_call_details.method)
         return route.grpc_handler if route is not None else None
 
 

@@ -51,7 +51,7 @@ class ServiceBinding:
     #: The generated ``...Servicer`` class the servicer subclasses.
     generated_base: type
     #: Method name → handler captured from the generated registration function.
-    handlers: Mapping[str, grpc.RpcMethodHandler]
+    handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
 
     @property
     def name(self) -> str:
@@ -81,10 +81,10 @@ class _Capture:
     """Stands in for a grpc server while generated code registers handlers on it."""
 
     def __init__(self) -> None:
-        self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        self.services: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     def add_registered_method_handlers(
-        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler]
+        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
     ) -> None:
         self.services[service_name] = dict(method_handlers)
 
@@ -104,7 +104,7 @@ class _Capture:
 
 def declared_services(cls: type) -> list[str]:
     """Names of the services ``cls`` implements, found without instantiating it."""
-    names = []
+    names: list[str] = []
     for base in generated_bases(cls):
         capture = _Capture()
         # The registration functions only read the method attributes, which the class
@@ -178,8 +178,6 @@ def construct_servicer(cls: type, context: object) -> object:
     except (TypeError, ValueError):
         return cls()
     required = [
-        p
-        for p in parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        p for p in parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
     return cls(context) if required else cls()

@@ -81,6 +81,5 @@ async def running_host(
         yield running
     finally:
         for channel in running._channels:
-            await channel.close()
+            await channel.close(None)
         await host.stop()
-

@@ -56,7 +56,7 @@ def grpc_method_handler(
     call: CallHandler,
     request_deserializer: Callable[[bytes], Any] | None,
     response_serializer: Callable[[Any], bytes] | None,
-) -> grpc.RpcMethodHandler:
+) -> grpc.RpcMethodHandler[Any, Any]:
     """Package a pipeline handler for grpcio with the method's (de)serializers."""
     factory = {
         Arity.UNARY_UNARY: grpc.unary_unary_rpc_method_handler,
@@ -64,7 +64,7 @@ def grpc_method_handler(
         Arity.STREAM_UNARY: grpc.stream_unary_rpc_method_handler,
         Arity.STREAM_STREAM: grpc.stream_stream_rpc_method_handler,
     }[arity]
-    return factory(  # type: ignore[operator]
+    return factory(
         call,
         request_deserializer=request_deserializer,
         response_serializer=response_serializer,

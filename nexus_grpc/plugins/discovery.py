@@ -67,12 +67,16 @@ def _discover_folder(root: Path) -> list[Candidate]:
         try:
             manifest = parse_manifest(manifest_path)
         except ManifestError as error:
-            candidates.append(Candidate(package_dir.name, source, module, package_dir, None, str(error)))
+            candidates.append(
+                Candidate(package_dir.name, source, module, package_dir, None, str(error))
+            )
             continue
         error_text = None
         if not has_code:
             error_text = f"{package_dir}: no __init__.py; a plugin folder must be a Python package"
-        candidates.append(Candidate(manifest.name, source, module, package_dir, manifest, error_text))
+        candidates.append(
+            Candidate(manifest.name, source, module, package_dir, manifest, error_text)
+        )
     return candidates
 
 
@@ -96,7 +100,9 @@ def _discover_entry_points() -> list[Candidate]:
         try:
             manifest = parse_manifest(package_dir / MANIFEST_FILE)
         except ManifestError as error:
-            candidates.append(Candidate(entry_point.name, source, module, package_dir, None, str(error)))
+            candidates.append(
+                Candidate(entry_point.name, source, module, package_dir, None, str(error))
+            )
             continue
         error_text = None
         if manifest.name != entry_point.name:
@@ -104,5 +110,7 @@ def _discover_entry_points() -> list[Candidate]:
                 f"{source}: entry point name {entry_point.name!r} differs from the "
                 f"manifest name {manifest.name!r}; make them equal"
             )
-        candidates.append(Candidate(manifest.name, source, module, package_dir, manifest, error_text))
+        candidates.append(
+            Candidate(manifest.name, source, module, package_dir, manifest, error_text)
+        )
     return candidates

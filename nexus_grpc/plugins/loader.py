@@ -91,7 +91,7 @@ def _forget(module_name: str) -> None:
 
 def _where(error: BaseException, package_dir: Path | None) -> str:
     # Point at the innermost frame inside the plugin: that is the line to fix.
-    frames = traceback.extract_tb(error.__traceback__)
+    frames: list[traceback.FrameSummary] = list(traceback.extract_tb(error.__traceback__))
     if package_dir is not None:
         root = str(package_dir.resolve())
         inside = [f for f in frames if str(Path(f.filename).resolve()).startswith(root)]
@@ -135,8 +135,7 @@ def _match_services(plugin: Plugin, manifest: Manifest, candidate: Candidate) ->
     for cls in plugin.services:
         if not isinstance(cls, type):
             raise PluginError(
-                f"plugin {manifest.name!r}: Plugin.services must list servicer classes, "
-                f"got {cls!r}"
+                f"plugin {manifest.name!r}: Plugin.services must list servicer classes, got {cls!r}"
             )
         names = declared_services(cls)
         if not names:

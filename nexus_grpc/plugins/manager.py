@@ -111,7 +111,9 @@ class PluginManager:
         failed = [r for r in self._records.values() if r.state == PluginState.FAILED]
         if failed and settings.strict:
             reasons = "; ".join(r.error for r in failed)
-            raise StrictModeError(f"plugins.strict is on and {len(failed)} plugin(s) failed: {reasons}")
+            raise StrictModeError(
+                f"plugins.strict is on and {len(failed)} plugin(s) failed: {reasons}"
+            )
 
     async def stop_all(self) -> None:
         """Stop serving plugins in reverse start order, running their stop hooks."""
@@ -228,7 +230,9 @@ class PluginManager:
             return
         except TimeoutError as error:
             timeout = self._config.plugins.hook_timeout
-            self._fail(record, f"plugin {record.name!r}: start hook took longer than {timeout}s", error)
+            self._fail(
+                record, f"plugin {record.name!r}: start hook took longer than {timeout}s", error
+            )
             return
         except Exception as error:
             self._fail(

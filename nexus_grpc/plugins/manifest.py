@@ -71,7 +71,9 @@ def manifest_from_mapping(raw: Mapping[str, Any], path: Path | str) -> Manifest:
     known = {"name", "version", "category", "description", "services", "requires", "entry"}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ManifestError(path, f"unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        raise ManifestError(
+            path, f"unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})"
+        )
     name = _text(raw, "name", path)
     if not _NAME.match(name):
         raise ManifestError(
@@ -79,9 +81,7 @@ def manifest_from_mapping(raw: Mapping[str, Any], path: Path | str) -> Manifest:
         )
     category = _text(raw, "category", path)
     if category not in CATEGORIES:
-        raise ManifestError(
-            path, f"category {category!r} is not one of {', '.join(CATEGORIES)}"
-        )
+        raise ManifestError(path, f"category {category!r} is not one of {', '.join(CATEGORIES)}")
     services = _names(raw, "services", path)
     for service in services:
         if not _SERVICE.match(service):

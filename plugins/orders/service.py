@@ -54,7 +54,9 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
         self._feed.publish(_change(orders_pb2.CHANGE_TYPE_CREATED, created))
         return created
 
-    async def GetOrder(self, request: orders_pb2.GetOrderRequest, context: Context) -> orders_pb2.Order:
+    async def GetOrder(
+        self, request: orders_pb2.GetOrderRequest, context: Context
+    ) -> orders_pb2.Order:
         """The order with ``request.id``."""
         validate_id(request.id)
         order = await self._orders.get(request.id)
@@ -73,7 +75,9 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
             page_size=request.page_size or DEFAULT_PAGE_SIZE,
             page_token=request.page_token,
         )
-        return orders_pb2.ListOrdersResponse(orders=page.items, next_page_token=page.next_page_token)
+        return orders_pb2.ListOrdersResponse(
+            orders=page.items, next_page_token=page.next_page_token
+        )
 
     async def UpdateOrder(
         self, request: orders_pb2.UpdateOrderRequest, context: Context

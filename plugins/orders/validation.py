@@ -23,7 +23,9 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _MAX_UNIT_PRICE = 10**12
 
 
-def check_order_fields(order: orders_pb2.Order, prefix: str, fields: tuple[str, ...]) -> list[FieldViolation]:
+def check_order_fields(
+    order: orders_pb2.Order, prefix: str, fields: tuple[str, ...]
+) -> list[FieldViolation]:
     """Violations in the given client-settable ``fields`` of ``order``."""
     found = []
     if "customer_id" in fields and not _CUSTOMER.match(order.customer_id):
@@ -41,7 +43,9 @@ def check_order_fields(order: orders_pb2.Order, prefix: str, fields: tuple[str, 
         for index, item in enumerate(order.items):
             where = f"{prefix}.items[{index}]"
             if not _SKU.match(item.sku):
-                found.append(FieldViolation(f"{where}.sku", "required: 1-64 letters, digits, _ or -"))
+                found.append(
+                    FieldViolation(f"{where}.sku", "required: 1-64 letters, digits, _ or -")
+                )
             if not 1 <= item.quantity <= MAX_QUANTITY:
                 found.append(FieldViolation(f"{where}.quantity", f"must be 1 to {MAX_QUANTITY}"))
             if not 0 <= item.unit_price_cents <= _MAX_UNIT_PRICE:
@@ -66,7 +70,9 @@ def validate_create(request: orders_pb2.CreateOrderRequest) -> None:
         found += check_order_fields(request.order, "order", UPDATABLE_FIELDS)
     if request.order_id and not _ID.match(request.order_id):
         found.append(
-            FieldViolation("order_id", "1-63 lower-case letters, digits or - starting with a letter or digit")
+            FieldViolation(
+                "order_id", "1-63 lower-case letters, digits or - starting with a letter or digit"
+            )
         )
     _raise_if(found)
 
@@ -95,7 +101,8 @@ def validate_list(request: orders_pb2.ListOrdersRequest) -> tuple[str, bool]:
             found.append(
                 FieldViolation(
                     "order_by",
-                    f"must be one of {', '.join(ORDER_BY_FIELDS)}, optionally followed by asc or desc",
+                    f"must be one of {', '.join(ORDER_BY_FIELDS)}, "
+                    "optionally followed by asc or desc",
                 )
             )
         else:

@@ -67,7 +67,9 @@ class ServeProcess:
             except queue.Empty:
                 continue
             if line is None:
-                raise AssertionError(f"nexus serve exited ({self.process.poll()}); logs: {self.logs}")
+                raise AssertionError(
+                    f"nexus serve exited ({self.process.poll()}); logs: {self.logs}"
+                )
             try:
                 self.logs.append(json.loads(line))
             except json.JSONDecodeError:

@@ -29,10 +29,14 @@ ORDER_JSON = json.dumps(
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        args, input=stdin, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
-def test_grpcurl_lists_describes_and_calls_through_reflection(serve: ServeProcess, grpcurl: str) -> None:
+def test_grpcurl_lists_describes_and_calls_through_reflection(
+    serve: ServeProcess, grpcurl: str
+) -> None:
     listed = run(grpcurl, "-plaintext", serve.address, "list")
     assert listed.returncode == 0, listed.stderr
     services = listed.stdout.split()
@@ -46,20 +50,36 @@ def test_grpcurl_lists_describes_and_calls_through_reflection(serve: ServeProces
     ):
         assert expected in services
 
-    described = run(grpcurl, "-plaintext", serve.address, "describe", "nexus.orders.v1.OrdersService")
+    described = run(
+        grpcurl, "-plaintext", serve.address, "describe", "nexus.orders.v1.OrdersService"
+    )
     assert described.returncode == 0, described.stderr
-    assert "rpc WatchOrders ( .nexus.orders.v1.WatchOrdersRequest ) returns ( stream .nexus.orders.v1.WatchOrdersResponse )" in described.stdout
+    assert (
+        "rpc WatchOrders ( .nexus.orders.v1.WatchOrdersRequest ) returns ( stream .nexus.orders.v1.WatchOrdersResponse )"
+        in described.stdout
+    )
     message = run(grpcurl, "-plaintext", serve.address, "describe", "nexus.orders.v1.Order")
     assert "google.protobuf.Timestamp create_time = 9;" in message.stdout
 
-    created = run(grpcurl, "-plaintext", "-d", ORDER_JSON, serve.address, "nexus.orders.v1.OrdersService/CreateOrder")
+    created = run(
+        grpcurl,
+        "-plaintext",
+        "-d",
+        ORDER_JSON,
+        serve.address,
+        "nexus.orders.v1.OrdersService/CreateOrder",
+    )
     assert created.returncode == 0, created.stderr
     order = json.loads(created.stdout)
     assert order["status"] == "ORDER_STATUS_PENDING"
     assert order["total_cents"] == "500"  # grpcurl prints proto field names
 
     fetched = run(
-        grpcurl, "-plaintext", "-d", json.dumps({"id": order["id"]}), serve.address,
+        grpcurl,
+        "-plaintext",
+        "-d",
+        json.dumps({"id": order["id"]}),
+        serve.address,
         "nexus.orders.v1.OrdersService/GetOrder",
     )
     assert json.loads(fetched.stdout)["id"] == order["id"]
@@ -68,7 +88,12 @@ def test_grpcurl_lists_describes_and_calls_through_reflection(serve: ServeProces
     assert json.loads(health.stdout) == {"status": "SERVING"}
 
     invalid = run(
-        grpcurl, "-plaintext", "-d", '{"order": {}}', serve.address, "nexus.orders.v1.OrdersService/CreateOrder"
+        grpcurl,
+        "-plaintext",
+        "-d",
+        '{"order": {}}',
+        serve.address,
+        "nexus.orders.v1.OrdersService/CreateOrder",
     )
     assert invalid.returncode != 0
     assert "Code: InvalidArgument" in invalid.stderr
@@ -84,17 +109,30 @@ def test_buf_curl_calls_through_reflection_v1(serve: ServeProcess, buf: str) -> 
     assert "nexus.orders.v1.OrdersService" in services.stdout.split()
     methods = run(buf, "curl", *common, "--list-methods", base)
     assert "nexus.orders.v1.OrdersService/CancelOrder" in methods.stdout.split()
-    created = run(buf, "curl", *common, "-d", ORDER_JSON, f"{base}/nexus.orders.v1.OrdersService/CreateOrder")
+    created = run(
+        buf, "curl", *common, "-d", ORDER_JSON, f"{base}/nexus.orders.v1.OrdersService/CreateOrder"
+    )
     assert created.returncode == 0, created.stderr
     order = json.loads(created.stdout)
     cancelled = run(
-        buf, "curl", *common, "-d", json.dumps({"id": order["id"], "reason": "buf"}),
+        buf,
+        "curl",
+        *common,
+        "-d",
+        json.dumps({"id": order["id"], "reason": "buf"}),
         f"{base}/nexus.orders.v1.OrdersService/CancelOrder",
     )
     assert json.loads(cancelled.stdout)["status"] == "ORDER_STATUS_CANCELLED"
     alpha = run(
-        buf, "curl", "--protocol", "grpc", "--http2-prior-knowledge", "--reflect-protocol",
-        "grpc-v1alpha", "--list-services", base,
+        buf,
+        "curl",
+        "--protocol",
+        "grpc",
+        "--http2-prior-knowledge",
+        "--reflect-protocol",
+        "grpc-v1alpha",
+        "--list-services",
+        base,
     )
     assert "nexus.orders.v1.OrdersService" in alpha.stdout.split()
 
@@ -134,7 +172,9 @@ def test_nexus_plugins_lists_a_broken_plugin_beside_good_ones(
             for line in lines
         )
         assert "broken: plugin 'broken'" in table.stdout and "cannot import me" in table.stdout
-        failure = serve.wait_for_log(lambda e: e.get("plugin") == "broken" and e["level"] == "error")
+        failure = serve.wait_for_log(
+            lambda e: e.get("plugin") == "broken" and e["level"] == "error"
+        )
         assert "cannot import me" in failure["message"]
     finally:
         serve.stop()
@@ -177,11 +217,19 @@ def test_sigterm_reports_not_serving_drains_the_call_in_flight_then_exits(
 
 def test_access_log_has_request_id_and_code(serve: ServeProcess, grpcurl: str) -> None:
     result = run(
-        grpcurl, "-plaintext", "-H", "x-request-id: e2e-1", "-d", '{"id": "missing"}', serve.address,
+        grpcurl,
+        "-plaintext",
+        "-H",
+        "x-request-id: e2e-1",
+        "-d",
+        '{"id": "missing"}',
+        serve.address,
         "nexus.orders.v1.OrdersService/GetOrder",
     )
     assert "NotFound" in result.stderr
-    entry = serve.wait_for_log(lambda e: e.get("logger") == "nexus.access" and e.get("request_id") == "e2e-1")
+    entry = serve.wait_for_log(
+        lambda e: e.get("logger") == "nexus.access" and e.get("request_id") == "e2e-1"
+    )
     assert entry["code"] == "NOT_FOUND"
     assert entry["method"] == "/nexus.orders.v1.OrdersService/GetOrder"
     assert entry["plugin"] == "orders"
@@ -197,11 +245,19 @@ def test_port_in_use_is_a_clear_start_up_error(serve: ServeProcess) -> None:
 
 def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
     result = subprocess.run(
-        [str(BIN / "nexus"), "serve"], capture_output=True, text=True, timeout=30, check=False,
-        env={"NEXUS_SERVER__GRACE_PERIOD": "later", "PATH": ""}, cwd=tmp_path,
+        [str(BIN / "nexus"), "serve"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={"NEXUS_SERVER__GRACE_PERIOD": "later", "PATH": ""},
+        cwd=tmp_path,
     )
     assert result.returncode == 2
-    assert "server.grace_period (from NEXUS_SERVER__GRACE_PERIOD): expected a number, got 'later'" in result.stderr
+    assert (
+        "server.grace_period (from NEXUS_SERVER__GRACE_PERIOD): expected a number, got 'later'"
+        in result.stderr
+    )
 
 
 def test_health_stream_and_calls_are_threaded_safely(serve: ServeProcess) -> None:
@@ -218,13 +274,16 @@ def test_health_stream_and_calls_are_threaded_safely(serve: ServeProcess) -> Non
                     stub.CreateOrder(
                         orders_pb2.CreateOrderRequest(
                             order=orders_pb2.Order(
-                                customer_id=f"t{n}", currency_code="EUR",
-                                items=[orders_pb2.LineItem(sku="S", quantity=1, unit_price_cents=i)],
+                                customer_id=f"t{n}",
+                                currency_code="EUR",
+                                items=[
+                                    orders_pb2.LineItem(sku="S", quantity=1, unit_price_cents=i)
+                                ],
                             )
                         ),
                         timeout=10,
                     )
-        except BaseException as error:  # noqa: BLE001 - collected and asserted below
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]

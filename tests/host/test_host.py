@@ -51,7 +51,9 @@ async def test_probe_calls_pass_through_dispatcher_and_pipeline(tmp_path: Path) 
         trailing = dict(await call.trailing_metadata())
         assert trailing["x-request-id"] == "req-123"
 
-        replies = [r.text async for r in stub.Echo(iter([probe_pb2.EchoRequest(text=t) for t in "abc"]))]
+        replies = [
+            r.text async for r in stub.Echo(iter([probe_pb2.EchoRequest(text=t) for t in "abc"]))
+        ]
         assert replies == ["a", "b", "c"]
 
 
@@ -62,9 +64,13 @@ async def test_unexpected_exception_is_internal_without_details_and_logged(
 
     async with running_host(plugin_dirs=[PROBE_DIR], data_dir=tmp_path) as host:
         stub = probe_pb2_grpc.ProbeServiceStub(host.channel())
-        with caplog.at_level(logging.ERROR, logger="nexus.errors"):
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.Crash(probe_pb2.CrashRequest(secret="hunter2"), metadata=(("x-request-id", "r-9"),))
+        with (
+            caplog.at_level(logging.ERROR, logger="nexus.errors"),
+            pytest.raises(grpc.aio.AioRpcError) as caught,
+        ):
+            await stub.Crash(
+                probe_pb2.CrashRequest(secret="hunter2"), metadata=(("x-request-id", "r-9"),)
+            )
     error = caught.value
     assert error.code() == grpc.StatusCode.INTERNAL
     assert error.details() == "internal error (request id r-9)"
@@ -82,8 +88,12 @@ async def test_method_in_contract_but_not_implemented_is_unimplemented(tmp_path:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.Missing(probe_pb2.MissingRequest())
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "declared in the contract but plugin 'probe' does not implement it" in (caught.value.details() or "")
-    status = status_pb2.Status.FromString(dict(caught.value.trailing_metadata())["grpc-status-details-bin"])
+    assert "declared in the contract but plugin 'probe' does not implement it" in (
+        caught.value.details() or ""
+    )
+    status = status_pb2.Status.FromString(
+        dict(caught.value.trailing_metadata())["grpc-status-details-bin"]
+    )
     info = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(info)
     assert info.reason == "METHOD_NOT_IMPLEMENTED"
@@ -127,13 +137,17 @@ async def test_plugin_raising_at_import_does_not_take_the_host_down(tmp_path: Pa
     )
     async with running_host(plugin_dirs=[plugins], data_dir=tmp_path / "data") as host:
         admin = admin_pb2_grpc.AdminServiceStub(host.channel())
-        listed = {p.name: p for p in (await admin.ListPlugins(admin_pb2.ListPluginsRequest())).plugins}
+        listed = {
+            p.name: p for p in (await admin.ListPlugins(admin_pb2.ListPluginsRequest())).plugins
+        }
         assert listed["probe"].state == admin_pb2.PLUGIN_STATE_SERVING
         broken = listed["broken"]
         assert broken.state == admin_pb2.PLUGIN_STATE_FAILED
         assert "import failed: ZeroDivisionError: boom at import" in broken.error
         assert f"{plugins / 'broken' / '__init__.py'}:2" in broken.error
-        assert [(s.name, s.serving) for s in broken.services] == [("broken.v1.BrokenService", False)]
+        assert [(s.name, s.serving) for s in broken.services] == [
+            ("broken.v1.BrokenService", False)
+        ]
         health = health_pb2_grpc.HealthStub(host.channel())
         reply = await health.Check(health_pb2.HealthCheckRequest(service="broken.v1.BrokenService"))
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
@@ -152,14 +166,12 @@ async def test_strict_mode_refuses_to_start_with_a_failed_plugin(tmp_path: Path)
     [
         (
             'services = ["probe.v1.ProbeService", "probe.v1.OtherService"]',
-            SERVICER + "from nexus_grpc import Plugin\n"
-            "plugin = Plugin(services=[ProbeService])\n",
+            SERVICER + "from nexus_grpc import Plugin\nplugin = Plugin(services=[ProbeService])\n",
             "the manifest lists service probe.v1.OtherService but no servicer in Plugin.services implements it",
         ),
         (
             "services = []",
-            SERVICER + "from nexus_grpc import Plugin\n"
-            "plugin = Plugin(services=[ProbeService])\n",
+            SERVICER + "from nexus_grpc import Plugin\nplugin = Plugin(services=[ProbeService])\n",
             "serves probe.v1.ProbeService which the manifest does not list",
         ),
         (
@@ -188,7 +200,14 @@ async def test_strict_mode_refuses_to_start_with_a_failed_plugin(tmp_path: Path)
             "start failed: OSError: no disk",
         ),
     ],
-    ids=["service-not-implemented", "service-not-declared", "no-entry", "sync-method", "missing-requirement", "start-raises"],
+    ids=[
+        "service-not-implemented",
+        "service-not-declared",
+        "no-entry",
+        "sync-method",
+        "missing-requirement",
+        "start-raises",
+    ],
 )
 async def test_invalid_plugin_fails_with_a_precise_message(
     tmp_path: Path, manifest_extra: str, code: str, expected: str
@@ -215,8 +234,7 @@ async def test_two_plugins_cannot_serve_the_same_service(tmp_path: Path) -> None
         "zz_copy",
         'name = "zz_copy"\nversion = "1"\ncategory = "business"\ndescription = "x"\n'
         'services = ["probe.v1.ProbeService"]\n',
-        SERVICER + "from nexus_grpc import Plugin\n"
-        "plugin = Plugin(services=[ProbeService])\n",
+        SERVICER + "from nexus_grpc import Plugin\nplugin = Plugin(services=[ProbeService])\n",
     )
     async with running_host(plugin_dirs=[plugins], data_dir=tmp_path / "d") as host:
         record = host.host.plugins.record("zz_copy")
@@ -226,7 +244,12 @@ async def test_two_plugins_cannot_serve_the_same_service(tmp_path: Path) -> None
 
 async def test_a_failed_requirement_fails_its_dependents(tmp_path: Path) -> None:
     plugins = tmp_path / "plugins"
-    write_plugin(plugins, "base", 'name = "base"\nversion = "1"\ncategory = "business"\ndescription = "x"\n', "raise ImportError('nope')\n")
+    write_plugin(
+        plugins,
+        "base",
+        'name = "base"\nversion = "1"\ncategory = "business"\ndescription = "x"\n',
+        "raise ImportError('nope')\n",
+    )
     write_plugin(
         plugins,
         "child",
@@ -266,7 +289,9 @@ async def test_admin_get_plugin_and_not_found(tmp_path: Path) -> None:
         orders = await admin.GetPlugin(admin_pb2.GetPluginRequest(name="orders"))
         assert orders.category == admin_pb2.CATEGORY_BUSINESS
         assert orders.version == "1.0.0"
-        assert [(s.name, s.serving) for s in orders.services] == [("nexus.orders.v1.OrdersService", True)]
+        assert [(s.name, s.serving) for s in orders.services] == [
+            ("nexus.orders.v1.OrdersService", True)
+        ]
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await admin.GetPlugin(admin_pb2.GetPluginRequest(name="ghost"))
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND

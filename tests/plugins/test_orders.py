@@ -24,7 +24,9 @@ async def orders(
         yield orders_pb2_grpc.OrdersServiceStub(host.channel())
 
 
-def new_order(customer: str = "c1", quantity: int = 2, price: int = 250) -> orders_pb2.CreateOrderRequest:
+def new_order(
+    customer: str = "c1", quantity: int = 2, price: int = 250
+) -> orders_pb2.CreateOrderRequest:
     return orders_pb2.CreateOrderRequest(
         order=orders_pb2.Order(
             customer_id=customer,
@@ -35,7 +37,9 @@ def new_order(customer: str = "c1", quantity: int = 2, price: int = 250) -> orde
 
 
 def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = status_pb2.Status.FromString(dict(error.trailing_metadata())["grpc-status-details-bin"])
+    status = status_pb2.Status.FromString(
+        dict(error.trailing_metadata())["grpc-status-details-bin"]
+    )
     for detail in status.details:
         bad = error_details_pb2.BadRequest()
         if detail.Unpack(bad):
@@ -43,7 +47,9 @@ def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
     raise AssertionError("no BadRequest detail")
 
 
-async def test_create_then_get_returns_the_stored_order(orders: orders_pb2_grpc.OrdersServiceStub) -> None:
+async def test_create_then_get_returns_the_stored_order(
+    orders: orders_pb2_grpc.OrdersServiceStub,
+) -> None:
     created = await orders.CreateOrder(new_order(quantity=3, price=199))
     assert len(created.id) == 32
     assert created.status == orders_pb2.ORDER_STATUS_PENDING
@@ -54,7 +60,9 @@ async def test_create_then_get_returns_the_stored_order(orders: orders_pb2_grpc.
     assert fetched == created
 
 
-async def test_client_chosen_id_makes_create_idempotent(orders: orders_pb2_grpc.OrdersServiceStub) -> None:
+async def test_client_chosen_id_makes_create_idempotent(
+    orders: orders_pb2_grpc.OrdersServiceStub,
+) -> None:
     request = new_order()
     request.order_id = "order-42"
     assert (await orders.CreateOrder(request)).id == "order-42"
@@ -103,7 +111,9 @@ async def test_get_unknown_order_is_not_found_with_resource_info(
 
 async def test_list_filters_orders_and_pages(orders: orders_pb2_grpc.OrdersServiceStub) -> None:
     for index in range(7):
-        await orders.CreateOrder(new_order(customer="alice" if index % 2 else "bob", quantity=index + 1))
+        await orders.CreateOrder(
+            new_order(customer="alice" if index % 2 else "bob", quantity=index + 1)
+        )
     bobs = await orders.ListOrders(orders_pb2.ListOrdersRequest(customer_id="bob"))
     assert {o.customer_id for o in bobs.orders} == {"bob"} and len(bobs.orders) == 4
 
@@ -153,7 +163,9 @@ async def test_update_changes_only_masked_fields(orders: orders_pb2_grpc.OrdersS
     for mask, field in ((["status"], "update_mask"), ([], "update_mask")):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await orders.UpdateOrder(
-                orders_pb2.UpdateOrderRequest(order=change, update_mask=field_mask_pb2.FieldMask(paths=mask))
+                orders_pb2.UpdateOrderRequest(
+                    order=change, update_mask=field_mask_pb2.FieldMask(paths=mask)
+                )
             )
         assert field in violations(caught.value)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -168,7 +180,9 @@ async def test_update_changes_only_masked_fields(orders: orders_pb2_grpc.OrdersS
 
 async def test_cancel_is_final(orders: orders_pb2_grpc.OrdersServiceStub) -> None:
     created = await orders.CreateOrder(new_order())
-    cancelled = await orders.CancelOrder(orders_pb2.CancelOrderRequest(id=created.id, reason="changed my mind"))
+    cancelled = await orders.CancelOrder(
+        orders_pb2.CancelOrderRequest(id=created.id, reason="changed my mind")
+    )
     assert cancelled.status == orders_pb2.ORDER_STATUS_CANCELLED
     assert cancelled.cancel_reason == "changed my mind"
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -202,10 +216,14 @@ async def test_concurrent_updates_lose_nothing(orders: orders_pb2_grpc.OrdersSer
     assert final.note in {f"note {i}" for i in range(10)}
 
 
-async def test_watch_streams_existing_then_live_changes(orders: orders_pb2_grpc.OrdersServiceStub) -> None:
+async def test_watch_streams_existing_then_live_changes(
+    orders: orders_pb2_grpc.OrdersServiceStub,
+) -> None:
     first = await orders.CreateOrder(new_order(customer="w"))
     await orders.CreateOrder(new_order(customer="other"))
-    stream = orders.WatchOrders(orders_pb2.WatchOrdersRequest(customer_id="w", include_existing=True))
+    stream = orders.WatchOrders(
+        orders_pb2.WatchOrdersRequest(customer_id="w", include_existing=True)
+    )
     existing = await asyncio.wait_for(stream.read(), 5)
     assert existing.change_type == orders_pb2.CHANGE_TYPE_EXISTING
     assert existing.order.id == first.id
@@ -216,5 +234,8 @@ async def test_watch_streams_existing_then_live_changes(orders: orders_pb2_grpc.
     created = await asyncio.wait_for(stream.read(), 5)
     assert (created.change_type, created.order.id) == (orders_pb2.CHANGE_TYPE_CREATED, second.id)
     cancelled = await asyncio.wait_for(stream.read(), 5)
-    assert (cancelled.change_type, cancelled.order.id) == (orders_pb2.CHANGE_TYPE_CANCELLED, first.id)
+    assert (cancelled.change_type, cancelled.order.id) == (
+        orders_pb2.CHANGE_TYPE_CANCELLED,
+        first.id,
+    )
     stream.cancel()

@@ -21,7 +21,7 @@ def test_toml_file_overrides_defaults(tmp_path: Path) -> None:
         'data_dir = "/var/lib/nexus"\n'
         "[server]\ngrace_period = 3\nreuse_port = true\n"
         '[plugins]\ndirs = ["a", "b"]\nstrict = true\n'
-        '[plugin.orders]\nmax = 5\n'
+        "[plugin.orders]\nmax = 5\n"
     )
     config = load_config(path, environ={})
     assert config.data_dir == "/var/lib/nexus"
@@ -59,13 +59,24 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
             {"NEXUS_SERVER__GRACE_PERIOD": "soon"},
             "server.grace_period (from NEXUS_SERVER__GRACE_PERIOD): expected a number, got 'soon'",
         ),
-        ({"NEXUS_SERVER__GRACE_PERIOD": "-1"}, "server.grace_period (from NEXUS_SERVER__GRACE_PERIOD): expected a number >= 0"),
-        ({"NEXUS_PLUGINS__STRICT": "maybe"}, "plugins.strict (from NEXUS_PLUGINS__STRICT): expected true or false"),
+        (
+            {"NEXUS_SERVER__GRACE_PERIOD": "-1"},
+            "server.grace_period (from NEXUS_SERVER__GRACE_PERIOD): expected a number >= 0",
+        ),
+        (
+            {"NEXUS_PLUGINS__STRICT": "maybe"},
+            "plugins.strict (from NEXUS_PLUGINS__STRICT): expected true or false",
+        ),
         ({"NEXUS_SERVER__PORT": "1"}, "unknown config key server.port (known keys in server:"),
-        ({"NEXUS_LOG__FORMAT": "xml"}, "log.format (from NEXUS_LOG__FORMAT): expected one of auto, json, text"),
+        (
+            {"NEXUS_LOG__FORMAT": "xml"},
+            "log.format (from NEXUS_LOG__FORMAT): expected one of auto, json, text",
+        ),
     ],
 )
-def test_bad_environment_values_name_key_and_expectation(environ: dict[str, str], message: str) -> None:
+def test_bad_environment_values_name_key_and_expectation(
+    environ: dict[str, str], message: str
+) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(environ=environ)
     assert message in str(caught.value)
@@ -74,7 +85,9 @@ def test_bad_environment_values_name_key_and_expectation(environ: dict[str, str]
 def test_bad_file_values_name_key_and_expectation(tmp_path: Path) -> None:
     path = tmp_path / "nexus.toml"
     path.write_text('[server]\nmax_message_bytes = "big"\n')
-    with pytest.raises(ConfigError, match=r"server.max_message_bytes: expected an integer, got 'big'"):
+    with pytest.raises(
+        ConfigError, match=r"server.max_message_bytes: expected an integer, got 'big'"
+    ):
         load_config(path, environ={})
     path.write_text("[server\n")
     with pytest.raises(ConfigError, match="is not valid TOML"):

@@ -37,7 +37,10 @@ def test_valid_manifest_parses(tmp_path: Path) -> None:
         (("name", None), "required field 'name' is missing"),
         (("version", None), "required field 'version' is missing"),
         (("description", '""'), "field 'description' must be a non-empty string"),
-        (("category", '"finance"'), "category 'finance' is not one of business, integration, analytics, security"),
+        (
+            ("category", '"finance"'),
+            "category 'finance' is not one of business, integration, analytics, security",
+        ),
         (("name", '"Billing!"'), "name 'Billing!' must be lower-case letters"),
         (("services", '["Invoices"]'), "must be a fully qualified protobuf service name"),
         (("services", '"acme.v1.X"'), "field 'services' must be a list of strings"),
@@ -46,7 +49,9 @@ def test_valid_manifest_parses(tmp_path: Path) -> None:
         (("entry", '"not valid:"'), "entry 'not valid:' must be 'attribute' or 'module:attribute'"),
     ],
 )
-def test_invalid_manifest_names_the_problem(tmp_path: Path, change: tuple[str, str | None], message: str) -> None:
+def test_invalid_manifest_names_the_problem(
+    tmp_path: Path, change: tuple[str, str | None], message: str
+) -> None:
     key, value = change
     lines = [line for line in VALID.strip().splitlines() if not line.startswith(f"{key} ")]
     if value is not None:
@@ -59,7 +64,7 @@ def test_invalid_manifest_names_the_problem(tmp_path: Path, change: tuple[str, s
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:
-    with pytest.raises(ManifestError, match="missing; every plugin needs a manifest.toml"):
+    with pytest.raises(ManifestError, match=r"missing; every plugin needs a manifest\.toml"):
         parse_manifest(tmp_path / "manifest.toml")
     with pytest.raises(ManifestError, match="not valid TOML"):
         parse_manifest(write(tmp_path, "name = "))

@@ -12,7 +12,9 @@ HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
 
 def route(plugin: str, method: str = "Check") -> Route:
     descriptor = HEALTH.methods_by_name[method]
-    info = MethodInfo(f"/grpc.health.v1.Health/{method}", plugin, descriptor, Arity.of(descriptor), InFlight())
+    info = MethodInfo(
+        f"/grpc.health.v1.Health/{method}", plugin, descriptor, Arity.of(descriptor), InFlight()
+    )
 
     async def call(request: object, context: object) -> None:
         return None
@@ -32,7 +34,10 @@ def test_adding_routes_makes_a_new_generation_and_keeps_the_old_one() -> None:
     second = router.add([route("a")])
     assert second.generation == first.generation + 1
     assert first.routes == {}
-    assert router.lookup("/grpc.health.v1.Health/Check") is second.routes["/grpc.health.v1.Health/Check"]
+    assert (
+        router.lookup("/grpc.health.v1.Health/Check")
+        is second.routes["/grpc.health.v1.Health/Check"]
+    )
     assert second.services() == ["grpc.health.v1.Health"]
     assert second.plugin_of("grpc.health.v1.Health") == "a"
     with pytest.raises(TypeError):
@@ -42,7 +47,9 @@ def test_adding_routes_makes_a_new_generation_and_keeps_the_old_one() -> None:
 def test_a_path_has_one_owner() -> None:
     router = Router()
     router.add([route("a")])
-    with pytest.raises(ValueError, match="served by plugin 'a' already; plugin 'b' cannot serve it too"):
+    with pytest.raises(
+        ValueError, match="served by plugin 'a' already; plugin 'b' cannot serve it too"
+    ):
         router.add([route("b")])
 
 

@@ -1,0 +1,194 @@
+"""Units of work, row locking and concurrent writers on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from nexus.orders.v1 import orders_pb2
+
+from nexus_grpc.errors import AlreadyExistsError, ConflictError, NotFoundError
+from nexus_grpc.storage import Namespace, Storage
+
+from . import BACKENDS, backend_url, connected
+
+Order = orders_pb2.Order
+
+
+class Boom(Exception):
+    """Raised inside a transaction to make it roll back."""
+
+
+@pytest.fixture(params=BACKENDS)
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return backend_url(request, tmp_path)
+
+
+@pytest.fixture
+async def storage(storage_url: str) -> AsyncIterator[Storage]:
+    async with connected(storage_url) as storage:
+        yield storage
+
+
+@pytest.fixture
+def namespace(storage: Storage) -> Namespace:
+    return storage.namespace("plugins/business/orders")
+
+
+async def test_transaction_commits_on_normal_exit(namespace: Namespace) -> None:
+    async with namespace.transaction() as unit:
+        repo = unit.repository(Order)
+        await repo.create(Order(id="a", note="1"))
+        await repo.create(Order(id="b"))
+        await repo.update(Order(id="a", note="2"))
+        await repo.delete("b")
+        assert (await repo.get("a")).note == "2"  # type: ignore[union-attr]  # own writes
+
+    outside = namespace.repository(Order)
+    assert (await outside.get("a")).note == "2"  # type: ignore[union-attr]
+    assert await outside.get("b") is None
+
+
+async def test_an_exception_inside_a_transaction_leaves_nothing_written(
+    namespace: Namespace,
+) -> None:
+    outside = namespace.repository(Order)
+    await outside.create(Order(id="kept", note="original"))
+    await outside.create(Order(id="doomed"))
+
+    with pytest.raises(Boom):
+        async with namespace.transaction() as unit:
+            repo = unit.repository(Order)
+            for number in range(5):
+                await repo.create(Order(id=f"new-{number}"))
+            await repo.update(Order(id="kept", note="changed"))
+            assert await repo.delete("doomed") is True
+            raise Boom
+
+    assert (await outside.get("kept")).note == "original"  # type: ignore[union-attr]
+    assert await outside.get("doomed") is not None
+    assert [o.id for o in (await outside.list()).items] == ["doomed", "kept"]
+
+
+async def test_a_storage_error_inside_a_transaction_rolls_it_back(namespace: Namespace) -> None:
+    with pytest.raises(NotFoundError):
+        async with namespace.transaction() as unit:
+            repo = unit.repository(Order)
+            await repo.create(Order(id="half"))
+            await repo.update(Order(id="missing"))
+
+    assert await namespace.repository(Order).get("half") is None
+
+
+async def test_already_exists_inside_a_transaction_leaves_it_usable(
+    namespace: Namespace,
+) -> None:
+    await namespace.repository(Order).create(Order(id="taken"))
+
+    async with namespace.transaction() as unit:
+        repo = unit.repository(Order)
+        with pytest.raises(AlreadyExistsError):
+            await repo.create(Order(id="taken", note="again"))
+        # On PostgreSQL a failed statement would abort the whole transaction.
+        await repo.create(Order(id="free"))
+
+    assert await namespace.repository(Order).get("free") is not None
+
+
+async def test_outside_a_transaction_each_call_commits_on_its_own(namespace: Namespace) -> None:
+    repo = namespace.repository(Order)
+    await repo.create(Order(id="first"))
+
+    with pytest.raises(AlreadyExistsError):
+        await repo.create(Order(id="first"))
+
+    assert await repo.get("first") is not None
+
+
+async def test_for_update_serialises_concurrent_read_modify_write(namespace: Namespace) -> None:
+    await namespace.repository(Order).create(Order(id="counter", total_cents=0))
+    workers = 5
+
+    async def increment() -> None:
+        async with namespace.transaction() as unit:
+            repo = unit.repository(Order)
+            order = await repo.get("counter", for_update=True)
+            assert order is not None
+            await asyncio.sleep(0.02)  # let the other workers pile up on the lock
+            order.total_cents += 1
+            await repo.update(order)
+
+    await asyncio.gather(*(increment() for _ in range(workers)))
+
+    final = await namespace.repository(Order).get_record("counter")
+    assert final is not None
+    assert final.message.total_cents == workers  # no increment was lost
+    assert final.version == 1 + workers
+
+
+async def test_concurrent_creates_of_one_id_let_exactly_one_win(namespace: Namespace) -> None:
+    attempts = 6
+
+    async def create(number: int) -> Order:
+        async with namespace.transaction() as unit:
+            created = await unit.repository(Order).create(Order(id="same", note=str(number)))
+            await asyncio.sleep(0.01)  # keep the transaction open while others try
+            return created
+
+    results = await asyncio.gather(*(create(n) for n in range(attempts)), return_exceptions=True)
+
+    winners = [r for r in results if isinstance(r, Order)]
+    losers = [r for r in results if isinstance(r, AlreadyExistsError)]
+    assert (len(winners), len(losers)) == (1, attempts - 1), results
+    assert await namespace.repository(Order).get("same") == winners[0]
+
+
+async def test_concurrent_plain_creates_of_one_id_let_exactly_one_win(
+    namespace: Namespace,
+) -> None:
+    repo = namespace.repository(Order)
+
+    results = await asyncio.gather(
+        *(repo.create(Order(id="same", note=str(n))) for n in range(6)), return_exceptions=True
+    )
+
+    assert sum(isinstance(r, Order) for r in results) == 1, results
+    assert sum(isinstance(r, AlreadyExistsError) for r in results) == 5, results
+
+
+async def test_for_update_outside_a_transaction_is_refused(namespace: Namespace) -> None:
+    with pytest.raises(RuntimeError, match="for_update needs a transaction"):
+        await namespace.repository(Order).get("x", for_update=True)
+
+
+async def test_a_finished_unit_of_work_refuses_further_work(namespace: Namespace) -> None:
+    async with namespace.transaction() as unit:
+        repo = unit.repository(Order)
+
+    with pytest.raises(RuntimeError, match="transaction has ended"):
+        await repo.get("x")
+
+
+async def test_concurrent_tasks_may_share_one_unit_of_work(namespace: Namespace) -> None:
+    async with namespace.transaction() as unit:
+        repo = unit.repository(Order)
+        await asyncio.gather(*(repo.create(Order(id=f"o{n}")) for n in range(10)))
+
+    assert len((await namespace.repository(Order).list()).items) == 10
+
+
+async def test_a_sqlite_writer_that_waits_too_long_gets_a_conflict(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/busy.db"
+    storage = await Storage.connect(url, sqlite_busy_timeout=0.05)
+    try:
+        namespace = storage.namespace("busy")
+        async with namespace.transaction() as unit:
+            await unit.repository(Order).create(Order(id="holding the lock"))
+            with pytest.raises(ConflictError, match="busy"):
+                await namespace.repository(Order).create(Order(id="blocked"))
+            # Readers are not blocked by the writer (WAL, deferred read transactions).
+            assert await namespace.repository(Order).get("holding the lock") is None
+    finally:
+        await storage.close()
