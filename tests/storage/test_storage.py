@@ -67,7 +67,7 @@ async def test_the_schema_has_one_records_table(storage_url: str) -> None:
     assert key == ["namespace", "collection", "id"]
     if storage_url.startswith("postgresql"):
         assert type(columns["index_doc"]).__name__ == "JSONB"
-        assert "TIME ZONE" in str(columns["created_at"])
+        assert getattr(columns["created_at"], "timezone", False) is True
 
 
 async def test_sqlite_gets_its_directory_and_wal_journal(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ async def test_an_exception_inside_a_transaction_leaves_nothing_written(
     await outside.create(Order(id="kept", note="original"))
     await outside.create(Order(id="doomed"))
 
-    with pytest.raises(Boom):
+    async def change_everything_then_fail() -> None:
         async with namespace.transaction() as unit:
             repo = unit.repository(Order)
             for number in range(5):
@@ -67,17 +67,23 @@ async def test_an_exception_inside_a_transaction_leaves_nothing_written(
             assert await repo.delete("doomed") is True
             raise Boom
 
+    with pytest.raises(Boom):
+        await change_everything_then_fail()
+
     assert (await outside.get("kept")).note == "original"  # type: ignore[union-attr]
     assert await outside.get("doomed") is not None
     assert [o.id for o in (await outside.list()).items] == ["doomed", "kept"]
 
 
 async def test_a_storage_error_inside_a_transaction_rolls_it_back(namespace: Namespace) -> None:
-    with pytest.raises(NotFoundError):
+    async def create_then_fail() -> None:
         async with namespace.transaction() as unit:
             repo = unit.repository(Order)
             await repo.create(Order(id="half"))
             await repo.update(Order(id="missing"))
+
+    with pytest.raises(NotFoundError):
+        await create_then_fail()
 
     assert await namespace.repository(Order).get("half") is None
 
