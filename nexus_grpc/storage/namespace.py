@@ -11,7 +11,7 @@ from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .engine import Database, translate_errors
-from .repository import M, Repository, check_id_field
+from .repository import M, Repository, Scope, check_id_field
 from .schema import MAX_KEY_LENGTH
 from .sql import SqlDialect
 
@@ -45,7 +45,7 @@ def _collection_name(message_type: type[Message], collection: str | None) -> str
 
 
 def _new_repository(
-    scope: Namespace | UnitOfWork,
+    scope: Scope,
     message_type: type[M],
     collection: str | None,
     id_field: str,
@@ -61,6 +61,49 @@ def _new_repository(
     )
 
 
+# The scopes are private objects rather than methods of Namespace / UnitOfWork so that
+# nothing handed to application code exposes a raw connection: all SQL goes through
+# repositories, which always filter on the scope's namespace.
+
+
+class _AutocommitScope:
+    """Outside a unit of work: every repository operation is its own transaction."""
+
+    def __init__(self, database: Database, namespace: str) -> None:
+        self._database = database
+        self.namespace = namespace
+        self.dialect = database.dialect
+        self.in_transaction = False
+
+    @asynccontextmanager
+    async def connection(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
+        async with self._database.transaction(write=write) as conn:
+            yield conn
+
+
+class _TransactionScope:
+    """Inside a unit of work: every operation runs on its one connection."""
+
+    def __init__(self, namespace: str, dialect: SqlDialect, conn: AsyncConnection) -> None:
+        self.namespace = namespace
+        self.dialect = dialect
+        self.in_transaction = True
+        self.active = True
+        self._conn = conn
+        # One connection cannot run two statements at once; concurrent tasks sharing the
+        # unit of work take turns.
+        self._lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def connection(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
+        # ``write`` is moot: the transaction was begun for writing.
+        if not self.active:
+            raise RuntimeError("this unit of work's transaction has ended")
+        async with self._lock:
+            with translate_errors():
+                yield self._conn
+
+
 class Namespace:
     """The rows of one namespace, e.g. one plugin's ("plugins/business/orders").
 
@@ -72,6 +115,7 @@ class Namespace:
     def __init__(self, database: Database, name: str) -> None:
         self._database = database
         self._name = validate_namespace(name)
+        self._scope = _AutocommitScope(database, self._name)
 
     def __repr__(self) -> str:
         return f"Namespace({self._name!r})"
@@ -81,29 +125,6 @@ class Namespace:
         """The namespace name."""
         return self._name
 
-    # Scope protocol: outside a unit of work every operation is its own transaction.
-
-    @property
-    def namespace(self) -> str:
-        """The namespace name (as the repository's scope)."""
-        return self._name
-
-    @property
-    def dialect(self) -> SqlDialect:
-        """The database backend."""
-        return self._database.dialect
-
-    @property
-    def in_transaction(self) -> bool:
-        """Always False: each repository call commits on its own."""
-        return False
-
-    @asynccontextmanager
-    async def connection(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
-        """A connection in a new transaction for one repository operation."""
-        async with self._database.transaction(write=write) as conn:
-            yield conn
-
     def repository(
         self, message_type: type[M], *, collection: str | None = None, id_field: str = "id"
     ) -> Repository[M]:
@@ -112,7 +133,7 @@ class Namespace:
         ``collection`` defaults to the message's full name; ``id_field`` names the
         singular string field holding the id.
         """
-        return _new_repository(self, message_type, collection, id_field)
+        return _new_repository(self._scope, message_type, collection, id_field)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[UnitOfWork]:
@@ -123,11 +144,11 @@ class Namespace:
         not open a second transaction on the same SQLite database while holding one.
         """
         async with self._database.transaction(write=True) as conn:
-            unit = UnitOfWork(self._name, self._database.dialect, conn)
+            scope = _TransactionScope(self._name, self._database.dialect, conn)
             try:
-                yield unit
+                yield UnitOfWork(scope)
             finally:
-                unit._finish()
+                scope.active = False
 
 
 class UnitOfWork:
@@ -136,48 +157,25 @@ class UnitOfWork:
     Its repositories join the transaction; they fail once the transaction has ended.
     """
 
-    def __init__(self, namespace: str, dialect: SqlDialect, conn: AsyncConnection) -> None:
-        self._namespace = namespace
-        self._dialect = dialect
-        self._conn = conn
-        self._active = True
-        # One connection cannot run two statements at once; concurrent tasks sharing the
-        # unit of work take turns.
-        self._lock = asyncio.Lock()
+    def __init__(self, scope: _TransactionScope) -> None:
+        self._scope = scope
 
     def __repr__(self) -> str:
-        state = "active" if self._active else "finished"
-        return f"UnitOfWork({self._namespace!r}, {state})"
+        state = "active" if self._scope.active else "finished"
+        return f"UnitOfWork({self._scope.namespace!r}, {state})"
 
     @property
     def namespace(self) -> str:
         """The namespace name."""
-        return self._namespace
+        return self._scope.namespace
 
     @property
-    def dialect(self) -> SqlDialect:
-        """The database backend."""
-        return self._dialect
-
-    @property
-    def in_transaction(self) -> bool:
-        """Always True: repository calls join this transaction."""
-        return True
-
-    @asynccontextmanager
-    async def connection(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
-        """The transaction's connection (``write`` is moot: it was begun for writing)."""
-        if not self._active:
-            raise RuntimeError("this unit of work's transaction has ended")
-        async with self._lock:
-            with translate_errors():
-                yield self._conn
+    def active(self) -> bool:
+        """Whether the transaction is still open."""
+        return self._scope.active
 
     def repository(
         self, message_type: type[M], *, collection: str | None = None, id_field: str = "id"
     ) -> Repository[M]:
         """The repository of ``message_type`` messages inside this transaction."""
-        return _new_repository(self, message_type, collection, id_field)
-
-    def _finish(self) -> None:
-        self._active = False
+        return _new_repository(self._scope, message_type, collection, id_field)

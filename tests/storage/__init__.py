@@ -64,7 +64,7 @@ def _widget_file() -> descriptor_pb2.FileDescriptorProto:
     f = descriptor_pb2.FieldDescriptorProto
     opt, rep = f.LABEL_OPTIONAL, f.LABEL_REPEATED
 
-    def field(name: str, number: int, kind: int, label: int = opt, type_name: str = "") -> Any:
+    def field(name: str, number: int, kind: Any, label: Any = opt, type_name: str = "") -> Any:
         made = f(name=name, number=number, type=kind, label=label)
         if type_name:  # even an empty type_name counts as set
             made.type_name = type_name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import random
 import uuid
@@ -54,7 +55,7 @@ def widgets(storage: Storage) -> Repository[Message]:
 
 def make_order(
     customer_id: str = "c1",
-    status: int = orders_pb2.ORDER_STATUS_PENDING,
+    status: Any = orders_pb2.ORDER_STATUS_PENDING,
     total_cents: int = 0,
     created: int = 0,
     **fields: Any,
@@ -465,7 +466,7 @@ async def many(storage: Storage, orders: Repository[Order]) -> list[Order]:
 def _python_order(messages: Sequence[Order], keys: list[tuple[str, bool]]) -> list[str]:
     ordered = sorted(messages, key=lambda m: m.id)
     for field, descending in reversed(keys):  # stable sorts, least significant key first
-        ordered.sort(key=lambda m, f=field: _sort_value(m, f), reverse=descending)
+        ordered.sort(key=functools.partial(_sort_value, field=field), reverse=descending)
     return ids(ordered)
 
 
@@ -576,11 +577,12 @@ async def test_a_token_is_rejected_by_a_query_with_another_filter_or_order(
     await create_all(orders, [make_order(id=f"o{n}", customer_id="c1") for n in range(3)])
     token = (await orders.list(filter={"customer_id": "c1"}, page_size=1)).next_page_token
 
-    for changed in [
+    changes: list[dict[str, Any]] = [
         {"filter": {"customer_id": "c2"}},
         {"filter": {}},
         {"filter": {"customer_id": "c1"}, "order_by": "create_time"},
-    ]:
+    ]
+    for changed in changes:
         with pytest.raises(InvalidQueryError, match="page_token was issued for a different query"):
             await orders.list(page_size=1, page_token=token, **changed)
     other = storage.namespace("plugins/business/orders").repository(Order, collection="x")

@@ -173,6 +173,7 @@ async def test_a_finished_unit_of_work_refuses_further_work(namespace: Namespace
     async with namespace.transaction() as unit:
         repo = unit.repository(Order)
 
+    assert not unit.active
     with pytest.raises(RuntimeError, match="transaction has ended"):
         await repo.get("x")
 
