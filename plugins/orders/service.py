@@ -11,6 +11,7 @@ from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 
 from nexus_grpc import PluginContext, StatusError
 from nexus_grpc.errors import NotFoundError
+from nexus_grpc.storage import Repository
 
 from .feed import ChangeFeed, WatcherTooSlowError
 from .validation import (
@@ -86,10 +87,7 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
         paths = validate_update(request)
         async with self._storage.transaction() as unit:
             orders = unit.repository(orders_pb2.Order)
-            order = await orders.get(request.order.id, for_update=True)
-            if order is None:
-                raise NotFoundError("order", request.order.id)
-            _require_open(order, "updated")
+            order = await _open_order(orders, request.order.id, "updated")
             for path in UPDATABLE_FIELDS:
                 if path in paths:
                     if path == "items":
@@ -110,10 +108,7 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
         validate_cancel(request)
         async with self._storage.transaction() as unit:
             orders = unit.repository(orders_pb2.Order)
-            order = await orders.get(request.id, for_update=True)
-            if order is None:
-                raise NotFoundError("order", request.id)
-            _require_open(order, "cancelled")
+            order = await _open_order(orders, request.id, "cancelled")
             order.status = orders_pb2.ORDER_STATUS_CANCELLED
             order.cancel_reason = request.reason
             order.update_time.CopyFrom(_now())
@@ -163,7 +158,13 @@ def _filter(customer_id: str, status: int) -> dict[str, object]:
     return found
 
 
-def _require_open(order: orders_pb2.Order, verb: str) -> None:
+async def _open_order(
+    orders: Repository[orders_pb2.Order], order_id: str, verb: str
+) -> orders_pb2.Order:
+    """The order, locked for this transaction; NOT_FOUND or FAILED_PRECONDITION otherwise."""
+    order = await orders.get(order_id, for_update=True)
+    if order is None:
+        raise NotFoundError("order", order_id)
     if order.status in _FINAL_STATES:
         state = orders_pb2.OrderStatus.Name(order.status)
         raise StatusError(
@@ -172,6 +173,7 @@ def _require_open(order: orders_pb2.Order, verb: str) -> None:
             reason="ORDER_CLOSED",
             metadata={"status": state},
         )
+    return order
 
 
 def _total(order: orders_pb2.Order) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -11,20 +10,9 @@ from nexus.orders.v1 import orders_pb2
 from nexus_grpc.errors import NotFoundError
 from nexus_grpc.storage import Storage, validate_namespace
 
-from . import BACKENDS, backend_url, connected
+from . import connected
 
 Order = orders_pb2.Order
-
-
-@pytest.fixture(params=BACKENDS)
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return backend_url(request, tmp_path)
-
-
-@pytest.fixture
-async def storage(storage_url: str) -> AsyncIterator[Storage]:
-    async with connected(storage_url) as storage:
-        yield storage
 
 
 @pytest.mark.parametrize(

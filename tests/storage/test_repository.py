@@ -7,9 +7,8 @@ import functools
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,21 +25,10 @@ from nexus_grpc.errors import (
 )
 from nexus_grpc.storage import InvalidQueryError, Page, Repository, Storage
 
-from . import BACKENDS, Widget, backend_url, connected, widget
+from . import Widget, widget
 
 Order = orders_pb2.Order
 BASE_SECONDS = 1_700_000_000
-
-
-@pytest.fixture(params=BACKENDS)
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return backend_url(request, tmp_path)
-
-
-@pytest.fixture
-async def storage(storage_url: str) -> AsyncIterator[Storage]:
-    async with connected(storage_url) as storage:
-        yield storage
 
 
 @pytest.fixture

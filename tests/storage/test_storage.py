@@ -13,14 +13,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from nexus_grpc.storage import RECORDS_TABLE, Storage
 
-from . import BACKENDS, backend_url, connected
+from . import connected
 
 Order = orders_pb2.Order
-
-
-@pytest.fixture(params=BACKENDS)
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return backend_url(request, tmp_path)
 
 
 async def test_connect_is_idempotent_and_keeps_data(storage_url: str) -> None:

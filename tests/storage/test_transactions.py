@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,24 +11,11 @@ from nexus.orders.v1 import orders_pb2
 from nexus_grpc.errors import AlreadyExistsError, ConflictError, NotFoundError
 from nexus_grpc.storage import Namespace, Storage
 
-from . import BACKENDS, backend_url, connected
-
 Order = orders_pb2.Order
 
 
 class Boom(Exception):
     """Raised inside a transaction to make it roll back."""
-
-
-@pytest.fixture(params=BACKENDS)
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return backend_url(request, tmp_path)
-
-
-@pytest.fixture
-async def storage(storage_url: str) -> AsyncIterator[Storage]:
-    async with connected(storage_url) as storage:
-        yield storage
 
 
 @pytest.fixture
