@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "Config",
     "ConfigError",
+    "HttpConfig",
     "LogConfig",
     "PluginsConfig",
     "ServerConfig",
@@ -52,6 +53,28 @@ class ServerConfig:
     shutdown_delay: float = 0.0
     #: Largest message accepted or sent, in bytes.
     max_message_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP listener: REST/JSON transcoding, gRPC-Web, OpenAPI."""
+
+    #: host:port to listen on; empty turns HTTP off; port 0 picks a free port.
+    address: str = "127.0.0.1:8080"
+    #: Largest request body accepted, in bytes (413 beyond).
+    max_body_bytes: int = 4 * 1024 * 1024
+    #: Origins allowed to call from a browser ("*" for any); none by default.
+    cors_origins: tuple[str, ...] = ()
+    #: Headers passed to handlers as metadata, besides Authorization and Grpc-Metadata-*.
+    forward_headers: tuple[str, ...] = ("x-request-id", "accept-language", "user-agent")
+    #: Reject query parameters that name no field, instead of ignoring them.
+    strict_query: bool = False
+    #: Write fields that hold their default value.
+    emit_defaults: bool = False
+    #: Write proto field names (customer_id) instead of lowerCamel (customerId).
+    proto_names: bool = False
+    #: Deadline in seconds of calls without a Grpc-Timeout header; 0 for none.
+    default_timeout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +122,7 @@ class Config:
     #: Folder for the embedded database and generated keys.
     data_dir: str = ".nexus"
     server: ServerConfig = field(default_factory=ServerConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     log: LogConfig = field(default_factory=LogConfig)

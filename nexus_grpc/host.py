@@ -12,7 +12,9 @@ import grpc
 
 from nexus_grpc.admin import AdminServicer
 from nexus_grpc.config import Config
+from nexus_grpc.gateway import GatewayApp, GatewaySettings
 from nexus_grpc.health import OVERALL, HealthState
+from nexus_grpc.http_server import HttpServer
 from nexus_grpc.pipeline import default_stages
 from nexus_grpc.plugins.manager import PluginManager
 from nexus_grpc.reflection import ReflectionServicer, reflection_bindings
@@ -39,9 +41,11 @@ class Host:
         self._stages = default_stages(access_log=config.log.access)
         self._storage: Storage | None = None
         self._server: grpc.aio.Server | None = None
+        self._http: HttpServer | None = None
         self._plugins: PluginManager | None = None
         self._stopping: asyncio.Task[None] | None = None
         self.grpc_port = 0
+        self.http_port = 0
 
     @property
     def plugins(self) -> PluginManager:
@@ -56,12 +60,26 @@ class Host:
         host = self.config.server.grpc_address.rsplit(":", 1)[0]
         return f"{host}:{self.grpc_port}"
 
+    @property
+    def http_address(self) -> str:
+        """The HTTP address clients use, with the real port; "" when HTTP is off."""
+        if self._http is None:
+            return ""
+        host = self.config.http.address.rsplit(":", 1)[0]
+        return f"{host}:{self.http_port}"
+
     async def start(self) -> None:
-        """Open storage, bind the port, load plugins, start serving."""
+        """Open storage, bind the ports, load plugins, start serving."""
         started = time.perf_counter()
         await asyncio.to_thread(Path(self.config.data_dir).mkdir, parents=True, exist_ok=True)
         # Bind first: a taken port should fail before any plugin start hook runs.
         self._server, self.grpc_port = create_server(self.config.server, self.router)
+        if self.config.http.address:
+            gateway = GatewayApp(self.router, GatewaySettings.from_config(self.config.http))
+            self._http = HttpServer(
+                gateway, self.config.http.address, reuse_port=self.config.server.reuse_port
+            )
+            self.http_port = self._http.bind()
         self._storage = await Storage.connect(self.config.storage_url())
         self._plugins = PluginManager(
             self.config,
@@ -75,15 +93,20 @@ class Host:
             await self._plugins.load_all()
         except BaseException:
             await self._storage.close()
+            if self._http is not None:
+                await self._http.stop(0)
             raise
         await self._server.start()
+        if self._http is not None:
+            await self._http.start()
         await self.health.set(OVERALL, True)
         records = self._plugins.records()
         _log.info(
             "nexus serving on %s",
-            self.grpc_address,
+            self.grpc_address + (f" (HTTP {self.http_address})" if self._http else ""),
             extra={
                 "grpc_address": self.grpc_address,
+                "http_address": self.http_address,
                 "plugins_serving": [r.name for r in records if r.state == "SERVING"],
                 "plugins_failed": [r.name for r in records if r.state == "FAILED"],
                 "startup_ms": round((time.perf_counter() - started) * 1000, 1),
@@ -119,7 +142,10 @@ class Host:
                 # Load balancers polling health stop sending before new calls are refused.
                 await asyncio.sleep(settings.shutdown_delay)
             _log.info("draining calls for up to %.1fs", grace, extra={"grace_period": grace})
-            await self._server.stop(grace)
+            stopping = [self._server.stop(grace)]
+            if self._http is not None:
+                stopping.append(self._http.stop(grace))
+            await asyncio.gather(*stopping)
         if self._plugins is not None:
             await self._plugins.stop_all()
         if self._storage is not None:

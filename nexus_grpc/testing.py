@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from nexus_grpc.config import Config, LogConfig, PluginsConfig, ServerConfig, StorageConfig
+from nexus_grpc.config import Config, HttpConfig, LogConfig, PluginsConfig, ServerConfig, StorageConfig
 from nexus_grpc.host import Host
 
 __all__ = ["RunningHost", "running_host"]
@@ -40,6 +40,11 @@ class RunningHost:
     def address(self) -> str:
         """host:port the server listens on."""
         return self.host.grpc_address
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the HTTP gateway (``http=True`` hosts only)."""
+        return f"http://{self.host.http_address}"
 
     def channel(self) -> grpc.aio.Channel:
         """A new insecure channel to the host, closed when the host stops."""
@@ -59,6 +64,7 @@ async def running_host(
     entry_points: bool = False,
     strict: bool = False,
     grace_period: float = 1.0,
+    http: bool = False,
 ) -> AsyncIterator[RunningHost]:
     """Start a host on a free port with ``plugins`` (None: every plugin found); stop it after."""
     config = Config(
@@ -70,6 +76,7 @@ async def running_host(
             enabled=tuple(plugins or ()),
             strict=strict,
         ),
+        http=HttpConfig(address="127.0.0.1:0" if http else ""),
         storage=StorageConfig(url=storage_url),
         log=LogConfig(access=False),
         plugin=dict(plugin_config or {}),

@@ -1,0 +1,374 @@
+"""The REST gateway: an ASGI application transcoding HTTP/JSON to the call pipeline.
+
+A request is matched against the HTTP bindings of the current routing generation,
+turned into the request message, and run through the route's pipeline handler — the
+same one gRPC calls run — with a :class:`GatewayContext`. Nothing here is generated per
+plugin: bindings are read from the descriptors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import grpc
+from google.protobuf.message import Message
+from google.rpc import status_pb2
+
+from nexus_grpc.config import HttpConfig
+from nexus_grpc.errors import StatusError
+from nexus_grpc.gateway.codec import JsonOptions, dumps, message_to_value
+from nexus_grpc.gateway.context import GatewayContext
+from nexus_grpc.gateway.cors import CorsPolicy
+from nexus_grpc.gateway.headers import (
+    METADATA_PREFIX,
+    TRAILER_PREFIX,
+    metadata_from_headers,
+    metadata_to_headers,
+    parse_grpc_timeout,
+)
+from nexus_grpc.gateway.responses import JSON, Headers, Receive, Scope, Send, send_error, send_response
+from nexus_grpc.gateway.output import metadata_headers, response_value, status_of
+from nexus_grpc.gateway.routes import GatewayRoute, GatewayRoutes, build_gateway_routes
+from nexus_grpc.gateway.status import http_status, status_body
+from nexus_grpc.gateway.streaming import StreamWriter, stream_format
+from nexus_grpc.pipeline.observe import incoming_request_id
+from nexus_grpc.routing import Route, Router, RoutingTable
+
+__all__ = ["GatewayApp", "GatewaySettings"]
+
+_log = logging.getLogger("nexus.gateway")
+
+#: Reflection is a bidirectional stream of descriptors: meaningless as REST.
+_NOT_ON_REST = frozenset({"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_HIDDEN_TRAILERS = frozenset({"x-request-id", "grpc-status-details-bin"})
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """What the gateway accepts and how it answers."""
+
+    json: JsonOptions = JsonOptions()
+    #: Largest request body accepted, in bytes (413 beyond).
+    max_body_bytes: int = 4 * 1024 * 1024
+    #: Headers passed to handlers as metadata besides Authorization and Grpc-Metadata-*.
+    forward_headers: frozenset[str] = frozenset({"x-request-id", "accept-language", "user-agent"})
+    #: Reject unknown query parameters instead of ignoring them.
+    strict_query: bool = False
+    #: Deadline of calls that send no Grpc-Timeout; 0 for none.
+    default_timeout: float = 0.0
+    cors: CorsPolicy = CorsPolicy()
+
+    @classmethod
+    def from_config(cls, config: HttpConfig) -> GatewaySettings:
+        """Settings from the ``[http]`` section of the host configuration."""
+        return cls(
+            json=JsonOptions(emit_defaults=config.emit_defaults, proto_names=config.proto_names),
+            max_body_bytes=config.max_body_bytes,
+            forward_headers=frozenset(h.lower() for h in config.forward_headers),
+            strict_query=config.strict_query,
+            default_timeout=config.default_timeout,
+            cors=CorsPolicy(origins=config.cors_origins),
+        )
+
+
+class GatewayApp:
+    """ASGI application serving every routed method over HTTP/JSON (and gRPC-Web)."""
+
+    def __init__(self, router: Router, settings: GatewaySettings) -> None:
+        self._router = router
+        self._settings = settings
+        self._routes = self._build(router.table)
+        router.on_change(self._rebuild)
+        from nexus_grpc.gateway.grpcweb import GrpcWebHandler
+
+        self._grpc_web = GrpcWebHandler(router, settings)
+
+    @property
+    def routes(self) -> GatewayRoutes:
+        """The HTTP routes of the current generation."""
+        return self._routes
+
+    def _build(self, table: RoutingTable) -> GatewayRoutes:
+        return build_gateway_routes(
+            table, self._settings.json, strict_query=self._settings.strict_query, exclude=_NOT_ON_REST
+        )
+
+    def _rebuild(self, table: RoutingTable) -> None:
+        self._routes = self._build(table)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        cors = self._settings.cors.response_headers(scope)
+        if self._settings.cors.is_preflight(scope):
+            await send_response(send, 204, self._settings.cors.preflight_headers(scope), b"")
+            return
+        content_type = _header(scope, b"content-type")
+        if content_type.startswith("application/grpc-web"):
+            await self._grpc_web.handle(scope, receive, send, cors)
+            return
+        try:
+            await self._serve_rest(scope, receive, send, cors)
+        except StatusError as error:
+            await send_error(send, error, [*cors, *_request_id_header(scope)])
+
+    async def _serve_rest(self, scope: Scope, receive: Receive, send: Send, cors: Headers) -> None:
+        method = scope["method"]
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        path = raw_path.decode("latin-1")
+        routes = self._routes
+        match = routes.matcher.match(method, path)
+        if match is None:
+            if method == "GET" and path == "/openapi.json":
+                from nexus_grpc.gateway.openapi import openapi_document
+
+                document = openapi_document(routes.bindings, self._settings.json)
+                await send_response(send, 200, [(b"content-type", JSON), *cors], dumps(document))
+                return
+            allowed = routes.matcher.allowed_methods(path)
+            if allowed:
+                raise _method_not_allowed(method, path, allowed)
+            raise StatusError(grpc.StatusCode.NOT_FOUND, f"no route for {method} {path}", reason="ROUTE_NOT_FOUND")
+        gateway_route = match.value
+        route = self._router.lookup(gateway_route.binding.route_path)
+        if route is None:
+            raise StatusError(grpc.StatusCode.NOT_FOUND, f"no route for {method} {path}", reason="ROUTE_NOT_FOUND")
+        context = self._context(scope, writer=None)
+        binding = gateway_route.binding
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        if binding.client_streaming:
+            _require_content_type(scope, gateway_route, streaming=True)
+            requests = self._request_stream(gateway_route, match.variables, query, receive)
+            await self._call(route, gateway_route, requests, context, scope, receive, send, cors)
+            return
+        body: bytes | None = None
+        if binding.body and method in _BODY_METHODS:
+            _require_content_type(scope, gateway_route, streaming=False)
+            body = await _read_body(scope, receive, self._settings.max_body_bytes)
+        request = gateway_route.builder.build(match.variables, query, body, _header(scope, b"content-type"))
+        await self._call(route, gateway_route, request, context, scope, receive, send, cors)
+
+    def _context(self, scope: Scope, writer: Any) -> GatewayContext:
+        metadata = metadata_from_headers(scope["headers"], self._settings.forward_headers)
+        # The request id is settled here, not in the pipeline, so every response —
+        # whatever the handler does to its trailing metadata — carries it.
+        request_id = incoming_request_id(metadata)
+        metadata = (*(m for m in metadata if m[0] != "x-request-id"), ("x-request-id", request_id))
+        timeout_header = _header(scope, b"grpc-timeout")
+        timeout = parse_grpc_timeout(timeout_header) if timeout_header else self._settings.default_timeout
+        client = scope.get("client")
+        peer = f"ipv4:{client[0]}:{client[1]}" if client else "unknown"
+        return GatewayContext(
+            transport="rest",
+            metadata=metadata,
+            peer=peer,
+            deadline=time.monotonic() + timeout if timeout > 0 else None,
+            writer=writer,
+        )
+
+    async def _request_stream(
+        self,
+        gateway_route: GatewayRoute,
+        variables: dict[str, str],
+        query: list[tuple[str, str]],
+        receive: Receive,
+    ) -> AsyncIterator[Message]:
+        content_type = "application/json"
+        async for line in _ndjson_lines(receive, self._settings.max_body_bytes):
+            yield gateway_route.builder.build(variables, query, line, content_type)
+
+    async def _call(
+        self,
+        route: Route,
+        gateway_route: GatewayRoute,
+        request: Any,
+        context: GatewayContext,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        cors: Headers,
+    ) -> None:
+        binding = gateway_route.binding
+        writer: StreamWriter | None = None
+        if binding.server_streaming:
+            writer = StreamWriter(
+                send,
+                stream_format(_header(scope, b"accept")),
+                gateway_route,
+                self._settings.json,
+                context,
+                cors,
+            )
+            context._writer = writer.write
+        remaining = context.time_remaining()
+        call = asyncio.ensure_future(route.call(request, context))
+        # Bidirectional calls read the body as they go and see the disconnect there.
+        watch = binding.server_streaming and not binding.client_streaming
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, call, context)) if watch else None
+        try:
+            if remaining is not None:
+                async with asyncio.timeout(remaining):
+                    response = await call
+            else:
+                response = await call
+        except TimeoutError:
+            context.set_code(grpc.StatusCode.DEADLINE_EXCEEDED)
+            context.set_details("deadline exceeded")
+            response = None
+        except grpc.aio.AbortError:
+            response = None
+        except asyncio.CancelledError:
+            if context.cancelled_by_client:
+                return
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        code = context.code() or grpc.StatusCode.OK
+        if writer is not None:
+            if code == grpc.StatusCode.OK:
+                await writer.finish()
+            elif writer.started:
+                await writer.fail(status_of(context, code))
+            else:
+                await self._send_status(send, context, code, cors)
+            return
+        if code != grpc.StatusCode.OK:
+            await self._send_status(send, context, code, cors)
+            return
+        await self._send_message(send, gateway_route, response, context, cors)
+
+    async def _send_message(
+        self, send: Send, gateway_route: GatewayRoute, response: Message, context: GatewayContext, cors: Headers
+    ) -> None:
+        headers = [*cors, *metadata_headers(context)]
+        if gateway_route.raw_response:
+            body_message = response if gateway_route.response_field is None else getattr(response, gateway_route.response_field.name)
+            content_type = body_message.content_type or "application/octet-stream"
+            await send_response(send, 200, [(b"content-type", content_type.encode("latin-1")), *headers], body_message.data)
+            return
+        value = response_value(response, gateway_route, self._settings.json)
+        await send_response(send, 200, [(b"content-type", JSON), *headers], dumps(value))
+
+    async def _send_status(self, send: Send, context: GatewayContext, code: grpc.StatusCode, cors: Headers) -> None:
+        status = status_of(context, code)
+        headers = [(b"content-type", JSON), *cors, *metadata_headers(context)]
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            headers.append((b"www-authenticate", b'Bearer realm="nexus"'))
+        await send_response(send, http_status(code), headers, dumps(status_body(status)))
+
+
+def _method_not_allowed(method: str, path: str, allowed: list[str]) -> StatusError:
+    return StatusError(
+        grpc.StatusCode.UNIMPLEMENTED,
+        f"method {method} is not allowed on {path}; allowed: {', '.join(allowed)}",
+        reason="METHOD_NOT_ALLOWED",
+        metadata={"allow": ", ".join(allowed), "http_status": "405"},
+    )
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return ""
+
+
+def _request_id_header(scope: Scope) -> Headers:
+    value = _header(scope, b"x-request-id")
+    if value and len(value) <= 128 and value.isascii() and value.isprintable():
+        return [(b"x-request-id", value.encode("latin-1"))]
+    return [(b"x-request-id", uuid.uuid4().hex.encode())]
+
+
+def _require_content_type(scope: Scope, gateway_route: GatewayRoute, *, streaming: bool) -> None:
+    if gateway_route.builder.raw_body:
+        return
+    content_type = _header(scope, b"content-type").split(";", 1)[0].strip().lower()
+    accepted = ("application/json", "application/x-ndjson") if streaming else ("application/json",)
+    if content_type and content_type not in accepted:
+        raise StatusError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"unsupported content type {content_type!r}; send {' or '.join(accepted)}",
+            reason="UNSUPPORTED_MEDIA_TYPE",
+            metadata={"http_status": "415"},
+        )
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    declared = _header(scope, b"content-length")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _too_large(limit: int) -> StatusError:
+    return StatusError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"request body is larger than {limit} bytes",
+        reason="BODY_TOO_LARGE",
+        metadata={"http_status": "413", "limit": str(limit)},
+    )
+
+
+async def _ndjson_lines(receive: Receive, limit: int) -> AsyncIterator[bytes]:
+    buffer = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        buffer += message.get("body", b"")
+        *lines, buffer = buffer.split(b"\n")
+        if len(buffer) > limit:
+            raise _too_large(limit)
+        for line in lines:
+            if line.strip():
+                yield line
+        if not message.get("more_body", False):
+            if buffer.strip():
+                yield buffer
+            return
+
+
+async def _watch_disconnect(receive: Receive, call: asyncio.Future[Any], context: GatewayContext) -> None:
+    # A server stream's client leaving is only visible as http.disconnect on receive().
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            context.cancelled_by_client = True
+            call.cancel()
+            return
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

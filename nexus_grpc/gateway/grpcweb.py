@@ -1,0 +1,224 @@
+"""gRPC-Web on the HTTP port, so browsers call any method without a proxy.
+
+The protocol (github.com/grpc/grpc/blob/master/doc/PROTOCOL-WEB.md): POST to the gRPC
+path, messages in the usual 5-byte-prefixed frames, metadata as plain headers, and the
+trailers as a last frame flagged 0x80 inside the body, because browsers cannot read
+HTTP trailers. ``application/grpc-web-text`` is the same, base64-encoded. Unary and
+server-streaming calls are supported: browsers cannot stream request bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import struct
+import time
+from typing import Any
+from urllib.parse import quote
+
+import grpc
+
+from nexus_grpc.errors import StatusError
+from nexus_grpc.gateway.context import GatewayContext
+from nexus_grpc.gateway.headers import parse_grpc_timeout
+from nexus_grpc.gateway.responses import Headers, Receive, Scope, Send
+
+__all__ = ["GrpcWebHandler", "decode_frames", "encode_frame"]
+
+_DATA = 0x00
+_TRAILERS = 0x80
+_HEADER = struct.Struct(">BI")
+
+# Headers that are HTTP's or the browser's, not call metadata.
+_NOT_METADATA = frozenset(
+    {
+        "host", "content-type", "content-length", "accept", "accept-encoding", "connection",
+        "origin", "referer", "te", "user-agent", "x-grpc-web", "x-user-agent", "cookie",
+        "sec-fetch-mode", "sec-fetch-site", "sec-fetch-dest", "pragma", "cache-control",
+        "grpc-timeout", "grpc-accept-encoding", "grpc-encoding", "accept-language",
+    }
+)
+
+
+def encode_frame(flag: int, payload: bytes) -> bytes:
+    """One length-prefixed gRPC(-Web) frame."""
+    return _HEADER.pack(flag, len(payload)) + payload
+
+
+def decode_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """Split a body into (flag, payload) frames; ValueError when truncated."""
+    frames = []
+    offset = 0
+    while offset < len(data):
+        if len(data) - offset < _HEADER.size:
+            raise ValueError("truncated frame header")
+        flag, length = _HEADER.unpack_from(data, offset)
+        offset += _HEADER.size
+        if len(data) - offset < length:
+            raise ValueError("truncated frame")
+        frames.append((flag, data[offset : offset + length]))
+        offset += length
+    return frames
+
+
+class GrpcWebHandler:
+    """Serves gRPC-Web requests through the routes' pipeline handlers."""
+
+    def __init__(self, router: Any, settings: Any) -> None:
+        self._router = router
+        self._settings = settings
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, cors: Headers) -> None:
+        """Answer one gRPC-Web request (always HTTP 200: the status is in the trailers)."""
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        text = headers.get("content-type", "").startswith("application/grpc-web-text")
+        response = _Response(send, text, cors)
+        route = self._router.lookup(scope["path"])
+        if scope["method"] != "POST" or route is None:
+            await response.trailers(grpc.StatusCode.UNIMPLEMENTED, f"method {scope['path']} not found", ())
+            return
+        if route.info.descriptor.client_streaming:
+            await response.trailers(
+                grpc.StatusCode.UNIMPLEMENTED, "client streaming is not available over gRPC-Web", ()
+            )
+            return
+        try:
+            body = await _read(receive, self._settings.max_body_bytes)
+            if text:
+                body = base64.b64decode(body, validate=False)
+            frames = [payload for flag, payload in decode_frames(body) if flag == _DATA]
+            if len(frames) != 1:
+                raise ValueError(f"expected one request message, got {len(frames)}")
+            deserialize = route.grpc_handler.request_deserializer
+            request = deserialize(frames[0]) if deserialize else frames[0]
+        except (ValueError, binascii.Error) as error:
+            await response.trailers(grpc.StatusCode.INVALID_ARGUMENT, f"malformed gRPC-Web request: {error}", ())
+            return
+        except Exception:
+            await response.trailers(grpc.StatusCode.INVALID_ARGUMENT, "request message could not be parsed", ())
+            return
+        try:
+            timeout = _timeout(headers.get("grpc-timeout", ""))
+        except StatusError as error:
+            await response.trailers(error.code, error.message, ())
+            return
+        serialize = route.grpc_handler.response_serializer
+        context = GatewayContext(
+            transport="grpc-web",
+            metadata=_metadata(scope["headers"]),
+            peer=_peer(scope),
+            deadline=time.monotonic() + timeout if timeout else None,
+            writer=lambda message: response.message(serialize(message) if serialize else message, context),
+        )
+        try:
+            if timeout:
+                async with asyncio.timeout(timeout):
+                    result = await route.call(request, context)
+            else:
+                result = await route.call(request, context)
+        except TimeoutError:
+            context.set_code(grpc.StatusCode.DEADLINE_EXCEEDED)
+            context.set_details("deadline exceeded")
+            result = None
+        except grpc.aio.AbortError:
+            result = None
+        code = context.code() or grpc.StatusCode.OK
+        if code == grpc.StatusCode.OK and result is not None and not route.info.descriptor.server_streaming:
+            await response.message(serialize(result) if serialize else result, context)
+        await response.trailers(code, context.details() or "", context.trailing_metadata(), context)
+
+
+class _Response:
+    def __init__(self, send: Send, text: bool, cors: Headers) -> None:
+        self._send = send
+        self._text = text
+        self._cors = cors
+        self._started = False
+
+    async def _start(self, context: GatewayContext | None) -> None:
+        if self._started:
+            return
+        self._started = True
+        content_type = b"application/grpc-web-text+proto" if self._text else b"application/grpc-web+proto"
+        headers = [(b"content-type", content_type), *self._cors]
+        if context is not None:
+            headers += _metadata_headers(context.initial_metadata or ())
+        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def message(self, payload: bytes, context: GatewayContext) -> None:
+        await self._start(context)
+        await self._chunk(encode_frame(_DATA, payload), more=True)
+
+    async def trailers(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        metadata: Any,
+        context: GatewayContext | None = None,
+    ) -> None:
+        await self._start(context)
+        lines = [f"grpc-status:{code.value[0]}", f"grpc-message:{quote(message, safe=' ')}"]
+        for key, value in metadata or ():
+            if isinstance(value, bytes):
+                value = base64.b64encode(value).decode("ascii")
+            lines.append(f"{key}:{value}")
+        block = ("\r\n".join(lines) + "\r\n").encode("latin-1", "replace")
+        await self._chunk(encode_frame(_TRAILERS, block), more=False)
+
+    async def _chunk(self, data: bytes, *, more: bool) -> None:
+        if self._text:
+            data = base64.b64encode(data)
+        await self._send({"type": "http.response.body", "body": data, "more_body": more})
+
+
+def _metadata(raw: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str | bytes], ...]:
+    metadata: list[tuple[str, str | bytes]] = []
+    for raw_key, raw_value in raw:
+        key = raw_key.decode("latin-1").lower()
+        if key in _NOT_METADATA or key.startswith(("sec-", "access-control-", "grpc-")):
+            continue
+        value = raw_value.decode("latin-1")
+        if not value.isprintable():
+            continue
+        if key.endswith("-bin"):
+            try:
+                metadata.append((key, base64.b64decode(value + "=" * (-len(value) % 4))))
+            except binascii.Error:
+                continue
+        else:
+            metadata.append((key, value))
+    return tuple(metadata)
+
+
+def _metadata_headers(metadata: Any) -> Headers:
+    headers = []
+    for key, value in metadata:
+        text = base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
+        headers.append((key.encode("latin-1"), text.encode("latin-1")))
+    return headers
+
+
+def _timeout(value: str) -> float:
+    return parse_grpc_timeout(value) if value else 0.0
+
+
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"ipv4:{client[0]}:{client[1]}" if client else "unknown"
+
+
+async def _read(receive: Receive, limit: int) -> bytes:
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ValueError(f"request larger than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)

@@ -1,0 +1,87 @@
+"""The HTTP listener: uvicorn serving the gateway in the host's own event loop.
+
+Sharing the loop with grpc.aio means a REST call and a gRPC call run the same
+handlers on the same objects, with no thread or process hop between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import uvicorn
+
+from nexus_grpc.gateway.app import GatewayApp
+from nexus_grpc.server import ListenError
+
+__all__ = ["HttpServer"]
+
+_log = logging.getLogger("nexus.http")
+
+
+class HttpServer:
+    """uvicorn, started and stopped by the host rather than by its own CLI."""
+
+    def __init__(self, app: GatewayApp, address: str, *, reuse_port: bool = False) -> None:
+        self._app = app
+        self._address = address
+        self._reuse_port = reuse_port
+        self._socket: socket.socket | None = None
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.port = 0
+
+    def bind(self) -> int:
+        """Bind the listening socket (a taken port fails here, before anything starts)."""
+        host, _, port_text = self._address.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        try:
+            port = int(port_text)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self._reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+        except (OSError, ValueError) as error:
+            raise ListenError(
+                f"http.address {self._address}: cannot listen ({error}); is another process "
+                "using the port?"
+            ) from None
+        sock.listen(2048)
+        sock.setblocking(False)
+        self._socket = sock
+        self.port = sock.getsockname()[1]
+        return self.port
+
+    async def start(self) -> None:
+        """Start serving on the bound socket."""
+        assert self._socket is not None, "bind() first"
+        config = uvicorn.Config(
+            self._app,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            date_header=False,
+            timeout_graceful_shutdown=None,
+        )
+        config.load()
+        self._server = uvicorn.Server(config)
+        self._server.lifespan = config.lifespan_class(config)
+        await self._server.startup(sockets=[self._socket])
+        self._task = asyncio.create_task(self._server.main_loop())
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, let requests in flight finish for up to ``grace`` seconds."""
+        if self._server is None or self._task is None:
+            if self._socket is not None:
+                self._socket.close()
+            return
+        self._server.config.timeout_graceful_shutdown = int(grace) if grace else None
+        self._server.should_exit = True
+        await self._task
+        await self._server.shutdown(sockets=[self._socket] if self._socket else None)
+        if self._socket is not None:
+            self._socket.close()
