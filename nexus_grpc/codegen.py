@@ -1,5 +1,8 @@
 """Compile the `.proto` contracts into Python stubs with ``grpc_tools.protoc``.
 
+Each output folder also gets ``nexus_descriptors.binpb``, the compiled contracts with
+their comments, which the REST gateway turns into OpenAPI descriptions.
+
 `proto/` is the source of truth and `generated/` is data derived from it: this module
 is the one place that knows how, so `scripts/gen`, `nexus gen` and the freshness test
 cannot disagree.
@@ -13,7 +16,20 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CodegenError", "StaleFile", "find_stale", "generate", "include_paths", "proto_files"]
+__all__ = [
+    "DESCRIPTOR_SET_NAME",
+    "CodegenError",
+    "StaleFile",
+    "find_stale",
+    "generate",
+    "include_paths",
+    "proto_files",
+]
+
+#: File written at the root of every output folder: the compiled contracts as a
+#: ``FileDescriptorSet`` with source info (comments). The ``_pb2`` modules drop
+#: comments, and the gateway's OpenAPI document reads its descriptions from here.
+DESCRIPTOR_SET_NAME = "nexus_descriptors.binpb"
 
 
 class CodegenError(RuntimeError):
@@ -62,6 +78,10 @@ def generate(proto_root: Path, out_dir: Path) -> list[Path]:
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
+        # Only the compiled files, not their imports: each folder documents its own
+        # contracts, and the well-known types would just repeat in every set.
+        f"--descriptor_set_out={out_dir / DESCRIPTOR_SET_NAME}",
+        "--include_source_info",
         *(str(path.relative_to(proto_root)) for path in files),
     ]
     # protoc prints its diagnostics on stderr and returns non-zero.

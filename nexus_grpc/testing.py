@@ -17,13 +17,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from nexus_grpc.config import Config, HttpConfig, LogConfig, PluginsConfig, ServerConfig, StorageConfig
+from nexus_grpc.config import (
+    Config,
+    HttpConfig,
+    LogConfig,
+    PluginsConfig,
+    ServerConfig,
+    StorageConfig,
+)
 from nexus_grpc.host import Host
 
 __all__ = ["RunningHost", "running_host"]
@@ -64,9 +71,12 @@ async def running_host(
     entry_points: bool = False,
     strict: bool = False,
     grace_period: float = 1.0,
-    http: bool = False,
+    http: bool | HttpConfig = False,
 ) -> AsyncIterator[RunningHost]:
-    """Start a host on a free port with ``plugins`` (None: every plugin found); stop it after."""
+    """Start a host on a free port with ``plugins`` (None: every plugin found); stop it after.
+
+    ``http=True`` (or an :class:`HttpConfig`) also starts the REST gateway on a free port.
+    """
     config = Config(
         data_dir=str(data_dir),
         server=ServerConfig(grpc_address="127.0.0.1:0", grace_period=grace_period),
@@ -76,7 +86,7 @@ async def running_host(
             enabled=tuple(plugins or ()),
             strict=strict,
         ),
-        http=HttpConfig(address="127.0.0.1:0" if http else ""),
+        http=_http_config(http),
         storage=StorageConfig(url=storage_url),
         log=LogConfig(access=False),
         plugin=dict(plugin_config or {}),
@@ -90,3 +100,9 @@ async def running_host(
         for channel in running._channels:
             await channel.close(None)
         await host.stop()
+
+
+def _http_config(http: bool | HttpConfig) -> HttpConfig:
+    if isinstance(http, HttpConfig):
+        return replace(http, address="127.0.0.1:0")
+    return HttpConfig(address="127.0.0.1:0" if http else "")

@@ -19,22 +19,26 @@ from urllib.parse import parse_qsl
 
 import grpc
 from google.protobuf.message import Message
-from google.rpc import status_pb2
 
 from nexus_grpc.config import HttpConfig
 from nexus_grpc.errors import StatusError
-from nexus_grpc.gateway.codec import JsonOptions, dumps, message_to_value
+from nexus_grpc.gateway.codec import JsonOptions, dumps
 from nexus_grpc.gateway.context import GatewayContext
 from nexus_grpc.gateway.cors import CorsPolicy
 from nexus_grpc.gateway.headers import (
-    METADATA_PREFIX,
-    TRAILER_PREFIX,
     metadata_from_headers,
-    metadata_to_headers,
     parse_grpc_timeout,
 )
-from nexus_grpc.gateway.responses import JSON, Headers, Receive, Scope, Send, send_error, send_response
 from nexus_grpc.gateway.output import metadata_headers, response_value, status_of
+from nexus_grpc.gateway.responses import (
+    JSON,
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    send_error,
+    send_response,
+)
 from nexus_grpc.gateway.routes import GatewayRoute, GatewayRoutes, build_gateway_routes
 from nexus_grpc.gateway.status import http_status, status_body
 from nexus_grpc.gateway.streaming import StreamWriter, stream_format
@@ -46,7 +50,9 @@ __all__ = ["GatewayApp", "GatewaySettings"]
 _log = logging.getLogger("nexus.gateway")
 
 #: Reflection is a bidirectional stream of descriptors: meaningless as REST.
-_NOT_ON_REST = frozenset({"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"})
+_NOT_ON_REST = frozenset(
+    {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"}
+)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _HIDDEN_TRAILERS = frozenset({"x-request-id", "grpc-status-details-bin"})
 
@@ -98,7 +104,10 @@ class GatewayApp:
 
     def _build(self, table: RoutingTable) -> GatewayRoutes:
         return build_gateway_routes(
-            table, self._settings.json, strict_query=self._settings.strict_query, exclude=_NOT_ON_REST
+            table,
+            self._settings.json,
+            strict_query=self._settings.strict_query,
+            exclude=_NOT_ON_REST,
         )
 
     def _rebuild(self, table: RoutingTable) -> None:
@@ -140,11 +149,15 @@ class GatewayApp:
             allowed = routes.matcher.allowed_methods(path)
             if allowed:
                 raise _method_not_allowed(method, path, allowed)
-            raise StatusError(grpc.StatusCode.NOT_FOUND, f"no route for {method} {path}", reason="ROUTE_NOT_FOUND")
+            raise StatusError(
+                grpc.StatusCode.NOT_FOUND, f"no route for {method} {path}", reason="ROUTE_NOT_FOUND"
+            )
         gateway_route = match.value
         route = self._router.lookup(gateway_route.binding.route_path)
         if route is None:
-            raise StatusError(grpc.StatusCode.NOT_FOUND, f"no route for {method} {path}", reason="ROUTE_NOT_FOUND")
+            raise StatusError(
+                grpc.StatusCode.NOT_FOUND, f"no route for {method} {path}", reason="ROUTE_NOT_FOUND"
+            )
         context = self._context(scope, writer=None)
         binding = gateway_route.binding
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
@@ -157,7 +170,9 @@ class GatewayApp:
         if binding.body and method in _BODY_METHODS:
             _require_content_type(scope, gateway_route, streaming=False)
             body = await _read_body(scope, receive, self._settings.max_body_bytes)
-        request = gateway_route.builder.build(match.variables, query, body, _header(scope, b"content-type"))
+        request = gateway_route.builder.build(
+            match.variables, query, body, _header(scope, b"content-type")
+        )
         await self._call(route, gateway_route, request, context, scope, receive, send, cors)
 
     def _context(self, scope: Scope, writer: Any) -> GatewayContext:
@@ -167,7 +182,9 @@ class GatewayApp:
         request_id = incoming_request_id(metadata)
         metadata = (*(m for m in metadata if m[0] != "x-request-id"), ("x-request-id", request_id))
         timeout_header = _header(scope, b"grpc-timeout")
-        timeout = parse_grpc_timeout(timeout_header) if timeout_header else self._settings.default_timeout
+        timeout = (
+            parse_grpc_timeout(timeout_header) if timeout_header else self._settings.default_timeout
+        )
         client = scope.get("client")
         peer = f"ipv4:{client[0]}:{client[1]}" if client else "unknown"
         return GatewayContext(
@@ -216,7 +233,9 @@ class GatewayApp:
         call = asyncio.ensure_future(route.call(request, context))
         # Bidirectional calls read the body as they go and see the disconnect there.
         watch = binding.server_streaming and not binding.client_streaming
-        watcher = asyncio.ensure_future(_watch_disconnect(receive, call, context)) if watch else None
+        watcher = (
+            asyncio.ensure_future(_watch_disconnect(receive, call, context)) if watch else None
+        )
         try:
             if remaining is not None:
                 async with asyncio.timeout(remaining):
@@ -251,18 +270,34 @@ class GatewayApp:
         await self._send_message(send, gateway_route, response, context, cors)
 
     async def _send_message(
-        self, send: Send, gateway_route: GatewayRoute, response: Message, context: GatewayContext, cors: Headers
+        self,
+        send: Send,
+        gateway_route: GatewayRoute,
+        response: Message,
+        context: GatewayContext,
+        cors: Headers,
     ) -> None:
         headers = [*cors, *metadata_headers(context)]
         if gateway_route.raw_response:
-            body_message = response if gateway_route.response_field is None else getattr(response, gateway_route.response_field.name)
+            body_message = (
+                response
+                if gateway_route.response_field is None
+                else getattr(response, gateway_route.response_field.name)
+            )
             content_type = body_message.content_type or "application/octet-stream"
-            await send_response(send, 200, [(b"content-type", content_type.encode("latin-1")), *headers], body_message.data)
+            await send_response(
+                send,
+                200,
+                [(b"content-type", content_type.encode("latin-1")), *headers],
+                body_message.data,
+            )
             return
         value = response_value(response, gateway_route, self._settings.json)
         await send_response(send, 200, [(b"content-type", JSON), *headers], dumps(value))
 
-    async def _send_status(self, send: Send, context: GatewayContext, code: grpc.StatusCode, cors: Headers) -> None:
+    async def _send_status(
+        self, send: Send, context: GatewayContext, code: grpc.StatusCode, cors: Headers
+    ) -> None:
         status = status_of(context, code)
         headers = [(b"content-type", JSON), *cors, *metadata_headers(context)]
         if code == grpc.StatusCode.UNAUTHENTICATED:
@@ -354,7 +389,9 @@ async def _ndjson_lines(receive: Receive, limit: int) -> AsyncIterator[bytes]:
             return
 
 
-async def _watch_disconnect(receive: Receive, call: asyncio.Future[Any], context: GatewayContext) -> None:
+async def _watch_disconnect(
+    receive: Receive, call: asyncio.Future[Any], context: GatewayContext
+) -> None:
     # A server stream's client leaving is only visible as http.disconnect on receive().
     while True:
         message = await receive()

@@ -33,10 +33,28 @@ _HEADER = struct.Struct(">BI")
 # Headers that are HTTP's or the browser's, not call metadata.
 _NOT_METADATA = frozenset(
     {
-        "host", "content-type", "content-length", "accept", "accept-encoding", "connection",
-        "origin", "referer", "te", "user-agent", "x-grpc-web", "x-user-agent", "cookie",
-        "sec-fetch-mode", "sec-fetch-site", "sec-fetch-dest", "pragma", "cache-control",
-        "grpc-timeout", "grpc-accept-encoding", "grpc-encoding", "accept-language",
+        "host",
+        "content-type",
+        "content-length",
+        "accept",
+        "accept-encoding",
+        "connection",
+        "origin",
+        "referer",
+        "te",
+        "user-agent",
+        "x-grpc-web",
+        "x-user-agent",
+        "cookie",
+        "sec-fetch-mode",
+        "sec-fetch-site",
+        "sec-fetch-dest",
+        "pragma",
+        "cache-control",
+        "grpc-timeout",
+        "grpc-accept-encoding",
+        "grpc-encoding",
+        "accept-language",
     }
 )
 
@@ -76,7 +94,9 @@ class GrpcWebHandler:
         response = _Response(send, text, cors)
         route = self._router.lookup(scope["path"])
         if scope["method"] != "POST" or route is None:
-            await response.trailers(grpc.StatusCode.UNIMPLEMENTED, f"method {scope['path']} not found", ())
+            await response.trailers(
+                grpc.StatusCode.UNIMPLEMENTED, f"method {scope['path']} not found", ()
+            )
             return
         if route.info.descriptor.client_streaming:
             await response.trailers(
@@ -93,10 +113,14 @@ class GrpcWebHandler:
             deserialize = route.grpc_handler.request_deserializer
             request = deserialize(frames[0]) if deserialize else frames[0]
         except (ValueError, binascii.Error) as error:
-            await response.trailers(grpc.StatusCode.INVALID_ARGUMENT, f"malformed gRPC-Web request: {error}", ())
+            await response.trailers(
+                grpc.StatusCode.INVALID_ARGUMENT, f"malformed gRPC-Web request: {error}", ()
+            )
             return
         except Exception:
-            await response.trailers(grpc.StatusCode.INVALID_ARGUMENT, "request message could not be parsed", ())
+            await response.trailers(
+                grpc.StatusCode.INVALID_ARGUMENT, "request message could not be parsed", ()
+            )
             return
         try:
             timeout = _timeout(headers.get("grpc-timeout", ""))
@@ -109,7 +133,9 @@ class GrpcWebHandler:
             metadata=_metadata(scope["headers"]),
             peer=_peer(scope),
             deadline=time.monotonic() + timeout if timeout else None,
-            writer=lambda message: response.message(serialize(message) if serialize else message, context),
+            writer=lambda message: response.message(
+                serialize(message) if serialize else message, context
+            ),
         )
         try:
             if timeout:
@@ -124,7 +150,11 @@ class GrpcWebHandler:
         except grpc.aio.AbortError:
             result = None
         code = context.code() or grpc.StatusCode.OK
-        if code == grpc.StatusCode.OK and result is not None and not route.info.descriptor.server_streaming:
+        if (
+            code == grpc.StatusCode.OK
+            and result is not None
+            and not route.info.descriptor.server_streaming
+        ):
             await response.message(serialize(result) if serialize else result, context)
         await response.trailers(code, context.details() or "", context.trailing_metadata(), context)
 
@@ -140,7 +170,9 @@ class _Response:
         if self._started:
             return
         self._started = True
-        content_type = b"application/grpc-web-text+proto" if self._text else b"application/grpc-web+proto"
+        content_type = (
+            b"application/grpc-web-text+proto" if self._text else b"application/grpc-web+proto"
+        )
         headers = [(b"content-type", content_type), *self._cors]
         if context is not None:
             headers += _metadata_headers(context.initial_metadata or ())

@@ -44,7 +44,9 @@ def status_of(context: GatewayContext, code: grpc.StatusCode) -> status_pb2.Stat
     return status_pb2.Status(code=code.value[0], message=context.details() or "")
 
 
-def metadata_headers(context: GatewayContext, *, trailers: bool = True) -> list[tuple[bytes, bytes]]:
+def metadata_headers(
+    context: GatewayContext, *, trailers: bool = True
+) -> list[tuple[bytes, bytes]]:
     """Response metadata as headers: Grpc-Metadata-*, Grpc-Trailer-*, X-Request-Id."""
     headers = metadata_to_headers(context.initial_metadata, METADATA_PREFIX)
     if trailers:

@@ -135,7 +135,8 @@ class RequestBuilder:
         self._message_class = _message_class(binding.method.input_type)
         request = binding.method.input_type
         self._path_targets = [
-            (".".join(path), resolve_field_path(request, path) or []) for path in binding.path_fields
+            (".".join(path), resolve_field_path(request, path) or [])
+            for path in binding.path_fields
         ]
         self._bound_roots = {path[0] for path in binding.path_fields}
         self._body_field = (
@@ -171,7 +172,9 @@ class RequestBuilder:
     def merge_body(self, message: Message, body: bytes, content_type: str) -> None:
         """Fill the body part of ``message`` from raw request bytes."""
         if self.raw_body:
-            target = message if self._body_field is None else getattr(message, self._body_field.name)
+            target = (
+                message if self._body_field is None else getattr(message, self._body_field.name)
+            )
             target.content_type = content_type
             target.data = body
             return
@@ -204,10 +207,16 @@ class RequestBuilder:
                     )
                 continue
             root = target.fields[0].name
-            if root in self._bound_roots or (self._body_field is not None and root == self._body_field.name):
+            if root in self._bound_roots or (
+                self._body_field is not None and root == self._body_field.name
+            ):
                 if self._strict_query:
                     raise InvalidArgumentError(
-                        [FieldViolation(key, "bound by the path or the body; not a query parameter")]
+                        [
+                            FieldViolation(
+                                key, "bound by the path or the body; not a query parameter"
+                            )
+                        ]
                     )
                 continue
             _set_query(message, target, value, seen)
@@ -238,10 +247,7 @@ def _query_target(request: Descriptor, key: str) -> _Target | None:
 
 
 def _is_map(field: FieldDescriptor) -> bool:
-    return (
-        field.type == FieldDescriptor.TYPE_MESSAGE
-        and field.message_type.GetOptions().map_entry
-    )
+    return field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
 
 
 def _parent(message: Message, fields: list[FieldDescriptor]) -> Message:
@@ -264,7 +270,11 @@ def _set_query(message: Message, target: _Target, text: str, seen: set[str]) -> 
         value_field = entry.fields_by_name["value"]
         if value_field.type == FieldDescriptor.TYPE_MESSAGE:
             raise InvalidArgumentError(
-                [FieldViolation(target.name, "map values that are messages cannot be query parameters")]
+                [
+                    FieldViolation(
+                        target.name, "map values that are messages cannot be query parameters"
+                    )
+                ]
             )
         _once(target.name, seen)
         getattr(parent, field.name)[key] = parse_scalar(value_field, text, target.name)

@@ -20,7 +20,9 @@ Headers = list[tuple[bytes, bytes]]
 JSON = b"application/json"
 
 
-async def send_response(send: Send, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> None:
+async def send_response(
+    send: Send, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes
+) -> None:
     """A complete response in one body message."""
     await send(
         {
@@ -32,7 +34,9 @@ async def send_response(send: Send, status: int, headers: Sequence[tuple[bytes, 
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, error: StatusError, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+async def send_error(
+    send: Send, error: StatusError, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     """``error`` as its HTTP status with a google.rpc.Status JSON body."""
     extra = list(headers)
     # A few HTTP-only conditions (405, 413, 415) have no gRPC code of their own; the

@@ -55,9 +55,13 @@ def build_gateway_routes(
         try:
             found = bindings_for(route.info.descriptor)
             for binding in found:
-                matcher.add(binding.http_method, binding.template, _prepare(binding, options, strict_query))
+                matcher.add(
+                    binding.http_method, binding.template, _prepare(binding, options, strict_query)
+                )
         except (BindingError, ValueError) as error:
-            _log.error("no HTTP route for %s: %s", route.path, error, extra={"plugin": route.plugin})
+            _log.error(
+                "no HTTP route for %s: %s", route.path, error, extra={"plugin": route.plugin}
+            )
             continue
         bindings.extend(found)
     return GatewayRoutes(table.generation, matcher, tuple(bindings))

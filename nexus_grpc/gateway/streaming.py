@@ -8,6 +8,7 @@ sent already) arrives as a last error item in the same format.
 from __future__ import annotations
 
 import enum
+
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
@@ -111,4 +112,3 @@ class StreamWriter:
 
     def __repr__(self) -> str:
         return f"StreamWriter({self._format.name}, {self._count} sent)"
-

@@ -28,11 +28,14 @@ _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 async def abort_with(context: Any, error: StatusError) -> None:
     """End the call with ``error``'s status and details (raises, as ``abort`` does)."""
     status = to_status_proto(error)
-    trailing: list[tuple[str, str | bytes]] = [(_STATUS_DETAILS_KEY, status.SerializeToString())]
+    ours: list[tuple[str, str | bytes]] = [(_STATUS_DETAILS_KEY, status.SerializeToString())]
     request_id = current_request_id()
     if request_id:
-        trailing.append(("x-request-id", request_id))
-    await context.abort(error.code, error.message, tuple(trailing))
+        ours.append(("x-request-id", request_id))
+    # abort() replaces the trailing metadata: keep what the handler set before failing.
+    keys = {key for key, _ in ours}
+    kept = [(k, v) for k, v in context.trailing_metadata() or () if k not in keys]
+    await context.abort(error.code, error.message, (*kept, *ours))
 
 
 class ErrorStage:

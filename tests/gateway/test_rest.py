@@ -16,8 +16,18 @@ JSON = {"content-type": "application/json"}
     [
         ("GET", "/v1/echo/abc", None, {"id": "abc"}),
         ("GET", "/v1/shelves/s1/books/b2", None, {"shelf": "s1", "id": "b2"}),
-        ("POST", "/v1/echo/fromPath", {"id": "fromBody", "small": 3}, {"id": "fromPath", "small": 3}),
-        ("PUT", "/v1/echo/x", {"name": "n", "level": 2}, {"id": "x", "nested": {"name": "n", "level": 2}}),
+        (
+            "POST",
+            "/v1/echo/fromPath",
+            {"id": "fromBody", "small": 3},
+            {"id": "fromPath", "small": 3},
+        ),
+        (
+            "PUT",
+            "/v1/echo/x",
+            {"name": "n", "level": 2},
+            {"id": "x", "nested": {"name": "n", "level": 2}},
+        ),
         ("PATCH", "/v1/echo/nn", ["a", "b"], {"nested": {"name": "nn"}, "tags": ["a", "b"]}),
         ("DELETE", "/v1/echo/gone", None, {"id": "gone"}),
         ("GET", "/v1/files/a/b/c.txt", None, {"name": "files/a/b/c.txt"}),
@@ -28,15 +38,26 @@ JSON = {"content-type": "application/json"}
         ("GET", "/v1/echo/a:b", None, {"id": "a:b"}),
     ],
     ids=[
-        "get-var", "two-vars", "post-body-star-path-wins", "put-body-field", "patch-nested-path-repeated-body",
-        "delete", "double-wildcard", "multi-segment-pattern", "custom-verb", "custom-method", "literal-beats-var",
+        "get-var",
+        "two-vars",
+        "post-body-star-path-wins",
+        "put-body-field",
+        "patch-nested-path-repeated-body",
+        "delete",
+        "double-wildcard",
+        "multi-segment-pattern",
+        "custom-verb",
+        "custom-method",
+        "literal-beats-var",
         "colon-without-verb-route",
     ],
 )
 async def test_bindings_map_http_onto_the_request(
     http: httpx.AsyncClient, method: str, url: str, body: Any, expected: dict[str, Any]
 ) -> None:
-    response = await http.request(method, url, content=None if body is None else json.dumps(body), headers=JSON)
+    response = await http.request(
+        method, url, content=None if body is None else json.dumps(body), headers=JSON
+    )
     assert response.status_code == 200, response.text
     assert response.json() == expected
 
@@ -50,7 +71,9 @@ async def test_bindings_map_http_onto_the_request(
         ("/v1/echo/%E2%9C%93", "✓"),
     ],
 )
-async def test_single_segment_variables_are_fully_decoded(http: httpx.AsyncClient, path: str, expected: str) -> None:
+async def test_single_segment_variables_are_fully_decoded(
+    http: httpx.AsyncClient, path: str, expected: str
+) -> None:
     response = await http.get(httpx.URL(path))
     assert response.json() == {"id": expected}
 
@@ -108,7 +131,9 @@ async def test_query_parameters_fill_unbound_fields(http: httpx.AsyncClient) -> 
     }
 
 
-async def test_query_accepts_proto_names_and_ignores_path_bound_fields(http: httpx.AsyncClient) -> None:
+async def test_query_accepts_proto_names_and_ignores_path_bound_fields(
+    http: httpx.AsyncClient,
+) -> None:
     response = await http.get("/v1/echo/p", params={"id": "not-this", "next": "unknown"})
     assert response.json() == {"id": "p"}
     orders = await http.get("/v1/orders", params={"customer_id": "c", "pageSize": "5"})
@@ -138,7 +163,9 @@ async def test_bad_query_values_are_400_naming_the_parameter(
     assert response.status_code == 400
     body = response.json()
     assert body["code"] == 3
-    violations = [d for d in body["details"] if d["@type"].endswith("BadRequest")][0]["fieldViolations"]
+    violations = [d for d in body["details"] if d["@type"].endswith("BadRequest")][0][
+        "fieldViolations"
+    ]
     assert violations[0]["field"] == field
     assert fragment in violations[0]["description"]
 
@@ -161,7 +188,9 @@ async def test_json_body_errors_name_the_field(http: httpx.AsyncClient) -> None:
     assert "not valid JSON" in response.text
 
 
-async def test_response_body_selects_a_field_and_repeated_is_a_bare_array(http: httpx.AsyncClient) -> None:
+async def test_response_body_selects_a_field_and_repeated_is_a_bare_array(
+    http: httpx.AsyncClient,
+) -> None:
     response = await http.get("/v1/items", params={"count": 3})
     # Item 0 holds only defaults, which proto3 JSON leaves out.
     assert response.json() == [{}, {"number": 1}, {"number": 2}]
@@ -170,7 +199,9 @@ async def test_response_body_selects_a_field_and_repeated_is_a_bare_array(http: 
 
 
 async def test_http_body_passes_raw_bytes_and_content_type(http: httpx.AsyncClient) -> None:
-    response = await http.post("/v1/upload", content=b"\x00\x01binary", headers={"content-type": "application/x-thing"})
+    response = await http.post(
+        "/v1/upload", content=b"\x00\x01binary", headers={"content-type": "application/x-thing"}
+    )
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/x-thing"
     assert response.content == b"yranib\x01\x00"
@@ -181,7 +212,9 @@ async def test_method_without_annotation_has_the_default_binding(http: httpx.Asy
     assert response.json() == {"value": "v"}
 
 
-async def test_unknown_path_is_404_and_wrong_method_is_405_with_allow(http: httpx.AsyncClient) -> None:
+async def test_unknown_path_is_404_and_wrong_method_is_405_with_allow(
+    http: httpx.AsyncClient,
+) -> None:
     missing = await http.get("/v2/nothing")
     assert missing.status_code == 404
     assert missing.json()["code"] == 5
@@ -192,18 +225,31 @@ async def test_unknown_path_is_404_and_wrong_method_is_405_with_allow(http: http
 
 
 async def test_unsupported_media_type_is_415(http: httpx.AsyncClient) -> None:
-    response = await http.post("/v1/echo/x", content=b"a=b", headers={"content-type": "application/x-www-form-urlencoded"})
+    response = await http.post(
+        "/v1/echo/x", content=b"a=b", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert response.status_code == 415
     assert "unsupported content type" in response.json()["message"]
 
 
 async def test_oversized_body_is_413_before_parsing(http: httpx.AsyncClient) -> None:
-    response = await http.post("/v1/echo/x", content=b"{" + b" " * (5 * 1024 * 1024) + b"}", headers=JSON)
+    response = await http.post(
+        "/v1/echo/x", content=b"{" + b" " * (5 * 1024 * 1024) + b"}", headers=JSON
+    )
     assert response.status_code == 413
 
 
 async def test_grpc_status_maps_to_http_with_status_body(http: httpx.AsyncClient) -> None:
-    for code, status in ((5, 404), (7, 403), (16, 401), (8, 429), (9, 400), (14, 503), (4, 504), (1, 499)):
+    for code, status in (
+        (5, 404),
+        (7, 403),
+        (16, 401),
+        (8, 429),
+        (9, 400),
+        (14, 503),
+        (4, 504),
+        (1, 499),
+    ):
         response = await http.post("/v1/inspect", json={"failCode": code, "failMessage": "nope"})
         assert response.status_code == status, code
         body = response.json()
@@ -213,7 +259,9 @@ async def test_grpc_status_maps_to_http_with_status_body(http: httpx.AsyncClient
 
 
 async def test_crash_is_500_without_internals(http: httpx.AsyncClient) -> None:
-    response = await http.post("/v1/inspect", json={"crash": True}, headers={"x-request-id": "rest-1"})
+    response = await http.post(
+        "/v1/inspect", json={"crash": True}, headers={"x-request-id": "rest-1"}
+    )
     assert response.status_code == 500
     assert response.json()["message"] == "internal error (request id rest-1)"
     assert "secret" not in response.text
@@ -255,7 +303,11 @@ async def test_bad_grpc_timeout_is_400(http: httpx.AsyncClient) -> None:
 
 
 async def test_deadline_from_grpc_timeout_is_enforced(http: httpx.AsyncClient) -> None:
-    response = await http.get("/v1/count/50", params={"pauseMillis": 50}, headers={"grpc-timeout": "100m", "accept": "application/x-ndjson"})
+    response = await http.get(
+        "/v1/count/50",
+        params={"pauseMillis": 50},
+        headers={"grpc-timeout": "100m", "accept": "application/x-ndjson"},
+    )
     lines = [json.loads(line) for line in response.text.splitlines()]
     assert lines[-1]["error"]["code"] == 4
 
@@ -263,7 +315,11 @@ async def test_deadline_from_grpc_timeout_is_enforced(http: httpx.AsyncClient) -
 async def test_orders_over_rest(http: httpx.AsyncClient) -> None:
     created = await http.post(
         "/v1/orders",
-        json={"customerId": "web", "currencyCode": "EUR", "items": [{"sku": "S-1", "quantity": 2, "unitPriceCents": "150"}]},
+        json={
+            "customerId": "web",
+            "currencyCode": "EUR",
+            "items": [{"sku": "S-1", "quantity": 2, "unitPriceCents": "150"}],
+        },
     )
     assert created.status_code == 200, created.text
     order = created.json()
@@ -271,7 +327,9 @@ async def test_orders_over_rest(http: httpx.AsyncClient) -> None:
     assert order["status"] == "ORDER_STATUS_PENDING"
     fetched = await http.get(f"/v1/orders/{order['id']}")
     assert fetched.json() == order
-    listed = await http.get("/v1/orders", params={"customerId": "web", "status": "ORDER_STATUS_PENDING"})
+    listed = await http.get(
+        "/v1/orders", params={"customerId": "web", "status": "ORDER_STATUS_PENDING"}
+    )
     assert [o["id"] for o in listed.json()["orders"]] == [order["id"]]
     patched = await http.patch(
         f"/v1/orders/{order['id']}", params={"updateMask": "note"}, json={"note": "ring twice"}
@@ -288,7 +346,8 @@ async def test_orders_over_rest(http: httpx.AsyncClient) -> None:
 async def test_cors_preflight_and_simple_requests(http: httpx.AsyncClient) -> None:
     # The test host allows no origins: the preflight gets no grant.
     response = await http.options(
-        "/v1/orders", headers={"origin": "https://app.example", "access-control-request-method": "POST"}
+        "/v1/orders",
+        headers={"origin": "https://app.example", "access-control-request-method": "POST"},
     )
     assert response.status_code == 204
     assert "access-control-allow-origin" not in response.headers

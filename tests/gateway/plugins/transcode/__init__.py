@@ -7,10 +7,10 @@ from typing import Any
 
 import grpc
 from google.api import httpbody_pb2
-from transcode.v1 import transcode_pb2 as pb
-from transcode.v1 import transcode_pb2_grpc
 
 from nexus_grpc import Plugin, StatusError
+from transcode.v1 import transcode_pb2 as pb
+from transcode.v1 import transcode_pb2_grpc
 
 
 class TranscodeService(transcode_pb2_grpc.TranscodeServiceServicer):
