@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -61,7 +61,7 @@ _HIDDEN_TRAILERS = frozenset({"x-request-id", "grpc-status-details-bin"})
 class GatewaySettings:
     """What the gateway accepts and how it answers."""
 
-    json: JsonOptions = JsonOptions()
+    json: JsonOptions = field(default_factory=JsonOptions)
     #: Largest request body accepted, in bytes (413 beyond).
     max_body_bytes: int = 4 * 1024 * 1024
     #: Headers passed to handlers as metadata besides Authorization and Grpc-Metadata-*.
@@ -70,7 +70,7 @@ class GatewaySettings:
     strict_query: bool = False
     #: Deadline of calls that send no Grpc-Timeout; 0 for none.
     default_timeout: float = 0.0
-    cors: CorsPolicy = CorsPolicy()
+    cors: CorsPolicy = field(default_factory=CorsPolicy)
 
     @classmethod
     def from_config(cls, config: HttpConfig) -> GatewaySettings:
@@ -279,7 +279,7 @@ class GatewayApp:
     ) -> None:
         headers = [*cors, *metadata_headers(context)]
         if gateway_route.raw_response:
-            body_message = (
+            body_message: Any = (
                 response
                 if gateway_route.response_field is None
                 else getattr(response, gateway_route.response_field.name)

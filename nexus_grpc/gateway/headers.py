@@ -69,10 +69,7 @@ def metadata_to_headers(
     """Response metadata as ``prefix``-ed headers (binary values base64-encoded)."""
     headers = []
     for key, value in metadata or ():
-        if isinstance(value, bytes):
-            text = base64.b64encode(value).decode("ascii")
-        else:
-            text = value
+        text = base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
         if _SAFE_VALUE.match(text):
             headers.append(((prefix + key).encode("latin-1"), text.encode("latin-1")))
     return headers

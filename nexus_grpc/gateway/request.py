@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from nexus_grpc.errors import FieldViolation, InvalidArgumentError
@@ -47,6 +47,18 @@ _STRING_WKT = frozenset(
 )
 
 
+def message_type(field: FieldDescriptor) -> Descriptor:
+    """The message type of a message field (descriptors type it as optional)."""
+    assert field.message_type is not None, field.full_name
+    return field.message_type
+
+
+def enum_type(field: FieldDescriptor) -> EnumDescriptor:
+    """The enum type of an enum field."""
+    assert field.enum_type is not None, field.full_name
+    return field.enum_type
+
+
 def parse_scalar(field: FieldDescriptor, text: str, name: str) -> Any:
     """``text`` converted to ``field``'s type; INVALID_ARGUMENT naming ``name`` if it can't be."""
     cpp = field.cpp_type
@@ -62,10 +74,10 @@ def parse_scalar(field: FieldDescriptor, text: str, name: str) -> Any:
                 raise ValueError("out of range")
             return number
         if cpp in (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT):
-            number = float({"Infinity": "inf", "-Infinity": "-inf"}.get(text, text))
-            if math.isnan(number) and text != "NaN":
+            real = float({"Infinity": "inf", "-Infinity": "-inf"}.get(text, text))
+            if math.isnan(real) and text != "NaN":
                 raise ValueError(text)
-            return number
+            return real
         if cpp == FieldDescriptor.CPPTYPE_BOOL:
             if text in _TRUE:
                 return True
@@ -73,7 +85,7 @@ def parse_scalar(field: FieldDescriptor, text: str, name: str) -> Any:
                 return False
             raise ValueError(text)
         if cpp == FieldDescriptor.CPPTYPE_ENUM:
-            value = field.enum_type.values_by_name.get(text)
+            value = enum_type(field).values_by_name.get(text)
             if value is not None:
                 return value.number
             number = int(text, 10)
@@ -101,18 +113,20 @@ def _bytes(text: str) -> bytes:
 
 def _type_name(field: FieldDescriptor) -> str:
     if field.cpp_type == FieldDescriptor.CPPTYPE_ENUM:
-        names = ", ".join(v.name for v in field.enum_type.values)
-        return f"{field.enum_type.full_name} (one of {names}, or a number)"
+        values = ", ".join(v.name for v in enum_type(field).values)
+        return f"{enum_type(field).full_name} (one of {values}, or a number)"
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return field.message_type.full_name
-    names = {
-        FieldDescriptor.TYPE_BYTES: "base64 bytes value",
-        FieldDescriptor.TYPE_BOOL: "boolean (true or false)",
-        FieldDescriptor.TYPE_STRING: "string",
-        FieldDescriptor.TYPE_DOUBLE: "number",
-        FieldDescriptor.TYPE_FLOAT: "number",
-    }
-    return names.get(field.type, "integer")
+        return str(message_type(field).full_name)
+    return _TYPE_NAMES.get(field.type, "integer")
+
+
+_TYPE_NAMES: dict[int, str] = {
+    FieldDescriptor.TYPE_BYTES: "base64 bytes value",
+    FieldDescriptor.TYPE_BOOL: "boolean (true or false)",
+    FieldDescriptor.TYPE_STRING: "string",
+    FieldDescriptor.TYPE_DOUBLE: "number",
+    FieldDescriptor.TYPE_FLOAT: "number",
+}
 
 
 @dataclass(frozen=True)
@@ -145,7 +159,7 @@ class RequestBuilder:
         self.raw_body = request.full_name == HTTP_BODY or (
             self._body_field is not None
             and self._body_field.type == FieldDescriptor.TYPE_MESSAGE
-            and self._body_field.message_type.full_name == HTTP_BODY
+            and message_type(self._body_field).full_name == HTTP_BODY
         )
 
     def new_message(self) -> Message:
@@ -172,7 +186,7 @@ class RequestBuilder:
     def merge_body(self, message: Message, body: bytes, content_type: str) -> None:
         """Fill the body part of ``message`` from raw request bytes."""
         if self.raw_body:
-            target = (
+            target: Any = (
                 message if self._body_field is None else getattr(message, self._body_field.name)
             )
             target.content_type = content_type
@@ -247,7 +261,7 @@ def _query_target(request: Descriptor, key: str) -> _Target | None:
 
 
 def _is_map(field: FieldDescriptor) -> bool:
-    return field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
+    return field.type == FieldDescriptor.TYPE_MESSAGE and message_type(field).GetOptions().map_entry
 
 
 def _parent(message: Message, fields: list[FieldDescriptor]) -> Message:
@@ -265,7 +279,7 @@ def _set_query(message: Message, target: _Target, text: str, seen: set[str]) -> 
     field = target.fields[-1]
     parent = _parent(message, target.fields)
     if target.map_key is not None:
-        entry = field.message_type
+        entry = message_type(field)
         key = parse_scalar(entry.fields_by_name["key"], target.map_key, target.name)
         value_field = entry.fields_by_name["value"]
         if value_field.type == FieldDescriptor.TYPE_MESSAGE:
@@ -305,10 +319,12 @@ def _once(name: str, seen: set[str]) -> None:
 
 
 def _message_from_text(field: FieldDescriptor, text: str, name: str) -> Message:
-    kind = field.message_type.full_name
-    message = _message_class(field.message_type)()
+    kind = message_type(field).full_name
+    message = _message_class(message_type(field))()
     if kind in _WRAPPERS:
-        message.value = parse_scalar(field.message_type.fields_by_name["value"], text, name)  # type: ignore[attr-defined]
+        setattr(
+            message, "value", parse_scalar(message_type(field).fields_by_name["value"], text, name)
+        )
         return message
     if kind in _STRING_WKT:
         try:

@@ -14,7 +14,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from nexus_grpc.gateway.bindings import BindingError, HttpBinding, bindings_for
 from nexus_grpc.gateway.codec import JsonOptions
 from nexus_grpc.gateway.matcher import PathMatcher
-from nexus_grpc.gateway.request import HTTP_BODY, RequestBuilder
+from nexus_grpc.gateway.request import HTTP_BODY, RequestBuilder, message_type
 from nexus_grpc.routing import RoutingTable
 
 __all__ = ["GatewayRoute", "GatewayRoutes", "build_gateway_routes"]
@@ -73,7 +73,7 @@ def _prepare(binding: HttpBinding, options: JsonOptions, strict_query: bool) -> 
     raw = output.full_name == HTTP_BODY or (
         field is not None
         and field.type == FieldDescriptor.TYPE_MESSAGE
-        and field.message_type.full_name == HTTP_BODY
+        and message_type(field).full_name == HTTP_BODY
     )
     return GatewayRoute(
         binding=binding,

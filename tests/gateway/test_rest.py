@@ -163,7 +163,7 @@ async def test_bad_query_values_are_400_naming_the_parameter(
     assert response.status_code == 400
     body = response.json()
     assert body["code"] == 3
-    violations = [d for d in body["details"] if d["@type"].endswith("BadRequest")][0][
+    violations = next(d for d in body["details"] if d["@type"].endswith("BadRequest"))[
         "fieldViolations"
     ]
     assert violations[0]["field"] == field

@@ -111,15 +111,17 @@ async def test_bidi_stream_over_ndjson(http: httpx.AsyncClient) -> None:
 async def test_client_disconnect_cancels_the_stream(gateway_host: RunningHost) -> None:
     in_flight = gateway_host.host.plugins.record("transcode")
     assert in_flight is not None
-    async with httpx.AsyncClient(base_url=gateway_host.http_url) as client:
-        async with client.stream(
+    async with (
+        httpx.AsyncClient(base_url=gateway_host.http_url) as client,
+        client.stream(
             "GET",
             "/v1/count/100000",
             params={"pauseMillis": 20},
             headers={"accept": "application/x-ndjson"},
-        ) as response:
-            lines = response.aiter_lines()
-            assert json.loads(await lines.__anext__()) == {"value": 1}
-            assert in_flight.in_flight.count == 1
+        ) as response,
+    ):
+        lines = response.aiter_lines()
+        assert json.loads(await lines.__anext__()) == {"value": 1}
+        assert in_flight.in_flight.count == 1
     # The connection is closed: the call must end instead of counting to 100000.
     assert await in_flight.in_flight.wait_idle(5)
