@@ -128,10 +128,33 @@ class GatewayApp:
         if content_type.startswith("application/grpc-web"):
             await self._grpc_web.handle(scope, receive, send, cors)
             return
+        started = False
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self._serve_rest(scope, receive, send, cors)
+            await self._serve_rest(scope, receive, tracking_send, cors)
         except StatusError as error:
             await send_error(send, error, [*cors, *_request_id_header(scope)])
+        except Exception:
+            # A gateway bug must not leak a traceback (uvicorn would answer text/plain).
+            request_id = _request_id_header(scope)
+            _log.exception(
+                "gateway error on %s %s",
+                scope["method"],
+                scope["path"],
+                extra={"request_id": request_id[0][1].decode()},
+            )
+            if not started:
+                error = StatusError(
+                    grpc.StatusCode.INTERNAL,
+                    f"internal error (request id {request_id[0][1].decode()})",
+                    reason="INTERNAL",
+                )
+                await send_error(send, error, [*cors, *request_id])
 
     async def _serve_rest(self, scope: Scope, receive: Receive, send: Send, cors: Headers) -> None:
         method = scope["method"]

@@ -45,6 +45,7 @@ class ServeProcess:
 
     process: subprocess.Popen[str]
     address: str = ""
+    http_address: str = ""
     logs: list[dict[str, Any]] = field(default_factory=list)
     _lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
     _reader: threading.Thread = field(default_factory=threading.Thread)
@@ -105,6 +106,7 @@ def start_serve(
         "NEXUS_PLUGINS__DIRS": ",".join(str(d) for d in plugin_dirs),
         "NEXUS_PLUGINS__ENTRY_POINTS": "false",
         "NEXUS_LOG__FORMAT": "json",
+        "NEXUS_HTTP__ADDRESS": "127.0.0.1:0",
         **env,
     }
     process = subprocess.Popen(
@@ -132,6 +134,7 @@ def start_serve(
         serve.close()
         raise
     serve.address = ready["grpc_address"]
+    serve.http_address = ready.get("http_address", "")
     return serve
 
 
