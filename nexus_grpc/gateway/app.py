@@ -149,12 +149,12 @@ class GatewayApp:
                 extra={"request_id": request_id[0][1].decode()},
             )
             if not started:
-                error = StatusError(
+                failure = StatusError(
                     grpc.StatusCode.INTERNAL,
                     f"internal error (request id {request_id[0][1].decode()})",
                     reason="INTERNAL",
                 )
-                await send_error(send, error, [*cors, *request_id])
+                await send_error(send, failure, [*cors, *request_id])
 
     async def _serve_rest(self, scope: Scope, receive: Receive, send: Send, cors: Headers) -> None:
         method = scope["method"]

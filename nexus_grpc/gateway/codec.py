@@ -17,6 +17,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from nexus_grpc.errors import FieldViolation, InvalidArgumentError
+from nexus_grpc.gateway import fastjson
 
 __all__ = ["JsonOptions", "dumps", "message_to_json", "message_to_value", "parse_json_into"]
 
@@ -35,6 +36,8 @@ class JsonOptions:
 
 def message_to_value(message: Message, options: JsonOptions) -> Any:
     """``message`` as a JSON-ready Python value (a dict, or a scalar for some WKTs)."""
+    if not options.emit_defaults:
+        return fastjson.to_dict(message, options.proto_names)
     return json_format.MessageToDict(
         message,
         preserving_proto_field_name=options.proto_names,
@@ -63,8 +66,6 @@ def loads(data: bytes, what: str) -> Any:
 def parse_json_into(value: Any, message: Message, options: JsonOptions, what: str) -> None:
     """Merge a decoded JSON value into ``message``; INVALID_ARGUMENT names the bad field."""
     try:
-        json_format.ParseDict(
-            value, message, ignore_unknown_fields=not options.reject_unknown_fields
-        )
+        fastjson.parse_dict(value, message, ignore_unknown_fields=not options.reject_unknown_fields)
     except json_format.ParseError as error:
         raise InvalidArgumentError([FieldViolation(what, str(error))]) from None

@@ -322,9 +322,8 @@ def _message_from_text(field: FieldDescriptor, text: str, name: str) -> Message:
     kind = message_type(field).full_name
     message = _message_class(message_type(field))()
     if kind in _WRAPPERS:
-        setattr(
-            message, "value", parse_scalar(message_type(field).fields_by_name["value"], text, name)
-        )
+        wrapper: Any = message
+        wrapper.value = parse_scalar(message_type(field).fields_by_name["value"], text, name)
         return message
     if kind in _STRING_WKT:
         try:

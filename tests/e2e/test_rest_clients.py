@@ -37,7 +37,9 @@ def test_readme_curl_examples_work_as_printed(serve: ServeProcess, curl: str) ->
     outputs = []
     for command in commands:
         command = command.replace("127.0.0.1:8080", serve.http_address)
-        result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30, check=False)
+        result = subprocess.run(
+            ["bash", "-c", command], capture_output=True, text=True, timeout=30, check=False
+        )
         # curl exits 28 when --max-time ends the endless watch stream, as intended.
         assert result.returncode in (0, 28), (command, result.stderr)
         outputs.append(result.stdout)
@@ -59,42 +61,104 @@ def test_readme_curl_examples_work_as_printed(serve: ServeProcess, curl: str) ->
 def test_curl_errors_and_headers(serve: ServeProcess, curl: str) -> None:
     base = f"http://{serve.http_address}"
     wrong = subprocess.run(
-        [curl, "-s", "-i", "-X", "DELETE", f"{base}/v1/orders"], capture_output=True, text=True, timeout=30, check=True
+        [curl, "-s", "-i", "-X", "DELETE", f"{base}/v1/orders"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     assert wrong.stdout.startswith("HTTP/1.1 405")
     assert re.search(r"(?im)^allow: GET, POST\r?$", wrong.stdout)
     invalid = subprocess.run(
-        [curl, "-s", "-i", "-X", "POST", f"{base}/v1/orders", "-H", "Content-Type: application/json", "-H", "X-Request-Id: curl-1", "-d", "{}"],
-        capture_output=True, text=True, timeout=30, check=True,
+        [
+            curl,
+            "-s",
+            "-i",
+            "-X",
+            "POST",
+            f"{base}/v1/orders",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "X-Request-Id: curl-1",
+            "-d",
+            "{}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     assert invalid.stdout.startswith("HTTP/1.1 400")
     assert re.search(r"(?im)^x-request-id: curl-1\r?$", invalid.stdout)
     body = json.loads(invalid.stdout.split("\n\n", 1)[1])
-    violations = next(d for d in body["details"] if d["@type"].endswith("BadRequest"))["fieldViolations"]
+    violations = next(d for d in body["details"] if d["@type"].endswith("BadRequest"))[
+        "fieldViolations"
+    ]
     assert {v["field"] for v in violations} >= {"order.customer_id", "order.items"}
 
 
 def test_buf_curl_over_grpc_web(serve: ServeProcess, buf: str) -> None:
     base = f"http://{serve.http_address}"
     created = subprocess.run(
-        [buf, "curl", "--schema", str(REPO), "--protocol", "grpcweb", "-d",
-         '{"order": {"customerId": "web", "currencyCode": "EUR", "items": [{"sku": "W-1", "quantity": 3, "unitPriceCents": "7"}]}}',
-         f"{base}/nexus.orders.v1.OrdersService/CreateOrder"],
-        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+        [
+            buf,
+            "curl",
+            "--schema",
+            str(REPO),
+            "--protocol",
+            "grpcweb",
+            "-d",
+            '{"order": {"customerId": "web", "currencyCode": "EUR", "items": [{"sku": "W-1", "quantity": 3, "unitPriceCents": "7"}]}}',
+            f"{base}/nexus.orders.v1.OrdersService/CreateOrder",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
     )
     assert created.returncode == 0, created.stderr
     order = json.loads(created.stdout)
     assert order["totalCents"] == "21"
     missing_call = subprocess.run(
-        [buf, "curl", "--schema", str(REPO), "--protocol", "grpcweb", "-d", '{"id": "nope"}',
-         f"{base}/nexus.orders.v1.OrdersService/GetOrder"],
-        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+        [
+            buf,
+            "curl",
+            "--schema",
+            str(REPO),
+            "--protocol",
+            "grpcweb",
+            "-d",
+            '{"id": "nope"}',
+            f"{base}/nexus.orders.v1.OrdersService/GetOrder",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
     )
     assert json.loads(missing_call.stderr)["code"] == "not_found"
     watched = subprocess.run(
-        [buf, "curl", "--schema", str(REPO), "--protocol", "grpcweb", "--timeout", "2s", "-d",
-         '{"customerId": "web", "includeExisting": true}', f"{base}/nexus.orders.v1.OrdersService/WatchOrders"],
-        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+        [
+            buf,
+            "curl",
+            "--schema",
+            str(REPO),
+            "--protocol",
+            "grpcweb",
+            "--timeout",
+            "2s",
+            "-d",
+            '{"customerId": "web", "includeExisting": true}',
+            f"{base}/nexus.orders.v1.OrdersService/WatchOrders",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
     )
     assert '"changeType": "CHANGE_TYPE_EXISTING"' in watched.stdout
     assert order["id"] in watched.stdout

@@ -16,15 +16,22 @@ from tests.gateway.conftest import GATEWAY_TESTS
 
 
 @pytest.fixture
-async def configured(request: pytest.FixtureRequest, tmp_path: Path, transcode_stubs: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_host(
-        plugin_dirs=[GATEWAY_TESTS / "plugins"], data_dir=tmp_path, http=request.param
-    ) as host, httpx.AsyncClient(base_url=host.http_url) as client:
+async def configured(
+    request: pytest.FixtureRequest, tmp_path: Path, transcode_stubs: Path
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with (
+        running_host(
+            plugin_dirs=[GATEWAY_TESTS / "plugins"], data_dir=tmp_path, http=request.param
+        ) as host,
+        httpx.AsyncClient(base_url=host.http_url) as client,
+    ):
         yield client
 
 
 @pytest.mark.parametrize("configured", [HttpConfig(strict_query=True)], indirect=True)
-async def test_strict_mode_rejects_unknown_and_bound_parameters(configured: httpx.AsyncClient) -> None:
+async def test_strict_mode_rejects_unknown_and_bound_parameters(
+    configured: httpx.AsyncClient,
+) -> None:
     unknown = await configured.get("/v1/echo/x", params={"bogus": "1"})
     assert unknown.status_code == 400
     assert "unknown query parameter" in unknown.text
@@ -35,7 +42,9 @@ async def test_strict_mode_rejects_unknown_and_bound_parameters(configured: http
     assert fine.json() == {"id": "x", "small": 1}
 
 
-@pytest.mark.parametrize("configured", [HttpConfig(emit_defaults=True, proto_names=True)], indirect=True)
+@pytest.mark.parametrize(
+    "configured", [HttpConfig(emit_defaults=True, proto_names=True)], indirect=True
+)
 async def test_emit_defaults_and_proto_names(configured: httpx.AsyncClient) -> None:
     body = (await configured.get("/v1/items", params={"count": 1})).json()
     assert body == [{"number": 0}]
@@ -57,9 +66,22 @@ async def test_default_timeout_applies_without_grpc_timeout(configured: httpx.As
 
 def test_status_table_is_the_canonical_mapping() -> None:
     expected = {
-        "OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400, "DEADLINE_EXCEEDED": 504,
-        "NOT_FOUND": 404, "ALREADY_EXISTS": 409, "PERMISSION_DENIED": 403, "UNAUTHENTICATED": 401,
-        "RESOURCE_EXHAUSTED": 429, "FAILED_PRECONDITION": 400, "ABORTED": 409, "OUT_OF_RANGE": 400,
-        "UNIMPLEMENTED": 501, "INTERNAL": 500, "UNAVAILABLE": 503, "DATA_LOSS": 500,
+        "OK": 200,
+        "CANCELLED": 499,
+        "UNKNOWN": 500,
+        "INVALID_ARGUMENT": 400,
+        "DEADLINE_EXCEEDED": 504,
+        "NOT_FOUND": 404,
+        "ALREADY_EXISTS": 409,
+        "PERMISSION_DENIED": 403,
+        "UNAUTHENTICATED": 401,
+        "RESOURCE_EXHAUSTED": 429,
+        "FAILED_PRECONDITION": 400,
+        "ABORTED": 409,
+        "OUT_OF_RANGE": 400,
+        "UNIMPLEMENTED": 501,
+        "INTERNAL": 500,
+        "UNAVAILABLE": 503,
+        "DATA_LOSS": 500,
     }
     assert {code.name: http_status(code) for code in grpc.StatusCode} == expected

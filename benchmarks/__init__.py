@@ -1,0 +1,1 @@
+"""Benchmarks of nexus against FastAPI and a bare grpc.aio server; see benchmarks/README.md."""

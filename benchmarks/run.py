@@ -1,0 +1,1014 @@
+"""Side-by-side throughput of nexus REST and gRPC against FastAPI and bare grpc.aio.
+
+``scripts/bench`` runs this module after installing what it needs. It starts three
+servers, each its own process on free 127.0.0.1 ports:
+
+* ``nexus serve`` with only the orders plugin, gRPC and the REST gateway on;
+* ``benchmarks.fastapi_orders``: the same REST API written with FastAPI, served by
+  uvicorn with the options the nexus HTTP server uses;
+* ``benchmarks.bare_grpc``: the orders servicer on a plain grpc.aio server.
+
+Each server gets one seeded order (read by the GET runs) and one checked call per
+operation before any load. Then every case (target x operation) is warmed up once and
+measured ``BENCH_ROUNDS`` times, the cases interleaved (all cases of round 1, then all
+of round 2, ...) so drifts of this noisy machine spread over every target; the median
+run is reported. REST is driven by wrk, gRPC by h2load, with identical client settings
+within each compared pair. Results go to stdout and ``benchmarks/results/latest.json``.
+
+Settings (environment): BENCH_SECONDS (8), BENCH_WARMUP (2), BENCH_ROUNDS (2),
+BENCH_WRK_CONNECTIONS (32), BENCH_H2_CLIENTS (4), BENCH_H2_STREAMS (8): h2load keeps
+clients x streams = 32 calls in flight, as many as wrk's 32 connections, BENCH_PIN (0;
+1 pins every server to CPU 1 and the load tools to CPU 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import http.client
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_DIR = REPO / "benchmarks"
+RESULTS_FILE = BENCH_DIR / "results" / "latest.json"
+BIN = Path(sys.executable).parent
+
+NAMESPACE = "plugins/business/orders"
+SERVICE = "nexus.orders.v1.OrdersService"
+
+#: The order every create sends, as the REST body (CreateOrderRequest.order in proto3 JSON).
+ORDER: dict[str, Any] = {
+    "customerId": "alice",
+    "currencyCode": "EUR",
+    "note": "bench",
+    "items": [
+        {"sku": "BOOK-1", "quantity": 2, "unitPriceCents": "1250"},
+        {"sku": "PEN-7", "quantity": 10, "unitPriceCents": "199"},
+    ],
+}
+
+TARGET_LABELS = {
+    "nexus_rest": "nexus REST",
+    "fastapi": "FastAPI",
+    "nexus_grpc": "nexus gRPC",
+    "bare_grpc": "bare grpc.aio",
+}
+OPERATION_LABELS = {
+    ("rest", "get"): "GET /v1/orders/{id}",
+    ("rest", "create"): "POST /v1/orders",
+    ("grpc", "get"): "GetOrder",
+    ("grpc", "create"): "CreateOrder",
+}
+
+
+class BenchError(RuntimeError):
+    """Something the bench needs failed; the message says what."""
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the run measures and how hard the clients push."""
+
+    seconds: int = 8
+    warmup: int = 2
+    rounds: int = 2
+    wrk_threads: int = 1
+    wrk_connections: int = 32
+    h2_threads: int = 1
+    h2_clients: int = 4
+    h2_streams: int = 8
+    pin: bool = False
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Settings from the BENCH_* variables."""
+
+        def number(name: str, default: int, minimum: int = 1) -> int:
+            text = os.environ.get(name, "").strip()
+            if not text:
+                return default
+            try:
+                value = int(float(text))
+            except ValueError:
+                raise BenchError(f"{name}={text!r}: expected a whole number") from None
+            if value < minimum:
+                raise BenchError(f"{name}={text!r}: expected at least {minimum}")
+            return value
+
+        return cls(
+            seconds=number("BENCH_SECONDS", 8),
+            warmup=number("BENCH_WARMUP", 2, minimum=0),
+            rounds=number("BENCH_ROUNDS", 2),
+            wrk_connections=number("BENCH_WRK_CONNECTIONS", 32),
+            h2_clients=number("BENCH_H2_CLIENTS", 4),
+            h2_streams=number("BENCH_H2_STREAMS", 8),
+            pin=os.environ.get("BENCH_PIN", "0").strip().lower() in ("1", "true", "yes"),
+        )
+
+    def server_prefix(self) -> list[str]:
+        """Command prefix of server processes (CPU pinning when asked)."""
+        return ["taskset", "-c", "1"] if self.pin else []
+
+    def client_prefix(self) -> list[str]:
+        """Command prefix of load tools (CPU pinning when asked)."""
+        return ["taskset", "-c", "0"] if self.pin else []
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Processes:
+    """Every process the bench starts, so all of them are stopped whatever happens.
+
+    Pids also go to ``$BENCH_PIDFILE`` (one "pid name" line each) so ``scripts/bench``
+    can stop them should this process die without cleaning up.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self._workdir = workdir
+        self._servers: dict[str, subprocess.Popen[bytes]] = {}
+        self._pidfile = os.environ.get("BENCH_PIDFILE", "")
+
+    def _record(self, pid: int, name: str) -> None:
+        if self._pidfile:
+            with open(self._pidfile, "a", encoding="utf-8") as handle:
+                handle.write(f"{pid} {name}\n")
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Start server ``name`` in its own session, output to ``<workdir>/<name>.log``."""
+        with open(self._workdir / f"{name}.log", "wb") as log:
+            process = subprocess.Popen(
+                argv,
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._servers[name] = process
+        self._record(process.pid, name)
+        return process
+
+    def pid(self, name: str) -> int:
+        """Process id of server ``name``."""
+        return self._servers[name].pid
+
+    def check(self, name: str) -> None:
+        """BenchError with the end of its log if server ``name`` has exited."""
+        process = self._servers[name]
+        if process.poll() is not None:
+            raise BenchError(
+                f"{name} exited with status {process.returncode}:\n{self.log_tail(name)}"
+            )
+
+    def log_tail(self, name: str, lines: int = 25) -> str:
+        """The last lines the server printed."""
+        path = self._workdir / f"{name}.log"
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+    def run_tool(self, argv: list[str], timeout: float) -> tuple[int, str, str, float]:
+        """Run a load tool; return its status, stdout, stderr and the CPU seconds it used."""
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        process = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._record(process.pid, Path(argv[0]).name)
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+            raise BenchError(f"{' '.join(argv)} did not finish in {timeout:.0f}s") from None
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        return process.returncode, out, err, cpu
+
+    def stop_all(self) -> None:
+        """SIGTERM every server, SIGKILL those still running 10 s later."""
+        for process in self._servers.values():
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for process in self._servers.values():
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                process.wait(5)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1 right now."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+# --------------------------------------------------------------------------- clients
+
+
+def http_call(
+    port: int, method: str, path: str, body: bytes | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request to 127.0.0.1:``port``; status, headers, body."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {"content-type": "application/json"} if body is not None else {}
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def grpc_frame(payload: bytes) -> bytes:
+    """A gRPC length-prefixed message: uncompressed flag, big-endian length, payload."""
+    return b"\x00" + struct.pack(">I", len(payload)) + payload
+
+
+def grpc_raw_call(port: int, method: str, payload: bytes) -> tuple[str, str, bytes]:
+    """Call ``/OrdersService/<method>`` with serialized ``payload``; code, details, response."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(f"/{SERVICE}/{method}")
+        try:
+            response, outcome = call.with_call(payload, timeout=10)
+        except grpc.RpcError as error:
+            code: Any = error.code()  # type: ignore[attr-defined]
+            return code.name, str(error.details()), b""  # type: ignore[attr-defined]
+        return outcome.code().name, "", response
+
+
+def wait_until(
+    what: str, probe: Callable[[], bool], check: Callable[[], None], timeout: float
+) -> None:
+    """Call ``probe`` until it returns True; ``check`` raises when the server died."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        check()
+        try:
+            if probe():
+                return
+        except Exception as error:  # connection refused and the like while starting
+            last = error
+        time.sleep(0.1)
+    raise BenchError(f"{what} not ready after {timeout:.0f}s (last error: {last})")
+
+
+def http_ready(port: int) -> Callable[[], bool]:
+    """Probe: the HTTP server answers (any status)."""
+
+    def probe() -> bool:
+        status, _, _ = http_call(port, "GET", "/v1/orders/bench-ready-probe")
+        return status in (200, 404)
+
+    return probe
+
+
+def grpc_ready(port: int) -> Callable[[], bool]:
+    """Probe: the gRPC server accepts an HTTP/2 connection (the seed calls check the rest)."""
+    import grpc
+
+    def probe() -> bool:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=1)
+        return True
+
+    return probe
+
+
+def count_rows(database: Path) -> int:
+    """Orders stored in ``database`` (a nexus SQLite file), read without locking writers."""
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        (count,) = db.execute(
+            "SELECT count(*) FROM nexus_records WHERE namespace = ?", (NAMESPACE,)
+        ).fetchone()
+    return int(count)
+
+
+# --------------------------------------------------------------------------- cases
+
+
+@dataclass
+class Sample:
+    """One measured run."""
+
+    rps: float = 0.0
+    requests: int = 0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    server_cpu_us_per_req: float | None = None
+    client_cpu_percent: float | None = None
+    error: str | None = None
+    round: int = 0
+
+
+@dataclass
+class Case:
+    """One target and operation: how to load it and how to check its answers."""
+
+    target: str
+    operation: str  # "get" or "create"
+    kind: str  # "rest" or "grpc"
+    server: str  # name of the server process
+    url: str
+    database: Path
+    body_file: Path | None = None
+    #: gRPC: size of the smallest successful response frame (error responses carry none).
+    min_frame: int = 0
+    #: gRPC GetOrder: the exact size of every response frame.
+    exact_frame: int | None = None
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """Target and operation, for humans."""
+        return f"{TARGET_LABELS[self.target]} {OPERATION_LABELS[(self.kind, self.operation)]}"
+
+
+def run_wrk(case: Case, seconds: int, settings: Settings, procs: Processes) -> Sample:
+    """Load a REST case with wrk for ``seconds``."""
+    script = BENCH_DIR / ("post_order.lua" if case.operation == "create" else "wrk_report.lua")
+    argv = [
+        *settings.client_prefix(),
+        "wrk",
+        f"-t{settings.wrk_threads}",
+        f"-c{settings.wrk_connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        case.url,
+    ]
+    code, out, err, client_cpu = procs.run_tool(argv, timeout=seconds + 30)
+    match = re.search(r"^BENCH_WRK (\{.*\})$", out, re.MULTILINE)
+    if code != 0 or match is None:
+        return Sample(error=f"wrk failed ({code}): {(err or out).strip()[-300:]}")
+    report = json.loads(match.group(1))
+    sample = Sample(
+        rps=report["requests"] / (report["duration_us"] / 1e6),
+        requests=report["requests"],
+        p50_ms=report["p50_us"] / 1000,
+        p99_ms=report["p99_us"] / 1000,
+        client_cpu_percent=100 * client_cpu / (report["duration_us"] / 1e6),
+    )
+    problems = [
+        f"{report[key]} {label}"
+        for key, label in (
+            ("status_errors", "non-2xx/3xx responses"),
+            ("connect_errors", "connect errors"),
+            ("read_errors", "read errors"),
+            ("write_errors", "write errors"),
+            ("timeouts", "timeouts"),
+        )
+        if report[key]
+    ]
+    if report["requests"] == 0:
+        problems.append("no responses")
+    if problems:
+        sample.error = "ERRORS: " + ", ".join(problems)
+    return sample
+
+
+_H2_FINISHED = re.compile(r"finished in ([\d.]+)s, ([\d.]+) req/s")
+_H2_REQUESTS = re.compile(
+    r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+    r"(\d+) errored, (\d+) timeout"
+)
+_H2_DATA = re.compile(r"traffic: .*?, \S+ \((\d+)\) data")
+
+
+def run_h2load(case: Case, seconds: int, settings: Settings, procs: Processes, log: Path) -> Sample:
+    """Load a gRPC case with h2load for ``seconds``; latencies from its per-request log."""
+    assert case.body_file is not None
+    argv = [
+        *settings.client_prefix(),
+        "h2load",
+        "-D",
+        str(seconds),
+        "-t",
+        str(settings.h2_threads),
+        "-c",
+        str(settings.h2_clients),
+        "-m",
+        str(settings.h2_streams),
+        "-d",
+        str(case.body_file),
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        f"--log-file={log}",
+        case.url,
+    ]
+    code, out, err, client_cpu = procs.run_tool(argv, timeout=seconds + 30)
+    finished = _H2_FINISHED.search(out)
+    requests = _H2_REQUESTS.search(out)
+    data = _H2_DATA.search(out)
+    if code != 0 or finished is None or requests is None or data is None:
+        return Sample(error=f"h2load failed ({code}): {(err or out).strip()[-300:]}")
+    duration, rps = float(finished.group(1)), float(finished.group(2))
+    _total, started, done, succeeded, failed, errored, timeouts = map(int, requests.groups())
+    data_bytes = int(data.group(1))
+    latencies = []
+    statuses: dict[str, int] = {}
+    for line in log.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3:
+            statuses[parts[1]] = statuses.get(parts[1], 0) + 1
+            latencies.append(int(parts[2]))
+    sample = Sample(
+        rps=rps,
+        requests=done,
+        client_cpu_percent=100 * client_cpu / duration if duration else None,
+    )
+    if latencies:
+        sample.p50_ms, sample.p99_ms = (q / 1000 for q in percentiles(latencies, (50, 99)))
+    problems = []
+    if done == 0:
+        problems.append("no responses")
+    if succeeded != done or failed or errored or timeouts:
+        problems.append(
+            f"{done - succeeded} not succeeded, {failed} failed, {errored} errored, "
+            f"{timeouts} timed out"
+        )
+    if set(statuses) - {"200"}:
+        problems.append(f"HTTP statuses {statuses}")
+    # A gRPC error is an HTTP 200 whose status is in the trailers, with no DATA frame:
+    # too few response bytes means some calls failed.
+    expected = case.exact_frame or case.min_frame
+    if expected and data_bytes < done * expected:
+        missing = (done * expected - data_bytes) // expected
+        problems.append(f"about {missing} of {done} responses carried no message (gRPC error)")
+    if case.exact_frame and data_bytes > started * case.exact_frame:
+        problems.append(f"unexpected response size ({data_bytes} bytes for {done} calls)")
+    if problems:
+        sample.error = "ERRORS: " + "; ".join(problems)
+    return sample
+
+
+def percentiles(values: list[int], points: tuple[float, ...]) -> list[float]:
+    """Nearest-rank percentiles of ``values``."""
+    ordered = sorted(values)
+    return [
+        ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))] for p in points
+    ]
+
+
+def measure(
+    case: Case, seconds: int, settings: Settings, procs: Processes, workdir: Path
+) -> Sample:
+    """One run of ``case`` with server CPU accounting and, for creates, a row count check."""
+    procs.check(case.server)
+    rows_before = count_rows(case.database) if case.operation == "create" else 0
+    cpu_before = process_cpu_seconds(procs.pid(case.server))
+    if case.kind == "rest":
+        sample = run_wrk(case, seconds, settings, procs)
+    else:
+        log = workdir / f"h2load-{case.target}-{case.operation}.log"
+        sample = run_h2load(case, seconds, settings, procs, log)
+    cpu = process_cpu_seconds(procs.pid(case.server)) - cpu_before
+    procs.check(case.server)
+    if sample.requests:
+        sample.server_cpu_us_per_req = cpu / sample.requests * 1e6
+    if case.operation == "create" and sample.error is None:
+        # Every successful create wrote a row (calls cut off at the end may add a few).
+        written = count_rows(case.database) - rows_before
+        if written < sample.requests:
+            sample.error = f"ERRORS: {sample.requests} creates answered, {written} rows written"
+    return sample
+
+
+# --------------------------------------------------------------------------- setup
+
+
+@dataclass
+class Servers:
+    """Ports and data folders of the three server processes."""
+
+    nexus_grpc: int
+    nexus_http: int
+    fastapi_http: int
+    bare_grpc: int
+    nexus_data: Path
+    fastapi_data: Path
+    bare_data: Path
+
+
+def start_servers(procs: Processes, workdir: Path, settings: Settings) -> Servers:
+    """Start nexus, the FastAPI app and bare grpc.aio; wait until each answers."""
+    nexus_grpc, nexus_http, fastapi_http, bare_grpc = free_ports(4)
+    servers = Servers(
+        nexus_grpc,
+        nexus_http,
+        fastapi_http,
+        bare_grpc,
+        workdir / "nexus",
+        workdir / "fastapi",
+        workdir / "bare",
+    )
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
+    nexus_env = {
+        **base_env,
+        "NEXUS_LOG__ACCESS": "false",
+        "NEXUS_LOG__LEVEL": "warning",
+        "NEXUS_LOG__FORMAT": "text",
+        "NEXUS_DATA_DIR": str(servers.nexus_data),
+        "NEXUS_SERVER__GRPC_ADDRESS": f"127.0.0.1:{nexus_grpc}",
+        "NEXUS_HTTP__ADDRESS": f"127.0.0.1:{nexus_http}",
+        "NEXUS_PLUGINS__ENABLED": "orders",
+        "NEXUS_PLUGINS__ENTRY_POINTS": "false",
+    }
+    prefix = settings.server_prefix()
+    procs.start("nexus", [*prefix, str(BIN / "nexus"), "serve"], nexus_env)
+    python = [*prefix, sys.executable, "-m"]
+    procs.start(
+        "fastapi",
+        [
+            *python,
+            "benchmarks.fastapi_orders",
+            "--port",
+            str(fastapi_http),
+            "--data-dir",
+            str(servers.fastapi_data),
+        ],
+        base_env,
+    )
+    procs.start(
+        "bare_grpc",
+        [
+            *python,
+            "benchmarks.bare_grpc",
+            "--port",
+            str(bare_grpc),
+            "--data-dir",
+            str(servers.bare_data),
+        ],
+        base_env,
+    )
+    wait_until("nexus gRPC", grpc_ready(nexus_grpc), lambda: procs.check("nexus"), 60)
+    wait_until("nexus REST", http_ready(nexus_http), lambda: procs.check("nexus"), 60)
+    wait_until("FastAPI", http_ready(fastapi_http), lambda: procs.check("fastapi"), 60)
+    wait_until("bare grpc.aio", grpc_ready(bare_grpc), lambda: procs.check("bare_grpc"), 60)
+    return servers
+
+
+def rest_create(port: int, who: str) -> dict[str, Any]:
+    """POST the bench order; the created order as JSON."""
+    status, _, body = http_call(port, "POST", "/v1/orders", json.dumps(ORDER).encode())
+    if status != 200:
+        raise BenchError(f"{who} POST /v1/orders answered {status}: {body[:300]!r}")
+    created: dict[str, Any] = json.loads(body)
+    return created
+
+
+def rest_get(port: int, order_id: str, who: str) -> dict[str, Any]:
+    """GET the order; it as JSON."""
+    status, _, body = http_call(port, "GET", f"/v1/orders/{order_id}")
+    if status != 200:
+        raise BenchError(f"{who} GET /v1/orders/{order_id} answered {status}: {body[:300]!r}")
+    found: dict[str, Any] = json.loads(body)
+    if found.get("id") != order_id:
+        raise BenchError(f"{who} GET returned another order: {found}")
+    return found
+
+
+def grpc_check(port: int, method: str, payload: bytes, who: str) -> bytes:
+    """One call with the exact payload h2load will send; its response, or BenchError."""
+    code, details, response = grpc_raw_call(port, method, payload)
+    if code != "OK":
+        raise BenchError(f"{who} {method} answered {code}: {details}")
+    return response
+
+
+def prepare_cases(servers: Servers, workdir: Path) -> tuple[list[Case], dict[str, Any]]:
+    """Seed an order per server, check one call per case, build the cases in run order."""
+    from google.protobuf import json_format
+    from nexus.orders.v1 import orders_pb2
+
+    checks: dict[str, Any] = {}
+    create_request = orders_pb2.CreateOrderRequest()
+    json_format.ParseDict(ORDER, create_request.order)
+    create_payload = create_request.SerializeToString()
+    create_file = workdir / "create_order.bin"
+    create_file.write_bytes(grpc_frame(create_payload))
+
+    # nexus: one order through REST, read back through REST and gRPC.
+    nexus_order = rest_create(servers.nexus_http, "nexus REST")
+    nexus_id = nexus_order["id"]
+    nexus_json = rest_get(servers.nexus_http, nexus_id, "nexus REST")
+    # FastAPI: its own order, which must look like nexus's apart from ids and times.
+    fastapi_id = rest_create(servers.fastapi_http, "FastAPI")["id"]
+    fastapi_json = rest_get(servers.fastapi_http, fastapi_id, "FastAPI")
+    volatile = ("id", "createTime", "updateTime")
+
+    def comparable(value: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in value.items() if k not in volatile}
+
+    same = comparable(nexus_json) == comparable(fastapi_json) and set(nexus_json) == set(
+        fastapi_json
+    )
+    checks["rest_json_equivalent"] = same
+    checks["nexus_rest_get_json"] = nexus_json
+    checks["fastapi_get_json"] = fastapi_json
+    if not same:
+        print(
+            f"warning: FastAPI's JSON differs from nexus's:\n  nexus:   {nexus_json}\n"
+            f"  FastAPI: {fastapi_json}",
+            file=sys.stderr,
+        )
+    # bare grpc.aio: its own order, created with the payload h2load sends.
+    bare_created = orders_pb2.Order.FromString(
+        grpc_check(servers.bare_grpc, "CreateOrder", create_payload, "bare grpc.aio")
+    )
+
+    cases: list[Case] = []
+    grpc_targets = (
+        ("nexus_grpc", "nexus", servers.nexus_grpc, nexus_id, servers.nexus_data),
+        ("bare_grpc", "bare_grpc", servers.bare_grpc, bare_created.id, servers.bare_data),
+    )
+    grpc_cases: dict[tuple[str, str], Case] = {}
+    for target, server, port, order_id, data in grpc_targets:
+        get_payload = orders_pb2.GetOrderRequest(id=order_id).SerializeToString()
+        get_file = workdir / f"get_order_{target}.bin"
+        get_file.write_bytes(grpc_frame(get_payload))
+        got = grpc_check(port, "GetOrder", get_payload, TARGET_LABELS[target])
+        if orders_pb2.Order.FromString(got).id != order_id:
+            raise BenchError(f"{TARGET_LABELS[target]} GetOrder returned another order")
+        created = orders_pb2.Order.FromString(
+            grpc_check(port, "CreateOrder", create_payload, TARGET_LABELS[target])
+        )
+        created.create_time.nanos = 0  # the only part of a create response whose size varies
+        created.update_time.nanos = 0
+        url = f"http://127.0.0.1:{port}/{SERVICE}/"
+        database = data / "nexus.db"
+        grpc_cases[(target, "get")] = Case(
+            target,
+            "get",
+            "grpc",
+            server,
+            url + "GetOrder",
+            database,
+            get_file,
+            min_frame=5 + len(got),
+            exact_frame=5 + len(got),
+        )
+        grpc_cases[(target, "create")] = Case(
+            target,
+            "create",
+            "grpc",
+            server,
+            url + "CreateOrder",
+            database,
+            create_file,
+            min_frame=5 + created.ByteSize(),
+        )
+        checks[f"{target}_get_response_bytes"] = len(got)
+    rest_cases = {
+        ("nexus_rest", "get"): Case(
+            "nexus_rest",
+            "get",
+            "rest",
+            "nexus",
+            f"http://127.0.0.1:{servers.nexus_http}/v1/orders/{nexus_id}",
+            servers.nexus_data / "nexus.db",
+        ),
+        ("nexus_rest", "create"): Case(
+            "nexus_rest",
+            "create",
+            "rest",
+            "nexus",
+            f"http://127.0.0.1:{servers.nexus_http}/v1/orders",
+            servers.nexus_data / "nexus.db",
+        ),
+        ("fastapi", "get"): Case(
+            "fastapi",
+            "get",
+            "rest",
+            "fastapi",
+            f"http://127.0.0.1:{servers.fastapi_http}/v1/orders/{fastapi_id}",
+            servers.fastapi_data / "nexus.db",
+        ),
+        ("fastapi", "create"): Case(
+            "fastapi",
+            "create",
+            "rest",
+            "fastapi",
+            f"http://127.0.0.1:{servers.fastapi_http}/v1/orders",
+            servers.fastapi_data / "nexus.db",
+        ),
+    }
+    every = {**rest_cases, **grpc_cases}
+    for operation in ("get", "create"):
+        for target in TARGET_LABELS:
+            cases.append(every[(target, operation)])
+    return cases, checks
+
+
+# --------------------------------------------------------------------------- report
+
+
+def median_or_none(values: list[float | None]) -> float | None:
+    """Median of the values that are there."""
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def summarize(case: Case) -> dict[str, Any]:
+    """The case's samples and medians; ``error`` when any run failed."""
+    errors = [s.error for s in case.samples if s.error]
+    good = [s for s in case.samples if not s.error]
+    return {
+        "target": case.target,
+        "operation": case.operation,
+        "label": case.label,
+        "url": case.url,
+        "error": "; ".join(dict.fromkeys(errors)) if errors else None,
+        "rps": median_or_none([s.rps for s in good]) if not errors else None,
+        "p50_ms": median_or_none([s.p50_ms for s in good]) if not errors else None,
+        "p99_ms": median_or_none([s.p99_ms for s in good]) if not errors else None,
+        "server_cpu_us_per_req": median_or_none([s.server_cpu_us_per_req for s in good])
+        if not errors
+        else None,
+        "client_cpu_percent": median_or_none([s.client_cpu_percent for s in good])
+        if not errors
+        else None,
+        "samples": [asdict(s) for s in case.samples],
+    }
+
+
+RATIOS = (
+    ("nexus_rest_vs_fastapi", "nexus REST / FastAPI", "nexus_rest", "fastapi", 1.0),
+    ("nexus_grpc_vs_bare_grpc", "nexus gRPC / bare grpc.aio", "nexus_grpc", "bare_grpc", None),
+    ("nexus_rest_vs_nexus_grpc", "nexus REST / nexus gRPC", "nexus_rest", "nexus_grpc", None),
+)
+
+
+def ratios(summary: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    """Throughput ratios (and server CPU per request ratios) of the compared pairs."""
+    found: dict[str, Any] = {}
+    for key, label, top, bottom, goal in RATIOS:
+        entry: dict[str, Any] = {"label": label, "goal": goal}
+        for operation in ("get", "create"):
+            a, b = summary[(top, operation)], summary[(bottom, operation)]
+            rps = a["rps"] / b["rps"] if a["rps"] and b["rps"] else None
+            cpu = (
+                b["server_cpu_us_per_req"] / a["server_cpu_us_per_req"]
+                if a["server_cpu_us_per_req"] and b["server_cpu_us_per_req"]
+                else None
+            )
+            entry[operation] = {"rps_ratio": rps, "cpu_efficiency_ratio": cpu}
+        found[key] = entry
+    return found
+
+
+def fmt(value: float | None, spec: str) -> str:
+    """A number, or "-" when there is none."""
+    return "-" if value is None else format(value, spec)
+
+
+def render(
+    settings: Settings, summary: dict[tuple[str, str], dict[str, Any]], found: dict[str, Any]
+) -> str:
+    """The human-readable table."""
+    lines = [
+        "",
+        f"nexus bench: {settings.rounds} interleaved round(s) of {settings.seconds}s per case "
+        f"after a {settings.warmup}s warm-up; median run shown; "
+        f"{os.cpu_count()} CPUs shared by clients and servers"
+        + (" (servers pinned to CPU 1, clients to CPU 0)" if settings.pin else ""),
+        f"  REST clients: wrk -t{settings.wrk_threads} -c{settings.wrk_connections} "
+        "(identical for nexus REST and FastAPI)",
+        f"  gRPC clients: h2load -t{settings.h2_threads} -c{settings.h2_clients} "
+        f"-m{settings.h2_streams} (identical for nexus gRPC and bare grpc.aio; "
+        f"{settings.h2_clients * settings.h2_streams} calls in flight)",
+        "  every create writes one SQLite row (same storage code for all targets)",
+        "",
+    ]
+    header = (
+        f"{'target':<14} {'operation':<20} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'srv CPU':>9} {'client':>7}  runs (req/s)"
+    )
+    lines += [header, f"{'':<14} {'':<20} {'':>8} {'':>8} {'':>8} {'us/req':>9} {'CPU %':>7}"]
+    lines.append("-" * len(header))
+    for operation in ("get", "create"):
+        for target in TARGET_LABELS:
+            row = summary[(target, operation)]
+            kind = "grpc" if target.endswith("grpc") else "rest"
+            name = f"{TARGET_LABELS[target]:<14} {OPERATION_LABELS[(kind, operation)]:<20}"
+            runs = ", ".join("err" if s["error"] else f"{s['rps']:.0f}" for s in row["samples"])
+            if row["error"]:
+                lines.append(f"{name} {row['error']}  [runs: {runs}]")
+                continue
+            lines.append(
+                f"{name} {fmt(row['rps'], '8.0f')} {fmt(row['p50_ms'], '8.2f')} "
+                f"{fmt(row['p99_ms'], '8.2f')} {fmt(row['server_cpu_us_per_req'], '9.0f')} "
+                f"{fmt(row['client_cpu_percent'], '7.0f')}  {runs}"
+            )
+        lines.append("")
+    lines.append("ratios (req/s; in brackets: server CPU per request, bottom / top)")
+    for key, label, _top, _bottom, goal in RATIOS:
+        entry = found[key]
+        parts = []
+        for operation in ("get", "create"):
+            values = entry[operation]
+            text = fmt(values["rps_ratio"], ".2f")
+            if goal is not None and values["rps_ratio"] is not None:
+                text += " ok" if values["rps_ratio"] >= goal else " BELOW GOAL"
+            parts.append(f"{operation:<6} {text} [{fmt(values['cpu_efficiency_ratio'], '.2f')}]")
+        suffix = f"   (goal >= {goal:.1f})" if goal is not None else "   (info)"
+        lines.append(f"  {label:<28} " + "   ".join(parts) + suffix)
+    lines.append("")
+    return "\n".join(lines)
+
+
+def versions() -> dict[str, str]:
+    """Versions of what was measured and what measured it."""
+    found = {"python": platform.python_version()}
+    for name in (
+        "grpcio",
+        "protobuf",
+        "fastapi",
+        "pydantic",
+        "starlette",
+        "uvicorn",
+        "httptools",
+        "orjson",
+        "sqlalchemy",
+        "aiosqlite",
+    ):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[name] = importlib.metadata.version(name)
+    with contextlib.suppress(Exception):
+        from google.protobuf.internal import api_implementation
+
+        found["protobuf_backend"] = api_implementation.Type()
+    for tool, flag in (("wrk", "-v"), ("h2load", "--version")):
+        with contextlib.suppress(OSError):
+            result = subprocess.run([tool, flag], capture_output=True, text=True, check=False)
+            found[tool] = (result.stdout or result.stderr).strip().splitlines()[0]
+    with contextlib.suppress(OSError):
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        found["nexus_commit"] = commit
+    return found
+
+
+# --------------------------------------------------------------------------- main
+
+
+@contextlib.contextmanager
+def terminated_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into SystemExit so ``finally`` blocks stop the servers."""
+
+    def stop(number: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + number)
+
+    previous = {n: signal.signal(n, stop) for n in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def check_tools(settings: Settings) -> None:
+    """BenchError naming the load tools that are missing."""
+    needed = ["wrk", "h2load"] + (["taskset"] if settings.pin else [])
+    missing = [tool for tool in needed if shutil.which(tool) is None]
+    if missing:
+        raise BenchError(
+            f"missing {', '.join(missing)}: run scripts/bench (it installs wrk and "
+            "nghttp2-client), or apt-get install them"
+        )
+
+
+def run(settings: Settings) -> int:
+    """The whole bench; returns the exit status (1 when any case failed)."""
+    check_tools(settings)
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="nexus-bench-"))
+    procs = Processes(workdir)
+
+    def say(text: str) -> None:
+        print(f"bench [{time.monotonic() - started:5.1f}s] {text}", file=sys.stderr, flush=True)
+
+    try:
+        # post_order.lua sends this body, so REST creates the order gRPC creates.
+        os.environ["BENCH_POST_BODY"] = json.dumps(ORDER, separators=(",", ":"))
+        say(f"starting servers (logs and data in {workdir})")
+        servers = start_servers(procs, workdir, settings)
+        cases, checks = prepare_cases(servers, workdir)
+        say("seeded one order per server; one checked call per case succeeded")
+        if settings.warmup:
+            for case in cases:
+                sample = measure(case, settings.warmup, settings, procs, workdir)
+                say(f"warm-up {case.label}: {sample.error or f'{sample.rps:.0f} req/s'}")
+        total = settings.rounds * len(cases)
+        for round_number in range(1, settings.rounds + 1):
+            for case in cases:
+                sample = measure(case, settings.seconds, settings, procs, workdir)
+                sample.round = round_number
+                case.samples.append(sample)
+                say(
+                    f"[{len([s for c in cases for s in c.samples])}/{total}] round "
+                    f"{round_number} {case.label}: {sample.error or f'{sample.rps:.0f} req/s'}"
+                )
+    except BenchError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        for name in ("nexus", "fastapi", "bare_grpc"):
+            print(f"bench: end of the {name} log:\n{procs.log_tail(name, 10)}", file=sys.stderr)
+        print(f"bench: logs and data kept in {workdir}", file=sys.stderr)
+        return 1
+    finally:
+        procs.stop_all()
+    summary = {(c.target, c.operation): summarize(c) for c in cases}
+    found = ratios(summary)
+    print(render(settings, summary, found), flush=True)
+    result = {
+        "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "settings": asdict(settings),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "versions": versions(),
+        "checks": checks,
+        "order": ORDER,
+        "results": list(summary.values()),
+        "ratios": found,
+    }
+    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_FILE.write_text(json.dumps(result, indent=2) + "\n")
+    say(f"wrote {RESULTS_FILE.relative_to(REPO)}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if any(row["error"] for row in summary.values()) else 0
+
+
+def main() -> int:
+    """Entry point: ``python -m benchmarks.run``."""
+    try:
+        settings = Settings.from_env()
+    except BenchError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 2
+    with terminated_on_signals():
+        return run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
