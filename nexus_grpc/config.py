@@ -8,6 +8,7 @@ starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 ENV_PREFIX = "NEXUS_"
+# Sizes and counts end up in gRPC channel arguments, which are C ints.
+_MAX_INT = 2**31 - 1
 #: Separates nesting levels in variable names: NEXUS_SERVER__GRPC_ADDRESS.
 ENV_NESTING = "__"
 
@@ -152,9 +155,15 @@ def load_config(
     if path is not None:
         raw = _read_toml(Path(path))
     env = os.environ if environ is None else environ
+    top_level = {f.name for f in dataclasses.fields(Config)}
     for name, value in sorted(env.items()):
-        if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "CONFIG":
-            _apply_env(raw, name, value)
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        # Other tools use NEXUS_* too (NEXUS_URL, NEXUS_TOKEN...): only variables naming
+        # one of our sections are ours, and within those a typo is an error.
+        if name[len(ENV_PREFIX) :].split(ENV_NESTING)[0].lower() not in top_level:
+            continue
+        _apply_env(raw, name, value)
     config = _build(Config, raw, "")
     assert isinstance(config, Config)
     return config
@@ -168,6 +177,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
 
 
 def _apply_env(raw: dict[str, Any], name: str, value: str) -> None:
@@ -225,8 +236,17 @@ def _plugin_tables(value: Any) -> dict[str, dict[str, Any]]:
     for name, table in value.items():
         if not isinstance(table, Mapping):
             raise ConfigError(f"plugin.{name}: expected a table")
-        tables[name] = {k: (v.text if isinstance(v, _EnvText) else v) for k, v in table.items()}
+        tables[name] = _unwrap(table)
     return tables
+
+
+def _unwrap(table: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        key: _unwrap(value)
+        if isinstance(value, Mapping)
+        else (value.text if isinstance(value, _EnvText) else value)
+        for key, value in table.items()
+    }
 
 
 def _coerce(key: str, hint: Any, value: Any) -> Any:
@@ -241,8 +261,11 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     choices = _CHOICES.get(key)
     if choices and result not in choices:
         raise ConfigError(f"{key}{source}: expected one of {', '.join(choices)}, got {result!r}")
-    if isinstance(result, int | float) and not isinstance(result, bool) and result < 0:
-        raise ConfigError(f"{key}{source}: expected {expected} >= 0, got {result!r}")
+    if isinstance(result, int | float) and not isinstance(result, bool):
+        if not math.isfinite(result) or result < 0:
+            raise ConfigError(f"{key}{source}: expected {expected} >= 0, got {result!r}")
+        if isinstance(result, int) and result > _MAX_INT:
+            raise ConfigError(f"{key}{source}: expected {expected} <= {_MAX_INT}, got {result!r}")
     return result
 
 

@@ -62,15 +62,25 @@ class StatusError(Exception):
 class InvalidArgumentError(StatusError):
     """The request is malformed; carries a ``google.rpc.BadRequest`` with each violation."""
 
+    #: Violations spelled out in the status message and sent as details. Trailers are
+    #: metadata, and gRPC clients refuse metadata past 8-16 KiB: a request with hundreds
+    #: of bad fields must still get its INVALID_ARGUMENT through.
+    MESSAGE_LIMIT = 3
+    DETAILS_LIMIT = 10
+
     def __init__(self, violations: Iterable[FieldViolation], message: str = "") -> None:
         found = list(violations)
-        summary = message or "; ".join(f"{v.field}: {v.description}" for v in found)
+        summary = message or "; ".join(
+            f"{v.field}: {v.description}" for v in found[: self.MESSAGE_LIMIT]
+        )
+        if not message and len(found) > self.MESSAGE_LIMIT:
+            summary += f"; and {len(found) - self.MESSAGE_LIMIT} more"
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
+                    field=v.field[:200], description=v.description[:300]
                 )
-                for v in found
+                for v in found[: self.DETAILS_LIMIT]
             ]
         )
         super().__init__(

@@ -46,6 +46,7 @@ class Host:
         self._stopping: asyncio.Task[None] | None = None
         self.grpc_port = 0
         self.http_port = 0
+        self._serving = False
 
     @property
     def plugins(self) -> PluginManager:
@@ -69,8 +70,31 @@ class Host:
         return f"{host}:{self.http_port}"
 
     async def start(self) -> None:
-        """Open storage, bind the ports, load plugins, start serving."""
+        """Open storage, bind the ports, load plugins, start serving.
+
+        When any step fails (or start is cancelled), what was already started is
+        stopped again: ports released, started plugins' stop hooks run, storage closed.
+        """
         started = time.perf_counter()
+        try:
+            await self._start_parts()
+        except BaseException:
+            await self._release(grace=0)
+            raise
+        records = self.plugins.records()
+        _log.info(
+            "nexus serving on %s",
+            self.grpc_address + (f" (HTTP {self.http_address})" if self._http else ""),
+            extra={
+                "grpc_address": self.grpc_address,
+                "http_address": self.http_address,
+                "plugins_serving": [r.name for r in records if r.state == "SERVING"],
+                "plugins_failed": [r.name for r in records if r.state == "FAILED"],
+                "startup_ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
+
+    async def _start_parts(self) -> None:
         await asyncio.to_thread(Path(self.config.data_dir).mkdir, parents=True, exist_ok=True)
         # Bind first: a taken port should fail before any plugin start hook runs.
         self._server, self.grpc_port = create_server(self.config.server, self.router)
@@ -89,29 +113,12 @@ class Host:
             health=self.health,
         )
         self._install_core_services(self._plugins)
-        try:
-            await self._plugins.load_all()
-        except BaseException:
-            await self._storage.close()
-            if self._http is not None:
-                await self._http.stop(0)
-            raise
+        await self._plugins.load_all()
         await self._server.start()
+        self._serving = True
         if self._http is not None:
             await self._http.start()
         await self.health.set(OVERALL, True)
-        records = self._plugins.records()
-        _log.info(
-            "nexus serving on %s",
-            self.grpc_address + (f" (HTTP {self.http_address})" if self._http else ""),
-            extra={
-                "grpc_address": self.grpc_address,
-                "http_address": self.http_address,
-                "plugins_serving": [r.name for r in records if r.state == "SERVING"],
-                "plugins_failed": [r.name for r in records if r.state == "FAILED"],
-                "startup_ms": round((time.perf_counter() - started) * 1000, 1),
-            },
-        )
 
     def _install_core_services(self, manager: PluginManager) -> None:
         in_flight = InFlight()
@@ -137,33 +144,52 @@ class Host:
         settings = self.config.server
         grace = settings.grace_period if grace is None else grace
         await self.health.shut_down()
+        if self._server is not None and settings.shutdown_delay > 0:
+            # Load balancers polling health stop sending before new calls are refused.
+            await asyncio.sleep(settings.shutdown_delay)
+        _log.info("draining calls for up to %.1fs", grace, extra={"grace_period": grace})
+        await self._release(grace)
+        _log.info("nexus stopped")
+
+    async def _release(self, grace: float) -> None:
+        """Stop the listeners (draining for ``grace``), the plugins, then storage."""
+        stopping = []
         if self._server is not None:
-            if settings.shutdown_delay > 0:
-                # Load balancers polling health stop sending before new calls are refused.
-                await asyncio.sleep(settings.shutdown_delay)
-            _log.info("draining calls for up to %.1fs", grace, extra={"grace_period": grace})
-            stopping = [self._server.stop(grace)]
-            if self._http is not None:
-                stopping.append(self._http.stop(grace))
-            await asyncio.gather(*stopping)
+            if not self._serving:
+                # grpc.aio keeps a bound port until the server has started and stopped;
+                # a start that failed half-way must still give the port back.
+                await self._server.start()
+            stopping.append(self._server.stop(grace))
+        if self._http is not None:
+            stopping.append(self._http.stop(grace))
+        await asyncio.gather(*stopping)
         if self._plugins is not None:
             await self._plugins.stop_all()
         if self._storage is not None:
             await self._storage.close()
-        _log.info("nexus stopped")
 
     async def force_stop(self) -> None:
-        """Cancel in-flight calls now (a second SIGTERM during a drain)."""
+        """Cancel in-flight calls now, gRPC and HTTP (a second SIGTERM during a drain)."""
+        if self._http is not None:
+            self._http.force_stop()
         if self._server is not None:
             await self._server.stop(0)
 
     async def run_until_signalled(self) -> None:
-        """Start, serve until SIGTERM or SIGINT, then stop gracefully (a second signal forces)."""
+        """Start, serve until SIGTERM or SIGINT, then stop gracefully (a second signal forces).
+
+        A signal during start-up cancels the start: plugins already started are stopped.
+        """
         loop = asyncio.get_running_loop()
         signalled = asyncio.Event()
+        starting = asyncio.ensure_future(self.start())
         forced: list[asyncio.Task[None]] = []
 
         def on_signal(number: signal.Signals) -> None:
+            if not starting.done():
+                _log.info("%s received during start-up: cancelling", number.name)
+                starting.cancel()
+                return
             if signalled.is_set():
                 _log.warning("%s again: cancelling in-flight calls", number.name)
                 forced.append(loop.create_task(self.force_stop()))
@@ -171,10 +197,14 @@ class Host:
             _log.info("%s received: shutting down", number.name)
             signalled.set()
 
-        await self.start()
         for number in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(number, on_signal, number)
         try:
+            try:
+                await starting
+            except asyncio.CancelledError:
+                _log.info("nexus stopped before it started")
+                return
             await signalled.wait()
             await self.stop()
         finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import cast
 
 import uvicorn
 
@@ -73,13 +74,22 @@ class HttpServer:
         await self._server.startup(sockets=[self._socket])
         self._task = asyncio.create_task(self._server.main_loop())
 
+    def force_stop(self) -> None:
+        """Cancel every request in progress (a second signal during the drain)."""
+        if self._server is None:
+            return
+        self._server.force_exit = True
+        for task in list(self._server.server_state.tasks):
+            task.cancel()
+
     async def stop(self, grace: float) -> None:
         """Stop accepting, let requests in flight finish for up to ``grace`` seconds."""
         if self._server is None or self._task is None:
             if self._socket is not None:
                 self._socket.close()
             return
-        self._server.config.timeout_graceful_shutdown = int(grace) if grace else None
+        # uvicorn waits forever when this is None; 0 means "cancel what still runs now".
+        self._server.config.timeout_graceful_shutdown = cast(int, max(grace, 0.0))
         self._server.should_exit = True
         await self._task
         await self._server.shutdown(sockets=[self._socket] if self._socket else None)

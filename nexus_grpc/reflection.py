@@ -94,7 +94,7 @@ class ReflectionServicer(reflection_pb2_grpc.ServerReflectionServicer):  # type:
             self._files(
                 response,
                 sent,
-                lambda pool: pool.FindFileContainingSymbol(symbol),
+                lambda pool: _file_containing_symbol(pool, symbol),
                 f"symbol {symbol!r} not found",
             )
         elif kind == "file_containing_extension":
@@ -158,6 +158,19 @@ class ReflectionServicer(reflection_pb2_grpc.ServerReflectionServicer):  # type:
             answer.extension_number.extend(numbers)
             return
         _error(response, grpc.StatusCode.NOT_FOUND, f"message type {type_name!r} not found")
+
+
+def _file_containing_symbol(pool: descriptor_pool.DescriptorPool, symbol: str) -> FileDescriptor:
+    """The file defining ``symbol``; methods (``pkg.Service.Method``) count, as the spec says."""
+    try:
+        return pool.FindFileContainingSymbol(symbol)
+    except KeyError:
+        # upb's pool does not resolve method names: look the service up instead.
+        service_name, _, method = symbol.rpartition(".")
+        service = pool.FindServiceByName(service_name)  # KeyError when it is not one either
+        if method not in service.methods_by_name:
+            raise
+        return service.file
 
 
 def _with_dependencies(root: FileDescriptor) -> list[FileDescriptor]:

@@ -30,7 +30,7 @@ import functools
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -68,16 +68,17 @@ _RAW_REQUEST = {"description": "The raw request body.", "content": {"*/*": _RAW}
 # Entry point ------------------------------------------------------------------------
 
 
-@dataclass
-class _LastDocument:
-    """The document of the last bindings tuple: the gateway asks again until routes change."""
+@dataclass(frozen=True)
+class _Cached:
+    """A document with what it was built from."""
 
-    bindings: object = None
-    key: tuple[JsonOptions, str, str] | None = None
-    document: dict[str, Any] = field(default_factory=dict)
+    bindings: tuple[HttpBinding, ...]
+    key: tuple[JsonOptions, str, str]
+    document: dict[str, Any]
 
 
-_last = _LastDocument()
+# One entry, replaced whole: the gateway asks with the same tuple until routes change.
+_last: list[_Cached] = []
 
 
 def openapi_document(
@@ -89,16 +90,20 @@ def openapi_document(
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``bindings``, as JSON-ready Python values.
 
-    Built once per ``bindings`` tuple (compared by identity) and options; the returned
-    dict is shared between calls, so callers must not change it.
+    Bindings with a custom HTTP method OpenAPI has no field for (anything but GET,
+    PUT, POST, DELETE, PATCH, HEAD, OPTIONS, TRACE) are skipped, as is a binding whose
+    OpenAPI path and method an earlier one already took; operation ids still count
+    them, so ids never shift. Built once per ``bindings`` tuple (compared by identity)
+    and options; the returned dict is shared between calls, so callers must not change it.
     """
     key = (options, title, version)
-    if _last.bindings is bindings and _last.key == key:
-        return _last.document
+    for cached in _last:
+        if cached.bindings is bindings and cached.key == key:
+            return cached.document
     document = _Builder(options).document(bindings, title, version)
     if isinstance(bindings, tuple):
         # Only an immutable sequence can be recognised by identity later on.
-        _last.bindings, _last.key, _last.document = bindings, key, document
+        _last[:] = [_Cached(bindings, key, document)]
     return document
 
 
@@ -267,7 +272,7 @@ class _Builder:
                 return _RAW_REQUEST
             schema = self.schemas.field(target, omit.get(binding.body, {}))
             # An empty body reads as {}: fine for a message, not for a list or a scalar.
-            required = target.is_repeated or not _is_message(target)
+            required = not _is_json_object(target)
         if binding.client_streaming:
             return _streamed_request(schema)
         return {"required": required, "content": {"application/json": {"schema": schema}}}
@@ -375,19 +380,22 @@ def _query_parameter(
 
 
 def _wildcard_parameter(name: str, template: PathTemplate, own_name: str) -> dict[str, Any]:
-    # The template numbers its bare wildcards (those outside variables) left to right.
-    covered = {i for v in template.variables for i in range(v.start, v.end)}
+    # The template names its bare wildcards (those outside variables) left to right.
+    variable_names = {variable.name for variable in template.variables}
+    wildcard_names = [n for n in template.openapi_parameters() if n not in variable_names]
+    covered = {i for variable in template.variables for i in range(variable.start, variable.end)}
     bare = [
-        s for i, s in enumerate(template.segments) if i not in covered and s.kind is not LITERAL
+        segment
+        for index, segment in enumerate(template.segments)
+        if index not in covered and segment.kind is not LITERAL
     ]
-    names = [n for n in template.openapi_parameters() if n.startswith("_wildcard")]
-    names = [n for n in names if n not in {v.name for v in template.variables}]
-    multi = own_name in names and bare[names.index(own_name)].kind is DOUBLE_WILDCARD
-    note = "Any path segment" + ("s, separated by `/`" if multi else "")
+    multi = bare[wildcard_names.index(own_name)].kind is DOUBLE_WILDCARD
     schema: dict[str, Any] = {"type": "string", "minLength": 1}
+    note = "Any path segment; not passed to the method."
     if multi:
         schema["pattern"] = "^[^/]+(/[^/]+)*$"
-    return _parameter(name, "path", schema, [f"{note}; not passed to the method."], required=True)
+        note = "Any path segments, separated by `/`; not passed to the method."
+    return _parameter(name, "path", schema, [note], required=True)
 
 
 def _multi_segment_note(pattern: str) -> str:
@@ -821,6 +829,14 @@ def _enum_type(proto_field: FieldDescriptor) -> EnumDescriptor:
     enum = proto_field.enum_type
     assert enum is not None, f"{proto_field.full_name} is not an enum field"
     return enum
+
+
+def _is_json_object(proto_field: FieldDescriptor) -> bool:
+    """The field's JSON value is an object (a message that is not a scalar-like WKT)."""
+    if not _is_message(proto_field) or proto_field.is_repeated:
+        return False
+    name = _message_type(proto_field).full_name
+    return name not in _STRING_WKT and name not in _WRAPPERS
 
 
 def _is_raw(proto_field: FieldDescriptor) -> bool:

@@ -12,12 +12,13 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from nexus_grpc.logs import request_id_var
-from nexus_grpc.routing import CallHandler, MethodInfo
+from nexus_grpc.routing import Arity, CallHandler, MethodInfo
 
 __all__ = ["ObserveStage", "incoming_request_id"]
 
@@ -46,6 +47,9 @@ class ObserveStage:
         """Wrap ``next`` with request-id propagation and accounting for ``method``."""
         in_flight = method.in_flight
         path = method.path
+        # grpc.aio ends a cancelled client's request stream as if it had finished; a
+        # handler would then treat cut-off input as complete and the call look OK.
+        guard_requests = method.arity in (Arity.STREAM_UNARY, Arity.STREAM_STREAM)
         plugin = method.plugin
         access_log = self._access_log
 
@@ -57,6 +61,8 @@ class ObserveStage:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if guard_requests:
+                    request = _until_cancelled(request)
                 result = await next(request, context)
                 code = context.code() or grpc.StatusCode.OK
                 return result
@@ -84,6 +90,14 @@ class ObserveStage:
                 request_id_var.reset(token)
 
         return observe
+
+
+async def _until_cancelled(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield request
+    # One trip through the event loop delivers the cancellation, if there is one,
+    # before the handler sees the end of the stream.
+    await asyncio.sleep(0)
 
 
 def _cancelled_code(context: Any) -> grpc.StatusCode:

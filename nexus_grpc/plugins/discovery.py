@@ -74,6 +74,9 @@ def _discover_folder(root: Path) -> list[Candidate]:
         error_text = None
         if not has_code:
             error_text = f"{package_dir}: no __init__.py; a plugin folder must be a Python package"
+        # Named after the plugin, not the folder: two folders called "common" in two
+        # plugin dirs must not share (and evict) one module.
+        module = f"nexus_plugins.{manifest.name}"
         candidates.append(
             Candidate(manifest.name, source, module, package_dir, manifest, error_text)
         )

@@ -30,6 +30,10 @@ __all__ = ["PluginManager", "PluginRecord", "PluginState", "StrictModeError"]
 _log = logging.getLogger("nexus.plugins")
 
 
+class HookTimeoutError(Exception):
+    """A start or stop hook ran past ``plugins.hook_timeout``."""
+
+
 class StrictModeError(RuntimeError):
     """``plugins.strict`` is on and at least one plugin failed."""
 
@@ -228,11 +232,8 @@ class PluginManager:
         except (ServicerError, TypeError) as error:
             self._fail(record, f"plugin {record.name!r} ({manifest.path}): {error}", error)
             return
-        except TimeoutError as error:
-            timeout = self._config.plugins.hook_timeout
-            self._fail(
-                record, f"plugin {record.name!r}: start hook took longer than {timeout}s", error
-            )
+        except HookTimeoutError as error:
+            self._fail(record, f"plugin {record.name!r}: start {error}")
             return
         except Exception as error:
             self._fail(
@@ -269,7 +270,14 @@ class PluginManager:
     async def _run_hook(self, hook: Hook, context: PluginContext) -> None:
         result = hook(context)
         if inspect.isawaitable(result):
-            await asyncio.wait_for(result, self._config.plugins.hook_timeout)
+            limit = self._config.plugins.hook_timeout
+            async with asyncio.timeout(limit) as scope:
+                try:
+                    await result
+                except TimeoutError:
+                    if scope.expired():
+                        raise HookTimeoutError(f"hook took longer than {limit}s") from None
+                    raise
 
     def _fail(self, record: PluginRecord, reason: str, error: BaseException | None = None) -> None:
         record.state = PluginState.FAILED
@@ -282,5 +290,7 @@ class PluginManager:
             extra={"plugin": record.name},
         )
         for service in record.services:
-            # Clients checking a failed plugin's service see NOT_SERVING, not NOT_FOUND.
-            self._unhealthy.append(service)
+            # Clients checking a failed plugin's service see NOT_SERVING, not NOT_FOUND —
+            # unless another plugin serves it, in which case its health is that plugin's.
+            if self._router.table.plugin_of(service) is None:
+                self._unhealthy.append(service)

@@ -58,6 +58,17 @@ def test_grpcurl_lists_describes_and_calls_through_reflection(
         "rpc WatchOrders ( .nexus.orders.v1.WatchOrdersRequest ) returns ( stream .nexus.orders.v1.WatchOrdersResponse )"
         in described.stdout
     )
+    method = run(
+        grpcurl,
+        "-plaintext",
+        serve.address,
+        "describe",
+        "nexus.orders.v1.OrdersService.CreateOrder",
+    )
+    assert method.returncode == 0, (
+        method.stderr
+    )  # method symbols resolve, as the reflection spec says
+    assert "rpc CreateOrder" in method.stdout
     message = run(grpcurl, "-plaintext", serve.address, "describe", "nexus.orders.v1.Order")
     assert "google.protobuf.Timestamp create_time = 9;" in message.stdout
 

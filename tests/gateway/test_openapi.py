@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import random
 import re
 import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from nexus_grpc.gateway import openapi
 from nexus_grpc.gateway.bindings import HttpBinding, bindings_for
 from nexus_grpc.gateway.codec import JsonOptions
 from nexus_grpc.gateway.openapi import openapi_document
+from nexus_grpc.gateway.template import parse_template
 
 GATEWAY_TESTS = Path(__file__).resolve().parent
 REPO = GATEWAY_TESTS.parents[1]
@@ -289,6 +291,19 @@ def test_path_fields_are_not_in_the_body(bundled: dict[str, Any], widgets: dict[
     assert "id" in _schema(widgets, "gwtest.v1.Widget")["properties"]
 
 
+@pytest.mark.parametrize(
+    ("template", "pattern"),
+    [
+        ("/v1/{name=shelves/**}", "^shelves(?:/[^/]+)*$"),
+        ("/v1/{name=**}", "^(?:[^/]+(?:/[^/]+)*)?$"),
+        ("/v1/{name=a.b/*/c}", "^a\\.b/[^/]+/c$"),
+    ],
+)
+def test_segment_patterns(template: str, pattern: str) -> None:
+    variable = parse_template(template).variables[0]
+    assert openapi._segments_regex(variable.segments) == pattern
+
+
 # Query parameters -------------------------------------------------------------------
 
 
@@ -352,6 +367,20 @@ def test_64_bit_integers_are_strings_or_numbers_in_range(bundled: dict[str, Any]
         assert pattern.match(good), good
     for bad in ("9223372036854775808", "-9223372036854775809", "1.5", "", "x", "12a"):
         assert not pattern.match(bad), bad
+
+
+@pytest.mark.parametrize(
+    ("low", "high"),
+    [(-(2**31), 2**31 - 1), (0, 2**32 - 1), (-(2**63), 2**63 - 1), (0, 2**64 - 1), (0, 7), (0, 10)],
+)
+def test_integer_patterns_match_exactly_the_range(low: int, high: int) -> None:
+    pattern = re.compile(openapi._integer_regex(low, high))
+    rng = random.Random(high)
+    edges = [low - 1, low, -1, 0, 1, 9, 10, high // 10, high - 1, high, high + 1, high * 10]
+    samples = edges + [rng.randint(low - high, 3 * high) for _ in range(1000)]
+    for number in samples:
+        assert bool(pattern.match(str(number))) == (low <= number <= high), number
+    assert not pattern.match("01") and not pattern.match("+1") and not pattern.match("1.0")
 
 
 def test_unsigned_and_32_bit_integers(widgets: dict[str, Any]) -> None:
@@ -552,6 +581,28 @@ def test_unreadable_descriptor_sets_are_ignored(tmp_path: Path) -> None:
     broken.write_bytes(b"\xff\xff not a descriptor set")
     assert openapi._read_set(broken) == {}
     assert openapi._read_set(tmp_path / "missing.binpb") == {}
+
+
+def test_descriptor_sets_on_sys_path_are_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A contract whose module is not imported: only the sys.path search can find it.
+    proto = tmp_path / "proto" / "side" / "v1"
+    proto.mkdir(parents=True)
+    (proto / "side.proto").write_text(
+        'syntax = "proto3";\npackage side.v1;\n// A thing.\nmessage Thing {\n'
+        "  // Its name.\n  string name = 1; // (trailing)\n  int32 size = 2; // How big.\n}\n"
+    )
+    out = tmp_path / "out"
+    generate(tmp_path / "proto", out)
+    monkeypatch.syspath_prepend(str(out))
+    file: Any = SimpleNamespace(name="side/v1/side.proto")
+    comments = openapi._Comments()
+    assert comments.text(file, "side.v1.Thing") == "A thing."
+    assert comments.text(file, "side.v1.Thing.name") == "Its name."
+    # Without a leading comment the trailing one is used.
+    assert comments.text(file, "side.v1.Thing.size") == "How big."
+    assert comments.text(file, "side.v1.Other") == ""
 
 
 def test_codegen_writes_the_descriptor_set_next_to_the_modules(gwtest: ModuleType) -> None:

@@ -97,3 +97,18 @@ def test_bad_file_values_name_key_and_expectation(tmp_path: Path) -> None:
     path.write_text("server = 3\n")
     with pytest.raises(ConfigError, match="server: expected a table"):
         load_config(path, environ={})
+
+
+def test_other_tools_nexus_variables_are_not_ours() -> None:
+    config = load_config(environ={"NEXUS_URL": "https://repo.example", "NEXUS_TOKEN": "t"})
+    assert config == Config()
+
+
+def test_nested_plugin_settings_from_the_environment_are_plain_values() -> None:
+    config = load_config(environ={"NEXUS_PLUGIN__ORDERS__DB__PASSWORD": "p"})
+    assert config.plugin == {"orders": {"db": {"password": "p"}}}
+
+
+def test_a_directory_as_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(tmp_path, environ={})

@@ -8,6 +8,9 @@ from probe.v1 import probe_pb2, probe_pb2_grpc
 
 from nexus_grpc import Plugin
 
+#: Message counts of the Collect streams that ended as complete (tests read it).
+COMPLETED_STREAMS: list[int] = []
+
 
 class ProbeService(probe_pb2_grpc.ProbeServiceServicer):
     """Implements everything but Missing."""
@@ -24,6 +27,15 @@ class ProbeService(probe_pb2_grpc.ProbeServiceServicer):
     ) -> AsyncIterator[probe_pb2.EchoResponse]:
         async for request in request_iterator:
             yield probe_pb2.EchoResponse(text=request.text)
+
+    async def Collect(
+        self, request_iterator: AsyncIterator[probe_pb2.EchoRequest], context: Any
+    ) -> probe_pb2.CollectResponse:
+        count = 0
+        async for _ in request_iterator:
+            count += 1
+        COMPLETED_STREAMS.append(count)
+        return probe_pb2.CollectResponse(count=count)
 
 
 plugin = Plugin(services=[ProbeService])
