@@ -143,8 +143,9 @@ class Settings:
 class Processes:
     """Every process the bench starts, so all of them are stopped whatever happens.
 
-    Pids also go to ``$BENCH_PIDFILE`` (one "pid name" line each) so ``scripts/bench``
-    can stop them should this process die without cleaning up.
+    Pids also go to ``$BENCH_PIDFILE`` (one "pid marker" line each, the marker being a
+    string of the process's command line) so ``scripts/bench`` can stop them should this
+    process die without cleaning up, and only them should a pid have been reused.
     """
 
     def __init__(self, workdir: Path) -> None:
@@ -152,10 +153,10 @@ class Processes:
         self._servers: dict[str, subprocess.Popen[bytes]] = {}
         self._pidfile = os.environ.get("BENCH_PIDFILE", "")
 
-    def _record(self, pid: int, name: str) -> None:
+    def _record(self, pid: int, marker: str) -> None:
         if self._pidfile:
             with open(self._pidfile, "a", encoding="utf-8") as handle:
-                handle.write(f"{pid} {name}\n")
+                handle.write(f"{pid} {marker}\n")
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         """Start server ``name`` in its own session, output to ``<workdir>/<name>.log``."""
@@ -170,7 +171,7 @@ class Processes:
                 start_new_session=True,
             )
         self._servers[name] = process
-        self._record(process.pid, name)
+        self._record(process.pid, " ".join(argv[-3:]))
         return process
 
     def pid(self, name: str) -> int:
@@ -205,31 +206,42 @@ class Processes:
             stderr=subprocess.PIPE,
             text=True,
         )
-        self._record(process.pid, Path(argv[0]).name)
+        self._record(process.pid, argv[-1])
         try:
             out, err = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
-            out, err = process.communicate()
+            process.communicate()
             raise BenchError(f"{' '.join(argv)} did not finish in {timeout:.0f}s") from None
+        except BaseException:  # interrupted: the tool goes too
+            process.kill()
+            process.wait()
+            raise
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         return process.returncode, out, err, cpu
 
-    def stop_all(self) -> None:
-        """SIGTERM every server, SIGKILL those still running 10 s later."""
+    def stop_all(self) -> list[str]:
+        """SIGTERM every server, SIGKILL those still running 10 s later; say which were slow."""
+        started = time.monotonic()
         for process in self._servers.values():
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for process in self._servers.values():
+        slow = []
+        for name, process in self._servers.items():
             try:
-                process.wait(max(0.1, deadline - time.monotonic()))
+                process.wait(max(0.1, started + 10 - time.monotonic()))
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 process.wait(5)
+                slow.append(f"{name} ignored SIGTERM for 10s and was killed")
+            else:
+                took = time.monotonic() - started
+                if took > 3:
+                    slow.append(f"{name} took {took:.1f}s to stop")
+        return slow
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -566,13 +578,13 @@ def start_servers(procs: Processes, workdir: Path, settings: Settings) -> Server
         "NEXUS_LOG__LEVEL": "warning",
         "NEXUS_LOG__FORMAT": "text",
         "NEXUS_DATA_DIR": str(servers.nexus_data),
-        "NEXUS_SERVER__GRPC_ADDRESS": f"127.0.0.1:{nexus_grpc}",
         "NEXUS_HTTP__ADDRESS": f"127.0.0.1:{nexus_http}",
         "NEXUS_PLUGINS__ENABLED": "orders",
         "NEXUS_PLUGINS__ENTRY_POINTS": "false",
     }
     prefix = settings.server_prefix()
-    procs.start("nexus", [*prefix, str(BIN / "nexus"), "serve"], nexus_env)
+    nexus = [str(BIN / "nexus"), "serve", "--grpc-address", f"127.0.0.1:{nexus_grpc}"]
+    procs.start("nexus", [*prefix, *nexus], nexus_env)
     python = [*prefix, sys.executable, "-m"]
     procs.start(
         "fastapi",
@@ -939,6 +951,34 @@ def check_tools(settings: Settings) -> None:
         )
 
 
+def measure_all(
+    settings: Settings, procs: Processes, workdir: Path, say: Callable[[str], None]
+) -> tuple[list[Case], dict[str, Any]]:
+    """Start and seed the servers, warm every case up, run the interleaved rounds."""
+    # post_order.lua sends this body, so REST creates the order gRPC creates.
+    os.environ["BENCH_POST_BODY"] = json.dumps(ORDER, separators=(",", ":"))
+    say(f"starting servers (logs and data in {workdir})")
+    servers = start_servers(procs, workdir, settings)
+    cases, checks = prepare_cases(servers, workdir)
+    say("seeded one order per server; one checked call per case succeeded")
+    if settings.warmup:
+        for case in cases:
+            sample = measure(case, settings.warmup, settings, procs, workdir)
+            say(f"warm-up {case.label}: {sample.error or f'{sample.rps:.0f} req/s'}")
+    done, total = 0, settings.rounds * len(cases)
+    for round_number in range(1, settings.rounds + 1):
+        for case in cases:
+            sample = measure(case, settings.seconds, settings, procs, workdir)
+            sample.round = round_number
+            case.samples.append(sample)
+            done += 1
+            say(
+                f"[{done}/{total}] round {round_number} {case.label}: "
+                f"{sample.error or f'{sample.rps:.0f} req/s'}"
+            )
+    return cases, checks
+
+
 def run(settings: Settings) -> int:
     """The whole bench; returns the exit status (1 when any case failed)."""
     check_tools(settings)
@@ -950,34 +990,20 @@ def run(settings: Settings) -> int:
         print(f"bench [{time.monotonic() - started:5.1f}s] {text}", file=sys.stderr, flush=True)
 
     try:
-        # post_order.lua sends this body, so REST creates the order gRPC creates.
-        os.environ["BENCH_POST_BODY"] = json.dumps(ORDER, separators=(",", ":"))
-        say(f"starting servers (logs and data in {workdir})")
-        servers = start_servers(procs, workdir, settings)
-        cases, checks = prepare_cases(servers, workdir)
-        say("seeded one order per server; one checked call per case succeeded")
-        if settings.warmup:
-            for case in cases:
-                sample = measure(case, settings.warmup, settings, procs, workdir)
-                say(f"warm-up {case.label}: {sample.error or f'{sample.rps:.0f} req/s'}")
-        total = settings.rounds * len(cases)
-        for round_number in range(1, settings.rounds + 1):
-            for case in cases:
-                sample = measure(case, settings.seconds, settings, procs, workdir)
-                sample.round = round_number
-                case.samples.append(sample)
-                say(
-                    f"[{len([s for c in cases for s in c.samples])}/{total}] round "
-                    f"{round_number} {case.label}: {sample.error or f'{sample.rps:.0f} req/s'}"
-                )
+        try:
+            cases, checks = measure_all(settings, procs, workdir, say)
+        finally:
+            slow = procs.stop_all()
+            say("servers stopped" + (f" ({'; '.join(slow)})" if slow else ""))
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
         for name in ("nexus", "fastapi", "bare_grpc"):
             print(f"bench: end of the {name} log:\n{procs.log_tail(name, 10)}", file=sys.stderr)
         print(f"bench: logs and data kept in {workdir}", file=sys.stderr)
         return 1
-    finally:
-        procs.stop_all()
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     summary = {(c.target, c.operation): summarize(c) for c in cases}
     found = ratios(summary)
     print(render(settings, summary, found), flush=True)

@@ -42,6 +42,7 @@ from nexus_grpc.gateway.responses import (
 from nexus_grpc.gateway.routes import GatewayRoute, GatewayRoutes, build_gateway_routes
 from nexus_grpc.gateway.status import http_status, status_body
 from nexus_grpc.gateway.streaming import StreamWriter, stream_format
+from nexus_grpc.logs import request_id_var
 from nexus_grpc.pipeline.observe import incoming_request_id
 from nexus_grpc.routing import Route, Router, RoutingTable
 
@@ -142,12 +143,11 @@ class GatewayApp:
         except Exception:
             # A gateway bug must not leak a traceback (uvicorn would answer text/plain).
             request_id = _request_id_header(scope)
-            _log.exception(
-                "gateway error on %s %s",
-                scope["method"],
-                scope["path"],
-                extra={"request_id": request_id[0][1].decode()},
-            )
+            token = request_id_var.set(request_id[0][1].decode())
+            try:
+                _log.exception("gateway error on %s %s", scope["method"], scope["path"])
+            finally:
+                request_id_var.reset(token)
             if not started:
                 failure = StatusError(
                     grpc.StatusCode.INTERNAL,

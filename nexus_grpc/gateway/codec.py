@@ -69,3 +69,10 @@ def parse_json_into(value: Any, message: Message, options: JsonOptions, what: st
         fastjson.parse_dict(value, message, ignore_unknown_fields=not options.reject_unknown_fields)
     except json_format.ParseError as error:
         raise InvalidArgumentError([FieldViolation(what, str(error))]) from None
+    except (TypeError, AttributeError, ValueError):
+        # json_format lets these through for values of the wrong JSON type (null where
+        # an object belongs, say); they are the client's mistake all the same.
+        expected = message.DESCRIPTOR.full_name
+        raise InvalidArgumentError(
+            [FieldViolation(what, f"not a valid JSON value for {expected}")]
+        ) from None
