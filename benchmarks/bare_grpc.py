@@ -52,6 +52,11 @@ async def serve(address: str, data_dir: Path) -> None:
         await stop.wait()
     finally:
         await server.stop(1)
+        # Calls the client abandoned (h2load stops with calls in flight) may still be
+        # finishing their database work: let them, before the storage goes away under them.
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        if others:
+            await asyncio.wait(others, timeout=5)
         await storage.close()
 
 

@@ -20,8 +20,10 @@ from typing import Any
 
 __all__ = [
     "Config",
+    "AuthConfig",
     "ConfigError",
     "HttpConfig",
+    "LimitsConfig",
     "LogConfig",
     "PluginsConfig",
     "ServerConfig",
@@ -81,6 +83,60 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """Token verification and issuing."""
+
+    #: Required ``iss`` of tokens, and the issuer of the tokens the auth plugin makes.
+    issuer: str = "nexus"
+    #: Required ``aud`` of tokens (exact match).
+    audience: str = "nexus"
+    #: Accepted algorithms, all of one family: HS256/384/512, or asymmetric
+    #: (RS256/384/512, PS256/384/512, ES256/384/512, EdDSA). Never "none".
+    algorithms: tuple[str, ...] = ("HS256",)
+    #: HMAC secret file for HS* algorithms; empty means ``<data_dir>/jwt-hs256.key``,
+    #: generated on first run (development default).
+    secret_file: str = ""
+    #: PEM public key for asymmetric algorithms (verification).
+    public_key_file: str = ""
+    #: PEM private key for asymmetric algorithms (issuing, by the auth plugin).
+    private_key_file: str = ""
+    #: JWKS URL to fetch verification keys from (asymmetric algorithms).
+    jwks_url: str = ""
+    #: Least seconds between two JWKS fetches (unknown ``kid``s do not force more).
+    jwks_refresh_interval: float = 300.0
+    #: Clock skew tolerated on exp, nbf and iat, in seconds (at most 60).
+    leeway: float = 30.0
+    #: Lifetime of access tokens, seconds.
+    access_token_ttl: int = 900
+    #: Lifetime of refresh tokens, seconds.
+    refresh_token_ttl: int = 7 * 24 * 3600
+    #: Longest token accepted, in bytes; longer ones are refused unparsed.
+    max_token_bytes: int = 8192
+    #: Log would-be denials without enforcing them (rolling out a new policy).
+    shadow_mode: bool = False
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Rate limits and concurrency."""
+
+    #: Token-bucket classes: ``{"default": {"rate": 50, "burst": 100}}`` — tokens
+    #: added per second and bucket size, per principal (or peer when anonymous).
+    rate_classes: Mapping[str, Mapping[str, float]] = field(
+        default_factory=lambda: {
+            "default": {"rate": 100.0, "burst": 200.0},
+            "login": {"rate": 1.0, "burst": 10.0},
+        }
+    )
+    #: "memory" (one process) or "redis" (shared by every instance).
+    backend: str = "memory"
+    #: Redis URL for the redis backend.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Calls served at once, all transports together; 0 for no limit.
+    max_concurrent_calls: int = 0
+
+
+@dataclass(frozen=True)
 class PluginsConfig:
     """Where plugins come from and which ones run."""
 
@@ -126,6 +182,8 @@ class Config:
     data_dir: str = ".nexus"
     server: ServerConfig = field(default_factory=ServerConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -142,6 +200,7 @@ class Config:
 _CHOICES: dict[str, tuple[str, ...]] = {
     "log.level": ("debug", "info", "warning", "error"),
     "log.format": ("auto", "json", "text"),
+    "limits.backend": ("memory", "redis"),
 }
 
 
@@ -224,6 +283,8 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> object:
             values[item.name] = _build(typing.cast(type, hint), value, key + ".")
         elif key == "plugin":
             values[item.name] = _plugin_tables(value)
+        elif key == "limits.rate_classes":
+            values[item.name] = _rate_classes(value, LimitsConfig().rate_classes)
         else:
             values[item.name] = _coerce(key, hint, value)
     return cls(**values)
@@ -238,6 +299,30 @@ def _plugin_tables(value: Any) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"plugin.{name}: expected a table")
         tables[name] = _unwrap(table)
     return tables
+
+
+def _rate_classes(
+    value: Any, defaults: Mapping[str, Mapping[str, float]]
+) -> dict[str, dict[str, float]]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            "limits.rate_classes: expected a table of classes, e.g. [limits.rate_classes.default]"
+        )
+    classes = {name: dict(settings) for name, settings in defaults.items()}
+    for name, settings in value.items():
+        if not isinstance(settings, Mapping):
+            raise ConfigError(f"limits.rate_classes.{name}: expected a table with rate and burst")
+        merged = classes.setdefault(name, {})
+        for setting, raw in settings.items():
+            key = f"limits.rate_classes.{name}.{setting}"
+            if setting not in ("rate", "burst"):
+                raise ConfigError(f"unknown config key {key} (known: burst, rate)")
+            merged[setting] = _coerce(key, float, raw)
+        if merged.get("rate", 0) <= 0 or merged.get("burst", 0) < 1:
+            raise ConfigError(
+                f"limits.rate_classes.{name}: needs rate > 0 (tokens per second) and burst >= 1"
+            )
+    return classes
 
 
 def _unwrap(table: Mapping[str, Any]) -> dict[str, Any]:

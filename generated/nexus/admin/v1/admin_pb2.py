@@ -23,36 +23,51 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from nexus.options.v1 import options_pb2 as nexus_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1anexus/admin/v1/admin.proto\x12\x0enexus.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1enexus/options/v1/options.proto\"\x14\n\x12ListPluginsRequest\">\n\x13ListPluginsResponse\x12\'\n\x07plugins\x18\x01 \x03(\x0b\x32\x16.nexus.admin.v1.Plugin\" \n\x10GetPluginRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xf6\x01\n\x06Plugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12*\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32\x18.nexus.admin.v1.Category\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12*\n\x05state\x18\x06 \x01(\x0e\x32\x1b.nexus.admin.v1.PluginState\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x10\n\x08requires\x18\x08 \x03(\t\x12/\n\x08services\x18\t \x03(\x0b\x32\x1d.nexus.admin.v1.ServiceStatus\".\n\rServiceStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07serving\x18\x02 \x01(\x08*\x84\x01\n\x08\x43\x61tegory\x12\x18\n\x14\x43\x41TEGORY_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41TEGORY_BUSINESS\x10\x01\x12\x18\n\x14\x43\x41TEGORY_INTEGRATION\x10\x02\x12\x16\n\x12\x43\x41TEGORY_ANALYTICS\x10\x03\x12\x15\n\x11\x43\x41TEGORY_SECURITY\x10\x04*\xb0\x01\n\x0bPluginState\x12\x1c\n\x18PLUGIN_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17PLUGIN_STATE_DISCOVERED\x10\x01\x12\x18\n\x14PLUGIN_STATE_SERVING\x10\x02\x12\x17\n\x13PLUGIN_STATE_FAILED\x10\x03\x12\x18\n\x14PLUGIN_STATE_STOPPED\x10\x04\x12\x19\n\x15PLUGIN_STATE_DISABLED\x10\x05\x32\x81\x02\n\x0c\x41\x64minService\x12q\n\x0bListPlugins\x12\".nexus.admin.v1.ListPluginsRequest\x1a#.nexus.admin.v1.ListPluginsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/admin/plugins\x12g\n\tGetPlugin\x12 .nexus.admin.v1.GetPluginRequest\x1a\x16.nexus.admin.v1.Plugin\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/admin/plugins/{name}\x1a\x15\xea\xbb\x1c\x11\x1a\x0f\n\x05\x61\x64min\x12\x04read\x18\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1anexus/admin/v1/admin.proto\x12\x0enexus.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1enexus/options/v1/options.proto\"j\n\x17ListAuditRecordsRequest\x12\x1c\n\tpage_size\x18\x01 \x01(\x05\x42\t\xf2\xbb\x1c\x05(\x00\x30\xe8\x07\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\"a\n\x18ListAuditRecordsResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.nexus.admin.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe1\x01\n\x0b\x41uditRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12(\n\x07outcome\x18\x06 \x01(\x0e\x32\x17.nexus.admin.v1.Outcome\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x11\n\ttransport\x18\t \x01(\t\x12\x0c\n\x04peer\x18\n \x01(\t\"\x14\n\x12ListPluginsRequest\">\n\x13ListPluginsResponse\x12\'\n\x07plugins\x18\x01 \x03(\x0b\x32\x16.nexus.admin.v1.Plugin\"*\n\x10GetPluginRequest\x12\x16\n\x04name\x18\x01 \x01(\tB\x08\xf2\xbb\x1c\x04\x08\x01\x18@\"\xf6\x01\n\x06Plugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12*\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32\x18.nexus.admin.v1.Category\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12*\n\x05state\x18\x06 \x01(\x0e\x32\x1b.nexus.admin.v1.PluginState\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x10\n\x08requires\x18\x08 \x03(\t\x12/\n\x08services\x18\t \x03(\x0b\x32\x1d.nexus.admin.v1.ServiceStatus\".\n\rServiceStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07serving\x18\x02 \x01(\x08*a\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_DENIED\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03*\x84\x01\n\x08\x43\x61tegory\x12\x18\n\x14\x43\x41TEGORY_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41TEGORY_BUSINESS\x10\x01\x12\x18\n\x14\x43\x41TEGORY_INTEGRATION\x10\x02\x12\x16\n\x12\x43\x41TEGORY_ANALYTICS\x10\x03\x12\x15\n\x11\x43\x41TEGORY_SECURITY\x10\x04*\xb0\x01\n\x0bPluginState\x12\x1c\n\x18PLUGIN_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17PLUGIN_STATE_DISCOVERED\x10\x01\x12\x18\n\x14PLUGIN_STATE_SERVING\x10\x02\x12\x17\n\x13PLUGIN_STATE_FAILED\x10\x03\x12\x18\n\x14PLUGIN_STATE_STOPPED\x10\x04\x12\x19\n\x15PLUGIN_STATE_DISABLED\x10\x05\x32\x99\x03\n\x0c\x41\x64minService\x12q\n\x0bListPlugins\x12\".nexus.admin.v1.ListPluginsRequest\x1a#.nexus.admin.v1.ListPluginsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/admin/plugins\x12g\n\tGetPlugin\x12 .nexus.admin.v1.GetPluginRequest\x1a\x16.nexus.admin.v1.Plugin\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/admin/plugins/{name}\x12\x95\x01\n\x10ListAuditRecords\x12\'.nexus.admin.v1.ListAuditRecordsRequest\x1a(.nexus.admin.v1.ListAuditRecordsResponse\".\xea\xbb\x1c\x13\x1a\x0f\n\x05\x61udit\x12\x04read\x18\x03\x30\x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/admin/audit\x1a\x15\xea\xbb\x1c\x11\x1a\x0f\n\x05\x61\x64min\x12\x04read\x18\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nexus.admin.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LISTAUDITRECORDSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTAUDITRECORDSREQUEST'].fields_by_name['page_size']._serialized_options = b'\362\273\034\005(\0000\350\007'
+  _globals['_GETPLUGINREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETPLUGINREQUEST'].fields_by_name['name']._serialized_options = b'\362\273\034\004\010\001\030@'
   _globals['_ADMINSERVICE']._loaded_options = None
   _globals['_ADMINSERVICE']._serialized_options = b'\352\273\034\021\032\017\n\005admin\022\004read\030\003'
   _globals['_ADMINSERVICE'].methods_by_name['ListPlugins']._loaded_options = None
   _globals['_ADMINSERVICE'].methods_by_name['ListPlugins']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/admin/plugins'
   _globals['_ADMINSERVICE'].methods_by_name['GetPlugin']._loaded_options = None
   _globals['_ADMINSERVICE'].methods_by_name['GetPlugin']._serialized_options = b'\202\323\344\223\002\032\022\030/v1/admin/plugins/{name}'
-  _globals['_CATEGORY']._serialized_start=526
-  _globals['_CATEGORY']._serialized_end=658
-  _globals['_PLUGINSTATE']._serialized_start=661
-  _globals['_PLUGINSTATE']._serialized_end=837
-  _globals['_LISTPLUGINSREQUEST']._serialized_start=108
-  _globals['_LISTPLUGINSREQUEST']._serialized_end=128
-  _globals['_LISTPLUGINSRESPONSE']._serialized_start=130
-  _globals['_LISTPLUGINSRESPONSE']._serialized_end=192
-  _globals['_GETPLUGINREQUEST']._serialized_start=194
-  _globals['_GETPLUGINREQUEST']._serialized_end=226
-  _globals['_PLUGIN']._serialized_start=229
-  _globals['_PLUGIN']._serialized_end=475
-  _globals['_SERVICESTATUS']._serialized_start=477
-  _globals['_SERVICESTATUS']._serialized_end=523
-  _globals['_ADMINSERVICE']._serialized_start=840
-  _globals['_ADMINSERVICE']._serialized_end=1097
+  _globals['_ADMINSERVICE'].methods_by_name['ListAuditRecords']._loaded_options = None
+  _globals['_ADMINSERVICE'].methods_by_name['ListAuditRecords']._serialized_options = b'\352\273\034\023\032\017\n\005audit\022\004read\030\0030\001\202\323\344\223\002\021\022\017/v1/admin/audit'
+  _globals['_OUTCOME']._serialized_start=1003
+  _globals['_OUTCOME']._serialized_end=1100
+  _globals['_CATEGORY']._serialized_start=1103
+  _globals['_CATEGORY']._serialized_end=1235
+  _globals['_PLUGINSTATE']._serialized_start=1238
+  _globals['_PLUGINSTATE']._serialized_end=1414
+  _globals['_LISTAUDITRECORDSREQUEST']._serialized_start=141
+  _globals['_LISTAUDITRECORDSREQUEST']._serialized_end=247
+  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_start=249
+  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_end=346
+  _globals['_AUDITRECORD']._serialized_start=349
+  _globals['_AUDITRECORD']._serialized_end=574
+  _globals['_LISTPLUGINSREQUEST']._serialized_start=576
+  _globals['_LISTPLUGINSREQUEST']._serialized_end=596
+  _globals['_LISTPLUGINSRESPONSE']._serialized_start=598
+  _globals['_LISTPLUGINSRESPONSE']._serialized_end=660
+  _globals['_GETPLUGINREQUEST']._serialized_start=662
+  _globals['_GETPLUGINREQUEST']._serialized_end=704
+  _globals['_PLUGIN']._serialized_start=707
+  _globals['_PLUGIN']._serialized_end=953
+  _globals['_SERVICESTATUS']._serialized_start=955
+  _globals['_SERVICESTATUS']._serialized_end=1001
+  _globals['_ADMINSERVICE']._serialized_start=1417
+  _globals['_ADMINSERVICE']._serialized_end=1826
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,11 @@ class AdminServiceStub:
                 request_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.GetPluginRequest.SerializeToString,
                 response_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.Plugin.FromString,
                 _registered_method=True)
+        self.ListAuditRecords = channel.unary_unary(
+                '/nexus.admin.v1.AdminService/ListAuditRecords',
+                request_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ListAuditRecordsRequest.SerializeToString,
+                response_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ListAuditRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -65,6 +70,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditRecords(self, request, context):
+        """Lists audit records (denied calls, logins, administrative actions), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +89,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetPlugin,
                     request_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.GetPluginRequest.FromString,
                     response_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.Plugin.SerializeToString,
+            ),
+            'ListAuditRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditRecords,
+                    request_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ListAuditRecordsRequest.FromString,
+                    response_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ListAuditRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +151,33 @@ class AdminService:
             '/nexus.admin.v1.AdminService/GetPlugin',
             nexus_dot_admin_dot_v1_dot_admin__pb2.GetPluginRequest.SerializeToString,
             nexus_dot_admin_dot_v1_dot_admin__pb2.Plugin.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.admin.v1.AdminService/ListAuditRecords',
+            nexus_dot_admin_dot_v1_dot_admin__pb2.ListAuditRecordsRequest.SerializeToString,
+            nexus_dot_admin_dot_v1_dot_admin__pb2.ListAuditRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,6 +20,8 @@ SCOPE_UNSPECIFIED: Scope
 SCOPE_OWN: Scope
 SCOPE_TEAM: Scope
 SCOPE_ALL: Scope
+RULES_FIELD_NUMBER: _ClassVar[int]
+rules: _descriptor.FieldDescriptor
 POLICY_FIELD_NUMBER: _ClassVar[int]
 policy: _descriptor.FieldDescriptor
 DEFAULT_POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -50,3 +52,25 @@ class Permission(_message.Message):
     action: str
     scope: Scope
     def __init__(self, resource: _Optional[str] = ..., action: _Optional[str] = ..., scope: _Optional[_Union[Scope, str]] = ...) -> None: ...
+
+class FieldRules(_message.Message):
+    __slots__ = ("required", "min_len", "max_len", "pattern", "min", "max", "min_items", "max_items", "defined_only")
+    REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    MIN_LEN_FIELD_NUMBER: _ClassVar[int]
+    MAX_LEN_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    MIN_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DEFINED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    required: bool
+    min_len: int
+    max_len: int
+    pattern: str
+    min: int
+    max: int
+    min_items: int
+    max_items: int
+    defined_only: bool
+    def __init__(self, required: _Optional[bool] = ..., min_len: _Optional[int] = ..., max_len: _Optional[int] = ..., pattern: _Optional[str] = ..., min: _Optional[int] = ..., max: _Optional[int] = ..., min_items: _Optional[int] = ..., max_items: _Optional[int] = ..., defined_only: _Optional[bool] = ...) -> None: ...

@@ -1,0 +1,82 @@
+"""Who is calling: the principal a verified token describes, and the current one."""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+from dataclasses import dataclass, field
+
+__all__ = ["ANONYMOUS", "Grant", "Principal", "Scope", "current_principal", "principal_var"]
+
+
+class Scope(enum.IntEnum):
+    """How far a permission reaches; a larger scope includes the smaller ones."""
+
+    OWN = 1
+    TEAM = 2
+    ALL = 3
+
+    @classmethod
+    def parse(cls, text: str) -> Scope:
+        """``own``, ``team`` or ``all``; ValueError otherwise."""
+        try:
+            return cls[text.upper()]
+        except KeyError:
+            raise ValueError(f"unknown scope {text!r}; expected own, team or all") from None
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A permission ``resource.action`` with a scope; ``*`` matches any resource or action."""
+
+    resource: str
+    action: str
+    scope: Scope
+
+    @classmethod
+    def parse(cls, text: str) -> Grant:
+        """From ``resource.action:scope`` (the form tokens carry)."""
+        permission, _, scope = text.partition(":")
+        resource, dot, action = permission.partition(".")
+        if not dot or not resource or not action or not scope:
+            raise ValueError(f"grant {text!r} is not resource.action:scope")
+        return cls(resource, action, Scope.parse(scope))
+
+    def __str__(self) -> str:
+        return f"{self.resource}.{self.action}:{self.scope.name.lower()}"
+
+    def covers(self, resource: str, action: str) -> bool:
+        """Whether this grant is about ``resource.action``."""
+        return self.resource in ("*", resource) and self.action in ("*", action)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller."""
+
+    subject: str
+    roles: tuple[str, ...] = ()
+    grants: frozenset[Grant] = field(default_factory=frozenset)
+    team: str = ""
+    #: Token id (``jti``), for audit records.
+    token_id: str = ""
+    #: Expiry of the token, seconds since the epoch.
+    expires_at: float = 0.0
+
+    def scope_for(self, resource: str, action: str) -> Scope | None:
+        """The widest scope this principal holds for ``resource.action``; None if none."""
+        scopes = [grant.scope for grant in self.grants if grant.covers(resource, action)]
+        return max(scopes) if scopes else None
+
+
+#: The principal of the call being served; None when the caller is anonymous.
+principal_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "nexus_principal", default=None
+)
+
+ANONYMOUS = "anonymous"
+
+
+def current_principal() -> Principal | None:
+    """The principal of the call being served, if the caller authenticated."""
+    return principal_var.get()
