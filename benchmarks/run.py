@@ -18,7 +18,9 @@ within each compared pair. Results go to stdout and ``benchmarks/results/latest.
 Settings (environment): BENCH_SECONDS (8), BENCH_WARMUP (2), BENCH_ROUNDS (2),
 BENCH_WRK_CONNECTIONS (32), BENCH_H2_CLIENTS (4), BENCH_H2_STREAMS (8): h2load keeps
 clients x streams = 32 calls in flight, as many as wrk's 32 connections, BENCH_PIN (0;
-1 pins every server to CPU 1 and the load tools to CPU 0).
+1 pins every server to CPU 1 and the load tools to CPU 0), BENCH_AUTHORIZATION (an
+Authorization header value every client sends to every target), BENCH_NEXUS_CONFIG (a
+TOML file for ``nexus serve --config``; the bench's NEXUS_* variables still override it).
 """
 
 from __future__ import annotations
@@ -101,6 +103,10 @@ class Settings:
     h2_clients: int = 4
     h2_streams: int = 8
     pin: bool = False
+    #: Authorization header value sent with every request to every target ("" for none).
+    authorization: str = ""
+    #: TOML file handed to ``nexus serve --config`` ("" for none).
+    nexus_config: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -126,6 +132,8 @@ class Settings:
             h2_clients=number("BENCH_H2_CLIENTS", 4),
             h2_streams=number("BENCH_H2_STREAMS", 8),
             pin=os.environ.get("BENCH_PIN", "0").strip().lower() in ("1", "true", "yes"),
+            authorization=os.environ.get("BENCH_AUTHORIZATION", "").strip(),
+            nexus_config=os.environ.get("BENCH_NEXUS_CONFIG", "").strip(),
         )
 
     def server_prefix(self) -> list[str]:
@@ -269,12 +277,14 @@ def free_ports(count: int) -> list[int]:
 
 
 def http_call(
-    port: int, method: str, path: str, body: bytes | None = None
+    port: int, method: str, path: str, body: bytes | None = None, authorization: str = ""
 ) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 request to 127.0.0.1:``port``; status, headers, body."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         headers = {"content-type": "application/json"} if body is not None else {}
+        if authorization:
+            headers["authorization"] = authorization
         connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
         return response.status, dict(response.getheaders()), response.read()
@@ -287,14 +297,17 @@ def grpc_frame(payload: bytes) -> bytes:
     return b"\x00" + struct.pack(">I", len(payload)) + payload
 
 
-def grpc_raw_call(port: int, method: str, payload: bytes) -> tuple[str, str, bytes]:
+def grpc_raw_call(
+    port: int, method: str, payload: bytes, authorization: str = ""
+) -> tuple[str, str, bytes]:
     """Call ``/OrdersService/<method>`` with serialized ``payload``; code, details, response."""
     import grpc
 
+    metadata = (("authorization", authorization),) if authorization else None
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = channel.unary_unary(f"/{SERVICE}/{method}")
         try:
-            response, outcome = call.with_call(payload, timeout=10)
+            response, outcome = call.with_call(payload, timeout=10, metadata=metadata)
         except grpc.RpcError as error:
             code: Any = error.code()  # type: ignore[attr-defined]
             return code.name, str(error.details()), b""  # type: ignore[attr-defined]
@@ -319,11 +332,11 @@ def wait_until(
 
 
 def http_ready(port: int) -> Callable[[], bool]:
-    """Probe: the HTTP server answers (any status)."""
+    """Probe: the HTTP server answers (any status: the seed calls check the rest)."""
 
     def probe() -> bool:
-        status, _, _ = http_call(port, "GET", "/v1/orders/bench-ready-probe")
-        return status in (200, 404)
+        http_call(port, "GET", "/v1/orders/bench-ready-probe")
+        return True
 
     return probe
 
@@ -462,6 +475,7 @@ def run_h2load(case: Case, seconds: int, settings: Settings, procs: Processes, l
         "content-type: application/grpc",
         "-H",
         "te: trailers",
+        *(["-H", f"authorization: {settings.authorization}"] if settings.authorization else []),
         f"--log-file={log}",
         case.url,
     ]
@@ -583,7 +597,10 @@ def start_servers(procs: Processes, workdir: Path, settings: Settings) -> Server
         "NEXUS_PLUGINS__ENTRY_POINTS": "false",
     }
     prefix = settings.server_prefix()
-    nexus = [str(BIN / "nexus"), "serve", "--grpc-address", f"127.0.0.1:{nexus_grpc}"]
+    nexus = [str(BIN / "nexus"), "serve"]
+    if settings.nexus_config:
+        nexus += ["--config", str(Path(settings.nexus_config).resolve())]
+    nexus += ["--grpc-address", f"127.0.0.1:{nexus_grpc}"]
     procs.start("nexus", [*prefix, *nexus], nexus_env)
     python = [*prefix, sys.executable, "-m"]
     procs.start(
@@ -617,18 +634,26 @@ def start_servers(procs: Processes, workdir: Path, settings: Settings) -> Server
     return servers
 
 
-def rest_create(port: int, who: str) -> dict[str, Any]:
+def rest_create(port: int, who: str, authorization: str) -> dict[str, Any]:
     """POST the bench order; the created order as JSON."""
-    status, _, body = http_call(port, "POST", "/v1/orders", json.dumps(ORDER).encode())
+    order = json.dumps(ORDER).encode()
+    status, _, body = http_call(port, "POST", "/v1/orders", order, authorization)
     if status != 200:
-        raise BenchError(f"{who} POST /v1/orders answered {status}: {body[:300]!r}")
+        hint = ""
+        if status in (401, 403):
+            hint = (
+                "\n  the host wants credentials: set BENCH_AUTHORIZATION='Bearer <token>' and, "
+                "for the key that signed it and limits that let the load through, "
+                "BENCH_NEXUS_CONFIG=<nexus.toml>"
+            )
+        raise BenchError(f"{who} POST /v1/orders answered {status}: {body[:300]!r}{hint}")
     created: dict[str, Any] = json.loads(body)
     return created
 
 
-def rest_get(port: int, order_id: str, who: str) -> dict[str, Any]:
+def rest_get(port: int, order_id: str, who: str, authorization: str) -> dict[str, Any]:
     """GET the order; it as JSON."""
-    status, _, body = http_call(port, "GET", f"/v1/orders/{order_id}")
+    status, _, body = http_call(port, "GET", f"/v1/orders/{order_id}", None, authorization)
     if status != 200:
         raise BenchError(f"{who} GET /v1/orders/{order_id} answered {status}: {body[:300]!r}")
     found: dict[str, Any] = json.loads(body)
@@ -637,15 +662,17 @@ def rest_get(port: int, order_id: str, who: str) -> dict[str, Any]:
     return found
 
 
-def grpc_check(port: int, method: str, payload: bytes, who: str) -> bytes:
+def grpc_check(port: int, method: str, payload: bytes, who: str, authorization: str) -> bytes:
     """One call with the exact payload h2load will send; its response, or BenchError."""
-    code, details, response = grpc_raw_call(port, method, payload)
+    code, details, response = grpc_raw_call(port, method, payload, authorization)
     if code != "OK":
         raise BenchError(f"{who} {method} answered {code}: {details}")
     return response
 
 
-def prepare_cases(servers: Servers, workdir: Path) -> tuple[list[Case], dict[str, Any]]:
+def prepare_cases(
+    servers: Servers, workdir: Path, authorization: str = ""
+) -> tuple[list[Case], dict[str, Any]]:
     """Seed an order per server, check one call per case, build the cases in run order."""
     from google.protobuf import json_format
     from nexus.orders.v1 import orders_pb2
@@ -658,12 +685,12 @@ def prepare_cases(servers: Servers, workdir: Path) -> tuple[list[Case], dict[str
     create_file.write_bytes(grpc_frame(create_payload))
 
     # nexus: one order through REST, read back through REST and gRPC.
-    nexus_order = rest_create(servers.nexus_http, "nexus REST")
-    nexus_id = nexus_order["id"]
-    nexus_json = rest_get(servers.nexus_http, nexus_id, "nexus REST")
+    auth = authorization
+    nexus_id = rest_create(servers.nexus_http, "nexus REST", auth)["id"]
+    nexus_json = rest_get(servers.nexus_http, nexus_id, "nexus REST", auth)
     # FastAPI: its own order, which must look like nexus's apart from ids and times.
-    fastapi_id = rest_create(servers.fastapi_http, "FastAPI")["id"]
-    fastapi_json = rest_get(servers.fastapi_http, fastapi_id, "FastAPI")
+    fastapi_id = rest_create(servers.fastapi_http, "FastAPI", auth)["id"]
+    fastapi_json = rest_get(servers.fastapi_http, fastapi_id, "FastAPI", auth)
     volatile = ("id", "createTime", "updateTime")
 
     def comparable(value: dict[str, Any]) -> dict[str, Any]:
@@ -683,7 +710,7 @@ def prepare_cases(servers: Servers, workdir: Path) -> tuple[list[Case], dict[str
         )
     # bare grpc.aio: its own order, created with the payload h2load sends.
     bare_created = orders_pb2.Order.FromString(
-        grpc_check(servers.bare_grpc, "CreateOrder", create_payload, "bare grpc.aio")
+        grpc_check(servers.bare_grpc, "CreateOrder", create_payload, "bare grpc.aio", auth)
     )
 
     cases: list[Case] = []
@@ -696,11 +723,11 @@ def prepare_cases(servers: Servers, workdir: Path) -> tuple[list[Case], dict[str
         get_payload = orders_pb2.GetOrderRequest(id=order_id).SerializeToString()
         get_file = workdir / f"get_order_{target}.bin"
         get_file.write_bytes(grpc_frame(get_payload))
-        got = grpc_check(port, "GetOrder", get_payload, TARGET_LABELS[target])
+        got = grpc_check(port, "GetOrder", get_payload, TARGET_LABELS[target], auth)
         if orders_pb2.Order.FromString(got).id != order_id:
             raise BenchError(f"{TARGET_LABELS[target]} GetOrder returned another order")
         created = orders_pb2.Order.FromString(
-            grpc_check(port, "CreateOrder", create_payload, TARGET_LABELS[target])
+            grpc_check(port, "CreateOrder", create_payload, TARGET_LABELS[target], auth)
         )
         created.create_time.nanos = 0  # the only part of a create response whose size varies
         created.update_time.nanos = 0
@@ -847,6 +874,11 @@ def render(
         f"-m{settings.h2_streams} (identical for nexus gRPC and bare grpc.aio; "
         f"{settings.h2_clients * settings.h2_streams} calls in flight)",
         "  every create writes one SQLite row (same storage code for all targets)",
+        *(
+            ["  every client sends the Authorization header of BENCH_AUTHORIZATION"]
+            if settings.authorization
+            else []
+        ),
         "",
     ]
     header = (
@@ -959,7 +991,7 @@ def measure_all(
     os.environ["BENCH_POST_BODY"] = json.dumps(ORDER, separators=(",", ":"))
     say(f"starting servers (logs and data in {workdir})")
     servers = start_servers(procs, workdir, settings)
-    cases, checks = prepare_cases(servers, workdir)
+    cases, checks = prepare_cases(servers, workdir, settings.authorization)
     say("seeded one order per server; one checked call per case succeeded")
     if settings.warmup:
         for case in cases:
@@ -1010,7 +1042,10 @@ def run(settings: Settings) -> int:
     result = {
         "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "elapsed_s": round(time.monotonic() - started, 1),
-        "settings": asdict(settings),
+        "settings": {
+            **asdict(settings),
+            "authorization": "(set)" if settings.authorization else "",
+        },
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "versions": versions(),
         "checks": checks,

@@ -6,6 +6,7 @@ from typing import Any, cast
 
 from nexus.admin.v1 import admin_pb2, admin_pb2_grpc
 
+from nexus_grpc.audit import AuditLog
 from nexus_grpc.errors import NotFoundError
 from nexus_grpc.health import HealthState
 from nexus_grpc.plugins.manager import PluginManager, PluginRecord
@@ -16,9 +17,24 @@ __all__ = ["AdminServicer"]
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Reports what the plugin manager knows, live."""
 
-    def __init__(self, manager: PluginManager, health: HealthState) -> None:
+    def __init__(self, manager: PluginManager, health: HealthState, audit: AuditLog) -> None:
         self._manager = manager
         self._health = health
+        self._audit = audit
+
+    async def ListAuditRecords(
+        self, request: admin_pb2.ListAuditRecordsRequest, context: Any
+    ) -> admin_pb2.ListAuditRecordsResponse:
+        """Audit records, newest first."""
+        page = await self._audit.list(
+            page_size=request.page_size,
+            page_token=request.page_token,
+            actor=request.actor,
+            action=request.action,
+        )
+        return admin_pb2.ListAuditRecordsResponse(
+            records=page.items, next_page_token=page.next_page_token
+        )
 
     async def ListPlugins(
         self, request: admin_pb2.ListPluginsRequest, context: Any

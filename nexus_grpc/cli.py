@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 
-from nexus_grpc.config import ConfigError, load_config
+from nexus_grpc.config import Config, ConfigError, load_config
 
 __all__ = ["main"]
 
@@ -64,9 +64,31 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--check", action="store_true", help="only report stale files")
     gen.set_defaults(run=_gen)
 
-    lint = commands.add_parser("lint", help="lint the contracts with buf")
+    lint = commands.add_parser(
+        "lint", help="name methods without an access policy, then lint the contracts with buf"
+    )
+    lint.add_argument("-c", "--config", default=os.environ.get("NEXUS_CONFIG"))
     lint.add_argument("args", nargs=argparse.REMAINDER, help="passed to scripts/lint")
     lint.set_defaults(run=_lint)
+
+    policy = commands.add_parser("policy", help="inspect access policies")
+    policy_commands = policy.add_subparsers(title="policy commands")
+    explain = policy_commands.add_parser("explain", help="print a method's effective policy")
+    explain.add_argument("method", help="e.g. nexus.orders.v1.OrdersService/GetOrder")
+    explain.add_argument("-c", "--config", default=os.environ.get("NEXUS_CONFIG"))
+    explain.set_defaults(run=_policy_explain)
+
+    users = commands.add_parser("users", help="manage users of the auth plugin")
+    users_commands = users.add_subparsers(title="users commands")
+    create = users_commands.add_parser("create", help="create a user (e.g. the first admin)")
+    create.add_argument("username")
+    create.add_argument("--admin", action="store_true", help="grant the admin role")
+    create.add_argument("--role", action="append", default=[], help="grant a role (repeatable)")
+    create.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    create.add_argument("-c", "--config", default=os.environ.get("NEXUS_CONFIG"))
+    create.set_defaults(run=_users_create)
     return parser
 
 
@@ -154,7 +176,30 @@ def _gen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_or_exit(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        print(f"nexus: configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _lint(args: argparse.Namespace) -> int:
+    from nexus_grpc.plugins.contracts import load_contracts
+    from nexus_grpc.policy import methods_without_policy
+
+    contracts = load_contracts(_config_or_exit(args.config))
+    for error in contracts.errors:
+        print(f"nexus lint: {error}", file=sys.stderr)
+    missing = methods_without_policy(contracts.methods())
+    for path in missing:
+        print(
+            f"{path}: no access policy; every call will be denied. Declare "
+            "(nexus.options.v1.policy) on the method or (nexus.options.v1.default_policy) "
+            "on its service"
+        )
+    if missing or contracts.errors:
+        return 1
     # buf is installed per project through npm; scripts/lint knows how (and prepares the
     # google/api protos buf needs offline), so the CLI defers to it.
     for folder in (Path.cwd(), *Path.cwd().parents):
@@ -163,3 +208,37 @@ def _lint(args: argparse.Namespace) -> int:
             return subprocess.call([str(script), *args.args])
     print("nexus lint: no buf.yaml with scripts/lint found here or above", file=sys.stderr)
     return 2
+
+
+def _policy_explain(args: argparse.Namespace) -> int:
+    from nexus_grpc.plugins.contracts import find_method, load_contracts
+    from nexus_grpc.policy import effective_policy, explain
+
+    contracts = load_contracts(_config_or_exit(args.config))
+    method = find_method(contracts, args.method)
+    if method is None:
+        known = sorted(m.full_name for m in contracts.methods())
+        print(f"nexus policy: no method {args.method!r}; known: {', '.join(known)}", file=sys.stderr)
+        return 1
+    print(explain(effective_policy(method)))
+    return 0
+
+
+def _users_create(args: argparse.Namespace) -> int:
+    import getpass
+
+    from nexus_grpc.plugins.users import UserCreationError, create_user
+
+    config = _config_or_exit(args.config)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.username}: ")
+    roles = [*args.role, *(["admin"] if args.admin else [])]
+    try:
+        asyncio.run(create_user(config, args.username, password, roles))
+    except UserCreationError as error:
+        print(f"nexus users: {error}", file=sys.stderr)
+        return 1
+    print(f"nexus users: created {args.username} with roles {', '.join(roles) or 'none'}")
+    return 0

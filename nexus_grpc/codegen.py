@@ -44,6 +44,10 @@ class StaleFile:
     reason: str
 
 
+#: The host's contracts, imported by plugins' contracts (policies, field rules).
+CORE_PROTO_ROOT = Path(__file__).resolve().parent.parent / "proto"
+
+
 def include_paths() -> list[Path]:
     """Import roots for protoc: well-known types and the google/api protos.
 
@@ -71,9 +75,13 @@ def generate(proto_root: Path, out_dir: Path) -> list[Path]:
     if not files:
         raise CodegenError(f"no .proto files under {proto_root}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The host's own contracts (nexus/options/v1/options.proto for policies and field
+    # rules) are importable from every plugin's contracts.
+    core = [CORE_PROTO_ROOT] if CORE_PROTO_ROOT.is_dir() and CORE_PROTO_ROOT != proto_root else []
     args = [
         "grpc_tools.protoc",
         f"-I{proto_root}",
+        *(f"-I{path}" for path in core),
         *(f"-I{path}" for path in include_paths()),
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",

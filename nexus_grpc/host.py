@@ -15,7 +15,14 @@ from nexus_grpc.config import Config
 from nexus_grpc.gateway import GatewayApp, GatewaySettings
 from nexus_grpc.health import OVERALL, HealthState
 from nexus_grpc.http_server import HttpServer
-from nexus_grpc.pipeline import default_stages
+from nexus_grpc.audit import AuditLog
+from nexus_grpc.auth import KeySet, TokenIssuer, Tokens, TokenVerifier
+from nexus_grpc.pipeline import Stage, build_stages
+from nexus_grpc.pipeline.audit import AdminAuditStage
+from nexus_grpc.pipeline.auth import AccessStage, AuthStage
+from nexus_grpc.pipeline.deadline import DeadlineStage
+from nexus_grpc.pipeline.observe import ObserveStage
+from nexus_grpc.validation import ValidationStage
 from nexus_grpc.plugins.manager import PluginManager
 from nexus_grpc.reflection import ReflectionServicer, reflection_bindings
 from nexus_grpc.routing import InFlight, Router
@@ -27,6 +34,8 @@ __all__ = ["CORE_PLUGIN", "Host"]
 
 #: Plugin name under which the host's own services (health, reflection, admin) are routed.
 CORE_PLUGIN = "nexus"
+#: Storage namespace of the audit log: the host's own, out of every plugin's reach.
+AUDIT_NAMESPACE = "core/audit"
 
 _log = logging.getLogger("nexus.host")
 
@@ -38,7 +47,7 @@ class Host:
         self.config = config
         self.router = Router()
         self.health = HealthState()
-        self._stages = default_stages(access_log=config.log.access)
+        self._stages: list[Stage] = []
         self._storage: Storage | None = None
         self._server: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
@@ -47,6 +56,8 @@ class Host:
         self.grpc_port = 0
         self.http_port = 0
         self._serving = False
+        #: Token tools (available once started).
+        self.tokens: Tokens | None = None
 
     @property
     def plugins(self) -> PluginManager:
@@ -105,14 +116,21 @@ class Host:
             )
             self.http_port = self._http.bind()
         self._storage = await Storage.connect(self.config.storage_url())
+        keys = await KeySet.load(self.config.auth, Path(self.config.data_dir))
+        audit = AuditLog(self._storage.namespace(AUDIT_NAMESPACE))
+        verifier = TokenVerifier(keys, self.config.auth)
+        self.tokens = Tokens(TokenIssuer(keys, self.config.auth), verifier)
+        self._stages = self._build_stages(verifier, audit)
         self._plugins = PluginManager(
             self.config,
             storage=self._storage,
             router=self.router,
             stages=self._stages,
             health=self.health,
+            audit=audit,
+            tokens=self.tokens,
         )
-        self._install_core_services(self._plugins)
+        self._install_core_services(self._plugins, audit)
         await self._plugins.load_all()
         await self._server.start()
         self._serving = True
@@ -120,12 +138,22 @@ class Host:
             await self._http.start()
         await self.health.set(OVERALL, True)
 
-    def _install_core_services(self, manager: PluginManager) -> None:
+    def _build_stages(self, verifier: TokenVerifier, audit: AuditLog) -> list[Stage]:
+        return build_stages(
+            observe=ObserveStage(access_log=self.config.log.access),
+            deadline=DeadlineStage(),
+            auth=AuthStage(verifier, audit),
+            access=AccessStage(audit, shadow=self.config.auth.shadow_mode),
+            admin_audit=AdminAuditStage(audit),
+            validation=ValidationStage(),
+        )
+
+    def _install_core_services(self, manager: PluginManager, audit: AuditLog) -> None:
         in_flight = InFlight()
         bindings = [
             *bind_servicer(self.health.servicer),
             *reflection_bindings(ReflectionServicer(self.router)),
-            *bind_servicer(AdminServicer(manager, self.health)),
+            *bind_servicer(AdminServicer(manager, self.health, audit)),
         ]
         routes = []
         for binding in bindings:

@@ -15,10 +15,14 @@ import enum
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor
+
+if TYPE_CHECKING:
+    from nexus_grpc.plugins.spec import OwnershipHook
+    from nexus_grpc.policy import EffectivePolicy
 
 __all__ = ["Arity", "CallHandler", "InFlight", "MethodInfo", "Route", "Router", "RoutingTable"]
 
@@ -100,6 +104,12 @@ class MethodInfo:
     arity: Arity
     #: Calls of this plugin in progress (shared by all its methods).
     in_flight: InFlight = field(compare=False)
+    #: The access policy the contract declares (see nexus_grpc.policy).
+    policy: EffectivePolicy | None = field(default=None, compare=False)
+    #: The servicer's ownership hook (``owns``), for permissions with scope own/team.
+    ownership: OwnershipHook | None = field(default=None, compare=False)
+    #: The serving plugin's category ("core" for the host's own services).
+    category: str = "core"
 
     @property
     def service(self) -> str:

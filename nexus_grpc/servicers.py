@@ -25,6 +25,7 @@ from nexus_grpc.pipeline import (
     grpc_method_handler,
     unimplemented_handler,
 )
+from nexus_grpc.policy import effective_policy
 from nexus_grpc.routing import Arity, InFlight, MethodInfo, Route
 
 __all__ = [
@@ -142,16 +143,28 @@ def build_routes(
     plugin: str,
     stages: Sequence[Stage],
     in_flight: InFlight,
+    category: str = "core",
 ) -> list[Route]:
     """One route per method of the service, each wrapped in the pipeline."""
     routes = []
+    owns = getattr(binding.servicer, "owns", None)
+    ownership = owns if callable(owns) else None
     for method in binding.descriptor.methods:
         path = f"/{binding.name}/{method.name}"
         arity = Arity.of(method)
         captured = binding.handlers.get(method.name)
         if captured is None:
             raise ServicerError(f"generated code registered no handler for {path}")
-        info = MethodInfo(path, plugin, method, arity, in_flight)
+        info = MethodInfo(
+            path,
+            plugin,
+            method,
+            arity,
+            in_flight,
+            policy=effective_policy(method),
+            ownership=ownership,
+            category=category,
+        )
         if binding.implements(method.name):
             behavior = getattr(captured, arity.value)
             where = f"{type(binding.servicer).__qualname__}.{method.name}"

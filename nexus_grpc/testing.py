@@ -31,6 +31,7 @@ from nexus_grpc.config import (
     ServerConfig,
     StorageConfig,
 )
+from nexus_grpc.auth.principal import Grant, Principal
 from nexus_grpc.host import Host
 
 __all__ = ["RunningHost", "running_host"]
@@ -53,11 +54,77 @@ class RunningHost:
         """Base URL of the HTTP gateway (``http=True`` hosts only)."""
         return f"http://{self.host.http_address}"
 
-    def channel(self) -> grpc.aio.Channel:
-        """A new insecure channel to the host, closed when the host stops."""
-        channel = grpc.aio.insecure_channel(self.address)
+    def token(
+        self,
+        subject: str = "tester",
+        *,
+        grants: Sequence[str] = ("*.*:all",),
+        roles: Sequence[str] = (),
+        team: str = "",
+    ) -> str:
+        """An access token signed by the host, for ``subject`` with ``grants``.
+
+        Grants are ``resource.action:scope`` strings; the default allows everything.
+        """
+        if self.host.tokens is None:
+            raise RuntimeError("the host is not started")
+        principal = Principal(
+            subject=subject,
+            roles=tuple(roles),
+            grants=frozenset(Grant.parse(grant) for grant in grants),
+            team=team,
+        )
+        token, _ = self.host.tokens.issuer.issue_access(principal)
+        return token
+
+    def channel(self, token: str | None = None) -> grpc.aio.Channel:
+        """A new insecure channel to the host (sending ``token`` on every call), closed
+        when the host stops."""
+        interceptors = _token_interceptors(token) if token else None
+        channel = grpc.aio.insecure_channel(self.address, interceptors=interceptors)
         self._channels.append(channel)
         return channel
+
+
+class _WithToken:
+    """Adds ``authorization: Bearer <token>`` to a call's metadata."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=(*(details.metadata or ()), self._header))
+
+
+# grpc.aio files each interceptor under the first call type it implements, so each call
+# type needs an object of its own.
+class _UnaryUnaryToken(_WithToken, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
+class _UnaryStreamToken(_WithToken, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
+class _StreamUnaryToken(_WithToken, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+
+class _StreamStreamToken(_WithToken, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(
+        self, continuation: Any, details: Any, requests: Any
+    ) -> Any:
+        return await continuation(self._details(details), requests)
+
+
+def _token_interceptors(token: str) -> list[Any]:
+    return [
+        kind(token)
+        for kind in (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)
+    ]
 
 
 @asynccontextmanager

@@ -1,3 +1,3 @@
 """Shared pytest configuration for the whole test suite."""
 
-pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.probe"]
+pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.probe", "tests.fixtures.redis"]

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import grpc
@@ -45,6 +45,9 @@ from nexus_grpc.gateway.streaming import StreamWriter, stream_format
 from nexus_grpc.logs import request_id_var
 from nexus_grpc.pipeline.observe import incoming_request_id
 from nexus_grpc.routing import Route, Router, RoutingTable
+
+if TYPE_CHECKING:
+    from nexus_grpc.pipeline.metrics import Metrics
 
 __all__ = ["GatewayApp", "GatewaySettings"]
 
@@ -89,9 +92,13 @@ class GatewaySettings:
 class GatewayApp:
     """ASGI application serving every routed method over HTTP/JSON (and gRPC-Web)."""
 
-    def __init__(self, router: Router, settings: GatewaySettings) -> None:
+    def __init__(
+        self, router: Router, settings: GatewaySettings, *, metrics: Metrics | None = None
+    ) -> None:
         self._router = router
         self._settings = settings
+        #: Answers ``GET /metrics`` (Prometheus text format) when given.
+        self._metrics = metrics
         self._routes = self._build(router.table)
         router.on_change(self._rebuild)
         from nexus_grpc.gateway.grpcweb import GrpcWebHandler
@@ -168,6 +175,13 @@ class GatewayApp:
 
                 document = openapi_document(routes.bindings, self._settings.json)
                 await send_response(send, 200, [(b"content-type", JSON), *cors], dumps(document))
+                return
+            if method == "GET" and path == "/metrics" and self._metrics is not None:
+                from prometheus_client import CONTENT_TYPE_LATEST
+
+                exposition = self._metrics.exposition()
+                headers = [(b"content-type", CONTENT_TYPE_LATEST.encode("latin-1"))]
+                await send_response(send, 200, headers, exposition)
                 return
             allowed = routes.matcher.allowed_methods(path)
             if allowed:

@@ -1,6 +1,6 @@
 """The call pipeline every call passes, whatever transport brought it.
 
-The order of the stages is fixed here and only here.
+The order of the stages is fixed here and only here (:func:`build_stages`).
 """
 
 from __future__ import annotations
@@ -20,18 +20,48 @@ __all__ = [
     "Stage",
     "abort_with",
     "as_call_handler",
+    "build_stages",
     "chain",
-    "default_stages",
     "grpc_method_handler",
     "unimplemented_handler",
 ]
 
 
-def default_stages(*, access_log: bool = True) -> list[Stage]:
+def build_stages(
+    *,
+    observe: Stage,
+    metrics: Stage | None = None,
+    concurrency: Stage | None = None,
+    deadline: Stage | None = None,
+    auth: Stage | None = None,
+    rate_limit: Stage | None = None,
+    access: Stage | None = None,
+    admin_audit: Stage | None = None,
+    validation: Stage | None = None,
+) -> list[Stage]:
     """The host's pipeline, outermost first.
 
-    Observe wraps everything so the access log sees the final status, including the
-    one the error stage produced; the error stage wraps everything else so no
-    exception from a later stage or the handler escapes as a traceback.
+    - observe: request id and access log see everything, including the final status;
+    - metrics: counts every call with the status the client gets;
+    - errors: turns exceptions from anything below into statuses;
+    - concurrency, deadline: cheap limits before any work;
+    - auth: who is calling (a bad token stops here);
+    - rate limit: per principal, before the costlier authorization and handler;
+    - access: the contract's policy, ownership checks, shadow mode;
+    - admin audit: administrative calls recorded with their outcome;
+    - validation: the contract's field rules, last, so only authorized callers learn
+      what a valid request looks like.
     """
-    return [ObserveStage(access_log=access_log), ErrorStage()]
+    ordered: list[Stage | None] = [
+        observe,
+        metrics,
+        ErrorStage(),
+        concurrency,
+        deadline,
+        auth,
+        rate_limit,
+        access,
+        admin_audit,
+        validation,
+    ]
+    return [stage for stage in ordered if stage is not None]

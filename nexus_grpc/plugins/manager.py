@@ -12,8 +12,10 @@ import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
+from nexus_grpc.audit import AuditLog
 from nexus_grpc.config import Config
 from nexus_grpc.health import HealthState
 from nexus_grpc.pipeline import Stage
@@ -78,8 +80,12 @@ class PluginManager:
         router: Router,
         stages: Sequence[Stage],
         health: HealthState,
+        audit: AuditLog | None = None,
+        tokens: Any = None,
     ) -> None:
         self._config = config
+        self._audit = audit
+        self._tokens = tokens
         self._storage = storage
         self._router = router
         self._stages = stages
@@ -220,6 +226,7 @@ class PluginManager:
                         build_routes(
                             binding,
                             plugin=record.name,
+                            category=manifest.category,
                             stages=self._stages,
                             in_flight=record.in_flight,
                         )
@@ -265,6 +272,10 @@ class PluginManager:
             storage=self._storage.namespace(manifest.namespace),
             logger=logging.getLogger(f"nexus.plugins.{manifest.name}"),
             data_dir=data_dir,
+            audit=self._audit,
+            # Only security plugins may mint tokens: any other plugin holding the
+            # issuer could make itself an admin.
+            tokens=self._tokens if manifest.category == "security" else None,
         )
 
     async def _run_hook(self, hook: Hook, context: PluginContext) -> None:

@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nexus_grpc.auth.principal import Principal, Scope
+
 if TYPE_CHECKING:
+    from nexus_grpc.audit import AuditLog
     from nexus_grpc.storage import Namespace
 
-__all__ = ["Hook", "Plugin", "PluginContext"]
+__all__ = ["Hook", "OwnershipCheck", "OwnershipHook", "Plugin", "PluginContext"]
 
 
 @dataclass(frozen=True)
@@ -36,10 +39,36 @@ class PluginContext:
     logger: logging.Logger
     #: A folder the plugin may keep files in.
     data_dir: Path
+    #: The host's audit log, for security-relevant events the plugin handles itself.
+    audit: AuditLog | None = None
+    #: Issues tokens (the auth plugin's business); None when the host cannot sign.
+    tokens: Any = None
 
 
 #: A start or stop hook: receives the context, may be sync or async.
 Hook = Callable[[PluginContext], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class OwnershipCheck:
+    """A question to a plugin: may this caller act on the resource this request names?
+
+    Asked when the caller's grant for the method's permission has scope ``own`` (or
+    ``team``) rather than ``all``. The plugin answers from its own data — who owns the
+    order with this id — and may narrow list requests to the caller's own resources.
+    """
+
+    #: Bare method name, e.g. "GetOrder".
+    method: str
+    #: The request message; the hook may narrow it (e.g. set a customer filter).
+    request: Any
+    principal: Principal
+    #: OWN or TEAM: how far the caller's grant reaches.
+    scope: Scope
+
+
+#: A servicer's ``async def owns(self, check: OwnershipCheck) -> bool``.
+OwnershipHook = Callable[[OwnershipCheck], Awaitable[bool]]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from google.protobuf import timestamp_pb2
 from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 
 from nexus_grpc import PluginContext, StatusError
+from nexus_grpc.auth.principal import Scope
+from nexus_grpc.plugins.spec import OwnershipCheck
 from nexus_grpc.errors import NotFoundError
 from nexus_grpc.storage import Repository
 
@@ -36,6 +38,32 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
         self._storage = ctx.storage
         self._orders = ctx.storage.repository(orders_pb2.Order)
         self._feed = ChangeFeed()
+
+    async def owns(self, check: OwnershipCheck) -> bool:
+        """Whether the caller may act on the order(s) the request names.
+
+        An order belongs to the user whose name is its ``customer_id``. Callers whose
+        grant reaches their own orders only may create orders for themselves, see and
+        change their own orders, and list or watch only their own (the filter is set
+        for them). An order of someone else and an order that does not exist get the
+        same answer, so ids cannot be probed. Orders have no team: team-scoped grants
+        see nothing.
+        """
+        if check.scope is not Scope.OWN:
+            return False
+        subject = check.principal.subject
+        request = check.request
+        if check.method == "CreateOrder":
+            if not request.order.customer_id:
+                request.order.customer_id = subject
+            return bool(request.order.customer_id == subject)
+        if check.method in ("ListOrders", "WatchOrders"):
+            if not request.customer_id:
+                request.customer_id = subject
+            return bool(request.customer_id == subject)
+        order_id = request.order.id if check.method == "UpdateOrder" else request.id
+        order = await self._orders.get(order_id) if order_id else None
+        return order is not None and order.customer_id == subject
 
     async def CreateOrder(
         self, request: orders_pb2.CreateOrderRequest, context: Context

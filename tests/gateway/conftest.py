@@ -26,5 +26,8 @@ async def gateway_host(tmp_path: Path, transcode_stubs: Path) -> AsyncIterator[R
 @pytest.fixture
 async def http(gateway_host: RunningHost) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client of the gateway."""
-    async with httpx.AsyncClient(base_url=gateway_host.http_url, timeout=10) as client:
+    headers = {"authorization": f"Bearer {gateway_host.token()}"}
+    async with httpx.AsyncClient(
+        base_url=gateway_host.http_url, timeout=10, headers=headers
+    ) as client:
         yield client

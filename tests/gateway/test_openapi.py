@@ -197,6 +197,7 @@ def test_every_binding_is_an_operation_with_a_stable_id(bundled: dict[str, Any])
         ("get", "/v1/orders:watch"),
         ("get", "/v1/admin/plugins"),
         ("get", "/v1/admin/plugins/{name}"),
+        ("get", "/v1/admin/audit"),
     } | {
         # Unannotated methods get the default binding, whatever this grpcio version has.
         ("post", f"/grpc.health.v1.Health/{method.name}")

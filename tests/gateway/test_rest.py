@@ -273,7 +273,6 @@ async def test_headers_become_metadata_and_metadata_comes_back(http: httpx.Async
         "/v1/inspect",
         json={},
         headers={
-            "authorization": "Bearer t0ken",
             "grpc-metadata-tenant": "acme",
             "grpc-metadata-blob-bin": "AAEC",
             "x-request-id": "rid-7",
@@ -284,7 +283,7 @@ async def test_headers_become_metadata_and_metadata_comes_back(http: httpx.Async
     assert response.status_code == 200, response.text
     body = response.json()
     metadata = body["metadata"]
-    assert metadata["authorization"] == "Bearer t0ken"
+    assert metadata["authorization"].startswith("Bearer ")
     assert metadata["tenant"] == "acme"
     assert metadata["blob-bin"] == "AAEC"
     assert metadata["x-request-id"] == "rid-7"

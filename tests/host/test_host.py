@@ -136,7 +136,7 @@ async def test_plugin_raising_at_import_does_not_take_the_host_down(tmp_path: Pa
         "x = 1\nraise ZeroDivisionError('boom at import')\n",
     )
     async with running_host(plugin_dirs=[plugins], data_dir=tmp_path / "data") as host:
-        admin = admin_pb2_grpc.AdminServiceStub(host.channel())
+        admin = admin_pb2_grpc.AdminServiceStub(host.channel(host.token()))
         listed = {
             p.name: p for p in (await admin.ListPlugins(admin_pb2.ListPluginsRequest())).plugins
         }
@@ -285,7 +285,7 @@ async def test_start_and_stop_hooks_receive_the_context(tmp_path: Path) -> None:
 
 async def test_admin_get_plugin_and_not_found(tmp_path: Path) -> None:
     async with running_host(plugin_dirs=["plugins"], data_dir=tmp_path) as host:
-        admin = admin_pb2_grpc.AdminServiceStub(host.channel())
+        admin = admin_pb2_grpc.AdminServiceStub(host.channel(host.token()))
         orders = await admin.GetPlugin(admin_pb2.GetPluginRequest(name="orders"))
         assert orders.category == admin_pb2.CATEGORY_BUSINESS
         assert orders.version == "1.0.0"

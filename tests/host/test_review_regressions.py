@@ -40,7 +40,7 @@ async def test_a_duplicate_plugin_failing_leaves_the_serving_plugin_healthy(tmp_
 
 async def test_many_violations_still_reach_the_client_as_invalid_argument(tmp_path: Path) -> None:
     async with running_host(plugins=["orders"], data_dir=tmp_path) as host:
-        stub = orders_pb2_grpc.OrdersServiceStub(host.channel())
+        stub = orders_pb2_grpc.OrdersServiceStub(host.channel(host.token()))
         items = [orders_pb2.LineItem(sku="", quantity=0, unit_price_cents=-1) for _ in range(100)]
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.CreateOrder(
@@ -156,7 +156,9 @@ async def test_stop_with_zero_grace_does_not_wait_for_open_http_streams(tmp_path
     import httpx
 
     async with running_host(plugins=["orders"], data_dir=tmp_path, http=True) as host:
-        client = httpx.AsyncClient(base_url=host.http_url)
+        client = httpx.AsyncClient(
+            base_url=host.http_url, headers={"authorization": f"Bearer {host.token()}"}
+        )
         created = await client.post(
             "/v1/orders",
             json={"customerId": "c", "currencyCode": "EUR", "items": [{"sku": "S", "quantity": 1}]},

@@ -21,7 +21,7 @@ async def orders(
 ) -> AsyncIterator[orders_pb2_grpc.OrdersServiceStub]:
     url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else ""
     async with running_host(plugins=["orders"], data_dir=tmp_path, storage_url=url) as host:
-        yield orders_pb2_grpc.OrdersServiceStub(host.channel())
+        yield orders_pb2_grpc.OrdersServiceStub(host.channel(host.token()))
 
 
 def new_order(
@@ -74,6 +74,7 @@ async def test_client_chosen_id_makes_create_idempotent(
 async def test_invalid_create_lists_every_violation_and_stores_nothing(
     orders: orders_pb2_grpc.OrdersServiceStub,
 ) -> None:
+    # The contract's field rules are checked first, by the pipeline...
     request = orders_pb2.CreateOrderRequest(
         order=orders_pb2.Order(
             customer_id="",
@@ -84,14 +85,16 @@ async def test_invalid_create_lists_every_violation_and_stores_nothing(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await orders.CreateOrder(request)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    found = violations(caught.value)
-    assert set(found) == {
-        "order.customer_id",
-        "order.currency_code",
+    assert set(violations(caught.value)) == {
         "order.items[0].sku",
         "order.items[0].quantity",
         "order.items[0].unit_price_cents",
     }
+    # ...then the rules only the handler knows (what a create needs).
+    request.order.items[0].CopyFrom(orders_pb2.LineItem(sku="S", quantity=1))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await orders.CreateOrder(request)
+    assert set(violations(caught.value)) == {"order.customer_id", "order.currency_code"}
     assert "order.customer_id: required" in (caught.value.details() or "")
     listed = await orders.ListOrders(orders_pb2.ListOrdersRequest())
     assert list(listed.orders) == []

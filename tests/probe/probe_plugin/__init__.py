@@ -38,4 +38,11 @@ class ProbeService(probe_pb2_grpc.ProbeServiceServicer):
         return probe_pb2.CollectResponse(count=count)
 
 
-plugin = Plugin(services=[ProbeService])
+class UnguardedService(probe_pb2_grpc.UnguardedServiceServicer):
+    """Has no policy in its contract: no call may ever reach it."""
+
+    async def Call(self, request: probe_pb2.CallRequest, context: Any) -> probe_pb2.CallResponse:
+        raise AssertionError("the host let a call through to a method without policy")
+
+
+plugin = Plugin(services=[ProbeService, UnguardedService])

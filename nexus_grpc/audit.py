@@ -1,0 +1,90 @@
+"""The audit log: denials, logins and administrative actions, kept in storage.
+
+Records live in the host's own namespace (``core/audit``), so no plugin can read or
+alter them through the repository API; admins read them with
+``nexus.admin.v1.AdminService/ListAuditRecords``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+from nexus.admin.v1 import admin_pb2
+
+from nexus_grpc.logs import current_request_id
+from nexus_grpc.storage import Namespace, Page
+
+__all__ = ["AuditLog", "Outcome"]
+
+_log = logging.getLogger("nexus.audit")
+
+
+class Outcome:
+    """How an audited action ended (admin.v1.Outcome values)."""
+
+    SUCCEEDED = admin_pb2.OUTCOME_SUCCEEDED
+    DENIED = admin_pb2.OUTCOME_DENIED
+    FAILED = admin_pb2.OUTCOME_FAILED
+
+
+class AuditLog:
+    """Writes and lists audit records."""
+
+    def __init__(self, namespace: Namespace) -> None:
+        self._records = namespace.repository(admin_pb2.AuditRecord)
+
+    async def record(
+        self,
+        *,
+        actor: str,
+        action: str,
+        target: str,
+        outcome: int,
+        reason: str = "",
+        context: Any = None,
+    ) -> None:
+        """Store one record; the request id, transport and peer come from the call."""
+        stamp = timestamp_pb2.Timestamp()
+        stamp.GetCurrentTime()
+        record = admin_pb2.AuditRecord(
+            id=f"{stamp.seconds:011d}{stamp.nanos:09d}-{uuid.uuid4().hex[:8]}",
+            time=stamp,
+            actor=actor,
+            action=action,
+            target=target,
+            outcome=outcome,  # type: ignore[arg-type]
+            reason=reason,
+            request_id=current_request_id(),
+            transport=getattr(context, "transport", "grpc") if context is not None else "",
+            peer=context.peer() if context is not None else "",
+        )
+        try:
+            await self._records.create(record)
+        except Exception:
+            # Losing an audit record must be loud, but must not turn a denial into a
+            # 500 or let a failed write change the outcome of the call.
+            _log.exception("could not store audit record %s %s", action, target)
+            return
+        _log.info(
+            "audit %s %s %s",
+            action,
+            target,
+            admin_pb2.Outcome.Name(outcome),
+            extra={"actor": actor, "reason": reason},
+        )
+
+    async def list(
+        self, *, page_size: int, page_token: str, actor: str = "", action: str = ""
+    ) -> Page[admin_pb2.AuditRecord]:
+        """Records newest first, optionally of one actor or action."""
+        query: dict[str, object] = {}
+        if actor:
+            query["actor"] = actor
+        if action:
+            query["action"] = action
+        return await self._records.list(
+            filter=query, order_by="id desc", page_size=page_size or 50, page_token=page_token
+        )

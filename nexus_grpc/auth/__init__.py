@@ -1,0 +1,31 @@
+"""Authentication: principals, keys, tokens.
+
+Security plugins (category ``security``) get a :class:`Tokens` in their context to
+issue and check tokens; no other plugin does.
+"""
+
+from dataclasses import dataclass
+
+from nexus_grpc.auth.keys import KeySet
+from nexus_grpc.auth.principal import Grant, Principal, Scope, current_principal
+from nexus_grpc.auth.tokens import AuthError, TokenIssuer, TokenVerifier
+
+__all__ = [
+    "AuthError",
+    "Grant",
+    "KeySet",
+    "Principal",
+    "Scope",
+    "TokenIssuer",
+    "TokenVerifier",
+    "Tokens",
+    "current_principal",
+]
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The host's token tools handed to security plugins."""
+
+    issuer: TokenIssuer
+    verifier: TokenVerifier

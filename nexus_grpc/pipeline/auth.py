@@ -1,0 +1,203 @@
+"""Authentication and authorization: who is calling, and may they call this method.
+
+:class:`AuthStage` verifies the bearer token (when there is one) and sets the
+principal for the rest of the call; :class:`AccessStage` applies the method's
+contract policy to it. Both are bound per method, so a public method pays only for
+looking at the metadata, and a decision needs no lookup at call time.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import grpc
+
+from nexus_grpc.audit import AuditLog, Outcome
+from nexus_grpc.auth.principal import ANONYMOUS, Principal, Scope, principal_var
+from nexus_grpc.errors import StatusError
+from nexus_grpc.plugins.spec import OwnershipCheck
+from nexus_grpc.policy import Access, EffectivePolicy
+from nexus_grpc.routing import CallHandler, MethodInfo
+
+__all__ = ["AccessStage", "AuthStage", "TokenVerifier"]
+
+_log = logging.getLogger("nexus.auth")
+
+_BEARER = "bearer "
+
+
+class TokenVerifier(Protocol):
+    """What the stage needs of nexus_grpc.auth.tokens.TokenVerifier."""
+
+    async def verify(self, token: str, *, token_type: str = "access") -> Principal:
+        """The principal of a valid token; raises an UNAUTHENTICATED StatusError otherwise."""
+        ...
+
+
+def _policy(method: MethodInfo) -> EffectivePolicy:
+    if method.policy is None:
+        raise ValueError(f"{method.path}: route built without its policy")
+    return method.policy
+
+
+def _bearer_token(context: Any) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            if value[: len(_BEARER)].lower() != _BEARER:
+                raise StatusError(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "authorization must be 'Bearer <token>'",
+                    reason="TOKEN_MALFORMED",
+                )
+            return value[len(_BEARER) :].strip()
+    return None
+
+
+class AuthStage:
+    """Verifies the caller's token; refuses calls without one unless the method is public.
+
+    A token that is present but invalid is refused even on public methods: a client
+    sending bad credentials is broken or probing, and silently treating it as
+    anonymous would hide that.
+    """
+
+    def __init__(self, verifier: TokenVerifier, audit: AuditLog | None) -> None:
+        self._verifier = verifier
+        self._audit = audit
+
+    def bind(self, method: MethodInfo, next: CallHandler) -> CallHandler:
+        """Wrap ``next`` with token verification for ``method``."""
+        public = _policy(method).access == Access.PUBLIC
+        verifier = self._verifier
+        audit = self._audit
+        path = method.path
+
+        async def authenticate(request: Any, context: Any) -> Any:
+            try:
+                token = _bearer_token(context)
+                if token is None:
+                    if public:
+                        return await next(request, context)
+                    raise StatusError(
+                        grpc.StatusCode.UNAUTHENTICATED,
+                        "this method needs a bearer token",
+                        reason="TOKEN_MISSING",
+                    )
+                principal = await verifier.verify(token)
+            except StatusError as error:
+                if audit is not None:
+                    await audit.record(
+                        actor=ANONYMOUS,
+                        action="call.denied",
+                        target=path,
+                        outcome=Outcome.DENIED,
+                        reason=error.reason or error.message,
+                        context=context,
+                    )
+                raise
+            marker = principal_var.set(principal)
+            try:
+                return await next(request, context)
+            finally:
+                principal_var.reset(marker)
+
+        return authenticate
+
+
+class AccessStage:
+    """Applies the method's access policy to the authenticated principal.
+
+    ``shadow`` logs and audits would-be denials but lets the calls through, to roll
+    out a policy; authentication (AuthStage) is enforced regardless.
+    """
+
+    def __init__(self, audit: AuditLog | None, *, shadow: bool = False) -> None:
+        self._audit = audit
+        self._shadow = shadow
+
+    def bind(self, method: MethodInfo, next: CallHandler) -> CallHandler:
+        """Wrap ``next`` with the authorization decision for ``method``."""
+        policy = _policy(method)
+        if policy.access == Access.PUBLIC:
+            return next
+        audit = self._audit
+        shadow = self._shadow
+        path = method.path
+        name = method.method
+        ownership = method.ownership
+        plugin = method.plugin
+
+        async def deny(context: Any, principal: Principal | None, error: StatusError) -> None:
+            actor = principal.subject if principal else ANONYMOUS
+            if audit is not None:
+                await audit.record(
+                    actor=actor,
+                    action="call.would_deny" if shadow else "call.denied",
+                    target=path,
+                    outcome=Outcome.DENIED,
+                    reason=error.message,
+                    context=context,
+                )
+            if shadow:
+                _log.warning("shadow mode: would deny %s to %s: %s", path, actor, error.message)
+                return
+            raise error
+
+        async def authorize(request: Any, context: Any) -> Any:
+            principal = principal_var.get()
+            if policy.access == Access.NONE:
+                await deny(
+                    context,
+                    principal,
+                    StatusError(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"{path} declares no access policy; the host denies it",
+                        reason="NO_POLICY",
+                    ),
+                )
+            elif principal is None:
+                # AuthStage lets only public methods through without a principal.
+                await deny(
+                    context,
+                    None,
+                    StatusError(grpc.StatusCode.UNAUTHENTICATED, "authentication required"),
+                )
+            elif policy.access == Access.PERMISSION:
+                held = principal.scope_for(policy.resource, policy.action)
+                if held is None or held < policy.scope:
+                    await deny(
+                        context,
+                        principal,
+                        StatusError(
+                            grpc.StatusCode.PERMISSION_DENIED,
+                            f"permission {policy.permission} with scope "
+                            f"{policy.scope.name.lower()} is required",
+                            reason="PERMISSION_REQUIRED",
+                            metadata={"permission": policy.permission},
+                        ),
+                    )
+                elif held < Scope.ALL and not await _owns(
+                    ownership, OwnershipCheck(name, request, principal, held)
+                ):
+                    await deny(
+                        context,
+                        principal,
+                        StatusError(
+                            grpc.StatusCode.PERMISSION_DENIED,
+                            f"the caller's {policy.permission} grant covers its "
+                            f"{held.name.lower()} resources only, and this is not one",
+                            reason="NOT_OWNER",
+                            metadata={"plugin": plugin},
+                        ),
+                    )
+            return await next(request, context)
+
+        return authorize
+
+
+async def _owns(hook: Any, check: OwnershipCheck) -> bool:
+    # No hook means the plugin cannot tell owners apart: a scoped grant gets nothing.
+    if hook is None:
+        return False
+    return bool(await hook(check))
