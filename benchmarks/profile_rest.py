@@ -200,7 +200,10 @@ def report(profile: cProfile.Profile, count: int, top: int) -> None:
         where = f"{short(filename)}:{line}" if filename != "~" else ""
         rows.append((function, where, calls, own, cumulative, filename))
     total = sum(row[3] for row in rows)
-    print(f"profiled {count} requests: {total / count * 1e6:.0f} us of profiled CPU per request")
+    print(
+        f"profiled {count} requests: {total / count * 1e6:.0f} us per request under the profiler "
+        "(main thread, including waits in epoll)"
+    )
     for title, key in (("cumulative", 4), ("total (own)", 3)):
         print(f"\ntop {top} by {title} time (us per request; calls per request)")
         print(f"{'cum us':>8} {'own us':>8} {'calls':>7}  function")

@@ -305,13 +305,16 @@ def grpc_raw_call(
 
     metadata = (("authorization", authorization),) if authorization else None
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary(f"/{SERVICE}/{method}")
+        # No (de)serializers: the payload goes out as given, the response comes back as bytes.
+        call = channel.unary_unary(
+            f"/{SERVICE}/{method}", request_serializer=None, response_deserializer=None
+        )
         try:
             response, outcome = call.with_call(payload, timeout=10, metadata=metadata)
         except grpc.RpcError as error:
-            code: Any = error.code()  # type: ignore[attr-defined]
-            return code.name, str(error.details()), b""  # type: ignore[attr-defined]
-        return outcome.code().name, "", response
+            failed: Any = error  # a grpc.Call as well
+            return failed.code().name, str(failed.details()), b""
+        return outcome.code().name, "", bytes(response)
 
 
 def wait_until(

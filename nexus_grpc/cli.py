@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     plugins = commands.add_parser("plugins", help="list the plugins of a running host")
     plugins.add_argument("--address", default="127.0.0.1:50051", help="host:port of the host")
     plugins.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    plugins.add_argument(
+        "--token",
+        default=os.environ.get("NEXUS_TOKEN", ""),
+        help="access token with admin.read (default: $NEXUS_TOKEN)",
+    )
     plugins.set_defaults(run=_plugins)
 
     gen = commands.add_parser("gen", help="compile proto/ into generated/")
@@ -124,7 +129,10 @@ def _plugins(args: argparse.Namespace) -> int:
     with grpc.insecure_channel(args.address) as channel:
         stub = admin_pb2_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
-            response = stub.ListPlugins(admin_pb2.ListPluginsRequest(), timeout=10)
+            metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
+            response = stub.ListPlugins(
+                admin_pb2.ListPluginsRequest(), timeout=10, metadata=metadata
+            )
         except grpc.RpcError as error:
             print(f"nexus: {args.address}: {error.code().name}: {error.details()}", file=sys.stderr)
             return 1
@@ -218,7 +226,9 @@ def _policy_explain(args: argparse.Namespace) -> int:
     method = find_method(contracts, args.method)
     if method is None:
         known = sorted(m.full_name for m in contracts.methods())
-        print(f"nexus policy: no method {args.method!r}; known: {', '.join(known)}", file=sys.stderr)
+        print(
+            f"nexus policy: no method {args.method!r}; known: {', '.join(known)}", file=sys.stderr
+        )
         return 1
     print(explain(effective_policy(method)))
     return 0

@@ -77,7 +77,7 @@ def generate(proto_root: Path, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     # The host's own contracts (nexus/options/v1/options.proto for policies and field
     # rules) are importable from every plugin's contracts.
-    core = [CORE_PROTO_ROOT] if CORE_PROTO_ROOT.is_dir() and CORE_PROTO_ROOT != proto_root else []
+    core = [CORE_PROTO_ROOT] if CORE_PROTO_ROOT.is_dir() and proto_root != CORE_PROTO_ROOT else []
     args = [
         "grpc_tools.protoc",
         f"-I{proto_root}",

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "Config",
     "AuthConfig",
+    "Config",
     "ConfigError",
     "HttpConfig",
     "LimitsConfig",

@@ -11,24 +11,33 @@ from pathlib import Path
 import grpc
 
 from nexus_grpc.admin import AdminServicer
+from nexus_grpc.audit import AuditLog
+from nexus_grpc.auth import KeySet, TokenIssuer, Tokens, TokenVerifier
 from nexus_grpc.config import Config
 from nexus_grpc.gateway import GatewayApp, GatewaySettings
 from nexus_grpc.health import OVERALL, HealthState
 from nexus_grpc.http_server import HttpServer
-from nexus_grpc.audit import AuditLog
-from nexus_grpc.auth import KeySet, TokenIssuer, Tokens, TokenVerifier
 from nexus_grpc.pipeline import Stage, build_stages
 from nexus_grpc.pipeline.audit import AdminAuditStage
 from nexus_grpc.pipeline.auth import AccessStage, AuthStage
 from nexus_grpc.pipeline.deadline import DeadlineStage
+from nexus_grpc.pipeline.metrics import Metrics
 from nexus_grpc.pipeline.observe import ObserveStage
-from nexus_grpc.validation import ValidationStage
 from nexus_grpc.plugins.manager import PluginManager
+from nexus_grpc.ratelimit import (
+    Buckets,
+    ConcurrencyStage,
+    MemoryBuckets,
+    RateLimitStage,
+    RedisBuckets,
+    parse_rate_classes,
+)
 from nexus_grpc.reflection import ReflectionServicer, reflection_bindings
 from nexus_grpc.routing import InFlight, Router
 from nexus_grpc.server import create_server
 from nexus_grpc.servicers import bind_servicer, build_routes
 from nexus_grpc.storage import Storage
+from nexus_grpc.validation import ValidationStage
 
 __all__ = ["CORE_PLUGIN", "Host"]
 
@@ -56,6 +65,9 @@ class Host:
         self.grpc_port = 0
         self.http_port = 0
         self._serving = False
+        #: Prometheus metrics of every call, served at /metrics on the HTTP port.
+        self.metrics = Metrics()
+        self._buckets: RedisBuckets | None = None
         #: Token tools (available once started).
         self.tokens: Tokens | None = None
 
@@ -110,7 +122,9 @@ class Host:
         # Bind first: a taken port should fail before any plugin start hook runs.
         self._server, self.grpc_port = create_server(self.config.server, self.router)
         if self.config.http.address:
-            gateway = GatewayApp(self.router, GatewaySettings.from_config(self.config.http))
+            gateway = GatewayApp(
+                self.router, GatewaySettings.from_config(self.config.http), metrics=self.metrics
+            )
             self._http = HttpServer(
                 gateway, self.config.http.address, reuse_port=self.config.server.reuse_port
             )
@@ -139,10 +153,19 @@ class Host:
         await self.health.set(OVERALL, True)
 
     def _build_stages(self, verifier: TokenVerifier, audit: AuditLog) -> list[Stage]:
+        limits = self.config.limits
+        if limits.backend == "redis":
+            self._buckets = RedisBuckets.from_url(limits.redis_url)
+            buckets: Buckets = self._buckets
+        else:
+            buckets = MemoryBuckets()
         return build_stages(
             observe=ObserveStage(access_log=self.config.log.access),
+            metrics=self.metrics.stage(),
+            concurrency=ConcurrencyStage(limits.max_concurrent_calls),
             deadline=DeadlineStage(),
             auth=AuthStage(verifier, audit),
+            rate_limit=RateLimitStage(buckets, parse_rate_classes(limits.rate_classes)),
             access=AccessStage(audit, shadow=self.config.auth.shadow_mode),
             admin_audit=AdminAuditStage(audit),
             validation=ValidationStage(),
@@ -195,6 +218,8 @@ class Host:
             await self._plugins.stop_all()
         if self._storage is not None:
             await self._storage.close()
+        if self._buckets is not None:
+            await self._buckets.aclose()
 
     async def force_stop(self) -> None:
         """Cancel in-flight calls now, gRPC and HTTP (a second SIGTERM during a drain)."""

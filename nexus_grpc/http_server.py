@@ -40,7 +40,10 @@ class HttpServer:
         try:
             port = int(port_text)
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            # IPPROTO_TCP, not 0: asyncio turns TCP_NODELAY on only for sockets whose
+            # protocol says TCP, and without it every response waits ~40 ms for the
+            # client's delayed ACK between uvicorn's header and body writes.
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self._reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.descriptor import MethodDescriptor
 from nexus.options.v1 import options_pb2
@@ -17,7 +18,12 @@ from nexus_grpc.auth.principal import Scope
 
 __all__ = [
     "HOST_PUBLIC_SERVICES",
-    "Access", "EffectivePolicy", "effective_policy", "explain", "methods_without_policy"]
+    "Access",
+    "EffectivePolicy",
+    "effective_policy",
+    "explain",
+    "methods_without_policy",
+]
 
 
 class Access:
@@ -63,6 +69,10 @@ HOST_PUBLIC_SERVICES = frozenset(
     }
 )
 _PUBLIC = options_pb2.MethodPolicy(public=True)
+# The generated stubs type extensions as plain FieldDescriptors, which the protobuf
+# stubs do not accept as extension handles.
+_POLICY: Any = options_pb2.policy
+_DEFAULT_POLICY: Any = options_pb2.default_policy
 
 _SCOPES = {
     options_pb2.SCOPE_UNSPECIFIED: Scope.OWN,
@@ -79,10 +89,10 @@ def effective_policy(method: MethodDescriptor) -> EffectivePolicy:
     service_options = method.containing_service.GetOptions()
     if method.containing_service.full_name in HOST_PUBLIC_SERVICES:
         declared, source = _PUBLIC, "host"
-    elif method_options.HasExtension(options_pb2.policy):
-        declared, source = method_options.Extensions[options_pb2.policy], "method"
-    elif service_options.HasExtension(options_pb2.default_policy):
-        declared, source = service_options.Extensions[options_pb2.default_policy], "service default"
+    elif method_options.HasExtension(_POLICY):
+        declared, source = method_options.Extensions[_POLICY], "method"
+    elif service_options.HasExtension(_DEFAULT_POLICY):
+        declared, source = service_options.Extensions[_DEFAULT_POLICY], "service default"
     else:
         return EffectivePolicy(path=path, access=Access.NONE)
     kind = declared.WhichOneof("access")
@@ -125,9 +135,7 @@ def explain(policy: EffectivePolicy) -> str:
         lines.append("access:        authenticated: any caller with a valid token")
     else:
         scope = policy.scope.name.lower()
-        lines.append(
-            f"access:        permission {policy.permission} with scope {scope} or wider"
-        )
+        lines.append(f"access:        permission {policy.permission} with scope {scope} or wider")
         if policy.scope is not Scope.ALL:
             lines.append(
                 "               callers whose grant is narrower than 'all' must own the "

@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from nexus_grpc.auth.principal import Grant, Principal
 from nexus_grpc.config import (
     Config,
     HttpConfig,
@@ -31,7 +32,6 @@ from nexus_grpc.config import (
     ServerConfig,
     StorageConfig,
 )
-from nexus_grpc.auth.principal import Grant, Principal
 from nexus_grpc.host import Host
 
 __all__ = ["RunningHost", "running_host"]
@@ -98,25 +98,23 @@ class _WithToken:
 
 # grpc.aio files each interceptor under the first call type it implements, so each call
 # type needs an object of its own.
-class _UnaryUnaryToken(_WithToken, grpc.aio.UnaryUnaryClientInterceptor):
+class _UnaryUnaryToken(_WithToken, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
 
-class _UnaryStreamToken(_WithToken, grpc.aio.UnaryStreamClientInterceptor):
+class _UnaryStreamToken(_WithToken, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
 
-class _StreamUnaryToken(_WithToken, grpc.aio.StreamUnaryClientInterceptor):
+class _StreamUnaryToken(_WithToken, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
     async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
         return await continuation(self._details(details), requests)
 
 
-class _StreamStreamToken(_WithToken, grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(
-        self, continuation: Any, details: Any, requests: Any
-    ) -> Any:
+class _StreamStreamToken(_WithToken, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
         return await continuation(self._details(details), requests)
 
 

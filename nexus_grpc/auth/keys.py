@@ -246,7 +246,9 @@ class KeySet:
         when the known keys are older than ``jwks_refresh_interval``.
         """
         static = self._static
-        # One key and no JWKS: the kid is only a hint, the signature decides.
+        # The PEM key (or secret) serves tokens naming it, tokens naming no key, and, with
+        # no JWKS to choose from, any kid: with a single key the kid is only a hint and
+        # the signature decides.
         if static is not None and (self._jwks is None or kid is None or kid == static.kid):
             return static.key if algorithm in static.algorithms else None
         if self._jwks is None or kid is None:

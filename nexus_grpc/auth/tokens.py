@@ -65,9 +65,14 @@ def _b64decode(segment: str) -> bytes:
     if len(segment) % 4 == 1 or not _BASE64URL.fullmatch(segment):
         raise ValueError("not base64url")
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except binascii.Error as error:
         raise ValueError("not base64url") from error
+    # The last character may carry unused bits; one spelling only, so that a token
+    # cannot be altered and still verify.
+    if base64.urlsafe_b64encode(data).rstrip(b"=") != segment.encode("ascii"):
+        raise ValueError("not canonical base64url")
+    return data
 
 
 class TokenVerifier:
@@ -230,10 +235,17 @@ def _invalid(name: str) -> AuthError:
 
 def _number(claims: dict[str, Any], name: str) -> float:
     value = claims[name]
-    # bool is an int in Python, and JSON lets NaN/Infinity through: neither is a date.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    # bool is an int in Python, and JSON lets NaN, Infinity and 400-digit integers
+    # through: none of them is a date.
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise _invalid(name)
-    return value
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _invalid(name) from None
+    if not math.isfinite(number):
+        raise _invalid(name)
+    return number
 
 
 def _string(claims: dict[str, Any], name: str, default: str | None = None) -> str:

@@ -164,7 +164,11 @@ class _Builder:
     def _path_key(self, binding: HttpBinding) -> str:
         # OpenAPI treats /v1/{id} and /v1/{order.id} as the same path, so a path with the
         # shape of an earlier one is filed under the earlier one's parameter names.
-        path = binding.template.openapi_path()
+        # Dotted names ({role.name}) become role_name: several OpenAPI tools read a dot
+        # in a parameter name as a nested lookup and cannot fill the path.
+        path = _PARAMETER.sub(
+            lambda match: match.group(0).replace(".", "_"), binding.template.openapi_path()
+        )
         return self._path_by_shape.setdefault(_PARAMETER.sub("{}", path), path)
 
     def _operation(self, binding: HttpBinding, path: str, operation_id: str) -> dict[str, Any]:

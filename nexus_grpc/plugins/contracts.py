@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from nexus_grpc.config import Config
 from nexus_grpc.plugins.discovery import discover

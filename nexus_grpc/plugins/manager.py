@@ -12,8 +12,8 @@ import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from nexus_grpc.audit import AuditLog
 from nexus_grpc.config import Config

@@ -6,6 +6,7 @@ and calls its ``Accounts``, so the CLI and the running service share one code pa
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -27,8 +28,11 @@ class UserCreationError(Exception):
 async def create_user(config: Config, username: str, password: str, roles: list[str]) -> None:
     """Create ``username`` with ``roles`` in the auth plugin's namespace."""
     candidate = next(
-        (c for c in discover(config.plugins.dirs, entry_points=config.plugins.entry_points)
-         if c.name == AUTH_PLUGIN),
+        (
+            c
+            for c in discover(config.plugins.dirs, entry_points=config.plugins.entry_points)
+            if c.name == AUTH_PLUGIN
+        ),
         None,
     )
     if candidate is None or candidate.manifest is None:
@@ -40,7 +44,7 @@ async def create_user(config: Config, username: str, password: str, roles: list[
     module = sys.modules[candidate.module]
     from nexus.auth.v1 import auth_pb2
 
-    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(Path(config.data_dir).mkdir, parents=True, exist_ok=True)
     storage = await Storage.connect(config.storage_url())
     try:
         accounts = module.Accounts(storage.namespace(candidate.manifest.namespace))

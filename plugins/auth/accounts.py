@@ -6,6 +6,9 @@ admin with the same code, straight against storage.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
+
 import grpc
 from google.protobuf import timestamp_pb2
 from nexus.auth.v1 import auth_pb2, records_pb2
@@ -19,7 +22,9 @@ from .passwords import hash_password, verify_password
 
 #: Roles every installation has; their grants can be changed with PutRole.
 BUILT_IN_ROLES = (
-    auth_pb2.Role(name="admin", grants=[auth_pb2.Grant(permission="*.*", scope=options_pb2.SCOPE_ALL)]),
+    auth_pb2.Role(
+        name="admin", grants=[auth_pb2.Grant(permission="*.*", scope=options_pb2.SCOPE_ALL)]
+    ),
     auth_pb2.Role(
         name="customer",
         grants=[
@@ -52,10 +57,9 @@ class Accounts:
         """Create the built-in roles that do not exist yet (never overwrite edits)."""
         for role in BUILT_IN_ROLES:
             if await self.roles.get(role.name) is None:
-                try:
+                # Another instance may create it at the same moment.
+                with contextlib.suppress(AlreadyExistsError):
                     await self.roles.create(role)
-                except AlreadyExistsError:
-                    pass  # another instance created it at the same moment
 
     async def create_user(self, user: auth_pb2.User, password: str) -> auth_pb2.User:
         """Store a new user with its password hash, in one transaction."""
@@ -75,9 +79,9 @@ class Accounts:
             )
         return created
 
-    async def check_roles(self, names: list[str] | tuple[str, ...] | object) -> None:
+    async def check_roles(self, names: Iterable[str]) -> None:
         """INVALID_ARGUMENT naming the first role that does not exist."""
-        for index, name in enumerate(names):  # type: ignore[call-overload]
+        for index, name in enumerate(names):
             if await self.roles.get(name) is None:
                 raise InvalidArgumentError(
                     [FieldViolation(f"roles[{index}]", f"role {name!r} does not exist")]

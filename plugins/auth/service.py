@@ -32,11 +32,15 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         """The plugin's data (its start hook creates the built-in roles)."""
         return self._accounts
 
-    async def Login(self, request: auth_pb2.LoginRequest, context: Context) -> auth_pb2.LoginResponse:
+    async def Login(
+        self, request: auth_pb2.LoginRequest, context: Context
+    ) -> auth_pb2.LoginResponse:
         """Tokens for a right username and password; UNAUTHENTICATED otherwise."""
         user = await self._accounts.authenticate(request.username, request.password)
         if user is None:
-            await self._record(request.username, "auth.login", Outcome.DENIED, "bad credentials", context)
+            await self._record(
+                request.username, "auth.login", Outcome.DENIED, "bad credentials", context
+            )
             # One message for unknown users, wrong passwords and disabled accounts.
             raise StatusError(
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -62,7 +66,9 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
                     reason="ACCOUNT_DISABLED",
                 )
         except StatusError as error:
-            await self._record(claims.subject, "auth.refresh", Outcome.DENIED, error.message, context)
+            await self._record(
+                claims.subject, "auth.refresh", Outcome.DENIED, error.message, context
+            )
             raise
         response = await self._issue(user)
         await self._record(user.username, "auth.refresh", Outcome.SUCCEEDED, "", context)
@@ -82,7 +88,9 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
             team=principal.team,
         )
 
-    async def CreateUser(self, request: auth_pb2.CreateUserRequest, context: Context) -> auth_pb2.User:
+    async def CreateUser(
+        self, request: auth_pb2.CreateUserRequest, context: Context
+    ) -> auth_pb2.User:
         """A new user with an initial password."""
         return await self._accounts.create_user(request.user, request.password)
 
@@ -139,7 +147,9 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
             access_token=access, refresh_token=refresh, token_type="Bearer", expires_in=expires_in
         )
 
-    async def _record(self, actor: str, action: str, outcome: int, reason: str, context: Context) -> None:
+    async def _record(
+        self, actor: str, action: str, outcome: int, reason: str, context: Context
+    ) -> None:
         if self._audit is not None:
             await self._audit.record(
                 actor=actor or "anonymous",

@@ -11,16 +11,14 @@ from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 
 from nexus_grpc import PluginContext, StatusError
 from nexus_grpc.auth.principal import Scope
-from nexus_grpc.plugins.spec import OwnershipCheck
 from nexus_grpc.errors import NotFoundError
+from nexus_grpc.plugins.spec import OwnershipCheck
 from nexus_grpc.storage import Repository
 
 from .feed import ChangeFeed, WatcherTooSlowError
 from .validation import (
     UPDATABLE_FIELDS,
-    validate_cancel,
     validate_create,
-    validate_id,
     validate_list,
     validate_update,
 )
@@ -87,7 +85,6 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
         self, request: orders_pb2.GetOrderRequest, context: Context
     ) -> orders_pb2.Order:
         """The order with ``request.id``."""
-        validate_id(request.id)
         order = await self._orders.get(request.id)
         if order is None:
             raise NotFoundError("order", request.id)
@@ -133,7 +130,6 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
         self, request: orders_pb2.CancelOrderRequest, context: Context
     ) -> orders_pb2.Order:
         """Cancel an open order, recording why."""
-        validate_cancel(request)
         async with self._storage.transaction() as unit:
             orders = unit.repository(orders_pb2.Order)
             order = await _open_order(orders, request.id, "cancelled")

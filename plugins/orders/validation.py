@@ -53,13 +53,6 @@ def validate_create(request: orders_pb2.CreateOrderRequest) -> None:
     _raise_if(check_order_fields(request.order, "order", UPDATABLE_FIELDS))
 
 
-def validate_id(value: str, field: str = "id") -> None:
-    """Nothing left to check: the contract's rules enforce the id format.
-
-    Kept while ``service.py`` still calls it; the call and this function can go.
-    """
-
-
 def validate_list(request: orders_pb2.ListOrdersRequest) -> tuple[str, bool]:
     """Check the ordering; return the order-by field and whether it descends."""
     field, descending = "create_time", True
@@ -103,13 +96,6 @@ def validate_update(request: orders_pb2.UpdateOrderRequest) -> tuple[str, ...]:
         found += check_order_fields(request.order, "order", paths)
     _raise_if(found)
     return paths
-
-
-def validate_cancel(request: orders_pb2.CancelOrderRequest) -> None:
-    """Nothing left to check: the contract's rules enforce the id and the reason's length.
-
-    Kept while ``service.py`` still calls it; the call and this function can go.
-    """
 
 
 def _raise_if(found: list[FieldViolation]) -> None:

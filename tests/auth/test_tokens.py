@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -14,6 +15,8 @@ import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from nexus_grpc.auth import tokens
 from nexus_grpc.auth.principal import Grant, Principal, Scope
@@ -36,6 +39,7 @@ from tests.auth import (
 )
 
 PRIVATE_KEYS = {"RS256": rsa_key, "PS256": rsa_key, "ES256": ec_key, "EdDSA": ed_key}
+BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 ALL_ALGORITHMS = ["HS256", "HS512", "RS256", "PS256", "ES256", "EdDSA"]
 
 EXPECTED = Principal(
@@ -75,6 +79,16 @@ async def setup(
     keys = await KeySet.load(config, tmp_path)
     verifier = TokenVerifier(keys, config, clock=clock or Clock(), cache_size=cache_size)
     return verifier, signing_key, config
+
+
+@pytest.fixture(scope="module")
+def es256(tmp_path_factory: pytest.TempPathFactory) -> tuple[TokenVerifier, str]:
+    """One ES256 verifier and a token it accepts, shared by the property tests.
+
+    (PEM-key verifiers hold no event-loop state, so building it in its own loop is fine.)
+    """
+    verifier, key, _ = asyncio.run(setup(tmp_path_factory.mktemp("es256"), "ES256"))
+    return verifier, sign(claims(), key, "ES256")
 
 
 async def refused(
@@ -273,12 +287,61 @@ async def test_tampered_payload_is_refused(tmp_path: Path, algorithm: str) -> No
     await refused(verifier, f"{header}.{promoted}.{signature}", "SIGNATURE_INVALID")
 
 
-async def test_tampered_signature_is_refused(tmp_path: Path) -> None:
-    verifier, key, _ = await setup(tmp_path)
-    header, payload, signature = sign(claims(), key, "HS256").split(".")
+@pytest.mark.parametrize("algorithm", ["HS256", "RS256", "PS256", "ES256", "EdDSA"])
+async def test_tampered_signature_is_refused(tmp_path: Path, algorithm: str) -> None:
+    verifier, key, _ = await setup(tmp_path, algorithm)
+    header, payload, signature = sign(claims(), key, algorithm).split(".")
     flipped = signature[:10] + ("A" if signature[10] != "A" else "B") + signature[11:]
-    await refused(verifier, f"{header}.{payload}.{flipped}", "SIGNATURE_INVALID")
-    await refused(verifier, f"{header}.{payload}.", "SIGNATURE_INVALID")
+    raw = jwt.utils.base64url_decode(signature)
+    shorter, longer = b64(raw[:-1]), b64(raw + b"\0")
+    for forged in (flipped, "", "AAAA", shorter, longer, "A" * 2000):
+        await refused(verifier, f"{header}.{payload}.{forged}", "SIGNATURE_INVALID")
+
+
+async def test_signature_with_altered_unused_bits_is_refused(tmp_path: Path) -> None:
+    # 32 signature bytes take 43 characters; the last one has 2 unused bits, so four
+    # spellings decode to the same bytes. Only the canonical one is accepted.
+    verifier, key, _ = await setup(tmp_path)
+    token = sign(claims(), key, "HS256")
+    last = BASE64URL.index(token[-1])
+    for spare in (1, 2, 3):
+        await refused(verifier, token[:-1] + BASE64URL[last ^ spare], "TOKEN_MALFORMED")
+    assert await verifier.verify(token)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(position=st.integers(min_value=0), replacement=st.sampled_from(BASE64URL + "."))
+async def test_any_one_character_change_is_refused(
+    es256: tuple[TokenVerifier, str], position: int, replacement: str
+) -> None:
+    verifier, token = es256
+    position %= len(token)
+    assume(token[position] != replacement)
+    altered = token[:position] + replacement + token[position + 1 :]
+    with pytest.raises(AuthError):
+        await verifier.verify(altered)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    token=st.one_of(
+        st.text(max_size=300),
+        st.lists(st.text(BASE64URL, max_size=60), min_size=1, max_size=5).map(".".join),
+        st.tuples(st.dictionaries(st.text(max_size=5), st.text(max_size=5)), st.binary()).map(
+            lambda parts: f"{b64(parts[0])}.{b64(parts[1])}.{b64(parts[1])}"
+        ),
+    )
+)
+async def test_arbitrary_input_only_ever_raises_auth_error(
+    es256: tuple[TokenVerifier, str], token: str
+) -> None:
+    verifier, _ = es256
+    with pytest.raises(AuthError):
+        await verifier.verify(token)
 
 
 # --- time claims ----------------------------------------------------------------------
@@ -374,6 +437,7 @@ async def test_wrong_audience_is_refused(tmp_path: Path, audience: object) -> No
         ("exp", True),
         ("exp", float("inf")),
         ("exp", float("nan")),
+        ("exp", 10**400),
         ("iat", "2027-01-01"),
         ("nbf", "later"),
     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -44,6 +45,7 @@ class ServeProcess:
     """A running `nexus serve` and the JSON log lines it printed so far."""
 
     process: subprocess.Popen[str]
+    data_dir: Path = Path()
     address: str = ""
     http_address: str = ""
     logs: list[dict[str, Any]] = field(default_factory=list)
@@ -75,6 +77,20 @@ class ServeProcess:
                 self.logs.append(json.loads(line))
             except json.JSONDecodeError:
                 self.logs.append({"message": line.rstrip()})
+
+    def token(self, subject: str = "e2e-admin", grants: tuple[str, ...] = ("*.*:all",)) -> str:
+        """An access token the host accepts, signed with the secret it generated."""
+        from nexus_grpc.auth import Grant, KeySet, Principal, TokenIssuer
+        from nexus_grpc.config import AuthConfig
+
+        config = AuthConfig()
+        keys = asyncio.run(KeySet.load(config, self.data_dir))
+        principal = Principal(subject=subject, grants=frozenset(map(Grant.parse, grants)))
+        return TokenIssuer(keys, config).issue_access(principal)[0]
+
+    def bearer(self, **kwargs: Any) -> str:
+        """``authorization: Bearer <token>`` for grpcurl's -H."""
+        return f"authorization: Bearer {self.token(**kwargs)}"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         """Send ``sig``, wait for the exit status, release the pipe."""
@@ -118,7 +134,7 @@ def start_serve(
         stderr=subprocess.PIPE,
         text=True,
     )
-    serve = ServeProcess(process)
+    serve = ServeProcess(process, data_dir=tmp_path / "data")
 
     def pump() -> None:
         assert process.stderr is not None

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -23,43 +26,141 @@ def curl() -> str:
     return path
 
 
-def readme_rest_commands() -> list[str]:
-    """The shell commands between the rest-tour markers of README.md, one per command."""
+def readme_block(marker: str) -> list[str]:
+    """The shell commands between a README marker pair, one per command."""
     text = (REPO / "README.md").read_text()
-    block = text.split("<!-- rest-tour -->", 1)[1].split("<!-- /rest-tour -->", 1)[0]
+    block = text.split(f"<!-- {marker} -->", 1)[1].split(f"<!-- /{marker} -->", 1)[0]
     body = block.split("```sh\n", 1)[1].rsplit("```", 1)[0]
     return [command for command in body.replace("\\\n", " ").splitlines() if command.strip()]
 
 
-def test_readme_curl_examples_work_as_printed(serve: ServeProcess, curl: str) -> None:
-    commands = readme_rest_commands()
-    assert len(commands) == 8
-    outputs = []
-    for command in commands:
+@dataclass
+class Ran:
+    command: str
+    code: int
+    out: str
+    err: str
+
+
+def run_in_one_shell(commands: list[str], serve: ServeProcess, tmp_path: Path) -> list[Ran]:
+    """Run the commands in one bash session (variables carry over), as a reader would."""
+    script = []
+    for index, command in enumerate(commands):
         command = command.replace("127.0.0.1:8080", serve.http_address)
-        result = subprocess.run(
-            ["bash", "-c", command], capture_output=True, text=True, timeout=30, check=False
+        command = command.replace("127.0.0.1:50051", serve.address)
+        script.append(
+            f"{{ {command} ; }} >{tmp_path}/out{index} 2>{tmp_path}/err{index}; "
+            f"echo $? >{tmp_path}/rc{index}"
         )
-        # curl exits 28 when --max-time ends the endless watch stream, as intended.
-        assert result.returncode in (0, 28), (command, result.stderr)
-        outputs.append(result.stdout)
-    created, fetched, listed, patched, cancelled, missing_order, watched, openapi = outputs
-    order = json.loads(created)
+    subprocess.run(
+        ["bash", "-c", "\n".join(script)],
+        cwd=REPO,
+        timeout=180,
+        check=True,
+        env={**os.environ, "NEXUS_DATA_DIR": str(serve.data_dir)},
+    )
+    return [
+        Ran(
+            command,
+            int((tmp_path / f"rc{i}").read_text()),
+            (tmp_path / f"out{i}").read_text(),
+            (tmp_path / f"err{i}").read_text(),
+        )
+        for i, command in enumerate(commands)
+    ]
+
+
+def test_readme_tours_work_as_printed(
+    serve: ServeProcess, curl: str, grpcurl: str, tmp_path: Path
+) -> None:
+    grpc_tour = readme_block("grpc-tour")
+    rest_tour = readme_block("rest-tour")
+    assert len(grpc_tour) == 12 and len(rest_tour) == 10
+    ran = run_in_one_shell(grpc_tour + rest_tour, serve, tmp_path)
+    (
+        bootstrap,
+        users,
+        listed,
+        described,
+        login,
+        created,
+        orders,
+        invalid,
+        anonymous,
+        watched,
+        health,
+        plugins,
+        rest_login,
+        rest_created,
+        fetched,
+        rest_listed,
+        patched,
+        cancelled,
+        missing_order,
+        no_token,
+        rest_watched,
+        openapi,
+    ) = ran
+    # grpcurl exits 68 (DeadlineExceeded) when -max-time ends the endless watch, as intended.
+    assert watched.code in (0, 68), watched.err
+    for step in (
+        bootstrap,
+        users,
+        listed,
+        described,
+        login,
+        created,
+        orders,
+        health,
+        plugins,
+        rest_login,
+        rest_created,
+        fetched,
+        rest_listed,
+        patched,
+        cancelled,
+        missing_order,
+        no_token,
+        openapi,
+    ):
+        assert step.code == 0, (step.command, step.err)
+    assert "created admin with roles admin" in users.out
+    assert "nexus.auth.v1.AuthService" in listed.out.split()
+    assert "rpc CancelOrder" in described.out
+    assert json.loads(created.out)["status"] == "ORDER_STATUS_PENDING"
+    assert [o["customer_id"] for o in json.loads(orders.out)["orders"]] == ["alice"]
+    assert invalid.code != 0 and "Code: InvalidArgument" in invalid.err
+    assert "order.items[0].quantity: must be at least 1" in invalid.err
+    assert anonymous.code != 0 and "Code: Unauthenticated" in anonymous.err
+    assert '"change_type": "CHANGE_TYPE_EXISTING"' in watched.out
+    assert json.loads(health.out) == {"status": "SERVING"}
+    assert any(
+        line.split()[:4] == ["orders", "1.0.0", "business", "SERVING"]
+        for line in plugins.out.splitlines()
+    )
+
+    order = json.loads(rest_created.out)
     assert order["id"] == "order-1"
     assert order["totalCents"] == "2500"
-    assert json.loads(fetched) == order
-    assert [o["id"] for o in json.loads(listed)["orders"]] == ["order-1"]
-    assert json.loads(patched)["note"] == "gift wrap, please"
-    assert json.loads(cancelled)["status"] == "ORDER_STATUS_CANCELLED"
-    assert missing_order.startswith("HTTP/1.1 404")
-    assert json.loads(missing_order.split("\n\n", 1)[1])["message"] == "order 'order-2' not found"
-    first_change = json.loads(watched.splitlines()[0])
-    assert first_change["changeType"] == "CHANGE_TYPE_EXISTING"
-    assert json.loads(openapi)["openapi"].startswith("3.1")
+    assert json.loads(fetched.out) == order
+    assert "order-1" in [o["id"] for o in json.loads(rest_listed.out)["orders"]]
+    assert json.loads(patched.out)["note"] == "gift wrap, please"
+    assert json.loads(cancelled.out)["status"] == "ORDER_STATUS_CANCELLED"
+    assert missing_order.out.startswith("HTTP/1.1 404")
+    assert (
+        json.loads(missing_order.out.split("\n\n", 1)[1])["message"] == "order 'order-2' not found"
+    )
+    assert no_token.out.startswith("HTTP/1.1 401")
+    assert re.search(r"(?im)^www-authenticate: Bearer", no_token.out)
+    # curl exits 28 when --max-time ends the endless watch stream, as intended.
+    assert rest_watched.code in (0, 28)
+    assert json.loads(rest_watched.out.splitlines()[0])["changeType"] == "CHANGE_TYPE_EXISTING"
+    assert json.loads(openapi.out)["openapi"].startswith("3.1")
 
 
 def test_curl_errors_and_headers(serve: ServeProcess, curl: str) -> None:
     base = f"http://{serve.http_address}"
+    token = f"Authorization: Bearer {serve.token()}"
     wrong = subprocess.run(
         [curl, "-s", "-i", "-X", "DELETE", f"{base}/v1/orders"],
         capture_output=True,
@@ -79,6 +180,8 @@ def test_curl_errors_and_headers(serve: ServeProcess, curl: str) -> None:
             f"{base}/v1/orders",
             "-H",
             "Content-Type: application/json",
+            "-H",
+            token,
             "-H",
             "X-Request-Id: curl-1",
             "-d",
@@ -100,12 +203,15 @@ def test_curl_errors_and_headers(serve: ServeProcess, curl: str) -> None:
 
 def test_buf_curl_over_grpc_web(serve: ServeProcess, buf: str) -> None:
     base = f"http://{serve.http_address}"
+    bearer = serve.bearer()
     created = subprocess.run(
         [
             buf,
             "curl",
             "--schema",
             str(REPO),
+            "-H",
+            bearer,
             "--protocol",
             "grpcweb",
             "-d",
@@ -127,6 +233,8 @@ def test_buf_curl_over_grpc_web(serve: ServeProcess, buf: str) -> None:
             "curl",
             "--schema",
             str(REPO),
+            "-H",
+            bearer,
             "--protocol",
             "grpcweb",
             "-d",
@@ -146,6 +254,8 @@ def test_buf_curl_over_grpc_web(serve: ServeProcess, buf: str) -> None:
             "curl",
             "--schema",
             str(REPO),
+            "-H",
+            bearer,
             "--protocol",
             "grpcweb",
             "--timeout",

@@ -75,6 +75,8 @@ def test_grpcurl_lists_describes_and_calls_through_reflection(
     created = run(
         grpcurl,
         "-plaintext",
+        "-H",
+        serve.bearer(),
         "-d",
         ORDER_JSON,
         serve.address,
@@ -88,6 +90,8 @@ def test_grpcurl_lists_describes_and_calls_through_reflection(
     fetched = run(
         grpcurl,
         "-plaintext",
+        "-H",
+        serve.bearer(),
         "-d",
         json.dumps({"id": order["id"]}),
         serve.address,
@@ -101,6 +105,8 @@ def test_grpcurl_lists_describes_and_calls_through_reflection(
     invalid = run(
         grpcurl,
         "-plaintext",
+        "-H",
+        serve.bearer(),
         "-d",
         '{"order": {}}',
         serve.address,
@@ -114,7 +120,15 @@ def test_grpcurl_lists_describes_and_calls_through_reflection(
 
 def test_buf_curl_calls_through_reflection_v1(serve: ServeProcess, buf: str) -> None:
     base = f"http://{serve.address}"
-    common = ("--protocol", "grpc", "--http2-prior-knowledge", "--reflect-protocol", "grpc-v1")
+    common = (
+        "--protocol",
+        "grpc",
+        "--http2-prior-knowledge",
+        "--reflect-protocol",
+        "grpc-v1",
+        "-H",
+        serve.bearer(),
+    )
     services = run(buf, "curl", *common, "--list-services", base)
     assert services.returncode == 0, services.stderr
     assert "nexus.orders.v1.OrdersService" in services.stdout.split()
@@ -149,7 +163,15 @@ def test_buf_curl_calls_through_reflection_v1(serve: ServeProcess, buf: str) -> 
 
 
 def test_node_grpc_js_client_calls_unary_and_streaming(serve: ServeProcess, node: str) -> None:
-    result = run(node, str(REPO / "tests" / "e2e" / "node" / "orders_client.mjs"), serve.address)
+    result = run(
+        node,
+        str(REPO / "tests" / "e2e" / "node" / "orders_client.mjs"),
+        serve.address,
+        serve.token(
+            subject="node-customer",
+            grants=("orders.create:own", "orders.read:own", "orders.update:own"),
+        ),
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     created = report["created"]
@@ -158,7 +180,7 @@ def test_node_grpc_js_client_calls_unary_and_streaming(serve: ServeProcess, node
     assert report["fetched"]["id"] == created["id"]
     mine = [c for c in report["watch"] if c["order"]["id"] == created["id"]]
     assert [c["change_type"] for c in mine] == ["CHANGE_TYPE_EXISTING", "CHANGE_TYPE_CANCELLED"]
-    assert report["not_found_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    assert report["not_found_code"] == grpc.StatusCode.PERMISSION_DENIED.value[0]
 
 
 def test_nexus_plugins_lists_a_broken_plugin_beside_good_ones(
@@ -173,7 +195,9 @@ def test_nexus_plugins_lists_a_broken_plugin_beside_good_ones(
     (broken / "__init__.py").write_text("raise RuntimeError('cannot import me')\n")
     serve = start_serve(tmp_path, probe_stubs, [REPO / "plugins", tmp_path / "more"])
     try:
-        table = run(str(BIN / "nexus"), "plugins", "--address", serve.address)
+        table = run(
+            str(BIN / "nexus"), "plugins", "--address", serve.address, "--token", serve.token()
+        )
         assert table.returncode == 0, table.stderr
         lines = table.stdout.splitlines()
         assert lines[0].split() == ["NAME", "VERSION", "CATEGORY", "STATE", "SERVICES"]
@@ -231,6 +255,8 @@ def test_access_log_has_request_id_and_code(serve: ServeProcess, grpcurl: str) -
         grpcurl,
         "-plaintext",
         "-H",
+        serve.bearer(),
+        "-H",
         "x-request-id: e2e-1",
         "-d",
         '{"id": "missing"}',
@@ -276,11 +302,13 @@ def test_health_stream_and_calls_are_threaded_safely(serve: ServeProcess) -> Non
     from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 
     errors: list[BaseException] = []
+    token = serve.token()
 
     def client(n: int) -> None:
         try:
             with grpc.insecure_channel(serve.address) as channel:
                 stub = orders_pb2_grpc.OrdersServiceStub(channel)
+                metadata = (("authorization", f"Bearer {token}"),)
                 for i in range(10):
                     stub.CreateOrder(
                         orders_pb2.CreateOrderRequest(
@@ -293,6 +321,7 @@ def test_health_stream_and_calls_are_threaded_safely(serve: ServeProcess) -> Non
                             )
                         ),
                         timeout=10,
+                        metadata=metadata,
                     )
         except BaseException as error:
             errors.append(error)
@@ -305,5 +334,9 @@ def test_health_stream_and_calls_are_threaded_safely(serve: ServeProcess) -> Non
     assert errors == []
     with grpc.insecure_channel(serve.address) as channel:
         stub = orders_pb2_grpc.OrdersServiceStub(channel)
-        listed = stub.ListOrders(orders_pb2.ListOrdersRequest(page_size=1000), timeout=10)
+        listed = stub.ListOrders(
+            orders_pb2.ListOrdersRequest(page_size=1000),
+            timeout=10,
+            metadata=(("authorization", f"Bearer {token}"),),
+        )
     assert len(listed.orders) == 80

@@ -65,9 +65,12 @@ function loadOrdersService() {
   return pkg.nexus.orders.v1.OrdersService;
 }
 
+// Call metadata: the bearer token given on the command line.
+const callMetadata = new grpc.Metadata();
+
 function unary(client, method, request) {
   return new Promise((resolve, reject) => {
-    client[method](request, { deadline: deadline() }, (err, response) => {
+    client[method](request, callMetadata, { deadline: deadline() }, (err, response) => {
       if (err) {
         err.message = `${method}: ${err.message}`;
         reject(err);
@@ -81,7 +84,7 @@ function unary(client, method, request) {
 // Opens WatchOrders and returns helpers to wait for a particular change. Every change
 // received is appended to `changes`.
 function openWatch(client, request) {
-  const call = client.WatchOrders(request, { deadline: deadline() });
+  const call = client.WatchOrders(request, callMetadata, { deadline: deadline() });
   const changes = [];
   let waiter = null; // { predicate, resolve, reject, what }
   let ended = null; // Error once the stream failed or ended
@@ -172,9 +175,11 @@ async function run(target) {
     let notFound;
     try {
       const order = await unary(client, "GetOrder", { id: unknownId });
-      throw new Error(`GetOrder(${unknownId}) succeeded, expected NOT_FOUND: ${JSON.stringify(order)}`);
+      throw new Error(`GetOrder(${unknownId}) succeeded, expected an error: ${JSON.stringify(order)}`);
     } catch (err) {
-      if (err?.code !== grpc.status.NOT_FOUND) throw err;
+      // A customer asking for an order that is not theirs (or does not exist) is
+      // refused the same way either way: PERMISSION_DENIED.
+      if (err?.code !== grpc.status.PERMISSION_DENIED) throw err;
       notFound = err;
     }
 
@@ -191,10 +196,11 @@ async function run(target) {
 }
 
 const args = process.argv.slice(2);
-if (args.length !== 1 || args[0].startsWith("-")) {
-  process.stderr.write("usage: node tests/e2e/node/orders_client.mjs <host:port>\n");
+if (args.length !== 2 || args[0].startsWith("-")) {
+  process.stderr.write("usage: node tests/e2e/node/orders_client.mjs <host:port> <access token>\n");
   process.exit(2);
 }
+callMetadata.set("authorization", `Bearer ${args[1]}`);
 
 const overall = setTimeout(
   () => fail(`gave up after ${OVERALL_TIMEOUT_MS / 1000} s overall`),

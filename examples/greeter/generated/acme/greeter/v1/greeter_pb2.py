@@ -23,21 +23,24 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from nexus.options.v1 import options_pb2 as nexus_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61\x63me/greeter/v1/greeter.proto\x12\x0f\x61\x63me.greeter.v1\x1a\x1cgoogle/api/annotations.proto\"\x1f\n\x0fSayHelloRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"#\n\x10SayHelloResponse\x12\x0f\n\x07message\x18\x01 \x01(\t2\x7f\n\x0eGreeterService\x12m\n\x08SayHello\x12 .acme.greeter.v1.SayHelloRequest\x1a!.acme.greeter.v1.SayHelloResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/greetings/{name}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61\x63me/greeter/v1/greeter.proto\x12\x0f\x61\x63me.greeter.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1enexus/options/v1/options.proto\"\x1f\n\x0fSayHelloRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"#\n\x10SayHelloResponse\x12\x0f\n\x07message\x18\x01 \x01(\t2\x87\x01\n\x0eGreeterService\x12m\n\x08SayHello\x12 .acme.greeter.v1.SayHelloRequest\x1a!.acme.greeter.v1.SayHelloResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/greetings/{name}\x1a\x06\xea\xbb\x1c\x02\x08\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'acme.greeter.v1.greeter_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_GREETERSERVICE']._loaded_options = None
+  _globals['_GREETERSERVICE']._serialized_options = b'\352\273\034\002\010\001'
   _globals['_GREETERSERVICE'].methods_by_name['SayHello']._loaded_options = None
   _globals['_GREETERSERVICE'].methods_by_name['SayHello']._serialized_options = b'\202\323\344\223\002\026\022\024/v1/greetings/{name}'
-  _globals['_SAYHELLOREQUEST']._serialized_start=80
-  _globals['_SAYHELLOREQUEST']._serialized_end=111
-  _globals['_SAYHELLORESPONSE']._serialized_start=113
-  _globals['_SAYHELLORESPONSE']._serialized_end=148
-  _globals['_GREETERSERVICE']._serialized_start=150
-  _globals['_GREETERSERVICE']._serialized_end=277
+  _globals['_SAYHELLOREQUEST']._serialized_start=112
+  _globals['_SAYHELLOREQUEST']._serialized_end=143
+  _globals['_SAYHELLORESPONSE']._serialized_start=145
+  _globals['_SAYHELLORESPONSE']._serialized_end=180
+  _globals['_GREETERSERVICE']._serialized_start=183
+  _globals['_GREETERSERVICE']._serialized_end=318
 # @@protoc_insertion_point(module_scope)
