@@ -120,7 +120,9 @@ class Host:
     async def _start_parts(self) -> None:
         await asyncio.to_thread(Path(self.config.data_dir).mkdir, parents=True, exist_ok=True)
         # Bind first: a taken port should fail before any plugin start hook runs.
-        self._server, self.grpc_port = create_server(self.config.server, self.router)
+        self._server, self.grpc_port = create_server(
+            self.config.server, self.router, self.metrics.count_unknown
+        )
         if self.config.http.address:
             gateway = GatewayApp(
                 self.router, GatewaySettings.from_config(self.config.http), metrics=self.metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -19,18 +20,25 @@ class ListenError(RuntimeError):
 class Dispatcher(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     """The server's only handler: looks each call up in the current routing table."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, on_unknown: Callable[[str], None] | None = None) -> None:
         self._router = router
+        self._on_unknown = on_unknown
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         """The route's handler, or None (grpcio answers UNIMPLEMENTED) for unknown methods."""
         route = self._router.table.routes.get(handler_call_details.method)
-        return route.grpc_handler if route is not None else None
+        if route is None:
+            if self._on_unknown is not None:
+                self._on_unknown("grpc")
+            return None
+        return route.grpc_handler
 
 
-def create_server(config: ServerConfig, router: Router) -> tuple[grpc.aio.Server, int]:
+def create_server(
+    config: ServerConfig, router: Router, on_unknown: Callable[[str], None] | None = None
+) -> tuple[grpc.aio.Server, int]:
     """A server bound to ``config.grpc_address``, not started; returns it and its port."""
     options = [
         # grpcio enables SO_REUSEPORT by default, which lets a second host bind the same
@@ -40,7 +48,7 @@ def create_server(config: ServerConfig, router: Router) -> tuple[grpc.aio.Server
         ("grpc.max_send_message_length", config.max_message_bytes),
     ]
     server = grpc.aio.server(options=options)
-    server.add_generic_rpc_handlers((Dispatcher(router),))
+    server.add_generic_rpc_handlers((Dispatcher(router, on_unknown),))
     try:
         port = server.add_insecure_port(config.grpc_address)
     except RuntimeError as error:

@@ -25,6 +25,8 @@ import grpc
 
 from nexus_grpc.auth.principal import Grant, Principal
 from nexus_grpc.config import (
+    AuthConfig,
+    LimitsConfig,
     Config,
     HttpConfig,
     LogConfig,
@@ -137,6 +139,8 @@ async def running_host(
     strict: bool = False,
     grace_period: float = 1.0,
     http: bool | HttpConfig = False,
+    auth: AuthConfig | None = None,
+    limits: LimitsConfig | None = None,
 ) -> AsyncIterator[RunningHost]:
     """Start a host on a free port with ``plugins`` (None: every plugin found); stop it after.
 
@@ -152,6 +156,8 @@ async def running_host(
             strict=strict,
         ),
         http=_http_config(http),
+        auth=auth or AuthConfig(),
+        limits=limits or LimitsConfig(),
         storage=StorageConfig(url=storage_url),
         log=LogConfig(access=False),
         plugin=dict(plugin_config or {}),

@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 
 import grpc
 from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
 
 from nexus_grpc.config import HttpConfig
 from nexus_grpc.errors import StatusError
@@ -186,6 +187,8 @@ class GatewayApp:
             allowed = routes.matcher.allowed_methods(path)
             if allowed:
                 raise _method_not_allowed(method, path, allowed)
+            if self._metrics is not None:
+                self._metrics.count_unknown("rest")
             raise StatusError(
                 grpc.StatusCode.NOT_FOUND, f"no route for {method} {path}", reason="ROUTE_NOT_FOUND"
             )
@@ -339,7 +342,20 @@ class GatewayApp:
         headers = [(b"content-type", JSON), *cors, *metadata_headers(context)]
         if code == grpc.StatusCode.UNAUTHENTICATED:
             headers.append((b"www-authenticate", b'Bearer realm="nexus"'))
+        retry_after = _retry_after(status)
+        if retry_after:
+            headers.append((b"retry-after", retry_after.encode()))
         await send_response(send, http_status(code), headers, dumps(status_body(status)))
+
+
+def _retry_after(status: status_pb2.Status) -> str:
+    """Whole seconds from a RetryInfo detail, for the Retry-After header."""
+    for detail in status.details:
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            delay = info.retry_delay.seconds + (1 if info.retry_delay.nanos else 0)
+            return str(max(delay, 1))
+    return ""
 
 
 def _method_not_allowed(method: str, path: str, allowed: list[str]) -> StatusError:

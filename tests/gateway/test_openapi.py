@@ -272,8 +272,10 @@ def test_paths_differing_only_in_names_share_one_path_item(
     assert update["_path"] == "/v1/orders/{id}"
     assert "Sets the request field `order.id`." in _params(update, "path")["id"]["description"]
     delete = _operations(widgets)["WidgetService_DeleteWidget"]
-    assert delete["_path"] == "/v1/widgets/{widget.id}"
-    number = _params(delete, "path")["widget.id"]
+    # Dotted variable names become underscores: tools read a dot as a nested lookup.
+    assert delete["_path"] == "/v1/widgets/{widget_id}"
+    number = _params(delete, "path")["widget_id"]
+    assert "Sets the request field" in number["description"]
     assert number["schema"]["type"] == "integer"
     assert number["schema"]["format"] == "int64"
 
