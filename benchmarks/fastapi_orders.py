@@ -8,9 +8,16 @@ timestamps, default values left out), checks the same rules as
 repository (``Storage`` on SQLite, namespace ``plugins/business/orders``, a repository of
 ``orders_pb2.Order``), converting pydantic models to and from protobuf messages.
 
+With ``--jwt-secret-file`` both routes require ``Authorization: Bearer <token>``, checked
+the usual FastAPI way: ``HTTPBearer`` and an ``async`` dependency that verifies the JWT
+with PyJWT (HS256, audience and issuer "nexus", exp/iat/iss/aud/sub required) on every
+request, the token work nexus does for the same calls (nexus caches verified tokens;
+this baseline does not, as most FastAPI apps do not).
+
 Run it the way the bench does (uvicorn with the options the nexus HTTP server uses)::
 
-    .venv/bin/python -m benchmarks.fastapi_orders --port 8001 --data-dir /tmp/fastapi-orders
+    .venv/bin/python -m benchmarks.fastapi_orders --port 8001 --data-dir /tmp/fastapi-orders \
+        --jwt-secret-file /tmp/secret.key
 """
 
 from __future__ import annotations
@@ -21,11 +28,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import jwt
 import uvicorn
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi import Path as PathParam
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from google.protobuf import timestamp_pb2
 from nexus.orders.v1 import orders_pb2
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
@@ -34,7 +43,7 @@ from pydantic.alias_generators import to_camel
 from nexus_grpc.errors import StatusError
 from nexus_grpc.storage import Repository, Storage
 
-__all__ = ["NAMESPACE", "Order", "OrderInput", "create_app", "main"]
+__all__ = ["NAMESPACE", "Order", "OrderInput", "create_app", "main", "token_dependency"]
 
 #: The namespace the nexus host gives the orders plugin (``plugins/<category>/<name>``).
 NAMESPACE = "plugins/business/orders"
@@ -166,9 +175,47 @@ def _datetime(order: orders_pb2.Order, field: str) -> datetime | None:
     return stamp.ToDatetime(tzinfo=UTC)
 
 
-def create_app(data_dir: Path) -> FastAPI:
-    """The orders app, storing in SQLite at ``data_dir/nexus.db`` (opened by the lifespan)."""
+#: What nexus's verifier requires of a token too (it also requires ``typ``).
+REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
+
+
+def token_dependency(secret: bytes) -> Any:
+    """A dependency that verifies the bearer JWT with ``secret``; its claims, or 401."""
+    bearer = HTTPBearer(auto_error=False)
+
+    async def verified_claims(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> dict[str, Any]:
+        if credentials is None:
+            raise HTTPException(
+                401, "this route needs a bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                credentials.credentials,
+                secret,
+                algorithms=["HS256"],
+                audience="nexus",
+                issuer="nexus",
+                options={"require": REQUIRED_CLAIMS},
+            )
+        except jwt.PyJWTError:
+            raise HTTPException(
+                401, "invalid token", headers={"WWW-Authenticate": "Bearer"}
+            ) from None
+        return claims
+
+    return verified_claims
+
+
+def create_app(data_dir: Path, jwt_secret: bytes | None = None) -> FastAPI:
+    """The orders app, storing in SQLite at ``data_dir/nexus.db`` (opened by the lifespan).
+
+    With ``jwt_secret`` both routes require a bearer JWT signed with it (HS256).
+    """
     repository: list[Repository[orders_pb2.Order]] = []
+    # Route dependencies: the routes run after the token was verified (nothing without one).
+    auth = [Depends(token_dependency(jwt_secret))] if jwt_secret is not None else []
     url = f"sqlite+aiosqlite:///{data_dir.resolve() / 'nexus.db'}"
 
     @asynccontextmanager
@@ -182,7 +229,12 @@ def create_app(data_dir: Path) -> FastAPI:
 
     app = FastAPI(title="orders (FastAPI baseline)", lifespan=lifespan)
 
-    @app.post("/v1/orders", response_model=Order, response_model_exclude_defaults=True)
+    @app.post(
+        "/v1/orders",
+        response_model=Order,
+        response_model_exclude_defaults=True,
+        dependencies=auth,
+    )
     async def create_order(
         order: OrderInput,
         order_id: Annotated[str, Query(pattern=ID_PATTERN)] = "",
@@ -202,7 +254,12 @@ def create_app(data_dir: Path) -> FastAPI:
             raise HTTPException(409, error.message) from None
         return from_proto(created)
 
-    @app.get("/v1/orders/{id}", response_model=Order, response_model_exclude_defaults=True)
+    @app.get(
+        "/v1/orders/{id}",
+        response_model=Order,
+        response_model_exclude_defaults=True,
+        dependencies=auth,
+    )
     async def get_order(id: Annotated[str, PathParam(pattern=ID_PATTERN)]) -> Order:
         """What ``OrdersService.GetOrder`` does."""
         found = await repository[0].get(id)
@@ -224,10 +281,16 @@ def main() -> None:
         default="asyncio",
         help="uvicorn event loop; asyncio (default) is what nexus runs on (asyncio.run)",
     )
+    parser.add_argument(
+        "--jwt-secret-file",
+        type=Path,
+        help="HMAC secret: require a bearer JWT (HS256) signed with it on both routes",
+    )
     args = parser.parse_args()
     args.data_dir.mkdir(parents=True, exist_ok=True)
+    secret = args.jwt_secret_file.read_bytes() if args.jwt_secret_file else None
     uvicorn.run(
-        create_app(args.data_dir),
+        create_app(args.data_dir, secret),
         host=args.host,
         port=args.port,
         http="httptools",

@@ -1,30 +1,39 @@
 """Side-by-side throughput of nexus REST and gRPC against FastAPI and bare grpc.aio.
 
-``scripts/bench`` runs this module after installing what it needs. It starts three
-servers, each its own process on free 127.0.0.1 ports:
+``scripts/bench`` runs this module after installing what it needs. It makes a fresh
+HMAC secret (mode 0600, in the run's temporary folder), a nexus config using it, and an
+admin access token (``*.*:all``) signed with it, then starts four servers, each its own
+process on free 127.0.0.1 ports:
 
-* ``nexus serve`` with only the orders plugin, gRPC and the REST gateway on;
-* ``benchmarks.fastapi_orders``: the same REST API written with FastAPI, served by
-  uvicorn with the options the nexus HTTP server uses;
-* ``benchmarks.bare_grpc``: the orders servicer on a plain grpc.aio server.
+* ``nexus serve --config <that file>`` with only the orders plugin, gRPC and the REST
+  gateway on, the full call pipeline (auth, policy, validation, metrics, rate limits set
+  too high to throttle), access log off;
+* ``benchmarks.fastapi_orders``: the same REST API written with FastAPI, verifying the
+  same JWT with PyJWT on every request, served by uvicorn with the options the nexus
+  HTTP server uses;
+* ``benchmarks.bare_grpc --jwt-secret-file``: the orders servicer on a plain grpc.aio
+  server, verifying the same JWT with PyJWT on every call;
+* ``benchmarks.bare_grpc``: the orders servicer on a plain grpc.aio server, nothing else
+  (no auth, no interceptors): the baseline of the pipeline's goal.
 
+Every client sends ``authorization: Bearer <token>`` on every request to every target.
 Each server gets one seeded order (read by the GET runs) and one checked call per
-operation before any load. Then every case (target x operation) is warmed up once and
+operation before any load; the targets that check tokens must refuse a call without one
+and a call with a forged one. Then every case (target x operation) is warmed up once and
 measured ``BENCH_ROUNDS`` times, the cases interleaved (all cases of round 1, then all
 of round 2, ...) so drifts of this noisy machine spread over every target; the median
 run is reported. REST is driven by wrk, gRPC by h2load, with identical client settings
 within each compared pair. Results go to stdout and ``benchmarks/results/latest.json``.
 
-Settings (environment): BENCH_SECONDS (8), BENCH_WARMUP (2), BENCH_ROUNDS (2),
+Settings (environment): BENCH_SECONDS (6), BENCH_WARMUP (2), BENCH_ROUNDS (2),
 BENCH_WRK_CONNECTIONS (32), BENCH_H2_CLIENTS (4), BENCH_H2_STREAMS (8): h2load keeps
 clients x streams = 32 calls in flight, as many as wrk's 32 connections, BENCH_PIN (0;
-1 pins every server to CPU 1 and the load tools to CPU 0), BENCH_AUTHORIZATION (an
-Authorization header value every client sends to every target), BENCH_NEXUS_CONFIG (a
-TOML file for ``nexus serve --config``; the bench's NEXUS_* variables still override it).
+1 pins every server to CPU 1 and the load tools to CPU 0).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import http.client
@@ -34,6 +43,7 @@ import os
 import platform
 import re
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -71,10 +81,22 @@ ORDER: dict[str, Any] = {
 
 TARGET_LABELS = {
     "nexus_rest": "nexus REST",
-    "fastapi": "FastAPI",
+    "fastapi": "FastAPI+JWT",
     "nexus_grpc": "nexus gRPC",
+    "bare_grpc_jwt": "grpc.aio+JWT",
     "bare_grpc": "bare grpc.aio",
 }
+#: Targets that must refuse calls without a valid token (bare_grpc ignores tokens).
+CHECKS_TOKENS = ("nexus_rest", "fastapi", "nexus_grpc", "bare_grpc_jwt")
+#: The subject and grants of the token every client sends: an admin, so the policy check
+#: of orders.read / orders.create passes with scope "all" (no ownership lookup).
+TOKEN_SUBJECT = "bench-admin"
+TOKEN_GRANTS = ("*.*:all",)
+#: Lifetime of the token: far beyond any run; the secret that signs it lives only in the
+#: run's temporary folder, so the token is worthless once the run is over.
+TOKEN_TTL = 24 * 3600
+#: Rate and burst of the default rate-limit class: high enough never to throttle a run.
+UNLIMITED_RATE = 1e9
 OPERATION_LABELS = {
     ("rest", "get"): "GET /v1/orders/{id}",
     ("rest", "create"): "POST /v1/orders",
@@ -94,7 +116,7 @@ class BenchError(RuntimeError):
 class Settings:
     """What the run measures and how hard the clients push."""
 
-    seconds: int = 8
+    seconds: int = 6
     warmup: int = 2
     rounds: int = 2
     wrk_threads: int = 1
@@ -103,10 +125,6 @@ class Settings:
     h2_clients: int = 4
     h2_streams: int = 8
     pin: bool = False
-    #: Authorization header value sent with every request to every target ("" for none).
-    authorization: str = ""
-    #: TOML file handed to ``nexus serve --config`` ("" for none).
-    nexus_config: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -125,15 +143,13 @@ class Settings:
             return value
 
         return cls(
-            seconds=number("BENCH_SECONDS", 8),
+            seconds=number("BENCH_SECONDS", 6),
             warmup=number("BENCH_WARMUP", 2, minimum=0),
             rounds=number("BENCH_ROUNDS", 2),
             wrk_connections=number("BENCH_WRK_CONNECTIONS", 32),
             h2_clients=number("BENCH_H2_CLIENTS", 4),
             h2_streams=number("BENCH_H2_STREAMS", 8),
             pin=os.environ.get("BENCH_PIN", "0").strip().lower() in ("1", "true", "yes"),
-            authorization=os.environ.get("BENCH_AUTHORIZATION", "").strip(),
-            nexus_config=os.environ.get("BENCH_NEXUS_CONFIG", "").strip(),
         )
 
     def server_prefix(self) -> list[str]:
@@ -203,12 +219,15 @@ class Processes:
             return "(no log)"
         return "\n".join("    " + line for line in text.splitlines()[-lines:])
 
-    def run_tool(self, argv: list[str], timeout: float) -> tuple[int, str, str, float]:
+    def run_tool(
+        self, argv: list[str], timeout: float, env: dict[str, str] | None = None
+    ) -> tuple[int, str, str, float]:
         """Run a load tool; return its status, stdout, stderr and the CPU seconds it used."""
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         process = subprocess.Popen(
             argv,
             cwd=REPO,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -392,6 +411,8 @@ class Case:
     server: str  # name of the server process
     url: str
     database: Path
+    #: Authorization header value the load tool sends with every request.
+    authorization: str = ""
     body_file: Path | None = None
     #: gRPC: size of the smallest successful response frame (error responses carry none).
     min_frame: int = 0
@@ -420,7 +441,13 @@ def run_wrk(case: Case, seconds: int, settings: Settings, procs: Processes) -> S
         str(script),
         case.url,
     ]
-    code, out, err, client_cpu = procs.run_tool(argv, timeout=seconds + 30)
+    # The Lua scripts read the header and the POST body from the environment.
+    env = {
+        **os.environ,
+        "BENCH_AUTHORIZATION": case.authorization,
+        "BENCH_POST_BODY": json.dumps(ORDER, separators=(",", ":")),
+    }
+    code, out, err, client_cpu = procs.run_tool(argv, timeout=seconds + 30, env=env)
     match = re.search(r"^BENCH_WRK (\{.*\})$", out, re.MULTILINE)
     if code != 0 or match is None:
         return Sample(error=f"wrk failed ({code}): {(err or out).strip()[-300:]}")
@@ -478,7 +505,7 @@ def run_h2load(case: Case, seconds: int, settings: Settings, procs: Processes, l
         "content-type: application/grpc",
         "-H",
         "te: trailers",
-        *(["-H", f"authorization: {settings.authorization}"] if settings.authorization else []),
+        *(["-H", f"authorization: {case.authorization}"] if case.authorization else []),
         f"--log-file={log}",
         case.url,
     ]
@@ -563,58 +590,150 @@ def measure(
 # --------------------------------------------------------------------------- setup
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """The run's HMAC secret (a 0600 file in the temporary folder) and a token it signed."""
+
+    secret_file: Path
+    token: str
+    #: The same claims signed with another secret: every token-checking target must refuse it.
+    forged_token: str
+
+    @property
+    def authorization(self) -> str:
+        """The Authorization header value every client sends."""
+        return f"Bearer {self.token}"
+
+
+def make_credentials(workdir: Path) -> Credentials:
+    """A fresh 64-byte secret and an admin access token signed with it by nexus's issuer."""
+    import jwt
+
+    secret_file = workdir / "jwt-hs256.key"
+    # O_EXCL + mode 0600: created private, never a file someone else prepared.
+    handle = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(handle, "wb") as out:
+        out.write(secrets.token_bytes(64))
+    token = asyncio.run(_mint_token(secret_file, workdir))
+    claims = jwt.decode(token, options={"verify_signature": False})
+    forged = jwt.encode(claims, secrets.token_bytes(64), algorithm="HS256")
+    return Credentials(secret_file, token, forged)
+
+
+async def _mint_token(secret_file: Path, workdir: Path) -> str:
+    from nexus_grpc.auth import Grant, KeySet, Principal, TokenIssuer
+    from nexus_grpc.config import AuthConfig
+
+    # The host's defaults (HS256, issuer and audience "nexus") with the run's secret.
+    config = AuthConfig(secret_file=str(secret_file), access_token_ttl=TOKEN_TTL)
+    keys = await KeySet.load(config, workdir)
+    principal = Principal(
+        subject=TOKEN_SUBJECT, grants=frozenset(Grant.parse(grant) for grant in TOKEN_GRANTS)
+    )
+    token, _ = TokenIssuer(keys, config).issue_access(principal)
+    return token
+
+
+def toml_string(value: str) -> str:
+    """``value`` as a TOML basic string (JSON's escapes are valid TOML)."""
+    return json.dumps(value)
+
+
+def write_nexus_config(path: Path, *, data_dir: Path, http_port: int, secret_file: Path) -> None:
+    """The ``nexus serve --config`` file of the run."""
+    rate = repr(UNLIMITED_RATE)
+    path.write_text(
+        "# nexus serve --config for the bench, written by benchmarks/run.py.\n"
+        f"data_dir = {toml_string(str(data_dir))}\n\n"
+        "[http]\n"
+        f'address = "127.0.0.1:{http_port}"\n\n'
+        "[auth]\n"
+        "# The run's secret: the bench signs its token with it, the baselines verify with it.\n"
+        f"secret_file = {toml_string(str(secret_file))}\n\n"
+        "# Every client is one principal: the default 100/s would throttle the load at once.\n"
+        "[limits.rate_classes.default]\n"
+        f"rate = {rate}\n"
+        f"burst = {rate}\n\n"
+        "[log]\n"
+        "access = false\n"
+        'level = "warning"\n'
+        'format = "text"\n\n'
+        "[plugins]\n"
+        'enabled = ["orders"]\n'
+        "entry_points = false\n"
+    )
+
+
 @dataclass
 class Servers:
-    """Ports and data folders of the three server processes."""
+    """Ports and data folders of the four server processes."""
 
     nexus_grpc: int
     nexus_http: int
     fastapi_http: int
+    bare_grpc_jwt: int
     bare_grpc: int
     nexus_data: Path
     fastapi_data: Path
+    bare_jwt_data: Path
     bare_data: Path
 
 
-def start_servers(procs: Processes, workdir: Path, settings: Settings) -> Servers:
-    """Start nexus, the FastAPI app and bare grpc.aio; wait until each answers."""
-    nexus_grpc, nexus_http, fastapi_http, bare_grpc = free_ports(4)
+def start_servers(
+    procs: Processes, workdir: Path, settings: Settings, credentials: Credentials
+) -> Servers:
+    """Start nexus, the FastAPI app and both grpc.aio servers; wait until each answers."""
+    nexus_grpc, nexus_http, fastapi_http, bare_grpc_jwt, bare_grpc = free_ports(5)
     servers = Servers(
         nexus_grpc,
         nexus_http,
         fastapi_http,
+        bare_grpc_jwt,
         bare_grpc,
         workdir / "nexus",
         workdir / "fastapi",
+        workdir / "bare-jwt",
         workdir / "bare",
     )
+    # Everything nexus reads comes from the config file: no NEXUS_* variable of the
+    # caller's environment may override it.
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
-    nexus_env = {
-        **base_env,
-        "NEXUS_LOG__ACCESS": "false",
-        "NEXUS_LOG__LEVEL": "warning",
-        "NEXUS_LOG__FORMAT": "text",
-        "NEXUS_DATA_DIR": str(servers.nexus_data),
-        "NEXUS_HTTP__ADDRESS": f"127.0.0.1:{nexus_http}",
-        "NEXUS_PLUGINS__ENABLED": "orders",
-        "NEXUS_PLUGINS__ENTRY_POINTS": "false",
-    }
+    config = workdir / "nexus.toml"
+    write_nexus_config(
+        config,
+        data_dir=servers.nexus_data,
+        http_port=nexus_http,
+        secret_file=credentials.secret_file,
+    )
     prefix = settings.server_prefix()
-    nexus = [str(BIN / "nexus"), "serve"]
-    if settings.nexus_config:
-        nexus += ["--config", str(Path(settings.nexus_config).resolve())]
+    nexus = [str(BIN / "nexus"), "serve", "--config", str(config)]
     nexus += ["--grpc-address", f"127.0.0.1:{nexus_grpc}"]
-    procs.start("nexus", [*prefix, *nexus], nexus_env)
+    procs.start("nexus", [*prefix, *nexus], base_env)
     python = [*prefix, sys.executable, "-m"]
+    secret = ["--jwt-secret-file", str(credentials.secret_file)]
     procs.start(
         "fastapi",
         [
             *python,
             "benchmarks.fastapi_orders",
+            *secret,
             "--port",
             str(fastapi_http),
             "--data-dir",
             str(servers.fastapi_data),
+        ],
+        base_env,
+    )
+    procs.start(
+        "bare_grpc_jwt",
+        [
+            *python,
+            "benchmarks.bare_grpc",
+            *secret,
+            "--port",
+            str(bare_grpc_jwt),
+            "--data-dir",
+            str(servers.bare_jwt_data),
         ],
         base_env,
     )
@@ -633,6 +752,7 @@ def start_servers(procs: Processes, workdir: Path, settings: Settings) -> Server
     wait_until("nexus gRPC", grpc_ready(nexus_grpc), lambda: procs.check("nexus"), 60)
     wait_until("nexus REST", http_ready(nexus_http), lambda: procs.check("nexus"), 60)
     wait_until("FastAPI", http_ready(fastapi_http), lambda: procs.check("fastapi"), 60)
+    wait_until("grpc.aio+JWT", grpc_ready(bare_grpc_jwt), lambda: procs.check("bare_grpc_jwt"), 60)
     wait_until("bare grpc.aio", grpc_ready(bare_grpc), lambda: procs.check("bare_grpc"), 60)
     return servers
 
@@ -642,14 +762,7 @@ def rest_create(port: int, who: str, authorization: str) -> dict[str, Any]:
     order = json.dumps(ORDER).encode()
     status, _, body = http_call(port, "POST", "/v1/orders", order, authorization)
     if status != 200:
-        hint = ""
-        if status in (401, 403):
-            hint = (
-                "\n  the host wants credentials: set BENCH_AUTHORIZATION='Bearer <token>' and, "
-                "for the key that signed it and limits that let the load through, "
-                "BENCH_NEXUS_CONFIG=<nexus.toml>"
-            )
-        raise BenchError(f"{who} POST /v1/orders answered {status}: {body[:300]!r}{hint}")
+        raise BenchError(f"{who} POST /v1/orders answered {status}: {body[:300]!r}")
     created: dict[str, Any] = json.loads(body)
     return created
 
@@ -673,8 +786,43 @@ def grpc_check(port: int, method: str, payload: bytes, who: str, authorization: 
     return response
 
 
+def check_refusals(
+    servers: Servers, credentials: Credentials, order_ids: dict[str, str]
+) -> dict[str, dict[str, str]]:
+    """Each token-checking target refuses a GET without a token and one with a forged token.
+
+    What a target answered, per target and case; BenchError when one let a call through
+    (its numbers would then not include the token work the comparison assumes).
+    """
+    from nexus.orders.v1 import orders_pb2
+
+    found: dict[str, dict[str, str]] = {}
+    tries = {"no token": "", "forged token": f"Bearer {credentials.forged_token}"}
+    for target in CHECKS_TOKENS:
+        answers = {}
+        for what, authorization in tries.items():
+            if target in ("nexus_rest", "fastapi"):
+                port = servers.nexus_http if target == "nexus_rest" else servers.fastapi_http
+                path = f"/v1/orders/{order_ids[target]}"
+                status, _, _ = http_call(port, "GET", path, None, authorization)
+                answer, refused = str(status), status == 401
+            else:
+                port = servers.nexus_grpc if target == "nexus_grpc" else servers.bare_grpc_jwt
+                payload = orders_pb2.GetOrderRequest(id=order_ids[target]).SerializeToString()
+                answer, _, _ = grpc_raw_call(port, "GetOrder", payload, authorization)
+                refused = answer == "UNAUTHENTICATED"
+            if not refused:
+                raise BenchError(
+                    f"{TARGET_LABELS[target]} answered {answer} to a GET with {what}: "
+                    "it must refuse it (401 / UNAUTHENTICATED)"
+                )
+            answers[what] = answer
+        found[target] = answers
+    return found
+
+
 def prepare_cases(
-    servers: Servers, workdir: Path, authorization: str = ""
+    servers: Servers, workdir: Path, credentials: Credentials
 ) -> tuple[list[Case], dict[str, Any]]:
     """Seed an order per server, check one call per case, build the cases in run order."""
     from google.protobuf import json_format
@@ -688,12 +836,12 @@ def prepare_cases(
     create_file.write_bytes(grpc_frame(create_payload))
 
     # nexus: one order through REST, read back through REST and gRPC.
-    auth = authorization
+    auth = credentials.authorization
     nexus_id = rest_create(servers.nexus_http, "nexus REST", auth)["id"]
     nexus_json = rest_get(servers.nexus_http, nexus_id, "nexus REST", auth)
     # FastAPI: its own order, which must look like nexus's apart from ids and times.
-    fastapi_id = rest_create(servers.fastapi_http, "FastAPI", auth)["id"]
-    fastapi_json = rest_get(servers.fastapi_http, fastapi_id, "FastAPI", auth)
+    fastapi_id = rest_create(servers.fastapi_http, TARGET_LABELS["fastapi"], auth)["id"]
+    fastapi_json = rest_get(servers.fastapi_http, fastapi_id, TARGET_LABELS["fastapi"], auth)
     volatile = ("id", "createTime", "updateTime")
 
     def comparable(value: dict[str, Any]) -> dict[str, Any]:
@@ -711,15 +859,28 @@ def prepare_cases(
             f"  FastAPI: {fastapi_json}",
             file=sys.stderr,
         )
-    # bare grpc.aio: its own order, created with the payload h2load sends.
-    bare_created = orders_pb2.Order.FromString(
-        grpc_check(servers.bare_grpc, "CreateOrder", create_payload, "bare grpc.aio", auth)
-    )
+    # Both grpc.aio servers: their own order, created with the payload h2load sends.
+    bare_ids = {}
+    for target, port in (
+        ("bare_grpc_jwt", servers.bare_grpc_jwt),
+        ("bare_grpc", servers.bare_grpc),
+    ):
+        created_first = orders_pb2.Order.FromString(
+            grpc_check(port, "CreateOrder", create_payload, TARGET_LABELS[target], auth)
+        )
+        bare_ids[target] = created_first.id
 
     cases: list[Case] = []
     grpc_targets = (
         ("nexus_grpc", "nexus", servers.nexus_grpc, nexus_id, servers.nexus_data),
-        ("bare_grpc", "bare_grpc", servers.bare_grpc, bare_created.id, servers.bare_data),
+        (
+            "bare_grpc_jwt",
+            "bare_grpc_jwt",
+            servers.bare_grpc_jwt,
+            bare_ids["bare_grpc_jwt"],
+            servers.bare_jwt_data,
+        ),
+        ("bare_grpc", "bare_grpc", servers.bare_grpc, bare_ids["bare_grpc"], servers.bare_data),
     )
     grpc_cases: dict[tuple[str, str], Case] = {}
     for target, server, port, order_id, data in grpc_targets:
@@ -743,6 +904,7 @@ def prepare_cases(
             server,
             url + "GetOrder",
             database,
+            auth,
             get_file,
             min_frame=5 + len(got),
             exact_frame=5 + len(got),
@@ -754,10 +916,21 @@ def prepare_cases(
             server,
             url + "CreateOrder",
             database,
+            auth,
             create_file,
             min_frame=5 + created.ByteSize(),
         )
         checks[f"{target}_get_response_bytes"] = len(got)
+    checks["refused_without_valid_token"] = check_refusals(
+        servers,
+        credentials,
+        {
+            "nexus_rest": nexus_id,
+            "fastapi": fastapi_id,
+            "nexus_grpc": nexus_id,
+            "bare_grpc_jwt": bare_ids["bare_grpc_jwt"],
+        },
+    )
     rest_cases = {
         ("nexus_rest", "get"): Case(
             "nexus_rest",
@@ -766,6 +939,7 @@ def prepare_cases(
             "nexus",
             f"http://127.0.0.1:{servers.nexus_http}/v1/orders/{nexus_id}",
             servers.nexus_data / "nexus.db",
+            auth,
         ),
         ("nexus_rest", "create"): Case(
             "nexus_rest",
@@ -774,6 +948,7 @@ def prepare_cases(
             "nexus",
             f"http://127.0.0.1:{servers.nexus_http}/v1/orders",
             servers.nexus_data / "nexus.db",
+            auth,
         ),
         ("fastapi", "get"): Case(
             "fastapi",
@@ -782,6 +957,7 @@ def prepare_cases(
             "fastapi",
             f"http://127.0.0.1:{servers.fastapi_http}/v1/orders/{fastapi_id}",
             servers.fastapi_data / "nexus.db",
+            auth,
         ),
         ("fastapi", "create"): Case(
             "fastapi",
@@ -790,6 +966,7 @@ def prepare_cases(
             "fastapi",
             f"http://127.0.0.1:{servers.fastapi_http}/v1/orders",
             servers.fastapi_data / "nexus.db",
+            auth,
         ),
     }
     every = {**rest_cases, **grpc_cases}
@@ -831,9 +1008,18 @@ def summarize(case: Case) -> dict[str, Any]:
     }
 
 
-RATIOS = (
-    ("nexus_rest_vs_fastapi", "nexus REST / FastAPI", "nexus_rest", "fastapi", 1.0),
-    ("nexus_grpc_vs_bare_grpc", "nexus gRPC / bare grpc.aio", "nexus_grpc", "bare_grpc", None),
+#: key, label, top, bottom, goal (None: for information).
+RATIOS: tuple[tuple[str, str, str, str, float | None], ...] = (
+    ("nexus_rest_vs_fastapi", "nexus REST / FastAPI+JWT", "nexus_rest", "fastapi", 1.0),
+    # The pipeline's goal: the full pipeline against the same servicer with nothing around it.
+    ("nexus_grpc_vs_bare_grpc", "nexus gRPC / bare grpc.aio", "nexus_grpc", "bare_grpc", 0.9),
+    (
+        "nexus_grpc_vs_bare_grpc_jwt",
+        "nexus gRPC / grpc.aio+JWT",
+        "nexus_grpc",
+        "bare_grpc_jwt",
+        None,
+    ),
     ("nexus_rest_vs_nexus_grpc", "nexus REST / nexus gRPC", "nexus_rest", "nexus_grpc", None),
 )
 
@@ -874,14 +1060,14 @@ def render(
         f"  REST clients: wrk -t{settings.wrk_threads} -c{settings.wrk_connections} "
         "(identical for nexus REST and FastAPI)",
         f"  gRPC clients: h2load -t{settings.h2_threads} -c{settings.h2_clients} "
-        f"-m{settings.h2_streams} (identical for nexus gRPC and bare grpc.aio; "
+        f"-m{settings.h2_streams} (identical for every gRPC target; "
         f"{settings.h2_clients * settings.h2_streams} calls in flight)",
         "  every create writes one SQLite row (same storage code for all targets)",
-        *(
-            ["  every client sends the Authorization header of BENCH_AUTHORIZATION"]
-            if settings.authorization
-            else []
-        ),
+        f"  every request carries 'authorization: Bearer <JWT>' (HS256, {', '.join(TOKEN_GRANTS)}):"
+        " nexus runs its full pipeline",
+        "  (verified token cached, policy, validation, metrics, rate limit set never to throttle);"
+        " FastAPI+JWT and",
+        "  grpc.aio+JWT verify it with PyJWT jwt.decode on every request; bare grpc.aio ignores it",
         "",
     ]
     header = (
@@ -893,7 +1079,7 @@ def render(
     for operation in ("get", "create"):
         for target in TARGET_LABELS:
             row = summary[(target, operation)]
-            kind = "grpc" if target.endswith("grpc") else "rest"
+            kind = "grpc" if "grpc" in target else "rest"
             name = f"{TARGET_LABELS[target]:<14} {OPERATION_LABELS[(kind, operation)]:<20}"
             runs = ", ".join("err" if s["error"] else f"{s['rps']:.0f}" for s in row["samples"])
             if row["error"]:
@@ -916,7 +1102,7 @@ def render(
                 text += " ok" if values["rps_ratio"] >= goal else " BELOW GOAL"
             parts.append(f"{operation:<6} {text} [{fmt(values['cpu_efficiency_ratio'], '.2f')}]")
         suffix = f"   (goal >= {goal:.1f})" if goal is not None else "   (info)"
-        lines.append(f"  {label:<28} " + "   ".join(parts) + suffix)
+        lines.append(f"  {label:<27} " + "   ".join(parts) + suffix)
     lines.append("")
     return "\n".join(lines)
 
@@ -990,12 +1176,15 @@ def measure_all(
     settings: Settings, procs: Processes, workdir: Path, say: Callable[[str], None]
 ) -> tuple[list[Case], dict[str, Any]]:
     """Start and seed the servers, warm every case up, run the interleaved rounds."""
-    # post_order.lua sends this body, so REST creates the order gRPC creates.
-    os.environ["BENCH_POST_BODY"] = json.dumps(ORDER, separators=(",", ":"))
+    credentials = make_credentials(workdir)
+    say(f"minted an admin token ({', '.join(TOKEN_GRANTS)}) with a fresh HMAC secret")
     say(f"starting servers (logs and data in {workdir})")
-    servers = start_servers(procs, workdir, settings)
-    cases, checks = prepare_cases(servers, workdir, settings.authorization)
-    say("seeded one order per server; one checked call per case succeeded")
+    servers = start_servers(procs, workdir, settings, credentials)
+    cases, checks = prepare_cases(servers, workdir, credentials)
+    say(
+        "seeded one order per server; one checked call per case succeeded; "
+        "calls without a token or with a forged one were refused"
+    )
     if settings.warmup:
         for case in cases:
             sample = measure(case, settings.warmup, settings, procs, workdir)
@@ -1032,7 +1221,7 @@ def run(settings: Settings) -> int:
             say("servers stopped" + (f" ({'; '.join(slow)})" if slow else ""))
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
-        for name in ("nexus", "fastapi", "bare_grpc"):
+        for name in ("nexus", "fastapi", "bare_grpc_jwt", "bare_grpc"):
             print(f"bench: end of the {name} log:\n{procs.log_tail(name, 10)}", file=sys.stderr)
         print(f"bench: logs and data kept in {workdir}", file=sys.stderr)
         return 1
@@ -1045,9 +1234,19 @@ def run(settings: Settings) -> int:
     result = {
         "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "elapsed_s": round(time.monotonic() - started, 1),
-        "settings": {
-            **asdict(settings),
-            "authorization": "(set)" if settings.authorization else "",
+        "settings": asdict(settings),
+        "auth": {
+            "algorithm": "HS256",
+            "token_subject": TOKEN_SUBJECT,
+            "token_grants": list(TOKEN_GRANTS),
+            "nexus_rate_limit_default": {"rate": UNLIMITED_RATE, "burst": UNLIMITED_RATE},
+            "verified_by": {
+                "nexus_rest": "nexus pipeline (TokenVerifier, cached per token)",
+                "nexus_grpc": "nexus pipeline (TokenVerifier, cached per token)",
+                "fastapi": "PyJWT jwt.decode per request (HTTPBearer + dependency)",
+                "bare_grpc_jwt": "PyJWT jwt.decode per call (servicer wrapper)",
+                "bare_grpc": "nothing (no auth, no interceptors)",
+            },
         },
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "versions": versions(),

@@ -26,9 +26,9 @@ import grpc
 from nexus_grpc.auth.principal import Grant, Principal
 from nexus_grpc.config import (
     AuthConfig,
-    LimitsConfig,
     Config,
     HttpConfig,
+    LimitsConfig,
     LogConfig,
     PluginsConfig,
     ServerConfig,
