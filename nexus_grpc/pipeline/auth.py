@@ -96,11 +96,10 @@ class AuthStage:
                         context=context,
                     )
                 raise
-            marker = principal_var.set(principal)
-            try:
-                return await next(request, context)
-            finally:
-                principal_var.reset(marker)
+            # Not reset here: the observe stage restores it after the access log line,
+            # which names the principal.
+            principal_var.set(principal)
+            return await next(request, context)
 
         return authenticate
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from nexus_grpc.auth.principal import ANONYMOUS, principal_var
 from nexus_grpc.logs import request_id_var
 from nexus_grpc.routing import Arity, CallHandler, MethodInfo
 
@@ -56,6 +57,9 @@ class ObserveStage:
         async def observe(request: Any, context: Any) -> Any:
             request_id = incoming_request_id(context.invocation_metadata())
             token = request_id_var.set(request_id)
+            # Each call starts anonymous; the auth stage sets the principal, and it is
+            # restored below once the access log has named it.
+            principal_token = principal_var.set(None)
             context.set_trailing_metadata((("x-request-id", request_id),))
             in_flight.enter()
             started = time.perf_counter()
@@ -85,8 +89,10 @@ class ObserveStage:
                             "code": _code_name(code),
                             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                             "peer": context.peer(),
+                            "principal": _subject(),
                         },
                     )
+                principal_var.reset(principal_token)
                 request_id_var.reset(token)
 
         return observe
@@ -98,6 +104,11 @@ async def _until_cancelled(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
     # One trip through the event loop delivers the cancellation, if there is one,
     # before the handler sees the end of the stream.
     await asyncio.sleep(0)
+
+
+def _subject() -> str:
+    principal = principal_var.get()
+    return principal.subject if principal is not None else ANONYMOUS
 
 
 def _cancelled_code(context: Any) -> grpc.StatusCode:

@@ -270,6 +270,7 @@ def test_access_log_has_request_id_and_code(serve: ServeProcess, grpcurl: str) -
     assert entry["code"] == "NOT_FOUND"
     assert entry["method"] == "/nexus.orders.v1.OrdersService/GetOrder"
     assert entry["plugin"] == "orders"
+    assert entry["principal"] == "e2e-admin"
     assert entry["duration_ms"] >= 0
 
 

@@ -1,0 +1,364 @@
+"""What each stage of the call pipeline costs per call, in-process, with no network.
+
+``scripts/bench`` runs this after its load runs. It builds the stages exactly as the
+host does (``Host._build_stages``, with the bench's settings: HS256 secret file, rate
+limits too high to throttle, access log off) around a no-op unary handler for
+``nexus.orders.v1.OrdersService/GetOrder`` (its real descriptor and contract policy),
+then times the handler alone and the handler behind the first 1, 2, ... stages in
+pipeline order, outermost first, with ``timeit`` (best of ``--repeat`` runs).
+
+The calls get a fake grpc.aio context: metadata with the bearer token of an admin
+(``*.*:all``, so access needs no ownership lookup) and no ``x-request-id`` (as from
+h2load: the observe stage generates one), a peer, no deadline. Every stage
+completes without suspending (the verified token is cached after the first call, the
+rate limit is in memory, the no-op handler awaits nothing), so each call is driven with
+``coroutine.send(None)`` inside one running event-loop task: no scheduling, no I/O,
+only the stages' own work. A stage that would suspend is reported as an error.
+
+    .venv/bin/python -m benchmarks.pipeline_cost
+    .venv/bin/python -m benchmarks.pipeline_cost --repeat 7 --min-time 0.5
+
+Besides the table: what verifying the token costs without nexus's cache, what PyJWT's
+``jwt.decode`` costs (what the FastAPI+JWT and grpc.aio+JWT baselines do on every
+request), and what the request id the observe stage generates costs (``uuid4().hex``).
+Results also go to ``benchmarks/results/pipeline_cost.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import secrets
+import sys
+import tempfile
+import timeit
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jwt
+from nexus.orders.v1 import orders_pb2
+
+from nexus_grpc.audit import AuditLog
+from nexus_grpc.auth import Grant, KeySet, Principal, TokenIssuer, TokenVerifier
+from nexus_grpc.config import AuthConfig, Config, LimitsConfig, LogConfig
+from nexus_grpc.host import AUDIT_NAMESPACE, Host
+from nexus_grpc.pipeline import Stage, chain
+from nexus_grpc.policy import effective_policy
+from nexus_grpc.routing import Arity, CallHandler, InFlight, MethodInfo
+from nexus_grpc.storage import Storage
+
+__all__ = ["FakeContext", "main", "measure"]
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_FILE = REPO / "benchmarks" / "results" / "pipeline_cost.json"
+LOAD_RESULTS_FILE = REPO / "benchmarks" / "results" / "latest.json"
+SERVICE = "OrdersService"
+METHOD = "GetOrder"
+PATH = f"/nexus.orders.v1.{SERVICE}/{METHOD}"
+#: The bench's limits: one principal makes every call, so the default 100/s would throttle.
+UNLIMITED_RATE = 1e9
+
+#: What each stage does in this measurement, by class name.
+STAGE_NOTES = {
+    "ObserveStage": "observe (new request id, in-flight; access log off)",
+    "MetricsStage": "metrics (Prometheus series, unary)",
+    "ErrorStage": "errors (exceptions to statuses)",
+    "ConcurrencyStage": "concurrency (limit 0)",
+    "DeadlineStage": "deadline (default deadline)",
+    "AuthStage": "auth (bearer JWT, cached after 1st call)",
+    "RateLimitStage": "rate limit (memory buckets)",
+    "AccessStage": "access (orders.read, scope all)",
+    "AdminAuditStage": "admin audit",
+    "ValidationStage": "validation (GetOrderRequest rules)",
+}
+
+
+class FakeContext:
+    """The parts of ``grpc.aio.ServicerContext`` the stages use, for one successful call."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+        self._trailing: Any = ()
+        self._code: grpc.StatusCode | None = None
+        self._details: str | None = None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        """What the client sent: the bearer token."""
+        return self._metadata
+
+    def peer(self) -> str:
+        """A loopback client, as grpc spells it."""
+        return "ipv4:127.0.0.1:54321"
+
+    def code(self) -> grpc.StatusCode | None:
+        """None until the call is aborted, like grpc.aio's."""
+        return self._code
+
+    def details(self) -> str | None:
+        """The abort message, if any."""
+        return self._details
+
+    def time_remaining(self) -> float | None:
+        """No deadline, like h2load's calls."""
+        return None
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        """Keep what a stage sets (the request id)."""
+        self._trailing = metadata
+
+    def trailing_metadata(self) -> Any:
+        """What was set."""
+        return self._trailing
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", metadata: Any = ()) -> None:
+        """End the call as grpc.aio does: the code is set, AbortError raised."""
+        self._code, self._details = code, details
+        raise grpc.aio.AbortError()
+
+
+def drive(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coroutine`` to its end without the event loop; RuntimeError if it suspends."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("a stage suspended: the call cannot be timed without the event loop")
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    name: str
+    stage: str
+    bound: bool
+    best_us: float
+    runs_us: list[float]
+    marginal_us: float | None = None
+
+
+def time_call(call: Callable[[], Any], repeat: int, min_time: float) -> tuple[float, list[float]]:
+    """Best and all of ``repeat`` timings of ``call``, in microseconds per call.
+
+    Each run makes as many calls as fit in ``min_time`` seconds (estimated from a first
+    run of 2,000 calls, which also warms the caches up).
+    """
+    timer = timeit.Timer(call)
+    calibration = 2000
+    took = timer.timeit(number=calibration)
+    number = max(calibration, int(calibration * min_time / max(took, 1e-9)))
+    runs = [total / number * 1e6 for total in timer.repeat(repeat=repeat, number=number)]
+    return min(runs), runs
+
+
+async def measure(repeat: int, min_time: float, workdir: Path) -> dict[str, Any]:
+    """Build the host's stages and time them one by one; the results as a dict."""
+    secret_file = workdir / "jwt-hs256.key"
+    secret = secrets.token_bytes(64)
+    handle = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(handle, "wb") as out:
+        out.write(secret)
+    config = Config(
+        data_dir=str(workdir / "data"),
+        auth=AuthConfig(secret_file=str(secret_file)),
+        limits=LimitsConfig(
+            rate_classes={"default": {"rate": UNLIMITED_RATE, "burst": UNLIMITED_RATE}}
+        ),
+        log=LogConfig(access=False, level="warning"),
+    )
+    keys = await KeySet.load(config.auth, workdir)
+    token, _ = TokenIssuer(keys, config.auth).issue_access(
+        Principal(subject="bench-admin", grants=frozenset({Grant.parse("*.*:all")}))
+    )
+    verifier = TokenVerifier(keys, config.auth)
+    storage = await Storage.connect(f"sqlite+aiosqlite:///{workdir / 'nexus.db'}")
+    try:
+        audit = AuditLog(storage.namespace(AUDIT_NAMESPACE))
+        # The stages exactly as the host builds them for this configuration.
+        stages: list[Stage] = Host(config)._build_stages(verifier, audit)
+        rows = await _time_stages(stages, token, repeat, min_time)
+        extras = await _time_verification(keys, config.auth, token, secret, repeat, min_time)
+    finally:
+        await storage.close()
+    return {
+        "method": PATH,
+        "repeat": repeat,
+        "min_time_s": min_time,
+        "rows": [row.__dict__ for row in rows],
+        "pipeline_us": rows[-1].best_us - rows[0].best_us,
+        "verification": extras,
+    }
+
+
+async def _owns(check: Any) -> bool:
+    raise AssertionError("ownership lookup with scope all: the measurement is not what it says")
+
+
+async def _time_stages(stages: list[Stage], token: str, repeat: int, min_time: float) -> list[Row]:
+    descriptor = orders_pb2.DESCRIPTOR.services_by_name[SERVICE].methods_by_name[METHOD]
+    info = MethodInfo(
+        PATH,
+        "orders",
+        descriptor,
+        Arity.of(descriptor),
+        InFlight(),
+        policy=effective_policy(descriptor),
+        ownership=_owns,
+        category="business",
+    )
+    response = orders_pb2.Order(id="0af1f498cdc34485aff607576753974e", customer_id="alice")
+    request = orders_pb2.GetOrderRequest(id="0af1f498cdc34485aff607576753974e")
+    context = FakeContext((("authorization", f"Bearer {token}"), ("user-agent", "h2load")))
+
+    async def get_order(request: Any, context: Any) -> Any:
+        return response
+
+    rows: list[Row] = []
+    for count in range(len(stages) + 1):
+        handler: CallHandler = chain(stages[:count], info, get_order)
+        if count == 0:
+            name, stage_name, bound = "handler alone (no-op GetOrder)", "", True
+        else:
+            stage = stages[count - 1]
+            stage_name = type(stage).__name__
+            name = "+ " + STAGE_NOTES.get(stage_name, stage_name)
+            # A stage that does not apply to the method returns the next handler itself.
+            probe: CallHandler = get_order
+            bound = stage.bind(info, probe) is not probe
+        result = drive(handler(request, context))  # first call: verifies and caches the token
+        if result is not response or context.code() is not None:
+            raise RuntimeError(f"{name}: the call failed ({context.code()} {context.details()})")
+
+        def call(handler: CallHandler = handler) -> Any:
+            return drive(handler(request, context))
+
+        best, runs = time_call(call, repeat, min_time)
+        rows.append(Row(name, stage_name, bound, best, runs))
+        print(f"  {name}: {best:.2f} us", file=sys.stderr, flush=True)
+    for previous, row in itertools.pairwise(rows):
+        row.marginal_us = row.best_us - previous.best_us
+    return rows
+
+
+async def _time_verification(
+    keys: KeySet,
+    config: AuthConfig,
+    token: str,
+    secret: bytes,
+    repeat: int,
+    min_time: float,
+) -> dict[str, float]:
+    uncached = TokenVerifier(keys, config, cache_size=0)
+    cached = TokenVerifier(keys, config)
+    drive(cached.verify(token))
+
+    def pyjwt() -> Any:
+        return jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            audience="nexus",
+            issuer="nexus",
+            options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+        )
+
+    def request_id() -> str:
+        return uuid.uuid4().hex
+
+    found = {}
+    for key, call in (
+        ("nexus_verify_cached_us", lambda: drive(cached.verify(token))),
+        ("nexus_verify_uncached_us", lambda: drive(uncached.verify(token))),
+        ("pyjwt_decode_us", pyjwt),
+        ("uuid4_hex_us", request_id),
+    ):
+        found[key], _ = time_call(call, repeat, min_time)
+    return found
+
+
+def render(result: dict[str, Any], load: dict[str, Any] | None) -> str:
+    """The table."""
+    rows = result["rows"]
+    lines = [
+        "",
+        f"pipeline cost per call: {result['method']}, no-op handler, in-process, no network "
+        f"(best of {result['repeat']} timeit runs)",
+        f"{'stage (cumulative, in pipeline order)':<52} {'cum. us':>8} {'marg. us':>9}",
+        "-" * 71,
+    ]
+    for row in rows:
+        marginal = "-" if row["marginal_us"] is None else f"{row['marginal_us']:9.2f}"
+        note = "" if row["bound"] else "  (not bound: returns next)"
+        lines.append(f"{row['name']:<52} {row['best_us']:8.2f} {marginal:>9}{note}")
+    lines.append("-" * 71)
+    lines.append(
+        f"{'pipeline (all stages, minus the handler alone)':<52} {result['pipeline_us']:8.2f}"
+    )
+    verification = result["verification"]
+    lines += [
+        "",
+        "token verification alone, per call:",
+        f"  nexus TokenVerifier, cached (what the auth stage pays) "
+        f"{verification['nexus_verify_cached_us']:8.2f} us",
+        f"  nexus TokenVerifier, cache off (first call of a token) "
+        f"{verification['nexus_verify_uncached_us']:8.2f} us",
+        f"  PyJWT jwt.decode (FastAPI+JWT, grpc.aio+JWT, per call) "
+        f"{verification['pyjwt_decode_us']:8.2f} us",
+        f"part of observe: uuid4().hex, the request id it generates "
+        f"{verification['uuid4_hex_us']:7.2f} us",
+    ]
+    if load is not None:
+        lines.append("")
+        lines.append(load_context(result["pipeline_us"], load))
+    lines.append("")
+    return "\n".join(lines)
+
+
+def load_context(pipeline_us: float, load: dict[str, Any]) -> str:
+    """The pipeline's cost next to the bare server's CPU per GetOrder of the last load run."""
+    for row in load.get("results", ()):
+        if row.get("target") == "bare_grpc" and row.get("operation") == "get":
+            cpu = row.get("server_cpu_us_per_req")
+            if cpu:
+                return (
+                    f"for scale: bare grpc.aio used {cpu:.0f} us of server CPU per GetOrder in the "
+                    f"last load run ({load.get('finished_at', '?')}); the pipeline adds "
+                    f"{pipeline_us:.1f} us = {100 * pipeline_us / cpu:.1f}% of that"
+                )
+    return "for scale: no bare grpc.aio GetOrder result in the last load run"
+
+
+def main() -> int:
+    """Entry point: ``python -m benchmarks.pipeline_cost``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5, help="timeit runs; the best counts")
+    parser.add_argument(
+        "--min-time", type=float, default=0.15, help="seconds each timeit run lasts (about)"
+    )
+    parser.add_argument("--json", type=Path, default=RESULTS_FILE, help="where results go")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    print("pipeline cost: timing the host's stages one by one", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="nexus-pipeline-cost-") as temp:
+        result = asyncio.run(measure(args.repeat, args.min_time, Path(temp)))
+    load = None
+    with contextlib.suppress(OSError, ValueError):
+        load = json.loads(LOAD_RESULTS_FILE.read_text())
+    print(render(result, load), flush=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
