@@ -179,12 +179,17 @@ def _datetime(order: orders_pb2.Order, field: str) -> datetime | None:
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
 
 
+#: The ``Authorization: Bearer`` scheme; missing credentials are answered 401 below.
+#: Module level: the dependency's annotation (a string, with ``annotations`` from
+#: ``__future__``) is resolved in this module's globals.
+BEARER = HTTPBearer(auto_error=False)
+
+
 def token_dependency(secret: bytes) -> Any:
     """A dependency that verifies the bearer JWT with ``secret``; its claims, or 401."""
-    bearer = HTTPBearer(auto_error=False)
 
     async def verified_claims(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
     ) -> dict[str, Any]:
         if credentials is None:
             raise HTTPException(

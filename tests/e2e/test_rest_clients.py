@@ -75,7 +75,7 @@ def test_readme_tours_work_as_printed(
 ) -> None:
     grpc_tour = readme_block("grpc-tour")
     rest_tour = readme_block("rest-tour")
-    assert len(grpc_tour) == 12 and len(rest_tour) == 10
+    assert len(grpc_tour) == 12 and len(rest_tour) == 11
     ran = run_in_one_shell(grpc_tour + rest_tour, serve, tmp_path)
     (
         bootstrap,
@@ -100,6 +100,7 @@ def test_readme_tours_work_as_printed(
         no_token,
         rest_watched,
         openapi,
+        audit,
     ) = ran
     # grpcurl exits 68 (DeadlineExceeded) when -max-time ends the endless watch, as intended.
     assert watched.code in (0, 68), watched.err
@@ -156,6 +157,11 @@ def test_readme_tours_work_as_printed(
     assert rest_watched.code in (0, 28)
     assert json.loads(rest_watched.out.splitlines()[0])["changeType"] == "CHANGE_TYPE_EXISTING"
     assert json.loads(openapi.out)["openapi"].startswith("3.1")
+    records = json.loads(audit.out)["records"]
+    assert len(records) == 5
+    actions = {(r["actor"], r["action"]) for r in records}
+    assert ("anonymous", "call.denied") in actions  # the GET without a token, just before
+    assert ("admin", "admin.call") in actions  # e.g. the ListPlugins of `nexus plugins`
 
 
 def test_curl_errors_and_headers(serve: ServeProcess, curl: str) -> None:
