@@ -38,10 +38,10 @@ import sys
 import tempfile
 import timeit
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import jwt
@@ -125,8 +125,9 @@ class FakeContext:
         raise grpc.aio.AbortError()
 
 
-def drive(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """Run ``coroutine`` to its end without the event loop; RuntimeError if it suspends."""
+def drive(awaitable: Awaitable[Any]) -> Any:
+    """Run a coroutine to its end without the event loop; RuntimeError if it suspends."""
+    coroutine = cast(Coroutine[Any, Any, Any], awaitable)
     try:
         coroutine.send(None)
     except StopIteration as done:
@@ -172,7 +173,10 @@ async def measure(repeat: int, min_time: float, workdir: Path) -> dict[str, Any]
         data_dir=str(workdir / "data"),
         auth=AuthConfig(secret_file=str(secret_file)),
         limits=LimitsConfig(
-            rate_classes={"default": {"rate": UNLIMITED_RATE, "burst": UNLIMITED_RATE}}
+            rate_classes={
+                **LimitsConfig().rate_classes,
+                "default": {"rate": UNLIMITED_RATE, "burst": UNLIMITED_RATE},
+            }
         ),
         log=LogConfig(access=False, level="warning"),
     )

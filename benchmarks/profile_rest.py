@@ -1,11 +1,13 @@
 """Where the time of a REST call goes: the gateway's ASGI app under cProfile, no network.
 
-A production host (``nexus_grpc.testing.running_host``: the real dispatcher, pipeline and
-SQLite storage, access log off, only the orders plugin) is started in-process, and
-``GatewayApp.__call__`` is driven directly with synthetic ASGI scope/receive/send for N
-requests, one after the other. The report gives the wall time per request without the
-profiler, then the top functions by cumulative and by own (total) time, and own time
-summed by package.
+A production host (``nexus_grpc.host.Host``: the real dispatcher, pipeline and SQLite
+storage, access log off, only the orders plugin, the bench's auth and limits) is started
+in-process, and ``GatewayApp.__call__`` is driven directly with synthetic ASGI
+scope/receive/send for N requests, one after the other. Every request carries a bearer
+token minted as ``scripts/bench`` mints it (fresh HMAC secret, ``*.*:all``); the FastAPI
+baseline verifies it with PyJWT, as in the bench. The report gives the wall time per
+request without the profiler, then the top functions by cumulative and by own (total)
+time, and own time summed by package.
 
     .venv/bin/python -m benchmarks.profile_rest                  # GET /v1/orders/{id}
     .venv/bin/python -m benchmarks.profile_rest --op create      # POST /v1/orders
@@ -36,7 +38,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from benchmarks.run import ORDER
+from benchmarks.run import ORDER, UNLIMITED_RATE, make_credentials
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,24 +130,55 @@ def use_memory_storage() -> None:
 
 
 @asynccontextmanager
-async def nexus_app(data_dir: Path) -> AsyncIterator[Asgi]:
-    """The gateway of a running host with the orders plugin, built as the host builds it."""
-    from nexus_grpc.config import HttpConfig
-    from nexus_grpc.gateway import GatewayApp, GatewaySettings
-    from nexus_grpc.testing import running_host
+async def nexus_app(data_dir: Path, secret_file: Path) -> AsyncIterator[Asgi]:
+    """The gateway of a running host with the orders plugin, built as the host builds it.
 
-    async with running_host(
-        plugins=["orders"], plugin_dirs=[REPO / "plugins"], data_dir=data_dir
-    ) as running:
-        yield GatewayApp(running.host.router, GatewaySettings.from_config(HttpConfig()))
+    Configured as ``scripts/bench`` configures ``nexus serve``: tokens signed with
+    ``secret_file``, rate limits that never throttle, access log off.
+    """
+    from nexus_grpc.config import (
+        AuthConfig,
+        Config,
+        HttpConfig,
+        LimitsConfig,
+        LogConfig,
+        PluginsConfig,
+        ServerConfig,
+    )
+    from nexus_grpc.gateway import GatewayApp, GatewaySettings
+    from nexus_grpc.host import Host
+
+    rate_classes = {
+        **LimitsConfig().rate_classes,
+        "default": {"rate": UNLIMITED_RATE, "burst": UNLIMITED_RATE},
+    }
+    config = Config(
+        data_dir=str(data_dir),
+        server=ServerConfig(grpc_address="127.0.0.1:0", grace_period=1.0),
+        http=HttpConfig(address=""),
+        auth=AuthConfig(secret_file=str(secret_file)),
+        limits=LimitsConfig(rate_classes=rate_classes),
+        plugins=PluginsConfig(
+            dirs=(str(REPO / "plugins"),), entry_points=False, enabled=("orders",)
+        ),
+        log=LogConfig(access=False),
+    )
+    host = Host(config)
+    await host.start()
+    try:
+        yield GatewayApp(
+            host.router, GatewaySettings.from_config(HttpConfig()), metrics=host.metrics
+        )
+    finally:
+        await host.stop()
 
 
 @asynccontextmanager
-async def fastapi_app(data_dir: Path) -> AsyncIterator[Asgi]:
-    """The FastAPI baseline app with its lifespan (storage) entered."""
+async def fastapi_app(data_dir: Path, secret_file: Path) -> AsyncIterator[Asgi]:
+    """The FastAPI baseline app (verifying tokens signed with ``secret_file``), lifespan on."""
     from benchmarks.fastapi_orders import create_app
 
-    app = create_app(data_dir)
+    app = create_app(data_dir, await asyncio.to_thread(secret_file.read_bytes))
     async with app.router.lifespan_context(app):
         yield app
 
@@ -227,8 +260,11 @@ async def main_async(args: argparse.Namespace) -> None:
     if args.memory_storage:
         use_memory_storage()
     with tempfile.TemporaryDirectory(prefix="nexus-profile-") as tmp:
+        credentials = await asyncio.to_thread(make_credentials, Path(tmp))
+        if not AUTHORIZATION:
+            AUTHORIZATION.append(credentials.authorization.encode("latin-1"))
         factory = nexus_app if args.app == "nexus" else fastapi_app
-        async with factory(Path(tmp)) as app:
+        async with factory(Path(tmp), credentials.secret_file) as app:
             status, body = await asgi_call(app, "POST", "/v1/orders", BODY)
             if status != 200:
                 raise SystemExit(f"seeding failed: {status} {body[:300]!r}")
@@ -258,7 +294,11 @@ def main() -> None:
     parser.add_argument("--app", choices=("nexus", "fastapi"), default="nexus")
     parser.add_argument("--memory-storage", action="store_true")
     parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--authorization", default="", help="Authorization header to send")
+    parser.add_argument(
+        "--authorization",
+        default="",
+        help="Authorization header to send instead of the token minted for the run",
+    )
     args = parser.parse_args()
     if args.authorization:
         AUTHORIZATION.append(args.authorization.encode("latin-1"))

@@ -1063,11 +1063,12 @@ def render(
         f"-m{settings.h2_streams} (identical for every gRPC target; "
         f"{settings.h2_clients * settings.h2_streams} calls in flight)",
         "  every create writes one SQLite row (same storage code for all targets)",
-        f"  every request carries 'authorization: Bearer <JWT>' (HS256, {', '.join(TOKEN_GRANTS)}):"
-        " nexus runs its full pipeline",
-        "  (verified token cached, policy, validation, metrics, rate limit set never to throttle);"
-        " FastAPI+JWT and",
-        "  grpc.aio+JWT verify it with PyJWT jwt.decode on every request; bare grpc.aio ignores it",
+        f"  every request carries 'authorization: Bearer <JWT>' (HS256, "
+        f"{', '.join(TOKEN_GRANTS)}, minted for this run):",
+        "    nexus: full pipeline (token verified once, then cached; policy; validation; metrics;",
+        "           rate limit set never to throttle; access log off)",
+        "    FastAPI+JWT, grpc.aio+JWT: PyJWT jwt.decode on every request; "
+        "bare grpc.aio: ignores it",
         "",
     ]
     header = (
@@ -1100,7 +1101,8 @@ def render(
             text = fmt(values["rps_ratio"], ".2f")
             if goal is not None and values["rps_ratio"] is not None:
                 text += " ok" if values["rps_ratio"] >= goal else " BELOW GOAL"
-            parts.append(f"{operation:<6} {text} [{fmt(values['cpu_efficiency_ratio'], '.2f')}]")
+            cpu = fmt(values["cpu_efficiency_ratio"], ".2f")
+            parts.append(f"{operation:<6} {text:<13} [{cpu}]")
         suffix = f"   (goal >= {goal:.1f})" if goal is not None else "   (info)"
         lines.append(f"  {label:<27} " + "   ".join(parts) + suffix)
     lines.append("")

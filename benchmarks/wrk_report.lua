@@ -2,7 +2,8 @@
 -- Used alone for GET runs (`wrk -s benchmarks/wrk_report.lua ...`) and loaded by
 -- post_order.lua for POST runs. No per-request Lua callback is defined, so wrk builds
 -- the request once per thread and the client spends no Lua time per request.
--- $BENCH_AUTHORIZATION, when set, is sent as the Authorization header.
+-- $BENCH_AUTHORIZATION, when set, is sent as the Authorization header (benchmarks/run.py
+-- sets it to "Bearer <token>", the token it minted for the run).
 
 local authorization = os.getenv("BENCH_AUTHORIZATION")
 if authorization and authorization ~= "" then

@@ -22,6 +22,7 @@ __all__ = [
     "AuthConfig",
     "Config",
     "ConfigError",
+    "EventsConfig",
     "HttpConfig",
     "LimitsConfig",
     "LogConfig",
@@ -137,6 +138,18 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    """The event bus between plugins."""
+
+    #: "memory": in process, at most once across a crash.
+    backend: str = "memory"
+    #: Deliveries of one event to one consumer before it is set aside as a dead letter.
+    max_attempts: int = 5
+    #: Seconds before the first retry; doubles each time.
+    retry_backoff: float = 0.1
+
+
+@dataclass(frozen=True)
 class PluginsConfig:
     """Where plugins come from and which ones run."""
 
@@ -184,6 +197,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -201,6 +215,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "log.level": ("debug", "info", "warning", "error"),
     "log.format": ("auto", "json", "text"),
     "limits.backend": ("memory", "redis"),
+    "events.backend": ("memory",),
 }
 
 

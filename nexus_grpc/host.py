@@ -14,6 +14,7 @@ from nexus_grpc.admin import AdminServicer
 from nexus_grpc.audit import AuditLog
 from nexus_grpc.auth import KeySet, TokenIssuer, Tokens, TokenVerifier
 from nexus_grpc.config import Config
+from nexus_grpc.events import MemoryBus
 from nexus_grpc.gateway import GatewayApp, GatewaySettings
 from nexus_grpc.health import OVERALL, HealthState
 from nexus_grpc.http_server import HttpServer
@@ -43,6 +44,8 @@ __all__ = ["CORE_PLUGIN", "Host"]
 
 #: Plugin name under which the host's own services (health, reflection, admin) are routed.
 CORE_PLUGIN = "nexus"
+#: Health "service" name reporting the event bus.
+EVENTS_HEALTH = "nexus.events"
 #: Storage namespace of the audit log: the host's own, out of every plugin's reach.
 AUDIT_NAMESPACE = "core/audit"
 
@@ -67,6 +70,10 @@ class Host:
         self._serving = False
         #: Prometheus metrics of every call, served at /metrics on the HTTP port.
         self.metrics = Metrics()
+        #: Domain events between plugins.
+        self.bus = MemoryBus(
+            max_attempts=config.events.max_attempts, backoff=config.events.retry_backoff
+        )
         self._buckets: RedisBuckets | None = None
         #: Token tools (available once started).
         self.tokens: Tokens | None = None
@@ -145,9 +152,12 @@ class Host:
             health=self.health,
             audit=audit,
             tokens=self.tokens,
+            bus=self.bus,
         )
         self._install_core_services(self._plugins, audit)
         await self._plugins.load_all()
+        await self.bus.start()
+        await self.health.set(EVENTS_HEALTH, True)
         await self._server.start()
         self._serving = True
         if self._http is not None:
@@ -216,6 +226,8 @@ class Host:
         if self._http is not None:
             stopping.append(self._http.stop(grace))
         await asyncio.gather(*stopping)
+        # Events raised by the last calls are delivered before the plugins stop.
+        await self.bus.stop(grace)
         if self._plugins is not None:
             await self._plugins.stop_all()
         if self._storage is not None:

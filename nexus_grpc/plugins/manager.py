@@ -17,6 +17,7 @@ from typing import Any
 
 from nexus_grpc.audit import AuditLog
 from nexus_grpc.config import Config
+from nexus_grpc.events import EventBus, Publisher, event_type_exists, subscriptions_of
 from nexus_grpc.health import HealthState
 from nexus_grpc.pipeline import Stage
 from nexus_grpc.plugins.discovery import Candidate, discover
@@ -82,8 +83,10 @@ class PluginManager:
         health: HealthState,
         audit: AuditLog | None = None,
         tokens: Any = None,
+        bus: EventBus | None = None,
     ) -> None:
         self._config = config
+        self._bus = bus
         self._audit = audit
         self._tokens = tokens
         self._storage = storage
@@ -231,6 +234,7 @@ class PluginManager:
                             in_flight=record.in_flight,
                         )
                     )
+            handlers = self._event_handlers(record.name, manifest, servicers)
             if loaded.plugin.on_start is not None:
                 await self._run_hook(loaded.plugin.on_start, context)
         except PluginError as error:
@@ -251,6 +255,9 @@ class PluginManager:
             )
             return
         self._router.add(routes)
+        if self._bus is not None:
+            for event_type, handler in handlers.items():
+                self._bus.subscribe(record.name, event_type, handler)
         record.loaded, record.context, record.state = loaded, context, PluginState.SERVING
         self._start_order.append(record.name)
         for service in manifest.services:
@@ -262,6 +269,39 @@ class PluginManager:
             ", ".join(manifest.services) or "no services",
             extra={"plugin": manifest.name},
         )
+
+    def _event_handlers(
+        self, name: str, manifest: Manifest, servicers: list[object]
+    ) -> dict[str, Any]:
+        """The plugin's event handlers, checked against what its manifest declares."""
+        handlers: dict[str, Any] = {}
+        for servicer in servicers:
+            for event_type, handler in subscriptions_of(servicer).items():
+                if event_type in handlers:
+                    raise PluginError(f"plugin {name!r}: two handlers for {event_type}")
+                handlers[event_type] = handler
+        for key, declared in (("publishes", manifest.publishes), ("consumes", manifest.consumes)):
+            for event_type in declared:
+                if not event_type_exists(event_type):
+                    raise PluginError(
+                        f"plugin {name!r} ({manifest.path}): {key} lists {event_type}, which "
+                        "is no known message type; import the stubs that define it"
+                    )
+        unhandled = sorted(set(manifest.consumes) - set(handlers))
+        if unhandled:
+            raise PluginError(
+                f"plugin {name!r} ({manifest.path}): consumes {unhandled[0]} but no servicer "
+                "method handles it; add a method decorated with @subscribe"
+            )
+        undeclared = sorted(set(handlers) - set(manifest.consumes))
+        if undeclared:
+            raise PluginError(
+                f"plugin {name!r} ({manifest.path}): handles {undeclared[0]} which the "
+                "manifest does not list; add it to `consumes`"
+            )
+        if handlers and self._bus is None:
+            raise PluginError(f"plugin {name!r}: consumes events but the host has no event bus")
+        return handlers
 
     def _context(self, manifest: Manifest) -> PluginContext:
         data_dir = Path(self._config.data_dir) / "plugins" / manifest.name
@@ -276,6 +316,11 @@ class PluginManager:
             # Only security plugins may mint tokens: any other plugin holding the
             # issuer could make itself an admin.
             tokens=self._tokens if manifest.category == "security" else None,
+            events=(
+                Publisher(self._bus, manifest.name, frozenset(manifest.publishes))
+                if self._bus is not None
+                else None
+            ),
         )
 
     async def _run_hook(self, hook: Hook, context: PluginContext) -> None:

@@ -47,6 +47,10 @@ class Manifest:
     #: Where the Plugin value is: "attribute" of the package or "module:attribute".
     entry: str
     path: str
+    #: Full names of the event types the plugin publishes.
+    publishes: tuple[str, ...] = ()
+    #: Full names of the event types the plugin consumes.
+    consumes: tuple[str, ...] = ()
 
     @property
     def namespace(self) -> str:
@@ -68,7 +72,17 @@ def parse_manifest(path: Path) -> Manifest:
 
 def manifest_from_mapping(raw: Mapping[str, Any], path: Path | str) -> Manifest:
     """Validate manifest fields already parsed from TOML."""
-    known = {"name", "version", "category", "description", "services", "requires", "entry"}
+    known = {
+        "name",
+        "version",
+        "category",
+        "description",
+        "services",
+        "requires",
+        "entry",
+        "publishes",
+        "consumes",
+    }
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ManifestError(
@@ -96,6 +110,16 @@ def manifest_from_mapping(raw: Mapping[str, Any], path: Path | str) -> Manifest:
             raise ManifestError(path, f"requires entry {required!r} is not a plugin name")
     if name in requires:
         raise ManifestError(path, "a plugin cannot require itself")
+    events = {}
+    for key in ("publishes", "consumes"):
+        events[key] = _names(raw, key, path)
+        for event_type in events[key]:
+            if not _SERVICE.match(event_type):
+                raise ManifestError(
+                    path,
+                    f"{key} entry {event_type!r} must be a fully qualified protobuf message "
+                    "name such as 'acme.billing.v1.InvoicePaid'",
+                )
     entry = raw.get("entry", "plugin")
     if not isinstance(entry, str) or not _ENTRY.match(entry):
         raise ManifestError(
@@ -110,6 +134,8 @@ def manifest_from_mapping(raw: Mapping[str, Any], path: Path | str) -> Manifest:
         requires=requires,
         entry=entry,
         path=str(path),
+        publishes=events["publishes"],
+        consumes=events["consumes"],
     )
 
 

@@ -18,6 +18,7 @@ from nexus_grpc.auth.principal import Principal, Scope
 
 if TYPE_CHECKING:
     from nexus_grpc.audit import AuditLog
+    from nexus_grpc.events import Publisher
     from nexus_grpc.storage import Namespace
 
 __all__ = ["Hook", "OwnershipCheck", "OwnershipHook", "Plugin", "PluginContext"]
@@ -43,6 +44,8 @@ class PluginContext:
     audit: AuditLog | None = None
     #: Issues tokens (the auth plugin's business); None when the host cannot sign.
     tokens: Any = None
+    #: Publishes the event types the manifest lists under ``publishes``.
+    events: Publisher | None = None
 
 
 #: A start or stop hook: receives the context, may be sync or async.

@@ -7,11 +7,13 @@ from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
-from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
+from nexus.inventory.v1 import inventory_pb2
+from nexus.orders.v1 import events_pb2, orders_pb2, orders_pb2_grpc
 
 from nexus_grpc import PluginContext, StatusError
 from nexus_grpc.auth.principal import Scope
 from nexus_grpc.errors import NotFoundError
+from nexus_grpc.events import Delivery, subscribe
 from nexus_grpc.plugins.spec import OwnershipCheck
 from nexus_grpc.storage import Repository
 
@@ -36,6 +38,7 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
         self._storage = ctx.storage
         self._orders = ctx.storage.repository(orders_pb2.Order)
         self._feed = ChangeFeed()
+        self._events = ctx.events
 
     async def owns(self, check: OwnershipCheck) -> bool:
         """Whether the caller may act on the order(s) the request names.
@@ -79,6 +82,7 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
         order.update_time.CopyFrom(now)
         created = await self._orders.create(order)
         self._feed.publish(_change(orders_pb2.CHANGE_TYPE_CREATED, created))
+        await self._publish(events_pb2.OrderCreated(order=created), created.id)
         return created
 
     async def GetOrder(
@@ -138,7 +142,41 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
             order.update_time.CopyFrom(_now())
             cancelled = await orders.update(order)
         self._feed.publish(_change(orders_pb2.CHANGE_TYPE_CANCELLED, cancelled))
+        await self._publish(events_pb2.OrderCancelled(order=cancelled), cancelled.id)
         return cancelled
+
+    @subscribe(inventory_pb2.StockReserved)
+    async def on_stock_reserved(
+        self, event: inventory_pb2.StockReserved, delivery: Delivery
+    ) -> None:
+        """A pending order whose stock is reserved is confirmed."""
+        await self._settle(event.order_id, orders_pb2.ORDER_STATUS_CONFIRMED, "")
+
+    @subscribe(inventory_pb2.StockShortage)
+    async def on_stock_shortage(
+        self, event: inventory_pb2.StockShortage, delivery: Delivery
+    ) -> None:
+        """A pending order that could not be reserved is rejected, saying what was short."""
+        reason = f"out of stock: {', '.join(event.short_skus)}"
+        await self._settle(event.order_id, orders_pb2.ORDER_STATUS_REJECTED, reason)
+
+    async def _settle(self, order_id: str, status: int, reason: str) -> None:
+        async with self._storage.transaction() as unit:
+            orders = unit.repository(orders_pb2.Order)
+            order = await orders.get(order_id, for_update=True)
+            # Only a pending order moves: a redelivered event, or one for an order
+            # cancelled meanwhile, changes nothing.
+            if order is None or order.status != orders_pb2.ORDER_STATUS_PENDING:
+                return
+            order.status = status  # type: ignore[assignment]
+            order.cancel_reason = reason
+            order.update_time.CopyFrom(_now())
+            settled = await orders.update(order)
+        self._feed.publish(_change(orders_pb2.CHANGE_TYPE_UPDATED, settled))
+
+    async def _publish(self, event: Any, subject: str) -> None:
+        if self._events is not None:
+            await self._events.publish(event, subject=subject)
 
     async def WatchOrders(
         self, request: orders_pb2.WatchOrdersRequest, context: Context

@@ -1,0 +1,112 @@
+"""nexus.inventory.v1.InventoryService, and the reactions to order events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nexus.inventory.v1 import inventory_pb2 as pb
+from nexus.inventory.v1 import inventory_pb2_grpc
+from nexus.orders.v1 import events_pb2 as order_events
+
+from nexus_grpc import PluginContext
+from nexus_grpc.events import Delivery, subscribe
+
+Context = Any
+
+
+class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
+    """Stock and reservations in the plugin's namespace."""
+
+    def __init__(self, ctx: PluginContext) -> None:
+        self._storage = ctx.storage
+        self._stock = ctx.storage.repository(pb.Stock, id_field="sku")
+        self._events = ctx.events
+        self._log = ctx.logger
+
+    async def GetStock(self, request: pb.GetStockRequest, context: Context) -> pb.Stock:
+        """The stock of a SKU; zero for a SKU never stocked."""
+        return await self._stock.get(request.sku) or pb.Stock(sku=request.sku)
+
+    async def SetStock(self, request: pb.SetStockRequest, context: Context) -> pb.Stock:
+        """Set the units available (reservations are kept)."""
+        async with self._storage.transaction() as unit:
+            stock = unit.repository(pb.Stock, id_field="sku")
+            current = await stock.get(request.sku, for_update=True)
+            if current is None:
+                return await stock.create(pb.Stock(sku=request.sku, available=request.available))
+            current.available = request.available
+            return await stock.update(current)
+
+    async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.ReserveResponse:
+        """Reserve every line for the order, or nothing when one is short."""
+        return await self._reserve(request.order_id, list(request.lines))
+
+    async def Release(self, request: pb.ReleaseRequest, context: Context) -> pb.ReleaseResponse:
+        """Return an order's reserved units to stock."""
+        return pb.ReleaseResponse(released=await self._release(request.order_id))
+
+    @subscribe(order_events.OrderCreated)
+    async def on_order_created(self, event: order_events.OrderCreated, delivery: Delivery) -> None:
+        """Reserve the order's items, then say whether that worked."""
+        lines = [pb.ReservationLine(sku=i.sku, quantity=i.quantity) for i in event.order.items]
+        result = await self._reserve(event.order.id, lines)
+        assert self._events is not None
+        if result.reserved:
+            await self._events.publish(
+                pb.StockReserved(order_id=event.order.id), subject=event.order.id
+            )
+        else:
+            await self._events.publish(
+                pb.StockShortage(order_id=event.order.id, short_skus=result.short_skus),
+                subject=event.order.id,
+            )
+
+    @subscribe(order_events.OrderCancelled)
+    async def on_order_cancelled(
+        self, event: order_events.OrderCancelled, delivery: Delivery
+    ) -> None:
+        """Give a cancelled order's units back."""
+        await self._release(event.order.id)
+
+    async def _reserve(self, order_id: str, lines: list[pb.ReservationLine]) -> pb.ReserveResponse:
+        async with self._storage.transaction() as unit:
+            reservations = unit.repository(pb.Reservation)
+            if await reservations.get(order_id, for_update=True) is not None:
+                # Reserving twice (a redelivered event, a retried call) changes nothing.
+                return pb.ReserveResponse(reserved=True)
+            stock = unit.repository(pb.Stock, id_field="sku")
+            wanted: dict[str, int] = {}
+            for line in lines:
+                wanted[line.sku] = wanted.get(line.sku, 0) + line.quantity
+            rows = {sku: await stock.get(sku, for_update=True) for sku in sorted(wanted)}
+            short = [
+                sku for sku, qty in wanted.items() if (rows[sku] or pb.Stock()).available < qty
+            ]
+            if short:
+                return pb.ReserveResponse(reserved=False, short_skus=sorted(short))
+            for sku, quantity in wanted.items():
+                row = rows[sku]
+                assert row is not None
+                row.available -= quantity
+                row.reserved += quantity
+                await stock.update(row)
+            await reservations.create(pb.Reservation(id=order_id, lines=lines))
+        return pb.ReserveResponse(reserved=True)
+
+    async def _release(self, order_id: str) -> int:
+        async with self._storage.transaction() as unit:
+            reservations = unit.repository(pb.Reservation)
+            reservation = await reservations.get(order_id, for_update=True)
+            if reservation is None:
+                return 0  # nothing reserved (or released already): nothing to do
+            stock = unit.repository(pb.Stock, id_field="sku")
+            released = 0
+            for line in reservation.lines:
+                row = await stock.get(line.sku, for_update=True)
+                if row is not None:
+                    row.available += line.quantity
+                    row.reserved -= line.quantity
+                    await stock.update(row)
+                    released += line.quantity
+            await reservations.delete(order_id)
+        return released
