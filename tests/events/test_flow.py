@@ -16,8 +16,8 @@ from nexus_grpc.testing import RunningHost, running_host
 REPO = Path(__file__).resolve().parents[2]
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
     while not await check():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")
