@@ -293,37 +293,36 @@ async def _time_verification(
 def render(result: dict[str, Any], load: dict[str, Any] | None) -> str:
     """The table."""
     rows = result["rows"]
+    total = "pipeline: all stages minus the handler alone"
+    verification = result["verification"]
+    extras = (
+        ("nexus TokenVerifier, cached (what the auth stage pays)", "nexus_verify_cached_us"),
+        ("nexus TokenVerifier, cache off (a token's first call)", "nexus_verify_uncached_us"),
+        ("PyJWT jwt.decode (FastAPI+JWT, grpc.aio+JWT: every call)", "pyjwt_decode_us"),
+        ("uuid4().hex (the request id observe generates)", "uuid4_hex_us"),
+    )
+    width = max(
+        *(len(text) for text in [total, *(row["name"] for row in rows)]),
+        *(len(label) + 2 for label, _ in extras),
+    )
+    rule = "-" * (width + 19)
     lines = [
         "",
-        f"pipeline cost per call: {result['method']}, no-op handler, in-process, no network "
-        f"(best of {result['repeat']} timeit runs)",
-        f"{'stage (cumulative, in pipeline order)':<52} {'cum. us':>8} {'marg. us':>9}",
-        "-" * 71,
+        f"pipeline cost per call: {result['method']}",
+        f"  no-op handler, fake context, in-process, no network; us per call, best of "
+        f"{result['repeat']} timeit runs",
+        f"{'stage (cumulative, in pipeline order)':<{width}} {'cum. us':>8} {'marg. us':>9}",
+        rule,
     ]
     for row in rows:
-        marginal = "-" if row["marginal_us"] is None else f"{row['marginal_us']:9.2f}"
+        marginal = "-" if row["marginal_us"] is None else f"{row['marginal_us']:.2f}"
         note = "" if row["bound"] else "  (not bound: returns next)"
-        lines.append(f"{row['name']:<52} {row['best_us']:8.2f} {marginal:>9}{note}")
-    lines.append("-" * 71)
-    lines.append(
-        f"{'pipeline (all stages, minus the handler alone)':<52} {result['pipeline_us']:8.2f}"
-    )
-    verification = result["verification"]
-    lines += [
-        "",
-        "token verification alone, per call:",
-        f"  nexus TokenVerifier, cached (what the auth stage pays) "
-        f"{verification['nexus_verify_cached_us']:8.2f} us",
-        f"  nexus TokenVerifier, cache off (first call of a token) "
-        f"{verification['nexus_verify_uncached_us']:8.2f} us",
-        f"  PyJWT jwt.decode (FastAPI+JWT, grpc.aio+JWT, per call) "
-        f"{verification['pyjwt_decode_us']:8.2f} us",
-        f"part of observe: uuid4().hex, the request id it generates "
-        f"{verification['uuid4_hex_us']:7.2f} us",
-    ]
+        lines.append(f"{row['name']:<{width}} {row['best_us']:8.2f} {marginal:>9}{note}")
+    lines += [rule, f"{total:<{width}} {result['pipeline_us']:8.2f}"]
+    lines += ["", "for comparison, us per call:"]
+    lines += [f"  {label:<{width - 2}} {verification[key]:8.2f}" for label, key in extras]
     if load is not None:
-        lines.append("")
-        lines.append(load_context(result["pipeline_us"], load))
+        lines += ["", load_context(result["pipeline_us"], load)]
     lines.append("")
     return "\n".join(lines)
 
@@ -336,8 +335,9 @@ def load_context(pipeline_us: float, load: dict[str, Any]) -> str:
             if cpu:
                 return (
                     f"for scale: bare grpc.aio used {cpu:.0f} us of server CPU per GetOrder in the "
-                    f"last load run ({load.get('finished_at', '?')}); the pipeline adds "
-                    f"{pipeline_us:.1f} us = {100 * pipeline_us / cpu:.1f}% of that"
+                    f"load run of {load.get('finished_at', '?')};\n"
+                    f"  the pipeline's {pipeline_us:.1f} us are {100 * pipeline_us / cpu:.1f}% "
+                    "of that"
                 )
     return "for scale: no bare grpc.aio GetOrder result in the last load run"
 

@@ -33,10 +33,13 @@ from nexus_grpc.gateway.headers import (
 from nexus_grpc.gateway.output import metadata_headers, response_value, status_of
 from nexus_grpc.gateway.responses import (
     JSON,
+    BodyTooLargeError,
     Headers,
     Receive,
     Scope,
     Send,
+    peer_of,
+    read_body,
     send_error,
     send_response,
 )
@@ -225,8 +228,7 @@ class GatewayApp:
         timeout = (
             parse_grpc_timeout(timeout_header) if timeout_header else self._settings.default_timeout
         )
-        client = scope.get("client")
-        peer = f"ipv4:{client[0]}:{client[1]}" if client else "unknown"
+        peer = peer_of(scope)
         return GatewayContext(
             transport="rest",
             metadata=metadata,
@@ -399,19 +401,10 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     declared = _header(scope, b"content-length")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        return await read_body(receive, limit)
+    except BodyTooLargeError:
+        raise _too_large(limit) from None
 
 
 def _too_large(limit: int) -> StatusError:

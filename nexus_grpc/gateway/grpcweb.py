@@ -22,7 +22,15 @@ import grpc
 from nexus_grpc.errors import StatusError
 from nexus_grpc.gateway.context import GatewayContext
 from nexus_grpc.gateway.headers import parse_grpc_timeout
-from nexus_grpc.gateway.responses import Headers, Receive, Scope, Send
+from nexus_grpc.gateway.responses import (
+    BodyTooLargeError,
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    peer_of,
+    read_body,
+)
 
 __all__ = ["GrpcWebHandler", "decode_frames", "encode_frame"]
 
@@ -104,7 +112,7 @@ class GrpcWebHandler:
             )
             return
         try:
-            body = await _read(receive, self._settings.max_body_bytes)
+            body = await read_body(receive, self._settings.max_body_bytes)
             if text:
                 body = base64.b64decode(body, validate=False)
             frames = [payload for flag, payload in decode_frames(body) if flag == _DATA]
@@ -112,7 +120,7 @@ class GrpcWebHandler:
                 raise ValueError(f"expected one request message, got {len(frames)}")
             deserialize = route.grpc_handler.request_deserializer
             request = deserialize(frames[0]) if deserialize else frames[0]
-        except (ValueError, binascii.Error) as error:
+        except (ValueError, binascii.Error, BodyTooLargeError) as error:
             await response.trailers(
                 grpc.StatusCode.INVALID_ARGUMENT, f"malformed gRPC-Web request: {error}", ()
             )
@@ -131,7 +139,7 @@ class GrpcWebHandler:
         context = GatewayContext(
             transport="grpc-web",
             metadata=_metadata(scope["headers"]),
-            peer=_peer(scope),
+            peer=peer_of(scope),
             deadline=time.monotonic() + timeout if timeout else None,
             writer=lambda message: response.message(
                 serialize(message) if serialize else message, context
@@ -233,24 +241,3 @@ def _metadata_headers(metadata: Any) -> Headers:
 
 def _timeout(value: str) -> float:
     return parse_grpc_timeout(value) if value else 0.0
-
-
-def _peer(scope: Scope) -> str:
-    client = scope.get("client")
-    return f"ipv4:{client[0]}:{client[1]}" if client else "unknown"
-
-
-async def _read(receive: Receive, limit: int) -> bytes:
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise ValueError(f"request larger than {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
@@ -9,7 +10,16 @@ from nexus_grpc.errors import StatusError
 from nexus_grpc.gateway.codec import dumps
 from nexus_grpc.gateway.status import error_body, http_status
 
-__all__ = ["Headers", "Receive", "Send", "send_error", "send_response"]
+__all__ = [
+    "BodyTooLargeError",
+    "Headers",
+    "Receive",
+    "Send",
+    "peer_of",
+    "read_body",
+    "send_error",
+    "send_response",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -45,3 +55,34 @@ async def send_error(
     if "allow" in error.metadata:
         extra.append((b"allow", error.metadata["allow"].encode()))
     await send_response(send, status, [(b"content-type", JSON), *extra], dumps(error_body(error)))
+
+
+class BodyTooLargeError(Exception):
+    """A request body grew past the configured limit while being read."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body is larger than {limit} bytes")
+        self.limit = limit
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body; BodyTooLargeError past ``limit`` bytes, without reading on."""
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def peer_of(scope: Scope) -> str:
+    """The client address as grpc reports peers: "ipv4:1.2.3.4:5678"."""
+    client = scope.get("client")
+    return f"ipv4:{client[0]}:{client[1]}" if client else "unknown"

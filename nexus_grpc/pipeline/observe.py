@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,7 +35,8 @@ def incoming_request_id(metadata: Any) -> str:
             if 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.isprintable():
                 return value
             break
-    return uuid.uuid4().hex
+    # 128 random bits, like a uuid4 without building the UUID object (half the cost).
+    return os.urandom(16).hex()
 
 
 class ObserveStage:

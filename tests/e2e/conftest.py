@@ -156,8 +156,23 @@ def start_serve(
 
 @pytest.fixture
 def serve(tmp_path: Path, probe_stubs: Path) -> Iterator[ServeProcess]:
-    """`nexus serve` with the bundled plugins and the probe plugin."""
-    running = start_serve(tmp_path, probe_stubs, [REPO / "plugins", REPO / "tests" / "probe"])
+    """`nexus serve` with the bundled plugins but inventory (orders stay pending), and probe."""
+    running = start_serve(
+        tmp_path,
+        probe_stubs,
+        [REPO / "plugins", REPO / "tests" / "probe"],
+        NEXUS_PLUGINS__DISABLED="inventory",
+    )
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+@pytest.fixture
+def shop_serve(tmp_path: Path, probe_stubs: Path) -> Iterator[ServeProcess]:
+    """`nexus serve` with every bundled plugin, as `scripts/serve` runs it."""
+    running = start_serve(tmp_path, probe_stubs, [REPO / "plugins"])
     try:
         yield running
     finally:

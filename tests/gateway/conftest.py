@@ -18,7 +18,10 @@ REPO = GATEWAY_TESTS.parents[1]
 async def gateway_host(tmp_path: Path, transcode_stubs: Path) -> AsyncIterator[RunningHost]:
     """A running host with HTTP on, serving the transcode test plugin and orders."""
     async with running_host(
-        plugin_dirs=[GATEWAY_TESTS / "plugins", REPO / "plugins"], data_dir=tmp_path, http=True
+        plugins=["transcode", "orders", "auth"],
+        plugin_dirs=[GATEWAY_TESTS / "plugins", REPO / "plugins"],
+        data_dir=tmp_path,
+        http=True,
     ) as host:
         yield host
 
