@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
