@@ -8,7 +8,9 @@ alter them through the repository API; admins read them with
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 from google.protobuf import timestamp_pb2
@@ -30,11 +32,36 @@ class Outcome:
     FAILED = admin_pb2.OUTCOME_FAILED
 
 
+class _Throttle:
+    """At most ``limit`` records per key and window, over a bounded set of keys."""
+
+    def __init__(self, limit: int, window: float, max_keys: int = 10_000) -> None:
+        self._limit = limit
+        self._window = window
+        self._max_keys = max_keys
+        self._counts: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        started, count = self._counts.pop(key, (now, 0))
+        if now - started >= self._window:
+            started, count = now, 0
+        self._counts[key] = (started, count + 1)
+        if len(self._counts) > self._max_keys:
+            self._counts.popitem(last=False)
+        return count < self._limit
+
+
 class AuditLog:
     """Writes and lists audit records."""
 
-    def __init__(self, namespace: Namespace) -> None:
+    def __init__(
+        self, namespace: Namespace, *, per_peer_limit: int = 30, window: float = 60.0
+    ) -> None:
         self._records = namespace.repository(admin_pb2.AuditRecord)
+        # Callers without valid credentials are not rate limited by principal; without
+        # this, a flood of bad tokens would be a flood of stored records.
+        self._anonymous = _Throttle(per_peer_limit, window)
 
     async def record(
         self,
@@ -45,8 +72,18 @@ class AuditLog:
         outcome: int,
         reason: str = "",
         context: Any = None,
+        throttle: bool = False,
     ) -> None:
-        """Store one record; the request id, transport and peer come from the call."""
+        """Store one record; the request id, transport and peer come from the call.
+
+        ``throttle`` keeps at most a few records per peer and minute (for denials of
+        callers who could not authenticate); the rest are only counted in the log.
+        """
+        if throttle and context is not None and not self._anonymous.allow(context.peer()):
+            _log.warning(
+                "audit record of %s %s suppressed (flood from %s)", action, target, context.peer()
+            )
+            return
         stamp = timestamp_pb2.Timestamp()
         stamp.GetCurrentTime()
         record = admin_pb2.AuditRecord(

@@ -115,6 +115,9 @@ class AuthConfig:
     max_token_bytes: int = 8192
     #: Log would-be denials without enforcing them (rolling out a new policy).
     shadow_mode: bool = False
+    #: Plugins handed the token issuer. A manifest's category is the plugin's own
+    #: claim, so the operator names who may mint tokens.
+    issuer_plugins: tuple[str, ...] = ("auth",)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,9 @@ class HttpServer:
             log_config=None,
             access_log=False,
             server_header=False,
+            # X-Forwarded-For would otherwise be trusted from loopback peers, letting a
+            # local client pick the address rate limits and audit records use.
+            proxy_headers=False,
             date_header=False,
             timeout_graceful_shutdown=None,
         )

@@ -42,6 +42,7 @@ from nexus_grpc.gateway.responses import (
     read_body,
     send_error,
     send_response,
+    watch_disconnect,
 )
 from nexus_grpc.gateway.routes import GatewayRoute, GatewayRoutes, build_gateway_routes
 from nexus_grpc.gateway.status import http_status, status_body
@@ -275,9 +276,7 @@ class GatewayApp:
         call = asyncio.ensure_future(route.call(request, context))
         # Bidirectional calls read the body as they go and see the disconnect there.
         watch = binding.server_streaming and not binding.client_streaming
-        watcher = (
-            asyncio.ensure_future(_watch_disconnect(receive, call, context)) if watch else None
-        )
+        watcher = asyncio.ensure_future(watch_disconnect(receive, call, context)) if watch else None
         try:
             if remaining is not None:
                 async with asyncio.timeout(remaining):
@@ -432,18 +431,6 @@ async def _ndjson_lines(receive: Receive, limit: int) -> AsyncIterator[bytes]:
         if not message.get("more_body", False):
             if buffer.strip():
                 yield buffer
-            return
-
-
-async def _watch_disconnect(
-    receive: Receive, call: asyncio.Future[Any], context: GatewayContext
-) -> None:
-    # A server stream's client leaving is only visible as http.disconnect on receive().
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            context.cancelled_by_client = True
-            call.cancel()
             return
 
 

@@ -30,6 +30,7 @@ from nexus_grpc.gateway.responses import (
     Send,
     peer_of,
     read_body,
+    watch_disconnect,
 )
 
 __all__ = ["GrpcWebHandler", "decode_frames", "encode_frame"]
@@ -63,6 +64,12 @@ _NOT_METADATA = frozenset(
         "grpc-accept-encoding",
         "grpc-encoding",
         "accept-language",
+        # Set by proxies, not by the caller: never metadata a handler could trust.
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
     }
 )
 
@@ -145,18 +152,28 @@ class GrpcWebHandler:
                 serialize(message) if serialize else message, context
             ),
         )
+        call = asyncio.ensure_future(route.call(request, context))
+        # The body is read: the next receive() reports the client leaving, which must
+        # end a server stream instead of letting it write into the void.
+        watcher = asyncio.ensure_future(watch_disconnect(receive, call, context))
         try:
             if timeout:
                 async with asyncio.timeout(timeout):
-                    result = await route.call(request, context)
+                    result = await call
             else:
-                result = await route.call(request, context)
+                result = await call
         except TimeoutError:
             context.set_code(grpc.StatusCode.DEADLINE_EXCEEDED)
             context.set_details("deadline exceeded")
             result = None
         except grpc.aio.AbortError:
             result = None
+        except asyncio.CancelledError:
+            if context.cancelled_by_client:
+                return
+            raise
+        finally:
+            watcher.cancel()
         code = context.code() or grpc.StatusCode.OK
         if (
             code == grpc.StatusCode.OK

@@ -135,6 +135,12 @@ class _Target:
     map_key: str | None
     name: str
 
+    @property
+    def field_key(self) -> str:
+        """The field this parameter sets, whatever spelling (proto or JSON names) it used."""
+        path = ".".join(field.name for field in self.fields)
+        return path if self.map_key is None else f"{path}[{self.map_key}]"
+
 
 class RequestBuilder:
     """Turns path variables, query parameters and a body into one request message.
@@ -290,12 +296,12 @@ def _set_query(message: Message, target: _Target, text: str, seen: set[str]) -> 
                     )
                 ]
             )
-        _once(target.name, seen)
+        _once(target, seen)
         getattr(parent, field.name)[key] = parse_scalar(value_field, text, target.name)
         return
     repeated = field.is_repeated
     if not repeated:
-        _once(target.name, seen)
+        _once(target, seen)
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         value = _message_from_text(field, text, target.name)
         if repeated:
@@ -310,12 +316,12 @@ def _set_query(message: Message, target: _Target, text: str, seen: set[str]) -> 
         setattr(parent, field.name, value)
 
 
-def _once(name: str, seen: set[str]) -> None:
-    if name in seen:
+def _once(target: _Target, seen: set[str]) -> None:
+    if target.field_key in seen:
         raise InvalidArgumentError(
-            [FieldViolation(name, "given more than once but the field is not repeated")]
+            [FieldViolation(target.name, "given more than once but the field is not repeated")]
         )
-    seen.add(name)
+    seen.add(target.field_key)
 
 
 def _message_from_text(field: FieldDescriptor, text: str, name: str) -> Message:

@@ -19,6 +19,7 @@ __all__ = [
     "read_body",
     "send_error",
     "send_response",
+    "watch_disconnect",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -86,3 +87,13 @@ def peer_of(scope: Scope) -> str:
     """The client address as grpc reports peers: "ipv4:1.2.3.4:5678"."""
     client = scope.get("client")
     return f"ipv4:{client[0]}:{client[1]}" if client else "unknown"
+
+
+async def watch_disconnect(receive: Receive, call: asyncio.Future[Any], context: Any) -> None:
+    """Cancel ``call`` when the client goes away (only ``http.disconnect`` tells)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            context.cancelled_by_client = True
+            call.cancel()
+            return

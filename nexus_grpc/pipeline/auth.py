@@ -18,7 +18,7 @@ from nexus_grpc.auth.principal import ANONYMOUS, Principal, Scope, principal_var
 from nexus_grpc.errors import StatusError
 from nexus_grpc.plugins.spec import OwnershipCheck
 from nexus_grpc.policy import Access, EffectivePolicy
-from nexus_grpc.routing import CallHandler, MethodInfo
+from nexus_grpc.routing import Arity, CallHandler, MethodInfo
 
 __all__ = ["AccessStage", "AuthStage", "TokenVerifier"]
 
@@ -94,6 +94,7 @@ class AuthStage:
                         outcome=Outcome.DENIED,
                         reason=error.reason or error.message,
                         context=context,
+                        throttle=True,
                     )
                 raise
             # Not reset here: the observe stage restores it after the access log line,
@@ -126,6 +127,9 @@ class AccessStage:
         name = method.method
         ownership = method.ownership
         plugin = method.plugin
+        # A stream of requests cannot be checked resource by resource before the
+        # handler reads it: scoped grants do not reach such methods.
+        streamed_requests = method.arity in (Arity.STREAM_UNARY, Arity.STREAM_STREAM)
 
         async def deny(context: Any, principal: Principal | None, error: StatusError) -> None:
             actor = principal.subject if principal else ANONYMOUS
@@ -176,8 +180,9 @@ class AccessStage:
                             metadata={"permission": policy.permission},
                         ),
                     )
-                elif held < Scope.ALL and not await _owns(
-                    ownership, OwnershipCheck(name, request, principal, held)
+                elif held < Scope.ALL and (
+                    streamed_requests
+                    or not await _owns(ownership, OwnershipCheck(name, request, principal, held))
                 ):
                     await deny(
                         context,

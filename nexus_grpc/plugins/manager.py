@@ -313,9 +313,9 @@ class PluginManager:
             logger=logging.getLogger(f"nexus.plugins.{manifest.name}"),
             data_dir=data_dir,
             audit=self._audit,
-            # Only security plugins may mint tokens: any other plugin holding the
-            # issuer could make itself an admin.
-            tokens=self._tokens if manifest.category == "security" else None,
+            # Only the plugins the operator lists may mint tokens: any other plugin
+            # holding the issuer could make itself an admin.
+            tokens=self._tokens if manifest.name in self._config.auth.issuer_plugins else None,
             events=(
                 Publisher(self._bus, manifest.name, frozenset(manifest.publishes))
                 if self._bus is not None

@@ -1,21 +1,36 @@
-"""Namespaces (the isolation boundary) and units of work (one transaction each)."""
+"""Namespaces (the isolation boundary) and units of work (one transaction each).
+
+Namespace and UnitOfWork are the same classes on every database: what differs is the
+:class:`Backend` underneath, which hands out a :class:`RepositoryScope` per namespace
+(each call its own transaction) or per transaction. :class:`SqlBackend` is SQLite and
+PostgreSQL; ``mongo.MongoBackend`` is MongoDB.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
 
 from google.protobuf.message import Message
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .engine import Database, translate_errors
-from .repository import M, Repository, Scope, check_id_field
+from .repository import M, Repository, check_id_field
 from .schema import MAX_KEY_LENGTH
 from .sql import SqlDialect
 
-__all__ = ["Namespace", "UnitOfWork", "validate_namespace"]
+__all__ = [
+    "Backend",
+    "Namespace",
+    "RepositoryScope",
+    "SqlBackend",
+    "UnitOfWork",
+    "validate_namespace",
+]
 
 _SEGMENT = re.compile(r"[a-z0-9_-]+")
 
@@ -44,8 +59,52 @@ def _collection_name(message_type: type[Message], collection: str | None) -> str
     return name
 
 
+class RepositoryScope(Protocol):
+    """One namespace of one backend, in a transaction of its own per call or in one."""
+
+    @property
+    def namespace(self) -> str:
+        """The namespace every record read or written belongs to."""
+        ...
+
+    @property
+    def active(self) -> bool:
+        """Whether repositories may still be used (False once a transaction ended)."""
+        ...
+
+    def repository(self, message_type: type[M], *, collection: str, id_field: str) -> Repository[M]:
+        """The backend's repository; the arguments are already validated."""
+        ...
+
+
+class Backend(Protocol):
+    """A connected database: what :class:`Storage` and :class:`Namespace` run on."""
+
+    @property
+    def name(self) -> str:
+        """The backend's name: ``"sqlite"``, ``"postgresql"`` or ``"mongodb"``."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        ...
+
+    async def close(self) -> None:
+        """Release every connection; idempotent."""
+        ...
+
+    def scope(self, namespace: str) -> RepositoryScope:
+        """Repositories of ``namespace`` whose every call is its own transaction."""
+        ...
+
+    def transaction(self, namespace: str) -> AbstractAsyncContextManager[RepositoryScope]:
+        """One transaction: committed on normal exit, rolled back on exception."""
+        ...
+
+
 def _new_repository(
-    scope: Scope,
+    scope: RepositoryScope,
     message_type: type[M],
     collection: str | None,
     id_field: str,
@@ -53,11 +112,8 @@ def _new_repository(
     if not (isinstance(message_type, type) and issubclass(message_type, Message)):
         raise TypeError(f"expected a protobuf message class, got {message_type!r}")
     check_id_field(message_type, id_field)
-    return Repository(
-        scope,
-        message_type,
-        collection=_collection_name(message_type, collection),
-        id_field=id_field,
+    return scope.repository(
+        message_type, collection=_collection_name(message_type, collection), id_field=id_field
     )
 
 
@@ -74,11 +130,15 @@ class _AutocommitScope:
         self.namespace = namespace
         self.dialect = database.dialect
         self.in_transaction = False
+        self.active = True
 
     @asynccontextmanager
     async def connection(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
         async with self._database.transaction(write=write) as conn:
             yield conn
+
+    def repository(self, message_type: type[M], *, collection: str, id_field: str) -> Repository[M]:
+        return Repository(self, message_type, collection=collection, id_field=id_field)
 
 
 class _TransactionScope:
@@ -103,6 +163,58 @@ class _TransactionScope:
             with translate_errors():
                 yield self._conn
 
+    def repository(self, message_type: type[M], *, collection: str, id_field: str) -> Repository[M]:
+        return Repository(self, message_type, collection=collection, id_field=id_field)
+
+
+class SqlBackend:
+    """SQLite or PostgreSQL through SQLAlchemy: the :class:`Backend` of those URLs."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    @classmethod
+    async def open(
+        cls, url: str | URL, *, create_schema: bool, sqlite_busy_timeout: float
+    ) -> SqlBackend:
+        """Connect to ``url`` and create the schema if asked (see :meth:`Storage.connect`)."""
+        database = await Database.open(url, sqlite_busy_timeout=sqlite_busy_timeout)
+        try:
+            if create_schema:
+                await database.create_schema()
+        except BaseException:
+            await database.close()
+            raise
+        return cls(database)
+
+    @property
+    def name(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._database.dialect.name
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._database.closed
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self._database.close()
+
+    def scope(self, namespace: str) -> RepositoryScope:
+        """Repositories of ``namespace``, each statement group its own transaction."""
+        return _AutocommitScope(self._database, namespace)
+
+    @asynccontextmanager
+    async def transaction(self, namespace: str) -> AsyncIterator[RepositoryScope]:
+        """One database transaction on one connection (see :meth:`Namespace.transaction`)."""
+        async with self._database.transaction(write=True) as conn:
+            scope = _TransactionScope(namespace, self._database.dialect, conn)
+            try:
+                yield scope
+            finally:
+                scope.active = False
+
 
 class Namespace:
     """The rows of one namespace, e.g. one plugin's ("plugins/business/orders").
@@ -112,10 +224,10 @@ class Namespace:
     Get one from :meth:`Storage.namespace`.
     """
 
-    def __init__(self, database: Database, name: str) -> None:
-        self._database = database
+    def __init__(self, backend: Backend, name: str) -> None:
+        self._backend = backend
         self._name = validate_namespace(name)
-        self._scope = _AutocommitScope(database, self._name)
+        self._scope = backend.scope(self._name)
 
     def __repr__(self) -> str:
         return f"Namespace({self._name!r})"
@@ -142,13 +254,10 @@ class Namespace:
         On SQLite the transaction holds the database's write lock from its start, so
         other writers wait (up to the busy timeout) until it ends: keep it short, and do
         not open a second transaction on the same SQLite database while holding one.
+        MongoDB needs a replica set (or mongos) for transactions; see ``mongo``.
         """
-        async with self._database.transaction(write=True) as conn:
-            scope = _TransactionScope(self._name, self._database.dialect, conn)
-            try:
-                yield UnitOfWork(scope)
-            finally:
-                scope.active = False
+        async with self._backend.transaction(self._name) as scope:
+            yield UnitOfWork(scope)
 
 
 class UnitOfWork:
@@ -157,7 +266,7 @@ class UnitOfWork:
     Its repositories join the transaction; they fail once the transaction has ended.
     """
 
-    def __init__(self, scope: _TransactionScope) -> None:
+    def __init__(self, scope: RepositoryScope) -> None:
         self._scope = scope
 
     def __repr__(self) -> str:

@@ -6,21 +6,23 @@ from types import TracebackType
 
 from sqlalchemy.engine import URL
 
-from .engine import Database
-from .namespace import Namespace
+from .namespace import Backend, Namespace, SqlBackend
 
 __all__ = ["Storage"]
 
+#: URL schemes served by the MongoDB backend (``nexus_grpc.storage.mongo``).
+_MONGODB_SCHEMES = ("mongodb://", "mongodb+srv://")
+
 
 class Storage:
-    """Protobuf message storage on SQLite (aiosqlite) or PostgreSQL (asyncpg).
+    """Protobuf message storage on SQLite (aiosqlite), PostgreSQL (asyncpg) or MongoDB.
 
     ``await Storage.connect(url)`` once per process, ``storage.namespace(name)`` per
     tenant or plugin, ``await storage.close()`` at shutdown (or use ``async with``).
     """
 
-    def __init__(self, database: Database) -> None:
-        self._database = database
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
 
     @classmethod
     async def connect(
@@ -33,40 +35,45 @@ class Storage:
         """Connect to ``url`` and create the schema if it is missing.
 
         ``url`` is ``sqlite+aiosqlite:///path/nexus.db`` (the directory is created if
-        needed) or ``postgresql+asyncpg://user@host:port/db``; plain ``sqlite://`` and
-        ``postgresql://`` get those drivers. Schema creation is idempotent and safe when
-        several processes start at once. ``sqlite_busy_timeout`` is how many seconds a
-        SQLite writer waits for another before failing with ConflictError.
+        needed), ``postgresql+asyncpg://user@host:port/db`` or
+        ``mongodb://host:port/db`` (PyMongo's async client; see ``storage.mongo``);
+        plain ``sqlite://`` and ``postgresql://`` get those drivers. Schema creation is
+        idempotent and safe when several processes start at once. ``sqlite_busy_timeout``
+        is how many seconds a SQLite writer waits for another before failing with
+        ConflictError.
         """
-        database = await Database.open(url, sqlite_busy_timeout=sqlite_busy_timeout)
-        try:
-            if create_schema:
-                await database.create_schema()
-        except BaseException:
-            await database.close()
-            raise
-        return cls(database)
+        backend: Backend
+        if isinstance(url, str) and url.startswith(_MONGODB_SCHEMES):
+            # Imported here: PyMongo is only needed by those who use MongoDB.
+            from .mongo import MongoBackend
+
+            backend = await MongoBackend.open(url, create_schema=create_schema)
+        else:
+            backend = await SqlBackend.open(
+                url, create_schema=create_schema, sqlite_busy_timeout=sqlite_busy_timeout
+            )
+        return cls(backend)
 
     @property
     def dialect(self) -> str:
-        """``"sqlite"`` or ``"postgresql"``."""
-        return self._database.dialect.name
+        """``"sqlite"``, ``"postgresql"`` or ``"mongodb"``."""
+        return self._backend.name
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
-        return self._database.closed
+        return self._backend.closed
 
     def namespace(self, name: str) -> Namespace:
         """The namespace ``name``: "/"-separated segments of ``[a-z0-9_-]+``.
 
         Raises ValueError naming the first bad segment.
         """
-        return Namespace(self._database, name)
+        return Namespace(self._backend, name)
 
     async def close(self) -> None:
         """Close all connections. Idempotent; the storage cannot be used afterwards."""
-        await self._database.close()
+        await self._backend.close()
 
     async def __aenter__(self) -> Storage:
         return self

@@ -89,9 +89,11 @@ class Accounts:
 
     async def authenticate(self, username: str, password: str) -> auth_pb2.User | None:
         """The user when the password is right and the account enabled; None otherwise."""
-        user = await self.users.get(username) if username else None
-        record = await self.passwords.get(username) if user is not None else None
-        valid = await verify_password(password, record.hash if record else None)
+        # Both reads happen whether or not the user exists, so response times do not
+        # tell which user names are taken.
+        user = await self.users.get(username or "-")
+        record = await self.passwords.get(username or "-")
+        valid = await verify_password(password, record.hash if record and user else None)
         if not valid or user is None or user.disabled:
             return None
         return user

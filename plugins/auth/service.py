@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -10,11 +11,28 @@ from nexus.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from nexus_grpc import NotFoundError, PluginContext, StatusError
 from nexus_grpc.audit import AuditLog, Outcome
-from nexus_grpc.auth.principal import current_principal
+from nexus_grpc.auth.principal import Scope, current_principal
 
 from .accounts import Accounts
 
 Context = Any
+
+
+def _require_role_management(roles: Iterable[str]) -> None:
+    """Granting roles is handing out their permissions: it needs roles.manage on all.
+
+    Without this, a helpdesk role allowed to manage users could create admins.
+    """
+    if not list(roles):
+        return
+    principal = current_principal()
+    if principal is None or principal.scope_for("roles", "manage") is not Scope.ALL:
+        raise StatusError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "assigning roles needs permission roles.manage with scope all",
+            reason="PERMISSION_REQUIRED",
+            metadata={"permission": "roles.manage"},
+        )
 
 
 class AuthService(auth_pb2_grpc.AuthServiceServicer):
@@ -92,6 +110,7 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.CreateUserRequest, context: Context
     ) -> auth_pb2.User:
         """A new user with an initial password."""
+        _require_role_management(request.user.roles)
         return await self._accounts.create_user(request.user, request.password)
 
     async def ListUsers(
@@ -107,6 +126,7 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.SetUserRolesRequest, context: Context
     ) -> auth_pb2.User:
         """Replace a user's roles; takes effect at the user's next login or refresh."""
+        _require_role_management(request.roles)
         await self._accounts.check_roles(request.roles)
         async with self._accounts.storage.transaction() as unit:
             users = unit.repository(auth_pb2.User, id_field="username")

@@ -62,6 +62,10 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
             if not request.customer_id:
                 request.customer_id = subject
             return bool(request.customer_id == subject)
+        if check.method == "UpdateOrder" and "customer_id" in request.update_mask.paths:
+            # Moving an order to another customer is for callers whose grant covers all
+            # orders; with scope own it would hand the order to someone else.
+            return False
         order_id = request.order.id if check.method == "UpdateOrder" else request.id
         order = await self._orders.get(order_id) if order_id else None
         return order is not None and order.customer_id == subject
@@ -117,6 +121,17 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
         async with self._storage.transaction() as unit:
             orders = unit.repository(orders_pb2.Order)
             order = await _open_order(orders, request.order.id, "updated")
+            if order.status != orders_pb2.ORDER_STATUS_PENDING and {"items", "currency_code"} & set(
+                paths
+            ):
+                # Stock was reserved for the confirmed items; changing them would
+                # bypass the reservation.
+                raise StatusError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"the items and currency of order {order.id!r} can change only while it "
+                    "is pending; cancel it and create a new order",
+                    reason="ORDER_NOT_PENDING",
+                )
             for path in UPDATABLE_FIELDS:
                 if path in paths:
                     if path == "items":
