@@ -140,24 +140,26 @@ async def test_x_forwarded_for_does_not_change_the_rate_limit_key(tmp_path: Path
             "login": {"rate": 0.1, "burst": 2.0},
         }
     )
-    async with running_host(
-        plugins=["auth"],
-        plugin_dirs=[REPO / "plugins"],
-        data_dir=tmp_path,
-        http=True,
-        limits=limits,
-    ) as host:
-        async with httpx.AsyncClient(base_url=host.http_url) as http:
-            codes = [
-                (
-                    await http.post(
-                        "/v1/auth/login",
-                        json={"username": "u", "password": "p"},
-                        headers={"x-forwarded-for": f"10.0.0.{i}"},
-                    )
-                ).status_code
-                for i in range(4)
-            ]
+    async with (
+        running_host(
+            plugins=["auth"],
+            plugin_dirs=[REPO / "plugins"],
+            data_dir=tmp_path,
+            http=True,
+            limits=limits,
+        ) as host,
+        httpx.AsyncClient(base_url=host.http_url) as http,
+    ):
+        codes = [
+            (
+                await http.post(
+                    "/v1/auth/login",
+                    json={"username": "u", "password": "p"},
+                    headers={"x-forwarded-for": f"10.0.0.{i}"},
+                )
+            ).status_code
+            for i in range(4)
+        ]
     assert codes == [401, 401, 429, 429]
 
 
@@ -253,22 +255,24 @@ async def test_grpc_web_does_not_forward_proxy_headers(
 
     from nexus_grpc.gateway.grpcweb import decode_frames
 
-    async with running_host(
-        plugins=["transcode"],
-        plugin_dirs=[REPO / "tests" / "gateway" / "plugins"],
-        data_dir=tmp_path,
-        http=True,
-    ) as host:
-        async with httpx.AsyncClient(base_url=host.http_url) as http:
-            response = await http.post(
-                "/transcode.v1.TranscodeService/Inspect",
-                content=encode_frame(0, pb.InspectRequest().SerializeToString()),
-                headers={
-                    "content-type": "application/grpc-web+proto",
-                    "x-forwarded-for": "6.6.6.6",
-                    "tenant": "acme",
-                },
-            )
+    async with (
+        running_host(
+            plugins=["transcode"],
+            plugin_dirs=[REPO / "tests" / "gateway" / "plugins"],
+            data_dir=tmp_path,
+            http=True,
+        ) as host,
+        httpx.AsyncClient(base_url=host.http_url) as http,
+    ):
+        response = await http.post(
+            "/transcode.v1.TranscodeService/Inspect",
+            content=encode_frame(0, pb.InspectRequest().SerializeToString()),
+            headers={
+                "content-type": "application/grpc-web+proto",
+                "x-forwarded-for": "6.6.6.6",
+                "tenant": "acme",
+            },
+        )
     reply = pb.InspectResponse.FromString(decode_frames(response.content)[0][1])
     assert reply.metadata["tenant"] == "acme"
     assert "x-forwarded-for" not in reply.metadata
