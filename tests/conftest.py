@@ -1,3 +1,8 @@
 """Shared pytest configuration for the whole test suite."""
 
-pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.probe", "tests.fixtures.redis"]
+pytest_plugins = [
+    "tests.fixtures.mongo",
+    "tests.fixtures.postgres",
+    "tests.fixtures.probe",
+    "tests.fixtures.redis",
+]

@@ -1,4 +1,4 @@
-"""Namespaced storage of protobuf messages on SQLite or PostgreSQL.
+"""Namespaced storage of protobuf messages on SQLite, PostgreSQL or MongoDB.
 
 >>> storage = await Storage.connect("sqlite+aiosqlite:///var/nexus.db")
 >>> orders = storage.namespace("plugins/business/orders").repository(orders_pb2.Order)
@@ -8,6 +8,7 @@
 Each message is stored serialized (the source of truth) next to an index document of
 its scalar fields, which filters and orderings use. Lists page by keyset, with opaque
 page tokens. ``Namespace.transaction()`` groups operations into one transaction.
+MongoDB URLs (``mongodb://host:port/db``) need PyMongo; see :mod:`.mongo`.
 """
 
 from .errors import InvalidQueryError

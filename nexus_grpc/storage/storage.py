@@ -45,7 +45,12 @@ class Storage:
         backend: Backend
         if isinstance(url, str) and url.startswith(_MONGODB_SCHEMES):
             # Imported here: PyMongo is only needed by those who use MongoDB.
-            from .mongo import MongoBackend
+            try:
+                from .mongo import MongoBackend
+            except ImportError as exc:
+                raise ImportError(
+                    f"mongodb:// URLs need PyMongo (pip install pymongo): {exc}"
+                ) from exc
 
             backend = await MongoBackend.open(url, create_schema=create_schema)
         else:

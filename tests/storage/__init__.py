@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 
 from nexus_grpc.storage import Storage
 
-BACKENDS = ["sqlite", "postgresql"]
+BACKENDS = ["sqlite", "postgresql", "mongodb"]
 
 
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -33,6 +33,9 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         # A missing parent directory on purpose: connect() must create it.
         return f"sqlite+aiosqlite:///{tmp_path}/data/nexus.db"
+    if request.param == "mongodb":
+        mongo: str = request.getfixturevalue("mongo_url")
+        return mongo
     url: str = request.getfixturevalue("postgres_url")
     return url
 

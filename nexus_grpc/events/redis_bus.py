@@ -1,0 +1,407 @@
+"""The event bus on Redis Streams: at-least-once delivery shared by every host process.
+
+Layout (``prefix`` defaults to ``nexus``):
+
+``{prefix}:events:{event type}``
+    One stream per event type. Publishing is an XADD of the serialized Envelope in the
+    field ``envelope``, trimmed approximately to ``maxlen`` entries. The stream is also
+    the replay store: :meth:`RedisBus.replay` can reach back as far as it holds.
+``{prefix}:dead:{group}``
+    Entries a group gave up on, with fields envelope, group, attempts, error, stream
+    and entry (the original stream and entry id).
+``{prefix}:retry:{group}``
+    Dead letters redriven to one group; read by that group's workers only.
+
+Each subscribing plugin is a consumer group on every stream it consumes. A **new**
+group starts at ``$``: it gets the events published from its creation on, not the
+history (use :meth:`RedisBus.replay` for that). Every process is one consumer of the
+group (``host:pid:random``), so processes share a group's work.
+
+Guarantees:
+
+* **At least once, across processes.** An entry is acknowledged only after its
+  handler returned. One read but never acknowledged (the process died, or stopped
+  mid-handler) is taken over by any live consumer of the group once idle for
+  ``claim_idle`` seconds (XAUTOCLAIM), or at once when the consumer stopped cleanly.
+  Handlers must therefore be idempotent; a handler running longer than
+  ``claim_idle`` stays its consumer's (a heartbeat keeps its entries), unless the
+  event loop is blocked that long.
+* **Order** within one stream and one consumer: entries are handled in stream order,
+  one at a time. Several consumers of a group (processes) handle a stream's entries
+  in parallel, and an entry taken over after a crash is handled after later ones.
+* **Retries and dead letters**: a failing handler is retried with exponential backoff
+  up to ``max_attempts`` deliveries (Redis's delivery count, so attempts made by a
+  consumer that died count too); then the entry moves to the group's dead-letter
+  stream and the group goes on with the next one.
+* **Outages**: :meth:`RedisBus.publish` raises :class:`BusUnavailableError` (an
+  outbox keeps such events); workers retry with backoff; :meth:`RedisBus.healthy`
+  is False meanwhile and :meth:`RedisBus.on_health` callbacks hear of each change.
+* **Trimming** is the one way to lose events: entries trimmed before a group read
+  them are gone (logged when they were pending). Size ``maxlen`` for the longest
+  outage of the slowest group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+from google.protobuf.message import DecodeError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from nexus_grpc.errors import NotFoundError, StatusError
+from nexus_grpc.events._redis_health import Health, HealthCallback
+from nexus_grpc.events._redis_runtime import Runtime, Settings, cancel_and_wait
+from nexus_grpc.events._redis_streams import (
+    REDRIVE,
+    Keys,
+    consumer_name,
+    id_before,
+    is_no_group,
+    is_unreachable,
+    text,
+    time_to_id,
+    valid_id,
+)
+from nexus_grpc.events._redis_worker import GroupWorker
+from nexus_grpc.events.bus import DeadLetter, Handler
+from nexus_grpc.events.envelope import Envelope
+
+__all__ = ["BusUnavailableError", "RedisBus", "RedisDeadLetter"]
+
+_log = logging.getLogger("nexus.events")
+
+#: Dead letters of this process kept in memory for :meth:`RedisBus.dead_letters`.
+_DEAD_KEPT = 1000
+#: Seconds stop() may spend handing unfinished entries back to the other consumers.
+_RELEASE_SECONDS = 5.0
+#: Upper bound of pending(): counting a lag Redis cannot tell reads this many entries.
+_LAG_COUNT_LIMIT = 10_000
+
+
+class BusUnavailableError(StatusError):
+    """The event bus cannot reach its Redis: nothing was published (UNAVAILABLE)."""
+
+    def __init__(self, message: str = "event bus unavailable") -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, message, reason="EVENT_BUS_UNAVAILABLE")
+
+
+@dataclass(frozen=True)
+class RedisDeadLetter(DeadLetter):
+    """A dead letter as stored in Redis, with what :meth:`RedisBus.redrive` needs."""
+
+    #: Entry id in the group's dead-letter stream: pass it to ``redrive``.
+    id: str
+    #: The event stream the entry was read from, and its id there.
+    stream: str
+    entry_id: str
+
+
+class RedisBus:
+    """The :class:`~nexus_grpc.events.EventBus` on Redis Streams (module doc: guarantees).
+
+    ``max_attempts``, ``backoff`` and ``max_backoff`` are those of the memory bus.
+    ``claim_idle``: seconds an unacknowledged entry must be idle before another
+    consumer takes it over. ``maxlen``: approximate length streams are trimmed to.
+    ``block``: longest blocking read (bounds how soon new subscriptions are read).
+    ``batch``: entries read per stream at once. ``timeout``: connecting and each
+    command, so an unreachable Redis fails calls quickly.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "nexus",
+        max_attempts: int = 5,
+        backoff: float = 0.1,
+        max_backoff: float = 5.0,
+        claim_idle: float = 30.0,
+        maxlen: int = 1_000_000,
+        block: float = 1.0,
+        batch: int = 16,
+        timeout: float = 1.0,
+        max_connections: int = 32,
+    ) -> None:
+        if max_attempts < 1 or claim_idle <= 0 or maxlen < 1 or block <= 0 or batch < 1:
+            raise ValueError(
+                "RedisBus needs max_attempts >= 1, claim_idle > 0, maxlen >= 1, "
+                "block > 0 and batch >= 1"
+            )
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 1),
+        )
+        # Blocking reads get their own connections, with a socket timeout longer than
+        # the block, and no retry: a retried XREADGROUP could drop entries the first
+        # one had already taken (they would wait ``claim_idle`` to be claimed back).
+        reader_pool = aioredis.ConnectionPool.from_url(
+            url,
+            socket_timeout=block + timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        client = aioredis.Redis.from_pool(pool)
+        self._health = Health(client.ping)
+        self._runtime = Runtime(
+            settings=Settings(max_attempts, backoff, max_backoff, claim_idle, maxlen, block, batch),
+            keys=Keys(prefix),
+            client=client,
+            reader=aioredis.Redis.from_pool(reader_pool),
+            consumer=consumer_name(),
+            health=self._health,
+            record_dead=self._record_dead,
+        )
+        self._workers: dict[str, GroupWorker] = {}
+        self._dead: deque[DeadLetter] = deque(maxlen=_DEAD_KEPT)
+        self._running = False
+        self._stopped = False
+
+    @property
+    def consumer(self) -> str:
+        """This process's consumer name in every group."""
+        return self._runtime.consumer
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The Redis client for commands (not blocking reads)."""
+        return self._runtime.client
+
+    # -- the EventBus protocol ---------------------------------------------------------
+
+    def subscribe(self, group: str, event_type: str, handler: Handler) -> None:
+        """Deliver events of ``event_type`` to ``handler`` in consumer group ``group``."""
+        worker = self._workers.get(group)
+        if worker is None:
+            worker = self._workers[group] = GroupWorker(group, self._runtime)
+        worker.add(event_type, handler)
+        if self._running:
+            worker.start()
+
+    async def publish(self, envelope: Envelope) -> None:
+        """Append ``envelope`` to its type's stream; every group consuming it gets it.
+
+        Raises :class:`BusUnavailableError` when Redis cannot take it.
+        """
+        if not envelope.type:
+            raise ValueError(f"envelope {envelope.id}: no event type")
+        mark = self._health.mark()
+        try:
+            await self._runtime.client.xadd(
+                self._runtime.keys.events(envelope.type),
+                {"envelope": envelope.SerializeToString()},
+                maxlen=self._runtime.settings.maxlen,
+                approximate=True,
+            )
+        except (RedisError, OSError) as error:
+            if is_unreachable(error):
+                await self._health.failed(error, mark)
+            _log.warning("cannot publish %s %s: %s", envelope.type, envelope.id, error)
+            raise BusUnavailableError() from error
+        await self._health.succeeded(mark)
+
+    async def start(self) -> None:
+        """Start one worker per group. An unreachable Redis is reported, not raised:
+        the workers keep trying and health turns SERVING once they get through."""
+        self._running = True
+        self._stopped = False
+        await self._health.check()
+        for worker in self._workers.values():
+            worker.start()
+
+    async def stop(self, grace: float) -> None:
+        """Stop reading; let running handlers finish for up to ``grace`` seconds.
+
+        Handlers still running then are cancelled, and their entries are not
+        acknowledged. What this process read but did not finish is handed back to the
+        group at once (see :meth:`GroupWorker.release`): nothing is lost, it waits in
+        Redis for the next consumer. Stopping twice is harmless.
+        """
+        if self._stopped:
+            return
+        self._running = False
+        self._stopped = True
+        workers = list(self._workers.values())
+        for worker in workers:
+            worker.begin_stop()
+        tasks = [worker.task for worker in workers if worker.task is not None]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=max(grace, 0.0))
+            await cancel_and_wait(list(late))
+        for worker in workers:
+            await worker.stop_heartbeat()
+        try:
+            async with asyncio.timeout(_RELEASE_SECONDS):
+                for worker in workers:
+                    await worker.release()
+        except (RedisError, OSError, TimeoutError) as error:
+            _log.warning(
+                "could not hand unfinished events back (%s): other consumers take them "
+                "over after %.0fs",
+                error,
+                self._runtime.settings.claim_idle,
+            )
+        await self._health.close()
+        await self._runtime.client.aclose()
+        await self._runtime.reader.aclose()
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Events **this process** set aside since it started (the last 1000), oldest
+        first. Every process's, as stored in Redis: :meth:`list_dead_letters`."""
+        return list(self._dead)
+
+    # -- health ------------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        """False while Redis cannot be reached."""
+        return self._health.healthy
+
+    def on_health(self, callback: HealthCallback) -> None:
+        """Call ``await callback(healthy)`` on every change of :meth:`healthy`."""
+        self._health.on_change(callback)
+
+    def _record_dead(self, dead: DeadLetter) -> None:
+        self._dead.append(dead)
+
+    # -- operations --------------------------------------------------------------------
+
+    async def list_dead_letters(
+        self, group: str | None = None, count: int = 100
+    ) -> list[RedisDeadLetter]:
+        """The oldest ``count`` dead letters in Redis, of ``group`` or of every group."""
+        keys = self._runtime.keys
+        client = self._runtime.client
+        try:
+            if group is not None:
+                streams = [keys.dead(group)]
+            else:
+                streams = [
+                    text(key)
+                    async for key in client.scan_iter(match=keys.dead_pattern(), _type="STREAM")
+                ]
+            found: list[RedisDeadLetter] = []
+            for stream in streams:
+                entries: Any = await client.xrange(stream, count=count)
+                found.extend(_dead_letter(keys.group_of_dead(stream), i, f) for i, f in entries)
+        except (RedisError, OSError) as error:
+            raise BusUnavailableError() from error
+        found.sort(key=lambda dead: tuple(int(part) for part in dead.id.split("-")))
+        return found[:count]
+
+    async def redrive(self, group: str, entry_id: str) -> None:
+        """Deliver dead letter ``entry_id`` (its id in the dead stream) to ``group`` again.
+
+        It moves to the group's retry stream, which only that group reads: the other
+        groups, which handled the event, do not get it twice. Fix the handler first.
+        """
+        if not valid_id(entry_id):
+            raise ValueError(f"{entry_id!r} is not a stream entry id")
+        keys = self._runtime.keys
+        try:
+            moved = await REDRIVE(
+                self._runtime.client,
+                [keys.dead(group), keys.retry(group)],
+                [entry_id, group, self._runtime.settings.maxlen],
+            )
+        except (RedisError, OSError) as error:
+            raise BusUnavailableError() from error
+        if not moved:
+            raise NotFoundError("dead letter", f"{group}/{entry_id}")
+        _log.info("dead letter %s redriven to %s", entry_id, group)
+
+    async def pending(self, group: str) -> int:
+        """Events not yet handled by ``group`` on the streams it consumes here: read but
+        unacknowledged (XPENDING) plus not yet read (the group's lag)."""
+        worker = self._workers.get(group)
+        streams = worker.streams() if worker else [self._runtime.keys.retry(group)]
+        client = self._runtime.client
+        total = 0
+        try:
+            for stream in streams:
+                try:
+                    groups: list[dict[str, Any]] = await client.xinfo_groups(stream)
+                except RedisError as error:
+                    if is_unreachable(error):
+                        raise
+                    continue  # no such stream yet
+                for info in groups:
+                    if text(info["name"]) != group:
+                        continue
+                    lag = info.get("lag")
+                    if lag is None:  # unknown after deletions or a replay: count it
+                        after: Any = await client.xrange(
+                            stream,
+                            "(" + text(info["last-delivered-id"]),
+                            "+",
+                            count=_LAG_COUNT_LIMIT,
+                        )
+                        lag = len(after)
+                    total += int(info["pending"]) + int(lag)
+        except (RedisError, OSError) as error:
+            raise BusUnavailableError() from error
+        return total
+
+    async def replay(
+        self,
+        group: str,
+        event_type: str,
+        *,
+        since_id: str | None = None,
+        since_time: float | None = None,
+    ) -> None:
+        """Make ``group`` handle ``event_type`` events again from ``since_id`` (included)
+        or from Unix time ``since_time``; from the oldest kept when neither is given.
+
+        Only ``group`` re-reads them (XGROUP SETID); its handlers must be idempotent,
+        as for any at-least-once delivery. The group's workers pick them up within
+        ``block`` seconds.
+        """
+        if since_id is not None and since_time is not None:
+            raise ValueError("replay from since_id or since_time, not both")
+        if since_id is not None:
+            if not valid_id(since_id):
+                raise ValueError(f"{since_id!r} is not a stream entry id")
+            start = id_before(since_id)
+        elif since_time is not None:
+            start = id_before(time_to_id(since_time))
+        else:
+            start = "0"
+        stream = self._runtime.keys.events(event_type)
+        client = self._runtime.client
+        try:
+            try:
+                await client.xgroup_setid(stream, group, start)
+            except RedisError as error:
+                if not is_no_group(error):
+                    raise
+                await client.xgroup_create(stream, group, id=start, mkstream=True)
+        except (RedisError, OSError) as error:
+            raise BusUnavailableError() from error
+        _log.info("replaying %s to %s from %s", event_type, group, start)
+
+
+def _dead_letter(group: str, entry_id: bytes | str, fields: dict[bytes, bytes]) -> RedisDeadLetter:
+    envelope = Envelope()
+    with contextlib.suppress(DecodeError):
+        envelope = Envelope.FromString(fields.get(b"envelope", b""))
+    return RedisDeadLetter(
+        envelope=envelope,
+        group=text(fields.get(b"group", group.encode())),
+        attempts=int(fields.get(b"attempts", b"0")),
+        error=text(fields.get(b"error", b"")),
+        id=text(entry_id),
+        stream=text(fields.get(b"stream", b"")),
+        entry_id=text(fields.get(b"entry", b"")),
+    )

@@ -1,0 +1,448 @@
+"""The Redis Streams bus: groups, sharing, takeover, dead letters, replay, outages, stop.
+
+Each RedisBus stands for one host process; several in one test are several processes.
+Timings are shrunk (claim_idle 0.2 s, 50 ms blocking reads, 10 ms backoff) so the
+whole file runs in seconds against a real redis-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from nexus.inventory.v1 import inventory_pb2
+
+from nexus_grpc.errors import NotFoundError
+from nexus_grpc.events import Delivery, seal
+from nexus_grpc.events.redis_bus import BusUnavailableError, RedisBus
+from nexus_grpc.logs import request_id_var
+from tests.fixtures.redis import RedisServer
+
+EVENT = "nexus.inventory.v1.StockReserved"
+STREAM = f"nexus:events:{EVENT}"
+
+BusFactory = Callable[..., RedisBus]
+
+
+async def eventually(check: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+def event(order_id: str, correlation_id: str = "") -> Any:
+    return seal(
+        inventory_pb2.StockReserved(order_id=order_id), source="t", correlation_id=correlation_id
+    )
+
+
+@pytest.fixture
+async def make_bus() -> AsyncIterator[Callable[..., RedisBus]]:
+    """RedisBus instances with test timings; all stopped at the end of the test."""
+    buses: list[RedisBus] = []
+
+    def make(url: str, **options: Any) -> RedisBus:
+        settings: dict[str, Any] = {
+            "claim_idle": 0.2,
+            "block": 0.05,
+            "backoff": 0.01,
+            "timeout": 0.5,
+        }
+        settings.update(options)
+        bus = RedisBus(url, **settings)
+        buses.append(bus)
+        return bus
+
+    yield make
+    for bus in buses:
+        await bus.stop(grace=0)
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain client on the shared test server, to look at (or play a dead consumer)."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+class OwnRedis:
+    """A redis-server of this test's own, which it may stop and start again (same port)."""
+
+    def __init__(self, binary: str, base: Path, port: int) -> None:
+        self.server = RedisServer("127.0.0.1", port, base)
+        self._binary = binary
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [
+            self._binary, "--port", str(self.server.port), "--bind", "127.0.0.1",
+            "--dir", str(self.server.base_dir), "--save", "", "--appendonly", "no",
+            "--logfile", str(self.server.base_dir / "redis.log"),
+        ]  # fmt: skip
+        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if self.server.command("PING").startswith(b"+PONG"):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("own redis-server did not start")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+        self._process = None
+
+
+@pytest.fixture
+def own_redis(redis_server: RedisServer, tmp_path: Path) -> Iterator[OwnRedis]:
+    """A dedicated server to take down: the shared session server must stay up."""
+    binary = shutil.which(os.environ.get("REDIS_SERVER") or "redis-server")
+    assert binary is not None  # redis_server (a dependency) skipped otherwise
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = OwnRedis(binary, tmp_path, port)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def recorder(into: list[str]) -> Callable[[Any, Delivery], Awaitable[None]]:
+    async def handle(message: inventory_pb2.StockReserved, delivery: Delivery) -> None:
+        into.append(message.order_id)
+
+    return handle
+
+
+async def test_every_group_gets_each_event_once_in_order(
+    redis_url: str, make_bus: BusFactory
+) -> None:
+    bus = make_bus(redis_url)
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+    correlations: list[str] = []
+
+    async def handle_b(message: inventory_pb2.StockReserved, delivery: Delivery) -> None:
+        correlations.append(request_id_var.get())
+        seen["b"].append(message.order_id)
+
+    bus.subscribe("a", EVENT, recorder(seen["a"]))
+    bus.subscribe("b", EVENT, handle_b)
+    await bus.start()
+    await eventually(lambda: bus.healthy())
+    await asyncio.sleep(0.1)  # the groups exist: they start at "$", new events only
+    for index in range(50):
+        await bus.publish(event(str(index), correlation_id=f"r-{index}"))
+    expected = [str(i) for i in range(50)]
+    await eventually(lambda: len(seen["a"]) >= 50 and len(seen["b"]) >= 50)
+    await bus.stop(grace=1)
+    assert seen["a"] == seen["b"] == expected
+    assert correlations == [f"r-{i}" for i in range(50)]
+    assert request_id_var.get() == ""
+
+
+async def test_two_processes_in_one_group_share_the_work_once(
+    redis_url: str, make_bus: BusFactory, raw: aioredis.Redis
+) -> None:
+    handled: dict[str, list[str]] = {"one": [], "two": []}
+
+    def worker(name: str) -> Callable[[Any, Delivery], Awaitable[None]]:
+        async def handle(message: inventory_pb2.StockReserved, delivery: Delivery) -> None:
+            await asyncio.sleep(0.002)  # long enough for the other process to read too
+            handled[name].append(message.order_id)
+
+        return handle
+
+    # A long claim_idle: nobody crashes here, and a loaded CI machine stalling the
+    # event loop past a short one would let a consumer take over live work (allowed,
+    # at least once, but this test counts exactly-once in the normal case).
+    one = make_bus(redis_url, batch=2, claim_idle=5)
+    two = make_bus(redis_url, batch=2, claim_idle=5)
+    one.subscribe("shop", EVENT, worker("one"))
+    two.subscribe("shop", EVENT, worker("two"))
+    await one.start()
+    await two.start()
+    await asyncio.sleep(0.1)
+    for index in range(60):
+        await one.publish(event(str(index)))
+    await eventually(lambda: len(handled["one"]) + len(handled["two"]) >= 60)
+    await asyncio.sleep(0.2)  # nothing is handled a second time
+    everything = handled["one"] + handled["two"]
+    assert sorted(everything, key=int) == [str(i) for i in range(60)]  # each exactly once
+    assert handled["one"] and handled["two"]  # both did some of it
+    # Each process handles what it got in stream order.
+    assert handled["one"] == sorted(handled["one"], key=int)
+    assert handled["two"] == sorted(handled["two"], key=int)
+    assert (await raw.xpending(STREAM, "shop"))["pending"] == 0
+
+
+async def test_an_entry_a_dead_consumer_read_is_taken_over_and_handled_once(
+    redis_url: str, make_bus: BusFactory, raw: aioredis.Redis
+) -> None:
+    # A process that read an entry and was killed (-9) before acknowledging it: what is
+    # left of it in Redis is exactly a consumer with a pending entry, as here.
+    await raw.xgroup_create(STREAM, "shop", id="$", mkstream=True)
+    publisher = make_bus(redis_url)
+    await publisher.publish(event("lost-in-a-crash"))
+    taken: Any = await raw.xreadgroup("shop", "dead:1:x", {STREAM: ">"}, count=10)
+    assert len(taken[0][1]) == 1
+
+    attempts: list[int] = []
+    handled: list[str] = []
+
+    async def handle(message: inventory_pb2.StockReserved, delivery: Delivery) -> None:
+        attempts.append(delivery.attempt)
+        handled.append(message.order_id)
+
+    survivor = make_bus(redis_url)
+    survivor.subscribe("shop", EVENT, handle)
+    await survivor.start()
+    await eventually(lambda: handled == ["lost-in-a-crash"])
+    assert attempts == [2]  # the dead consumer's delivery counts
+    await asyncio.sleep(0.5)
+    assert handled == ["lost-in-a-crash"]
+    assert (await raw.xpending(STREAM, "shop"))["pending"] == 0
+
+
+async def test_a_consumer_stopped_mid_handler_leaves_its_entry_to_the_survivor(
+    redis_url: str, make_bus: BusFactory, raw: aioredis.Redis
+) -> None:
+    started = asyncio.Event()
+
+    async def hangs(message: inventory_pb2.StockReserved, delivery: Delivery) -> None:
+        started.set()
+        await asyncio.Event().wait()  # never returns
+
+    handled: list[str] = []
+    victim = make_bus(redis_url)
+    victim.subscribe("shop", EVENT, hangs)
+    await victim.start()
+    await asyncio.sleep(0.1)
+    await victim.publish(event("e-1"))
+    await asyncio.wait_for(started.wait(), 5)
+    await victim.stop(grace=0.05)  # the handler is cancelled, the entry not acknowledged
+    assert (await raw.xpending(STREAM, "shop"))["pending"] == 1
+
+    survivor = make_bus(redis_url)
+    survivor.subscribe("shop", EVENT, recorder(handled))
+    await survivor.start()
+    await eventually(lambda: handled == ["e-1"])
+    await asyncio.sleep(0.3)
+    assert handled == ["e-1"]
+    assert (await raw.xpending(STREAM, "shop"))["pending"] == 0
+
+
+async def test_a_poison_event_is_dead_lettered_and_redriven_to_its_group_only(
+    redis_url: str, make_bus: BusFactory
+) -> None:
+    bus = make_bus(redis_url, max_attempts=3)
+    fixed = False
+    handled: list[str] = []
+    attempts: list[int] = []
+    audited: list[str] = []
+
+    async def handle(message: inventory_pb2.StockReserved, delivery: Delivery) -> None:
+        if message.order_id == "poison" and not fixed:
+            attempts.append(delivery.attempt)
+            raise RuntimeError("cannot handle this one")
+        handled.append(message.order_id)
+
+    bus.subscribe("orders", EVENT, handle)
+    bus.subscribe("audit", EVENT, recorder(audited))
+    await bus.start()
+    await asyncio.sleep(0.1)
+    for order_id in ("1", "poison", "2"):
+        await bus.publish(event(order_id, correlation_id="r-1"))
+    await eventually(lambda: handled == ["1", "2"] and len(audited) == 3)
+    assert attempts == [1, 2, 3]
+
+    [dead] = await bus.list_dead_letters("orders")
+    assert (dead.group, dead.attempts, dead.stream) == ("orders", 3, STREAM)
+    assert dead.error == "RuntimeError: cannot handle this one"
+    assert dead.envelope.correlation_id == "r-1"
+    assert [d.id for d in await bus.list_dead_letters()] == [dead.id]  # every group
+    [local] = bus.dead_letters()
+    assert (local.group, local.attempts, local.error) == ("orders", 3, dead.error)
+
+    fixed = True
+    await bus.redrive("orders", dead.id)
+    await eventually(lambda: handled == ["1", "2", "poison"])
+    await asyncio.sleep(0.2)
+    assert audited == ["1", "poison", "2"]  # the other group did not get it again
+    assert await bus.list_dead_letters() == []
+    with pytest.raises(NotFoundError):
+        await bus.redrive("orders", dead.id)
+    assert await bus.pending("orders") == 0
+
+
+async def test_a_transient_failure_is_retried_and_attempts_are_counted(
+    redis_url: str, make_bus: BusFactory
+) -> None:
+    bus = make_bus(redis_url)
+    attempts: list[int] = []
+
+    async def flaky(message: inventory_pb2.StockReserved, delivery: Delivery) -> None:
+        attempts.append(delivery.attempt)
+        if delivery.attempt < 3:
+            raise ConnectionError("database briefly away")
+
+    bus.subscribe("g", EVENT, flaky)
+    await bus.start()
+    await asyncio.sleep(0.1)
+    await bus.publish(event("x"))
+    await eventually(lambda: attempts == [1, 2, 3])
+    await bus.stop(grace=1)
+    assert bus.dead_letters() == []
+
+
+async def test_replay_redelivers_to_that_group_only(
+    redis_url: str, make_bus: BusFactory, raw: aioredis.Redis
+) -> None:
+    bus = make_bus(redis_url)
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+    bus.subscribe("a", EVENT, recorder(seen["a"]))
+    bus.subscribe("b", EVENT, recorder(seen["b"]))
+    await bus.start()
+    await asyncio.sleep(0.1)
+    for index in range(5):
+        await bus.publish(event(str(index)))
+    await eventually(lambda: len(seen["a"]) == len(seen["b"]) == 5)
+    entries: Any = await raw.xrange(STREAM)
+    third = entries[2][0].decode()
+
+    await bus.replay("a", EVENT, since_id=third)
+    await eventually(lambda: len(seen["a"]) == 8)
+    assert seen["a"] == ["0", "1", "2", "3", "4", "2", "3", "4"]
+
+    milliseconds = int(entries[3][0].decode().split("-")[0])
+    await bus.replay("b", EVENT, since_time=milliseconds / 1000)
+    await eventually(lambda: len(seen["b"]) >= 7)
+    await asyncio.sleep(0.2)
+    assert seen["b"][:5] == ["0", "1", "2", "3", "4"]
+    # From that millisecond on, inclusive (earlier events may share the millisecond).
+    replayed = seen["b"][5:]
+    assert replayed == ["0", "1", "2", "3", "4"][-len(replayed) :]
+    assert len(seen["a"]) == 8  # replaying b did not touch a
+
+
+async def test_publishing_while_redis_is_down_fails_clearly_and_health_follows(
+    own_redis: OwnRedis, make_bus: BusFactory
+) -> None:
+    bus = make_bus(own_redis.server.url)
+    changes: list[bool] = []
+
+    async def on_health(healthy: bool) -> None:
+        changes.append(healthy)
+
+    handled: list[str] = []
+    bus.on_health(on_health)
+    bus.subscribe("shop", EVENT, recorder(handled))
+    await bus.start()
+    await asyncio.sleep(0.1)
+    await bus.publish(event("before"))
+    await eventually(lambda: handled == ["before"])
+    assert bus.healthy()
+
+    own_redis.stop()
+    with pytest.raises(BusUnavailableError) as caught:
+        await bus.publish(event("while-down"))
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert not bus.healthy()
+    assert changes == [False]
+
+    own_redis.start()  # empty: no persistence, the streams and groups are gone
+    await eventually(lambda: bus.healthy())
+    assert changes == [False, True]
+    await bus.publish(event("after"))
+    await eventually(lambda: handled == ["before", "after"])
+
+
+async def test_stop_does_not_ack_an_unfinished_handlers_entry(
+    redis_url: str, make_bus: BusFactory, raw: aioredis.Redis
+) -> None:
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def slow(message: inventory_pb2.StockReserved, delivery: Delivery) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    bus = make_bus(redis_url)
+    bus.subscribe("g", EVENT, slow)
+    await bus.start()
+    await asyncio.sleep(0.1)
+    await bus.publish(event("x"))
+    await asyncio.wait_for(started.wait(), 5)
+    began = time.monotonic()
+    await bus.stop(grace=0.1)
+    assert time.monotonic() - began < 2
+    assert cancelled.is_set()
+    summary = await raw.xpending(STREAM, "g")
+    assert summary["pending"] == 1  # still waiting for a consumer to handle it
+    assert await raw.xlen(STREAM) == 1
+
+
+async def test_stop_lets_a_running_handler_finish_within_grace(
+    redis_url: str, make_bus: BusFactory, raw: aioredis.Redis
+) -> None:
+    started = asyncio.Event()
+    done: list[str] = []
+
+    async def slow(message: inventory_pb2.StockReserved, delivery: Delivery) -> None:
+        started.set()
+        await asyncio.sleep(0.2)
+        done.append(message.order_id)
+
+    bus = make_bus(redis_url)
+    bus.subscribe("g", EVENT, slow)
+    await bus.start()
+    await asyncio.sleep(0.1)
+    await bus.publish(event("x"))
+    await asyncio.wait_for(started.wait(), 5)
+    await bus.stop(grace=5)
+    assert done == ["x"]
+    assert (await raw.xpending(STREAM, "g"))["pending"] == 0
+
+
+async def test_pending_counts_read_and_unread_events(redis_url: str, make_bus: BusFactory) -> None:
+    gate = asyncio.Event()
+    handled: list[str] = []
+
+    async def gated(message: inventory_pb2.StockReserved, delivery: Delivery) -> None:
+        await gate.wait()
+        handled.append(message.order_id)
+
+    bus = make_bus(redis_url)
+    bus.subscribe("g", EVENT, gated)
+    await bus.start()
+    await asyncio.sleep(0.1)
+    for index in range(3):
+        await bus.publish(event(str(index)))
+    await asyncio.sleep(0.1)
+    assert await bus.pending("g") == 3
+    gate.set()
+    await eventually(lambda: len(handled) == 3)
+    await asyncio.sleep(0.05)
+    assert await bus.pending("g") == 0
