@@ -144,12 +144,21 @@ class LimitsConfig:
 class EventsConfig:
     """The event bus between plugins."""
 
-    #: "memory": in process, at most once across a crash.
+    #: "memory": in process, at most once across a crash. "redis": Redis Streams, at
+    #: least once, shared by every instance.
     backend: str = "memory"
     #: Deliveries of one event to one consumer before it is set aside as a dead letter.
     max_attempts: int = 5
     #: Seconds before the first retry; doubles each time.
     retry_backoff: float = 0.1
+    #: Redis URL for the redis backend.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Key prefix: {prefix}:events:<type>, {prefix}:dead:<group>, {prefix}:retry:<group>.
+    redis_prefix: str = "nexus"
+    #: Seconds an unacknowledged event waits before another instance takes it over.
+    claim_idle: float = 30.0
+    #: Approximate entries kept per event stream (also how far replay reaches back).
+    max_stream_length: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -218,7 +227,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "log.level": ("debug", "info", "warning", "error"),
     "log.format": ("auto", "json", "text"),
     "limits.backend": ("memory", "redis"),
-    "events.backend": ("memory",),
+    "events.backend": ("memory", "redis"),
 }
 
 

@@ -14,7 +14,8 @@ from nexus_grpc.admin import AdminServicer
 from nexus_grpc.audit import AuditLog
 from nexus_grpc.auth import KeySet, TokenIssuer, Tokens, TokenVerifier
 from nexus_grpc.config import Config
-from nexus_grpc.events import MemoryBus
+from nexus_grpc.events import EventBus, MemoryBus
+from nexus_grpc.events.redis_bus import RedisBus
 from nexus_grpc.gateway import GatewayApp, GatewaySettings
 from nexus_grpc.health import OVERALL, HealthState
 from nexus_grpc.http_server import HttpServer
@@ -71,9 +72,22 @@ class Host:
         #: Prometheus metrics of every call, served at /metrics on the HTTP port.
         self.metrics = Metrics()
         #: Domain events between plugins.
-        self.bus = MemoryBus(
-            max_attempts=config.events.max_attempts, backoff=config.events.retry_backoff
-        )
+        self.bus: EventBus
+        events = config.events
+        self._redis_bus: RedisBus | None = None
+        if events.backend == "redis":
+            self._redis_bus = RedisBus(
+                events.redis_url,
+                prefix=events.redis_prefix,
+                max_attempts=events.max_attempts,
+                backoff=events.retry_backoff,
+                claim_idle=events.claim_idle,
+                maxlen=events.max_stream_length,
+            )
+            self._redis_bus.on_health(self._on_events_health)
+            self.bus = self._redis_bus
+        else:
+            self.bus = MemoryBus(max_attempts=events.max_attempts, backoff=events.retry_backoff)
         self._buckets: RedisBuckets | None = None
         #: Token tools (available once started).
         self.tokens: Tokens | None = None
@@ -157,7 +171,8 @@ class Host:
         self._install_core_services(self._plugins, audit)
         await self._plugins.load_all()
         await self.bus.start()
-        await self.health.set(EVENTS_HEALTH, True)
+        # A Redis bus that cannot reach Redis yet starts NOT_SERVING and flips when it can.
+        await self.health.set(EVENTS_HEALTH, self._redis_bus.healthy() if self._redis_bus else True)
         await self._server.start()
         self._serving = True
         if self._http is not None:
@@ -234,6 +249,11 @@ class Host:
             await self._storage.close()
         if self._buckets is not None:
             await self._buckets.aclose()
+
+    async def _on_events_health(self, healthy: bool) -> None:
+        # After shut_down() everything stays NOT_SERVING, whatever Redis does.
+        if self._stopping is None:
+            await self.health.set(EVENTS_HEALTH, healthy)
 
     async def force_stop(self) -> None:
         """Cancel in-flight calls now, gRPC and HTTP (a second SIGTERM during a drain)."""

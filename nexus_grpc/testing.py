@@ -27,6 +27,7 @@ from nexus_grpc.auth.principal import Grant, Principal
 from nexus_grpc.config import (
     AuthConfig,
     Config,
+    EventsConfig,
     HttpConfig,
     LimitsConfig,
     LogConfig,
@@ -141,6 +142,7 @@ async def running_host(
     http: bool | HttpConfig = False,
     auth: AuthConfig | None = None,
     limits: LimitsConfig | None = None,
+    events: EventsConfig | None = None,
 ) -> AsyncIterator[RunningHost]:
     """Start a host on a free port with ``plugins`` (None: every plugin found); stop it after.
 
@@ -158,6 +160,7 @@ async def running_host(
         http=_http_config(http),
         auth=auth or AuthConfig(),
         limits=limits or LimitsConfig(),
+        events=events or EventsConfig(),
         storage=StorageConfig(url=storage_url),
         log=LogConfig(access=False),
         plugin=dict(plugin_config or {}),

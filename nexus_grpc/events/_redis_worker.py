@@ -171,17 +171,19 @@ class GroupWorker:
 
     async def _run(self) -> None:
         delay = RECONNECT_MIN
-        failures = 0
+        failures = 0  # in a row, of any kind: only the first is logged
+        unreachable = 0  # in a row
         while not self._stopping.is_set():
             try:
                 await self._step()
                 delay = RECONNECT_MIN
-                failures = 0
+                failures = unreachable = 0
                 continue
             except (RedisError, OSError) as error:
                 if self._stopping.is_set():
                     break  # a read abandoned by stop(), not an outage
                 failures += 1
+                unreachable = unreachable + 1 if is_unreachable(error) else 0
                 if is_no_group(error):
                     # The group vanished under us (key deleted, Redis restarted without
                     # persistence): create it again before the next read.
@@ -191,7 +193,7 @@ class GroupWorker:
                     self._dirty = True
                     # One failure may be a pooled connection Redis closed while idle
                     # (it restarted): only a second one in a row is an outage.
-                    if failures > 1:
+                    if unreachable > 1:
                         await self.runtime.health.failed(error, self._mark)
                 elif failures == 1:  # the same refusal every second is noise
                     _log.error("event worker of %s: Redis refused: %s", self.name, error)

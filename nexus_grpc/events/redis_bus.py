@@ -208,7 +208,8 @@ class RedisBus:
         except (RedisError, OSError) as error:
             if is_unreachable(error):
                 await self._health.failed(error, mark)
-            _log.warning("cannot publish %s %s: %s", envelope.type, envelope.id, error)
+            # The caller gets the error; health logs the outage once.
+            _log.debug("cannot publish %s %s: %s", envelope.type, envelope.id, error)
             raise BusUnavailableError() from error
         await self._health.succeeded(mark)
 
@@ -226,8 +227,8 @@ class RedisBus:
 
         Handlers still running then are cancelled, and their entries are not
         acknowledged. What this process read but did not finish is handed back to the
-        group at once (see :meth:`GroupWorker.release`): nothing is lost, it waits in
-        Redis for the next consumer. Stopping twice is harmless.
+        group at once (made claimable by the other consumers' next XAUTOCLAIM): nothing
+        is lost, it waits in Redis for the next consumer. Stopping twice is harmless.
         """
         if self._stopped:
             return

@@ -11,6 +11,7 @@ import pytest
 from nexus.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 
+from nexus_grpc.config import EventsConfig
 from nexus_grpc.testing import RunningHost, running_host
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,10 +25,19 @@ async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5.0)
         await asyncio.sleep(0.02)
 
 
-@pytest.fixture
-async def shop(tmp_path: Path) -> RunningHost:
+@pytest.fixture(params=["memory", "redis"])
+async def shop(request: pytest.FixtureRequest, tmp_path: Path) -> RunningHost:
+    """The orders ↔ inventory flow on each event bus backend."""
+    events = EventsConfig()
+    if request.param == "redis":
+        events = EventsConfig(
+            backend="redis", redis_url=request.getfixturevalue("redis_url"), claim_idle=5.0
+        )
     async with running_host(
-        plugins=["orders", "inventory"], plugin_dirs=[REPO / "plugins"], data_dir=tmp_path
+        plugins=["orders", "inventory"],
+        plugin_dirs=[REPO / "plugins"],
+        data_dir=tmp_path,
+        events=events,
     ) as host:
         yield host  # type: ignore[misc]
 

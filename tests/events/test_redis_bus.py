@@ -8,8 +8,10 @@ whole file runs in seconds against a real redis-server.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -33,12 +35,32 @@ STREAM = f"nexus:events:{EVENT}"
 BusFactory = Callable[..., RedisBus]
 
 
-async def eventually(check: Callable[[], bool], seconds: float = 5.0) -> None:
+async def eventually(check: Callable[[], bool | Awaitable[bool]], seconds: float = 5.0) -> None:
     deadline = time.monotonic() + seconds
-    while not check():
+    while not await _value(check()):
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
+
+
+async def groups_ready(bus: RedisBus, *groups: str) -> None:
+    """Wait until ``groups`` exist on the stream: new groups start at "$", so events
+    published before would not be theirs."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            found = {info["name"].decode() for info in await bus.client.xinfo_groups(STREAM)}
+        except aioredis.ResponseError:  # no stream yet
+            found = set()
+        if found >= set(groups):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"groups {groups} not created in time")
+        await asyncio.sleep(0.01)
+
+
+async def _value(result: bool | Awaitable[bool]) -> bool:
+    return await result if inspect.isawaitable(result) else result
 
 
 def event(order_id: str, correlation_id: str = "") -> Any:
@@ -113,8 +135,6 @@ def own_redis(redis_server: RedisServer, tmp_path: Path) -> Iterator[OwnRedis]:
     """A dedicated server to take down: the shared session server must stay up."""
     binary = shutil.which(os.environ.get("REDIS_SERVER") or "redis-server")
     assert binary is not None  # redis_server (a dependency) skipped otherwise
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -147,8 +167,7 @@ async def test_every_group_gets_each_event_once_in_order(
     bus.subscribe("a", EVENT, recorder(seen["a"]))
     bus.subscribe("b", EVENT, handle_b)
     await bus.start()
-    await eventually(lambda: bus.healthy())
-    await asyncio.sleep(0.1)  # the groups exist: they start at "$", new events only
+    await groups_ready(bus, "a", "b")
     for index in range(50):
         await bus.publish(event(str(index), correlation_id=f"r-{index}"))
     expected = [str(i) for i in range(50)]
@@ -180,7 +199,7 @@ async def test_two_processes_in_one_group_share_the_work_once(
     two.subscribe("shop", EVENT, worker("two"))
     await one.start()
     await two.start()
-    await asyncio.sleep(0.1)
+    await groups_ready(one, "shop")
     for index in range(60):
         await one.publish(event(str(index)))
     await eventually(lambda: len(handled["one"]) + len(handled["two"]) >= 60)
@@ -235,7 +254,7 @@ async def test_a_consumer_stopped_mid_handler_leaves_its_entry_to_the_survivor(
     victim = make_bus(redis_url)
     victim.subscribe("shop", EVENT, hangs)
     await victim.start()
-    await asyncio.sleep(0.1)
+    await groups_ready(victim, "shop")
     await victim.publish(event("e-1"))
     await asyncio.wait_for(started.wait(), 5)
     await victim.stop(grace=0.05)  # the handler is cancelled, the entry not acknowledged
@@ -268,7 +287,7 @@ async def test_a_poison_event_is_dead_lettered_and_redriven_to_its_group_only(
     bus.subscribe("orders", EVENT, handle)
     bus.subscribe("audit", EVENT, recorder(audited))
     await bus.start()
-    await asyncio.sleep(0.1)
+    await groups_ready(bus, "orders", "audit")
     for order_id in ("1", "poison", "2"):
         await bus.publish(event(order_id, correlation_id="r-1"))
     await eventually(lambda: handled == ["1", "2"] and len(audited) == 3)
@@ -306,7 +325,7 @@ async def test_a_transient_failure_is_retried_and_attempts_are_counted(
 
     bus.subscribe("g", EVENT, flaky)
     await bus.start()
-    await asyncio.sleep(0.1)
+    await groups_ready(bus, "g")
     await bus.publish(event("x"))
     await eventually(lambda: attempts == [1, 2, 3])
     await bus.stop(grace=1)
@@ -321,7 +340,7 @@ async def test_replay_redelivers_to_that_group_only(
     bus.subscribe("a", EVENT, recorder(seen["a"]))
     bus.subscribe("b", EVENT, recorder(seen["b"]))
     await bus.start()
-    await asyncio.sleep(0.1)
+    await groups_ready(bus, "a", "b")
     for index in range(5):
         await bus.publish(event(str(index)))
     await eventually(lambda: len(seen["a"]) == len(seen["b"]) == 5)
@@ -356,7 +375,7 @@ async def test_publishing_while_redis_is_down_fails_clearly_and_health_follows(
     bus.on_health(on_health)
     bus.subscribe("shop", EVENT, recorder(handled))
     await bus.start()
-    await asyncio.sleep(0.1)
+    await groups_ready(bus, "shop")
     await bus.publish(event("before"))
     await eventually(lambda: handled == ["before"])
     assert bus.healthy()
@@ -392,7 +411,7 @@ async def test_stop_does_not_ack_an_unfinished_handlers_entry(
     bus = make_bus(redis_url)
     bus.subscribe("g", EVENT, slow)
     await bus.start()
-    await asyncio.sleep(0.1)
+    await groups_ready(bus, "g")
     await bus.publish(event("x"))
     await asyncio.wait_for(started.wait(), 5)
     began = time.monotonic()
@@ -418,7 +437,7 @@ async def test_stop_lets_a_running_handler_finish_within_grace(
     bus = make_bus(redis_url)
     bus.subscribe("g", EVENT, slow)
     await bus.start()
-    await asyncio.sleep(0.1)
+    await groups_ready(bus, "g")
     await bus.publish(event("x"))
     await asyncio.wait_for(started.wait(), 5)
     await bus.stop(grace=5)
@@ -437,12 +456,14 @@ async def test_pending_counts_read_and_unread_events(redis_url: str, make_bus: B
     bus = make_bus(redis_url)
     bus.subscribe("g", EVENT, gated)
     await bus.start()
-    await asyncio.sleep(0.1)
+    await groups_ready(bus, "g")
     for index in range(3):
         await bus.publish(event(str(index)))
-    await asyncio.sleep(0.1)
-    assert await bus.pending("g") == 3
+    assert await bus.pending("g") == 3  # read and pending, or not read yet: 3 either way
     gate.set()
     await eventually(lambda: len(handled) == 3)
-    await asyncio.sleep(0.05)
-    assert await bus.pending("g") == 0
+
+    async def drained() -> bool:  # once the last ack is in
+        return await bus.pending("g") == 0
+
+    await eventually(drained)
