@@ -28,7 +28,7 @@ class Dispatcher(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         """The route's handler, or None (grpcio answers UNIMPLEMENTED) for unknown methods."""
-        route = self._router.table.routes.get(handler_call_details.method)
+        route = self._router.lookup(handler_call_details.method)
         if route is None:
             if self._on_unknown is not None:
                 self._on_unknown("grpc")

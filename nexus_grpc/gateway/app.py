@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -63,7 +62,6 @@ _NOT_ON_REST = frozenset(
     {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"}
 )
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_HIDDEN_TRAILERS = frozenset({"x-request-id", "grpc-status-details-bin"})
 
 
 @dataclass(frozen=True)
@@ -376,10 +374,9 @@ def _header(scope: Scope, name: bytes) -> str:
 
 
 def _request_id_header(scope: Scope) -> Headers:
-    value = _header(scope, b"x-request-id")
-    if value and len(value) <= 128 and value.isascii() and value.isprintable():
-        return [(b"x-request-id", value.encode("latin-1"))]
-    return [(b"x-request-id", uuid.uuid4().hex.encode())]
+    # The same rule as calls that reach the pipeline: the client's id if sane, else new.
+    request_id = incoming_request_id((("x-request-id", _header(scope, b"x-request-id")),))
+    return [(b"x-request-id", request_id.encode("latin-1"))]
 
 
 def _require_content_type(scope: Scope, gateway_route: GatewayRoute, *, streaming: bool) -> None:

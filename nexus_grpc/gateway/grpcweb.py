@@ -14,7 +14,7 @@ import base64
 import binascii
 import struct
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import grpc
@@ -32,6 +32,10 @@ from nexus_grpc.gateway.responses import (
     read_body,
     watch_disconnect,
 )
+from nexus_grpc.routing import Router
+
+if TYPE_CHECKING:
+    from nexus_grpc.gateway.app import GatewaySettings
 
 __all__ = ["GrpcWebHandler", "decode_frames", "encode_frame"]
 
@@ -98,7 +102,7 @@ def decode_frames(data: bytes) -> list[tuple[int, bytes]]:
 class GrpcWebHandler:
     """Serves gRPC-Web requests through the routes' pipeline handlers."""
 
-    def __init__(self, router: Any, settings: Any) -> None:
+    def __init__(self, router: Router, settings: GatewaySettings) -> None:
         self._router = router
         self._settings = settings
 
