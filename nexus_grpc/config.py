@@ -159,6 +159,12 @@ class EventsConfig:
     claim_idle: float = 30.0
     #: Approximate entries kept per event stream (also how far replay reaches back).
     max_stream_length: int = 1_000_000
+    #: Seconds an outbox row is left to the process that wrote it before any relays it.
+    outbox_relay_after: float = 5.0
+    #: Seconds between two outbox relay sweeps.
+    outbox_poll_interval: float = 1.0
+    #: Seconds a consumer's inbox remembers a handled event (after the event's time).
+    inbox_retention: float = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)

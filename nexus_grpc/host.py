@@ -15,6 +15,7 @@ from nexus_grpc.audit import AuditLog
 from nexus_grpc.auth import KeySet, TokenIssuer, Tokens, TokenVerifier
 from nexus_grpc.config import Config
 from nexus_grpc.events import EventBus, MemoryBus
+from nexus_grpc.events.outbox import Outbox
 from nexus_grpc.events.redis_bus import RedisBus
 from nexus_grpc.gateway import GatewayApp, GatewaySettings
 from nexus_grpc.health import OVERALL, HealthState
@@ -88,6 +89,12 @@ class Host:
             self.bus = self._redis_bus
         else:
             self.bus = MemoryBus(max_attempts=events.max_attempts, backoff=events.retry_backoff)
+        #: Keeps events published in transactions until the bus has them.
+        self.outbox = Outbox(
+            self.bus,
+            relay_after=events.outbox_relay_after,
+            poll_interval=events.outbox_poll_interval,
+        )
         self._buckets: RedisBuckets | None = None
         #: Token tools (available once started).
         self.tokens: Tokens | None = None
@@ -167,10 +174,12 @@ class Host:
             audit=audit,
             tokens=self.tokens,
             bus=self.bus,
+            outbox=self.outbox,
         )
         self._install_core_services(self._plugins, audit)
         await self._plugins.load_all()
         await self.bus.start()
+        await self.outbox.start()
         # A Redis bus that cannot reach Redis yet starts NOT_SERVING and flips when it can.
         await self.health.set(EVENTS_HEALTH, self._redis_bus.healthy() if self._redis_bus else True)
         await self._server.start()
@@ -243,6 +252,8 @@ class Host:
         await asyncio.gather(*stopping)
         # Events raised by the last calls are delivered before the plugins stop.
         await self.bus.stop(grace)
+        # After the bus: handlers finishing during its stop may still publish.
+        await self.outbox.stop()
         if self._plugins is not None:
             await self._plugins.stop_all()
         if self._storage is not None:

@@ -8,9 +8,12 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from nexus_grpc.events.bus import EventBus
+from nexus_grpc.events.bus import Delivery, EventBus
 from nexus_grpc.events.envelope import Envelope, seal
+from nexus_grpc.events.outbox import Inbox, Outbox
+from nexus_grpc.events.redis_bus import BusUnavailableError
 from nexus_grpc.logs import current_request_id
+from nexus_grpc.storage import UnitOfWork
 
 __all__ = ["SUBSCRIPTION_ATTRIBUTE", "Publisher", "subscribe", "subscriptions_of"]
 
@@ -19,15 +22,40 @@ SUBSCRIPTION_ATTRIBUTE = "__nexus_subscribes__"
 
 
 class Publisher:
-    """Publishes a plugin's events; only the types its manifest declares."""
+    """A plugin's side of the bus: publishes the types its manifest declares, and
+    deduplicates what it consumes.
 
-    def __init__(self, bus: EventBus, source: str, declared: frozenset[str]) -> None:
+    With an ``outbox``, events published inside a unit of work commit with its data
+    (see :mod:`nexus_grpc.events.outbox`), and events the bus refuses outside one are
+    kept for the relay instead of failing the caller.
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        source: str,
+        declared: frozenset[str],
+        *,
+        outbox: Outbox | None = None,
+        inbox: Inbox | None = None,
+    ) -> None:
         self._bus = bus
         self._source = source
         self._declared = declared
+        self._outbox = outbox
+        self._inbox = inbox
 
-    async def publish(self, message: Message, *, subject: str = "") -> Envelope:
-        """Publish ``message``; the request id of the current call becomes its correlation id."""
+    async def publish(
+        self, message: Message, *, subject: str = "", transaction: UnitOfWork | None = None
+    ) -> Envelope:
+        """Publish ``message``; the request id of the current call becomes its correlation id.
+
+        With ``transaction`` (a unit of work of the plugin's own storage), the event is
+        stored in it and published once it commits: never for a rollback, never lost
+        after a commit. Without, it goes to the bus now; when the bus is unreachable it
+        is kept in the outbox and relayed later (raises BusUnavailableError only when
+        the host has no outbox).
+        """
         event_type = message.DESCRIPTOR.full_name
         if event_type not in self._declared:
             raise ValueError(
@@ -37,8 +65,28 @@ class Publisher:
         envelope = seal(
             message, source=self._source, subject=subject, correlation_id=current_request_id()
         )
-        await self._bus.publish(envelope)
+        if transaction is not None:
+            if self._outbox is None:
+                raise RuntimeError("this host has no outbox: publish outside the transaction")
+            await self._outbox.stage(transaction, self._source, envelope)
+            return envelope
+        try:
+            await self._bus.publish(envelope)
+        except BusUnavailableError:
+            if self._outbox is None:
+                raise
+            await self._outbox.keep(self._source, envelope)
         return envelope
+
+    async def first_time(self, transaction: UnitOfWork, delivery: Delivery) -> bool:
+        """Whether ``delivery``'s event is new to this plugin; records it in ``transaction``.
+
+        ``if not await ctx.events.first_time(unit, delivery): return`` at the top of a
+        handler's unit of work makes at-least-once delivery take effect once.
+        """
+        if self._inbox is None:
+            raise RuntimeError(f"plugin {self._source!r} has no inbox: it consumes no events")
+        return await self._inbox.first_time(transaction, delivery)
 
 
 def subscribe(event_type: type[Message]) -> Callable[[Any], Any]:

@@ -18,6 +18,7 @@ from typing import Any
 from nexus_grpc.audit import AuditLog
 from nexus_grpc.config import Config
 from nexus_grpc.events import EventBus, Publisher, event_type_exists, subscriptions_of
+from nexus_grpc.events.outbox import Outbox
 from nexus_grpc.health import HealthState
 from nexus_grpc.pipeline import Stage
 from nexus_grpc.plugins.discovery import Candidate, discover
@@ -26,7 +27,7 @@ from nexus_grpc.plugins.manifest import Manifest
 from nexus_grpc.plugins.spec import Hook, PluginContext
 from nexus_grpc.routing import InFlight, Router
 from nexus_grpc.servicers import ServicerError, bind_servicer, build_routes, construct_servicer
-from nexus_grpc.storage import Storage
+from nexus_grpc.storage import Namespace, Storage
 
 __all__ = ["PluginManager", "PluginRecord", "PluginState", "StrictModeError"]
 
@@ -84,9 +85,11 @@ class PluginManager:
         audit: AuditLog | None = None,
         tokens: Any = None,
         bus: EventBus | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self._config = config
         self._bus = bus
+        self._outbox = outbox
         self._audit = audit
         self._tokens = tokens
         self._storage = storage
@@ -305,23 +308,32 @@ class PluginManager:
 
     def _context(self, manifest: Manifest) -> PluginContext:
         data_dir = Path(self._config.data_dir) / "plugins" / manifest.name
+        storage = self._storage.namespace(manifest.namespace)
         return PluginContext(
             name=manifest.name,
             category=manifest.category,
             config=dict(self._config.plugin.get(manifest.name, {})),
-            storage=self._storage.namespace(manifest.namespace),
+            storage=storage,
             logger=logging.getLogger(f"nexus.plugins.{manifest.name}"),
             data_dir=data_dir,
             audit=self._audit,
             # Only the plugins the operator lists may mint tokens: any other plugin
             # holding the issuer could make itself an admin.
             tokens=self._tokens if manifest.name in self._config.auth.issuer_plugins else None,
-            events=(
-                Publisher(self._bus, manifest.name, frozenset(manifest.publishes))
-                if self._bus is not None
-                else None
-            ),
+            events=self._publisher(manifest, storage),
         )
+
+    def _publisher(self, manifest: Manifest, storage: Namespace) -> Publisher | None:
+        if self._bus is None:
+            return None
+        declared = frozenset(manifest.publishes)
+        outbox, inbox = self._outbox, None
+        if outbox is not None:
+            if declared:
+                outbox.register(manifest.name, storage, declared)
+            if manifest.consumes:
+                inbox = outbox.inbox(storage, self._config.events.inbox_retention)
+        return Publisher(self._bus, manifest.name, declared, outbox=outbox, inbox=inbox)
 
     async def _run_hook(self, hook: Hook, context: PluginContext) -> None:
         result = hook(context)

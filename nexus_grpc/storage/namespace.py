@@ -9,8 +9,9 @@ PostgreSQL; ``mongo.MongoBackend`` is MongoDB.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
@@ -31,6 +32,8 @@ __all__ = [
     "UnitOfWork",
     "validate_namespace",
 ]
+
+_log = logging.getLogger("nexus.storage")
 
 _SEGMENT = re.compile(r"[a-z0-9_-]+")
 
@@ -257,7 +260,11 @@ class Namespace:
         MongoDB needs a replica set (or mongos) for transactions; see ``mongo``.
         """
         async with self._backend.transaction(self._name) as scope:
-            yield UnitOfWork(scope)
+            unit = UnitOfWork(scope)
+            yield unit
+        # Only reached when the transaction committed: the body raised nothing and the
+        # commit itself succeeded.
+        await unit.run_after_commit()
 
 
 class UnitOfWork:
@@ -268,6 +275,7 @@ class UnitOfWork:
 
     def __init__(self, scope: RepositoryScope) -> None:
         self._scope = scope
+        self._after_commit: list[Callable[[], Awaitable[None]]] = []
 
     def __repr__(self) -> str:
         state = "active" if self._scope.active else "finished"
@@ -288,3 +296,22 @@ class UnitOfWork:
     ) -> Repository[M]:
         """The repository of ``message_type`` messages inside this transaction."""
         return _new_repository(self._scope, message_type, collection, id_field)
+
+    def after_commit(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run ``await callback()`` once the transaction has committed (never on rollback).
+
+        Callbacks run in registration order after the commit; one that raises is logged
+        and does not stop the others or fail the caller: the data is committed by then.
+        """
+        if not self._scope.active:
+            raise RuntimeError("this unit of work's transaction has ended")
+        self._after_commit.append(callback)
+
+    async def run_after_commit(self) -> None:
+        """Run the :meth:`after_commit` callbacks (called by :meth:`Namespace.transaction`)."""
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            try:
+                await callback()
+            except Exception:
+                _log.exception("after-commit callback of %s failed", self.namespace)

@@ -10,6 +10,7 @@ from nexus.orders.v1 import events_pb2 as order_events
 
 from nexus_grpc import PluginContext
 from nexus_grpc.events import Delivery, subscribe
+from nexus_grpc.storage import UnitOfWork
 
 Context = Any
 
@@ -39,74 +40,80 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
 
     async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.ReserveResponse:
         """Reserve every line for the order, or nothing when one is short."""
-        return await self._reserve(request.order_id, list(request.lines))
+        async with self._storage.transaction() as unit:
+            return await _reserve(unit, request.order_id, list(request.lines))
 
     async def Release(self, request: pb.ReleaseRequest, context: Context) -> pb.ReleaseResponse:
         """Return an order's reserved units to stock."""
-        return pb.ReleaseResponse(released=await self._release(request.order_id))
+        async with self._storage.transaction() as unit:
+            return pb.ReleaseResponse(released=await _release(unit, request.order_id))
 
     @subscribe(order_events.OrderCreated)
     async def on_order_created(self, event: order_events.OrderCreated, delivery: Delivery) -> None:
-        """Reserve the order's items, then say whether that worked."""
+        """Reserve the order's items and say whether that worked, once per event."""
+        events = self._events
+        assert events is not None
+        order_id = event.order.id
         lines = [pb.ReservationLine(sku=i.sku, quantity=i.quantity) for i in event.order.items]
-        result = await self._reserve(event.order.id, lines)
-        assert self._events is not None
-        if result.reserved:
-            await self._events.publish(
-                pb.StockReserved(order_id=event.order.id), subject=event.order.id
+        async with self._storage.transaction() as unit:
+            if not await events.first_time(unit, delivery):
+                return  # handled before: its reservation and answer are committed
+            result = await _reserve(unit, order_id, lines)
+            answer: Any = (
+                pb.StockReserved(order_id=order_id)
+                if result.reserved
+                else pb.StockShortage(order_id=order_id, short_skus=result.short_skus)
             )
-        else:
-            await self._events.publish(
-                pb.StockShortage(order_id=event.order.id, short_skus=result.short_skus),
-                subject=event.order.id,
-            )
+            # The answer commits with the reservation: both happen, or neither.
+            await events.publish(answer, subject=order_id, transaction=unit)
 
     @subscribe(order_events.OrderCancelled)
     async def on_order_cancelled(
         self, event: order_events.OrderCancelled, delivery: Delivery
     ) -> None:
         """Give a cancelled order's units back."""
-        await self._release(event.order.id)
-
-    async def _reserve(self, order_id: str, lines: list[pb.ReservationLine]) -> pb.ReserveResponse:
         async with self._storage.transaction() as unit:
-            reservations = unit.repository(pb.Reservation)
-            if await reservations.get(order_id, for_update=True) is not None:
-                # Reserving twice (a redelivered event, a retried call) changes nothing.
-                return pb.ReserveResponse(reserved=True)
-            stock = unit.repository(pb.Stock, id_field="sku")
-            wanted: dict[str, int] = {}
-            for line in lines:
-                wanted[line.sku] = wanted.get(line.sku, 0) + line.quantity
-            rows = {sku: await stock.get(sku, for_update=True) for sku in sorted(wanted)}
-            short = [
-                sku for sku, qty in wanted.items() if (rows[sku] or pb.Stock()).available < qty
-            ]
-            if short:
-                return pb.ReserveResponse(reserved=False, short_skus=sorted(short))
-            for sku, quantity in wanted.items():
-                row = rows[sku]
-                assert row is not None
-                row.available -= quantity
-                row.reserved += quantity
-                await stock.update(row)
-            await reservations.create(pb.Reservation(id=order_id, lines=lines))
+            await _release(unit, event.order.id)
+
+
+async def _reserve(
+    unit: UnitOfWork, order_id: str, lines: list[pb.ReservationLine]
+) -> pb.ReserveResponse:
+    reservations = unit.repository(pb.Reservation)
+    if await reservations.get(order_id, for_update=True) is not None:
+        # Reserving twice (a retried call, a second event) changes nothing.
         return pb.ReserveResponse(reserved=True)
+    stock = unit.repository(pb.Stock, id_field="sku")
+    wanted: dict[str, int] = {}
+    for line in lines:
+        wanted[line.sku] = wanted.get(line.sku, 0) + line.quantity
+    rows = {sku: await stock.get(sku, for_update=True) for sku in sorted(wanted)}
+    short = [sku for sku, qty in wanted.items() if (rows[sku] or pb.Stock()).available < qty]
+    if short:
+        return pb.ReserveResponse(reserved=False, short_skus=sorted(short))
+    for sku, quantity in wanted.items():
+        row = rows[sku]
+        assert row is not None
+        row.available -= quantity
+        row.reserved += quantity
+        await stock.update(row)
+    await reservations.create(pb.Reservation(id=order_id, lines=lines))
+    return pb.ReserveResponse(reserved=True)
 
-    async def _release(self, order_id: str) -> int:
-        async with self._storage.transaction() as unit:
-            reservations = unit.repository(pb.Reservation)
-            reservation = await reservations.get(order_id, for_update=True)
-            if reservation is None:
-                return 0  # nothing reserved (or released already): nothing to do
-            stock = unit.repository(pb.Stock, id_field="sku")
-            released = 0
-            for line in reservation.lines:
-                row = await stock.get(line.sku, for_update=True)
-                if row is not None:
-                    row.available += line.quantity
-                    row.reserved -= line.quantity
-                    await stock.update(row)
-                    released += line.quantity
-            await reservations.delete(order_id)
-        return released
+
+async def _release(unit: UnitOfWork, order_id: str) -> int:
+    reservations = unit.repository(pb.Reservation)
+    reservation = await reservations.get(order_id, for_update=True)
+    if reservation is None:
+        return 0  # nothing reserved (or released already): nothing to do
+    stock = unit.repository(pb.Stock, id_field="sku")
+    released = 0
+    for line in reservation.lines:
+        row = await stock.get(line.sku, for_update=True)
+        if row is not None:
+            row.available += line.quantity
+            row.reserved -= line.quantity
+            await stock.update(row)
+            released += line.quantity
+    await reservations.delete(order_id)
+    return released

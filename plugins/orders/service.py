@@ -15,7 +15,7 @@ from nexus_grpc.auth.principal import Scope
 from nexus_grpc.errors import NotFoundError
 from nexus_grpc.events import Delivery, subscribe
 from nexus_grpc.plugins.spec import OwnershipCheck
-from nexus_grpc.storage import Repository
+from nexus_grpc.storage import Repository, UnitOfWork
 
 from .feed import ChangeFeed, WatcherTooSlowError
 from .validation import (
@@ -84,9 +84,11 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
         now = _now()
         order.create_time.CopyFrom(now)
         order.update_time.CopyFrom(now)
-        created = await self._orders.create(order)
+        async with self._storage.transaction() as unit:
+            created = await unit.repository(orders_pb2.Order).create(order)
+            # Stored with the order in one commit: inventory hears of every order saved.
+            await self._publish(events_pb2.OrderCreated(order=created), created.id, unit)
         self._feed.publish(_change(orders_pb2.CHANGE_TYPE_CREATED, created))
-        await self._publish(events_pb2.OrderCreated(order=created), created.id)
         return created
 
     async def GetOrder(
@@ -156,8 +158,8 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
             order.cancel_reason = request.reason
             order.update_time.CopyFrom(_now())
             cancelled = await orders.update(order)
+            await self._publish(events_pb2.OrderCancelled(order=cancelled), cancelled.id, unit)
         self._feed.publish(_change(orders_pb2.CHANGE_TYPE_CANCELLED, cancelled))
-        await self._publish(events_pb2.OrderCancelled(order=cancelled), cancelled.id)
         return cancelled
 
     @subscribe(inventory_pb2.StockReserved)
@@ -189,9 +191,9 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
             settled = await orders.update(order)
         self._feed.publish(_change(orders_pb2.CHANGE_TYPE_UPDATED, settled))
 
-    async def _publish(self, event: Any, subject: str) -> None:
+    async def _publish(self, event: Any, subject: str, unit: UnitOfWork) -> None:
         if self._events is not None:
-            await self._events.publish(event, subject=subject)
+            await self._events.publish(event, subject=subject, transaction=unit)
 
     async def WatchOrders(
         self, request: orders_pb2.WatchOrdersRequest, context: Context

@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -27,7 +22,7 @@ from nexus_grpc.errors import NotFoundError
 from nexus_grpc.events import Delivery, seal
 from nexus_grpc.events.redis_bus import BusUnavailableError, RedisBus
 from nexus_grpc.logs import request_id_var
-from tests.fixtures.redis import RedisServer
+from tests.fixtures.redis import OwnRedis
 
 EVENT = "nexus.inventory.v1.StockReserved"
 STREAM = f"nexus:events:{EVENT}"
@@ -97,53 +92,6 @@ async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
-
-
-class OwnRedis:
-    """A redis-server of this test's own, which it may stop and start again (same port)."""
-
-    def __init__(self, binary: str, base: Path, port: int) -> None:
-        self.server = RedisServer("127.0.0.1", port, base)
-        self._binary = binary
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = [
-            self._binary, "--port", str(self.server.port), "--bind", "127.0.0.1",
-            "--dir", str(self.server.base_dir), "--save", "", "--appendonly", "no",
-            "--logfile", str(self.server.base_dir / "redis.log"),
-        ]  # fmt: skip
-        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if self.server.command("PING").startswith(b"+PONG"):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("own redis-server did not start")
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            self._process.wait(timeout=10)
-        self._process = None
-
-
-@pytest.fixture
-def own_redis(redis_server: RedisServer, tmp_path: Path) -> Iterator[OwnRedis]:
-    """A dedicated server to take down: the shared session server must stay up."""
-    binary = shutil.which(os.environ.get("REDIS_SERVER") or "redis-server")
-    assert binary is not None  # redis_server (a dependency) skipped otherwise
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = OwnRedis(binary, tmp_path, port)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def recorder(into: list[str]) -> Callable[[Any, Delivery], Awaitable[None]]:
@@ -387,7 +335,7 @@ async def test_publishing_while_redis_is_down_fails_clearly_and_health_follows(
     assert not bus.healthy()
     assert changes == [False]
 
-    own_redis.start()  # empty: no persistence, the streams and groups are gone
+    own_redis.start()  # its append-only file brings the streams and groups back
     await eventually(lambda: bus.healthy())
     assert changes == [False, True]
     await bus.publish(event("after"))

@@ -1,0 +1,306 @@
+"""The transactional outbox, and the inbox that makes redelivery harmless.
+
+**Outbox.** An event published inside a unit of work is written to the publishing
+plugin's own namespace (collection ``nexus.events.outbox``) in the same transaction
+as the data, so both commit or neither does. After the commit the publishing task
+hands it to the bus at once and the row is deleted in a later batch. When that fails
+(the broker is down, the process dies right after the commit) the row stays, and a
+relay loop in every host process publishes rows that are older than ``relay_after``
+seconds, or that this process failed to publish, once the bus takes them again: an
+event whose data committed is published at least once, whatever crashes in between.
+
+Several host processes sharing a database relay the same outbox; each row is claimed
+by a row lock (``for_update``) for the time of its publish, so a row is published by
+one of them, and rows younger than ``relay_after`` are left to their publisher. A
+publisher that dies after publishing but before the batched delete gets its rows
+relayed again: consumers see a duplicate, which the inbox absorbs.
+
+**Order.** Events published while the bus is up reach it in commit order of each
+task. Events held back during an outage are relayed after it, oldest first, and may
+arrive after events published later by a process that reached the bus sooner.
+
+**Inbox.** At-least-once delivery means a handler may see an event twice (a retry
+after a crash, an outbox relay after a lost delete, two processes racing after a
+takeover). :meth:`Inbox.first_time` records the event id in the handler's own
+transaction: the second delivery finds it and does nothing, so the effect happens
+once. Inbox rows are pruned after ``inbox_retention`` seconds; a duplicate arriving
+later than that (a replay, say) is handled again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from nexus_grpc.errors import AlreadyExistsError, ConflictError
+from nexus_grpc.events.bus import Delivery, EventBus
+from nexus_grpc.events.envelope import Envelope
+from nexus_grpc.events.redis_bus import BusUnavailableError
+from nexus_grpc.storage import Namespace, UnitOfWork
+
+__all__ = ["INBOX_COLLECTION", "OUTBOX_COLLECTION", "Inbox", "Outbox"]
+
+_log = logging.getLogger("nexus.events")
+
+#: Collection of a plugin's namespace holding its events not yet handed to the bus.
+OUTBOX_COLLECTION = "nexus.events.outbox"
+#: Collection of a plugin's namespace holding the ids of events it has handled.
+INBOX_COLLECTION = "nexus.events.inbox"
+#: Rows deleted or relayed per transaction / read per sweep.
+_BATCH = 100
+#: Seconds between two inbox prunings.
+_PRUNE_EVERY = 60.0
+
+
+@dataclass
+class _Source:
+    """One publishing plugin: where its outbox lives and what it may publish."""
+
+    name: str
+    namespace: Namespace
+    declared: frozenset[str]
+    #: Ids published by this process whose rows are still to be deleted.
+    published: set[str] = field(default_factory=set)
+    #: Ids this process failed to publish: relayed as soon as the bus takes them.
+    held: set[str] = field(default_factory=set)
+
+
+class Outbox:
+    """Keeps events with the data that produced them until the bus has them.
+
+    ``relay_after``: seconds a row is left to the process that wrote it before any
+    relay publishes it. ``poll_interval``: seconds between two relay sweeps.
+    ``clock``: wall-clock seconds (envelope times are wall-clock).
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        *,
+        relay_after: float = 5.0,
+        poll_interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if relay_after < 0 or poll_interval <= 0:
+            raise ValueError("Outbox needs relay_after >= 0 and poll_interval > 0")
+        self._bus = bus
+        self._relay_after = relay_after
+        self._poll_interval = poll_interval
+        self._clock = clock
+        self._sources: dict[str, _Source] = {}
+        self._inboxes: list[Inbox] = []
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    def register(self, source: str, namespace: Namespace, declared: frozenset[str]) -> None:
+        """Relay ``source``'s outbox in ``namespace``; it may publish ``declared`` types."""
+        self._sources[source] = _Source(source, namespace, declared)
+
+    async def stage(self, unit: UnitOfWork, source: str, envelope: Envelope) -> None:
+        """Write ``envelope`` in ``unit``'s transaction; publish it once that commits."""
+        entry = self._source(source)
+        if unit.namespace != entry.namespace.name:
+            raise ValueError(
+                f"plugin {source!r} publishes in a transaction of namespace "
+                f"{unit.namespace!r}; only its own ({entry.namespace.name!r}) keeps its outbox"
+            )
+        await unit.repository(Envelope, collection=OUTBOX_COLLECTION).create(envelope)
+
+        async def publish_committed() -> None:
+            await self._publish_now(entry, envelope)
+
+        unit.after_commit(publish_committed)
+
+    async def keep(self, source: str, envelope: Envelope) -> None:
+        """Store ``envelope`` for the relay (the bus refused it outside a transaction)."""
+        entry = self._source(source)
+        await entry.namespace.repository(Envelope, collection=OUTBOX_COLLECTION).create(envelope)
+        self._held(entry, envelope)
+
+    async def start(self) -> None:
+        """Start the relay loop (a first sweep runs at once: rows of a previous run)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._relay_loop(), name="nexus-outbox")
+
+    async def stop(self) -> None:
+        """Stop the loop and delete the rows this process published (best effort)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self._delete_published()
+
+    async def sweep(self) -> int:
+        """Delete what was published; relay rows due for it. The number relayed.
+
+        Stops at the first row the bus refuses (the rest waits for the next sweep).
+        """
+        await self._delete_published()
+        relayed = 0
+        for entry in list(self._sources.values()):
+            try:
+                relayed += await self._relay_source(entry)
+            except BusUnavailableError:
+                break
+        return relayed
+
+    def inbox(self, namespace: Namespace, retention: float) -> Inbox:
+        """The inbox of a consuming plugin's ``namespace``, pruned by this relay."""
+        inbox = Inbox(namespace, retention)
+        self._inboxes.append(inbox)
+        return inbox
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _source(self, source: str) -> _Source:
+        entry = self._sources.get(source)
+        if entry is None:
+            raise ValueError(f"plugin {source!r} has no outbox: it publishes no events")
+        return entry
+
+    async def _publish_now(self, entry: _Source, envelope: Envelope) -> None:
+        try:
+            await self._bus.publish(envelope)
+        except BusUnavailableError:
+            self._held(entry, envelope)
+            return
+        entry.published.add(envelope.id)
+        if len(entry.published) >= _BATCH:
+            self._wake.set()
+
+    def _held(self, entry: _Source, envelope: Envelope) -> None:
+        entry.held.add(envelope.id)
+        _log.warning(
+            "event %s (%s) kept in the outbox of %s until the bus is back",
+            envelope.id,
+            envelope.type,
+            entry.name,
+        )
+
+    async def _relay_loop(self) -> None:
+        last_prune = 0.0
+        while True:
+            try:
+                await self.sweep()
+                if self._clock() - last_prune >= _PRUNE_EVERY:
+                    last_prune = self._clock()
+                    await self._prune_inboxes()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                _log.exception("outbox relay sweep failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            self._wake.clear()
+
+    async def _delete_published(self) -> None:
+        for entry in self._sources.values():
+            while entry.published:
+                ids = [entry.published.pop() for _ in range(min(_BATCH, len(entry.published)))]
+                try:
+                    async with entry.namespace.transaction() as unit:
+                        outbox = unit.repository(Envelope, collection=OUTBOX_COLLECTION)
+                        for event_id in ids:
+                            await outbox.delete(event_id)
+                except BaseException:
+                    entry.published.update(ids)
+                    raise
+
+    async def _relay_source(self, entry: _Source) -> int:
+        outbox = entry.namespace.repository(Envelope, collection=OUTBOX_COLLECTION)
+        page = await outbox.list(order_by="time", page_size=_BATCH)
+        due_before = self._clock() - self._relay_after
+        relayed = 0
+        for envelope in page.items:
+            held = envelope.id in entry.held
+            if not held and envelope.time.ToNanoseconds() / 1e9 > due_before:
+                break  # younger rows are still their publisher's to hand over
+            if envelope.id in entry.published:
+                continue
+            if await self._relay_one(entry, envelope.id):
+                relayed += 1
+            entry.held.discard(envelope.id)
+        if relayed:
+            _log.info("relayed %d events from the outbox of %s", relayed, entry.name)
+        return relayed
+
+    async def _relay_one(self, entry: _Source, event_id: str) -> bool:
+        """Publish and delete one row under its lock; False when another relay had it."""
+        try:
+            async with entry.namespace.transaction() as unit:
+                outbox = unit.repository(Envelope, collection=OUTBOX_COLLECTION)
+                envelope = await outbox.get(event_id, for_update=True)
+                if envelope is None:
+                    return False  # relayed and deleted by another process meanwhile
+                if envelope.type in entry.declared:
+                    await self._bus.publish(envelope)
+                else:
+                    _log.error(
+                        "outbox of %s holds %s (%s), a type its manifest does not publish: dropped",
+                        entry.name,
+                        envelope.id,
+                        envelope.type,
+                    )
+                await outbox.delete(event_id)
+        except ConflictError:
+            return False  # MongoDB: another process holds the row
+        return True
+
+    async def _prune_inboxes(self) -> None:
+        for inbox in self._inboxes:
+            await inbox.prune(self._clock())
+
+
+class Inbox:
+    """Ids of the events a plugin has handled, kept in its own namespace.
+
+    ``retention``: seconds after an event's time its id is remembered.
+    """
+
+    def __init__(self, namespace: Namespace, retention: float) -> None:
+        self._namespace = namespace
+        self._retention = retention
+
+    async def first_time(self, unit: UnitOfWork, delivery: Delivery) -> bool:
+        """Record ``delivery``'s event in ``unit``; False when it was recorded before.
+
+        Call it first in the handler's transaction and return when it is False. The
+        record commits with the handler's effects or not at all, so a handler that
+        failed half-way is retried in full, and one that committed is not run again.
+        """
+        if unit.namespace != self._namespace.name:
+            raise ValueError(
+                f"the inbox of {self._namespace.name!r} cannot record in a transaction of "
+                f"{unit.namespace!r}"
+            )
+        event = delivery.envelope
+        record = Envelope(id=event.id, source=event.source, type=event.type, time=event.time)
+        record.subject = delivery.group
+        try:
+            await unit.repository(Envelope, collection=INBOX_COLLECTION).create(record)
+        except AlreadyExistsError:
+            return False
+        return True
+
+    async def prune(self, now: float) -> int:
+        """Forget events older than ``retention`` seconds before ``now``; how many."""
+        inbox = self._namespace.repository(Envelope, collection=INBOX_COLLECTION)
+        cutoff = now - self._retention
+        pruned = 0
+        while True:
+            page = await inbox.list(order_by="time", page_size=_BATCH)
+            old = [e.id for e in page.items if e.time.ToNanoseconds() / 1e9 < cutoff]
+            if old:
+                async with self._namespace.transaction() as unit:
+                    rows = unit.repository(Envelope, collection=INBOX_COLLECTION)
+                    for event_id in old:
+                        await rows.delete(event_id)
+                pruned += len(old)
+            if len(old) < _BATCH:
+                return pruned
