@@ -237,7 +237,8 @@ class PluginManager:
                             in_flight=record.in_flight,
                         )
                     )
-            handlers = self._event_handlers(record.name, manifest, servicers)
+            subscribers = [construct_servicer(cls, context) for cls in loaded.plugin.subscribers]
+            handlers = self._event_handlers(record.name, manifest, [*servicers, *subscribers])
             if loaded.plugin.on_start is not None:
                 await self._run_hook(loaded.plugin.on_start, context)
         except PluginError as error:

@@ -84,5 +84,8 @@ class Plugin:
     """
 
     services: Sequence[type] = field(default_factory=tuple)
+    #: Classes with ``@subscribe`` handlers that serve no gRPC service (projections,
+    #: notifiers); created like servicers. Servicers may hold handlers too.
+    subscribers: Sequence[type] = field(default_factory=tuple)
     on_start: Hook | None = None
     on_stop: Hook | None = None

@@ -1,0 +1,228 @@
+"""Two `nexus serve` processes sharing one PostgreSQL and one Redis.
+
+The orders → reservation → confirmation flow across both, each event taking effect
+once; a consumer killed between its commit and its acknowledgement; Redis stopped and
+started again in the middle of the flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nexus.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
+
+from nexus_grpc.events import Envelope
+from nexus_grpc.events.outbox import INBOX_COLLECTION
+from nexus_grpc.storage import Storage
+from tests.e2e.conftest import REPO, ServeProcess, start_serve
+from tests.fixtures.redis import OwnRedis
+
+PENDING = orders_pb2.ORDER_STATUS_PENDING
+CONFIRMED = orders_pb2.ORDER_STATUS_CONFIRMED
+REJECTED = orders_pb2.ORDER_STATUS_REJECTED
+TEST_PLUGINS = REPO / "tests" / "e2e" / "plugins"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def wait_until(check: Callable[[], bool], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+class Shop:
+    """gRPC clients of one host process."""
+
+    def __init__(self, serve: ServeProcess) -> None:
+        self.serve = serve
+        self._channel = grpc.insecure_channel(serve.address)
+        token = serve.token()
+        self.metadata = (("authorization", f"Bearer {token}"),)
+        self.orders = orders_pb2_grpc.OrdersServiceStub(self._channel)
+        self.inventory = inventory_pb2_grpc.InventoryServiceStub(self._channel)
+        self.health = health_pb2_grpc.HealthStub(self._channel)
+
+    def create_order(self, sku: str, quantity: int = 1) -> str:
+        request = orders_pb2.CreateOrderRequest(
+            order=orders_pb2.Order(
+                customer_id="c1",
+                currency_code="EUR",
+                items=[orders_pb2.LineItem(sku=sku, quantity=quantity, unit_price_cents=100)],
+            )
+        )
+        return str(self.orders.CreateOrder(request, metadata=self.metadata, timeout=10).id)
+
+    def status(self, order_id: str) -> int:
+        request = orders_pb2.GetOrderRequest(id=order_id)
+        return int(self.orders.GetOrder(request, metadata=self.metadata, timeout=10).status)
+
+    def set_stock(self, sku: str, available: int) -> None:
+        request = inventory_pb2.SetStockRequest(sku=sku, available=available)
+        self.inventory.SetStock(request, metadata=self.metadata, timeout=10)
+
+    def stock(self, sku: str) -> inventory_pb2.Stock:
+        request = inventory_pb2.GetStockRequest(sku=sku)
+        return self.inventory.GetStock(request, metadata=self.metadata, timeout=10)
+
+    def events_health(self) -> int:
+        request = health_pb2.HealthCheckRequest(service="nexus.events")
+        return int(self.health.Check(request, timeout=5).status)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+@pytest.fixture
+def cluster(
+    tmp_path: Path, probe_stubs: Path, postgres_url: str, own_redis: OwnRedis
+) -> Iterator[Callable[..., Shop]]:
+    """Starts host processes sharing one database, one Redis and one signing secret."""
+    started: list[Shop] = []
+
+    def start(**env: str) -> Shop:
+        serve = start_serve(
+            tmp_path,  # one data dir: every process signs and verifies with one secret
+            probe_stubs,
+            [REPO / "plugins", TEST_PLUGINS],
+            NEXUS_STORAGE__URL=postgres_url,
+            NEXUS_EVENTS__BACKEND="redis",
+            NEXUS_EVENTS__REDIS_URL=own_redis.url,
+            NEXUS_EVENTS__CLAIM_IDLE="1.5",
+            NEXUS_EVENTS__RETRY_BACKOFF="0.05",
+            NEXUS_EVENTS__OUTBOX_RELAY_AFTER="1.0",
+            NEXUS_EVENTS__OUTBOX_POLL_INTERVAL="0.2",
+            NEXUS_LOG__ACCESS="false",
+            **env,
+        )
+        shop = Shop(serve)
+        started.append(shop)
+        return shop
+
+    try:
+        yield start
+    finally:
+        for shop in started:
+            shop.close()
+            shop.serve.close()
+
+
+async def _ids(postgres_url: str, namespace: str, collection: str) -> list[str]:
+    storage = await Storage.connect(postgres_url)
+    try:
+        repository = storage.namespace(namespace).repository(Envelope, collection=collection)
+        found: list[str] = []
+        token = ""
+        while True:
+            page = await repository.list(page_size=500, page_token=token)
+            found.extend(row.id for row in page.items)
+            if not page.next_page_token:
+                return found
+            token = page.next_page_token
+    finally:
+        await storage.close()
+
+
+def ids(postgres_url: str, namespace: str, collection: str) -> list[str]:
+    """Ids of a collection's rows, read straight from the shared database."""
+    return asyncio.run(_ids(postgres_url, namespace, collection))
+
+
+def count(postgres_url: str, namespace: str, collection: str) -> int:
+    """Rows of a collection, read straight from the shared database."""
+    return len(ids(postgres_url, namespace, collection))
+
+
+def handlers(postgres_url: str) -> set[str]:
+    """Process ids of the order ledger's deliveries (recorded as "pid-event-attempt")."""
+    deliveries = ids(postgres_url, "plugins/integration/order_ledger", "deliveries")
+    return {delivery.split("-")[0] for delivery in deliveries}
+
+
+def test_two_hosts_share_the_flow_and_each_event_takes_effect_once(
+    cluster: Callable[..., Shop], postgres_url: str
+) -> None:
+    first, second = cluster(), cluster()
+    first.set_stock("widget", 30)
+    shops = [first, second]
+    ids = [shops[i % 2].create_order("widget") for i in range(40)]
+
+    def settled() -> bool:
+        return all(first.status(order_id) != PENDING for order_id in ids)
+
+    wait_until(settled)
+    statuses = [second.status(order_id) for order_id in ids]
+    assert statuses.count(CONFIRMED) == 30
+    assert statuses.count(REJECTED) == 10
+    stock = first.stock("widget")
+    assert (stock.available, stock.reserved) == (0, 30)
+    # Inventory recorded each OrderCreated once, whichever process handled it.
+    assert count(postgres_url, "plugins/business/inventory", INBOX_COLLECTION) == 40
+    assert count(postgres_url, "plugins/integration/order_ledger", "ledger") == 40
+    # Both processes took part: one consumer group, its work shared.
+    assert handlers(postgres_url) == {str(first.serve.process.pid), str(second.serve.process.pid)}
+
+
+def test_a_consumer_killed_before_acknowledging_is_redelivered_and_takes_effect_once(
+    cluster: Callable[..., Shop], postgres_url: str, own_redis: OwnRedis
+) -> None:
+    victim = cluster(NEXUS_PLUGIN__ORDER_LEDGER__HANG_AFTER_COMMIT="true")
+    order_id = victim.create_order("gadget")
+    wait_until(lambda: count(postgres_url, "plugins/integration/order_ledger", "ledger") == 1)
+    victim.serve.stop(signal.SIGKILL)  # committed, never acknowledged
+
+    survivor = cluster()
+    # The survivor takes the unacknowledged entry over and gets it again.
+    wait_until(lambda: str(survivor.serve.process.pid) in handlers(postgres_url))
+    assert str(victim.serve.process.pid) in handlers(postgres_url)
+    client = redis.Redis.from_url(own_redis.url)
+    try:
+
+        def acknowledged() -> bool:
+            stream = "nexus:events:nexus.orders.v1.OrderCreated"
+            pending: Any = client.xpending(stream, "order_ledger")
+            return int(pending["pending"]) == 0
+
+        wait_until(acknowledged)
+    finally:
+        client.close()
+    assert count(postgres_url, "plugins/integration/order_ledger", "ledger") == 1
+    # The rest of the flow went on in the survivor: the order was settled once.
+    assert survivor.status(order_id) == REJECTED  # no stock of "gadget"
+
+
+def test_redis_stopped_mid_flow_loses_nothing_and_health_follows(
+    cluster: Callable[..., Shop], postgres_url: str, own_redis: OwnRedis
+) -> None:
+    first, second = cluster(), cluster()
+    first.set_stock("bolt", 100)
+    before = [first.create_order("bolt")]
+    wait_until(lambda: first.status(before[0]) == CONFIRMED)
+
+    own_redis.stop()
+    for shop in (first, second):
+        wait_until(lambda shop=shop: shop.events_health() == NOT_SERVING)  # type: ignore[misc]
+    # Orders are still taken: their events wait in the outbox with them.
+    during = [(first, second)[i % 2].create_order("bolt") for i in range(10)]
+    assert all(first.status(order_id) == PENDING for order_id in during)
+
+    own_redis.start()
+    for shop in (first, second):
+        wait_until(lambda shop=shop: shop.events_health() == SERVING)  # type: ignore[misc]
+    wait_until(lambda: all(second.status(order_id) == CONFIRMED for order_id in during))
+    stock = second.stock("bolt")
+    assert (stock.available, stock.reserved) == (89, 11)
+    assert count(postgres_url, "plugins/business/inventory", INBOX_COLLECTION) == 11
+    assert count(postgres_url, "plugins/integration/order_ledger", "ledger") == 11
