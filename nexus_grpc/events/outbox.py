@@ -186,8 +186,9 @@ class Outbox:
     async def _relay_loop(self) -> None:
         last_prune = 0.0
         while True:
+            relayed = 0
             try:
-                await self.sweep()
+                relayed = await self.sweep()
                 if self._clock() - last_prune >= _PRUNE_EVERY:
                     last_prune = self._clock()
                     await self._prune_inboxes()
@@ -195,6 +196,8 @@ class Outbox:
                 raise
             except Exception:
                 _log.exception("outbox relay sweep failed; retrying")
+            if relayed >= _BATCH:
+                continue  # a backlog after an outage: drain it without pausing
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
             self._wake.clear()
@@ -220,7 +223,7 @@ class Outbox:
         for envelope in page.items:
             held = envelope.id in entry.held
             if not held and envelope.time.ToNanoseconds() / 1e9 > due_before:
-                break  # younger rows are still their publisher's to hand over
+                continue  # still its publisher's to hand over
             if envelope.id in entry.published:
                 continue
             if await self._relay_one(entry, envelope.id):
