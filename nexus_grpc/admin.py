@@ -1,4 +1,5 @@
-"""nexus.admin.v1.AdminService: the host's plugins, their state and their health."""
+"""nexus.admin.v1.AdminService: the host's plugins, their state and their health, the
+audit log, and the event bus's dead letters, replay and backlog."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any, cast
 
 from nexus.admin.v1 import admin_pb2, admin_pb2_grpc
 
+from nexus_grpc.admin_events import EventsAdmin
 from nexus_grpc.audit import AuditLog
 from nexus_grpc.errors import NotFoundError
 from nexus_grpc.health import HealthState
@@ -15,12 +17,20 @@ __all__ = ["AdminServicer"]
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    """Reports what the plugin manager knows, live."""
+    """Reports what the plugin manager knows, live; operates the event bus ``bus``."""
 
-    def __init__(self, manager: PluginManager, health: HealthState, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        manager: PluginManager,
+        health: HealthState,
+        audit: AuditLog,
+        *,
+        bus: object | None = None,
+    ) -> None:
         self._manager = manager
         self._health = health
         self._audit = audit
+        self._events = EventsAdmin(bus)
 
     async def ListAuditRecords(
         self, request: admin_pb2.ListAuditRecordsRequest, context: Any
@@ -52,6 +62,30 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if record is None:
             raise NotFoundError("plugin", request.name)
         return self._describe(record)
+
+    async def ListDeadLetters(
+        self, request: admin_pb2.ListDeadLettersRequest, context: Any
+    ) -> admin_pb2.ListDeadLettersResponse:
+        """Dead letters, oldest first."""
+        return await self._events.list_dead_letters(request)
+
+    async def RedriveDeadLetter(
+        self, request: admin_pb2.RedriveDeadLetterRequest, context: Any
+    ) -> admin_pb2.RedriveDeadLetterResponse:
+        """Deliver a dead letter to its group again; NOT_FOUND when there is none."""
+        return await self._events.redrive(request)
+
+    async def ReplayEvents(
+        self, request: admin_pb2.ReplayEventsRequest, context: Any
+    ) -> admin_pb2.ReplayEventsResponse:
+        """Make a group handle a type's events again (Redis bus only)."""
+        return await self._events.replay(request)
+
+    async def GetEventStats(
+        self, request: admin_pb2.GetEventStatsRequest, context: Any
+    ) -> admin_pb2.EventStats:
+        """Pending, lag and dead letters per consumer group."""
+        return await self._events.stats()
 
     def _describe(self, record: PluginRecord) -> admin_pb2.Plugin:
         manifest = record.manifest

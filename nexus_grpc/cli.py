@@ -1,4 +1,4 @@
-"""The ``nexus`` command: serve, plugins, gen, lint."""
+"""The ``nexus`` command: serve, plugins, events, gen, lint."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -62,6 +63,49 @@ def _parser() -> argparse.ArgumentParser:
         help="access token with admin.read (default: $NEXUS_TOKEN)",
     )
     plugins.set_defaults(run=_plugins)
+
+    events = commands.add_parser(
+        "events", help="operate the event bus of a running host (dead letters, replay, stats)"
+    )
+    events_commands = events.add_subparsers(title="events commands")
+    dead_letters = events_commands.add_parser(
+        "dead-letters", help="list the events consumer groups gave up on, oldest first"
+    )
+    dead_letters.add_argument("--group", default="", help="only this consumer group's")
+    dead_letters.add_argument(
+        "--limit", type=int, default=1000, help="at most this many (default: 1000)"
+    )
+    dead_letters.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    dead_letters.set_defaults(run=_events_dead_letters)
+    redrive = events_commands.add_parser(
+        "redrive", help="deliver a dead letter to its consumer group again (fix the handler first)"
+    )
+    redrive.add_argument("group", help="consumer group (the consuming plugin's name)")
+    redrive.add_argument("id", help="dead letter id, as `nexus events dead-letters` lists it")
+    redrive.set_defaults(run=_events_redrive)
+    replay = events_commands.add_parser(
+        "replay",
+        help="make a consumer group handle one event type again (Redis bus only); "
+        "from the oldest event kept unless --since-id or --since",
+    )
+    replay.add_argument("group", help="consumer group (the consuming plugin's name)")
+    replay.add_argument("type", help="event type, e.g. nexus.orders.v1.OrderCreated")
+    since = replay.add_mutually_exclusive_group()
+    since.add_argument("--since-id", help="from this stream entry id on, included")
+    since.add_argument(
+        "--since",
+        type=_since_time,
+        help="from this time on: ISO 8601 (2024-05-01T12:00:00Z) or a duration ago "
+        "(30s, 15m, 2h, 1d)",
+    )
+    replay.set_defaults(run=_events_replay)
+    stats = events_commands.add_parser(
+        "stats", help="pending (read, not acknowledged), lag (not read) and dead letters per group"
+    )
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.set_defaults(run=_events_stats)
+    for command in (dead_letters, redrive, replay, stats):
+        _host_options(command)
 
     gen = commands.add_parser("gen", help="compile proto/ into generated/")
     gen.add_argument("--proto", default="proto", help="contracts folder")
@@ -163,6 +207,198 @@ def _plugins(args: argparse.Namespace) -> int:
     for plugin in response.plugins:
         if plugin.error:
             print(f"\n{plugin.name}: {plugin.error}")
+    return 0
+
+
+def _host_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default="127.0.0.1:50051", help="host:port of the host")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("NEXUS_TOKEN", ""),
+        help="admin access token (default: $NEXUS_TOKEN)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to connect, and for the call"
+    )
+
+
+def _since_time(value: str) -> float:
+    """Unix time of ``--since``: an ISO 8601 time (UTC unless it says), or ``<n><unit>`` ago."""
+    import datetime
+    import re
+    import time
+
+    relative = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip())
+    if relative:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[relative.group(2)]
+        return time.time() - float(relative.group(1)) * unit
+    try:
+        moment = datetime.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is neither an ISO 8601 time (2024-05-01T12:00:00Z) nor a duration "
+            "ago (30s, 15m, 2h, 1d)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+def _admin_call(args: argparse.Namespace, method: str, request: Any) -> Any:
+    """Call AdminService ``method`` on the host at ``args.address``; None after printing
+    why it failed (host not reachable, not authorized, bad request)."""
+    from nexus.admin.v1 import admin_pb2_grpc
+
+    with grpc.insecure_channel(args.address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=args.timeout)
+        except grpc.FutureTimeoutError:
+            print(
+                f"nexus: cannot reach a nexus host at {args.address} within {args.timeout:g}s; "
+                "is `nexus serve` running there? (pass --address host:port)",
+                file=sys.stderr,
+            )
+            return None
+        stub = admin_pb2_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]
+        metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
+        try:
+            return getattr(stub, method)(request, timeout=args.timeout, metadata=metadata)
+        except grpc.RpcError as error:
+            code = error.code()
+            print(f"nexus: {args.address}: {code.name}: {error.details()}", file=sys.stderr)
+            if code is grpc.StatusCode.UNAUTHENTICATED:
+                print(
+                    "nexus: pass an admin access token with --token or $NEXUS_TOKEN",
+                    file=sys.stderr,
+                )
+            return None
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Left-aligned columns; the last one is not padded."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]))
+
+
+def _message_dict(message: Any) -> dict[str, Any]:
+    """``message`` as JSON-ready data; a payload whose type this process does not know
+    is left packed ({"@type", "value" in base64}) rather than failing the command."""
+    import base64
+
+    from google.protobuf import json_format
+
+    try:
+        result: dict[str, Any] = json_format.MessageToDict(message)
+        return result
+    except (TypeError, KeyError):
+        pass
+    copy = type(message)()
+    copy.CopyFrom(message)
+    payload = copy.event.payload
+    packed = {"@type": payload.type_url, "value": base64.b64encode(payload.value).decode()}
+    copy.event.ClearField("payload")
+    result = json_format.MessageToDict(copy)
+    result.setdefault("event", {})["payload"] = packed
+    return result
+
+
+def _events_dead_letters(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+    from nexus.admin.v1 import admin_pb2
+
+    letters: list[Any] = []
+    token = ""
+    while len(letters) < args.limit:
+        request = admin_pb2.ListDeadLettersRequest(
+            group=args.group, page_size=min(args.limit - len(letters), 1000), page_token=token
+        )
+        response = _admin_call(args, "ListDeadLetters", request)
+        if response is None:
+            return 1
+        letters.extend(response.dead_letters)
+        token = response.next_page_token
+        if not token:
+            break
+    if args.json:
+        print(json.dumps([_message_dict(letter) for letter in letters], indent=2))
+        return 0
+    if not letters:
+        print("no dead letters" + (f" in {args.group}" if args.group else ""))
+        return 0
+    rows = [("ID", "GROUP", "TYPE", "ATTEMPTS", "PUBLISHED", "ERROR")]
+    for letter in letters:
+        published = (
+            json_format.MessageToDict(letter.event.time) if letter.event.HasField("time") else "-"
+        )
+        error = letter.error if len(letter.error) <= 80 else letter.error[:77] + "..."
+        rows.append(
+            (
+                letter.id,
+                letter.group,
+                letter.event.type or "-",
+                str(letter.attempts),
+                str(published),
+                error,
+            )
+        )
+    _print_table(rows)
+    if token:
+        print(f"(first {len(letters)} shown; raise --limit for more)")
+    return 0
+
+
+def _events_redrive(args: argparse.Namespace) -> int:
+    from nexus.admin.v1 import admin_pb2
+
+    request = admin_pb2.RedriveDeadLetterRequest(group=args.group, id=args.id)
+    if _admin_call(args, "RedriveDeadLetter", request) is None:
+        return 1
+    print(f"nexus events: dead letter {args.id} redriven to {args.group}")
+    return 0
+
+
+def _events_replay(args: argparse.Namespace) -> int:
+    from nexus.admin.v1 import admin_pb2
+
+    request = admin_pb2.ReplayEventsRequest(group=args.group, event_type=args.type)
+    if args.since_id:
+        request.since_entry_id = args.since_id
+    elif args.since is not None:
+        request.since_time.FromNanoseconds(int(args.since * 1e9))
+    response = _admin_call(args, "ReplayEvents", request)
+    if response is None:
+        return 1
+    print(
+        f"nexus events: {args.group} handles {args.type} again, "
+        f"from the entry after {response.position}"
+    )
+    return 0
+
+
+def _events_stats(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+    from nexus.admin.v1 import admin_pb2
+
+    response = _admin_call(args, "GetEventStats", admin_pb2.GetEventStatsRequest())
+    if response is None:
+        return 1
+    if args.json:
+        print(
+            json.dumps(
+                json_format.MessageToDict(response, always_print_fields_with_no_presence=True),
+                indent=2,
+            )
+        )
+        return 0
+    print(f"event bus: {response.backend}")
+    rows = [("GROUP / EVENT TYPE", "PENDING", "LAG", "DEAD LETTERS")]
+    for group in response.groups:
+        rows.append((group.group, str(group.pending), str(group.lag), str(group.dead_letters)))
+        for item in group.event_types:
+            rows.append((f"  {item.event_type}", str(item.pending), str(item.lag), ""))
+    _print_table(rows)
     return 0
 
 

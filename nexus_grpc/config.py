@@ -168,6 +168,26 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """The cache plugins get as ``ctx.cache``."""
+
+    #: "memory": in process only. "redis": in-process L1 in front of Redis, shared and
+    #: invalidated across instances.
+    backend: str = "memory"
+    #: Redis URL for the redis backend.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Key prefix: {prefix}:cache:<namespace>:<key>.
+    redis_prefix: str = "nexus"
+    #: Entries kept in each process's L1 (least recently used go first).
+    max_entries: int = 10_000
+    #: Longest seconds an L1 copy of a Redis entry is used (the staleness bound when an
+    #: invalidation is lost).
+    l1_ttl: float = 5.0
+    #: Seconds an entry lives when ``set`` is given no ttl.
+    default_ttl: float = 300.0
+
+
+@dataclass(frozen=True)
 class PluginsConfig:
     """Where plugins come from and which ones run."""
 
@@ -216,6 +236,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -234,6 +255,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "log.format": ("auto", "json", "text"),
     "limits.backend": ("memory", "redis"),
     "events.backend": ("memory", "redis"),
+    "cache.backend": ("memory", "redis"),
 }
 
 

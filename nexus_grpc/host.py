@@ -13,8 +13,11 @@ import grpc
 from nexus_grpc.admin import AdminServicer
 from nexus_grpc.audit import AuditLog
 from nexus_grpc.auth import KeySet, TokenIssuer, Tokens, TokenVerifier
+from nexus_grpc.cache import CacheManager
+from nexus_grpc.cache.metrics import CacheMetrics
 from nexus_grpc.config import Config
-from nexus_grpc.events import EventBus, MemoryBus
+from nexus_grpc.events import EventBus, EventOperations, MemoryBus
+from nexus_grpc.events.metrics import EventMetrics
 from nexus_grpc.events.outbox import Outbox
 from nexus_grpc.events.redis_bus import RedisBus
 from nexus_grpc.gateway import GatewayApp, GatewaySettings
@@ -89,6 +92,20 @@ class Host:
             self.bus = self._redis_bus
         else:
             self.bus = MemoryBus(max_attempts=events.max_attempts, backoff=events.retry_backoff)
+        if isinstance(self.bus, EventOperations):
+            event_metrics = EventMetrics(self.bus)
+            self.metrics.registry.register(event_metrics)
+            self.metrics.on_scrape(event_metrics.refresh)
+        cache = config.cache
+        #: The cache plugins get as ``ctx.cache`` (L1 in process, Redis as L2 if set).
+        self.cache = CacheManager(
+            cache.redis_url if cache.backend == "redis" else None,
+            prefix=cache.redis_prefix,
+            max_entries=cache.max_entries,
+            l1_ttl=cache.l1_ttl,
+            default_ttl=cache.default_ttl,
+        )
+        self.metrics.registry.register(CacheMetrics(self.cache))
         #: Keeps events published in transactions until the bus has them.
         self.outbox = Outbox(
             self.bus,
@@ -160,6 +177,7 @@ class Host:
             )
             self.http_port = self._http.bind()
         self._storage = await Storage.connect(self.config.storage_url())
+        await self.cache.start()
         keys = await KeySet.load(self.config.auth, Path(self.config.data_dir))
         audit = AuditLog(self._storage.namespace(AUDIT_NAMESPACE))
         verifier = TokenVerifier(keys, self.config.auth)
@@ -175,6 +193,7 @@ class Host:
             tokens=self.tokens,
             bus=self.bus,
             outbox=self.outbox,
+            cache=self.cache,
         )
         self._install_core_services(self._plugins, audit)
         await self._plugins.load_all()
@@ -212,7 +231,7 @@ class Host:
         bindings = [
             *bind_servicer(self.health.servicer),
             *reflection_bindings(ReflectionServicer(self.router)),
-            *bind_servicer(AdminServicer(manager, self.health, audit)),
+            *bind_servicer(AdminServicer(manager, self.health, audit, bus=self.bus)),
         ]
         routes = []
         for binding in bindings:
@@ -258,6 +277,7 @@ class Host:
             await self._plugins.stop_all()
         if self._storage is not None:
             await self._storage.close()
+        await self.cache.close()
         if self._buckets is not None:
             await self._buckets.aclose()
 

@@ -26,6 +26,7 @@ import grpc
 from nexus_grpc.auth.principal import Grant, Principal
 from nexus_grpc.config import (
     AuthConfig,
+    CacheConfig,
     Config,
     EventsConfig,
     HttpConfig,
@@ -143,6 +144,7 @@ async def running_host(
     auth: AuthConfig | None = None,
     limits: LimitsConfig | None = None,
     events: EventsConfig | None = None,
+    cache: CacheConfig | None = None,
 ) -> AsyncIterator[RunningHost]:
     """Start a host on a free port with ``plugins`` (None: every plugin found); stop it after.
 
@@ -161,6 +163,7 @@ async def running_host(
         auth=auth or AuthConfig(),
         limits=limits or LimitsConfig(),
         events=events or EventsConfig(),
+        cache=cache or CacheConfig(),
         storage=StorageConfig(url=storage_url),
         log=LogConfig(access=False),
         plugin=dict(plugin_config or {}),

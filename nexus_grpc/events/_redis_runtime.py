@@ -6,13 +6,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
 from nexus_grpc.events._redis_health import Health
 from nexus_grpc.events._redis_streams import Keys
-from nexus_grpc.events.bus import DeadLetter
+from nexus_grpc.events.bus import DeadLetter, EventCounters
 
 __all__ = ["Runtime", "Settings", "cancel_and_wait"]
 
@@ -68,3 +68,5 @@ class Runtime:
     consumer: str
     health: Health
     record_dead: Callable[[DeadLetter], None]
+    #: Publishing and handling counts of this process, for /metrics.
+    counters: EventCounters = field(default_factory=EventCounters)

@@ -33,7 +33,7 @@ from nexus_grpc.events._redis_streams import (
     is_unreachable,
     text,
 )
-from nexus_grpc.events.bus import DeadLetter, Delivery, Handler
+from nexus_grpc.events.bus import DEAD_LETTER, OK, RETRY, DeadLetter, Delivery, Handler
 from nexus_grpc.events.envelope import Envelope, open_envelope
 from nexus_grpc.logs import request_id_var
 
@@ -385,6 +385,7 @@ class GroupWorker:
             token = request_id_var.set(envelope.correlation_id)
             try:
                 await handler(event, Delivery(envelope, self.name, entry.count))
+                self.runtime.counters.count_handled(self.name, envelope.type, OK)
                 return "ack"
             except Exception as error:  # the plugin's failure: retried, then set aside
                 reason = f"{type(error).__name__}: {error}"
@@ -394,6 +395,7 @@ class GroupWorker:
                         envelope.id, envelope.type, self.name, entry.count, exc_info=True,
                     )  # fmt: skip
                     return _Dead(reason, entry.count)
+                self.runtime.counters.count_handled(self.name, envelope.type, RETRY)
                 delay = min(settings.backoff * 2 ** (entry.count - 1), settings.max_backoff)
                 _log.warning(
                     "event %s (%s) failed in %s (attempt %d), retrying in %.2fs: %s",
@@ -435,6 +437,8 @@ class GroupWorker:
         if not moved:
             _log.info("event %s on %s was taken over before being set aside", entry.id, origin)
             return
+        envelope = Envelope()
         with contextlib.suppress(DecodeError):
             envelope = Envelope.FromString(envelope_bytes)
             runtime.record_dead(DeadLetter(envelope, self.name, dead.attempts, dead.error))
+        runtime.counters.count_handled(self.name, envelope.type, DEAD_LETTER)

@@ -48,7 +48,7 @@ import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import redis.asyncio as aioredis
@@ -72,7 +72,15 @@ from nexus_grpc.events._redis_streams import (
     valid_id,
 )
 from nexus_grpc.events._redis_worker import GroupWorker
-from nexus_grpc.events.bus import DeadLetter, Handler
+from nexus_grpc.events.bus import (
+    DeadLetter,
+    EventCounters,
+    EventOperations,
+    GroupStats,
+    Handler,
+    StoredDeadLetter,
+    TypeStats,
+)
 from nexus_grpc.events.envelope import Envelope
 
 __all__ = ["BusUnavailableError", "RedisBus", "RedisDeadLetter"]
@@ -95,11 +103,12 @@ class BusUnavailableError(StatusError):
 
 
 @dataclass(frozen=True)
-class RedisDeadLetter(DeadLetter):
-    """A dead letter as stored in Redis, with what :meth:`RedisBus.redrive` needs."""
+class RedisDeadLetter(StoredDeadLetter):
+    """A dead letter as stored in Redis, with what :meth:`RedisBus.redrive` needs.
 
-    #: Entry id in the group's dead-letter stream: pass it to ``redrive``.
-    id: str
+    ``id`` is its entry id in the group's dead-letter stream: pass it to ``redrive``.
+    """
+
     #: The event stream the entry was read from, and its id there.
     stream: str
     entry_id: str
@@ -115,6 +124,8 @@ class RedisBus:
     ``batch``: entries read per stream at once. ``timeout``: connecting and each
     command, so an unreachable Redis fails calls quickly.
     """
+
+    backend = "redis"
 
     def __init__(
         self,
@@ -179,6 +190,11 @@ class RedisBus:
         """The Redis client for commands (not blocking reads)."""
         return self._runtime.client
 
+    @property
+    def counters(self) -> EventCounters:
+        """What this process published and handled, for /metrics."""
+        return self._runtime.counters
+
     # -- the EventBus protocol ---------------------------------------------------------
 
     def subscribe(self, group: str, event_type: str, handler: Handler) -> None:
@@ -211,6 +227,7 @@ class RedisBus:
             # The caller gets the error; health logs the outage once.
             _log.debug("cannot publish %s %s: %s", envelope.type, envelope.id, error)
             raise BusUnavailableError() from error
+        self._runtime.counters.count_published(envelope.type)
         await self._health.succeeded(mark)
 
     async def start(self) -> None:
@@ -278,12 +295,24 @@ class RedisBus:
 
     # -- operations --------------------------------------------------------------------
 
+    def groups(self) -> dict[str, frozenset[str]]:
+        """Consumer groups subscribed in this process, with the event types each consumes."""
+        return {name: frozenset(worker.handlers) for name, worker in self._workers.items()}
+
     async def list_dead_letters(
-        self, group: str | None = None, count: int = 100
+        self, group: str | None = None, count: int = 100, *, after: tuple[str, str] | None = None
     ) -> list[RedisDeadLetter]:
-        """The oldest ``count`` dead letters in Redis, of ``group`` or of every group."""
+        """The oldest ``count`` dead letters in Redis, of ``group`` or of every group.
+
+        Ordered by entry id, then group; ``after`` (group, entry id) continues after that
+        dead letter (pages).
+        """
+        if after is not None and not valid_id(after[1]):
+            raise ValueError(f"{after[1]!r} is not a stream entry id")
         keys = self._runtime.keys
         client = self._runtime.client
+        # Inclusive start: another group's dead letter may share the id.
+        start = after[1] if after is not None else "-"
         try:
             if group is not None:
                 streams = [keys.dead(group)]
@@ -294,11 +323,14 @@ class RedisBus:
                 ]
             found: list[RedisDeadLetter] = []
             for stream in streams:
-                entries: Any = await client.xrange(stream, count=count)
+                entries: Any = await client.xrange(stream, start, count=count + 1)
                 found.extend(_dead_letter(keys.group_of_dead(stream), i, f) for i, f in entries)
         except (RedisError, OSError) as error:
             raise BusUnavailableError() from error
-        found.sort(key=lambda dead: tuple(int(part) for part in dead.id.split("-")))
+        found.sort(key=_listing_order)
+        if after is not None:
+            last = _listing_order_of(after[0], after[1])
+            found = [dead for dead in found if _listing_order(dead) > last]
         return found[:count]
 
     async def redrive(self, group: str, entry_id: str) -> None:
@@ -327,32 +359,64 @@ class RedisBus:
         unacknowledged (XPENDING) plus not yet read (the group's lag)."""
         worker = self._workers.get(group)
         streams = worker.streams() if worker else [self._runtime.keys.retry(group)]
-        client = self._runtime.client
         total = 0
         try:
             for stream in streams:
-                try:
-                    groups: list[dict[str, Any]] = await client.xinfo_groups(stream)
-                except RedisError as error:
-                    if is_unreachable(error):
-                        raise
-                    continue  # no such stream yet
-                for info in groups:
-                    if text(info["name"]) != group:
-                        continue
-                    lag = info.get("lag")
-                    if lag is None:  # unknown after deletions or a replay: count it
-                        after: Any = await client.xrange(
-                            stream,
-                            "(" + text(info["last-delivered-id"]),
-                            "+",
-                            count=_LAG_COUNT_LIMIT,
-                        )
-                        lag = len(after)
-                    total += int(info["pending"]) + int(lag)
+                pending, lag = await self._backlog(stream, group)
+                total += pending + lag
         except (RedisError, OSError) as error:
             raise BusUnavailableError() from error
         return total
+
+    async def stats(self) -> list[GroupStats]:
+        """Per group subscribed here: pending (XPENDING) and lag per event type stream,
+        totals with the group's retry stream, and the length of its dead-letter stream."""
+        keys = self._runtime.keys
+        found = []
+        try:
+            for name in sorted(self._workers):
+                types = []
+                for event_type in sorted(self._workers[name].handlers):
+                    pending, lag = await self._backlog(keys.events(event_type), name)
+                    types.append(TypeStats(event_type, pending, lag))
+                retry_pending, retry_lag = await self._backlog(keys.retry(name), name)
+                dead = int(await self._runtime.client.xlen(keys.dead(name)))
+                found.append(
+                    GroupStats(
+                        name,
+                        pending=retry_pending + sum(t.pending for t in types),
+                        lag=retry_lag + sum(t.lag for t in types),
+                        dead_letters=dead,
+                        types=tuple(types),
+                    )
+                )
+        except (RedisError, OSError) as error:
+            raise BusUnavailableError() from error
+        return found
+
+    async def _backlog(self, stream: str, group: str) -> tuple[int, int]:
+        """(pending, lag) of ``group`` on ``stream``; zeros when neither exists yet."""
+        client = self._runtime.client
+        try:
+            groups: list[dict[str, Any]] = await client.xinfo_groups(stream)
+        except RedisError as error:
+            if is_unreachable(error):
+                raise
+            return 0, 0  # no such stream yet
+        for info in groups:
+            if text(info["name"]) != group:
+                continue
+            lag = info.get("lag")
+            if lag is None:  # unknown after deletions or a replay: count it
+                after: Any = await client.xrange(
+                    stream,
+                    "(" + text(info["last-delivered-id"]),
+                    "+",
+                    count=_LAG_COUNT_LIMIT,
+                )
+                lag = len(after)
+            return int(info["pending"]), int(lag)
+        return 0, 0
 
     async def replay(
         self,
@@ -361,9 +425,10 @@ class RedisBus:
         *,
         since_id: str | None = None,
         since_time: float | None = None,
-    ) -> None:
+    ) -> str:
         """Make ``group`` handle ``event_type`` events again from ``since_id`` (included)
         or from Unix time ``since_time``; from the oldest kept when neither is given.
+        Returns the entry id the group now reads after.
 
         Only ``group`` re-reads them (XGROUP SETID); its handlers must be idempotent,
         as for any at-least-once delivery. The group's workers pick them up within
@@ -391,6 +456,16 @@ class RedisBus:
         except (RedisError, OSError) as error:
             raise BusUnavailableError() from error
         _log.info("replaying %s to %s from %s", event_type, group, start)
+        return start
+
+
+def _listing_order_of(group: str, entry_id: str) -> tuple[int, int, str]:
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0), group
+
+
+def _listing_order(dead: RedisDeadLetter) -> tuple[int, int, str]:
+    return _listing_order_of(dead.group, dead.id)
 
 
 def _dead_letter(group: str, entry_id: bytes | str, fields: dict[bytes, bytes]) -> RedisDeadLetter:
@@ -406,3 +481,9 @@ def _dead_letter(group: str, entry_id: bytes | str, fields: dict[bytes, bytes]) 
         stream=text(fields.get(b"stream", b"")),
         entry_id=text(fields.get(b"entry", b"")),
     )
+
+
+if TYPE_CHECKING:  # the protocol stays satisfied (nothing else checks it statically)
+
+    def _operable(bus: RedisBus) -> EventOperations:
+        return bus

@@ -47,6 +47,7 @@ from nexus_grpc.gateway.routes import GatewayRoute, GatewayRoutes, build_gateway
 from nexus_grpc.gateway.status import http_status, status_body
 from nexus_grpc.gateway.streaming import StreamWriter, stream_format
 from nexus_grpc.logs import request_id_var
+from nexus_grpc.pipeline.context import call_result, start_call
 from nexus_grpc.pipeline.observe import incoming_request_id
 from nexus_grpc.routing import Route, Router, RoutingTable
 
@@ -182,6 +183,7 @@ class GatewayApp:
             if method == "GET" and path == "/metrics" and self._metrics is not None:
                 from prometheus_client import CONTENT_TYPE_LATEST
 
+                await self._metrics.refresh()
                 exposition = self._metrics.exposition()
                 headers = [(b"content-type", CONTENT_TYPE_LATEST.encode("latin-1"))]
                 await send_response(send, 200, headers, exposition)
@@ -270,23 +272,12 @@ class GatewayApp:
                 cors,
             )
             context._writer = writer.write
-        remaining = context.time_remaining()
-        call = asyncio.ensure_future(route.call(request, context))
+        call = start_call(route.call, request, context)
         # Bidirectional calls read the body as they go and see the disconnect there.
         watch = binding.server_streaming and not binding.client_streaming
         watcher = asyncio.ensure_future(watch_disconnect(receive, call, context)) if watch else None
         try:
-            if remaining is not None:
-                async with asyncio.timeout(remaining):
-                    response = await call
-            else:
-                response = await call
-        except TimeoutError:
-            context.set_code(grpc.StatusCode.DEADLINE_EXCEEDED)
-            context.set_details("deadline exceeded")
-            response = None
-        except grpc.aio.AbortError:
-            response = None
+            response = await call_result(call, context)
         except asyncio.CancelledError:
             if context.cancelled_by_client:
                 return

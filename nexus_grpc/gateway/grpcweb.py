@@ -32,6 +32,7 @@ from nexus_grpc.gateway.responses import (
     read_body,
     watch_disconnect,
 )
+from nexus_grpc.pipeline.context import call_result, start_call
 from nexus_grpc.routing import Router
 
 if TYPE_CHECKING:
@@ -156,22 +157,12 @@ class GrpcWebHandler:
                 serialize(message) if serialize else message, context
             ),
         )
-        call = asyncio.ensure_future(route.call(request, context))
+        call = start_call(route.call, request, context)
         # The body is read: the next receive() reports the client leaving, which must
         # end a server stream instead of letting it write into the void.
         watcher = asyncio.ensure_future(watch_disconnect(receive, call, context))
         try:
-            if timeout:
-                async with asyncio.timeout(timeout):
-                    result = await call
-            else:
-                result = await call
-        except TimeoutError:
-            context.set_code(grpc.StatusCode.DEADLINE_EXCEEDED)
-            context.set_details("deadline exceeded")
-            result = None
-        except grpc.aio.AbortError:
-            result = None
+            result = await call_result(call, context)
         except asyncio.CancelledError:
             if context.cancelled_by_client:
                 return

@@ -20,11 +20,14 @@ from nexus_grpc.plugins.spec import OwnershipCheck
 from nexus_grpc.policy import Access, EffectivePolicy
 from nexus_grpc.routing import Arity, CallHandler, MethodInfo
 
-__all__ = ["AccessStage", "AuthStage", "TokenVerifier"]
+__all__ = ["INPROC_PRINCIPAL", "AccessStage", "AuthStage", "TokenVerifier"]
 
 _log = logging.getLogger("nexus.auth")
 
 _BEARER = "bearer "
+
+#: Attribute of the in-process call context holding the caller's principal.
+INPROC_PRINCIPAL = "inproc_principal"
 
 
 class TokenVerifier(Protocol):
@@ -74,29 +77,35 @@ class AuthStage:
         path = method.path
 
         async def authenticate(request: Any, context: Any) -> Any:
-            try:
-                token = _bearer_token(context)
-                if token is None:
-                    if public:
-                        return await next(request, context)
-                    raise StatusError(
-                        grpc.StatusCode.UNAUTHENTICATED,
-                        "this method needs a bearer token",
-                        reason="TOKEN_MISSING",
-                    )
-                principal = await verifier.verify(token)
-            except StatusError as error:
-                if audit is not None:
-                    await audit.record(
-                        actor=ANONYMOUS,
-                        action="call.denied",
-                        target=path,
-                        outcome=Outcome.DENIED,
-                        reason=error.reason or error.message,
-                        context=context,
-                        throttle=True,
-                    )
-                raise
+            # An in-process call from another plugin arrives with the identity its
+            # caller established: the principal of the call it is made in, or the
+            # calling plugin's own (nexus_grpc.plugins.services). Only the host's
+            # in-process context has this attribute; network calls never do.
+            principal = getattr(context, INPROC_PRINCIPAL, None)
+            if principal is None:
+                try:
+                    token = _bearer_token(context)
+                    if token is None:
+                        if public:
+                            return await next(request, context)
+                        raise StatusError(
+                            grpc.StatusCode.UNAUTHENTICATED,
+                            "this method needs a bearer token",
+                            reason="TOKEN_MISSING",
+                        )
+                    principal = await verifier.verify(token)
+                except StatusError as error:
+                    if audit is not None:
+                        await audit.record(
+                            actor=ANONYMOUS,
+                            action="call.denied",
+                            target=path,
+                            outcome=Outcome.DENIED,
+                            reason=error.reason or error.message,
+                            context=context,
+                            throttle=True,
+                        )
+                    raise
             # Not reset here: the observe stage restores it after the access log line,
             # which names the principal.
             principal_var.set(principal)

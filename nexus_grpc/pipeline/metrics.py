@@ -5,7 +5,8 @@ Dashboards and alerts written for go-grpc-prometheus work unchanged: the series 
 ``grpc_server_handling_seconds``, ``grpc_server_msg_received_total`` and
 ``grpc_server_msg_sent_total`` with the labels ``grpc_type``, ``grpc_service``,
 ``grpc_method`` (and ``grpc_code``, spelled as grpc-go spells codes: ``OK``,
-``NotFound``, ``Canceled`` ...), plus two of ours: ``transport`` (grpc, rest, grpc-web)
+``NotFound``, ``Canceled`` ...), plus two of ours: ``transport`` (grpc, rest, grpc-web;
+inproc for one plugin calling another, a series that appears once such a call happened)
 and ``plugin``. Besides them: ``nexus_server_in_flight_calls{plugin}`` and
 ``nexus_server_unknown_method_total{transport}``.
 
@@ -26,9 +27,10 @@ stage; :meth:`Metrics.count_unknown` counts them under their transport only.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -50,17 +52,28 @@ from prometheus_client.registry import Collector
 from nexus_grpc.errors import StatusError
 from nexus_grpc.routing import Arity, CallHandler, MethodInfo
 
-__all__ = ["DEFAULT_BUCKETS", "TRANSPORTS", "Metrics", "MetricsStage", "code_label"]
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "LAZY_TRANSPORTS",
+    "TRANSPORTS",
+    "Metrics",
+    "MetricsStage",
+    "code_label",
+]
 
 #: go-grpc-prometheus' histogram buckets (Prometheus' ``DefBuckets``), in seconds.
 DEFAULT_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 #: Transports a call can arrive by; a context naming any other is counted as "other".
 TRANSPORTS: tuple[str, ...] = ("grpc", "rest", "grpc-web")
+#: Transports whose series are bound on first use (most hosts never see them).
+LAZY_TRANSPORTS: frozenset[str] = frozenset({"inproc"})
 _OTHER = "other"
 
 _OK = grpc.StatusCode.OK
 _CODES_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+
+_log = logging.getLogger("nexus.metrics")
 
 
 def _go_name(code: grpc.StatusCode) -> str:
@@ -134,6 +147,7 @@ class Metrics:
         self._series: dict[tuple[str, str, str, str, str], _Series] = {}
         self._in_flight: dict[str, _Gauge] = {}
         self._unknown: dict[str, int] = dict.fromkeys(TRANSPORTS, 0)
+        self._scrape_hooks: list[Callable[[], Awaitable[None]]] = []
         self.registry.register(_Collector(self))
         if process_metrics:
             ProcessCollector(registry=self.registry)
@@ -148,6 +162,20 @@ class Metrics:
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format (what ``/metrics`` answers)."""
         return generate_latest(self.registry)
+
+    def on_scrape(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Await ``hook()`` before each ``/metrics`` exposition: collectors whose values
+        need I/O (the Redis event bus's backlog) refresh them there, within a time
+        limit of their own, since collectors themselves are synchronous."""
+        self._scrape_hooks.append(hook)
+
+    async def refresh(self) -> None:
+        """Run the scrape hooks; a failing hook is logged, never fails the scrape."""
+        for hook in self._scrape_hooks:
+            try:
+                await hook()
+            except Exception:
+                _log.exception("metrics scrape hook failed")
 
     def stage(self) -> MetricsStage:
         """A pipeline stage recording into these metrics."""
@@ -283,11 +311,12 @@ class MetricsStage:
         plugin = method.plugin
         by_transport = {t: metrics._bind((*base, t, plugin)) for t in TRANSPORTS}
 
-        def other_transport() -> _Series:
-            # Bounded: one more series per method at most, whatever a context claims.
-            series = by_transport.get(_OTHER)
+        def other_transport(transport: str) -> _Series:
+            # Bounded: two more series per method at most, whatever a context claims.
+            key = transport if transport in LAZY_TRANSPORTS else _OTHER
+            series = by_transport.get(key)
             if series is None:
-                series = by_transport[_OTHER] = metrics._bind((*base, _OTHER, plugin))
+                series = by_transport[key] = metrics._bind((*base, key, plugin))
             return series
 
         gauge = metrics._gauge(plugin)
@@ -309,7 +338,8 @@ def _unary(
     lookup = by_transport.get
 
     async def measured(request: Any, context: Any) -> Any:
-        series = lookup(getattr(context, "transport", "grpc")) or other_transport()
+        transport = getattr(context, "transport", "grpc")
+        series = lookup(transport) or other_transport(transport)
         series.started += 1
         series.received += 1
         gauge.value += 1
@@ -352,7 +382,8 @@ def _streaming(
     lookup = by_transport.get
 
     async def measured(request: Any, context: Any) -> Any:
-        series = lookup(getattr(context, "transport", "grpc")) or other_transport()
+        transport = getattr(context, "transport", "grpc")
+        series = lookup(transport) or other_transport(transport)
         series.started += 1
         if client_streams:
             request = _counted(request, series)

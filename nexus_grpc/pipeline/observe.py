@@ -3,7 +3,9 @@
 The request id comes from the caller's ``x-request-id`` metadata when it is a sane
 token, otherwise it is generated; it is set in a context variable for the logs, echoed
 in trailing metadata, and named in INTERNAL errors so an operator can find the
-traceback.
+traceback. The stage also marks the call as the one the task is serving
+(:data:`~nexus_grpc.pipeline.context.current_call_var`), for in-process calls made
+while serving it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import grpc
 
 from nexus_grpc.auth.principal import ANONYMOUS, principal_var
 from nexus_grpc.logs import request_id_var
+from nexus_grpc.pipeline.context import CurrentCall, current_call_var
 from nexus_grpc.routing import Arity, CallHandler, MethodInfo
 
 __all__ = ["ObserveStage", "incoming_request_id"]
@@ -61,6 +64,9 @@ class ObserveStage:
             # Each call starts anonymous; the auth stage sets the principal, and it is
             # restored below once the access log has named it.
             principal_token = principal_var.set(None)
+            # In-process calls made while serving this one inherit its deadline.
+            current = CurrentCall(context)
+            call_token = current_call_var.set(current)
             context.set_trailing_metadata((("x-request-id", request_id),))
             in_flight.enter()
             started = time.perf_counter()
@@ -93,6 +99,8 @@ class ObserveStage:
                             "principal": _subject(),
                         },
                     )
+                current.active = False
+                current_call_var.reset(call_token)
                 principal_var.reset(principal_token)
                 request_id_var.reset(token)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus_grpc.audit import AuditLog
+from nexus_grpc.cache import CacheManager
 from nexus_grpc.config import Config
 from nexus_grpc.events import EventBus, Publisher, event_type_exists, subscriptions_of
 from nexus_grpc.events.outbox import Outbox
@@ -24,6 +25,7 @@ from nexus_grpc.pipeline import Stage
 from nexus_grpc.plugins.discovery import Candidate, discover
 from nexus_grpc.plugins.loader import LoadedPlugin, PluginError, import_plugin
 from nexus_grpc.plugins.manifest import Manifest
+from nexus_grpc.plugins.services import Services, outside_calls
 from nexus_grpc.plugins.spec import Hook, PluginContext
 from nexus_grpc.routing import InFlight, Router
 from nexus_grpc.servicers import ServicerError, bind_servicer, build_routes, construct_servicer
@@ -86,8 +88,10 @@ class PluginManager:
         tokens: Any = None,
         bus: EventBus | None = None,
         outbox: Outbox | None = None,
+        cache: CacheManager | None = None,
     ) -> None:
         self._config = config
+        self._cache = cache
         self._bus = bus
         self._outbox = outbox
         self._audit = audit
@@ -171,9 +175,13 @@ class PluginManager:
             self._candidates[candidate.name] = candidate
 
     def _requirement_order(self) -> list[str]:
-        """Plugin names so that each comes after the plugins it requires."""
+        """Plugin names so that each comes after the plugins it requires.
+
+        A required service is a requirement on the plugin whose manifest lists it.
+        """
         order: list[str] = []
         visiting: set[str] = set()
+        providers = self._providers()
 
         def visit(name: str, chain: tuple[str, ...]) -> None:
             if name in order or name in visiting:
@@ -183,8 +191,9 @@ class PluginManager:
                 return
             visiting.add(name)
             record = self._records[name]
-            for required in record.manifest.requires if record.manifest else ():
-                if required in self._records:
+            for entry in record.manifest.requires if record.manifest else ():
+                required = providers.get(entry, entry)
+                if required in self._records and required != name:
                     visit(required, (*chain, name))
             visiting.discard(name)
             order.append(name)
@@ -197,6 +206,12 @@ class PluginManager:
         manifest = record.manifest
         assert manifest is not None
         for required in manifest.requires:
+            if "." in required:  # a service the plugin calls
+                problem = self._unmet_service(required)
+                if problem is not None:
+                    self._fail(record, f"plugin {record.name!r} ({manifest.path}): {problem}")
+                    return
+                continue
             other = self._records.get(required)
             if other is None:
                 known = ", ".join(sorted(self._records)) or "none"
@@ -261,7 +276,7 @@ class PluginManager:
         self._router.add(routes)
         if self._bus is not None:
             for event_type, handler in handlers.items():
-                self._bus.subscribe(record.name, event_type, handler)
+                self._bus.subscribe(record.name, event_type, outside_calls(handler))
         record.loaded, record.context, record.state = loaded, context, PluginState.SERVING
         self._start_order.append(record.name)
         for service in manifest.services:
@@ -322,6 +337,43 @@ class PluginManager:
             # holding the issuer could make itself an admin.
             tokens=self._tokens if manifest.name in self._config.auth.issuer_plugins else None,
             events=self._publisher(manifest, storage),
+            cache=self._cache.for_namespace(storage.name) if self._cache is not None else None,
+            services=Services(
+                self._router,
+                manifest.name,
+                manifest.required_services,
+                permissions=manifest.permissions,
+                source=manifest.path,
+            ),
+        )
+
+    def _providers(self) -> dict[str, str]:
+        """Service → the plugin whose manifest lists it (the first, by name)."""
+        providers: dict[str, str] = {}
+        for name in sorted(self._records, reverse=True):
+            manifest = self._records[name].manifest
+            for service in manifest.services if manifest else ():
+                providers[service] = name
+        return providers
+
+    def _unmet_service(self, service: str) -> str | None:
+        """Why ``service`` cannot be called now, or None when a serving plugin serves it."""
+        if self._router.table.plugin_of(service) is not None:
+            return None
+        provider = self._providers().get(service)
+        if provider is None:
+            serving = sorted(
+                r.name for r in self._records.values() if r.state == PluginState.SERVING
+            )
+            return (
+                f"requires service {service}, which no plugin serves (plugins serving: "
+                f"{', '.join(serving) or 'none'}); add the plugin that serves it or remove "
+                "the service from `requires`"
+            )
+        other = self._records[provider]
+        state = other.state.lower() if other.state != PluginState.SERVING else "not serving it"
+        return f"requires service {service} of plugin {provider!r}, which is {state}" + (
+            f": {other.error}" if other.error else ""
         )
 
     def _publisher(self, manifest: Manifest, storage: Namespace) -> Publisher | None:

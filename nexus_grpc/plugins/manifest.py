@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nexus_grpc.auth.principal import Grant
+
 __all__ = ["CATEGORIES", "MANIFEST_FILE", "Manifest", "ManifestError", "parse_manifest"]
 
 MANIFEST_FILE = "manifest.toml"
@@ -42,7 +44,8 @@ class Manifest:
     description: str
     #: Fully qualified protobuf services the plugin serves.
     services: tuple[str, ...]
-    #: Names of plugins that must be loaded before this one.
+    #: Fully qualified services the plugin calls (``ctx.services``) and names of
+    #: plugins it needs; either kind is loaded before this plugin.
     requires: tuple[str, ...]
     #: Where the Plugin value is: "attribute" of the package or "module:attribute".
     entry: str
@@ -51,6 +54,14 @@ class Manifest:
     publishes: tuple[str, ...] = ()
     #: Full names of the event types the plugin consumes.
     consumes: tuple[str, ...] = ()
+    #: Grants (``resource.action:scope``) of the plugin's own identity, which its
+    #: in-process calls made outside any caller's call carry.
+    permissions: tuple[str, ...] = ()
+
+    @property
+    def required_services(self) -> tuple[str, ...]:
+        """The services of ``requires`` (the entries with a dot)."""
+        return tuple(entry for entry in self.requires if "." in entry)
 
     @property
     def namespace(self) -> str:
@@ -82,6 +93,7 @@ def manifest_from_mapping(raw: Mapping[str, Any], path: Path | str) -> Manifest:
         "entry",
         "publishes",
         "consumes",
+        "permissions",
     }
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -106,10 +118,19 @@ def manifest_from_mapping(raw: Mapping[str, Any], path: Path | str) -> Manifest:
             )
     requires = _names(raw, "requires", path)
     for required in requires:
-        if not _NAME.match(required):
-            raise ManifestError(path, f"requires entry {required!r} is not a plugin name")
+        if not _NAME.match(required) and not _SERVICE.match(required):
+            raise ManifestError(
+                path,
+                f"requires entry {required!r} is neither a fully qualified service name "
+                "such as 'acme.billing.v1.InvoicesService' nor a plugin name",
+            )
+        if required in services:
+            raise ManifestError(path, f"requires lists {required}, which the plugin serves itself")
     if name in requires:
         raise ManifestError(path, "a plugin cannot require itself")
+    permissions = _names(raw, "permissions", path)
+    for permission in permissions:
+        _check_permission(permission, path)
     events = {}
     for key in ("publishes", "consumes"):
         events[key] = _names(raw, key, path)
@@ -136,7 +157,23 @@ def manifest_from_mapping(raw: Mapping[str, Any], path: Path | str) -> Manifest:
         path=str(path),
         publishes=events["publishes"],
         consumes=events["consumes"],
+        permissions=permissions,
     )
+
+
+def _check_permission(permission: str, path: Path | str) -> None:
+    try:
+        grant = Grant.parse(permission)
+    except ValueError as error:
+        raise ManifestError(
+            path, f"permissions entry {permission!r}: {error} (e.g. 'inventory.read:all')"
+        ) from None
+    if "*" in (grant.resource, grant.action):
+        # A plugin's identity names what it needs; a wildcard would grant it every
+        # permission any plugin ever declares, administration included.
+        raise ManifestError(
+            path, f"permissions entry {permission!r} must name a resource and an action, not *"
+        )
 
 
 def _text(raw: Mapping[str, Any], key: str, path: Path | str) -> str:

@@ -18,7 +18,9 @@ from nexus_grpc.auth.principal import Principal, Scope
 
 if TYPE_CHECKING:
     from nexus_grpc.audit import AuditLog
+    from nexus_grpc.cache import Cache
     from nexus_grpc.events import Publisher
+    from nexus_grpc.plugins.services import Services
     from nexus_grpc.storage import Namespace
 
 __all__ = ["Hook", "OwnershipCheck", "OwnershipHook", "Plugin", "PluginContext"]
@@ -46,6 +48,10 @@ class PluginContext:
     tokens: Any = None
     #: Publishes the event types the manifest lists under ``publishes``.
     events: Publisher | None = None
+    #: The plugin's own cache namespace (in-process L1, Redis L2 when configured).
+    cache: Cache | None = None
+    #: Clients of the services the manifest lists under ``requires``, called in-process.
+    services: Services | None = None
 
 
 #: A start or stop hook: receives the context, may be sync or async.

@@ -198,6 +198,10 @@ def test_every_binding_is_an_operation_with_a_stable_id(bundled: dict[str, Any])
         ("get", "/v1/admin/plugins"),
         ("get", "/v1/admin/plugins/{name}"),
         ("get", "/v1/admin/audit"),
+        ("get", "/v1/admin/events/dead-letters"),
+        ("post", "/v1/admin/events/groups/{group}/dead-letters/{id}:redrive"),
+        ("post", "/v1/admin/events/groups/{group}:replay"),
+        ("get", "/v1/admin/events/stats"),
     } | {
         # Unannotated methods get the default binding, whatever this grpcio version has.
         ("post", f"/grpc.health.v1.Health/{method.name}")

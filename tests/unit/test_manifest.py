@@ -45,6 +45,16 @@ def test_valid_manifest_parses(tmp_path: Path) -> None:
         (("services", '["Invoices"]'), "must be a fully qualified protobuf service name"),
         (("services", '"acme.v1.X"'), "field 'services' must be a list of strings"),
         (("requires", '["billing"]'), "a plugin cannot require itself"),
+        (
+            ("requires", '["acme.billing.v1.InvoicesService"]'),
+            "requires lists acme.billing.v1.InvoicesService, which the plugin serves itself",
+        ),
+        (("requires", '["Billing!"]'), "requires entry 'Billing!' is neither a fully qualified"),
+        (
+            ("permissions", '["inventory.read"]'),
+            "grant 'inventory.read' is not resource.action:scope",
+        ),
+        (("permissions", '["inventory.*:all"]'), "must name a resource and an action, not *"),
         (("color", '"red"'), "unknown field 'color'"),
         (("entry", '"not valid:"'), "entry 'not valid:' must be 'attribute' or 'module:attribute'"),
     ],
@@ -61,6 +71,16 @@ def test_invalid_manifest_names_the_problem(
         parse_manifest(path)
     assert str(path) in str(caught.value)
     assert message in str(caught.value)
+
+
+def test_requires_takes_services_and_plugins_and_permissions_are_grants(tmp_path: Path) -> None:
+    text = VALID.replace(
+        'requires = ["orders"]', 'requires = ["orders", "acme.stock.v1.StockService"]'
+    )
+    manifest = parse_manifest(write(tmp_path, text + 'permissions = ["stock.read:all"]\n'))
+    assert manifest.requires == ("orders", "acme.stock.v1.StockService")
+    assert manifest.required_services == ("acme.stock.v1.StockService",)
+    assert manifest.permissions == ("stock.read:all",)
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@ import datetime
 
 from google.api import annotations_pb2 as _annotations_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from nexus.events.v1 import events_pb2 as _events_pb2
 from nexus.options.v1 import options_pb2 as _options_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -50,6 +51,106 @@ PLUGIN_STATE_SERVING: PluginState
 PLUGIN_STATE_FAILED: PluginState
 PLUGIN_STATE_STOPPED: PluginState
 PLUGIN_STATE_DISABLED: PluginState
+
+class ListDeadLettersRequest(_message.Message):
+    __slots__ = ("group", "page_size", "page_token")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    page_size: int
+    page_token: str
+    def __init__(self, group: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListDeadLettersResponse(_message.Message):
+    __slots__ = ("dead_letters", "next_page_token")
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    dead_letters: _containers.RepeatedCompositeFieldContainer[DeadLetter]
+    next_page_token: str
+    def __init__(self, dead_letters: _Optional[_Iterable[_Union[DeadLetter, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeadLetter(_message.Message):
+    __slots__ = ("id", "group", "event", "attempts", "error", "entry_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    group: str
+    event: _events_pb2.Envelope
+    attempts: int
+    error: str
+    entry_id: str
+    def __init__(self, id: _Optional[str] = ..., group: _Optional[str] = ..., event: _Optional[_Union[_events_pb2.Envelope, _Mapping]] = ..., attempts: _Optional[int] = ..., error: _Optional[str] = ..., entry_id: _Optional[str] = ...) -> None: ...
+
+class RedriveDeadLetterRequest(_message.Message):
+    __slots__ = ("group", "id")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    id: str
+    def __init__(self, group: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class RedriveDeadLetterResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReplayEventsRequest(_message.Message):
+    __slots__ = ("group", "event_type", "since_entry_id", "since_time")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_TIME_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    event_type: str
+    since_entry_id: str
+    since_time: _timestamp_pb2.Timestamp
+    def __init__(self, group: _Optional[str] = ..., event_type: _Optional[str] = ..., since_entry_id: _Optional[str] = ..., since_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ReplayEventsResponse(_message.Message):
+    __slots__ = ("position",)
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    position: str
+    def __init__(self, position: _Optional[str] = ...) -> None: ...
+
+class GetEventStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EventStats(_message.Message):
+    __slots__ = ("backend", "groups")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    groups: _containers.RepeatedCompositeFieldContainer[EventGroupStats]
+    def __init__(self, backend: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[EventGroupStats, _Mapping]]] = ...) -> None: ...
+
+class EventGroupStats(_message.Message):
+    __slots__ = ("group", "pending", "lag", "dead_letters", "event_types")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    LAG_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPES_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    pending: int
+    lag: int
+    dead_letters: int
+    event_types: _containers.RepeatedCompositeFieldContainer[EventTypeStats]
+    def __init__(self, group: _Optional[str] = ..., pending: _Optional[int] = ..., lag: _Optional[int] = ..., dead_letters: _Optional[int] = ..., event_types: _Optional[_Iterable[_Union[EventTypeStats, _Mapping]]] = ...) -> None: ...
+
+class EventTypeStats(_message.Message):
+    __slots__ = ("event_type", "pending", "lag")
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    LAG_FIELD_NUMBER: _ClassVar[int]
+    event_type: str
+    pending: int
+    lag: int
+    def __init__(self, event_type: _Optional[str] = ..., pending: _Optional[int] = ..., lag: _Optional[int] = ...) -> None: ...
 
 class ListAuditRecordsRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "actor", "action")

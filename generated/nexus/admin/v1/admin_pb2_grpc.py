@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """Inspects the plugins of a running host.
+    """Inspects and operates a running host: its plugins, audit log and event bus.
     """
 
     def __init__(self, channel):
@@ -50,10 +50,30 @@ class AdminServiceStub:
                 request_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ListAuditRecordsRequest.SerializeToString,
                 response_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ListAuditRecordsResponse.FromString,
                 _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/nexus.admin.v1.AdminService/ListDeadLetters',
+                request_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.RedriveDeadLetter = channel.unary_unary(
+                '/nexus.admin.v1.AdminService/RedriveDeadLetter',
+                request_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.RedriveDeadLetterRequest.SerializeToString,
+                response_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.RedriveDeadLetterResponse.FromString,
+                _registered_method=True)
+        self.ReplayEvents = channel.unary_unary(
+                '/nexus.admin.v1.AdminService/ReplayEvents',
+                request_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ReplayEventsRequest.SerializeToString,
+                response_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ReplayEventsResponse.FromString,
+                _registered_method=True)
+        self.GetEventStats = channel.unary_unary(
+                '/nexus.admin.v1.AdminService/GetEventStats',
+                request_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.GetEventStatsRequest.SerializeToString,
+                response_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.EventStats.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
-    """Inspects the plugins of a running host.
+    """Inspects and operates a running host: its plugins, audit log and event bus.
     """
 
     def ListPlugins(self, request, context):
@@ -77,6 +97,43 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeadLetters(self, request, context):
+        """Lists the events consumer groups gave up on after their last failed attempt
+        (dead letters), oldest first. On the Redis bus: every instance's, as stored in
+        Redis; on the memory bus: this process's since it started.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedriveDeadLetter(self, request, context):
+        """Delivers a dead letter to its consumer group again, and to that group only (the
+        other groups handled the event already). Fix the failing handler first: failing
+        again makes it a new dead letter. NOT_FOUND when there is no such dead letter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayEvents(self, request, context):
+        """Makes one consumer group handle the events of one type again, from an entry id,
+        from a time, or from the oldest event kept. Only that group re-reads them, and
+        its handlers must be idempotent. Needs the Redis bus (events.backend = "redis"),
+        whose streams keep the history: the memory bus answers FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEventStats(self, request, context):
+        """Returns, per consumer group of this host and per event type it consumes, the
+        events read but not yet acknowledged (pending), not read yet (lag), and the
+        group's dead letters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +152,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ListAuditRecordsRequest.FromString,
                     response_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ListAuditRecordsResponse.SerializeToString,
             ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'RedriveDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedriveDeadLetter,
+                    request_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.RedriveDeadLetterRequest.FromString,
+                    response_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.RedriveDeadLetterResponse.SerializeToString,
+            ),
+            'ReplayEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayEvents,
+                    request_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ReplayEventsRequest.FromString,
+                    response_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ReplayEventsResponse.SerializeToString,
+            ),
+            'GetEventStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEventStats,
+                    request_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.GetEventStatsRequest.FromString,
+                    response_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.EventStats.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'nexus.admin.v1.AdminService', rpc_method_handlers)
@@ -104,7 +181,7 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """Inspects the plugins of a running host.
+    """Inspects and operates a running host: its plugins, audit log and event bus.
     """
 
     @staticmethod
@@ -178,6 +255,114 @@ class AdminService:
             '/nexus.admin.v1.AdminService/ListAuditRecords',
             nexus_dot_admin_dot_v1_dot_admin__pb2.ListAuditRecordsRequest.SerializeToString,
             nexus_dot_admin_dot_v1_dot_admin__pb2.ListAuditRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.admin.v1.AdminService/ListDeadLetters',
+            nexus_dot_admin_dot_v1_dot_admin__pb2.ListDeadLettersRequest.SerializeToString,
+            nexus_dot_admin_dot_v1_dot_admin__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedriveDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.admin.v1.AdminService/RedriveDeadLetter',
+            nexus_dot_admin_dot_v1_dot_admin__pb2.RedriveDeadLetterRequest.SerializeToString,
+            nexus_dot_admin_dot_v1_dot_admin__pb2.RedriveDeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.admin.v1.AdminService/ReplayEvents',
+            nexus_dot_admin_dot_v1_dot_admin__pb2.ReplayEventsRequest.SerializeToString,
+            nexus_dot_admin_dot_v1_dot_admin__pb2.ReplayEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEventStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.admin.v1.AdminService/GetEventStats',
+            nexus_dot_admin_dot_v1_dot_admin__pb2.GetEventStatsRequest.SerializeToString,
+            nexus_dot_admin_dot_v1_dot_admin__pb2.EventStats.FromString,
             options,
             channel_credentials,
             insecure,

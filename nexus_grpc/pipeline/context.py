@@ -1,0 +1,212 @@
+"""The servicer context of calls the host runs itself, and running them.
+
+Handlers and pipeline stages are written against grpc.aio's ``ServicerContext``. Calls
+that do not arrive over gRPC — REST and gRPC-Web (:mod:`nexus_grpc.gateway`), one plugin
+calling another in-process (:mod:`nexus_grpc.plugins.services`) — get a
+:class:`CallContext` with the same methods and behaviour (``abort`` raises
+``grpc.aio.AbortError``, ``write`` sends a streamed response), and run through the
+route's pipeline handler with :func:`start_call` and :func:`call_result`, which apply
+the deadline as a grpc.aio server does. A plugin cannot tell which transport brought a
+call.
+
+:data:`current_call_var` names the call the current task is serving (the observe stage
+sets it), so an in-process call made while serving one can inherit its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn
+
+import grpc
+
+from nexus_grpc.routing import CallHandler
+
+__all__ = [
+    "CallContext",
+    "CurrentCall",
+    "Metadata",
+    "call_result",
+    "current_call_var",
+    "start_call",
+]
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+class CallContext:
+    """``grpc.aio.ServicerContext`` for calls the host runs itself (REST, gRPC-Web, in-process)."""
+
+    def __init__(
+        self,
+        *,
+        transport: str,
+        metadata: Metadata,
+        peer: str,
+        deadline: float | None,
+        writer: Callable[[Any], Awaitable[None]] | None = None,
+    ) -> None:
+        #: "rest", "grpc-web" or "inproc": pipeline stages label metrics with it.
+        self.transport = transport
+        self._metadata = metadata
+        self._peer = peer
+        #: ``time.monotonic()`` value of the deadline, None without one.
+        self._deadline = deadline
+        self._writer = writer
+        self._code: grpc.StatusCode | None = None
+        self._details: str | None = None
+        self._trailing: Metadata = ()
+        self.initial_metadata: Metadata | None = None
+        self.cancelled_by_client = False
+        #: True once the deadline passed and the call was cancelled for it.
+        self.expired = False
+
+    def invocation_metadata(self) -> Metadata:
+        """Metadata the client sent (allow-listed headers)."""
+        return self._metadata
+
+    async def send_initial_metadata(self, metadata: Sequence[tuple[str, str | bytes]]) -> None:
+        """Response headers; may be sent once, before the first message."""
+        if self.initial_metadata is not None:
+            raise RuntimeError("initial metadata was already sent")
+        self.initial_metadata = tuple(metadata)
+
+    def set_trailing_metadata(self, metadata: Sequence[tuple[str, str | bytes]]) -> None:
+        """Metadata sent after the response."""
+        self._trailing = tuple(metadata)
+
+    def trailing_metadata(self) -> Metadata:
+        """Metadata set to be sent after the response."""
+        return self._trailing
+
+    async def abort(
+        self,
+        code: grpc.StatusCode,
+        details: str = "",
+        trailing_metadata: Sequence[tuple[str, str | bytes]] = (),
+    ) -> NoReturn:
+        """End the call with ``code``; raises ``grpc.aio.AbortError`` like grpc.aio does."""
+        if code == grpc.StatusCode.OK:
+            raise ValueError("abort() needs an error code, not OK")
+        self._code = code
+        self._details = details
+        if trailing_metadata:
+            self._trailing = tuple(trailing_metadata)
+        raise grpc.aio.AbortError()
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        """Status code of the call when the handler returns."""
+        self._code = code
+
+    def code(self) -> grpc.StatusCode | None:
+        """The status code set so far."""
+        return self._code
+
+    def set_details(self, details: str) -> None:
+        """Status message of the call when the handler returns."""
+        self._details = details
+
+    def details(self) -> str | None:
+        """The status message set so far."""
+        return self._details
+
+    def time_remaining(self) -> float | None:
+        """Seconds until the deadline, None without one."""
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - time.monotonic())
+
+    def peer(self) -> str:
+        """The client address, "ipv4:1.2.3.4:5678" as grpc reports it ("inproc:<plugin>")."""
+        return self._peer
+
+    def cancelled(self) -> bool:
+        """True once the client went away."""
+        return self.cancelled_by_client
+
+    def done(self) -> bool:
+        """True once the client went away (the call is over)."""
+        return self.cancelled_by_client
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        """No transport security properties outside gRPC."""
+        return {}
+
+    def set_compression(self, compression: Any) -> None:
+        """Accepted and ignored: HTTP compression is the HTTP server's business."""
+
+    def disable_next_message_compression(self) -> None:
+        """Accepted and ignored."""
+
+    async def write(self, message: Any) -> None:
+        """Send one message of a streamed response."""
+        if self._writer is None:
+            raise RuntimeError("write() is only for methods that stream responses")
+        await self._writer(message)
+
+
+class CurrentCall:
+    """The call a task is serving; ``active`` turns False when the call ends.
+
+    Tasks a handler starts inherit the variable holding it and may outlive the call;
+    they find ``active`` False then.
+    """
+
+    __slots__ = ("active", "context")
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+        self.active = True
+
+
+#: The call the current task is serving (set by the observe stage); None outside calls.
+current_call_var: contextvars.ContextVar[CurrentCall | None] = contextvars.ContextVar(
+    "nexus_current_call", default=None
+)
+
+
+def start_call(call: CallHandler, request: Any, context: CallContext) -> asyncio.Task[Any]:
+    """Run a route's pipeline handler in a task of its own, as grpc.aio serves a call.
+
+    When ``context``'s deadline passes first, the call's code becomes DEADLINE_EXCEEDED
+    and the task is cancelled — what a grpc.aio server does to a handler — so the
+    pipeline's stages see the cancellation at the deadline. Wait for the outcome with
+    :func:`call_result`.
+    """
+    task = asyncio.ensure_future(call(request, context))
+    remaining = context.time_remaining()
+    if remaining is not None:
+        timer = asyncio.get_running_loop().call_later(remaining, _expire, task, context)
+        task.add_done_callback(lambda _: timer.cancel())
+    return task
+
+
+def _expire(task: asyncio.Task[Any], context: CallContext) -> None:
+    if task.done():
+        return
+    context.expired = True
+    context.set_code(grpc.StatusCode.DEADLINE_EXCEEDED)
+    context.set_details("deadline exceeded")
+    task.cancel()
+
+
+async def call_result(task: asyncio.Task[Any], context: CallContext) -> Any:
+    """The return value of a call :func:`start_call` started; None when it failed.
+
+    The status is ``context.code()`` (None or OK: success) and ``context.details()``:
+    an error the pipeline turned into a status, or DEADLINE_EXCEEDED. A call cancelled
+    otherwise raises ``asyncio.CancelledError``; cancelling the waiting task cancels
+    the call.
+    """
+    try:
+        return await task
+    except grpc.aio.AbortError:
+        return None
+    except asyncio.CancelledError:
+        waiter = asyncio.current_task()
+        if context.expired and task.cancelled() and (waiter is None or not waiter.cancelling()):
+            return None
+        raise
