@@ -75,7 +75,7 @@ def test_readme_tours_work_as_printed(
 ) -> None:
     grpc_tour = readme_block("grpc-tour")
     rest_tour = readme_block("rest-tour")
-    assert len(grpc_tour) == 13 and len(rest_tour) == 12
+    assert len(grpc_tour) == 14 and len(rest_tour) == 12
     ran = run_in_one_shell(grpc_tour + rest_tour, shop_serve, tmp_path)
     (
         bootstrap,
@@ -91,6 +91,7 @@ def test_readme_tours_work_as_printed(
         watched,
         health,
         plugins,
+        event_stats,
         rest_login,
         rest_created,
         fetched,
@@ -118,6 +119,7 @@ def test_readme_tours_work_as_printed(
         orders,
         health,
         plugins,
+        event_stats,
         rest_login,
         rest_created,
         fetched,
@@ -144,6 +146,7 @@ def test_readme_tours_work_as_printed(
         line.split()[:4] == ["orders", "1.0.0", "business", "SERVING"]
         for line in plugins.out.splitlines()
     )
+    assert "inventory" in event_stats.out and "orders" in event_stats.out, event_stats.out
 
     order = json.loads(rest_created.out)
     assert order["id"] == "order-1"
