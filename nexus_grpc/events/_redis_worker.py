@@ -348,15 +348,17 @@ class GroupWorker:
             _log.info("event %s on %s was taken over by another consumer", entry.id, entry.stream)
             return True
         if entry.fields is None:  # deleted while pending: nothing to handle
-            await ACK(self.runtime.client, [entry.stream], [self.name, entry.id, 0])
+            await self.runtime.client.xack(entry.stream, self.name, entry.id)
             return True
         if entry.outcome is None:
             entry.outcome = await self._attempt(entry, entry.fields)
             if entry.outcome is None:
                 return entry.lost
         if entry.outcome == "ack":
-            delete = int(entry.stream == self._retry_stream)
-            await ACK(self.runtime.client, [entry.stream], [self.name, entry.id, delete])
+            if entry.stream == self._retry_stream:  # a redriven entry: read once, then gone
+                await ACK(self.runtime.client, [entry.stream], [self.name, entry.id, 1])
+            else:  # a plain XACK costs Redis a fifth of the script
+                await self.runtime.client.xack(entry.stream, self.name, entry.id)
         elif isinstance(entry.outcome, _Dead):
             await self._dead_letter(entry, entry.fields, entry.outcome)
         return True
