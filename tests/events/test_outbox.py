@@ -16,6 +16,7 @@ from nexus_grpc.events.outbox import INBOX_COLLECTION, OUTBOX_COLLECTION, Outbox
 from nexus_grpc.events.redis_bus import BusUnavailableError, RedisBus
 from nexus_grpc.storage import Namespace, Storage
 from tests.fixtures.redis import OwnRedis
+from tests.storage import BACKENDS, backend_url, connected
 
 EVENT = inventory_pb2.StockReserved.DESCRIPTOR.full_name
 DECLARED = frozenset({EVENT})
@@ -37,11 +38,11 @@ def recorder(into: Handled) -> Callable[[Any, Delivery], Awaitable[None]]:
     return handle
 
 
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    opened = await Storage.connect(f"sqlite+aiosqlite:///{tmp_path}/nexus.db")
-    yield opened
-    await opened.close()
+@pytest.fixture(params=BACKENDS)
+async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
+    """The outbox and inbox on each storage backend (SQLite, PostgreSQL, MongoDB)."""
+    async with connected(backend_url(request, tmp_path)) as opened:
+        yield opened
 
 
 async def outbox_rows(namespace: Namespace) -> list[str]:
