@@ -81,13 +81,14 @@ class EventsAdmin:
         if start == "since_entry_id":
             since_id = request.since_entry_id
         elif start == "since_time":
-            since_time = request.since_time.ToNanoseconds() / 1e9
+            # int / int: the float nearest the exact time (int / 1e9 rounds twice).
+            since_time = request.since_time.ToNanoseconds() / 10**9
         try:
             position = await bus.replay(
                 request.group, request.event_type, since_id=since_id, since_time=since_time
             )
         except ValueError as error:
-            raise _invalid("since_entry_id", str(error)) from None
+            raise _invalid(start or "start", str(error)) from None
         return admin_pb2.ReplayEventsResponse(position=position)
 
     async def stats(self) -> admin_pb2.EventStats:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import logging
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
-        parser.print_help()
+        # A command group without its command (`nexus events`) shows that group's help.
+        getattr(args, "help_of", parser).print_help()
         return 2
     result: int = args.run(args)
     return result
@@ -67,13 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     events = commands.add_parser(
         "events", help="operate the event bus of a running host (dead letters, replay, stats)"
     )
+    events.set_defaults(help_of=events)
     events_commands = events.add_subparsers(title="events commands")
     dead_letters = events_commands.add_parser(
         "dead-letters", help="list the events consumer groups gave up on, oldest first"
     )
     dead_letters.add_argument("--group", default="", help="only this consumer group's")
     dead_letters.add_argument(
-        "--limit", type=int, default=1000, help="at most this many (default: 1000)"
+        "--limit", type=_positive(int), default=1000, help="at most this many (default: 1000)"
     )
     dead_letters.add_argument("--json", action="store_true", help="print JSON instead of a table")
     dead_letters.set_defaults(run=_events_dead_letters)
@@ -91,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("group", help="consumer group (the consuming plugin's name)")
     replay.add_argument("type", help="event type, e.g. nexus.orders.v1.OrderCreated")
     since = replay.add_mutually_exclusive_group()
-    since.add_argument("--since-id", help="from this stream entry id on, included")
+    since.add_argument("--since-id", type=_entry_id, help="from this stream entry id on, included")
     since.add_argument(
         "--since",
         type=_since_time,
@@ -121,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     lint.set_defaults(run=_lint)
 
     policy = commands.add_parser("policy", help="inspect access policies")
+    policy.set_defaults(help_of=policy)
     policy_commands = policy.add_subparsers(title="policy commands")
     explain = policy_commands.add_parser("explain", help="print a method's effective policy")
     explain.add_argument("method", help="e.g. nexus.orders.v1.OrdersService/GetOrder")
@@ -128,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.set_defaults(run=_policy_explain)
 
     users = commands.add_parser("users", help="manage users of the auth plugin")
+    users.set_defaults(help_of=users)
     users_commands = users.add_subparsers(title="users commands")
     create = users_commands.add_parser("create", help="create a user (e.g. the first admin)")
     create.add_argument("username")
@@ -218,30 +223,60 @@ def _host_options(parser: argparse.ArgumentParser) -> None:
         help="admin access token (default: $NEXUS_TOKEN)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds to connect, and for the call"
+        "--timeout",
+        type=_positive(float),
+        default=10.0,
+        help="seconds to connect, and for the call",
     )
 
 
-def _since_time(value: str) -> float:
-    """Unix time of ``--since``: an ISO 8601 time (UTC unless it says), or ``<n><unit>`` ago."""
-    import datetime
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a number of ``kind`` above 0."""
+
+    def parse(value: str) -> int | float:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        if not number > 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
+        return number
+
+    return parse
+
+
+def _entry_id(value: str) -> str:
+    """``--since-id``: not empty (left out, a replay starts at the oldest event kept; an
+    empty variable must not mean that)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(
+            "is empty; pass a stream entry id, or leave --since-id out to replay from the "
+            "oldest event kept"
+        )
+    return value.strip()
+
+
+def _since_time(value: str) -> datetime.datetime:
+    """``--since``: an ISO 8601 time (UTC unless it says), or ``<n><unit>`` ago."""
     import re
-    import time
 
     relative = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip())
-    if relative:
-        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[relative.group(2)]
-        return time.time() - float(relative.group(1)) * unit
     try:
+        if relative:
+            unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[relative.group(2)]
+            ago = datetime.timedelta(seconds=float(relative.group(1)) * unit)
+            return datetime.datetime.now(datetime.UTC) - ago
         moment = datetime.datetime.fromisoformat(value.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{value!r} is neither an ISO 8601 time (2024-05-01T12:00:00Z) nor a duration "
             "ago (30s, 15m, 2h, 1d)"
         ) from None
+    except OverflowError:  # a duration reaching back before year 1
+        raise argparse.ArgumentTypeError(f"{value!r} reaches back too far") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
-    return moment.timestamp()
+    return moment
 
 
 def _admin_call(args: argparse.Namespace, method: str, request: Any) -> Any:
@@ -363,10 +398,10 @@ def _events_replay(args: argparse.Namespace) -> int:
     from nexus.admin.v1 import admin_pb2
 
     request = admin_pb2.ReplayEventsRequest(group=args.group, event_type=args.type)
-    if args.since_id:
+    if args.since_id is not None:
         request.since_entry_id = args.since_id
     elif args.since is not None:
-        request.since_time.FromNanoseconds(int(args.since * 1e9))
+        request.since_time.FromDatetime(args.since)
     response = _admin_call(args, "ReplayEvents", request)
     if response is None:
         return 1

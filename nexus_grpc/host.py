@@ -73,6 +73,7 @@ class Host:
         self.grpc_port = 0
         self.http_port = 0
         self._serving = False
+        self._released = False
         #: Prometheus metrics of every call, served at /metrics on the HTTP port.
         self.metrics = Metrics()
         #: Domain events between plugins.
@@ -258,7 +259,11 @@ class Host:
         _log.info("nexus stopped")
 
     async def _release(self, grace: float) -> None:
-        """Stop the listeners (draining for ``grace``), the plugins, then storage."""
+        """Stop the listeners (draining for ``grace``), the plugins, then storage; once
+        (a stop after a failed start finds everything released already)."""
+        if self._released:
+            return
+        self._released = True
         stopping = []
         if self._server is not None:
             if not self._serving:

@@ -12,12 +12,10 @@ as one that makes it fail.
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, Literal, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -29,15 +27,6 @@ from nexus_grpc.cache._stats import Counters
 __all__ = ["Found", "RemoteCache"]
 
 _log = logging.getLogger("nexus.cache")
-
-_T = TypeVar("_T")
-
-
-class _Failed(enum.Enum):
-    FAILED = enum.auto()
-
-
-_FAILED: Final = _Failed.FAILED
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +62,7 @@ class RemoteCache:
                 return await pipe.execute()
 
         reply = await self._guarded(read)
-        if reply is _FAILED:
+        if reply is None:
             return None
         value, pttl = reply
         if not isinstance(value, bytes):
@@ -94,7 +83,7 @@ class RemoteCache:
                 pipe.publish(self._channel, key)
                 return await pipe.execute()
 
-        return await self._guarded(write) is not _FAILED
+        return await self._guarded(write) is not None
 
     async def remove(self, key: str) -> bool:
         """DEL ``key`` and announce it; whether both got through."""
@@ -105,12 +94,13 @@ class RemoteCache:
                 pipe.publish(self._channel, key)
                 return await pipe.execute()
 
-        return await self._guarded(write) is not _FAILED
+        return await self._guarded(write) is not None
 
-    async def _guarded(self, command: Callable[[], Awaitable[_T]]) -> _T | Literal[_Failed.FAILED]:
+    async def _guarded(self, command: Callable[[], Awaitable[list[object]]]) -> list[object] | None:
+        """The replies of ``command`` (a pipeline), or None when it failed or was skipped."""
         if self._skip_until and time.monotonic() < self._skip_until:
             self._counters.l2_errors += 1
-            return _FAILED
+            return None
         try:
             result = await command()
         except (RedisError, OSError) as error:
@@ -127,7 +117,7 @@ class RemoteCache:
                     type(error).__name__,
                     error,
                 )
-            return _FAILED
+            return None
         self._skip_until = 0.0
         if self._failing:
             self._failing = False

@@ -57,15 +57,4 @@ class Counters:
 
     def snapshot(self, *, l1_entries: int, l1_active: bool) -> CacheStats:
         """A frozen copy, with the current gauges."""
-        return CacheStats(
-            l1_hits=self.l1_hits,
-            l1_misses=self.l1_misses,
-            l2_hits=self.l2_hits,
-            l2_misses=self.l2_misses,
-            l2_errors=self.l2_errors,
-            loads=self.loads,
-            invalidations=self.invalidations,
-            subscriptions=self.subscriptions,
-            l1_entries=l1_entries,
-            l1_active=l1_active,
-        )
+        return CacheStats(**dataclasses.asdict(self), l1_entries=l1_entries, l1_active=l1_active)

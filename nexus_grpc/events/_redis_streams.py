@@ -7,6 +7,7 @@ nothing here knows about handlers or envelopes.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import secrets
@@ -26,6 +27,7 @@ __all__ = [
     "FORGET",
     "MAX_SEQUENCE",
     "REDRIVE",
+    "REPLAY",
     "TOUCH",
     "Keys",
     "Script",
@@ -89,8 +91,11 @@ def consumer_name() -> str:
 
 
 def valid_id(entry_id: str) -> bool:
-    """Whether ``entry_id`` is a complete stream id (``<ms>-<seq>``)."""
-    return bool(_ID.match(entry_id))
+    """Whether ``entry_id`` is a complete stream id Redis can parse (``<ms>-<seq>``,
+    each part at most 2**64 - 1: Redis refuses larger ones like any other typo)."""
+    if not _ID.match(entry_id):
+        return False
+    return all(int(part) <= MAX_SEQUENCE for part in entry_id.split("-"))
 
 
 def id_before(entry_id: str) -> str:
@@ -104,8 +109,10 @@ def id_before(entry_id: str) -> str:
 
 
 def time_to_id(seconds: float) -> str:
-    """The first possible stream id at Unix time ``seconds``."""
-    return f"{max(int(seconds * 1000), 0)}-0"
+    """The first possible stream id at Unix time ``seconds`` (its millisecond included)."""
+    if not math.isfinite(seconds):
+        raise ValueError(f"{seconds!r} is not a time")
+    return f"{max(math.floor(seconds * 1000), 0)}-0"
 
 
 def is_unreachable(error: BaseException) -> bool:
@@ -203,6 +210,46 @@ redis.pcall('XGROUP', 'CREATE', KEYS[2], ARGV[2], '0', 'MKSTREAM')
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(found[1][2]))
 redis.call('XDEL', KEYS[1], ARGV[1])
 return 1
+"""
+)
+
+#: Move a group back to an earlier position, never forward: a start past the group's
+#: position would skip the entries in between, which it has not read yet. A group
+#: missing on the stream is created there, but not past the stream's last entry.
+#: KEYS[1] stream; ARGV group, start ("<ms>-<seq>", no leading zeros); returns the
+#: position the group reads after now.
+REPLAY = Script(
+    """
+local function earlier(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  if #am ~= #bm then return #am < #bm end
+  if am ~= bm then return am < bm end
+  if #as ~= #bs then return #as < #bs end
+  return as < bs
+end
+local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
+if groups['err'] == nil then
+  for _, info in ipairs(groups) do
+    local fields = {}
+    for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
+    if fields['name'] == ARGV[1] then
+      local current = fields['last-delivered-id']
+      if not earlier(ARGV[2], current) then return current end
+      redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], ARGV[2])
+      return ARGV[2]
+    end
+  end
+end
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local position = ARGV[2]
+if #last == 0 then
+  position = '0-0'
+elseif earlier(last[1][1], position) then
+  position = last[1][1]
+end
+redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], position, 'MKSTREAM')
+return position
 """
 )
 

@@ -41,6 +41,9 @@ __all__ = ["GroupWorker"]
 
 _log = logging.getLogger("nexus.events")
 
+#: Metric label of a dead letter that is of no type the group consumes, from no stream
+#: of such a type either (a redriven entry of a type the plugin no longer handles).
+_UNKNOWN_TYPE = "unknown"
 #: Idle time given to entries this consumer lets go of when it stops: far past any
 #: sane ``claim_idle``, so a live consumer of the group takes them over at once.
 _RELEASE_IDLE_MS = 7 * 24 * 3600 * 1000
@@ -443,4 +446,12 @@ class GroupWorker:
         with contextlib.suppress(DecodeError):
             envelope = Envelope.FromString(envelope_bytes)
             runtime.record_dead(DeadLetter(envelope, self.name, dead.attempts, dead.error))
-        runtime.counters.count_handled(self.name, envelope.type, DEAD_LETTER)
+        runtime.counters.count_handled(self.name, self._label(envelope.type, origin), DEAD_LETTER)
+
+    def _label(self, event_type: str, stream: str) -> str:
+        """The metric label of an entry of ``stream``: always a type the group consumes,
+        so stray entries (another version's, a hand-made one) add no labels of their own."""
+        if event_type in self.handlers:
+            return event_type
+        keys = self.runtime.keys
+        return next((t for t in self.handlers if keys.events(t) == stream), _UNKNOWN_TYPE)

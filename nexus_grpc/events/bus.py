@@ -288,11 +288,6 @@ class MemoryBus:
         """Events set aside after their last failed attempt, oldest first."""
         return list(self._dead)
 
-    def pending(self, group: str) -> int:
-        """Events queued for ``group`` and not yet handled."""
-        entry = self._groups.get(group)
-        return entry.queue.qsize() if entry else 0
-
     # -- operations --------------------------------------------------------------------
 
     def groups(self) -> dict[str, frozenset[str]]:

@@ -7,6 +7,10 @@ Counters of this process, kept by the bus as plain numbers (:class:`EventCounter
   handler failed and the event will be retried) or ``dead_letter`` (failed for the
   last time, set aside)
 
+Labels come from what this process declared, never from event data: ``type`` is a
+type its plugins publish or the group consumes (on Redis, an entry of a stray type in a
+consumed stream counts as the stream's type), ``group`` a subscribed group.
+
 Gauges of each consumer group subscribed here, from :meth:`EventOperations.stats`:
 
 * ``nexus_events_pending{group}``: read but not acknowledged

@@ -62,10 +62,10 @@ from nexus_grpc.events._redis_health import Health, HealthCallback
 from nexus_grpc.events._redis_runtime import Runtime, Settings, cancel_and_wait
 from nexus_grpc.events._redis_streams import (
     REDRIVE,
+    REPLAY,
     Keys,
     consumer_name,
     id_before,
-    is_no_group,
     is_unreachable,
     text,
     time_to_id,
@@ -91,7 +91,7 @@ _log = logging.getLogger("nexus.events")
 _DEAD_KEPT = 1000
 #: Seconds stop() may spend handing unfinished entries back to the other consumers.
 _RELEASE_SECONDS = 5.0
-#: Upper bound of pending(): counting a lag Redis cannot tell reads this many entries.
+#: Upper bound of a lag Redis cannot tell (after a replay): counting reads this many entries.
 _LAG_COUNT_LIMIT = 10_000
 
 
@@ -354,20 +354,6 @@ class RedisBus:
             raise NotFoundError("dead letter", f"{group}/{entry_id}")
         _log.info("dead letter %s redriven to %s", entry_id, group)
 
-    async def pending(self, group: str) -> int:
-        """Events not yet handled by ``group`` on the streams it consumes here: read but
-        unacknowledged (XPENDING) plus not yet read (the group's lag)."""
-        worker = self._workers.get(group)
-        streams = worker.streams() if worker else [self._runtime.keys.retry(group)]
-        total = 0
-        try:
-            for stream in streams:
-                pending, lag = await self._backlog(stream, group)
-                total += pending + lag
-        except (RedisError, OSError) as error:
-            raise BusUnavailableError() from error
-        return total
-
     async def stats(self) -> list[GroupStats]:
         """Per group subscribed here: pending (XPENDING) and lag per event type stream,
         totals with the group's retry stream, and the length of its dead-letter stream."""
@@ -428,11 +414,15 @@ class RedisBus:
     ) -> str:
         """Make ``group`` handle ``event_type`` events again from ``since_id`` (included)
         or from Unix time ``since_time``; from the oldest kept when neither is given.
-        Returns the entry id the group now reads after.
+        Returns the entry id the group now reads after ("0": before the oldest kept).
 
         Only ``group`` re-reads them (XGROUP SETID); its handlers must be idempotent,
         as for any at-least-once delivery. The group's workers pick them up within
-        ``block`` seconds.
+        ``block`` seconds. The group is only ever moved back: a start after its
+        position leaves it there (what follows is not read yet, and moving it on would
+        skip that). Entries read but not acknowledged yet are delivered again too,
+        to whichever consumer reads them (Redis reassigns them, attempts from 1); a
+        handler already running on one finishes and acknowledges as usual.
         """
         if since_id is not None and since_time is not None:
             raise ValueError("replay from since_id or since_time, not both")
@@ -443,20 +433,17 @@ class RedisBus:
         elif since_time is not None:
             start = id_before(time_to_id(since_time))
         else:
-            start = "0"
+            start = "0-0"
         stream = self._runtime.keys.events(event_type)
-        client = self._runtime.client
         try:
-            try:
-                await client.xgroup_setid(stream, group, start)
-            except RedisError as error:
-                if not is_no_group(error):
-                    raise
-                await client.xgroup_create(stream, group, id=start, mkstream=True)
+            position = text(await REPLAY(self._runtime.client, [stream], [group, start]))
         except (RedisError, OSError) as error:
             raise BusUnavailableError() from error
-        _log.info("replaying %s to %s from %s", event_type, group, start)
-        return start
+        if position == start:
+            _log.info("replaying %s to %s from after %s", event_type, group, position)
+        else:  # the group had not got that far: it reads on from where it is
+            _log.info("replay of %s to %s: nothing read after %s yet", event_type, group, start)
+        return "0" if position == "0-0" else position
 
 
 def _listing_order_of(group: str, entry_id: str) -> tuple[int, int, str]:
@@ -469,18 +456,26 @@ def _listing_order(dead: RedisDeadLetter) -> tuple[int, int, str]:
 
 
 def _dead_letter(group: str, entry_id: bytes | str, fields: dict[bytes, bytes]) -> RedisDeadLetter:
+    """A dead-letter stream entry, whatever state it is in: one damaged entry must not
+    make the others unlistable. Its group is the stream's, which redrive acts on."""
     envelope = Envelope()
     with contextlib.suppress(DecodeError):
         envelope = Envelope.FromString(fields.get(b"envelope", b""))
+    attempts = fields.get(b"attempts", b"")
     return RedisDeadLetter(
         envelope=envelope,
-        group=text(fields.get(b"group", group.encode())),
-        attempts=int(fields.get(b"attempts", b"0")),
-        error=text(fields.get(b"error", b"")),
+        group=group,
+        # int32 in the admin API
+        attempts=int(attempts) if attempts.isdigit() and int(attempts) < 2**31 else 0,
+        error=_lenient(fields.get(b"error", b"")),
         id=text(entry_id),
-        stream=text(fields.get(b"stream", b"")),
-        entry_id=text(fields.get(b"entry", b"")),
+        stream=_lenient(fields.get(b"stream", b"")),
+        entry_id=_lenient(fields.get(b"entry", b"")),
     )
+
+
+def _lenient(value: bytes) -> str:
+    return value.decode(errors="replace")
 
 
 if TYPE_CHECKING:  # the protocol stays satisfied (nothing else checks it statically)

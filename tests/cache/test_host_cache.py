@@ -4,13 +4,18 @@ across two hosts on one Redis, and its metrics at ``/metrics``."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import socket
+import time
 from pathlib import Path
 
 import httpx
+import pytest
 from nexus.orders.v1 import orders_pb2
 
 from nexus_grpc.cache import Cache
-from nexus_grpc.config import CacheConfig
+from nexus_grpc.config import CacheConfig, Config, PluginsConfig, ServerConfig, StorageConfig
+from nexus_grpc.host import Host
 from nexus_grpc.testing import RunningHost, running_host
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,3 +77,47 @@ async def test_a_write_on_one_host_invalidates_the_other_hosts_copy(
             metrics = (await client.get("/metrics")).text
         assert 'nexus_cache_requests_total{layer="l1",result="miss"}' in metrics
         assert "nexus_cache_l1_entries" in metrics
+
+
+def dead_redis_url() -> str:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        return f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+
+
+async def test_a_host_starts_with_the_cache_redis_down_within_the_cache_timeout(
+    tmp_path: Path,
+) -> None:
+    config = CacheConfig(backend="redis", redis_url=dead_redis_url())
+    began = time.monotonic()
+    async with running_host(
+        plugins=["orders"], plugin_dirs=[REPO / "plugins"], data_dir=tmp_path, cache=config
+    ) as shop:
+        assert time.monotonic() - began < 5  # the cache waits its 1 s timeout, no more
+        cache = cache_of(shop, "orders")
+        assert await cache.get("k") is None  # a miss, not an error
+
+        async def load() -> bytes:
+            return b"from the database"
+
+        assert await cache.get_or_load("k", load) == b"from the database"
+        assert not shop.host.cache.stats().l1_active
+
+
+async def test_a_host_whose_start_fails_before_the_cache_started_closes_it_cleanly(
+    tmp_path: Path,
+) -> None:
+    # Storage is unreachable: start fails after the ports, before cache.start(); the
+    # cache is closed unstarted, and nothing is left open (warnings are errors here).
+    config = Config(
+        data_dir=str(tmp_path),
+        server=ServerConfig(grpc_address="127.0.0.1:0"),
+        plugins=PluginsConfig(dirs=(), entry_points=False),
+        storage=StorageConfig(url="postgresql+asyncpg://u:p@127.0.0.1:1/nexus"),
+        cache=CacheConfig(backend="redis", redis_url=dead_redis_url()),
+    )
+    host = Host(config)
+    with pytest.raises(OSError, match="Connect call failed"):
+        await host.start()
+    assert host.cache.stats().l1_entries == 0
+    gc.collect()

@@ -9,6 +9,7 @@ holds it until removed, and it appends each order id it handled to ``handled``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import time
@@ -347,11 +348,26 @@ async def test_bad_requests_name_the_field(shop: Shop) -> None:
             "group",
         ),
     ]
+    # Ids past what Redis can parse (64 bits a part) are malformed, not an outage.
+    too_big = f"{2**64}-0"
+    cases += [
+        (
+            admin.RedriveDeadLetter(admin_pb2.RedriveDeadLetterRequest(group="sink", id=too_big)),
+            "id",
+        ),
+        (
+            admin.ListDeadLetters(
+                admin_pb2.ListDeadLettersRequest(page_token=token_after(too_big))
+            ),
+            "page_token",
+        ),
+    ]
     if shop.backend == "redis":
-        bad_start = admin_pb2.ReplayEventsRequest(
-            group="sink", event_type=EVENT, since_entry_id="yesterday"
-        )
-        cases.append((admin.ReplayEvents(bad_start), "since_entry_id"))
+        for since in ("yesterday", f"1-{2**64}", ""):
+            bad_start = admin_pb2.ReplayEventsRequest(
+                group="sink", event_type=EVENT, since_entry_id=since
+            )
+            cases.append((admin.ReplayEvents(bad_start), "since_entry_id"))
     for call, field in cases:
         error = await failing(call)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, field
@@ -360,6 +376,31 @@ async def test_bad_requests_name_the_field(shop: Shop) -> None:
         admin.RedriveDeadLetter(admin_pb2.RedriveDeadLetterRequest(group="nope", id="1"))
     )
     assert "consumer groups: sink" in (unknown_group.details() or "")
+
+
+def token_after(entry_id: str, group: str = "sink", group_filter: str = "") -> str:
+    """A page token as the service makes them, continuing after ``entry_id``."""
+    body = json.dumps({"v": 1, "g": group_filter, "a": [group, entry_id]}).encode()
+    return base64.urlsafe_b64encode(body).rstrip(b"=").decode()
+
+
+async def test_two_admins_redriving_one_dead_letter_redrive_it_once(shop: Shop) -> None:
+    dead = await a_dead_letter(shop)
+    (shop.control / "broken").unlink()
+    request = admin_pb2.RedriveDeadLetterRequest(group="sink", id=dead.id)
+    outcomes = await asyncio.gather(
+        *(shop.admin.RedriveDeadLetter(request) for _ in range(2)), return_exceptions=True
+    )
+    errors = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert [e.code() for e in errors] == [grpc.StatusCode.NOT_FOUND]
+
+    async def handled() -> bool:
+        return "poison-1" in shop.handled()
+
+    await eventually(handled)
+    await asyncio.sleep(0.2)
+    assert shop.handled().count("poison-1") == 1
+    assert await shop.dead_letters() == []
 
 
 # Replay ------------------------------------------------------------------------------
@@ -400,6 +441,39 @@ async def test_replay_makes_the_group_handle_earlier_events_again(shop: Shop) ->
     await eventually(handled_at_least(shop, 11))
     await asyncio.sleep(0.2)
     assert shop.handled() == ["a", "b", "c", "b", "c", "a", "b", "c", "a", "b", "c"]
+
+
+def float_trap_after(milliseconds: int) -> int:
+    """The first millisecond from ``milliseconds`` on that ns / 1e9 * 1000 lands below."""
+    while int(milliseconds * 1_000_000 / 1e9 * 1000) == milliseconds:
+        milliseconds += 1
+    return milliseconds
+
+
+@pytest.mark.parametrize("shop", ["redis"], indirect=True)
+async def test_replay_since_a_time_starts_at_that_millisecond_not_before(shop: Shop) -> None:
+    # Two events stored one millisecond apart (ids chosen, in the near future so they
+    # come after anything in the stream); replaying from the second one's time must
+    # not take the first one too.
+    moment = float_trap_after(int(time.time() * 1000) + 60_000)
+    client = aioredis.Redis.from_url(shop.redis_url)
+    try:
+        for order_id, entry_id in (("before", f"{moment - 1}-0"), ("at", f"{moment}-0")):
+            envelope = seal(inventory_pb2.StockReserved(order_id=order_id), source="test")
+            await client.xadd(STREAM, {"envelope": envelope.SerializeToString()}, id=entry_id)
+    finally:
+        await client.aclose()
+    await eventually(handled_at_least(shop, 2))
+
+    since = timestamp_pb2.Timestamp()
+    since.FromMilliseconds(moment)
+    reply = await shop.admin.ReplayEvents(
+        admin_pb2.ReplayEventsRequest(group="sink", event_type=EVENT, since_time=since)
+    )
+    assert reply.position == f"{moment - 1}-{2**64 - 1}"
+    await eventually(handled_at_least(shop, 3))
+    await asyncio.sleep(0.2)
+    assert shop.handled() == ["before", "at", "at"]
 
 
 @pytest.mark.parametrize("shop", ["memory"], indirect=True)
@@ -541,6 +615,7 @@ async def test_an_unreachable_redis_is_unavailable_and_metrics_still_answer(
             admin.ListDeadLetters(admin_pb2.ListDeadLettersRequest()),
             admin.GetEventStats(admin_pb2.GetEventStatsRequest()),
             admin.RedriveDeadLetter(admin_pb2.RedriveDeadLetterRequest(group="sink", id="1-0")),
+            admin.ReplayEvents(admin_pb2.ReplayEventsRequest(group="sink", event_type=EVENT)),
         ):
             error = await failing(call)
             assert error.code() == grpc.StatusCode.UNAVAILABLE
@@ -650,6 +725,33 @@ async def test_cli_says_when_it_cannot_reach_or_is_not_allowed(
     )
     assert (code, out) == (2, "")
     assert "neither an ISO 8601 time" in err
+
+
+async def test_cli_refuses_arguments_that_would_do_something_else(
+    shop: Shop, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await a_dead_letter(shop)
+    target = ("--address", shop.running.address, "--token", shop.running.token("admin"))
+    replay = ("events", "replay", "sink", EVENT)
+    refused = {
+        # An empty id (an unset shell variable) is not "from the oldest event kept".
+        (*replay, "--since-id", ""): "--since-id",
+        # Too far back for a timestamp: an error, not a traceback.
+        (*replay, "--since", "99999999999999999999d"): "--since",
+        (*replay, "--since", "9" * 400 + "s"): "--since",
+        # "At most 0" is not "there are none".
+        ("events", "dead-letters", "--limit", "0"): "--limit",
+        ("events", "dead-letters", "--limit", "-3"): "--limit",
+        ("events", "stats", "--timeout", "0"): "--timeout",
+    }
+    for argv, option in refused.items():
+        code, out, err = await run_cli(capsys, *argv, *target)
+        assert (code, out) == (2, ""), argv
+        assert f"argument {option}" in err, (argv, err)
+        assert "Traceback" not in err
+    code, out, err = await run_cli(capsys, "events")
+    assert code == 2
+    assert "dead-letters" in out + err and "replay" in out + err  # the events commands
 
 
 # The operations on the buses themselves ------------------------------------------------

@@ -81,8 +81,11 @@ async def test_a_failed_strict_start_releases_ports_and_stops_started_plugins(
     from nexus_grpc.config import HttpConfig
 
     config = Config(**{**config.__dict__, "http": HttpConfig(address="127.0.0.1:0")})
+    host = Host(config)
     with pytest.raises(StrictModeError):
-        await Host(config).start()
+        await host.start()
+    assert sys.modules["nexus_plugins.aa_good"].events == ["start", "stop"]
+    await host.stop()  # after a failed start: nothing left to stop, and no error
     assert sys.modules["nexus_plugins.aa_good"].events == ["start", "stop"]
     again = socket.socket()
     again.bind(("127.0.0.1", port))  # released: binding succeeds

@@ -118,8 +118,11 @@ class AdminServiceServicer:
     def ReplayEvents(self, request, context):
         """Makes one consumer group handle the events of one type again, from an entry id,
         from a time, or from the oldest event kept. Only that group re-reads them, and
-        its handlers must be idempotent. Needs the Redis bus (events.backend = "redis"),
-        whose streams keep the history: the memory bus answers FAILED_PRECONDITION.
+        its handlers must be idempotent. The group is only moved back: a start past the
+        events it has read leaves it where it is (the rest is not read yet, and is not
+        skipped). Events read but not acknowledged yet are delivered again too. Needs the
+        Redis bus (events.backend = "redis"), whose streams keep the history: the memory
+        bus answers FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
