@@ -80,9 +80,11 @@ class AuthStage:
             # An in-process call from another plugin arrives with the identity its
             # caller established: the principal of the call it is made in, or the
             # calling plugin's own (nexus_grpc.plugins.services). Only the host's
-            # in-process context has this attribute; network calls never do.
+            # in-process context sets this attribute; network calls never do. It is an
+            # attribute, not a type check, because stages above may wrap the context in
+            # a delegating proxy — so nothing but a Principal counts.
             principal = getattr(context, INPROC_PRINCIPAL, None)
-            if principal is None:
+            if not isinstance(principal, Principal):
                 try:
                     token = _bearer_token(context)
                     if token is None:

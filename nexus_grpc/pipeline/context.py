@@ -10,7 +10,8 @@ the deadline as a grpc.aio server does. A plugin cannot tell which transport bro
 call.
 
 :data:`current_call_var` names the call the current task is serving (the observe stage
-sets it), so an in-process call made while serving one can inherit its deadline.
+sets it and ends it), so an in-process call made while serving one can carry its
+principal and deadline, and end with it.
 """
 
 from __future__ import annotations
@@ -152,14 +153,38 @@ class CurrentCall:
     """The call a task is serving; ``active`` turns False when the call ends.
 
     Tasks a handler starts inherit the variable holding it and may outlive the call;
-    they find ``active`` False then.
+    they find ``active`` False then. Work that must not outlive the call (an in-process
+    call carrying its principal) registers with :meth:`on_end` and is stopped then.
     """
 
-    __slots__ = ("active", "context")
+    __slots__ = ("_on_end", "active", "context")
 
     def __init__(self, context: Any) -> None:
         self.context = context
         self.active = True
+        self._on_end: set[Callable[[], object]] | None = None
+
+    def on_end(self, callback: Callable[[], object]) -> Callable[[], None]:
+        """Run ``callback`` when the call ends (at once if it has); returns the undo."""
+        if not self.active:
+            callback()
+            return _nothing
+        if self._on_end is None:
+            self._on_end = set()
+        callbacks = self._on_end
+        callbacks.add(callback)
+        return lambda: callbacks.discard(callback)
+
+    def end(self) -> None:
+        """The call is over: ``active`` turns False and the :meth:`on_end` callbacks run."""
+        self.active = False
+        callbacks, self._on_end = self._on_end, None
+        for callback in callbacks or ():
+            callback()
+
+
+def _nothing() -> None:
+    return None
 
 
 #: The call the current task is serving (set by the observe stage); None outside calls.

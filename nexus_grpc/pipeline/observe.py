@@ -64,7 +64,8 @@ class ObserveStage:
             # Each call starts anonymous; the auth stage sets the principal, and it is
             # restored below once the access log has named it.
             principal_token = principal_var.set(None)
-            # In-process calls made while serving this one inherit its deadline.
+            # In-process calls made while serving this one inherit its principal and
+            # deadline, and end with it (CurrentCall.end below).
             current = CurrentCall(context)
             call_token = current_call_var.set(current)
             context.set_trailing_metadata((("x-request-id", request_id),))
@@ -99,7 +100,7 @@ class ObserveStage:
                             "principal": _subject(),
                         },
                     )
-                current.active = False
+                current.end()
                 current_call_var.reset(call_token)
                 principal_var.reset(principal_token)
                 request_id_var.reset(token)

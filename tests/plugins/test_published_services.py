@@ -4,6 +4,8 @@ same pipeline, with the caller's identity, deadline and request id."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,12 +24,21 @@ from probe.v1 import probe_pb2, probe_pb2_grpc
 from transcode.v1 import transcode_pb2, transcode_pb2_grpc
 
 from nexus_grpc import PluginContext
+from nexus_grpc.auth.principal import Principal, current_principal, principal_var
+from nexus_grpc.errors import StatusError
 from nexus_grpc.logs import request_id_var
 from nexus_grpc.pipeline import build_stages
+from nexus_grpc.pipeline.auth import AuthStage
 from nexus_grpc.pipeline.context import CallContext, CurrentCall, current_call_var
 from nexus_grpc.pipeline.observe import ObserveStage
-from nexus_grpc.plugins.services import Services, UndeclaredServiceError
-from nexus_grpc.routing import InFlight, Router
+from nexus_grpc.plugins.services import (
+    Services,
+    UndeclaredServiceError,
+    outside_calls,
+    plugin_principal,
+)
+from nexus_grpc.policy import Access, EffectivePolicy
+from nexus_grpc.routing import Arity, InFlight, MethodInfo, Router
 from nexus_grpc.servicers import bind_servicer, build_routes
 from nexus_grpc.testing import RunningHost, running_host
 
@@ -247,6 +258,124 @@ async def test_a_task_that_outlives_its_call_calls_as_the_plugin(shop: Shop) -> 
     finally:
         current_call_var.reset(token)
     assert me.subject == "plugin:caller"
+
+
+async def test_a_request_iterator_runs_as_the_caller_not_inside_the_callees_call(
+    shop: Shop,
+) -> None:
+    # The caller's iterator is the caller's code: a call it makes carries bob, even when
+    # the stream it feeds goes on the plugin's own authority.
+    async def scenario(ctx: PluginContext) -> Any:
+        seen: list[Any] = []
+
+        async def requests() -> AsyncIterator[transcode_pb2.SumRequest]:
+            me = await _whoami(ctx)
+            seen.append(getattr(me, "subject", me))
+            yield transcode_pb2.SumRequest(value=1)
+
+        assert ctx.services is not None
+        transcode = ctx.services.client(transcode_pb2_grpc.TranscodeServiceStub, as_plugin=True)
+        summed = await transcode.Sum(requests())
+        return summed.total, seen
+
+    total, seen = await shop.inside_call(
+        scenario, token=shop.host.token("bob", grants=["orders.read:own"])
+    )
+    assert (total, seen) == (1, ["bob"])
+
+
+async def test_a_call_carrying_the_callers_principal_ends_with_the_call(shop: Shop) -> None:
+    kept: dict[str, Any] = {}
+
+    async def open_streams(ctx: PluginContext) -> None:
+        assert ctx.services is not None
+        transcode = ctx.services.client(transcode_pb2_grpc.TranscodeServiceStub)
+        kept["as bob"] = transcode.Chat()
+        own = ctx.services.client(transcode_pb2_grpc.TranscodeServiceStub, as_plugin=True)
+        kept["as the plugin"] = own.Chat()
+
+    await shop.inside_call(open_streams, token=shop.host.token("bob", grants=["orders.read:own"]))
+    # Bob's call is over: nothing may go on in his name.
+    as_bob = kept["as bob"]
+    assert await asyncio.wait_for(as_bob.code(), 5) == grpc.StatusCode.CANCELLED
+    assert await as_bob.details() == "the call it was made in ended"
+    with pytest.raises(asyncio.InvalidStateError):
+        await as_bob.write(transcode_pb2.ChatRequest(text="still bob?"))
+    # Work on the plugin's own authority may outlive the call.
+    as_plugin = kept["as the plugin"]
+    await as_plugin.write(transcode_pb2.ChatRequest(text="mine"))
+    assert (await as_plugin.read()).text == "MINE"
+    await as_plugin.done_writing()
+    assert await as_plugin.code() == grpc.StatusCode.OK
+
+
+async def test_an_event_handler_never_runs_as_the_user_whose_call_published_the_event() -> None:
+    seen: list[Any] = []
+
+    async def handler() -> None:
+        seen.append((current_principal(), current_call_var.get()))
+
+    context = CallContext(transport="grpc", metadata=(), peer="t", deadline=None)
+    principal = principal_var.set(Principal("alice"))
+    call = current_call_var.set(CurrentCall(context))
+    try:
+        await outside_calls(handler)()
+        assert current_principal() == Principal("alice")  # restored afterwards
+    finally:
+        current_call_var.reset(call)
+        principal_var.reset(principal)
+    assert seen == [(None, None)]
+
+
+def test_a_plugin_cannot_swap_its_identity_for_another(shop: Shop) -> None:
+    services = shop.harness.services
+    assert services.identity == plugin_principal("caller", ["inventory.manage:all"])
+    with pytest.raises(AttributeError):
+        services.identity = plugin_principal("auth", ["users.manage:all"])  # type: ignore[misc]
+
+
+async def test_network_metadata_cannot_pose_as_an_in_process_principal(shop: Shop) -> None:
+    # Only the host's in-process context carries a principal; metadata of that name is
+    # just metadata, and an anonymous network caller stays anonymous.
+    auth = auth_pb2_grpc.AuthServiceStub(shop.host.channel())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await auth.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=(("inproc_principal", "admin"),))
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+class _Lenient:
+    """A context answering any attribute (as a permissive test double or proxy might)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return f"whatever {name}"
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+
+async def test_only_a_principal_in_the_in_process_attribute_authenticates() -> None:
+    method = transcode_pb2.DESCRIPTOR.services_by_name["TranscodeService"].methods_by_name["Echo"]
+    path = "/transcode.v1.TranscodeService/Echo"
+    info = MethodInfo(
+        path,
+        "transcode",
+        method,
+        Arity.UNARY_UNARY,
+        InFlight(),
+        policy=EffectivePolicy(path, Access.AUTHENTICATED),
+    )
+
+    async def handler(request: Any, context: Any) -> Any:
+        return current_principal()
+
+    class _Verifier:
+        async def verify(self, token: str, *, token_type: str = "access") -> Principal:
+            raise AssertionError("no token was sent")
+
+    authenticate = AuthStage(_Verifier(), None).bind(info, handler)
+    with pytest.raises(StatusError) as caught:
+        await authenticate(transcode_pb2.EchoRequest(), _Lenient())
+    assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
 
 
 # Errors, validation, requirements -------------------------------------------------------
@@ -486,3 +615,145 @@ async def test_neither_side_can_change_the_others_messages() -> None:
     response.id = "changed by the caller"
     assert list(response.tags) == ["mine", "changed by the callee"]
     assert keeper.returned[0].id == "1"
+
+
+# The channel alone: cancellation, abandoned calls, back-pressure ------------------------
+
+
+class _Streams(transcode_pb2_grpc.TranscodeServiceServicer):
+    """Streams as long as asked, and notes how each call ended."""
+
+    def __init__(self) -> None:
+        self.produced = 0
+        self.ended: list[tuple[str, str, bool]] = []
+        self.done = asyncio.Event()
+
+    def _end(self, method: str, how: str, context: Any) -> None:
+        self.ended.append((method, how, context.cancelled()))
+        self.done.set()
+
+    async def Echo(self, request: transcode_pb2.EchoRequest, context: Any) -> Any:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self._end("Echo", "cancelled", context)
+            raise
+        return request
+
+    async def Count(self, request: transcode_pb2.CountRequest, context: Any) -> None:
+        try:
+            for value in range(1, request.n + 1):
+                await context.write(transcode_pb2.CountResponse(value=value))
+                self.produced += 1
+        except asyncio.CancelledError:
+            self._end("Count", "cancelled", context)
+            raise
+
+    async def Sum(self, request_iterator: Any, context: Any) -> Any:
+        total = 0
+        try:
+            async for request in request_iterator:
+                total += request.value
+        except asyncio.CancelledError:
+            self._end("Sum", "cancelled", context)
+            raise
+        return transcode_pb2.SumResponse(total=total)
+
+
+def _standalone(servicer: Any) -> tuple[Any, InFlight]:
+    """A stub of ``servicer`` served by a router of its own, through the pipeline."""
+    router = Router()
+    in_flight = InFlight()
+    [binding] = bind_servicer(servicer)
+    stages = build_stages(observe=ObserveStage(access_log=False))
+    router.add(build_routes(binding, plugin="streams", stages=stages, in_flight=in_flight))
+    services = Services(router, "caller", ["transcode.v1.TranscodeService"])
+    return services.client(transcode_pb2_grpc.TranscodeServiceStub), in_flight
+
+
+def _loop_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+
+
+async def test_an_abandoned_stream_is_cancelled_and_leaves_no_task_behind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    streams = _Streams()
+    transcode, in_flight = _standalone(streams)
+    call = transcode.Count(transcode_pb2.CountRequest(n=1_000_000))
+    async for _ in call:
+        break  # the reader gives up, and drops the call
+    del call
+    gc.collect()
+    await asyncio.wait_for(streams.done.wait(), 5)
+    assert streams.ended == [("Count", "cancelled", True)]
+    assert streams.produced < 100  # back-pressure held the writer
+    assert in_flight.count == 0
+    # A writer of requests that gives up without done_writing() is cancelled too.
+    streams.done.clear()
+    writing = transcode.Sum()
+    await writing.write(transcode_pb2.SumRequest(value=1))
+    await asyncio.sleep(0.01)  # the callee reads it, and waits for more
+    del writing
+    gc.collect()
+    await asyncio.wait_for(streams.done.wait(), 5)
+    assert streams.ended[-1] == ("Sum", "cancelled", True)
+    assert _loop_errors(caplog) == []
+
+
+async def test_cancelling_a_blocked_write_cancels_the_call() -> None:
+    streams = _Streams()
+    transcode, in_flight = _standalone(streams)
+    call = transcode.Sum()
+
+    async def write_forever() -> None:
+        while True:
+            await call.write(transcode_pb2.SumRequest(value=1))
+
+    async def stall(request_iterator: Any, context: Any) -> Any:
+        await asyncio.sleep(30)  # reads nothing: the writer waits
+
+    streams.Sum = stall  # type: ignore[method-assign]
+    writer = asyncio.ensure_future(write_forever())
+    await asyncio.sleep(0.05)
+    writer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writer
+    assert await asyncio.wait_for(call.code(), 5) == grpc.StatusCode.CANCELLED
+    assert call.cancelled() and call.done() and in_flight.count == 0
+
+
+async def test_cancelling_the_task_awaiting_a_call_cancels_the_call() -> None:
+    streams = _Streams()
+    transcode, in_flight = _standalone(streams)
+    call = transcode.Echo(transcode_pb2.EchoRequest(id="1"))
+    waiter = asyncio.ensure_future(call)
+    await asyncio.sleep(0.02)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert streams.ended[0][:2] == ("Echo", "cancelled")
+    assert await call.code() == grpc.StatusCode.CANCELLED
+    assert call.cancelled() and in_flight.count == 0
+
+
+async def test_a_request_iterator_that_raises_cancels_the_call_as_grpc_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    streams = _Streams()
+    transcode, in_flight = _standalone(streams)
+
+    def requests() -> Any:
+        yield transcode_pb2.SumRequest(value=1)
+        raise ValueError("the caller's bug")
+
+    call = transcode.Sum(requests())
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(call, 5)
+    assert await call.code() == grpc.StatusCode.CANCELLED
+    assert streams.ended == [("Sum", "cancelled", True)] and in_flight.count == 0
+    # The caller's bug is logged as the caller's, not as the callee's internal error.
+    assert not [r for r in caplog.records if r.name == "nexus.errors"]
+    [logged] = [r for r in caplog.records if r.name == "nexus.services"]
+    assert logged.levelno == logging.WARNING
+    assert "the caller's bug" in caplog.text

@@ -55,6 +55,7 @@ def test_valid_manifest_parses(tmp_path: Path) -> None:
             "grant 'inventory.read' is not resource.action:scope",
         ),
         (("permissions", '["inventory.*:all"]'), "must name a resource and an action, not *"),
+        (("permissions", '["*.*:all"]'), "must name a resource and an action, not *"),
         (("color", '"red"'), "unknown field 'color'"),
         (("entry", '"not valid:"'), "entry 'not valid:' must be 'attribute' or 'module:attribute'"),
     ],
