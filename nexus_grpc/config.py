@@ -118,6 +118,10 @@ class AuthConfig:
     #: Plugins handed the token issuer. A manifest's category is the plugin's own
     #: claim, so the operator names who may mint tokens.
     issuer_plugins: tuple[str, ...] = ("auth",)
+    #: Grants each plugin's own identity may hold: a manifest's ``permissions`` are
+    #: the plugin's request, and one asking for a grant not listed here fails to load.
+    #: ``[auth.plugin_permissions] shop = ["inventory.manage:all"]``.
+    plugin_permissions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -338,6 +342,8 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> object:
             values[item.name] = _build(typing.cast(type, hint), value, key + ".")
         elif key == "plugin":
             values[item.name] = _plugin_tables(value)
+        elif key == "auth.plugin_permissions":
+            values[item.name] = _plugin_permissions(value)
         elif key == "limits.rate_classes":
             values[item.name] = _rate_classes(value, LimitsConfig().rate_classes)
         else:
@@ -354,6 +360,26 @@ def _plugin_tables(value: Any) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"plugin.{name}: expected a table")
         tables[name] = _unwrap(table)
     return tables
+
+
+def _plugin_permissions(value: Any) -> dict[str, tuple[str, ...]]:
+    # Imported here: the auth package reads this module's AuthConfig.
+    from nexus_grpc.auth.principal import Grant
+
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            'auth.plugin_permissions: expected a table, e.g. shop = ["inventory.manage:all"]'
+        )
+    granted: dict[str, tuple[str, ...]] = {}
+    for name, grants in value.items():
+        key = f"auth.plugin_permissions.{name}"
+        granted[name] = _coerce(key, tuple[str, ...], grants)
+        for grant in granted[name]:
+            try:
+                Grant.parse(grant)
+            except ValueError as error:
+                raise ConfigError(f"{key}: {error}") from None
+    return granted
 
 
 def _rate_classes(

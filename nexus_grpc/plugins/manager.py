@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus_grpc.audit import AuditLog
+from nexus_grpc.auth.principal import Grant
 from nexus_grpc.cache import CacheManager
 from nexus_grpc.config import Config
 from nexus_grpc.events import EventBus, Publisher, event_type_exists, subscriptions_of
@@ -323,6 +324,7 @@ class PluginManager:
         return handlers
 
     def _context(self, manifest: Manifest) -> PluginContext:
+        self._check_permissions(manifest)
         data_dir = Path(self._config.data_dir) / "plugins" / manifest.name
         storage = self._storage.namespace(manifest.namespace)
         return PluginContext(
@@ -346,6 +348,24 @@ class PluginManager:
                 source=manifest.path,
             ),
         )
+
+    def _check_permissions(self, manifest: Manifest) -> None:
+        """Fail the plugin when its manifest asks for grants the operator did not give.
+
+        Installing a plugin must not be enough to hand it, say, ``roles.manage``.
+        """
+        granted = {
+            Grant.parse(g) for g in self._config.auth.plugin_permissions.get(manifest.name, ())
+        }
+        missing = [p for p in manifest.permissions if Grant.parse(p) not in granted]
+        if missing:
+            listed = ", ".join(f'"{p}"' for p in manifest.permissions)
+            raise PluginError(
+                f"plugin {manifest.name!r} ({manifest.path}): its manifest asks for "
+                f"{', '.join(missing)}, which the operator has not granted; add "
+                f"`{manifest.name} = [{listed}]` under [auth.plugin_permissions] in the "
+                "host configuration, or remove them from `permissions`"
+            )
 
     def _providers(self) -> dict[str, str]:
         """Service → the plugin whose manifest lists it (the first, by name)."""

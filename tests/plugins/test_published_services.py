@@ -25,6 +25,7 @@ from transcode.v1 import transcode_pb2, transcode_pb2_grpc
 
 from nexus_grpc import PluginContext
 from nexus_grpc.auth.principal import Principal, current_principal, principal_var
+from nexus_grpc.config import AuthConfig
 from nexus_grpc.errors import StatusError
 from nexus_grpc.logs import request_id_var
 from nexus_grpc.pipeline import build_stages
@@ -97,6 +98,10 @@ class Shop:
         return outcome
 
 
+#: The operator's approval of the caller plugin's manifest ``permissions``.
+GRANTED = AuthConfig(plugin_permissions={"caller": ("inventory.manage:all",)})
+
+
 @pytest.fixture
 async def shop(tmp_path: Path) -> AsyncIterator[Shop]:
     harness = Harness()
@@ -105,9 +110,28 @@ async def shop(tmp_path: Path) -> AsyncIterator[Shop]:
         plugin_dirs=PLUGIN_DIRS,
         data_dir=tmp_path,
         plugin_config={"caller": {"harness": harness}},
+        auth=GRANTED,
     ) as host:
         assert host.host.plugins.record("caller").state == "SERVING"  # type: ignore[union-attr]
         yield Shop(host, harness)
+
+
+async def test_a_plugin_asking_for_permissions_the_operator_did_not_grant_fails(
+    tmp_path: Path,
+) -> None:
+    async with running_host(
+        plugins=["caller", "inventory", "auth", "transcode"],
+        plugin_dirs=PLUGIN_DIRS,
+        data_dir=tmp_path,
+        plugin_config={"caller": {"harness": Harness()}},
+        auth=AuthConfig(plugin_permissions={"caller": ("inventory.read:all",)}),
+    ) as host:
+        record = host.host.plugins.record("caller")
+        assert record is not None and record.state == "FAILED"
+        assert "asks for inventory.manage:all, which the operator has not granted" in record.error
+        assert '`caller = ["inventory.manage:all"]` under [auth.plugin_permissions]' in (
+            record.error
+        )
 
 
 async def _whoami(ctx: PluginContext, *, as_plugin: bool = False) -> Any:
@@ -434,6 +458,7 @@ async def test_a_plugin_whose_required_service_is_not_served_fails_with_the_prov
         plugin_dirs=PLUGIN_DIRS,
         data_dir=tmp_path,
         plugin_config={"caller": {"harness": Harness()}},
+        auth=GRANTED,
     ) as host:
         record = host.host.plugins.record("caller")
         assert record is not None and record.state == "FAILED"

@@ -112,3 +112,22 @@ def test_nested_plugin_settings_from_the_environment_are_plain_values() -> None:
 def test_a_directory_as_config_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(tmp_path, environ={})
+
+
+def test_plugin_permissions_come_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "nexus.toml"
+    path.write_text('[auth.plugin_permissions]\nshop = ["inventory.manage:all"]\n')
+    config = load_config(
+        path, environ={"NEXUS_AUTH__PLUGIN_PERMISSIONS__REPORTS": "orders.read:all,orders.list:all"}
+    )
+    assert config.auth.plugin_permissions == {
+        "shop": ("inventory.manage:all",),
+        "reports": ("orders.read:all", "orders.list:all"),
+    }
+
+
+def test_a_plugin_permission_that_is_no_grant_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "nexus.toml"
+    path.write_text('[auth.plugin_permissions]\nshop = ["inventory"]\n')
+    with pytest.raises(ConfigError, match=r"auth\.plugin_permissions\.shop: grant 'inventory'"):
+        load_config(path, environ={})
