@@ -15,6 +15,21 @@ one of them, and rows younger than ``relay_after`` are left to their publisher. 
 publisher that dies after publishing but before the batched delete gets its rows
 relayed again: consumers see a duplicate, which the inbox absorbs.
 
+"Younger" compares the row's time (the publisher's wall clock, taken when the event
+was published, before the commit) with the relaying process's wall clock. A relay whose
+clock runs ahead of the publisher's by more than ``relay_after``, or a transaction that
+stays open longer than that, makes a relay publish a row its publisher is handing over
+too: a duplicate, never a loss. A relay whose clock runs behind relays late by the
+difference. Keep the hosts' clocks synchronised (NTP) well within ``relay_after``.
+
+A relay publishes only the rows of the types the plugin's manifest declares in this
+process, with the plugin as their source: a row of a type a newer version of the plugin
+publishes (a rolling upgrade) is left to a process that declares it, and a row naming
+another plugin as its source is never published. An outbox that cannot be read (its
+storage fails, a row no longer decodes) holds back its own plugin's relay only, logged
+until it can be read again; a type the bus refuses waits for the next sweep while the
+other types go on.
+
 **Order.** Events published while the bus is up reach it in commit order of each
 task. Events held back during an outage are relayed after it, oldest first, and may
 arrive after events published later by a process that reached the bus sooner.
@@ -67,6 +82,8 @@ class _Source:
     published: set[str] = field(default_factory=set)
     #: Ids this process failed to publish: relayed as soon as the bus takes them.
     held: set[str] = field(default_factory=set)
+    #: Whether the last sweep of this outbox failed (only the first failure is logged).
+    failing: bool = False
 
 
 class Outbox:
@@ -133,21 +150,31 @@ class Outbox:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        with contextlib.suppress(Exception):
-            await self._delete_published()
+        for entry in self._sources.values():
+            # Rows left are relayed again later: a duplicate, which the inbox absorbs.
+            with contextlib.suppress(Exception):
+                await self._delete_published(entry)
 
     async def sweep(self) -> int:
         """Delete what was published; relay rows due for it. The number relayed.
 
-        Stops at the first row the bus refuses (the rest waits for the next sweep).
+        Rows of a type the bus refuses wait for the next sweep (in order: the older
+        first); the other types, and the other plugins' outboxes, go on.
         """
-        await self._delete_published()
+        refused: set[str] = set()
         relayed = 0
         for entry in list(self._sources.values()):
             try:
-                relayed += await self._relay_source(entry)
-            except BusUnavailableError:
-                break
+                await self._delete_published(entry)
+                relayed += await self._relay_source(entry, refused)
+            except Exception:
+                if not entry.failing:
+                    _log.exception("outbox relay of %s failed; retrying", entry.name)
+                entry.failing = True
+                continue
+            if entry.failing:
+                _log.info("outbox relay of %s works again", entry.name)
+                entry.failing = False
         return relayed
 
     def inbox(self, namespace: Namespace, retention: float) -> Inbox:
@@ -184,51 +211,57 @@ class Outbox:
         )
 
     async def _relay_loop(self) -> None:
-        last_prune = 0.0
+        loop = asyncio.get_running_loop()
+        next_prune = loop.time()  # monotonic: a wall clock set back must not stop pruning
         while True:
-            relayed = 0
-            try:
-                relayed = await self.sweep()
-                if self._clock() - last_prune >= _PRUNE_EVERY:
-                    last_prune = self._clock()
-                    await self._prune_inboxes()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                _log.exception("outbox relay sweep failed; retrying")
+            relayed = await self.sweep()
+            if loop.time() >= next_prune:
+                next_prune = loop.time() + _PRUNE_EVERY
+                await self._prune_inboxes()
             if relayed >= _BATCH:
                 continue  # a backlog after an outage: drain it without pausing
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
             self._wake.clear()
 
-    async def _delete_published(self) -> None:
-        for entry in self._sources.values():
-            while entry.published:
-                ids = [entry.published.pop() for _ in range(min(_BATCH, len(entry.published)))]
-                try:
-                    async with entry.namespace.transaction() as unit:
-                        outbox = unit.repository(Envelope, collection=OUTBOX_COLLECTION)
-                        for event_id in ids:
-                            await outbox.delete(event_id)
-                except BaseException:
-                    entry.published.update(ids)
-                    raise
+    async def _delete_published(self, entry: _Source) -> None:
+        # What was published when this began: publishes landing meanwhile wait for the
+        # next sweep, so a steady stream of them cannot keep the relay from relaying.
+        ids = list(entry.published)
+        for start in range(0, len(ids), _BATCH):
+            batch = ids[start : start + _BATCH]
+            async with entry.namespace.transaction() as unit:
+                outbox = unit.repository(Envelope, collection=OUTBOX_COLLECTION)
+                for event_id in batch:
+                    await outbox.delete(event_id)
+            entry.published.difference_update(batch)
 
-    async def _relay_source(self, entry: _Source) -> int:
+    async def _relay_source(self, entry: _Source, refused: set[str]) -> int:
         outbox = entry.namespace.repository(Envelope, collection=OUTBOX_COLLECTION)
-        page = await outbox.list(order_by="time", page_size=_BATCH)
+        held = set(entry.held)
+        # Only what this plugin may publish, as itself: see the module docstring.
+        relayable = {"type": sorted(entry.declared), "source": entry.name}
+        page = await outbox.list(filter=relayable, order_by="time", page_size=_BATCH)
         due_before = self._clock() - self._relay_after
         relayed = 0
         for envelope in page.items:
-            held = envelope.id in entry.held
-            if not held and envelope.time.ToNanoseconds() / 1e9 > due_before:
+            if envelope.type in refused:
+                continue  # after an older row of its type: order is kept per type
+            if envelope.id not in held and envelope.time.ToNanoseconds() / 1e9 > due_before:
                 continue  # still its publisher's to hand over
             if envelope.id in entry.published:
                 continue
-            if await self._relay_one(entry, envelope.id):
-                relayed += 1
+            try:
+                if await self._relay_one(entry, envelope.id):
+                    relayed += 1
+            except BusUnavailableError:
+                refused.add(envelope.type)
+                continue
             entry.held.discard(envelope.id)
+        if not page.next_page_token:
+            # Every relayable row was listed: held ids not among them were relayed by
+            # another process (or their rows deleted); forget them.
+            entry.held -= held - {envelope.id for envelope in page.items}
         if relayed:
             _log.info("relayed %d events from the outbox of %s", relayed, entry.name)
         return relayed
@@ -241,23 +274,22 @@ class Outbox:
                 envelope = await outbox.get(event_id, for_update=True)
                 if envelope is None:
                     return False  # relayed and deleted by another process meanwhile
-                if envelope.type in entry.declared:
-                    await self._bus.publish(envelope)
-                else:
-                    _log.error(
-                        "outbox of %s holds %s (%s), a type its manifest does not publish: dropped",
-                        entry.name,
-                        envelope.id,
-                        envelope.type,
-                    )
+                if envelope.type not in entry.declared or envelope.source != entry.name:
+                    return False  # rewritten since it was listed: not ours to relay
+                await self._bus.publish(envelope)
                 await outbox.delete(event_id)
         except ConflictError:
-            return False  # MongoDB: another process holds the row
+            # MongoDB: another process held the row past the lock timeout; SQLite: the
+            # database stayed busy. The row is still there for the next sweep.
+            return False
         return True
 
     async def _prune_inboxes(self) -> None:
         for inbox in self._inboxes:
-            await inbox.prune(self._clock())
+            try:
+                await inbox.prune(self._clock())
+            except Exception:  # the next pruning retries; the other inboxes go on
+                _log.exception("pruning the inbox of %s failed", inbox.namespace)
 
 
 class Inbox:
@@ -269,6 +301,11 @@ class Inbox:
     def __init__(self, namespace: Namespace, retention: float) -> None:
         self._namespace = namespace
         self._retention = retention
+
+    @property
+    def namespace(self) -> str:
+        """The name of the namespace holding the inbox."""
+        return self._namespace.name
 
     async def first_time(self, unit: UnitOfWork, delivery: Delivery) -> bool:
         """Record ``delivery``'s event in ``unit``; False when it was recorded before.

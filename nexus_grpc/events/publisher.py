@@ -54,7 +54,9 @@ class Publisher:
         stored in it and published once it commits: never for a rollback, never lost
         after a commit. Without, it goes to the bus now; when the bus is unreachable it
         is kept in the outbox and relayed later (raises BusUnavailableError only when
-        the host has no outbox).
+        the host has no outbox). Inside a unit of work, always pass it: keeping the
+        event is a write of its own, which on SQLite waits for the unit's write lock
+        (the busy timeout, then ConflictError).
         """
         event_type = message.DESCRIPTOR.full_name
         if event_type not in self._declared:

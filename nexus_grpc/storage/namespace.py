@@ -258,13 +258,16 @@ class Namespace:
         other writers wait (up to the busy timeout) until it ends: keep it short, and do
         not open a second transaction on the same SQLite database while holding one.
         MongoDB needs a replica set (or mongos) for transactions; see ``mongo``.
+
+        Once committed, the unit's :meth:`UnitOfWork.after_commit` callbacks run, with
+        the transaction and its connection released.
         """
         async with self._backend.transaction(self._name) as scope:
             unit = UnitOfWork(scope)
             yield unit
         # Only reached when the transaction committed: the body raised nothing and the
         # commit itself succeeded.
-        await unit.run_after_commit()
+        await unit._run_after_commit()
 
 
 class UnitOfWork:
@@ -300,15 +303,19 @@ class UnitOfWork:
     def after_commit(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Run ``await callback()`` once the transaction has committed (never on rollback).
 
-        Callbacks run in registration order after the commit; one that raises is logged
+        Callbacks run in registration order after the commit, in the task that ran the
+        transaction, outside it (a callback may open another). One that raises is logged
         and does not stop the others or fail the caller: the data is committed by then.
+        If that task is cancelled meanwhile, the callbacks not run yet never run: what
+        must happen after a commit whatever happens cannot rely on them alone (the
+        outbox relays what its callback did not publish).
         """
         if not self._scope.active:
             raise RuntimeError("this unit of work's transaction has ended")
         self._after_commit.append(callback)
 
-    async def run_after_commit(self) -> None:
-        """Run the :meth:`after_commit` callbacks (called by :meth:`Namespace.transaction`)."""
+    async def _run_after_commit(self) -> None:
+        # Private: run from inside the transaction, it would act on uncommitted data.
         callbacks, self._after_commit = self._after_commit, []
         for callback in callbacks:
             try:

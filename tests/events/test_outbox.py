@@ -125,10 +125,16 @@ async def test_rows_left_by_a_crashed_process_are_relayed_by_the_next_one(
     await bus.stop(grace=1)
 
 
-async def test_two_relays_sharing_a_database_publish_each_row_once(postgres_url: str) -> None:
+@pytest.mark.parametrize("backend", ["postgresql", "mongodb"])
+async def test_two_relays_sharing_a_database_publish_each_row_once(
+    request: pytest.FixtureRequest, backend: str
+) -> None:
+    # PostgreSQL: the second relay waits on the row lock, then finds the row gone.
+    # MongoDB: its locking write conflicts, is retried, then finds the row gone.
     from nexus_grpc.events import Envelope
 
-    storages = [await Storage.connect(postgres_url) for _ in range(2)]
+    url = request.getfixturevalue("postgres_url" if backend == "postgresql" else "mongo_url")
+    storages = [await Storage.connect(url) for _ in range(2)]
     namespaces = [s.namespace("plugins/business/inventory") for s in storages]
     for i in range(40):
         envelope = seal(inventory_pb2.StockReserved(order_id=f"o{i}"), source="inventory")
@@ -250,3 +256,322 @@ async def test_an_old_event_is_pruned_only_after_retention(storage: Storage) -> 
     async with namespace.transaction() as unit:
         assert not await inbox.first_time(unit, Delivery(envelopes[1], "orders", 1))
         assert await inbox.first_time(unit, Delivery(envelopes[0], "orders", 1))
+
+
+# -- regressions -----------------------------------------------------------------------
+
+SHORTAGE = inventory_pb2.StockShortage.DESCRIPTOR.full_name
+
+
+@pytest.fixture
+async def sqlite(tmp_path: Path) -> AsyncIterator[Storage]:
+    """One SQLite storage, for behaviour of the relay that no backend changes."""
+    async with connected(f"sqlite+aiosqlite:///{tmp_path}/nexus.db") as opened:
+        yield opened
+
+
+async def left_behind(namespace: Namespace, message: Any, *, source: str, age: float = 60):
+    """A row as a process that died after its commit leaves it, ``age`` seconds old."""
+    from nexus_grpc.events import Envelope
+
+    envelope = seal(message, source=source)
+    envelope.time.FromSeconds(envelope.time.seconds - int(age))
+    await namespace.repository(Envelope, collection=OUTBOX_COLLECTION).create(envelope)
+    return envelope
+
+
+class RefusingBus(MemoryBus):
+    """A memory bus that refuses the types in ``refused``, as Redis refuses a stream key
+    an ACL denies or that holds another kind of value."""
+
+    def __init__(self, refused: set[str]) -> None:
+        super().__init__()
+        self.refused = refused
+
+    async def publish(self, envelope: Any) -> None:
+        if envelope.type in self.refused:
+            raise BusUnavailableError()
+        await super().publish(envelope)
+
+
+async def test_a_row_of_a_type_this_version_does_not_declare_is_left_to_one_that_does(
+    storage: Storage,
+) -> None:
+    # During a rolling upgrade, the new version of a plugin publishes a type the old one
+    # does not list; the old version's relay must not throw the event away.
+    namespace = storage.namespace("plugins/business/inventory")
+    newer = await left_behind(
+        namespace, inventory_pb2.StockShortage(order_id="o1"), source="inventory"
+    )
+    bus = MemoryBus()
+    handled: Handled = []
+    bus.subscribe("shop", SHORTAGE, recorder(handled))
+    await bus.start()
+    old = Outbox(bus, relay_after=1)
+    old.register("inventory", namespace, DECLARED)
+    assert await old.sweep() == 0
+    assert await outbox_rows(namespace) == [newer.id]
+
+    new = Outbox(bus, relay_after=1)
+    new.register("inventory", namespace, DECLARED | {SHORTAGE})
+    assert await new.sweep() == 1
+    await eventually(lambda: handled == ["o1"])
+    assert await outbox_rows(namespace) == []
+    await bus.stop(grace=1)
+
+
+async def test_a_row_claiming_another_plugin_as_its_source_is_never_relayed(
+    sqlite: Storage,
+) -> None:
+    # A plugin owns its namespace and can write into its outbox collection directly:
+    # the relay must not publish what it wrote as coming from another plugin.
+    namespace = sqlite.namespace("plugins/business/inventory")
+    forged = await left_behind(
+        namespace, inventory_pb2.StockReserved(order_id="forged"), source="orders"
+    )
+    bus = MemoryBus()
+    handled: Handled = []
+    bus.subscribe("shop", EVENT, recorder(handled))
+    await bus.start()
+    outbox = Outbox(bus, relay_after=1)
+    outbox.register("inventory", namespace, DECLARED)
+    assert await outbox.sweep() == 0
+    await bus.stop(grace=1)
+    assert handled == []
+    assert await outbox_rows(namespace) == [forged.id]
+
+
+async def test_a_type_the_bus_refuses_does_not_hold_back_other_types_or_plugins(
+    sqlite: Storage,
+) -> None:
+    inventory = sqlite.namespace("plugins/business/inventory")
+    orders = sqlite.namespace("plugins/business/orders")
+    refused = await left_behind(
+        inventory, inventory_pb2.StockShortage(order_id="refused"), source="inventory", age=90
+    )
+    await left_behind(inventory, inventory_pb2.StockReserved(order_id="i1"), source="inventory")
+    await left_behind(orders, inventory_pb2.StockReserved(order_id="o1"), source="orders")
+    bus = RefusingBus({SHORTAGE})
+    handled: Handled = []
+    bus.subscribe("shop", EVENT, recorder(handled))
+    await bus.start()
+    outbox = Outbox(bus, relay_after=1)
+    outbox.register("inventory", inventory, DECLARED | {SHORTAGE})
+    outbox.register("orders", orders, DECLARED)
+    assert await outbox.sweep() == 2
+    await eventually(lambda: sorted(handled) == ["i1", "o1"])
+    assert await outbox_rows(inventory) == [refused.id]  # kept until the bus takes it
+
+    bus.refused.clear()
+    assert await outbox.sweep() == 1
+    assert await outbox_rows(inventory) == []
+    await bus.stop(grace=1)
+
+
+async def test_a_row_that_cannot_be_read_does_not_hold_back_other_plugins(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/nexus.db"
+    async with connected(url) as storage:
+        damaged = storage.namespace("plugins/business/inventory")
+        orders = storage.namespace("plugins/business/orders")
+        row = await left_behind(
+            damaged, inventory_pb2.StockReserved(order_id="x"), source="inventory"
+        )
+        await left_behind(orders, inventory_pb2.StockReserved(order_id="o1"), source="orders")
+        with sqlite3.connect(tmp_path / "nexus.db") as raw:  # storage rot, a bad restore
+            raw.execute(
+                "UPDATE nexus_records SET payload = ? WHERE id = ?", (b"\x0a\x02\xff\xfe", row.id)
+            )
+        bus = MemoryBus()
+        handled: Handled = []
+        bus.subscribe("shop", EVENT, recorder(handled))
+        await bus.start()
+        outbox = Outbox(bus, relay_after=1)
+        outbox.register("inventory", damaged, DECLARED)  # registered first: swept first
+        outbox.register("orders", orders, DECLARED)
+        assert await outbox.sweep() == 1
+        await eventually(lambda: handled == ["o1"])
+        await bus.stop(grace=1)
+
+
+async def test_deleting_what_was_published_ends_while_publishing_goes_on(
+    sqlite: Storage,
+) -> None:
+    # Every transaction of the relay lets more after-commit publishes in: deleting what
+    # was published must end at what was there when it began, and relaying follow.
+    namespace = sqlite.namespace("plugins/business/inventory")
+    stranded = await left_behind(
+        namespace, inventory_pb2.StockReserved(order_id="s"), source="inventory"
+    )
+    outbox = Outbox(MemoryBus(), relay_after=1)
+
+    class Busy:
+        """The namespace, with 100 publishes landing during each of its transactions."""
+
+        name = namespace.name
+
+        def repository(self, *args: Any, **kwargs: Any) -> Any:
+            return namespace.repository(*args, **kwargs)
+
+        def transaction(self) -> Any:
+            published = outbox._sources["inventory"].published
+            published.update(seal(inventory_pb2.StockReserved(), source="x").id for _ in range(100))
+            return namespace.transaction()
+
+    outbox.register("inventory", Busy(), DECLARED)  # type: ignore[arg-type]
+    outbox._sources["inventory"].published.add("first")
+    assert await asyncio.wait_for(outbox.sweep(), 10) == 1
+    assert await outbox_rows(namespace) == []
+    assert stranded.id not in await outbox_rows(namespace)
+
+
+async def test_held_ids_relayed_by_another_process_are_forgotten(sqlite: Storage) -> None:
+    namespace = sqlite.namespace("plugins/business/inventory")
+    bus = RefusingBus({EVENT})
+    mine = Outbox(bus, relay_after=30)
+    mine.register("inventory", namespace, DECLARED)
+    publisher = Publisher(bus, "inventory", DECLARED, outbox=mine)
+    for i in range(5):  # the bus is down: held by this process
+        async with namespace.transaction() as unit:
+            await publisher.publish(inventory_pb2.StockReserved(order_id=str(i)), transaction=unit)
+    held = mine._sources["inventory"].held
+    assert len(held) == 5
+    # Another process (its clock ahead, or 30 s later) relays them all first.
+    bus.refused.clear()
+    other = Outbox(bus, relay_after=0)
+    other.register("inventory", namespace, DECLARED)
+    assert await other.sweep() == 5
+    assert await mine.sweep() == 0
+    assert held == set()  # not kept for rows that are gone
+
+
+async def test_after_commit_callbacks_run_in_order_once_committed_and_failures_are_logged(
+    sqlite: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    namespace = sqlite.namespace("plugins/business/orders")
+    ran: list[str] = []
+
+    def callback(name: str, *, fail: bool = False) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            ran.append(name)
+            if fail:
+                raise RuntimeError(f"{name} failed")
+
+        return run
+
+    async def roll_back() -> None:
+        async with namespace.transaction() as unit:
+            unit.after_commit(callback("never"))
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError, match="rolled back"):
+        await roll_back()
+    async with namespace.transaction() as unit:
+        unit.after_commit(callback("first", fail=True))
+        unit.after_commit(callback("second"))
+        assert ran == []  # not before the commit
+    assert ran == ["first", "second"]
+    assert "after-commit callback of plugins/business/orders failed" in caplog.text
+    with pytest.raises(RuntimeError, match="has ended"):
+        unit.after_commit(callback("late"))
+
+
+async def test_an_after_commit_callback_runs_outside_the_transaction(sqlite: Storage) -> None:
+    # SQLite has one writer: a callback run while its transaction still held the write
+    # lock would wait for itself (the busy timeout, then "database is locked").
+    namespace = sqlite.namespace("plugins/business/orders")
+    effects = namespace.repository(inventory_pb2.StockReserved, id_field="order_id")
+
+    async def write_again() -> None:
+        async with namespace.transaction() as again:
+            await again.repository(inventory_pb2.StockReserved, id_field="order_id").create(
+                inventory_pb2.StockReserved(order_id="after")
+            )
+
+    async with asyncio.timeout(2):  # well within the 5 s busy timeout
+        async with namespace.transaction() as unit:
+            await unit.repository(inventory_pb2.StockReserved, id_field="order_id").create(
+                inventory_pb2.StockReserved(order_id="during")
+            )
+            unit.after_commit(write_again)
+            # Only the transaction runs its callbacks: run early, they would act on
+            # uncommitted data.
+            assert not hasattr(unit, "run_after_commit")
+    assert await effects.get("after") is not None
+
+
+async def test_a_caller_cancelled_after_its_commit_leaves_the_event_to_the_relay(
+    sqlite: Storage,
+) -> None:
+    namespace = sqlite.namespace("plugins/business/inventory")
+    publishing = asyncio.Event()
+
+    class StuckBus(MemoryBus):
+        async def publish(self, envelope: Any) -> None:
+            publishing.set()
+            await asyncio.Event().wait()  # the caller is cancelled while in here
+
+    stuck = StuckBus()
+    outbox = Outbox(stuck, relay_after=30)
+    outbox.register("inventory", namespace, DECLARED)
+    publisher = Publisher(stuck, "inventory", DECLARED, outbox=outbox)
+
+    async def call() -> None:
+        async with namespace.transaction() as unit:
+            await publisher.publish(inventory_pb2.StockReserved(order_id="c"), transaction=unit)
+
+    task = asyncio.create_task(call())
+    await publishing.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(await outbox_rows(namespace)) == 1  # committed, and kept
+    assert await outbox.sweep() == 0  # its publisher's for relay_after seconds
+
+    bus = MemoryBus()
+    handled: Handled = []
+    bus.subscribe("shop", EVENT, recorder(handled))
+    await bus.start()
+    relay = Outbox(bus, relay_after=0)
+    relay.register("inventory", namespace, DECLARED)
+    assert await relay.sweep() == 1
+    await eventually(lambda: handled == ["c"])
+    await bus.stop(grace=1)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mongodb"])
+async def test_two_concurrent_deliveries_of_one_event_take_effect_once(
+    request: pytest.FixtureRequest, backend: str
+) -> None:
+    url = request.getfixturevalue("postgres_url" if backend == "postgresql" else "mongo_url")
+    storages = [await Storage.connect(url) for _ in range(2)]
+    try:
+        namespaces = [s.namespace("plugins/business/orders") for s in storages]
+        inboxes = [Outbox(MemoryBus()).inbox(n, retention=60) for n in namespaces]
+        envelope = seal(inventory_pb2.StockReserved(order_id="o1"), source="inventory")
+        first_recorded = asyncio.Event()
+        answers: list[bool] = []
+
+        async def handle(index: int) -> None:
+            async with namespaces[index].transaction() as unit:
+                if index == 1:
+                    await first_recorded.wait()
+                new = await inboxes[index].first_time(unit, Delivery(envelope, "orders", 1))
+                answers.append(new)
+                if index == 0:
+                    first_recorded.set()
+                    await asyncio.sleep(0.3)  # the other records meanwhile, and must wait
+                if new:
+                    effects = unit.repository(inventory_pb2.StockReserved, id_field="order_id")
+                    await effects.create(inventory_pb2.StockReserved(order_id=f"effect-{index}"))
+
+        await asyncio.gather(handle(0), handle(1))
+        assert answers == [True, False]
+        effects = namespaces[0].repository(inventory_pb2.StockReserved, id_field="order_id")
+        assert [e.order_id for e in (await effects.list()).items] == ["effect-0"]
+    finally:
+        for opened in storages:
+            await opened.close()
