@@ -22,7 +22,6 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         self._storage = ctx.storage
         self._stock = ctx.storage.repository(pb.Stock, id_field="sku")
         self._events = ctx.events
-        self._log = ctx.logger
 
     async def GetStock(self, request: pb.GetStockRequest, context: Context) -> pb.Stock:
         """The stock of a SKU; zero for a SKU never stocked."""
@@ -39,12 +38,14 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
             return await stock.update(current)
 
     async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.ReserveResponse:
-        """Reserve every line for the order, or nothing when one is short."""
+        """Reserve every line for the order, or nothing when one is short (or when the
+        order was released or rejected before: an order is reserved at most once)."""
         async with self._storage.transaction() as unit:
-            return await _reserve(unit, request.order_id, list(request.lines))
+            result = await _reserve(unit, request.order_id, list(request.lines))
+        return pb.ReserveResponse(reserved=False) if result is None else result
 
     async def Release(self, request: pb.ReleaseRequest, context: Context) -> pb.ReleaseResponse:
-        """Return an order's reserved units to stock."""
+        """Return an order's reserved units to stock (none the second time)."""
         async with self._storage.transaction() as unit:
             return pb.ReleaseResponse(released=await _release(unit, request.order_id))
 
@@ -59,11 +60,16 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
             if not await events.first_time(unit, delivery):
                 return  # handled before: its reservation and answer are committed
             result = await _reserve(unit, order_id, lines)
-            answer: Any = (
-                pb.StockReserved(order_id=order_id)
-                if result.reserved
-                else pb.StockShortage(order_id=order_id, short_skus=result.short_skus)
-            )
+            if result is None:
+                # Its cancellation was handled first (another stream, another process,
+                # an OrderCreated held in an outbox), or this is a replay: no answer.
+                return
+            answer: Any = pb.StockReserved(order_id=order_id)
+            if not result.reserved:
+                answer = pb.StockShortage(order_id=order_id, short_skus=result.short_skus)
+                # The order is rejected for good: a replay must not reserve it once the
+                # stock is there.
+                await unit.repository(pb.Reservation).create(pb.Reservation(id=order_id))
             # The answer commits with the reservation: both happen, or neither.
             await events.publish(answer, subject=order_id, transaction=unit)
 
@@ -71,18 +77,31 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
     async def on_order_cancelled(
         self, event: order_events.OrderCancelled, delivery: Delivery
     ) -> None:
-        """Give a cancelled order's units back."""
+        """Give a cancelled order's units back, and keep it from being reserved later."""
         async with self._storage.transaction() as unit:
             await _release(unit, event.order.id)
 
 
+# An order's reservation is one record, its id the order's: with its lines while the
+# units are reserved, without once they were released (or, for an OrderCreated, when
+# stock was short: the order is rejected for good). The record without lines stays, so
+# that an OrderCreated handled after its OrderCancelled (they travel on different
+# streams) or replayed after the inbox forgot it reserves nothing. Reserving and
+# releasing one order concurrently meet on that record's key: the second to commit
+# fails (AlreadyExistsError, ConflictError) and its retry sees what the first did.
+
+
 async def _reserve(
     unit: UnitOfWork, order_id: str, lines: list[pb.ReservationLine]
-) -> pb.ReserveResponse:
+) -> pb.ReserveResponse | None:
+    """Reserve ``lines`` for ``order_id``, all or none; None when it was settled without
+    units before (released, or rejected for shortage)."""
     reservations = unit.repository(pb.Reservation)
-    if await reservations.get(order_id, for_update=True) is not None:
-        # Reserving twice (a retried call, a second event) changes nothing.
-        return pb.ReserveResponse(reserved=True)
+    existing = await reservations.get(order_id, for_update=True)
+    if existing is not None:
+        # Reserving twice (a retried call, a second event) changes nothing; an order
+        # settled without units is not reserved again.
+        return pb.ReserveResponse(reserved=True) if existing.lines else None
     stock = unit.repository(pb.Stock, id_field="sku")
     wanted: dict[str, int] = {}
     for line in lines:
@@ -105,7 +124,11 @@ async def _release(unit: UnitOfWork, order_id: str) -> int:
     reservations = unit.repository(pb.Reservation)
     reservation = await reservations.get(order_id, for_update=True)
     if reservation is None:
-        return 0  # nothing reserved (or released already): nothing to do
+        # Released before it was reserved: remember it, so it never is.
+        await reservations.create(pb.Reservation(id=order_id))
+        return 0
+    if not reservation.lines:
+        return 0  # released already: nothing to do
     stock = unit.repository(pb.Stock, id_field="sku")
     released = 0
     for line in reservation.lines:
@@ -115,5 +138,6 @@ async def _release(unit: UnitOfWork, order_id: str) -> int:
             row.reserved -= line.quantity
             await stock.update(row)
             released += line.quantity
-    await reservations.delete(order_id)
+    del reservation.lines[:]
+    await reservations.update(reservation)
     return released

@@ -5,14 +5,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from nexus.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from nexus.orders.v1 import events_pb2 as order_events
 from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 
 from nexus_grpc.config import EventsConfig
+from nexus_grpc.errors import AlreadyExistsError, ConflictError
+from nexus_grpc.events import Delivery, Envelope, MemoryBus, Publisher, seal
+from nexus_grpc.events.outbox import INBOX_COLLECTION, Outbox
+from nexus_grpc.storage import Storage
 from nexus_grpc.testing import RunningHost, running_host
+from tests.storage import connected
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,3 +136,174 @@ async def test_inventory_methods_follow_their_policies(shop: RunningHost) -> Non
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await customer.SetStock(inventory_pb2.SetStockRequest(sku="X", available=1))
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def drained(shop: RunningHost, group: str) -> None:
+    """Wait until ``group`` has handled everything published to it so far."""
+
+    async def done() -> bool:
+        stats = {entry.group: entry for entry in await shop.host.bus.stats()}  # type: ignore[attr-defined]
+        return stats[group].pending == 0 and stats[group].lag == 0
+
+    await eventually(done)
+
+
+def envelope_of(event: Any, *, event_id: str = "") -> Envelope:
+    """``event`` as the orders plugin publishes it (with ``event_id`` to redeliver one)."""
+    envelope = seal(event, source="orders")
+    if event_id:
+        envelope.id = event_id
+    return envelope
+
+
+async def test_an_order_created_heard_after_its_cancellation_reserves_nothing(
+    shop: RunningHost,
+) -> None:
+    # One stream per event type (and an OrderCreated held in an outbox, or read by a
+    # slower process) means a cancellation can be handled before the creation.
+    inventory = inventory_pb2_grpc.InventoryServiceStub(shop.channel(shop.token()))
+    await inventory.SetStock(inventory_pb2.SetStockRequest(sku="SKU-4", available=5))
+    ghost = orders_pb2.Order(
+        id="late-1", customer_id="c1", items=[orders_pb2.LineItem(sku="SKU-4", quantity=2)]
+    )
+    await shop.host.bus.publish(envelope_of(order_events.OrderCancelled(order=ghost)))
+    await drained(shop, "inventory")
+    await shop.host.bus.publish(envelope_of(order_events.OrderCreated(order=ghost)))
+    await drained(shop, "inventory")
+    stock = await inventory.GetStock(inventory_pb2.GetStockRequest(sku="SKU-4"))
+    assert (stock.available, stock.reserved) == (5, 0)
+
+
+async def test_an_order_created_heard_again_after_its_cancellation_reserves_nothing(
+    shop: RunningHost,
+) -> None:
+    channel = shop.channel(shop.token())
+    orders = orders_pb2_grpc.OrdersServiceStub(channel)
+    inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
+    await inventory.SetStock(inventory_pb2.SetStockRequest(sku="SKU-5", available=5))
+    created = await orders.CreateOrder(order("SKU-5", 2))
+
+    async def confirmed() -> bool:
+        current = await orders.GetOrder(orders_pb2.GetOrderRequest(id=created.id))
+        return current.status == orders_pb2.ORDER_STATUS_CONFIRMED
+
+    await eventually(confirmed)
+    await orders.CancelOrder(orders_pb2.CancelOrderRequest(id=created.id))
+    await drained(shop, "inventory")
+
+    async def stock() -> tuple[int, int]:
+        found = await inventory.GetStock(inventory_pb2.GetStockRequest(sku="SKU-5"))
+        return found.available, found.reserved
+
+    assert await stock() == (5, 0)
+    storage = await Storage.connect(shop.host.config.storage_url())
+    try:
+        inbox = storage.namespace("plugins/business/inventory").repository(
+            Envelope, collection=INBOX_COLLECTION
+        )
+        created_type = order_events.OrderCreated.DESCRIPTOR.full_name
+        heard = [e for e in (await inbox.list()).items if e.type == created_type]
+        assert len(heard) == 1
+        # Redelivered (a consumer that died before acknowledging): the inbox has it.
+        again = envelope_of(order_events.OrderCreated(order=created), event_id=heard[0].id)
+        await shop.host.bus.publish(again)
+        await drained(shop, "inventory")
+        assert await stock() == (5, 0)
+        # Replayed once the inbox forgot it (events.inbox_retention): still nothing.
+        await inbox.delete(heard[0].id)
+        await shop.host.bus.publish(again)
+        await drained(shop, "inventory")
+        assert await stock() == (5, 0)
+    finally:
+        await storage.close()
+
+
+async def test_an_order_created_replayed_after_its_rejection_reserves_nothing(
+    shop: RunningHost,
+) -> None:
+    channel = shop.channel(shop.token())
+    orders = orders_pb2_grpc.OrdersServiceStub(channel)
+    inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
+    await inventory.SetStock(inventory_pb2.SetStockRequest(sku="SKU-6", available=1))
+    created = await orders.CreateOrder(order("SKU-6", 3))
+
+    async def rejected() -> bool:
+        current = await orders.GetOrder(orders_pb2.GetOrderRequest(id=created.id))
+        return current.status == orders_pb2.ORDER_STATUS_REJECTED
+
+    await eventually(rejected)
+    await inventory.SetStock(inventory_pb2.SetStockRequest(sku="SKU-6", available=10))
+    storage = await Storage.connect(shop.host.config.storage_url())
+    try:
+        inbox = storage.namespace("plugins/business/inventory").repository(
+            Envelope, collection=INBOX_COLLECTION
+        )
+        (heard,) = (await inbox.list()).items
+        # An operator replays OrderCreated after events.inbox_retention.
+        await inbox.delete(heard.id)
+        again = envelope_of(order_events.OrderCreated(order=created), event_id=heard.id)
+        await shop.host.bus.publish(again)
+        await drained(shop, "inventory")
+    finally:
+        await storage.close()
+    stock = await inventory.GetStock(inventory_pb2.GetStockRequest(sku="SKU-6"))
+    assert (stock.available, stock.reserved) == (10, 0)
+    assert (await orders.GetOrder(orders_pb2.GetOrderRequest(id=created.id))).status == (
+        orders_pb2.ORDER_STATUS_REJECTED
+    )
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mongodb"])
+async def test_a_creation_and_a_cancellation_handled_at_once_leave_nothing_reserved(
+    request: pytest.FixtureRequest, backend: str
+) -> None:
+    # Two processes, one handling an order's OrderCreated while the other handles its
+    # OrderCancelled: whichever commits second fails, and its retry sees the first.
+    from types import SimpleNamespace
+
+    from plugins.inventory.service import InventoryService
+
+    url = request.getfixturevalue("postgres_url" if backend == "postgresql" else "mongo_url")
+    declared = frozenset(
+        t.DESCRIPTOR.full_name for t in (inventory_pb2.StockReserved, inventory_pb2.StockShortage)
+    )
+
+    async def delivered(handler: Any, event: Any) -> None:
+        envelope = seal(event, source="orders")
+        for attempt in range(1, 100):  # what the bus does: retry until it goes through
+            try:
+                await handler(event, Delivery(envelope, "inventory", attempt))
+                return
+            except (AlreadyExistsError, ConflictError):
+                await asyncio.sleep(0.01)
+        raise AssertionError("never went through")
+
+    async with connected(url) as first, connected(url) as second:
+        services = []
+        for storage in (first, second):
+            namespace = storage.namespace("plugins/business/inventory")
+            outbox = Outbox(MemoryBus())
+            outbox.register("inventory", namespace, declared)
+            events = Publisher(
+                MemoryBus(), "inventory", declared, outbox=outbox, inbox=outbox.inbox(namespace, 60)
+            )
+            context = SimpleNamespace(storage=namespace, events=events)
+            services.append(InventoryService(context))  # type: ignore[arg-type]
+        stock = first.namespace("plugins/business/inventory").repository(
+            inventory_pb2.Stock, id_field="sku"
+        )
+        await stock.create(inventory_pb2.Stock(sku="S", available=100))
+
+        async def both(i: int) -> None:
+            placed = orders_pb2.Order(id=f"o{i}", items=[orders_pb2.LineItem(sku="S", quantity=1)])
+            await asyncio.gather(
+                delivered(services[0].on_order_created, order_events.OrderCreated(order=placed)),
+                delivered(
+                    services[1].on_order_cancelled, order_events.OrderCancelled(order=placed)
+                ),
+            )
+
+        await asyncio.gather(*(both(i) for i in range(30)))
+        row = await stock.get("S")
+        assert row is not None
+        assert (row.available, row.reserved) == (100, 0)
