@@ -1,7 +1,9 @@
 """Test plugin: an event-only consumer that records every OrderCreated it handles.
 
-Each delivery is logged in ``deliveries`` (its own transaction, so it survives a crash);
-the effect — the order in ``ledger`` — is written with the inbox record, once per event.
+Each delivery is logged in ``deliveries`` (its own transaction, so it survives a crash).
+The effect — a line in ``ledger`` naming the order (in ``note``) — is written with the
+inbox record, once per event. Each line gets a fresh id, so nothing but the inbox keeps
+a second delivery from adding a second line: the tests count lines per order.
 With ``[plugin.order_ledger] hang_after_commit = true`` the handler commits its effect
 and then never returns: the entry is never acknowledged, as if the process had died
 between the two.
@@ -27,7 +29,7 @@ class OrderLedger:
 
     @subscribe(events_pb2.OrderCreated)
     async def on_order_created(self, event: events_pb2.OrderCreated, delivery: Delivery) -> None:
-        """Record the delivery, then the order once."""
+        """Record the delivery, then a ledger line for the order, once."""
         events = self._ctx.events
         assert events is not None
         await self._ctx.storage.repository(orders_pb2.Order, collection="deliveries").create(
@@ -35,7 +37,8 @@ class OrderLedger:
         )
         async with self._ctx.storage.transaction() as unit:
             if await events.first_time(unit, delivery):
-                await unit.repository(orders_pb2.Order, collection="ledger").create(event.order)
+                line = orders_pb2.Order(note=event.order.id)  # the id: a fresh one
+                await unit.repository(orders_pb2.Order, collection="ledger").create(line)
         if self._hang:
             await asyncio.Event().wait()
 
