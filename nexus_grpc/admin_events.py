@@ -77,15 +77,22 @@ class EventsAdmin:
             )
         since_id: str | None = None
         since_time: float | None = None
+        since_event_id: str | None = None
         start = request.WhichOneof("start")
         if start == "since_entry_id":
             since_id = request.since_entry_id
         elif start == "since_time":
             # int / int: the float nearest the exact time (int / 1e9 rounds twice).
             since_time = request.since_time.ToNanoseconds() / 10**9
+        elif start == "since_event_id":
+            since_event_id = request.since_event_id
         try:
             position = await bus.replay(
-                request.group, request.event_type, since_id=since_id, since_time=since_time
+                request.group,
+                request.event_type,
+                since_id=since_id,
+                since_time=since_time,
+                since_event_id=since_event_id,
             )
         except ValueError as error:
             raise _invalid(start or "start", str(error)) from None

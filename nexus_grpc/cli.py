@@ -89,12 +89,21 @@ def _parser() -> argparse.ArgumentParser:
     replay = events_commands.add_parser(
         "replay",
         help="make a consumer group handle one event type again (Redis bus only); "
-        "from the oldest event kept unless --since-id or --since",
+        "from the oldest event kept unless --since-id, --since-event or --since",
     )
     replay.add_argument("group", help="consumer group (the consuming plugin's name)")
     replay.add_argument("type", help="event type, e.g. nexus.orders.v1.OrderCreated")
     since = replay.add_mutually_exclusive_group()
-    since.add_argument("--since-id", type=_entry_id, help="from this stream entry id on, included")
+    since.add_argument(
+        "--since-id",
+        type=_not_empty("a stream entry id"),
+        help="from this stream entry id on, included",
+    )
+    since.add_argument(
+        "--since-event",
+        type=_not_empty("an event id"),
+        help="from the event with this id on, included (an envelope id, as in a dead letter)",
+    )
     since.add_argument(
         "--since",
         type=_since_time,
@@ -245,15 +254,19 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
     return parse
 
 
-def _entry_id(value: str) -> str:
-    """``--since-id``: not empty (left out, a replay starts at the oldest event kept; an
-    empty variable must not mean that)."""
-    if not value.strip():
-        raise argparse.ArgumentTypeError(
-            "is empty; pass a stream entry id, or leave --since-id out to replay from the "
-            "oldest event kept"
-        )
-    return value.strip()
+def _not_empty(what: str) -> Callable[[str], str]:
+    """A replay start that must not be empty: left out, a replay starts at the oldest
+    event kept, and an empty shell variable must not mean that."""
+
+    def parse(value: str) -> str:
+        if not value.strip():
+            raise argparse.ArgumentTypeError(
+                f"is empty; pass {what}, or leave the option out to replay from the "
+                "oldest event kept"
+            )
+        return value.strip()
+
+    return parse
 
 
 def _since_time(value: str) -> datetime.datetime:
@@ -400,6 +413,8 @@ def _events_replay(args: argparse.Namespace) -> int:
     request = admin_pb2.ReplayEventsRequest(group=args.group, event_type=args.type)
     if args.since_id is not None:
         request.since_entry_id = args.since_id
+    elif args.since_event is not None:
+        request.since_event_id = args.since_event
     elif args.since is not None:
         request.since_time.FromDatetime(args.since)
     response = _admin_call(args, "ReplayEvents", request)

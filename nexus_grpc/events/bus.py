@@ -191,8 +191,13 @@ class EventOperations(Protocol):
         *,
         since_id: str | None = None,
         since_time: float | None = None,
+        since_event_id: str | None = None,
     ) -> str:
-        """Make ``group`` handle ``event_type`` events again; the position it reads after."""
+        """Make ``group`` handle ``event_type`` events again; the position it reads after.
+
+        Starts at stream entry ``since_id``, at Unix time ``since_time``, at the event
+        with envelope id ``since_event_id`` (NotFoundError when not kept), or at the
+        oldest event kept."""
         ...
 
     async def stats(self) -> list[GroupStats]:
@@ -333,6 +338,7 @@ class MemoryBus:
         *,
         since_id: str | None = None,
         since_time: float | None = None,
+        since_event_id: str | None = None,
     ) -> str:
         """Always FAILED_PRECONDITION: delivered events are gone from memory."""
         raise StatusError(

@@ -93,6 +93,8 @@ _DEAD_KEPT = 1000
 _RELEASE_SECONDS = 5.0
 #: Upper bound of a lag Redis cannot tell (after a replay): counting reads this many entries.
 _LAG_COUNT_LIMIT = 10_000
+#: Entries read per XREVRANGE when looking an event up by its id.
+_EVENT_SEARCH_PAGE = 1000
 
 
 class BusUnavailableError(StatusError):
@@ -411,10 +413,13 @@ class RedisBus:
         *,
         since_id: str | None = None,
         since_time: float | None = None,
+        since_event_id: str | None = None,
     ) -> str:
-        """Make ``group`` handle ``event_type`` events again from ``since_id`` (included)
-        or from Unix time ``since_time``; from the oldest kept when neither is given.
-        Returns the entry id the group now reads after ("0": before the oldest kept).
+        """Make ``group`` handle ``event_type`` events again from stream entry
+        ``since_id`` (included), from Unix time ``since_time``, or from the event whose
+        envelope id is ``since_event_id`` (included; NotFoundError when the stream no
+        longer holds it); from the oldest kept when none is given. Returns the entry id
+        the group now reads after ("0": before the oldest kept).
 
         Only ``group`` re-reads them (XGROUP SETID); its handlers must be idempotent,
         as for any at-least-once delivery. The group's workers pick them up within
@@ -424,17 +429,19 @@ class RedisBus:
         to whichever consumer reads them (Redis reassigns them, attempts from 1); a
         handler already running on one finishes and acknowledges as usual.
         """
-        if since_id is not None and since_time is not None:
-            raise ValueError("replay from since_id or since_time, not both")
+        if sum(start is not None for start in (since_id, since_time, since_event_id)) > 1:
+            raise ValueError("replay from one of since_id, since_time, since_event_id")
+        stream = self._runtime.keys.events(event_type)
         if since_id is not None:
             if not valid_id(since_id):
                 raise ValueError(f"{since_id!r} is not a stream entry id")
             start = id_before(since_id)
         elif since_time is not None:
             start = id_before(time_to_id(since_time))
+        elif since_event_id is not None:
+            start = id_before(await self._entry_of_event(stream, since_event_id))
         else:
             start = "0-0"
-        stream = self._runtime.keys.events(event_type)
         try:
             position = text(await REPLAY(self._runtime.client, [stream], [group, start]))
         except (RedisError, OSError) as error:
@@ -444,6 +451,39 @@ class RedisBus:
         else:  # the group had not got that far: it reads on from where it is
             _log.info("replay of %s to %s: nothing read after %s yet", event_type, group, start)
         return "0" if position == "0-0" else position
+
+    async def _entry_of_event(self, stream: str, event_id: str) -> str:
+        """The entry id of the event ``event_id`` in ``stream``, searched newest first
+        (replays usually reach back a little), one page at a time so Redis never
+        blocks on a long stream; the newest copy of an event the outbox relayed twice."""
+        if not event_id:
+            raise ValueError("the event id is empty")
+        needle = event_id.encode()
+        end = "+"
+        try:
+            while True:
+                page: Any = await self._runtime.client.xrevrange(
+                    stream, max=end, min="-", count=_EVENT_SEARCH_PAGE
+                )
+                for entry_id, fields in page:
+                    data = fields.get(b"envelope", b"")
+                    if needle in data and _event_id_of(data) == event_id:
+                        return text(entry_id)
+                if len(page) < _EVENT_SEARCH_PAGE:
+                    raise NotFoundError("event", event_id)
+                end = f"({text(page[-1][0])}"  # exclusive: after the page just read
+        except (RedisError, OSError) as error:
+            raise BusUnavailableError() from error
+
+
+def _event_id_of(data: bytes) -> str:
+    """The id of a serialized envelope; empty when it does not parse."""
+    envelope = Envelope()
+    try:
+        envelope.ParseFromString(data)
+    except DecodeError:
+        return ""
+    return envelope.id
 
 
 def _listing_order_of(group: str, entry_id: str) -> tuple[int, int, str]:

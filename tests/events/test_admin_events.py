@@ -443,6 +443,59 @@ async def test_replay_makes_the_group_handle_earlier_events_again(shop: Shop) ->
     assert shop.handled() == ["a", "b", "c", "b", "c", "a", "b", "c", "a", "b", "c"]
 
 
+@pytest.mark.parametrize("shop", ["redis"], indirect=True)
+async def test_replay_from_an_event_id_over_grpc_rest_and_the_cli(
+    shop: Shop, capsys: pytest.CaptureFixture[str]
+) -> None:
+    published = [await shop.publish(order_id) for order_id in ("a", "b", "c")]
+    await eventually(handled_at_least(shop, 3))
+
+    await shop.admin.ReplayEvents(
+        admin_pb2.ReplayEventsRequest(
+            group="sink", event_type=EVENT, since_event_id=published[1].id
+        )
+    )
+    await eventually(handled_at_least(shop, 5))
+
+    async with httpx.AsyncClient(base_url=shop.running.http_url) as http:
+        reply = await http.post(
+            "/v1/admin/events/groups/sink:replay",
+            json={"eventType": EVENT, "sinceEventId": published[2].id},
+            headers={"authorization": f"Bearer {shop.running.token('admin')}"},
+        )
+    assert reply.status_code == 200, reply.text
+    await eventually(handled_at_least(shop, 6))
+
+    target = ("--address", shop.running.address, "--token", shop.running.token("admin"))
+    code, out, err = await run_cli(
+        capsys, "events", "replay", "sink", EVENT, "--since-event", published[0].id, *target
+    )
+    assert code == 0, err
+    await eventually(handled_at_least(shop, 9))
+    await asyncio.sleep(0.2)
+    assert shop.handled() == ["a", "b", "c", "b", "c", "c", "a", "b", "c"]
+
+    missing = await failing(
+        shop.admin.ReplayEvents(
+            admin_pb2.ReplayEventsRequest(group="sink", event_type=EVENT, since_event_id="gone")
+        )
+    )
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+    assert missing.details() == "event 'gone' not found"
+    empty = await failing(
+        shop.admin.ReplayEvents(
+            admin_pb2.ReplayEventsRequest(group="sink", event_type=EVENT, since_event_id="")
+        )
+    )
+    assert empty.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "since_event_id" in violations(empty)
+    code, out, err = await run_cli(
+        capsys, "events", "replay", "sink", EVENT, "--since-event", " ", *target
+    )
+    assert (code, out) == (2, "")
+    assert "argument --since-event: is empty" in err
+
+
 def float_trap_after(milliseconds: int) -> int:
     """The first millisecond from ``milliseconds`` on that ns / 1e9 * 1000 lands below."""
     while int(milliseconds * 1_000_000 / 1e9 * 1000) == milliseconds:

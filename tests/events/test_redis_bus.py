@@ -317,6 +317,53 @@ async def test_replay_redelivers_to_that_group_only(
     assert len(seen["a"]) == 8  # replaying b did not touch a
 
 
+async def test_replay_from_an_event_id_finds_it_across_pages(
+    redis_url: str,
+    make_bus: BusFactory,
+    raw: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import nexus_grpc.events.redis_bus as redis_bus
+
+    monkeypatch.setattr(redis_bus, "_EVENT_SEARCH_PAGE", 3)  # several pages, few entries
+    bus = make_bus(redis_url)
+    seen: list[str] = []
+    bus.subscribe("g", EVENT, recorder(seen))
+    await bus.start()
+    await groups_ready(bus, "g")
+    published = [event(str(index)) for index in range(10)]
+    for envelope in published:
+        await bus.publish(envelope)
+    # An entry that is not an envelope, and one quoting the id without being that event:
+    # neither is taken for it.
+    target = published[2]
+    await raw.xadd(STREAM, {"envelope": b"\xff" + target.id.encode()})
+    await raw.xadd(STREAM, {"other": target.id.encode()})
+    await eventually(lambda: len(seen) == 10)
+    entries: Any = await raw.xrange(STREAM)
+
+    position = await bus.replay("g", EVENT, since_event_id=target.id)
+    assert position < entries[2][0].decode()  # just before the event's own entry
+    await eventually(lambda: len(seen) == 18)
+    assert seen[10:] == [str(index) for index in range(2, 10)]
+
+    with pytest.raises(NotFoundError, match="event 'gone' not found"):
+        await bus.replay("g", EVENT, since_event_id="gone")
+    with pytest.raises(ValueError, match="event id is empty"):
+        await bus.replay("g", EVENT, since_event_id="")
+    with pytest.raises(ValueError, match="one of since_id, since_time, since_event_id"):
+        await bus.replay("g", EVENT, since_event_id=target.id, since_time=time.time())
+
+
+async def test_replay_from_an_event_id_while_redis_is_down_is_unavailable(
+    own_redis: OwnRedis, make_bus: BusFactory
+) -> None:
+    bus = make_bus(own_redis.url)
+    own_redis.stop()
+    with pytest.raises(BusUnavailableError):
+        await bus.replay("g", EVENT, since_event_id="any")
+
+
 async def test_publishing_while_redis_is_down_fails_clearly_and_health_follows(
     own_redis: OwnRedis, make_bus: BusFactory
 ) -> None:

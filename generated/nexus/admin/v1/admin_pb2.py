@@ -28,7 +28,7 @@ from nexus.events.v1 import events_pb2 as nexus_dot_events_dot_v1_dot_events__pb
 from nexus.options.v1 import options_pb2 as nexus_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1anexus/admin/v1/admin.proto\x12\x0enexus.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cnexus/events/v1/events.proto\x1a\x1enexus/options/v1/options.proto\"j\n\x16ListDeadLettersRequest\x12\x15\n\x05group\x18\x01 \x01(\tB\x06\xf2\xbb\x1c\x02\x18@\x12\x1c\n\tpage_size\x18\x02 \x01(\x05\x42\t\xf2\xbb\x1c\x05(\x00\x30\xe8\x07\x12\x1b\n\npage_token\x18\x03 \x01(\tB\x07\xf2\xbb\x1c\x03\x18\x80\x08\"d\n\x17ListDeadLettersResponse\x12\x30\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x1a.nexus.admin.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x84\x01\n\nDeadLetter\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12(\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x19.nexus.events.v1.Envelope\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x06 \x01(\t\"I\n\x18RedriveDeadLetterRequest\x12\x17\n\x05group\x18\x01 \x01(\tB\x08\xf2\xbb\x1c\x04\x08\x01\x18@\x12\x14\n\x02id\x18\x02 \x01(\tB\x08\xf2\xbb\x1c\x04\x08\x01\x18@\"\x1b\n\x19RedriveDeadLetterResponse\"\xa2\x01\n\x13ReplayEventsRequest\x12\x17\n\x05group\x18\x01 \x01(\tB\x08\xf2\xbb\x1c\x04\x08\x01\x18@\x12\x1d\n\nevent_type\x18\x02 \x01(\tB\t\xf2\xbb\x1c\x05\x08\x01\x18\x80\x02\x12\x18\n\x0esince_entry_id\x18\x03 \x01(\tH\x00\x12\x30\n\nsince_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\x07\n\x05start\"(\n\x14ReplayEventsResponse\x12\x10\n\x08position\x18\x01 \x01(\t\"\x16\n\x14GetEventStatsRequest\"N\n\nEventStats\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12/\n\x06groups\x18\x02 \x03(\x0b\x32\x1f.nexus.admin.v1.EventGroupStats\"\x89\x01\n\x0f\x45ventGroupStats\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0f\n\x07pending\x18\x02 \x01(\x03\x12\x0b\n\x03lag\x18\x03 \x01(\x03\x12\x14\n\x0c\x64\x65\x61\x64_letters\x18\x04 \x01(\x03\x12\x33\n\x0b\x65vent_types\x18\x05 \x03(\x0b\x32\x1e.nexus.admin.v1.EventTypeStats\"B\n\x0e\x45ventTypeStats\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12\x0f\n\x07pending\x18\x02 \x01(\x03\x12\x0b\n\x03lag\x18\x03 \x01(\x03\"j\n\x17ListAuditRecordsRequest\x12\x1c\n\tpage_size\x18\x01 \x01(\x05\x42\t\xf2\xbb\x1c\x05(\x00\x30\xe8\x07\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\"a\n\x18ListAuditRecordsResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.nexus.admin.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe1\x01\n\x0b\x41uditRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12(\n\x07outcome\x18\x06 \x01(\x0e\x32\x17.nexus.admin.v1.Outcome\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x11\n\ttransport\x18\t \x01(\t\x12\x0c\n\x04peer\x18\n \x01(\t\"\x14\n\x12ListPluginsRequest\">\n\x13ListPluginsResponse\x12\'\n\x07plugins\x18\x01 \x03(\x0b\x32\x16.nexus.admin.v1.Plugin\"*\n\x10GetPluginRequest\x12\x16\n\x04name\x18\x01 \x01(\tB\x08\xf2\xbb\x1c\x04\x08\x01\x18@\"\xf6\x01\n\x06Plugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12*\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32\x18.nexus.admin.v1.Category\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12*\n\x05state\x18\x06 \x01(\x0e\x32\x1b.nexus.admin.v1.PluginState\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x10\n\x08requires\x18\x08 \x03(\t\x12/\n\x08services\x18\t \x03(\x0b\x32\x1d.nexus.admin.v1.ServiceStatus\".\n\rServiceStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07serving\x18\x02 \x01(\x08*a\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_DENIED\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03*\x84\x01\n\x08\x43\x61tegory\x12\x18\n\x14\x43\x41TEGORY_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41TEGORY_BUSINESS\x10\x01\x12\x18\n\x14\x43\x41TEGORY_INTEGRATION\x10\x02\x12\x16\n\x12\x43\x41TEGORY_ANALYTICS\x10\x03\x12\x15\n\x11\x43\x41TEGORY_SECURITY\x10\x04*\xb0\x01\n\x0bPluginState\x12\x1c\n\x18PLUGIN_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17PLUGIN_STATE_DISCOVERED\x10\x01\x12\x18\n\x14PLUGIN_STATE_SERVING\x10\x02\x12\x17\n\x13PLUGIN_STATE_FAILED\x10\x03\x12\x18\n\x14PLUGIN_STATE_STOPPED\x10\x04\x12\x19\n\x15PLUGIN_STATE_DISABLED\x10\x05\x32\xb7\x08\n\x0c\x41\x64minService\x12q\n\x0bListPlugins\x12\".nexus.admin.v1.ListPluginsRequest\x1a#.nexus.admin.v1.ListPluginsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/admin/plugins\x12g\n\tGetPlugin\x12 .nexus.admin.v1.GetPluginRequest\x1a\x16.nexus.admin.v1.Plugin\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/admin/plugins/{name}\x12\x95\x01\n\x10ListAuditRecords\x12\'.nexus.admin.v1.ListAuditRecordsRequest\x1a(.nexus.admin.v1.ListAuditRecordsResponse\".\xea\xbb\x1c\x13\x1a\x0f\n\x05\x61udit\x12\x04read\x18\x03\x30\x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/admin/audit\x12\xa1\x01\n\x0fListDeadLetters\x12&.nexus.admin.v1.ListDeadLettersRequest\x1a\'.nexus.admin.v1.ListDeadLettersResponse\"=\xea\xbb\x1c\x14\x1a\x10\n\x06\x65vents\x12\x04read\x18\x03\x30\x01\x82\xd3\xe4\x93\x02\x1f\x12\x1d/v1/admin/events/dead-letters\x12\xc5\x01\n\x11RedriveDeadLetter\x12(.nexus.admin.v1.RedriveDeadLetterRequest\x1a).nexus.admin.v1.RedriveDeadLetterResponse\"[\xea\xbb\x1c\x13\x1a\x11\n\x06\x65vents\x12\x05write\x18\x03\x82\xd3\xe4\x93\x02>\"9/v1/admin/events/groups/{group}/dead-letters/{id}:redrive:\x01*\x12\xa3\x01\n\x0cReplayEvents\x12#.nexus.admin.v1.ReplayEventsRequest\x1a$.nexus.admin.v1.ReplayEventsResponse\"H\xea\xbb\x1c\x13\x1a\x11\n\x06\x65vents\x12\x05write\x18\x03\x82\xd3\xe4\x93\x02+\"&/v1/admin/events/groups/{group}:replay:\x01*\x12\x89\x01\n\rGetEventStats\x12$.nexus.admin.v1.GetEventStatsRequest\x1a\x1a.nexus.admin.v1.EventStats\"6\xea\xbb\x1c\x14\x1a\x10\n\x06\x65vents\x12\x04read\x18\x03\x30\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/admin/events/stats\x1a\x15\xea\xbb\x1c\x11\x1a\x0f\n\x05\x61\x64min\x12\x04read\x18\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1anexus/admin/v1/admin.proto\x12\x0enexus.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cnexus/events/v1/events.proto\x1a\x1enexus/options/v1/options.proto\"j\n\x16ListDeadLettersRequest\x12\x15\n\x05group\x18\x01 \x01(\tB\x06\xf2\xbb\x1c\x02\x18@\x12\x1c\n\tpage_size\x18\x02 \x01(\x05\x42\t\xf2\xbb\x1c\x05(\x00\x30\xe8\x07\x12\x1b\n\npage_token\x18\x03 \x01(\tB\x07\xf2\xbb\x1c\x03\x18\x80\x08\"d\n\x17ListDeadLettersResponse\x12\x30\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x1a.nexus.admin.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x84\x01\n\nDeadLetter\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12(\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x19.nexus.events.v1.Envelope\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x06 \x01(\t\"I\n\x18RedriveDeadLetterRequest\x12\x17\n\x05group\x18\x01 \x01(\tB\x08\xf2\xbb\x1c\x04\x08\x01\x18@\x12\x14\n\x02id\x18\x02 \x01(\tB\x08\xf2\xbb\x1c\x04\x08\x01\x18@\"\x1b\n\x19RedriveDeadLetterResponse\"\xbc\x01\n\x13ReplayEventsRequest\x12\x17\n\x05group\x18\x01 \x01(\tB\x08\xf2\xbb\x1c\x04\x08\x01\x18@\x12\x1d\n\nevent_type\x18\x02 \x01(\tB\t\xf2\xbb\x1c\x05\x08\x01\x18\x80\x02\x12\x18\n\x0esince_entry_id\x18\x03 \x01(\tH\x00\x12\x30\n\nsince_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x18\n\x0esince_event_id\x18\x05 \x01(\tH\x00\x42\x07\n\x05start\"(\n\x14ReplayEventsResponse\x12\x10\n\x08position\x18\x01 \x01(\t\"\x16\n\x14GetEventStatsRequest\"N\n\nEventStats\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12/\n\x06groups\x18\x02 \x03(\x0b\x32\x1f.nexus.admin.v1.EventGroupStats\"\x89\x01\n\x0f\x45ventGroupStats\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0f\n\x07pending\x18\x02 \x01(\x03\x12\x0b\n\x03lag\x18\x03 \x01(\x03\x12\x14\n\x0c\x64\x65\x61\x64_letters\x18\x04 \x01(\x03\x12\x33\n\x0b\x65vent_types\x18\x05 \x03(\x0b\x32\x1e.nexus.admin.v1.EventTypeStats\"B\n\x0e\x45ventTypeStats\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12\x0f\n\x07pending\x18\x02 \x01(\x03\x12\x0b\n\x03lag\x18\x03 \x01(\x03\"j\n\x17ListAuditRecordsRequest\x12\x1c\n\tpage_size\x18\x01 \x01(\x05\x42\t\xf2\xbb\x1c\x05(\x00\x30\xe8\x07\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\"a\n\x18ListAuditRecordsResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.nexus.admin.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe1\x01\n\x0b\x41uditRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12(\n\x07outcome\x18\x06 \x01(\x0e\x32\x17.nexus.admin.v1.Outcome\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x11\n\ttransport\x18\t \x01(\t\x12\x0c\n\x04peer\x18\n \x01(\t\"\x14\n\x12ListPluginsRequest\">\n\x13ListPluginsResponse\x12\'\n\x07plugins\x18\x01 \x03(\x0b\x32\x16.nexus.admin.v1.Plugin\"*\n\x10GetPluginRequest\x12\x16\n\x04name\x18\x01 \x01(\tB\x08\xf2\xbb\x1c\x04\x08\x01\x18@\"\xf6\x01\n\x06Plugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12*\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32\x18.nexus.admin.v1.Category\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12*\n\x05state\x18\x06 \x01(\x0e\x32\x1b.nexus.admin.v1.PluginState\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x10\n\x08requires\x18\x08 \x03(\t\x12/\n\x08services\x18\t \x03(\x0b\x32\x1d.nexus.admin.v1.ServiceStatus\".\n\rServiceStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07serving\x18\x02 \x01(\x08*a\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_DENIED\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03*\x84\x01\n\x08\x43\x61tegory\x12\x18\n\x14\x43\x41TEGORY_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41TEGORY_BUSINESS\x10\x01\x12\x18\n\x14\x43\x41TEGORY_INTEGRATION\x10\x02\x12\x16\n\x12\x43\x41TEGORY_ANALYTICS\x10\x03\x12\x15\n\x11\x43\x41TEGORY_SECURITY\x10\x04*\xb0\x01\n\x0bPluginState\x12\x1c\n\x18PLUGIN_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17PLUGIN_STATE_DISCOVERED\x10\x01\x12\x18\n\x14PLUGIN_STATE_SERVING\x10\x02\x12\x17\n\x13PLUGIN_STATE_FAILED\x10\x03\x12\x18\n\x14PLUGIN_STATE_STOPPED\x10\x04\x12\x19\n\x15PLUGIN_STATE_DISABLED\x10\x05\x32\xb7\x08\n\x0c\x41\x64minService\x12q\n\x0bListPlugins\x12\".nexus.admin.v1.ListPluginsRequest\x1a#.nexus.admin.v1.ListPluginsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/admin/plugins\x12g\n\tGetPlugin\x12 .nexus.admin.v1.GetPluginRequest\x1a\x16.nexus.admin.v1.Plugin\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/admin/plugins/{name}\x12\x95\x01\n\x10ListAuditRecords\x12\'.nexus.admin.v1.ListAuditRecordsRequest\x1a(.nexus.admin.v1.ListAuditRecordsResponse\".\xea\xbb\x1c\x13\x1a\x0f\n\x05\x61udit\x12\x04read\x18\x03\x30\x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/admin/audit\x12\xa1\x01\n\x0fListDeadLetters\x12&.nexus.admin.v1.ListDeadLettersRequest\x1a\'.nexus.admin.v1.ListDeadLettersResponse\"=\xea\xbb\x1c\x14\x1a\x10\n\x06\x65vents\x12\x04read\x18\x03\x30\x01\x82\xd3\xe4\x93\x02\x1f\x12\x1d/v1/admin/events/dead-letters\x12\xc5\x01\n\x11RedriveDeadLetter\x12(.nexus.admin.v1.RedriveDeadLetterRequest\x1a).nexus.admin.v1.RedriveDeadLetterResponse\"[\xea\xbb\x1c\x13\x1a\x11\n\x06\x65vents\x12\x05write\x18\x03\x82\xd3\xe4\x93\x02>\"9/v1/admin/events/groups/{group}/dead-letters/{id}:redrive:\x01*\x12\xa3\x01\n\x0cReplayEvents\x12#.nexus.admin.v1.ReplayEventsRequest\x1a$.nexus.admin.v1.ReplayEventsResponse\"H\xea\xbb\x1c\x13\x1a\x11\n\x06\x65vents\x12\x05write\x18\x03\x82\xd3\xe4\x93\x02+\"&/v1/admin/events/groups/{group}:replay:\x01*\x12\x89\x01\n\rGetEventStats\x12$.nexus.admin.v1.GetEventStatsRequest\x1a\x1a.nexus.admin.v1.EventStats\"6\xea\xbb\x1c\x14\x1a\x10\n\x06\x65vents\x12\x04read\x18\x03\x30\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/admin/events/stats\x1a\x15\xea\xbb\x1c\x11\x1a\x0f\n\x05\x61\x64min\x12\x04read\x18\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -69,12 +69,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADMINSERVICE'].methods_by_name['ReplayEvents']._serialized_options = b'\352\273\034\023\032\021\n\006events\022\005write\030\003\202\323\344\223\002+\"&/v1/admin/events/groups/{group}:replay:\001*'
   _globals['_ADMINSERVICE'].methods_by_name['GetEventStats']._loaded_options = None
   _globals['_ADMINSERVICE'].methods_by_name['GetEventStats']._serialized_options = b'\352\273\034\024\032\020\n\006events\022\004read\030\0030\001\202\323\344\223\002\030\022\026/v1/admin/events/stats'
-  _globals['_OUTCOME']._serialized_start=2001
-  _globals['_OUTCOME']._serialized_end=2098
-  _globals['_CATEGORY']._serialized_start=2101
-  _globals['_CATEGORY']._serialized_end=2233
-  _globals['_PLUGINSTATE']._serialized_start=2236
-  _globals['_PLUGINSTATE']._serialized_end=2412
+  _globals['_OUTCOME']._serialized_start=2027
+  _globals['_OUTCOME']._serialized_end=2124
+  _globals['_CATEGORY']._serialized_start=2127
+  _globals['_CATEGORY']._serialized_end=2259
+  _globals['_PLUGINSTATE']._serialized_start=2262
+  _globals['_PLUGINSTATE']._serialized_end=2438
   _globals['_LISTDEADLETTERSREQUEST']._serialized_start=171
   _globals['_LISTDEADLETTERSREQUEST']._serialized_end=277
   _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=279
@@ -86,33 +86,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REDRIVEDEADLETTERRESPONSE']._serialized_start=591
   _globals['_REDRIVEDEADLETTERRESPONSE']._serialized_end=618
   _globals['_REPLAYEVENTSREQUEST']._serialized_start=621
-  _globals['_REPLAYEVENTSREQUEST']._serialized_end=783
-  _globals['_REPLAYEVENTSRESPONSE']._serialized_start=785
-  _globals['_REPLAYEVENTSRESPONSE']._serialized_end=825
-  _globals['_GETEVENTSTATSREQUEST']._serialized_start=827
-  _globals['_GETEVENTSTATSREQUEST']._serialized_end=849
-  _globals['_EVENTSTATS']._serialized_start=851
-  _globals['_EVENTSTATS']._serialized_end=929
-  _globals['_EVENTGROUPSTATS']._serialized_start=932
-  _globals['_EVENTGROUPSTATS']._serialized_end=1069
-  _globals['_EVENTTYPESTATS']._serialized_start=1071
-  _globals['_EVENTTYPESTATS']._serialized_end=1137
-  _globals['_LISTAUDITRECORDSREQUEST']._serialized_start=1139
-  _globals['_LISTAUDITRECORDSREQUEST']._serialized_end=1245
-  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_start=1247
-  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_end=1344
-  _globals['_AUDITRECORD']._serialized_start=1347
-  _globals['_AUDITRECORD']._serialized_end=1572
-  _globals['_LISTPLUGINSREQUEST']._serialized_start=1574
-  _globals['_LISTPLUGINSREQUEST']._serialized_end=1594
-  _globals['_LISTPLUGINSRESPONSE']._serialized_start=1596
-  _globals['_LISTPLUGINSRESPONSE']._serialized_end=1658
-  _globals['_GETPLUGINREQUEST']._serialized_start=1660
-  _globals['_GETPLUGINREQUEST']._serialized_end=1702
-  _globals['_PLUGIN']._serialized_start=1705
-  _globals['_PLUGIN']._serialized_end=1951
-  _globals['_SERVICESTATUS']._serialized_start=1953
-  _globals['_SERVICESTATUS']._serialized_end=1999
-  _globals['_ADMINSERVICE']._serialized_start=2415
-  _globals['_ADMINSERVICE']._serialized_end=3494
+  _globals['_REPLAYEVENTSREQUEST']._serialized_end=809
+  _globals['_REPLAYEVENTSRESPONSE']._serialized_start=811
+  _globals['_REPLAYEVENTSRESPONSE']._serialized_end=851
+  _globals['_GETEVENTSTATSREQUEST']._serialized_start=853
+  _globals['_GETEVENTSTATSREQUEST']._serialized_end=875
+  _globals['_EVENTSTATS']._serialized_start=877
+  _globals['_EVENTSTATS']._serialized_end=955
+  _globals['_EVENTGROUPSTATS']._serialized_start=958
+  _globals['_EVENTGROUPSTATS']._serialized_end=1095
+  _globals['_EVENTTYPESTATS']._serialized_start=1097
+  _globals['_EVENTTYPESTATS']._serialized_end=1163
+  _globals['_LISTAUDITRECORDSREQUEST']._serialized_start=1165
+  _globals['_LISTAUDITRECORDSREQUEST']._serialized_end=1271
+  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_start=1273
+  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_end=1370
+  _globals['_AUDITRECORD']._serialized_start=1373
+  _globals['_AUDITRECORD']._serialized_end=1598
+  _globals['_LISTPLUGINSREQUEST']._serialized_start=1600
+  _globals['_LISTPLUGINSREQUEST']._serialized_end=1620
+  _globals['_LISTPLUGINSRESPONSE']._serialized_start=1622
+  _globals['_LISTPLUGINSRESPONSE']._serialized_end=1684
+  _globals['_GETPLUGINREQUEST']._serialized_start=1686
+  _globals['_GETPLUGINREQUEST']._serialized_end=1728
+  _globals['_PLUGIN']._serialized_start=1731
+  _globals['_PLUGIN']._serialized_end=1977
+  _globals['_SERVICESTATUS']._serialized_start=1979
+  _globals['_SERVICESTATUS']._serialized_end=2025
+  _globals['_ADMINSERVICE']._serialized_start=2441
+  _globals['_ADMINSERVICE']._serialized_end=3520
 # @@protoc_insertion_point(module_scope)

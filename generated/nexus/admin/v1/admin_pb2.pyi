@@ -99,16 +99,18 @@ class RedriveDeadLetterResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplayEventsRequest(_message.Message):
-    __slots__ = ("group", "event_type", "since_entry_id", "since_time")
+    __slots__ = ("group", "event_type", "since_entry_id", "since_time", "since_event_id")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     SINCE_ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     SINCE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SINCE_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     group: str
     event_type: str
     since_entry_id: str
     since_time: _timestamp_pb2.Timestamp
-    def __init__(self, group: _Optional[str] = ..., event_type: _Optional[str] = ..., since_entry_id: _Optional[str] = ..., since_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    since_event_id: str
+    def __init__(self, group: _Optional[str] = ..., event_type: _Optional[str] = ..., since_entry_id: _Optional[str] = ..., since_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., since_event_id: _Optional[str] = ...) -> None: ...
 
 class ReplayEventsResponse(_message.Message):
     __slots__ = ("position",)
