@@ -185,3 +185,53 @@ async def test_a_sqlite_writer_that_waits_too_long_gets_a_conflict(tmp_path: Pat
             assert await namespace.repository(Order).get("holding the lock") is None
     finally:
         await storage.close()
+
+
+async def test_concurrent_sqlite_writers_of_one_process_take_turns(tmp_path: Path) -> None:
+    # 40 writers at once, each far shorter than the busy timeout: they queue for the
+    # write lock instead of contending in SQLite's busy handler, so none is refused.
+    url = f"sqlite+aiosqlite:///{tmp_path}/turns.db"
+    storage = await Storage.connect(url, sqlite_busy_timeout=2)
+    try:
+        namespace = storage.namespace("turns")
+
+        async def write(number: int) -> None:
+            async with namespace.transaction() as unit:
+                repo = unit.repository(Order)
+                await repo.create(Order(id=f"o{number}"))
+                await asyncio.sleep(0)  # hold the lock across a suspension
+                await repo.update(Order(id=f"o{number}", note="done"))
+
+        await asyncio.gather(*(write(number) for number in range(40)))
+        orders = (await namespace.repository(Order).list(page_size=100)).items
+        assert sorted(o.note for o in orders) == ["done"] * 40
+    finally:
+        await storage.close()
+
+
+async def test_sqlite_writers_of_two_processes_still_wait_for_each_other(
+    tmp_path: Path,
+) -> None:
+    # Two Storage objects stand for two processes: only SQLite's lock is shared.
+    url = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    first = await Storage.connect(url, sqlite_busy_timeout=5)
+    second = await Storage.connect(url, sqlite_busy_timeout=5)
+    try:
+        holding = asyncio.Event()
+
+        async def hold() -> None:
+            async with first.namespace("shared").transaction() as unit:
+                await unit.repository(Order).create(Order(id="first"))
+                holding.set()
+                await asyncio.sleep(0.2)
+
+        holder = asyncio.create_task(hold())
+        await holding.wait()
+        await second.namespace("shared").repository(Order).create(Order(id="second"))
+        assert holder.done()  # the second writer waited for the first one's commit
+        await holder
+        ids = [o.id for o in (await second.namespace("shared").repository(Order).list()).items]
+        assert sorted(ids) == ["first", "second"]
+    finally:
+        await first.close()
+        await second.close()
