@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import grpc
 from nexus.inventory.v1 import inventory_pb2 as pb
 from nexus.inventory.v1 import inventory_pb2_grpc
 from nexus.orders.v1 import events_pb2 as order_events
 
-from nexus_grpc import PluginContext
+from nexus_grpc import PluginContext, StatusError
+from nexus_grpc.errors import AlreadyExistsError, ConflictError
 from nexus_grpc.events import Delivery, subscribe
-from nexus_grpc.storage import UnitOfWork
+from nexus_grpc.storage import Namespace, UnitOfWork
 
 Context = Any
+T = TypeVar("T")
+
+#: Runs of a transaction that met a concurrent one on the same records (see _in_turn).
+_ATTEMPTS = 5
 
 
 class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
@@ -29,7 +36,8 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
 
     async def SetStock(self, request: pb.SetStockRequest, context: Context) -> pb.Stock:
         """Set the units available (reservations are kept)."""
-        async with self._storage.transaction() as unit:
+
+        async def set_stock(unit: UnitOfWork) -> pb.Stock:
             stock = unit.repository(pb.Stock, id_field="sku")
             current = await stock.get(request.sku, for_update=True)
             if current is None:
@@ -37,17 +45,32 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
             current.available = request.available
             return await stock.update(current)
 
+        return await _in_turn(self._storage, set_stock)
+
     async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.ReserveResponse:
-        """Reserve every line for the order, or nothing when one is short (or when the
-        order was released or rejected before: an order is reserved at most once)."""
-        async with self._storage.transaction() as unit:
-            result = await _reserve(unit, request.order_id, list(request.lines))
-        return pb.ReserveResponse(reserved=False) if result is None else result
+        """Reserve every line for the order, or nothing when one is short;
+        FAILED_PRECONDITION when the order was released or rejected before (an order is
+        reserved at most once)."""
+
+        async def reserve(unit: UnitOfWork) -> pb.ReserveResponse | None:
+            return await _reserve(unit, request.order_id, list(request.lines))
+
+        result = await _in_turn(self._storage, reserve)
+        if result is None:
+            raise StatusError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"order {request.order_id!r} was released or rejected; it cannot be reserved again",
+                reason="ORDER_SETTLED",
+            )
+        return result
 
     async def Release(self, request: pb.ReleaseRequest, context: Context) -> pb.ReleaseResponse:
         """Return an order's reserved units to stock (none the second time)."""
-        async with self._storage.transaction() as unit:
+
+        async def release(unit: UnitOfWork) -> pb.ReleaseResponse:
             return pb.ReleaseResponse(released=await _release(unit, request.order_id))
+
+        return await _in_turn(self._storage, release)
 
     @subscribe(order_events.OrderCreated)
     async def on_order_created(self, event: order_events.OrderCreated, delivery: Delivery) -> None:
@@ -56,7 +79,9 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         assert events is not None
         order_id = event.order.id
         lines = [pb.ReservationLine(sku=i.sku, quantity=i.quantity) for i in event.order.items]
-        async with self._storage.transaction() as unit:
+
+        async def handle(unit: UnitOfWork) -> None:
+            assert events is not None
             if not await events.first_time(unit, delivery):
                 return  # handled before: its reservation and answer are committed
             result = await _reserve(unit, order_id, lines)
@@ -73,13 +98,18 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
             # The answer commits with the reservation: both happen, or neither.
             await events.publish(answer, subject=order_id, transaction=unit)
 
+        await _in_turn(self._storage, handle)
+
     @subscribe(order_events.OrderCancelled)
     async def on_order_cancelled(
         self, event: order_events.OrderCancelled, delivery: Delivery
     ) -> None:
         """Give a cancelled order's units back, and keep it from being reserved later."""
-        async with self._storage.transaction() as unit:
+
+        async def handle(unit: UnitOfWork) -> None:
             await _release(unit, event.order.id)
+
+        await _in_turn(self._storage, handle)
 
 
 # An order's reservation is one record, its id the order's: with its lines while the
@@ -88,7 +118,25 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
 # that an OrderCreated handled after its OrderCancelled (they travel on different
 # streams) or replayed after the inbox forgot it reserves nothing. Reserving and
 # releasing one order concurrently meet on that record's key: the second to commit
-# fails (AlreadyExistsError, ConflictError) and its retry sees what the first did.
+# fails (AlreadyExistsError, ConflictError) and _in_turn runs it again, now seeing
+# what the first did.
+
+
+async def _in_turn(storage: Namespace, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+    """``work`` in a transaction, run again when it collided with a concurrent one;
+    ABORTED (retry later) if it keeps colliding."""
+    for _ in range(_ATTEMPTS - 1):
+        try:
+            async with storage.transaction() as unit:
+                return await work(unit)
+        except (AlreadyExistsError, ConflictError):
+            continue
+    try:
+        async with storage.transaction() as unit:
+            return await work(unit)
+    except AlreadyExistsError:
+        # Not the caller's duplicate: a concurrent call created the record first.
+        raise ConflictError("the operation collided with a concurrent change; retry it") from None
 
 
 async def _reserve(

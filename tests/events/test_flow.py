@@ -14,7 +14,7 @@ from nexus.orders.v1 import events_pb2 as order_events
 from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 
 from nexus_grpc.config import EventsConfig
-from nexus_grpc.errors import AlreadyExistsError, ConflictError
+from nexus_grpc.errors import AlreadyExistsError, ConflictError, StatusError
 from nexus_grpc.events import Delivery, Envelope, MemoryBus, Publisher, seal
 from nexus_grpc.events.outbox import INBOX_COLLECTION, Outbox
 from nexus_grpc.storage import Storage
@@ -307,3 +307,65 @@ async def test_a_creation_and_a_cancellation_handled_at_once_leave_nothing_reser
         row = await stock.get("S")
         assert row is not None
         assert (row.available, row.reserved) == (100, 0)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mongodb"])
+async def test_concurrent_reserve_and_release_calls_on_one_order_never_fail(
+    request: pytest.FixtureRequest, backend: str
+) -> None:
+    # Two processes serving Reserve and Release for the same orders at once: the calls
+    # meet on the order's reservation record, and the second to commit runs again.
+    from types import SimpleNamespace
+
+    from plugins.inventory.service import InventoryService
+
+    url = request.getfixturevalue("postgres_url" if backend == "postgresql" else "mongo_url")
+    async with connected(url) as first, connected(url) as second:
+        services = [
+            InventoryService(
+                SimpleNamespace(storage=s.namespace("plugins/business/inventory"), events=None)  # type: ignore[arg-type]
+            )
+            for s in (first, second)
+        ]
+        await services[0].SetStock(inventory_pb2.SetStockRequest(sku="S", available=1000), None)
+        lines = [inventory_pb2.ReservationLine(sku="S", quantity=1)]
+        outcomes: list[str] = []
+
+        async def call(coroutine: Awaitable[Any]) -> None:
+            try:
+                await coroutine
+                outcomes.append("ok")
+            except StatusError as error:
+                outcomes.append(error.code.name)
+
+        for i in range(20):
+            order_id = f"o{i}"
+            await asyncio.gather(
+                call(
+                    services[0].Reserve(
+                        inventory_pb2.ReserveRequest(order_id=order_id, lines=lines), None
+                    )
+                ),
+                call(services[1].Release(inventory_pb2.ReleaseRequest(order_id=order_id), None)),
+                call(services[1].Release(inventory_pb2.ReleaseRequest(order_id=order_id), None)),
+            )
+        # A Reserve that came after a Release is refused for good; nothing else fails.
+        assert set(outcomes) <= {"ok", "FAILED_PRECONDITION"}
+        assert outcomes.count("ok") >= 40  # every Release
+        stock = await services[0].GetStock(inventory_pb2.GetStockRequest(sku="S"), None)
+        assert (stock.available, stock.reserved) == (1000, 0)  # every order released
+
+
+async def test_reserving_a_released_order_is_a_failed_precondition(shop: RunningHost) -> None:
+    inventory = inventory_pb2_grpc.InventoryServiceStub(shop.channel(shop.token()))
+    await inventory.SetStock(inventory_pb2.SetStockRequest(sku="SKU-7", available=5))
+    await inventory.Release(inventory_pb2.ReleaseRequest(order_id="early"))
+    lines = [inventory_pb2.ReservationLine(sku="SKU-7", quantity=1)]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await inventory.Reserve(inventory_pb2.ReserveRequest(order_id="early", lines=lines))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.details() == (
+        "order 'early' was released or rejected; it cannot be reserved again"
+    )
+    stock = await inventory.GetStock(inventory_pb2.GetStockRequest(sku="SKU-7"))
+    assert (stock.available, stock.reserved) == (5, 0)

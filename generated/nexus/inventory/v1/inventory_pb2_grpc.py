@@ -76,7 +76,9 @@ class InventoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Reserve(self, request, context):
-        """Reserves units for an order, all lines or none.
+        """Reserves units for an order, all lines or none. Reserving an order again changes
+        nothing; an order released (or rejected for shortage) before is FAILED_PRECONDITION:
+        an order is reserved at most once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
