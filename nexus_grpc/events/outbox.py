@@ -239,49 +239,58 @@ class Outbox:
     async def _relay_source(self, entry: _Source, refused: set[str]) -> int:
         outbox = entry.namespace.repository(Envelope, collection=OUTBOX_COLLECTION)
         held = set(entry.held)
-        # Only what this plugin may publish, as itself: see the module docstring.
-        relayable = {"type": sorted(entry.declared), "source": entry.name}
-        page = await outbox.list(filter=relayable, order_by="time", page_size=_BATCH)
         due_before = self._clock() - self._relay_after
         relayed = 0
-        for envelope in page.items:
-            if envelope.type in refused:
-                continue  # after an older row of its type: order is kept per type
-            if envelope.id not in held and envelope.time.ToNanoseconds() / 1e9 > due_before:
-                continue  # still its publisher's to hand over
-            if envelope.id in entry.published:
-                continue
-            try:
-                if await self._relay_one(entry, envelope.id):
-                    relayed += 1
-            except BusUnavailableError:
-                refused.add(envelope.type)
-                continue
-            entry.held.discard(envelope.id)
-        if not page.next_page_token:
-            # Every relayable row was listed: held ids not among them were relayed by
-            # another process (or their rows deleted); forget them.
-            entry.held -= held - {envelope.id for envelope in page.items}
+        while True:
+            # Only what this plugin may publish, as itself (see the module docstring),
+            # and no type the bus refused in this sweep: those rows wait, in order, and
+            # must not fill the page in front of the other types.
+            relayable = {"type": sorted(entry.declared - refused), "source": entry.name}
+            if not relayable["type"]:
+                break
+            refused_before = len(refused)
+            page = await outbox.list(filter=relayable, order_by="time", page_size=_BATCH)
+            for envelope in page.items:
+                if envelope.type in refused:
+                    continue  # after an older row of its type: order is kept per type
+                if envelope.id not in held and envelope.time.ToNanoseconds() / 1e9 > due_before:
+                    continue  # still its publisher's to hand over
+                if envelope.id in entry.published:
+                    continue
+                try:
+                    if await self._relay_one(entry, envelope.id):
+                        relayed += 1
+                except BusUnavailableError:
+                    refused.add(envelope.type)
+                    continue
+                except ConflictError:
+                    # MongoDB: another process held the row past the lock timeout;
+                    # SQLite: the database stayed busy. The row waits for the next sweep.
+                    continue
+                entry.held.discard(envelope.id)
+            if not page.next_page_token and not refused:
+                # Every relayable row was listed: held ids not among them were relayed
+                # by another process (or their rows deleted); forget them.
+                entry.held -= held - {envelope.id for envelope in page.items}
+            if not page.next_page_token or len(refused) == refused_before:
+                break
+            # A type was refused and more rows wait behind the page: list the others.
         if relayed:
             _log.info("relayed %d events from the outbox of %s", relayed, entry.name)
         return relayed
 
     async def _relay_one(self, entry: _Source, event_id: str) -> bool:
-        """Publish and delete one row under its lock; False when another relay had it."""
-        try:
-            async with entry.namespace.transaction() as unit:
-                outbox = unit.repository(Envelope, collection=OUTBOX_COLLECTION)
-                envelope = await outbox.get(event_id, for_update=True)
-                if envelope is None:
-                    return False  # relayed and deleted by another process meanwhile
-                if envelope.type not in entry.declared or envelope.source != entry.name:
-                    return False  # rewritten since it was listed: not ours to relay
-                await self._bus.publish(envelope)
-                await outbox.delete(event_id)
-        except ConflictError:
-            # MongoDB: another process held the row past the lock timeout; SQLite: the
-            # database stayed busy. The row is still there for the next sweep.
-            return False
+        """Publish and delete one row under its lock; False when it is gone (another
+        relay had it) or no longer this plugin's to relay."""
+        async with entry.namespace.transaction() as unit:
+            outbox = unit.repository(Envelope, collection=OUTBOX_COLLECTION)
+            envelope = await outbox.get(event_id, for_update=True)
+            if envelope is None:
+                return False  # relayed and deleted by another process meanwhile
+            if envelope.type not in entry.declared or envelope.source != entry.name:
+                return False  # rewritten since it was listed: not ours to relay
+            await self._bus.publish(envelope)
+            await outbox.delete(event_id)
         return True
 
     async def _prune_inboxes(self) -> None:

@@ -48,7 +48,7 @@ async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 async def outbox_rows(namespace: Namespace) -> list[str]:
     from nexus_grpc.events import Envelope
 
-    page = await namespace.repository(Envelope, collection=OUTBOX_COLLECTION).list()
+    page = await namespace.repository(Envelope, collection=OUTBOX_COLLECTION).list(page_size=1000)
     return [envelope.id for envelope in page.items]
 
 
@@ -366,6 +366,59 @@ async def test_a_type_the_bus_refuses_does_not_hold_back_other_types_or_plugins(
     assert await outbox.sweep() == 1
     assert await outbox_rows(inventory) == []
     await bus.stop(grace=1)
+
+
+async def test_a_backlog_of_a_refused_type_does_not_hide_the_other_types(
+    sqlite: Storage,
+) -> None:
+    # More rows of the refused type than a page holds, all older than the other row.
+    inventory = sqlite.namespace("plugins/business/inventory")
+    for i in range(150):
+        await left_behind(
+            inventory, inventory_pb2.StockShortage(order_id=f"r{i}"), source="inventory", age=90
+        )
+    await left_behind(inventory, inventory_pb2.StockReserved(order_id="ok"), source="inventory")
+    bus = RefusingBus({SHORTAGE})
+    handled: Handled = []
+    bus.subscribe("shop", EVENT, recorder(handled))
+    await bus.start()
+    outbox = Outbox(bus, relay_after=1)
+    outbox.register("inventory", inventory, DECLARED | {SHORTAGE})
+    assert await outbox.sweep() == 1
+    await eventually(lambda: handled == ["ok"])
+    assert len(await outbox_rows(inventory)) == 150  # kept until the bus takes them
+    await bus.stop(grace=1)
+
+
+async def test_a_row_locked_elsewhere_stays_this_process_to_relay_at_once(
+    tmp_path: Path,
+) -> None:
+    # A row this process failed to publish is relayed at the next sweep, not after
+    # relay_after; a lock it could not get in time must not change that.
+    url = f"sqlite+aiosqlite:///{tmp_path}/nexus.db"
+    async with connected(url) as other:
+        storage = await Storage.connect(url, sqlite_busy_timeout=0.1)
+        try:
+            namespace = storage.namespace("plugins/business/inventory")
+            bus = RefusingBus({EVENT})
+            outbox = Outbox(bus, relay_after=3600)
+            outbox.register("inventory", namespace, DECLARED)
+            publisher = Publisher(bus, "inventory", DECLARED, outbox=outbox)
+            async with namespace.transaction() as unit:
+                event = inventory_pb2.StockReserved(order_id="held")
+                await publisher.publish(event, transaction=unit)
+            bus.refused.clear()
+
+            # Another process writes for longer than this one's busy timeout.
+            async with other.namespace("plugins/business/orders").transaction() as unit:
+                await unit.repository(inventory_pb2.StockReserved, id_field="order_id").create(
+                    inventory_pb2.StockReserved(order_id="elsewhere")
+                )
+                assert await outbox.sweep() == 0
+            assert await outbox.sweep() == 1
+            assert await outbox_rows(namespace) == []
+        finally:
+            await storage.close()
 
 
 async def test_a_row_that_cannot_be_read_does_not_hold_back_other_plugins(
