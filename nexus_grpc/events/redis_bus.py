@@ -95,6 +95,9 @@ _RELEASE_SECONDS = 5.0
 _LAG_COUNT_LIMIT = 10_000
 #: Entries read per XREVRANGE when looking an event up by its id.
 _EVENT_SEARCH_PAGE = 1000
+#: Seconds a publishing host's clock may be ahead of Redis's when an event is looked up
+#: by its id: copies of an event are searched this far before the time it carries.
+_CLOCK_SKEW = 60.0
 
 
 class BusUnavailableError(StatusError):
@@ -453,12 +456,16 @@ class RedisBus:
         return "0" if position == "0-0" else position
 
     async def _entry_of_event(self, stream: str, event_id: str) -> str:
-        """The entry id of the event ``event_id`` in ``stream``, searched newest first
-        (replays usually reach back a little), one page at a time so Redis never
-        blocks on a long stream; the newest copy of an event the outbox relayed twice."""
+        """The entry id of the event ``event_id`` in ``stream``: its oldest copy, when the
+        outbox relayed it twice. Searched newest first (replays usually reach back a
+        little), one page at a time so Redis never blocks on a long stream, and no
+        further back than the event's own time (less ``_CLOCK_SKEW`` for the clocks of
+        the publishing host and Redis): no copy can be older."""
         if not event_id:
             raise ValueError("the event id is empty")
         needle = event_id.encode()
+        found: str | None = None
+        oldest_possible = 0  # stream milliseconds, known once a copy is found
         end = "+"
         try:
             while True:
@@ -466,24 +473,39 @@ class RedisBus:
                     stream, max=end, min="-", count=_EVENT_SEARCH_PAGE
                 )
                 for entry_id, fields in page:
+                    entry = text(entry_id)
+                    if found is not None and _milliseconds(entry) < oldest_possible:
+                        return found
                     data = fields.get(b"envelope", b"")
-                    if needle in data and _event_id_of(data) == event_id:
-                        return text(entry_id)
+                    if needle not in data:
+                        continue
+                    envelope = _parsed(data)
+                    if envelope is not None and envelope.id == event_id:
+                        found = entry
+                        sealed = envelope.time.ToMilliseconds()
+                        oldest_possible = sealed - round(_CLOCK_SKEW * 1000)
                 if len(page) < _EVENT_SEARCH_PAGE:
-                    raise NotFoundError("event", event_id)
+                    if found is None:
+                        raise NotFoundError("event", event_id)
+                    return found
                 end = f"({text(page[-1][0])}"  # exclusive: after the page just read
         except (RedisError, OSError) as error:
             raise BusUnavailableError() from error
 
 
-def _event_id_of(data: bytes) -> str:
-    """The id of a serialized envelope; empty when it does not parse."""
+def _parsed(data: bytes) -> Envelope | None:
+    """A serialized envelope; None when it does not parse."""
     envelope = Envelope()
     try:
         envelope.ParseFromString(data)
     except DecodeError:
-        return ""
-    return envelope.id
+        return None
+    return envelope
+
+
+def _milliseconds(entry_id: str) -> int:
+    """The time part of a stream entry id."""
+    return int(entry_id.partition("-")[0])
 
 
 def _listing_order_of(group: str, entry_id: str) -> tuple[int, int, str]:
