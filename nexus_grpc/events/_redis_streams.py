@@ -35,6 +35,7 @@ __all__ = [
     "id_before",
     "is_busy_group",
     "is_no_group",
+    "is_pool_exhausted",
     "is_unreachable",
     "text",
     "time_to_id",
@@ -116,8 +117,21 @@ def time_to_id(seconds: float) -> str:
 
 
 def is_unreachable(error: BaseException) -> bool:
-    """Whether ``error`` means Redis cannot be reached (rather than refused a command)."""
+    """Whether ``error`` means Redis cannot be reached (rather than refused a command,
+    or every pooled connection being busy: load on this process, not an outage)."""
+    if is_pool_exhausted(error):
+        return False
     return isinstance(error, RedisConnectionError | RedisTimeoutError | OSError)
+
+
+def is_pool_exhausted(error: BaseException) -> bool:
+    """Whether ``error`` is a blocking pool's wait for a free connection running out."""
+    # redis-py says so only in the message, raised from the wait's TimeoutError.
+    return (
+        isinstance(error, RedisConnectionError)
+        and str(error) == "No connection available."
+        and isinstance(error.__cause__, TimeoutError)
+    )
 
 
 def is_no_group(error: BaseException) -> bool:

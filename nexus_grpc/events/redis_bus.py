@@ -93,6 +93,8 @@ _DEAD_KEPT = 1000
 _RELEASE_SECONDS = 5.0
 #: Upper bound of a lag Redis cannot tell (after a replay): counting reads this many entries.
 _LAG_COUNT_LIMIT = 10_000
+#: Seconds a command waits for a free pooled connection before failing (UNAVAILABLE).
+_POOL_WAIT = 30.0
 #: Entries read per XREVRANGE when looking an event up by its id.
 _EVENT_SEARCH_PAGE = 1000
 #: Seconds a publishing host's clock may be ahead of Redis's when an event is looked up
@@ -127,7 +129,9 @@ class RedisBus:
     consumer takes it over. ``maxlen``: approximate length streams are trimmed to.
     ``block``: longest blocking read (bounds how soon new subscriptions are read).
     ``batch``: entries read per stream at once. ``timeout``: connecting and each
-    command, so an unreachable Redis fails calls quickly.
+    command, so an unreachable Redis fails calls quickly. ``max_connections``: commands
+    in flight at once (blocking reads have connections of their own); more wait for a
+    free connection, up to 30 s, and such a wait is never taken for an outage.
     """
 
     backend = "redis"
@@ -155,7 +159,9 @@ class RedisBus:
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
-            timeout=timeout,
+            # Waiting for one of max_connections is queueing under load, not an outage
+            # (an unreachable Redis frees each connection within ``timeout``).
+            timeout=_POOL_WAIT,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 1),

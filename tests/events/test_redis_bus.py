@@ -367,6 +367,44 @@ async def test_replay_from_an_event_id_while_redis_is_down_is_unavailable(
         await bus.replay("g", EVENT, since_event_id="any")
 
 
+async def test_more_publishers_than_connections_wait_their_turn_and_health_stays(
+    redis_url: str, make_bus: BusFactory
+) -> None:
+    bus = make_bus(redis_url, max_connections=2)
+    changes: list[bool] = []
+
+    async def on_health(healthy: bool) -> None:
+        changes.append(healthy)
+
+    bus.on_health(on_health)
+    seen: list[str] = []
+    bus.subscribe("g", EVENT, recorder(seen))
+    await bus.start()
+    await groups_ready(bus, "g")
+    await asyncio.gather(*(bus.publish(event(str(index))) for index in range(300)))
+    await eventually(lambda: len(seen) == 300)
+    assert bus.healthy() and False not in changes
+
+
+async def test_a_pool_with_no_free_connection_is_busy_not_unreachable(redis_url: str) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from nexus_grpc.events._redis_streams import is_pool_exhausted, is_unreachable
+
+    pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=1, timeout=0.05)
+    held = await pool.get_connection()
+    try:
+        with pytest.raises(RedisConnectionError) as caught:
+            await pool.get_connection()
+        assert is_pool_exhausted(caught.value)
+        assert not is_unreachable(caught.value)
+    finally:
+        await pool.release(held)
+        await pool.disconnect()
+    refused = RedisConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+    assert is_unreachable(refused) and not is_pool_exhausted(refused)
+
+
 async def test_publishing_while_redis_is_down_fails_clearly_and_health_follows(
     own_redis: OwnRedis, make_bus: BusFactory
 ) -> None:
