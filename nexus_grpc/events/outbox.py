@@ -228,12 +228,10 @@ class Outbox:
         # What was published when this began: publishes landing meanwhile wait for the
         # next sweep, so a steady stream of them cannot keep the relay from relaying.
         ids = list(entry.published)
+        outbox = entry.namespace.repository(Envelope, collection=OUTBOX_COLLECTION)
         for start in range(0, len(ids), _BATCH):
             batch = ids[start : start + _BATCH]
-            async with entry.namespace.transaction() as unit:
-                outbox = unit.repository(Envelope, collection=OUTBOX_COLLECTION)
-                for event_id in batch:
-                    await outbox.delete(event_id)
+            await outbox.delete_many(batch)
             entry.published.difference_update(batch)
 
     async def _relay_source(self, entry: _Source, refused: set[str]) -> int:

@@ -58,7 +58,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -548,6 +548,19 @@ class MongoRepository(Repository[M]):
             return (await records.delete_one({"_id": key}, session=session)).deleted_count
 
         return bool(await self._mongo.run(remove, write=True))
+
+    async def delete_many(self, ids: Iterable[str]) -> int:
+        """Delete the messages with these ``ids`` in one command; how many there were."""
+        keys = [self._record_key(id) for id in sorted({id for id in ids if _fits(id)})]
+        if not keys:
+            return 0
+        records = self._mongo.backend.records
+
+        async def remove(session: AsyncClientSession | None) -> int:
+            found = await records.delete_many({"_id": {"$in": keys}}, session=session)
+            return int(found.deleted_count)
+
+        return await self._mongo.run(remove, write=True)
 
     async def list(
         self,

@@ -170,6 +170,36 @@ async def test_delete_returns_whether_a_record_was_deleted(orders: Repository[Or
     assert await orders.get("o-1") is None
 
 
+async def test_delete_many_deletes_only_those_ids_of_its_collection(storage: Storage) -> None:
+    namespace = storage.namespace("plugins/business/orders")
+    orders = namespace.repository(Order)
+    notes = namespace.repository(Order, collection="notes")
+    other = storage.namespace("plugins/business/other").repository(Order)
+    for repository in (orders, notes, other):
+        for number in range(5):
+            await repository.create(make_order(id=f"o-{number}"))
+
+    gone = ["o-0", "o-2", "o-2", "o-4", "never", "x" * 10_000]
+    assert await orders.delete_many(gone) == 3
+    assert await orders.delete_many(gone) == 0
+    assert await orders.delete_many([]) == 0
+    assert [o.id for o in (await orders.list()).items] == ["o-1", "o-3"]
+    assert len((await notes.list()).items) == 5  # same ids, another collection
+    assert len((await other.list()).items) == 5  # same ids, another namespace
+
+    async def delete_then_fail() -> None:
+        async with namespace.transaction() as unit:
+            assert await unit.repository(Order).delete_many(["o-1", "o-3"]) == 2
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError, match="rolled back"):
+        await delete_then_fail()
+    assert [o.id for o in (await orders.list()).items] == ["o-1", "o-3"]
+    async with namespace.transaction() as unit:
+        assert await unit.repository(Order).delete_many(["o-1"]) == 1
+    assert [o.id for o in (await orders.list()).items] == ["o-3"]
+
+
 async def test_custom_collection_and_id_field(storage: Storage) -> None:
     namespace = storage.namespace("tests/widgets")
     by_key = namespace.repository(Widget, collection="widgets-by-key", id_field="key")
