@@ -131,7 +131,9 @@ async def limited_host(tmp_path: Path) -> RunningHost:
     limits = LimitsConfig(
         rate_classes={
             "default": {"rate": 1000.0, "burst": 1000.0},
-            "login": {"rate": 5.0, "burst": 2.0},
+            # One token a second: none comes back between the calls that must be
+            # refused, even on a slow machine.
+            "login": {"rate": 1.0, "burst": 2.0},
         }
     )
     async with running_host(
@@ -159,7 +161,7 @@ async def test_rate_limit_is_reached_and_recovers(limited_host: RunningHost) -> 
         limited = await http.post("/v1/auth/login", json={"username": "nobody", "password": "x"})
         assert limited.status_code == 429
         assert int(limited.headers["retry-after"]) >= 1
-        await asyncio.sleep(0.45)  # 5 tokens a second: two are back
+        await asyncio.sleep(1.05)  # one token a second: one is back
         recovered = await http.post("/v1/auth/login", json={"username": "nobody", "password": "x"})
         assert recovered.status_code == 401
 
