@@ -16,8 +16,8 @@ time, and own time summed by package.
 
 ``--memory-storage`` replaces ``Repository.get``/``create`` by a dict of serialized
 messages (both apps use that class), leaving only the framework's own work: transcoding,
-validation, pipeline, routing. aiosqlite runs SQL on its own thread, which cProfile does
-not see: with SQLite, the main thread waiting for it shows up as the event loop's select.
+validation, pipeline, routing. SQLite statements run on worker threads, which cProfile
+does not see: the main thread waiting for them shows up as the event loop's select.
 """
 
 from __future__ import annotations

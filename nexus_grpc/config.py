@@ -251,7 +251,7 @@ class Config:
         """The storage URL, defaulting to the embedded SQLite file."""
         if self.storage.url:
             return self.storage.url
-        return f"sqlite+aiosqlite:///{Path(self.data_dir).resolve() / 'nexus.db'}"
+        return f"sqlite:///{Path(self.data_dir).resolve() / 'nexus.db'}"
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {

@@ -1,6 +1,6 @@
 """Namespaced storage of protobuf messages on SQLite, PostgreSQL or MongoDB.
 
->>> storage = await Storage.connect("sqlite+aiosqlite:///var/nexus.db")
+>>> storage = await Storage.connect("sqlite:///var/nexus.db")
 >>> orders = storage.namespace("plugins/business/orders").repository(orders_pb2.Order)
 >>> order = await orders.create(orders_pb2.Order(customer_id="c1"))
 >>> page = await orders.list(filter={"customer_id": "c1"}, order_by="create_time desc")

@@ -12,7 +12,11 @@ SQLite needs care to behave like a server database under concurrency:
   has one writer at a time anyway, and a connection refused the lock waits in SQLite's
   busy handler, which sleeps in growing steps (up to 100 ms) instead of being woken
   when the lock frees: under concurrent writes most of the time went to those sleeps.
-  The busy timeout still bounds the wait, and still covers writers in other processes.
+  The busy timeout still bounds the wait, and still covers writers in other processes;
+* SQLAlchemy's synchronous engine runs on threads of our own, a whole step per thread
+  switch (see ``_sqlite``), rather than its async engine over aiosqlite.
+
+PostgreSQL goes through SQLAlchemy's async engine on asyncpg.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -31,10 +35,17 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from nexus_grpc.errors import ConflictError
 
+from ._sqlite import SqliteConnection, SqliteDriver
 from .schema import metadata
 from .sql import SqlDialect, dialect_for
 
-__all__ = ["Database", "translate_errors"]
+__all__ = ["Database", "SqlConnection", "translate_errors"]
+
+#: A connection in a transaction, as repositories use it: ``await conn.execute(stmt)``.
+SqlConnection = AsyncConnection | SqliteConnection
+
+#: Transactions open at once on SQLite, and threads running their statements.
+_SQLITE_POOL_SIZE = 8
 
 #: Execution option naming the SQLite BEGIN flavour of a connection's next transaction.
 _SQLITE_BEGIN = "nexus_sqlite_begin"
@@ -48,16 +59,23 @@ _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 
 
 class Database:
-    """An async SQLAlchemy engine plus what the storage needs to know about its backend."""
+    """A SQLAlchemy engine (SQLite or PostgreSQL) plus what the storage needs to know
+    about its backend."""
 
     def __init__(
-        self, engine: AsyncEngine, dialect: SqlDialect, *, write_timeout: float = 5.0
+        self,
+        dialect: SqlDialect,
+        *,
+        engine: AsyncEngine | None = None,
+        sqlite: SqliteDriver | None = None,
+        write_timeout: float = 5.0,
     ) -> None:
-        self.engine = engine
         self.dialect = dialect
+        self._engine = engine
+        self._sqlite = sqlite
         self._closed = False
         # SQLite only: this process's writers take turns (see the module docstring).
-        self._writer = asyncio.Lock() if dialect.name == "sqlite" else None
+        self._writer = asyncio.Lock() if sqlite is not None else None
         self._write_timeout = write_timeout
 
     @classmethod
@@ -69,10 +87,17 @@ class Database:
             assert parsed.database  # checked by _normalise_url
             if not parsed.query.get("uri"):
                 await asyncio.to_thread(_make_parent_dir, parsed.database)
-            engine = create_async_engine(parsed, connect_args={"timeout": sqlite_busy_timeout})
+            engine = create_engine(
+                parsed,
+                # Connections move between the driver's threads, one step at a time.
+                connect_args={"timeout": sqlite_busy_timeout, "check_same_thread": False},
+                pool_size=_SQLITE_POOL_SIZE,
+                max_overflow=0,
+            )
             _configure_sqlite(engine, busy_timeout_ms=round(sqlite_busy_timeout * 1000))
-            return cls(engine, dialect_for(backend), write_timeout=sqlite_busy_timeout)
-        return cls(create_async_engine(parsed), dialect_for(backend))
+            driver = SqliteDriver(engine, pool_size=_SQLITE_POOL_SIZE)
+            return cls(dialect_for(backend), sqlite=driver, write_timeout=sqlite_busy_timeout)
+        return cls(dialect_for(backend), engine=create_async_engine(parsed))
 
     @property
     def closed(self) -> bool:
@@ -82,7 +107,10 @@ class Database:
     async def close(self) -> None:
         """Close every pooled connection; the Database cannot be used afterwards."""
         self._closed = True
-        await self.engine.dispose()
+        if self._sqlite is not None:
+            await self._sqlite.close()
+        if self._engine is not None:
+            await self._engine.dispose()
 
     async def create_schema(self) -> None:
         """Create the table if missing; safe when several processes do it at once."""
@@ -91,30 +119,40 @@ class Database:
                 # CREATE TABLE IF NOT EXISTS still races on PostgreSQL's catalogs (unique
                 # violation on pg_type); a transaction-scoped advisory lock serialises the
                 # check-and-create. On SQLite, BEGIN IMMEDIATE already does.
-                await conn.execute(
-                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY}
-                )
+                lock = text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=_SCHEMA_LOCK_KEY)
+                await conn.execute(lock)
             await conn.run_sync(metadata.create_all, checkfirst=True)
 
     @asynccontextmanager
-    async def transaction(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
+    async def transaction(
+        self, *, write: bool, statement_each: bool = False
+    ) -> AsyncIterator[SqlConnection]:
         """A connection in a fresh transaction: commit on normal exit, else rollback.
 
         ``write`` False lets SQLite readers run beside a writer; on PostgreSQL it makes
-        no difference.
+        no difference. ``statement_each`` lets SQLite commit each statement on its own
+        (cheaper: see ``_sqlite``), for callers whose statements need no common snapshot.
         """
         if self._closed:
             raise RuntimeError("the storage is closed")
-        if write and self._writer is not None:
+        if self._sqlite is None:
+            assert self._engine is not None
+            with translate_errors():
+                async with self._engine.connect() as pg, pg.begin():
+                    yield pg
+            return
+        options = {} if write else {_SQLITE_BEGIN: "DEFERRED"}
+        if write:
+            assert self._writer is not None
             await self._take_write_turn(self._writer)
-            try:
-                async with self._connection(write=True) as conn:
+        try:
+            with translate_errors():
+                async with self._sqlite.transaction(autocommit=statement_each, **options) as conn:
                     yield conn
-            finally:
+        finally:
+            if write:
+                assert self._writer is not None
                 self._writer.release()
-        else:
-            async with self._connection(write=write) as conn:
-                yield conn
 
     async def _take_write_turn(self, writer: asyncio.Lock) -> None:
         # Bounded like SQLite's own wait: a write transaction opened inside another one
@@ -124,15 +162,6 @@ class Database:
                 await writer.acquire()
         except TimeoutError:
             raise ConflictError("the database is busy with another write; retry it") from None
-
-    @asynccontextmanager
-    async def _connection(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
-        with translate_errors():
-            async with self.engine.connect() as conn:
-                if not write and self.dialect.name == "sqlite":
-                    await conn.execution_options(**{_SQLITE_BEGIN: "DEFERRED"})
-                async with conn.begin():
-                    yield conn
 
 
 def _normalise_url(url: str | URL) -> URL:
@@ -147,11 +176,11 @@ def _normalise_url(url: str | URL) -> URL:
             # Each pooled connection would see its own empty database (or all share one
             # connection and one transaction): neither gives the isolation promised here.
             raise ValueError("in-memory SQLite is not supported; give a file path")
-        return parsed.set(drivername="sqlite+aiosqlite")
+        return parsed.set(drivername="sqlite+pysqlite")
     if backend == "postgresql":
         return parsed.set(drivername="postgresql+asyncpg")
     raise ValueError(
-        f"unsupported database {backend!r}: use sqlite+aiosqlite or postgresql+asyncpg"
+        f"unsupported database {backend!r}: use sqlite (sqlite:///path) or postgresql+asyncpg"
     )
 
 
@@ -159,8 +188,8 @@ def _make_parent_dir(database: str) -> None:
     Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _configure_sqlite(engine: Engine, *, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         # Stop the driver from emitting BEGIN (and COMMIT before DDL) on its own.
         dbapi_connection.isolation_level = None
@@ -175,7 +204,7 @@ def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
         finally:
             cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get(_SQLITE_BEGIN, "IMMEDIATE")
         conn.exec_driver_sql(f"BEGIN {mode}")

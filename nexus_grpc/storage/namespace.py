@@ -17,9 +17,8 @@ from typing import Protocol
 
 from google.protobuf.message import Message
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .engine import Database, translate_errors
+from .engine import Database, SqlConnection, translate_errors
 from .repository import M, Repository, check_id_field
 from .schema import MAX_KEY_LENGTH
 from .sql import SqlDialect
@@ -136,8 +135,10 @@ class _AutocommitScope:
         self.active = True
 
     @asynccontextmanager
-    async def connection(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
-        async with self._database.transaction(write=write) as conn:
+    async def connection(self, *, write: bool) -> AsyncIterator[SqlConnection]:
+        # A repository operation's statements need no common snapshot (an update's
+        # second statement only tells a missing record from a conflict).
+        async with self._database.transaction(write=write, statement_each=True) as conn:
             yield conn
 
     def repository(self, message_type: type[M], *, collection: str, id_field: str) -> Repository[M]:
@@ -147,7 +148,7 @@ class _AutocommitScope:
 class _TransactionScope:
     """Inside a unit of work: every operation runs on its one connection."""
 
-    def __init__(self, namespace: str, dialect: SqlDialect, conn: AsyncConnection) -> None:
+    def __init__(self, namespace: str, dialect: SqlDialect, conn: SqlConnection) -> None:
         self.namespace = namespace
         self.dialect = dialect
         self.in_transaction = True
@@ -158,7 +159,7 @@ class _TransactionScope:
         self._lock = asyncio.Lock()
 
     @asynccontextmanager
-    async def connection(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
+    async def connection(self, *, write: bool) -> AsyncIterator[SqlConnection]:
         # ``write`` is moot: the transaction was begun for writing.
         if not self.active:
             raise RuntimeError("this unit of work's transaction has ended")

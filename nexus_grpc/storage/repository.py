@@ -13,7 +13,6 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from sqlalchemy import ColumnElement, and_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from nexus_grpc.errors import (
     AlreadyExistsError,
@@ -23,6 +22,7 @@ from nexus_grpc.errors import (
     NotFoundError,
 )
 
+from .engine import SqlConnection
 from .index import descriptor_of, index_document
 from .query import DEFAULT_PAGE_SIZE, build_query, check_page_size
 from .schema import MAX_KEY_LENGTH, records
@@ -69,7 +69,7 @@ class Scope(Protocol):
         """Whether statements join a caller's transaction (else each is its own)."""
         ...
 
-    def connection(self, *, write: bool) -> AbstractAsyncContextManager[AsyncConnection]:
+    def connection(self, *, write: bool) -> AbstractAsyncContextManager[SqlConnection]:
         """A connection with an open transaction to run one operation's statements in."""
         ...
 

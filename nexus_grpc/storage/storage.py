@@ -15,7 +15,7 @@ _MONGODB_SCHEMES = ("mongodb://", "mongodb+srv://")
 
 
 class Storage:
-    """Protobuf message storage on SQLite (aiosqlite), PostgreSQL (asyncpg) or MongoDB.
+    """Protobuf message storage on SQLite, PostgreSQL (asyncpg) or MongoDB.
 
     ``await Storage.connect(url)`` once per process, ``storage.namespace(name)`` per
     tenant or plugin, ``await storage.close()`` at shutdown (or use ``async with``).
@@ -34,10 +34,10 @@ class Storage:
     ) -> Storage:
         """Connect to ``url`` and create the schema if it is missing.
 
-        ``url`` is ``sqlite+aiosqlite:///path/nexus.db`` (the directory is created if
-        needed), ``postgresql+asyncpg://user@host:port/db`` or
-        ``mongodb://host:port/db`` (PyMongo's async client; see ``storage.mongo``);
-        plain ``sqlite://`` and ``postgresql://`` get those drivers. Schema creation is
+        ``url`` is ``sqlite:///path/nexus.db`` (the directory is created if needed;
+        ``sqlite+aiosqlite://`` is taken as the same), ``postgresql+asyncpg://user@host:port/db``
+        (plain ``postgresql://`` gets asyncpg) or ``mongodb://host:port/db`` (PyMongo's
+        async client; see ``storage.mongo``). Schema creation is
         idempotent and safe when several processes start at once. ``sqlite_busy_timeout``
         is how many seconds a SQLite writer waits for another before failing with
         ConflictError.

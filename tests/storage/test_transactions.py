@@ -235,3 +235,79 @@ async def test_sqlite_writers_of_two_processes_still_wait_for_each_other(
     finally:
         await first.close()
         await second.close()
+
+
+async def test_more_sqlite_transactions_than_connections_all_complete(tmp_path: Path) -> None:
+    # Readers and writers well past the pool size: they wait for a connection, and a
+    # transaction holding one always gets on with its next statement.
+    storage = await Storage.connect(f"sqlite+aiosqlite:///{tmp_path}/many.db")
+    try:
+        namespace = storage.namespace("many")
+        repo = namespace.repository(Order)
+        await repo.create(Order(id="seen"))
+
+        async def unit(number: int) -> None:
+            async with namespace.transaction() as unit:
+                await unit.repository(Order).create(Order(id=f"o{number}"))
+                await asyncio.sleep(0)
+                assert await unit.repository(Order).get("seen") is not None
+
+        async def read() -> None:
+            assert await repo.get("seen") is not None
+
+        await asyncio.wait_for(
+            asyncio.gather(*(unit(n) for n in range(30)), *(read() for _ in range(100))), 30
+        )
+        assert len((await repo.list(page_size=100)).items) == 31
+    finally:
+        await storage.close()
+
+
+async def test_a_sqlite_unit_of_work_cancelled_mid_statement_commits_nothing(
+    tmp_path: Path,
+) -> None:
+    storage = await Storage.connect(f"sqlite+aiosqlite:///{tmp_path}/cancel.db")
+    try:
+        namespace = storage.namespace("cancel")
+        started = asyncio.Event()
+
+        async def cancelled_unit() -> None:
+            async with namespace.transaction() as unit:
+                repo = unit.repository(Order)
+                await repo.create(Order(id="first"))
+                started.set()
+                for number in range(1000):  # cancelled while one of these runs
+                    await repo.create(Order(id=f"more-{number}"))
+
+        task = asyncio.create_task(cancelled_unit())
+        await started.wait()
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Rolled back, the write turn and the connection given back: the next unit of
+        # work goes through at once, and sees nothing of the cancelled one.
+        async with asyncio.timeout(2), namespace.transaction() as unit:
+            await unit.repository(Order).create(Order(id="after"))
+        ids = [o.id for o in (await namespace.repository(Order).list()).items]
+        assert ids == ["after"]
+    finally:
+        await storage.close()
+
+
+async def test_a_failed_statement_outside_a_unit_of_work_leaves_no_transaction_open(
+    tmp_path: Path,
+) -> None:
+    storage = await Storage.connect(
+        f"sqlite+aiosqlite:///{tmp_path}/failed.db", sqlite_busy_timeout=0.5
+    )
+    try:
+        repo = storage.namespace("failed").repository(Order)
+        await repo.create(Order(id="taken"))
+        for _ in range(20):  # more than the pool holds: a leaked one would show
+            with pytest.raises(AlreadyExistsError):
+                await repo.create(Order(id="taken"))
+        await repo.create(Order(id="free"))  # the write lock is free
+        assert len((await repo.list()).items) == 2
+    finally:
+        await storage.close()

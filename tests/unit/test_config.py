@@ -11,7 +11,7 @@ def test_defaults_need_no_file_or_environment() -> None:
     config = load_config(environ={})
     assert config == Config()
     assert config.server.grpc_address == "127.0.0.1:50051"
-    assert config.storage_url().startswith("sqlite+aiosqlite:///")
+    assert config.storage_url().startswith("sqlite:///")
     assert config.storage_url().endswith("/.nexus/nexus.db")
 
 
