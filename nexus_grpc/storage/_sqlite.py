@@ -1,4 +1,4 @@
-"""SQLite driven from asyncio: each statement is one call on a worker thread.
+"""SQLite driven from asyncio: each step of a transaction is one call on a worker thread.
 
 The sqlite3 module blocks, so its work runs on threads. An adapter that hands every
 DBAPI call to a thread (aiosqlite under SQLAlchemy's async engine) pays one thread
@@ -12,10 +12,22 @@ connection back in: a unit of work costs one thread switch per statement plus on
 Outside a unit of work every statement is its own transaction, and one call does all
 of it (checkout, BEGIN, statement, rows, COMMIT, checkin): one switch for a read.
 
-At most ``pool_size`` transactions are open at once (the others wait their turn), and
-there are as many threads: an open transaction always finds a thread for its next
-step, so a checkout never waits on a connection another transaction cannot give back.
-Writers of one process also take turns (see ``engine``).
+Concurrency:
+
+* At most ``pool_size`` transactions are open at once (the others wait their turn),
+  and there are as many threads: an open transaction always finds a thread for its
+  next step, so a checkout never waits on a connection another transaction holds.
+* Writers of one process take turns on an asyncio lock before BEGIN IMMEDIATE (taken
+  before a connection, so a writer never holds one while it waits). SQLite has one
+  writer at a time anyway, and a connection refused SQLite's lock waits in its busy
+  handler, which sleeps in growing steps (up to 100 ms) instead of being woken when the
+  lock frees. The wait is bounded by the busy timeout (then ConflictError), so a write
+  transaction opened inside another one of the same task fails instead of hanging.
+* The steps of one transaction run one after the other, never two at once; once it
+  has ended, further statements raise instead of opening another.
+* A transaction whose caller is cancelled is still ended (rolled back) and its
+  connection, slot and write turn given back, by a task of its own that a second
+  cancellation cannot interrupt.
 """
 
 from __future__ import annotations
@@ -33,11 +45,16 @@ from sqlalchemy import Connection, CursorResult, Engine, Row
 from sqlalchemy.exc import MultipleResultsFound
 from sqlalchemy.sql import Executable
 
+from nexus_grpc.errors import ConflictError
+
 __all__ = ["Rows", "SqliteConnection", "SqliteDriver"]
 
 T = TypeVar("T")
 
 _log = logging.getLogger("nexus.storage")
+
+#: Seconds close() waits for open transactions to end before closing the connections.
+_CLOSE_WAIT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +88,7 @@ class SqliteConnection:
         self._options = options
         self._autocommit = autocommit
         self._sync: Connection | None = None
+        self._ended = False
         # The step running on a thread, if any: a cancelled caller does not stop it,
         # and the connection must not be touched again before it is over.
         self._running: concurrent.futures.Future[Any] | None = None
@@ -84,18 +102,36 @@ class SqliteConnection:
         return await self._step(lambda: work(self._connection(), *args, **kwargs))
 
     async def _finish(self, *, commit: bool) -> None:
-        if self._running is not None and not self._running.done():
-            # Wait for it without raising: its caller was cancelled, or has seen its error.
-            await asyncio.wait([asyncio.wrap_future(self._running)])
-        # Ended once, whatever happens: a failed commit has closed the connection too.
+        if self._ended:
+            return
+        self._ended = True
+        await self._after_running()
         connection, self._sync = self._sync, None
-        if connection is not None:
-            await self._step(functools.partial(self._end, connection, commit=commit))
+        if connection is None:
+            return
+        end = functools.partial(self._end, connection, commit=commit)
+        try:
+            future = self._driver.executor.submit(end)
+        except RuntimeError:  # the driver was closed under the transaction
+            end()
+            return
+        await asyncio.wrap_future(future)
 
     async def _step(self, work: Callable[[], T]) -> T:
-        future = self._driver.executor.submit(work)
+        await self._after_running()
+        if self._ended:
+            raise RuntimeError("this transaction has ended")
+        try:
+            future = self._driver.executor.submit(work)
+        except RuntimeError:  # shut down by close()
+            raise RuntimeError("the storage is closed") from None
         self._running = future
         return await asyncio.wrap_future(future)
+
+    async def _after_running(self) -> None:
+        if self._running is not None and not self._running.done():
+            # Without raising: its caller was cancelled, or gets its error itself.
+            await asyncio.wait([asyncio.wrap_future(self._running)])
 
     # -- on the worker thread ----------------------------------------------------------
 
@@ -133,44 +169,79 @@ def _rows(result: CursorResult[Any]) -> Rows:
 
 
 class SqliteDriver:
-    """A synchronous SQLAlchemy engine on SQLite, used from asyncio through threads."""
+    """A synchronous SQLAlchemy engine on SQLite, used from asyncio through threads.
 
-    def __init__(self, engine: Engine, *, pool_size: int) -> None:
+    ``write_timeout``: seconds a writer waits for this process's other writers.
+    """
+
+    def __init__(self, engine: Engine, *, pool_size: int, write_timeout: float) -> None:
         self.engine = engine
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=pool_size, thread_name_prefix="nexus-sqlite"
         )
+        self._pool_size = pool_size
         self._open = asyncio.Semaphore(pool_size)
+        self._writer = asyncio.Lock()
+        self._write_timeout = write_timeout
 
     @asynccontextmanager
     async def transaction(
-        self, *, autocommit: bool = False, **options: Any
+        self, *, write: bool, autocommit: bool = False, **options: Any
     ) -> AsyncIterator[SqliteConnection]:
         """A transaction with execution ``options``: committed when the body returns,
         rolled back when it raises or is cancelled (``autocommit``: one per statement)."""
-        await self._open.acquire()
+        if write:
+            await self._take_write_turn()
+        try:
+            await self._open.acquire()
+        except BaseException:
+            if write:
+                self._writer.release()
+            raise
+
+        def release() -> None:
+            self._open.release()
+            if write:
+                self._writer.release()
+
         connection = SqliteConnection(self, options, autocommit=autocommit)
         try:
             yield connection
         except BaseException:
-            # Finished in a task of its own, so a second cancellation of this one cannot
-            # leave the connection checked out in an open transaction.
-            await _unless_cancelled(connection._finish(commit=False), self._open)
+            await _detached(connection._finish(commit=False), release)
             raise
         try:
             await connection._finish(commit=True)
         except BaseException:
-            await _unless_cancelled(connection._finish(commit=False), self._open)
+            await _detached(connection._finish(commit=False), release)
             raise
-        self._open.release()
+        release()
 
     async def close(self) -> None:
-        """Close the pooled connections and let the threads end."""
+        """Wait (a while) for open transactions to end, close the pooled connections and
+        let the threads end."""
+        taken = 0
+        try:
+            async with asyncio.timeout(_CLOSE_WAIT):
+                for _ in range(self._pool_size):
+                    await self._open.acquire()
+                    taken += 1
+        except TimeoutError:
+            _log.warning("closing the SQLite storage with transactions still open")
         await asyncio.to_thread(self.engine.dispose)
         self.executor.shutdown(wait=False)
+        for _ in range(taken):
+            self._open.release()
+
+    async def _take_write_turn(self) -> None:
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                await self._writer.acquire()
+        except TimeoutError:
+            raise ConflictError("the database is busy with another write; retry it") from None
 
 
-async def _unless_cancelled(finishing: Awaitable[None], slot: asyncio.Semaphore) -> None:
+async def _detached(finishing: Awaitable[None], release: Callable[[], None]) -> None:
     async def finish() -> None:
         try:
             await finishing
@@ -179,7 +250,7 @@ async def _unless_cancelled(finishing: Awaitable[None], slot: asyncio.Semaphore)
             # closed all the same and discarded by the pool.
             _log.warning("rolling back a SQLite transaction failed", exc_info=True)
         finally:
-            slot.release()
+            release()
 
     task = asyncio.ensure_future(finish())
     # The caller may be cancelled while waiting; the task still ends the transaction.

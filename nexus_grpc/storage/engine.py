@@ -8,13 +8,10 @@ SQLite needs care to behave like a server database under concurrency:
   BEGIN itself: ``BEGIN IMMEDIATE`` (take the write lock up front) for anything that
   may write, so a transaction that reads and then writes can never fail half-way with
   "database is locked" when upgrading its lock; plain (deferred) BEGIN for reads;
-* writers of one process take turns on an asyncio lock before BEGIN IMMEDIATE. SQLite
-  has one writer at a time anyway, and a connection refused the lock waits in SQLite's
-  busy handler, which sleeps in growing steps (up to 100 ms) instead of being woken
-  when the lock frees: under concurrent writes most of the time went to those sleeps.
-  The busy timeout still bounds the wait, and still covers writers in other processes;
 * SQLAlchemy's synchronous engine runs on threads of our own, a whole step per thread
-  switch (see ``_sqlite``), rather than its async engine over aiosqlite.
+  switch, rather than its async engine over aiosqlite; writers of one process take
+  turns before BEGIN IMMEDIATE instead of sleeping in SQLite's busy handler (see
+  ``_sqlite``). The busy timeout still covers writers in other processes.
 
 PostgreSQL goes through SQLAlchemy's async engine on asyncpg.
 """
@@ -68,15 +65,11 @@ class Database:
         *,
         engine: AsyncEngine | None = None,
         sqlite: SqliteDriver | None = None,
-        write_timeout: float = 5.0,
     ) -> None:
         self.dialect = dialect
         self._engine = engine
         self._sqlite = sqlite
         self._closed = False
-        # SQLite only: this process's writers take turns (see the module docstring).
-        self._writer = asyncio.Lock() if sqlite is not None else None
-        self._write_timeout = write_timeout
 
     @classmethod
     async def open(cls, url: str | URL, *, sqlite_busy_timeout: float = 5.0) -> Database:
@@ -95,8 +88,10 @@ class Database:
                 max_overflow=0,
             )
             _configure_sqlite(engine, busy_timeout_ms=round(sqlite_busy_timeout * 1000))
-            driver = SqliteDriver(engine, pool_size=_SQLITE_POOL_SIZE)
-            return cls(dialect_for(backend), sqlite=driver, write_timeout=sqlite_busy_timeout)
+            driver = SqliteDriver(
+                engine, pool_size=_SQLITE_POOL_SIZE, write_timeout=sqlite_busy_timeout
+            )
+            return cls(dialect_for(backend), sqlite=driver)
         return cls(dialect_for(backend), engine=create_async_engine(parsed))
 
     @property
@@ -142,26 +137,11 @@ class Database:
                     yield pg
             return
         options = {} if write else {_SQLITE_BEGIN: "DEFERRED"}
-        if write:
-            assert self._writer is not None
-            await self._take_write_turn(self._writer)
-        try:
-            with translate_errors():
-                async with self._sqlite.transaction(autocommit=statement_each, **options) as conn:
-                    yield conn
-        finally:
-            if write:
-                assert self._writer is not None
-                self._writer.release()
-
-    async def _take_write_turn(self, writer: asyncio.Lock) -> None:
-        # Bounded like SQLite's own wait: a write transaction opened inside another one
-        # of the same task fails as it would without the lock, never hangs.
-        try:
-            async with asyncio.timeout(self._write_timeout):
-                await writer.acquire()
-        except TimeoutError:
-            raise ConflictError("the database is busy with another write; retry it") from None
+        with translate_errors():
+            async with self._sqlite.transaction(
+                write=write, autocommit=statement_each, **options
+            ) as conn:
+                yield conn
 
 
 def _normalise_url(url: str | URL) -> URL:

@@ -164,6 +164,8 @@ class _TransactionScope:
         if not self.active:
             raise RuntimeError("this unit of work's transaction has ended")
         async with self._lock:
+            if not self.active:  # it ended while this task waited its turn
+                raise RuntimeError("this unit of work's transaction has ended")
             with translate_errors():
                 yield self._conn
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from nexus.orders.v1 import orders_pb2
-from sqlalchemy import inspect, text
+from sqlalchemy import create_engine, inspect, make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from nexus_grpc.storage import RECORDS_TABLE, Storage
@@ -42,19 +42,27 @@ async def test_the_schema_has_one_records_table(storage_url: str) -> None:
         pytest.skip("inspects the SQL table; test_mongo.py checks the MongoDB collection")
     async with connected(storage_url):
         pass
-    engine = create_async_engine(storage_url)
-    try:
-        async with engine.connect() as conn:
 
-            def describe(sync_conn: object) -> tuple[list[str], dict[str, object], list[str]]:
-                inspector = inspect(sync_conn)
-                columns = {c["name"]: c["type"] for c in inspector.get_columns(RECORDS_TABLE)}
-                key = inspector.get_pk_constraint(RECORDS_TABLE)["constrained_columns"]
-                return inspector.get_table_names(), columns, key
+    def describe(sync_conn: object) -> tuple[list[str], dict[str, object], list[str]]:
+        inspector = inspect(sync_conn)
+        columns = {c["name"]: c["type"] for c in inspector.get_columns(RECORDS_TABLE)}
+        key = inspector.get_pk_constraint(RECORDS_TABLE)["constrained_columns"]
+        return inspector.get_table_names(), columns, key
 
-            tables, columns, key = await conn.run_sync(describe)
-    finally:
-        await engine.dispose()
+    if storage_url.startswith("sqlite"):  # SQLite is driven by the synchronous engine
+        engine = create_engine(make_url(storage_url).set(drivername="sqlite"))
+        try:
+            with engine.connect() as conn:
+                tables, columns, key = describe(conn)
+        finally:
+            engine.dispose()
+    else:
+        async_engine = create_async_engine(storage_url)
+        try:
+            async with async_engine.connect() as conn:
+                tables, columns, key = await conn.run_sync(describe)
+        finally:
+            await async_engine.dispose()
 
     assert tables == [RECORDS_TABLE]
     assert list(columns) == [

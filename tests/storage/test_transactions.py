@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nexus.orders.v1 import orders_pb2
 
 from nexus_grpc.errors import AlreadyExistsError, ConflictError, NotFoundError
 from nexus_grpc.storage import Namespace, Storage
+from tests.storage import connected
 
 Order = orders_pb2.Order
 
@@ -311,3 +313,59 @@ async def test_a_failed_statement_outside_a_unit_of_work_leaves_no_transaction_o
         assert len((await repo.list()).items) == 2
     finally:
         await storage.close()
+
+
+async def test_a_call_still_waiting_when_its_unit_of_work_ends_opens_no_transaction(
+    tmp_path: Path,
+) -> None:
+    # gather() raises with the first failure and leaves the other calls running: the
+    # ones still waiting their turn on the unit must fail, not begin a transaction of
+    # their own that nothing would ever end.
+    storage = await Storage.connect(f"sqlite:///{tmp_path}/straggler.db", sqlite_busy_timeout=1)
+    try:
+        namespace = storage.namespace("straggler")
+        await namespace.repository(Order).create(Order(id="b"))
+        stragglers: list[asyncio.Future[Any]] = []
+
+        async def fail_with_calls_pending() -> None:
+            async with namespace.transaction() as unit:
+                repo = unit.repository(Order)
+                stragglers.extend(asyncio.ensure_future(repo.get("b")) for _ in range(3))
+                stragglers.append(asyncio.ensure_future(repo.delete("b")))
+                await repo.update(Order(id="missing"))
+
+        with pytest.raises(NotFoundError):
+            await fail_with_calls_pending()
+        outcomes = await asyncio.gather(*stragglers, return_exceptions=True)
+        assert any(isinstance(o, RuntimeError) and "has ended" in str(o) for o in outcomes)
+        # Nothing was left holding the write lock, and the delete did not happen.
+        async with asyncio.timeout(2):
+            await namespace.repository(Order).create(Order(id="later"))
+        assert await namespace.repository(Order).get("b") is not None
+    finally:
+        await storage.close()
+
+
+async def test_closing_sqlite_storage_lets_an_open_unit_of_work_finish(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/closing.db"
+    storage = await Storage.connect(url)
+    namespace = storage.namespace("closing")
+    inside = asyncio.Event()
+
+    async def unit_of_work() -> None:
+        async with namespace.transaction() as unit:
+            await unit.repository(Order).create(Order(id="one"))
+            inside.set()
+            await asyncio.sleep(0.2)  # close() is called meanwhile
+            await unit.repository(Order).create(Order(id="two"))
+
+    task = asyncio.create_task(unit_of_work())
+    await inside.wait()
+    await storage.close()  # waits for the unit of work
+    assert task.done()
+    await task
+    with pytest.raises(RuntimeError, match="closed"):
+        await namespace.repository(Order).get("one")
+    async with connected(url) as reopened:
+        ids = [o.id for o in (await reopened.namespace("closing").repository(Order).list()).items]
+    assert ids == ["one", "two"]
