@@ -1122,7 +1122,6 @@ def versions() -> dict[str, str]:
         "httptools",
         "orjson",
         "sqlalchemy",
-        "aiosqlite",
     ):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[name] = importlib.metadata.version(name)
