@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,27 @@ def envelope_of(event: Any, *, event_id: str = "") -> Envelope:
     return envelope
 
 
+async def settled_as(orders: Any, order_id: str, status: int) -> None:
+    """Wait until the order reaches ``status`` (its stock event was handled)."""
+
+    async def reached() -> bool:
+        current = await orders.GetOrder(orders_pb2.GetOrderRequest(id=order_id))
+        return bool(current.status == status)
+
+    await eventually(reached)
+
+
+@contextlib.asynccontextmanager
+async def inventory_inbox(shop: RunningHost) -> AsyncIterator[Any]:
+    """The inventory plugin's inbox, read straight from the host's database."""
+    storage = await Storage.connect(shop.host.config.storage_url())
+    try:
+        namespace = storage.namespace("plugins/business/inventory")
+        yield namespace.repository(Envelope, collection=INBOX_COLLECTION)
+    finally:
+        await storage.close()
+
+
 async def test_an_order_created_heard_after_its_cancellation_reserves_nothing(
     shop: RunningHost,
 ) -> None:
@@ -182,12 +204,7 @@ async def test_an_order_created_heard_again_after_its_cancellation_reserves_noth
     inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
     await inventory.SetStock(inventory_pb2.SetStockRequest(sku="SKU-5", available=5))
     created = await orders.CreateOrder(order("SKU-5", 2))
-
-    async def confirmed() -> bool:
-        current = await orders.GetOrder(orders_pb2.GetOrderRequest(id=created.id))
-        return current.status == orders_pb2.ORDER_STATUS_CONFIRMED
-
-    await eventually(confirmed)
+    await settled_as(orders, created.id, orders_pb2.ORDER_STATUS_CONFIRMED)
     await orders.CancelOrder(orders_pb2.CancelOrderRequest(id=created.id))
     await drained(shop, "inventory")
 
@@ -196,11 +213,7 @@ async def test_an_order_created_heard_again_after_its_cancellation_reserves_noth
         return found.available, found.reserved
 
     assert await stock() == (5, 0)
-    storage = await Storage.connect(shop.host.config.storage_url())
-    try:
-        inbox = storage.namespace("plugins/business/inventory").repository(
-            Envelope, collection=INBOX_COLLECTION
-        )
+    async with inventory_inbox(shop) as inbox:
         created_type = order_events.OrderCreated.DESCRIPTOR.full_name
         heard = [e for e in (await inbox.list()).items if e.type == created_type]
         assert len(heard) == 1
@@ -214,8 +227,6 @@ async def test_an_order_created_heard_again_after_its_cancellation_reserves_noth
         await shop.host.bus.publish(again)
         await drained(shop, "inventory")
         assert await stock() == (5, 0)
-    finally:
-        await storage.close()
 
 
 async def test_an_order_created_replayed_after_its_rejection_reserves_nothing(
@@ -226,26 +237,15 @@ async def test_an_order_created_replayed_after_its_rejection_reserves_nothing(
     inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
     await inventory.SetStock(inventory_pb2.SetStockRequest(sku="SKU-6", available=1))
     created = await orders.CreateOrder(order("SKU-6", 3))
-
-    async def rejected() -> bool:
-        current = await orders.GetOrder(orders_pb2.GetOrderRequest(id=created.id))
-        return current.status == orders_pb2.ORDER_STATUS_REJECTED
-
-    await eventually(rejected)
+    await settled_as(orders, created.id, orders_pb2.ORDER_STATUS_REJECTED)
     await inventory.SetStock(inventory_pb2.SetStockRequest(sku="SKU-6", available=10))
-    storage = await Storage.connect(shop.host.config.storage_url())
-    try:
-        inbox = storage.namespace("plugins/business/inventory").repository(
-            Envelope, collection=INBOX_COLLECTION
-        )
+    async with inventory_inbox(shop) as inbox:
         (heard,) = (await inbox.list()).items
         # An operator replays OrderCreated after events.inbox_retention.
         await inbox.delete(heard.id)
         again = envelope_of(order_events.OrderCreated(order=created), event_id=heard.id)
         await shop.host.bus.publish(again)
         await drained(shop, "inventory")
-    finally:
-        await storage.close()
     stock = await inventory.GetStock(inventory_pb2.GetStockRequest(sku="SKU-6"))
     assert (stock.available, stock.reserved) == (10, 0)
     assert (await orders.GetOrder(orders_pb2.GetOrderRequest(id=created.id))).status == (

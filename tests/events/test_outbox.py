@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 from nexus.inventory.v1 import inventory_pb2
 
-from nexus_grpc.events import Delivery, MemoryBus, Publisher, seal
+from nexus_grpc.events import Delivery, EventBus, MemoryBus, Publisher, seal
 from nexus_grpc.events.outbox import INBOX_COLLECTION, OUTBOX_COLLECTION, Outbox
 from nexus_grpc.events.redis_bus import BusUnavailableError, RedisBus
 from nexus_grpc.storage import Namespace, Storage
@@ -45,6 +45,14 @@ async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         yield opened
 
 
+async def listening(bus: EventBus, event_type: str = EVENT) -> Handled:
+    """Start ``bus`` with a group "shop" recording the order ids of ``event_type``."""
+    handled: Handled = []
+    bus.subscribe("shop", event_type, recorder(handled))
+    await bus.start()
+    return handled
+
+
 async def outbox_rows(namespace: Namespace) -> list[str]:
     from nexus_grpc.events import Envelope
 
@@ -56,9 +64,7 @@ async def test_an_event_published_in_a_rolled_back_transaction_is_never_publishe
     storage: Storage,
 ) -> None:
     bus = MemoryBus()
-    handled: Handled = []
-    bus.subscribe("shop", EVENT, recorder(handled))
-    await bus.start()
+    handled = await listening(bus)
     outbox = Outbox(bus, relay_after=0)
     namespace = storage.namespace("plugins/business/inventory")
     outbox.register("inventory", namespace, DECLARED)
@@ -113,9 +119,7 @@ async def test_rows_left_by_a_crashed_process_are_relayed_by_the_next_one(
     await namespace.repository(Envelope, collection=OUTBOX_COLLECTION).create(fresh)
 
     bus = MemoryBus()
-    handled: Handled = []
-    bus.subscribe("shop", EVENT, recorder(handled))
-    await bus.start()
+    handled = await listening(bus)
     outbox = Outbox(bus, relay_after=30, poll_interval=0.05)
     outbox.register("inventory", namespace, DECLARED)
     await outbox.start()
@@ -142,9 +146,7 @@ async def test_two_relays_sharing_a_database_publish_each_row_once(
         await namespaces[0].repository(Envelope, collection=OUTBOX_COLLECTION).create(envelope)
 
     bus = MemoryBus()
-    handled: Handled = []
-    bus.subscribe("shop", EVENT, recorder(handled))
-    await bus.start()
+    handled = await listening(bus)
     relays = [Outbox(bus, relay_after=1) for _ in range(2)]
     for relay, namespace in zip(relays, namespaces, strict=True):
         relay.register("inventory", namespace, DECLARED)
@@ -162,9 +164,7 @@ async def test_events_committed_while_redis_is_down_are_relayed_when_it_is_back(
     storage: Storage, own_redis: OwnRedis
 ) -> None:
     bus = RedisBus(own_redis.url, claim_idle=2.0, block=0.2, timeout=0.5, backoff=0.05)
-    handled: Handled = []
-    bus.subscribe("shop", EVENT, recorder(handled))
-    await bus.start()
+    handled = await listening(bus)
     namespace = storage.namespace("plugins/business/inventory")
     outbox = Outbox(bus, relay_after=30, poll_interval=0.1)
     outbox.register("inventory", namespace, DECLARED)
@@ -304,9 +304,7 @@ async def test_a_row_of_a_type_this_version_does_not_declare_is_left_to_one_that
         namespace, inventory_pb2.StockShortage(order_id="o1"), source="inventory"
     )
     bus = MemoryBus()
-    handled: Handled = []
-    bus.subscribe("shop", SHORTAGE, recorder(handled))
-    await bus.start()
+    handled = await listening(bus, SHORTAGE)
     old = Outbox(bus, relay_after=1)
     old.register("inventory", namespace, DECLARED)
     assert await old.sweep() == 0
@@ -330,9 +328,7 @@ async def test_a_row_claiming_another_plugin_as_its_source_is_never_relayed(
         namespace, inventory_pb2.StockReserved(order_id="forged"), source="orders"
     )
     bus = MemoryBus()
-    handled: Handled = []
-    bus.subscribe("shop", EVENT, recorder(handled))
-    await bus.start()
+    handled = await listening(bus)
     outbox = Outbox(bus, relay_after=1)
     outbox.register("inventory", namespace, DECLARED)
     assert await outbox.sweep() == 0
@@ -352,9 +348,7 @@ async def test_a_type_the_bus_refuses_does_not_hold_back_other_types_or_plugins(
     await left_behind(inventory, inventory_pb2.StockReserved(order_id="i1"), source="inventory")
     await left_behind(orders, inventory_pb2.StockReserved(order_id="o1"), source="orders")
     bus = RefusingBus({SHORTAGE})
-    handled: Handled = []
-    bus.subscribe("shop", EVENT, recorder(handled))
-    await bus.start()
+    handled = await listening(bus)
     outbox = Outbox(bus, relay_after=1)
     outbox.register("inventory", inventory, DECLARED | {SHORTAGE})
     outbox.register("orders", orders, DECLARED)
@@ -379,9 +373,7 @@ async def test_a_backlog_of_a_refused_type_does_not_hide_the_other_types(
         )
     await left_behind(inventory, inventory_pb2.StockReserved(order_id="ok"), source="inventory")
     bus = RefusingBus({SHORTAGE})
-    handled: Handled = []
-    bus.subscribe("shop", EVENT, recorder(handled))
-    await bus.start()
+    handled = await listening(bus)
     outbox = Outbox(bus, relay_after=1)
     outbox.register("inventory", inventory, DECLARED | {SHORTAGE})
     assert await outbox.sweep() == 1
@@ -439,9 +431,7 @@ async def test_a_row_that_cannot_be_read_does_not_hold_back_other_plugins(
                 "UPDATE nexus_records SET payload = ? WHERE id = ?", (b"\x0a\x02\xff\xfe", row.id)
             )
         bus = MemoryBus()
-        handled: Handled = []
-        bus.subscribe("shop", EVENT, recorder(handled))
-        await bus.start()
+        handled = await listening(bus)
         outbox = Outbox(bus, relay_after=1)
         outbox.register("inventory", damaged, DECLARED)  # registered first: swept first
         outbox.register("orders", orders, DECLARED)
@@ -585,9 +575,7 @@ async def test_a_caller_cancelled_after_its_commit_leaves_the_event_to_the_relay
     assert await outbox.sweep() == 0  # its publisher's for relay_after seconds
 
     bus = MemoryBus()
-    handled: Handled = []
-    bus.subscribe("shop", EVENT, recorder(handled))
-    await bus.start()
+    handled = await listening(bus)
     relay = Outbox(bus, relay_after=0)
     relay.register("inventory", namespace, DECLARED)
     assert await relay.sweep() == 1
