@@ -102,8 +102,8 @@ class SqliteConnection:
         return await self._step(lambda: work(self._connection(), *args, **kwargs))
 
     async def _finish(self, *, commit: bool) -> None:
-        if self._ended:
-            return
+        # Safe to call again after a first call was cancelled: whichever call takes the
+        # connection ends it, and a later one waits for that to be over.
         self._ended = True
         await self._after_running()
         connection, self._sync = self._sync, None
@@ -111,11 +111,11 @@ class SqliteConnection:
             return
         end = functools.partial(self._end, connection, commit=commit)
         try:
-            future = self._driver.executor.submit(end)
+            self._running = self._driver.executor.submit(end)
         except RuntimeError:  # the driver was closed under the transaction
             end()
             return
-        await asyncio.wrap_future(future)
+        await asyncio.wrap_future(self._running)
 
     async def _step(self, work: Callable[[], T]) -> T:
         await self._after_running()
@@ -207,12 +207,10 @@ class SqliteDriver:
         connection = SqliteConnection(self, options, autocommit=autocommit)
         try:
             yield connection
-        except BaseException:
-            await _detached(connection._finish(commit=False), release)
-            raise
-        try:
             await connection._finish(commit=True)
         except BaseException:
+            # The body failed, or the commit did (a failed commit has closed the
+            # connection; a cancelled one has not, and is rolled back here).
             await _detached(connection._finish(commit=False), release)
             raise
         release()

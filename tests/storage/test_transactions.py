@@ -369,3 +369,40 @@ async def test_closing_sqlite_storage_lets_an_open_unit_of_work_finish(tmp_path:
     async with connected(url) as reopened:
         ids = [o.id for o in (await reopened.namespace("closing").repository(Order).list()).items]
     assert ids == ["one", "two"]
+
+
+async def test_a_sqlite_commit_cancelled_while_it_waits_still_ends_the_transaction(
+    tmp_path: Path,
+) -> None:
+    # The commit waits for a step another task of the unit still runs; the caller is
+    # cancelled meanwhile: the transaction must still be rolled back and its connection
+    # given back, not left holding SQLite's write lock.
+    import time
+
+    storage = await Storage.connect(f"sqlite:///{tmp_path}/commit.db", sqlite_busy_timeout=1)
+    try:
+        namespace = storage.namespace("commit")
+        committing = asyncio.Event()
+        slow: list[asyncio.Future[None]] = []
+
+        async def unit_of_work() -> None:
+            async with namespace.transaction() as unit:
+                await unit.repository(Order).create(Order(id="never"))
+                connection = unit._scope._conn  # type: ignore[attr-defined]
+                slow.append(asyncio.ensure_future(connection.run_sync(lambda _: time.sleep(0.5))))
+                await asyncio.sleep(0.05)  # the slow step is running
+                committing.set()
+
+        task = asyncio.create_task(unit_of_work())
+        await committing.wait()
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(3):
+            await namespace.repository(Order).create(Order(id="after"))
+        ids = [o.id for o in (await namespace.repository(Order).list()).items]
+        assert ids == ["after"]
+        await asyncio.gather(*slow)
+    finally:
+        await storage.close()
