@@ -125,7 +125,8 @@ def _new_repository(
 
 
 class _AutocommitScope:
-    """Outside a unit of work: every repository operation is its own transaction."""
+    """Outside a unit of work: every repository operation is its own transaction (on
+    SQLite, every statement of it)."""
 
     def __init__(self, database: Database, namespace: str) -> None:
         self._database = database
@@ -161,10 +162,9 @@ class _TransactionScope:
     @asynccontextmanager
     async def connection(self, *, write: bool) -> AsyncIterator[SqlConnection]:
         # ``write`` is moot: the transaction was begun for writing.
-        if not self.active:
-            raise RuntimeError("this unit of work's transaction has ended")
         async with self._lock:
-            if not self.active:  # it ended while this task waited its turn
+            # Checked once this task's turn has come: the unit may have ended meanwhile.
+            if not self.active:
                 raise RuntimeError("this unit of work's transaction has ended")
             with translate_errors():
                 yield self._conn

@@ -70,7 +70,8 @@ class Scope(Protocol):
         ...
 
     def connection(self, *, write: bool) -> AbstractAsyncContextManager[SqlConnection]:
-        """A connection with an open transaction to run one operation's statements in."""
+        """A connection to run one operation's statements on: in the unit of work's
+        transaction, or else in one of their own (on SQLite, one per statement)."""
         ...
 
 

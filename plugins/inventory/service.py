@@ -125,18 +125,21 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
 async def _in_turn(storage: Namespace, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
     """``work`` in a transaction, run again when it collided with a concurrent one;
     ABORTED (retry later) if it keeps colliding."""
-    for _ in range(_ATTEMPTS - 1):
+    attempt = 1
+    while True:
         try:
             async with storage.transaction() as unit:
                 return await work(unit)
-        except (AlreadyExistsError, ConflictError):
-            continue
-    try:
-        async with storage.transaction() as unit:
-            return await work(unit)
-    except AlreadyExistsError:
-        # Not the caller's duplicate: a concurrent call created the record first.
-        raise ConflictError("the operation collided with a concurrent change; retry it") from None
+        except (AlreadyExistsError, ConflictError) as collision:
+            if attempt < _ATTEMPTS:
+                attempt += 1
+                continue
+            if isinstance(collision, AlreadyExistsError):
+                # Not the caller's duplicate: a concurrent call created the record first.
+                raise ConflictError(
+                    "the operation collided with a concurrent change; retry it"
+                ) from None
+            raise
 
 
 async def _reserve(

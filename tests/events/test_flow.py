@@ -50,6 +50,15 @@ async def shop(request: pytest.FixtureRequest, tmp_path: Path) -> RunningHost:
         yield host  # type: ignore[misc]
 
 
+def clients(shop: RunningHost) -> tuple[Any, Any]:
+    """Orders and inventory stubs calling ``shop`` as its admin."""
+    channel = shop.channel(shop.token())
+    return (
+        orders_pb2_grpc.OrdersServiceStub(channel),
+        inventory_pb2_grpc.InventoryServiceStub(channel),
+    )
+
+
 def order(sku: str, quantity: int) -> orders_pb2.CreateOrderRequest:
     return orders_pb2.CreateOrderRequest(
         order=orders_pb2.Order(
@@ -63,9 +72,7 @@ def order(sku: str, quantity: int) -> orders_pb2.CreateOrderRequest:
 async def test_order_is_confirmed_when_stock_is_reserved_and_released_on_cancel(
     shop: RunningHost,
 ) -> None:
-    channel = shop.channel(shop.token())
-    orders = orders_pb2_grpc.OrdersServiceStub(channel)
-    inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
+    orders, inventory = clients(shop)
     await inventory.SetStock(inventory_pb2.SetStockRequest(sku="SKU-1", available=5))
 
     created = await orders.CreateOrder(order("SKU-1", 2))
@@ -89,9 +96,7 @@ async def test_order_is_confirmed_when_stock_is_reserved_and_released_on_cancel(
 
 
 async def test_order_is_rejected_when_stock_is_short(shop: RunningHost) -> None:
-    channel = shop.channel(shop.token())
-    orders = orders_pb2_grpc.OrdersServiceStub(channel)
-    inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
+    orders, inventory = clients(shop)
     await inventory.SetStock(inventory_pb2.SetStockRequest(sku="SKU-2", available=1))
     created = await orders.CreateOrder(order("SKU-2", 3))
 
@@ -199,9 +204,7 @@ async def test_an_order_created_heard_after_its_cancellation_reserves_nothing(
 async def test_an_order_created_heard_again_after_its_cancellation_reserves_nothing(
     shop: RunningHost,
 ) -> None:
-    channel = shop.channel(shop.token())
-    orders = orders_pb2_grpc.OrdersServiceStub(channel)
-    inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
+    orders, inventory = clients(shop)
     await inventory.SetStock(inventory_pb2.SetStockRequest(sku="SKU-5", available=5))
     created = await orders.CreateOrder(order("SKU-5", 2))
     await settled_as(orders, created.id, orders_pb2.ORDER_STATUS_CONFIRMED)
@@ -232,9 +235,7 @@ async def test_an_order_created_heard_again_after_its_cancellation_reserves_noth
 async def test_an_order_created_replayed_after_its_rejection_reserves_nothing(
     shop: RunningHost,
 ) -> None:
-    channel = shop.channel(shop.token())
-    orders = orders_pb2_grpc.OrdersServiceStub(channel)
-    inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
+    orders, inventory = clients(shop)
     await inventory.SetStock(inventory_pb2.SetStockRequest(sku="SKU-6", available=1))
     created = await orders.CreateOrder(order("SKU-6", 3))
     await settled_as(orders, created.id, orders_pb2.ORDER_STATUS_REJECTED)
