@@ -18,7 +18,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message import Message
 
 if TYPE_CHECKING:
     from nexus_grpc.plugins.spec import OwnershipHook
@@ -121,6 +123,11 @@ class MethodInfo:
         """Bare method name."""
         return str(self.descriptor.name)
 
+    @property
+    def request_class(self) -> type[Message]:
+        """The request message class (for binding decoders; not for per-call use)."""
+        return message_factory.GetMessageClass(self.descriptor.input_type)
+
 
 @dataclass(frozen=True)
 class Route:
@@ -129,7 +136,8 @@ class Route:
     info: MethodInfo
     #: The handler wrapped in the call pipeline; shared by every transport.
     call: CallHandler
-    #: ``call`` packaged for grpcio, with the message (de)serializers.
+    #: ``call`` packaged for grpcio with the response serializer; requests reach the
+    #: pipeline as bytes and its decode stage parses them.
     grpc_handler: grpc.RpcMethodHandler[Any, Any]
 
     @property

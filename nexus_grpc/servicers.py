@@ -176,9 +176,7 @@ def build_routes(
             Route(
                 info=info,
                 call=call,
-                grpc_handler=grpc_method_handler(
-                    arity, call, captured.request_deserializer, captured.response_serializer
-                ),
+                grpc_handler=grpc_method_handler(arity, call, captured.response_serializer),
             )
         )
     return routes

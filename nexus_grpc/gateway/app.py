@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
 
 import grpc
 from google.protobuf.message import Message
@@ -30,15 +29,22 @@ from nexus_grpc.gateway.headers import (
     parse_grpc_timeout,
 )
 from nexus_grpc.gateway.output import metadata_headers, response_value, status_of
+from nexus_grpc.gateway.pending import (
+    GATEWAY_HTTP_STATUS_REASONS,
+    BodyLimits,
+    PendingRestRequest,
+    query_of,
+    require_content_type,
+    too_large,
+)
+from nexus_grpc.gateway.pending import header as _header
 from nexus_grpc.gateway.responses import (
     JSON,
-    BodyTooLargeError,
     Headers,
     Receive,
     Scope,
     Send,
     peer_of,
-    read_body,
     send_error,
     send_response,
     watch_disconnect,
@@ -63,6 +69,10 @@ _NOT_ON_REST = frozenset(
     {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"}
 )
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: Codes under which the gateway's own 413/414/415 errors travel.
+_MAY_CARRY_HTTP_STATUS = frozenset(
+    {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,10 @@ class GatewaySettings:
     json: JsonOptions = field(default_factory=JsonOptions)
     #: Largest request body accepted, in bytes (413 beyond).
     max_body_bytes: int = 4 * 1024 * 1024
+    #: Longest query string accepted, in bytes (414 beyond; 0 for no limit).
+    max_query_bytes: int = 16 * 1024
+    #: REST bodies at least this large are decoded in a worker thread (0: never).
+    thread_parse_bytes: int = 64 * 1024
     #: Headers passed to handlers as metadata besides Authorization and Grpc-Metadata-*.
     forward_headers: frozenset[str] = frozenset({"x-request-id", "accept-language", "user-agent"})
     #: Reject unknown query parameters instead of ignoring them.
@@ -86,6 +100,8 @@ class GatewaySettings:
         return cls(
             json=JsonOptions(emit_defaults=config.emit_defaults, proto_names=config.proto_names),
             max_body_bytes=config.max_body_bytes,
+            max_query_bytes=config.max_query_bytes,
+            thread_parse_bytes=config.thread_parse_bytes,
             forward_headers=frozenset(h.lower() for h in config.forward_headers),
             strict_query=config.strict_query,
             default_timeout=config.default_timeout,
@@ -103,6 +119,9 @@ class GatewayApp:
         self._settings = settings
         #: Answers ``GET /metrics`` (Prometheus text format) when given.
         self._metrics = metrics
+        self._limits = BodyLimits(
+            settings.max_body_bytes, settings.max_query_bytes, settings.thread_parse_bytes
+        )
         self._routes = self._build(router.table)
         router.on_change(self._rebuild)
         from nexus_grpc.gateway.grpcweb import GrpcWebHandler
@@ -204,18 +223,18 @@ class GatewayApp:
             )
         context = self._context(scope, writer=None)
         binding = gateway_route.binding
-        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         if binding.client_streaming:
-            _require_content_type(scope, gateway_route, streaming=True)
-            requests = self._request_stream(gateway_route, match.variables, query, receive)
+            requests = self._request_stream(scope, gateway_route, match.variables, receive)
             await self._call(route, gateway_route, requests, context, scope, receive, send, cors)
             return
-        body: bytes | None = None
-        if binding.body and method in _BODY_METHODS:
-            _require_content_type(scope, gateway_route, streaming=False)
-            body = await _read_body(scope, receive, self._settings.max_body_bytes)
-        request = gateway_route.builder.build(
-            match.variables, query, body, _header(scope, b"content-type")
+        # Read and decoded by the pipeline's decode stage, after auth and rate limits.
+        request = PendingRestRequest(
+            scope,
+            receive,
+            gateway_route,
+            match.variables,
+            self._limits,
+            read=bool(binding.body) and method in _BODY_METHODS,
         )
         await self._call(route, gateway_route, request, context, scope, receive, send, cors)
 
@@ -240,11 +259,14 @@ class GatewayApp:
 
     async def _request_stream(
         self,
+        scope: Scope,
         gateway_route: GatewayRoute,
         variables: dict[str, str],
-        query: list[tuple[str, str]],
         receive: Receive,
     ) -> AsyncIterator[Message]:
+        # Runs when the handler reads its first message: after auth and rate limits.
+        require_content_type(scope, gateway_route, streaming=True)
+        query = query_of(scope, self._limits.max_query_bytes)
         content_type = "application/json"
         async for line in _ndjson_lines(receive, self._settings.max_body_bytes):
             yield gateway_route.builder.build(variables, query, line, content_type)
@@ -330,12 +352,25 @@ class GatewayApp:
     ) -> None:
         status = status_of(context, code)
         headers = [(b"content-type", JSON), *cors, *metadata_headers(context)]
+        answer = http_status(code)
+        if code in _MAY_CARRY_HTTP_STATUS:
+            answer = _own_http_status(status, answer)
         if code == grpc.StatusCode.UNAUTHENTICATED:
             headers.append((b"www-authenticate", b'Bearer realm="nexus"'))
         retry_after = _retry_after(status)
         if retry_after:
             headers.append((b"retry-after", retry_after.encode()))
-        await send_response(send, http_status(code), headers, dumps(status_body(status)))
+        await send_response(send, answer, headers, dumps(status_body(status)))
+
+
+def _own_http_status(status: status_pb2.Status, default: int) -> int:
+    """The HTTP status the gateway's own errors (413, 414, 415) carry in their ErrorInfo."""
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.reason in GATEWAY_HTTP_STATUS_REASONS:
+            value = info.metadata.get("http_status", "")
+            return int(value) if value.isdigit() else default
+    return default
 
 
 def _retry_after(status: status_pb2.Status) -> str:
@@ -357,50 +392,10 @@ def _method_not_allowed(method: str, path: str, allowed: list[str]) -> StatusErr
     )
 
 
-def _header(scope: Scope, name: bytes) -> str:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return ""
-
-
 def _request_id_header(scope: Scope) -> Headers:
     # The same rule as calls that reach the pipeline: the client's id if sane, else new.
     request_id = incoming_request_id((("x-request-id", _header(scope, b"x-request-id")),))
     return [(b"x-request-id", request_id.encode("latin-1"))]
-
-
-def _require_content_type(scope: Scope, gateway_route: GatewayRoute, *, streaming: bool) -> None:
-    if gateway_route.builder.raw_body:
-        return
-    content_type = _header(scope, b"content-type").split(";", 1)[0].strip().lower()
-    accepted = ("application/json", "application/x-ndjson") if streaming else ("application/json",)
-    if content_type and content_type not in accepted:
-        raise StatusError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"unsupported content type {content_type!r}; send {' or '.join(accepted)}",
-            reason="UNSUPPORTED_MEDIA_TYPE",
-            metadata={"http_status": "415"},
-        )
-
-
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    declared = _header(scope, b"content-length")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    try:
-        return await read_body(receive, limit)
-    except BodyTooLargeError:
-        raise _too_large(limit) from None
-
-
-def _too_large(limit: int) -> StatusError:
-    return StatusError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f"request body is larger than {limit} bytes",
-        reason="BODY_TOO_LARGE",
-        metadata={"http_status": "413", "limit": str(limit)},
-    )
 
 
 async def _ndjson_lines(receive: Receive, limit: int) -> AsyncIterator[bytes]:
@@ -412,7 +407,7 @@ async def _ndjson_lines(receive: Receive, limit: int) -> AsyncIterator[bytes]:
         buffer += message.get("body", b"")
         *lines, buffer = buffer.split(b"\n")
         if len(buffer) > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         for line in lines:
             if line.strip():
                 yield line

@@ -14,6 +14,7 @@ import base64
 import binascii
 import struct
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -33,6 +34,7 @@ from nexus_grpc.gateway.responses import (
     watch_disconnect,
 )
 from nexus_grpc.pipeline.context import call_result, start_call
+from nexus_grpc.pipeline.decode import PendingRequest
 from nexus_grpc.routing import Router
 
 if TYPE_CHECKING:
@@ -124,25 +126,6 @@ class GrpcWebHandler:
             )
             return
         try:
-            body = await read_body(receive, self._settings.max_body_bytes)
-            if text:
-                body = base64.b64decode(body, validate=False)
-            frames = [payload for flag, payload in decode_frames(body) if flag == _DATA]
-            if len(frames) != 1:
-                raise ValueError(f"expected one request message, got {len(frames)}")
-            deserialize = route.grpc_handler.request_deserializer
-            request = deserialize(frames[0]) if deserialize else frames[0]
-        except (ValueError, binascii.Error, BodyTooLargeError) as error:
-            await response.trailers(
-                grpc.StatusCode.INVALID_ARGUMENT, f"malformed gRPC-Web request: {error}", ()
-            )
-            return
-        except Exception:
-            await response.trailers(
-                grpc.StatusCode.INVALID_ARGUMENT, "request message could not be parsed", ()
-            )
-            return
-        try:
             timeout = _timeout(headers.get("grpc-timeout", ""))
         except StatusError as error:
             await response.trailers(error.code, error.message, ())
@@ -157,10 +140,20 @@ class GrpcWebHandler:
                 serialize(message) if serialize else message, context
             ),
         )
+        watcher: asyncio.Future[None] | None = None
+
+        def body_read() -> None:
+            nonlocal watcher
+            # The body is read: the next receive() reports the client leaving, which
+            # must end a server stream instead of letting it write into the void.
+            watcher = asyncio.ensure_future(watch_disconnect(receive, call, context))
+
+        # The body is read and decoded by the pipeline's decode stage, after auth and
+        # rate limits: a refused caller's body is never read.
+        request = _PendingGrpcWebRequest(
+            receive, self._settings.max_body_bytes, text=text, on_read=body_read
+        )
         call = start_call(route.call, request, context)
-        # The body is read: the next receive() reports the client leaving, which must
-        # end a server stream instead of letting it write into the void.
-        watcher = asyncio.ensure_future(watch_disconnect(receive, call, context))
         try:
             result = await call_result(call, context)
         except asyncio.CancelledError:
@@ -168,7 +161,8 @@ class GrpcWebHandler:
                 return
             raise
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
         code = context.code() or grpc.StatusCode.OK
         if (
             code == grpc.StatusCode.OK
@@ -177,6 +171,38 @@ class GrpcWebHandler:
         ):
             await response.message(serialize(result) if serialize else result, context)
         await response.trailers(code, context.details() or "", context.trailing_metadata(), context)
+
+
+class _PendingGrpcWebRequest(PendingRequest):
+    """The request body of a gRPC-Web call, read when the pipeline's decode stage asks."""
+
+    __slots__ = ("_limit", "_on_read", "_receive", "_text")
+
+    def __init__(
+        self, receive: Receive, limit: int, *, text: bool, on_read: Callable[[], None]
+    ) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._text = text
+        self._on_read = on_read
+
+    async def resolve(self) -> bytes:
+        """The payload of the one request frame (the decode stage parses it)."""
+        try:
+            body = await read_body(self._receive, self._limit)
+            self._on_read()
+            if self._text:
+                body = base64.b64decode(body, validate=False)
+            frames = [payload for flag, payload in decode_frames(body) if flag == _DATA]
+            if len(frames) != 1:
+                raise ValueError(f"expected one request message, got {len(frames)}")
+        except (ValueError, binascii.Error, BodyTooLargeError) as error:
+            raise StatusError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"malformed gRPC-Web request: {error}",
+                reason="MALFORMED_GRPC_WEB",
+            ) from None
+        return frames[0]
 
 
 class _Response:

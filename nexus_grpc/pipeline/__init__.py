@@ -6,6 +6,7 @@ The order of the stages is fixed here and only here (:func:`build_stages`).
 from __future__ import annotations
 
 from nexus_grpc.pipeline.chain import Stage, chain
+from nexus_grpc.pipeline.decode import DecodeStage, PendingRequest
 from nexus_grpc.pipeline.errors import ErrorStage, abort_with
 from nexus_grpc.pipeline.handlers import (
     as_call_handler,
@@ -15,8 +16,10 @@ from nexus_grpc.pipeline.handlers import (
 from nexus_grpc.pipeline.observe import ObserveStage
 
 __all__ = [
+    "DecodeStage",
     "ErrorStage",
     "ObserveStage",
+    "PendingRequest",
     "Stage",
     "abort_with",
     "as_call_handler",
@@ -47,6 +50,9 @@ def build_stages(
     - concurrency, deadline: cheap limits before any work;
     - auth: who is calling (a bad token stops here);
     - rate limit: per principal, before the costlier authorization and handler;
+    - decode: the request is read and parsed only now, so neither an unauthenticated
+      nor a throttled caller costs any parsing; nothing above looks inside a request,
+      and everything below sees a message;
     - access: the contract's policy, ownership checks, shadow mode;
     - admin audit: administrative calls recorded with their outcome;
     - validation: the contract's field rules, last, so only authorized callers learn
@@ -60,6 +66,8 @@ def build_stages(
         deadline,
         auth,
         rate_limit,
+        # Always there: grpcio hands requests over undecoded (pipeline.handlers).
+        DecodeStage(),
         access,
         admin_audit,
         validation,

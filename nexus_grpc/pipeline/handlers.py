@@ -54,10 +54,14 @@ def unimplemented_handler(path: str, plugin: str) -> CallHandler:
 def grpc_method_handler(
     arity: Arity,
     call: CallHandler,
-    request_deserializer: Callable[[bytes], Any] | None,
     response_serializer: Callable[[Any], bytes] | None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """Package a pipeline handler for grpcio with the method's (de)serializers."""
+    """Package a pipeline handler for grpcio with the method's response serializer.
+
+    grpcio gets no request deserializer: requests reach the pipeline as ``bytes`` and
+    its decode stage parses them after authentication and rate limiting, so that bad
+    bytes are an INVALID_ARGUMENT status like any other, not an exception in grpcio.
+    """
     factory = {
         Arity.UNARY_UNARY: grpc.unary_unary_rpc_method_handler,
         Arity.UNARY_STREAM: grpc.unary_stream_rpc_method_handler,
@@ -66,6 +70,6 @@ def grpc_method_handler(
     }[arity]
     return factory(
         call,
-        request_deserializer=request_deserializer,
+        request_deserializer=None,
         response_serializer=response_serializer,
     )

@@ -521,7 +521,7 @@ class ProbeServer:
         for name, handler in handlers.items():
             method = info(name)
             call = chain([MetricsStage(metrics), ErrorStage()], method, handler)
-            method_handlers[name] = grpc_method_handler(method.arity, call, None, None)
+            method_handlers[name] = grpc_method_handler(method.arity, call, None)
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, method_handlers),)
         )
