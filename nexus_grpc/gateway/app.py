@@ -294,10 +294,20 @@ class GatewayApp:
                 cors,
             )
             context._writer = writer.write
+        watcher: asyncio.Future[None] | None = None
+
+        def watch() -> None:
+            nonlocal watcher
+            watcher = asyncio.ensure_future(watch_disconnect(receive, call, context))
+
         call = start_call(route.call, request, context)
         # Bidirectional calls read the body as they go and see the disconnect there.
-        watch = binding.server_streaming and not binding.client_streaming
-        watcher = asyncio.ensure_future(watch_disconnect(receive, call, context)) if watch else None
+        if binding.server_streaming and not binding.client_streaming:
+            if isinstance(request, PendingRestRequest) and request.reads_body:
+                # Only once the decode stage has read the body: both would receive().
+                request.on_read = watch
+            else:
+                watch()
         try:
             response = await call_result(call, context)
         except asyncio.CancelledError:

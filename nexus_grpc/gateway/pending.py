@@ -10,7 +10,7 @@ query values) leave through the pipeline like any status: counted and access-log
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import parse_qsl
 
 import grpc
@@ -53,7 +53,7 @@ class BodyLimits:
 class PendingRestRequest(PendingRequest):
     """Reads, checks and decodes one REST request when the pipeline asks for it."""
 
-    __slots__ = ("_limits", "_read", "_receive", "_route", "_scope", "_variables")
+    __slots__ = ("_limits", "_receive", "_route", "_scope", "_variables", "on_read", "reads_body")
 
     def __init__(
         self,
@@ -70,7 +70,10 @@ class PendingRestRequest(PendingRequest):
         self._route = route
         self._variables = variables
         self._limits = limits
-        self._read = read
+        #: Whether the request has a body to read (a body binding and a body method).
+        self.reads_body = read
+        #: Called once the body is read (the gateway then watches for a disconnect).
+        self.on_read: Callable[[], None] | None = None
 
     async def resolve(self) -> Message:
         """The request message built from path, query string and body."""
@@ -79,9 +82,11 @@ class PendingRestRequest(PendingRequest):
         query = query_of(scope, limits.max_query_bytes)
         content_type = header(scope, b"content-type")
         body: bytes | None = None
-        if self._read:
+        if self.reads_body:
             require_content_type(scope, self._route, streaming=False)
             body = await _read_body(scope, self._receive, limits.max_body_bytes)
+            if self.on_read is not None:
+                self.on_read()
         build = self._route.builder.build
         if body is not None and 0 < limits.thread_parse_bytes <= len(body):
             # Decoding JSON into a message is pure Python (~50 ms per MB): off the

@@ -348,3 +348,72 @@ async def test_cors_preflight_and_simple_requests(http: httpx.AsyncClient) -> No
     )
     assert response.status_code == 204
     assert "access-control-allow-origin" not in response.headers
+
+
+def _handled(exposition: str, method: str, code: str) -> float:
+    """``grpc_server_handled_total`` of a REST call to ``method`` with ``code``."""
+    for line in exposition.splitlines():
+        if (
+            line.startswith("grpc_server_handled_total{")
+            and f'grpc_method="{method}"' in line
+            and f'grpc_code="{code}"' in line
+            and 'transport="rest"' in line
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_body_errors_are_statuses_of_the_pipeline_counted_in_metrics(
+    http: httpx.AsyncClient,
+) -> None:
+    # Bodies are read and decoded inside the call pipeline (after auth): their errors
+    # keep their HTTP statuses and google.rpc.Status bodies, and are counted.
+    unsupported = await http.post(
+        "/v1/echo/x", content=b"a=b", headers={"content-type": "text/plain"}
+    )
+    assert unsupported.status_code == 415
+    assert unsupported.json()["details"][0]["reason"] == "UNSUPPORTED_MEDIA_TYPE"
+    assert unsupported.headers["x-request-id"]
+    oversized = await http.post("/v1/echo/x", content=b" " * (4 * 1024 * 1024 + 1), headers=JSON)
+    assert oversized.status_code == 413
+    assert oversized.json()["details"][0]["metadata"] == {
+        "http_status": "413",
+        "limit": str(4 * 1024 * 1024),
+    }
+    malformed = await http.post("/v1/echo/x", content=b"{nope", headers=JSON)
+    assert malformed.status_code == 400
+    assert "not valid JSON" in malformed.json()["message"]
+    exposition = (await http.get("/metrics")).text
+    assert _handled(exposition, "Echo", "InvalidArgument") == 2
+    assert _handled(exposition, "Echo", "ResourceExhausted") == 1
+
+
+async def test_query_string_past_the_limit_is_414(http: httpx.AsyncClient) -> None:
+    fine = await http.get("/v1/echo/q", params={"nested.name": "n" * 15_000})
+    assert fine.status_code == 200
+    response = await http.get("/v1/echo/q", params={"nested.name": "n" * 17_000})
+    assert response.status_code == 414
+    assert response.json()["details"][0]["reason"] == "QUERY_TOO_LONG"
+
+
+async def test_bodies_decoded_in_a_worker_thread_give_the_same_message(
+    tmp_path: Any, transcode_stubs: Any
+) -> None:
+    from nexus_grpc.config import HttpConfig
+    from nexus_grpc.testing import running_host
+    from tests.gateway.conftest import GATEWAY_TESTS
+
+    async with (
+        running_host(
+            plugins=["transcode"],
+            plugin_dirs=[GATEWAY_TESTS / "plugins"],
+            data_dir=tmp_path,
+            http=HttpConfig(thread_parse_bytes=1),
+        ) as host,
+        httpx.AsyncClient(base_url=host.http_url, timeout=10) as client,
+    ):
+        response = await client.post("/v1/echo/t", json={"small": 3, "tags": ["a"] * 1000})
+        assert response.status_code == 200
+        assert response.json() == {"id": "t", "small": 3, "tags": ["a"] * 1000}
+        bad = await client.post("/v1/echo/t", json={"small": "many"})
+        assert bad.status_code == 400
