@@ -76,6 +76,7 @@ STAGE_NOTES = {
     "DeadlineStage": "deadline (default deadline)",
     "AuthStage": "auth (bearer JWT, cached after 1st call)",
     "RateLimitStage": "rate limit (memory buckets)",
+    "DecodeStage": "decode (a message: in-process; gRPC bytes parse here)",
     "AccessStage": "access (orders.read, scope all)",
     "AdminAuditStage": "admin audit",
     "ValidationStage": "validation (GetOrderRequest rules)",
