@@ -268,8 +268,14 @@ class GatewayApp:
         require_content_type(scope, gateway_route, streaming=True)
         query = query_of(scope, self._limits.max_query_bytes)
         content_type = "application/json"
+        build = gateway_route.builder.build
+        in_thread = self._limits.thread_parse_bytes
         async for line in _ndjson_lines(receive, self._settings.max_body_bytes):
-            yield gateway_route.builder.build(variables, query, line, content_type)
+            if 0 < in_thread <= len(line):
+                # As for unary bodies (gateway.pending): large ones off the event loop.
+                yield await asyncio.to_thread(build, variables, query, line, content_type)
+            else:
+                yield build(variables, query, line, content_type)
 
     async def _call(
         self,

@@ -213,10 +213,43 @@ _readers: dict[str, dict[str, tuple[FieldDescriptor, _Reader]]] = {}
 def parse_dict(value: Any, message: Message, *, ignore_unknown_fields: bool = False) -> None:
     """Merge the JSON value into ``message``, like ``json_format.ParseDict``."""
     try:
+        if _is_recursive(cast(Descriptor, message.DESCRIPTOR)):
+            # Only the reference parser bounds nesting (at protobuf's depth limit, 100,
+            # as the binary parser does): a recursive type nested deeper would be a
+            # message no gRPC peer can read back, or blow Python's stack.
+            raise _Fallback
         _read_message(value, message, ignore_unknown_fields)
     except _Fallback:
         message.Clear()
         json_format.ParseDict(value, message, ignore_unknown_fields=ignore_unknown_fields)
+
+
+_recursive: dict[str, bool] = {}
+
+
+def _is_recursive(descriptor: Descriptor) -> bool:
+    """Whether a message of this type can nest without bound: some message type it
+    holds, at any depth (itself included), can contain itself."""
+    known = _recursive.get(descriptor.full_name)
+    if known is None:
+        known = _recursive[descriptor.full_name] = _has_cycle(descriptor, set(), set())
+    return known
+
+
+def _has_cycle(descriptor: Descriptor, path: set[str], done: set[str]) -> bool:
+    name = str(descriptor.full_name)
+    if name in path:
+        return True
+    if name in done:
+        return False
+    path.add(name)
+    for field in descriptor.fields:
+        sub = field.message_type
+        if sub is not None and not _is_wkt(sub) and _has_cycle(sub, path, done):
+            return True
+    path.discard(name)
+    done.add(name)
+    return False
 
 
 def _read_message(value: Any, message: Message, ignore_unknown: bool) -> None:

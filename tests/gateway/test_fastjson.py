@@ -170,3 +170,37 @@ def test_property_parse_then_write_matches_json_format(document: dict[str, Any])
     json_format.ParseDict(document, reference)
     assert parsed == reference
     assert fastjson.to_dict(parsed, False) == json_format.MessageToDict(reference)
+
+
+def _recursive_node() -> type[Message]:
+    """``message Node { Node child = 1; int32 v = 2; }`` in a pool of its own."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    pool = descriptor_pool.DescriptorPool()
+    proto = descriptor_pb2.FileDescriptorProto(name="node.proto", package="node", syntax="proto3")
+    node = proto.message_type.add(name="Node")
+    node.field.add(name="child", number=1, type=11, type_name=".node.Node", label=1)
+    node.field.add(name="v", number=2, type=5, label=1)
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("node.Node"))
+
+
+@pytest.mark.parametrize("depth", [101, 900])
+def test_deep_nesting_of_a_recursive_message_is_a_client_error(depth: int) -> None:
+    # Deeper than Python's stack allows the fast path: the reference parser's depth
+    # limit answers (a ParseError, i.e. 400), not a RecursionError (500 and a traceback).
+    from nexus_grpc.errors import InvalidArgumentError
+    from nexus_grpc.gateway.codec import JsonOptions, loads, parse_json_into
+
+    node = _recursive_node()
+    value: Any = {"v": 1}
+    for _ in range(depth):
+        value = {"child": value}
+    with pytest.raises(InvalidArgumentError) as caught:
+        parse_json_into(value, node(), JsonOptions(), "body")
+    assert "too deep" in caught.value.message
+    shallow = node()
+    parse_json_into(
+        loads(b'{"child": {"child": {"v": 2}}}', "body"), shallow, JsonOptions(), "body"
+    )
+    assert shallow.child.child.v == 2

@@ -417,3 +417,12 @@ async def test_bodies_decoded_in_a_worker_thread_give_the_same_message(
         assert response.json() == {"id": "t", "small": 3, "tags": ["a"] * 1000}
         bad = await client.post("/v1/echo/t", json={"small": "many"})
         assert bad.status_code == 400
+        lines = b'{"value": 1}\n{"value": "2"}\n{"value": 39}'
+        summed = await client.post(
+            "/v1/sum", content=lines, headers={"content-type": "application/x-ndjson"}
+        )
+        assert summed.json() == {"total": "42", "count": 3}
+        bad_line = await client.post(
+            "/v1/sum", content=b'{"value": "x"}', headers={"content-type": "application/x-ndjson"}
+        )
+        assert bad_line.status_code == 400
