@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
-from google.protobuf.message import Message
 
 if TYPE_CHECKING:
     from nexus_grpc.plugins.spec import OwnershipHook
@@ -112,6 +111,10 @@ class MethodInfo:
     ownership: OwnershipHook | None = field(default=None, compare=False)
     #: The serving plugin's category ("core" for the host's own services).
     category: str = "core"
+    #: ``bytes -> request`` as the servicer's generated code registered it; None for the
+    #: class the descriptor's pool makes. (The two differ when a servicer serves a
+    #: service under another descriptor, as reflection v1 does with v1alpha's code.)
+    request_deserializer: Callable[[bytes], Any] | None = field(default=None, compare=False)
 
     @property
     def service(self) -> str:
@@ -124,9 +127,11 @@ class MethodInfo:
         return str(self.descriptor.name)
 
     @property
-    def request_class(self) -> type[Message]:
-        """The request message class (for binding decoders; not for per-call use)."""
-        return message_factory.GetMessageClass(self.descriptor.input_type)
+    def parse_request(self) -> Callable[[bytes], Any]:
+        """``bytes -> request message`` for this method (look it up when binding, not per call)."""
+        if self.request_deserializer is not None:
+            return self.request_deserializer
+        return message_factory.GetMessageClass(self.descriptor.input_type).FromString
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,7 @@ def build_routes(
             policy=effective_policy(method),
             ownership=ownership,
             category=category,
+            request_deserializer=captured.request_deserializer,
         )
         if binding.implements(method.name):
             behavior = getattr(captured, arity.value)

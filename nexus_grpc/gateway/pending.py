@@ -87,12 +87,19 @@ class PendingRestRequest(PendingRequest):
             body = await _read_body(scope, self._receive, limits.max_body_bytes)
             if self.on_read is not None:
                 self.on_read()
-        build = self._route.builder.build
-        if body is not None and 0 < limits.thread_parse_bytes <= len(body):
-            # Decoding JSON into a message is pure Python (~50 ms per MB): off the
-            # event loop, other clients' calls go on while a large body is parsed.
-            return await asyncio.to_thread(build, self._variables, query, body, content_type)
-        return build(self._variables, query, body, content_type)
+        builder = self._route.builder
+        if (
+            body is not None
+            and 0 < limits.thread_parse_bytes <= len(body)
+            and not builder.raw_body  # HttpBody: the bytes are taken as they are
+        ):
+            # Decoding JSON into a message costs ~50 ms per MB, mostly pure Python,
+            # which lets go of the GIL every switch interval (5 ms): in a worker
+            # thread, other clients' calls go on while a large body is decoded.
+            return await asyncio.to_thread(
+                builder.build, self._variables, query, body, content_type
+            )
+        return builder.build(self._variables, query, body, content_type)
 
 
 def header(scope: Scope, name: bytes) -> str:

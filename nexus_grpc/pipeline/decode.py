@@ -57,7 +57,7 @@ def undecodable(type_name: str) -> StatusError:
 
 def _parser(method: MethodInfo) -> Callable[[bytes], Any]:
     """``bytes -> message`` for ``method``'s request type, bad bytes -> INVALID_ARGUMENT."""
-    from_string = method.request_class.FromString
+    from_string = method.parse_request
     type_name = str(method.descriptor.input_type.full_name)
 
     def parse(data: bytes) -> Any:

@@ -203,7 +203,7 @@ class _MultiCallable:
             handler = route.grpc_handler
             bound = self._bound = (
                 route,
-                _copier(route.info.request_class.FromString, self._request_serializer),
+                _copier(route.info.parse_request, self._request_serializer),
                 _copier(self._response_deserializer, handler.response_serializer),
             )
         return bound[1], bound[2]

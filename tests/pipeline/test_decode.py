@@ -150,3 +150,26 @@ async def test_decoding_awaits_nothing_for_messages_and_bytes() -> None:
         with pytest.raises(StopIteration):
             coroutine.send(None)
     await asyncio.sleep(0)
+
+
+async def test_service_served_under_another_descriptor_decodes_with_its_own_code(
+    tmp_path: Any,
+) -> None:
+    # Reflection v1 is served by v1alpha's generated code under v1's descriptor: the
+    # decode stage must build the message the servicer's code expects (v1alpha's), not
+    # the class v1's descriptor pool would make.
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    from nexus_grpc.testing import running_host
+
+    async with running_host(plugins=["orders"], data_dir=tmp_path) as host:
+        for package in ("grpc.reflection.v1", "grpc.reflection.v1alpha"):
+            call = host.channel().stream_stream(
+                f"/{package}.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            replies = [reply async for reply in call(iter([request]))]
+            names = {s.name for s in replies[0].list_services_response.service}
+            assert "nexus.orders.v1.OrdersService" in names, (package, replies)
