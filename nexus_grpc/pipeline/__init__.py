@@ -35,6 +35,7 @@ def build_stages(
     deadline: Stage | None = None,
     auth: Stage | None = None,
     rate_limit: Stage | None = None,
+    streams: Stage | None = None,
     access: Stage | None = None,
     admin_audit: Stage | None = None,
     validation: Stage | None = None,
@@ -47,6 +48,8 @@ def build_stages(
     - concurrency, deadline: cheap limits before any work;
     - auth: who is calling (a bad token stops here);
     - rate limit: per principal, before the costlier authorization and handler;
+    - streams: open streams per principal and in total (streaming methods only), and
+      the registry the host ends them from when it drains;
     - access: the contract's policy, ownership checks, shadow mode;
     - admin audit: administrative calls recorded with their outcome;
     - validation: the contract's field rules, last, so only authorized callers learn
@@ -60,6 +63,7 @@ def build_stages(
         deadline,
         auth,
         rate_limit,
+        streams,
         access,
         admin_audit,
         validation,
