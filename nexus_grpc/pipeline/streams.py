@@ -22,23 +22,14 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 
-from nexus_grpc.errors import StatusError
+from nexus_grpc.errors import ShuttingDownError, StatusError
 from nexus_grpc.ratelimit import caller_key
 from nexus_grpc.routing import Arity, CallHandler, MethodInfo
 
-__all__ = ["StreamStage", "shutting_down"]
+__all__ = ["StreamStage"]
 
 #: What a client refused for too many streams is told to wait before trying again.
 _RETRY_SECONDS = 1
-
-
-def shutting_down() -> StatusError:
-    """UNAVAILABLE for a stream ended (or refused) because the host is draining."""
-    return StatusError(
-        grpc.StatusCode.UNAVAILABLE,
-        "server shutting down",
-        reason="SHUTTING_DOWN",
-    )
 
 
 def _too_many(scope: str, limit: int) -> StatusError:
@@ -92,7 +83,7 @@ class StreamStage:
 
         async def streamed(request: Any, context: Any) -> Any:
             if self._closing:
-                raise shutting_down()
+                raise ShuttingDownError()
             key = caller_key(context)
             held = counts.get(key, 0)
             # One event loop: nothing runs between these checks and the increments.
@@ -111,7 +102,7 @@ class StreamStage:
                     raise
                 # Our own cancellation: the stream ends with a status, not as cancelled.
                 task.uncancel()
-                raise shutting_down() from None
+                raise ShuttingDownError() from None
             finally:
                 del open_[task]
                 left = counts[key] - 1
@@ -124,7 +115,7 @@ class StreamStage:
                 # that this server is going away rather than see a normal end.
                 ending.discard(task)
                 task.uncancel()
-                raise shutting_down()
+                raise ShuttingDownError()
             return result
 
         return streamed
