@@ -37,6 +37,7 @@ from nexus_grpc.gateway.responses import (
     Receive,
     Scope,
     Send,
+    ended_by_server,
     peer_of,
     read_body,
     send_error,
@@ -276,12 +277,13 @@ class GatewayApp:
         # Bidirectional calls read the body as they go and see the disconnect there.
         watch = binding.server_streaming and not binding.client_streaming
         watcher = asyncio.ensure_future(watch_disconnect(receive, call, context)) if watch else None
+        response: Any = None
         try:
             response = await call_result(call, context)
         except asyncio.CancelledError:
             if context.cancelled_by_client:
                 return
-            raise
+            ended_by_server(context)
         finally:
             if watcher is not None:
                 watcher.cancel()

@@ -28,6 +28,7 @@ from nexus_grpc.gateway.responses import (
     Receive,
     Scope,
     Send,
+    ended_by_server,
     peer_of,
     read_body,
     watch_disconnect,
@@ -161,12 +162,13 @@ class GrpcWebHandler:
         # The body is read: the next receive() reports the client leaving, which must
         # end a server stream instead of letting it write into the void.
         watcher = asyncio.ensure_future(watch_disconnect(receive, call, context))
+        result: Any = None
         try:
             result = await call_result(call, context)
         except asyncio.CancelledError:
             if context.cancelled_by_client:
                 return
-            raise
+            ended_by_server(context)
         finally:
             watcher.cancel()
         code = context.code() or grpc.StatusCode.OK

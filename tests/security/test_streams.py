@@ -467,3 +467,51 @@ async def test_sigterm_ends_every_transports_stream_in_band(
         assert entry.get("level") not in ("error", "critical"), entry
         assert "Traceback" not in json.dumps(entry), entry
     assert any("ended 6 open stream(s)" in e.get("message", "") for e in serve.logs), serve.logs
+
+
+async def test_calls_cut_at_the_end_of_the_grace_period_get_a_proper_status(
+    tmp_path: Path, probe_stubs: Path
+) -> None:
+    """A REST or gRPC-Web call still running when the drain runs out gets UNAVAILABLE in
+    its own format, not uvicorn's 500 text/plain and a traceback."""
+    from probe.v1 import probe_pb2
+
+    serve = await asyncio.to_thread(
+        start_serve,
+        tmp_path,
+        probe_stubs,
+        [REPO / "tests" / "probe"],
+        NEXUS_SERVER__GRACE_PERIOD="1",
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{serve.http_address}", timeout=20) as http:
+            path = "/probe.v1.ProbeService/Sleep"
+            rest = asyncio.ensure_future(http.post(path, json={"millis": 15000}))
+            web = asyncio.ensure_future(
+                http.post(
+                    path,
+                    content=encode_frame(
+                        0, probe_pb2.SleepRequest(millis=15000).SerializeToString()
+                    ),
+                    headers={"content-type": "application/grpc-web+proto"},
+                )
+            )
+            await asyncio.sleep(0.5)  # both reach the handler
+            serve.process.send_signal(signal.SIGTERM)
+            rest_reply, web_reply = await asyncio.gather(rest, web)
+        assert rest_reply.status_code == 503
+        assert rest_reply.headers["content-type"] == "application/json"
+        assert rest_reply.json()["code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+        assert rest_reply.json()["message"] == "server shutting down"
+        frames = _complete_frames(web_reply.content)
+        assert frames and frames[-1][0] & 0x80
+        status = _trailers(frames[-1][1])
+        assert status["grpc-status"] == str(grpc.StatusCode.UNAVAILABLE.value[0])
+        assert unquote(status["grpc-message"]) == "server shutting down"
+        assert await asyncio.to_thread(serve.process.wait, 20) == 0
+        await asyncio.to_thread(serve.wait_for_log, lambda e: e["message"] == "nexus stopped", 5)
+    finally:
+        serve.close()
+    for entry in serve.logs:
+        assert "Exception in ASGI application" not in entry.get("message", ""), entry
+        assert "Traceback" not in json.dumps(entry), entry
