@@ -317,6 +317,26 @@ async def test_unary_calls_are_not_counted(capped_host: RunningHost) -> None:
     assert capped_host.host.streams.open == 0
 
 
+@pytest.mark.parametrize("transport", ["grpc", "ndjson", "grpc-web"])
+async def test_a_stream_opened_once_the_drain_started_is_refused(
+    capped_host: RunningHost, transport: str
+) -> None:
+    open_ = await _watch(capped_host, transport, "alice").open()
+    try:
+        assert capped_host.host.streams.end_all() == 1  # what the host's stop path calls
+        assert await open_.outcome() == ("UNAVAILABLE", "server shutting down")
+        late = await _watch(capped_host, transport, "bob").open()
+        try:
+            assert late.refused is not None
+            assert late.refused[:2] == ("UNAVAILABLE", "server shutting down")
+            if transport == "ndjson":
+                assert late.refused[2] == 503
+        finally:
+            await late.close()
+    finally:
+        await open_.close()
+
+
 # --- the orders feed: filter before queueing, bounded queues --------------------------
 
 
