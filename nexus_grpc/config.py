@@ -149,6 +149,16 @@ class LimitsConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Calls served at once, all transports together; 0 for no limit.
     max_concurrent_calls: int = 0
+    #: Streaming calls open at once, all callers and transports together; 0 for no
+    #: limit. Each holds a task and a bounded queue for as long as its client likes;
+    #: 1000 is ten HTTP/2 connections at the per-connection stream limits of nginx
+    #: (128) and grpc-go/Envoy edge configurations (100).
+    max_streams: int = 1000
+    #: Streaming calls one principal (or one peer address, when anonymous) may have
+    #: open at once; 0 for no limit. A browser opens at most 6 EventSource streams per
+    #: host over HTTP/1.1; 16 leaves room for several tabs and devices and keeps one
+    #: caller to a small share of ``max_streams``.
+    max_streams_per_principal: int = 16
 
 
 @dataclass(frozen=True)

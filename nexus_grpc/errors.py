@@ -22,6 +22,7 @@ __all__ = [
     "FieldViolation",
     "InvalidArgumentError",
     "NotFoundError",
+    "ShuttingDownError",
     "StatusError",
     "to_status_proto",
 ]
@@ -129,6 +130,15 @@ class ConflictError(StatusError):
 
     def __init__(self, message: str) -> None:
         super().__init__(grpc.StatusCode.ABORTED, message, reason="CONFLICT")
+
+
+class ShuttingDownError(StatusError):
+    """The host is draining: a stream ends (or is refused) so its client goes elsewhere."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            grpc.StatusCode.UNAVAILABLE, "server shutting down", reason="SHUTTING_DOWN"
+        )
 
 
 def to_status_proto(error: StatusError) -> status_pb2.Status:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+
+from nexus_grpc.errors import ShuttingDownError
 
 __all__ = ["OVERALL", "HealthState"]
 
@@ -12,6 +17,7 @@ OVERALL = ""
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
 
 class _HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
@@ -20,6 +26,53 @@ class _HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
     def __init__(self, state: HealthState) -> None:
         super().__init__()
         self._state = state
+        #: Watch calls in progress: shutdown lets them deliver NOT_SERVING before the
+        #: host ends every stream.
+        self._watches: set[asyncio.Task[Any]] = set()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        """grpcio's Watch, except that shutdown ends it: NOT_SERVING, then UNAVAILABLE.
+
+        Ending the call itself, right after NOT_SERVING is written, is what makes the
+        order certain: were the host to end it from outside, it could cancel the call
+        before the watcher's last status went out.
+        """
+        service = request.service
+        condition = self._server_watchers[service]
+        self._watcher_count_by_service[service] += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._watches.add(task)
+        last = None
+        try:
+            async with condition:
+                while True:
+                    status = self._server_status.get(service, _UNKNOWN)
+                    if status != last:
+                        await context.write(health_pb2.HealthCheckResponse(status=status))
+                        last = status
+                    if self._gracefully_shutting_down:
+                        raise ShuttingDownError()
+                    await condition.wait()
+        finally:
+            if task is not None:
+                self._watches.discard(task)
+            self._watcher_count_by_service[service] -= 1
+            if self._watcher_count_by_service[service] == 0:
+                del self._server_watchers[service]
+                del self._watcher_count_by_service[service]
+
+    async def enter_graceful_shutdown(self, settle: float = 1.0) -> None:
+        """Everything NOT_SERVING for good; wait up to ``settle`` seconds for watchers
+        to have been told and their calls to end."""
+        await super().enter_graceful_shutdown()
+        # Watchers of a service with no status were not woken by the base class.
+        for condition in list(self._server_watchers.values()):
+            async with condition:
+                condition.notify_all()
+        pending = [task for task in self._watches if not task.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=settle)
 
     async def List(
         self, request: health_pb2.HealthListRequest, context: object

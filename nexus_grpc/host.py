@@ -29,6 +29,7 @@ from nexus_grpc.pipeline.auth import AccessStage, AuthStage
 from nexus_grpc.pipeline.deadline import DeadlineStage
 from nexus_grpc.pipeline.metrics import Metrics
 from nexus_grpc.pipeline.observe import ObserveStage
+from nexus_grpc.pipeline.streams import StreamStage
 from nexus_grpc.plugins.manager import PluginManager
 from nexus_grpc.ratelimit import (
     Buckets,
@@ -114,6 +115,10 @@ class Host:
             poll_interval=events.outbox_poll_interval,
         )
         self._buckets: RedisBuckets | None = None
+        #: Open streams of every transport: capped, and ended when the drain starts.
+        self.streams = StreamStage(
+            config.limits.max_streams, config.limits.max_streams_per_principal
+        )
         #: Token tools (available once started).
         self.tokens: Tokens | None = None
 
@@ -222,6 +227,7 @@ class Host:
             deadline=DeadlineStage(),
             auth=AuthStage(verifier, audit),
             rate_limit=RateLimitStage(buckets, parse_rate_classes(limits.rate_classes)),
+            streams=self.streams,
             access=AccessStage(audit, shadow=self.config.auth.shadow_mode),
             admin_audit=AdminAuditStage(audit),
             validation=ValidationStage(),
@@ -264,6 +270,12 @@ class Host:
         if self._released:
             return
         self._released = True
+        # Streams never end by themselves: waiting for them would use up the whole grace
+        # period and then cut them. Each ends now, in band, with UNAVAILABLE, so its
+        # client reconnects elsewhere while unary calls in flight finish.
+        ended = self.streams.end_all()
+        if ended:
+            _log.info("ended %d open stream(s): server shutting down", ended)
         stopping = []
         if self._server is not None:
             if not self._serving:

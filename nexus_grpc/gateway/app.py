@@ -44,6 +44,7 @@ from nexus_grpc.gateway.responses import (
     Receive,
     Scope,
     Send,
+    ended_by_server,
     peer_of,
     send_error,
     send_response,
@@ -314,12 +315,13 @@ class GatewayApp:
                 request.on_read = watch
             else:
                 watch()
+        response: Any = None
         try:
             response = await call_result(call, context)
         except asyncio.CancelledError:
             if context.cancelled_by_client:
                 return
-            raise
+            ended_by_server(context)
         finally:
             if watcher is not None:
                 watcher.cancel()

@@ -29,6 +29,7 @@ from nexus_grpc.gateway.responses import (
     Receive,
     Scope,
     Send,
+    ended_by_server,
     peer_of,
     read_body,
     watch_disconnect,
@@ -154,12 +155,13 @@ class GrpcWebHandler:
             receive, self._settings.max_body_bytes, text=text, on_read=body_read
         )
         call = start_call(route.call, request, context)
+        result: Any = None
         try:
             result = await call_result(call, context)
         except asyncio.CancelledError:
             if context.cancelled_by_client:
                 return
-            raise
+            ended_by_server(context)
         finally:
             if watcher is not None:
                 watcher.cancel()

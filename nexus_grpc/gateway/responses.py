@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-from nexus_grpc.errors import StatusError
+from nexus_grpc.errors import ShuttingDownError, StatusError, to_status_proto
 from nexus_grpc.gateway.codec import dumps
 from nexus_grpc.gateway.status import error_body, http_status
 
@@ -15,6 +15,7 @@ __all__ = [
     "Headers",
     "Receive",
     "Send",
+    "ended_by_server",
     "peer_of",
     "read_body",
     "send_error",
@@ -97,3 +98,22 @@ async def watch_disconnect(receive: Receive, call: asyncio.Future[Any], context:
             context.cancelled_by_client = True
             call.cancel()
             return
+
+
+def ended_by_server(context: Any) -> None:
+    """The server cancelled this call (its drain ran out, or a forced stop): make the
+    call's status UNAVAILABLE "server shutting down" and take the cancellation back.
+
+    The gateway then writes that status as any other — a JSON error, a last stream item,
+    a gRPC-Web trailer frame — instead of letting the cancellation reach uvicorn, which
+    answers 500 text/plain with a traceback in the log, or cuts a started body short.
+    """
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    error = ShuttingDownError()
+    context.set_code(error.code)
+    context.set_details(error.message)
+    status = to_status_proto(error).SerializeToString()
+    kept = [(k, v) for k, v in context.trailing_metadata() if k != "grpc-status-details-bin"]
+    context.set_trailing_metadata([*kept, ("grpc-status-details-bin", status)])

@@ -38,6 +38,7 @@ def build_stages(
     deadline: Stage | None = None,
     auth: Stage | None = None,
     rate_limit: Stage | None = None,
+    streams: Stage | None = None,
     access: Stage | None = None,
     admin_audit: Stage | None = None,
     validation: Stage | None = None,
@@ -50,6 +51,8 @@ def build_stages(
     - concurrency, deadline: cheap limits before any work;
     - auth: who is calling (a bad token stops here);
     - rate limit: per principal, before the costlier authorization and handler;
+    - streams: open streams per principal and in total (streaming methods only), and
+      the registry the host ends them from when it drains;
     - decode: the request is read and parsed only now, so neither an unauthenticated
       nor a throttled caller costs any parsing; nothing above looks inside a request,
       and everything below sees a message;
@@ -66,6 +69,7 @@ def build_stages(
         deadline,
         auth,
         rate_limit,
+        streams,
         # Always there: grpcio hands requests over undecoded (pipeline.handlers).
         DecodeStage(),
         access,

@@ -201,7 +201,9 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
         """Stream changes (after the current orders, when asked) until the client leaves."""
         # Subscribe before reading the snapshot so no change falls between the two; an
         # order changed meanwhile may then be seen twice, never missed.
-        async with self._feed.subscribe() as changes:
+        # request.customer_id is what the caller may see: the ownership check set it to
+        # the caller for grants of scope own, and only grants of scope all leave it empty.
+        async with self._feed.subscribe(request.customer_id) as changes:
             if request.include_existing:
                 token = ""
                 while True:
@@ -218,8 +220,7 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
                         break
             try:
                 async for change in changes:
-                    if not request.customer_id or change.order.customer_id == request.customer_id:
-                        yield change
+                    yield change
             except WatcherTooSlowError:
                 raise StatusError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
