@@ -15,6 +15,7 @@ import grpc
 
 from nexus_grpc.audit import AuditLog, Outcome
 from nexus_grpc.auth.principal import ANONYMOUS, Principal, Scope, principal_var
+from nexus_grpc.auth.sessions import SessionGuard
 from nexus_grpc.errors import StatusError
 from nexus_grpc.plugins.spec import OwnershipCheck
 from nexus_grpc.policy import Access, EffectivePolicy
@@ -65,14 +66,24 @@ class AuthStage:
     anonymous would hide that.
     """
 
-    def __init__(self, verifier: TokenVerifier, audit: AuditLog | None) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        audit: AuditLog | None,
+        *,
+        sessions: SessionGuard | None = None,
+    ) -> None:
         self._verifier = verifier
         self._audit = audit
+        # Tokens of users whose roles changed, who were disabled, deleted or logged out
+        # everywhere are refused although their signature is good.
+        self._sessions = sessions or SessionGuard()
 
     def bind(self, method: MethodInfo, next: CallHandler) -> CallHandler:
         """Wrap ``next`` with token verification for ``method``."""
         public = _policy(method).access == Access.PUBLIC
         verifier = self._verifier
+        sessions = self._sessions
         audit = self._audit
         path = method.path
 
@@ -96,6 +107,9 @@ class AuthStage:
                             reason="TOKEN_MISSING",
                         )
                     principal = await verifier.verify(token)
+                    # A dict lookup when the user's epoch is cached (nearly always).
+                    if not sessions.fresh(principal):
+                        await sessions.check(principal)
                 except StatusError as error:
                     if audit is not None:
                         await audit.record(
