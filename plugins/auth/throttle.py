@@ -142,9 +142,13 @@ class LoginThrottle:
             if record is None:
                 return
             record.unaudited += 1
-            # A record when a streak starts and when a lockout window opens.
-            if record.failures == 1 or _seconds(record.locked_until) > now:
+            # A record when a streak starts and when a lockout window opens; failures
+            # of attempts that ran concurrently go into the next one.
+            starts = record.failures == 1 and record.unaudited == 1
+            locked = _seconds(record.locked_until) > now
+            if starts or (locked and record.reported_lock != record.locked_until):
                 report = self._summary(record, now)
+                record.reported_lock.CopyFrom(record.locked_until)
                 _reset_report(record)
             await records.update(record)
         if report:

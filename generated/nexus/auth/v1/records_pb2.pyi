@@ -40,7 +40,7 @@ class SessionRecord(_message.Message):
     def __init__(self, id: _Optional[str] = ..., epoch: _Optional[int] = ..., revoked: _Optional[bool] = ...) -> None: ...
 
 class LoginFailureRecord(_message.Message):
-    __slots__ = ("id", "failures", "throttled", "unaudited", "first_time", "last_time", "locked_until", "sources")
+    __slots__ = ("id", "failures", "throttled", "unaudited", "first_time", "last_time", "locked_until", "sources", "reported_lock")
     ID_FIELD_NUMBER: _ClassVar[int]
     FAILURES_FIELD_NUMBER: _ClassVar[int]
     THROTTLED_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class LoginFailureRecord(_message.Message):
     LAST_TIME_FIELD_NUMBER: _ClassVar[int]
     LOCKED_UNTIL_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_LOCK_FIELD_NUMBER: _ClassVar[int]
     id: str
     failures: int
     throttled: int
@@ -57,4 +58,5 @@ class LoginFailureRecord(_message.Message):
     last_time: _timestamp_pb2.Timestamp
     locked_until: _timestamp_pb2.Timestamp
     sources: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., failures: _Optional[int] = ..., throttled: _Optional[int] = ..., unaudited: _Optional[int] = ..., first_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., locked_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sources: _Optional[_Iterable[str]] = ...) -> None: ...
+    reported_lock: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., failures: _Optional[int] = ..., throttled: _Optional[int] = ..., unaudited: _Optional[int] = ..., first_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., locked_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sources: _Optional[_Iterable[str]] = ..., reported_lock: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
