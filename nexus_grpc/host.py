@@ -293,6 +293,8 @@ class Host:
         if self._storage is not None:
             await self._storage.close()
         await self.cache.close()
+        if self.tokens is not None:
+            self.tokens.sessions.close()
         if self._buckets is not None:
             await self._buckets.aclose()
 

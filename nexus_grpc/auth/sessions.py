@@ -12,7 +12,7 @@ The host does not import the user store: the store hands the host a
 the token issuer. Without a source attached (no auth plugin loaded), every token is
 good for its lifetime, as before.
 
-Cost: the epochs are cached in process, so a call pays a dict lookup and a clock read.
+Cost: the epochs are cached in process, so a call pays one dict lookup.
 Coherence:
 
 * **This process**: :meth:`SessionGuard.changed` drops the user's entry before it
@@ -22,8 +22,9 @@ Coherence:
   (key ``{prefix}:sessions:{user}``); every host drops the entry when it hears it,
   normally within milliseconds. When that subscription breaks, every entry is
   dropped, and again when it is back (messages in between are lost).
-* **Lost messages, and hosts without Redis**: an entry is trusted for at most
-  ``ttl`` seconds (``auth.session_check_ttl``), then loaded again.
+* **Lost messages, and hosts without Redis**: every ``ttl`` seconds
+  (``auth.session_check_ttl``) all entries are dropped and loaded again on use, so
+  none is trusted longer than that.
 
 A load that fails (storage down) refuses the call with UNAVAILABLE: we cannot tell
 whether the token is still good, so it is not (fail closed).
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -83,44 +83,45 @@ class SessionGuard:
         ttl: float = 5.0,
         max_entries: int = 100_000,
         prefix: str = "nexus",
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if ttl <= 0 or max_entries < 1:
             raise ValueError("SessionGuard needs ttl > 0 and max_entries >= 1")
         self._ttl = ttl
         self._max_entries = max_entries
-        self._clock = clock
         self._key_prefix = f"{prefix}{CHANNEL_SEGMENT}"
-        #: subject -> (floor, trusted until). Read on every authenticated call.
-        self._floors: dict[str, tuple[int, float]] = {}
+        #: subject -> least epoch its tokens must carry; read on every authenticated
+        #: call, so it is one dict, cleared in place (never replaced), and emptied
+        #: every ``ttl`` seconds by a timer rather than checking a clock per call.
+        self.floors: dict[str, int] = {}
         #: Raised by every invalidation, so a load that straddled one is not kept.
         self._version = 0
         self._source: SessionSource | None = None
         self._announce: Announce | None = None
         self._loads: dict[str, asyncio.Future[int]] = {}
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- the hot path -----------------------------------------------------------------
 
     def fresh(self, principal: Principal) -> bool:
         """Whether ``principal``'s token is known good right now (no await needed).
 
-        False means "ask :meth:`check`", which loads the floor or refuses.
+        False means "ask :meth:`check`", which loads the floor or refuses. The
+        AuthStage inlines this test on :attr:`floors`.
         """
-        if self._source is None:
-            return True
-        entry = self._floors.get(principal.subject)
-        return entry is not None and principal.epoch >= entry[0] and self._clock() < entry[1]
+        floor = self.floors.get(principal.subject)
+        return floor is not None and principal.epoch >= floor
 
     async def check(self, principal: Principal) -> None:
         """Raise UNAUTHENTICATED when ``principal``'s token was voided, else return."""
         source = self._source
-        if source is None:
-            return
         subject = principal.subject
-        entry = self._floors.get(subject)
-        if entry is not None and self._clock() < entry[1]:
-            floor = entry[0]
-        else:
+        if source is None:
+            # Nobody keeps epochs: every token is good; remember it so the next call
+            # of this subject stays on the hot path.
+            self._remember(subject, 0)
+            return
+        floor = self.floors.get(subject)
+        if floor is None:
             floor = await self._load(source, subject)
         if floor >= REVOKED:
             raise AuthError("SESSION_REVOKED", "the account is disabled or no longer exists")
@@ -129,6 +130,25 @@ class SessionGuard:
                 "SESSION_REVOKED",
                 "the token was revoked (roles changed or logged out); log in again",
             )
+
+    def _remember(self, subject: str, floor: int) -> None:
+        if len(self.floors) >= self._max_entries:
+            self.floors.clear()
+        self.floors[subject] = floor
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._ttl, self._expire)
+
+    def _expire(self) -> None:
+        """Every ttl: forget every entry (the bound on a lost invalidation)."""
+        self._timer = None
+        self.forget_all()
+
+    def close(self) -> None:
+        """Stop the expiry timer (the host stops)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.forget_all()
 
     async def _load(self, source: SessionSource, subject: str) -> int:
         # One load per subject at a time: a popular user's entry expiring must not
@@ -154,9 +174,7 @@ class SessionGuard:
         else:
             future.set_result(floor)
             if version == self._version:
-                if len(self._floors) >= self._max_entries:
-                    self._floors.clear()
-                self._floors[subject] = (floor, self._clock() + self._ttl)
+                self._remember(subject, floor)
             return floor
         finally:
             if self._loads.get(subject) is future:
@@ -200,12 +218,12 @@ class SessionGuard:
     def forget(self, subject: str) -> None:
         """Drop ``subject``'s entry (the next call loads it again)."""
         self._version += 1
-        self._floors.pop(subject, None)
+        self.floors.pop(subject, None)
         # A load in flight may have read the old state: later calls start their own.
         self._loads.pop(subject, None)
 
     def forget_all(self) -> None:
         """Drop every entry (invalidations may have been lost)."""
         self._version += 1
-        self._floors.clear()
+        self.floors.clear()
         self._loads.clear()

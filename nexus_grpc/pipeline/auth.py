@@ -84,6 +84,7 @@ class AuthStage:
         public = _policy(method).access == Access.PUBLIC
         verifier = self._verifier
         sessions = self._sessions
+        floors = sessions.floors
         audit = self._audit
         path = method.path
 
@@ -107,8 +108,11 @@ class AuthStage:
                             reason="TOKEN_MISSING",
                         )
                     principal = await verifier.verify(token)
-                    # A dict lookup when the user's epoch is cached (nearly always).
-                    if not sessions.fresh(principal):
+                    # SessionGuard.fresh inlined: one dict lookup when the user's epoch
+                    # is cached (nearly always); roles changed, disabled, deleted or
+                    # logged out everywhere means a higher floor than the token's epoch.
+                    floor = floors.get(principal.subject)
+                    if floor is None or principal.epoch < floor:
                         await sessions.check(principal)
                 except StatusError as error:
                     if audit is not None:
