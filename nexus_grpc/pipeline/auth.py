@@ -87,6 +87,10 @@ class AuthStage:
         floors = sessions.floors
         audit = self._audit
         path = method.path
+        # A stream opened with a token outlives its check: each response it sends
+        # checks the epoch again, so a revoked user's open watch stops at its next
+        # message (a dict lookup per message).
+        streams_responses = method.arity in (Arity.UNARY_STREAM, Arity.STREAM_STREAM)
 
         async def authenticate(request: Any, context: Any) -> Any:
             # An in-process call from another plugin arrives with the identity its
@@ -126,12 +130,41 @@ class AuthStage:
                             throttle=True,
                         )
                     raise
+                if streams_responses:
+                    context = _RevocableContext(context, principal, sessions)
             # Not reset here: the observe stage restores it after the access log line,
             # which names the principal.
             principal_var.set(principal)
             return await next(request, context)
 
         return authenticate
+
+
+class _RevocableContext:
+    """The call's context with a ``write`` that first checks the token is not revoked.
+
+    Only calls of response-streaming methods made with a token get it; the rest
+    delegates to the real context.
+    """
+
+    __slots__ = ("_context", "_floors", "_principal", "_sessions")
+
+    def __init__(self, context: Any, principal: Principal, sessions: SessionGuard) -> None:
+        self._context = context
+        self._principal = principal
+        self._sessions = sessions
+        self._floors = sessions.floors
+
+    async def write(self, message: Any) -> None:
+        """Send one streamed response unless the caller's token was revoked meanwhile."""
+        principal = self._principal
+        floor = self._floors.get(principal.subject)
+        if floor is None or principal.epoch < floor:
+            await self._sessions.check(principal)
+        await self._context.write(message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 class AccessStage:

@@ -19,6 +19,7 @@ import grpc
 import httpx
 import pytest
 from nexus.auth.v1 import auth_pb2, auth_pb2_grpc
+from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 
 from nexus_grpc import cli
 from nexus_grpc.config import AuthConfig, CacheConfig
@@ -354,3 +355,43 @@ async def test_without_redis_other_instances_notice_within_the_check_ttl(
         assert await who(b, ivan.access) == grpc.StatusCode.OK
         await stub(a, root(a)).RevokeSessions(auth_pb2.RevokeSessionsRequest(username="ivan"))
         await refused_within(b, ivan.access, 0.5 + PROPAGATION_BOUND)
+
+
+async def test_an_open_stream_stops_at_its_next_message_once_revoked(tmp_path: Path) -> None:
+    """A watch opened before the revocation does not keep sending to the revoked user."""
+    async with running_host(plugins=["auth", "orders"], data_dir=tmp_path) as host:
+        await create_user(host, root(host), "olga", "customer")
+        olga = await login(host, "olga")
+        orders = orders_pb2_grpc.OrdersServiceStub(host.channel(olga.access))
+
+        async def create() -> orders_pb2.Order:
+            return await orders.CreateOrder(
+                orders_pb2.CreateOrderRequest(
+                    order=orders_pb2.Order(
+                        currency_code="EUR", items=[orders_pb2.LineItem(sku="S", quantity=1)]
+                    )
+                )
+            )
+
+        first = await create()
+        # The watch subscribes to changes before it sends the existing orders: once the
+        # first one arrived, the stream is live.
+        stream = orders.WatchOrders(
+            orders_pb2.WatchOrdersRequest(customer_id="olga", include_existing=True)
+        )
+        change = await asyncio.wait_for(stream.read(), 10)
+        assert change.order.id == first.id
+        await stub(host, root(host)).RevokeSessions(auth_pb2.RevokeSessionsRequest(username="olga"))
+        # Another order of olga's, created by an operator: the stream must not carry it.
+        await orders_pb2_grpc.OrdersServiceStub(host.channel(root(host))).CreateOrder(
+            orders_pb2.CreateOrderRequest(
+                order=orders_pb2.Order(
+                    customer_id="olga",
+                    currency_code="EUR",
+                    items=[orders_pb2.LineItem(sku="S", quantity=1)],
+                )
+            )
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(stream.read(), 10)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
