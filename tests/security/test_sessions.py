@@ -23,6 +23,7 @@ from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 
 from nexus_grpc import cli
 from nexus_grpc.config import AuthConfig, CacheConfig
+from nexus_grpc.gateway.grpcweb import decode_frames, encode_frame
 from nexus_grpc.testing import RunningHost, running_host
 
 PASSWORD = "correct horse battery"
@@ -117,8 +118,24 @@ async def test_a_demoted_admin_cannot_use_its_old_token_to_regain_admin(
             json={"roles": ["admin"]},
             headers={"authorization": f"Bearer {alice.access}"},
         )
-    assert response.status_code == 401
-    assert response.json()["details"][0]["reason"] == "SESSION_REVOKED"
+        assert response.status_code == 401
+        assert response.json()["details"][0]["reason"] == "SESSION_REVOKED"
+        # gRPC-Web: the same status in the trailer frame.
+        web = await http.post(
+            "/nexus.auth.v1.AuthService/SetUserRoles",
+            content=encode_frame(
+                0,
+                auth_pb2.SetUserRolesRequest(username="alice", roles=["admin"]).SerializeToString(),
+            ),
+            headers={
+                "content-type": "application/grpc-web+proto",
+                "x-grpc-web": "1",
+                "authorization": f"Bearer {alice.access}",
+            },
+        )
+        trailer = decode_frames(web.content)[-1]
+        assert trailer[0] == 0x80
+        assert b"grpc-status:16" in trailer[1]
     # Her refresh token is void too; a new login gets a customer token.
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub(host).Refresh(auth_pb2.RefreshRequest(refresh_token=alice.refresh))
