@@ -140,7 +140,10 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.User:
         """A new user with an initial password."""
         _require_role_management(request.user.roles)
-        return await self._accounts.create_user(request.user, request.password)
+        created = await self._accounts.create_user(request.user, request.password)
+        # A host may still hold the epoch of a deleted user of the same name.
+        await self._changed(created.username)
+        return created
 
     async def ListUsers(
         self, request: auth_pb2.ListUsersRequest, context: Context

@@ -175,6 +175,18 @@ async def test_disable_delete_and_revoke_void_access_and_refresh_tokens(
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+async def test_a_user_created_again_under_a_deleted_name_does_not_revive_old_tokens(
+    host: RunningHost,
+) -> None:
+    await create_user(host, root(host), "jack", "customer")
+    old = await login(host, "jack")
+    await stub(host, root(host)).DeleteUser(auth_pb2.DeleteUserRequest(username="jack"))
+    assert await who(host, old.access) == grpc.StatusCode.UNAUTHENTICATED  # cached: revoked
+    await create_user(host, root(host), "jack", "customer")
+    assert await who(host, old.access) == grpc.StatusCode.UNAUTHENTICATED
+    assert await who(host, (await login(host, "jack")).access) == grpc.StatusCode.OK
+
+
 async def test_enabling_a_user_does_not_revive_its_old_tokens(host: RunningHost) -> None:
     await create_user(host, root(host), "dave", "customer")
     dave = await login(host, "dave")
