@@ -45,6 +45,9 @@ __all__ = ["LoginThrottle"]
 #: Source addresses kept per record between two audit records.
 MAX_SOURCES = 16
 _TARGET = "/nexus.auth.v1.AuthService/Login"
+#: Attempts between two sweep steps, and records read by each step.
+SWEEP_EVERY = 32
+SWEEP_PAGE = 200
 
 
 def _stamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -87,6 +90,12 @@ class LoginThrottle:
         self._window = config.login_failure_window
         self._audit = audit
         self._clock = clock or time.time
+        # Records of names nobody tries again (most of them unknown names) are removed
+        # by a sweep that reads one page every SWEEP_EVERY attempts, so storage holds
+        # about one login failure window's worth of names.
+        self._records = storage.repository(records_pb2.LoginFailureRecord)
+        self._attempts = 0
+        self._sweep_token = ""
 
     def _lockout(self, failures: int) -> float:
         over = failures - self._free
@@ -129,8 +138,26 @@ class LoginThrottle:
                 await records.create(record)
             else:
                 await records.update(record)
+        self._attempts += 1
+        if self._attempts % SWEEP_EVERY == 0:
+            await self._sweep(now)
         if refused:
             raise throttled(refused)
+
+    async def _sweep(self, now: float) -> None:
+        """Delete the forgotten records of one page, and move on to the next page."""
+        page = await self._records.list(
+            order_by="id", page_size=SWEEP_PAGE, page_token=self._sweep_token
+        )
+        self._sweep_token = page.next_page_token
+        stale = [
+            record.id
+            for record in page.items
+            if now - _seconds(record.last_time) > self._window
+            and now >= _seconds(record.locked_until)
+        ]
+        if stale:
+            await self._records.delete_many(stale)
 
     async def failed(self, username: str, context: Any) -> None:
         """The attempt admitted for ``username`` had a wrong password (or no such user)."""

@@ -19,9 +19,10 @@ import httpx
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from nexus.admin.v1 import admin_pb2, admin_pb2_grpc
-from nexus.auth.v1 import auth_pb2, auth_pb2_grpc
+from nexus.auth.v1 import auth_pb2, auth_pb2_grpc, records_pb2
 
 from nexus_grpc.config import AuthConfig, LimitsConfig
+from nexus_grpc.storage import Storage
 from nexus_grpc.testing import RunningHost, running_host
 
 PASSWORD = "correct horse battery"
@@ -37,9 +38,11 @@ LIMITS = LimitsConfig(
 )
 
 
-async def start(tmp_path: Path, auth: AuthConfig) -> AsyncIterator[RunningHost]:
+async def start(
+    tmp_path: Path, auth: AuthConfig, limits: LimitsConfig = LIMITS
+) -> AsyncIterator[RunningHost]:
     async with running_host(
-        plugins=["auth"], data_dir=tmp_path, http=True, limits=LIMITS, auth=auth
+        plugins=["auth"], data_dir=tmp_path, http=True, limits=limits, auth=auth
     ) as host:
         await auth_pb2_grpc.AuthServiceStub(
             host.channel(host.token("root", grants=("*.*:all",)))
@@ -173,3 +176,28 @@ def retry_delay(error: grpc.aio.AioRpcError) -> float:
                 if detail.Unpack(info):
                     return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
     raise AssertionError("no RetryInfo")
+
+
+async def test_forgotten_user_names_are_swept_from_storage(tmp_path: Path) -> None:
+    """Guessing many names must not grow the storage without bound."""
+    unlimited = LimitsConfig(
+        rate_classes={name: {"rate": 1e3, "burst": 1e3} for name in ("default", "login")}
+    )
+    async for host in start(tmp_path, AuthConfig(login_failure_window=0.2), unlimited):
+        stub = auth_pb2_grpc.AuthServiceStub(host.channel())
+        for n in range(10):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Login(auth_pb2.LoginRequest(username=f"ghost{n}", password="x"))
+        storage = await Storage.connect(host.host.config.storage_url())
+        records = storage.namespace("plugins/security/auth").repository(
+            records_pb2.LoginFailureRecord
+        )
+        assert len((await records.list(page_size=100)).items) == 10
+        await asyncio.sleep(0.3)  # every name is forgotten now
+        # 32 attempts make the sweep read a page; they come from the name "late".
+        for _ in range(32):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Login(auth_pb2.LoginRequest(username="late", password="x"))
+        left = {record.id for record in (await records.list(page_size=100)).items}
+        await storage.close()
+        assert left == {"late"}
