@@ -201,3 +201,24 @@ async def test_forgotten_user_names_are_swept_from_storage(tmp_path: Path) -> No
         left = {record.id for record in (await records.list(page_size=100)).items}
         await storage.close()
         assert left == {"late"}
+
+
+async def test_instances_sharing_storage_share_the_count(tmp_path: Path) -> None:
+    """Guesses spread over two instances on one database reach the check 5 times in all."""
+    auth = AuthConfig(login_lockout_base=60.0)
+    async for first in start(tmp_path, auth):
+        async with running_host(
+            plugins=["auth"], data_dir=tmp_path, limits=LIMITS, auth=auth
+        ) as second:
+            codes: Counter[grpc.StatusCode] = Counter()
+            for n in range(12):
+                host = (first, second)[n % 2]
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await auth_pb2_grpc.AuthServiceStub(host.channel()).Login(
+                        auth_pb2.LoginRequest(username="victim", password=f"wrong {n}")
+                    )
+                codes[caught.value.code()] += 1
+            assert codes == {
+                grpc.StatusCode.UNAUTHENTICATED: 5,
+                grpc.StatusCode.RESOURCE_EXHAUSTED: 7,
+            }
