@@ -24,6 +24,7 @@ when a login succeeds after failures.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -41,6 +42,8 @@ from nexus_grpc.ratelimit import peer_address
 from nexus_grpc.storage import Namespace
 
 __all__ = ["LoginThrottle"]
+
+_log = logging.getLogger("nexus.plugins.auth")
 
 #: Source addresses kept per record between two audit records.
 MAX_SOURCES = 16
@@ -160,7 +163,17 @@ class LoginThrottle:
             await self._records.delete_many(stale)
 
     async def failed(self, username: str, context: Any) -> None:
-        """The attempt admitted for ``username`` had a wrong password (or no such user)."""
+        """The attempt admitted for ``username`` had a wrong password (or no such user).
+
+        Bookkeeping for the audit only (the failure was counted by :meth:`admit`): a
+        storage error here is logged, and the caller still gets its LOGIN_FAILED.
+        """
+        try:
+            await self._failed(username, context)
+        except Exception:
+            _log.exception("could not record a failed login of %r for the audit", username)
+
+    async def _failed(self, username: str, context: Any) -> None:
         now = self._clock()
         report = ""
         async with self._storage.transaction() as unit:
@@ -182,7 +195,16 @@ class LoginThrottle:
             await self._write(username, report, context)
 
     async def succeeded(self, username: str, context: Any) -> None:
-        """``username`` logged in: forget its failures (reporting them if any)."""
+        """``username`` logged in: forget its failures (reporting them if any).
+
+        A storage error here leaves the count as it is (logged): the login stands.
+        """
+        try:
+            await self._succeeded(username, context)
+        except Exception:
+            _log.exception("could not reset the failed logins of %r", username)
+
+    async def _succeeded(self, username: str, context: Any) -> None:
         async with self._storage.transaction() as unit:
             records = unit.repository(records_pb2.LoginFailureRecord)
             record = await records.get(username, for_update=True)
