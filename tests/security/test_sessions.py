@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from nexus.admin.v1 import admin_pb2, admin_pb2_grpc
 from nexus.auth.v1 import auth_pb2, auth_pb2_grpc
 from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 
@@ -217,6 +218,14 @@ async def test_a_user_can_log_itself_out_everywhere_but_not_others(host: Running
         )
     assert response.status_code == 200, response.text
     assert await who(host, erin.access) == grpc.StatusCode.UNAUTHENTICATED
+    # Audited: who logged whom out.
+    admin = admin_pb2_grpc.AdminServiceStub(host.channel(root(host)))
+    records = (
+        await admin.ListAuditRecords(
+            admin_pb2.ListAuditRecordsRequest(page_size=100, action="auth.revoke_sessions")
+        )
+    ).records
+    assert [(r.actor, r.reason, r.transport) for r in records] == [("erin", "erin", "rest")]
 
 
 async def test_the_last_administrator_cannot_be_removed(host: RunningHost) -> None:
