@@ -152,6 +152,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     create.add_argument("-c", "--config", default=os.environ.get("NEXUS_CONFIG"))
     create.set_defaults(run=_users_create)
+    # These act on a running host through AuthService; their effect on tokens already
+    # issued is immediate on every instance (see nexus_grpc.auth.sessions).
+    for name, help_text in (
+        ("disable", "disable a user: no login, and its tokens stop working at once"),
+        ("enable", "enable a disabled user (it logs in again)"),
+        ("delete", "delete a user; its tokens stop working at once"),
+        ("revoke", "log a user out everywhere: every token issued so far stops working"),
+    ):
+        command = users_commands.add_parser(name, help=help_text)
+        command.add_argument("username")
+        _host_options(command)
+        command.set_defaults(run=_users_remote, action=name)
     return parser
 
 
@@ -297,6 +309,12 @@ def _admin_call(args: argparse.Namespace, method: str, request: Any) -> Any:
     why it failed (host not reachable, not authorized, bad request)."""
     from nexus.admin.v1 import admin_pb2_grpc
 
+    return _host_call(args, admin_pb2_grpc.AdminServiceStub, method, request)
+
+
+def _host_call(args: argparse.Namespace, stub_type: Any, method: str, request: Any) -> Any:
+    """Call ``method`` of ``stub_type`` on the host at ``args.address``; None after
+    printing why it failed."""
     with grpc.insecure_channel(args.address) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=args.timeout)
@@ -307,7 +325,7 @@ def _admin_call(args: argparse.Namespace, method: str, request: Any) -> Any:
                 file=sys.stderr,
             )
             return None
-        stub = admin_pb2_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub = stub_type(channel)
         metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
         try:
             return getattr(stub, method)(request, timeout=args.timeout, metadata=metadata)
@@ -537,4 +555,20 @@ def _users_create(args: argparse.Namespace) -> int:
         print(f"nexus users: {error}", file=sys.stderr)
         return 1
     print(f"nexus users: created {args.username} with roles {', '.join(roles) or 'none'}")
+    return 0
+
+
+def _users_remote(args: argparse.Namespace) -> int:
+    from nexus.auth.v1 import auth_pb2, auth_pb2_grpc
+
+    method, request, done = {
+        "disable": ("DisableUser", auth_pb2.DisableUserRequest, "disabled"),
+        "enable": ("EnableUser", auth_pb2.EnableUserRequest, "enabled"),
+        "delete": ("DeleteUser", auth_pb2.DeleteUserRequest, "deleted"),
+        "revoke": ("RevokeSessions", auth_pb2.RevokeSessionsRequest, "logged out everywhere"),
+    }[args.action]
+    stub = auth_pb2_grpc.AuthServiceStub
+    if _host_call(args, stub, method, request(username=args.username)) is None:
+        return 1
+    print(f"nexus users: {args.username} {done}")
     return 0

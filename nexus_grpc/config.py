@@ -120,6 +120,20 @@ class AuthConfig:
     refresh_token_ttl: int = 7 * 24 * 3600
     #: Longest token accepted, in bytes; longer ones are refused unparsed.
     max_token_bytes: int = 8192
+    #: Longest seconds a host trusts its cached copy of a user's token epoch (roles
+    #: changed, disabled, deleted, logged out everywhere). With ``[cache] backend =
+    #: "redis"`` changes reach every instance at once and this only bounds a lost
+    #: message; without Redis it is how long other instances may accept a revoked token.
+    session_check_ttl: float = 5.0
+    #: Failed logins of one user name that are let through before throttling starts.
+    login_free_failures: int = 5
+    #: First lockout of a user name after ``login_free_failures`` failures, seconds;
+    #: each further failure doubles it.
+    login_lockout_base: float = 1.0
+    #: Longest lockout, seconds: the most an attacker can keep a real user out.
+    login_lockout_max: float = 300.0
+    #: Seconds without a failure after which a user name's failures are forgotten.
+    login_failure_window: float = 900.0
     #: Log would-be denials without enforcing them (rolling out a new policy).
     shadow_mode: bool = False
     #: Plugins handed the token issuer. A manifest's category is the plugin's own

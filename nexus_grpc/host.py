@@ -12,7 +12,7 @@ import grpc
 
 from nexus_grpc.admin import AdminServicer
 from nexus_grpc.audit import AuditLog
-from nexus_grpc.auth import KeySet, TokenIssuer, Tokens, TokenVerifier
+from nexus_grpc.auth import KeySet, SessionGuard, TokenIssuer, Tokens, TokenVerifier
 from nexus_grpc.cache import CacheManager
 from nexus_grpc.cache.metrics import CacheMetrics
 from nexus_grpc.config import Config
@@ -187,8 +187,16 @@ class Host:
         keys = await KeySet.load(self.config.auth, Path(self.config.data_dir))
         audit = AuditLog(self._storage.namespace(AUDIT_NAMESPACE))
         verifier = TokenVerifier(keys, self.config.auth)
-        self.tokens = Tokens(TokenIssuer(keys, self.config.auth), verifier)
-        self._stages = self._build_stages(verifier, audit)
+        sessions = SessionGuard(
+            ttl=self.config.auth.session_check_ttl, prefix=self.config.cache.redis_prefix
+        )
+        # Session changes travel on the cache's invalidation channel (Redis mode).
+        self.cache.watch(sessions.on_key, sessions.forget_all)
+        sessions.connect(None if self.cache.memory_only else self.cache.announce)
+        self.tokens = Tokens(
+            TokenIssuer(keys, self.config.auth), verifier, sessions, self.config.auth
+        )
+        self._stages = self._build_stages(verifier, sessions, audit)
         self._plugins = PluginManager(
             self.config,
             storage=self._storage,
@@ -213,7 +221,9 @@ class Host:
             await self._http.start()
         await self.health.set(OVERALL, True)
 
-    def _build_stages(self, verifier: TokenVerifier, audit: AuditLog) -> list[Stage]:
+    def _build_stages(
+        self, verifier: TokenVerifier, sessions: SessionGuard, audit: AuditLog
+    ) -> list[Stage]:
         limits = self.config.limits
         if limits.backend == "redis":
             self._buckets = RedisBuckets.from_url(limits.redis_url)
@@ -225,7 +235,7 @@ class Host:
             metrics=self.metrics.stage(),
             concurrency=ConcurrencyStage(limits.max_concurrent_calls),
             deadline=DeadlineStage(),
-            auth=AuthStage(verifier, audit),
+            auth=AuthStage(verifier, audit, sessions=sessions),
             rate_limit=RateLimitStage(buckets, parse_rate_classes(limits.rate_classes)),
             streams=self.streams,
             access=AccessStage(audit, shadow=self.config.auth.shadow_mode),
@@ -295,6 +305,8 @@ class Host:
         if self._storage is not None:
             await self._storage.close()
         await self.cache.close()
+        if self.tokens is not None:
+            self.tokens.sessions.close()
         if self._buckets is not None:
             await self._buckets.aclose()
 

@@ -8,14 +8,19 @@ from dataclasses import dataclass
 
 from nexus_grpc.auth.keys import KeySet
 from nexus_grpc.auth.principal import Grant, Principal, Scope, current_principal
+from nexus_grpc.auth.sessions import REVOKED, SessionGuard, SessionSource
 from nexus_grpc.auth.tokens import AuthError, TokenIssuer, TokenVerifier
+from nexus_grpc.config import AuthConfig
 
 __all__ = [
+    "REVOKED",
     "AuthError",
     "Grant",
     "KeySet",
     "Principal",
     "Scope",
+    "SessionGuard",
+    "SessionSource",
     "TokenIssuer",
     "TokenVerifier",
     "Tokens",
@@ -29,3 +34,7 @@ class Tokens:
 
     issuer: TokenIssuer
     verifier: TokenVerifier
+    #: Where the user store reports session changes (and which it must attach to).
+    sessions: SessionGuard
+    #: The host's auth settings (login throttling among them).
+    config: AuthConfig

@@ -142,6 +142,27 @@ def check_auth_config(config: AuthConfig) -> None:
         interval = config.jwks_refresh_interval
         if not (math.isfinite(interval) and interval > 0):
             raise ValueError(f"auth.jwks_refresh_interval must be positive, got {interval!r}")
+    _check_session_settings(config)
+
+
+def _check_session_settings(config: AuthConfig) -> None:
+    """The epoch cache and login throttling settings; ValueError naming the setting."""
+    for name in ("session_check_ttl", "login_lockout_base", "login_failure_window"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"auth.{name} must be a positive number of seconds, got {value!r}")
+    if not (
+        math.isfinite(config.login_lockout_max)
+        and config.login_lockout_max >= config.login_lockout_base
+    ):
+        raise ValueError(
+            "auth.login_lockout_max must be at least auth.login_lockout_base, got "
+            f"{config.login_lockout_max!r}"
+        )
+    if config.login_free_failures < 1:
+        raise ValueError(
+            f"auth.login_free_failures must be 1 or more, got {config.login_free_failures}"
+        )
 
 
 def _check_jwks_url(url: str) -> None:

@@ -62,6 +62,9 @@ class Principal:
     token_id: str = ""
     #: Expiry of the token, seconds since the epoch.
     expires_at: float = 0.0
+    #: The user's token epoch when the token was issued (claim ``ep``); a token whose
+    #: epoch is below its user's current one was revoked (nexus_grpc.auth.sessions).
+    epoch: int = 0
 
     def scope_for(self, resource: str, action: str) -> Scope | None:
         """The widest scope this principal holds for ``resource.action``; None if none."""

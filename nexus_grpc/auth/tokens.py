@@ -212,6 +212,7 @@ class TokenVerifier:
             team=_string(claims, "team", ""),
             token_id=_string(claims, "jti", ""),
             expires_at=float(expires),
+            epoch=_epoch(claims),
         )
         return principal, expires + leeway
 
@@ -246,6 +247,14 @@ def _number(claims: dict[str, Any], name: str) -> float:
     if not math.isfinite(number):
         raise _invalid(name)
     return number
+
+
+def _epoch(claims: dict[str, Any]) -> int:
+    value = claims.get("ep", 0)
+    # A JSON number that is not a plain integer is not an epoch (and bool is an int).
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**62:
+        raise _invalid("ep")
+    return value
 
 
 def _string(claims: dict[str, Any], name: str, default: str | None = None) -> str:
@@ -283,14 +292,20 @@ class TokenIssuer:
         claims["roles"] = list(principal.roles)
         claims["perms"] = sorted(str(grant) for grant in principal.grants)
         claims["team"] = principal.team
+        claims["ep"] = principal.epoch
         return self._sign(claims), ttl
 
-    def issue_refresh(self, subject: str, token_id: str) -> tuple[str, int]:
-        """A signed refresh token whose ``jti`` is ``token_id``, and its lifetime."""
+    def issue_refresh(self, subject: str, token_id: str, *, epoch: int = 0) -> tuple[str, int]:
+        """A signed refresh token whose ``jti`` is ``token_id``, and its lifetime.
+
+        ``epoch`` is the user's token epoch (see nexus_grpc.auth.sessions).
+        """
         if not subject or not token_id:
             raise ValueError("a refresh token needs a subject and a token id")
         ttl = self._config.refresh_token_ttl
-        return self._sign(self._claims(subject, ttl, "refresh", token_id)), ttl
+        claims = self._claims(subject, ttl, "refresh", token_id)
+        claims["ep"] = epoch
+        return self._sign(claims), ttl
 
     def _claims(self, subject: str, ttl: int, token_type: str, token_id: str) -> dict[str, Any]:
         now = int(self._clock())

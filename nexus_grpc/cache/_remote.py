@@ -96,6 +96,14 @@ class RemoteCache:
 
         return await self._guarded(write) is not None
 
+    async def announce(self, key: str) -> bool:
+        """Only PUBLISH ``key`` on the channel (no value); whether it got through."""
+
+        async def write() -> list[object]:
+            return [await self._client.publish(self._channel, key)]
+
+        return await self._guarded(write) is not None
+
     async def _guarded(self, command: Callable[[], Awaitable[list[object]]]) -> list[object] | None:
         """The replies of ``command`` (a pipeline), or None when it failed or was skipped."""
         if self._skip_until and time.monotonic() < self._skip_until:

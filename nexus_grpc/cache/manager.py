@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -73,6 +74,9 @@ class CacheManager:
         self._started = False
         self._clients: list[aioredis.Redis] = []
         self._listener: InvalidationListener | None = None
+        self._remote: RemoteCache | None = None
+        #: Others told of every key heard on the channel, and of every possible loss.
+        self._watchers: list[tuple[Callable[[str], None], Callable[[], None]]] = []
         local = LocalCache(max_entries, clock)
         if url is None:
             self._store = TieredStore(
@@ -119,14 +123,48 @@ class CacheManager:
             l1_ttl=l1_ttl,
             default_ttl=default_ttl,
         )
+        self._remote = remote
         self._listener = InvalidationListener(
             listener_client,
             channel,
-            on_key=self._store.invalidate,
-            on_up=self._store.resume,
-            on_down=self._store.suspend,
+            on_key=self._on_key,
+            on_up=self._on_up,
+            on_down=self._on_down,
             on_idle=self._store.repair,
         )
+
+    def watch(self, on_key: Callable[[str], None], on_reset: Callable[[], None]) -> None:
+        """Also tell ``on_key`` every key heard on the invalidation channel, and call
+        ``on_reset`` whenever messages may have been lost (subscription down or back).
+
+        For in-process copies of other shared state (the host's session epochs): they
+        share the channel, its subscription and its failure detection.
+        """
+        self._watchers.append((on_key, on_reset))
+
+    async def announce(self, key: str) -> bool:
+        """Publish ``key`` on the invalidation channel; whether it got through.
+
+        Memory-only managers have nobody to tell and return True.
+        """
+        if self._remote is None:
+            return True
+        return await self._remote.announce(key)
+
+    def _on_key(self, key: str) -> None:
+        self._store.invalidate(key)
+        for on_key, _ in self._watchers:
+            on_key(key)
+
+    def _on_up(self) -> None:
+        self._store.resume()
+        for _, on_reset in self._watchers:
+            on_reset()
+
+    def _on_down(self) -> None:
+        self._store.suspend()
+        for _, on_reset in self._watchers:
+            on_reset()
 
     @property
     def memory_only(self) -> bool:

@@ -15,6 +15,7 @@ import grpc
 
 from nexus_grpc.audit import AuditLog, Outcome
 from nexus_grpc.auth.principal import ANONYMOUS, Principal, Scope, principal_var
+from nexus_grpc.auth.sessions import SessionGuard
 from nexus_grpc.errors import StatusError
 from nexus_grpc.plugins.spec import OwnershipCheck
 from nexus_grpc.policy import Access, EffectivePolicy
@@ -65,16 +66,31 @@ class AuthStage:
     anonymous would hide that.
     """
 
-    def __init__(self, verifier: TokenVerifier, audit: AuditLog | None) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        audit: AuditLog | None,
+        *,
+        sessions: SessionGuard | None = None,
+    ) -> None:
         self._verifier = verifier
         self._audit = audit
+        # Tokens of users whose roles changed, who were disabled, deleted or logged out
+        # everywhere are refused although their signature is good.
+        self._sessions = sessions or SessionGuard()
 
     def bind(self, method: MethodInfo, next: CallHandler) -> CallHandler:
         """Wrap ``next`` with token verification for ``method``."""
         public = _policy(method).access == Access.PUBLIC
         verifier = self._verifier
+        sessions = self._sessions
+        floors = sessions.floors
         audit = self._audit
         path = method.path
+        # A stream opened with a token outlives its check: each response it sends
+        # checks the epoch again, so a revoked user's open watch stops at its next
+        # message (a dict lookup per message).
+        streams_responses = method.arity in (Arity.UNARY_STREAM, Arity.STREAM_STREAM)
 
         async def authenticate(request: Any, context: Any) -> Any:
             # An in-process call from another plugin arrives with the identity its
@@ -96,6 +112,12 @@ class AuthStage:
                             reason="TOKEN_MISSING",
                         )
                     principal = await verifier.verify(token)
+                    # SessionGuard.fresh inlined: one dict lookup when the user's epoch
+                    # is cached (nearly always); roles changed, disabled, deleted or
+                    # logged out everywhere means a higher floor than the token's epoch.
+                    floor = floors.get(principal.subject)
+                    if floor is None or principal.epoch < floor:
+                        await sessions.check(principal)
                 except StatusError as error:
                     if audit is not None:
                         await audit.record(
@@ -108,12 +130,41 @@ class AuthStage:
                             throttle=True,
                         )
                     raise
+                if streams_responses:
+                    context = _RevocableContext(context, principal, sessions)
             # Not reset here: the observe stage restores it after the access log line,
             # which names the principal.
             principal_var.set(principal)
             return await next(request, context)
 
         return authenticate
+
+
+class _RevocableContext:
+    """The call's context with a ``write`` that first checks the token is not revoked.
+
+    Only calls of response-streaming methods made with a token get it; the rest
+    delegates to the real context.
+    """
+
+    __slots__ = ("_context", "_floors", "_principal", "_sessions")
+
+    def __init__(self, context: Any, principal: Principal, sessions: SessionGuard) -> None:
+        self._context = context
+        self._principal = principal
+        self._sessions = sessions
+        self._floors = sessions.floors
+
+    async def write(self, message: Any) -> None:
+        """Send one streamed response unless the caller's token was revoked meanwhile."""
+        principal = self._principal
+        floor = self._floors.get(principal.subject)
+        if floor is None or principal.epoch < floor:
+            await self._sessions.check(principal)
+        await self._context.write(message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 class AccessStage:

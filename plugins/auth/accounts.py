@@ -19,6 +19,7 @@ from nexus_grpc.auth.principal import Grant, Principal, Scope
 from nexus_grpc.storage import Namespace
 
 from .passwords import hash_password, verify_password
+from .sessions import bump_epoch
 
 #: Roles every installation has; their grants can be changed with PutRole.
 BUILT_IN_ROLES = (
@@ -77,6 +78,9 @@ class Accounts:
             await unit.repository(records_pb2.PasswordRecord).create(
                 records_pb2.PasswordRecord(id=user.username, hash=hashed)
             )
+            # A deleted user of the same name left a revoked record: the new user starts
+            # above its epoch, so the old user's tokens stay void and the new one's work.
+            await bump_epoch(unit, user.username, revoked=False)
         return created
 
     async def check_roles(self, names: Iterable[str]) -> None:

@@ -615,6 +615,7 @@ async def test_issued_access_token_carries_the_documented_claims(tmp_path: Path)
         "roles",
         "perms",
         "team",
+        "ep",
     }
     assert payload["typ"] == "access"
     assert payload["iat"] == payload["nbf"] == int(NOW)

@@ -65,6 +65,26 @@ class AuthServiceStub:
                 request_serializer=nexus_dot_auth_dot_v1_dot_auth__pb2.SetUserRolesRequest.SerializeToString,
                 response_deserializer=nexus_dot_auth_dot_v1_dot_auth__pb2.User.FromString,
                 _registered_method=True)
+        self.DisableUser = channel.unary_unary(
+                '/nexus.auth.v1.AuthService/DisableUser',
+                request_serializer=nexus_dot_auth_dot_v1_dot_auth__pb2.DisableUserRequest.SerializeToString,
+                response_deserializer=nexus_dot_auth_dot_v1_dot_auth__pb2.User.FromString,
+                _registered_method=True)
+        self.EnableUser = channel.unary_unary(
+                '/nexus.auth.v1.AuthService/EnableUser',
+                request_serializer=nexus_dot_auth_dot_v1_dot_auth__pb2.EnableUserRequest.SerializeToString,
+                response_deserializer=nexus_dot_auth_dot_v1_dot_auth__pb2.User.FromString,
+                _registered_method=True)
+        self.DeleteUser = channel.unary_unary(
+                '/nexus.auth.v1.AuthService/DeleteUser',
+                request_serializer=nexus_dot_auth_dot_v1_dot_auth__pb2.DeleteUserRequest.SerializeToString,
+                response_deserializer=nexus_dot_auth_dot_v1_dot_auth__pb2.DeleteUserResponse.FromString,
+                _registered_method=True)
+        self.RevokeSessions = channel.unary_unary(
+                '/nexus.auth.v1.AuthService/RevokeSessions',
+                request_serializer=nexus_dot_auth_dot_v1_dot_auth__pb2.RevokeSessionsRequest.SerializeToString,
+                response_deserializer=nexus_dot_auth_dot_v1_dot_auth__pb2.RevokeSessionsResponse.FromString,
+                _registered_method=True)
         self.PutRole = channel.unary_unary(
                 '/nexus.auth.v1.AuthService/PutRole',
                 request_serializer=nexus_dot_auth_dot_v1_dot_auth__pb2.PutRoleRequest.SerializeToString,
@@ -123,6 +143,36 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DisableUser(self, request, context):
+        """Disables a user: it cannot log in or refresh, and its tokens stop working at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnableUser(self, request, context):
+        """Enables a disabled user again; tokens issued before it was disabled stay void.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteUser(self, request, context):
+        """Deletes a user, its password and its sessions; its tokens stop working at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeSessions(self, request, context):
+        """Logs a user out everywhere: every access and refresh token issued so far stops
+        working. Any caller may do it for itself; for another user it needs users.manage
+        with scope all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PutRole(self, request, context):
         """Creates or replaces a role.
         """
@@ -169,6 +219,26 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.SetUserRoles,
                     request_deserializer=nexus_dot_auth_dot_v1_dot_auth__pb2.SetUserRolesRequest.FromString,
                     response_serializer=nexus_dot_auth_dot_v1_dot_auth__pb2.User.SerializeToString,
+            ),
+            'DisableUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableUser,
+                    request_deserializer=nexus_dot_auth_dot_v1_dot_auth__pb2.DisableUserRequest.FromString,
+                    response_serializer=nexus_dot_auth_dot_v1_dot_auth__pb2.User.SerializeToString,
+            ),
+            'EnableUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableUser,
+                    request_deserializer=nexus_dot_auth_dot_v1_dot_auth__pb2.EnableUserRequest.FromString,
+                    response_serializer=nexus_dot_auth_dot_v1_dot_auth__pb2.User.SerializeToString,
+            ),
+            'DeleteUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUser,
+                    request_deserializer=nexus_dot_auth_dot_v1_dot_auth__pb2.DeleteUserRequest.FromString,
+                    response_serializer=nexus_dot_auth_dot_v1_dot_auth__pb2.DeleteUserResponse.SerializeToString,
+            ),
+            'RevokeSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeSessions,
+                    request_deserializer=nexus_dot_auth_dot_v1_dot_auth__pb2.RevokeSessionsRequest.FromString,
+                    response_serializer=nexus_dot_auth_dot_v1_dot_auth__pb2.RevokeSessionsResponse.SerializeToString,
             ),
             'PutRole': grpc.unary_unary_rpc_method_handler(
                     servicer.PutRole,
@@ -344,6 +414,114 @@ class AuthService:
             '/nexus.auth.v1.AuthService/SetUserRoles',
             nexus_dot_auth_dot_v1_dot_auth__pb2.SetUserRolesRequest.SerializeToString,
             nexus_dot_auth_dot_v1_dot_auth__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.auth.v1.AuthService/DisableUser',
+            nexus_dot_auth_dot_v1_dot_auth__pb2.DisableUserRequest.SerializeToString,
+            nexus_dot_auth_dot_v1_dot_auth__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.auth.v1.AuthService/EnableUser',
+            nexus_dot_auth_dot_v1_dot_auth__pb2.EnableUserRequest.SerializeToString,
+            nexus_dot_auth_dot_v1_dot_auth__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.auth.v1.AuthService/DeleteUser',
+            nexus_dot_auth_dot_v1_dot_auth__pb2.DeleteUserRequest.SerializeToString,
+            nexus_dot_auth_dot_v1_dot_auth__pb2.DeleteUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.auth.v1.AuthService/RevokeSessions',
+            nexus_dot_auth_dot_v1_dot_auth__pb2.RevokeSessionsRequest.SerializeToString,
+            nexus_dot_auth_dot_v1_dot_auth__pb2.RevokeSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
