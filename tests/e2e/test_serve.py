@@ -176,7 +176,7 @@ def test_node_grpc_js_client_calls_unary_and_streaming(serve: ServeProcess, node
     report = json.loads(result.stdout)
     created = report["created"]
     assert created["status"] == "ORDER_STATUS_PENDING"
-    assert created["total_cents"] == "796"
+    assert created["total_cents"] == "2500"  # 2 x BOOK-1 at the list price
     assert report["fetched"]["id"] == created["id"]
     mine = [c for c in report["watch"] if c["order"]["id"] == created["id"]]
     assert [c["change_type"] for c in mine] == ["CHANGE_TYPE_EXISTING", "CHANGE_TYPE_CANCELLED"]
