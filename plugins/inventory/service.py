@@ -53,7 +53,8 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         reserved at most once)."""
 
         async def reserve(unit: UnitOfWork) -> pb.ReserveResponse | None:
-            return await _reserve(unit, request.order_id, list(request.lines))
+            result = await _reserve(unit, request.order_id, list(request.lines))
+            return None if result is None else result[0]
 
         result = await _in_turn(self._storage, reserve)
         if result is None:
@@ -89,9 +90,11 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
                 # Its cancellation was handled first (another stream, another process,
                 # an OrderCreated held in an outbox), or this is a replay: no answer.
                 return
-            answer: Any = pb.StockReserved(order_id=order_id)
-            if not result.reserved:
-                answer = pb.StockShortage(order_id=order_id, short_skus=result.short_skus)
+            outcome, held = result
+            # Say what is actually held: orders confirms only when it matches the order.
+            answer: Any = pb.StockReserved(order_id=order_id, lines=held)
+            if not outcome.reserved:
+                answer = pb.StockShortage(order_id=order_id, short_skus=outcome.short_skus)
                 # The order is rejected for good: a replay must not reserve it once the
                 # stock is there.
                 await unit.repository(pb.Reservation).create(pb.Reservation(id=order_id))
@@ -105,6 +108,18 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         self, event: order_events.OrderCancelled, delivery: Delivery
     ) -> None:
         """Give a cancelled order's units back, and keep it from being reserved later."""
+
+        async def handle(unit: UnitOfWork) -> None:
+            await _release(unit, event.order.id)
+
+        await _in_turn(self._storage, handle)
+
+    @subscribe(order_events.OrderRejected)
+    async def on_order_rejected(
+        self, event: order_events.OrderRejected, delivery: Delivery
+    ) -> None:
+        """Give back the units of an order rejected because its reservation did not match
+        it, and keep it from being reserved later."""
 
         async def handle(unit: UnitOfWork) -> None:
             await _release(unit, event.order.id)
@@ -144,15 +159,19 @@ async def _in_turn(storage: Namespace, work: Callable[[UnitOfWork], Awaitable[T]
 
 async def _reserve(
     unit: UnitOfWork, order_id: str, lines: list[pb.ReservationLine]
-) -> pb.ReserveResponse | None:
-    """Reserve ``lines`` for ``order_id``, all or none; None when it was settled without
-    units before (released, or rejected for shortage)."""
+) -> tuple[pb.ReserveResponse, list[pb.ReservationLine]] | None:
+    """Reserve ``lines`` for ``order_id``, all or none, with the lines now held for it
+    (none when short); None when it was settled without units before (released, or
+    rejected for shortage)."""
     reservations = unit.repository(pb.Reservation)
     existing = await reservations.get(order_id, for_update=True)
     if existing is not None:
         # Reserving twice (a retried call, a second event) changes nothing; an order
-        # settled without units is not reserved again.
-        return pb.ReserveResponse(reserved=True) if existing.lines else None
+        # settled without units is not reserved again. What is held may differ from
+        # ``lines`` (a Reserve call made for the id first): the caller gets what is held.
+        if not existing.lines:
+            return None
+        return pb.ReserveResponse(reserved=True), list(existing.lines)
     stock = unit.repository(pb.Stock, id_field="sku")
     wanted: dict[str, int] = {}
     for line in lines:
@@ -160,7 +179,7 @@ async def _reserve(
     rows = {sku: await stock.get(sku, for_update=True) for sku in sorted(wanted)}
     short = [sku for sku, qty in wanted.items() if (rows[sku] or pb.Stock()).available < qty]
     if short:
-        return pb.ReserveResponse(reserved=False, short_skus=sorted(short))
+        return pb.ReserveResponse(reserved=False, short_skus=sorted(short)), []
     for sku, quantity in wanted.items():
         row = rows[sku]
         assert row is not None
@@ -168,7 +187,7 @@ async def _reserve(
         row.reserved += quantity
         await stock.update(row)
     await reservations.create(pb.Reservation(id=order_id, lines=lines))
-    return pb.ReserveResponse(reserved=True)
+    return pb.ReserveResponse(reserved=True), lines
 
 
 async def _release(unit: UnitOfWork, order_id: str) -> int:

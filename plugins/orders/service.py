@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -12,13 +12,15 @@ from nexus.orders.v1 import events_pb2, orders_pb2, orders_pb2_grpc
 
 from nexus_grpc import PluginContext, StatusError
 from nexus_grpc.auth.principal import Scope
-from nexus_grpc.errors import NotFoundError
+from nexus_grpc.errors import InvalidArgumentError, NotFoundError
 from nexus_grpc.events import Delivery, subscribe
 from nexus_grpc.plugins.spec import OwnershipCheck
 from nexus_grpc.storage import Repository, UnitOfWork
 
 from .feed import ChangeFeed, WatcherTooSlowError
+from .prices import PriceList
 from .validation import (
+    FROZEN_FIELDS,
     UPDATABLE_FIELDS,
     validate_create,
     validate_list,
@@ -39,6 +41,7 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
         self._orders = ctx.storage.repository(orders_pb2.Order)
         self._feed = ChangeFeed()
         self._events = ctx.events
+        self._prices = PriceList.from_config(ctx.config)
 
     async def owns(self, check: OwnershipCheck) -> bool:
         """Whether the caller may act on the order(s) the request names.
@@ -73,10 +76,13 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
     async def CreateOrder(
         self, request: orders_pb2.CreateOrderRequest, context: Context
     ) -> orders_pb2.Order:
-        """Store a new pending order with computed totals and times."""
+        """Store a new pending order, priced from the price list, with its total and times."""
         validate_create(request)
         order = orders_pb2.Order()
         order.CopyFrom(request.order)
+        violations = self._prices.apply(order)
+        if violations:
+            raise InvalidArgumentError(violations)
         order.id = request.order_id
         order.status = orders_pb2.ORDER_STATUS_PENDING
         order.cancel_reason = ""
@@ -118,30 +124,26 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
     async def UpdateOrder(
         self, request: orders_pb2.UpdateOrderRequest, context: Context
     ) -> orders_pb2.Order:
-        """Change the fields named by the update mask of an open order."""
+        """Change the fields named by the update mask of an open order (not its items)."""
         paths = validate_update(request)
         async with self._storage.transaction() as unit:
             orders = unit.repository(orders_pb2.Order)
             order = await _open_order(orders, request.order.id, "updated")
-            if order.status != orders_pb2.ORDER_STATUS_PENDING and {"items", "currency_code"} & set(
-                paths
-            ):
-                # Stock was reserved for the confirmed items; changing them would
-                # bypass the reservation.
+            frozen = [path for path in FROZEN_FIELDS if path in paths]
+            if frozen:
+                # OrderCreated went out with the order, so inventory is reserving (or has
+                # reserved) exactly its items; changing them, even while it is pending,
+                # would confirm an order for units never reserved.
                 raise StatusError(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    f"the items and currency of order {order.id!r} can change only while it "
-                    "is pending; cancel it and create a new order",
-                    reason="ORDER_NOT_PENDING",
+                    f"the {' and '.join(frozen)} of order {order.id!r} are fixed once it is "
+                    "placed; cancel it and create a new order",
+                    reason="ORDER_ITEMS_FROZEN",
+                    metadata={"fields": ",".join(frozen)},
                 )
             for path in UPDATABLE_FIELDS:
                 if path in paths:
-                    if path == "items":
-                        del order.items[:]
-                        order.items.extend(request.order.items)
-                    else:
-                        setattr(order, path, getattr(request.order, path))
-            order.total_cents = _total(order)
+                    setattr(order, path, getattr(request.order, path))
             order.update_time.CopyFrom(_now())
             updated = await orders.update(order)
         self._feed.publish(_change(orders_pb2.CHANGE_TYPE_UPDATED, updated))
@@ -166,8 +168,11 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
     async def on_stock_reserved(
         self, event: inventory_pb2.StockReserved, delivery: Delivery
     ) -> None:
-        """A pending order whose stock is reserved is confirmed."""
-        await self._settle(event.order_id, orders_pb2.ORDER_STATUS_CONFIRMED, "")
+        """A pending order is confirmed when the stock reserved is exactly its items;
+        otherwise it is rejected and the reservation given back."""
+        await self._settle(
+            event.order_id, orders_pb2.ORDER_STATUS_CONFIRMED, "", reserved=event.lines
+        )
 
     @subscribe(inventory_pb2.StockShortage)
     async def on_stock_shortage(
@@ -177,7 +182,14 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
         reason = f"out of stock: {', '.join(event.short_skus)}"
         await self._settle(event.order_id, orders_pb2.ORDER_STATUS_REJECTED, reason)
 
-    async def _settle(self, order_id: str, status: int, reason: str) -> None:
+    async def _settle(
+        self,
+        order_id: str,
+        status: int,
+        reason: str,
+        *,
+        reserved: Sequence[inventory_pb2.ReservationLine] | None = None,
+    ) -> None:
         async with self._storage.transaction() as unit:
             orders = unit.repository(orders_pb2.Order)
             order = await orders.get(order_id, for_update=True)
@@ -185,10 +197,20 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
             # cancelled meanwhile, changes nothing.
             if order is None or order.status != orders_pb2.ORDER_STATUS_PENDING:
                 return
+            mismatch = reserved is not None and _units(order.items) != _units(reserved)
+            if mismatch:
+                # A confirmed order must be what was reserved. Items cannot change after
+                # OrderCreated, but a reservation made for this id by other means (a
+                # direct Reserve call, an event of an older release) can differ.
+                status = orders_pb2.ORDER_STATUS_REJECTED
+                reason = "the stock reserved does not match the order's items"
             order.status = status  # type: ignore[assignment]
             order.cancel_reason = reason
             order.update_time.CopyFrom(_now())
             settled = await orders.update(order)
+            if mismatch:
+                # Committed with the rejection: inventory releases what it holds.
+                await self._publish(events_pb2.OrderRejected(order=settled), settled.id, unit)
         self._feed.publish(_change(orders_pb2.CHANGE_TYPE_UPDATED, settled))
 
     async def _publish(self, event: Any, subject: str, unit: UnitOfWork) -> None:
@@ -254,6 +276,14 @@ async def _open_order(
             metadata={"status": state},
         )
     return order
+
+
+def _units(lines: Iterable[orders_pb2.LineItem | inventory_pb2.ReservationLine]) -> dict[str, int]:
+    """Units per SKU (an order may name a SKU on several lines)."""
+    units: dict[str, int] = {}
+    for line in lines:
+        units[line.sku] = units.get(line.sku, 0) + line.quantity
+    return units
 
 
 def _total(order: orders_pb2.Order) -> int:

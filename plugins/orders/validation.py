@@ -5,7 +5,8 @@ Everything a field rule can say lives in ``proto/nexus/orders/v1/orders.proto``
 handler runs: id formats, item counts, SKUs, quantities, prices, note and reason
 lengths, page size and status values, and that ``order`` is present. What is left here
 depends on the method or on the request itself: what create requires of an order,
-``update_mask`` and the fields it names, and ``order_by``.
+``update_mask`` and the fields it names, and ``order_by``. Prices and currency are the
+price list's business (``prices.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from nexus.orders.v1 import orders_pb2
 from nexus_grpc.errors import FieldViolation, InvalidArgumentError
 
 ORDER_BY_FIELDS = ("create_time", "update_time", "total_cents")
-UPDATABLE_FIELDS = ("customer_id", "items", "currency_code", "note")
+UPDATABLE_FIELDS = ("customer_id", "note")
+#: Fields fixed once the order is placed: stock was reserved for its items and their
+#: prices were set in its currency. Naming them in an update is FAILED_PRECONDITION.
+FROZEN_FIELDS = ("items", "currency_code")
+#: What a create request must carry (the currency defaults to the price list's).
+_CREATE_REQUIRED = ("customer_id", "items")
 
 _CUSTOMER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 _CURRENCY = re.compile(r"[A-Z]{3}")
@@ -42,15 +48,14 @@ def check_order_fields(
     if "items" in fields and not order.items:
         found.append(FieldViolation(f"{prefix}.items", "at least one item is required"))
     if "currency_code" in fields and not _CURRENCY.fullmatch(order.currency_code):
-        found.append(
-            FieldViolation(f"{prefix}.currency_code", "required: an ISO 4217 code such as EUR")
-        )
+        found.append(FieldViolation(f"{prefix}.currency_code", "an ISO 4217 code such as EUR"))
     return found
 
 
 def validate_create(request: orders_pb2.CreateOrderRequest) -> None:
     """Raise InvalidArgumentError unless the order has what creating one requires."""
-    _raise_if(check_order_fields(request.order, "order", UPDATABLE_FIELDS))
+    fields = _CREATE_REQUIRED + (("currency_code",) if request.order.currency_code else ())
+    _raise_if(check_order_fields(request.order, "order", fields))
 
 
 def validate_list(request: orders_pb2.ListOrdersRequest) -> tuple[str, bool]:
@@ -77,7 +82,10 @@ def validate_list(request: orders_pb2.ListOrdersRequest) -> tuple[str, bool]:
 
 
 def validate_update(request: orders_pb2.UpdateOrderRequest) -> tuple[str, ...]:
-    """Check the update request; return the field names to change."""
+    """Check the update request; return the field names to change.
+
+    Frozen fields pass here: the handler refuses them once it knows the order exists.
+    """
     found = []
     if not request.order.id:
         found.append(FieldViolation("order.id", "required"))
@@ -85,7 +93,7 @@ def validate_update(request: orders_pb2.UpdateOrderRequest) -> tuple[str, ...]:
     if not paths:
         found.append(FieldViolation("update_mask", "required: name the fields to change"))
     for path in paths:
-        if path not in UPDATABLE_FIELDS:
+        if path not in UPDATABLE_FIELDS and path not in FROZEN_FIELDS:
             found.append(
                 FieldViolation(
                     "update_mask",
@@ -93,7 +101,7 @@ def validate_update(request: orders_pb2.UpdateOrderRequest) -> tuple[str, ...]:
                 )
             )
     if not found:
-        found += check_order_fields(request.order, "order", paths)
+        found += check_order_fields(request.order, "order", tuple(set(paths) - set(FROZEN_FIELDS)))
     _raise_if(found)
     return paths
 

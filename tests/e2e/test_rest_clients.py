@@ -230,7 +230,7 @@ def test_buf_curl_over_grpc_web(serve: ServeProcess, buf: str) -> None:
             "--protocol",
             "grpcweb",
             "-d",
-            '{"order": {"customerId": "web", "currencyCode": "EUR", "items": [{"sku": "W-1", "quantity": 3, "unitPriceCents": "7"}]}}',
+            '{"order": {"customerId": "web", "currencyCode": "EUR", "items": [{"sku": "PEN-7", "quantity": 3}]}}',
             f"{base}/nexus.orders.v1.OrdersService/CreateOrder",
         ],
         capture_output=True,
@@ -241,7 +241,7 @@ def test_buf_curl_over_grpc_web(serve: ServeProcess, buf: str) -> None:
     )
     assert created.returncode == 0, created.stderr
     order = json.loads(created.stdout)
-    assert order["totalCents"] == "21"
+    assert order["totalCents"] == "597"
     missing_call = subprocess.run(
         [
             buf,

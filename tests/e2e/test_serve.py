@@ -22,7 +22,7 @@ ORDER_JSON = json.dumps(
         "order": {
             "customerId": "grpcurl",
             "currencyCode": "EUR",
-            "items": [{"sku": "SKU-9", "quantity": 4, "unitPriceCents": "125"}],
+            "items": [{"sku": "PEN-7", "quantity": 4}],  # priced by the server: 199
         }
     }
 )
@@ -85,7 +85,7 @@ def test_grpcurl_lists_describes_and_calls_through_reflection(
     assert created.returncode == 0, created.stderr
     order = json.loads(created.stdout)
     assert order["status"] == "ORDER_STATUS_PENDING"
-    assert order["total_cents"] == "500"  # grpcurl prints proto field names
+    assert order["total_cents"] == "796"  # grpcurl prints proto field names
 
     fetched = run(
         grpcurl,
@@ -176,7 +176,7 @@ def test_node_grpc_js_client_calls_unary_and_streaming(serve: ServeProcess, node
     report = json.loads(result.stdout)
     created = report["created"]
     assert created["status"] == "ORDER_STATUS_PENDING"
-    assert created["total_cents"] == "500"
+    assert created["total_cents"] == "2500"  # 2 x BOOK-1 at the list price
     assert report["fetched"]["id"] == created["id"]
     mine = [c for c in report["watch"] if c["order"]["id"] == created["id"]]
     assert [c["change_type"] for c in mine] == ["CHANGE_TYPE_EXISTING", "CHANGE_TYPE_CANCELLED"]
@@ -316,9 +316,7 @@ def test_health_stream_and_calls_are_threaded_safely(serve: ServeProcess) -> Non
                             order=orders_pb2.Order(
                                 customer_id=f"t{n}",
                                 currency_code="EUR",
-                                items=[
-                                    orders_pb2.LineItem(sku="S", quantity=1, unit_price_cents=i)
-                                ],
+                                items=[orders_pb2.LineItem(sku="PEN-7", quantity=i + 1)],
                             )
                         ),
                         timeout=10,

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 import redis
+from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nexus.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
@@ -106,6 +107,11 @@ def cluster(
             NEXUS_EVENTS__OUTBOX_RELAY_AFTER="1.0",
             NEXUS_EVENTS__OUTBOX_POLL_INTERVAL="0.2",
             NEXUS_LOG__ACCESS="false",
+            # The orders plugin's price list (keys from the environment are lower case).
+            NEXUS_PLUGIN__ORDERS__PRICES__WIDGET="100",
+            NEXUS_PLUGIN__ORDERS__PRICES__GADGET="100",
+            NEXUS_PLUGIN__ORDERS__PRICES__BOLT="100",
+            NEXUS_PLUGIN__ORDERS__PRICES__SPROCKET="100",
             **env,
         )
         shop = Shop(serve)
@@ -206,6 +212,37 @@ def test_two_hosts_share_the_flow_and_each_event_takes_effect_once(
     assert settled_ledger(postgres_url, own_redis.url) == sorted(ids)  # every order, once
     # Both processes took part: one consumer group, its work shared.
     assert handlers(postgres_url) == {str(first.serve.process.pid), str(second.serve.process.pid)}
+
+
+def test_items_changed_on_the_other_host_during_the_reservation_are_refused(
+    cluster: Callable[..., Shop],
+) -> None:
+    # Issue 9: an order placed on one host, its items replaced through the other while
+    # inventory reserved them, was confirmed for 9999 units with 10 in stock.
+    first, second = cluster(), cluster()
+    first.set_stock("sprocket", 10)
+    ids = []
+    for _ in range(10):
+        order_id = first.create_order("sprocket")
+        ids.append(order_id)
+        change = orders_pb2.UpdateOrderRequest(
+            order=orders_pb2.Order(
+                id=order_id, items=[orders_pb2.LineItem(sku="sprocket", quantity=9999)]
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["items"]),
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            second.orders.UpdateOrder(change, metadata=second.metadata, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+
+    wait_until(lambda: all(first.status(order_id) == CONFIRMED for order_id in ids))
+    confirmed = [
+        second.orders.GetOrder(orders_pb2.GetOrderRequest(id=i), metadata=second.metadata)
+        for i in ids
+    ]
+    assert sum(item.quantity for o in confirmed for item in o.items) == 10
+    stock = second.stock("sprocket")
+    assert (stock.available, stock.reserved) == (0, 10)
 
 
 def test_a_consumer_killed_before_acknowledging_is_redelivered_and_takes_effect_once(

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 from nexus.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from nexus.orders.v1 import events_pb2 as order_events
 from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
@@ -33,6 +34,10 @@ async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5.0)
         await asyncio.sleep(0.02)
 
 
+#: The orders plugin's price list in these tests: every SKU they order.
+PRICES = {"prices": {**{f"SKU-{i}": 100 for i in range(1, 10)}, "RACE": 100}}
+
+
 @pytest.fixture(params=["memory", "redis"])
 async def shop(request: pytest.FixtureRequest, tmp_path: Path) -> RunningHost:
     """The orders ↔ inventory flow on each event bus backend."""
@@ -46,6 +51,7 @@ async def shop(request: pytest.FixtureRequest, tmp_path: Path) -> RunningHost:
         plugin_dirs=[REPO / "plugins"],
         data_dir=tmp_path,
         events=events,
+        plugin_config={"orders": PRICES},
     ) as host:
         yield host  # type: ignore[misc]
 
@@ -59,13 +65,14 @@ def clients(shop: RunningHost) -> tuple[Any, Any]:
     )
 
 
-def order(sku: str, quantity: int) -> orders_pb2.CreateOrderRequest:
+def order(sku: str, quantity: int, order_id: str = "") -> orders_pb2.CreateOrderRequest:
     return orders_pb2.CreateOrderRequest(
         order=orders_pb2.Order(
             customer_id="c1",
             currency_code="EUR",
             items=[orders_pb2.LineItem(sku=sku, quantity=quantity)],
-        )
+        ),
+        order_id=order_id,
     )
 
 
@@ -370,3 +377,57 @@ async def test_reserving_a_released_order_is_a_failed_precondition(shop: Running
     )
     stock = await inventory.GetStock(inventory_pb2.GetStockRequest(sku="SKU-7"))
     assert (stock.available, stock.reserved) == (5, 0)
+
+
+async def test_items_cannot_change_while_their_reservation_is_in_flight(
+    shop: RunningHost,
+) -> None:
+    # Issue 9: UpdateOrder replaced the items of a pending order after OrderCreated went
+    # out; inventory reserved the old ones and the order was confirmed for 9999 units
+    # with 10 in stock. Now the items are fixed, and a confirmed order is what was held.
+    orders, inventory = clients(shop)
+    tries = 15
+    await inventory.SetStock(inventory_pb2.SetStockRequest(sku="RACE", available=10 * tries))
+    greedy = [orders_pb2.LineItem(sku="RACE", quantity=9999)]
+    placed = []
+    for _ in range(tries):
+        created = await orders.CreateOrder(order("RACE", 10))
+        placed.append(created)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await orders.UpdateOrder(  # at once: the reservation is still in flight
+                orders_pb2.UpdateOrderRequest(
+                    order=orders_pb2.Order(id=created.id, items=greedy),
+                    update_mask=field_mask_pb2.FieldMask(paths=["items"]),
+                )
+            )
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    confirmed = 0
+    for created in placed:
+        await settled_as(orders, created.id, orders_pb2.ORDER_STATUS_CONFIRMED)
+        current = await orders.GetOrder(orders_pb2.GetOrderRequest(id=created.id))
+        assert [(i.sku, i.quantity) for i in current.items] == [("RACE", 10)]
+        confirmed += sum(i.quantity for i in current.items)
+    stock = await inventory.GetStock(inventory_pb2.GetStockRequest(sku="RACE"))
+    assert (stock.available, stock.reserved) == (0, confirmed)
+    assert confirmed == 10 * tries
+
+
+async def test_an_order_whose_reservation_does_not_match_it_is_rejected_and_released(
+    shop: RunningHost,
+) -> None:
+    # A reservation held under the order's id that is not its items (here made by a
+    # direct Reserve call before the order existed) must not confirm it.
+    orders, inventory = clients(shop)
+    await inventory.SetStock(inventory_pb2.SetStockRequest(sku="SKU-9", available=10))
+    lines = [inventory_pb2.ReservationLine(sku="SKU-9", quantity=5)]
+    await inventory.Reserve(inventory_pb2.ReserveRequest(order_id="preset", lines=lines))
+    created = await orders.CreateOrder(order("SKU-9", 1, order_id="preset"))
+    await settled_as(orders, created.id, orders_pb2.ORDER_STATUS_REJECTED)
+    current = await orders.GetOrder(orders_pb2.GetOrderRequest(id=created.id))
+    assert current.cancel_reason == "the stock reserved does not match the order's items"
+
+    async def released() -> bool:
+        stock = await inventory.GetStock(inventory_pb2.GetStockRequest(sku="SKU-9"))
+        return (stock.available, stock.reserved) == (10, 0)
+
+    await eventually(released)

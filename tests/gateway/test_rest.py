@@ -317,12 +317,12 @@ async def test_orders_over_rest(http: httpx.AsyncClient) -> None:
         json={
             "customerId": "web",
             "currencyCode": "EUR",
-            "items": [{"sku": "S-1", "quantity": 2, "unitPriceCents": "150"}],
+            "items": [{"sku": "PEN-7", "quantity": 2}],  # the demo price list: 199
         },
     )
     assert created.status_code == 200, created.text
     order = created.json()
-    assert order["totalCents"] == "300"
+    assert order["totalCents"] == "398"
     assert order["status"] == "ORDER_STATUS_PENDING"
     fetched = await http.get(f"/v1/orders/{order['id']}")
     assert fetched.json() == order

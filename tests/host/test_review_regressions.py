@@ -164,7 +164,11 @@ async def test_stop_with_zero_grace_does_not_wait_for_open_http_streams(tmp_path
         )
         created = await client.post(
             "/v1/orders",
-            json={"customerId": "c", "currencyCode": "EUR", "items": [{"sku": "S", "quantity": 1}]},
+            json={
+                "customerId": "c",
+                "currencyCode": "EUR",
+                "items": [{"sku": "PEN-7", "quantity": 1}],
+            },
         )
         assert created.status_code == 200
         # The response starts with its first message: include_existing sends one at once.

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -14,24 +15,32 @@ from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 
 from nexus_grpc.testing import running_host
 
+#: The operator's price list of these tests' hosts.
+PRICES = {"currency": "EUR", "prices": {"SKU-1": 199, "SKU-2": 1000}}
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def orders(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[orders_pb2_grpc.OrdersServiceStub]:
     url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else ""
-    async with running_host(plugins=["orders"], data_dir=tmp_path, storage_url=url) as host:
+    async with running_host(
+        plugins=["orders"],
+        data_dir=tmp_path,
+        storage_url=url,
+        plugin_config={"orders": PRICES},
+    ) as host:
         yield orders_pb2_grpc.OrdersServiceStub(host.channel(host.token()))
 
 
 def new_order(
-    customer: str = "c1", quantity: int = 2, price: int = 250
+    customer: str = "c1", quantity: int = 2, price: int = 0, sku: str = "SKU-1"
 ) -> orders_pb2.CreateOrderRequest:
     return orders_pb2.CreateOrderRequest(
         order=orders_pb2.Order(
             customer_id=customer,
             currency_code="EUR",
-            items=[orders_pb2.LineItem(sku="SKU-1", quantity=quantity, unit_price_cents=price)],
+            items=[orders_pb2.LineItem(sku=sku, quantity=quantity, unit_price_cents=price)],
         )
     )
 
@@ -50,9 +59,10 @@ def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
 async def test_create_then_get_returns_the_stored_order(
     orders: orders_pb2_grpc.OrdersServiceStub,
 ) -> None:
-    created = await orders.CreateOrder(new_order(quantity=3, price=199))
+    created = await orders.CreateOrder(new_order(quantity=3))
     assert len(created.id) == 32
     assert created.status == orders_pb2.ORDER_STATUS_PENDING
+    assert created.items[0].unit_price_cents == 199  # from the price list
     assert created.total_cents == 597
     assert created.create_time.seconds > 0
     assert created.create_time == created.update_time
@@ -150,16 +160,17 @@ async def test_update_changes_only_masked_fields(orders: orders_pb2_grpc.OrdersS
         id=created.id,
         note="leave at the door",
         customer_id="someone-else",
-        items=[orders_pb2.LineItem(sku="SKU-2", quantity=1, unit_price_cents=1000)],
+        items=[orders_pb2.LineItem(sku="SKU-2", quantity=1)],
     )
     updated = await orders.UpdateOrder(
         orders_pb2.UpdateOrderRequest(
-            order=change, update_mask=field_mask_pb2.FieldMask(paths=["note", "items"])
+            order=change, update_mask=field_mask_pb2.FieldMask(paths=["note"])
         )
     )
     assert updated.note == "leave at the door"
     assert updated.customer_id == "c1"
-    assert updated.total_cents == 1000
+    assert list(updated.items) == list(created.items)
+    assert updated.total_cents == created.total_cents
     assert updated.update_time.ToNanoseconds() >= created.update_time.ToNanoseconds()
     assert await orders.GetOrder(orders_pb2.GetOrderRequest(id=created.id)) == updated
 
@@ -242,3 +253,124 @@ async def test_watch_streams_existing_then_live_changes(
         first.id,
     )
     stream.cancel()
+
+
+async def test_items_and_currency_are_fixed_once_the_order_is_placed(
+    orders: orders_pb2_grpc.OrdersServiceStub,
+) -> None:
+    # OrderCreated went out with the order: inventory reserves exactly these items, so
+    # changing them while it is pending would confirm units never reserved (issue 9).
+    created = await orders.CreateOrder(new_order(quantity=1))
+    for paths in (["items"], ["currency_code"], ["note", "items"]):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await orders.UpdateOrder(
+                orders_pb2.UpdateOrderRequest(
+                    order=orders_pb2.Order(
+                        id=created.id,
+                        note="more please",
+                        currency_code="USD",
+                        items=[orders_pb2.LineItem(sku="SKU-1", quantity=9999)],
+                    ),
+                    update_mask=field_mask_pb2.FieldMask(paths=paths),
+                )
+            )
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "cancel it and create a new order" in (caught.value.details() or "")
+    assert await orders.GetOrder(orders_pb2.GetOrderRequest(id=created.id)) == created
+
+
+async def test_prices_and_currency_come_from_the_price_list(
+    orders: orders_pb2_grpc.OrdersServiceStub,
+) -> None:
+    two_lines = orders_pb2.CreateOrderRequest(
+        order=orders_pb2.Order(
+            customer_id="c1",
+            items=[
+                orders_pb2.LineItem(sku="SKU-1", quantity=2),
+                orders_pb2.LineItem(sku="SKU-2", quantity=3, unit_price_cents=1000),
+            ],
+        )
+    )
+    created = await orders.CreateOrder(two_lines)
+    assert [item.unit_price_cents for item in created.items] == [199, 1000]
+    assert created.total_cents == 2 * 199 + 3 * 1000
+    assert created.currency_code == "EUR"  # the list's, when the client says none
+
+    # A client cannot price its own order, order what has no price, or pick a currency.
+    cases = {
+        "order.items[0].unit_price_cents": new_order(price=1),
+        "order.items[0].sku": new_order(sku="NOT-SOLD"),
+        "order.currency_code": new_order(),
+    }
+    cases["order.currency_code"].order.currency_code = "USD"
+    for field, request in cases.items():
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await orders.CreateOrder(request)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert set(violations(caught.value)) == {field}
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await orders.CreateOrder(new_order(price=1))
+    assert violations(caught.value) == {
+        "order.items[0].unit_price_cents": "prices are set by the server: 'SKU-1' costs 199; "
+        "leave it 0 or send that price"
+    }
+    listed = await orders.ListOrders(orders_pb2.ListOrdersRequest())
+    assert [o.id for o in listed.orders] == [created.id]
+
+
+async def test_price_tampering_and_item_changes_are_refused_over_rest(tmp_path: Path) -> None:
+    async with running_host(
+        plugins=["orders"], data_dir=tmp_path, http=True, plugin_config={"orders": PRICES}
+    ) as host:
+        headers = {"authorization": f"Bearer {host.token()}"}
+        async with httpx.AsyncClient(base_url=host.http_url, headers=headers) as http:
+            body = {"customerId": "c1", "items": [{"sku": "SKU-2", "quantity": 1}]}
+            tampered = {**body, "items": [{"sku": "SKU-2", "quantity": 1, "unitPriceCents": "1"}]}
+            refused = await http.post("/v1/orders", json=tampered)
+            assert refused.status_code == 400
+            assert "prices are set by the server: 'SKU-2' costs 1000" in refused.json()["message"]
+            unknown = await http.post(
+                "/v1/orders", json={**body, "items": [{"sku": "X", "quantity": 1}]}
+            )
+            assert unknown.status_code == 400
+            assert "unknown SKU 'X'" in unknown.json()["message"]
+
+            created = await http.post("/v1/orders", json=body)
+            assert created.status_code == 200, created.text
+            order = created.json()
+            assert (order["totalCents"], order["currencyCode"]) == ("1000", "EUR")
+            changed = await http.patch(
+                f"/v1/orders/{order['id']}",
+                params={"updateMask": "items"},
+                json={"items": [{"sku": "SKU-2", "quantity": 9999}]},
+            )
+            assert changed.status_code == 400
+            assert "cancel it and create a new order" in changed.json()["message"]
+            assert (await http.get(f"/v1/orders/{order['id']}")).json() == order
+
+
+async def test_without_a_price_list_the_demo_catalog_prices_orders(tmp_path: Path) -> None:
+    async with running_host(plugins=["orders"], data_dir=tmp_path) as host:
+        orders = orders_pb2_grpc.OrdersServiceStub(host.channel(host.token()))
+        created = await orders.CreateOrder(new_order(sku="BOOK-1", quantity=2))
+        assert created.total_cents == 2500
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"prices": {"SKU-1": -5}}, "plugin.orders.prices.SKU-1: expected a whole number"),
+        ({"prices": {"SKU-1": "cheap"}}, "plugin.orders.prices.SKU-1: expected a whole number"),
+        ({"prices": ["SKU-1"]}, "plugin.orders.prices: expected a table"),
+        ({"currency": "euro"}, "plugin.orders.currency: expected an ISO 4217 code"),
+    ],
+)
+async def test_a_malformed_price_list_fails_the_plugin_with_the_reason(
+    tmp_path: Path, config: dict[str, object], message: str
+) -> None:
+    async with running_host(
+        plugins=["orders"], data_dir=tmp_path, plugin_config={"orders": config}
+    ) as host:
+        record = host.host.plugins.record("orders")
+        assert record is not None and record.state == "FAILED"
+        assert message in record.error

@@ -29,7 +29,7 @@ async def create_order(host: RunningHost, owner: str) -> str:
     order = await stub.CreateOrder(
         orders_pb2.CreateOrderRequest(
             order=orders_pb2.Order(
-                currency_code="EUR", items=[orders_pb2.LineItem(sku="S", quantity=1)]
+                currency_code="EUR", items=[orders_pb2.LineItem(sku="PEN-7", quantity=1)]
             )
         )
     )

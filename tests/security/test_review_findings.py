@@ -37,7 +37,7 @@ async def test_a_customer_cannot_hand_an_order_to_another_customer(
     order = await stub.CreateOrder(
         orders_pb2.CreateOrderRequest(
             order=orders_pb2.Order(
-                currency_code="EUR", items=[orders_pb2.LineItem(sku="S", quantity=1)]
+                currency_code="EUR", items=[orders_pb2.LineItem(sku="PEN-7", quantity=1)]
             )
         )
     )
@@ -57,7 +57,7 @@ async def test_a_confirmed_orders_items_cannot_change(tmp_path: Path) -> None:
     ) as host:
         channel = host.channel(host.token())
         await inventory_pb2_grpc.InventoryServiceStub(channel).SetStock(
-            inventory_pb2.SetStockRequest(sku="S", available=1)
+            inventory_pb2.SetStockRequest(sku="PEN-7", available=1)
         )
         orders = orders_pb2_grpc.OrdersServiceStub(channel)
         order = await orders.CreateOrder(
@@ -65,7 +65,7 @@ async def test_a_confirmed_orders_items_cannot_change(tmp_path: Path) -> None:
                 order=orders_pb2.Order(
                     customer_id="c",
                     currency_code="EUR",
-                    items=[orders_pb2.LineItem(sku="S", quantity=1)],
+                    items=[orders_pb2.LineItem(sku="PEN-7", quantity=1)],
                 )
             )
         )
@@ -78,7 +78,7 @@ async def test_a_confirmed_orders_items_cannot_change(tmp_path: Path) -> None:
             await orders.UpdateOrder(
                 orders_pb2.UpdateOrderRequest(
                     order=orders_pb2.Order(
-                        id=order.id, items=[orders_pb2.LineItem(sku="S", quantity=10000)]
+                        id=order.id, items=[orders_pb2.LineItem(sku="PEN-7", quantity=10000)]
                     ),
                     update_mask=field_mask_pb2.FieldMask(paths=["items"]),
                 )
@@ -112,7 +112,11 @@ async def test_grpc_web_stream_ends_when_the_client_leaves(secure_host: RunningH
     async with httpx.AsyncClient(base_url=secure_host.http_url) as http:
         await http.post(
             "/v1/orders",
-            json={"customerId": "w", "currencyCode": "EUR", "items": [{"sku": "S", "quantity": 1}]},
+            json={
+                "customerId": "w",
+                "currencyCode": "EUR",
+                "items": [{"sku": "PEN-7", "quantity": 1}],
+            },
             headers={"authorization": f"Bearer {secure_host.token()}"},
         )
         async with http.stream(

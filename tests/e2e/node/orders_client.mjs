@@ -141,7 +141,7 @@ async function run(target) {
     const created = await unary(client, "CreateOrder", {
       order: {
         customer_id: CUSTOMER_ID,
-        items: [{ sku: "SKU-1", quantity: 2, unit_price_cents: 250 }],
+        items: [{ sku: "BOOK-1", quantity: 2 }], // priced by the server
         currency_code: "EUR",
       },
     });

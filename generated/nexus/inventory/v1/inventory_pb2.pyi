@@ -77,10 +77,12 @@ class Reservation(_message.Message):
     def __init__(self, id: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[ReservationLine, _Mapping]]] = ...) -> None: ...
 
 class StockReserved(_message.Message):
-    __slots__ = ("order_id",)
+    __slots__ = ("order_id", "lines")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
     order_id: str
-    def __init__(self, order_id: _Optional[str] = ...) -> None: ...
+    lines: _containers.RepeatedCompositeFieldContainer[ReservationLine]
+    def __init__(self, order_id: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[ReservationLine, _Mapping]]] = ...) -> None: ...
 
 class StockShortage(_message.Message):
     __slots__ = ("order_id", "short_skus")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from nexus.orders.v1 import orders_pb2 as nexus_dot_orders_dot_v1_dot_orders__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnexus/orders/v1/events.proto\x12\x0fnexus.orders.v1\x1a\x1cnexus/orders/v1/orders.proto\"5\n\x0cOrderCreated\x12%\n\x05order\x18\x01 \x01(\x0b\x32\x16.nexus.orders.v1.Order\"7\n\x0eOrderCancelled\x12%\n\x05order\x18\x01 \x01(\x0b\x32\x16.nexus.orders.v1.Orderb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnexus/orders/v1/events.proto\x12\x0fnexus.orders.v1\x1a\x1cnexus/orders/v1/orders.proto\"5\n\x0cOrderCreated\x12%\n\x05order\x18\x01 \x01(\x0b\x32\x16.nexus.orders.v1.Order\"7\n\x0eOrderCancelled\x12%\n\x05order\x18\x01 \x01(\x0b\x32\x16.nexus.orders.v1.Order\"6\n\rOrderRejected\x12%\n\x05order\x18\x01 \x01(\x0b\x32\x16.nexus.orders.v1.Orderb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,4 +36,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERCREATED']._serialized_end=132
   _globals['_ORDERCANCELLED']._serialized_start=134
   _globals['_ORDERCANCELLED']._serialized_end=189
+  _globals['_ORDERREJECTED']._serialized_start=191
+  _globals['_ORDERREJECTED']._serialized_end=245
 # @@protoc_insertion_point(module_scope)

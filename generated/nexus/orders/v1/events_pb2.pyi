@@ -17,3 +17,9 @@ class OrderCancelled(_message.Message):
     ORDER_FIELD_NUMBER: _ClassVar[int]
     order: _orders_pb2.Order
     def __init__(self, order: _Optional[_Union[_orders_pb2.Order, _Mapping]] = ...) -> None: ...
+
+class OrderRejected(_message.Message):
+    __slots__ = ("order",)
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    order: _orders_pb2.Order
+    def __init__(self, order: _Optional[_Union[_orders_pb2.Order, _Mapping]] = ...) -> None: ...

@@ -93,7 +93,10 @@ class OrdersServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateOrder(self, request, context):
-        """Changes the fields of an order named by update_mask.
+        """Changes the fields of an order named by update_mask: its note, or (with a grant
+        over all orders) its customer. Items and currency are fixed once the order is
+        placed, since stock was reserved for them: naming them is FAILED_PRECONDITION;
+        cancel the order and create a new one instead.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
