@@ -14,7 +14,7 @@ from google.protobuf import timestamp_pb2
 from nexus.auth.v1 import auth_pb2, records_pb2
 from nexus.options.v1 import options_pb2
 
-from nexus_grpc import AlreadyExistsError, FieldViolation, InvalidArgumentError, StatusError
+from nexus_grpc import AlreadyExistsError, FieldViolation, InvalidArgumentError, StatusError, quote
 from nexus_grpc.auth.principal import Grant, Principal, Scope
 from nexus_grpc.storage import Namespace
 
@@ -84,7 +84,7 @@ class Accounts:
         for index, name in enumerate(names):
             if await self.roles.get(name) is None:
                 raise InvalidArgumentError(
-                    [FieldViolation(f"roles[{index}]", f"role {name!r} does not exist")]
+                    [FieldViolation(f"roles[{index}]", f"role {quote(name)} does not exist")]
                 )
 
     async def authenticate(self, username: str, password: str) -> auth_pb2.User | None:

@@ -10,7 +10,7 @@ from google.protobuf import timestamp_pb2
 from nexus.inventory.v1 import inventory_pb2
 from nexus.orders.v1 import events_pb2, orders_pb2, orders_pb2_grpc
 
-from nexus_grpc import PluginContext, StatusError
+from nexus_grpc import PluginContext, StatusError, quote
 from nexus_grpc.auth.principal import Scope
 from nexus_grpc.errors import NotFoundError
 from nexus_grpc.events import Delivery, subscribe
@@ -130,7 +130,7 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
                 # bypass the reservation.
                 raise StatusError(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    f"the items and currency of order {order.id!r} can change only while it "
+                    f"the items and currency of order {quote(order.id)} can change only while it "
                     "is pending; cancel it and create a new order",
                     reason="ORDER_NOT_PENDING",
                 )
@@ -248,7 +248,7 @@ async def _open_order(
         state = orders_pb2.OrderStatus.Name(order.status)
         raise StatusError(
             grpc.StatusCode.FAILED_PRECONDITION,
-            f"order {order.id!r} is {state} and cannot be {verb}",
+            f"order {quote(order.id)} is {state} and cannot be {verb}",
             reason="ORDER_CLOSED",
             metadata={"status": state},
         )
