@@ -145,10 +145,12 @@ async def running_host(
     limits: LimitsConfig | None = None,
     events: EventsConfig | None = None,
     cache: CacheConfig | None = None,
+    access_log: bool = False,
 ) -> AsyncIterator[RunningHost]:
     """Start a host on a free port with ``plugins`` (None: every plugin found); stop it after.
 
-    ``http=True`` (or an :class:`HttpConfig`) also starts the REST gateway on a free port.
+    ``http=True`` (or an :class:`HttpConfig`) also starts the REST gateway on a free port;
+    ``access_log`` turns on the ``nexus.access`` lines (off to keep test logs short).
     """
     config = Config(
         data_dir=str(data_dir),
@@ -165,7 +167,7 @@ async def running_host(
         events=events or EventsConfig(),
         cache=cache or CacheConfig(),
         storage=StorageConfig(url=storage_url),
-        log=LogConfig(access=False),
+        log=LogConfig(access=access_log),
         plugin=dict(plugin_config or {}),
     )
     host = Host(config)

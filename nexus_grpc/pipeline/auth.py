@@ -87,16 +87,16 @@ class AuthStage:
             if not isinstance(principal, Principal):
                 try:
                     token = _bearer_token(context)
-                    if token is None:
-                        if public:
-                            return await next(request, context)
+                    if token is None and not public:
                         raise StatusError(
                             grpc.StatusCode.UNAUTHENTICATED,
                             "this method needs a bearer token",
                             reason="TOKEN_MISSING",
                         )
-                    principal = await verifier.verify(token)
+                    principal = None if token is None else await verifier.verify(token)
                 except StatusError as error:
+                    # Only authentication's own refusals land here: what fails below
+                    # (validation, the handler, a missing method) keeps its outcome.
                     if audit is not None:
                         await audit.record(
                             actor=ANONYMOUS,
@@ -108,6 +108,8 @@ class AuthStage:
                             throttle=True,
                         )
                     raise
+                if principal is None:
+                    return await next(request, context)  # public, anonymous
             # Not reset here: the observe stage restores it after the access log line,
             # which names the principal.
             principal_var.set(principal)
