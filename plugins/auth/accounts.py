@@ -67,7 +67,7 @@ class Accounts:
             raise InvalidArgumentError(
                 [FieldViolation("password", f"at least {MIN_PASSWORD} characters")]
             )
-        await self.check_roles(user.roles)
+        await self.check_roles(user.roles, "user.roles")
         stored = auth_pb2.User()
         stored.CopyFrom(user)
         stored.create_time.CopyFrom(_now())
@@ -79,12 +79,16 @@ class Accounts:
             )
         return created
 
-    async def check_roles(self, names: Iterable[str]) -> None:
-        """INVALID_ARGUMENT naming the first role that does not exist."""
+    async def check_roles(self, names: Iterable[str], field: str = "roles") -> None:
+        """INVALID_ARGUMENT naming the first role that does not exist.
+
+        ``field`` is where the request holds the names (``roles`` or ``user.roles``):
+        a violation names the request's own field.
+        """
         for index, name in enumerate(names):
             if await self.roles.get(name) is None:
                 raise InvalidArgumentError(
-                    [FieldViolation(f"roles[{index}]", f"role {quote(name)} does not exist")]
+                    [FieldViolation(f"{field}[{index}]", f"role {quote(name)} does not exist")]
                 )
 
     async def authenticate(self, username: str, password: str) -> auth_pb2.User | None:
