@@ -15,7 +15,9 @@ trailers.
 
 from __future__ import annotations
 
-from google.protobuf.descriptor import FieldDescriptor
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 __all__ = [
@@ -24,6 +26,8 @@ __all__ = [
     "MESSAGE_LIMIT",
     "QUOTE_LIMIT",
     "STATUS_LIMIT",
+    "TIGHT_MAX_ITEMS",
+    "TIGHT_TEXT_LIMIT",
     "bounded_detail",
     "clip",
     "quote",
@@ -37,6 +41,9 @@ MESSAGE_LIMIT = 1024
 DETAIL_TEXT_LIMIT = 256
 #: Elements kept of any repeated field or map inside a status detail.
 MAX_ITEMS = 32
+#: The cut applied to a detail that does not fit the status even when bounded.
+TIGHT_TEXT_LIMIT = 32
+TIGHT_MAX_ITEMS = 4
 #: Serialized bytes of the whole ``google.rpc.Status`` (sent base64: ~4/3 of it).
 STATUS_LIMIT = 3072
 
@@ -65,42 +72,44 @@ def quote(value: str, limit: int = QUOTE_LIMIT) -> str:
     return f"{kept!r}...[{len(value) - len(kept)} more characters]"
 
 
-def bounded_detail(detail: Message) -> Message:
+def bounded_detail(
+    detail: Message, text_limit: int = DETAIL_TEXT_LIMIT, max_items: int = MAX_ITEMS
+) -> Message:
     """``detail`` itself when small, else a copy with every string and list bounded."""
-    if detail.ByteSize() <= DETAIL_TEXT_LIMIT:
+    if detail.ByteSize() <= text_limit:
         return detail  # no string in it can be over the limit
     copy = type(detail)()
     copy.CopyFrom(detail)
-    _bound(copy)
+    _bound(copy, text_limit, max_items)
     return copy
 
 
-def _bound(message: Message) -> None:
+def _bound(message: Message, text_limit: int, max_items: int) -> None:
     for field, value in message.ListFields():
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            _bound_map(field, value)
+            _bound_map(field.message_type, value, text_limit, max_items)
         elif field.is_repeated:
-            del value[MAX_ITEMS:]
+            del value[max_items:]
             if field.type == _STRING:
-                value[:] = [clip(item, DETAIL_TEXT_LIMIT) for item in value]
+                value[:] = [clip(item, text_limit) for item in value]
             elif field.type == _MESSAGE:
                 for item in value:
-                    _bound(item)
+                    _bound(item, text_limit, max_items)
         elif field.type == _STRING:
-            setattr(message, field.name, clip(value, DETAIL_TEXT_LIMIT))
+            setattr(message, field.name, clip(value, text_limit))
         elif field.type == _MESSAGE:
-            _bound(value)
+            _bound(value, text_limit, max_items)
 
 
-def _bound_map(field: FieldDescriptor, value: object) -> None:
-    entries = list(value.items())  # type: ignore[attr-defined]
-    value.clear()  # type: ignore[attr-defined]
-    value_field = field.message_type.fields_by_name["value"]
-    for key, item in entries[:MAX_ITEMS]:
+def _bound_map(entry: Descriptor, value: Any, text_limit: int, max_items: int) -> None:
+    entries = list(value.items())
+    value.clear()
+    value_field = entry.fields_by_name["value"]
+    for key, item in entries[:max_items]:
         if isinstance(key, str):
-            key = clip(key, DETAIL_TEXT_LIMIT)
+            key = clip(key, text_limit)
         if value_field.type == _MESSAGE:
-            value[key].CopyFrom(item)  # type: ignore[index]
-            _bound(value[key])  # type: ignore[index]
+            value[key].CopyFrom(item)
+            _bound(value[key], text_limit, max_items)
         else:
-            value[key] = clip(item, DETAIL_TEXT_LIMIT) if isinstance(item, str) else item  # type: ignore[index]
+            value[key] = clip(item, text_limit) if isinstance(item, str) else item

@@ -16,7 +16,16 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from nexus_grpc.bounded import MAX_ITEMS, MESSAGE_LIMIT, STATUS_LIMIT, bounded_detail, clip, quote
+from nexus_grpc.bounded import (
+    MAX_ITEMS,
+    MESSAGE_LIMIT,
+    STATUS_LIMIT,
+    TIGHT_MAX_ITEMS,
+    TIGHT_TEXT_LIMIT,
+    bounded_detail,
+    clip,
+    quote,
+)
 
 __all__ = [
     "AlreadyExistsError",
@@ -149,9 +158,9 @@ def to_status_proto(error: StatusError) -> status_pb2.Status:
         info = error_details_pb2.ErrorInfo(
             reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata
         )
-        room -= _add(status, bounded_detail(info), room)
+        room -= _add(status, info, room)
     for detail in error.details:
-        used = _add(status, bounded_detail(detail), room)
+        used = _add(status, detail, room)
         if not used:
             break  # later details would not fit either, or be out of order
         room -= used
@@ -159,13 +168,21 @@ def to_status_proto(error: StatusError) -> status_pb2.Status:
 
 
 def _add(status: status_pb2.Status, detail: Message, room: int) -> int:
-    """Append ``detail`` packed if it fits in ``room`` bytes; the bytes it took, or 0."""
-    packed = _pack(detail)
-    size = packed.ByteSize() + 4  # field tag and length prefix
-    if size > room:
-        return 0
-    status.details.append(packed)
-    return size
+    """Append ``detail``, bounded, if it fits in ``room`` bytes; the bytes it took, or 0.
+
+    A detail too big even when bounded gets a tighter cut (shorter strings, fewer
+    items) before it is dropped: the ErrorInfo's reason must get through.
+    """
+    for packed in (_pack(bounded_detail(detail)), _pack(_tight(detail))):
+        size = packed.ByteSize() + 4  # field tag and length prefix
+        if size <= room:
+            status.details.append(packed)
+            return size
+    return 0
+
+
+def _tight(detail: Message) -> Message:
+    return bounded_detail(detail, TIGHT_TEXT_LIMIT, TIGHT_MAX_ITEMS)
 
 
 def _pack(message: Message) -> any_pb2.Any:
