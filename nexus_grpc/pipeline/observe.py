@@ -88,14 +88,16 @@ class ObserveStage:
             finally:
                 in_flight.leave()
                 if access_log:
+                    # Spelled as the metrics' grpc_code label, whatever the context held.
+                    name = code_label(as_code(code))
                     _access.info(
                         "%s %s",
                         path,
-                        code_label(as_code(code)),
+                        name,
                         extra={
                             "method": path,
                             "plugin": plugin,
-                            "code": code_label(as_code(code)),
+                            "code": name,
                             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                             "peer": context.peer(),
                             "principal": _subject(),
