@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from nexus_grpc.bounded import (
+    DETAIL_TEXT_LIMIT,
     MAX_ITEMS,
     MESSAGE_LIMIT,
     STATUS_LIMIT,
@@ -149,9 +150,22 @@ def to_status_proto(error: StatusError) -> status_pb2.Status:
     Bounded for every transport (nexus_grpc.bounded): the message, each string of each
     detail, and the whole status, dropping the last details that do not fit.
     """
-    status = status_pb2.Status(
-        code=_CODE_NUMBERS[error.code], message=clip(error.message, MESSAGE_LIMIT)
-    )
+    code = _CODE_NUMBERS[error.code]
+    # Most errors are small: when the whole status is within the bound of one detail
+    # string, nothing in it can be over any bound, and it is sent as built.
+    plain = status_pb2.Status(code=code, message=error.message)
+    if error.reason:
+        plain.details.append(
+            _pack(
+                error_details_pb2.ErrorInfo(
+                    reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+                )
+            )
+        )
+    plain.details.extend(_pack(detail) for detail in error.details)
+    if plain.ByteSize() <= DETAIL_TEXT_LIMIT:
+        return plain
+    status = status_pb2.Status(code=code, message=clip(error.message, MESSAGE_LIMIT))
     room = STATUS_LIMIT - status.ByteSize()
     if error.reason:
         metadata = dict(list(error.metadata.items())[:MAX_ITEMS])
