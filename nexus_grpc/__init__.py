@@ -3,6 +3,7 @@
 The public names a plugin author needs are re-exported here.
 """
 
+from nexus_grpc.bounded import quote
 from nexus_grpc.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -22,6 +23,7 @@ __all__ = [
     "Plugin",
     "PluginContext",
     "StatusError",
+    "quote",
 ]
 
 __version__ = "0.1.0"

@@ -16,6 +16,7 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 from nexus.admin.v1 import admin_pb2
 
+from nexus_grpc.bounded import clip
 from nexus_grpc.logs import current_request_id
 from nexus_grpc.storage import Namespace, Page
 
@@ -52,6 +53,56 @@ class _Throttle:
         return count < self._limit
 
 
+class _SuppressedReport:
+    """Says in the log that records were suppressed: once when it starts, then one
+    summary per window with the count, never a line per suppressed record (a flood
+    of bad tokens must not become a flood of log lines either)."""
+
+    def __init__(self, window: float) -> None:
+        self._window = window
+        self._count = 0
+        self._peers: set[str] = set()
+        self._since: float | None = None
+
+    def add(self, peer: str) -> None:
+        now = time.monotonic()
+        if self._since is None or now - self._since >= 2 * self._window:
+            # A new flood (or the first one): say so at once, then sum up per window.
+            if self._count and self._since is not None:
+                self._flush(now - self._since)
+            _log.warning(
+                "audit records of denied calls from %s are suppressed (flood); "
+                "a summary follows every %gs while it lasts",
+                peer,
+                self._window,
+            )
+            self._since = now
+        self._count += 1
+        if len(self._peers) < _MAX_REPORTED_PEERS:
+            self._peers.add(peer)
+        if now - self._since >= self._window:
+            self._flush(now - self._since)
+            self._since = now
+
+    def _flush(self, seconds: float) -> None:
+        peers = sorted(self._peers)
+        _log.warning(
+            "%d audit records of denied calls suppressed in %.0fs, from %d peers: %s",
+            self._count,
+            seconds,
+            len(peers),
+            ", ".join(peers[:10]) + (" ..." if len(peers) > 10 else ""),
+        )
+        self._count = 0
+        self._peers.clear()
+
+
+#: Distinct peers a suppression summary counts (the count of records is exact).
+_MAX_REPORTED_PEERS = 1000
+#: Longest reason stored in a record (it may quote the request).
+_REASON_LIMIT = 512
+
+
 class AuditLog:
     """Writes and lists audit records."""
 
@@ -62,6 +113,7 @@ class AuditLog:
         # Callers without valid credentials are not rate limited by principal; without
         # this, a flood of bad tokens would be a flood of stored records.
         self._anonymous = _Throttle(per_peer_limit, window)
+        self._suppressed = _SuppressedReport(window)
 
     async def record(
         self,
@@ -80,9 +132,7 @@ class AuditLog:
         callers who could not authenticate); the rest are only counted in the log.
         """
         if throttle and context is not None and not self._anonymous.allow(context.peer()):
-            _log.warning(
-                "audit record of %s %s suppressed (flood from %s)", action, target, context.peer()
-            )
+            self._suppressed.add(context.peer())
             return
         stamp = timestamp_pb2.Timestamp()
         stamp.GetCurrentTime()
@@ -93,7 +143,7 @@ class AuditLog:
             action=action,
             target=target,
             outcome=outcome,  # type: ignore[arg-type]
-            reason=reason,
+            reason=clip(reason, _REASON_LIMIT),
             request_id=current_request_id(),
             transport=getattr(context, "transport", "grpc") if context is not None else "",
             peer=context.peer() if context is not None else "",

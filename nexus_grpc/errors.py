@@ -16,6 +16,18 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from nexus_grpc.bounded import (
+    DETAIL_TEXT_LIMIT,
+    MAX_ITEMS,
+    MESSAGE_LIMIT,
+    STATUS_LIMIT,
+    TIGHT_MAX_ITEMS,
+    TIGHT_TEXT_LIMIT,
+    bounded_detail,
+    clip,
+    quote,
+)
+
 __all__ = [
     "AlreadyExistsError",
     "ConflictError",
@@ -71,15 +83,16 @@ class InvalidArgumentError(StatusError):
 
     def __init__(self, violations: Iterable[FieldViolation], message: str = "") -> None:
         found = list(violations)
+        # Field paths can hold map keys from the request: quoted values stay short.
         summary = message or "; ".join(
-            f"{v.field}: {v.description}" for v in found[: self.MESSAGE_LIMIT]
+            f"{clip(v.field, 200)}: {clip(v.description, 300)}" for v in found[: self.MESSAGE_LIMIT]
         )
         if not message and len(found) > self.MESSAGE_LIMIT:
             summary += f"; and {len(found) - self.MESSAGE_LIMIT} more"
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field[:200], description=v.description[:300]
+                    field=clip(v.field, 200), description=clip(v.description, 300)
                 )
                 for v in found[: self.DETAILS_LIMIT]
             ]
@@ -99,7 +112,7 @@ class NotFoundError(StatusError):
     def __init__(self, resource_type: str, resource_name: str) -> None:
         super().__init__(
             grpc.StatusCode.NOT_FOUND,
-            f"{resource_type} {resource_name!r} not found",
+            f"{resource_type} {quote(resource_name)} not found",
             reason="NOT_FOUND",
             details=(
                 error_details_pb2.ResourceInfo(
@@ -115,7 +128,7 @@ class AlreadyExistsError(StatusError):
     def __init__(self, resource_type: str, resource_name: str) -> None:
         super().__init__(
             grpc.StatusCode.ALREADY_EXISTS,
-            f"{resource_type} {resource_name!r} already exists",
+            f"{resource_type} {quote(resource_name)} already exists",
             reason="ALREADY_EXISTS",
             details=(
                 error_details_pb2.ResourceInfo(
@@ -142,15 +155,58 @@ class ShuttingDownError(StatusError):
 
 
 def to_status_proto(error: StatusError) -> status_pb2.Status:
-    """The ``google.rpc.Status`` for ``error``, ErrorInfo first, then its own details."""
-    packed: list[any_pb2.Any] = []
+    """The ``google.rpc.Status`` for ``error``, ErrorInfo first, then its own details.
+
+    Bounded for every transport (nexus_grpc.bounded): the message, each string of each
+    detail, and the whole status, dropping the last details that do not fit.
+    """
+    code = _CODE_NUMBERS[error.code]
+    # Most errors are small: when the whole status is within the bound of one detail
+    # string, nothing in it can be over any bound, and it is sent as built.
+    plain = status_pb2.Status(code=code, message=error.message)
     if error.reason:
-        info = error_details_pb2.ErrorInfo(
-            reason=error.reason, domain=ERROR_DOMAIN, metadata=dict(error.metadata)
+        plain.details.append(
+            _pack(
+                error_details_pb2.ErrorInfo(
+                    reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+                )
+            )
         )
-        packed.append(_pack(info))
-    packed.extend(_pack(detail) for detail in error.details)
-    return status_pb2.Status(code=_CODE_NUMBERS[error.code], message=error.message, details=packed)
+    plain.details.extend(_pack(detail) for detail in error.details)
+    if plain.ByteSize() <= DETAIL_TEXT_LIMIT:
+        return plain
+    status = status_pb2.Status(code=code, message=clip(error.message, MESSAGE_LIMIT))
+    room = STATUS_LIMIT - status.ByteSize()
+    if error.reason:
+        metadata = dict(list(error.metadata.items())[:MAX_ITEMS])
+        info = error_details_pb2.ErrorInfo(
+            reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata
+        )
+        room -= _add(status, info, room)
+    for detail in error.details:
+        used = _add(status, detail, room)
+        if not used:
+            break  # later details would not fit either, or be out of order
+        room -= used
+    return status
+
+
+def _add(status: status_pb2.Status, detail: Message, room: int) -> int:
+    """Append ``detail``, bounded, if it fits in ``room`` bytes; the bytes it took, or 0.
+
+    A detail too big even when bounded gets a tighter cut (shorter strings, fewer
+    items) before it is dropped: the ErrorInfo's reason must get through.
+    """
+    for packed in (_pack(bounded_detail(detail)), _pack(_tight(detail))):
+        size = packed.ByteSize() + 4  # field tag and length prefix
+        if size <= room:
+            status.details.append(packed)
+            return size
+    return 0
+
+
+def _tight(detail: Message) -> Message:
+    return bounded_detail(detail, TIGHT_TEXT_LIMIT, TIGHT_MAX_ITEMS)
 
 
 def _pack(message: Message) -> any_pb2.Any:

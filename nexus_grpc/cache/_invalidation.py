@@ -29,6 +29,9 @@ __all__ = ["RECONNECT_MAX", "RECONNECT_MIN", "InvalidationListener"]
 
 _log = logging.getLogger("nexus.cache")
 
+#: How often stop() cancels again a listener that is still running.
+_STOP_RECHECK = 0.5
+
 #: First and longest pause between attempts to subscribe again.
 RECONNECT_MIN = 0.05
 RECONNECT_MAX = 1.0
@@ -58,6 +61,7 @@ class InvalidationListener:
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._warned = False
+        self._stopping = False
 
     @property
     def subscribed(self) -> bool:
@@ -76,15 +80,23 @@ class InvalidationListener:
     async def stop(self) -> None:
         """Stop listening and close the connection."""
         task, self._task = self._task, None
+        self._stopping = True
         if task is not None:
             task.cancel()
+            # A cancellation that lands as one of redis-py's read timeouts expires can
+            # be swallowed (it becomes the timeout): the loop then ran on and stop()
+            # waited for ever. The flag ends the loop; cancel again until it is done.
+            while not task.done():
+                await asyncio.wait({task}, timeout=_STOP_RECHECK)
+                if not task.done():
+                    task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._subscribed.clear()
 
     async def _run(self) -> None:
         delay = RECONNECT_MIN
-        while True:
+        while not self._stopping:
             pubsub = self._client.pubsub()
             try:
                 await self._listen(pubsub)
@@ -120,7 +132,7 @@ class InvalidationListener:
         # -inf: housekeeping runs right after (re)subscribing, when Redis has just
         # shown it answers again and repairs are most likely owed.
         last_idle = -math.inf
-        while True:
+        while not self._stopping:
             message = await pubsub.get_message(timeout=self._interval)
             now = loop.time()
             if message is not None:

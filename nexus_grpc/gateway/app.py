@@ -154,7 +154,8 @@ class GatewayApp:
             return
         cors = self._settings.cors.response_headers(scope)
         if self._settings.cors.is_preflight(scope):
-            await send_response(send, 204, self._settings.cors.preflight_headers(scope), b"")
+            headers = self._settings.cors.preflight_headers(scope, self._methods_for(scope))
+            await send_response(send, 204, headers, b"")
             return
         content_type = _header(scope, b"content-type")
         if content_type.startswith("application/grpc-web"):
@@ -186,6 +187,16 @@ class GatewayApp:
                     reason="INTERNAL",
                 )
                 await send_error(send, failure, [*cors, *request_id])
+
+    def _methods_for(self, scope: Scope) -> list[str]:
+        """The HTTP methods that apply to the request's exact path (for a preflight)."""
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        path = raw_path.decode("latin-1")
+        if self._router.lookup(scope["path"]) is not None:
+            return ["POST"]  # a gRPC method's path: gRPC-Web
+        if path in ("/openapi.json", "/metrics"):
+            return ["GET"]
+        return self._routes.matcher.allowed_methods(path)
 
     async def _serve_rest(self, scope: Scope, receive: Receive, send: Send, cors: Headers) -> None:
         method = scope["method"]

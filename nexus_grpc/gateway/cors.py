@@ -47,8 +47,14 @@ class CorsPolicy:
             return False
         return any(key == b"access-control-request-method" for key, _ in scope["headers"])
 
-    def preflight_headers(self, scope: MutableMapping[str, Any]) -> list[tuple[bytes, bytes]]:
-        """Answer to a preflight: the grant, or nothing (the browser then refuses)."""
+    def preflight_headers(
+        self, scope: MutableMapping[str, Any], methods: list[str] | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        """Answer to a preflight: the grant, or nothing (the browser then refuses).
+
+        ``methods`` are those that apply to the requested path (OPTIONS is added);
+        None grants the usual REST methods.
+        """
         origin = self._origin(scope)
         if origin is None:
             return []
@@ -63,7 +69,12 @@ class CorsPolicy:
         ]
         return [
             (b"access-control-allow-origin", origin),
-            (b"access-control-allow-methods", _ALLOWED_METHODS),
+            (
+                b"access-control-allow-methods",
+                _ALLOWED_METHODS
+                if methods is None
+                else ", ".join([*methods, "OPTIONS"]).encode("latin-1"),
+            ),
             (b"access-control-allow-headers", ", ".join(allowed).encode("latin-1")),
             (b"access-control-max-age", str(self.max_age).encode()),
             (b"vary", b"origin"),

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import grpc
 
+from nexus_grpc.bounded import MESSAGE_LIMIT, clip
 from nexus_grpc.errors import StatusError
 from nexus_grpc.gateway.context import GatewayContext
 from nexus_grpc.gateway.headers import parse_grpc_timeout
@@ -238,6 +239,8 @@ class _Response:
         context: GatewayContext | None = None,
     ) -> None:
         await self._start(context)
+        # The gateway's own messages quote the request path: bounded as every status is.
+        message = clip(message, MESSAGE_LIMIT)
         lines = [f"grpc-status:{code.value[0]}", f"grpc-message:{quote(message, safe=' ')}"]
         for key, value in metadata or ():
             if isinstance(value, bytes):

@@ -24,10 +24,16 @@ Verbs
     If the last segment contains ``:`` and the text after its last ``:``
     (decoded) is the verb of some registered template (of any method), the
     request is first matched as that segment's prefix plus the verb, against
-    templates with that verb.  If that finds nothing, or the verb is not
-    registered, the whole segment -- colon included -- is matched against
-    templates without a verb, so ``/v1/things/a:b`` can still bind ``{name}``
-    to ``a:b``.  An encoded colon (``%3A``) never starts a verb.
+    templates with that verb.  When a template with that verb matches the path
+    under some other HTTP method, the verb is taken as the verb and the request
+    matches nothing (the gateway answers 405 with that method in ``Allow``):
+    ``PATCH /v1/orders/abc:cancel``, where only ``POST /v1/orders/{id}:cancel``
+    exists, must not run ``PATCH /v1/orders/{id}`` with id ``abc:cancel``.  This is
+    what Google's and Envoy's transcoders do (a registered custom verb is always
+    split off).  Only when no template with the verb matches the path at all, or
+    the verb is not registered, is the whole segment -- colon included -- matched
+    against templates without a verb, so ``/v1/things/a:b`` can still bind
+    ``{name}`` to ``a:b``.  An encoded colon (``%3A``) never starts a verb.
 
 Specificity -- which template wins when several match
     1. A template with a verb beats every template without one (a request only
@@ -225,6 +231,8 @@ class PathMatcher(Generic[T]):
             route = _find(root, request.split_decoded, 0, request.verb)
             if route is not None:
                 return _bind(route, request.split_raw, request.split_decoded)
+            if self._verb_methods(request):
+                return None  # the verb is another method's: 405, never a variable's text
         route = _find(root, request.decoded, 0, None)
         if route is not None:
             return _bind(route, request.raw, request.decoded)
@@ -235,14 +243,26 @@ class PathMatcher(Generic[T]):
         request = self._split(path)
         if request is None:
             return []
-        allowed: list[str] = []
-        for method, root in sorted(self._roots.items()):
-            if (
-                request.verb is not None
-                and _find(root, request.split_decoded, 0, request.verb) is not None
-            ) or _find(root, request.decoded, 0, None) is not None:
-                allowed.append(method)
-        return allowed
+        # As in match(): a verb some template takes for this path is the verb, and only
+        # the methods with that verb apply.
+        verb_methods = self._verb_methods(request)
+        if verb_methods:
+            return verb_methods
+        return [
+            method
+            for method, root in sorted(self._roots.items())
+            if _find(root, request.decoded, 0, None) is not None
+        ]
+
+    def _verb_methods(self, request: _Request) -> list[str]:
+        """Sorted methods with a template for the request's path and verb."""
+        if request.verb is None:
+            return []
+        return [
+            method
+            for method, root in sorted(self._roots.items())
+            if _find(root, request.split_decoded, 0, request.verb) is not None
+        ]
 
     def _split(self, path: str) -> _Request | None:
         """Cut, validate and decode a request path; None when it can match nothing."""

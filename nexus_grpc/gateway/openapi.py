@@ -48,7 +48,9 @@ from google.rpc import status_pb2
 from nexus_grpc.codegen import DESCRIPTOR_SET_NAME
 from nexus_grpc.gateway.bindings import HttpBinding, resolve_field_path
 from nexus_grpc.gateway.codec import JsonOptions
+from nexus_grpc.gateway.openapi_rules import is_required, list_constraints, value_constraints
 from nexus_grpc.gateway.template import DOUBLE_WILDCARD, LITERAL, PathTemplate, Segment
+from nexus_grpc.policy import Access, effective_policy
 
 __all__ = ["openapi_document"]
 
@@ -450,7 +452,7 @@ def _param_schema(proto_field: FieldDescriptor, schemas: _Schemas) -> dict[str, 
     if proto_field.cpp_type == FieldDescriptor.CPPTYPE_ENUM:
         return schemas.enum(_enum_type(proto_field))
     # Query text carries no JSON types: a 64-bit integer is just digits here.
-    return _scalar(proto_field, json_body=False)
+    return _constrained(_scalar(proto_field, json_body=False), proto_field)
 
 
 def _text_form(message: Descriptor) -> dict[str, Any] | None:
@@ -525,12 +527,17 @@ class _Schemas:
             key, value = _map_fields(proto_field)
             return {
                 "type": "object",
-                "additionalProperties": self._single(value, None),
+                "additionalProperties": _constrained(self._single(value, None), proto_field),
                 **_key_constraint(key),
+                **list_constraints(proto_field, is_map=True),
             }
         if proto_field.is_repeated:
-            return {"type": "array", "items": self._single(proto_field, None)}
-        return self._single(proto_field, omit)
+            return {
+                "type": "array",
+                "items": _constrained(self._single(proto_field, None), proto_field),
+                **list_constraints(proto_field, is_map=False),
+            }
+        return _constrained(self._single(proto_field, omit), proto_field)
 
     def status(self) -> None:
         """Define ``google.rpc.Status``, the error body of every operation."""
@@ -572,6 +579,13 @@ class _Schemas:
         if description:
             result["description"] = description
         result["properties"] = properties
+        required = [
+            self.property_name(f)
+            for f in message.fields
+            if is_required(f) and self.property_name(f) in properties
+        ]
+        if required:
+            result["required"] = required
         if self.options.reject_unknown_fields:
             result["additionalProperties"] = False
         rules = _oneof_rules(message, self.property_name, set(properties))
@@ -592,6 +606,18 @@ class _Schemas:
             "description": "\n\n".join(line for line in lines if line),
             "enum": [value.name for value in enum.values],
         }
+
+
+def _constrained(schema: dict[str, Any], proto_field: FieldDescriptor) -> dict[str, Any]:
+    """``schema`` with the field's rules on one value (never on a shared $ref)."""
+    constraints = value_constraints(proto_field)
+    if not constraints or "$ref" in schema:
+        return schema
+    if "pattern" in schema and "pattern" in constraints:
+        # A 64-bit integer's own pattern keeps strings in range; the rule's bounds
+        # (minimum/maximum) say the rest, and JSON Schema has one pattern per schema.
+        constraints = {k: v for k, v in constraints.items() if k != "pattern"}
+    return {**schema, **constraints}
 
 
 def _annotate(
@@ -861,32 +887,21 @@ def _map_fields(proto_field: FieldDescriptor) -> tuple[FieldDescriptor, FieldDes
 
 
 def _access(method: MethodDescriptor) -> tuple[str, bool]:
-    """A sentence on who may call ``method``, and whether it needs a bearer token."""
-    from nexus.options.v1 import options_pb2  # generated code, needed only here
+    """A sentence on who may call ``method``, and whether it needs a bearer token.
 
-    policy = _policy(method, options_pb2.policy, options_pb2.default_policy)
-    access = policy.WhichOneof("access") if policy is not None else None
-    if access == "public" and policy.public:
+    Read from the policy the host enforces (nexus_grpc.policy.effective_policy), so the
+    document cannot disagree with it: health and reflection are public because the
+    host makes them so, whatever their contracts say.
+    """
+    policy = effective_policy(method)
+    if policy.access == Access.PUBLIC:
         return "Access: public, no credentials needed.", False
-    if access == "authenticated":
+    if policy.access == Access.AUTHENTICATED:
         return "Access: any caller with a valid bearer token.", True
-    if access == "permission":
-        permission = policy.permission
-        scope = options_pb2.Scope.Name(permission.scope)
-        grant = f"`{permission.resource}.{permission.action}` ({scope})"
+    if policy.access == Access.PERMISSION:
+        grant = f"`{policy.permission}` (SCOPE_{policy.scope.name})"
         return f"Access: a bearer token whose roles grant {grant}.", True
     return "Access: the contract states no access rule, so the host denies every call.", True
-
-
-def _policy(method: MethodDescriptor, method_extension: Any, service_extension: Any) -> Any:
-    """The method's ``policy`` option, else its service's ``default_policy``, else None."""
-    method_options = method.GetOptions()
-    if method_options.HasExtension(method_extension):
-        return method_options.Extensions[method_extension]
-    service_options = method.containing_service.GetOptions()
-    if service_options.HasExtension(service_extension):
-        return service_options.Extensions[service_extension]
-    return None
 
 
 # Comments ---------------------------------------------------------------------------

@@ -41,6 +41,7 @@ def status_of(context: GatewayContext, code: grpc.StatusCode) -> status_pb2.Stat
     for key, value in context.trailing_metadata():
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
             return status_pb2.Status.FromString(value)
+    # details() is bounded by the context (nexus_grpc.bounded), as abort_with's status is.
     return status_pb2.Status(code=code.value[0], message=context.details() or "")
 
 

@@ -103,22 +103,24 @@ class AuthStage:
             if not isinstance(principal, Principal):
                 try:
                     token = _bearer_token(context)
-                    if token is None:
-                        if public:
-                            return await next(request, context)
+                    if token is None and not public:
                         raise StatusError(
                             grpc.StatusCode.UNAUTHENTICATED,
                             "this method needs a bearer token",
                             reason="TOKEN_MISSING",
                         )
-                    principal = await verifier.verify(token)
-                    # SessionGuard.fresh inlined: one dict lookup when the user's epoch
-                    # is cached (nearly always); roles changed, disabled, deleted or
-                    # logged out everywhere means a higher floor than the token's epoch.
-                    floor = floors.get(principal.subject)
-                    if floor is None or principal.epoch < floor:
-                        await sessions.check(principal)
+                    principal = None if token is None else await verifier.verify(token)
+                    if principal is not None:
+                        # SessionGuard.fresh inlined: one dict lookup when the user's
+                        # epoch is cached (nearly always); roles changed, disabled,
+                        # deleted or logged out everywhere means a higher floor than the
+                        # token's epoch.
+                        floor = floors.get(principal.subject)
+                        if floor is None or principal.epoch < floor:
+                            await sessions.check(principal)
                 except StatusError as error:
+                    # Only authentication's own refusals land here: what fails below
+                    # (validation, the handler, a missing method) keeps its outcome.
                     if audit is not None:
                         await audit.record(
                             actor=ANONYMOUS,
@@ -130,6 +132,8 @@ class AuthStage:
                             throttle=True,
                         )
                     raise
+                if principal is None:
+                    return await next(request, context)  # public, anonymous
                 if streams_responses:
                     context = _RevocableContext(context, principal, sessions)
             # Not reset here: the observe stage restores it after the access log line,

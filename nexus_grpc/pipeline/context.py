@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 
 import grpc
 
+from nexus_grpc.bounded import MESSAGE_LIMIT, clip
 from nexus_grpc.routing import CallHandler
 
 __all__ = [
@@ -93,7 +94,8 @@ class CallContext:
         if code == grpc.StatusCode.OK:
             raise ValueError("abort() needs an error code, not OK")
         self._code = code
-        self._details = details
+        # A handler's own abort() may quote the request: bounded like every status.
+        self._details = clip(details, MESSAGE_LIMIT)
         if trailing_metadata:
             self._trailing = tuple(trailing_metadata)
         raise grpc.aio.AbortError()
@@ -108,7 +110,7 @@ class CallContext:
 
     def set_details(self, details: str) -> None:
         """Status message of the call when the handler returns."""
-        self._details = details
+        self._details = clip(details, MESSAGE_LIMIT)
 
     def details(self) -> str | None:
         """The status message set so far."""

@@ -35,7 +35,9 @@ async def abort_with(context: Any, error: StatusError) -> None:
     # abort() replaces the trailing metadata: keep what the handler set before failing.
     keys = {key for key, _ in ours}
     kept = [(k, v) for k, v in context.trailing_metadata() or () if k not in keys]
-    await context.abort(error.code, error.message, (*kept, *ours))
+    # The status's message is the bounded one (nexus_grpc.bounded): grpc-message is a
+    # trailer too, and clients refuse oversized metadata.
+    await context.abort(error.code, status.message, (*kept, *ours))
 
 
 class ErrorStage:

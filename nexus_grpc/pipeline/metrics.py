@@ -50,6 +50,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from nexus_grpc.errors import StatusError
+from nexus_grpc.pipeline.codes import as_code, code_label
 from nexus_grpc.routing import Arity, CallHandler, MethodInfo
 
 __all__ = [
@@ -71,26 +72,9 @@ LAZY_TRANSPORTS: frozenset[str] = frozenset({"inproc"})
 _OTHER = "other"
 
 _OK = grpc.StatusCode.OK
-_CODES_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+_CODE_LABELS: dict[grpc.StatusCode, str] = {code: code_label(code) for code in grpc.StatusCode}
 
 _log = logging.getLogger("nexus.metrics")
-
-
-def _go_name(code: grpc.StatusCode) -> str:
-    # codes.Code.String() in grpc-go: CamelCase, and CANCELLED is "Canceled".
-    if code is grpc.StatusCode.CANCELLED:
-        return "Canceled"
-    if code is grpc.StatusCode.OK:
-        return "OK"
-    return "".join(part.capitalize() for part in code.name.split("_"))
-
-
-_CODE_LABELS: dict[grpc.StatusCode, str] = {code: _go_name(code) for code in grpc.StatusCode}
-
-
-def code_label(code: grpc.StatusCode) -> str:
-    """The ``grpc_code`` label value of ``code``, as go-grpc-prometheus writes it."""
-    return _CODE_LABELS[code]
 
 
 class _Series:
@@ -362,7 +346,7 @@ def _unary(
             series.ok += 1
             series.sent += 1
         else:
-            series.count_failure(_as_code(code))
+            series.count_failure(as_code(code))
         return response
 
     return measured
@@ -395,7 +379,7 @@ def _streaming(
         code = _OK
         try:
             response = await next(request, inner)
-            code = _as_code(context.code())
+            code = as_code(context.code())
             return response
         except BaseException as failure:
             code = _failure_code(failure, context)
@@ -443,16 +427,6 @@ class _CountingContext:
         return getattr(self._context, name)
 
 
-def _as_code(code: Any) -> grpc.StatusCode:
-    if code is None:
-        return _OK
-    if isinstance(code, grpc.StatusCode):
-        return code
-    # Some contexts report bare numbers; anything unrecognisable is UNKNOWN.
-    number = code if isinstance(code, int) else -1
-    return _CODES_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
-
-
 def _failure_code(failure: BaseException, context: Any) -> grpc.StatusCode:
     if isinstance(failure, asyncio.CancelledError):
         remaining = context.time_remaining()
@@ -461,7 +435,7 @@ def _failure_code(failure: BaseException, context: Any) -> grpc.StatusCode:
         return grpc.StatusCode.CANCELLED
     if isinstance(failure, grpc.aio.AbortError):
         code = context.code()
-        return grpc.StatusCode.UNKNOWN if code is None else _as_code(code)
+        return grpc.StatusCode.UNKNOWN if code is None else as_code(code)
     if isinstance(failure, StatusError):
         return failure.code
     return grpc.StatusCode.INTERNAL

@@ -21,6 +21,7 @@ import grpc
 
 from nexus_grpc.auth.principal import ANONYMOUS, principal_var
 from nexus_grpc.logs import request_id_var
+from nexus_grpc.pipeline.codes import as_code, code_label
 from nexus_grpc.pipeline.context import CurrentCall, current_call_var
 from nexus_grpc.routing import Arity, CallHandler, MethodInfo
 
@@ -87,14 +88,16 @@ class ObserveStage:
             finally:
                 in_flight.leave()
                 if access_log:
+                    # Spelled as the metrics' grpc_code label, whatever the context held.
+                    name = code_label(as_code(code))
                     _access.info(
                         "%s %s",
                         path,
-                        _code_name(code),
+                        name,
                         extra={
                             "method": path,
                             "plugin": plugin,
-                            "code": _code_name(code),
+                            "code": name,
                             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                             "peer": context.peer(),
                             "principal": _subject(),
@@ -126,8 +129,3 @@ def _cancelled_code(context: Any) -> grpc.StatusCode:
     if remaining is not None and remaining <= 0:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     return grpc.StatusCode.CANCELLED
-
-
-def _code_name(code: Any) -> str:
-    # grpc.aio contexts report codes as grpc.StatusCode; other transports may use ints.
-    return str(code.name) if isinstance(code, grpc.StatusCode) else str(code)

@@ -14,7 +14,7 @@ from google.protobuf import timestamp_pb2
 from nexus.auth.v1 import auth_pb2, records_pb2
 from nexus.options.v1 import options_pb2
 
-from nexus_grpc import AlreadyExistsError, FieldViolation, InvalidArgumentError, StatusError
+from nexus_grpc import AlreadyExistsError, FieldViolation, InvalidArgumentError, StatusError, quote
 from nexus_grpc.auth.principal import Grant, Principal, Scope
 from nexus_grpc.storage import Namespace
 
@@ -68,7 +68,7 @@ class Accounts:
             raise InvalidArgumentError(
                 [FieldViolation("password", f"at least {MIN_PASSWORD} characters")]
             )
-        await self.check_roles(user.roles)
+        await self.check_roles(user.roles, "user.roles")
         stored = auth_pb2.User()
         stored.CopyFrom(user)
         stored.create_time.CopyFrom(_now())
@@ -83,12 +83,16 @@ class Accounts:
             await bump_epoch(unit, user.username, revoked=False)
         return created
 
-    async def check_roles(self, names: Iterable[str]) -> None:
-        """INVALID_ARGUMENT naming the first role that does not exist."""
+    async def check_roles(self, names: Iterable[str], field: str = "roles") -> None:
+        """INVALID_ARGUMENT naming the first role that does not exist.
+
+        ``field`` is where the request holds the names (``roles`` or ``user.roles``):
+        a violation names the request's own field.
+        """
         for index, name in enumerate(names):
             if await self.roles.get(name) is None:
                 raise InvalidArgumentError(
-                    [FieldViolation(f"roles[{index}]", f"role {name!r} does not exist")]
+                    [FieldViolation(f"{field}[{index}]", f"role {quote(name)} does not exist")]
                 )
 
     async def authenticate(self, username: str, password: str) -> auth_pb2.User | None:

@@ -10,7 +10,7 @@ from nexus.inventory.v1 import inventory_pb2 as pb
 from nexus.inventory.v1 import inventory_pb2_grpc
 from nexus.orders.v1 import events_pb2 as order_events
 
-from nexus_grpc import PluginContext, StatusError
+from nexus_grpc import PluginContext, StatusError, quote
 from nexus_grpc.errors import AlreadyExistsError, ConflictError
 from nexus_grpc.events import Delivery, subscribe
 from nexus_grpc.storage import Namespace, UnitOfWork
@@ -60,7 +60,8 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         if result is None:
             raise StatusError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"order {request.order_id!r} was released or rejected; it cannot be reserved again",
+                f"order {quote(request.order_id)} was released or rejected; "
+                "it cannot be reserved again",
                 reason="ORDER_SETTLED",
             )
         return result

@@ -10,7 +10,7 @@ from google.protobuf import timestamp_pb2
 from nexus.inventory.v1 import inventory_pb2
 from nexus.orders.v1 import events_pb2, orders_pb2, orders_pb2_grpc
 
-from nexus_grpc import PluginContext, StatusError
+from nexus_grpc import PluginContext, StatusError, quote
 from nexus_grpc.auth.principal import Scope
 from nexus_grpc.errors import InvalidArgumentError, NotFoundError
 from nexus_grpc.events import Delivery, subscribe
@@ -136,7 +136,7 @@ class OrdersService(orders_pb2_grpc.OrdersServiceServicer):
                 # would confirm an order for units never reserved.
                 raise StatusError(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    f"the {' and '.join(frozen)} of order {order.id!r} are fixed once it is "
+                    f"the {' and '.join(frozen)} of order {quote(order.id)} are fixed once it is "
                     "placed; cancel it and create a new order",
                     reason="ORDER_ITEMS_FROZEN",
                     metadata={"fields": ",".join(frozen)},
@@ -271,7 +271,7 @@ async def _open_order(
         state = orders_pb2.OrderStatus.Name(order.status)
         raise StatusError(
             grpc.StatusCode.FAILED_PRECONDITION,
-            f"order {order.id!r} is {state} and cannot be {verb}",
+            f"order {quote(order.id)} is {state} and cannot be {verb}",
             reason="ORDER_CLOSED",
             metadata={"status": state},
         )

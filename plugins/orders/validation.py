@@ -15,6 +15,7 @@ import re
 
 from nexus.orders.v1 import orders_pb2
 
+from nexus_grpc.bounded import quote
 from nexus_grpc.errors import FieldViolation, InvalidArgumentError
 
 ORDER_BY_FIELDS = ("create_time", "update_time", "total_cents")
@@ -97,7 +98,8 @@ def validate_update(request: orders_pb2.UpdateOrderRequest) -> tuple[str, ...]:
             found.append(
                 FieldViolation(
                     "update_mask",
-                    f"field {path!r} cannot be changed; changeable: {', '.join(UPDATABLE_FIELDS)}",
+                    f"field {quote(path)} cannot be changed; "
+                    f"changeable: {', '.join(UPDATABLE_FIELDS)}",
                 )
             )
     if not found:

@@ -14,7 +14,14 @@ import pytest
 from nexus.orders.v1 import orders_pb2
 
 from nexus_grpc.cache import Cache
-from nexus_grpc.config import CacheConfig, Config, PluginsConfig, ServerConfig, StorageConfig
+from nexus_grpc.config import (
+    CacheConfig,
+    Config,
+    HttpConfig,
+    PluginsConfig,
+    ServerConfig,
+    StorageConfig,
+)
 from nexus_grpc.host import Host
 from nexus_grpc.testing import RunningHost, running_host
 
@@ -79,10 +86,16 @@ async def test_a_write_on_one_host_invalidates_the_other_hosts_copy(
         assert "nexus_cache_l1_entries" in metrics
 
 
-def dead_redis_url() -> str:
-    with socket.socket() as probe:  # a port nothing listens on
+def dead_port() -> int:
+    """A loopback port nothing listens on (bound by no one once returned)."""
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def dead_redis_url() -> str:
+    return f"redis://127.0.0.1:{dead_port()}/0"
 
 
 async def test_a_host_starts_with_the_cache_redis_down_within_the_cache_timeout(
@@ -111,9 +124,12 @@ async def test_a_host_whose_start_fails_before_the_cache_started_closes_it_clean
     # cache is closed unstarted, and nothing is left open (warnings are errors here).
     config = Config(
         data_dir=str(tmp_path),
+        # Both ports on 0: Config's defaults (127.0.0.1:50051, HTTP on 127.0.0.1:8080)
+        # made this test fail whenever anything else listened there.
         server=ServerConfig(grpc_address="127.0.0.1:0"),
+        http=HttpConfig(address="127.0.0.1:0"),
         plugins=PluginsConfig(dirs=(), entry_points=False),
-        storage=StorageConfig(url="postgresql+asyncpg://u:p@127.0.0.1:1/nexus"),
+        storage=StorageConfig(url=f"postgresql+asyncpg://u:p@127.0.0.1:{dead_port()}/nexus"),
         cache=CacheConfig(backend="redis", redis_url=dead_redis_url()),
     )
     host = Host(config)

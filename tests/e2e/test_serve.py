@@ -267,7 +267,8 @@ def test_access_log_has_request_id_and_code(serve: ServeProcess, grpcurl: str) -
     entry = serve.wait_for_log(
         lambda e: e.get("logger") == "nexus.access" and e.get("request_id") == "e2e-1"
     )
-    assert entry["code"] == "NOT_FOUND"
+    # Spelled as the metrics' grpc_code label (and grpc-go) spell it.
+    assert entry["code"] == "NotFound"
     assert entry["method"] == "/nexus.orders.v1.OrdersService/GetOrder"
     assert entry["plugin"] == "orders"
     assert entry["principal"] == "e2e-admin"

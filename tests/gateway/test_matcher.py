@@ -280,9 +280,18 @@ VERBS = [
     ([("GET", "/v1/{name}")], "GET", "/v1/:cancel", "/v1/{name}", {"name": ":cancel"}),
     ([("GET", "/v1/{name=**}")], "GET", "/v1/a:b/c:d", "/v1/{name=**}", {"name": "a:b/c:d"}),
     ([("GET", "/v1/{x}/c")], "GET", "/v1/a:b/c", "/v1/{x}/c", {"x": "a:b"}),
-    # ... and when splitting finds nothing for this method, the unsplit path is tried
+    # ... but a verb another method takes for this path is that verb, never a
+    # variable's text: PATCH /v1/orders/abc:cancel must not run UpdateOrder("abc:cancel")
     (
         [("GET", "/v1/things/{name}"), ("POST", "/v1/things/{name}:cancel")],
+        "GET",
+        "/v1/things/a:cancel",
+        None,
+        {},
+    ),
+    # ... and when no template with the verb matches the path, the unsplit path is tried
+    (
+        [("GET", "/v1/things/{name}"), ("POST", "/v1/other/{name}:cancel")],
         "GET",
         "/v1/things/a:cancel",
         "/v1/things/{name}",
@@ -349,7 +358,9 @@ REST = [
     [
         ("/v1/things/a", ["DELETE", "GET", "PATCH"]),
         ("/v1/things", ["GET", "POST"]),
-        ("/v1/things/a:cancel", ["DELETE", "GET", "PATCH", "POST"]),
+        # Only the method whose template has the verb applies to a path with it.
+        ("/v1/things/a:cancel", ["POST"]),
+        ("/v1/things/a:b", ["DELETE", "GET", "PATCH"]),
         ("/v1/cache", ["PURGE"]),
         ("/v1/cache/x/y", ["PURGE"]),
         ("/v1/nothing", []),

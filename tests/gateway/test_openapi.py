@@ -13,6 +13,7 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2
 from nexus.admin.v1 import admin_pb2
 from nexus.orders.v1 import orders_pb2
@@ -645,8 +646,27 @@ def test_bundled_security(bundled: dict[str, Any]) -> None:
     # The service default applies to methods without a policy of their own.
     assert "`admin.read` (SCOPE_ALL)" in operations["AdminService_ListPlugins"]["description"]
     assert operations["AdminService_ListPlugins"]["security"] == [{"bearerAuth": []}]
-    # No policy at all: the host fails closed, so a token is the least a caller needs.
-    assert operations["Health_Check"]["security"] == [{"bearerAuth": []}]
+    # Health has no policy in its contract, but the host serves it to anyone (probes
+    # carry no token): the document says what the host enforces.
+    for name in ("Health_Check", "Health_Watch"):
+        assert operations[name]["security"] == []
+        assert "public" in operations[name]["description"]
+
+
+def test_every_operation_needs_a_token_exactly_when_the_host_demands_one(
+    bundled: dict[str, Any],
+) -> None:
+    from nexus_grpc.policy import Access, effective_policy
+
+    pool = descriptor_pool.Default()
+    seen = 0
+    for operation in _operations(bundled).values():
+        service, _, name = operation["x-grpc-method"].strip("/").partition("/")
+        method = pool.FindServiceByName(service).methods_by_name[name]
+        public = effective_policy(method).access == Access.PUBLIC
+        assert (operation["security"] == []) is public, operation["operationId"]
+        seen += public
+    assert seen >= 2  # Health.Check and Health.Watch
 
 
 # Caching ----------------------------------------------------------------------------
@@ -662,3 +682,41 @@ def test_document_is_cached_per_bindings_tuple(gwtest: ModuleType) -> None:
     assert rebuilt is not first and rebuilt == first
     as_list = list(bindings)
     assert openapi_document(as_list, JsonOptions()) is not openapi_document(as_list, JsonOptions())
+
+
+# Field rules ------------------------------------------------------------------------
+
+
+def test_field_rules_appear_in_the_schemas(bundled: dict[str, Any]) -> None:
+    # Enforced by the validation stage; a client generated from the document must
+    # know them (they were missing: the contract and the behaviour disagreed).
+    item = _schema(bundled, "nexus.orders.v1.LineItem")
+    assert item["required"] == ["sku"]
+    sku = item["properties"]["sku"]
+    assert sku["pattern"] == "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+    assert sku["minLength"] == 1
+    quantity = item["properties"]["quantity"]
+    assert (quantity["minimum"], quantity["maximum"]) == (1, 10000)
+    price = item["properties"]["unitPriceCents"]
+    assert (price["minimum"], price["maximum"]) == (0, 1000000000000)
+    order = _schema(bundled, "nexus.orders.v1.Order")
+    assert order["properties"]["note"]["maxLength"] == 500
+    assert order["properties"]["items"]["maxItems"] == 100
+    assert "required" not in order
+
+
+def test_field_rules_apply_to_path_and_query_parameters(bundled: dict[str, Any]) -> None:
+    operations = _operations(bundled)
+    order_id = _params(operations["OrdersService_GetOrder"], "path")["id"]["schema"]
+    assert order_id["pattern"] == "^[a-z0-9][a-z0-9-]{0,62}$"
+    page_size = _params(operations["OrdersService_ListOrders"], "query")["pageSize"]["schema"]
+    assert (page_size["minimum"], page_size["maximum"]) == (0, 1000)
+
+
+def test_a_required_field_of_a_body_is_listed_as_required(bundled: dict[str, Any]) -> None:
+    cancel = _body_schema(_operations(bundled)["OrdersService_CancelOrder"])
+    # CancelOrder binds id from the path: the body's schema has reason only, and
+    # must not require what it does not contain.
+    assert "id" not in cancel.get("properties", {})
+    assert "required" not in cancel
+    assert cancel["properties"]["reason"]["maxLength"] == 500

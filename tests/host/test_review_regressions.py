@@ -70,17 +70,15 @@ async def test_a_failed_strict_start_releases_ports_and_stops_started_plugins(
     free.bind(("127.0.0.1", 0))
     port = free.getsockname()[1]
     free.close()
-    from nexus_grpc.config import Config, PluginsConfig, ServerConfig
+    from nexus_grpc.config import Config, HttpConfig, PluginsConfig, ServerConfig
     from nexus_grpc.host import Host
 
     config = Config(
         data_dir=str(tmp_path / "d"),
         server=ServerConfig(grpc_address=f"127.0.0.1:{port}"),
+        http=HttpConfig(address="127.0.0.1:0"),
         plugins=PluginsConfig(dirs=(str(plugins),), entry_points=False, strict=True),
     )
-    from nexus_grpc.config import HttpConfig
-
-    config = Config(**{**config.__dict__, "http": HttpConfig(address="127.0.0.1:0")})
     host = Host(config)
     with pytest.raises(StrictModeError):
         await host.start()
@@ -158,10 +156,12 @@ async def test_a_cancelled_client_stream_is_not_handled_as_complete(tmp_path: Pa
 async def test_stop_with_zero_grace_does_not_wait_for_open_http_streams(tmp_path: Path) -> None:
     import httpx
 
-    async with running_host(plugins=["orders"], data_dir=tmp_path, http=True) as host:
-        client = httpx.AsyncClient(
+    async with (
+        running_host(plugins=["orders"], data_dir=tmp_path, http=True) as host,
+        httpx.AsyncClient(
             base_url=host.http_url, headers={"authorization": f"Bearer {host.token()}"}
-        )
+        ) as client,
+    ):
         created = await client.post(
             "/v1/orders",
             json={
@@ -181,4 +181,3 @@ async def test_stop_with_zero_grace_does_not_wait_for_open_http_streams(tmp_path
         assert response.status_code == 200
         await asyncio.wait_for(host.host.stop(grace=0), 5)
         await stream.__aexit__(None, None, None)
-        await client.aclose()

@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from nexus.options.v1 import options_pb2 as nexus_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nexus/inventory/v1/inventory.proto\x12\x12nexus.inventory.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1enexus/options/v1/options.proto\"9\n\x05Stock\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x10\n\x08reserved\x18\x03 \x01(\x03\"H\n\x0fGetStockRequest\x12\x35\n\x03sku\x18\x01 \x01(\tB(\xf2\xbb\x1c$\x08\x01\" ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$\"i\n\x0fSetStockRequest\x12\x35\n\x03sku\x18\x01 \x01(\tB(\xf2\xbb\x1c$\x08\x01\" ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$\x12\x1f\n\tavailable\x18\x02 \x01(\x03\x42\x0c\xf2\xbb\x1c\x08(\x00\x30\x80\x94\xeb\xdc\x03\"e\n\x0fReservationLine\x12\x35\n\x03sku\x18\x01 \x01(\tB(\xf2\xbb\x1c$\x08\x01\" ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$\x12\x1b\n\x08quantity\x18\x02 \x01(\x05\x42\t\xf2\xbb\x1c\x05(\x01\x30\x90N\"h\n\x0eReserveRequest\x12\x18\n\x08order_id\x18\x01 \x01(\tB\x06\xf2\xbb\x1c\x02\x08\x01\x12<\n\x05lines\x18\x02 \x03(\x0b\x32#.nexus.inventory.v1.ReservationLineB\x08\xf2\xbb\x1c\x04\x38\x01@d\"7\n\x0fReserveResponse\x12\x10\n\x08reserved\x18\x01 \x01(\x08\x12\x12\n\nshort_skus\x18\x02 \x03(\t\"*\n\x0eReleaseRequest\x12\x18\n\x08order_id\x18\x01 \x01(\tB\x06\xf2\xbb\x1c\x02\x08\x01\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x03\"M\n\x0bReservation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x32\n\x05lines\x18\x02 \x03(\x0b\x32#.nexus.inventory.v1.ReservationLine\"U\n\rStockReserved\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x32\n\x05lines\x18\x02 \x03(\x0b\x32#.nexus.inventory.v1.ReservationLine\"5\n\rStockShortage\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\nshort_skus\x18\x02 \x03(\t2\xb6\x04\n\x10InventoryService\x12k\n\x08GetStock\x12#.nexus.inventory.v1.GetStockRequest\x1a\x19.nexus.inventory.v1.Stock\"\x1f\xea\xbb\x1c\x04\x10\x01\x30\x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/stock/{sku}\x12\x83\x01\n\x08SetStock\x12#.nexus.inventory.v1.SetStockRequest\x1a\x19.nexus.inventory.v1.Stock\"7\xea\xbb\x1c\x19\x1a\x15\n\tinventory\x12\x06manage\x18\x03\x30\x01\x82\xd3\xe4\x93\x02\x14\x1a\x0f/v1/stock/{sku}:\x01*\x12\x97\x01\n\x07Reserve\x12\".nexus.inventory.v1.ReserveRequest\x1a#.nexus.inventory.v1.ReserveResponse\"C\xea\xbb\x1c\x19\x1a\x15\n\tinventory\x12\x06manage\x18\x03\x30\x01\x82\xd3\xe4\x93\x02 \"\x1b/v1/reservations/{order_id}:\x01*\x12\x94\x01\n\x07Release\x12\".nexus.inventory.v1.ReleaseRequest\x1a#.nexus.inventory.v1.ReleaseResponse\"@\xea\xbb\x1c\x19\x1a\x15\n\tinventory\x12\x06manage\x18\x03\x30\x01\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/reservations/{order_id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nexus/inventory/v1/inventory.proto\x12\x12nexus.inventory.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1enexus/options/v1/options.proto\"9\n\x05Stock\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x10\n\x08reserved\x18\x03 \x01(\x03\"H\n\x0fGetStockRequest\x12\x35\n\x03sku\x18\x01 \x01(\tB(\xf2\xbb\x1c$\x08\x01\" ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$\"i\n\x0fSetStockRequest\x12\x35\n\x03sku\x18\x01 \x01(\tB(\xf2\xbb\x1c$\x08\x01\" ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$\x12\x1f\n\tavailable\x18\x02 \x01(\x03\x42\x0c\xf2\xbb\x1c\x08(\x00\x30\x80\x94\xeb\xdc\x03\"e\n\x0fReservationLine\x12\x35\n\x03sku\x18\x01 \x01(\tB(\xf2\xbb\x1c$\x08\x01\" ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$\x12\x1b\n\x08quantity\x18\x02 \x01(\x05\x42\t\xf2\xbb\x1c\x05(\x01\x30\x90N\"k\n\x0eReserveRequest\x12\x1b\n\x08order_id\x18\x01 \x01(\tB\t\xf2\xbb\x1c\x05\x08\x01\x18\xff\x01\x12<\n\x05lines\x18\x02 \x03(\x0b\x32#.nexus.inventory.v1.ReservationLineB\x08\xf2\xbb\x1c\x04\x38\x01@d\"7\n\x0fReserveResponse\x12\x10\n\x08reserved\x18\x01 \x01(\x08\x12\x12\n\nshort_skus\x18\x02 \x03(\t\"-\n\x0eReleaseRequest\x12\x1b\n\x08order_id\x18\x01 \x01(\tB\t\xf2\xbb\x1c\x05\x08\x01\x18\xff\x01\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x03\"M\n\x0bReservation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x32\n\x05lines\x18\x02 \x03(\x0b\x32#.nexus.inventory.v1.ReservationLine\"U\n\rStockReserved\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x32\n\x05lines\x18\x02 \x03(\x0b\x32#.nexus.inventory.v1.ReservationLine\"5\n\rStockShortage\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\nshort_skus\x18\x02 \x03(\t2\xb6\x04\n\x10InventoryService\x12k\n\x08GetStock\x12#.nexus.inventory.v1.GetStockRequest\x1a\x19.nexus.inventory.v1.Stock\"\x1f\xea\xbb\x1c\x04\x10\x01\x30\x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/stock/{sku}\x12\x83\x01\n\x08SetStock\x12#.nexus.inventory.v1.SetStockRequest\x1a\x19.nexus.inventory.v1.Stock\"7\xea\xbb\x1c\x19\x1a\x15\n\tinventory\x12\x06manage\x18\x03\x30\x01\x82\xd3\xe4\x93\x02\x14\x1a\x0f/v1/stock/{sku}:\x01*\x12\x97\x01\n\x07Reserve\x12\".nexus.inventory.v1.ReserveRequest\x1a#.nexus.inventory.v1.ReserveResponse\"C\xea\xbb\x1c\x19\x1a\x15\n\tinventory\x12\x06manage\x18\x03\x30\x01\x82\xd3\xe4\x93\x02 \"\x1b/v1/reservations/{order_id}:\x01*\x12\x94\x01\n\x07Release\x12\".nexus.inventory.v1.ReleaseRequest\x1a#.nexus.inventory.v1.ReleaseResponse\"@\xea\xbb\x1c\x19\x1a\x15\n\tinventory\x12\x06manage\x18\x03\x30\x01\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/reservations/{order_id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,11 +44,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESERVATIONLINE'].fields_by_name['quantity']._loaded_options = None
   _globals['_RESERVATIONLINE'].fields_by_name['quantity']._serialized_options = b'\362\273\034\005(\0010\220N'
   _globals['_RESERVEREQUEST'].fields_by_name['order_id']._loaded_options = None
-  _globals['_RESERVEREQUEST'].fields_by_name['order_id']._serialized_options = b'\362\273\034\002\010\001'
+  _globals['_RESERVEREQUEST'].fields_by_name['order_id']._serialized_options = b'\362\273\034\005\010\001\030\377\001'
   _globals['_RESERVEREQUEST'].fields_by_name['lines']._loaded_options = None
   _globals['_RESERVEREQUEST'].fields_by_name['lines']._serialized_options = b'\362\273\034\0048\001@d'
   _globals['_RELEASEREQUEST'].fields_by_name['order_id']._loaded_options = None
-  _globals['_RELEASEREQUEST'].fields_by_name['order_id']._serialized_options = b'\362\273\034\002\010\001'
+  _globals['_RELEASEREQUEST'].fields_by_name['order_id']._serialized_options = b'\362\273\034\005\010\001\030\377\001'
   _globals['_INVENTORYSERVICE'].methods_by_name['GetStock']._loaded_options = None
   _globals['_INVENTORYSERVICE'].methods_by_name['GetStock']._serialized_options = b'\352\273\034\004\020\0010\001\202\323\344\223\002\021\022\017/v1/stock/{sku}'
   _globals['_INVENTORYSERVICE'].methods_by_name['SetStock']._loaded_options = None
@@ -66,19 +66,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESERVATIONLINE']._serialized_start=360
   _globals['_RESERVATIONLINE']._serialized_end=461
   _globals['_RESERVEREQUEST']._serialized_start=463
-  _globals['_RESERVEREQUEST']._serialized_end=567
-  _globals['_RESERVERESPONSE']._serialized_start=569
-  _globals['_RESERVERESPONSE']._serialized_end=624
-  _globals['_RELEASEREQUEST']._serialized_start=626
-  _globals['_RELEASEREQUEST']._serialized_end=668
-  _globals['_RELEASERESPONSE']._serialized_start=670
-  _globals['_RELEASERESPONSE']._serialized_end=705
-  _globals['_RESERVATION']._serialized_start=707
-  _globals['_RESERVATION']._serialized_end=784
-  _globals['_STOCKRESERVED']._serialized_start=786
-  _globals['_STOCKRESERVED']._serialized_end=871
-  _globals['_STOCKSHORTAGE']._serialized_start=873
-  _globals['_STOCKSHORTAGE']._serialized_end=926
-  _globals['_INVENTORYSERVICE']._serialized_start=929
-  _globals['_INVENTORYSERVICE']._serialized_end=1495
+  _globals['_RESERVEREQUEST']._serialized_end=570
+  _globals['_RESERVERESPONSE']._serialized_start=572
+  _globals['_RESERVERESPONSE']._serialized_end=627
+  _globals['_RELEASEREQUEST']._serialized_start=629
+  _globals['_RELEASEREQUEST']._serialized_end=674
+  _globals['_RELEASERESPONSE']._serialized_start=676
+  _globals['_RELEASERESPONSE']._serialized_end=711
+  _globals['_RESERVATION']._serialized_start=713
+  _globals['_RESERVATION']._serialized_end=790
+  _globals['_STOCKRESERVED']._serialized_start=792
+  _globals['_STOCKRESERVED']._serialized_end=877
+  _globals['_STOCKSHORTAGE']._serialized_start=879
+  _globals['_STOCKSHORTAGE']._serialized_end=932
+  _globals['_INVENTORYSERVICE']._serialized_start=935
+  _globals['_INVENTORYSERVICE']._serialized_end=1501
 # @@protoc_insertion_point(module_scope)

@@ -59,6 +59,8 @@ class TranscodeService(transcode_pb2_grpc.TranscodeServiceServicer):
             raise RuntimeError("secret internal detail")
         await context.send_initial_metadata((("x-initial", "yes"),))
         context.set_trailing_metadata((("x-trailer", "done"),))
+        if request.fail_code and request.fail_message.startswith("abort:"):
+            await context.abort(_code(request.fail_code), request.fail_message)
         if request.fail_code:
             raise StatusError(_code(request.fail_code), request.fail_message)
         metadata = {
