@@ -16,6 +16,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.settings
 
 __all__ = ["RawH2", "StreamOutcome", "grpc_frame"]
 
@@ -56,6 +57,8 @@ class RawH2:
         #: True once the server closed the TCP connection.
         self.closed = False
         self.pings_acked = 0
+        #: True once the server's SETTINGS arrived (and were acknowledged).
+        self.settled = False
 
     @classmethod
     async def connect(cls, address: str) -> RawH2:
@@ -95,6 +98,18 @@ class RawH2:
         self.streams[stream_id] = StreamOutcome()
         await self._flush()
         return stream_id
+
+    @property
+    def remote_max_streams(self) -> int | None:
+        """The server's SETTINGS_MAX_CONCURRENT_STREAMS as received so far."""
+        return self._conn.remote_settings.max_concurrent_streams
+
+    def ignore_stream_limit(self) -> None:
+        """Open streams past the server's SETTINGS_MAX_CONCURRENT_STREAMS, as a hostile
+        client would (h2 itself refuses to)."""
+        settings = self._conn.remote_settings
+        settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 2**31 - 1
+        settings.acknowledge()
 
     async def ping(self, payload: bytes = b"12345678") -> None:
         """Send one PING."""
@@ -157,6 +172,8 @@ class RawH2:
                 self.streams[event.stream_id].reset = event.error_code
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.goaway = event.error_code
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self.settled = True
         elif isinstance(event, h2.events.PingAckReceived):
             self.pings_acked += 1
 
