@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from nexus_grpc.config import ServerConfig
-from nexus_grpc.request_read import read_bounded
+from nexus_grpc.request_read import ReadWatch, read_bounded
 from nexus_grpc.routing import Router
 
 __all__ = ["Dispatcher", "ListenError", "connection_limits", "create_server"]
@@ -30,7 +30,7 @@ class Dispatcher(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     ) -> None:
         self._router = router
         self._on_unknown = on_unknown
-        self._read_timeout = request_read_timeout
+        self._watch = ReadWatch(request_read_timeout) if request_read_timeout > 0 else None
         # Per path: the route's grpc handler and its read-bounded form, built on the
         # first call of each route (a new generation's route replaces the entry).
         self._bounded: dict[str, tuple[object, grpc.RpcMethodHandler[Any, Any]]] = {}
@@ -44,11 +44,11 @@ class Dispatcher(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             if self._on_unknown is not None:
                 self._on_unknown("grpc")
             return None
-        if not self._read_timeout:
+        if self._watch is None:
             return route.grpc_handler
         entry = self._bounded.get(route.path)
         if entry is None or entry[0] is not route.grpc_handler:
-            entry = (route.grpc_handler, read_bounded(route.grpc_handler, self._read_timeout))
+            entry = (route.grpc_handler, read_bounded(route.grpc_handler, self._watch))
             self._bounded[route.path] = entry
         return entry[1]
 
