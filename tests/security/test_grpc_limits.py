@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nexus_grpc.config import ServerConfig
 from nexus_grpc.testing import RunningHost, running_host
+from tests.security.conftest import PROBE_DIR
 from tests.security.h2client import RawH2, grpc_frame
 
 CHECK = "/grpc.health.v1.Health/Check"
@@ -195,3 +196,31 @@ async def test_metadata_beyond_max_metadata_bytes_is_refused(
     )
     assert client.streams[big].grpc_status == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
     assert client.streams[small].grpc_status == "0"
+
+
+async def test_a_drained_shutdown_finishes_calls_in_flight_and_ends_held_ones(
+    tmp_path: Path, probe_stubs: Path
+) -> None:
+    from probe.v1 import probe_pb2, probe_pb2_grpc
+
+    # Defaults but the read timeout, which must not be what ends the held call.
+    server = replace(ServerConfig(), request_read_timeout=600.0)
+    async with running_host(
+        plugins=["probe"],
+        plugin_dirs=[PROBE_DIR],
+        data_dir=tmp_path,
+        server=server,
+        grace_period=2.0,
+    ) as host:
+        client = await RawH2.connect(host.address)
+        try:
+            held = await client.open_call("/probe.v1.ProbeService/Sleep", body=MESSAGE[:2])
+            stub = probe_pb2_grpc.ProbeServiceStub(host.channel())
+            sleeping = asyncio.ensure_future(stub.Sleep(probe_pb2.SleepRequest(millis=300)))
+            await asyncio.sleep(0.1)  # the call is in flight
+            await asyncio.wait_for(host.host.stop(), WITHIN)
+            reply = await asyncio.wait_for(sleeping, WITHIN)
+            assert reply.slept_millis == 300
+            assert await client.wait(lambda: client.closed or client.stream_ended(held), WITHIN)
+        finally:
+            await client.close()
