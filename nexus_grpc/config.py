@@ -59,6 +59,39 @@ class ServerConfig:
     shutdown_delay: float = 0.0
     #: Largest message accepted or sent, in bytes.
     max_message_bytes: int = 4 * 1024 * 1024
+    #: Seconds a gRPC call without a deadline may take to send its request message
+    #: (unary-request methods) before it ends DEADLINE_EXCEEDED; 0 for no limit. Like
+    #: nginx's client_body_timeout (60s): the handler cannot start before the message.
+    request_read_timeout: float = 60.0
+    #: Most calls open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS);
+    #: more are refused. Envoy's edge guidance and nginx use 100 and 128; grpcio has no cap.
+    max_concurrent_streams: int = 100
+    #: Seconds a connection may stay without calls before it is closed (GOAWAY); 0 for
+    #: never. Idle clients reconnect on their next call.
+    max_connection_idle: float = 900.0
+    #: Seconds a connection may live before it is asked to go away (GOAWAY, ±10% jitter);
+    #: 0 for no limit. With ``max_connection_age_grace`` it bounds every call on the
+    #: connection, including one whose request message never arrives.
+    max_connection_age: float = 3600.0
+    #: Seconds calls may go on after ``max_connection_age``'s GOAWAY before the
+    #: connection is closed under them.
+    max_connection_age_grace: float = 300.0
+    #: Seconds between the server's keepalive pings on a quiet connection (finds dead
+    #: peers); grpc-go's and grpc core's default.
+    keepalive_time: float = 7200.0
+    #: Seconds to wait for a keepalive ping's answer before closing the connection.
+    keepalive_timeout: float = 20.0
+    #: Least seconds between a client's pings when it sends no data; faster pings are
+    #: strikes (grpc-go's ``EnforcementPolicy.MinTime`` default).
+    keepalive_min_ping_interval: float = 300.0
+    #: Accept client pings on a connection with no calls.
+    keepalive_permit_without_calls: bool = False
+    #: Ping strikes before the connection is closed with GOAWAY ENHANCE_YOUR_CALM.
+    max_ping_strikes: int = 2
+    #: Seconds a new connection has to complete its handshake.
+    handshake_timeout: float = 20.0
+    #: Largest request header list (metadata), in bytes; larger calls are refused.
+    max_metadata_bytes: int = 8 * 1024
 
 
 @dataclass(frozen=True)

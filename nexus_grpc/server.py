@@ -8,9 +8,10 @@ from typing import Any
 import grpc
 
 from nexus_grpc.config import ServerConfig
+from nexus_grpc.request_read import ReadWatch, read_bounded
 from nexus_grpc.routing import Router
 
-__all__ = ["Dispatcher", "ListenError", "create_server"]
+__all__ = ["Dispatcher", "ListenError", "connection_limits", "create_server"]
 
 
 class ListenError(RuntimeError):
@@ -20,9 +21,19 @@ class ListenError(RuntimeError):
 class Dispatcher(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     """The server's only handler: looks each call up in the current routing table."""
 
-    def __init__(self, router: Router, on_unknown: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        on_unknown: Callable[[str], None] | None = None,
+        *,
+        request_read_timeout: float = 0.0,
+    ) -> None:
         self._router = router
         self._on_unknown = on_unknown
+        self._watch = ReadWatch(request_read_timeout) if request_read_timeout > 0 else None
+        # Per path: the route's grpc handler and its read-bounded form, built on the
+        # first call of each route (a new generation's route replaces the entry).
+        self._bounded: dict[str, tuple[object, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
@@ -33,7 +44,13 @@ class Dispatcher(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             if self._on_unknown is not None:
                 self._on_unknown("grpc")
             return None
-        return route.grpc_handler
+        if self._watch is None:
+            return route.grpc_handler
+        entry = self._bounded.get(route.path)
+        if entry is None or entry[0] is not route.grpc_handler:
+            entry = (route.grpc_handler, read_bounded(route.grpc_handler, self._watch))
+            self._bounded[route.path] = entry
+        return entry[1]
 
 
 def create_server(
@@ -46,9 +63,11 @@ def create_server(
         ("grpc.so_reuseport", 1 if config.reuse_port else 0),
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
+        *connection_limits(config),
     ]
     server = grpc.aio.server(options=options)
-    server.add_generic_rpc_handlers((Dispatcher(router, on_unknown),))
+    dispatcher = Dispatcher(router, on_unknown, request_read_timeout=config.request_read_timeout)
+    server.add_generic_rpc_handlers((dispatcher,))
     try:
         port = server.add_insecure_port(config.grpc_address)
     except RuntimeError as error:
@@ -57,3 +76,44 @@ def create_server(
             "is another process using the port, or is the host name wrong?"
         ) from None
     return server, port
+
+
+def connection_limits(config: ServerConfig) -> list[tuple[str, int]]:
+    """grpc core channel arguments that bound what one client connection can hold.
+
+    A unary call's handler only starts once its request message has arrived, so a
+    client that opens a stream and never finishes the message is out of the pipeline's
+    reach: only the transport bounds it — streams per connection, and the connection's
+    age and grace, after which grpc core closes it under any call still open. Names
+    are grpc core's (``channel_arg_names.h``); a 0 age or idle time leaves that limit off.
+    """
+    options = [
+        # Not "grpc.http2.max_concurrent_streams": grpc core ignores unknown names.
+        ("grpc.max_concurrent_streams", config.max_concurrent_streams),
+        ("grpc.keepalive_time_ms", _millis(config.keepalive_time)),
+        ("grpc.keepalive_timeout_ms", _millis(config.keepalive_timeout)),
+        # The server-side name of GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS.
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            _millis(config.keepalive_min_ping_interval),
+        ),
+        ("grpc.keepalive_permit_without_calls", 1 if config.keepalive_permit_without_calls else 0),
+        ("grpc.http2.max_ping_strikes", config.max_ping_strikes),
+        ("grpc.server_handshake_timeout_ms", _millis(config.handshake_timeout)),
+        ("grpc.max_metadata_size", config.max_metadata_bytes),
+        # Without the hard limit grpc core only rejects above the soft one at random.
+        ("grpc.absolute_max_metadata_size", config.max_metadata_bytes),
+    ]
+    if config.max_connection_idle > 0:
+        options.append(("grpc.max_connection_idle_ms", _millis(config.max_connection_idle)))
+    if config.max_connection_age > 0:
+        options.append(("grpc.max_connection_age_ms", _millis(config.max_connection_age)))
+        options.append(
+            ("grpc.max_connection_age_grace_ms", _millis(config.max_connection_age_grace))
+        )
+    return options
+
+
+def _millis(seconds: float) -> int:
+    # grpc core takes int milliseconds; clamp to its int32 range.
+    return max(0, min(int(seconds * 1000), 2**31 - 1))

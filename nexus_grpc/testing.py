@@ -146,15 +146,19 @@ async def running_host(
     events: EventsConfig | None = None,
     cache: CacheConfig | None = None,
     access_log: bool = False,
+    server: ServerConfig | None = None,
 ) -> AsyncIterator[RunningHost]:
     """Start a host on a free port with ``plugins`` (None: every plugin found); stop it after.
 
     ``http=True`` (or an :class:`HttpConfig`) also starts the REST gateway on a free port;
-    ``access_log=True`` logs a ``nexus.access`` line per call.
+    ``access_log=True`` logs a ``nexus.access`` line per call; ``server`` sets the gRPC
+    listener's limits (its address is always a free port).
     """
     config = Config(
         data_dir=str(data_dir),
-        server=ServerConfig(grpc_address="127.0.0.1:0", grace_period=grace_period),
+        server=replace(
+            server or ServerConfig(), grpc_address="127.0.0.1:0", grace_period=grace_period
+        ),
         plugins=PluginsConfig(
             dirs=tuple(str(d) for d in plugin_dirs),
             entry_points=entry_points,

@@ -42,7 +42,9 @@ Nested messages
     checked against their own type's rules, recursively (recursive types included).
     The only rule a message-typed field itself takes is ``required`` (plus the item
     counts on lists and maps). Well-known types (``google.protobuf.*``) are not
-    descended into.
+    descended into; instead every Timestamp, Duration, FieldMask and Any a request
+    holds, with rules or without, is checked against its own type's contract
+    (:mod:`nexus_grpc.well_known`): ``since_time.seconds``, ``update_mask.paths[0]``.
 Values are what the request holds: like proto3 itself, the checks do not tell an unset
 scalar from its zero value (also for fields with explicit presence).
 
@@ -74,6 +76,7 @@ from nexus.options.v1 import options_pb2
 
 from nexus_grpc.errors import FieldViolation, InvalidArgumentError
 from nexus_grpc.routing import Arity, CallHandler, MethodInfo
+from nexus_grpc.well_known import CHECKS as _WELL_KNOWN_CHECKS
 
 __all__ = ["ValidationStage", "Validator", "compile_validator"]
 
@@ -113,6 +116,18 @@ class _Node:
     def __init__(self) -> None:
         self.checks: list[_FieldCheck] = []
 
+
+def _well_known_node(name: str) -> _Node | None:
+    check = _WELL_KNOWN_CHECKS.get(name)
+    if check is None:
+        return None
+    node = _Node()
+    node.checks.append(check)
+    return node
+
+
+# One node per checked well-known type, shared by every field of that type.
+_WELL_KNOWN_NODES = {name: _well_known_node(name) for name in _WELL_KNOWN_CHECKS}
 
 _lock = threading.Lock()
 _nodes: dict[str, _Node | None] = {}
@@ -215,6 +230,8 @@ class _Compiler:
         name = descriptor.full_name
         if name in self.nodes:
             return self.nodes[name]
+        if name in _WELL_KNOWN_NODES:  # a method whose request is itself one
+            return _WELL_KNOWN_NODES[name]
         if not self._has_rules(descriptor):
             self.nodes[name] = None
             return None
@@ -244,13 +261,20 @@ class _Compiler:
                     found = True
                     break
                 child = field.message_type
-                if child is not None and not _well_known(child):
+                if child is None:
+                    continue
+                if child.full_name in _WELL_KNOWN_NODES:
+                    found = True  # a checked well-known type is a rule of its own
+                    break
+                if not _well_known(child):
                     stack.append(child)
         self._reaches_rules[name] = found
         return found
 
     def _child(self, descriptor: Descriptor) -> _Node | None:
-        return None if _well_known(descriptor) else self.node(descriptor)
+        if _well_known(descriptor):
+            return _WELL_KNOWN_NODES.get(descriptor.full_name)
+        return self.node(descriptor)
 
     def _field_check(self, field: FieldDescriptor) -> _FieldCheck | None:
         rules = _rules_of(field) or options_pb2.FieldRules()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,8 +24,8 @@ from nexus_grpc.gateway.codec import JsonOptions, dumps
 from nexus_grpc.gateway.context import GatewayContext
 from nexus_grpc.gateway.cors import CorsPolicy
 from nexus_grpc.gateway.headers import (
+    call_deadline,
     metadata_from_headers,
-    parse_grpc_timeout,
 )
 from nexus_grpc.gateway.output import metadata_headers, response_value, status_of
 from nexus_grpc.gateway.pending import (
@@ -256,16 +255,13 @@ class GatewayApp:
         # whatever the handler does to its trailing metadata — carries it.
         request_id = incoming_request_id(metadata)
         metadata = (*(m for m in metadata if m[0] != "x-request-id"), ("x-request-id", request_id))
-        timeout_header = _header(scope, b"grpc-timeout")
-        timeout = (
-            parse_grpc_timeout(timeout_header) if timeout_header else self._settings.default_timeout
-        )
+        deadline = call_deadline(_header(scope, b"grpc-timeout"), self._settings.default_timeout)
         peer = peer_of(scope)
         return GatewayContext(
             transport="rest",
             metadata=metadata,
             peer=peer,
-            deadline=time.monotonic() + timeout if timeout > 0 else None,
+            deadline=deadline,
             writer=writer,
         )
 

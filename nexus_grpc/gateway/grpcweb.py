@@ -13,7 +13,6 @@ import asyncio
 import base64
 import binascii
 import struct
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -23,7 +22,7 @@ import grpc
 from nexus_grpc.bounded import MESSAGE_LIMIT, clip
 from nexus_grpc.errors import StatusError
 from nexus_grpc.gateway.context import GatewayContext
-from nexus_grpc.gateway.headers import parse_grpc_timeout
+from nexus_grpc.gateway.headers import call_deadline
 from nexus_grpc.gateway.responses import (
     BodyTooLargeError,
     Headers,
@@ -128,7 +127,9 @@ class GrpcWebHandler:
             )
             return
         try:
-            timeout = _timeout(headers.get("grpc-timeout", ""))
+            deadline = call_deadline(
+                headers.get("grpc-timeout", ""), self._settings.default_timeout
+            )
         except StatusError as error:
             await response.trailers(error.code, error.message, ())
             return
@@ -137,7 +138,7 @@ class GrpcWebHandler:
             transport="grpc-web",
             metadata=_metadata(scope["headers"]),
             peer=peer_of(scope),
-            deadline=time.monotonic() + timeout if timeout else None,
+            deadline=deadline,
             writer=lambda message: response.message(
                 serialize(message) if serialize else message, context
             ),
@@ -280,7 +281,3 @@ def _metadata_headers(metadata: Any) -> Headers:
         text = base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
         headers.append((key.encode("latin-1"), text.encode("latin-1")))
     return headers
-
-
-def _timeout(value: str) -> float:
-    return parse_grpc_timeout(value) if value else 0.0

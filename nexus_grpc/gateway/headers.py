@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import time
 from collections.abc import Iterable, Sequence
 
 from nexus_grpc.errors import FieldViolation, InvalidArgumentError
@@ -18,6 +19,7 @@ from nexus_grpc.errors import FieldViolation, InvalidArgumentError
 __all__ = [
     "METADATA_PREFIX",
     "TRAILER_PREFIX",
+    "call_deadline",
     "metadata_from_headers",
     "metadata_to_headers",
     "parse_grpc_timeout",
@@ -83,3 +85,18 @@ def parse_grpc_timeout(value: str) -> float:
             [FieldViolation("Grpc-Timeout", f"{value!r} is not a gRPC timeout such as 500m or 2S")]
         )
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def call_deadline(grpc_timeout: str, default_timeout: float) -> float | None:
+    """The ``time.monotonic()`` deadline of a call from its ``Grpc-Timeout`` header value.
+
+    A zero timeout (``0S``, ``0m``, ``0u``, ``0n``) is a deadline that has already
+    passed, as grpc core reads it: the call ends DEADLINE_EXCEEDED at once, it never
+    means "no deadline". Without the header, ``default_timeout`` seconds apply when
+    positive; else the call has no deadline.
+    """
+    if grpc_timeout:
+        return time.monotonic() + parse_grpc_timeout(grpc_timeout)
+    if default_timeout > 0:
+        return time.monotonic() + default_timeout
+    return None

@@ -205,9 +205,15 @@ def start_call(call: CallHandler, request: Any, context: CallContext) -> asyncio
     """
     task = asyncio.ensure_future(call(request, context))
     remaining = context.time_remaining()
-    if remaining is not None:
-        timer = asyncio.get_running_loop().call_later(remaining, _expire, task, context)
-        task.add_done_callback(lambda _: timer.cancel())
+    if remaining is None:
+        return task
+    if remaining <= 0:
+        # Already expired (Grpc-Timeout: 0S): cancelled before its first step, the
+        # handler never runs, as grpc core never starts a call past its deadline.
+        _expire(task, context)
+        return task
+    timer = asyncio.get_running_loop().call_later(remaining, _expire, task, context)
+    task.add_done_callback(lambda _: timer.cancel())
     return task
 
 

@@ -898,3 +898,35 @@ async def test_redis_dead_letters_of_every_group_page_without_gaps_or_repeats(
         assert bus.counters.published == {EVENT: 3}
     finally:
         await bus.stop(grace=0)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos", "field"),
+    [
+        (253_402_300_800, 0, "since_time.seconds"),  # 10000-01-01T00:00:00Z
+        (-62_135_596_801, 0, "since_time.seconds"),  # before 0001-01-01
+        (0, -1, "since_time.nanos"),
+        (0, 1_000_000_000, "since_time.nanos"),
+    ],
+)
+async def test_replay_since_a_time_out_of_range_is_invalid_argument_not_internal(
+    shop: Shop, seconds: int, nanos: int, field: str
+) -> None:
+    request = admin_pb2.ReplayEventsRequest(group="sink", event_type=EVENT)
+    request.since_time.seconds = seconds
+    request.since_time.nanos = nanos
+    error = await failing(shop.admin.ReplayEvents(request))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in violations(error), error.details()
+    assert "Traceback" not in (error.details() or "")
+
+
+async def test_replay_since_a_time_out_of_range_is_400_over_rest(shop: Shop) -> None:
+    headers = {"authorization": f"Bearer {shop.running.token('admin')}"}
+    async with httpx.AsyncClient(base_url=shop.running.http_url, headers=headers) as http:
+        response = await http.post(
+            "/v1/admin/events/groups/sink:replay",
+            json={"eventType": EVENT, "sinceTime": "10000-01-01T00:00:00Z"},
+        )
+    assert response.status_code == 400, response.text
+    assert "Traceback" not in response.text

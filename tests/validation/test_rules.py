@@ -446,14 +446,22 @@ def test_recursive_types(
 # -------------------------------------------------------------------- compile and cache
 
 
-@pytest.mark.parametrize("name", ["Plain", "Opaque", "Loop", "EmptyRules"])
+@pytest.mark.parametrize("name", ["Opaque", "Loop", "EmptyRules"])
 def test_types_reaching_no_rules_get_no_validator(pb: Any, name: str) -> None:
     assert compile_validator(getattr(pb, name).DESCRIPTOR) is None
 
 
-def test_well_known_types_get_no_validator() -> None:
+def test_a_type_without_rules_still_checks_the_timestamps_it_holds(pb: Any) -> None:
+    # Plain has no rules, but a Timestamp field: its range is a rule of its own.
+    plain = pb.Plain(text="x", lookup={"k": pb.Opaque(text="y")})
+    assert check(plain) == []
+    plain.when.seconds = 253_402_300_800
+    assert [field for field, _ in check(plain)] == ["when.seconds"]
+
+
+def test_well_known_types_without_a_range_get_no_validator() -> None:
     assert compile_validator(struct_pb2.Struct.DESCRIPTOR) is None
-    assert compile_validator(timestamp_pb2.Timestamp.DESCRIPTOR) is None
+    assert compile_validator(timestamp_pb2.Timestamp.DESCRIPTOR) is not None
 
 
 def test_validators_are_compiled_once_per_type(pb: Any) -> None:
@@ -545,9 +553,14 @@ class Recorder:
 
 
 @pytest.mark.parametrize("name", ["NoRules", "UploadPlain"])
-def test_stage_returns_next_itself_when_there_are_no_rules(pb: Any, name: str) -> None:
+async def test_stage_binds_checks_for_a_request_holding_a_timestamp(pb: Any, name: str) -> None:
     handler = Recorder()
-    assert ValidationStage().bind(valtest_method(pb, name), handler) is handler
+    bound = ValidationStage().bind(valtest_method(pb, name), handler)
+    assert bound is not handler
+    if name == "NoRules":
+        assert await bound(pb.Plain(), object()) == "handled"
+        with pytest.raises(InvalidArgumentError):
+            await bound(pb.Plain(when={"nanos": -1}), object())
 
 
 def test_stage_returns_next_itself_for_orders_methods_without_rules() -> None:
