@@ -88,9 +88,10 @@ class HttpConfig:
     #: Seconds allowed between two pieces of a request body (each chunk restarts it);
     #: 408 or a close after. nginx's client_body_timeout is 60 s.
     body_timeout: float = 30.0
-    #: Seconds an idle keep-alive connection stays open between requests. nginx's
-    #: keepalive_timeout is 75 s; browsers reuse within seconds, so 75 s mostly holds fds.
-    keepalive_timeout: float = 30.0
+    #: Seconds an idle keep-alive connection stays open between requests: nginx's 75 s,
+    #: above the 60 s idle timeout of common load balancers (else they reuse connections
+    #: the host is closing: sporadic 502s). Idle connections are the first the cap closes.
+    keepalive_timeout: float = 75.0
     #: Open HTTP connections at most; beyond it the oldest idle connection (or the new
     #: one, when none is idle) is closed. Lowered to 3/4 of the open-file limit at start.
     max_connections: int = 4096

@@ -51,7 +51,7 @@ class HttpLimits:
 
     header_timeout: float = 10.0
     body_timeout: float = 30.0
-    keepalive_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
     max_connections: int = 4096
     max_header_bytes: int = 32 * 1024
     max_headers: int = 100
