@@ -265,6 +265,23 @@ async def test_oversized_header_gets_431(make_host: Any) -> None:
     writer.close()
 
 
+async def test_headers_in_many_pieces_under_the_limit_are_accepted(make_host: Any) -> None:
+    """20 KB of headers in 1 KB writes, then a second request on the connection."""
+    host = await make_host()
+    reader, writer = await connect(host)
+    request = b"GET /v1/orders/x HTTP/1.1\r\nhost: x\r\nx-long: " + b"b" * 20000 + b"\r\n\r\n"
+    for start in range(0, len(request), 1024):
+        writer.write(request[start : start + 1024])
+        await writer.drain()
+        await asyncio.sleep(0.005)
+    status, _ = await read_response(reader)
+    assert status == 401
+    writer.write(request)
+    status, _ = await read_response(reader)
+    assert status == 401
+    writer.close()
+
+
 async def test_header_flood_is_cut_off_before_the_server_reads_it(make_host: Any) -> None:
     """A 64 MB header: answered and closed after a few hundred KB, not read into memory."""
     host = await make_host()
