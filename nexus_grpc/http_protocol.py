@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,10 @@ _DONE = 2
 # reach the client before it reads the answer (nginx's lingering_close does the same).
 _LINGER_SECONDS = 1.0
 _LINGER_BYTES = 256 * 1024
+# Seconds between two warnings that the connection cap closed connections.
+_WARNING_INTERVAL = 60.0
+
+_log = logging.getLogger("nexus.http")
 
 
 @dataclass(frozen=True)
@@ -81,8 +86,23 @@ class _Book:
     #: Idle connections, oldest first (a dict keeps insertion order; pop and re-insert
     #: are O(1)).
     idle: dict[LimitedHttpProtocol, None] = field(default_factory=dict)
-    #: Connections closed because the cap was reached (for logs and tests).
+    #: Connections closed because the cap was reached since the last warning.
     shed: int = 0
+    #: When (loop time) the next warning about the cap may be logged.
+    next_warning: float = 0.0
+
+    def note_shed(self, now: float) -> None:
+        """Count a connection closed by the cap; warn at most once a minute, with the count."""
+        self.shed += 1
+        if now >= self.next_warning:
+            _log.warning(
+                "http.max_connections (%d) reached: closed %d connection(s) (the oldest idle "
+                "one, or the new one when none is idle) since the last such warning",
+                self.limits.max_connections,
+                self.shed,
+            )
+            self.shed = 0
+            self.next_warning = now + _WARNING_INTERVAL
 
 
 class _Rejected(Exception):
@@ -152,7 +172,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         book = self._book
         if len(self.connections) > book.limits.max_connections:
             victim = next(iter(book.idle), None)
-            book.shed += 1
+            book.note_shed(self.loop.time())
             if victim is None:
                 # Every connection is busy: refuse this one rather than one mid-request.
                 self._idle = False

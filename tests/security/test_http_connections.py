@@ -207,7 +207,7 @@ async def test_slow_handler_and_quiet_server_stream_are_not_cut(make_host: Any) 
 
 
 async def test_connection_cap_sheds_idle_connections_so_a_client_is_served(
-    make_host: Any,
+    make_host: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     host = await make_host(replace(FAST, header_timeout=60.0, max_connections=20))
     idle = [await connect(host) for _ in range(30)]
@@ -225,6 +225,9 @@ async def test_connection_cap_sheds_idle_connections_so_a_client_is_served(
         except ConnectionResetError:
             closed += 1
     assert closed >= 11
+    # One warning for the whole burst, not one per connection.
+    warnings = [r for r in caplog.records if "max_connections (20) reached" in r.getMessage()]
+    assert len(warnings) == 1
     for _, writer in idle:
         writer.close()
 
