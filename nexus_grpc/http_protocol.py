@@ -198,8 +198,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        # Between keep-alive requests with nothing queued: evictable when the cap is reached.
-        if not self.pipeline and not self.transport.is_closing():
+        # Between keep-alive requests, with nothing of the next one read yet: evictable
+        # when the cap is reached.
+        if self._phase == _DONE and not self.pipeline and not self.transport.is_closing():
             self._set_idle()
 
     # Reading
@@ -328,23 +329,30 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     # Answers
 
     def _reject(self, answer: bytes) -> None:
-        """Answer ``answer`` if no response has started, then close."""
+        """Answer ``answer`` when the connection owes no other response, then close."""
         self._cancel_timer()
         if self._idle:
             self._book.idle.pop(self, None)
             self._idle = False
         cycle = self.cycle
-        answered = cycle is not None and cycle.response_started and not cycle.response_complete
+        if self._phase == _BODY:
+            # ``cycle`` is this request's: once it answered (say 401 before reading the
+            # body), a second answer would be taken for the next request's.
+            can_answer = cycle is None or not cycle.response_started
+        else:
+            # ``cycle`` is the previous request's: answer unless it is still responding.
+            can_answer = cycle is None or cycle.response_complete
         if cycle is not None and not cycle.response_complete:
             # The handler sees a disconnect and its writes are dropped.
             cycle.disconnected = True
             cycle.message_event.set()
-        if answered or not self.transport.can_write_eof():
-            if not answered:
-                self.transport.write(answer)
+        if not can_answer:
             self.transport.close()
             return
         self.transport.write(answer)
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
         self.transport.write_eof()
         self._lingering = 1
         self.flow.resume_reading()

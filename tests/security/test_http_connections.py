@@ -145,6 +145,20 @@ async def test_stalled_body_gets_408_and_a_close(make_host: Any) -> None:
     writer.close()
 
 
+async def test_stalled_body_after_an_early_answer_is_closed_without_a_second_one(
+    make_host: Any,
+) -> None:
+    """An unknown path is answered 404 before its body is read; the stall then only closes."""
+    host = await make_host()
+    reader, writer = await connect(host)
+    writer.write(b"POST /nope HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
+    await writer.drain()
+    status, _ = await read_response(reader)
+    assert status == 404
+    assert await read_to_close(reader) == b""
+    writer.close()
+
+
 async def test_idle_keepalive_connection_is_closed(make_host: Any) -> None:
     host = await make_host()
     reader, writer = await connect(host)
