@@ -80,12 +80,12 @@ class HttpLimits:
 
 @dataclass
 class _Book:
-    """State shared by the connections of one listener: the limits and who is idle."""
+    """State shared by the connections of one listener: the limits and who is open."""
 
     limits: HttpLimits
-    #: Idle connections, oldest first (a dict keeps insertion order; pop and re-insert
-    #: are O(1)).
-    idle: dict[LimitedHttpProtocol, None] = field(default_factory=dict)
+    #: Open connections, oldest first (a dict keeps insertion order). Changed per
+    #: connection, never per request: who is idle is only looked at when the cap is hit.
+    open: dict[LimitedHttpProtocol, None] = field(default_factory=dict)
     #: Connections closed because the cap was reached since the last warning.
     shed: int = 0
     #: When (loop time) the next warning about the cap may be logged.
@@ -152,7 +152,6 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         "_began",
         "_chunk",
         "_header_raw",
-        "_idle",
         "_lingering",
         "_mark",
         "_phase",
@@ -183,45 +182,42 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._began = False
         self._answer: bytes | None = None
         self._lingering = 0
-        self._idle = False
 
     # Connection lifecycle
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         book = self._book
-        if len(self.connections) > book.limits.max_connections:
-            victim = next(iter(book.idle), None)
+        if len(book.open) >= book.limits.max_connections:
             book.note_shed(self.loop.time())
+            victim = next((c for c in book.open if c._is_idle()), None)
             if victim is None:
                 # Every connection is busy: refuse this one rather than one mid-request.
-                self._idle = False
                 transport.close()
                 return
+            book.open.pop(victim, None)
             victim.transport.close()
-            book.idle.pop(victim, None)
-            victim._idle = False
+        book.open[self] = None
         self._mark = self.loop.time()
         self._timer = self.loop.call_at(self._mark + book.limits.header_timeout, self._on_timer)
-        self._set_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
-        if self._idle:
-            self._book.idle.pop(self, None)
-            self._idle = False
+        self._book.open.pop(self, None)
         super().connection_lost(exc)
 
-    def _set_idle(self) -> None:
-        self._idle = True
-        self._book.idle[self] = None
-
-    def on_response_complete(self) -> None:
-        _base.on_response_complete(self)
-        # Between keep-alive requests, with nothing of the next one read yet: evictable
-        # when the cap is reached.
-        if self._phase == _DONE and not self.pipeline and not self.transport.is_closing():
-            self._set_idle()
+    def _is_idle(self) -> bool:
+        """Nothing of a request read and nothing being answered: closing it loses no work."""
+        if self.transport.is_closing():
+            return False
+        if self._phase == _HEADERS:
+            return not self._began
+        cycle = self.cycle
+        return (
+            self._phase == _DONE
+            and (cycle is None or cycle.response_complete)
+            and not self.pipeline
+        )
 
     # Reading
 
@@ -229,9 +225,6 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if self._lingering:
             self._linger(len(data))
             return
-        if self._idle:
-            self._book.idle.pop(self, None)
-            self._idle = False
         self._unset_keepalive_if_required()
         reading_headers = self._phase == _HEADERS
         self._chunk = len(data)
@@ -351,9 +344,6 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def _reject(self, answer: bytes) -> None:
         """Answer ``answer`` when the connection owes no other response, then close."""
         self._cancel_timer()
-        if self._idle:
-            self._book.idle.pop(self, None)
-            self._idle = False
         cycle = self.cycle
         if self._phase == _BODY:
             # ``cycle`` is this request's: once it answered (say 401 before reading the
