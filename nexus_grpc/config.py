@@ -121,6 +121,24 @@ class HttpConfig:
     proto_names: bool = False
     #: Deadline in seconds of calls without a Grpc-Timeout header; 0 for none.
     default_timeout: float = 0.0
+    #: Seconds a client has to send a request's line and headers, from its first byte (or
+    #: from accept for a connection's first request); 408 or a close after. nginx's
+    #: client_header_timeout is 60 s; an API client sends its headers in one packet.
+    header_timeout: float = 10.0
+    #: Seconds allowed between two pieces of a request body (each chunk restarts it);
+    #: 408 or a close after. nginx's client_body_timeout is 60 s.
+    body_timeout: float = 30.0
+    #: Seconds an idle keep-alive connection stays open between requests: nginx's 75 s,
+    #: above the 60 s idle timeout of common load balancers (else they reuse connections
+    #: the host is closing: sporadic 502s). Idle connections are the first the cap closes.
+    keepalive_timeout: float = 75.0
+    #: Open HTTP connections at most; beyond it the oldest idle connection (or the new
+    #: one, when none is idle) is closed. Lowered to 3/4 of the open-file limit at start.
+    max_connections: int = 4096
+    #: Largest request line plus headers, in bytes (431 beyond). nginx allows 4 x 8 KiB.
+    max_header_bytes: int = 32 * 1024
+    #: Most header fields in a request (431 beyond); Envoy's headers_count default is 100.
+    max_headers: int = 100
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from nexus_grpc.events.outbox import Outbox
 from nexus_grpc.events.redis_bus import RedisBus
 from nexus_grpc.gateway import GatewayApp, GatewaySettings
 from nexus_grpc.health import OVERALL, HealthState
+from nexus_grpc.http_protocol import HttpLimits
 from nexus_grpc.http_server import HttpServer
 from nexus_grpc.pipeline import Stage, build_stages
 from nexus_grpc.pipeline.audit import AdminAuditStage
@@ -179,7 +180,10 @@ class Host:
                 self.router, GatewaySettings.from_config(self.config.http), metrics=self.metrics
             )
             self._http = HttpServer(
-                gateway, self.config.http.address, reuse_port=self.config.server.reuse_port
+                gateway,
+                self.config.http.address,
+                reuse_port=self.config.server.reuse_port,
+                limits=HttpLimits.from_config(self.config.http),
             )
             self.http_port = self._http.bind()
         self._storage = await Storage.connect(self.config.storage_url())

@@ -7,13 +7,17 @@ handlers on the same objects, with no thread or process hop between them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import resource
 import socket
 from typing import cast
 
 import uvicorn
 
+from nexus_grpc.accept_guard import GuardedSocket, install_accept_error_log
 from nexus_grpc.gateway.app import GatewayApp
+from nexus_grpc.http_protocol import HttpLimits, limited_protocol
 from nexus_grpc.server import ListenError
 
 __all__ = ["HttpServer"]
@@ -24,10 +28,18 @@ _log = logging.getLogger("nexus.http")
 class HttpServer:
     """uvicorn, started and stopped by the host rather than by its own CLI."""
 
-    def __init__(self, app: GatewayApp, address: str, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        app: GatewayApp,
+        address: str,
+        *,
+        reuse_port: bool = False,
+        limits: HttpLimits | None = None,
+    ) -> None:
         self._app = app
         self._address = address
         self._reuse_port = reuse_port
+        self._limits = _fit_fd_limit(limits or HttpLimits())
         self._socket: socket.socket | None = None
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -43,7 +55,9 @@ class HttpServer:
             # IPPROTO_TCP, not 0: asyncio turns TCP_NODELAY on only for sockets whose
             # protocol says TCP, and without it every response waits ~40 ms for the
             # client's delayed ACK between uvicorn's header and body writes.
-            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            # Guarded: at the open-file limit, asyncio would otherwise log a traceback per
+            # backlog slot on every retry (see accept_guard).
+            sock = GuardedSocket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self._reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -62,8 +76,11 @@ class HttpServer:
     async def start(self) -> None:
         """Start serving on the bound socket."""
         assert self._socket is not None, "bind() first"
+        install_accept_error_log()
         config = uvicorn.Config(
             self._app,
+            http=limited_protocol(self._limits),
+            timeout_keep_alive=cast(int, self._limits.keepalive_timeout),
             lifespan="off",
             log_config=None,
             access_log=False,
@@ -101,3 +118,23 @@ class HttpServer:
         await self._server.shutdown(sockets=[self._socket] if self._socket else None)
         if self._socket is not None:
             self._socket.close()
+
+
+def _fit_fd_limit(limits: HttpLimits) -> HttpLimits:
+    """``limits`` with the connection cap under 3/4 of the soft open-file limit.
+
+    The rest is left for the gRPC port, storage and files: a cap above the fd limit would
+    never act, and the host would hit EMFILE (refusing every port) instead.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or limits.max_connections <= soft * 3 // 4:
+        return limits
+    fitted = max(soft * 3 // 4, 1)
+    _log.warning(
+        "http.max_connections %d is above 3/4 of the open-file limit (%d); using %d "
+        "(raise `ulimit -n` to allow more)",
+        limits.max_connections,
+        soft,
+        fitted,
+    )
+    return dataclasses.replace(limits, max_connections=fitted)

@@ -1,0 +1,414 @@
+"""uvicorn's httptools protocol with the limits an exposed HTTP port needs.
+
+uvicorn times out only idle keep-alive connections: a client that connects and sends
+nothing, sends its headers a byte at a time, or stops halfway through a body holds a
+socket (and a file descriptor) forever, and httptools buffers a header of any size. This
+protocol adds, per connection:
+
+- a header timer, from accept (first request) or the first byte of a later request, until
+  the headers are complete: 408 when some of the request came, a plain close when none did;
+- a body timer, restarted by every piece of body, until the request is fully read: 408
+  before the response started, a close after (the app sees ``http.disconnect``);
+- limits on the request line plus header bytes and on the header count: 431, then close;
+- a cap on open connections shared by the listener: beyond it the oldest idle connection
+  (never sent a byte, or between keep-alive requests) is closed, as nginx reuses keep-alive
+  connections when it runs out, else the new one.
+
+Timers are set per phase, not per byte: a request that arrives in one packet arms none.
+Nothing times the app: a long server stream or a slow handler is not cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from nexus_grpc.config import ConfigError, HttpConfig
+
+__all__ = ["HttpLimits", "limited_protocol"]
+
+# Request phases. A connection starts in _HEADERS: its first request's header timer runs
+# from accept, which is what times out clients that connect and never send.
+_HEADERS = 0
+_BODY = 1
+_DONE = 2
+
+# After an error answer, how long and how much of the rest of the request is read and
+# dropped before closing. Closing with unread data makes the kernel send a reset, which can
+# reach the client before it reads the answer (nginx's lingering_close does the same).
+_LINGER_SECONDS = 1.0
+_LINGER_BYTES = 256 * 1024
+# Seconds between two warnings that the connection cap closed connections.
+_WARNING_INTERVAL = 60.0
+
+_log = logging.getLogger("nexus.http")
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """The connection and header limits of one HTTP listener."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 4096
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+
+    @classmethod
+    def from_config(cls, config: HttpConfig) -> HttpLimits:
+        """The limits in ``config``, checked (every one must be positive)."""
+        limits = cls(
+            header_timeout=config.header_timeout,
+            body_timeout=config.body_timeout,
+            keepalive_timeout=config.keepalive_timeout,
+            max_connections=config.max_connections,
+            max_header_bytes=config.max_header_bytes,
+            max_headers=config.max_headers,
+        )
+        for name, value in vars(limits).items():
+            if value <= 0:
+                raise ConfigError(f"http.{name}: expected a value > 0, got {value!r}")
+        return limits
+
+
+@dataclass
+class _Book:
+    """State shared by the connections of one listener: the limits and who is open."""
+
+    limits: HttpLimits
+    #: Open connections, oldest first (a dict keeps insertion order). Changed per
+    #: connection, never per request: who is idle is only looked at when the cap is hit.
+    open: dict[LimitedHttpProtocol, None] = field(default_factory=dict)
+    #: Connections closed because the cap was reached since the last warning.
+    shed: int = 0
+    #: When (loop time) the next warning about the cap may be logged.
+    next_warning: float = 0.0
+
+    def note_shed(self, now: float) -> None:
+        """Count a connection closed by the cap; warn at most once a minute, with the count."""
+        self.shed += 1
+        if now >= self.next_warning:
+            _log.warning(
+                "http.max_connections (%d) reached: closed %d connection(s) (the oldest idle "
+                "one, or the new one when none is idle) since the last such warning",
+                self.limits.max_connections,
+                self.shed,
+            )
+            self.shed = 0
+            self.next_warning = now + _WARNING_INTERVAL
+
+
+class _Rejected(Exception):
+    """Raised from a parser callback to stop parsing a request over a header limit."""
+
+
+def _error_response(status: int, phrase: str, code: int, reason: str, message: str) -> bytes:
+    """A complete HTTP/1.1 answer with a google.rpc.Status JSON body, closing the connection."""
+    body = json.dumps(
+        {
+            "code": code,
+            "message": message,
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": reason,
+                    "domain": "nexus",
+                }
+            ],
+        },
+        separators=(",", ":"),
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+# The per-request overrides call the base class by name: ``super()`` builds an object on
+# every call, and these run on every request.
+_base = HttpToolsProtocol
+
+# google.rpc.Code values.
+_RESOURCE_EXHAUSTED = 8
+_DEADLINE_EXCEEDED = 4
+
+
+class LimitedHttpProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with header/body timers, header limits and a connection cap."""
+
+    # Slots, not instance attributes: uvicorn's protocol already has 28, and past 30 an
+    # instance dict stops sharing keys, which slows every attribute access in uvicorn's
+    # code too (in a protocol-only benchmark, about half of what this class added).
+    __slots__ = (
+        "_answer",
+        "_began",
+        "_chunk",
+        "_header_raw",
+        "_lingering",
+        "_mark",
+        "_phase",
+        "_spanned",
+        "_timer",
+    )
+
+    _book: _Book
+    _too_many_headers: bytes
+    _headers_too_large: bytes
+    _header_timeout_answer: bytes
+    _body_timeout_answer: bytes
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._phase = _HEADERS
+        #: When the current phase's clock started (accept, first byte, last body piece).
+        self._mark = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        #: Bytes of whole chunks received while the current request's headers were
+        #: incomplete (a lower bound of their size).
+        self._header_raw = 0
+        #: Length of the chunk being parsed.
+        self._chunk = 0
+        #: The current request's headers came in more than one chunk.
+        self._spanned = False
+        #: Some of the current request has come (else a timeout closes without answering).
+        self._began = False
+        self._answer: bytes | None = None
+        self._lingering = 0
+
+    # Connection lifecycle
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        book = self._book
+        if len(book.open) >= book.limits.max_connections:
+            book.note_shed(self.loop.time())
+            victim = next((c for c in book.open if c._is_idle()), None)
+            if victim is None:
+                # Every connection is busy: refuse this one rather than one mid-request.
+                transport.close()
+                return
+            book.open.pop(victim, None)
+            victim.transport.close()
+        book.open[self] = None
+        self._mark = self.loop.time()
+        self._timer = self.loop.call_at(self._mark + book.limits.header_timeout, self._on_timer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self._book.open.pop(self, None)
+        super().connection_lost(exc)
+
+    def _is_idle(self) -> bool:
+        """Nothing of a request read and nothing being answered: closing it loses no work."""
+        if self.transport.is_closing():
+            return False
+        if self._phase == _HEADERS:
+            return not self._began
+        cycle = self.cycle
+        return (
+            self._phase == _DONE
+            and (cycle is None or cycle.response_complete)
+            and not self.pipeline
+        )
+
+    # Reading
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            self._linger(len(data))
+            return
+        self._unset_keepalive_if_required()
+        reading_headers = self._phase == _HEADERS
+        self._chunk = len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError:
+            if self._answer is not None:
+                self._reject(self._answer)
+                return
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+            return
+        phase = self._phase
+        if phase == _BODY:
+            self._mark = now = self.loop.time()
+            self._arm(now + self._book.limits.body_timeout)
+        elif phase == _HEADERS:
+            limits = self._book.limits
+            self._spanned = True
+            if reading_headers:
+                # httptools holds an unfinished header in memory: stop before it grows.
+                # (Only whole chunks count here, so this never overestimates.)
+                self._header_raw += len(data)
+                if self._header_raw > limits.max_header_bytes:
+                    self._reject(self._headers_too_large)
+                    return
+            else:
+                # A later request began in this chunk: its header clock starts now.
+                self._mark = self.loop.time()
+            self._arm(self._mark + limits.header_timeout)
+        elif self.cycle is None or self.cycle.response_complete:
+            # Bytes between requests that began none (blank lines): time them as headers,
+            # since the keep-alive timer was just cancelled.
+            self._phase = _HEADERS
+            self._began = False
+            self._mark = self.loop.time()
+            self._arm(self._mark + self._book.limits.header_timeout)
+
+    def on_message_begin(self) -> None:
+        _base.on_message_begin(self)
+        self._phase = _HEADERS
+        self._began = True
+        self._header_raw = 0
+
+    def on_headers_complete(self) -> None:
+        limits = self._book.limits
+        if len(self.headers) > limits.max_headers:
+            self._answer = self._too_many_headers
+            raise _Rejected
+        # Summing the headers costs ~1 us: only when they came in several chunks or in
+        # one larger than the limit (a request in one small packet is under it).
+        if self._spanned or self._chunk > limits.max_header_bytes:
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if size > limits.max_header_bytes:
+                self._answer = self._headers_too_large
+                raise _Rejected
+            self._spanned = False
+        self._phase = _BODY
+        _base.on_headers_complete(self)
+
+    def on_message_complete(self) -> None:
+        self._phase = _DONE
+        _base.on_message_complete(self)
+
+    # Timers
+
+    def _arm(self, deadline: float) -> None:
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                # It fires no later than needed and re-arms itself from the latest mark.
+                return
+            timer.cancel()
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.transport.is_closing() or self._lingering:
+            return
+        now = self.loop.time()
+        limits = self._book.limits
+        if self._phase == _HEADERS:
+            deadline = self._mark + limits.header_timeout
+            if now < deadline:
+                self._timer = self.loop.call_at(deadline, self._on_timer)
+            elif self._began:
+                self._reject(self._header_timeout_answer)
+            else:
+                # Never sent a byte of this request: nothing to answer.
+                self.transport.close()
+        elif self._phase == _BODY:
+            cycle = self.cycle
+            if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
+                # The app has not read what came, or has not asked for the body yet: the
+                # client is waiting for us, not the other way round.
+                self._mark = now
+            deadline = self._mark + limits.body_timeout
+            if now < deadline:
+                self._timer = self.loop.call_at(deadline, self._on_timer)
+            else:
+                self._reject(self._body_timeout_answer)
+
+    # Answers
+
+    def _reject(self, answer: bytes) -> None:
+        """Answer ``answer`` when the connection owes no other response, then close."""
+        self._cancel_timer()
+        cycle = self.cycle
+        if self._phase == _BODY:
+            # ``cycle`` is this request's: once it answered (say 401 before reading the
+            # body), a second answer would be taken for the next request's.
+            can_answer = cycle is None or not cycle.response_started
+        else:
+            # ``cycle`` is the previous request's: answer unless it is still responding.
+            can_answer = cycle is None or cycle.response_complete
+        if cycle is not None and not cycle.response_complete:
+            # The handler sees a disconnect and its writes are dropped.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if not can_answer:
+            self.transport.close()
+            return
+        self.transport.write(answer)
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._lingering = 1
+        self.flow.resume_reading()
+        self._timer = self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+
+    def _linger(self, received: int) -> None:
+        self._lingering += received
+        if self._lingering > _LINGER_BYTES:
+            self.transport.close()
+
+
+def limited_protocol(limits: HttpLimits) -> type[LimitedHttpProtocol]:
+    """A protocol class for one listener: its connections share ``limits`` and one cap."""
+    book = _Book(limits)
+    too_large = f"request line and headers are larger than {limits.max_header_bytes} bytes"
+    too_many = f"request has more than {limits.max_headers} header fields"
+
+    class ListenerHttpProtocol(LimitedHttpProtocol):
+        _book = book
+        _headers_too_large = _error_response(
+            431,
+            "Request Header Fields Too Large",
+            _RESOURCE_EXHAUSTED,
+            "HEADERS_TOO_LARGE",
+            too_large,
+        )
+        _too_many_headers = _error_response(
+            431,
+            "Request Header Fields Too Large",
+            _RESOURCE_EXHAUSTED,
+            "TOO_MANY_HEADERS",
+            too_many,
+        )
+        _header_timeout_answer = _error_response(
+            408,
+            "Request Timeout",
+            _DEADLINE_EXCEEDED,
+            "HEADER_TIMEOUT",
+            f"request headers not complete within {limits.header_timeout:g} s",
+        )
+        _body_timeout_answer = _error_response(
+            408,
+            "Request Timeout",
+            _DEADLINE_EXCEEDED,
+            "BODY_TIMEOUT",
+            f"no request body received for {limits.body_timeout:g} s",
+        )
+
+    return ListenerHttpProtocol
