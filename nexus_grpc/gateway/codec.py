@@ -68,7 +68,12 @@ def parse_json_into(value: Any, message: Message, options: JsonOptions, what: st
     try:
         fastjson.parse_dict(value, message, ignore_unknown_fields=not options.reject_unknown_fields)
     except json_format.ParseError as error:
-        raise InvalidArgumentError([FieldViolation(what, str(error))]) from None
+        text = str(error)
+        if "too deep" in text:
+            # json_format says so after one "Failed to parse child field: " per level:
+            # a hundred repetitions that say nothing.
+            text = "nested too deep (protobuf allows 100 levels)"
+        raise InvalidArgumentError([FieldViolation(what, text)]) from None
     except (TypeError, AttributeError, ValueError):
         # json_format lets these through for values of the wrong JSON type (null where
         # an object belongs, say); they are the client's mistake all the same.
