@@ -145,11 +145,16 @@ async def running_host(
     limits: LimitsConfig | None = None,
     events: EventsConfig | None = None,
     cache: CacheConfig | None = None,
+    storage: StorageConfig | None = None,
 ) -> AsyncIterator[RunningHost]:
     """Start a host on a free port with ``plugins`` (None: every plugin found); stop it after.
 
     ``http=True`` (or an :class:`HttpConfig`) also starts the REST gateway on a free port.
+    ``storage`` sets the storage options (its url is replaced by ``storage_url`` if given).
     """
+    storage = storage or StorageConfig()
+    if storage_url:
+        storage = replace(storage, url=storage_url)
     config = Config(
         data_dir=str(data_dir),
         server=ServerConfig(grpc_address="127.0.0.1:0", grace_period=grace_period),
@@ -164,7 +169,7 @@ async def running_host(
         limits=limits or LimitsConfig(),
         events=events or EventsConfig(),
         cache=cache or CacheConfig(),
-        storage=StorageConfig(url=storage_url),
+        storage=storage,
         log=LogConfig(access=False),
         plugin=dict(plugin_config or {}),
     )

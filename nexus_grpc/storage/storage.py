@@ -6,6 +6,7 @@ from types import TracebackType
 
 from sqlalchemy.engine import URL
 
+from .faults import StorageHealth
 from .namespace import Backend, Namespace, SqlBackend
 
 __all__ = ["Storage"]
@@ -63,6 +64,21 @@ class Storage:
     def dialect(self) -> str:
         """``"sqlite"``, ``"postgresql"`` or ``"mongodb"``."""
         return self._backend.name
+
+    @property
+    def health(self) -> StorageHealth:
+        """Infrastructure failures seen (counts by cause), whether the database works,
+        and the probe that tells when it works again."""
+        return self._backend.health
+
+    def start_probing(self, *, interval: float = 2.0, timeout: float = 2.0) -> None:
+        """While unhealthy, probe the database every ``interval`` seconds (each probe
+        bounded by ``timeout``) and turn healthy on the first success."""
+        self._backend.health.start_probing(interval=interval, timeout=timeout)
+
+    async def probe(self) -> bool:
+        """Probe the database now; whether it works (and health says so from now)."""
+        return await self._backend.health.probe_once()
 
     @property
     def closed(self) -> bool:
