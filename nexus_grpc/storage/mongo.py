@@ -165,7 +165,13 @@ class MongoBackend:
                 database = client.get_default_database("nexus")
             except InvalidName as exc:
                 raise ValueError(f"not a MongoDB URL: {url!r} ({exc})") from exc
-            hello = await client.admin.command("hello")
+            try:
+                hello = await client.admin.command("hello")
+            except PyMongoError as exc:
+                cause = mongo_cause(exc)
+                if cause is None:
+                    raise sanitized_mongo_error(exc) from None
+                raise StorageUnavailableError(cause) from None
             records = database.get_collection(RECORDS_COLLECTION)
             backend = cls(
                 client,

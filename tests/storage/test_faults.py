@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sqlite3
 import stat
 import uuid
@@ -15,8 +16,15 @@ import pytest
 from google.protobuf import api_pb2
 from sqlalchemy.exc import DBAPIError
 
-from nexus_grpc.storage import RECORDS_TABLE, Repository, Storage, StorageUnavailableError
+from nexus_grpc.storage import (
+    RECORDS_TABLE,
+    Repository,
+    Storage,
+    StorageFailure,
+    StorageUnavailableError,
+)
 from tests.fixtures.disk import SmallDisk
+from tests.fixtures.mongo import MongoServer
 from tests.fixtures.postgres import PostgresServer
 
 from . import connected
@@ -106,11 +114,8 @@ async def test_read_only_postgres_is_unavailable_until_repaired(
         await apis.create(_api("after"))
 
 
-async def test_postgres_stopped_connection_refused_is_unavailable(tmp_path: Path) -> None:
-    # A port nobody listens on: what a stopped server looks like.
-    import socket
-
-    with socket.socket() as free:
+async def test_postgres_stopped_connection_refused_is_unavailable() -> None:
+    with socket.socket() as free:  # a port nobody listens on: a stopped server
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     with pytest.raises(StorageUnavailableError, match="connection refused"):
@@ -220,3 +225,32 @@ async def _eventually(check: object, seconds: float = 10.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)
+
+
+async def test_a_mongodb_error_carries_no_document(
+    mongo_server: MongoServer, mongo_url: str
+) -> None:
+    async with connected(mongo_url) as storage:
+        apis = storage.namespace("tests/faults").repository(api_pb2.Api, id_field="name")
+        await apis.create(_api("before"))
+        # A validator every stored record fails: the server's error quotes the document.
+        client = mongo_server.client()
+        try:
+            client[mongo_url.rsplit("/", 1)[1]].command(
+                "collMod", RECORDS_TABLE, validator={"payload": {"$type": "string"}}
+            )
+        finally:
+            client.close()
+        with pytest.raises(StorageFailure) as raised:
+            await apis.create(_api("user-1", SECRET))
+    assert str(raised.value) == "MongoDB WriteError (121)"
+    assert raised.value.__suppress_context__  # the original is not shown in a traceback
+    assert not storage.health.failures  # our bug, not an outage
+
+
+async def test_an_unreachable_mongodb_is_unavailable() -> None:
+    with socket.socket() as free:  # a port nobody listens on: a stopped server
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with pytest.raises(StorageUnavailableError, match="no server reachable"):
+        await Storage.connect(f"mongodb://127.0.0.1:{port}/nexus?serverSelectionTimeoutMS=300")
