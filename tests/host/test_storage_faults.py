@@ -13,6 +13,7 @@ import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import unquote
 
 import grpc
 import httpx
@@ -26,6 +27,7 @@ from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 from nexus_grpc.config import EventsConfig, StorageConfig
 from nexus_grpc.events import seal
 from nexus_grpc.events.bus import UNAVAILABLE
+from nexus_grpc.gateway.grpcweb import decode_frames, encode_frame
 from nexus_grpc.storage import RECORDS_TABLE
 from nexus_grpc.testing import RunningHost, running_host
 from tests.fixtures.disk import SmallDisk
@@ -114,6 +116,15 @@ async def test_a_full_disk_is_unavailable_everywhere_and_events_wait_for_the_rep
                 assert answer.status_code == 503
                 assert answer.json()["message"] == "storage unavailable: disk full"
                 assert "INSERT" not in answer.text
+                # gRPC-Web: the same status in the trailer frame.
+                web = await client.post(
+                    "/nexus.orders.v1.OrdersService/CreateOrder",
+                    content=encode_frame(0, new_order("SKU-1", 1).SerializeToString()),
+                    headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+                )
+                [(_, trailer)] = [f for f in decode_frames(web.content) if f[0] == 0x80]
+                assert "grpc-status:14\r\n" in trailer.decode()
+                assert "grpc-message:storage unavailable: disk full" in unquote(trailer.decode())
                 scraped = (await client.get("/metrics")).text
             assert 'nexus_storage_unavailable_total{cause="disk full"}' in scraped
             assert "nexus_storage_healthy 0.0" in scraped
