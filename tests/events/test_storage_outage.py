@@ -6,6 +6,7 @@ handler is a plugin's usual one (inbox + write in one transaction).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +17,8 @@ from google.protobuf.message import Message
 
 from nexus_grpc.events import Delivery, MemoryBus
 from nexus_grpc.events.bus import UNAVAILABLE
-from nexus_grpc.events.outbox import Inbox
+from nexus_grpc.events.envelope import Envelope
+from nexus_grpc.events.outbox import OUTBOX_COLLECTION, Inbox, Outbox
 from nexus_grpc.events.redis_bus import RedisBus
 from tests.events.test_redis_bus import EVENT, event, eventually, groups_ready
 from tests.fixtures.disk import SmallDisk
@@ -87,3 +89,42 @@ async def test_a_storage_outage_never_dead_letters_and_the_event_is_handled_afte
         assert await bus.list_dead_letters() == []
         stored = namespace.repository(api_pb2.Api, id_field="name")
         assert (await stored.get("order-1")) is not None
+
+
+async def test_the_outbox_relay_keeps_its_rows_through_a_storage_outage(
+    small_disk: SmallDisk, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = MemoryBus(max_attempts=MAX_ATTEMPTS, backoff=0.01, max_backoff=0.05)
+    received: list[str] = []
+
+    async def handle(message: Message, delivery: Delivery) -> None:
+        received.append(delivery.envelope.id)
+
+    bus.subscribe(GROUP, EVENT, handle)
+    await bus.start()
+    try:
+        async with connected(f"sqlite:///{small_disk.path}/nexus.db") as storage:
+            namespace = storage.namespace("tests/publisher")
+            outbox = Outbox(bus, relay_after=0)
+            outbox.register("publisher", namespace, frozenset({EVENT}))
+            kept = event("order-2")
+            kept.source = "publisher"
+            await outbox.keep("publisher", kept)  # as when the bus refused it
+            rows = namespace.repository(Envelope, collection=OUTBOX_COLLECTION)
+
+            small_disk.fill()
+            try:
+                with caplog.at_level(logging.WARNING, logger="nexus.events"):
+                    for _ in range(3):
+                        assert await outbox.sweep() == 0
+                # Published maybe (at least once), but its row could not be deleted: kept.
+                assert (await rows.get(kept.id)) is not None
+                assert "outbox relay of publisher waits: UNAVAILABLE" in caplog.text
+                assert "Traceback" not in caplog.text
+            finally:
+                small_disk.free()
+            assert await outbox.sweep() == 1
+            assert (await rows.get(kept.id)) is None
+            await eventually(lambda: kept.id in received)
+    finally:
+        await bus.stop(grace=0)
