@@ -16,6 +16,7 @@ replaced by a sanitized one (:func:`sanitized_mongo_error`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 from collections.abc import Awaitable, Callable
@@ -107,7 +108,7 @@ class StorageHealth:
         if not self._healthy:
             return
         self._healthy = False
-        _log.error("storage unavailable: %s; probing until it works again", cause)
+        _log.error("storage unavailable: %s", cause, extra={"cause": cause})
         self._changed()
         self._spawn_probe()
 
@@ -138,7 +139,7 @@ class StorageHealth:
         for task in (self._task, self._notify):
             if task is not None and not task.done():
                 task.cancel()
-                with _suppress_cancel():
+                with contextlib.suppress(asyncio.CancelledError):
                     await task
 
     # -- internals ---------------------------------------------------------------------
@@ -179,14 +180,6 @@ class StorageHealth:
         while not self._healthy and not self._closed:
             await asyncio.sleep(self._interval)
             await self.probe_once()
-
-
-class _suppress_cancel:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> bool:
-        return exc_type is not None and issubclass(exc_type, asyncio.CancelledError)
 
 
 # -- classification ---------------------------------------------------------------------
