@@ -151,8 +151,12 @@ class Database:
         if self._sqlite is None:
             assert self._engine is not None
             with translate_errors(self.health):
-                async with self._engine.connect() as pg, pg.begin():
-                    yield pg
+                pg = await self._connect_postgres()
+                try:
+                    async with pg.begin():
+                        yield pg
+                finally:
+                    await pg.close()
             return
         options = {} if write else {_SQLITE_BEGIN: "DEFERRED"}
         with translate_errors(self.health):
@@ -160,6 +164,18 @@ class Database:
                 write=write, autocommit=statement_each, **options
             ) as conn:
                 yield conn
+
+    async def _connect_postgres(self) -> AsyncConnection:
+        assert self._engine is not None
+        try:
+            return await self._engine.connect().start()
+        except OSError as exc:
+            # asyncpg's connect errors (refused, reset, unreachable) arrive unwrapped.
+            # Only here: an OSError of a transaction's body is the body's own.
+            cause = os_cause(exc)
+            if cause is None:
+                raise
+            raise _unavailable(self.health, cause) from None
 
     async def probe(self) -> None:
         """A cheap write and read: rewrite the probe row in one transaction.
@@ -244,11 +260,6 @@ def translate_errors(health: StorageHealth | None = None) -> Iterator[None]:
             raise
         # "from None": the driver's error (its text holds the SQL) is not shown with
         # this one in a logged traceback; the cause says what went wrong.
-        raise _unavailable(health, cause) from None
-    except OSError as exc:  # asyncpg's connect errors (refused, reset) are not wrapped
-        cause = os_cause(exc)
-        if cause is None:
-            raise
         raise _unavailable(health, cause) from None
 
 
