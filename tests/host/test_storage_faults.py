@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import stat
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -229,3 +230,18 @@ async def test_a_storage_error_creating_a_user_logs_no_password_hash(
     assert "scrypt$" not in caplog.text
     assert username not in caplog.text
     assert "correct horse" not in caplog.text
+
+
+async def test_every_file_the_host_creates_in_its_data_dir_is_owner_only(tmp_path: Path) -> None:
+    data = tmp_path / "fresh" / "data"  # created by the host
+    async with running_host(
+        plugins=["auth", "orders"], plugin_dirs=[REPO / "plugins"], data_dir=data
+    ) as host:
+        orders = orders_pb2_grpc.OrdersServiceStub(host.channel(host.token()))
+        await orders.CreateOrder(new_order("SKU-1", 1))  # the WAL has something in it
+        found = {path.relative_to(data).as_posix(): path for path in data.rglob("*")}
+        assert {"nexus.db", "nexus.db-wal", "nexus.db-shm", "jwt-hs256.key"} <= set(found)
+        for name, path in found.items():
+            expected = 0o700 if path.is_dir() else 0o600
+            assert stat.S_IMODE(path.stat().st_mode) == expected, name
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
