@@ -215,6 +215,10 @@ class StorageConfig:
 
     #: SQLAlchemy async URL; empty means SQLite in ``<data_dir>/nexus.db``.
     url: str = ""
+    #: Seconds connecting to PostgreSQL (or finding a MongoDB server) may take before
+    #: the call fails UNAVAILABLE; a ``timeout`` / ``serverSelectionTimeoutMS`` in the
+    #: URL wins.
+    connect_timeout: float = 5.0
     #: Seconds between two health probes (a one-row write) while the storage is
     #: unavailable; health ``nexus.storage`` turns SERVING on the first that succeeds.
     probe_interval: float = 2.0

@@ -182,7 +182,9 @@ class Host:
                 gateway, self.config.http.address, reuse_port=self.config.server.reuse_port
             )
             self.http_port = self._http.bind()
-        self._storage = await Storage.connect(self.config.storage_url())
+        self._storage = await Storage.connect(
+            self.config.storage_url(), connect_timeout=self.config.storage.connect_timeout
+        )
         self._storage.health.on_change(self._on_storage_health)
         self._storage.start_probing(
             interval=self.config.storage.probe_interval, timeout=self.config.storage.probe_timeout

@@ -45,7 +45,9 @@ async def create_user(config: Config, username: str, password: str, roles: list[
     from nexus.auth.v1 import auth_pb2
 
     await asyncio.to_thread(make_private_dir, Path(config.data_dir))
-    storage = await Storage.connect(config.storage_url())
+    storage = await Storage.connect(
+        config.storage_url(), connect_timeout=config.storage.connect_timeout
+    )
     try:
         accounts = module.Accounts(storage.namespace(candidate.manifest.namespace))
         await accounts.ensure_built_in_roles()

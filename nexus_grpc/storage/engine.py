@@ -89,8 +89,15 @@ class Database:
         self.health = StorageHealth(self.probe)
 
     @classmethod
-    async def open(cls, url: str | URL, *, sqlite_busy_timeout: float = 5.0) -> Database:
-        """Create the engine for ``url`` (no connection is made yet)."""
+    async def open(
+        cls, url: str | URL, *, sqlite_busy_timeout: float = 5.0, connect_timeout: float = 5.0
+    ) -> Database:
+        """Create the engine for ``url`` (no connection is made yet).
+
+        ``connect_timeout``: seconds a PostgreSQL connect may take (asyncpg waits 60 by
+        default: an unreachable server would hold every call past its deadline instead
+        of failing UNAVAILABLE); a ``timeout`` in the URL wins.
+        """
         parsed = _normalise_url(url)
         backend = parsed.get_backend_name()
         if backend == "sqlite":
@@ -110,7 +117,9 @@ class Database:
                 engine, pool_size=_SQLITE_POOL_SIZE, write_timeout=sqlite_busy_timeout
             )
             return cls(dialect_for(backend), sqlite=driver)
-        return cls(dialect_for(backend), engine=create_async_engine(parsed, hide_parameters=True))
+        connect_args = {} if "timeout" in parsed.query else {"timeout": connect_timeout}
+        pg = create_async_engine(parsed, hide_parameters=True, connect_args=connect_args)
+        return cls(dialect_for(backend), engine=pg)
 
     @property
     def closed(self) -> bool:

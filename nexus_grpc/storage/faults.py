@@ -257,6 +257,8 @@ def postgres_cause(orig: BaseException) -> str | None:
 
 def os_cause(error: BaseException | None) -> str | None:
     """The cause of a connection or filesystem error, if ``error`` is one."""
+    if isinstance(error, TimeoutError) and not error.errno:
+        return "connect timeout"
     if isinstance(error, ConnectionError | TimeoutError):
         return _OS_CAUSES.get(error.errno or 0, "connection lost")
     if isinstance(error, OSError):

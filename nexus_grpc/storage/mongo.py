@@ -147,16 +147,28 @@ class MongoBackend:
 
     @classmethod
     async def open(
-        cls, url: str, *, create_schema: bool = True, lock_timeout: float = LOCK_TIMEOUT
+        cls,
+        url: str,
+        *,
+        create_schema: bool = True,
+        lock_timeout: float = LOCK_TIMEOUT,
+        connect_timeout: float = 5.0,
     ) -> MongoBackend:
         """Connect to ``url`` (``mongodb://host:port/db``; db defaults to ``nexus``).
+
+        ``connect_timeout`` is PyMongo's server selection timeout (its default, 30 s,
+        holds every call past its deadline while no server is reachable) unless the URL
+        sets ``serverSelectionTimeoutMS``.
 
         Pings the server, learns whether it runs transactions, and with
         ``create_schema`` creates the unique (ns, coll, id) index (idempotent).
         """
         try:
+            options: dict[str, Any] = {}
+            if "serverselectiontimeoutms" not in url.lower():
+                options["serverSelectionTimeoutMS"] = round(connect_timeout * 1000)
             client: AsyncMongoClient[Document] = AsyncMongoClient(
-                url, tz_aware=True, tzinfo=UTC, appname="nexus"
+                url, tz_aware=True, tzinfo=UTC, appname="nexus", **options
             )
         except (ConfigurationError, InvalidName, ValueError, TypeError) as exc:
             raise ValueError(f"not a MongoDB URL: {url!r} ({exc})") from exc

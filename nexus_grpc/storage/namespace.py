@@ -194,10 +194,17 @@ class SqlBackend:
 
     @classmethod
     async def open(
-        cls, url: str | URL, *, create_schema: bool, sqlite_busy_timeout: float
+        cls,
+        url: str | URL,
+        *,
+        create_schema: bool,
+        sqlite_busy_timeout: float,
+        connect_timeout: float = 5.0,
     ) -> SqlBackend:
         """Connect to ``url`` and create the schema if asked (see :meth:`Storage.connect`)."""
-        database = await Database.open(url, sqlite_busy_timeout=sqlite_busy_timeout)
+        database = await Database.open(
+            url, sqlite_busy_timeout=sqlite_busy_timeout, connect_timeout=connect_timeout
+        )
         try:
             if create_schema:
                 await database.create_schema()

@@ -32,6 +32,7 @@ class Storage:
         *,
         create_schema: bool = True,
         sqlite_busy_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
     ) -> Storage:
         """Connect to ``url`` and create the schema if it is missing.
 
@@ -41,7 +42,8 @@ class Storage:
         async client; see ``storage.mongo``). Schema creation is
         idempotent and safe when several processes start at once. ``sqlite_busy_timeout``
         is how many seconds a SQLite writer waits for another before failing with
-        ConflictError.
+        ConflictError; ``connect_timeout`` how long connecting to PostgreSQL or finding
+        a MongoDB server may take before the call fails UNAVAILABLE.
         """
         backend: Backend
         if isinstance(url, str) and url.startswith(_MONGODB_SCHEMES):
@@ -53,10 +55,15 @@ class Storage:
                     f"mongodb:// URLs need PyMongo (pip install pymongo): {exc}"
                 ) from exc
 
-            backend = await MongoBackend.open(url, create_schema=create_schema)
+            backend = await MongoBackend.open(
+                url, create_schema=create_schema, connect_timeout=connect_timeout
+            )
         else:
             backend = await SqlBackend.open(
-                url, create_schema=create_schema, sqlite_busy_timeout=sqlite_busy_timeout
+                url,
+                create_schema=create_schema,
+                sqlite_busy_timeout=sqlite_busy_timeout,
+                connect_timeout=connect_timeout,
             )
         return cls(backend)
 

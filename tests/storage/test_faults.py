@@ -3,6 +3,7 @@ succeeds; no error text or log carries bound parameters; the files are owner-onl
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -11,6 +12,7 @@ import sqlite3
 import stat
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -217,10 +219,7 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-async def _eventually(check: object, seconds: float = 10.0) -> None:
-    import asyncio
-
-    assert callable(check)
+async def _eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while not check():
@@ -259,5 +258,27 @@ async def test_an_unreachable_mongodb_is_unavailable() -> None:
     # PyMongo's async monitor leaves the socket of a refused connection to the garbage
     # collector (the client is closed): collect it here rather than in a later test.
     with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
+@pytest.mark.parametrize("scheme", ["postgresql+asyncpg", "mongodb"])
+async def test_a_server_that_never_answers_is_unavailable_after_the_connect_timeout(
+    scheme: str,
+) -> None:
+    user = "nobody@" if scheme.startswith("postgresql") else ""
+    # Listening but never accepting: the kernel completes the handshake, nobody answers.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        # Bounded well below the drivers' own defaults (asyncpg 60 s, PyMongo 30 s).
+        with pytest.raises(StorageUnavailableError) as raised:
+            async with asyncio.timeout(10):
+                await Storage.connect(
+                    f"{scheme}://{user}127.0.0.1:{port}/nexus", connect_timeout=0.5
+                )
+    assert raised.value.cause in ("connect timeout", "no server reachable")
+    with warnings.catch_warnings():  # as above: PyMongo's monitor leaves its socket to gc
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
