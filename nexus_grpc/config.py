@@ -297,6 +297,19 @@ class StorageConfig:
 
     #: SQLAlchemy async URL; empty means SQLite in ``<data_dir>/nexus.db``.
     url: str = ""
+    #: Seconds connecting to PostgreSQL (or finding a MongoDB server) may take before
+    #: the call fails UNAVAILABLE; a ``timeout`` / ``serverSelectionTimeoutMS`` in the
+    #: URL wins.
+    connect_timeout: float = 5.0
+    #: Seconds between two health probes (a one-row write) while the storage is
+    #: unavailable; health ``nexus.storage`` turns SERVING on the first that succeeds.
+    probe_interval: float = 2.0
+    #: Seconds one health probe may take before it counts as failed.
+    probe_timeout: float = 2.0
+    #: An unavailable storage turns the overall health ("") NOT_SERVING too, so load
+    #: balancers stop sending calls that could only fail; False reports it only under
+    #: ``nexus.storage``.
+    gates_overall_health: bool = True
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ __all__ = [
     "NotFoundError",
     "ShuttingDownError",
     "StatusError",
+    "is_unavailable",
     "to_status_proto",
 ]
 
@@ -143,6 +144,19 @@ class ConflictError(StatusError):
 
     def __init__(self, message: str) -> None:
         super().__init__(grpc.StatusCode.ABORTED, message, reason="CONFLICT")
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` (or an exception it was raised from, or while handling) is a
+    status UNAVAILABLE: storage or event bus unavailable, nothing the caller did."""
+    seen = 0
+    current: BaseException | None = error
+    while current is not None and seen < 8:  # bounded: chains can be long or cyclic
+        if isinstance(current, StatusError) and current.code == grpc.StatusCode.UNAVAILABLE:
+            return True
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return False
 
 
 class ShuttingDownError(StatusError):

@@ -44,7 +44,8 @@ from nexus_grpc.reflection import ReflectionServicer, reflection_bindings
 from nexus_grpc.routing import InFlight, Router
 from nexus_grpc.server import create_server
 from nexus_grpc.servicers import bind_servicer, build_routes
-from nexus_grpc.storage import Storage
+from nexus_grpc.storage import Storage, make_private_dir
+from nexus_grpc.storage.metrics import StorageMetrics
 from nexus_grpc.validation import ValidationStage
 
 __all__ = ["CORE_PLUGIN", "Host"]
@@ -53,6 +54,8 @@ __all__ = ["CORE_PLUGIN", "Host"]
 CORE_PLUGIN = "nexus"
 #: Health "service" name reporting the event bus.
 EVENTS_HEALTH = "nexus.events"
+#: Health "service" name reporting the storage (NOT_SERVING while it is unavailable).
+STORAGE_HEALTH = "nexus.storage"
 #: Storage namespace of the audit log: the host's own, out of every plugin's reach.
 AUDIT_NAMESPACE = "core/audit"
 
@@ -76,6 +79,8 @@ class Host:
         self.http_port = 0
         self._serving = False
         self._released = False
+        #: Whether start() has published the overall status (storage may change it then).
+        self._overall_published = False
         #: Prometheus metrics of every call, served at /metrics on the HTTP port.
         self.metrics = Metrics()
         #: Domain events between plugins.
@@ -170,7 +175,7 @@ class Host:
         )
 
     async def _start_parts(self) -> None:
-        await asyncio.to_thread(Path(self.config.data_dir).mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(make_private_dir, Path(self.config.data_dir))
         # Bind first: a taken port should fail before any plugin start hook runs.
         self._server, self.grpc_port = create_server(
             self.config.server, self.router, self.metrics.count_unknown
@@ -186,7 +191,14 @@ class Host:
                 limits=HttpLimits.from_config(self.config.http),
             )
             self.http_port = self._http.bind()
-        self._storage = await Storage.connect(self.config.storage_url())
+        self._storage = await Storage.connect(
+            self.config.storage_url(), connect_timeout=self.config.storage.connect_timeout
+        )
+        self._storage.health.on_change(self._on_storage_health)
+        self._storage.start_probing(
+            interval=self.config.storage.probe_interval, timeout=self.config.storage.probe_timeout
+        )
+        self.metrics.registry.register(StorageMetrics(self._storage.health))
         await self.cache.start()
         keys = await KeySet.load(self.config.auth, Path(self.config.data_dir))
         audit = AuditLog(self._storage.namespace(AUDIT_NAMESPACE))
@@ -219,11 +231,13 @@ class Host:
         await self.outbox.start()
         # A Redis bus that cannot reach Redis yet starts NOT_SERVING and flips when it can.
         await self.health.set(EVENTS_HEALTH, self._redis_bus.healthy() if self._redis_bus else True)
+        await self.health.set(STORAGE_HEALTH, self._storage.health.healthy)
         await self._server.start()
         self._serving = True
         if self._http is not None:
             await self._http.start()
-        await self.health.set(OVERALL, True)
+        await self.health.set(OVERALL, self._overall_serving())
+        self._overall_published = True
 
     def _build_stages(
         self, verifier: TokenVerifier, sessions: SessionGuard, audit: AuditLog
@@ -313,6 +327,19 @@ class Host:
             self.tokens.sessions.close()
         if self._buckets is not None:
             await self._buckets.aclose()
+
+    def _overall_serving(self) -> bool:
+        if self._storage is None or not self.config.storage.gates_overall_health:
+            return True
+        return self._storage.health.healthy
+
+    async def _on_storage_health(self, healthy: bool) -> None:
+        # After shut_down() everything stays NOT_SERVING, whatever the storage does.
+        if self._stopping is not None or self._released:
+            return
+        await self.health.set(STORAGE_HEALTH, healthy)
+        if self._overall_published:
+            await self.health.set(OVERALL, self._overall_serving())
 
     async def _on_events_health(self, healthy: bool) -> None:
         # After shut_down() everything stays NOT_SERVING, whatever Redis does.

@@ -147,13 +147,18 @@ async def running_host(
     cache: CacheConfig | None = None,
     access_log: bool = False,
     server: ServerConfig | None = None,
+    storage: StorageConfig | None = None,
 ) -> AsyncIterator[RunningHost]:
     """Start a host on a free port with ``plugins`` (None: every plugin found); stop it after.
 
     ``http=True`` (or an :class:`HttpConfig`) also starts the REST gateway on a free port;
     ``access_log=True`` logs a ``nexus.access`` line per call; ``server`` sets the gRPC
-    listener's limits (its address is always a free port).
+    listener's limits (its address is always a free port); ``storage`` sets the storage
+    options (its url is replaced by ``storage_url`` if given).
     """
+    storage = storage or StorageConfig()
+    if storage_url:
+        storage = replace(storage, url=storage_url)
     config = Config(
         data_dir=str(data_dir),
         server=replace(
@@ -170,7 +175,7 @@ async def running_host(
         limits=limits or LimitsConfig(),
         events=events or EventsConfig(),
         cache=cache or CacheConfig(),
-        storage=StorageConfig(url=storage_url),
+        storage=storage,
         log=LogConfig(access=access_log),
         plugin=dict(plugin_config or {}),
     )

@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError, Message
 from redis.exceptions import RedisError
 from redis.typing import StreamIdT
 
+from nexus_grpc.errors import is_unavailable
 from nexus_grpc.events._redis_health import RECONNECT_MAX, RECONNECT_MIN
 from nexus_grpc.events._redis_runtime import Runtime, cancel_and_wait
 from nexus_grpc.events._redis_streams import (
@@ -33,7 +34,15 @@ from nexus_grpc.events._redis_streams import (
     is_unreachable,
     text,
 )
-from nexus_grpc.events.bus import DEAD_LETTER, OK, RETRY, DeadLetter, Delivery, Handler
+from nexus_grpc.events.bus import (
+    DEAD_LETTER,
+    OK,
+    RETRY,
+    UNAVAILABLE,
+    DeadLetter,
+    Delivery,
+    Handler,
+)
 from nexus_grpc.events.envelope import Envelope, open_envelope
 from nexus_grpc.logs import request_id_var
 
@@ -385,34 +394,53 @@ class GroupWorker:
                 "(the consumers handling it stopped or crashed)",
                 entry.count - 1,
             )
+        outages = 0  # runs failed on an outage: not attempts
         while True:
             entry.started = True
             token = request_id_var.set(envelope.correlation_id)
+            attempts = 1  # what this run adds to the delivery count
             try:
                 await handler(event, Delivery(envelope, self.name, entry.count))
                 self.runtime.counters.count_handled(self.name, envelope.type, OK)
                 return "ack"
             except Exception as error:  # the plugin's failure: retried, then set aside
                 reason = f"{type(error).__name__}: {error}"
-                if entry.count >= settings.max_attempts:
+                if is_unavailable(error):
+                    # Storage or bus down: neither the event's nor the handler's fault.
+                    # Retried until it is back, without counting toward the dead letters.
+                    outages += 1
+                    attempts = 0
+                    self.runtime.counters.count_handled(self.name, envelope.type, UNAVAILABLE)
+                    delay = min(settings.backoff * 2 ** (outages - 1), settings.max_backoff)
+                    if outages == 1:
+                        _log.warning(
+                            "event %s (%s) waits in %s until the outage ends (%s); "
+                            "not counted as an attempt",
+                            envelope.id, envelope.type, self.name, reason,
+                        )  # fmt: skip
+                elif entry.count >= settings.max_attempts:
                     _log.error(
                         "event %s (%s) dead-lettered for %s after %d attempts",
                         envelope.id, envelope.type, self.name, entry.count, exc_info=True,
                     )  # fmt: skip
                     return _Dead(reason, entry.count)
-                self.runtime.counters.count_handled(self.name, envelope.type, RETRY)
-                delay = min(settings.backoff * 2 ** (entry.count - 1), settings.max_backoff)
-                _log.warning(
-                    "event %s (%s) failed in %s (attempt %d), retrying in %.2fs: %s",
-                    envelope.id, envelope.type, self.name, entry.count, delay, reason,
-                )  # fmt: skip
+                else:
+                    self.runtime.counters.count_handled(self.name, envelope.type, RETRY)
+                    delay = min(settings.backoff * 2 ** (entry.count - 1), settings.max_backoff)
+                    _log.warning(
+                        "event %s (%s) failed in %s (attempt %d), retrying in %.2fs: %s",
+                        envelope.id, envelope.type, self.name, entry.count, delay, reason,
+                    )  # fmt: skip
             finally:
                 request_id_var.reset(token)
             if await self._pause(delay) or entry.lost:
                 return None
-            # Count the attempt in Redis, so a consumer taking over knows how many ran.
+            # Count the attempt in Redis, so a consumer taking over knows how many ran
+            # (an outage adds none, but the touch still keeps the entry ours).
             [count] = await TOUCH(
-                self.runtime.client, [entry.stream], [self.name, self.runtime.consumer, 1, entry.id]
+                self.runtime.client,
+                [entry.stream],
+                [self.name, self.runtime.consumer, attempts, entry.id],
             )
             if count < 0:
                 entry.lost = True

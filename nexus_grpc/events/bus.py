@@ -5,6 +5,11 @@ consumes once, in publishing order, whatever the number of handlers it has. A ha
 that raises is retried with exponential backoff; after ``max_attempts`` the event is
 set aside as a dead letter for that group, and the group goes on with the next event.
 
+A handler failing with UNAVAILABLE (its storage or the bus is down: see
+:func:`~nexus_grpc.errors.is_unavailable`) did nothing wrong and neither did the event:
+it is retried with the same backoff, without counting an attempt, until the
+infrastructure is back. An outage never dead-letters an event.
+
 Operating a bus (:class:`EventOperations`): list and redrive dead letters, replay a
 group's history where the backend keeps one, and read each group's backlog.
 """
@@ -22,7 +27,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import grpc
 from google.protobuf.message import Message
 
-from nexus_grpc.errors import NotFoundError, StatusError
+from nexus_grpc.errors import NotFoundError, StatusError, is_unavailable
 from nexus_grpc.events.envelope import Envelope, open_envelope
 from nexus_grpc.logs import request_id_var
 
@@ -123,6 +128,9 @@ class GroupStats:
 
 #: Outcomes of one delivery attempt, as counted by :class:`EventCounters`.
 OK, RETRY, DEAD_LETTER = "ok", "retry", "dead_letter"
+#: A handler run that failed because storage or the bus was unavailable: retried
+#: without counting an attempt.
+UNAVAILABLE = "unavailable"
 
 
 class EventCounters:
@@ -138,7 +146,8 @@ class EventCounters:
         #: Event type -> events published.
         self.published: dict[str, int] = {}
         #: (group, event type, outcome) -> handler runs; outcome is ok, retry (failed,
-        #: will be retried) or dead_letter (failed for the last time, set aside).
+        #: will be retried), unavailable (failed on an outage: retried, not counted as
+        #: an attempt) or dead_letter (failed for the last time, set aside).
         self.handled: dict[tuple[str, str, str], int] = {}
 
     def count_published(self, event_type: str) -> None:
@@ -388,14 +397,38 @@ class MemoryBus:
         handler = entry.handlers[envelope.type]
         token = request_id_var.set(envelope.correlation_id)
         try:
-            for attempt in range(1, self._max_attempts + 1):
+            attempt = 1
+            outages = 0  # runs failed on an outage: not attempts
+            while True:
                 try:
                     await handler(open_envelope(envelope), Delivery(envelope, entry.name, attempt))
                     self.counters.count_handled(entry.name, envelope.type, OK)
+                    if outages:
+                        _log.info(
+                            "event %s (%s) handled by %s after the outage",
+                            envelope.id,
+                            envelope.type,
+                            entry.name,
+                        )
                     return
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:
+                    if is_unavailable(error):
+                        outages += 1
+                        self.counters.count_handled(entry.name, envelope.type, UNAVAILABLE)
+                        delay = self._delay(outages)
+                        if outages == 1:  # once per event: an outage is logged elsewhere
+                            _log.warning(
+                                "event %s (%s) waits in %s until the outage ends (%s); "
+                                "not counted as an attempt",
+                                envelope.id,
+                                envelope.type,
+                                entry.name,
+                                error,
+                            )
+                        await asyncio.sleep(delay)
+                        continue
                     if attempt == self._max_attempts:
                         self.counters.count_handled(entry.name, envelope.type, DEAD_LETTER)
                         self._dead.append(
@@ -417,7 +450,7 @@ class MemoryBus:
                         )
                         return
                     self.counters.count_handled(entry.name, envelope.type, RETRY)
-                    delay = min(self._backoff * 2 ** (attempt - 1), self._max_backoff)
+                    delay = self._delay(attempt)
                     _log.warning(
                         "event %s (%s) failed in %s (attempt %d), retrying in %.2fs: %s",
                         envelope.id,
@@ -428,8 +461,12 @@ class MemoryBus:
                         error,
                     )
                     await asyncio.sleep(delay)
+                    attempt += 1
         finally:
             request_id_var.reset(token)
+
+    def _delay(self, failures: int) -> float:
+        return float(min(self._backoff * 2 ** (failures - 1), self._max_backoff))
 
 
 if TYPE_CHECKING:  # the protocol stays satisfied (nothing else checks it statically)

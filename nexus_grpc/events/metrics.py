@@ -4,8 +4,9 @@ Counters of this process, kept by the bus as plain numbers (:class:`EventCounter
 
 * ``nexus_events_published_total{type}``
 * ``nexus_events_handled_total{group,type,outcome}``, outcome ``ok``, ``retry`` (the
-  handler failed and the event will be retried) or ``dead_letter`` (failed for the
-  last time, set aside)
+  handler failed and the event will be retried), ``unavailable`` (it failed because
+  storage or the bus was down: retried without counting an attempt) or
+  ``dead_letter`` (failed for the last time, set aside)
 
 Labels come from what this process declared, never from event data: ``type`` is a
 type its plugins publish or the group consumes (on Redis, an entry of a stray type in a

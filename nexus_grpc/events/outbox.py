@@ -27,8 +27,9 @@ process, with the plugin as their source: a row of a type a newer version of the
 publishes (a rolling upgrade) is left to a process that declares it, and a row naming
 another plugin as its source is never published. An outbox that cannot be read (its
 storage fails, a row no longer decodes) holds back its own plugin's relay only, logged
-until it can be read again; a type the bus refuses waits for the next sweep while the
-other types go on.
+until it can be read again; its rows stay, whatever the outage lasts (an unavailable
+storage is a warning, not a traceback). A type the bus refuses waits for the next sweep
+while the other types go on.
 
 **Order.** Events published while the bus is up reach it in commit order of each
 task. Events held back during an outage are relayed after it, oldest first, and may
@@ -51,7 +52,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from nexus_grpc.errors import AlreadyExistsError, ConflictError
+from nexus_grpc.errors import AlreadyExistsError, ConflictError, is_unavailable
 from nexus_grpc.events.bus import Delivery, EventBus
 from nexus_grpc.events.envelope import Envelope
 from nexus_grpc.events.redis_bus import BusUnavailableError
@@ -167,9 +168,12 @@ class Outbox:
             try:
                 await self._delete_published(entry)
                 relayed += await self._relay_source(entry, refused)
-            except Exception:
+            except Exception as error:
                 if not entry.failing:
-                    _log.exception("outbox relay of %s failed; retrying", entry.name)
+                    if is_unavailable(error):  # the rows stay; storage health tells more
+                        _log.warning("outbox relay of %s waits: %s", entry.name, error)
+                    else:
+                        _log.exception("outbox relay of %s failed; retrying", entry.name)
                 entry.failing = True
                 continue
             if entry.failing:
@@ -295,8 +299,11 @@ class Outbox:
         for inbox in self._inboxes:
             try:
                 await inbox.prune(self._clock())
-            except Exception:  # the next pruning retries; the other inboxes go on
-                _log.exception("pruning the inbox of %s failed", inbox.namespace)
+            except Exception as error:  # the next pruning retries; the other inboxes go on
+                if is_unavailable(error):
+                    _log.warning("pruning the inbox of %s waits: %s", inbox.namespace, error)
+                else:
+                    _log.exception("pruning the inbox of %s failed", inbox.namespace)
 
 
 class Inbox:

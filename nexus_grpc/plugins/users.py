@@ -14,7 +14,7 @@ from nexus_grpc.config import Config
 from nexus_grpc.errors import StatusError
 from nexus_grpc.plugins.discovery import discover
 from nexus_grpc.plugins.loader import PluginError, import_plugin
-from nexus_grpc.storage import Storage
+from nexus_grpc.storage import Storage, make_private_dir
 
 __all__ = ["AUTH_PLUGIN", "UserCreationError", "create_user"]
 
@@ -44,8 +44,10 @@ async def create_user(config: Config, username: str, password: str, roles: list[
     module = sys.modules[candidate.module]
     from nexus.auth.v1 import auth_pb2
 
-    await asyncio.to_thread(Path(config.data_dir).mkdir, parents=True, exist_ok=True)
-    storage = await Storage.connect(config.storage_url())
+    await asyncio.to_thread(make_private_dir, Path(config.data_dir))
+    storage = await Storage.connect(
+        config.storage_url(), connect_timeout=config.storage.connect_timeout
+    )
     try:
         accounts = module.Accounts(storage.namespace(candidate.manifest.namespace))
         await accounts.ensure_built_in_roles()

@@ -12,6 +12,8 @@ MongoDB URLs (``mongodb://host:port/db``) need PyMongo; see :mod:`.mongo`.
 """
 
 from .errors import InvalidQueryError
+from .faults import StorageFailure, StorageHealth, StorageUnavailableError
+from .files import make_private_dir
 from .index import IndexValue, index_document
 from .namespace import Namespace, UnitOfWork, validate_namespace
 from .query import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
@@ -30,7 +32,11 @@ __all__ = [
     "Record",
     "Repository",
     "Storage",
+    "StorageFailure",
+    "StorageHealth",
+    "StorageUnavailableError",
     "UnitOfWork",
     "index_document",
+    "make_private_dir",
     "validate_namespace",
 ]

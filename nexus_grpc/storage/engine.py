@@ -14,17 +14,25 @@ SQLite needs care to behave like a server database under concurrency:
   ``_sqlite``). The busy timeout still covers writers in other processes.
 
 PostgreSQL goes through SQLAlchemy's async engine on asyncpg.
+
+Both engines hide bound parameters (``hide_parameters``): a failing INSERT would
+otherwise put a user's document (a password record's hash) into the exception text
+and the log. Infrastructure failures become StorageUnavailableError (see ``faults``).
+The SQLite file and its ``-wal``/``-shm`` siblings are created owner-only (0600) in an
+owner-only directory (0700): they hold every plugin's data.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, and_, create_engine, event, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -33,7 +41,9 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from nexus_grpc.errors import ConflictError
 
 from ._sqlite import SqliteConnection, SqliteDriver
-from .schema import metadata
+from .faults import StorageHealth, StorageUnavailableError, os_cause, postgres_cause, sqlite_cause
+from .files import prepare_sqlite_files
+from .schema import metadata, records
 from .sql import SqlDialect, dialect_for
 
 __all__ = ["Database", "SqlConnection", "translate_errors"]
@@ -54,6 +64,11 @@ _SCHEMA_LOCK_KEY = 0x6E657875_73000001  # "nexus" + 1, any constant unique to th
 #: lock not available.
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 
+#: The row the health probe rewrites: a namespace of the host's own, out of plugins' reach.
+PROBE_NAMESPACE, PROBE_COLLECTION, PROBE_ID = "core/health", "nexus.storage.probe", "probe"
+
+_log = logging.getLogger("nexus.storage")
+
 
 class Database:
     """A SQLAlchemy engine (SQLite or PostgreSQL) plus what the storage needs to know
@@ -70,18 +85,28 @@ class Database:
         self._engine = engine
         self._sqlite = sqlite
         self._closed = False
+        #: Infrastructure failures seen, and whether the database works.
+        self.health = StorageHealth(self.probe)
 
     @classmethod
-    async def open(cls, url: str | URL, *, sqlite_busy_timeout: float = 5.0) -> Database:
-        """Create the engine for ``url`` (no connection is made yet)."""
+    async def open(
+        cls, url: str | URL, *, sqlite_busy_timeout: float = 5.0, connect_timeout: float = 5.0
+    ) -> Database:
+        """Create the engine for ``url`` (no connection is made yet).
+
+        ``connect_timeout``: seconds a PostgreSQL connect may take (asyncpg waits 60 by
+        default: an unreachable server would hold every call past its deadline instead
+        of failing UNAVAILABLE); a ``timeout`` in the URL wins.
+        """
         parsed = _normalise_url(url)
         backend = parsed.get_backend_name()
         if backend == "sqlite":
             assert parsed.database  # checked by _normalise_url
             if not parsed.query.get("uri"):
-                await asyncio.to_thread(_make_parent_dir, parsed.database)
+                await asyncio.to_thread(prepare_sqlite_files, parsed.database)
             engine = create_engine(
                 parsed,
+                hide_parameters=True,
                 # Connections move between the driver's threads, one step at a time.
                 connect_args={"timeout": sqlite_busy_timeout, "check_same_thread": False},
                 pool_size=_SQLITE_POOL_SIZE,
@@ -92,7 +117,9 @@ class Database:
                 engine, pool_size=_SQLITE_POOL_SIZE, write_timeout=sqlite_busy_timeout
             )
             return cls(dialect_for(backend), sqlite=driver)
-        return cls(dialect_for(backend), engine=create_async_engine(parsed))
+        connect_args = {} if "timeout" in parsed.query else {"timeout": connect_timeout}
+        pg = create_async_engine(parsed, hide_parameters=True, connect_args=connect_args)
+        return cls(dialect_for(backend), engine=pg)
 
     @property
     def closed(self) -> bool:
@@ -132,16 +159,57 @@ class Database:
             raise RuntimeError("the storage is closed")
         if self._sqlite is None:
             assert self._engine is not None
-            with translate_errors():
-                async with self._engine.connect() as pg, pg.begin():
-                    yield pg
+            with translate_errors(self.health):
+                pg = await self._connect_postgres()
+                try:
+                    async with pg.begin():
+                        yield pg
+                finally:
+                    await pg.close()
             return
         options = {} if write else {_SQLITE_BEGIN: "DEFERRED"}
-        with translate_errors():
+        with translate_errors(self.health):
             async with self._sqlite.transaction(
                 write=write, autocommit=statement_each, **options
             ) as conn:
                 yield conn
+
+    async def _connect_postgres(self) -> AsyncConnection:
+        assert self._engine is not None
+        try:
+            return await self._engine.connect().start()
+        except OSError as exc:
+            # asyncpg's connect errors (refused, reset, unreachable) arrive unwrapped.
+            # Only here: an OSError of a transaction's body is the body's own.
+            cause = os_cause(exc)
+            if cause is None:
+                raise
+            raise _unavailable(self.health, cause) from None
+
+    async def probe(self) -> None:
+        """A cheap write and read: rewrite the probe row in one transaction.
+
+        A write, not a ping: a read-only or full database still answers reads.
+        """
+        key = and_(
+            records.c.namespace == PROBE_NAMESPACE,
+            records.c.collection == PROBE_COLLECTION,
+            records.c.id == PROBE_ID,
+        )
+        now = datetime.now(UTC)
+        row = self.dialect.insert().values(
+            namespace=PROBE_NAMESPACE,
+            collection=PROBE_COLLECTION,
+            id=PROBE_ID,
+            payload=now.isoformat().encode(),
+            index_doc={},
+            version=1,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self.transaction(write=True) as conn:
+            await conn.execute(records.delete().where(key))
+            await conn.execute(row)
 
 
 def _normalise_url(url: str | URL) -> URL:
@@ -162,10 +230,6 @@ def _normalise_url(url: str | URL) -> URL:
     raise ValueError(
         f"unsupported database {backend!r}: use sqlite (sqlite:///path) or postgresql+asyncpg"
     )
-
-
-def _make_parent_dir(database: str) -> None:
-    Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _configure_sqlite(engine: Engine, *, busy_timeout_ms: int) -> None:
@@ -191,15 +255,35 @@ def _configure_sqlite(engine: Engine, *, busy_timeout_ms: int) -> None:
 
 
 @contextmanager
-def translate_errors() -> Iterator[None]:
-    """Turn lock timeouts, deadlocks and serialization failures into ConflictError."""
+def translate_errors(health: StorageHealth | None = None) -> Iterator[None]:
+    """Turn lock timeouts, deadlocks and serialization failures into ConflictError, and
+    infrastructure failures into StorageUnavailableError (reported to ``health``)."""
     try:
         yield
     except DBAPIError as exc:
         conflict = _conflict_for(exc)
-        if conflict is None:
+        if conflict is not None:
+            raise conflict from exc
+        cause = _unavailable_cause(exc)
+        if cause is None:
             raise
-        raise conflict from exc
+        # "from None": the driver's error (its text holds the SQL) is not shown with
+        # this one in a logged traceback; the cause says what went wrong.
+        raise _unavailable(health, cause) from None
+
+
+def _unavailable(health: StorageHealth | None, cause: str) -> StorageUnavailableError:
+    if health is not None:
+        health.report(cause)
+    return StorageUnavailableError(cause)
+
+
+def _unavailable_cause(exc: DBAPIError) -> str | None:
+    if isinstance(exc.orig, sqlite3.Error):
+        return sqlite_cause(exc.orig)
+    if exc.connection_invalidated:
+        return "connection lost"
+    return postgres_cause(exc.orig) if exc.orig is not None else None
 
 
 def _conflict_for(exc: DBAPIError) -> ConflictError | None:

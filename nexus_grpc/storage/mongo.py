@@ -58,8 +58,8 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -80,6 +80,8 @@ from pymongo.write_concern import WriteConcern
 from nexus_grpc.errors import AlreadyExistsError, ConflictError, NotFoundError
 
 from . import mongo_query
+from .engine import PROBE_COLLECTION, PROBE_ID, PROBE_NAMESPACE
+from .faults import StorageHealth, StorageUnavailableError, mongo_cause, sanitized_mongo_error
 from .index import descriptor_of
 from .namespace import RepositoryScope
 from .query import DEFAULT_PAGE_SIZE, ListQuery, build_query, check_page_size
@@ -140,19 +142,33 @@ class MongoBackend:
         self._closed = False
         self._sort_indexes: set[str] = set()
         self._normalised: set[tuple[str, str, str]] = set()
+        #: Infrastructure failures seen, and whether the database works.
+        self.health = StorageHealth(self.probe)
 
     @classmethod
     async def open(
-        cls, url: str, *, create_schema: bool = True, lock_timeout: float = LOCK_TIMEOUT
+        cls,
+        url: str,
+        *,
+        create_schema: bool = True,
+        lock_timeout: float = LOCK_TIMEOUT,
+        connect_timeout: float = 5.0,
     ) -> MongoBackend:
         """Connect to ``url`` (``mongodb://host:port/db``; db defaults to ``nexus``).
+
+        ``connect_timeout`` is PyMongo's server selection timeout (its default, 30 s,
+        holds every call past its deadline while no server is reachable) unless the URL
+        sets ``serverSelectionTimeoutMS``.
 
         Pings the server, learns whether it runs transactions, and with
         ``create_schema`` creates the unique (ns, coll, id) index (idempotent).
         """
         try:
+            options: dict[str, Any] = {}
+            if "serverselectiontimeoutms" not in url.lower():
+                options["serverSelectionTimeoutMS"] = round(connect_timeout * 1000)
             client: AsyncMongoClient[Document] = AsyncMongoClient(
-                url, tz_aware=True, tzinfo=UTC, appname="nexus"
+                url, tz_aware=True, tzinfo=UTC, appname="nexus", **options
             )
         except (ConfigurationError, InvalidName, ValueError, TypeError) as exc:
             raise ValueError(f"not a MongoDB URL: {url!r} ({exc})") from exc
@@ -161,7 +177,13 @@ class MongoBackend:
                 database = client.get_default_database("nexus")
             except InvalidName as exc:
                 raise ValueError(f"not a MongoDB URL: {url!r} ({exc})") from exc
-            hello = await client.admin.command("hello")
+            try:
+                hello = await client.admin.command("hello")
+            except PyMongoError as exc:
+                cause = mongo_cause(exc)
+                if cause is None:
+                    raise sanitized_mongo_error(exc) from None
+                raise StorageUnavailableError(cause) from None
             records = database.get_collection(RECORDS_COLLECTION)
             backend = cls(
                 client,
@@ -187,8 +209,35 @@ class MongoBackend:
         """Whether the server runs multi-document transactions (a replica set or mongos)."""
         return self._no_transactions is None
 
+    async def probe(self) -> None:
+        """A cheap write: rewrite the probe record (a read-only or full server fails)."""
+        key = mongo_query.record_key(PROBE_NAMESPACE, PROBE_COLLECTION, PROBE_ID)
+        fields = {"ns": PROBE_NAMESPACE, "coll": PROBE_COLLECTION, "id": PROBE_ID}
+        with self.translate_errors():
+            await self.records.update_one(
+                {"_id": key}, {"$set": {**fields, "updated_at": _now()}}, upsert=True
+            )
+
+    @contextmanager
+    def translate_errors(self) -> Iterator[None]:
+        """Infrastructure failures to StorageUnavailableError (and health), other PyMongo
+        errors to a StorageFailure without their text; duplicates pass (callers want them)."""
+        try:
+            yield
+        except DuplicateKeyError:
+            raise
+        except PyMongoError as exc:
+            if _is_conflict(exc):
+                raise
+            cause = mongo_cause(exc)
+            if cause is None:
+                raise sanitized_mongo_error(exc) from None
+            self.health.report(cause)
+            raise StorageUnavailableError(cause) from None
+
     async def close(self) -> None:
         """Close the client's connections; idempotent."""
+        await self.health.close()
         if not self._closed:
             self._closed = True
             await self._client.close()
@@ -208,16 +257,17 @@ class MongoBackend:
         self.check_open()
         if self._no_transactions is not None:
             raise TransactionsUnsupportedError(self._no_transactions)
-        async with self._client.start_session() as session:
-            scope = _TransactionScope(self, namespace, session)
-            await scope.begin()
-            try:
-                yield scope
-            except BaseException:
-                await scope.finish(commit=False)
-                raise
-            else:
-                await scope.finish(commit=True)
+        with self.translate_errors():
+            async with self._client.start_session() as session:
+                scope = _TransactionScope(self, namespace, session)
+                await scope.begin()
+                try:
+                    yield scope
+                except BaseException:
+                    await scope.finish(commit=False)
+                    raise
+                else:
+                    await scope.finish(commit=True)
 
     async def prepare_list(
         self, namespace: str, collection: str, descriptor: Descriptor, query: ListQuery
@@ -294,7 +344,8 @@ class _AutocommitScope:
     async def run(self, operation: Operation[T], *, write: bool) -> T:
         """Run ``operation`` without a session."""
         self.backend.check_open()
-        return await operation(None)
+        with self.backend.translate_errors():
+            return await operation(None)
 
     def repository(self, message_type: type[M], *, collection: str, id_field: str) -> Repository[M]:
         """A repository whose every call stands alone."""
@@ -348,27 +399,31 @@ class _TransactionScope:
                 raise ConflictError(
                     "this unit of work's transaction was aborted by a conflict; start a new one"
                 )
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.backend.lock_timeout
-            delay = 0.002
-            while True:
-                self.backend.check_open()
-                try:
-                    result = await operation(self._session)
-                except PyMongoError as exc:
-                    if not _is_conflict(exc):
-                        raise
-                    if self._wrote or loop.time() >= deadline:
-                        # The server aborted the transaction: its writes are gone.
-                        self._failed = _conflict()
-                        raise self._failed from exc
-                    await self._session.abort_transaction()
-                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                    delay = min(delay * 2, 0.05)
-                    await self.begin()
-                    continue
-                self._wrote = self._wrote or write
-                return result
+            with self.backend.translate_errors():
+                return await self._run_retrying(operation, write=write)
+
+    async def _run_retrying(self, operation: Operation[T], *, write: bool) -> T:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.backend.lock_timeout
+        delay = 0.002
+        while True:
+            self.backend.check_open()
+            try:
+                result = await operation(self._session)
+            except PyMongoError as exc:
+                if not _is_conflict(exc):
+                    raise
+                if self._wrote or loop.time() >= deadline:
+                    # The server aborted the transaction: its writes are gone.
+                    self._failed = _conflict()
+                    raise self._failed from exc
+                await self._session.abort_transaction()
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 0.05)
+                await self.begin()
+                continue
+            self._wrote = self._wrote or write
+            return result
 
     def repository(self, message_type: type[M], *, collection: str, id_field: str) -> Repository[M]:
         """A repository whose calls join this transaction."""
@@ -461,8 +516,9 @@ class MongoRepository(Repository[M]):
 
         try:
             await self._mongo.run(insert, write=True)
-        except DuplicateKeyError as exc:
-            raise AlreadyExistsError(self._collection_name, record_id) from exc
+        except DuplicateKeyError:
+            # Not chained: its text holds the key values of the duplicate.
+            raise AlreadyExistsError(self._collection_name, record_id) from None
         return created
 
     async def get(self, id: str, *, for_update: bool = False) -> M | None:
@@ -590,7 +646,8 @@ class MongoRepository(Repository[M]):
         if not self._mongo.in_transaction:
             # Index builds inside a transaction would wait for the transaction's locks.
             backend.check_open()
-            await backend.prepare_list(namespace, self._collection_name, descriptor, query)
+            with backend.translate_errors():
+                await backend.prepare_list(namespace, self._collection_name, descriptor, query)
 
         async def read(session: AsyncClientSession | None) -> list[Document]:
             cursor = backend.records.find(

@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from sqlalchemy.engine import URL
 
 from .engine import Database, SqlConnection, translate_errors
+from .faults import StorageHealth
 from .repository import M, Repository, check_id_field
 from .schema import MAX_KEY_LENGTH
 from .sql import SqlDialect
@@ -92,6 +93,15 @@ class Backend(Protocol):
         """Whether :meth:`close` was called."""
         ...
 
+    @property
+    def health(self) -> StorageHealth:
+        """Infrastructure failures seen, and whether the database works."""
+        ...
+
+    async def probe(self) -> None:
+        """A cheap write and read; raises StorageUnavailableError when it fails."""
+        ...
+
     async def close(self) -> None:
         """Release every connection; idempotent."""
         ...
@@ -149,8 +159,11 @@ class _AutocommitScope:
 class _TransactionScope:
     """Inside a unit of work: every operation runs on its one connection."""
 
-    def __init__(self, namespace: str, dialect: SqlDialect, conn: SqlConnection) -> None:
+    def __init__(
+        self, namespace: str, dialect: SqlDialect, conn: SqlConnection, health: StorageHealth
+    ) -> None:
         self.namespace = namespace
+        self._health = health
         self.dialect = dialect
         self.in_transaction = True
         self.active = True
@@ -166,7 +179,7 @@ class _TransactionScope:
             # Checked once this task's turn has come: the unit may have ended meanwhile.
             if not self.active:
                 raise RuntimeError("this unit of work's transaction has ended")
-            with translate_errors():
+            with translate_errors(self._health):
                 yield self._conn
 
     def repository(self, message_type: type[M], *, collection: str, id_field: str) -> Repository[M]:
@@ -181,10 +194,17 @@ class SqlBackend:
 
     @classmethod
     async def open(
-        cls, url: str | URL, *, create_schema: bool, sqlite_busy_timeout: float
+        cls,
+        url: str | URL,
+        *,
+        create_schema: bool,
+        sqlite_busy_timeout: float,
+        connect_timeout: float = 5.0,
     ) -> SqlBackend:
         """Connect to ``url`` and create the schema if asked (see :meth:`Storage.connect`)."""
-        database = await Database.open(url, sqlite_busy_timeout=sqlite_busy_timeout)
+        database = await Database.open(
+            url, sqlite_busy_timeout=sqlite_busy_timeout, connect_timeout=connect_timeout
+        )
         try:
             if create_schema:
                 await database.create_schema()
@@ -203,8 +223,18 @@ class SqlBackend:
         """Whether :meth:`close` was called."""
         return self._database.closed
 
+    @property
+    def health(self) -> StorageHealth:
+        """Infrastructure failures seen, and whether the database works."""
+        return self._database.health
+
+    async def probe(self) -> None:
+        """Rewrite the probe row (see :meth:`Database.probe`)."""
+        await self._database.probe()
+
     async def close(self) -> None:
         """Close every pooled connection."""
+        await self._database.health.close()
         await self._database.close()
 
     def scope(self, namespace: str) -> RepositoryScope:
@@ -215,7 +245,9 @@ class SqlBackend:
     async def transaction(self, namespace: str) -> AsyncIterator[RepositoryScope]:
         """One database transaction on one connection (see :meth:`Namespace.transaction`)."""
         async with self._database.transaction(write=True) as conn:
-            scope = _TransactionScope(namespace, self._database.dialect, conn)
+            scope = _TransactionScope(
+                namespace, self._database.dialect, conn, self._database.health
+            )
             try:
                 yield scope
             finally:

@@ -6,6 +6,7 @@ from types import TracebackType
 
 from sqlalchemy.engine import URL
 
+from .faults import StorageHealth
 from .namespace import Backend, Namespace, SqlBackend
 
 __all__ = ["Storage"]
@@ -31,6 +32,7 @@ class Storage:
         *,
         create_schema: bool = True,
         sqlite_busy_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
     ) -> Storage:
         """Connect to ``url`` and create the schema if it is missing.
 
@@ -40,7 +42,8 @@ class Storage:
         async client; see ``storage.mongo``). Schema creation is
         idempotent and safe when several processes start at once. ``sqlite_busy_timeout``
         is how many seconds a SQLite writer waits for another before failing with
-        ConflictError.
+        ConflictError; ``connect_timeout`` how long connecting to PostgreSQL or finding
+        a MongoDB server may take before the call fails UNAVAILABLE.
         """
         backend: Backend
         if isinstance(url, str) and url.startswith(_MONGODB_SCHEMES):
@@ -52,10 +55,15 @@ class Storage:
                     f"mongodb:// URLs need PyMongo (pip install pymongo): {exc}"
                 ) from exc
 
-            backend = await MongoBackend.open(url, create_schema=create_schema)
+            backend = await MongoBackend.open(
+                url, create_schema=create_schema, connect_timeout=connect_timeout
+            )
         else:
             backend = await SqlBackend.open(
-                url, create_schema=create_schema, sqlite_busy_timeout=sqlite_busy_timeout
+                url,
+                create_schema=create_schema,
+                sqlite_busy_timeout=sqlite_busy_timeout,
+                connect_timeout=connect_timeout,
             )
         return cls(backend)
 
@@ -63,6 +71,21 @@ class Storage:
     def dialect(self) -> str:
         """``"sqlite"``, ``"postgresql"`` or ``"mongodb"``."""
         return self._backend.name
+
+    @property
+    def health(self) -> StorageHealth:
+        """Infrastructure failures seen (counts by cause), whether the database works,
+        and the probe that tells when it works again."""
+        return self._backend.health
+
+    def start_probing(self, *, interval: float = 2.0, timeout: float = 2.0) -> None:
+        """While unhealthy, probe the database every ``interval`` seconds (each probe
+        bounded by ``timeout``) and turn healthy on the first success."""
+        self._backend.health.start_probing(interval=interval, timeout=timeout)
+
+    async def probe(self) -> bool:
+        """Probe the database now; whether it works (and health says so from now)."""
+        return await self._backend.health.probe_once()
 
     @property
     def closed(self) -> bool:
