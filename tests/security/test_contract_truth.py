@@ -47,7 +47,7 @@ async def http(host: RunningHost) -> AsyncIterator[httpx.AsyncClient]:
 async def _create(http: httpx.AsyncClient, order_id: str) -> None:
     created = await http.post(
         f"/v1/orders?orderId={order_id}",
-        json={"customerId": "c", "currencyCode": "EUR", "items": [{"sku": "S", "quantity": 1}]},
+        json={"customerId": "c", "currencyCode": "EUR", "items": [{"sku": "PEN-7", "quantity": 1}]},
     )
     assert created.status_code == 200, created.text
 

@@ -197,7 +197,7 @@ async def test_slow_handler_and_quiet_server_stream_are_not_cut(make_host: Any) 
         assert reply.status_code == 200 and reply.json() == {"sleptMillis": 2000}
 
     token = host.token()
-    order = {"customerId": "w", "currencyCode": "EUR", "items": [{"sku": "S", "quantity": 1}]}
+    order = {"customerId": "w", "currencyCode": "EUR", "items": [{"sku": "PEN-7", "quantity": 1}]}
     auth = {"authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=host.http_url, timeout=PATIENCE) as client:
         assert (await client.post("/v1/orders", json=order, headers=auth)).status_code == 200

@@ -406,7 +406,7 @@ async def test_an_open_stream_stops_at_its_next_message_once_revoked(tmp_path: P
             return await orders.CreateOrder(
                 orders_pb2.CreateOrderRequest(
                     order=orders_pb2.Order(
-                        currency_code="EUR", items=[orders_pb2.LineItem(sku="S", quantity=1)]
+                        currency_code="EUR", items=[orders_pb2.LineItem(sku="PEN-7", quantity=1)]
                     )
                 )
             )
@@ -426,7 +426,7 @@ async def test_an_open_stream_stops_at_its_next_message_once_revoked(tmp_path: P
                 order=orders_pb2.Order(
                     customer_id="olga",
                     currency_code="EUR",
-                    items=[orders_pb2.LineItem(sku="S", quantity=1)],
+                    items=[orders_pb2.LineItem(sku="PEN-7", quantity=1)],
                 )
             )
         )

@@ -43,7 +43,7 @@ def new_order(customer: str) -> orders_pb2.CreateOrderRequest:
         order=orders_pb2.Order(
             customer_id=customer,
             currency_code="EUR",
-            items=[orders_pb2.LineItem(sku="SKU-1", quantity=1, unit_price_cents=100)],
+            items=[orders_pb2.LineItem(sku="PEN-7", quantity=1)],
         )
     )
 

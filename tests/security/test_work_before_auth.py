@@ -173,7 +173,7 @@ async def test_undecodable_grpc_message_is_invalid_argument_counted_logged_witho
 
     access = [r for r in caplog.records if r.name == "nexus.access"]
     assert [(getattr(r, "method", ""), getattr(r, "code", "")) for r in access] == [
-        (GET_ORDER, "INVALID_ARGUMENT")
+        (GET_ORDER, "InvalidArgument")
     ]
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert not any(r.exc_info for r in caplog.records)
