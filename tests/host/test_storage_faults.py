@@ -85,8 +85,8 @@ async def test_a_full_disk_is_unavailable_everywhere_and_events_wait_for_the_rep
         channel = host.channel(host.token())
         orders = orders_pb2_grpc.OrdersServiceStub(channel)
         inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
-        await inventory.SetStock(inventory_pb2.SetStockRequest(sku="SKU-1", available=5))
-        created = await orders.CreateOrder(new_order("SKU-1", 2))
+        await inventory.SetStock(inventory_pb2.SetStockRequest(sku="PEN-7", available=5))
+        created = await orders.CreateOrder(new_order("PEN-7", 2))
 
         async def confirmed() -> bool:
             got = await orders.GetOrder(orders_pb2.GetOrderRequest(id=created.id))
@@ -99,7 +99,7 @@ async def test_a_full_disk_is_unavailable_everywhere_and_events_wait_for_the_rep
         try:
             # gRPC: UNAVAILABLE with a short cause, no SQL.
             with pytest.raises(grpc.aio.AioRpcError) as raised:
-                await orders.CreateOrder(new_order("SKU-1", 1))
+                await orders.CreateOrder(new_order("PEN-7", 1))
             assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
             assert raised.value.details() == "storage unavailable: disk full"
             # REST: 503 with the same message.
@@ -111,7 +111,7 @@ async def test_a_full_disk_is_unavailable_everywhere_and_events_wait_for_the_rep
                     json={
                         "customerId": "c1",
                         "currencyCode": "EUR",
-                        "items": [{"sku": "SKU-1", "quantity": 1}],
+                        "items": [{"sku": "PEN-7", "quantity": 1}],
                     },
                 )
                 assert answer.status_code == 503
@@ -120,7 +120,7 @@ async def test_a_full_disk_is_unavailable_everywhere_and_events_wait_for_the_rep
                 # gRPC-Web: the same status in the trailer frame.
                 web = await client.post(
                     "/nexus.orders.v1.OrdersService/CreateOrder",
-                    content=encode_frame(0, new_order("SKU-1", 1).SerializeToString()),
+                    content=encode_frame(0, new_order("PEN-7", 1).SerializeToString()),
                     headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
                 )
                 [(_, trailer)] = [f for f in decode_frames(web.content) if f[0] == 0x80]
@@ -158,12 +158,12 @@ async def test_a_full_disk_is_unavailable_everywhere_and_events_wait_for_the_rep
         await eventually(serving_again)
 
         async def released() -> bool:
-            stock = await inventory.GetStock(inventory_pb2.GetStockRequest(sku="SKU-1"))
+            stock = await inventory.GetStock(inventory_pb2.GetStockRequest(sku="PEN-7"))
             return (stock.available, stock.reserved) == (5, 0)
 
         await eventually(released)  # the waiting event was handled after the repair
         assert host.host.bus.dead_letters() == []
-        assert (await orders.CreateOrder(new_order("SKU-1", 1))).id
+        assert (await orders.CreateOrder(new_order("PEN-7", 1))).id
 
 
 async def test_a_read_only_postgres_is_unavailable_until_repaired(
@@ -173,13 +173,13 @@ async def test_a_read_only_postgres_is_unavailable_until_repaired(
     async with shop(tmp_path, postgres_url) as host:  # type: ignore[attr-defined]
         assert isinstance(host, RunningHost)
         orders = orders_pb2_grpc.OrdersServiceStub(host.channel(host.token()))
-        await orders.CreateOrder(new_order("SKU-1", 1))
+        await orders.CreateOrder(new_order("PEN-7", 1))
         _read_only(postgres_server, database, on=True)
         try:
             details = set()
             for _ in range(3):  # the first may meet a pooled connection that was cut
                 with pytest.raises(grpc.aio.AioRpcError) as raised:
-                    await orders.CreateOrder(new_order("SKU-1", 1))
+                    await orders.CreateOrder(new_order("PEN-7", 1))
                 assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
                 details.add(raised.value.details())
             assert "storage unavailable: read-only database" in details
@@ -191,7 +191,7 @@ async def test_a_read_only_postgres_is_unavailable_until_repaired(
             return await health(host, "nexus.storage") == SERVING
 
         await eventually(serving_again)
-        assert (await orders.CreateOrder(new_order("SKU-1", 1))).id
+        assert (await orders.CreateOrder(new_order("PEN-7", 1))).id
 
 
 def _read_only(server: PostgresServer, database: str, *, on: bool) -> None:
@@ -238,7 +238,7 @@ async def test_every_file_the_host_creates_in_its_data_dir_is_owner_only(tmp_pat
         plugins=["auth", "orders"], plugin_dirs=[REPO / "plugins"], data_dir=data
     ) as host:
         orders = orders_pb2_grpc.OrdersServiceStub(host.channel(host.token()))
-        await orders.CreateOrder(new_order("SKU-1", 1))  # the WAL has something in it
+        await orders.CreateOrder(new_order("PEN-7", 1))  # the WAL has something in it
         found = {path.relative_to(data).as_posix(): path for path in data.rglob("*")}
         assert {"nexus.db", "nexus.db-wal", "nexus.db-shm", "jwt-hs256.key"} <= set(found)
         for name, path in found.items():
