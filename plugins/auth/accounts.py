@@ -19,7 +19,7 @@ from nexus_grpc.auth.principal import Grant, Principal, Scope
 from nexus_grpc.storage import Namespace
 
 from .passwords import hash_password, verify_password
-from .sessions import bump_epoch
+from .sessions import bump_epoch, ensure_admin_lock, lock_admins
 
 #: Roles every installation has; their grants can be changed with PutRole.
 BUILT_IN_ROLES = (
@@ -73,7 +73,11 @@ class Accounts:
         stored.CopyFrom(user)
         stored.create_time.CopyFrom(_now())
         hashed = await hash_password(password)
+        await ensure_admin_lock(self.storage)
         async with self.storage.transaction() as unit:
+            # Granting roles changes who is an administrator: under the lock of every
+            # such change, so a concurrent PutRole counts this user or waits for it.
+            await lock_admins(unit)
             created = await unit.repository(auth_pb2.User, id_field="username").create(stored)
             await unit.repository(records_pb2.PasswordRecord).create(
                 records_pb2.PasswordRecord(id=user.username, hash=hashed)

@@ -15,7 +15,13 @@ from nexus_grpc.audit import AuditLog, Outcome
 from nexus_grpc.auth.principal import Scope, current_principal
 
 from .accounts import Accounts
-from .sessions import SessionStore, bump_epoch, check_admins_left, lock_admins
+from .sessions import (
+    SessionStore,
+    bump_epoch,
+    check_admins_left,
+    ensure_admin_lock,
+    lock_admins,
+)
 from .throttle import LoginThrottle
 
 Context = Any
@@ -195,6 +201,7 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         Its session record stays (revoked), so its tokens are refused until they
         expire, and a user created later with the same name starts above its epoch.
         """
+        await ensure_admin_lock(self._accounts.storage)
         async with self._accounts.storage.transaction() as unit:
             await lock_admins(unit)
             users = unit.repository(auth_pb2.User, id_field="username")
@@ -235,6 +242,7 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.User:
         """Apply ``change`` to a user, refuse it if no administrator would be left,
         and void the user's tokens: one transaction, then every host is told."""
+        await ensure_admin_lock(self._accounts.storage)
         async with self._accounts.storage.transaction() as unit:
             await lock_admins(unit)
             users = unit.repository(auth_pb2.User, id_field="username")
@@ -256,6 +264,7 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         (their permissions were copied into them), and the last administrator's role
         cannot lose its power."""
         name = request.role.name
+        await ensure_admin_lock(self._accounts.storage)
         async with self._accounts.storage.transaction() as unit:
             await lock_admins(unit)
             roles = unit.repository(auth_pb2.Role, id_field="name")

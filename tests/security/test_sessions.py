@@ -20,6 +20,7 @@ import httpx
 import pytest
 from nexus.admin.v1 import admin_pb2, admin_pb2_grpc
 from nexus.auth.v1 import auth_pb2, auth_pb2_grpc
+from nexus.options.v1 import options_pb2
 from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 
 from nexus_grpc import cli
@@ -259,6 +260,46 @@ async def test_the_last_administrator_cannot_be_removed(host: RunningHost) -> No
     await admin.SetUserRoles(auth_pb2.SetUserRolesRequest(username="alice", roles=[]))
 
 
+async def test_an_administrator_by_two_roles_together_is_the_last_one_too(
+    host: RunningHost,
+) -> None:
+    """users.* from one role and roles.* from another: as much an administrator as
+    ``admin``, so the last such user cannot remove itself either."""
+    operator = stub(host, root(host))
+    for name, permission in (("usermgr", "users.*"), ("rolemgr", "roles.*")):
+        await operator.PutRole(
+            auth_pb2.PutRoleRequest(
+                role=auth_pb2.Role(
+                    name=name,
+                    grants=[auth_pb2.Grant(permission=permission, scope=options_pb2.SCOPE_ALL)],
+                )
+            )
+        )
+    await create_user(host, root(host), "sole", "usermgr", "rolemgr")
+    sole = await login(host, "sole")
+    admin = stub(host, sole.access)
+    attempts: list[Callable[[], Awaitable[object]]] = [
+        lambda: admin.SetUserRoles(auth_pb2.SetUserRolesRequest(username="sole", roles=[])),
+        # Either role alone is not enough.
+        lambda: admin.SetUserRoles(
+            auth_pb2.SetUserRolesRequest(username="sole", roles=["usermgr"])
+        ),
+        lambda: admin.DisableUser(auth_pb2.DisableUserRequest(username="sole")),
+        lambda: admin.DeleteUser(auth_pb2.DeleteUserRequest(username="sole")),
+        lambda: admin.PutRole(auth_pb2.PutRoleRequest(role=auth_pb2.Role(name="rolemgr"))),
+    ]
+    for attempt in attempts:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await attempt()
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "no enabled administrator" in (caught.value.details() or "")
+    assert await who(host, sole.access) == grpc.StatusCode.OK
+    # Swapping the two roles for ``admin`` keeps an administrator: allowed.
+    await admin.SetUserRoles(auth_pb2.SetUserRolesRequest(username="sole", roles=["admin"]))
+    users = await operator.ListUsers(auth_pb2.ListUsersRequest())
+    assert {u.username: list(u.roles) for u in users.users}["sole"] == ["admin"]
+
+
 async def test_two_admins_demoting_each_other_at_once_leave_one(host: RunningHost) -> None:
     await create_user(host, root(host), "alice", "admin")
     await create_user(host, root(host), "bob", "admin")
@@ -433,3 +474,42 @@ async def test_an_open_stream_stops_at_its_next_message_once_revoked(tmp_path: P
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await asyncio.wait_for(stream.read(), 10)
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_first_admin_changes_at_once_on_postgresql_all_succeed(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Concurrent first-ever admin-affecting changes (no lock record yet) on PostgreSQL:
+    none fails with ALREADY_EXISTS about the lock record, and user creations take the
+    lock too."""
+    async with running_host(plugins=["auth"], data_dir=tmp_path, storage_url=postgres_url) as pg:
+        operator = stub(pg, root(pg))
+        calls: list[Awaitable[object]] = []
+        for n in range(4):
+            calls.append(
+                operator.PutRole(
+                    auth_pb2.PutRoleRequest(
+                        role=auth_pb2.Role(
+                            name="customer",
+                            grants=[
+                                auth_pb2.Grant(
+                                    permission="orders.read", scope=options_pb2.SCOPE_OWN
+                                )
+                            ],
+                        )
+                    )
+                )
+            )
+            calls.append(
+                operator.CreateUser(
+                    auth_pb2.CreateUserRequest(
+                        user=auth_pb2.User(username=f"admin{n}", roles=["admin"]),
+                        password=PASSWORD,
+                    )
+                )
+            )
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert not errors, [(e.code(), e.details()) for e in errors]  # type: ignore[attr-defined]
+        users = await operator.ListUsers(auth_pb2.ListUsersRequest())
+        assert sorted(u.username for u in users.users) == [f"admin{n}" for n in range(4)]
