@@ -17,7 +17,7 @@ from google.protobuf import timestamp_pb2
 from nexus.admin.v1 import admin_pb2
 
 from nexus_grpc.bounded import clip
-from nexus_grpc.errors import is_unavailable
+from nexus_grpc.errors import is_infrastructure_failure
 from nexus_grpc.logs import current_request_id
 from nexus_grpc.storage import Namespace, Page
 
@@ -155,7 +155,7 @@ class AuditLog:
             # Losing an audit record must be loud, but must not turn a denial into a
             # 500 or let a failed write change the outcome of the call. An outage is
             # one line per record (the traceback says nothing more, once per call).
-            if is_unavailable(error):
+            if is_infrastructure_failure(error):
                 _log.error(
                     "could not store audit record %s %s: %s",
                     action,

@@ -29,6 +29,7 @@ from nexus_grpc.bounded import (
 )
 
 __all__ = [
+    "STORAGE_BUSY",
     "AlreadyExistsError",
     "ConflictError",
     "FieldViolation",
@@ -36,7 +37,7 @@ __all__ = [
     "NotFoundError",
     "ShuttingDownError",
     "StatusError",
-    "is_unavailable",
+    "is_infrastructure_failure",
     "to_status_proto",
 ]
 
@@ -142,17 +143,26 @@ class AlreadyExistsError(StatusError):
 class ConflictError(StatusError):
     """A concurrent change won; the client may re-read and retry."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(grpc.StatusCode.ABORTED, message, reason="CONFLICT")
+    def __init__(self, message: str, *, reason: str = "CONFLICT") -> None:
+        super().__init__(grpc.StatusCode.ABORTED, message, reason=reason)
 
 
-def is_unavailable(error: BaseException) -> bool:
+#: ``ConflictError`` reason of a database lock held past the busy timeout (another
+#: process writing, a backup, a VACUUM): contention, not a conflict with the data.
+STORAGE_BUSY = "STORAGE_BUSY"
+
+
+def is_infrastructure_failure(error: BaseException) -> bool:
     """Whether ``error`` (or an exception it was raised from, or while handling) is a
-    status UNAVAILABLE: storage or event bus unavailable, nothing the caller did."""
+    failure of the infrastructure rather than of the call or the event: a status
+    UNAVAILABLE (storage or event bus down) or a database busy past its timeout. Work
+    that failed so is retried without counting against the event's attempts."""
     seen = 0
     current: BaseException | None = error
     while current is not None and seen < 8:  # bounded: chains can be long or cyclic
-        if isinstance(current, StatusError) and current.code == grpc.StatusCode.UNAVAILABLE:
+        if isinstance(current, StatusError) and (
+            current.code == grpc.StatusCode.UNAVAILABLE or current.reason == STORAGE_BUSY
+        ):
             return True
         current = current.__cause__ or current.__context__
         seen += 1

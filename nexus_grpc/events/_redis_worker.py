@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError, Message
 from redis.exceptions import RedisError
 from redis.typing import StreamIdT
 
-from nexus_grpc.errors import is_unavailable
+from nexus_grpc.errors import is_infrastructure_failure
 from nexus_grpc.events._redis_health import RECONNECT_MAX, RECONNECT_MIN
 from nexus_grpc.events._redis_runtime import Runtime, cancel_and_wait
 from nexus_grpc.events._redis_streams import (
@@ -405,7 +405,7 @@ class GroupWorker:
                 return "ack"
             except Exception as error:  # the plugin's failure: retried, then set aside
                 reason = f"{type(error).__name__}: {error}"
-                if is_unavailable(error):
+                if is_infrastructure_failure(error):
                     # Storage or bus down: neither the event's nor the handler's fault.
                     # Retried until it is back, without counting toward the dead letters.
                     outages += 1

@@ -5,10 +5,10 @@ consumes once, in publishing order, whatever the number of handlers it has. A ha
 that raises is retried with exponential backoff; after ``max_attempts`` the event is
 set aside as a dead letter for that group, and the group goes on with the next event.
 
-A handler failing with UNAVAILABLE (its storage or the bus is down: see
-:func:`~nexus_grpc.errors.is_unavailable`) did nothing wrong and neither did the event:
-it is retried with the same backoff, without counting an attempt, until the
-infrastructure is back. An outage never dead-letters an event.
+A handler failing with UNAVAILABLE (its storage or the bus is down) or on a database
+busy past its timeout (:func:`~nexus_grpc.errors.is_infrastructure_failure`) did nothing
+wrong and neither did the event: it is retried with the same backoff, without counting
+an attempt, until the infrastructure is back. An outage never dead-letters an event.
 
 Operating a bus (:class:`EventOperations`): list and redrive dead letters, replay a
 group's history where the backend keeps one, and read each group's backlog.
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import grpc
 from google.protobuf.message import Message
 
-from nexus_grpc.errors import NotFoundError, StatusError, is_unavailable
+from nexus_grpc.errors import NotFoundError, StatusError, is_infrastructure_failure
 from nexus_grpc.events.envelope import Envelope, open_envelope
 from nexus_grpc.logs import request_id_var
 
@@ -414,7 +414,7 @@ class MemoryBus:
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:
-                    if is_unavailable(error):
+                    if is_infrastructure_failure(error):
                         outages += 1
                         self.counters.count_handled(entry.name, envelope.type, UNAVAILABLE)
                         delay = self._delay(outages)

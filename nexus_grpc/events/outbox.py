@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from nexus_grpc.errors import AlreadyExistsError, ConflictError, is_unavailable
+from nexus_grpc.errors import AlreadyExistsError, ConflictError, is_infrastructure_failure
 from nexus_grpc.events.bus import Delivery, EventBus
 from nexus_grpc.events.envelope import Envelope
 from nexus_grpc.events.redis_bus import BusUnavailableError
@@ -170,7 +170,7 @@ class Outbox:
                 relayed += await self._relay_source(entry, refused)
             except Exception as error:
                 if not entry.failing:
-                    if is_unavailable(error):  # the rows stay; storage health tells more
+                    if is_infrastructure_failure(error):  # the rows stay; storage health tells more
                         _log.warning("outbox relay of %s waits: %s", entry.name, error)
                     else:
                         _log.exception("outbox relay of %s failed; retrying", entry.name)
@@ -300,7 +300,7 @@ class Outbox:
             try:
                 await inbox.prune(self._clock())
             except Exception as error:  # the next pruning retries; the other inboxes go on
-                if is_unavailable(error):
+                if is_infrastructure_failure(error):
                     _log.warning("pruning the inbox of %s waits: %s", inbox.namespace, error)
                 else:
                     _log.exception("pruning the inbox of %s failed", inbox.namespace)

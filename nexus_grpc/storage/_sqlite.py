@@ -45,7 +45,7 @@ from sqlalchemy import Connection, CursorResult, Engine, Row
 from sqlalchemy.exc import MultipleResultsFound
 from sqlalchemy.sql import Executable
 
-from nexus_grpc.errors import ConflictError
+from nexus_grpc.errors import STORAGE_BUSY, ConflictError
 
 __all__ = ["Rows", "SqliteConnection", "SqliteDriver"]
 
@@ -236,7 +236,9 @@ class SqliteDriver:
             async with asyncio.timeout(self._write_timeout):
                 await self._writer.acquire()
         except TimeoutError:
-            raise ConflictError("the database is busy with another write; retry it") from None
+            raise ConflictError(
+                "the database is busy with another write; retry it", reason=STORAGE_BUSY
+            ) from None
 
 
 async def _detached(finishing: Awaitable[None], release: Callable[[], None]) -> None:

@@ -38,7 +38,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from nexus_grpc.errors import ConflictError
+from nexus_grpc.errors import STORAGE_BUSY, ConflictError
 
 from ._sqlite import SqliteConnection, SqliteDriver
 from .faults import StorageHealth, StorageUnavailableError, os_cause, postgres_cause, sqlite_cause
@@ -291,5 +291,7 @@ def _conflict_for(exc: DBAPIError) -> ConflictError | None:
     if sqlstate in _RETRYABLE_SQLSTATES:
         return ConflictError("the operation collided with a concurrent change; retry it")
     if isinstance(exc, OperationalError) and "locked" in str(exc.orig):
-        return ConflictError("the database is busy with another write; retry it")
+        return ConflictError(
+            "the database is busy with another write; retry it", reason=STORAGE_BUSY
+        )
     return None

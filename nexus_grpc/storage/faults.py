@@ -1,8 +1,8 @@
 """Storage faults: telling an unavailable database from a caller's or our own mistake.
 
 An *infrastructure* failure (disk full, read-only database or filesystem, I/O error,
-a lock held past the busy timeout by another process, a connection refused or lost)
-is nobody's fault in the call: the same request succeeds once the database is back.
+a connection refused or lost) is nobody's fault in the call: the same request
+succeeds once the database is back.
 It becomes :class:`StorageUnavailableError` (UNAVAILABLE, retryable) with a short
 cause and never the SQL text or its parameters, is counted, and marks the storage
 unhealthy (:class:`StorageHealth`) until a probe succeeds again.
@@ -186,8 +186,9 @@ class StorageHealth:
 
 #: SQLite primary result codes that mean the database cannot be written (or read) now.
 #: SQLITE_BUSY is not among them: a lock held past the busy timeout is contention with
-#: other writers (ConflictError, ABORTED), which must not take a loaded host out of
-#: its load balancer.
+#: other writers (ConflictError, ABORTED, reason STORAGE_BUSY), which must not take a
+#: loaded host out of its load balancer; event handlers and the outbox wait it out like
+#: an outage (nexus_grpc.errors.is_infrastructure_failure) instead of dead-lettering.
 _SQLITE_CAUSES = {
     "SQLITE_FULL": "disk full",
     "SQLITE_READONLY": "read-only database",

@@ -62,10 +62,11 @@ class PriceList:
             )
         prices: dict[str, int] = {}
         for sku, value in raw.items():
-            # Values from environment variables arrive as text.
+            # Values from environment variables arrive as text; a float is refused, not
+            # truncated (12.5 written as euros would otherwise become 12 cents).
             try:
-                price = int(value)
-            except (TypeError, ValueError):
+                price = int(value) if isinstance(value, int | str) else -1
+            except ValueError:
                 price = -1
             if isinstance(value, bool) or not 0 <= price <= MAX_PRICE:
                 raise PriceListError(

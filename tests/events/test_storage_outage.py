@@ -7,8 +7,10 @@ handler is a plugin's usual one (inbox + write in one transaction).
 from __future__ import annotations
 
 import logging
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from nexus_grpc.events.bus import UNAVAILABLE
 from nexus_grpc.events.envelope import Envelope
 from nexus_grpc.events.outbox import OUTBOX_COLLECTION, Inbox, Outbox
 from nexus_grpc.events.redis_bus import RedisBus
+from nexus_grpc.storage import Storage
 from tests.events.test_redis_bus import EVENT, event, eventually, groups_ready
 from tests.fixtures.disk import SmallDisk
 from tests.storage import connected
@@ -128,3 +131,42 @@ async def test_the_outbox_relay_keeps_its_rows_through_a_storage_outage(
             await eventually(lambda: kept.id in received)
     finally:
         await bus.stop(grace=0)
+
+
+async def test_a_database_busy_past_its_timeout_never_dead_letters(tmp_path: Path) -> None:
+    """Another process holding SQLite's write lock (a backup, a VACUUM, a CLI command)
+    longer than the busy timeout is waited out like an outage, not dead-lettered."""
+    bus = MemoryBus(max_attempts=MAX_ATTEMPTS, backoff=0.01, max_backoff=0.05)
+    path = tmp_path / "nexus.db"
+    storage = await Storage.connect(f"sqlite:///{path}", sqlite_busy_timeout=0.05)
+    try:
+        namespace = storage.namespace("tests/consumer")
+        await namespace.repository(api_pb2.Api, id_field="name").create(api_pb2.Api(name="seed"))
+        handled: list[int] = []
+
+        async def handle(message: Message, delivery: Delivery) -> None:
+            order_id: Any = getattr(message, "order_id")  # noqa: B009
+            async with namespace.transaction() as unit:
+                await unit.repository(api_pb2.Api, id_field="name").create(
+                    api_pb2.Api(name=order_id)
+                )
+            handled.append(delivery.attempt)
+
+        bus.subscribe(GROUP, EVENT, handle)
+        await bus.start()
+        other = sqlite3.connect(path, timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the other process's write lock
+            await bus.publish(event("order-1"))
+            busy = (GROUP, EVENT, UNAVAILABLE)
+            await eventually(lambda: bus.counters.handled.get(busy, 0) > 3 * MAX_ATTEMPTS)
+            assert handled == []
+            assert bus.dead_letters() == []
+        finally:
+            other.rollback()
+            other.close()
+        await eventually(lambda: handled == [1], seconds=20)  # still its first attempt
+        assert bus.dead_letters() == []
+    finally:
+        await bus.stop(grace=0)
+        await storage.close()

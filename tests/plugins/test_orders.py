@@ -361,6 +361,9 @@ async def test_without_a_price_list_the_demo_catalog_prices_orders(tmp_path: Pat
     [
         ({"prices": {"SKU-1": -5}}, "plugin.orders.prices.SKU-1: expected a whole number"),
         ({"prices": {"SKU-1": "cheap"}}, "plugin.orders.prices.SKU-1: expected a whole number"),
+        # Euros written where cents belong: refused, never truncated to 12 cents.
+        ({"prices": {"SKU-1": 12.5}}, "plugin.orders.prices.SKU-1: expected a whole number"),
+        ({"prices": {"SKU-1": "1.99"}}, "plugin.orders.prices.SKU-1: expected a whole number"),
         ({"prices": ["SKU-1"]}, "plugin.orders.prices: expected a table"),
         ({"currency": "euro"}, "plugin.orders.currency: expected an ISO 4217 code"),
     ],
