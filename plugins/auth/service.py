@@ -22,7 +22,7 @@ from .sessions import (
     ensure_admin_lock,
     lock_admins,
 )
-from .throttle import LoginThrottle
+from .throttle import LoginThrottle, forget_known_sources
 
 Context = Any
 
@@ -210,6 +210,8 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
             await check_admins_left(unit, changed={request.username: None})
             await users.delete(request.username)
             await unit.repository(records_pb2.PasswordRecord).delete(request.username)
+            # A user created later under this name does not inherit its login addresses.
+            await forget_known_sources(unit, request.username)
             await bump_epoch(unit, request.username, revoked=True)
         await self._changed(request.username)
         return auth_pb2.DeleteUserResponse()

@@ -8,8 +8,16 @@ lockout window of ``login_lockout_base`` seconds, doubled each time up to
 ``login_lockout_max``. During a window attempts are refused with RESOURCE_EXHAUSTED
 and RetryInfo *before* the password is checked, so a window lets one guess through.
 A success forgets the user name's failures; so does ``login_failure_window`` seconds
-without any. An attacker can therefore keep a real user out for at most
-``login_lockout_max`` at a time, and only by spending a guess every window.
+without any (once no window is open).
+
+A lock alone would let an attacker keep a real user out for as long as it spends
+one guess per window. So each user keeps the last :data:`KNOWN_SOURCES` source
+addresses it logged in from successfully; an attempt from one of them is not
+refused by the lock: it goes to the password check (the host's per-address
+``login`` rate class still bounds how often that address may guess). The user
+logging in from a usual address is never locked out; an attacker is locked unless
+it guesses from an address the user logged in from, and a success that came
+through a lock leaves that lock in place for everyone else.
 
 The counters live in the plugin's storage, like the users: shared by every instance
 on the same database, and race-safe: an attempt is counted in a transaction *before*
@@ -41,12 +49,18 @@ from nexus_grpc.config import AuthConfig
 from nexus_grpc.ratelimit import peer_address
 from nexus_grpc.storage import Namespace
 
-__all__ = ["LoginThrottle"]
+__all__ = ["KNOWN_SOURCES", "LoginThrottle", "forget_known_sources"]
 
 _log = logging.getLogger("nexus.plugins.auth")
 
 #: Source addresses kept per record between two audit records.
 MAX_SOURCES = 16
+#: Successful source addresses remembered per user (most recent last).
+KNOWN_SOURCES = 8
+#: Collection of the remembered addresses: a LoginFailureRecord per user, only its
+#: ``sources`` and ``last_time`` used. Its own collection, so no user name typed into
+#: a login can name one of these records.
+KNOWN_COLLECTION = "nexus.auth.v1.KnownLoginSources"
 _TARGET = "/nexus.auth.v1.AuthService/Login"
 #: Attempts between two sweep steps, and records read by each step.
 SWEEP_EVERY = 32
@@ -114,7 +128,12 @@ class LoginThrottle:
         async with self._storage.transaction() as unit:
             records = unit.repository(records_pb2.LoginFailureRecord)
             record = await records.get(username, for_update=True)
-            fresh = record is None or now - _seconds(record.last_time) > self._window
+            # Not fresh while a lock is open, however long ago the last counted attempt
+            # was (a lockout longer than the window must not be cut short).
+            fresh = record is None or (
+                now - _seconds(record.last_time) > self._window
+                and now >= _seconds(record.locked_until)
+            )
             if record is not None and fresh:
                 await records.delete(username)
             if fresh:
@@ -127,6 +146,9 @@ class LoginThrottle:
             locked_until = _seconds(record.locked_until)
             _add_source(record, source)
             if now < locked_until:
+                if await _known(unit, username, source):
+                    # The user's own address: to the password check, lock untouched.
+                    return
                 record.throttled += 1
                 refused = locked_until - now
             else:
@@ -205,14 +227,20 @@ class LoginThrottle:
             _log.exception("could not reset the failed logins of %r", username)
 
     async def _succeeded(self, username: str, context: Any) -> None:
+        now = self._clock()
         async with self._storage.transaction() as unit:
+            await _remember(unit, username, _source(context), now)
             records = unit.repository(records_pb2.LoginFailureRecord)
             record = await records.get(username, for_update=True)
             if record is None:
                 return
+            if now < _seconds(record.locked_until):
+                # Let through the lock from a known address: the lock stays for the
+                # others, or each login of the user would give an attacker free guesses.
+                return
             await records.delete(username)
         if record.unaudited or record.throttled:
-            summary = self._summary(record, self._clock())
+            summary = self._summary(record, now)
             await self._write(username, f"{summary}; then a successful login", context)
 
     def _summary(self, record: records_pb2.LoginFailureRecord, now: float) -> str:
@@ -241,6 +269,41 @@ class LoginThrottle:
 def _source(context: Any) -> str:
     peer = context.peer() if context is not None else ""
     return peer_address(peer) if peer else "unknown"
+
+
+def _known_repository(unit: Any) -> Any:
+    return unit.repository(records_pb2.LoginFailureRecord, collection=KNOWN_COLLECTION)
+
+
+async def _known(unit: Any, username: str, source: str) -> bool:
+    """Whether ``username`` logged in successfully from ``source`` lately."""
+    if source == "unknown":
+        return False
+    record = await _known_repository(unit).get(username)
+    return record is not None and source in record.sources
+
+
+async def _remember(unit: Any, username: str, source: str, now: float) -> None:
+    """Put ``source`` last in ``username``'s known addresses (the oldest drops out)."""
+    if source == "unknown":
+        return
+    repository = _known_repository(unit)
+    record = await repository.get(username, for_update=True)
+    if record is None:
+        record = records_pb2.LoginFailureRecord(id=username, sources=[source])
+        record.last_time.CopyFrom(_stamp(now))
+        await repository.create(record)
+        return
+    kept = [known for known in record.sources if known != source][-(KNOWN_SOURCES - 1) :]
+    del record.sources[:]
+    record.sources.extend([*kept, source])
+    record.last_time.CopyFrom(_stamp(now))
+    await repository.update(record)
+
+
+async def forget_known_sources(unit: Any, username: str) -> None:
+    """Drop ``username``'s known addresses (the user is deleted)."""
+    await _known_repository(unit).delete(username)
 
 
 def _add_source(record: records_pb2.LoginFailureRecord, source: str) -> None:

@@ -235,3 +235,91 @@ async def test_instances_sharing_storage_share_the_count(tmp_path: Path) -> None
                 grpc.StatusCode.UNAUTHENTICATED: 5,
                 grpc.StatusCode.RESOURCE_EXHAUSTED: 7,
             }
+
+
+#: An address no test here guesses from: a newcomer to the account.
+NEW_ADDRESS = "127.0.0.12"
+
+
+async def login_from(host: RunningHost, address: str, password: str) -> httpx.Response:
+    """A REST login of ``victim`` from ``address``."""
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    async with httpx.AsyncClient(base_url=host.http_url, transport=transport) as http:
+        return await guess(http, "victim", password)
+
+
+async def grpc_login(host: RunningHost, password: str) -> grpc.StatusCode:
+    """A gRPC login of ``victim`` from 127.0.0.1 (the user's usual address here)."""
+    try:
+        await auth_pb2_grpc.AuthServiceStub(host.channel()).Login(
+            auth_pb2.LoginRequest(username="victim", password=password)
+        )
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+async def test_a_locked_account_still_admits_its_user_from_a_usual_address(
+    locked_long: RunningHost,
+) -> None:
+    """The lock stops guessers, not the user logging in from where it did before."""
+    assert await grpc_login(locked_long, PASSWORD) == grpc.StatusCode.OK
+    statuses = await attack(locked_long, "victim")
+    assert statuses[(401, "LOGIN_FAILED")] == 5, statuses
+    assert_refused_otherwise(statuses)
+    # Locked for a minute, yet the user gets in from 127.0.0.1 ...
+    assert await grpc_login(locked_long, PASSWORD) == grpc.StatusCode.OK
+    # ... and its typo there is checked (the per-address `login` rate bounds those).
+    assert await grpc_login(locked_long, "a typo") == grpc.StatusCode.UNAUTHENTICATED
+    # Its success did not lift the lock for anyone else: the attackers' addresses and a
+    # new one stay refused, the right password included.
+    for address in (ADDRESSES[0], NEW_ADDRESS):
+        response = await login_from(locked_long, address, PASSWORD)
+        assert response.status_code == 429, response.text
+
+
+async def test_one_guess_per_lockout_cannot_keep_the_user_out(tmp_path: Path) -> None:
+    """The attack the lock alone allowed: each time a lock ends, the attacker spends one
+    guess, which opens the next. The user keeps logging in from its usual address, and
+    the attacker reaches the password check once per window, no more."""
+    window = 3.0  # generous: the user's login must land inside it on a slow machine
+    auth = AuthConfig(login_lockout_base=window, login_lockout_max=window)
+    async for host in start(tmp_path, auth):
+        assert await grpc_login(host, PASSWORD) == grpc.StatusCode.OK
+        checked: Counter[int] = Counter()
+        for n in range(5):
+            response = await login_from(host, ADDRESSES[n], f"wrong {n}")
+            checked[response.status_code] += 1
+        assert checked == {401: 5}  # the fifth failure opened the first lock
+        rounds = 2
+        for round_ in range(rounds):
+            # Locked: the user from its usual address gets in; a newcomer does not, so
+            # the lock was still open when the user came (it came first).
+            assert await grpc_login(host, PASSWORD) == grpc.StatusCode.OK
+            refused = await login_from(host, NEW_ADDRESS, PASSWORD)
+            assert refused.status_code == 429, refused.text
+            # More guesses during the lock: refused before the password check.
+            for address in ADDRESSES[5:8]:
+                response = await login_from(host, address, f"again {round_}")
+                checked[response.status_code] += 1
+            # The attacker waits for the lock to end and spends one guess: it opens
+            # the next lock.
+            await asyncio.sleep(int(refused.headers["retry-after"]) + 0.1)
+            response = await login_from(host, ADDRESSES[8 + round_], f"next {round_}")
+            checked[response.status_code] += 1
+        assert await grpc_login(host, PASSWORD) == grpc.StatusCode.OK
+        assert checked == {401: 5 + rounds, 429: 3 * rounds}, checked
+
+
+async def test_a_lockout_longer_than_the_failure_window_is_not_cut_short(
+    tmp_path: Path,
+) -> None:
+    """Failures forgotten after the window must not end a lock that is still open."""
+    auth = AuthConfig(login_lockout_base=60.0, login_failure_window=0.3)
+    async for host in start(tmp_path, auth):
+        for n in range(5):
+            response = await login_from(host, ADDRESSES[n], f"wrong {n}")
+            assert response.status_code == 401
+        await asyncio.sleep(0.5)  # past the failure window, well inside the lock
+        response = await login_from(host, ADDRESSES[5], "wrong again")
+        assert response.status_code == 429, response.text
