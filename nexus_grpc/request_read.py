@@ -81,7 +81,9 @@ def read_bounded(
     message = f"the request message did not arrive within {watch.timeout:g}s"
 
     async def read_then_call(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        if context.time_remaining() is not None:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= watch.timeout:
+            # grpc core ends the call at the client's deadline, sooner than the watch.
             request = await context.read()
         else:
             task = asyncio.current_task()

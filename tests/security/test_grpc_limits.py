@@ -121,6 +121,17 @@ async def test_a_client_deadline_bounds_a_missing_message_when_it_is_shorter(
     assert client.streams[stream].grpc_status == "4"
 
 
+async def test_a_long_client_deadline_does_not_lift_the_read_timeout(
+    start_host: HostFactory, connections: list[RawH2]
+) -> None:
+    # A deadline of years must not turn the read bound off for a message never sent.
+    host = await start_host(replace(QUIET, request_read_timeout=1.0))
+    client = await connect(host, connections)
+    stream = await client.open_call(CHECK, grpc_timeout="99999999H")
+    assert await client.wait(lambda: client.stream_ended(stream), WITHIN)
+    assert client.streams[stream].grpc_status == "4"
+
+
 async def test_calls_beyond_max_concurrent_streams_are_refused(
     start_host: HostFactory, connections: list[RawH2]
 ) -> None:
