@@ -9,8 +9,10 @@ token whose epoch is below its user's.
 
 The host does not import the user store: the store hands the host a
 :class:`SessionSource` (``ctx.tokens.sessions.attach(source)``), as the host hands it
-the token issuer. Without a source attached (no auth plugin loaded), every token is
-good for its lifetime, as before.
+the token issuer. Without a source attached (no auth plugin loaded *in this process*,
+even if another instance on the same storage runs it), every token is good for its
+lifetime: such a host cannot tell a revoked token from a good one, so it logs a
+WARNING when it accepts its first token that way (and again after a source detaches).
 
 Cost: the epochs are cached in process, so a call pays one dict lookup.
 Coherence:
@@ -99,6 +101,8 @@ class SessionGuard:
         self._announce: Announce | None = None
         self._loads: dict[str, asyncio.Future[int]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        #: Whether the "no session source" warning was logged since the last attach.
+        self._warned = False
 
     # -- the hot path -----------------------------------------------------------------
 
@@ -118,6 +122,15 @@ class SessionGuard:
         if source is None:
             # Nobody keeps epochs: every token is good; remember it so the next call
             # of this subject stays on the hot path.
+            if not self._warned:
+                self._warned = True
+                _log.warning(
+                    "a token was verified but no session source is attached (the auth "
+                    "plugin is not loaded in this host): tokens of users whose roles were "
+                    "changed, or who were disabled, deleted or logged out everywhere, are "
+                    "accepted here until they expire; load the auth plugin on every "
+                    "instance that must honour revocation"
+                )
             self._remember(subject, 0)
             return
         floor = self.floors.get(subject)
@@ -185,6 +198,7 @@ class SessionGuard:
     def attach(self, source: SessionSource) -> None:
         """Make ``source`` the authority on epochs (the auth plugin, when it starts)."""
         self._source = source
+        self._warned = False
         self.forget_all()
 
     def detach(self, source: SessionSource) -> None:

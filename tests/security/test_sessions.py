@@ -9,6 +9,7 @@ removed. Over gRPC, REST and the ``nexus users`` command.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -513,3 +514,35 @@ async def test_first_admin_changes_at_once_on_postgresql_all_succeed(
         assert not errors, [(e.code(), e.details()) for e in errors]  # type: ignore[attr-defined]
         users = await operator.ListUsers(auth_pb2.ListUsersRequest())
         assert sorted(u.username for u in users.users) == [f"admin{n}" for n in range(4)]
+
+
+async def test_a_host_without_the_auth_plugin_warns_that_it_cannot_honour_revocation(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An instance running only ``orders`` on the storage of one running ``auth`` has no
+    session source: it says so, once, when it accepts its first token that way."""
+    caplog.set_level(logging.WARNING, logger="nexus.auth")
+    async with (
+        running_host(plugins=["auth"], data_dir=tmp_path) as a,
+        running_host(plugins=["orders"], data_dir=tmp_path) as b,
+    ):
+        await create_user(a, root(a), "kate", "customer")
+        kate = await login(a, "kate")
+        assert await who(a, kate.access) == grpc.StatusCode.OK
+        assert not no_source_warnings(caplog)  # the host with the auth plugin has one
+        orders = orders_pb2_grpc.OrdersServiceStub(b.channel(kate.access))
+        for _ in range(2):
+            await orders.ListOrders(orders_pb2.ListOrdersRequest(customer_id="kate"))
+        assert len(no_source_warnings(caplog)) == 1, caplog.text
+        # What the warning says: B cannot tell that kate was deleted on A.
+        await stub(a, root(a)).DeleteUser(auth_pb2.DeleteUserRequest(username="kate"))
+        assert await who(a, kate.access) == grpc.StatusCode.UNAUTHENTICATED
+        await orders.ListOrders(orders_pb2.ListOrdersRequest(customer_id="kate"))
+
+
+def no_source_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        record
+        for record in caplog.records
+        if record.levelno == logging.WARNING and "no session source" in record.getMessage()
+    ]
