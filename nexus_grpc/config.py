@@ -92,6 +92,10 @@ class ServerConfig:
     handshake_timeout: float = 20.0
     #: Largest request header list (metadata), in bytes; larger calls are refused.
     max_metadata_bytes: int = 8 * 1024
+    #: Open gRPC connections at most; new ones beyond it are closed at once (0 for no
+    #: cap). Lowered to 3/8 of the open-file limit at start, so that connections on this
+    #: port cannot use up the descriptors the HTTP port, storage and Redis need.
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True)

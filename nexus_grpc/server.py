@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import resource
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +13,15 @@ from nexus_grpc.config import ServerConfig
 from nexus_grpc.request_read import ReadWatch, read_bounded
 from nexus_grpc.routing import Router
 
-__all__ = ["Dispatcher", "ListenError", "connection_limits", "create_server"]
+__all__ = [
+    "Dispatcher",
+    "ListenError",
+    "connection_limits",
+    "create_server",
+    "fd_bounded_connections",
+]
+
+_log = logging.getLogger("nexus.server")
 
 
 class ListenError(RuntimeError):
@@ -104,6 +114,9 @@ def connection_limits(config: ServerConfig) -> list[tuple[str, int]]:
         # Without the hard limit grpc core only rejects above the soft one at random.
         ("grpc.absolute_max_metadata_size", config.max_metadata_bytes),
     ]
+    connections = fd_bounded_connections(config.max_connections)
+    if connections > 0:
+        options.append(("grpc.max_allowed_incoming_connections", connections))
     if config.max_connection_idle > 0:
         options.append(("grpc.max_connection_idle_ms", _millis(config.max_connection_idle)))
     if config.max_connection_age > 0:
@@ -112,6 +125,26 @@ def connection_limits(config: ServerConfig) -> list[tuple[str, int]]:
             ("grpc.max_connection_age_grace_ms", _millis(config.max_connection_age_grace))
         )
     return options
+
+
+def fd_bounded_connections(configured: int) -> int:
+    """``configured``, lowered to 3/8 of the soft open-file limit (0 stays "no cap").
+
+    Both listening ports share the process's descriptors; 3/8 each leaves a quarter for
+    storage, Redis, logs and the plugins, so a connection flood on one port cannot make
+    the other stop accepting.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if configured == 0 or soft == resource.RLIM_INFINITY or configured <= soft * 3 // 8:
+        return configured
+    fitted = max(soft * 3 // 8, 1)
+    _log.warning(
+        "server.max_connections %d is above 3/8 of the open-file limit (%d); using %d",
+        configured,
+        soft,
+        fitted,
+    )
+    return fitted
 
 
 def _millis(seconds: float) -> int:

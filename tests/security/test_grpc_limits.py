@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nexus_grpc.config import ServerConfig
+from nexus_grpc.server import fd_bounded_connections
 from nexus_grpc.testing import RunningHost, running_host
 from tests.security.conftest import PROBE_DIR
 from tests.security.h2client import RawH2, grpc_frame
@@ -144,6 +146,28 @@ async def test_calls_beyond_max_concurrent_streams_are_refused(
     assert await client.wait(lambda: client.stream_ended(extra), WITHIN)
     assert client.streams[extra].reset == REFUSED_STREAM
     assert not any(client.stream_ended(stream) for stream in held)
+
+
+async def test_connections_beyond_max_connections_are_closed_and_the_others_serve(
+    start_host: HostFactory, connections: list[RawH2]
+) -> None:
+    host = await start_host(replace(QUIET, max_connections=2))
+    held = [await connect(host, connections) for _ in range(2)]
+    for client in held:
+        assert await client.wait(lambda c=client: c.settled, WITHIN)
+    extra = await connect(host, connections)
+    assert await extra.wait(lambda: extra.closed, WITHIN)
+    # The connections already open still get their calls answered.
+    stream = await held[0].open_call(CHECK, body=grpc_frame(b""), end=True)
+    assert await held[0].wait(lambda: held[0].stream_ended(stream), WITHIN)
+    assert held[0].streams[stream].grpc_status == "0"
+
+
+def test_the_grpc_connection_cap_fits_under_the_open_file_limit() -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert fd_bounded_connections(0) == 0
+    assert fd_bounded_connections(10**9) == soft * 3 // 8
+    assert fd_bounded_connections(5) == 5
 
 
 async def test_a_connection_without_calls_is_closed_after_max_connection_idle(
