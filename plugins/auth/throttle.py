@@ -14,10 +14,11 @@ A lock alone would let an attacker keep a real user out for as long as it spends
 one guess per window. So each user keeps the last :data:`KNOWN_SOURCES` source
 addresses it logged in from successfully; an attempt from one of them is not
 refused by the lock: it goes to the password check (the host's per-address
-``login`` rate class still bounds how often that address may guess). The user
-logging in from a usual address is never locked out; an attacker is locked unless
-it guesses from an address the user logged in from, and a success that came
-through a lock leaves that lock in place for everyone else.
+``login`` rate class still bounds how often that address may guess), at most
+``login_free_failures`` times between two successes of the user. The user logging in
+from a usual address is not locked out; an attacker is locked unless it guesses
+from an address the user logged in from (then a few times only), and a success that
+came through a lock leaves that lock in place for everyone else.
 
 The counters live in the plugin's storage, like the users: shared by every instance
 on the same database, and race-safe: an attempt is counted in a transaction *before*
@@ -32,6 +33,7 @@ when a login succeeds after failures.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -43,7 +45,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from nexus.auth.v1 import records_pb2
 
-from nexus_grpc import StatusError
+from nexus_grpc import AlreadyExistsError, StatusError
 from nexus_grpc.audit import AuditLog, Outcome
 from nexus_grpc.config import AuthConfig
 from nexus_grpc.ratelimit import peer_address
@@ -58,7 +60,8 @@ MAX_SOURCES = 16
 #: Successful source addresses remembered per user (most recent last).
 KNOWN_SOURCES = 8
 #: Collection of the remembered addresses: a LoginFailureRecord per user, only its
-#: ``sources`` and ``last_time`` used. Its own collection, so no user name typed into
+#: ``sources``, ``last_time`` and ``failures`` (guesses let through a lock since the
+#: user's last success) used. Its own collection, so no user name typed into
 #: a login can name one of these records.
 KNOWN_COLLECTION = "nexus.auth.v1.KnownLoginSources"
 _TARGET = "/nexus.auth.v1.AuthService/Login"
@@ -146,7 +149,7 @@ class LoginThrottle:
             locked_until = _seconds(record.locked_until)
             _add_source(record, source)
             if now < locked_until:
-                if await _known(unit, username, source):
+                if await self._known(unit, username, source):
                     # The user's own address: to the password check, lock untouched.
                     return
                 record.throttled += 1
@@ -168,6 +171,25 @@ class LoginThrottle:
             await self._sweep(now)
         if refused:
             raise throttled(refused)
+
+    async def _known(self, unit: Any, username: str, source: str) -> bool:
+        """Whether an attempt from ``source`` may pass ``username``'s lock, counting it.
+
+        Only from an address the user logged in from lately, and only
+        ``login_free_failures`` times between two of its successes: an attacker sharing
+        such an address (a NAT, a proxy) gets that many guesses through the lock, not
+        as many as the address's rate allows. Counted before the password check, like
+        every attempt, so concurrent guesses cannot slip past.
+        """
+        if source == "unknown":
+            return False
+        known = _known_repository(unit)
+        record = await known.get(username, for_update=True)
+        if record is None or source not in record.sources or record.failures >= self._free:
+            return False
+        record.failures += 1
+        await known.update(record)
+        return True
 
     async def _sweep(self, now: float) -> None:
         """Delete the forgotten records of one page, and move on to the next page."""
@@ -228,10 +250,14 @@ class LoginThrottle:
 
     async def _succeeded(self, username: str, context: Any) -> None:
         now = self._clock()
+        source = _source(context)
+        if source != "unknown":
+            await _ensure_known(self._storage, username)
         async with self._storage.transaction() as unit:
-            await _remember(unit, username, _source(context), now)
+            # Rows locked in the order admit locks them: failures, then known addresses.
             records = unit.repository(records_pb2.LoginFailureRecord)
             record = await records.get(username, for_update=True)
+            await _remember(unit, username, source, now)
             if record is None:
                 return
             if now < _seconds(record.locked_until):
@@ -275,25 +301,25 @@ def _known_repository(unit: Any) -> Any:
     return unit.repository(records_pb2.LoginFailureRecord, collection=KNOWN_COLLECTION)
 
 
-async def _known(unit: Any, username: str, source: str) -> bool:
-    """Whether ``username`` logged in successfully from ``source`` lately."""
-    if source == "unknown":
-        return False
-    record = await _known_repository(unit).get(username)
-    return record is not None and source in record.sources
+async def _ensure_known(storage: Namespace, username: str) -> None:
+    """Create ``username``'s record of known addresses if missing, outside any
+    transaction: two first logins at once must not fail on the second insert."""
+    repository = storage.repository(records_pb2.LoginFailureRecord, collection=KNOWN_COLLECTION)
+    if await repository.get(username) is None:
+        with contextlib.suppress(AlreadyExistsError):
+            await repository.create(records_pb2.LoginFailureRecord(id=username))
 
 
 async def _remember(unit: Any, username: str, source: str, now: float) -> None:
-    """Put ``source`` last in ``username``'s known addresses (the oldest drops out)."""
+    """Put ``source`` last in ``username``'s known addresses (the oldest drops out),
+    and give the known addresses their budget of guesses through a lock back."""
     if source == "unknown":
         return
     repository = _known_repository(unit)
     record = await repository.get(username, for_update=True)
-    if record is None:
-        record = records_pb2.LoginFailureRecord(id=username, sources=[source])
-        record.last_time.CopyFrom(_stamp(now))
-        await repository.create(record)
+    if record is None:  # deleted since _ensure_known: the user is gone
         return
+    record.failures = 0
     kept = [known for known in record.sources if known != source][-(KNOWN_SOURCES - 1) :]
     del record.sources[:]
     record.sources.extend([*kept, source])
