@@ -10,9 +10,19 @@ protocol adds, per connection:
 - a body timer, restarted by every piece of body, until the request is fully read: 408
   before the response started, a close after (the app sees ``http.disconnect``);
 - limits on the request line plus header bytes and on the header count: 431, then close;
-- a cap on open connections shared by the listener: beyond it the oldest idle connection
-  (never sent a byte, or between keep-alive requests) is closed, as nginx reuses keep-alive
-  connections when it runs out, else the new one.
+- the trailer section of a chunked request (after its last chunk) under the same limits,
+  in count and bytes, and timed like headers (one deadline from its first byte, not
+  restarted per piece): 431 or 408 while nothing was answered, else a close. Its fields
+  are read and dropped, never added to the request's headers: nexus has no use for
+  request trailers, RFC 9110 (6.5.1) lets a recipient discard them, and a field arriving
+  while the app runs must not change the headers it already checked;
+- a request answered before it was fully read (say a 401 or 404 that never reads the
+  body): the rest is read and dropped for at most a second and 256 KiB, then the
+  connection closes (nginx's lingering close) instead of being kept alive for a client
+  that can drip the body forever;
+- a cap on open connections shared by the listener: beyond it the connection idle the
+  longest (never sent a byte, or between keep-alive requests) is closed, as nginx reuses
+  keep-alive connections when it runs out, else the new one.
 
 Timers are set per phase, not per byte: a request that arrives in one packet arms none.
 Nothing times the app: a long server stream or a slow handler is not cut.
@@ -23,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +45,16 @@ from nexus_grpc.config import ConfigError, HttpConfig
 __all__ = ["HttpLimits", "limited_protocol"]
 
 # Request phases. A connection starts in _HEADERS: its first request's header timer runs
-# from accept, which is what times out clients that connect and never send.
+# from accept, which is what times out clients that connect and never send. _TRAILERS is
+# the trailer section of a chunked body, from its first byte seen.
 _HEADERS = 0
 _BODY = 1
-_DONE = 2
+_TRAILERS = 2
+_DONE = 3
+
+# _header_raw when the current request began in a read that also held the end of an
+# earlier one: that read's bytes are not all this request's, so they are not counted.
+_UNCOUNTED = -1
 
 # After an error answer, how long and how much of the rest of the request is read and
 # dropped before closing. Closing with unread data makes the kernel send a reset, which can
@@ -83,9 +100,12 @@ class _Book:
     """State shared by the connections of one listener: the limits and who is open."""
 
     limits: HttpLimits
-    #: Open connections, oldest first (a dict keeps insertion order). Changed per
-    #: connection, never per request: who is idle is only looked at when the cap is hit.
+    #: Open connections (only counted: the cap is on their number).
     open: dict[LimitedHttpProtocol, None] = field(default_factory=dict)
+    #: Idle connections, idle the longest first: added when one becomes idle (accept, a
+    #: response completed with nothing of the next request read), removed when a request
+    #: begins or it closes. Picking one to close is O(1) whatever the number open.
+    idle: OrderedDict[LimitedHttpProtocol, None] = field(default_factory=OrderedDict)
     #: Connections closed because the cap was reached since the last warning.
     shed: int = 0
     #: When (loop time) the next warning about the cap may be logged.
@@ -103,6 +123,18 @@ class _Book:
             )
             self.shed = 0
             self.next_warning = now + _WARNING_INTERVAL
+
+    def close_oldest_idle(self) -> bool:
+        """Close the connection idle the longest; False when none is idle."""
+        idle = self.idle
+        while idle:
+            victim, _ = idle.popitem(last=False)
+            # One closed by its own timer stays listed until connection_lost: skip it.
+            if not victim.transport.is_closing():
+                self.open.pop(victim, None)
+                victim.transport.close()
+                return True
+        return False
 
 
 class _Rejected(Exception):
@@ -157,6 +189,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         "_phase",
         "_spanned",
         "_timer",
+        "_trailer_bytes",
+        "_trailers",
+        "_unbodied",
     )
 
     _book: _Book
@@ -164,6 +199,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     _headers_too_large: bytes
     _header_timeout_answer: bytes
     _body_timeout_answer: bytes
+    _too_many_trailers: bytes
+    _trailers_too_large: bytes
+    _trailer_timeout_answer: bytes
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -171,8 +209,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         #: When the current phase's clock started (accept, first byte, last body piece).
         self._mark = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        #: Bytes of whole chunks received while the current request's headers were
-        #: incomplete (a lower bound of their size).
+        #: Bytes of whole chunks received while the current request's headers (or
+        #: trailers) were incomplete: a lower bound of their size. _UNCOUNTED when the
+        #: request began in a read holding the end of the one before.
         self._header_raw = 0
         #: Length of the chunk being parsed.
         self._chunk = 0
@@ -182,6 +221,15 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._began = False
         self._answer: bytes | None = None
         self._lingering = 0
+        #: Trailer fields of the current request and their size, as request headers are
+        #: counted (name, value and 4 bytes of ": " and CRLF each).
+        self._trailers = 0
+        self._trailer_bytes = 0
+        #: 1 when a chunk header was the last thing parsed (no body since): the chunk may
+        #: be the last one, whose trailer section is not body and does not call on_body.
+        #: 2 while a read that began so has brought no body either: then all of it is in
+        #: the trailer section (a data chunk's first byte would have come first).
+        self._unbodied = 0
 
     # Connection lifecycle
 
@@ -190,34 +238,21 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         book = self._book
         if len(book.open) >= book.limits.max_connections:
             book.note_shed(self.loop.time())
-            victim = next((c for c in book.open if c._is_idle()), None)
-            if victim is None:
+            if not book.close_oldest_idle():
                 # Every connection is busy: refuse this one rather than one mid-request.
                 transport.close()
                 return
-            book.open.pop(victim, None)
-            victim.transport.close()
         book.open[self] = None
+        book.idle[self] = None
         self._mark = self.loop.time()
         self._timer = self.loop.call_at(self._mark + book.limits.header_timeout, self._on_timer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
-        self._book.open.pop(self, None)
+        book = self._book
+        book.open.pop(self, None)
+        book.idle.pop(self, None)
         super().connection_lost(exc)
-
-    def _is_idle(self) -> bool:
-        """Nothing of a request read and nothing being answered: closing it loses no work."""
-        if self.transport.is_closing():
-            return False
-        if self._phase == _HEADERS:
-            return not self._began
-        cycle = self.cycle
-        return (
-            self._phase == _DONE
-            and (cycle is None or cycle.response_complete)
-            and not self.pipeline
-        )
 
     # Reading
 
@@ -227,6 +262,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             return
         self._unset_keepalive_if_required()
         reading_headers = self._phase == _HEADERS
+        if self._unbodied:
+            self._unbodied = 2
         self._chunk = len(data)
         try:
             self.parser.feed_data(data)
@@ -245,13 +282,23 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self.send_400_response(msg)
             return
         phase = self._phase
-        if phase == _BODY:
-            self._mark = now = self.loop.time()
-            self._arm(now + self._book.limits.body_timeout)
+        if phase in (_BODY, _TRAILERS):
+            if self._unbodied == 2:
+                # All of this read came after the last chunk's header: trailer section,
+                # which httptools holds in memory (an unfinished field) until it ends.
+                if phase == _BODY:
+                    self._enter_trailers()
+                self._header_raw += len(data)
+                if self._header_raw > self._book.limits.max_header_bytes:
+                    self._reject(self._trailers_too_large)
+            elif phase == _BODY:
+                self._mark = now = self.loop.time()
+                self._arm(now + self._book.limits.body_timeout)
+            # (Trailers that began in this read have their deadline armed.)
         elif phase == _HEADERS:
             limits = self._book.limits
             self._spanned = True
-            if reading_headers:
+            if reading_headers and self._header_raw >= 0:
                 # httptools holds an unfinished header in memory: stop before it grows.
                 # (Only whole chunks count here, so this never overestimates.)
                 self._header_raw += len(data)
@@ -259,7 +306,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                     self._reject(self._headers_too_large)
                     return
             else:
-                # A later request began in this chunk: its header clock starts now.
+                # A later request began in this chunk, after bytes of the one before
+                # (pipelined): its header clock and byte count start now.
+                self._header_raw = 0
                 self._mark = self.loop.time()
             self._arm(self._mark + limits.header_timeout)
         elif self.cycle is None or self.cycle.response_complete:
@@ -267,14 +316,56 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             # since the keep-alive timer was just cancelled.
             self._phase = _HEADERS
             self._began = False
+            self._book.idle[self] = None
             self._mark = self.loop.time()
             self._arm(self._mark + self._book.limits.header_timeout)
 
     def on_message_begin(self) -> None:
         _base.on_message_begin(self)
+        self._book.idle.pop(self, None)
+        # Began after an earlier request in the same read: that read is not all ours.
+        self._header_raw = _UNCOUNTED if self._began else 0
         self._phase = _HEADERS
         self._began = True
-        self._header_raw = 0
+        self._unbodied = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # uvicorn's on_header, for the header section only (a call to it would cost a
+        # frame per header).
+        if self._phase:
+            self._on_trailer(name, value)
+            return
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
+
+    def _on_trailer(self, name: bytes, value: bytes) -> None:
+        """Count a trailer field against the header limits and drop it."""
+        if self._phase == _BODY:
+            self._enter_trailers()
+        limits = self._book.limits
+        self._trailers += 1
+        self._trailer_bytes += len(name) + len(value) + 4
+        if self._trailers > limits.max_headers:
+            self._answer = self._too_many_trailers
+            raise _Rejected
+        if self._trailer_bytes > limits.max_header_bytes:
+            self._answer = self._trailers_too_large
+            raise _Rejected
+
+    def _enter_trailers(self) -> None:
+        self._phase = _TRAILERS
+        self._trailers = self._trailer_bytes = self._header_raw = 0
+        self._mark = now = self.loop.time()
+        self._arm(now + self._book.limits.header_timeout)
+
+    def on_chunk_header(self) -> None:
+        self._unbodied = 1
+
+    def on_body(self, body: bytes) -> None:
+        self._unbodied = 0
+        _base.on_body(self, body)
 
     def on_headers_complete(self) -> None:
         limits = self._book.limits
@@ -295,6 +386,20 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._phase = _DONE
         _base.on_message_complete(self)
+
+    def on_response_complete(self) -> None:
+        _base.on_response_complete(self)
+        if self.transport.is_closing():
+            return
+        phase = self._phase
+        if phase == _DONE:
+            if not self.pipeline and self.cycle.response_complete:
+                self._book.idle[self] = None
+        elif phase != _HEADERS and self.cycle.response_complete:
+            # Answered before the request was fully read: no keep-alive for a client
+            # that could drip the rest for ever, the body timer restarting at each byte.
+            self._unset_keepalive_if_required()
+            self._linger_then_close()
 
     # Timers
 
@@ -338,6 +443,15 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 self._timer = self.loop.call_at(deadline, self._on_timer)
             else:
                 self._reject(self._body_timeout_answer)
+        elif self._phase == _TRAILERS:
+            if self.flow.read_paused:
+                # Not reading (the app has body to take first): the client cannot go on.
+                self._mark = now
+            deadline = self._mark + limits.header_timeout
+            if now < deadline:
+                self._timer = self.loop.call_at(deadline, self._on_timer)
+            else:
+                self._reject(self._trailer_timeout_answer)
 
     # Answers
 
@@ -345,13 +459,15 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         """Answer ``answer`` when the connection owes no other response, then close."""
         self._cancel_timer()
         cycle = self.cycle
-        if self._phase == _BODY:
-            # ``cycle`` is this request's: once it answered (say 401 before reading the
-            # body), a second answer would be taken for the next request's.
-            can_answer = cycle is None or not cycle.response_started
-        else:
+        if self._phase == _HEADERS:
             # ``cycle`` is the previous request's: answer unless it is still responding.
             can_answer = cycle is None or cycle.response_complete
+        else:
+            # ``cycle`` is this request's: once it answered (say 401 before reading the
+            # body), a second answer would be taken for the next request's. Queued
+            # behind an earlier pipelined request still answering, this answer would
+            # land inside that one's response.
+            can_answer = not self.pipeline and (cycle is None or not cycle.response_started)
         if cycle is not None and not cycle.response_complete:
             # The handler sees a disconnect and its writes are dropped.
             cycle.disconnected = True
@@ -360,6 +476,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         self.transport.write(answer)
+        self._linger_then_close()
+
+    def _linger_then_close(self) -> None:
+        """Read and drop what the client still sends, within bounds, then close."""
+        self._cancel_timer()
         if not self.transport.can_write_eof():
             self.transport.close()
             return
@@ -379,6 +500,8 @@ def limited_protocol(limits: HttpLimits) -> type[LimitedHttpProtocol]:
     book = _Book(limits)
     too_large = f"request line and headers are larger than {limits.max_header_bytes} bytes"
     too_many = f"request has more than {limits.max_headers} header fields"
+    too_large_trailers = f"request trailers are larger than {limits.max_header_bytes} bytes"
+    too_many_trailers = f"request has more than {limits.max_headers} trailer fields"
 
     class ListenerHttpProtocol(LimitedHttpProtocol):
         _book = book
@@ -409,6 +532,27 @@ def limited_protocol(limits: HttpLimits) -> type[LimitedHttpProtocol]:
             _DEADLINE_EXCEEDED,
             "BODY_TIMEOUT",
             f"no request body received for {limits.body_timeout:g} s",
+        )
+        _trailers_too_large = _error_response(
+            431,
+            "Request Header Fields Too Large",
+            _RESOURCE_EXHAUSTED,
+            "TRAILERS_TOO_LARGE",
+            too_large_trailers,
+        )
+        _too_many_trailers = _error_response(
+            431,
+            "Request Header Fields Too Large",
+            _RESOURCE_EXHAUSTED,
+            "TOO_MANY_TRAILERS",
+            too_many_trailers,
+        )
+        _trailer_timeout_answer = _error_response(
+            408,
+            "Request Timeout",
+            _DEADLINE_EXCEEDED,
+            "TRAILER_TIMEOUT",
+            f"request trailers not complete within {limits.header_timeout:g} s",
         )
 
     return ListenerHttpProtocol

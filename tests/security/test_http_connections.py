@@ -343,6 +343,265 @@ async def test_too_many_headers_get_431(make_host: Any) -> None:
     writer.close()
 
 
+# Trailers of chunked requests
+
+COLLECT_CHUNKED = (
+    b"POST /probe.v1.ProbeService/Collect HTTP/1.1\r\nhost: x\r\n"
+    b"content-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n"
+    b'e\r\n{"text": "1"}\n\r\ne\r\n{"text": "2"}\n\r\n0\r\n'
+)
+
+
+async def test_trailers_under_the_limits_are_dropped_and_the_connection_reused(
+    make_host: Any,
+) -> None:
+    host = await make_host()
+    reader, writer = await connect(host)
+    trailers = b"".join(b"x-t%d: 1\r\n" % i for i in range(5))
+    for _ in range(2):
+        writer.write(COLLECT_CHUNKED + trailers + b"\r\n")
+        status, body = await read_response(reader)
+        assert status == 200, body
+        assert json.loads(body) == {"count": 2}
+    writer.close()
+
+
+async def test_too_many_trailers_get_431(make_host: Any) -> None:
+    """Trailer fields used to be appended to the request's headers without any limit."""
+    host = await make_host(replace(FAST, max_headers=20))
+    reader, writer = await connect(host)
+    trailers = b"".join(b"x-t%d: 1\r\n" % i for i in range(300))
+    writer.write(COLLECT_CHUNKED + trailers + b"\r\n")
+    data = await read_to_close(reader)
+    assert status_of(data) == 431
+    body = body_of(data)
+    assert body["code"] == 8
+    assert body["details"][0]["reason"] == "TOO_MANY_TRAILERS"
+    assert "more than 20 trailer fields" in body["message"]
+    writer.close()
+
+
+async def test_oversized_trailers_get_431(make_host: Any) -> None:
+    host = await make_host(replace(FAST, max_header_bytes=4096))
+    reader, writer = await connect(host)
+    writer.write(COLLECT_CHUNKED + b"x-big: " + b"a" * 8000 + b"\r\n\r\n")
+    data = await read_to_close(reader)
+    assert status_of(data) == 431
+    assert body_of(data)["details"][0]["reason"] == "TRAILERS_TOO_LARGE"
+    writer.close()
+
+
+async def test_one_endless_trailer_field_is_cut_off_before_the_server_reads_it(
+    make_host: Any,
+) -> None:
+    """httptools buffers an unfinished field: a 64 MB trailer value must not be read."""
+    host = await make_host()
+    reader, writer = await connect(host)
+    writer.write(COLLECT_CHUNKED + b"x-big: ")
+    chunk = b"a" * 65536
+    sent = 0
+    try:
+        async with asyncio.timeout(PATIENCE * 3):
+            while sent < 64 * 1024 * 1024:
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+    except ConnectionError:
+        pass
+    assert sent < 16 * 1024 * 1024, f"the server read {sent} bytes of one trailer field"
+    try:
+        data = await read_to_close(reader)
+    except ConnectionError:
+        data = b""
+    if data:
+        assert status_of(data) == 431
+    writer.close()
+
+
+async def test_trailers_sent_slowly_get_408_and_a_close(make_host: Any) -> None:
+    """Each trailer piece used to restart the body timer: a field every 0.2 s lasted for ever."""
+    host = await make_host()
+    reader, writer = await connect(host)
+    writer.write(COLLECT_CHUNKED)
+    answer = asyncio.create_task(read_to_close(reader, PATIENCE * 2))
+    for i in range(60):  # 12 s at most; the trailer deadline is the 0.5 s header timeout
+        if answer.done():
+            break
+        try:
+            writer.write(b"x-slow-%d: 1\r\n" % i)
+            await writer.drain()
+        except ConnectionError:
+            break
+        await asyncio.sleep(0.2)
+    data = await answer
+    assert i < 30, "the server kept reading trailers a field at a time"
+    if data:
+        assert status_of(data) == 408
+        assert body_of(data)["details"][0]["reason"] == "TRAILER_TIMEOUT"
+    writer.close()
+
+
+async def test_trailer_flood_after_an_early_answer_is_cut_off(make_host: Any) -> None:
+    """An unknown path is answered 404 at once; the trailers pushed after it are not read."""
+    host = await make_host()
+    reader, writer = await connect(host)
+    writer.write(
+        b"POST /nope HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+    )
+    await writer.drain()
+    status, _ = await read_response(reader)
+    assert status == 404
+    lines = b"".join(b"x-t%07d: v\r\n" % i for i in range(5000))
+    sent = 0
+    try:
+        async with asyncio.timeout(PATIENCE * 3):
+            while sent < 64 * 1024 * 1024:
+                writer.write(lines)
+                await writer.drain()
+                sent += len(lines)
+    except ConnectionError:
+        pass
+    assert sent < 16 * 1024 * 1024, f"the server read {sent} bytes of trailers"
+    writer.close()
+
+
+# A request answered before it was read
+
+
+async def test_body_dripped_after_an_early_answer_is_not_read_for_ever(make_host: Any) -> None:
+    """Answered 404 before its body came, a client sending a byte every 0.2 s (well within
+    the 1 s body timeout) used to hold the connection for ever: it is closed instead."""
+    host = await make_host()
+    reader, writer = await connect(host)
+    writer.write(b"POST /nope HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000000\r\n\r\n{")
+    await writer.drain()
+    status, _ = await read_response(reader)
+    assert status == 404
+    closed = asyncio.create_task(read_to_close(reader, PATIENCE * 2))
+    dripped = 0
+    while dripped < 60 and not closed.done():  # 12 s at most
+        try:
+            writer.write(b" ")
+            await writer.drain()
+        except ConnectionError:
+            break
+        dripped += 1
+        await asyncio.sleep(0.2)
+    assert await closed == b""  # no second answer
+    assert dripped < 30, "the server kept reading the body of a request it had answered"
+    writer.close()
+
+
+async def test_body_pushed_after_an_early_answer_is_read_within_a_bound(make_host: Any) -> None:
+    host = await make_host()
+    reader, writer = await connect(host)
+    writer.write(b"POST /nope HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000000\r\n\r\n{")
+    await writer.drain()
+    status, _ = await read_response(reader)
+    assert status == 404
+    chunk = b" " * 65536
+    sent = 0
+    try:
+        async with asyncio.timeout(PATIENCE * 3):
+            while sent < 64 * 1024 * 1024:
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+    except ConnectionError:
+        pass
+    assert sent < 16 * 1024 * 1024, f"the server read {sent} bytes after answering"
+    writer.close()
+
+
+# Pipelining
+
+
+async def test_pipelined_request_after_a_large_body_in_the_same_read_is_served(
+    make_host: Any,
+) -> None:
+    """The header byte count used to include the previous request's body when one read
+    held it and the start of the next request: a false 431 dropped both."""
+    host = await make_host(replace(FAST, max_header_bytes=4096))
+    reader, writer = await connect(host)
+    body = b"{" + b" " * 7998 + b"}"
+    writer.write(
+        b"POST /nope HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body), body) + b"GET /nope HTTP/1.1\r\nhost: x\r\n"
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.write(b"\r\n")
+    await writer.drain()
+    for _ in range(2):
+        status, _ = await read_response(reader)
+        assert status == 404
+    writer.close()
+
+
+async def test_body_timeout_behind_a_pipelined_stream_closes_without_an_answer(
+    make_host: Any,
+) -> None:
+    """A 408 for a stalled request queued behind a running stream would be written into
+    that stream's response: the connection is closed instead."""
+    host = await make_host()
+    token = host.token()
+    reader, writer = await connect(host)
+    writer.write(
+        b"GET /v1/orders:watch HTTP/1.1\r\nhost: x\r\naccept: application/x-ndjson\r\n"
+        b"authorization: Bearer " + token.encode() + b"\r\n\r\n"
+        b"POST /nope HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{"
+    )
+    await writer.drain()
+    data = await read_to_close(reader)
+    assert b"408" not in data and b"BODY_TIMEOUT" not in data, data[:300]
+    writer.close()
+
+
+# Connection cap: which connection goes
+
+
+async def test_connection_cap_closes_the_connection_idle_the_longest(make_host: Any) -> None:
+    """Idle order is when a connection became idle, not when it was opened; busy ones
+    (mid-request, however many and however old) are skipped at no cost."""
+    host = await make_host(
+        replace(FAST, header_timeout=60.0, keepalive_timeout=60.0, max_connections=12)
+    )
+    busy = []
+    for _ in range(8):
+        reader, writer = await connect(host)
+        writer.write(b"GET /v1/orders/x HTTP/1.1\r\n")  # mid-request: not idle
+        await writer.drain()
+        busy.append((reader, writer))
+    served_reader, served_writer = await connect(host)  # opened first, idle again later
+    quiet_reader, quiet_writer = await connect(host)  # idle since it was opened
+    served_writer.write(b"GET /v1/orders/x HTTP/1.1\r\nhost: x\r\n\r\n")
+    status, _ = await read_response(served_reader)
+    assert status == 401
+    await asyncio.sleep(0.2)
+
+    async def closed(reader: asyncio.StreamReader) -> bool:
+        try:
+            return await asyncio.wait_for(reader.read(1), 0.5) == b""
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+
+    extra = [await connect(host) for _ in range(2)]  # 12 open: the cap
+    extra.append(await connect(host))  # one too many: the quiet one goes
+    assert await closed(quiet_reader)
+    assert not await closed(served_reader)
+    extra.append(await connect(host))  # the served one goes next (the 2 extra are newer)
+    assert await closed(served_reader)
+    for reader, writer in busy:
+        writer.write(b"host: x\r\n\r\n")
+        status, _ = await read_response(reader)
+        assert status == 401
+        writer.close()
+    for _, writer in [*extra, (served_reader, served_writer), (quiet_reader, quiet_writer)]:
+        writer.close()
+
+
 # The open-file limit
 
 
