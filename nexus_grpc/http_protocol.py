@@ -16,10 +16,10 @@ protocol adds, per connection:
   are read and dropped, never added to the request's headers: nexus has no use for
   request trailers, RFC 9110 (6.5.1) lets a recipient discard them, and a field arriving
   while the app runs must not change the headers it already checked;
-- a request answered before it was fully read (say a 401 or 404 that never reads the
-  body): the rest is read and dropped for at most a second and 256 KiB, then the
-  connection closes (nginx's lingering close) instead of being kept alive for a client
-  that can drip the body forever;
+- a request answered before it was fully read (say a 401, 404 or 413 that never reads
+  the body): the rest is read and dropped for at most the body timeout (in all, not per
+  piece) and 64 MiB, then the connection closes (nginx's lingering close) instead of
+  being kept alive for a client that can drip the body for ever;
 - a cap on open connections shared by the listener: beyond it the connection idle the
   longest (never sent a byte, or between keep-alive requests) is closed, as nginx reuses
   keep-alive connections when it runs out, else the new one.
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from nexus_grpc.config import ConfigError, HttpConfig
 
@@ -61,6 +61,12 @@ _UNCOUNTED = -1
 # reach the client before it reads the answer (nginx's lingering_close does the same).
 _LINGER_SECONDS = 1.0
 _LINGER_BYTES = 256 * 1024
+# After the app answered a request it did not read all of (401, 404, 413 before reading
+# the body), how much more of it is read and dropped; how long is the body timeout, as a
+# whole rather than per piece (nginx's lingering_time is 30 s, like that default). A
+# client such as httpx sends its whole body before reading the answer: closing on it
+# sooner turns a 413 for a 5 MB body into a reset. Go reads 256 KiB and then closes.
+_DRAIN_BYTES = 64 * 1024 * 1024
 # Seconds between two warnings that the connection cap closed connections.
 _WARNING_INTERVAL = 60.0
 
@@ -187,6 +193,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         "_lingering",
         "_mark",
         "_phase",
+        "_running",
         "_spanned",
         "_timer",
         "_trailer_bytes",
@@ -230,6 +237,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         #: 2 while a read that began so has brought no body either: then all of it is in
         #: the trailer section (a data chunk's first byte would have come first).
         self._unbodied = 0
+        #: The request being answered while later pipelined ones wait in
+        #: ``self.pipeline`` (uvicorn keeps no reference to it then): told of a
+        #: disconnect like them, else a stream such as a watch runs on for ever.
+        self._running: RequestResponseCycle | None = None
 
     # Connection lifecycle
 
@@ -252,7 +263,22 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         book = self._book
         book.open.pop(self, None)
         book.idle.pop(self, None)
+        if self.pipeline:
+            self._disconnect_pipeline()
         super().connection_lost(exc)
+
+    def _disconnect_pipeline(self) -> None:
+        """Tell the running request and the queued ones that the client is gone.
+
+        uvicorn tells only the last request read (``self.cycle``).
+        """
+        cycles = [cycle for cycle, _ in self.pipeline]
+        if self._running is not None:
+            cycles.append(self._running)
+        for cycle in cycles:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
 
     # Reading
 
@@ -381,13 +407,22 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 raise _Rejected
             self._spanned = False
         self._phase = _BODY
+        previous = self.cycle
         _base.on_headers_complete(self)
+        if self.pipeline and self._running is None:
+            # Queued behind ``previous``, still answering.
+            self._running = previous
 
     def on_message_complete(self) -> None:
         self._phase = _DONE
         _base.on_message_complete(self)
 
     def on_response_complete(self) -> None:
+        pipeline = self.pipeline
+        if pipeline:
+            # uvicorn starts the next queued request: it runs now, with a reference to
+            # it kept in ``pipeline`` only while others wait behind it.
+            self._running = pipeline[-1][0] if len(pipeline) > 1 else None
         _base.on_response_complete(self)
         if self.transport.is_closing():
             return
@@ -399,7 +434,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             # Answered before the request was fully read: no keep-alive for a client
             # that could drip the rest for ever, the body timer restarting at each byte.
             self._unset_keepalive_if_required()
-            self._linger_then_close()
+            self._linger_then_close(self._book.limits.body_timeout, _DRAIN_BYTES)
 
     # Timers
 
@@ -472,26 +507,33 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             # The handler sees a disconnect and its writes are dropped.
             cycle.disconnected = True
             cycle.message_event.set()
+        if self.pipeline:
+            self._disconnect_pipeline()
         if not can_answer:
             self.transport.close()
             return
         self.transport.write(answer)
-        self._linger_then_close()
+        self._linger_then_close(_LINGER_SECONDS, _LINGER_BYTES)
 
-    def _linger_then_close(self) -> None:
-        """Read and drop what the client still sends, within bounds, then close."""
+    def _linger_then_close(self, seconds: float, max_bytes: int) -> None:
+        """Read and drop what the client still sends, within bounds, then close.
+
+        Our side is shut down first, so the client sees the end of the answers.
+        """
         self._cancel_timer()
         if not self.transport.can_write_eof():
             self.transport.close()
             return
         self.transport.write_eof()
-        self._lingering = 1
+        self._lingering = max_bytes
         self.flow.resume_reading()
-        self._timer = self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+        self._timer = self.loop.call_later(seconds, self.transport.close)
 
     def _linger(self, received: int) -> None:
-        self._lingering += received
-        if self._lingering > _LINGER_BYTES:
+        # _lingering is the number of bytes still allowed (non-zero while lingering).
+        self._lingering -= received
+        if self._lingering <= 0:
+            self._lingering = -1
             self.transport.close()
 
 
