@@ -132,6 +132,10 @@ class HttpConfig:
     #: Seconds allowed between two pieces of a request body (each chunk restarts it);
     #: 408 or a close after. nginx's client_body_timeout is 60 s.
     body_timeout: float = 30.0
+    #: Seconds a response may wait for a client that stopped reading it (its socket
+    #: buffers full): the call then ends DEADLINE_EXCEEDED and the connection is closed,
+    #: instead of a handler held for good. nginx's send_timeout is 60 s; 0 for none.
+    send_timeout: float = 60.0
     #: Seconds an idle keep-alive connection stays open between requests: nginx's 75 s,
     #: above the 60 s idle timeout of common load balancers (else they reuse connections
     #: the host is closing: sporadic 502s). Idle connections are the first the cap closes.

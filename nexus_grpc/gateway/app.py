@@ -39,14 +39,17 @@ from nexus_grpc.gateway.pending import (
 from nexus_grpc.gateway.pending import header as _header
 from nexus_grpc.gateway.responses import (
     JSON,
+    GuardedSend,
     Headers,
     Receive,
     Scope,
     Send,
+    SendStalledError,
     ended_by_server,
     peer_of,
     send_error,
     send_response,
+    shutting_down,
     watch_disconnect,
 )
 from nexus_grpc.gateway.routes import GatewayRoute, GatewayRoutes, build_gateway_routes
@@ -92,6 +95,8 @@ class GatewaySettings:
     strict_query: bool = False
     #: Deadline of calls that send no Grpc-Timeout; 0 for none.
     default_timeout: float = 0.0
+    #: Seconds a response may wait for a client that does not read it; 0 for none.
+    send_timeout: float = 60.0
     cors: CorsPolicy = field(default_factory=CorsPolicy)
 
     @classmethod
@@ -105,6 +110,7 @@ class GatewaySettings:
             forward_headers=frozenset(h.lower() for h in config.forward_headers),
             strict_query=config.strict_query,
             default_timeout=config.default_timeout,
+            send_timeout=config.send_timeout,
             cors=CorsPolicy(origins=config.cors_origins),
         )
 
@@ -151,6 +157,21 @@ class GatewayApp:
             return
         if scope["type"] != "http":
             return
+        guarded = GuardedSend(send, self._settings.send_timeout)
+        try:
+            await self._serve(scope, receive, guarded)
+        except SendStalledError:
+            return  # the connection is closed, the call ended (and was logged) with it
+        except asyncio.CancelledError:
+            # uvicorn cancels what still runs when the drain ends (or on a forced stop),
+            # often a write a client does not read: close the connection, and return
+            # rather than raise — uvicorn logs a traceback for an app that raises.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await guarded.abort()
+
+    async def _serve(self, scope: Scope, receive: Receive, send: GuardedSend) -> None:
         cors = self._settings.cors.response_headers(scope)
         if self._settings.cors.is_preflight(scope):
             headers = self._settings.cors.preflight_headers(scope, self._methods_for(scope))
@@ -160,15 +181,10 @@ class GatewayApp:
         if content_type.startswith("application/grpc-web"):
             await self._grpc_web.handle(scope, receive, send, cors)
             return
-        started = False
-
-        async def tracking_send(message: Any) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self._serve_rest(scope, receive, tracking_send, cors)
+            await self._serve_rest(scope, receive, send, cors)
+        except SendStalledError:
+            raise
         except StatusError as error:
             await send_error(send, error, [*cors, *_request_id_header(scope)])
         except Exception:
@@ -179,7 +195,7 @@ class GatewayApp:
                 _log.exception("gateway error on %s %s", scope["method"], scope["path"])
             finally:
                 request_id_var.reset(token)
-            if not started:
+            if not send.started:
                 failure = StatusError(
                     grpc.StatusCode.INTERNAL,
                     f"internal error (request id {request_id[0][1].decode()})",
@@ -197,7 +213,9 @@ class GatewayApp:
             return ["GET"]
         return self._routes.matcher.allowed_methods(path)
 
-    async def _serve_rest(self, scope: Scope, receive: Receive, send: Send, cors: Headers) -> None:
+    async def _serve_rest(
+        self, scope: Scope, receive: Receive, send: GuardedSend, cors: Headers
+    ) -> None:
         method = scope["method"]
         raw_path = scope.get("raw_path") or scope["path"].encode()
         path = raw_path.decode("latin-1")
@@ -235,7 +253,7 @@ class GatewayApp:
         context = self._context(scope, writer=None)
         binding = gateway_route.binding
         if binding.client_streaming:
-            requests = self._request_stream(scope, gateway_route, match.variables, receive)
+            requests = self._request_stream(scope, gateway_route, match.variables, receive, context)
             await self._call(route, gateway_route, requests, context, scope, receive, send, cors)
             return
         # Read and decoded by the pipeline's decode stage, after auth and rate limits.
@@ -245,6 +263,7 @@ class GatewayApp:
             gateway_route,
             match.variables,
             self._limits,
+            context,
             read=bool(binding.body) and method in _BODY_METHODS,
         )
         await self._call(route, gateway_route, request, context, scope, receive, send, cors)
@@ -271,6 +290,7 @@ class GatewayApp:
         gateway_route: GatewayRoute,
         variables: dict[str, str],
         receive: Receive,
+        context: GatewayContext,
     ) -> AsyncIterator[Message]:
         # Runs when the handler reads its first message: after auth and rate limits.
         require_content_type(scope, gateway_route, streaming=True)
@@ -278,7 +298,7 @@ class GatewayApp:
         content_type = "application/json"
         build = gateway_route.builder.build
         in_thread = self._limits.thread_parse_bytes
-        async for line in _ndjson_lines(receive, self._settings.max_body_bytes):
+        async for line in _ndjson_lines(receive, self._settings.max_body_bytes, context):
             if 0 < in_thread <= len(line):
                 # As for unary bodies (gateway.pending): large ones off the event loop.
                 yield await asyncio.to_thread(build, variables, query, line, content_type)
@@ -293,7 +313,7 @@ class GatewayApp:
         context: GatewayContext,
         scope: Scope,
         receive: Receive,
-        send: Send,
+        send: GuardedSend,
         cors: Headers,
     ) -> None:
         binding = gateway_route.binding
@@ -312,7 +332,7 @@ class GatewayApp:
 
         def watch() -> None:
             nonlocal watcher
-            watcher = asyncio.ensure_future(watch_disconnect(receive, call, context))
+            watcher = asyncio.ensure_future(watch_disconnect(receive, call, context, send))
 
         call = start_call(route.call, request, context)
         # Bidirectional calls read the body as they go and see the disconnect there.
@@ -333,6 +353,9 @@ class GatewayApp:
             if watcher is not None:
                 watcher.cancel()
         code = context.code() or grpc.StatusCode.OK
+        ending = shutting_down(context)
+        if ending:
+            send.finishing()
         if writer is not None:
             if code == grpc.StatusCode.OK:
                 await writer.finish()
@@ -340,11 +363,12 @@ class GatewayApp:
                 await writer.fail(status_of(context, code))
             else:
                 await self._send_status(send, context, code, cors)
-            return
-        if code != grpc.StatusCode.OK:
+        elif code != grpc.StatusCode.OK:
             await self._send_status(send, context, code, cors)
-            return
-        await self._send_message(send, gateway_route, response, context, cors)
+        else:
+            await self._send_message(send, gateway_route, response, context, cors)
+        if ending:
+            await send.flush()
 
     async def _send_message(
         self,
@@ -423,12 +447,17 @@ def _request_id_header(scope: Scope) -> Headers:
     return [(b"x-request-id", request_id.encode("latin-1"))]
 
 
-async def _ndjson_lines(receive: Receive, limit: int) -> AsyncIterator[bytes]:
+async def _ndjson_lines(
+    receive: Receive, limit: int, context: GatewayContext
+) -> AsyncIterator[bytes]:
     buffer = b""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return
+            # Not the end of the stream: a client stream cut short must not be handled
+            # as complete. The client cancelled the call.
+            context.cancelled_by_client = True
+            raise asyncio.CancelledError
         buffer += message.get("body", b"")
         *lines, buffer = buffer.split(b"\n")
         if len(buffer) > limit:

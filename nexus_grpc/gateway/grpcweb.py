@@ -23,15 +23,16 @@ from nexus_grpc.bounded import MESSAGE_LIMIT, clip
 from nexus_grpc.errors import StatusError
 from nexus_grpc.gateway.context import GatewayContext
 from nexus_grpc.gateway.headers import call_deadline
+from nexus_grpc.gateway.pending import read_limited_body
 from nexus_grpc.gateway.responses import (
-    BodyTooLargeError,
+    GuardedSend,
     Headers,
     Receive,
     Scope,
     Send,
     ended_by_server,
     peer_of,
-    read_body,
+    shutting_down,
     watch_disconnect,
 )
 from nexus_grpc.pipeline.context import call_result, start_call
@@ -110,7 +111,9 @@ class GrpcWebHandler:
         self._router = router
         self._settings = settings
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, cors: Headers) -> None:
+    async def handle(
+        self, scope: Scope, receive: Receive, send: GuardedSend, cors: Headers
+    ) -> None:
         """Answer one gRPC-Web request (always HTTP 200: the status is in the trailers)."""
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         text = headers.get("content-type", "").startswith("application/grpc-web-text")
@@ -149,12 +152,12 @@ class GrpcWebHandler:
             nonlocal watcher
             # The body is read: the next receive() reports the client leaving, which
             # must end a server stream instead of letting it write into the void.
-            watcher = asyncio.ensure_future(watch_disconnect(receive, call, context))
+            watcher = asyncio.ensure_future(watch_disconnect(receive, call, context, send))
 
         # The body is read and decoded by the pipeline's decode stage, after auth and
         # rate limits: a refused caller's body is never read.
         request = _PendingGrpcWebRequest(
-            receive, self._settings.max_body_bytes, text=text, on_read=body_read
+            scope, receive, self._settings.max_body_bytes, context, text=text, on_read=body_read
         )
         call = start_call(route.call, request, context)
         result: Any = None
@@ -168,6 +171,9 @@ class GrpcWebHandler:
             if watcher is not None:
                 watcher.cancel()
         code = context.code() or grpc.StatusCode.OK
+        ending = shutting_down(context)
+        if ending:
+            send.finishing()
         if (
             code == grpc.StatusCode.OK
             and result is not None
@@ -175,32 +181,44 @@ class GrpcWebHandler:
         ):
             await response.message(serialize(result) if serialize else result, context)
         await response.trailers(code, context.details() or "", context.trailing_metadata(), context)
+        if ending:
+            await send.flush()
 
 
 class _PendingGrpcWebRequest(PendingRequest):
     """The request body of a gRPC-Web call, read when the pipeline's decode stage asks."""
 
-    __slots__ = ("_limit", "_on_read", "_receive", "_text")
+    __slots__ = ("_context", "_limit", "_on_read", "_receive", "_scope", "_text")
 
     def __init__(
-        self, receive: Receive, limit: int, *, text: bool, on_read: Callable[[], None]
+        self,
+        scope: Scope,
+        receive: Receive,
+        limit: int,
+        context: GatewayContext,
+        *,
+        text: bool,
+        on_read: Callable[[], None],
     ) -> None:
+        self._scope = scope
         self._receive = receive
         self._limit = limit
+        self._context = context
         self._text = text
         self._on_read = on_read
 
     async def resolve(self) -> bytes:
         """The payload of the one request frame (the decode stage parses it)."""
+        # Past http.max_body_bytes: RESOURCE_EXHAUSTED, as over REST (Content-Length first).
+        body = await read_limited_body(self._scope, self._receive, self._limit, self._context)
+        self._on_read()
         try:
-            body = await read_body(self._receive, self._limit)
-            self._on_read()
             if self._text:
                 body = base64.b64decode(body, validate=False)
             frames = [payload for flag, payload in decode_frames(body) if flag == _DATA]
             if len(frames) != 1:
                 raise ValueError(f"expected one request message, got {len(frames)}")
-        except (ValueError, binascii.Error, BodyTooLargeError) as error:
+        except (ValueError, binascii.Error) as error:
             raise StatusError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"malformed gRPC-Web request: {error}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import parse_qsl
 
 import grpc
@@ -27,6 +28,7 @@ __all__ = [
     "PendingRestRequest",
     "header",
     "query_of",
+    "read_limited_body",
     "require_content_type",
     "too_large",
 ]
@@ -53,7 +55,16 @@ class BodyLimits:
 class PendingRestRequest(PendingRequest):
     """Reads, checks and decodes one REST request when the pipeline asks for it."""
 
-    __slots__ = ("_limits", "_receive", "_route", "_scope", "_variables", "on_read", "reads_body")
+    __slots__ = (
+        "_context",
+        "_limits",
+        "_receive",
+        "_route",
+        "_scope",
+        "_variables",
+        "on_read",
+        "reads_body",
+    )
 
     def __init__(
         self,
@@ -62,10 +73,12 @@ class PendingRestRequest(PendingRequest):
         route: GatewayRoute,
         variables: Mapping[str, str],
         limits: BodyLimits,
+        context: Any,
         *,
         read: bool,
     ) -> None:
         self._scope = scope
+        self._context = context
         self._receive = receive
         self._route = route
         self._variables = variables
@@ -84,7 +97,9 @@ class PendingRestRequest(PendingRequest):
         body: bytes | None = None
         if self.reads_body:
             require_content_type(scope, self._route, streaming=False)
-            body = await _read_body(scope, self._receive, limits.max_body_bytes)
+            body = await read_limited_body(
+                scope, self._receive, limits.max_body_bytes, self._context
+            )
             if self.on_read is not None:
                 self.on_read()
         builder = self._route.builder
@@ -138,12 +153,15 @@ def require_content_type(scope: Scope, gateway_route: GatewayRoute, *, streaming
         )
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+async def read_limited_body(scope: Scope, receive: Receive, limit: int, context: Any) -> bytes:
+    """The request body; 413 (RESOURCE_EXHAUSTED) past ``limit`` bytes, as declared by
+    Content-Length (nothing is read then) or as read; the call is cancelled by the
+    client when it leaves before the end."""
     declared = header(scope, b"content-length")
     if declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
     try:
-        return await read_body(receive, limit)
+        return await read_body(receive, limit, context)
     except BodyTooLargeError:
         raise too_large(limit) from None
 
