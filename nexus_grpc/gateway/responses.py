@@ -82,12 +82,16 @@ class GuardedSend:
 
     def __init__(self, send: Send, timeout: float) -> None:
         self._send = send
-        cycle = getattr(send, "__self__", None)
-        flow = getattr(cycle, "flow", None)
-        transport = getattr(cycle, "transport", None)
-        guarded = timeout > 0 and hasattr(flow, "write_paused") and transport is not None
-        self._flow = flow if guarded else None
-        self._transport: asyncio.Transport | None = transport if guarded else None
+        try:
+            cycle: Any = send.__self__  # type: ignore[attr-defined]
+            flow = cycle.flow
+            transport = cycle.transport
+        except AttributeError:
+            flow = transport = None
+        if timeout <= 0:
+            flow = transport = None
+        self._flow = flow
+        self._transport: asyncio.Transport | None = transport
         #: Seconds a send may wait for the client to read.
         self.timeout = timeout
         #: Whether the response has started (http.response.start was sent).
