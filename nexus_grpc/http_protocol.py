@@ -108,9 +108,11 @@ class _Book:
     limits: HttpLimits
     #: Open connections (only counted: the cap is on their number).
     open: dict[LimitedHttpProtocol, None] = field(default_factory=dict)
-    #: Idle connections, idle the longest first: added when one becomes idle (accept, a
-    #: response completed with nothing of the next request read), removed when a request
-    #: begins or it closes. Picking one to close is O(1) whatever the number open.
+    #: Connections by when they last became idle (accept, a response completed with
+    #: nothing of the next request read), the longest idle first. Moved to the end when
+    #: one becomes idle again; one that became busy since stays in place until the cap
+    #: looks for a connection to close and drops it (so a request pays one O(1) move,
+    #: and each connection looked at is dropped or closed: O(1) per accept amortized).
     idle: OrderedDict[LimitedHttpProtocol, None] = field(default_factory=OrderedDict)
     #: Connections closed because the cap was reached since the last warning.
     shed: int = 0
@@ -135,8 +137,9 @@ class _Book:
         idle = self.idle
         while idle:
             victim, _ = idle.popitem(last=False)
-            # One closed by its own timer stays listed until connection_lost: skip it.
-            if not victim.transport.is_closing():
+            # Busy since, or closed by its own timer (listed until connection_lost): it
+            # is put back when it becomes idle again.
+            if victim._is_idle():
                 self.open.pop(victim, None)
                 victim.transport.close()
                 return True
@@ -267,6 +270,26 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self._disconnect_pipeline()
         super().connection_lost(exc)
 
+    def _is_idle(self) -> bool:
+        """Nothing of a request read and nothing being answered: closing it loses no work."""
+        if self.transport.is_closing():
+            return False
+        if self._phase == _HEADERS:
+            return not self._began
+        cycle = self.cycle
+        return (
+            self._phase == _DONE
+            and (cycle is None or cycle.response_complete)
+            and not self.pipeline
+        )
+
+    def _became_idle(self) -> None:
+        idle = self._book.idle
+        try:
+            idle.move_to_end(self)
+        except KeyError:  # dropped by the cap while it was busy
+            idle[self] = None
+
     def _disconnect_pipeline(self) -> None:
         """Tell the running request and the queued ones that the client is gone.
 
@@ -342,13 +365,12 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             # since the keep-alive timer was just cancelled.
             self._phase = _HEADERS
             self._began = False
-            self._book.idle[self] = None
+            self._became_idle()
             self._mark = self.loop.time()
             self._arm(self._mark + self._book.limits.header_timeout)
 
     def on_message_begin(self) -> None:
         _base.on_message_begin(self)
-        self._book.idle.pop(self, None)
         # Began after an earlier request in the same read: that read is not all ours.
         self._header_raw = _UNCOUNTED if self._began else 0
         self._phase = _HEADERS
@@ -421,16 +443,23 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         pipeline = self.pipeline
         if pipeline:
             # uvicorn starts the next queued request: it runs now, with a reference to
-            # it kept in ``pipeline`` only while others wait behind it.
+            # it kept in ``pipeline`` only while others wait behind it. (Not idle, and
+            # not answered early: that one has not answered yet.)
             self._running = pipeline[-1][0] if len(pipeline) > 1 else None
-        _base.on_response_complete(self)
-        if self.transport.is_closing():
+            _base.on_response_complete(self)
             return
+        _base.on_response_complete(self)
+        # Nothing was queued: the request that completed is the last one read.
         phase = self._phase
         if phase == _DONE:
-            if not self.pipeline and self.cycle.response_complete:
-                self._book.idle[self] = None
-        elif phase != _HEADERS and self.cycle.response_complete:
+            # _became_idle, inlined: this runs on every keep-alive request. (If the
+            # connection is closing, the cap skips it and connection_lost drops it.)
+            idle = self._book.idle
+            try:
+                idle.move_to_end(self)
+            except KeyError:
+                idle[self] = None
+        elif phase != _HEADERS and not self.transport.is_closing():
             # Answered before the request was fully read: no keep-alive for a client
             # that could drip the rest for ever, the body timer restarting at each byte.
             self._unset_keepalive_if_required()
