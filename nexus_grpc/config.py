@@ -143,9 +143,11 @@ class HttpConfig:
     #: Open HTTP connections at most; beyond it the oldest idle connection (or the new
     #: one, when none is idle) is closed. Lowered to 3/4 of the open-file limit at start.
     max_connections: int = 4096
-    #: Largest request line plus headers, in bytes (431 beyond). nginx allows 4 x 8 KiB.
+    #: Largest request line plus headers (and, separately, a chunked request's trailers),
+    #: in bytes (431 beyond). nginx allows 4 x 8 KiB.
     max_header_bytes: int = 32 * 1024
-    #: Most header fields in a request (431 beyond); Envoy's headers_count default is 100.
+    #: Most header fields in a request, and trailer fields after a chunked body (431
+    #: beyond); Envoy's headers_count default is 100.
     max_headers: int = 100
 
 
