@@ -184,11 +184,20 @@ async def test_events_committed_while_redis_is_down_are_relayed_when_it_is_back(
     assert not bus.healthy()
 
     own_redis.start()
-    await eventually(lambda: sorted(handled) == ["before", "in-tx", "no-tx"])
-    await eventually(lambda: bus.healthy())
-    await outbox.stop()
-    assert await outbox_rows(namespace) == []
-    await bus.stop(grace=1)
+    try:
+        await eventually(lambda: sorted(handled) == ["before", "in-tx", "no-tx"])
+        await eventually(lambda: bus.healthy())
+        # A handler can see an event before the relay that sent it has marked its row
+        # published: the next sweeps delete it.
+        for _ in range(100):
+            if not await outbox_rows(namespace):
+                break
+            await outbox.sweep()
+            await asyncio.sleep(0.05)
+        assert await outbox_rows(namespace) == []
+    finally:
+        await outbox.stop()
+        await bus.stop(grace=1)
 
 
 async def test_without_an_outbox_a_refused_publish_raises(own_redis: OwnRedis) -> None:
