@@ -47,7 +47,8 @@ import grpc
 import jwt
 from nexus.orders.v1 import orders_pb2
 
-from nexus_grpc.audit import AuditLog
+from nexus_grpc.access.audit import AuditLog
+from nexus_grpc.access.policy import effective_policy
 from nexus_grpc.auth import (
     Grant,
     KeySet,
@@ -59,7 +60,6 @@ from nexus_grpc.auth import (
 from nexus_grpc.config import AuthConfig, Config, LimitsConfig, LogConfig
 from nexus_grpc.host import AUDIT_NAMESPACE, Host
 from nexus_grpc.pipeline import Stage, chain
-from nexus_grpc.policy import effective_policy
 from nexus_grpc.routing import Arity, CallHandler, InFlight, MethodInfo
 from nexus_grpc.storage import Storage
 from plugins.auth.sessions import SessionStore

@@ -497,8 +497,8 @@ def _config_or_exit(path: str | None) -> Config:
 
 
 def _lint(args: argparse.Namespace) -> int:
+    from nexus_grpc.access.policy import methods_without_policy
     from nexus_grpc.plugins.contracts import load_contracts
-    from nexus_grpc.policy import methods_without_policy
 
     contracts = load_contracts(_config_or_exit(args.config))
     for error in contracts.errors:
@@ -523,8 +523,8 @@ def _lint(args: argparse.Namespace) -> int:
 
 
 def _policy_explain(args: argparse.Namespace) -> int:
+    from nexus_grpc.access.policy import effective_policy, explain
     from nexus_grpc.plugins.contracts import find_method, load_contracts
-    from nexus_grpc.policy import effective_policy, explain
 
     contracts = load_contracts(_config_or_exit(args.config))
     method = find_method(contracts, args.method)

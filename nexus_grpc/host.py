@@ -10,8 +10,9 @@ from pathlib import Path
 
 import grpc
 
-from nexus_grpc.admin import AdminServicer
-from nexus_grpc.audit import AuditLog
+from nexus_grpc.access.audit import AuditLog
+from nexus_grpc.access.validation import ValidationStage
+from nexus_grpc.admin.service import AdminServicer
 from nexus_grpc.auth import KeySet, SessionGuard, TokenIssuer, Tokens, TokenVerifier
 from nexus_grpc.cache import CacheManager
 from nexus_grpc.cache.metrics import CacheMetrics
@@ -21,9 +22,6 @@ from nexus_grpc.events.metrics import EventMetrics
 from nexus_grpc.events.outbox import Outbox
 from nexus_grpc.events.redis_bus import RedisBus
 from nexus_grpc.gateway import GatewayApp, GatewaySettings
-from nexus_grpc.health import OVERALL, HealthState
-from nexus_grpc.http_protocol import HttpLimits
-from nexus_grpc.http_server import HttpServer
 from nexus_grpc.pipeline import Stage, build_stages
 from nexus_grpc.pipeline.audit import AdminAuditStage
 from nexus_grpc.pipeline.auth import AccessStage, AuthStage
@@ -40,13 +38,15 @@ from nexus_grpc.ratelimit import (
     RedisBuckets,
     parse_rate_classes,
 )
-from nexus_grpc.reflection import ReflectionServicer, reflection_bindings
 from nexus_grpc.routing import InFlight, Router
-from nexus_grpc.server import create_server
-from nexus_grpc.servicers import bind_servicer, build_routes
 from nexus_grpc.storage import Storage, make_private_dir
 from nexus_grpc.storage.metrics import StorageMetrics
-from nexus_grpc.validation import ValidationStage
+from nexus_grpc.transport.grpc_server import create_server
+from nexus_grpc.transport.health import OVERALL, HealthState
+from nexus_grpc.transport.http_protocol import HttpLimits
+from nexus_grpc.transport.http_server import HttpServer
+from nexus_grpc.transport.reflection import ReflectionServicer, reflection_bindings
+from nexus_grpc.transport.servicers import bind_servicer, build_routes
 
 __all__ = ["CORE_PLUGIN", "Host"]
 

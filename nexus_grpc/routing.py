@@ -22,8 +22,8 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 
 if TYPE_CHECKING:
+    from nexus_grpc.access.policy import EffectivePolicy
     from nexus_grpc.plugins.spec import OwnershipHook
-    from nexus_grpc.policy import EffectivePolicy
 
 __all__ = ["Arity", "CallHandler", "InFlight", "MethodInfo", "Route", "Router", "RoutingTable"]
 
@@ -105,7 +105,7 @@ class MethodInfo:
     arity: Arity
     #: Calls of this plugin in progress (shared by all its methods).
     in_flight: InFlight = field(compare=False)
-    #: The access policy the contract declares (see nexus_grpc.policy).
+    #: The access policy the contract declares (see nexus_grpc.access.policy).
     policy: EffectivePolicy | None = field(default=None, compare=False)
     #: The servicer's ownership hook (``owns``), for permissions with scope own/team.
     ownership: OwnershipHook | None = field(default=None, compare=False)

@@ -45,12 +45,12 @@ from google.protobuf.descriptor import (
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
+from nexus_grpc.access.policy import Access, effective_policy
 from nexus_grpc.codegen import DESCRIPTOR_SET_NAME
 from nexus_grpc.gateway.bindings import HttpBinding, resolve_field_path
 from nexus_grpc.gateway.codec import JsonOptions
 from nexus_grpc.gateway.openapi_rules import is_required, list_constraints, value_constraints
 from nexus_grpc.gateway.template import DOUBLE_WILDCARD, LITERAL, PathTemplate, Segment
-from nexus_grpc.policy import Access, effective_policy
 
 __all__ = ["openapi_document"]
 
@@ -889,7 +889,7 @@ def _map_fields(proto_field: FieldDescriptor) -> tuple[FieldDescriptor, FieldDes
 def _access(method: MethodDescriptor) -> tuple[str, bool]:
     """A sentence on who may call ``method``, and whether it needs a bearer token.
 
-    Read from the policy the host enforces (nexus_grpc.policy.effective_policy), so the
+    Read from the policy the host enforces (nexus_grpc.access.policy.effective_policy), so the
     document cannot disagree with it: health and reflection are public because the
     host makes them so, whatever their contracts say.
     """

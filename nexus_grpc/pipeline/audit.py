@@ -6,10 +6,10 @@ from typing import Any
 
 import grpc
 
-from nexus_grpc.audit import AuditLog, Outcome
+from nexus_grpc.access.audit import AuditLog, Outcome
+from nexus_grpc.access.policy import Access
 from nexus_grpc.auth.principal import ANONYMOUS, principal_var
 from nexus_grpc.errors import StatusError
-from nexus_grpc.policy import Access
 from nexus_grpc.routing import CallHandler, MethodInfo
 
 __all__ = ["AdminAuditStage"]

@@ -13,12 +13,12 @@ from typing import Any, Protocol
 
 import grpc
 
-from nexus_grpc.audit import AuditLog, Outcome
+from nexus_grpc.access.audit import AuditLog, Outcome
+from nexus_grpc.access.policy import Access, EffectivePolicy
 from nexus_grpc.auth.principal import ANONYMOUS, Principal, Scope, principal_var
 from nexus_grpc.auth.sessions import SessionGuard
 from nexus_grpc.errors import StatusError
 from nexus_grpc.plugins.spec import OwnershipCheck
-from nexus_grpc.policy import Access, EffectivePolicy
 from nexus_grpc.routing import Arity, CallHandler, MethodInfo
 
 __all__ = ["INPROC_PRINCIPAL", "AccessStage", "AuthStage", "TokenVerifier"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from nexus_grpc.plugins.discovery import Candidate
 from nexus_grpc.plugins.manifest import Manifest
 from nexus_grpc.plugins.spec import Plugin
-from nexus_grpc.servicers import declared_services
+from nexus_grpc.transport.servicers import declared_services
 
 __all__ = ["LoadedPlugin", "PluginError", "import_plugin"]
 

@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nexus_grpc.audit import AuditLog
+from nexus_grpc.access.audit import AuditLog
 from nexus_grpc.auth.principal import Grant
 from nexus_grpc.cache import CacheManager
 from nexus_grpc.config import Config
 from nexus_grpc.events import EventBus, Publisher, event_type_exists, subscriptions_of
 from nexus_grpc.events.outbox import Outbox
-from nexus_grpc.health import HealthState
 from nexus_grpc.pipeline import Stage
 from nexus_grpc.plugins.discovery import Candidate, discover
 from nexus_grpc.plugins.loader import LoadedPlugin, PluginError, import_plugin
@@ -29,8 +28,14 @@ from nexus_grpc.plugins.manifest import Manifest
 from nexus_grpc.plugins.services import Services, outside_calls
 from nexus_grpc.plugins.spec import Hook, PluginContext
 from nexus_grpc.routing import InFlight, Router
-from nexus_grpc.servicers import ServicerError, bind_servicer, build_routes, construct_servicer
 from nexus_grpc.storage import Namespace, Storage
+from nexus_grpc.transport.health import HealthState
+from nexus_grpc.transport.servicers import (
+    ServicerError,
+    bind_servicer,
+    build_routes,
+    construct_servicer,
+)
 
 __all__ = ["PluginManager", "PluginRecord", "PluginState", "StrictModeError"]
 

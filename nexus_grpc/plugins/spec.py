@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from nexus_grpc.auth.principal import Principal, Scope
 
 if TYPE_CHECKING:
-    from nexus_grpc.audit import AuditLog
+    from nexus_grpc.access.audit import AuditLog
     from nexus_grpc.cache import Cache
     from nexus_grpc.events import Publisher
     from nexus_grpc.plugins.services import Services

@@ -124,7 +124,7 @@ class RateLimitStage:
 def _class_name(method: MethodInfo) -> str:
     policy = method.policy
     if policy is None:
-        from nexus_grpc.policy import effective_policy
+        from nexus_grpc.access.policy import effective_policy
 
         policy = effective_policy(method.descriptor)
     return policy.rate_limit_class or "default"

@@ -11,7 +11,7 @@ import grpc
 from nexus.auth.v1 import auth_pb2, auth_pb2_grpc, records_pb2
 
 from nexus_grpc import NotFoundError, PluginContext, StatusError
-from nexus_grpc.audit import AuditLog, Outcome
+from nexus_grpc.access.audit import AuditLog, Outcome
 from nexus_grpc.auth.principal import Scope, current_principal
 
 from .accounts import Accounts

@@ -46,7 +46,7 @@ from google.rpc import error_details_pb2
 from nexus.auth.v1 import records_pb2
 
 from nexus_grpc import AlreadyExistsError, StatusError
-from nexus_grpc.audit import AuditLog, Outcome
+from nexus_grpc.access.audit import AuditLog, Outcome
 from nexus_grpc.config import AuthConfig
 from nexus_grpc.ratelimit import peer_address
 from nexus_grpc.storage import Namespace

@@ -656,7 +656,7 @@ def test_bundled_security(bundled: dict[str, Any]) -> None:
 def test_every_operation_needs_a_token_exactly_when_the_host_demands_one(
     bundled: dict[str, Any],
 ) -> None:
-    from nexus_grpc.policy import Access, effective_policy
+    from nexus_grpc.access.policy import Access, effective_policy
 
     pool = descriptor_pool.Default()
     seen = 0

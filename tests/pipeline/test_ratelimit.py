@@ -14,12 +14,12 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.rpc import error_details_pb2, status_pb2
 from nexus.options.v1 import options_pb2
 
+from nexus_grpc.access.policy import Access, EffectivePolicy
 from nexus_grpc.auth.principal import Principal, principal_var
 from nexus_grpc.config import LimitsConfig
 from nexus_grpc.errors import StatusError
 from nexus_grpc.gateway.status import error_body, http_status
 from nexus_grpc.pipeline import ErrorStage, chain
-from nexus_grpc.policy import Access, EffectivePolicy
 from nexus_grpc.ratelimit import (
     ConcurrencyStage,
     MemoryBuckets,

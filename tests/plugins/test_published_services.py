@@ -24,6 +24,7 @@ from probe.v1 import probe_pb2, probe_pb2_grpc
 from transcode.v1 import transcode_pb2, transcode_pb2_grpc
 
 from nexus_grpc import PluginContext
+from nexus_grpc.access.policy import Access, EffectivePolicy
 from nexus_grpc.auth.principal import Principal, current_principal, principal_var
 from nexus_grpc.config import AuthConfig
 from nexus_grpc.errors import StatusError
@@ -38,10 +39,9 @@ from nexus_grpc.plugins.services import (
     outside_calls,
     plugin_principal,
 )
-from nexus_grpc.policy import Access, EffectivePolicy
 from nexus_grpc.routing import Arity, InFlight, MethodInfo, Router
-from nexus_grpc.servicers import bind_servicer, build_routes
 from nexus_grpc.testing import RunningHost, running_host
+from nexus_grpc.transport.servicers import bind_servicer, build_routes
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLISHED = Path(__file__).resolve().parent / "published"

@@ -20,7 +20,7 @@ import pytest
 from nexus.admin.v1 import admin_pb2, admin_pb2_grpc
 from probe.v1 import probe_pb2
 
-from nexus_grpc.audit import AuditLog, Outcome
+from nexus_grpc.access.audit import AuditLog, Outcome
 from nexus_grpc.pipeline.codes import code_label
 from nexus_grpc.testing import RunningHost, running_host
 from tests.security.conftest import PROBE_DIR, REPO

@@ -21,8 +21,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nexus_grpc.config import ServerConfig
-from nexus_grpc.server import fd_bounded_connections
 from nexus_grpc.testing import RunningHost, running_host
+from nexus_grpc.transport.grpc_server import fd_bounded_connections
 from tests.security.conftest import PROBE_DIR
 from tests.security.h2client import RawH2, grpc_frame
 

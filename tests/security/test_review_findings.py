@@ -15,12 +15,12 @@ from nexus.auth.v1 import auth_pb2, auth_pb2_grpc
 from nexus.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 
+from nexus_grpc.access.policy import Access, EffectivePolicy
 from nexus_grpc.auth.principal import Grant, Principal, Scope, principal_var
 from nexus_grpc.config import LimitsConfig
 from nexus_grpc.errors import StatusError
 from nexus_grpc.gateway.grpcweb import encode_frame
 from nexus_grpc.pipeline.auth import AccessStage
-from nexus_grpc.policy import Access, EffectivePolicy
 from nexus_grpc.routing import Arity, InFlight, MethodInfo
 from nexus_grpc.testing import RunningHost, running_host
 from tests.security.conftest import REPO

@@ -6,7 +6,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from nexus_grpc.config import Config, load_config
+from nexus_grpc.config import load_config
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -22,8 +22,7 @@ def _sample(tmp_path: Path) -> Path:
 
 def test_the_readme_sample_config_loads_and_states_the_defaults(tmp_path: Path) -> None:
     loaded = load_config(_sample(tmp_path), environ={})
-    defaults = Config()
     for section in ("server", "http", "auth", "limits", "events", "cache", "storage", "log"):
-        assert dataclasses.asdict(getattr(loaded, section)) == dataclasses.asdict(
-            getattr(defaults, section)
-        ), section
+        value = getattr(loaded, section)
+        # Each section's own defaults (a whole Config() would name default addresses).
+        assert dataclasses.asdict(value) == dataclasses.asdict(type(value)()), section

@@ -1,4 +1,4 @@
-"""Request validation from the nexus.options.v1.rules field options (nexus_grpc.validation)."""
+"""Request validation from the nexus.options.v1.rules field options (nexus_grpc.access.validation)."""
 
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_tools import protoc
 from nexus.orders.v1 import orders_pb2
 
+from nexus_grpc.access.validation import ValidationStage, compile_validator
 from nexus_grpc.codegen import include_paths
 from nexus_grpc.errors import InvalidArgumentError, to_status_proto
 from nexus_grpc.pipeline import ErrorStage, chain
 from nexus_grpc.routing import Arity, CallHandler, InFlight, MethodInfo
-from nexus_grpc.validation import ValidationStage, compile_validator
 
 HERE = Path(__file__).parent
 REPO_PROTO = Path(__file__).parents[2] / "proto"

@@ -21,9 +21,9 @@ from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 
+from nexus_grpc.access.validation import compile_validator
 from nexus_grpc.plugins.services import Services
 from nexus_grpc.testing import RunningHost, running_host
-from nexus_grpc.validation import compile_validator
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_SECONDS = 253_402_300_799

@@ -18,6 +18,7 @@ import grpc
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
 
+from nexus_grpc.access.policy import effective_policy
 from nexus_grpc.pipeline import (
     Stage,
     as_call_handler,
@@ -25,7 +26,6 @@ from nexus_grpc.pipeline import (
     grpc_method_handler,
     unimplemented_handler,
 )
-from nexus_grpc.policy import effective_policy
 from nexus_grpc.routing import Arity, InFlight, MethodInfo, Route
 
 __all__ = [

@@ -18,7 +18,7 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from nexus_grpc.routing import Router
-from nexus_grpc.servicers import ServiceBinding, bind_servicer
+from nexus_grpc.transport.servicers import ServiceBinding, bind_servicer
 
 __all__ = ["ReflectionServicer", "reflection_bindings"]
 

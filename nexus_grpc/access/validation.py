@@ -44,7 +44,7 @@ Nested messages
     counts on lists and maps). Well-known types (``google.protobuf.*``) are not
     descended into; instead every Timestamp, Duration, FieldMask and Any a request
     holds, with rules or without, is checked against its own type's contract
-    (:mod:`nexus_grpc.well_known`): ``since_time.seconds``, ``update_mask.paths[0]``.
+    (:mod:`nexus_grpc.access.well_known`): ``since_time.seconds``, ``update_mask.paths[0]``.
 Values are what the request holds: like proto3 itself, the checks do not tell an unset
 scalar from its zero value (also for fields with explicit presence).
 
@@ -74,9 +74,9 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from nexus.options.v1 import options_pb2
 
+from nexus_grpc.access.well_known import CHECKS as _WELL_KNOWN_CHECKS
 from nexus_grpc.errors import FieldViolation, InvalidArgumentError
 from nexus_grpc.routing import Arity, CallHandler, MethodInfo
-from nexus_grpc.well_known import CHECKS as _WELL_KNOWN_CHECKS
 
 __all__ = ["ValidationStage", "Validator", "compile_validator"]
 

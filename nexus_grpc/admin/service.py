@@ -7,11 +7,11 @@ from typing import Any, cast
 
 from nexus.admin.v1 import admin_pb2, admin_pb2_grpc
 
-from nexus_grpc.admin_events import EventsAdmin
-from nexus_grpc.audit import AuditLog
+from nexus_grpc.access.audit import AuditLog
+from nexus_grpc.admin.events import EventsAdmin
 from nexus_grpc.errors import NotFoundError
-from nexus_grpc.health import HealthState
 from nexus_grpc.plugins.manager import PluginManager, PluginRecord
+from nexus_grpc.transport.health import HealthState
 
 __all__ = ["AdminServicer"]
 

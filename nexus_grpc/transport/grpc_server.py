@@ -10,8 +10,8 @@ from typing import Any
 import grpc
 
 from nexus_grpc.config import ServerConfig
-from nexus_grpc.request_read import ReadWatch, read_bounded
 from nexus_grpc.routing import Router
+from nexus_grpc.transport.request_read import ReadWatch, read_bounded
 
 __all__ = [
     "Dispatcher",

@@ -15,10 +15,10 @@ from typing import cast
 
 import uvicorn
 
-from nexus_grpc.accept_guard import GuardedSocket, install_accept_error_log
 from nexus_grpc.gateway.app import GatewayApp
-from nexus_grpc.http_protocol import HttpLimits, limited_protocol
-from nexus_grpc.server import ListenError
+from nexus_grpc.transport.accept_guard import GuardedSocket, install_accept_error_log
+from nexus_grpc.transport.grpc_server import ListenError
+from nexus_grpc.transport.http_protocol import HttpLimits, limited_protocol
 
 __all__ = ["HttpServer"]
 

@@ -1,0 +1,1 @@
+"""The host's administrative gRPC services: plugins, health, audit and events."""
