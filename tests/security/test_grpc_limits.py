@@ -113,23 +113,20 @@ async def test_the_read_timeout_leaves_whole_calls_and_client_deadlines_alone(
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_a_client_deadline_bounds_a_missing_message_when_it_is_shorter(
-    start_host: HostFactory, connections: list[RawH2]
+@pytest.mark.parametrize(
+    ("read_timeout", "grpc_timeout"),
+    [
+        (600.0, "500m"),  # the client's deadline is the shorter bound
+        (1.0, "99999999H"),  # a deadline of years must not lift the read bound
+    ],
+    ids=["client-deadline-shorter", "client-deadline-longer"],
+)
+async def test_a_missing_message_ends_at_the_shorter_of_deadline_and_read_timeout(
+    start_host: HostFactory, connections: list[RawH2], read_timeout: float, grpc_timeout: str
 ) -> None:
-    host = await start_host(replace(QUIET, request_read_timeout=600.0))
+    host = await start_host(replace(QUIET, request_read_timeout=read_timeout))
     client = await connect(host, connections)
-    stream = await client.open_call(CHECK, grpc_timeout="500m")
-    assert await client.wait(lambda: client.stream_ended(stream), WITHIN)
-    assert client.streams[stream].grpc_status == "4"
-
-
-async def test_a_long_client_deadline_does_not_lift_the_read_timeout(
-    start_host: HostFactory, connections: list[RawH2]
-) -> None:
-    # A deadline of years must not turn the read bound off for a message never sent.
-    host = await start_host(replace(QUIET, request_read_timeout=1.0))
-    client = await connect(host, connections)
-    stream = await client.open_call(CHECK, grpc_timeout="99999999H")
+    stream = await client.open_call(CHECK, grpc_timeout=grpc_timeout)
     assert await client.wait(lambda: client.stream_ended(stream), WITHIN)
     assert client.streams[stream].grpc_status == "4"
 
