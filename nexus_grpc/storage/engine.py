@@ -58,6 +58,8 @@ _SQLITE_POOL_SIZE = 8
 _SQLITE_BEGIN = "nexus_sqlite_begin"
 
 #: Key of the PostgreSQL advisory lock serialising schema creation across processes.
+#: Tries of the schema creation when the database is busy (0.05 s, doubling, between).
+_SCHEMA_ATTEMPTS = 5
 _SCHEMA_LOCK_KEY = 0x6E657875_73000001  # "nexus" + 1, any constant unique to this table
 
 #: SQLSTATEs of PostgreSQL failures a retry can cure: serialization failure, deadlock,
@@ -136,6 +138,19 @@ class Database:
 
     async def create_schema(self) -> None:
         """Create the table if missing; safe when several processes do it at once."""
+        for attempt in range(_SCHEMA_ATTEMPTS):
+            try:
+                await self._create_schema_once()
+                return
+            except ConflictError as error:
+                # Processes starting together on a new SQLite file contend for its first
+                # write (and the switch to WAL), which SQLite may refuse at once rather
+                # than wait for: take turns instead of failing the start.
+                if error.reason != STORAGE_BUSY or attempt == _SCHEMA_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
+
+    async def _create_schema_once(self) -> None:
         async with self.transaction(write=True) as conn:
             if self.dialect.name == "postgresql":
                 # CREATE TABLE IF NOT EXISTS still races on PostgreSQL's catalogs (unique
