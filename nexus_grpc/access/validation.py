@@ -555,9 +555,11 @@ def _list_check(
                         found.append(FieldViolation(f"{name}[{index}]", wrong))
 
         return values
-    if size is None:
-        return None
-    count = size
+    return None if size is None else _counted(name, size)
+
+
+def _counted(name: str, count: Callable[[int, _Violations], bool]) -> _FieldCheck:
+    """A field check that only counts the elements of repeated or map field ``name``."""
 
     def counted(message: Message, found: _Violations) -> None:
         count(len(getattr(message, name)), found)
@@ -582,14 +584,7 @@ def _map_check(
 ) -> _FieldCheck | None:
     size = _size_check(name, where, rules)
     if node is None and not checks:
-        if size is None:
-            return None
-        count = size
-
-        def counted(message: Message, found: _Violations) -> None:
-            count(len(getattr(message, name)), found)
-
-        return counted
+        return None if size is None else _counted(name, size)
 
     if node is not None:
         value_checks = node.checks

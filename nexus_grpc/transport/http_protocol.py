@@ -75,14 +75,14 @@ _log = logging.getLogger("nexus.http")
 
 @dataclass(frozen=True)
 class HttpLimits:
-    """The connection and header limits of one HTTP listener."""
+    """The connection and header limits of one HTTP listener (defaults: ``HttpConfig``'s)."""
 
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    keepalive_timeout: float = 75.0
-    max_connections: int = 4096
-    max_header_bytes: int = 32 * 1024
-    max_headers: int = 100
+    header_timeout: float
+    body_timeout: float
+    keepalive_timeout: float
+    max_connections: int
+    max_header_bytes: int
+    max_headers: int
 
     @classmethod
     def from_config(cls, config: HttpConfig) -> HttpLimits:

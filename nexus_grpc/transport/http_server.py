@@ -15,6 +15,7 @@ from typing import cast
 
 import uvicorn
 
+from nexus_grpc.config import HttpConfig
 from nexus_grpc.gateway.app import GatewayApp
 from nexus_grpc.transport.accept_guard import GuardedSocket, install_accept_error_log
 from nexus_grpc.transport.grpc_server import ListenError
@@ -39,7 +40,7 @@ class HttpServer:
         self._app = app
         self._address = address
         self._reuse_port = reuse_port
-        self._limits = _fit_fd_limit(limits or HttpLimits())
+        self._limits = _fit_fd_limit(limits or HttpLimits.from_config(HttpConfig()))
         self._socket: socket.socket | None = None
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None

@@ -108,12 +108,13 @@ async def test_connection_that_never_sends_is_closed_after_the_header_timeout(
     writer.close()
 
 
-async def test_slowloris_headers_get_408_and_a_close(make_host: Any) -> None:
-    host = await make_host()
-    reader, writer = await connect(host)
-    writer.write(b"GET /v1/orders/x HTTP/1.1\r\nhost: x\r\n")
+async def drip_fields(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, rounds: int
+) -> tuple[bytes, int]:
+    """Send one header field every 0.2 s until the server answers or closes; what it
+    answered and how many fields went out."""
     answer = asyncio.create_task(read_to_close(reader, PATIENCE * 2))
-    for i in range(100):  # 20 s at most; the header timeout is 0.5 s
+    for i in range(rounds):
         if answer.done():
             break
         try:
@@ -122,7 +123,15 @@ async def test_slowloris_headers_get_408_and_a_close(make_host: Any) -> None:
         except ConnectionError:
             break
         await asyncio.sleep(0.2)
-    data = await answer
+    return await answer, i
+
+
+async def test_slowloris_headers_get_408_and_a_close(make_host: Any) -> None:
+    host = await make_host()
+    reader, writer = await connect(host)
+    writer.write(b"GET /v1/orders/x HTTP/1.1\r\nhost: x\r\n")
+    # 20 s at most; the header timeout is 0.5 s
+    data, i = await drip_fields(reader, writer, rounds=100)
     assert i < 50, "the server kept reading a header a line at a time"
     if data:
         assert status_of(data) == 408
@@ -414,17 +423,8 @@ async def test_trailers_sent_slowly_get_408_and_a_close(make_host: Any) -> None:
     host = await make_host()
     reader, writer = await connect(host)
     writer.write(COLLECT_CHUNKED)
-    answer = asyncio.create_task(read_to_close(reader, PATIENCE * 2))
-    for i in range(60):  # 12 s at most; the trailer deadline is the 0.5 s header timeout
-        if answer.done():
-            break
-        try:
-            writer.write(b"x-slow-%d: 1\r\n" % i)
-            await writer.drain()
-        except ConnectionError:
-            break
-        await asyncio.sleep(0.2)
-    data = await answer
+    # 12 s at most; the trailer deadline is the 0.5 s header timeout
+    data, i = await drip_fields(reader, writer, rounds=60)
     assert i < 30, "the server kept reading trailers a field at a time"
     if data:
         assert status_of(data) == 408
