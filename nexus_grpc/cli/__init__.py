@@ -1,0 +1,34 @@
+"""The ``nexus`` command.
+
+Each command group lives in its own module and adds its sub-commands to the parser
+with ``register(commands)``; ``main`` only assembles them and runs the chosen one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from nexus_grpc.cli import contracts, events, remote, serve, users
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nexus`` console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        # A command group without its command (`nexus events`) shows that group's help.
+        getattr(args, "help_of", parser).print_help()
+        return 2
+    result: int = args.run(args)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nexus", description="gRPC-first plugin host.")
+    commands = parser.add_subparsers(title="commands")
+    for module in (serve, remote, events, contracts, users):
+        module.register(commands)
+    return parser

@@ -1,0 +1,137 @@
+"""Talking to a running host: connection options, one call helper, and ``nexus plugins``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from nexus_grpc.cli._args import positive
+
+__all__ = ["admin_call", "host_call", "host_options", "message_dict", "print_table", "register"]
+
+
+def register(commands: Any) -> None:
+    """Add ``nexus plugins``."""
+    plugins = commands.add_parser("plugins", help="list the plugins of a running host")
+    plugins.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    host_options(plugins)
+    plugins.set_defaults(run=_plugins)
+
+
+def host_options(parser: argparse.ArgumentParser) -> None:
+    """``--address``, ``--token`` and ``--timeout`` of every command that calls a host."""
+    parser.add_argument("--address", default="127.0.0.1:50051", help="host:port of the host")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("NEXUS_TOKEN", ""),
+        help="admin access token (default: $NEXUS_TOKEN)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive(float),
+        default=10.0,
+        help="seconds to connect, and for the call",
+    )
+
+
+def admin_call(args: argparse.Namespace, method: str, request: Any) -> Any:
+    """Call AdminService ``method`` on the host at ``args.address``; None after printing
+    why it failed (host not reachable, not authorized, bad request)."""
+    from nexus.admin.v1 import admin_pb2_grpc
+
+    return host_call(args, admin_pb2_grpc.AdminServiceStub, method, request)
+
+
+def host_call(args: argparse.Namespace, stub_type: Any, method: str, request: Any) -> Any:
+    """Call ``method`` of ``stub_type`` on the host at ``args.address``; None after
+    printing why it failed."""
+    with grpc.insecure_channel(args.address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=args.timeout)
+        except grpc.FutureTimeoutError:
+            print(
+                f"nexus: cannot reach a nexus host at {args.address} within {args.timeout:g}s; "
+                "is `nexus serve` running there? (pass --address host:port)",
+                file=sys.stderr,
+            )
+            return None
+        stub = stub_type(channel)
+        metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
+        try:
+            return getattr(stub, method)(request, timeout=args.timeout, metadata=metadata)
+        except grpc.RpcError as error:
+            code = error.code()
+            print(f"nexus: {args.address}: {code.name}: {error.details()}", file=sys.stderr)
+            if code is grpc.StatusCode.UNAUTHENTICATED:
+                print(
+                    "nexus: pass an admin access token with --token or $NEXUS_TOKEN",
+                    file=sys.stderr,
+                )
+            return None
+
+
+def print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Left-aligned columns; the last one is not padded."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]))
+
+
+def message_dict(message: Any) -> dict[str, Any]:
+    """``message`` as JSON-ready data; a payload whose type this process does not know
+    is left packed ({"@type", "value" in base64}) rather than failing the command."""
+    import base64
+
+    from google.protobuf import json_format
+
+    try:
+        result: dict[str, Any] = json_format.MessageToDict(message)
+        return result
+    except (TypeError, KeyError):
+        pass
+    copy = type(message)()
+    copy.CopyFrom(message)
+    payload = copy.event.payload
+    packed = {"@type": payload.type_url, "value": base64.b64encode(payload.value).decode()}
+    copy.event.ClearField("payload")
+    result = json_format.MessageToDict(copy)
+    result.setdefault("event", {})["payload"] = packed
+    return result
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+    from nexus.admin.v1 import admin_pb2
+
+    response = admin_call(args, "ListPlugins", admin_pb2.ListPluginsRequest())
+    if response is None:
+        return 1
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(response), indent=2))
+        return 0
+    rows = [("NAME", "VERSION", "CATEGORY", "STATE", "SERVICES")]
+    for plugin in response.plugins:
+        rows.append(
+            (
+                plugin.name,
+                plugin.version or "-",
+                admin_pb2.Category.Name(plugin.category).removeprefix("CATEGORY_").lower(),
+                admin_pb2.PluginState.Name(plugin.state).removeprefix("PLUGIN_STATE_"),
+                ", ".join(
+                    f"{s.name}{'' if s.serving else ' (not serving)'}" for s in plugin.services
+                )
+                or "-",
+            )
+        )
+    print_table(rows)
+    for plugin in response.plugins:
+        if plugin.error:
+            print(f"\n{plugin.name}: {plugin.error}")
+    return 0
