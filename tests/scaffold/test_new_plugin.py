@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,60 @@ def test_project_passes_its_own_tests(project: Path) -> None:
     result = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=project)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"\b6 passed\b", result.stdout), result.stdout
+
+
+#: Run against the built wheel, unpacked on PYTHONPATH: the host finds the plugin by
+#: its entry point alone and serves it.
+_SERVE_INSTALLED = """
+import asyncio, sys
+from notes.v1 import notes_pb2 as pb, notes_pb2_grpc
+from nexus_grpc.testing import running_host
+
+async def main():
+    async with running_host(
+        plugins=["notes"], plugin_dirs=(), entry_points=True, data_dir=sys.argv[1]
+    ) as host:
+        stub = notes_pb2_grpc.NotesServiceStub(host.channel(host.token()))
+        await stub.CreateItem(pb.CreateItemRequest(item=pb.Item(title="installed")))
+        page = await stub.ListItems(pb.ListItemsRequest())
+        record = host.host.plugins.record("notes")
+        print(record.state, record.source, [item.title for item in page.items])
+
+asyncio.run(main())
+"""
+
+
+def test_built_wheel_is_discovered_through_its_entry_point(project: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(project, source)  # building writes build/ and *.egg-info
+    built = run(
+        sys.executable,
+        *("-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"),
+        *("-w", tmp_path / "dist", "."),
+        cwd=source,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = (tmp_path / "dist").glob("nexus_plugin_notes-0.1.0-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        archive.extractall(site)
+    assert {"notes_plugin/manifest.toml", "notes/v1/notes_pb2.py"} <= names
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    served = subprocess.run(
+        [sys.executable, "-c", _SERVE_INSTALLED, str(tmp_path / "data")],
+        cwd=empty,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert served.returncode == 0, served.stderr
+    assert served.stdout.strip() == ("SERVING entry point notes = notes_plugin ['installed']"), (
+        served.stdout
+    )
 
 
 def test_project_is_clean_under_ruff(project: Path) -> None:
