@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -175,6 +176,15 @@ def test_contracts_pass_buf_lint_and_format(project: Path, tmp_path: Path) -> No
     assert linted.returncode == 0, linted.stdout + linted.stderr
     formatted = run(buf, "format", "proto", "--diff", "--exit-code", cwd=tmp_path)
     assert formatted.returncode == 0, formatted.stdout + formatted.stderr
+
+
+def test_the_wheel_ships_every_template() -> None:
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["nexus_grpc.scaffold"]
+    scaffold = REPO / "nexus_grpc" / "scaffold"
+    shipped = {path for pattern in package_data for path in scaffold.glob(pattern)}
+    assert shipped == set((scaffold / "templates" / "plugin").iterdir())
 
 
 def test_every_template_placeholder_has_a_value() -> None:
