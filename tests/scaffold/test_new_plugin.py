@@ -91,6 +91,18 @@ def test_project_passes_its_own_tests(project: Path) -> None:
     assert re.search(r"\b6 passed\b", result.stdout), result.stdout
 
 
+def test_project_with_its_own_protobuf_package_passes_its_tests(tmp_path: Path) -> None:
+    folder = tmp_path / "order-notes"
+    command = ["new", "plugin", "order_notes", "--package", "acme.order_notes.v2beta1"]
+    assert main([*command, "--dir", str(folder)]) == 0
+    assert (folder / "proto/acme/order_notes/v2beta1/order_notes.proto").is_file()
+    assert (folder / "generated/acme/order_notes/v2beta1/order_notes_pb2.py").is_file()
+    manifest = (folder / "order_notes_plugin" / "manifest.toml").read_text()
+    assert 'services = ["acme.order_notes.v2beta1.OrderNotesService"]' in manifest
+    result = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=folder)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 #: Run against the built wheel, unpacked on PYTHONPATH: the host finds the plugin by
 #: its entry point alone and serves it.
 _SERVE_INSTALLED = """
