@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import REPO, start_serve
+from tests.e2e.conftest import BIN, REPO, require_tool, start_serve
 
 pytestmark = pytest.mark.e2e
 
 
-def test_buf_lint_format_and_breaking_pass(buf: str) -> None:
+def test_buf_lint_format_and_breaking_pass() -> None:
+    require_tool("buf (the buf-bin package)", BIN / "buf")
     result = subprocess.run(
         [str(REPO / "scripts" / "lint")], capture_output=True, text=True, timeout=300, check=False
     )
