@@ -245,8 +245,11 @@ def test_a_plugin_is_built_tested_linted_and_served_from_the_installed_package(
         listed_rest = httpx.get(f"{base}/v1/notes/items", timeout=10)
         assert [i["id"] for i in listed_rest.json()["items"]] == [item["id"]]
         document = httpx.get(f"{base}/openapi.json", timeout=10).json()
-        # The descriptions come from the descriptor set the plugin's wheel ships.
+        # Descriptions come from the descriptor sets beside the modules: the plugin's
+        # in its project (an editable install), the host's own in the venv's nexus package.
         assert document["paths"]["/v1/notes/items/{id}"]["get"]["description"]
+        tags = {tag["name"]: tag.get("description", "") for tag in document["tags"]}
+        assert tags["nexus.admin.v1.AdminService"].startswith("Inspects and operates")
     finally:
         assert serve.stop() == 0, serve.logs
 

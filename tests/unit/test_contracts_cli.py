@@ -184,3 +184,18 @@ def test_rules_come_from_the_module_of_the_projects_buf_yaml(tmp_path: Path) -> 
     rules = read_rules(tmp_path / "proto")
     assert rules.lint == {"use": ["BASIC"]} and rules.breaking == {}
     assert rules.source == str(tmp_path / "buf.yaml")
+
+
+def test_lint_reports_plugins_that_fail_to_load(
+    project: Path, buf: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "plugins" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "manifest.toml").write_text(
+        'name = "broken"\nversion = "1"\ncategory = "business"\ndescription = "d"\n'
+    )
+    (broken / "__init__.py").write_text("raise RuntimeError('boom')\n")
+    assert main(["lint", "--plugin-dir", str(tmp_path / "plugins")]) == 1
+    captured = capsys.readouterr()
+    assert "plugin 'broken'" in captured.err and "RuntimeError: boom" in captured.err
+    assert "FAILED: plugins" in captured.err
