@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nexus_grpc.cli._config import config_from_args, config_options
 from nexus_grpc.config import Config, ConfigError, load_config
 
 __all__ = ["config_or_exit", "register"]
@@ -34,7 +35,7 @@ def register(commands: Any) -> None:
     policy_commands = policy.add_subparsers(title="policy commands")
     explain = policy_commands.add_parser("explain", help="print a method's effective policy")
     explain.add_argument("method", help="e.g. nexus.orders.v1.OrdersService/GetOrder")
-    explain.add_argument("-c", "--config", default=os.environ.get("NEXUS_CONFIG"))
+    config_options(explain)
     explain.set_defaults(run=_policy_explain)
 
 
@@ -94,14 +95,20 @@ def _lint(args: argparse.Namespace) -> int:
 def _policy_explain(args: argparse.Namespace) -> int:
     from nexus_grpc.access.policy import effective_policy, explain
     from nexus_grpc.plugins.contracts import find_method, load_contracts
+    from nexus_grpc.plugins.discovery import searched
 
-    contracts = load_contracts(config_or_exit(args.config))
+    config = config_from_args(args)
+    contracts = load_contracts(config)
     method = find_method(contracts, args.method)
     if method is None:
         known = sorted(m.full_name for m in contracts.methods())
         print(
-            f"nexus policy: no method {args.method!r}; known: {', '.join(known)}", file=sys.stderr
+            f"nexus policy: no method {args.method!r} in the plugins found in "
+            f"{searched(config.plugins)} (pass -c or --plugin-dir); known: {', '.join(known)}",
+            file=sys.stderr,
         )
+        for error in contracts.errors:
+            print(f"nexus policy: a plugin could not be loaded: {error}", file=sys.stderr)
         return 1
     print(explain(effective_policy(method)))
     return 0

@@ -15,9 +15,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from nexus_grpc.config import PluginsConfig
 from nexus_grpc.plugins.manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest
 
-__all__ = ["ENTRY_POINT_GROUP", "Candidate", "discover"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Candidate",
+    "discover",
+    "discover_configured",
+    "excluded_by",
+    "searched",
+]
 
 ENTRY_POINT_GROUP = "nexus.plugins"
 
@@ -48,6 +56,33 @@ def discover(dirs: Iterable[str | Path], *, entry_points: bool = True) -> list[C
     if entry_points:
         found.extend(_discover_entry_points())
     return found
+
+
+def discover_configured(settings: PluginsConfig) -> list[Candidate]:
+    """Every plugin the host would consider under ``settings``, turned off ones included
+    (see :func:`excluded_by`). The host and every command discover through this."""
+    return discover(settings.dirs, entry_points=settings.entry_points)
+
+
+def excluded_by(settings: PluginsConfig, name: str) -> str | None:
+    """The setting that turns plugin ``name`` off ("plugins.disabled" or
+    "plugins.enabled"), or None when it runs."""
+    if name in settings.disabled:
+        return "plugins.disabled"
+    if settings.enabled and name not in settings.enabled:
+        return "plugins.enabled"
+    return None
+
+
+def searched(settings: PluginsConfig) -> str:
+    """Where :func:`discover_configured` looks, for messages that found nothing."""
+    folders = ", ".join(str(Path(d).resolve()) for d in settings.dirs) or "none"
+    places = [f"folders {folders}"]
+    if settings.entry_points:
+        places.append(f"entry points of group {ENTRY_POINT_GROUP}")
+    else:
+        places.append("no entry points (plugins.entry_points is off)")
+    return "; ".join(places)
 
 
 def _discover_folder(root: Path) -> list[Candidate]:
