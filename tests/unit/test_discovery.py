@@ -71,3 +71,28 @@ def test_entry_point_name_must_match_the_manifest(site: Path) -> None:
     assert "entry point name 'other' differs from the manifest name 'mismatch'" in (
         found["mismatch"].error or ""
     )
+
+
+def test_excluded_by_names_the_setting_that_turns_a_plugin_off() -> None:
+    from nexus_grpc.config import PluginsConfig
+    from nexus_grpc.plugins.discovery import excluded_by
+
+    assert excluded_by(PluginsConfig(), "auth") is None
+    assert excluded_by(PluginsConfig(disabled=("auth",)), "auth") == "plugins.disabled"
+    assert excluded_by(PluginsConfig(enabled=("orders",)), "auth") == "plugins.enabled"
+    assert excluded_by(PluginsConfig(enabled=("auth",)), "auth") is None
+
+
+def test_searched_names_absolute_folders_and_entry_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nexus_grpc.config import PluginsConfig
+    from nexus_grpc.plugins.discovery import searched
+
+    monkeypatch.chdir(tmp_path)
+    assert searched(PluginsConfig()) == (
+        f"folders {tmp_path}/plugins; entry points of group nexus.plugins"
+    )
+    assert searched(PluginsConfig(dirs=(), entry_points=False)) == (
+        "folders none; no entry points (plugins.entry_points is off)"
+    )
