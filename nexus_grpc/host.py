@@ -177,7 +177,13 @@ class Host:
         )
 
     async def _start_parts(self) -> None:
-        await asyncio.to_thread(make_private_dir, Path(self.config.data_dir))
+        try:
+            await asyncio.to_thread(make_private_dir, Path(self.config.data_dir))
+        except OSError as error:
+            raise OSError(
+                f"data_dir {self.config.data_dir}: cannot create or use it: "
+                f"{error.strerror or error}"
+            ) from error
         # Bind first: a taken port should fail before any plugin start hook runs.
         self._server, self.grpc_port = create_server(
             self.config.server, self.router, self.metrics.count_unknown

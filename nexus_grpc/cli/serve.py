@@ -8,6 +8,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from nexus_grpc.cli._args import host_port
 from nexus_grpc.cli._config import config_from_args, config_options
 
 __all__ = ["register"]
@@ -19,9 +20,15 @@ def register(commands: Any) -> None:
     """Add ``nexus serve``."""
     serve = commands.add_parser("serve", help="run the host with its plugins")
     config_options(serve)
-    serve.add_argument("--grpc-address", metavar="HOST:PORT", help="override server.grpc_address")
+    serve.add_argument(
+        "--grpc-address",
+        type=host_port(),
+        metavar="HOST:PORT",
+        help="override server.grpc_address",
+    )
     serve.add_argument(
         "--http-address",
+        type=host_port(empty=True),
         metavar="HOST:PORT",
         help="override http.address (an empty value turns HTTP off)",
     )

@@ -35,12 +35,15 @@ def test_http_address_and_data_dir_options_override_the_config(
         running.stop()
 
 
-def serve_fails(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """`nexus serve` on free ports in an empty folder, expected to stop at start."""
+def serve_fails(tmp_path: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`nexus serve ARGV` on free ports in an empty folder, expected to stop at start."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
     environment.update(NEXUS_DATA_DIR=str(tmp_path / "data"), NEXUS_LOG__FORMAT="text", **env)
     return subprocess.run(
-        [str(BIN / "nexus"), "serve", "--grpc-address", "127.0.0.1:0", "--http-address", ""],
+        [
+            *(str(BIN / "nexus"), "serve", "--grpc-address", "127.0.0.1:0"),
+            *("--http-address", "", *argv),
+        ],
         env=environment,
         cwd=tmp_path,
         capture_output=True,
@@ -118,3 +121,18 @@ def test_each_method_without_a_policy_is_named_once_at_load(serve: ServeProcess)
         "call to it is denied; declare (nexus.options.v1.policy) on the method or "
         "(nexus.options.v1.default_policy) on its service"
     )
+
+
+def test_bad_serve_options_are_named(tmp_path: Path) -> None:
+    bad_port = serve_fails(tmp_path, "--http-address", "127.0.0.1:70000")
+    assert bad_port.returncode == 2
+    assert (
+        "argument --http-address: '127.0.0.1:70000' is not HOST:PORT with a port from 0 to 65535"
+    ) in bad_port.stderr
+    (tmp_path / "a-file").write_text("")
+    not_a_folder = serve_fails(tmp_path, "--data-dir", str(tmp_path / "a-file"))
+    assert not_a_folder.returncode == 1
+    assert (
+        f"nexus could not start: data_dir {tmp_path / 'a-file'}: cannot create or use it"
+    ) in not_a_folder.stderr
+    assert "Traceback" not in not_a_folder.stderr
