@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nexus_grpc.config_env import NOT_CONFIG, check_env_names
+
 __all__ = [
     "AuthConfig",
     "Config",
@@ -383,15 +385,14 @@ def load_config(
     if path is not None:
         raw = _read_toml(Path(path))
     env = os.environ if environ is None else environ
-    top_level = {f.name for f in dataclasses.fields(Config)}
+    # Every NEXUS_* variable is ours (but NOT_CONFIG): a misspelt one is an error, as
+    # an unknown key in the file is, instead of a setting silently left at its default.
+    problems = check_env_names(env, Config, prefix=ENV_PREFIX, nesting=ENV_NESTING)
+    if problems:
+        raise ConfigError("; ".join(problems))
     for name, value in sorted(env.items()):
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
-            continue
-        # Other tools use NEXUS_* too (NEXUS_URL, NEXUS_TOKEN...): only variables naming
-        # one of our sections are ours, and within those a typo is an error.
-        if name[len(ENV_PREFIX) :].split(ENV_NESTING)[0].lower() not in top_level:
-            continue
-        _apply_env(raw, name, value)
+        if name.startswith(ENV_PREFIX) and name not in NOT_CONFIG:
+            _apply_env(raw, name, value)
     config = _build(Config, raw, "")
     assert isinstance(config, Config)
     return config

@@ -41,12 +41,14 @@ from nexus_grpc.ratelimit import (
 from nexus_grpc.routing import InFlight, Router
 from nexus_grpc.storage import Storage, make_private_dir
 from nexus_grpc.storage.metrics import StorageMetrics
+from nexus_grpc.storage.opening import open_storage
 from nexus_grpc.transport.grpc_server import create_server
 from nexus_grpc.transport.health import OVERALL, HealthState
 from nexus_grpc.transport.http_protocol import HttpLimits
 from nexus_grpc.transport.http_server import HttpServer
 from nexus_grpc.transport.reflection import ReflectionServicer, reflection_bindings
 from nexus_grpc.transport.servicers import bind_servicer, build_routes
+from nexus_grpc.urls import unreachable
 
 __all__ = ["CORE_PLUGIN", "Host"]
 
@@ -175,7 +177,13 @@ class Host:
         )
 
     async def _start_parts(self) -> None:
-        await asyncio.to_thread(make_private_dir, Path(self.config.data_dir))
+        try:
+            await asyncio.to_thread(make_private_dir, Path(self.config.data_dir))
+        except OSError as error:
+            raise OSError(
+                f"data_dir {self.config.data_dir}: cannot create or use it: "
+                f"{error.strerror or error}"
+            ) from error
         # Bind first: a taken port should fail before any plugin start hook runs.
         self._server, self.grpc_port = create_server(
             self.config.server, self.router, self.metrics.count_unknown
@@ -191,7 +199,7 @@ class Host:
                 limits=HttpLimits.from_config(self.config.http),
             )
             self.http_port = self._http.bind()
-        self._storage = await Storage.connect(
+        self._storage = await open_storage(
             self.config.storage_url(), connect_timeout=self.config.storage.connect_timeout
         )
         self._storage.health.on_change(self._on_storage_health)
@@ -213,6 +221,7 @@ class Host:
             TokenIssuer(keys, self.config.auth), verifier, sessions, self.config.auth
         )
         self._stages = self._build_stages(verifier, sessions, audit)
+        await self._check_rate_limiter()
         self._plugins = PluginManager(
             self.config,
             storage=self._storage,
@@ -238,6 +247,19 @@ class Host:
             await self._http.start()
         await self.health.set(OVERALL, self._overall_serving())
         self._overall_published = True
+
+    async def _check_rate_limiter(self) -> None:
+        """Say at start that the rate limiter's Redis does not answer: it fails closed,
+        so every call is refused until it does (the events bus and the cache say so
+        themselves when they first miss Redis)."""
+        if self._buckets is None:
+            return
+        cause = await self._buckets.unreachable()
+        if cause is not None:
+            _log.warning(
+                "%s; every call is refused UNAVAILABLE until it answers",
+                unreachable("rate limiter Redis", self.config.limits.redis_url, cause),
+            )
 
     def _build_stages(
         self, verifier: TokenVerifier, sessions: SessionGuard, audit: AuditLog

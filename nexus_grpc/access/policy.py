@@ -18,6 +18,7 @@ from nexus_grpc.auth.principal import Scope
 
 __all__ = [
     "HOST_PUBLIC_SERVICES",
+    "MISSING_POLICY_FIX",
     "Access",
     "EffectivePolicy",
     "effective_policy",
@@ -147,6 +148,13 @@ def explain(policy: EffectivePolicy) -> str:
     lines.append(f"deadline:      {deadline}")
     lines.append(f"idempotent:    {'yes' if policy.idempotent else 'no'}")
     return "\n".join(lines)
+
+
+#: How to give a method an access rule, for messages naming one without.
+MISSING_POLICY_FIX = (
+    "declare (nexus.options.v1.policy) on the method or (nexus.options.v1.default_policy) "
+    "on its service"
+)
 
 
 def methods_without_policy(methods: Iterable[MethodDescriptor]) -> list[str]:

@@ -7,7 +7,7 @@ import datetime
 import re
 from collections.abc import Callable
 
-__all__ = ["not_empty", "positive", "since_time"]
+__all__ = ["host_port", "not_empty", "positive", "since_time"]
 
 
 def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
@@ -59,3 +59,20 @@ def since_time(value: str) -> datetime.datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
     return moment
+
+
+def host_port(*, empty: bool = False) -> Callable[[str], str]:
+    """An argparse type: ``HOST:PORT`` with a port 0..65535 (0 picks a free one);
+    ``empty`` also allows "" (a listener turned off)."""
+
+    def parse(value: str) -> str:
+        if empty and value == "":
+            return value
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is not HOST:PORT with a port from 0 to 65535 (e.g. 127.0.0.1:0)"
+            )
+        return value
+
+    return parse

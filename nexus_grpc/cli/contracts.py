@@ -10,14 +10,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from nexus_grpc.access.policy import MISSING_POLICY_FIX
+from nexus_grpc.cli._config import config_from_args, config_options
 from nexus_grpc.cli._project import ProjectError, project_folders
-from nexus_grpc.config import Config, ConfigError, load_config
+from nexus_grpc.config import Config
 
-__all__ = ["config_or_exit", "register"]
+__all__ = ["register"]
 
 
 def register(commands: Any) -> None:
@@ -37,18 +38,7 @@ def register(commands: Any) -> None:
         "--against",
         help="previous contracts for buf breaking: a git ref or a folder (default: git HEAD)",
     )
-    lint.add_argument(
-        "-c",
-        "--config",
-        default=os.environ.get("NEXUS_CONFIG"),
-        help="TOML config whose plugins are checked too (default: $NEXUS_CONFIG)",
-    )
-    lint.add_argument(
-        "--plugin-dir",
-        action="append",
-        default=None,
-        help="plugin folder (repeatable); replaces plugins.dirs",
-    )
+    config_options(lint)
     lint.set_defaults(run=_lint)
 
     policy = commands.add_parser("policy", help="inspect access policies")
@@ -56,7 +46,7 @@ def register(commands: Any) -> None:
     policy_commands = policy.add_subparsers(title="policy commands")
     explain = policy_commands.add_parser("explain", help="print a method's effective policy")
     explain.add_argument("method", help="e.g. nexus.orders.v1.OrdersService/GetOrder")
-    explain.add_argument("-c", "--config", default=os.environ.get("NEXUS_CONFIG"))
+    config_options(explain)
     explain.set_defaults(run=_policy_explain)
 
 
@@ -82,15 +72,6 @@ def _gen(args: argparse.Namespace) -> int:
     return 0
 
 
-def config_or_exit(path: str | None) -> Config:
-    """The config at ``path`` (embedded defaults when None); exits 2 saying what is wrong."""
-    try:
-        return load_config(path)
-    except ConfigError as error:
-        print(f"nexus: configuration error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 def _lint(args: argparse.Namespace) -> int:
     from nexus_grpc.codegen import CodegenError
     from nexus_grpc.lint import BufError, project_methods_without_policy, read_rules, run_buf_checks
@@ -101,9 +82,7 @@ def _lint(args: argparse.Namespace) -> int:
     except ProjectError as error:
         print(f"nexus lint: {error}", file=sys.stderr)
         return 2
-    config = config_or_exit(args.config)
-    if args.plugin_dir:
-        config = replace(config, plugins=replace(config.plugins, dirs=tuple(args.plugin_dir)))
+    config = config_from_args(args)
     failed: list[str] = []
     try:
         missing = set(project_methods_without_policy(proto))
@@ -113,11 +92,7 @@ def _lint(args: argparse.Namespace) -> int:
     if not _plugin_contracts_ok(config, missing):
         failed.append("plugins")
     for path in sorted(missing):
-        print(
-            f"{path}: no access policy; every call will be denied. Declare "
-            "(nexus.options.v1.policy) on the method or (nexus.options.v1.default_policy) "
-            "on its service"
-        )
+        print(f"{path}: no access policy; every call will be denied: {MISSING_POLICY_FIX}")
     if missing:
         failed.append("policies")
     try:
@@ -160,14 +135,20 @@ def _plugin_contracts_ok(config: Config, missing: set[str]) -> bool:
 def _policy_explain(args: argparse.Namespace) -> int:
     from nexus_grpc.access.policy import effective_policy, explain
     from nexus_grpc.plugins.contracts import find_method, load_contracts
+    from nexus_grpc.plugins.discovery import searched
 
-    contracts = load_contracts(config_or_exit(args.config))
+    config = config_from_args(args)
+    contracts = load_contracts(config)
     method = find_method(contracts, args.method)
     if method is None:
         known = sorted(m.full_name for m in contracts.methods())
         print(
-            f"nexus policy: no method {args.method!r}; known: {', '.join(known)}", file=sys.stderr
+            f"nexus policy: no method {args.method!r} in the plugins found in "
+            f"{searched(config.plugins)} (pass -c or --plugin-dir); known: {', '.join(known)}",
+            file=sys.stderr,
         )
+        for error in contracts.errors:
+            print(f"nexus policy: a plugin could not be loaded: {error}", file=sys.stderr)
         return 1
     print(explain(effective_policy(method)))
     return 0

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import sys
 from dataclasses import replace
 from typing import Any
 
-from nexus_grpc.config import ConfigError, load_config
+from nexus_grpc.cli._args import host_port
+from nexus_grpc.cli._config import config_from_args, config_options
 
 __all__ = ["register"]
 
@@ -20,19 +19,20 @@ _log = logging.getLogger("nexus")
 def register(commands: Any) -> None:
     """Add ``nexus serve``."""
     serve = commands.add_parser("serve", help="run the host with its plugins")
+    config_options(serve)
     serve.add_argument(
-        "-c",
-        "--config",
-        default=os.environ.get("NEXUS_CONFIG"),
-        help="TOML config file (default: $NEXUS_CONFIG, else embedded defaults)",
+        "--grpc-address",
+        type=host_port(),
+        metavar="HOST:PORT",
+        help="override server.grpc_address",
     )
-    serve.add_argument("--grpc-address", help="override server.grpc_address")
     serve.add_argument(
-        "--plugin-dir",
-        action="append",
-        default=None,
-        help="plugin folder (repeatable); replaces plugins.dirs",
+        "--http-address",
+        type=host_port(empty=True),
+        metavar="HOST:PORT",
+        help="override http.address (an empty value turns HTTP off)",
     )
+    serve.add_argument("--data-dir", metavar="DIR", help="override data_dir")
     serve.set_defaults(run=_serve)
 
 
@@ -40,15 +40,13 @@ def _serve(args: argparse.Namespace) -> int:
     from nexus_grpc.host import Host
     from nexus_grpc.logs import configure_logging
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        print(f"nexus: configuration error: {error}", file=sys.stderr)
-        return 2
+    config = config_from_args(args)
     if args.grpc_address:
         config = replace(config, server=replace(config.server, grpc_address=args.grpc_address))
-    if args.plugin_dir:
-        config = replace(config, plugins=replace(config.plugins, dirs=tuple(args.plugin_dir)))
+    if args.http_address is not None:
+        config = replace(config, http=replace(config.http, address=args.http_address))
+    if args.data_dir:
+        config = replace(config, data_dir=args.data_dir)
     configure_logging(config.log.level, config.log.format)
     try:
         asyncio.run(Host(config).run_until_signalled())

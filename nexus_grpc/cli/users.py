@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from typing import Any
 
-from nexus_grpc.cli.contracts import config_or_exit
+from nexus_grpc.cli._config import config_from_args, config_options
 from nexus_grpc.cli.remote import host_call, host_options
+from nexus_grpc.urls import mask_url
 
 __all__ = ["register"]
 
@@ -27,7 +27,7 @@ def register(commands: Any) -> None:
     create.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
-    create.add_argument("-c", "--config", default=os.environ.get("NEXUS_CONFIG"))
+    config_options(create)
     create.set_defaults(run=_users_create)
     # These act on a running host through AuthService; their effect on tokens already
     # issued is immediate on every instance (see nexus_grpc.auth.sessions).
@@ -48,7 +48,7 @@ def _users_create(args: argparse.Namespace) -> int:
 
     from nexus_grpc.plugins.users import UserCreationError, create_user
 
-    config = config_or_exit(args.config)
+    config = config_from_args(args)
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
@@ -59,7 +59,11 @@ def _users_create(args: argparse.Namespace) -> int:
     except UserCreationError as error:
         print(f"nexus users: {error}", file=sys.stderr)
         return 1
-    print(f"nexus users: created {args.username} with roles {', '.join(roles) or 'none'}")
+    # Where: run from another folder, the embedded database is that folder's .nexus/.
+    print(
+        f"nexus users: created {args.username} with roles {', '.join(roles) or 'none'} "
+        f"in storage {mask_url(config.storage_url())}"
+    )
     return 0
 
 

@@ -12,7 +12,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from nexus_grpc.config import Config
-from nexus_grpc.plugins.discovery import discover
+from nexus_grpc.plugins.discovery import discover_configured, excluded_by
 from nexus_grpc.plugins.loader import PluginError, import_plugin
 
 __all__ = ["Contracts", "find_method", "load_contracts"]
@@ -48,14 +48,11 @@ def load_contracts(config: Config) -> Contracts:
     contracts = Contracts()
     contracts.services["nexus"] = [pool.FindServiceByName(name) for name in CORE_SERVICES]
     settings = config.plugins
-    found = discover(settings.dirs, entry_points=settings.entry_points, bundled=settings.bundled)
-    for candidate in found:
+    for candidate in discover_configured(settings):
         if candidate.manifest is None or candidate.error:
             contracts.errors.append(candidate.error or f"{candidate.name}: no manifest")
             continue
-        if candidate.name in settings.disabled or (
-            settings.enabled and candidate.name not in settings.enabled
-        ):
+        if excluded_by(settings, candidate.name):
             continue
         try:
             loaded = import_plugin(candidate)

@@ -18,10 +18,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from nexus_grpc.config import PluginsConfig
 from nexus_grpc.plugins.bundled import ALL, bundled_folder
 from nexus_grpc.plugins.manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest
 
-__all__ = ["ENTRY_POINT_GROUP", "Candidate", "discover"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Candidate",
+    "discover",
+    "discover_configured",
+    "excluded_by",
+    "searched",
+]
 
 ENTRY_POINT_GROUP = "nexus.plugins"
 
@@ -89,6 +97,37 @@ def _discover_bundled(chosen: set[str]) -> list[Candidate]:
         for c in _discover_folder(folder)
         if ALL in chosen or c.name in chosen
     ]
+
+
+def discover_configured(settings: PluginsConfig) -> list[Candidate]:
+    """Every plugin the host would consider under ``settings``, turned off ones included
+    (see :func:`excluded_by`). The host and every command discover through this."""
+    return discover(settings.dirs, entry_points=settings.entry_points, bundled=settings.bundled)
+
+
+def excluded_by(settings: PluginsConfig, name: str) -> str | None:
+    """The setting that turns plugin ``name`` off ("plugins.disabled" or
+    "plugins.enabled"), or None when it runs."""
+    if name in settings.disabled:
+        return "plugins.disabled"
+    if settings.enabled and name not in settings.enabled:
+        return "plugins.enabled"
+    return None
+
+
+def searched(settings: PluginsConfig) -> str:
+    """Where :func:`discover_configured` looks, for messages that found nothing."""
+    folders = ", ".join(str(Path(d).resolve()) for d in settings.dirs) or "none"
+    places = [f"folders {folders}"]
+    if settings.bundled:
+        places.append(f"bundled plugins {', '.join(settings.bundled)}")
+    else:
+        places.append('no bundled plugins (set plugins.bundled = ["auth"] to use the bundled one)')
+    if settings.entry_points:
+        places.append(f"entry points of group {ENTRY_POINT_GROUP}")
+    else:
+        places.append("no entry points (plugins.entry_points is off)")
+    return "; ".join(places)
 
 
 def _discover_folder(root: Path) -> list[Candidate]:

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from nexus_grpc.access.audit import AuditLog
+from nexus_grpc.access.policy import MISSING_POLICY_FIX, methods_without_policy
 from nexus_grpc.auth.principal import Grant
 from nexus_grpc.cache import CacheManager
 from nexus_grpc.config import Config
 from nexus_grpc.events import EventBus, Publisher, event_type_exists, subscriptions_of
 from nexus_grpc.events.outbox import Outbox
 from nexus_grpc.pipeline import Stage
-from nexus_grpc.plugins.discovery import Candidate, discover
+from nexus_grpc.plugins.discovery import Candidate, discover_configured, excluded_by
 from nexus_grpc.plugins.loader import LoadedPlugin, PluginError, import_plugin
 from nexus_grpc.plugins.manifest import Manifest
 from nexus_grpc.plugins.services import Services, outside_calls
@@ -124,9 +125,7 @@ class PluginManager:
     async def load_all(self) -> None:
         """Discover and start every enabled plugin in requirement order."""
         settings = self._config.plugins
-        candidates = discover(
-            settings.dirs, entry_points=settings.entry_points, bundled=settings.bundled
-        )
+        candidates = discover_configured(settings)
         for candidate in candidates:
             self._admit(candidate)
         for name in self._requirement_order():
@@ -175,9 +174,7 @@ class PluginManager:
         self._records[candidate.name] = record
         if candidate.error or candidate.manifest is None:
             self._fail(record, candidate.error or "manifest missing")
-        elif candidate.name in settings.disabled or (
-            settings.enabled and candidate.name not in settings.enabled
-        ):
+        elif excluded_by(settings, candidate.name):
             record.state = PluginState.DISABLED
         else:
             self._candidates[candidate.name] = candidate
@@ -289,6 +286,14 @@ class PluginManager:
         self._start_order.append(record.name)
         for service in manifest.services:
             await self._health.set(service, True)
+        for path in methods_without_policy(route.info.descriptor for route in routes):
+            _log.warning(
+                "plugin %r: %s declares no access policy, so every call to it is denied; %s",
+                record.name,
+                path,
+                MISSING_POLICY_FIX,
+                extra={"plugin": record.name, "method": path},
+            )
         _log.info(
             "plugin %s %s serving %s",
             manifest.name,

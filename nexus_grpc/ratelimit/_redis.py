@@ -131,6 +131,14 @@ class RedisBuckets:
         allowed, remaining, retry = reply
         return Decision(bool(allowed), float(remaining), float(retry))
 
+    async def unreachable(self) -> str | None:
+        """Why Redis does not answer a PING now, or None when it does (start-up check)."""
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as error:
+            return str(error) or type(error).__name__
+        return None
+
     async def aclose(self) -> None:
         """Close the client and its connections."""
         await self._client.aclose()

@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from nexus_grpc.errors import STORAGE_BUSY, ConflictError
+from nexus_grpc.urls import mask_url
 
 from ._sqlite import SqliteConnection, SqliteDriver
 from .faults import StorageHealth, StorageUnavailableError, os_cause, postgres_cause, sqlite_cause
@@ -231,7 +232,7 @@ def _normalise_url(url: str | URL) -> URL:
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise ValueError(f"not a database URL: {url!r}") from exc
+        raise ValueError(f"not a database URL: {mask_url(url)!r}") from exc
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         database = parsed.database or ""

@@ -78,6 +78,7 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from nexus_grpc.errors import AlreadyExistsError, ConflictError, NotFoundError
+from nexus_grpc.urls import mask_url
 
 from . import mongo_query
 from .engine import PROBE_COLLECTION, PROBE_ID, PROBE_NAMESPACE
@@ -171,12 +172,12 @@ class MongoBackend:
                 url, tz_aware=True, tzinfo=UTC, appname="nexus", **options
             )
         except (ConfigurationError, InvalidName, ValueError, TypeError) as exc:
-            raise ValueError(f"not a MongoDB URL: {url!r} ({exc})") from exc
+            raise ValueError(f"not a MongoDB URL: {mask_url(url)!r} ({exc})") from exc
         try:
             try:
                 database = client.get_default_database("nexus")
             except InvalidName as exc:
-                raise ValueError(f"not a MongoDB URL: {url!r} ({exc})") from exc
+                raise ValueError(f"not a MongoDB URL: {mask_url(url)!r} ({exc})") from exc
             try:
                 hello = await client.admin.command("hello")
             except PyMongoError as exc:

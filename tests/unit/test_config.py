@@ -68,7 +68,31 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
             {"NEXUS_PLUGINS__STRICT": "maybe"},
             "plugins.strict (from NEXUS_PLUGINS__STRICT): expected true or false",
         ),
-        ({"NEXUS_SERVER__PORT": "1"}, "unknown config key server.port (known keys in server:"),
+        (
+            {"NEXUS_SERVER__PORT": "1"},
+            "environment variable NEXUS_SERVER__PORT names no config key (did you mean "
+            "NEXUS_SERVER__REUSE_PORT",
+        ),
+        (
+            {"NEXUS_SERVR__GRPC_ADDRESS": "0.0.0.0:1"},
+            "environment variable NEXUS_SERVR__GRPC_ADDRESS names no config key (did you "
+            "mean NEXUS_SERVER__GRPC_ADDRESS",
+        ),
+        ({"NEXUS_DATADIR": "/srv"}, "did you mean NEXUS_DATA_DIR"),
+        ({"NEXUS_URL": "https://repo.example"}, "If it is another tool's, unset it for nexus."),
+        (
+            {"NEXUS_SERVER": "x"},
+            "NEXUS_SERVER names the table server, not a key; set one key of it: "
+            "NEXUS_SERVER__<KEY>",
+        ),
+        (
+            {"NEXUS_PLUGIN__ORDERS": "x"},
+            "set one key of it: NEXUS_PLUGIN__ORDERS__<KEY>",
+        ),
+        (
+            {"NEXUS_LIMITS__RATE_CLASSES__BULK__SPEED": "1"},
+            "unknown config key limits.rate_classes.bulk.speed (known: burst, rate)",
+        ),
         (
             {"NEXUS_LOG__FORMAT": "xml"},
             "log.format (from NEXUS_LOG__FORMAT): expected one of auto, json, text",
@@ -100,9 +124,31 @@ def test_bad_file_values_name_key_and_expectation(tmp_path: Path) -> None:
         load_config(path, environ={})
 
 
-def test_other_tools_nexus_variables_are_not_ours() -> None:
-    config = load_config(environ={"NEXUS_URL": "https://repo.example", "NEXUS_TOKEN": "t"})
-    assert config == Config()
+def test_nexus_variables_that_are_not_config_keys_are_accepted() -> None:
+    # The config file, the CLI's token, the test suite's MongoDB server choice.
+    environ = {"NEXUS_CONFIG": "x.toml", "NEXUS_TOKEN": "t", "NEXUS_MONGO_SERVER": "nx"}
+    assert load_config(environ=environ) == Config()
+
+
+def test_every_mapping_level_of_the_environment_is_accepted() -> None:
+    config = load_config(
+        environ={
+            "NEXUS_LIMITS__RATE_CLASSES__BULK__RATE": "2",
+            "NEXUS_LIMITS__RATE_CLASSES__BULK__BURST": "4",
+            "NEXUS_AUTH__PLUGIN_PERMISSIONS__REPORTS": "orders.read:all",
+            "NEXUS_PLUGIN__ORDERS__PRICES__BOLT": "7",
+        }
+    )
+    assert config.limits.rate_classes["bulk"] == {"rate": 2.0, "burst": 4.0}
+    assert config.auth.plugin_permissions == {"reports": ("orders.read:all",)}
+    assert config.plugin == {"orders": {"prices": {"bolt": "7"}}}
+
+
+def test_every_bad_variable_is_named_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ={"NEXUS_URL": "u", "NEXUS_LOG__LEVL": "debug"})
+    assert "NEXUS_LOG__LEVL names no config key (did you mean NEXUS_LOG__LEVEL" in str(caught.value)
+    assert "NEXUS_URL names no config key" in str(caught.value)
 
 
 def test_nested_plugin_settings_from_the_environment_are_plain_values() -> None:

@@ -112,3 +112,31 @@ def test_the_default_plugin_folder_may_be_missing_without_a_warning(
         assert caplog.records == []
         assert discover(["elsewhere"], entry_points=False) == []
     assert "plugin folder elsewhere does not exist" in caplog.text
+
+
+def test_excluded_by_names_the_setting_that_turns_a_plugin_off() -> None:
+    from nexus_grpc.config import PluginsConfig
+    from nexus_grpc.plugins.discovery import excluded_by
+
+    assert excluded_by(PluginsConfig(), "auth") is None
+    assert excluded_by(PluginsConfig(disabled=("auth",)), "auth") == "plugins.disabled"
+    assert excluded_by(PluginsConfig(enabled=("orders",)), "auth") == "plugins.enabled"
+    assert excluded_by(PluginsConfig(enabled=("auth",)), "auth") is None
+
+
+def test_searched_names_absolute_folders_and_entry_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nexus_grpc.config import PluginsConfig
+    from nexus_grpc.plugins.discovery import searched
+
+    monkeypatch.chdir(tmp_path)
+    assert searched(PluginsConfig()) == (
+        f"folders {tmp_path}/plugins; no bundled plugins (set plugins.bundled = "
+        '["auth"] to use the bundled one); entry points of group nexus.plugins'
+    )
+    assert "bundled plugins auth, orders" in searched(PluginsConfig(bundled=("auth", "orders")))
+    assert searched(PluginsConfig(dirs=(), entry_points=False)) == (
+        "folders none; no bundled plugins (set plugins.bundled = "
+        '["auth"] to use the bundled one); no entry points (plugins.entry_points is off)'
+    )

@@ -1,0 +1,43 @@
+"""``-c/--config`` and ``--plugin-dir``: how every command that reads the host's
+configuration finds it, so each sees the plugins ``nexus serve`` would."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+
+from nexus_grpc.config import Config, ConfigError, load_config
+
+__all__ = ["config_from_args", "config_options"]
+
+
+def config_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``-c/--config`` and ``--plugin-dir`` (repeatable) to ``parser``."""
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="TOML config file (default: $NEXUS_CONFIG, else embedded defaults)",
+    )
+    parser.add_argument(
+        "--plugin-dir",
+        action="append",
+        metavar="DIR",
+        help="plugin folder (repeatable); replaces plugins.dirs",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The configuration ``args`` name, ``--plugin-dir`` applied; exits 2 saying what is
+    wrong with it. ``$NEXUS_CONFIG`` is read now, not when the parser was built."""
+    path = args.config or os.environ.get("NEXUS_CONFIG") or None
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        print(f"nexus: configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.plugin_dir:
+        config = replace(config, plugins=replace(config.plugins, dirs=tuple(args.plugin_dir)))
+    return config
