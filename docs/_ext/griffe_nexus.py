@@ -24,7 +24,12 @@ class NexusDocstrings(griffe.Extension):
     """Attribute comments become docstrings; reST idioms become Markdown."""
 
     def on_attribute_instance(
-        self, *, node: ast.AST | griffe.ObjectNode, attr: griffe.Attribute, agent: Any, **kwargs: Any
+        self,
+        *,
+        node: ast.AST | griffe.ObjectNode,
+        attr: griffe.Attribute,
+        agent: Any,
+        **kwargs: Any,
     ) -> None:
         """Take the ``#:`` comment lines right above an attribute as its docstring."""
         if attr.docstring is not None or not isinstance(node, ast.AST) or not attr.lineno:
