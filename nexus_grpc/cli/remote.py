@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import grpc
 
 from nexus_grpc.cli._args import positive
+from nexus_grpc.cli.credentials import CredentialError, refused_hint, resolve_token
 
 __all__ = ["admin_call", "host_call", "host_options", "message_dict", "print_table", "register"]
 
@@ -24,14 +24,15 @@ def register(commands: Any) -> None:
     plugins.set_defaults(run=_plugins)
 
 
-def host_options(parser: argparse.ArgumentParser) -> None:
-    """``--address``, ``--token`` and ``--timeout`` of every command that calls a host."""
+def host_options(parser: argparse.ArgumentParser, *, token: bool = True) -> None:
+    """``--address``, ``--token`` (unless ``token`` is False) and ``--timeout`` of every
+    command that calls a host."""
     parser.add_argument("--address", default="127.0.0.1:50051", help="host:port of the host")
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("NEXUS_TOKEN", ""),
-        help="admin access token (default: $NEXUS_TOKEN)",
-    )
+    if token:
+        parser.add_argument(
+            "--token",
+            help="access token (default: $NEXUS_TOKEN, else the one `nexus login --save` stored)",
+        )
     parser.add_argument(
         "--timeout",
         type=positive(float),
@@ -50,7 +51,13 @@ def admin_call(args: argparse.Namespace, method: str, request: Any) -> Any:
 
 def host_call(args: argparse.Namespace, stub_type: Any, method: str, request: Any) -> Any:
     """Call ``method`` of ``stub_type`` on the host at ``args.address``; None after
-    printing why it failed."""
+    printing why it failed. Sends the token :func:`credentials.resolve_token` finds
+    when ``args`` has a ``token`` option."""
+    try:
+        credential = resolve_token(args) if hasattr(args, "token") else None
+    except CredentialError as error:
+        print(f"nexus: {error}", file=sys.stderr)
+        return None
     with grpc.insecure_channel(args.address) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=args.timeout)
@@ -62,17 +69,14 @@ def host_call(args: argparse.Namespace, stub_type: Any, method: str, request: An
             )
             return None
         stub = stub_type(channel)
-        metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
+        metadata = (("authorization", f"Bearer {credential.token}"),) if credential else ()
         try:
             return getattr(stub, method)(request, timeout=args.timeout, metadata=metadata)
         except grpc.RpcError as error:
             code = error.code()
             print(f"nexus: {args.address}: {code.name}: {error.details()}", file=sys.stderr)
-            if code is grpc.StatusCode.UNAUTHENTICATED:
-                print(
-                    "nexus: pass an admin access token with --token or $NEXUS_TOKEN",
-                    file=sys.stderr,
-                )
+            if code is grpc.StatusCode.UNAUTHENTICATED and hasattr(args, "token"):
+                print(f"nexus: {refused_hint(credential)}", file=sys.stderr)
             return None
 
 

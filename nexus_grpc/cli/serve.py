@@ -26,7 +26,13 @@ def register(commands: Any) -> None:
         default=os.environ.get("NEXUS_CONFIG"),
         help="TOML config file (default: $NEXUS_CONFIG, else embedded defaults)",
     )
-    serve.add_argument("--grpc-address", help="override server.grpc_address")
+    serve.add_argument("--grpc-address", metavar="HOST:PORT", help="override server.grpc_address")
+    serve.add_argument(
+        "--http-address",
+        metavar="HOST:PORT",
+        help="override http.address (an empty value turns HTTP off)",
+    )
+    serve.add_argument("--data-dir", metavar="DIR", help="override data_dir")
     serve.add_argument(
         "--plugin-dir",
         action="append",
@@ -47,6 +53,10 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if args.grpc_address:
         config = replace(config, server=replace(config.server, grpc_address=args.grpc_address))
+    if args.http_address is not None:
+        config = replace(config, http=replace(config.http, address=args.http_address))
+    if args.data_dir:
+        config = replace(config, data_dir=args.data_dir)
     if args.plugin_dir:
         config = replace(config, plugins=replace(config.plugins, dirs=tuple(args.plugin_dir)))
     configure_logging(config.log.level, config.log.format)

@@ -112,9 +112,15 @@ class ServeProcess:
 
 
 def start_serve(
-    tmp_path: Path, probe_stubs: Path, plugin_dirs: list[Path | str], **env: str
+    tmp_path: Path,
+    probe_stubs: Path,
+    plugin_dirs: list[Path | str],
+    *,
+    argv: tuple[str, ...] = (),
+    **env: str,
 ) -> ServeProcess:
-    """Start `nexus serve` on a free port and wait until it reports serving."""
+    """Start `nexus serve` (with ``argv`` appended) on a free port and wait until it
+    reports serving."""
     environment = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(probe_stubs), os.environ.get("PYTHONPATH", "")]),
@@ -126,7 +132,7 @@ def start_serve(
         **env,
     }
     process = subprocess.Popen(
-        [str(BIN / "nexus"), "serve", "--grpc-address", "127.0.0.1:0"],
+        [str(BIN / "nexus"), "serve", "--grpc-address", "127.0.0.1:0", *argv],
         cwd=REPO,
         env=environment,
         stdin=subprocess.DEVNULL,

@@ -1,0 +1,167 @@
+"""`nexus login` / `nexus logout` and the saved token, against a real `nexus serve`.
+
+Every command runs as its own `nexus` process, in a folder that is not the repository,
+with its own XDG_CONFIG_HOME, the way a user's shell runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import BIN, REPO, ServeProcess, start_serve
+
+PASSWORD = "correct horse battery"
+
+
+def run_nexus(
+    env: dict[str, str], *argv: str, stdin: str = "", cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`nexus ARGV` as a separate process; its exit status, stdout and stderr."""
+    return subprocess.run(
+        [str(BIN / "nexus"), *argv],
+        input=stdin,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a user's shell: no NEXUS_TOKEN, a private config home."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    env["NEXUS_DATA_DIR"] = str(tmp_path / "data")
+    env["NEXUS_PLUGINS__DIRS"] = str(REPO / "plugins")
+    env["NEXUS_PLUGINS__ENTRY_POINTS"] = "false"
+    return env
+
+
+@pytest.fixture
+def auth_serve(
+    tmp_path: Path, probe_stubs: Path, cli_env: dict[str, str]
+) -> Iterator[ServeProcess]:
+    """`nexus serve` with the bundled plugins and a user "ada" (admin) made beforehand
+    with `nexus users create`."""
+    made = run_nexus(
+        cli_env, "users", "create", "ada", "--admin", "--password-stdin", stdin=PASSWORD + "\n"
+    )
+    assert made.returncode == 0, made.stderr
+    running = start_serve(tmp_path, probe_stubs, [REPO / "plugins"])
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def test_login_prints_the_access_token_alone(
+    auth_serve: ServeProcess, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    address = ("--address", auth_serve.address)
+    login = run_nexus(
+        cli_env, "login", "ada", "--password-stdin", *address, stdin=PASSWORD + "\n", cwd=tmp_path
+    )
+    assert login.returncode == 0, login.stderr
+    token = login.stdout.strip()
+    assert login.stdout == token + "\n" and token.count(".") == 2  # one JWT, one line
+    assert not (tmp_path / "config" / "nexus" / "token").exists()
+    listed = run_nexus({**cli_env, "NEXUS_TOKEN": token}, "plugins", *address, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "auth" in listed.stdout
+
+    wrong = run_nexus(
+        cli_env, "login", "ada", "--password-stdin", *address, stdin="nope\n", cwd=tmp_path
+    )
+    assert wrong.returncode == 1
+    assert "UNAUTHENTICATED" in wrong.stderr and wrong.stdout == ""
+    assert "Traceback" not in wrong.stderr
+
+    empty = run_nexus(cli_env, "login", "ada", "--password-stdin", *address, stdin="\n")
+    assert empty.returncode == 2
+    assert "password is empty" in empty.stderr
+
+
+def test_login_json_has_both_tokens(auth_serve: ServeProcess, cli_env: dict[str, str]) -> None:
+    import json
+
+    login = run_nexus(
+        cli_env,
+        *("login", "ada", "--password-stdin", "--json", "--address", auth_serve.address),
+        stdin=PASSWORD + "\n",
+    )
+    assert login.returncode == 0, login.stderr
+    tokens = json.loads(login.stdout)
+    assert tokens["accessToken"] and tokens["refreshToken"]
+    assert tokens["tokenType"] == "Bearer" and tokens["expiresIn"] > 0
+
+
+def test_saved_token_serves_every_remote_command_until_logout(
+    auth_serve: ServeProcess, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    address = ("--address", auth_serve.address)
+    saved = tmp_path / "config" / "nexus" / "token"
+    login = run_nexus(
+        cli_env, "login", "ada", "--password-stdin", "--save", *address, stdin=PASSWORD + "\n"
+    )
+    assert login.returncode == 0, login.stderr
+    assert login.stdout.strip().startswith(f"nexus login: token saved in {saved}")
+    token = saved.read_text().strip()
+    assert token.count(".") == 2 and token not in login.stdout
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert stat.S_IMODE(saved.parent.stat().st_mode) == 0o700
+    assert [p.name for p in saved.parent.iterdir()] == ["token"]  # no temporary left
+
+    listed = run_nexus(cli_env, "plugins", *address, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert token not in listed.stdout + listed.stderr
+    stats = run_nexus(cli_env, "events", "stats", *address, cwd=tmp_path)
+    assert stats.returncode == 0, stats.stderr
+
+    # --token and $NEXUS_TOKEN win over the saved token.
+    junk = run_nexus({**cli_env, "NEXUS_TOKEN": "junk"}, "plugins", *address)
+    assert junk.returncode == 1
+    assert "the token from $NEXUS_TOKEN was refused" in junk.stderr
+    junk = run_nexus(cli_env, "plugins", *address, "--token", "junk")
+    assert junk.returncode == 1
+    assert "the token from --token was refused" in junk.stderr
+
+    logout = run_nexus(cli_env, "logout")
+    assert logout.returncode == 0
+    assert logout.stdout.strip() == f"nexus logout: removed {saved}"
+    assert not saved.exists()
+    again = run_nexus(cli_env, "logout")
+    assert again.stdout.strip() == "nexus logout: no saved token"
+    anonymous = run_nexus(cli_env, "plugins", *address)
+    assert anonymous.returncode == 1
+    assert "run `nexus login USERNAME --save` first" in anonymous.stderr
+
+
+def test_an_expired_saved_token_says_log_in_again(
+    auth_serve: ServeProcess, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    from nexus_grpc.auth import Grant, KeySet, Principal, TokenIssuer
+    from nexus_grpc.config import AuthConfig
+
+    config = AuthConfig()
+    keys = asyncio.run(KeySet.load(config, auth_serve.data_dir))
+    an_hour_ago = TokenIssuer(keys, config, clock=lambda: time.time() - 3600)
+    principal = Principal(subject="ada", grants=frozenset({Grant.parse("*.*:all")}))
+    saved = tmp_path / "config" / "nexus" / "token"
+    saved.parent.mkdir(parents=True)
+    saved.write_text(an_hour_ago.issue_access(principal)[0] + "\n")
+
+    listed = run_nexus(cli_env, "plugins", "--address", auth_serve.address)
+    assert listed.returncode == 1
+    assert f"the saved token ({saved}) expired at" in listed.stderr
+    assert "run `nexus login USERNAME --save` again" in listed.stderr
+    assert "Traceback" not in listed.stderr
