@@ -1,7 +1,9 @@
 """Compile the `.proto` contracts into Python stubs with ``grpc_tools.protoc``.
 
-Each output folder also gets ``nexus_descriptors.binpb``, the compiled contracts with
-their comments, which the REST gateway turns into OpenAPI descriptions.
+Beside every generated ``_pb2`` module go its ``.proto`` source (so an installed
+package ships the contracts it was built from, as googleapis-common-protos does) and
+``nexus_descriptors.binpb``, that folder's compiled contracts with their comments,
+which the REST gateway turns into OpenAPI descriptions.
 
 `proto/` is the source of truth and `generated/` is data derived from it: this module
 is the one place that knows how, so `scripts/gen`, `nexus gen` and the freshness test
@@ -12,24 +14,35 @@ from __future__ import annotations
 
 import filecmp
 import importlib.resources
+import importlib.util
+import shutil
 import tempfile
+from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from google.protobuf import descriptor_pb2
 
 __all__ = [
     "DESCRIPTOR_SET_NAME",
     "CodegenError",
     "StaleFile",
+    "core_proto_root",
     "find_stale",
     "generate",
     "include_paths",
     "proto_files",
 ]
 
-#: File written at the root of every output folder: the compiled contracts as a
-#: ``FileDescriptorSet`` with source info (comments). The ``_pb2`` modules drop
-#: comments, and the gateway's OpenAPI document reads its descriptions from here.
+#: File written beside the generated modules of every contract folder: that folder's
+#: contracts as a ``FileDescriptorSet`` with source info (comments). The ``_pb2``
+#: modules drop comments, and the gateway's OpenAPI document reads its descriptions
+#: from here.
 DESCRIPTOR_SET_NAME = "nexus_descriptors.binpb"
+
+#: The generated package of the host's own contracts, and a file every copy of it has.
+CORE_PACKAGE = "nexus"
+_CORE_MARKER = "nexus/options/v1/options.proto"
 
 
 class CodegenError(RuntimeError):
@@ -44,21 +57,38 @@ class StaleFile:
     reason: str
 
 
-#: The host's contracts, imported by plugins' contracts (policies, field rules).
-CORE_PROTO_ROOT = Path(__file__).resolve().parent.parent / "proto"
+def core_proto_root() -> Path | None:
+    """The import root of the installed nexus contracts (``nexus/options/v1/...``).
+
+    They ship beside the generated ``nexus`` package's modules, so this is the folder
+    holding that package: ``site-packages`` when installed, ``generated/`` in an
+    editable install of the repository. None when the package ships no sources.
+    """
+    try:
+        spec = importlib.util.find_spec(CORE_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        root = Path(location).resolve().parent
+        if (root / _CORE_MARKER).is_file():
+            return root
+    return None
 
 
 def include_paths() -> list[Path]:
-    """Import roots for protoc: well-known types and the google/api protos.
+    """Import roots for protoc: the nexus contracts, well-known types, google/api.
 
-    Both come from installed packages (grpcio-tools, googleapis-common-protos), so
-    nothing third-party is copied into the repository.
+    All come from installed packages (nexus-grpc, grpcio-tools,
+    googleapis-common-protos), so nothing is copied into a project and nothing depends
+    on where the nexus repository is.
     """
     from google.api import annotations_pb2
 
     grpc_tools_root = Path(str(importlib.resources.files("grpc_tools"))) / "_proto"
     api_root = Path(annotations_pb2.__file__).resolve().parent.parent.parent
-    return [grpc_tools_root, api_root]
+    core = core_proto_root()
+    roots = [*([core] if core else []), grpc_tools_root, api_root]
+    return list(dict.fromkeys(roots))
 
 
 def proto_files(proto_root: Path) -> list[Path]:
@@ -75,29 +105,49 @@ def generate(proto_root: Path, out_dir: Path) -> list[Path]:
     if not files:
         raise CodegenError(f"no .proto files under {proto_root}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    # The host's own contracts (nexus/options/v1/options.proto for policies and field
-    # rules) are importable from every plugin's contracts.
-    core = [CORE_PROTO_ROOT] if CORE_PROTO_ROOT.is_dir() and proto_root != CORE_PROTO_ROOT else []
-    args = [
-        "grpc_tools.protoc",
-        f"-I{proto_root}",
-        *(f"-I{path}" for path in core),
-        *(f"-I{path}" for path in include_paths()),
-        f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        # Only the compiled files, not their imports: each folder documents its own
-        # contracts, and the well-known types would just repeat in every set.
-        f"--descriptor_set_out={out_dir / DESCRIPTOR_SET_NAME}",
-        "--include_source_info",
-        *(str(path.relative_to(proto_root)) for path in files),
-    ]
-    # protoc prints its diagnostics on stderr and returns non-zero.
-    code = protoc.main(args)
-    if code != 0:
-        raise CodegenError(f"protoc failed with exit code {code}; see its messages above")
+    names = [path.relative_to(proto_root).as_posix() for path in files]
+    with tempfile.TemporaryDirectory() as tmp:
+        descriptor_set = Path(tmp) / DESCRIPTOR_SET_NAME
+        args = [
+            "grpc_tools.protoc",
+            # The project's own folder first: its files win over installed copies (the
+            # nexus repository compiles the core contracts it also has installed).
+            f"-I{proto_root}",
+            *(f"-I{path}" for path in include_paths()),
+            f"--python_out={out_dir}",
+            f"--pyi_out={out_dir}",
+            f"--grpc_python_out={out_dir}",
+            # Only the compiled files, not their imports: each folder documents its own
+            # contracts, and the well-known types would just repeat in every set.
+            f"--descriptor_set_out={descriptor_set}",
+            "--include_source_info",
+            *names,
+        ]
+        # protoc prints its diagnostics on stderr and returns non-zero.
+        code = protoc.main(args)
+        if code != 0:
+            raise CodegenError(f"protoc failed with exit code {code}; see its messages above")
+        _split_descriptor_set(descriptor_set.read_bytes(), out_dir)
+    for path, name in zip(files, names, strict=True):
+        shutil.copyfile(path, out_dir / name)
     _add_package_markers(out_dir)
-    return sorted(p for p in out_dir.rglob("*") if p.is_file())
+    return sorted(p for p in out_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
+def _split_descriptor_set(data: bytes, out_dir: Path) -> None:
+    # One set per contract folder, beside its modules: a package carries the
+    # descriptions of exactly the contracts it ships, wherever it is installed.
+    by_folder: defaultdict[str, list[descriptor_pb2.FileDescriptorProto]] = defaultdict(list)
+    for file in descriptor_pb2.FileDescriptorSet.FromString(data).file:
+        by_folder[str(PurePosixPath(file.name).parent)].append(file)
+    for folder, folder_files in by_folder.items():
+        target = out_dir / folder / DESCRIPTOR_SET_NAME
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(
+            descriptor_pb2.FileDescriptorSet(file=folder_files).SerializeToString(
+                deterministic=True
+            )
+        )
 
 
 def _add_package_markers(out_dir: Path) -> None:
@@ -119,15 +169,15 @@ def find_stale(proto_root: Path, generated_dir: Path) -> list[StaleFile]:
         fresh = _tree(fresh_root)
         current = _tree(generated_dir)
         stale = [
-            StaleFile(name, "missing: run scripts/gen")
+            StaleFile(name, "missing: run nexus gen")
             for name in sorted(fresh.keys() - current.keys())
         ]
         stale += [
-            StaleFile(name, "no contract produces it: delete it or run scripts/gen")
+            StaleFile(name, "no contract produces it: delete it or run nexus gen")
             for name in sorted(current.keys() - fresh.keys())
         ]
         stale += [
-            StaleFile(name, "differs from the contract: run scripts/gen")
+            StaleFile(name, "differs from the contract: run nexus gen")
             for name in sorted(fresh.keys() & current.keys())
             if not filecmp.cmp(fresh[name], current[name], shallow=False)
         ]

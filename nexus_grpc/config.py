@@ -287,8 +287,13 @@ class CacheConfig:
 class PluginsConfig:
     """Where plugins come from and which ones run."""
 
-    #: Folders whose sub-folders holding a ``manifest.toml`` are plugins.
+    #: Folders whose sub-folders holding a ``manifest.toml`` are plugins. A missing
+    #: "plugins" (this default) is no warning: it is there in the nexus repository only.
     dirs: tuple[str, ...] = ("plugins",)
+    #: Plugins shipped in the nexus-grpc package to load (auth, orders, inventory), or
+    #: ["*"] for all; none by default. A plugin also found in ``dirs`` (the same
+    #: folder, as in the repository) is loaded once.
+    bundled: tuple[str, ...] = ()
     #: Also load plugins installed through the ``nexus.plugins`` entry-point group.
     entry_points: bool = True
     #: Only these plugins (by name); empty means every plugin discovered.
@@ -451,6 +456,8 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> object:
             values[item.name] = _plugin_permissions(value)
         elif key == "limits.rate_classes":
             values[item.name] = _rate_classes(value, LimitsConfig().rate_classes)
+        elif key == "plugins.bundled":
+            values[item.name] = _bundled(key, _coerce(key, hint, value), value)
         else:
             values[item.name] = _coerce(key, hint, value)
     return cls(**values)
@@ -509,6 +516,17 @@ def _rate_classes(
                 f"limits.rate_classes.{name}: needs rate > 0 (tokens per second) and burst >= 1"
             )
     return classes
+
+
+def _bundled(key: str, names: tuple[str, ...], raw: Any) -> tuple[str, ...]:
+    # Imported here: it looks for the installed package's plugin folder.
+    from nexus_grpc.plugins.bundled import check_selection
+
+    problem = check_selection(names)
+    if problem:
+        source = f" (from {raw.variable})" if isinstance(raw, _EnvText) else ""
+        raise ConfigError(f"{key}{source}: {problem}")
+    return names
 
 
 def _unwrap(table: Mapping[str, Any]) -> dict[str, Any]:

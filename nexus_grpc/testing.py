@@ -134,6 +134,7 @@ async def running_host(
     *,
     plugins: Sequence[str] | None = None,
     plugin_dirs: Sequence[str | Path] = ("plugins",),
+    bundled: Sequence[str] = (),
     data_dir: str | Path,
     storage_url: str = "",
     plugin_config: Mapping[str, Mapping[str, Any]] | None = None,
@@ -151,6 +152,8 @@ async def running_host(
 ) -> AsyncIterator[RunningHost]:
     """Start a host on a free port with ``plugins`` (None: every plugin found); stop it after.
 
+    ``bundled`` names plugins shipped with nexus-grpc to load too (e.g. ``["auth"]``).
+
     ``http=True`` (or an :class:`HttpConfig`) also starts the REST gateway on a free port;
     ``access_log=True`` logs a ``nexus.access`` line per call; ``server`` sets the gRPC
     listener's limits (its address is always a free port); ``storage`` sets the storage
@@ -166,6 +169,7 @@ async def running_host(
         ),
         plugins=PluginsConfig(
             dirs=tuple(str(d) for d in plugin_dirs),
+            bundled=tuple(bundled),
             entry_points=entry_points,
             enabled=tuple(plugins or ()),
             strict=strict,

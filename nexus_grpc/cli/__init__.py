@@ -7,6 +7,7 @@ with ``register(commands)``; ``main`` only assembles them and runs the chosen on
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 from collections.abc import Sequence
 
 from nexus_grpc.cli import contracts, events, login, new, remote, serve, users
@@ -28,7 +29,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nexus", description="gRPC-first plugin host.")
+    parser.add_argument("--version", action="version", version=f"nexus {_version()}")
     commands = parser.add_subparsers(title="commands")
     for module in (serve, remote, events, contracts, users, new, login):
         module.register(commands)
     return parser
+
+
+def _version() -> str:
+    # The installed distribution's version, so it cannot drift from pyproject.toml.
+    try:
+        return importlib.metadata.version("nexus-grpc")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (nexus-grpc is not installed)"

@@ -1,14 +1,20 @@
-"""Commands on contracts: ``nexus gen``, ``nexus lint``, ``nexus policy explain``."""
+"""Commands on contracts: ``nexus gen``, ``nexus lint``, ``nexus policy explain``.
+
+``gen`` and ``lint`` work on one project's contracts: ``--proto``, else the ``proto/``
+folder of the nearest project from the current folder up (a folder with ``proto/``
+next to a ``pyproject.toml`` or ``buf.yaml``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from nexus_grpc.cli._project import ProjectError, project_folders
 from nexus_grpc.config import Config, ConfigError, load_config
 
 __all__ = ["config_or_exit", "register"]
@@ -16,17 +22,33 @@ __all__ = ["config_or_exit", "register"]
 
 def register(commands: Any) -> None:
     """Add ``nexus gen``, ``nexus lint`` and ``nexus policy explain``."""
-    gen = commands.add_parser("gen", help="compile proto/ into generated/")
-    gen.add_argument("--proto", default="proto", help="contracts folder")
-    gen.add_argument("--out", default="generated", help="output folder")
+    gen = commands.add_parser("gen", help="compile the project's proto/ into generated/")
+    gen.add_argument("--proto", help="contracts folder (default: <project>/proto)")
+    gen.add_argument("--out", help="output folder (default: <project>/generated)")
     gen.add_argument("--check", action="store_true", help="only report stale files")
     gen.set_defaults(run=_gen)
 
     lint = commands.add_parser(
-        "lint", help="name methods without an access policy, then lint the contracts with buf"
+        "lint",
+        help="name methods without an access policy, then buf lint, format and breaking",
     )
-    lint.add_argument("-c", "--config", default=os.environ.get("NEXUS_CONFIG"))
-    lint.add_argument("args", nargs=argparse.REMAINDER, help="passed to scripts/lint")
+    lint.add_argument("--proto", help="contracts folder (default: <project>/proto)")
+    lint.add_argument(
+        "--against",
+        help="previous contracts for buf breaking: a git ref or a folder (default: git HEAD)",
+    )
+    lint.add_argument(
+        "-c",
+        "--config",
+        default=os.environ.get("NEXUS_CONFIG"),
+        help="TOML config whose plugins are checked too (default: $NEXUS_CONFIG)",
+    )
+    lint.add_argument(
+        "--plugin-dir",
+        action="append",
+        default=None,
+        help="plugin folder (repeatable); replaces plugins.dirs",
+    )
     lint.set_defaults(run=_lint)
 
     policy = commands.add_parser("policy", help="inspect access policies")
@@ -41,7 +63,11 @@ def register(commands: Any) -> None:
 def _gen(args: argparse.Namespace) -> int:
     from nexus_grpc.codegen import CodegenError, find_stale, generate
 
-    proto, out = Path(args.proto), Path(args.out)
+    try:
+        proto, out = project_folders(args.proto, args.out, Path.cwd())
+    except ProjectError as error:
+        print(f"nexus gen: {error}", file=sys.stderr)
+        return 2
     try:
         if args.check:
             stale = find_stale(proto, out)
@@ -66,29 +92,69 @@ def config_or_exit(path: str | None) -> Config:
 
 
 def _lint(args: argparse.Namespace) -> int:
-    from nexus_grpc.access.policy import methods_without_policy
-    from nexus_grpc.plugins.contracts import load_contracts
+    from nexus_grpc.codegen import CodegenError
+    from nexus_grpc.lint import BufError, project_methods_without_policy, read_rules, run_buf_checks
+    from nexus_grpc.lint.workspace import WorkspaceError
 
-    contracts = load_contracts(config_or_exit(args.config))
-    for error in contracts.errors:
+    try:
+        proto, _ = project_folders(args.proto, "", Path.cwd())
+    except ProjectError as error:
         print(f"nexus lint: {error}", file=sys.stderr)
-    missing = methods_without_policy(contracts.methods())
-    for path in missing:
+        return 2
+    config = config_or_exit(args.config)
+    if args.plugin_dir:
+        config = replace(config, plugins=replace(config.plugins, dirs=tuple(args.plugin_dir)))
+    failed: list[str] = []
+    try:
+        missing = set(project_methods_without_policy(proto))
+    except CodegenError as error:
+        print(f"nexus lint: {error}", file=sys.stderr)
+        return 1
+    if not _plugin_contracts_ok(config, missing):
+        failed.append("plugins")
+    for path in sorted(missing):
         print(
             f"{path}: no access policy; every call will be denied. Declare "
             "(nexus.options.v1.policy) on the method or (nexus.options.v1.default_policy) "
             "on its service"
         )
-    if missing or contracts.errors:
+    if missing:
+        failed.append("policies")
+    try:
+        report = run_buf_checks(proto, read_rules(proto), against=args.against, out=print)
+    except (BufError, WorkspaceError) as error:
+        print(f"nexus lint: {error}", file=sys.stderr)
+        return 2
+    for note in report.notes:
+        print(f"nexus lint: {note}", file=sys.stderr)
+    failed += report.failed
+    if failed:
+        print(f"nexus lint: FAILED: {', '.join(failed)}", file=sys.stderr)
         return 1
-    # buf is installed per project through npm; scripts/lint knows how (and prepares the
-    # google/api protos buf needs offline), so the CLI defers to it.
-    for folder in (Path.cwd(), *Path.cwd().parents):
-        script = folder / "scripts" / "lint"
-        if (folder / "buf.yaml").is_file() and script.is_file():
-            return subprocess.call([str(script), *args.args])
-    print("nexus lint: no buf.yaml with scripts/lint found here or above", file=sys.stderr)
-    return 2
+    checks = ["policies", *report.ran]
+    if report.against:
+        checks[-1] += f" against {report.against}"
+    print(f"nexus lint: OK (buf {report.version}: {', '.join(checks)} on {_shown(proto)})")
+    return 0
+
+
+def _shown(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
+
+
+def _plugin_contracts_ok(config: Config, missing: set[str]) -> bool:
+    """Load the configured plugins; print why any fails, add their policy gaps to ``missing``."""
+    from nexus_grpc.access.policy import methods_without_policy
+    from nexus_grpc.plugins.contracts import load_contracts
+
+    contracts = load_contracts(config)
+    for error in contracts.errors:
+        print(f"nexus lint: {error}", file=sys.stderr)
+    missing.update(methods_without_policy(contracts.methods()))
+    return not contracts.errors
 
 
 def _policy_explain(args: argparse.Namespace) -> int:

@@ -13,9 +13,9 @@ runtime is documented at once, exactly as the gateway serves it:
   floats are numbers or ``"NaN"``/``"Infinity"``/``"-Infinity"``, enums are their
   value names (numbers are accepted as well but not documented).
 * Descriptions are the ``.proto`` comments. Runtime descriptors have none, so they
-  come from the descriptor set ``nexus gen`` writes next to the generated modules
-  (:data:`nexus_grpc.codegen.DESCRIPTOR_SET_NAME`); without one the document simply
-  has no descriptions.
+  come from the descriptor sets ``nexus gen`` writes beside the generated modules
+  (:data:`nexus_grpc.codegen.DESCRIPTOR_SET_NAME`), which installed packages ship;
+  without one the document simply has no descriptions.
 * ``security`` follows the effective ``nexus.options.v1`` policy: bearer JWT unless
   the method is public.
 
@@ -31,7 +31,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeAlias
 
 from google.protobuf import descriptor_pb2
@@ -910,14 +910,14 @@ def _access(method: MethodDescriptor) -> tuple[str, bool]:
 class _Comments:
     """Leading comments of contract elements, by full name, read from descriptor sets.
 
-    For a file ``a/b/c.proto`` the set is looked up beside its generated module
-    (``a.b.c_pb2`` in ``<root>/a/b/c_pb2.py`` -> ``<root>/nexus_descriptors.binpb``),
-    then in every ``sys.path`` folder. Any failure just means no descriptions.
+    ``nexus gen`` writes one set per contract folder, beside the generated modules: for
+    a file ``a/b/c.proto`` the set is looked up beside its module (``a.b.c_pb2`` in
+    ``<root>/a/b/c_pb2.py`` -> ``<root>/a/b/nexus_descriptors.binpb``), then in
+    ``a/b/`` under every ``sys.path`` folder. Any failure just means no descriptions.
     """
 
     def __init__(self) -> None:
         self._files: dict[str, dict[str, str]] = {}
-        self._on_sys_path: list[Path] | None = None
 
     def text(self, file: FileDescriptor, full_name: str) -> str:
         """The comment of the element ``full_name`` declared in ``file``, or ""."""
@@ -932,23 +932,23 @@ class _Comments:
         return self.text(owner.file, proto_field.full_name) if owner is not None else ""
 
     def _find(self, file_name: str) -> dict[str, str]:
-        for candidate in self._candidates(file_name):
+        for candidate in _candidates(file_name):
             found = _read_set(candidate).get(file_name)
             if found is not None:
                 return found
         return {}
 
-    def _candidates(self, file_name: str) -> Iterator[Path]:
-        beside = _set_beside_module(file_name)
-        if beside is not None:
-            yield beside
-        if self._on_sys_path is None:
-            self._on_sys_path = [
-                Path(entry) / DESCRIPTOR_SET_NAME
-                for entry in sys.path
-                if entry and (Path(entry) / DESCRIPTOR_SET_NAME).is_file()
-            ]
-        yield from self._on_sys_path
+
+def _candidates(file_name: str) -> Iterator[Path]:
+    beside = _set_beside_module(file_name)
+    if beside is not None:
+        yield beside
+    folder = PurePosixPath(file_name).parent
+    for entry in sys.path:
+        if entry:
+            candidate = Path(entry, folder, DESCRIPTOR_SET_NAME)
+            if candidate.is_file():
+                yield candidate
 
 
 def _set_beside_module(file_name: str) -> Path | None:
@@ -956,11 +956,7 @@ def _set_beside_module(file_name: str) -> Path | None:
     module_file = getattr(sys.modules.get(module_name), "__file__", None)
     if not module_file:
         return None
-    parents = Path(module_file).resolve().parents
-    depth = file_name.count("/")
-    if depth >= len(parents):
-        return None
-    candidate = parents[depth] / DESCRIPTOR_SET_NAME
+    candidate = Path(module_file).resolve().parent / DESCRIPTOR_SET_NAME
     return candidate if candidate.is_file() else None
 
 

@@ -48,7 +48,8 @@ def load_contracts(config: Config) -> Contracts:
     contracts = Contracts()
     contracts.services["nexus"] = [pool.FindServiceByName(name) for name in CORE_SERVICES]
     settings = config.plugins
-    for candidate in discover(settings.dirs, entry_points=settings.entry_points):
+    found = discover(settings.dirs, entry_points=settings.entry_points, bundled=settings.bundled)
+    for candidate in found:
         if candidate.manifest is None or candidate.error:
             contracts.errors.append(candidate.error or f"{candidate.name}: no manifest")
             continue

@@ -1,9 +1,12 @@
-"""Finding plugins: sub-folders of the plugin folders, and installed distributions.
+"""Finding plugins: sub-folders of the plugin folders, the bundled plugins chosen,
+and installed distributions.
 
-A folder plugin is a package folder with a ``manifest.toml``. An installed plugin
-declares an entry point in the ``nexus.plugins`` group whose value is its package,
-with the manifest as package data. Nothing is imported here: discovery reads manifests
-only, so a plugin that fails to import is still known by name.
+A folder plugin is a package folder with a ``manifest.toml``; a bundled plugin is one
+of those inside the installed nexus-grpc package. An installed plugin declares an
+entry point in the ``nexus.plugins`` group whose value is its package, with the
+manifest as package data. Nothing is imported here: discovery reads manifests only, so
+a plugin that fails to import is still known by name. One folder found twice (the
+repository's ``plugins/`` is also the bundled set) is one plugin.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import importlib.metadata
 import importlib.util
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from nexus_grpc.plugins.bundled import ALL, bundled_folder
 from nexus_grpc.plugins.manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest
 
 __all__ = ["ENTRY_POINT_GROUP", "Candidate", "discover"]
@@ -40,19 +44,59 @@ class Candidate:
     error: str | None = None
 
 
-def discover(dirs: Iterable[str | Path], *, entry_points: bool = True) -> list[Candidate]:
-    """Every plugin in ``dirs`` and, optionally, in the ``nexus.plugins`` entry points."""
+#: The default plugin folder, present in the nexus repository only: its absence is normal.
+_DEFAULT_DIR = Path("plugins")
+
+
+def discover(
+    dirs: Iterable[str | Path], *, entry_points: bool = True, bundled: Iterable[str] = ()
+) -> list[Candidate]:
+    """Every plugin in ``dirs``, the ``bundled`` ones (names or "*") and, optionally, in
+    the ``nexus.plugins`` entry points; a folder found twice is listed once."""
     found: list[Candidate] = []
     for directory in dirs:
         found.extend(_discover_folder(Path(directory)))
+    found.extend(_discover_bundled(set(bundled)))
     if entry_points:
         found.extend(_discover_entry_points())
-    return found
+    return _unique(found)
+
+
+def _unique(candidates: list[Candidate]) -> list[Candidate]:
+    # The same files under two sources (plugins/ in the repository and the bundled set
+    # an editable install maps to it) would otherwise be two plugins of one name.
+    seen: set[tuple[str, Path]] = set()
+    unique = []
+    for candidate in candidates:
+        if candidate.package_dir is not None:
+            key = (candidate.name, candidate.package_dir.resolve())
+            if key in seen:
+                continue
+            seen.add(key)
+        unique.append(candidate)
+    return unique
+
+
+def _discover_bundled(chosen: set[str]) -> list[Candidate]:
+    if not chosen:
+        return []
+    folder = bundled_folder()
+    if folder is None:
+        _log.warning("plugins.bundled is set but this installation has no bundled plugins")
+        return []
+    return [
+        replace(c, source=f"bundled plugin {c.name} ({c.package_dir})")
+        for c in _discover_folder(folder)
+        if ALL in chosen or c.name in chosen
+    ]
 
 
 def _discover_folder(root: Path) -> list[Candidate]:
     if not root.is_dir():
-        _log.warning("plugin folder %s does not exist; no plugins loaded from it", root)
+        if root == _DEFAULT_DIR:
+            _log.debug("no plugin folder %s here", root)
+        else:
+            _log.warning("plugin folder %s does not exist; no plugins loaded from it", root)
         return []
     candidates = []
     for package_dir in sorted(p for p in root.iterdir() if p.is_dir()):

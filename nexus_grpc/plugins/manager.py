@@ -124,7 +124,9 @@ class PluginManager:
     async def load_all(self) -> None:
         """Discover and start every enabled plugin in requirement order."""
         settings = self._config.plugins
-        candidates = discover(settings.dirs, entry_points=settings.entry_points)
+        candidates = discover(
+            settings.dirs, entry_points=settings.entry_points, bundled=settings.bundled
+        )
         for candidate in candidates:
             self._admit(candidate)
         for name in self._requirement_order():

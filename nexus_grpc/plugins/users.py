@@ -30,13 +30,20 @@ async def create_user(config: Config, username: str, password: str, roles: list[
     candidate = next(
         (
             c
-            for c in discover(config.plugins.dirs, entry_points=config.plugins.entry_points)
+            for c in discover(
+                config.plugins.dirs,
+                entry_points=config.plugins.entry_points,
+                bundled=config.plugins.bundled,
+            )
             if c.name == AUTH_PLUGIN
         ),
         None,
     )
     if candidate is None or candidate.manifest is None:
-        raise UserCreationError(f"no {AUTH_PLUGIN!r} plugin in {', '.join(config.plugins.dirs)}")
+        raise UserCreationError(
+            f"no {AUTH_PLUGIN!r} plugin in {', '.join(config.plugins.dirs) or 'no folder'}; "
+            f'set plugins.bundled = ["{AUTH_PLUGIN}"] to use the bundled one'
+        )
     try:
         import_plugin(candidate)
     except PluginError as error:

@@ -614,8 +614,8 @@ def test_descriptor_sets_on_sys_path_are_found(
 
 
 def test_codegen_writes_the_descriptor_set_next_to_the_modules(gwtest: ModuleType) -> None:
-    root = Path(gwtest.__file__).resolve().parents[2]
-    files = openapi._read_set(root / DESCRIPTOR_SET_NAME)
+    folder = Path(gwtest.__file__).resolve().parent
+    files = openapi._read_set(folder / DESCRIPTOR_SET_NAME)
     assert "gwtest/v1/gwtest.proto" in files
     assert files["gwtest/v1/gwtest.proto"]["gwtest.v1.Widget.title"] == "Display title."
 

@@ -17,6 +17,7 @@ from nexus_grpc.plugins.manager import StrictModeError
 from nexus_grpc.testing import running_host
 
 PROBE_DIR = Path(__file__).resolve().parent.parent / "probe"
+REPO_PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 
 pytestmark = pytest.mark.usefixtures("probe_stubs")
 
@@ -296,3 +297,24 @@ async def test_admin_get_plugin_and_not_found(tmp_path: Path) -> None:
             await admin.GetPlugin(admin_pb2.GetPluginRequest(name="ghost"))
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
         assert caught.value.details() == "plugin 'ghost' not found"
+
+
+async def test_bundled_plugins_serve_once_when_also_in_the_plugin_folder(tmp_path: Path) -> None:
+    async with running_host(plugin_dirs=[REPO_PLUGINS], bundled=["*"], data_dir=tmp_path) as host:
+        records = {r.name: r for r in host.host.plugins.records()}
+        assert sorted(records) == ["auth", "inventory", "orders"]
+        assert {r.state for r in records.values()} == {"SERVING"}, [
+            r.error for r in records.values()
+        ]
+        health = health_pb2_grpc.HealthStub(host.channel())
+        reply = await health.Check(
+            health_pb2.HealthCheckRequest(service="nexus.orders.v1.OrdersService")
+        )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_bundled_plugins_serve_without_a_plugin_folder(tmp_path: Path) -> None:
+    async with running_host(plugin_dirs=[], bundled=["orders"], data_dir=tmp_path) as host:
+        records = host.host.plugins.records()
+        assert [(r.name, r.state) for r in records] == [("orders", "SERVING")]
+        assert records[0].source.startswith("bundled plugin orders")

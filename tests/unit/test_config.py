@@ -1,5 +1,6 @@
 """Configuration: defaults, TOML, environment, and the errors for bad values."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,26 @@ def test_a_plugin_permission_that_is_no_grant_is_a_clear_error(tmp_path: Path) -
     path.write_text('[auth.plugin_permissions]\nshop = ["inventory"]\n')
     with pytest.raises(ConfigError, match=r"auth\.plugin_permissions\.shop: grant 'inventory'"):
         load_config(path, environ={})
+
+
+def test_bundled_plugins_are_chosen_by_name_or_star() -> None:
+    assert load_config(environ={}).plugins.bundled == ()
+    config = load_config(environ={"NEXUS_PLUGINS__BUNDLED": "auth,orders"})
+    assert config.plugins.bundled == ("auth", "orders")
+    assert load_config(environ={"NEXUS_PLUGINS__BUNDLED": "*"}).plugins.bundled == ("*",)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            "billing",
+            "plugins.bundled (from NEXUS_PLUGINS__BUNDLED): 'billing' is not a bundled plugin "
+            "(bundled: auth, inventory, orders)",
+        ),
+        ("*,auth", 'plugins.bundled (from NEXUS_PLUGINS__BUNDLED): "*" selects every bundled'),
+    ],
+)
+def test_unknown_bundled_plugins_are_refused(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(environ={"NEXUS_PLUGINS__BUNDLED": value})

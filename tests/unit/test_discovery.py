@@ -71,3 +71,44 @@ def test_entry_point_name_must_match_the_manifest(site: Path) -> None:
     assert "entry point name 'other' differs from the manifest name 'mismatch'" in (
         found["mismatch"].error or ""
     )
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bundled_plugins_load_only_when_chosen() -> None:
+    assert [c.name for c in discover([], entry_points=False)] == []
+    chosen = discover([], entry_points=False, bundled=["orders"])
+    assert [c.name for c in chosen] == ["orders"]
+    assert chosen[0].source.startswith("bundled plugin orders")
+    assert chosen[0].error is None and chosen[0].manifest is not None
+    every = discover([], entry_points=False, bundled=["*"])
+    assert sorted(c.name for c in every) == ["auth", "inventory", "orders"]
+
+
+def test_a_plugin_found_in_a_folder_and_bundled_is_listed_once() -> None:
+    # The editable install maps nexus_grpc.bundled to the repository's plugins/ folder.
+    found = discover([REPO / "plugins"], entry_points=False, bundled=["*"])
+    assert sorted(c.name for c in found) == ["auth", "inventory", "orders"]
+    assert all(c.source.startswith("folder ") for c in found)
+
+
+def test_a_copy_of_a_bundled_plugin_elsewhere_is_a_name_clash(tmp_path: Path) -> None:
+    copy = tmp_path / "orders"
+    copy.mkdir()
+    (copy / "manifest.toml").write_text((REPO / "plugins/orders/manifest.toml").read_text())
+    (copy / "__init__.py").write_text("")
+    found = [c.name for c in discover([tmp_path], entry_points=False, bundled=["orders"])]
+    # Two folders: both listed, and the host reports the clash (test_manager does).
+    assert found == ["orders", "orders"]
+
+
+def test_the_default_plugin_folder_may_be_missing_without_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING", logger="nexus.plugins"):
+        assert discover(["plugins"], entry_points=False) == []
+        assert caplog.records == []
+        assert discover(["elsewhere"], entry_points=False) == []
+    assert "plugin folder elsewhere does not exist" in caplog.text

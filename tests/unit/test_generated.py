@@ -34,4 +34,4 @@ def test_stale_detection_names_the_file(tmp_path: Path) -> None:
         'syntax = "proto3";\npackage demo.v1;\nmessage A { string b = 1; }\n'
     )
     stale = {s.path: s.reason for s in find_stale(tmp_path / "proto", out)}
-    assert stale["demo/v1/demo_pb2.py"] == "differs from the contract: run scripts/gen"
+    assert stale["demo/v1/demo_pb2.py"] == "differs from the contract: run nexus gen"
