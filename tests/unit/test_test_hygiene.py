@@ -24,6 +24,7 @@ _ALLOWED = {
     Path("unit/test_config.py"),
     Path("unit/test_test_hygiene.py"),
     Path("e2e/test_rest_clients.py"),
+    Path("e2e/test_readme_guide.py"),
 }
 
 
