@@ -34,10 +34,10 @@ async def _grpc_ok(address: str, trust: bytes, cert: IssuedCert | None = None) -
 async def _https_ok(url: str, context: ssl.SSLContext) -> bool:
     async with httpx.AsyncClient(verify=context, timeout=5) as client:
         try:
-            response = await client.get(f"{url}/healthz")
+            response = await client.get(f"{url}/metrics")
         except httpx.HTTPError:
             return False
-    return response.status_code < 500
+    return response.status_code == 200
 
 
 def _context(trust: bytes, cert: IssuedCert | None = None) -> ssl.SSLContext:
