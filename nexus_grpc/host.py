@@ -283,7 +283,7 @@ class Host:
                 verifier,
                 audit,
                 sessions=sessions,
-                clients=ClientDirectory(self.config.auth.clients),
+                clients=self._client_directory(),
                 certificate_first=self.config.auth.identity_precedence == "certificate",
             ),
             rate_limit=RateLimitStage(buckets, parse_rate_classes(limits.rate_classes)),
@@ -292,6 +292,24 @@ class Host:
             admin_audit=AdminAuditStage(audit),
             validation=ValidationStage(),
         )
+
+    def _client_directory(self) -> ClientDirectory | None:
+        """``[auth.clients]``, when some port verifies client certificates."""
+        config = self.config
+        if not config.auth.clients:
+            return None
+        verifying = config.server.tls.client_auth != "none" or (
+            bool(config.http.address) and config.http.tls.client_auth != "none"
+        )
+        if not verifying:
+            # No connection can carry a verified certificate: no call looks for one.
+            _log.warning(
+                "auth.clients lists %d identities but no port verifies client certificates "
+                "(server.tls.client_auth and http.tls.client_auth are 'none')",
+                len(config.auth.clients),
+            )
+            return None
+        return ClientDirectory(config.auth.clients)
 
     def _install_core_services(self, manager: PluginManager, audit: AuditLog) -> None:
         in_flight = InFlight()

@@ -153,3 +153,18 @@ async def test_a_handshake_that_never_completes_is_closed(tmp_path: Path, ca: Te
         await writer.drain()
         assert await asyncio.wait_for(reader.read(), timeout=5) == b""
         writer.close()
+
+
+async def test_the_header_timeout_holds_over_tls(tmp_path: Path, ca: TestCA) -> None:
+    http = HttpConfig(header_timeout=0.5)
+    async with running_host(data_dir=tmp_path, plugins=[], http=http, tls=ca) as host:
+        assert host.trust is not None
+        hostname, port = host.host.http_address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(
+            hostname, int(port), ssl=_context(host.trust), server_hostname="localhost"
+        )
+        writer.write(b"GET /metrics HTTP/1.1\r\nhost: local")  # headers never finished
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=5)
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        writer.close()
