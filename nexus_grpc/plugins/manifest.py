@@ -15,7 +15,14 @@ from typing import Any
 
 from nexus_grpc.auth.principal import Grant
 
-__all__ = ["CATEGORIES", "MANIFEST_FILE", "Manifest", "ManifestError", "parse_manifest"]
+__all__ = [
+    "CATEGORIES",
+    "MANIFEST_FILE",
+    "Manifest",
+    "ManifestError",
+    "is_plugin_name",
+    "parse_manifest",
+]
 
 MANIFEST_FILE = "manifest.toml"
 CATEGORIES = ("business", "integration", "analytics", "security")
@@ -23,6 +30,12 @@ CATEGORIES = ("business", "integration", "analytics", "security")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _SERVICE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 _ENTRY = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*:)?[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def is_plugin_name(name: str) -> bool:
+    """Whether ``name`` is a valid plugin name: lower-case letters, digits and _, starting
+    with a letter, at most 63 characters."""
+    return _NAME.fullmatch(name) is not None
 
 
 class ManifestError(ValueError):
