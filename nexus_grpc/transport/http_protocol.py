@@ -41,6 +41,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from nexus_grpc.config import ConfigError, HttpConfig
+from nexus_grpc.tls.identity import tls_extension
 
 __all__ = ["HttpLimits", "limited_protocol"]
 
@@ -199,6 +200,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         "_running",
         "_spanned",
         "_timer",
+        "_tls",
         "_trailer_bytes",
         "_trailers",
         "_unbodied",
@@ -244,11 +246,18 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         #: ``self.pipeline`` (uvicorn keeps no reference to it then): told of a
         #: disconnect like them, else a stream such as a watch runs on for ever.
         self._running: RequestResponseCycle | None = None
+        #: ``scope["extensions"]`` of this connection's requests over TLS (None: plaintext).
+        self._tls: dict[str, Any] | None = None
 
     # Connection lifecycle
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            # Once per connection (after its handshake): the peer's verified certificate,
+            # as the gRPC port reports it, for the pipeline's auth stage.
+            self._tls = tls_extension(ssl_object)
         book = self._book
         if len(book.open) >= book.limits.max_connections:
             book.note_shed(self.loop.time())
@@ -371,6 +380,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         _base.on_message_begin(self)
+        if self._tls is not None:
+            self.scope["extensions"] = self._tls
         # Began after an earlier request in the same read: that read is not all ours.
         self._header_raw = _UNCOUNTED if self._began else 0
         self._phase = _HEADERS
