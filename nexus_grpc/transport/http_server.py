@@ -18,8 +18,10 @@ import uvicorn
 from nexus_grpc.config import HttpConfig
 from nexus_grpc.gateway.app import GatewayApp
 from nexus_grpc.transport.accept_guard import GuardedSocket, install_accept_error_log
+from nexus_grpc.transport.allow_list import RefusedConnections
 from nexus_grpc.transport.grpc_server import ListenError
 from nexus_grpc.transport.http_protocol import HttpLimits, limited_protocol
+from nexus_grpc.transport.netpolicy import NetworkPolicy, TrustedProxies
 
 __all__ = ["HttpServer"]
 
@@ -36,11 +38,17 @@ class HttpServer:
         *,
         reuse_port: bool = False,
         limits: HttpLimits | None = None,
+        policy: NetworkPolicy | None = None,
+        proxies: TrustedProxies | None = None,
+        refused: RefusedConnections | None = None,
     ) -> None:
         self._app = app
         self._address = address
         self._reuse_port = reuse_port
         self._limits = _fit_fd_limit(limits or HttpLimits.from_config(HttpConfig()))
+        self._policy = policy or NetworkPolicy("http")
+        self._proxies = proxies or TrustedProxies()
+        self._refused = refused or RefusedConnections()
         self._socket: socket.socket | None = None
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -80,7 +88,9 @@ class HttpServer:
         install_accept_error_log()
         config = uvicorn.Config(
             self._app,
-            http=limited_protocol(self._limits),
+            http=limited_protocol(
+                self._limits, policy=self._policy, proxies=self._proxies, refused=self._refused
+            ),
             timeout_keep_alive=cast(int, self._limits.keepalive_timeout),
             lifespan="off",
             log_config=None,
