@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 
 from nexus_grpc.cli._args import positive
+from nexus_grpc.cli.channel import ChannelError, add_tls_options, open_channel, tls_options
 
 __all__ = ["admin_call", "host_call", "host_options", "message_dict", "print_table", "register"]
 
@@ -25,8 +26,13 @@ def register(commands: Any) -> None:
 
 
 def host_options(parser: argparse.ArgumentParser) -> None:
-    """``--address``, ``--token`` and ``--timeout`` of every command that calls a host."""
-    parser.add_argument("--address", default="127.0.0.1:50051", help="host:port of the host")
+    """``--address``, ``--token``, ``--timeout`` and the TLS options of every command
+    that calls a host."""
+    parser.add_argument(
+        "--address",
+        default="127.0.0.1:50051",
+        help="host:port of the host; https://host:port for TLS",
+    )
     parser.add_argument(
         "--token",
         default=os.environ.get("NEXUS_TOKEN", ""),
@@ -38,6 +44,7 @@ def host_options(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         help="seconds to connect, and for the call",
     )
+    add_tls_options(parser)
 
 
 def admin_call(args: argparse.Namespace, method: str, request: Any) -> Any:
@@ -51,17 +58,23 @@ def admin_call(args: argparse.Namespace, method: str, request: Any) -> Any:
 def host_call(args: argparse.Namespace, stub_type: Any, method: str, request: Any) -> Any:
     """Call ``method`` of ``stub_type`` on the host at ``args.address``; None after
     printing why it failed."""
-    with grpc.insecure_channel(args.address) as channel:
+    try:
+        tls = tls_options(args)
+    except ChannelError as error:
+        print(f"nexus: {error}", file=sys.stderr)
+        return None
+    with open_channel(tls) as channel:
+        stub = stub_type(channel)
         try:
             grpc.channel_ready_future(channel).result(timeout=args.timeout)
         except grpc.FutureTimeoutError:
             print(
-                f"nexus: cannot reach a nexus host at {args.address} within {args.timeout:g}s; "
-                "is `nexus serve` running there? (pass --address host:port)",
+                f"nexus: cannot reach a nexus host at {args.address} ({tls.describe()}) within "
+                f"{args.timeout:g}s; is `nexus serve` running there? (pass --address host:port)"
+                + _last_error(channel, tls.enabled),
                 file=sys.stderr,
             )
             return None
-        stub = stub_type(channel)
         metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
         try:
             return getattr(stub, method)(request, timeout=args.timeout, metadata=metadata)
@@ -74,6 +87,25 @@ def host_call(args: argparse.Namespace, stub_type: Any, method: str, request: An
                     file=sys.stderr,
                 )
             return None
+
+
+def _last_error(channel: grpc.Channel, tls: bool) -> str:
+    """Why the channel did not connect, from a health check that does not wait for it (a
+    TLS handshake failure names its cause there), plus a hint about TLS."""
+    hint = (
+        "\nnexus: check --cacert (the CA that signed the host's certificate), --server-name, "
+        "and --cert/--key if the host requires client certificates"
+        if tls
+        else "\nnexus: if the host speaks TLS, pass --cacert FILE (or --tls, or an https:// "
+        "address)"
+    )
+    try:
+        # An empty message is a valid HealthCheckRequest; the check changes nothing.
+        check = channel.unary_unary("/grpc.health.v1.Health/Check", None, None)
+        check(b"", timeout=1.0, wait_for_ready=False)
+    except grpc.RpcError as error:
+        return f"\nnexus: last error: {error.details()}{hint}"
+    return hint
 
 
 def print_table(rows: Sequence[Sequence[str]]) -> None:
