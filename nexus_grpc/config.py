@@ -20,6 +20,7 @@ from typing import Any
 
 __all__ = [
     "AuthConfig",
+    "ClientIdentityConfig",
     "Config",
     "ConfigError",
     "EventsConfig",
@@ -29,6 +30,7 @@ __all__ = [
     "PluginsConfig",
     "ServerConfig",
     "StorageConfig",
+    "TlsConfig",
     "load_config",
 ]
 
@@ -41,6 +43,38 @@ ENV_NESTING = "__"
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS on one listening port (``[server.tls]``, ``[http.tls]``), from PEM files.
+
+    The port speaks plaintext while ``cert_file`` is empty. The files are read again when
+    they change (every ``reload_interval`` seconds) or on SIGHUP: new connections get the
+    new certificate, open ones keep theirs.
+    """
+
+    #: PEM certificate chain, the server's certificate first; empty: plaintext.
+    cert_file: str = ""
+    #: PEM private key of that certificate (not encrypted).
+    key_file: str = ""
+    #: PEM CA certificate(s) client certificates must chain to (mutual TLS).
+    client_ca_file: str = ""
+    #: Client certificates: "none" (not asked for), "optional" (asked for, verified when
+    #: sent; HTTP port only) or "require" (handshakes without a valid one fail).
+    client_auth: str = "none"
+    #: Oldest TLS version accepted: "1.2" or "1.3" (HTTP port only; grpcio cannot raise it).
+    min_version: str = "1.2"
+    #: Seconds between checks of the files for a rotated certificate; 0: SIGHUP only.
+    reload_interval: float = 10.0
+    #: Days before the certificate expires from which a warning is logged (and the
+    #: ``nexus.tls`` health entry says so); 0 for no warning.
+    expiry_warning_days: float = 14.0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the port speaks TLS."""
+        return bool(self.cert_file)
 
 
 @dataclass(frozen=True)
@@ -101,6 +135,11 @@ class ServerConfig:
     allow: tuple[str, ...] = ()
     #: Networks that may not connect, even when also in ``allow`` (deny wins).
     deny: tuple[str, ...] = ()
+    #: Refuse to start when a port listens on a non-loopback address without TLS
+    #: (both ports). Off, such a port starts with a warning in the log.
+    require_tls: bool = False
+    #: TLS on the gRPC port (ALPN h2); plaintext while ``tls.cert_file`` is empty.
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
 
 @dataclass(frozen=True)
@@ -155,7 +194,7 @@ class HttpConfig:
     #: beyond); Envoy's headers_count default is 100.
     max_headers: int = 100
     #: Networks (CIDR, IPv4 or IPv6, or single addresses) that may connect; empty allows
-    #: everyone. A refused connection is closed before a byte of it is read.
+    #: everyone. A refused connection is reset as it is accepted, before a byte is read.
     allow: tuple[str, ...] = ()
     #: Networks that may not connect, even when also in ``allow`` (deny wins).
     deny: tuple[str, ...] = ()
@@ -163,6 +202,20 @@ class HttpConfig:
     #: from these peers is the client address taken from the headers (rightmost hop not
     #: a trusted proxy), for rate limits, the login throttle, logs and ``allow``/``deny``.
     trusted_proxies: tuple[str, ...] = ()
+    #: TLS on the HTTP port (ALPN http/1.1); plaintext while ``tls.cert_file`` is empty.
+    tls: TlsConfig = field(default_factory=TlsConfig)
+
+
+@dataclass(frozen=True)
+class ClientIdentityConfig:
+    """What a client certificate's identity may do: ``[auth.clients."spiffe://acme/orders"]``."""
+
+    #: Role names the principal carries (labels for handlers and audit records).
+    roles: tuple[str, ...] = ()
+    #: Grants ``resource.action:scope`` the principal holds (what policies check).
+    grants: tuple[str, ...] = ()
+    #: The principal's team (for ``team``-scoped grants).
+    team: str = ""
 
 
 @dataclass(frozen=True)
@@ -218,6 +271,13 @@ class AuthConfig:
     #: the plugin's request, and one asking for a grant not listed here fails to load.
     #: ``[auth.plugin_permissions] shop = ["inventory.manage:all"]``.
     plugin_permissions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Client certificate identities (a SAN URI such as a SPIFFE ID, or a SAN DNS name)
+    #: that are principals, with their grants. A verified certificate naming none of
+    #: these is no identity: the call needs a token.
+    clients: Mapping[str, ClientIdentityConfig] = field(default_factory=dict)
+    #: Which identity a call carrying both a bearer token and a listed client
+    #: certificate runs as: "token" or "certificate".
+    identity_precedence: str = "token"
 
 
 @dataclass(frozen=True)
@@ -379,6 +439,11 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "limits.backend": ("memory", "redis"),
     "events.backend": ("memory", "redis"),
     "cache.backend": ("memory", "redis"),
+    "auth.identity_precedence": ("token", "certificate"),
+    "server.tls.client_auth": ("none", "optional", "require"),
+    "http.tls.client_auth": ("none", "optional", "require"),
+    "server.tls.min_version": ("1.2", "1.3"),
+    "http.tls.min_version": ("1.2", "1.3"),
 }
 
 
@@ -404,6 +469,12 @@ def load_config(
     config = _build(Config, raw, "")
     assert isinstance(config, Config)
     _check_networks(config)
+    # Imported here: the tls package reads this module's TlsConfig.
+    from nexus_grpc.tls.material import check_config
+
+    # Certificates, keys and listen addresses are checked now, so that a wrong path or a
+    # key of another certificate is reported before anything starts.
+    check_config(config)
     return config
 
 
@@ -477,6 +548,8 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> object:
             values[item.name] = _plugin_tables(value)
         elif key == "auth.plugin_permissions":
             values[item.name] = _plugin_permissions(value)
+        elif key == "auth.clients":
+            values[item.name] = _client_identities(value)
         elif key == "limits.rate_classes":
             values[item.name] = _rate_classes(value, LimitsConfig().rate_classes)
         else:
@@ -513,6 +586,27 @@ def _plugin_permissions(value: Any) -> dict[str, tuple[str, ...]]:
             except ValueError as error:
                 raise ConfigError(f"{key}: {error}") from None
     return granted
+
+
+def _client_identities(value: Any) -> dict[str, ClientIdentityConfig]:
+    from nexus_grpc.auth.principal import Grant
+
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            'auth.clients: expected a table of identities, e.g. [auth.clients."spiffe://acme/app"]'
+        )
+    clients: dict[str, ClientIdentityConfig] = {}
+    for name, table in value.items():
+        key = f'auth.clients."{name}"'
+        identity = _build(ClientIdentityConfig, table, key + ".")
+        assert isinstance(identity, ClientIdentityConfig)
+        for grant in identity.grants:
+            try:
+                Grant.parse(grant)
+            except ValueError as error:
+                raise ConfigError(f"{key}.grants: {error}") from None
+        clients[name] = identity
+    return clients
 
 
 def _rate_classes(

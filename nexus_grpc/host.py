@@ -41,6 +41,8 @@ from nexus_grpc.ratelimit import (
 from nexus_grpc.routing import InFlight, Router
 from nexus_grpc.storage import Storage, make_private_dir
 from nexus_grpc.storage.metrics import StorageMetrics
+from nexus_grpc.tls import TLS_HEALTH, ClientDirectory, TlsExpiryMetrics, TlsService
+from nexus_grpc.tls.material import check_config, plaintext_exposed
 from nexus_grpc.transport.allow_list import NetworkStage, RefusedConnections
 from nexus_grpc.transport.grpc_server import create_server
 from nexus_grpc.transport.health import OVERALL, HealthState
@@ -132,6 +134,8 @@ class Host:
         )
         #: Token tools (available once started).
         self.tokens: Tokens | None = None
+        #: TLS of both ports (available once started; ports without TLS are None in it).
+        self.tls: TlsService | None = None
 
     @property
     def plugins(self) -> PluginManager:
@@ -181,9 +185,23 @@ class Host:
 
     async def _start_parts(self) -> None:
         await asyncio.to_thread(make_private_dir, Path(self.config.data_dir))
+        # Checked again (load_config did): a Config built in code has not been, and the
+        # files may have changed since.
+        await asyncio.to_thread(check_config, self.config)
+        for exposed in plaintext_exposed(self.config):
+            _log.warning(
+                "%s listens beyond loopback without TLS: anyone on the network can read "
+                "and alter its calls and tokens (set its tls.cert_file and tls.key_file; "
+                "server.require_tls = true refuses to start like this)",
+                exposed,
+            )
+        self.tls = tls = await asyncio.to_thread(TlsService, self.config)
         # Bind first: a taken port should fail before any plugin start hook runs.
         self._server, self.grpc_port = create_server(
-            self.config.server, self.router, self.metrics.count_unknown
+            self.config.server,
+            self.router,
+            self.metrics.count_unknown,
+            credentials=tls.grpc.credentials() if tls.grpc is not None else None,
         )
         if self.config.http.address:
             gateway = GatewayApp(
@@ -201,6 +219,10 @@ class Host:
                     parse_networks("http.trusted_proxies", self.config.http.trusted_proxies)
                 ),
                 refused=self.refused,
+                ssl_context=tls.http.context() if tls.http is not None else None,
+                # The header timer starts once the handshake is done: a client gets
+                # the same time again for its TLS handshake.
+                handshake_timeout=self.config.http.header_timeout,
             )
             self.http_port = self._http.bind()
         self._storage = await Storage.connect(
@@ -211,6 +233,8 @@ class Host:
             interval=self.config.storage.probe_interval, timeout=self.config.storage.probe_timeout
         )
         self.metrics.registry.register(StorageMetrics(self._storage.health))
+        if tls.ports:
+            self.metrics.registry.register(TlsExpiryMetrics(tls))
         await self.cache.start()
         keys = await KeySet.load(self.config.auth, Path(self.config.data_dir))
         audit = AuditLog(self._storage.namespace(AUDIT_NAMESPACE))
@@ -244,6 +268,8 @@ class Host:
         # A Redis bus that cannot reach Redis yet starts NOT_SERVING and flips when it can.
         await self.health.set(EVENTS_HEALTH, self._redis_bus.healthy() if self._redis_bus else True)
         await self.health.set(STORAGE_HEALTH, self._storage.health.healthy)
+        if tls.ports:
+            await tls.start(self._on_tls_health)
         await self._server.start()
         self._serving = True
         if self._http is not None:
@@ -271,7 +297,13 @@ class Host:
             ),
             concurrency=ConcurrencyStage(limits.max_concurrent_calls),
             deadline=DeadlineStage(),
-            auth=AuthStage(verifier, audit, sessions=sessions),
+            auth=AuthStage(
+                verifier,
+                audit,
+                sessions=sessions,
+                clients=ClientDirectory(self.config.auth.clients),
+                certificate_first=self.config.auth.identity_precedence == "certificate",
+            ),
             rate_limit=RateLimitStage(buckets, parse_rate_classes(limits.rate_classes)),
             streams=self.streams,
             access=AccessStage(audit, shadow=self.config.auth.shadow_mode),
@@ -319,6 +351,8 @@ class Host:
         # Streams never end by themselves: waiting for them would use up the whole grace
         # period and then cut them. Each ends now, in band, with UNAVAILABLE, so its
         # client reconnects elsewhere while unary calls in flight finish.
+        if self.tls is not None:
+            await self.tls.stop()
         ended = self.streams.end_all()
         if ended:
             _log.info("ended %d open stream(s): server shutting down", ended)
@@ -359,6 +393,18 @@ class Host:
         if self._overall_published:
             await self.health.set(OVERALL, self._overall_serving())
 
+    async def _on_tls_health(self, healthy: bool) -> None:
+        # Certificates close to expiry: a warning under nexus.tls only, the host keeps
+        # serving (see nexus_grpc.tls.service).
+        if self._stopping is None:
+            await self.health.set(TLS_HEALTH, healthy)
+
+    async def reload_tls(self) -> int:
+        """Read the certificate files of both ports again (SIGHUP); ports changed."""
+        if self.tls is None:
+            return 0
+        return await self.tls.reload()
+
     async def _on_events_health(self, healthy: bool) -> None:
         # After shut_down() everything stays NOT_SERVING, whatever Redis does.
         if self._stopping is None:
@@ -393,8 +439,17 @@ class Host:
             _log.info("%s received: shutting down", number.name)
             signalled.set()
 
+        reloads: set[asyncio.Task[int]] = set()
+
+        def on_hangup() -> None:
+            _log.info("SIGHUP received: reloading TLS certificates")
+            task = loop.create_task(self.reload_tls())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
         for number in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(number, on_signal, number)
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
         try:
             try:
                 await starting
@@ -404,5 +459,5 @@ class Host:
             await signalled.wait()
             await self.stop()
         finally:
-            for number in (signal.SIGTERM, signal.SIGINT):
+            for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(number)

@@ -11,10 +11,19 @@ Example (pytest-asyncio)::
 
 The host is the production one: same dispatcher, pipeline, reflection and health,
 with its storage in ``data_dir`` (SQLite unless ``storage_url`` is given).
+
+Over TLS and mutual TLS, with a throwaway CA (:class:`nexus_grpc.tls.certs.TestCA`)::
+
+    ca = TestCA.create(tmp_path / "pki")
+    async with running_host(data_dir=tmp_path, tls=ca, client_auth="require") as host:
+        client = ca.issue("orders", uris=("spiffe://acme/orders",), client=True)
+        stub = OrdersServiceStub(host.channel(client_cert=client))
 """
 
 from __future__ import annotations
 
+import secrets
+import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -35,8 +44,10 @@ from nexus_grpc.config import (
     PluginsConfig,
     ServerConfig,
     StorageConfig,
+    TlsConfig,
 )
 from nexus_grpc.host import Host
+from nexus_grpc.tls.certs import IssuedCert, TestCA
 
 __all__ = ["RunningHost", "running_host"]
 
@@ -46,6 +57,8 @@ class RunningHost:
     """A started host and the channels opened to it."""
 
     host: Host
+    #: PEM CA certificate(s) clients trust when the host speaks TLS (None: plaintext).
+    trust: bytes | None = None
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     @property
@@ -55,8 +68,9 @@ class RunningHost:
 
     @property
     def http_url(self) -> str:
-        """Base URL of the HTTP gateway (``http=True`` hosts only)."""
-        return f"http://{self.host.http_address}"
+        """Base URL of the HTTP gateway (``http=True`` hosts only); https with TLS."""
+        scheme = "https" if self.host.config.http.tls.enabled else "http"
+        return f"{scheme}://{self.host.http_address}"
 
     def token(
         self,
@@ -81,13 +95,34 @@ class RunningHost:
         token, _ = self.host.tokens.issuer.issue_access(principal)
         return token
 
-    def channel(self, token: str | None = None) -> grpc.aio.Channel:
-        """A new insecure channel to the host (sending ``token`` on every call), closed
-        when the host stops."""
+    def channel(
+        self, token: str | None = None, *, client_cert: IssuedCert | None = None
+    ) -> grpc.aio.Channel:
+        """A new channel to the host (sending ``token`` on every call), closed when the
+        host stops: TLS trusting :attr:`trust` when the gRPC port speaks TLS (presenting
+        ``client_cert`` for mutual TLS), else plaintext."""
         interceptors = _token_interceptors(token) if token else None
-        channel = grpc.aio.insecure_channel(self.address, interceptors=interceptors)
+        if not self.host.config.server.tls.enabled:
+            channel = grpc.aio.insecure_channel(self.address, interceptors=interceptors)
+        else:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=self.trust,
+                private_key=client_cert.key_pem if client_cert else None,
+                certificate_chain=client_cert.cert_pem if client_cert else None,
+            )
+            channel = grpc.aio.secure_channel(self.address, credentials, interceptors=interceptors)
         self._channels.append(channel)
         return channel
+
+    def ssl_context(self, client_cert: IssuedCert | None = None) -> ssl.SSLContext:
+        """A client context for the HTTP port (``httpx.AsyncClient(verify=...)``):
+        trusting :attr:`trust`, presenting ``client_cert`` for mutual TLS."""
+        context = ssl.create_default_context(
+            cadata=self.trust.decode("ascii") if self.trust else None
+        )
+        if client_cert is not None:
+            context.load_cert_chain(client_cert.cert_file, client_cert.key_file)
+        return context
 
 
 class _WithToken:
@@ -148,6 +183,9 @@ async def running_host(
     access_log: bool = False,
     server: ServerConfig | None = None,
     storage: StorageConfig | None = None,
+    tls: TestCA | TlsConfig | None = None,
+    client_auth: str = "none",
+    trust: bytes | None = None,
 ) -> AsyncIterator[RunningHost]:
     """Start a host on a free port with ``plugins`` (None: every plugin found); stop it after.
 
@@ -155,22 +193,33 @@ async def running_host(
     ``access_log=True`` logs a ``nexus.access`` line per call; ``server`` sets the gRPC
     listener's limits (its address is always a free port); ``storage`` sets the storage
     options (its url is replaced by ``storage_url`` if given).
+
+    ``tls`` turns TLS on for both ports: a :class:`TestCA` issues the server certificate
+    (localhost, 127.0.0.1) and is what channels trust, and ``client_auth`` ("none",
+    "require"; "optional" is for the HTTP port only) makes the CA the client CA too; a
+    :class:`TlsConfig` is used as it is, with ``trust`` the CA PEM clients trust. A
+    ``server`` or ``http`` config with its own ``tls`` keeps it.
     """
+    tls_config, trust = _tls_setup(tls, client_auth, trust)
+    server = server or ServerConfig()
+    if tls_config is not None and not server.tls.enabled:
+        server = replace(server, tls=tls_config)
+    http_config = _http_config(http)
+    if tls_config is not None and http_config.address and not http_config.tls.enabled:
+        http_config = replace(http_config, tls=tls_config)
     storage = storage or StorageConfig()
     if storage_url:
         storage = replace(storage, url=storage_url)
     config = Config(
         data_dir=str(data_dir),
-        server=replace(
-            server or ServerConfig(), grpc_address="127.0.0.1:0", grace_period=grace_period
-        ),
+        server=replace(server, grpc_address="127.0.0.1:0", grace_period=grace_period),
         plugins=PluginsConfig(
             dirs=tuple(str(d) for d in plugin_dirs),
             entry_points=entry_points,
             enabled=tuple(plugins or ()),
             strict=strict,
         ),
-        http=_http_config(http),
+        http=http_config,
         auth=auth or AuthConfig(),
         limits=limits or LimitsConfig(),
         events=events or EventsConfig(),
@@ -181,13 +230,29 @@ async def running_host(
     )
     host = Host(config)
     await host.start()
-    running = RunningHost(host)
+    running = RunningHost(host, trust=trust)
     try:
         yield running
     finally:
         for channel in running._channels:
             await channel.close(None)
         await host.stop()
+
+
+def _tls_setup(
+    tls: TestCA | TlsConfig | None, client_auth: str, trust: bytes | None
+) -> tuple[TlsConfig | None, bytes | None]:
+    if not isinstance(tls, TestCA):
+        return tls, trust
+    # A name of its own: hosts sharing a CA must not rewrite each other's files.
+    issued = tls.issue(f"server-{secrets.token_hex(4)}", dns=("localhost",), ips=("127.0.0.1",))
+    config = TlsConfig(
+        cert_file=str(issued.cert_file),
+        key_file=str(issued.key_file),
+        client_ca_file=str(tls.cert_file) if client_auth != "none" else "",
+        client_auth=client_auth,
+    )
+    return config, trust or tls.cert_file.read_bytes()
 
 
 def _http_config(http: bool | HttpConfig) -> HttpConfig:

@@ -65,6 +65,10 @@ class Principal:
     #: The user's token epoch when the token was issued (claim ``ep``); a token whose
     #: epoch is below its user's current one was revoked (nexus_grpc.auth.sessions).
     epoch: int = 0
+    #: How the caller proved who it is: "token" (a bearer JWT), "certificate" (a
+    #: verified client certificate listed in ``[auth.clients]``; no token id, epoch or
+    #: expiry then) or "plugin" (a plugin's own identity, in-process).
+    via: str = "token"
 
     def scope_for(self, resource: str, action: str) -> Scope | None:
         """The widest scope this principal holds for ``resource.action``; None if none."""

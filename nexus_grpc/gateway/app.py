@@ -59,6 +59,7 @@ from nexus_grpc.logs import request_id_var
 from nexus_grpc.pipeline.context import call_result, start_call
 from nexus_grpc.pipeline.observe import incoming_request_id
 from nexus_grpc.routing import Route, Router, RoutingTable
+from nexus_grpc.tls.identity import scope_auth_context
 
 if TYPE_CHECKING:
     from nexus_grpc.pipeline.metrics import Metrics
@@ -282,6 +283,7 @@ class GatewayApp:
             peer=peer,
             deadline=deadline,
             writer=writer,
+            auth_context=scope_auth_context(scope),
         )
 
     async def _request_stream(

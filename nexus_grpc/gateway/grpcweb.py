@@ -38,6 +38,7 @@ from nexus_grpc.gateway.responses import (
 from nexus_grpc.pipeline.context import call_result, start_call
 from nexus_grpc.pipeline.decode import PendingRequest
 from nexus_grpc.routing import Router
+from nexus_grpc.tls.identity import scope_auth_context
 
 if TYPE_CHECKING:
     from nexus_grpc.gateway.app import GatewaySettings
@@ -145,6 +146,7 @@ class GrpcWebHandler:
             writer=lambda message: response.message(
                 serialize(message) if serialize else message, context
             ),
+            auth_context=scope_auth_context(scope),
         )
         watcher: asyncio.Future[None] | None = None
 

@@ -20,6 +20,7 @@ from nexus_grpc.auth.sessions import SessionGuard
 from nexus_grpc.errors import StatusError
 from nexus_grpc.plugins.spec import OwnershipCheck
 from nexus_grpc.routing import Arity, CallHandler, MethodInfo
+from nexus_grpc.tls.identity import CERTIFICATE, ClientDirectory, certificate_names
 
 __all__ = ["INPROC_PRINCIPAL", "AccessStage", "AuthStage", "TokenVerifier"]
 
@@ -72,9 +73,17 @@ class AuthStage:
         audit: AuditLog | None,
         *,
         sessions: SessionGuard | None = None,
+        clients: ClientDirectory | None = None,
+        certificate_first: bool = False,
     ) -> None:
         self._verifier = verifier
         self._audit = audit
+        # Verified client certificates listed in [auth.clients] (mutual TLS); None or
+        # empty: certificates are no identity and the connection is not looked at.
+        self._clients = clients or None
+        # auth.identity_precedence = "certificate": a listed certificate wins over a
+        # token sent on the same call (the token is then not looked at).
+        self._certificate_first = certificate_first
         # Tokens of users whose roles changed, who were disabled, deleted or logged out
         # everywhere are refused although their signature is good.
         self._sessions = sessions or SessionGuard()
@@ -91,6 +100,8 @@ class AuthStage:
         # checks the epoch again, so a revoked user's open watch stops at its next
         # message (a dict lookup per message).
         streams_responses = method.arity in (Arity.UNARY_STREAM, Arity.STREAM_STREAM)
+        clients = self._clients
+        certificate_first = self._certificate_first
 
         async def authenticate(request: Any, context: Any) -> Any:
             # An in-process call from another plugin arrives with the identity its
@@ -103,14 +114,21 @@ class AuthStage:
             if not isinstance(principal, Principal):
                 try:
                     token = _bearer_token(context)
-                    if token is None and not public:
+                    principal = None
+                    if clients is not None and (token is None or certificate_first):
+                        # The connection's verified certificate (mutual TLS): asked only
+                        # when it can decide (auth_context() builds a dict per call).
+                        principal = clients.principal(certificate_names(context.auth_context()))
+                        if principal is not None:
+                            token = None
+                    if principal is None and token is None and not public:
                         raise StatusError(
                             grpc.StatusCode.UNAUTHENTICATED,
-                            "this method needs a bearer token",
+                            _missing_message(clients is not None, context),
                             reason="TOKEN_MISSING",
                         )
-                    principal = None if token is None else await verifier.verify(token)
-                    if principal is not None:
+                    if token is not None:
+                        principal = await verifier.verify(token)
                         # SessionGuard.fresh inlined: one dict lookup when the user's
                         # epoch is cached (nearly always); roles changed, disabled,
                         # deleted or logged out everywhere means a higher floor than the
@@ -134,7 +152,7 @@ class AuthStage:
                     raise
                 if principal is None:
                     return await next(request, context)  # public, anonymous
-                if streams_responses:
+                if streams_responses and principal.via != CERTIFICATE:
                     context = _RevocableContext(context, principal, sessions)
             # Not reset here: the observe stage restores it after the access log line,
             # which names the principal.
@@ -142,6 +160,18 @@ class AuthStage:
             return await next(request, context)
 
         return authenticate
+
+
+def _missing_message(certificates: bool, context: Any) -> str:
+    if not certificates:
+        return "this method needs a bearer token"
+    missing = "this method needs a bearer token or a client certificate listed in auth.clients"
+    names = certificate_names(context.auth_context())
+    if names:
+        # Verified but unlisted: say which identity the host saw, so the operator can
+        # list it (the certificate's names are the caller's own, not a secret).
+        return f"{missing}; the client certificate names {', '.join(names[:3])}"
+    return missing
 
 
 class _RevocableContext:

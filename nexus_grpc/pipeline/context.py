@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -50,9 +50,11 @@ class CallContext:
         peer: str,
         deadline: float | None,
         writer: Callable[[Any], Awaitable[None]] | None = None,
+        auth_context: Mapping[str, Sequence[bytes]] | None = None,
     ) -> None:
         #: "rest", "grpc-web" or "inproc": pipeline stages label metrics with it.
         self.transport = transport
+        self._auth_context = auth_context
         self._metadata = metadata
         self._peer = peer
         #: ``time.monotonic()`` value of the deadline, None without one.
@@ -134,9 +136,10 @@ class CallContext:
         """True once the client went away (the call is over)."""
         return self.cancelled_by_client
 
-    def auth_context(self) -> dict[str, list[bytes]]:
-        """No transport security properties outside gRPC."""
-        return {}
+    def auth_context(self) -> Mapping[str, Sequence[bytes]]:
+        """The connection's TLS properties as grpc names them (nexus_grpc.tls.identity);
+        empty over plaintext and in-process."""
+        return self._auth_context or {}
 
     def set_compression(self, compression: Any) -> None:
         """Accepted and ignored: HTTP compression is the HTTP server's business."""

@@ -85,6 +85,7 @@ def plugin_principal(plugin: str, permissions: Iterable[str] = ()) -> Principal:
         subject=f"plugin:{plugin}",
         roles=(PLUGIN_ROLE,),
         grants=frozenset(Grant.parse(permission) for permission in permissions),
+        via="plugin",
     )
 
 

@@ -1,6 +1,8 @@
 """Network allow-lists on the listening ports: counting refusals, the gRPC port's guards.
 
-The HTTP port refuses in its protocol's ``connection_made`` (:mod:`.http_protocol`).
+The HTTP port refuses when its listening socket accepts (:class:`AcceptScreen`, used by
+:class:`~nexus_grpc.transport.accept_guard.GuardedSocket`): the connection is reset
+before asyncio makes a transport for it, so before any TLS handshake or byte read.
 The gRPC port's connections are accepted by grpcio's C core, so it has two layers:
 
 1. :func:`guard_grpc_listener` attaches a kernel socket filter to grpcio's listening
@@ -17,9 +19,7 @@ The gRPC port's connections are accepted by grpcio's C core, so it has two layer
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -34,7 +34,7 @@ from nexus_grpc.routing import CallHandler, MethodInfo
 from nexus_grpc.transport import socket_filter
 from nexus_grpc.transport.netpolicy import NetworkPolicy
 
-__all__ = ["NetworkStage", "RefusedConnections", "guard_grpc_listener"]
+__all__ = ["AcceptScreen", "NetworkStage", "RefusedConnections", "guard_grpc_listener"]
 
 _log = logging.getLogger("nexus.network")
 
@@ -140,13 +140,21 @@ def guard_grpc_listener(policy: NetworkPolicy) -> ListenerGuard:
     return ListenerGuard(policy)
 
 
-def refuse_now(sock: Any) -> None:
-    """Make closing ``sock`` send a reset (SO_LINGER 0): the peer sees "connection reset"
-    at once instead of an end of stream it could take for an empty answer."""
-    if sock is None:
-        return
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+class AcceptScreen:
+    """The HTTP port's allow-list, asked by its listening socket for each connection."""
+
+    def __init__(self, policy: NetworkPolicy, refused: RefusedConnections) -> None:
+        self._policy = policy
+        self._refused = refused
+
+    def __call__(self, address: Any) -> bool:
+        """Whether the peer at ``address`` (``(host, port, ...)``) may connect; counts and
+        logs a refusal."""
+        host = address[0] if isinstance(address, tuple) and address else ""
+        if self._policy.permits_text(host):
+            return True
+        self._refused.note("http", "denied", host or "unknown")
+        return False
 
 
 class NetworkStage:

@@ -66,9 +66,16 @@ class Dispatcher(grpc.GenericRpcHandler):  # type: ignore[type-arg]
 
 
 def create_server(
-    config: ServerConfig, router: Router, on_unknown: Callable[[str], None] | None = None
+    config: ServerConfig,
+    router: Router,
+    on_unknown: Callable[[str], None] | None = None,
+    *,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """A server bound to ``config.grpc_address``, not started; returns it and its port."""
+    """A server bound to ``config.grpc_address``, not started; returns it and its port.
+
+    With ``credentials`` (nexus_grpc.tls) the port speaks TLS only.
+    """
     options = [
         # grpcio enables SO_REUSEPORT by default, which lets a second host bind the same
         # port and silently receive half the connections.
@@ -83,7 +90,10 @@ def create_server(
     # Noted before grpcio binds: the allow-list filter goes on the sockets it adds.
     guard = guard_grpc_listener(NetworkPolicy.from_lists("server", config.allow, config.deny))
     try:
-        port = server.add_insecure_port(config.grpc_address)
+        if credentials is None:
+            port = server.add_insecure_port(config.grpc_address)
+        else:
+            port = server.add_secure_port(config.grpc_address, credentials)
     except RuntimeError as error:
         raise ListenError(
             f"server.grpc_address {config.grpc_address}: cannot listen ({error}); "

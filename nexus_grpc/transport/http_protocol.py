@@ -23,11 +23,10 @@ protocol adds, per connection:
 - a cap on open connections shared by the listener: beyond it the connection idle the
   longest (never sent a byte, or between keep-alive requests) is closed, as nginx reuses
   keep-alive connections when it runs out, else the new one;
-- the port's allow/deny lists: a refused peer's connection is reset in
-  ``connection_made``, before a byte of it is read; from a trusted proxy, the client
-  named by ``X-Forwarded-For``/``Forwarded`` becomes the request's client address
-  (``scope["client"]``), and is checked against the lists once the headers are read
-  (403 when refused).
+- trusted proxies: from one, the client named by ``X-Forwarded-For``/``Forwarded``
+  becomes the request's client address (``scope["client"]``), and is checked against
+  the port's allow/deny lists once the headers are read (403 when refused). Peers the
+  lists refuse never get here: the listening socket resets them (:mod:`.allow_list`).
 
 Timers are set per phase, not per byte: a request that arrives in one packet arms none.
 Nothing times the app: a long server stream or a slow handler is not cut.
@@ -46,7 +45,8 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from nexus_grpc.config import ConfigError, HttpConfig
-from nexus_grpc.transport.allow_list import RefusedConnections, refuse_now
+from nexus_grpc.tls.identity import tls_extension
+from nexus_grpc.transport.allow_list import RefusedConnections
 from nexus_grpc.transport.netpolicy import (
     NetworkPolicy,
     TrustedProxies,
@@ -122,7 +122,7 @@ class _Book:
     policy: NetworkPolicy = field(default_factory=lambda: NetworkPolicy("http"))
     proxies: TrustedProxies = field(default_factory=TrustedProxies)
     refused: RefusedConnections = field(default_factory=RefusedConnections)
-    #: Whether connection_made has to look at the peer's address at all.
+    #: Whether connection_made has to look at the peer's address (proxies configured).
     screens: bool = False
     #: Open connections (only counted: the cap is on their number).
     open: dict[LimitedHttpProtocol, None] = field(default_factory=dict)
@@ -219,6 +219,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         "_running",
         "_spanned",
         "_timer",
+        "_tls",
         "_trailer_bytes",
         "_trailers",
         "_unbodied",
@@ -267,14 +268,21 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._running: RequestResponseCycle | None = None
         #: The peer is a trusted proxy: each request's client comes from its headers.
         self._proxied = False
+        #: ``scope["extensions"]`` of this connection's requests over TLS (None: plaintext).
+        self._tls: dict[str, Any] | None = None
 
     # Connection lifecycle
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            # Once per connection (after its handshake): the peer's verified certificate,
+            # as the gRPC port reports it, for the pipeline's auth stage.
+            self._tls = tls_extension(ssl_object)
         book = self._book
-        if book.screens and not self._screen(transport):
-            return
+        if book.screens:
+            self._screen()
         if len(book.open) >= book.limits.max_connections:
             book.note_shed(self.loop.time())
             if not book.close_oldest_idle():
@@ -286,18 +294,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._mark = self.loop.time()
         self._timer = self.loop.call_at(self._mark + book.limits.header_timeout, self._on_timer)
 
-    def _screen(self, transport: asyncio.Transport) -> bool:
-        """Refuse a peer the lists refuse (False: reset, nothing read); note a proxy."""
-        book = self._book
-        host = self.client[0] if self.client else ""
-        address = parse_address(host)
-        if book.policy.active and (address is None or not book.policy.permits(address)):
-            book.refused.note("http", "denied", host or "unknown")
-            refuse_now(transport.get_extra_info("socket"))
-            transport.close()
-            return False
-        self._proxied = book.proxies.trusts(address)
-        return True
+    def _screen(self) -> None:
+        """Note whether the peer is a trusted proxy."""
+        address = parse_address(self.client[0]) if self.client else None
+        self._proxied = self._book.proxies.trusts(address)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
@@ -409,6 +409,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         _base.on_message_begin(self)
+        if self._tls is not None:
+            self.scope["extensions"] = self._tls
         # Began after an earlier request in the same read: that read is not all ours.
         self._header_raw = _UNCOUNTED if self._began else 0
         self._phase = _HEADERS
@@ -637,7 +639,7 @@ def limited_protocol(
         book.proxies = proxies
     if refused is not None:
         book.refused = refused
-    book.screens = book.policy.active or bool(book.proxies.networks)
+    book.screens = bool(book.proxies.networks)
     too_large = f"request line and headers are larger than {limits.max_header_bytes} bytes"
     too_many = f"request has more than {limits.max_headers} header fields"
     too_large_trailers = f"request trailers are larger than {limits.max_header_bytes} bytes"

@@ -11,14 +11,15 @@ import dataclasses
 import logging
 import resource
 import socket
-from typing import cast
+import ssl
+from typing import Any, cast
 
 import uvicorn
 
 from nexus_grpc.config import HttpConfig
 from nexus_grpc.gateway.app import GatewayApp
 from nexus_grpc.transport.accept_guard import GuardedSocket, install_accept_error_log
-from nexus_grpc.transport.allow_list import RefusedConnections
+from nexus_grpc.transport.allow_list import AcceptScreen, RefusedConnections
 from nexus_grpc.transport.grpc_server import ListenError
 from nexus_grpc.transport.http_protocol import HttpLimits, limited_protocol
 from nexus_grpc.transport.netpolicy import NetworkPolicy, TrustedProxies
@@ -41,8 +42,12 @@ class HttpServer:
         policy: NetworkPolicy | None = None,
         proxies: TrustedProxies | None = None,
         refused: RefusedConnections | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = 10.0,
     ) -> None:
         self._app = app
+        self._ssl = ssl_context
+        self._handshake_timeout = handshake_timeout
         self._address = address
         self._reuse_port = reuse_port
         self._limits = _fit_fd_limit(limits or HttpLimits.from_config(HttpConfig()))
@@ -76,6 +81,8 @@ class HttpServer:
                 f"http.address {self._address}: cannot listen ({error}); is another process "
                 "using the port?"
             ) from None
+        if self._policy.active:
+            sock.screen = AcceptScreen(self._policy, self._refused)
         sock.listen(2048)
         sock.setblocking(False)
         self._socket = sock
@@ -105,8 +112,38 @@ class HttpServer:
         config.load()
         self._server = uvicorn.Server(config)
         self._server.lifespan = config.lifespan_class(config)
-        await self._server.startup(sockets=[self._socket])
+        await self._listen(self._server, self._socket)
         self._task = asyncio.create_task(self._server.main_loop())
+
+    async def _listen(self, server: uvicorn.Server, sock: socket.socket) -> None:
+        """uvicorn's ``startup`` for one bound socket (lifespan is off), with TLS.
+
+        uvicorn's own gives asyncio no TLS handshake timeout, leaving asyncio's 60 s: a
+        client that opens connections and never finishes a handshake holds each that
+        long, before the header timer (which starts once the handshake is done) applies.
+        """
+        config = server.config
+        state = server.lifespan.state
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            protocol_class: Any = config.http_protocol_class
+            return cast(
+                asyncio.Protocol,
+                protocol_class(
+                    config=config, server_state=server.server_state, app_state=state, _loop=_loop
+                ),
+            )
+
+        loop = asyncio.get_running_loop()
+        listener = await loop.create_server(
+            create_protocol,
+            sock=sock,
+            ssl=self._ssl,
+            ssl_handshake_timeout=self._handshake_timeout if self._ssl is not None else None,
+            backlog=config.backlog,
+        )
+        server.servers = [listener]
+        server.started = True
 
     def force_stop(self) -> None:
         """Cancel every request in progress (a second signal during the drain)."""

@@ -68,6 +68,21 @@ async def connect_from(source: str, port: int) -> socket.socket | None:
     return sock
 
 
+async def send_from(source: str, port: int, data: bytes) -> bytes:
+    """What the server answers ``data`` sent from ``source`` (b"" when it reset or closed
+    the connection; the reset may already fail the connect)."""
+    loop = asyncio.get_running_loop()
+    with socket.socket() as sock:
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", port)), 5)
+            await asyncio.wait_for(loop.sock_sendall(sock, data), 5)
+            return await asyncio.wait_for(loop.sock_recv(sock, 1024), 5)
+        except (ConnectionResetError, BrokenPipeError):
+            return b""
+
+
 def refused_count(host: RunningHost, port: str, reason: str) -> int:
     return host.host.refused.count(port, reason)
 
@@ -115,17 +130,9 @@ async def test_http_port_resets_a_refused_peer_before_reading_a_byte(
     caplog.set_level(logging.INFO)
     host = await make_host(http=HttpConfig(deny=(REFUSED,)))
     port = port_of(host.host.http_address)
-    sock = await connect_from(REFUSED, port)
-    assert sock is not None  # the HTTP port accepts, then resets at once
-    loop = asyncio.get_running_loop()
-    with sock:
-        # Garbage and an oversized header: nothing of it may be parsed or answered.
-        junk = b"\x16\x03\x01 NOT HTTP\r\n" + b"X-Big: " + b"a" * 100_000 + b"\r\n\r\n"
-        try:
-            await asyncio.wait_for(loop.sock_sendall(sock, junk), 5)
-            answer = await asyncio.wait_for(loop.sock_recv(sock, 1024), 5)
-        except (ConnectionResetError, BrokenPipeError):
-            answer = b""
+    # Garbage and an oversized header: nothing of it may be parsed or answered.
+    junk = b"\x16\x03\x01 NOT HTTP\r\n" + b"X-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+    answer = await send_from(REFUSED, port, junk)
     assert answer == b""
     messages = [r.getMessage() for r in caplog.records]
     assert not any("Invalid HTTP request" in m for m in messages)
