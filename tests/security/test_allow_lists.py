@@ -21,6 +21,7 @@ from nexus.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from nexus_grpc.config import HttpConfig, LimitsConfig, ServerConfig
 from nexus_grpc.testing import RunningHost, running_host
+from nexus_grpc.tls.certs import TestCA
 from nexus_grpc.transport import socket_filter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -221,3 +222,21 @@ async def test_trusted_proxy_forwards_the_client_address(
     assert "ipv6:[2001:db8::9]:0" in peers
     assert all("203.0.113." not in peer for peer in peers)
     assert any(peer.startswith("ipv4:127.0.0.2:") for peer in peers)
+
+
+async def test_refused_peers_never_start_a_tls_handshake(
+    make_host: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    ca = TestCA.create(tmp_path / "pki")
+    host = await make_host(
+        server=ServerConfig(deny=(REFUSED,)), http=HttpConfig(deny=(REFUSED,)), tls=ca
+    )
+    # gRPC: the SYN is dropped. HTTP: reset at accept, before a ClientHello is read.
+    assert await connect_from(REFUSED, port_of(host.address)) is None
+    hello = b"\x16\x03\x01\x00\x05" + b"\x01\x00\x00\x01\x00"
+    assert await send_from(REFUSED, port_of(host.host.http_address), hello) == b""
+    assert refused_count(host, "http", "denied") == 1
+    assert not any("handshake" in r.getMessage().lower() for r in caplog.records)
+    async with httpx.AsyncClient(verify=host.ssl_context(), timeout=10) as client:
+        assert (await client.get(f"{host.http_url}/openapi.json")).status_code == 200
