@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from nexus_grpc.cli import contracts, events, remote, serve, users
+from nexus_grpc.cli import contracts, events, remote, serve, tls, users
 
 __all__ = ["main"]
 
@@ -29,6 +29,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nexus", description="gRPC-first plugin host.")
     commands = parser.add_subparsers(title="commands")
-    for module in (serve, remote, events, contracts, users):
+    for module in (serve, remote, events, contracts, users, tls):
         module.register(commands)
     return parser

@@ -45,9 +45,12 @@ class TlsServe:
         ]
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         args,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
@@ -226,3 +229,44 @@ def test_cli_over_mutual_tls(tls_serve: TlsServe) -> None:
     plain = run(nexus, "plugins", "--address", tls_serve.serve.address, "--timeout", "2")
     assert plain.returncode == 1
     assert "(plaintext)" in plain.stderr and "pass --cacert FILE" in plain.stderr
+
+
+def test_readme_tls_tour_works_as_printed(
+    tmp_path: Path, probe_stubs: Path, grpcurl: str, buf: str
+) -> None:
+    from tests.e2e.test_rest_clients import readme_block, run_in_one_shell
+
+    require_tool("curl", "curl")
+    pki = tmp_path / "tls"
+    made = run(str(BIN / "nexus"), "tls", "dev-cert", "--dir", str(pki))
+    assert made.returncode == 0, made.stderr
+    assert oct((pki).stat().st_mode & 0o777) == "0o700"
+    assert all(oct(path.stat().st_mode & 0o777) == "0o600" for path in pki.iterdir())
+    env = {}
+    for section in ("SERVER", "HTTP"):
+        env[f"NEXUS_{section}__TLS__CERT_FILE"] = str(pki / "server.crt")
+        env[f"NEXUS_{section}__TLS__KEY_FILE"] = str(pki / "server.key")
+    serve = start_serve(tmp_path, probe_stubs, [REPO / "plugins"], **env)
+    try:
+        created = run(
+            str(BIN / "nexus"),
+            "users",
+            "create",
+            "admin",
+            "--admin",
+            "--password-stdin",
+            env={"NEXUS_DATA_DIR": str(serve.data_dir)},
+            stdin="correct horse battery staple\n",
+        )
+        assert created.returncode == 0, created.stderr
+        tour = [command.replace(".nexus/tls", str(pki)) for command in readme_block("tls-tour")]
+        assert len(tour) == 6
+        listed, login, orders, curl, buf_curl, plugins = run_in_one_shell(tour, serve, tmp_path)
+    finally:
+        serve.close()
+    for step in (listed, login, orders, curl, buf_curl, plugins):
+        assert step.code == 0, (step.command, step.err)
+    assert "nexus.orders.v1.OrdersService" in listed.out.split()
+    assert json.loads(orders.out) == json.loads(curl.out) or "orders" in curl.out
+    assert json.loads(buf_curl.out) == {"status": "SERVING"}
+    assert "orders" in plugins.out
