@@ -132,6 +132,11 @@ class ServerConfig:
     #: cap). Lowered to 3/8 of the open-file limit at start, so that connections on this
     #: port cannot use up the descriptors the HTTP port, storage and Redis need.
     max_connections: int = 4096
+    #: Networks (CIDR, IPv4 or IPv6, or single addresses) that may connect; empty allows
+    #: everyone. Enforced in the kernel on Linux: a refused client's SYN is dropped.
+    allow: tuple[str, ...] = ()
+    #: Networks that may not connect, even when also in ``allow`` (deny wins).
+    deny: tuple[str, ...] = ()
     #: Refuse to start when a port listens on a non-loopback address without TLS
     #: (both ports). Off, such a port starts with a warning in the log.
     require_tls: bool = False
@@ -190,6 +195,15 @@ class HttpConfig:
     #: Most header fields in a request, and trailer fields after a chunked body (431
     #: beyond); Envoy's headers_count default is 100.
     max_headers: int = 100
+    #: Networks (CIDR, IPv4 or IPv6, or single addresses) that may connect; empty allows
+    #: everyone. A refused connection is reset as it is accepted, before a byte is read.
+    allow: tuple[str, ...] = ()
+    #: Networks that may not connect, even when also in ``allow`` (deny wins).
+    deny: tuple[str, ...] = ()
+    #: Proxies (CIDRs) whose X-Forwarded-For / Forwarded headers name the client: only
+    #: from these peers is the client address taken from the headers (rightmost hop not
+    #: a trusted proxy), for rate limits, the login throttle, logs and ``allow``/``deny``.
+    trusted_proxies: tuple[str, ...] = ()
     #: TLS on the HTTP port (ALPN http/1.1); plaintext while ``tls.cert_file`` is empty.
     tls: TlsConfig = field(default_factory=TlsConfig)
 
@@ -460,6 +474,7 @@ def load_config(
             _apply_env(raw, name, value)
     config = _build(Config, raw, "")
     assert isinstance(config, Config)
+    _check_networks(config)
     # Imported here: the tls package reads this module's TlsConfig.
     from nexus_grpc.tls.material import check_config
 
@@ -467,6 +482,19 @@ def load_config(
     # key of another certificate is reported before anything starts.
     check_config(config)
     return config
+
+
+def _check_networks(config: Config) -> None:
+    """Every allow/deny/trusted_proxies entry is a network, and the lists fit a filter."""
+    # Imported here: the transport package reads this module.
+    from nexus_grpc.transport.netpolicy import NetworkPolicy, parse_networks
+
+    try:
+        NetworkPolicy.from_lists("server", config.server.allow, config.server.deny)
+        NetworkPolicy.from_lists("http", config.http.allow, config.http.deny)
+        parse_networks("http.trusted_proxies", config.http.trusted_proxies)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

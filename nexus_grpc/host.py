@@ -44,10 +44,12 @@ from nexus_grpc.storage.metrics import StorageMetrics
 from nexus_grpc.storage.opening import open_storage
 from nexus_grpc.tls import TLS_HEALTH, ClientDirectory, TlsExpiryMetrics, TlsService
 from nexus_grpc.tls.material import check_config, plaintext_exposed
+from nexus_grpc.transport.allow_list import NetworkStage, RefusedConnections
 from nexus_grpc.transport.grpc_server import create_server
 from nexus_grpc.transport.health import OVERALL, HealthState
 from nexus_grpc.transport.http_protocol import HttpLimits
 from nexus_grpc.transport.http_server import HttpServer
+from nexus_grpc.transport.netpolicy import NetworkPolicy, TrustedProxies, parse_networks
 from nexus_grpc.transport.reflection import ReflectionServicer, reflection_bindings
 from nexus_grpc.transport.servicers import bind_servicer, build_routes
 from nexus_grpc.urls import unreachable
@@ -87,6 +89,9 @@ class Host:
         self._overall_published = False
         #: Prometheus metrics of every call, served at /metrics on the HTTP port.
         self.metrics = Metrics()
+        #: Connections and calls the ports' allow/deny lists refused.
+        self.refused = RefusedConnections()
+        self.metrics.registry.register(self.refused)
         #: Domain events between plugins.
         self.bus: EventBus
         events = config.events
@@ -215,6 +220,13 @@ class Host:
                 self.config.http.address,
                 reuse_port=self.config.server.reuse_port,
                 limits=HttpLimits.from_config(self.config.http),
+                policy=NetworkPolicy.from_lists(
+                    "http", self.config.http.allow, self.config.http.deny
+                ),
+                proxies=TrustedProxies(
+                    parse_networks("http.trusted_proxies", self.config.http.trusted_proxies)
+                ),
+                refused=self.refused,
                 ssl_context=tls.http.context() if tls.http is not None else None,
                 # The header timer starts once the handshake is done: a client gets
                 # the same time again for its TLS handshake.
@@ -299,6 +311,12 @@ class Host:
         return build_stages(
             observe=ObserveStage(access_log=self.config.log.access),
             metrics=self.metrics.stage(),
+            network=NetworkStage(
+                NetworkPolicy.from_lists(
+                    "server", self.config.server.allow, self.config.server.deny
+                ),
+                self.refused,
+            ),
             concurrency=ConcurrencyStage(limits.max_concurrent_calls),
             deadline=DeadlineStage(),
             auth=AuthStage(

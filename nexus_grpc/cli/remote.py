@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from nexus_grpc.cli._args import positive
+from nexus_grpc.cli.channel import ChannelError, add_tls_options, open_channel, tls_options
 from nexus_grpc.cli.credentials import CredentialError, refused_hint, resolve_token
 
 __all__ = ["admin_call", "host_call", "host_options", "message_dict", "print_table", "register"]
@@ -25,9 +26,13 @@ def register(commands: Any) -> None:
 
 
 def host_options(parser: argparse.ArgumentParser, *, token: bool = True) -> None:
-    """``--address``, ``--token`` (unless ``token`` is False) and ``--timeout`` of every
-    command that calls a host."""
-    parser.add_argument("--address", default="127.0.0.1:50051", help="host:port of the host")
+    """``--address``, ``--token`` (unless ``token`` is False), ``--timeout`` and the TLS
+    options of every command that calls a host."""
+    parser.add_argument(
+        "--address",
+        default="127.0.0.1:50051",
+        help="host:port of the host; https://host:port for TLS",
+    )
     if token:
         parser.add_argument(
             "--token",
@@ -39,6 +44,7 @@ def host_options(parser: argparse.ArgumentParser, *, token: bool = True) -> None
         default=10.0,
         help="seconds to connect, and for the call",
     )
+    add_tls_options(parser)
 
 
 def admin_call(args: argparse.Namespace, method: str, request: Any) -> Any:
@@ -54,17 +60,19 @@ def host_call(args: argparse.Namespace, stub_type: Any, method: str, request: An
     printing why it failed. Sends the token :func:`credentials.resolve_token` finds
     when ``args`` has a ``token`` option."""
     try:
+        tls = tls_options(args)
         credential = resolve_token(args) if hasattr(args, "token") else None
-    except CredentialError as error:
+    except (ChannelError, CredentialError) as error:
         print(f"nexus: {error}", file=sys.stderr)
         return None
-    with grpc.insecure_channel(args.address) as channel:
+    with open_channel(tls) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=args.timeout)
         except grpc.FutureTimeoutError:
             print(
-                f"nexus: cannot reach a nexus host at {args.address} within {args.timeout:g}s; "
-                "is `nexus serve` running there? (pass --address host:port)",
+                f"nexus: cannot reach a nexus host at {args.address} ({tls.describe()}) within "
+                f"{args.timeout:g}s; is `nexus serve` running there? (pass --address host:port)"
+                + _last_error(channel, tls.enabled),
                 file=sys.stderr,
             )
             return None
@@ -78,6 +86,25 @@ def host_call(args: argparse.Namespace, stub_type: Any, method: str, request: An
             if code is grpc.StatusCode.UNAUTHENTICATED and hasattr(args, "token"):
                 print(f"nexus: {refused_hint(credential)}", file=sys.stderr)
             return None
+
+
+def _last_error(channel: grpc.Channel, tls: bool) -> str:
+    """Why the channel did not connect, from a health check that does not wait for it (a
+    TLS handshake failure names its cause there), plus a hint about TLS."""
+    hint = (
+        "\nnexus: check --cacert (the CA that signed the host's certificate), --server-name, "
+        "and --cert/--key if the host requires client certificates"
+        if tls
+        else "\nnexus: if the host speaks TLS, pass --cacert FILE (or --tls, or an https:// "
+        "address)"
+    )
+    try:
+        # An empty message is a valid HealthCheckRequest; the check changes nothing.
+        check = channel.unary_unary("/grpc.health.v1.Health/Check", None, None)
+        check(b"", timeout=1.0, wait_for_ready=False)
+    except grpc.RpcError as error:
+        return f"\nnexus: last error: {error.details()}{hint}"
+    return hint
 
 
 def print_table(rows: Sequence[Sequence[str]]) -> None:

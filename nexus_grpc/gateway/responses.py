@@ -222,9 +222,17 @@ async def read_body(receive: Receive, limit: int, context: Any) -> bytes:
 
 
 def peer_of(scope: Scope) -> str:
-    """The client address as grpc reports peers: "ipv4:1.2.3.4:5678"."""
+    """The client address as grpc reports peers: "ipv4:1.2.3.4:5678", "ipv6:[::1]:5678".
+
+    Behind a trusted proxy, the client it forwarded for (the HTTP protocol set it).
+    """
     client = scope.get("client")
-    return f"ipv4:{client[0]}:{client[1]}" if client else "unknown"
+    if not client:
+        return "unknown"
+    host = client[0]
+    if ":" in host:
+        return f"ipv6:[{host}]:{client[1]}"
+    return f"ipv4:{host}:{client[1]}"
 
 
 async def watch_disconnect(

@@ -34,6 +34,7 @@ def build_stages(
     *,
     observe: Stage,
     metrics: Stage | None = None,
+    network: Stage | None = None,
     concurrency: Stage | None = None,
     deadline: Stage | None = None,
     auth: Stage | None = None,
@@ -48,6 +49,8 @@ def build_stages(
     - observe: request id and access log see everything, including the final status;
     - metrics: counts every call with the status the client gets;
     - errors: turns exceptions from anything below into statuses;
+    - network: gRPC calls from a peer the port's allow/deny lists refuse stop here,
+      before anything reads the request (the kernel filter normally stops them first);
     - concurrency, deadline: cheap limits before any work;
     - auth: who is calling (a bad token stops here);
     - rate limit: per principal, before the costlier authorization and handler;
@@ -65,6 +68,7 @@ def build_stages(
         observe,
         metrics,
         ErrorStage(),
+        network,
         concurrency,
         deadline,
         auth,

@@ -20,26 +20,46 @@ import asyncio
 import errno
 import logging
 import socket
+import struct
 import time
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["AcceptErrorLog", "GuardedSocket", "install_accept_error_log"]
 
 _RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # The message asyncio's selector loop reports a resource failure of accept() with.
 _ACCEPT_MESSAGE = "socket.accept() out of system resource"
+#: SO_LINGER on with a 0 s timeout: close() sends a reset.
+_RESET = struct.pack("ii", 1, 0)
 
 
 class GuardedSocket(socket.socket):
-    """A listening socket whose ``accept`` fails at most once per pass of the event loop."""
+    """A listening socket whose ``accept`` fails at most once per pass of the event loop.
+
+    With a ``screen`` (the port's allow-list), a connection it refuses is closed inside
+    ``accept``: the event loop never sees it, so no transport, protocol or TLS handshake
+    is made for it and not a byte of it is read.
+    """
 
     _resting = False
+    #: Called with each accepted peer's address; False refuses the connection.
+    screen: Callable[[Any], bool] | None = None
 
-    def accept(self) -> tuple[socket.socket, object]:
+    def accept(self) -> tuple[socket.socket, Any]:
         """``socket.accept``; after a resource error, "would block" until the loop moves on."""
         if self._resting:
             raise BlockingIOError(errno.EAGAIN, "resting after a resource error")
         try:
-            return super().accept()
+            while True:
+                conn, address = super().accept()
+                screen = self.screen
+                if screen is None or screen(address):
+                    return conn, address
+                # Refused: reset, so the client sees "connection reset" at once rather
+                # than an end of stream it could take for an empty answer.
+                with conn:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
         except OSError as error:
             if error.errno in _RESOURCE_ERRORS:
                 # asyncio removes the reader and retries in a second; the flag only has to

@@ -11,6 +11,8 @@ import grpc
 
 from nexus_grpc.config import ServerConfig
 from nexus_grpc.routing import Router
+from nexus_grpc.transport.allow_list import guard_grpc_listener
+from nexus_grpc.transport.netpolicy import NetworkPolicy
 from nexus_grpc.transport.request_read import ReadWatch, read_bounded
 
 __all__ = [
@@ -85,6 +87,8 @@ def create_server(
     server = grpc.aio.server(options=options)
     dispatcher = Dispatcher(router, on_unknown, request_read_timeout=config.request_read_timeout)
     server.add_generic_rpc_handlers((dispatcher,))
+    # Noted before grpcio binds: the allow-list filter goes on the sockets it adds.
+    guard = guard_grpc_listener(NetworkPolicy.from_lists("server", config.allow, config.deny))
     try:
         if credentials is None:
             port = server.add_insecure_port(config.grpc_address)
@@ -95,6 +99,9 @@ def create_server(
             f"server.grpc_address {config.grpc_address}: cannot listen ({error}); "
             "is another process using the port, or is the host name wrong?"
         ) from None
+    # grpcio listens from here on, but accepts nothing before start(): no connection
+    # can slip in before the filter is on.
+    guard.attach(port)
     return server, port
 
 

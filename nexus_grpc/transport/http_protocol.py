@@ -22,7 +22,11 @@ protocol adds, per connection:
   being kept alive for a client that can drip the body for ever;
 - a cap on open connections shared by the listener: beyond it the connection idle the
   longest (never sent a byte, or between keep-alive requests) is closed, as nginx reuses
-  keep-alive connections when it runs out, else the new one.
+  keep-alive connections when it runs out, else the new one;
+- trusted proxies: from one, the client named by ``X-Forwarded-For``/``Forwarded``
+  becomes the request's client address (``scope["client"]``), and is checked against
+  the port's allow/deny lists once the headers are read (403 when refused). Peers the
+  lists refuse never get here: the listening socket resets them (:mod:`.allow_list`).
 
 Timers are set per phase, not per byte: a request that arrives in one packet arms none.
 Nothing times the app: a long server stream or a slow handler is not cut.
@@ -42,6 +46,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from nexus_grpc.config import ConfigError, HttpConfig
 from nexus_grpc.tls.identity import tls_extension
+from nexus_grpc.transport.allow_list import RefusedConnections
+from nexus_grpc.transport.netpolicy import (
+    NetworkPolicy,
+    TrustedProxies,
+    forwarded_hops,
+    parse_address,
+)
 
 __all__ = ["HttpLimits", "limited_protocol"]
 
@@ -107,6 +118,12 @@ class _Book:
     """State shared by the connections of one listener: the limits and who is open."""
 
     limits: HttpLimits
+    #: The port's allow/deny lists, and the proxies whose forwarding headers are believed.
+    policy: NetworkPolicy = field(default_factory=lambda: NetworkPolicy("http"))
+    proxies: TrustedProxies = field(default_factory=TrustedProxies)
+    refused: RefusedConnections = field(default_factory=RefusedConnections)
+    #: Whether connection_made has to look at the peer's address (proxies configured).
+    screens: bool = False
     #: Open connections (only counted: the cap is on their number).
     open: dict[LimitedHttpProtocol, None] = field(default_factory=dict)
     #: Connections by when they last became idle (accept, a response completed with
@@ -181,6 +198,7 @@ _base = HttpToolsProtocol
 # google.rpc.Code values.
 _RESOURCE_EXHAUSTED = 8
 _DEADLINE_EXCEEDED = 4
+_PERMISSION_DENIED = 7
 
 
 class LimitedHttpProtocol(HttpToolsProtocol):
@@ -197,6 +215,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         "_lingering",
         "_mark",
         "_phase",
+        "_proxied",
         "_running",
         "_spanned",
         "_timer",
@@ -214,6 +233,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     _too_many_trailers: bytes
     _trailers_too_large: bytes
     _trailer_timeout_answer: bytes
+    _forbidden_answer: bytes
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -246,6 +266,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         #: ``self.pipeline`` (uvicorn keeps no reference to it then): told of a
         #: disconnect like them, else a stream such as a watch runs on for ever.
         self._running: RequestResponseCycle | None = None
+        #: The peer is a trusted proxy: each request's client comes from its headers.
+        self._proxied = False
         #: ``scope["extensions"]`` of this connection's requests over TLS (None: plaintext).
         self._tls: dict[str, Any] | None = None
 
@@ -259,6 +281,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             # as the gRPC port reports it, for the pipeline's auth stage.
             self._tls = tls_extension(ssl_object)
         book = self._book
+        if book.screens:
+            self._screen()
         if len(book.open) >= book.limits.max_connections:
             book.note_shed(self.loop.time())
             if not book.close_oldest_idle():
@@ -269,6 +293,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         book.idle[self] = None
         self._mark = self.loop.time()
         self._timer = self.loop.call_at(self._mark + book.limits.header_timeout, self._on_timer)
+
+    def _screen(self) -> None:
+        """Note whether the peer is a trusted proxy."""
+        address = parse_address(self.client[0]) if self.client else None
+        self._proxied = self._book.proxies.trusts(address)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
@@ -439,12 +468,29 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 self._answer = self._headers_too_large
                 raise _Rejected
             self._spanned = False
+        if self._proxied:
+            self._forwarded_client()
         self._phase = _BODY
         previous = self.cycle
         _base.on_headers_complete(self)
         if self.pipeline and self._running is None:
             # Queued behind ``previous``, still answering.
             self._running = previous
+
+    def _forwarded_client(self) -> None:
+        """The client a trusted proxy forwarded this request for, as the request's
+        client; refused (403) when the port's lists refuse it."""
+        book = self._book
+        peer = parse_address(self.client[0]) if self.client else None
+        assert peer is not None  # _proxied only for a peer that is an address
+        client = book.proxies.client_address(peer, forwarded_hops(self.headers))
+        if client != peer:
+            # Port 0: the client's port is the proxy's business, not known here.
+            self.scope["client"] = (str(client), 0)
+        if book.policy.active and not book.policy.permits(client):
+            book.refused.note("http", "forwarded_denied", str(client))
+            self._answer = self._forbidden_answer
+            raise _Rejected
 
     def on_message_complete(self) -> None:
         self._phase = _DONE
@@ -577,9 +623,23 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def limited_protocol(limits: HttpLimits) -> type[LimitedHttpProtocol]:
-    """A protocol class for one listener: its connections share ``limits`` and one cap."""
+def limited_protocol(
+    limits: HttpLimits,
+    *,
+    policy: NetworkPolicy | None = None,
+    proxies: TrustedProxies | None = None,
+    refused: RefusedConnections | None = None,
+) -> type[LimitedHttpProtocol]:
+    """A protocol class for one listener: its connections share ``limits`` and one cap,
+    the port's allow/deny lists and trusted proxies, and the refusal counter."""
     book = _Book(limits)
+    if policy is not None:
+        book.policy = policy
+    if proxies is not None:
+        book.proxies = proxies
+    if refused is not None:
+        book.refused = refused
+    book.screens = bool(book.proxies.networks)
     too_large = f"request line and headers are larger than {limits.max_header_bytes} bytes"
     too_many = f"request has more than {limits.max_headers} header fields"
     too_large_trailers = f"request trailers are larger than {limits.max_header_bytes} bytes"
@@ -635,6 +695,13 @@ def limited_protocol(limits: HttpLimits) -> type[LimitedHttpProtocol]:
             _DEADLINE_EXCEEDED,
             "TRAILER_TIMEOUT",
             f"request trailers not complete within {limits.header_timeout:g} s",
+        )
+        _forbidden_answer = _error_response(
+            403,
+            "Forbidden",
+            _PERMISSION_DENIED,
+            "ADDRESS_DENIED",
+            "your network address may not call this host (http.allow/http.deny)",
         )
 
     return ListenerHttpProtocol

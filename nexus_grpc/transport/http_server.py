@@ -19,8 +19,10 @@ import uvicorn
 from nexus_grpc.config import HttpConfig
 from nexus_grpc.gateway.app import GatewayApp
 from nexus_grpc.transport.accept_guard import GuardedSocket, install_accept_error_log
+from nexus_grpc.transport.allow_list import AcceptScreen, RefusedConnections
 from nexus_grpc.transport.grpc_server import ListenError
 from nexus_grpc.transport.http_protocol import HttpLimits, limited_protocol
+from nexus_grpc.transport.netpolicy import NetworkPolicy, TrustedProxies
 
 __all__ = ["HttpServer"]
 
@@ -37,6 +39,9 @@ class HttpServer:
         *,
         reuse_port: bool = False,
         limits: HttpLimits | None = None,
+        policy: NetworkPolicy | None = None,
+        proxies: TrustedProxies | None = None,
+        refused: RefusedConnections | None = None,
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float = 10.0,
     ) -> None:
@@ -46,6 +51,9 @@ class HttpServer:
         self._address = address
         self._reuse_port = reuse_port
         self._limits = _fit_fd_limit(limits or HttpLimits.from_config(HttpConfig()))
+        self._policy = policy or NetworkPolicy("http")
+        self._proxies = proxies or TrustedProxies()
+        self._refused = refused or RefusedConnections()
         self._socket: socket.socket | None = None
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -73,6 +81,8 @@ class HttpServer:
                 f"http.address {self._address}: cannot listen ({error}); is another process "
                 "using the port?"
             ) from None
+        if self._policy.active:
+            sock.screen = AcceptScreen(self._policy, self._refused)
         sock.listen(2048)
         sock.setblocking(False)
         self._socket = sock
@@ -85,7 +95,9 @@ class HttpServer:
         install_accept_error_log()
         config = uvicorn.Config(
             self._app,
-            http=limited_protocol(self._limits),
+            http=limited_protocol(
+                self._limits, policy=self._policy, proxies=self._proxies, refused=self._refused
+            ),
             timeout_keep_alive=cast(int, self._limits.keepalive_timeout),
             lifespan="off",
             log_config=None,

@@ -17,8 +17,13 @@
 // Messages use proto field names, enums as strings, int64 as strings, and every field
 // present (defaults included; Timestamps as {"seconds": "...", "nanos": n}).
 // Exit 0 on success; 1 (error on stderr) on anything unexpected; 2 on bad usage.
+//
+// TLS: with NEXUS_CACERT set (a PEM CA file) the channel is
+// grpc.credentials.createSsl(ca, key, cert), presenting NEXUS_CERT/NEXUS_KEY as the
+// client certificate when both are set (mutual TLS); NEXUS_SERVER_NAME overrides the
+// name checked against the server's certificate.
 
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -67,6 +72,21 @@ function loadOrdersService() {
 
 // Call metadata: the bearer token given on the command line.
 const callMetadata = new grpc.Metadata();
+
+function channelCredentials() {
+  const { NEXUS_CACERT: ca, NEXUS_CERT: cert, NEXUS_KEY: key } = process.env;
+  if (!ca) return grpc.credentials.createInsecure();
+  return grpc.credentials.createSsl(
+    readFileSync(ca),
+    key && cert ? readFileSync(key) : null,
+    key && cert ? readFileSync(cert) : null,
+  );
+}
+
+function channelOptions() {
+  const name = process.env.NEXUS_SERVER_NAME;
+  return name ? { "grpc.ssl_target_name_override": name, "grpc.default_authority": name } : {};
+}
 
 function unary(client, method, request) {
   return new Promise((resolve, reject) => {
@@ -136,7 +156,7 @@ function openWatch(client, request) {
 
 async function run(target) {
   const OrdersService = loadOrdersService();
-  const client = new OrdersService(target, grpc.credentials.createInsecure());
+  const client = new OrdersService(target, channelCredentials(), channelOptions());
   try {
     const created = await unary(client, "CreateOrder", {
       order: {
