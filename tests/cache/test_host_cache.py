@@ -23,7 +23,7 @@ from nexus_grpc.config import (
     StorageConfig,
 )
 from nexus_grpc.host import Host
-from nexus_grpc.storage import StorageUnavailableError
+from nexus_grpc.storage.opening import StorageStartError
 from nexus_grpc.testing import RunningHost, running_host
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,7 +134,7 @@ async def test_a_host_whose_start_fails_before_the_cache_started_closes_it_clean
         cache=CacheConfig(backend="redis", redis_url=dead_redis_url()),
     )
     host = Host(config)
-    with pytest.raises(StorageUnavailableError, match="connection refused"):
+    with pytest.raises(StorageStartError, match="storage .* is not reachable: connection refused"):
         await host.start()
     assert host.cache.stats().l1_entries == 0
     gc.collect()
