@@ -134,7 +134,7 @@ async def test_a_host_whose_start_fails_before_the_cache_started_closes_it_clean
         cache=CacheConfig(backend="redis", redis_url=dead_redis_url()),
     )
     host = Host(config)
-    with pytest.raises(StorageStartError, match="storage .* is not reachable: connection refused"):
+    with pytest.raises(StorageStartError, match=r"storage .* is not reachable: connection refused"):
         await host.start()
     assert host.cache.stats().l1_entries == 0
     gc.collect()
