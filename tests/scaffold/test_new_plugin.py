@@ -246,6 +246,26 @@ def test_occupied_folder_is_refused_unless_forced(
     assert "exists and is not a folder" in capsys.readouterr().err
 
 
+def test_gitignore_keeps_local_data_and_builds_out_of_git(tmp_path: Path) -> None:
+    # The guide runs `nexus serve` and `nexus users create` in the project folder: the
+    # data folder they write there holds the JWT signing key and must never be committed.
+    target = tmp_path / "notes"
+    assert main(["new", "plugin", "notes", "--dir", str(target), "--no-gen"]) == 0
+    assert run("git", "init", "-q", cwd=target).returncode == 0
+    ignored = [
+        ".nexus/jwt-hs256.key",
+        ".nexus/nexus.db",
+        "build/lib/notes_plugin/service.py",
+        "dist/nexus_plugin_notes-0.1.0-py3-none-any.whl",
+        "nexus_plugin_notes.egg-info/PKG-INFO",
+        ".venv/bin/python",
+    ]
+    checked = run("git", "check-ignore", "--no-index", *ignored, cwd=target)
+    assert checked.stdout.split() == ignored, checked.stdout + checked.stderr
+    kept = run("git", "check-ignore", "--no-index", "notes_plugin/service.py", cwd=target)
+    assert kept.returncode == 1, kept.stdout
+
+
 def test_bad_name_on_the_command_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["new", "plugin", "Notes", "--dir", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
