@@ -64,11 +64,17 @@ def _gen(args: argparse.Namespace) -> int:
             for item in stale:
                 print(f"{out / item.path}: {item.reason}")
             return 1 if stale else 0
-        written = generate(proto, out)
+        generated = generate(proto, out)
     except CodegenError as error:
         print(f"nexus gen: {error}", file=sys.stderr)
         return 1
-    print(f"nexus gen: wrote {len(written)} files to {out}")
+    removed = generated.removed
+    for path in removed:
+        print(f"nexus gen: removed {path} (no contract produces it)")
+    print(
+        f"nexus gen: wrote {len(generated.written)} files to {out}"
+        + (f", removed {len(removed)}" if removed else "")
+    )
     return 0
 
 
