@@ -215,6 +215,24 @@ def test_bad_names_are_refused(name: str, package: str | None, expected: str) ->
         plugin_names(name, package)
 
 
+def test_a_second_plugin_under_an_installed_prefix_is_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stubs of acme.anotes.v1, installed (the hint of a refused name recommends
+    # such a prefix): acme.atasks.v1 joins it, acme.anotes.v1 again is refused.
+    (tmp_path / "acme" / "anotes" / "v1").mkdir(parents=True)
+    for folder in ("acme/anotes", "acme/anotes/v1"):
+        (tmp_path / folder / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert plugin_names("atasks", "acme.atasks.v1").proto_package == "acme.atasks.v1"
+    with pytest.raises(ScaffoldError, match=re.escape("Python package 'acme.anotes', which is a")):
+        plugin_names("anotes", "acme.anotes.v1")
+    # A module, not a package, cannot hold the stubs.
+    (tmp_path / "single.py").write_text("")
+    with pytest.raises(ScaffoldError, match="is a module \\(not a package\\) already installed"):
+        plugin_names("atasks", "single.atasks.v1")
+
+
 def test_names_derived() -> None:
     names = plugin_names("order_notes", "acme.order_notes.v2beta1")
     assert names.package == "order_notes_plugin"
