@@ -34,6 +34,11 @@ _TAKEN = frozenset(
 )
 
 
+#: The plugins bundled with nexus (``nexus_grpc.bundled``), whose names a new plugin
+#: must not take.
+_BUNDLED = frozenset({"auth", "orders", "inventory"})
+
+
 class ScaffoldError(ValueError):
     """A name or folder the scaffold refuses; the message says why and what to do."""
 
@@ -83,6 +88,12 @@ def plugin_names(name: str, proto_package: str | None = None) -> PluginNames:
         )
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
         raise ScaffoldError(f"plugin name {name!r} is a Python keyword; choose another")
+    if name in _BUNDLED:
+        # Plugins are known by name (plugins.disabled, auth.issuer_plugins, permissions):
+        # a second "auth" would be mistaken for the bundled one.
+        raise ScaffoldError(
+            f"plugin name {name!r} is the name of a plugin bundled with nexus; choose another"
+        )
     package = f"{name}_plugin"
     if proto_package is None:
         proto_package = f"{name}.v1"

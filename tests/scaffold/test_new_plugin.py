@@ -201,6 +201,9 @@ def test_every_template_placeholder_has_a_value() -> None:
         ("my__notes", None, "must not end with _ or hold __"),
         ("notes_", None, "must not end with _ or hold __"),
         ("class", None, "is a Python keyword"),
+        ("auth", None, "is the name of a plugin bundled with nexus"),
+        ("orders", "acme.orders.v1", "is the name of a plugin bundled with nexus"),
+        ("inventory", None, "is the name of a plugin bundled with nexus"),
         ("email", None, "module of Python's standard library; pass --package"),
         ("grpc", None, "belongs to nexus or a library it uses"),
         ("nexus", None, "belongs to nexus or a library it uses"),
@@ -231,6 +234,14 @@ def test_a_second_plugin_under_an_installed_prefix_is_accepted(
     (tmp_path / "single.py").write_text("")
     with pytest.raises(ScaffoldError, match="is a module \\(not a package\\) already installed"):
         plugin_names("atasks", "single.atasks.v1")
+
+
+def test_every_bundled_plugin_name_is_refused() -> None:
+    from nexus_grpc.plugins.bundled import bundled_names
+
+    for name in bundled_names():
+        with pytest.raises(ScaffoldError, match="bundled with nexus"):
+            plugin_names(name, f"acme.{name}.v1")
 
 
 def test_names_derived() -> None:
