@@ -69,10 +69,10 @@ class EventCapture(Generic[_E]):
         self.received: list[_E] = []
         self._queue: asyncio.Queue[_E] = asyncio.Queue()
 
-    async def next(self, timeout: float = 10.0) -> _E:
-        """The next event not yet returned by ``next``; waits up to ``timeout`` seconds
-        (then ``TimeoutError``)."""
-        return await asyncio.wait_for(self._queue.get(), timeout)
+    async def next(self, within: float = 10.0) -> _E:
+        """The next event not yet returned by ``next``; waits up to ``within`` seconds
+        (then ``TimeoutError``), so a missing event fails the test instead of hanging it."""
+        return await asyncio.wait_for(self._queue.get(), within)
 
     async def _deliver(self, event: Message, delivery: Any) -> None:
         self.received.append(event)  # type: ignore[arg-type]  # the bus decodes _E

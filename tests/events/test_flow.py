@@ -445,10 +445,10 @@ async def test_the_harness_captures_published_events(tmp_path: Path) -> None:
         again = host.events(order_events.OrderCreated)  # captures are independent
         orders, _ = clients(host)
         made = await orders.CreateOrder(order("SKU-1", 2))
-        event = await created.next(timeout=10)
+        event = await created.next(within=10)
         assert isinstance(event, order_events.OrderCreated)
         assert event.order == made
-        assert (await again.next(timeout=10)) == event
+        assert (await again.next(within=10)) == event
         assert created.received == [event]
         with pytest.raises(TimeoutError):
-            await created.next(timeout=0.2)
+            await created.next(within=0.2)

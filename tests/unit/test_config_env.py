@@ -39,9 +39,7 @@ def _variables_in_code() -> dict[str, str]:
 
 def test_the_scan_sees_the_variables_the_cli_reads() -> None:
     # Guards the scan itself: these are read in nexus_grpc/cli/.
-    assert {"NEXUS_CONFIG", "NEXUS_TOKEN", "NEXUS_CACERT", "NEXUS_TLS"} <= set(
-        _variables_in_code()
-    )
+    assert {"NEXUS_CONFIG", "NEXUS_TOKEN", "NEXUS_CACERT", "NEXUS_TLS"} <= set(_variables_in_code())
 
 
 def test_every_variable_read_is_a_config_key_or_listed() -> None:
