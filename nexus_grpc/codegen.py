@@ -7,7 +7,14 @@ which the REST gateway turns into OpenAPI descriptions.
 
 `proto/` is the source of truth and `generated/` is data derived from it: this module
 is the one place that knows how, so `scripts/gen`, `nexus gen` and the freshness test
-cannot disagree.
+cannot disagree. Generating also deletes what a deleted or renamed contract left in
+the output folder (files of the kinds written here only; see :func:`generate`).
+
+Every folder gets an ``__init__.py`` but the top-level ones other than ``nexus``: a
+protobuf package's first part is often an organisation prefix (``acme`` of
+``acme.notes.v1``) that several plugin distributions share, so it is a namespace
+package, which no distribution owns and which joins the ``acme`` folders of every
+installed or editable plugin. ``nexus`` belongs to nexus-grpc alone.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import importlib.util
 import shutil
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -26,6 +34,7 @@ from google.protobuf import descriptor_pb2
 __all__ = [
     "DESCRIPTOR_SET_NAME",
     "CodegenError",
+    "Generated",
     "StaleFile",
     "core_proto_root",
     "find_stale",
@@ -47,6 +56,22 @@ _CORE_MARKER = "nexus/options/v1/options.proto"
 
 class CodegenError(RuntimeError):
     """protoc rejected the contracts; the message carries its diagnostics."""
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What :func:`generate` did to the output folder."""
+
+    #: Files written (every file the contracts produce, but an ``__init__.py`` that was
+    #: already there).
+    written: list[Path]
+    #: Files of deleted or renamed contracts that were removed.
+    removed: list[Path]
+
+
+#: Endings of the files generating writes (besides ``__init__.py``); only such files
+#: are ever deleted from the output folder.
+_GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", ".proto")
 
 
 @dataclass(frozen=True)
@@ -96,8 +121,34 @@ def proto_files(proto_root: Path) -> list[Path]:
     return sorted(proto_root.rglob("*.proto"))
 
 
-def generate(proto_root: Path, out_dir: Path) -> list[Path]:
-    """Compile every contract under ``proto_root`` into ``out_dir``; return the files written."""
+def generate(proto_root: Path, out_dir: Path) -> Generated:
+    """Compile every contract under ``proto_root`` into ``out_dir``.
+
+    Then delete from ``out_dir`` what no contract produces any more: files named like
+    generated ones (``*_pb2.py``, ``*_pb2.pyi``, ``*_pb2_grpc.py``, ``*.proto``,
+    ``nexus_descriptors.binpb``), empty ``__init__.py`` files, and the folders (with
+    their ``__pycache__``) this leaves empty. Anything else is never touched, and an
+    existing ``__init__.py`` is never overwritten.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = Path(tmp) / "out"
+        _compile(proto_root, fresh)
+        produced = _tree(fresh)
+        written = []
+        for name, source in produced.items():
+            target = out_dir / name
+            if source.name == "__init__.py" and target.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            written.append(target)
+    removed = _remove_leftovers(out_dir, produced.keys())
+    return Generated(written=sorted(written), removed=removed)
+
+
+def _compile(proto_root: Path, out_dir: Path) -> None:
+    """protoc's output for every contract under ``proto_root``, into the new ``out_dir``."""
     from grpc_tools import protoc
 
     proto_root = proto_root.resolve()
@@ -131,7 +182,40 @@ def generate(proto_root: Path, out_dir: Path) -> list[Path]:
     for path, name in zip(files, names, strict=True):
         shutil.copyfile(path, out_dir / name)
     _add_package_markers(out_dir)
-    return sorted(p for p in out_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
+def _is_generated_kind(path: Path) -> bool:
+    """Whether ``path`` is a file generating writes, so one it may delete."""
+    if path.name == "__init__.py":
+        return path.stat().st_size == 0
+    return path.name == DESCRIPTOR_SET_NAME or path.name.endswith(_GENERATED_SUFFIXES)
+
+
+def _leftovers(out_dir: Path, produced: Iterable[str]) -> list[str]:
+    """Files of ``out_dir`` of a generated kind that are not in ``produced``."""
+    keep = set(produced)
+    return sorted(
+        name
+        for name, path in _tree(out_dir).items()
+        if name not in keep and _is_generated_kind(path)
+    )
+
+
+def _remove_leftovers(out_dir: Path, produced: Iterable[str]) -> list[Path]:
+    removed = []
+    for name in _leftovers(out_dir, produced):
+        (out_dir / name).unlink()
+        removed.append(out_dir / name)
+    # Folders emptied by that, deepest first; a __pycache__ alone holds only caches of
+    # the modules just deleted.
+    for folder in sorted({p.parent for p in removed}, key=lambda p: len(p.parts), reverse=True):
+        while folder != out_dir and folder.is_relative_to(out_dir) and folder.is_dir():
+            rest = [p for p in folder.iterdir() if p.name != "__pycache__"]
+            if rest:
+                break
+            shutil.rmtree(folder)
+            folder = folder.parent
+    return removed
 
 
 def _split_descriptor_set(data: bytes, out_dir: Path) -> None:
@@ -152,9 +236,12 @@ def _split_descriptor_set(data: bytes, out_dir: Path) -> None:
 
 def _add_package_markers(out_dir: Path) -> None:
     # Regular packages (not namespace packages) keep setuptools, mypy and importlib in
-    # agreement about what `nexus.orders.v1` is.
-    for directory in [out_dir, *(p for p in out_dir.rglob("*") if p.is_dir())]:
-        if directory == out_dir or directory.name == "__pycache__":
+    # agreement about what `nexus.orders.v1` is; the top level (but nexus) is a
+    # namespace package, which plugins under one prefix share (module docstring).
+    for directory in out_dir.rglob("*"):
+        if not directory.is_dir() or directory.name == "__pycache__":
+            continue
+        if directory.parent == out_dir and directory.name != CORE_PACKAGE:
             continue
         marker = directory / "__init__.py"
         if not marker.exists():
@@ -165,26 +252,33 @@ def find_stale(proto_root: Path, generated_dir: Path) -> list[StaleFile]:
     """Compare ``generated_dir`` with a fresh compilation; empty when up to date."""
     with tempfile.TemporaryDirectory() as tmp:
         fresh_root = Path(tmp)
-        generate(proto_root, fresh_root)
-        fresh = _tree(fresh_root)
+        _compile(proto_root, fresh_root / "out")
+        fresh = _tree(fresh_root / "out")
         current = _tree(generated_dir)
         stale = [
             StaleFile(name, "missing: run nexus gen")
             for name in sorted(fresh.keys() - current.keys())
         ]
-        stale += [
-            StaleFile(name, "no contract produces it: delete it or run nexus gen")
-            for name in sorted(current.keys() - fresh.keys())
-        ]
+        stale += (
+            [
+                StaleFile(name, "no contract produces it: run nexus gen to delete it")
+                for name in _leftovers(generated_dir, fresh.keys())
+            ]
+            if generated_dir.is_dir()
+            else []
+        )
         stale += [
             StaleFile(name, "differs from the contract: run nexus gen")
             for name in sorted(fresh.keys() & current.keys())
             if not filecmp.cmp(fresh[name], current[name], shallow=False)
+            # An __init__.py of the user's is kept by generate, so it is not stale.
+            and not (name.endswith("__init__.py") and current[name].stat().st_size)
         ]
         return stale
 
 
 def _tree(root: Path) -> dict[str, Path]:
+    """Every file under ``root`` but caches, by its path relative to ``root``."""
     return {
         str(p.relative_to(root)): p
         for p in root.rglob("*")

@@ -18,9 +18,22 @@ from typing import Any
 __all__ = ["NOT_CONFIG", "check_env_names"]
 
 #: ``NEXUS_`` variables read by nexus's tools that are not configuration keys: the
-#: config file (``nexus serve``), the access token (remote commands), and the
-#: MongoDB-compatible server the test suite runs (``tests/fixtures/mongo.py``).
-NOT_CONFIG = frozenset({"NEXUS_CONFIG", "NEXUS_TOKEN", "NEXUS_MONGO_SERVER"})
+#: config file (``nexus serve``), the access token and the TLS options of remote
+#: commands (``nexus_grpc/cli/channel.py``), and the MongoDB-compatible server the test
+#: suite runs (``tests/fixtures/mongo.py``). ``tests/unit/test_config_env.py`` checks
+#: that every ``NEXUS_`` variable the code reads is a config key or listed here.
+NOT_CONFIG = frozenset(
+    {
+        "NEXUS_CONFIG",
+        "NEXUS_TOKEN",
+        "NEXUS_TLS",
+        "NEXUS_CACERT",
+        "NEXUS_CERT",
+        "NEXUS_KEY",
+        "NEXUS_SERVER_NAME",
+        "NEXUS_MONGO_SERVER",
+    }
+)
 #: Shown for a level whose names are the user's (a plugin, a rate class).
 _ANY = "<NAME>"
 

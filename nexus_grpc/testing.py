@@ -22,15 +22,18 @@ Over TLS and mutual TLS, with a throwaway CA (:class:`nexus_grpc.tls.certs.TestC
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from nexus_grpc.auth.principal import Grant, Principal
 from nexus_grpc.config import (
@@ -49,7 +52,31 @@ from nexus_grpc.config import (
 from nexus_grpc.host import Host
 from nexus_grpc.tls.certs import IssuedCert, TestCA
 
-__all__ = ["RunningHost", "running_host"]
+__all__ = ["EventCapture", "RunningHost", "running_host"]
+
+
+_E = TypeVar("_E", bound=Message)
+#: Numbers the consumer groups of :meth:`RunningHost.events`, one per capture.
+_capture_ids = itertools.count(1)
+
+
+class EventCapture(Generic[_E]):
+    """The events of one type the host delivered since :meth:`RunningHost.events` was
+    called, in delivery order."""
+
+    def __init__(self) -> None:
+        #: Every event received so far.
+        self.received: list[_E] = []
+        self._queue: asyncio.Queue[_E] = asyncio.Queue()
+
+    async def next(self, within: float = 10.0) -> _E:
+        """The next event not yet returned by ``next``; waits up to ``within`` seconds
+        (then ``TimeoutError``), so a missing event fails the test instead of hanging it."""
+        return await asyncio.wait_for(self._queue.get(), within)
+
+    async def _deliver(self, event: Message, delivery: Any) -> None:
+        self.received.append(event)  # type: ignore[arg-type]  # the bus decodes _E
+        self._queue.put_nowait(event)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -94,6 +121,15 @@ class RunningHost:
         )
         token, _ = self.host.tokens.issuer.issue_access(principal)
         return token
+
+    def events(self, event_type: type[_E]) -> EventCapture[_E]:
+        """Capture every ``event_type`` event published from now on, as a consumer group
+        of its own would receive it (after the publishing transaction commits): call it
+        before the call that publishes, then ``await capture.next()``."""
+        capture: EventCapture[_E] = EventCapture()
+        group = f"nexus-testing-{next(_capture_ids)}"
+        self.host.bus.subscribe(group, event_type.DESCRIPTOR.full_name, capture._deliver)
+        return capture
 
     def channel(
         self, token: str | None = None, *, client_cert: IssuedCert | None = None

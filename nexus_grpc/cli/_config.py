@@ -1,5 +1,6 @@
-"""``-c/--config`` and ``--plugin-dir``: how every command that reads the host's
-configuration finds it, so each sees the plugins ``nexus serve`` would."""
+"""``-c/--config``, ``--plugin-dir``, ``--data-dir`` and ``--storage-url``: how every
+command that reads the host's configuration finds it, so each sees the plugins and the
+storage ``nexus serve`` would."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ __all__ = ["config_from_args", "config_options"]
 
 
 def config_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``-c/--config`` and ``--plugin-dir`` (repeatable) to ``parser``."""
+    """Add ``-c/--config``, ``--plugin-dir`` (repeatable), ``--data-dir`` and
+    ``--storage-url`` to ``parser``."""
     parser.add_argument(
         "-c",
         "--config",
@@ -27,11 +29,22 @@ def config_options(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="plugin folder (repeatable); replaces plugins.dirs",
     )
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="override data_dir (the SQLite file, generated keys)",
+    )
+    parser.add_argument(
+        "--storage-url",
+        metavar="URL",
+        help="override storage.url (default: SQLite in the data folder)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """The configuration ``args`` name, ``--plugin-dir`` applied; exits 2 saying what is
-    wrong with it. ``$NEXUS_CONFIG`` is read now, not when the parser was built."""
+    """The configuration ``args`` name, ``--plugin-dir``, ``--data-dir`` and
+    ``--storage-url`` applied; exits 2 saying what is wrong with it. ``$NEXUS_CONFIG``
+    is read now, not when the parser was built."""
     path = args.config or os.environ.get("NEXUS_CONFIG") or None
     try:
         config = load_config(path)
@@ -40,4 +53,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise SystemExit(2) from None
     if args.plugin_dir:
         config = replace(config, plugins=replace(config.plugins, dirs=tuple(args.plugin_dir)))
+    if args.data_dir:
+        config = replace(config, data_dir=args.data_dir)
+    if args.storage_url:
+        config = replace(config, storage=replace(config.storage, url=args.storage_url))
     return config

@@ -75,7 +75,7 @@ def _generate(target: Path) -> bool:
     from nexus_grpc.codegen import CodegenError, generate
 
     try:
-        written = generate(target / "proto", target / "generated")
+        written = generate(target / "proto", target / "generated").written
     except CodegenError as error:
         print(f"nexus new plugin: nexus gen failed: {error}", file=sys.stderr)
         return False

@@ -32,7 +32,6 @@ def register(commands: Any) -> None:
         metavar="HOST:PORT",
         help="override http.address (an empty value turns HTTP off)",
     )
-    serve.add_argument("--data-dir", metavar="DIR", help="override data_dir")
     serve.set_defaults(run=_serve)
 
 
@@ -45,8 +44,6 @@ def _serve(args: argparse.Namespace) -> int:
         config = replace(config, server=replace(config.server, grpc_address=args.grpc_address))
     if args.http_address is not None:
         config = replace(config, http=replace(config.http, address=args.http_address))
-    if args.data_dir:
-        config = replace(config, data_dir=args.data_dir)
     configure_logging(config.log.level, config.log.format)
     try:
         asyncio.run(Host(config).run_until_signalled())

@@ -38,7 +38,8 @@ class Contracts:
 
 
 def load_contracts(config: Config) -> Contracts:
-    """Import the configured plugins and collect the services they declare."""
+    """Import the configured plugins and collect the services they declare; plugins
+    turned off by ``plugins.disabled`` / ``plugins.enabled`` are skipped, broken or not."""
     # Imported for their side effect: registering the core services' descriptors.
     from grpc_health.v1 import health_pb2  # noqa: F401
     from grpc_reflection.v1alpha import reflection_pb2  # noqa: F401
@@ -49,10 +50,10 @@ def load_contracts(config: Config) -> Contracts:
     contracts.services["nexus"] = [pool.FindServiceByName(name) for name in CORE_SERVICES]
     settings = config.plugins
     for candidate in discover_configured(settings):
+        if excluded_by(settings, candidate.name):
+            continue  # turned off: the host would not load it, broken or not
         if candidate.manifest is None or candidate.error:
             contracts.errors.append(candidate.error or f"{candidate.name}: no manifest")
-            continue
-        if excluded_by(settings, candidate.name):
             continue
         try:
             loaded = import_plugin(candidate)

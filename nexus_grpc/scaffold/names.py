@@ -34,6 +34,11 @@ _TAKEN = frozenset(
 )
 
 
+#: The plugins bundled with nexus (``nexus_grpc.bundled``), whose names a new plugin
+#: must not take.
+_BUNDLED = frozenset({"auth", "orders", "inventory"})
+
+
 class ScaffoldError(ValueError):
     """A name or folder the scaffold refuses; the message says why and what to do."""
 
@@ -83,6 +88,12 @@ def plugin_names(name: str, proto_package: str | None = None) -> PluginNames:
         )
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
         raise ScaffoldError(f"plugin name {name!r} is a Python keyword; choose another")
+    if name in _BUNDLED:
+        # Plugins are known by name (plugins.disabled, auth.issuer_plugins, permissions):
+        # a second "auth" would be mistaken for the bundled one.
+        raise ScaffoldError(
+            f"plugin name {name!r} is the name of a plugin bundled with nexus; choose another"
+        )
     package = f"{name}_plugin"
     if proto_package is None:
         proto_package = f"{name}.v1"
@@ -99,8 +110,7 @@ def plugin_names(name: str, proto_package: str | None = None) -> PluginNames:
             f"protobuf package {proto_package!r} holds a Python keyword; its stubs could "
             "not be imported"
         )
-    root = proto_package.split(".", 1)[0]
-    _check_import_name(root, package, proto_package, hint)
+    _check_import_name(proto_package, package, hint)
     camel = "".join(part.capitalize() for part in name.split("_"))
     return PluginNames(
         name=name,
@@ -111,20 +121,47 @@ def plugin_names(name: str, proto_package: str | None = None) -> PluginNames:
     )
 
 
-def _check_import_name(root: str, package: str, proto_package: str, hint: str) -> None:
-    # The stubs are installed as the top-level package ``root``: taking a name another
+def _check_import_name(proto_package: str, package: str, hint: str) -> None:
+    # The stubs are installed as the package ``proto_package`` less its version
+    # (``notes`` for notes.v1, ``acme.notes`` for acme.notes.v1): taking a name another
     # module has would shadow it (or be shadowed) in every process loading the plugin.
+    # Under an organisation prefix the prefix is shared on purpose (acme.notes and
+    # acme.tasks, two plugins), so only the plugin's own part must be free.
+    parts = proto_package.split(".")
+    root, own = parts[0], ".".join(parts[:-1])
     if root == package:
         problem = "is the name of the plugin's own package"
     elif root in _TAKEN:
         problem = "belongs to nexus or a library it uses"
     elif root in sys.stdlib_module_names:
         problem = "is a module of Python's standard library"
-    elif importlib.util.find_spec(root) is not None:
+    elif own == root:
+        if not _installed(root):
+            return
         problem = "is a module already installed here"
+    elif not _installed(root):
+        return
+    elif not _is_package(root):
+        problem = "is a module (not a package) already installed here"
+    elif _installed(own):
+        root = own
+        problem = "is a package already installed here"
     else:
         return
     raise ScaffoldError(
         f"the stubs of protobuf package {proto_package!r} would be the Python package "
         f"{root!r}, which {problem}{hint}"
     )
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported here (a dotted name imports its parents)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False  # a parent that is not a package, or fails to import: not installed
+
+
+def _is_package(module: str) -> bool:
+    spec = importlib.util.find_spec(module)
+    return spec is not None and spec.submodule_search_locations is not None

@@ -108,7 +108,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_proto_sample_compiles(sample: Sample, tmp_path: Path) -> None:
     (tmp_path / "proto" / "sample.proto").parent.mkdir(parents=True)
     (tmp_path / "proto" / "sample.proto").write_text(sample.code)
-    written = generate(tmp_path / "proto", tmp_path / "out")
+    written = generate(tmp_path / "proto", tmp_path / "out").written
     assert any(path.name == "sample_pb2.py" for path in written)
 
 

@@ -140,24 +140,7 @@ def start_serve(
         stderr=subprocess.PIPE,
         text=True,
     )
-    serve = ServeProcess(process, data_dir=tmp_path / "data")
-
-    def pump() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            serve._lines.put(line)
-        serve._lines.put(None)
-
-    serve._reader = threading.Thread(target=pump, daemon=True)
-    serve._reader.start()
-    try:
-        ready = serve.wait_for_log(lambda e: e.get("message", "").startswith("nexus serving on"))
-    except BaseException:
-        serve.close()
-        raise
-    serve.address = ready["grpc_address"]
-    serve.http_address = ready.get("http_address", "")
-    return serve
+    return watch(process, tmp_path / "data")
 
 
 @pytest.fixture
@@ -183,6 +166,163 @@ def shop_serve(tmp_path: Path, probe_stubs: Path) -> Iterator[ServeProcess]:
         yield running
     finally:
         running.close()
+
+
+def watch(process: subprocess.Popen[str], data_dir: Path) -> ServeProcess:
+    """The started ``nexus serve`` ``process`` (JSON logs on its stderr), once it reports
+    serving; killed if it never does."""
+    serve = ServeProcess(process, data_dir=data_dir)
+
+    def pump() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            serve._lines.put(line)
+        serve._lines.put(None)
+
+    serve._reader = threading.Thread(target=pump, daemon=True)
+    serve._reader.start()
+    try:
+        ready = serve.wait_for_log(lambda e: e.get("message", "").startswith("nexus serving on"))
+    except BaseException:
+        serve.close()
+        raise
+    serve.address = ready["grpc_address"]
+    serve.http_address = ready.get("http_address", "")
+    return serve
+
+
+#: What a build must not carry over from a working checkout.
+_NOT_SOURCES = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "node_modules",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    ".nexus",
+    ".hypothesis",
+    ".schemathesis",
+    "results",
+)
+
+
+def run_checked(
+    *command: str | Path, cwd: Path, env: dict[str, str], timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """``command``; fails the test with its output when it exits non-zero."""
+    result = subprocess.run(
+        [str(part) for part in command],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, command))} in {cwd} exited {result.returncode}:\n"
+        f"{result.stdout}\n{result.stderr}"
+    )
+    return result
+
+
+def clean_env(venv: Path) -> dict[str, str]:
+    """The environment of a user of ``venv``: its bin first, nothing of this checkout
+    (no PYTHONPATH, no NEXUS_* variables, no PATH entry inside the repository)."""
+    keep = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME") and not k.startswith("NEXUS_")
+    }
+    path = [p for p in keep.get("PATH", "").split(os.pathsep) if p and not p.startswith(str(REPO))]
+    keep["PATH"] = os.pathsep.join([str(venv / "bin"), *path])
+    keep["VIRTUAL_ENV"] = str(venv)
+    return keep
+
+
+@pytest.fixture(scope="session")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(sdist, wheel): the sdist built from a copy of the checkout, the wheel from it.
+    Built once per session for every test of the installed package."""
+    root = tmp_path_factory.mktemp("build")
+    source = root / "source"
+    shutil.copytree(REPO, source, ignore=_NOT_SOURCES)
+    out = root / "dist"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run_checked(
+        sys.executable,
+        "-c",
+        "import sys; from setuptools import build_meta; build_meta.build_sdist(sys.argv[1])",
+        out,
+        cwd=source,
+        env=env,
+    )
+    (sdist,) = out.glob("nexus_grpc-*.tar.gz")
+    # The wheel from the sdist: proves the sdist holds everything the wheel needs.
+    run_checked(
+        sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, sdist, cwd=root, env=env
+    )
+    (wheel,) = out.glob("nexus_grpc-*.whl")
+    return sdist, wheel
+
+
+def _distributions(venv: Path) -> set[str]:
+    """Names of the distributions installed in ``venv``."""
+    listed = run_checked(
+        venv / "bin" / "python",
+        "-m",
+        "pip",
+        "list",
+        "--format=freeze",
+        cwd=venv,
+        env=clean_env(venv),
+    )
+    return {line.split("==")[0].split(" @ ")[0] for line in listed.stdout.split()}
+
+
+@pytest.fixture
+def installed_venv(wheel_venv: Path) -> Iterator[Path]:
+    """:func:`wheel_venv` for one test; what the test installed in it (a scaffolded
+    plugin's ``pip install -e .``) is uninstalled afterwards, so the next test starts
+    from the wheel and its extra alone."""
+    before = _distributions(wheel_venv)
+    yield wheel_venv
+    added = sorted(_distributions(wheel_venv) - before)
+    if added:
+        run_checked(
+            *(wheel_venv / "bin" / "python", "-m", "pip", "uninstall", "-y", "-q", *added),
+            cwd=wheel_venv,
+            env=clean_env(wheel_venv),
+        )
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(dist: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv (no system site-packages, nothing of this checkout) with the wheel
+    and its ``author`` extra, as ``pip install 'nexus-grpc[author]'`` makes it. Built once
+    per session; tests use it through :func:`installed_venv`."""
+    _, wheel = dist
+    venv = tmp_path_factory.mktemp("venv") / "env"
+    run_checked(sys.executable, "-m", "venv", venv, cwd=venv.parent, env=clean_env(venv))
+    run_checked(
+        venv / "bin" / "python",
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        "-c",
+        REPO / "constraints.txt",
+        f"{wheel}[author]",
+        cwd=venv.parent,
+        env=clean_env(venv),
+    )
+    return venv
 
 
 @pytest.fixture(scope="session")

@@ -157,3 +157,32 @@ def test_users_create_says_the_storage_is_unreachable(
         "connection refused"
     ) in result.stderr
     assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_users_create_takes_the_data_dir_and_storage_url_serve_takes(
+    shell_env: dict[str, str], elsewhere: Path, tmp_path: Path
+) -> None:
+    plugins = ("--plugin-dir", str(REPO / "plugins"))
+    data = tmp_path / "data"
+    created = run_nexus(
+        shell_env,
+        elsewhere,
+        *("users", "create", "ada", "--password-stdin", "--data-dir", str(data), *plugins),
+        stdin=PASSWORD,
+    )
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip().endswith(f"in storage sqlite:///{data / 'nexus.db'}")
+    assert (data / "nexus.db").is_file()
+    assert not (elsewhere / ".nexus").exists()
+
+    database = tmp_path / "other.db"
+    url = f"sqlite:///{database}"
+    stored = run_nexus(
+        shell_env,
+        elsewhere,
+        *("users", "create", "bob", "--password-stdin", "--storage-url", url, *plugins),
+        stdin=PASSWORD,
+    )
+    assert stored.returncode == 0, stored.stderr
+    assert stored.stdout.strip().endswith(f"in storage {url}")
+    assert database.is_file()

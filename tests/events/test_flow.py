@@ -431,3 +431,24 @@ async def test_an_order_whose_reservation_does_not_match_it_is_rejected_and_rele
         return (stock.available, stock.reserved) == (10, 0)
 
     await eventually(released)
+
+
+async def test_the_harness_captures_published_events(tmp_path: Path) -> None:
+    # RunningHost.events: what a consumer group of the test's own receives.
+    async with running_host(
+        plugins=["orders"],
+        plugin_dirs=[REPO / "plugins"],
+        data_dir=tmp_path,
+        plugin_config={"orders": PRICES},
+    ) as host:
+        created = host.events(order_events.OrderCreated)
+        again = host.events(order_events.OrderCreated)  # captures are independent
+        orders, _ = clients(host)
+        made = await orders.CreateOrder(order("SKU-1", 2))
+        event = await created.next(within=10)
+        assert isinstance(event, order_events.OrderCreated)
+        assert event.order == made
+        assert (await again.next(within=10)) == event
+        assert created.received == [event]
+        with pytest.raises(TimeoutError):
+            await created.next(within=0.2)

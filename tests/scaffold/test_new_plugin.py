@@ -201,6 +201,9 @@ def test_every_template_placeholder_has_a_value() -> None:
         ("my__notes", None, "must not end with _ or hold __"),
         ("notes_", None, "must not end with _ or hold __"),
         ("class", None, "is a Python keyword"),
+        ("auth", None, "is the name of a plugin bundled with nexus"),
+        ("orders", "acme.orders.v1", "is the name of a plugin bundled with nexus"),
+        ("inventory", None, "is the name of a plugin bundled with nexus"),
         ("email", None, "module of Python's standard library; pass --package"),
         ("grpc", None, "belongs to nexus or a library it uses"),
         ("nexus", None, "belongs to nexus or a library it uses"),
@@ -213,6 +216,32 @@ def test_every_template_placeholder_has_a_value() -> None:
 def test_bad_names_are_refused(name: str, package: str | None, expected: str) -> None:
     with pytest.raises(ScaffoldError, match=re.escape(expected)):
         plugin_names(name, package)
+
+
+def test_a_second_plugin_under_an_installed_prefix_is_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stubs of acme.anotes.v1, installed (the hint of a refused name recommends
+    # such a prefix): acme.atasks.v1 joins it, acme.anotes.v1 again is refused.
+    (tmp_path / "acme" / "anotes" / "v1").mkdir(parents=True)
+    for folder in ("acme/anotes", "acme/anotes/v1"):
+        (tmp_path / folder / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert plugin_names("atasks", "acme.atasks.v1").proto_package == "acme.atasks.v1"
+    with pytest.raises(ScaffoldError, match=re.escape("Python package 'acme.anotes', which is a")):
+        plugin_names("anotes", "acme.anotes.v1")
+    # A module, not a package, cannot hold the stubs.
+    (tmp_path / "single.py").write_text("")
+    with pytest.raises(ScaffoldError, match="is a module \\(not a package\\) already installed"):
+        plugin_names("atasks", "single.atasks.v1")
+
+
+def test_every_bundled_plugin_name_is_refused() -> None:
+    from nexus_grpc.plugins.bundled import bundled_names
+
+    for name in bundled_names():
+        with pytest.raises(ScaffoldError, match="bundled with nexus"):
+            plugin_names(name, f"acme.{name}.v1")
 
 
 def test_names_derived() -> None:
@@ -244,6 +273,26 @@ def test_occupied_folder_is_refused_unless_forced(
     (target / "file").write_text("")
     assert main(["new", "plugin", "notes", "--dir", str(target / "file")]) == 2
     assert "exists and is not a folder" in capsys.readouterr().err
+
+
+def test_gitignore_keeps_local_data_and_builds_out_of_git(tmp_path: Path) -> None:
+    # The guide runs `nexus serve` and `nexus users create` in the project folder: the
+    # data folder they write there holds the JWT signing key and must never be committed.
+    target = tmp_path / "notes"
+    assert main(["new", "plugin", "notes", "--dir", str(target), "--no-gen"]) == 0
+    assert run("git", "init", "-q", cwd=target).returncode == 0
+    ignored = [
+        ".nexus/jwt-hs256.key",
+        ".nexus/nexus.db",
+        "build/lib/notes_plugin/service.py",
+        "dist/nexus_plugin_notes-0.1.0-py3-none-any.whl",
+        "nexus_plugin_notes.egg-info/PKG-INFO",
+        ".venv/bin/python",
+    ]
+    checked = run("git", "check-ignore", "--no-index", *ignored, cwd=target)
+    assert checked.stdout.split() == ignored, checked.stdout + checked.stderr
+    kept = run("git", "check-ignore", "--no-index", "notes_plugin/service.py", cwd=target)
+    assert kept.returncode == 1, kept.stdout
 
 
 def test_bad_name_on_the_command_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -199,3 +199,52 @@ def test_lint_reports_plugins_that_fail_to_load(
     captured = capsys.readouterr()
     assert "plugin 'broken'" in captured.err and "RuntimeError: boom" in captured.err
     assert "FAILED: plugins" in captured.err
+
+
+def _broken_plugin(folder: Path) -> None:
+    """A plugin folder in ``folder`` whose import raises."""
+    broken = folder / "broken"
+    broken.mkdir(parents=True)
+    (broken / "manifest.toml").write_text(
+        'name = "broken"\nversion = "1"\ncategory = "business"\ndescription = "d"\n'
+    )
+    (broken / "__init__.py").write_text("raise RuntimeError('boom')\n")
+
+
+def test_lint_checks_only_the_projects_contracts_unless_a_config_is_named(
+    project: Path,
+    buf: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A broken plugin where the host would look by default (./plugins) and in the
+    # config $NEXUS_CONFIG names: neither is this project's business.
+    _broken_plugin(project / "plugins")
+    _broken_plugin(tmp_path / "elsewhere")
+    config = tmp_path / "nexus.toml"
+    config.write_text(f'[plugins]\ndirs = ["{tmp_path / "elsewhere"}"]\n')
+    monkeypatch.setenv("NEXUS_CONFIG", str(config))
+    assert main(["lint"]) == 0, capsys.readouterr()
+    captured = capsys.readouterr()
+    assert "boom" not in captured.err
+    assert "nexus lint: OK" in captured.out
+    # Named on the command line, the configuration's plugins are checked too.
+    assert main(["lint", "-c", str(config)]) == 1
+    assert "RuntimeError: boom" in capsys.readouterr().err
+
+
+def test_lint_skips_disabled_plugins_even_broken_ones(
+    project: Path, buf: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _broken_plugin(tmp_path / "plugins")
+    unreadable = tmp_path / "plugins" / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "manifest.toml").write_text("name = [\n")  # not TOML
+    (unreadable / "__init__.py").write_text("")
+    config = tmp_path / "nexus.toml"
+    config.write_text('[plugins]\ndisabled = ["broken", "unreadable"]\n')
+    argv = ["lint", "-c", str(config), "--plugin-dir", str(tmp_path / "plugins")]
+    assert main(argv) == 0, capsys.readouterr()
+    err = capsys.readouterr().err
+    assert "boom" not in err and "unreadable" not in err
