@@ -266,9 +266,11 @@ class AuthConfig:
     login_failure_window: float = 900.0
     #: Log would-be denials without enforcing them (rolling out a new policy).
     shadow_mode: bool = False
-    #: Plugins handed the token issuer. A manifest's category is the plugin's own
-    #: claim, so the operator names who may mint tokens.
-    issuer_plugins: tuple[str, ...] = ("auth",)
+    #: Plugins handed the token issuer, by name, from wherever they are installed. Empty:
+    #: the bundled ``auth`` plugin only (found in the nexus-grpc package itself), so an
+    #: installed distribution that merely calls its plugin "auth" cannot mint tokens.
+    #: A manifest's name and category are the plugin's own claim; the operator decides.
+    issuer_plugins: tuple[str, ...] = ()
     #: Grants each plugin's own identity may hold: a manifest's ``permissions`` are
     #: the plugin's request, and one asking for a grant not listed here fails to load.
     #: ``[auth.plugin_permissions] shop = ["inventory.manage:all"]``.

@@ -13,7 +13,14 @@ from pathlib import Path
 
 from nexus_grpc.plugins.manifest import MANIFEST_FILE
 
-__all__ = ["ALL", "BUNDLED_PACKAGE", "bundled_folder", "bundled_names", "check_selection"]
+__all__ = [
+    "ALL",
+    "BUNDLED_PACKAGE",
+    "bundled_folder",
+    "bundled_names",
+    "check_selection",
+    "is_bundled",
+]
 
 BUNDLED_PACKAGE = "nexus_grpc.bundled"
 #: ``plugins.bundled = ["*"]``: every bundled plugin.
@@ -28,6 +35,15 @@ def bundled_folder() -> Path | None:
         return None
     locations = list(spec.submodule_search_locations or []) if spec else []
     return Path(locations[0]) if locations else None
+
+
+def is_bundled(manifest_path: str | Path) -> bool:
+    """Whether the plugin whose manifest is at ``manifest_path`` is one of the bundled ones
+    (its folder is a direct sub-folder of :func:`bundled_folder`)."""
+    folder = bundled_folder()
+    if folder is None:
+        return False
+    return Path(manifest_path).resolve().parent.parent == folder.resolve()
 
 
 def bundled_names() -> tuple[str, ...]:

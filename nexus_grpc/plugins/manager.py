@@ -23,11 +23,13 @@ from nexus_grpc.config import Config
 from nexus_grpc.events import EventBus, Publisher, event_type_exists, subscriptions_of
 from nexus_grpc.events.outbox import Outbox
 from nexus_grpc.pipeline import Stage
+from nexus_grpc.plugins.bundled import is_bundled
 from nexus_grpc.plugins.discovery import Candidate, discover_configured, excluded_by
 from nexus_grpc.plugins.loader import LoadedPlugin, PluginError, import_plugin
 from nexus_grpc.plugins.manifest import Manifest
 from nexus_grpc.plugins.services import Services, outside_calls
 from nexus_grpc.plugins.spec import Hook, PluginContext
+from nexus_grpc.plugins.users import AUTH_PLUGIN
 from nexus_grpc.routing import InFlight, Router
 from nexus_grpc.storage import Namespace, Storage
 from nexus_grpc.transport.health import HealthState
@@ -347,9 +349,7 @@ class PluginManager:
             logger=logging.getLogger(f"nexus.plugins.{manifest.name}"),
             data_dir=data_dir,
             audit=self._audit,
-            # Only the plugins the operator lists may mint tokens: any other plugin
-            # holding the issuer could make itself an admin.
-            tokens=self._tokens if manifest.name in self._config.auth.issuer_plugins else None,
+            tokens=self._tokens if self._may_issue_tokens(manifest) else None,
             events=self._publisher(manifest, storage),
             cache=self._cache.for_namespace(storage.name) if self._cache is not None else None,
             services=Services(
@@ -360,6 +360,22 @@ class PluginManager:
                 source=manifest.path,
             ),
         )
+
+    def _may_issue_tokens(self, manifest: Manifest) -> bool:
+        """Only the plugins the operator lists (else the bundled auth plugin) may mint
+        tokens: any other plugin holding the issuer could make itself an admin."""
+        listed = self._config.auth.issuer_plugins
+        if not listed:
+            return manifest.name == AUTH_PLUGIN and is_bundled(manifest.path)
+        if manifest.name not in listed:
+            return False
+        if not is_bundled(manifest.path):
+            _log.warning(
+                "plugin %r (%s) may mint tokens for any user: auth.issuer_plugins names it",
+                manifest.name,
+                Path(manifest.path).parent,
+            )
+        return True
 
     def _check_permissions(self, manifest: Manifest) -> None:
         """Fail the plugin when its manifest asks for grants the operator did not give.

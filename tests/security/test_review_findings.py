@@ -17,7 +17,7 @@ from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 
 from nexus_grpc.access.policy import Access, EffectivePolicy
 from nexus_grpc.auth.principal import Grant, Principal, Scope, principal_var
-from nexus_grpc.config import LimitsConfig
+from nexus_grpc.config import AuthConfig, LimitsConfig
 from nexus_grpc.errors import StatusError
 from nexus_grpc.gateway.grpcweb import encode_frame
 from nexus_grpc.pipeline.auth import AccessStage
@@ -221,6 +221,52 @@ async def test_only_listed_plugins_get_the_token_issuer(tmp_path: Path) -> None:
         import sys
 
         assert sys.modules["nexus_plugins.rogue"].seen == [None]
+
+
+def _plugin_recording_tokens(root: Path, name: str) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "manifest.toml").write_text(
+        f'name = "{name}"\nversion = "1"\ncategory = "security"\ndescription = "x"\n'
+    )
+    (folder / "__init__.py").write_text(
+        "from nexus_grpc import Plugin\nseen = []\n"
+        "def start(ctx):\n    seen.append(ctx.tokens)\n"
+        "plugin = Plugin(on_start=start)\n"
+    )
+    return root
+
+
+async def test_a_plugin_merely_named_auth_gets_no_token_issuer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sys
+
+    # By default only the bundled auth plugin mints tokens: an installed plugin that calls
+    # itself "auth" could otherwise make itself an admin.
+    plugins = _plugin_recording_tokens(tmp_path / "plugins", "auth")
+    async with running_host(plugin_dirs=[plugins], data_dir=tmp_path / "d"):
+        assert sys.modules["nexus_plugins.auth"].seen == [None]
+    del sys.modules["nexus_plugins.auth"]
+    # Named by the operator, it gets the issuer, and the start-up log says so.
+    with caplog.at_level("WARNING", logger="nexus.plugins"):
+        async with running_host(
+            plugin_dirs=[plugins],
+            data_dir=tmp_path / "e",
+            auth=AuthConfig(issuer_plugins=("auth",)),
+        ):
+            assert sys.modules["nexus_plugins.auth"].seen[0] is not None
+    del sys.modules["nexus_plugins.auth"]
+    assert f"plugin 'auth' ({plugins / 'auth'}) may mint tokens for any user" in caplog.text
+
+
+async def test_the_bundled_auth_plugin_gets_the_token_issuer(tmp_path: Path) -> None:
+    async with running_host(
+        plugins=["auth"], bundled=["auth"], plugin_dirs=(), data_dir=tmp_path
+    ) as host:
+        record = host.host.plugins.record("auth")
+        assert record is not None and record.context is not None
+        assert record.context.tokens is not None
 
 
 async def test_user_managers_cannot_hand_out_roles(secure_host: RunningHost) -> None:
