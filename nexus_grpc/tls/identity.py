@@ -56,6 +56,11 @@ def auth_context_from_ssl(ssl_object: Any) -> dict[str, list[bytes]]:
         context["ssl_tls_version"] = [_VERSIONS[version]]
     if ssl_object.context.verify_mode == ssl.CERT_NONE:
         return context
+    # A resumed session's certificate was verified against the CA of an earlier handshake,
+    # maybe one since removed: no identity from it (the HTTP port turns resumption off
+    # when it verifies client certificates; this holds whatever a context allows).
+    if ssl_object.session_reused:
+        return context
     # getpeercert() describes the certificate only when it was verified (else {}).
     peer = ssl_object.getpeercert()
     if not peer:
