@@ -110,12 +110,14 @@ class TestCA:
         client: bool = False,
         days: float = 30.0,
         expired: bool = False,
+        not_yet_valid: bool = False,
         directory: str | os.PathLike[str] | None = None,
     ) -> IssuedCert:
         """A certificate for ``name`` with those SANs, signed by this CA.
 
         ``client`` makes a client certificate (extended key usage clientAuth), else a
-        server one (serverAuth). ``expired`` makes one that expired yesterday. The files
+        server one (serverAuth). ``expired`` makes one that expired yesterday,
+        ``not_yet_valid`` one valid from tomorrow. The files
         are ``name.crt`` and ``name.key`` in ``directory`` (default: the CA's).
         """
         folder = Path(directory) if directory is not None else self.directory
@@ -125,6 +127,8 @@ class TestCA:
         not_before, not_after = now - _DAY, now + datetime.timedelta(days=days)
         if expired:
             not_before, not_after = now - 30 * _DAY, now - _DAY
+        if not_yet_valid:
+            not_before, not_after = now + _DAY, now + 30 * _DAY
         names: list[x509.GeneralName] = [x509.DNSName(value) for value in dns]
         names += [x509.IPAddress(ipaddress.ip_address(value)) for value in ips]
         names += [x509.UniformResourceIdentifier(value) for value in uris]

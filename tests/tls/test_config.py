@@ -113,6 +113,25 @@ def test_wrong_tls_settings_are_refused_with_the_reason(
         load_config(environ=environ)
 
 
+@pytest.mark.parametrize(
+    ("when", "message"),
+    [
+        ("expired", "the certificate expired at "),
+        ("not_yet_valid", "the certificate is not valid before "),
+    ],
+)
+def test_a_server_certificate_out_of_its_validity_stops_start_up(
+    ca: TestCA, when: str, message: str
+) -> None:
+    server = ca.issue("server", dns=("localhost",), **{when: True})
+    environ = {
+        "NEXUS_SERVER__TLS__CERT_FILE": str(server.cert_file),
+        "NEXUS_SERVER__TLS__KEY_FILE": str(server.key_file),
+    }
+    with pytest.raises(ConfigError, match=f"server.tls.cert_file {server.cert_file}: {message}"):
+        load_config(environ=environ)
+
+
 def test_require_tls_refuses_plaintext_beyond_loopback(tmp_path: Path, ca: TestCA) -> None:
     environ = {"NEXUS_SERVER__REQUIRE_TLS": "true", "NEXUS_SERVER__GRPC_ADDRESS": "0.0.0.0:7443"}
     with pytest.raises(ConfigError, match=r"server.grpc_address 0.0.0.0:7443 listens beyond"):
