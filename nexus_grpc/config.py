@@ -603,6 +603,7 @@ def _plugin_permissions(value: Any) -> dict[str, tuple[str, ...]]:
 
 def _client_identities(value: Any) -> dict[str, ClientIdentityConfig]:
     from nexus_grpc.auth.principal import Grant
+    from nexus_grpc.tls.identity import check_client_name
 
     if not isinstance(value, Mapping):
         raise ConfigError(
@@ -611,6 +612,9 @@ def _client_identities(value: Any) -> dict[str, ClientIdentityConfig]:
     clients: dict[str, ClientIdentityConfig] = {}
     for name, table in value.items():
         key = f'auth.clients."{name}"'
+        problem = check_client_name(name)
+        if problem is not None:
+            raise ConfigError(f"{key}: {problem}")
         identity = _build(ClientIdentityConfig, table, key + ".")
         assert isinstance(identity, ClientIdentityConfig)
         for grant in identity.grants:
