@@ -200,10 +200,14 @@ class HttpConfig:
     allow: tuple[str, ...] = ()
     #: Networks that may not connect, even when also in ``allow`` (deny wins).
     deny: tuple[str, ...] = ()
-    #: Proxies (CIDRs) whose X-Forwarded-For / Forwarded headers name the client: only
+    #: Proxies (CIDRs) whose ``forwarded_header`` names the client: only
     #: from these peers is the client address taken from the headers (rightmost hop not
     #: a trusted proxy), for rate limits, the login throttle, logs and ``allow``/``deny``.
     trusted_proxies: tuple[str, ...] = ()
+    #: The one header trusted proxies name the client in: "x-forwarded-for" (default) or
+    #: "forwarded" (RFC 7239). The other is ignored, never a fallback: a proxy that writes
+    #: one and passes the other through from the client would let the client pick.
+    forwarded_header: str = "x-forwarded-for"
     #: TLS on the HTTP port (ALPN http/1.1); plaintext while ``tls.cert_file`` is empty.
     tls: TlsConfig = field(default_factory=TlsConfig)
 
@@ -451,6 +455,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "auth.identity_precedence": ("token", "certificate"),
     "server.tls.client_auth": ("none", "optional", "require"),
     "http.tls.client_auth": ("none", "optional", "require"),
+    "http.forwarded_header": ("x-forwarded-for", "forwarded"),
     "server.tls.min_version": ("1.2", "1.3"),
     "http.tls.min_version": ("1.2", "1.3"),
 }
@@ -600,6 +605,7 @@ def _plugin_permissions(value: Any) -> dict[str, tuple[str, ...]]:
 
 def _client_identities(value: Any) -> dict[str, ClientIdentityConfig]:
     from nexus_grpc.auth.principal import Grant
+    from nexus_grpc.tls.identity import check_client_name
 
     if not isinstance(value, Mapping):
         raise ConfigError(
@@ -608,6 +614,9 @@ def _client_identities(value: Any) -> dict[str, ClientIdentityConfig]:
     clients: dict[str, ClientIdentityConfig] = {}
     for name, table in value.items():
         key = f'auth.clients."{name}"'
+        problem = check_client_name(name)
+        if problem is not None:
+            raise ConfigError(f"{key}: {problem}")
         identity = _build(ClientIdentityConfig, table, key + ".")
         assert isinstance(identity, ClientIdentityConfig)
         for grant in identity.grants:

@@ -224,7 +224,8 @@ class Host:
                     "http", self.config.http.allow, self.config.http.deny
                 ),
                 proxies=TrustedProxies(
-                    parse_networks("http.trusted_proxies", self.config.http.trusted_proxies)
+                    parse_networks("http.trusted_proxies", self.config.http.trusted_proxies),
+                    header=self.config.http.forwarded_header,
                 ),
                 refused=self.refused,
                 ssl_context=tls.http.context() if tls.http is not None else None,

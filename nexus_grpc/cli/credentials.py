@@ -1,16 +1,23 @@
 """The access token remote commands send: ``--token``, else ``$NEXUS_TOKEN``, else the
-token ``nexus login --save`` stored.
+token ``nexus login --save`` stored — and where a token may be sent at all.
 
 The saved token lives in ``$XDG_CONFIG_HOME/nexus/token`` (``~/.config/nexus/token``
 when the variable is unset or not absolute, as the XDG spec says), in an owner-only
-folder and file. Only the access token is stored: a refresh token is a long-lived
-credential, and a file any process of the user can read is no place for it.
+folder and file, as JSON with the address it was issued by and whether that was over
+TLS: it is sent to that address over that transport only, never to another host a
+command is pointed at. Only the access token is stored: a refresh token is a
+long-lived credential, and a file any process of the user can read is no place for it.
+
+No token (whatever its source) goes over plaintext to an address that is not loopback
+unless the command is given ``--insecure-token``: anyone on the path could replay it.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import ipaddress
+import json
 import os
 import stat
 import tempfile
@@ -21,7 +28,11 @@ __all__ = [
     "ENV_TOKEN",
     "Credential",
     "CredentialError",
+    "SavedToken",
+    "check_transport",
     "expiry",
+    "is_loopback_target",
+    "read_saved",
     "refused_hint",
     "remove_token",
     "resolve_token",
@@ -42,8 +53,24 @@ class Credential:
     source: str
 
 
+@dataclass(frozen=True)
+class SavedToken:
+    """What ``nexus login --save`` stored: the token, and where it may be sent."""
+
+    token: str
+    #: host:port as the login's ``--address`` named it (no scheme); empty in a file
+    #: written before addresses were stored (such a token is sent nowhere).
+    address: str
+    #: Whether the login spoke TLS.
+    tls: bool
+
+    def transport(self) -> str:
+        """``host:port (TLS)`` or ``host:port (plaintext)``, for messages."""
+        return f"{self.address} ({'TLS' if self.tls else 'plaintext'})"
+
+
 class CredentialError(Exception):
-    """The saved token cannot be read or written; the message says why."""
+    """The saved token cannot be read or written, or may not be sent; the message says why."""
 
 
 def token_path() -> Path:
@@ -53,26 +80,76 @@ def token_path() -> Path:
     return root / "nexus" / "token"
 
 
-def resolve_token(args: argparse.Namespace) -> Credential | None:
-    """The token to send, read now (not when the parser was built); None for none."""
+def read_saved() -> SavedToken | None:
+    """The saved token, or None when there is none."""
+    path = token_path()
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        raise CredentialError(f"cannot read the saved token {path}: {error}") from None
+    if not text:
+        return None
+    if not text.startswith("{"):
+        # A bare token from an older nexus: bound to no address, so sent nowhere.
+        return SavedToken(text, "", False)
+    try:
+        data = json.loads(text)
+        saved = SavedToken(str(data["token"]), str(data["address"]), data["tls"] is True)
+    except (ValueError, KeyError, TypeError):
+        raise CredentialError(
+            f"the saved token {path} is not what `nexus login --save` writes; run it again"
+        ) from None
+    return saved if saved.token else None
+
+
+def resolve_token(args: argparse.Namespace, target: str, tls: bool) -> Credential | None:
+    """The token to send to ``target`` (host:port, over TLS or not), read now (not when
+    the parser was built); None for none. The saved token counts only when it was
+    saved for ``target`` over the same transport."""
     given = (getattr(args, "token", None) or "").strip()
     if given:
         return Credential(given, "--token")
     from_env = os.environ.get(ENV_TOKEN, "").strip()
     if from_env:
         return Credential(from_env, f"${ENV_TOKEN}")
-    try:
-        saved = token_path().read_text(encoding="utf-8").strip()
-    except (FileNotFoundError, NotADirectoryError):
+    saved = read_saved()
+    if saved is None or (saved.address, saved.tls) != (target, tls):
         return None
-    except (OSError, UnicodeDecodeError) as error:
-        raise CredentialError(f"cannot read the saved token {token_path()}: {error}") from None
-    return Credential(saved, "saved") if saved else None
+    return Credential(saved.token, "saved")
 
 
-def save_token(token: str) -> Path:
-    """Store ``token`` atomically in :func:`token_path` (folder 0700, file 0600)."""
+def is_loopback_target(target: str) -> bool:
+    """Whether ``host:port`` (or a ``unix:`` socket) stays on this machine."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = target.rpartition(":")[0].strip("[]") if ":" in target else target
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_transport(credential: Credential | None, target: str, tls: bool, insecure: bool) -> None:
+    """Refuse (CredentialError) to send ``credential`` over plaintext beyond loopback,
+    unless ``insecure`` (``--insecure-token``) says to."""
+    if credential is None or tls or insecure or is_loopback_target(target):
+        return
+    raise CredentialError(
+        f"not sending the token from {credential.source} to {target} over plaintext: anyone "
+        "on the network path could read and replay it. Use TLS (an https:// address, "
+        "--cacert or --tls), or pass --insecure-token to send it anyway"
+    )
+
+
+def save_token(token: str, address: str, tls: bool) -> Path:
+    """Store ``token``, bound to ``address`` over TLS or not, atomically in
+    :func:`token_path` (folder 0700, file 0600)."""
     path = token_path()
+    content = json.dumps({"token": token, "address": address, "tls": tls}) + "\n"
     try:
         path.parent.mkdir(mode=_FOLDER_MODE, parents=True, exist_ok=True)
         # The folder is ours: tighten it if something made it readable by others.
@@ -83,7 +160,7 @@ def save_token(token: str) -> Path:
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".token-")
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as file:
-                file.write(token + "\n")
+                file.write(content)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, path)
@@ -118,13 +195,28 @@ def expiry(token: str) -> datetime.datetime | None:
         return None
 
 
-def refused_hint(credential: Credential | None) -> str:
-    """What to do after the host answered UNAUTHENTICATED to ``credential``."""
+def refused_hint(credential: Credential | None, target: str = "", tls: bool = False) -> str:
+    """What to do after the host at ``target`` answered UNAUTHENTICATED to ``credential``."""
     if credential is None:
-        return (
+        hint = (
             "pass an access token with --token or $NEXUS_TOKEN, or run "
             "`nexus login USERNAME --save` first"
         )
+        try:
+            saved = read_saved()
+        except CredentialError:
+            saved = None
+        if saved is not None and (saved.address, saved.tls) != (target, tls):
+            where = (
+                f"was saved for {saved.transport()}"
+                if saved.address
+                else "was saved without its address (by an older nexus)"
+            )
+            hint = (
+                f"the saved token {where}, so it is not sent to {target} "
+                f"({'TLS' if tls else 'plaintext'}); {hint}"
+            )
+        return hint
     expires = expiry(credential.token)
     now = datetime.datetime.now(datetime.UTC)
     state = (

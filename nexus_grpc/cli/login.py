@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from nexus_grpc.cli.channel import tls_options
 from nexus_grpc.cli.credentials import CredentialError, remove_token, save_token
 from nexus_grpc.cli.remote import host_call, host_options
 
@@ -35,7 +36,8 @@ def register(commands: Any) -> None:
     output.add_argument(
         "--save",
         action="store_true",
-        help="store the access token in $XDG_CONFIG_HOME/nexus/token (~/.config/nexus/token)",
+        help="store the access token in $XDG_CONFIG_HOME/nexus/token (~/.config/nexus/token), "
+        "for this --address over the same transport only",
     )
     output.add_argument(
         "--json",
@@ -69,12 +71,16 @@ def _login(args: argparse.Namespace) -> int:
         print(response.access_token)
         return 0
     try:
-        path = save_token(response.access_token)
+        tls = tls_options(args)
+        path = save_token(response.access_token, tls.target, tls.enabled)
     except CredentialError as error:
         print(f"nexus login: {error}", file=sys.stderr)
         return 1
     minutes = f"{response.expires_in / 60:g}"
-    print(f"nexus login: token saved in {path} (expires in {minutes} min)")
+    print(
+        f"nexus login: token saved in {path} (expires in {minutes} min); sent only to "
+        f"{tls.target} over {'TLS' if tls.enabled else 'plaintext'}"
+    )
     return 0
 
 

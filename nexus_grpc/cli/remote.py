@@ -12,7 +12,12 @@ import grpc
 
 from nexus_grpc.cli._args import positive
 from nexus_grpc.cli.channel import ChannelError, add_tls_options, open_channel, tls_options
-from nexus_grpc.cli.credentials import CredentialError, refused_hint, resolve_token
+from nexus_grpc.cli.credentials import (
+    CredentialError,
+    check_transport,
+    refused_hint,
+    resolve_token,
+)
 
 __all__ = ["admin_call", "host_call", "host_options", "message_dict", "print_table", "register"]
 
@@ -36,7 +41,14 @@ def host_options(parser: argparse.ArgumentParser, *, token: bool = True) -> None
     if token:
         parser.add_argument(
             "--token",
-            help="access token (default: $NEXUS_TOKEN, else the one `nexus login --save` stored)",
+            help="access token (default: $NEXUS_TOKEN, else the one `nexus login --save` "
+            "stored for this --address)",
+        )
+        parser.add_argument(
+            "--insecure-token",
+            action="store_true",
+            help="send the token even over plaintext to an address that is not loopback "
+            "(anyone on the path can read and replay it)",
         )
     parser.add_argument(
         "--timeout",
@@ -58,10 +70,14 @@ def admin_call(args: argparse.Namespace, method: str, request: Any) -> Any:
 def host_call(args: argparse.Namespace, stub_type: Any, method: str, request: Any) -> Any:
     """Call ``method`` of ``stub_type`` on the host at ``args.address``; None after
     printing why it failed. Sends the token :func:`credentials.resolve_token` finds
-    when ``args`` has a ``token`` option."""
+    when ``args`` has a ``token`` option, and never over plaintext beyond loopback
+    without ``--insecure-token``."""
     try:
         tls = tls_options(args)
-        credential = resolve_token(args) if hasattr(args, "token") else None
+        credential = (
+            resolve_token(args, tls.target, tls.enabled) if hasattr(args, "token") else None
+        )
+        check_transport(credential, tls.target, tls.enabled, getattr(args, "insecure_token", False))
     except (ChannelError, CredentialError) as error:
         print(f"nexus: {error}", file=sys.stderr)
         return None
@@ -84,7 +100,8 @@ def host_call(args: argparse.Namespace, stub_type: Any, method: str, request: An
             code = error.code()
             print(f"nexus: {args.address}: {code.name}: {error.details()}", file=sys.stderr)
             if code is grpc.StatusCode.UNAUTHENTICATED and hasattr(args, "token"):
-                print(f"nexus: {refused_hint(credential)}", file=sys.stderr)
+                hint = refused_hint(credential, tls.target, tls.enabled)
+                print(f"nexus: {hint}", file=sys.stderr)
             return None
 
 

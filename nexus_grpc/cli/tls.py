@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,22 @@ def _dev_cert(args: argparse.Namespace) -> int:
             ips.append(str(ipaddress.ip_address(name)))
         except ValueError:
             dns.append(name)
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
+    if folder.exists():
+        # Someone else's folder (".", /tmp, a shared project): its mode is theirs to
+        # choose, but others who may write in it could replace or link the key files.
+        mode = stat.S_IMODE(folder.stat().st_mode)
+        if mode & 0o022:
+            print(
+                f"nexus: {folder} is writable by other users (mode {mode:o}); "
+                "private keys do not belong there: pass --dir with a private folder, or a "
+                "new one (created 0700)",
+                file=sys.stderr,
+            )
+            return 1
+    else:
+        folder.mkdir(parents=True, mode=0o700)
+        # mkdir's mode is reduced by the umask; the folder is ours, so make it exact.
+        os.chmod(folder, 0o700)
     ca = TestCA.create(folder, name="ca")
     server = ca.issue("server", dns=tuple(dns), ips=tuple(ips))
     client = ca.issue("client", uris=(args.client_uri,), client=True)

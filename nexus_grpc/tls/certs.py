@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,12 +111,14 @@ class TestCA:
         client: bool = False,
         days: float = 30.0,
         expired: bool = False,
+        not_yet_valid: bool = False,
         directory: str | os.PathLike[str] | None = None,
     ) -> IssuedCert:
         """A certificate for ``name`` with those SANs, signed by this CA.
 
         ``client`` makes a client certificate (extended key usage clientAuth), else a
-        server one (serverAuth). ``expired`` makes one that expired yesterday. The files
+        server one (serverAuth). ``expired`` makes one that expired yesterday,
+        ``not_yet_valid`` one valid from tomorrow. The files
         are ``name.crt`` and ``name.key`` in ``directory`` (default: the CA's).
         """
         folder = Path(directory) if directory is not None else self.directory
@@ -125,6 +128,8 @@ class TestCA:
         not_before, not_after = now - _DAY, now + datetime.timedelta(days=days)
         if expired:
             not_before, not_after = now - 30 * _DAY, now - _DAY
+        if not_yet_valid:
+            not_before, not_after = now + _DAY, now + 30 * _DAY
         names: list[x509.GeneralName] = [x509.DNSName(value) for value in dns]
         names += [x509.IPAddress(ipaddress.ip_address(value)) for value in ips]
         names += [x509.UniformResourceIdentifier(value) for value in uris]
@@ -167,8 +172,13 @@ class TestCA:
 def _write(path: Path, data: bytes) -> None:
     # Written whole under a temporary name, then renamed: a host watching the file never
     # reads half of it (how certificate tooling such as cert-manager swaps files too).
-    temporary = path.with_name(f".{path.name}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-    os.replace(temporary, path)
+    # mkstemp makes a new file of a random name, 0600, refusing one that exists (a link
+    # planted under a predictable name would otherwise redirect the key).
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

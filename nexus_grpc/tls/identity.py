@@ -8,11 +8,13 @@ the HTTP port. Properties exist only for a certificate that was verified against
 port's ``client_ca_file``: neither server looks at an unverified one.
 
 :class:`ClientDirectory` turns the names into a principal: the first of the certificate's
-URI SANs, then DNS SANs, listed in ``[auth.clients]``.
+URI SANs, then DNS SANs (as ``dns:NAME``), listed in ``[auth.clients]``; its subject is
+that name, which never collides with a user name.
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,10 +24,12 @@ from nexus_grpc.config import ClientIdentityConfig
 
 __all__ = [
     "CERTIFICATE",
+    "DNS_PREFIX",
     "AuthContext",
     "ClientDirectory",
     "auth_context_from_ssl",
     "certificate_names",
+    "check_client_name",
     "scope_auth_context",
     "tls_extension",
 ]
@@ -36,16 +40,56 @@ AuthContext = Mapping[str, Sequence[bytes]]
 CERTIFICATE = "certificate"
 
 _SAN_KEYS = {"URI": "peer_uri", "DNS": "peer_dns"}
+# A URI: a scheme (RFC 3986), a colon, something after it.
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DNS_NAME = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
 _VERSIONS = {"TLSv1.2": b"TLSv1.2", "TLSv1.3": b"TLSv1.3"}
 
 
+#: Prefix of a DNS SAN as a certificate identity: ``dns:api.acme.internal``.
+DNS_PREFIX = "dns:"
+
+
 def certificate_names(auth_context: AuthContext) -> tuple[str, ...]:
-    """The verified client certificate's URI SANs, then its DNS SANs (none: no certificate)."""
+    """The verified client certificate's identities (none: no certificate): its URI SANs
+    as written, then its DNS SANs as ``dns:NAME`` (lowercase).
+
+    Every identity holds a ``:``, which a user name cannot (``^[a-z0-9][a-z0-9_.@-]*$``):
+    a certificate principal never shares a subject with a user, so it cannot own a
+    user's records or be the target of a user's session revocation. A URI SAN whose
+    scheme is ``dns`` is skipped: it would pass for a DNS SAN.
+    """
     names: list[str] = []
-    for key in ("peer_uri", "peer_dns"):
-        for value in auth_context.get(key, ()):
-            names.append(value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
+    for value in auth_context.get("peer_uri", ()):
+        text = _text(value)
+        if not text.lower().startswith(DNS_PREFIX):
+            names.append(text)
+    for value in auth_context.get("peer_dns", ()):
+        names.append(DNS_PREFIX + _text(value).lower())
     return tuple(names)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def check_client_name(name: str) -> str | None:
+    """Why ``name`` cannot be an ``[auth.clients]`` key; None when it can.
+
+    A key is what :func:`certificate_names` yields: a URI with a scheme
+    (``spiffe://acme/app``), or ``dns:`` and a DNS name (``dns:app.acme.internal``).
+    """
+    if name.lower().startswith(DNS_PREFIX):
+        if name != name.lower() or not _DNS_NAME.fullmatch(name[len(DNS_PREFIX) :]):
+            return f"{name!r} is not dns: followed by a DNS name, all lowercase"
+        return None
+    if _URI.fullmatch(name):
+        return None
+    return (
+        f"{name!r} is neither a URI SAN as written (spiffe://acme/app) nor dns: and a DNS "
+        "SAN (dns:app.acme.internal); a bare name could be mistaken for a user name"
+    )
 
 
 def auth_context_from_ssl(ssl_object: Any) -> dict[str, list[bytes]]:
@@ -55,6 +99,11 @@ def auth_context_from_ssl(ssl_object: Any) -> dict[str, list[bytes]]:
     if version in _VERSIONS:
         context["ssl_tls_version"] = [_VERSIONS[version]]
     if ssl_object.context.verify_mode == ssl.CERT_NONE:
+        return context
+    # A resumed session's certificate was verified against the CA of an earlier handshake,
+    # maybe one since removed: no identity from it (the HTTP port turns resumption off
+    # when it verifies client certificates; this holds whatever a context allows).
+    if ssl_object.session_reused:
         return context
     # getpeercert() describes the certificate only when it was verified (else {}).
     peer = ssl_object.getpeercert()

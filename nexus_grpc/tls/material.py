@@ -1,7 +1,8 @@
 """A port's certificate, key and client CA read from their PEM files, checked together.
 
 :func:`load_material` is what start-up and every reload use: a file that is missing,
-unreadable, not PEM, an encrypted key, or a key that is not the certificate's is a
+unreadable, not PEM, an encrypted key, a key that is not the certificate's, or a
+certificate expired or not yet valid is a
 :class:`~nexus_grpc.config.ConfigError` naming the key and the file. :func:`check_config`
 runs the same checks (and the rules about listen addresses) when the configuration loads.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +70,7 @@ def load_material(tls: TlsConfig, where: str) -> TlsMaterial:
             f"{where}.cert_file {tls.cert_file} (the first certificate of the chain must be "
             "the server's)"
         )
+    _check_validity(leaf, f"{where}.cert_file {tls.cert_file}")
     if ca_pem is not None:
         _certificates(ca_pem, f"{where}.client_ca_file {tls.client_ca_file}")
     digest = hashlib.sha256()
@@ -101,6 +104,26 @@ def _certificates(pem: bytes, where: str) -> list[x509.Certificate]:
     except ValueError:
         raise ConfigError(f"{where}: no PEM certificate in the file") from None
     return certificates
+
+
+def _check_validity(leaf: x509.Certificate, where: str) -> None:
+    """Refuse a server certificate outside its validity period: every client would refuse
+    the handshake, so serving it (at start, or in place of a good one on reload) is an
+    outage. A not-yet-valid certificate fails too: reloads try the files again at each
+    poll, so one issued by a clock slightly ahead is taken once its time has come."""
+    now = time.time()
+    not_before = leaf.not_valid_before_utc
+    not_after = leaf.not_valid_after_utc
+    if not_after.timestamp() <= now:
+        raise ConfigError(
+            f"{where}: the certificate expired at {not_after:%Y-%m-%d %H:%M:%S} UTC; "
+            "clients refuse it (renew it)"
+        )
+    if not_before.timestamp() > now:
+        raise ConfigError(
+            f"{where}: the certificate is not valid before {not_before:%Y-%m-%d %H:%M:%S} UTC "
+            "(check this machine's clock, or wait until then)"
+        )
 
 
 def _public_der(key: object) -> bytes:

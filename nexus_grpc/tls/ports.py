@@ -179,6 +179,17 @@ def http_context(config: TlsConfig, material: TlsMaterial) -> ssl.SSLContext:
     context.options |= ssl.OP_NO_RENEGOTIATION
     context.load_cert_chain(config.cert_file, config.key_file)
     context.verify_mode = _VERIFY[config.client_auth]
-    if config.client_auth != "none" and material.client_ca is not None:
-        context.load_verify_locations(cadata=material.client_ca.decode("ascii"))
+    if config.client_auth != "none":
+        if material.client_ca is not None:
+            context.load_verify_locations(cadata=material.client_ca.decode("ascii"))
+        # A resumed session skips certificate verification and brings back the peer
+        # certificate of its first handshake, kept in the listener's first context (the
+        # SNI swap does not move the session cache): a client certificate whose CA was
+        # rotated away, or that expired, would keep its identity. No tickets (TLS 1.3's
+        # only resumption, and TLS 1.2's stateless one; CPython's server contexts then
+        # resume no TLS 1.2 session ID either): every connection verifies its certificate,
+        # and auth_context_from_ssl ignores a resumed session's certificate regardless.
+        # Keep-alive connections make the extra handshakes rare.
+        context.num_tickets = 0
+        context.options |= ssl.OP_NO_TICKET
     return context

@@ -234,6 +234,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     _trailers_too_large: bytes
     _trailer_timeout_answer: bytes
     _forbidden_answer: bytes
+    _unresolved_answer: bytes
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -483,7 +484,15 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         book = self._book
         peer = parse_address(self.client[0]) if self.client else None
         assert peer is not None  # _proxied only for a peer that is an address
-        client = book.proxies.client_address(peer, forwarded_hops(self.headers))
+        proxies = book.proxies
+        found = proxies.client_address(peer, forwarded_hops(self.headers, proxies.header))
+        client = found.address
+        if found.unresolved and book.policy.active:
+            # The client is unknown: judging the proxy's address instead would let it
+            # (and everyone behind it) through an allow list meant for clients.
+            book.refused.note("http", "forwarded_unknown", str(peer))
+            self._answer = self._unresolved_answer
+            raise _Rejected
         if client != peer:
             # Port 0: the client's port is the proxy's business, not known here.
             self.scope["client"] = (str(client), 0)
@@ -702,6 +711,14 @@ def limited_protocol(
             _PERMISSION_DENIED,
             "ADDRESS_DENIED",
             "your network address may not call this host (http.allow/http.deny)",
+        )
+        _unresolved_answer = _error_response(
+            403,
+            "Forbidden",
+            _PERMISSION_DENIED,
+            "ADDRESS_UNKNOWN",
+            "the proxy's forwarding header names a client hop that is no IP address, so "
+            "http.allow/http.deny cannot judge the client",
         )
 
     return ListenerHttpProtocol

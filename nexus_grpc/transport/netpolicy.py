@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "MAX_RULES",
+    "ForwardedClient",
     "IPNetwork",
     "NetworkPolicy",
     "TrustedProxies",
@@ -118,66 +119,85 @@ class NetworkPolicy:
 
 
 @dataclass(frozen=True)
+class ForwardedClient:
+    """Who a request is for, by :meth:`TrustedProxies.client_address`."""
+
+    #: The client: the rightmost hop not a trusted proxy (the peer when nothing is
+    #: believed), or the last trusted address before a hop that is no address.
+    address: IPAddress
+    #: The hop the walk stopped at because it is no address (``unknown``, an obfuscated
+    #: ``_name``, garbage); empty when the walk found the client.
+    unresolved: str = ""
+
+
+@dataclass(frozen=True)
 class TrustedProxies:
-    """Peers whose ``X-Forwarded-For`` / ``Forwarded`` headers name the real client."""
+    """Peers whose forwarding header (``header``) names the real client."""
 
     networks: tuple[IPNetwork, ...] = ()
+    #: "x-forwarded-for" or "forwarded" (RFC 7239): the only header read.
+    header: str = "x-forwarded-for"
 
     def trusts(self, address: IPAddress | None) -> bool:
         """Whether ``address`` is one of the trusted proxies."""
         return address is not None and _contains(self.networks, address)
 
-    def client_address(self, peer: IPAddress, forwarded_for: Sequence[str]) -> IPAddress:
+    def client_address(self, peer: IPAddress, forwarded_for: Sequence[str]) -> ForwardedClient:
         """The client a request from ``peer`` is for (the standard right-to-left walk).
 
-        ``forwarded_for`` is the hop list, oldest first, of every ``X-Forwarded-For``
-        (or ``Forwarded: for=``) field in order. Walking from the right, each hop a
-        trusted proxy added is skipped; the first address not of a trusted proxy is the
-        client. The hops left of it were written by that client and are not believed.
-        When every hop is a trusted proxy, the leftmost is the client. A hop that is no
-        address (``unknown``, an obfuscated ``_name``, garbage) stops the walk: the last
-        trusted address seen is the client, as nothing further can be checked.
+        ``forwarded_for`` is the hop list, oldest first (:func:`forwarded_hops`). Walking
+        from the right, each hop a trusted proxy added is skipped; the first address not
+        of a trusted proxy is the client. The hops left of it were written by that client
+        and are not believed. When every hop is a trusted proxy, the leftmost is the
+        client. A hop that is no address stops the walk: the result names it, with the
+        last trusted address seen, and the caller decides (the HTTP port refuses such a
+        request when its allow/deny lists are active rather than judge the proxy).
         """
         client = peer
         if not self.trusts(peer):
-            return client
+            return ForwardedClient(client)
         for hop in reversed(forwarded_for):
-            address = parse_address(hop)
+            address = parse_address(_node_address(hop))
             if address is None:
-                return client
+                return ForwardedClient(client, hop)
             client = address
             if not self.trusts(address):
-                return client
-        return client
+                break
+        return ForwardedClient(client)
 
 
-def forwarded_hops(headers: Sequence[tuple[bytes, bytes]]) -> list[str]:
-    """The client hops of a request's forwarding headers (lowercase names), oldest first.
+def forwarded_hops(
+    headers: Sequence[tuple[bytes, bytes]], header: str = "x-forwarded-for"
+) -> list[str]:
+    """The client hops of a request's ``header`` fields (lowercase names), oldest first.
 
-    Every ``X-Forwarded-For`` field, in order, comma-separated; without one, the ``for=``
-    parameters of ``Forwarded`` (RFC 7239: quoted, ``[v6]:port`` or ``v4:port``).
+    ``x-forwarded-for``: every field, in order, comma-separated. ``forwarded`` (RFC
+    7239): the ``for=`` parameter of each element of every field, unquoted. A hop keeps
+    its port (``192.0.2.1:80``, ``[2001:db8::1]:80``): :meth:`TrustedProxies.client_address`
+    reads the address out of it. Only ``header`` is read.
     """
+    name_wanted = header.encode("ascii")
     hops: list[str] = []
-    forwarded: list[bytes] = []
     for name, value in headers:
-        if name == b"x-forwarded-for":
-            hops.extend(part.strip() for part in value.decode("latin-1").split(","))
-        elif name == b"forwarded":
-            forwarded.append(value)
-    if hops or not forwarded:
-        return [hop for hop in hops if hop]
-    for value in forwarded:
-        for element in value.decode("latin-1").split(","):
+        if name != name_wanted:
+            continue
+        text = value.decode("latin-1")
+        if name_wanted == b"x-forwarded-for":
+            hops.extend(part.strip() for part in text.split(","))
+            continue
+        for element in text.split(","):
             for pair in element.split(";"):
                 key, _, node = pair.strip().partition("=")
                 if key.strip().lower() == "for":
-                    hops.append(_node_address(node.strip().strip('"')))
-    return hops
+                    hops.append(node.strip().strip('"'))
+    # A stray comma ("a, , b") adds no hop.
+    return [hop for hop in hops if hop]
 
 
 def _node_address(node: str) -> str:
-    """The address of an RFC 7239 node: ``[2001:db8::1]:80`` -> ``2001:db8::1``,
+    """The address part of a hop: ``[2001:db8::1]:80`` -> ``2001:db8::1``,
     ``192.0.2.1:80`` -> ``192.0.2.1``; anything else unchanged."""
+    node = node.strip()
     if node.startswith("["):
         return node[1 : node.find("]")] if "]" in node else node
     if node.count(":") == 1:

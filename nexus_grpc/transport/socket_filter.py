@@ -68,17 +68,26 @@ def compile_filter(policy: NetworkPolicy) -> list[_Insn]:
     default = _DROP if policy.allow else _ACCEPT
     v4 = _family_rules(policy, 4, default)
     v6 = _family_rules(policy, 6, default)
-    return [
+    program = [
         (_LD_B_ABS, 0, 0, _NET),
         (_RSH_K, 0, 0, 4),
-        # Version 4: fall into the IPv4 rules; else skip them.
-        (_JEQ_K, 0, len(v4), 4),
+        # Version 4: fall into the IPv4 rules; else skip them. A block may be longer than
+        # the 8-bit ``jf`` can reach, so the skip is a ``ja`` (32-bit offset) the ``jeq``
+        # steps over on a match.
+        (_JEQ_K, 1, 0, 4),
+        (_JA, 0, 0, len(v4)),
         *v4,
-        (_JEQ_K, 0, len(v6), 6),
+        (_JEQ_K, 1, 0, 6),
+        (_JA, 0, 0, len(v6)),
         *v6,
         # Neither: not an IP packet a TCP socket would get; fail closed.
         (_RET_K, 0, 0, _DROP),
     ]
+    # ctypes would silently truncate a wider conditional offset into a jump elsewhere.
+    for index, (_code, jt, jf, _k) in enumerate(program):
+        if not (0 <= jt <= 0xFF and 0 <= jf <= 0xFF):
+            raise AssertionError(f"BPF instruction {index}: conditional jump beyond 255")
+    return program
 
 
 def _family_rules(policy: NetworkPolicy, version: int, default: int) -> list[_Insn]:

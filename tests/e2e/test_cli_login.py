@@ -7,13 +7,17 @@ with its own XDG_CONFIG_HOME, the way a user's shell runs it.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 from tests.e2e.conftest import BIN, REPO, ServeProcess, start_serve
@@ -115,7 +119,10 @@ def test_saved_token_serves_every_remote_command_until_logout(
     )
     assert login.returncode == 0, login.stderr
     assert login.stdout.strip().startswith(f"nexus login: token saved in {saved}")
-    token = saved.read_text().strip()
+    assert f"sent only to {auth_serve.address} over plaintext" in login.stdout
+    stored = json.loads(saved.read_text())
+    token = stored["token"]
+    assert stored == {"token": token, "address": auth_serve.address, "tls": False}
     assert token.count(".") == 2 and token not in login.stdout
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
     assert stat.S_IMODE(saved.parent.stat().st_mode) == 0o700
@@ -158,10 +165,92 @@ def test_an_expired_saved_token_says_log_in_again(
     principal = Principal(subject="ada", grants=frozenset({Grant.parse("*.*:all")}))
     saved = tmp_path / "config" / "nexus" / "token"
     saved.parent.mkdir(parents=True)
-    saved.write_text(an_hour_ago.issue_access(principal)[0] + "\n")
+    saved.write_text(
+        json.dumps(
+            {
+                "token": an_hour_ago.issue_access(principal)[0],
+                "address": auth_serve.address,
+                "tls": False,
+            }
+        )
+    )
 
     listed = run_nexus(cli_env, "plugins", "--address", auth_serve.address)
     assert listed.returncode == 1
     assert f"the saved token ({saved}) expired at" in listed.stderr
     assert "run `nexus login USERNAME --save` again" in listed.stderr
     assert "Traceback" not in listed.stderr
+
+
+class _Recorder(grpc.GenericRpcHandler):
+    """A gRPC server's handler that notes each call's metadata and refuses the call."""
+
+    def __init__(self) -> None:
+        self.metadata: list[dict[str, str]] = []
+
+    def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler:
+        self.metadata.append(
+            {key: str(value) for key, value in handler_call_details.invocation_metadata}
+        )
+
+        def refuse(request: bytes, context: grpc.ServicerContext) -> bytes:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no token for you")
+            raise AssertionError("abort raises")
+
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def test_a_saved_token_is_sent_only_to_the_address_it_was_saved_for(
+    auth_serve: ServeProcess, cli_env: dict[str, str]
+) -> None:
+    login = run_nexus(
+        cli_env,
+        "login",
+        "ada",
+        "--password-stdin",
+        "--save",
+        "--address",
+        auth_serve.address,
+        stdin=PASSWORD + "\n",
+    )
+    assert login.returncode == 0, login.stderr
+    recorder = _Recorder()
+    other = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[recorder])
+    port = other.add_insecure_port("127.0.0.1:0")
+    other.start()
+    try:
+        listed = run_nexus(cli_env, "plugins", "--address", f"127.0.0.1:{port}")
+    finally:
+        other.stop(0)
+    assert listed.returncode == 1
+    # The other server got the call (the health probe first, then ListPlugins)...
+    assert recorder.metadata
+    # ...but never the token, and the command says why none was sent.
+    assert all("authorization" not in call for call in recorder.metadata)
+    assert f"the saved token was saved for {auth_serve.address} (plaintext)" in listed.stderr
+    # The host it was saved for still gets it.
+    assert run_nexus(cli_env, "plugins", "--address", auth_serve.address).returncode == 0
+
+
+def test_no_token_over_plaintext_beyond_loopback(cli_env: dict[str, str]) -> None:
+    # 192.0.2.1 (TEST-NET-1) is never reached: the command refuses before connecting.
+    refused = run_nexus(
+        {**cli_env, "NEXUS_TOKEN": "a.b.c"}, "plugins", "--address", "192.0.2.1:50051"
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(
+        "nexus: not sending the token from $NEXUS_TOKEN to 192.0.2.1:50051 over plaintext"
+    )
+    assert "--insecure-token" in refused.stderr and "Traceback" not in refused.stderr
+    # Opting in sends it (the command then only fails to reach the address).
+    sent = run_nexus(
+        {**cli_env, "NEXUS_TOKEN": "a.b.c"},
+        "plugins",
+        "--address",
+        "192.0.2.1:50051",
+        "--insecure-token",
+        "--timeout",
+        "0.5",
+    )
+    assert sent.returncode == 1
+    assert "cannot reach a nexus host at 192.0.2.1:50051" in sent.stderr

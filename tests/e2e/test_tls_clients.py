@@ -60,12 +60,40 @@ def run(
     )
 
 
+#: The client certificate's identity: ``[auth.clients]`` lets it read every order, and
+#: nothing else (no orders.create).
+CLIENT_ID = "spiffe://test/client"
+
+
+def seed_order(serve: ServeProcess, cacert: Path, client: IssuedCert | None = None) -> str:
+    """Create an order over HTTPS with an admin token; its id."""
+    context = ssl.create_default_context(cafile=str(cacert))
+    if client is not None:
+        context.load_cert_chain(str(client.cert_file), str(client.key_file))
+    with httpx.Client(verify=context, timeout=10) as http:
+        response = http.post(
+            f"https://{serve.http_address}/v1/orders",
+            headers={"authorization": f"Bearer {serve.token()}"},
+            json={"customerId": "e2e", "items": [{"sku": "BOOK-1", "quantity": 1}]},
+        )
+    assert response.status_code == 200, response.text
+    order_id: str = response.json()["id"]
+    return order_id
+
+
+def order_ids(listed: str) -> list[str]:
+    """The ids in a ListOrders answer printed as JSON."""
+    return [order["id"] for order in json.loads(listed)["orders"]]
+
+
 @pytest.fixture
 def tls_serve(tmp_path: Path, probe_stubs: Path) -> Iterator[TlsServe]:
     ca = TestCA.create(tmp_path / "pki")
     server = ca.issue("server", dns=("localhost",), ips=("127.0.0.1",))
-    client = ca.issue("client", uris=("spiffe://test/client",), client=True)
-    env = {}
+    client = ca.issue("client", uris=(CLIENT_ID,), client=True)
+    config = tmp_path / "nexus.toml"
+    config.write_text(f'[auth.clients."{CLIENT_ID}"]\ngrants = ["orders.read:all"]\n')
+    env = {"NEXUS_CONFIG": str(config)}
     for section in ("SERVER", "HTTP"):
         env[f"NEXUS_{section}__TLS__CERT_FILE"] = str(server.cert_file)
         env[f"NEXUS_{section}__TLS__KEY_FILE"] = str(server.key_file)
@@ -98,6 +126,36 @@ def test_grpcurl_over_mutual_tls(tls_serve: TlsServe, grpcurl: str) -> None:
     assert plain.returncode != 0
 
 
+def test_grpcurl_as_a_certificate_principal_without_a_token(
+    tls_serve: TlsServe, grpcurl: str
+) -> None:
+    created = seed_order(tls_serve.serve, tls_serve.ca.cert_file, tls_serve.client)
+    address = tls_serve.serve.address
+    # No bearer token: the certificate's SAN URI is the principal, and its grant
+    # orders.read:all lets it list every order...
+    listed = run(
+        grpcurl,
+        *tls_serve.tls_flags,
+        "-d",
+        "{}",
+        address,
+        "nexus.orders.v1.OrdersService/ListOrders",
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert order_ids(listed.stdout) == [created]
+    # ...but not create one: no orders.create grant.
+    create = run(
+        grpcurl,
+        *tls_serve.tls_flags,
+        "-d",
+        '{"order": {"customerId": "e2e", "items": [{"sku": "BOOK-1", "quantity": 1}]}}',
+        address,
+        "nexus.orders.v1.OrdersService/CreateOrder",
+    )
+    assert create.returncode != 0
+    assert "Code: PermissionDenied" in create.stderr, create.stderr
+
+
 def test_buf_curl_over_grpc_and_grpc_web_with_client_certificates(
     tls_serve: TlsServe, buf: str
 ) -> None:
@@ -116,6 +174,7 @@ def test_buf_curl_over_grpc_and_grpc_web_with_client_certificates(
     )
     assert grpc_call.returncode == 0, grpc_call.stderr
     assert json.loads(grpc_call.stdout)["status"] == "SERVING"
+    created = seed_order(tls_serve.serve, tls_serve.ca.cert_file, tls_serve.client)
     token = tls_serve.serve.token()
     web = run(
         buf,
@@ -132,7 +191,7 @@ def test_buf_curl_over_grpc_and_grpc_web_with_client_certificates(
         f"https://{tls_serve.serve.http_address}/nexus.orders.v1.OrdersService/ListOrders",
     )
     assert web.returncode == 0, web.stderr
-    assert web.stdout.strip().startswith("{")
+    assert order_ids(web.stdout) == [created]
 
 
 def test_node_grpc_js_with_create_ssl(tls_serve: TlsServe, node: str) -> None:
@@ -158,6 +217,7 @@ def test_node_grpc_js_with_create_ssl(tls_serve: TlsServe, node: str) -> None:
 
 def test_curl_and_httpx_over_https_with_client_certificates(tls_serve: TlsServe) -> None:
     curl = require_tool("curl", "curl")
+    created = seed_order(tls_serve.serve, tls_serve.ca.cert_file, tls_serve.client)
     url = f"https://{tls_serve.serve.http_address}/v1/orders"
     bearer = f"authorization: Bearer {tls_serve.serve.token()}"
     listed = run(
@@ -174,7 +234,7 @@ def test_curl_and_httpx_over_https_with_client_certificates(tls_serve: TlsServe)
         url,
     )
     assert listed.returncode == 0, listed.stderr
-    assert "orders" in json.loads(listed.stdout) or json.loads(listed.stdout) == {}
+    assert order_ids(listed.stdout) == [created]
     no_cert = run(curl, "-sS", "--cacert", str(tls_serve.ca.cert_file), "-H", bearer, url)
     assert no_cert.returncode != 0
     context = ssl.create_default_context(cafile=str(tls_serve.ca.cert_file))
@@ -182,6 +242,7 @@ def test_curl_and_httpx_over_https_with_client_certificates(tls_serve: TlsServe)
     with httpx.Client(verify=context, timeout=10) as client:
         response = client.get(url, headers={"authorization": bearer.split(": ", 1)[1]})
     assert response.status_code == 200, response.text
+    assert [order["id"] for order in response.json()["orders"]] == [created]
 
 
 def test_cli_over_mutual_tls(tls_serve: TlsServe) -> None:
@@ -259,6 +320,7 @@ def test_readme_tls_tour_works_as_printed(
             stdin="correct horse battery staple\n",
         )
         assert created.returncode == 0, created.stderr
+        seeded = seed_order(serve, pki / "ca.crt")
         tour = [command.replace(".nexus/tls", str(pki)) for command in readme_block("tls-tour")]
         assert len(tour) == 6
         listed, login, orders, curl, buf_curl, plugins = run_in_one_shell(tour, serve, tmp_path)
@@ -267,6 +329,7 @@ def test_readme_tls_tour_works_as_printed(
     for step in (listed, login, orders, curl, buf_curl, plugins):
         assert step.code == 0, (step.command, step.err)
     assert "nexus.orders.v1.OrdersService" in listed.out.split()
-    assert json.loads(orders.out) == json.loads(curl.out) or "orders" in curl.out
+    # The order made before the tour, the same through grpcurl and curl.
+    assert order_ids(orders.out) == order_ids(curl.out) == [seeded]
     assert json.loads(buf_curl.out) == {"status": "SERVING"}
     assert "orders" in plugins.out

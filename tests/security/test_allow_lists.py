@@ -210,18 +210,62 @@ async def test_trusted_proxy_forwards_the_client_address(
         # Through the proxy, each forwarded client has its own bucket.
         assert [await login(proxy, "198.51.100.1") for _ in range(3)] == [401, 401, 429]
         assert await login(proxy, "198.51.100.2") == 401
-        # Forwarded (RFC 7239) works the same way.
-        response = await proxy.post(
-            "/v1/auth/login",
-            json=login_body("v6"),
-            headers={"forwarded": 'for="[2001:db8::9]:4711"'},
+        # Hops with ports are addresses too: the denied client, not the proxy, is judged.
+        assert await login(proxy, "203.0.113.5:4711") == 403
+        assert await login(proxy, "[2001:db8::9]:4711") == 401
+        # A hop that is no address while lists are active: refused, never the proxy's pass.
+        unknown = await proxy.post(
+            "/v1/auth/login", json=login_body("unknown"), headers={"x-forwarded-for": "unknown"}
         )
-        assert response.status_code == 401
+        assert unknown.status_code == 403
+        assert unknown.json()["details"][0]["reason"] == "ADDRESS_UNKNOWN"
+        assert "no IP address" in unknown.json()["message"]
+        assert refused_count(host, "http", "forwarded_unknown") == 1
+        # Forwarded is not the configured header: not read, so it cannot pick the address.
+        ignored = await proxy.post(
+            "/v1/auth/login",
+            json=login_body("ignored"),
+            headers={"forwarded": "for=203.0.113.7"},
+        )
+        assert ignored.status_code == 401
     peers = [getattr(r, "peer", "") for r in caplog.records if r.name == "nexus.access"]
     assert "ipv4:198.51.100.2:0" in peers
     assert "ipv6:[2001:db8::9]:0" in peers
     assert all("203.0.113." not in peer for peer in peers)
     assert any(peer.startswith("ipv4:127.0.0.2:") for peer in peers)
+
+
+async def test_a_proxy_writing_forwarded_is_believed_only_there(
+    make_host: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "nexus.access")
+    host = await make_host(
+        http=HttpConfig(
+            trusted_proxies=("127.0.0.1",),
+            deny=("203.0.113.0/24",),
+            forwarded_header="forwarded",
+        ),
+        access_log=True,
+    )
+    async with httpx.AsyncClient(base_url=host.http_url) as proxy:
+
+        async def login(headers: dict[str, str]) -> int:
+            response = await proxy.post(
+                "/v1/auth/login", json=login_body("forwarded"), headers=headers
+            )
+            return response.status_code
+
+        assert await login({"forwarded": 'for="[2001:db8::9]:4711";proto=https'}) == 401
+        assert await login({"forwarded": "for=203.0.113.5"}) == 403
+        # The client's own X-Forwarded-For, passed through by the proxy, is not believed:
+        # Forwarded names the client (the denied one here), XFF cannot override it.
+        assert (
+            await login({"forwarded": "for=203.0.113.5", "x-forwarded-for": "198.51.100.1"}) == 403
+        )
+        assert await login({"forwarded": "for=unknown"}) == 403
+    peers = [getattr(r, "peer", "") for r in caplog.records if r.name == "nexus.access"]
+    assert "ipv6:[2001:db8::9]:0" in peers
+    assert all("198.51.100.1" not in peer for peer in peers)
 
 
 async def test_refused_peers_never_start_a_tls_handshake(

@@ -8,6 +8,7 @@ import pytest
 
 from nexus_grpc.config import ConfigError, load_config
 from nexus_grpc.tls.certs import TestCA
+from nexus_grpc.tls.identity import certificate_names
 from nexus_grpc.tls.material import plaintext_exposed
 
 
@@ -113,6 +114,25 @@ def test_wrong_tls_settings_are_refused_with_the_reason(
         load_config(environ=environ)
 
 
+@pytest.mark.parametrize(
+    ("when", "message"),
+    [
+        ("expired", "the certificate expired at "),
+        ("not_yet_valid", "the certificate is not valid before "),
+    ],
+)
+def test_a_server_certificate_out_of_its_validity_stops_start_up(
+    ca: TestCA, when: str, message: str
+) -> None:
+    server = ca.issue("server", dns=("localhost",), **{when: True})
+    environ = {
+        "NEXUS_SERVER__TLS__CERT_FILE": str(server.cert_file),
+        "NEXUS_SERVER__TLS__KEY_FILE": str(server.key_file),
+    }
+    with pytest.raises(ConfigError, match=f"server.tls.cert_file {server.cert_file}: {message}"):
+        load_config(environ=environ)
+
+
 def test_require_tls_refuses_plaintext_beyond_loopback(tmp_path: Path, ca: TestCA) -> None:
     environ = {"NEXUS_SERVER__REQUIRE_TLS": "true", "NEXUS_SERVER__GRPC_ADDRESS": "0.0.0.0:7443"}
     with pytest.raises(ConfigError, match=r"server.grpc_address 0.0.0.0:7443 listens beyond"):
@@ -149,3 +169,44 @@ def test_client_identities_need_valid_grants(tmp_path: Path) -> None:
         load_config(path, environ={})
     with pytest.raises(ConfigError, match="expected one of token, certificate"):
         load_config(environ={"NEXUS_AUTH__IDENTITY_PRECEDENCE": "both"})
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("spiffe://acme/x", None),
+        ("urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66", None),
+        ("dns:api.acme.internal", None),
+        ("dns:alice", None),
+        ("alice", "neither a URI SAN as written"),
+        ("api.acme.internal", "neither a URI SAN as written"),
+        ("dns:API.acme", "all lowercase"),
+        ("DNS:api.acme", "all lowercase"),
+        ("dns:", "not dns: followed by a DNS name"),
+        ("dns:-bad-.acme", "not dns: followed by a DNS name"),
+    ],
+)
+def test_client_identities_are_uris_or_dns_names_never_user_names(
+    tmp_path: Path, name: str, problem: str | None
+) -> None:
+    path = _toml(tmp_path, f'[auth.clients."{name}"]\ngrants = ["orders.read:all"]\n')
+    if problem is None:
+        assert name in load_config(path, environ={}).auth.clients
+        return
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, environ={})
+    assert str(refused.value).startswith(f'auth.clients."{name}": ')
+    assert problem in str(refused.value)
+
+
+def test_certificate_names_keep_uris_and_prefix_dns_names() -> None:
+    context = {
+        "peer_uri": [b"spiffe://acme/app", b"DNS:forged"],
+        "peer_dns": [b"API.acme.internal", b"alice"],
+    }
+    assert certificate_names(context) == (
+        "spiffe://acme/app",
+        "dns:api.acme.internal",
+        "dns:alice",
+    )
+    assert certificate_names({}) == ()

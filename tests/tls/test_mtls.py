@@ -164,3 +164,36 @@ async def test_optional_client_certificates_on_the_http_port(tmp_path: Path, ca:
             )
         assert anonymous.status_code == 401
         assert with_token.status_code == 200
+
+
+async def test_a_dns_certificate_identity_is_never_a_user(tmp_path: Path, ca: TestCA) -> None:
+    # A certificate whose DNS SAN reads like the user name "alice": its principal is
+    # "dns:alice", so it does not own alice's orders.
+    impostor = ca.issue("alice", dns=("alice",), client=True)
+    auth = AuthConfig(clients={"dns:alice": ClientIdentityConfig(grants=("orders.read:own",))})
+    async with running_host(
+        plugins=["orders"],
+        plugin_dirs=[REPO / "plugins"],
+        data_dir=tmp_path,
+        tls=ca,
+        client_auth="require",
+        auth=auth,
+    ) as host:
+        alice = host.token("alice", grants=("orders.create:own", "orders.read:own"))
+        as_alice = orders_pb2_grpc.OrdersServiceStub(host.channel(alice, client_cert=impostor))
+        created = await as_alice.CreateOrder(
+            orders_pb2.CreateOrderRequest(
+                order=orders_pb2.Order(items=[orders_pb2.LineItem(sku="BOOK-1", quantity=1)])
+            ),
+            timeout=10,
+        )
+        assert created.customer_id == "alice"
+        as_cert = orders_pb2_grpc.OrdersServiceStub(host.channel(client_cert=impostor))
+        listed = await as_cert.ListOrders(orders_pb2.ListOrdersRequest(), timeout=10)
+        assert list(listed.orders) == []
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await as_cert.GetOrder(orders_pb2.GetOrderRequest(id=created.id), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await as_cert.ListOrders(orders_pb2.ListOrdersRequest(customer_id="alice"), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -166,6 +166,35 @@ async def test_a_broken_new_file_keeps_the_old_certificate(
         await _until_serial(host, other.serial, within=0)
 
 
+@pytest.mark.parametrize(
+    ("when", "message"), [("expired", "expired at"), ("not_yet_valid", "is not valid before")]
+)
+async def test_a_reload_refuses_a_certificate_out_of_its_validity(
+    tmp_path: Path, ca: TestCA, caplog: pytest.LogCaptureFixture, when: str, message: str
+) -> None:
+    first = _server_cert(ca)
+    tls = TlsConfig(cert_file=str(first.cert_file), key_file=str(first.key_file), reload_interval=0)
+    async with running_host(
+        data_dir=tmp_path, plugins=[], http=True, tls=tls, trust=ca.cert_file.read_bytes()
+    ) as host:
+        # Key and certificate written whole and matching, but not valid now.
+        ca.issue(
+            "server",
+            dns=("localhost",),
+            ips=("127.0.0.1",),
+            directory=ca.directory / "live",
+            **{when: True},
+        )
+        with caplog.at_level(logging.WARNING, logger="nexus.tls"):
+            assert await host.host.reload_tls() == 0
+            assert await host.host.reload_tls() == 0
+        refusals = [r.getMessage() for r in caplog.records if message in r.getMessage()]
+        # Once per port (gRPC and HTTP), not once per poll.
+        assert len(refusals) == 2, refusals
+        assert all(f"still serving serial {first.serial:x}" in text for text in refusals)
+        await _until_serial(host, first.serial, within=0)
+
+
 async def test_expiry_is_a_metric_and_a_health_warning(tmp_path: Path, ca: TestCA) -> None:
     server = ca.issue("server", dns=("localhost",), ips=("127.0.0.1",), days=10)
     tls = TlsConfig(

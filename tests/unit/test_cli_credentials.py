@@ -12,6 +12,11 @@ import pytest
 
 from nexus_grpc.cli.credentials import (
     Credential,
+    CredentialError,
+    SavedToken,
+    check_transport,
+    is_loopback_target,
+    read_saved,
     refused_hint,
     remove_token,
     resolve_token,
@@ -41,9 +46,9 @@ def test_the_token_lives_under_xdg_config_home_else_dot_config(
 def test_saved_token_is_private_and_replaced_whole(config_home: Path) -> None:
     (config_home / "nexus").mkdir(parents=True, mode=0o755)
     (config_home / "nexus").chmod(0o755)
-    path = save_token("first")
-    path = save_token("second")
-    assert path.read_text() == "second\n"
+    path = save_token("first", "127.0.0.1:50051", False)
+    path = save_token("second", "nexus.example:443", True)
+    assert read_saved() == SavedToken("second", "nexus.example:443", True)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700  # tightened: it is ours
     assert [p.name for p in path.parent.iterdir()] == ["token"]
@@ -51,19 +56,80 @@ def test_saved_token_is_private_and_replaced_whole(config_home: Path) -> None:
     assert remove_token() is None
 
 
+LOCAL = "127.0.0.1:50051"
+
+
 def test_token_order_is_option_then_environment_then_saved(
     config_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     args = argparse.Namespace(token=None)
-    assert resolve_token(args) is None
-    save_token("saved-token")
-    assert resolve_token(args) == Credential("saved-token", "saved")
+    assert resolve_token(args, LOCAL, False) is None
+    save_token("saved-token", LOCAL, False)
+    assert resolve_token(args, LOCAL, False) == Credential("saved-token", "saved")
     monkeypatch.setenv("NEXUS_TOKEN", "env-token")
-    assert resolve_token(args) == Credential("env-token", "$NEXUS_TOKEN")
-    assert resolve_token(argparse.Namespace(token="given")) == Credential("given", "--token")
+    assert resolve_token(args, LOCAL, False) == Credential("env-token", "$NEXUS_TOKEN")
+    given = argparse.Namespace(token="given")
+    assert resolve_token(given, LOCAL, False) == Credential("given", "--token")
     # Empty values (an unset shell variable) count as not given.
     monkeypatch.setenv("NEXUS_TOKEN", "")
-    assert resolve_token(argparse.Namespace(token="")) == Credential("saved-token", "saved")
+    empty = argparse.Namespace(token="")
+    assert resolve_token(empty, LOCAL, False) == Credential("saved-token", "saved")
+
+
+def test_a_saved_token_goes_only_where_it_was_saved_for(config_home: Path) -> None:
+    args = argparse.Namespace(token=None)
+    save_token("saved-token", "nexus.example:50051", True)
+    assert resolve_token(args, "nexus.example:50051", True) == Credential("saved-token", "saved")
+    # Another host, or the same host over plaintext: not sent.
+    assert resolve_token(args, "evil.example:50051", True) is None
+    assert resolve_token(args, "nexus.example:50051", False) is None
+    assert resolve_token(args, "nexus.example:50052", True) is None
+    hint = refused_hint(None, "evil.example:50051", True)
+    assert hint.startswith(
+        "the saved token was saved for nexus.example:50051 (TLS), so it is not sent to "
+        "evil.example:50051 (TLS); "
+    )
+    # A bare token from before addresses were stored is sent nowhere, and the hint says why.
+    token_path().write_text("old-token\n")
+    assert read_saved() == SavedToken("old-token", "", False)
+    assert resolve_token(args, LOCAL, False) is None
+    assert "without its address" in refused_hint(None, LOCAL, False)
+    token_path().write_text('{"token": 1}')
+    with pytest.raises(CredentialError, match="not what `nexus login --save` writes"):
+        resolve_token(args, LOCAL, False)
+
+
+@pytest.mark.parametrize(
+    ("target", "loopback"),
+    [
+        ("127.0.0.1:50051", True),
+        ("127.0.0.2:50051", True),
+        ("[::1]:50051", True),
+        ("localhost:50051", True),
+        ("LOCALHOST:1", True),
+        ("unix:/run/nexus.sock", True),
+        ("10.0.0.5:50051", False),
+        ("[2001:db8::1]:50051", False),
+        ("nexus.example:50051", False),
+        ("localhost.evil.example:50051", False),
+        ("0.0.0.0:50051", False),
+    ],
+)
+def test_loopback_targets(target: str, loopback: bool) -> None:
+    assert is_loopback_target(target) is loopback
+
+
+def test_no_token_over_plaintext_beyond_loopback_without_opt_in() -> None:
+    credential = Credential("t", "$NEXUS_TOKEN")
+    check_transport(credential, "127.0.0.1:50051", False, False)
+    check_transport(credential, "nexus.example:50051", True, False)
+    check_transport(None, "nexus.example:50051", False, False)
+    check_transport(credential, "nexus.example:50051", False, True)
+    with pytest.raises(CredentialError) as refused:
+        check_transport(credential, "nexus.example:50051", False, False)
+    message = str(refused.value)
+    assert "token from $NEXUS_TOKEN" in message and "nexus.example:50051" in message
+    assert "--insecure-token" in message and "TLS" in message
 
 
 def test_refusal_hints_say_which_token_and_whether_it_expired(config_home: Path) -> None:

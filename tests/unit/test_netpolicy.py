@@ -94,41 +94,59 @@ PROXY = TrustedProxies((ipaddress.ip_network("10.0.0.0/8"),))
 
 
 @pytest.mark.parametrize(
-    ("peer", "hops", "client"),
+    ("peer", "hops", "client", "unresolved"),
     [
         # Not from a proxy: the header is the caller's own claim and is ignored.
-        ("198.51.100.7", ["203.0.113.1"], "198.51.100.7"),
+        ("198.51.100.7", ["203.0.113.1"], "198.51.100.7", ""),
         # From a proxy: the rightmost hop that is not a trusted proxy.
-        ("10.0.0.1", ["203.0.113.1"], "203.0.113.1"),
-        ("10.0.0.1", ["6.6.6.6", "203.0.113.1", "10.0.0.2"], "203.0.113.1"),
+        ("10.0.0.1", ["203.0.113.1"], "203.0.113.1", ""),
+        ("10.0.0.1", ["6.6.6.6", "203.0.113.1", "10.0.0.2"], "203.0.113.1", ""),
         # Every hop a proxy: the leftmost one.
-        ("10.0.0.1", ["10.0.0.3", "10.0.0.2"], "10.0.0.3"),
+        ("10.0.0.1", ["10.0.0.3", "10.0.0.2"], "10.0.0.3", ""),
         # No header: the proxy itself.
-        ("10.0.0.1", [], "10.0.0.1"),
-        # A hop that is no address stops the walk at the last trusted one.
-        ("10.0.0.1", ["203.0.113.1", "unknown"], "10.0.0.1"),
-        ("10.0.0.1", ["203.0.113.1", "garbage", "10.0.0.2"], "10.0.0.2"),
-        ("10.0.0.1", ["2001:db8::5"], "2001:db8::5"),
+        ("10.0.0.1", [], "10.0.0.1", ""),
+        ("10.0.0.1", ["2001:db8::5"], "2001:db8::5", ""),
+        # Hops with ports (some proxies write them): the address, never the proxy's.
+        ("10.0.0.1", ["203.0.113.1:4711"], "203.0.113.1", ""),
+        ("10.0.0.1", ["[2001:db8::5]:4711"], "2001:db8::5", ""),
+        ("10.0.0.1", ["[2001:db8::5]"], "2001:db8::5", ""),
+        ("10.0.0.1", ["6.6.6.6", "203.0.113.1:80", "10.0.0.2:443"], "203.0.113.1", ""),
+        # A hop that is no address stops the walk at the last trusted one, and says so.
+        ("10.0.0.1", ["203.0.113.1", "unknown"], "10.0.0.1", "unknown"),
+        ("10.0.0.1", ["203.0.113.1", "garbage", "10.0.0.2"], "10.0.0.2", "garbage"),
+        ("10.0.0.1", ["_hidden"], "10.0.0.1", "_hidden"),
     ],
 )
 def test_client_address_walks_forwarded_hops_from_the_right(
-    peer: str, hops: list[str], client: str
+    peer: str, hops: list[str], client: str, unresolved: str
 ) -> None:
-    assert PROXY.client_address(ip(peer), hops) == ip(client)
+    found = PROXY.client_address(ip(peer), hops)
+    assert (found.address, found.unresolved) == (ip(client), unresolved)
 
 
-def test_forwarded_hops_reads_x_forwarded_for_then_forwarded() -> None:
-    assert forwarded_hops(
-        [(b"x-forwarded-for", b"1.1.1.1, 2.2.2.2"), (b"x-forwarded-for", b"3.3.3.3")]
-    ) == ["1.1.1.1", "2.2.2.2", "3.3.3.3"]
-    assert forwarded_hops(
-        [
-            (b"forwarded", b'for=192.0.2.60;proto=http;by=203.0.113.43, for="[2001:db8::17]:4711"'),
-            (b"forwarded", b'For="198.51.100.1:80"'),
-        ]
-    ) == ["192.0.2.60", "2001:db8::17", "198.51.100.1"]
-    # X-Forwarded-For wins when both are there; none: no hops.
-    assert forwarded_hops([(b"forwarded", b"for=1.1.1.1"), (b"x-forwarded-for", b"2.2.2.2")]) == [
-        "2.2.2.2"
+def test_forwarded_hops_reads_only_the_configured_header() -> None:
+    both = [
+        (b"x-forwarded-for", b"1.1.1.1, 2.2.2.2:80"),
+        (b"forwarded", b'for=192.0.2.60;proto=http;by=203.0.113.43, for="[2001:db8::17]:4711"'),
+        (b"x-forwarded-for", b"3.3.3.3,"),
+        (b"forwarded", b'For="198.51.100.1:80"'),
     ]
+    assert forwarded_hops(both) == ["1.1.1.1", "2.2.2.2:80", "3.3.3.3"]
+    assert forwarded_hops(both, "x-forwarded-for") == forwarded_hops(both)
+    assert forwarded_hops(both, "forwarded") == [
+        "192.0.2.60",
+        "[2001:db8::17]:4711",
+        "198.51.100.1:80",
+    ]
+    # The other header is never a fallback: a client could write it past the proxy.
+    assert forwarded_hops([(b"forwarded", b"for=1.1.1.1")]) == []
+    assert forwarded_hops([(b"x-forwarded-for", b"2.2.2.2")], "forwarded") == []
     assert forwarded_hops([(b"host", b"example.com")]) == []
+
+
+def test_forwarded_header_is_a_choice() -> None:
+    assert load_config(environ={}).http.forwarded_header == "x-forwarded-for"
+    config = load_config(environ={"NEXUS_HTTP__FORWARDED_HEADER": "forwarded"})
+    assert config.http.forwarded_header == "forwarded"
+    with pytest.raises(ConfigError, match=r"http\.forwarded_header"):
+        load_config(environ={"NEXUS_HTTP__FORWARDED_HEADER": "x-real-ip"})

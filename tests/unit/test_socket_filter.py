@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from nexus_grpc.transport import socket_filter
-from nexus_grpc.transport.netpolicy import NetworkPolicy
+from nexus_grpc.transport.netpolicy import MAX_RULES, NetworkPolicy
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="SO_ATTACH_FILTER is Linux's"
@@ -146,3 +146,46 @@ def test_a_program_stays_within_the_kernel_limit() -> None:
         listener.bind(("::", 0))
         listener.listen()
         socket_filter.attach_filter(listener, program)
+
+
+async def test_a_full_ipv4_rule_list_still_decides_ipv6_clients() -> None:
+    # Hundreds of IPv4 instructions lie between the version test and the IPv6 rules: more
+    # than a conditional jump's 8-bit offset reaches.
+    if not ipv6_loopback():
+        pytest.skip("no IPv6 loopback")
+    allow = [f"10.{i}.0.0/16" for i in range(MAX_RULES - 1)] + ["127.0.0.1"]
+    program = socket_filter.compile_filter(NetworkPolicy.from_lists("server", allow, []))
+    assert len(program) > 255
+    server, port, count = await filtered_server("[::]:0", allow, [])
+    try:
+        assert count == 1
+        assert connects(socket.AF_INET, "127.0.0.1", "127.0.0.1", port)
+        assert not connects(socket.AF_INET, "127.0.0.2", "127.0.0.1", port)
+        # No IPv6 rule allows ::1: the allow list's default drops it.
+        assert not connects(socket.AF_INET6, None, "::1", port)
+    finally:
+        await server.stop(0)
+
+
+async def test_a_full_ipv4_deny_list_lets_ipv6_clients_in() -> None:
+    if not ipv6_loopback():
+        pytest.skip("no IPv6 loopback")
+    deny = [f"10.{i}.0.0/16" for i in range(MAX_RULES - 1)] + ["127.0.0.2"]
+    server, port, count = await filtered_server("[::]:0", [], deny)
+    try:
+        assert count == 1
+        assert connects(socket.AF_INET, "127.0.0.1", "127.0.0.1", port)
+        assert not connects(socket.AF_INET, "127.0.0.2", "127.0.0.1", port)
+        assert connects(socket.AF_INET6, None, "::1", port)
+    finally:
+        await server.stop(0)
+
+
+def test_every_conditional_jump_fits_eight_bits() -> None:
+    policy = NetworkPolicy.from_lists(
+        "server",
+        [f"10.{i}.0.0/16" for i in range(MAX_RULES // 2)],
+        [f"2001:db8:{i:x}::/48" for i in range(MAX_RULES // 2)],
+    )
+    for code, jt, jf, _k in socket_filter.compile_filter(policy):
+        assert 0 <= jt <= 255 and 0 <= jf <= 255, code
