@@ -8,8 +8,13 @@ import json
 import sys
 from typing import Any
 
-from nexus_grpc.cli.channel import tls_options
-from nexus_grpc.cli.credentials import CredentialError, remove_token, save_token
+from nexus_grpc.cli.channel import ChannelError, tls_options
+from nexus_grpc.cli.credentials import (
+    CredentialError,
+    is_loopback_target,
+    remove_token,
+    save_token,
+)
 from nexus_grpc.cli.remote import host_call, host_options
 
 __all__ = ["register"]
@@ -44,6 +49,12 @@ def register(commands: Any) -> None:
         action="store_true",
         help="print access token, refresh token and lifetime as JSON",
     )
+    login.add_argument(
+        "--insecure-password",
+        action="store_true",
+        help="send the password even over plaintext to an address that is not loopback "
+        "(anyone on the path can read it)",
+    )
     # Login is public: no token is sent (an expired saved one would only be refused).
     host_options(login, token=False)
     login.set_defaults(run=_login)
@@ -56,6 +67,19 @@ def _login(args: argparse.Namespace) -> int:
     from google.protobuf import json_format
     from nexus.auth.v1 import auth_pb2, auth_pb2_grpc
 
+    try:
+        tls = tls_options(args)
+    except ChannelError as error:
+        print(f"nexus: {error}", file=sys.stderr)
+        return 2
+    if not (tls.enabled or args.insecure_password or is_loopback_target(tls.target)):
+        print(
+            f"nexus login: not sending a password to {tls.target} over plaintext: anyone on "
+            "the network path could read it. Use TLS (an https:// address, --cacert or "
+            "--tls), or pass --insecure-password to send it anyway",
+            file=sys.stderr,
+        )
+        return 2
     password = _password(args)
     if not password:
         print("nexus login: the password is empty", file=sys.stderr)
@@ -71,7 +95,6 @@ def _login(args: argparse.Namespace) -> int:
         print(response.access_token)
         return 0
     try:
-        tls = tls_options(args)
         path = save_token(response.access_token, tls.target, tls.enabled)
     except CredentialError as error:
         print(f"nexus login: {error}", file=sys.stderr)

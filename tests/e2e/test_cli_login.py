@@ -254,3 +254,27 @@ def test_no_token_over_plaintext_beyond_loopback(cli_env: dict[str, str]) -> Non
     )
     assert sent.returncode == 1
     assert "cannot reach a nexus host at 192.0.2.1:50051" in sent.stderr
+
+
+def test_no_password_over_plaintext_beyond_loopback(cli_env: dict[str, str]) -> None:
+    # Refused before the password is even read (and before connecting).
+    refused = run_nexus(cli_env, "login", "ada", "--address", "192.0.2.1:50051")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(
+        "nexus login: not sending a password to 192.0.2.1:50051 over plaintext"
+    )
+    assert "--insecure-password" in refused.stderr and "Traceback" not in refused.stderr
+    sent = run_nexus(
+        cli_env,
+        "login",
+        "ada",
+        "--password-stdin",
+        "--address",
+        "192.0.2.1:50051",
+        "--insecure-password",
+        "--timeout",
+        "0.5",
+        stdin="a password\n",
+    )
+    assert sent.returncode == 1
+    assert "cannot reach a nexus host at 192.0.2.1:50051" in sent.stderr
