@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import grpc
 from google.protobuf.message import Message
 
+from nexus_grpc import tracing
 from nexus_grpc.errors import NotFoundError, StatusError, is_infrastructure_failure
 from nexus_grpc.events.envelope import Envelope, open_envelope
+from nexus_grpc.events.tracing import traced_handler
 from nexus_grpc.logs import request_id_var
 
 __all__ = [
@@ -262,6 +264,8 @@ class MemoryBus:
         entry = self._groups.setdefault(group, _Group(group))
         if event_type in entry.handlers:
             raise ValueError(f"group {group!r} has two handlers for {event_type}")
+        if tracing.enabled():
+            handler = traced_handler(handler, backend=self.backend)
         entry.handlers[event_type] = handler
         if self._running and entry.worker is None:
             entry.worker = asyncio.create_task(self._work(entry), name=f"nexus-events-{group}")

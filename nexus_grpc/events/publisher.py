@@ -8,10 +8,12 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from nexus_grpc import tracing
 from nexus_grpc.events.bus import Delivery, EventBus
 from nexus_grpc.events.envelope import Envelope, seal
 from nexus_grpc.events.outbox import Inbox, Outbox
 from nexus_grpc.events.redis_bus import BusUnavailableError
+from nexus_grpc.events.tracing import publishing
 from nexus_grpc.logs import current_request_id
 from nexus_grpc.storage import UnitOfWork
 
@@ -67,18 +69,26 @@ class Publisher:
         envelope = seal(
             message, source=self._source, subject=subject, correlation_id=current_request_id()
         )
+        if tracing.enabled():
+            backend = str(getattr(self._bus, "backend", "custom"))
+            with publishing(envelope, backend=backend):
+                await self._hand_over(envelope, transaction)
+        else:
+            await self._hand_over(envelope, transaction)
+        return envelope
+
+    async def _hand_over(self, envelope: Envelope, transaction: UnitOfWork | None) -> None:
         if transaction is not None:
             if self._outbox is None:
                 raise RuntimeError("this host has no outbox: publish outside the transaction")
             await self._outbox.stage(transaction, self._source, envelope)
-            return envelope
+            return
         try:
             await self._bus.publish(envelope)
         except BusUnavailableError:
             if self._outbox is None:
                 raise
             await self._outbox.keep(self._source, envelope)
-        return envelope
 
     async def first_time(self, transaction: UnitOfWork, delivery: Delivery) -> bool:
         """Whether ``delivery``'s event is new to this plugin; records it in ``transaction``.

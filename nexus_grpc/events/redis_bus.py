@@ -57,6 +57,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from nexus_grpc import tracing
 from nexus_grpc.errors import NotFoundError, StatusError
 from nexus_grpc.events._redis_health import Health, HealthCallback
 from nexus_grpc.events._redis_runtime import Runtime, Settings, cancel_and_wait
@@ -82,6 +83,8 @@ from nexus_grpc.events.bus import (
     TypeStats,
 )
 from nexus_grpc.events.envelope import Envelope
+from nexus_grpc.events.tracing import traced_handler
+from nexus_grpc.storage.spans import client_span, server_of_redis
 
 __all__ = ["BusUnavailableError", "RedisBus", "RedisDeadLetter"]
 
@@ -213,6 +216,8 @@ class RedisBus:
         worker = self._workers.get(group)
         if worker is None:
             worker = self._workers[group] = GroupWorker(group, self._runtime)
+        if tracing.enabled():
+            handler = traced_handler(handler, backend=self.backend)
         worker.add(event_type, handler)
         if self._running:
             worker.start()
@@ -225,13 +230,15 @@ class RedisBus:
         if not envelope.type:
             raise ValueError(f"envelope {envelope.id}: no event type")
         mark = self._health.mark()
+        stream = self._runtime.keys.events(envelope.type)
         try:
-            await self._runtime.client.xadd(
-                self._runtime.keys.events(envelope.type),
-                {"envelope": envelope.SerializeToString()},
-                maxlen=self._runtime.settings.maxlen,
-                approximate=True,
-            )
+            if tracing.enabled():
+                with client_span(
+                    "redis", "XADD", collection=stream, server=server_of_redis(self.client)
+                ):
+                    await self._xadd(stream, envelope)
+            else:
+                await self._xadd(stream, envelope)
         except (RedisError, OSError) as error:
             if is_unreachable(error):
                 await self._health.failed(error, mark)
@@ -240,6 +247,14 @@ class RedisBus:
             raise BusUnavailableError() from error
         self._runtime.counters.count_published(envelope.type)
         await self._health.succeeded(mark)
+
+    async def _xadd(self, stream: str, envelope: Envelope) -> None:
+        await self._runtime.client.xadd(
+            stream,
+            {"envelope": envelope.SerializeToString()},
+            maxlen=self._runtime.settings.maxlen,
+            approximate=True,
+        )
 
     async def start(self) -> None:
         """Start one worker per group. An unreachable Redis is reported, not raised:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -121,6 +122,10 @@ class SqliteConnection:
         await self._after_running()
         if self._ended:
             raise RuntimeError("this transaction has ended")
+        if self._driver.carry_context:
+            # Tracing: the statement's span is a child of the caller's, and log records
+            # written on the thread carry its ids.
+            work = functools.partial(contextvars.copy_context().run, work)
         try:
             future = self._driver.executor.submit(work)
         except RuntimeError:  # shut down by close()
@@ -172,10 +177,16 @@ class SqliteDriver:
     """A synchronous SQLAlchemy engine on SQLite, used from asyncio through threads.
 
     ``write_timeout``: seconds a writer waits for this process's other writers.
+    ``carry_context``: run each step in a copy of the calling task's context variables
+    (tracing's current span), which threads otherwise do not see.
     """
 
-    def __init__(self, engine: Engine, *, pool_size: int, write_timeout: float) -> None:
+    def __init__(
+        self, engine: Engine, *, pool_size: int, write_timeout: float, carry_context: bool = False
+    ) -> None:
         self.engine = engine
+        #: Whether each step runs in a copy of the caller's context (when tracing).
+        self.carry_context = carry_context
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=pool_size, thread_name_prefix="nexus-sqlite"
         )

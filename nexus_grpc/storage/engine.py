@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -38,6 +39,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from nexus_grpc import tracing
 from nexus_grpc.errors import STORAGE_BUSY, ConflictError
 from nexus_grpc.urls import mask_url
 
@@ -45,6 +47,7 @@ from ._sqlite import SqliteConnection, SqliteDriver
 from .faults import StorageHealth, StorageUnavailableError, os_cause, postgres_cause, sqlite_cause
 from .files import prepare_sqlite_files
 from .schema import metadata, records
+from .spans import instrument_sql_engine
 from .sql import SqlDialect, dialect_for
 
 __all__ = ["Database", "SqlConnection", "translate_errors"]
@@ -116,12 +119,26 @@ class Database:
                 max_overflow=0,
             )
             _configure_sqlite(engine, busy_timeout_ms=round(sqlite_busy_timeout * 1000))
+            traced = tracing.enabled()
+            if traced:
+                name = os.path.basename(parsed.database)
+                instrument_sql_engine(engine, system="sqlite", namespace=name, server=None)
             driver = SqliteDriver(
-                engine, pool_size=_SQLITE_POOL_SIZE, write_timeout=sqlite_busy_timeout
+                engine,
+                pool_size=_SQLITE_POOL_SIZE,
+                write_timeout=sqlite_busy_timeout,
+                carry_context=traced,
             )
             return cls(dialect_for(backend), sqlite=driver)
         connect_args = {} if "timeout" in parsed.query else {"timeout": connect_timeout}
         pg = create_async_engine(parsed, hide_parameters=True, connect_args=connect_args)
+        if tracing.enabled():
+            instrument_sql_engine(
+                pg.sync_engine,
+                system="postgresql",
+                namespace=parsed.database,
+                server=(parsed.host or "localhost", parsed.port or 5432),
+            )
         return cls(dialect_for(backend), engine=pg)
 
     @property
