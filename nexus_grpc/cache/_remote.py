@@ -22,7 +22,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from nexus_grpc import tracing
 from nexus_grpc.cache._stats import Counters
+from nexus_grpc.storage.spans import client_span, server_of_redis
 
 __all__ = ["Found", "RemoteCache"]
 
@@ -61,7 +63,7 @@ class RemoteCache:
                 pipe.pttl(key)
                 return await pipe.execute()
 
-        reply = await self._guarded(read)
+        reply = await self._guarded(read, "GET PTTL")
         if reply is None:
             return None
         value, pttl = reply
@@ -83,7 +85,7 @@ class RemoteCache:
                 pipe.publish(self._channel, key)
                 return await pipe.execute()
 
-        return await self._guarded(write) is not None
+        return await self._guarded(write, "SET PUBLISH") is not None
 
     async def remove(self, key: str) -> bool:
         """DEL ``key`` and announce it; whether both got through."""
@@ -94,7 +96,7 @@ class RemoteCache:
                 pipe.publish(self._channel, key)
                 return await pipe.execute()
 
-        return await self._guarded(write) is not None
+        return await self._guarded(write, "DEL PUBLISH") is not None
 
     async def announce(self, key: str) -> bool:
         """Only PUBLISH ``key`` on the channel (no value); whether it got through."""
@@ -102,15 +104,24 @@ class RemoteCache:
         async def write() -> list[object]:
             return [await self._client.publish(self._channel, key)]
 
-        return await self._guarded(write) is not None
+        return await self._guarded(write, "PUBLISH") is not None
 
-    async def _guarded(self, command: Callable[[], Awaitable[list[object]]]) -> list[object] | None:
-        """The replies of ``command`` (a pipeline), or None when it failed or was skipped."""
+    async def _guarded(
+        self, command: Callable[[], Awaitable[list[object]]], operation: str
+    ) -> list[object] | None:
+        """The replies of ``command`` (a pipeline of the Redis commands named by
+        ``operation``), or None when it failed or was skipped."""
         if self._skip_until and time.monotonic() < self._skip_until:
             self._counters.l2_errors += 1
             return None
         try:
-            result = await command()
+            if tracing.enabled():
+                # One span per pipeline, i.e. per cache operation: its commands travel
+                # in one round trip. The key is not recorded (it may hold user data).
+                with client_span("redis", operation, server=server_of_redis(self._client)):
+                    result = await command()
+            else:
+                result = await command()
         except (RedisError, OSError) as error:
             self._counters.l2_errors += 1
             unreachable = isinstance(error, RedisConnectionError | RedisTimeoutError | OSError)

@@ -77,10 +77,12 @@ from pymongo.errors import (
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
+from nexus_grpc import tracing
 from nexus_grpc.errors import AlreadyExistsError, ConflictError, NotFoundError
 from nexus_grpc.urls import mask_url
 
 from . import mongo_query
+from ._mongo_spans import CommandSpans
 from .engine import PROBE_COLLECTION, PROBE_ID, PROBE_NAMESPACE
 from .faults import StorageHealth, StorageUnavailableError, mongo_cause, sanitized_mongo_error
 from .index import descriptor_of
@@ -168,6 +170,8 @@ class MongoBackend:
             options: dict[str, Any] = {}
             if "serverselectiontimeoutms" not in url.lower():
                 options["serverSelectionTimeoutMS"] = round(connect_timeout * 1000)
+            if tracing.enabled():
+                options["event_listeners"] = [CommandSpans()]
             client: AsyncMongoClient[Document] = AsyncMongoClient(
                 url, tz_aware=True, tzinfo=UTC, appname="nexus", **options
             )
