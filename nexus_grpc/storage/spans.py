@@ -191,8 +191,12 @@ def instrument_sql_engine(
             return
         setattr(context, _SPAN_KEY, None)
         original = exception_context.original_exception
-        # The driver's class only: its message may quote the statement's values.
-        fail(span, type(original).__name__, type(original).__qualname__)
+        # The driver's class and code only: its message may quote the statement's values.
+        code = getattr(original, "sqlstate", None) or getattr(original, "sqlite_errorname", None)
+        if isinstance(code, str):
+            span.set_attribute("db.response.status_code", code)
+        name = type(original).__name__
+        fail(span, f"{name} {code}" if isinstance(code, str) else name, name)
         span.end()
 
 

@@ -1,0 +1,142 @@
+"""Storage statements as CLIENT spans: SQLite, PostgreSQL, MongoDB and the Redis cache."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nexus.orders.v1 import orders_pb2
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from sqlalchemy import text
+from sqlalchemy.exc import ProgrammingError
+
+from nexus_grpc import tracing
+from nexus_grpc.cache import CacheManager
+from nexus_grpc.storage import RECORDS_TABLE, Storage
+from nexus_grpc.storage.engine import Database
+from tests.tracing._memory import of_kind, parent_id, recording
+
+SECRET = "customer-7f3a"  # a value that must never appear in a span
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    with recording() as exporter:
+        yield exporter
+
+
+async def _store_and_read(storage: Storage) -> int:
+    """Create, read and list an order inside a span "call"; the call's span id."""
+    orders = storage.namespace("plugins/business/orders").repository(orders_pb2.Order)
+    with tracing.tracer().start_as_current_span("call") as call:
+        created = await orders.create(orders_pb2.Order(customer_id=SECRET))
+        assert await orders.get(created.id) is not None
+        await orders.list(filter={"customer_id": SECRET})
+    return call.get_span_context().span_id
+
+
+def _no_values(exporter: InMemorySpanExporter) -> None:
+    for span in of_kind(exporter, SpanKind.CLIENT):
+        assert SECRET not in repr(dict(span.attributes or {})), span.name
+
+
+async def test_sqlite_statements_are_client_spans_of_the_calling_span(
+    spans: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    async with await Storage.connect(f"sqlite:///{tmp_path}/nexus.db") as storage:
+        spans.clear()  # the schema creation
+        call = await _store_and_read(storage)
+
+    statements = [s for s in of_kind(spans, SpanKind.CLIENT) if parent_id(s) == call]
+    operations = [s.attributes["db.operation.name"] for s in statements if s.attributes]
+    # Run on the driver's threads: the caller's context went with each statement.
+    assert {"INSERT", "SELECT"} <= set(operations)
+    insert = next(s for s in statements if s.name == f"INSERT {RECORDS_TABLE}")
+    attributes = dict(insert.attributes or {})
+    assert attributes["db.system.name"] == "sqlite"
+    assert attributes["db.collection.name"] == RECORDS_TABLE
+    assert attributes["db.namespace"] == "nexus.db"
+    assert "?" in str(attributes["db.query.text"])  # placeholders, not values
+    assert "server.address" not in attributes
+    _no_values(spans)
+
+
+async def test_postgresql_statements_carry_the_server_and_placeholders(
+    spans: InMemorySpanExporter, postgres_url: str
+) -> None:
+    async with await Storage.connect(postgres_url) as storage:
+        call = await _store_and_read(storage)
+
+    statements = [s for s in of_kind(spans, SpanKind.CLIENT) if parent_id(s) == call]
+    select = next(s for s in statements if s.name == f"SELECT {RECORDS_TABLE}")
+    attributes = dict(select.attributes or {})
+    assert attributes["db.system.name"] == "postgresql"
+    assert attributes["server.address"] and isinstance(attributes["server.port"], int)
+    assert "$1" in str(attributes["db.query.text"])
+    _no_values(spans)
+
+
+async def test_a_failing_statement_is_an_error_span_without_the_driver_message(
+    spans: InMemorySpanExporter, postgres_url: str
+) -> None:
+    database = await Database.open(postgres_url)
+    try:
+        with pytest.raises(ProgrammingError):
+            async with database.transaction(write=False) as conn:
+                await conn.execute(text(f"SELECT '{SECRET}' FROM does_not_exist"))
+    finally:
+        await database.close()
+    failed = [
+        s for s in of_kind(spans, SpanKind.CLIENT) if s.status.status_code is StatusCode.ERROR
+    ]
+    assert len(failed) == 1
+    assert failed[0].attributes is not None
+    assert failed[0].attributes["error.type"] == "ProgrammingError"
+    assert failed[0].attributes["db.response.status_code"] == "42P01"  # undefined table
+    assert SECRET not in (failed[0].status.description or "")
+
+
+async def test_mongodb_commands_are_client_spans_without_their_documents(
+    spans: InMemorySpanExporter, mongo_url: str
+) -> None:
+    async with await Storage.connect(mongo_url) as storage:
+        call = await _store_and_read(storage)
+
+    commands = [s for s in of_kind(spans, SpanKind.CLIENT) if parent_id(s) == call]
+    names = {s.attributes["db.operation.name"] for s in commands if s.attributes}
+    assert {"insert", "find"} <= names
+    find = next(s for s in commands if s.attributes and s.attributes["db.operation.name"] == "find")
+    attributes = dict(find.attributes or {})
+    assert attributes["db.system.name"] == "mongodb"
+    assert attributes["db.collection.name"]
+    assert attributes["server.address"] and "db.query.text" not in attributes
+    _no_values(spans)
+
+
+async def test_each_redis_cache_operation_is_one_client_span(
+    spans: InMemorySpanExporter, redis_url: str
+) -> None:
+    manager = CacheManager(redis_url)
+    try:
+        cache = manager.for_namespace("plugins/business/orders")  # not started: no L1
+        with tracing.tracer().start_as_current_span("call") as call:
+            await cache.set(SECRET, b"value", ttl=30)
+            await cache.get(SECRET)
+    finally:
+        await manager.close()
+    call_id = call.get_span_context().span_id
+    redis = [s for s in of_kind(spans, SpanKind.CLIENT) if parent_id(s) == call_id]
+    assert [s.name for s in redis] == ["SET PUBLISH", "GET PTTL"]  # one per pipeline
+    attributes = dict(redis[0].attributes or {})
+    assert attributes["db.system.name"] == "redis" and attributes["server.port"]
+    _no_values(spans)
+
+
+async def test_with_tracing_off_no_span_is_made(tmp_path: Path) -> None:
+    with recording() as exporter:
+        pass  # tracing is off again when the storage is opened
+    async with await Storage.connect(f"sqlite:///{tmp_path}/nexus.db") as storage:
+        await _store_and_read(storage)
+    assert exporter.get_finished_spans() == ()
