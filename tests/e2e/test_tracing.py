@@ -41,11 +41,18 @@ def otlp_receiver() -> Iterator[TraceReceiver]:
     yield from receiving()
 
 
-@pytest.fixture
+@pytest.fixture(params=["grpc", "http/protobuf"])
 def two_hosts(
-    tmp_path: Path, probe_stubs: Path, own_redis: OwnRedis, otlp_receiver: TraceReceiver
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    probe_stubs: Path,
+    own_redis: OwnRedis,
+    otlp_receiver: TraceReceiver,
 ) -> Iterator[tuple[ServeProcess, ServeProcess]]:
-    """("shop": orders, "stock": inventory), tracing to ``otlp_receiver``."""
+    """("shop": orders, "stock": inventory), tracing to ``otlp_receiver`` over each
+    OTLP protocol."""
+    protocol = request.param
+    address = otlp_receiver.address if protocol == "grpc" else otlp_receiver.http_address
     started: list[ServeProcess] = []
 
     def start(disabled: str) -> ServeProcess:
@@ -58,8 +65,8 @@ def two_hosts(
             NEXUS_EVENTS__REDIS_URL=own_redis.url,
             NEXUS_LOG__ACCESS="false",
             OTEL_TRACES_EXPORTER="otlp",
-            OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
-            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{otlp_receiver.address}",
+            OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{address}",
             OTEL_SERVICE_NAME="nexus-e2e",
             OTEL_BSP_SCHEDULE_DELAY="100",  # milliseconds: export soon after each span
         )
@@ -68,6 +75,7 @@ def two_hosts(
 
     try:
         yield start("inventory"), start("orders")
+        assert otlp_receiver.exports[protocol] > 0  # the spans came over that protocol
     finally:
         for serve in started:
             serve.close()
