@@ -44,6 +44,7 @@ from nexus_grpc.storage.metrics import StorageMetrics
 from nexus_grpc.storage.opening import open_storage
 from nexus_grpc.tls import TLS_HEALTH, ClientDirectory, TlsExpiryMetrics, TlsService
 from nexus_grpc.tls.material import check_config, plaintext_exposed
+from nexus_grpc.tracing import enabled as tracing_enabled
 from nexus_grpc.tracing.setup import Tracing, start_tracing
 from nexus_grpc.transport.allow_list import NetworkStage, RefusedConnections
 from nexus_grpc.transport.grpc_server import create_server
@@ -337,7 +338,7 @@ class Host:
             access=AccessStage(audit, shadow=self.config.auth.shadow_mode),
             admin_audit=AdminAuditStage(audit),
             validation=ValidationStage(),
-            tracing=self._tracing is not None,
+            tracing=tracing_enabled(),
         )
 
     def _client_directory(self) -> ClientDirectory | None:
