@@ -1,8 +1,9 @@
 """CLIENT spans of MongoDB commands, from PyMongo's command monitoring.
 
 PyMongo calls the listener in the task that sends the command, so each span is a child
-of that task's current span. A span holds the command name, collection, database and
-server, never the command document: filters and updates hold user data.
+of that task's current span (none is made outside traced work: see ``spans``). A span
+holds the command name, collection, database and server, never the command document:
+filters and updates hold user data.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from opentelemetry.trace import Span
 from pymongo import monitoring
 
-from .spans import fail, start_client_span
+from .spans import fail, in_traced_work, start_client_span
 
 __all__ = ["CommandSpans"]
 
@@ -27,7 +28,7 @@ class CommandSpans(monitoring.CommandListener):
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         """Start the command's span."""
         name = event.command_name
-        if name in _SKIPPED:
+        if name in _SKIPPED or not in_traced_work():
             return
         target = event.command.get("collection" if name == "getMore" else name)
         host, port = event.connection_id

@@ -7,8 +7,12 @@ Redis), a child of the span current when it was sent: ``db.system.name``,
 placeholders (``?``, ``$1``) and never a bound value; MongoDB and Redis spans carry no
 query text at all (a filter or a key holds user data), only the command name.
 
-Everything here is installed only when :func:`nexus_grpc.tracing.enabled` at the time
-the engine or client is created: with tracing off no listener exists.
+Spans are made only inside a recording span (a call, an event handler, a publish):
+the host's background work (the outbox relay's sweep every second, inbox pruning,
+health probes) would otherwise start a trace of its own every few seconds, burying
+the traces of requests. Everything here is installed only when
+:func:`nexus_grpc.tracing.enabled` at the time the engine or client is created: with
+tracing off no listener exists.
 """
 
 from __future__ import annotations
@@ -17,13 +21,22 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import Connection, ExceptionContext, ExecutionContext
 
 from nexus_grpc import tracing
 
-__all__ = ["client_span", "instrument_sql_engine", "server_of_redis", "sql_operation"]
+__all__ = [
+    "client_span",
+    "fail",
+    "in_traced_work",
+    "instrument_sql_engine",
+    "server_of_redis",
+    "sql_operation",
+    "start_client_span",
+]
 
 #: Attribute of a SQLAlchemy execution context holding its statement's span.
 _SPAN_KEY = "_nexus_span"
@@ -56,6 +69,11 @@ def _span_name(system: str, operation: str, collection: str | None) -> str:
     if operation and collection:
         return f"{operation} {collection}"
     return operation or system
+
+
+def in_traced_work() -> bool:
+    """Whether a recording span is current: only then are command spans made."""
+    return trace.get_current_span().is_recording()
 
 
 def start_client_span(
@@ -99,8 +117,12 @@ def client_span(
     namespace: str | None = None,
     server: Server | None = None,
     query: str | None = None,
-) -> Iterator[Span]:
-    """A CLIENT span around one database command, failed when the block raises."""
+) -> Iterator[Span | None]:
+    """A CLIENT span around one database command, failed when the block raises; no
+    span (None) outside traced work."""
+    if not in_traced_work():
+        yield None
+        return
     span = start_client_span(
         system, operation, collection=collection, namespace=namespace, server=server, query=query
     )
@@ -157,7 +179,7 @@ def instrument_sql_engine(
         context: ExecutionContext | None,
         executemany: bool,
     ) -> None:
-        if context is None:
+        if context is None or not in_traced_work():
             return
         span = start_client_span(
             system,

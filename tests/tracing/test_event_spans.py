@@ -4,7 +4,7 @@ outbox too), CONSUMER spans linked to the publish, on the memory and Redis buses
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,16 +20,17 @@ from nexus_grpc.events.redis_bus import RedisBus
 from nexus_grpc.events.tracing import ATTEMPT_ATTRIBUTE
 from nexus_grpc.storage import Storage
 from tests.fixtures.redis import OwnRedis
-from tests.tracing._memory import of_kind, parent_id, recording
+from tests.tracing._memory import of_kind, parent_id
+from tests.tracing.conftest import Spans
 
 EVENT = inventory_pb2.StockReserved.DESCRIPTOR.full_name
 DECLARED = frozenset({EVENT})
 
 
 @pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    with recording() as exporter:
-        yield exporter
+def memory(spans: Spans) -> InMemorySpanExporter:
+    """The in-memory exporter of the ``spans`` fixture (tracing on for the test)."""
+    return spans.exporter
 
 
 async def eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:
@@ -89,7 +90,7 @@ def check_flow(
 
 
 async def test_memory_bus_handler_runs_are_consumer_spans_linked_to_the_publish(
-    spans: InMemorySpanExporter,
+    memory: InMemorySpanExporter,
 ) -> None:
     bus = MemoryBus(backoff=0.01)
     deliveries: list[Delivery] = []
@@ -97,10 +98,10 @@ async def test_memory_bus_handler_runs_are_consumer_spans_linked_to_the_publish(
     await bus.start()
     try:
         call, envelope = await publish_in_a_call(bus, Publisher(bus, "inventory", DECLARED))
-        await eventually(lambda: len(named(spans, f"process {EVENT}")) == 2)
+        await eventually(lambda: len(named(memory, f"process {EVENT}")) == 2)
     finally:
         await bus.stop(grace=1)
-    first, second = check_flow(spans, call, envelope, "nexus.memory")
+    first, second = check_flow(memory, call, envelope, "nexus.memory")
     assert first.attributes is not None and second.attributes is not None
     assert (first.attributes[ATTEMPT_ATTRIBUTE], second.attributes[ATTEMPT_ATTRIBUTE]) == (1, 2)
     assert first.status.status_code is StatusCode.ERROR
@@ -108,7 +109,7 @@ async def test_memory_bus_handler_runs_are_consumer_spans_linked_to_the_publish(
 
 
 async def test_redis_bus_publish_has_its_xadd_and_the_consumer_links_to_it(
-    spans: InMemorySpanExporter, own_redis: OwnRedis
+    memory: InMemorySpanExporter, own_redis: OwnRedis
 ) -> None:
     bus = RedisBus(own_redis.url, block=0.2, backoff=0.01)
     deliveries: list[Delivery] = []
@@ -117,20 +118,20 @@ async def test_redis_bus_publish_has_its_xadd_and_the_consumer_links_to_it(
     try:
         await asyncio.sleep(0.3)  # the group is created at "$": let the worker join first
         call, envelope = await publish_in_a_call(bus, Publisher(bus, "inventory", DECLARED))
-        await eventually(lambda: len(named(spans, f"process {EVENT}")) == 2)
+        await eventually(lambda: len(named(memory, f"process {EVENT}")) == 2)
     finally:
         await bus.stop(grace=1)
-    consumers = check_flow(spans, call, envelope, "nexus.redis")
+    consumers = check_flow(memory, call, envelope, "nexus.redis")
     attempts = [span.attributes[ATTEMPT_ATTRIBUTE] for span in consumers if span.attributes]
     assert attempts == [1, 2]  # Redis's delivery count
-    (publish,) = named(spans, f"publish {EVENT}")
-    (xadd,) = [s for s in of_kind(spans, SpanKind.CLIENT) if s.name.startswith("XADD")]
+    (publish,) = named(memory, f"publish {EVENT}")
+    (xadd,) = [s for s in of_kind(memory, SpanKind.CLIENT) if s.name.startswith("XADD")]
     assert publish.context is not None and parent_id(xadd) == publish.context.span_id
     assert xadd.attributes is not None and xadd.attributes["db.system.name"] == "redis"
 
 
 async def test_the_trace_context_survives_the_outbox(
-    spans: InMemorySpanExporter, tmp_path: Path
+    memory: InMemorySpanExporter, tmp_path: Path
 ) -> None:
     bus = MemoryBus()
     handled: list[Envelope] = []
@@ -160,14 +161,14 @@ async def test_the_trace_context_survives_the_outbox(
             await eventually(lambda: len(handled) == 1)
         finally:
             await bus.stop(grace=1)
-    (publish,) = named(spans, f"publish {EVENT}")
-    (consumer,) = named(spans, f"process {EVENT}")
+    (publish,) = named(memory, f"publish {EVENT}")
+    (consumer,) = named(memory, f"process {EVENT}")
     assert publish.context is not None
     assert [link.context.span_id for link in consumer.links] == [publish.context.span_id]
 
 
 async def test_an_event_without_trace_context_gets_a_root_consumer_span(
-    spans: InMemorySpanExporter,
+    memory: InMemorySpanExporter,
 ) -> None:
     bus = MemoryBus()
     handled: list[str] = []
@@ -185,7 +186,7 @@ async def test_an_event_without_trace_context_gets_a_root_consumer_span(
         await eventually(lambda: handled == ["o-3"])
     finally:
         await bus.stop(grace=1)
-    (consumer,) = named(spans, f"process {EVENT}")
+    (consumer,) = named(memory, f"process {EVENT}")
     assert consumer.parent is None and list(consumer.links) == []
 
 

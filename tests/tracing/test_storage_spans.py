@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,16 @@ from nexus_grpc import tracing
 from nexus_grpc.cache import CacheManager
 from nexus_grpc.storage import RECORDS_TABLE, Storage
 from nexus_grpc.storage.engine import Database
-from tests.tracing._memory import of_kind, parent_id, recording
+from tests.tracing._memory import of_kind, parent_id
+from tests.tracing.conftest import Spans
 
 SECRET = "customer-7f3a"  # a value that must never appear in a span
 
 
 @pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    with recording() as exporter:
-        yield exporter
+def memory(spans: Spans) -> InMemorySpanExporter:
+    """The in-memory exporter of the ``spans`` fixture (tracing on for the test)."""
+    return spans.exporter
 
 
 async def _store_and_read(storage: Storage) -> int:
@@ -43,13 +43,13 @@ def _no_values(exporter: InMemorySpanExporter) -> None:
 
 
 async def test_sqlite_statements_are_client_spans_of_the_calling_span(
-    spans: InMemorySpanExporter, tmp_path: Path
+    memory: InMemorySpanExporter, tmp_path: Path
 ) -> None:
     async with await Storage.connect(f"sqlite:///{tmp_path}/nexus.db") as storage:
-        spans.clear()  # the schema creation
+        memory.clear()  # the schema creation
         call = await _store_and_read(storage)
 
-    statements = [s for s in of_kind(spans, SpanKind.CLIENT) if parent_id(s) == call]
+    statements = [s for s in of_kind(memory, SpanKind.CLIENT) if parent_id(s) == call]
     operations = [s.attributes["db.operation.name"] for s in statements if s.attributes]
     # Run on the driver's threads: the caller's context went with each statement.
     assert {"INSERT", "SELECT"} <= set(operations)
@@ -60,36 +60,36 @@ async def test_sqlite_statements_are_client_spans_of_the_calling_span(
     assert attributes["db.namespace"] == "nexus.db"
     assert "?" in str(attributes["db.query.text"])  # placeholders, not values
     assert "server.address" not in attributes
-    _no_values(spans)
+    _no_values(memory)
 
 
 async def test_postgresql_statements_carry_the_server_and_placeholders(
-    spans: InMemorySpanExporter, postgres_url: str
+    memory: InMemorySpanExporter, postgres_url: str
 ) -> None:
     async with await Storage.connect(postgres_url) as storage:
         call = await _store_and_read(storage)
 
-    statements = [s for s in of_kind(spans, SpanKind.CLIENT) if parent_id(s) == call]
+    statements = [s for s in of_kind(memory, SpanKind.CLIENT) if parent_id(s) == call]
     select = next(s for s in statements if s.name == f"SELECT {RECORDS_TABLE}")
     attributes = dict(select.attributes or {})
     assert attributes["db.system.name"] == "postgresql"
     assert attributes["server.address"] and isinstance(attributes["server.port"], int)
     assert "$1" in str(attributes["db.query.text"])
-    _no_values(spans)
+    _no_values(memory)
 
 
 async def test_a_failing_statement_is_an_error_span_without_the_driver_message(
-    spans: InMemorySpanExporter, postgres_url: str
+    memory: InMemorySpanExporter, postgres_url: str
 ) -> None:
     database = await Database.open(postgres_url)
     try:
-        with pytest.raises(ProgrammingError):
+        with pytest.raises(ProgrammingError), tracing.tracer().start_as_current_span("call"):
             async with database.transaction(write=False) as conn:
                 await conn.execute(text(f"SELECT '{SECRET}' FROM does_not_exist"))
     finally:
         await database.close()
     failed = [
-        s for s in of_kind(spans, SpanKind.CLIENT) if s.status.status_code is StatusCode.ERROR
+        s for s in of_kind(memory, SpanKind.CLIENT) if s.status.status_code is StatusCode.ERROR
     ]
     assert len(failed) == 1
     assert failed[0].attributes is not None
@@ -99,12 +99,12 @@ async def test_a_failing_statement_is_an_error_span_without_the_driver_message(
 
 
 async def test_mongodb_commands_are_client_spans_without_their_documents(
-    spans: InMemorySpanExporter, mongo_url: str
+    memory: InMemorySpanExporter, mongo_url: str
 ) -> None:
     async with await Storage.connect(mongo_url) as storage:
         call = await _store_and_read(storage)
 
-    commands = [s for s in of_kind(spans, SpanKind.CLIENT) if parent_id(s) == call]
+    commands = [s for s in of_kind(memory, SpanKind.CLIENT) if parent_id(s) == call]
     names = {s.attributes["db.operation.name"] for s in commands if s.attributes}
     assert {"insert", "find"} <= names
     find = next(s for s in commands if s.attributes and s.attributes["db.operation.name"] == "find")
@@ -112,11 +112,11 @@ async def test_mongodb_commands_are_client_spans_without_their_documents(
     assert attributes["db.system.name"] == "mongodb"
     assert attributes["db.collection.name"]
     assert attributes["server.address"] and "db.query.text" not in attributes
-    _no_values(spans)
+    _no_values(memory)
 
 
 async def test_each_redis_cache_operation_is_one_client_span(
-    spans: InMemorySpanExporter, redis_url: str
+    memory: InMemorySpanExporter, redis_url: str
 ) -> None:
     manager = CacheManager(redis_url)
     try:
@@ -127,16 +127,38 @@ async def test_each_redis_cache_operation_is_one_client_span(
     finally:
         await manager.close()
     call_id = call.get_span_context().span_id
-    redis = [s for s in of_kind(spans, SpanKind.CLIENT) if parent_id(s) == call_id]
+    redis = [s for s in of_kind(memory, SpanKind.CLIENT) if parent_id(s) == call_id]
     assert [s.name for s in redis] == ["SET PUBLISH", "GET PTTL"]  # one per pipeline
     attributes = dict(redis[0].attributes or {})
     assert attributes["db.system.name"] == "redis" and attributes["server.port"]
-    _no_values(spans)
+    _no_values(memory)
 
 
-async def test_with_tracing_off_no_span_is_made(tmp_path: Path) -> None:
-    with recording() as exporter:
-        pass  # tracing is off again when the storage is opened
+async def test_statement_listeners_exist_only_with_tracing_on(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    async def listeners() -> tuple[bool, int]:
+        database = await Database.open(f"sqlite:///{tmp_path}/nexus.db")
+        try:
+            driver = database._sqlite
+            assert driver is not None
+            return driver.carry_context, len(driver.engine.dispatch.before_cursor_execute)
+        finally:
+            await database.close()
+
+    assert not tracing.enabled()
+    assert await listeners() == (False, 0)
+    request.getfixturevalue("spans")  # tracing on from here
+    assert await listeners() == (True, 1)
+
+
+async def test_statements_outside_traced_work_make_no_spans(
+    memory: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    # The outbox relay, inbox pruning and health probes run outside any call: a trace
+    # of their own for each sweep would bury the requests' traces.
     async with await Storage.connect(f"sqlite:///{tmp_path}/nexus.db") as storage:
-        await _store_and_read(storage)
-    assert exporter.get_finished_spans() == ()
+        orders = storage.namespace("plugins/business/orders").repository(orders_pb2.Order)
+        await orders.create(orders_pb2.Order(customer_id=SECRET))
+        await orders.list()
+    assert of_kind(memory, SpanKind.CLIENT) == []
