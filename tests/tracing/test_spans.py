@@ -13,6 +13,7 @@ from nexus.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
+from nexus_grpc.config import HttpConfig
 from nexus_grpc.gateway.grpcweb import decode_frames, encode_frame
 from nexus_grpc.logs import JsonFormatter, TextFormatter
 from nexus_grpc.plugins.services import Services
@@ -231,3 +232,23 @@ async def test_with_tracing_off_the_pipeline_has_no_tracing_stage(tmp_path: Path
             "nexus.test", logging.INFO, __file__, 1, "off", (), None
         )
         assert not hasattr(record, "trace_id")
+
+
+async def test_rest_span_has_the_http_status_the_gateway_answered(
+    tmp_path: Path, spans: Spans
+) -> None:
+    async with (
+        running_host(
+            plugins=["inventory"], data_dir=tmp_path, http=HttpConfig(max_body_bytes=64)
+        ) as running,
+        httpx.AsyncClient(base_url=running.http_url) as client,
+    ):
+        response = await client.put(
+            "/v1/stock/PEN-7",
+            json={"available": 1, "padding": "x" * 200},
+            headers={"authorization": f"Bearer {running.token()}"},
+        )
+    assert response.status_code == 413
+    attributes = dict(spans.one(SET_STOCK).attributes or {})
+    assert attributes["http.response.status_code"] == 413
+    assert attributes["http.route"] == "/v1/stock/{sku}"
