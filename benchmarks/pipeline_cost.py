@@ -18,6 +18,13 @@ only the stages' own work. A stage that would suspend is reported as an error.
     .venv/bin/python -m benchmarks.pipeline_cost
     .venv/bin/python -m benchmarks.pipeline_cost --repeat 7 --min-time 0.5
 
+Then the same pipeline with tracing on (``--no-tracing`` skips it): an OpenTelemetry SDK
+provider sampling every call (100%, ``ALWAYS_ON``) through a ``BatchSpanProcessor``
+into an exporter that drops the spans, as the host sets one up, so the cost is the
+server span per call (started, attributes set, ended, queued) and the refusal
+wrappers, not an exporter's I/O; its worker thread runs during the timing, as it
+would in a server.
+
 Besides the table: what verifying the token costs without nexus's cache, what PyJWT's
 ``jwt.decode`` costs (what the FastAPI+JWT and grpc.aio+JWT baselines do on every
 request), and what the request id the observe stage generates costs (``uuid4().hex``).
@@ -171,7 +178,9 @@ def time_call(call: Callable[[], Any], repeat: int, min_time: float) -> tuple[fl
     return min(runs), runs
 
 
-async def measure(repeat: int, min_time: float, workdir: Path) -> dict[str, Any]:
+async def measure(
+    repeat: int, min_time: float, workdir: Path, *, tracing: bool = True
+) -> dict[str, Any]:
     """Build the host's stages and time them one by one; the results as a dict."""
     secret_file = workdir / "jwt-hs256.key"
     secret = secrets.token_bytes(64)
@@ -208,9 +217,12 @@ async def measure(repeat: int, min_time: float, workdir: Path) -> dict[str, Any]
         stages: list[Stage] = Host(config)._build_stages(verifier, sessions, audit)
         rows = await _time_stages(stages, token, repeat, min_time)
         extras = await _time_verification(keys, config.auth, token, secret, repeat, min_time)
+        traced = None
+        if tracing:
+            traced = await _time_tracing(config, verifier, sessions, audit, token, repeat, min_time)
     finally:
         await storage.close()
-    return {
+    result: dict[str, Any] = {
         "method": PATH,
         "repeat": repeat,
         "min_time_s": min_time,
@@ -218,13 +230,65 @@ async def measure(repeat: int, min_time: float, workdir: Path) -> dict[str, Any]
         "pipeline_us": rows[-1].best_us - rows[0].best_us,
         "verification": extras,
     }
+    if traced is not None:
+        traced["extra_us"] = traced["pipeline_us"] - result["pipeline_us"]
+        result["tracing"] = traced
+    return result
+
+
+async def _time_tracing(
+    config: Config,
+    verifier: TokenVerifier,
+    sessions: SessionGuard,
+    audit: AuditLog,
+    token: str,
+    repeat: int,
+    min_time: float,
+) -> dict[str, Any]:
+    """The whole pipeline with tracing on: 100% sampling, batch processor, spans dropped."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    from nexus_grpc.tracing._state import set_tracer
+    from nexus_grpc.tracing.setup import install
+
+    class Dropping(SpanExporter):
+        """Counts the spans the batch processor hands over, and drops them."""
+
+        exported = 0
+
+        def export(self, spans: Any) -> SpanExportResult:
+            self.exported += len(spans)
+            return SpanExportResult.SUCCESS
+
+    exporter = Dropping()
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    install(provider)
+    try:
+        stages: list[Stage] = Host(config)._build_stages(verifier, sessions, audit)
+        names = [type(stage).__name__ for stage in stages]
+        rows = await _time_stages(stages, token, repeat, min_time, only_ends=True)
+    finally:
+        set_tracer(None)
+        provider.shutdown()
+    return {
+        "stages": names,
+        "pipeline_us": rows[-1].best_us - rows[0].best_us,
+        "handler_us": rows[0].best_us,
+        "all_stages_us": rows[-1].best_us,
+        "spans_exported": exporter.exported,
+    }
 
 
 async def _owns(check: Any) -> bool:
     raise AssertionError("ownership lookup with scope all: the measurement is not what it says")
 
 
-async def _time_stages(stages: list[Stage], token: str, repeat: int, min_time: float) -> list[Row]:
+async def _time_stages(
+    stages: list[Stage], token: str, repeat: int, min_time: float, *, only_ends: bool = False
+) -> list[Row]:
     descriptor = orders_pb2.DESCRIPTOR.services_by_name[SERVICE].methods_by_name[METHOD]
     info = MethodInfo(
         PATH,
@@ -244,7 +308,8 @@ async def _time_stages(stages: list[Stage], token: str, repeat: int, min_time: f
         return response
 
     rows: list[Row] = []
-    for count in range(len(stages) + 1):
+    counts = (0, len(stages)) if only_ends else range(len(stages) + 1)
+    for count in counts:
         handler: CallHandler = chain(stages[:count], info, get_order)
         if count == 0:
             name, stage_name, bound = "handler alone (no-op GetOrder)", "", True
@@ -335,6 +400,12 @@ def render(result: dict[str, Any], load: dict[str, Any] | None) -> str:
         note = "" if row["bound"] else "  (not bound: returns next)"
         lines.append(f"{row['name']:<{width}} {row['best_us']:8.2f} {marginal:>9}{note}")
     lines += [rule, f"{total:<{width}} {result['pipeline_us']:8.2f}"]
+    traced = result.get("tracing")
+    if traced is not None:
+        label = "pipeline with tracing on (100% sampled, batch, dropped)"
+        lines += [
+            f"{label:<{width}} {traced['pipeline_us']:8.2f} {traced['extra_us']:9.2f}",
+        ]
     lines += ["", "for comparison, us per call:"]
     lines += [f"  {label:<{width - 2}} {verification[key]:8.2f}" for label, key in extras]
     if load is not None:
@@ -366,11 +437,14 @@ def main() -> int:
         "--min-time", type=float, default=0.15, help="seconds each timeit run lasts (about)"
     )
     parser.add_argument("--json", type=Path, default=RESULTS_FILE, help="where results go")
+    parser.add_argument("--no-tracing", action="store_true", help="skip the tracing-on measurement")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print("pipeline cost: timing the host's stages one by one", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="nexus-pipeline-cost-") as temp:
-        result = asyncio.run(measure(args.repeat, args.min_time, Path(temp)))
+        result = asyncio.run(
+            measure(args.repeat, args.min_time, Path(temp), tracing=not args.no_tracing)
+        )
     load = None
     with contextlib.suppress(OSError, ValueError):
         load = json.loads(LOAD_RESULTS_FILE.read_text())

@@ -33,6 +33,7 @@ __all__ = [
     "ServerConfig",
     "StorageConfig",
     "TlsConfig",
+    "TracingConfig",
     "load_config",
 ]
 
@@ -422,6 +423,38 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry tracing, off by default. The standard ``OTEL_*`` variables
+    (``OTEL_TRACES_EXPORTER``, ``OTEL_EXPORTER_OTLP_ENDPOINT``, ...) win over these keys;
+    see :mod:`nexus_grpc.tracing.otel_env`."""
+
+    #: Record and export a span per call (OTEL_TRACES_EXPORTER=otlp|console turns it on
+    #: too; OTEL_TRACES_EXPORTER=none or OTEL_SDK_DISABLED=true turn it off).
+    enabled: bool = False
+    #: otlp (an OpenTelemetry collector, Jaeger, Tempo...), console (stdout) or none.
+    exporter: str = "otlp"
+    #: OTLP base URL: for grpc the collector itself (default http://localhost:4317), for
+    #: http/protobuf the base that /v1/traces is appended to (default http://localhost:4318).
+    endpoint: str = ""
+    #: Full OTLP traces URL, used as given; overrides endpoint.
+    traces_endpoint: str = ""
+    #: OTLP transport: grpc or http/protobuf.
+    protocol: str = "grpc"
+    #: Export request headers as "name=value" (an API key of a hosted backend, ...).
+    headers: tuple[str, ...] = ()
+    #: Seconds one export may take.
+    timeout: float = 10.0
+    #: service.name of every span.
+    service_name: str = "nexus"
+    #: More resource attributes as "key=value" (deployment.environment.name=prod, ...).
+    resource_attributes: tuple[str, ...] = ()
+    #: always_on, always_off, traceidratio, or parentbased_ + one of them.
+    sampler: str = "parentbased_always_on"
+    #: Fraction of traces kept by the traceidratio samplers, 0 to 1.
+    sampler_arg: float = 1.0
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the host reads at start-up."""
 
@@ -436,6 +469,7 @@ class Config:
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     #: Per-plugin settings: ``[plugin.orders]`` becomes the orders plugin's config.
     plugin: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -458,6 +492,16 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "http.forwarded_header": ("x-forwarded-for", "forwarded"),
     "server.tls.min_version": ("1.2", "1.3"),
     "http.tls.min_version": ("1.2", "1.3"),
+    "tracing.exporter": ("otlp", "console", "none"),
+    "tracing.protocol": ("grpc", "http/protobuf"),
+    "tracing.sampler": (
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    ),
 }
 
 
@@ -479,9 +523,23 @@ def load_config(
     for name, value in sorted(env.items()):
         if name.startswith(ENV_PREFIX) and name not in NOT_CONFIG:
             _apply_env(raw, name, value)
+    # The standard OTEL_* variables configure tracing over [tracing] and NEXUS_TRACING__*.
+    from nexus_grpc.tracing.otel_env import otel_overrides
+
+    try:
+        overrides = otel_overrides(env)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if overrides:
+        tracing = raw.setdefault("tracing", {})
+        if not isinstance(tracing, dict):
+            raise ConfigError("tracing: expected a table")
+        for key, (variable, text) in overrides.items():
+            tracing[key] = _EnvText(variable, text)
     config = _build(Config, raw, "")
     assert isinstance(config, Config)
     _check_networks(config)
+    _check_tracing(config.tracing)
     # Imported here: the tls package reads this module's TlsConfig.
     from nexus_grpc.tls.material import check_config
 
@@ -502,6 +560,26 @@ def _check_networks(config: Config) -> None:
         parse_networks("http.trusted_proxies", config.http.trusted_proxies)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def _check_tracing(tracing: TracingConfig) -> None:
+    """Pairs are "key=value", the ratio is a fraction, endpoints are URLs."""
+    for key in ("headers", "resource_attributes"):
+        for pair in getattr(tracing, key):
+            name, sep, _ = pair.partition("=")
+            if not sep or not name.strip():
+                raise ConfigError(f'tracing.{key}: expected "key=value" entries, got {pair!r}')
+    if not 0.0 <= tracing.sampler_arg <= 1.0:
+        raise ConfigError(
+            f"tracing.sampler_arg: expected a fraction from 0 to 1, got {tracing.sampler_arg!r}"
+        )
+    for key in ("endpoint", "traces_endpoint"):
+        url = getattr(tracing, key)
+        if url and not url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"tracing.{key}: expected an http:// or https:// URL "
+                f"(e.g. http://localhost:4317), got {url!r}"
+            )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -44,6 +44,8 @@ from nexus_grpc.storage.metrics import StorageMetrics
 from nexus_grpc.storage.opening import open_storage
 from nexus_grpc.tls import TLS_HEALTH, ClientDirectory, TlsExpiryMetrics, TlsService
 from nexus_grpc.tls.material import check_config, plaintext_exposed
+from nexus_grpc.tracing import enabled as tracing_enabled
+from nexus_grpc.tracing.setup import Tracing, start_tracing
 from nexus_grpc.transport.allow_list import NetworkStage, RefusedConnections
 from nexus_grpc.transport.grpc_server import create_server
 from nexus_grpc.transport.health import OVERALL, HealthState
@@ -80,6 +82,8 @@ class Host:
         self._server: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
         self._plugins: PluginManager | None = None
+        #: The OpenTelemetry SDK, while tracing is on (config.tracing).
+        self._tracing: Tracing | None = None
         self._stopping: asyncio.Task[None] | None = None
         self.grpc_port = 0
         self.http_port = 0
@@ -203,6 +207,8 @@ class Host:
                 "server.require_tls = true refuses to start like this)",
                 exposed,
             )
+        # Before the pipeline is built: its tracing stages are bound only when on.
+        self._tracing = start_tracing(self.config.tracing)
         self.tls = tls = await asyncio.to_thread(TlsService, self.config)
         # Bind first: a taken port should fail before any plugin start hook runs.
         self._server, self.grpc_port = create_server(
@@ -332,6 +338,7 @@ class Host:
             access=AccessStage(audit, shadow=self.config.auth.shadow_mode),
             admin_audit=AdminAuditStage(audit),
             validation=ValidationStage(),
+            tracing=tracing_enabled(),
         )
 
     def _client_directory(self) -> ClientDirectory | None:
@@ -420,6 +427,10 @@ class Host:
             self.tokens.sessions.close()
         if self._buckets is not None:
             await self._buckets.aclose()
+        if self._tracing is not None:
+            # Last: the spans of the drain and of the plugins' stop hooks are exported too.
+            await asyncio.to_thread(self._tracing.shutdown)
+            self._tracing = None
 
     def _overall_serving(self) -> bool:
         if self._storage is None or not self.config.storage.gates_overall_health:

@@ -2,6 +2,8 @@
 
 The request id of the call being handled lives in a context variable, so every log
 line written while serving a call carries it without the handler passing it around.
+With tracing on, records written while a span is active also carry its ``trace_id``
+and ``span_id``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import logging
 import sys
 import time
 from typing import Any, TextIO
+
+from opentelemetry import trace
+
+from nexus_grpc.tracing import _state as _tracing_state
 
 __all__ = ["configure_logging", "current_request_id", "request_id_var"]
 
@@ -38,10 +44,21 @@ def _install_record_factory() -> None:
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
         record.request_id = request_id_var.get()
+        if _tracing_state._enabled:
+            _stamp_trace(record)
         return record
 
     factory.nexus_request_id = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(factory)
+
+
+def _stamp_trace(record: logging.LogRecord) -> None:
+    # The active span's ids, spelled as OTLP/W3C spell them (lower-case hex), so a log
+    # line leads to its trace in Jaeger or Tempo and back.
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        record.trace_id = format(context.trace_id, "032x")
+        record.span_id = format(context.span_id, "016x")
 
 
 _install_record_factory()

@@ -18,6 +18,7 @@ import grpc
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
+from nexus_grpc import tracing
 from nexus_grpc.config import HttpConfig
 from nexus_grpc.errors import StatusError
 from nexus_grpc.gateway.codec import JsonOptions, dumps
@@ -60,6 +61,8 @@ from nexus_grpc.pipeline.context import call_result, start_call
 from nexus_grpc.pipeline.observe import incoming_request_id
 from nexus_grpc.routing import Route, Router, RoutingTable
 from nexus_grpc.tls.identity import scope_auth_context
+from nexus_grpc.tracing.http import HttpCall
+from nexus_grpc.tracing.propagation import PROPAGATION_KEYS
 
 if TYPE_CHECKING:
     from nexus_grpc.pipeline.metrics import Metrics
@@ -131,6 +134,12 @@ class GatewayApp:
         )
         self._routes = self._build(router.table)
         router.on_change(self._rebuild)
+        #: Headers that become metadata; with tracing on, the W3C trace context too
+        #: (read once here: tracing is switched on before the gateway is built).
+        self._tracing = tracing.enabled()
+        self._forward = settings.forward_headers
+        if self._tracing:
+            self._forward = self._forward | PROPAGATION_KEYS
         from nexus_grpc.gateway.grpcweb import GrpcWebHandler
 
         self._grpc_web = GrpcWebHandler(router, settings)
@@ -253,6 +262,8 @@ class GatewayApp:
             )
         context = self._context(scope, writer=None)
         binding = gateway_route.binding
+        if self._tracing:
+            context.http_call = HttpCall(method, binding.template.source, scope["scheme"])
         if binding.client_streaming:
             requests = self._request_stream(scope, gateway_route, match.variables, receive, context)
             await self._call(route, gateway_route, requests, context, scope, receive, send, cors)
@@ -270,7 +281,7 @@ class GatewayApp:
         await self._call(route, gateway_route, request, context, scope, receive, send, cors)
 
     def _context(self, scope: Scope, writer: Any) -> GatewayContext:
-        metadata = metadata_from_headers(scope["headers"], self._settings.forward_headers)
+        metadata = metadata_from_headers(scope["headers"], self._forward)
         # The request id is settled here, not in the pipeline, so every response —
         # whatever the handler does to its trailing metadata — carries it.
         request_id = incoming_request_id(metadata)
@@ -403,15 +414,21 @@ class GatewayApp:
     ) -> None:
         status = status_of(context, code)
         headers = [(b"content-type", JSON), *cors, *metadata_headers(context)]
-        answer = http_status(code)
-        if code in _MAY_CARRY_HTTP_STATUS:
-            answer = _own_http_status(status, answer)
+        answer = answer_status(status, code)
         if code == grpc.StatusCode.UNAUTHENTICATED:
             headers.append((b"www-authenticate", b'Bearer realm="nexus"'))
         retry_after = _retry_after(status)
         if retry_after:
             headers.append((b"retry-after", retry_after.encode()))
         await send_response(send, answer, headers, dumps(status_body(status)))
+
+
+def answer_status(status: status_pb2.Status, code: grpc.StatusCode) -> int:
+    """The HTTP status of a REST call that ended with ``code`` and ``status``."""
+    answer = http_status(code)
+    if code in _MAY_CARRY_HTTP_STATUS:
+        answer = _own_http_status(status, answer)
+    return answer
 
 
 def _own_http_status(status: status_pb2.Status, default: int) -> int:

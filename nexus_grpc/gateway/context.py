@@ -10,10 +10,19 @@ plugins use too.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from nexus_grpc.pipeline.context import CallContext, Metadata
+
+if TYPE_CHECKING:
+    from nexus_grpc.tracing.http import HttpCall
 
 __all__ = ["GatewayContext", "Metadata"]
 
 
 class GatewayContext(CallContext):
     """``grpc.aio.ServicerContext`` for calls made over REST or gRPC-Web."""
+
+    #: The HTTP request's method, route template and scheme for the server span's
+    #: attributes; set by the gateway only while tracing is on.
+    http_call: HttpCall | None = None

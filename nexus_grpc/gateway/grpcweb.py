@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import grpc
 
+from nexus_grpc import tracing
 from nexus_grpc.bounded import MESSAGE_LIMIT, clip
 from nexus_grpc.errors import StatusError
 from nexus_grpc.gateway.context import GatewayContext
@@ -39,6 +40,7 @@ from nexus_grpc.pipeline.context import call_result, start_call
 from nexus_grpc.pipeline.decode import PendingRequest
 from nexus_grpc.routing import Router
 from nexus_grpc.tls.identity import scope_auth_context
+from nexus_grpc.tracing.http import HttpCall
 
 if TYPE_CHECKING:
     from nexus_grpc.gateway.app import GatewaySettings
@@ -111,6 +113,8 @@ class GrpcWebHandler:
     def __init__(self, router: Router, settings: GatewaySettings) -> None:
         self._router = router
         self._settings = settings
+        # Read once: tracing is switched on before the gateway is built.
+        self._tracing = tracing.enabled()
 
     async def handle(
         self, scope: Scope, receive: Receive, send: GuardedSend, cors: Headers
@@ -148,6 +152,8 @@ class GrpcWebHandler:
             ),
             auth_context=scope_auth_context(scope),
         )
+        if self._tracing:
+            context.http_call = HttpCall("POST", "", scope["scheme"])
         watcher: asyncio.Future[None] | None = None
 
         def body_read() -> None:

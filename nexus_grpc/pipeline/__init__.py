@@ -43,9 +43,13 @@ def build_stages(
     access: Stage | None = None,
     admin_audit: Stage | None = None,
     validation: Stage | None = None,
+    tracing: bool = False,
 ) -> list[Stage]:
     """The host's pipeline, outermost first.
 
+    - tracing (only when on): the call's server span, outermost so that every log
+      record of the call carries its trace id; the stages that can refuse a call
+      (auth, rate limit, access, validation) then record a refusal as a child span;
     - observe: request id and access log see everything, including the final status;
     - metrics: counts every call with the status the client gets;
     - errors: turns exceptions from anything below into statuses;
@@ -64,7 +68,18 @@ def build_stages(
     - validation: the contract's field rules, last, so only authorized callers learn
       what a valid request looks like.
     """
+    server_span: Stage | None = None
+    if tracing:
+        # Imported only when on: tracing off loads nothing of it.
+        from nexus_grpc.tracing.stage import RefusalSpans, ServerSpanStage
+
+        server_span = ServerSpanStage()
+        auth = RefusalSpans(auth, "auth") if auth is not None else None
+        rate_limit = RefusalSpans(rate_limit, "rate_limit") if rate_limit is not None else None
+        access = RefusalSpans(access, "access") if access is not None else None
+        validation = RefusalSpans(validation, "validation") if validation is not None else None
     ordered: list[Stage | None] = [
+        server_span,
         observe,
         metrics,
         ErrorStage(),

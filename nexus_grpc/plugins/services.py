@@ -36,7 +36,8 @@ Who calls — the rules of :meth:`Services._outgoing`:
 - ``authorization`` metadata passed to a call replaces both: the call is authenticated
   with that token, as over the network.
 - The request id of the current call (an event's correlation id in event handlers) is
-  sent as ``x-request-id``, so the callee's log lines carry it.
+  sent as ``x-request-id``, so the callee's log lines carry it; with tracing on, the
+  current span's W3C ``traceparent`` (and ``tracestate``, ``baggage``) too.
 
 The principal travels in an attribute of the host's own context object
 (:data:`~nexus_grpc.pipeline.auth.INPROC_PRINCIPAL`), never in metadata, so no network
@@ -50,6 +51,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, NamedTuple, TypeVar
 
+from nexus_grpc import tracing
 from nexus_grpc.auth.principal import Grant, Principal, principal_var
 from nexus_grpc.logs import current_request_id
 from nexus_grpc.pipeline.auth import INPROC_PRINCIPAL
@@ -200,6 +202,12 @@ class Services:
             request_id = current_request_id()
             if request_id:
                 sent.append(("x-request-id", request_id))
+        if tracing.enabled() and "traceparent" not in keys:
+            # The callee's server span is a child of the current span (the caller's
+            # call, or an event handler's span), as over the network.
+            carrier: dict[str, str] = {}
+            tracing.inject(carrier)
+            sent.extend(carrier.items())
         within = None
         principal: Principal | None
         if "authorization" in keys:

@@ -1,0 +1,207 @@
+"""The server span of every call, and short child spans for the stages that refuse one.
+
+Bound into the pipeline only when tracing is on (:func:`nexus_grpc.pipeline.build_stages`),
+outermost, so the access log line and every other record of the call carry its trace
+id. One stage serves every transport: gRPC, REST and gRPC-Web (the gateway marks its
+contexts with the HTTP request's method, route template and scheme) and in-process
+calls between plugins (whose metadata carries the caller's ``traceparent``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from nexus_grpc.errors import StatusError
+from nexus_grpc.pipeline.codes import as_code
+from nexus_grpc.routing import CallHandler, MethodInfo
+from nexus_grpc.tracing._state import tracer
+from nexus_grpc.tracing.http import HttpCall
+from nexus_grpc.tracing.propagation import extract_pairs
+
+__all__ = ["HttpCall", "RefusalSpans", "ServerSpanStage", "http_status_code"]
+
+#: Codes that are the server's fault, as the RPC semantic conventions list them for a
+#: server span; the others (a caller's mistake or a refusal) leave the status unset.
+_SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+# Marks an exception that passed down through a refusal-recording stage's ``next``.
+_PASSED = "_nexus_passed_stages"
+
+
+def http_status_code(context: Any, code: grpc.StatusCode) -> int:
+    """The HTTP status the gateway answers a call that ended with ``code`` with."""
+    from nexus_grpc.gateway.app import answer_status
+    from nexus_grpc.gateway.output import status_of
+
+    if code is grpc.StatusCode.OK:
+        return 200
+    # The gateway's own refusals (413, 414, 415) carry their HTTP status in the details.
+    return answer_status(status_of(context, code), code)
+
+
+class ServerSpanStage:
+    """A SERVER span per call, child of the caller's W3C trace context."""
+
+    def bind(self, method: MethodInfo, next: CallHandler) -> CallHandler:
+        """Wrap ``next`` in a span named ``pkg.Service/Method``."""
+        name = method.path.lstrip("/")
+        base = {
+            "rpc.system": "grpc",
+            "rpc.service": method.service,
+            "rpc.method": method.method,
+            "nexus.plugin": method.plugin,
+        }
+        get_tracer = tracer
+
+        async def traced(request: Any, context: Any) -> Any:
+            parent = extract_pairs(context.invocation_metadata())
+            attributes: dict[str, Any] = dict(base)
+            attributes["nexus.transport"] = getattr(context, "transport", "grpc")
+            http: HttpCall | None = getattr(context, "http_call", None)
+            if http is not None:
+                attributes["http.request.method"] = http.method
+                attributes["url.scheme"] = http.scheme
+                if http.route:
+                    attributes["http.route"] = http.route
+            span = get_tracer().start_span(
+                name, context=parent, kind=SpanKind.SERVER, attributes=attributes
+            )
+            token = otel_context.attach(trace.set_span_in_context(span, parent))
+            code: Any = grpc.StatusCode.OK
+            try:
+                result = await next(request, context)
+                code = context.code() or grpc.StatusCode.OK
+                return result
+            except asyncio.CancelledError:
+                code = _cancelled_code(context)
+                raise
+            except BaseException:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                _finish(span, as_code(code), context, http)
+                otel_context.detach(token)
+
+        return traced
+
+
+def _finish(span: Any, code: grpc.StatusCode, context: Any, http: HttpCall | None) -> None:
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if http is not None:
+        span.set_attribute("http.response.status_code", http_status_code(context, code))
+    if code in _SERVER_ERRORS:
+        span.set_attribute("error.type", code.name)
+        span.set_status(Status(StatusCode.ERROR, _details(context)))
+    span.end()
+
+
+def _details(context: Any) -> str | None:
+    details = getattr(context, "details", None)
+    try:
+        text = details() if callable(details) else None
+    except Exception:  # a context without readable details: the code says enough
+        return None
+    return text if isinstance(text, str) and text else None
+
+
+def _cancelled_code(context: Any) -> grpc.StatusCode:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
+class RefusalSpans:
+    """Wraps a stage that can refuse a call: a refusal becomes a short child span.
+
+    A call the stage lets through gets no span of its own (it costs one wrapper and a
+    clock read), so a normal call stays cheap; a refusal gets a span ``nexus.<stage>``
+    covering the stage's work, with the status code, the reason and the message.
+    """
+
+    def __init__(self, stage: Any, name: str) -> None:
+        self._stage = stage
+        self._name = name
+
+    def bind(self, method: MethodInfo, next: CallHandler) -> CallHandler:
+        """Bind the wrapped stage, recording its refusals for ``method``."""
+        mark = object()
+
+        async def passed(request: Any, context: Any) -> Any:
+            try:
+                return await next(request, context)
+            except BaseException as error:
+                # Whatever fails below this stage was not this stage's refusal.
+                _mark(error, mark)
+                raise
+
+        handler: CallHandler = self._stage.bind(method, passed)
+        if handler is passed:
+            return next  # the stage does not apply to this method: nothing to record
+        span_name = f"nexus.{self._name}"
+        stage_name = self._name
+
+        async def recording(request: Any, context: Any) -> Any:
+            started = time.time_ns()
+            try:
+                return await handler(request, context)
+            except BaseException as error:
+                if mark not in getattr(error, _PASSED, ()):
+                    _record_refusal(span_name, stage_name, started, error, context)
+                raise
+
+        return recording
+
+
+def _mark(error: BaseException, mark: object) -> None:
+    try:
+        marks = getattr(error, _PASSED, None)
+        if marks is None:
+            setattr(error, _PASSED, [mark])
+        else:
+            marks.append(mark)
+    except AttributeError:  # an exception type with __slots__: it is not a refusal record
+        pass
+
+
+def _record_refusal(
+    span_name: str, stage: str, started: int, error: BaseException, context: Any
+) -> None:
+    if isinstance(error, asyncio.CancelledError):
+        return  # the caller went away while the stage waited: not a refusal
+    if isinstance(error, StatusError):
+        code = error.code
+        reason = error.reason or code.name
+        message = error.message
+    else:
+        code = as_code(context.code()) if context.code() else grpc.StatusCode.UNKNOWN
+        reason = type(error).__name__
+        message = _details(context) or ""
+    span = tracer().start_span(
+        span_name,
+        kind=SpanKind.INTERNAL,
+        start_time=started,
+        attributes={
+            "nexus.stage": stage,
+            "nexus.refusal.reason": reason,
+            "rpc.grpc.status_code": code.value[0],
+            "error.type": reason,
+        },
+    )
+    span.set_status(Status(StatusCode.ERROR, message or None))
+    span.end()
