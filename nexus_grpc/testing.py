@@ -48,6 +48,7 @@ from nexus_grpc.config import (
     ServerConfig,
     StorageConfig,
     TlsConfig,
+    TracingConfig,
 )
 from nexus_grpc.host import Host
 from nexus_grpc.tls.certs import IssuedCert, TestCA
@@ -223,6 +224,7 @@ async def running_host(
     tls: TestCA | TlsConfig | None = None,
     client_auth: str = "none",
     trust: bytes | None = None,
+    tracing: TracingConfig | None = None,
 ) -> AsyncIterator[RunningHost]:
     """Start a host on a free port with ``plugins`` (None: every plugin found); stop it after.
 
@@ -237,7 +239,8 @@ async def running_host(
     (localhost, 127.0.0.1) and is what channels trust, and ``client_auth`` ("none",
     "require"; "optional" is for the HTTP port only) makes the CA the client CA too; a
     :class:`TlsConfig` is used as it is, with ``trust`` the CA PEM clients trust. A
-    ``server`` or ``http`` config with its own ``tls`` keeps it.
+    ``server`` or ``http`` config with its own ``tls`` keeps it. ``tracing`` turns the
+    host's OpenTelemetry export on (off by default).
     """
     tls_config, trust = _tls_setup(tls, client_auth, trust)
     server = server or ServerConfig()
@@ -266,6 +269,7 @@ async def running_host(
         cache=cache or CacheConfig(),
         storage=storage,
         log=LogConfig(access=access_log),
+        tracing=tracing or TracingConfig(),
         plugin=dict(plugin_config or {}),
     )
     host = Host(config)

@@ -414,15 +414,21 @@ class GatewayApp:
     ) -> None:
         status = status_of(context, code)
         headers = [(b"content-type", JSON), *cors, *metadata_headers(context)]
-        answer = http_status(code)
-        if code in _MAY_CARRY_HTTP_STATUS:
-            answer = _own_http_status(status, answer)
+        answer = answer_status(status, code)
         if code == grpc.StatusCode.UNAUTHENTICATED:
             headers.append((b"www-authenticate", b'Bearer realm="nexus"'))
         retry_after = _retry_after(status)
         if retry_after:
             headers.append((b"retry-after", retry_after.encode()))
         await send_response(send, answer, headers, dumps(status_body(status)))
+
+
+def answer_status(status: status_pb2.Status, code: grpc.StatusCode) -> int:
+    """The HTTP status of a REST call that ended with ``code`` and ``status``."""
+    answer = http_status(code)
+    if code in _MAY_CARRY_HTTP_STATUS:
+        answer = _own_http_status(status, answer)
+    return answer
 
 
 def _own_http_status(status: status_pb2.Status, default: int) -> int:

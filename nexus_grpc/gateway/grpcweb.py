@@ -113,6 +113,8 @@ class GrpcWebHandler:
     def __init__(self, router: Router, settings: GatewaySettings) -> None:
         self._router = router
         self._settings = settings
+        # Read once: tracing is switched on before the gateway is built.
+        self._tracing = tracing.enabled()
 
     async def handle(
         self, scope: Scope, receive: Receive, send: GuardedSend, cors: Headers
@@ -150,7 +152,7 @@ class GrpcWebHandler:
             ),
             auth_context=scope_auth_context(scope),
         )
-        if tracing.enabled():
+        if self._tracing:
             context.http_call = HttpCall("POST", "", scope["scheme"])
         watcher: asyncio.Future[None] | None = None
 

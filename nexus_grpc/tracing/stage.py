@@ -43,11 +43,15 @@ _SERVER_ERRORS = frozenset(
 _PASSED = "_nexus_passed_stages"
 
 
-def http_status_code(code: grpc.StatusCode) -> int:
-    """The HTTP status the gateway answers ``code`` with."""
-    from nexus_grpc.gateway.status import http_status
+def http_status_code(context: Any, code: grpc.StatusCode) -> int:
+    """The HTTP status the gateway answers a call that ended with ``code`` with."""
+    from nexus_grpc.gateway.app import answer_status
+    from nexus_grpc.gateway.output import status_of
 
-    return http_status(code)
+    if code is grpc.StatusCode.OK:
+        return 200
+    # The gateway's own refusals (413, 414, 415) carry their HTTP status in the details.
+    return answer_status(status_of(context, code), code)
 
 
 class ServerSpanStage:
@@ -99,7 +103,7 @@ class ServerSpanStage:
 def _finish(span: Any, code: grpc.StatusCode, context: Any, http: HttpCall | None) -> None:
     span.set_attribute("rpc.grpc.status_code", code.value[0])
     if http is not None:
-        span.set_attribute("http.response.status_code", http_status_code(code))
+        span.set_attribute("http.response.status_code", http_status_code(context, code))
     if code in _SERVER_ERRORS:
         span.set_attribute("error.type", code.name)
         span.set_status(Status(StatusCode.ERROR, _details(context)))

@@ -13,6 +13,7 @@ from nexus.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
+from nexus_grpc.config import HttpConfig, LimitsConfig
 from nexus_grpc.gateway.grpcweb import decode_frames, encode_frame
 from nexus_grpc.logs import JsonFormatter, TextFormatter
 from nexus_grpc.plugins.services import Services
@@ -26,6 +27,7 @@ PARENT_ID = "b7ad6b7169203331"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
 GET_STOCK = "nexus.inventory.v1.InventoryService/GetStock"
 SET_STOCK = "nexus.inventory.v1.InventoryService/SetStock"
+PROBE_DIR = Path(__file__).resolve().parent.parent / "probe"
 
 
 def hex_trace(span: trace.Span | object) -> str:
@@ -232,3 +234,64 @@ async def test_with_tracing_off_the_pipeline_has_no_tracing_stage(tmp_path: Path
             "nexus.test", logging.INFO, __file__, 1, "off", (), None
         )
         assert not hasattr(record, "trace_id")
+
+
+async def test_rest_span_has_the_http_status_the_gateway_answered(
+    tmp_path: Path, spans: Spans
+) -> None:
+    async with (
+        running_host(
+            plugins=["inventory"], data_dir=tmp_path, http=HttpConfig(max_body_bytes=64)
+        ) as running,
+        httpx.AsyncClient(base_url=running.http_url) as client,
+    ):
+        response = await client.put(
+            "/v1/stock/PEN-7",
+            json={"available": 1, "padding": "x" * 200},
+            headers={"authorization": f"Bearer {running.token()}"},
+        )
+    assert response.status_code == 413
+    attributes = dict(spans.one(SET_STOCK).attributes or {})
+    assert attributes["http.response.status_code"] == 413
+    assert attributes["http.route"] == "/v1/stock/{sku}"
+
+
+async def test_rate_limit_refusal_is_a_child_span(tmp_path: Path, spans: Spans) -> None:
+    limits = LimitsConfig(
+        rate_classes={**LimitsConfig().rate_classes, "default": {"rate": 0.001, "burst": 1}}
+    )
+    async with running_host(plugins=["inventory"], data_dir=tmp_path, limits=limits) as running:
+        stub = inventory_pb2_grpc.InventoryServiceStub(running.channel(running.token()))
+        await stub.GetStock(inventory_pb2.GetStockRequest(sku="PEN-7"))
+        with pytest.raises(grpc.aio.AioRpcError) as throttled:
+            await stub.GetStock(inventory_pb2.GetStockRequest(sku="PEN-7"))
+    assert throttled.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    refusal = spans.one("nexus.rate_limit")
+    second = [
+        s
+        for s in spans.named(GET_STOCK)
+        if refusal.parent and s.context.span_id == refusal.parent.span_id
+    ]
+    assert len(second) == 1
+    assert (
+        dict(second[0].attributes or {})["rpc.grpc.status_code"]
+        == (grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+    )
+
+
+@pytest.mark.usefixtures("probe_stubs")
+async def test_a_handler_crash_marks_the_span_as_an_error_and_is_no_refusal(
+    tmp_path: Path, spans: Spans
+) -> None:
+    from probe.v1 import probe_pb2, probe_pb2_grpc
+
+    async with running_host(plugin_dirs=[PROBE_DIR], data_dir=tmp_path) as running:
+        stub = probe_pb2_grpc.ProbeServiceStub(running.channel())
+        with pytest.raises(grpc.aio.AioRpcError) as crashed:
+            await stub.Crash(probe_pb2.CrashRequest(secret="s3cret"))
+    assert crashed.value.code() is grpc.StatusCode.INTERNAL
+    span = spans.one("probe.v1.ProbeService/Crash")
+    assert span.status.status_code is StatusCode.ERROR
+    assert "s3cret" not in (span.status.description or "")
+    assert dict(span.attributes or {})["error.type"] == "INTERNAL"
+    assert [s.name for s in spans.all() if s.name.startswith("nexus.")] == []

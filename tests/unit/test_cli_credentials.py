@@ -46,7 +46,7 @@ def test_the_token_lives_under_xdg_config_home_else_dot_config(
 def test_saved_token_is_private_and_replaced_whole(config_home: Path) -> None:
     (config_home / "nexus").mkdir(parents=True, mode=0o755)
     (config_home / "nexus").chmod(0o755)
-    path = save_token("first", "127.0.0.1:50051", False)
+    path = save_token("first", "127.0.0.1:40443", False)
     path = save_token("second", "nexus.example:443", True)
     assert read_saved() == SavedToken("second", "nexus.example:443", True)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -56,7 +56,7 @@ def test_saved_token_is_private_and_replaced_whole(config_home: Path) -> None:
     assert remove_token() is None
 
 
-LOCAL = "127.0.0.1:50051"
+LOCAL = "127.0.0.1:40443"
 
 
 def test_token_order_is_option_then_environment_then_saved(
@@ -78,16 +78,16 @@ def test_token_order_is_option_then_environment_then_saved(
 
 def test_a_saved_token_goes_only_where_it_was_saved_for(config_home: Path) -> None:
     args = argparse.Namespace(token=None)
-    save_token("saved-token", "nexus.example:50051", True)
-    assert resolve_token(args, "nexus.example:50051", True) == Credential("saved-token", "saved")
+    save_token("saved-token", "nexus.example:40443", True)
+    assert resolve_token(args, "nexus.example:40443", True) == Credential("saved-token", "saved")
     # Another host, or the same host over plaintext: not sent.
-    assert resolve_token(args, "evil.example:50051", True) is None
-    assert resolve_token(args, "nexus.example:50051", False) is None
+    assert resolve_token(args, "evil.example:40443", True) is None
+    assert resolve_token(args, "nexus.example:40443", False) is None
     assert resolve_token(args, "nexus.example:50052", True) is None
-    hint = refused_hint(None, "evil.example:50051", True)
+    hint = refused_hint(None, "evil.example:40443", True)
     assert hint.startswith(
-        "the saved token was saved for nexus.example:50051 (TLS), so it is not sent to "
-        "evil.example:50051 (TLS); "
+        "the saved token was saved for nexus.example:40443 (TLS), so it is not sent to "
+        "evil.example:40443 (TLS); "
     )
     # A bare token from before addresses were stored is sent nowhere, and the hint says why.
     token_path().write_text("old-token\n")
@@ -102,17 +102,17 @@ def test_a_saved_token_goes_only_where_it_was_saved_for(config_home: Path) -> No
 @pytest.mark.parametrize(
     ("target", "loopback"),
     [
-        ("127.0.0.1:50051", True),
-        ("127.0.0.2:50051", True),
-        ("[::1]:50051", True),
-        ("localhost:50051", True),
+        ("127.0.0.1:40443", True),
+        ("127.0.0.2:40443", True),
+        ("[::1]:40443", True),
+        ("localhost:40443", True),
         ("LOCALHOST:1", True),
         ("unix:/run/nexus.sock", True),
-        ("10.0.0.5:50051", False),
-        ("[2001:db8::1]:50051", False),
-        ("nexus.example:50051", False),
-        ("localhost.evil.example:50051", False),
-        ("0.0.0.0:50051", False),
+        ("10.0.0.5:40443", False),
+        ("[2001:db8::1]:40443", False),
+        ("nexus.example:40443", False),
+        ("localhost.evil.example:40443", False),
+        ("0.0.0.0:40443", False),
     ],
 )
 def test_loopback_targets(target: str, loopback: bool) -> None:
@@ -121,14 +121,14 @@ def test_loopback_targets(target: str, loopback: bool) -> None:
 
 def test_no_token_over_plaintext_beyond_loopback_without_opt_in() -> None:
     credential = Credential("t", "$NEXUS_TOKEN")
-    check_transport(credential, "127.0.0.1:50051", False, False)
-    check_transport(credential, "nexus.example:50051", True, False)
-    check_transport(None, "nexus.example:50051", False, False)
-    check_transport(credential, "nexus.example:50051", False, True)
+    check_transport(credential, "127.0.0.1:40443", False, False)
+    check_transport(credential, "nexus.example:40443", True, False)
+    check_transport(None, "nexus.example:40443", False, False)
+    check_transport(credential, "nexus.example:40443", False, True)
     with pytest.raises(CredentialError) as refused:
-        check_transport(credential, "nexus.example:50051", False, False)
+        check_transport(credential, "nexus.example:40443", False, False)
     message = str(refused.value)
-    assert "token from $NEXUS_TOKEN" in message and "nexus.example:50051" in message
+    assert "token from $NEXUS_TOKEN" in message and "nexus.example:40443" in message
     assert "--insecure-token" in message and "TLS" in message
 
 
