@@ -28,6 +28,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from nexus_grpc import tracing
+from nexus_grpc.errors import StatusError
 from nexus_grpc.events.envelope import Envelope
 
 if TYPE_CHECKING:  # the bus imports this module
@@ -100,8 +101,13 @@ def traced_handler(handler: Handler, *, backend: str) -> Handler:
             try:
                 await handler(event, delivery)
             except Exception as error:  # a cancelled handler is not an error
-                span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+                # The class (or the status a plugin chose to say), never the message of
+                # an unexpected error: it may hold data, and spans leave the host. The
+                # log line of the failure has it, with this span's trace id.
+                described = type(error).__name__
+                if isinstance(error, StatusError):
+                    described = str(error)  # "CODE: message", as the plugin wrote it
+                span.set_status(Status(StatusCode.ERROR, described))
                 span.set_attribute("error.type", type(error).__qualname__)
                 raise
 

@@ -105,6 +105,9 @@ async def test_memory_bus_handler_runs_are_consumer_spans_linked_to_the_publish(
     assert first.attributes is not None and second.attributes is not None
     assert (first.attributes[ATTEMPT_ATTRIBUTE], second.attributes[ATTEMPT_ATTRIBUTE]) == (1, 2)
     assert first.status.status_code is StatusCode.ERROR
+    # The class, not the message: an unexpected error's text may hold data.
+    assert first.status.description == "RuntimeError"
+    assert first.attributes["error.type"] == "RuntimeError"
     assert second.status.status_code is StatusCode.UNSET
 
 
