@@ -61,13 +61,21 @@ def publishing(envelope: Envelope, *, backend: str) -> Iterator[Span]:
         "nexus.event.source": envelope.source,
     }
     with tracing.tracer().start_as_current_span(
-        f"publish {envelope.type}", kind=SpanKind.PRODUCER, attributes=attributes
+        f"publish {envelope.type}",
+        kind=SpanKind.PRODUCER,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
     ) as span:
         carrier: dict[str, str] = {}
         tracing.inject(carrier)
         envelope.trace_context.clear()
         envelope.trace_context.update(carrier)
-        yield span
+        try:
+            yield span
+        except Exception as error:
+            _failed(span, error)
+            raise
 
 
 def traced_handler(handler: Handler, *, backend: str) -> Handler:
@@ -101,14 +109,18 @@ def traced_handler(handler: Handler, *, backend: str) -> Handler:
             try:
                 await handler(event, delivery)
             except Exception as error:  # a cancelled handler is not an error
-                # The class (or the status a plugin chose to say), never the message of
-                # an unexpected error: it may hold data, and spans leave the host. The
-                # log line of the failure has it, with this span's trace id.
-                described = type(error).__name__
-                if isinstance(error, StatusError):
-                    described = str(error)  # "CODE: message", as the plugin wrote it
-                span.set_status(Status(StatusCode.ERROR, described))
-                span.set_attribute("error.type", type(error).__qualname__)
+                _failed(span, error)
                 raise
 
     return traced
+
+
+def _failed(span: Span, error: Exception) -> None:
+    # The class (or the status a plugin chose to say), never the message of an
+    # unexpected error: it may hold data, and spans leave the host. The log line of the
+    # failure has it, with this span's trace id.
+    described = type(error).__name__
+    if isinstance(error, StatusError):
+        described = str(error)  # "CODE: message", as the plugin wrote it
+    span.set_status(Status(StatusCode.ERROR, described))
+    span.set_attribute("error.type", type(error).__qualname__)

@@ -199,3 +199,21 @@ async def test_with_tracing_off_envelopes_carry_no_trace_context() -> None:
         inventory_pb2.StockReserved(order_id="o-4")
     )
     assert dict(envelope.trace_context) == {}
+
+
+async def test_a_refused_publish_is_an_error_span(
+    memory: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    bus = MemoryBus()
+    async with await Storage.connect(f"sqlite:///{tmp_path}/nexus.db") as storage:
+        outbox = Outbox(bus)
+        outbox.register("inventory", storage.namespace("plugins/business/inventory"), DECLARED)
+        publisher = Publisher(bus, "inventory", DECLARED, outbox=outbox)
+        async with storage.namespace("plugins/business/orders").transaction() as unit:
+            with pytest.raises(ValueError, match="only its own"):
+                await publisher.publish(
+                    inventory_pb2.StockReserved(order_id="o-5"), transaction=unit
+                )
+    (publish,) = named(memory, f"publish {EVENT}")
+    assert publish.status.status_code is StatusCode.ERROR
+    assert publish.status.description == "ValueError"
