@@ -137,7 +137,8 @@ class Database:
                 pg.sync_engine,
                 system="postgresql",
                 namespace=parsed.database,
-                server=(parsed.host or "localhost", parsed.port or 5432),
+                # No host: a Unix socket (named in the query), not a network server.
+                server=(parsed.host, parsed.port or 5432) if parsed.host else None,
             )
         return cls(dialect_for(backend), engine=pg)
 
