@@ -210,3 +210,6 @@ def test_certificate_names_keep_uris_and_prefix_dns_names() -> None:
         "dns:alice",
     )
     assert certificate_names({}) == ()
+    # grpc core keeps the first handshake's SANs on a resumed session: no identity.
+    assert certificate_names({**context, "ssl_session_reused": [b"true"]}) == ()
+    assert len(certificate_names({**context, "ssl_session_reused": [b"false"]})) == 3
