@@ -544,8 +544,10 @@ def load_config(
     from nexus_grpc.tls.material import check_config
 
     # Certificates, keys and listen addresses are checked now, so that a wrong path or a
-    # key of another certificate is reported before anything starts.
-    check_config(config)
+    # key of another certificate is reported before anything starts. Not the validity
+    # period: commands that only read the configuration (users create, policy explain)
+    # serve no TLS; Host.start and every reload check it.
+    check_config(config, validity=False)
     return config
 
 
