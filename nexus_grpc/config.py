@@ -271,9 +271,10 @@ class AuthConfig:
     login_failure_window: float = 900.0
     #: Log would-be denials without enforcing them (rolling out a new policy).
     shadow_mode: bool = False
-    #: Plugins handed the token issuer, by name, from wherever they are installed. Empty:
-    #: the bundled ``auth`` plugin only (found in the nexus-grpc package itself), so an
-    #: installed distribution that merely calls its plugin "auth" cannot mint tokens.
+    #: Plugins handed the token issuer besides the bundled ``auth`` plugin (found in the
+    #: nexus-grpc package itself, which always gets it), by name, from wherever they are
+    #: installed; each one not bundled is warned about at start. An installed
+    #: distribution that merely calls its plugin "auth" cannot mint tokens unless listed.
     #: A manifest's name and category are the plugin's own claim; the operator decides.
     issuer_plugins: tuple[str, ...] = ()
     #: Grants each plugin's own identity may hold: a manifest's ``permissions`` are
@@ -544,8 +545,10 @@ def load_config(
     from nexus_grpc.tls.material import check_config
 
     # Certificates, keys and listen addresses are checked now, so that a wrong path or a
-    # key of another certificate is reported before anything starts.
-    check_config(config)
+    # key of another certificate is reported before anything starts. Not the validity
+    # period: commands that only read the configuration (users create, policy explain)
+    # serve no TLS; Host.start and every reload check it.
+    check_config(config, validity=False)
     return config
 
 

@@ -197,8 +197,8 @@ class Host:
                 f"data_dir {self.config.data_dir}: cannot create or use it: "
                 f"{error.strerror or error}"
             ) from error
-        # Checked again (load_config did): a Config built in code has not been, and the
-        # files may have changed since.
+        # Checked again (load_config did, but not the certificates' validity periods): a
+        # Config built in code has not been, and the files may have changed since.
         await asyncio.to_thread(check_config, self.config)
         for exposed in plaintext_exposed(self.config):
             _log.warning(

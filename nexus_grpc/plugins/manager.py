@@ -362,12 +362,12 @@ class PluginManager:
         )
 
     def _may_issue_tokens(self, manifest: Manifest) -> bool:
-        """Only the plugins the operator lists (else the bundled auth plugin) may mint
-        tokens: any other plugin holding the issuer could make itself an admin."""
-        listed = self._config.auth.issuer_plugins
-        if not listed:
-            return manifest.name == AUTH_PLUGIN and is_bundled(manifest.path)
-        if manifest.name not in listed:
+        """Only the bundled auth plugin and the plugins the operator lists may mint
+        tokens: any other plugin holding the issuer could make itself an admin. The list
+        adds to the bundled auth plugin, never replaces it (logins need the issuer)."""
+        if manifest.name == AUTH_PLUGIN and is_bundled(manifest.path):
+            return True
+        if manifest.name not in self._config.auth.issuer_plugins:
             return False
         if not is_bundled(manifest.path):
             _log.warning(

@@ -112,13 +112,15 @@ class TestCA:
         days: float = 30.0,
         expired: bool = False,
         not_yet_valid: bool = False,
+        starts_in: float = 0.0,
         directory: str | os.PathLike[str] | None = None,
     ) -> IssuedCert:
         """A certificate for ``name`` with those SANs, signed by this CA.
 
         ``client`` makes a client certificate (extended key usage clientAuth), else a
         server one (serverAuth). ``expired`` makes one that expired yesterday,
-        ``not_yet_valid`` one valid from tomorrow. The files
+        ``not_yet_valid`` one valid from tomorrow, ``starts_in`` (seconds, when not 0) one
+        valid from that far ahead. The files
         are ``name.crt`` and ``name.key`` in ``directory`` (default: the CA's).
         """
         folder = Path(directory) if directory is not None else self.directory
@@ -130,6 +132,8 @@ class TestCA:
             not_before, not_after = now - 30 * _DAY, now - _DAY
         if not_yet_valid:
             not_before, not_after = now + _DAY, now + 30 * _DAY
+        if starts_in:
+            not_before = now + datetime.timedelta(seconds=starts_in)
         names: list[x509.GeneralName] = [x509.DNSName(value) for value in dns]
         names += [x509.IPAddress(ipaddress.ip_address(value)) for value in ips]
         names += [x509.UniformResourceIdentifier(value) for value in uris]

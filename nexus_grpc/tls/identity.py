@@ -59,7 +59,14 @@ def certificate_names(auth_context: AuthContext) -> tuple[str, ...]:
     a certificate principal never shares a subject with a user, so it cannot own a
     user's records or be the target of a user's session revocation. A URI SAN whose
     scheme is ``dns`` is skipped: it would pass for a DNS SAN.
+
+    A resumed TLS session (``ssl_session_reused``) yields none: resumption skips
+    certificate verification, and grpc core keeps the first handshake's SANs in the
+    auth context, so a certificate since expired — or signed by a client CA since
+    rotated away — would keep its identity on the gRPC port.
     """
+    if any(_text(value) == "true" for value in auth_context.get("ssl_session_reused", ())):
+        return ()
     names: list[str] = []
     for value in auth_context.get("peer_uri", ()):
         text = _text(value)

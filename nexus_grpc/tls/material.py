@@ -4,7 +4,10 @@
 unreadable, not PEM, an encrypted key, a key that is not the certificate's, or a
 certificate expired or not yet valid is a
 :class:`~nexus_grpc.config.ConfigError` naming the key and the file. :func:`check_config`
-runs the same checks (and the rules about listen addresses) when the configuration loads.
+runs the same checks (and the rules about listen addresses) when the configuration loads,
+without the validity period: commands that read the configuration but serve no TLS
+(``nexus users create``, ``nexus policy explain``) must not fail on a certificate's dates;
+``Host.start`` checks them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from nexus_grpc.config import Config, ConfigError, TlsConfig
 
 __all__ = [
+    "NOT_BEFORE_LEEWAY",
     "TlsMaterial",
     "check_config",
     "check_tls_config",
@@ -29,6 +33,11 @@ __all__ = [
     "load_material",
     "plaintext_exposed",
 ]
+
+
+#: Seconds a certificate's notBefore may lie ahead of this machine's clock: a certificate
+#: issued a moment ago by a machine whose clock runs slightly ahead is not refused.
+NOT_BEFORE_LEEWAY = 60.0
 
 
 @dataclass(frozen=True)
@@ -46,8 +55,9 @@ class TlsMaterial:
     digest: str
 
 
-def load_material(tls: TlsConfig, where: str) -> TlsMaterial:
-    """Read and check the files of ``tls`` (the ``where`` table, e.g. "server.tls")."""
+def load_material(tls: TlsConfig, where: str, *, validity: bool = True) -> TlsMaterial:
+    """Read and check the files of ``tls`` (the ``where`` table, e.g. "server.tls");
+    ``validity=False`` skips the check of the certificate's validity period."""
     chain_pem = _read(tls.cert_file, f"{where}.cert_file")
     key_pem = _read(tls.key_file, f"{where}.key_file")
     ca_pem = _read(tls.client_ca_file, f"{where}.client_ca_file") if tls.client_ca_file else None
@@ -70,7 +80,8 @@ def load_material(tls: TlsConfig, where: str) -> TlsMaterial:
             f"{where}.cert_file {tls.cert_file} (the first certificate of the chain must be "
             "the server's)"
         )
-    _check_validity(leaf, f"{where}.cert_file {tls.cert_file}")
+    if validity:
+        _check_validity(leaf, f"{where}.cert_file {tls.cert_file}")
     if ca_pem is not None:
         _certificates(ca_pem, f"{where}.client_ca_file {tls.client_ca_file}")
     digest = hashlib.sha256()
@@ -109,8 +120,9 @@ def _certificates(pem: bytes, where: str) -> list[x509.Certificate]:
 def _check_validity(leaf: x509.Certificate, where: str) -> None:
     """Refuse a server certificate outside its validity period: every client would refuse
     the handshake, so serving it (at start, or in place of a good one on reload) is an
-    outage. A not-yet-valid certificate fails too: reloads try the files again at each
-    poll, so one issued by a clock slightly ahead is taken once its time has come."""
+    outage. A not-yet-valid certificate fails too, past :data:`NOT_BEFORE_LEEWAY` (clock
+    skew between the issuer and this machine): reloads try the files again at each poll,
+    so one issued further ahead is taken once its time has come."""
     now = time.time()
     not_before = leaf.not_valid_before_utc
     not_after = leaf.not_valid_after_utc
@@ -119,7 +131,7 @@ def _check_validity(leaf: x509.Certificate, where: str) -> None:
             f"{where}: the certificate expired at {not_after:%Y-%m-%d %H:%M:%S} UTC; "
             "clients refuse it (renew it)"
         )
-    if not_before.timestamp() > now:
+    if not_before.timestamp() > now + NOT_BEFORE_LEEWAY:
         raise ConfigError(
             f"{where}: the certificate is not valid before {not_before:%Y-%m-%d %H:%M:%S} UTC "
             "(check this machine's clock, or wait until then)"
@@ -191,15 +203,16 @@ def plaintext_exposed(config: Config) -> list[str]:
     return exposed
 
 
-def check_config(config: Config) -> None:
-    """All TLS checks of ``config``: key rules, the files, ``server.require_tls``."""
+def check_config(config: Config, *, validity: bool = True) -> None:
+    """All TLS checks of ``config``: key rules, the files, ``server.require_tls``; the
+    certificates' validity periods unless ``validity`` is False."""
     for tls, where, grpc_port in (
         (config.server.tls, "server.tls", True),
         (config.http.tls, "http.tls", False),
     ):
         check_tls_config(tls, where, grpc_port=grpc_port)
         if tls.enabled:
-            load_material(tls, where)
+            load_material(tls, where, validity=validity)
     if config.server.require_tls:
         exposed = plaintext_exposed(config)
         if exposed:

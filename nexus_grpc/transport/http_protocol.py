@@ -717,8 +717,8 @@ def limited_protocol(
             "Forbidden",
             _PERMISSION_DENIED,
             "ADDRESS_UNKNOWN",
-            "the proxy's forwarding header names a client hop that is no IP address, so "
-            "http.allow/http.deny cannot judge the client",
+            "the trusted proxy's request has no http.forwarded_header, or it names a client "
+            "hop that is no IP address, so http.allow/http.deny cannot judge the client",
         )
 
     return ListenerHttpProtocol

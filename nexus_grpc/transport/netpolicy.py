@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "MAX_RULES",
+    "NO_HEADER",
     "ForwardedClient",
     "IPNetwork",
     "NetworkPolicy",
@@ -30,6 +31,10 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: Most networks in one port's allow and deny lists together: the kernel filter built
 #: from them must stay under the kernel's 4096 instructions (an IPv6 rule takes 13).
 MAX_RULES = 256
+
+#: :attr:`ForwardedClient.unresolved` of a request from a trusted proxy without the
+#: configured forwarding header: the proxy's own request, or one it forgot to mark.
+NO_HEADER = "(no forwarding header)"
 
 
 def parse_networks(key: str, values: Iterable[str]) -> tuple[IPNetwork, ...]:
@@ -126,7 +131,8 @@ class ForwardedClient:
     #: believed), or the last trusted address before a hop that is no address.
     address: IPAddress
     #: The hop the walk stopped at because it is no address (``unknown``, an obfuscated
-    #: ``_name``, garbage); empty when the walk found the client.
+    #: ``_name``, garbage), or :data:`NO_HEADER` when a trusted proxy sent no
+    #: forwarding header; empty when the walk found the client.
     unresolved: str = ""
 
 
@@ -151,11 +157,15 @@ class TrustedProxies:
         and are not believed. When every hop is a trusted proxy, the leftmost is the
         client. A hop that is no address stops the walk: the result names it, with the
         last trusted address seen, and the caller decides (the HTTP port refuses such a
-        request when its allow/deny lists are active rather than judge the proxy).
+        request when its allow/deny lists are active rather than judge the proxy). No
+        hop at all from a trusted proxy is unresolved too (:data:`NO_HEADER`, the
+        proxy's address): a proxy that drops the header must not pass for its clients.
         """
         client = peer
         if not self.trusts(peer):
             return ForwardedClient(client)
+        if not forwarded_for:
+            return ForwardedClient(client, NO_HEADER)
         for hop in reversed(forwarded_for):
             address = parse_address(_node_address(hop))
             if address is None:

@@ -221,18 +221,36 @@ async def test_trusted_proxy_forwards_the_client_address(
         assert unknown.json()["details"][0]["reason"] == "ADDRESS_UNKNOWN"
         assert "no IP address" in unknown.json()["message"]
         assert refused_count(host, "http", "forwarded_unknown") == 1
-        # Forwarded is not the configured header: not read, so it cannot pick the address.
+        # Forwarded is not the configured header: not read, so it cannot pick the address;
+        # and with the configured one missing the client is unknown, not the proxy.
         ignored = await proxy.post(
             "/v1/auth/login",
             json=login_body("ignored"),
             headers={"forwarded": "for=203.0.113.7"},
         )
-        assert ignored.status_code == 401
+        assert ignored.status_code == 403
+        assert ignored.json()["details"][0]["reason"] == "ADDRESS_UNKNOWN"
+        # No forwarding header at all: the same (a proxy dropping it passes for no one).
+        bare = await proxy.post("/v1/auth/login", json=login_body("bare"))
+        assert bare.status_code == 403
+        assert bare.json()["details"][0]["reason"] == "ADDRESS_UNKNOWN"
+        assert "no http.forwarded_header" in bare.json()["message"]
+        assert refused_count(host, "http", "forwarded_unknown") == 3
     peers = [getattr(r, "peer", "") for r in caplog.records if r.name == "nexus.access"]
     assert "ipv4:198.51.100.2:0" in peers
     assert "ipv6:[2001:db8::9]:0" in peers
     assert all("203.0.113." not in peer for peer in peers)
     assert any(peer.startswith("ipv4:127.0.0.2:") for peer in peers)
+
+
+async def test_a_proxy_without_a_forwarding_header_is_served_when_no_lists_judge(
+    make_host: Any,
+) -> None:
+    # No allow/deny lists: nothing to judge, so the proxy's address stands for the client.
+    host = await make_host(http=HttpConfig(trusted_proxies=("127.0.0.1",)))
+    async with httpx.AsyncClient(base_url=host.http_url) as proxy:
+        assert (await proxy.get("/openapi.json")).status_code == 200
+    assert refused_count(host, "http", "forwarded_unknown") == 0
 
 
 async def test_a_proxy_writing_forwarded_is_believed_only_there(

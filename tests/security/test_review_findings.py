@@ -269,6 +269,37 @@ async def test_the_bundled_auth_plugin_gets_the_token_issuer(tmp_path: Path) -> 
         assert record.context.tokens is not None
 
 
+async def test_issuer_plugins_add_to_the_bundled_auth_plugin(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sys
+
+    # Listing another plugin gives it the issuer too; the bundled auth plugin keeps its
+    # own (logins, session revocation), it is not replaced.
+    plugins = _plugin_recording_tokens(tmp_path / "plugins", "minter")
+    with caplog.at_level("WARNING", logger="nexus.plugins"):
+        async with running_host(
+            plugins=["auth", "minter"],
+            bundled=["auth"],
+            plugin_dirs=[plugins],
+            data_dir=tmp_path / "d",
+            auth=AuthConfig(issuer_plugins=("minter",)),
+        ) as host:
+            record = host.host.plugins.record("auth")
+            assert record is not None and record.context is not None
+            assert record.context.tokens is not None
+            assert record.state == "SERVING"
+            assert sys.modules["nexus_plugins.minter"].seen[0] is not None
+            # The bundled auth plugin answers logins (a wrong password, not a failed plugin).
+            stub = auth_pb2_grpc.AuthServiceStub(host.channel())
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Login(auth_pb2.LoginRequest(username="nobody", password="wrong"))
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    del sys.modules["nexus_plugins.minter"]
+    assert f"plugin 'minter' ({plugins / 'minter'}) may mint tokens for any user" in caplog.text
+    assert "plugin 'auth'" not in caplog.text
+
+
 async def test_user_managers_cannot_hand_out_roles(secure_host: RunningHost) -> None:
     helpdesk = auth_pb2_grpc.AuthServiceStub(
         secure_host.channel(secure_host.token("helpdesk", grants=("users.manage:all",)))

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from nexus_grpc.config import ConfigError, load_config
+from nexus_grpc.config import ConfigError, TlsConfig, load_config
+from nexus_grpc.host import Host
 from nexus_grpc.tls.certs import TestCA
 from nexus_grpc.tls.identity import certificate_names
-from nexus_grpc.tls.material import plaintext_exposed
+from nexus_grpc.tls.material import NOT_BEFORE_LEEWAY, load_material, plaintext_exposed
 
 
 def _toml(tmp_path: Path, text: str) -> Path:
@@ -121,16 +122,32 @@ def test_wrong_tls_settings_are_refused_with_the_reason(
         ("not_yet_valid", "the certificate is not valid before "),
     ],
 )
-def test_a_server_certificate_out_of_its_validity_stops_start_up(
-    ca: TestCA, when: str, message: str
+async def test_a_server_certificate_out_of_its_validity_stops_start_up(
+    tmp_path: Path, ca: TestCA, when: str, message: str
 ) -> None:
     server = ca.issue("server", dns=("localhost",), **{when: True})
     environ = {
         "NEXUS_SERVER__TLS__CERT_FILE": str(server.cert_file),
         "NEXUS_SERVER__TLS__KEY_FILE": str(server.key_file),
+        "NEXUS_SERVER__GRPC_ADDRESS": "127.0.0.1:0",
+        "NEXUS_DATA_DIR": str(tmp_path / "data"),
     }
+    # Loading the configuration does not look at the dates: commands that serve no TLS
+    # (users create, policy explain) read it too.
+    config = load_config(environ=environ)
+    host = Host(config)
     with pytest.raises(ConfigError, match=f"server.tls.cert_file {server.cert_file}: {message}"):
-        load_config(environ=environ)
+        await host.start()
+
+
+def test_a_not_before_slightly_ahead_is_clock_skew(ca: TestCA) -> None:
+    # Issued by a machine whose clock runs 20 s ahead: within the leeway.
+    ahead = ca.issue("ahead", dns=("localhost",), starts_in=NOT_BEFORE_LEEWAY / 3)
+    load_material(TlsConfig(cert_file=str(ahead.cert_file), key_file=str(ahead.key_file)), "t")
+    beyond = ca.issue("beyond", dns=("localhost",), starts_in=NOT_BEFORE_LEEWAY + 60)
+    tls = TlsConfig(cert_file=str(beyond.cert_file), key_file=str(beyond.key_file))
+    with pytest.raises(ConfigError, match="is not valid before"):
+        load_material(tls, "t")
 
 
 def test_require_tls_refuses_plaintext_beyond_loopback(tmp_path: Path, ca: TestCA) -> None:
@@ -210,3 +227,6 @@ def test_certificate_names_keep_uris_and_prefix_dns_names() -> None:
         "dns:alice",
     )
     assert certificate_names({}) == ()
+    # grpc core keeps the first handshake's SANs on a resumed session: no identity.
+    assert certificate_names({**context, "ssl_session_reused": [b"true"]}) == ()
+    assert len(certificate_names({**context, "ssl_session_reused": [b"false"]})) == 3

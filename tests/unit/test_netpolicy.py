@@ -9,6 +9,7 @@ import pytest
 from nexus_grpc.config import ConfigError, load_config
 from nexus_grpc.transport.netpolicy import (
     MAX_RULES,
+    NO_HEADER,
     NetworkPolicy,
     TrustedProxies,
     forwarded_hops,
@@ -103,8 +104,9 @@ PROXY = TrustedProxies((ipaddress.ip_network("10.0.0.0/8"),))
         ("10.0.0.1", ["6.6.6.6", "203.0.113.1", "10.0.0.2"], "203.0.113.1", ""),
         # Every hop a proxy: the leftmost one.
         ("10.0.0.1", ["10.0.0.3", "10.0.0.2"], "10.0.0.3", ""),
-        # No header: the proxy itself.
-        ("10.0.0.1", [], "10.0.0.1", ""),
+        # No header from a proxy: unresolved (the proxy's address is not the client's).
+        ("10.0.0.1", [], "10.0.0.1", NO_HEADER),
+        ("198.51.100.7", [], "198.51.100.7", ""),
         ("10.0.0.1", ["2001:db8::5"], "2001:db8::5", ""),
         # Hops with ports (some proxies write them): the address, never the proxy's.
         ("10.0.0.1", ["203.0.113.1:4711"], "203.0.113.1", ""),
