@@ -51,7 +51,7 @@ def register(commands: Any) -> None:
 
 
 def _gen(args: argparse.Namespace) -> int:
-    from nexus_grpc.codegen import CodegenError, find_stale, generate
+    from nexus_grpc.codegen import CodegenError, OutputFolderError, find_stale, generate
 
     try:
         proto, out = project_folders(args.proto, args.out, Path.cwd())
@@ -65,6 +65,9 @@ def _gen(args: argparse.Namespace) -> int:
                 print(f"{out / item.path}: {item.reason}")
             return 1 if stale else 0
         generated = generate(proto, out)
+    except OutputFolderError as error:
+        print(f"nexus gen: {error}", file=sys.stderr)
+        return 2
     except CodegenError as error:
         print(f"nexus gen: {error}", file=sys.stderr)
         return 1

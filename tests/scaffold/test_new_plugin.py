@@ -139,6 +139,9 @@ def test_built_wheel_is_discovered_through_its_entry_point(project: Path, tmp_pa
         names = set(archive.namelist())
         archive.extractall(site)
     assert {"notes_plugin/manifest.toml", "notes/v1/notes_pb2.py"} <= names
+    # nexus gen's record of what it wrote stays in the project, outside the packages.
+    assert (source / "generated" / ".nexus-gen").is_file()
+    assert not any(name.endswith(".nexus-gen") for name in names), names
     empty = tmp_path / "elsewhere"
     empty.mkdir()
     served = subprocess.run(
