@@ -239,6 +239,30 @@ def test_a_second_plugin_under_an_installed_prefix_is_accepted(
         plugin_names("atasks", "single.atasks.v1")
 
 
+def test_a_prefix_installed_as_a_regular_package_is_refused(tmp_path: Path) -> None:
+    # A regular acme (acme/__init__.py) on the path is all of `acme`: the generated
+    # acme/notes/v1 folder beside it could never be imported.
+    installed = tmp_path / "site"
+    (installed / "acme").mkdir(parents=True)
+    (installed / "acme" / "__init__.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    env.pop("NEXUS_CONFIG", None)
+    command = [BIN / "nexus", "new", "plugin", "notes", "--package", "acme.notes.v1"]
+    refused = subprocess.run(
+        [str(part) for part in [*command, "--dir", tmp_path / "notes"]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "is a regular package already installed here" in refused.stderr
+    assert str(installed / "acme" / "__init__.py") in refused.stderr
+    assert not (tmp_path / "notes").exists()
+
+
 def test_every_bundled_plugin_name_is_refused() -> None:
     from nexus_grpc.plugins.bundled import bundled_names
 
