@@ -98,11 +98,11 @@ def _lint(args: argparse.Namespace) -> int:
         print(f"nexus lint: {error}", file=sys.stderr)
         return 1
     # The project's own contracts are what lint is about; the plugins a host would load
-    # (other installed plugins among them) only when the command names a configuration,
-    # so one broken plugin elsewhere does not fail every project's lint.
-    if (args.config or args.plugin_dir) and not _plugin_contracts_ok(
-        config_from_args(args), missing
-    ):
+    # (other installed plugins among them) only when a configuration is named (-c,
+    # --plugin-dir, or $NEXUS_CONFIG, which an operator exports to mean that host), so
+    # one broken plugin elsewhere does not fail every project's lint.
+    named = args.config or args.plugin_dir or os.environ.get("NEXUS_CONFIG")
+    if named and not _plugin_contracts_ok(config_from_args(args), missing):
         failed.append("plugins")
     for path in sorted(missing):
         print(f"{path}: no access policy; every call will be denied: {MISSING_POLICY_FIX}")
