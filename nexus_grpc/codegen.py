@@ -7,8 +7,9 @@ which the REST gateway turns into OpenAPI descriptions.
 
 `proto/` is the source of truth and `generated/` is data derived from it: this module
 is the one place that knows how, so `scripts/gen`, `nexus gen` and the freshness test
-cannot disagree. Generating also deletes what a deleted or renamed contract left in
-the output folder (files of the kinds written here only; see :func:`generate`).
+cannot disagree. Each run records the files it produced in ``.nexus-gen`` at the top
+of the output folder; the next run deletes only files listed there that no contract
+produces any more (see :func:`generate`), so nothing it did not write is ever removed.
 
 Every folder gets an ``__init__.py`` but the top-level ones other than ``nexus``: a
 protobuf package's first part is often an organisation prefix (``acme`` of
@@ -33,9 +34,12 @@ from google.protobuf import descriptor_pb2
 
 __all__ = [
     "DESCRIPTOR_SET_NAME",
+    "MANIFEST_NAME",
     "CodegenError",
     "Generated",
+    "OutputFolderError",
     "StaleFile",
+    "check_folders",
     "core_proto_root",
     "find_stale",
     "generate",
@@ -49,6 +53,18 @@ __all__ = [
 #: from here.
 DESCRIPTOR_SET_NAME = "nexus_descriptors.binpb"
 
+#: The record, at the top of the output folder, of every file a run produced (sorted
+#: relative POSIX paths): what the next run may delete. It lies outside every package,
+#: so wheels never ship it; it belongs in version control beside the stubs.
+MANIFEST_NAME = ".nexus-gen"
+_MANIFEST_HEADER = (
+    "# Written by `nexus gen`: the files it produced here. The next run deletes those of\n"
+    "# them no contract produces any more, and nothing else. Do not edit.\n"
+)
+
+#: Files that mark a project folder; the output folder must not be one.
+_PROJECT_MARKERS = ("pyproject.toml", "buf.yaml", "setup.py", "setup.cfg")
+
 #: The generated package of the host's own contracts, and a file every copy of it has.
 CORE_PACKAGE = "nexus"
 _CORE_MARKER = "nexus/options/v1/options.proto"
@@ -56,6 +72,10 @@ _CORE_MARKER = "nexus/options/v1/options.proto"
 
 class CodegenError(RuntimeError):
     """protoc rejected the contracts; the message carries its diagnostics."""
+
+
+class OutputFolderError(CodegenError):
+    """The output folder is one generating must not write to; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -67,11 +87,6 @@ class Generated:
     written: list[Path]
     #: Files of deleted or renamed contracts that were removed.
     removed: list[Path]
-
-
-#: Endings of the files generating writes (besides ``__init__.py``); only such files
-#: are ever deleted from the output folder.
-_GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", ".proto")
 
 
 @dataclass(frozen=True)
@@ -124,12 +139,15 @@ def proto_files(proto_root: Path) -> list[Path]:
 def generate(proto_root: Path, out_dir: Path) -> Generated:
     """Compile every contract under ``proto_root`` into ``out_dir``.
 
-    Then delete from ``out_dir`` what no contract produces any more: files named like
-    generated ones (``*_pb2.py``, ``*_pb2.pyi``, ``*_pb2_grpc.py``, ``*.proto``,
-    ``nexus_descriptors.binpb``), empty ``__init__.py`` files, and the folders (with
-    their ``__pycache__``) this leaves empty. Anything else is never touched, and an
-    existing ``__init__.py`` is never overwritten.
+    Then delete what no contract produces any more: the files the previous run listed
+    in ``out_dir/.nexus-gen`` that this run did not produce (an ``__init__.py`` only
+    while empty), and the folders (with their ``__pycache__``) this leaves empty. With
+    no such record nothing is deleted. Anything else is never touched, and an existing
+    ``__init__.py`` is never overwritten. Raises :class:`OutputFolderError` for an
+    ``out_dir`` that holds ``proto_root``, lies inside it or is a project folder.
     """
+    check_folders(proto_root, out_dir)
+    previous = _read_manifest(out_dir)  # before this run's record replaces it
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp) / "out"
@@ -143,8 +161,29 @@ def generate(proto_root: Path, out_dir: Path) -> Generated:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
             written.append(target)
-    removed = _remove_leftovers(out_dir, produced.keys())
+    removed = _remove_leftovers(out_dir, _leftovers(out_dir, previous, produced.keys()))
     return Generated(written=sorted(written), removed=removed)
+
+
+def check_folders(proto_root: Path, out_dir: Path) -> None:
+    """Refuse an output folder where generating could overwrite or delete the user's
+    files: one holding the contracts, one inside them, or a project folder."""
+    proto, out = proto_root.resolve(), out_dir.resolve()
+    advice = "use a folder of generated code only, such as <project>/generated"
+    if proto.is_relative_to(out):
+        raise OutputFolderError(
+            f"output folder {out_dir} holds the contracts folder {proto_root}; {advice}"
+        )
+    if out.is_relative_to(proto):
+        raise OutputFolderError(
+            f"output folder {out_dir} is inside the contracts folder {proto_root} (its "
+            f"copies of the contracts would be compiled again); {advice}"
+        )
+    for marker in _PROJECT_MARKERS:
+        if (out / marker).exists():
+            raise OutputFolderError(
+                f"output folder {out_dir} holds {marker}, so it is a project folder; {advice}"
+            )
 
 
 def _compile(proto_root: Path, out_dir: Path) -> None:
@@ -182,28 +221,53 @@ def _compile(proto_root: Path, out_dir: Path) -> None:
     for path, name in zip(files, names, strict=True):
         shutil.copyfile(path, out_dir / name)
     _add_package_markers(out_dir)
+    _write_manifest(out_dir)
 
 
-def _is_generated_kind(path: Path) -> bool:
-    """Whether ``path`` is a file generating writes, so one it may delete."""
-    if path.name == "__init__.py":
-        return path.stat().st_size == 0
-    return path.name == DESCRIPTOR_SET_NAME or path.name.endswith(_GENERATED_SUFFIXES)
-
-
-def _leftovers(out_dir: Path, produced: Iterable[str]) -> list[str]:
-    """Files of ``out_dir`` of a generated kind that are not in ``produced``."""
-    keep = set(produced)
-    return sorted(
-        name
-        for name, path in _tree(out_dir).items()
-        if name not in keep and _is_generated_kind(path)
+def _write_manifest(out_dir: Path) -> None:
+    # Sorted POSIX paths: the same contracts give the same bytes on every machine, so
+    # the record is compared like any generated file (find_stale).
+    names = sorted(name for name in _tree(out_dir) if name != MANIFEST_NAME)
+    (out_dir / MANIFEST_NAME).write_text(
+        _MANIFEST_HEADER + "".join(f"{name}\n" for name in names), encoding="utf-8"
     )
 
 
-def _remove_leftovers(out_dir: Path, produced: Iterable[str]) -> list[Path]:
+def _read_manifest(out_dir: Path) -> list[str]:
+    """The files the previous run in ``out_dir`` recorded; none without a record."""
+    path = out_dir / MANIFEST_NAME
+    if not path.is_file():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise CodegenError(f"cannot read {path}: {error}; delete it to start over") from None
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _leftovers(out_dir: Path, listed: Iterable[str], produced: Iterable[str]) -> list[str]:
+    """Files ``listed`` in the previous record that are not ``produced`` now, still
+    there and safe to delete: inside ``out_dir`` and, for ``__init__.py``, empty (one
+    with content is the user's)."""
+    keep = {*produced, MANIFEST_NAME}
+    root = out_dir.resolve()
+    found = []
+    for name in sorted(set(listed) - keep):
+        relative = PurePosixPath(name)
+        if relative.is_absolute() or ".." in relative.parts:
+            continue  # not something a run writes; never follow it out of the folder
+        path = out_dir.joinpath(*relative.parts)
+        if not path.is_file() or path.is_symlink() or not path.resolve().is_relative_to(root):
+            continue
+        if path.name == "__init__.py" and path.stat().st_size:
+            continue
+        found.append(relative.as_posix())
+    return found
+
+
+def _remove_leftovers(out_dir: Path, leftovers: Iterable[str]) -> list[Path]:
     removed = []
-    for name in _leftovers(out_dir, produced):
+    for name in leftovers:
         (out_dir / name).unlink()
         removed.append(out_dir / name)
     # Folders emptied by that, deepest first; a __pycache__ alone holds only caches of
@@ -249,7 +313,12 @@ def _add_package_markers(out_dir: Path) -> None:
 
 
 def find_stale(proto_root: Path, generated_dir: Path) -> list[StaleFile]:
-    """Compare ``generated_dir`` with a fresh compilation; empty when up to date."""
+    """Compare ``generated_dir`` with a fresh compilation; empty when up to date.
+
+    Left-over files are those the record of the last run lists and no contract
+    produces now; the user's own files in the folder are never stale.
+    """
+    check_folders(proto_root, generated_dir)
     with tempfile.TemporaryDirectory() as tmp:
         fresh_root = Path(tmp)
         _compile(proto_root, fresh_root / "out")
@@ -262,7 +331,7 @@ def find_stale(proto_root: Path, generated_dir: Path) -> list[StaleFile]:
         stale += (
             [
                 StaleFile(name, "no contract produces it: run nexus gen to delete it")
-                for name in _leftovers(generated_dir, fresh.keys())
+                for name in _leftovers(generated_dir, _read_manifest(generated_dir), fresh)
             ]
             if generated_dir.is_dir()
             else []
@@ -278,9 +347,9 @@ def find_stale(proto_root: Path, generated_dir: Path) -> list[StaleFile]:
 
 
 def _tree(root: Path) -> dict[str, Path]:
-    """Every file under ``root`` but caches, by its path relative to ``root``."""
+    """Every file under ``root`` but caches, by its POSIX path relative to ``root``."""
     return {
-        str(p.relative_to(root)): p
+        p.relative_to(root).as_posix(): p
         for p in root.rglob("*")
         if p.is_file() and "__pycache__" not in p.parts
     }

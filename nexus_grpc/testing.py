@@ -23,17 +23,20 @@ Over TLS and mutual TLS, with a throwaway CA (:class:`nexus_grpc.tls.certs.TestC
 from __future__ import annotations
 
 import asyncio
-import itertools
+import logging
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Mapping, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import grpc
+import redis.asyncio as aioredis
 from google.protobuf.message import Message
+from redis.exceptions import RedisError
 
 from nexus_grpc.auth.principal import Grant, Principal
 from nexus_grpc.config import (
@@ -50,6 +53,8 @@ from nexus_grpc.config import (
     TlsConfig,
     TracingConfig,
 )
+from nexus_grpc.events._redis_streams import Keys, is_busy_group
+from nexus_grpc.events.redis_bus import RedisBus
 from nexus_grpc.host import Host
 from nexus_grpc.tls.certs import IssuedCert, TestCA
 
@@ -57,22 +62,43 @@ __all__ = ["EventCapture", "RunningHost", "running_host"]
 
 
 _E = TypeVar("_E", bound=Message)
-#: Numbers the consumer groups of :meth:`RunningHost.events`, one per capture.
-_capture_ids = itertools.count(1)
+
+_log = logging.getLogger("nexus.testing")
 
 
 class EventCapture(Generic[_E]):
     """The events of one type the host delivered since :meth:`RunningHost.events` was
-    called, in delivery order."""
+    called, in delivery order.
 
-    def __init__(self) -> None:
+    Awaiting it (``capture = await host.events(T)``) returns it once its consumer group
+    is in place, so every event published afterwards reaches it; on the Redis bus that
+    is required before :meth:`next`, on the memory bus it is in place at once.
+    """
+
+    def __init__(self, prepare: Callable[[], Awaitable[None]] | None = None) -> None:
         #: Every event received so far.
         self.received: list[_E] = []
         self._queue: asyncio.Queue[_E] = asyncio.Queue()
+        self._prepare = prepare  # what is left to do before the group exists
+
+    def __await__(self) -> Generator[Any, None, EventCapture[_E]]:
+        return self._ready().__await__()
+
+    async def _ready(self) -> EventCapture[_E]:
+        if self._prepare is not None:
+            await self._prepare()
+            self._prepare = None
+        return self
 
     async def next(self, within: float = 10.0) -> _E:
         """The next event not yet returned by ``next``; waits up to ``within`` seconds
         (then ``TimeoutError``), so a missing event fails the test instead of hanging it."""
+        if self._prepare is not None:
+            raise RuntimeError(
+                "this event capture was never awaited: on the Redis bus write "
+                "`capture = await host.events(EventType)` before the call that publishes, "
+                "so its consumer group exists before the event does"
+            )
         return await asyncio.wait_for(self._queue.get(), within)
 
     async def _deliver(self, event: Message, delivery: Any) -> None:
@@ -88,6 +114,8 @@ class RunningHost:
     #: PEM CA certificate(s) clients trust when the host speaks TLS (None: plaintext).
     trust: bytes | None = None
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
+    #: (group, stream) of every capture on the Redis bus, removed when the host stops.
+    _capture_groups: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -125,11 +153,32 @@ class RunningHost:
 
     def events(self, event_type: type[_E]) -> EventCapture[_E]:
         """Capture every ``event_type`` event published from now on, as a consumer group
-        of its own would receive it (after the publishing transaction commits): call it
-        before the call that publishes, then ``await capture.next()``."""
-        capture: EventCapture[_E] = EventCapture()
-        group = f"nexus-testing-{next(_capture_ids)}"
-        self.host.bus.subscribe(group, event_type.DESCRIPTOR.full_name, capture._deliver)
+        of its own would receive it (after the publishing transaction commits): write
+        ``capture = await host.events(T)`` before the call that publishes, then
+        ``await capture.next()``.
+
+        Each capture is a new group (a random name, so none meets a group of an earlier
+        run on a shared Redis); on the Redis bus awaiting creates it on the stream at
+        once, and the host's stop removes it with its retry and dead-letter streams.
+        """
+        event_name = event_type.DESCRIPTOR.full_name
+        group = f"nexus-testing-{uuid.uuid4().hex}"
+        bus = self.host.bus
+        prepare = None
+        if isinstance(bus, RedisBus):
+            stream = Keys(self.host.config.events.redis_prefix).events(event_name)
+            self._capture_groups.append((group, stream))
+
+            async def prepare() -> None:
+                # At "$" like the worker's own creation: whichever comes first wins.
+                try:
+                    await bus.client.xgroup_create(stream, group, id="$", mkstream=True)
+                except RedisError as error:
+                    if not is_busy_group(error):
+                        raise
+
+        capture: EventCapture[_E] = EventCapture(prepare)
+        bus.subscribe(group, event_name, capture._deliver)
         return capture
 
     def channel(
@@ -281,6 +330,24 @@ async def running_host(
         for channel in running._channels:
             await channel.close(None)
         await host.stop()
+        await _remove_capture_groups(config.events, running._capture_groups)
+
+
+async def _remove_capture_groups(events: EventsConfig, groups: Sequence[tuple[str, str]]) -> None:
+    """Delete the Redis consumer groups of the captures, and their retry and dead-letter
+    streams: the captures are gone, and a group left behind would hold events forever."""
+    if not groups:
+        return
+    keys = Keys(events.redis_prefix)
+    client = aioredis.Redis.from_url(events.redis_url, socket_timeout=5.0)
+    try:
+        for group, stream in groups:
+            await client.xgroup_destroy(stream, group)
+            await client.delete(keys.retry(group), keys.dead(group))
+    except (RedisError, OSError) as error:
+        _log.warning("could not remove the event capture groups from Redis: %s", error)
+    finally:
+        await client.aclose()
 
 
 def _tls_setup(

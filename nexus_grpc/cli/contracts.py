@@ -51,7 +51,7 @@ def register(commands: Any) -> None:
 
 
 def _gen(args: argparse.Namespace) -> int:
-    from nexus_grpc.codegen import CodegenError, find_stale, generate
+    from nexus_grpc.codegen import CodegenError, OutputFolderError, find_stale, generate
 
     try:
         proto, out = project_folders(args.proto, args.out, Path.cwd())
@@ -65,6 +65,9 @@ def _gen(args: argparse.Namespace) -> int:
                 print(f"{out / item.path}: {item.reason}")
             return 1 if stale else 0
         generated = generate(proto, out)
+    except OutputFolderError as error:
+        print(f"nexus gen: {error}", file=sys.stderr)
+        return 2
     except CodegenError as error:
         print(f"nexus gen: {error}", file=sys.stderr)
         return 1
@@ -95,11 +98,11 @@ def _lint(args: argparse.Namespace) -> int:
         print(f"nexus lint: {error}", file=sys.stderr)
         return 1
     # The project's own contracts are what lint is about; the plugins a host would load
-    # (other installed plugins among them) only when the command names a configuration,
-    # so one broken plugin elsewhere does not fail every project's lint.
-    if (args.config or args.plugin_dir) and not _plugin_contracts_ok(
-        config_from_args(args), missing
-    ):
+    # (other installed plugins among them) only when a configuration is named (-c,
+    # --plugin-dir, or $NEXUS_CONFIG, which an operator exports to mean that host), so
+    # one broken plugin elsewhere does not fail every project's lint.
+    named = args.config or args.plugin_dir or os.environ.get("NEXUS_CONFIG")
+    if named and not _plugin_contracts_ok(config_from_args(args), missing):
         failed.append("plugins")
     for path in sorted(missing):
         print(f"{path}: no access policy; every call will be denied: {MISSING_POLICY_FIX}")

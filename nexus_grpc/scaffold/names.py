@@ -10,6 +10,7 @@ cannot shadow another module once the plugin is installed.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import keyword
 import re
@@ -143,6 +144,14 @@ def _check_import_name(proto_package: str, package: str, hint: str) -> None:
         return
     elif not _is_package(root):
         problem = "is a module (not a package) already installed here"
+    elif (marker := _regular_package_marker(root)) is not None:
+        # A shared prefix works only as a namespace package: a regular one (with an
+        # __init__.py) is the whole of `root`, so the stubs' folder would never be seen.
+        problem = (
+            f"is a regular package already installed here, whose {marker} would hide the "
+            "stubs (a shared prefix must be a namespace package, a folder without "
+            "__init__.py)"
+        )
     elif _installed(own):
         root = own
         problem = "is a package already installed here"
@@ -160,6 +169,17 @@ def _installed(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False  # a parent that is not a package, or fails to import: not installed
+
+
+def _regular_package_marker(module: str) -> str | None:
+    """The ``__init__.py`` of the installed package ``module``; None for a namespace
+    package (no origin, the namespace loader)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin in (None, "namespace"):
+        return None
+    if isinstance(spec.loader, importlib.machinery.NamespaceLoader):
+        return None
+    return spec.origin
 
 
 def _is_package(module: str) -> bool:

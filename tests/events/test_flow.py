@@ -21,6 +21,7 @@ from nexus_grpc.events import Delivery, Envelope, MemoryBus, Publisher, seal
 from nexus_grpc.events.outbox import INBOX_COLLECTION, Outbox
 from nexus_grpc.storage import Storage
 from nexus_grpc.testing import RunningHost, running_host
+from tests.fixtures.redis import RedisServer
 from tests.storage import connected
 
 REPO = Path(__file__).resolve().parents[2]
@@ -441,7 +442,7 @@ async def test_the_harness_captures_published_events(tmp_path: Path) -> None:
         data_dir=tmp_path,
         plugin_config={"orders": PRICES},
     ) as host:
-        created = host.events(order_events.OrderCreated)
+        created = await host.events(order_events.OrderCreated)
         again = host.events(order_events.OrderCreated)  # captures are independent
         orders, _ = clients(host)
         made = await orders.CreateOrder(order("SKU-1", 2))
@@ -452,3 +453,39 @@ async def test_the_harness_captures_published_events(tmp_path: Path) -> None:
         assert created.received == [event]
         with pytest.raises(TimeoutError):
             await created.next(within=0.2)
+
+
+async def test_the_harness_captures_on_redis_with_groups_of_its_own_removed_at_stop(
+    tmp_path: Path, redis_url: str, redis_server: RedisServer
+) -> None:
+    # On a shared Redis a capture's group must exist before the call that publishes
+    # (awaiting it creates it), must be new (no earlier run's group, which would hold
+    # that run's events), and must not outlive the host.
+    stream = f"nexus:events:{order_events.OrderCreated.DESCRIPTOR.full_name}"
+    events = EventsConfig(backend="redis", redis_url=redis_url, claim_idle=5.0)
+    seen: list[str] = []
+    for run in range(2):
+        async with running_host(
+            plugins=["orders"],
+            plugin_dirs=[REPO / "plugins"],
+            data_dir=tmp_path / f"run{run}",
+            events=events,
+            plugin_config={"orders": PRICES},
+        ) as host:
+            created = await host.events(order_events.OrderCreated)
+            groups = redis_server.command("XINFO", "GROUPS", stream).decode()
+            assert groups.count("nexus-testing-") == 1, groups
+            unawaited = host.events(order_events.OrderCreated)
+            with pytest.raises(RuntimeError, match="was never awaited"):
+                await unawaited.next(within=0.1)
+            orders, _ = clients(host)
+            made = await orders.CreateOrder(order("SKU-1", 1))  # at once: nothing missed
+            event = await created.next(within=10)
+            assert event.order == made and created.received == [event]
+            seen.append(made.id)
+            with pytest.raises(TimeoutError):
+                await created.next(within=0.3)
+        groups = redis_server.command("XINFO", "GROUPS", stream).decode()
+        assert "nexus-testing-" not in groups, groups
+        assert redis_server.command("KEYS", "*nexus-testing-*") == b"*0\r\n"
+    assert len(set(seen)) == 2

@@ -139,6 +139,9 @@ def test_built_wheel_is_discovered_through_its_entry_point(project: Path, tmp_pa
         names = set(archive.namelist())
         archive.extractall(site)
     assert {"notes_plugin/manifest.toml", "notes/v1/notes_pb2.py"} <= names
+    # nexus gen's record of what it wrote stays in the project, outside the packages.
+    assert (source / "generated" / ".nexus-gen").is_file()
+    assert not any(name.endswith(".nexus-gen") for name in names), names
     empty = tmp_path / "elsewhere"
     empty.mkdir()
     served = subprocess.run(
@@ -234,6 +237,30 @@ def test_a_second_plugin_under_an_installed_prefix_is_accepted(
     (tmp_path / "single.py").write_text("")
     with pytest.raises(ScaffoldError, match="is a module \\(not a package\\) already installed"):
         plugin_names("atasks", "single.atasks.v1")
+
+
+def test_a_prefix_installed_as_a_regular_package_is_refused(tmp_path: Path) -> None:
+    # A regular acme (acme/__init__.py) on the path is all of `acme`: the generated
+    # acme/notes/v1 folder beside it could never be imported.
+    installed = tmp_path / "site"
+    (installed / "acme").mkdir(parents=True)
+    (installed / "acme" / "__init__.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    env.pop("NEXUS_CONFIG", None)
+    command = [BIN / "nexus", "new", "plugin", "notes", "--package", "acme.notes.v1"]
+    refused = subprocess.run(
+        [str(part) for part in [*command, "--dir", tmp_path / "notes"]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "is a regular package already installed here" in refused.stderr
+    assert str(installed / "acme" / "__init__.py") in refused.stderr
+    assert not (tmp_path / "notes").exists()
 
 
 def test_every_bundled_plugin_name_is_refused() -> None:

@@ -218,20 +218,24 @@ def test_lint_checks_only_the_projects_contracts_unless_a_config_is_named(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # A broken plugin where the host would look by default (./plugins) and in the
-    # config $NEXUS_CONFIG names: neither is this project's business.
+    # A broken plugin where the host would look by default (./plugins): not this
+    # project's business while no configuration is named.
     _broken_plugin(project / "plugins")
     _broken_plugin(tmp_path / "elsewhere")
-    config = tmp_path / "nexus.toml"
-    config.write_text(f'[plugins]\ndirs = ["{tmp_path / "elsewhere"}"]\n')
-    monkeypatch.setenv("NEXUS_CONFIG", str(config))
     assert main(["lint"]) == 0, capsys.readouterr()
     captured = capsys.readouterr()
     assert "boom" not in captured.err
     assert "nexus lint: OK" in captured.out
-    # Named on the command line, the configuration's plugins are checked too.
+    # Named on the command line or by $NEXUS_CONFIG (as for every command reading the
+    # configuration), the configuration's plugins are checked too.
+    config = tmp_path / "nexus.toml"
+    config.write_text(f'[plugins]\ndirs = ["{tmp_path / "elsewhere"}"]\n')
     assert main(["lint", "-c", str(config)]) == 1
     assert "RuntimeError: boom" in capsys.readouterr().err
+    monkeypatch.setenv("NEXUS_CONFIG", str(config))
+    assert main(["lint"]) == 1
+    captured = capsys.readouterr()
+    assert "RuntimeError: boom" in captured.err and "FAILED: plugins" in captured.err
 
 
 def test_lint_skips_disabled_plugins_even_broken_ones(
