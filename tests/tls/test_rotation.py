@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from nexus_grpc.config import TlsConfig
+from nexus_grpc.config import LimitsConfig, TlsConfig
 from nexus_grpc.testing import RunningHost, running_host
 from nexus_grpc.tls.certs import IssuedCert, TestCA
 
@@ -72,6 +72,9 @@ async def test_a_certificate_rotated_under_load_fails_no_call(tmp_path: Path, ca
     tls = TlsConfig(
         cert_file=str(first.cert_file), key_file=str(first.key_file), reload_interval=0.2
     )
+    # Six clients share two rate-limit buckets (one peer, one principal): a quiet machine
+    # outruns the default 100 calls/s, and this test is about rotation, not rate limits.
+    unlimited = {**LimitsConfig().rate_classes, "default": {"rate": 1e6, "burst": 1e6}}
     async with running_host(
         data_dir=tmp_path,
         plugins=["orders"],
@@ -79,6 +82,7 @@ async def test_a_certificate_rotated_under_load_fails_no_call(tmp_path: Path, ca
         http=True,
         tls=tls,
         trust=ca.cert_file.read_bytes(),
+        limits=LimitsConfig(rate_classes=unlimited),
     ) as host:
         assert host.trust is not None
         await _until_serial(host, first.serial)
