@@ -103,7 +103,11 @@ class ServerSpanStage:
 def _finish(span: Any, code: grpc.StatusCode, context: Any, http: HttpCall | None) -> None:
     span.set_attribute("rpc.grpc.status_code", code.value[0])
     if http is not None:
-        span.set_attribute("http.response.status_code", http_status_code(context, code))
+        status = http.status_sent
+        span.set_attribute(
+            "http.response.status_code",
+            status if status is not None else http_status_code(context, code),
+        )
     if code in _SERVER_ERRORS:
         span.set_attribute("error.type", code.name)
         span.set_status(Status(StatusCode.ERROR, _details(context)))

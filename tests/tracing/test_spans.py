@@ -10,6 +10,7 @@ import grpc
 import httpx
 import pytest
 from nexus.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -27,6 +28,7 @@ PARENT_ID = "b7ad6b7169203331"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
 GET_STOCK = "nexus.inventory.v1.InventoryService/GetStock"
 SET_STOCK = "nexus.inventory.v1.InventoryService/SetStock"
+WATCH_ORDERS = "nexus.orders.v1.OrdersService/WatchOrders"
 PROBE_DIR = Path(__file__).resolve().parent.parent / "probe"
 
 
@@ -295,3 +297,57 @@ async def test_a_handler_crash_marks_the_span_as_an_error_and_is_no_refusal(
     assert "s3cret" not in (span.status.description or "")
     assert dict(span.attributes or {})["error.type"] == "INTERNAL"
     assert [s.name for s in spans.all() if s.name.startswith("nexus.")] == []
+
+
+async def test_grpc_web_span_records_http_200_even_when_the_call_fails(
+    host: RunningHost, spans: Spans
+) -> None:
+    body = encode_frame(0, inventory_pb2.GetStockRequest(sku="PEN-7").SerializeToString())
+    async with httpx.AsyncClient(base_url=host.http_url) as client:
+        response = await client.post(  # no token: UNAUTHENTICATED, in the trailers
+            "/" + GET_STOCK,
+            content=body,
+            headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+        )
+    assert response.status_code == 200
+    assert b"grpc-status:16" in decode_frames(response.content)[-1][1]
+    attributes = dict(spans.one(GET_STOCK).attributes or {})
+    assert attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAUTHENTICATED.value[0]
+    assert attributes["http.response.status_code"] == 200
+
+
+async def test_rest_stream_failing_after_its_first_message_records_the_200_it_sent(
+    tmp_path: Path, spans: Spans
+) -> None:
+    async with running_host(plugins=["orders"], data_dir=tmp_path, http=True) as running:
+        admin = orders_pb2_grpc.OrdersServiceStub(running.channel(running.token("admin")))
+        await admin.CreateOrder(
+            orders_pb2.CreateOrderRequest(
+                order=orders_pb2.Order(
+                    customer_id="alice",
+                    currency_code="EUR",
+                    items=[orders_pb2.LineItem(sku="PEN-7", quantity=1)],
+                )
+            )
+        )
+        async with (
+            httpx.AsyncClient(base_url=running.http_url) as client,
+            client.stream(
+                "GET",
+                "/v1/orders:watch",
+                params={"include_existing": "true"},
+                headers={
+                    "authorization": f"Bearer {running.token('admin')}",
+                    "accept": "application/x-ndjson",
+                },
+            ) as response,
+        ):
+            assert response.status_code == 200
+            lines = response.aiter_lines()
+            assert "CHANGE_TYPE_EXISTING" in await anext(lines)
+            assert running.host.streams.end_all() == 1  # UNAVAILABLE, after the 200
+            rest = [line async for line in lines]
+    assert "UNAVAILABLE" in rest[-1] or '"code":14' in rest[-1].replace(" ", "")
+    attributes = dict(spans.one(WATCH_ORDERS).attributes or {})
+    assert attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert attributes["http.response.status_code"] == 200
