@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
@@ -39,8 +40,12 @@ _SERVER_ERRORS = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
-# Marks an exception that passed down through a refusal-recording stage's ``next``.
-_PASSED = "_nexus_passed_stages"
+#: The last exception that came up through a refusal-recording stage's ``next``, with
+#: that stage's mark. Per task, not an attribute of the exception: one exception object
+#: may be raised by many calls (a shared UNIMPLEMENTED error), and must not collect marks.
+_passed: ContextVar[tuple[object, BaseException] | None] = ContextVar(
+    "nexus_refusal_passed", default=None
+)
 
 
 def http_status_code(context: Any, code: grpc.StatusCode) -> int:
@@ -151,7 +156,7 @@ class RefusalSpans:
                 return await next(request, context)
             except BaseException as error:
                 # Whatever fails below this stage was not this stage's refusal.
-                _mark(error, mark)
+                _passed.set((mark, error))
                 raise
 
         handler: CallHandler = self._stage.bind(method, passed)
@@ -165,22 +170,14 @@ class RefusalSpans:
             try:
                 return await handler(request, context)
             except BaseException as error:
-                if mark not in getattr(error, _PASSED, ()):
+                below = _passed.get()
+                if below is not None:
+                    _passed.set(None)
+                if below is None or below[0] is not mark or below[1] is not error:
                     _record_refusal(span_name, stage_name, started, error, context)
                 raise
 
         return recording
-
-
-def _mark(error: BaseException, mark: object) -> None:
-    try:
-        marks = getattr(error, _PASSED, None)
-        if marks is None:
-            setattr(error, _PASSED, [mark])
-        else:
-            marks.append(mark)
-    except AttributeError:  # an exception type with __slots__: it is not a refusal record
-        pass
 
 
 def _record_refusal(
