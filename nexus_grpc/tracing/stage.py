@@ -25,6 +25,7 @@ from nexus_grpc.routing import CallHandler, MethodInfo
 from nexus_grpc.tracing._state import tracer
 from nexus_grpc.tracing.http import HttpCall
 from nexus_grpc.tracing.propagation import extract_pairs
+from nexus_grpc.tracing.refusal import claim_own_refusal
 
 __all__ = ["HttpCall", "RefusalSpans", "ServerSpanStage", "http_status_code"]
 
@@ -155,8 +156,10 @@ class RefusalSpans:
             try:
                 return await next(request, context)
             except BaseException as error:
-                # Whatever fails below this stage was not this stage's refusal.
-                _passed.set((mark, error))
+                # Whatever fails below this stage was not this stage's refusal, unless
+                # the stage raised it there itself (a validated request stream).
+                if not claim_own_refusal(error):
+                    _passed.set((mark, error))
                 raise
 
         handler: CallHandler = self._stage.bind(method, passed)

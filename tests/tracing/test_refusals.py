@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
 
-from nexus_grpc.errors import StatusError
+from nexus_grpc.access.validation import ValidationStage
+from nexus_grpc.errors import InvalidArgumentError, StatusError
 from nexus_grpc.routing import MethodInfo
 from nexus_grpc.tracing.stage import RefusalSpans
 from tests.tracing.conftest import Spans
@@ -86,3 +88,46 @@ class _Passes:
             return await next(request, context)
 
         return stage
+
+
+async def test_a_refused_message_of_a_client_stream_is_a_validation_span(
+    pb: Any,  # noqa: F811
+    spans: Spans,
+) -> None:
+    async def reads_all(requests: Any, context: Any) -> str:
+        async for _ in requests:
+            pass
+        return "read"
+
+    method = valtest_method(pb, "Upload")
+    handler = RefusalSpans(ValidationStage(), "validation").bind(method, reads_all)
+    outer = RefusalSpans(_Passes(), "auth").bind(method, handler)
+
+    async def stream() -> AsyncIterator[Any]:
+        yield pb.Child(id="", size=0)  # breaks the field rules
+
+    with pytest.raises(InvalidArgumentError):
+        await outer(stream(), Context())
+    assert refusal_names(spans) == ["nexus.validation"]  # raised inside the handler
+    span = spans.one("nexus.validation")
+    assert dict(span.attributes or {})["rpc.grpc.status_code"] == 3
+
+
+async def test_a_handler_error_in_a_client_stream_is_no_validation_refusal(
+    pb: Any,  # noqa: F811
+    spans: Spans,
+) -> None:
+    async def fails(requests: Any, context: Any) -> str:
+        async for _ in requests:
+            raise SHARED
+        return "read"
+
+    method = valtest_method(pb, "Upload")
+    handler = RefusalSpans(ValidationStage(), "validation").bind(method, fails)
+
+    async def stream() -> AsyncIterator[Any]:
+        yield pb.Child(id="ok", size=1)
+
+    with pytest.raises(StatusError):
+        await handler(stream(), Context())
+    assert refusal_names(spans) == []
