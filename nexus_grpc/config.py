@@ -445,8 +445,9 @@ class TracingConfig:
     headers: tuple[str, ...] = ()
     #: Seconds one export may take.
     timeout: float = 10.0
-    #: service.name of every span.
-    service_name: str = "nexus"
+    #: service.name of every span; empty: the service.name of resource_attributes (or
+    #: OTEL_RESOURCE_ATTRIBUTES), else "nexus". OTEL_SERVICE_NAME wins over both.
+    service_name: str = ""
     #: More resource attributes as "key=value" (deployment.environment.name=prod, ...).
     resource_attributes: tuple[str, ...] = ()
     #: always_on, always_off, traceidratio, or parentbased_ + one of them.

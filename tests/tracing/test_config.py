@@ -207,3 +207,18 @@ def test_extract_ignores_what_is_not_trace_context() -> None:
         [("authorization", "Bearer x"), ("traceparent", "garbage"), ("bin-bin", b"\x00")]
     )
     assert not trace.get_current_span(context).get_span_context().is_valid
+
+
+def test_a_service_name_in_the_resource_attributes_is_kept(tmp_path: Path) -> None:
+    attributes = "service.name=checkout,deployment.environment.name=prod"
+    config = load(tmp_path, OTEL_TRACES_EXPORTER="console", OTEL_RESOURCE_ATTRIBUTES=attributes)
+    assert _resource_attributes(config)["service.name"] == "checkout"
+    named = load(
+        tmp_path,
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_RESOURCE_ATTRIBUTES=attributes,
+        OTEL_SERVICE_NAME="shop",
+    )
+    assert _resource_attributes(named)["service.name"] == "shop"  # the name variable wins
+    plain = load(tmp_path, OTEL_TRACES_EXPORTER="console")
+    assert _resource_attributes(plain)["service.name"] == "nexus"
