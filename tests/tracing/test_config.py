@@ -222,3 +222,14 @@ def test_a_service_name_in_the_resource_attributes_is_kept(tmp_path: Path) -> No
     assert _resource_attributes(named)["service.name"] == "shop"  # the name variable wins
     plain = load(tmp_path, OTEL_TRACES_EXPORTER="console")
     assert _resource_attributes(plain)["service.name"] == "nexus"
+
+
+def test_an_otel_endpoint_variable_beats_the_files_traces_endpoint(tmp_path: Path) -> None:
+    toml = '[tracing]\ntraces_endpoint = "http://file:4318/v1/traces"\nprotocol = "http/protobuf"\n'
+    config = load(
+        tmp_path, toml, OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT="http://env:4318"
+    )
+    assert _traces_url(config) == "http://env:4318/v1/traces"
+    assert _traces_url(load(tmp_path, toml, OTEL_TRACES_EXPORTER="otlp")) == (
+        "http://file:4318/v1/traces"
+    )
