@@ -15,6 +15,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import grpc
+from google.rpc import status_pb2
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -57,7 +58,11 @@ def http_status_code(context: Any, code: grpc.StatusCode) -> int:
     if code is grpc.StatusCode.OK:
         return 200
     # The gateway's own refusals (413, 414, 415) carry their HTTP status in the details.
-    return answer_status(status_of(context, code), code)
+    try:
+        status = status_of(context, code)
+    except Exception:  # status details a plugin set that do not parse: the code decides
+        status = status_pb2.Status(code=code.value[0])
+    return answer_status(status, code)
 
 
 class ServerSpanStage:
@@ -100,24 +105,29 @@ class ServerSpanStage:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             finally:
-                _finish(span, as_code(code), context, http)
-                otel_context.detach(token)
+                try:
+                    _finish(span, code, context, http)
+                finally:  # whatever went wrong finishing, the call's context is left
+                    otel_context.detach(token)
 
         return traced
 
 
-def _finish(span: Any, code: grpc.StatusCode, context: Any, http: HttpCall | None) -> None:
-    span.set_attribute("rpc.grpc.status_code", code.value[0])
-    if http is not None:
-        status = http.status_sent
-        span.set_attribute(
-            "http.response.status_code",
-            status if status is not None else http_status_code(context, code),
-        )
-    if code in _SERVER_ERRORS:
-        span.set_attribute("error.type", code.name)
-        span.set_status(Status(StatusCode.ERROR, _details(context)))
-    span.end()
+def _finish(span: Any, raw_code: Any, context: Any, http: HttpCall | None) -> None:
+    try:
+        code = as_code(raw_code)
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if http is not None:
+            status = http.status_sent
+            span.set_attribute(
+                "http.response.status_code",
+                status if status is not None else http_status_code(context, code),
+            )
+        if code in _SERVER_ERRORS:
+            span.set_attribute("error.type", code.name)
+            span.set_status(Status(StatusCode.ERROR, _details(context)))
+    finally:  # never a span left open, whatever a plugin left in the context
+        span.end()
 
 
 def _details(context: Any) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -20,8 +21,10 @@ from nexus_grpc.logs import JsonFormatter, TextFormatter
 from nexus_grpc.plugins.services import Services
 from nexus_grpc.testing import RunningHost, running_host
 from nexus_grpc.tracing import tracer
+from nexus_grpc.tracing.http import HttpCall
 from nexus_grpc.tracing.stage import ServerSpanStage
 from tests.tracing.conftest import Spans
+from tests.validation.test_rules import pb, valtest_method  # noqa: F401  (fixture)
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
@@ -351,3 +354,42 @@ async def test_rest_stream_failing_after_its_first_message_records_the_200_it_se
     attributes = dict(spans.one(WATCH_ORDERS).attributes or {})
     assert attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
     assert attributes["http.response.status_code"] == 200
+
+
+class _BadTrailersContext:
+    """A REST call's context whose handler left status details that do not parse."""
+
+    transport = "rest"
+
+    def __init__(self) -> None:
+        self.http_call = HttpCall("GET", "/v1/things/{id}", "http")
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.NOT_FOUND
+
+    def details(self) -> str:
+        return "no such thing"
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        return (("grpc-status-details-bin", b"\xff\xff not a google.rpc.Status"),)
+
+
+async def test_bad_status_details_neither_leave_the_span_open_nor_the_context_attached(
+    pb: Any,  # noqa: F811
+    spans: Spans,
+) -> None:
+    async def handler(request: object, context: object) -> str:
+        return "answered"
+
+    method = valtest_method(pb, "Unary")
+    traced = ServerSpanStage().bind(method, handler)
+    before = trace.get_current_span()
+    assert await traced(object(), _BadTrailersContext()) == "answered"
+    assert trace.get_current_span() is before
+    span = spans.one(method.path.lstrip("/"))
+    attributes = dict(span.attributes or {})
+    assert attributes["http.response.status_code"] == 404
+    assert attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
