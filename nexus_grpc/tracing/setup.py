@@ -144,8 +144,9 @@ def _traces_url(config: TracingConfig) -> str:
 
 
 def _endpoint_shown(config: TracingConfig) -> str:
-    # Never credentials in a log line: the URL's user-info part is dropped.
-    url = _traces_url(config)
+    # Never credentials in a log line: the URL's user-info part, its query string and
+    # fragment (an API key some backends take as ?api-key=...) are dropped.
+    url = _traces_url(config).split("#", 1)[0].split("?", 1)[0]
     scheme, sep, rest = url.partition("://")
     return scheme + sep + rest.rpartition("@")[2]
 
