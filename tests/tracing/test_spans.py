@@ -12,8 +12,12 @@ import httpx
 import pytest
 from nexus.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
-from opentelemetry import trace
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator, default_getter, default_setter
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from nexus_grpc.config import HttpConfig, LimitsConfig
 from nexus_grpc.gateway.grpcweb import decode_frames, encode_frame
@@ -393,3 +397,49 @@ async def test_bad_status_details_neither_leave_the_span_open_nor_the_context_at
     attributes = dict(span.attributes or {})
     assert attributes["http.response.status_code"] == 404
     assert attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+class _RecordingPropagator(TextMapPropagator):
+    """A propagator of a header of its own ("x-vendor-trace"), recording what it read."""
+
+    def __init__(self) -> None:
+        self.seen: list[str | None] = []
+
+    def extract(self, carrier: Any, context: Any = None, getter: Any = default_getter) -> Any:
+        values = getter.get(carrier, "x-vendor-trace")
+        self.seen.append(values[0] if values else None)
+        return context if context is not None else otel_context.Context()
+
+    def inject(self, carrier: Any, context: Any = None, setter: Any = default_setter) -> None:
+        return None
+
+    @property
+    def fields(self) -> set[str]:
+        return {"x-vendor-trace"}
+
+
+async def test_the_configured_propagators_fields_are_passed_on(
+    tmp_path: Path, spans: Spans
+) -> None:
+    vendor = _RecordingPropagator()
+    previous = propagate.get_global_textmap()
+    propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator(), vendor]))
+    try:
+        async with running_host(plugins=["inventory"], data_dir=tmp_path, http=True) as running:
+            stub = inventory_pb2_grpc.InventoryServiceStub(running.channel(running.token()))
+            await stub.GetStock(
+                inventory_pb2.GetStockRequest(sku="PEN-7"),
+                metadata=(("x-vendor-trace", "over-grpc"),),
+            )
+            async with httpx.AsyncClient(base_url=running.http_url) as client:
+                response = await client.get(
+                    "/v1/stock/PEN-7",
+                    headers={
+                        "authorization": f"Bearer {running.token()}",
+                        "x-vendor-trace": "over-rest",
+                    },
+                )
+            assert response.status_code == 200
+    finally:
+        propagate.set_global_textmap(previous)
+    assert "over-grpc" in vendor.seen and "over-rest" in vendor.seen
