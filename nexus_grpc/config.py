@@ -445,8 +445,9 @@ class TracingConfig:
     headers: tuple[str, ...] = ()
     #: Seconds one export may take.
     timeout: float = 10.0
-    #: service.name of every span.
-    service_name: str = "nexus"
+    #: service.name of every span; empty: the service.name of resource_attributes (or
+    #: OTEL_RESOURCE_ATTRIBUTES), else "nexus". OTEL_SERVICE_NAME wins over both.
+    service_name: str = ""
     #: More resource attributes as "key=value" (deployment.environment.name=prod, ...).
     resource_attributes: tuple[str, ...] = ()
     #: always_on, always_off, traceidratio, or parentbased_ + one of them.
@@ -568,10 +569,14 @@ def _check_networks(config: Config) -> None:
 def _check_tracing(tracing: TracingConfig) -> None:
     """Pairs are "key=value", the ratio is a fraction, endpoints are URLs."""
     for key in ("headers", "resource_attributes"):
-        for pair in getattr(tracing, key):
+        for position, pair in enumerate(getattr(tracing, key), start=1):
             name, sep, _ = pair.partition("=")
             if not sep or not name.strip():
-                raise ConfigError(f'tracing.{key}: expected "key=value" entries, got {pair!r}')
+                # Its position, not its text: a malformed header entry may be a token.
+                raise ConfigError(
+                    f'tracing.{key}: entry {position} is not "key=value" '
+                    "(a name, '=', then the value)"
+                )
     if not 0.0 <= tracing.sampler_arg <= 1.0:
         raise ConfigError(
             f"tracing.sampler_arg: expected a fraction from 0 to 1, got {tracing.sampler_arg!r}"

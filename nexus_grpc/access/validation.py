@@ -77,6 +77,7 @@ from nexus.options.v1 import options_pb2
 from nexus_grpc.access.well_known import CHECKS as _WELL_KNOWN_CHECKS
 from nexus_grpc.errors import FieldViolation, InvalidArgumentError
 from nexus_grpc.routing import Arity, CallHandler, MethodInfo
+from nexus_grpc.tracing.refusal import refusing
 
 __all__ = ["ValidationStage", "Validator", "compile_validator"]
 
@@ -197,12 +198,13 @@ class _ValidatedStream:
     async def __anext__(self) -> Any:
         if self._error is not None:
             # A handler that swallowed the error must not read on past the bad message.
-            raise self._error
+            raise refusing(self._error)
         request = await self._requests.__anext__()
         violations = self._validate(request)
         if violations:
             self._error = InvalidArgumentError(violations)
-            raise self._error
+            # Raised inside the handler, yet this stage's refusal (for its trace span).
+            raise refusing(self._error)
         return request
 
 

@@ -129,12 +129,14 @@ class RemoteCache:
                 self._skip_until = time.monotonic() + self._retry_after
             if not self._failing:
                 self._failing = True
+                # The class and the commands only: redis-py's message may quote the
+                # command with its key and value (user data).
                 _log.warning(
-                    "cache: Redis %s (%s: %s); reads miss and writes only reach this "
+                    "cache: Redis %s (%s on %s); reads miss and writes only reach this "
                     "process until it answers again",
                     "unreachable" if unreachable else "command failed",
                     type(error).__name__,
-                    error,
+                    operation,
                 )
             return None
         self._skip_until = 0.0

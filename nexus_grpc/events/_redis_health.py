@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -62,7 +63,11 @@ class Health:
             # Workers notice Redis coming back only if there are groups; a process
             # that only publishes needs a check of its own.
             if self._probe is None or self._probe.done():
-                self._probe = asyncio.create_task(self._watch(), name="nexus-events-probe")
+                # A fresh context: the probe outlives the call that saw the failure, and
+                # must not carry its trace or request id.
+                self._probe = asyncio.create_task(
+                    self._watch(), name="nexus-events-probe", context=contextvars.Context()
+                )
         await self._report()
 
     async def succeeded(self, mark: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections import deque
@@ -121,11 +122,16 @@ class GroupWorker:
         """Start reading and handling."""
         self._stopping.clear()
         if self.task is None:
-            self.task = asyncio.create_task(self._run(), name=f"nexus-events-{self.name}")
+            # Fresh contexts: a worker started during a call must not carry its trace.
+            self.task = asyncio.create_task(
+                self._run(), name=f"nexus-events-{self.name}", context=contextvars.Context()
+            )
         if self._heartbeat is None:
             self._beating = True
             self._heartbeat = asyncio.create_task(
-                self._keep_alive(), name=f"nexus-events-{self.name}-heartbeat"
+                self._keep_alive(),
+                name=f"nexus-events-{self.name}-heartbeat",
+                context=contextvars.Context(),
             )
 
     def begin_stop(self) -> None:

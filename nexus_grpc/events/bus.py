@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -268,7 +269,11 @@ class MemoryBus:
             handler = traced_handler(handler, backend=self.backend)
         entry.handlers[event_type] = handler
         if self._running and entry.worker is None:
-            entry.worker = asyncio.create_task(self._work(entry), name=f"nexus-events-{group}")
+            # A fresh context: a subscription made during a call (a plugin loaded by an
+            # admin call) must not give the worker that call's trace or request id.
+            entry.worker = asyncio.create_task(
+                self._work(entry), name=f"nexus-events-{group}", context=contextvars.Context()
+            )
 
     async def publish(self, envelope: Envelope) -> None:
         """Queue ``envelope`` for every group that consumes its type."""

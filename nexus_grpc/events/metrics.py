@@ -28,6 +28,7 @@ leaves the gauges out until one succeeds, rather than reporting stale numbers.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Iterable, Iterator
 
@@ -55,8 +56,9 @@ class EventMetrics(Collector):
         """Update the gauges; returns after ``timeout`` seconds at most, never raises."""
         task = self._refreshing
         if task is None or task.done():
+            # Shared by every scrape waiting on it: none of their contexts.
             task = self._refreshing = asyncio.create_task(
-                self._read_stats(), name="nexus-events-metrics"
+                self._read_stats(), name="nexus-events-metrics", context=contextvars.Context()
             )
         # Not cancelled at the timeout: a cancellation can get lost inside a Redis call
         # (see _redis_runtime.cancel_and_wait); the bus's command timeouts end it.

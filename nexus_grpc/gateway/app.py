@@ -62,7 +62,7 @@ from nexus_grpc.pipeline.observe import incoming_request_id
 from nexus_grpc.routing import Route, Router, RoutingTable
 from nexus_grpc.tls.identity import scope_auth_context
 from nexus_grpc.tracing.http import HttpCall
-from nexus_grpc.tracing.propagation import PROPAGATION_KEYS
+from nexus_grpc.tracing.propagation import propagation_keys
 
 if TYPE_CHECKING:
     from nexus_grpc.pipeline.metrics import Metrics
@@ -134,12 +134,12 @@ class GatewayApp:
         )
         self._routes = self._build(router.table)
         router.on_change(self._rebuild)
-        #: Headers that become metadata; with tracing on, the W3C trace context too
+        #: Headers that become metadata; with tracing on, the trace context too
         #: (read once here: tracing is switched on before the gateway is built).
         self._tracing = tracing.enabled()
         self._forward = settings.forward_headers
         if self._tracing:
-            self._forward = self._forward | PROPAGATION_KEYS
+            self._forward = self._forward | propagation_keys()
         from nexus_grpc.gateway.grpcweb import GrpcWebHandler
 
         self._grpc_web = GrpcWebHandler(router, settings)

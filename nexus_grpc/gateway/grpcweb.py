@@ -153,7 +153,8 @@ class GrpcWebHandler:
             auth_context=scope_auth_context(scope),
         )
         if self._tracing:
-            context.http_call = HttpCall("POST", "", scope["scheme"])
+            # Always 200: the call's status travels in the trailers.
+            context.http_call = HttpCall("POST", "", scope["scheme"], status_sent=200)
         watcher: asyncio.Future[None] | None = None
 
         def body_read() -> None:

@@ -97,6 +97,9 @@ class StreamWriter:
             *metadata_headers(self._context, trailers=False),
         ]
         await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+        http = self._context.http_call
+        if http is not None:  # tracing: a later error cannot change the status any more
+            http.status_sent = 200
         if self._format is StreamFormat.JSON_ARRAY:
             await self._chunk(b"[")
 

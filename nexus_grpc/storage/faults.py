@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 import logging
 from collections.abc import Awaitable, Callable
@@ -154,7 +155,10 @@ class StorageHealth:
         previous = self._notify
         # Notifications run in order, one change after the other, in a task of their
         # own: report() is called from inside failing operations, which must not wait.
-        self._notify = loop.create_task(self._tell(previous, self._healthy))
+        # A fresh context: not the failing call's trace or request id (also below).
+        self._notify = loop.create_task(
+            self._tell(previous, self._healthy), context=contextvars.Context()
+        )
 
     async def _tell(self, previous: asyncio.Task[None] | None, healthy: bool) -> None:
         if previous is not None:
@@ -174,7 +178,9 @@ class StorageHealth:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._task = loop.create_task(self._probe_loop(), name="nexus-storage-probe")
+        self._task = loop.create_task(
+            self._probe_loop(), name="nexus-storage-probe", context=contextvars.Context()
+        )
 
     async def _probe_loop(self) -> None:
         while not self._healthy and not self._closed:

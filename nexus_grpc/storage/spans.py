@@ -99,11 +99,15 @@ def start_client_span(
 
 
 def fail(span: Span, error: BaseException | str, error_type: str | None = None) -> None:
-    """Mark ``span`` failed with ``error`` (an exception, or a server's error text)."""
+    """Mark ``span`` failed with ``error`` (an exception, or a server's error text).
+
+    An exception is described by its class name only, and never recorded as a span
+    event: a driver's message may quote the command it failed on (redis-py's pipeline
+    errors hold ``SET <key> <value> PX ...``), i.e. keys and values of user data.
+    """
     if isinstance(error, BaseException):
-        span.record_exception(error)
         error_type = error_type or type(error).__qualname__
-        description = f"{type(error).__name__}: {error}"
+        description = type(error).__name__
     else:
         description = error
     span.set_attribute("error.type", error_type or "_OTHER")

@@ -47,6 +47,10 @@ def otel_overrides(env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
         text = env.get(variable, "").strip()
         if text:
             found[key] = (variable, text)
+    if "endpoint" in found and "traces_endpoint" not in found:
+        # The environment wins: a file's (or NEXUS_*'s) full traces URL must not beat
+        # the collector OTEL_EXPORTER_OTLP_ENDPOINT names.
+        found["traces_endpoint"] = ("OTEL_EXPORTER_OTLP_ENDPOINT", "")
     for variable in _TIMEOUTS:
         text = env.get(variable, "").strip()
         if text:

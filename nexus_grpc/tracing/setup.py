@@ -26,6 +26,9 @@ __all__ = ["Tracing", "start_tracing"]
 
 _log = logging.getLogger("nexus.tracing")
 
+#: service.name when neither service_name nor the resource attributes give one.
+DEFAULT_SERVICE_NAME = "nexus"
+
 _EXTRA_HINT = "install the extra: pip install 'nexus-grpc[otel]'"
 
 
@@ -72,7 +75,7 @@ def start_tracing(config: TracingConfig) -> Tracing | None:
         config.exporter,
         f" ({config.protocol} to {_endpoint_shown(config)})" if config.exporter == "otlp" else "",
         config.sampler,
-        extra={"service_name": config.service_name},
+        extra={"service_name": provider.resource.attributes.get("service.name")},
     )
     return Tracing(provider)
 
@@ -106,7 +109,12 @@ def _resource_attributes(config: TracingConfig) -> dict[str, Any]:
         "process.pid": os.getpid(),
     }
     attributes.update(_pairs(config.resource_attributes))
-    attributes["service.name"] = config.service_name
+    # As the specification has it: OTEL_SERVICE_NAME (or a configured service_name)
+    # beats a service.name in the resource attributes, which beats the default.
+    if config.service_name:
+        attributes["service.name"] = config.service_name
+    elif not attributes.get("service.name"):
+        attributes["service.name"] = DEFAULT_SERVICE_NAME
     return attributes
 
 
@@ -136,8 +144,9 @@ def _traces_url(config: TracingConfig) -> str:
 
 
 def _endpoint_shown(config: TracingConfig) -> str:
-    # Never credentials in a log line: the URL's user-info part is dropped.
-    url = _traces_url(config)
+    # Never credentials in a log line: the URL's user-info part, its query string and
+    # fragment (an API key some backends take as ?api-key=...) are dropped.
+    url = _traces_url(config).split("#", 1)[0].split("?", 1)[0]
     scheme, sep, rest = url.partition("://")
     return scheme + sep + rest.rpartition("@")[2]
 
@@ -146,7 +155,7 @@ def _exporter(config: TracingConfig) -> SpanExporter:
     if config.exporter == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-        return ConsoleSpanExporter(service_name=config.service_name)
+        return ConsoleSpanExporter(service_name=_resource_attributes(config)["service.name"])
     headers = _pairs(config.headers) or None
     url = _traces_url(config)
     try:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
+from google.rpc import status_pb2
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -24,6 +26,7 @@ from nexus_grpc.routing import CallHandler, MethodInfo
 from nexus_grpc.tracing._state import tracer
 from nexus_grpc.tracing.http import HttpCall
 from nexus_grpc.tracing.propagation import extract_pairs
+from nexus_grpc.tracing.refusal import claim_own_refusal
 
 __all__ = ["HttpCall", "RefusalSpans", "ServerSpanStage", "http_status_code"]
 
@@ -39,8 +42,12 @@ _SERVER_ERRORS = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
-# Marks an exception that passed down through a refusal-recording stage's ``next``.
-_PASSED = "_nexus_passed_stages"
+#: The last exception that came up through a refusal-recording stage's ``next``, with
+#: that stage's mark. Per task, not an attribute of the exception: one exception object
+#: may be raised by many calls (a shared UNIMPLEMENTED error), and must not collect marks.
+_passed: ContextVar[tuple[object, BaseException] | None] = ContextVar(
+    "nexus_refusal_passed", default=None
+)
 
 
 def http_status_code(context: Any, code: grpc.StatusCode) -> int:
@@ -51,7 +58,11 @@ def http_status_code(context: Any, code: grpc.StatusCode) -> int:
     if code is grpc.StatusCode.OK:
         return 200
     # The gateway's own refusals (413, 414, 415) carry their HTTP status in the details.
-    return answer_status(status_of(context, code), code)
+    try:
+        status = status_of(context, code)
+    except Exception:  # status details a plugin set that do not parse: the code decides
+        status = status_pb2.Status(code=code.value[0])
+    return answer_status(status, code)
 
 
 class ServerSpanStage:
@@ -94,20 +105,29 @@ class ServerSpanStage:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             finally:
-                _finish(span, as_code(code), context, http)
-                otel_context.detach(token)
+                try:
+                    _finish(span, code, context, http)
+                finally:  # whatever went wrong finishing, the call's context is left
+                    otel_context.detach(token)
 
         return traced
 
 
-def _finish(span: Any, code: grpc.StatusCode, context: Any, http: HttpCall | None) -> None:
-    span.set_attribute("rpc.grpc.status_code", code.value[0])
-    if http is not None:
-        span.set_attribute("http.response.status_code", http_status_code(context, code))
-    if code in _SERVER_ERRORS:
-        span.set_attribute("error.type", code.name)
-        span.set_status(Status(StatusCode.ERROR, _details(context)))
-    span.end()
+def _finish(span: Any, raw_code: Any, context: Any, http: HttpCall | None) -> None:
+    try:
+        code = as_code(raw_code)
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if http is not None:
+            status = http.status_sent
+            span.set_attribute(
+                "http.response.status_code",
+                status if status is not None else http_status_code(context, code),
+            )
+        if code in _SERVER_ERRORS:
+            span.set_attribute("error.type", code.name)
+            span.set_status(Status(StatusCode.ERROR, _details(context)))
+    finally:  # never a span left open, whatever a plugin left in the context
+        span.end()
 
 
 def _details(context: Any) -> str | None:
@@ -146,8 +166,10 @@ class RefusalSpans:
             try:
                 return await next(request, context)
             except BaseException as error:
-                # Whatever fails below this stage was not this stage's refusal.
-                _mark(error, mark)
+                # Whatever fails below this stage was not this stage's refusal, unless
+                # the stage raised it there itself (a validated request stream).
+                if not claim_own_refusal(error):
+                    _passed.set((mark, error))
                 raise
 
         handler: CallHandler = self._stage.bind(method, passed)
@@ -161,22 +183,14 @@ class RefusalSpans:
             try:
                 return await handler(request, context)
             except BaseException as error:
-                if mark not in getattr(error, _PASSED, ()):
+                below = _passed.get()
+                if below is not None:
+                    _passed.set(None)
+                if below is None or below[0] is not mark or below[1] is not error:
                     _record_refusal(span_name, stage_name, started, error, context)
                 raise
 
         return recording
-
-
-def _mark(error: BaseException, mark: object) -> None:
-    try:
-        marks = getattr(error, _PASSED, None)
-        if marks is None:
-            setattr(error, _PASSED, [mark])
-        else:
-            marks.append(mark)
-    except AttributeError:  # an exception type with __slots__: it is not a refusal record
-        pass
 
 
 def _record_refusal(

@@ -166,8 +166,9 @@ def test_one_rest_call_is_one_trace_across_both_processes(
     # The handler's storage statements, children of the call, without bound values.
     statements = tree.storage_under(server)
     assert "INSERT" in {s.attributes["db.operation.name"] for s in statements}
-    for span in tree.spans:
+    for span in tree.spans:  # attributes, status message and events alike
         assert CUSTOMER not in str(span.attributes), span.name
+        assert CUSTOMER not in str(span.span), span.name
 
     # The publish, inside the call.
     created_publish = tree.one(f"publish {ORDER_CREATED}", PRODUCER)

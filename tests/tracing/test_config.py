@@ -15,7 +15,13 @@ from opentelemetry.sdk.trace.sampling import (
 
 from nexus_grpc import tracing
 from nexus_grpc.config import ConfigError, TracingConfig, load_config
-from nexus_grpc.tracing.setup import _resource_attributes, _sampler, _traces_url, start_tracing
+from nexus_grpc.tracing.setup import (
+    _endpoint_shown,
+    _resource_attributes,
+    _sampler,
+    _traces_url,
+    start_tracing,
+)
 
 
 def load(tmp_path: Path, toml: str = "", **env: str) -> TracingConfig:
@@ -148,7 +154,11 @@ def test_samplers() -> None:
         ),
         ("", {"OTEL_SDK_DISABLED": "yes"}, "OTEL_SDK_DISABLED: expected true or false"),
         ("", {"OTEL_TRACES_SAMPLER_ARG": "1.5"}, "sampler_arg: expected a fraction"),
-        ("", {"OTEL_EXPORTER_OTLP_HEADERS": "novalue"}, 'tracing.headers: expected "key=value"'),
+        (
+            "",
+            {"OTEL_EXPORTER_OTLP_HEADERS": "novalue"},
+            'tracing.headers: entry 1 is not "key=value"',
+        ),
         (
             "",
             {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317"},
@@ -207,3 +217,45 @@ def test_extract_ignores_what_is_not_trace_context() -> None:
         [("authorization", "Bearer x"), ("traceparent", "garbage"), ("bin-bin", b"\x00")]
     )
     assert not trace.get_current_span(context).get_span_context().is_valid
+
+
+def test_a_service_name_in_the_resource_attributes_is_kept(tmp_path: Path) -> None:
+    attributes = "service.name=checkout,deployment.environment.name=prod"
+    config = load(tmp_path, OTEL_TRACES_EXPORTER="console", OTEL_RESOURCE_ATTRIBUTES=attributes)
+    assert _resource_attributes(config)["service.name"] == "checkout"
+    named = load(
+        tmp_path,
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_RESOURCE_ATTRIBUTES=attributes,
+        OTEL_SERVICE_NAME="shop",
+    )
+    assert _resource_attributes(named)["service.name"] == "shop"  # the name variable wins
+    plain = load(tmp_path, OTEL_TRACES_EXPORTER="console")
+    assert _resource_attributes(plain)["service.name"] == "nexus"
+
+
+def test_an_otel_endpoint_variable_beats_the_files_traces_endpoint(tmp_path: Path) -> None:
+    toml = '[tracing]\ntraces_endpoint = "http://file:4318/v1/traces"\nprotocol = "http/protobuf"\n'
+    config = load(
+        tmp_path, toml, OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT="http://env:4318"
+    )
+    assert _traces_url(config) == "http://env:4318/v1/traces"
+    assert _traces_url(load(tmp_path, toml, OTEL_TRACES_EXPORTER="otlp")) == (
+        "http://file:4318/v1/traces"
+    )
+
+
+def test_a_malformed_header_entry_is_named_by_position_not_echoed(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        load(tmp_path, OTEL_EXPORTER_OTLP_HEADERS="a=1,Bearer s3cret-token")
+    assert "entry 2" in str(error.value)
+    assert "s3cret" not in str(error.value)
+
+
+def test_the_logged_endpoint_has_no_credentials_nor_query_string() -> None:
+    config = TracingConfig(
+        enabled=True,
+        protocol="http/protobuf",
+        traces_endpoint="https://user:pw@otlp.example:4318/v1/traces?api-key=s3cret#x",
+    )
+    assert _endpoint_shown(config) == "https://otlp.example:4318/v1/traces"

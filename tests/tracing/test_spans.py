@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
 import pytest
 from nexus.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from opentelemetry import trace
+from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator, default_getter, default_setter
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from nexus_grpc.config import HttpConfig, LimitsConfig
 from nexus_grpc.gateway.grpcweb import decode_frames, encode_frame
@@ -19,14 +25,17 @@ from nexus_grpc.logs import JsonFormatter, TextFormatter
 from nexus_grpc.plugins.services import Services
 from nexus_grpc.testing import RunningHost, running_host
 from nexus_grpc.tracing import tracer
+from nexus_grpc.tracing.http import HttpCall
 from nexus_grpc.tracing.stage import ServerSpanStage
 from tests.tracing.conftest import Spans
+from tests.validation.test_rules import pb, valtest_method  # noqa: F401  (fixture)
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
 GET_STOCK = "nexus.inventory.v1.InventoryService/GetStock"
 SET_STOCK = "nexus.inventory.v1.InventoryService/SetStock"
+WATCH_ORDERS = "nexus.orders.v1.OrdersService/WatchOrders"
 PROBE_DIR = Path(__file__).resolve().parent.parent / "probe"
 
 
@@ -295,3 +304,142 @@ async def test_a_handler_crash_marks_the_span_as_an_error_and_is_no_refusal(
     assert "s3cret" not in (span.status.description or "")
     assert dict(span.attributes or {})["error.type"] == "INTERNAL"
     assert [s.name for s in spans.all() if s.name.startswith("nexus.")] == []
+
+
+async def test_grpc_web_span_records_http_200_even_when_the_call_fails(
+    host: RunningHost, spans: Spans
+) -> None:
+    body = encode_frame(0, inventory_pb2.GetStockRequest(sku="PEN-7").SerializeToString())
+    async with httpx.AsyncClient(base_url=host.http_url) as client:
+        response = await client.post(  # no token: UNAUTHENTICATED, in the trailers
+            "/" + GET_STOCK,
+            content=body,
+            headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+        )
+    assert response.status_code == 200
+    assert b"grpc-status:16" in decode_frames(response.content)[-1][1]
+    attributes = dict(spans.one(GET_STOCK).attributes or {})
+    assert attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAUTHENTICATED.value[0]
+    assert attributes["http.response.status_code"] == 200
+
+
+async def test_rest_stream_failing_after_its_first_message_records_the_200_it_sent(
+    tmp_path: Path, spans: Spans
+) -> None:
+    async with running_host(plugins=["orders"], data_dir=tmp_path, http=True) as running:
+        admin = orders_pb2_grpc.OrdersServiceStub(running.channel(running.token("admin")))
+        await admin.CreateOrder(
+            orders_pb2.CreateOrderRequest(
+                order=orders_pb2.Order(
+                    customer_id="alice",
+                    currency_code="EUR",
+                    items=[orders_pb2.LineItem(sku="PEN-7", quantity=1)],
+                )
+            )
+        )
+        async with (
+            httpx.AsyncClient(base_url=running.http_url) as client,
+            client.stream(
+                "GET",
+                "/v1/orders:watch",
+                params={"include_existing": "true"},
+                headers={
+                    "authorization": f"Bearer {running.token('admin')}",
+                    "accept": "application/x-ndjson",
+                },
+            ) as response,
+        ):
+            assert response.status_code == 200
+            lines = response.aiter_lines()
+            assert "CHANGE_TYPE_EXISTING" in await anext(lines)
+            assert running.host.streams.end_all() == 1  # UNAVAILABLE, after the 200
+            rest = [line async for line in lines]
+    assert "UNAVAILABLE" in rest[-1] or '"code":14' in rest[-1].replace(" ", "")
+    attributes = dict(spans.one(WATCH_ORDERS).attributes or {})
+    assert attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert attributes["http.response.status_code"] == 200
+
+
+class _BadTrailersContext:
+    """A REST call's context whose handler left status details that do not parse."""
+
+    transport = "rest"
+
+    def __init__(self) -> None:
+        self.http_call = HttpCall("GET", "/v1/things/{id}", "http")
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.NOT_FOUND
+
+    def details(self) -> str:
+        return "no such thing"
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        return (("grpc-status-details-bin", b"\xff\xff not a google.rpc.Status"),)
+
+
+async def test_bad_status_details_neither_leave_the_span_open_nor_the_context_attached(
+    pb: Any,  # noqa: F811
+    spans: Spans,
+) -> None:
+    async def handler(request: object, context: object) -> str:
+        return "answered"
+
+    method = valtest_method(pb, "Unary")
+    traced = ServerSpanStage().bind(method, handler)
+    before = trace.get_current_span()
+    assert await traced(object(), _BadTrailersContext()) == "answered"
+    assert trace.get_current_span() is before
+    span = spans.one(method.path.lstrip("/"))
+    attributes = dict(span.attributes or {})
+    assert attributes["http.response.status_code"] == 404
+    assert attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+class _RecordingPropagator(TextMapPropagator):
+    """A propagator of a header of its own ("x-vendor-trace"), recording what it read."""
+
+    def __init__(self) -> None:
+        self.seen: list[str | None] = []
+
+    def extract(self, carrier: Any, context: Any = None, getter: Any = default_getter) -> Any:
+        values = getter.get(carrier, "x-vendor-trace")
+        self.seen.append(values[0] if values else None)
+        return context if context is not None else otel_context.Context()
+
+    def inject(self, carrier: Any, context: Any = None, setter: Any = default_setter) -> None:
+        return None
+
+    @property
+    def fields(self) -> set[str]:
+        return {"x-vendor-trace"}
+
+
+async def test_the_configured_propagators_fields_are_passed_on(
+    tmp_path: Path, spans: Spans
+) -> None:
+    vendor = _RecordingPropagator()
+    previous = propagate.get_global_textmap()
+    propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator(), vendor]))
+    try:
+        async with running_host(plugins=["inventory"], data_dir=tmp_path, http=True) as running:
+            stub = inventory_pb2_grpc.InventoryServiceStub(running.channel(running.token()))
+            await stub.GetStock(
+                inventory_pb2.GetStockRequest(sku="PEN-7"),
+                metadata=(("x-vendor-trace", "over-grpc"),),
+            )
+            async with httpx.AsyncClient(base_url=running.http_url) as client:
+                response = await client.get(
+                    "/v1/stock/PEN-7",
+                    headers={
+                        "authorization": f"Bearer {running.token()}",
+                        "x-vendor-trace": "over-rest",
+                    },
+                )
+            assert response.status_code == 200
+    finally:
+        propagate.set_global_textmap(previous)
+    assert "over-grpc" in vendor.seen and "over-rest" in vendor.seen

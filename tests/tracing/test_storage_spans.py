@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 from nexus.orders.v1 import orders_pb2
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -15,6 +17,7 @@ from nexus_grpc import tracing
 from nexus_grpc.cache import CacheManager
 from nexus_grpc.storage import RECORDS_TABLE, Storage
 from nexus_grpc.storage.engine import Database
+from tests.fixtures.redis import OwnRedis
 from tests.tracing._memory import of_kind, parent_id
 from tests.tracing.conftest import Spans
 
@@ -38,8 +41,12 @@ async def _store_and_read(storage: Storage) -> int:
 
 
 def _no_values(exporter: InMemorySpanExporter) -> None:
-    for span in of_kind(exporter, SpanKind.CLIENT):
+    """No span holds SECRET: not in its attributes, status or events."""
+    for span in exporter.get_finished_spans():
         assert SECRET not in repr(dict(span.attributes or {})), span.name
+        assert SECRET not in (span.status.description or ""), span.name
+        for event in span.events:
+            assert SECRET not in f"{event.name} {dict(event.attributes or {})}", span.name
 
 
 async def test_sqlite_statements_are_client_spans_of_the_calling_span(
@@ -132,6 +139,34 @@ async def test_each_redis_cache_operation_is_one_client_span(
     attributes = dict(redis[0].attributes or {})
     assert attributes["db.system.name"] == "redis" and attributes["server.port"]
     _no_values(memory)
+
+
+async def test_a_failing_redis_command_puts_neither_key_nor_value_in_span_or_log(
+    memory: InMemorySpanExporter, own_redis: OwnRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # redis-py's pipeline errors quote the failed command: "SET <key> <value> PX ...".
+    admin = aioredis.Redis.from_url(own_redis.url)
+    await admin.config_set("maxmemory", "1")  # every write now fails with OOM
+    manager = CacheManager(own_redis.url)
+    try:
+        cache = manager.for_namespace("plugins/business/orders")
+        with (
+            caplog.at_level(logging.WARNING, "nexus.cache"),
+            tracing.tracer().start_as_current_span("call"),
+        ):
+            await cache.set(f"user:{SECRET}", f"card of {SECRET}".encode(), ttl=30)
+    finally:
+        await manager.close()
+        await admin.aclose()
+    failed = [
+        s for s in of_kind(memory, SpanKind.CLIENT) if s.status.status_code is StatusCode.ERROR
+    ]
+    assert [s.name for s in failed] == ["SET PUBLISH"]
+    assert failed[0].status.description == "OutOfMemoryError"
+    assert not failed[0].events  # no exception event: its message is the command
+    _no_values(memory)
+    logged = [r.getMessage() for r in caplog.records if r.name == "nexus.cache"]
+    assert logged and not any(SECRET in line for line in logged), logged
 
 
 async def test_statement_listeners_exist_only_with_tracing_on(
