@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import ipaddress
 import json
 import logging
 import math
@@ -35,6 +34,7 @@ from jwt.exceptions import InvalidKeyError, PyJWTError
 
 from nexus_grpc.config import AuthConfig
 from nexus_grpc.errors import StatusError
+from nexus_grpc.loopback import is_loopback_host
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -171,20 +171,11 @@ def _check_jwks_url(url: str) -> None:
         return
     # Plain http lets anyone on the path swap in their own keys; allow it only for a
     # server on this machine (tests, a sidecar).
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and parts.hostname and is_loopback_host(parts.hostname):
         return
     raise ValueError(
         f"auth.jwks_url must be an https:// URL (http:// only for localhost), got {url!r}"
     )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

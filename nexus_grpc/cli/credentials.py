@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import ipaddress
 import json
 import os
 import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from nexus_grpc.loopback import is_loopback_address
 
 __all__ = [
     "ENV_TOKEN",
@@ -31,7 +32,6 @@ __all__ = [
     "SavedToken",
     "check_transport",
     "expiry",
-    "is_loopback_target",
     "read_saved",
     "refused_hint",
     "remove_token",
@@ -120,23 +120,10 @@ def resolve_token(args: argparse.Namespace, target: str, tls: bool) -> Credentia
     return Credential(saved.token, "saved")
 
 
-def is_loopback_target(target: str) -> bool:
-    """Whether ``host:port`` (or a ``unix:`` socket) stays on this machine."""
-    if target.startswith(("unix:", "unix-abstract:")):
-        return True
-    host = target.rpartition(":")[0].strip("[]") if ":" in target else target
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_transport(credential: Credential | None, target: str, tls: bool, insecure: bool) -> None:
     """Refuse (CredentialError) to send ``credential`` over plaintext beyond loopback,
     unless ``insecure`` (``--insecure-token``) says to."""
-    if credential is None or tls or insecure or is_loopback_target(target):
+    if credential is None or tls or insecure or is_loopback_address(target):
         return
     raise CredentialError(
         f"not sending the token from {credential.source} to {target} over plaintext: anyone "

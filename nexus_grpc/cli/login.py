@@ -11,11 +11,11 @@ from typing import Any
 from nexus_grpc.cli.channel import ChannelError, tls_options
 from nexus_grpc.cli.credentials import (
     CredentialError,
-    is_loopback_target,
     remove_token,
     save_token,
 )
 from nexus_grpc.cli.remote import host_call, host_options
+from nexus_grpc.loopback import is_loopback_address
 
 __all__ = ["register"]
 
@@ -72,7 +72,7 @@ def _login(args: argparse.Namespace) -> int:
     except ChannelError as error:
         print(f"nexus: {error}", file=sys.stderr)
         return 2
-    if not (tls.enabled or args.insecure_password or is_loopback_target(tls.target)):
+    if not (tls.enabled or args.insecure_password or is_loopback_address(tls.target)):
         print(
             f"nexus login: not sending a password to {tls.target} over plaintext: anyone on "
             "the network path could read it. Use TLS (an https:// address, --cacert or "

@@ -13,7 +13,6 @@ without the validity period: commands that read the configuration but serve no T
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +22,13 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from nexus_grpc.config import Config, ConfigError, TlsConfig
+from nexus_grpc.loopback import is_loopback_address
 
 __all__ = [
     "NOT_BEFORE_LEEWAY",
     "TlsMaterial",
     "check_config",
     "check_tls_config",
-    "is_loopback",
     "load_material",
     "plaintext_exposed",
 ]
@@ -181,24 +180,16 @@ def check_tls_config(tls: TlsConfig, where: str, *, grpc_port: bool) -> None:
         )
 
 
-def is_loopback(address: str) -> bool:
-    """Whether ``host:port`` listens on a loopback address only (127.0.0.0/8, ::1, localhost)."""
-    host = address.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        # Empty (every interface), a wildcard or a name: not known to be loopback.
-        return False
-
-
 def plaintext_exposed(config: Config) -> list[str]:
     """The ports listening beyond loopback without TLS, as "key address" strings."""
     exposed = []
-    if not config.server.tls.enabled and not is_loopback(config.server.grpc_address):
+    if not config.server.tls.enabled and not is_loopback_address(config.server.grpc_address):
         exposed.append(f"server.grpc_address {config.server.grpc_address}")
-    if config.http.address and not config.http.tls.enabled and not is_loopback(config.http.address):
+    if (
+        config.http.address
+        and not config.http.tls.enabled
+        and not is_loopback_address(config.http.address)
+    ):
         exposed.append(f"http.address {config.http.address}")
     return exposed
 

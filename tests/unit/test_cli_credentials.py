@@ -15,7 +15,6 @@ from nexus_grpc.cli.credentials import (
     CredentialError,
     SavedToken,
     check_transport,
-    is_loopback_target,
     read_saved,
     refused_hint,
     remove_token,
@@ -23,6 +22,7 @@ from nexus_grpc.cli.credentials import (
     save_token,
     token_path,
 )
+from nexus_grpc.loopback import is_loopback_address
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ def test_a_saved_token_goes_only_where_it_was_saved_for(config_home: Path) -> No
     ],
 )
 def test_loopback_targets(target: str, loopback: bool) -> None:
-    assert is_loopback_target(target) is loopback
+    assert is_loopback_address(target) is loopback
 
 
 def test_no_token_over_plaintext_beyond_loopback_without_opt_in() -> None:
