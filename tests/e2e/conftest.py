@@ -333,8 +333,11 @@ def grpcurl() -> str:
 
 @pytest.fixture(scope="session")
 def buf() -> str:
-    """Path of the pinned buf from node_modules."""
-    return require_tool("buf", REPO / "node_modules" / ".bin" / "buf")
+    """Path of the pinned buf from node_modules, with build/buf-deps/ filled: `buf curl
+    --schema` on the repository builds its buf.yaml, whose google/api module lives there."""
+    path = require_tool("buf", REPO / "node_modules" / ".bin" / "buf")
+    subprocess.run([str(REPO / "scripts" / "lint"), "--deps-only"], check=True, capture_output=True)
+    return path
 
 
 @pytest.fixture(scope="session")
