@@ -40,11 +40,13 @@ __all__ = [
     "OutputFolderError",
     "StaleFile",
     "check_folders",
+    "contract_names",
     "core_proto_root",
     "find_stale",
     "generate",
     "include_paths",
     "proto_files",
+    "run_protoc",
 ]
 
 #: File written beside the generated modules of every contract folder: that folder's
@@ -186,24 +188,46 @@ def check_folders(proto_root: Path, out_dir: Path) -> None:
             )
 
 
-def _compile(proto_root: Path, out_dir: Path) -> None:
-    """protoc's output for every contract under ``proto_root``, into the new ``out_dir``."""
+def contract_names(proto_root: Path) -> list[str]:
+    """The `.proto` files under ``proto_root`` (resolved), as protoc names them;
+    CodegenError when there is none."""
+    names = [path.relative_to(proto_root).as_posix() for path in proto_files(proto_root)]
+    if not names:
+        raise CodegenError(f"no .proto files under {proto_root}")
+    return names
+
+
+def run_protoc(proto_root: Path, names: list[str], *outputs: str) -> None:
+    """protoc on ``names`` under ``proto_root`` with the ``outputs`` options;
+    CodegenError when it fails (its diagnostics are on stderr)."""
     from grpc_tools import protoc
 
-    proto_root = proto_root.resolve()
-    files = proto_files(proto_root)
-    if not files:
-        raise CodegenError(f"no .proto files under {proto_root}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = [path.relative_to(proto_root).as_posix() for path in files]
-    with tempfile.TemporaryDirectory() as tmp:
-        descriptor_set = Path(tmp) / DESCRIPTOR_SET_NAME
-        args = [
+    code = protoc.main(
+        [
             "grpc_tools.protoc",
             # The project's own folder first: its files win over installed copies (the
             # nexus repository compiles the core contracts it also has installed).
             f"-I{proto_root}",
             *(f"-I{path}" for path in include_paths()),
+            *outputs,
+            *names,
+        ]
+    )
+    if code != 0:
+        raise CodegenError(f"protoc failed with exit code {code}; see its messages above")
+
+
+def _compile(proto_root: Path, out_dir: Path) -> None:
+    """protoc's output for every contract under ``proto_root``, into the new ``out_dir``."""
+    proto_root = proto_root.resolve()
+    names = contract_names(proto_root)
+    files = [proto_root / name for name in names]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        descriptor_set = Path(tmp) / DESCRIPTOR_SET_NAME
+        run_protoc(
+            proto_root,
+            names,
             f"--python_out={out_dir}",
             f"--pyi_out={out_dir}",
             f"--grpc_python_out={out_dir}",
@@ -211,12 +235,7 @@ def _compile(proto_root: Path, out_dir: Path) -> None:
             # contracts, and the well-known types would just repeat in every set.
             f"--descriptor_set_out={descriptor_set}",
             "--include_source_info",
-            *names,
-        ]
-        # protoc prints its diagnostics on stderr and returns non-zero.
-        code = protoc.main(args)
-        if code != 0:
-            raise CodegenError(f"protoc failed with exit code {code}; see its messages above")
+        )
         _split_descriptor_set(descriptor_set.read_bytes(), out_dir)
     for path, name in zip(files, names, strict=True):
         shutil.copyfile(path, out_dir / name)

@@ -46,6 +46,7 @@ class RemoteCache:
         self, client: aioredis.Redis, *, channel: str, counters: Counters, retry_after: float
     ) -> None:
         self._client = client
+        self._server = server_of_redis(client)  # for command spans; the client is fixed
         self._channel = channel
         self._counters = counters
         self._retry_after = retry_after
@@ -118,7 +119,7 @@ class RemoteCache:
             if tracing.enabled():
                 # One span per pipeline, i.e. per cache operation: its commands travel
                 # in one round trip. The key is not recorded (it may hold user data).
-                with client_span("redis", operation, server=server_of_redis(self._client)):
+                with client_span("redis", operation, server=self._server):
                     result = await command()
             else:
                 result = await command()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import re
+import sys
 from collections.abc import Callable
 
-__all__ = ["host_port", "not_empty", "positive", "since_time"]
+__all__ = ["host_port", "not_empty", "positive", "read_password", "since_time"]
 
 
 def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
@@ -76,3 +77,13 @@ def host_port(*, empty: bool = False) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def read_password(args: argparse.Namespace) -> str:
+    """The password of ``args.username``: the first line of standard input with
+    ``--password-stdin`` (without its line ending, LF or CRLF), else a prompt."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    return getpass.getpass(f"password for {args.username}: ")

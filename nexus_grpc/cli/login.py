@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from nexus_grpc.cli._args import read_password
 from nexus_grpc.cli.channel import ChannelError, tls_options
 from nexus_grpc.cli.credentials import (
     CredentialError,
@@ -80,7 +81,7 @@ def _login(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    password = _password(args)
+    password = read_password(args)
     if not password:
         print("nexus login: the password is empty", file=sys.stderr)
         return 2
@@ -105,14 +106,6 @@ def _login(args: argparse.Namespace) -> int:
         f"{tls.target} over {'TLS' if tls.enabled else 'plaintext'}"
     )
     return 0
-
-
-def _password(args: argparse.Namespace) -> str:
-    if args.password_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
-    import getpass
-
-    return getpass.getpass(f"password for {args.username}: ")
 
 
 def _logout(args: argparse.Namespace) -> int:

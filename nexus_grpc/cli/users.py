@@ -8,6 +8,7 @@ import asyncio
 import sys
 from typing import Any
 
+from nexus_grpc.cli._args import read_password
 from nexus_grpc.cli._config import config_from_args, config_options
 from nexus_grpc.cli.remote import host_call, host_options
 from nexus_grpc.urls import mask_url
@@ -44,15 +45,10 @@ def register(commands: Any) -> None:
 
 
 def _users_create(args: argparse.Namespace) -> int:
-    import getpass
-
     from nexus_grpc.plugins.users import UserCreationError, create_user
 
     config = config_from_args(args)
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = getpass.getpass(f"password for {args.username}: ")
+    password = read_password(args)
     roles = [*args.role, *(["admin"] if args.admin else [])]
     try:
         asyncio.run(create_user(config, args.username, password, roles))

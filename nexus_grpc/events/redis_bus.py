@@ -180,6 +180,7 @@ class RedisBus:
         )
         client = aioredis.Redis.from_pool(pool)
         self._health = Health(client.ping)
+        self._server = server_of_redis(client)  # for XADD spans; the client is fixed
         self._runtime = Runtime(
             settings=Settings(max_attempts, backoff, max_backoff, claim_idle, maxlen, block, batch),
             keys=Keys(prefix),
@@ -233,9 +234,7 @@ class RedisBus:
         stream = self._runtime.keys.events(envelope.type)
         try:
             if tracing.enabled():
-                with client_span(
-                    "redis", "XADD", collection=stream, server=server_of_redis(self.client)
-                ):
+                with client_span("redis", "XADD", collection=stream, server=self._server):
                     await self._xadd(stream, envelope)
             else:
                 await self._xadd(stream, envelope)

@@ -12,7 +12,7 @@ from pathlib import Path
 from google.protobuf import descriptor_pb2, descriptor_pool
 
 from nexus_grpc.access.policy import methods_without_policy
-from nexus_grpc.codegen import CodegenError, include_paths, proto_files
+from nexus_grpc.codegen import contract_names, run_protoc
 
 __all__ = ["project_methods_without_policy"]
 
@@ -22,26 +22,11 @@ def project_methods_without_policy(proto_root: Path) -> list[str]:
 
     CodegenError when protoc rejects the contracts (its messages are on stderr).
     """
-    from grpc_tools import protoc
-
     proto_root = proto_root.resolve()
-    names = [p.relative_to(proto_root).as_posix() for p in proto_files(proto_root)]
-    if not names:
-        raise CodegenError(f"no .proto files under {proto_root}")
+    names = contract_names(proto_root)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "contracts.binpb"
-        code = protoc.main(
-            [
-                "grpc_tools.protoc",
-                f"-I{proto_root}",
-                *(f"-I{path}" for path in include_paths()),
-                f"--descriptor_set_out={out}",
-                "--include_imports",
-                *names,
-            ]
-        )
-        if code != 0:
-            raise CodegenError(f"protoc failed with exit code {code}; see its messages above")
+        run_protoc(proto_root, names, f"--descriptor_set_out={out}", "--include_imports")
         files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file
     # A pool of its own: the project's files may be older or newer than the copies
     # imported into the default pool (the nexus repository's own contracts are).

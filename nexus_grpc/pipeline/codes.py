@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-__all__ = ["as_code", "code_label"]
+__all__ = ["as_code", "cancelled_code", "code_label"]
 
 _CODES_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -45,3 +45,12 @@ def as_code(code: Any) -> grpc.StatusCode:
         return code
     number = code if isinstance(code, int) else -1
     return _CODES_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
+
+
+def cancelled_code(context: Any) -> grpc.StatusCode:
+    """The status of a call whose task was cancelled: DEADLINE_EXCEEDED when its deadline
+    has passed, else CANCELLED (the client went away)."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED

@@ -50,7 +50,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from nexus_grpc.errors import StatusError
-from nexus_grpc.pipeline.codes import as_code, code_label
+from nexus_grpc.pipeline.codes import as_code, cancelled_code, code_label
 from nexus_grpc.routing import Arity, CallHandler, MethodInfo
 
 __all__ = [
@@ -72,7 +72,6 @@ LAZY_TRANSPORTS: frozenset[str] = frozenset({"inproc"})
 _OTHER = "other"
 
 _OK = grpc.StatusCode.OK
-_CODE_LABELS: dict[grpc.StatusCode, str] = {code: code_label(code) for code in grpc.StatusCode}
 
 _log = logging.getLogger("nexus.metrics")
 
@@ -240,7 +239,7 @@ class _Collector(Collector):
             # 3 transports x every method at zero would swamp the exposition).
             handled.add_metric((grpc_type, service, method, "OK", transport, plugin), series.ok)
             for code, count in sorted(series.failed.items(), key=lambda item: item[0].value):
-                code_labels = (grpc_type, service, method, _CODE_LABELS[code], transport, plugin)
+                code_labels = (grpc_type, service, method, code_label(code), transport, plugin)
                 handled.add_metric(code_labels, count)
             cumulative, total = [], 0
             for bound, count in zip(bounds, series.buckets, strict=True):
@@ -429,10 +428,7 @@ class _CountingContext:
 
 def _failure_code(failure: BaseException, context: Any) -> grpc.StatusCode:
     if isinstance(failure, asyncio.CancelledError):
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            return grpc.StatusCode.DEADLINE_EXCEEDED
-        return grpc.StatusCode.CANCELLED
+        return cancelled_code(context)
     if isinstance(failure, grpc.aio.AbortError):
         code = context.code()
         return grpc.StatusCode.UNKNOWN if code is None else as_code(code)

@@ -21,7 +21,7 @@ import grpc
 
 from nexus_grpc.auth.principal import ANONYMOUS, principal_var
 from nexus_grpc.logs import request_id_var
-from nexus_grpc.pipeline.codes import as_code, code_label
+from nexus_grpc.pipeline.codes import as_code, cancelled_code, code_label
 from nexus_grpc.pipeline.context import CurrentCall, current_call_var
 from nexus_grpc.routing import Arity, CallHandler, MethodInfo
 
@@ -80,7 +80,7 @@ class ObserveStage:
                 code = context.code() or grpc.StatusCode.OK
                 return result
             except asyncio.CancelledError:
-                code = _cancelled_code(context)
+                code = cancelled_code(context)
                 raise
             except BaseException:
                 code = context.code() or grpc.StatusCode.UNKNOWN
@@ -122,10 +122,3 @@ async def _until_cancelled(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 def _subject() -> str:
     principal = principal_var.get()
     return principal.subject if principal is not None else ANONYMOUS
-
-
-def _cancelled_code(context: Any) -> grpc.StatusCode:
-    remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    return grpc.StatusCode.CANCELLED

@@ -365,11 +365,12 @@ class PluginManager:
         """Only the bundled auth plugin and the plugins the operator lists may mint
         tokens: any other plugin holding the issuer could make itself an admin. The list
         adds to the bundled auth plugin, never replaces it (logins need the issuer)."""
-        if manifest.name == AUTH_PLUGIN and is_bundled(manifest.path):
+        bundled = is_bundled(manifest.path)
+        if manifest.name == AUTH_PLUGIN and bundled:
             return True
         if manifest.name not in self._config.auth.issuer_plugins:
             return False
-        if not is_bundled(manifest.path):
+        if not bundled:
             _log.warning(
                 "plugin %r (%s) may mint tokens for any user: auth.issuer_plugins names it",
                 manifest.name,

@@ -17,6 +17,7 @@ import re
 import sys
 from dataclasses import dataclass
 
+from nexus_grpc.plugins.bundled import bundled_names
 from nexus_grpc.plugins.manifest import is_plugin_name
 
 __all__ = ["PluginNames", "ScaffoldError", "plugin_names"]
@@ -33,11 +34,6 @@ _PROTO_PACKAGE = re.compile(
 _TAKEN = frozenset(
     {"nexus", "nexus_grpc", "nexus_plugins", "google", "grpc", "grpc_tools", "tests", "test"}
 )
-
-
-#: The plugins bundled with nexus (``nexus_grpc.bundled``), whose names a new plugin
-#: must not take.
-_BUNDLED = frozenset({"auth", "orders", "inventory"})
 
 
 class ScaffoldError(ValueError):
@@ -89,7 +85,7 @@ def plugin_names(name: str, proto_package: str | None = None) -> PluginNames:
         )
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
         raise ScaffoldError(f"plugin name {name!r} is a Python keyword; choose another")
-    if name in _BUNDLED:
+    if name in bundled_names():
         # Plugins are known by name (plugins.disabled, auth.issuer_plugins, permissions):
         # a second "auth" would be mistaken for the bundled one.
         raise ScaffoldError(

@@ -18,8 +18,9 @@ PostgreSQL goes through SQLAlchemy's async engine on asyncpg.
 Both engines hide bound parameters (``hide_parameters``): a failing INSERT would
 otherwise put a user's document (a password record's hash) into the exception text
 and the log. Infrastructure failures become StorageUnavailableError (see ``faults``).
-The SQLite file and its ``-wal``/``-shm`` siblings are created owner-only (0600) in an
-owner-only directory (0700): they hold every plugin's data.
+The SQLite file and its ``-wal``/``-shm`` siblings are created owner-only (0600): they
+hold every plugin's data. A directory the host creates for them is 0700; an existing one
+is left as it is, with a warning.
 """
 
 from __future__ import annotations
@@ -61,9 +62,9 @@ _SQLITE_POOL_SIZE = 8
 #: Execution option naming the SQLite BEGIN flavour of a connection's next transaction.
 _SQLITE_BEGIN = "nexus_sqlite_begin"
 
-#: Key of the PostgreSQL advisory lock serialising schema creation across processes.
 #: Tries of the schema creation when the database is busy (0.05 s, doubling, between).
 _SCHEMA_ATTEMPTS = 5
+#: Key of the PostgreSQL advisory lock serialising schema creation across processes.
 _SCHEMA_LOCK_KEY = 0x6E657875_73000001  # "nexus" + 1, any constant unique to this table
 
 #: SQLSTATEs of PostgreSQL failures a retry can cure: serialization failure, deadlock,

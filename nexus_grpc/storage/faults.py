@@ -266,8 +266,6 @@ def os_cause(error: BaseException | None) -> str | None:
     """The cause of a connection or filesystem error, if ``error`` is one."""
     if isinstance(error, TimeoutError) and not error.errno:
         return "connect timeout"
-    if isinstance(error, ConnectionError | TimeoutError):
-        return _OS_CAUSES.get(error.errno or 0, "connection lost")
     if isinstance(error, OSError):
         return _OS_CAUSES.get(error.errno or 0, "connection lost")
     # asyncpg's own connection errors are not OSErrors.

@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from nexus_grpc.errors import StatusError
-from nexus_grpc.pipeline.codes import as_code
+from nexus_grpc.pipeline.codes import as_code, cancelled_code
 from nexus_grpc.routing import CallHandler, MethodInfo
 from nexus_grpc.tracing._state import tracer
 from nexus_grpc.tracing.http import HttpCall
@@ -99,7 +99,7 @@ class ServerSpanStage:
                 code = context.code() or grpc.StatusCode.OK
                 return result
             except asyncio.CancelledError:
-                code = _cancelled_code(context)
+                code = cancelled_code(context)
                 raise
             except BaseException:
                 code = context.code() or grpc.StatusCode.UNKNOWN
@@ -137,13 +137,6 @@ def _details(context: Any) -> str | None:
     except Exception:  # a context without readable details: the code says enough
         return None
     return text if isinstance(text, str) and text else None
-
-
-def _cancelled_code(context: Any) -> grpc.StatusCode:
-    remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    return grpc.StatusCode.CANCELLED
 
 
 class RefusalSpans:

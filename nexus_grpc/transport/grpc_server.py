@@ -147,9 +147,9 @@ def connection_limits(config: ServerConfig) -> list[tuple[str, int]]:
 def fd_bounded_connections(configured: int) -> int:
     """``configured``, lowered to 3/8 of the soft open-file limit (0 stays "no cap").
 
-    Both listening ports share the process's descriptors; 3/8 each leaves a quarter for
-    storage, Redis, logs and the plugins, so a connection flood on one port cannot make
-    the other stop accepting.
+    Both listening ports share the process's descriptors: this port takes at most 3/8 of
+    them and the HTTP port 3/4 (``http_server``), so a gRPC connection flood leaves HTTP,
+    storage, Redis, logs and the plugins the rest.
     """
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if configured == 0 or soft == resource.RLIM_INFINITY or configured <= soft * 3 // 8:

@@ -45,6 +45,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from nexus_grpc.config import ConfigError, HttpConfig
+from nexus_grpc.errors import ERROR_DOMAIN
 from nexus_grpc.tls.identity import tls_extension
 from nexus_grpc.transport.allow_list import RefusedConnections
 from nexus_grpc.transport.netpolicy import (
@@ -178,7 +179,7 @@ def _error_response(status: int, phrase: str, code: int, reason: str, message: s
                 {
                     "@type": "type.googleapis.com/google.rpc.ErrorInfo",
                     "reason": reason,
-                    "domain": "nexus",
+                    "domain": ERROR_DOMAIN,
                 }
             ],
         },

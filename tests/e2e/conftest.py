@@ -340,6 +340,21 @@ def buf() -> str:
     return path
 
 
+def run_nexus(
+    env: dict[str, str], *argv: str, stdin: str = "", cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`nexus ARGV` as a separate process (in ``cwd``); its exit status, stdout and stderr."""
+    return subprocess.run(
+        [str(BIN / "nexus"), *argv],
+        input=stdin,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.fixture(scope="session")
 def node() -> str:
     """Path of node, with the npm packages and google protos the client needs."""

@@ -8,30 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import BIN, REPO
+from tests.e2e.conftest import REPO, run_nexus
 
 PASSWORD = "correct horse battery"
 GET_ORDER = "nexus.orders.v1.OrdersService/GetOrder"
-
-
-def run_nexus(
-    env: dict[str, str], cwd: Path, *argv: str, stdin: str = ""
-) -> subprocess.CompletedProcess[str]:
-    """`nexus ARGV` as a separate process in ``cwd``."""
-    return subprocess.run(
-        [str(BIN / "nexus"), *argv],
-        input=stdin,
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture
@@ -53,7 +37,7 @@ def shell_env(tmp_path: Path) -> dict[str, str]:
 def test_policy_explain_finds_plugins_through_plugin_dir_and_config(
     shell_env: dict[str, str], elsewhere: Path, tmp_path: Path
 ) -> None:
-    missing = run_nexus(shell_env, elsewhere, "policy", "explain", GET_ORDER)
+    missing = run_nexus(shell_env, "policy", "explain", GET_ORDER, cwd=elsewhere)
     assert missing.returncode == 1
     assert f"no method {GET_ORDER!r} in the plugins found in folders {elsewhere}/plugins" in (
         missing.stderr
@@ -63,7 +47,13 @@ def test_policy_explain_finds_plugins_through_plugin_dir_and_config(
     assert "Traceback" not in missing.stderr
 
     found = run_nexus(
-        shell_env, elsewhere, "policy", "explain", GET_ORDER, "--plugin-dir", str(REPO / "plugins")
+        shell_env,
+        "policy",
+        "explain",
+        GET_ORDER,
+        "--plugin-dir",
+        str(REPO / "plugins"),
+        cwd=elsewhere,
     )
     assert found.returncode == 0, found.stderr
     assert f"method:        /{GET_ORDER}" in found.stdout
@@ -72,10 +62,10 @@ def test_policy_explain_finds_plugins_through_plugin_dir_and_config(
     config = tmp_path / "nexus.toml"
     config.write_text(f'[plugins]\ndirs = ["{REPO / "plugins"}"]\n')
     for how in (("-c", str(config)), ("--config", str(config))):
-        found = run_nexus(shell_env, elsewhere, "policy", "explain", GET_ORDER, *how)
+        found = run_nexus(shell_env, "policy", "explain", GET_ORDER, *how, cwd=elsewhere)
         assert found.returncode == 0, found.stderr
     found = run_nexus(
-        {**shell_env, "NEXUS_CONFIG": str(config)}, elsewhere, "policy", "explain", GET_ORDER
+        {**shell_env, "NEXUS_CONFIG": str(config)}, "policy", "explain", GET_ORDER, cwd=elsewhere
     )
     assert found.returncode == 0, found.stderr
 
@@ -84,7 +74,7 @@ def test_users_create_without_an_auth_plugin_names_where_it_looked(
     shell_env: dict[str, str], elsewhere: Path
 ) -> None:
     result = run_nexus(
-        shell_env, elsewhere, "users", "create", "ada", "--password-stdin", stdin=PASSWORD
+        shell_env, "users", "create", "ada", "--password-stdin", stdin=PASSWORD, cwd=elsewhere
     )
     assert result.returncode == 1
     assert (
@@ -96,9 +86,9 @@ def test_users_create_without_an_auth_plugin_names_where_it_looked(
 
     turned_off = run_nexus(
         {**shell_env, "NEXUS_PLUGINS__DISABLED": "auth"},
-        elsewhere,
         *("users", "create", "ada", "--password-stdin", "--plugin-dir", str(REPO / "plugins")),
         stdin=PASSWORD,
+        cwd=elsewhere,
     )
     assert turned_off.returncode == 1
     assert "the 'auth' plugin (folder " in turned_off.stderr
@@ -119,7 +109,7 @@ def test_an_installed_plugin_is_found_by_users_create_and_policy_explain(
     env = {**shell_env, "PYTHONPATH": os.pathsep.join([str(site), shell_env.get("PYTHONPATH", "")])}
 
     created = run_nexus(
-        env, elsewhere, "users", "create", "ada", "--admin", "--password-stdin", stdin=PASSWORD
+        env, "users", "create", "ada", "--admin", "--password-stdin", stdin=PASSWORD, cwd=elsewhere
     )
     assert created.returncode == 0, created.stderr
     database = elsewhere / ".nexus" / "nexus.db"
@@ -128,11 +118,13 @@ def test_an_installed_plugin_is_found_by_users_create_and_policy_explain(
     )
     assert (elsewhere / ".nexus" / "nexus.db").is_file()
 
-    again = run_nexus(env, elsewhere, "users", "create", "ada", "--password-stdin", stdin=PASSWORD)
+    again = run_nexus(
+        env, "users", "create", "ada", "--password-stdin", stdin=PASSWORD, cwd=elsewhere
+    )
     assert again.returncode == 1
     assert "already exists" in again.stderr
 
-    login = run_nexus(env, elsewhere, "policy", "explain", "nexus.auth.v1.AuthService/Login")
+    login = run_nexus(env, "policy", "explain", "nexus.auth.v1.AuthService/Login", cwd=elsewhere)
     assert login.returncode == 0, login.stderr
     assert "access:        public" in login.stdout
 
@@ -147,9 +139,9 @@ def test_users_create_says_the_storage_is_unreachable(
     }
     result = run_nexus(
         env,
-        elsewhere,
         *("users", "create", "ada", "--password-stdin", "--plugin-dir", str(REPO / "plugins")),
         stdin=PASSWORD,
+        cwd=elsewhere,
     )
     assert result.returncode == 1
     assert (
@@ -166,9 +158,9 @@ def test_users_create_takes_the_data_dir_and_storage_url_serve_takes(
     data = tmp_path / "data"
     created = run_nexus(
         shell_env,
-        elsewhere,
         *("users", "create", "ada", "--password-stdin", "--data-dir", str(data), *plugins),
         stdin=PASSWORD,
+        cwd=elsewhere,
     )
     assert created.returncode == 0, created.stderr
     assert created.stdout.strip().endswith(f"in storage sqlite:///{data / 'nexus.db'}")
@@ -179,9 +171,9 @@ def test_users_create_takes_the_data_dir_and_storage_url_serve_takes(
     url = f"sqlite:///{database}"
     stored = run_nexus(
         shell_env,
-        elsewhere,
         *("users", "create", "bob", "--password-stdin", "--storage-url", url, *plugins),
         stdin=PASSWORD,
+        cwd=elsewhere,
     )
     assert stored.returncode == 0, stored.stderr
     assert stored.stdout.strip().endswith(f"in storage {url}")

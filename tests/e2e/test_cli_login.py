@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import stat
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -20,24 +19,9 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.e2e.conftest import BIN, REPO, ServeProcess, start_serve
+from tests.e2e.conftest import REPO, ServeProcess, run_nexus, start_serve
 
 PASSWORD = "correct horse battery"
-
-
-def run_nexus(
-    env: dict[str, str], *argv: str, stdin: str = "", cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """`nexus ARGV` as a separate process; its exit status, stdout and stderr."""
-    return subprocess.run(
-        [str(BIN / "nexus"), *argv],
-        input=stdin,
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture
