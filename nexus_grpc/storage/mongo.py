@@ -58,7 +58,15 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -83,9 +91,11 @@ from nexus_grpc.urls import mask_url
 
 from . import mongo_query
 from ._mongo_spans import CommandSpans
+from .declared import IndexChanges
 from .engine import PROBE_COLLECTION, PROBE_ID, PROBE_NAMESPACE
 from .faults import StorageHealth, StorageUnavailableError, mongo_cause, sanitized_mongo_error
 from .index import descriptor_of
+from .mongo_indexes import apply_mongo_indexes
 from .namespace import RepositoryScope
 from .query import DEFAULT_PAGE_SIZE, ListQuery, build_query, check_page_size
 from .repository import M, Page, Record, Repository, _check_id_length, _fits
@@ -246,6 +256,12 @@ class MongoBackend:
         if not self._closed:
             self._closed = True
             await self._client.close()
+
+    async def apply_indexes(self, types: Sequence[Descriptor]) -> IndexChanges:
+        """Build and drop declared indexes (see :mod:`.mongo_indexes`)."""
+        self.check_open()
+        with self.translate_errors():
+            return await apply_mongo_indexes(self.records, types)
 
     def check_open(self) -> None:
         """Raise RuntimeError once the storage is closed."""

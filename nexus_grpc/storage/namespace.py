@@ -11,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from sqlalchemy.engine import URL
 
+from .declared import IndexChanges
 from .engine import Database, SqlConnection, translate_errors
 from .faults import StorageHealth
+from .indexes import apply_sql_indexes
 from .repository import M, Repository, check_id_field
 from .schema import MAX_KEY_LENGTH
 from .sql import SqlDialect
@@ -104,6 +107,10 @@ class Backend(Protocol):
 
     async def close(self) -> None:
         """Release every connection; idempotent."""
+        ...
+
+    async def apply_indexes(self, types: Sequence[Descriptor]) -> IndexChanges:
+        """Build the indexes ``types`` declare, drop those they stopped declaring."""
         ...
 
     def scope(self, namespace: str) -> RepositoryScope:
@@ -236,6 +243,10 @@ class SqlBackend:
         """Close every pooled connection."""
         await self._database.health.close()
         await self._database.close()
+
+    async def apply_indexes(self, types: Sequence[Descriptor]) -> IndexChanges:
+        """Build and drop declared indexes (see :mod:`.indexes`)."""
+        return await apply_sql_indexes(self._database, types)
 
     def scope(self, namespace: str) -> RepositoryScope:
         """Repositories of ``namespace``, each statement group its own transaction."""

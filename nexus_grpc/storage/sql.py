@@ -11,6 +11,9 @@ numbers compare as numbers and strings by code point on both backends:
 
 Missing values (documents written before a field existed) read as the field's default,
 so no NULL ever reaches a comparison.
+
+Paths and defaults are written into the statement as literals, so each expression is
+exactly the one a declared index (``indexes``) is built on and the planner uses it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from sqlalchemy import (
     false,
     func,
     literal,
+    literal_column,
     or_,
     type_coerce,
 )
@@ -126,7 +130,10 @@ class SqlDialect:
             column, bound = self.value(key.target), self.bind(key.target, last[position])
             beyond = column < bound if key.descending else column > bound
             alternatives.append(and_(*equal_prefix, beyond))
-        return or_(*alternatives)
+        # The OR alone gives an index nothing to seek to: a deep page would read every
+        # row before it. The redundant bound on the first key starts the range scan there.
+        first, start = self.value(sort[0].target), self.bind(sort[0].target, last[0])
+        return and_(first <= start if sort[0].descending else first >= start, or_(*alternatives))
 
 
 _DEFAULT_TEXT = {
@@ -141,13 +148,9 @@ class _Sqlite(SqlDialect):
 
     def index_value(self, path: str, kind: ValueKind) -> ColumnElement[Any]:
         # Index paths are proto field names joined by dots: quoting the key is enough.
-        extracted = func.json_extract(records.c.index_doc, f'$."{path}"')
-        default: Scalar = 0
-        if kind is ValueKind.STRING:
-            default = ""
-        elif kind is ValueKind.FLOAT:
-            default = 0.0
-        return type_coerce(func.coalesce(extracted, default), _sqlite_type(kind))
+        extracted = func.json_extract(records.c.index_doc, _sql_text(f'$."{path}"'))
+        default = {ValueKind.STRING: "''", ValueKind.FLOAT: "0.0"}.get(kind, "0")
+        return type_coerce(func.coalesce(extracted, literal_column(default)), _sqlite_type(kind))
 
     def bind(self, target: Target, value: Scalar) -> ColumnElement[Any]:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -161,6 +164,16 @@ class _Sqlite(SqlDialect):
         return sqlite.insert(records).on_conflict_do_nothing(
             index_elements=[records.c.namespace, records.c.collection, records.c.id]
         )
+
+
+def _sql_text(value: str) -> ColumnElement[str]:
+    """``value`` as a SQL string literal written into the statement, not a bound parameter.
+
+    Index paths are part of the expression a database index is built on: a parameter in
+    their place would make the query's expression differ from the index's, and the
+    planner would scan instead.
+    """
+    return literal_column("'" + value.replace("'", "''") + "'", Text())
 
 
 def _sqlite_type(kind: ValueKind) -> TypeEngine[Any]:
@@ -177,8 +190,9 @@ class _Postgres(SqlDialect):
     name = "postgresql"
 
     def index_value(self, path: str, kind: ValueKind) -> ColumnElement[Any]:
-        text = func.jsonb_extract_path_text(records.c.index_doc, literal(path, Text()))
-        present = func.coalesce(text, _DEFAULT_TEXT.get(kind, "0"), type_=Text())
+        text = records.c.index_doc.op("->>", return_type=Text())(_sql_text(path))
+        default = _sql_text(_DEFAULT_TEXT.get(kind, "0"))
+        present = func.coalesce(text, default, type_=Text())
         if kind is ValueKind.STRING:
             return present.collate("C")
         return present.cast(_postgres_type(kind))
