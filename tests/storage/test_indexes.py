@@ -182,12 +182,13 @@ async def test_mongodb_serves_a_filtered_page_from_the_declared_index(mongo_url:
         filter={"customer_id": "c000004"},
         order_by="create_time desc",
     )
+    # Only the first page: SecantusDB's planner scans for any top-level $or, which the
+    # keyset bound of the next pages needs (mongod bounds the index scan with it).
     found = mongo_query.find_filter(query, namespace=NAMESPACE, collection=orders.collection)
     with _mongo(mongo_url) as collection:
         cursor = collection.find(found, sort=mongo_query.sort_spec(query), limit=51)
-        plan = cursor.explain()
-    text = str(plan)
-    assert "IXSCAN" in text and INDEX_PREFIX in text, text
-    assert "COLLSCAN" not in text, text
+        plan = str(cursor.explain())
+    assert "IXSCAN" in plan and INDEX_PREFIX in plan, plan
+    assert "COLLSCAN" not in plan, plan
 
 
