@@ -125,7 +125,9 @@ async def _load_postgres(url: str, start: int, stop: int) -> None:
                     payload = message.SerializeToString(deterministic=True)
                     document = json.dumps(index_document(message))
                     rows.append((NAMESPACE, COLLECTION, message.id, payload, document, 1, now, now))
-                await connection.copy_records_to_table("nexus_records", records=rows, columns=columns)
+                await connection.copy_records_to_table(
+                    "nexus_records", records=rows, columns=columns
+                )
         await connection.execute("ANALYZE nexus_records")
     finally:
         await connection.close()
