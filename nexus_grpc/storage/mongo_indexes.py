@@ -37,6 +37,9 @@ REINDEX_BATCH = 500
 
 Document = dict[str, Any]
 
+#: The server's answer to a second index on the same keys under another name.
+_INDEX_OPTIONS_CONFLICT = 85
+
 
 def index_keys(index: DeclaredIndex) -> list[tuple[str, int]]:
     """The keys of ``index``'s MongoDB index."""
@@ -62,12 +65,23 @@ async def apply_mongo_indexes(
         if _kind_changed(descriptor, recorded):
             await reindex_collection(records, descriptor, descriptor.full_name)
             changes.reindexed.append(descriptor.full_name)
+    # Drops first: an index whose only change is a path's value kind has the same
+    # keys, and MongoDB refuses a second index on the same keys under another name.
+    declared = {(i.name, type_name) for type_name, indexes in wanted.items() for i in indexes}
+    for document in recorded:
+        name, type_name = document["index_name"], document["message_type"]
+        if (name, type_name) in declared:
+            continue
+        await catalog.delete_one({"_id": document["_id"]})
+        if await catalog.count_documents({"index_name": name}, limit=1) == 0:
+            # Another process starting at the same time may have dropped it already.
+            with contextlib.suppress(OperationFailure):
+                await records.drop_index(name)
+            changes.dropped.append(name)
     existing = await records.index_information()
     for indexes in wanted.values():
         for index in indexes:
-            if index.name not in existing:
-                await records.create_index(index_keys(index), name=index.name)
-                existing[index.name] = {}
+            if index.name not in existing and await _create(records, index):
                 changes.created.append(index.name)
             await catalog.update_one(
                 {"_id": f"{index.name}|{index.message_type}"},
@@ -80,22 +94,23 @@ async def apply_mongo_indexes(
                 },
                 upsert=True,
             )
-    declared = {(i.name, type_name) for type_name, indexes in wanted.items() for i in indexes}
-    for document in recorded:
-        name, type_name = document["index_name"], document["message_type"]
-        if (name, type_name) in declared:
-            continue
-        await catalog.delete_one({"_id": document["_id"]})
-        if await catalog.count_documents({"index_name": name}, limit=1) == 0:
-            # Another process starting at the same time may have dropped it already.
-            with contextlib.suppress(OperationFailure):
-                await records.drop_index(name)
-            changes.dropped.append(name)
     for name in changes.created:
         _log.info("built the declared index %s", name)
     for name in changes.dropped:
         _log.info("dropped the index %s, which no contract declares any more", name)
     return changes
+
+
+async def _create(records: AsyncCollection[Document], index: DeclaredIndex) -> bool:
+    """Build ``index``; False when an index on the same keys exists under another name
+    (one another type declares with other value kinds): that one serves as well."""
+    try:
+        await records.create_index(index_keys(index), name=index.name)
+    except OperationFailure as exc:
+        if exc.code != _INDEX_OPTIONS_CONFLICT:
+            raise
+        return False
+    return True
 
 
 def _kind_changed(descriptor: Descriptor, recorded: list[Document]) -> bool:

@@ -5,9 +5,11 @@ numbers compare as numbers and strings by code point on both backends:
 
 * SQLite: ``json_extract`` already yields INTEGER / REAL / TEXT, and TEXT compares
   bytewise (BINARY collation), i.e. by code point for UTF-8.
-* PostgreSQL: the text value is cast to BIGINT, NUMERIC (uint64 and nanosecond times,
-  which can exceed BIGINT), DOUBLE PRECISION or BOOLEAN; strings get ``COLLATE "C"``,
-  which is code point order too, whatever the database locale.
+* PostgreSQL: a JSON number is cast to NUMERIC (every integral kind: uint64 and
+  nanosecond times exceed BIGINT) or DOUBLE PRECISION, a JSON boolean to BOOLEAN, and
+  a value of another JSON type reads as the default (a cast must never fail: see
+  ``_Postgres.index_value``); strings get ``COLLATE "C"``, which is code point order
+  too, whatever the database locale.
 
 Missing values (documents written before a field existed) read as the field's default,
 so no NULL ever reaches a comparison.
@@ -23,7 +25,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Boolean,
     ColumnElement,
     Double,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    case,
     false,
     func,
     literal,
@@ -190,12 +192,18 @@ class _Postgres(SqlDialect):
     name = "postgresql"
 
     def index_value(self, path: str, kind: ValueKind) -> ColumnElement[Any]:
-        text = records.c.index_doc.op("->>", return_type=Text())(_sql_text(path))
-        default = _sql_text(_DEFAULT_TEXT.get(kind, "0"))
-        present = func.coalesce(text, default, type_=Text())
+        key = _sql_text(path)
+        text = records.c.index_doc.op("->>", return_type=Text())(key)
         if kind is ValueKind.STRING:
-            return present.collate("C")
-        return present.cast(_postgres_type(kind))
+            return func.coalesce(text, _sql_text(""), type_=Text()).collate("C")
+        # Cast only a JSON value of the expected type. A declared index is computed for
+        # every row of the shared table: another collection's document (or one written
+        # before a field's type changed) may hold a string or a fraction at this path,
+        # and a failing cast would fail that row's write. Those read as the default.
+        json_type = "boolean" if kind is ValueKind.BOOL else "number"
+        typed = func.jsonb_typeof(records.c.index_doc.op("->")(key)) == _sql_text(json_type)
+        default = _sql_text(_DEFAULT_TEXT.get(kind, "0")).cast(_postgres_type(kind))
+        return case((typed, text.cast(_postgres_type(kind))), else_=default)
 
     def bind(self, target: Target, value: Scalar) -> ColumnElement[Any]:
         return literal(value, _postgres_type(target.kind))
@@ -213,9 +221,9 @@ def _postgres_type(kind: ValueKind) -> TypeEngine[Any]:
         return Boolean()
     if kind is ValueKind.FLOAT:
         return Double()
-    if kind in (ValueKind.INTEGER, ValueKind.ENUM):
-        return BigInteger()
-    return Numeric()  # uint64 and nanoseconds: beyond BIGINT's range
+    # Every integral kind, int32 included: NUMERIC takes any JSON integer another
+    # document may hold at the path (uint64 and nanoseconds exceed BIGINT).
+    return Numeric()
 
 
 def dialect_for(name: str) -> SqlDialect:

@@ -3,6 +3,7 @@ evolution at start (added, dropped, a field's type changed), on every backend.""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Iterator
@@ -21,8 +22,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from benchmarks.storage_scale import NAMESPACE, load_orders
-from nexus_grpc.storage import mongo_query
-from nexus_grpc.storage.declared import INDEX_PREFIX, declared_indexes
+from nexus_grpc.storage import Storage, mongo_query
+from nexus_grpc.storage.declared import INDEX_PREFIX, IndexDeclarationError, declared_indexes
 from nexus_grpc.storage.query import build_query
 
 from . import backend_url, connected
@@ -192,3 +193,155 @@ async def test_mongodb_serves_a_filtered_page_from_the_declared_index(mongo_url:
     assert "COLLSCAN" not in plan, plan
 
 
+# --- evolution at start ----------------------------------------------------------------
+
+
+async def _foreign_index(url: str) -> None:
+    """An index of the operator's own on the records: nexus must never drop it."""
+    if url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(_sqlite_path(url))) as connection:
+            connection.execute("CREATE INDEX operators_own ON nexus_records (version)")
+    elif url.startswith("postgresql"):
+        connection = await asyncpg.connect(_pg(url))
+        try:
+            await connection.execute("CREATE INDEX operators_own ON nexus_records (version)")
+        finally:
+            await connection.close()
+    else:
+        with _mongo(url) as collection:
+            collection.create_index([("version", 1)], name="operators_own")
+
+
+async def _has_foreign_index(url: str) -> bool:
+    if url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(_sqlite_path(url))) as connection:
+            row = connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'operators_own'"
+            ).fetchone()
+        return row is not None
+    if url.startswith("postgresql"):
+        connection = await asyncpg.connect(_pg(url))
+        try:
+            return bool(
+                await connection.fetchval("SELECT to_regclass('operators_own') IS NOT NULL")
+            )
+        finally:
+            await connection.close()
+    with _mongo(url) as collection:
+        return "operators_own" in collection.index_information()
+
+
+def _names(message_type: type[Message]) -> set[str]:
+    return {index.name for index in declared_indexes(message_type.DESCRIPTOR)}
+
+
+async def test_indexes_follow_the_contract_from_one_start_to_the_next(any_url: str) -> None:
+    v1 = item_type({"owner": "string", "rank": "int64"}, [["owner", "rank desc"]])
+    async with connected(any_url) as storage:
+        first = await storage.apply_indexes([v1])
+        items = storage.namespace("tests/evo").repository(v1)
+        for number, owner, rank in ((1, "ann", 5), (2, "bob", 7), (3, "ann", 9)):
+            await items.create(v1(id=f"i{number}", owner=owner, rank=rank))
+    assert first.created == sorted(_names(v1)) and not first.dropped
+    assert await nexus_indexes(any_url) == _names(v1)
+    await _foreign_index(any_url)
+
+    # Version 2 adds a field and indexes it instead: built at start, the old one dropped.
+    v2 = item_type({"owner": "string", "rank": "int64", "region": "string"}, [["region"]])
+    async with connected(any_url) as storage:
+        second = await storage.apply_indexes([v2])
+        assert second.created == sorted(_names(v2)) and second.dropped == sorted(_names(v1))
+        assert await nexus_indexes(any_url) == _names(v2)
+        assert await _has_foreign_index(any_url)
+        items = storage.namespace("tests/evo").repository(v2)
+        # Records written by version 1 read fine, and lack the new field: a filter on it
+        # finds them under its default, as reading them shows.
+        old = await items.get("i1")
+        assert old is not None and old.owner == "ann" and old.region == ""
+        await items.create(v2(id="i4", owner="cy", rank=1, region="eu"))
+        unset = await items.list(filter={"region": ""})
+        assert [item.id for item in unset.items] == ["i1", "i2", "i3"]
+        assert [item.id for item in (await items.list(filter={"region": "eu"})).items] == ["i4"]
+        # Starting again with the same contract changes nothing.
+        again = await storage.apply_indexes([v2])
+        assert not again.created and not again.dropped and not again.reindexed
+
+
+async def test_a_field_type_change_reindexes_so_filters_agree_with_the_payloads(
+    any_url: str,
+) -> None:
+    v1 = item_type({"owner": "string", "rank": "int64"}, [["rank"]])
+    async with connected(any_url) as storage:
+        await storage.apply_indexes([v1])
+        items = storage.namespace("tests/evo").repository(v1)
+        for number, rank in ((1, 5), (2, 0), (3, 9)):
+            await items.create(v1(id=f"i{number}", owner="ann", rank=rank))
+    # rank becomes a string (buf breaking would refuse this). The old payloads carry a
+    # varint where a string is now expected: parsed with the new type, their rank is
+    # empty (the old value stays in the unknown fields). Filters must say the same.
+    v2 = item_type({"owner": "string", "rank": "string"}, [["rank"]])
+    async with connected(any_url) as storage:
+        changes = await storage.apply_indexes([v2])
+        assert changes.reindexed == ["nexus.storage.evo.Item"]
+        assert changes.created == sorted(_names(v2)) and changes.dropped == sorted(_names(v1))
+        items = storage.namespace("tests/evo").repository(v2)
+        read = [await items.get(f"i{number}") for number in (1, 2, 3)]
+        assert [item.rank for item in read if item is not None] == ["", "", ""]
+        empty = await items.list(filter={"rank": ""})
+        assert [item.id for item in empty.items] == ["i1", "i2", "i3"]
+        assert (await items.list(filter={"rank": "5"})).items == []
+        await items.create(v2(id="i4", rank="5"))
+        assert [item.id for item in (await items.list(filter={"rank": "5"})).items] == ["i4"]
+
+
+async def test_processes_starting_together_build_each_index_once(any_url: str) -> None:
+    v1 = item_type({"owner": "string", "rank": "int64"}, [["owner"], ["rank desc", "owner"]])
+    storages = [await Storage.connect(any_url) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(s.apply_indexes([v1]) for s in storages))
+    finally:
+        for storage in storages:
+            await storage.close()
+    built = [name for result in results for name in result.created]
+    assert await nexus_indexes(any_url) == _names(v1)
+    assert set(built) == _names(v1)
+
+
+async def test_postgresql_rebuilds_an_index_an_interrupted_build_left_invalid(
+    postgres_url: str,
+) -> None:
+    v1 = item_type({"owner": "string"}, [["owner"]])
+    (name,) = _names(v1)
+    async with connected(postgres_url) as storage:
+        await storage.apply_indexes([v1])
+    connection = await asyncpg.connect(_pg(postgres_url))
+    try:
+        # What a failed CREATE INDEX CONCURRENTLY leaves behind: the index, not valid.
+        await connection.execute(
+            f"UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{name}'::regclass"
+        )
+        async with connected(postgres_url) as storage:
+            changes = await storage.apply_indexes([v1])
+        valid = await connection.fetchval(
+            f"SELECT indisvalid FROM pg_index WHERE indexrelid = '{name}'::regclass"
+        )
+    finally:
+        await connection.close()
+    assert changes.created == [name] and valid is True
+
+
+async def test_a_declaration_the_storage_cannot_index_is_refused_before_any_change(
+    tmp_path: Path,
+) -> None:
+    async with connected(f"sqlite:///{tmp_path}/nexus.db") as storage:
+        for indexes, expected in (
+            ([["nobody"]], "has no field 'nobody'"),
+            ([["owner sideways"]], "expected 'path' or 'path desc'"),
+            ([["owner", "owner"]], "names a field twice"),
+            ([[]], "names no fields"),
+        ):
+            broken = item_type({"owner": "string"}, indexes)
+            with pytest.raises(IndexDeclarationError, match=expected) as raised:
+                await storage.apply_indexes([broken])
+            assert "nexus.storage.evo.Item" in str(raised.value)
+        assert await nexus_indexes(f"sqlite:///{tmp_path}/nexus.db") == set()
