@@ -279,6 +279,7 @@ class Host:
         )
         self._install_core_services(self._plugins, audit)
         await self._plugins.load_all()
+        await self._apply_declared_indexes()
         await self.bus.start()
         await self.outbox.start()
         # A Redis bus that cannot reach Redis yet starts NOT_SERVING and flips when it can.
@@ -292,6 +293,20 @@ class Host:
             await self._http.start()
         await self.health.set(OVERALL, self._overall_serving())
         self._overall_published = True
+
+    async def _apply_declared_indexes(self) -> None:
+        """Build the storage indexes the loaded contracts declare (the plugins imported
+        theirs while loading), and drop those no longer declared. A failure is logged,
+        not fatal: lists stay correct without an index, only slower."""
+        assert self._storage is not None
+        try:
+            await self._storage.apply_indexes()
+        except Exception as error:
+            _log.error(
+                "storage indexes declared by the contracts were not applied: %s: %s",
+                type(error).__name__,
+                error,
+            )
 
     async def _check_rate_limiter(self) -> None:
         """Say at start that the rate limiter's Redis does not answer: it fails closed,

@@ -345,3 +345,17 @@ async def test_a_declaration_the_storage_cannot_index_is_refused_before_any_chan
                 await storage.apply_indexes([broken])
             assert "nexus.storage.evo.Item" in str(raised.value)
         assert await nexus_indexes(f"sqlite:///{tmp_path}/nexus.db") == set()
+
+
+async def test_the_host_builds_the_indexes_its_contracts_declare_at_start(
+    tmp_path: Path,
+) -> None:
+    from nexus.events.v1 import events_pb2
+
+    from nexus_grpc.testing import running_host
+
+    url = f"sqlite:///{tmp_path}/host.db"
+    async with running_host(plugins=["orders"], data_dir=tmp_path, storage_url=url):
+        built = await nexus_indexes(url)
+    # The orders plugin's lists, and the outbox relay's (every host runs it).
+    assert _names(orders_pb2.Order) | _names(events_pb2.Envelope) <= built
