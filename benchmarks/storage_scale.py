@@ -22,6 +22,7 @@ starters: PostgreSQL's binaries, SecantusDB from PyPI), never the machine's serv
 
     .venv/bin/python -m benchmarks.storage_scale                       # all, 10^4..10^6
     .venv/bin/python -m benchmarks.storage_scale --backends sqlite --sizes 10000 100000
+    .venv/bin/python -m benchmarks.storage_scale --without-indexes --operations 30
 """
 
 from __future__ import annotations
@@ -181,7 +182,9 @@ async def _p50(operation: Callable[[int], Awaitable[object]], count: int) -> flo
     return statistics.median(times) * 1e6
 
 
-async def _measure(repository: Repository[orders_pb2.Order], size: int) -> dict[str, float]:
+async def _measure(
+    repository: Repository[orders_pb2.Order], size: int, operations: int
+) -> dict[str, float]:
     chooser = random.Random(size)
     customers = size // ORDERS_PER_CUSTOMER
 
@@ -201,9 +204,9 @@ async def _measure(repository: Repository[orders_pb2.Order], size: int) -> dict[
         await repository.create(made)
 
     return {
-        "get": await _p50(get, OPERATIONS),
-        "list": await _p50(listed, OPERATIONS),
-        "create": await _p50(create, OPERATIONS),
+        "get": await _p50(get, operations),
+        "list": await _p50(listed, operations),
+        "create": await _p50(create, operations),
     }
 
 
@@ -224,7 +227,9 @@ async def _server(backend: str, workdir: Path) -> AsyncIterator[str]:
         yield server.url("scale")
 
 
-async def _backend_results(backend: str, sizes: Sequence[int]) -> dict[int, dict[str, float]]:
+async def _backend_results(
+    backend: str, sizes: Sequence[int], *, indexes: bool, operations: int
+) -> dict[int, dict[str, float]]:
     results: dict[int, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="nexus-scale-") as workdir:
         async with _server(backend, Path(workdir)) as url:
@@ -235,25 +240,34 @@ async def _backend_results(backend: str, sizes: Sequence[int]) -> dict[int, dict
                 for size in sorted(sizes):
                     began = time.perf_counter()
                     await load_orders(backend, url, loaded, size)
-                    if loaded == 0:
+                    if loaded == 0 and indexes:
                         await storage.apply_indexes([orders_pb2.Order])
                     loaded = size
                     took = time.perf_counter() - began
                     print(f"scale: {backend} loaded {size} in {took:.1f} s", file=sys.stderr)
-                    results[size] = await _measure(repository, size)
+                    results[size] = await _measure(repository, size, operations)
             finally:
                 await storage.close()
     return results
 
 
 async def scale_results(
-    sizes: Sequence[int] = SIZES, backends: Sequence[str] = BACKENDS
+    sizes: Sequence[int] = SIZES,
+    backends: Sequence[str] = BACKENDS,
+    *,
+    indexes: bool = True,
+    operations: int = OPERATIONS,
 ) -> dict[str, dict[int, dict[str, float]] | str]:
-    """p50 µs per backend, size and operation; a backend that failed maps to why."""
+    """p50 µs per backend, size and operation; a backend that failed maps to why.
+
+    ``indexes`` False leaves the declared indexes out: what lists cost without them.
+    """
     results: dict[str, dict[int, dict[str, float]] | str] = {}
     for backend in backends:
         try:
-            results[backend] = await _backend_results(backend, sizes)
+            results[backend] = await _backend_results(
+                backend, sizes, indexes=indexes, operations=operations
+            )
         except BaseException as error:  # pytest.skip/fail of the starters are BaseException
             if isinstance(error, KeyboardInterrupt | SystemExit):
                 raise
@@ -279,10 +293,17 @@ def _format(results: dict[str, dict[int, dict[str, float]] | str]) -> str:
     return "\n".join(lines)
 
 
-def scale_table(sizes: Sequence[int] = SIZES, backends: Sequence[str] = BACKENDS) -> str:
+def scale_table(
+    sizes: Sequence[int] = SIZES,
+    backends: Sequence[str] = BACKENDS,
+    *,
+    indexes: bool = True,
+    operations: int = OPERATIONS,
+) -> str:
     """Run the scale benchmark and return its tables, one per backend (not inside a
     running event loop: it runs its own)."""
-    return _format(asyncio.run(scale_results(sizes, backends)))
+    results = scale_results(sizes, backends, indexes=indexes, operations=operations)
+    return _format(asyncio.run(results))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -290,8 +311,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument("--operations", type=int, default=OPERATIONS, help="timed per size")
+    parser.add_argument(
+        "--without-indexes", action="store_true", help="leave the declared indexes out"
+    )
     arguments = parser.parse_args(argv)
-    print(scale_table(arguments.sizes, arguments.backends))
+    print(
+        scale_table(
+            arguments.sizes,
+            arguments.backends,
+            indexes=not arguments.without_indexes,
+            operations=arguments.operations,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ async def test_the_schema_has_the_records_table_and_the_index_catalog(storage_ur
         finally:
             await async_engine.dispose()
 
-    assert tables == sorted([INDEX_CATALOG_TABLE, RECORDS_TABLE])
+    assert sorted(tables) == sorted([INDEX_CATALOG_TABLE, RECORDS_TABLE])
     assert list(columns) == [
         "namespace", "collection", "id", "payload", "index_doc", "version", "created_at",
         "updated_at",
