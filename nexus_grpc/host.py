@@ -40,6 +40,11 @@ from nexus_grpc.ratelimit import (
 )
 from nexus_grpc.routing import InFlight, Router
 from nexus_grpc.storage import Storage, make_private_dir
+from nexus_grpc.storage.declared import (
+    IndexDeclarationError,
+    declared_indexes,
+    loaded_declarations,
+)
 from nexus_grpc.storage.metrics import StorageMetrics
 from nexus_grpc.storage.opening import open_storage
 from nexus_grpc.tls import TLS_HEALTH, ClientDirectory, TlsExpiryMetrics, TlsService
@@ -299,8 +304,17 @@ class Host:
         theirs while loading), and drop those no longer declared. A failure is logged,
         not fatal: lists stay correct without an index, only slower."""
         assert self._storage is not None
+        types = []
+        for descriptor in loaded_declarations():
+            try:
+                declared_indexes(descriptor)
+            except IndexDeclarationError as error:
+                # One contract's mistake must not cost every other contract its indexes.
+                _log.error("storage indexes of %s not built: %s", descriptor.full_name, error)
+                continue
+            types.append(descriptor)
         try:
-            await self._storage.apply_indexes()
+            await self._storage.apply_indexes(types)
         except Exception as error:
             _log.error(
                 "storage indexes declared by the contracts were not applied: %s: %s",
