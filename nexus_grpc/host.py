@@ -43,7 +43,7 @@ from nexus_grpc.storage import Storage, make_private_dir
 from nexus_grpc.storage.declared import (
     IndexDeclarationError,
     declared_indexes,
-    loaded_declarations,
+    loaded_message_types,
 )
 from nexus_grpc.storage.metrics import StorageMetrics
 from nexus_grpc.storage.opening import open_storage
@@ -305,7 +305,7 @@ class Host:
         not fatal: lists stay correct without an index, only slower."""
         assert self._storage is not None
         types = []
-        for descriptor in loaded_declarations():
+        for descriptor in loaded_message_types():
             try:
                 declared_indexes(descriptor)
             except IndexDeclarationError as error:

@@ -31,7 +31,7 @@ __all__ = [
     "IndexDeclarationError",
     "IndexKey",
     "declared_indexes",
-    "loaded_declarations",
+    "loaded_message_types",
 ]
 
 #: Prefix of every index nexus builds; no other index is ever dropped by it.
@@ -138,9 +138,10 @@ def _key(descriptor: Descriptor, where: str, position: int, item: str) -> IndexK
     return IndexKey(indexed.path, indexed.kind, descending=direction == "desc")
 
 
-def loaded_declarations() -> list[Descriptor]:
-    """Every message type of the contracts imported into this process that declares
-    indexes (generated ``_pb2`` modules register their files when imported)."""
+def loaded_message_types() -> list[Descriptor]:
+    """Every message type of the contracts imported into this process (generated
+    ``_pb2`` modules register their files when imported), whether it declares indexes
+    or not: a type that stopped declaring any still has its old ones dropped."""
     files: dict[str, FileDescriptor] = {}
     for module in list(sys.modules.values()):
         file = getattr(module, "DESCRIPTOR", None)
@@ -148,9 +149,7 @@ def loaded_declarations() -> list[Descriptor]:
             files.setdefault(file.name, file)
     found: list[Descriptor] = []
     for name in sorted(files):
-        found.extend(
-            d for d in _messages(files[name].message_types_by_name.values()) if _declares(d)
-        )
+        found.extend(_messages(files[name].message_types_by_name.values()))
     return found
 
 
@@ -158,7 +157,3 @@ def _messages(descriptors: Iterable[Descriptor]) -> Iterable[Descriptor]:
     for descriptor in descriptors:
         yield descriptor
         yield from _messages(descriptor.nested_types)
-
-
-def _declares(descriptor: Descriptor) -> bool:
-    return bool(descriptor.GetOptions().HasExtension(_STORAGE))

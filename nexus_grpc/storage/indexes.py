@@ -102,14 +102,14 @@ async def _apply_sqlite(
 ) -> IndexChanges:
     changes = IndexChanges()
     async with database.transaction(write=False) as conn:
-        recorded = await _recorded(conn, wanted)
+        recorded = await _recorded(conn)
     for type_name in _kind_changed(recorded, types):
         await reindex_collection(database, types[type_name], type_name)
         changes.reindexed.append(type_name)
     # One write transaction: processes starting together take turns, and the catalog
     # never disagrees with the indexes that exist.
     async with database.transaction(write=True) as conn:
-        recorded = await _recorded(conn, wanted)
+        recorded = await _recorded(conn)
         for index in _missing(wanted, recorded):
             ddl = f"CREATE INDEX IF NOT EXISTS {index.name} ON {RECORDS_TABLE} "
             await conn.execute(text(ddl + f"({index_columns(database, index)})"))
@@ -138,7 +138,7 @@ async def _apply_postgres(
         await conn.execution_options(isolation_level="AUTOCOMMIT")
         await _lock(conn)
         try:
-            recorded = await _recorded(conn, wanted)
+            recorded = await _recorded(conn)
             for type_name in _kind_changed(recorded, types):
                 await reindex_collection(database, types[type_name], type_name)
                 changes.reindexed.append(type_name)
@@ -190,16 +190,13 @@ async def _build_postgres(database: Database, conn: AsyncConnection, index: Decl
     return True
 
 
-async def _recorded(
-    conn: SqlConnection, wanted: dict[str, tuple[DeclaredIndex, ...]]
-) -> list[tuple[str, str, str]]:
-    """Catalog rows (index name, message type, definition) of the types in ``wanted``,
-    plus every row of the indexes named there (to know who else declares them)."""
-    names = {index.name for indexes in wanted.values() for index in indexes}
+async def _recorded(conn: SqlConnection) -> list[tuple[str, str, str]]:
+    """Every catalog row (index name, message type, definition). All of them, not only
+    the given types': an index one type stops declaring may still be another's (one
+    not loaded by this process), and is then kept. The catalog holds a few rows per
+    declaring type."""
     catalog = index_catalog.c
-    statement = select(catalog.index_name, catalog.message_type, catalog.definition).where(
-        catalog.message_type.in_(sorted(wanted)) | catalog.index_name.in_(sorted(names))
-    )
+    statement = select(catalog.index_name, catalog.message_type, catalog.definition)
     rows: Sequence[Any] = (await conn.execute(statement)).all()
     return [(str(row[0]), str(row[1]), str(row[2])) for row in rows]
 

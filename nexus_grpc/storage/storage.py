@@ -9,7 +9,7 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from sqlalchemy.engine import URL
 
-from .declared import IndexChanges, declared_indexes, loaded_declarations
+from .declared import IndexChanges, declared_indexes, loaded_message_types
 from .faults import StorageHealth
 from .index import descriptor_of
 from .namespace import Backend, Namespace, SqlBackend
@@ -104,12 +104,12 @@ class Storage:
         (``option (nexus.options.v1.storage)``) and drop the ones nexus built for them
         that they no longer declare; see :mod:`.indexes`.
 
-        ``None`` means every type declaring indexes in the contracts imported so far
-        (what the host does at start, once its plugins are loaded). Raises
+        ``None`` means every message type of the contracts imported so far (what the
+        host does at start, once its plugins are loaded). Raises
         IndexDeclarationError for a declaration naming a field that cannot be indexed.
         """
         if message_types is None:
-            types = loaded_declarations()
+            types = loaded_message_types()
         else:
             types = [t if isinstance(t, Descriptor) else descriptor_of(t) for t in message_types]
         for descriptor in types:

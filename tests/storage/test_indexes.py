@@ -33,23 +33,25 @@ _TYPES = {"string": _F.TYPE_STRING, "int64": _F.TYPE_INT64}
 _versions = iter(range(1, 1000))
 
 
-def item_type(fields: dict[str, str], indexes: list[list[str]]) -> type[Message]:
-    """A version of the message ``nexus.storage.evo.Item``: ``id`` plus ``fields`` (name
+def item_type(
+    fields: dict[str, str], indexes: list[list[str]], name: str = "Item"
+) -> type[Message]:
+    """A version of the message ``nexus.storage.evo.<name>``: ``id`` plus ``fields`` (name
     -> "string" / "int64", numbered in order), declaring ``indexes``. Each version lives
     in a pool of its own, as a new contract deployed to a restarted host would."""
     fdp = descriptor_pb2.FileDescriptorProto(
         name=f"evo/item_v{next(_versions)}.proto", package="nexus.storage.evo", syntax="proto3"
     )
-    message = fdp.message_type.add(name="Item")
+    message = fdp.message_type.add(name=name)
     message.field.add(name="id", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
-    for number, (name, kind) in enumerate(fields.items(), start=2):
-        message.field.add(name=name, number=number, type=_TYPES[kind], label=_F.LABEL_OPTIONAL)
+    for number, (field, kind) in enumerate(fields.items(), start=2):
+        message.field.add(name=field, number=number, type=_TYPES[kind], label=_F.LABEL_OPTIONAL)
     declared = message.options.Extensions[options_pb2.storage]
     for paths in indexes:
         declared.indexes.add(fields=paths)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("nexus.storage.evo.Item"))
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"nexus.storage.evo.{name}"))
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mongodb"])
@@ -265,6 +267,21 @@ async def test_indexes_follow_the_contract_from_one_start_to_the_next(any_url: s
         # Starting again with the same contract changes nothing.
         again = await storage.apply_indexes([v2])
         assert not again.created and not again.dropped and not again.reindexed
+
+
+async def test_an_index_two_types_declare_is_dropped_when_neither_does(any_url: str) -> None:
+    item = item_type({"owner": "string"}, [["owner"]])
+    other = item_type({"owner": "string"}, [["owner"]], name="Other")
+    (shared,) = _names(item)
+    assert _names(other) == {shared}  # the same declaration is the same index
+    async with connected(any_url) as storage:
+        await storage.apply_indexes([item, other])
+    # A later start loads only Item, which stopped declaring it: Other still does.
+    async with connected(any_url) as storage:
+        kept = await storage.apply_indexes([item_type({"owner": "string"}, [])])
+        assert not kept.dropped and await nexus_indexes(any_url) == {shared}
+        gone = await storage.apply_indexes([item_type({"owner": "string"}, [], name="Other")])
+        assert gone.dropped == [shared] and await nexus_indexes(any_url) == set()
 
 
 async def test_a_field_type_change_reindexes_so_filters_agree_with_the_payloads(
