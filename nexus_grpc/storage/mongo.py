@@ -11,7 +11,9 @@ Documents
     version, created_at, updated_at}`` (plus ``lock`` once a record was read
     ``for_update``). A unique index on (ns, coll, id) serves the default order; each
     other ordering a list uses gets an index on (ns, coll, <sort fields>), created on
-    first use outside transactions, at most :data:`MAX_SORT_INDEXES` of them. Times
+    first use outside transactions, at most :data:`MAX_SORT_INDEXES` of them; the
+    indexes contracts declare (filter fields first) are built at start by
+    :mod:`.mongo_indexes`. Times
     are BSON dates: millisecond precision. Every write stores every indexed path; a
     document written before a field existed gets that field's default on the first
     list of its collection by this process (SQL reads missing values as the default).
