@@ -281,11 +281,12 @@ async def scale_results(
     """
     results: dict[str, dict[int, dict[str, float]] | str] = {}
     for backend in backends:
+        measured = list(sizes)
         if backend == "mongodb" and mongodb_largest is not None:
-            sizes = [size for size in sizes if size <= mongodb_largest] or sizes[:1]
+            measured = [size for size in sizes if size <= mongodb_largest] or measured[:1]
         try:
             results[backend] = await _backend_results(
-                backend, sizes, indexes=indexes, operations=operations
+                backend, measured, indexes=indexes, operations=operations
             )
         except BaseException as error:  # pytest.skip/fail of the starters are BaseException
             if isinstance(error, KeyboardInterrupt | SystemExit):
