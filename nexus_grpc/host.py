@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -22,6 +23,7 @@ from nexus_grpc.events.metrics import EventMetrics
 from nexus_grpc.events.outbox import Outbox
 from nexus_grpc.events.redis_bus import RedisBus
 from nexus_grpc.gateway import GatewayApp, GatewaySettings
+from nexus_grpc.gateway.probes import Probes, ReadinessSources
 from nexus_grpc.pipeline import Stage, build_stages
 from nexus_grpc.pipeline.audit import AdminAuditStage
 from nexus_grpc.pipeline.auth import AccessStage, AuthStage
@@ -219,7 +221,10 @@ class Host:
         )
         if self.config.http.address:
             gateway = GatewayApp(
-                self.router, GatewaySettings.from_config(self.config.http), metrics=self.metrics
+                self.router,
+                GatewaySettings.from_config(self.config.http),
+                metrics=self.metrics,
+                probes=Probes(self._readiness_sources()),
             )
             self._http = HttpServer(
                 gateway,
@@ -292,6 +297,25 @@ class Host:
             await self._http.start()
         await self.health.set(OVERALL, self._overall_serving())
         self._overall_published = True
+
+    def _readiness_sources(self) -> ReadinessSources:
+        """What ``/readyz`` reads: this host's health, drain, plugins and storage."""
+
+        def plugins() -> list[tuple[str, str]]:
+            if self._plugins is None:
+                return []
+            return [(record.name, record.state) for record in self._plugins.records()]
+
+        def storage_probe() -> Callable[[], Awaitable[bool]] | None:
+            return None if self._storage is None else self._storage.probe
+
+        return ReadinessSources(
+            health=self.health,
+            draining=lambda: self._stopping is not None or self._released,
+            plugins=plugins,
+            storage_probe=storage_probe,
+            probe_interval=self.config.storage.probe_interval,
+        )
 
     async def _check_rate_limiter(self) -> None:
         """Say at start that the rate limiter's Redis does not answer: it fails closed,
