@@ -92,8 +92,6 @@ class Probes:
         if overall is None:
             return {"host": "starting"}
         problems: dict[str, str] = {}
-        if not overall:
-            problems["host"] = "not serving"
         for name, state in sources.plugins():
             if state == "FAILED":
                 problems[f"plugin {name}"] = "failed"
@@ -104,6 +102,9 @@ class Probes:
             problems["events"] = "unreachable"
         if health.is_serving(_STORAGE) is False or not await self._storage_works():
             problems["storage"] = "unreachable"
+        if not overall and not problems:
+            # The overall status follows the parts above; NOT_SERVING for another reason.
+            problems["host"] = "not serving"
         return problems
 
     async def _storage_works(self) -> bool:
