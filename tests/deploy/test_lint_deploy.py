@@ -25,7 +25,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from nexus_grpc.cli import _parser
@@ -458,7 +457,11 @@ def test_compose_secrets_come_from_the_env_file_and_the_config_loads_with_them(
 
 
 def test_every_shipped_nexus_toml_loads_with_nexus_own_loader(tmp_path: Path) -> None:
-    for path in (DEPLOY / "nexus.toml", DEPLOY / "compose" / "nexus.toml", configmap_toml(tmp_path)):
+    for path in (
+        DEPLOY / "nexus.toml",
+        DEPLOY / "compose" / "nexus.toml",
+        configmap_toml(tmp_path),
+    ):
         config = load_config(path, environ={})
         raw = tomllib.loads(path.read_text())
         assert isinstance(config, Config)

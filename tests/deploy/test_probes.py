@@ -59,10 +59,7 @@ async def test_probes_answer_without_a_token_and_beyond_the_rate_limit(tmp_path:
         # Another route of the same host is rate limited (and needs a token): the
         # probes went around both.
         token = {"authorization": f"Bearer {host.token()}"}
-        codes = [
-            (await client.get("/v1/stock/PEN-1", headers=token)).status_code
-            for _ in range(5)
-        ]
+        codes = [(await client.get("/v1/stock/PEN-1", headers=token)).status_code for _ in range(5)]
         assert 429 in codes
         assert (await client.get("/v1/stock/PEN-1")).status_code == 401
 
