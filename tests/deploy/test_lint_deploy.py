@@ -469,3 +469,49 @@ def test_every_shipped_nexus_toml_loads_with_nexus_own_loader(tmp_path: Path) ->
         assert config.plugins.bundled == ("*",)
         # Readiness turns 503 and health NOT_SERVING before the ports stop answering.
         assert config.server.shutdown_delay > 0
+
+
+# -- README ----------------------------------------------------------------------------
+
+
+def readme_commands() -> list[list[str]]:
+    """The README's "Deploy" commands, each split into words (comments dropped)."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("<!-- deploy-commands -->", 1)[1].split("<!-- /deploy-commands -->")[0]
+    body = block.split("```sh\n", 1)[1].rsplit("```", 1)[0]
+    return [shlex.split(line, comments=True) for line in body.splitlines() if line.strip()]
+
+
+def test_the_readme_deploy_commands_name_what_exists_and_its_lint_commands_pass() -> None:
+    commands = {tuple(words[:2]): words for words in readme_commands()}
+    health = commands[("nexus", "health")]
+    assert _parser().parse_args(health[1:]).run.__module__ == "nexus_grpc.cli.health"
+    build = commands[("docker", "build")]
+    assert (REPO / build[build.index("-f") + 1]) == DOCKERFILE
+    tag = build[build.index("-t") + 1]
+    assert tag == compose()["x-nexus"]["image"]
+    (container,) = manifest("deployment.yaml")["spec"]["template"]["spec"]["containers"]
+    assert tag == container["image"]
+    run = commands[("docker", "run")]
+    assert "--read-only" in run and run[-1] == tag
+    volume = run[run.index("-v") + 1].split(":")[1]
+    assert dict(runtime_stage())["VOLUME"] == f'["{volume}"]'
+    published = {int(run[i + 1].split(":")[1]) for i, word in enumerate(run) if word == "-p"}
+    assert published == {int(p) for p in dict(runtime_stage())["EXPOSE"].split()}
+    copy = commands[("cp", "deploy/.env.example")]
+    assert (REPO / copy[1]).is_file()
+    up = commands[("docker", "compose")]
+    assert REPO / up[up.index("-f") + 1] == COMPOSE
+    apply = commands[("kubectl", "apply")]
+    assert (REPO / apply[apply.index("-k") + 1] / "kustomization.yaml").is_file()
+    # The linters, exactly as the README gives them (tools from this venv).
+    hadolint = commands[("hadolint", "deploy/Dockerfile")]
+    validate = next(words for key, words in commands.items() if key[0] == "kubernetes-validate")
+    assert validate[validate.index("-k") + 1] == KUBERNETES_VERSION
+    for words in (hadolint, validate):
+        require_tool(words[0], BIN / words[0])
+        line = " ".join([str(BIN / words[0]), *words[1:]])  # unquoted: bash expands globs
+        result = subprocess.run(
+            ["bash", "-c", line], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, f"{line}: {result.stdout}{result.stderr}"
