@@ -19,6 +19,7 @@ into reporting a healthy host as failed.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -116,7 +117,10 @@ class Probes:
         if time.monotonic() - self._probed_at < self._sources.probe_interval:
             return self._probe_ok
         if self._probing is None or self._probing.done():
-            self._probing = asyncio.ensure_future(self._probe(probe))
+            # A context of its own: the probe's storage spans belong to no request.
+            self._probing = asyncio.get_running_loop().create_task(
+                self._probe(probe), context=contextvars.Context()
+            )
         return await asyncio.shield(self._probing)
 
     async def _probe(self, probe: Callable[[], Awaitable[bool]]) -> bool:

@@ -169,3 +169,24 @@ async def test_readyz_turns_503_first_when_the_drain_starts(tmp_path: Path) -> N
             assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
         finally:
             await stopping
+
+
+async def test_readyz_names_a_plugin_that_failed_to_load(tmp_path: Path) -> None:
+    broken = tmp_path / "plugins" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "manifest.toml").write_text('name = "broken"\nversion = [\n')  # not TOML
+    async with (
+        running_host(
+            plugin_dirs=[tmp_path / "plugins", REPO / "plugins"],
+            plugins=["broken", "orders"],
+            data_dir=tmp_path / "data",
+            http=True,
+        ) as host,
+        httpx.AsyncClient(base_url=host.http_url) as client,
+    ):
+        record = host.host.plugins.record("broken")
+        assert record is not None and record.state == "FAILED"
+        answer = await client.get("/readyz")
+        assert answer.status_code == 503
+        assert answer.json() == {"status": "not ready", "checks": {"plugin broken": "failed"}}
+        assert (await client.get("/healthz")).status_code == 200
