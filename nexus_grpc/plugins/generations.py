@@ -1,0 +1,400 @@
+"""Contract generations: a plugin's generated modules imported into their own pool.
+
+Generated ``_pb2`` modules add their file to ``descriptor_pool.Default()`` when they are
+imported, and the default pool refuses a changed file of the same name ("duplicate file
+name"). So a plugin upgraded to a changed contract gets its own ``DescriptorPool``: its
+generated modules (``_pb2`` and ``_pb2_grpc``) are executed again from their source with
+an ``__import__`` that hands them this pool in place of the default one, and sibling
+contract modules of the same generation in place of the ones already imported. Files
+the contract imports and does not own (``google/protobuf``, ``google/api``, nexus
+options, another plugin's contract) are copied into the pool, byte for byte, from the
+module the contract imports them from; adding an identical file is allowed, and the
+custom options (``nexus.options.v1.policy``, ``rules``) parse against the default
+pool's extensions whatever pool a descriptor lives in, so policies and validation rules
+read the same way in every generation.
+
+A plugin's first load stays on the default pool: a host whose plugins are never
+upgraded behaves exactly as without generations, and code that looks types up in the
+default pool (``json_format`` with ``Any``, lint, OpenAPI of the first contract) keeps
+working. Only an upgrade builds a :class:`Generation`.
+
+A copied dependency is another descriptor, so its message classes are other classes:
+a ``Timestamp`` field of a generation's message holds the generation's ``Timestamp``,
+not ``google.protobuf.timestamp_pb2.Timestamp``. :meth:`Generation.binding` therefore
+shows the plugin's code, while it is imported, the generation's copies of the
+dependency modules its messages use as field types, so ``from google.protobuf import
+timestamp_pb2`` at module level in the plugin binds classes its messages accept.
+
+Nothing here holds a generation: the routes built from its servicers (and the plugin
+record) keep its modules and pool alive until they are dropped and their calls drain.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import sys
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import Descriptor, FileDescriptor
+
+__all__ = [
+    "Generation",
+    "GenerationError",
+    "load_generation",
+    "module_name_of",
+    "module_sources",
+]
+
+#: Dependency files whose modules are never swapped during :meth:`Generation.binding`:
+#: they hold options and descriptors, not message types a plugin builds.
+_OPTION_FILES = frozenset({"google/protobuf/descriptor.proto"})
+
+
+class GenerationError(ImportError):
+    """A generation's modules cannot be found or imported; the message says which."""
+
+
+def module_name_of(proto_file: str, *, grpc: bool = False) -> str:
+    """The module protoc generates for ``proto_file`` (``a/b/c.proto`` → ``a.b.c_pb2``)."""
+    stem = proto_file.removesuffix(".proto").replace("-", "_").replace("/", ".")
+    return f"{stem}_pb2_grpc" if grpc else f"{stem}_pb2"
+
+
+def module_sources(
+    names: Iterable[str], search: Sequence[str | Path] | None = None
+) -> dict[str, Path]:
+    """Source file of each module name, searched in ``search`` (``sys.path`` by default).
+
+    Generated modules live in plain folders; a name found nowhere is a GenerationError.
+    """
+    roots = [Path(p) for p in (sys.path if search is None else search) if str(p)]
+    found: dict[str, Path] = {}
+    for name in names:
+        relative = Path(*name.split(".")).with_suffix(".py")
+        for root in roots:
+            candidate = root / relative
+            if candidate.is_file():
+                found[name] = candidate
+                break
+        else:
+            raise GenerationError(f"generated module {name} not found in {[str(r) for r in roots]}")
+    return found
+
+
+class Generation:
+    """One version of a plugin's contract: its pool and the modules generated from it."""
+
+    def __init__(self, label: str) -> None:
+        #: Names this generation in messages (e.g. ``greeter@3``).
+        self.label = label
+        self.pool = descriptor_pool.DescriptorPool()
+        #: The contract's own modules, ``_pb2`` and ``_pb2_grpc``, by module name.
+        self.modules: dict[str, types.ModuleType] = {}
+        #: Copies of dependency modules, made on demand by :meth:`binding`.
+        self._dependency_modules: dict[str, types.ModuleType] = {}
+        #: Files the contract owns (its ``_pb2`` modules'), in import order.
+        self.own_files: list[str] = []
+        # Dependency files as the contract's imports provided them: copied from there.
+        self._provided: dict[str, FileDescriptor] = {}
+        self._sources: dict[str, Path] = {}
+
+    def __repr__(self) -> str:
+        return f"<Generation {self.label} {sorted(self.modules)}>"
+
+    def module(self, name: str) -> types.ModuleType:
+        """The generation's module ``name``, importing it from its source on first use."""
+        existing = self.modules.get(name) or self._dependency_modules.get(name)
+        if existing is not None:
+            return existing
+        source = self._sources.get(name)
+        if source is None:
+            raise GenerationError(f"{self.label}: {name} is not a module of this generation")
+        return self._execute(name, source, self.modules)
+
+    def files(self) -> list[FileDescriptor]:
+        """The contract's own files, as this generation's pool holds them."""
+        return [self.pool.FindFileByName(name) for name in self.own_files]
+
+    def image(self) -> descriptor_pb2.FileDescriptorSet:
+        """The own files and everything they import, dependencies first (a buf image)."""
+        return file_set(self.files())
+
+    @contextmanager
+    def binding(self) -> Iterator[None]:
+        """Install the generation's modules; while the block runs, dependencies too.
+
+        On leaving the block the contract modules stay installed (this generation is the
+        live one) and the dependency modules are the host's again. On an exception every
+        entry is restored: a failed upgrade leaves the running version's modules.
+        """
+        swapped = {**self.modules, **self._dependency_copies()}
+        previous = _install(swapped)
+        try:
+            yield
+        except BaseException:
+            _restore(previous)
+            raise
+        _restore({name: previous[name] for name in swapped if name not in self.modules})
+
+    def install(self) -> dict[str, types.ModuleType | None]:
+        """Make the contract modules the ones ``import`` finds; returns what they replaced."""
+        return _install(self.modules)
+
+    def release(self) -> None:
+        """Take the generation's modules out of ``sys.modules`` where they are still its own.
+
+        Called when the generation is dropped (its routes gone and drained); the
+        modules, classes and pool are freed once nothing else refers to them.
+        """
+        for name, module in self.modules.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+                parent, _, leaf = name.rpartition(".")
+                package = sys.modules.get(parent)
+                if package is not None and getattr(package, leaf, None) is module:
+                    delattr(package, leaf)
+
+    # -- importing ---------------------------------------------------------------
+
+    def _load(self, sources: Mapping[str, Path]) -> None:
+        self._sources.update(sources)
+        for name in sources:
+            self.module(name)
+
+    def _execute(
+        self, name: str, source: Path, into: dict[str, types.ModuleType]
+    ) -> types.ModuleType:
+        module = types.ModuleType(name)
+        module.__file__ = str(source)
+        module.__package__ = name.rpartition(".")[0]
+        namespace = module.__dict__
+        namespace["__builtins__"] = {**builtins.__dict__, "__import__": self._importer(name)}
+        into[name] = module  # before running: modules importing each other find it
+        try:
+            code = compile(source.read_bytes(), str(source), "exec")
+            exec(code, namespace)  # noqa: S102 -- generated code, found like any import
+        except Exception as error:
+            del into[name]
+            raise GenerationError(
+                f"{self.label}: importing {name} from {source} failed: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        if name.endswith("_pb2") and name not in self._dependency_modules:
+            descriptor = namespace.get("DESCRIPTOR")
+            if isinstance(descriptor, FileDescriptor) and descriptor.name not in self.own_files:
+                self.own_files.append(descriptor.name)
+        return module
+
+    def _importer(self, importing: str) -> Callable[..., Any]:
+        """``__import__`` for generated code: this pool, this generation's modules."""
+
+        def import_(
+            name: str,
+            globals_: Mapping[str, Any] | None = None,
+            locals_: Mapping[str, Any] | None = None,
+            fromlist: Sequence[str] | None = (),
+            level: int = 0,
+        ) -> Any:
+            if level != 0:
+                raise GenerationError(f"{self.label}: {importing} uses a relative import")
+            if name == "google.protobuf" and fromlist and "descriptor_pool" in fromlist:
+                return _Facade(importlib.import_module(name), {"descriptor_pool": _PoolModule(self)})
+            if fromlist:
+                ours = {f: f"{name}.{f}" for f in fromlist if f"{name}.{f}" in self._sources}
+                real = builtins.__import__(name, globals_, locals_, fromlist, 0)
+                for item in fromlist:
+                    if item not in ours:
+                        self._note_provided(getattr(real, item, None))
+                if not ours:
+                    return real
+                return _Facade(real, {f: self.module(full) for f, full in ours.items()})
+            if "." not in name and name in self._sources:
+                return self.module(name)
+            module = builtins.__import__(name, globals_, locals_, fromlist, 0)
+            return module
+
+        return import_
+
+    def _note_provided(self, module: object) -> None:
+        descriptor = getattr(module, "DESCRIPTOR", None)
+        if isinstance(descriptor, FileDescriptor):
+            self._provided.setdefault(descriptor.name, descriptor)
+
+    def _add_serialized(self, data: bytes) -> FileDescriptor:
+        """``AddSerializedFile`` into the pool, after the files it imports."""
+        proto = descriptor_pb2.FileDescriptorProto.FromString(data)
+        for dependency in proto.dependency:
+            self._ensure(dependency)
+        return self.pool.AddSerializedFile(data)
+
+    def _ensure(self, file_name: str) -> None:
+        try:
+            self.pool.FindFileByName(file_name)
+            return
+        except KeyError:
+            pass
+        source = self._provided.get(file_name)
+        if source is None:
+            try:
+                source = descriptor_pool.Default().FindFileByName(file_name)
+            except KeyError:
+                raise GenerationError(
+                    f"{self.label}: {file_name} is imported by the contract but neither "
+                    "its generated module nor the default pool provides it"
+                ) from None
+        for dependency in source.dependencies:
+            self._ensure(dependency.name)
+        self.pool.AddSerializedFile(bytes(source.serialized_pb))
+
+    def _dependency_copies(self) -> dict[str, types.ModuleType]:
+        """Modules of the dependency files whose messages the contract's fields hold."""
+        own = set(self.own_files)
+        used: set[str] = set()
+        for file in self.files():
+            for message in file.message_types_by_name.values():
+                _field_files(message, used, set())
+        copies: dict[str, types.ModuleType] = {}
+        for file_name in sorted(used - own - _OPTION_FILES):
+            name = module_name_of(file_name)
+            module = self._dependency_modules.get(name)
+            if module is None:
+                spec = importlib.util.find_spec(name)
+                if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+                    continue  # no source to run: the plugin keeps the host's module
+                module = self._execute(name, Path(spec.origin), self._dependency_modules)
+            copies[name] = module
+        return copies
+
+
+def _field_files(message: Descriptor, into: set[str], seen: set[str]) -> None:
+    """Files of every message type reachable from ``message``'s fields."""
+    if message.full_name in seen:
+        return
+    seen.add(message.full_name)
+    into.add(message.file.name)
+    for field in message.fields:
+        if field.message_type is not None:
+            _field_files(field.message_type, into, seen)
+    for nested in message.nested_types:
+        _field_files(nested, into, seen)
+
+
+class _PoolModule:
+    """Stands in for ``google.protobuf.descriptor_pool`` inside a generation's module."""
+
+    def __init__(self, generation: Generation) -> None:
+        self._generation = generation
+
+    def Default(self) -> _SeedingPool:  # noqa: N802 -- the name generated code calls
+        return _SeedingPool(self._generation)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(descriptor_pool, name)
+
+
+class _SeedingPool:
+    """The generation's pool, adding a file's imports before the file itself."""
+
+    def __init__(self, generation: Generation) -> None:
+        self._generation = generation
+
+    def AddSerializedFile(self, data: bytes) -> FileDescriptor:  # noqa: N802
+        return self._generation._add_serialized(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._generation.pool, name)
+
+
+class _Facade:
+    """A module seen through ``from X import a, b`` with some names answered otherwise."""
+
+    def __init__(self, module: types.ModuleType, overrides: Mapping[str, object]) -> None:
+        self._module = module
+        self._overrides = overrides
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._overrides:
+            return self._overrides[name]
+        return getattr(self._module, name)
+
+
+def _install(modules: Mapping[str, types.ModuleType]) -> dict[str, types.ModuleType | None]:
+    previous: dict[str, types.ModuleType | None] = {}
+    for name, module in modules.items():
+        previous[name] = sys.modules.get(name)
+        sys.modules[name] = module
+        parent, _, leaf = name.rpartition(".")
+        if parent:
+            # `from pkg import mod` reads the package attribute before sys.modules.
+            setattr(importlib.import_module(parent), leaf, module)
+    return previous
+
+
+def _restore(previous: Mapping[str, types.ModuleType | None]) -> None:
+    for name, module in previous.items():
+        parent, _, leaf = name.rpartition(".")
+        package = sys.modules.get(parent) if parent else None
+        if module is None:
+            sys.modules.pop(name, None)
+            if package is not None and hasattr(package, leaf):
+                delattr(package, leaf)
+        else:
+            sys.modules[name] = module
+            if package is not None:
+                setattr(package, leaf, module)
+
+
+def file_set(files: Iterable[FileDescriptor]) -> descriptor_pb2.FileDescriptorSet:
+    """``files`` and everything they import, each once, every file after its imports."""
+    ordered: list[FileDescriptor] = []
+    seen: set[str] = set()
+
+    def visit(file: FileDescriptor) -> None:
+        if file.name in seen:
+            return
+        seen.add(file.name)
+        for dependency in file.dependencies:
+            visit(dependency)
+        ordered.append(file)
+
+    for file in files:
+        visit(file)
+    result = descriptor_pb2.FileDescriptorSet()
+    for file in ordered:
+        result.file.add().ParseFromString(bytes(file.serialized_pb))
+    return result
+
+
+def load_generation(
+    modules: Sequence[str] | Mapping[str, Path],
+    *,
+    label: str,
+    search: Sequence[str | Path] | None = None,
+) -> Generation:
+    """Import a contract's generated modules into a new :class:`Generation`.
+
+    ``modules`` names the contract's ``_pb2`` modules (their ``_pb2_grpc`` siblings are
+    included when they exist), or maps module names to source files. Nothing is
+    installed in ``sys.modules``: call :meth:`Generation.binding` around the plugin's
+    re-import. GenerationError when a module is missing or fails to import.
+    """
+    if isinstance(modules, Mapping):
+        sources = dict(modules)
+    else:
+        names = list(modules)
+        siblings = [n.removesuffix("_pb2") + "_pb2_grpc" for n in names if n.endswith("_pb2")]
+        sources = module_sources(names, search)
+        for sibling in siblings:
+            try:
+                sources.update(module_sources([sibling], search))
+            except GenerationError:
+                continue  # a contract without services has no _pb2_grpc module
+    generation = Generation(label)
+    generation._load(sources)
+    return generation
