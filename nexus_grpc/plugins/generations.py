@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import importlib.util
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -42,6 +43,8 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import Descriptor, FileDescriptor
+
+from nexus_grpc.events.envelope import add_event_pool, remove_event_pool
 
 __all__ = [
     "Generation",
@@ -141,10 +144,16 @@ class Generation:
             _restore(previous)
             raise
         _restore({name: previous[name] for name in swapped if name not in self.modules})
+        add_event_pool(self.pool)
 
     def install(self) -> dict[str, types.ModuleType | None]:
-        """Make the contract modules the ones ``import`` finds; returns what they replaced."""
-        return _install(self.modules)
+        """Make the contract modules the ones ``import`` finds; returns what they replaced.
+
+        The generation's event types can be opened from envelopes from now on.
+        """
+        previous = _install(self.modules)
+        add_event_pool(self.pool)
+        return previous
 
     def release(self) -> None:
         """Take the generation's modules out of ``sys.modules`` where they are still its own.
@@ -152,6 +161,8 @@ class Generation:
         Called when the generation is dropped (its routes gone and drained); the
         modules, classes and pool are freed once nothing else refers to them.
         """
+        remove_event_pool(self.pool)
+        self._dependency_modules.clear()
         for name, module in self.modules.items():
             if sys.modules.get(name) is module:
                 del sys.modules[name]
@@ -178,7 +189,7 @@ class Generation:
         into[name] = module  # before running: modules importing each other find it
         try:
             code = compile(source.read_bytes(), str(source), "exec")
-            exec(code, namespace)  # noqa: S102 -- generated code, found like any import
+            exec(code, namespace)  # generated code, found like any import
         except Exception as error:
             del into[name]
             raise GenerationError(
@@ -204,9 +215,14 @@ class Generation:
             if level != 0:
                 raise GenerationError(f"{self.label}: {importing} uses a relative import")
             if name == "google.protobuf" and fromlist and "descriptor_pool" in fromlist:
-                return _Facade(importlib.import_module(name), {"descriptor_pool": _PoolModule(self)})
+                protobuf = importlib.import_module(name)
+                return _Facade(protobuf, {"descriptor_pool": _PoolModule(self)})
             if fromlist:
                 ours = {f: f"{name}.{f}" for f in fromlist if f"{name}.{f}" in self._sources}
+                if len(ours) == len(fromlist):
+                    # The package itself may not be importable yet (a contract new to
+                    # this process): nothing of it is needed.
+                    return _Facade(None, {f: self.module(full) for f, full in ours.items()})
                 real = builtins.__import__(name, globals_, locals_, fromlist, 0)
                 for item in fromlist:
                     if item not in ours:
@@ -291,7 +307,7 @@ class _PoolModule:
     def __init__(self, generation: Generation) -> None:
         self._generation = generation
 
-    def Default(self) -> _SeedingPool:  # noqa: N802 -- the name generated code calls
+    def Default(self) -> _SeedingPool:  # the name generated code calls
         return _SeedingPool(self._generation)
 
     def __getattr__(self, name: str) -> Any:
@@ -304,7 +320,7 @@ class _SeedingPool:
     def __init__(self, generation: Generation) -> None:
         self._generation = generation
 
-    def AddSerializedFile(self, data: bytes) -> FileDescriptor:  # noqa: N802
+    def AddSerializedFile(self, data: bytes) -> FileDescriptor:
         return self._generation._add_serialized(data)
 
     def __getattr__(self, name: str) -> Any:
@@ -314,13 +330,15 @@ class _SeedingPool:
 class _Facade:
     """A module seen through ``from X import a, b`` with some names answered otherwise."""
 
-    def __init__(self, module: types.ModuleType, overrides: Mapping[str, object]) -> None:
+    def __init__(self, module: types.ModuleType | None, overrides: Mapping[str, object]) -> None:
         self._module = module
         self._overrides = overrides
 
     def __getattr__(self, name: str) -> Any:
         if name in self._overrides:
             return self._overrides[name]
+        if self._module is None:
+            raise AttributeError(name)
         return getattr(self._module, name)
 
 
