@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool, symbol_database
 from google.protobuf.descriptor import Descriptor, FileDescriptor
 
 from nexus_grpc.events.envelope import add_event_pool, remove_event_pool
@@ -196,9 +196,11 @@ class Generation:
                 f"{self.label}: importing {name} from {source} failed: "
                 f"{type(error).__name__}: {error}"
             ) from error
-        if name.endswith("_pb2") and name not in self._dependency_modules:
-            descriptor = namespace.get("DESCRIPTOR")
-            if isinstance(descriptor, FileDescriptor) and descriptor.name not in self.own_files:
+        descriptor = namespace.get("DESCRIPTOR")
+        if isinstance(descriptor, FileDescriptor):
+            _unregister_classes(descriptor.message_types_by_name.values())
+            own = name.endswith("_pb2") and name not in self._dependency_modules
+            if own and descriptor.name not in self.own_files:
                 self.own_files.append(descriptor.name)
         return module
 
@@ -288,6 +290,22 @@ class Generation:
         return copies
 
 
+def _unregister_classes(messages: Iterable[Descriptor]) -> None:
+    """Take a generation's classes out of protobuf's process-wide symbol database.
+
+    Generated code registers every class it builds there (``builder._sym_db``), in a
+    dict shared by all symbol databases and keyed by descriptor, so a dropped
+    generation's classes, descriptors and pool would live as long as the process. The
+    classes stay reachable from their modules and ``message_factory.GetMessageClass``.
+    """
+    registry = getattr(symbol_database.SymbolDatabase, "_classes", None)
+    if not isinstance(registry, dict):
+        return
+    for message in messages:
+        registry.pop(message, None)
+        _unregister_classes(message.nested_types)
+
+
 def _field_files(message: Descriptor, into: set[str], seen: set[str]) -> None:
     """Files of every message type reachable from ``message``'s fields."""
     if message.full_name in seen:
@@ -350,7 +368,11 @@ def _install(modules: Mapping[str, types.ModuleType]) -> dict[str, types.ModuleT
         parent, _, leaf = name.rpartition(".")
         if parent:
             # `from pkg import mod` reads the package attribute before sys.modules.
-            setattr(importlib.import_module(parent), leaf, module)
+            try:
+                package = importlib.import_module(parent)
+            except ImportError:
+                continue  # not importable here: only `import pkg.mod` finds the module
+            setattr(package, leaf, module)
     return previous
 
 
