@@ -1,0 +1,241 @@
+"""A running host upgraded to a changed contract: grpcurl, calls in flight, new rules.
+
+The upgrade is done here step by step as the plugin manager does it for a changed
+contract: the new contract into a generation, the breaking-change check, the plugin's
+code imported again inside the generation's binding, routes built from the new
+servicer, the routing table swapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pool
+
+from nexus_grpc.plugins.discovery import discover
+from nexus_grpc.plugins.generations import Generation, load_generation
+from nexus_grpc.plugins.loader import import_plugin
+from nexus_grpc.plugins.upgrade import check_upgrade
+from nexus_grpc.testing import RunningHost, running_host
+from nexus_grpc.transport.servicers import bind_servicer, build_routes, construct_servicer
+from tests.hotswap.generations_support import (  # noqa: F401  (fixtures)
+    SERVICE,
+    SWAP_PB2,
+    clean_modules,
+    generated,
+)
+
+pytestmark = pytest.mark.usefixtures("clean_modules")
+
+MANIFEST = """\
+name = "swap"
+version = "{version}"
+category = "business"
+description = "Items, for the contract upgrade tests."
+services = ["hotswap.swap.v1.SwapService"]
+"""
+
+CODE = '''\
+"""The swap plugin, {version}."""
+
+import asyncio
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+from hotswap.swap.v1 import swap_pb2, swap_pb2_grpc
+
+from nexus_grpc import Plugin
+
+
+class SwapService(swap_pb2_grpc.SwapServiceServicer):
+    #: Set by the test to hold a call in flight across an upgrade.
+    gate: asyncio.Event | None = None
+
+    async def GetItem(self, request: Any, context: Any) -> Any:
+        if request.id == "hold" and self.gate is not None:
+            await self.gate.wait()
+        return swap_pb2.Item(
+            id=request.id, name="{version}", created=timestamp_pb2.Timestamp(seconds=1)
+        )
+{extra}
+
+plugin = Plugin(services=[SwapService])
+'''
+
+PUT_ITEM = '''
+    async def PutItem(self, request: Any, context: Any) -> Any:
+        item = swap_pb2.Item()
+        item.CopyFrom(request.item)
+        item.name = "{version}"
+        item.created.CopyFrom(timestamp_pb2.Timestamp(seconds=2))
+        return item
+'''
+
+
+def _plugin_folder(root: Path, version: str, *, put_item: bool) -> Path:
+    folder = root / f"plugins-{version}"
+    (folder / "swap").mkdir(parents=True)
+    (folder / "swap" / "manifest.toml").write_text(MANIFEST.format(version=version))
+    extra = PUT_ITEM.format(version=version) if put_item else ""
+    (folder / "swap" / "__init__.py").write_text(CODE.format(version=version, extra=extra))
+    return folder
+
+
+def _grpcurl() -> str:
+    found = shutil.which(str(Path(sys.executable).parent / "grpcurl")) or shutil.which("grpcurl")
+    if found is None:
+        message = "grpcurl is not installed: run scripts/bootstrap --dev"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+async def _grpcurl_run(running: RunningHost, *args: str) -> tuple[int, str]:
+    # Asynchronously: the host answers on this very event loop.
+    process = await asyncio.create_subprocess_exec(
+        _grpcurl(),
+        "-plaintext",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+def _describe(running: RunningHost, symbol: str) -> Any:
+    return _grpcurl_run(running, running.address, "describe", symbol)
+
+
+def _upgrade(running: RunningHost, plugins: Path, generated_root: Path) -> Generation:
+    """Upgrade plugin ``swap`` to the code in ``plugins`` and the contract in ``generated_root``."""
+    host = running.host
+    record = host.plugins.record("swap")
+    assert record is not None and record.context is not None
+    running_files = {
+        route.info.descriptor.containing_service.file.name: route.info.descriptor.containing_service.file
+        for route in host.router.table.routes.values()
+        if route.plugin == "swap"
+    }
+    generation = load_generation([SWAP_PB2], label="swap@2", search=[generated_root])
+    assert check_upgrade(list(running_files.values()), generation.files()) == []
+    [candidate] = discover([plugins], entry_points=False)
+    with generation.binding():
+        loaded = import_plugin(candidate)
+    routes = []
+    for cls in loaded.plugin.services:
+        for binding in bind_servicer(construct_servicer(cls, record.context)):
+            routes.extend(
+                build_routes(
+                    binding,
+                    plugin="swap",
+                    stages=host._stages,
+                    in_flight=record.in_flight,
+                    category="business",
+                )
+            )
+    host.router.remove_plugin("swap")
+    host.router.add(routes)
+    return generation
+
+
+@pytest.fixture
+async def host_v1(
+    tmp_path: Path, generated: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[RunningHost]:
+    monkeypatch.syspath_prepend(str(generated["v1"]))
+    plugins = _plugin_folder(tmp_path, "v1", put_item=False)
+    async with running_host(plugins=["swap"], plugin_dirs=[plugins], data_dir=tmp_path) as host:
+        yield host
+
+
+async def test_an_upgrade_serves_the_new_contract_live(
+    host_v1: RunningHost, tmp_path: Path, generated: dict[str, Path]
+) -> None:
+    code, before = await _describe(host_v1, SERVICE)
+    assert code == 0, before
+    assert "GetItem" in before and "PutItem" not in before
+
+    from hotswap.swap.v1 import swap_pb2, swap_pb2_grpc  # the running version's stubs
+
+    channel = host_v1.channel()
+    stub = swap_pb2_grpc.SwapServiceStub(channel)
+    twelve = "abcdefghijkl"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.GetItem(swap_pb2.GetItemRequest(id=twelve))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    # A call that started on v1 and is still running when the upgrade lands.
+    record = host_v1.host.plugins.record("swap")
+    assert record is not None and record.loaded is not None
+    gate = asyncio.Event()
+    record.loaded.plugin.services[0].gate = gate  # type: ignore[attr-defined]
+    held = asyncio.ensure_future(stub.GetItem(swap_pb2.GetItemRequest(id="hold")))
+    for _ in range(200):
+        if record.in_flight.count:
+            break
+        await asyncio.sleep(0.01)
+    assert record.in_flight.count == 1
+
+    plugins_v2 = _plugin_folder(tmp_path, "v2", put_item=True)
+    generation = _upgrade(host_v1, plugins_v2, generated["v2"])
+
+    # grpcurl, a new process asking reflection afresh, sees the new method and field.
+    code, after = await _describe(host_v1, SERVICE)
+    assert code == 0, after
+    assert "PutItem" in after
+    code, item = await _describe(host_v1, "hotswap.swap.v1.Item")
+    assert code == 0 and "size = 4" in item, item
+    # The new method, called by grpcurl from reflection alone.
+    code, output = await _grpcurl_run(
+        host_v1,
+        "-H",
+        f"authorization: Bearer {host_v1.token()}",
+        "-d",
+        json.dumps({"item": {"id": "a", "size": 3}}),
+        host_v1.address,
+        f"{SERVICE}/PutItem",
+    )
+    assert code == 0, output
+    put = json.loads(output)
+    assert (put["id"], put["name"], put["size"]) == ("a", "v2", 3)
+    # Its policy came with it: authenticated, so no token is refused.
+    code, output = await _grpcurl_run(
+        host_v1, "-d", "{}", host_v1.address, f"{SERVICE}/PutItem"
+    )
+    assert code != 0 and "Unauthenticated" in output, output
+    # New calls run the new code under the new rules (max_len 16)...
+    answer = await stub.GetItem(swap_pb2.GetItemRequest(id=twelve))
+    assert (answer.id, answer.name) == (twelve, "v2")
+    # ...and its required rule on PutItem's new request type holds.
+    code, output = await _grpcurl_run(
+        host_v1,
+        "-H",
+        f"authorization: Bearer {host_v1.token()}",
+        "-d",
+        "{}",
+        host_v1.address,
+        f"{SERVICE}/PutItem",
+    )
+    assert code != 0 and "InvalidArgument" in output, output
+
+    # The call that started on v1 ends on v1.
+    gate.set()
+    old_answer = await asyncio.wait_for(held, 10)
+    assert old_answer.name == "v1"
+
+    routes = [r for r in host_v1.host.router.table.routes.values() if r.plugin == "swap"]
+    assert {r.info.descriptor.containing_service.file.pool for r in routes} == {generation.pool}
+    assert routes[0].info.descriptor.containing_service.file.pool is not descriptor_pool.Default()
+    generation.release()
