@@ -24,12 +24,12 @@ from nexus_grpc.plugins.generations import (
     module_name_of,
 )
 from nexus_grpc.transport.servicers import bind_servicer
-from tests.hotswap.generations_support import (  # noqa: F401  (fixtures)
-    SERVICE,
-    SWAP_PB2,
-    clean_modules,
-    generated,
-)
+from tests.hotswap import generations_support as support
+from tests.hotswap.generations_support import SERVICE, SWAP_PB2
+
+# The shared fixtures, by name.
+generated = support.generated
+clean_modules = support.clean_modules
 
 pytestmark = pytest.mark.usefixtures("clean_modules")
 
@@ -190,9 +190,11 @@ def test_an_event_crosses_generations_by_name(generated: dict[str, Path]) -> Non
     again = _pb2(new).ItemChanged.FromString(as_old.SerializeToString())
     assert again.reason == "resized"
     # A new consumer of an old publisher: the missing field reads as its default.
-    as_new = open_envelope(seal(_pb2(old).ItemChanged(id="b"), source="swap"), into=_pb2(new).ItemChanged)
+    as_new = open_envelope(
+        seal(_pb2(old).ItemChanged(id="b"), source="swap"), into=_pb2(new).ItemChanged
+    )
     assert (as_new.id, as_new.reason) == ("b", "")
-    with pytest.raises(ValueError, match="not a hotswap.swap.v1.Item"):
+    with pytest.raises(ValueError, match=r"not a hotswap\.swap\.v1\.Item"):
         open_envelope(envelope, into=_pb2(new).Item)
 
 
@@ -237,9 +239,7 @@ def test_dropped_generations_are_freed(generated: dict[str, Path]) -> None:
     pools_before = len(envelope_module._event_pools)
     alive: list[weakref.ref[Any]] = []
     for number in range(100):
-        generation = load_generation(
-            [SWAP_PB2], label=f"swap@{number}", search=[generated["v1"]]
-        )
+        generation = load_generation([SWAP_PB2], label=f"swap@{number}", search=[generated["v1"]])
         with generation.binding():
             copy = sys.modules["google.protobuf.timestamp_pb2"]  # the generation's copy
             item = generation.modules[SWAP_PB2].Item(created=copy.Timestamp(seconds=1))

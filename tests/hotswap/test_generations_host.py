@@ -27,12 +27,12 @@ from nexus_grpc.plugins.loader import import_plugin
 from nexus_grpc.plugins.upgrade import check_upgrade
 from nexus_grpc.testing import RunningHost, running_host
 from nexus_grpc.transport.servicers import bind_servicer, build_routes, construct_servicer
-from tests.hotswap.generations_support import (  # noqa: F401  (fixtures)
-    SERVICE,
-    SWAP_PB2,
-    clean_modules,
-    generated,
-)
+from tests.hotswap import generations_support as support
+from tests.hotswap.generations_support import SERVICE, SWAP_PB2
+
+# The shared fixtures, by name.
+generated = support.generated
+clean_modules = support.clean_modules
 
 pytestmark = pytest.mark.usefixtures("clean_modules")
 
@@ -71,14 +71,14 @@ class SwapService(swap_pb2_grpc.SwapServiceServicer):
 plugin = Plugin(services=[SwapService])
 '''
 
-PUT_ITEM = '''
+PUT_ITEM = """
     async def PutItem(self, request: Any, context: Any) -> Any:
         item = swap_pb2.Item()
         item.CopyFrom(request.item)
         item.name = "{version}"
         item.created.CopyFrom(timestamp_pb2.Timestamp(seconds=2))
         return item
-'''
+"""
 
 
 def _plugin_folder(root: Path, version: str, *, put_item: bool) -> Path:
@@ -211,9 +211,7 @@ async def test_an_upgrade_serves_the_new_contract_live(
     put = json.loads(output)
     assert (put["id"], put["name"], put["size"]) == ("a", "v2", 3)
     # Its policy came with it: authenticated, so no token is refused.
-    code, output = await _grpcurl_run(
-        host_v1, "-d", "{}", host_v1.address, f"{SERVICE}/PutItem"
-    )
+    code, output = await _grpcurl_run(host_v1, "-d", "{}", host_v1.address, f"{SERVICE}/PutItem")
     assert code != 0 and "Unauthenticated" in output, output
     # New calls run the new code under the new rules (max_len 16)...
     answer = await stub.GetItem(swap_pb2.GetItemRequest(id=twelve))

@@ -10,11 +10,12 @@ import pytest
 from nexus_grpc.lint.buf import BufError, find_buf
 from nexus_grpc.plugins.generations import Generation, load_generation
 from nexus_grpc.plugins.upgrade import check_upgrade, run_upgrade_check
-from tests.hotswap.generations_support import (  # noqa: F401  (fixtures)
-    SWAP_PB2,
-    clean_modules,
-    generated,
-)
+from tests.hotswap import generations_support as support
+from tests.hotswap.generations_support import SWAP_PB2
+
+# The shared fixtures, by name.
+generated = support.generated
+clean_modules = support.clean_modules
 
 pytestmark = pytest.mark.usefixtures("clean_modules")
 
@@ -42,9 +43,7 @@ def use_buf(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
-def test_adding_a_field_and_a_method_is_accepted(
-    generated: dict[str, Path], use_buf: bool
-) -> None:
+def test_adding_a_field_and_a_method_is_accepted(generated: dict[str, Path], use_buf: bool) -> None:
     old, new = _load(generated, "v1"), _load(generated, "v2")
     result = run_upgrade_check(old.files(), new.files(), use_buf=use_buf)
     assert result.changes == []
