@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from google.protobuf import descriptor_pool
 
@@ -156,7 +157,9 @@ async def host_v1(
 ) -> AsyncIterator[RunningHost]:
     monkeypatch.syspath_prepend(str(generated["v1"]))
     plugins = _plugin_folder(tmp_path, "v1", put_item=False)
-    async with running_host(plugins=["swap"], plugin_dirs=[plugins], data_dir=tmp_path) as host:
+    async with running_host(
+        plugins=["swap"], plugin_dirs=[plugins], data_dir=tmp_path, http=True
+    ) as host:
         yield host
 
 
@@ -227,6 +230,19 @@ async def test_an_upgrade_serves_the_new_contract_live(
         f"{SERVICE}/PutItem",
     )
     assert code != 0 and "InvalidArgument" in output, output
+
+    # REST and OpenAPI follow: the new method's route and its description.
+    async with httpx.AsyncClient(base_url=host_v1.http_url, timeout=10) as http:
+        posted = await http.post(
+            "/v1/items",
+            json={"item": {"id": "r", "size": 5}},
+            headers={"authorization": f"Bearer {host_v1.token()}"},
+        )
+        assert posted.status_code == 200, posted.text
+        assert (posted.json()["name"], posted.json()["size"]) == ("v2", 5)
+        document = (await http.get("/openapi.json")).json()
+        assert "post" in document["paths"]["/v1/items"]
+        assert "Stores one item." in json.dumps(document["paths"]["/v1/items"])
 
     # The call that started on v1 ends on v1.
     gate.set()
