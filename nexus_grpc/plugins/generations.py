@@ -106,6 +106,10 @@ class Generation:
         # Dependency files as the contract's imports provided them: copied from there.
         self._provided: dict[str, FileDescriptor] = {}
         self._sources: dict[str, Path] = {}
+        # Where new contract files the loaded ones import are looked for.
+        self._search: Sequence[str | Path] | None = None
+        # What the contract modules replaced in sys.modules when last installed.
+        self._replaced: dict[str, types.ModuleType | None] = {}
 
     def __repr__(self) -> str:
         return f"<Generation {self.label} {sorted(self.modules)}>"
@@ -144,6 +148,7 @@ class Generation:
             _restore(previous)
             raise
         _restore({name: previous[name] for name in swapped if name not in self.modules})
+        self._replaced = {name: previous[name] for name in self.modules}
         add_event_pool(self.pool)
 
     def install(self) -> dict[str, types.ModuleType | None]:
@@ -152,8 +157,26 @@ class Generation:
         The generation's event types can be opened from envelopes from now on.
         """
         previous = _install(self.modules)
+        self._replaced = dict(previous)
         add_event_pool(self.pool)
         return previous
+
+    def restore(self) -> None:
+        """Undo :meth:`install` / :meth:`binding`: the modules they replaced are back.
+
+        For an upgrade that fails after the plugin's code imported (its start hook, its
+        health): the running version's modules are what ``import`` finds again, and
+        the generation's event types are forgotten.
+        """
+        _restore(
+            {
+                name: module
+                for name, module in self._replaced.items()
+                if sys.modules.get(name) is self.modules.get(name)
+            }
+        )
+        self._replaced = {}
+        remove_event_pool(self.pool)
 
     def release(self) -> None:
         """Take the generation's modules out of ``sys.modules`` where they are still its own.
@@ -220,6 +243,8 @@ class Generation:
                 protobuf = importlib.import_module(name)
                 return _Facade(protobuf, {"descriptor_pool": _PoolModule(self)})
             if fromlist:
+                for item in fromlist:
+                    self._adopt_if_new(f"{name}.{item}")
                 ours = {f: f"{name}.{f}" for f in fromlist if f"{name}.{f}" in self._sources}
                 if len(ours) == len(fromlist):
                     # The package itself may not be importable yet (a contract new to
@@ -238,6 +263,22 @@ class Generation:
             return module
 
         return import_
+
+    def _adopt_if_new(self, name: str) -> None:
+        """Make ``name`` a module of this generation when it is a generated module of the
+        contract's own folders that no running version has imported: a contract file
+        the upgrade added."""
+        if name in self._sources or name in sys.modules or self._search is None:
+            return
+        if not name.endswith(("_pb2", "_pb2_grpc")):
+            return
+        folders = {known.rpartition(".")[0] for known in self._sources}
+        if name.rpartition(".")[0] not in folders:
+            return  # another package's module (google.protobuf's, say): the host's
+        try:
+            self._sources.update(module_sources([name], self._search))
+        except GenerationError:
+            return  # not beside the contract: imported the ordinary way
 
     def _note_provided(self, module: object) -> None:
         descriptor = getattr(module, "DESCRIPTOR", None)
@@ -436,5 +477,6 @@ def load_generation(
             except GenerationError:
                 continue  # a contract without services has no _pb2_grpc module
     generation = Generation(label)
+    generation._search = list(search) if search is not None else list(sys.path)
     generation._load(sources)
     return generation

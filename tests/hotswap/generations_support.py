@@ -19,10 +19,10 @@ SERVICE = "hotswap.swap.v1.SwapService"
 
 @pytest.fixture(scope="session")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Version name (v1, v2, breaking_type, breaking_method) → its generated folder."""
+    """Version name (v1, v2, v3, breaking_type, breaking_method) → its generated folder."""
     root = tmp_path_factory.mktemp("generated")
     folders = {}
-    for version in ("v1", "v2", "breaking_type", "breaking_method"):
+    for version in ("v1", "v2", "v3", "breaking_type", "breaking_method"):
         codegen.generate(CONTRACTS / version, root / version)
         folders[version] = root / version
     return folders

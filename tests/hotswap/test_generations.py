@@ -23,6 +23,7 @@ from nexus_grpc.plugins.generations import (
     load_generation,
     module_name_of,
 )
+from nexus_grpc.plugins.upgrade import check_upgrade
 from nexus_grpc.transport.servicers import bind_servicer
 from tests.hotswap import generations_support as support
 from tests.hotswap.generations_support import SERVICE, SWAP_PB2
@@ -258,3 +259,36 @@ def test_dropped_generations_are_freed(generated: dict[str, Path]) -> None:
     # The host's own classes stay registered.
     timestamp = symbol_database.Default().GetSymbol("google.protobuf.Timestamp")
     assert timestamp is timestamp_pb2.Timestamp
+
+
+def test_a_contract_file_the_upgrade_added_joins_the_generation(
+    generated: dict[str, Path],
+) -> None:
+    old, new = _load(generated, "v2"), _load(generated, "v3")
+    assert new.own_files == ["hotswap/swap/v1/tags.proto", "hotswap/swap/v1/swap.proto"]
+    assert "hotswap.swap.v1.tags_pb2" in new.modules
+    tags = new.modules["hotswap.swap.v1.tags_pb2"].Tags
+    item = _pb2(new).Item(tags=tags(labels=["red"]))
+    assert list(item.tags.labels) == ["red"]
+    assert check_upgrade(old.files(), new.files()) == []
+    # google.protobuf's modules are never the generation's own.
+    assert all(name.startswith("hotswap.") for name in new.modules)
+
+
+def test_restore_undoes_an_upgrade_after_its_import(
+    generated: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(generated["v1"]))
+    from hotswap.swap.v1 import swap_pb2 as running
+
+    new = _load(generated, "v2")
+    with new.binding():
+        pass
+    assert sys.modules[SWAP_PB2] is _pb2(new)
+    assert any(pool is new.pool for pool in envelope_module._event_pools)
+    # The start hook failed, say: the running version's modules come back.
+    new.restore()
+    from hotswap.swap.v1 import swap_pb2 as after
+
+    assert after is running
+    assert not any(pool is new.pool for pool in envelope_module._event_pools)
