@@ -49,6 +49,8 @@ from nexus_grpc.events.envelope import add_event_pool, remove_event_pool
 __all__ = [
     "Generation",
     "GenerationError",
+    "contract_modules",
+    "file_set",
     "load_generation",
     "module_name_of",
     "module_sources",
@@ -90,6 +92,27 @@ def module_sources(
     return found
 
 
+def contract_modules(files: Iterable[str], search: Sequence[str | Path] | None = None) -> list[str]:
+    """The ``_pb2`` modules of every contract in the folders of ``files``, sorted.
+
+    ``files`` are a running plugin's contract files (``acme/notes/v1/notes.proto``, the
+    files of its services); a plugin's contract is what ``nexus gen`` put in those
+    folders, including files its services do not import (events) and files the new
+    version added. Each folder is taken from the first ``search`` root that has it.
+    """
+    roots = [Path(p) for p in (sys.path if search is None else search) if str(p)]
+    found: set[str] = set()
+    for folder in sorted({str(Path(name).parent) for name in files}):
+        for root in roots:
+            directory = root / folder
+            modules = sorted(directory.glob("*_pb2.py")) if directory.is_dir() else []
+            if modules:
+                package = folder.replace("/", ".")
+                found.update(f"{package}.{module.stem}" for module in modules)
+                break
+    return sorted(found)
+
+
 class Generation:
     """One version of a plugin's contract: its pool and the modules generated from it."""
 
@@ -127,6 +150,13 @@ class Generation:
     def files(self) -> list[FileDescriptor]:
         """The contract's own files, as this generation's pool holds them."""
         return [self.pool.FindFileByName(name) for name in self.own_files]
+
+    def differs_from(self, running: Iterable[FileDescriptor]) -> bool:
+        """Whether the contract is another than ``running`` (a file added, removed or
+        changed): when it is not, the upgrade needs no generation of its own."""
+        before = {file.name: bytes(file.serialized_pb) for file in running}
+        now = {file.name: bytes(file.serialized_pb) for file in self.files()}
+        return before != now
 
     def image(self) -> descriptor_pb2.FileDescriptorSet:
         """The own files and everything they import, dependencies first (a buf image)."""

@@ -20,6 +20,7 @@ from nexus_grpc.events.envelope import open_envelope
 from nexus_grpc.plugins.generations import (
     Generation,
     GenerationError,
+    contract_modules,
     load_generation,
     module_name_of,
 )
@@ -292,3 +293,16 @@ def test_restore_undoes_an_upgrade_after_its_import(
 
     assert after is running
     assert not any(pool is new.pool for pool in envelope_module._event_pools)
+
+
+def test_contract_modules_are_the_folders_generated_modules(generated: dict[str, Path]) -> None:
+    files = ["hotswap/swap/v1/swap.proto"]
+    assert contract_modules(files, [generated["v3"]]) == [SWAP_PB2, "hotswap.swap.v1.tags_pb2"]
+    assert contract_modules(files, [generated["v1"]]) == [SWAP_PB2]
+    assert contract_modules(["elsewhere/x.proto"], [generated["v1"]]) == []
+
+
+def test_an_unchanged_contract_is_told_apart(generated: dict[str, Path]) -> None:
+    first, again, new = _load(generated, "v1"), _load(generated, "v1"), _load(generated, "v2")
+    assert not again.differs_from(first.files())
+    assert new.differs_from(first.files())
