@@ -37,7 +37,7 @@ import importlib.util
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,23 @@ class Generation:
         now = {file.name: bytes(file.serialized_pb) for file in self.files()}
         return before != now
 
+    def conflicts_with_default(self) -> bool:
+        """Whether the default pool holds one of the contract's files with other bytes.
+
+        Then the contract cannot be imported the ordinary way ("duplicate file name"):
+        a plugin loaded again after it was unloaded, with a contract changed meanwhile,
+        must be loaded through this generation.
+        """
+        default = descriptor_pool.Default()
+        for file in self.files():
+            try:
+                known = default.FindFileByName(file.name)
+            except KeyError:
+                continue
+            if bytes(known.serialized_pb) != bytes(file.serialized_pb):
+                return True
+        return False
+
     def image(self) -> descriptor_pb2.FileDescriptorSet:
         """The own files and everything they import, dependencies first (a buf image)."""
         return file_set(self.files())
@@ -228,8 +245,10 @@ class Generation:
 
     def _load(self, sources: Mapping[str, Path]) -> None:
         self._sources.update(sources)
-        for name in sources:
-            self.module(name)
+        # Until every source ran: importing one may adopt more (a file the upgrade added).
+        while pending := [name for name in self._sources if name not in self.modules]:
+            for name in pending:
+                self.module(name)
 
     def _execute(
         self, name: str, source: Path, into: dict[str, types.ModuleType]
@@ -309,6 +328,9 @@ class Generation:
             self._sources.update(module_sources([name], self._search))
         except GenerationError:
             return  # not beside the contract: imported the ordinary way
+        if name.endswith("_pb2"):
+            with suppress(GenerationError):  # its services, if it has any
+                self._sources.update(module_sources([name + "_grpc"], self._search))
 
     def _note_provided(self, module: object) -> None:
         descriptor = getattr(module, "DESCRIPTOR", None)

@@ -306,3 +306,13 @@ def test_an_unchanged_contract_is_told_apart(generated: dict[str, Path]) -> None
     first, again, new = _load(generated, "v1"), _load(generated, "v1"), _load(generated, "v2")
     assert not again.differs_from(first.files())
     assert new.differs_from(first.files())
+
+
+def test_a_contract_changed_since_the_default_pool_took_it_conflicts(
+    generated: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(generated["v1"]))
+    import hotswap.swap.v1.swap_pb2  # noqa: F401  (v1 in the default pool)
+
+    assert not _load(generated, "v1").conflicts_with_default()
+    assert _load(generated, "v2").conflicts_with_default()
