@@ -28,7 +28,7 @@ from nexus_grpc.plugins.generations import Generation, load_generation
 from nexus_grpc.plugins.upgrade import run_upgrade_check
 
 CONTRACTS = Path(__file__).resolve().parents[1] / "tests" / "hotswap" / "contracts"
-MODULE = "hotswap.swap.v1.swap_pb2"
+MODULE = "genswap.items.v1.items_pb2"
 
 
 def _rss_mib() -> float:

@@ -13,8 +13,8 @@ from nexus_grpc.events import envelope
 
 CONTRACTS = Path(__file__).parent / "contracts"
 #: The contract's generated module, the same name in every version.
-SWAP_PB2 = "hotswap.swap.v1.swap_pb2"
-SERVICE = "hotswap.swap.v1.SwapService"
+SWAP_PB2 = "genswap.items.v1.items_pb2"
+SERVICE = "genswap.items.v1.SwapService"
 
 
 @pytest.fixture(scope="session")
@@ -29,14 +29,14 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def forget_contract_modules() -> None:
-    """Drop every ``hotswap`` module, so each test module starts from a clean import."""
-    for name in [n for n in sys.modules if n == "hotswap" or n.startswith("hotswap.")]:
+    """Drop every ``genswap`` module, so each test module starts from a clean import."""
+    for name in [n for n in sys.modules if n == "genswap" or n.startswith("genswap.")]:
         del sys.modules[name]
 
 
 @pytest.fixture
 def clean_modules() -> Iterator[None]:
-    """The test's ``hotswap`` modules, and the event pools it registered, are gone after it."""
+    """The test's ``genswap`` modules, and the event pools it registered, are gone after it."""
     forget_contract_modules()
     pools = list(envelope._event_pools)
     yield

@@ -49,14 +49,14 @@ def _pb2_grpc(generation: Generation) -> Any:
 
 
 def test_module_names_follow_protoc() -> None:
-    assert module_name_of("hotswap/swap/v1/swap.proto") == SWAP_PB2
+    assert module_name_of("genswap/items/v1/items.proto") == SWAP_PB2
     assert module_name_of("a/b-c.proto", grpc=True) == "a.b_c_pb2_grpc"
 
 
 def test_two_generations_parse_and_serialize_independently(generated: dict[str, Path]) -> None:
     old, new = _load(generated, "v1"), _load(generated, "v2")
     assert old.pool is not new.pool
-    assert old.own_files == new.own_files == ["hotswap/swap/v1/swap.proto"]
+    assert old.own_files == new.own_files == ["genswap/items/v1/items.proto"]
     assert sorted(new.modules) == [SWAP_PB2, SWAP_PB2 + "_grpc"]
     old_item, new_item = _pb2(old).Item, _pb2(new).Item
     assert old_item is not new_item
@@ -69,7 +69,7 @@ def test_two_generations_parse_and_serialize_independently(generated: dict[str, 
     assert back.size == 7
     # The new version's types did not reach the default pool.
     with pytest.raises(KeyError):
-        descriptor_pool.Default().FindMessageTypeByName("hotswap.swap.v1.PutItemRequest")
+        descriptor_pool.Default().FindMessageTypeByName("genswap.items.v1.PutItemRequest")
 
 
 def test_generated_grpc_module_uses_its_own_generation(generated: dict[str, Path]) -> None:
@@ -139,13 +139,13 @@ def test_binding_shows_the_plugin_its_generation_and_restores_dependencies(
     generated: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.syspath_prepend(str(generated["v1"]))
-    from hotswap.swap.v1 import swap_pb2 as first  # the running version, default pool
+    from genswap.items.v1 import items_pb2 as first  # the running version, default pool
 
     new = _load(generated, "v2")
     host_timestamp = sys.modules["google.protobuf.timestamp_pb2"]
     with new.binding():
+        from genswap.items.v1 import items_pb2 as bound
         from google.protobuf import timestamp_pb2 as during
-        from hotswap.swap.v1 import swap_pb2 as bound
 
         assert bound is _pb2(new)
         # The copy of Timestamp the generation's messages hold: plugin code built with
@@ -153,7 +153,7 @@ def test_binding_shows_the_plugin_its_generation_and_restores_dependencies(
         item = bound.Item(created=during.Timestamp(seconds=3))
         assert item.created.seconds == 3
         assert during is not host_timestamp
-    from hotswap.swap.v1 import swap_pb2 as after
+    from genswap.items.v1 import items_pb2 as after
 
     assert after is _pb2(new)
     assert sys.modules["google.protobuf.timestamp_pb2"] is host_timestamp
@@ -165,20 +165,20 @@ def test_a_failed_binding_leaves_the_running_modules(
     generated: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.syspath_prepend(str(generated["v1"]))
-    from hotswap.swap.v1 import swap_pb2 as running
+    from genswap.items.v1 import items_pb2 as running
 
     new = _load(generated, "v2")
     with pytest.raises(RuntimeError, match="start hook"), new.binding():
         raise RuntimeError("start hook failed")
-    from hotswap.swap.v1 import swap_pb2 as after
+    from genswap.items.v1 import items_pb2 as after
 
     assert after is running
     assert sys.modules[SWAP_PB2] is running
 
 
 def test_a_missing_module_names_itself(generated: dict[str, Path]) -> None:
-    with pytest.raises(GenerationError, match=r"hotswap\.swap\.v1\.gone_pb2 not found"):
-        load_generation(["hotswap.swap.v1.gone_pb2"], label="swap@x", search=[generated["v2"]])
+    with pytest.raises(GenerationError, match=r"genswap\.items\.v1\.gone_pb2 not found"):
+        load_generation(["genswap.items.v1.gone_pb2"], label="swap@x", search=[generated["v2"]])
 
 
 def test_an_event_crosses_generations_by_name(generated: dict[str, Path]) -> None:
@@ -196,7 +196,7 @@ def test_an_event_crosses_generations_by_name(generated: dict[str, Path]) -> Non
         seal(_pb2(old).ItemChanged(id="b"), source="swap"), into=_pb2(new).ItemChanged
     )
     assert (as_new.id, as_new.reason) == ("b", "")
-    with pytest.raises(ValueError, match=r"not a hotswap\.swap\.v1\.Item"):
+    with pytest.raises(ValueError, match=r"not a genswap\.items\.v1\.Item"):
         open_envelope(envelope, into=_pb2(new).Item)
 
 
@@ -227,7 +227,7 @@ async def test_a_subscriber_gets_events_in_its_own_class(generated: dict[str, Pa
             received.append(event)
 
     [(event_type, handler)] = subscriptions_of(Projection()).items()
-    assert event_type == "hotswap.swap.v1.ItemChanged"
+    assert event_type == "genswap.items.v1.ItemChanged"
     envelope = seal(_pb2(new).ItemChanged(id="a", reason="r"), source="swap")
     # What a bus that opened the envelope with the first version's class hands over.
     await handler(open_envelope(envelope, into=_pb2(old).ItemChanged), Delivery(envelope, "g", 1))
@@ -255,7 +255,7 @@ def test_dropped_generations_are_freed(generated: dict[str, Path]) -> None:
         del generation, item, copy
     gc.collect()
     assert [ref for ref in alive if ref() is not None] == []
-    assert set(sys.modules) - modules_before <= {"hotswap", "hotswap.swap", "hotswap.swap.v1"}
+    assert set(sys.modules) - modules_before <= {"genswap", "genswap.items", "genswap.items.v1"}
     assert len(envelope_module._event_pools) == pools_before
     # The host's own classes stay registered.
     timestamp = symbol_database.Default().GetSymbol("google.protobuf.Timestamp")
@@ -266,21 +266,21 @@ def test_a_contract_file_the_upgrade_added_joins_the_generation(
     generated: dict[str, Path],
 ) -> None:
     old, new = _load(generated, "v2"), _load(generated, "v3")
-    assert new.own_files == ["hotswap/swap/v1/tags.proto", "hotswap/swap/v1/swap.proto"]
-    assert "hotswap.swap.v1.tags_pb2" in new.modules
-    tags = new.modules["hotswap.swap.v1.tags_pb2"].Tags
+    assert new.own_files == ["genswap/items/v1/tags.proto", "genswap/items/v1/items.proto"]
+    assert "genswap.items.v1.tags_pb2" in new.modules
+    tags = new.modules["genswap.items.v1.tags_pb2"].Tags
     item = _pb2(new).Item(tags=tags(labels=["red"]))
     assert list(item.tags.labels) == ["red"]
     assert check_upgrade(old.files(), new.files()) == []
     # google.protobuf's modules are never the generation's own.
-    assert all(name.startswith("hotswap.") for name in new.modules)
+    assert all(name.startswith("genswap.") for name in new.modules)
 
 
 def test_restore_undoes_an_upgrade_after_its_import(
     generated: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.syspath_prepend(str(generated["v1"]))
-    from hotswap.swap.v1 import swap_pb2 as running
+    from genswap.items.v1 import items_pb2 as running
 
     new = _load(generated, "v2")
     with new.binding():
@@ -289,15 +289,15 @@ def test_restore_undoes_an_upgrade_after_its_import(
     assert any(pool is new.pool for pool in envelope_module._event_pools)
     # The start hook failed, say: the running version's modules come back.
     new.restore()
-    from hotswap.swap.v1 import swap_pb2 as after
+    from genswap.items.v1 import items_pb2 as after
 
     assert after is running
     assert not any(pool is new.pool for pool in envelope_module._event_pools)
 
 
 def test_contract_modules_are_the_folders_generated_modules(generated: dict[str, Path]) -> None:
-    files = ["hotswap/swap/v1/swap.proto"]
-    assert contract_modules(files, [generated["v3"]]) == [SWAP_PB2, "hotswap.swap.v1.tags_pb2"]
+    files = ["genswap/items/v1/items.proto"]
+    assert contract_modules(files, [generated["v3"]]) == [SWAP_PB2, "genswap.items.v1.tags_pb2"]
     assert contract_modules(files, [generated["v1"]]) == [SWAP_PB2]
     assert contract_modules(["elsewhere/x.proto"], [generated["v1"]]) == []
 
@@ -312,7 +312,7 @@ def test_a_contract_changed_since_the_default_pool_took_it_conflicts(
     generated: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.syspath_prepend(str(generated["v1"]))
-    import hotswap.swap.v1.swap_pb2  # noqa: F401  (v1 in the default pool)
+    import genswap.items.v1.items_pb2  # noqa: F401  (v1 in the default pool)
 
     assert not _load(generated, "v1").conflicts_with_default()
     assert _load(generated, "v2").conflicts_with_default()

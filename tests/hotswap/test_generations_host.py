@@ -42,7 +42,7 @@ name = "swap"
 version = "{version}"
 category = "business"
 description = "Items, for the contract upgrade tests."
-services = ["hotswap.swap.v1.SwapService"]
+services = ["genswap.items.v1.SwapService"]
 """
 
 CODE = '''\
@@ -52,19 +52,19 @@ import asyncio
 from typing import Any
 
 from google.protobuf import timestamp_pb2
-from hotswap.swap.v1 import swap_pb2, swap_pb2_grpc
+from genswap.items.v1 import items_pb2, items_pb2_grpc
 
 from nexus_grpc import Plugin
 
 
-class SwapService(swap_pb2_grpc.SwapServiceServicer):
+class SwapService(items_pb2_grpc.SwapServiceServicer):
     #: Set by the test to hold a call in flight across an upgrade.
     gate: asyncio.Event | None = None
 
     async def GetItem(self, request: Any, context: Any) -> Any:
         if request.id == "hold" and self.gate is not None:
             await self.gate.wait()
-        return swap_pb2.Item(
+        return items_pb2.Item(
             id=request.id, name="{version}", created=timestamp_pb2.Timestamp(seconds=1)
         )
 {extra}
@@ -74,7 +74,7 @@ plugin = Plugin(services=[SwapService])
 
 PUT_ITEM = """
     async def PutItem(self, request: Any, context: Any) -> Any:
-        item = swap_pb2.Item()
+        item = items_pb2.Item()
         item.CopyFrom(request.item)
         item.name = "{version}"
         item.created.CopyFrom(timestamp_pb2.Timestamp(seconds=2))
@@ -170,13 +170,13 @@ async def test_an_upgrade_serves_the_new_contract_live(
     assert code == 0, before
     assert "GetItem" in before and "PutItem" not in before
 
-    from hotswap.swap.v1 import swap_pb2, swap_pb2_grpc  # the running version's stubs
+    from genswap.items.v1 import items_pb2, items_pb2_grpc  # the running version's stubs
 
     channel = host_v1.channel()
-    stub = swap_pb2_grpc.SwapServiceStub(channel)
+    stub = items_pb2_grpc.SwapServiceStub(channel)
     twelve = "abcdefghijkl"
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await stub.GetItem(swap_pb2.GetItemRequest(id=twelve))
+        await stub.GetItem(items_pb2.GetItemRequest(id=twelve))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     # A call that started on v1 and is still running when the upgrade lands.
@@ -184,7 +184,7 @@ async def test_an_upgrade_serves_the_new_contract_live(
     assert record is not None and record.loaded is not None
     gate = asyncio.Event()
     record.loaded.plugin.services[0].gate = gate  # type: ignore[attr-defined]
-    held = asyncio.ensure_future(stub.GetItem(swap_pb2.GetItemRequest(id="hold")))
+    held = asyncio.ensure_future(stub.GetItem(items_pb2.GetItemRequest(id="hold")))
     for _ in range(200):
         if record.in_flight.count:
             break
@@ -198,7 +198,7 @@ async def test_an_upgrade_serves_the_new_contract_live(
     code, after = await _describe(host_v1, SERVICE)
     assert code == 0, after
     assert "PutItem" in after
-    code, item = await _describe(host_v1, "hotswap.swap.v1.Item")
+    code, item = await _describe(host_v1, "genswap.items.v1.Item")
     assert code == 0 and "size = 4" in item, item
     # The new method, called by grpcurl from reflection alone.
     code, output = await _grpcurl_run(
@@ -217,7 +217,7 @@ async def test_an_upgrade_serves_the_new_contract_live(
     code, output = await _grpcurl_run(host_v1, "-d", "{}", host_v1.address, f"{SERVICE}/PutItem")
     assert code != 0 and "Unauthenticated" in output, output
     # New calls run the new code under the new rules (max_len 16)...
-    answer = await stub.GetItem(swap_pb2.GetItemRequest(id=twelve))
+    answer = await stub.GetItem(items_pb2.GetItemRequest(id=twelve))
     assert (answer.id, answer.name) == (twelve, "v2")
     # ...and its required rule on PutItem's new request type holds.
     code, output = await _grpcurl_run(

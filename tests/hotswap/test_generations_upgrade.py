@@ -57,7 +57,7 @@ def test_a_changed_field_type_is_refused_with_the_change(
     changes = run_upgrade_check(old.files(), new.files(), use_buf=use_buf).changes
     assert len(changes) == 1, changes
     [change] = changes
-    assert change.startswith("hotswap/swap/v1/swap.proto: ")
+    assert change.startswith("genswap/items/v1/items.proto: ")
     assert '"name"' in change and "Item" in change
     assert "string" in change and "int64" in change
 
