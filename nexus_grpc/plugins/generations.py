@@ -41,10 +41,23 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, symbol_database
-from google.protobuf.descriptor import Descriptor, FileDescriptor
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
 
 from nexus_grpc.events.envelope import add_event_pool, remove_event_pool
+from nexus_grpc.plugins._generation_parts import (
+    Facade,
+    GenerationError,
+    PoolModule,
+    contract_modules,
+    field_files,
+    file_set,
+    install_modules,
+    module_name_of,
+    module_sources,
+    restore_modules,
+    unregister_classes,
+)
 
 __all__ = [
     "Generation",
@@ -59,58 +72,6 @@ __all__ = [
 #: Dependency files whose modules are never swapped during :meth:`Generation.binding`:
 #: they hold options and descriptors, not message types a plugin builds.
 _OPTION_FILES = frozenset({"google/protobuf/descriptor.proto"})
-
-
-class GenerationError(ImportError):
-    """A generation's modules cannot be found or imported; the message says which."""
-
-
-def module_name_of(proto_file: str, *, grpc: bool = False) -> str:
-    """The module protoc generates for ``proto_file`` (``a/b/c.proto`` → ``a.b.c_pb2``)."""
-    stem = proto_file.removesuffix(".proto").replace("-", "_").replace("/", ".")
-    return f"{stem}_pb2_grpc" if grpc else f"{stem}_pb2"
-
-
-def module_sources(
-    names: Iterable[str], search: Sequence[str | Path] | None = None
-) -> dict[str, Path]:
-    """Source file of each module name, searched in ``search`` (``sys.path`` by default).
-
-    Generated modules live in plain folders; a name found nowhere is a GenerationError.
-    """
-    roots = [Path(p) for p in (sys.path if search is None else search) if str(p)]
-    found: dict[str, Path] = {}
-    for name in names:
-        relative = Path(*name.split(".")).with_suffix(".py")
-        for root in roots:
-            candidate = root / relative
-            if candidate.is_file():
-                found[name] = candidate
-                break
-        else:
-            raise GenerationError(f"generated module {name} not found in {[str(r) for r in roots]}")
-    return found
-
-
-def contract_modules(files: Iterable[str], search: Sequence[str | Path] | None = None) -> list[str]:
-    """The ``_pb2`` modules of every contract in the folders of ``files``, sorted.
-
-    ``files`` are a running plugin's contract files (``acme/notes/v1/notes.proto``, the
-    files of its services); a plugin's contract is what ``nexus gen`` put in those
-    folders, including files its services do not import (events) and files the new
-    version added. Each folder is taken from the first ``search`` root that has it.
-    """
-    roots = [Path(p) for p in (sys.path if search is None else search) if str(p)]
-    found: set[str] = set()
-    for folder in sorted({str(Path(name).parent) for name in files}):
-        for root in roots:
-            directory = root / folder
-            modules = sorted(directory.glob("*_pb2.py")) if directory.is_dir() else []
-            if modules:
-                package = folder.replace("/", ".")
-                found.update(f"{package}.{module.stem}" for module in modules)
-                break
-    return sorted(found)
 
 
 class Generation:
@@ -188,13 +149,13 @@ class Generation:
         entry is restored: a failed upgrade leaves the running version's modules.
         """
         swapped = {**self.modules, **self._dependency_copies()}
-        previous = _install(swapped)
+        previous = install_modules(swapped)
         try:
             yield
         except BaseException:
-            _restore(previous)
+            restore_modules(previous)
             raise
-        _restore({name: previous[name] for name in swapped if name not in self.modules})
+        restore_modules({name: previous[name] for name in swapped if name not in self.modules})
         self._replaced = {name: previous[name] for name in self.modules}
         add_event_pool(self.pool)
 
@@ -203,7 +164,7 @@ class Generation:
 
         The generation's event types can be opened from envelopes from now on.
         """
-        previous = _install(self.modules)
+        previous = install_modules(self.modules)
         self._replaced = dict(previous)
         add_event_pool(self.pool)
         return previous
@@ -215,7 +176,7 @@ class Generation:
         health): the running version's modules are what ``import`` finds again, and
         the generation's event types are forgotten.
         """
-        _restore(
+        restore_modules(
             {
                 name: module
                 for name, module in self._replaced.items()
@@ -270,7 +231,7 @@ class Generation:
             ) from error
         descriptor = namespace.get("DESCRIPTOR")
         if isinstance(descriptor, FileDescriptor):
-            _unregister_classes(descriptor.message_types_by_name.values())
+            unregister_classes(descriptor.message_types_by_name.values())
             own = name.endswith("_pb2") and name not in self._dependency_modules
             if own and descriptor.name not in self.own_files:
                 self.own_files.append(descriptor.name)
@@ -290,7 +251,9 @@ class Generation:
                 raise GenerationError(f"{self.label}: {importing} uses a relative import")
             if name == "google.protobuf" and fromlist and "descriptor_pool" in fromlist:
                 protobuf = importlib.import_module(name)
-                return _Facade(protobuf, {"descriptor_pool": _PoolModule(self)})
+                return Facade(
+                    protobuf, {"descriptor_pool": PoolModule(self.pool, self._add_serialized)}
+                )
             if fromlist:
                 for item in fromlist:
                     self._adopt_if_new(f"{name}.{item}")
@@ -298,14 +261,14 @@ class Generation:
                 if len(ours) == len(fromlist):
                     # The package itself may not be importable yet (a contract new to
                     # this process): nothing of it is needed.
-                    return _Facade(None, {f: self.module(full) for f, full in ours.items()})
+                    return Facade(None, {f: self.module(full) for f, full in ours.items()})
                 real = builtins.__import__(name, globals_, locals_, fromlist, 0)
                 for item in fromlist:
                     if item not in ours:
                         self._note_provided(getattr(real, item, None))
                 if not ours:
                     return real
-                return _Facade(real, {f: self.module(full) for f, full in ours.items()})
+                return Facade(real, {f: self.module(full) for f, full in ours.items()})
             if "." not in name and name in self._sources:
                 return self.module(name)
             module = builtins.__import__(name, globals_, locals_, fromlist, 0)
@@ -369,7 +332,7 @@ class Generation:
         used: set[str] = set()
         for file in self.files():
             for message in file.message_types_by_name.values():
-                _field_files(message, used, set())
+                field_files(message, used, set())
         copies: dict[str, types.ModuleType] = {}
         for file_name in sorted(used - own - _OPTION_FILES):
             name = module_name_of(file_name)
@@ -381,127 +344,6 @@ class Generation:
                 module = self._execute(name, Path(spec.origin), self._dependency_modules)
             copies[name] = module
         return copies
-
-
-def _unregister_classes(messages: Iterable[Descriptor]) -> None:
-    """Take a generation's classes out of protobuf's process-wide symbol database.
-
-    Generated code registers every class it builds there (``builder._sym_db``), in a
-    dict shared by all symbol databases and keyed by descriptor, so a dropped
-    generation's classes, descriptors and pool would live as long as the process. The
-    classes stay reachable from their modules and ``message_factory.GetMessageClass``.
-    """
-    registry = getattr(symbol_database.SymbolDatabase, "_classes", None)
-    if not isinstance(registry, dict):
-        return
-    for message in messages:
-        registry.pop(message, None)
-        _unregister_classes(message.nested_types)
-
-
-def _field_files(message: Descriptor, into: set[str], seen: set[str]) -> None:
-    """Files of every message type reachable from ``message``'s fields."""
-    if message.full_name in seen:
-        return
-    seen.add(message.full_name)
-    into.add(message.file.name)
-    for field in message.fields:
-        if field.message_type is not None:
-            _field_files(field.message_type, into, seen)
-    for nested in message.nested_types:
-        _field_files(nested, into, seen)
-
-
-class _PoolModule:
-    """Stands in for ``google.protobuf.descriptor_pool`` inside a generation's module."""
-
-    def __init__(self, generation: Generation) -> None:
-        self._generation = generation
-
-    def Default(self) -> _SeedingPool:  # the name generated code calls
-        return _SeedingPool(self._generation)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(descriptor_pool, name)
-
-
-class _SeedingPool:
-    """The generation's pool, adding a file's imports before the file itself."""
-
-    def __init__(self, generation: Generation) -> None:
-        self._generation = generation
-
-    def AddSerializedFile(self, data: bytes) -> FileDescriptor:
-        return self._generation._add_serialized(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._generation.pool, name)
-
-
-class _Facade:
-    """A module seen through ``from X import a, b`` with some names answered otherwise."""
-
-    def __init__(self, module: types.ModuleType | None, overrides: Mapping[str, object]) -> None:
-        self._module = module
-        self._overrides = overrides
-
-    def __getattr__(self, name: str) -> Any:
-        if name in self._overrides:
-            return self._overrides[name]
-        if self._module is None:
-            raise AttributeError(name)
-        return getattr(self._module, name)
-
-
-def _install(modules: Mapping[str, types.ModuleType]) -> dict[str, types.ModuleType | None]:
-    previous: dict[str, types.ModuleType | None] = {}
-    for name, module in modules.items():
-        previous[name] = sys.modules.get(name)
-        sys.modules[name] = module
-        parent, _, leaf = name.rpartition(".")
-        if parent:
-            # `from pkg import mod` reads the package attribute before sys.modules.
-            try:
-                package = importlib.import_module(parent)
-            except ImportError:
-                continue  # not importable here: only `import pkg.mod` finds the module
-            setattr(package, leaf, module)
-    return previous
-
-
-def _restore(previous: Mapping[str, types.ModuleType | None]) -> None:
-    for name, module in previous.items():
-        parent, _, leaf = name.rpartition(".")
-        package = sys.modules.get(parent) if parent else None
-        if module is None:
-            sys.modules.pop(name, None)
-            if package is not None and hasattr(package, leaf):
-                delattr(package, leaf)
-        else:
-            sys.modules[name] = module
-            if package is not None:
-                setattr(package, leaf, module)
-
-
-def file_set(files: Iterable[FileDescriptor]) -> descriptor_pb2.FileDescriptorSet:
-    """``files`` and everything they import, each once, every file after its imports."""
-    ordered: list[FileDescriptor] = []
-    seen: set[str] = set()
-
-    def visit(file: FileDescriptor) -> None:
-        if file.name in seen:
-            return
-        seen.add(file.name)
-        for dependency in file.dependencies:
-            visit(dependency)
-        ordered.append(file)
-
-    for file in files:
-        visit(file)
-    result = descriptor_pb2.FileDescriptorSet()
-    for file in ordered:
-        result.file.add().ParseFromString(bytes(file.serialized_pb))
-    return result
 
 
 def load_generation(
