@@ -20,7 +20,8 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from nexus_grpc.plugins.discovery import discover
 from nexus_grpc.plugins.generations import Generation, load_generation
@@ -119,6 +120,19 @@ def _describe(running: RunningHost, symbol: str) -> Any:
     return _grpcurl_run(running, running.address, "describe", symbol)
 
 
+async def _v1alpha_methods(channel: grpc.aio.Channel) -> list[str]:
+    """Methods of the service as reflection v1alpha describes it."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE)
+    async for response in stub.ServerReflectionInfo(iter([request])):
+        for data in response.file_descriptor_response.file_descriptor_proto:
+            file = descriptor_pb2.FileDescriptorProto.FromString(data)
+            for service in file.service:
+                if f"{file.package}.{service.name}" == SERVICE:
+                    return [method.name for method in service.method]
+    return []
+
+
 def _upgrade(running: RunningHost, plugins: Path, generated_root: Path) -> Generation:
     """Upgrade plugin ``swap`` to the code in ``plugins`` and the contract in ``generated_root``."""
     host = running.host
@@ -173,6 +187,7 @@ async def test_an_upgrade_serves_the_new_contract_live(
     from genswap.items.v1 import items_pb2, items_pb2_grpc  # the running version's stubs
 
     channel = host_v1.channel()
+    assert await _v1alpha_methods(channel) == ["GetItem"]
     stub = items_pb2_grpc.SwapServiceStub(channel)
     twelve = "abcdefghijkl"
     with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -200,6 +215,8 @@ async def test_an_upgrade_serves_the_new_contract_live(
     assert "PutItem" in after
     code, item = await _describe(host_v1, "genswap.items.v1.Item")
     assert code == 0 and "size = 4" in item, item
+    # Reflection v1alpha, on the channel opened before the upgrade, answers the same.
+    assert "PutItem" in await _v1alpha_methods(channel)
     # The new method, called by grpcurl from reflection alone.
     code, output = await _grpcurl_run(
         host_v1,
