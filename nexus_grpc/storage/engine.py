@@ -29,7 +29,7 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -47,11 +47,12 @@ from nexus_grpc.urls import mask_url
 from ._sqlite import SqliteConnection, SqliteDriver
 from .faults import StorageHealth, StorageUnavailableError, os_cause, postgres_cause, sqlite_cause
 from .files import prepare_sqlite_files
+from .points import RawRows
 from .schema import metadata, records
 from .spans import instrument_sql_engine
 from .sql import SqlDialect, dialect_for
 
-__all__ = ["Database", "SqlConnection", "translate_errors"]
+__all__ = ["Database", "SqlConnection", "execute_point", "translate_errors"]
 
 #: A connection in a transaction, as repositories use it: ``await conn.execute(stmt)``.
 SqlConnection = AsyncConnection | SqliteConnection
@@ -111,24 +112,36 @@ class Database:
             assert parsed.database  # checked by _normalise_url
             if not parsed.query.get("uri"):
                 await asyncio.to_thread(prepare_sqlite_files, parsed.database)
+            # Connections move between the driver's threads, one step at a time.
+            connect_args = {"timeout": sqlite_busy_timeout, "check_same_thread": False}
             engine = create_engine(
                 parsed,
                 hide_parameters=True,
-                # Connections move between the driver's threads, one step at a time.
-                connect_args={"timeout": sqlite_busy_timeout, "check_same_thread": False},
+                connect_args=connect_args,
                 pool_size=_SQLITE_POOL_SIZE,
                 max_overflow=0,
             )
-            _configure_sqlite(engine, busy_timeout_ms=round(sqlite_busy_timeout * 1000))
+            busy_timeout_ms = round(sqlite_busy_timeout * 1000)
+            _configure_sqlite(engine, busy_timeout_ms=busy_timeout_ms)
             traced = tracing.enabled()
+            name = os.path.basename(parsed.database)
             if traced:
-                name = os.path.basename(parsed.database)
                 instrument_sql_engine(engine, system="sqlite", namespace=name, server=None)
+            cargs, cparams = engine.dialect.create_connect_args(parsed)
+            cparams.update(connect_args)
+
+            def connect() -> sqlite3.Connection:
+                connection: sqlite3.Connection = sqlite3.connect(*cargs, **cparams)  # type: ignore[call-overload]
+                _configure_connection(connection, busy_timeout_ms=busy_timeout_ms)
+                return connection
+
             driver = SqliteDriver(
                 engine,
+                connect=connect,
                 pool_size=_SQLITE_POOL_SIZE,
                 write_timeout=sqlite_busy_timeout,
                 carry_context=traced,
+                span_namespace=name if traced else None,
             )
             return cls(dialect_for(backend), sqlite=driver)
         connect_args = {} if "timeout" in parsed.query else {"timeout": connect_timeout}
@@ -209,6 +222,31 @@ class Database:
             ) as conn:
                 yield conn
 
+    async def read_point(self, sql: str, params: Sequence[Any]) -> RawRows:
+        """Run a point read (see ``points``) as a transaction of its own.
+
+        SQLite: on the loop's thread when no lock stands in the way (see ``_sqlite``).
+        """
+        if self._closed:
+            raise RuntimeError("the storage is closed")
+        with translate_errors(self.health):
+            if self._sqlite is not None:
+                rows = await self._sqlite.read_now(sql, params)
+                if rows is not None:
+                    return rows
+        async with self.transaction(write=False, statement_each=True) as conn:
+            return await execute_point(conn, sql, params)
+
+    async def write_point(self, sql: str, params: Sequence[Any]) -> RawRows:
+        """Run a point write (see ``points``) as a transaction of its own."""
+        if self._closed:
+            raise RuntimeError("the storage is closed")
+        if self._sqlite is not None:
+            with translate_errors(self.health):
+                return await self._sqlite.write(sql, params)
+        async with self.transaction(write=True, statement_each=True) as conn:
+            return await execute_point(conn, sql, params)
+
     async def _connect_postgres(self) -> AsyncConnection:
         assert self._engine is not None
         try:
@@ -247,6 +285,15 @@ class Database:
             await conn.execute(row)
 
 
+async def execute_point(conn: SqlConnection, sql: str, params: Sequence[Any]) -> RawRows:
+    """Run a point statement's ``sql`` on ``conn``, in its transaction."""
+    if isinstance(conn, SqliteConnection):
+        return await conn.execute_raw(sql, params)
+    result = await conn.exec_driver_sql(sql, tuple(params))
+    rows = [tuple(row) for row in result.all()] if result.returns_rows else []
+    return RawRows(rows, result.rowcount)
+
+
 def _normalise_url(url: str | URL) -> URL:
     try:
         parsed = make_url(url)
@@ -270,23 +317,27 @@ def _normalise_url(url: str | URL) -> URL:
 def _configure_sqlite(engine: Engine, *, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-        # Stop the driver from emitting BEGIN (and COMMIT before DDL) on its own.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            # busy_timeout first: switching to WAL itself may have to wait for a lock.
-            cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.fetchall()
-            # NORMAL is durable in WAL mode except for the last commits on power loss.
-            cursor.execute("PRAGMA synchronous = NORMAL")
-        finally:
-            cursor.close()
+        _configure_connection(dbapi_connection, busy_timeout_ms=busy_timeout_ms)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get(_SQLITE_BEGIN, "IMMEDIATE")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _configure_connection(dbapi_connection: sqlite3.Connection, *, busy_timeout_ms: int) -> None:
+    # Stop the driver from emitting BEGIN (and COMMIT before DDL) on its own.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # busy_timeout first: switching to WAL itself may have to wait for a lock.
+        cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.fetchall()
+        # NORMAL is durable in WAL mode except for the last commits on power loss.
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
 
 
 @contextmanager
