@@ -12,17 +12,9 @@ connection back in: a unit of work costs one thread switch per statement plus on
 Outside a unit of work every statement is its own transaction, and one call does all
 of it (checkout, BEGIN, statement, rows, COMMIT, checkin): one switch for a read.
 
-Point statements (one row by its key: see ``points``) skip SQLAlchemy and run on the
-sqlite3 connection with its statement cache:
-
-* a point read outside a unit of work runs on the event loop's thread, on a read
-  connection of its own: a cached statement on a WAL read connection costs ~5 µs, a
-  thread switch far more. That connection never waits (busy timeout 0): should SQLite
-  refuse it a lock (a reader rarely meets one in WAL mode: recovery, a truncating
-  checkpoint), the read is retried on a thread, where waiting does not stall the loop;
-* a point write outside a unit of work is one step on a thread (BEGIN IMMEDIATE, the
-  statement, COMMIT), on one write connection used in this process's write turn: a
-  write may wait for other processes' writers, which must never block the loop.
+Point statements (one row by its key) outside a unit of work run on the loop's thread
+when SQLite lets them through at once, else on a thread (see ``_sqlite_points``); inside
+one they are steps like any other, on the sqlite3 connection without SQLAlchemy.
 
 Concurrency:
 
@@ -57,13 +49,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, CursorResult, Engine, Row
-from sqlalchemy.exc import DBAPIError, MultipleResultsFound
+from sqlalchemy.exc import MultipleResultsFound
 from sqlalchemy.sql import Executable
 
 from nexus_grpc.errors import STORAGE_BUSY, ConflictError
 
+from ._sqlite_points import SqlitePoints, run_raw
 from .points import RawRows
-from .spans import client_span, sql_operation, sql_table
 
 __all__ = ["Rows", "SqliteConnection", "SqliteDriver"]
 
@@ -186,15 +178,21 @@ class SqliteConnection:
         raw = connection.connection.dbapi_connection
         assert isinstance(raw, sqlite3.Connection)
         if not self._autocommit:
-            return self._driver.run_raw(raw, sql, params)
+            return self._run_raw(raw, sql, params)
         self._sync = None
         try:
-            rows = self._driver.run_raw(raw, sql, params)
+            rows = self._run_raw(raw, sql, params)
         except BaseException:
             self._end(connection, commit=False)
             raise
         self._end(connection, commit=True)
         return rows
+
+    def _run_raw(self, raw: sqlite3.Connection, sql: str, params: Sequence[Any]) -> RawRows:
+        driver = self._driver
+        return run_raw(
+            raw, sql, params, dialect=driver.engine.dialect, span_namespace=driver.span_namespace
+        )
 
     @staticmethod
     def _end(connection: Connection, *, commit: bool) -> None:
@@ -240,135 +238,40 @@ class SqliteDriver:
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=pool_size + 1, thread_name_prefix="nexus-sqlite"
         )
-        self._connect = connect
-        self._span_namespace = span_namespace
+        #: Database name of point statements' spans (None: tracing off).
+        self.span_namespace = span_namespace
+        #: Point statements outside units of work.
+        self.points = SqlitePoints(
+            connect,
+            self.executor,
+            dialect=engine.dialect,
+            carry_context=carry_context,
+            span_namespace=span_namespace,
+        )
         self._pool_size = pool_size
         self._open = asyncio.Semaphore(pool_size)
         self._writer = asyncio.Lock()
         self._write_timeout = write_timeout
-        self._reader: sqlite3.Connection | None = None
-        # Used only by the task holding the write turn, on a thread.
-        self._write_connection: sqlite3.Connection | None = None
         self._closed = False
 
-    # -- point statements ----------------------------------------------------------
-
-    def run_raw(self, connection: sqlite3.Connection, sql: str, params: Sequence[Any]) -> RawRows:
-        """Run ``sql`` on ``connection``: its rows and row count; sqlite3 errors become
-        SQLAlchemy's (their parameters hidden), as the engine's own statements raise."""
-        if self._span_namespace is None:
-            return self._run_raw(connection, sql, params)
-        with client_span(
-            "sqlite",
-            sql_operation(sql),
-            collection=sql_table(sql),
-            namespace=self._span_namespace,
-            query=sql,
-        ):
-            return self._run_raw(connection, sql, params)
-
-    def _run_raw(self, connection: sqlite3.Connection, sql: str, params: Sequence[Any]) -> RawRows:
-        try:
-            cursor = connection.execute(sql, params)
-            rows = cursor.fetchall()
-            return RawRows(rows, cursor.rowcount)
-        except sqlite3.Error as exc:
-            raise self._wrap(sql, exc) from exc
-
-    def _wrap(self, sql: str, exc: sqlite3.Error) -> BaseException:
-        return DBAPIError.instance(
-            sql, None, exc, sqlite3.Error, hide_parameters=True, dialect=self.engine.dialect
-        )
-
-    async def read_now(self, sql: str, params: Sequence[Any]) -> RawRows | None:
-        """Run the read ``sql`` on the loop's thread, without waiting for any lock:
-        None if SQLite refused a lock at once (retry it on a thread)."""
-        reader = self._reader
-        if reader is None:
-            reader = await self._open_reader()
-        try:
-            return self.run_raw(reader, sql, params)
-        except DBAPIError as error:
-            name = getattr(error.orig, "sqlite_errorname", "")
-            if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-                return None
-            raise
-
-    async def _open_reader(self) -> sqlite3.Connection:
-        if self._closed:
-            raise RuntimeError("the storage is closed")
-        opened = await asyncio.to_thread(self._connect_reader)
-        if self._reader is not None or self._closed:  # another task was quicker, or closed
-            opened.close()
-            if self._reader is None:
-                raise RuntimeError("the storage is closed")
-            return self._reader
-        self._reader = opened
-        return opened
-
-    def _connect_reader(self) -> sqlite3.Connection:
-        connection = self._connect()
-        try:
-            # Never wait on the loop: a refused lock sends the read to a thread instead.
-            connection.execute("PRAGMA busy_timeout = 0")
-            connection.execute("PRAGMA query_only = 1")
-        except BaseException:
-            connection.close()
-            raise
-        return connection
-
-    async def write(self, sql: str, params: Sequence[Any]) -> RawRows:
-        """Run the write ``sql`` as a transaction of its own (BEGIN IMMEDIATE, COMMIT),
-        in this process's write turn, on a thread.
-
-        The turn is given back when the thread is done, not when the caller stops
-        waiting: a cancelled caller leaves the step to finish (committed or not)
-        before another writer uses the write connection.
-        """
+    async def write_point(self, sql: str, params: Sequence[Any]) -> RawRows:
+        """Run the point write ``sql`` as a transaction of its own in this process's
+        write turn: on the loop's thread if SQLite grants its lock at once, else on a
+        thread (which keeps the turn until its step is over)."""
         if self._closed:
             raise RuntimeError("the storage is closed")
         await self._take_write_turn()
-        work: Callable[[], RawRows] = functools.partial(self._write_step, sql, params)
-        if self.carry_context:
-            work = functools.partial(contextvars.copy_context().run, work)
-        loop = asyncio.get_running_loop()
         try:
-            future = self.executor.submit(work)
-        except RuntimeError:  # shut down by close()
-            self._writer.release()
-            raise RuntimeError("the storage is closed") from None
-
-        def give_back(_: concurrent.futures.Future[RawRows]) -> None:
-            # A closed loop (RuntimeError) has nobody waiting for the turn.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._writer.release)
-
-        future.add_done_callback(give_back)
-        return await asyncio.wrap_future(future)
-
-    def _write_step(self, sql: str, params: Sequence[Any]) -> RawRows:
-        connection = self._write_connection
-        if connection is None:
-            connection = self._write_connection = self._connect()
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise self._wrap("BEGIN IMMEDIATE", exc) from exc
-        try:
-            rows = self.run_raw(connection, sql, params)
-            try:
-                connection.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise self._wrap("COMMIT", exc) from exc
+            rows = await self.points.write_now(sql, params)
+            if rows is None:
+                waiting = self.points.write_on_thread(sql, params, self._writer.release)
         except BaseException:
-            try:
-                connection.rollback()  # nothing to do when the failed COMMIT ended it
-            except sqlite3.Error:
-                # A connection that cannot roll back is not used again.
-                self._write_connection = None
-                connection.close()
+            self._writer.release()
             raise
-        return rows
+        if rows is not None:
+            self._writer.release()
+            return rows
+        return await waiting
 
     @asynccontextmanager
     async def transaction(
@@ -419,10 +322,7 @@ class SqliteDriver:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_CLOSE_WAIT):
                 turn = await self._writer.acquire()
-        raw = [c for c in (self._reader, self._write_connection) if c is not None]
-        self._reader = self._write_connection = None
-        for connection in raw:
-            connection.close()
+        self.points.close()
         if turn:
             self._writer.release()
         await asyncio.to_thread(self.engine.dispose)

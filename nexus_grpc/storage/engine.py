@@ -231,7 +231,7 @@ class Database:
             raise RuntimeError("the storage is closed")
         with translate_errors(self.health):
             if self._sqlite is not None:
-                rows = await self._sqlite.read_now(sql, params)
+                rows = await self._sqlite.points.read_now(sql, params)
                 if rows is not None:
                     return rows
         async with self.transaction(write=False, statement_each=True) as conn:
@@ -243,7 +243,7 @@ class Database:
             raise RuntimeError("the storage is closed")
         if self._sqlite is not None:
             with translate_errors(self.health):
-                return await self._sqlite.write(sql, params)
+                return await self._sqlite.write_point(sql, params)
         async with self.transaction(write=True, statement_each=True) as conn:
             return await execute_point(conn, sql, params)
 
