@@ -44,6 +44,7 @@ from nexus_grpc import tracing
 from nexus_grpc.errors import STORAGE_BUSY, ConflictError
 from nexus_grpc.urls import mask_url
 
+from ._postgres_points import PostgresPoints
 from ._sqlite import SqliteConnection, SqliteDriver
 from .faults import StorageHealth, StorageUnavailableError, os_cause, postgres_cause, sqlite_cause
 from .files import prepare_sqlite_files
@@ -88,10 +89,12 @@ class Database:
         *,
         engine: AsyncEngine | None = None,
         sqlite: SqliteDriver | None = None,
+        postgres_points: PostgresPoints | None = None,
     ) -> None:
         self.dialect = dialect
         self._engine = engine
         self._sqlite = sqlite
+        self._postgres_points = postgres_points
         self._closed = False
         #: Infrastructure failures seen, and whether the database works.
         self.health = StorageHealth(self.probe)
@@ -146,15 +149,18 @@ class Database:
             return cls(dialect_for(backend), sqlite=driver)
         connect_args = {} if "timeout" in parsed.query else {"timeout": connect_timeout}
         pg = create_async_engine(parsed, hide_parameters=True, connect_args=connect_args)
-        if tracing.enabled():
+        # No host: a Unix socket (named in the query), not a network server.
+        server = (parsed.host, parsed.port or 5432) if parsed.host else None
+        traced = tracing.enabled()
+        if traced:
             instrument_sql_engine(
-                pg.sync_engine,
-                system="postgresql",
-                namespace=parsed.database,
-                # No host: a Unix socket (named in the query), not a network server.
-                server=(parsed.host, parsed.port or 5432) if parsed.host else None,
+                pg.sync_engine, system="postgresql", namespace=parsed.database, server=server
             )
-        return cls(dialect_for(backend), engine=pg)
+        _, kwargs = pg.dialect.create_connect_args(parsed)
+        points = PostgresPoints(
+            {**kwargs, **connect_args}, span=(parsed.database, server) if traced else None
+        )
+        return cls(dialect_for(backend), engine=pg, postgres_points=points)
 
     @property
     def closed(self) -> bool:
@@ -166,6 +172,8 @@ class Database:
         self._closed = True
         if self._sqlite is not None:
             await self._sqlite.close()
+        if self._postgres_points is not None:
+            await self._postgres_points.close()
         if self._engine is not None:
             await self._engine.dispose()
 
@@ -225,11 +233,15 @@ class Database:
     async def read_point(self, sql: str, params: Sequence[Any]) -> RawRows:
         """Run a point read (see ``points``) as a transaction of its own.
 
-        SQLite: on the loop's thread when no lock stands in the way (see ``_sqlite``).
+        SQLite: on the loop's thread when no lock stands in the way (see
+        ``_sqlite_points``); PostgreSQL: an asyncpg prepared statement (see
+        ``_postgres_points``).
         """
         if self._closed:
             raise RuntimeError("the storage is closed")
         with translate_errors(self.health):
+            if self._postgres_points is not None:
+                return await self._postgres_points.run(sql, params, write=False)
             if self._sqlite is not None:
                 rows = await self._sqlite.points.read_now(sql, params)
                 if rows is not None:
@@ -241,11 +253,11 @@ class Database:
         """Run a point write (see ``points``) as a transaction of its own."""
         if self._closed:
             raise RuntimeError("the storage is closed")
-        if self._sqlite is not None:
-            with translate_errors(self.health):
-                return await self._sqlite.write_point(sql, params)
-        async with self.transaction(write=True, statement_each=True) as conn:
-            return await execute_point(conn, sql, params)
+        with translate_errors(self.health):
+            if self._postgres_points is not None:
+                return await self._postgres_points.run(sql, params, write=True)
+            assert self._sqlite is not None
+            return await self._sqlite.write_point(sql, params)
 
     async def _connect_postgres(self) -> AsyncConnection:
         assert self._engine is not None
