@@ -67,6 +67,13 @@ BIN = Path(sys.executable).parent
 
 NAMESPACE = "plugins/business/orders"
 SERVICE = "nexus.orders.v1.OrdersService"
+#: The transport's ceiling: the gateway tests' plugin, whose public Echo returns its
+#: request (no storage), served by the same nexus process through the same pipeline.
+ECHO_PLUGINS = REPO / "tests" / "gateway" / "plugins"
+ECHO_PROTOS = REPO / "tests" / "gateway" / "proto"
+ECHO_SERVICE = "transcode.v1.TranscodeService"
+#: The echo request (REST: POST /v1/echo/{id} with the rest of it as the body).
+ECHO: dict[str, Any] = {"id": "bench", "shelf": "s1", "name": "shelves/s1", "tags": ["a", "b"]}
 
 #: The order every create sends, as the REST body (CreateOrderRequest.order in proto3 JSON).
 ORDER: dict[str, Any] = {
@@ -102,7 +109,11 @@ OPERATION_LABELS = {
     ("rest", "create"): "POST /v1/orders",
     ("grpc", "get"): "GetOrder",
     ("grpc", "create"): "CreateOrder",
+    ("rest", "echo"): "POST /v1/echo/{id}",
+    ("grpc", "echo"): "Echo",
 }
+#: Targets that also serve the echo method (nexus only: the same process and pipeline).
+ECHO_TARGETS = ("nexus_rest", "nexus_grpc")
 
 
 class BenchError(RuntimeError):
@@ -317,16 +328,16 @@ def grpc_frame(payload: bytes) -> bytes:
 
 
 def grpc_raw_call(
-    port: int, method: str, payload: bytes, authorization: str = ""
+    port: int, method: str, payload: bytes, authorization: str = "", service: str = SERVICE
 ) -> tuple[str, str, bytes]:
-    """Call ``/OrdersService/<method>`` with serialized ``payload``; code, details, response."""
+    """Call ``/<service>/<method>`` with serialized ``payload``; code, details, response."""
     import grpc
 
     metadata = (("authorization", authorization),) if authorization else None
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         # No (de)serializers: the payload goes out as given, the response comes back as bytes.
         call = channel.unary_unary(
-            f"/{SERVICE}/{method}", request_serializer=None, response_deserializer=None
+            f"/{service}/{method}", request_serializer=None, response_deserializer=None
         )
         try:
             response, outcome = call.with_call(payload, timeout=10, metadata=metadata)
@@ -406,7 +417,7 @@ class Case:
     """One target and operation: how to load it and how to check its answers."""
 
     target: str
-    operation: str  # "get" or "create"
+    operation: str  # "get", "create" or "echo"
     kind: str  # "rest" or "grpc"
     server: str  # name of the server process
     url: str
@@ -428,7 +439,9 @@ class Case:
 
 def run_wrk(case: Case, seconds: int, settings: Settings, procs: Processes) -> Sample:
     """Load a REST case with wrk for ``seconds``."""
-    script = BENCH_DIR / ("post_order.lua" if case.operation == "create" else "wrk_report.lua")
+    posts = case.operation in ("create", "echo")
+    script = BENCH_DIR / ("post_order.lua" if posts else "wrk_report.lua")
+    body = {k: v for k, v in ECHO.items() if k != "id"} if case.operation == "echo" else ORDER
     argv = [
         *settings.client_prefix(),
         "wrk",
@@ -445,7 +458,7 @@ def run_wrk(case: Case, seconds: int, settings: Settings, procs: Processes) -> S
     env = {
         **os.environ,
         "BENCH_AUTHORIZATION": case.authorization,
-        "BENCH_POST_BODY": json.dumps(ORDER, separators=(",", ":")),
+        "BENCH_POST_BODY": json.dumps(body, separators=(",", ":")),
     }
     code, out, err, client_cpu = procs.run_tool(argv, timeout=seconds + 30, env=env)
     match = re.search(r"^BENCH_WRK (\{.*\})$", out, re.MULTILINE)
@@ -659,7 +672,8 @@ def write_nexus_config(path: Path, *, data_dir: Path, http_port: int, secret_fil
         'level = "warning"\n'
         'format = "text"\n\n'
         "[plugins]\n"
-        'enabled = ["orders"]\n'
+        f"dirs = [{toml_string(str(REPO / 'plugins'))}, {toml_string(str(ECHO_PLUGINS))}]\n"
+        'enabled = ["orders", "transcode"]\n'
         "entry_points = false\n"
     )
 
@@ -708,7 +722,14 @@ def start_servers(
     prefix = settings.server_prefix()
     nexus = [str(BIN / "nexus"), "serve", "--config", str(config)]
     nexus += ["--grpc-address", f"127.0.0.1:{nexus_grpc}"]
-    procs.start("nexus", [*prefix, *nexus], base_env)
+    # The echo plugin's contract compiled as its author's build would, importable by nexus.
+    from nexus_grpc.codegen import generate
+
+    stubs = workdir / "echo-stubs"
+    generate(ECHO_PROTOS, stubs)
+    inherited = [base_env["PYTHONPATH"]] if base_env.get("PYTHONPATH") else []
+    nexus_env = {**base_env, "PYTHONPATH": os.pathsep.join([str(stubs), *inherited])}
+    procs.start("nexus", [*prefix, *nexus], nexus_env)
     python = [*prefix, sys.executable, "-m"]
     secret = ["--jwt-secret-file", str(credentials.secret_file)]
     procs.start(
@@ -778,9 +799,11 @@ def rest_get(port: int, order_id: str, who: str, authorization: str) -> dict[str
     return found
 
 
-def grpc_check(port: int, method: str, payload: bytes, who: str, authorization: str) -> bytes:
+def grpc_check(
+    port: int, method: str, payload: bytes, who: str, authorization: str, service: str = SERVICE
+) -> bytes:
     """One call with the exact payload h2load will send; its response, or BenchError."""
-    code, details, response = grpc_raw_call(port, method, payload, authorization)
+    code, details, response = grpc_raw_call(port, method, payload, authorization, service)
     if code != "OK":
         raise BenchError(f"{who} {method} answered {code}: {details}")
     return response
@@ -969,11 +992,69 @@ def prepare_cases(
             auth,
         ),
     }
-    every = {**rest_cases, **grpc_cases}
-    for operation in ("get", "create"):
-        for target in TARGET_LABELS:
+    every = {**rest_cases, **grpc_cases, **echo_cases(servers, workdir, auth, checks)}
+    for operation in OPERATIONS:
+        for target in targets_of(operation):
             cases.append(every[(target, operation)])
     return cases, checks
+
+
+#: Every operation measured, in run order.
+OPERATIONS = ("get", "create", "echo")
+
+
+def targets_of(operation: str) -> tuple[str, ...]:
+    """The targets that serve ``operation``."""
+    return ECHO_TARGETS if operation == "echo" else tuple(TARGET_LABELS)
+
+
+def echo_cases(
+    servers: Servers, workdir: Path, auth: str, checks: dict[str, Any]
+) -> dict[tuple[str, str], Case]:
+    """nexus's echo method on both transports, each checked once."""
+    # The body wrk sends: the request but its id, which the path carries.
+    rest_body = json.dumps({k: v for k, v in ECHO.items() if k != "id"}).encode()
+    status, _, body = http_call(
+        servers.nexus_http, "POST", f"/v1/echo/{ECHO['id']}", rest_body, auth
+    )
+    if status != 200 or json.loads(body).get("shelf") != ECHO["shelf"]:
+        raise BenchError(f"nexus REST echo answered {status}: {body[:200]!r}")
+    sys.path.insert(0, str(workdir / "echo-stubs"))
+    from transcode.v1 import transcode_pb2
+
+    payload = transcode_pb2.EchoRequest(
+        id=ECHO["id"], shelf=ECHO["shelf"], name=ECHO["name"], tags=ECHO["tags"]
+    ).SerializeToString()
+    answer = grpc_check(servers.nexus_grpc, "Echo", payload, "nexus gRPC", auth, ECHO_SERVICE)
+    if answer != payload:
+        raise BenchError("nexus gRPC Echo answered another message")
+    checks["echo_response_bytes"] = len(answer)
+    body_file = workdir / "echo.bin"
+    body_file.write_bytes(grpc_frame(payload))
+    database = servers.nexus_data / "nexus.db"
+    return {
+        ("nexus_rest", "echo"): Case(
+            "nexus_rest",
+            "echo",
+            "rest",
+            "nexus",
+            f"http://127.0.0.1:{servers.nexus_http}/v1/echo/{ECHO['id']}",
+            database,
+            auth,
+        ),
+        ("nexus_grpc", "echo"): Case(
+            "nexus_grpc",
+            "echo",
+            "grpc",
+            "nexus",
+            f"http://127.0.0.1:{servers.nexus_grpc}/{ECHO_SERVICE}/Echo",
+            database,
+            auth,
+            body_file,
+            min_frame=5 + len(answer),
+            exact_frame=5 + len(answer),
+        ),
+    }
 
 
 # --------------------------------------------------------------------------- report
@@ -1039,7 +1120,22 @@ def ratios(summary: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
             )
             entry[operation] = {"rps_ratio": rps, "cpu_efficiency_ratio": cpu}
         found[key] = entry
+    found["vs_echo"] = {
+        target: {
+            operation: (
+                summary[(target, operation)]["rps"] / summary[(target, "echo")]["rps"]
+                if summary[(target, operation)]["rps"] and summary[(target, "echo")]["rps"]
+                else None
+            )
+            for operation in ECHO_GOALS
+        }
+        for target in ECHO_TARGETS
+    }
     return found
+
+
+#: The order calls' goals against echo on the same target (issue 13).
+ECHO_GOALS = {"get": 0.6, "create": 0.4}
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -1077,8 +1173,8 @@ def render(
     )
     lines += [header, f"{'':<14} {'':<20} {'':>8} {'':>8} {'':>8} {'us/req':>9} {'CPU %':>7}"]
     lines.append("-" * len(header))
-    for operation in ("get", "create"):
-        for target in TARGET_LABELS:
+    for operation in OPERATIONS:
+        for target in targets_of(operation):
             row = summary[(target, operation)]
             kind = "grpc" if "grpc" in target else "rest"
             name = f"{TARGET_LABELS[target]:<14} {OPERATION_LABELS[(kind, operation)]:<20}"
@@ -1105,6 +1201,16 @@ def render(
             parts.append(f"{operation:<6} {text:<13} [{cpu}]")
         suffix = f"   (goal >= {goal:.1f})" if goal is not None else "   (info)"
         lines.append(f"  {label:<27} " + "   ".join(parts) + suffix)
+    lines.append("storage's share: req/s of an order call / req/s of echo (same process)")
+    for target, entry in found["vs_echo"].items():
+        parts = []
+        for operation, goal in ECHO_GOALS.items():
+            value = entry[operation]
+            text = fmt(value, ".2f")
+            if value is not None:
+                text += " ok" if value >= goal else " BELOW GOAL"
+            parts.append(f"{operation} / echo {text:<13} (goal >= {goal:.1f})")
+        lines.append(f"  {TARGET_LABELS[target]:<14} " + "   ".join(parts))
     lines.append("")
     return "\n".join(lines)
 

@@ -50,6 +50,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, CursorResult, Engine, Row
 from sqlalchemy.exc import MultipleResultsFound
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql import Executable
 
 from nexus_grpc.errors import STORAGE_BUSY, ConflictError
@@ -102,6 +103,33 @@ class SqliteConnection:
         # The step running on a thread, if any: a cancelled caller does not stop it,
         # and the connection must not be touched again before it is over.
         self._running: concurrent.futures.Future[Any] | None = None
+        # Whether the transaction holds SQLite's write lock, taken on the loop's thread:
+        # its statements then wait for no lock and run there too (see begin_on_loop).
+        self._on_loop = False
+
+    def begin_on_loop(self) -> bool:
+        """Check a pooled connection out and BEGIN IMMEDIATE on the loop's thread, if
+        that cannot wait: a connection already open, SQLite's write lock granted at
+        once. Whether it did (else the transaction's steps all run on threads)."""
+        driver = self._driver
+        pool = driver.engine.pool
+        if self._sync is not None or not isinstance(pool, QueuePool) or not pool.checkedin():
+            return False  # opening a connection may wait for a lock (the switch to WAL)
+        connection = driver.engine.connect().execution_options(**self._options)
+        try:
+            raw = connection.connection.dbapi_connection
+            assert isinstance(raw, sqlite3.Connection)
+            if not driver.points.begin_now(raw):
+                connection.close()
+                return False
+            # SQLAlchemy's transaction over it: the BEGIN listener sees one open already.
+            connection.begin()
+        except BaseException:
+            connection.close()  # rolls back what was begun
+            raise
+        self._sync = connection
+        self._on_loop = True
+        return True
 
     async def execute(self, statement: Executable) -> Rows:
         """Run ``statement`` in the transaction (begun by the first one)."""
@@ -113,7 +141,7 @@ class SqliteConnection:
 
     async def run_sync(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``work(connection, *args, **kwargs)`` in the transaction, on the thread."""
-        return await self._step(lambda: work(self._connection(), *args, **kwargs))
+        return await self._step(lambda: work(self._connection(), *args, **kwargs), blocking=True)
 
     async def _finish(self, *, commit: bool) -> None:
         # Safe to call again after a first call was cancelled: whichever call takes the
@@ -124,6 +152,9 @@ class SqliteConnection:
         if connection is None:
             return
         end = functools.partial(self._end, connection, commit=commit)
+        if self._on_loop:
+            end()  # holding the write lock, the commit waits for none
+            return
         try:
             self._running = self._driver.executor.submit(end)
         except RuntimeError:  # the driver was closed under the transaction
@@ -131,10 +162,18 @@ class SqliteConnection:
             return
         await asyncio.wrap_future(self._running)
 
-    async def _step(self, work: Callable[[], T]) -> T:
+    async def _step(self, work: Callable[[], T], *, blocking: bool = False) -> T:
+        """Run ``work`` with the connection: on the loop's thread when the transaction
+        holds the write lock there (unless the work may block), else on a thread."""
         await self._after_running()
         if self._ended:
             raise RuntimeError("this transaction has ended")
+        if self._on_loop and not blocking:
+            # A point where the caller may be cancelled, as a thread hop would give.
+            await asyncio.sleep(0)
+            if self._ended:
+                raise RuntimeError("this transaction has ended")
+            return work()
         if self._driver.carry_context:
             # Tracing: the statement's span is a child of the caller's, and log records
             # written on the thread carry its ids.
@@ -194,11 +233,11 @@ class SqliteConnection:
             raw, sql, params, dialect=driver.engine.dialect, span_namespace=driver.span_namespace
         )
 
-    @staticmethod
-    def _end(connection: Connection, *, commit: bool) -> None:
+    def _end(self, connection: Connection, *, commit: bool) -> None:
         try:
             if commit:
                 connection.commit()
+                self._driver.points.committed()
             else:
                 connection.rollback()
         finally:
@@ -215,8 +254,9 @@ class SqliteDriver:
     ``connect``: opens a configured sqlite3 connection to the same file (busy timeout,
     WAL, no implicit transactions), for the point statements' read and write
     connections. ``write_timeout``: seconds a writer waits for this process's other
-    writers. ``carry_context``: run each step in a copy of the calling task's context
-    variables (tracing's current span), which threads otherwise do not see.
+    writers; ``busy_timeout_ms``: the connections' busy timeout. ``carry_context``: run
+    each step in a copy of the calling task's context variables (tracing's current
+    span), which threads otherwise do not see.
     ``span_namespace``: with tracing on, the database name of point statements' spans
     (None: no spans).
     """
@@ -228,6 +268,7 @@ class SqliteDriver:
         connect: Callable[[], sqlite3.Connection],
         pool_size: int,
         write_timeout: float,
+        busy_timeout_ms: int = 5000,
         carry_context: bool = False,
         span_namespace: str | None = None,
     ) -> None:
@@ -245,6 +286,7 @@ class SqliteDriver:
             connect,
             self.executor,
             dialect=engine.dialect,
+            busy_timeout_ms=busy_timeout_ms,
             carry_context=carry_context,
             span_namespace=span_namespace,
         )
@@ -295,6 +337,8 @@ class SqliteDriver:
 
         connection = SqliteConnection(self, options, autocommit=autocommit)
         try:
+            if write and not autocommit:
+                connection.begin_on_loop()
             yield connection
             await connection._finish(commit=True)
         except BaseException:

@@ -14,10 +14,14 @@ of CPU in thread switches on small machines; the statement itself ~5 µs (a read
   statement and COMMIT run there too. Refused (another process writes), the whole
   transaction runs on a thread instead, on a connection that waits up to the busy
   timeout: a write waiting for a lock never blocks the loop;
-* that loop-side write connection does not checkpoint on commit (a checkpoint writes
-  and syncs the database file: milliseconds). Every :data:`CHECKPOINT_EVERY` commits a
-  passive checkpoint runs on a thread instead; the other connections (units of work,
-  other processes) checkpoint as SQLite does by default.
+* a unit of work that may write takes SQLite's write lock on the loop's thread the
+  same way (``begin_now``) when a pooled connection is open already; it then holds the
+  lock, so its statements and COMMIT wait for none and run on the loop's thread too
+  (see ``_sqlite``);
+* no connection of this process checkpoints on commit (a checkpoint writes and syncs
+  the database file: milliseconds on the loop's thread). Every
+  :data:`CHECKPOINT_EVERY` commits a passive checkpoint runs on a thread instead;
+  other processes checkpoint as they do.
 
 Between BEGIN and COMMIT on the loop's thread nothing awaits: a cancelled caller cannot
 leave a transaction open. A write handed to a thread keeps the write turn until its
@@ -104,10 +108,12 @@ class SqlitePoints:
         executor: concurrent.futures.Executor,
         *,
         dialect: Dialect,
+        busy_timeout_ms: int,
         carry_context: bool,
         span_namespace: str | None,
     ) -> None:
         self._connect = connect
+        self._busy_timeout_ms = busy_timeout_ms
         self._executor = executor
         self._dialect = dialect
         self._carry_context = carry_context
@@ -159,8 +165,6 @@ class SqlitePoints:
             connection.execute("PRAGMA busy_timeout = 0")
             if query_only:
                 connection.execute("PRAGMA query_only = 1")
-            else:
-                connection.execute("PRAGMA wal_autocheckpoint = 0")  # see the module doc
         except BaseException:
             connection.close()
             raise
@@ -182,10 +186,31 @@ class SqlitePoints:
                 return None
             raise error from exc
         rows = self._finish(writer, sql, params)
+        self.committed()
+        return rows
+
+    def begin_now(self, connection: sqlite3.Connection) -> bool:
+        """BEGIN IMMEDIATE on ``connection`` without waiting: whether SQLite granted
+        the write lock (its busy timeout is restored either way)."""
+        try:
+            connection.execute("PRAGMA busy_timeout = 0")
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+            finally:
+                connection.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        except sqlite3.Error as exc:
+            error = wrap("BEGIN IMMEDIATE", exc, self._dialect)
+            if isinstance(error, DBAPIError) and _refused(error) and not connection.in_transaction:
+                return False
+            raise error from exc
+        return True
+
+    def committed(self) -> None:
+        """Count a commit of this process; every CHECKPOINT_EVERY, a passive checkpoint
+        on a thread (the connections of this process do not checkpoint on commit)."""
         self._commits += 1
         if self._commits >= CHECKPOINT_EVERY:
             self._start_checkpoint()
-        return rows
 
     def write_on_thread(
         self, sql: str, params: Sequence[Any], give_back: Callable[[], None]

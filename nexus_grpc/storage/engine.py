@@ -143,6 +143,7 @@ class Database:
                 connect=connect,
                 pool_size=_SQLITE_POOL_SIZE,
                 write_timeout=sqlite_busy_timeout,
+                busy_timeout_ms=busy_timeout_ms,
                 carry_context=traced,
                 span_namespace=name if traced else None,
             )
@@ -333,6 +334,8 @@ def _configure_sqlite(engine: Engine, *, busy_timeout_ms: int) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
+        if conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+            return  # begun on the loop's thread already (see _sqlite_points.begin_now)
         mode = conn.get_execution_options().get(_SQLITE_BEGIN, "IMMEDIATE")
         conn.exec_driver_sql(f"BEGIN {mode}")
 
@@ -348,6 +351,9 @@ def _configure_connection(dbapi_connection: sqlite3.Connection, *, busy_timeout_
         cursor.fetchall()
         # NORMAL is durable in WAL mode except for the last commits on power loss.
         cursor.execute("PRAGMA synchronous = NORMAL")
+        # Commits may run on the event loop's thread: checkpoints run on a thread of
+        # their own instead (see ``_sqlite_points``).
+        cursor.execute("PRAGMA wal_autocheckpoint = 0")
     finally:
         cursor.close()
 
