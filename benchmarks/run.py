@@ -136,6 +136,8 @@ class Settings:
     h2_clients: int = 4
     h2_streams: int = 8
     pin: bool = False
+    #: nexus's database: "sqlite" (its default) or "postgresql" (a throwaway server).
+    storage: str = "sqlite"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -161,6 +163,7 @@ class Settings:
             h2_clients=number("BENCH_H2_CLIENTS", 4),
             h2_streams=number("BENCH_H2_STREAMS", 8),
             pin=os.environ.get("BENCH_PIN", "0").strip().lower() in ("1", "true", "yes"),
+            storage=storage_setting(),
         )
 
     def server_prefix(self) -> list[str]:
@@ -386,12 +389,36 @@ def grpc_ready(port: int) -> Callable[[], bool]:
     return probe
 
 
-def count_rows(database: Path) -> int:
-    """Orders stored in ``database`` (a nexus SQLite file), read without locking writers."""
+def storage_setting() -> str:
+    """BENCH_STORAGE: the database behind nexus ("sqlite" or "postgresql")."""
+    value = os.environ.get("BENCH_STORAGE", "sqlite").strip().lower() or "sqlite"
+    if value not in ("sqlite", "postgresql"):
+        raise BenchError(f"BENCH_STORAGE={value!r}: expected sqlite or postgresql")
+    return value
+
+
+def count_rows(database: Path | str) -> int:
+    """Orders stored in ``database``: a nexus SQLite file (read without locking writers)
+    or a PostgreSQL URL."""
+    if isinstance(database, str):
+        return asyncio.run(_count_postgres(database))
     with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
         (count,) = db.execute(
             "SELECT count(*) FROM nexus_records WHERE namespace = ?", (NAMESPACE,)
         ).fetchone()
+    return int(count)
+
+
+async def _count_postgres(url: str) -> int:
+    import asyncpg
+
+    connection = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        count = await connection.fetchval(
+            "SELECT count(*) FROM nexus_records WHERE namespace = $1", NAMESPACE
+        )
+    finally:
+        await connection.close()
     return int(count)
 
 
@@ -421,7 +448,7 @@ class Case:
     kind: str  # "rest" or "grpc"
     server: str  # name of the server process
     url: str
-    database: Path
+    database: Path | str
     #: Authorization header value the load tool sends with every request.
     authorization: str = ""
     body_file: Path | None = None
@@ -652,9 +679,12 @@ def toml_string(value: str) -> str:
     return json.dumps(value)
 
 
-def write_nexus_config(path: Path, *, data_dir: Path, http_port: int, secret_file: Path) -> None:
-    """The ``nexus serve --config`` file of the run."""
+def write_nexus_config(
+    path: Path, *, data_dir: Path, http_port: int, secret_file: Path, storage_url: str = ""
+) -> None:
+    """The ``nexus serve --config`` file of the run (``storage_url``: "" for SQLite)."""
     rate = repr(UNLIMITED_RATE)
+    storage = f"[storage]\nurl = {toml_string(storage_url)}\n\n" if storage_url else ""
     path.write_text(
         "# nexus serve --config for the bench, written by benchmarks/run.py.\n"
         f"data_dir = {toml_string(str(data_dir))}\n\n"
@@ -667,6 +697,7 @@ def write_nexus_config(path: Path, *, data_dir: Path, http_port: int, secret_fil
         "[limits.rate_classes.default]\n"
         f"rate = {rate}\n"
         f"burst = {rate}\n\n"
+        f"{storage}"
         "[log]\n"
         "access = false\n"
         'level = "warning"\n'
@@ -688,15 +719,22 @@ class Servers:
     bare_grpc_jwt: int
     bare_grpc: int
     nexus_data: Path
+    #: Where nexus's orders are: its SQLite file, or a PostgreSQL URL.
+    nexus_database: Path | str
     fastapi_data: Path
     bare_jwt_data: Path
     bare_data: Path
 
 
 def start_servers(
-    procs: Processes, workdir: Path, settings: Settings, credentials: Credentials
+    procs: Processes,
+    workdir: Path,
+    settings: Settings,
+    credentials: Credentials,
+    storage_url: str = "",
 ) -> Servers:
-    """Start nexus, the FastAPI app and both grpc.aio servers; wait until each answers."""
+    """Start nexus (on ``storage_url``, else SQLite), the FastAPI app and both grpc.aio
+    servers; wait until each answers."""
     nexus_grpc, nexus_http, fastapi_http, bare_grpc_jwt, bare_grpc = free_ports(5)
     servers = Servers(
         nexus_grpc,
@@ -705,6 +743,7 @@ def start_servers(
         bare_grpc_jwt,
         bare_grpc,
         workdir / "nexus",
+        storage_url or workdir / "nexus" / "nexus.db",
         workdir / "fastapi",
         workdir / "bare-jwt",
         workdir / "bare",
@@ -718,6 +757,7 @@ def start_servers(
         data_dir=servers.nexus_data,
         http_port=nexus_http,
         secret_file=credentials.secret_file,
+        storage_url=storage_url,
     )
     prefix = settings.server_prefix()
     nexus = [str(BIN / "nexus"), "serve", "--config", str(config)]
@@ -895,18 +935,24 @@ def prepare_cases(
 
     cases: list[Case] = []
     grpc_targets = (
-        ("nexus_grpc", "nexus", servers.nexus_grpc, nexus_id, servers.nexus_data),
+        ("nexus_grpc", "nexus", servers.nexus_grpc, nexus_id, servers.nexus_database),
         (
             "bare_grpc_jwt",
             "bare_grpc_jwt",
             servers.bare_grpc_jwt,
             bare_ids["bare_grpc_jwt"],
-            servers.bare_jwt_data,
+            servers.bare_jwt_data / "nexus.db",
         ),
-        ("bare_grpc", "bare_grpc", servers.bare_grpc, bare_ids["bare_grpc"], servers.bare_data),
+        (
+            "bare_grpc",
+            "bare_grpc",
+            servers.bare_grpc,
+            bare_ids["bare_grpc"],
+            servers.bare_data / "nexus.db",
+        ),
     )
     grpc_cases: dict[tuple[str, str], Case] = {}
-    for target, server, port, order_id, data in grpc_targets:
+    for target, server, port, order_id, database in grpc_targets:
         get_payload = orders_pb2.GetOrderRequest(id=order_id).SerializeToString()
         get_file = workdir / f"get_order_{target}.bin"
         get_file.write_bytes(grpc_frame(get_payload))
@@ -919,7 +965,6 @@ def prepare_cases(
         created.create_time.nanos = 0  # the only part of a create response whose size varies
         created.update_time.nanos = 0
         url = f"http://127.0.0.1:{port}/{SERVICE}/"
-        database = data / "nexus.db"
         grpc_cases[(target, "get")] = Case(
             target,
             "get",
@@ -961,7 +1006,7 @@ def prepare_cases(
             "rest",
             "nexus",
             f"http://127.0.0.1:{servers.nexus_http}/v1/orders/{nexus_id}",
-            servers.nexus_data / "nexus.db",
+            servers.nexus_database,
             auth,
         ),
         ("nexus_rest", "create"): Case(
@@ -970,7 +1015,7 @@ def prepare_cases(
             "rest",
             "nexus",
             f"http://127.0.0.1:{servers.nexus_http}/v1/orders",
-            servers.nexus_data / "nexus.db",
+            servers.nexus_database,
             auth,
         ),
         ("fastapi", "get"): Case(
@@ -1031,7 +1076,7 @@ def echo_cases(
     checks["echo_response_bytes"] = len(answer)
     body_file = workdir / "echo.bin"
     body_file.write_bytes(grpc_frame(payload))
-    database = servers.nexus_data / "nexus.db"
+    database = servers.nexus_database
     return {
         ("nexus_rest", "echo"): Case(
             "nexus_rest",
@@ -1158,7 +1203,8 @@ def render(
         f"  gRPC clients: h2load -t{settings.h2_threads} -c{settings.h2_clients} "
         f"-m{settings.h2_streams} (identical for every gRPC target; "
         f"{settings.h2_clients * settings.h2_streams} calls in flight)",
-        "  every create writes one SQLite row (same storage code for all targets)",
+        "  every create writes one row with its outbox event (same storage code for all"
+        f" targets; nexus on {settings.storage}, the baselines on sqlite)",
         f"  every request carries 'authorization: Bearer <JWT>' (HS256, "
         f"{', '.join(TOKEN_GRANTS)}, minted for this run):",
         "    nexus: full pipeline (token verified once, then cached; policy; validation; metrics;",
@@ -1286,7 +1332,35 @@ def measure_all(
     credentials = make_credentials(workdir)
     say(f"minted an admin token ({', '.join(TOKEN_GRANTS)}) with a fresh HMAC secret")
     say(f"starting servers (logs and data in {workdir})")
-    servers = start_servers(procs, workdir, settings, credentials)
+    with contextlib.ExitStack() as stack:
+        storage_url = ""
+        if settings.storage == "postgresql":
+            storage_url = stack.enter_context(postgres_database(say))
+        return _measure_all(settings, procs, workdir, say, credentials, storage_url)
+
+
+@contextlib.contextmanager
+def postgres_database(say: Callable[[str], None]) -> Iterator[str]:
+    """A database on a throwaway PostgreSQL server (free loopback port); its URL."""
+    from benchmarks.storage import postgres_server
+
+    with postgres_server() as server:
+        if server is None:
+            raise BenchError("BENCH_STORAGE=postgresql: no PostgreSQL server binaries found")
+        name = server.create_database()
+        say(f"nexus stores in PostgreSQL on 127.0.0.1:{server.port}")
+        yield server.url(name)
+
+
+def _measure_all(
+    settings: Settings,
+    procs: Processes,
+    workdir: Path,
+    say: Callable[[str], None],
+    credentials: Credentials,
+    storage_url: str,
+) -> tuple[list[Case], dict[str, Any]]:
+    servers = start_servers(procs, workdir, settings, credentials, storage_url)
     cases, checks = prepare_cases(servers, workdir, credentials)
     say(
         "seeded one order per server; one checked call per case succeeded; "
