@@ -294,6 +294,7 @@ class SqliteDriver:
         self._open = asyncio.Semaphore(pool_size)
         self._writer = asyncio.Lock()
         self._write_timeout = write_timeout
+        self._checkpointing: asyncio.Task[None] | None = None
         self._closed = False
 
     async def write_point(self, sql: str, params: Sequence[Any]) -> RawRows:
@@ -302,6 +303,7 @@ class SqliteDriver:
         thread (which keeps the turn until its step is over)."""
         if self._closed:
             raise RuntimeError("the storage is closed")
+        await self.points.take_turns()
         await self._take_write_turn()
         try:
             rows = await self.points.write_now(sql, params)
@@ -310,10 +312,35 @@ class SqliteDriver:
         except BaseException:
             self._writer.release()
             raise
-        if rows is not None:
+        if rows is None:
+            rows = await waiting
+        else:
             self._writer.release()
-            return rows
-        return await waiting
+        self._checkpoint_if_due()
+        return rows
+
+    def _checkpoint_if_due(self) -> None:
+        # On the loop, after a write transaction: commits may be counted on threads.
+        if self._closed or not self.points.checkpoint_due():
+            return
+        if self._checkpointing is not None and not self._checkpointing.done():
+            return
+        # A context of its own: not the caller's trace or request id.
+        self._checkpointing = asyncio.get_running_loop().create_task(
+            self._checkpoint(), name="nexus-sqlite-checkpoint", context=contextvars.Context()
+        )
+
+    async def _checkpoint(self) -> None:
+        try:
+            await self._take_write_turn()
+        except ConflictError:
+            return  # busy writers: the next one
+        try:
+            await asyncio.wrap_future(self.executor.submit(self.points.checkpoint_step))
+        except RuntimeError:  # closed meanwhile
+            pass
+        finally:
+            self._writer.release()
 
     @asynccontextmanager
     async def transaction(
@@ -347,6 +374,8 @@ class SqliteDriver:
             await _detached(connection._finish(commit=False), release)
             raise
         release()
+        if write:
+            self._checkpoint_if_due()
 
     async def close(self) -> None:
         """Wait (a while) for open transactions to end, close the pooled connections and
@@ -360,6 +389,10 @@ class SqliteDriver:
         except TimeoutError:
             _log.warning("closing the SQLite storage with transactions still open")
         self._closed = True
+        if self._checkpointing is not None:
+            self._checkpointing.cancel()  # its thread step ends on its own connection
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointing
         # A point write still running keeps the write turn (and its connection) until
         # its step is over.
         turn = False

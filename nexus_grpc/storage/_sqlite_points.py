@@ -20,8 +20,9 @@ of CPU in thread switches on small machines; the statement itself ~5 µs (a read
   (see ``_sqlite``);
 * no connection of this process checkpoints on commit (a checkpoint writes and syncs
   the database file: milliseconds on the loop's thread). Every
-  :data:`CHECKPOINT_EVERY` commits a passive checkpoint runs on a thread instead;
-  other processes checkpoint as they do.
+  :data:`CHECKPOINT_EVERY` commits a passive checkpoint runs on a thread instead, in
+  the write turn as SQLite's own runs right after a commit (a writer running beside it
+  would keep the WAL from starting over); other processes checkpoint as they do.
 
 Between BEGIN and COMMIT on the loop's thread nothing awaits: a cancelled caller cannot
 leave a transaction open. A write handed to a thread keeps the write turn until its
@@ -50,6 +51,9 @@ __all__ = ["CHECKPOINT_EVERY", "SqlitePoints", "run_raw"]
 #: Commits of the loop-side write connection between two passive checkpoints. SQLite's
 #: own default (1000 pages) is of the same order for small records.
 CHECKPOINT_EVERY = 500
+
+#: Point statements run on the loop's thread between two yields to other tasks.
+_YIELD_EVERY = 8
 
 #: sqlite3 error names of a lock SQLite refused at once (busy timeout 0).
 _REFUSED = ("SQLITE_BUSY", "SQLITE_LOCKED")
@@ -122,7 +126,7 @@ class SqlitePoints:
         self._loop_writer: sqlite3.Connection | None = None
         self._thread_writer: sqlite3.Connection | None = None
         self._commits = 0
-        self._checkpoint: concurrent.futures.Future[None] | None = None
+        self._streak = 0
         self._closed = False
 
     def _run(self, connection: sqlite3.Connection, sql: str, params: Sequence[Any]) -> RawRows:
@@ -130,10 +134,19 @@ class SqlitePoints:
             connection, sql, params, dialect=self._dialect, span_namespace=self._span_namespace
         )
 
+    async def take_turns(self) -> None:
+        """Let the loop run other tasks every few point statements: on the loop's
+        thread a long series of them (a loop of creates) would otherwise never yield."""
+        self._streak += 1
+        if self._streak >= _YIELD_EVERY:
+            self._streak = 0
+            await asyncio.sleep(0)
+
     # -- reads -------------------------------------------------------------------------
 
     async def read_now(self, sql: str, params: Sequence[Any]) -> RawRows | None:
         """Run the read ``sql`` on the loop's thread; None if SQLite refused a lock."""
+        await self.take_turns()
         reader = self._reader
         if reader is None:
             opened = await self._open(query_only=True)
@@ -206,11 +219,16 @@ class SqlitePoints:
         return True
 
     def committed(self) -> None:
-        """Count a commit of this process; every CHECKPOINT_EVERY, a passive checkpoint
-        on a thread (the connections of this process do not checkpoint on commit)."""
+        """Count a commit of this process (on any thread)."""
         self._commits += 1
-        if self._commits >= CHECKPOINT_EVERY:
-            self._start_checkpoint()
+
+    def checkpoint_due(self) -> bool:
+        """Whether CHECKPOINT_EVERY commits were counted since the last checkpoint
+        (the count starts over)."""
+        if self._commits < CHECKPOINT_EVERY:
+            return False
+        self._commits = 0
+        return True
 
     def write_on_thread(
         self, sql: str, params: Sequence[Any], give_back: Callable[[], None]
@@ -269,15 +287,10 @@ class SqlitePoints:
             self._thread_writer = None
         connection.close()
 
-    def _start_checkpoint(self) -> None:
-        if self._checkpoint is not None and not self._checkpoint.done():
-            return
-        self._commits = 0
-        with contextlib.suppress(RuntimeError):  # shut down meanwhile
-            self._checkpoint = self._executor.submit(self._checkpoint_step)
-
-    def _checkpoint_step(self) -> None:
-        # A connection of its own: the thread writer may be in use by a write step.
+    def checkpoint_step(self) -> None:
+        """A passive checkpoint, on a thread, in the write turn: with no writer of this
+        process running meanwhile it can copy the whole WAL back, and the next write
+        starts the WAL over instead of growing it."""
         connection = self._connect()
         # A failure is left to the next one, or to another connection's automatic one.
         with contextlib.closing(connection), contextlib.suppress(sqlite3.Error):
