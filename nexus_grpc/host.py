@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -42,6 +43,7 @@ from nexus_grpc.routing import InFlight, Router
 from nexus_grpc.storage import Storage, make_private_dir
 from nexus_grpc.storage.metrics import StorageMetrics
 from nexus_grpc.storage.opening import open_storage
+from nexus_grpc.supervisor.channel import Broadcast
 from nexus_grpc.tls import TLS_HEALTH, ClientDirectory, TlsExpiryMetrics, TlsService
 from nexus_grpc.tls.material import check_config, plaintext_exposed
 from nexus_grpc.tracing import enabled as tracing_enabled
@@ -142,6 +144,8 @@ class Host:
         self.tokens: Tokens | None = None
         #: TLS of both ports (available once started; ports without TLS are None in it).
         self.tls: TlsService | None = None
+        #: Messages to every worker process (this one alone without a supervisor).
+        self.broadcast = Broadcast()
 
     @property
     def plugins(self) -> PluginManager:
@@ -469,10 +473,13 @@ class Host:
         if self._server is not None:
             await self._server.stop(0)
 
-    async def run_until_signalled(self) -> None:
+    async def run_until_signalled(
+        self, on_started: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         """Start, serve until SIGTERM or SIGINT, then stop gracefully (a second signal forces).
 
         A signal during start-up cancels the start: plugins already started are stopped.
+        ``on_started`` is awaited once the host serves (a worker tells its supervisor).
         """
         loop = asyncio.get_running_loop()
         signalled = asyncio.Event()
@@ -508,6 +515,8 @@ class Host:
             except asyncio.CancelledError:
                 _log.info("nexus stopped before it started")
                 return
+            if on_started is not None:
+                await on_started()
             await signalled.wait()
             await self.stop()
         finally:
