@@ -121,6 +121,19 @@ class Supervisor:
         _log.info("nexus workers stopped")
         return 0
 
+    def stop(self) -> None:
+        """Stop every worker and return from :meth:`run` (what SIGTERM does)."""
+        self._done.set()
+
+    def broadcast(self, topic: str, data: object) -> None:
+        """Deliver ``data`` to ``topic``'s subscribers in every running worker (its
+        origin is the supervisor's pid)."""
+        self._broadcast({"kind": "message", "topic": topic, "data": data, "origin": os.getpid()})
+
+    def pids(self) -> dict[int, int]:
+        """The pid of the worker serving each slot now."""
+        return {slot: worker.pid for slot, worker in self._current.items()}
+
     async def _start_all(self) -> bool:
         first = await self._spawn(0)
         if not await self._until_ready(first):
@@ -237,7 +250,7 @@ class Supervisor:
             self._done.set()
             return
         _log.warning(
-            "worker %d (pid %d) died (exit status %s); starting it again in %.1fs",
+            "worker %d (pid %d) died (exit status %s); starting it again in %.2fs",
             worker.slot,
             worker.pid,
             status,
