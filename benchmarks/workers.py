@@ -150,9 +150,7 @@ def start(procs: Processes, target: Target, config: Path, settings: Settings) ->
     wait_until(f"{target.name} workers", all_workers, check, 90)
 
 
-def prepare(
-    targets: list[Target], workdir: Path, authorization: str
-) -> list[Run]:
+def prepare(targets: list[Target], workdir: Path, authorization: str) -> list[Run]:
     from nexus.auth.v1 import auth_pb2
     from nexus.orders.v1 import orders_pb2
 
@@ -167,7 +165,9 @@ def prepare(
         for method, (service, name, path) in METHODS.items():
             body = workdir / f"{target.name}-{method}.bin"
             body.write_bytes(grpc_frame(payloads[method]))
-            answer = grpc_check_service(target.grpc_port, service, name, payloads[method], authorization)
+            answer = grpc_check_service(
+                target.grpc_port, service, name, payloads[method], authorization
+            )
             url = f"http://127.0.0.1:{target.grpc_port}/{service}/{name}"
             grpc_case = Case(
                 target.name, method, "grpc", target.name, url, target.data / "nexus.db",
@@ -189,14 +189,18 @@ def grpc_check_service(port: int, service: str, method: str, payload: bytes, aut
     import grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary(f"/{service}/{method}")
+        call = channel.unary_unary(
+            f"/{service}/{method}", request_serializer=None, response_deserializer=None
+        )
         try:
             return bytes(call(payload, timeout=10, metadata=(("authorization", auth),)))
         except grpc.RpcError as error:
             raise BenchError(f"{service}/{method} failed: {error}") from None
 
 
-def measure(run: Run, seconds: int, settings: Settings, procs: Processes, workdir: Path, redis_pid: int) -> Sample:
+def measure(
+    run: Run, seconds: int, settings: Settings, procs: Processes, workdir: Path, redis_pid: int
+) -> Sample:
     """One load run; server CPU over the supervisor and its workers, redis apart."""
     procs.check(run.target.name)
     pids = server_pids(procs, run.target)
@@ -234,8 +238,12 @@ def summarize(runs: list[Run]) -> dict[str, dict[str, object]]:
             )
             if good
             else None,
-            "redis_cpu_us_per_call": statistics.median(run.redis_cpu_us) if run.redis_cpu_us else None,
-            "p99_ms": statistics.median(s.p99_ms for s in good if s.p99_ms is not None) if good else None,
+            "redis_cpu_us_per_call": statistics.median(run.redis_cpu_us)
+            if run.redis_cpu_us
+            else None,
+            "p99_ms": statistics.median(s.p99_ms for s in good if s.p99_ms is not None)
+            if good
+            else None,
             "errors": errors,
         }
     return rows
@@ -294,7 +302,9 @@ def run(settings: Settings, workdir: Path, procs: Processes) -> int:
             target = Target(count, ports[2 * index], ports[2 * index + 1], workdir / f"data{count}")
             config = workdir / f"{target.name}.toml"
             # Each its own Redis database: the two hosts share no state.
-            write_config(config, target.data, credentials.secret_file, f"{redis.url[:-1]}{index + 1}")
+            write_config(
+                config, target.data, credentials.secret_file, f"{redis.url[:-1]}{index + 1}"
+            )
             start(procs, target, config, settings)
             targets.append(target)
         runs = prepare(targets, workdir, credentials.authorization)

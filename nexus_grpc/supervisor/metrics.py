@@ -28,11 +28,10 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, mmap_dict, multiprocess
 from prometheus_client.metrics_core import Metric
-from prometheus_client.mmap_dict import MmapedDict
-from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = [
     "FLUSH_INTERVAL",
@@ -69,6 +68,11 @@ GAUGE_MODES: dict[str, str] = {
 }
 
 
+# prometheus_client leaves these two untyped.
+_MmapedDict: Any = mmap_dict.MmapedDict
+_MultiProcessCollector: Any = multiprocess.MultiProcessCollector
+
+
 def create_directory() -> Path:
     """A new private (0700) directory for the workers' files."""
     return Path(tempfile.mkdtemp(prefix="nexus-metrics-"))
@@ -91,13 +95,13 @@ class SharedMetrics:
     def __init__(self, path: Path, pid: int | None = None) -> None:
         self.path = path
         self._pid = os.getpid() if pid is None else pid
-        self._files: dict[str, MmapedDict] = {}
+        self._files: dict[str, Any] = {}
 
     def exposition(self, registry: CollectorRegistry) -> bytes:
         """This worker's numbers written now, then every worker's merged, as text."""
         self.write(registry.collect())
         merged = CollectorRegistry()
-        MultiProcessCollector(merged, path=str(self.path))
+        _MultiProcessCollector(merged, path=str(self.path))
         return generate_latest(merged)
 
     def write(self, families: Iterable[Metric]) -> None:
@@ -125,8 +129,8 @@ class SharedMetrics:
     def _histogram(self, family: Metric) -> None:
         # The files hold each bucket's own count (not cumulative) and the sum; the
         # collector accumulates the buckets again and derives _count from them.
-        buckets: dict[tuple[tuple[str, str], ...], list[tuple[float, str, float]]] = (
-            defaultdict(list)
+        buckets: dict[tuple[tuple[str, str], ...], list[tuple[float, str, float]]] = defaultdict(
+            list
         )
         rest = []
         for sample in family.samples:
@@ -140,8 +144,8 @@ class SharedMetrics:
         for labels, bounds in buckets.items():
             previous = 0.0
             for _, le, cumulative in sorted(bounds):
-                key = _key(family, family.name + "_bucket", {**dict(labels), "le": le})
-                handle.write_value(key, cumulative - previous, 0.0)
+                bucket = _key(family, family.name + "_bucket", {**dict(labels), "le": le})
+                handle.write_value(bucket, cumulative - previous, 0.0)
                 previous = cumulative
         for sample in rest:
             handle.write_value(_key(family, sample.name, sample.labels), sample.value, 0.0)
@@ -152,10 +156,10 @@ class SharedMetrics:
             name, labels, value = sample.name, sample.labels, sample.value  # type: ignore[attr-defined]
             handle.write_value(_key(family, name, labels), float(value), 0.0)
 
-    def _file(self, kind: str) -> MmapedDict:
+    def _file(self, kind: str) -> Any:
         handle = self._files.get(kind)
         if handle is None:
-            handle = MmapedDict(os.path.join(self.path, f"{kind}_{self._pid}.db"))
+            handle = _MmapedDict(os.path.join(self.path, f"{kind}_{self._pid}.db"))
             self._files[kind] = handle
         return handle
 

@@ -89,7 +89,7 @@ class Supervisor:
         self._serving = False
         self._done = asyncio.Event()
         self._failure: str | None = None
-        self._rolling: asyncio.Task[None] | None = None
+        self._rolling: asyncio.Task[bool] | None = None
         self._restarts: set[asyncio.Task[None]] = set()
 
     async def run(self, on_ready: Callable[[list[int]], None] | None = None) -> int:
@@ -156,7 +156,9 @@ class Supervisor:
                 f"worker {worker.slot} (pid {worker.pid}) exited with status "
                 f"{worker.process.returncode} before it served (its log says why)"
             )
-        return f"worker {worker.slot} (pid {worker.pid}) did not serve within {self._ready_timeout:g}s"
+        return (
+            f"worker {worker.slot} (pid {worker.pid}) did not serve within {self._ready_timeout:g}s"
+        )
 
     async def _until_ready(self, worker: _Worker) -> bool:
         """Whether ``worker`` reported ready before it exited, the timeout, or a stop."""
@@ -345,5 +347,4 @@ class Supervisor:
                     worker.process.kill()
         for worker in workers:
             await worker.exited.wait()
-            for task in worker.tasks:
-                await asyncio.gather(task, return_exceptions=True)
+            await asyncio.gather(*worker.tasks, return_exceptions=True)

@@ -64,7 +64,9 @@ async def _serve(config: Config, line_fd: int, metrics_dir: Path) -> None:
     ]
 
     async def started() -> None:
-        while host.health.is_serving(OVERALL) is not True:
+        # HealthState has no change callback; storage that is down at start keeps
+        # OVERALL NOT_SERVING until its probe succeeds, and the worker is not ready.
+        while host.health.is_serving(OVERALL) is not True:  # noqa: ASYNC110
             await asyncio.sleep(_READY_POLL)
         await host.broadcast.ready()
 

@@ -69,9 +69,15 @@ def start_workers(
         )
     process = subprocess.Popen(
         [
-            str(BIN / "nexus"), "serve", "--config", str(config),
-            "--grpc-address", "127.0.0.1:0", "--workers", str(workers),
-        ],  # fmt: skip
+            str(BIN / "nexus"),
+            "serve",
+            "--config",
+            str(config),
+            "--grpc-address",
+            "127.0.0.1:0",
+            "--workers",
+            str(workers),
+        ],
         cwd=REPO,
         env=environment,
         stdin=subprocess.DEVNULL,

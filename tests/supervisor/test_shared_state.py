@@ -12,7 +12,6 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import httpx
@@ -109,7 +108,12 @@ def test_one_scrape_reports_the_sum_over_workers(host: Workers) -> None:
     # go-grpc-prometheus names and labels, one series per label set (not per worker).
     histogram = tuple(label for label in CHECKS[1] if label[0] != "grpc_code")
     assert samples[("grpc_server_handling_seconds_count", histogram)] >= before + 30
-    assert samples[("grpc_server_handling_seconds_bucket", tuple(sorted((*histogram, ("le", "+Inf")))))] >= before + 30
+    assert (
+        samples[
+            ("grpc_server_handling_seconds_bucket", tuple(sorted((*histogram, ("le", "+Inf")))))
+        ]
+        >= before + 30
+    )
 
 
 def test_the_rate_limit_holds_across_workers(host: Workers) -> None:
@@ -172,7 +176,9 @@ def test_revoked_sessions_are_refused_by_every_worker(host: Workers) -> None:
 
     def statuses() -> list[int]:
         # Each on a new connection, so both workers answer some.
-        return [httpx.get(f"{base}/v1/auth/me", headers=rita, timeout=10).status_code for _ in range(12)]
+        return [
+            httpx.get(f"{base}/v1/auth/me", headers=rita, timeout=10).status_code for _ in range(12)
+        ]
 
     assert statuses() == [200] * 12
     revoked = httpx.post(f"{base}/v1/auth/me:revokeSessions", json={}, headers=rita, timeout=10)
@@ -192,8 +198,11 @@ def test_a_killed_worker_is_replaced_and_counters_do_not_go_back(host: Workers) 
     os.kill(victim, signal.SIGKILL)
     host.wait_for_log(lambda e: e.get("pid") == victim and "died" in e.get("message", ""))
     host.wait_for_log(
-        lambda e: e.get("message", "").startswith("worker 1 (pid") and "serving" in e["message"]
-        and str(victim) not in e["message"],
+        lambda e: (
+            e.get("message", "").startswith("worker 1 (pid")
+            and "serving" in e["message"]
+            and str(victim) not in e["message"]
+        ),
         timeout=30,
     )
     # A dead worker's counts stay in the sums; its live gauges are gone.

@@ -17,7 +17,6 @@ import pytest
 from nexus_grpc.supervisor import RestartPolicy, Supervisor
 
 WORKER = Path(__file__).with_name("line_worker.py")
-REPO = Path(__file__).resolve().parents[2]
 FAST = RestartPolicy(base_delay=0.05, max_delay=0.2, max_deaths=3, window=30.0)
 
 pytestmark = pytest.mark.asyncio
@@ -34,15 +33,20 @@ def command(out: Path, modes: Callable[[int], str]) -> Callable[[int], Sequence[
     return line
 
 
-def supervisor(tmp_path: Path, count: int, modes: Callable[[int], str], **kwargs: object) -> Supervisor:
-    os.environ.setdefault("PYTHONPATH", str(REPO))
+def supervisor(
+    tmp_path: Path,
+    count: int,
+    modes: Callable[[int], str],
+    *,
+    stop_timeout: float = 10.0,
+    policy: RestartPolicy = FAST,
+) -> Supervisor:
     return Supervisor(
         count,
         command(tmp_path, modes),
         metrics_dir=tmp_path,
-        stop_timeout=float(kwargs.pop("stop_timeout", 10.0)),
-        policy=kwargs.pop("policy", FAST),  # type: ignore[arg-type]
-        **kwargs,  # type: ignore[arg-type]
+        stop_timeout=stop_timeout,
+        policy=policy,
     )
 
 

@@ -11,7 +11,6 @@ from nexus_grpc.config import MAX_WORKERS, ConfigError, load_config, parse_worke
 from tests.e2e.conftest import BIN, REPO
 
 
-
 def test_workers_default_to_one_process() -> None:
     assert load_config(environ={}).server.workers == 1
 
@@ -30,7 +29,7 @@ def test_auto_is_the_usable_cores() -> None:
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", str(MAX_WORKERS + 1), True])
 def test_bad_counts_are_refused(value: object) -> None:
-    with pytest.raises(ConfigError, match="server.workers: expected a count from 1 to"):
+    with pytest.raises(ConfigError, match=r"server\.workers: expected a count from 1 to"):
         parse_workers(value)
 
 
