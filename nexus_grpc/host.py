@@ -146,6 +146,9 @@ class Host:
         self.tls: TlsService | None = None
         #: Messages to every worker process (this one alone without a supervisor).
         self.broadcast = Broadcast()
+        #: Whether stop() turns health NOT_SERVING and waits ``shutdown_delay`` first
+        #: (False for a worker a rolling restart replaces while the others serve on).
+        self.announce_shutdown = True
 
     @property
     def plugins(self) -> PluginManager:
@@ -386,10 +389,13 @@ class Host:
     async def _stop(self, grace: float | None) -> None:
         settings = self.config.server
         grace = settings.grace_period if grace is None else grace
-        await self.health.shut_down()
-        if self._server is not None and settings.shutdown_delay > 0:
-            # Load balancers polling health stop sending before new calls are refused.
-            await asyncio.sleep(settings.shutdown_delay)
+        # A worker replaced in a rolling restart does not announce it: the others serve
+        # on, so health stays SERVING and its clients move over as its connections close.
+        if self.announce_shutdown:
+            await self.health.shut_down()
+            if self._server is not None and settings.shutdown_delay > 0:
+                # Load balancers polling health stop sending before new calls are refused.
+                await asyncio.sleep(settings.shutdown_delay)
         _log.info("draining calls for up to %.1fs", grace, extra={"grace_period": grace})
         await self._release(grace)
         _log.info("nexus stopped")

@@ -11,6 +11,11 @@ newline-delimited JSON objects, at most :data:`MAX_MESSAGE_BYTES` each:
 - supervisor → worker ``{"kind": "message", "topic": T, "data": D, "origin": PID}``:
   one broadcast, in the order the supervisor received them.
 
+Signals complete the line: SIGTERM stops a worker as it stops a host (health
+NOT_SERVING, ``server.shutdown_delay``, drain); :data:`RETIRE_SIGNAL` (SIGUSR2) drains a
+worker a rolling restart replaces, without turning health NOT_SERVING: the host as a
+whole keeps serving.
+
 In a worker, :class:`Broadcast` is the whole API::
 
     broadcast.subscribe("plugins", on_plugins)      # on_plugins(data, origin_pid)
@@ -32,11 +37,15 @@ import inspect
 import json
 import logging
 import os
+import signal
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["MAX_MESSAGE_BYTES", "Broadcast", "Handler", "decode", "encode"]
+__all__ = ["MAX_MESSAGE_BYTES", "RETIRE_SIGNAL", "Broadcast", "Handler", "decode", "encode"]
+
+#: Sent to a worker a rolling restart replaces: drain quietly (see the module docstring).
+RETIRE_SIGNAL = signal.SIGUSR2
 
 #: Largest message on the line, in bytes (the JSON and its newline).
 MAX_MESSAGE_BYTES = 1024 * 1024

@@ -15,7 +15,11 @@ terminal's Ctrl-C reaches the supervisor alone, which then stops them in order.
   A worker still running ``stop_timeout`` seconds later is killed.
 - SIGHUP: rolling restart, one worker at a time: the replacement starts and binds the
   shared ports, and only once it reports ready (listening, health SERVING) does the
-  old one get SIGTERM and drain. The kernel keeps handing new connections to the
+  old one get :data:`~nexus_grpc.supervisor.channel.RETIRE_SIGNAL` and drain (its
+  health stays SERVING: the host as a whole does not go away). Replacements read the
+  configuration file again, so a rolling restart also applies configuration changes
+  and renewed certificates (not the ports or the worker count, which the supervisor
+  holds). The kernel keeps handing new connections to the
   listeners left, so clients see no refused connection.
 """
 
@@ -32,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nexus_grpc.supervisor.channel import MAX_MESSAGE_BYTES, decode, encode
+from nexus_grpc.supervisor.channel import MAX_MESSAGE_BYTES, RETIRE_SIGNAL, decode, encode
 from nexus_grpc.supervisor.metrics import forget_worker
 from nexus_grpc.supervisor.policy import CrashLoop, RestartPolicy
 
@@ -303,7 +307,7 @@ class Supervisor:
                 return False
             if old is not None and not old.exited.is_set():
                 old.retiring = True
-                self._terminate(old)
+                self._terminate(old, RETIRE_SIGNAL)
                 await self._wait_exit([old])
         _log.info("rolling restart done: %d workers replaced", self.count)
         return True
@@ -317,10 +321,10 @@ class Supervisor:
             self._terminate(worker)
         await self._wait_exit(workers)
 
-    def _terminate(self, worker: _Worker) -> None:
+    def _terminate(self, worker: _Worker, number: int = signal.SIGTERM) -> None:
         if not worker.exited.is_set():
             with contextlib.suppress(ProcessLookupError):
-                worker.process.send_signal(signal.SIGTERM)
+                worker.process.send_signal(number)
 
     def _signal_all(self, number: int) -> None:
         for worker in list(self._alive):

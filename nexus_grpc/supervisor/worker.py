@@ -8,6 +8,7 @@ Compared to a single ``nexus serve`` a worker (started by the supervisor with
 - its metrics go to the shared files and a scrape answers for all workers
   (:mod:`nexus_grpc.supervisor.metrics`);
 - ``host.broadcast`` reaches every worker (:mod:`nexus_grpc.supervisor.channel`);
+- on SIGUSR2 (a rolling restart replaced it) it drains with health left SERVING;
 - it shuts down (draining, as on SIGTERM) when the line closes: its supervisor is
   gone and nobody would stop or restart it any more.
 """
@@ -27,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from nexus_grpc.config import Config
 from nexus_grpc.host import Host
+from nexus_grpc.supervisor.channel import RETIRE_SIGNAL
 from nexus_grpc.supervisor.metrics import FLUSH_INTERVAL, SharedMetrics
 from nexus_grpc.transport.health import OVERALL
 
@@ -58,6 +60,14 @@ async def _serve(config: Config, line_fd: int, metrics_dir: Path) -> None:
     registry = host.metrics.registry
     registry.register(_WorkerCount())
     host.metrics.share(shared.exposition)
+
+    def retire() -> None:
+        # Replaced in a rolling restart: drain as on SIGTERM, health left SERVING.
+        _log.info("replaced by a new worker: draining")
+        host.announce_shutdown = False
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    asyncio.get_running_loop().add_signal_handler(RETIRE_SIGNAL, retire)
     tasks = [
         asyncio.create_task(_flush(shared, host)),
         asyncio.create_task(_orphaned(host)),

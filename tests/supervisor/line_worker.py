@@ -3,7 +3,7 @@
 ``python line_worker.py FD OUT_DIR MODE``: connects to the supervisor on ``FD``,
 subscribes to "hello" (every message received is written to ``OUT_DIR/<pid>.json``),
 reports ready, publishes one "hello" with its pid each time a "go" arrives, and
-waits for SIGTERM. MODE:
+waits for SIGTERM (or SIGUSR2, retired). MODE:
 ``serve`` as said; ``crash`` exits 3 shortly after reporting ready; ``fail`` exits 3
 before it is ready; ``stubborn`` ignores SIGTERM.
 """
@@ -47,13 +47,20 @@ async def main(fd: int, out: Path, mode: str) -> None:
         loop.add_signal_handler(signal.SIGTERM, lambda: None)
     else:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
+    reason = ["SIGTERM"]
+
+    def retire() -> None:
+        reason[0] = "retired"
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGUSR2, retire)
     await line.ready()
     if mode == "crash":
         await asyncio.sleep(0.1)
         os._exit(3)
     closed = asyncio.ensure_future(line.closed.wait())
     await asyncio.wait([asyncio.ensure_future(stop.wait()), closed], return_when="FIRST_COMPLETED")
-    (out / f"{os.getpid()}.stopped").write_text("SIGTERM" if stop.is_set() else "line closed")
+    (out / f"{os.getpid()}.stopped").write_text(reason[0] if stop.is_set() else "line closed")
 
 
 if __name__ == "__main__":

@@ -134,8 +134,9 @@ async def test_rolling_restart_replaces_each_worker_after_its_replacement_serves
     assert await sup.rolling_restart() is True
     new = list(sup.pids().values())
     assert len(new) == 2 and not set(new) & set(old)
-    # The old workers were drained with SIGTERM, after their replacements were on.
-    assert all((tmp_path / f"{pid}.stopped").read_text() == "SIGTERM" for pid in old)
+    # The old workers were retired (not SIGTERM: health stays SERVING), after their
+    # replacements were on.
+    assert all((tmp_path / f"{pid}.stopped").read_text() == "retired" for pid in old)
     sup.stop()
     assert await running == 0
 
