@@ -121,3 +121,30 @@ def test_sighup_rolls_every_worker_without_a_failed_call(
         assert host.stop() == 0
     finally:
         host.close()
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` exited (a zombie waiting for its new parent counts)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_workers_stop_when_the_supervisor_is_killed(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    redis_url = f"redis://{redis_server.host}:{redis_server.port}/9"
+    host = start_workers(tmp_path, workers_config(tmp_path / "nexus.toml", redis_url))
+    try:
+        host.process.kill()
+        deadline = time.monotonic() + 30
+        while not all(_gone(pid) for pid in host.worker_pids):
+            assert time.monotonic() < deadline, "workers outlived their supervisor"
+            time.sleep(0.1)
+        host.wait_for_log(
+            lambda e: e.get("message") == "the supervisor is gone: stopping this worker"
+        )
+    finally:
+        host.close()
