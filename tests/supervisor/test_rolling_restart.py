@@ -93,6 +93,7 @@ class Load:
                         self._count("http failed", f"HTTP {type(error).__name__}: {error}")
 
 
+@pytest.mark.slow
 def test_sighup_rolls_every_worker_without_a_failed_call(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
