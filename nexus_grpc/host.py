@@ -371,7 +371,15 @@ class Host:
         bindings = [
             *bind_servicer(self.health.servicer),
             *reflection_bindings(ReflectionServicer(self.router)),
-            *bind_servicer(AdminServicer(manager, self.health, audit, bus=self.bus)),
+            *bind_servicer(
+                AdminServicer(
+                    manager,
+                    self.health,
+                    audit,
+                    bus=self.bus,
+                    restart_workers=self.broadcast.restart_workers,
+                )
+            ),
         ]
         routes = []
         for binding in bindings:

@@ -10,6 +10,9 @@ newline-delimited JSON objects, at most :data:`MAX_MESSAGE_BYTES` each:
   to every worker, the sender included.
 - supervisor → worker ``{"kind": "message", "topic": T, "data": D, "origin": PID}``:
   one broadcast, in the order the supervisor received them.
+- worker → supervisor ``{"kind": "restart", "id": N}``: start a rolling restart of the
+  workers (AdminService.RestartWorkers); the supervisor answers
+  ``{"kind": "reply", "id": N, "workers": COUNT}`` or ``{..., "error": TEXT}``.
 
 Signals complete the line: SIGTERM stops a worker as it stops a host (health
 NOT_SERVING, ``server.shutdown_delay``, drain); :data:`RETIRE_SIGNAL` (SIGUSR2) drains a
@@ -42,7 +45,15 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["MAX_MESSAGE_BYTES", "RETIRE_SIGNAL", "Broadcast", "Handler", "decode", "encode"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "RETIRE_SIGNAL",
+    "Broadcast",
+    "Handler",
+    "NoSupervisor",
+    "decode",
+    "encode",
+]
 
 #: Sent to a worker a rolling restart replaces: drain quietly (see the module docstring).
 RETIRE_SIGNAL = signal.SIGUSR2
@@ -50,10 +61,17 @@ RETIRE_SIGNAL = signal.SIGUSR2
 #: Largest message on the line, in bytes (the JSON and its newline).
 MAX_MESSAGE_BYTES = 1024 * 1024
 
+#: Seconds a worker waits for the supervisor's answer to a request.
+_REPLY_TIMEOUT = 10.0
+
 #: A subscriber: called with the message's data and the sending worker's pid.
 Handler = Callable[[Any, int], Awaitable[None] | None]
 
 _log = logging.getLogger("nexus.supervisor")
+
+
+class NoSupervisor(RuntimeError):
+    """This process is the whole host (``server.workers = 1``): there are no workers."""
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -84,6 +102,8 @@ class Broadcast:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next_id = 0
         #: Set when the supervisor's end of the line closed (the supervisor is gone).
         self.closed = asyncio.Event()
 
@@ -111,6 +131,29 @@ class Broadcast:
             self._deliver(topic, data, os.getpid())
             return
         await self._send({"kind": "broadcast", "topic": topic, "data": data})
+
+    async def restart_workers(self) -> int:
+        """Have the supervisor start a rolling restart; the number of workers it replaces.
+
+        :class:`NoSupervisor` without a supervisor; RuntimeError (its message says why)
+        when a restart is running already or the supervisor does not answer.
+        """
+        if self._writer is None:
+            raise NoSupervisor("this host runs one process (server.workers = 1): no workers")
+        self._next_id += 1
+        ident = self._next_id
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[ident] = reply
+        try:
+            await self._send({"kind": "restart", "id": ident})
+            answer = await asyncio.wait_for(reply, _REPLY_TIMEOUT)
+        except TimeoutError:
+            raise RuntimeError("the supervisor did not answer") from None
+        finally:
+            self._replies.pop(ident, None)
+        if "error" in answer:
+            raise RuntimeError(str(answer["error"]))
+        return int(answer.get("workers", 0))
 
     async def ready(self) -> None:
         """Tell the supervisor this worker serves (no-op without one)."""
@@ -141,7 +184,14 @@ class Broadcast:
                     _log.error("the supervisor sent a message over %d bytes", MAX_MESSAGE_BYTES)
                     break
                 message = decode(line)
-                if message is None or message["kind"] != "message":
+                if message is None:
+                    continue
+                if message["kind"] == "reply":
+                    waiting = self._replies.get(message.get("id"))  # type: ignore[arg-type]
+                    if waiting is not None and not waiting.done():
+                        waiting.set_result(message)
+                    continue
+                if message["kind"] != "message":
                     continue
                 origin = message.get("origin")
                 self._deliver(

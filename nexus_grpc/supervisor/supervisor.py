@@ -214,6 +214,8 @@ class Supervisor:
             if message["kind"] == "ready":
                 _log.info("worker %d (pid %d) serving", worker.slot, worker.pid)
                 worker.ready.set()
+            elif message["kind"] == "restart":
+                self._reply(worker, message.get("id"), self._request_restart())
             elif message["kind"] == "broadcast":
                 self._broadcast(
                     {
@@ -223,6 +225,20 @@ class Supervisor:
                         "origin": worker.pid,
                     }
                 )
+
+    def _request_restart(self) -> dict[str, object]:
+        """A rolling restart asked for on the line (AdminService.RestartWorkers)."""
+        if self._stopping or not self._serving:
+            return {"error": "the workers are starting or stopping"}
+        if self._rolling is not None and not self._rolling.done():
+            return {"error": "a rolling restart is running already"}
+        _log.info("rolling restart of %d workers asked for by AdminService", self.count)
+        self._rolling = asyncio.create_task(self.rolling_restart())
+        return {"workers": self.count}
+
+    def _reply(self, worker: _Worker, ident: object, answer: dict[str, object]) -> None:
+        with contextlib.suppress(OSError, RuntimeError):
+            worker.writer.write(encode({"kind": "reply", "id": ident, **answer}))
 
     def _broadcast(self, message: dict[str, object]) -> None:
         line = encode(message)
