@@ -89,6 +89,8 @@ class Supervisor:
         #: Every worker process still running (current, retiring, replacements).
         self._alive: set[_Worker] = set()
         self._stopping = False
+        #: A signal or stop() asked to stop: workers not ready then are no failure.
+        self._stop_asked = False
         #: Every worker served once: from now on a death is restarted.
         self._serving = False
         self._done = asyncio.Event()
@@ -127,6 +129,7 @@ class Supervisor:
 
     def stop(self) -> None:
         """Stop every worker and return from :meth:`run` (what SIGTERM does)."""
+        self._stop_asked = True
         self._done.set()
 
     def broadcast(self, topic: str, data: object) -> None:
@@ -149,7 +152,7 @@ class Supervisor:
         return not self._done.is_set()
 
     def _fail_start(self, worker: _Worker) -> bool:
-        if self._failure is None and not self._stopping:
+        if self._failure is None and not self._stop_asked:
             self._failure = self._not_ready(worker)
         self._done.set()
         return False
@@ -206,7 +209,15 @@ class Supervisor:
         while True:
             try:
                 line = await reader.readuntil(b"\n")
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            except asyncio.LimitOverrunError:
+                _log.error(
+                    "worker %d (pid %d) sent a message over %d bytes: its line is closed",
+                    worker.slot,
+                    worker.pid,
+                    MAX_MESSAGE_BYTES,
+                )
+                return
+            except (asyncio.IncompleteReadError, OSError):
                 return
             message = decode(line)
             if message is None:
@@ -294,7 +305,7 @@ class Supervisor:
             self._signal_all(signal.SIGTERM)
             return
         _log.info("%s received: stopping %d workers", number.name, len(self._alive))
-        self._done.set()
+        self.stop()
 
     def _on_hangup(self) -> None:
         if self._stopping:

@@ -5,7 +5,7 @@ subscribes to "hello" (every message received is written to ``OUT_DIR/<pid>.json
 reports ready, publishes one "hello" with its pid each time a "go" arrives, and
 waits for SIGTERM (or SIGUSR2, retired). MODE:
 ``serve`` as said; ``crash`` exits 3 shortly after reporting ready; ``fail`` exits 3
-before it is ready; ``stubborn`` ignores SIGTERM.
+before it is ready; ``stubborn`` ignores SIGTERM; ``slow`` reports ready after 3 s.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ async def main(fd: int, out: Path, mode: str) -> None:
         stop.set()
 
     loop.add_signal_handler(signal.SIGUSR2, retire)
+    if mode == "slow":
+        await asyncio.sleep(3)
     await line.ready()
     if mode == "crash":
         await asyncio.sleep(0.1)

@@ -164,3 +164,14 @@ async def test_a_worker_ignoring_sigterm_is_killed_after_the_timeout(tmp_path: P
     assert await asyncio.wait_for(running, 10) == 0
     with pytest.raises(ProcessLookupError):
         os.kill(ready[0][0], 0)
+
+
+async def test_a_stop_during_the_start_is_no_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sup = supervisor(tmp_path, 2, lambda n: "slow")
+    running = asyncio.create_task(sup.run())
+    await asyncio.sleep(0.5)
+    sup.stop()
+    assert await asyncio.wait_for(running, 20) == 0
+    assert "before it served" not in caplog.text
