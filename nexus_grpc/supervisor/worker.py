@@ -78,6 +78,8 @@ async def _serve(config: Config, line_fd: int, metrics_dir: Path) -> None:
         # OVERALL NOT_SERVING until its probe succeeds, and the worker is not ready.
         while host.health.is_serving(OVERALL) is not True:  # noqa: ASYNC110
             await asyncio.sleep(_READY_POLL)
+        # In the merged /metrics (nexus_workers) from the moment the supervisor counts it.
+        shared.write(registry.collect())
         await host.broadcast.ready()
 
     try:

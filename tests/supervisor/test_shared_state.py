@@ -8,6 +8,7 @@ cache). Calls go on fresh connections, which the kernel spreads over both worker
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -193,8 +194,6 @@ def test_a_killed_worker_is_replaced_and_counters_do_not_go_back(host: Workers) 
     until(lambda: scrape(host).get(CHECKS, 0) >= 40)
     before = scrape(host)[CHECKS]
     victim = host.worker_pids[1]
-    import os
-
     os.kill(victim, signal.SIGKILL)
     host.wait_for_log(lambda e: e.get("pid") == victim and "died" in e.get("message", ""))
     host.wait_for_log(
