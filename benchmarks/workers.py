@@ -3,9 +3,10 @@
 Two hosts from the same config (orders and auth plugins, the full pipeline, rate limits
 too high to throttle, access log off; limits, events and cache on one throwaway
 redis-server, which ``--workers 2`` requires, so both pay the same Redis round trips),
-differing only in ``--workers``. For each, interleaved over ``BENCH_ROUNDS`` rounds,
-with the load tools and client settings of ``benchmarks.run`` (h2load for gRPC, wrk for
-REST, the same token on every call):
+differing only in ``--workers``; and, as a reference, one process with that state in
+memory (today's default), which says what the Redis round trips cost. For each,
+interleaved over ``BENCH_ROUNDS`` rounds, with the load tools and client settings of
+``benchmarks.run`` (h2load for gRPC, wrk for REST, the same token on every call):
 
 - ``WhoAmI``: an echo-sized method (the caller from its token, no storage),
   ``/nexus.auth.v1.AuthService/WhoAmI`` and ``GET /v1/auth/me``;
@@ -62,7 +63,9 @@ from benchmarks.run import (
 )
 
 RESULTS = REPO / "benchmarks" / "results" / "workers.json"
-WORKER_COUNTS = (1, 2)
+#: (workers, shared state on Redis): the pair compared, and one process with its state
+#: in memory as a reference (what the Redis round trips of limits and cache cost).
+TARGETS = ((1, True), (2, True), (1, False))
 METHODS = {
     "whoami": ("nexus.auth.v1.AuthService", "WhoAmI", "/v1/auth/me"),
     "get": ("nexus.orders.v1.OrdersService", "GetOrder", "/v1/orders/{id}"),
@@ -74,13 +77,14 @@ class Target:
     """One host: its worker count, process name, ports and data folder."""
 
     workers: int
+    redis: bool
     grpc_port: int
     http_port: int
     data: Path
 
     @property
     def name(self) -> str:
-        return f"workers{self.workers}"
+        return f"workers{self.workers}" + ("" if self.redis else "-memory")
 
 
 @dataclass
@@ -93,21 +97,22 @@ class Run:
     redis_cpu_us: list[float] = field(default_factory=list)
 
 
-def write_config(path: Path, data: Path, secret_file: Path, redis_url: str) -> None:
+def write_config(path: Path, data: Path, secret_file: Path, redis_url: str | None) -> None:
     rate = repr(UNLIMITED_RATE)
-    url = toml_string(redis_url)
+    shared = ""
+    if redis_url is not None:
+        url = toml_string(redis_url)
+        shared = "".join(
+            f'[{section}]\nbackend = "redis"\nredis_url = {url}\n'
+            for section in ("limits", "events", "cache")
+        )
     path.write_text(
         f"data_dir = {toml_string(str(data))}\n"
         "[auth]\n"
         f"secret_file = {toml_string(str(secret_file))}\n"
-        "[limits]\n"
-        f'backend = "redis"\nredis_url = {url}\n'
+        f"{shared}"
         "[limits.rate_classes.default]\n"
         f"rate = {rate}\nburst = {rate}\n"
-        "[events]\n"
-        f'backend = "redis"\nredis_url = {url}\n'
-        "[cache]\n"
-        f'backend = "redis"\nredis_url = {url}\n'
         "[log]\n"
         'access = false\nformat = "text"\n'
         "[plugins]\n"
@@ -230,6 +235,7 @@ def summarize(runs: list[Run]) -> dict[str, dict[str, object]]:
         key = f"{run.target.name} {run.case.operation} {run.case.kind}"
         rows[key] = {
             "workers": run.target.workers,
+            "state": "redis" if run.target.redis else "memory",
             "method": METHODS[run.case.operation][1],
             "transport": run.case.kind,
             "rps": statistics.median(s.rps for s in good) if good else None,
@@ -254,11 +260,13 @@ def ratios(rows: dict[str, dict[str, object]]) -> dict[str, dict[str, float | No
     for method in METHODS:
         for kind in ("grpc", "rest"):
             one, two = rows[f"workers1 {method} {kind}"], rows[f"workers2 {method} {kind}"]
+            memory = rows[f"workers1-memory {method} {kind}"]
             found[f"{METHODS[method][1]} {kind}"] = {
                 "rps_2_over_1": _ratio(two["rps"], one["rps"]),
                 "cpu_per_call_2_over_1": _ratio(
                     two["server_cpu_us_per_call"], one["server_cpu_us_per_call"]
                 ),
+                "rps_redis_over_memory": _ratio(one["rps"], memory["rps"]),
             }
     return found
 
@@ -274,12 +282,12 @@ def render(rows: dict[str, dict[str, object]], found: dict[str, dict[str, float 
         return format(value, spec) if isinstance(value, float | int) else "-"
 
     lines = [
-        f"{'workers':>7} {'method':<9} {'transport':<9} {'req/s':>8} "
+        f"{'workers':>7} {'state':<6} {'method':<9} {'transport':<9} {'req/s':>8} "
         f"{'nexus CPU µs/call':>18} {'redis CPU µs/call':>18} {'p99 ms':>7}  errors"
     ]
     for row in rows.values():
         lines.append(
-            f"{row['workers']:>7} {row['method']!s:<9} {row['transport']!s:<9} "
+            f"{row['workers']:>7} {row['state']!s:<6} {row['method']!s:<9} {row['transport']!s:<9} "
             f"{number(row['rps'], '8.0f')} {number(row['server_cpu_us_per_call'], '18.1f')} "
             f"{number(row['redis_cpu_us_per_call'], '18.1f')} {number(row['p99_ms'], '7.1f')}  "
             f"{'; '.join(row['errors']) if row['errors'] else ''}"  # type: ignore[arg-type]
@@ -287,7 +295,9 @@ def render(rows: dict[str, dict[str, object]], found: dict[str, dict[str, float 
     for label, ratio in found.items():
         lines.append(
             f"{label}: workers=2 / workers=1 req/s = {number(ratio['rps_2_over_1'], '.2f')}x, "
-            f"CPU per call = {number(ratio['cpu_per_call_2_over_1'], '.2f')}x"
+            f"CPU per call = {number(ratio['cpu_per_call_2_over_1'], '.2f')}x; "
+            f"state on Redis / in memory (1 worker) req/s = "
+            f"{number(ratio['rps_redis_over_memory'], '.2f')}x"
         )
     return "\n".join(lines)
 
@@ -296,15 +306,16 @@ def run(settings: Settings, workdir: Path, procs: Processes) -> int:
     check_tools(settings)
     credentials = make_credentials(workdir)
     with redis_server() as redis:
-        ports = free_ports(2 * len(WORKER_COUNTS))
+        ports = free_ports(2 * len(TARGETS))
         targets = []
-        for index, count in enumerate(WORKER_COUNTS):
-            target = Target(count, ports[2 * index], ports[2 * index + 1], workdir / f"data{count}")
-            config = workdir / f"{target.name}.toml"
-            # Each its own Redis database: the two hosts share no state.
-            write_config(
-                config, target.data, credentials.secret_file, f"{redis.url[:-1]}{index + 1}"
+        for index, (count, shared) in enumerate(TARGETS):
+            target = Target(
+                count, shared, ports[2 * index], ports[2 * index + 1], workdir / f"data{index}"
             )
+            config = workdir / f"{target.name}.toml"
+            # Each its own Redis database: the hosts share no state.
+            url = f"{redis.url[:-1]}{index + 1}" if shared else None
+            write_config(config, target.data, credentials.secret_file, url)
             start(procs, target, config, settings)
             targets.append(target)
         runs = prepare(targets, workdir, credentials.authorization)
