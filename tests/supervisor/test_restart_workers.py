@@ -14,6 +14,7 @@ from tests.fixtures.redis import RedisServer
 from tests.supervisor.conftest import start_workers, workers_config
 
 
+@pytest.mark.e2e
 def test_restart_workers_rolls_every_worker(redis_server: RedisServer, tmp_path: Path) -> None:
     redis_url = f"redis://{redis_server.host}:{redis_server.port}/10"
     host = start_workers(tmp_path, workers_config(tmp_path / "nexus.toml", redis_url))
