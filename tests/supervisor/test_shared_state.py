@@ -1,6 +1,6 @@
 """What each process would keep to itself, right with two workers: one /metrics,
-rate limits across workers, SQLite written by both, revocation seen by both, a dead
-worker replaced, SIGTERM draining both.
+rate limits across workers, SQLite written by both, revocation seen by both, one audit
+log, a dead worker replaced, SIGTERM draining both.
 
 One `nexus serve --workers 2` for the module (SQLite, Redis for limits, events and
 cache). Calls go on fresh connections, which the kernel spreads over both workers.
@@ -186,6 +186,26 @@ def test_revoked_sessions_are_refused_by_every_worker(host: Workers) -> None:
     assert revoked.status_code == 200, revoked.text
     # The revocation travels to the other worker on the cache's Redis channel.
     until(lambda: statuses() == [401] * 12, seconds=5)
+
+
+def test_the_audit_log_is_one_view(host: Workers) -> None:
+    """Denials audited by either worker, listed the same by both."""
+    base = f"http://{host.http_address}"
+    nobody = {"authorization": f"Bearer {host.token(subject='snoop', grants=())}"}
+    for _ in range(6):  # new connections: both workers refuse some
+        assert httpx.get(f"{base}/v1/admin/audit", headers=nobody, timeout=10).status_code == 403
+    admin = {"authorization": f"Bearer {host.token()}"}
+
+    def snoop_denials() -> list[str]:
+        reply = httpx.get(f"{base}/v1/admin/audit?actor=snoop", headers=admin, timeout=10)
+        assert reply.status_code == 200, reply.text
+        return [
+            r["id"] for r in reply.json().get("records", []) if r["outcome"] == "OUTCOME_DENIED"
+        ]
+
+    views = [snoop_denials() for _ in range(6)]
+    assert len(views[0]) == 6
+    assert all(view == views[0] for view in views)
 
 
 def test_a_killed_worker_is_replaced_and_counters_do_not_go_back(host: Workers) -> None:
