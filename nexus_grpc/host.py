@@ -44,6 +44,7 @@ from nexus_grpc.routing import InFlight, Router
 from nexus_grpc.storage import Storage, make_private_dir
 from nexus_grpc.storage.metrics import StorageMetrics
 from nexus_grpc.storage.opening import open_storage
+from nexus_grpc.supervisor.channel import Broadcast
 from nexus_grpc.tls import TLS_HEALTH, ClientDirectory, TlsExpiryMetrics, TlsService
 from nexus_grpc.tls.material import check_config, plaintext_exposed
 from nexus_grpc.tracing import enabled as tracing_enabled
@@ -144,6 +145,11 @@ class Host:
         self.tokens: Tokens | None = None
         #: TLS of both ports (available once started; ports without TLS are None in it).
         self.tls: TlsService | None = None
+        #: Messages to every worker process (this one alone without a supervisor).
+        self.broadcast = Broadcast()
+        #: Whether stop() turns health NOT_SERVING and waits ``shutdown_delay`` first
+        #: (False for a worker a rolling restart replaces while the others serve on).
+        self.announce_shutdown = True
 
     @property
     def plugins(self) -> PluginManager:
@@ -388,7 +394,15 @@ class Host:
         bindings = [
             *bind_servicer(self.health.servicer),
             *reflection_bindings(ReflectionServicer(self.router)),
-            *bind_servicer(AdminServicer(manager, self.health, audit, bus=self.bus)),
+            *bind_servicer(
+                AdminServicer(
+                    manager,
+                    self.health,
+                    audit,
+                    bus=self.bus,
+                    restart_workers=self.broadcast.restart_workers,
+                )
+            ),
         ]
         routes = []
         for binding in bindings:
@@ -406,10 +420,13 @@ class Host:
     async def _stop(self, grace: float | None) -> None:
         settings = self.config.server
         grace = settings.grace_period if grace is None else grace
-        await self.health.shut_down()
-        if self._server is not None and settings.shutdown_delay > 0:
-            # Load balancers polling health stop sending before new calls are refused.
-            await asyncio.sleep(settings.shutdown_delay)
+        # A worker replaced in a rolling restart does not announce it: the others serve
+        # on, so health stays SERVING and its clients move over as its connections close.
+        if self.announce_shutdown:
+            await self.health.shut_down()
+            if self._server is not None and settings.shutdown_delay > 0:
+                # Load balancers polling health stop sending before new calls are refused.
+                await asyncio.sleep(settings.shutdown_delay)
         _log.info("draining calls for up to %.1fs", grace, extra={"grace_period": grace})
         await self._release(grace)
         _log.info("nexus stopped")
@@ -493,10 +510,13 @@ class Host:
         if self._server is not None:
             await self._server.stop(0)
 
-    async def run_until_signalled(self) -> None:
+    async def run_until_signalled(
+        self, on_started: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         """Start, serve until SIGTERM or SIGINT, then stop gracefully (a second signal forces).
 
         A signal during start-up cancels the start: plugins already started are stopped.
+        ``on_started`` is awaited once the host serves (a worker tells its supervisor).
         """
         loop = asyncio.get_running_loop()
         signalled = asyncio.Event()
@@ -532,6 +552,8 @@ class Host:
             except asyncio.CancelledError:
                 _log.info("nexus stopped before it started")
                 return
+            if on_started is not None:
+                await on_started()
             await signalled.wait()
             await self.stop()
         finally:
