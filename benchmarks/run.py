@@ -67,6 +67,13 @@ BIN = Path(sys.executable).parent
 
 NAMESPACE = "plugins/business/orders"
 SERVICE = "nexus.orders.v1.OrdersService"
+#: The transport's ceiling: the gateway tests' plugin, whose public Echo returns its
+#: request (no storage), served by the same nexus process through the same pipeline.
+ECHO_PLUGINS = REPO / "tests" / "gateway" / "plugins"
+ECHO_PROTOS = REPO / "tests" / "gateway" / "proto"
+ECHO_SERVICE = "transcode.v1.TranscodeService"
+#: The echo request (REST: POST /v1/echo/{id} with the rest of it as the body).
+ECHO: dict[str, Any] = {"id": "bench", "shelf": "s1", "name": "shelves/s1", "tags": ["a", "b"]}
 
 #: The order every create sends, as the REST body (CreateOrderRequest.order in proto3 JSON).
 ORDER: dict[str, Any] = {
@@ -102,7 +109,11 @@ OPERATION_LABELS = {
     ("rest", "create"): "POST /v1/orders",
     ("grpc", "get"): "GetOrder",
     ("grpc", "create"): "CreateOrder",
+    ("rest", "echo"): "POST /v1/echo/{id}",
+    ("grpc", "echo"): "Echo",
 }
+#: Targets that also serve the echo method (nexus only: the same process and pipeline).
+ECHO_TARGETS = ("nexus_rest", "nexus_grpc")
 
 
 class BenchError(RuntimeError):
@@ -125,6 +136,8 @@ class Settings:
     h2_clients: int = 4
     h2_streams: int = 8
     pin: bool = False
+    #: nexus's database: "sqlite" (its default) or "postgresql" (a throwaway server).
+    storage: str = "sqlite"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -150,6 +163,7 @@ class Settings:
             h2_clients=number("BENCH_H2_CLIENTS", 4),
             h2_streams=number("BENCH_H2_STREAMS", 8),
             pin=os.environ.get("BENCH_PIN", "0").strip().lower() in ("1", "true", "yes"),
+            storage=storage_setting(),
         )
 
     def server_prefix(self) -> list[str]:
@@ -317,16 +331,16 @@ def grpc_frame(payload: bytes) -> bytes:
 
 
 def grpc_raw_call(
-    port: int, method: str, payload: bytes, authorization: str = ""
+    port: int, method: str, payload: bytes, authorization: str = "", service: str = SERVICE
 ) -> tuple[str, str, bytes]:
-    """Call ``/OrdersService/<method>`` with serialized ``payload``; code, details, response."""
+    """Call ``/<service>/<method>`` with serialized ``payload``; code, details, response."""
     import grpc
 
     metadata = (("authorization", authorization),) if authorization else None
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         # No (de)serializers: the payload goes out as given, the response comes back as bytes.
         call = channel.unary_unary(
-            f"/{SERVICE}/{method}", request_serializer=None, response_deserializer=None
+            f"/{service}/{method}", request_serializer=None, response_deserializer=None
         )
         try:
             response, outcome = call.with_call(payload, timeout=10, metadata=metadata)
@@ -375,12 +389,36 @@ def grpc_ready(port: int) -> Callable[[], bool]:
     return probe
 
 
-def count_rows(database: Path) -> int:
-    """Orders stored in ``database`` (a nexus SQLite file), read without locking writers."""
+def storage_setting() -> str:
+    """BENCH_STORAGE: the database behind nexus ("sqlite" or "postgresql")."""
+    value = os.environ.get("BENCH_STORAGE", "sqlite").strip().lower() or "sqlite"
+    if value not in ("sqlite", "postgresql"):
+        raise BenchError(f"BENCH_STORAGE={value!r}: expected sqlite or postgresql")
+    return value
+
+
+def count_rows(database: Path | str) -> int:
+    """Orders stored in ``database``: a nexus SQLite file (read without locking writers)
+    or a PostgreSQL URL."""
+    if isinstance(database, str):
+        return asyncio.run(_count_postgres(database))
     with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
         (count,) = db.execute(
             "SELECT count(*) FROM nexus_records WHERE namespace = ?", (NAMESPACE,)
         ).fetchone()
+    return int(count)
+
+
+async def _count_postgres(url: str) -> int:
+    import asyncpg
+
+    connection = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        count = await connection.fetchval(
+            "SELECT count(*) FROM nexus_records WHERE namespace = $1", NAMESPACE
+        )
+    finally:
+        await connection.close()
     return int(count)
 
 
@@ -406,11 +444,11 @@ class Case:
     """One target and operation: how to load it and how to check its answers."""
 
     target: str
-    operation: str  # "get" or "create"
+    operation: str  # "get", "create" or "echo"
     kind: str  # "rest" or "grpc"
     server: str  # name of the server process
     url: str
-    database: Path
+    database: Path | str
     #: Authorization header value the load tool sends with every request.
     authorization: str = ""
     body_file: Path | None = None
@@ -428,7 +466,9 @@ class Case:
 
 def run_wrk(case: Case, seconds: int, settings: Settings, procs: Processes) -> Sample:
     """Load a REST case with wrk for ``seconds``."""
-    script = BENCH_DIR / ("post_order.lua" if case.operation == "create" else "wrk_report.lua")
+    posts = case.operation in ("create", "echo")
+    script = BENCH_DIR / ("post_order.lua" if posts else "wrk_report.lua")
+    body = {k: v for k, v in ECHO.items() if k != "id"} if case.operation == "echo" else ORDER
     argv = [
         *settings.client_prefix(),
         "wrk",
@@ -445,7 +485,7 @@ def run_wrk(case: Case, seconds: int, settings: Settings, procs: Processes) -> S
     env = {
         **os.environ,
         "BENCH_AUTHORIZATION": case.authorization,
-        "BENCH_POST_BODY": json.dumps(ORDER, separators=(",", ":")),
+        "BENCH_POST_BODY": json.dumps(body, separators=(",", ":")),
     }
     code, out, err, client_cpu = procs.run_tool(argv, timeout=seconds + 30, env=env)
     match = re.search(r"^BENCH_WRK (\{.*\})$", out, re.MULTILINE)
@@ -639,9 +679,12 @@ def toml_string(value: str) -> str:
     return json.dumps(value)
 
 
-def write_nexus_config(path: Path, *, data_dir: Path, http_port: int, secret_file: Path) -> None:
-    """The ``nexus serve --config`` file of the run."""
+def write_nexus_config(
+    path: Path, *, data_dir: Path, http_port: int, secret_file: Path, storage_url: str = ""
+) -> None:
+    """The ``nexus serve --config`` file of the run (``storage_url``: "" for SQLite)."""
     rate = repr(UNLIMITED_RATE)
+    storage = f"[storage]\nurl = {toml_string(storage_url)}\n\n" if storage_url else ""
     path.write_text(
         "# nexus serve --config for the bench, written by benchmarks/run.py.\n"
         f"data_dir = {toml_string(str(data_dir))}\n\n"
@@ -654,12 +697,14 @@ def write_nexus_config(path: Path, *, data_dir: Path, http_port: int, secret_fil
         "[limits.rate_classes.default]\n"
         f"rate = {rate}\n"
         f"burst = {rate}\n\n"
+        f"{storage}"
         "[log]\n"
         "access = false\n"
         'level = "warning"\n'
         'format = "text"\n\n'
         "[plugins]\n"
-        'enabled = ["orders"]\n'
+        f"dirs = [{toml_string(str(REPO / 'plugins'))}, {toml_string(str(ECHO_PLUGINS))}]\n"
+        'enabled = ["orders", "transcode"]\n'
         "entry_points = false\n"
     )
 
@@ -674,15 +719,22 @@ class Servers:
     bare_grpc_jwt: int
     bare_grpc: int
     nexus_data: Path
+    #: Where nexus's orders are: its SQLite file, or a PostgreSQL URL.
+    nexus_database: Path | str
     fastapi_data: Path
     bare_jwt_data: Path
     bare_data: Path
 
 
 def start_servers(
-    procs: Processes, workdir: Path, settings: Settings, credentials: Credentials
+    procs: Processes,
+    workdir: Path,
+    settings: Settings,
+    credentials: Credentials,
+    storage_url: str = "",
 ) -> Servers:
-    """Start nexus, the FastAPI app and both grpc.aio servers; wait until each answers."""
+    """Start nexus (on ``storage_url``, else SQLite), the FastAPI app and both grpc.aio
+    servers; wait until each answers."""
     nexus_grpc, nexus_http, fastapi_http, bare_grpc_jwt, bare_grpc = free_ports(5)
     servers = Servers(
         nexus_grpc,
@@ -691,6 +743,7 @@ def start_servers(
         bare_grpc_jwt,
         bare_grpc,
         workdir / "nexus",
+        storage_url or workdir / "nexus" / "nexus.db",
         workdir / "fastapi",
         workdir / "bare-jwt",
         workdir / "bare",
@@ -704,11 +757,19 @@ def start_servers(
         data_dir=servers.nexus_data,
         http_port=nexus_http,
         secret_file=credentials.secret_file,
+        storage_url=storage_url,
     )
     prefix = settings.server_prefix()
     nexus = [str(BIN / "nexus"), "serve", "--config", str(config)]
     nexus += ["--grpc-address", f"127.0.0.1:{nexus_grpc}"]
-    procs.start("nexus", [*prefix, *nexus], base_env)
+    # The echo plugin's contract compiled as its author's build would, importable by nexus.
+    from nexus_grpc.codegen import generate
+
+    stubs = workdir / "echo-stubs"
+    generate(ECHO_PROTOS, stubs)
+    inherited = [base_env["PYTHONPATH"]] if base_env.get("PYTHONPATH") else []
+    nexus_env = {**base_env, "PYTHONPATH": os.pathsep.join([str(stubs), *inherited])}
+    procs.start("nexus", [*prefix, *nexus], nexus_env)
     python = [*prefix, sys.executable, "-m"]
     secret = ["--jwt-secret-file", str(credentials.secret_file)]
     procs.start(
@@ -778,9 +839,11 @@ def rest_get(port: int, order_id: str, who: str, authorization: str) -> dict[str
     return found
 
 
-def grpc_check(port: int, method: str, payload: bytes, who: str, authorization: str) -> bytes:
+def grpc_check(
+    port: int, method: str, payload: bytes, who: str, authorization: str, service: str = SERVICE
+) -> bytes:
     """One call with the exact payload h2load will send; its response, or BenchError."""
-    code, details, response = grpc_raw_call(port, method, payload, authorization)
+    code, details, response = grpc_raw_call(port, method, payload, authorization, service)
     if code != "OK":
         raise BenchError(f"{who} {method} answered {code}: {details}")
     return response
@@ -872,18 +935,24 @@ def prepare_cases(
 
     cases: list[Case] = []
     grpc_targets = (
-        ("nexus_grpc", "nexus", servers.nexus_grpc, nexus_id, servers.nexus_data),
+        ("nexus_grpc", "nexus", servers.nexus_grpc, nexus_id, servers.nexus_database),
         (
             "bare_grpc_jwt",
             "bare_grpc_jwt",
             servers.bare_grpc_jwt,
             bare_ids["bare_grpc_jwt"],
-            servers.bare_jwt_data,
+            servers.bare_jwt_data / "nexus.db",
         ),
-        ("bare_grpc", "bare_grpc", servers.bare_grpc, bare_ids["bare_grpc"], servers.bare_data),
+        (
+            "bare_grpc",
+            "bare_grpc",
+            servers.bare_grpc,
+            bare_ids["bare_grpc"],
+            servers.bare_data / "nexus.db",
+        ),
     )
     grpc_cases: dict[tuple[str, str], Case] = {}
-    for target, server, port, order_id, data in grpc_targets:
+    for target, server, port, order_id, database in grpc_targets:
         get_payload = orders_pb2.GetOrderRequest(id=order_id).SerializeToString()
         get_file = workdir / f"get_order_{target}.bin"
         get_file.write_bytes(grpc_frame(get_payload))
@@ -896,7 +965,6 @@ def prepare_cases(
         created.create_time.nanos = 0  # the only part of a create response whose size varies
         created.update_time.nanos = 0
         url = f"http://127.0.0.1:{port}/{SERVICE}/"
-        database = data / "nexus.db"
         grpc_cases[(target, "get")] = Case(
             target,
             "get",
@@ -938,7 +1006,7 @@ def prepare_cases(
             "rest",
             "nexus",
             f"http://127.0.0.1:{servers.nexus_http}/v1/orders/{nexus_id}",
-            servers.nexus_data / "nexus.db",
+            servers.nexus_database,
             auth,
         ),
         ("nexus_rest", "create"): Case(
@@ -947,7 +1015,7 @@ def prepare_cases(
             "rest",
             "nexus",
             f"http://127.0.0.1:{servers.nexus_http}/v1/orders",
-            servers.nexus_data / "nexus.db",
+            servers.nexus_database,
             auth,
         ),
         ("fastapi", "get"): Case(
@@ -969,11 +1037,69 @@ def prepare_cases(
             auth,
         ),
     }
-    every = {**rest_cases, **grpc_cases}
-    for operation in ("get", "create"):
-        for target in TARGET_LABELS:
+    every = {**rest_cases, **grpc_cases, **echo_cases(servers, workdir, auth, checks)}
+    for operation in OPERATIONS:
+        for target in targets_of(operation):
             cases.append(every[(target, operation)])
     return cases, checks
+
+
+#: Every operation measured, in run order.
+OPERATIONS = ("get", "create", "echo")
+
+
+def targets_of(operation: str) -> tuple[str, ...]:
+    """The targets that serve ``operation``."""
+    return ECHO_TARGETS if operation == "echo" else tuple(TARGET_LABELS)
+
+
+def echo_cases(
+    servers: Servers, workdir: Path, auth: str, checks: dict[str, Any]
+) -> dict[tuple[str, str], Case]:
+    """nexus's echo method on both transports, each checked once."""
+    # The body wrk sends: the request but its id, which the path carries.
+    rest_body = json.dumps({k: v for k, v in ECHO.items() if k != "id"}).encode()
+    status, _, body = http_call(
+        servers.nexus_http, "POST", f"/v1/echo/{ECHO['id']}", rest_body, auth
+    )
+    if status != 200 or json.loads(body).get("shelf") != ECHO["shelf"]:
+        raise BenchError(f"nexus REST echo answered {status}: {body[:200]!r}")
+    sys.path.insert(0, str(workdir / "echo-stubs"))
+    from transcode.v1 import transcode_pb2
+
+    payload = transcode_pb2.EchoRequest(
+        id=ECHO["id"], shelf=ECHO["shelf"], name=ECHO["name"], tags=ECHO["tags"]
+    ).SerializeToString()
+    answer = grpc_check(servers.nexus_grpc, "Echo", payload, "nexus gRPC", auth, ECHO_SERVICE)
+    if answer != payload:
+        raise BenchError("nexus gRPC Echo answered another message")
+    checks["echo_response_bytes"] = len(answer)
+    body_file = workdir / "echo.bin"
+    body_file.write_bytes(grpc_frame(payload))
+    database = servers.nexus_database
+    return {
+        ("nexus_rest", "echo"): Case(
+            "nexus_rest",
+            "echo",
+            "rest",
+            "nexus",
+            f"http://127.0.0.1:{servers.nexus_http}/v1/echo/{ECHO['id']}",
+            database,
+            auth,
+        ),
+        ("nexus_grpc", "echo"): Case(
+            "nexus_grpc",
+            "echo",
+            "grpc",
+            "nexus",
+            f"http://127.0.0.1:{servers.nexus_grpc}/{ECHO_SERVICE}/Echo",
+            database,
+            auth,
+            body_file,
+            min_frame=5 + len(answer),
+            exact_frame=5 + len(answer),
+        ),
+    }
 
 
 # --------------------------------------------------------------------------- report
@@ -1039,7 +1165,22 @@ def ratios(summary: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
             )
             entry[operation] = {"rps_ratio": rps, "cpu_efficiency_ratio": cpu}
         found[key] = entry
+    found["vs_echo"] = {
+        target: {
+            operation: (
+                summary[(target, operation)]["rps"] / summary[(target, "echo")]["rps"]
+                if summary[(target, operation)]["rps"] and summary[(target, "echo")]["rps"]
+                else None
+            )
+            for operation in ECHO_GOALS
+        }
+        for target in ECHO_TARGETS
+    }
     return found
+
+
+#: The order calls' goals against echo on the same target (issue 13).
+ECHO_GOALS = {"get": 0.6, "create": 0.4}
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -1062,7 +1203,8 @@ def render(
         f"  gRPC clients: h2load -t{settings.h2_threads} -c{settings.h2_clients} "
         f"-m{settings.h2_streams} (identical for every gRPC target; "
         f"{settings.h2_clients * settings.h2_streams} calls in flight)",
-        "  every create writes one SQLite row (same storage code for all targets)",
+        "  every create writes one row with its outbox event (same storage code for all"
+        f" targets; nexus on {settings.storage}, the baselines on sqlite)",
         f"  every request carries 'authorization: Bearer <JWT>' (HS256, "
         f"{', '.join(TOKEN_GRANTS)}, minted for this run):",
         "    nexus: full pipeline (token verified once, then cached; policy; validation; metrics;",
@@ -1077,8 +1219,8 @@ def render(
     )
     lines += [header, f"{'':<14} {'':<20} {'':>8} {'':>8} {'':>8} {'us/req':>9} {'CPU %':>7}"]
     lines.append("-" * len(header))
-    for operation in ("get", "create"):
-        for target in TARGET_LABELS:
+    for operation in OPERATIONS:
+        for target in targets_of(operation):
             row = summary[(target, operation)]
             kind = "grpc" if "grpc" in target else "rest"
             name = f"{TARGET_LABELS[target]:<14} {OPERATION_LABELS[(kind, operation)]:<20}"
@@ -1105,6 +1247,16 @@ def render(
             parts.append(f"{operation:<6} {text:<13} [{cpu}]")
         suffix = f"   (goal >= {goal:.1f})" if goal is not None else "   (info)"
         lines.append(f"  {label:<27} " + "   ".join(parts) + suffix)
+    lines.append("storage's share: req/s of an order call / req/s of echo (same process)")
+    for target, entry in found["vs_echo"].items():
+        parts = []
+        for operation, goal in ECHO_GOALS.items():
+            value = entry[operation]
+            text = fmt(value, ".2f")
+            if value is not None:
+                text += " ok" if value >= goal else " BELOW GOAL"
+            parts.append(f"{operation} / echo {text:<13} (goal >= {goal:.1f})")
+        lines.append(f"  {TARGET_LABELS[target]:<14} " + "   ".join(parts))
     lines.append("")
     return "\n".join(lines)
 
@@ -1180,7 +1332,35 @@ def measure_all(
     credentials = make_credentials(workdir)
     say(f"minted an admin token ({', '.join(TOKEN_GRANTS)}) with a fresh HMAC secret")
     say(f"starting servers (logs and data in {workdir})")
-    servers = start_servers(procs, workdir, settings, credentials)
+    with contextlib.ExitStack() as stack:
+        storage_url = ""
+        if settings.storage == "postgresql":
+            storage_url = stack.enter_context(postgres_database(say))
+        return _measure_all(settings, procs, workdir, say, credentials, storage_url)
+
+
+@contextlib.contextmanager
+def postgres_database(say: Callable[[str], None]) -> Iterator[str]:
+    """A database on a throwaway PostgreSQL server (free loopback port); its URL."""
+    from benchmarks.storage import postgres_server
+
+    with postgres_server() as server:
+        if server is None:
+            raise BenchError("BENCH_STORAGE=postgresql: no PostgreSQL server binaries found")
+        name = server.create_database()
+        say(f"nexus stores in PostgreSQL on 127.0.0.1:{server.port}")
+        yield server.url(name)
+
+
+def _measure_all(
+    settings: Settings,
+    procs: Processes,
+    workdir: Path,
+    say: Callable[[str], None],
+    credentials: Credentials,
+    storage_url: str,
+) -> tuple[list[Case], dict[str, Any]]:
+    servers = start_servers(procs, workdir, settings, credentials, storage_url)
     cases, checks = prepare_cases(servers, workdir, credentials)
     say(
         "seeded one order per server; one checked call per case succeeded; "

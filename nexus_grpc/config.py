@@ -91,6 +91,10 @@ class ServerConfig:
     #: Share the port with other processes (multi-worker mode). Off by default because
     #: grpcio turns SO_REUSEPORT on silently, letting two hosts bind the same port.
     reuse_port: bool = False
+    #: Worker processes serving both ports ("auto": one per usable core). Above 1 a
+    #: supervisor starts them, they share the ports with SO_REUSEPORT, and the limits,
+    #: the events and the cache must be on Redis (state every worker shares).
+    workers: int = 1
     #: Seconds to keep serving after health turns NOT_SERVING on shutdown, so load
     #: balancers polling health stop routing here before new calls are refused.
     shutdown_delay: float = 0.0
@@ -542,6 +546,7 @@ def load_config(
     assert isinstance(config, Config)
     _check_networks(config)
     _check_tracing(config.tracing)
+    check_workers(config)
     # Imported here: the tls package reads this module's TlsConfig.
     from nexus_grpc.tls.material import check_config
 
@@ -551,6 +556,50 @@ def load_config(
     # serve no TLS; Host.start and every reload check it.
     check_config(config, validity=False)
     return config
+
+
+#: Most worker processes ``server.workers`` accepts (each is a whole host).
+MAX_WORKERS = 256
+
+
+def parse_workers(value: object) -> int:
+    """``server.workers`` / ``--workers``: a count from 1 to :data:`MAX_WORKERS`, or
+    "auto" for the cores this process may run on (``os.sched_getaffinity``)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
+    try:
+        count = int(value) if isinstance(value, str) else value
+    except ValueError:
+        count = None
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_WORKERS:
+        raise ConfigError(
+            f'server.workers: expected a count from 1 to {MAX_WORKERS} or "auto", got {value!r}'
+        )
+    return count
+
+
+def check_workers(config: Config) -> None:
+    """With more than one worker, what each process would otherwise keep to itself
+    must be shared: rate-limit buckets (a memory limiter would let N times the rate
+    through), the event bus (an event would reach only the worker that published it)
+    and the cache (its invalidations, which also carry session revocations)."""
+    if config.server.workers <= 1:
+        return
+    missing = [
+        f'{key} = "redis"'
+        for key, backend in (
+            ("limits.backend", config.limits.backend),
+            ("events.backend", config.events.backend),
+            ("cache.backend", config.cache.backend),
+        )
+        if backend != "redis"
+    ]
+    if missing:
+        raise ConfigError(
+            f"server.workers = {config.server.workers} needs the state the workers share on "
+            f"Redis: set {', '.join(missing)} (in memory each worker process would keep its "
+            "own rate limits, events and cache)"
+        )
 
 
 def _check_networks(config: Config) -> None:
@@ -651,6 +700,8 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> object:
             values[item.name] = _client_identities(value)
         elif key == "limits.rate_classes":
             values[item.name] = _rate_classes(value, LimitsConfig().rate_classes)
+        elif key == "server.workers":
+            values[item.name] = parse_workers(value.text if isinstance(value, _EnvText) else value)
         elif key == "plugins.bundled":
             values[item.name] = _bundled(key, _coerce(key, hint, value), value)
         else:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -22,6 +23,7 @@ from nexus_grpc.events.metrics import EventMetrics
 from nexus_grpc.events.outbox import Outbox
 from nexus_grpc.events.redis_bus import RedisBus
 from nexus_grpc.gateway import GatewayApp, GatewaySettings
+from nexus_grpc.gateway.probes import Probes, ReadinessSources
 from nexus_grpc.pipeline import Stage, build_stages
 from nexus_grpc.pipeline.audit import AdminAuditStage
 from nexus_grpc.pipeline.auth import AccessStage, AuthStage
@@ -47,6 +49,7 @@ from nexus_grpc.storage.declared import (
 )
 from nexus_grpc.storage.metrics import StorageMetrics
 from nexus_grpc.storage.opening import open_storage
+from nexus_grpc.supervisor.channel import Broadcast
 from nexus_grpc.tls import TLS_HEALTH, ClientDirectory, TlsExpiryMetrics, TlsService
 from nexus_grpc.tls.material import check_config, plaintext_exposed
 from nexus_grpc.tracing import enabled as tracing_enabled
@@ -147,6 +150,11 @@ class Host:
         self.tokens: Tokens | None = None
         #: TLS of both ports (available once started; ports without TLS are None in it).
         self.tls: TlsService | None = None
+        #: Messages to every worker process (this one alone without a supervisor).
+        self.broadcast = Broadcast()
+        #: Whether stop() turns health NOT_SERVING and waits ``shutdown_delay`` first
+        #: (False for a worker a rolling restart replaces while the others serve on).
+        self.announce_shutdown = True
 
     @property
     def plugins(self) -> PluginManager:
@@ -224,7 +232,10 @@ class Host:
         )
         if self.config.http.address:
             gateway = GatewayApp(
-                self.router, GatewaySettings.from_config(self.config.http), metrics=self.metrics
+                self.router,
+                GatewaySettings.from_config(self.config.http),
+                metrics=self.metrics,
+                probes=Probes(self._readiness_sources()),
             )
             self._http = HttpServer(
                 gateway,
@@ -322,6 +333,25 @@ class Host:
                 error,
             )
 
+    def _readiness_sources(self) -> ReadinessSources:
+        """What ``/readyz`` reads: this host's health, drain, plugins and storage."""
+
+        def plugins() -> list[tuple[str, str]]:
+            if self._plugins is None:
+                return []
+            return [(record.name, record.state) for record in self._plugins.records()]
+
+        def storage_probe() -> Callable[[], Awaitable[bool]] | None:
+            return None if self._storage is None else self._storage.probe
+
+        return ReadinessSources(
+            health=self.health,
+            draining=lambda: self._stopping is not None or self._released,
+            plugins=plugins,
+            storage_probe=storage_probe,
+            probe_interval=self.config.storage.probe_interval,
+        )
+
     async def _check_rate_limiter(self) -> None:
         """Say at start that the rate limiter's Redis does not answer: it fails closed,
         so every call is refused until it does (the events bus and the cache say so
@@ -393,7 +423,15 @@ class Host:
         bindings = [
             *bind_servicer(self.health.servicer),
             *reflection_bindings(ReflectionServicer(self.router)),
-            *bind_servicer(AdminServicer(manager, self.health, audit, bus=self.bus)),
+            *bind_servicer(
+                AdminServicer(
+                    manager,
+                    self.health,
+                    audit,
+                    bus=self.bus,
+                    restart_workers=self.broadcast.restart_workers,
+                )
+            ),
         ]
         routes = []
         for binding in bindings:
@@ -411,10 +449,13 @@ class Host:
     async def _stop(self, grace: float | None) -> None:
         settings = self.config.server
         grace = settings.grace_period if grace is None else grace
-        await self.health.shut_down()
-        if self._server is not None and settings.shutdown_delay > 0:
-            # Load balancers polling health stop sending before new calls are refused.
-            await asyncio.sleep(settings.shutdown_delay)
+        # A worker replaced in a rolling restart does not announce it: the others serve
+        # on, so health stays SERVING and its clients move over as its connections close.
+        if self.announce_shutdown:
+            await self.health.shut_down()
+            if self._server is not None and settings.shutdown_delay > 0:
+                # Load balancers polling health stop sending before new calls are refused.
+                await asyncio.sleep(settings.shutdown_delay)
         _log.info("draining calls for up to %.1fs", grace, extra={"grace_period": grace})
         await self._release(grace)
         _log.info("nexus stopped")
@@ -498,10 +539,13 @@ class Host:
         if self._server is not None:
             await self._server.stop(0)
 
-    async def run_until_signalled(self) -> None:
+    async def run_until_signalled(
+        self, on_started: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         """Start, serve until SIGTERM or SIGINT, then stop gracefully (a second signal forces).
 
         A signal during start-up cancels the start: plugins already started are stopped.
+        ``on_started`` is awaited once the host serves (a worker tells its supervisor).
         """
         loop = asyncio.get_running_loop()
         signalled = asyncio.Event()
@@ -537,6 +581,8 @@ class Host:
             except asyncio.CancelledError:
                 _log.info("nexus stopped before it started")
                 return
+            if on_started is not None:
+                await on_started()
             await signalled.wait()
             await self.stop()
         finally:

@@ -7,7 +7,11 @@ A handler is never called with a request that breaks its contract.
 
 Rules are compiled once per message type (:func:`compile_validator`, cached by full
 name) into a short list of check closures per field; a method whose request type
-reaches no rule at all gets no validation, at no cost.
+reaches no rule at all gets no validation, at no cost. The cache holds types of the
+default descriptor pool only: a plugin upgraded to a changed contract has its types in
+a pool of its own (:mod:`nexus_grpc.plugins.generations`), where a name may carry other
+rules than in the first version, so its validators are compiled apart, once per route
+binding, and go when the generation goes.
 
 Semantics
 ---------
@@ -70,6 +74,7 @@ import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
+from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from nexus.options.v1 import options_pb2
@@ -130,6 +135,7 @@ def _well_known_node(name: str) -> _Node | None:
 # One node per checked well-known type, shared by every field of that type.
 _WELL_KNOWN_NODES = {name: _well_known_node(name) for name in _WELL_KNOWN_CHECKS}
 
+_DEFAULT_POOL = descriptor_pool.Default()
 _lock = threading.Lock()
 _nodes: dict[str, _Node | None] = {}
 _validators: dict[str, Validator | None] = {}
@@ -138,9 +144,13 @@ _validators: dict[str, Validator | None] = {}
 def compile_validator(descriptor: Descriptor) -> Validator | None:
     """The validator of ``descriptor``'s messages; None when nothing it reaches has rules.
 
-    Compiled once per message type and cached by full name. Raises ValueError, naming
-    the field, when a rule of the type or of a type it reaches cannot be enforced.
+    Compiled once per message type and cached by full name (types of the default pool
+    only; see the module docstring). Raises ValueError, naming the field, when a rule
+    of the type or of a type it reaches cannot be enforced.
     """
+    if descriptor.file.pool is not _DEFAULT_POOL:
+        node = _Compiler({}).node(descriptor)
+        return None if node is None else _validator(node)
     name = descriptor.full_name
     try:
         return _validators[name]

@@ -1,16 +1,20 @@
 """nexus.admin.v1.AdminService: the host's plugins, their state and their health, the
-audit log, and the event bus's dead letters, replay and backlog."""
+audit log, the event bus's dead letters, replay and backlog, and restarts of the
+worker processes."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+import grpc
 from nexus.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from nexus_grpc.access.audit import AuditLog
 from nexus_grpc.admin.events import EventsAdmin
-from nexus_grpc.errors import NotFoundError
+from nexus_grpc.errors import NotFoundError, StatusError
 from nexus_grpc.plugins.manager import PluginManager, PluginRecord
+from nexus_grpc.supervisor.channel import NoSupervisor
 from nexus_grpc.transport.health import HealthState
 
 __all__ = ["AdminServicer"]
@@ -26,8 +30,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         audit: AuditLog,
         *,
         bus: object | None = None,
+        restart_workers: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self._manager = manager
+        self._restart_workers = restart_workers
         self._health = health
         self._audit = audit
         self._events = EventsAdmin(bus)
@@ -86,6 +92,21 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.EventStats:
         """Pending, lag and dead letters per consumer group."""
         return await self._events.stats()
+
+    async def RestartWorkers(
+        self, request: admin_pb2.RestartWorkersRequest, context: Any
+    ) -> admin_pb2.RestartWorkersResponse:
+        """Start a rolling restart of the worker processes (see the contract)."""
+        if self._restart_workers is None:
+            raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, "this host has no workers")
+        try:
+            count = await self._restart_workers()
+        except NoSupervisor as error:
+            raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, str(error)) from None
+        except RuntimeError as error:
+            # A restart running already, or a supervisor busy stopping: try again later.
+            raise StatusError(grpc.StatusCode.ABORTED, str(error)) from None
+        return admin_pb2.RestartWorkersResponse(workers=count)
 
     def _describe(self, record: PluginRecord) -> admin_pb2.Plugin:
         manifest = record.manifest

@@ -6,11 +6,12 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from google.protobuf import descriptor_pool
 from google.protobuf.message import Message
 
 from nexus_grpc import tracing
 from nexus_grpc.events.bus import Delivery, EventBus
-from nexus_grpc.events.envelope import Envelope, seal
+from nexus_grpc.events.envelope import Envelope, open_envelope, seal
 from nexus_grpc.events.outbox import Inbox, Outbox
 from nexus_grpc.events.redis_bus import BusUnavailableError
 from nexus_grpc.events.tracing import publishing
@@ -21,6 +22,8 @@ __all__ = ["SUBSCRIPTION_ATTRIBUTE", "Publisher", "subscribe", "subscriptions_of
 
 #: Attribute the ``subscribe`` decorator sets on a servicer method.
 SUBSCRIPTION_ATTRIBUTE = "__nexus_subscribes__"
+#: The event class the method was decorated with (its plugin's own generation of it).
+_CLASS_ATTRIBUTE = "__nexus_subscribes_class__"
 
 
 class Publisher:
@@ -112,6 +115,7 @@ def subscribe(event_type: type[Message]) -> Callable[[Any], Any]:
         if not inspect.iscoroutinefunction(method):
             raise TypeError(f"{method.__qualname__} must be `async def` to handle events")
         setattr(method, SUBSCRIPTION_ATTRIBUTE, event_type.DESCRIPTOR.full_name)
+        setattr(method, _CLASS_ATTRIBUTE, event_type)
         return method
 
     return mark
@@ -126,5 +130,25 @@ def subscriptions_of(servicer: object) -> dict[str, Any]:
         if isinstance(event_type, str):
             if event_type in found:
                 raise ValueError(f"{type(servicer).__qualname__} handles {event_type} twice")
-            found[event_type] = getattr(servicer, name)
+            found[event_type] = _in_own_class(
+                getattr(servicer, name), getattr(function, _CLASS_ATTRIBUTE, None)
+            )
     return found
+
+
+def _in_own_class(handler: Any, event_class: type[Message] | None) -> Any:
+    """``handler``, given its events as instances of ``event_class``.
+
+    The bus opens an envelope with the default pool's class of its type. A plugin
+    upgraded to a changed contract has its classes in its generation's pool, so its
+    handlers get the payload parsed again into their own class, by name.
+    """
+    if event_class is None or event_class.DESCRIPTOR.file.pool is descriptor_pool.Default():
+        return handler
+
+    async def in_own_class(event: Message, delivery: Delivery) -> None:
+        if type(event) is not event_class:
+            event = open_envelope(delivery.envelope, into=event_class)
+        await handler(event, delivery)
+
+    return in_own_class

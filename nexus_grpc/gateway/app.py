@@ -38,6 +38,7 @@ from nexus_grpc.gateway.pending import (
     too_large,
 )
 from nexus_grpc.gateway.pending import header as _header
+from nexus_grpc.gateway.probes import PROBE_PATHS, Probes
 from nexus_grpc.gateway.responses import (
     JSON,
     GuardedSend,
@@ -123,12 +124,19 @@ class GatewayApp:
     """ASGI application serving every routed method over HTTP/JSON (and gRPC-Web)."""
 
     def __init__(
-        self, router: Router, settings: GatewaySettings, *, metrics: Metrics | None = None
+        self,
+        router: Router,
+        settings: GatewaySettings,
+        *,
+        metrics: Metrics | None = None,
+        probes: Probes | None = None,
     ) -> None:
         self._router = router
         self._settings = settings
         #: Answers ``GET /metrics`` (Prometheus text format) when given.
         self._metrics = metrics
+        #: Answers ``GET /healthz`` and ``GET /readyz`` when given.
+        self._probes = probes
         self._limits = BodyLimits(
             settings.max_body_bytes, settings.max_query_bytes, settings.thread_parse_bytes
         )
@@ -219,7 +227,7 @@ class GatewayApp:
         path = raw_path.decode("latin-1")
         if self._router.lookup(scope["path"]) is not None:
             return ["POST"]  # a gRPC method's path: gRPC-Web
-        if path in ("/openapi.json", "/metrics"):
+        if path in ("/openapi.json", "/metrics", "/healthz", "/readyz"):
             return ["GET"]
         return self._routes.matcher.allowed_methods(path)
 
@@ -232,6 +240,12 @@ class GatewayApp:
         routes = self._routes
         match = routes.matcher.match(method, path)
         if match is None:
+            if self._probes is not None and method in ("GET", "HEAD") and path in PROBE_PATHS:
+                answer = await self._probes.answer(path)
+                body = answer.body if method == "GET" else b""
+                headers = [(b"content-type", JSON), (b"cache-control", b"no-store"), *cors]
+                await send_response(send, answer.status, headers, body)
+                return
             if method == "GET" and path == "/openapi.json":
                 from nexus_grpc.gateway.openapi import openapi_document
 

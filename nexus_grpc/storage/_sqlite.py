@@ -12,6 +12,10 @@ connection back in: a unit of work costs one thread switch per statement plus on
 Outside a unit of work every statement is its own transaction, and one call does all
 of it (checkout, BEGIN, statement, rows, COMMIT, checkin): one switch for a read.
 
+Point statements (one row by its key) outside a unit of work run on the loop's thread
+when SQLite lets them through at once, else on a thread (see ``_sqlite_points``); inside
+one they are steps like any other, on the sqlite3 connection without SQLAlchemy.
+
 Concurrency:
 
 * At most ``pool_size`` transactions are open at once (the others wait their turn),
@@ -34,9 +38,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import functools
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -44,9 +50,13 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, CursorResult, Engine, Row
 from sqlalchemy.exc import MultipleResultsFound
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql import Executable
 
 from nexus_grpc.errors import STORAGE_BUSY, ConflictError
+
+from ._sqlite_points import SqlitePoints, run_raw
+from .points import RawRows
 
 __all__ = ["Rows", "SqliteConnection", "SqliteDriver"]
 
@@ -93,14 +103,45 @@ class SqliteConnection:
         # The step running on a thread, if any: a cancelled caller does not stop it,
         # and the connection must not be touched again before it is over.
         self._running: concurrent.futures.Future[Any] | None = None
+        # Whether the transaction holds SQLite's write lock, taken on the loop's thread:
+        # its statements then wait for no lock and run there too (see begin_on_loop).
+        self._on_loop = False
+
+    def begin_on_loop(self) -> bool:
+        """Check a pooled connection out and BEGIN IMMEDIATE on the loop's thread, if
+        that cannot wait: a connection already open, SQLite's write lock granted at
+        once. Whether it did (else the transaction's steps all run on threads)."""
+        driver = self._driver
+        pool = driver.engine.pool
+        if self._sync is not None or not isinstance(pool, QueuePool) or not pool.checkedin():
+            return False  # opening a connection may wait for a lock (the switch to WAL)
+        connection = driver.engine.connect().execution_options(**self._options)
+        try:
+            raw = connection.connection.dbapi_connection
+            assert isinstance(raw, sqlite3.Connection)
+            if not driver.points.begin_now(raw):
+                connection.close()
+                return False
+            # SQLAlchemy's transaction over it: the BEGIN listener sees one open already.
+            connection.begin()
+        except BaseException:
+            connection.close()  # rolls back what was begun
+            raise
+        self._sync = connection
+        self._on_loop = True
+        return True
 
     async def execute(self, statement: Executable) -> Rows:
         """Run ``statement`` in the transaction (begun by the first one)."""
         return await self._step(functools.partial(self._execute, statement))
 
+    async def execute_raw(self, sql: str, params: Sequence[Any]) -> RawRows:
+        """Run a point statement's ``sql`` in the transaction on the sqlite3 connection."""
+        return await self._step(functools.partial(self._execute_raw, sql, params))
+
     async def run_sync(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``work(connection, *args, **kwargs)`` in the transaction, on the thread."""
-        return await self._step(lambda: work(self._connection(), *args, **kwargs))
+        return await self._step(lambda: work(self._connection(), *args, **kwargs), blocking=True)
 
     async def _finish(self, *, commit: bool) -> None:
         # Safe to call again after a first call was cancelled: whichever call takes the
@@ -111,6 +152,9 @@ class SqliteConnection:
         if connection is None:
             return
         end = functools.partial(self._end, connection, commit=commit)
+        if self._on_loop:
+            end()  # holding the write lock, the commit waits for none
+            return
         try:
             self._running = self._driver.executor.submit(end)
         except RuntimeError:  # the driver was closed under the transaction
@@ -118,10 +162,18 @@ class SqliteConnection:
             return
         await asyncio.wrap_future(self._running)
 
-    async def _step(self, work: Callable[[], T]) -> T:
+    async def _step(self, work: Callable[[], T], *, blocking: bool = False) -> T:
+        """Run ``work`` with the connection: on the loop's thread when the transaction
+        holds the write lock there (unless the work may block), else on a thread."""
         await self._after_running()
         if self._ended:
             raise RuntimeError("this transaction has ended")
+        if self._on_loop and not blocking:
+            # A point where the caller may be cancelled, as a thread hop would give.
+            await asyncio.sleep(0)
+            if self._ended:
+                raise RuntimeError("this transaction has ended")
+            return work()
         if self._driver.carry_context:
             # Tracing: the statement's span is a child of the caller's, and log records
             # written on the thread carry its ids.
@@ -158,11 +210,34 @@ class SqliteConnection:
         self._end(connection, commit=True)
         return rows
 
-    @staticmethod
-    def _end(connection: Connection, *, commit: bool) -> None:
+    def _execute_raw(self, sql: str, params: Sequence[Any]) -> RawRows:
+        connection = self._connection()
+        if not connection.in_transaction():
+            connection.begin()  # BEGIN of the transaction's flavour (an engine listener)
+        raw = connection.connection.dbapi_connection
+        assert isinstance(raw, sqlite3.Connection)
+        if not self._autocommit:
+            return self._run_raw(raw, sql, params)
+        self._sync = None
+        try:
+            rows = self._run_raw(raw, sql, params)
+        except BaseException:
+            self._end(connection, commit=False)
+            raise
+        self._end(connection, commit=True)
+        return rows
+
+    def _run_raw(self, raw: sqlite3.Connection, sql: str, params: Sequence[Any]) -> RawRows:
+        driver = self._driver
+        return run_raw(
+            raw, sql, params, dialect=driver.engine.dialect, span_namespace=driver.span_namespace
+        )
+
+    def _end(self, connection: Connection, *, commit: bool) -> None:
         try:
             if commit:
                 connection.commit()
+                self._driver.points.committed()
             else:
                 connection.rollback()
         finally:
@@ -176,24 +251,96 @@ def _rows(result: CursorResult[Any]) -> Rows:
 class SqliteDriver:
     """A synchronous SQLAlchemy engine on SQLite, used from asyncio through threads.
 
-    ``write_timeout``: seconds a writer waits for this process's other writers.
-    ``carry_context``: run each step in a copy of the calling task's context variables
-    (tracing's current span), which threads otherwise do not see.
+    ``connect``: opens a configured sqlite3 connection to the same file (busy timeout,
+    WAL, no implicit transactions), for the point statements' read and write
+    connections. ``write_timeout``: seconds a writer waits for this process's other
+    writers; ``busy_timeout_ms``: the connections' busy timeout. ``carry_context``: run
+    each step in a copy of the calling task's context variables (tracing's current
+    span), which threads otherwise do not see.
+    ``span_namespace``: with tracing on, the database name of point statements' spans
+    (None: no spans).
     """
 
     def __init__(
-        self, engine: Engine, *, pool_size: int, write_timeout: float, carry_context: bool = False
+        self,
+        engine: Engine,
+        *,
+        connect: Callable[[], sqlite3.Connection],
+        pool_size: int,
+        write_timeout: float,
+        busy_timeout_ms: int = 5000,
+        carry_context: bool = False,
+        span_namespace: str | None = None,
     ) -> None:
         self.engine = engine
         #: Whether each step runs in a copy of the caller's context (when tracing).
         self.carry_context = carry_context
+        # One thread more than transactions: a point write always finds one too.
         self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=pool_size, thread_name_prefix="nexus-sqlite"
+            max_workers=pool_size + 1, thread_name_prefix="nexus-sqlite"
+        )
+        #: Database name of point statements' spans (None: tracing off).
+        self.span_namespace = span_namespace
+        #: Point statements outside units of work.
+        self.points = SqlitePoints(
+            connect,
+            self.executor,
+            dialect=engine.dialect,
+            busy_timeout_ms=busy_timeout_ms,
+            carry_context=carry_context,
+            span_namespace=span_namespace,
         )
         self._pool_size = pool_size
         self._open = asyncio.Semaphore(pool_size)
         self._writer = asyncio.Lock()
         self._write_timeout = write_timeout
+        self._checkpointing: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def write_point(self, sql: str, params: Sequence[Any]) -> RawRows:
+        """Run the point write ``sql`` as a transaction of its own in this process's
+        write turn: on the loop's thread if SQLite grants its lock at once, else on a
+        thread (which keeps the turn until its step is over)."""
+        if self._closed:
+            raise RuntimeError("the storage is closed")
+        await self.points.take_turns()
+        await self._take_write_turn()
+        try:
+            rows = await self.points.write_now(sql, params)
+            if rows is None:
+                waiting = self.points.write_on_thread(sql, params, self._writer.release)
+        except BaseException:
+            self._writer.release()
+            raise
+        if rows is None:
+            rows = await waiting
+        else:
+            self._writer.release()
+        self._checkpoint_if_due()
+        return rows
+
+    def _checkpoint_if_due(self) -> None:
+        # On the loop, after a write transaction: commits may be counted on threads.
+        if self._closed or not self.points.checkpoint_due():
+            return
+        if self._checkpointing is not None and not self._checkpointing.done():
+            return
+        # A context of its own: not the caller's trace or request id.
+        self._checkpointing = asyncio.get_running_loop().create_task(
+            self._checkpoint(), name="nexus-sqlite-checkpoint", context=contextvars.Context()
+        )
+
+    async def _checkpoint(self) -> None:
+        try:
+            await self._take_write_turn()
+        except ConflictError:
+            return  # busy writers: the next one
+        try:
+            await asyncio.wrap_future(self.executor.submit(self.points.checkpoint_step))
+        except RuntimeError:  # closed meanwhile
+            pass
+        finally:
+            self._writer.release()
 
     @asynccontextmanager
     async def transaction(
@@ -217,6 +364,8 @@ class SqliteDriver:
 
         connection = SqliteConnection(self, options, autocommit=autocommit)
         try:
+            if write and not autocommit:
+                connection.begin_on_loop()
             yield connection
             await connection._finish(commit=True)
         except BaseException:
@@ -225,6 +374,8 @@ class SqliteDriver:
             await _detached(connection._finish(commit=False), release)
             raise
         release()
+        if write:
+            self._checkpoint_if_due()
 
     async def close(self) -> None:
         """Wait (a while) for open transactions to end, close the pooled connections and
@@ -237,6 +388,20 @@ class SqliteDriver:
                     taken += 1
         except TimeoutError:
             _log.warning("closing the SQLite storage with transactions still open")
+        self._closed = True
+        if self._checkpointing is not None:
+            self._checkpointing.cancel()  # its thread step ends on its own connection
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointing
+        # A point write still running keeps the write turn (and its connection) until
+        # its step is over.
+        turn = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_CLOSE_WAIT):
+                turn = await self._writer.acquire()
+        self.points.close()
+        if turn:
+            self._writer.release()
         await asyncio.to_thread(self.engine.dispose)
         self.executor.shutdown(wait=False)
         for _ in range(taken):

@@ -29,7 +29,7 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -44,14 +44,16 @@ from nexus_grpc import tracing
 from nexus_grpc.errors import STORAGE_BUSY, ConflictError
 from nexus_grpc.urls import mask_url
 
+from ._postgres_points import PostgresPoints
 from ._sqlite import SqliteConnection, SqliteDriver
 from .faults import StorageHealth, StorageUnavailableError, os_cause, postgres_cause, sqlite_cause
 from .files import prepare_sqlite_files
+from .points import RawRows
 from .schema import metadata, records
 from .spans import instrument_sql_engine
 from .sql import SqlDialect, dialect_for
 
-__all__ = ["Database", "SqlConnection", "translate_errors"]
+__all__ = ["Database", "SqlConnection", "execute_point", "translate_errors"]
 
 #: A connection in a transaction, as repositories use it: ``await conn.execute(stmt)``.
 SqlConnection = AsyncConnection | SqliteConnection
@@ -87,10 +89,12 @@ class Database:
         *,
         engine: AsyncEngine | None = None,
         sqlite: SqliteDriver | None = None,
+        postgres_points: PostgresPoints | None = None,
     ) -> None:
         self.dialect = dialect
         self._engine = engine
         self._sqlite = sqlite
+        self._postgres_points = postgres_points
         self._closed = False
         #: Infrastructure failures seen, and whether the database works.
         self.health = StorageHealth(self.probe)
@@ -111,37 +115,53 @@ class Database:
             assert parsed.database  # checked by _normalise_url
             if not parsed.query.get("uri"):
                 await asyncio.to_thread(prepare_sqlite_files, parsed.database)
+            # Connections move between the driver's threads, one step at a time.
+            connect_args = {"timeout": sqlite_busy_timeout, "check_same_thread": False}
             engine = create_engine(
                 parsed,
                 hide_parameters=True,
-                # Connections move between the driver's threads, one step at a time.
-                connect_args={"timeout": sqlite_busy_timeout, "check_same_thread": False},
+                connect_args=connect_args,
                 pool_size=_SQLITE_POOL_SIZE,
                 max_overflow=0,
             )
-            _configure_sqlite(engine, busy_timeout_ms=round(sqlite_busy_timeout * 1000))
+            busy_timeout_ms = round(sqlite_busy_timeout * 1000)
+            _configure_sqlite(engine, busy_timeout_ms=busy_timeout_ms)
             traced = tracing.enabled()
+            name = os.path.basename(parsed.database)
             if traced:
-                name = os.path.basename(parsed.database)
                 instrument_sql_engine(engine, system="sqlite", namespace=name, server=None)
+            cargs, cparams = engine.dialect.create_connect_args(parsed)
+            cparams.update(connect_args)
+
+            def connect() -> sqlite3.Connection:
+                connection: sqlite3.Connection = sqlite3.connect(*cargs, **cparams)  # type: ignore[call-overload]
+                _configure_connection(connection, busy_timeout_ms=busy_timeout_ms)
+                return connection
+
             driver = SqliteDriver(
                 engine,
+                connect=connect,
                 pool_size=_SQLITE_POOL_SIZE,
                 write_timeout=sqlite_busy_timeout,
+                busy_timeout_ms=busy_timeout_ms,
                 carry_context=traced,
+                span_namespace=name if traced else None,
             )
             return cls(dialect_for(backend), sqlite=driver)
         connect_args = {} if "timeout" in parsed.query else {"timeout": connect_timeout}
         pg = create_async_engine(parsed, hide_parameters=True, connect_args=connect_args)
-        if tracing.enabled():
+        # No host: a Unix socket (named in the query), not a network server.
+        server = (parsed.host, parsed.port or 5432) if parsed.host else None
+        traced = tracing.enabled()
+        if traced:
             instrument_sql_engine(
-                pg.sync_engine,
-                system="postgresql",
-                namespace=parsed.database,
-                # No host: a Unix socket (named in the query), not a network server.
-                server=(parsed.host, parsed.port or 5432) if parsed.host else None,
+                pg.sync_engine, system="postgresql", namespace=parsed.database, server=server
             )
-        return cls(dialect_for(backend), engine=pg)
+        _, kwargs = pg.dialect.create_connect_args(parsed)
+        points = PostgresPoints(
+            {**kwargs, **connect_args}, span=(parsed.database, server) if traced else None
+        )
+        return cls(dialect_for(backend), engine=pg, postgres_points=points)
 
     @property
     def closed(self) -> bool:
@@ -153,6 +173,8 @@ class Database:
         self._closed = True
         if self._sqlite is not None:
             await self._sqlite.close()
+        if self._postgres_points is not None:
+            await self._postgres_points.close()
         if self._engine is not None:
             await self._engine.dispose()
 
@@ -209,6 +231,35 @@ class Database:
             ) as conn:
                 yield conn
 
+    async def read_point(self, sql: str, params: Sequence[Any]) -> RawRows:
+        """Run a point read (see ``points``) as a transaction of its own.
+
+        SQLite: on the loop's thread when no lock stands in the way (see
+        ``_sqlite_points``); PostgreSQL: an asyncpg prepared statement (see
+        ``_postgres_points``).
+        """
+        if self._closed:
+            raise RuntimeError("the storage is closed")
+        with translate_errors(self.health):
+            if self._postgres_points is not None:
+                return await self._postgres_points.run(sql, params, write=False)
+            if self._sqlite is not None:
+                rows = await self._sqlite.points.read_now(sql, params)
+                if rows is not None:
+                    return rows
+        async with self.transaction(write=False, statement_each=True) as conn:
+            return await execute_point(conn, sql, params)
+
+    async def write_point(self, sql: str, params: Sequence[Any]) -> RawRows:
+        """Run a point write (see ``points``) as a transaction of its own."""
+        if self._closed:
+            raise RuntimeError("the storage is closed")
+        with translate_errors(self.health):
+            if self._postgres_points is not None:
+                return await self._postgres_points.run(sql, params, write=True)
+            assert self._sqlite is not None
+            return await self._sqlite.write_point(sql, params)
+
     async def _connect_postgres(self) -> AsyncConnection:
         assert self._engine is not None
         try:
@@ -247,6 +298,15 @@ class Database:
             await conn.execute(row)
 
 
+async def execute_point(conn: SqlConnection, sql: str, params: Sequence[Any]) -> RawRows:
+    """Run a point statement's ``sql`` on ``conn``, in its transaction."""
+    if isinstance(conn, SqliteConnection):
+        return await conn.execute_raw(sql, params)
+    result = await conn.exec_driver_sql(sql, tuple(params))
+    rows = [tuple(row) for row in result.all()] if result.returns_rows else []
+    return RawRows(rows, result.rowcount)
+
+
 def _normalise_url(url: str | URL) -> URL:
     try:
         parsed = make_url(url)
@@ -270,23 +330,32 @@ def _normalise_url(url: str | URL) -> URL:
 def _configure_sqlite(engine: Engine, *, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-        # Stop the driver from emitting BEGIN (and COMMIT before DDL) on its own.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            # busy_timeout first: switching to WAL itself may have to wait for a lock.
-            cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.fetchall()
-            # NORMAL is durable in WAL mode except for the last commits on power loss.
-            cursor.execute("PRAGMA synchronous = NORMAL")
-        finally:
-            cursor.close()
+        _configure_connection(dbapi_connection, busy_timeout_ms=busy_timeout_ms)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
+        if conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+            return  # begun on the loop's thread already (see _sqlite_points.begin_now)
         mode = conn.get_execution_options().get(_SQLITE_BEGIN, "IMMEDIATE")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _configure_connection(dbapi_connection: sqlite3.Connection, *, busy_timeout_ms: int) -> None:
+    # Stop the driver from emitting BEGIN (and COMMIT before DDL) on its own.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # busy_timeout first: switching to WAL itself may have to wait for a lock.
+        cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.fetchall()
+        # NORMAL is durable in WAL mode except for the last commits on power loss.
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        # Commits may run on the event loop's thread: checkpoints run on a thread of
+        # their own instead (see ``_sqlite_points``).
+        cursor.execute("PRAGMA wal_autocheckpoint = 0")
+    finally:
+        cursor.close()
 
 
 @contextmanager

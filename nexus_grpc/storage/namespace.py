@@ -13,16 +13,17 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from sqlalchemy.engine import URL
 
 from .declared import IndexChanges
-from .engine import Database, SqlConnection, translate_errors
+from .engine import Database, SqlConnection, execute_point, translate_errors
 from .faults import StorageHealth
 from .indexes import apply_sql_indexes
+from .points import Point, RawRows
 from .repository import M, Repository, check_id_field
 from .schema import MAX_KEY_LENGTH
 from .sql import SqlDialect
@@ -159,6 +160,18 @@ class _AutocommitScope:
         async with self._database.transaction(write=write, statement_each=True) as conn:
             yield conn
 
+    async def run_point(
+        self, sql: str, params: Sequence[Any], *, write: bool, or_else: Point | None = None
+    ) -> RawRows:
+        if not write:
+            return await self._database.read_point(sql, params)
+        done = await self._database.write_point(sql, params)
+        if or_else is None or done.rowcount:
+            return done
+        # A read of its own: it needs no common snapshot with the write.
+        found = await self._database.read_point(*or_else)
+        return RawRows(found.rows, done.rowcount)
+
     def repository(self, message_type: type[M], *, collection: str, id_field: str) -> Repository[M]:
         return Repository(self, message_type, collection=collection, id_field=id_field)
 
@@ -188,6 +201,17 @@ class _TransactionScope:
                 raise RuntimeError("this unit of work's transaction has ended")
             with translate_errors(self._health):
                 yield self._conn
+
+    async def run_point(
+        self, sql: str, params: Sequence[Any], *, write: bool, or_else: Point | None = None
+    ) -> RawRows:
+        # Both statements in one turn: no other task's call runs between them.
+        async with self.connection(write=write) as conn:
+            done = await execute_point(conn, sql, params)
+            if or_else is None or done.rowcount:
+                return done
+            found = await execute_point(conn, *or_else)
+        return RawRows(found.rows, done.rowcount)
 
     def repository(self, message_type: type[M], *, collection: str, id_field: str) -> Repository[M]:
         return Repository(self, message_type, collection=collection, id_field=id_field)

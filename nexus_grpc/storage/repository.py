@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +24,7 @@ from nexus_grpc.errors import (
 
 from .engine import SqlConnection
 from .index import descriptor_of, index_document
+from .points import Point, RawRows
 from .query import DEFAULT_PAGE_SIZE, build_query, check_page_size
 from .schema import MAX_KEY_LENGTH, records
 from .sql import SqlDialect
@@ -74,6 +75,14 @@ class Scope(Protocol):
         transaction, or else in one of their own (on SQLite, one per statement)."""
         ...
 
+    async def run_point(
+        self, sql: str, params: Sequence[Any], *, write: bool, or_else: Point | None = None
+    ) -> RawRows:
+        """Run one point statement (see ``points``): in the unit of work's transaction,
+        or else in one of its own. ``or_else``: a read to run when the statement changed
+        no row; its rows come back instead, with the statement's row count (0)."""
+        ...
+
 
 class Repository(Generic[M]):
     """Messages of one type in one collection of one namespace.
@@ -90,6 +99,7 @@ class Repository(Generic[M]):
         self._type = message_type
         self._collection = collection
         self._id_field = id_field
+        self._points = scope.dialect.points
 
     @property
     def collection(self) -> str:
@@ -118,23 +128,22 @@ class Repository(Generic[M]):
             record_id = uuid.uuid4().hex
             setattr(created, self._id_field, record_id)
         _check_id_length(self._id_field, record_id)
-        now = datetime.now(UTC)
+        points = self._points
+        now = points.time(datetime.now(UTC))
         # ON CONFLICT DO NOTHING instead of catching the unique violation: on PostgreSQL
         # a failed INSERT would poison the caller's whole transaction. A concurrent insert
         # of the same key waits for the other transaction, then inserts nothing.
-        statement = self._scope.dialect.insert().values(
-            namespace=self._scope.namespace,
-            collection=self._collection,
-            id=record_id,
-            payload=created.SerializeToString(deterministic=True),
-            index_doc=index_document(created),
-            version=1,
-            created_at=now,
-            updated_at=now,
+        params = (
+            self._scope.namespace,
+            self._collection,
+            record_id,
+            created.SerializeToString(deterministic=True),
+            points.document(index_document(created)),
+            now,
+            now,
         )
         try:
-            async with self._scope.connection(write=True) as conn:
-                inserted = (await conn.execute(statement)).rowcount
+            inserted = (await self._scope.run_point(points.insert, params, write=True)).rowcount
         except IntegrityError as exc:
             raise AlreadyExistsError(self._collection, record_id) from exc
         if inserted != 1:
@@ -159,18 +168,17 @@ class Repository(Generic[M]):
             )
         if not _fits(id):
             return None
-        statement = select(
-            records.c.payload, records.c.version, records.c.created_at, records.c.updated_at
-        ).where(self._key(id))
-        if for_update:
-            # PostgreSQL locks the row; SQLAlchemy leaves the clause out on SQLite, where
-            # the transaction holds the database write lock from BEGIN IMMEDIATE anyway.
-            statement = statement.with_for_update()
-        async with self._scope.connection(write=for_update) as conn:
-            row = (await conn.execute(statement)).first()
-        if row is None:
+        points = self._points
+        # PostgreSQL locks the row; SQLite has no row locks, and a transaction holds the
+        # database write lock from BEGIN IMMEDIATE anyway.
+        sql = points.select_for_update if for_update else points.select
+        params = (self._scope.namespace, self._collection, id)
+        rows = (await self._scope.run_point(sql, params, write=for_update)).rows
+        if not rows:
             return None
-        return Record(self._parse(row.payload), row.version, row.created_at, row.updated_at)
+        payload, version, created_at, updated_at = rows[0]
+        created, updated = points.read_time(created_at), points.read_time(updated_at)
+        return Record(self._parse(payload), version, created, updated)
 
     async def update(self, message: M, *, expected_version: int | None = None) -> M:
         """Replace the stored message with the same id; return a copy of the new one.
@@ -183,25 +191,22 @@ class Repository(Generic[M]):
         record_id: str = getattr(updated, self._id_field)
         if not _fits(record_id) or not record_id:
             raise NotFoundError(self._collection, record_id)
-        condition = self._key(record_id)
-        if expected_version is not None:
-            condition = and_(condition, records.c.version == expected_version)
-        statement = (
-            records.update()
-            .where(condition)
-            .values(
-                payload=updated.SerializeToString(deterministic=True),
-                index_doc=index_document(updated),
-                version=records.c.version + 1,
-                updated_at=datetime.now(UTC),
-            )
+        points, scope = self._points, self._scope
+        key = (scope.namespace, self._collection, record_id)
+        params: tuple[Any, ...] = (
+            updated.SerializeToString(deterministic=True),
+            points.document(index_document(updated)),
+            points.time(datetime.now(UTC)),
+            *key,
         )
-        async with self._scope.connection(write=True) as conn:
-            changed = (await conn.execute(statement)).rowcount
-            if changed == 1:
-                return updated
-            exists = await conn.execute(select(records.c.version).where(self._key(record_id)))
-            current = exists.scalar_one_or_none()
+        sql = points.update
+        if expected_version is not None:
+            sql, params = points.update_expecting, (*params, expected_version)
+        # When nothing changed, the stored version tells a missing record from a conflict.
+        done = await scope.run_point(sql, params, write=True, or_else=(points.version, key))
+        if done.rowcount == 1:
+            return updated
+        current = done.rows[0][0] if done.rows else None
         if current is None:
             raise NotFoundError(self._collection, record_id)
         raise ConflictError(
@@ -213,9 +218,8 @@ class Repository(Generic[M]):
         """Delete the message with ``id``; whether there was one."""
         if not _fits(id):
             return False
-        async with self._scope.connection(write=True) as conn:
-            deleted = (await conn.execute(records.delete().where(self._key(id)))).rowcount
-        return bool(deleted)
+        key = (self._scope.namespace, self._collection, id)
+        return bool((await self._scope.run_point(self._points.delete, key, write=True)).rowcount)
 
     async def delete_many(self, ids: Iterable[str]) -> int:
         """Delete the messages with these ``ids`` in one statement; how many there were."""
@@ -280,9 +284,6 @@ class Repository(Generic[M]):
             records.c.namespace == self._scope.namespace,
             records.c.collection == self._collection,
         )
-
-    def _key(self, id: str) -> ColumnElement[bool]:
-        return and_(self._collection_rows(), records.c.id == id)
 
     def _copy(self, message: M) -> M:
         if not isinstance(message, self._type):

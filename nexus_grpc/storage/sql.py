@@ -48,6 +48,7 @@ from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.types import TypeEngine
 
 from .index import ValueKind
+from .points import PointSql, points_for
 from .query import Condition, Scalar, SortKey, Target
 from .schema import records
 
@@ -60,6 +61,8 @@ class SqlDialect:
     """Builds typed index-value expressions for one database backend."""
 
     name = ""
+    #: The backend's point statements (one record by its key), as SQL text.
+    points: PointSql
 
     def value(self, target: Target) -> ColumnElement[Any]:
         """The value of ``target`` in a row, typed for comparison and ordering."""
@@ -147,6 +150,7 @@ _DEFAULT_TEXT = {
 
 class _Sqlite(SqlDialect):
     name = "sqlite"
+    points = points_for("sqlite")
 
     def index_value(self, path: str, kind: ValueKind) -> ColumnElement[Any]:
         # Index paths are proto field names joined by dots: quoting the key is enough.
@@ -190,6 +194,7 @@ def _sqlite_type(kind: ValueKind) -> TypeEngine[Any]:
 
 class _Postgres(SqlDialect):
     name = "postgresql"
+    points = points_for("postgresql")
 
     def index_value(self, path: str, kind: ValueKind) -> ColumnElement[Any]:
         key = _sql_text(path)

@@ -6,6 +6,11 @@ generation on every request, so a plugin loaded at runtime is listed at once. Th
 protocol versions have identical messages and differ only in their package, so v1 is
 served with the v1alpha message classes under a v1 service descriptor derived from the
 v1alpha file.
+
+Types are looked up first in the pools of the routed methods, newest route first: a
+plugin upgraded to a changed contract serves it from its generation's own pool
+(:mod:`nexus_grpc.plugins.generations`) while the default pool still holds the first
+version, and a client must see the version being served.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from nexus_grpc.routing import Router
+from nexus_grpc.routing import Router, RoutingTable
 from nexus_grpc.transport.servicers import ServiceBinding, bind_servicer
 
 __all__ = ["ReflectionServicer", "reflection_bindings"]
@@ -56,7 +61,27 @@ class ReflectionServicer(reflection_pb2_grpc.ServerReflectionServicer):  # type:
         self, router: Router, pools: Iterable[descriptor_pool.DescriptorPool] = ()
     ) -> None:
         self._router = router
-        self._pools = [descriptor_pool.Default(), *pools, _CORE_POOL]
+        self._fixed = [descriptor_pool.Default(), *pools, _CORE_POOL]
+        # Worked out once per routing table; forgotten when the table changes, so a
+        # dropped generation's pool is not kept alive here.
+        self._searched: list[descriptor_pool.DescriptorPool] | None = None
+        router.on_change(self._forget_pools)
+
+    def _forget_pools(self, _table: RoutingTable) -> None:
+        self._searched = None
+
+    @property
+    def _pools(self) -> list[descriptor_pool.DescriptorPool]:
+        """Pools to search, in order: the routed generations' (newest first), then the rest."""
+        if self._searched is not None:
+            return self._searched
+        routed: dict[int, descriptor_pool.DescriptorPool] = {}
+        for route in reversed(list(self._router.table.routes.values())):
+            pool = route.info.descriptor.containing_service.file.pool
+            routed.setdefault(id(pool), pool)
+        fixed = {id(pool) for pool in self._fixed}
+        self._searched = [p for key, p in routed.items() if key not in fixed] + self._fixed
+        return self._searched
 
     async def ServerReflectionInfo(
         self,

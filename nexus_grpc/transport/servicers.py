@@ -4,6 +4,13 @@ Generated ``add_XServicer_to_server`` functions are run against a small capture 
 instead of a server: they hand it the method handlers with the right (de)serializers,
 and the protobuf descriptors come from the pool the generated module registered in.
 The real server only ever has the dispatcher (DESIGN decision 2).
+
+A plugin upgraded to a changed contract has its generated modules in a pool of their
+own (:mod:`nexus_grpc.plugins.generations`), and ``sys.modules`` shows only the newest
+ones. So the registration function and the service descriptor are found through the
+generated base class itself (the module its methods were defined in, and the pool of
+the ``_pb2`` module that module imported), never by module name or in the default pool:
+servicers of the old and the new generation each bind their own types.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pool
-from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
 
 from nexus_grpc.access.policy import effective_policy
 from nexus_grpc.pipeline import (
@@ -70,12 +77,41 @@ def generated_bases(cls: type) -> list[type]:
     """The generated ``...Servicer`` classes ``cls`` subclasses (one per service)."""
     bases = []
     for base in cls.__mro__[1:]:
-        module = sys.modules.get(base.__module__)
-        if module is None or not base.__module__.endswith("_pb2_grpc"):
+        if not base.__module__.endswith("_pb2_grpc"):
             continue
-        if callable(getattr(module, f"add_{base.__name__}_to_server", None)):
+        if callable(_registration(base)):
             bases.append(base)
     return bases
+
+
+def _namespace(base: type) -> Mapping[str, Any]:
+    """The globals of the generated module that defined ``base``.
+
+    Taken from one of its methods rather than ``sys.modules``, which holds only the
+    newest generation of a module.
+    """
+    for value in vars(base).values():
+        code_globals = getattr(value, "__globals__", None)
+        if isinstance(code_globals, dict):
+            return code_globals
+    module = sys.modules.get(base.__module__)
+    return vars(module) if module is not None else {}
+
+
+def _registration(base: type) -> Any:
+    return _namespace(base).get(f"add_{base.__name__}_to_server")
+
+
+def _service_descriptor(base: type, service_name: str) -> ServiceDescriptor:
+    """``service_name`` from the pool of the ``_pb2`` modules ``base``'s module imports."""
+    for value in _namespace(base).values():
+        file = getattr(value, "DESCRIPTOR", None)
+        if isinstance(file, FileDescriptor):
+            try:
+                return file.pool.FindServiceByName(service_name)
+            except KeyError:
+                continue
+    return descriptor_pool.Default().FindServiceByName(service_name)
 
 
 class _Capture:
@@ -110,7 +146,7 @@ def declared_services(cls: type) -> list[str]:
         capture = _Capture()
         # The registration functions only read the method attributes, which the class
         # has as well as its instances.
-        getattr(sys.modules[base.__module__], f"add_{base.__name__}_to_server")(cls, capture)
+        _registration(base)(cls, capture)
         names.extend(capture.services)
     return names
 
@@ -125,14 +161,12 @@ def bind_servicer(servicer: object) -> list[ServiceBinding]:
             "...Servicer class (from a *_pb2_grpc module); subclass the servicer "
             "generated from your .proto"
         )
-    pool = descriptor_pool.Default()
     bindings = []
     for base in bases:
         capture = _Capture()
-        register = getattr(sys.modules[base.__module__], f"add_{base.__name__}_to_server")
-        register(servicer, capture)
+        _registration(base)(servicer, capture)
         for service_name, handlers in capture.services.items():
-            descriptor = pool.FindServiceByName(service_name)
+            descriptor = _service_descriptor(base, service_name)
             bindings.append(ServiceBinding(descriptor, servicer, base, handlers))
     return bindings
 

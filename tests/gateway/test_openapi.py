@@ -203,6 +203,7 @@ def test_every_binding_is_an_operation_with_a_stable_id(bundled: dict[str, Any])
         ("post", "/v1/admin/events/groups/{group}/dead-letters/{id}:redrive"),
         ("post", "/v1/admin/events/groups/{group}:replay"),
         ("get", "/v1/admin/events/stats"),
+        ("post", "/v1/admin/workers:restart"),
     } | {
         # Unannotated methods get the default binding, whatever this grpcio version has.
         ("post", f"/grpc.health.v1.Health/{method.name}")

@@ -20,6 +20,11 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTCOME_DENIED: _ClassVar[Outcome]
     OUTCOME_FAILED: _ClassVar[Outcome]
 
+class RestartPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESTART_POLICY_UNSPECIFIED: _ClassVar[RestartPolicy]
+    RESTART_POLICY_ROLLING: _ClassVar[RestartPolicy]
+
 class Category(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CATEGORY_UNSPECIFIED: _ClassVar[Category]
@@ -40,6 +45,8 @@ OUTCOME_UNSPECIFIED: Outcome
 OUTCOME_SUCCEEDED: Outcome
 OUTCOME_DENIED: Outcome
 OUTCOME_FAILED: Outcome
+RESTART_POLICY_UNSPECIFIED: RestartPolicy
+RESTART_POLICY_ROLLING: RestartPolicy
 CATEGORY_UNSPECIFIED: Category
 CATEGORY_BUSINESS: Category
 CATEGORY_INTEGRATION: Category
@@ -197,6 +204,18 @@ class AuditRecord(_message.Message):
     transport: str
     peer: str
     def __init__(self, id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ..., transport: _Optional[str] = ..., peer: _Optional[str] = ...) -> None: ...
+
+class RestartWorkersRequest(_message.Message):
+    __slots__ = ("policy",)
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    policy: RestartPolicy
+    def __init__(self, policy: _Optional[_Union[RestartPolicy, str]] = ...) -> None: ...
+
+class RestartWorkersResponse(_message.Message):
+    __slots__ = ("workers",)
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    workers: int
+    def __init__(self, workers: _Optional[int] = ...) -> None: ...
 
 class ListPluginsRequest(_message.Message):
     __slots__ = ()

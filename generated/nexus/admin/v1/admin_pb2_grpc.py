@@ -70,6 +70,11 @@ class AdminServiceStub:
                 request_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.GetEventStatsRequest.SerializeToString,
                 response_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.EventStats.FromString,
                 _registered_method=True)
+        self.RestartWorkers = channel.unary_unary(
+                '/nexus.admin.v1.AdminService/RestartWorkers',
+                request_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.RestartWorkersRequest.SerializeToString,
+                response_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.RestartWorkersResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -137,6 +142,18 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RestartWorkers(self, request, context):
+        """Replaces the worker processes of this host (nexus serve --workers N), as SIGHUP
+        does. ROLLING (the default policy): one worker at a time, each replacement serving
+        before the worker it replaces drains, so the host never stops serving; replacements
+        read the configuration file again. Answers once the restart has started (the
+        supervisor logs its end). FAILED_PRECONDITION on a host of one process, ABORTED
+        while a restart is still running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -174,6 +191,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetEventStats,
                     request_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.GetEventStatsRequest.FromString,
                     response_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.EventStats.SerializeToString,
+            ),
+            'RestartWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestartWorkers,
+                    request_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.RestartWorkersRequest.FromString,
+                    response_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.RestartWorkersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -366,6 +388,33 @@ class AdminService:
             '/nexus.admin.v1.AdminService/GetEventStats',
             nexus_dot_admin_dot_v1_dot_admin__pb2.GetEventStatsRequest.SerializeToString,
             nexus_dot_admin_dot_v1_dot_admin__pb2.EventStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestartWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.admin.v1.AdminService/RestartWorkers',
+            nexus_dot_admin_dot_v1_dot_admin__pb2.RestartWorkersRequest.SerializeToString,
+            nexus_dot_admin_dot_v1_dot_admin__pb2.RestartWorkersResponse.FromString,
             options,
             channel_credentials,
             insecure,

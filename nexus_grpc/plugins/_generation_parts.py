@@ -1,0 +1,209 @@
+"""The pieces a contract generation is built with: module names, ``sys.modules``
+entries, and the stand-ins generated code meets while it runs for a generation.
+
+Kept apart from :mod:`nexus_grpc.plugins.generations`, which says what a generation is;
+nothing here knows about plugins.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, symbol_database
+from google.protobuf.descriptor import Descriptor, FileDescriptor
+
+__all__ = [
+    "Facade",
+    "GenerationError",
+    "PoolModule",
+    "contract_modules",
+    "field_files",
+    "file_set",
+    "install_modules",
+    "module_name_of",
+    "module_sources",
+    "restore_modules",
+    "unregister_classes",
+]
+
+
+class GenerationError(ImportError):
+    """A generation's modules cannot be found or imported; the message says which."""
+
+
+def module_name_of(proto_file: str, *, grpc: bool = False) -> str:
+    """The module protoc generates for ``proto_file`` (``a/b/c.proto`` → ``a.b.c_pb2``)."""
+    stem = proto_file.removesuffix(".proto").replace("-", "_").replace("/", ".")
+    return f"{stem}_pb2_grpc" if grpc else f"{stem}_pb2"
+
+
+def module_sources(
+    names: Iterable[str], search: Sequence[str | Path] | None = None
+) -> dict[str, Path]:
+    """Source file of each module name, searched in ``search`` (``sys.path`` by default).
+
+    Generated modules live in plain folders; a name found nowhere is a GenerationError.
+    """
+    roots = [Path(p) for p in (sys.path if search is None else search) if str(p)]
+    found: dict[str, Path] = {}
+    for name in names:
+        relative = Path(*name.split(".")).with_suffix(".py")
+        for root in roots:
+            candidate = root / relative
+            if candidate.is_file():
+                found[name] = candidate
+                break
+        else:
+            raise GenerationError(f"generated module {name} not found in {[str(r) for r in roots]}")
+    return found
+
+
+def contract_modules(files: Iterable[str], search: Sequence[str | Path] | None = None) -> list[str]:
+    """The ``_pb2`` modules of every contract in the folders of ``files``, sorted.
+
+    ``files`` are a running plugin's contract files (``acme/notes/v1/notes.proto``, the
+    files of its services); a plugin's contract is what ``nexus gen`` put in those
+    folders, including files its services do not import (events) and files the new
+    version added. Each folder is taken from the first ``search`` root that has it.
+    """
+    roots = [Path(p) for p in (sys.path if search is None else search) if str(p)]
+    found: set[str] = set()
+    for folder in sorted({str(Path(name).parent) for name in files}):
+        for root in roots:
+            directory = root / folder
+            modules = sorted(directory.glob("*_pb2.py")) if directory.is_dir() else []
+            if modules:
+                package = folder.replace("/", ".")
+                found.update(f"{package}.{module.stem}" for module in modules)
+                break
+    return sorted(found)
+
+
+def unregister_classes(messages: Iterable[Descriptor]) -> None:
+    """Take a generation's classes out of protobuf's process-wide symbol database.
+
+    Generated code registers every class it builds there (``builder._sym_db``), in a
+    dict shared by all symbol databases and keyed by descriptor, so a dropped
+    generation's classes, descriptors and pool would live as long as the process. The
+    classes stay reachable from their modules and ``message_factory.GetMessageClass``.
+    """
+    registry = getattr(symbol_database.SymbolDatabase, "_classes", None)
+    if not isinstance(registry, dict):
+        return
+    for message in messages:
+        registry.pop(message, None)
+        unregister_classes(message.nested_types)
+
+
+def field_files(message: Descriptor, into: set[str], seen: set[str]) -> None:
+    """Files of every message type reachable from ``message``'s fields."""
+    if message.full_name in seen:
+        return
+    seen.add(message.full_name)
+    into.add(message.file.name)
+    for field in message.fields:
+        if field.message_type is not None:
+            field_files(field.message_type, into, seen)
+    for nested in message.nested_types:
+        field_files(nested, into, seen)
+
+
+class PoolModule:
+    """Stands in for ``google.protobuf.descriptor_pool`` inside a generation's module:
+    ``Default()`` is the generation's pool, whose ``AddSerializedFile`` is ``add``."""
+
+    def __init__(self, pool: descriptor_pool.DescriptorPool, add: Callable[[bytes], Any]) -> None:
+        self._pool = _SeedingPool(pool, add)
+
+    def Default(self) -> _SeedingPool:  # the name generated code calls
+        return self._pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(descriptor_pool, name)
+
+
+class _SeedingPool:
+    """A pool whose ``AddSerializedFile`` adds a file's imports before the file."""
+
+    def __init__(self, pool: descriptor_pool.DescriptorPool, add: Callable[[bytes], Any]) -> None:
+        self._real = pool
+        self._add = add
+
+    def AddSerializedFile(self, data: bytes) -> FileDescriptor:
+        result: FileDescriptor = self._add(data)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+class Facade:
+    """A module seen through ``from X import a, b`` with some names answered otherwise;
+    ``module`` None when the package itself is not needed (nor importable)."""
+
+    def __init__(self, module: types.ModuleType | None, overrides: Mapping[str, object]) -> None:
+        self._module = module
+        self._overrides = overrides
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._overrides:
+            return self._overrides[name]
+        if self._module is None:
+            raise AttributeError(name)
+        return getattr(self._module, name)
+
+
+def install_modules(modules: Mapping[str, types.ModuleType]) -> dict[str, types.ModuleType | None]:
+    previous: dict[str, types.ModuleType | None] = {}
+    for name, module in modules.items():
+        previous[name] = sys.modules.get(name)
+        sys.modules[name] = module
+        parent, _, leaf = name.rpartition(".")
+        if parent:
+            # `from pkg import mod` reads the package attribute before sys.modules.
+            try:
+                package = importlib.import_module(parent)
+            except ImportError:
+                continue  # not importable here: only `import pkg.mod` finds the module
+            setattr(package, leaf, module)
+    return previous
+
+
+def restore_modules(previous: Mapping[str, types.ModuleType | None]) -> None:
+    for name, module in previous.items():
+        parent, _, leaf = name.rpartition(".")
+        package = sys.modules.get(parent) if parent else None
+        if module is None:
+            sys.modules.pop(name, None)
+            if package is not None and hasattr(package, leaf):
+                delattr(package, leaf)
+        else:
+            sys.modules[name] = module
+            if package is not None:
+                setattr(package, leaf, module)
+
+
+def file_set(files: Iterable[FileDescriptor]) -> descriptor_pb2.FileDescriptorSet:
+    """``files`` and everything they import, each once, every file after its imports."""
+    ordered: list[FileDescriptor] = []
+    seen: set[str] = set()
+
+    def visit(file: FileDescriptor) -> None:
+        if file.name in seen:
+            return
+        seen.add(file.name)
+        for dependency in file.dependencies:
+            visit(dependency)
+        ordered.append(file)
+
+    for file in files:
+        visit(file)
+    result = descriptor_pb2.FileDescriptorSet()
+    for file in ordered:
+        result.file.add().ParseFromString(bytes(file.serialized_pb))
+    return result

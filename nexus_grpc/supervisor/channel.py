@@ -1,0 +1,224 @@
+"""The line between the supervisor and each worker, and the broadcast it carries.
+
+Each worker gets one end of a Unix ``socketpair`` (inherited as a file descriptor, its
+number passed on the command line); the supervisor keeps the other. Both ends speak
+newline-delimited JSON objects, at most :data:`MAX_MESSAGE_BYTES` each:
+
+- worker → supervisor ``{"kind": "ready"}``: the worker listens on both ports and its
+  health is SERVING (a rolling restart retires the old worker only after this).
+- worker → supervisor ``{"kind": "broadcast", "topic": T, "data": D}``: deliver ``D``
+  to every worker, the sender included.
+- supervisor → worker ``{"kind": "message", "topic": T, "data": D, "origin": PID}``:
+  one broadcast, in the order the supervisor received them.
+- worker → supervisor ``{"kind": "restart", "id": N}``: start a rolling restart of the
+  workers (AdminService.RestartWorkers); the supervisor answers
+  ``{"kind": "reply", "id": N, "workers": COUNT}`` or ``{..., "error": TEXT}``.
+
+Signals complete the line: SIGTERM stops a worker as it stops a host (health
+NOT_SERVING, ``server.shutdown_delay``, drain); :data:`RETIRE_SIGNAL` (SIGUSR2) drains a
+worker a rolling restart replaces, without turning health NOT_SERVING: the host as a
+whole keeps serving.
+
+In a worker, :class:`Broadcast` is the whole API::
+
+    broadcast.subscribe("plugins", on_plugins)      # on_plugins(data, origin_pid)
+    await broadcast.publish("plugins", {"load": "orders"})
+
+``on_plugins`` then runs in every worker (on its event loop; a coroutine function is
+awaited in a task of its own). Without a supervisor (``server.workers = 1``) the same
+object delivers to the local subscribers only, so callers need not know how many
+processes there are. A message is fire-and-forget: a worker started later does not
+get earlier messages (state that must survive belongs in storage; a broadcast says
+"read it again"). When the supervisor goes away the worker sees the line close and
+shuts itself down (see :mod:`nexus_grpc.supervisor.worker`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "RETIRE_SIGNAL",
+    "Broadcast",
+    "Handler",
+    "NoSupervisor",
+    "decode",
+    "encode",
+]
+
+#: Sent to a worker a rolling restart replaces: drain quietly (see the module docstring).
+RETIRE_SIGNAL = signal.SIGUSR2
+
+#: Largest message on the line, in bytes (the JSON and its newline).
+MAX_MESSAGE_BYTES = 1024 * 1024
+
+#: Seconds a worker waits for the supervisor's answer to a request.
+_REPLY_TIMEOUT = 10.0
+
+#: A subscriber: called with the message's data and the sending worker's pid.
+Handler = Callable[[Any, int], Awaitable[None] | None]
+
+_log = logging.getLogger("nexus.supervisor")
+
+
+class NoSupervisor(RuntimeError):
+    """This process is the whole host (``server.workers = 1``): there are no workers."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One message as a line; ValueError when it is not JSON or too large."""
+    line = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+    if len(line) > MAX_MESSAGE_BYTES:
+        raise ValueError(f"message of {len(line)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    return line
+
+
+def decode(line: bytes) -> dict[str, Any] | None:
+    """The message on ``line``; None (logged) when it is not a JSON object with a kind."""
+    try:
+        message = json.loads(line)
+    except ValueError:
+        message = None
+    if not isinstance(message, dict) or not isinstance(message.get("kind"), str):
+        _log.warning("ignored a malformed message on the worker line (%d bytes)", len(line))
+        return None
+    return message
+
+
+class Broadcast:
+    """Messages delivered to every worker (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, list[Handler]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next_id = 0
+        #: Set when the supervisor's end of the line closed (the supervisor is gone).
+        self.closed = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        """Whether messages go through a supervisor (a worker of several)."""
+        return self._writer is not None
+
+    async def connect(self, fd: int) -> None:
+        """Use the inherited socket ``fd`` as the line to the supervisor."""
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        reader, self._writer = await asyncio.open_unix_connection(
+            sock=sock, limit=MAX_MESSAGE_BYTES
+        )
+        self._reader_task = asyncio.create_task(self._read(reader), name="nexus-worker-line")
+
+    def subscribe(self, topic: str, handler: Handler) -> None:
+        """Call ``handler(data, origin_pid)`` for every message published on ``topic``."""
+        self._handlers.setdefault(topic, []).append(handler)
+
+    async def publish(self, topic: str, data: Any) -> None:
+        """Deliver ``data`` (JSON-serialisable) to ``topic``'s subscribers in every worker."""
+        if self._writer is None:
+            self._deliver(topic, data, os.getpid())
+            return
+        await self._send({"kind": "broadcast", "topic": topic, "data": data})
+
+    async def restart_workers(self) -> int:
+        """Have the supervisor start a rolling restart; the number of workers it replaces.
+
+        :class:`NoSupervisor` without a supervisor; RuntimeError (its message says why)
+        when a restart is running already or the supervisor does not answer.
+        """
+        if self._writer is None:
+            raise NoSupervisor("this host runs one process (server.workers = 1): no workers")
+        self._next_id += 1
+        ident = self._next_id
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[ident] = reply
+        try:
+            await self._send({"kind": "restart", "id": ident})
+            answer = await asyncio.wait_for(reply, _REPLY_TIMEOUT)
+        except TimeoutError:
+            raise RuntimeError("the supervisor did not answer") from None
+        finally:
+            self._replies.pop(ident, None)
+        if "error" in answer:
+            raise RuntimeError(str(answer["error"]))
+        return int(answer.get("workers", 0))
+
+    async def ready(self) -> None:
+        """Tell the supervisor this worker serves (no-op without one)."""
+        if self._writer is not None:
+            await self._send({"kind": "ready"})
+
+    async def close(self) -> None:
+        """Stop reading and close the line."""
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        assert self._writer is not None
+        self._writer.write(encode(message))
+        await self._writer.drain()
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError:
+                    break
+                except asyncio.LimitOverrunError:
+                    _log.error("the supervisor sent a message over %d bytes", MAX_MESSAGE_BYTES)
+                    break
+                message = decode(line)
+                if message is None:
+                    continue
+                if message["kind"] == "reply":
+                    waiting = self._replies.get(message.get("id"))  # type: ignore[arg-type]
+                    if waiting is not None and not waiting.done():
+                        waiting.set_result(message)
+                    continue
+                if message["kind"] != "message":
+                    continue
+                origin = message.get("origin")
+                self._deliver(
+                    str(message.get("topic", "")),
+                    message.get("data"),
+                    origin if isinstance(origin, int) else 0,
+                )
+        except OSError as error:
+            _log.error("the line to the supervisor failed: %s", error)
+        finally:
+            self.closed.set()
+
+    def _deliver(self, topic: str, data: Any, origin: int) -> None:
+        for handler in self._handlers.get(topic, ()):
+            try:
+                result = handler(data, origin)
+            except Exception:
+                _log.exception("broadcast handler of %r failed", topic)
+                continue
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(self._await(topic, result))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _await(topic: str, result: Awaitable[None]) -> None:
+        try:
+            await result
+        except Exception:
+            _log.exception("broadcast handler of %r failed", topic)

@@ -1,0 +1,381 @@
+"""The supervisor: N worker processes, kept running, stopped and rolled together.
+
+It follows grpcio's fork model by never holding any gRPC object: it imports neither
+grpc nor the host, and starts each worker as a new interpreter (``nexus serve`` again,
+with the ports it reserved and one end of a socketpair, see
+:mod:`nexus_grpc.supervisor.channel`). Workers run in a session of their own so that a
+terminal's Ctrl-C reaches the supervisor alone, which then stops them in order.
+
+- A worker that dies is started again after a backoff; too many deaths in a window
+  is a crash loop: everything stops and the supervisor exits 1 saying so
+  (:mod:`nexus_grpc.supervisor.policy`).
+- SIGTERM or SIGINT: every worker gets SIGTERM and drains as a single host does
+  (health NOT_SERVING, ``server.shutdown_delay``, then ``server.grace_period`` for the
+  calls in flight); a second signal is passed on too, which cancels what is left.
+  A worker still running ``stop_timeout`` seconds later is killed.
+- SIGHUP: rolling restart, one worker at a time: the replacement starts and binds the
+  shared ports, and only once it reports ready (listening, health SERVING) does the
+  old one get :data:`~nexus_grpc.supervisor.channel.RETIRE_SIGNAL` and drain (its
+  health stays SERVING: the host as a whole does not go away). Replacements read the
+  configuration file again, so a rolling restart also applies configuration changes
+  and renewed certificates (not the ports or the worker count, which the supervisor
+  holds). The kernel keeps handing new connections to the
+  listeners left, so clients see no refused connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nexus_grpc.supervisor.channel import MAX_MESSAGE_BYTES, RETIRE_SIGNAL, decode, encode
+from nexus_grpc.supervisor.metrics import forget_worker
+from nexus_grpc.supervisor.policy import CrashLoop, RestartPolicy
+
+__all__ = ["Supervisor", "WorkerCommand"]
+
+#: The command line of a worker, given the number of its end of the line.
+WorkerCommand = Callable[[int], Sequence[str]]
+
+_log = logging.getLogger("nexus.supervisor")
+
+
+@dataclass(eq=False)
+class _Worker:
+    slot: int
+    process: asyncio.subprocess.Process
+    writer: asyncio.StreamWriter
+    started: float
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Being replaced or stopped on purpose: its exit is no crash.
+    retiring: bool = False
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+class Supervisor:
+    """Runs ``count`` workers until a signal stops them (see the module docstring)."""
+
+    def __init__(
+        self,
+        count: int,
+        command: WorkerCommand,
+        *,
+        metrics_dir: Path,
+        stop_timeout: float,
+        ready_timeout: float = 120.0,
+        policy: RestartPolicy | None = None,
+    ) -> None:
+        self.count = count
+        self._command = command
+        self._metrics_dir = metrics_dir
+        self._stop_timeout = stop_timeout
+        self._ready_timeout = ready_timeout
+        self._crashes = CrashLoop(policy or RestartPolicy())
+        #: The worker serving each slot now.
+        self._current: dict[int, _Worker] = {}
+        #: Every worker process still running (current, retiring, replacements).
+        self._alive: set[_Worker] = set()
+        self._stopping = False
+        #: A signal or stop() asked to stop: workers not ready then are no failure.
+        self._stop_asked = False
+        #: Every worker served once: from now on a death is restarted.
+        self._serving = False
+        self._done = asyncio.Event()
+        self._failure: str | None = None
+        self._rolling: asyncio.Task[bool] | None = None
+        self._restarts: set[asyncio.Task[None]] = set()
+
+    async def run(self, on_ready: Callable[[list[int]], None] | None = None) -> int:
+        """Start the workers, supervise them until stopped; the exit status.
+
+        The first worker starts alone (it creates the database schema and any
+        generated keys), the others once it serves. ``on_ready`` gets the workers'
+        pids once all serve.
+        """
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(number, self._on_stop_signal, number)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+        try:
+            if await self._start_all():
+                self._serving = True
+                if on_ready is not None:
+                    on_ready([w.pid for w in self._current.values()])
+                await self._done.wait()
+            await self._stop_all()
+        finally:
+            for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(number)
+            for task in list(self._restarts):
+                task.cancel()
+        if self._failure is not None:
+            _log.error("nexus workers stopped: %s", self._failure)
+            return 1
+        _log.info("nexus workers stopped")
+        return 0
+
+    def stop(self) -> None:
+        """Stop every worker and return from :meth:`run` (what SIGTERM does)."""
+        self._stop_asked = True
+        self._done.set()
+
+    def broadcast(self, topic: str, data: object) -> None:
+        """Deliver ``data`` to ``topic``'s subscribers in every running worker (its
+        origin is the supervisor's pid)."""
+        self._broadcast({"kind": "message", "topic": topic, "data": data, "origin": os.getpid()})
+
+    def pids(self) -> dict[int, int]:
+        """The pid of the worker serving each slot now."""
+        return {slot: worker.pid for slot, worker in self._current.items()}
+
+    async def _start_all(self) -> bool:
+        first = await self._spawn(0)
+        if not await self._until_ready(first):
+            return self._fail_start(first)
+        others = [await self._spawn(slot) for slot in range(1, self.count)]
+        for worker in others:
+            if not await self._until_ready(worker):
+                return self._fail_start(worker)
+        return not self._done.is_set()
+
+    def _fail_start(self, worker: _Worker) -> bool:
+        if self._failure is None and not self._stop_asked:
+            self._failure = self._not_ready(worker)
+        self._done.set()
+        return False
+
+    def _not_ready(self, worker: _Worker) -> str:
+        if worker.exited.is_set():
+            return (
+                f"worker {worker.slot} (pid {worker.pid}) exited with status "
+                f"{worker.process.returncode} before it served (its log says why)"
+            )
+        return (
+            f"worker {worker.slot} (pid {worker.pid}) did not serve within {self._ready_timeout:g}s"
+        )
+
+    async def _until_ready(self, worker: _Worker) -> bool:
+        """Whether ``worker`` reported ready before it exited, the timeout, or a stop."""
+        waits = [
+            asyncio.ensure_future(worker.ready.wait()),
+            asyncio.ensure_future(worker.exited.wait()),
+            asyncio.ensure_future(self._done.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=self._ready_timeout, return_when="FIRST_COMPLETED")
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        return worker.ready.is_set() and not worker.exited.is_set()
+
+    async def _spawn(self, slot: int) -> _Worker:
+        ours, theirs = socket.socketpair()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self._command(theirs.fileno()),
+                pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_MESSAGE_BYTES)
+        worker = _Worker(slot, process, writer, started=time.monotonic())
+        self._current[slot] = worker
+        self._alive.add(worker)
+        worker.tasks = [
+            asyncio.create_task(self._read(worker, reader)),
+            asyncio.create_task(self._watch(worker)),
+        ]
+        _log.info("worker %d started (pid %d)", slot, process.pid, extra={"pid": process.pid})
+        return worker
+
+    async def _read(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
+        """Messages from one worker: ready, and broadcasts passed to every worker."""
+        while True:
+            try:
+                line = await reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError:
+                _log.error(
+                    "worker %d (pid %d) sent a message over %d bytes: its line is closed",
+                    worker.slot,
+                    worker.pid,
+                    MAX_MESSAGE_BYTES,
+                )
+                return
+            except (asyncio.IncompleteReadError, OSError):
+                return
+            message = decode(line)
+            if message is None:
+                continue
+            if message["kind"] == "ready":
+                _log.info("worker %d (pid %d) serving", worker.slot, worker.pid)
+                worker.ready.set()
+            elif message["kind"] == "restart":
+                self._reply(worker, message.get("id"), self._request_restart())
+            elif message["kind"] == "broadcast":
+                self._broadcast(
+                    {
+                        "kind": "message",
+                        "topic": message.get("topic"),
+                        "data": message.get("data"),
+                        "origin": worker.pid,
+                    }
+                )
+
+    def _request_restart(self) -> dict[str, object]:
+        """A rolling restart asked for on the line (AdminService.RestartWorkers)."""
+        if self._stopping or not self._serving:
+            return {"error": "the workers are starting or stopping"}
+        if self._rolling is not None and not self._rolling.done():
+            return {"error": "a rolling restart is running already"}
+        _log.info("rolling restart of %d workers asked for by AdminService", self.count)
+        self._rolling = asyncio.create_task(self.rolling_restart())
+        return {"workers": self.count}
+
+    def _reply(self, worker: _Worker, ident: object, answer: dict[str, object]) -> None:
+        with contextlib.suppress(OSError, RuntimeError):
+            worker.writer.write(encode({"kind": "reply", "id": ident, **answer}))
+
+    def _broadcast(self, message: dict[str, object]) -> None:
+        line = encode(message)
+        for target in list(self._alive):
+            if not target.exited.is_set():
+                with contextlib.suppress(OSError, RuntimeError):
+                    target.writer.write(line)
+
+    async def _watch(self, worker: _Worker) -> None:
+        status = await worker.process.wait()
+        worker.exited.set()
+        self._alive.discard(worker)
+        worker.writer.close()
+        forget_worker(self._metrics_dir, worker.pid)
+        if self._current.get(worker.slot) is worker:
+            del self._current[worker.slot]
+        if self._stopping or worker.retiring:
+            _log.info("worker %d (pid %d) exited (%s)", worker.slot, worker.pid, status)
+            return
+        if not self._serving:
+            return  # at start: run() reports it and stops
+        if not worker.ready.is_set() and self._rolling is not None and not self._rolling.done():
+            return  # a replacement that failed: the rolling restart reports it
+        delay = self._crashes.died(worker.slot, now=time.monotonic(), started=worker.started)
+        if delay is None:
+            self._failure = (
+                f"crash loop: {self._crashes.describe()} (worker {worker.slot}, pid "
+                f"{worker.pid}, exited with status {status} last); stopping every worker"
+            )
+            _log.error("nexus workers: %s", self._failure)
+            self._done.set()
+            return
+        _log.warning(
+            "worker %d (pid %d) died (exit status %s); starting it again in %.2fs",
+            worker.slot,
+            worker.pid,
+            status,
+            delay,
+            extra={"pid": worker.pid, "exit_status": status, "restart_delay": delay},
+        )
+        task = asyncio.create_task(self._restart(worker.slot, delay))
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
+
+    async def _restart(self, slot: int, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if not self._stopping and slot not in self._current:
+            await self._spawn(slot)
+
+    def _on_stop_signal(self, number: signal.Signals) -> None:
+        if self._stopping:
+            _log.warning("%s again: passing it on to the workers", number.name)
+            self._signal_all(signal.SIGTERM)
+            return
+        _log.info("%s received: stopping %d workers", number.name, len(self._alive))
+        self.stop()
+
+    def _on_hangup(self) -> None:
+        if self._stopping:
+            return
+        if self._rolling is not None and not self._rolling.done():
+            _log.warning("SIGHUP received during a rolling restart: ignored")
+            return
+        _log.info("SIGHUP received: rolling restart of %d workers", self.count)
+        self._rolling = asyncio.create_task(self.rolling_restart())
+
+    async def rolling_restart(self) -> bool:
+        """Replace every worker, one at a time, never below ``count`` serving; whether
+        all were replaced (a replacement that does not serve stops it, the old stays)."""
+        for slot in range(self.count):
+            if self._stopping:
+                return False
+            old = self._current.get(slot)
+            new = await self._spawn(slot)
+            if not await self._until_ready(new):
+                problem = self._not_ready(new)
+                new.retiring = True
+                self._terminate(new)
+                if old is not None and not old.exited.is_set():
+                    self._current[slot] = old
+                _log.error("rolling restart stopped: %s; the old worker keeps serving", problem)
+                return False
+            if old is not None and not old.exited.is_set():
+                old.retiring = True
+                self._terminate(old, RETIRE_SIGNAL)
+                await self._wait_exit([old])
+        _log.info("rolling restart done: %d workers replaced", self.count)
+        return True
+
+    async def _stop_all(self) -> None:
+        self._stopping = True
+        if self._rolling is not None:
+            self._rolling.cancel()
+        workers = list(self._alive)
+        for worker in workers:
+            self._terminate(worker)
+        await self._wait_exit(workers)
+
+    def _terminate(self, worker: _Worker, number: int = signal.SIGTERM) -> None:
+        if not worker.exited.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.send_signal(number)
+
+    def _signal_all(self, number: int) -> None:
+        for worker in list(self._alive):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, number)
+
+    async def _wait_exit(self, workers: list[_Worker]) -> None:
+        """Wait for ``workers`` to exit; kill those still running after the timeout."""
+        waiting = [asyncio.ensure_future(w.exited.wait()) for w in workers]
+        if not waiting:
+            return
+        _, late = await asyncio.wait(waiting, timeout=self._stop_timeout)
+        for task in late:
+            task.cancel()
+        for worker in workers:
+            if not worker.exited.is_set():
+                _log.error(
+                    "worker %d (pid %d) still running %.0fs after SIGTERM: killing it",
+                    worker.slot,
+                    worker.pid,
+                    self._stop_timeout,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
+        for worker in workers:
+            await worker.exited.wait()
+            await asyncio.gather(*worker.tasks, return_exceptions=True)

@@ -1,0 +1,111 @@
+"""One worker process: the ordinary host, wired to its supervisor.
+
+Compared to a single ``nexus serve`` a worker (started by the supervisor with
+``--worker-line FD --worker-metrics DIR``) differs only in what it shares:
+
+- it binds the ports the supervisor reserved, with ``SO_REUSEPORT``;
+- it reports ready on the line once it serves and its overall health is SERVING;
+- its metrics go to the shared files and a scrape answers for all workers
+  (:mod:`nexus_grpc.supervisor.metrics`);
+- ``host.broadcast`` reaches every worker (:mod:`nexus_grpc.supervisor.channel`);
+- on SIGUSR2 (a rolling restart replaced it) it drains with health left SERVING;
+- it shuts down (draining, as on SIGTERM) when the line closes: its supervisor is
+  gone and nobody would stop or restart it any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Iterable
+from pathlib import Path
+
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from nexus_grpc.config import Config
+from nexus_grpc.host import Host
+from nexus_grpc.supervisor.channel import RETIRE_SIGNAL
+from nexus_grpc.supervisor.metrics import FLUSH_INTERVAL, SharedMetrics
+from nexus_grpc.transport.health import OVERALL
+
+__all__ = ["run_worker"]
+
+_log = logging.getLogger("nexus.supervisor")
+
+#: How often a started worker looks whether its overall health turned SERVING.
+_READY_POLL = 0.05
+
+
+class _WorkerCount(Collector):
+    """``nexus_workers``: 1 per live worker, so the merged scrape says how many serve."""
+
+    def collect(self) -> Iterable[Metric]:
+        """One sample of 1."""
+        yield GaugeMetricFamily("nexus_workers", "Worker processes serving.", value=1)
+
+
+def run_worker(config: Config, *, line_fd: int, metrics_dir: Path) -> None:
+    """Serve ``config`` as one of several workers until SIGTERM or the supervisor goes."""
+    asyncio.run(_serve(config, line_fd, metrics_dir))
+
+
+async def _serve(config: Config, line_fd: int, metrics_dir: Path) -> None:
+    host = Host(config)
+    await host.broadcast.connect(line_fd)
+    shared = SharedMetrics(metrics_dir)
+    registry = host.metrics.registry
+    registry.register(_WorkerCount())
+    host.metrics.share(shared.exposition)
+
+    def retire() -> None:
+        # Replaced in a rolling restart: drain as on SIGTERM, health left SERVING.
+        _log.info("replaced by a new worker: draining")
+        host.announce_shutdown = False
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    asyncio.get_running_loop().add_signal_handler(RETIRE_SIGNAL, retire)
+    tasks = [
+        asyncio.create_task(_flush(shared, host)),
+        asyncio.create_task(_orphaned(host)),
+    ]
+
+    async def started() -> None:
+        # HealthState has no change callback; storage that is down at start keeps
+        # OVERALL NOT_SERVING until its probe succeeds, and the worker is not ready.
+        while host.health.is_serving(OVERALL) is not True:  # noqa: ASYNC110
+            await asyncio.sleep(_READY_POLL)
+        # In the merged /metrics (nexus_workers) from the moment the supervisor counts it.
+        shared.write(registry.collect())
+        await host.broadcast.ready()
+
+    try:
+        await host.run_until_signalled(on_started=started)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # The last calls' counts stay in the sums after this process is gone.
+        with contextlib.suppress(Exception):
+            shared.write(registry.collect())
+        shared.close()
+        await host.broadcast.close()
+
+
+async def _flush(shared: SharedMetrics, host: Host) -> None:
+    while True:
+        await asyncio.sleep(FLUSH_INTERVAL)
+        try:
+            shared.write(host.metrics.registry.collect())
+        except Exception:
+            _log.exception("could not write this worker's metrics")
+
+
+async def _orphaned(host: Host) -> None:
+    await host.broadcast.closed.wait()
+    _log.warning("the supervisor is gone: stopping this worker")
+    # The host's own signal handling drains it, as a SIGTERM from the supervisor would.
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,235 @@
+"""The compose balancer's own configuration (``deploy/compose/haproxy.cfg``), run by a
+real HAProxy in front of a real host.
+
+The file is used as shipped but for what only exists inside compose: its listeners move
+to free loopback ports, the servers' names to loopback addresses (one live host, two
+closed ports), Docker's DNS resolver goes, and a stats socket is added to read the
+servers' states. Then: HAProxy accepts the file (``haproxy -c``); its health checks
+(``/readyz``) take the dead servers out; gRPC (HTTP/2 cleartext to the backend) and REST
+calls pass through it; and on SIGTERM the host turns not-ready soon enough that HAProxy
+takes it out of rotation while it still serves (compose's ``shutdown_delay`` against
+HAProxy's check interval and ``fall``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
+
+from nexus_grpc.config import ServerConfig, load_config
+from nexus_grpc.testing import RunningHost, running_host
+from tests.e2e.conftest import REPO, missing
+
+pytestmark = pytest.mark.e2e
+
+DEPLOY = REPO / "deploy"
+HAPROXY_CFG = DEPLOY / "compose" / "haproxy.cfg"
+COMPOSE_CONFIG = load_config(DEPLOY / "compose" / "nexus.toml", environ={})
+GRPC_PORT = int(COMPOSE_CONFIG.server.grpc_address.rsplit(":", 1)[1])
+HTTP_PORT = int(COMPOSE_CONFIG.http.address.rsplit(":", 1)[1])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def haproxy_binary() -> str:
+    found = shutil.which("haproxy")
+    if found is None:
+        missing("haproxy")
+    assert found is not None
+    return found
+
+
+def local_config(servers: dict[str, tuple[int, int]], binds: tuple[int, int], stats: Path) -> str:
+    """haproxy.cfg for this machine: ``servers`` maps a server name to the (gRPC, HTTP)
+    ports standing in for it; ``binds`` are the (gRPC, HTTP) listener ports."""
+    text = HAPROXY_CFG.read_text()
+    text = re.sub(r"^resolvers docker\n(?:[ \t]+.*\n)*", "", text, flags=re.MULTILINE)
+    text = text.replace(" resolvers docker", "")
+    text = text.replace("global\n", f"global\n    stats socket {stats} mode 600 level admin\n", 1)
+    text = re.sub(
+        rf"^(\s*)bind :{GRPC_PORT}\b", rf"\g<1>bind 127.0.0.1:{binds[0]}", text, flags=re.M
+    )
+    text = re.sub(
+        rf"^(\s*)bind :{HTTP_PORT}\b", rf"\g<1>bind 127.0.0.1:{binds[1]}", text, flags=re.M
+    )
+    lines = []
+    for line in text.splitlines():
+        found = re.match(r"^(\s*server (\S+) )(\S+):(\d+)(.*)$", line)
+        if found:
+            prefix, name, _, port, rest = found.groups()
+            grpc_port, http_port = servers[name]
+            target = grpc_port if int(port) == GRPC_PORT else http_port
+            rest = rest.replace(f"check port {HTTP_PORT}", f"check port {http_port}")
+            line = f"{prefix}127.0.0.1:{target}{rest}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def server_states(stats: Path) -> dict[tuple[str, str], str]:
+    """(backend, server) -> status (UP, DOWN, ...) from HAProxy's stats socket."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(stats))
+        sock.sendall(b"show stat\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    rows = csv.DictReader(io.StringIO(data.decode().lstrip("# ")))
+    return {
+        (row["pxname"], row["svname"]): row["status"]
+        for row in rows
+        if row["svname"] not in ("FRONTEND", "BACKEND")
+    }
+
+
+def stats_socket(config: str) -> Path:
+    found = re.search(r"stats socket (\S+)", config)
+    assert found is not None
+    return Path(found.group(1))
+
+
+@contextlib.contextmanager
+def haproxy(config: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(config)
+    binary = haproxy_binary()
+    checked = subprocess.run(
+        [binary, "-c", "-f", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    log = path.with_suffix(".log")
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [binary, "-db", "-f", str(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        for _ in range(100):  # bounded: up to 5 s for the stats socket
+            if stats_socket(config).exists() or process.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, log.read_text()
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+async def eventually_states(
+    stats: Path, wanted: dict[tuple[str, str], str], seconds: float
+) -> float:
+    """Seconds until the servers are in ``wanted`` states (fails after ``seconds``)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    states: dict[tuple[str, str], str] = {}
+    while True:
+        with contextlib.suppress(OSError):
+            states = await asyncio.to_thread(server_states, stats)
+            if all(states.get(key, "").startswith(value) for key, value in wanted.items()):
+                return loop.time() - started
+        if loop.time() - started > seconds:
+            raise AssertionError(f"servers never reached {wanted}; last seen {states}")
+        await asyncio.sleep(0.1)
+
+
+async def test_haproxy_with_the_compose_config_balances_checks_and_drains(
+    tmp_path: Path,
+) -> None:
+    haproxy_binary()
+    # The compose instances' drain timing; the test host is otherwise a plain one.
+    server = ServerConfig(shutdown_delay=COMPOSE_CONFIG.server.shutdown_delay)
+    async with running_host(
+        plugins=["orders"],
+        plugin_dirs=[REPO / "plugins"],
+        data_dir=tmp_path / "data",
+        http=True,
+        server=server,
+    ) as host:
+        await _through_haproxy(host, tmp_path)
+
+
+async def _through_haproxy(host: RunningHost, tmp_path: Path) -> None:
+    live = (int(host.address.rsplit(":", 1)[1]), int(host.http_url.rsplit(":", 1)[1]))
+    servers = {
+        "nexus-1": live,
+        "nexus-2": (free_port(), free_port()),
+        "nexus-3": (free_port(), free_port()),
+    }
+    binds = (free_port(), free_port())
+    stats = tmp_path / "haproxy.sock"
+    with haproxy(local_config(servers, binds, stats), tmp_path):
+        await eventually_states(
+            stats,
+            {
+                ("nexus_grpc", "nexus-1"): "UP",
+                ("nexus_rest", "nexus-1"): "UP",
+                ("nexus_grpc", "nexus-2"): "DOWN",
+                ("nexus_grpc", "nexus-3"): "DOWN",
+                ("nexus_rest", "nexus-2"): "DOWN",
+                ("nexus_rest", "nexus-3"): "DOWN",
+            },
+            seconds=20,
+        )
+        token = host.token()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{binds[0]}") as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            created = await orders_pb2_grpc.OrdersServiceStub(channel).CreateOrder(
+                orders_pb2.CreateOrderRequest(
+                    order=orders_pb2.Order(
+                        customer_id="c1",
+                        currency_code="EUR",
+                        items=[orders_pb2.LineItem(sku="PEN-7", quantity=1)],
+                    )
+                ),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=5,
+            )
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{binds[1]}",
+            headers={"authorization": f"Bearer {token}"},
+        ) as client:
+            assert (await client.get("/readyz")).json() == {"status": "ready"}
+            fetched = await client.get(f"/v1/orders/{created.id}")
+            assert fetched.status_code == 200 and fetched.json()["id"] == created.id
+
+        # The drain: HAProxy sees /readyz fail and takes the host out of rotation
+        # before its shutdown_delay is over and its ports stop answering.
+        stopping = asyncio.ensure_future(host.host.stop())
+        try:
+            took = await eventually_states(
+                stats,
+                {("nexus_grpc", "nexus-1"): "DOWN", ("nexus_rest", "nexus-1"): "DOWN"},
+                seconds=COMPOSE_CONFIG.server.shutdown_delay,
+            )
+            assert took < COMPOSE_CONFIG.server.shutdown_delay
+            assert not stopping.done()  # still serving while it left the rotation
+        finally:
+            await stopping

@@ -1,0 +1,192 @@
+"""``/healthz`` and ``/readyz`` on the HTTP port, against real hosts.
+
+Ready, then not ready for each real cause: PostgreSQL refusing writes, the
+Redis event bus stopped, a drain begun; liveness stays up through all of them. The
+probes answer without a token and under a rate limit that refuses every other call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from nexus_grpc.config import EventsConfig, LimitsConfig, ServerConfig, StorageConfig
+from nexus_grpc.testing import running_host
+from tests.fixtures.postgres import PostgresServer
+from tests.fixtures.redis import OwnRedis
+
+REPO = Path(__file__).resolve().parents[2]
+PLUGINS = ["orders", "inventory"]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_probes_answer_without_a_token_and_beyond_the_rate_limit(tmp_path: Path) -> None:
+    # One call per second per client: the probes must not count against it.
+    limits = LimitsConfig(rate_classes={"default": {"rate": 1, "burst": 1}})
+    async with (
+        running_host(
+            plugins=PLUGINS,
+            plugin_dirs=[REPO / "plugins"],
+            data_dir=tmp_path,
+            http=True,
+            limits=limits,
+        ) as host,
+        httpx.AsyncClient(base_url=host.http_url) as client,
+    ):
+        for _ in range(20):
+            ready = await client.get("/readyz")
+            alive = await client.get("/healthz")
+            assert ready.status_code == 200, ready.text
+            assert ready.json() == {"status": "ready"}
+            assert alive.status_code == 200
+            assert alive.json() == {"status": "alive"}
+        assert ready.headers["content-type"] == "application/json"
+        assert ready.headers["cache-control"] == "no-store"
+        head = await client.head("/readyz")
+        assert head.status_code == 200
+        assert head.content == b""
+        # Another route of the same host is rate limited (and needs a token): the
+        # probes went around both.
+        token = {"authorization": f"Bearer {host.token()}"}
+        codes = [(await client.get("/v1/stock/PEN-1", headers=token)).status_code for _ in range(5)]
+        assert 429 in codes
+        assert (await client.get("/v1/stock/PEN-1")).status_code == 401
+
+
+async def test_readyz_names_the_storage_while_postgres_refuses_writes(
+    postgres_server: PostgresServer, postgres_url: str, tmp_path: Path
+) -> None:
+    database = postgres_url.rsplit("/", 1)[1]
+    async with (
+        running_host(
+            plugins=PLUGINS,
+            plugin_dirs=[REPO / "plugins"],
+            data_dir=tmp_path,
+            storage_url=postgres_url,
+            http=True,
+            storage=StorageConfig(probe_interval=0.05),
+        ) as host,
+        httpx.AsyncClient(base_url=host.http_url) as client,
+    ):
+        assert (await client.get("/readyz")).status_code == 200
+        _read_only(postgres_server, database, on=True)
+        try:
+            # No call has to fail first: readiness probes the storage (a write) itself.
+            await asyncio.sleep(0.1)  # past the probe interval: a fresh probe
+            answer = await client.get("/readyz")
+            assert answer.status_code == 503
+            assert answer.json() == {
+                "status": "not ready",
+                "checks": {"storage": "unreachable"},
+            }
+            assert (await client.get("/healthz")).status_code == 200
+        finally:
+            _read_only(postgres_server, database, on=False)
+
+        async def ready() -> bool:
+            return (await client.get("/readyz")).status_code == 200
+
+        await eventually(ready)
+
+
+def _read_only(server: PostgresServer, database: str, *, on: bool) -> None:
+    server.psql(
+        f'ALTER DATABASE "{database}" SET default_transaction_read_only = {"on" if on else "off"}'
+    )
+    server.psql(  # the setting applies to new sessions: cut the pooled ones
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+    )
+
+
+async def test_readyz_names_the_event_bus_while_redis_is_down(
+    tmp_path: Path, own_redis: OwnRedis
+) -> None:
+    events = EventsConfig(backend="redis", redis_url=own_redis.url, retry_backoff=0.05)
+    async with (
+        running_host(
+            plugins=PLUGINS,
+            plugin_dirs=[REPO / "plugins"],
+            data_dir=tmp_path,
+            http=True,
+            events=events,
+        ) as host,
+        httpx.AsyncClient(base_url=host.http_url) as client,
+    ):
+        assert (await client.get("/readyz")).status_code == 200
+        own_redis.stop()
+
+        async def names_the_bus() -> bool:
+            answer = await client.get("/readyz")
+            return answer.status_code == 503 and answer.json()["checks"] == {
+                "events": "unreachable"
+            }
+
+        await eventually(names_the_bus)
+        assert (await client.get("/healthz")).status_code == 200
+        own_redis.start()
+
+        async def ready() -> bool:
+            return (await client.get("/readyz")).status_code == 200
+
+        await eventually(ready, seconds=30)
+
+
+async def test_readyz_turns_503_first_when_the_drain_starts(tmp_path: Path) -> None:
+    # shutdown_delay: the ports stay open while readiness already says "draining".
+    server = ServerConfig(shutdown_delay=1.5)
+    async with (
+        running_host(
+            plugins=PLUGINS,
+            plugin_dirs=[REPO / "plugins"],
+            data_dir=tmp_path,
+            http=True,
+            server=server,
+        ) as host,
+        httpx.AsyncClient(base_url=host.http_url) as client,
+    ):
+        assert (await client.get("/readyz")).status_code == 200
+        stopping = asyncio.ensure_future(host.host.stop())
+        try:
+            answer = await client.get("/readyz")
+            assert answer.status_code == 503
+            assert answer.json() == {"status": "not ready", "checks": {"host": "draining"}}
+            # Liveness: the process is fine, it must not be restarted mid-drain.
+            assert (await client.get("/healthz")).status_code == 200
+            health = health_pb2_grpc.HealthStub(host.channel())
+            reply = await health.Check(health_pb2.HealthCheckRequest())
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        finally:
+            await stopping
+
+
+async def test_readyz_names_a_plugin_that_failed_to_load(tmp_path: Path) -> None:
+    broken = tmp_path / "plugins" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "manifest.toml").write_text('name = "broken"\nversion = [\n')  # not TOML
+    async with (
+        running_host(
+            plugin_dirs=[tmp_path / "plugins", REPO / "plugins"],
+            plugins=["broken", "orders"],
+            data_dir=tmp_path / "data",
+            http=True,
+        ) as host,
+        httpx.AsyncClient(base_url=host.http_url) as client,
+    ):
+        record = host.host.plugins.record("broken")
+        assert record is not None and record.state == "FAILED"
+        answer = await client.get("/readyz")
+        assert answer.status_code == 503
+        assert answer.json() == {"status": "not ready", "checks": {"plugin broken": "failed"}}
+        assert (await client.get("/healthz")).status_code == 200

@@ -1,0 +1,44 @@
+"""Test contracts of the generation tests, compiled once per session into temp folders."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nexus_grpc import codegen
+from nexus_grpc.events import envelope
+
+CONTRACTS = Path(__file__).parent / "contracts"
+#: The contract's generated module, the same name in every version.
+SWAP_PB2 = "genswap.items.v1.items_pb2"
+SERVICE = "genswap.items.v1.SwapService"
+
+
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Version name (v1, v2, v3, breaking_type, breaking_method) → its generated folder."""
+    root = tmp_path_factory.mktemp("generated")
+    folders = {}
+    for version in ("v1", "v2", "v3", "breaking_type", "breaking_method"):
+        codegen.generate(CONTRACTS / version, root / version)
+        folders[version] = root / version
+    return folders
+
+
+def forget_contract_modules() -> None:
+    """Drop every ``genswap`` module, so each test module starts from a clean import."""
+    for name in [n for n in sys.modules if n == "genswap" or n.startswith("genswap.")]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def clean_modules() -> Iterator[None]:
+    """The test's ``genswap`` modules, and the event pools it registered, are gone after it."""
+    forget_contract_modules()
+    pools = list(envelope._event_pools)
+    yield
+    envelope._event_pools[:] = pools
+    forget_contract_modules()

@@ -1,0 +1,69 @@
+"""A minimal worker for the supervisor's own tests: it speaks the line, nothing else.
+
+``python line_worker.py FD OUT_DIR MODE``: connects to the supervisor on ``FD``,
+subscribes to "hello" (every message received is written to ``OUT_DIR/<pid>.json``),
+reports ready, publishes one "hello" with its pid each time a "go" arrives, and
+waits for SIGTERM (or SIGUSR2, retired). MODE:
+``serve`` as said; ``crash`` exits 3 shortly after reporting ready; ``fail`` exits 3
+before it is ready; ``stubborn`` ignores SIGTERM; ``slow`` reports ready after 3 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from nexus_grpc.supervisor.channel import Broadcast
+
+
+async def main(fd: int, out: Path, mode: str) -> None:
+    if mode == "fail":
+        os._exit(3)
+    line = Broadcast()
+    await line.connect(fd)
+    received: list[Any] = []
+
+    def on_hello(data: Any, origin: int) -> None:
+        received.append({"data": data, "origin": origin})
+        # Atomically: the test reads it meanwhile.
+        temp = out / f"{os.getpid()}.json.tmp"
+        temp.write_text(json.dumps(received))
+        temp.replace(out / f"{os.getpid()}.json")
+
+    line.subscribe("hello", on_hello)
+
+    async def on_go(data: Any, origin: int) -> None:
+        await line.publish("hello", {"pid": os.getpid()})
+
+    line.subscribe("go", on_go)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if mode == "stubborn":
+        loop.add_signal_handler(signal.SIGTERM, lambda: None)
+    else:
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    reason = ["SIGTERM"]
+
+    def retire() -> None:
+        reason[0] = "retired"
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGUSR2, retire)
+    if mode == "slow":
+        await asyncio.sleep(3)
+    await line.ready()
+    if mode == "crash":
+        await asyncio.sleep(0.1)
+        os._exit(3)
+    closed = asyncio.ensure_future(line.closed.wait())
+    await asyncio.wait([asyncio.ensure_future(stop.wait()), closed], return_when="FIRST_COMPLETED")
+    (out / f"{os.getpid()}.stopped").write_text(reason[0] if stop.is_set() else "line closed")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]))

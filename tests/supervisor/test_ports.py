@@ -1,0 +1,55 @@
+"""Ports the supervisor reserves before its workers bind them."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from nexus_grpc.supervisor.ports import reserve
+
+
+def _listener(port: int, *, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def test_port_zero_is_picked_once_and_shared_by_reuse_port_listeners() -> None:
+    reservation = reserve("127.0.0.1:0", "server.grpc_address")
+    try:
+        port = reservation.port
+        assert port > 0 and reservation.address == f"127.0.0.1:{port}"
+        workers = [_listener(port, reuse_port=True) for _ in range(2)]
+        # The reservation does not listen: connections go to the workers.
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+        for worker in workers:
+            worker.close()
+        # Between two workers the port stays ours: a program not sharing cannot take it.
+        with pytest.raises(OSError, match="Address already in use"):
+            _listener(port, reuse_port=False)
+    finally:
+        reservation.close()
+
+
+def test_a_port_taken_without_sharing_is_reported() -> None:
+    taken = _listener(0, reuse_port=False)
+    try:
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"http.address 127.0.0.1:{port}: cannot reserve"):
+            reserve(f"127.0.0.1:{port}", "http.address")
+    finally:
+        taken.close()
+
+
+def test_a_malformed_address_is_reported() -> None:
+    with pytest.raises(OSError, match="not host:port"):
+        reserve("127.0.0.1:http", "server.grpc_address")

@@ -1,0 +1,177 @@
+"""The supervisor with minimal workers (real processes on the real line, no host):
+broadcast, restart with backoff, crash loop, failed start, rolling restart, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from nexus_grpc.supervisor import RestartPolicy, Supervisor
+
+WORKER = Path(__file__).with_name("line_worker.py")
+FAST = RestartPolicy(base_delay=0.05, max_delay=0.2, max_deaths=3, window=30.0)
+
+pytestmark = pytest.mark.asyncio
+
+
+def command(out: Path, modes: Callable[[int], str]) -> Callable[[int], Sequence[str]]:
+    """Worker command lines; ``modes(n)`` is the mode of the n-th worker started."""
+    started = [0]
+
+    def line(fd: int) -> Sequence[str]:
+        started[0] += 1
+        return [sys.executable, str(WORKER), str(fd), str(out), modes(started[0])]
+
+    return line
+
+
+def supervisor(
+    tmp_path: Path,
+    count: int,
+    modes: Callable[[int], str],
+    *,
+    stop_timeout: float = 10.0,
+    policy: RestartPolicy = FAST,
+) -> Supervisor:
+    return Supervisor(
+        count,
+        command(tmp_path, modes),
+        metrics_dir=tmp_path,
+        stop_timeout=stop_timeout,
+        policy=policy,
+    )
+
+
+async def until(check: Callable[[], bool], seconds: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def received(tmp_path: Path, pid: int) -> list[dict[str, object]]:
+    path = tmp_path / f"{pid}.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+async def test_a_broadcast_reaches_every_worker_once(tmp_path: Path) -> None:
+    sup = supervisor(tmp_path, 3, lambda n: "serve")
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    await until(lambda: bool(ready))
+    pids = ready[0]
+    sup.broadcast("go", None)
+    # Each worker published one "hello": every worker got all three, itself included.
+    await until(lambda: all(len(received(tmp_path, pid)) == 3 for pid in pids))
+    for pid in pids:
+        origins = sorted(m["origin"] for m in received(tmp_path, pid))  # type: ignore[type-var]
+        assert origins == sorted(pids)
+        assert sorted(m["data"]["pid"] for m in received(tmp_path, pid)) == sorted(pids)  # type: ignore[index]
+    sup.stop()
+    assert await running == 0
+    # Stopped by SIGTERM, not by the line closing under them.
+    assert all((tmp_path / f"{pid}.stopped").read_text() == "SIGTERM" for pid in pids)
+
+
+async def test_a_dead_worker_is_started_again(tmp_path: Path) -> None:
+    sup = supervisor(tmp_path, 2, lambda n: "serve")
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    await until(lambda: bool(ready))
+    victim = sup.pids()[1]
+    os.kill(victim, signal.SIGKILL)
+    await until(lambda: sup.pids().get(1) not in (None, victim))
+    replacement = sup.pids()[1]
+    # The new worker is on the line: it gets broadcasts (its own hello).
+    sup.broadcast("go", None)
+    await until(lambda: len(received(tmp_path, replacement)) >= 1)
+    assert sup.pids()[0] == ready[0][0]
+    sup.stop()
+    assert await running == 0
+
+
+async def test_a_crash_loop_stops_everything_and_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "nexus.supervisor")
+    sup = supervisor(tmp_path, 1, lambda n: "crash")
+    status = await asyncio.wait_for(sup.run(), 30)
+    assert status == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("crash loop: 3 worker deaths within 30s" in e for e in errors), errors
+    restarts = [r for r in caplog.records if "starting it again" in r.getMessage()]
+    # Backoff doubles: 0.05 s, then 0.1 s.
+    assert [r.restart_delay for r in restarts] == [0.05, 0.1]  # type: ignore[attr-defined]
+
+
+async def test_a_worker_failing_at_start_fails_the_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sup = supervisor(tmp_path, 2, lambda n: "serve" if n == 1 else "fail")
+    status = await asyncio.wait_for(sup.run(), 30)
+    assert status == 1
+    assert "worker 1 (pid" in caplog.text
+    assert "exited with status 3 before it served" in caplog.text
+    assert "starting it again" not in caplog.text
+
+
+async def test_rolling_restart_replaces_each_worker_after_its_replacement_serves(
+    tmp_path: Path,
+) -> None:
+    sup = supervisor(tmp_path, 2, lambda n: "serve")
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    await until(lambda: bool(ready))
+    old = ready[0]
+    assert await sup.rolling_restart() is True
+    new = list(sup.pids().values())
+    assert len(new) == 2 and not set(new) & set(old)
+    # The old workers were retired (not SIGTERM: health stays SERVING), after their
+    # replacements were on.
+    assert all((tmp_path / f"{pid}.stopped").read_text() == "retired" for pid in old)
+    sup.stop()
+    assert await running == 0
+
+
+async def test_a_replacement_that_fails_leaves_the_old_worker_serving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sup = supervisor(tmp_path, 2, lambda n: "serve" if n <= 2 else "fail")
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    await until(lambda: bool(ready))
+    assert await sup.rolling_restart() is False
+    assert sorted(sup.pids().values()) == sorted(ready[0])
+    assert "rolling restart stopped: worker 0" in caplog.text
+    sup.stop()
+    assert await running == 0
+
+
+async def test_a_worker_ignoring_sigterm_is_killed_after_the_timeout(tmp_path: Path) -> None:
+    sup = supervisor(tmp_path, 1, lambda n: "stubborn", stop_timeout=0.5)
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    await until(lambda: bool(ready))
+    sup.stop()
+    assert await asyncio.wait_for(running, 10) == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(ready[0][0], 0)
+
+
+async def test_a_stop_during_the_start_is_no_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sup = supervisor(tmp_path, 2, lambda n: "slow")
+    running = asyncio.create_task(sup.run())
+    await asyncio.sleep(0.5)
+    sup.stop()
+    assert await asyncio.wait_for(running, 20) == 0
+    assert "before it served" not in caplog.text
