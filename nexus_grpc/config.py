@@ -603,8 +603,7 @@ def _check_hot_swap(settings: HotSwapConfig) -> None:
         value = getattr(settings, key)
         if not 0 < value <= 3600:
             raise ConfigError(
-                f"plugins.hot_swap.{key}: expected seconds above 0 and at most 3600, "
-                f"got {value!r}"
+                f"plugins.hot_swap.{key}: expected seconds above 0 and at most 3600, got {value!r}"
             )
     for position, digest in enumerate(settings.allowed_hashes, start=1):
         text = digest.removeprefix("sha256:")

@@ -209,9 +209,7 @@ class RoutingTable:
 
     def routes_of(self, plugin: str) -> list[Route]:
         """``plugin``'s routes, by wire path."""
-        return sorted(
-            (r for r in self.routes.values() if r.plugin == plugin), key=lambda r: r.path
-        )
+        return sorted((r for r in self.routes.values() if r.plugin == plugin), key=lambda r: r.path)
 
 
 class Router:

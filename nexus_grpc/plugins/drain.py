@@ -87,10 +87,10 @@ class DrainStage:
         return count
 
 
-async def drain(in_flight: InFlight, stage: DrainStage, timeout: float) -> int:
-    """Wait up to ``timeout`` seconds for the generation's calls to end, then end the
+async def drain(in_flight: InFlight, stage: DrainStage, seconds: float) -> int:
+    """Wait up to ``seconds`` for the generation's calls to end, then end the
     rest UNAVAILABLE and wait (briefly) for them to go; how many were cut."""
-    if await in_flight.wait_idle(timeout):
+    if await in_flight.wait_idle(seconds):
         return 0
     cut = stage.end_all()
     # Cancelled calls answer within a loop turn or two; a handler that ignores the

@@ -10,7 +10,6 @@ retired once they are done: stop hook, then leftover threads and tasks reported.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from nexus_grpc.plugins.drain import DrainStage
@@ -41,8 +40,9 @@ class Generation:
     #: The package the plugin's code was imported as ("nexus_plugins.<name>" for a
     #: folder plugin): its modules are forgotten when the plugin is unloaded.
     package: str = ""
-    #: The plugin's folder (its code), where leftover threads and tasks are looked for.
-    folder: Path | None = None
+    #: ``id(module.__dict__)`` of the modules this generation imported: threads and
+    #: tasks running their functions are this generation's leftovers.
+    namespaces: frozenset[int] = frozenset()
 
     @property
     def services(self) -> tuple[str, ...]:

@@ -20,45 +20,37 @@ from typing import Any
 __all__ = ["leftovers"]
 
 
-def _code_of_thread(thread: threading.Thread) -> CodeType | None:
+def _function_of_thread(thread: threading.Thread) -> Any:
     target = getattr(thread, "_target", None)  # threading.Thread keeps it there
     function = target if target is not None else getattr(type(thread), "run", None)
-    if function is threading.Thread.run:
-        return None
-    code = getattr(getattr(function, "__func__", function), "__code__", None)
-    return code if isinstance(code, CodeType) else None
+    return None if function is threading.Thread.run else function
 
 
-def _code_of_task(task: asyncio.Task[Any]) -> CodeType | None:
-    coro = task.get_coro()
-    code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
-    return code if isinstance(code, CodeType) else None
+def _where(code: CodeType | None) -> str:
+    if code is None:
+        return ""
+    return f" ({Path(code.co_filename).name}:{code.co_firstlineno})"
 
 
-def _inside(code: CodeType | None, root: str) -> bool:
-    return code is not None and str(Path(code.co_filename).resolve()).startswith(root)
-
-
-def leftovers(package_dir: Path | None) -> list[str]:
-    """Threads alive and tasks pending whose code is in ``package_dir``, described
-    ("thread 'poller' (worker.py:12)"); call it from the event loop."""
-    if package_dir is None:
+def leftovers(namespaces: frozenset[int]) -> list[str]:
+    """Threads alive and tasks pending whose code belongs to the modules whose global
+    namespaces (``id(module.__dict__)``) are ``namespaces`` — one generation's modules,
+    not the next one's, though both come from the same files — described ("thread
+    'poller' (worker.py:12)"); call it from the event loop."""
+    if not namespaces:
         return []
-    root = str(package_dir.resolve()) + "/"
     found = []
     for thread in threading.enumerate():
-        code = _code_of_thread(thread)
-        if thread.is_alive() and _inside(code, root):
-            assert code is not None
-            found.append(
-                f"thread {thread.name!r} ({Path(code.co_filename).name}:{code.co_firstlineno})"
-            )
+        target = _function_of_thread(thread)
+        function = getattr(target, "__func__", target)
+        scope = getattr(function, "__globals__", None)
+        if thread.is_alive() and scope is not None and id(scope) in namespaces:
+            found.append(f"thread {thread.name!r}{_where(getattr(function, '__code__', None))}")
     for task in asyncio.all_tasks():
-        code = _code_of_task(task)
-        if not task.done() and _inside(code, root):
-            assert code is not None
+        coro = task.get_coro()
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if not task.done() and frame is not None and id(frame.f_globals) in namespaces:
             found.append(
-                f"task {task.get_name()!r} running {code.co_name} "
-                f"({Path(code.co_filename).name}:{code.co_firstlineno})"
+                f"task {task.get_name()!r} running {frame.f_code.co_name}{_where(frame.f_code)}"
             )
     return sorted(found)

@@ -23,8 +23,8 @@ from nexus_grpc.cache import CacheManager
 from nexus_grpc.config import Config
 from nexus_grpc.events import EventBus, Publisher, event_type_exists, subscriptions_of
 from nexus_grpc.events.outbox import Outbox
-from nexus_grpc.pipeline import Stage
 from nexus_grpc.gateway.bindings import BindingError, bindings_for
+from nexus_grpc.pipeline import Stage
 from nexus_grpc.plugins.bundled import is_bundled
 from nexus_grpc.plugins.discovery import Candidate, discover_configured, excluded_by
 from nexus_grpc.plugins.drain import DrainStage, drain
@@ -33,7 +33,7 @@ from nexus_grpc.plugins.generation import Generation
 from nexus_grpc.plugins.leftovers import leftovers
 from nexus_grpc.plugins.loader import LoadedPlugin, PluginError, import_plugin
 from nexus_grpc.plugins.manifest import Manifest
-from nexus_grpc.plugins.modules import fresh_import
+from nexus_grpc.plugins.modules import fresh_import, plugin_modules
 from nexus_grpc.plugins.relays import Relays
 from nexus_grpc.plugins.services import Services, outside_calls
 from nexus_grpc.plugins.spec import HealthCheck, Hook, Plugin, PluginContext
@@ -462,7 +462,9 @@ class PluginManager:
             code_hash=code,
             contract_hash=contract_hash(descriptors),
             package=candidate.module,
-            folder=candidate.package_dir,
+            namespaces=frozenset(
+                id(module.__dict__) for module in plugin_modules(candidate.module).values()
+            ),
         )
 
     async def _until_healthy(self, name: str, check: HealthCheck, context: PluginContext) -> None:
@@ -542,8 +544,7 @@ class PluginManager:
         cut = await drain(generation.in_flight, generation.drain, drain_timeout)
         if cut:
             _log.warning(
-                "plugin %r generation %d: %d call(s) still running after %.1fs ended "
-                "UNAVAILABLE",
+                "plugin %r generation %d: %d call(s) still running after %.1fs ended UNAVAILABLE",
                 name,
                 generation.number,
                 cut,
@@ -553,7 +554,7 @@ class PluginManager:
         await self.run_stop_hook(name, generation)
         # One loop turn: tasks the stop hook cancelled get to finish.
         await asyncio.sleep(0)
-        for leftover in leftovers(generation.folder):
+        for leftover in leftovers(generation.namespaces):
             _log.warning(
                 "plugin %r generation %d left %s running after its stop hook: it keeps the "
                 "old code alive; stop it in the plugin's on_stop hook",

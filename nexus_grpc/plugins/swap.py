@@ -38,7 +38,7 @@ from nexus_grpc.plugins.manager import PluginManager, PluginRecord, PluginState,
 from nexus_grpc.plugins.modules import forget_modules
 from nexus_grpc.routing import RoutingTable
 
-__all__ = ["OPERATIONS", "Surface", "SwapError", "SwapRequest", "SwapResult", "HotSwap"]
+__all__ = ["OPERATIONS", "HotSwap", "Surface", "SwapError", "SwapRequest", "SwapResult"]
 
 _log = logging.getLogger("nexus.plugins")
 
@@ -147,8 +147,7 @@ class HotSwap:
             )
         if request.operation not in OPERATIONS:
             raise SwapError(
-                f"unknown operation {request.operation!r}; expected one of "
-                f"{', '.join(OPERATIONS)}",
+                f"unknown operation {request.operation!r}; expected one of {', '.join(OPERATIONS)}",
                 code=grpc.StatusCode.INVALID_ARGUMENT,
             )
         async with self._lock:
