@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hotswap.conftest import SWAP_STUBS
+from tests.fixtures.swap import SWAP_STUBS
 from tests.hotswap.helpers import swap_host
 from tests.hotswap.plugin_source import write_plugin
 
