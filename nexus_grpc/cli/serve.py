@@ -32,6 +32,12 @@ def register(commands: Any) -> None:
         metavar="HOST:PORT",
         help="override http.address (an empty value turns HTTP off)",
     )
+    serve.add_argument(
+        "--reload",
+        action="store_true",
+        help="development: reload a plugin when its files or contracts change (turns "
+        "plugins.hot_swap enabled and watch on)",
+    )
     serve.set_defaults(run=_serve)
 
 
@@ -44,6 +50,9 @@ def _serve(args: argparse.Namespace) -> int:
         config = replace(config, server=replace(config.server, grpc_address=args.grpc_address))
     if args.http_address is not None:
         config = replace(config, http=replace(config.http, address=args.http_address))
+    if args.reload:
+        swap = replace(config.plugins.hot_swap, enabled=True, watch=True)
+        config = replace(config, plugins=replace(config.plugins, hot_swap=swap))
     configure_logging(config.log.level, config.log.format)
     try:
         asyncio.run(Host(config).run_until_signalled())

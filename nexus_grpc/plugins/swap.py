@@ -262,7 +262,7 @@ class HotSwap:
             generation = await self._manager.prepare(record, candidate, fresh=fresh, code=digest)
         except PrepareError as error:
             record.swap_error = error.reason
-            _log.error(
+            _log.warning(
                 "plugin %s: new version not loaded, %s: %s",
                 record.name,
                 "the old one serves on" if record.current else "nothing changed",
