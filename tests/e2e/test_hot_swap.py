@@ -21,7 +21,7 @@ from tests.e2e.conftest import start_serve
 from tests.fixtures.swap import SWAP_STUBS
 from tests.hotswap.plugin_source import write_plugin
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 RELOADS = 20
 #: Pause of each load worker between two calls: bounds the load to a few hundred calls/s.
@@ -108,6 +108,7 @@ async def _rest_worker(web: httpx.AsyncClient, tally: Tally, stop: asyncio.Event
         await asyncio.sleep(PAUSE)
 
 
+@pytest.mark.asyncio
 async def test_reloads_unload_and_a_failed_upgrade_under_load_drop_no_call(tmp_path: Path) -> None:
     plugins = tmp_path / "plugins"
     write_plugin(plugins, "0")
@@ -174,3 +175,55 @@ async def test_reloads_unload_and_a_failed_upgrade_under_load_drop_no_call(tmp_p
         assert calls / elapsed > 50, f"only {calls} calls in {elapsed:.1f}s"
     finally:
         assert serve.stop() == 0
+
+
+def test_readme_hot_swap_section_runs_verbatim(tmp_path: Path) -> None:
+    """The README's "Change a plugin without restarting", in a copy of examples/greeter."""
+    import shutil
+    import subprocess
+
+    from tests.e2e.conftest import BIN, REPO, clean_env, require_tool, watch
+    from tests.e2e.test_rest_clients import readme_block
+
+    require_tool("grpcurl", BIN / "grpcurl")
+    (serve_command,) = readme_block("hot-swap-serve")
+    calls = readme_block("hot-swap")
+    project = tmp_path / "greeter"
+    shutil.copytree(REPO / "examples" / "greeter", project)
+    env = {**clean_env(BIN.parent), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    process = subprocess.Popen(
+        ["bash", "-c", serve_command + " --grpc-address 127.0.0.1:0 --http-address 127.0.0.1:0"],
+        cwd=project,
+        env={**env, "NEXUS_LOG__FORMAT": "json"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    serve = watch(process, project / ".nexus")
+    try:
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        script = [
+            f"{{ {command.replace('127.0.0.1:50051', serve.address)}\n}} "
+            f">{logs}/out{i} 2>&1; echo $? >{logs}/rc{i}"
+            for i, command in enumerate(calls)
+        ]
+        subprocess.run(
+            ["bash", "-c", "\n".join(script)], cwd=project, env=env, timeout=300, check=True
+        )
+        results = [
+            (int((logs / f"rc{i}").read_text()), (logs / f"out{i}").read_text())
+            for i in range(len(calls))
+        ]
+    finally:
+        serve.stop()
+    failed = [(c, out[-2000:]) for c, (code, out) in zip(calls, results, strict=True) if code]
+    assert failed == []
+    outputs = [out for _, out in results]
+    assert "Hello, Ada!" in outputs[3]
+    assert outputs[5].startswith("reloaded greeter 0.1.0: generation 2")
+    assert "Bonjour, Ada!" in outputs[6]
+    assert "- service acme.greeter.v1.GreeterService" in outputs[7]
+    assert "loaded greeter 0.1.0: generation 3" in outputs[8]
+    assert "SERVING" in next(line for line in outputs[9].splitlines() if line.startswith("greeter"))
