@@ -447,6 +447,7 @@ class PluginManager:
                 if plugin.on_stop is not None:
                     with contextlib.suppress(Exception):
                         await self._run_hook(plugin.on_stop, context)
+            self._restore_outbox(record)
             if not isinstance(error, Exception):
                 raise
             raise PrepareError(_reason(record.name, manifest, error), error) from error
@@ -695,6 +696,17 @@ class PluginManager:
         return f"requires service {service} of plugin {provider!r}, which is {state}" + (
             f": {other.error}" if other.error else ""
         )
+
+    def _restore_outbox(self, record: PluginRecord) -> None:
+        """A new generation failed: the outbox relays for the one serving again (the new
+        one registered its own before its start hook, which may publish)."""
+        serving = record.current
+        if self._outbox is None or serving is None:
+            return
+        manifest = serving.loaded.manifest
+        if manifest.publishes:
+            storage = self._storage.namespace(manifest.namespace)
+            self._outbox.register(manifest.name, storage, frozenset(manifest.publishes))
 
     def _publisher(self, manifest: Manifest, storage: Namespace) -> Publisher | None:
         if self._bus is None:

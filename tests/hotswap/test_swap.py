@@ -77,6 +77,7 @@ async def test_unload_drains_then_cuts_unavailable_and_the_plugin_disappears(
                 await host.version()
             assert gone.value.code() == grpc.StatusCode.UNIMPLEMENTED
             assert (await web.get("/v1/swap/hello/web")).status_code == 404
+            assert "/v1/swap/hello/{name}" not in (await web.get("/openapi.json")).json()["paths"]
             health = health_pb2_grpc.HealthStub(host.running.channel())
             with pytest.raises(grpc.aio.AioRpcError) as unknown:
                 await health.Check(health_pb2.HealthCheckRequest(service="swap.v1.SwapService"))
@@ -92,6 +93,7 @@ async def test_unload_drains_then_cuts_unavailable_and_the_plugin_disappears(
             ]
             assert loaded.plugin.generation == 2
             assert (await web.get("/v1/swap/hello/web")).json()["version"] == "1"
+            assert "/v1/swap/hello/{name}" in (await web.get("/openapi.json")).json()["paths"]
             check = await health.Check(health_pb2.HealthCheckRequest(service="swap.v1.SwapService"))
             assert check.status == health_pb2.HealthCheckResponse.SERVING
 
