@@ -312,10 +312,13 @@ class HotSwap:
                 "unload them first, or unload with cascade to unload them too"
             )
         order: list[str] = []
+        visiting: set[str] = set()
 
         def visit(plugin: str) -> None:
-            if plugin in order:
+            # Plugins reloaded with new requirements may form a cycle: each once.
+            if plugin in order or plugin in visiting:
                 return
+            visiting.add(plugin)
             for dependent in self._manager.dependents(plugin):
                 visit(dependent)
             order.append(plugin)
