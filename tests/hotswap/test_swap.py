@@ -62,6 +62,12 @@ async def test_unload_drains_then_cuts_unavailable_and_the_plugin_disappears(
             stuck = asyncio.ensure_future(
                 host.swap.Hello(swap_pb2.HelloRequest(name="stuck", millis=5000), timeout=10)
             )
+            health = health_pb2_grpc.HealthStub(host.running.channel())
+            watch = health.Watch(
+                health_pb2.HealthCheckRequest(service="swap.v1.SwapService"), timeout=10
+            )
+            first = await watch.read()
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
             await asyncio.sleep(0.2)
             change = await host.admin.UnloadPlugin(
                 admin_pb2.UnloadPluginRequest(name="swapper", drain_timeout_millis=300), timeout=10
@@ -78,7 +84,9 @@ async def test_unload_drains_then_cuts_unavailable_and_the_plugin_disappears(
             assert gone.value.code() == grpc.StatusCode.UNIMPLEMENTED
             assert (await web.get("/v1/swap/hello/web")).status_code == 404
             assert "/v1/swap/hello/{name}" not in (await web.get("/openapi.json")).json()["paths"]
-            health = health_pb2_grpc.HealthStub(host.running.channel())
+            gone_status = await watch.read()
+            assert gone_status.status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            watch.cancel()
             with pytest.raises(grpc.aio.AioRpcError) as unknown:
                 await health.Check(health_pb2.HealthCheckRequest(service="swap.v1.SwapService"))
             assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
@@ -176,6 +184,21 @@ async def test_dependencies_refuse_or_cascade(tmp_path: Path) -> None:
         assert (await host.plugin("needy")).state == admin_pb2.PLUGIN_STATE_SERVING
 
 
+async def test_reload_over_rest(tmp_path: Path) -> None:
+    async with swap_host(tmp_path, http=True) as host:
+        write_plugin(host.plugins, "2")
+        headers = {"authorization": f"Bearer {host.running.token('operator')}"}
+        async with httpx.AsyncClient(base_url=host.running.http_url, headers=headers) as web:
+            response = await web.post("/v1/admin/plugins/swapper:reload", json={}, timeout=20)
+            assert response.status_code == 200, response.text
+            assert response.json()["plugin"]["generation"] == "2"
+            anonymous = await web.post(
+                "/v1/admin/plugins/swapper:reload", json={}, headers={"authorization": ""}
+            )
+            assert anonymous.status_code == 401
+        assert await host.version() == "2"
+
+
 async def test_loading_code_needs_its_own_permission_and_is_audited(tmp_path: Path) -> None:
     async with swap_host(tmp_path) as host:
         reader = host.running.token("reader", grants=("admin.read:all", "plugins.unload:all"))
@@ -247,13 +270,17 @@ async def test_leftover_threads_of_the_old_version_are_named(
 ) -> None:
     leaky = (
         "stop = threading.Event()\n"
-        "threading.Thread(target=lambda: stop.wait(5), name='poller', daemon=True).start()"
+        "threading.Thread(target=lambda: stop.wait(5), name='poller', daemon=True).start()\n"
+        "TASKS.append(asyncio.get_running_loop().create_task(tick(), name='ticker'))"
     )
+    ticking = "TASKS = []\n\nasync def tick() -> None:\n    await asyncio.sleep(3)\n"
     async with swap_host(tmp_path) as host:
-        write_plugin(host.plugins, "2", start=leaky)
+        write_plugin(host.plugins, "2", start=leaky, module_extra=ticking)
         await _reload(host)
         write_plugin(host.plugins, "3")
         with caplog.at_level(logging.WARNING, logger="nexus.plugins"):
             await _reload(host)
-        warnings = [r.getMessage() for r in caplog.records if "left thread" in r.getMessage()]
-        assert warnings and "'poller'" in warnings[0] and "generation 2" in warnings[0]
+        warnings = [r.getMessage() for r in caplog.records if " left " in r.getMessage()]
+        assert len(warnings) == 2 and all("generation 2" in w for w in warnings)
+        assert "task 'ticker' running tick" in warnings[0]
+        assert "thread 'poller'" in warnings[1]
