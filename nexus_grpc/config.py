@@ -382,8 +382,9 @@ class HotSwapConfig:
     #: Seconds an unload or reload waits for the old code's calls to finish; the calls
     #: still running then end with UNAVAILABLE.
     drain_timeout: float = 10.0
-    #: Seconds a new version may take to import, run its start hook and report its
-    #: services SERVING; past it the swap is rolled back.
+    #: Seconds a new version may take, once its start hook returned (bounded by
+    #: ``plugins.hook_timeout``), to report healthy (``Plugin(health=...)`` True);
+    #: past it the swap is rolled back.
     start_timeout: float = 10.0
     #: When not empty, only plugins whose code hash (sha256 over the plugin's files, as
     #: ``nexus plugins`` and the admin API show it) is listed may be loaded or reloaded.
