@@ -13,19 +13,17 @@ import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nexus_grpc.access.audit import AuditLog
 from nexus_grpc.access.policy import MISSING_POLICY_FIX, methods_without_policy
-from nexus_grpc.auth.principal import Grant
 from nexus_grpc.cache import CacheManager
 from nexus_grpc.config import Config
-from nexus_grpc.events import EventBus, Publisher, event_type_exists, subscriptions_of
+from nexus_grpc.events import EventBus, event_type_exists, subscriptions_of
 from nexus_grpc.events.outbox import Outbox
 from nexus_grpc.gateway.bindings import BindingError, bindings_for
 from nexus_grpc.pipeline import Stage
-from nexus_grpc.plugins.bundled import is_bundled
+from nexus_grpc.plugins.contexts import ContextFactory
 from nexus_grpc.plugins.discovery import Candidate, discover_configured, excluded_by
 from nexus_grpc.plugins.drain import DrainStage, drain
 from nexus_grpc.plugins.fingerprint import CodeTooLargeError, code_hash, contract_hash
@@ -35,11 +33,10 @@ from nexus_grpc.plugins.loader import LoadedPlugin, PluginError, import_plugin
 from nexus_grpc.plugins.manifest import Manifest
 from nexus_grpc.plugins.modules import fresh_import, plugin_modules
 from nexus_grpc.plugins.relays import Relays
-from nexus_grpc.plugins.services import Services, outside_calls
+from nexus_grpc.plugins.services import outside_calls
 from nexus_grpc.plugins.spec import HealthCheck, Hook, Plugin, PluginContext
-from nexus_grpc.plugins.users import AUTH_PLUGIN
 from nexus_grpc.routing import InFlight, Route, Router
-from nexus_grpc.storage import Namespace, Storage
+from nexus_grpc.storage import Storage
 from nexus_grpc.transport.health import HealthState
 from nexus_grpc.transport.servicers import (
     ServicerError,
@@ -148,12 +145,17 @@ class PluginManager:
         self._config = config
         self._swap: HotSwap | None = None
         self._relays = Relays(bus) if bus is not None else None
-        self._cache = cache
         self._bus = bus
-        self._outbox = outbox
-        self._audit = audit
-        self._tokens = tokens
-        self._storage = storage
+        self._contexts = ContextFactory(
+            config,
+            storage=storage,
+            router=router,
+            audit=audit,
+            tokens=tokens,
+            bus=bus,
+            outbox=outbox,
+            cache=cache,
+        )
         self._router = router
         self._stages = stages
         self._health = health
@@ -415,7 +417,7 @@ class PluginManager:
                         f"plugin {record.name!r}: service {service} is served by plugin "
                         f"{owner!r} already; two plugins cannot serve the same service"
                     )
-            context = self._context(manifest)
+            context = self._contexts.build(manifest)
             servicers = [construct_servicer(cls, context) for cls in loaded.plugin.services]
             in_flight, drain_stage = InFlight(), DrainStage(record.name)
             stages = [*self._stages, drain_stage]
@@ -447,7 +449,8 @@ class PluginManager:
                 if plugin.on_stop is not None:
                     with contextlib.suppress(Exception):
                         await self._run_hook(plugin.on_stop, context)
-            self._restore_outbox(record)
+            if record.current is not None:
+                self._contexts.restore_outbox(record.current.loaded.manifest)
             if not isinstance(error, Exception):
                 raise
             raise PrepareError(_reason(record.name, manifest, error), error) from error
@@ -609,65 +612,6 @@ class PluginManager:
             raise PluginError(f"plugin {name!r}: consumes events but the host has no event bus")
         return handlers
 
-    def _context(self, manifest: Manifest) -> PluginContext:
-        self._check_permissions(manifest)
-        data_dir = Path(self._config.data_dir) / "plugins" / manifest.name
-        storage = self._storage.namespace(manifest.namespace)
-        return PluginContext(
-            name=manifest.name,
-            category=manifest.category,
-            config=dict(self._config.plugin.get(manifest.name, {})),
-            storage=storage,
-            logger=logging.getLogger(f"nexus.plugins.{manifest.name}"),
-            data_dir=data_dir,
-            audit=self._audit,
-            tokens=self._tokens if self._may_issue_tokens(manifest) else None,
-            events=self._publisher(manifest, storage),
-            cache=self._cache.for_namespace(storage.name) if self._cache is not None else None,
-            services=Services(
-                self._router,
-                manifest.name,
-                manifest.required_services,
-                permissions=manifest.permissions,
-                source=manifest.path,
-            ),
-        )
-
-    def _may_issue_tokens(self, manifest: Manifest) -> bool:
-        """Only the bundled auth plugin and the plugins the operator lists may mint
-        tokens: any other plugin holding the issuer could make itself an admin. The list
-        adds to the bundled auth plugin, never replaces it (logins need the issuer)."""
-        bundled = is_bundled(manifest.path)
-        if manifest.name == AUTH_PLUGIN and bundled:
-            return True
-        if manifest.name not in self._config.auth.issuer_plugins:
-            return False
-        if not bundled:
-            _log.warning(
-                "plugin %r (%s) may mint tokens for any user: auth.issuer_plugins names it",
-                manifest.name,
-                Path(manifest.path).parent,
-            )
-        return True
-
-    def _check_permissions(self, manifest: Manifest) -> None:
-        """Fail the plugin when its manifest asks for grants the operator did not give.
-
-        Installing a plugin must not be enough to hand it, say, ``roles.manage``.
-        """
-        granted = {
-            Grant.parse(g) for g in self._config.auth.plugin_permissions.get(manifest.name, ())
-        }
-        missing = [p for p in manifest.permissions if Grant.parse(p) not in granted]
-        if missing:
-            listed = ", ".join(f'"{p}"' for p in manifest.permissions)
-            raise PluginError(
-                f"plugin {manifest.name!r} ({manifest.path}): its manifest asks for "
-                f"{', '.join(missing)}, which the operator has not granted; add "
-                f"`{manifest.name} = [{listed}]` under [auth.plugin_permissions] in the "
-                "host configuration, or remove them from `permissions`"
-            )
-
     def _providers(self) -> dict[str, str]:
         """Service → the plugin whose manifest lists it (the first, by name)."""
         providers: dict[str, str] = {}
@@ -696,29 +640,6 @@ class PluginManager:
         return f"requires service {service} of plugin {provider!r}, which is {state}" + (
             f": {other.error}" if other.error else ""
         )
-
-    def _restore_outbox(self, record: PluginRecord) -> None:
-        """A new generation failed: the outbox relays for the one serving again (the new
-        one registered its own before its start hook, which may publish)."""
-        serving = record.current
-        if self._outbox is None or serving is None:
-            return
-        manifest = serving.loaded.manifest
-        if manifest.publishes:
-            storage = self._storage.namespace(manifest.namespace)
-            self._outbox.register(manifest.name, storage, frozenset(manifest.publishes))
-
-    def _publisher(self, manifest: Manifest, storage: Namespace) -> Publisher | None:
-        if self._bus is None:
-            return None
-        declared = frozenset(manifest.publishes)
-        outbox, inbox = self._outbox, None
-        if outbox is not None:
-            if declared:
-                outbox.register(manifest.name, storage, declared)
-            if manifest.consumes:
-                inbox = outbox.inbox(storage, self._config.events.inbox_retention)
-        return Publisher(self._bus, manifest.name, declared, outbox=outbox, inbox=inbox)
 
     async def _run_hook(self, hook: Hook, context: PluginContext) -> None:
         result = hook(context)
