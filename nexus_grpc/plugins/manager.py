@@ -8,8 +8,6 @@ else starts. With ``plugins.strict`` the host refuses to start instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,31 +17,23 @@ from nexus_grpc.access.audit import AuditLog
 from nexus_grpc.access.policy import MISSING_POLICY_FIX, methods_without_policy
 from nexus_grpc.cache import CacheManager
 from nexus_grpc.config import Config
-from nexus_grpc.events import EventBus, event_type_exists, subscriptions_of
+from nexus_grpc.events import EventBus
 from nexus_grpc.events.outbox import Outbox
-from nexus_grpc.gateway.bindings import BindingError, bindings_for
 from nexus_grpc.pipeline import Stage
+from nexus_grpc.plugins.builder import GenerationBuilder, HookTimeoutError, PrepareError, run_hook
 from nexus_grpc.plugins.contexts import ContextFactory
 from nexus_grpc.plugins.discovery import Candidate, discover_configured, excluded_by
-from nexus_grpc.plugins.drain import DrainStage, drain
-from nexus_grpc.plugins.fingerprint import CodeTooLargeError, code_hash, contract_hash
+from nexus_grpc.plugins.drain import drain
+from nexus_grpc.plugins.fingerprint import CodeTooLargeError, code_hash
 from nexus_grpc.plugins.generation import Generation
 from nexus_grpc.plugins.leftovers import leftovers
-from nexus_grpc.plugins.loader import LoadedPlugin, PluginError, import_plugin
+from nexus_grpc.plugins.loader import LoadedPlugin, PluginError
 from nexus_grpc.plugins.manifest import Manifest
-from nexus_grpc.plugins.modules import fresh_import, plugin_modules
 from nexus_grpc.plugins.relays import Relays
-from nexus_grpc.plugins.services import outside_calls
-from nexus_grpc.plugins.spec import HealthCheck, Hook, Plugin, PluginContext
-from nexus_grpc.routing import InFlight, Route, Router
+from nexus_grpc.plugins.spec import PluginContext
+from nexus_grpc.routing import InFlight, Router
 from nexus_grpc.storage import Storage
 from nexus_grpc.transport.health import HealthState
-from nexus_grpc.transport.servicers import (
-    ServicerError,
-    bind_servicer,
-    build_routes,
-    construct_servicer,
-)
 
 if TYPE_CHECKING:
     from nexus_grpc.plugins.swap import HotSwap, SwapResult
@@ -59,21 +49,8 @@ __all__ = [
 _log = logging.getLogger("nexus.plugins")
 
 
-class HookTimeoutError(Exception):
-    """A start or stop hook ran past ``plugins.hook_timeout``."""
-
-
 class StrictModeError(RuntimeError):
     """``plugins.strict`` is on and at least one plugin failed."""
-
-
-class PrepareError(Exception):
-    """A new generation could not be built or started; ``reason`` says why."""
-
-    def __init__(self, reason: str, cause: BaseException | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.cause = cause
 
 
 class PluginState:
@@ -157,7 +134,9 @@ class PluginManager:
             cache=cache,
         )
         self._router = router
-        self._stages = stages
+        self._builder = GenerationBuilder(
+            config, router=router, stages=stages, contexts=self._contexts, bus=bus
+        )
         self._health = health
         self._records: dict[str, PluginRecord] = {}
         self._candidates: dict[str, Candidate] = {}
@@ -386,105 +365,23 @@ class PluginManager:
                 )
         return None
 
-    def import_generation(self, candidate: Candidate, *, fresh: bool) -> LoadedPlugin:
-        """Import the plugin's code (and with it its contract) for a new generation.
-
-        This is where a generation's contract is loaded: the generated stubs the
-        plugin imports register its ``.proto`` files in the default descriptor pool,
-        which takes a file again only when it is unchanged, so a reload may change
-        code but not the contract. ``fresh`` imports the plugin's own modules anew
-        (a reload): the old generation keeps the modules it holds.
-        """
-        if fresh:
-            return fresh_import(candidate, import_plugin)
-        return import_plugin(candidate)
-
     async def prepare(
         self, record: PluginRecord, candidate: Candidate, *, fresh: bool = False, code: str = ""
     ) -> Generation:
-        """Import, construct and start a new generation of ``record``'s plugin, off to
-        the side: nothing is routed to it yet. PrepareError says why it cannot be,
-        and leaves nothing started behind."""
-        manifest = candidate.manifest
-        assert manifest is not None
-        started: tuple[Plugin, PluginContext] | None = None
-        try:
-            loaded = self.import_generation(candidate, fresh=fresh)
-            for service in manifest.services:
-                owner = self._router.table.plugin_of(service)
-                if owner is not None and owner != record.name:
-                    raise PluginError(
-                        f"plugin {record.name!r}: service {service} is served by plugin "
-                        f"{owner!r} already; two plugins cannot serve the same service"
-                    )
-            context = self._contexts.build(manifest)
-            servicers = [construct_servicer(cls, context) for cls in loaded.plugin.services]
-            in_flight, drain_stage = InFlight(), DrainStage(record.name)
-            stages = [*self._stages, drain_stage]
-            routes: list[Route] = []
-            descriptors = []
-            for servicer in servicers:
-                for binding in bind_servicer(servicer):
-                    descriptors.append(binding.descriptor)
-                    routes.extend(
-                        build_routes(
-                            binding,
-                            plugin=record.name,
-                            category=manifest.category,
-                            stages=stages,
-                            in_flight=in_flight,
-                        )
-                    )
-            _check_http_bindings(record.name, routes)
-            subscribers = [construct_servicer(cls, context) for cls in loaded.plugin.subscribers]
-            handlers = self._event_handlers(record.name, manifest, [*servicers, *subscribers])
-            if loaded.plugin.on_start is not None:
-                await self._run_hook(loaded.plugin.on_start, context)
-            started = (loaded.plugin, context)
-            if loaded.plugin.health is not None:
-                await self._until_healthy(record.name, loaded.plugin.health, context)
-        except BaseException as error:
-            if started is not None:
-                plugin, context = started
-                if plugin.on_stop is not None:
-                    with contextlib.suppress(Exception):
-                        await self._run_hook(plugin.on_stop, context)
-            if record.current is not None:
-                self._contexts.restore_outbox(record.current.loaded.manifest)
-            if not isinstance(error, Exception):
-                raise
-            raise PrepareError(_reason(record.name, manifest, error), error) from error
-        record.generations += 1
-        return Generation(
-            number=record.generations,
-            loaded=loaded,
-            context=context,
-            routes=routes,
-            handlers={t: outside_calls(h) for t, h in handlers.items()},
-            in_flight=in_flight,
-            drain=drain_stage,
-            code_hash=code,
-            contract_hash=contract_hash(descriptors),
-            package=candidate.module,
-            namespaces=frozenset(
-                id(module.__dict__) for module in plugin_modules(candidate.module).values()
-            ),
+        """Import, construct and start the next generation of ``record``'s plugin, off
+        to the side (see :class:`~nexus_grpc.plugins.builder.GenerationBuilder`);
+        PrepareError says why it cannot be, and leaves nothing started behind."""
+        serving = record.current.loaded.manifest if record.current is not None else None
+        generation = await self._builder.build(
+            record.name,
+            candidate,
+            record.generations + 1,
+            fresh=fresh,
+            code=code,
+            serving=serving,
         )
-
-    async def _until_healthy(self, name: str, check: HealthCheck, context: PluginContext) -> None:
-        limit = self._config.plugins.hot_swap.start_timeout
-        deadline = asyncio.get_running_loop().time() + limit
-        while True:
-            result = check(context)
-            healthy = await result if inspect.isawaitable(result) else result
-            if healthy:
-                return
-            if asyncio.get_running_loop().time() >= deadline:
-                raise HookTimeoutError(
-                    f"plugin {name!r}: health not SERVING within {limit:g}s "
-                    "(plugins.hot_swap.start_timeout)"
-                )
-            await asyncio.sleep(0.05)
+        record.generations = generation.number
+        return generation
 
     async def install(
         self, record: PluginRecord, generation: Generation, *, replacing: bool = False
@@ -575,42 +472,9 @@ class PluginManager:
         if hook is None:
             return
         try:
-            await self._run_hook(hook, generation.context)
+            await run_hook(hook, generation.context, self._config.plugins.hook_timeout)
         except Exception:
             _log.exception("plugin %r: stop hook failed", name, extra={"plugin": name})
-
-    def _event_handlers(
-        self, name: str, manifest: Manifest, servicers: list[object]
-    ) -> dict[str, Any]:
-        """The plugin's event handlers, checked against what its manifest declares."""
-        handlers: dict[str, Any] = {}
-        for servicer in servicers:
-            for event_type, handler in subscriptions_of(servicer).items():
-                if event_type in handlers:
-                    raise PluginError(f"plugin {name!r}: two handlers for {event_type}")
-                handlers[event_type] = handler
-        for key, declared in (("publishes", manifest.publishes), ("consumes", manifest.consumes)):
-            for event_type in declared:
-                if not event_type_exists(event_type):
-                    raise PluginError(
-                        f"plugin {name!r} ({manifest.path}): {key} lists {event_type}, which "
-                        "is no known message type; import the stubs that define it"
-                    )
-        unhandled = sorted(set(manifest.consumes) - set(handlers))
-        if unhandled:
-            raise PluginError(
-                f"plugin {name!r} ({manifest.path}): consumes {unhandled[0]} but no servicer "
-                "method handles it; add a method decorated with @subscribe"
-            )
-        undeclared = sorted(set(handlers) - set(manifest.consumes))
-        if undeclared:
-            raise PluginError(
-                f"plugin {name!r} ({manifest.path}): handles {undeclared[0]} which the "
-                "manifest does not list; add it to `consumes`"
-            )
-        if handlers and self._bus is None:
-            raise PluginError(f"plugin {name!r}: consumes events but the host has no event bus")
-        return handlers
 
     def _providers(self) -> dict[str, str]:
         """Service → the plugin whose manifest lists it (the first, by name)."""
@@ -641,18 +505,6 @@ class PluginManager:
             f": {other.error}" if other.error else ""
         )
 
-    async def _run_hook(self, hook: Hook, context: PluginContext) -> None:
-        result = hook(context)
-        if inspect.isawaitable(result):
-            limit = self._config.plugins.hook_timeout
-            async with asyncio.timeout(limit) as scope:
-                try:
-                    await result
-                except TimeoutError:
-                    if scope.expired():
-                        raise HookTimeoutError(f"hook took longer than {limit}s") from None
-                    raise
-
     def _fail(self, record: PluginRecord, reason: str, error: BaseException | None = None) -> None:
         record.state = PluginState.FAILED
         record.error = reason
@@ -668,25 +520,3 @@ class PluginManager:
             # unless another plugin serves it, in which case its health is that plugin's.
             if self._router.table.plugin_of(service) is None:
                 self._unhealthy.append(service)
-
-
-def _check_http_bindings(plugin: str, routes: list[Route]) -> None:
-    """Refuse a generation whose HTTP annotations the gateway could not serve, before
-    it is swapped in (the gateway rebuilds its routes after the swap)."""
-    for route in routes:
-        try:
-            bindings_for(route.info.descriptor)
-        except BindingError as error:
-            raise PluginError(f"plugin {plugin!r}: {error}") from None
-
-
-def _reason(name: str, manifest: Manifest, error: Exception) -> str:
-    """What to tell the operator about a generation that failed to build or start."""
-    if isinstance(error, PluginError):
-        return str(error)
-    if isinstance(error, (ServicerError, TypeError)):
-        return f"plugin {name!r} ({manifest.path}): {error}"
-    if isinstance(error, HookTimeoutError):
-        text = str(error)
-        return text if text.startswith("plugin ") else f"plugin {name!r}: start {text}"
-    return f"plugin {name!r} ({manifest.path}): start failed: {type(error).__name__}: {error}"
