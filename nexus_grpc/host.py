@@ -93,6 +93,9 @@ class Host:
         #: The OpenTelemetry SDK, while tracing is on (config.tracing).
         self._tracing: Tracing | None = None
         self._stopping: asyncio.Task[None] | None = None
+        #: The plugin folder watcher (``nexus serve --reload``) and what stops it.
+        self._watching: asyncio.Future[None] | None = None
+        self._stop_watching = asyncio.Event()
         self.grpc_port = 0
         self.http_port = 0
         self._serving = False
@@ -309,6 +312,31 @@ class Host:
             await self._http.start()
         await self.health.set(OVERALL, self._overall_serving())
         self._overall_published = True
+        self._start_watching()
+
+    def _start_watching(self) -> None:
+        """Development mode (``plugins.hot_swap.watch``): reload plugins on file changes."""
+        settings = self.config.plugins.hot_swap
+        if not settings.watch:
+            return
+        if not settings.enabled:
+            _log.warning(
+                "plugins.hot_swap.watch is on but hot swap is off: set "
+                "plugins.hot_swap.enabled = true (nexus serve --reload sets both)"
+            )
+            return
+        from nexus_grpc.cli._project import find_project_root
+        from nexus_grpc.plugins.watch import PluginWatcher
+
+        root = find_project_root(Path.cwd())
+        contracts = (root / "proto", root / "generated") if root is not None else None
+        watcher = PluginWatcher(
+            self.plugins,
+            [Path(d) for d in self.config.plugins.dirs],
+            contracts=contracts,
+            debounce=settings.watch_debounce,
+        )
+        self._watching = asyncio.ensure_future(watcher.run(self._stop_watching))
 
     async def _apply_declared_indexes(self) -> None:
         """Build the storage indexes the loaded contracts declare (the plugins imported
@@ -466,6 +494,9 @@ class Host:
         if self._released:
             return
         self._released = True
+        if self._watching is not None:
+            self._stop_watching.set()
+            await asyncio.wait([self._watching], timeout=5)
         # Streams never end by themselves: waiting for them would use up the whole grace
         # period and then cut them. Each ends now, in band, with UNAVAILABLE, so its
         # client reconnects elsewhere while unary calls in flight finish.
