@@ -91,7 +91,9 @@ class _TypeCache:
 
 
 def _cache_of(cls: type) -> _TypeCache:
-    cache = cls.__dict__.get(_CACHE)
+    # getattr hits the type's attribute cache; a subclass shares its base's
+    # DESCRIPTOR, so sharing its converters is right too.
+    cache = getattr(cls, _CACHE, None)
     if cache is None:
         cache = _TypeCache()
         # A class that takes no attribute (none of protobuf's do so today) is
