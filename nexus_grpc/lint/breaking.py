@@ -20,9 +20,10 @@ messages included), fields by number, enum values by number, methods by name.
 - a method keeps its request and response types, streaming and idempotency level;
 - a file keeps its package.
 
-Two rules are added to the category, as :data:`nexus_grpc.plugins.upgrade.UPGRADE_RULES`
-asks of buf: no deleted methods (``RPC_NO_DELETE``) and no deleted services
-(``PACKAGE_SERVICE_NO_DELETE``). Extensions are not compared.
+Extensions are paired by the message they extend and their number, and checked as
+fields (their name is their full name). Two rules are added to the category, as
+:data:`nexus_grpc.plugins.upgrade.UPGRADE_RULES` asks of buf: no deleted methods
+(``RPC_NO_DELETE``) and no deleted services (``PACKAGE_SERVICE_NO_DELETE``).
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ class _Index:
     services: dict[str, ServiceDescriptor] = field(default_factory=dict)
     messages: dict[str, Descriptor] = field(default_factory=dict)
     enums: dict[str, EnumDescriptor] = field(default_factory=dict)
+    #: (extended message, number) → the extension and the file declaring it.
+    extensions: dict[tuple[str, int], tuple[FieldDescriptor, str]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, files: Iterable[FileDescriptor]) -> _Index:
@@ -86,10 +89,18 @@ class _Index:
             index.files[file.name] = file
             index.services.update((s.full_name, s) for s in file.services_by_name.values())
             index.enums.update((e.full_name, e) for e in file.enum_types_by_name.values())
+            index.add_extensions(file.extensions_by_name.values(), file.name)
             for message in _all_messages(file.message_types_by_name.values()):
                 index.messages[message.full_name] = message
                 index.enums.update((e.full_name, e) for e in message.enum_types)
+                index.add_extensions(message.extensions, file.name)
         return index
+
+    def add_extensions(self, extensions: Iterable[FieldDescriptor], file_name: str) -> None:
+        for extension in extensions:
+            extended = extension.containing_type
+            assert extended is not None  # an extension always extends a message
+            self.extensions[(extended.full_name, extension.number)] = (extension, file_name)
 
 
 def wire_json_breaking(
@@ -115,6 +126,13 @@ def wire_json_breaking(
     for name, enum in old.enums.items():
         if (new_enum := new.enums.get(name)) is not None:
             changes.extend(_enum_changes(enum, new_enum))
+    for key, (extension, _) in old.extensions.items():
+        if key in new.extensions:
+            new_extension, where = new.extensions[key]
+            label = f'extension "{key[1]}" ("{extension.full_name}") of message "{key[0]}"'
+            changes.extend(
+                f"{where}: {label} {change}" for change in _field_changes(extension, new_extension)
+            )
     return changes
 
 
@@ -215,9 +233,13 @@ def _field_changes(old: FieldDescriptor, new: FieldDescriptor) -> Iterator[str]:
     before, after = _cardinality(old), _cardinality(new)
     if not in_map_entry and before != after:
         yield f'changed cardinality from "{before}" to "{after}"'
-    if old.name != new.name:
+    if old.is_extension:
+        # An extension is named by its full name, and has no JSON name of its own.
+        if old.full_name != new.full_name:
+            yield f'changed name to "{new.full_name}"'
+    elif old.name != new.name:
         yield f'changed name to "{new.name}"'
-    if old.json_name != new.json_name:
+    if not old.is_extension and old.json_name != new.json_name:
         yield f'changed option "json_name" from "{old.json_name}" to "{new.json_name}"'
     if not _same_default(old, new):
         yield f'changed default value from "{old.default_value!r}" to "{new.default_value!r}"'
@@ -391,15 +413,15 @@ def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 def _json_format(descriptor: Descriptor | EnumDescriptor) -> int:
     """The resolved ``features.json_format``: set on the type, a parent, or its file,
     else the syntax's default (proto2: legacy best effort; proto3, editions: allow)."""
+    # Descriptors' GetOptions() leave features out; their protos keep them.
     scope: Descriptor | EnumDescriptor | None = descriptor
     while scope is not None:
-        features = scope.GetOptions().features
-        if features.HasField("json_format"):
-            return int(features.json_format)
+        proto = _message_proto(scope) if isinstance(scope, Descriptor) else _enum_proto(scope)
+        if proto.options.features.HasField("json_format"):
+            return int(proto.options.features.json_format)
         scope = scope.containing_type
-    file_options = descriptor.file.GetOptions()
-    if file_options.features.HasField("json_format"):
-        return int(file_options.features.json_format)
     file_proto = descriptor_pb2.FileDescriptorProto()
     descriptor.file.CopyToProto(file_proto)
+    if file_proto.options.features.HasField("json_format"):
+        return int(file_proto.options.features.json_format)
     return int(_LEGACY if file_proto.syntax in ("", "proto2") else _ALLOW)

@@ -9,9 +9,9 @@ leaves callers of the deleted method with ``UNIMPLEMENTED``.
 
 buf runs on images of the two versions (:func:`~nexus_grpc.lint.buf.breaking_between_images`).
 Where buf is not installed (the container image has none), the same rules run in
-Python (:func:`~nexus_grpc.lint.breaking.wire_json_breaking`), with the same verdicts
-on everything they cover; they do not compare extensions. ``UpgradeCheck.checker``
-says which ran.
+Python (:func:`~nexus_grpc.lint.breaking.wire_json_breaking`) and reach the same
+verdicts (``tests/hotswap/test_upgrade_parity.py`` runs both); only the wording of the
+changes differs. ``UpgradeCheck.checker`` says which ran.
 """
 
 from __future__ import annotations
@@ -70,8 +70,7 @@ def run_upgrade_check(
         except BufError:
             _log.warning(
                 "buf is not installed: contract upgrades are checked with the built-in "
-                "copy of buf's WIRE_JSON rules (extensions are not compared); "
-                "pip install buf-bin to run buf itself"
+                "copy of buf's WIRE_JSON rules; pip install buf-bin to run buf itself"
             )
             use_buf = False
     if use_buf:

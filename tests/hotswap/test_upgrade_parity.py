@@ -75,6 +75,26 @@ message M {
 """
 )
 
+EXT = (
+    PROTO2
+    + """
+message Base {
+  extensions 100 to 200;
+}
+extend Base {
+  optional int32 level = 100;
+}
+message Holder {
+  extend Base {
+    repeated string notes = 101;
+  }
+}
+"""
+)
+SMALL3 = HEAD + "message A {\n  string x = 1;\n}\nenum E {\n  E_UNSPECIFIED = 0;\n}\n"
+
+EDITION = 'edition = "2023";\npackage parity.v1;\n' + SMALL3.removeprefix(HEAD)
+
 #: name → (old contract, new contract, whether buf refuses it)
 CASES: dict[str, tuple[str, str, bool]] = {
     "same": (BASE, BASE, False),
@@ -275,6 +295,63 @@ CASES: dict[str, tuple[str, str, bool]] = {
         BASE,
         _edit(("enum Color {", "message Spare {}\nenum Color {")),
         False,
+    ),
+    "extension type changed": (
+        EXT,
+        _edit(("optional int32 level", "optional string level"), base=EXT),
+        True,
+    ),
+    "extension int32 to uint32": (
+        EXT,
+        _edit(("optional int32 level", "optional uint32 level"), base=EXT),
+        False,
+    ),
+    "extension renamed": (
+        EXT,
+        _edit(("optional int32 level", "optional int32 depth"), base=EXT),
+        True,
+    ),
+    "nested extension to singular": (
+        EXT,
+        _edit(("repeated string notes", "optional string notes"), base=EXT),
+        True,
+    ),
+    "extension deleted": (
+        EXT,
+        _edit(("extend Base {\n  optional int32 level = 100;\n}\n", ""), base=EXT),
+        False,
+    ),
+    "proto3 file to proto2": (
+        SMALL3,
+        _edit((HEAD, PROTO2), ("string x = 1;", "optional string x = 1;"), base=SMALL3),
+        True,
+    ),
+    "message JSON format to legacy (editions)": (
+        EDITION,
+        _edit(
+            ("message A {\n", "message A {\n  option features.json_format = LEGACY_BEST_EFFORT;\n"),
+            base=EDITION,
+        ),
+        True,
+    ),
+    "enum JSON format to legacy (editions)": (
+        EDITION,
+        _edit(
+            ("enum E {\n", "enum E {\n  option features.json_format = LEGACY_BEST_EFFORT;\n"),
+            base=EDITION,
+        ),
+        True,
+    ),
+    "file JSON format to legacy (editions)": (
+        EDITION,
+        _edit(
+            (
+                "package parity.v1;\n",
+                "package parity.v1;\noption features.json_format = LEGACY_BEST_EFFORT;\n",
+            ),
+            base=EDITION,
+        ),
+        True,
     ),
     "proto2 default changed": (
         BASE2,
