@@ -353,6 +353,21 @@ CASES: dict[str, tuple[str, str, bool]] = {
         ),
         True,
     ),
+    "package changed": (
+        SMALL3,
+        _edit(("package parity.v1;", "package parity.v2;"), base=SMALL3),
+        True,
+    ),
+    "enum value deleted, name reserved only": (
+        BASE,
+        _edit(("  COLOR_GREEN = 2;\n", '  reserved "COLOR_GREEN";\n')),
+        True,
+    ),
+    "enum reserved number dropped": (
+        _edit(("COLOR_GREEN = 2;", "COLOR_GREEN = 2;\n  reserved 9;")),
+        BASE,
+        True,
+    ),
     "proto2 default changed": (
         BASE2,
         _edit(('[default = "x"]', '[default = "y"]'), base=BASE2),
