@@ -309,3 +309,20 @@ async def test_the_code_hash_refuses_what_it_cannot_vouch_for(tmp_path: Path) ->
     (folder / "compiled.pyc").write_bytes(b"\x00" * 16)
     with pytest.raises(UnhashableFileError, match="bytecode outside __pycache__"):
         code_hash(folder)
+
+
+async def test_stopping_the_host_mid_swap_waits_for_the_swap_then_stops_all(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "stopped.txt"
+    began = tmp_path / "began.txt"
+    settings = HotSwapConfig(enabled=True, watch=True, watch_debounce=0.05, start_timeout=1.0)
+    (tmp_path / "plugins").mkdir()
+    write_with_stop(tmp_path / "plugins", "1", marker)
+    async with swap_host(tmp_path, hot_swap=settings, write=False) as host:
+        await asyncio.sleep(0.3)
+        start = f"import pathlib\npathlib.Path({str(began)!r}).touch()\nawait asyncio.sleep(1.0)"
+        write_with_stop(host.plugins, "2", marker, start=start)
+        await until(began.exists, 10)
+        # Leaving the block stops the host while the watcher's swap is in its start hook.
+    assert stopped(marker) == ["1", "2"]
