@@ -196,6 +196,8 @@ class HotSwap:
         return 2 * hooks + self.settings.start_timeout + 10.0
 
     async def _swap(self, request: SwapRequest) -> SwapResult:
+        if self._closed:
+            raise SwapError("the host is stopping", code=grpc.StatusCode.UNAVAILABLE)
         try:
             async with asyncio.timeout(self._lock_wait()):
                 await self._lock.acquire()
@@ -206,7 +208,7 @@ class HotSwap:
                 code=grpc.StatusCode.ABORTED,
             ) from None
         try:
-            if self._closed:
+            if self._closed:  # it stopped while this swap waited
                 raise SwapError("the host is stopping", code=grpc.StatusCode.UNAVAILABLE)
             before = self._manager_table()
             try:
