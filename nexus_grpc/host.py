@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -497,6 +498,11 @@ class Host:
         if self._watching is not None:
             self._stop_watching.set()
             await asyncio.wait([self._watching], timeout=5)
+            # Still busy (a swap taking its time): stop waiting for it; the swap itself
+            # goes on to its end, and stopping the plugins waits for it.
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching
         # Streams never end by themselves: waiting for them would use up the whole grace
         # period and then cut them. Each ends now, in band, with UNAVAILABLE, so its
         # client reconnects elsewhere while unary calls in flight finish.

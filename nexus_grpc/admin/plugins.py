@@ -5,6 +5,8 @@ every administrative call leaves."""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from nexus.admin.v1 import admin_pb2
@@ -33,12 +35,32 @@ def change_message(result: SwapResult) -> admin_pb2.PluginChange:
     )
 
 
+@dataclass(frozen=True)
+class _Caller:
+    """What the audit record takes from the call, read while the call is live: the
+    record may be written after the call ended, when its context is no more to read."""
+
+    address: str
+    transport: str
+
+    @classmethod
+    def of(cls, context: Any) -> _Caller | None:
+        if context is None:
+            return None
+        return cls(context.peer(), getattr(context, "transport", "grpc"))
+
+    def peer(self) -> str:
+        """The caller's network address."""
+        return self.address
+
+
 class PluginsAdmin:
     """Turns the admin requests into :class:`SwapRequest`\\ s and audits each."""
 
     def __init__(self, manager: PluginManager, audit: AuditLog) -> None:
         self._manager = manager
         self._audit = audit
+        self._auditing: set[asyncio.Task[SwapResult]] = set()
 
     async def load(self, request: admin_pb2.LoadPluginRequest, context: Any) -> SwapResult:
         """Apply a LoadPlugin request."""
@@ -66,29 +88,37 @@ class PluginsAdmin:
         return await self._apply(swap, context)
 
     async def _apply(self, swap: SwapRequest, context: Any) -> SwapResult:
+        # The swap and its audit record run on when the caller goes away (deadline,
+        # disconnect): the record then states how the swap really ended.
+        task = asyncio.ensure_future(self._audited(swap, _Caller.of(context)))
+        self._auditing.add(task)
+        task.add_done_callback(self._auditing.discard)
+        return await asyncio.shield(task)
+
+    async def _audited(self, swap: SwapRequest, context: Any) -> SwapResult:
         principal = principal_var.get()
         actor = principal.subject if principal else ANONYMOUS
+        outcome, reason = Outcome.FAILED, "the swap ended without an outcome"
         try:
             result = await self._manager.swap.apply(swap)
+            reason = ", ".join(result.plugins)
+            if result.code_hash:
+                reason = f"code sha256:{result.code_hash}, generation {result.generation}"
+            outcome = Outcome.SUCCEEDED
+            return result
         except StatusError as error:
+            reason = error.message
+            raise
+        except BaseException as error:
+            # Not a refusal: the plugin's state is whatever the swap reached.
+            reason = f"unexpected error {type(error).__name__}; see the plugin's state"
+            raise
+        finally:
             await self._audit.record(
                 actor=actor,
                 action=f"plugins.{swap.operation}",
                 target=swap.plugin,
-                outcome=Outcome.FAILED,
-                reason=error.message,
+                outcome=outcome,
+                reason=reason,
                 context=context,
             )
-            raise
-        reason = ", ".join(result.plugins)
-        if result.code_hash:
-            reason = f"code sha256:{result.code_hash}, generation {result.generation}"
-        await self._audit.record(
-            actor=actor,
-            action=f"plugins.{swap.operation}",
-            target=swap.plugin,
-            outcome=Outcome.SUCCEEDED,
-            reason=reason,
-            context=context,
-        )
-        return result

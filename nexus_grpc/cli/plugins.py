@@ -89,7 +89,8 @@ def _drain_option(parser: argparse.ArgumentParser) -> None:
         "--drain-timeout",
         type=positive(float),
         help="seconds to let calls in flight finish (default: the host's "
-        "plugins.hot_swap.drain_timeout); the rest end UNAVAILABLE",
+        "plugins.hot_swap.drain_timeout); the rest end UNAVAILABLE. The shortest is "
+        "0.001: calls in flight are cut at once",
     )
 
 
@@ -109,7 +110,8 @@ def _name(plugin: str) -> str | None:
 
 
 def _millis(args: argparse.Namespace) -> int:
-    return int(args.drain_timeout * 1000) if args.drain_timeout else 0
+    # 0 on the wire means "the host's default": a short drain asked for is at least 1 ms.
+    return max(1, round(args.drain_timeout * 1000)) if args.drain_timeout else 0
 
 
 def _load(args: argparse.Namespace) -> int:
@@ -119,7 +121,25 @@ def _load(args: argparse.Namespace) -> int:
     if name is None:
         return 1
     request = admin_pb2.LoadPluginRequest(name=name, expected_code_hash=args.expected_hash)
-    return _report(args, "loaded", admin_call(args, "LoadPlugin", request))
+    change = admin_call(args, "LoadPlugin", request)
+    status = _report(args, "loaded", change)
+    if status == 0 and not args.json:
+        _say_source(args.plugin, change.plugin.source)
+    return status
+
+
+def _say_source(given: str, source: str) -> None:
+    """Say where the host found the plugin: the host loads by name from its own
+    folders and entry points, which need not be the folder given."""
+    print(f"  from {source or 'an unknown source'}")
+    path = Path(given)
+    folder = source.removeprefix("folder ")
+    if ("/" in given or path.is_dir()) and Path(folder).resolve() != path.resolve():
+        print(
+            f"  note: not from {given}: the host loads a plugin by name from its own "
+            "plugin folders and entry points",
+            file=sys.stderr,
+        )
 
 
 def _unload(args: argparse.Namespace) -> int:

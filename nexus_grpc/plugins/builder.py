@@ -18,11 +18,11 @@ from nexus_grpc.pipeline import Stage
 from nexus_grpc.plugins.contexts import ContextFactory
 from nexus_grpc.plugins.discovery import Candidate
 from nexus_grpc.plugins.drain import DrainStage
-from nexus_grpc.plugins.fingerprint import contract_hash
+from nexus_grpc.plugins.fingerprint import CodeTooLargeError, code_hash, contract_hash
 from nexus_grpc.plugins.generation import Generation
 from nexus_grpc.plugins.loader import LoadedPlugin, PluginError, import_plugin
 from nexus_grpc.plugins.manifest import Manifest
-from nexus_grpc.plugins.modules import fresh_import, plugin_modules
+from nexus_grpc.plugins.modules import fresh_import, plugin_modules, restore_modules
 from nexus_grpc.plugins.services import outside_calls
 from nexus_grpc.plugins.spec import HealthCheck, Hook, Plugin, PluginContext
 from nexus_grpc.routing import InFlight, Route, Router
@@ -98,6 +98,9 @@ class GenerationBuilder:
         manifest = candidate.manifest
         assert manifest is not None
         started: tuple[Plugin, PluginContext] | None = None
+        # The serving generation's modules: put back on any failure, so its code
+        # importing lazily never gets the rolled-back version's modules.
+        previous = plugin_modules(candidate.module) if fresh else None
         try:
             loaded = self.import_generation(candidate, fresh=fresh)
             for service in manifest.services:
@@ -128,17 +131,25 @@ class GenerationBuilder:
             _check_http_bindings(name, routes)
             subscribers = [construct_servicer(cls, context) for cls in loaded.plugin.subscribers]
             handlers = self._event_handlers(name, manifest, [*servicers, *subscribers])
+            # What was hashed (audited, checked against the allow-list) must be what
+            # was imported: refused before the start hook runs when the files changed.
+            if fresh:
+                await _same_code(name, candidate, code)
             if loaded.plugin.on_start is not None:
                 await run_hook(loaded.plugin.on_start, context, self._hook_timeout)
             started = (loaded.plugin, context)
             if loaded.plugin.health is not None:
                 await self._until_healthy(name, loaded.plugin.health, context)
+            if fresh:
+                await _same_code(name, candidate, code)
         except BaseException as error:
             if started is not None:
                 plugin, context = started
                 if plugin.on_stop is not None:
                     with contextlib.suppress(Exception):
                         await run_hook(plugin.on_stop, context, self._hook_timeout)
+            if previous is not None:
+                restore_modules(candidate.module, previous)
             if serving is not None:
                 self._contexts.restore_outbox(serving)
             if not isinstance(error, Exception):
@@ -149,7 +160,9 @@ class GenerationBuilder:
             loaded=loaded,
             context=context,
             routes=routes,
-            handlers={t: outside_calls(h) for t, h in handlers.items()},
+            handlers={
+                t: drain_stage.track(outside_calls(h), in_flight) for t, h in handlers.items()
+            },
             in_flight=in_flight,
             drain=drain_stage,
             code_hash=code,
@@ -163,16 +176,25 @@ class GenerationBuilder:
     async def _until_healthy(self, name: str, check: HealthCheck, context: PluginContext) -> None:
         limit = self._config.plugins.hot_swap.start_timeout
         deadline = asyncio.get_running_loop().time() + limit
+        late = HookTimeoutError(
+            f"plugin {name!r}: health not SERVING within {limit:g}s "
+            "(plugins.hot_swap.start_timeout)"
+        )
         while True:
             result = check(context)
-            healthy = await result if inspect.isawaitable(result) else result
+            if inspect.isawaitable(result):
+                # A check that never answers is bounded by the same deadline.
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        healthy = await result
+                except TimeoutError:
+                    raise late from None
+            else:
+                healthy = result
             if healthy:
                 return
             if asyncio.get_running_loop().time() >= deadline:
-                raise HookTimeoutError(
-                    f"plugin {name!r}: health not SERVING within {limit:g}s "
-                    "(plugins.hot_swap.start_timeout)"
-                )
+                raise late
             await asyncio.sleep(0.05)
 
     def _event_handlers(
@@ -220,6 +242,21 @@ async def run_hook(hook: Hook, context: PluginContext, limit: float) -> None:
                 if scope.expired():
                     raise HookTimeoutError(f"hook took longer than {limit}s") from None
                 raise
+
+
+async def _same_code(name: str, candidate: Candidate, code: str) -> None:
+    """PluginError unless the plugin's files still hash to ``code`` (when given)."""
+    if not code or candidate.package_dir is None:
+        return
+    try:
+        again = await asyncio.to_thread(code_hash, candidate.package_dir)
+    except (OSError, CodeTooLargeError) as error:
+        raise PluginError(f"plugin {name!r}: cannot hash its code: {error}") from None
+    if again != code:
+        raise PluginError(
+            f"plugin {name!r}: its files changed while it was being loaded; "
+            "try again once they are written"
+        )
 
 
 def _check_http_bindings(plugin: str, routes: list[Route]) -> None:

@@ -7,11 +7,16 @@ generation waits for its in-flight counter to reach zero, bounded by
 ``plugins.hot_swap.drain_timeout``, then :meth:`DrainStage.end_all` cancels what is
 left; those calls end with UNAVAILABLE (retryable: a client retrying reaches the new
 generation, or learns the plugin is gone).
+
+Event deliveries count too (:meth:`DrainStage.track`): the old generation's stop hook
+runs once its handlers are done, and a handler still running past the timeout is
+cancelled; its delivery fails, so the bus hands the event back (or dead-letters it).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -68,6 +73,38 @@ class DrainStage:
             return result
 
         return tracked
+
+    def track(
+        self, handler: Callable[[Any, Any], Awaitable[None]], in_flight: InFlight
+    ) -> Callable[[Any, Any], Awaitable[None]]:
+        """``handler`` (an event handler of this generation) counted in ``in_flight``
+        and ended like a call by :meth:`end_all`."""
+        running = self._running
+        ending = self._ending
+        plugin = self._plugin
+
+        async def delivered(event: Any, delivery: Any) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            in_flight.enter()
+            running.add(task)
+            try:
+                await handler(event, delivery)
+            except asyncio.CancelledError:
+                if task not in ending:
+                    raise
+                ending.discard(task)
+                task.uncancel()
+                raise PluginGoneError(plugin) from None
+            finally:
+                running.discard(task)
+                in_flight.leave()
+            if task in ending:
+                ending.discard(task)
+                task.uncancel()
+                raise PluginGoneError(plugin)
+
+        return delivered
 
     @property
     def running(self) -> int:

@@ -2,7 +2,10 @@
 
 The code hash is what an operator pins in ``plugins.hot_swap.allowed_hashes`` and what
 the audit log records for every load: sha256 over the plugin's files, in a stable
-order, so the same folder hashes the same on every machine.
+order, so the same folder hashes the same on every machine. What Python could import
+without it being hashed is refused instead: a symbolic link inside the folder (the
+walk would not follow it, or would read files from elsewhere) and bytecode outside
+``__pycache__`` (a ``.pyc`` with no source imports as it is).
 """
 
 from __future__ import annotations
@@ -14,7 +17,13 @@ from pathlib import Path
 
 from google.protobuf.descriptor import ServiceDescriptor
 
-__all__ = ["MAX_CODE_BYTES", "CodeTooLargeError", "code_hash", "contract_hash"]
+__all__ = [
+    "MAX_CODE_BYTES",
+    "CodeTooLargeError",
+    "UnhashableFileError",
+    "code_hash",
+    "contract_hash",
+]
 
 #: A plugin folder larger than this is refused rather than read into the hash: the
 #: folder is the operator's, but a runaway data file must not stall the host.
@@ -29,12 +38,29 @@ class CodeTooLargeError(ValueError):
     """The plugin folder holds more than :data:`MAX_CODE_BYTES`."""
 
 
+class UnhashableFileError(OSError):
+    """The plugin folder holds a file the code hash cannot vouch for: a symbolic link,
+    or bytecode without its source."""
+
+
 def _files(root: Path) -> list[Path]:
     found = []
     for folder, dirs, names in os.walk(root):
         # Sorted in place: os.walk then descends in a stable order too.
         dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS and not d.startswith("."))
+        for name in [*dirs, *names]:
+            path = Path(folder) / name
+            if not name.startswith(".") and path.is_symlink():
+                raise UnhashableFileError(
+                    f"{path} is a symbolic link; a plugin folder must hold its files itself"
+                )
         for name in sorted(names):
+            # (__pycache__ is never walked: Python uses it only beside the source.)
+            if name.endswith((".pyc", ".pyo")) and not name.startswith("."):
+                raise UnhashableFileError(
+                    f"{Path(folder) / name} is bytecode outside __pycache__, which Python "
+                    "imports without its source; keep only the .py files"
+                )
             if name.startswith(".") or name.endswith(_SKIPPED_SUFFIXES):
                 continue
             found.append(Path(folder) / name)

@@ -264,6 +264,8 @@ class PluginManager:
 
     async def stop_all(self) -> None:
         """Stop serving plugins in reverse start order, running their stop hooks."""
+        if self._swap is not None:
+            await self._swap.close()  # no swap under way or after
         for name in reversed(self._start_order):
             record = self._records[name]
             if record.state != PluginState.SERVING:

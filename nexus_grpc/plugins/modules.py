@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from nexus_grpc.plugins.discovery import Candidate
 
-__all__ = ["forget_modules", "fresh_import", "plugin_modules"]
+__all__ = ["forget_modules", "fresh_import", "plugin_modules", "restore_modules"]
 
 T = TypeVar("T")
 
@@ -42,6 +42,13 @@ def forget_modules(package: str) -> int:
     return len(found)
 
 
+def restore_modules(package: str, previous: dict[str, types.ModuleType]) -> None:
+    """Put ``previous`` (what :func:`plugin_modules` returned) back as package
+    ``package``'s modules, forgetting the ones imported since."""
+    forget_modules(package)
+    sys.modules.update(previous)
+
+
 def _drop_stale_bytecode(package_dir: Path) -> None:
     # A .pyc is trusted when the source's mtime (whole seconds) and size match: an
     # edit saved within the same second with the same size would import the old code.
@@ -53,7 +60,8 @@ def _drop_stale_bytecode(package_dir: Path) -> None:
 def fresh_import(candidate: Candidate, load: Callable[[Candidate], T]) -> T:
     """``load(candidate)`` with the plugin's own modules imported anew. When it fails,
     the modules of the generation serving now are put back, so code of the old
-    generation importing lazily still finds its own modules."""
+    generation importing lazily still finds its own modules (a failure later in the
+    build puts them back with :func:`restore_modules`)."""
     package = candidate.module
     previous = plugin_modules(package)
     forget_modules(package)
@@ -63,6 +71,5 @@ def fresh_import(candidate: Candidate, load: Callable[[Candidate], T]) -> T:
     try:
         return load(candidate)
     except BaseException:
-        forget_modules(package)
-        sys.modules.update(previous)
+        restore_modules(package, previous)
         raise

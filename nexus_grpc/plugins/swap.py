@@ -16,15 +16,22 @@ several processes, from a message each of them applies. A swap:
   calls in flight for up to ``drain_timeout`` (the rest end UNAVAILABLE), runs the
   stop hook and forgets the plugin's modules.
 
-One swap runs at a time per host. Hot swap is off unless ``plugins.hot_swap.enabled``.
+One swap runs at a time per host; a caller waiting longer than the time a swap may
+take gets ABORTED. Each swap runs as a task of its own: a caller that goes away (a
+deadline, a disconnect) does not leave it half-done. The old generation drains after
+the lock is released (its routes are gone already), so a long drain holds up no other
+swap. Hot swap is off unless ``plugins.hot_swap.enabled``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import grpc
 
@@ -41,6 +48,8 @@ from nexus_grpc.routing import RoutingTable
 __all__ = ["OPERATIONS", "HotSwap", "Surface", "SwapError", "SwapRequest", "SwapResult"]
 
 _log = logging.getLogger("nexus.plugins")
+
+T = TypeVar("T")
 
 #: The operations a :class:`SwapRequest` may name.
 OPERATIONS = ("load", "unload", "reload")
@@ -126,12 +135,24 @@ class SwapResult:
     swap_seconds: float = 0.0
 
 
+@dataclass
+class _Outcome:
+    """What the locked part of a swap did, and the generations it left to retire."""
+
+    result: SwapResult
+    retiring: list[tuple[str, Generation]] = field(default_factory=list)
+
+
 class HotSwap:
     """Applies :class:`SwapRequest`\\ s to one host's plugin manager, one at a time."""
 
     def __init__(self, manager: PluginManager) -> None:
         self._manager = manager
         self._lock = asyncio.Lock()
+        # Swaps and retirements under way: owned here, so no caller's cancellation
+        # ends one half-done, and the host's shutdown can wait for them.
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
 
     @property
     def settings(self) -> HotSwapConfig:
@@ -150,15 +171,67 @@ class HotSwap:
                 f"unknown operation {request.operation!r}; expected one of {', '.join(OPERATIONS)}",
                 code=grpc.StatusCode.INVALID_ARGUMENT,
             )
-        async with self._lock:
+        # Shielded: a caller cancelled (deadline, disconnect) stops waiting, the swap
+        # goes on to its end, rollback or retirement included.
+        return await asyncio.shield(self._own(self._swap(request)))
+
+    async def close(self) -> None:
+        """The host stops: wait for the swap under way, refuse further ones (the lock is
+        kept) and wait for the generations still draining."""
+        self._closed = True
+        await self._lock.acquire()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    def _own(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _lock_wait(self) -> float:
+        """How long a swap may wait for the one under way: about the longest a swap
+        holds the lock (start hook, health, a failed start's stop hook)."""
+        hooks = self._manager.settings.plugins.hook_timeout
+        return 2 * hooks + self.settings.start_timeout + 10.0
+
+    async def _swap(self, request: SwapRequest) -> SwapResult:
+        if self._closed:
+            raise SwapError("the host is stopping", code=grpc.StatusCode.UNAVAILABLE)
+        try:
+            async with asyncio.timeout(self._lock_wait()):
+                await self._lock.acquire()
+        except TimeoutError:
+            raise SwapError(
+                f"another swap is in progress; plugin {request.plugin!r} was not "
+                f"{request.operation}ed, try again",
+                code=grpc.StatusCode.ABORTED,
+            ) from None
+        try:
+            if self._closed:  # it stopped while this swap waited
+                raise SwapError("the host is stopping", code=grpc.StatusCode.UNAVAILABLE)
             before = self._manager_table()
-            if request.operation == "load":
-                result = await self._load(request)
-            elif request.operation == "reload":
-                result = await self._reload(request)
-            else:
-                result = await self._unload(request)
+            try:
+                if request.operation == "load":
+                    outcome = _Outcome(await self._load(request))
+                elif request.operation == "reload":
+                    outcome = await self._reload(request)
+                else:
+                    outcome = await self._unload(request)
+            except (OSError, CodeTooLargeError) as error:
+                # Raised before anything changed (the build rolls back what it did).
+                raise SwapError(
+                    f"plugin {request.plugin!r}: {type(error).__name__}: {error}"
+                ) from None
             after = self._manager_table()
+        finally:
+            self._lock.release()
+        # Outside the lock: the old routes are gone, a long drain holds up no swap.
+        cut = 0
+        timeout = self._drain_timeout(request)
+        for plugin, generation in outcome.retiring:
+            cut += await asyncio.shield(self._own(self._retire(plugin, generation, timeout)))
+        result = outcome.result
         touched = set(result.plugins)
         old, new = Surface.of(before, touched), Surface.of(after, touched)
         return SwapResult(
@@ -168,9 +241,18 @@ class HotSwap:
             result.generation,
             added=new.minus(old),
             removed=old.minus(new),
-            cut_calls=result.cut_calls,
+            cut_calls=cut,
             swap_seconds=result.swap_seconds,
         )
+
+    async def _retire(self, plugin: str, generation: Generation, seconds: float) -> int:
+        cut = await self._manager.retire(plugin, generation, seconds)
+        # The next load imports the files as they are then; modules of a generation
+        # loaded since are not this one's to forget.
+        current = sys.modules.get(generation.package)
+        if current is not None and id(current.__dict__) in generation.namespaces:
+            forget_modules(generation.package)
+        return cut
 
     def _manager_table(self) -> RoutingTable:
         return self._manager.router.table
@@ -233,7 +315,7 @@ class HotSwap:
             swap_seconds=time.perf_counter() - started,
         )
 
-    async def _reload(self, request: SwapRequest) -> SwapResult:
+    async def _reload(self, request: SwapRequest) -> _Outcome:
         name = request.plugin
         record = self._serving(name, "reload")
         candidate = await self._candidate(name)
@@ -242,18 +324,38 @@ class HotSwap:
         problem = self._manager.unmet_requirement(name, candidate.manifest)
         if problem is not None:
             raise SwapError(f"cannot reload plugin {name!r}: {problem}")
+        self._check_dropped_services(name, record, candidate)
         started = time.perf_counter()
         generation = await self._prepare(record, candidate, digest, fresh=True)
         old = await self._manager.install(record, generation, replacing=True)
         swapped = time.perf_counter() - started
         self._manager.adopt(candidate)
         record.swap_error = ""
-        cut = 0
-        if old is not None:
-            cut = await self._manager.retire(name, old, self._drain_timeout(request))
-        return SwapResult(
-            "reload", (name,), digest, generation.number, cut_calls=cut, swap_seconds=swapped
+        result = SwapResult("reload", (name,), digest, generation.number, swap_seconds=swapped)
+        return _Outcome(result, [(name, old)] if old is not None else [])
+
+    def _check_dropped_services(
+        self, name: str, record: PluginRecord, candidate: Candidate
+    ) -> None:
+        """SwapError when the new version stops serving a service that another serving
+        plugin requires: the reload would leave that plugin calling nothing."""
+        assert candidate.manifest is not None
+        dropped = set(record.services) - set(candidate.manifest.services)
+        if not dropped:
+            return
+        needing = sorted(
+            f"{other.name!r} ({', '.join(sorted(dropped.intersection(other.manifest.requires)))})"
+            for other in self._manager.records()
+            if other.name != name
+            and other.state == PluginState.SERVING
+            and other.manifest is not None
+            and dropped.intersection(other.manifest.requires)
         )
+        if needing:
+            raise SwapError(
+                f"cannot reload plugin {name!r}: the new version no longer serves services "
+                f"required by {', '.join(needing)}; unload those plugins first"
+            )
 
     async def _prepare(
         self, record: PluginRecord, candidate: Candidate, digest: str, *, fresh: bool
@@ -270,37 +372,22 @@ class HotSwap:
                 extra={"plugin": record.name},
             )
             raise SwapError(error.reason) from None
-        # The files may have changed between hashing and importing them: what was
-        # audited and checked against the allow-list must be what now runs.
-        assert candidate.package_dir is not None
-        again = await asyncio.to_thread(code_hash, candidate.package_dir)
-        if again != digest:
-            await self._manager.run_stop_hook(record.name, generation)
-            raise SwapError(
-                f"plugin {record.name!r}: its files changed while it was being loaded; "
-                "try again once they are written"
-            )
         return generation
 
     # -- unload ------------------------------------------------------------------------
 
-    async def _unload(self, request: SwapRequest) -> SwapResult:
+    async def _unload(self, request: SwapRequest) -> _Outcome:
         name = request.plugin
         self._serving(name, "unload")
         order = self._unload_order(name, request.cascade)
-        timeout = self._drain_timeout(request)
-        # Routes first, all of them, so no dependent calls a plugin being drained.
+        # Routes first, all of them, so no dependent calls a plugin being drained; the
+        # drains and stop hooks follow, outside the swap lock.
         retiring = []
         for plugin in order:
             record = self._manager.record(plugin)
             assert record is not None and record.current is not None
             retiring.append((plugin, await self._manager.remove(record)))
-        cut = 0
-        for plugin, generation in retiring:
-            cut += await self._manager.retire(plugin, generation, timeout)
-            # The next load imports the files as they are then.
-            forget_modules(generation.package)
-        return SwapResult("unload", tuple(order), cut_calls=cut)
+        return _Outcome(SwapResult("unload", tuple(order)), retiring)
 
     def _unload_order(self, name: str, cascade: bool) -> list[str]:
         """``name`` after every serving plugin requiring it (transitively, when

@@ -125,6 +125,15 @@ class PluginWatcher:
                 extra={"plugin": name},
             )
             return
+        except Exception:
+            # Whatever a swap raises, the watcher keeps watching: the next edit may fix it.
+            _log.exception(
+                "--reload: plugin %s not %sed: unexpected error",
+                name,
+                operation,
+                extra={"plugin": name},
+            )
+            return
         _log.info(
             "--reload: plugin %s %sed (generation %d)",
             name,
@@ -135,7 +144,17 @@ class PluginWatcher:
 
 
 def _plugin_name(folder: Path) -> str | None:
+    manifest = folder / MANIFEST_FILE
+    if not manifest.is_file():
+        return None  # a file beside the plugins, or a folder being created
     try:
-        return parse_manifest(folder / MANIFEST_FILE).name
-    except ManifestError:
+        return parse_manifest(manifest).name
+    except ManifestError as error:
+        _log.error(
+            "--reload: %s not reloaded, its manifest is broken (the previous version "
+            "serves on): %s",
+            folder,
+            error,
+            extra={"folder": str(folder)},
+        )
         return None

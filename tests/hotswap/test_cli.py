@@ -53,6 +53,7 @@ async def test_reload_unload_and_load_print_what_changed(tmp_path: Path) -> None
         code, out, err = await _nexus("plugins", "load", str(host.plugins / "swapper"), *remote)
         assert code == 0, err
         assert "loaded swapper 2: generation 3" in out
+        assert f"  from folder {host.plugins / 'swapper'}" in out and "note:" not in err
         assert "  + route   GET /v1/swap/count" in out
 
         code, out, err = await _nexus("plugins", *remote)
