@@ -69,6 +69,8 @@ class SwapRequest:
     cascade: bool = False
     #: unload, reload: seconds to wait for calls in flight; the configured one if None.
     drain_timeout: float | None = None
+    #: reload: accept a contract that breaks the running one's clients.
+    force: bool = False
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,7 @@ class HotSwap:
         if problem is not None:
             raise SwapError(f"cannot reload plugin {name!r}: {problem}")
         started = time.perf_counter()
-        generation = await self._prepare(record, candidate, digest, fresh=True)
+        generation = await self._prepare(record, candidate, digest, fresh=True, force=request.force)
         old = await self._manager.install(record, generation, replacing=True)
         swapped = time.perf_counter() - started
         self._manager.adopt(candidate)
@@ -256,10 +258,18 @@ class HotSwap:
         )
 
     async def _prepare(
-        self, record: PluginRecord, candidate: Candidate, digest: str, *, fresh: bool
+        self,
+        record: PluginRecord,
+        candidate: Candidate,
+        digest: str,
+        *,
+        fresh: bool,
+        force: bool = False,
     ) -> Generation:
         try:
-            generation = await self._manager.prepare(record, candidate, fresh=fresh, code=digest)
+            generation = await self._manager.prepare(
+                record, candidate, fresh=fresh, code=digest, force=force
+            )
         except PrepareError as error:
             record.swap_error = error.reason
             _log.warning(
@@ -276,6 +286,10 @@ class HotSwap:
         again = await asyncio.to_thread(code_hash, candidate.package_dir)
         if again != digest:
             await self._manager.run_stop_hook(record.name, generation)
+            serving = record.current.contract if record.current is not None else None
+            if generation.contract is not None and generation.contract is not serving:
+                generation.contract.restore()
+                generation.contract.release()
             raise SwapError(
                 f"plugin {record.name!r}: its files changed while it was being loaded; "
                 "try again once they are written"
