@@ -80,15 +80,16 @@ def contract_modules(
     would stay at its running version.
     """
     roots = [Path(p) for p in (sys.path if search is None else search) if str(p)]
-    names = {file if isinstance(file, str) else file.name for file in files}
+    given = list(files)
+    names = {file if isinstance(file, str) else file.name for file in given}
     contract_roots: set[Path] = set()
-    for file in names:
-        root = _root_of(str(Path(file).parent), roots)
+    for name in names:
+        root = _root_of(str(Path(name).parent), roots)
         if root is not None:
             contract_roots.add(root)
-    for file in files:
-        if isinstance(file, FileDescriptor):
-            for dependency in _imported(file):
+    for descriptor in given:
+        if isinstance(descriptor, FileDescriptor):
+            for dependency in _imported(descriptor):
                 relative = Path(module_name_of(dependency).replace(".", "/") + ".py")
                 if any((root / relative).is_file() for root in contract_roots):
                     names.add(dependency)

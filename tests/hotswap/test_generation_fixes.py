@@ -91,7 +91,7 @@ def test_a_dependency_changed_on_disk_but_not_taken_along_is_an_error(
     _stubs_of(generated["common_v2"], stubs)
     # Named alone, the notes module imports the running types module: whose file on
     # disk is another now, so copying the loaded one would keep it at v1 silently.
-    with pytest.raises(GenerationError, match="types.proto changed on disk"):
+    with pytest.raises(GenerationError, match=r"types\.proto changed on disk"):
         load_generation([NOTES_PB2], label="notes@2", search=[stubs])
 
 
