@@ -263,6 +263,8 @@ class PluginManager:
         for service in self._unhealthy:
             await self._health.set(service, False)
         self._unhealthy.clear()
+        # The other workers (if any) send this one their swaps from now on.
+        await self.swap.announce()
         failed = [r for r in self._records.values() if r.state == PluginState.FAILED]
         if failed and settings.strict:
             reasons = "; ".join(r.error for r in failed)

@@ -17,6 +17,8 @@ several processes, from a message each of them applies. A swap:
   stop hook and forgets the plugin's modules.
 
 One swap runs at a time per host. Hot swap is off unless ``plugins.hot_swap.enabled``.
+With several workers, a swap one of them applies is applied by all
+(:mod:`nexus_grpc.plugins.swap_sharing`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -37,6 +40,10 @@ from nexus_grpc.plugins.generation import Generation
 from nexus_grpc.plugins.manager import PluginManager, PluginRecord, PluginState, PrepareError
 from nexus_grpc.plugins.modules import forget_modules
 from nexus_grpc.routing import RoutingTable
+
+if TYPE_CHECKING:
+    from nexus_grpc.plugins.swap_sharing import SwapSharing
+    from nexus_grpc.supervisor.channel import Broadcast
 
 __all__ = ["OPERATIONS", "HotSwap", "Surface", "SwapError", "SwapRequest", "SwapResult"]
 
@@ -134,14 +141,34 @@ class HotSwap:
     def __init__(self, manager: PluginManager) -> None:
         self._manager = manager
         self._lock = asyncio.Lock()
+        self._sharing: SwapSharing | None = None
+
+    def share(self, broadcast: Broadcast) -> None:
+        """Apply the swaps of this host's other workers, and have them apply its own."""
+        from nexus_grpc.plugins.swap_sharing import SwapSharing
+
+        self._sharing = SwapSharing(self, broadcast)
+
+    async def announce(self) -> None:
+        """Tell the other workers (if any) this one takes part in their swaps."""
+        if self._sharing is not None:
+            await self._sharing.announce()
+
+    def record(self, name: str) -> PluginRecord | None:
+        """The record of plugin ``name``."""
+        return self._manager.record(name)
 
     @property
     def settings(self) -> HotSwapConfig:
         """``[plugins.hot_swap]``."""
         return self._manager.settings.plugins.hot_swap
 
-    async def apply(self, request: SwapRequest) -> SwapResult:
-        """Do ``request``; SwapError (or NOT_FOUND, PERMISSION_DENIED) when it cannot be."""
+    async def apply(self, request: SwapRequest, *, share: bool = True) -> SwapResult:
+        """Do ``request``; SwapError (or NOT_FOUND, PERMISSION_DENIED) when it cannot be.
+
+        Once done here, and unless ``share`` is off (a swap another worker shared),
+        the other workers apply it too before this returns (see
+        :mod:`~nexus_grpc.plugins.swap_sharing`)."""
         if not self.settings.enabled:
             raise SwapError(
                 "hot swap is off on this host: set enabled = true under [plugins.hot_swap] "
@@ -161,6 +188,10 @@ class HotSwap:
             else:
                 result = await self._unload(request)
             after = self._manager_table()
+        if share and self._sharing is not None:
+            # Outside the lock: two workers sharing a swap at once each apply the
+            # other's while waiting for its answers.
+            await self._sharing.publish(request, result)
         touched = set(result.plugins)
         old, new = Surface.of(before, touched), Surface.of(after, touched)
         return SwapResult(
