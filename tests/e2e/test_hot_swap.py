@@ -310,3 +310,6 @@ def test_readme_hot_swap_section_runs_verbatim(tmp_path: Path) -> None:
     assert "- service acme.greeter.v1.GreeterService" in outputs[7]
     assert "loaded greeter 0.1.0: generation 3" in outputs[8]
     assert "SERVING" in next(line for line in outputs[9].splitlines() if line.startswith("greeter"))
+    # The contract upgrade: a new method, found by grpcurl through reflection at once.
+    assert "/acme.greeter.v1.GreeterService/SayGoodbye" in outputs[13]
+    assert "Goodbye, Ada!" in outputs[14]
