@@ -23,6 +23,7 @@ from nexus_grpc.config import HotSwapConfig
 from nexus_grpc.testing import RunningHost, running_host
 from tests.hotswap import generations_support as support
 from tests.hotswap.generations_support import SERVICE
+from tests.hotswap.test_cli import _nexus
 from tests.hotswap.test_generations_host import (
     CODE,
     MANIFEST,
@@ -192,3 +193,22 @@ async def test_a_reload_with_the_same_new_contract_keeps_its_generation(
         )
     assert posted.status_code == 200, posted.text
     assert posted.json()["name"] == "v2b" and posted.json()["created"]
+
+
+async def test_the_cli_lists_breaking_changes_and_forces_them(
+    upgradable: Upgradable, generated: dict[str, Path]
+) -> None:
+    running = upgradable.running
+    remote = ("--address", running.address, "--token", running.token("operator"))
+    upgradable.write("v2", generated["v2"], put_item=True)
+    code, out, err = await _nexus("plugins", "reload", "swap", *remote)
+    assert code == 0, err
+    assert f"  + method  {PUT_ITEM_PATH}" in out
+
+    upgradable.write("gone", generated["breaking_method"], put_item=True)
+    code, out, err = await _nexus("plugins", "reload", "swap", *remote)
+    assert code == 1
+    assert "FAILED_PRECONDITION" in err and "GetItem" in err and "--force" in err, err
+    code, out, err = await _nexus("plugins", "reload", "swap", "--force", *remote)
+    assert code == 0, err
+    assert f"  - method  /{SERVICE}/GetItem" in out
