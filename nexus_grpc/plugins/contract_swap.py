@@ -13,10 +13,12 @@ inside its binding.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
+from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from google.protobuf.descriptor_pb2 import FileDescriptorProto
+from google.protobuf.descriptor_pool import DescriptorPool
 
 from nexus_grpc.plugins._generation_parts import module_sources, serialized_on_disk
 from nexus_grpc.plugins.generations import (
@@ -28,7 +30,7 @@ from nexus_grpc.plugins.generations import (
 from nexus_grpc.plugins.loader import PluginError
 from nexus_grpc.plugins.upgrade import check_upgrade
 
-__all__ = ["BreakingContractError", "running_files", "upgrade_contract"]
+__all__ = ["BreakingContractError", "upgrade_contract"]
 
 
 class BreakingContractError(PluginError):
@@ -42,11 +44,6 @@ class BreakingContractError(PluginError):
             "(`nexus plugins reload --force`) to accept them"
         )
         self.changes = list(changes)
-
-
-def running_files(descriptors: Iterable[FileDescriptor]) -> dict[str, FileDescriptor]:
-    """The running contract's files, by name, each once."""
-    return {file.name: file for file in descriptors}
 
 
 def _as_running(generation: Generation, running: Sequence[FileDescriptor]) -> list[FileDescriptor]:
@@ -66,10 +63,9 @@ def _as_running(generation: Generation, running: Sequence[FileDescriptor]) -> li
     return list(found.values())
 
 
-def _same_on_disk(modules: Sequence[str], running: Sequence[FileDescriptor]) -> bool:
-    """Whether the generated modules on disk hold exactly the running files: the usual
-    reload, told apart without building a pool (which costs milliseconds)."""
-    pools = list({id(file.pool): file.pool for file in running}.values())
+def _same_on_disk(modules: Sequence[str], pools: Sequence[DescriptorPool]) -> bool:
+    """Whether the generated modules on disk hold exactly files ``pools`` hold: the
+    usual reload, told apart without building a pool (which costs milliseconds)."""
     for source in module_sources(modules).values():
         data = serialized_on_disk(source)
         if data is None:
@@ -109,7 +105,9 @@ async def upgrade_contract(
     label = f"{plugin}@{number}"
     try:
         modules = contract_modules(names)
-        if not modules or (running and _same_on_disk(modules, running)):
+        # Running here: the serving version's pools; after an unload: the default pool.
+        pools = list({id(f.pool): f.pool for f in running}.values()) or [descriptor_pool.Default()]
+        if not modules or _same_on_disk(modules, pools):
             return None
         generation = load_generation(modules, label=label)
     except GenerationError as error:
