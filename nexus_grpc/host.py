@@ -298,6 +298,8 @@ class Host:
             cache=self.cache,
         )
         self._install_core_services(self._plugins, audit)
+        # A swap asked of one worker applies to all of them.
+        self._plugins.swap.share(self.broadcast)
         await self._plugins.load_all()
         await self._apply_declared_indexes()
         await self.bus.start()

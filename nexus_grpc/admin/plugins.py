@@ -84,6 +84,7 @@ class PluginsAdmin:
             "reload",
             expected_hash=request.expected_code_hash,
             drain_timeout=request.drain_timeout_millis / 1000 or None,
+            force=request.force,
         )
         return await self._apply(swap, context)
 

@@ -64,6 +64,11 @@ def register(commands: Any) -> None:
     reload.add_argument("plugin", metavar="NAME", help="plugin name")
     _hash_option(reload)
     _drain_option(reload)
+    reload.add_argument(
+        "--force",
+        action="store_true",
+        help="accept a new contract that breaks the running one (refused and listed without)",
+    )
     _common(reload)
     reload.set_defaults(run=_reload)
 
@@ -155,7 +160,10 @@ def _reload(args: argparse.Namespace) -> int:
     from nexus.admin.v1 import admin_pb2
 
     request = admin_pb2.ReloadPluginRequest(
-        name=args.plugin, expected_code_hash=args.expected_hash, drain_timeout_millis=_millis(args)
+        name=args.plugin,
+        expected_code_hash=args.expected_hash,
+        drain_timeout_millis=_millis(args),
+        force=args.force,
     )
     return _report(args, "reloaded", admin_call(args, "ReloadPlugin", request))
 

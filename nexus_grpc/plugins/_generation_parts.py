@@ -7,6 +7,7 @@ nothing here knows about plugins.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import sys
 import types
@@ -28,6 +29,7 @@ __all__ = [
     "module_name_of",
     "module_sources",
     "restore_modules",
+    "serialized_on_disk",
     "unregister_classes",
 ]
 
@@ -63,25 +65,82 @@ def module_sources(
     return found
 
 
-def contract_modules(files: Iterable[str], search: Sequence[str | Path] | None = None) -> list[str]:
-    """The ``_pb2`` modules of every contract in the folders of ``files``, sorted.
+def contract_modules(
+    files: Iterable[str | FileDescriptor], search: Sequence[str | Path] | None = None
+) -> list[str]:
+    """The ``_pb2`` modules of a plugin's contract, sorted.
 
     ``files`` are a running plugin's contract files (``acme/notes/v1/notes.proto``, the
-    files of its services); a plugin's contract is what ``nexus gen`` put in those
-    folders, including files its services do not import (events) and files the new
-    version added. Each folder is taken from the first ``search`` root that has it.
+    files of its services, as names or descriptors); a plugin's contract is what
+    ``nexus gen`` put in those folders, including files its services do not import
+    (events) and files the new version added. Each folder is taken from the first
+    ``search`` root that has it. The files the given descriptors import, directly or
+    not, from the same generated root (``acme/common/v1/types.proto``, in another
+    folder) belong to the contract too, with their folders: left out, a changed one
+    would stay at its running version.
     """
     roots = [Path(p) for p in (sys.path if search is None else search) if str(p)]
+    given = list(files)
+    names = {file if isinstance(file, str) else file.name for file in given}
+    contract_roots: set[Path] = set()
+    for name in names:
+        root = _root_of(str(Path(name).parent), roots)
+        if root is not None:
+            contract_roots.add(root)
+    for descriptor in given:
+        if isinstance(descriptor, FileDescriptor):
+            for dependency in _imported(descriptor):
+                relative = Path(module_name_of(dependency).replace(".", "/") + ".py")
+                if any((root / relative).is_file() for root in contract_roots):
+                    names.add(dependency)
     found: set[str] = set()
-    for folder in sorted({str(Path(name).parent) for name in files}):
-        for root in roots:
-            directory = root / folder
-            modules = sorted(directory.glob("*_pb2.py")) if directory.is_dir() else []
-            if modules:
-                package = folder.replace("/", ".")
-                found.update(f"{package}.{module.stem}" for module in modules)
-                break
+    for folder in sorted({str(Path(name).parent) for name in names}):
+        root = _root_of(folder, roots)
+        if root is not None:
+            package = folder.replace("/", ".")
+            found.update(f"{package}.{module.stem}" for module in (root / folder).glob("*_pb2.py"))
     return sorted(found)
+
+
+def _root_of(folder: str, roots: Sequence[Path]) -> Path | None:
+    """The first of ``roots`` whose ``folder`` holds generated modules."""
+    for root in roots:
+        directory = root / folder
+        if directory.is_dir() and any(directory.glob("*_pb2.py")):
+            return root
+    return None
+
+
+def _imported(file: FileDescriptor) -> set[str]:
+    """Names of the files ``file`` imports, directly or not."""
+    seen: set[str] = set()
+    pending = list(file.dependencies)
+    while pending:
+        dependency = pending.pop()
+        if dependency.name not in seen:
+            seen.add(dependency.name)
+            pending.extend(dependency.dependencies)
+    return seen
+
+
+def serialized_on_disk(source: Path) -> bytes | None:
+    """The serialized file a generated ``_pb2`` module adds to its pool, read from its
+    source (None when it is not found there: not generated code, or another layout)."""
+    try:
+        tree = ast.parse(source.read_bytes(), str(source))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "AddSerializedFile"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, bytes)
+        ):
+            return node.args[0].value
+    return None
 
 
 def unregister_classes(messages: Iterable[Descriptor]) -> None:

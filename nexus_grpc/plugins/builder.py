@@ -11,15 +11,19 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+from google.protobuf.descriptor import FileDescriptor
+
 from nexus_grpc.config import Config
 from nexus_grpc.events import EventBus, event_type_exists, subscriptions_of
 from nexus_grpc.gateway.bindings import BindingError, bindings_for
 from nexus_grpc.pipeline import Stage
 from nexus_grpc.plugins.contexts import ContextFactory
+from nexus_grpc.plugins.contract_swap import upgrade_contract
 from nexus_grpc.plugins.discovery import Candidate
 from nexus_grpc.plugins.drain import DrainStage
 from nexus_grpc.plugins.fingerprint import CodeTooLargeError, code_hash, contract_hash
 from nexus_grpc.plugins.generation import Generation
+from nexus_grpc.plugins.generations import Generation as ContractGeneration
 from nexus_grpc.plugins.loader import LoadedPlugin, PluginError, import_plugin
 from nexus_grpc.plugins.manifest import Manifest
 from nexus_grpc.plugins.modules import fresh_import, plugin_modules, restore_modules
@@ -68,15 +72,20 @@ class GenerationBuilder:
         self._bus = bus
         self._hook_timeout = config.plugins.hook_timeout
 
-    def import_generation(self, candidate: Candidate, *, fresh: bool) -> LoadedPlugin:
+    def import_generation(
+        self, candidate: Candidate, *, fresh: bool, contract: ContractGeneration | None = None
+    ) -> LoadedPlugin:
         """Import the plugin's code (and with it its contract) for a new generation.
 
-        This is where a generation's contract is loaded: the generated stubs the
-        plugin imports register its ``.proto`` files in the default descriptor pool,
-        which takes a file again only when it is unchanged, so a reload may change
-        code but not the contract. ``fresh`` imports the plugin's own modules anew
-        (a reload): the old generation keeps the modules it holds.
+        Without ``contract`` the generated stubs the plugin imports are the ones in
+        ``sys.modules`` (the default descriptor pool, or the contract generation
+        serving now). With one, the code is imported inside its binding, so the
+        plugin's stubs are that generation's modules. ``fresh`` imports the plugin's
+        own modules anew (a reload): the old generation keeps the modules it holds.
         """
+        if contract is not None:
+            with contract.binding():
+                return fresh_import(candidate, import_plugin)
         if fresh:
             return fresh_import(candidate, import_plugin)
         return import_plugin(candidate)
@@ -90,19 +99,41 @@ class GenerationBuilder:
         fresh: bool,
         code: str,
         serving: Manifest | None,
+        running: Sequence[FileDescriptor] = (),
+        known: Sequence[str] = (),
+        force: bool = False,
+        shared: ContractGeneration | None = None,
     ) -> Generation:
         """Import, construct and start generation ``number`` of plugin ``name``, off to
         the side: nothing is routed to it yet. PrepareError says why it cannot be, and
         leaves nothing started behind (``serving``, the manifest of the generation
-        serving now, gets its outbox registration back)."""
+        serving now, gets its outbox registration back).
+
+        ``running`` are the contract files of the generation serving now: a changed
+        contract is imported into its own contract generation, checked for breaking
+        changes against them (refused unless ``force``); ``known`` names the files of
+        an unloaded version (see
+        :func:`~nexus_grpc.plugins.contract_swap.upgrade_contract`). ``shared`` is the
+        contract generation serving now, kept by the new generation when the contract
+        is the same."""
         manifest = candidate.manifest
         assert manifest is not None
         started: tuple[Plugin, PluginContext] | None = None
         # The serving generation's modules: put back on any failure, so its code
         # importing lazily never gets the rolled-back version's modules.
         previous = plugin_modules(candidate.module) if fresh else None
+        contract: ContractGeneration | None = None
         try:
-            loaded = self.import_generation(candidate, fresh=fresh)
+            contract = await upgrade_contract(
+                name, number, running=running, known=known, force=force
+            )
+            if contract is None and shared is not None:
+                # Same contract as the contract generation serving: its stubs are the
+                # ones installed; its dependency copies are shown to the code again.
+                with shared.binding():
+                    loaded = fresh_import(candidate, import_plugin)
+            else:
+                loaded = self.import_generation(candidate, fresh=fresh, contract=contract)
             for service in manifest.services:
                 owner = self._router.table.plugin_of(service)
                 if owner is not None and owner != name:
@@ -152,6 +183,10 @@ class GenerationBuilder:
                 restore_modules(candidate.module, previous)
             if serving is not None:
                 self._contexts.restore_outbox(serving)
+            if contract is not None:
+                # The running version's stubs are what `import` finds again.
+                contract.restore()
+                contract.release()
             if not isinstance(error, Exception):
                 raise
             raise PrepareError(_reason(name, manifest, error), error) from error
@@ -171,6 +206,7 @@ class GenerationBuilder:
             namespaces=frozenset(
                 id(module.__dict__) for module in plugin_modules(candidate.module).values()
             ),
+            contract=contract if contract is not None else shared,
         )
 
     async def _until_healthy(self, name: str, check: HealthCheck, context: PluginContext) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nexus_grpc.plugins.drain import DrainStage
+from nexus_grpc.plugins.generations import Generation as ContractGeneration
 from nexus_grpc.plugins.loader import LoadedPlugin
 from nexus_grpc.plugins.spec import PluginContext
 from nexus_grpc.routing import InFlight, Route
@@ -43,6 +44,16 @@ class Generation:
     #: ``id(module.__dict__)`` of the modules this generation imported: threads and
     #: tasks running their functions are this generation's leftovers.
     namespaces: frozenset[int] = frozenset()
+    #: The contract generation its stubs come from (None: the default pool's). Two
+    #: plugin generations share it when a reload did not change the contract.
+    contract: ContractGeneration | None = None
+
+    @property
+    def contract_files(self) -> tuple[str, ...]:
+        """Names of the ``.proto`` files its services are declared in."""
+        return tuple(
+            sorted({route.info.descriptor.containing_service.file.name for route in self.routes})
+        )
 
     @property
     def services(self) -> tuple[str, ...]:

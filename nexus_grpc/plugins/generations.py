@@ -35,6 +35,7 @@ import builtins
 import importlib
 import importlib.util
 import sys
+import threading
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -56,6 +57,7 @@ from nexus_grpc.plugins._generation_parts import (
     module_name_of,
     module_sources,
     restore_modules,
+    serialized_on_disk,
     unregister_classes,
 )
 
@@ -147,17 +149,25 @@ class Generation:
         On leaving the block the contract modules stay installed (this generation is the
         live one) and the dependency modules are the host's again. On an exception every
         entry is restored: a failed upgrade leaves the running version's modules.
+
+        The dependency copies replace shared ``sys.modules`` entries (such as
+        ``google.protobuf.timestamp_pb2``) for the block's duration, which must be
+        short and synchronous: the host runs it on its event loop thread, around the
+        plugin's import only. Bindings are serialized by a process-wide lock, so two
+        never overlap and each restores what it replaced; one nested in another is a
+        GenerationError.
         """
-        swapped = {**self.modules, **self._dependency_copies()}
-        previous = install_modules(swapped)
-        try:
-            yield
-        except BaseException:
-            restore_modules(previous)
-            raise
-        restore_modules({name: previous[name] for name in swapped if name not in self.modules})
-        self._replaced = {name: previous[name] for name in self.modules}
-        add_event_pool(self.pool)
+        with _binding_lock(self.label):
+            swapped = {**self.modules, **self._dependency_copies()}
+            previous = install_modules(swapped)
+            try:
+                yield
+            except BaseException:
+                restore_modules(previous)
+                raise
+            restore_modules({name: previous[name] for name in swapped if name not in self.modules})
+            self._replaced = {name: previous[name] for name in self.modules}
+            add_event_pool(self.pool)
 
     def install(self) -> dict[str, types.ModuleType | None]:
         """Make the contract modules the ones ``import`` finds; returns what they replaced.
@@ -297,8 +307,23 @@ class Generation:
 
     def _note_provided(self, module: object) -> None:
         descriptor = getattr(module, "DESCRIPTOR", None)
-        if isinstance(descriptor, FileDescriptor):
-            self._provided.setdefault(descriptor.name, descriptor)
+        if isinstance(descriptor, FileDescriptor) and descriptor.name not in self._provided:
+            self._check_unchanged(module, descriptor)
+            self._provided[descriptor.name] = descriptor
+
+    def _check_unchanged(self, module: object, descriptor: FileDescriptor) -> None:
+        """GenerationError when the file ``module`` was imported from changed on disk:
+        copying the loaded version into the pool would keep the old one silently."""
+        origin = getattr(module, "__file__", None)
+        if not isinstance(origin, str) or not origin.endswith("_pb2.py"):
+            return
+        on_disk = serialized_on_disk(Path(origin))
+        if on_disk is not None and on_disk != bytes(descriptor.serialized_pb):
+            raise GenerationError(
+                f"{self.label}: {descriptor.name} changed on disk ({origin}) since it was "
+                "imported, and is no file of this contract; a changed file another "
+                "plugin or the host owns takes a restart"
+            )
 
     def _add_serialized(self, data: bytes) -> FileDescriptor:
         """``AddSerializedFile`` into the pool, after the files it imports."""
@@ -344,6 +369,28 @@ class Generation:
                 module = self._execute(name, Path(spec.origin), self._dependency_modules)
             copies[name] = module
         return copies
+
+
+#: Serializes :meth:`Generation.binding` process-wide; the thread holding it.
+_BINDING = threading.Lock()
+_binding_owner: int | None = None
+#: How long a binding waits for another thread's to end.
+_BINDING_WAIT = 30.0
+
+
+@contextmanager
+def _binding_lock(label: str) -> Iterator[None]:
+    global _binding_owner
+    if _binding_owner == threading.get_ident():
+        raise GenerationError(f"{label}: a binding runs already on this thread; they do not nest")
+    if not _BINDING.acquire(timeout=_BINDING_WAIT):
+        raise GenerationError(f"{label}: another binding held the module table {_BINDING_WAIT:g}s")
+    _binding_owner = threading.get_ident()
+    try:
+        yield
+    finally:
+        _binding_owner = None
+        _BINDING.release()
 
 
 def load_generation(

@@ -79,6 +79,9 @@ class PluginRecord:
     #: Why the last load, unload or reload asked of the running host failed ("" if
     #: it did not); the plugin itself is as it was.
     swap_error: str = ""
+    #: The ``.proto`` files its services were declared in when it last served: a load
+    #: after an unload compares the contract on disk with them.
+    contract_files: tuple[str, ...] = ()
     _idle: InFlight = field(default_factory=InFlight)
 
     @property
@@ -162,11 +165,16 @@ class PluginManager:
             SwapRequest(name, "unload", cascade=cascade, drain_timeout=drain_timeout)
         )
 
-    async def reload(self, name: str, *, expected_hash: str = "") -> SwapResult:
-        """Replace plugin ``name``'s generation with its code as it is now on disk."""
+    async def reload(
+        self, name: str, *, expected_hash: str = "", force: bool = False
+    ) -> SwapResult:
+        """Replace plugin ``name``'s generation with its code (and contract) as they are
+        now on disk; ``force`` accepts a contract breaking the running one's clients."""
         from nexus_grpc.plugins.swap import SwapRequest
 
-        return await self.swap.apply(SwapRequest(name, "reload", expected_hash=expected_hash))
+        return await self.swap.apply(
+            SwapRequest(name, "reload", expected_hash=expected_hash, force=force)
+        )
 
     @property
     def swap(self) -> HotSwap:
@@ -255,6 +263,8 @@ class PluginManager:
         for service in self._unhealthy:
             await self._health.set(service, False)
         self._unhealthy.clear()
+        # The other workers (if any) send this one their swaps from now on.
+        await self.swap.announce()
         failed = [r for r in self._records.values() if r.state == PluginState.FAILED]
         if failed and settings.strict:
             reasons = "; ".join(r.error for r in failed)
@@ -368,12 +378,35 @@ class PluginManager:
         return None
 
     async def prepare(
-        self, record: PluginRecord, candidate: Candidate, *, fresh: bool = False, code: str = ""
+        self,
+        record: PluginRecord,
+        candidate: Candidate,
+        *,
+        fresh: bool = False,
+        code: str = "",
+        force: bool = False,
     ) -> Generation:
         """Import, construct and start the next generation of ``record``'s plugin, off
         to the side (see :class:`~nexus_grpc.plugins.builder.GenerationBuilder`);
-        PrepareError says why it cannot be, and leaves nothing started behind."""
-        serving = record.current.loaded.manifest if record.current is not None else None
+        PrepareError says why it cannot be, and leaves nothing started behind.
+
+        A contract changed since the serving generation is loaded into a contract
+        generation of its own; one that breaks the serving contract's clients is
+        refused unless ``force``."""
+        current = record.current
+        serving = current.loaded.manifest if current is not None else None
+        running = (
+            list(
+                {
+                    route.info.descriptor.containing_service.file.name: (
+                        route.info.descriptor.containing_service.file
+                    )
+                    for route in current.routes
+                }.values()
+            )
+            if current is not None
+            else []
+        )
         generation = await self._builder.build(
             record.name,
             candidate,
@@ -381,6 +414,10 @@ class PluginManager:
             fresh=fresh,
             code=code,
             serving=serving,
+            running=running,
+            known=record.contract_files if current is None else (),
+            force=force,
+            shared=current.contract if current is not None else None,
         )
         record.generations = generation.number
         return generation
@@ -401,6 +438,7 @@ class PluginManager:
         manifest = generation.loaded.manifest
         record.manifest = manifest
         record.current, record.state, record.error = generation, PluginState.SERVING, ""
+        record.contract_files = generation.contract_files or record.contract_files
         if name not in self._start_order:
             self._start_order.append(name)
         for service in manifest.services:
@@ -455,6 +493,14 @@ class PluginManager:
                 extra={"plugin": name, "generation": generation.number},
             )
         await self.run_stop_hook(name, generation)
+        record = self._records.get(name)
+        serving = record.current if record is not None else None
+        if generation.contract is not None and (
+            serving is None or serving.contract is not generation.contract
+        ):
+            # Its calls are done: the contract generation's modules leave sys.modules
+            # (unless a newer one replaced them) and are freed with its routes.
+            generation.contract.release()
         # One loop turn: tasks the stop hook cancelled get to finish.
         await asyncio.sleep(0)
         for leftover in leftovers(generation.namespaces):

@@ -21,6 +21,8 @@ take gets ABORTED. Each swap runs as a task of its own: a caller that goes away 
 deadline, a disconnect) does not leave it half-done. The old generation drains after
 the lock is released (its routes are gone already), so a long drain holds up no other
 swap. Hot swap is off unless ``plugins.hot_swap.enabled``.
+With several workers, a swap one of them applies is applied by all
+(:mod:`nexus_grpc.plugins.swap_sharing`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import sys
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -44,6 +46,10 @@ from nexus_grpc.plugins.generation import Generation
 from nexus_grpc.plugins.manager import PluginManager, PluginRecord, PluginState, PrepareError
 from nexus_grpc.plugins.modules import forget_modules
 from nexus_grpc.routing import RoutingTable
+
+if TYPE_CHECKING:
+    from nexus_grpc.plugins.swap_sharing import SwapSharing
+    from nexus_grpc.supervisor.channel import Broadcast
 
 __all__ = ["OPERATIONS", "HotSwap", "Surface", "SwapError", "SwapRequest", "SwapResult"]
 
@@ -78,6 +84,8 @@ class SwapRequest:
     cascade: bool = False
     #: unload, reload: seconds to wait for calls in flight; the configured one if None.
     drain_timeout: float | None = None
+    #: reload: accept a contract that breaks the running one's clients.
+    force: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,14 +161,34 @@ class HotSwap:
         # ends one half-done, and the host's shutdown can wait for them.
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._sharing: SwapSharing | None = None
+
+    def share(self, broadcast: Broadcast) -> None:
+        """Apply the swaps of this host's other workers, and have them apply its own."""
+        from nexus_grpc.plugins.swap_sharing import SwapSharing
+
+        self._sharing = SwapSharing(self, broadcast)
+
+    async def announce(self) -> None:
+        """Tell the other workers (if any) this one takes part in their swaps."""
+        if self._sharing is not None:
+            await self._sharing.announce()
+
+    def record(self, name: str) -> PluginRecord | None:
+        """The record of plugin ``name``."""
+        return self._manager.record(name)
 
     @property
     def settings(self) -> HotSwapConfig:
         """``[plugins.hot_swap]``."""
         return self._manager.settings.plugins.hot_swap
 
-    async def apply(self, request: SwapRequest) -> SwapResult:
-        """Do ``request``; SwapError (or NOT_FOUND, PERMISSION_DENIED) when it cannot be."""
+    async def apply(self, request: SwapRequest, *, share: bool = True) -> SwapResult:
+        """Do ``request``; SwapError (or NOT_FOUND, PERMISSION_DENIED) when it cannot be.
+
+        Once done here, and unless ``share`` is off (a swap another worker shared),
+        the other workers apply it too before this returns (see
+        :mod:`~nexus_grpc.plugins.swap_sharing`)."""
         if not self.settings.enabled:
             raise SwapError(
                 "hot swap is off on this host: set enabled = true under [plugins.hot_swap] "
@@ -173,7 +201,7 @@ class HotSwap:
             )
         # Shielded: a caller cancelled (deadline, disconnect) stops waiting, the swap
         # goes on to its end, rollback or retirement included.
-        return await asyncio.shield(self._own(self._swap(request)))
+        return await asyncio.shield(self._own(self._swap(request, share)))
 
     async def close(self) -> None:
         """The host stops: wait for the swap under way, refuse further ones (the lock is
@@ -195,7 +223,7 @@ class HotSwap:
         hooks = self._manager.settings.plugins.hook_timeout
         return 2 * hooks + self.settings.start_timeout + 10.0
 
-    async def _swap(self, request: SwapRequest) -> SwapResult:
+    async def _swap(self, request: SwapRequest, share: bool) -> SwapResult:
         if self._closed:
             raise SwapError("the host is stopping", code=grpc.StatusCode.UNAVAILABLE)
         try:
@@ -226,12 +254,16 @@ class HotSwap:
             after = self._manager_table()
         finally:
             self._lock.release()
+        result = outcome.result
+        if share and self._sharing is not None:
+            # Outside the lock: two workers sharing a swap at once each apply the
+            # other's while waiting for its answers.
+            await self._sharing.publish(request, result)
         # Outside the lock: the old routes are gone, a long drain holds up no swap.
         cut = 0
         timeout = self._drain_timeout(request)
         for plugin, generation in outcome.retiring:
             cut += await asyncio.shield(self._own(self._retire(plugin, generation, timeout)))
-        result = outcome.result
         touched = set(result.plugins)
         old, new = Surface.of(before, touched), Surface.of(after, touched)
         return SwapResult(
@@ -326,7 +358,7 @@ class HotSwap:
             raise SwapError(f"cannot reload plugin {name!r}: {problem}")
         self._check_dropped_services(name, record, candidate)
         started = time.perf_counter()
-        generation = await self._prepare(record, candidate, digest, fresh=True)
+        generation = await self._prepare(record, candidate, digest, fresh=True, force=request.force)
         old = await self._manager.install(record, generation, replacing=True)
         swapped = time.perf_counter() - started
         self._manager.adopt(candidate)
@@ -358,10 +390,18 @@ class HotSwap:
             )
 
     async def _prepare(
-        self, record: PluginRecord, candidate: Candidate, digest: str, *, fresh: bool
+        self,
+        record: PluginRecord,
+        candidate: Candidate,
+        digest: str,
+        *,
+        fresh: bool,
+        force: bool = False,
     ) -> Generation:
         try:
-            generation = await self._manager.prepare(record, candidate, fresh=fresh, code=digest)
+            generation = await self._manager.prepare(
+                record, candidate, fresh=fresh, code=digest, force=force
+            )
         except PrepareError as error:
             record.swap_error = error.reason
             _log.warning(

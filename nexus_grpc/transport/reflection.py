@@ -7,7 +7,8 @@ protocol versions have identical messages and differ only in their package, so v
 served with the v1alpha message classes under a v1 service descriptor derived from the
 v1alpha file.
 
-Types are looked up first in the pools of the routed methods, newest route first: a
+Types are looked up first in the pool of the plugin whose routed files declare them,
+then in the pools of the routed methods, newest route first: a
 plugin upgraded to a changed contract serves it from its generation's own pool
 (:mod:`nexus_grpc.plugins.generations`) while the default pool still holds the first
 version, and a client must see the version being served.
@@ -66,23 +67,42 @@ class ReflectionServicer(reflection_pb2_grpc.ServerReflectionServicer):  # type:
         # Worked out once per routing table; forgotten when the table changes, so a
         # dropped generation's pool is not kept alive here.
         self._searched: list[descriptor_pool.DescriptorPool] | None = None
+        self._owners: dict[str, descriptor_pool.DescriptorPool] = {}
         router.on_change(self._forget_pools)
 
     def _forget_pools(self, _table: RoutingTable) -> None:
         self._searched = None
+        self._owners = {}
 
-    @property
-    def _pools(self) -> list[descriptor_pool.DescriptorPool]:
-        """Pools to search, in order: the routed generations' (newest first), then the rest."""
-        if self._searched is not None:
+    def _lookup_order(self, wanted: str = "") -> list[descriptor_pool.DescriptorPool]:
+        """Pools to search for ``wanted`` (a file name or a symbol), in order.
+
+        First the pool of the plugin whose routes' files declare it (a file of that
+        name, or a symbol of that file's package): another plugin's generation pool
+        holds byte copies of the contracts it imports, which may be older than the
+        one served. Then the routed generations' pools (newest first), then the rest.
+        """
+        if self._searched is None:
+            routed: dict[int, descriptor_pool.DescriptorPool] = {}
+            owners: dict[str, descriptor_pool.DescriptorPool] = {}
+            for route in reversed(list(self._router.table.routes.values())):
+                file = route.info.descriptor.containing_service.file
+                routed.setdefault(id(file.pool), file.pool)
+                owners.setdefault(file.name, file.pool)
+                owners.setdefault(f"{file.package}.", file.pool)
+            fixed = {id(pool) for pool in self._fixed}
+            self._searched = [p for key, p in routed.items() if key not in fixed] + self._fixed
+            self._owners = owners
+        owner = self._owners.get(wanted)
+        if owner is None and wanted:
+            # The longest package of a routed file the symbol is in.
+            package = wanted
+            while owner is None and "." in package:
+                package = package.rpartition(".")[0]
+                owner = self._owners.get(f"{package}.")
+        if owner is None:
             return self._searched
-        routed: dict[int, descriptor_pool.DescriptorPool] = {}
-        for route in reversed(list(self._router.table.routes.values())):
-            pool = route.info.descriptor.containing_service.file.pool
-            routed.setdefault(id(pool), pool)
-        fixed = {id(pool) for pool in self._fixed}
-        self._searched = [p for key, p in routed.items() if key not in fixed] + self._fixed
-        return self._searched
+        return [owner, *(pool for pool in self._searched if pool is not owner)]
 
     async def ServerReflectionInfo(
         self,
@@ -116,6 +136,7 @@ class ReflectionServicer(reflection_pb2_grpc.ServerReflectionServicer):  # type:
                 sent,
                 lambda pool: pool.FindFileByName(request.file_by_filename),
                 f"file {request.file_by_filename!r} not found",
+                request.file_by_filename,
             )
         elif kind == "file_containing_symbol":
             symbol = request.file_containing_symbol
@@ -124,6 +145,7 @@ class ReflectionServicer(reflection_pb2_grpc.ServerReflectionServicer):  # type:
                 sent,
                 lambda pool: _file_containing_symbol(pool, symbol),
                 f"symbol {symbol!r} not found",
+                symbol,
             )
         elif kind == "file_containing_extension":
             ext = request.file_containing_extension
@@ -136,6 +158,7 @@ class ReflectionServicer(reflection_pb2_grpc.ServerReflectionServicer):  # type:
                     ).file
                 ),
                 f"extension {ext.extension_number} of {ext.containing_type!r} not found",
+                ext.containing_type,
             )
         elif kind == "all_extension_numbers_of_type":
             self._extension_numbers(response, request.all_extension_numbers_of_type)
@@ -152,9 +175,10 @@ class ReflectionServicer(reflection_pb2_grpc.ServerReflectionServicer):  # type:
         sent: set[tuple[str, bytes]],
         find: object,
         not_found: str,
+        wanted: str = "",
     ) -> None:
         assert callable(find)
-        for pool in self._pools:
+        for pool in self._lookup_order(wanted):
             try:
                 found = find(pool)
             except KeyError:
@@ -177,7 +201,7 @@ class ReflectionServicer(reflection_pb2_grpc.ServerReflectionServicer):  # type:
     def _extension_numbers(
         self, response: reflection_pb2.ServerReflectionResponse, type_name: str
     ) -> None:
-        for pool in self._pools:
+        for pool in self._lookup_order(type_name):
             try:
                 message = pool.FindMessageTypeByName(type_name)
             except KeyError:

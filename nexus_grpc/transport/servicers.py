@@ -103,14 +103,19 @@ def _registration(base: type) -> Any:
 
 
 def _service_descriptor(base: type, service_name: str) -> ServiceDescriptor:
-    """``service_name`` from the pool of the ``_pb2`` modules ``base``'s module imports."""
+    """``service_name`` as declared by the ``_pb2`` module ``base``'s module imports.
+
+    Only the file declaring the service counts: another module among its imports
+    (``empty_pb2``, a copy of a dependency) may live in another pool that holds an
+    older version of the same service, whose methods would go unrouted.
+    """
+    package, _, name = service_name.rpartition(".")
     for value in _namespace(base).values():
         file = getattr(value, "DESCRIPTOR", None)
-        if isinstance(file, FileDescriptor):
-            try:
-                return file.pool.FindServiceByName(service_name)
-            except KeyError:
-                continue
+        if isinstance(file, FileDescriptor) and file.package == package:
+            service = file.services_by_name.get(name)
+            if service is not None:
+                return service
     return descriptor_pool.Default().FindServiceByName(service_name)
 
 

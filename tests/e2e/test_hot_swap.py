@@ -1,11 +1,14 @@
 """A real `nexus serve` under steady load on gRPC, REST and a server stream while its
-plugin is reloaded 20 times with code changes, unloaded and loaded back, and then
-upgraded to a version whose start hook fails: no call fails, except with
-UNIMPLEMENTED / 404 while the plugin is unloaded."""
+plugin is reloaded 20 times with code changes, upgraded to a contract with a new
+method (called right after by grpcurl from reflection, and over REST), unloaded and
+loaded back, and then upgraded to a version whose start hook fails: no call fails,
+except with UNIMPLEMENTED / 404 while the plugin is unloaded."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,8 +20,9 @@ import pytest
 from nexus.admin.v1 import admin_pb2, admin_pb2_grpc
 from swap.v1 import swap_pb2, swap_pb2_grpc
 
-from tests.e2e.conftest import start_serve
-from tests.fixtures.swap import SWAP_STUBS
+from nexus_grpc.codegen import generate
+from tests.e2e.conftest import BIN, require_tool, start_serve
+from tests.fixtures.swap import SWAP_ROOT
 from tests.hotswap.plugin_source import write_plugin
 
 pytestmark = [pytest.mark.slow]
@@ -39,6 +43,56 @@ burst = 100000.0
 """
 
 
+#: The contract's second version: a new field and a new method with an HTTP binding.
+SHOUT_PROTO = """
+  // Answers in capitals (version two of the contract).
+  rpc Shout(HelloRequest) returns (HelloReply) {
+    option (google.api.http) = {
+      post: "/v1/swap/shout"
+      body: "*"
+    };
+  }
+"""
+
+SHOUT_CODE = """
+async def Shout(self, request: Any, context: Any) -> Any:
+    return swap_pb2.HelloReply(
+        message=f"HELLO {request.name.upper()}", version=VERSION, loud=True
+    )
+"""
+
+
+def _contract_v2(proto: Path) -> None:
+    """Add ``Shout`` and ``HelloReply.loud`` to the contract in ``proto``."""
+    source = proto / "swap" / "v1" / "swap.proto"
+    text = source.read_text()
+    text = text.replace(
+        "\n}\n\n// Request of SwapService.Hello.",
+        SHOUT_PROTO + "}\n\n// Request of SwapService.Hello.",
+        1,
+    )
+    text = text.replace(
+        "  string version = 2;\n}\n\n// Request of SwapService.Count.",
+        "  string version = 2;\n  // Whether it was shouted.\n  bool loud = 3;\n}\n\n"
+        "// Request of SwapService.Count.",
+        1,
+    )
+    assert "rpc Shout" in text and "bool loud" in text
+    source.write_text(text)
+
+
+async def _grpcurl(*args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        require_tool("grpcurl", BIN / "grpcurl"),
+        "-plaintext",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+    return process.returncode or 0, output.decode()
+
+
 @dataclass
 class Tally:
     """What the load saw: successes per version, failures, and refusals while unloaded."""
@@ -49,8 +103,10 @@ class Tally:
     #: True while the plugin is (being) unloaded: UNIMPLEMENTED / 404 are expected.
     unloaded: bool = False
 
-    def missing(self, what: str) -> None:
-        if self.unloaded:
+    def missing(self, what: str, sent_unloaded: bool) -> None:
+        """A call refused as unknown: expected when it was sent, or answered, while
+        the plugin was unloaded (its answer may be read just after the load)."""
+        if sent_unloaded or self.unloaded:
             self.gone += 1
         else:
             self.failures.append(what)
@@ -60,12 +116,13 @@ async def _grpc_worker(
     stub: swap_pb2_grpc.SwapServiceStub, tally: Tally, stop: asyncio.Event
 ) -> None:
     while not stop.is_set():
+        sent_unloaded = tally.unloaded
         try:
             reply = await stub.Hello(swap_pb2.HelloRequest(name="load"), timeout=10)
             tally.ok[reply.version] += 1
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.UNIMPLEMENTED:
-                tally.missing(f"grpc {error.code().name}")
+                tally.missing(f"grpc {error.code().name}", sent_unloaded)
             else:
                 tally.failures.append(f"grpc {error.code().name}: {error.details()}")
         await asyncio.sleep(PAUSE)
@@ -75,6 +132,7 @@ async def _stream_worker(
     stub: swap_pb2_grpc.SwapServiceStub, tally: Tally, stop: asyncio.Event
 ) -> None:
     while not stop.is_set():
+        sent_unloaded = tally.unloaded
         try:
             call = stub.Count(swap_pb2.CountRequest(n=5, pause_millis=10), timeout=10)
             replies = [reply async for reply in call]
@@ -86,7 +144,7 @@ async def _stream_worker(
                 tally.ok[replies[0].version] += 1
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.UNIMPLEMENTED:
-                tally.missing(f"stream {error.code().name}")
+                tally.missing(f"stream {error.code().name}", sent_unloaded)
             else:
                 tally.failures.append(f"stream {error.code().name}: {error.details()}")
         await asyncio.sleep(PAUSE)
@@ -94,6 +152,7 @@ async def _stream_worker(
 
 async def _rest_worker(web: httpx.AsyncClient, tally: Tally, stop: asyncio.Event) -> None:
     while not stop.is_set():
+        sent_unloaded = tally.unloaded
         try:
             response = await web.get("/v1/swap/hello/load")
         except httpx.HTTPError as error:
@@ -102,7 +161,7 @@ async def _rest_worker(web: httpx.AsyncClient, tally: Tally, stop: asyncio.Event
             if response.status_code == 200:
                 tally.ok[response.json()["version"]] += 1
             elif response.status_code == 404:
-                tally.missing("rest 404")
+                tally.missing("rest 404", sent_unloaded)
             else:
                 tally.failures.append(f"rest {response.status_code}: {response.text}")
         await asyncio.sleep(PAUSE)
@@ -114,8 +173,13 @@ async def test_reloads_unload_and_a_failed_upgrade_under_load_drop_no_call(tmp_p
     write_plugin(plugins, "0")
     config = tmp_path / "nexus.toml"
     config.write_text(CONFIG)
+    # The host's own copy of the contract and its stubs, regenerated for version two
+    # as `nexus gen` does.
+    proto, stubs = tmp_path / "proto", tmp_path / "stubs"
+    shutil.copytree(SWAP_ROOT / "proto", proto)
+    generate(proto, stubs)
     serve = start_serve(
-        tmp_path, SWAP_STUBS, [plugins], argv=("--config", str(config)), NEXUS_LOG__ACCESS="false"
+        tmp_path, stubs, [plugins], argv=("--config", str(config)), NEXUS_LOG__ACCESS="false"
     )
     try:
         channel = grpc.aio.insecure_channel(serve.address)
@@ -139,6 +203,29 @@ async def test_reloads_unload_and_a_failed_upgrade_under_load_drop_no_call(tmp_p
                     )
                     assert change.plugin.version == str(number)
                     await asyncio.sleep(0.2)
+                assert tally.failures == [], tally.failures[:5]
+
+                # A contract upgrade: a new field and a new method, live.
+                _contract_v2(proto)
+                await asyncio.to_thread(generate, proto, stubs)
+                write_plugin(plugins, "upgraded", methods=SHOUT_CODE)
+                change = await admin.ReloadPlugin(
+                    admin_pb2.ReloadPluginRequest(name="swapper"), metadata=auth, timeout=30
+                )
+                assert list(change.methods_added) == ["/swap.v1.SwapService/Shout"]
+                code, output = await _grpcurl(
+                    "-d", '{"name": "ada"}', serve.address, "swap.v1.SwapService/Shout"
+                )
+                assert code == 0, output
+                assert json.loads(output) == {
+                    "message": "HELLO ADA",
+                    "version": "upgraded",
+                    "loud": True,
+                }
+                shouted = await web.post("/v1/swap/shout", json={"name": "bo"})
+                assert shouted.status_code == 200, shouted.text
+                assert shouted.json()["loud"] is True
+                await asyncio.sleep(0.5)
                 assert tally.failures == [], tally.failures[:5]
 
                 tally.unloaded = True
@@ -172,6 +259,7 @@ async def test_reloads_unload_and_a_failed_upgrade_under_load_drop_no_call(tmp_p
         assert tally.gone > 0, "calls during the unloaded window were refused"
         assert "broken" not in tally.ok and tally.ok["back"] > 0
         assert len([v for v in tally.ok if v.isdigit()]) >= RELOADS // 2
+        assert tally.ok["upgraded"] > 0
         assert calls / elapsed > 50, f"only {calls} calls in {elapsed:.1f}s"
     finally:
         assert serve.stop() == 0
@@ -227,3 +315,6 @@ def test_readme_hot_swap_section_runs_verbatim(tmp_path: Path) -> None:
     assert "- service acme.greeter.v1.GreeterService" in outputs[7]
     assert "loaded greeter 0.1.0: generation 3" in outputs[8]
     assert "SERVING" in next(line for line in outputs[9].splitlines() if line.startswith("greeter"))
+    # The contract upgrade: a new method, found by grpcurl through reflection at once.
+    assert "/acme.greeter.v1.GreeterService/SayGoodbye" in outputs[13]
+    assert "Goodbye, Ada!" in outputs[14]

@@ -19,18 +19,21 @@ SERVICE = "genswap.items.v1.SwapService"
 
 @pytest.fixture(scope="session")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Version name (v1, v2, v3, breaking_type, breaking_method) → its generated folder."""
+    """Version name (v1, v2, v3, breaking_type, breaking_method, common_v1, common_v2)
+    → its generated folder."""
     root = tmp_path_factory.mktemp("generated")
     folders = {}
-    for version in ("v1", "v2", "v3", "breaking_type", "breaking_method"):
+    versions = ("v1", "v2", "v3", "breaking_type", "breaking_method", "common_v1", "common_v2")
+    for version in versions:
         codegen.generate(CONTRACTS / version, root / version)
         folders[version] = root / version
     return folders
 
 
 def forget_contract_modules() -> None:
-    """Drop every ``genswap`` module, so each test module starts from a clean import."""
-    for name in [n for n in sys.modules if n == "genswap" or n.startswith("genswap.")]:
+    """Drop every ``genswap`` and ``gencommon`` module, so each test starts from a
+    clean import."""
+    for name in [n for n in sys.modules if n.split(".")[0] in ("genswap", "gencommon")]:
         del sys.modules[name]
 
 

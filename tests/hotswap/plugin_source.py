@@ -48,6 +48,7 @@ class SwapService(swap_pb2_grpc.SwapServiceServicer):
             if request.pause_millis:
                 await asyncio.sleep(request.pause_millis / 1000)
             yield swap_pb2.CountReply(value=value, version=VERSION)
+{methods}
 
 
 class Listener:
@@ -91,8 +92,12 @@ def write_plugin(
     serves: bool = True,
     requires: tuple[str, ...] = (),
     consumes: bool = False,
+    methods: str = "",
 ) -> Path:
-    """Write version ``version`` of a test plugin into ``root/<name>``; the folder."""
+    """Write version ``version`` of a test plugin into ``root/<name>``; the folder.
+
+    ``methods`` is source of more servicer methods (for a contract that adds some).
+    """
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     extra = module_extra
@@ -116,6 +121,7 @@ def write_plugin(
             servicers="SwapService" if serves else "",
             subscribers="Listener" if consumes else "",
             subscriber=SUBSCRIBER if consumes else "pass",
+            methods=textwrap.indent(textwrap.dedent(methods), "    "),
         )
     )
     return folder

@@ -78,14 +78,16 @@ class UnloadPluginRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., cascade: _Optional[bool] = ..., drain_timeout_millis: _Optional[int] = ...) -> None: ...
 
 class ReloadPluginRequest(_message.Message):
-    __slots__ = ("name", "expected_code_hash", "drain_timeout_millis")
+    __slots__ = ("name", "expected_code_hash", "drain_timeout_millis", "force")
     NAME_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_CODE_HASH_FIELD_NUMBER: _ClassVar[int]
     DRAIN_TIMEOUT_MILLIS_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     expected_code_hash: str
     drain_timeout_millis: int
-    def __init__(self, name: _Optional[str] = ..., expected_code_hash: _Optional[str] = ..., drain_timeout_millis: _Optional[int] = ...) -> None: ...
+    force: bool
+    def __init__(self, name: _Optional[str] = ..., expected_code_hash: _Optional[str] = ..., drain_timeout_millis: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class PluginChange(_message.Message):
     __slots__ = ("plugins", "plugin", "services_added", "services_removed", "methods_added", "methods_removed", "http_routes_added", "http_routes_removed", "calls_cut", "swap_millis")
