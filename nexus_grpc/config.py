@@ -631,7 +631,10 @@ def cgroup_cpu_quota(cgroup_root: Path, self_cgroup: Path) -> int | None:
         lines = []
     folders: list[Path] = []
     for line in lines:
-        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
         relative = path.strip().lstrip("/")
         if controllers == "":  # v2: "0::/path"
             folders += _ancestors(cgroup_root, relative)

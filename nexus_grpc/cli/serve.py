@@ -140,7 +140,7 @@ def per_worker(config: Config) -> Config:
 def _supervise(config: Config, args: argparse.Namespace) -> int:
     # Only modules free of grpc: the supervisor must hold no gRPC object.
     from nexus_grpc.supervisor import metrics
-    from nexus_grpc.supervisor.ports import reserve
+    from nexus_grpc.supervisor.ports import migration_warning, reserve
     from nexus_grpc.supervisor.supervisor import Supervisor
 
     reserved = []
@@ -156,6 +156,9 @@ def _supervise(config: Config, args: argparse.Namespace) -> int:
     grpc_address = reserved[0].address
     http_address = reserved[1].address if len(reserved) > 1 else ""
     directory: Path | None = None
+    warning = migration_warning()
+    if warning is not None:
+        _log.warning(warning)
 
     def ready(pids: list[int]) -> None:
         _log.info(

@@ -19,8 +19,13 @@ namespace as the port and vanishes with the process, killed or not.
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
-__all__ = ["PortReservation", "reserve"]
+__all__ = ["MIGRATE_REQ", "PortReservation", "migration_warning", "reserve"]
+
+#: The sysctl that moves connections queued on a closing listener to the others of its
+#: ``SO_REUSEPORT`` group (Linux 5.14+; per network namespace, so settable per pod).
+MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 
 
 class PortReservation:
@@ -91,3 +96,22 @@ def reserve(address: str, what: str) -> PortReservation:
     # Ours now: the workers' listeners (SO_REUSEPORT, same user) may join.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     return PortReservation(f"{host}:{real}", sock, lock)
+
+
+def migration_warning(setting: Path = MIGRATE_REQ) -> str | None:
+    """What to tell the operator when a rolling restart may reset connections: with
+    ``net.ipv4.tcp_migrate_req`` at 0 (the default) the connections a retiring worker's
+    listener had queued but not accepted yet are reset when it closes (a few per roll
+    under a storm of new connections); with 1 the kernel hands them to another worker.
+    None when it is 1 (or the kernel has no such setting: nothing to do)."""
+    try:
+        value = setting.read_text().strip()
+    except OSError:
+        return None
+    if value != "0":
+        return None
+    return (
+        "net.ipv4.tcp_migrate_req is 0: a rolling restart resets the connections queued "
+        "on a retiring worker's listener; set it to 1 in this network namespace "
+        "(sysctl -w net.ipv4.tcp_migrate_req=1, or the pod's securityContext.sysctls)"
+    )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
-from nexus_grpc.supervisor.ports import reserve
+from nexus_grpc.supervisor.ports import migration_warning, reserve
 
 
 def _listener(port: int, *, reuse_port: bool) -> socket.socket:
@@ -79,3 +80,13 @@ def test_a_second_supervisor_cannot_reserve_the_same_port() -> None:
     # Given back: it can be reserved again.
     again = reserve(first.address, "server.grpc_address")
     again.close()
+
+
+def test_the_request_migration_setting_is_checked(tmp_path: Path) -> None:
+    setting = tmp_path / "tcp_migrate_req"
+    setting.write_text("0\n")
+    warning = migration_warning(setting)
+    assert warning is not None and "net.ipv4.tcp_migrate_req=1" in warning
+    setting.write_text("1\n")
+    assert migration_warning(setting) is None
+    assert migration_warning(tmp_path / "absent") is None
