@@ -6,7 +6,9 @@ reports ready, publishes one "hello" with its pid each time a "go" arrives, and
 waits for SIGTERM (or SIGUSR2, retired). MODE:
 ``serve`` as said; ``crash`` exits 3 shortly after reporting ready; ``fail`` exits 3
 before it is ready; ``stubborn`` ignores SIGTERM; ``slow`` reports ready after 3 s;
-``draining`` takes 1.5 s to drain once retired, and writes every signal it got.
+``draining`` takes 1.5 s to drain once retired, and writes every signal it got;
+``ask`` asks for a rolling restart before it reports ready, and twice on each "ask"
+message, writing the answers to ``OUT_DIR/<pid>.asked``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,20 @@ async def main(fd: int, out: Path, mode: str) -> None:
         await line.publish("hello", {"pid": os.getpid()})
 
     line.subscribe("go", on_go)
+    asked: list[str] = []
+
+    async def ask() -> None:
+        try:
+            asked.append(str(await line.restart_workers()))
+        except Exception as error:
+            asked.append(f"{type(error).__name__}: {error}")
+        (out / f"{os.getpid()}.asked").write_text("\n".join(asked))
+
+    async def on_ask(data: Any, origin: int) -> None:
+        await ask()
+        await ask()
+
+    line.subscribe("ask", on_ask)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     if mode == "stubborn":
@@ -70,6 +86,8 @@ async def main(fd: int, out: Path, mode: str) -> None:
     loop.add_signal_handler(signal.SIGUSR2, retire)
     if mode == "slow":
         await asyncio.sleep(3)
+    if mode == "ask":
+        await ask()
     await line.ready()
     if mode == "crash":
         await asyncio.sleep(0.1)

@@ -249,3 +249,25 @@ async def test_a_sighup_during_the_start_rolls_once_the_workers_serve(
     assert len(alive) == 2 and not set(alive) & set(ready[0])
     sup.stop()
     assert await running == 0
+
+
+async def test_restart_requests_say_why_they_are_refused(tmp_path: Path) -> None:
+    sup = supervisor(tmp_path, 1, lambda n: "ask" if n == 1 else "serve")
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    await until(lambda: bool(ready))
+    asked = tmp_path / f"{ready[0][0]}.asked"
+    # Before it served: the workers are starting (UNAVAILABLE for RestartWorkers).
+    assert (await asyncio.to_thread(asked.read_text)).splitlines() == [
+        "SupervisorUnavailable: the workers are starting or stopping"
+    ]
+    sup.broadcast("ask", None)
+    # The first starts a roll of 1 worker; the second finds it running (ABORTED).
+    await until(lambda: len(asked.read_text().splitlines()) == 3)
+    assert (await asyncio.to_thread(asked.read_text)).splitlines()[1:] == [
+        "1",
+        "RestartRunning: a rolling restart is running already",
+    ]
+    await until(lambda: sup.pids()[0] != ready[0][0])
+    sup.stop()
+    assert await running == 0

@@ -130,3 +130,38 @@ def test_the_supervisors_modules_do_not_import_grpc() -> None:
     assert nexus_grpc.StatusError.__name__ == "StatusError"
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         nexus_grpc.nope  # noqa: B018
+
+
+@pytest.mark.asyncio
+async def test_sigterm_stops_a_host_still_reporting_ready(tmp_path: Path) -> None:
+    """A worker waiting to report ready (its health not SERVING yet) still stops on
+    SIGTERM instead of waiting to be killed."""
+    import asyncio
+    import signal
+
+    from nexus_grpc.host import Host
+
+    base = Config()
+    config = replace(
+        base,
+        data_dir=str(tmp_path),
+        server=replace(base.server, grpc_address="127.0.0.1:0", shutdown_delay=0.0),
+        http=replace(base.http, address=""),
+        plugins=replace(base.plugins, dirs=[], entry_points=False),
+    )
+    reporting = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def never_ready() -> None:
+        reporting.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    running = asyncio.create_task(Host(config).run_until_signalled(on_started=never_ready))
+    await asyncio.wait_for(reporting.wait(), 30)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(running, 30)
+    assert cancelled.is_set()
