@@ -15,16 +15,27 @@ from pathlib import Path
 import pytest
 
 from nexus_grpc.cli.serve import per_worker
-from nexus_grpc.config import Config, cgroup_cpu_quota, usable_cpus
+from nexus_grpc.config import (
+    Config,
+    HttpConfig,
+    LimitsConfig,
+    PluginsConfig,
+    ServerConfig,
+    cgroup_cpu_quota,
+    usable_cpus,
+)
 from nexus_grpc.logs import configure_logging
 
 
 def test_per_process_limits_are_split_among_the_workers() -> None:
-    config = Config()
-    limits = replace(
-        config.limits, max_concurrent_calls=101, max_streams=1000, max_streams_per_principal=3
+    config = Config(
+        server=ServerConfig(grpc_address="127.0.0.1:0", workers=4),
+        http=HttpConfig(address=""),
+        limits=LimitsConfig(
+            max_concurrent_calls=101, max_streams=1000, max_streams_per_principal=3
+        ),
     )
-    config = replace(config, server=replace(config.server, workers=4), limits=limits)
+    limits = config.limits
     worker = per_worker(config)
     assert worker.limits.max_concurrent_calls == 26  # ceil(101 / 4)
     assert worker.limits.max_streams == 250
@@ -141,13 +152,11 @@ async def test_sigterm_stops_a_host_still_reporting_ready(tmp_path: Path) -> Non
 
     from nexus_grpc.host import Host
 
-    base = Config()
-    config = replace(
-        base,
+    config = Config(
         data_dir=str(tmp_path),
-        server=replace(base.server, grpc_address="127.0.0.1:0", shutdown_delay=0.0),
-        http=replace(base.http, address=""),
-        plugins=replace(base.plugins, dirs=[], entry_points=False),
+        server=ServerConfig(grpc_address="127.0.0.1:0", shutdown_delay=0.0),
+        http=HttpConfig(address=""),
+        plugins=PluginsConfig(dirs=[], entry_points=False),
     )
     reporting = asyncio.Event()
     cancelled = asyncio.Event()
