@@ -155,11 +155,14 @@ class Supervisor:
 
     async def _start_all(self) -> bool:
         first = await self._spawn(0)
-        if not await self._until_ready(first):
+        await self._until_ready(first)
+        if not first.ready.is_set():
             return self._fail_start(first)
         others = [await self._spawn(slot) for slot in range(1, self.count)]
         for worker in others:
-            if not await self._until_ready(worker):
+            await self._until_ready(worker)
+            # One that served and died since is being restarted (see _watch).
+            if not worker.ready.is_set():
                 return self._fail_start(worker)
         return await self._until_all_ready()
 
@@ -298,7 +301,13 @@ class Supervisor:
         worker.exited.set()
         self._alive.discard(worker)
         worker.writer.close()
-        forget_worker(self._metrics_dir, worker.pid)
+        try:
+            forget_worker(self._metrics_dir, worker.pid)
+        except Exception:
+            # Its counts are lost from the sums; the worker is restarted all the same.
+            _log.exception(
+                "could not fold the metrics of worker %d (pid %d)", worker.slot, worker.pid
+            )
         if self._current.get(worker.slot) is worker:
             del self._current[worker.slot]
         if self._stopping or worker.retiring:
