@@ -1,10 +1,9 @@
 """Rolling restarts under a storm of new connections: with ``net.ipv4.tcp_migrate_req``
-= 1 the kernel hands what a retiring listener had queued to the other worker, and no
-gRPC connection is reset. On the HTTP port a few still can be: uvicorn's shutdown
-closes connections it accepted but whose request it has not read yet (0 to 2 in two
-rolls here, against 5 to 12 over both ports without migration). Runs in a network
-namespace of its own (the setting is per namespace), which takes root;
-``python -m tests.supervisor.storm 0 N`` shows the resets without migration.
+= 1 the kernel hands what a retiring listener had queued to the other worker, and the
+HTTP server lets connections it had just accepted send their request before it closes
+idle ones: no connection is reset. Runs in a network namespace of its own (the
+setting is per namespace), which takes root; ``python -m tests.supervisor.storm 0 N``
+shows the resets without migration.
 """
 
 from __future__ import annotations
@@ -43,5 +42,4 @@ def test_no_connection_is_reset_by_rolling_restarts_with_request_migration() -> 
     assert report["rolls"] == 2
     outcomes = report["outcomes"]
     assert outcomes.get("http ok", 0) > 100 and outcomes.get("grpc ok", 0) > 100, report
-    assert "grpc failed" not in outcomes, report
-    assert outcomes.get("http failed", 0) <= 4, report
+    assert "grpc failed" not in outcomes and "http failed" not in outcomes, report
