@@ -1,9 +1,12 @@
 """Rolling restarts under a storm of new connections: with ``net.ipv4.tcp_migrate_req``
 = 1 the kernel hands what a retiring listener had queued to the other worker, and the
 HTTP server lets connections it had just accepted send their request before it closes
-idle ones: no connection is reset. Runs in a network namespace of its own (the
-setting is per namespace), which takes root; ``python -m tests.supervisor.storm 0 N``
-shows the resets without migration.
+idle ones: no connection is reset. One outcome is grpc core's own: a connection it
+accepted just as the retiring worker's server shuts down may be closed (cleanly, FIN)
+before the server's SETTINGS; a gRPC client sees it as UNAVAILABLE on a connection
+that carried nothing and reconnects. Those are counted and bounded, not hidden. Runs in
+a network namespace of its own (the setting is per namespace), which takes root;
+``python -m tests.supervisor.storm 0 N`` shows the resets without migration.
 """
 
 from __future__ import annotations
@@ -42,4 +45,6 @@ def test_no_connection_is_reset_by_rolling_restarts_with_request_migration() -> 
     assert report["rolls"] == 2
     outcomes = report["outcomes"]
     assert outcomes.get("http ok", 0) > 100 and outcomes.get("grpc ok", 0) > 100, report
+    assert report["errors"] == {}, report  # no reset, no refused connection
     assert "grpc failed" not in outcomes and "http failed" not in outcomes, report
+    assert outcomes.get("grpc closed", 0) <= 3, report
