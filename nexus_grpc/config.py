@@ -596,9 +596,9 @@ MAX_WORKERS = 256
 
 def parse_workers(value: object) -> int:
     """``server.workers`` / ``--workers``: a count from 1 to :data:`MAX_WORKERS`, or
-    "auto" for the cores this process may run on (``os.sched_getaffinity``)."""
+    "auto" for the cores this process may use (:func:`usable_cpus`)."""
     if isinstance(value, str) and value.strip().lower() == "auto":
-        return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
+        return max(1, min(usable_cpus(), MAX_WORKERS))
     try:
         count = int(value) if isinstance(value, str) else value
     except ValueError:
@@ -608,6 +608,68 @@ def parse_workers(value: object) -> int:
             f'server.workers: expected a count from 1 to {MAX_WORKERS} or "auto", got {value!r}'
         )
     return count
+
+
+def usable_cpus(
+    cgroup_root: Path = Path("/sys/fs/cgroup"), self_cgroup: Path = Path("/proc/self/cgroup")
+) -> int:
+    """The cores this process may use: those it may run on (``sched_getaffinity``),
+    fewer when its cgroup's CPU quota is lower (a container limited to 1.5 CPUs on a
+    64-core node gets 2, not 64)."""
+    cores = len(os.sched_getaffinity(0))
+    quota = cgroup_cpu_quota(cgroup_root, self_cgroup)
+    return cores if quota is None else max(1, min(cores, quota))
+
+
+def cgroup_cpu_quota(cgroup_root: Path, self_cgroup: Path) -> int | None:
+    """``ceil(quota / period)`` of this process's cgroup and its ancestors (the lowest
+    applies), from cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us`` and
+    ``cpu.cfs_period_us``; None without a quota or when none can be read."""
+    try:
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    folders: list[Path] = []
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        relative = path.strip().lstrip("/")
+        if controllers == "":  # v2: "0::/path"
+            folders += _ancestors(cgroup_root, relative)
+        elif "cpu" in controllers.split(","):  # v1: "4:cpu,cpuacct:/path"
+            for mount in (controllers, "cpu", "cpu,cpuacct"):
+                folders += _ancestors(cgroup_root / mount, relative)
+    limits = [limit for folder in folders if (limit := _quota_in(folder)) is not None]
+    return min(limits) if limits else None
+
+
+def _ancestors(base: Path, relative: str) -> list[Path]:
+    """``base/relative`` and each parent up to ``base`` (a container sees its own
+    cgroup mounted at ``base``; the path in /proc then names the host's, absent here)."""
+    parts = [part for part in relative.split("/") if part and part != ".."]
+    return [base.joinpath(*parts[:depth]) for depth in range(len(parts), -1, -1)]
+
+
+def _quota_in(folder: Path) -> int | None:
+    try:
+        fields = (folder / "cpu.max").read_text().split()
+        if fields and fields[0] != "max":
+            return _ceil_ratio(int(fields[0]), int(fields[1]) if len(fields) > 1 else 100000)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return _ceil_ratio(quota, period) if quota > 0 else None
+
+
+def _ceil_ratio(quota: int, period: int) -> int | None:
+    return -(-quota // period) if quota > 0 and period > 0 else None
 
 
 def check_workers(config: Config) -> None:

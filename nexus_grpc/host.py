@@ -621,7 +621,17 @@ class Host:
                 _log.info("nexus stopped before it started")
                 return
             if on_started is not None:
-                await on_started()
+                # Raced with the signal: on_started may wait long (a worker waits for
+                # its health to turn SERVING) and a stop must not wait for it.
+                reporting = asyncio.ensure_future(on_started())
+                stopping = loop.create_task(signalled.wait())
+                await asyncio.wait({reporting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                if reporting.done():
+                    reporting.result()  # its failure stops the host as before
+                else:
+                    reporting.cancel()
+                    await asyncio.gather(reporting, return_exceptions=True)
             await signalled.wait()
             await self.stop()
         finally:

@@ -3,7 +3,9 @@
 The request id of the call being handled lives in a context variable, so every log
 line written while serving a call carries it without the handler passing it around.
 With tracing on, records written while a span is active also carry its ``trace_id``
-and ``span_id``.
+and ``span_id``. In a worker of several (``nexus serve --workers N``) every record
+carries the worker's ``pid`` and ``worker`` (its slot, 0 to N-1), so the interleaved
+lines of the workers can be told apart.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -19,7 +22,7 @@ from opentelemetry import trace
 
 from nexus_grpc.tracing import _state as _tracing_state
 
-__all__ = ["configure_logging", "current_request_id", "request_id_var"]
+__all__ = ["WorkerFields", "configure_logging", "current_request_id", "request_id_var"]
 
 #: Request id of the call being served by the current task ("" outside calls).
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("nexus_request_id", default="")
@@ -107,13 +110,38 @@ def _iso_time(created: float) -> str:
     return f"{seconds}.{int(created % 1 * 1000):03d}Z"
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Route the root logger to ``stream`` (stderr) in the chosen format."""
+class WorkerFields(logging.Filter):
+    """Adds ``pid`` and ``worker`` (the slot) to every record a worker writes; a
+    record that names a ``pid`` of its own keeps it."""
+
+    def __init__(self, slot: int) -> None:
+        super().__init__()
+        self.slot = slot
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Stamp the record; never drops one."""
+        if getattr(record, "pid", None) is None:
+            record.pid = os.getpid()
+        record.worker = self.slot
+        return True
+
+
+def configure_logging(
+    level: str = "info",
+    fmt: str = "auto",
+    stream: TextIO | None = None,
+    *,
+    worker: int | None = None,
+) -> None:
+    """Route the root logger to ``stream`` (stderr) in the chosen format; ``worker``,
+    this process's slot when it is one of several workers."""
     out = stream if stream is not None else sys.stderr
     if fmt == "auto":
         fmt = "text" if out.isatty() else "json"
     handler = logging.StreamHandler(out)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    if worker is not None:
+        handler.addFilter(WorkerFields(worker))
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

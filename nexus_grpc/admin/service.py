@@ -15,7 +15,7 @@ from nexus_grpc.admin.events import EventsAdmin
 from nexus_grpc.admin.plugins import PluginsAdmin, change_message
 from nexus_grpc.errors import NotFoundError, StatusError
 from nexus_grpc.plugins.manager import PluginManager, PluginRecord
-from nexus_grpc.supervisor.channel import NoSupervisor
+from nexus_grpc.supervisor.channel import NoSupervisor, RestartRunning, SupervisorUnavailable
 from nexus_grpc.transport.health import HealthState
 
 __all__ = ["AdminServicer"]
@@ -124,15 +124,27 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.RestartWorkersRequest, context: Any
     ) -> admin_pb2.RestartWorkersResponse:
         """Start a rolling restart of the worker processes (see the contract)."""
+        if request.policy not in (
+            admin_pb2.RESTART_POLICY_UNSPECIFIED,
+            admin_pb2.RESTART_POLICY_ROLLING,
+        ):
+            raise StatusError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"policy: unknown restart policy {request.policy} (only ROLLING is offered)",
+            )
         if self._restart_workers is None:
             raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, "this host has no workers")
         try:
             count = await self._restart_workers()
         except NoSupervisor as error:
             raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, str(error)) from None
-        except RuntimeError as error:
-            # A restart running already, or a supervisor busy stopping: try again later.
+        except RestartRunning as error:
             raise StatusError(grpc.StatusCode.ABORTED, str(error)) from None
+        except SupervisorUnavailable as error:
+            # Starting, stopping or not answering: the same call later may succeed.
+            raise StatusError(
+                grpc.StatusCode.UNAVAILABLE, f"{error}; try again in a few seconds"
+            ) from None
         return admin_pb2.RestartWorkersResponse(workers=count)
 
     def _describe(self, record: PluginRecord) -> admin_pb2.Plugin:

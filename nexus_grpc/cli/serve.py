@@ -60,6 +60,7 @@ def register(commands: Any) -> None:
     # Set by the supervisor for the workers it starts; not for people.
     serve.add_argument("--worker-line", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--worker-metrics", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-slot", type=int, default=0, help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
 
@@ -88,7 +89,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"nexus: configuration error: {error}", file=sys.stderr)
         return 2
-    configure_logging(config.log.level, config.log.format)
+    worker_slot = args.worker_slot if args.worker_line is not None else None
+    configure_logging(config.log.level, config.log.format, worker=worker_slot)
     if args.worker_line is not None:
         return _run_host(config, worker=(args.worker_line, Path(args.worker_metrics)))
     if config.server.workers > 1:
@@ -105,8 +107,7 @@ def _run_host(config: Config, worker: tuple[int, Path] | None) -> int:
         else:
             from nexus_grpc.supervisor.worker import run_worker
 
-            server = replace(config.server, workers=1, reuse_port=True)
-            run_worker(replace(config, server=server), line_fd=worker[0], metrics_dir=worker[1])
+            run_worker(per_worker(config), line_fd=worker[0], metrics_dir=worker[1])
     except Exception as error:
         # Start-up failures (port taken, strict mode, unreachable database) are the
         # operator's to fix: say what failed without a traceback, which is in debug logs.
@@ -116,10 +117,30 @@ def _run_host(config: Config, worker: tuple[int, Path] | None) -> int:
     return 0
 
 
+def per_worker(config: Config) -> Config:
+    """The configuration one of ``config.server.workers`` workers runs: it binds the
+    shared ports, and the per-process limits are split among the workers (rounded up,
+    so the host as a whole admits about the configured number, never fewer)."""
+    count = config.server.workers
+
+    def share(limit: int) -> int:
+        return -(-limit // count) if limit > 0 else limit
+
+    limits = config.limits
+    limits = replace(
+        limits,
+        max_concurrent_calls=share(limits.max_concurrent_calls),
+        max_streams=share(limits.max_streams),
+        max_streams_per_principal=share(limits.max_streams_per_principal),
+    )
+    server = replace(config.server, workers=1, reuse_port=True)
+    return replace(config, server=server, limits=limits)
+
+
 def _supervise(config: Config, args: argparse.Namespace) -> int:
     # Only modules free of grpc: the supervisor must hold no gRPC object.
     from nexus_grpc.supervisor import metrics
-    from nexus_grpc.supervisor.ports import reserve
+    from nexus_grpc.supervisor.ports import migration_warning, reserve
     from nexus_grpc.supervisor.supervisor import Supervisor
 
     reserved = []
@@ -134,15 +155,10 @@ def _supervise(config: Config, args: argparse.Namespace) -> int:
         return 1
     grpc_address = reserved[0].address
     http_address = reserved[1].address if len(reserved) > 1 else ""
-    directory = metrics.create_directory()
-    command = _worker_command(args, grpc_address, http_address, directory)
-    settings = config.server
-    supervisor = Supervisor(
-        settings.workers,
-        command,
-        metrics_dir=directory,
-        stop_timeout=settings.shutdown_delay + settings.grace_period + _STOP_MARGIN,
-    )
+    directory: Path | None = None
+    warning = migration_warning()
+    if warning is not None:
+        _log.warning(warning)
 
     def ready(pids: list[int]) -> None:
         _log.info(
@@ -157,18 +173,37 @@ def _supervise(config: Config, args: argparse.Namespace) -> int:
         )
 
     try:
+        # Under the data directory, named after this process: a directory a killed
+        # supervisor left is removed by the next one (see create_directory).
+        directory = metrics.create_directory(Path(config.data_dir).resolve())
+        command = _worker_command(
+            args, config.server.workers, grpc_address, http_address, directory
+        )
+        settings = config.server
+        supervisor = Supervisor(
+            settings.workers,
+            command,
+            metrics_dir=directory,
+            stop_timeout=settings.shutdown_delay + settings.grace_period + _STOP_MARGIN,
+        )
         return asyncio.run(supervisor.run(on_ready=ready))
+    except OSError as error:
+        _log.error("nexus could not start: %s", error)
+        return 1
     finally:
         for reservation in reserved:
             reservation.close()
-        metrics.remove_directory(directory)
+        if directory is not None:
+            metrics.remove_directory(directory)
 
 
 def _worker_command(
-    args: argparse.Namespace, grpc_address: str, http_address: str, metrics_dir: Path
+    args: argparse.Namespace, count: int, grpc_address: str, http_address: str, metrics_dir: Path
 ) -> Any:
     """The command line of a worker: this command with the same configuration options,
-    the reserved addresses, and its line to the supervisor."""
+    the worker count (a replacement reading a changed file still checks the
+    configuration for ``count`` workers, and refuses one that cannot be shared), the
+    reserved addresses, and its line to the supervisor."""
     passed: list[str] = []
     if args.config:
         passed += ["--config", args.config]
@@ -178,9 +213,10 @@ def _worker_command(
         passed += ["--data-dir", args.data_dir]
     if args.storage_url:
         passed += ["--storage-url", args.storage_url]
+    passed += ["--workers", str(count)]
     passed += ["--grpc-address", grpc_address, f"--http-address={http_address}"]
 
-    def command(fd: int) -> Sequence[str]:
+    def command(fd: int, slot: int) -> Sequence[str]:
         return [
             sys.executable,
             "-c",
@@ -191,6 +227,8 @@ def _worker_command(
             str(fd),
             "--worker-metrics",
             str(metrics_dir),
+            "--worker-slot",
+            str(slot),
         ]
 
     return command

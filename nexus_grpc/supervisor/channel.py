@@ -12,7 +12,8 @@ newline-delimited JSON objects, at most :data:`MAX_MESSAGE_BYTES` each:
   one broadcast, in the order the supervisor received them.
 - worker → supervisor ``{"kind": "restart", "id": N}``: start a rolling restart of the
   workers (AdminService.RestartWorkers); the supervisor answers
-  ``{"kind": "reply", "id": N, "workers": COUNT}`` or ``{..., "error": TEXT}``.
+  ``{"kind": "reply", "id": N, "workers": COUNT}`` or ``{..., "error": TEXT,
+  "reason": "running" | "unavailable"}``.
 
 Signals complete the line: SIGTERM stops a worker as it stops a host (health
 NOT_SERVING, ``server.shutdown_delay``, drain); :data:`RETIRE_SIGNAL` (SIGUSR2) drains a
@@ -51,6 +52,8 @@ __all__ = [
     "Broadcast",
     "Handler",
     "NoSupervisor",
+    "RestartRunning",
+    "SupervisorUnavailable",
     "decode",
     "encode",
 ]
@@ -72,6 +75,14 @@ _log = logging.getLogger("nexus.supervisor")
 
 class NoSupervisor(RuntimeError):
     """This process is the whole host (``server.workers = 1``): there are no workers."""
+
+
+class RestartRunning(RuntimeError):
+    """A rolling restart is running already."""
+
+
+class SupervisorUnavailable(RuntimeError):
+    """The supervisor cannot restart now (the workers start or stop) or did not answer."""
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -135,8 +146,9 @@ class Broadcast:
     async def restart_workers(self) -> int:
         """Have the supervisor start a rolling restart; the number of workers it replaces.
 
-        :class:`NoSupervisor` without a supervisor; RuntimeError (its message says why)
-        when a restart is running already or the supervisor does not answer.
+        :class:`NoSupervisor` without a supervisor; :class:`RestartRunning` when a
+        restart is running already; :class:`SupervisorUnavailable` when the workers
+        start or stop, or the supervisor does not answer.
         """
         if self._writer is None:
             raise NoSupervisor("this host runs one process (server.workers = 1): no workers")
@@ -148,11 +160,15 @@ class Broadcast:
             await self._send({"kind": "restart", "id": ident})
             answer = await asyncio.wait_for(reply, _REPLY_TIMEOUT)
         except TimeoutError:
-            raise RuntimeError("the supervisor did not answer") from None
+            raise SupervisorUnavailable(
+                f"the supervisor did not answer within {_REPLY_TIMEOUT:g}s"
+            ) from None
         finally:
             self._replies.pop(ident, None)
         if "error" in answer:
-            raise RuntimeError(str(answer["error"]))
+            if answer.get("reason") == "running":
+                raise RestartRunning(str(answer["error"]))
+            raise SupervisorUnavailable(str(answer["error"]))
         return int(answer.get("workers", 0))
 
     async def ready(self) -> None:

@@ -2,26 +2,40 @@
 
 With ``SO_REUSEPORT`` every worker binds the same port, so the port must be known
 before the first worker starts: for ``host:0`` the supervisor binds a socket of its own
-(``SO_REUSEPORT``, never listening: the kernel hands connections only to listening
-sockets, the workers') and passes the real port down. It keeps that socket for its
-whole life, so no other program can take the port while a worker restarts, and
-workers restarted later bind the same port.
+(never listening: the kernel hands connections only to listening sockets, the
+workers') and passes the real port down. It keeps that socket for its whole life, so
+no other program can take the port while a worker restarts, and workers restarted
+later bind the same port.
+
+The reservation must not *join* a port someone else holds: it binds without
+``SO_REUSEPORT`` first (so the bind fails when anything listens there, grpcio's
+listeners and another nexus's workers included, which set the option) and sets the
+option only once it owns the port, which lets its own workers join. Two supervisors
+starting at once on one port would both bind (neither listens yet), so each also holds
+a lock named after the port: an abstract Unix socket, which lives in the same network
+namespace as the port and vanishes with the process, killed or not.
 """
 
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
-__all__ = ["PortReservation", "reserve"]
+__all__ = ["MIGRATE_REQ", "PortReservation", "migration_warning", "reserve"]
+
+#: The sysctl that moves connections queued on a closing listener to the others of its
+#: ``SO_REUSEPORT`` group (Linux 5.14+; per network namespace, so settable per pod).
+MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 
 
 class PortReservation:
     """A bound, non-listening socket holding one address's port."""
 
-    def __init__(self, address: str, sock: socket.socket) -> None:
+    def __init__(self, address: str, sock: socket.socket, lock: socket.socket) -> None:
         #: The address with the real port, as the workers are told to bind it.
         self.address = address
         self._sock = sock
+        self._lock = lock
 
     @property
     def port(self) -> int:
@@ -32,14 +46,27 @@ class PortReservation:
     def close(self) -> None:
         """Give the port back (the supervisor is stopping)."""
         self._sock.close()
+        self._lock.close()
+
+
+def _lock(port: int) -> socket.socket | None:
+    """The abstract socket that says a nexus supervisor holds ``port``; None when
+    another process holds it."""
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        lock.bind(f"\0nexus-supervisor-port-{port}")
+    except OSError:
+        lock.close()
+        return None
+    return lock
 
 
 def reserve(address: str, what: str) -> PortReservation:
     """Reserve ``address`` ("host:port", "[v6]:port"; port 0 picks one) for workers.
 
     ``what`` names the setting in errors (``server.grpc_address``). Raises OSError with
-    a message when the port cannot be bound with ``SO_REUSEPORT`` (another program
-    holds it without sharing).
+    a message when the port is taken: bound by a program that does not share it,
+    listened on by any program, or reserved by another supervisor.
     """
     host, _, port_text = address.rpartition(":")
     bare = host.strip("[]") or "0.0.0.0"
@@ -54,13 +81,37 @@ def reserve(address: str, what: str) -> PortReservation:
     family, _, _, _, sockaddr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        # The same options the workers' listeners set: the kernel lets sockets share a
-        # port only when every one of them asked to (and all belong to one user).
+        # SO_REUSEADDR as every listener sets it: connections of an earlier run left
+        # in TIME_WAIT do not block the port. No SO_REUSEPORT yet (see the docstring).
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(sockaddr)
     except OSError as error:
         sock.close()
         raise OSError(f"{what} {address}: cannot reserve the port ({error.strerror})") from None
-    real = sock.getsockname()[1]
-    return PortReservation(f"{host}:{real}", sock)
+    real: int = sock.getsockname()[1]
+    lock = _lock(real)
+    if lock is None:
+        sock.close()
+        raise OSError(f"{what} {address}: another nexus supervisor holds port {real}")
+    # Ours now: the workers' listeners (SO_REUSEPORT, same user) may join.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return PortReservation(f"{host}:{real}", sock, lock)
+
+
+def migration_warning(setting: Path = MIGRATE_REQ) -> str | None:
+    """What to tell the operator when a rolling restart may reset connections: with
+    ``net.ipv4.tcp_migrate_req`` at 0 (the default) the connections a retiring worker's
+    listener had queued but not accepted yet are reset when it closes (a few per roll
+    under a storm of new connections); with 1 the kernel hands them to another worker.
+    None when it is 1 (or the kernel has no such setting: nothing to do)."""
+    try:
+        value = setting.read_text().strip()
+    except OSError:
+        return None
+    if value != "0":
+        return None
+    return (
+        "net.ipv4.tcp_migrate_req is 0: a rolling restart resets the connections queued "
+        "on a retiring worker's listener; set it to 1 in this network namespace "
+        "(sysctl -w net.ipv4.tcp_migrate_req=1, or the pod's securityContext.sysctls)"
+    )

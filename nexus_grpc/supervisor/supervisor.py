@@ -1,26 +1,34 @@
 """The supervisor: N worker processes, kept running, stopped and rolled together.
 
-It follows grpcio's fork model by never holding any gRPC object: it imports neither
-grpc nor the host, and starts each worker as a new interpreter (``nexus serve`` again,
-with the ports it reserved and one end of a socketpair, see
+It follows grpcio's fork model by never holding any gRPC object: the supervisor's
+modules import neither grpc nor the host (``nexus_grpc`` re-exports its public names
+lazily; a test checks that importing them leaves grpc out; the ``nexus`` command line
+around them imports the grpc module, which starts nothing), and it starts each worker
+as a new interpreter, not a fork, so a worker inherits nothing of it (``nexus serve``
+again, with the ports it reserved and one end of a socketpair, see
 :mod:`nexus_grpc.supervisor.channel`). Workers run in a session of their own so that a
 terminal's Ctrl-C reaches the supervisor alone, which then stops them in order.
 
-- A worker that dies is started again after a backoff; too many deaths in a window
-  is a crash loop: everything stops and the supervisor exits 1 saying so
-  (:mod:`nexus_grpc.supervisor.policy`).
+- A worker that dies is started again after a backoff (also one that served and died
+  while the others were starting: start-up waits for its replacement); too many
+  deaths in a window is a crash loop: everything stops and the supervisor exits 1
+  saying so (:mod:`nexus_grpc.supervisor.policy`). Every death is logged.
 - SIGTERM or SIGINT: every worker gets SIGTERM and drains as a single host does
   (health NOT_SERVING, ``server.shutdown_delay``, then ``server.grace_period`` for the
   calls in flight); a second signal is passed on too, which cancels what is left.
-  A worker still running ``stop_timeout`` seconds later is killed.
+  A worker still running ``stop_timeout`` seconds later is killed. A worker a rolling
+  restart is retiring drains already: it gets no SIGTERM of its own (which it would
+  take for the second one, cancelling its calls).
 - SIGHUP: rolling restart, one worker at a time: the replacement starts and binds the
   shared ports, and only once it reports ready (listening, health SERVING) does the
   old one get :data:`~nexus_grpc.supervisor.channel.RETIRE_SIGNAL` and drain (its
   health stays SERVING: the host as a whole does not go away). Replacements read the
   configuration file again, so a rolling restart also applies configuration changes
   and renewed certificates (not the ports or the worker count, which the supervisor
-  holds). The kernel keeps handing new connections to the
-  listeners left, so clients see no refused connection.
+  holds; replacements are told the worker count, so a file that cannot serve that
+  many workers is refused and the old workers keep serving). A SIGHUP during a
+  rolling restart (or during start-up) queues one more roll. The kernel keeps handing
+  new connections to the listeners left, so clients see no refused connection.
 """
 
 from __future__ import annotations
@@ -42,8 +50,8 @@ from nexus_grpc.supervisor.policy import CrashLoop, RestartPolicy
 
 __all__ = ["Supervisor", "WorkerCommand"]
 
-#: The command line of a worker, given the number of its end of the line.
-WorkerCommand = Callable[[int], Sequence[str]]
+#: The command line of a worker, given the number of its end of the line and its slot.
+WorkerCommand = Callable[[int, int], Sequence[str]]
 
 _log = logging.getLogger("nexus.supervisor")
 
@@ -95,7 +103,9 @@ class Supervisor:
         self._serving = False
         self._done = asyncio.Event()
         self._failure: str | None = None
-        self._rolling: asyncio.Task[bool] | None = None
+        self._rolling: asyncio.Task[None] | None = None
+        #: A SIGHUP arrived while a roll ran (or before the workers served): roll again.
+        self._roll_again = False
         self._restarts: set[asyncio.Task[None]] = set()
 
     async def run(self, on_ready: Callable[[list[int]], None] | None = None) -> int:
@@ -113,7 +123,9 @@ class Supervisor:
             if await self._start_all():
                 self._serving = True
                 if on_ready is not None:
-                    on_ready([w.pid for w in self._current.values()])
+                    on_ready([self._current[slot].pid for slot in sorted(self._current)])
+                if self._roll_again:
+                    self._start_rolls()
                 await self._done.wait()
             await self._stop_all()
         finally:
@@ -143,13 +155,39 @@ class Supervisor:
 
     async def _start_all(self) -> bool:
         first = await self._spawn(0)
-        if not await self._until_ready(first):
+        await self._until_ready(first)
+        if not first.ready.is_set():
             return self._fail_start(first)
         others = [await self._spawn(slot) for slot in range(1, self.count)]
         for worker in others:
-            if not await self._until_ready(worker):
+            await self._until_ready(worker)
+            # One that served and died since is being restarted (see _watch).
+            if not worker.ready.is_set():
                 return self._fail_start(worker)
-        return not self._done.is_set()
+        return await self._until_all_ready()
+
+    async def _until_all_ready(self) -> bool:
+        """Whether every slot has a ready worker: one that served and died while the
+        others started was restarted (see :meth:`_watch`), and start-up waits for it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._ready_timeout
+        while not self._done.is_set():
+            workers = [self._current.get(slot) for slot in range(self.count)]
+            if all(w is not None and w.ready.is_set() for w in workers):
+                return True
+            if not self._restarts and any(w is None for w in workers):
+                # A restarted worker exited before it served (logged by _watch).
+                if self._failure is None:
+                    self._failure = "a worker restarted during start-up exited before it served"
+                self._done.set()
+                return False
+            if loop.time() > deadline:
+                if self._failure is None:
+                    self._failure = f"the workers did not all serve within {self._ready_timeout:g}s"
+                self._done.set()
+                return False
+            await asyncio.sleep(0.05)
+        return False
 
     def _fail_start(self, worker: _Worker) -> bool:
         if self._failure is None and not self._stop_asked:
@@ -185,7 +223,7 @@ class Supervisor:
         ours, theirs = socket.socketpair()
         try:
             process = await asyncio.create_subprocess_exec(
-                *self._command(theirs.fileno()),
+                *self._command(theirs.fileno(), slot),
                 pass_fds=(theirs.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
@@ -240,11 +278,11 @@ class Supervisor:
     def _request_restart(self) -> dict[str, object]:
         """A rolling restart asked for on the line (AdminService.RestartWorkers)."""
         if self._stopping or not self._serving:
-            return {"error": "the workers are starting or stopping"}
+            return {"error": "the workers are starting or stopping", "reason": "unavailable"}
         if self._rolling is not None and not self._rolling.done():
-            return {"error": "a rolling restart is running already"}
+            return {"error": "a rolling restart is running already", "reason": "running"}
         _log.info("rolling restart of %d workers asked for by AdminService", self.count)
-        self._rolling = asyncio.create_task(self.rolling_restart())
+        self._start_rolls()
         return {"workers": self.count}
 
     def _reply(self, worker: _Worker, ident: object, answer: dict[str, object]) -> None:
@@ -263,16 +301,30 @@ class Supervisor:
         worker.exited.set()
         self._alive.discard(worker)
         worker.writer.close()
-        forget_worker(self._metrics_dir, worker.pid)
+        try:
+            forget_worker(self._metrics_dir, worker.pid)
+        except Exception:
+            # Its counts are lost from the sums; the worker is restarted all the same.
+            _log.exception(
+                "could not fold the metrics of worker %d (pid %d)", worker.slot, worker.pid
+            )
         if self._current.get(worker.slot) is worker:
             del self._current[worker.slot]
         if self._stopping or worker.retiring:
             _log.info("worker %d (pid %d) exited (%s)", worker.slot, worker.pid, status)
             return
-        if not self._serving:
-            return  # at start: run() reports it and stops
-        if not worker.ready.is_set() and self._rolling is not None and not self._rolling.done():
-            return  # a replacement that failed: the rolling restart reports it
+        if not worker.ready.is_set() and (
+            not self._serving or (self._rolling is not None and not self._rolling.done())
+        ):
+            # Start-up or the rolling restart waiting for it says why it stops.
+            _log.warning(
+                "worker %d (pid %d) exited with status %s before it served",
+                worker.slot,
+                worker.pid,
+                status,
+                extra={"pid": worker.pid, "exit_status": status},
+            )
+            return
         delay = self._crashes.died(worker.slot, now=time.monotonic(), started=worker.started)
         if delay is None:
             self._failure = (
@@ -310,11 +362,31 @@ class Supervisor:
     def _on_hangup(self) -> None:
         if self._stopping:
             return
+        if not self._serving:
+            _log.info("SIGHUP received while the workers start: rolling restart once they serve")
+            self._roll_again = True
+            return
         if self._rolling is not None and not self._rolling.done():
-            _log.warning("SIGHUP received during a rolling restart: ignored")
+            # The configuration may have changed again since the running roll started
+            # some workers: one more roll makes every worker read the latest.
+            _log.info("SIGHUP received during a rolling restart: one more roll queued")
+            self._roll_again = True
             return
         _log.info("SIGHUP received: rolling restart of %d workers", self.count)
-        self._rolling = asyncio.create_task(self.rolling_restart())
+        self._start_rolls()
+
+    def _start_rolls(self) -> None:
+        self._roll_again = False
+        self._rolling = asyncio.create_task(self._rolls())
+
+    async def _rolls(self) -> None:
+        """Rolling restarts until none is queued (a SIGHUP during one queues another)."""
+        while not self._stopping:
+            await self.rolling_restart()
+            if not self._roll_again:
+                return
+            self._roll_again = False
+            _log.info("rolling restart queued by SIGHUP: rolling %d workers again", self.count)
 
     async def rolling_restart(self) -> bool:
         """Replace every worker, one at a time, never below ``count`` serving; whether
@@ -345,7 +417,10 @@ class Supervisor:
             self._rolling.cancel()
         workers = list(self._alive)
         for worker in workers:
-            self._terminate(worker)
+            # A retiring worker drains already (RETIRE_SIGNAL): a SIGTERM now would be
+            # its second one, which cancels the calls it is finishing.
+            if not worker.retiring:
+                self._terminate(worker)
         await self._wait_exit(workers)
 
     def _terminate(self, worker: _Worker, number: int = signal.SIGTERM) -> None:

@@ -99,6 +99,9 @@ async def _flush(shared: SharedMetrics, host: Host) -> None:
     while True:
         await asyncio.sleep(FLUSH_INTERVAL)
         try:
+            # The scrape-time collectors (the event backlog) refreshed as a scrape of
+            # this worker would: a scrape of another worker reads them from the file.
+            await host.metrics.refresh()
             shared.write(host.metrics.registry.collect())
         except Exception:
             _log.exception("could not write this worker's metrics")

@@ -28,6 +28,9 @@ __all__ = ["HttpServer"]
 
 _log = logging.getLogger("nexus.http")
 
+#: Longest wait, at stop, for connections just accepted to send their first request.
+_SETTLE_SECONDS = 0.5
+
 
 class HttpServer:
     """uvicorn, started and stopped by the host rather than by its own CLI."""
@@ -145,6 +148,27 @@ class HttpServer:
         server.servers = [listener]
         server.started = True
 
+    async def _settle_new_connections(self, limit: float) -> None:
+        """Stop accepting, then give connections accepted but not read from yet up to
+        ``limit`` seconds to send their first request.
+
+        uvicorn's shutdown closes every connection without a request in progress: one
+        the loop accepted a moment ago, its request still unread in the socket, would
+        be reset (the client sees ECONNRESET, not an answer). A worker retired by a
+        rolling restart meets these under a storm of new connections (what the kernel
+        had not handed out yet moves to another worker with tcp_migrate_req).
+        """
+        assert self._server is not None
+        for listener in self._server.servers:
+            listener.close()
+        deadline = asyncio.get_running_loop().time() + limit
+        # uvicorn's connections have no "first request read" callback: polled.
+        while asyncio.get_running_loop().time() < deadline and any(  # noqa: ASYNC110
+            getattr(connection, "cycle", False) is None
+            for connection in self._server.server_state.connections
+        ):
+            await asyncio.sleep(0.01)
+
     def force_stop(self) -> None:
         """Cancel every request in progress (a second signal during the drain)."""
         if self._server is None:
@@ -163,6 +187,7 @@ class HttpServer:
         self._server.config.timeout_graceful_shutdown = cast(int, max(grace, 0.0))
         self._server.should_exit = True
         await self._task
+        await self._settle_new_connections(min(grace, _SETTLE_SECONDS))
         await self._server.shutdown(sockets=[self._socket] if self._socket else None)
         if self._socket is not None:
             self._socket.close()

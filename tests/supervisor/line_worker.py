@@ -5,7 +5,10 @@ subscribes to "hello" (every message received is written to ``OUT_DIR/<pid>.json
 reports ready, publishes one "hello" with its pid each time a "go" arrives, and
 waits for SIGTERM (or SIGUSR2, retired). MODE:
 ``serve`` as said; ``crash`` exits 3 shortly after reporting ready; ``fail`` exits 3
-before it is ready; ``stubborn`` ignores SIGTERM; ``slow`` reports ready after 3 s.
+before it is ready; ``stubborn`` ignores SIGTERM; ``slow`` reports ready after 3 s;
+``draining`` takes 1.5 s to drain once retired, and writes every signal it got;
+``ask`` asks for a rolling restart before it reports ready, and twice on each "ask"
+message, writing the answers to ``OUT_DIR/<pid>.asked``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,20 @@ async def main(fd: int, out: Path, mode: str) -> None:
         await line.publish("hello", {"pid": os.getpid()})
 
     line.subscribe("go", on_go)
+    asked: list[str] = []
+
+    async def ask() -> None:
+        try:
+            asked.append(str(await line.restart_workers()))
+        except Exception as error:
+            asked.append(f"{type(error).__name__}: {error}")
+        (out / f"{os.getpid()}.asked").write_text("\n".join(asked))
+
+    async def on_ask(data: Any, origin: int) -> None:
+        await ask()
+        await ask()
+
+    line.subscribe("ask", on_ask)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     if mode == "stubborn":
@@ -48,21 +65,37 @@ async def main(fd: int, out: Path, mode: str) -> None:
     else:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
     reason = ["SIGTERM"]
+    got: list[str] = []  # draining: every signal, in order
 
     def retire() -> None:
         reason[0] = "retired"
-        stop.set()
+        if mode == "draining":
+            got.append("retired")
+            loop.call_later(1.5, stop.set)
+        else:
+            stop.set()
 
+    if mode == "draining":
+
+        def on_term() -> None:
+            got.append("SIGTERM")
+            if reason[0] != "retired":
+                stop.set()
+
+        loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGUSR2, retire)
     if mode == "slow":
         await asyncio.sleep(3)
+    if mode == "ask":
+        await ask()
     await line.ready()
     if mode == "crash":
         await asyncio.sleep(0.1)
         os._exit(3)
     closed = asyncio.ensure_future(line.closed.wait())
     await asyncio.wait([asyncio.ensure_future(stop.wait()), closed], return_when="FIRST_COMPLETED")
-    (out / f"{os.getpid()}.stopped").write_text(reason[0] if stop.is_set() else "line closed")
+    said = ",".join(got) if mode == "draining" else reason[0]
+    (out / f"{os.getpid()}.stopped").write_text(said if stop.is_set() else "line closed")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
-from nexus_grpc.supervisor.ports import reserve
+from nexus_grpc.supervisor.ports import migration_warning, reserve
 
 
 def _listener(port: int, *, reuse_port: bool) -> socket.socket:
@@ -53,3 +54,39 @@ def test_a_port_taken_without_sharing_is_reported() -> None:
 def test_a_malformed_address_is_reported() -> None:
     with pytest.raises(OSError, match="not host:port"):
         reserve("127.0.0.1:http", "server.grpc_address")
+
+
+def test_a_port_a_sharing_listener_holds_is_not_joined() -> None:
+    # grpcio sets SO_REUSEPORT on its listeners: a reservation must not join them.
+    taken = _listener(0, reuse_port=True)
+    try:
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match="cannot reserve the port"):
+            reserve(f"127.0.0.1:{port}", "server.grpc_address")
+    finally:
+        taken.close()
+
+
+def test_a_second_supervisor_cannot_reserve_the_same_port() -> None:
+    first = reserve("127.0.0.1:0", "server.grpc_address")
+    try:
+        with pytest.raises(OSError, match=f"another nexus supervisor holds port {first.port}"):
+            reserve(first.address, "server.grpc_address")
+        # Also on another address of the same host (wildcard vs loopback).
+        with pytest.raises(OSError, match=r"cannot reserve|another nexus supervisor"):
+            reserve(f"0.0.0.0:{first.port}", "server.grpc_address")
+    finally:
+        first.close()
+    # Given back: it can be reserved again.
+    again = reserve(first.address, "server.grpc_address")
+    again.close()
+
+
+def test_the_request_migration_setting_is_checked(tmp_path: Path) -> None:
+    setting = tmp_path / "tcp_migrate_req"
+    setting.write_text("0\n")
+    warning = migration_warning(setting)
+    assert warning is not None and "net.ipv4.tcp_migrate_req=1" in warning
+    setting.write_text("1\n")
+    assert migration_warning(setting) is None
+    assert migration_warning(tmp_path / "absent") is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -12,7 +13,13 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from nexus_grpc.supervisor.metrics import SharedMetrics, forget_worker
+from nexus_grpc.supervisor.metrics import (
+    SharedMetrics,
+    create_directory,
+    forget_worker,
+    remove_directory,
+    sweep,
+)
 
 
 class _Numbers:
@@ -91,3 +98,82 @@ def test_a_later_write_replaces_the_earlier_one(tmp_path: Path) -> None:
     assert merged[("calls_total", (("method", "Get"),))] == 9
     assert merged[("latency_seconds_count", (("method", "Get"),))] == 9
     shared.close()
+
+
+class _Some:
+    """A worker whose series come and go: one gauge per name in ``groups``."""
+
+    def __init__(self, groups: list[str]) -> None:
+        self.groups = groups
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        pending = GaugeMetricFamily("nexus_events_pending", "Pending.", labels=("group",))
+        for group in self.groups:
+            pending.add_metric((group,), 4)
+        yield pending
+
+
+def test_a_series_the_worker_no_longer_has_leaves_the_scrape(tmp_path: Path) -> None:
+    shared = SharedMetrics(tmp_path, pid=606)
+    registry = CollectorRegistry()
+    numbers = _Some(["orders", "mail"])
+    registry.register(numbers)  # type: ignore[arg-type]
+    merged = _samples(shared.exposition(registry))
+    assert merged[("nexus_events_pending", (("group", "mail"),))] == 4
+    numbers.groups = ["orders"]
+    merged = _samples(shared.exposition(registry))
+    assert ("nexus_events_pending", (("group", "mail"),)) not in merged
+    assert merged[("nexus_events_pending", (("group", "orders"),))] == 4
+    numbers.groups = []
+    merged = _samples(shared.exposition(registry))
+    assert not [key for key in merged if key[0] == "nexus_events_pending"]
+    # A kind of file the worker no longer writes at all is removed.
+    shared.write(_registry(_Numbers(1, 1, 1, [1, 1, 1])).collect())
+    assert not list(tmp_path.glob("gauge_livemax_606.db"))
+
+
+def test_dead_workers_fold_into_one_archive(tmp_path: Path) -> None:
+    for pid in range(700, 710):
+        dead = SharedMetrics(tmp_path, pid=pid)
+        dead.write(_registry(_Numbers(2, 1, 1, [1, 2, 3])).collect())
+        forget_worker(tmp_path, pid)
+    # Ten workers exited: their counts live on in one file per kind, theirs are gone.
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == [
+        "counter_archive.db",
+        "histogram_archive.db",
+    ]
+    alive = SharedMetrics(tmp_path, pid=800)
+    merged = _samples(alive.exposition(_registry(_Numbers(1, 1, 1, [1, 1, 1]))))
+    get = (("method", "Get"),)
+    assert merged[("calls_total", get)] == 21
+    assert merged[("latency_seconds_count", get)] == 31
+    assert merged[("latency_seconds_bucket", (("le", "0.1"), *get))] == 11
+    assert merged[("latency_seconds_sum", get)] == 10 * 1.5 + 0.5
+    assert merged[("nexus_server_in_flight_calls", ())] == 1
+
+
+def test_a_killed_supervisors_directory_is_swept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    # A pid that surely ran and is gone: a child we waited for.
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    stale = tmp_path / f"nexus-metrics-{int(child.stdout)}"
+    stale.mkdir()
+    (stale / "counter_1.db").write_bytes(b"")
+    other = tmp_path / "nexus-metrics-notapid"
+    other.mkdir()
+    ours = create_directory(tmp_path)
+    try:
+        assert not stale.exists() and other.exists()
+        assert ours.name == f"nexus-metrics-{os.getpid()}"
+        assert ours.stat().st_mode & 0o777 == 0o700
+        # A running supervisor's directory (ours) is kept by the next sweep.
+        assert sweep(tmp_path) == []
+    finally:
+        remove_directory(ours)

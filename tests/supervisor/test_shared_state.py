@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -51,7 +52,8 @@ burst = {LOGIN_BURST}
 shutdown_delay = 1.0
 """,
     )
-    running = start_workers(tmp_path, config)
+    # The access log says which worker (pid) answered each call.
+    running = start_workers(tmp_path, config, NEXUS_LOG__ACCESS="true")
     try:
         yield running
     finally:
@@ -63,6 +65,26 @@ def until(check: Callable[[], bool], seconds: float = 10.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.05)
+
+
+def on_every_worker(host: Workers, call: Callable[[httpx.Client], None], tries: int = 40) -> None:
+    """``call(client)`` on new connections until every worker ran it (at most ``tries``).
+
+    Which worker a connection reaches is learnt first, on the same connection: a call
+    with a request id of ours, which that worker's access log line names with its pid
+    (a refused call has no access log line of its own).
+    """
+    seen: set[int] = set()
+    for _ in range(tries):
+        marker = uuid.uuid4().hex
+        with httpx.Client(base_url=f"http://{host.http_address}", timeout=10) as client:
+            headers = {"authorization": f"Bearer {host.token()}", "x-request-id": marker}
+            assert client.get("/v1/auth/me", headers=headers).status_code == 200
+            call(client)
+        seen.add(host.wait_for_log(lambda e, m=marker: e.get("request_id") == m)["pid"])
+        if seen >= set(host.worker_pids):
+            return
+    raise AssertionError(f"only workers {seen} of {host.worker_pids} reached in {tries} tries")
 
 
 def health_check(address: str) -> int:
@@ -187,6 +209,45 @@ def test_revoked_sessions_are_refused_by_every_worker(host: Workers) -> None:
     # The revocation travels to the other worker on the cache's Redis channel.
     until(lambda: statuses() == [401] * 12, seconds=5)
 
+    def refused(client: httpx.Client) -> None:
+        reply = client.get("/v1/auth/me", headers=rita)
+        assert reply.status_code == 401, reply.text
+
+    # Both workers refused it (not one worker answering every call).
+    on_every_worker(host, refused)
+
+
+def test_a_disabled_user_is_refused_by_every_worker(host: Workers) -> None:
+    base = f"http://{host.http_address}"
+    admin = {"authorization": f"Bearer {host.token()}"}
+    password = "correct horse battery"
+    created = httpx.post(
+        f"{base}/v1/users",
+        json={"user": {"username": "dora"}, "password": password},
+        headers=admin,
+        timeout=10,
+    )
+    assert created.status_code == 200, created.text
+    login = httpx.post(
+        f"{base}/v1/auth/login", json={"username": "dora", "password": password}, timeout=10
+    )
+    assert login.status_code == 200, login.text
+    dora = {"authorization": f"Bearer {login.json()['accessToken']}"}
+
+    def allowed(client: httpx.Client) -> None:
+        assert client.get("/v1/auth/me", headers=dora).status_code == 200
+
+    on_every_worker(host, allowed)
+    disabled = httpx.post(f"{base}/v1/users/dora:disable", json={}, headers=admin, timeout=10)
+    assert disabled.status_code == 200, disabled.text
+
+    def refused(client: httpx.Client) -> None:
+        reply = client.get("/v1/auth/me", headers=dora)
+        assert reply.status_code == 401, reply.text
+
+    until(lambda: httpx.get(f"{base}/v1/auth/me", headers=dora, timeout=10).status_code == 401)
+    on_every_worker(host, refused)
+
 
 def test_the_audit_log_is_one_view(host: Workers) -> None:
     """Denials audited by either worker, listed the same by both."""
@@ -206,6 +267,15 @@ def test_the_audit_log_is_one_view(host: Workers) -> None:
     views = [snoop_denials() for _ in range(6)]
     assert len(views[0]) == 6
     assert all(view == views[0] for view in views)
+
+    def listed(client: httpx.Client) -> None:
+        reply = client.get("/v1/admin/audit?actor=snoop", headers=admin)
+        assert reply.status_code == 200, reply.text
+        records = reply.json().get("records", [])
+        assert [r["id"] for r in records if r["outcome"] == "OUTCOME_DENIED"] == views[0]
+
+    # Every worker lists them, the same.
+    on_every_worker(host, listed)
 
 
 def test_a_killed_worker_is_replaced_and_counters_do_not_go_back(host: Workers) -> None:

@@ -22,11 +22,11 @@ FAST = RestartPolicy(base_delay=0.05, max_delay=0.2, max_deaths=3, window=30.0)
 pytestmark = pytest.mark.asyncio
 
 
-def command(out: Path, modes: Callable[[int], str]) -> Callable[[int], Sequence[str]]:
+def command(out: Path, modes: Callable[[int], str]) -> Callable[[int, int], Sequence[str]]:
     """Worker command lines; ``modes(n)`` is the mode of the n-th worker started."""
     started = [0]
 
-    def line(fd: int) -> Sequence[str]:
+    def line(fd: int, slot: int) -> Sequence[str]:
         started[0] += 1
         return [sys.executable, str(WORKER), str(fd), str(out), modes(started[0])]
 
@@ -175,3 +175,99 @@ async def test_a_stop_during_the_start_is_no_failure(
     sup.stop()
     assert await asyncio.wait_for(running, 20) == 0
     assert "before it served" not in caplog.text
+
+
+async def test_a_worker_dying_while_the_others_start_is_restarted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "nexus.supervisor")
+    # Worker 0 serves, then dies while worker 1 is still starting (3 s).
+    modes = {1: "crash", 2: "slow"}
+    sup = supervisor(tmp_path, 2, lambda n: modes.get(n, "serve"))
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    await until(lambda: bool(ready))
+    # Start-up waited for the replacement: every slot serves, with the pids reported.
+    assert len(ready[0]) == 2 and ready[0] == [sup.pids()[0], sup.pids()[1]]
+    assert "worker 0 (pid" in caplog.text and "starting it again" in caplog.text
+    sup.stop()
+    assert await running == 0
+
+
+async def test_a_sigterm_during_a_rolling_restart_is_not_sent_twice_to_the_retiring_worker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "nexus.supervisor")
+    sup = supervisor(tmp_path, 1, lambda n: "draining")
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    await until(lambda: bool(ready))
+    old = ready[0][0]
+    os.kill(os.getpid(), signal.SIGHUP)
+    # The replacement serves, the old worker is retiring (draining 1.5 s): stop now.
+    await until(lambda: caplog.text.count(") serving") == 2)
+    new = sup.pids()[0]
+    await asyncio.sleep(0.2)
+    sup.stop()
+    assert await asyncio.wait_for(running, 20) == 0
+    stopped = await asyncio.to_thread((tmp_path / f"{old}.stopped").read_text)
+    assert stopped == "retired"
+    stopped = await asyncio.to_thread((tmp_path / f"{new}.stopped").read_text)
+    assert stopped == "SIGTERM"
+
+
+async def test_a_sighup_during_a_rolling_restart_queues_another(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "nexus.supervisor")
+    sup = supervisor(tmp_path, 2, lambda n: "serve" if n <= 2 else "slow")
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    await until(lambda: bool(ready))
+    os.kill(os.getpid(), signal.SIGHUP)
+    await asyncio.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGHUP)  # the first roll waits for a slow replacement
+    await until(lambda: caplog.text.count("rolling restart done") == 2, seconds=40)
+    assert "one more roll queued" in caplog.text
+    # Two rolls of two workers: six workers started in all, two serve.
+    assert len(await asyncio.to_thread(lambda: list(tmp_path.glob("*.stopped")))) == 4
+    sup.stop()
+    assert await running == 0
+
+
+async def test_a_sighup_during_the_start_rolls_once_the_workers_serve(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "nexus.supervisor")
+    sup = supervisor(tmp_path, 2, lambda n: "slow" if n <= 2 else "serve")
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    await asyncio.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGHUP)
+    await until(lambda: "rolling restart done" in caplog.text, seconds=40)
+    alive = sorted(sup.pids().values())
+    assert len(alive) == 2 and not set(alive) & set(ready[0])
+    sup.stop()
+    assert await running == 0
+
+
+async def test_restart_requests_say_why_they_are_refused(tmp_path: Path) -> None:
+    sup = supervisor(tmp_path, 1, lambda n: "ask" if n == 1 else "serve")
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    await until(lambda: bool(ready))
+    asked = tmp_path / f"{ready[0][0]}.asked"
+    # Before it served: the workers are starting (UNAVAILABLE for RestartWorkers).
+    assert (await asyncio.to_thread(asked.read_text)).splitlines() == [
+        "SupervisorUnavailable: the workers are starting or stopping"
+    ]
+    sup.broadcast("ask", None)
+    # The first starts a roll of 1 worker; the second finds it running (ABORTED).
+    await until(lambda: len(asked.read_text().splitlines()) == 3)
+    assert (await asyncio.to_thread(asked.read_text)).splitlines()[1:] == [
+        "1",
+        "RestartRunning: a rolling restart is running already",
+    ]
+    await until(lambda: sup.pids()[0] != ready[0][0])
+    sup.stop()
+    assert await running == 0
