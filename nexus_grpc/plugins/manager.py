@@ -22,6 +22,7 @@ from nexus_grpc.cache import CacheManager
 from nexus_grpc.config import Config
 from nexus_grpc.events import EventBus, Publisher, event_type_exists, subscriptions_of
 from nexus_grpc.events.outbox import Outbox
+from nexus_grpc.gateway.bindings import RESERVED_PATHS, reserved_path_bindings
 from nexus_grpc.pipeline import Stage
 from nexus_grpc.plugins.bundled import is_bundled
 from nexus_grpc.plugins.discovery import Candidate, discover_configured, excluded_by
@@ -259,6 +260,13 @@ class PluginManager:
                             in_flight=record.in_flight,
                         )
                     )
+            reserved = reserved_path_bindings(route.info.descriptor for route in routes)
+            if reserved:
+                raise PluginError(
+                    f"plugin {record.name!r}: HTTP binding on a path the host answers itself "
+                    f"({', '.join(sorted(RESERVED_PATHS))}): {'; '.join(reserved)}; "
+                    "choose another path in the contract's google.api.http options"
+                )
             subscribers = [construct_servicer(cls, context) for cls in loaded.plugin.subscribers]
             handlers = self._event_handlers(record.name, manifest, [*servicers, *subscribers])
             if loaded.plugin.on_start is not None:
