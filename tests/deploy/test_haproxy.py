@@ -36,9 +36,9 @@ from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 
 from nexus_grpc.config import LimitsConfig, ServerConfig, load_config
 from nexus_grpc.testing import RunningHost, running_host
+from tests.e2e.conftest import REPO, missing
 from tests.fixtures.ports import free_port
 from tests.fixtures.tcp_balancer import Backend, TcpBalancer
-from tests.e2e.conftest import REPO, missing
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fixtures.ports import free_port
 from tests.e2e.conftest import REPO, ServeProcess, run_nexus, start_serve
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -2,9 +2,10 @@
 
 from typing import Any
 
-from nexus_grpc import Plugin
 from reservedtest.v1 import reservedtest_pb2 as pb
 from reservedtest.v1 import reservedtest_pb2_grpc
+
+from nexus_grpc import Plugin
 
 
 class SquatterService(reservedtest_pb2_grpc.SquatterServiceServicer):
