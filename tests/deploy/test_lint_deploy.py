@@ -402,7 +402,10 @@ def test_the_deployment_agrees_with_its_config_and_is_locked_down(tmp_path: Path
     # Writable: the data dir and /tmp, each an emptyDir; config and secrets read-only.
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    for writable in (config.data_dir, "/tmp"):
+    # data_dir is a subdirectory of its volume, which fsGroup makes group-writable:
+    # nexus creates it owner-only (test_fsgroup).
+    data_mount = str(Path(config.data_dir).parent)
+    for writable in (data_mount, "/tmp"):
         assert "emptyDir" in volumes[mounts[writable]["name"]]
     assert mounts["/etc/nexus"]["readOnly"] is True
     assert Path(config.auth.secret_file).parent.as_posix() in mounts
@@ -590,7 +593,10 @@ def test_every_shipped_nexus_toml_loads_with_nexus_own_loader(tmp_path: Path) ->
         config = load_config(path, environ={})
         raw = tomllib.loads(path.read_text())
         assert isinstance(config, Config)
-        assert raw["data_dir"] == config.data_dir == "/var/lib/nexus"
+        assert raw["data_dir"] == config.data_dir
+        # The image's volume (/var/lib/nexus, 0700) or, under Kubernetes' fsGroup, a
+        # subdirectory of it.
+        assert config.data_dir in ("/var/lib/nexus", "/var/lib/nexus/data")
         assert config.plugins.bundled == ("*",)
         # Readiness turns 503 and health NOT_SERVING before the ports stop answering.
         assert config.server.shutdown_delay > 0
