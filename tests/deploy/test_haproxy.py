@@ -90,8 +90,8 @@ def local_config(servers: dict[str, tuple[int, int]], binds: tuple[int, int], st
     return "\n".join(lines) + "\n"
 
 
-def server_states(stats: Path) -> dict[tuple[str, str], str]:
-    """(backend, server) -> status (UP, DOWN, ...) from HAProxy's stats socket."""
+def server_stats(stats: Path) -> dict[tuple[str, str], dict[str, str]]:
+    """(backend, server) -> HAProxy's ``show stat`` row (status, stot, ...)."""
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(5)
         sock.connect(str(stats))
@@ -101,10 +101,15 @@ def server_states(stats: Path) -> dict[tuple[str, str], str]:
             data += chunk
     rows = csv.DictReader(io.StringIO(data.decode().lstrip("# ")))
     return {
-        (row["pxname"], row["svname"]): row["status"]
+        (row["pxname"], row["svname"]): row
         for row in rows
         if row["svname"] not in ("FRONTEND", "BACKEND")
     }
+
+
+def server_states(stats: Path) -> dict[tuple[str, str], str]:
+    """(backend, server) -> status (UP, DOWN, ...) from HAProxy's stats socket."""
+    return {key: row["status"] for key, row in server_stats(stats).items()}
 
 
 def stats_socket(config: str) -> Path:
