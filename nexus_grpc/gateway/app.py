@@ -226,22 +226,35 @@ class GatewayApp:
         self, method: str, path: str, send: GuardedSend, cors: Headers
     ) -> None:
         """``/healthz``, ``/readyz``, ``/metrics`` and ``/openapi.json`` (GET; HEAD too
-        for the probes); 404 for one this gateway does not serve, 405 for other methods."""
+        for the probes); 404 for other methods and for one this gateway does not serve
+        (no plugin route is tried either way)."""
         probe = path in PROBE_PATHS
-        if method not in (("GET", "HEAD") if probe else ("GET",)):
-            raise _method_not_allowed(method, path, ["GET", "HEAD"] if probe else ["GET"])
-        if probe and self._probes is not None:
+        if (method == "GET" or (probe and method == "HEAD")) and await self._answer_reserved(
+            method, path, send, cors
+        ):
+            return
+        if self._metrics is not None:
+            self._metrics.count_unknown("rest")
+        raise StatusError(
+            grpc.StatusCode.NOT_FOUND, f"no route for {method} {path}", reason="ROUTE_NOT_FOUND"
+        )
+
+    async def _answer_reserved(
+        self, method: str, path: str, send: GuardedSend, cors: Headers
+    ) -> bool:
+        """Answer a reserved path this gateway serves; False when it serves none there."""
+        if path in PROBE_PATHS and self._probes is not None:
             answer = await self._probes.answer(path)
             body = answer.body if method == "GET" else b""
             headers = [(b"content-type", JSON), (b"cache-control", b"no-store"), *cors]
             await send_response(send, answer.status, headers, body)
-            return
+            return True
         if path == "/openapi.json":
             from nexus_grpc.gateway.openapi import openapi_document
 
             document = openapi_document(self._routes.bindings, self._settings.json)
             await send_response(send, 200, [(b"content-type", JSON), *cors], dumps(document))
-            return
+            return True
         if path == "/metrics" and self._metrics is not None:
             from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -249,12 +262,8 @@ class GatewayApp:
             exposition = self._metrics.exposition()
             headers = [(b"content-type", CONTENT_TYPE_LATEST.encode("latin-1"))]
             await send_response(send, 200, headers, exposition)
-            return
-        if self._metrics is not None:
-            self._metrics.count_unknown("rest")
-        raise StatusError(
-            grpc.StatusCode.NOT_FOUND, f"no route for {method} {path}", reason="ROUTE_NOT_FOUND"
-        )
+            return True
+        return False
 
     def _methods_for(self, scope: Scope) -> list[str]:
         """The HTTP methods that apply to the request's exact path (for a preflight)."""
