@@ -15,11 +15,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
+import time
 import tomllib
 import zipfile
 from pathlib import Path
@@ -29,7 +32,8 @@ import yaml
 
 from nexus_grpc.cli import _parser
 from nexus_grpc.config import Config, load_config
-from tests.e2e.conftest import BIN, REPO, require_tool
+from tests.e2e.conftest import BIN, REPO, missing, require_tool
+from tests.fixtures.ports import free_port
 
 DEPLOY = REPO / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
@@ -646,3 +650,53 @@ def test_the_readme_deploy_commands_name_what_exists_and_its_lint_commands_pass(
             ["bash", "-c", line], cwd=REPO, capture_output=True, text=True, timeout=120
         )
         assert result.returncode == 0, f"{line}: {result.stdout}{result.stderr}"
+
+
+# -- compose's Redis, run for real ---------------------------------------------------
+
+
+def _compose_shell(text: str) -> str:
+    """A compose command string as the container's shell gets it (``$$`` is ``$``)."""
+    return text.replace("$$", "$")
+
+
+def test_compose_redis_requires_the_password_from_the_env_file(tmp_path: Path) -> None:
+    server = shutil.which("redis-server")
+    if server is None:
+        missing("redis-server")
+    redis = compose()["services"]["redis"]
+    shell, flag, script = redis["command"]
+    assert (shell, flag) == ("sh", "-c")
+    config = tmp_path / "redis.conf"
+    port = free_port()
+    # The shipped script, with the config file and the data in this test's folder and
+    # the server on a free loopback port.
+    script = _compose_shell(script).replace("/tmp/redis.conf", str(config))
+    script += f" --port {port} --bind 127.0.0.1 --dir {tmp_path} --save ''"
+    env = {**os.environ, "REDIS_PASSWORD": "s3cret-from-env-file"}
+    process = subprocess.Popen(
+        [shell, flag, script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    try:
+        check = _compose_shell(redis["healthcheck"]["test"][1]).replace(
+            "redis-cli ping", f"redis-cli -p {port} ping"
+        )
+        deadline = time.monotonic() + 10
+        healthy = False
+        while time.monotonic() < deadline and not healthy:
+            healthy = subprocess.run(["sh", "-c", check], env=env, timeout=10).returncode == 0
+            time.sleep(0.05)
+        assert healthy, "the compose healthcheck never passed"
+        # The password is in no argument of the server, and its config file is private.
+        assert "s3cret" not in Path(f"/proc/{process.pid}/cmdline").read_text()
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600
+        # Without the password Redis refuses, and the healthcheck says unhealthy.
+        refused = subprocess.run(
+            ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, timeout=10
+        )
+        assert "NOAUTH" in refused.stdout + refused.stderr
+        wrong = {**env, "REDIS_PASSWORD": "wrong"}
+        assert subprocess.run(["sh", "-c", check], env=wrong, timeout=10).returncode != 0
+    finally:
+        process.terminate()
+        process.wait(10)
