@@ -322,7 +322,7 @@ def _scale_hook() -> None:
 
     scale_table = getattr(storage_scale, "scale_table", None)
     if scale_table is not None:
-        scale_table()
+        print(f"\n{scale_table()}")  # it returns the tables; printing is the caller's
 
 
 if __name__ == "__main__":

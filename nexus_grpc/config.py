@@ -26,6 +26,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "EventsConfig",
+    "HotSwapConfig",
     "HttpConfig",
     "LimitsConfig",
     "LogConfig",
@@ -381,6 +382,34 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class HotSwapConfig:
+    """Loading, unloading and reloading plugins in a running host (``[plugins.hot_swap]``).
+
+    Off by default: loading code is the most dangerous thing an admin call can do, so an
+    operator turns it on knowingly (and can narrow it with ``allowed_hashes``).
+    """
+
+    #: Accept LoadPlugin, UnloadPlugin and ReloadPlugin (callers also need the
+    #: ``plugins.load`` / ``plugins.unload`` permission); off: FAILED_PRECONDITION.
+    enabled: bool = False
+    #: Seconds an unload or reload waits for the old code's calls to finish; the calls
+    #: still running then end with UNAVAILABLE.
+    drain_timeout: float = 10.0
+    #: Seconds a new version may take, once its start hook returned (bounded by
+    #: ``plugins.hook_timeout``), to report healthy (``Plugin(health=...)`` True);
+    #: past it the swap is rolled back.
+    start_timeout: float = 10.0
+    #: When not empty, only plugins whose code hash (sha256 over the plugin's files, as
+    #: ``nexus plugins`` and the admin API show it) is listed may be loaded or reloaded.
+    allowed_hashes: tuple[str, ...] = ()
+    #: Development: watch the plugin folders and reload a plugin whose files change
+    #: (``nexus serve --reload`` turns it on; needs ``enabled``).
+    watch: bool = False
+    #: Seconds the watcher waits for edits to settle before reloading.
+    watch_debounce: float = 0.3
+
+
+@dataclass(frozen=True)
 class PluginsConfig:
     """Where plugins come from and which ones run."""
 
@@ -401,6 +430,8 @@ class PluginsConfig:
     strict: bool = False
     #: Seconds a plugin's start or stop hook may take.
     hook_timeout: float = 30.0
+    #: Changing plugins while the host runs.
+    hot_swap: HotSwapConfig = field(default_factory=HotSwapConfig)
 
 
 @dataclass(frozen=True)
@@ -557,6 +588,7 @@ def load_config(
     _check_networks(config)
     _check_tracing(config.tracing)
     check_workers(config)
+    _check_hot_swap(config.plugins.hot_swap)
     # Imported here: the tls package reads this module's TlsConfig.
     from nexus_grpc.tls.material import check_config
 
@@ -595,6 +627,11 @@ def check_workers(config: Config) -> None:
     and the cache (its invalidations, which also carry session revocations)."""
     if config.server.workers <= 1:
         return
+    if config.plugins.hot_swap.watch:
+        raise ConfigError(
+            f"plugins.hot_swap.watch (nexus serve --reload) is a development mode for one "
+            f"process; it cannot run with server.workers = {config.server.workers}"
+        )
     missing = [
         f'{key} = "redis"'
         for key, backend in (
@@ -624,6 +661,23 @@ def _check_networks(config: Config) -> None:
         parse_networks("server.trusted_proxies", config.server.trusted_proxies)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def _check_hot_swap(settings: HotSwapConfig) -> None:
+    """Timeouts are bounded and positive; allowed hashes are sha256 hex digests."""
+    for key in ("drain_timeout", "start_timeout", "watch_debounce"):
+        value = getattr(settings, key)
+        if not 0 < value <= 3600:
+            raise ConfigError(
+                f"plugins.hot_swap.{key}: expected seconds above 0 and at most 3600, got {value!r}"
+            )
+    for position, digest in enumerate(settings.allowed_hashes, start=1):
+        text = digest.removeprefix("sha256:")
+        if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+            raise ConfigError(
+                f"plugins.hot_swap.allowed_hashes: entry {position} is not a sha256 hex "
+                "digest (64 lower-case hex digits, as `nexus plugins` shows them)"
+            )
 
 
 def _check_tracing(tracing: TracingConfig) -> None:

@@ -42,6 +42,11 @@ from nexus_grpc.ratelimit import (
 )
 from nexus_grpc.routing import InFlight, Router
 from nexus_grpc.storage import Storage, make_private_dir
+from nexus_grpc.storage.declared import (
+    IndexDeclarationError,
+    declared_indexes,
+    loaded_message_types,
+)
 from nexus_grpc.storage.metrics import StorageMetrics
 from nexus_grpc.storage.opening import open_storage
 from nexus_grpc.supervisor.channel import Broadcast
@@ -89,6 +94,9 @@ class Host:
         #: The OpenTelemetry SDK, while tracing is on (config.tracing).
         self._tracing: Tracing | None = None
         self._stopping: asyncio.Task[None] | None = None
+        #: The plugin folder watcher (``nexus serve --reload``) and what stops it.
+        self._watching: asyncio.Future[None] | None = None
+        self._stop_watching = asyncio.Event()
         self.grpc_port = 0
         self.http_port = 0
         self._serving = False
@@ -293,6 +301,7 @@ class Host:
         )
         self._install_core_services(self._plugins, audit)
         await self._plugins.load_all()
+        await self._apply_declared_indexes()
         await self.bus.start()
         await self.outbox.start()
         # A Redis bus that cannot reach Redis yet starts NOT_SERVING and flips when it can.
@@ -311,6 +320,54 @@ class Host:
             await self._http.start()
         await self.health.set(OVERALL, self._overall_serving())
         self._overall_published = True
+        self._start_watching()
+
+    def _start_watching(self) -> None:
+        """Development mode (``plugins.hot_swap.watch``): reload plugins on file changes."""
+        settings = self.config.plugins.hot_swap
+        if not settings.watch:
+            return
+        if not settings.enabled:
+            _log.warning(
+                "plugins.hot_swap.watch is on but hot swap is off: set "
+                "plugins.hot_swap.enabled = true (nexus serve --reload sets both)"
+            )
+            return
+        from nexus_grpc.cli._project import find_project_root
+        from nexus_grpc.plugins.watch import PluginWatcher
+
+        root = find_project_root(Path.cwd())
+        contracts = (root / "proto", root / "generated") if root is not None else None
+        watcher = PluginWatcher(
+            self.plugins,
+            [Path(d) for d in self.config.plugins.dirs],
+            contracts=contracts,
+            debounce=settings.watch_debounce,
+        )
+        self._watching = asyncio.ensure_future(watcher.run(self._stop_watching))
+
+    async def _apply_declared_indexes(self) -> None:
+        """Build the storage indexes the loaded contracts declare (the plugins imported
+        theirs while loading), and drop those no longer declared. A failure is logged,
+        not fatal: lists stay correct without an index, only slower."""
+        assert self._storage is not None
+        types = []
+        for descriptor in loaded_message_types():
+            try:
+                declared_indexes(descriptor)
+            except IndexDeclarationError as error:
+                # One contract's mistake must not cost every other contract its indexes.
+                _log.error("storage indexes of %s not built: %s", descriptor.full_name, error)
+                continue
+            types.append(descriptor)
+        try:
+            await self._storage.apply_indexes(types)
+        except Exception as error:
+            _log.error(
+                "storage indexes declared by the contracts were not applied: %s: %s",
+                type(error).__name__,
+                error,
+            )
 
     def _readiness_sources(self) -> ReadinessSources:
         """What ``/readyz`` reads: this host's health, drain, plugins and storage."""
@@ -452,6 +509,9 @@ class Host:
         if self._released:
             return
         self._released = True
+        if self._watching is not None:
+            self._stop_watching.set()
+            await asyncio.wait([self._watching], timeout=5)
         # Streams never end by themselves: waiting for them would use up the whole grace
         # period and then cut them. Each ends now, in band, with UNAVAILABLE, so its
         # client reconnects elsewhere while unary calls in flight finish.

@@ -61,7 +61,11 @@ class Arity(enum.Enum):
 
 
 class InFlight:
-    """Counts the calls a plugin is serving, so unloading can wait for them to end."""
+    """Counts the calls a plugin generation is serving, so unloading can wait for them.
+
+    Each generation of a plugin has its own counter: a reload drains the old code's
+    calls while the new code already serves new ones.
+    """
 
     def __init__(self) -> None:
         self._count = 0
@@ -197,6 +201,16 @@ class RoutingTable:
         routes = {path: r for path, r in self.routes.items() if r.plugin != plugin}
         return RoutingTable(self.generation + 1, MappingProxyType(routes))
 
+    def replacing(self, plugin: str, added: Iterable[Route]) -> RoutingTable:
+        """A new generation where ``plugin``'s routes are ``added`` (one step: no
+        generation ever lacks the plugin between its old and its new code)."""
+        kept = self.without_plugin(plugin).with_routes(added)
+        return RoutingTable(self.generation + 1, kept.routes)
+
+    def routes_of(self, plugin: str) -> list[Route]:
+        """``plugin``'s routes, by wire path."""
+        return sorted((r for r in self.routes.values() if r.plugin == plugin), key=lambda r: r.path)
+
 
 class Router:
     """Holds the current routing table; readers take ``router.table`` once per call."""
@@ -216,6 +230,11 @@ class Router:
     def remove_plugin(self, plugin: str) -> RoutingTable:
         """Drop ``plugin``'s routes as a new generation; its running calls go on."""
         return self._swap(self.table.without_plugin(plugin))
+
+    def replace_plugin(self, plugin: str, routes: Iterable[Route]) -> RoutingTable:
+        """Swap ``plugin``'s routes for ``routes`` as one new generation; the old
+        routes' running calls go on with the code they started with."""
+        return self._swap(self.table.replacing(plugin, routes))
 
     def on_change(self, listener: Callable[[RoutingTable], None]) -> None:
         """Call ``listener`` with every new generation (the gateway rebuilds its routes)."""

@@ -44,6 +44,7 @@ from nexus_grpc.config import (
     CacheConfig,
     Config,
     EventsConfig,
+    HotSwapConfig,
     HttpConfig,
     LimitsConfig,
     LogConfig,
@@ -274,6 +275,7 @@ async def running_host(
     client_auth: str = "none",
     trust: bytes | None = None,
     tracing: TracingConfig | None = None,
+    hot_swap: HotSwapConfig | None = None,
 ) -> AsyncIterator[RunningHost]:
     """Start a host on a free port with ``plugins`` (None: every plugin found); stop it after.
 
@@ -289,7 +291,8 @@ async def running_host(
     "require"; "optional" is for the HTTP port only) makes the CA the client CA too; a
     :class:`TlsConfig` is used as it is, with ``trust`` the CA PEM clients trust. A
     ``server`` or ``http`` config with its own ``tls`` keeps it. ``tracing`` turns the
-    host's OpenTelemetry export on (off by default).
+    host's OpenTelemetry export on (off by default); ``hot_swap`` sets
+    ``[plugins.hot_swap]`` (off by default).
     """
     tls_config, trust = _tls_setup(tls, client_auth, trust)
     server = server or ServerConfig()
@@ -310,6 +313,7 @@ async def running_host(
             entry_points=entry_points,
             enabled=tuple(plugins or ()),
             strict=strict,
+            hot_swap=hot_swap or HotSwapConfig(),
         ),
         http=http_config,
         auth=auth or AuthConfig(),

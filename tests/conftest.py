@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.probe",
     "tests.fixtures.redis",
+    "tests.fixtures.swap",
 ]

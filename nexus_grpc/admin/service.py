@@ -12,6 +12,7 @@ from nexus.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from nexus_grpc.access.audit import AuditLog
 from nexus_grpc.admin.events import EventsAdmin
+from nexus_grpc.admin.plugins import PluginsAdmin, change_message
 from nexus_grpc.errors import NotFoundError, StatusError
 from nexus_grpc.plugins.manager import PluginManager, PluginRecord
 from nexus_grpc.supervisor.channel import NoSupervisor
@@ -37,6 +38,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._health = health
         self._audit = audit
         self._events = EventsAdmin(bus)
+        self._plugins = PluginsAdmin(manager, audit)
 
     async def ListAuditRecords(
         self, request: admin_pb2.ListAuditRecordsRequest, context: Any
@@ -68,6 +70,31 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if record is None:
             raise NotFoundError("plugin", request.name)
         return self._describe(record)
+
+    async def LoadPlugin(
+        self, request: admin_pb2.LoadPluginRequest, context: Any
+    ) -> admin_pb2.PluginChange:
+        """Load a plugin of the configured folders or entry points into the running host."""
+        return self._change(await self._plugins.load(request, context), request.name)
+
+    async def UnloadPlugin(
+        self, request: admin_pb2.UnloadPluginRequest, context: Any
+    ) -> admin_pb2.PluginChange:
+        """Drain and stop a plugin (and its dependents, with cascade)."""
+        return self._change(await self._plugins.unload(request, context), request.name)
+
+    async def ReloadPlugin(
+        self, request: admin_pb2.ReloadPluginRequest, context: Any
+    ) -> admin_pb2.PluginChange:
+        """Swap a plugin for its code as it is now, dropping no call."""
+        return self._change(await self._plugins.reload(request, context), request.name)
+
+    def _change(self, result: Any, name: str) -> admin_pb2.PluginChange:
+        change = change_message(result)
+        record = self._manager.record(name)
+        if record is not None:
+            change.plugin.CopyFrom(self._describe(record))
+        return change
 
     async def ListDeadLetters(
         self, request: admin_pb2.ListDeadLettersRequest, context: Any
@@ -117,7 +144,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 admin_pb2.PluginState, admin_pb2.PluginState.Value(f"PLUGIN_STATE_{record.state}")
             ),
             error=record.error,
+            swap_error=record.swap_error,
         )
+        generation = record.current
+        if generation is not None:
+            plugin.generation = generation.number
+            if generation.code_hash:
+                plugin.code_hash = f"sha256:{generation.code_hash}"
+            if generation.contract_hash:
+                plugin.contract_hash = f"sha256:{generation.contract_hash}"
         if manifest is not None:
             plugin.version = manifest.version
             plugin.category = cast(

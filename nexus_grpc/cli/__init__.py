@@ -10,7 +10,7 @@ import argparse
 import importlib.metadata
 from collections.abc import Sequence
 
-from nexus_grpc.cli import contracts, events, health, login, new, remote, serve, tls, users
+from nexus_grpc.cli import contracts, events, health, login, new, plugins, serve, tls, users
 
 __all__ = ["main"]
 
@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nexus", description="gRPC-first plugin host.")
     parser.add_argument("--version", action="version", version=f"nexus {_version()}")
     commands = parser.add_subparsers(title="commands")
-    for module in (serve, health, remote, events, contracts, users, login, new, tls):
+    for module in (serve, health, plugins, events, contracts, users, login, new, tls):
         module.register(commands)
     return parser
 

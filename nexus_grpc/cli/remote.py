@@ -1,9 +1,9 @@
-"""Talking to a running host: connection options, one call helper, and ``nexus plugins``."""
+"""Talking to a running host: connection options and one call helper (the commands
+that call a host use them: ``nexus plugins``, ``nexus events``, ...)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -19,15 +19,7 @@ from nexus_grpc.cli.credentials import (
     resolve_token,
 )
 
-__all__ = ["admin_call", "host_call", "host_options", "message_dict", "print_table", "register"]
-
-
-def register(commands: Any) -> None:
-    """Add ``nexus plugins``."""
-    plugins = commands.add_parser("plugins", help="list the plugins of a running host")
-    plugins.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    host_options(plugins)
-    plugins.set_defaults(run=_plugins)
+__all__ = ["admin_call", "host_call", "host_options", "message_dict", "print_table"]
 
 
 def host_options(parser: argparse.ArgumentParser, *, token: bool = True) -> None:
@@ -152,34 +144,3 @@ def message_dict(message: Any) -> dict[str, Any]:
     result = json_format.MessageToDict(copy)
     result.setdefault("event", {})["payload"] = packed
     return result
-
-
-def _plugins(args: argparse.Namespace) -> int:
-    from google.protobuf import json_format
-    from nexus.admin.v1 import admin_pb2
-
-    response = admin_call(args, "ListPlugins", admin_pb2.ListPluginsRequest())
-    if response is None:
-        return 1
-    if args.json:
-        print(json.dumps(json_format.MessageToDict(response), indent=2))
-        return 0
-    rows = [("NAME", "VERSION", "CATEGORY", "STATE", "SERVICES")]
-    for plugin in response.plugins:
-        rows.append(
-            (
-                plugin.name,
-                plugin.version or "-",
-                admin_pb2.Category.Name(plugin.category).removeprefix("CATEGORY_").lower(),
-                admin_pb2.PluginState.Name(plugin.state).removeprefix("PLUGIN_STATE_"),
-                ", ".join(
-                    f"{s.name}{'' if s.serving else ' (not serving)'}" for s in plugin.services
-                )
-                or "-",
-            )
-        )
-    print_table(rows)
-    for plugin in response.plugins:
-        if plugin.error:
-            print(f"\n{plugin.name}: {plugin.error}")
-    return 0

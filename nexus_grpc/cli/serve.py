@@ -51,6 +51,12 @@ def register(commands: Any) -> None:
         metavar="N|auto",
         help="override server.workers: worker processes sharing the ports (auto: one per core)",
     )
+    serve.add_argument(
+        "--reload",
+        action="store_true",
+        help="development: reload a plugin when its files or contracts change (turns "
+        "plugins.hot_swap enabled and watch on)",
+    )
     # Set by the supervisor for the workers it starts; not for people.
     serve.add_argument("--worker-line", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--worker-metrics", help=argparse.SUPPRESS)
@@ -74,6 +80,9 @@ def _serve(args: argparse.Namespace) -> int:
         config = replace(config, http=replace(config.http, address=args.http_address))
     if args.workers is not None:
         config = replace(config, server=replace(config.server, workers=args.workers))
+    if args.reload:
+        swap = replace(config.plugins.hot_swap, enabled=True, watch=True)
+        config = replace(config, plugins=replace(config.plugins, hot_swap=swap))
     try:
         check_workers(config)
     except ConfigError as error:

@@ -38,7 +38,7 @@ def message_to_value(message: Message, options: JsonOptions) -> Any:
     """``message`` as a JSON-ready Python value (a dict, or a scalar for some WKTs)."""
     if not options.emit_defaults:
         return fastjson.to_dict(message, options.proto_names)
-    return json_format.MessageToDict(
+    return fastjson.message_to_dict(
         message,
         preserving_proto_field_name=options.proto_names,
         always_print_fields_with_no_presence=options.emit_defaults,

@@ -11,6 +11,15 @@ fast path for ordinary input only: any value it does not recognise — a numeric
 string for an int32, base64, special floats, a repeated oneof — makes it hand the
 whole document to ``json_format``, so results and error messages stay exactly those
 of the reference implementation.
+
+What is compiled for a message type is kept on its class (the ``_nexus_json``
+attribute), not in a table keyed by the type's name: a plugin upgraded to a changed
+contract has classes of the same names in a descriptor pool of its own (a contract
+generation), which must get their own readers and writers, and which are freed with
+the generation (the class and its compiled converters refer to each other only).
+
+``Any`` fields resolve their type URL in the pool of the message being converted, so
+a type that only a generation holds converts too.
 """
 
 from __future__ import annotations
@@ -18,14 +27,17 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from dataclasses import field as _field
 from typing import Any, cast
 
-from google.protobuf import json_format
+from google.protobuf import descriptor_pool, json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.internal import type_checkers
 from google.protobuf.message import Message
 
-__all__ = ["parse_dict", "to_dict"]
+__all__ = ["message_to_dict", "parse_dict", "to_dict"]
 
 _INT64_TYPES = frozenset(
     {
@@ -61,10 +73,69 @@ def _is_map(field: FieldDescriptor) -> bool:
     return message is not None and bool(message.GetOptions().map_entry)
 
 
-# ---------------------------------------------------------------------------- writing
-
 _Writer = Callable[[Any], Any]
-_message_writers: dict[tuple[str, bool], _Writer] = {}
+_Reader = Callable[[Message, str, Any], None]
+_CACHE = "_nexus_json"
+
+
+@dataclass
+class _TypeCache:
+    """What is compiled for one message class."""
+
+    #: proto_names → writer.
+    writers: dict[bool, _Writer] = _field(default_factory=dict)
+    #: JSON or proto field name → (field, reader); None until compiled.
+    readers: dict[str, tuple[FieldDescriptor, _Reader]] | None = None
+    #: Whether the type can nest without bound; None until worked out.
+    recursive: bool | None = None
+
+
+def _cache_of(cls: type) -> _TypeCache:
+    # getattr hits the type's attribute cache; a subclass shares its base's
+    # DESCRIPTOR, so sharing its converters is right too.
+    cache = getattr(cls, _CACHE, None)
+    if cache is None:
+        cache = _TypeCache()
+        # A class that takes no attribute (none of protobuf's do so today) is
+        # compiled on each use: slower, never wrong.
+        with suppress(AttributeError, TypeError):
+            setattr(cls, _CACHE, cache)
+    return cast(_TypeCache, cache)
+
+
+def _own_pool(message: Message) -> Any:
+    """The pool of ``message``'s type when it is not the default pool (a generation's)."""
+    pool = cast(Descriptor, message.DESCRIPTOR).file.pool
+    return None if pool is descriptor_pool.Default() else pool
+
+
+def message_to_dict(message: Message, **options: Any) -> Any:
+    """``json_format.MessageToDict`` resolving ``Any`` type URLs in the pool of
+    ``message``'s type first (a generation's), then in the default pool."""
+    pool = _own_pool(message)
+    if pool is not None:
+        try:
+            return json_format.MessageToDict(message, descriptor_pool=pool, **options)
+        except (TypeError, KeyError):
+            pass  # an Any holding a type that only the host's default pool has
+    return json_format.MessageToDict(message, **options)
+
+
+def _parse_with_json_format(value: Any, message: Message, ignore_unknown_fields: bool) -> None:
+    """``json_format.ParseDict``, resolving ``Any`` types as :func:`message_to_dict` does."""
+    pool = _own_pool(message)
+    if pool is not None:
+        try:
+            json_format.ParseDict(
+                value, message, ignore_unknown_fields=ignore_unknown_fields, descriptor_pool=pool
+            )
+            return
+        except json_format.ParseError:
+            message.Clear()  # tried again with the default pool, which reports the error
+    json_format.ParseDict(value, message, ignore_unknown_fields=ignore_unknown_fields)
+
+
+# ---------------------------------------------------------------------------- writing
 
 # Well-known types whose JSON form is their ToJsonString(): a bound call, no walk.
 _STRING_WKT = frozenset(
@@ -78,19 +149,20 @@ _WRAPPERS = frozenset(
 
 def to_dict(message: Message, proto_names: bool) -> Any:
     """``message`` as a JSON-ready value, equal to ``MessageToDict`` with default options."""
-    return _message_writer(cast(Descriptor, message.DESCRIPTOR), proto_names)(message)
+    return _message_writer(type(message), proto_names)(message)
 
 
-def _message_writer(descriptor: Descriptor, proto_names: bool) -> _Writer:
-    key = (descriptor.full_name, proto_names)
-    writer = _message_writers.get(key)
+def _message_writer(cls: type[Message], proto_names: bool) -> _Writer:
+    cache = _cache_of(cls)
+    writer = cache.writers.get(proto_names)
     if writer is None:
-        writer = _compile_message_writer(descriptor, proto_names)
+        writer = _compile_message_writer(cast(Descriptor, cls.DESCRIPTOR), proto_names, cache)
     return writer
 
 
-def _compile_message_writer(descriptor: Descriptor, proto_names: bool) -> _Writer:
-    key = (descriptor.full_name, proto_names)
+def _compile_message_writer(
+    descriptor: Descriptor, proto_names: bool, cache: _TypeCache
+) -> _Writer:
     full_name = str(descriptor.full_name)
     if full_name in _STRING_WKT:
         writer: _Writer = _to_json_string
@@ -98,7 +170,7 @@ def _compile_message_writer(descriptor: Descriptor, proto_names: bool) -> _Write
         inner = _value_writer(descriptor.fields_by_name["value"], proto_names)
         writer = lambda message: inner(message.value)  # noqa: E731
     elif _is_wkt(descriptor):
-        writer = lambda message: json_format.MessageToDict(  # noqa: E731
+        writer = lambda message: message_to_dict(  # noqa: E731
             message, preserving_proto_field_name=proto_names
         )
     else:
@@ -109,19 +181,17 @@ def _compile_message_writer(descriptor: Descriptor, proto_names: bool) -> _Write
             for field, value in message.ListFields():
                 entry = fields.get(field)
                 if entry is None:  # an extension: json_format knows their bracketed names
-                    return json_format.MessageToDict(
-                        message, preserving_proto_field_name=proto_names
-                    )
+                    return message_to_dict(message, preserving_proto_field_name=proto_names)
                 out[entry[0]] = entry[1](value)
             return out
 
         # Registered before the fields are compiled, so recursive types terminate.
-        _message_writers[key] = write_fields
+        cache.writers[proto_names] = write_fields
         for field in descriptor.fields:
             name = field.name if proto_names else field.json_name
             fields[field] = (name, _field_writer(field, proto_names))
         return write_fields
-    _message_writers[key] = writer
+    cache.writers[proto_names] = writer
     return writer
 
 
@@ -152,15 +222,14 @@ def _field_writer(field: FieldDescriptor, proto_names: bool) -> _Writer:
 def _value_writer(field: FieldDescriptor, proto_names: bool) -> _Writer:
     kind = field.type
     if kind == FieldDescriptor.TYPE_MESSAGE or kind == FieldDescriptor.TYPE_GROUP:
-        sub_type = field.message_type
-        assert sub_type is not None
-        cache: list[_Writer] = []
+        bound: list[_Writer] = []
 
         def write_message(value: Any) -> Any:
             # Bound on first use: the sub-type may be this very message (recursion).
-            if not cache:
-                cache.append(_message_writer(sub_type, proto_names))
-            return cache[0](value)
+            # A field's message type has one class, the one of the field's own pool.
+            if not bound:
+                bound.append(_message_writer(type(value), proto_names))
+            return bound[0](value)
 
         return write_message
     if kind in _INT64_TYPES:
@@ -206,14 +275,10 @@ class _Fallback(Exception):
     """The input needs the reference parser (unusual form, or an error to report)."""
 
 
-_Reader = Callable[[Message, str, Any], None]
-_readers: dict[str, dict[str, tuple[FieldDescriptor, _Reader]]] = {}
-
-
 def parse_dict(value: Any, message: Message, *, ignore_unknown_fields: bool = False) -> None:
     """Merge the JSON value into ``message``, like ``json_format.ParseDict``."""
     try:
-        if _is_recursive(cast(Descriptor, message.DESCRIPTOR)):
+        if _is_recursive(message):
             # Only the reference parser bounds nesting (at protobuf's depth limit, 100,
             # as the binary parser does): a recursive type nested deeper would be a
             # message no gRPC peer can read back, or blow Python's stack.
@@ -221,19 +286,16 @@ def parse_dict(value: Any, message: Message, *, ignore_unknown_fields: bool = Fa
         _read_message(value, message, ignore_unknown_fields)
     except _Fallback:
         message.Clear()
-        json_format.ParseDict(value, message, ignore_unknown_fields=ignore_unknown_fields)
+        _parse_with_json_format(value, message, ignore_unknown_fields)
 
 
-_recursive: dict[str, bool] = {}
-
-
-def _is_recursive(descriptor: Descriptor) -> bool:
+def _is_recursive(message: Message) -> bool:
     """Whether a message of this type can nest without bound: some message type it
     holds, at any depth (itself included), can contain itself."""
-    known = _recursive.get(descriptor.full_name)
-    if known is None:
-        known = _recursive[descriptor.full_name] = _has_cycle(descriptor, set(), set())
-    return known
+    cache = _cache_of(type(message))
+    if cache.recursive is None:
+        cache.recursive = _has_cycle(cast(Descriptor, message.DESCRIPTOR), set(), set())
+    return cache.recursive
 
 
 def _has_cycle(descriptor: Descriptor, path: set[str], done: set[str]) -> bool:
@@ -256,9 +318,10 @@ def _read_message(value: Any, message: Message, ignore_unknown: bool) -> None:
     descriptor = cast(Descriptor, message.DESCRIPTOR)
     if _is_wkt(descriptor) or not isinstance(value, dict):
         raise _Fallback
-    fields = _readers.get(descriptor.full_name)
+    cache = _cache_of(type(message))
+    fields = cache.readers
     if fields is None:
-        fields = _compile_readers(descriptor)
+        fields = cache.readers = _compile_readers(descriptor)
     seen_oneofs: set[str] = set()
     for key, item in value.items():
         entry = fields.get(key)
@@ -279,7 +342,6 @@ def _read_message(value: Any, message: Message, ignore_unknown: bool) -> None:
 
 def _compile_readers(descriptor: Descriptor) -> dict[str, tuple[FieldDescriptor, _Reader]]:
     compiled: dict[str, tuple[FieldDescriptor, _Reader]] = {}
-    _readers[descriptor.full_name] = compiled
     for field in descriptor.fields:
         reader = _field_reader(field)
         compiled[field.json_name] = (field, reader)
@@ -382,7 +444,7 @@ def _wkt_reader(field: FieldDescriptor) -> _Reader:
     def read_wkt(message: Message, name: str, value: Any) -> None:
         sub = getattr(message, name)
         try:
-            json_format.ParseDict(value, sub)
+            _parse_with_json_format(value, sub, False)
         except json_format.ParseError:
             raise _Fallback from None
         sub.SetInParent()

@@ -8,46 +8,45 @@ else starts. With ``plugins.strict`` the host refuses to start instead.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nexus_grpc.access.audit import AuditLog
 from nexus_grpc.access.policy import MISSING_POLICY_FIX, methods_without_policy
-from nexus_grpc.auth.principal import Grant
 from nexus_grpc.cache import CacheManager
 from nexus_grpc.config import Config
-from nexus_grpc.events import EventBus, Publisher, event_type_exists, subscriptions_of
+from nexus_grpc.events import EventBus
 from nexus_grpc.events.outbox import Outbox
-from nexus_grpc.gateway.bindings import RESERVED_PATHS, reserved_path_bindings
 from nexus_grpc.pipeline import Stage
-from nexus_grpc.plugins.bundled import is_bundled
+from nexus_grpc.plugins.builder import GenerationBuilder, HookTimeoutError, PrepareError, run_hook
+from nexus_grpc.plugins.contexts import ContextFactory
 from nexus_grpc.plugins.discovery import Candidate, discover_configured, excluded_by
-from nexus_grpc.plugins.loader import LoadedPlugin, PluginError, import_plugin
+from nexus_grpc.plugins.drain import drain
+from nexus_grpc.plugins.fingerprint import CodeTooLargeError, code_hash
+from nexus_grpc.plugins.generation import Generation
+from nexus_grpc.plugins.leftovers import leftovers
+from nexus_grpc.plugins.loader import LoadedPlugin, PluginError
 from nexus_grpc.plugins.manifest import Manifest
-from nexus_grpc.plugins.services import Services, outside_calls
-from nexus_grpc.plugins.spec import Hook, PluginContext
-from nexus_grpc.plugins.users import AUTH_PLUGIN
+from nexus_grpc.plugins.relays import Relays
+from nexus_grpc.plugins.spec import PluginContext
 from nexus_grpc.routing import InFlight, Router
-from nexus_grpc.storage import Namespace, Storage
+from nexus_grpc.storage import Storage
 from nexus_grpc.transport.health import HealthState
-from nexus_grpc.transport.servicers import (
-    ServicerError,
-    bind_servicer,
-    build_routes,
-    construct_servicer,
-)
 
-__all__ = ["PluginManager", "PluginRecord", "PluginState", "StrictModeError"]
+if TYPE_CHECKING:
+    from nexus_grpc.plugins.swap import HotSwap, SwapResult
+
+__all__ = [
+    "PluginManager",
+    "PluginRecord",
+    "PluginState",
+    "PrepareError",
+    "StrictModeError",
+]
 
 _log = logging.getLogger("nexus.plugins")
-
-
-class HookTimeoutError(Exception):
-    """A start or stop hook ran past ``plugins.hook_timeout``."""
 
 
 class StrictModeError(RuntimeError):
@@ -73,14 +72,34 @@ class PluginRecord:
     manifest: Manifest | None
     state: str = PluginState.DISCOVERED
     error: str = ""
-    loaded: LoadedPlugin | None = None
-    context: PluginContext | None = None
-    in_flight: InFlight = field(default_factory=InFlight)
+    #: The generation serving now (None unless SERVING).
+    current: Generation | None = None
+    #: Generations built so far (the next one gets this number plus one).
+    generations: int = 0
+    #: Why the last load, unload or reload asked of the running host failed ("" if
+    #: it did not); the plugin itself is as it was.
+    swap_error: str = ""
+    _idle: InFlight = field(default_factory=InFlight)
 
     @property
     def services(self) -> tuple[str, ...]:
         """Services the manifest declares."""
         return self.manifest.services if self.manifest else ()
+
+    @property
+    def loaded(self) -> LoadedPlugin | None:
+        """The serving generation's imported plugin."""
+        return self.current.loaded if self.current else None
+
+    @property
+    def context(self) -> PluginContext | None:
+        """The serving generation's context."""
+        return self.current.context if self.current else None
+
+    @property
+    def in_flight(self) -> InFlight:
+        """Calls the serving generation is running."""
+        return self.current.in_flight if self.current else self._idle
 
 
 class PluginManager:
@@ -101,14 +120,23 @@ class PluginManager:
         cache: CacheManager | None = None,
     ) -> None:
         self._config = config
-        self._cache = cache
+        self._swap: HotSwap | None = None
+        self._relays = Relays(bus) if bus is not None else None
         self._bus = bus
-        self._outbox = outbox
-        self._audit = audit
-        self._tokens = tokens
-        self._storage = storage
+        self._contexts = ContextFactory(
+            config,
+            storage=storage,
+            router=router,
+            audit=audit,
+            tokens=tokens,
+            bus=bus,
+            outbox=outbox,
+            cache=cache,
+        )
         self._router = router
-        self._stages = stages
+        self._builder = GenerationBuilder(
+            config, router=router, stages=stages, contexts=self._contexts, bus=bus
+        )
         self._health = health
         self._records: dict[str, PluginRecord] = {}
         self._candidates: dict[str, Candidate] = {}
@@ -117,6 +145,38 @@ class PluginManager:
         # failure is recorded in sync code; publishing health is async).
         self._unhealthy: list[str] = []
 
+    async def load(self, name: str, *, expected_hash: str = "") -> SwapResult:
+        """Load plugin ``name`` from the configured folders or entry points while the host
+        runs (see :mod:`nexus_grpc.plugins.swap`)."""
+        from nexus_grpc.plugins.swap import SwapRequest
+
+        return await self.swap.apply(SwapRequest(name, "load", expected_hash=expected_hash))
+
+    async def unload(
+        self, name: str, *, drain_timeout: float | None = None, cascade: bool = False
+    ) -> SwapResult:
+        """Stop serving plugin ``name``: drain its calls, run its stop hook."""
+        from nexus_grpc.plugins.swap import SwapRequest
+
+        return await self.swap.apply(
+            SwapRequest(name, "unload", cascade=cascade, drain_timeout=drain_timeout)
+        )
+
+    async def reload(self, name: str, *, expected_hash: str = "") -> SwapResult:
+        """Replace plugin ``name``'s generation with its code as it is now on disk."""
+        from nexus_grpc.plugins.swap import SwapRequest
+
+        return await self.swap.apply(SwapRequest(name, "reload", expected_hash=expected_hash))
+
+    @property
+    def swap(self) -> HotSwap:
+        """The hot swap operations of this manager."""
+        from nexus_grpc.plugins.swap import HotSwap
+
+        if self._swap is None:
+            self._swap = HotSwap(self)
+        return self._swap
+
     def records(self) -> list[PluginRecord]:
         """Every plugin record, sorted by name."""
         return [self._records[name] for name in sorted(self._records)]
@@ -124,6 +184,63 @@ class PluginManager:
     def record(self, name: str) -> PluginRecord | None:
         """The record of plugin ``name``."""
         return self._records.get(name)
+
+    def rediscover(self, name: str) -> Candidate | str | None:
+        """Look for plugin ``name`` in the configured folders and entry points again
+        (a folder added since the start counts): its candidate, why it cannot be
+        loaded, or None when there is no such plugin."""
+        settings = self._config.plugins
+        found = [c for c in discover_configured(settings) if c.name == name]
+        if not found:
+            return None
+        if len(found) > 1:
+            return (
+                f"plugin name {name!r} is used by both {found[0].source} and "
+                f"{found[1].source}; rename one or remove it from the plugin folders"
+            )
+        candidate = found[0]
+        if candidate.error or candidate.manifest is None:
+            return f"plugin {name!r} ({candidate.source}): {candidate.error or 'manifest missing'}"
+        excluded = excluded_by(settings, name)
+        if excluded is not None:
+            return f"plugin {name!r} is turned off by {excluded} in the host configuration"
+        return candidate
+
+    def adopt(self, candidate: Candidate) -> PluginRecord:
+        """The record of ``candidate``'s plugin, created when the host never saw it;
+        ``candidate`` is what a next load of it imports."""
+        record = self._records.get(candidate.name)
+        if record is None:
+            record = self._records[candidate.name] = PluginRecord(
+                candidate.name, candidate.source, candidate.manifest
+            )
+        if record.current is None:
+            record.source, record.manifest = candidate.source, candidate.manifest
+        self._candidates[candidate.name] = candidate
+        return record
+
+    def dependents(self, name: str) -> list[str]:
+        """Serving plugins that require plugin ``name`` or a service it serves."""
+        record = self._records.get(name)
+        provided = {name, *(record.services if record else ())}
+        return sorted(
+            other.name
+            for other in self._records.values()
+            if other.name != name
+            and other.state == PluginState.SERVING
+            and other.manifest is not None
+            and provided.intersection(other.manifest.requires)
+        )
+
+    @property
+    def router(self) -> Router:
+        """The router the plugins' routes are installed in."""
+        return self._router
+
+    @property
+    def settings(self) -> Config:
+        """The host configuration the manager loads plugins under."""
+        return self._config
 
     async def load_all(self) -> None:
         """Discover and start every enabled plugin in requirement order."""
@@ -153,13 +270,8 @@ class PluginManager:
                 continue
             self._router.remove_plugin(name)
             record.state = PluginState.STOPPED
-            assert record.loaded is not None and record.context is not None
-            hook = record.loaded.plugin.on_stop
-            if hook is not None:
-                try:
-                    await self._run_hook(hook, record.context)
-                except Exception:
-                    _log.exception("plugin %r: stop hook failed", name, extra={"plugin": name})
+            assert record.current is not None
+            await self.run_stop_hook(name, record.current)
         self._start_order.clear()
 
     def _admit(self, candidate: Candidate) -> None:
@@ -213,196 +325,156 @@ class PluginManager:
     async def _load(self, record: PluginRecord) -> None:
         manifest = record.manifest
         assert manifest is not None
+        problem = self.unmet_requirement(record.name, manifest)
+        if problem is not None:
+            self._fail(record, problem)
+            return
+        candidate = self._candidates[record.name]
+        digest = ""
+        if candidate.package_dir is not None:
+            try:
+                digest = await asyncio.to_thread(code_hash, candidate.package_dir)
+            except (OSError, CodeTooLargeError) as error:
+                _log.warning("plugin %r: cannot hash its code: %s", record.name, error)
+        try:
+            generation = await self.prepare(record, candidate, code=digest)
+        except PrepareError as error:
+            cause = None if isinstance(error.cause, HookTimeoutError) else error.cause
+            self._fail(record, error.reason, cause)
+            return
+        await self.install(record, generation)
+
+    def unmet_requirement(self, name: str, manifest: Manifest) -> str | None:
+        """Why plugin ``name`` cannot start now (a requirement not serving), or None."""
         for required in manifest.requires:
             if "." in required:  # a service the plugin calls
                 problem = self._unmet_service(required)
                 if problem is not None:
-                    self._fail(record, f"plugin {record.name!r} ({manifest.path}): {problem}")
-                    return
+                    return f"plugin {name!r} ({manifest.path}): {problem}"
                 continue
             other = self._records.get(required)
             if other is None:
                 known = ", ".join(sorted(self._records)) or "none"
-                self._fail(
-                    record,
+                return (
                     f"requires plugin {required!r}, which was not found (discovered: {known}); "
-                    "install it or remove it from `requires`",
+                    "install it or remove it from `requires`"
                 )
-                return
             if other.state != PluginState.SERVING:
-                self._fail(
-                    record,
-                    f"requires plugin {required!r}, which is {other.state.lower()}"
-                    + (f": {other.error}" if other.error else ""),
+                return f"requires plugin {required!r}, which is {other.state.lower()}" + (
+                    f": {other.error}" if other.error else ""
                 )
-                return
-        candidate = self._candidates[record.name]
-        try:
-            loaded = import_plugin(candidate)
-            for service in manifest.services:
-                owner = self._router.table.plugin_of(service)
-                if owner is not None:
-                    raise PluginError(
-                        f"plugin {record.name!r}: service {service} is served by plugin "
-                        f"{owner!r} already; two plugins cannot serve the same service"
-                    )
-            context = self._context(manifest)
-            servicers = [construct_servicer(cls, context) for cls in loaded.plugin.services]
-            routes = []
-            for servicer in servicers:
-                for binding in bind_servicer(servicer):
-                    routes.extend(
-                        build_routes(
-                            binding,
-                            plugin=record.name,
-                            category=manifest.category,
-                            stages=self._stages,
-                            in_flight=record.in_flight,
-                        )
-                    )
-            reserved = reserved_path_bindings(route.info.descriptor for route in routes)
-            if reserved:
-                raise PluginError(
-                    f"plugin {record.name!r}: HTTP binding on a path the host answers itself "
-                    f"({', '.join(sorted(RESERVED_PATHS))}): {'; '.join(reserved)}; "
-                    "choose another path in the contract's google.api.http options"
-                )
-            subscribers = [construct_servicer(cls, context) for cls in loaded.plugin.subscribers]
-            handlers = self._event_handlers(record.name, manifest, [*servicers, *subscribers])
-            if loaded.plugin.on_start is not None:
-                await self._run_hook(loaded.plugin.on_start, context)
-        except PluginError as error:
-            self._fail(record, str(error), error)
-            return
-        except (ServicerError, TypeError) as error:
-            self._fail(record, f"plugin {record.name!r} ({manifest.path}): {error}", error)
-            return
-        except HookTimeoutError as error:
-            self._fail(record, f"plugin {record.name!r}: start {error}")
-            return
-        except Exception as error:
-            self._fail(
-                record,
-                f"plugin {record.name!r} ({manifest.path}): start failed: "
-                f"{type(error).__name__}: {error}",
-                error,
-            )
-            return
-        self._router.add(routes)
-        if self._bus is not None:
-            for event_type, handler in handlers.items():
-                self._bus.subscribe(record.name, event_type, outside_calls(handler))
-        record.loaded, record.context, record.state = loaded, context, PluginState.SERVING
-        self._start_order.append(record.name)
+        return None
+
+    async def prepare(
+        self, record: PluginRecord, candidate: Candidate, *, fresh: bool = False, code: str = ""
+    ) -> Generation:
+        """Import, construct and start the next generation of ``record``'s plugin, off
+        to the side (see :class:`~nexus_grpc.plugins.builder.GenerationBuilder`);
+        PrepareError says why it cannot be, and leaves nothing started behind."""
+        serving = record.current.loaded.manifest if record.current is not None else None
+        generation = await self._builder.build(
+            record.name,
+            candidate,
+            record.generations + 1,
+            fresh=fresh,
+            code=code,
+            serving=serving,
+        )
+        record.generations = generation.number
+        return generation
+
+    async def install(
+        self, record: PluginRecord, generation: Generation, *, replacing: bool = False
+    ) -> Generation | None:
+        """Route calls to ``generation`` (in one routing generation); the generation it
+        replaces, still to be retired, or None."""
+        name = record.name
+        old = record.current
+        if replacing:
+            self._router.replace_plugin(name, generation.routes)
+        else:
+            self._router.add(generation.routes)
+        if self._relays is not None:
+            self._relays.install(name, generation.handlers)
+        manifest = generation.loaded.manifest
+        record.manifest = manifest
+        record.current, record.state, record.error = generation, PluginState.SERVING, ""
+        if name not in self._start_order:
+            self._start_order.append(name)
         for service in manifest.services:
             await self._health.set(service, True)
-        for path in methods_without_policy(route.info.descriptor for route in routes):
+        for service in old.services if old else ():
+            if service not in manifest.services:
+                await self._health.forget(service)
+        for path in methods_without_policy(route.info.descriptor for route in generation.routes):
             _log.warning(
                 "plugin %r: %s declares no access policy, so every call to it is denied; %s",
-                record.name,
+                name,
                 path,
                 MISSING_POLICY_FIX,
-                extra={"plugin": record.name, "method": path},
+                extra={"plugin": name, "method": path},
             )
         _log.info(
-            "plugin %s %s serving %s",
+            "plugin %s %s serving %s (generation %d)",
             manifest.name,
             manifest.version,
             ", ".join(manifest.services) or "no services",
-            extra={"plugin": manifest.name},
+            generation.number,
+            extra={"plugin": manifest.name, "generation": generation.number},
         )
+        return old
 
-    def _event_handlers(
-        self, name: str, manifest: Manifest, servicers: list[object]
-    ) -> dict[str, Any]:
-        """The plugin's event handlers, checked against what its manifest declares."""
-        handlers: dict[str, Any] = {}
-        for servicer in servicers:
-            for event_type, handler in subscriptions_of(servicer).items():
-                if event_type in handlers:
-                    raise PluginError(f"plugin {name!r}: two handlers for {event_type}")
-                handlers[event_type] = handler
-        for key, declared in (("publishes", manifest.publishes), ("consumes", manifest.consumes)):
-            for event_type in declared:
-                if not event_type_exists(event_type):
-                    raise PluginError(
-                        f"plugin {name!r} ({manifest.path}): {key} lists {event_type}, which "
-                        "is no known message type; import the stubs that define it"
-                    )
-        unhandled = sorted(set(manifest.consumes) - set(handlers))
-        if unhandled:
-            raise PluginError(
-                f"plugin {name!r} ({manifest.path}): consumes {unhandled[0]} but no servicer "
-                "method handles it; add a method decorated with @subscribe"
-            )
-        undeclared = sorted(set(handlers) - set(manifest.consumes))
-        if undeclared:
-            raise PluginError(
-                f"plugin {name!r} ({manifest.path}): handles {undeclared[0]} which the "
-                "manifest does not list; add it to `consumes`"
-            )
-        if handlers and self._bus is None:
-            raise PluginError(f"plugin {name!r}: consumes events but the host has no event bus")
-        return handlers
+    async def remove(self, record: PluginRecord) -> Generation:
+        """Stop routing to ``record``'s plugin: calls get UNIMPLEMENTED (404 over REST),
+        its services leave health, its events wait for it. The generation to retire."""
+        old = record.current
+        assert old is not None
+        self._router.remove_plugin(record.name)
+        if self._relays is not None:
+            self._relays.hold(record.name)
+        for service in old.services:
+            await self._health.forget(service)
+        record.current, record.state = None, PluginState.STOPPED
+        if record.name in self._start_order:
+            self._start_order.remove(record.name)
+        return old
 
-    def _context(self, manifest: Manifest) -> PluginContext:
-        self._check_permissions(manifest)
-        data_dir = Path(self._config.data_dir) / "plugins" / manifest.name
-        storage = self._storage.namespace(manifest.namespace)
-        return PluginContext(
-            name=manifest.name,
-            category=manifest.category,
-            config=dict(self._config.plugin.get(manifest.name, {})),
-            storage=storage,
-            logger=logging.getLogger(f"nexus.plugins.{manifest.name}"),
-            data_dir=data_dir,
-            audit=self._audit,
-            tokens=self._tokens if self._may_issue_tokens(manifest) else None,
-            events=self._publisher(manifest, storage),
-            cache=self._cache.for_namespace(storage.name) if self._cache is not None else None,
-            services=Services(
-                self._router,
-                manifest.name,
-                manifest.required_services,
-                permissions=manifest.permissions,
-                source=manifest.path,
-            ),
-        )
-
-    def _may_issue_tokens(self, manifest: Manifest) -> bool:
-        """Only the bundled auth plugin and the plugins the operator lists may mint
-        tokens: any other plugin holding the issuer could make itself an admin. The list
-        adds to the bundled auth plugin, never replaces it (logins need the issuer)."""
-        bundled = is_bundled(manifest.path)
-        if manifest.name == AUTH_PLUGIN and bundled:
-            return True
-        if manifest.name not in self._config.auth.issuer_plugins:
-            return False
-        if not bundled:
+    async def retire(self, name: str, generation: Generation, drain_timeout: float) -> int:
+        """Let ``generation``'s calls finish (then cut them UNAVAILABLE), run its stop
+        hook and warn about what it left running; how many calls were cut."""
+        cut = await drain(generation.in_flight, generation.drain, drain_timeout)
+        if cut:
             _log.warning(
-                "plugin %r (%s) may mint tokens for any user: auth.issuer_plugins names it",
-                manifest.name,
-                Path(manifest.path).parent,
+                "plugin %r generation %d: %d call(s) still running after %.1fs ended UNAVAILABLE",
+                name,
+                generation.number,
+                cut,
+                drain_timeout,
+                extra={"plugin": name, "generation": generation.number},
             )
-        return True
-
-    def _check_permissions(self, manifest: Manifest) -> None:
-        """Fail the plugin when its manifest asks for grants the operator did not give.
-
-        Installing a plugin must not be enough to hand it, say, ``roles.manage``.
-        """
-        granted = {
-            Grant.parse(g) for g in self._config.auth.plugin_permissions.get(manifest.name, ())
-        }
-        missing = [p for p in manifest.permissions if Grant.parse(p) not in granted]
-        if missing:
-            listed = ", ".join(f'"{p}"' for p in manifest.permissions)
-            raise PluginError(
-                f"plugin {manifest.name!r} ({manifest.path}): its manifest asks for "
-                f"{', '.join(missing)}, which the operator has not granted; add "
-                f"`{manifest.name} = [{listed}]` under [auth.plugin_permissions] in the "
-                "host configuration, or remove them from `permissions`"
+        await self.run_stop_hook(name, generation)
+        # One loop turn: tasks the stop hook cancelled get to finish.
+        await asyncio.sleep(0)
+        for leftover in leftovers(generation.namespaces):
+            _log.warning(
+                "plugin %r generation %d left %s running after its stop hook: it keeps the "
+                "old code alive; stop it in the plugin's on_stop hook",
+                name,
+                generation.number,
+                leftover,
+                extra={"plugin": name, "generation": generation.number},
             )
+        return cut
+
+    async def run_stop_hook(self, name: str, generation: Generation) -> None:
+        """Run ``generation``'s stop hook; a failure is logged, never raised."""
+        hook = generation.loaded.plugin.on_stop
+        if hook is None:
+            return
+        try:
+            await run_hook(hook, generation.context, self._config.plugins.hook_timeout)
+        except Exception:
+            _log.exception("plugin %r: stop hook failed", name, extra={"plugin": name})
 
     def _providers(self) -> dict[str, str]:
         """Service → the plugin whose manifest lists it (the first, by name)."""
@@ -432,30 +504,6 @@ class PluginManager:
         return f"requires service {service} of plugin {provider!r}, which is {state}" + (
             f": {other.error}" if other.error else ""
         )
-
-    def _publisher(self, manifest: Manifest, storage: Namespace) -> Publisher | None:
-        if self._bus is None:
-            return None
-        declared = frozenset(manifest.publishes)
-        outbox, inbox = self._outbox, None
-        if outbox is not None:
-            if declared:
-                outbox.register(manifest.name, storage, declared)
-            if manifest.consumes:
-                inbox = outbox.inbox(storage, self._config.events.inbox_retention)
-        return Publisher(self._bus, manifest.name, declared, outbox=outbox, inbox=inbox)
-
-    async def _run_hook(self, hook: Hook, context: PluginContext) -> None:
-        result = hook(context)
-        if inspect.isawaitable(result):
-            limit = self._config.plugins.hook_timeout
-            async with asyncio.timeout(limit) as scope:
-                try:
-                    await result
-                except TimeoutError:
-                    if scope.expired():
-                        raise HookTimeoutError(f"hook took longer than {limit}s") from None
-                    raise
 
     def _fail(self, record: PluginRecord, reason: str, error: BaseException | None = None) -> None:
         record.state = PluginState.FAILED

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from nexus_grpc.plugins.services import Services
     from nexus_grpc.storage import Namespace
 
-__all__ = ["Hook", "OwnershipCheck", "OwnershipHook", "Plugin", "PluginContext"]
+__all__ = ["HealthCheck", "Hook", "OwnershipCheck", "OwnershipHook", "Plugin", "PluginContext"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ class PluginContext:
 
 #: A start or stop hook: receives the context, may be sync or async.
 Hook = Callable[[PluginContext], Awaitable[None] | None]
+#: A health check: True when the plugin can serve; may be sync or async.
+HealthCheck = Callable[[PluginContext], Awaitable[bool] | bool]
 
 
 @dataclass(frozen=True)
@@ -95,3 +97,6 @@ class Plugin:
     subscribers: Sequence[type] = field(default_factory=tuple)
     on_start: Hook | None = None
     on_stop: Hook | None = None
+    #: Whether the plugin can serve, asked after the start hook until it says True
+    #: (within ``plugins.hot_swap.start_timeout``): a new version gets no call before.
+    health: HealthCheck | None = None

@@ -6,9 +6,11 @@
 >>> page = await orders.list(filter={"customer_id": "c1"}, order_by="create_time desc")
 
 Each message is stored serialized (the source of truth) next to an index document of
-its scalar fields, which filters and orderings use. Lists page by keyset, with opaque
-page tokens. ``Namespace.transaction()`` groups operations into one transaction.
-MongoDB URLs (``mongodb://host:port/db``) need PyMongo; see :mod:`.mongo`.
+its scalar fields, which filters and orderings use; the database indexes a contract
+declares (``option (nexus.options.v1.storage)``) are built by ``Storage.apply_indexes``.
+Lists page by keyset, with opaque page tokens. ``Namespace.transaction()`` groups
+operations into one transaction. MongoDB URLs (``mongodb://host:port/db``) need
+PyMongo; see :mod:`.mongo`.
 """
 
 from .errors import InvalidQueryError

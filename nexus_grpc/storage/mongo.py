@@ -11,7 +11,9 @@ Documents
     version, created_at, updated_at}`` (plus ``lock`` once a record was read
     ``for_update``). A unique index on (ns, coll, id) serves the default order; each
     other ordering a list uses gets an index on (ns, coll, <sort fields>), created on
-    first use outside transactions, at most :data:`MAX_SORT_INDEXES` of them. Times
+    first use outside transactions, at most :data:`MAX_SORT_INDEXES` of them; the
+    indexes contracts declare (filter fields first) are built at start by
+    :mod:`.mongo_indexes`. Times
     are BSON dates: millisecond precision. Every write stores every indexed path; a
     document written before a field existed gets that field's default on the first
     list of its collection by this process (SQL reads missing values as the default).
@@ -58,7 +60,15 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -83,9 +93,11 @@ from nexus_grpc.urls import mask_url
 
 from . import mongo_query
 from ._mongo_spans import CommandSpans
+from .declared import IndexChanges
 from .engine import PROBE_COLLECTION, PROBE_ID, PROBE_NAMESPACE
 from .faults import StorageHealth, StorageUnavailableError, mongo_cause, sanitized_mongo_error
 from .index import descriptor_of
+from .mongo_indexes import apply_mongo_indexes
 from .namespace import RepositoryScope
 from .query import DEFAULT_PAGE_SIZE, ListQuery, build_query, check_page_size
 from .repository import M, Page, Record, Repository, _check_id_length, _fits
@@ -246,6 +258,12 @@ class MongoBackend:
         if not self._closed:
             self._closed = True
             await self._client.close()
+
+    async def apply_indexes(self, types: Sequence[Descriptor]) -> IndexChanges:
+        """Build and drop declared indexes (see :mod:`.mongo_indexes`)."""
+        self.check_open()
+        with self.translate_errors():
+            return await apply_mongo_indexes(self.records, types)
 
     def check_open(self) -> None:
         """Raise RuntimeError once the storage is closed."""

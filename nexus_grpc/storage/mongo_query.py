@@ -136,18 +136,28 @@ def find_filter(
     collection: str,
     after: Sequence[Scalar] | None = None,
 ) -> dict[str, Any]:
-    """The ``find`` filter of ``query`` in one collection, past the row ``after`` if given."""
-    terms: list[dict[str, Any]] = []
+    """The ``find`` filter of ``query`` in one collection, past the row ``after`` if given.
+
+    Equality and ``$in`` terms sit at the top level next to ``ns`` and ``coll``, where
+    every server's planner matches them to a compound index's leading keys (SecantusDB
+    scans the collection when they are wrapped in ``$and``).
+    """
+    found: dict[str, Any] = {"ns": namespace, "coll": collection}
     for condition in query.conditions:
         name = field_name(condition.target)
         values = [_bind(condition.target, v) for v in condition.values]
-        terms.append({name: {"$in": values} if condition.many else values[0]})
+        found[name] = {"$in": values} if condition.many else values[0]
     if after is not None:
-        terms.append(_after(query, after))
-    found: dict[str, Any] = {"ns": namespace, "coll": collection}
-    if terms:
-        # $and keeps a filter and a keyset bound on the same field apart.
-        found["$and"] = terms
+        found.update(_after(query, after))
+        # The $or alone gives an index nothing to seek to; a bound on the first sort
+        # key starts the scan at the previous page's last row.
+        first = query.sort[0]
+        bound = {"$lte" if first.descending else "$gte": _bind(first.target, after[0])}
+        name = field_name(first.target)
+        if name in found:
+            found["$and"] = [{name: bound}]  # kept apart from the filter's term
+        else:
+            found[name] = bound
     return found
 
 

@@ -15,11 +15,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from sqlalchemy.engine import URL
 
+from .declared import IndexChanges
 from .engine import Database, SqlConnection, execute_point, translate_errors
 from .faults import StorageHealth
+from .indexes import apply_sql_indexes
 from .points import Point, RawRows
 from .repository import M, Repository, check_id_field
 from .schema import MAX_KEY_LENGTH
@@ -105,6 +108,10 @@ class Backend(Protocol):
 
     async def close(self) -> None:
         """Release every connection; idempotent."""
+        ...
+
+    async def apply_indexes(self, types: Sequence[Descriptor]) -> IndexChanges:
+        """Build the indexes ``types`` declare, drop those they stopped declaring."""
         ...
 
     def scope(self, namespace: str) -> RepositoryScope:
@@ -260,6 +267,10 @@ class SqlBackend:
         """Close every pooled connection."""
         await self._database.health.close()
         await self._database.close()
+
+    async def apply_indexes(self, types: Sequence[Descriptor]) -> IndexChanges:
+        """Build and drop declared indexes (see :mod:`.indexes`)."""
+        return await apply_sql_indexes(self._database, types)
 
     def scope(self, namespace: str) -> RepositoryScope:
         """Repositories of ``namespace``, each statement group its own transaction."""

@@ -20,10 +20,20 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["MAX_KEY_LENGTH", "RECORDS_TABLE", "metadata", "records"]
+__all__ = [
+    "INDEX_CATALOG_TABLE",
+    "MAX_KEY_LENGTH",
+    "RECORDS_TABLE",
+    "index_catalog",
+    "metadata",
+    "records",
+]
 
 #: Name of the table that holds every record.
 RECORDS_TABLE = "nexus_records"
+
+#: Name of the table recording which database indexes nexus built, and for whom.
+INDEX_CATALOG_TABLE = "nexus_index_catalog"
 
 #: Longest namespace, collection or id the table accepts (in characters).
 MAX_KEY_LENGTH = 255
@@ -83,4 +93,18 @@ records = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
     PrimaryKeyConstraint("namespace", "collection", "id", name=f"{RECORDS_TABLE}_pkey"),
+)
+
+#: One row per (declared index, message type declaring it): what nexus built on
+#: ``nexus_records``, so that an index a contract no longer declares is dropped at start
+#: and no index nexus did not build is ever touched. ``definition`` lists the index's
+#: paths with their value kinds, which tells a field's type change apart.
+index_catalog = Table(
+    INDEX_CATALOG_TABLE,
+    metadata,
+    Column("index_name", String(63), nullable=False),
+    Column("message_type", String(MAX_KEY_LENGTH), nullable=False),
+    Column("definition", String(2000), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("index_name", "message_type", name=f"{INDEX_CATALOG_TABLE}_pkey"),
 )

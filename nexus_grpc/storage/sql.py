@@ -5,12 +5,17 @@ numbers compare as numbers and strings by code point on both backends:
 
 * SQLite: ``json_extract`` already yields INTEGER / REAL / TEXT, and TEXT compares
   bytewise (BINARY collation), i.e. by code point for UTF-8.
-* PostgreSQL: the text value is cast to BIGINT, NUMERIC (uint64 and nanosecond times,
-  which can exceed BIGINT), DOUBLE PRECISION or BOOLEAN; strings get ``COLLATE "C"``,
-  which is code point order too, whatever the database locale.
+* PostgreSQL: a JSON number is cast to NUMERIC (every integral kind: uint64 and
+  nanosecond times exceed BIGINT) or DOUBLE PRECISION, a JSON boolean to BOOLEAN, and
+  a value of another JSON type reads as the default (a cast must never fail: see
+  ``_Postgres.index_value``); strings get ``COLLATE "C"``, which is code point order
+  too, whatever the database locale.
 
 Missing values (documents written before a field existed) read as the field's default,
 so no NULL ever reaches a comparison.
+
+Paths and defaults are written into the statement as literals, so each expression is
+exactly the one a declared index (``indexes``) is built on and the planner uses it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Boolean,
     ColumnElement,
     Double,
@@ -30,9 +34,11 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    case,
     false,
     func,
     literal,
+    literal_column,
     or_,
     type_coerce,
 )
@@ -129,7 +135,10 @@ class SqlDialect:
             column, bound = self.value(key.target), self.bind(key.target, last[position])
             beyond = column < bound if key.descending else column > bound
             alternatives.append(and_(*equal_prefix, beyond))
-        return or_(*alternatives)
+        # The OR alone gives an index nothing to seek to: a deep page would read every
+        # row before it. The redundant bound on the first key starts the range scan there.
+        first, start = self.value(sort[0].target), self.bind(sort[0].target, last[0])
+        return and_(first <= start if sort[0].descending else first >= start, or_(*alternatives))
 
 
 _DEFAULT_TEXT = {
@@ -145,13 +154,9 @@ class _Sqlite(SqlDialect):
 
     def index_value(self, path: str, kind: ValueKind) -> ColumnElement[Any]:
         # Index paths are proto field names joined by dots: quoting the key is enough.
-        extracted = func.json_extract(records.c.index_doc, f'$."{path}"')
-        default: Scalar = 0
-        if kind is ValueKind.STRING:
-            default = ""
-        elif kind is ValueKind.FLOAT:
-            default = 0.0
-        return type_coerce(func.coalesce(extracted, default), _sqlite_type(kind))
+        extracted = func.json_extract(records.c.index_doc, _sql_text(f'$."{path}"'))
+        default = {ValueKind.STRING: "''", ValueKind.FLOAT: "0.0"}.get(kind, "0")
+        return type_coerce(func.coalesce(extracted, literal_column(default)), _sqlite_type(kind))
 
     def bind(self, target: Target, value: Scalar) -> ColumnElement[Any]:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -165,6 +170,16 @@ class _Sqlite(SqlDialect):
         return sqlite.insert(records).on_conflict_do_nothing(
             index_elements=[records.c.namespace, records.c.collection, records.c.id]
         )
+
+
+def _sql_text(value: str) -> ColumnElement[str]:
+    """``value`` as a SQL string literal written into the statement, not a bound parameter.
+
+    Index paths are part of the expression a database index is built on: a parameter in
+    their place would make the query's expression differ from the index's, and the
+    planner would scan instead.
+    """
+    return literal_column("'" + value.replace("'", "''") + "'", Text())
 
 
 def _sqlite_type(kind: ValueKind) -> TypeEngine[Any]:
@@ -182,11 +197,18 @@ class _Postgres(SqlDialect):
     points = points_for("postgresql")
 
     def index_value(self, path: str, kind: ValueKind) -> ColumnElement[Any]:
-        text = func.jsonb_extract_path_text(records.c.index_doc, literal(path, Text()))
-        present = func.coalesce(text, _DEFAULT_TEXT.get(kind, "0"), type_=Text())
+        key = _sql_text(path)
+        text = records.c.index_doc.op("->>", return_type=Text())(key)
         if kind is ValueKind.STRING:
-            return present.collate("C")
-        return present.cast(_postgres_type(kind))
+            return func.coalesce(text, _sql_text(""), type_=Text()).collate("C")
+        # Cast only a JSON value of the expected type. A declared index is computed for
+        # every row of the shared table: another collection's document (or one written
+        # before a field's type changed) may hold a string or a fraction at this path,
+        # and a failing cast would fail that row's write. Those read as the default.
+        json_type = "boolean" if kind is ValueKind.BOOL else "number"
+        typed = func.jsonb_typeof(records.c.index_doc.op("->")(key)) == _sql_text(json_type)
+        default = _sql_text(_DEFAULT_TEXT.get(kind, "0")).cast(_postgres_type(kind))
+        return case((typed, text.cast(_postgres_type(kind))), else_=default)
 
     def bind(self, target: Target, value: Scalar) -> ColumnElement[Any]:
         return literal(value, _postgres_type(target.kind))
@@ -204,9 +226,9 @@ def _postgres_type(kind: ValueKind) -> TypeEngine[Any]:
         return Boolean()
     if kind is ValueKind.FLOAT:
         return Double()
-    if kind in (ValueKind.INTEGER, ValueKind.ENUM):
-        return BigInteger()
-    return Numeric()  # uint64 and nanoseconds: beyond BIGINT's range
+    # Every integral kind, int32 included: NUMERIC takes any JSON integer another
+    # document may hold at the path (uint64 and nanoseconds exceed BIGINT).
+    return Numeric()
 
 
 def dialect_for(name: str) -> SqlDialect:

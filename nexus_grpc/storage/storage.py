@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from types import TracebackType
 
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
 from sqlalchemy.engine import URL
 
+from .declared import IndexChanges, declared_indexes, loaded_message_types
 from .faults import StorageHealth
+from .index import descriptor_of
 from .namespace import Backend, Namespace, SqlBackend
 
 __all__ = ["Storage"]
@@ -91,6 +96,25 @@ class Storage:
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._backend.closed
+
+    async def apply_indexes(
+        self, message_types: Iterable[type[Message] | Descriptor] | None = None
+    ) -> IndexChanges:
+        """Build the database indexes the message types declare in their contracts
+        (``option (nexus.options.v1.storage)``) and drop the ones nexus built for them
+        that they no longer declare; see :mod:`.indexes`.
+
+        ``None`` means every message type of the contracts imported so far (what the
+        host does at start, once its plugins are loaded). Raises
+        IndexDeclarationError for a declaration naming a field that cannot be indexed.
+        """
+        if message_types is None:
+            types = loaded_message_types()
+        else:
+            types = [t if isinstance(t, Descriptor) else descriptor_of(t) for t in message_types]
+        for descriptor in types:
+            declared_indexes(descriptor)  # validates every declaration before any DDL
+        return await self._backend.apply_indexes(types)
 
     def namespace(self, name: str) -> Namespace:
         """The namespace ``name``: "/"-separated segments of ``[a-z0-9_-]+``.

@@ -87,6 +87,15 @@ class _HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
         if pending:
             await asyncio.wait(pending, timeout=settle)
 
+    async def forget(self, service: str) -> None:
+        """Drop ``service``'s status: Check answers NOT_FOUND and Watch SERVICE_UNKNOWN,
+        as grpc.health.v1 specifies for a service the server does not know."""
+        self._server_status.pop(service, None)
+        condition = self._server_watchers.get(service)
+        if condition is not None:
+            async with condition:
+                condition.notify_all()
+
     async def List(
         self, request: health_pb2.HealthListRequest, context: object
     ) -> health_pb2.HealthListResponse:
@@ -119,6 +128,12 @@ class HealthState:
         """Publish ``service``'s status; watchers are notified."""
         self._serving[service] = serving
         await self.servicer.set(service, _SERVING if serving else _NOT_SERVING)
+
+    async def forget(self, service: str) -> None:
+        """The host no longer serves ``service`` (its plugin was unloaded): it has no
+        status any more, and its watchers are told SERVICE_UNKNOWN."""
+        self._serving.pop(service, None)
+        await self.servicer.forget(service)
 
     def statuses(self) -> dict[str, bool]:
         """Every service with a status: True when serving."""

@@ -15,6 +15,7 @@ version, and a client must see the version being served.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Iterable
 
 import grpc
@@ -92,12 +93,14 @@ class ReflectionServicer(reflection_pb2_grpc.ServerReflectionServicer):  # type:
     ) -> AsyncIterator[reflection_pb2.ServerReflectionResponse]:
         """One response per request, for as long as the client keeps the stream open."""
         # Files already sent on this stream: clients cache them, so each is sent once.
-        sent: set[str] = set()
+        # Keyed by name and content: after a contract upgrade a file of the same name
+        # is another file, and a client on a stream opened before must get it.
+        sent: set[tuple[str, bytes]] = set()
         async for request in request_iterator:
             yield self._answer(request, sent)
 
     def _answer(
-        self, request: reflection_pb2.ServerReflectionRequest, sent: set[str]
+        self, request: reflection_pb2.ServerReflectionRequest, sent: set[tuple[str, bytes]]
     ) -> reflection_pb2.ServerReflectionResponse:
         response = reflection_pb2.ServerReflectionResponse(
             valid_host=request.host, original_request=request
@@ -146,7 +149,7 @@ class ReflectionServicer(reflection_pb2_grpc.ServerReflectionServicer):  # type:
     def _files(
         self,
         response: reflection_pb2.ServerReflectionResponse,
-        sent: set[str],
+        sent: set[tuple[str, bytes]],
         find: object,
         not_found: str,
     ) -> None:
@@ -158,9 +161,11 @@ class ReflectionServicer(reflection_pb2_grpc.ServerReflectionServicer):  # type:
                 continue
             payload = []
             for file in _with_dependencies(found):
-                if file.name not in sent:
-                    sent.add(file.name)
-                    payload.append(_serialized(file))
+                serialized = _serialized(file)
+                key = (file.name, hashlib.blake2b(serialized, digest_size=16).digest())
+                if key not in sent:
+                    sent.add(key)
+                    payload.append(serialized)
             if not payload:
                 # The client asked again for a file it has: send it anyway, it is what
                 # it asked for.

@@ -200,7 +200,15 @@ def test_nexus_plugins_lists_a_broken_plugin_beside_good_ones(
         )
         assert table.returncode == 0, table.stderr
         lines = table.stdout.splitlines()
-        assert lines[0].split() == ["NAME", "VERSION", "CATEGORY", "STATE", "SERVICES"]
+        assert lines[0].split() == [
+            "NAME",
+            "VERSION",
+            "CATEGORY",
+            "STATE",
+            "GEN",
+            "CODE",
+            "SERVICES",
+        ]
         assert any(line.split()[:4] == ["orders", "1.0.0", "business", "SERVING"] for line in lines)
         assert any(
             line.split()[:4] == ["broken", "1", "business", "FAILED"] and "(not serving)" in line

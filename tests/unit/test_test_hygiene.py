@@ -25,6 +25,7 @@ _ALLOWED = {
     Path("unit/test_test_hygiene.py"),
     Path("e2e/test_rest_clients.py"),
     Path("e2e/test_readme_guide.py"),
+    Path("e2e/test_hot_swap.py"),
 }
 
 

@@ -59,6 +59,58 @@ PLUGIN_STATE_FAILED: PluginState
 PLUGIN_STATE_STOPPED: PluginState
 PLUGIN_STATE_DISABLED: PluginState
 
+class LoadPluginRequest(_message.Message):
+    __slots__ = ("name", "expected_code_hash")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_CODE_HASH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    expected_code_hash: str
+    def __init__(self, name: _Optional[str] = ..., expected_code_hash: _Optional[str] = ...) -> None: ...
+
+class UnloadPluginRequest(_message.Message):
+    __slots__ = ("name", "cascade", "drain_timeout_millis")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CASCADE_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_TIMEOUT_MILLIS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    cascade: bool
+    drain_timeout_millis: int
+    def __init__(self, name: _Optional[str] = ..., cascade: _Optional[bool] = ..., drain_timeout_millis: _Optional[int] = ...) -> None: ...
+
+class ReloadPluginRequest(_message.Message):
+    __slots__ = ("name", "expected_code_hash", "drain_timeout_millis")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_CODE_HASH_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_TIMEOUT_MILLIS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    expected_code_hash: str
+    drain_timeout_millis: int
+    def __init__(self, name: _Optional[str] = ..., expected_code_hash: _Optional[str] = ..., drain_timeout_millis: _Optional[int] = ...) -> None: ...
+
+class PluginChange(_message.Message):
+    __slots__ = ("plugins", "plugin", "services_added", "services_removed", "methods_added", "methods_removed", "http_routes_added", "http_routes_removed", "calls_cut", "swap_millis")
+    PLUGINS_FIELD_NUMBER: _ClassVar[int]
+    PLUGIN_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    METHODS_ADDED_FIELD_NUMBER: _ClassVar[int]
+    METHODS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    HTTP_ROUTES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    HTTP_ROUTES_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    CALLS_CUT_FIELD_NUMBER: _ClassVar[int]
+    SWAP_MILLIS_FIELD_NUMBER: _ClassVar[int]
+    plugins: _containers.RepeatedScalarFieldContainer[str]
+    plugin: Plugin
+    services_added: _containers.RepeatedScalarFieldContainer[str]
+    services_removed: _containers.RepeatedScalarFieldContainer[str]
+    methods_added: _containers.RepeatedScalarFieldContainer[str]
+    methods_removed: _containers.RepeatedScalarFieldContainer[str]
+    http_routes_added: _containers.RepeatedScalarFieldContainer[str]
+    http_routes_removed: _containers.RepeatedScalarFieldContainer[str]
+    calls_cut: int
+    swap_millis: float
+    def __init__(self, plugins: _Optional[_Iterable[str]] = ..., plugin: _Optional[_Union[Plugin, _Mapping]] = ..., services_added: _Optional[_Iterable[str]] = ..., services_removed: _Optional[_Iterable[str]] = ..., methods_added: _Optional[_Iterable[str]] = ..., methods_removed: _Optional[_Iterable[str]] = ..., http_routes_added: _Optional[_Iterable[str]] = ..., http_routes_removed: _Optional[_Iterable[str]] = ..., calls_cut: _Optional[int] = ..., swap_millis: _Optional[float] = ...) -> None: ...
+
 class ListDeadLettersRequest(_message.Message):
     __slots__ = ("group", "page_size", "page_token")
     GROUP_FIELD_NUMBER: _ClassVar[int]
@@ -234,7 +286,7 @@ class GetPluginRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class Plugin(_message.Message):
-    __slots__ = ("name", "version", "category", "description", "source", "state", "error", "requires", "services")
+    __slots__ = ("name", "version", "category", "description", "source", "state", "error", "requires", "services", "generation", "code_hash", "contract_hash", "swap_error")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
@@ -244,6 +296,10 @@ class Plugin(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REQUIRES_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CODE_HASH_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_HASH_FIELD_NUMBER: _ClassVar[int]
+    SWAP_ERROR_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     category: Category
@@ -253,7 +309,11 @@ class Plugin(_message.Message):
     error: str
     requires: _containers.RepeatedScalarFieldContainer[str]
     services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., category: _Optional[_Union[Category, str]] = ..., description: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[_Union[PluginState, str]] = ..., error: _Optional[str] = ..., requires: _Optional[_Iterable[str]] = ..., services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ...) -> None: ...
+    generation: int
+    code_hash: str
+    contract_hash: str
+    swap_error: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., category: _Optional[_Union[Category, str]] = ..., description: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[_Union[PluginState, str]] = ..., error: _Optional[str] = ..., requires: _Optional[_Iterable[str]] = ..., services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., generation: _Optional[int] = ..., code_hash: _Optional[str] = ..., contract_hash: _Optional[str] = ..., swap_error: _Optional[str] = ...) -> None: ...
 
 class ServiceStatus(_message.Message):
     __slots__ = ("name", "serving")

@@ -45,6 +45,21 @@ class AdminServiceStub:
                 request_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.GetPluginRequest.SerializeToString,
                 response_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.Plugin.FromString,
                 _registered_method=True)
+        self.LoadPlugin = channel.unary_unary(
+                '/nexus.admin.v1.AdminService/LoadPlugin',
+                request_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.LoadPluginRequest.SerializeToString,
+                response_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.PluginChange.FromString,
+                _registered_method=True)
+        self.UnloadPlugin = channel.unary_unary(
+                '/nexus.admin.v1.AdminService/UnloadPlugin',
+                request_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.UnloadPluginRequest.SerializeToString,
+                response_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.PluginChange.FromString,
+                _registered_method=True)
+        self.ReloadPlugin = channel.unary_unary(
+                '/nexus.admin.v1.AdminService/ReloadPlugin',
+                request_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ReloadPluginRequest.SerializeToString,
+                response_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.PluginChange.FromString,
+                _registered_method=True)
         self.ListAuditRecords = channel.unary_unary(
                 '/nexus.admin.v1.AdminService/ListAuditRecords',
                 request_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ListAuditRecordsRequest.SerializeToString,
@@ -90,6 +105,41 @@ class AdminServiceServicer:
 
     def GetPlugin(self, request, context):
         """Returns one plugin by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadPlugin(self, request, context):
+        """Loads a plugin while the host runs: one found in the host's configured plugin
+        folders or installed entry points, by name (never a path or a package from the
+        request). Its requirements must be serving. The code is hashed (sha256 over its
+        files), checked against plugins.hot_swap.allowed_hashes and expected_code_hash,
+        imported, started and health-checked before any call is routed to it. Refused
+        with FAILED_PRECONDITION when hot swap is off (plugins.hot_swap.enabled) or the
+        plugin cannot start, naming the cause.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadPlugin(self, request, context):
+        """Stops serving a plugin: new calls get UNIMPLEMENTED (404 over REST), calls in
+        flight may finish for the drain timeout and then end UNAVAILABLE, its stop hook
+        runs and its services leave health. Refused while serving plugins require it,
+        unless cascade unloads them first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadPlugin(self, request, context):
+        """Replaces a serving plugin by its code as it is now on disk, dropping no call:
+        the new version is imported anew, started and health-checked off to the side,
+        then swapped in at once; calls that started on the old version finish on it, and
+        the old version is drained and stopped. When the new version fails (import, start
+        hook, health) the old one serves on, untouched, and the call fails
+        FAILED_PRECONDITION naming the cause.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -166,6 +216,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetPlugin,
                     request_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.GetPluginRequest.FromString,
                     response_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.Plugin.SerializeToString,
+            ),
+            'LoadPlugin': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadPlugin,
+                    request_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.LoadPluginRequest.FromString,
+                    response_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.PluginChange.SerializeToString,
+            ),
+            'UnloadPlugin': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadPlugin,
+                    request_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.UnloadPluginRequest.FromString,
+                    response_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.PluginChange.SerializeToString,
+            ),
+            'ReloadPlugin': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadPlugin,
+                    request_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ReloadPluginRequest.FromString,
+                    response_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.PluginChange.SerializeToString,
             ),
             'ListAuditRecords': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAuditRecords,
@@ -253,6 +318,87 @@ class AdminService:
             '/nexus.admin.v1.AdminService/GetPlugin',
             nexus_dot_admin_dot_v1_dot_admin__pb2.GetPluginRequest.SerializeToString,
             nexus_dot_admin_dot_v1_dot_admin__pb2.Plugin.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadPlugin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.admin.v1.AdminService/LoadPlugin',
+            nexus_dot_admin_dot_v1_dot_admin__pb2.LoadPluginRequest.SerializeToString,
+            nexus_dot_admin_dot_v1_dot_admin__pb2.PluginChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadPlugin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.admin.v1.AdminService/UnloadPlugin',
+            nexus_dot_admin_dot_v1_dot_admin__pb2.UnloadPluginRequest.SerializeToString,
+            nexus_dot_admin_dot_v1_dot_admin__pb2.PluginChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadPlugin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.admin.v1.AdminService/ReloadPlugin',
+            nexus_dot_admin_dot_v1_dot_admin__pb2.ReloadPluginRequest.SerializeToString,
+            nexus_dot_admin_dot_v1_dot_admin__pb2.PluginChange.FromString,
             options,
             channel_credentials,
             insecure,

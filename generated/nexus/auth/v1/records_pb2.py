@@ -23,21 +23,24 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from nexus.options.v1 import options_pb2 as nexus_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bnexus/auth/v1/records.proto\x12\rnexus.auth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"*\n\x0ePasswordRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04hash\x18\x02 \x01(\t\"o\n\rRefreshRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x0f\n\x07revoked\x18\x03 \x01(\x08\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\rSessionRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x0f\n\x07revoked\x18\x03 \x01(\x08\"\xad\x02\n\x12LoginFailureRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x66\x61ilures\x18\x02 \x01(\x05\x12\x11\n\tthrottled\x18\x03 \x01(\x05\x12\x11\n\tunaudited\x18\x04 \x01(\x05\x12.\n\nfirst_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clocked_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07sources\x18\x08 \x03(\t\x12\x31\n\rreported_lock\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bnexus/auth/v1/records.proto\x12\rnexus.auth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1enexus/options/v1/options.proto\"*\n\x0ePasswordRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04hash\x18\x02 \x01(\t\"\x81\x01\n\rRefreshRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x0f\n\x07revoked\x18\x03 \x01(\x08\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\x10\xfa\xbb\x1c\x0c\n\n\n\x08username\";\n\rSessionRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x0f\n\x07revoked\x18\x03 \x01(\x08\"\xad\x02\n\x12LoginFailureRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x66\x61ilures\x18\x02 \x01(\x05\x12\x11\n\tthrottled\x18\x03 \x01(\x05\x12\x11\n\tunaudited\x18\x04 \x01(\x05\x12.\n\nfirst_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clocked_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07sources\x18\x08 \x03(\t\x12\x31\n\rreported_lock\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nexus.auth.v1.records_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PASSWORDRECORD']._serialized_start=79
-  _globals['_PASSWORDRECORD']._serialized_end=121
-  _globals['_REFRESHRECORD']._serialized_start=123
-  _globals['_REFRESHRECORD']._serialized_end=234
-  _globals['_SESSIONRECORD']._serialized_start=236
-  _globals['_SESSIONRECORD']._serialized_end=295
-  _globals['_LOGINFAILURERECORD']._serialized_start=298
-  _globals['_LOGINFAILURERECORD']._serialized_end=599
+  _globals['_REFRESHRECORD']._loaded_options = None
+  _globals['_REFRESHRECORD']._serialized_options = b'\372\273\034\014\n\n\n\010username'
+  _globals['_PASSWORDRECORD']._serialized_start=111
+  _globals['_PASSWORDRECORD']._serialized_end=153
+  _globals['_REFRESHRECORD']._serialized_start=156
+  _globals['_REFRESHRECORD']._serialized_end=285
+  _globals['_SESSIONRECORD']._serialized_start=287
+  _globals['_SESSIONRECORD']._serialized_end=346
+  _globals['_LOGINFAILURERECORD']._serialized_start=349
+  _globals['_LOGINFAILURERECORD']._serialized_end=650
 # @@protoc_insertion_point(module_scope)

@@ -2,10 +2,11 @@ import datetime
 
 from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -20,6 +21,8 @@ SCOPE_UNSPECIFIED: Scope
 SCOPE_OWN: Scope
 SCOPE_TEAM: Scope
 SCOPE_ALL: Scope
+STORAGE_FIELD_NUMBER: _ClassVar[int]
+storage: _descriptor.FieldDescriptor
 RULES_FIELD_NUMBER: _ClassVar[int]
 rules: _descriptor.FieldDescriptor
 POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -74,3 +77,15 @@ class FieldRules(_message.Message):
     max_items: int
     defined_only: bool
     def __init__(self, required: _Optional[bool] = ..., min_len: _Optional[int] = ..., max_len: _Optional[int] = ..., pattern: _Optional[str] = ..., min: _Optional[int] = ..., max: _Optional[int] = ..., min_items: _Optional[int] = ..., max_items: _Optional[int] = ..., defined_only: _Optional[bool] = ...) -> None: ...
+
+class StorageOptions(_message.Message):
+    __slots__ = ("indexes",)
+    INDEXES_FIELD_NUMBER: _ClassVar[int]
+    indexes: _containers.RepeatedCompositeFieldContainer[StorageIndex]
+    def __init__(self, indexes: _Optional[_Iterable[_Union[StorageIndex, _Mapping]]] = ...) -> None: ...
+
+class StorageIndex(_message.Message):
+    __slots__ = ("fields",)
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, fields: _Optional[_Iterable[str]] = ...) -> None: ...

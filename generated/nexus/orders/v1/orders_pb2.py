@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from nexus.options.v1 import options_pb2 as nexus_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnexus/orders/v1/orders.proto\x12\x0fnexus.orders.v1\x1a\x1cgoogle/api/annotations.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1enexus/options/v1/options.proto\"\xc4\x02\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x30\n\x05items\x18\x03 \x03(\x0b\x32\x19.nexus.orders.v1.LineItemB\x06\xf2\xbb\x1c\x02@d\x12,\n\x06status\x18\x04 \x01(\x0e\x32\x1c.nexus.orders.v1.OrderStatus\x12\x13\n\x0btotal_cents\x18\x05 \x01(\x03\x12\x15\n\rcurrency_code\x18\x06 \x01(\t\x12\x15\n\x04note\x18\x07 \x01(\tB\x07\xf2\xbb\x1c\x03\x18\xf4\x03\x12\x15\n\rcancel_reason\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x87\x01\n\x08LineItem\x12\x35\n\x03sku\x18\x01 \x01(\tB(\xf2\xbb\x1c$\x08\x01\" ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$\x12\x1b\n\x08quantity\x18\x02 \x01(\x05\x42\t\xf2\xbb\x1c\x05(\x01\x30\x90N\x12\'\n\x10unit_price_cents\x18\x03 \x01(\x03\x42\r\xf2\xbb\x1c\t(\x00\x30\x80\xa0\x94\xa5\x8d\x1d\"y\n\x12\x43reateOrderRequest\x12-\n\x05order\x18\x01 \x01(\x0b\x32\x16.nexus.orders.v1.OrderB\x06\xf2\xbb\x1c\x02\x08\x01\x12\x34\n\x08order_id\x18\x02 \x01(\tB\"\xf2\xbb\x1c\x1e\"\x1c^([a-z0-9][a-z0-9-]{0,62})?$\"@\n\x0fGetOrderRequest\x12-\n\x02id\x18\x01 \x01(\tB!\xf2\xbb\x1c\x1d\x08\x01\"\x19^[a-z0-9][a-z0-9-]{0,62}$\"\xa2\x01\n\x11ListOrdersRequest\x12\x1c\n\tpage_size\x18\x01 \x01(\x05\x42\t\xf2\xbb\x1c\x05(\x00\x30\xe8\x07\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\x34\n\x06status\x18\x04 \x01(\x0e\x32\x1c.nexus.orders.v1.OrderStatusB\x06\xf2\xbb\x1c\x02H\x01\x12\x10\n\x08order_by\x18\x05 \x01(\t\"U\n\x12ListOrdersResponse\x12&\n\x06orders\x18\x01 \x03(\x0b\x32\x16.nexus.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"t\n\x12UpdateOrderRequest\x12-\n\x05order\x18\x01 \x01(\x0b\x32\x16.nexus.orders.v1.OrderB\x06\xf2\xbb\x1c\x02\x08\x01\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\\\n\x12\x43\x61ncelOrderRequest\x12-\n\x02id\x18\x01 \x01(\tB!\xf2\xbb\x1c\x1d\x08\x01\"\x19^[a-z0-9][a-z0-9-]{0,62}$\x12\x17\n\x06reason\x18\x02 \x01(\tB\x07\xf2\xbb\x1c\x03\x18\xf4\x03\"C\n\x12WatchOrdersRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x18\n\x10include_existing\x18\x02 \x01(\x08\"n\n\x13WatchOrdersResponse\x12\x30\n\x0b\x63hange_type\x18\x01 \x01(\x0e\x32\x1b.nexus.orders.v1.ChangeType\x12%\n\x05order\x18\x02 \x01(\x0b\x32\x16.nexus.orders.v1.Order*\x98\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x1a\n\x16ORDER_STATUS_CONFIRMED\x10\x02\x12\x19\n\x15ORDER_STATUS_REJECTED\x10\x03\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x04*\x90\x01\n\nChangeType\x12\x1b\n\x17\x43HANGE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43HANGE_TYPE_EXISTING\x10\x01\x12\x17\n\x13\x43HANGE_TYPE_CREATED\x10\x02\x12\x17\n\x13\x43HANGE_TYPE_UPDATED\x10\x03\x12\x19\n\x15\x43HANGE_TYPE_CANCELLED\x10\x04\x32\xa9\x06\n\rOrdersService\x12}\n\x0b\x43reateOrder\x12#.nexus.orders.v1.CreateOrderRequest\x1a\x16.nexus.orders.v1.Order\"1\xea\xbb\x1c\x14\x1a\x12\n\x06orders\x12\x06\x63reate\x18\x01\x82\xd3\xe4\x93\x02\x13\"\n/v1/orders:\x05order\x12u\n\x08GetOrder\x12 .nexus.orders.v1.GetOrderRequest\x1a\x16.nexus.orders.v1.Order\"/\xea\xbb\x1c\x14\x1a\x10\n\x06orders\x12\x04read\x18\x01\x30\x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/orders/{id}\x12\x81\x01\n\nListOrders\x12\".nexus.orders.v1.ListOrdersRequest\x1a#.nexus.orders.v1.ListOrdersResponse\"*\xea\xbb\x1c\x14\x1a\x10\n\x06orders\x12\x04read\x18\x01\x30\x01\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/orders\x12\x88\x01\n\x0bUpdateOrder\x12#.nexus.orders.v1.UpdateOrderRequest\x1a\x16.nexus.orders.v1.Order\"<\xea\xbb\x1c\x14\x1a\x12\n\x06orders\x12\x06update\x18\x01\x82\xd3\xe4\x93\x02\x1e\x32\x15/v1/orders/{order.id}:\x05order\x12\x85\x01\n\x0b\x43\x61ncelOrder\x12#.nexus.orders.v1.CancelOrderRequest\x1a\x16.nexus.orders.v1.Order\"9\xea\xbb\x1c\x14\x1a\x12\n\x06orders\x12\x06update\x18\x01\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/orders/{id}:cancel:\x01*\x12\x8a\x01\n\x0bWatchOrders\x12#.nexus.orders.v1.WatchOrdersRequest\x1a$.nexus.orders.v1.WatchOrdersResponse\".\xea\xbb\x1c\x12\x1a\x10\n\x06orders\x12\x04read\x18\x01\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/orders:watch0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnexus/orders/v1/orders.proto\x12\x0fnexus.orders.v1\x1a\x1cgoogle/api/annotations.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1enexus/options/v1/options.proto\"\x9b\x03\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x30\n\x05items\x18\x03 \x03(\x0b\x32\x19.nexus.orders.v1.LineItemB\x06\xf2\xbb\x1c\x02@d\x12,\n\x06status\x18\x04 \x01(\x0e\x32\x1c.nexus.orders.v1.OrderStatus\x12\x13\n\x0btotal_cents\x18\x05 \x01(\x03\x12\x15\n\rcurrency_code\x18\x06 \x01(\t\x12\x15\n\x04note\x18\x07 \x01(\tB\x07\xf2\xbb\x1c\x03\x18\xf4\x03\x12\x15\n\rcancel_reason\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp:U\xfa\xbb\x1cQ\n\x1f\n\x0b\x63ustomer_id\n\x10\x63reate_time desc\n\x1a\n\x06status\n\x10\x63reate_time desc\n\x12\n\x10\x63reate_time desc\"\x87\x01\n\x08LineItem\x12\x35\n\x03sku\x18\x01 \x01(\tB(\xf2\xbb\x1c$\x08\x01\" ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$\x12\x1b\n\x08quantity\x18\x02 \x01(\x05\x42\t\xf2\xbb\x1c\x05(\x01\x30\x90N\x12\'\n\x10unit_price_cents\x18\x03 \x01(\x03\x42\r\xf2\xbb\x1c\t(\x00\x30\x80\xa0\x94\xa5\x8d\x1d\"y\n\x12\x43reateOrderRequest\x12-\n\x05order\x18\x01 \x01(\x0b\x32\x16.nexus.orders.v1.OrderB\x06\xf2\xbb\x1c\x02\x08\x01\x12\x34\n\x08order_id\x18\x02 \x01(\tB\"\xf2\xbb\x1c\x1e\"\x1c^([a-z0-9][a-z0-9-]{0,62})?$\"@\n\x0fGetOrderRequest\x12-\n\x02id\x18\x01 \x01(\tB!\xf2\xbb\x1c\x1d\x08\x01\"\x19^[a-z0-9][a-z0-9-]{0,62}$\"\xa2\x01\n\x11ListOrdersRequest\x12\x1c\n\tpage_size\x18\x01 \x01(\x05\x42\t\xf2\xbb\x1c\x05(\x00\x30\xe8\x07\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\x34\n\x06status\x18\x04 \x01(\x0e\x32\x1c.nexus.orders.v1.OrderStatusB\x06\xf2\xbb\x1c\x02H\x01\x12\x10\n\x08order_by\x18\x05 \x01(\t\"U\n\x12ListOrdersResponse\x12&\n\x06orders\x18\x01 \x03(\x0b\x32\x16.nexus.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"t\n\x12UpdateOrderRequest\x12-\n\x05order\x18\x01 \x01(\x0b\x32\x16.nexus.orders.v1.OrderB\x06\xf2\xbb\x1c\x02\x08\x01\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\\\n\x12\x43\x61ncelOrderRequest\x12-\n\x02id\x18\x01 \x01(\tB!\xf2\xbb\x1c\x1d\x08\x01\"\x19^[a-z0-9][a-z0-9-]{0,62}$\x12\x17\n\x06reason\x18\x02 \x01(\tB\x07\xf2\xbb\x1c\x03\x18\xf4\x03\"C\n\x12WatchOrdersRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x18\n\x10include_existing\x18\x02 \x01(\x08\"n\n\x13WatchOrdersResponse\x12\x30\n\x0b\x63hange_type\x18\x01 \x01(\x0e\x32\x1b.nexus.orders.v1.ChangeType\x12%\n\x05order\x18\x02 \x01(\x0b\x32\x16.nexus.orders.v1.Order*\x98\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x1a\n\x16ORDER_STATUS_CONFIRMED\x10\x02\x12\x19\n\x15ORDER_STATUS_REJECTED\x10\x03\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x04*\x90\x01\n\nChangeType\x12\x1b\n\x17\x43HANGE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43HANGE_TYPE_EXISTING\x10\x01\x12\x17\n\x13\x43HANGE_TYPE_CREATED\x10\x02\x12\x17\n\x13\x43HANGE_TYPE_UPDATED\x10\x03\x12\x19\n\x15\x43HANGE_TYPE_CANCELLED\x10\x04\x32\xa9\x06\n\rOrdersService\x12}\n\x0b\x43reateOrder\x12#.nexus.orders.v1.CreateOrderRequest\x1a\x16.nexus.orders.v1.Order\"1\xea\xbb\x1c\x14\x1a\x12\n\x06orders\x12\x06\x63reate\x18\x01\x82\xd3\xe4\x93\x02\x13\"\n/v1/orders:\x05order\x12u\n\x08GetOrder\x12 .nexus.orders.v1.GetOrderRequest\x1a\x16.nexus.orders.v1.Order\"/\xea\xbb\x1c\x14\x1a\x10\n\x06orders\x12\x04read\x18\x01\x30\x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/orders/{id}\x12\x81\x01\n\nListOrders\x12\".nexus.orders.v1.ListOrdersRequest\x1a#.nexus.orders.v1.ListOrdersResponse\"*\xea\xbb\x1c\x14\x1a\x10\n\x06orders\x12\x04read\x18\x01\x30\x01\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/orders\x12\x88\x01\n\x0bUpdateOrder\x12#.nexus.orders.v1.UpdateOrderRequest\x1a\x16.nexus.orders.v1.Order\"<\xea\xbb\x1c\x14\x1a\x12\n\x06orders\x12\x06update\x18\x01\x82\xd3\xe4\x93\x02\x1e\x32\x15/v1/orders/{order.id}:\x05order\x12\x85\x01\n\x0b\x43\x61ncelOrder\x12#.nexus.orders.v1.CancelOrderRequest\x1a\x16.nexus.orders.v1.Order\"9\xea\xbb\x1c\x14\x1a\x12\n\x06orders\x12\x06update\x18\x01\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/orders/{id}:cancel:\x01*\x12\x8a\x01\n\x0bWatchOrders\x12#.nexus.orders.v1.WatchOrdersRequest\x1a$.nexus.orders.v1.WatchOrdersResponse\".\xea\xbb\x1c\x12\x1a\x10\n\x06orders\x12\x04read\x18\x01\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/orders:watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDER'].fields_by_name['items']._serialized_options = b'\362\273\034\002@d'
   _globals['_ORDER'].fields_by_name['note']._loaded_options = None
   _globals['_ORDER'].fields_by_name['note']._serialized_options = b'\362\273\034\003\030\364\003'
+  _globals['_ORDER']._loaded_options = None
+  _globals['_ORDER']._serialized_options = b'\372\273\034Q\n\037\n\013customer_id\n\020create_time desc\n\032\n\006status\n\020create_time desc\n\022\n\020create_time desc'
   _globals['_LINEITEM'].fields_by_name['sku']._loaded_options = None
   _globals['_LINEITEM'].fields_by_name['sku']._serialized_options = b'\362\273\034$\010\001\" ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$'
   _globals['_LINEITEM'].fields_by_name['quantity']._loaded_options = None
@@ -73,30 +75,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERSSERVICE'].methods_by_name['CancelOrder']._serialized_options = b'\352\273\034\024\032\022\n\006orders\022\006update\030\001\202\323\344\223\002\033\"\026/v1/orders/{id}:cancel:\001*'
   _globals['_ORDERSSERVICE'].methods_by_name['WatchOrders']._loaded_options = None
   _globals['_ORDERSSERVICE'].methods_by_name['WatchOrders']._serialized_options = b'\352\273\034\022\032\020\n\006orders\022\004read\030\001\202\323\344\223\002\022\022\020/v1/orders:watch'
-  _globals['_ORDERSTATUS']._serialized_start=1478
-  _globals['_ORDERSTATUS']._serialized_end=1630
-  _globals['_CHANGETYPE']._serialized_start=1633
-  _globals['_CHANGETYPE']._serialized_end=1777
+  _globals['_ORDERSTATUS']._serialized_start=1565
+  _globals['_ORDERSTATUS']._serialized_end=1717
+  _globals['_CHANGETYPE']._serialized_start=1720
+  _globals['_CHANGETYPE']._serialized_end=1864
   _globals['_ORDER']._serialized_start=179
-  _globals['_ORDER']._serialized_end=503
-  _globals['_LINEITEM']._serialized_start=506
-  _globals['_LINEITEM']._serialized_end=641
-  _globals['_CREATEORDERREQUEST']._serialized_start=643
-  _globals['_CREATEORDERREQUEST']._serialized_end=764
-  _globals['_GETORDERREQUEST']._serialized_start=766
-  _globals['_GETORDERREQUEST']._serialized_end=830
-  _globals['_LISTORDERSREQUEST']._serialized_start=833
-  _globals['_LISTORDERSREQUEST']._serialized_end=995
-  _globals['_LISTORDERSRESPONSE']._serialized_start=997
-  _globals['_LISTORDERSRESPONSE']._serialized_end=1082
-  _globals['_UPDATEORDERREQUEST']._serialized_start=1084
-  _globals['_UPDATEORDERREQUEST']._serialized_end=1200
-  _globals['_CANCELORDERREQUEST']._serialized_start=1202
-  _globals['_CANCELORDERREQUEST']._serialized_end=1294
-  _globals['_WATCHORDERSREQUEST']._serialized_start=1296
-  _globals['_WATCHORDERSREQUEST']._serialized_end=1363
-  _globals['_WATCHORDERSRESPONSE']._serialized_start=1365
-  _globals['_WATCHORDERSRESPONSE']._serialized_end=1475
-  _globals['_ORDERSSERVICE']._serialized_start=1780
-  _globals['_ORDERSSERVICE']._serialized_end=2589
+  _globals['_ORDER']._serialized_end=590
+  _globals['_LINEITEM']._serialized_start=593
+  _globals['_LINEITEM']._serialized_end=728
+  _globals['_CREATEORDERREQUEST']._serialized_start=730
+  _globals['_CREATEORDERREQUEST']._serialized_end=851
+  _globals['_GETORDERREQUEST']._serialized_start=853
+  _globals['_GETORDERREQUEST']._serialized_end=917
+  _globals['_LISTORDERSREQUEST']._serialized_start=920
+  _globals['_LISTORDERSREQUEST']._serialized_end=1082
+  _globals['_LISTORDERSRESPONSE']._serialized_start=1084
+  _globals['_LISTORDERSRESPONSE']._serialized_end=1169
+  _globals['_UPDATEORDERREQUEST']._serialized_start=1171
+  _globals['_UPDATEORDERREQUEST']._serialized_end=1287
+  _globals['_CANCELORDERREQUEST']._serialized_start=1289
+  _globals['_CANCELORDERREQUEST']._serialized_end=1381
+  _globals['_WATCHORDERSREQUEST']._serialized_start=1383
+  _globals['_WATCHORDERSREQUEST']._serialized_end=1450
+  _globals['_WATCHORDERSRESPONSE']._serialized_start=1452
+  _globals['_WATCHORDERSRESPONSE']._serialized_end=1562
+  _globals['_ORDERSSERVICE']._serialized_start=1867
+  _globals['_ORDERSSERVICE']._serialized_end=2676
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,159 @@
+"""Indexes a contract declares: ``option (nexus.options.v1.storage)`` on a message.
+
+A declaration names indexed paths (see :mod:`.index`) in index order, each ascending or
+``desc``. It becomes the same database index on every backend: the record's namespace
+and collection first (every list is inside one), then the declared paths, then the id
+(the tie-breaker of every order). The name is derived from the paths and their value
+kinds, so the same declaration is the same index in every process, and a changed one
+(another path, another order, a field whose type changed) is another index.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor, FileDescriptor
+from nexus.options.v1 import options_pb2
+
+from .index import UnindexedPathError, ValueKind, resolve_path
+
+__all__ = [
+    "INDEX_PREFIX",
+    "MAX_INDEXES_PER_TYPE",
+    "MAX_INDEX_KEYS",
+    "DeclaredIndex",
+    "IndexChanges",
+    "IndexDeclarationError",
+    "IndexKey",
+    "declared_indexes",
+    "loaded_message_types",
+]
+
+#: Prefix of every index nexus builds; no other index is ever dropped by it.
+INDEX_PREFIX = "nexus_ix_"
+#: Most paths in one declared index (besides namespace, collection and id).
+MAX_INDEX_KEYS = 8
+#: Most indexes one message type may declare: each one slows every write a little.
+MAX_INDEXES_PER_TYPE = 16
+
+# Typed Any: the stubs type extensions more narrowly than HasExtension accepts them.
+_STORAGE: Any = options_pb2.storage
+
+
+class IndexDeclarationError(ValueError):
+    """A declaration the storage cannot build; the message names the type and path."""
+
+
+@dataclass(frozen=True)
+class IndexKey:
+    """One declared path of an index, with its value kind and direction."""
+
+    path: str
+    kind: ValueKind
+    descending: bool
+
+    @property
+    def spec(self) -> str:
+        """``path:kind`` or ``path:kind:desc``: what identifies this key."""
+        return f"{self.path}:{self.kind.value}" + (":desc" if self.descending else "")
+
+
+@dataclass(frozen=True)
+class DeclaredIndex:
+    """One index declared by ``message_type`` (a message's full name)."""
+
+    message_type: str
+    keys: tuple[IndexKey, ...]
+
+    @property
+    def definition(self) -> str:
+        """The keys' specs, comma-separated: recorded with the index in the catalog."""
+        return ",".join(key.spec for key in self.keys)
+
+    @property
+    def name(self) -> str:
+        """The database name of the index (short enough for PostgreSQL's 63 bytes)."""
+        digest = hashlib.sha256(self.definition.encode()).hexdigest()
+        return INDEX_PREFIX + digest[:20]
+
+
+@dataclass
+class IndexChanges:
+    """What applying the declared indexes did: index names built and dropped, and the
+    collections whose index documents were re-derived."""
+
+    created: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    reindexed: list[str] = field(default_factory=list)
+
+
+@functools.cache
+def declared_indexes(descriptor: Descriptor) -> tuple[DeclaredIndex, ...]:
+    """The indexes ``descriptor`` declares, validated; IndexDeclarationError if one is bad."""
+    options = descriptor.GetOptions()
+    if not options.HasExtension(_STORAGE):
+        return ()
+    declared: options_pb2.StorageOptions = options.Extensions[_STORAGE]
+    where = f"{descriptor.full_name} (option nexus.options.v1.storage)"
+    if len(declared.indexes) > MAX_INDEXES_PER_TYPE:
+        raise IndexDeclarationError(
+            f"{where} declares {len(declared.indexes)} indexes; at most "
+            f"{MAX_INDEXES_PER_TYPE} are allowed"
+        )
+    found: dict[str, DeclaredIndex] = {}
+    for position, index in enumerate(declared.indexes, start=1):
+        if not index.fields:
+            raise IndexDeclarationError(f"{where}: index {position} names no fields")
+        if len(index.fields) > MAX_INDEX_KEYS:
+            raise IndexDeclarationError(
+                f"{where}: index {position} has {len(index.fields)} fields; at most "
+                f"{MAX_INDEX_KEYS} are allowed"
+            )
+        keys = tuple(_key(descriptor, where, position, item) for item in index.fields)
+        if len({key.path for key in keys}) != len(keys):
+            raise IndexDeclarationError(f"{where}: index {position} names a field twice")
+        made = DeclaredIndex(descriptor.full_name, keys)
+        found.setdefault(made.name, made)  # a repeated declaration is one index
+    return tuple(found.values())
+
+
+def _key(descriptor: Descriptor, where: str, position: int, item: str) -> IndexKey:
+    words = item.split()
+    direction = words[1].lower() if len(words) == 2 else "asc"
+    if len(words) not in (1, 2) or direction not in ("asc", "desc"):
+        raise IndexDeclarationError(
+            f"{where}: index {position} field {item!r}: expected 'path' or 'path desc'"
+        )
+    try:
+        indexed = resolve_path(descriptor, words[0])
+    except UnindexedPathError as exc:
+        raise IndexDeclarationError(
+            f"{where}: index {position} field {words[0]!r}: {exc.reason}"
+        ) from None
+    return IndexKey(indexed.path, indexed.kind, descending=direction == "desc")
+
+
+def loaded_message_types() -> list[Descriptor]:
+    """Every message type of the contracts imported into this process (generated
+    ``_pb2`` modules register their files when imported), whether it declares indexes
+    or not: a type that stopped declaring any still has its old ones dropped."""
+    files: dict[str, FileDescriptor] = {}
+    for module in list(sys.modules.values()):
+        file = getattr(module, "DESCRIPTOR", None)
+        if isinstance(file, FileDescriptor):
+            files.setdefault(file.name, file)
+    found: list[Descriptor] = []
+    for name in sorted(files):
+        found.extend(_messages(files[name].message_types_by_name.values()))
+    return found
+
+
+def _messages(descriptors: Iterable[Descriptor]) -> Iterable[Descriptor]:
+    for descriptor in descriptors:
+        yield descriptor
+        yield from _messages(descriptor.nested_types)

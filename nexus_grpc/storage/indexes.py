@@ -1,0 +1,319 @@
+"""Declared indexes as real SQLite and PostgreSQL indexes, built and dropped at start.
+
+Each declared index (:mod:`.declared`) becomes an expression index on ``nexus_records``:
+``(namespace, collection, <typed value of each path> [DESC], id)``. The expressions are
+compiled from :mod:`.sql`, the very ones a list statement filters and orders on, so the
+planner serves "filter by X, order by Y, page of 50" from the index (``EXPLAIN`` shows
+it) instead of reading the JSON of every row. The namespace and collection lead instead
+of a partial-index predicate: statements bind them as parameters, which a planner cannot
+prove to imply a partial index's WHERE.
+
+Evolution, at every start, for the message types given:
+
+* an index a type declares and the database lacks is built: on PostgreSQL with ``CREATE
+  INDEX CONCURRENTLY`` (writes go on while it builds); on SQLite inside one write
+  transaction (readers go on in WAL mode; writers wait until it is built);
+* an index nexus built for a type (recorded in ``nexus_index_catalog``) that the type no
+  longer declares is dropped once no other type declares it. Indexes nexus did not build
+  (other names, no catalog row) are never touched;
+* a declared path whose value kind changed (a field's type changed) re-derives the index
+  documents of the type's default collection from the payloads, in batches, before
+  the index is built: payloads are the source of truth, so filters then agree with what
+  reading the records returns instead of comparing values of the old type.
+
+Records written before a field existed need nothing: their documents lack the path, and
+every expression reads a missing path as the field's default, which is what parsing the
+old payload with the new message type yields too.
+
+Several processes starting at once: SQLite's write transaction serialises them.
+PostgreSQL's concurrent build cannot run in a transaction, so a session advisory lock
+(polled: a waiting statement would hold a snapshot the build waits for, a deadlock) lets
+one process at a time compare and build; the next finds everything done. A build that
+failed half-way leaves an invalid index behind, which the next start drops and rebuilds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import message_factory
+from google.protobuf.descriptor import Descriptor
+from sqlalchemy import and_, delete, select, text, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import Delete
+
+from .declared import DeclaredIndex, IndexChanges, declared_indexes
+from .engine import Database, SqlConnection
+from .index import index_document, indexed_fields
+from .schema import RECORDS_TABLE, index_catalog, records
+
+__all__ = ["IndexChanges", "apply_sql_indexes", "index_columns", "reindex_collection"]
+
+_log = logging.getLogger("nexus.storage")
+
+#: Key of the PostgreSQL advisory lock serialising index changes across processes.
+_INDEX_LOCK_KEY = 0x6E657875_73000002  # "nexus" + 2
+#: Seconds between tries of that lock, and the longest wait for it.
+_LOCK_POLL, _LOCK_WAIT = 0.2, 600.0
+#: Records re-indexed per transaction after a type change.
+REINDEX_BATCH = 500
+
+_COMPILERS: dict[str, Dialect] = {
+    "sqlite": sqlite.dialect(),
+    "postgresql": postgresql.dialect(),  # type: ignore[no-untyped-call]
+}
+
+
+def index_columns(database: Database, index: DeclaredIndex) -> str:
+    """The column list of ``index``'s CREATE INDEX, as SQL."""
+    compiler = _COMPILERS[database.dialect.name]
+    columns = ["namespace", "collection"]
+    for key in index.keys:
+        expression = database.dialect.index_value(key.path, key.kind).compile(
+            dialect=compiler, compile_kwargs={"literal_binds": True, "include_table": False}
+        )
+        columns.append(f"({expression})" + (" DESC" if key.descending else ""))
+    columns.append("id")
+    return ", ".join(columns)
+
+
+async def apply_sql_indexes(database: Database, types: Sequence[Descriptor]) -> IndexChanges:
+    """Build the indexes ``types`` declare and drop those they no longer declare."""
+    wanted = {descriptor.full_name: declared_indexes(descriptor) for descriptor in types}
+    by_name = {descriptor.full_name: descriptor for descriptor in types}
+    if not wanted:
+        return IndexChanges()
+    if database.dialect.name == "sqlite":
+        return await _apply_sqlite(database, wanted, by_name)
+    return await _apply_postgres(database, wanted, by_name)
+
+
+async def _apply_sqlite(
+    database: Database,
+    wanted: dict[str, tuple[DeclaredIndex, ...]],
+    types: dict[str, Descriptor],
+) -> IndexChanges:
+    changes = IndexChanges()
+    async with database.transaction(write=False) as conn:
+        recorded = await _recorded(conn)
+    for type_name in _kind_changed(recorded, types):
+        await reindex_collection(database, types[type_name], type_name)
+        changes.reindexed.append(type_name)
+    # One write transaction: processes starting together take turns, and the catalog
+    # never disagrees with the indexes that exist.
+    async with database.transaction(write=True) as conn:
+        recorded = await _recorded(conn)
+        for index in _missing(wanted, recorded):
+            ddl = f"CREATE INDEX IF NOT EXISTS {index.name} ON {RECORDS_TABLE} "
+            await conn.execute(text(ddl + f"({index_columns(database, index)})"))
+            await _record(conn, index)
+            changes.created.append(index.name)
+        for name, type_name, still_used in _unwanted(wanted, recorded):
+            await conn.execute(_forget(name, type_name))
+            if not still_used:
+                await conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
+                changes.dropped.append(name)
+    _report(changes)
+    return changes
+
+
+async def _apply_postgres(
+    database: Database,
+    wanted: dict[str, tuple[DeclaredIndex, ...]],
+    types: dict[str, Descriptor],
+) -> IndexChanges:
+    changes = IndexChanges()
+    # CREATE INDEX CONCURRENTLY refuses to run inside a transaction block: this
+    # connection commits each statement. The Database hands out transactions only.
+    engine = database._engine  # the one DDL connection outside them
+    assert engine is not None
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await _lock(conn)
+        try:
+            recorded = await _recorded(conn)
+            for type_name in _kind_changed(recorded, types):
+                await reindex_collection(database, types[type_name], type_name)
+                changes.reindexed.append(type_name)
+            for index in _missing(wanted, recorded, ignore_recorded=True):
+                if await _build_postgres(database, conn, index):
+                    changes.created.append(index.name)
+                await _record(conn, index)
+            for name, type_name, still_used in _unwanted(wanted, recorded):
+                if not still_used:
+                    await conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                    changes.dropped.append(name)
+                await conn.execute(_forget(name, type_name))
+        finally:
+            await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _INDEX_LOCK_KEY})
+    _report(changes)
+    return changes
+
+
+async def _lock(conn: AsyncConnection) -> None:
+    deadline = time.monotonic() + _LOCK_WAIT
+    try_lock = text("SELECT pg_try_advisory_lock(:key)")
+    while not (await conn.execute(try_lock, {"key": _INDEX_LOCK_KEY})).scalar_one():
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"another process held the index lock for over {_LOCK_WAIT:.0f} s "
+                "(building a large index?); start again once it is done"
+            )
+        await asyncio.sleep(_LOCK_POLL)
+
+
+async def _build_postgres(database: Database, conn: AsyncConnection, index: DeclaredIndex) -> bool:
+    """Build ``index`` unless a valid one exists; whether it was built now."""
+    state = await conn.execute(
+        text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:name)"),
+        {"name": index.name},
+    )
+    valid = state.scalar_one_or_none()
+    if valid:
+        return False
+    if valid is not None:
+        # Left invalid by a build that failed or was interrupted: it is maintained on
+        # every write yet never used. Only this process builds now (advisory lock).
+        _log.warning("dropping the invalid index %s left by an interrupted build", index.name)
+        await conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}"))
+    columns = index_columns(database, index)
+    await conn.execute(
+        text(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index.name} ON {RECORDS_TABLE} ({columns})")
+    )
+    return True
+
+
+async def _recorded(conn: SqlConnection) -> list[tuple[str, str, str]]:
+    """Every catalog row (index name, message type, definition). All of them, not only
+    the given types': an index one type stops declaring may still be another's (one
+    not loaded by this process), and is then kept. The catalog holds a few rows per
+    declaring type."""
+    catalog = index_catalog.c
+    statement = select(catalog.index_name, catalog.message_type, catalog.definition)
+    rows: Sequence[Any] = (await conn.execute(statement)).all()
+    return [(str(row[0]), str(row[1]), str(row[2])) for row in rows]
+
+
+def _missing(
+    wanted: dict[str, tuple[DeclaredIndex, ...]],
+    recorded: list[tuple[str, str, str]],
+    *,
+    ignore_recorded: bool = False,
+) -> list[DeclaredIndex]:
+    """Declared indexes without a catalog row for their type (all declared ones when
+    ``ignore_recorded``: PostgreSQL checks each against the database itself)."""
+    have = {(name, type_name) for name, type_name, _ in recorded}
+    found: list[DeclaredIndex] = []
+    for type_name, indexes in wanted.items():
+        found.extend(i for i in indexes if ignore_recorded or (i.name, type_name) not in have)
+    return found
+
+
+def _unwanted(
+    wanted: dict[str, tuple[DeclaredIndex, ...]], recorded: list[tuple[str, str, str]]
+) -> list[tuple[str, str, bool]]:
+    """(index, type, whether another type still declares it) for each catalog row of a
+    given type whose index that type no longer declares."""
+    declared = {(i.name, type_name) for type_name, indexes in wanted.items() for i in indexes}
+    users: dict[str, set[str]] = {}
+    for name, type_name, _ in recorded:
+        users.setdefault(name, set()).add(type_name)
+    for name, type_name in declared:
+        users.setdefault(name, set()).add(type_name)
+    stale = [
+        (name, type_name)
+        for name, type_name, _ in recorded
+        if type_name in wanted and (name, type_name) not in declared
+    ]
+    return [(name, type_name, bool(users[name] - {type_name})) for name, type_name in stale]
+
+
+def _kind_changed(recorded: list[tuple[str, str, str]], types: dict[str, Descriptor]) -> list[str]:
+    """Types with a recorded index path whose value kind is no longer the same."""
+    changed: list[str] = []
+    for type_name, descriptor in types.items():
+        fields = indexed_fields(descriptor)
+        for _, recorded_type, definition in recorded:
+            if recorded_type != type_name:
+                continue
+            for spec in definition.split(","):
+                path, kind = spec.split(":")[:2]
+                now = fields.get(path)
+                if now is not None and now.kind.value != kind:
+                    changed.append(type_name)
+                    break
+            if changed and changed[-1] == type_name:
+                break
+    return changed
+
+
+async def _record(conn: SqlConnection, index: DeclaredIndex) -> None:
+    catalog = index_catalog.c
+    exists = await conn.execute(
+        select(catalog.index_name).where(
+            catalog.index_name == index.name, catalog.message_type == index.message_type
+        )
+    )
+    if exists.first() is None:
+        await conn.execute(
+            index_catalog.insert().values(
+                index_name=index.name,
+                message_type=index.message_type,
+                definition=index.definition,
+                created_at=datetime.now(UTC),
+            )
+        )
+
+
+def _forget(name: str, type_name: str) -> Delete:
+    catalog = index_catalog.c
+    return delete(index_catalog).where(
+        and_(catalog.index_name == name, catalog.message_type == type_name)
+    )
+
+
+async def reindex_collection(database: Database, descriptor: Descriptor, collection: str) -> int:
+    """Re-derive the index documents of every record in ``collection`` (all namespaces)
+    from their payloads, :data:`REINDEX_BATCH` records per transaction; how many."""
+    message_class = message_factory.GetMessageClass(descriptor)
+    after: tuple[str, str] = ("", "")
+    done = 0
+    while True:
+        async with database.transaction(write=True) as conn:
+            page: Sequence[Any] = (
+                await conn.execute(
+                    select(records.c.namespace, records.c.id, records.c.payload)
+                    .where(
+                        records.c.collection == collection,
+                        tuple_(records.c.namespace, records.c.id) > tuple_(*after),
+                    )
+                    .order_by(records.c.namespace, records.c.id)
+                    .limit(REINDEX_BATCH)
+                )
+            ).all()
+            for namespace, record_id, payload in page:
+                document = index_document(message_class.FromString(payload))
+                key = and_(
+                    records.c.namespace == namespace,
+                    records.c.collection == collection,
+                    records.c.id == record_id,
+                )
+                await conn.execute(records.update().where(key).values(index_doc=document))
+        done += len(page)
+        if len(page) < REINDEX_BATCH:
+            return done
+        after = (page[-1][0], page[-1][1])
+
+
+def _report(changes: IndexChanges) -> None:
+    for name in changes.created:
+        _log.info("built the declared index %s", name)
+    for name in changes.dropped:
+        _log.info("dropped the index %s, which no contract declares any more", name)

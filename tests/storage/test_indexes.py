@@ -1,0 +1,378 @@
+"""Declared indexes: real database indexes that the list statements use, and their
+evolution at start (added, dropped, a field's type changed), on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
+from nexus.options.v1 import options_pb2
+from nexus.orders.v1 import orders_pb2
+from pymongo import MongoClient
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from benchmarks.storage_scale import NAMESPACE, load_orders
+from nexus_grpc.storage import Storage, mongo_query
+from nexus_grpc.storage.declared import INDEX_PREFIX, IndexDeclarationError, declared_indexes
+from nexus_grpc.storage.query import build_query
+
+from . import backend_url, connected
+
+_F = descriptor_pb2.FieldDescriptorProto
+_TYPES = {"string": _F.TYPE_STRING, "int64": _F.TYPE_INT64}
+_versions = iter(range(1, 1000))
+
+
+def item_type(
+    fields: dict[str, str], indexes: list[list[str]], name: str = "Item"
+) -> type[Message]:
+    """A version of the message ``nexus.storage.evo.<name>``: ``id`` plus ``fields`` (name
+    -> "string" / "int64", numbered in order), declaring ``indexes``. Each version lives
+    in a pool of its own, as a new contract deployed to a restarted host would."""
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name=f"evo/item_v{next(_versions)}.proto", package="nexus.storage.evo", syntax="proto3"
+    )
+    message = fdp.message_type.add(name=name)
+    message.field.add(name="id", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
+    for number, (field, kind) in enumerate(fields.items(), start=2):
+        message.field.add(name=field, number=number, type=_TYPES[kind], label=_F.LABEL_OPTIONAL)
+    declared = message.options.Extensions[options_pb2.storage]
+    for paths in indexes:
+        declared.indexes.add(fields=paths)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"nexus.storage.evo.{name}"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mongodb"])
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return backend_url(request, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return backend_url(request, tmp_path)
+
+
+def _pg(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def nexus_indexes(url: str) -> set[str]:
+    """The names of the indexes nexus built, read from the database itself."""
+    if url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(_sqlite_path(url))) as connection:
+            rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+            names = {row[0] for row in rows}
+    elif url.startswith("postgresql"):
+        connection = await asyncpg.connect(_pg(url))
+        try:
+            names = {row[0] for row in await connection.fetch("SELECT indexname FROM pg_indexes")}
+        finally:
+            await connection.close()
+    else:
+        with _mongo(url) as collection:
+            names = set(collection.index_information())
+    return {name for name in names if name.startswith(INDEX_PREFIX)}
+
+
+def _sqlite_path(url: str) -> str:
+    return url.split("///", 1)[1]
+
+
+@contextmanager
+def _mongo(url: str) -> Iterator[Any]:
+    client: MongoClient[dict[str, Any]] = MongoClient(url)
+    try:
+        yield client.get_default_database().get_collection("nexus_records")
+    finally:
+        client.close()
+
+
+@contextmanager
+def captured_statements() -> Iterator[list[tuple[str, Any]]]:
+    """The SQL statements (and parameters) every engine sends while the block runs."""
+    seen: list[tuple[str, Any]] = []
+
+    def grab(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        seen.append((statement, parameters))
+
+    event.listen(Engine, "before_cursor_execute", grab)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", grab)
+
+
+async def query_plan(url: str, statement: str, parameters: Any) -> str:
+    """The database's plan of ``statement``: EXPLAIN QUERY PLAN / EXPLAIN."""
+    if url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(_sqlite_path(url))) as connection:
+            rows = connection.execute("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
+        return "\n".join(str(row[-1]) for row in rows)
+    connection = await asyncpg.connect(_pg(url))
+    try:
+        rows = await connection.fetch("EXPLAIN " + statement, *parameters)
+    finally:
+        await connection.close()
+    return "\n".join(row[0] for row in rows)
+
+
+# --- the list statements use the declared indexes ------------------------------------
+
+
+async def test_a_filtered_page_of_50_is_served_by_the_declared_index(sql_url: str) -> None:
+    async with connected(sql_url) as storage:
+        await load_orders(storage.dialect, sql_url, 0, 20_000)  # 100 customers, 200 each
+        changes = await storage.apply_indexes([orders_pb2.Order])
+        declared = {index.name for index in declared_indexes(orders_pb2.Order.DESCRIPTOR)}
+        assert set(changes.created) == declared == await nexus_indexes(sql_url)
+        orders = storage.namespace(NAMESPACE).repository(orders_pb2.Order)
+        with captured_statements() as seen:
+            first = await orders.list(
+                filter={"customer_id": "c000042"}, order_by="create_time desc", page_size=50
+            )
+            second = await orders.list(
+                filter={"customer_id": "c000042"},
+                order_by="create_time desc",
+                page_size=50,
+                page_token=first.next_page_token,
+            )
+            by_status = await orders.list(
+                filter={"status": "ORDER_STATUS_PENDING"}, order_by="create_time desc"
+            )
+        selects = [(sql, parameters) for sql, parameters in seen if sql.startswith("SELECT")]
+        assert len(selects) == 3
+        # What the index must give: the customer's newest orders, in order, page after page.
+        newest = [f"o{n:08d}" for n in range(8599, 8499, -1)]
+        assert [o.id for o in first.items] + [o.id for o in second.items] == newest
+        assert [o.id for o in by_status.items][:2] == ["o00019999", "o00019998"]
+        for sql, parameters in selects:
+            plan = await query_plan(sql_url, sql, parameters)
+            assert INDEX_PREFIX in plan, plan
+            if storage.dialect == "sqlite":
+                assert "SCAN" not in plan and "TEMP B-TREE" not in plan, plan
+            else:
+                assert "Seq Scan" not in plan and "Sort" not in plan, plan
+
+
+async def test_mongodb_serves_a_filtered_page_from_the_declared_index(mongo_url: str) -> None:
+    async with connected(mongo_url) as storage:
+        await load_orders("mongodb", mongo_url, 0, 2_000)
+        changes = await storage.apply_indexes([orders_pb2.Order])
+        assert set(changes.created) == await nexus_indexes(mongo_url)
+        orders = storage.namespace(NAMESPACE).repository(orders_pb2.Order)
+        page = await orders.list(
+            filter={"customer_id": "c000004"}, order_by="create_time desc", page_size=50
+        )
+        assert [o.id for o in page.items][:2] == ["o00000999", "o00000998"]
+    # The find the repository sends for that page, built by the same functions.
+    query = build_query(
+        orders_pb2.Order.DESCRIPTOR,
+        id_field="id",
+        namespace=NAMESPACE,
+        collection="nexus.orders.v1.Order",
+        filter={"customer_id": "c000004"},
+        order_by="create_time desc",
+    )
+    # Only the first page: SecantusDB's planner scans for any top-level $or, which the
+    # keyset bound of the next pages needs (mongod bounds the index scan with it).
+    found = mongo_query.find_filter(query, namespace=NAMESPACE, collection=orders.collection)
+    with _mongo(mongo_url) as collection:
+        cursor = collection.find(found, sort=mongo_query.sort_spec(query), limit=51)
+        plan = str(cursor.explain())
+    assert "IXSCAN" in plan and INDEX_PREFIX in plan, plan
+    assert "COLLSCAN" not in plan, plan
+
+
+# --- evolution at start ----------------------------------------------------------------
+
+
+async def _foreign_index(url: str) -> None:
+    """An index of the operator's own on the records: nexus must never drop it."""
+    if url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(_sqlite_path(url))) as connection:
+            connection.execute("CREATE INDEX operators_own ON nexus_records (version)")
+    elif url.startswith("postgresql"):
+        connection = await asyncpg.connect(_pg(url))
+        try:
+            await connection.execute("CREATE INDEX operators_own ON nexus_records (version)")
+        finally:
+            await connection.close()
+    else:
+        with _mongo(url) as collection:
+            collection.create_index([("version", 1)], name="operators_own")
+
+
+async def _has_foreign_index(url: str) -> bool:
+    if url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(_sqlite_path(url))) as connection:
+            row = connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'operators_own'"
+            ).fetchone()
+        return row is not None
+    if url.startswith("postgresql"):
+        connection = await asyncpg.connect(_pg(url))
+        try:
+            return bool(
+                await connection.fetchval("SELECT to_regclass('operators_own') IS NOT NULL")
+            )
+        finally:
+            await connection.close()
+    with _mongo(url) as collection:
+        return "operators_own" in collection.index_information()
+
+
+def _names(message_type: type[Message]) -> set[str]:
+    return {index.name for index in declared_indexes(message_type.DESCRIPTOR)}
+
+
+async def test_indexes_follow_the_contract_from_one_start_to_the_next(any_url: str) -> None:
+    v1 = item_type({"owner": "string", "rank": "int64"}, [["owner", "rank desc"]])
+    async with connected(any_url) as storage:
+        first = await storage.apply_indexes([v1])
+        items = storage.namespace("tests/evo").repository(v1)
+        for number, owner, rank in ((1, "ann", 5), (2, "bob", 7), (3, "ann", 9)):
+            await items.create(v1(id=f"i{number}", owner=owner, rank=rank))
+    assert first.created == sorted(_names(v1)) and not first.dropped
+    assert await nexus_indexes(any_url) == _names(v1)
+    await _foreign_index(any_url)
+
+    # Version 2 adds a field and indexes it instead: built at start, the old one dropped.
+    v2 = item_type({"owner": "string", "rank": "int64", "region": "string"}, [["region"]])
+    async with connected(any_url) as storage:
+        second = await storage.apply_indexes([v2])
+        assert second.created == sorted(_names(v2)) and second.dropped == sorted(_names(v1))
+        assert await nexus_indexes(any_url) == _names(v2)
+        assert await _has_foreign_index(any_url)
+        items = storage.namespace("tests/evo").repository(v2)
+        # Records written by version 1 read fine, and lack the new field: a filter on it
+        # finds them under its default, as reading them shows.
+        old = await items.get("i1")
+        assert old is not None and old.owner == "ann" and old.region == ""
+        await items.create(v2(id="i4", owner="cy", rank=1, region="eu"))
+        unset = await items.list(filter={"region": ""})
+        assert [item.id for item in unset.items] == ["i1", "i2", "i3"]
+        assert [item.id for item in (await items.list(filter={"region": "eu"})).items] == ["i4"]
+        # Starting again with the same contract changes nothing.
+        again = await storage.apply_indexes([v2])
+        assert not again.created and not again.dropped and not again.reindexed
+
+
+async def test_an_index_two_types_declare_is_dropped_when_neither_does(any_url: str) -> None:
+    item = item_type({"owner": "string"}, [["owner"]])
+    other = item_type({"owner": "string"}, [["owner"]], name="Other")
+    (shared,) = _names(item)
+    assert _names(other) == {shared}  # the same declaration is the same index
+    async with connected(any_url) as storage:
+        await storage.apply_indexes([item, other])
+    # A later start loads only Item, which stopped declaring it: Other still does.
+    async with connected(any_url) as storage:
+        kept = await storage.apply_indexes([item_type({"owner": "string"}, [])])
+        assert not kept.dropped and await nexus_indexes(any_url) == {shared}
+        gone = await storage.apply_indexes([item_type({"owner": "string"}, [], name="Other")])
+        assert gone.dropped == [shared] and await nexus_indexes(any_url) == set()
+
+
+async def test_a_field_type_change_reindexes_so_filters_agree_with_the_payloads(
+    any_url: str,
+) -> None:
+    v1 = item_type({"owner": "string", "rank": "int64"}, [["rank"]])
+    async with connected(any_url) as storage:
+        await storage.apply_indexes([v1])
+        items = storage.namespace("tests/evo").repository(v1)
+        for number, rank in ((1, 5), (2, 0), (3, 9)):
+            await items.create(v1(id=f"i{number}", owner="ann", rank=rank))
+    # rank becomes a string (buf breaking would refuse this). The old payloads carry a
+    # varint where a string is now expected: parsed with the new type, their rank is
+    # empty (the old value stays in the unknown fields). Filters must say the same.
+    v2 = item_type({"owner": "string", "rank": "string"}, [["rank"]])
+    async with connected(any_url) as storage:
+        changes = await storage.apply_indexes([v2])
+        assert changes.reindexed == ["nexus.storage.evo.Item"]
+        assert changes.created == sorted(_names(v2)) and changes.dropped == sorted(_names(v1))
+        items = storage.namespace("tests/evo").repository(v2)
+        read = [await items.get(f"i{number}") for number in (1, 2, 3)]
+        assert [item.rank for item in read if item is not None] == ["", "", ""]
+        empty = await items.list(filter={"rank": ""})
+        assert [item.id for item in empty.items] == ["i1", "i2", "i3"]
+        assert (await items.list(filter={"rank": "5"})).items == []
+        await items.create(v2(id="i4", rank="5"))
+        assert [item.id for item in (await items.list(filter={"rank": "5"})).items] == ["i4"]
+
+
+async def test_processes_starting_together_build_each_index_once(any_url: str) -> None:
+    v1 = item_type({"owner": "string", "rank": "int64"}, [["owner"], ["rank desc", "owner"]])
+    storages = [await Storage.connect(any_url) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(s.apply_indexes([v1]) for s in storages))
+    finally:
+        for storage in storages:
+            await storage.close()
+    built = [name for result in results for name in result.created]
+    assert await nexus_indexes(any_url) == _names(v1)
+    assert set(built) == _names(v1)
+
+
+async def test_postgresql_rebuilds_an_index_an_interrupted_build_left_invalid(
+    postgres_url: str,
+) -> None:
+    v1 = item_type({"owner": "string"}, [["owner"]])
+    (name,) = _names(v1)
+    async with connected(postgres_url) as storage:
+        await storage.apply_indexes([v1])
+    connection = await asyncpg.connect(_pg(postgres_url))
+    try:
+        # What a failed CREATE INDEX CONCURRENTLY leaves behind: the index, not valid.
+        await connection.execute(
+            f"UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{name}'::regclass"
+        )
+        async with connected(postgres_url) as storage:
+            changes = await storage.apply_indexes([v1])
+        valid = await connection.fetchval(
+            f"SELECT indisvalid FROM pg_index WHERE indexrelid = '{name}'::regclass"
+        )
+    finally:
+        await connection.close()
+    assert changes.created == [name] and valid is True
+
+
+async def test_a_declaration_the_storage_cannot_index_is_refused_before_any_change(
+    tmp_path: Path,
+) -> None:
+    async with connected(f"sqlite:///{tmp_path}/nexus.db") as storage:
+        for indexes, expected in (
+            ([["nobody"]], "has no field 'nobody'"),
+            ([["owner sideways"]], "expected 'path' or 'path desc'"),
+            ([["owner", "owner"]], "names a field twice"),
+            ([[]], "names no fields"),
+        ):
+            broken = item_type({"owner": "string"}, indexes)
+            with pytest.raises(IndexDeclarationError, match=expected) as raised:
+                await storage.apply_indexes([broken])
+            assert "nexus.storage.evo.Item" in str(raised.value)
+        assert await nexus_indexes(f"sqlite:///{tmp_path}/nexus.db") == set()
+
+
+async def test_the_host_builds_the_indexes_its_contracts_declare_at_start(
+    tmp_path: Path,
+) -> None:
+    from nexus.events.v1 import events_pb2
+
+    from nexus_grpc.testing import running_host
+
+    url = f"sqlite:///{tmp_path}/host.db"
+    async with running_host(plugins=["orders"], data_dir=tmp_path, storage_url=url):
+        built = await nexus_indexes(url)
+    # The orders plugin's lists, and the outbox relay's (every host runs it).
+    assert _names(orders_pb2.Order) | _names(events_pb2.Envelope) <= built
