@@ -143,6 +143,15 @@ class ServerConfig:
     allow: tuple[str, ...] = ()
     #: Networks that may not connect, even when also in ``allow`` (deny wins).
     deny: tuple[str, ...] = ()
+    #: Proxies (CIDRs) in front of the gRPC port whose ``forwarded_header`` metadata
+    #: names the client: only for calls from these peers is the client address taken
+    #: from it (rightmost hop not a trusted proxy), for rate limits, the login
+    #: throttle, logs, audit and ``allow``/``deny`` (which must then let the proxies
+    #: connect). Without it every client behind a balancer shares its address.
+    trusted_proxies: tuple[str, ...] = ()
+    #: The one metadata key trusted proxies name the client in: "x-forwarded-for"
+    #: (default) or "forwarded" (RFC 7239); the other is ignored, never a fallback.
+    forwarded_header: str = "x-forwarded-for"
     #: Refuse to start when a port listens on a non-loopback address without TLS
     #: (both ports). Off, such a port starts with a warning in the log.
     require_tls: bool = False
@@ -527,6 +536,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "server.tls.client_auth": ("none", "optional", "require"),
     "http.tls.client_auth": ("none", "optional", "require"),
     "http.forwarded_header": ("x-forwarded-for", "forwarded"),
+    "server.forwarded_header": ("x-forwarded-for", "forwarded"),
     "server.tls.min_version": ("1.2", "1.3"),
     "http.tls.min_version": ("1.2", "1.3"),
     "tracing.exporter": ("otlp", "console", "none"),
@@ -710,6 +720,7 @@ def _check_networks(config: Config) -> None:
         NetworkPolicy.from_lists("server", config.server.allow, config.server.deny)
         NetworkPolicy.from_lists("http", config.http.allow, config.http.deny)
         parse_networks("http.trusted_proxies", config.http.trusted_proxies)
+        parse_networks("server.trusted_proxies", config.server.trusted_proxies)
     except ValueError as error:
         raise ConfigError(str(error)) from None
 

@@ -24,7 +24,7 @@ from nexus_grpc.events.metrics import EventMetrics
 from nexus_grpc.events.outbox import Outbox
 from nexus_grpc.events.redis_bus import RedisBus
 from nexus_grpc.gateway import GatewayApp, GatewaySettings
-from nexus_grpc.gateway.probes import Probes, ReadinessSources
+from nexus_grpc.gateway.probes import LIVENESS, READINESS, Probes, ReadinessSources
 from nexus_grpc.pipeline import Stage, build_stages
 from nexus_grpc.pipeline.audit import AdminAuditStage
 from nexus_grpc.pipeline.auth import AccessStage, AuthStage
@@ -56,6 +56,7 @@ from nexus_grpc.tls.material import check_config, plaintext_exposed
 from nexus_grpc.tracing import enabled as tracing_enabled
 from nexus_grpc.tracing.setup import Tracing, start_tracing
 from nexus_grpc.transport.allow_list import NetworkStage, RefusedConnections
+from nexus_grpc.transport.grpc_forwarded import ForwardedStage
 from nexus_grpc.transport.grpc_server import create_server
 from nexus_grpc.transport.health import OVERALL, HealthState
 from nexus_grpc.transport.http_protocol import HttpLimits
@@ -159,6 +160,8 @@ class Host:
         #: Whether stop() turns health NOT_SERVING and waits ``shutdown_delay`` first
         #: (False for a worker a rolling restart replaces while the others serve on).
         self.announce_shutdown = True
+        #: Liveness and readiness: /healthz, /readyz and their gRPC health services.
+        self._probes = Probes(self._readiness_sources())
 
     @property
     def plugins(self) -> PluginManager:
@@ -239,7 +242,7 @@ class Host:
                 self.router,
                 GatewaySettings.from_config(self.config.http),
                 metrics=self.metrics,
-                probes=Probes(self._readiness_sources()),
+                probes=self._probes,
             )
             self._http = HttpServer(
                 gateway,
@@ -307,6 +310,11 @@ class Host:
         # A Redis bus that cannot reach Redis yet starts NOT_SERVING and flips when it can.
         await self.health.set(EVENTS_HEALTH, self._redis_bus.healthy() if self._redis_bus else True)
         await self.health.set(STORAGE_HEALTH, self._storage.health.healthy)
+        # The HTTP probes' verdicts on the gRPC port, evaluated on every Check: the
+        # kubelet's native gRPC probes and ``nexus health --service`` see what /healthz
+        # and /readyz answer.
+        await self.health.compute(LIVENESS, self._probes.alive)
+        await self.health.compute(READINESS, self._probes.ready)
         if tls.ports:
             await tls.start(self._on_tls_health)
         await self._server.start()
@@ -367,10 +375,12 @@ class Host:
     def _readiness_sources(self) -> ReadinessSources:
         """What ``/readyz`` reads: this host's health, drain, plugins and storage."""
 
-        def plugins() -> list[tuple[str, str]]:
+        def plugins() -> list[tuple[str, str, tuple[str, ...]]]:
             if self._plugins is None:
                 return []
-            return [(record.name, record.state) for record in self._plugins.records()]
+            return [
+                (record.name, record.state, record.services) for record in self._plugins.records()
+            ]
 
         def storage_probe() -> Callable[[], Awaitable[bool]] | None:
             return None if self._storage is None else self._storage.probe
@@ -381,6 +391,7 @@ class Host:
             plugins=plugins,
             storage_probe=storage_probe,
             probe_interval=self.config.storage.probe_interval,
+            strict_plugins=self.config.plugins.strict,
         )
 
     async def _check_rate_limiter(self) -> None:
@@ -405,15 +416,19 @@ class Host:
             buckets: Buckets = self._buckets
         else:
             buckets = MemoryBuckets()
+        server = self.config.server
+        grpc_policy = NetworkPolicy.from_lists("server", server.allow, server.deny)
         return build_stages(
+            forwarded=ForwardedStage(
+                TrustedProxies(
+                    parse_networks("server.trusted_proxies", server.trusted_proxies),
+                    header=server.forwarded_header,
+                ),
+                policy_active=grpc_policy.active,
+            ),
             observe=ObserveStage(access_log=self.config.log.access),
             metrics=self.metrics.stage(),
-            network=NetworkStage(
-                NetworkPolicy.from_lists(
-                    "server", self.config.server.allow, self.config.server.deny
-                ),
-                self.refused,
-            ),
+            network=NetworkStage(grpc_policy, self.refused),
             concurrency=ConcurrencyStage(limits.max_concurrent_calls),
             deadline=DeadlineStage(),
             auth=AuthStage(

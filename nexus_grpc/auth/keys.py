@@ -391,9 +391,20 @@ def _read_or_generate_secret(path: Path) -> bytes:
 
 
 def _warn_if_exposed(path: Path) -> None:
-    mode = path.stat().st_mode
-    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
-        _log.warning("token secret %s is readable by other users (mode %o)", path, mode & 0o777)
+    if os.name != "posix":
+        return
+    info = path.stat()
+    exposed = info.st_mode & (stat.S_IRWXG | stat.S_IRWXO)
+    if exposed == stat.S_IRGRP and info.st_gid == os.getegid():
+        # Group-read for the process's own group only: what Kubernetes makes of a Secret
+        # volume's 0400 files under the pod's fsGroup (0440, group = fsGroup = the
+        # process's gid). Whoever could read it through that group runs as this process's
+        # group already; warning on every start would only teach operators to ignore it.
+        return
+    if exposed:
+        _log.warning(
+            "token secret %s is readable by other users (mode %o)", path, info.st_mode & 0o777
+        )
 
 
 def _read(path: Path, setting: str) -> bytes:

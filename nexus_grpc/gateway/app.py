@@ -21,6 +21,7 @@ from google.rpc import error_details_pb2, status_pb2
 from nexus_grpc import tracing
 from nexus_grpc.config import HttpConfig
 from nexus_grpc.errors import StatusError
+from nexus_grpc.gateway.bindings import RESERVED_PATHS
 from nexus_grpc.gateway.codec import JsonOptions, dumps
 from nexus_grpc.gateway.context import GatewayContext
 from nexus_grpc.gateway.cors import CorsPolicy
@@ -221,13 +222,56 @@ class GatewayApp:
                 )
                 await send_error(send, failure, [*cors, *request_id])
 
+    async def _serve_reserved(
+        self, method: str, path: str, send: GuardedSend, cors: Headers
+    ) -> None:
+        """``/healthz``, ``/readyz``, ``/metrics`` and ``/openapi.json`` (GET; HEAD too
+        for the probes); 404 for other methods and for one this gateway does not serve
+        (no plugin route is tried either way)."""
+        probe = path in PROBE_PATHS
+        if (method == "GET" or (probe and method == "HEAD")) and await self._answer_reserved(
+            method, path, send, cors
+        ):
+            return
+        if self._metrics is not None:
+            self._metrics.count_unknown("rest")
+        raise StatusError(
+            grpc.StatusCode.NOT_FOUND, f"no route for {method} {path}", reason="ROUTE_NOT_FOUND"
+        )
+
+    async def _answer_reserved(
+        self, method: str, path: str, send: GuardedSend, cors: Headers
+    ) -> bool:
+        """Answer a reserved path this gateway serves; False when it serves none there."""
+        if path in PROBE_PATHS and self._probes is not None:
+            answer = await self._probes.answer(path)
+            body = answer.body if method == "GET" else b""
+            headers = [(b"content-type", JSON), (b"cache-control", b"no-store"), *cors]
+            await send_response(send, answer.status, headers, body)
+            return True
+        if path == "/openapi.json":
+            from nexus_grpc.gateway.openapi import openapi_document
+
+            document = openapi_document(self._routes.bindings, self._settings.json)
+            await send_response(send, 200, [(b"content-type", JSON), *cors], dumps(document))
+            return True
+        if path == "/metrics" and self._metrics is not None:
+            from prometheus_client import CONTENT_TYPE_LATEST
+
+            await self._metrics.refresh()
+            exposition = self._metrics.exposition()
+            headers = [(b"content-type", CONTENT_TYPE_LATEST.encode("latin-1"))]
+            await send_response(send, 200, headers, exposition)
+            return True
+        return False
+
     def _methods_for(self, scope: Scope) -> list[str]:
         """The HTTP methods that apply to the request's exact path (for a preflight)."""
         raw_path = scope.get("raw_path") or scope["path"].encode()
         path = raw_path.decode("latin-1")
         if self._router.lookup(scope["path"]) is not None:
             return ["POST"]  # a gRPC method's path: gRPC-Web
-        if path in ("/openapi.json", "/metrics", "/healthz", "/readyz"):
+        if path in RESERVED_PATHS:
             return ["GET"]
         return self._routes.matcher.allowed_methods(path)
 
@@ -238,28 +282,13 @@ class GatewayApp:
         raw_path = scope.get("raw_path") or scope["path"].encode()
         path = raw_path.decode("latin-1")
         routes = self._routes
+        if path in RESERVED_PATHS:
+            # Answered before any binding is matched: a plugin route such as
+            # ``GET /{name}`` must not shadow a probe the orchestrator relies on.
+            await self._serve_reserved(method, path, send, cors)
+            return
         match = routes.matcher.match(method, path)
         if match is None:
-            if self._probes is not None and method in ("GET", "HEAD") and path in PROBE_PATHS:
-                answer = await self._probes.answer(path)
-                body = answer.body if method == "GET" else b""
-                headers = [(b"content-type", JSON), (b"cache-control", b"no-store"), *cors]
-                await send_response(send, answer.status, headers, body)
-                return
-            if method == "GET" and path == "/openapi.json":
-                from nexus_grpc.gateway.openapi import openapi_document
-
-                document = openapi_document(routes.bindings, self._settings.json)
-                await send_response(send, 200, [(b"content-type", JSON), *cors], dumps(document))
-                return
-            if method == "GET" and path == "/metrics" and self._metrics is not None:
-                from prometheus_client import CONTENT_TYPE_LATEST
-
-                await self._metrics.refresh()
-                exposition = self._metrics.exposition()
-                headers = [(b"content-type", CONTENT_TYPE_LATEST.encode("latin-1"))]
-                await send_response(send, 200, headers, exposition)
-                return
             allowed = routes.matcher.allowed_methods(path)
             if allowed:
                 raise _method_not_allowed(method, path, allowed)

@@ -9,6 +9,7 @@ A method without an annotation gets the binding Envoy's transcoder gives it:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from google.api import annotations_pb2, http_pb2
@@ -16,7 +17,18 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 
 from nexus_grpc.gateway.template import PathTemplate, TemplateError, parse_template
 
-__all__ = ["BindingError", "HttpBinding", "bindings_for", "resolve_field_path"]
+__all__ = [
+    "RESERVED_PATHS",
+    "BindingError",
+    "HttpBinding",
+    "bindings_for",
+    "reserved_path_bindings",
+    "resolve_field_path",
+]
+
+#: Paths the gateway answers itself, before any binding is matched: the probes, the
+#: metrics and the OpenAPI document. A binding on one of them could never be reached.
+RESERVED_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 
 _PATTERNS = ("get", "put", "post", "delete", "patch")
 
@@ -65,6 +77,32 @@ def bindings_for(method: MethodDescriptor) -> list[HttpBinding]:
         if extra.additional_bindings:
             raise BindingError(f"{route_path}: additional_bindings cannot nest further bindings")
         found.append(_binding(method, route_path, extra))
+    return found
+
+
+def reserved_path_bindings(methods: Iterable[MethodDescriptor]) -> list[str]:
+    """``<method>: <HTTP method> <path>`` for every binding of ``methods`` whose path is
+    exactly a reserved one (a template with variables, such as ``/{name}``, may match a
+    reserved path but is not refused: the gateway answers those paths first)."""
+    found = []
+    for method in methods:
+        try:
+            bindings = bindings_for(method)
+        except BindingError:
+            continue  # reported when the gateway builds its routes
+        for binding in bindings:
+            template = binding.template
+            if template.variables or template.verb is not None:
+                continue
+            try:
+                path = "/" + "/".join(segment.value for segment in template.segments)
+            except ValueError:
+                continue  # a wildcard: not one literal path
+            if path in RESERVED_PATHS:
+                found.append(
+                    f"/{method.full_name.rpartition('.')[0]}/{method.name}: "
+                    f"{binding.http_method} {path}"
+                )
     return found
 
 

@@ -33,6 +33,7 @@ __all__ = [
 def build_stages(
     *,
     observe: Stage,
+    forwarded: Stage | None = None,
     metrics: Stage | None = None,
     network: Stage | None = None,
     concurrency: Stage | None = None,
@@ -47,6 +48,8 @@ def build_stages(
 ) -> list[Stage]:
     """The host's pipeline, outermost first.
 
+    - forwarded (only with ``server.trusted_proxies``): a gRPC call from a trusted
+      proxy gets the client it forwards for as its peer, before anything reads it;
     - tracing (only when on): the call's server span, outermost so that every log
       record of the call carries its trace id; the stages that can refuse a call
       (auth, rate limit, access, validation) then record a refusal as a child span;
@@ -79,6 +82,7 @@ def build_stages(
         access = RefusalSpans(access, "access") if access is not None else None
         validation = RefusalSpans(validation, "validation") if validation is not None else None
     ordered: list[Stage | None] = [
+        forwarded,
         server_span,
         observe,
         metrics,

@@ -15,7 +15,12 @@ from google.protobuf.descriptor import FileDescriptor
 
 from nexus_grpc.config import Config
 from nexus_grpc.events import EventBus, event_type_exists, subscriptions_of
-from nexus_grpc.gateway.bindings import BindingError, bindings_for
+from nexus_grpc.gateway.bindings import (
+    RESERVED_PATHS,
+    BindingError,
+    bindings_for,
+    reserved_path_bindings,
+)
 from nexus_grpc.pipeline import Stage
 from nexus_grpc.plugins.contexts import ContextFactory
 from nexus_grpc.plugins.contract_swap import upgrade_contract
@@ -303,6 +308,14 @@ def _check_http_bindings(plugin: str, routes: list[Route]) -> None:
             bindings_for(route.info.descriptor)
         except BindingError as error:
             raise PluginError(f"plugin {plugin!r}: {error}") from None
+    # The gateway answers these paths before any route: a binding there is unreachable.
+    reserved = reserved_path_bindings(route.info.descriptor for route in routes)
+    if reserved:
+        raise PluginError(
+            f"plugin {plugin!r}: HTTP binding on a path the host answers itself "
+            f"({', '.join(sorted(RESERVED_PATHS))}): {'; '.join(reserved)}; "
+            "choose another path in the contract's google.api.http options"
+        )
 
 
 def _reason(name: str, manifest: Manifest, error: Exception) -> str:

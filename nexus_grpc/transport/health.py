@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from grpc_health.v1 import health_pb2
@@ -29,6 +30,18 @@ class _HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
         #: Watch calls in progress: shutdown lets them deliver NOT_SERVING before the
         #: host ends every stream.
         self._watches: set[asyncio.Task[Any]] = set()
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: Any
+    ) -> health_pb2.HealthCheckResponse:
+        """grpcio's Check, except that a computed service is evaluated now (and its
+        published status updated, for Watch and List)."""
+        check = self._state.computed(request.service)
+        if check is None:
+            return await super().Check(request, context)
+        serving = await check()
+        await self._state.set(request.service, serving)
+        return health_pb2.HealthCheckResponse(status=_SERVING if serving else _NOT_SERVING)
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
         """grpcio's Watch, except that shutdown ends it: NOT_SERVING, then UNAVAILABLE.
@@ -99,6 +112,17 @@ class HealthState:
     def __init__(self) -> None:
         self.servicer = _HealthServicer(self)
         self._serving: dict[str, bool] = {}
+        self._computed: dict[str, Callable[[], Awaitable[bool]]] = {}
+
+    async def compute(self, service: str, check: Callable[[], Awaitable[bool]]) -> None:
+        """Publish ``service`` with the status ``check`` gives, evaluated again on every
+        ``Check`` call rather than pushed (readiness, liveness)."""
+        self._computed[service] = check
+        await self.set(service, await check())
+
+    def computed(self, service: str) -> Callable[[], Awaitable[bool]] | None:
+        """The check of a computed service; None for a service whose status is set."""
+        return self._computed.get(service)
 
     async def set(self, service: str, serving: bool) -> None:
         """Publish ``service``'s status; watchers are notified."""

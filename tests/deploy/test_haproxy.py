@@ -8,7 +8,9 @@ servers' states. Then: HAProxy accepts the file (``haproxy -c``); its health che
 (``/readyz``) take the dead servers out; gRPC (HTTP/2 cleartext to the backend) and REST
 calls pass through it; and on SIGTERM the host turns not-ready soon enough that HAProxy
 takes it out of rotation while it still serves (compose's ``shutdown_delay`` against
-HAProxy's check interval and ``fall``).
+HAProxy's check interval and ``fall``). Its gRPC frontend forwards each client's
+address (``option forwardfor``), which the instances believe from the balancer only
+(``server.trusted_proxies``): two clients behind it have separate rate-limit buckets.
 """
 
 from __future__ import annotations
@@ -29,11 +31,14 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nexus.auth.v1 import auth_pb2, auth_pb2_grpc
 from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 
-from nexus_grpc.config import ServerConfig, load_config
+from nexus_grpc.config import LimitsConfig, ServerConfig, load_config
 from nexus_grpc.testing import RunningHost, running_host
 from tests.e2e.conftest import REPO, missing
+from tests.fixtures.ports import free_port
+from tests.fixtures.tcp_balancer import Backend, TcpBalancer
 
 pytestmark = pytest.mark.e2e
 
@@ -42,12 +47,6 @@ HAPROXY_CFG = DEPLOY / "compose" / "haproxy.cfg"
 COMPOSE_CONFIG = load_config(DEPLOY / "compose" / "nexus.toml", environ={})
 GRPC_PORT = int(COMPOSE_CONFIG.server.grpc_address.rsplit(":", 1)[1])
 HTTP_PORT = int(COMPOSE_CONFIG.http.address.rsplit(":", 1)[1])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def haproxy_binary() -> str:
@@ -71,6 +70,13 @@ def local_config(servers: dict[str, tuple[int, int]], binds: tuple[int, int], st
     text = re.sub(
         rf"^(\s*)bind :{HTTP_PORT}\b", rf"\g<1>bind 127.0.0.1:{binds[1]}", text, flags=re.M
     )
+    # Any other listener (the balancer's own monitor): a free port too.
+    text = re.sub(
+        r"^(\s*)bind :(\d+)\b",
+        lambda m: f"{m.group(1)}bind 127.0.0.1:{free_port()}",
+        text,
+        flags=re.M,
+    )
     lines = []
     for line in text.splitlines():
         found = re.match(r"^(\s*server (\S+) )(\S+):(\d+)(.*)$", line)
@@ -84,8 +90,8 @@ def local_config(servers: dict[str, tuple[int, int]], binds: tuple[int, int], st
     return "\n".join(lines) + "\n"
 
 
-def server_states(stats: Path) -> dict[tuple[str, str], str]:
-    """(backend, server) -> status (UP, DOWN, ...) from HAProxy's stats socket."""
+def server_stats(stats: Path) -> dict[tuple[str, str], dict[str, str]]:
+    """(backend, server) -> HAProxy's ``show stat`` row (status, stot, ...)."""
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(5)
         sock.connect(str(stats))
@@ -95,10 +101,15 @@ def server_states(stats: Path) -> dict[tuple[str, str], str]:
             data += chunk
     rows = csv.DictReader(io.StringIO(data.decode().lstrip("# ")))
     return {
-        (row["pxname"], row["svname"]): row["status"]
+        (row["pxname"], row["svname"]): row
         for row in rows
         if row["svname"] not in ("FRONTEND", "BACKEND")
     }
+
+
+def server_states(stats: Path) -> dict[tuple[str, str], str]:
+    """(backend, server) -> status (UP, DOWN, ...) from HAProxy's stats socket."""
+    return {key: row["status"] for key, row in server_stats(stats).items()}
 
 
 def stats_socket(config: str) -> Path:
@@ -233,3 +244,91 @@ async def _through_haproxy(host: RunningHost, tmp_path: Path) -> None:
             assert not stopping.done()  # still serving while it left the rotation
         finally:
             await stopping
+
+
+def monitor_port(config: str) -> int:
+    """The port of the balancer's monitor frontend (compose's healthcheck target)."""
+    found = re.search(r"^frontend monitor\n\s*bind 127\.0\.0\.1:(\d+)", config, flags=re.M)
+    assert found is not None
+    return int(found.group(1))
+
+
+async def test_grpc_clients_behind_haproxy_have_separate_login_buckets(tmp_path: Path) -> None:
+    haproxy_binary()
+    # The compose instances trust the balancer's network; here it is loopback.
+    trusted = COMPOSE_CONFIG.server.trusted_proxies
+    assert trusted, "compose/nexus.toml must trust the balancer on the gRPC port"
+    server = ServerConfig(trusted_proxies=("127.0.0.1/32",))
+    limits = LimitsConfig(rate_classes={"default": {"rate": 100, "burst": 100}, "login": LOGIN})
+    async with running_host(
+        plugins=["auth"],
+        plugin_dirs=[REPO / "plugins"],
+        data_dir=tmp_path / "data",
+        http=True,
+        server=server,
+        limits=limits,
+    ) as host:
+        live = (int(host.address.rsplit(":", 1)[1]), int(host.http_url.rsplit(":", 1)[1]))
+        servers = {name: live for name in ("nexus-1", "nexus-2", "nexus-3")}
+        binds = (free_port(), free_port())
+        stats = tmp_path / "haproxy.sock"
+        config = local_config(servers, binds, stats)
+        with haproxy(config, tmp_path):
+            up = {(backend, "nexus-1"): "UP" for backend in ("nexus_grpc", "nexus_rest")}
+            await eventually_states(stats, up, seconds=20)
+            # The compose healthcheck's target: the running HAProxy answers it.
+            async with httpx.AsyncClient() as client:
+                monitor = await client.get(f"http://127.0.0.1:{monitor_port(config)}/healthz")
+                assert monitor.status_code == 200
+            # Two "machines": relays (started off the loop the host serves on) whose connections to HAProxy come from 127.0.0.2
+            # and 127.0.0.3, as two clients' would from their own addresses.
+            relays = [
+                await asyncio.to_thread(_relay, binds, source)
+                for source in ("127.0.0.2", "127.0.0.3")
+            ]
+            try:
+                first = await _logins(relays[0].address("grpc"), LOGIN_BURST + 2)
+                second = await _logins(relays[1].address("grpc"), 1)
+            finally:
+                for relay in relays:
+                    await asyncio.to_thread(relay.close)
+        # The first client spent its own bucket (then RESOURCE_EXHAUSTED) ...
+        assert first[:LOGIN_BURST] == [grpc.StatusCode.UNAUTHENTICATED] * LOGIN_BURST
+        assert first[LOGIN_BURST:] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+        # ... and the second, behind the same balancer, still has all of its own.
+        assert second == [grpc.StatusCode.UNAUTHENTICATED]
+
+
+LOGIN_BURST = 3
+#: A bucket that does not refill during the test.
+LOGIN = {"rate": 0.001, "burst": float(LOGIN_BURST)}
+
+
+def _relay(binds: tuple[int, int], source: str) -> TcpBalancer:
+    # Its health check is /readyz through HAProxy's REST frontend.
+    relay = TcpBalancer(
+        [Backend("haproxy", {"grpc": binds[0], "http": binds[1]})],
+        kinds=("grpc",),
+        source=source,
+    )
+    relay.start()
+    assert relay.healthy() == ["haproxy"]
+    return relay
+
+
+async def _logins(address: str, count: int) -> list[grpc.StatusCode]:
+    """Status codes of ``count`` logins with a wrong password through ``address``."""
+    codes = []
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    async with grpc.aio.insecure_channel(address, options=options) as channel:
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        for _ in range(count):
+            try:
+                await stub.Login(
+                    auth_pb2.LoginRequest(username="nobody", password="wrong"), timeout=5
+                )
+            except grpc.aio.AioRpcError as error:
+                codes.append(error.code())
+            else:
+                codes.append(grpc.StatusCode.OK)
+    return codes

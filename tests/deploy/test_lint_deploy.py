@@ -15,11 +15,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
+import time
 import tomllib
 import zipfile
 from pathlib import Path
@@ -29,7 +32,8 @@ import yaml
 
 from nexus_grpc.cli import _parser
 from nexus_grpc.config import Config, load_config
-from tests.e2e.conftest import BIN, REPO, require_tool
+from tests.e2e.conftest import BIN, REPO, missing, require_tool
+from tests.fixtures.ports import free_port
 
 DEPLOY = REPO / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
@@ -111,6 +115,8 @@ def test_the_image_runs_nexus_unprivileged_read_only_and_drains_on_sigterm() -> 
     probe = exec_form(check)
     assert probe[0] == "nexus"
     assert _parser().parse_args(probe[1:]).run.__module__ == "nexus_grpc.cli.health"
+    # Liveness, not the overall status: a storage outage must not replace the container.
+    assert probe[probe.index("--service") + 1] == "nexus.liveness"
     assert keywords["STOPSIGNAL"] == "SIGTERM"
     # A fixed numeric uid (runAsNonRoot can check it), the one the Deployment names.
     args = {a.split("=")[0]: a.split("=")[1] for k, a in steps if k == "ARG" and "=" in a}
@@ -132,59 +138,104 @@ def port_of(address: str) -> int:
     return int(address.rsplit(":", 1)[1])
 
 
-def dockerignore_patterns() -> list[re.Pattern[str]]:
-    """The root ``.dockerignore`` as regular expressions on context-relative paths."""
-    patterns = []
+def _pattern_regex(line: str) -> re.Pattern[str]:
+    """One ``.dockerignore`` pattern as a regular expression on context-relative paths."""
+    regex = ""
+    index = 0
+    while index < len(line):
+        if line.startswith("**/", index):
+            regex += "(?:.*/)?"
+            index += 3
+        elif line.startswith("**", index):
+            regex += ".*"
+            index += 2
+        elif line[index] == "*":
+            regex += "[^/]*"
+            index += 1
+        elif line[index] == "?":
+            regex += "[^/]"
+            index += 1
+        elif line[index] == "[":
+            end = line.index("]", index)
+            regex += line[index : end + 1]
+            index = end + 1
+        else:
+            regex += re.escape(line[index])
+            index += 1
+    return re.compile(regex + "$")
+
+
+def dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
+    """The root ``.dockerignore``, in order: (is an exception ``!...``, pattern)."""
+    rules = []
     for line in (REPO / ".dockerignore").read_text().splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        assert not line.startswith("!"), "exceptions are not supported by this check"
-        regex = ""
-        index = 0
-        while index < len(line):
-            if line.startswith("**/", index):
-                regex += "(?:.*/)?"
-                index += 3
-            elif line.startswith("**", index):
-                regex += ".*"
-                index += 2
-            elif line[index] == "*":
-                regex += "[^/]*"
-                index += 1
-            elif line[index] == "?":
-                regex += "[^/]"
-                index += 1
-            elif line[index] == "[":
-                end = line.index("]", index)
-                regex += line[index : end + 1]
-                index = end + 1
-            else:
-                regex += re.escape(line[index])
-                index += 1
-        patterns.append(re.compile(regex + "$"))
-    return patterns
+        negated = line.startswith("!")
+        rules.append((negated, _pattern_regex(line.removeprefix("!").strip().strip("/"))))
+    return rules
+
+
+def dockerignored(path: str, rules: list[tuple[bool, re.Pattern[str]]] | None = None) -> bool:
+    """Whether Docker leaves ``path`` out of the build context: the last rule that
+    matches the path or one of its parent folders decides (an ``!`` rule keeps it)."""
+    rules = dockerignore_rules() if rules is None else rules
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for negated, pattern in rules:
+        if any(pattern.match(candidate) for candidate in candidates):
+            ignored = not negated
+    return ignored
 
 
 def copy_context(target: Path) -> None:
     """The build context Docker would send: the repository less ``.dockerignore``."""
-    patterns = dockerignore_patterns()
+    rules = dockerignore_rules()
+    exceptions = [pattern.pattern for negated, pattern in rules if negated]
 
     def ignored(directory: str, names: list[str]) -> list[str]:
         base = Path(directory).relative_to(REPO)
-        return [
-            name
-            for name in names
-            if any(p.match((base / name).as_posix().removeprefix("./")) for p in patterns)
-        ]
+        left_out = []
+        for name in names:
+            path = (base / name).as_posix().removeprefix("./")
+            if not dockerignored(path, rules):
+                continue
+            # A folder left out may still hold an exception (deploy/ for deploy/nexus.toml):
+            # Docker walks into it, so must the copy.
+            if (REPO / path).is_dir() and any(
+                e.startswith(re.escape(path + "/")) for e in exceptions
+            ):
+                continue
+            left_out.append(name)
+        return left_out
 
     shutil.copytree(REPO, target, ignore=ignored)
+
+
+def test_the_dockerignore_allow_list_keeps_the_sources_and_leaves_the_rest_out() -> None:
+    rules = dockerignore_rules()
+    assert rules[0] == (False, re.compile("[^/]*$")), "an allow-list starts with `*`"
+    for kept in ("nexus_grpc/host.py", "plugins/orders/manifest.toml", "deploy/nexus.toml"):
+        assert not dockerignored(kept, rules), kept
+    for left_out in (
+        ".git/config",
+        ".venv/bin/python",
+        "tests/deploy/test_lint_deploy.py",
+        "deploy/compose.yaml",
+        "deploy/.env",
+        "nexus_grpc/__pycache__/host.cpython-311.pyc",
+        "a-new-file-nobody-listed.txt",
+    ):
+        assert dockerignored(left_out, rules), left_out
 
 
 def test_the_build_context_holds_what_the_dockerfile_copies(tmp_path: Path) -> None:
     context = tmp_path / "context"
     copy_context(context)
     assert not (context / ".git").exists() and not (context / ".venv").exists()
+    assert not (context / "tests").exists() and not (context / "deploy" / "compose.yaml").exists()
     assert not list(context.rglob("__pycache__"))
     for keyword, arguments in runtime_stage():
         if keyword == "COPY" and not arguments.startswith("--from"):
@@ -228,10 +279,16 @@ def test_the_wheel_built_as_the_dockerfile_builds_it_carries_the_product(tmp_pat
 # -- Kubernetes ------------------------------------------------------------------------
 
 
-def manifest(name: str) -> dict[str, Any]:
-    loaded = yaml.safe_load((KUBERNETES / name).read_text())
-    assert isinstance(loaded, dict)
+def documents(name: str) -> list[dict[str, Any]]:
+    """Every object of a manifest file (``---``-separated)."""
+    loaded = [d for d in yaml.safe_load_all((KUBERNETES / name).read_text()) if d is not None]
+    assert all(isinstance(d, dict) for d in loaded)
     return loaded
+
+
+def manifest(name: str) -> dict[str, Any]:
+    """The first object of a manifest file."""
+    return documents(name)[0]
 
 
 def manifests() -> list[Path]:
@@ -251,7 +308,8 @@ def test_kubernetes_validate_accepts_every_manifest_strictly_and_rejects_a_typo(
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("passed") == len(files), result.stdout
+    objects = sum(len(documents(Path(f).name)) for f in files)
+    assert result.stdout.count("passed") == objects, result.stdout
     # Strict really is strict: an unknown field (a typo) fails.
     broken = (KUBERNETES / "service.yaml").read_text().replace("appProtocol:", "appProtocl:")
     typo = tmp_path / "service.yaml"
@@ -266,10 +324,10 @@ def test_kubernetes_validate_accepts_every_manifest_strictly_and_rejects_a_typo(
     assert failed.returncode != 0
 
 
-def test_the_kustomization_lists_every_manifest_but_the_secret_template() -> None:
+def test_the_kustomization_lists_every_manifest_but_the_examples() -> None:
     kustomization = manifest("kustomization.yaml")
     listed = set(kustomization["resources"])
-    assert listed == {p.name for p in manifests()} - {"secret.example.yaml"}
+    assert listed == {p.name for p in manifests() if not p.name.endswith(".example.yaml")}
 
 
 def configmap_toml(tmp_path: Path) -> Path:
@@ -281,13 +339,18 @@ def configmap_toml(tmp_path: Path) -> Path:
 def container_env(container: dict[str, Any]) -> dict[str, str]:
     """The container's NEXUS_* variables; those from a Secret get a placeholder value
     of the right shape."""
+    placeholders = {
+        "storage-url": "postgresql+asyncpg://nexus@db.invalid/nexus",
+        "redis-events-url": "redis://:secret@redis.invalid/0",
+        "redis-cache-url": "redis://:secret@redis.invalid/1",
+        "redis-limits-url": "redis://:secret@redis.invalid/2",
+    }
     env = {}
     for item in container["env"]:
         if "value" in item:
             env[item["name"]] = item["value"]
         else:
-            assert item["name"] == "NEXUS_STORAGE__URL"
-            env[item["name"]] = "postgresql+asyncpg://nexus@db.invalid/nexus"
+            env[item["name"]] = placeholders[item["valueFrom"]["secretKeyRef"]["key"]]
     return env
 
 
@@ -302,9 +365,28 @@ def test_the_deployment_agrees_with_its_config_and_is_locked_down(tmp_path: Path
         "grpc": port_of(config.server.grpc_address),
         "http": port_of(config.http.address),
     }
-    assert container["readinessProbe"]["grpc"]["port"] == ports["grpc"]
-    assert container["startupProbe"]["grpc"]["port"] == ports["grpc"]
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # Native gRPC probes on the host's liveness and readiness health services.
+    for probe, service in (
+        ("readinessProbe", "nexus.readiness"),
+        ("startupProbe", "nexus.readiness"),
+        ("livenessProbe", "nexus.liveness"),
+    ):
+        assert container[probe]["grpc"] == {"port": ports["grpc"], "service": service}, probe
+    # The autoscaler owns the replica count.
+    assert "replicas" not in deployment["spec"]
+    # Workers: one core requested per worker; more than one needs Redis for limits,
+    # events and cache, which the config (with the Secret's URLs) has.
+    args = container["args"]
+    assert _parser().parse_args(args).run.__module__ == "nexus_grpc.cli.serve"
+    workers = int(args[args.index("--workers") + 1])
+    assert workers >= 2
+    assert float(container["resources"]["requests"]["cpu"]) == workers
+    load_config(configmap_toml(tmp_path), environ={**env, "NEXUS_SERVER__WORKERS": str(workers)})
+    for part in ("events", "cache", "limits"):
+        assert getattr(config, part).redis_url.startswith("redis://:secret@"), part
+        assert "redis_url" not in manifest("configmap.yaml")["data"]["nexus.toml"]
+    # Clients reconnect every few minutes: load spreads over pods the autoscaler adds.
+    assert 60 <= config.server.max_connection_age <= 900
     # The pod is given time for the preStop sleep, readiness settling and the drain.
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     needed = pre_stop + config.server.shutdown_delay + config.server.grace_period
@@ -324,7 +406,10 @@ def test_the_deployment_agrees_with_its_config_and_is_locked_down(tmp_path: Path
     # Writable: the data dir and /tmp, each an emptyDir; config and secrets read-only.
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    for writable in (config.data_dir, "/tmp"):
+    # data_dir is a subdirectory of its volume, which fsGroup makes group-writable:
+    # nexus creates it owner-only (test_fsgroup).
+    data_mount = str(Path(config.data_dir).parent)
+    for writable in (data_mount, "/tmp"):
         assert "emptyDir" in volumes[mounts[writable]["name"]]
     assert mounts["/etc/nexus"]["readOnly"] is True
     assert Path(config.auth.secret_file).parent.as_posix() in mounts
@@ -346,7 +431,14 @@ def test_service_pdb_and_autoscaler_point_at_the_deployment() -> None:
     service = manifest("service.yaml")
     assert service["spec"]["selector"].items() <= labels.items()
     by_name = {p["name"]: p for p in service["spec"]["ports"]}
-    assert {n: p["appProtocol"] for n, p in by_name.items()} == {"grpc": "grpc", "http": "http"}
+    assert {n: p["appProtocol"] for n, p in by_name.items()} == {
+        "grpc": "kubernetes.io/h2c",
+        "http": "http",
+    }
+    # The headless Service: DNS lists every ready pod, for client-side balancing.
+    (headless,) = [d for d in documents("service.yaml") if d["spec"].get("clusterIP") == "None"]
+    assert headless["spec"]["selector"].items() <= labels.items()
+    assert {p["name"] for p in headless["spec"]["ports"]} == {"grpc"}
     assert {p["targetPort"] for p in by_name.values()} == {p["name"] for p in container["ports"]}
     pdb = manifest("pdb.yaml")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -368,6 +460,25 @@ def test_the_secret_is_a_template_without_values() -> None:
     volumes = deployment["spec"]["template"]["spec"]["volumes"]
     keys |= {i["key"] for v in volumes if "secret" in v for i in v["secret"]["items"]}
     assert keys == set(secret["stringData"])
+
+
+def test_the_network_policy_example_admits_only_nexus_pods_to_redis_and_postgres() -> None:
+    labels = manifest("deployment.yaml")["spec"]["template"]["metadata"]["labels"]
+    policies = documents("networkpolicy.example.yaml")
+    ports = set()
+    for policy in policies:
+        assert policy["kind"] == "NetworkPolicy"
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        (rule,) = policy["spec"]["ingress"]
+        (source,) = rule["from"]
+        assert source["podSelector"]["matchLabels"].items() <= labels.items()
+        ports |= {p["port"] for p in rule["ports"]}
+    secret = manifest("secret.example.yaml")["stringData"]
+    expected = {
+        int(re.search(r":(\d+)/", secret[key]).group(1))  # type: ignore[union-attr]
+        for key in ("storage-url", "redis-events-url")
+    }
+    assert ports == expected
 
 
 # -- compose ---------------------------------------------------------------------------
@@ -392,9 +503,11 @@ def test_compose_runs_three_nexus_instances_behind_the_balancer_on_both_ports() 
     for name, service in instances.items():
         assert (DEPLOY / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
         assert _parser().parse_args(service["command"]).run.__module__ == "nexus_grpc.cli.serve"
+        assert int(service["command"][service["command"].index("--workers") + 1]) >= 2
         probe = service["healthcheck"]["test"]
         assert probe[:2] == ["CMD", "nexus"]
         assert _parser().parse_args(probe[2:]).run.__module__ == "nexus_grpc.cli.health"
+        assert probe[probe.index("--service") + 1] == "nexus.liveness"
         assert service["read_only"] is True and "/tmp" in service["tmpfs"], name
         assert {"postgres", "redis"} <= set(service["depends_on"])
     for name, service in document["services"].items():
@@ -419,6 +532,16 @@ def test_compose_runs_three_nexus_instances_behind_the_balancer_on_both_ports() 
     assert haproxy.count("http-check send meth GET uri /readyz") == 2
     for port in (grpc_port, http_port):
         assert re.search(rf"^\s*bind :{port}\b", haproxy, re.MULTILINE), port
+    # Both frontends name the client, and the instances believe it on both ports.
+    frontends = re.findall(r"^frontend (\S+)\n((?:[ \t]+.*\n)*)", haproxy, re.MULTILINE)
+    bodies = dict(frontends)
+    assert "option forwardfor" in bodies["grpc"] and "option forwardfor" in bodies["rest"]
+    assert config.server.trusted_proxies and config.http.trusted_proxies
+    # The balancer's healthcheck asks the running HAProxy (its monitor URI).
+    monitor = re.search(r"bind :(\d+)\n\s*monitor-uri (\S+)", bodies["monitor"])
+    assert monitor is not None
+    check = balancer["healthcheck"]["test"]
+    assert check[-1] == f"http://127.0.0.1:{monitor.group(1)}{monitor.group(2)}"
 
 
 def test_compose_secrets_come_from_the_env_file_and_the_config_loads_with_them(
@@ -440,8 +563,13 @@ def test_compose_secrets_come_from_the_env_file_and_the_config_loads_with_them(
         ["git", "check-ignore", "-q", "deploy/.env"], cwd=REPO, timeout=30, check=False
     )
     assert ignored.returncode == 0
-    assert any(p.match("deploy/.env") for p in dockerignore_patterns())
-    assert "password" not in text.lower().replace("postgres_password", "")
+    assert dockerignored("deploy/.env")
+    # Passwords only as variables of the env file.
+    bare = text.lower().replace("postgres_password", "").replace("redis_password", "")
+    assert "password" not in bare
+    redis = document["services"]["redis"]
+    assert "requirepass" in " ".join(redis["command"])
+    assert "REDIS_PASSWORD" in " ".join(redis["healthcheck"]["test"])
     (instance, *_) = nexus_services(document).values()
     env = {
         name: re.sub(r"\$\{[^}]+\}", "example", value)
@@ -454,6 +582,10 @@ def test_compose_secrets_come_from_the_env_file_and_the_config_loads_with_them(
     assert config.auth.secret_file == f"/run/secrets/{secret}"
     assert config.storage.url.startswith("postgresql+asyncpg://nexus:example@postgres")
     assert (config.events.backend, config.limits.backend) == ("redis", "redis")
+    # The Redis URLs (with the password) come from the environment, not the file.
+    for part in ("events", "cache", "limits"):
+        assert getattr(config, part).redis_url.startswith("redis://:example@redis:"), part
+    assert "redis_url" not in (DEPLOY / "compose" / "nexus.toml").read_text()
 
 
 def test_every_shipped_nexus_toml_loads_with_nexus_own_loader(tmp_path: Path) -> None:
@@ -465,7 +597,10 @@ def test_every_shipped_nexus_toml_loads_with_nexus_own_loader(tmp_path: Path) ->
         config = load_config(path, environ={})
         raw = tomllib.loads(path.read_text())
         assert isinstance(config, Config)
-        assert raw["data_dir"] == config.data_dir == "/var/lib/nexus"
+        assert raw["data_dir"] == config.data_dir
+        # The image's volume (/var/lib/nexus, 0700) or, under Kubernetes' fsGroup, a
+        # subdirectory of it.
+        assert config.data_dir in ("/var/lib/nexus", "/var/lib/nexus/data")
         assert config.plugins.bundled == ("*",)
         # Readiness turns 503 and health NOT_SERVING before the ports stop answering.
         assert config.server.shutdown_delay > 0
@@ -515,3 +650,53 @@ def test_the_readme_deploy_commands_name_what_exists_and_its_lint_commands_pass(
             ["bash", "-c", line], cwd=REPO, capture_output=True, text=True, timeout=120
         )
         assert result.returncode == 0, f"{line}: {result.stdout}{result.stderr}"
+
+
+# -- compose's Redis, run for real ---------------------------------------------------
+
+
+def _compose_shell(text: str) -> str:
+    """A compose command string as the container's shell gets it (``$$`` is ``$``)."""
+    return text.replace("$$", "$")
+
+
+def test_compose_redis_requires_the_password_from_the_env_file(tmp_path: Path) -> None:
+    server = shutil.which("redis-server")
+    if server is None:
+        missing("redis-server")
+    redis = compose()["services"]["redis"]
+    shell, flag, script = redis["command"]
+    assert (shell, flag) == ("sh", "-c")
+    config = tmp_path / "redis.conf"
+    port = free_port()
+    # The shipped script, with the config file and the data in this test's folder and
+    # the server on a free loopback port.
+    script = _compose_shell(script).replace("/tmp/redis.conf", str(config))
+    script += f" --port {port} --bind 127.0.0.1 --dir {tmp_path} --save ''"
+    env = {**os.environ, "REDIS_PASSWORD": "s3cret-from-env-file"}
+    process = subprocess.Popen(
+        [shell, flag, script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    try:
+        check = _compose_shell(redis["healthcheck"]["test"][1]).replace(
+            "redis-cli ping", f"redis-cli -p {port} ping"
+        )
+        deadline = time.monotonic() + 10
+        healthy = False
+        while time.monotonic() < deadline and not healthy:
+            healthy = subprocess.run(["sh", "-c", check], env=env, timeout=10).returncode == 0
+            time.sleep(0.05)
+        assert healthy, "the compose healthcheck never passed"
+        # The password is in no argument of the server, and its config file is private.
+        assert "s3cret" not in Path(f"/proc/{process.pid}/cmdline").read_text()
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600
+        # Without the password Redis refuses, and the healthcheck says unhealthy.
+        refused = subprocess.run(
+            ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, timeout=10
+        )
+        assert "NOAUTH" in refused.stdout + refused.stderr
+        wrong = {**env, "REDIS_PASSWORD": "wrong"}
+        assert subprocess.run(["sh", "-c", check], env=wrong, timeout=10).returncode != 0
+    finally:
+        process.terminate()
+        process.wait(10)

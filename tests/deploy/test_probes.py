@@ -8,6 +8,7 @@ probes answer without a token and under a rate limit that refuses every other ca
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -15,7 +16,9 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nexus_grpc.config import EventsConfig, LimitsConfig, ServerConfig, StorageConfig
+from nexus_grpc.gateway.probes import Probes, ReadinessSources
 from nexus_grpc.testing import running_host
+from nexus_grpc.transport.health import HealthState
 from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.redis import OwnRedis
 
@@ -124,7 +127,9 @@ async def test_readyz_names_the_event_bus_while_redis_is_down(
         ) as host,
         httpx.AsyncClient(base_url=host.http_url) as client,
     ):
+        health = health_pb2_grpc.HealthStub(host.channel())
         assert (await client.get("/readyz")).status_code == 200
+        assert await _status(health, "nexus.readiness") == SERVING
         own_redis.stop()
 
         async def names_the_bus() -> bool:
@@ -134,6 +139,9 @@ async def test_readyz_names_the_event_bus_while_redis_is_down(
             }
 
         await eventually(names_the_bus)
+        # The gRPC port agrees with /readyz; liveness stays up on both.
+        assert await _status(health, "nexus.readiness") == NOT_SERVING
+        assert await _status(health, "nexus.liveness") == SERVING
         assert (await client.get("/healthz")).status_code == 200
         own_redis.start()
 
@@ -141,6 +149,16 @@ async def test_readyz_names_the_event_bus_while_redis_is_down(
             return (await client.get("/readyz")).status_code == 200
 
         await eventually(ready, seconds=30)
+        assert await _status(health, "nexus.readiness") == SERVING
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def _status(health: health_pb2_grpc.HealthStub, service: str) -> int:
+    reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+    return int(reply.status)
 
 
 async def test_readyz_turns_503_first_when_the_drain_starts(tmp_path: Path) -> None:
@@ -167,11 +185,18 @@ async def test_readyz_turns_503_first_when_the_drain_starts(tmp_path: Path) -> N
             health = health_pb2_grpc.HealthStub(host.channel())
             reply = await health.Check(health_pb2.HealthCheckRequest())
             assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert await _status(health, "nexus.readiness") == NOT_SERVING
+            # Liveness: SERVING while the event loop runs, through the drain.
+            assert await _status(health, "nexus.liveness") == SERVING
         finally:
             await stopping
 
 
-async def test_readyz_names_a_plugin_that_failed_to_load(tmp_path: Path) -> None:
+async def test_readyz_reports_a_failed_plugin_but_stays_ready_without_strict(
+    tmp_path: Path,
+) -> None:
+    # plugins.strict = false means "serve without it": the orchestrator must not take
+    # the instance out of rotation for it, but the body says what is missing.
     broken = tmp_path / "plugins" / "broken"
     broken.mkdir(parents=True)
     (broken / "manifest.toml").write_text('name = "broken"\nversion = [\n')  # not TOML
@@ -187,6 +212,39 @@ async def test_readyz_names_a_plugin_that_failed_to_load(tmp_path: Path) -> None
         record = host.host.plugins.record("broken")
         assert record is not None and record.state == "FAILED"
         answer = await client.get("/readyz")
-        assert answer.status_code == 503
-        assert answer.json() == {"status": "not ready", "checks": {"plugin broken": "failed"}}
+        assert answer.status_code == 200
+        assert answer.json() == {"status": "ready", "degraded": {"plugin broken": "failed"}}
+        health = health_pb2_grpc.HealthStub(host.channel())
+        assert await _status(health, "nexus.readiness") == SERVING
         assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_readiness_under_strict_plugins_counts_a_failed_plugin() -> None:
+    # Under plugins.strict a plugin that fails after start (a reload) makes the host not
+    # ready; the start itself refuses to complete with a failed plugin.
+    health = HealthState()
+    await health.set("", True)
+    await health.set("orders.v1.OrderService", False)
+    records = [("orders", "FAILED", ("orders.v1.OrderService",))]
+
+    def sources(strict: bool) -> ReadinessSources:
+        return ReadinessSources(
+            health=health,
+            draining=lambda: False,
+            plugins=lambda: records,
+            storage_probe=lambda: None,
+            strict_plugins=strict,
+        )
+
+    strict = await Probes(sources(True)).answer("/readyz")
+    assert strict.status == 503
+    assert json.loads(strict.body) == {
+        "status": "not ready",
+        "checks": {"plugin orders": "failed", "service orders.v1.OrderService": "not serving"},
+    }
+    lenient = await Probes(sources(False)).answer("/readyz")
+    assert lenient.status == 200
+    assert json.loads(lenient.body)["degraded"] == {
+        "plugin orders": "failed",
+        "service orders.v1.OrderService": "not serving",
+    }

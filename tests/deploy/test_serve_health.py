@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import REPO, ServeProcess, run_nexus, start_serve
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -42,12 +42,6 @@ def draining_serve(tmp_path: Path, probe_stubs: Path) -> Iterator[ServeProcess]:
 
 def env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_nexus_health_and_the_probes_follow_the_host_into_its_drain(
