@@ -1234,8 +1234,9 @@ def render(
         f"  gRPC clients: h2load -t{settings.h2_threads} -c{settings.h2_clients} "
         f"-m{settings.h2_streams} (identical for every gRPC target; "
         f"{settings.h2_clients * settings.h2_streams} calls in flight)",
-        "  every create writes one row with its outbox event (same storage code for all"
-        f" targets; nexus on {settings.storage}, the baselines on sqlite)",
+        "  nexus's creates write the order and its outbox event in one transaction; the"
+        " baselines have no event bus: the grpc.aio ones write the order alone in a unit of",
+        f"  work, FastAPI with one create (nexus on {settings.storage}, the baselines on sqlite)",
         f"  every request carries 'authorization: Bearer <JWT>' (HS256, "
         f"{', '.join(TOKEN_GRANTS)}, minted for this run):",
         "    nexus: full pipeline (token verified once, then cached; policy; validation; metrics;",
