@@ -5,6 +5,11 @@ the very ``OrdersService`` class the plugin serves on ``grpc.aio.server()`` with
 options and no interceptors, and the servicer gets a :class:`PluginContext` whose
 storage is the same kind of namespace nexus gives it (SQLite, ``plugins/business/orders``).
 
+With ``--echo-stubs`` (the folder where the echo contract, ``transcode.v1``, was compiled)
+the server also answers ``transcode.v1.TranscodeService/Echo`` by returning its request,
+parsed and serialized as nexus does: the ceiling nexus's echo through its full pipeline is
+compared with.
+
 Two variants, both measured by the bench:
 
 * no options (**no pipeline**): the servicer alone, the baseline of nexus's goal for
@@ -25,9 +30,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import inspect
 import logging
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -104,10 +111,34 @@ def _checked(behavior: Callable[..., Any], secret: bytes) -> Callable[..., Any]:
     return unary
 
 
-async def serve(address: str, data_dir: Path, jwt_secret: bytes | None = None) -> None:
+#: The echo method's service, as the bench's nexus serves it.
+ECHO_SERVICE = "transcode.v1.TranscodeService"
+
+
+def echo_handler(stubs: Path) -> grpc.GenericRpcHandler:
+    """``Echo`` of the echo contract compiled in ``stubs``: it answers its request."""
+    sys.path.insert(0, str(stubs))
+    module = importlib.import_module("transcode.v1.transcode_pb2")
+    request_type: Any = module.EchoRequest
+
+    async def echo(request: Any, context: Any) -> Any:
+        return request
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        echo,
+        request_deserializer=request_type.FromString,
+        response_serializer=request_type.SerializeToString,
+    )
+    return grpc.method_handlers_generic_handler(ECHO_SERVICE, {"Echo": handler})
+
+
+async def serve(
+    address: str, data_dir: Path, jwt_secret: bytes | None = None, echo_stubs: Path | None = None
+) -> None:
     """Serve OrdersService on ``address`` until SIGTERM or SIGINT; SQLite in ``data_dir``.
 
-    With ``jwt_secret`` every call must carry a bearer JWT signed with it (HS256).
+    With ``jwt_secret`` every call must carry a bearer JWT signed with it (HS256). With
+    ``echo_stubs`` the echo method is served too.
     """
     storage = await Storage.connect(f"sqlite+aiosqlite:///{data_dir / 'nexus.db'}")
     context = PluginContext(
@@ -123,6 +154,8 @@ async def serve(address: str, data_dir: Path, jwt_secret: bytes | None = None) -
         servicer = JwtServicer(servicer, "OrdersService", jwt_secret)
     server = grpc.aio.server()
     orders_pb2_grpc.add_OrdersServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    if echo_stubs is not None:
+        server.add_generic_rpc_handlers((echo_handler(echo_stubs),))
     server.add_insecure_port(address)
     await server.start()
     stop = asyncio.Event()
@@ -152,12 +185,17 @@ def main() -> None:
         type=Path,
         help="HMAC secret: require a bearer JWT (HS256) signed with it on every call",
     )
+    parser.add_argument(
+        "--echo-stubs",
+        type=Path,
+        help="folder of the compiled echo contract (transcode.v1): serve its Echo too",
+    )
     args = parser.parse_args()
     data_dir = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = args.jwt_secret_file.read_bytes() if args.jwt_secret_file else None
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(serve(f"{args.host}:{args.port}", data_dir, secret))
+    asyncio.run(serve(f"{args.host}:{args.port}", data_dir, secret, args.echo_stubs))
 
 
 if __name__ == "__main__":

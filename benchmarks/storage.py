@@ -7,6 +7,8 @@ a server's not) of:
 
 * ``nexus``: ``Repository.get`` by id, ``Repository.create`` and ``Repository.update``
   with ``expected_version``, each its own transaction, on ``nexus.orders.v1.Order``;
+  ``unit``: a unit of work creating two orders (one per collection) in one transaction,
+  the shape of a create with its outbox event;
 * ``driver``: the same statement on the same table through the bare driver, with the
   message parsed (get) or serialized (create, update) by protobuf: the stdlib
   ``sqlite3`` module on a WAL connection (one cached statement, its own transaction),
@@ -41,7 +43,9 @@ from nexus.orders.v1 import orders_pb2
 
 from nexus_grpc.storage import Storage
 
-OPERATIONS = ("get", "create", "update")
+OPERATIONS = ("get", "create", "update", "unit")
+#: The collection of a unit of work's second create (where an outbox event would go).
+SECOND = "bench.second"
 NAMESPACE = "bench/storage"
 COLLECTION = orders_pb2.Order.DESCRIPTOR.full_name
 
@@ -68,7 +72,8 @@ class NexusSide:
     """Repository operations on a connected storage."""
 
     def __init__(self, storage: Storage) -> None:
-        self.orders = storage.namespace(NAMESPACE).repository(orders_pb2.Order)
+        self.namespace = storage.namespace(NAMESPACE)
+        self.orders = self.namespace.repository(orders_pb2.Order)
         self.ids: list[str] = []
         self.versions: dict[str, int] = {}
 
@@ -84,6 +89,11 @@ class NexusSide:
 
     async def create(self, index: int) -> None:
         await self.orders.create(_order(index))
+
+    async def unit(self, index: int) -> None:
+        async with self.namespace.transaction() as unit:
+            await unit.repository(orders_pb2.Order).create(_order(index))
+            await unit.repository(orders_pb2.Order, collection=SECOND).create(_order(index))
 
     async def update(self, index: int) -> None:
         order_id = self.ids[index % len(self.ids)]
@@ -132,6 +142,19 @@ class SqliteDriverSide:
         self.db.execute("COMMIT")
         self.ids.append(order.id)
         self.versions[order.id] = 1
+
+    async def unit(self, index: int) -> None:
+        now = _sqlite_now()
+        self.db.execute("BEGIN IMMEDIATE")
+        for collection in (COLLECTION, SECOND):
+            order = _order(index)
+            order.id = uuid.uuid4().hex
+            self.db.execute(
+                "INSERT INTO nexus_records (namespace, collection, id, payload, index_doc, "
+                "version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?)",
+                (NAMESPACE, collection, order.id, order.SerializeToString(), "{}", now, now),
+            )
+        self.db.execute("COMMIT")
 
     async def update(self, index: int) -> None:
         order_id = self.ids[index % len(self.ids)]
@@ -190,6 +213,16 @@ class AsyncpgSide:
         )
         self.ids.append(order.id)
         self.versions[order.id] = 1
+
+    async def unit(self, index: int) -> None:
+        now = datetime.now(UTC)
+        async with self.db.transaction():
+            for collection in (COLLECTION, SECOND):
+                order = _order(index)
+                order.id = uuid.uuid4().hex
+                await self.insert.fetch(
+                    NAMESPACE, collection, order.id, order.SerializeToString(), now
+                )
 
     async def update(self, index: int) -> None:
         order_id = self.ids[index % len(self.ids)]

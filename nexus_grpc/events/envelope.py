@@ -11,9 +11,10 @@ does not carry is a ValueError, never a silent reinterpretation.
 
 from __future__ import annotations
 
+import time
 import uuid
 
-from google.protobuf import any_pb2, descriptor_pool, message_factory, timestamp_pb2
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError, Message
 from nexus.events.v1 import events_pb2
@@ -47,19 +48,18 @@ def remove_event_pool(pool: descriptor_pool.DescriptorPool) -> None:
 
 def seal(message: Message, *, source: str, subject: str = "", correlation_id: str = "") -> Envelope:
     """``message`` in a new envelope with a fresh id and the current time."""
-    payload = any_pb2.Any()
-    payload.Pack(message)
-    now = timestamp_pb2.Timestamp()
-    now.GetCurrentTime()
-    return Envelope(
+    envelope = Envelope(
         id=uuid.uuid4().hex,
         source=source,
         type=message.DESCRIPTOR.full_name,
-        time=now,
         subject=subject,
         correlation_id=correlation_id,
-        payload=payload,
     )
+    # Filled in place: building them apart and passing them in would copy both.
+    envelope.payload.Pack(message)
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    envelope.time.seconds, envelope.time.nanos = seconds, nanos
+    return envelope
 
 
 def _find(full_name: str) -> Descriptor | None:

@@ -1,4 +1,4 @@
-"""Point statements on PostgreSQL outside a unit of work: asyncpg prepared statements.
+"""Point statements and units of work on PostgreSQL: asyncpg connections of their own.
 
 Through SQLAlchemy's async engine one point read costs ~500 µs of CPU (pool checkout in
 a greenlet, BEGIN, the adapted cursor, COMMIT, the pool's reset); asyncpg itself needs
@@ -11,17 +11,22 @@ These connections only ever run these statements, one at a time: they change no
 session state (no SET, LISTEN or advisory lock), so one goes back to the idle list as
 it is (asyncpg's pool would run a four-statement reset and a task per release). One
 interrupted mid-statement (cancelled, or the connection lost) is closed instead.
+A unit of work takes one of them for its transaction (see ``_postgres_units``) and
+leaves it outside any transaction when it gives it back.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import Dialect
 
+from ._postgres_units import FAILURES as _FAILURES
+from ._postgres_units import PostgresUnit, as_dbapi_error, rowcount
 from .points import RawRows
 from .spans import Server, client_span, sql_operation, sql_table
 
@@ -29,17 +34,12 @@ __all__ = ["PostgresPoints"]
 
 #: Connections for point statements at most (opened on demand).
 _MAX_SIZE = 10
+#: Units of work open at once at most (SQLAlchemy's default pool allowed 5 + 10). Their
+#: own limit, not the point statements': a unit of work whose body runs a point statement
+#: outside it must never wait for a slot that only units of work hold.
+_MAX_UNITS = 15
 #: Seconds close() waits for a connection to close politely.
 _CLOSE_WAIT = 5.0
-
-#: What a failing point statement may raise: server errors, asyncpg's own, the network.
-_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
-
-
-def _rowcount(status: str) -> int:
-    # "INSERT 0 1", "UPDATE 1", "DELETE 0": the count is the last word.
-    tail = status.rpartition(" ")[2]
-    return int(tail) if tail.isdigit() else 0
 
 
 class PostgresPoints:
@@ -58,6 +58,7 @@ class PostgresPoints:
         self._span = span
         self._idle: list[Any] = []
         self._slots = asyncio.Semaphore(_MAX_SIZE)
+        self._unit_slots = asyncio.Semaphore(_MAX_UNITS)
         self._closed = False
 
     async def run(self, sql: str, params: Sequence[Any], *, write: bool) -> RawRows:
@@ -89,7 +90,7 @@ class PostgresPoints:
                 try:
                     if write:
                         status = await connection.execute(sql, *params)
-                        result = RawRows((), _rowcount(status))
+                        result = RawRows((), rowcount(status))
                     else:
                         rows = await connection.fetch(sql, *params)
                         result = RawRows(rows, len(rows))
@@ -103,12 +104,62 @@ class PostgresPoints:
                     raise
             except _FAILURES as exc:
                 # Not connected, or the connection is gone: the storage's "connection lost".
-                lost = connection is None or connection.is_closed()
-                raise DBAPIError.instance(
-                    sql, None, exc, Exception, hide_parameters=True, connection_invalidated=lost
-                ) from exc
+                raise as_dbapi_error(sql, exc, connection) from exc
             self._give_back(connection)
             return result
+
+    @asynccontextmanager
+    async def transaction(self, dialect: Dialect) -> AsyncIterator[PostgresUnit]:
+        """A unit of work's transaction on one of these connections (see ``_postgres_units``).
+
+        COMMIT on normal exit, else ROLLBACK. A connection whose transaction cannot be
+        ended cleanly (a statement or the ending interrupted, cancelled meanwhile, the
+        connection lost) is closed, which rolls the transaction back on the server.
+        """
+        async with self._unit_slots:
+            if self._closed:
+                raise RuntimeError("the storage is closed")
+            connection = None
+            try:
+                connection = self._take_idle() or await self._connect()
+                await connection.execute("BEGIN")
+            except BaseException as exc:
+                if connection is not None:
+                    connection.terminate()
+                if isinstance(exc, _FAILURES):
+                    raise as_dbapi_error("BEGIN", exc, connection) from exc
+                raise
+            unit = PostgresUnit(connection, dialect, self._span)
+            try:
+                yield unit
+            except Exception:
+                await self._end(unit, connection, "ROLLBACK", reraise=False)
+                raise
+            except BaseException:
+                # Cancelled (or the process stopping): no further round trip.
+                unit.interrupted = True
+                connection.terminate()
+                raise
+            await self._end(unit, connection, "COMMIT", reraise=True)
+
+    async def _end(
+        self, unit: PostgresUnit, connection: Any, command: str, *, reraise: bool
+    ) -> None:
+        if unit.interrupted:
+            connection.terminate()
+            return
+        unit.interrupted = True  # no statement after the end
+        try:
+            await connection.execute(command)
+        except BaseException as exc:
+            # Whatever happened, the transaction's state is unknown: close the connection.
+            connection.terminate()
+            if not reraise and isinstance(exc, Exception):
+                return  # the body's own error is the one that matters
+            if isinstance(exc, _FAILURES):
+                raise as_dbapi_error(command, exc, connection) from exc
+            raise
+        self._give_back(connection)
 
     def _take_idle(self) -> Any:
         # One the server closed while idle (a restart, a terminated backend) is dropped:

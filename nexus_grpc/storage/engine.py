@@ -45,6 +45,7 @@ from nexus_grpc.errors import STORAGE_BUSY, ConflictError
 from nexus_grpc.urls import mask_url
 
 from ._postgres_points import PostgresPoints
+from ._postgres_units import PostgresUnit
 from ._sqlite import SqliteConnection, SqliteDriver
 from .faults import StorageHealth, StorageUnavailableError, os_cause, postgres_cause, sqlite_cause
 from .files import prepare_sqlite_files
@@ -53,10 +54,12 @@ from .schema import metadata, records
 from .spans import instrument_sql_engine
 from .sql import SqlDialect, dialect_for
 
-__all__ = ["Database", "SqlConnection", "execute_point", "translate_errors"]
+__all__ = ["Database", "ScopeConnection", "SqlConnection", "execute_point", "translate_errors"]
 
 #: A connection in a transaction, as repositories use it: ``await conn.execute(stmt)``.
 SqlConnection = AsyncConnection | SqliteConnection
+#: What a repository's statements run on: a unit of work's may be a PostgresUnit.
+ScopeConnection = SqlConnection | PostgresUnit
 
 #: Transactions open at once on SQLite, and threads running their statements.
 _SQLITE_POOL_SIZE = 8
@@ -231,6 +234,24 @@ class Database:
             ) as conn:
                 yield conn
 
+    @asynccontextmanager
+    async def unit(self) -> AsyncIterator[ScopeConnection]:
+        """A unit of work's transaction: commit on normal exit, else rollback.
+
+        PostgreSQL: on a point connection, statements straight on asyncpg (see
+        ``_postgres_units``); SQLite: :meth:`transaction` for writing.
+        """
+        if self._postgres_points is None:
+            async with self.transaction(write=True) as conn:
+                yield conn
+            return
+        if self._closed:
+            raise RuntimeError("the storage is closed")
+        assert self._engine is not None
+        with translate_errors(self.health):
+            async with self._postgres_points.transaction(self._engine.dialect) as unit:
+                yield unit
+
     async def read_point(self, sql: str, params: Sequence[Any]) -> RawRows:
         """Run a point read (see ``points``) as a transaction of its own.
 
@@ -298,9 +319,9 @@ class Database:
             await conn.execute(row)
 
 
-async def execute_point(conn: SqlConnection, sql: str, params: Sequence[Any]) -> RawRows:
+async def execute_point(conn: ScopeConnection, sql: str, params: Sequence[Any]) -> RawRows:
     """Run a point statement's ``sql`` on ``conn``, in its transaction."""
-    if isinstance(conn, SqliteConnection):
+    if isinstance(conn, SqliteConnection | PostgresUnit):
         return await conn.execute_raw(sql, params)
     result = await conn.exec_driver_sql(sql, tuple(params))
     rows = [tuple(row) for row in result.all()] if result.returns_rows else []

@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 from sqlalchemy.engine import URL
 
 from .declared import IndexChanges
-from .engine import Database, SqlConnection, execute_point, translate_errors
+from .engine import Database, ScopeConnection, SqlConnection, execute_point, translate_errors
 from .faults import StorageHealth
 from .indexes import apply_sql_indexes
 from .points import Point, RawRows
@@ -180,7 +180,7 @@ class _TransactionScope:
     """Inside a unit of work: every operation runs on its one connection."""
 
     def __init__(
-        self, namespace: str, dialect: SqlDialect, conn: SqlConnection, health: StorageHealth
+        self, namespace: str, dialect: SqlDialect, conn: ScopeConnection, health: StorageHealth
     ) -> None:
         self.namespace = namespace
         self._health = health
@@ -193,7 +193,7 @@ class _TransactionScope:
         self._lock = asyncio.Lock()
 
     @asynccontextmanager
-    async def connection(self, *, write: bool) -> AsyncIterator[SqlConnection]:
+    async def connection(self, *, write: bool) -> AsyncIterator[ScopeConnection]:
         # ``write`` is moot: the transaction was begun for writing.
         async with self._lock:
             # Checked once this task's turn has come: the unit may have ended meanwhile.
@@ -279,7 +279,7 @@ class SqlBackend:
     @asynccontextmanager
     async def transaction(self, namespace: str) -> AsyncIterator[RepositoryScope]:
         """One database transaction on one connection (see :meth:`Namespace.transaction`)."""
-        async with self._database.transaction(write=True) as conn:
+        async with self._database.unit() as conn:
             scope = _TransactionScope(
                 namespace, self._database.dialect, conn, self._database.health
             )

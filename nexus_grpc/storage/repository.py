@@ -22,7 +22,7 @@ from nexus_grpc.errors import (
     NotFoundError,
 )
 
-from .engine import SqlConnection
+from .engine import ScopeConnection
 from .index import descriptor_of, index_document
 from .points import Point, RawRows
 from .query import DEFAULT_PAGE_SIZE, build_query, check_page_size
@@ -70,7 +70,7 @@ class Scope(Protocol):
         """Whether statements join a caller's transaction (else each is its own)."""
         ...
 
-    def connection(self, *, write: bool) -> AbstractAsyncContextManager[SqlConnection]:
+    def connection(self, *, write: bool) -> AbstractAsyncContextManager[ScopeConnection]:
         """A connection to run one operation's statements on: in the unit of work's
         transaction, or else in one of their own (on SQLite, one per statement)."""
         ...
@@ -270,7 +270,7 @@ class Repository(Generic[M]):
             statement = statement.where(dialect.after(query.sort, query.decode_token(page_token)))
         async with self._scope.connection(write=False) as conn:
             rows = (await conn.execute(statement)).all()
-        items = [self._parse(row.payload) for row in rows[:size]]
+        items = [self._parse(row[0]) for row in rows[:size]]  # row[0]: the payload
         next_token = ""
         if len(rows) > size:
             last = rows[size - 1]
