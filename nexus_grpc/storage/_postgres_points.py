@@ -10,12 +10,17 @@ connection (asyncpg's statement cache) and no BEGIN or COMMIT round trips.
 These connections only ever run these statements, one at a time: they change no
 session state (no SET, LISTEN or advisory lock), so one goes back to the idle list as
 it is (asyncpg's pool would run a four-statement reset and a task per release). One
-interrupted mid-statement (cancelled, or the connection lost) is closed instead.
+whose connection was lost mid-statement is dropped. One whose caller was cancelled
+mid-statement is closed politely by a task that keeps the caller's slot: asyncpg sends
+PostgreSQL a CancelRequest, and the close waits for the server to acknowledge it, so a
+cancelled write never commits later behind the caller's back and the server never runs
+more point statements than there are slots.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -58,6 +63,8 @@ class PostgresPoints:
         self._span = span
         self._idle: list[Any] = []
         self._slots = asyncio.Semaphore(_MAX_SIZE)
+        # Tasks closing connections whose statement was cancelled (strong references).
+        self._retiring: set[asyncio.Task[None]] = set()
         self._closed = False
 
     async def run(self, sql: str, params: Sequence[Any], *, write: bool) -> RawRows:
@@ -80,7 +87,10 @@ class PostgresPoints:
             return await self._run(sql, params, write)
 
     async def _run(self, sql: str, params: Sequence[Any], write: bool) -> RawRows:
-        async with self._slots:
+        await self._slots.acquire()
+        # Whether the slot went to a task retiring a cancelled statement's connection.
+        handed_over = False
+        try:
             if self._closed:
                 raise RuntimeError("the storage is closed")
             connection = None
@@ -97,8 +107,16 @@ class PostgresPoints:
                     # The server refused the statement: the connection is fine.
                     self._give_back(connection)
                     raise
+                except asyncio.CancelledError:
+                    # asyncpg has sent (or is sending) PostgreSQL a CancelRequest from a
+                    # task of its own; terminate() would cancel that task and leave the
+                    # server running (and committing) the statement. Closing politely
+                    # waits for the server to acknowledge the cancel first; the slot is
+                    # held until then, so the server never runs more than _MAX_SIZE.
+                    handed_over = self._retire(connection)
+                    raise
                 except BaseException:
-                    # Lost, or interrupted mid-statement (cancelled): not used again.
+                    # Lost, or interrupted mid-statement otherwise: not used again.
                     connection.terminate()
                     raise
             except _FAILURES as exc:
@@ -109,6 +127,29 @@ class PostgresPoints:
                 ) from exc
             self._give_back(connection)
             return result
+        finally:
+            if not handed_over:
+                self._slots.release()
+
+    def _retire(self, connection: Any) -> bool:
+        """Close ``connection`` (its statement cancelled) in a task that then frees the
+        caller's slot; whether there was one to start."""
+        if connection.is_closed():
+            return False
+
+        async def retire() -> None:
+            try:
+                await connection.close(timeout=_CLOSE_WAIT)  # aborts it when that fails
+            finally:
+                self._slots.release()
+
+        # A context of its own: the cancelled caller's trace has ended.
+        task = asyncio.get_running_loop().create_task(
+            retire(), name="nexus-postgres-retire", context=contextvars.Context()
+        )
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        return True
 
     def _take_idle(self) -> Any:
         # One the server closed while idle (a restart, a terminated backend) is dropped:
@@ -132,6 +173,9 @@ class PostgresPoints:
     async def close(self) -> None:
         """Close the idle connections; those in use close when their statement ends."""
         self._closed = True
+        if self._retiring:
+            # Cancelled statements' connections: closing, each within _CLOSE_WAIT.
+            await asyncio.wait(set(self._retiring))
         idle, self._idle = self._idle, []
         for connection in idle:
             try:

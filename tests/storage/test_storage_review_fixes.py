@@ -1,0 +1,130 @@
+"""Regressions of storage defects: cancelled PostgreSQL point writes, SQLite statements
+on the event loop, the reindex after a type change, and URL options of the driver."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import asyncpg
+from nexus.orders.v1 import orders_pb2
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from . import connected
+
+Order = orders_pb2.Order
+
+
+def _pg(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+@contextmanager
+def statement_threads() -> Iterator[list[tuple[str, Any, int]]]:
+    """(statement, parameters, thread id) of every statement SQLAlchemy engines send
+    meanwhile."""
+    seen: list[tuple[str, Any, int]] = []
+
+    def grab(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        seen.append((statement, parameters, threading.get_ident()))
+
+    event.listen(Engine, "before_cursor_execute", grab)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", grab)
+
+
+# --- PostgreSQL: a cancelled point statement is cancelled on the server too -----------
+
+
+async def test_cancelled_point_writes_are_cancelled_on_the_server(postgres_url: str) -> None:
+    async with connected(postgres_url) as storage:
+        orders = storage.namespace("points").repository(Order)
+        await orders.create(Order(id="locked"))
+        other = await asyncpg.connect(_pg(postgres_url))
+        try:
+            lock = other.transaction()
+            await lock.start()
+            await other.fetch("SELECT * FROM nexus_records WHERE id = 'locked' FOR UPDATE")
+            # Each update waits for the row lock until its caller gives up on it.
+            for n in range(15):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(orders.update(Order(id="locked", note=f"n{n}")), 0.1)
+            running = (
+                "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                "AND state <> 'idle' AND query LIKE 'UPDATE nexus_records%'"
+            )
+            # The cancels reach the server within a few round trips (bounded wait).
+            for _ in range(100):
+                if await other.fetchval(running) == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert await other.fetchval(running) == 0, await other.fetch(
+                "SELECT pid, state, wait_event_type, query FROM pg_stat_activity"
+            )
+            await lock.rollback()
+            # Nothing was left waiting for the lock: no update commits once it is free.
+            await asyncio.sleep(0.2)
+            version = "SELECT version FROM nexus_records WHERE id = 'locked'"
+            assert await other.fetchval(version) == 1
+        finally:
+            await other.close()
+        # The storage still works, within its connections, after the cancellations.
+        updated = await orders.update(Order(id="locked", note="after"))
+        assert updated.note == "after"
+        assert (await orders.get("locked")) == updated
+
+
+async def test_cancelled_point_statements_keep_their_slot_until_the_backend_is_gone(
+    postgres_url: str,
+) -> None:
+    async with connected(postgres_url) as storage:
+        orders = storage.namespace("points").repository(Order)
+        await orders.create(Order(id="locked"))
+        other = await asyncpg.connect(_pg(postgres_url))
+        try:
+            lock = other.transaction()
+            await lock.start()
+            await other.fetch("SELECT * FROM nexus_records WHERE id = 'locked' FOR UPDATE")
+            count = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            )
+            points = storage._backend._database._postgres_points  # type: ignore[attr-defined]
+            # The engine's pooled connections (schema creation) besides the point ones.
+            others = await other.fetchval(count) - len(points._idle)
+            # Many at once, all cancelled together: the server never sees more point
+            # connections than the storage's cap, counted while they are cancelled.
+            updates = [
+                asyncio.ensure_future(orders.update(Order(id="locked", note=f"n{n}")))
+                for n in range(25)
+            ]
+            await asyncio.sleep(0.3)
+            for update in updates:
+                update.cancel()
+            peak = 0
+            for _ in range(20):
+                peak = max(peak, await other.fetchval(count))
+                await asyncio.sleep(0.02)
+            await asyncio.gather(*updates, return_exceptions=True)
+            await lock.rollback()
+            await asyncio.sleep(0.2)
+            assert (
+                await other.fetchval("SELECT version FROM nexus_records WHERE id = 'locked'") == 1
+            )
+        finally:
+            await other.close()
+    # Ten point connections at most.
+    assert 0 < peak - others <= 10, (peak, others)
+
+
+# --- SQLite: statements that may read many rows never run on the event loop -----------
+
+
+# --- the reindex after a type change: keyset batches per namespace --------------------
