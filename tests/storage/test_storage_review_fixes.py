@@ -8,12 +8,15 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 from nexus.orders.v1 import orders_pb2
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+
+from benchmarks.storage_scale import NAMESPACE, load_orders
 
 from . import connected
 
@@ -125,6 +128,41 @@ async def test_cancelled_point_statements_keep_their_slot_until_the_backend_is_g
 
 
 # --- SQLite: statements that may read many rows never run on the event loop -----------
+
+
+async def test_a_unit_of_work_runs_its_list_statements_off_the_loop(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/nexus.db"
+    async with connected(url) as storage:
+        await load_orders("sqlite", url, 0, 30_000)
+        loop_thread = threading.get_ident()
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def probe() -> None:
+            # Counts turns of the loop: none while a statement holds the loop's thread.
+            nonlocal ticks
+            while not stop.is_set():
+                await asyncio.sleep(0)
+                ticks += 1
+
+        ticker = asyncio.ensure_future(probe())
+        try:
+            with statement_threads() as seen:
+                async with storage.namespace(NAMESPACE).transaction() as unit:
+                    repository = unit.repository(Order)
+                    before = ticks
+                    page = await repository.list(filter={"currency_code": "XXX"}, page_size=50)
+                    during_list = ticks - before
+                    # A point statement of the same unit still runs where it stands.
+                    assert await repository.get("o00000001") is not None
+        finally:
+            stop.set()
+            await ticker
+        assert page.items == []
+        selects = [thread for sql, _, thread in seen if sql.startswith("SELECT")]
+        assert selects and loop_thread not in selects
+        # The loop kept turning while the unindexed filter read all 30k rows.
+        assert during_list > 10, during_list
 
 
 # --- the reindex after a type change: keyset batches per namespace --------------------
