@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,13 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 from nexus.orders.v1 import orders_pb2
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from benchmarks.storage_scale import NAMESPACE, load_orders
+from nexus_grpc.storage import indexes
 
 from . import connected
+from .test_indexes import item_type
 
 Order = orders_pb2.Order
 
@@ -165,4 +169,59 @@ async def test_a_unit_of_work_runs_its_list_statements_off_the_loop(tmp_path: Pa
         assert during_list > 10, during_list
 
 
+async def test_sqlite_index_builds_and_reindex_batches_run_off_the_loop(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/nexus.db"
+    v1 = item_type({"owner": "string", "rank": "int64"}, [["rank"]])
+    async with connected(url) as storage:
+        await storage.apply_indexes([v1])
+        items = storage.namespace("tests/evo").repository(v1)
+        for number in range(3):
+            await items.create(v1(id=f"i{number}", rank=number))
+    v2 = item_type({"owner": "string", "rank": "string"}, [["rank"], ["owner"]])
+    loop_thread = threading.get_ident()
+    async with connected(url) as storage:
+        with statement_threads() as seen:
+            changes = await storage.apply_indexes([v2])
+        assert changes.reindexed and len(changes.created) == 2
+    heavy = [
+        thread
+        for sql, _, thread in seen
+        if sql.startswith(("CREATE INDEX", "UPDATE nexus_records", "SELECT nexus_records.id"))
+    ]
+    assert len(heavy) >= 4 and loop_thread not in heavy
+
+
 # --- the reindex after a type change: keyset batches per namespace --------------------
+
+
+async def test_the_reindex_seeks_batch_after_batch_in_every_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path}/nexus.db"
+    v1 = item_type({"owner": "string", "rank": "int64"}, [["rank"]])
+    sizes = {"tests/a": 12, "tests/b": 5, "tests/c": 0, "tests/d": 7}
+    async with connected(url) as storage:
+        await storage.apply_indexes([v1])
+        for namespace, size in sizes.items():
+            items = storage.namespace(namespace).repository(v1)
+            for number in range(size):
+                await items.create(v1(id=f"i{number:02d}", rank=number + 1))
+    monkeypatch.setattr(indexes, "REINDEX_BATCH", 5)
+    v2 = item_type({"owner": "string", "rank": "string"}, [["rank"]])
+    async with connected(url) as storage:
+        with statement_threads() as seen:
+            changes = await storage.apply_indexes([v2])
+        assert changes.reindexed == ["nexus.storage.evo.Item"]
+        for namespace, size in sizes.items():
+            items = storage.namespace(namespace).repository(v2)
+            page = await items.list(filter={"rank": ""}, page_size=100)
+            assert len(page.items) == size
+    batches = [(sql, bound) for sql, bound, _ in seen if sql.startswith("SELECT nexus_records.id")]
+    # Per namespace with records: full batches, then one short one (12 -> 5, 5, 2).
+    assert len(batches) == 3 + 2 + 2
+    # Each batch seeks on the primary key: no scan of the collection, no sort.
+    with contextlib.closing(sqlite3.connect(f"{tmp_path}/nexus.db")) as connection:
+        plan = connection.execute("EXPLAIN QUERY PLAN " + batches[1][0], batches[1][1]).fetchall()
+    detail = " | ".join(str(row[-1]) for row in plan)
+    assert "(namespace=? AND collection=? AND id>?)" in detail, detail
+    assert "SCAN" not in detail and "TEMP B-TREE" not in detail, detail
