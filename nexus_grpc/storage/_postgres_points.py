@@ -20,7 +20,9 @@ more point statements than there are slots.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,10 +34,15 @@ from .spans import Server, client_span, sql_operation, sql_table
 
 __all__ = ["PostgresPoints"]
 
+_log = logging.getLogger("nexus.storage")
+
 #: Connections for point statements at most (opened on demand).
 _MAX_SIZE = 10
 #: Seconds close() waits for a connection to close politely.
 _CLOSE_WAIT = 5.0
+#: Seconds a cancelled statement's connection waits for the server to acknowledge the
+#: cancel before its backend is ended from another connection.
+_CANCEL_WAIT = 1.0
 
 #: What a failing point statement may raise: server errors, asyncpg's own, the network.
 _FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -137,9 +144,13 @@ class PostgresPoints:
         if connection.is_closed():
             return False
 
+        pid = connection.get_server_pid()
+
         async def retire() -> None:
             try:
-                await connection.close(timeout=_CLOSE_WAIT)  # aborts it when that fails
+                with contextlib.suppress(*_FAILURES):  # close() aborts it when it fails
+                    await connection.close(timeout=_CANCEL_WAIT)
+                await self._end_backend(pid)
             finally:
                 self._slots.release()
 
@@ -150,6 +161,34 @@ class PostgresPoints:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
         return True
+
+    async def _end_backend(self, pid: int) -> None:
+        """End the server process ``pid`` if it is still running a statement.
+
+        A cancel request travels on a connection of its own and may reach the server
+        before the statement does; the server drops a cancel that finds its process
+        between statements, and then runs the statement the closed connection had
+        already sent (waiting for a lock, say). Ending the process rolls it back.
+        """
+        # Whatever its state: one still reading the statement shows as idle. Its
+        # connection is closed, so it has nothing else to do.
+        end = (
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 "
+            "AND usename = current_user AND datname = current_database()"
+        )
+        present = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)"
+        other = None
+        try:
+            async with asyncio.timeout(_CLOSE_WAIT):
+                other = self._take_idle() or await self._connect()
+                await other.execute(end, pid)
+                # Gone once it has rolled back (a bounded wait: the timeout above).
+                while await other.fetchval(present, pid):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+        except (*_FAILURES, TimeoutError):
+            _log.warning("could not end the PostgreSQL process %d of a cancelled statement", pid)
+        if other is not None:
+            self._give_back(other)
 
     def _take_idle(self) -> Any:
         # One the server closed while idle (a restart, a terminated backend) is dropped:

@@ -55,6 +55,8 @@ async def test_cancelled_point_writes_are_cancelled_on_the_server(postgres_url: 
         orders = storage.namespace("points").repository(Order)
         await orders.create(Order(id="locked"))
         other = await asyncpg.connect(_pg(postgres_url))
+        # pg_stat_activity is read outside a transaction: inside one it is a snapshot.
+        monitor = await asyncpg.connect(_pg(postgres_url))
         try:
             lock = other.transaction()
             await lock.start()
@@ -69,12 +71,10 @@ async def test_cancelled_point_writes_are_cancelled_on_the_server(postgres_url: 
             )
             # The cancels reach the server within a few round trips (bounded wait).
             for _ in range(100):
-                if await other.fetchval(running) == 0:
+                if await monitor.fetchval(running) == 0:
                     break
                 await asyncio.sleep(0.05)
-            assert await other.fetchval(running) == 0, await other.fetch(
-                "SELECT pid, state, wait_event_type, query FROM pg_stat_activity"
-            )
+            assert await monitor.fetchval(running) == 0
             await lock.rollback()
             # Nothing was left waiting for the lock: no update commits once it is free.
             await asyncio.sleep(0.2)
@@ -82,6 +82,7 @@ async def test_cancelled_point_writes_are_cancelled_on_the_server(postgres_url: 
             assert await other.fetchval(version) == 1
         finally:
             await other.close()
+            await monitor.close()
         # The storage still works, within its connections, after the cancellations.
         updated = await orders.update(Order(id="locked", note="after"))
         assert updated.note == "after"
@@ -95,17 +96,18 @@ async def test_cancelled_point_statements_keep_their_slot_until_the_backend_is_g
         orders = storage.namespace("points").repository(Order)
         await orders.create(Order(id="locked"))
         other = await asyncpg.connect(_pg(postgres_url))
+        monitor = await asyncpg.connect(_pg(postgres_url))
+        count = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_type = 'client backend'"
+        )
         try:
+            # Besides the point connections: the engine's pool (schema), these two.
+            points = storage._backend._database._postgres_points  # type: ignore[attr-defined]
+            others = await monitor.fetchval(count) - len(points._idle)
             lock = other.transaction()
             await lock.start()
             await other.fetch("SELECT * FROM nexus_records WHERE id = 'locked' FOR UPDATE")
-            count = (
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-            )
-            points = storage._backend._database._postgres_points  # type: ignore[attr-defined]
-            # The engine's pooled connections (schema creation) besides the point ones.
-            others = await other.fetchval(count) - len(points._idle)
             # Many at once, all cancelled together: the server never sees more point
             # connections than the storage's cap, counted while they are cancelled.
             updates = [
@@ -117,16 +119,16 @@ async def test_cancelled_point_statements_keep_their_slot_until_the_backend_is_g
                 update.cancel()
             peak = 0
             for _ in range(20):
-                peak = max(peak, await other.fetchval(count))
+                peak = max(peak, await monitor.fetchval(count))
                 await asyncio.sleep(0.02)
             await asyncio.gather(*updates, return_exceptions=True)
             await lock.rollback()
             await asyncio.sleep(0.2)
-            assert (
-                await other.fetchval("SELECT version FROM nexus_records WHERE id = 'locked'") == 1
-            )
+            version = "SELECT version FROM nexus_records WHERE id = 'locked'"
+            assert await other.fetchval(version) == 1
         finally:
             await other.close()
+            await monitor.close()
     # Ten point connections at most.
     assert 0 < peak - others <= 10, (peak, others)
 
