@@ -32,7 +32,7 @@ from sqlalchemy.exc import DBAPIError
 from .points import RawRows
 from .spans import Server, client_span, sql_operation, sql_table
 
-__all__ = ["PostgresPoints"]
+__all__ = ["PostgresPoints", "asyncpg_connect_args"]
 
 _log = logging.getLogger("nexus.storage")
 
@@ -52,6 +52,33 @@ def _rowcount(status: str) -> int:
     # "INSERT 0 1", "UPDATE 1", "DELETE 0": the count is the last word.
     tail = status.rpartition(" ")[2]
     return int(tail) if tail.isdigit() else 0
+
+
+#: Options of SQLAlchemy's asyncpg dialect, not of ``asyncpg.connect``: a database URL
+#: may carry them for the engine (``?prepared_statement_cache_size=0`` behind PgBouncer).
+_DIALECT_ONLY = (
+    "async_creator_fn",
+    "async_fallback",
+    "prepared_statement_cache_size",
+    "prepared_statement_name_func",
+)
+
+
+def asyncpg_connect_args(dialect_args: Mapping[str, Any]) -> dict[str, Any]:
+    """``asyncpg.connect`` keyword arguments for the connect arguments SQLAlchemy's
+    asyncpg dialect derives from a URL: its own options removed, and its statement cache
+    size carried over to asyncpg's (0: no named prepared statements, as PgBouncer in
+    transaction mode needs) unless ``statement_cache_size`` is given itself."""
+    args = {name: value for name, value in dialect_args.items() if name not in _DIALECT_ONLY}
+    size = dialect_args.get("prepared_statement_cache_size")
+    if size is not None and "statement_cache_size" not in args:
+        try:
+            args["statement_cache_size"] = int(size)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"prepared_statement_cache_size must be a whole number, got {size!r}"
+            ) from None
+    return args
 
 
 class PostgresPoints:

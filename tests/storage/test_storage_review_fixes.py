@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from benchmarks.storage_scale import NAMESPACE, load_orders
 from nexus_grpc.storage import indexes
+from nexus_grpc.storage._postgres_points import asyncpg_connect_args
 
 from . import connected
 from .test_indexes import item_type
@@ -131,6 +132,38 @@ async def test_cancelled_point_statements_keep_their_slot_until_the_backend_is_g
             await monitor.close()
     # Ten point connections at most.
     assert 0 < peak - others <= 10, (peak, others)
+
+
+# --- PostgreSQL: options of SQLAlchemy's dialect in the URL ---------------------------
+
+
+def test_dialect_only_url_options_are_not_passed_to_asyncpg() -> None:
+    args = asyncpg_connect_args(
+        {"host": "db", "user": "u", "prepared_statement_cache_size": "0", "timeout": 5.0}
+    )
+    assert args == {"host": "db", "user": "u", "timeout": 5.0, "statement_cache_size": 0}
+    # asyncpg's own option wins over the dialect's.
+    kept = asyncpg_connect_args({"prepared_statement_cache_size": 0, "statement_cache_size": 7})
+    assert kept == {"statement_cache_size": 7}
+    with pytest.raises(ValueError, match="prepared_statement_cache_size"):
+        asyncpg_connect_args({"prepared_statement_cache_size": "none"})
+
+
+async def test_the_pgbouncer_url_option_works_and_prepares_no_named_statements(
+    postgres_url: str,
+) -> None:
+    async with connected(postgres_url + "?prepared_statement_cache_size=0") as storage:
+        orders = storage.namespace("points").repository(Order)
+        created = await orders.create(Order(id="a", note="first"))
+        assert await orders.get("a") == created
+        await orders.update(Order(id="a", note="second"), expected_version=1)
+        assert (await orders.get_record("a")).version == 2  # type: ignore[union-attr]
+        page = await orders.list(filter={"customer_id": ""})
+        assert [order.note for order in page.items] == ["second"]
+        # No named prepared statement on any point connection (PgBouncer's pitfall).
+        points = storage._backend._database._postgres_points  # type: ignore[attr-defined]
+        assert points._idle
+        assert all(not connection._stmt_cache_enabled for connection in points._idle)
 
 
 # --- SQLite: statements that may read many rows never run on the event loop -----------
