@@ -19,10 +19,11 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from benchmarks.storage_scale import NAMESPACE, load_orders
+from nexus_grpc.errors import ConflictError, NotFoundError
 from nexus_grpc.storage import indexes
 from nexus_grpc.storage._postgres_points import asyncpg_connect_args
 
-from . import connected
+from . import backend_url, connected
 from .test_indexes import item_type
 
 Order = orders_pb2.Order
@@ -260,3 +261,59 @@ async def test_the_reindex_seeks_batch_after_batch_in_every_namespace(
     detail = " | ".join(str(row[-1]) for row in plan)
     assert "(namespace=? AND collection=? AND id>?)" in detail, detail
     assert "SCAN" not in detail and "TEMP B-TREE" not in detail, detail
+
+
+# --- an update outside a unit of work tells a conflict from a missing record at once --
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return backend_url(request, tmp_path)
+
+
+async def test_an_update_tells_conflict_from_not_found(sql_url: str) -> None:
+    async with connected(sql_url) as storage:
+        orders = storage.namespace("points").repository(Order)
+        await orders.create(Order(id="a"))
+        await orders.update(Order(id="a", note="two"), expected_version=1)
+        with pytest.raises(ConflictError, match="version 2, expected 1"):
+            await orders.update(Order(id="a", note="stale"), expected_version=1)
+        with pytest.raises(NotFoundError):
+            await orders.update(Order(id="missing"), expected_version=1)
+        with pytest.raises(NotFoundError):
+            await orders.update(Order(id="missing"))
+        assert (await orders.get_record("a")).version == 2  # type: ignore[union-attr]
+
+
+async def test_a_conflict_reports_the_version_the_update_found(postgres_url: str) -> None:
+    async with connected(postgres_url) as storage:
+        orders = storage.namespace("points").repository(Order)
+        await orders.create(Order(id="a"))
+        other = await asyncpg.connect(_pg(postgres_url))
+        try:
+            change = other.transaction()
+            await change.start()
+            await other.execute("UPDATE nexus_records SET version = 2 WHERE id = 'a'")
+            # Waits for the other transaction's row lock, then finds version 2: the
+            # conflict names that version, not the one of the statement's snapshot.
+            update = asyncio.ensure_future(
+                orders.update(Order(id="a", note="late"), expected_version=1)
+            )
+            await asyncio.sleep(0.2)
+            assert not update.done()
+            await change.commit()
+            with pytest.raises(ConflictError, match="version 2, expected 1"):
+                await update
+            # Deleted while the update waits: not found.
+            change = other.transaction()
+            await change.start()
+            await other.execute("DELETE FROM nexus_records WHERE id = 'a'")
+            update = asyncio.ensure_future(
+                orders.update(Order(id="a", note="late"), expected_version=2)
+            )
+            await asyncio.sleep(0.2)
+            await change.commit()
+            with pytest.raises(NotFoundError):
+                await update
+        finally:
+            await other.close()
