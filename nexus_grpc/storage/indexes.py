@@ -111,7 +111,13 @@ async def _apply_sqlite(
     # never disagrees with the indexes that exist.
     async with database.transaction(write=True) as conn:
         recorded = await _recorded(conn)
-        for index in _missing(wanted, recorded):
+        # The catalog says what was built, the schema what still exists: an index
+        # dropped by hand (or lost with a restored file) is built again.
+        master = text("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = :t")
+        schema = await conn.execute(master.bindparams(t=RECORDS_TABLE))
+        present = {str(row[0]) for row in schema.all()}
+        built = [row for row in recorded if row[0] in present]
+        for index in _missing(wanted, built):
             ddl = f"CREATE INDEX IF NOT EXISTS {index.name} ON {RECORDS_TABLE} "
             await conn.execute(text(ddl + f"({index_columns(database, index)})"))
             await _record(conn, index)

@@ -22,6 +22,7 @@ from benchmarks.storage_scale import NAMESPACE, load_orders
 from nexus_grpc.errors import ConflictError, NotFoundError
 from nexus_grpc.storage import indexes
 from nexus_grpc.storage._postgres_points import asyncpg_connect_args
+from nexus_grpc.storage.declared import declared_indexes
 
 from . import backend_url, connected
 from .test_indexes import item_type
@@ -317,3 +318,24 @@ async def test_a_conflict_reports_the_version_the_update_found(postgres_url: str
                 await update
         finally:
             await other.close()
+
+
+async def test_sqlite_rebuilds_a_declared_index_dropped_by_hand(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/nexus.db"
+    v1 = item_type({"owner": "string"}, [["owner"]])
+    (name,) = [index.name for index in declared_indexes(v1.DESCRIPTOR)]
+    async with connected(url) as storage:
+        assert (await storage.apply_indexes([v1])).created == [name]
+    with contextlib.closing(sqlite3.connect(f"{tmp_path}/nexus.db")) as connection:
+        connection.execute(f"DROP INDEX {name}")
+        connection.commit()
+    async with connected(url) as storage:
+        again = await storage.apply_indexes([v1])
+        assert again.created == [name] and not again.dropped
+        # Built once: the catalog keeps one row for it.
+        assert not (await storage.apply_indexes([v1])).created
+    with contextlib.closing(sqlite3.connect(f"{tmp_path}/nexus.db")) as connection:
+        found = "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?"
+        assert connection.execute(found, (name,)).fetchone() == (1,)
+        rows = "SELECT count(*) FROM nexus_index_catalog WHERE index_name = ?"
+        assert connection.execute(rows, (name,)).fetchone() == (1,)
