@@ -10,14 +10,22 @@ connection (asyncpg's statement cache) and no BEGIN or COMMIT round trips.
 These connections only ever run these statements, one at a time: they change no
 session state (no SET, LISTEN or advisory lock), so one goes back to the idle list as
 it is (asyncpg's pool would run a four-statement reset and a task per release). One
-interrupted mid-statement (cancelled, or the connection lost) is closed instead.
+whose connection was lost mid-statement is dropped. One whose caller was cancelled
+mid-statement is closed politely by a task that keeps the caller's slot: asyncpg sends
+PostgreSQL a CancelRequest, and the close waits for the server to acknowledge it, so a
+cancelled write never commits later behind the caller's back and the server never runs
+more point statements than there are slots.
 A unit of work takes one of them for its transaction (see ``_postgres_units``) and
-leaves it outside any transaction when it gives it back.
+leaves it outside any transaction when it gives it back; one interrupted mid-unit is
+closed, and the server rolls its transaction back (no COMMIT was sent).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,7 +38,9 @@ from ._postgres_units import PostgresUnit, as_dbapi_error, rowcount
 from .points import RawRows
 from .spans import Server, client_span, sql_operation, sql_table
 
-__all__ = ["PostgresPoints"]
+__all__ = ["PostgresPoints", "asyncpg_connect_args"]
+
+_log = logging.getLogger("nexus.storage")
 
 #: Connections for point statements at most (opened on demand).
 _MAX_SIZE = 10
@@ -40,6 +50,36 @@ _MAX_SIZE = 10
 _MAX_UNITS = 15
 #: Seconds close() waits for a connection to close politely.
 _CLOSE_WAIT = 5.0
+#: Seconds a cancelled statement's connection waits for the server to acknowledge the
+#: cancel before its backend is ended from another connection.
+_CANCEL_WAIT = 1.0
+
+
+#: Options of SQLAlchemy's asyncpg dialect, not of ``asyncpg.connect``: a database URL
+#: may carry them for the engine (``?prepared_statement_cache_size=0`` behind PgBouncer).
+_DIALECT_ONLY = (
+    "async_creator_fn",
+    "async_fallback",
+    "prepared_statement_cache_size",
+    "prepared_statement_name_func",
+)
+
+
+def asyncpg_connect_args(dialect_args: Mapping[str, Any]) -> dict[str, Any]:
+    """``asyncpg.connect`` keyword arguments for the connect arguments SQLAlchemy's
+    asyncpg dialect derives from a URL: its own options removed, and its statement cache
+    size carried over to asyncpg's (0: no named prepared statements, as PgBouncer in
+    transaction mode needs) unless ``statement_cache_size`` is given itself."""
+    args = {name: value for name, value in dialect_args.items() if name not in _DIALECT_ONLY}
+    size = dialect_args.get("prepared_statement_cache_size")
+    if size is not None and "statement_cache_size" not in args:
+        try:
+            args["statement_cache_size"] = int(size)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"prepared_statement_cache_size must be a whole number, got {size!r}"
+            ) from None
+    return args
 
 
 class PostgresPoints:
@@ -59,6 +99,8 @@ class PostgresPoints:
         self._idle: list[Any] = []
         self._slots = asyncio.Semaphore(_MAX_SIZE)
         self._unit_slots = asyncio.Semaphore(_MAX_UNITS)
+        # Tasks closing connections whose statement was cancelled (strong references).
+        self._retiring: set[asyncio.Task[None]] = set()
         self._closed = False
 
     async def run(self, sql: str, params: Sequence[Any], *, write: bool) -> RawRows:
@@ -81,7 +123,10 @@ class PostgresPoints:
             return await self._run(sql, params, write)
 
     async def _run(self, sql: str, params: Sequence[Any], write: bool) -> RawRows:
-        async with self._slots:
+        await self._slots.acquire()
+        # Whether the slot went to a task retiring a cancelled statement's connection.
+        handed_over = False
+        try:
             if self._closed:
                 raise RuntimeError("the storage is closed")
             connection = None
@@ -98,8 +143,16 @@ class PostgresPoints:
                     # The server refused the statement: the connection is fine.
                     self._give_back(connection)
                     raise
+                except asyncio.CancelledError:
+                    # asyncpg has sent (or is sending) PostgreSQL a CancelRequest from a
+                    # task of its own; terminate() would cancel that task and leave the
+                    # server running (and committing) the statement. Closing politely
+                    # waits for the server to acknowledge the cancel first; the slot is
+                    # held until then, so the server never runs more than _MAX_SIZE.
+                    handed_over = self._retire(connection)
+                    raise
                 except BaseException:
-                    # Lost, or interrupted mid-statement (cancelled): not used again.
+                    # Lost, or interrupted mid-statement otherwise: not used again.
                     connection.terminate()
                     raise
             except _FAILURES as exc:
@@ -107,6 +160,61 @@ class PostgresPoints:
                 raise as_dbapi_error(sql, exc, connection) from exc
             self._give_back(connection)
             return result
+        finally:
+            if not handed_over:
+                self._slots.release()
+
+    def _retire(self, connection: Any) -> bool:
+        """Close ``connection`` (its statement cancelled) in a task that then frees the
+        caller's slot; whether there was one to start."""
+        if connection.is_closed():
+            return False
+
+        pid = connection.get_server_pid()
+
+        async def retire() -> None:
+            try:
+                with contextlib.suppress(*_FAILURES):  # close() aborts it when it fails
+                    await connection.close(timeout=_CANCEL_WAIT)
+                await self._end_backend(pid)
+            finally:
+                self._slots.release()
+
+        # A context of its own: the cancelled caller's trace has ended.
+        task = asyncio.get_running_loop().create_task(
+            retire(), name="nexus-postgres-retire", context=contextvars.Context()
+        )
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        return True
+
+    async def _end_backend(self, pid: int) -> None:
+        """End the server process ``pid`` if it is still running a statement.
+
+        A cancel request travels on a connection of its own and may reach the server
+        before the statement does; the server drops a cancel that finds its process
+        between statements, and then runs the statement the closed connection had
+        already sent (waiting for a lock, say). Ending the process rolls it back.
+        """
+        # Whatever its state: one still reading the statement shows as idle. Its
+        # connection is closed, so it has nothing else to do.
+        end = (
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 "
+            "AND usename = current_user AND datname = current_database()"
+        )
+        present = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)"
+        other = None
+        try:
+            async with asyncio.timeout(_CLOSE_WAIT):
+                other = self._take_idle() or await self._connect()
+                await other.execute(end, pid)
+                # Gone once it has rolled back (a bounded wait: the timeout above).
+                while await other.fetchval(present, pid):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+        except (*_FAILURES, TimeoutError):
+            _log.warning("could not end the PostgreSQL process %d of a cancelled statement", pid)
+        if other is not None:
+            self._give_back(other)
 
     @asynccontextmanager
     async def transaction(self, dialect: Dialect) -> AsyncIterator[PostgresUnit]:
@@ -183,6 +291,9 @@ class PostgresPoints:
     async def close(self) -> None:
         """Close the idle connections; those in use close when their statement ends."""
         self._closed = True
+        if self._retiring:
+            # Cancelled statements' connections: closing, each within _CLOSE_WAIT.
+            await asyncio.wait(set(self._retiring))
         idle, self._idle = self._idle, []
         for connection in idle:
             try:

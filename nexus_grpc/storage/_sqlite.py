@@ -104,7 +104,8 @@ class SqliteConnection:
         # and the connection must not be touched again before it is over.
         self._running: concurrent.futures.Future[Any] | None = None
         # Whether the transaction holds SQLite's write lock, taken on the loop's thread:
-        # its statements then wait for no lock and run there too (see begin_on_loop).
+        # its point statements then wait for no lock and run there too (see
+        # begin_on_loop); any other statement still runs on a thread.
         self._on_loop = False
 
     def begin_on_loop(self) -> bool:
@@ -132,8 +133,13 @@ class SqliteConnection:
         return True
 
     async def execute(self, statement: Executable) -> Rows:
-        """Run ``statement`` in the transaction (begun by the first one)."""
-        return await self._step(functools.partial(self._execute, statement))
+        """Run ``statement`` in the transaction (begun by the first one), on a thread.
+
+        Always on a thread, even when the transaction holds the write lock on the loop's
+        thread: a statement built with SQLAlchemy may read many rows (a list with a
+        filter no index serves, DDL building an index) and would stall every other task.
+        """
+        return await self._step(functools.partial(self._execute, statement), blocking=True)
 
     async def execute_raw(self, sql: str, params: Sequence[Any]) -> RawRows:
         """Run a point statement's ``sql`` in the transaction on the sqlite3 connection."""

@@ -44,7 +44,7 @@ from nexus_grpc import tracing
 from nexus_grpc.errors import STORAGE_BUSY, ConflictError
 from nexus_grpc.urls import mask_url
 
-from ._postgres_points import PostgresPoints
+from ._postgres_points import PostgresPoints, asyncpg_connect_args
 from ._postgres_units import PostgresUnit
 from ._sqlite import SqliteConnection, SqliteDriver
 from .faults import StorageHealth, StorageUnavailableError, os_cause, postgres_cause, sqlite_cause
@@ -162,7 +162,8 @@ class Database:
             )
         _, kwargs = pg.dialect.create_connect_args(parsed)
         points = PostgresPoints(
-            {**kwargs, **connect_args}, span=(parsed.database, server) if traced else None
+            asyncpg_connect_args({**kwargs, **connect_args}),
+            span=(parsed.database, server) if traced else None,
         )
         return cls(dialect_for(backend), engine=pg, postgres_points=points)
 

@@ -43,7 +43,8 @@ from typing import Any
 
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor
-from sqlalchemy import and_, delete, select, text, tuple_
+from google.protobuf.message import Message
+from sqlalchemy import Connection, and_, bindparam, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -110,7 +111,13 @@ async def _apply_sqlite(
     # never disagrees with the indexes that exist.
     async with database.transaction(write=True) as conn:
         recorded = await _recorded(conn)
-        for index in _missing(wanted, recorded):
+        # The catalog says what was built, the schema what still exists: an index
+        # dropped by hand (or lost with a restored file) is built again.
+        master = text("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = :t")
+        schema = await conn.execute(master.bindparams(t=RECORDS_TABLE))
+        present = {str(row[0]) for row in schema.all()}
+        built = [row for row in recorded if row[0] in present]
+        for index in _missing(wanted, built):
             ddl = f"CREATE INDEX IF NOT EXISTS {index.name} ON {RECORDS_TABLE} "
             await conn.execute(text(ddl + f"({index_columns(database, index)})"))
             await _record(conn, index)
@@ -281,35 +288,67 @@ def _forget(name: str, type_name: str) -> Delete:
 
 async def reindex_collection(database: Database, descriptor: Descriptor, collection: str) -> int:
     """Re-derive the index documents of every record in ``collection`` (all namespaces)
-    from their payloads, :data:`REINDEX_BATCH` records per transaction; how many."""
+    from their payloads, :data:`REINDEX_BATCH` records per transaction; how many.
+
+    Namespace by namespace, each batch seeks on the primary key from the last id of the
+    one before (no scan or sort of what was done), and runs on the transaction's thread
+    on SQLite: parsing and the statements never hold up the event loop there.
+    """
     message_class = message_factory.GetMessageClass(descriptor)
-    after: tuple[str, str] = ("", "")
+    async with database.transaction(write=False) as conn:
+        found = await conn.execute(
+            select(records.c.namespace).where(records.c.collection == collection).distinct()
+        )
+        namespaces = sorted(str(row[0]) for row in found.all())
     done = 0
-    while True:
-        async with database.transaction(write=True) as conn:
-            page: Sequence[Any] = (
-                await conn.execute(
-                    select(records.c.namespace, records.c.id, records.c.payload)
-                    .where(
-                        records.c.collection == collection,
-                        tuple_(records.c.namespace, records.c.id) > tuple_(*after),
-                    )
-                    .order_by(records.c.namespace, records.c.id)
-                    .limit(REINDEX_BATCH)
+    for namespace in namespaces:
+        after = ""
+        while True:
+            async with database.transaction(write=True) as conn:
+                count, after = await conn.run_sync(
+                    _reindex_batch, message_class, namespace, collection, after
                 )
-            ).all()
-            for namespace, record_id, payload in page:
-                document = index_document(message_class.FromString(payload))
-                key = and_(
-                    records.c.namespace == namespace,
-                    records.c.collection == collection,
-                    records.c.id == record_id,
-                )
-                await conn.execute(records.update().where(key).values(index_doc=document))
-        done += len(page)
-        if len(page) < REINDEX_BATCH:
-            return done
-        after = (page[-1][0], page[-1][1])
+            done += count
+            if count < REINDEX_BATCH:
+                break
+    return done
+
+
+def _reindex_batch(
+    connection: Connection,
+    message_class: type[Message],
+    namespace: str,
+    collection: str,
+    after: str,
+) -> tuple[int, str]:
+    """Re-derive the next batch of records after id ``after``: (how many, last id)."""
+    page: Sequence[Any] = connection.execute(
+        select(records.c.id, records.c.payload)
+        .where(
+            records.c.namespace == namespace,
+            records.c.collection == collection,
+            records.c.id > after,
+        )
+        .order_by(records.c.id)
+        .limit(REINDEX_BATCH)
+    ).all()
+    if not page:
+        return 0, after
+    documents = [
+        {"b_id": record_id, "b_doc": index_document(message_class.FromString(payload))}
+        for record_id, payload in page
+    ]
+    update = (
+        records.update()
+        .where(
+            records.c.namespace == namespace,
+            records.c.collection == collection,
+            records.c.id == bindparam("b_id"),
+        )
+        .values(index_doc=bindparam("b_doc", type_=records.c.index_doc.type))
+    )
+    connection.execute(update, documents)
+    return len(page), str(page[-1][0])
 
 
 def _report(changes: IndexChanges) -> None:

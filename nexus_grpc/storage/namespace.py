@@ -165,15 +165,47 @@ class _AutocommitScope:
     ) -> RawRows:
         if not write:
             return await self._database.read_point(sql, params)
-        done = await self._database.write_point(sql, params)
-        if or_else is None or done.rowcount:
-            return done
-        # A read of its own: it needs no common snapshot with the write.
-        found = await self._database.read_point(*or_else)
+        if or_else is None:
+            return await self._database.write_point(sql, params)
+        # The read must see what the write saw: read in a second transaction, another
+        # writer's change could come between them (a conflict reported as not found, or
+        # the other way round).
+        if self.dialect.name == "postgresql":
+            # One statement, one snapshot: the write and the stored row it was checked
+            # against (an asyncpg point statement like any other; it returns rows).
+            sql = _with_read(sql, or_else[0])
+            both = await self._database.read_point(sql, params)
+            changed, stored = both.rows[0]
+            return RawRows([] if stored is None else [(stored,)], int(changed is not None))
+        # SQLite: both in one write transaction (this process's write turn, and the
+        # database's write lock against the others).
+        async with self._database.transaction(write=True) as conn:
+            done = await execute_point(conn, sql, params)
+            if done.rowcount:
+                return done
+            found = await execute_point(conn, *or_else)
         return RawRows(found.rows, done.rowcount)
 
     def repository(self, message_type: type[M], *, collection: str, id_field: str) -> Repository[M]:
         return Repository(self, message_type, collection=collection, id_field=id_field)
+
+
+def _with_read(write: str, read: str) -> str:
+    """PostgreSQL: the point ``write`` and the point ``read`` (of one column, on the same
+    key) as one statement returning (the written row's first returned column or NULL,
+    the read's column or NULL). The read takes the write's key parameters: the write
+    binds namespace, collection and id as $4, $5 and $6 (see ``points``)."""
+    key = read.rpartition(" WHERE ")[2]
+    for old, new in (("$1", "$4"), ("$2", "$5"), ("$3", "$6")):
+        key = key.replace(old, new)
+    column = read.removeprefix("SELECT ").partition(" FROM ")[0]
+    # FOR UPDATE: a row another transaction changes meanwhile is read once that one has
+    # ended, as the write finds it, not as the statement's snapshot had it.
+    return (
+        f"WITH stored AS ({read.rpartition(' WHERE ')[0]} WHERE {key} FOR UPDATE), "
+        f"changed AS ({write} RETURNING {column}) "
+        f"SELECT (SELECT {column} FROM changed), (SELECT {column} FROM stored)"
+    )
 
 
 class _TransactionScope:

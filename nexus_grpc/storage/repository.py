@@ -202,8 +202,10 @@ class Repository(Generic[M]):
         sql = points.update
         if expected_version is not None:
             sql, params = points.update_expecting, (*params, expected_version)
-        # When nothing changed, the stored version tells a missing record from a conflict.
-        done = await scope.run_point(sql, params, write=True, or_else=(points.version, key))
+        # When nothing changed, the stored version tells a missing record from a conflict
+        # (without an expected version, nothing changed means there is none).
+        or_else = None if expected_version is None else (points.version, key)
+        done = await scope.run_point(sql, params, write=True, or_else=or_else)
         if done.rowcount == 1:
             return updated
         current = done.rows[0][0] if done.rows else None

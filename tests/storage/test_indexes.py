@@ -157,12 +157,23 @@ async def test_a_filtered_page_of_50_is_served_by_the_declared_index(sql_url: st
         newest = [f"o{n:08d}" for n in range(8599, 8499, -1)]
         assert [o.id for o in first.items] + [o.id for o in second.items] == newest
         assert [o.id for o in by_status.items][:2] == ["o00019999", "o00019998"]
-        for sql, parameters in selects:
+        by_path = {
+            index.keys[0].path: index.name
+            for index in declared_indexes(orders_pb2.Order.DESCRIPTOR)
+        }
+        expected = [("customer_id", by_path["customer_id"])] * 2 + [("status", by_path["status"])]
+        for (sql, parameters), (path, name) in zip(selects, expected, strict=True):
             plan = await query_plan(sql_url, sql, parameters)
-            assert INDEX_PREFIX in plan, plan
+            # The index declared for the filter, and the filter's value in its search
+            # key: an index whose expression differs from the query's is no match.
             if storage.dialect == "sqlite":
+                key = "(namespace=? AND collection=? AND <expr>=?"
+                assert f"SEARCH nexus_records USING INDEX {name} {key}" in plan, plan
                 assert "SCAN" not in plan and "TEMP B-TREE" not in plan, plan
             else:
+                assert f"Index Scan using {name} on nexus_records" in plan, plan
+                (condition,) = [line for line in plan.splitlines() if "Index Cond:" in line]
+                assert f"(index_doc ->> '{path}'::text)" in condition, plan
                 assert "Seq Scan" not in plan and "Sort" not in plan, plan
 
 
