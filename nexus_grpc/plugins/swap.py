@@ -350,15 +350,10 @@ class HotSwap:
         record = self._manager.adopt(candidate)
         generation = await self._prepare(record, candidate, digest, fresh=True)
         await self._manager.install(record, generation)
+        swapped = time.perf_counter() - started  # serving now; the indexes follow
         record.swap_error = ""
         await self._apply_indexes(name, generation)
-        return SwapResult(
-            "load",
-            (name,),
-            digest,
-            generation.number,
-            swap_seconds=time.perf_counter() - started,
-        )
+        return SwapResult("load", (name,), digest, generation.number, swap_seconds=swapped)
 
     async def _reload(self, request: SwapRequest) -> _Outcome:
         name = request.plugin
