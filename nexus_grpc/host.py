@@ -303,6 +303,8 @@ class Host:
         self._install_core_services(self._plugins, audit)
         # A swap asked of one worker applies to all of them.
         self._plugins.swap.share(self.broadcast)
+        # A plugin loaded or reloaded at runtime gets its contract's storage indexes.
+        self._plugins.swap.index_with(self._storage)
         await self._plugins.load_all()
         await self._apply_declared_indexes()
         await self.bus.start()

@@ -21,6 +21,8 @@ take gets ABORTED. Each swap runs as a task of its own: a caller that goes away 
 deadline, a disconnect) does not leave it half-done. The old generation drains after
 the lock is released (its routes are gone already), so a long drain holds up no other
 swap. Hot swap is off unless ``plugins.hot_swap.enabled``.
+After a load or reload, the storage indexes the plugin's contract declares are built
+(:meth:`HotSwap.index_with`), as the host builds every contract's at start.
 With several workers, a swap one of them applies is applied by all
 (:mod:`nexus_grpc.plugins.swap_sharing`).
 """
@@ -36,19 +38,23 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+from google.protobuf.descriptor import Descriptor, FileDescriptor
 
 from nexus_grpc.config import HotSwapConfig
 from nexus_grpc.errors import NotFoundError, StatusError
 from nexus_grpc.gateway.bindings import BindingError, bindings_for
+from nexus_grpc.plugins._generation_parts import contract_modules
 from nexus_grpc.plugins.discovery import Candidate
 from nexus_grpc.plugins.fingerprint import CodeTooLargeError, code_hash
 from nexus_grpc.plugins.generation import Generation
 from nexus_grpc.plugins.manager import PluginManager, PluginRecord, PluginState, PrepareError
 from nexus_grpc.plugins.modules import forget_modules
 from nexus_grpc.routing import RoutingTable
+from nexus_grpc.storage.declared import IndexDeclarationError, declared_indexes
 
 if TYPE_CHECKING:
     from nexus_grpc.plugins.swap_sharing import SwapSharing
+    from nexus_grpc.storage import Storage
     from nexus_grpc.supervisor.channel import Broadcast
 
 __all__ = ["OPERATIONS", "HotSwap", "Surface", "SwapError", "SwapRequest", "SwapResult"]
@@ -162,6 +168,12 @@ class HotSwap:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._sharing: SwapSharing | None = None
+        self._storage: Storage | None = None
+
+    def index_with(self, storage: Storage) -> None:
+        """Build the storage indexes a plugin's contract declares when it is loaded or
+        reloaded, in ``storage``."""
+        self._storage = storage
 
     def share(self, broadcast: Broadcast) -> None:
         """Apply the swaps of this host's other workers, and have them apply its own."""
@@ -338,14 +350,10 @@ class HotSwap:
         record = self._manager.adopt(candidate)
         generation = await self._prepare(record, candidate, digest, fresh=True)
         await self._manager.install(record, generation)
+        swapped = time.perf_counter() - started  # serving now; the indexes follow
         record.swap_error = ""
-        return SwapResult(
-            "load",
-            (name,),
-            digest,
-            generation.number,
-            swap_seconds=time.perf_counter() - started,
-        )
+        await self._apply_indexes(name, generation)
+        return SwapResult("load", (name,), digest, generation.number, swap_seconds=swapped)
 
     async def _reload(self, request: SwapRequest) -> _Outcome:
         name = request.plugin
@@ -363,6 +371,7 @@ class HotSwap:
         swapped = time.perf_counter() - started
         self._manager.adopt(candidate)
         record.swap_error = ""
+        await self._apply_indexes(name, generation)
         result = SwapResult("reload", (name,), digest, generation.number, swap_seconds=swapped)
         return _Outcome(result, [(name, old)] if old is not None else [])
 
@@ -413,6 +422,40 @@ class HotSwap:
             )
             raise SwapError(error.reason) from None
         return generation
+
+    async def _apply_indexes(self, name: str, generation: Generation) -> None:
+        """Build the indexes the new generation's contract declares (and drop those its
+        types stopped declaring). Only its own types are given: the indexes of every
+        other type are left alone (see :mod:`nexus_grpc.storage.indexes`). Under the
+        swap lock, so a later swap's types are never applied before an earlier one's.
+        A failure is a warning, not a failed swap: the new code serves already, and
+        lists stay correct without an index, only slower."""
+        if self._storage is None:
+            return
+        types: list[Descriptor] = []
+        for descriptor in _message_types(generation):
+            try:
+                declared_indexes(descriptor)
+            except IndexDeclarationError as error:
+                _log.warning(
+                    "plugin %s: storage indexes of %s not built: %s",
+                    name,
+                    descriptor.full_name,
+                    error,
+                    extra={"plugin": name},
+                )
+                continue
+            types.append(descriptor)
+        try:
+            await self._storage.apply_indexes(types)
+        except Exception as error:  # any database failure: the swap is done regardless
+            _log.warning(
+                "plugin %s: the storage indexes its contract declares were not applied: %s: %s",
+                name,
+                type(error).__name__,
+                error,
+                extra={"plugin": name},
+            )
 
     # -- unload ------------------------------------------------------------------------
 
@@ -471,3 +514,28 @@ class HotSwap:
         if request.drain_timeout is None or request.drain_timeout <= 0:
             return self.settings.drain_timeout
         return min(request.drain_timeout, 3600.0)
+
+
+def _message_types(generation: Generation) -> list[Descriptor]:
+    """Every message type (nested ones too) of ``generation``'s contract files: those of
+    its contract generation when it has one, else the default pool's modules of its
+    contract (see :func:`~nexus_grpc.plugins._generation_parts.contract_modules`)."""
+    files: dict[str, FileDescriptor] = {}
+    for route in generation.routes:
+        file = route.info.descriptor.containing_service.file
+        files.setdefault(file.name, file)
+    if generation.contract is not None:
+        files.update((file.name, file) for file in generation.contract.files())
+    else:
+        for module_name in contract_modules(list(files.values())):
+            module = sys.modules.get(module_name)
+            imported = getattr(module, "DESCRIPTOR", None)
+            if isinstance(imported, FileDescriptor):
+                files.setdefault(imported.name, imported)
+    found: list[Descriptor] = []
+    pending = [m for name in sorted(files) for m in files[name].message_types_by_name.values()]
+    while pending:
+        descriptor = pending.pop(0)
+        found.append(descriptor)
+        pending[:0] = descriptor.nested_types
+    return found
