@@ -255,7 +255,7 @@ def monitor_port(config: str) -> int:
 
 async def test_grpc_clients_behind_haproxy_have_separate_login_buckets(tmp_path: Path) -> None:
     haproxy_binary()
-    # The compose instances trust the balancer's network; here it is loopback.
+    # The compose instances trust the balancer's fixed address; here it is loopback.
     trusted = COMPOSE_CONFIG.server.trusted_proxies
     assert trusted, "compose/nexus.toml must trust the balancer on the gRPC port"
     server = ServerConfig(trusted_proxies=("127.0.0.1/32",))

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shlex
@@ -536,7 +537,13 @@ def test_compose_runs_three_nexus_instances_behind_the_balancer_on_both_ports() 
     frontends = re.findall(r"^frontend (\S+)\n((?:[ \t]+.*\n)*)", haproxy, re.MULTILINE)
     bodies = dict(frontends)
     assert "option forwardfor" in bodies["grpc"] and "option forwardfor" in bodies["rest"]
-    assert config.server.trusted_proxies and config.http.trusted_proxies
+    # ... from the balancer's fixed address alone: a wider network would let any client
+    # on it name whatever address it likes (every trusted hop is believed).
+    balancer_address = balancer["networks"]["default"]["ipv4_address"]
+    subnet = ipaddress.ip_network(document["networks"]["default"]["ipam"]["config"][0]["subnet"])
+    assert ipaddress.ip_address(balancer_address) in subnet
+    assert config.server.trusted_proxies == (f"{balancer_address}/32",)
+    assert config.http.trusted_proxies == (f"{balancer_address}/32",)
     # The balancer's healthcheck asks the running HAProxy (its monitor URI).
     monitor = re.search(r"bind :(\d+)\n\s*monitor-uri (\S+)", bodies["monitor"])
     assert monitor is not None
