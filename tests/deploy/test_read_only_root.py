@@ -36,7 +36,21 @@ _SCRIPT = """
 set -e
 secret=$(cat "$SECRET_SOURCE")
 mount -o remount,bind,ro /
-mount -t tmpfs -o size=64m,mode=1777 tmpfs /tmp
+case "$CHECKOUT/" in
+/tmp/*)
+    # A checkout under /tmp (a CI clone) would vanish under the tmpfs: carry it over
+    # through /mnt and put it back read-only at its own path.
+    # (-n: the read-only root has no writable mount table to update.)
+    mount -n --bind "$CHECKOUT" /mnt
+    mount -n -t tmpfs -o size=64m,mode=1777 tmpfs /tmp
+    mkdir -p "$CHECKOUT"
+    mount -n --move /mnt "$CHECKOUT"
+    mount -n -o remount,bind,ro "$CHECKOUT"
+    ;;
+*)
+    mount -t tmpfs -o size=64m,mode=1777 tmpfs /tmp
+    ;;
+esac
 mkdir -m 700 /tmp/data
 printf %s "$secret" > /tmp/data/secret.key
 chmod 600 /tmp/data/secret.key
@@ -58,6 +72,7 @@ def read_only_serve(tmp_path: Path) -> Iterator[ServeProcess]:
         "TMPDIR": image_env["TMPDIR"],
         "HOME": "/tmp/data",
         "SECRET_SOURCE": str(secret),
+        "CHECKOUT": str(REPO),
         # The image's nexus.toml, but for free loopback ports, the data dir on the
         # tmpfs, and a short drain.
         "NEXUS_CONFIG": str(DEPLOY / "nexus.toml"),
