@@ -34,9 +34,9 @@ import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.engine import Dialect
 
 from ._postgres_units import FAILURES as _FAILURES
-from ._postgres_units import PostgresUnit, as_dbapi_error, rowcount
+from ._postgres_units import PostgresUnit, as_dbapi_error, rowcount, statement_span
 from .points import RawRows
-from .spans import Server, client_span, sql_operation, sql_table
+from .spans import Server
 
 __all__ = ["PostgresPoints", "asyncpg_connect_args"]
 
@@ -111,15 +111,7 @@ class PostgresPoints:
         """
         if self._span is None:
             return await self._run(sql, params, write)
-        namespace, server = self._span
-        with client_span(
-            "postgresql",
-            sql_operation(sql),
-            collection=sql_table(sql),
-            namespace=namespace,
-            server=server,
-            query=sql,
-        ):
+        with statement_span(self._span, sql):
             return await self._run(sql, params, write)
 
     async def _run(self, sql: str, params: Sequence[Any], write: bool) -> RawRows:

@@ -21,9 +21,11 @@ ends its transaction on the server, and the unit of work raises.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
+from opentelemetry.trace import Span
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.base import Executable
@@ -33,10 +35,26 @@ from sqlalchemy.sql.elements import ClauseElement
 from .points import RawRows
 from .spans import Server, client_span, sql_operation, sql_table
 
-__all__ = ["FAILURES", "PostgresUnit", "as_dbapi_error", "rowcount"]
+__all__ = ["FAILURES", "PostgresUnit", "as_dbapi_error", "rowcount", "statement_span"]
 
 #: What a failing statement may raise: server errors, asyncpg's own, the network.
 FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def statement_span(
+    span: tuple[str | None, Server | None], sql: str
+) -> AbstractContextManager[Span | None]:
+    """The CLIENT span of one PostgreSQL statement in database ``span[0]`` on ``span[1]``
+    (callers skip it when tracing is off: no context manager on the fast path)."""
+    namespace, server = span
+    return client_span(
+        "postgresql",
+        sql_operation(sql),
+        collection=sql_table(sql),
+        namespace=namespace,
+        server=server,
+        query=sql,
+    )
 
 
 def rowcount(status: str) -> int:
@@ -129,15 +147,7 @@ class PostgresUnit:
     async def _run(self, sql: str, params: Sequence[Any], *, fetch: bool) -> Any:
         if self._span is None:
             return await self._statement(sql, params, fetch)
-        namespace, server = self._span
-        with client_span(
-            "postgresql",
-            sql_operation(sql),
-            collection=sql_table(sql),
-            namespace=namespace,
-            server=server,
-            query=sql,
-        ):
+        with statement_span(self._span, sql):
             return await self._statement(sql, params, fetch)
 
     async def _statement(self, sql: str, params: Sequence[Any], fetch: bool) -> Any:
