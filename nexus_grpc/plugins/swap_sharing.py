@@ -4,20 +4,24 @@ A LoadPlugin, UnloadPlugin or ReloadPlugin call lands on one worker. That worker
 applies the swap, then publishes it on the supervisor's broadcast (topic
 ``plugins.swap``) with the code hash it loaded, so every other worker imports the
 same files (a file changed in between makes theirs fail, not differ). Each other
-worker applies it and answers on ``plugins.swapped``; the receiving worker waits for
-the answers of the workers it knows to be alive (bounded by the drain and start
+worker applies it and answers on ``plugins.swapped`` as soon as the new version
+serves there (its old version drains in the background); the receiving worker waits
+for the answers of the workers it knows to be alive (bounded by the hook and start
 timeouts) before it answers the admin call, so a client's next connection, whichever
 worker it lands on, sees the new version.
 
-The admin call answers with the receiving worker's own result. Another worker's
-failure does not fail it: that worker logs it and keeps its previous version, and
-the plugin list it serves shows the reason in ``swap_error``; the receiving worker
-logs every failure its peers answered with and every peer that did not answer.
+When another worker failed to apply it or did not answer, the admin call fails
+ABORTED naming those workers and why; the receiving worker's own change stays
+applied. The failing worker keeps its previous version, logs why, and the plugin list
+it serves shows the reason in ``swap_error``. A worker that is stopping applies no
+shared swap any more and answers so: it is not waited for.
 
 Workers know each other by a ``plugins.peers`` message each publishes once its
-plugins are loaded (every worker answers a newcomer once). A worker started later
-(a rolling restart, a crashed worker replaced) loads the plugins as they are on disk
-then; a swap is not replayed to it.
+plugins are loaded (every worker answers a newcomer once). Before that, with hot swap
+on, a worker asks the supervisor which versions the host serves (see
+:mod:`nexus_grpc.supervisor.swaps`): it applies the swaps shared before it started,
+and when its plugins still differ (files changed without a swap, a breaking reload
+that was refused) it raises :class:`PluginsDiffer` and does not start.
 """
 
 from __future__ import annotations
