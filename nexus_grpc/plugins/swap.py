@@ -302,8 +302,10 @@ class HotSwap:
             retiring = self._own(self._retire(plugin, generation, timeout))
             if share:
                 cut += await asyncio.shield(retiring)
-            # else a swap another worker shared: it answers once installed, and its old
-            # generation drains in the background (close() waits for it).
+            else:
+                # A swap another worker shared: it answers once installed, and its old
+                # generation drains in the background (close() waits for it).
+                retiring.add_done_callback(_report_retirement)
         if failed:
             workers = "; ".join(f"worker {pid}: {why[:300]}" for pid, why in sorted(failed.items()))
             raise SwapError(
@@ -549,6 +551,12 @@ class HotSwap:
         if request.drain_timeout is None or request.drain_timeout <= 0:
             return self.settings.drain_timeout
         return min(request.drain_timeout, 3600.0)
+
+
+def _report_retirement(task: asyncio.Task[int]) -> None:
+    """Log a background retirement that failed (nobody awaits it)."""
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("retiring an old plugin version failed", exc_info=task.exception())
 
 
 def _message_types(generation: Generation) -> list[Descriptor]:
