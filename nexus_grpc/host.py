@@ -490,6 +490,9 @@ class Host:
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING, keep serving for ``shutdown_delay``, drain for ``grace``, stop."""
+        if self._plugins is not None:
+            # From the first moment: a swap accepted now would be cut by the plugins' stop.
+            self._plugins.swap.refuse()
         if self._stopping is None:
             self._stopping = asyncio.ensure_future(self._stop(grace))
         await asyncio.shield(self._stopping)

@@ -215,6 +215,29 @@ class HotSwap:
         # goes on to its end, rollback or retirement included.
         return await asyncio.shield(self._own(self._swap(request, share)))
 
+    def serving(self) -> dict[str, str]:
+        """The code hash of each plugin serving here, by name."""
+        return {
+            record.name: record.current.code_hash
+            for record in self._manager.records()
+            if record.state == PluginState.SERVING and record.current is not None
+        }
+
+    @property
+    def hook_timeout(self) -> float:
+        """``plugins.hook_timeout``: the longest a start or stop hook may take."""
+        return self._manager.settings.plugins.hook_timeout
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the host stops: new swaps, its own or shared, are refused."""
+        return self._closed
+
+    def refuse(self) -> None:
+        """The host begins to stop: refuse new swaps from now on (the one under way
+        goes on to its end; :meth:`close` waits for it)."""
+        self._closed = True
+
     async def close(self) -> None:
         """The host stops: wait for the swap under way, refuse further ones (the lock is
         kept) and wait for the generations still draining."""
@@ -267,15 +290,29 @@ class HotSwap:
         finally:
             self._lock.release()
         result = outcome.result
+        failed: dict[int, str] = {}
         if share and self._sharing is not None:
             # Outside the lock: two workers sharing a swap at once each apply the
             # other's while waiting for its answers.
-            await self._sharing.publish(request, result)
+            failed = await self._sharing.publish(request, result)
         # Outside the lock: the old routes are gone, a long drain holds up no swap.
         cut = 0
         timeout = self._drain_timeout(request)
         for plugin, generation in outcome.retiring:
-            cut += await asyncio.shield(self._own(self._retire(plugin, generation, timeout)))
+            retiring = self._own(self._retire(plugin, generation, timeout))
+            if share:
+                cut += await asyncio.shield(retiring)
+            else:
+                # A swap another worker shared: it answers once installed, and its old
+                # generation drains in the background (close() waits for it).
+                retiring.add_done_callback(_report_retirement)
+        if failed:
+            workers = "; ".join(f"worker {pid}: {why[:300]}" for pid, why in sorted(failed.items()))
+            raise SwapError(
+                f"plugin {request.plugin!r}: the {request.operation} is applied here, not "
+                f"on {workers}; retry or roll the workers",
+                code=grpc.StatusCode.ABORTED,
+            )
         touched = set(result.plugins)
         old, new = Surface.of(before, touched), Surface.of(after, touched)
         return SwapResult(
@@ -514,6 +551,12 @@ class HotSwap:
         if request.drain_timeout is None or request.drain_timeout <= 0:
             return self.settings.drain_timeout
         return min(request.drain_timeout, 3600.0)
+
+
+def _report_retirement(task: asyncio.Task[int]) -> None:
+    """Log a background retirement that failed (nobody awaits it)."""
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("retiring an old plugin version failed", exc_info=task.exception())
 
 
 def _message_types(generation: Generation) -> list[Descriptor]:

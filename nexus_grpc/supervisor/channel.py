@@ -14,6 +14,14 @@ newline-delimited JSON objects, at most :data:`MAX_MESSAGE_BYTES` each:
   workers (AdminService.RestartWorkers); the supervisor answers
   ``{"kind": "reply", "id": N, "workers": COUNT}`` or ``{..., "error": TEXT,
   "reason": "running" | "unavailable"}``.
+- worker → supervisor ``{"kind": "state", "id": N, "plugins": {NAME: HASH}}``: a
+  worker whose plugins are loaded asks which versions the host serves (see
+  :mod:`nexus_grpc.plugins.swap_sharing`); the supervisor answers ``{"kind": "reply",
+  "id": N, "baseline": {NAME: HASH}, "swaps": [SWAP, ...]}``: the plugins of the first
+  worker that asked (this one's own when it is the first) and the latest
+  ``plugins.swap`` message relayed for each plugin since.
+- worker → supervisor ``{"kind": "unfit", "reason": TEXT}``: this worker cannot serve
+  what the others serve and exits before it is ready: its exit is no crash.
 
 Signals complete the line: SIGTERM stops a worker as it stops a host (health
 NOT_SERVING, ``server.shutdown_delay``, drain); :data:`RETIRE_SIGNAL` (SIGUSR2) drains a
@@ -152,24 +160,49 @@ class Broadcast:
         """
         if self._writer is None:
             raise NoSupervisor("this host runs one process (server.workers = 1): no workers")
+        answer = await self._request({"kind": "restart"})
+        if "error" in answer:
+            if answer.get("reason") == "running":
+                raise RestartRunning(str(answer["error"]))
+            raise SupervisorUnavailable(str(answer["error"]))
+        return int(answer.get("workers", 0))
+
+    async def plugin_state(self, serving: dict[str, str]) -> tuple[dict[str, str], list[Any]]:
+        """The plugins the host serves, as the supervisor recorded them: the code hash of
+        each plugin the first worker served (``serving`` becomes it when this worker is
+        the first), and the latest swap shared for each plugin since, oldest first.
+
+        :class:`NoSupervisor` without a supervisor; :class:`SupervisorUnavailable`
+        when it does not answer."""
+        if self._writer is None:
+            raise NoSupervisor("this host runs one process (server.workers = 1): no workers")
+        answer = await self._request({"kind": "state", "plugins": serving})
+        baseline, swaps = answer.get("baseline"), answer.get("swaps")
+        if not isinstance(baseline, dict) or not isinstance(swaps, list):
+            raise SupervisorUnavailable("the supervisor sent no plugin state")
+        return {str(k): str(v) for k, v in baseline.items()}, swaps
+
+    async def unfit(self, reason: str) -> None:
+        """Tell the supervisor this worker will not serve, and why (it exits next); its
+        restart is then no crash (no-op without a supervisor)."""
+        if self._writer is not None:
+            await self._send({"kind": "unfit", "reason": reason[:4000]})
+
+    async def _request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send ``message`` with a fresh id; the supervisor's reply to it."""
         self._next_id += 1
         ident = self._next_id
         reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._replies[ident] = reply
         try:
-            await self._send({"kind": "restart", "id": ident})
-            answer = await asyncio.wait_for(reply, _REPLY_TIMEOUT)
+            await self._send({**message, "id": ident})
+            return await asyncio.wait_for(reply, _REPLY_TIMEOUT)
         except TimeoutError:
             raise SupervisorUnavailable(
                 f"the supervisor did not answer within {_REPLY_TIMEOUT:g}s"
             ) from None
         finally:
             self._replies.pop(ident, None)
-        if "error" in answer:
-            if answer.get("reason") == "running":
-                raise RestartRunning(str(answer["error"]))
-            raise SupervisorUnavailable(str(answer["error"]))
-        return int(answer.get("workers", 0))
 
     async def ready(self) -> None:
         """Tell the supervisor this worker serves (no-op without one)."""

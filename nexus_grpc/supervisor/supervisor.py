@@ -29,6 +29,8 @@ terminal's Ctrl-C reaches the supervisor alone, which then stops them in order.
   many workers is refused and the old workers keep serving). A SIGHUP during a
   rolling restart (or during start-up) queues one more roll. The kernel keeps handing
   new connections to the listeners left, so clients see no refused connection.
+- Plugins swapped at runtime: the supervisor records the versions the host serves and
+  each worker started later serves the same (:mod:`nexus_grpc.supervisor.swaps`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from pathlib import Path
 from nexus_grpc.supervisor.channel import MAX_MESSAGE_BYTES, RETIRE_SIGNAL, decode, encode
 from nexus_grpc.supervisor.metrics import forget_worker
 from nexus_grpc.supervisor.policy import CrashLoop, RestartPolicy
+from nexus_grpc.supervisor.swaps import PluginState
 
 __all__ = ["Supervisor", "WorkerCommand"]
 
@@ -54,6 +57,9 @@ __all__ = ["Supervisor", "WorkerCommand"]
 WorkerCommand = Callable[[int, int], Sequence[str]]
 
 _log = logging.getLogger("nexus.supervisor")
+
+#: Seconds before a worker that would serve other plugin versions is tried again.
+_UNFIT_RETRY = 30.0
 
 
 @dataclass(eq=False)
@@ -66,6 +72,8 @@ class _Worker:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     #: Being replaced or stopped on purpose: its exit is no crash.
     retiring: bool = False
+    #: Why it will not serve (its plugins differ from the host's): its exit is no crash.
+    unfit: str = ""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -107,6 +115,8 @@ class Supervisor:
         #: A SIGHUP arrived while a roll ran (or before the workers served): roll again.
         self._roll_again = False
         self._restarts: set[asyncio.Task[None]] = set()
+        #: The plugin versions the host serves, for workers started later.
+        self._plugins = PluginState()
 
     async def run(self, on_ready: Callable[[list[int]], None] | None = None) -> int:
         """Start the workers, supervise them until stopped; the exit status.
@@ -265,7 +275,12 @@ class Supervisor:
                 worker.ready.set()
             elif message["kind"] == "restart":
                 self._reply(worker, message.get("id"), self._request_restart())
+            elif message["kind"] == "unfit":
+                worker.unfit = str(message.get("reason", ""))[:4000] or "no reason given"
+            elif message["kind"] == "state":
+                self._reply(worker, message.get("id"), self._plugins.answer(message.get("plugins")))
             elif message["kind"] == "broadcast":
+                self._plugins.relayed(message.get("topic"), message.get("data"))
                 self._broadcast(
                     {
                         "kind": "message",
@@ -325,6 +340,20 @@ class Supervisor:
                 extra={"pid": worker.pid, "exit_status": status},
             )
             return
+        if worker.unfit:
+            # Not a crash: its plugin files differ from what the host serves. Tried again
+            # seldom, so that a swap or the files put back let it start; the other
+            # workers serve on.
+            _log.error(
+                "worker %d (pid %d) did not start: %s; trying again in %.0fs",
+                worker.slot,
+                worker.pid,
+                worker.unfit,
+                _UNFIT_RETRY,
+                extra={"pid": worker.pid, "restart_delay": _UNFIT_RETRY},
+            )
+            self._schedule_restart(worker.slot, _UNFIT_RETRY)
+            return
         delay = self._crashes.died(worker.slot, now=time.monotonic(), started=worker.started)
         if delay is None:
             self._failure = (
@@ -342,7 +371,10 @@ class Supervisor:
             delay,
             extra={"pid": worker.pid, "exit_status": status, "restart_delay": delay},
         )
-        task = asyncio.create_task(self._restart(worker.slot, delay))
+        self._schedule_restart(worker.slot, delay)
+
+    def _schedule_restart(self, slot: int, delay: float) -> None:
+        task = asyncio.create_task(self._restart(slot, delay))
         self._restarts.add(task)
         task.add_done_callback(self._restarts.discard)
 

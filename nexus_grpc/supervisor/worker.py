@@ -65,6 +65,9 @@ async def _serve(config: Config, line_fd: int, metrics_dir: Path) -> None:
         # Replaced in a rolling restart: drain as on SIGTERM, health left SERVING.
         _log.info("replaced by a new worker: draining")
         host.announce_shutdown = False
+        # Refuse swaps from now on, before the SIGTERM below is handled.
+        with contextlib.suppress(RuntimeError):  # not started yet: no swap to refuse
+            host.plugins.swap.refuse()
         os.kill(os.getpid(), signal.SIGTERM)
 
     asyncio.get_running_loop().add_signal_handler(RETIRE_SIGNAL, retire)
