@@ -13,8 +13,11 @@ Outside a unit of work every statement is its own transaction, and one call does
 of it (checkout, BEGIN, statement, rows, COMMIT, checkin): one switch for a read.
 
 Point statements (one row by its key) outside a unit of work run on the loop's thread
-when SQLite lets them through at once, else on a thread (see ``_sqlite_points``); inside
-one they are steps like any other, on the sqlite3 connection without SQLAlchemy.
+when SQLite lets them through at once, else on a thread (see ``_sqlite_points``). A unit
+of work (:meth:`SqliteDriver.unit`) skips the pool and SQLAlchemy's transaction: it
+drives BEGIN IMMEDIATE, its statements and COMMIT on the sqlite3 connection of a pooled
+connection kept checked out between units (see ``_sqlite_units``). The transactions
+below serve the schema, index builds, the health probe and statements outside a unit.
 
 Concurrency:
 
