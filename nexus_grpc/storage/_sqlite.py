@@ -13,8 +13,11 @@ Outside a unit of work every statement is its own transaction, and one call does
 of it (checkout, BEGIN, statement, rows, COMMIT, checkin): one switch for a read.
 
 Point statements (one row by its key) outside a unit of work run on the loop's thread
-when SQLite lets them through at once, else on a thread (see ``_sqlite_points``); inside
-one they are steps like any other, on the sqlite3 connection without SQLAlchemy.
+when SQLite lets them through at once, else on a thread (see ``_sqlite_points``). A unit
+of work (:meth:`SqliteDriver.unit`) skips the pool and SQLAlchemy's transaction: it
+drives BEGIN IMMEDIATE, its statements and COMMIT on the sqlite3 connection of a pooled
+connection kept checked out between units (see ``_sqlite_units``). The transactions
+below serve the schema, index builds, the health probe and statements outside a unit.
 
 Concurrency:
 
@@ -45,17 +48,16 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, CursorResult, Engine, Row
-from sqlalchemy.exc import MultipleResultsFound
+from sqlalchemy import Connection, Engine
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql import Executable
 
 from nexus_grpc.errors import STORAGE_BUSY, ConflictError
 
 from ._sqlite_points import SqlitePoints, run_raw
+from ._sqlite_units import Rows, SqliteUnit, rows_of
 from .points import RawRows
 
 __all__ = ["Rows", "SqliteConnection", "SqliteDriver"]
@@ -66,28 +68,6 @@ _log = logging.getLogger("nexus.storage")
 
 #: Seconds close() waits for open transactions to end before closing the connections.
 _CLOSE_WAIT = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Rows:
-    """A statement's result, fetched on the worker thread: the rows and the row count."""
-
-    rows: Sequence[Row[Any]]
-    rowcount: int
-
-    def first(self) -> Row[Any] | None:
-        """The first row, or None."""
-        return self.rows[0] if self.rows else None
-
-    def all(self) -> Sequence[Row[Any]]:
-        """Every row."""
-        return self.rows
-
-    def scalar_one_or_none(self) -> Any:
-        """The first column of the only row; None without rows."""
-        if len(self.rows) > 1:
-            raise MultipleResultsFound("more than one row where at most one was expected")
-        return self.rows[0][0] if self.rows else None
 
 
 class SqliteConnection:
@@ -206,10 +186,10 @@ class SqliteConnection:
     def _execute(self, statement: Executable) -> Rows:
         connection = self._connection()
         if not self._autocommit:
-            return _rows(connection.execute(statement))
+            return rows_of(connection.execute(statement))
         self._sync = None
         try:
-            rows = _rows(connection.execute(statement))
+            rows = rows_of(connection.execute(statement))
         except BaseException:
             self._end(connection, commit=False)
             raise
@@ -250,10 +230,6 @@ class SqliteConnection:
             connection.close()
 
 
-def _rows(result: CursorResult[Any]) -> Rows:
-    return Rows(result.all() if result.returns_rows else (), result.rowcount)
-
-
 class SqliteDriver:
     """A synchronous SQLAlchemy engine on SQLite, used from asyncio through threads.
 
@@ -279,6 +255,8 @@ class SqliteDriver:
         span_namespace: str | None = None,
     ) -> None:
         self.engine = engine
+        #: Opens a configured sqlite3 connection (units of work's, point statements').
+        self.connect = connect
         #: Whether each step runs in a copy of the caller's context (when tracing).
         self.carry_context = carry_context
         # One thread more than transactions: a point write always finds one too.
@@ -302,6 +280,9 @@ class SqliteDriver:
         self._write_timeout = write_timeout
         self._checkpointing: asyncio.Task[None] | None = None
         self._closed = False
+        # Pooled connections of units of work kept checked out between two units (none
+        # in a transaction): a unit skips the pool's checkout and checkin.
+        self._idle_units: list[Connection] = []
 
     async def write_point(self, sql: str, params: Sequence[Any]) -> RawRows:
         """Run the point write ``sql`` as a transaction of its own in this process's
@@ -383,6 +364,42 @@ class SqliteDriver:
         if write:
             self._checkpoint_if_due()
 
+    @asynccontextmanager
+    async def unit(self) -> AsyncIterator[SqliteUnit]:
+        """A unit of work's write transaction on a sqlite3 connection (see
+        ``_sqlite_units``): committed when the body returns, rolled back when it raises
+        or is cancelled. Takes a slot and the write turn as :meth:`transaction` does."""
+        if self._closed:
+            raise RuntimeError("the storage is closed")
+        await self._take_write_turn()
+        try:
+            await self._open.acquire()
+        except BaseException:
+            self._writer.release()
+            raise
+        unit = SqliteUnit(self, self._idle_units.pop() if self._idle_units else None)
+
+        def release() -> None:
+            if unit.session is not None:
+                if self._closed or not unit.reusable():
+                    unit.discard()
+                else:
+                    self._idle_units.append(unit.session)
+            self._open.release()
+            self._writer.release()
+
+        try:
+            await unit.begin()
+            yield unit
+            await unit.finish(commit=True)
+        except BaseException:
+            # The body failed, or the commit did (and was rolled back); a cancelled
+            # commit is waited for, then the transaction rolled back if still open.
+            await _detached(unit.finish(commit=False), release)
+            raise
+        release()
+        self._checkpoint_if_due()
+
     async def close(self) -> None:
         """Wait (a while) for open transactions to end, close the pooled connections and
         let the threads end."""
@@ -406,6 +423,9 @@ class SqliteDriver:
             async with asyncio.timeout(_CLOSE_WAIT):
                 turn = await self._writer.acquire()
         self.points.close()
+        for session in self._idle_units:
+            session.close()  # back to the pool, which dispose() closes
+        self._idle_units.clear()
         if turn:
             self._writer.release()
         await asyncio.to_thread(self.engine.dispose)

@@ -47,6 +47,7 @@ from nexus_grpc.urls import mask_url
 from ._postgres_points import PostgresPoints, asyncpg_connect_args
 from ._postgres_units import PostgresUnit
 from ._sqlite import SqliteConnection, SqliteDriver
+from ._sqlite_units import SqliteUnit
 from .faults import StorageHealth, StorageUnavailableError, os_cause, postgres_cause, sqlite_cause
 from .files import prepare_sqlite_files
 from .points import RawRows
@@ -58,8 +59,8 @@ __all__ = ["Database", "ScopeConnection", "SqlConnection", "execute_point", "tra
 
 #: A connection in a transaction, as repositories use it: ``await conn.execute(stmt)``.
 SqlConnection = AsyncConnection | SqliteConnection
-#: What a repository's statements run on: a unit of work's may be a PostgresUnit.
-ScopeConnection = SqlConnection | PostgresUnit
+#: What a repository's statements run on: a unit of work's is a PostgresUnit or SqliteUnit.
+ScopeConnection = SqlConnection | PostgresUnit | SqliteUnit
 
 #: Transactions open at once on SQLite, and threads running their statements.
 _SQLITE_POOL_SIZE = 8
@@ -124,7 +125,9 @@ class Database:
                 parsed,
                 hide_parameters=True,
                 connect_args=connect_args,
-                pool_size=_SQLITE_POOL_SIZE,
+                # One more: units of work keep one checked out between units (see
+                # ``_sqlite_units``) beside the transactions' own.
+                pool_size=_SQLITE_POOL_SIZE + 1,
                 max_overflow=0,
             )
             busy_timeout_ms = round(sqlite_busy_timeout * 1000)
@@ -240,15 +243,16 @@ class Database:
         """A unit of work's transaction: commit on normal exit, else rollback.
 
         PostgreSQL: on a point connection, statements straight on asyncpg (see
-        ``_postgres_units``); SQLite: :meth:`transaction` for writing.
+        ``_postgres_units``); SQLite: on a sqlite3 connection (see ``_sqlite_units``).
         """
-        if self._postgres_points is None:
-            async with self.transaction(write=True) as conn:
-                yield conn
-            return
         if self._closed:
             raise RuntimeError("the storage is closed")
-        assert self._engine is not None
+        if self._sqlite is not None:
+            with translate_errors(self.health):
+                async with self._sqlite.unit() as sqlite_unit:
+                    yield sqlite_unit
+            return
+        assert self._engine is not None and self._postgres_points is not None
         with translate_errors(self.health):
             async with self._postgres_points.transaction(self._engine.dialect) as unit:
                 yield unit
@@ -322,7 +326,7 @@ class Database:
 
 async def execute_point(conn: ScopeConnection, sql: str, params: Sequence[Any]) -> RawRows:
     """Run a point statement's ``sql`` on ``conn``, in its transaction."""
-    if isinstance(conn, SqliteConnection | PostgresUnit):
+    if isinstance(conn, SqliteConnection | PostgresUnit | SqliteUnit):
         return await conn.execute_raw(sql, params)
     result = await conn.exec_driver_sql(sql, tuple(params))
     rows = [tuple(row) for row in result.all()] if result.returns_rows else []

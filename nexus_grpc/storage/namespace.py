@@ -178,8 +178,9 @@ class _AutocommitScope:
             changed, stored = both.rows[0]
             return RawRows([] if stored is None else [(stored,)], int(changed is not None))
         # SQLite: both in one write transaction (this process's write turn, and the
-        # database's write lock against the others).
-        async with self._database.transaction(write=True) as conn:
+        # database's write lock against the others), driven on the sqlite3 connection
+        # as a unit of work's (see ``_sqlite_units``).
+        async with self._database.unit() as conn:
             done = await execute_point(conn, sql, params)
             if done.rowcount:
                 return done
