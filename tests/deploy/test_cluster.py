@@ -375,7 +375,15 @@ def test_an_instance_killed_under_load_loses_no_acknowledged_write_and_no_event(
         for client in clients:
             client.join(15)
             assert not client.is_alive()
+        # The balancer takes the dead instance out after `fall 2` failed checks `inter 2s`
+        # apart: wait for it (bounded) rather than assume the load lasted that long.
+        deadline = time.monotonic() + 10
         after = server_states(stats)
+        while not after[("nexus_grpc", victim_name)].startswith("DOWN"):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+            after = server_states(stats)
 
         assert load.unexpected == [], load.unexpected
         # Failures: only after the kill, each retried until acknowledged.
