@@ -26,7 +26,7 @@ from .engine import ScopeConnection
 from .index import descriptor_of, index_document
 from .points import Point, RawRows
 from .query import DEFAULT_PAGE_SIZE, build_query, check_page_size
-from .schema import MAX_KEY_LENGTH, records
+from .schema import MAX_KEY_LENGTH, collection_literal, records
 from .sql import SqlDialect
 
 __all__ = ["M", "Page", "Record", "Repository", "Scope"]
@@ -264,7 +264,12 @@ class Repository(Generic[M]):
         ]
         statement = (
             select(records.c.payload, *sort_columns)
-            .where(self._collection_rows(), *dialect.conditions(query.conditions))
+            .where(
+                records.c.namespace == self._scope.namespace,
+                # A literal: the collection's partial indexes can serve the page.
+                collection_literal(self._collection),
+                *dialect.conditions(query.conditions),
+            )
             .order_by(*dialect.order_by(query.sort))
             .limit(size + 1)  # one more than asked tells whether another page exists
         )
