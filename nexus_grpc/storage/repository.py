@@ -24,7 +24,7 @@ from nexus_grpc.errors import (
 
 from .engine import ScopeConnection
 from .index import descriptor_of, index_document
-from .points import Point, RawRows
+from .points import MAX_DELETE_IDS, Point, RawRows
 from .query import DEFAULT_PAGE_SIZE, build_query, check_page_size
 from .schema import MAX_KEY_LENGTH, collection_literal, records
 from .sql import SqlDialect
@@ -228,6 +228,10 @@ class Repository(Generic[M]):
         wanted = sorted({id for id in ids if _fits(id)})
         if not wanted:
             return 0
+        if len(wanted) <= MAX_DELETE_IDS:
+            # A point statement (see ``points``): fixed SQL on the driver's connection.
+            sql, params = self._points.delete_ids(self._scope.namespace, self._collection, wanted)
+            return (await self._scope.run_point(sql, params, write=True)).rowcount
         async with self._scope.connection(write=True) as conn:
             condition = and_(self._collection_rows(), records.c.id.in_(wanted))
             return int((await conn.execute(records.delete().where(condition))).rowcount)
