@@ -23,6 +23,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 
 from nexus_grpc.errors import ShuttingDownError, StatusError
+from nexus_grpc.pipeline.ending import end_tasks
 from nexus_grpc.ratelimit import caller_key
 from nexus_grpc.routing import Arity, CallHandler, MethodInfo
 
@@ -127,12 +128,4 @@ class StreamStage:
         on their own transport); the caller need not wait for them.
         """
         self._closing = True
-        count = 0
-        for task in list(self._open):
-            if task.done() or task in self._ending:
-                continue
-            self._ending.add(task)
-            task.add_done_callback(self._ending.discard)
-            task.cancel()
-            count += 1
-        return count
+        return end_tasks(self._open, self._ending)

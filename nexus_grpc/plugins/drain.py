@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 
 from nexus_grpc.errors import StatusError
+from nexus_grpc.pipeline.ending import end_tasks
 from nexus_grpc.routing import CallHandler, InFlight, MethodInfo
 
 __all__ = ["DrainStage", "drain"]
@@ -113,15 +114,7 @@ class DrainStage:
 
     def end_all(self) -> int:
         """Cancel every call still running; each ends with UNAVAILABLE. How many."""
-        count = 0
-        for task in list(self._running):
-            if task.done() or task in self._ending:
-                continue
-            self._ending.add(task)
-            task.add_done_callback(self._ending.discard)
-            task.cancel()
-            count += 1
-        return count
+        return end_tasks(self._running, self._ending)
 
 
 async def drain(in_flight: InFlight, stage: DrainStage, seconds: float) -> int:
