@@ -57,6 +57,7 @@ from sqlalchemy.sql import Executable
 from nexus_grpc.errors import STORAGE_BUSY, ConflictError
 
 from ._sqlite_points import SqlitePoints, run_raw
+from ._sqlite_steps import SqliteSteps
 from ._sqlite_units import Rows, SqliteUnit, rows_of
 from .points import RawRows
 
@@ -70,23 +71,17 @@ _log = logging.getLogger("nexus.storage")
 _CLOSE_WAIT = 10.0
 
 
-class SqliteConnection:
+class SqliteConnection(SqliteSteps):
     """One transaction on one pooled connection, checked out by its first statement;
-    with ``autocommit``, one transaction per statement instead."""
+    with ``autocommit``, one transaction per statement instead. Its point statements run
+    on the loop's thread once :meth:`begin_on_loop` took the write lock there; any other
+    statement runs on a thread (see ``_sqlite_steps``)."""
 
     def __init__(self, driver: SqliteDriver, options: dict[str, Any], *, autocommit: bool) -> None:
-        self._driver = driver
+        super().__init__(driver)
         self._options = options
         self._autocommit = autocommit
         self._sync: Connection | None = None
-        self._ended = False
-        # The step running on a thread, if any: a cancelled caller does not stop it,
-        # and the connection must not be touched again before it is over.
-        self._running: concurrent.futures.Future[Any] | None = None
-        # Whether the transaction holds SQLite's write lock, taken on the loop's thread:
-        # its point statements then wait for no lock and run there too (see
-        # begin_on_loop); any other statement still runs on a thread.
-        self._on_loop = False
 
     def begin_on_loop(self) -> bool:
         """Check a pooled connection out and BEGIN IMMEDIATE on the loop's thread, if
@@ -137,44 +132,7 @@ class SqliteConnection:
         connection, self._sync = self._sync, None
         if connection is None:
             return
-        end = functools.partial(self._end, connection, commit=commit)
-        if self._on_loop:
-            end()  # holding the write lock, the commit waits for none
-            return
-        try:
-            self._running = self._driver.executor.submit(end)
-        except RuntimeError:  # the driver was closed under the transaction
-            end()
-            return
-        await asyncio.wrap_future(self._running)
-
-    async def _step(self, work: Callable[[], T], *, blocking: bool = False) -> T:
-        """Run ``work`` with the connection: on the loop's thread when the transaction
-        holds the write lock there (unless the work may block), else on a thread."""
-        await self._after_running()
-        if self._ended:
-            raise RuntimeError("this transaction has ended")
-        if self._on_loop and not blocking:
-            # A point where the caller may be cancelled, as a thread hop would give.
-            await asyncio.sleep(0)
-            if self._ended:
-                raise RuntimeError("this transaction has ended")
-            return work()
-        if self._driver.carry_context:
-            # Tracing: the statement's span is a child of the caller's, and log records
-            # written on the thread carry its ids.
-            work = functools.partial(contextvars.copy_context().run, work)
-        try:
-            future = self._driver.executor.submit(work)
-        except RuntimeError:  # shut down by close()
-            raise RuntimeError("the storage is closed") from None
-        self._running = future
-        return await asyncio.wrap_future(future)
-
-    async def _after_running(self) -> None:
-        if self._running is not None and not self._running.done():
-            # Without raising: its caller was cancelled, or gets its error itself.
-            await asyncio.wait([asyncio.wrap_future(self._running)])
+        await self._end_step(functools.partial(self._end, connection, commit=commit))
 
     # -- on the worker thread ----------------------------------------------------------
 

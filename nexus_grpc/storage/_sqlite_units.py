@@ -27,9 +27,6 @@ drives the transaction on its sqlite3 connection itself:
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextvars
 import functools
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -42,6 +39,7 @@ from sqlalchemy.exc import MultipleResultsFound
 from sqlalchemy.sql.base import Executable
 
 from ._sqlite_points import run_raw, wrap
+from ._sqlite_steps import SqliteSteps
 from .points import RawRows
 
 if TYPE_CHECKING:
@@ -79,23 +77,17 @@ def rows_of(result: CursorResult[Any]) -> Rows:
     return Rows(result.all() if result.returns_rows else (), result.rowcount)
 
 
-class SqliteUnit:
+class SqliteUnit(SqliteSteps):
     """The statements of one write transaction on ``session`` (a pooled connection kept
     checked out; None: checked out by the first step, on a thread). :meth:`begin`
     starts the transaction, :meth:`finish` ends it."""
 
     def __init__(self, driver: SqliteDriver, session: Connection | None) -> None:
-        self._driver = driver
+        super().__init__(driver)
         #: The pooled connection; None once invalidated (or before it is checked out).
         self.session = session
         self._dialect: Dialect = driver.engine.dialect
-        self._ended = False
         self._begun = False
-        # The step running on a thread, if any: a cancelled caller does not stop it, and
-        # the connection must not be touched again before it is over.
-        self._running: concurrent.futures.Future[Any] | None = None
-        # Whether the transaction holds SQLite's write lock, taken on the loop's thread.
-        self._on_loop = False
 
     @property
     def _raw(self) -> sqlite3.Connection:
@@ -156,16 +148,7 @@ class SqliteUnit:
         if not self._begun or self.session is None:
             return
         self._begun = False
-        end = functools.partial(self._end, commit=commit)
-        if self._on_loop:
-            end()  # holding the write lock, the commit waits for none
-            return
-        try:
-            self._running = self._driver.executor.submit(end)
-        except RuntimeError:  # the driver was closed under the transaction
-            end()
-            return
-        await asyncio.wrap_future(self._running)
+        await self._end_step(functools.partial(self._end, commit=commit))
 
     def _end(self, *, commit: bool) -> None:
         session = self.session
@@ -211,30 +194,3 @@ class SqliteUnit:
         if session is not None:
             session.invalidate()
             session.close()
-
-    async def _step(self, work: Callable[[], T], *, blocking: bool = False) -> T:
-        """Run ``work``: on the loop's thread when the transaction holds the write lock
-        there (unless the work may block), else on a thread."""
-        await self._after_running()
-        if self._ended:
-            raise RuntimeError("this transaction has ended")
-        if self._on_loop and not blocking:
-            # A point where the caller may be cancelled, as a thread hop would give.
-            await asyncio.sleep(0)
-            if self._ended:
-                raise RuntimeError("this transaction has ended")
-            return work()
-        if self._driver.carry_context:
-            # Tracing: the statement's span is a child of the caller's.
-            work = functools.partial(contextvars.copy_context().run, work)
-        try:
-            future = self._driver.executor.submit(work)
-        except RuntimeError:  # shut down by close()
-            raise RuntimeError("the storage is closed") from None
-        self._running = future
-        return await asyncio.wrap_future(future)
-
-    async def _after_running(self) -> None:
-        if self._running is not None and not self._running.done():
-            # Without raising: its caller was cancelled, or gets its error itself.
-            await asyncio.wait([asyncio.wrap_future(self._running)])
