@@ -52,10 +52,12 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, delete, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql import asyncpg
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Delete
+from sqlalchemy.sql.elements import TextClause
 
 from .declared import DeclaredIndex, IndexChanges, declared_indexes, index_collections
 from .engine import Database, SqlConnection
@@ -79,9 +81,12 @@ _LOCK_POLL, _LOCK_WAIT = 0.2, 600.0
 #: Records re-indexed per transaction after a type change.
 REINDEX_BATCH = 500
 
+# The dialects that compile the list statements (asyncpg's, not psycopg2's default): a
+# collection's name must render in an index's WHERE exactly as in those statements, and a
+# pyformat dialect would double a "%" in it (an index over another collection's records).
 _COMPILERS: dict[str, Dialect] = {
     "sqlite": sqlite.dialect(),
-    "postgresql": postgresql.dialect(),  # type: ignore[no-untyped-call]
+    "postgresql": asyncpg.dialect(),  # type: ignore[no-untyped-call]
 }
 
 
@@ -100,12 +105,17 @@ def index_predicate(database: Database, index: DeclaredIndex) -> str:
     return _literal_sql(database, collection_literal(index.collection))
 
 
-def _create_index_sql(database: Database, index: DeclaredIndex, *, concurrently: bool) -> str:
+def _create_index_sql(
+    database: Database, index: DeclaredIndex, *, concurrently: bool
+) -> TextClause:
     how = "CONCURRENTLY " if concurrently else ""
-    return (
+    sql = (
         f"CREATE INDEX {how}IF NOT EXISTS {index.name} ON {RECORDS_TABLE} "
         f"({index_columns(database, index)}) WHERE {index_predicate(database, index)}"
     )
+    # text() reads ":word" as a bound parameter, even inside the collection's quoted
+    # name ("tenant :id"); each colon escaped ("\\:") is sent as it is.
+    return text(sql.replace(":", "\\:"))
 
 
 def _literal_sql(database: Database, expression: ColumnElement[Any]) -> str:
@@ -149,7 +159,7 @@ async def _apply_sqlite(
         present = {str(row[0]) for row in schema.all()}
         built = [row for row in recorded if row[0] in present]
         for index in _missing(wanted, built):
-            await conn.execute(text(_create_index_sql(database, index, concurrently=False)))
+            await conn.execute(_create_index_sql(database, index, concurrently=False))
             await _record(conn, index)
             changes.created.append(index.name)
         for name, type_name, still_used in _unwanted(wanted, recorded):
@@ -220,7 +230,7 @@ async def _build_postgres(database: Database, conn: AsyncConnection, index: Decl
         # every write yet never used. Only this process builds now (advisory lock).
         _log.warning("dropping the invalid index %s left by an interrupted build", index.name)
         await conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}"))
-    await conn.execute(text(_create_index_sql(database, index, concurrently=True)))
+    await conn.execute(_create_index_sql(database, index, concurrently=True))
     return True
 
 

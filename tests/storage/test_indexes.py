@@ -230,16 +230,64 @@ async def test_each_index_covers_only_its_collection_and_other_lists_stay_right(
         assert index.name not in plan, plan
 
 
-async def test_a_collection_name_is_quoted_in_the_index_and_the_statement(sql_url: str) -> None:
-    quoted = ["it's; DROP TABLE nexus_records; --"]
-    item = item_type({"owner": "string"}, [["owner"]], collections=quoted)
+async def index_covers(url: str, name: str, collection: str) -> bool:
+    """Whether the WHERE of index ``name``, as the database keeps it, holds for the
+    records of ``collection``: evaluated by the database, the name bound as a value."""
+    if url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(_sqlite_path(url))) as connection:
+            (sql,) = connection.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)
+            ).fetchone()
+            predicate = str(sql).split(" WHERE ", 1)[1]
+            row = connection.execute(
+                f"SELECT {predicate} FROM (SELECT ? AS collection)", (collection,)
+            ).fetchone()
+        return bool(row[0])
+    connection = await asyncpg.connect(_pg(url))
+    try:
+        predicate = await connection.fetchval(
+            "SELECT pg_get_expr(indpred, indrelid) FROM pg_index "
+            "WHERE indexrelid = to_regclass($1)",
+            name,
+        )
+        return bool(
+            await connection.fetchval(
+                f"SELECT {predicate} FROM (SELECT $1::varchar AS collection) AS r", collection
+            )
+        )
+    finally:
+        await connection.close()
+
+
+@pytest.mark.parametrize(
+    "collection",
+    [
+        "it's; DROP TABLE nexus_records; --",
+        "100% done",  # a percent sign, which a pyformat dialect doubles
+        "tenant :id",  # what SQLAlchemy's text() reads as a bound parameter
+        "back\\slash \\:x '' \"q\" é ☃",
+    ],
+)
+async def test_a_collection_name_is_quoted_in_the_index_and_the_statement(
+    sql_url: str, collection: str
+) -> None:
+    item = item_type({"owner": "string"}, [["owner"]], collections=[collection])
+    (index,) = declared_indexes(item.DESCRIPTOR)
     async with connected(sql_url) as storage:
         changes = await storage.apply_indexes([item])
-        items = storage.namespace("tests/evo").repository(item, collection=quoted[0])
+        assert changes.created == [index.name]
+        assert await nexus_indexes(sql_url) == {index.name}
+        # The index covers the collection named, no other one.
+        assert await index_covers(sql_url, index.name, collection)
+        assert not await index_covers(sql_url, index.name, collection + "x")
+        items = storage.namespace("tests/evo").repository(item, collection=collection)
         await items.create(item(id="i1", owner="ann"))
-        assert [i.id for i in (await items.list(filter={"owner": "ann"})).items] == ["i1"]
-        assert changes.created == sorted(_names(item))
-        assert await nexus_indexes(sql_url) == _names(item)
+        with captured_statements() as seen:
+            page = await items.list(filter={"owner": "ann"})
+        assert [i.id for i in page.items] == ["i1"]
+        ((sql, parameters),) = [(s, p) for s, p in seen if s.startswith("SELECT")]
+        # The statement's literal names the same collection: the index serves the list.
+        assert index.name in await query_plan(sql_url, sql, parameters)
 
 
 async def test_a_full_index_of_the_previous_release_is_replaced_by_partial_ones(
