@@ -164,7 +164,7 @@ async def _apply_sqlite(
             changes.created.append(index.name)
         for name, type_name, still_used in _unwanted(wanted, recorded):
             await conn.execute(_forget(name, type_name))
-            if not still_used:
+            if not still_used and name not in changes.dropped:
                 await conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
                 changes.dropped.append(name)
     _report(changes)
@@ -194,7 +194,7 @@ async def _apply_postgres(
                     changes.created.append(index.name)
                 await _record(conn, index)
             for name, type_name, still_used in _unwanted(wanted, recorded):
-                if not still_used:
+                if not still_used and name not in changes.dropped:
                     await conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
                     changes.dropped.append(name)
                 await conn.execute(_forget(name, type_name))
@@ -264,11 +264,17 @@ def _unwanted(
     wanted: dict[str, tuple[DeclaredIndex, ...]], recorded: list[tuple[str, str, str]]
 ) -> list[tuple[str, str, bool]]:
     """(index, type, whether another type still declares it) for each catalog row of a
-    given type whose index that type no longer declares."""
+    given type whose index that type no longer declares (an index several given types
+    stop declaring comes once per type: drop it once)."""
     declared = {(i.name, type_name) for type_name, indexes in wanted.items() for i in indexes}
+    # Who still declares each index: the given types as they are now, and the others as
+    # recorded. Not the given types' own stale rows: two of them dropping the same index
+    # at one start (or an index two types shared before indexes were partial) would
+    # each keep it for the other, and it would stay, out of the catalog, forever.
     users: dict[str, set[str]] = {}
     for name, type_name, _ in recorded:
-        users.setdefault(name, set()).add(type_name)
+        if type_name not in wanted:
+            users.setdefault(name, set()).add(type_name)
     for name, type_name in declared:
         users.setdefault(name, set()).add(type_name)
     stale = [
@@ -276,7 +282,9 @@ def _unwanted(
         for name, type_name, _ in recorded
         if type_name in wanted and (name, type_name) not in declared
     ]
-    return [(name, type_name, bool(users[name] - {type_name})) for name, type_name in stale]
+    return [
+        (name, type_name, bool(users.get(name, set()) - {type_name})) for name, type_name in stale
+    ]
 
 
 def _kind_changed(recorded: list[tuple[str, str, str]], types: dict[str, Descriptor]) -> list[str]:

@@ -290,6 +290,38 @@ async def test_a_collection_name_is_quoted_in_the_index_and_the_statement(
         assert index.name in await query_plan(sql_url, sql, parameters)
 
 
+async def _previous_release_index(url: str, name: str, types: list[str]) -> None:
+    """What the previous release built for an ``owner`` index declared by ``types``: one
+    index over every collection, under the name of its keys alone (shared by every type
+    declaring those keys), and a catalog row per type."""
+    async with connected(url) as storage:
+        await storage.apply_indexes([])  # the tables
+    columns = "namespace, collection, (index_doc ->> 'owner'), id"
+    if url.startswith("sqlite"):
+        columns = (
+            "namespace, collection, (coalesce(json_extract(index_doc, '$.\"owner\"'), '')), id"
+        )
+    statements = [f"CREATE INDEX {name} ON nexus_records ({columns})"]
+    for type_name in types:
+        statements.append(
+            "INSERT INTO nexus_index_catalog (index_name, message_type, definition, "
+            f"created_at) VALUES ('{name}', '{type_name}', 'owner:string', "
+            "'2026-01-01 00:00:00')"
+        )
+    if url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(_sqlite_path(url))) as connection:
+            for statement in statements:
+                connection.execute(statement)
+            connection.commit()
+    else:
+        connection = await asyncpg.connect(_pg(url))
+        try:
+            for statement in statements:
+                await connection.execute(statement)
+        finally:
+            await connection.close()
+
+
 async def test_a_full_index_of_the_previous_release_is_replaced_by_partial_ones(
     sql_url: str,
 ) -> None:
@@ -298,34 +330,38 @@ async def test_a_full_index_of_the_previous_release_is_replaced_by_partial_ones(
     item = item_type({"owner": "string"}, [["owner"]])
     (index,) = declared_indexes(item.DESCRIPTOR)
     old = index.keys_name
-    async with connected(sql_url) as storage:
-        await storage.apply_indexes([])  # the tables
-    columns = "namespace, collection, (index_doc ->> 'owner'), id"
-    if sql_url.startswith("sqlite"):
-        columns = (
-            "namespace, collection, (coalesce(json_extract(index_doc, '$.\"owner\"'), '')), id"
-        )
-    catalog = (
-        "INSERT INTO nexus_index_catalog (index_name, message_type, definition, created_at) "
-        f"VALUES ('{old}', 'nexus.storage.evo.Item', 'owner:string', '2026-01-01 00:00:00')"
-    )
-    create = f"CREATE INDEX {old} ON nexus_records ({columns})"
-    if sql_url.startswith("sqlite"):
-        with contextlib.closing(sqlite3.connect(_sqlite_path(sql_url))) as connection:
-            connection.execute(create)
-            connection.execute(catalog)
-            connection.commit()
-    else:
-        connection = await asyncpg.connect(_pg(sql_url))
-        try:
-            await connection.execute(create)
-            await connection.execute(catalog)
-        finally:
-            await connection.close()
+    await _previous_release_index(sql_url, old, ["nexus.storage.evo.Item"])
     async with connected(sql_url) as storage:
         changes = await storage.apply_indexes([item])
     assert changes.dropped == [old] and changes.created == [index.name]
     assert set(await index_definitions(sql_url)) == {index.name}
+
+
+async def test_a_full_index_two_types_shared_in_the_previous_release_is_replaced(
+    sql_url: str,
+) -> None:
+    """Two types declaring the same keys shared one full index before; the first start
+    of this release (both types loaded) builds each its partial index and drops the
+    shared one, which would otherwise stay, out of the catalog, slowing every write."""
+    item = item_type({"owner": "string"}, [["owner"]])
+    other = item_type({"owner": "string"}, [["owner"]], name="Other")
+    (index,), (other_index,) = declared_indexes(item.DESCRIPTOR), declared_indexes(other.DESCRIPTOR)
+    old = index.keys_name
+    assert other_index.keys_name == old
+    await _previous_release_index(
+        sql_url, old, ["nexus.storage.evo.Item", "nexus.storage.evo.Other"]
+    )
+    async with connected(sql_url) as storage:
+        changes = await storage.apply_indexes([item, other])
+    assert changes.dropped == [old]
+    assert (
+        set(changes.created)
+        == set(await index_definitions(sql_url))
+        == {
+            index.name,
+            other_index.name,
+        }
+    )
 
 
 def test_an_index_covers_the_collections_it_names_each_with_an_index_of_its_own() -> None:
@@ -472,6 +508,23 @@ async def test_an_index_two_types_declare_is_dropped_when_neither_does(any_url: 
         assert not kept.dropped and await nexus_indexes(any_url) == {shared}
         gone = await storage.apply_indexes([item_type({"owner": "string"}, [], name="Other")])
         assert gone.dropped == [shared] and await nexus_indexes(any_url) == set()
+
+
+async def test_an_index_two_types_stop_declaring_in_one_start_is_dropped(any_url: str) -> None:
+    shelf = ["shelf"]
+    item = item_type({"owner": "string"}, [["owner"]], collections=shelf)
+    other = item_type({"owner": "string"}, [["owner"]], name="Other", collections=shelf)
+    (shared,) = _names(item, any_url)
+    async with connected(any_url) as storage:
+        await storage.apply_indexes([item, other])
+    # Both loaded, neither declaring it any more: neither keeps it for the other.
+    async with connected(any_url) as storage:
+        gone = await storage.apply_indexes(
+            [item_type({"owner": "string"}, []), item_type({"owner": "string"}, [], name="Other")]
+        )
+        assert gone.dropped == [shared] and await nexus_indexes(any_url) == set()
+        again = await storage.apply_indexes([item_type({"owner": "string"}, [])])
+        assert not again.dropped and not again.created
 
 
 async def test_a_field_type_change_reindexes_so_filters_agree_with_the_payloads(
