@@ -322,6 +322,17 @@ async def _previous_release_index(url: str, name: str, types: list[str]) -> None
             await connection.close()
 
 
+async def test_a_collection_no_index_can_cover_is_still_listed(tmp_path: Path) -> None:
+    """A repository takes any collection name; one no declaration may name (not
+    printable: a NUL here, which a SQLite statement's text cannot hold) lists as before."""
+    async with connected(f"sqlite:///{tmp_path}/nexus.db") as storage:
+        items = storage.namespace("tests/evo").repository(
+            orders_pb2.Order, collection="odd\x00name"
+        )
+        await items.create(orders_pb2.Order(id="o1", customer_id="c1"))
+        assert [o.id for o in (await items.list(filter={"customer_id": "c1"})).items] == ["o1"]
+
+
 async def test_a_full_index_of_the_previous_release_is_replaced_by_partial_ones(
     sql_url: str,
 ) -> None:
