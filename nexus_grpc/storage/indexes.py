@@ -5,9 +5,9 @@ Each declared index (:mod:`.declared`) becomes a partial expression index on
 = '<its collection>'``. The expressions are compiled from :mod:`.sql`, the very ones a
 list statement filters and orders on, so the planner serves "filter by X, order by Y,
 page of 50" from the index (``EXPLAIN`` shows it) instead of reading the JSON of every
-row. A list statement names its collection as a literal (the namespace and the filter
-values stay parameters): a planner can prove a literal implies the index's WHERE, never
-a bound parameter.
+row. A list statement names its collection as a literal when one of its type's indexes
+covers it (the namespace and the filter values stay parameters): a planner can prove a
+literal implies the index's WHERE, never a bound parameter.
 
 Partial, because the records of every plugin share one table: an index over all of them
 made every write of every collection evaluate every declared expression (each one parses

@@ -116,9 +116,5 @@ index_catalog = Table(
 def collection_literal(collection: str) -> ColumnElement[bool]:
     """``collection = '<collection>'`` with the name rendered into the statement, quoted
     by the dialect: a planner can prove that a literal implies a partial index's WHERE
-    (the declared indexes', see ``indexes``), never that a bound parameter does.
-
-    A name no declaration may cover (not printable) stays a bound parameter: a literal
-    would serve no index, and SQLite refuses a statement whose text holds a NUL.
-    """
-    return records.c.collection == literal(collection, literal_execute=collection.isprintable())
+    (the declared indexes', see ``indexes``), never that a bound parameter does."""
+    return records.c.collection == literal(collection, literal_execute=True)
