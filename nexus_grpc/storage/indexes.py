@@ -53,7 +53,6 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, delete, select, text
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.dialects.postgresql import asyncpg
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Delete
@@ -81,13 +80,7 @@ _LOCK_POLL, _LOCK_WAIT = 0.2, 600.0
 #: Records re-indexed per transaction after a type change.
 REINDEX_BATCH = 500
 
-# The dialects that compile the list statements (asyncpg's, not psycopg2's default): a
-# collection's name must render in an index's WHERE exactly as in those statements, and a
-# pyformat dialect would double a "%" in it (an index over another collection's records).
-_COMPILERS: dict[str, Dialect] = {
-    "sqlite": sqlite.dialect(),
-    "postgresql": asyncpg.dialect(),  # type: ignore[no-untyped-call]
-}
+_SQLITE_DIALECT = sqlite.dialect()
 
 
 def index_columns(database: Database, index: DeclaredIndex) -> str:
@@ -118,9 +111,20 @@ def _create_index_sql(
     return text(sql.replace(":", "\\:"))
 
 
+def _compiler(database: Database) -> Dialect:
+    """The dialect compiling the list statements: a collection's name must render in an
+    index's WHERE exactly as in them. On PostgreSQL the engine's own (asyncpg's), which
+    knows once connected whether the server reads a backslash as an escape
+    (standard_conforming_strings off) and leaves a "%" alone, where SQLAlchemy's default
+    (psycopg2, pyformat) dialect doubles it: either way, an index over another collection
+    than its name, or a name breaking out of its quotes."""
+    engine = database._engine  # the PostgreSQL engine; SQLite has none of this kind
+    return _SQLITE_DIALECT if engine is None else engine.dialect
+
+
 def _literal_sql(database: Database, expression: ColumnElement[Any]) -> str:
     compiled = expression.compile(
-        dialect=_COMPILERS[database.dialect.name],
+        dialect=_compiler(database),
         compile_kwargs={"literal_binds": True, "include_table": False},
     )
     return str(compiled)

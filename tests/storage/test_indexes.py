@@ -340,6 +340,36 @@ async def _previous_release_index(url: str, name: str, types: list[str]) -> None
             await connection.close()
 
 
+async def test_a_collection_name_is_quoted_for_a_postgresql_reading_backslash_escapes(
+    postgres_url: str,
+) -> None:
+    """A server with standard_conforming_strings off (before PostgreSQL 9.1's default)
+    reads a backslash in a string literal as an escape: the WHERE of an index must be
+    written for the server it is built on, as the list statements are."""
+    connection = await asyncpg.connect(_pg(postgres_url))
+    try:
+        database = await connection.fetchval("SELECT current_database()")
+        await connection.execute(
+            f'ALTER DATABASE "{database}" SET standard_conforming_strings = off'
+        )
+        await connection.execute(f'ALTER DATABASE "{database}" SET escape_string_warning = off')
+    finally:
+        await connection.close()
+    collection = "back\\slash\\"
+    item = item_type({"owner": "string"}, [["owner"]], collections=[collection])
+    (index,) = declared_indexes(item.DESCRIPTOR)
+    async with connected(postgres_url) as storage:
+        assert (await storage.apply_indexes([item])).created == [index.name]
+        assert await index_covers(postgres_url, index.name, collection)
+        items = storage.namespace("tests/evo").repository(item, collection=collection)
+        await items.create(item(id="i1", owner="ann"))
+        with captured_statements() as seen:
+            page = await items.list(filter={"owner": "ann"})
+        assert [i.id for i in page.items] == ["i1"]
+        ((sql, parameters),) = [(s, p) for s, p in seen if s.startswith("SELECT")]
+        assert index.name in await query_plan(postgres_url, sql, parameters)
+
+
 async def test_a_collection_no_index_can_cover_is_still_listed(tmp_path: Path) -> None:
     """A repository takes any collection name; one no declaration may name (not
     printable: a NUL here, which a SQLite statement's text cannot hold) lists as before."""
