@@ -35,6 +35,7 @@ __all__ = [
     "IndexKey",
     "declared_indexes",
     "index_collections",
+    "indexed_collections",
     "loaded_message_types",
 ]
 
@@ -143,6 +144,16 @@ def declared_indexes(descriptor: Descriptor) -> tuple[DeclaredIndex, ...]:
 def index_collections(descriptor: Descriptor) -> list[str]:
     """The collections the indexes ``descriptor`` declares cover, sorted."""
     return sorted({index.collection for index in declared_indexes(descriptor)})
+
+
+@functools.cache
+def indexed_collections(descriptor: Descriptor) -> frozenset[str]:
+    """The collections the indexes ``descriptor`` declares cover; none when its
+    declaration is invalid (no index is built for it). What a list asks on every call."""
+    try:
+        return frozenset(index.collection for index in declared_indexes(descriptor))
+    except IndexDeclarationError:
+        return frozenset()
 
 
 def _collections(

@@ -5,9 +5,9 @@ Each declared index (:mod:`.declared`) becomes a partial expression index on
 = '<its collection>'``. The expressions are compiled from :mod:`.sql`, the very ones a
 list statement filters and orders on, so the planner serves "filter by X, order by Y,
 page of 50" from the index (``EXPLAIN`` shows it) instead of reading the JSON of every
-row. A list statement names its collection as a literal (the namespace and the filter
-values stay parameters): a planner can prove a literal implies the index's WHERE, never
-a bound parameter.
+row. A list statement names its collection as a literal when one of its type's indexes
+covers it (the namespace and the filter values stay parameters): a planner can prove a
+literal implies the index's WHERE, never a bound parameter.
 
 Partial, because the records of every plugin share one table: an index over all of them
 made every write of every collection evaluate every declared expression (each one parses
@@ -52,10 +52,11 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, delete, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Delete
+from sqlalchemy.sql.elements import TextClause
 
 from .declared import DeclaredIndex, IndexChanges, declared_indexes, index_collections
 from .engine import Database, SqlConnection
@@ -79,10 +80,7 @@ _LOCK_POLL, _LOCK_WAIT = 0.2, 600.0
 #: Records re-indexed per transaction after a type change.
 REINDEX_BATCH = 500
 
-_COMPILERS: dict[str, Dialect] = {
-    "sqlite": sqlite.dialect(),
-    "postgresql": postgresql.dialect(),  # type: ignore[no-untyped-call]
-}
+_SQLITE_DIALECT = sqlite.dialect()
 
 
 def index_columns(database: Database, index: DeclaredIndex) -> str:
@@ -100,17 +98,33 @@ def index_predicate(database: Database, index: DeclaredIndex) -> str:
     return _literal_sql(database, collection_literal(index.collection))
 
 
-def _create_index_sql(database: Database, index: DeclaredIndex, *, concurrently: bool) -> str:
+def _create_index_sql(
+    database: Database, index: DeclaredIndex, *, concurrently: bool
+) -> TextClause:
     how = "CONCURRENTLY " if concurrently else ""
-    return (
+    sql = (
         f"CREATE INDEX {how}IF NOT EXISTS {index.name} ON {RECORDS_TABLE} "
         f"({index_columns(database, index)}) WHERE {index_predicate(database, index)}"
     )
+    # text() reads ":word" as a bound parameter, even inside the collection's quoted
+    # name ("tenant :id"); each colon escaped ("\\:") is sent as it is.
+    return text(sql.replace(":", "\\:"))
+
+
+def _compiler(database: Database) -> Dialect:
+    """The dialect compiling the list statements: a collection's name must render in an
+    index's WHERE exactly as in them. On PostgreSQL the engine's own (asyncpg's), which
+    knows once connected whether the server reads a backslash as an escape
+    (standard_conforming_strings off) and leaves a "%" alone, where SQLAlchemy's default
+    (psycopg2, pyformat) dialect doubles it: either way, an index over another collection
+    than its name, or a name breaking out of its quotes."""
+    engine = database._engine  # the PostgreSQL engine; SQLite has none of this kind
+    return _SQLITE_DIALECT if engine is None else engine.dialect
 
 
 def _literal_sql(database: Database, expression: ColumnElement[Any]) -> str:
     compiled = expression.compile(
-        dialect=_COMPILERS[database.dialect.name],
+        dialect=_compiler(database),
         compile_kwargs={"literal_binds": True, "include_table": False},
     )
     return str(compiled)
@@ -149,12 +163,12 @@ async def _apply_sqlite(
         present = {str(row[0]) for row in schema.all()}
         built = [row for row in recorded if row[0] in present]
         for index in _missing(wanted, built):
-            await conn.execute(text(_create_index_sql(database, index, concurrently=False)))
+            await conn.execute(_create_index_sql(database, index, concurrently=False))
             await _record(conn, index)
             changes.created.append(index.name)
         for name, type_name, still_used in _unwanted(wanted, recorded):
             await conn.execute(_forget(name, type_name))
-            if not still_used:
+            if not still_used and name not in changes.dropped:
                 await conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
                 changes.dropped.append(name)
     _report(changes)
@@ -184,7 +198,7 @@ async def _apply_postgres(
                     changes.created.append(index.name)
                 await _record(conn, index)
             for name, type_name, still_used in _unwanted(wanted, recorded):
-                if not still_used:
+                if not still_used and name not in changes.dropped:
                     await conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
                     changes.dropped.append(name)
                 await conn.execute(_forget(name, type_name))
@@ -220,7 +234,7 @@ async def _build_postgres(database: Database, conn: AsyncConnection, index: Decl
         # every write yet never used. Only this process builds now (advisory lock).
         _log.warning("dropping the invalid index %s left by an interrupted build", index.name)
         await conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}"))
-    await conn.execute(text(_create_index_sql(database, index, concurrently=True)))
+    await conn.execute(_create_index_sql(database, index, concurrently=True))
     return True
 
 
@@ -254,11 +268,17 @@ def _unwanted(
     wanted: dict[str, tuple[DeclaredIndex, ...]], recorded: list[tuple[str, str, str]]
 ) -> list[tuple[str, str, bool]]:
     """(index, type, whether another type still declares it) for each catalog row of a
-    given type whose index that type no longer declares."""
+    given type whose index that type no longer declares (an index several given types
+    stop declaring comes once per type: drop it once)."""
     declared = {(i.name, type_name) for type_name, indexes in wanted.items() for i in indexes}
+    # Who still declares each index: the given types as they are now, and the others as
+    # recorded. Not the given types' own stale rows: two of them dropping the same index
+    # at one start (or an index two types shared before indexes were partial) would
+    # each keep it for the other, and it would stay, out of the catalog, forever.
     users: dict[str, set[str]] = {}
     for name, type_name, _ in recorded:
-        users.setdefault(name, set()).add(type_name)
+        if type_name not in wanted:
+            users.setdefault(name, set()).add(type_name)
     for name, type_name in declared:
         users.setdefault(name, set()).add(type_name)
     stale = [
@@ -266,7 +286,9 @@ def _unwanted(
         for name, type_name, _ in recorded
         if type_name in wanted and (name, type_name) not in declared
     ]
-    return [(name, type_name, bool(users[name] - {type_name})) for name, type_name in stale]
+    return [
+        (name, type_name, bool(users.get(name, set()) - {type_name})) for name, type_name in stale
+    ]
 
 
 def _kind_changed(recorded: list[tuple[str, str, str]], types: dict[str, Descriptor]) -> list[str]:

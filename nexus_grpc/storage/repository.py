@@ -22,6 +22,7 @@ from nexus_grpc.errors import (
     NotFoundError,
 )
 
+from .declared import indexed_collections
 from .engine import ScopeConnection
 from .index import descriptor_of, index_document
 from .points import MAX_DELETE_IDS, Point, RawRows
@@ -254,8 +255,9 @@ class Repository(Generic[M]):
         to continue. Bad arguments raise InvalidQueryError.
         """
         size = check_page_size(page_size)
+        descriptor = descriptor_of(self._type)
         query = build_query(
-            descriptor_of(self._type),
+            descriptor,
             id_field=self._id_field,
             namespace=self._scope.namespace,
             collection=self._collection,
@@ -266,12 +268,19 @@ class Repository(Generic[M]):
         sort_columns = [
             dialect.value(key.target).label(f"k{i}") for i, key in enumerate(query.sort)
         ]
+        if self._collection in indexed_collections(descriptor):
+            # A literal: the collection's partial indexes can serve the page.
+            in_collection = collection_literal(self._collection)
+        else:
+            # Bound: one statement for every other collection, prepared once per
+            # connection however many collections are listed (a literal would make a
+            # statement per collection, beyond the connection's statement cache).
+            in_collection = records.c.collection == self._collection
         statement = (
             select(records.c.payload, *sort_columns)
             .where(
                 records.c.namespace == self._scope.namespace,
-                # A literal: the collection's partial indexes can serve the page.
-                collection_literal(self._collection),
+                in_collection,
                 *dialect.conditions(query.conditions),
             )
             .order_by(*dialect.order_by(query.sort))

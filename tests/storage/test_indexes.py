@@ -225,21 +225,160 @@ async def test_each_index_covers_only_its_collection_and_other_lists_stay_right(
             (sql, parameters) for sql, parameters in seen if sql.startswith("SELECT")
         ]
         assert index.name in await query_plan(sql_url, item_sql, item_parameters)
-        assert "collection = 'archive'" in archive_sql, archive_sql
         plan = await query_plan(sql_url, archive_sql, archive_parameters)
         assert index.name not in plan, plan
 
 
-async def test_a_collection_name_is_quoted_in_the_index_and_the_statement(sql_url: str) -> None:
-    quoted = ["it's; DROP TABLE nexus_records; --"]
-    item = item_type({"owner": "string"}, [["owner"]], collections=quoted)
+async def test_lists_in_collections_no_index_covers_share_one_statement(sql_url: str) -> None:
+    """A literal collection makes a statement of its own per collection, each prepared
+    anew (asyncpg and sqlite3 cache 100 and 128 statements per connection): lists over
+    more collections than that would prepare on every call. Only a collection one of
+    the type's indexes covers gains from it; any other is bound."""
+    item = item_type({"owner": "string"}, [["owner"]])
+    async with connected(sql_url) as storage:
+        await storage.apply_indexes([item])
+        namespace = storage.namespace("tests/evo")
+        with captured_statements() as seen:
+            for collection in ("tenant-1", "tenant-2", "nexus.storage.evo.Item"):
+                await namespace.repository(item, collection=collection).list(
+                    filter={"owner": "ann"}
+                )
+        first, second, covered = [sql for sql, _ in seen if sql.startswith("SELECT")]
+        assert first == second and "tenant" not in first, first
+        assert "collection = 'nexus.storage.evo.Item'" in covered, covered
+
+
+async def index_covers(url: str, name: str, collection: str) -> bool:
+    """Whether the WHERE of index ``name``, as the database keeps it, holds for the
+    records of ``collection``: evaluated by the database, the name bound as a value."""
+    if url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(_sqlite_path(url))) as connection:
+            (sql,) = connection.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)
+            ).fetchone()
+            predicate = str(sql).split(" WHERE ", 1)[1]
+            row = connection.execute(
+                f"SELECT {predicate} FROM (SELECT ? AS collection)", (collection,)
+            ).fetchone()
+        return bool(row[0])
+    connection = await asyncpg.connect(_pg(url))
+    try:
+        predicate = await connection.fetchval(
+            "SELECT pg_get_expr(indpred, indrelid) FROM pg_index "
+            "WHERE indexrelid = to_regclass($1)",
+            name,
+        )
+        return bool(
+            await connection.fetchval(
+                f"SELECT {predicate} FROM (SELECT $1::varchar AS collection) AS r", collection
+            )
+        )
+    finally:
+        await connection.close()
+
+
+@pytest.mark.parametrize(
+    "collection",
+    [
+        "it's; DROP TABLE nexus_records; --",
+        "100% done",  # a percent sign, which a pyformat dialect doubles
+        "tenant :id",  # what SQLAlchemy's text() reads as a bound parameter
+        "back\\slash \\:x '' \"q\" é ☃",
+    ],
+)
+async def test_a_collection_name_is_quoted_in_the_index_and_the_statement(
+    sql_url: str, collection: str
+) -> None:
+    item = item_type({"owner": "string"}, [["owner"]], collections=[collection])
+    (index,) = declared_indexes(item.DESCRIPTOR)
     async with connected(sql_url) as storage:
         changes = await storage.apply_indexes([item])
-        items = storage.namespace("tests/evo").repository(item, collection=quoted[0])
+        assert changes.created == [index.name]
+        assert await nexus_indexes(sql_url) == {index.name}
+        # The index covers the collection named, no other one.
+        assert await index_covers(sql_url, index.name, collection)
+        assert not await index_covers(sql_url, index.name, collection + "x")
+        items = storage.namespace("tests/evo").repository(item, collection=collection)
         await items.create(item(id="i1", owner="ann"))
-        assert [i.id for i in (await items.list(filter={"owner": "ann"})).items] == ["i1"]
-        assert changes.created == sorted(_names(item))
-        assert await nexus_indexes(sql_url) == _names(item)
+        with captured_statements() as seen:
+            page = await items.list(filter={"owner": "ann"})
+        assert [i.id for i in page.items] == ["i1"]
+        ((sql, parameters),) = [(s, p) for s, p in seen if s.startswith("SELECT")]
+        # The statement's literal names the same collection: the index serves the list.
+        assert index.name in await query_plan(sql_url, sql, parameters)
+
+
+async def _previous_release_index(url: str, name: str, types: list[str]) -> None:
+    """What the previous release built for an ``owner`` index declared by ``types``: one
+    index over every collection, under the name of its keys alone (shared by every type
+    declaring those keys), and a catalog row per type."""
+    async with connected(url) as storage:
+        await storage.apply_indexes([])  # the tables
+    columns = "namespace, collection, (index_doc ->> 'owner'), id"
+    if url.startswith("sqlite"):
+        columns = (
+            "namespace, collection, (coalesce(json_extract(index_doc, '$.\"owner\"'), '')), id"
+        )
+    statements = [f"CREATE INDEX {name} ON nexus_records ({columns})"]
+    for type_name in types:
+        statements.append(
+            "INSERT INTO nexus_index_catalog (index_name, message_type, definition, "
+            f"created_at) VALUES ('{name}', '{type_name}', 'owner:string', "
+            "'2026-01-01 00:00:00')"
+        )
+    if url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(_sqlite_path(url))) as connection:
+            for statement in statements:
+                connection.execute(statement)
+            connection.commit()
+    else:
+        connection = await asyncpg.connect(_pg(url))
+        try:
+            for statement in statements:
+                await connection.execute(statement)
+        finally:
+            await connection.close()
+
+
+async def test_a_collection_name_is_quoted_for_a_postgresql_reading_backslash_escapes(
+    postgres_url: str,
+) -> None:
+    """A server with standard_conforming_strings off (before PostgreSQL 9.1's default)
+    reads a backslash in a string literal as an escape: the WHERE of an index must be
+    written for the server it is built on, as the list statements are."""
+    connection = await asyncpg.connect(_pg(postgres_url))
+    try:
+        database = await connection.fetchval("SELECT current_database()")
+        await connection.execute(
+            f'ALTER DATABASE "{database}" SET standard_conforming_strings = off'
+        )
+        await connection.execute(f'ALTER DATABASE "{database}" SET escape_string_warning = off')
+    finally:
+        await connection.close()
+    collection = "back\\slash\\"
+    item = item_type({"owner": "string"}, [["owner"]], collections=[collection])
+    (index,) = declared_indexes(item.DESCRIPTOR)
+    async with connected(postgres_url) as storage:
+        assert (await storage.apply_indexes([item])).created == [index.name]
+        assert await index_covers(postgres_url, index.name, collection)
+        items = storage.namespace("tests/evo").repository(item, collection=collection)
+        await items.create(item(id="i1", owner="ann"))
+        with captured_statements() as seen:
+            page = await items.list(filter={"owner": "ann"})
+        assert [i.id for i in page.items] == ["i1"]
+        ((sql, parameters),) = [(s, p) for s, p in seen if s.startswith("SELECT")]
+        assert index.name in await query_plan(postgres_url, sql, parameters)
+
+
+async def test_a_collection_no_index_can_cover_is_still_listed(tmp_path: Path) -> None:
+    """A repository takes any collection name; one no declaration may name (not
+    printable: a NUL here, which a SQLite statement's text cannot hold) lists as before."""
+    async with connected(f"sqlite:///{tmp_path}/nexus.db") as storage:
+        items = storage.namespace("tests/evo").repository(
+            orders_pb2.Order, collection="odd\x00name"
+        )
+        await items.create(orders_pb2.Order(id="o1", customer_id="c1"))
+        assert [o.id for o in (await items.list(filter={"customer_id": "c1"})).items] == ["o1"]
 
 
 async def test_a_full_index_of_the_previous_release_is_replaced_by_partial_ones(
@@ -250,34 +389,38 @@ async def test_a_full_index_of_the_previous_release_is_replaced_by_partial_ones(
     item = item_type({"owner": "string"}, [["owner"]])
     (index,) = declared_indexes(item.DESCRIPTOR)
     old = index.keys_name
-    async with connected(sql_url) as storage:
-        await storage.apply_indexes([])  # the tables
-    columns = "namespace, collection, (index_doc ->> 'owner'), id"
-    if sql_url.startswith("sqlite"):
-        columns = (
-            "namespace, collection, (coalesce(json_extract(index_doc, '$.\"owner\"'), '')), id"
-        )
-    catalog = (
-        "INSERT INTO nexus_index_catalog (index_name, message_type, definition, created_at) "
-        f"VALUES ('{old}', 'nexus.storage.evo.Item', 'owner:string', '2026-01-01 00:00:00')"
-    )
-    create = f"CREATE INDEX {old} ON nexus_records ({columns})"
-    if sql_url.startswith("sqlite"):
-        with contextlib.closing(sqlite3.connect(_sqlite_path(sql_url))) as connection:
-            connection.execute(create)
-            connection.execute(catalog)
-            connection.commit()
-    else:
-        connection = await asyncpg.connect(_pg(sql_url))
-        try:
-            await connection.execute(create)
-            await connection.execute(catalog)
-        finally:
-            await connection.close()
+    await _previous_release_index(sql_url, old, ["nexus.storage.evo.Item"])
     async with connected(sql_url) as storage:
         changes = await storage.apply_indexes([item])
     assert changes.dropped == [old] and changes.created == [index.name]
     assert set(await index_definitions(sql_url)) == {index.name}
+
+
+async def test_a_full_index_two_types_shared_in_the_previous_release_is_replaced(
+    sql_url: str,
+) -> None:
+    """Two types declaring the same keys shared one full index before; the first start
+    of this release (both types loaded) builds each its partial index and drops the
+    shared one, which would otherwise stay, out of the catalog, slowing every write."""
+    item = item_type({"owner": "string"}, [["owner"]])
+    other = item_type({"owner": "string"}, [["owner"]], name="Other")
+    (index,), (other_index,) = declared_indexes(item.DESCRIPTOR), declared_indexes(other.DESCRIPTOR)
+    old = index.keys_name
+    assert other_index.keys_name == old
+    await _previous_release_index(
+        sql_url, old, ["nexus.storage.evo.Item", "nexus.storage.evo.Other"]
+    )
+    async with connected(sql_url) as storage:
+        changes = await storage.apply_indexes([item, other])
+    assert changes.dropped == [old]
+    assert (
+        set(changes.created)
+        == set(await index_definitions(sql_url))
+        == {
+            index.name,
+            other_index.name,
+        }
+    )
 
 
 def test_an_index_covers_the_collections_it_names_each_with_an_index_of_its_own() -> None:
@@ -424,6 +567,23 @@ async def test_an_index_two_types_declare_is_dropped_when_neither_does(any_url: 
         assert not kept.dropped and await nexus_indexes(any_url) == {shared}
         gone = await storage.apply_indexes([item_type({"owner": "string"}, [], name="Other")])
         assert gone.dropped == [shared] and await nexus_indexes(any_url) == set()
+
+
+async def test_an_index_two_types_stop_declaring_in_one_start_is_dropped(any_url: str) -> None:
+    shelf = ["shelf"]
+    item = item_type({"owner": "string"}, [["owner"]], collections=shelf)
+    other = item_type({"owner": "string"}, [["owner"]], name="Other", collections=shelf)
+    (shared,) = _names(item, any_url)
+    async with connected(any_url) as storage:
+        await storage.apply_indexes([item, other])
+    # Both loaded, neither declaring it any more: neither keeps it for the other.
+    async with connected(any_url) as storage:
+        gone = await storage.apply_indexes(
+            [item_type({"owner": "string"}, []), item_type({"owner": "string"}, [], name="Other")]
+        )
+        assert gone.dropped == [shared] and await nexus_indexes(any_url) == set()
+        again = await storage.apply_indexes([item_type({"owner": "string"}, [])])
+        assert not again.dropped and not again.created
 
 
 async def test_a_field_type_change_reindexes_so_filters_agree_with_the_payloads(
