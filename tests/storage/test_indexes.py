@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -626,6 +628,54 @@ async def test_processes_starting_together_build_each_index_once(any_url: str) -
     built = [name for result in results for name in result.created]
     assert await nexus_indexes(any_url) == _names(v1, any_url)
     assert set(built) == _names(v1, any_url)
+
+
+_START_SCRIPT = """
+import asyncio, json, sys
+from nexus.events.v1 import events_pb2
+from nexus.orders.v1 import orders_pb2
+from nexus_grpc.storage import Storage
+
+async def main():
+    async with await Storage.connect(sys.argv[1]) as storage:
+        changes = await storage.apply_indexes([orders_pb2.Order, events_pb2.Envelope])
+    print(json.dumps({"created": changes.created, "dropped": changes.dropped}))
+
+asyncio.run(main())
+"""
+
+
+async def test_processes_of_their_own_starting_together_replace_an_index_once(
+    sql_url: str,
+) -> None:
+    """Three interpreters (workers or replicas of a new release) start at once on a
+    database holding a previous release's full index: each index is built once, the old
+    one dropped once, and none of them fails."""
+    from nexus.events.v1 import events_pb2
+
+    old = declared_indexes(orders_pb2.Order.DESCRIPTOR)[0].keys_name
+    await _previous_release_index(sql_url, old, ["nexus.orders.v1.Order"])
+    starts = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _START_SCRIPT,
+            sql_url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
+    outputs = [await start.communicate() for start in starts]
+    for start, (_, err) in zip(starts, outputs, strict=True):
+        assert start.returncode == 0, err.decode()
+    changes = [json.loads(out) for out, _ in outputs]
+    built = [name for change in changes for name in change["created"]]
+    dropped = [name for change in changes for name in change["dropped"]]
+    wanted = _names(orders_pb2.Order) | _names(events_pb2.Envelope)
+    assert sorted(built) == sorted(wanted)  # each once
+    assert dropped == [old]
+    assert set(await index_definitions(sql_url)) == wanted
 
 
 async def test_postgresql_rebuilds_an_index_an_interrupted_build_left_invalid(
