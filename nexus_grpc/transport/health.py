@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 
 from nexus_grpc.errors import ShuttingDownError
 
-__all__ = ["OVERALL", "HealthState"]
+__all__ = ["OVERALL", "REFRESH_INTERVAL", "HealthState"]
 
 #: The empty service name is the status of the host as a whole.
 OVERALL = ""
@@ -51,6 +52,9 @@ class _HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
         before the watcher's last status went out.
         """
         service = request.service
+        if self._state.computed(service) is not None:
+            # Evaluated on each Check: a watcher needs it evaluated on a clock too.
+            await self._state.refresh(service)
         condition = self._server_watchers[service]
         self._watcher_count_by_service[service] += 1
         task = asyncio.current_task()
@@ -87,6 +91,11 @@ class _HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
         if pending:
             await asyncio.wait(pending, timeout=settle)
 
+    def watched(self, service: str) -> bool:
+        """Whether a Watch call of ``service`` is in progress."""
+        count: int = self._watcher_count_by_service.get(service, 0)
+        return count > 0
+
     async def forget(self, service: str) -> None:
         """Drop ``service``'s status: Check answers NOT_FOUND and Watch SERVICE_UNKNOWN,
         as grpc.health.v1 specifies for a service the server does not know."""
@@ -106,6 +115,10 @@ class _HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
         return response
 
 
+#: Seconds between two evaluations of a computed service while it is watched.
+REFRESH_INTERVAL = 1.0
+
+
 class HealthState:
     """Serving statuses, published through the standard grpc.health.v1 servicer."""
 
@@ -113,12 +126,42 @@ class HealthState:
         self.servicer = _HealthServicer(self)
         self._serving: dict[str, bool] = {}
         self._computed: dict[str, Callable[[], Awaitable[bool]]] = {}
+        #: The task evaluating each watched computed service (strong references).
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
 
     async def compute(self, service: str, check: Callable[[], Awaitable[bool]]) -> None:
         """Publish ``service`` with the status ``check`` gives, evaluated again on every
-        ``Check`` call rather than pushed (readiness, liveness)."""
+        ``Check`` call, and every :data:`REFRESH_INTERVAL` seconds while a Watch call
+        of it is in progress (readiness, liveness)."""
         self._computed[service] = check
         await self.set(service, await check())
+
+    async def refresh(self, service: str) -> None:
+        """Evaluate the computed ``service`` now, and again every
+        :data:`REFRESH_INTERVAL` seconds for as long as it is watched: a watcher (gRPC
+        client-side health checking, a balancer) learns of a change within that time."""
+        check = self._computed[service]
+        await self.set(service, await check())
+        task = self._refreshing.get(service)
+        if task is None or task.done():
+            # A context of its own: not the first watcher's call.
+            self._refreshing[service] = asyncio.get_running_loop().create_task(
+                self._refresh_while_watched(service, check),
+                name=f"nexus-health-{service}",
+                context=contextvars.Context(),
+            )
+
+    async def _refresh_while_watched(
+        self, service: str, check: Callable[[], Awaitable[bool]]
+    ) -> None:
+        # The watcher that started this may not be counted yet: look after the sleep.
+        while True:
+            await asyncio.sleep(REFRESH_INTERVAL)
+            if not self.servicer.watched(service) or self._computed.get(service) is not check:
+                return
+            serving = await check()
+            if serving != self._serving.get(service):
+                await self.set(service, serving)
 
     def computed(self, service: str) -> Callable[[], Awaitable[bool]] | None:
         """The check of a computed service; None for a service whose status is set."""
@@ -145,6 +188,9 @@ class HealthState:
 
     async def shut_down(self) -> None:
         """Mark everything NOT_SERVING for good: the host is going away."""
+        for task in self._refreshing.values():
+            task.cancel()
+        self._refreshing.clear()
         for service in self._serving:
             self._serving[service] = False
         await self.servicer.enter_graceful_shutdown()

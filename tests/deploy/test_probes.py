@@ -12,12 +12,15 @@ import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import grpc
 import httpx
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nexus_grpc.config import EventsConfig, LimitsConfig, ServerConfig, StorageConfig
 from nexus_grpc.gateway.probes import Probes, ReadinessSources
 from nexus_grpc.testing import running_host
+from nexus_grpc.transport import health as health_module
 from nexus_grpc.transport.health import HealthState
 from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.redis import OwnRedis
@@ -248,3 +251,38 @@ async def test_readiness_under_strict_plugins_counts_a_failed_plugin() -> None:
         "plugin orders": "failed",
         "service orders.v1.OrderService": "not serving",
     }
+
+
+async def test_a_watcher_of_readiness_learns_when_it_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # gRPC client-side health checking and balancers Watch rather than Check: a computed
+    # service (readiness) must reach them when it changes, not only on someone's Check.
+    monkeypatch.setattr(health_module, "REFRESH_INTERVAL", 0.05)
+    ready = True
+
+    async def check() -> bool:
+        return ready
+
+    health = HealthState()
+    await health.compute("nexus.readiness", check)
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            watch = stub.Watch(health_pb2.HealthCheckRequest(service="nexus.readiness"))
+            seen = [(await watch.read()).status]
+            ready = False
+            seen.append((await asyncio.wait_for(watch.read(), 5)).status)
+            ready = True
+            seen.append((await asyncio.wait_for(watch.read(), 5)).status)
+            assert seen == [SERVING, NOT_SERVING, SERVING]
+            watch.cancel()
+        # Nobody watches any more: the evaluation on a clock stops.
+        await asyncio.wait_for(health._refreshing["nexus.readiness"], 5)
+    finally:
+        await server.stop(None)
+        await health.shut_down()
