@@ -6,11 +6,13 @@ the pool checkout in a greenlet, the adapted cursor per statement and the pool's
 return cost more than the statements. A unit of work therefore runs on a connection of
 :class:`~._postgres_points.PostgresPoints`: BEGIN, its statements, COMMIT or ROLLBACK.
 
-* Point statements (get, create, update, delete) run as their SQL text, prepared once
-  per connection by asyncpg's statement cache, as outside a unit of work.
-* The other statements a repository builds with SQLAlchemy (a list page, delete_many)
-  are compiled by SQLAlchemy's asyncpg dialect (its parameters numbered and cast, an
-  IN list expanded) and run on the same connection, in the same transaction.
+* Point statements (get, create, update, delete, delete_many of up to 256 ids) run as
+  their SQL text, prepared once per connection by asyncpg's statement cache, as outside
+  a unit of work.
+* The other statements a repository builds with SQLAlchemy (a list page, a longer
+  delete_many) are compiled by SQLAlchemy's asyncpg dialect (its parameters numbered
+  and cast, an IN list expanded) and run on the same connection, in the same
+  transaction.
 
 A statement the server refuses leaves the connection usable (the transaction is aborted
 and rolled back at the end). A statement interrupted midway (the task cancelled, the

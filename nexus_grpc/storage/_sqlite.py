@@ -276,7 +276,9 @@ class SqliteDriver:
         )
         self._pool_size = pool_size
         self._open = asyncio.Semaphore(pool_size)
-        self._writer = asyncio.Lock()
+        # A semaphore rather than a Lock: its locked() also says whether others queue,
+        # i.e. whether acquire() would wait (see _take_write_turn).
+        self._writer = asyncio.BoundedSemaphore(1)
         self._write_timeout = write_timeout
         self._checkpointing: asyncio.Task[None] | None = None
         self._closed = False
@@ -434,6 +436,11 @@ class SqliteDriver:
             self._open.release()
 
     async def _take_write_turn(self) -> None:
+        if not self._writer.locked():
+            # Granted without waiting: no deadline to arm (asyncio.timeout costs ~8 µs,
+            # as much as SQLite's BEGIN IMMEDIATE).
+            await self._writer.acquire()
+            return
         try:
             async with asyncio.timeout(self._write_timeout):
                 await self._writer.acquire()

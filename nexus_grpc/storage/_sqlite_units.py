@@ -12,9 +12,10 @@ drives the transaction on its sqlite3 connection itself:
   point statements and its COMMIT wait for no lock and run on the loop's thread. Refused
   (another process writes), BEGIN IMMEDIATE waits on a thread up to the busy timeout and
   every step of the transaction runs on a thread.
-* Point statements (get, create, update, delete) run as their SQL text on the sqlite3
-  connection (its statement cache), as outside a unit of work.
-* A statement built with SQLAlchemy (a list page, delete_many) runs on a thread through
+* Point statements (get, create, update, delete, delete_many of up to 256 ids) run as
+  their SQL text on the sqlite3 connection (its statement cache), as outside a unit of
+  work.
+* A statement built with SQLAlchemy (a list page, a longer delete_many) runs on a thread through
   the engine's connection over the same sqlite3 connection, in the transaction already
   begun: compiled once by the sqlite dialect (its compiled cache), its rows through the
   column types. It may read many rows: never on the loop's thread.
@@ -132,7 +133,7 @@ class SqliteUnit:
         return self._driver.span_namespace
 
     async def execute(self, statement: Executable) -> Rows:
-        """Run a statement built with SQLAlchemy (a list page, delete_many) on a thread,
+        """Run a statement built with SQLAlchemy (a list page, a longer delete_many) on a thread,
         through the engine's connection over the same sqlite3 connection: compiled once
         by the sqlite dialect (its compiled cache), in the transaction already begun."""
         return await self._step(functools.partial(self._execute, statement), blocking=True)

@@ -1,11 +1,13 @@
 """Indexes a contract declares: ``option (nexus.options.v1.storage)`` on a message.
 
 A declaration names indexed paths (see :mod:`.index`) in index order, each ascending or
-``desc``. It becomes the same database index on every backend: the record's namespace
-and collection first (every list is inside one), then the declared paths, then the id
-(the tie-breaker of every order). The name is derived from the paths and their value
-kinds, so the same declaration is the same index in every process, and a changed one
-(another path, another order, a field whose type changed) is another index.
+``desc``, and the collections it covers (by default the type's own, its full name). It
+becomes one index per collection: the record's namespace first (every list is inside
+one), then the declared paths, then the id (the tie-breaker of every order); on SQLite
+and PostgreSQL a partial index over that collection's records only (see :mod:`.indexes`).
+The name is derived from the collection, the paths and their value kinds, so the same
+declaration is the same index in every process, and a changed one (another path, another
+order, a field whose type changed, another collection) is another index.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from google.protobuf.descriptor import Descriptor, FileDescriptor
 from nexus.options.v1 import options_pb2
 
 from .index import UnindexedPathError, ValueKind, resolve_path
+from .schema import MAX_KEY_LENGTH
 
 __all__ = [
     "INDEX_PREFIX",
@@ -31,6 +34,7 @@ __all__ = [
     "IndexDeclarationError",
     "IndexKey",
     "declared_indexes",
+    "index_collections",
     "loaded_message_types",
 ]
 
@@ -40,6 +44,8 @@ INDEX_PREFIX = "nexus_ix_"
 MAX_INDEX_KEYS = 8
 #: Most indexes one message type may declare: each one slows every write a little.
 MAX_INDEXES_PER_TYPE = 16
+#: Most collections one declared index may cover (each is an index of its own).
+MAX_INDEX_COLLECTIONS = 8
 
 # Typed Any: the stubs type extensions more narrowly than HasExtension accepts them.
 _STORAGE: Any = options_pb2.storage
@@ -65,10 +71,12 @@ class IndexKey:
 
 @dataclass(frozen=True)
 class DeclaredIndex:
-    """One index declared by ``message_type`` (a message's full name)."""
+    """One index declared by ``message_type`` (a message's full name) over the records
+    of one ``collection``."""
 
     message_type: str
     keys: tuple[IndexKey, ...]
+    collection: str
 
     @property
     def definition(self) -> str:
@@ -78,8 +86,17 @@ class DeclaredIndex:
     @property
     def name(self) -> str:
         """The database name of the index (short enough for PostgreSQL's 63 bytes)."""
-        digest = hashlib.sha256(self.definition.encode()).hexdigest()
-        return INDEX_PREFIX + digest[:20]
+        return _name(f"{self.collection}\n{self.definition}")
+
+    @property
+    def keys_name(self) -> str:
+        """The name of an index over these keys in every collection at once (MongoDB's,
+        where one index serves every collection: see :mod:`.mongo_indexes`)."""
+        return _name(self.definition)
+
+
+def _name(identity: str) -> str:
+    return INDEX_PREFIX + hashlib.sha256(identity.encode()).hexdigest()[:20]
 
 
 @dataclass
@@ -117,9 +134,35 @@ def declared_indexes(descriptor: Descriptor) -> tuple[DeclaredIndex, ...]:
         keys = tuple(_key(descriptor, where, position, item) for item in index.fields)
         if len({key.path for key in keys}) != len(keys):
             raise IndexDeclarationError(f"{where}: index {position} names a field twice")
-        made = DeclaredIndex(descriptor.full_name, keys)
-        found.setdefault(made.name, made)  # a repeated declaration is one index
+        for collection in _collections(where, position, index.collections, descriptor):
+            made = DeclaredIndex(descriptor.full_name, keys, collection)
+            found.setdefault(made.name, made)  # a repeated declaration is one index
     return tuple(found.values())
+
+
+def index_collections(descriptor: Descriptor) -> list[str]:
+    """The collections the indexes ``descriptor`` declares cover, sorted."""
+    return sorted({index.collection for index in declared_indexes(descriptor)})
+
+
+def _collections(
+    where: str, position: int, names: Iterable[str], descriptor: Descriptor
+) -> list[str]:
+    collections = list(names) or [descriptor.full_name]
+    if len(collections) > MAX_INDEX_COLLECTIONS:
+        raise IndexDeclarationError(
+            f"{where}: index {position} names {len(collections)} collections; at most "
+            f"{MAX_INDEX_COLLECTIONS} are allowed"
+        )
+    for name in collections:
+        if not name or len(name) > MAX_KEY_LENGTH or not name.isprintable():
+            raise IndexDeclarationError(
+                f"{where}: index {position} collection {name!r}: expected 1 to "
+                f"{MAX_KEY_LENGTH} printable characters"
+            )
+    if len(set(collections)) != len(collections):
+        raise IndexDeclarationError(f"{where}: index {position} names a collection twice")
+    return collections
 
 
 def _key(descriptor: Descriptor, where: str, position: int, item: str) -> IndexKey:

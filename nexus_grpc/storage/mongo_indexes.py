@@ -1,13 +1,17 @@
 """Declared indexes on MongoDB: what :mod:`.indexes` is for SQL.
 
 Each declared index (:mod:`.declared`) becomes the compound index ``(ns, coll,
-doc.<path> ±1 ..., id)`` on the records collection, named as on SQL. MongoDB builds
+doc.<path> ±1 ..., id)`` on the records collection. Unlike SQL's partial indexes, one
+such index serves every collection (``coll`` leads it), so declarations that differ only
+in their collections are one index, named after its keys: a write's upkeep of an index
+here costs no parsing of the record, which is what the SQL predicate saves. MongoDB builds
 indexes without blocking reads and writes (since 4.2), and ``createIndex`` with the same
 name and keys is a no-op, so processes starting together do not fail on it. What was
 built for which type is recorded in the ``nexus_index_catalog`` collection, so an index
 a type stops declaring is dropped at start (once no other type declares it) and no
 index nexus did not build is ever dropped. A path whose value kind changed re-derives
-the index documents of the type's default collection from the payloads, in batches.
+the index documents of the collections the type's indexes cover from the payloads, in
+batches.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import OperationFailure
 
-from .declared import DeclaredIndex, IndexChanges, declared_indexes
+from .declared import DeclaredIndex, IndexChanges, declared_indexes, index_collections
 from .index import indexed_fields
 from .mongo_query import ID_FIELD, INDEX_FIELD, index_subdocument
 from .schema import INDEX_CATALOG_TABLE
@@ -54,7 +58,7 @@ async def apply_mongo_indexes(
 ) -> IndexChanges:
     """Build the indexes ``types`` declare and drop those they no longer declare."""
     changes = IndexChanges()
-    wanted = {descriptor.full_name: declared_indexes(descriptor) for descriptor in types}
+    wanted = {descriptor.full_name: _by_keys(descriptor) for descriptor in types}
     if not wanted:
         return changes
     catalog: AsyncCollection[Document] = records.database.get_collection(INDEX_CATALOG_TABLE)
@@ -63,11 +67,12 @@ async def apply_mongo_indexes(
     ]
     for descriptor in types:
         if _kind_changed(descriptor, recorded):
-            await reindex_collection(records, descriptor, descriptor.full_name)
+            for collection in index_collections(descriptor) or [descriptor.full_name]:
+                await reindex_collection(records, descriptor, collection)
             changes.reindexed.append(descriptor.full_name)
     # Drops first: an index whose only change is a path's value kind has the same
     # keys, and MongoDB refuses a second index on the same keys under another name.
-    declared = {(i.name, type_name) for type_name, indexes in wanted.items() for i in indexes}
+    declared = {(i.keys_name, type_name) for type_name, indexes in wanted.items() for i in indexes}
     for document in recorded:
         name, type_name = document["index_name"], document["message_type"]
         if (name, type_name) in declared:
@@ -81,13 +86,13 @@ async def apply_mongo_indexes(
     existing = await records.index_information()
     for indexes in wanted.values():
         for index in indexes:
-            if index.name not in existing and await _create(records, index):
-                changes.created.append(index.name)
+            if index.keys_name not in existing and await _create(records, index):
+                changes.created.append(index.keys_name)
             await catalog.update_one(
-                {"_id": f"{index.name}|{index.message_type}"},
+                {"_id": f"{index.keys_name}|{index.message_type}"},
                 {
                     "$set": {
-                        "index_name": index.name,
+                        "index_name": index.keys_name,
                         "message_type": index.message_type,
                         "definition": index.definition,
                     }
@@ -101,11 +106,19 @@ async def apply_mongo_indexes(
     return changes
 
 
+def _by_keys(descriptor: Descriptor) -> tuple[DeclaredIndex, ...]:
+    """The type's declared indexes, one per set of keys (whatever their collections)."""
+    found: dict[str, DeclaredIndex] = {}
+    for index in declared_indexes(descriptor):
+        found.setdefault(index.keys_name, index)
+    return tuple(found.values())
+
+
 async def _create(records: AsyncCollection[Document], index: DeclaredIndex) -> bool:
     """Build ``index``; False when an index on the same keys exists under another name
     (one another type declares with other value kinds): that one serves as well."""
     try:
-        await records.create_index(index_keys(index), name=index.name)
+        await records.create_index(index_keys(index), name=index.keys_name)
     except OperationFailure as exc:
         if exc.code != _INDEX_OPTIONS_CONFLICT:
             raise

@@ -1,6 +1,7 @@
 """Point statements (one record by its key) as SQL text written once per backend.
 
-A repository's get, create, update and delete touch one row by its primary key. Built
+A repository's get, create, update and delete touch one row by its primary key (and
+``delete_many`` a few hundred at most, by their keys). Built
 as SQLAlchemy expressions they cost more than the database does: constructing the
 expression, compiling it (even from the compiled cache) and SQLAlchemy's execution
 context take ~150 µs of CPU, where SQLite needs ~5 µs to run the statement. These
@@ -18,6 +19,7 @@ Lists and other statements still go through SQLAlchemy (their shape varies per c
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ import orjson
 
 from .schema import RECORDS_TABLE
 
-__all__ = ["Point", "PointSql", "RawRows", "points_for"]
+__all__ = ["MAX_DELETE_IDS", "Point", "PointSql", "RawRows", "points_for"]
 
 #: A point statement's SQL text and its parameters.
 Point = tuple[str, Sequence[Any]]
@@ -65,6 +67,18 @@ class PointSql:
     text_times: bool
     #: Whether the index document travels as JSON text (both drivers take text).
     text_json: bool
+    #: Whether parameters are numbered (``$1``: asyncpg) rather than ``?`` (sqlite3).
+    numbered: bool
+
+    def delete_ids(self, namespace: str, collection: str, ids: Sequence[str]) -> Point:
+        """One DELETE of up to :data:`MAX_DELETE_IDS` ids of one collection. The id list
+        is padded (with its last id) to a power of two, so a handful of statement texts
+        serve every count and stay in the drivers' statement caches."""
+        if not 0 < len(ids) <= MAX_DELETE_IDS:
+            raise ValueError(f"delete_ids takes 1 to {MAX_DELETE_IDS} ids, got {len(ids)}")
+        size = 1 << (len(ids) - 1).bit_length()
+        padded = [*ids, *[ids[-1]] * (size - len(ids))]
+        return _delete_ids(self.numbered, size), (namespace, collection, *padded)
 
     def time(self, value: datetime) -> Any:
         """A timezone-aware time as the driver binds it."""
@@ -90,6 +104,19 @@ class PointSql:
             return json.dumps(value)
 
 
+#: Most ids one :meth:`PointSql.delete_ids` statement deletes.
+MAX_DELETE_IDS = 256
+
+
+@functools.cache
+def _delete_ids(numbered: bool, count: int) -> str:
+    marks = [f"${n}" if numbered else "?" for n in range(1, count + 3)]
+    ids = ", ".join(marks[2:])
+    return f"DELETE FROM {RECORDS_TABLE} WHERE namespace = {marks[0]} AND collection = " + (
+        f"{marks[1]} AND id IN ({ids})"
+    )
+
+
 def _statements(placeholders: Sequence[str], *, text: bool, lock: str) -> PointSql:
     p = placeholders
     key = _KEY.format(p[0], p[1], p[2])
@@ -113,6 +140,7 @@ def _statements(placeholders: Sequence[str], *, text: bool, lock: str) -> PointS
         delete=f"DELETE FROM {RECORDS_TABLE} WHERE {key}",
         text_times=text,
         text_json=True,
+        numbered=p[0].startswith("$"),
     )
 
 

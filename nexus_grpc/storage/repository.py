@@ -24,9 +24,9 @@ from nexus_grpc.errors import (
 
 from .engine import ScopeConnection
 from .index import descriptor_of, index_document
-from .points import Point, RawRows
+from .points import MAX_DELETE_IDS, Point, RawRows
 from .query import DEFAULT_PAGE_SIZE, build_query, check_page_size
-from .schema import MAX_KEY_LENGTH, records
+from .schema import MAX_KEY_LENGTH, collection_literal, records
 from .sql import SqlDialect
 
 __all__ = ["M", "Page", "Record", "Repository", "Scope"]
@@ -228,6 +228,10 @@ class Repository(Generic[M]):
         wanted = sorted({id for id in ids if _fits(id)})
         if not wanted:
             return 0
+        if len(wanted) <= MAX_DELETE_IDS:
+            # A point statement (see ``points``): fixed SQL on the driver's connection.
+            sql, params = self._points.delete_ids(self._scope.namespace, self._collection, wanted)
+            return (await self._scope.run_point(sql, params, write=True)).rowcount
         async with self._scope.connection(write=True) as conn:
             condition = and_(self._collection_rows(), records.c.id.in_(wanted))
             return int((await conn.execute(records.delete().where(condition))).rowcount)
@@ -264,7 +268,12 @@ class Repository(Generic[M]):
         ]
         statement = (
             select(records.c.payload, *sort_columns)
-            .where(self._collection_rows(), *dialect.conditions(query.conditions))
+            .where(
+                records.c.namespace == self._scope.namespace,
+                # A literal: the collection's partial indexes can serve the page.
+                collection_literal(self._collection),
+                *dialect.conditions(query.conditions),
+            )
             .order_by(*dialect.order_by(query.sort))
             .limit(size + 1)  # one more than asked tells whether another page exists
         )

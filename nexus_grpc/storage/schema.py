@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Column,
+    ColumnElement,
     DateTime,
     Dialect,
     Integer,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    literal,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
@@ -24,6 +26,7 @@ __all__ = [
     "INDEX_CATALOG_TABLE",
     "MAX_KEY_LENGTH",
     "RECORDS_TABLE",
+    "collection_literal",
     "index_catalog",
     "metadata",
     "records",
@@ -108,3 +111,10 @@ index_catalog = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     PrimaryKeyConstraint("index_name", "message_type", name=f"{INDEX_CATALOG_TABLE}_pkey"),
 )
+
+
+def collection_literal(collection: str) -> ColumnElement[bool]:
+    """``collection = '<collection>'`` with the name rendered into the statement, quoted
+    by the dialect: a planner can prove that a literal implies a partial index's WHERE
+    (the declared indexes', see ``indexes``), never that a bound parameter does."""
+    return records.c.collection == literal(collection, literal_execute=True)

@@ -34,11 +34,15 @@ _versions = iter(range(1, 1000))
 
 
 def item_type(
-    fields: dict[str, str], indexes: list[list[str]], name: str = "Item"
+    fields: dict[str, str],
+    indexes: list[list[str]],
+    name: str = "Item",
+    collections: list[str] | None = None,
 ) -> type[Message]:
     """A version of the message ``nexus.storage.evo.<name>``: ``id`` plus ``fields`` (name
-    -> "string" / "int64", numbered in order), declaring ``indexes``. Each version lives
-    in a pool of its own, as a new contract deployed to a restarted host would."""
+    -> "string" / "int64", numbered in order), declaring ``indexes`` (over
+    ``collections``, when given). Each version lives in a pool of its own, as a new
+    contract deployed to a restarted host would."""
     fdp = descriptor_pb2.FileDescriptorProto(
         name=f"evo/item_v{next(_versions)}.proto", package="nexus.storage.evo", syntax="proto3"
     )
@@ -48,7 +52,7 @@ def item_type(
         message.field.add(name=field, number=number, type=_TYPES[kind], label=_F.LABEL_OPTIONAL)
     declared = message.options.Extensions[options_pb2.storage]
     for paths in indexes:
-        declared.indexes.add(fields=paths)
+        declared.indexes.add(fields=paths, collections=collections or [])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"nexus.storage.evo.{name}"))
@@ -166,8 +170,10 @@ async def test_a_filtered_page_of_50_is_served_by_the_declared_index(sql_url: st
             plan = await query_plan(sql_url, sql, parameters)
             # The index declared for the filter, and the filter's value in its search
             # key: an index whose expression differs from the query's is no match.
+            # The collection is a literal, which implies the partial index's WHERE.
+            assert "collection = 'nexus.orders.v1.Order'" in sql, sql
             if storage.dialect == "sqlite":
-                key = "(namespace=? AND collection=? AND <expr>=?"
+                key = "(namespace=? AND <expr>=?"
                 assert f"SEARCH nexus_records USING INDEX {name} {key}" in plan, plan
                 assert "SCAN" not in plan and "TEMP B-TREE" not in plan, plan
             else:
@@ -175,6 +181,121 @@ async def test_a_filtered_page_of_50_is_served_by_the_declared_index(sql_url: st
                 (condition,) = [line for line in plan.splitlines() if "Index Cond:" in line]
                 assert f"(index_doc ->> '{path}'::text)" in condition, plan
                 assert "Seq Scan" not in plan and "Sort" not in plan, plan
+
+
+async def index_definitions(url: str) -> dict[str, str]:
+    """The CREATE INDEX of each index nexus built, as the database keeps it."""
+    if url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(_sqlite_path(url))) as connection:
+            rows = connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'")
+            found = {str(name): str(sql) for name, sql in rows}
+    else:
+        connection = await asyncpg.connect(_pg(url))
+        try:
+            rows = await connection.fetch("SELECT indexname, indexdef FROM pg_indexes")
+        finally:
+            await connection.close()
+        found = {str(row[0]): str(row[1]) for row in rows}
+    return {name: sql for name, sql in found.items() if name.startswith(INDEX_PREFIX)}
+
+
+async def test_each_index_covers_only_its_collection_and_other_lists_stay_right(
+    sql_url: str,
+) -> None:
+    item = item_type({"owner": "string", "rank": "int64"}, [["owner", "rank desc"]])
+    (index,) = declared_indexes(item.DESCRIPTOR)
+    async with connected(sql_url) as storage:
+        await storage.apply_indexes([item])
+        definition = (await index_definitions(sql_url))[index.name]
+        # Partial: the other collections' writes never evaluate its expressions.
+        assert "WHERE" in definition and "nexus.storage.evo.Item" in definition, definition
+        namespace = storage.namespace("tests/evo")
+        items = namespace.repository(item)
+        archive = namespace.repository(item, collection="archive")
+        for number, owner, rank in ((1, "ann", 5), (2, "bob", 7), (3, "ann", 9)):
+            await items.create(item(id=f"i{number}", owner=owner, rank=rank))
+            await archive.create(item(id=f"a{number}", owner=owner, rank=rank * 10))
+        with captured_statements() as seen:
+            covered = await items.list(filter={"owner": "ann"}, order_by="rank desc")
+            other = await archive.list(filter={"owner": "ann"}, order_by="rank desc")
+        assert [i.id for i in covered.items] == ["i3", "i1"]
+        # The archive is not covered: still the right rows, in order, from another plan.
+        assert [i.id for i in other.items] == ["a3", "a1"]
+        (item_sql, item_parameters), (archive_sql, archive_parameters) = [
+            (sql, parameters) for sql, parameters in seen if sql.startswith("SELECT")
+        ]
+        assert index.name in await query_plan(sql_url, item_sql, item_parameters)
+        assert "collection = 'archive'" in archive_sql, archive_sql
+        plan = await query_plan(sql_url, archive_sql, archive_parameters)
+        assert index.name not in plan, plan
+
+
+async def test_a_collection_name_is_quoted_in_the_index_and_the_statement(sql_url: str) -> None:
+    quoted = ["it's; DROP TABLE nexus_records; --"]
+    item = item_type({"owner": "string"}, [["owner"]], collections=quoted)
+    async with connected(sql_url) as storage:
+        changes = await storage.apply_indexes([item])
+        items = storage.namespace("tests/evo").repository(item, collection=quoted[0])
+        await items.create(item(id="i1", owner="ann"))
+        assert [i.id for i in (await items.list(filter={"owner": "ann"})).items] == ["i1"]
+        assert changes.created == sorted(_names(item))
+        assert await nexus_indexes(sql_url) == _names(item)
+
+
+async def test_a_full_index_of_the_previous_release_is_replaced_by_partial_ones(
+    sql_url: str,
+) -> None:
+    """Before indexes were partial, one index over every collection was built under the
+    name of its keys alone; the first start of this release drops and replaces it."""
+    item = item_type({"owner": "string"}, [["owner"]])
+    (index,) = declared_indexes(item.DESCRIPTOR)
+    old = index.keys_name
+    async with connected(sql_url) as storage:
+        await storage.apply_indexes([])  # the tables
+    columns = "namespace, collection, (index_doc ->> 'owner'), id"
+    if sql_url.startswith("sqlite"):
+        columns = (
+            "namespace, collection, (coalesce(json_extract(index_doc, '$.\"owner\"'), '')), id"
+        )
+    catalog = (
+        "INSERT INTO nexus_index_catalog (index_name, message_type, definition, created_at) "
+        f"VALUES ('{old}', 'nexus.storage.evo.Item', 'owner:string', '2026-01-01 00:00:00')"
+    )
+    create = f"CREATE INDEX {old} ON nexus_records ({columns})"
+    if sql_url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(_sqlite_path(sql_url))) as connection:
+            connection.execute(create)
+            connection.execute(catalog)
+            connection.commit()
+    else:
+        connection = await asyncpg.connect(_pg(sql_url))
+        try:
+            await connection.execute(create)
+            await connection.execute(catalog)
+        finally:
+            await connection.close()
+    async with connected(sql_url) as storage:
+        changes = await storage.apply_indexes([item])
+    assert changes.dropped == [old] and changes.created == [index.name]
+    assert set(await index_definitions(sql_url)) == {index.name}
+
+
+def test_an_index_covers_the_collections_it_names_each_with_an_index_of_its_own() -> None:
+    from nexus.events.v1 import events_pb2
+
+    from nexus_grpc.events.outbox import INBOX_COLLECTION, OUTBOX_COLLECTION
+    from nexus_grpc.storage.declared import index_collections
+
+    assert index_collections(events_pb2.Envelope.DESCRIPTOR) == sorted(
+        [INBOX_COLLECTION, OUTBOX_COLLECTION]
+    )
+    two = item_type({"owner": "string"}, [["owner"]], collections=["a", "b"])
+    indexes = declared_indexes(two.DESCRIPTOR)
+    assert [i.collection for i in indexes] == ["a", "b"]
+    assert len({i.name for i in indexes}) == 2 and len({i.keys_name for i in indexes}) == 1
+    # The default: the type's own collection, the repositories' default.
+    (own,) = declared_indexes(item_type({"owner": "string"}, [["owner"]]).DESCRIPTOR)
+    assert own.collection == "nexus.storage.evo.Item"
 
 
 async def test_mongodb_serves_a_filtered_page_from_the_declared_index(mongo_url: str) -> None:
@@ -244,8 +365,13 @@ async def _has_foreign_index(url: str) -> bool:
         return "operators_own" in collection.index_information()
 
 
-def _names(message_type: type[Message]) -> set[str]:
-    return {index.name for index in declared_indexes(message_type.DESCRIPTOR)}
+def _names(message_type: type[Message], url: str = "") -> set[str]:
+    """The names of the indexes ``message_type`` declares, as built on ``url``'s backend
+    (MongoDB: one per set of keys, whatever the collections)."""
+    indexes = declared_indexes(message_type.DESCRIPTOR)
+    if url.startswith("mongodb"):
+        return {index.keys_name for index in indexes}
+    return {index.name for index in indexes}
 
 
 async def test_indexes_follow_the_contract_from_one_start_to_the_next(any_url: str) -> None:
@@ -255,16 +381,18 @@ async def test_indexes_follow_the_contract_from_one_start_to_the_next(any_url: s
         items = storage.namespace("tests/evo").repository(v1)
         for number, owner, rank in ((1, "ann", 5), (2, "bob", 7), (3, "ann", 9)):
             await items.create(v1(id=f"i{number}", owner=owner, rank=rank))
-    assert first.created == sorted(_names(v1)) and not first.dropped
-    assert await nexus_indexes(any_url) == _names(v1)
+    assert first.created == sorted(_names(v1, any_url)) and not first.dropped
+    assert await nexus_indexes(any_url) == _names(v1, any_url)
     await _foreign_index(any_url)
 
     # Version 2 adds a field and indexes it instead: built at start, the old one dropped.
     v2 = item_type({"owner": "string", "rank": "int64", "region": "string"}, [["region"]])
     async with connected(any_url) as storage:
         second = await storage.apply_indexes([v2])
-        assert second.created == sorted(_names(v2)) and second.dropped == sorted(_names(v1))
-        assert await nexus_indexes(any_url) == _names(v2)
+        assert second.created == sorted(_names(v2, any_url)) and second.dropped == sorted(
+            _names(v1, any_url)
+        )
+        assert await nexus_indexes(any_url) == _names(v2, any_url)
         assert await _has_foreign_index(any_url)
         items = storage.namespace("tests/evo").repository(v2)
         # Records written by version 1 read fine, and lack the new field: a filter on it
@@ -281,10 +409,13 @@ async def test_indexes_follow_the_contract_from_one_start_to_the_next(any_url: s
 
 
 async def test_an_index_two_types_declare_is_dropped_when_neither_does(any_url: str) -> None:
-    item = item_type({"owner": "string"}, [["owner"]])
-    other = item_type({"owner": "string"}, [["owner"]], name="Other")
-    (shared,) = _names(item)
-    assert _names(other) == {shared}  # the same declaration is the same index
+    # Two types kept in one collection (say, an old and a new message for the same
+    # records), declaring the same index over it.
+    shelf = ["shelf"]
+    item = item_type({"owner": "string"}, [["owner"]], collections=shelf)
+    other = item_type({"owner": "string"}, [["owner"]], name="Other", collections=shelf)
+    (shared,) = _names(item, any_url)
+    assert _names(other, any_url) == {shared}  # the same declaration is the same index
     async with connected(any_url) as storage:
         await storage.apply_indexes([item, other])
     # A later start loads only Item, which stopped declaring it: Other still does.
@@ -311,7 +442,9 @@ async def test_a_field_type_change_reindexes_so_filters_agree_with_the_payloads(
     async with connected(any_url) as storage:
         changes = await storage.apply_indexes([v2])
         assert changes.reindexed == ["nexus.storage.evo.Item"]
-        assert changes.created == sorted(_names(v2)) and changes.dropped == sorted(_names(v1))
+        assert changes.created == sorted(_names(v2, any_url)) and changes.dropped == sorted(
+            _names(v1, any_url)
+        )
         items = storage.namespace("tests/evo").repository(v2)
         read = [await items.get(f"i{number}") for number in (1, 2, 3)]
         assert [item.rank for item in read if item is not None] == ["", "", ""]
@@ -331,8 +464,8 @@ async def test_processes_starting_together_build_each_index_once(any_url: str) -
         for storage in storages:
             await storage.close()
     built = [name for result in results for name in result.created]
-    assert await nexus_indexes(any_url) == _names(v1)
-    assert set(built) == _names(v1)
+    assert await nexus_indexes(any_url) == _names(v1, any_url)
+    assert set(built) == _names(v1, any_url)
 
 
 async def test_postgresql_rebuilds_an_index_an_interrupted_build_left_invalid(
@@ -369,6 +502,17 @@ async def test_a_declaration_the_storage_cannot_index_is_refused_before_any_chan
             ([[]], "names no fields"),
         ):
             broken = item_type({"owner": "string"}, indexes)
+            with pytest.raises(IndexDeclarationError, match=expected) as raised:
+                await storage.apply_indexes([broken])
+            assert "nexus.storage.evo.Item" in str(raised.value)
+        for collections, expected in (
+            (["a", "a"], "names a collection twice"),
+            ([""], "expected 1 to 255 printable characters"),
+            (["x" * 256], "expected 1 to 255 printable characters"),
+            (["line\nbreak"], "expected 1 to 255 printable characters"),
+            ([f"c{n}" for n in range(9)], "names 9 collections; at most 8"),
+        ):
+            broken = item_type({"owner": "string"}, [["owner"]], collections=collections)
             with pytest.raises(IndexDeclarationError, match=expected) as raised:
                 await storage.apply_indexes([broken])
             assert "nexus.storage.evo.Item" in str(raised.value)

@@ -200,6 +200,27 @@ async def test_delete_many_deletes_only_those_ids_of_its_collection(storage: Sto
     assert [o.id for o in (await orders.list()).items] == ["o-3"]
 
 
+@pytest.mark.parametrize("count", [1, 3, 128, 256, 257, 300])
+async def test_delete_many_deletes_every_id_asked_whatever_their_count(
+    storage: Storage, count: int
+) -> None:
+    """Up to MAX_DELETE_IDS ids go as one point statement, its id list padded to a
+    power of two with repeats (which must not be counted twice); more go as one
+    statement built per call."""
+    namespace = storage.namespace("plugins/business/orders")
+    orders = namespace.repository(Order)
+    keep = namespace.repository(Order, collection="kept")
+    async with namespace.transaction() as unit:
+        for number in range(count + 2):
+            await unit.repository(Order).create(make_order(id=f"o-{number:04d}"))
+        await unit.repository(Order, collection="kept").create(make_order(id="o-0000"))
+    asked = [f"o-{number:04d}" for number in range(count)] + ["missing"]
+    assert await orders.delete_many(reversed(asked)) == count
+    left = (await orders.list(page_size=100)).items
+    assert [o.id for o in left] == [f"o-{count:04d}", f"o-{count + 1:04d}"]
+    assert await keep.get("o-0000") is not None
+
+
 async def test_custom_collection_and_id_field(storage: Storage) -> None:
     namespace = storage.namespace("tests/widgets")
     by_key = namespace.repository(Widget, collection="widgets-by-key", id_field="key")

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from nexus.options.v1 import options_pb2 as nexus_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnexus/events/v1/events.proto\x12\x0fnexus.events.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1enexus/options/v1/options.proto\"\xbd\x02\n\x08\x45nvelope\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x06 \x01(\t\x12%\n\x07payload\x18\x07 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x42\n\rtrace_context\x18\x08 \x03(\x0b\x32+.nexus.events.v1.Envelope.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:\x14\xfa\xbb\x1c\x10\n\x0e\n\x06source\n\x04timeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnexus/events/v1/events.proto\x12\x0fnexus.events.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1enexus/options/v1/options.proto\"\xee\x02\n\x08\x45nvelope\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x06 \x01(\t\x12%\n\x07payload\x18\x07 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x42\n\rtrace_context\x18\x08 \x03(\x0b\x32+.nexus.events.v1.Envelope.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:E\xfa\xbb\x1c\x41\n#\n\x06source\n\x04time\x12\x13nexus.events.outbox\n\x1a\n\x04time\x12\x12nexus.events.inboxb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,9 +37,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENVELOPE_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_ENVELOPE_TRACECONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_ENVELOPE']._loaded_options = None
-  _globals['_ENVELOPE']._serialized_options = b'\372\273\034\020\n\016\n\006source\n\004time'
+  _globals['_ENVELOPE']._serialized_options = b'\372\273\034A\n#\n\006source\n\004time\022\023nexus.events.outbox\n\032\n\004time\022\022nexus.events.inbox'
   _globals['_ENVELOPE']._serialized_start=142
-  _globals['_ENVELOPE']._serialized_end=459
+  _globals['_ENVELOPE']._serialized_end=508
   _globals['_ENVELOPE_TRACECONTEXTENTRY']._serialized_start=386
   _globals['_ENVELOPE_TRACECONTEXTENTRY']._serialized_end=437
 # @@protoc_insertion_point(module_scope)

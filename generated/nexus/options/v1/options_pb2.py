@@ -26,15 +26,15 @@ from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enexus/options/v1/options.proto\x12\x10nexus.options.v1\x1a google/protobuf/descriptor.proto\x1a\x1egoogle/protobuf/duration.proto\"\xda\x01\n\x0cMethodPolicy\x12\x10\n\x06public\x18\x01 \x01(\x08H\x00\x12\x17\n\rauthenticated\x18\x02 \x01(\x08H\x00\x12\x32\n\npermission\x18\x03 \x01(\x0b\x32\x1c.nexus.options.v1.PermissionH\x00\x12\x18\n\x10rate_limit_class\x18\x04 \x01(\t\x12\x33\n\x10\x64\x65\x66\x61ult_deadline\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nidempotent\x18\x06 \x01(\x08\x42\x08\n\x06\x61\x63\x63\x65ss\"V\n\nPermission\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12&\n\x05scope\x18\x03 \x01(\x0e\x32\x17.nexus.options.v1.Scope\"\xc1\x01\n\nFieldRules\x12\x10\n\x08required\x18\x01 \x01(\x08\x12\x0f\n\x07min_len\x18\x02 \x01(\r\x12\x0f\n\x07max_len\x18\x03 \x01(\r\x12\x0f\n\x07pattern\x18\x04 \x01(\t\x12\x10\n\x03min\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x11\n\tmin_items\x18\x07 \x01(\r\x12\x11\n\tmax_items\x18\x08 \x01(\r\x12\x14\n\x0c\x64\x65\x66ined_only\x18\t \x01(\x08\x42\x06\n\x04_minB\x06\n\x04_max\"A\n\x0eStorageOptions\x12/\n\x07indexes\x18\x01 \x03(\x0b\x32\x1e.nexus.options.v1.StorageIndex\"\x1e\n\x0cStorageIndex\x12\x0e\n\x06\x66ields\x18\x01 \x03(\t*L\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\r\n\tSCOPE_OWN\x10\x01\x12\x0e\n\nSCOPE_TEAM\x10\x02\x12\r\n\tSCOPE_ALL\x10\x03:T\n\x07storage\x12\x1f.google.protobuf.MessageOptions\x18\xbf\xc7\x03 \x01(\x0b\x32 .nexus.options.v1.StorageOptions:L\n\x05rules\x12\x1d.google.protobuf.FieldOptions\x18\xbe\xc7\x03 \x01(\x0b\x32\x1c.nexus.options.v1.FieldRules:P\n\x06policy\x12\x1e.google.protobuf.MethodOptions\x18\xbd\xc7\x03 \x01(\x0b\x32\x1e.nexus.options.v1.MethodPolicy:Y\n\x0e\x64\x65\x66\x61ult_policy\x12\x1f.google.protobuf.ServiceOptions\x18\xbd\xc7\x03 \x01(\x0b\x32\x1e.nexus.options.v1.MethodPolicyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enexus/options/v1/options.proto\x12\x10nexus.options.v1\x1a google/protobuf/descriptor.proto\x1a\x1egoogle/protobuf/duration.proto\"\xda\x01\n\x0cMethodPolicy\x12\x10\n\x06public\x18\x01 \x01(\x08H\x00\x12\x17\n\rauthenticated\x18\x02 \x01(\x08H\x00\x12\x32\n\npermission\x18\x03 \x01(\x0b\x32\x1c.nexus.options.v1.PermissionH\x00\x12\x18\n\x10rate_limit_class\x18\x04 \x01(\t\x12\x33\n\x10\x64\x65\x66\x61ult_deadline\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nidempotent\x18\x06 \x01(\x08\x42\x08\n\x06\x61\x63\x63\x65ss\"V\n\nPermission\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12&\n\x05scope\x18\x03 \x01(\x0e\x32\x17.nexus.options.v1.Scope\"\xc1\x01\n\nFieldRules\x12\x10\n\x08required\x18\x01 \x01(\x08\x12\x0f\n\x07min_len\x18\x02 \x01(\r\x12\x0f\n\x07max_len\x18\x03 \x01(\r\x12\x0f\n\x07pattern\x18\x04 \x01(\t\x12\x10\n\x03min\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x11\n\tmin_items\x18\x07 \x01(\r\x12\x11\n\tmax_items\x18\x08 \x01(\r\x12\x14\n\x0c\x64\x65\x66ined_only\x18\t \x01(\x08\x42\x06\n\x04_minB\x06\n\x04_max\"A\n\x0eStorageOptions\x12/\n\x07indexes\x18\x01 \x03(\x0b\x32\x1e.nexus.options.v1.StorageIndex\"3\n\x0cStorageIndex\x12\x0e\n\x06\x66ields\x18\x01 \x03(\t\x12\x13\n\x0b\x63ollections\x18\x02 \x03(\t*L\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\r\n\tSCOPE_OWN\x10\x01\x12\x0e\n\nSCOPE_TEAM\x10\x02\x12\r\n\tSCOPE_ALL\x10\x03:T\n\x07storage\x12\x1f.google.protobuf.MessageOptions\x18\xbf\xc7\x03 \x01(\x0b\x32 .nexus.options.v1.StorageOptions:L\n\x05rules\x12\x1d.google.protobuf.FieldOptions\x18\xbe\xc7\x03 \x01(\x0b\x32\x1c.nexus.options.v1.FieldRules:P\n\x06policy\x12\x1e.google.protobuf.MethodOptions\x18\xbd\xc7\x03 \x01(\x0b\x32\x1e.nexus.options.v1.MethodPolicy:Y\n\x0e\x64\x65\x66\x61ult_policy\x12\x1f.google.protobuf.ServiceOptions\x18\xbd\xc7\x03 \x01(\x0b\x32\x1e.nexus.options.v1.MethodPolicyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nexus.options.v1.options_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCOPE']._serialized_start=722
-  _globals['_SCOPE']._serialized_end=798
+  _globals['_SCOPE']._serialized_start=743
+  _globals['_SCOPE']._serialized_end=819
   _globals['_METHODPOLICY']._serialized_start=119
   _globals['_METHODPOLICY']._serialized_end=337
   _globals['_PERMISSION']._serialized_start=339
@@ -44,5 +44,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STORAGEOPTIONS']._serialized_start=623
   _globals['_STORAGEOPTIONS']._serialized_end=688
   _globals['_STORAGEINDEX']._serialized_start=690
-  _globals['_STORAGEINDEX']._serialized_end=720
+  _globals['_STORAGEINDEX']._serialized_end=741
 # @@protoc_insertion_point(module_scope)

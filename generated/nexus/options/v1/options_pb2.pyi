@@ -85,7 +85,9 @@ class StorageOptions(_message.Message):
     def __init__(self, indexes: _Optional[_Iterable[_Union[StorageIndex, _Mapping]]] = ...) -> None: ...
 
 class StorageIndex(_message.Message):
-    __slots__ = ("fields",)
+    __slots__ = ("fields", "collections")
     FIELDS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
     fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    collections: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, fields: _Optional[_Iterable[str]] = ..., collections: _Optional[_Iterable[str]] = ...) -> None: ...
