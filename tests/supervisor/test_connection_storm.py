@@ -4,7 +4,8 @@ HTTP server lets connections it had just accepted send their request before it c
 idle ones: no connection is reset. One outcome is grpc core's own: a connection it
 accepted just as the retiring worker's server shuts down may be closed (cleanly, FIN)
 before the server's SETTINGS; a gRPC client sees it as UNAVAILABLE on a connection
-that carried nothing and reconnects. Those are counted and bounded, not hidden. Runs in
+that carried nothing and reconnects. Those are counted and bounded, not hidden: at most
+the one connection each storm thread has open when a worker retires. Runs in
 a network namespace of its own (the setting is per namespace), which takes root;
 ``python -m tests.supervisor.storm 0 N`` shows the resets without migration.
 """
@@ -18,6 +19,8 @@ import subprocess
 import sys
 
 import pytest
+
+from tests.supervisor.storm import THREADS_PER_PORT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -47,4 +50,6 @@ def test_no_connection_is_reset_by_rolling_restarts_with_request_migration() -> 
     assert outcomes.get("http ok", 0) > 100 and outcomes.get("grpc ok", 0) > 100, report
     assert report["errors"] == {}, report  # no reset, no refused connection
     assert "grpc failed" not in outcomes and "http failed" not in outcomes, report
-    assert outcomes.get("grpc closed", 0) <= 3, report
+    # Each roll retires both workers; a gRPC storm thread has one connection at a time.
+    # How many of those land in the retiring moment grows with the machine's load.
+    assert outcomes.get("grpc closed", 0) <= THREADS_PER_PORT * 2 * report["rolls"], report

@@ -6,6 +6,14 @@ One gRPC outcome is grpc core's own: when a server shuts down, calls that arrive
 that the application had not yet asked for (grpc.aio takes them one at a time) are
 cancelled (``ZombifyPending``), and the client sees CANCELLED. Under saturating load a
 rolling restart shows a few at most; they are counted and bounded here, not hidden.
+
+The other is the kernel's, with ``net.ipv4.tcp_migrate_req`` at 0 (this namespace's
+default; the supervisor warns about it): connections queued on a retiring worker's
+listener but not accepted yet are reset when it closes. The client sees UNAVAILABLE
+before its connection carried a call, and reconnects. How many are queued at that
+moment grows with the machine's load; each client thread has one connection attempt
+in flight, so it loses at most one per retiring worker. With migration on there are
+none (tests/supervisor/test_connection_storm.py proves that in a namespace of its own).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from nexus_grpc.supervisor.ports import MIGRATE_REQ
 from tests.fixtures.redis import RedisServer
 from tests.supervisor.conftest import start_workers, workers_config
 
@@ -77,7 +86,15 @@ class Load:
                             # The host as a whole never stops serving in a rolling restart.
                             self._count("grpc failed", f"health {reply.status}")
                     except grpc.RpcError as error:
-                        self._count("grpc failed", f"gRPC {error.code()}: {error.details()}")
+                        details = f"{error.details()}"
+                        if error.code() is grpc.StatusCode.UNAVAILABLE and (
+                            "failed to connect" in details and "reset by peer" in details
+                        ):
+                            # Reset while queued on a retiring listener: reconnect, as
+                            # a client does (the channel would fail fast for a while).
+                            self._count("grpc connection reset")
+                            break
+                        self._count("grpc failed", f"gRPC {error.code()}: {details}")
 
     def _http_loop(self) -> None:
         while not self._stop.is_set():
@@ -111,6 +128,11 @@ def test_sighup_rolls_every_worker_without_a_failed_call(
         cancelled = [f for f in load.failures if f == "gRPC StatusCode.CANCELLED: CANCELLED"]
         assert len(cancelled) <= 3, (load.outcomes, load.failures)
         assert [f for f in load.failures if f not in cancelled] == [], load.failures
+        # At most one per gRPC client thread and retiring worker (2), and only when the
+        # kernel does not migrate a closing listener's queue.
+        resets = load.outcomes["grpc connection reset"]
+        migrated = _read(MIGRATE_REQ) == "1"
+        assert resets <= (0 if migrated else THREADS * 2), load.outcomes
         assert load.outcomes["grpc ok"] > 50 and load.outcomes["http ok"] > 50, load.outcomes
         # Both old workers drained and exited; two new ones serve.
         exited = {
@@ -122,6 +144,13 @@ def test_sighup_rolls_every_worker_without_a_failed_call(
         assert host.stop() == 0
     finally:
         host.close()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 def _gone(pid: int) -> bool:

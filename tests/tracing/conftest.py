@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -32,6 +33,19 @@ class Spans:
         found = self.named(name)
         assert len(found) == 1, f"{len(found)} spans named {name}: {[s.name for s in self.all()]}"
         return found[0]
+
+    async def ended(self, name: str) -> ReadableSpan:
+        """The only span called ``name``, once it has ended (waits up to 10 s).
+
+        A call the pipeline refuses gets its status (``context.abort``) before the server
+        span around it ends, so a caller in the host's event loop can see the refusal
+        first; under load it often does.
+        """
+        for _ in range(1000):  # bounded: 1000 x 10 ms
+            if self.named(name):
+                break
+            await asyncio.sleep(0.01)
+        return self.one(name)
 
     def clear(self) -> None:
         """Forget the spans finished so far."""

@@ -182,7 +182,7 @@ async def test_access_and_validation_refusals_are_recorded_by_their_stage(
     assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
     access = spans.one("nexus.access")
     assert access.parent is not None
-    assert access.parent.span_id == spans.one(SET_STOCK).context.span_id
+    assert access.parent.span_id == (await spans.ended(SET_STOCK)).context.span_id
     assert spans.named("nexus.auth") == []
 
     stub = inventory_pb2_grpc.InventoryServiceStub(host.channel(host.token()))
@@ -192,7 +192,7 @@ async def test_access_and_validation_refusals_are_recorded_by_their_stage(
     validation = spans.one("nexus.validation")
     assert dict(validation.attributes or {})["nexus.stage"] == "validation"
     assert validation.parent is not None
-    assert validation.parent.span_id == spans.one(GET_STOCK).context.span_id
+    assert validation.parent.span_id == (await spans.ended(GET_STOCK)).context.span_id
 
 
 async def test_a_call_that_passes_every_stage_has_no_refusal_span(
