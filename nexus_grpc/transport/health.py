@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,6 +14,8 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from nexus_grpc.errors import ShuttingDownError
 
 __all__ = ["OVERALL", "REFRESH_INTERVAL", "HealthState"]
+
+_log = logging.getLogger("nexus.health")
 
 #: The empty service name is the status of the host as a whole.
 OVERALL = ""
@@ -128,6 +131,9 @@ class HealthState:
         self._computed: dict[str, Callable[[], Awaitable[bool]]] = {}
         #: The task evaluating each watched computed service (strong references).
         self._refreshing: dict[str, asyncio.Task[None]] = {}
+        self._shutting_down = False
+        #: Computed services whose check failed last time (logged once until it works).
+        self._failing: set[str] = set()
 
     async def compute(self, service: str, check: Callable[[], Awaitable[bool]]) -> None:
         """Publish ``service`` with the status ``check`` gives, evaluated again on every
@@ -139,9 +145,12 @@ class HealthState:
     async def refresh(self, service: str) -> None:
         """Evaluate the computed ``service`` now, and again every
         :data:`REFRESH_INTERVAL` seconds for as long as it is watched: a watcher (gRPC
-        client-side health checking, a balancer) learns of a change within that time."""
+        client-side health checking, a balancer) learns of a change within that time.
+        Once the host is shutting down, statuses stay as :meth:`shut_down` left them."""
+        if self._shutting_down:
+            return
         check = self._computed[service]
-        await self.set(service, await check())
+        await self.set(service, await self._evaluate(service, check))
         task = self._refreshing.get(service)
         if task is None or task.done():
             # A context of its own: not the first watcher's call.
@@ -157,11 +166,29 @@ class HealthState:
         # The watcher that started this may not be counted yet: look after the sleep.
         while True:
             await asyncio.sleep(REFRESH_INTERVAL)
-            if not self.servicer.watched(service) or self._computed.get(service) is not check:
+            if (
+                self._shutting_down
+                or not self.servicer.watched(service)
+                or self._computed.get(service) is not check
+                or service not in self._serving  # forgotten
+            ):
                 return
-            serving = await check()
+            serving = await self._evaluate(service, check)
             if serving != self._serving.get(service):
                 await self.set(service, serving)
+
+    async def _evaluate(self, service: str, check: Callable[[], Awaitable[bool]]) -> bool:
+        """``check()``; a check that fails says NOT_SERVING rather than failing the
+        watcher's call or ending the refreshing (logged once until it works again)."""
+        try:
+            serving = await check()
+        except Exception:
+            if service not in self._failing:
+                self._failing.add(service)
+                _log.exception("evaluating the health of %r failed; NOT_SERVING", service)
+            return False
+        self._failing.discard(service)
+        return serving
 
     def computed(self, service: str) -> Callable[[], Awaitable[bool]] | None:
         """The check of a computed service; None for a service whose status is set."""
@@ -188,6 +215,7 @@ class HealthState:
 
     async def shut_down(self) -> None:
         """Mark everything NOT_SERVING for good: the host is going away."""
+        self._shutting_down = True
         for task in self._refreshing.values():
             task.cancel()
         self._refreshing.clear()

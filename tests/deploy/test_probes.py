@@ -286,3 +286,55 @@ async def test_a_watcher_of_readiness_learns_when_it_changes(
     finally:
         await server.stop(None)
         await health.shut_down()
+
+
+async def test_a_watched_check_that_fails_says_not_serving_and_logs_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(health_module, "REFRESH_INTERVAL", 0.02)
+    failing = False
+
+    async def check() -> bool:
+        if failing:
+            raise RuntimeError("probe bug")
+        return True
+
+    health = HealthState()
+    await health.compute("nexus.readiness", check)
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service="nexus.readiness")
+            watch = stub.Watch(request)
+            assert (await watch.read()).status == SERVING
+            failing = True
+            assert (await asyncio.wait_for(watch.read(), 5)).status == NOT_SERVING
+            # A second watcher is told the same, not failed with UNKNOWN.
+            second = stub.Watch(request)
+            assert (await asyncio.wait_for(second.read(), 5)).status == NOT_SERVING
+            await asyncio.sleep(0.2)  # several evaluations, still failing
+            failing = False
+            assert (await asyncio.wait_for(watch.read(), 5)).status == SERVING
+            watch.cancel()
+            second.cancel()
+    finally:
+        await server.stop(None)
+        await health.shut_down()
+    failures = [r for r in caplog.records if "evaluating the health" in r.getMessage()]
+    assert len(failures) == 1, failures
+
+
+async def test_a_watch_after_shutdown_revives_no_status() -> None:
+    async def check() -> bool:
+        return True
+
+    health = HealthState()
+    await health.compute("nexus.liveness", check)
+    await health.shut_down()
+    await health.refresh("nexus.liveness")  # what a Watch arriving now would do
+    assert health.is_serving("nexus.liveness") is False
+    assert not health._refreshing
