@@ -221,6 +221,27 @@ async def test_delete_many_deletes_every_id_asked_whatever_their_count(
     assert await keep.get("o-0000") is not None
 
 
+@pytest.mark.parametrize("in_unit", [False, True])
+@pytest.mark.parametrize("count", [256, 300])
+async def test_delete_many_at_and_past_the_point_statement_limit(
+    storage: Storage, count: int, in_unit: bool
+) -> None:
+    """Exactly MAX_DELETE_IDS distinct ids (repeats do not count) still go as one point
+    statement; more go as a statement built per call; both inside a unit of work too."""
+    namespace = storage.namespace("plugins/business/orders")
+    async with namespace.transaction() as unit:
+        for number in range(count + 1):
+            await unit.repository(Order).create(make_order(id=f"o-{number:04d}"))
+    ids = [f"o-{number:04d}" for number in range(count)]
+    if in_unit:
+        async with namespace.transaction() as unit:
+            assert await unit.repository(Order).delete_many(ids + ids[:5]) == count
+    else:
+        assert await namespace.repository(Order).delete_many(ids + ids[:5]) == count
+    left = (await namespace.repository(Order).list()).items
+    assert [o.id for o in left] == [f"o-{count:04d}"]
+
+
 async def test_custom_collection_and_id_field(storage: Storage) -> None:
     namespace = storage.namespace("tests/widgets")
     by_key = namespace.repository(Widget, collection="widgets-by-key", id_field="key")
