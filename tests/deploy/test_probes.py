@@ -8,8 +8,9 @@ probes answer without a token and under a rate limit that refuses every other ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -253,6 +254,29 @@ async def test_readiness_under_strict_plugins_counts_a_failed_plugin() -> None:
     }
 
 
+@contextlib.asynccontextmanager
+async def watched_readiness(
+    check: Callable[[], Awaitable[bool]],
+) -> AsyncIterator[tuple[HealthState, health_pb2_grpc.HealthStub]]:
+    """``check`` as the computed nexus.readiness of a HealthState served by a real
+    grpc.aio server, and a client of it; shut down at the end."""
+    health = HealthState()
+    await health.compute("nexus.readiness", check)
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield health, health_pb2_grpc.HealthStub(channel)
+    finally:
+        await server.stop(None)
+        await health.shut_down()
+
+
+READINESS = health_pb2.HealthCheckRequest(service="nexus.readiness")
+
+
 async def test_a_watcher_of_readiness_learns_when_it_changes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -264,28 +288,17 @@ async def test_a_watcher_of_readiness_learns_when_it_changes(
     async def check() -> bool:
         return ready
 
-    health = HealthState()
-    await health.compute("nexus.readiness", check)
-    server = grpc.aio.server()
-    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            watch = stub.Watch(health_pb2.HealthCheckRequest(service="nexus.readiness"))
-            seen = [(await watch.read()).status]
-            ready = False
-            seen.append((await asyncio.wait_for(watch.read(), 5)).status)
-            ready = True
-            seen.append((await asyncio.wait_for(watch.read(), 5)).status)
-            assert seen == [SERVING, NOT_SERVING, SERVING]
-            watch.cancel()
+    async with watched_readiness(check) as (health, stub):
+        watch = stub.Watch(READINESS)
+        seen = [(await watch.read()).status]
+        ready = False
+        seen.append((await asyncio.wait_for(watch.read(), 5)).status)
+        ready = True
+        seen.append((await asyncio.wait_for(watch.read(), 5)).status)
+        assert seen == [SERVING, NOT_SERVING, SERVING]
+        watch.cancel()
         # Nobody watches any more: the evaluation on a clock stops.
         await asyncio.wait_for(health._refreshing["nexus.readiness"], 5)
-    finally:
-        await server.stop(None)
-        await health.shut_down()
 
 
 async def test_a_watched_check_that_fails_says_not_serving_and_logs_once(
@@ -299,31 +312,19 @@ async def test_a_watched_check_that_fails_says_not_serving_and_logs_once(
             raise RuntimeError("probe bug")
         return True
 
-    health = HealthState()
-    await health.compute("nexus.readiness", check)
-    server = grpc.aio.server()
-    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            request = health_pb2.HealthCheckRequest(service="nexus.readiness")
-            watch = stub.Watch(request)
-            assert (await watch.read()).status == SERVING
-            failing = True
-            assert (await asyncio.wait_for(watch.read(), 5)).status == NOT_SERVING
-            # A second watcher is told the same, not failed with UNKNOWN.
-            second = stub.Watch(request)
-            assert (await asyncio.wait_for(second.read(), 5)).status == NOT_SERVING
-            await asyncio.sleep(0.2)  # several evaluations, still failing
-            failing = False
-            assert (await asyncio.wait_for(watch.read(), 5)).status == SERVING
-            watch.cancel()
-            second.cancel()
-    finally:
-        await server.stop(None)
-        await health.shut_down()
+    async with watched_readiness(check) as (_, stub):
+        watch = stub.Watch(READINESS)
+        assert (await watch.read()).status == SERVING
+        failing = True
+        assert (await asyncio.wait_for(watch.read(), 5)).status == NOT_SERVING
+        # A second watcher is told the same, not failed with UNKNOWN.
+        second = stub.Watch(READINESS)
+        assert (await asyncio.wait_for(second.read(), 5)).status == NOT_SERVING
+        await asyncio.sleep(0.2)  # several evaluations, still failing
+        failing = False
+        assert (await asyncio.wait_for(watch.read(), 5)).status == SERVING
+        watch.cancel()
+        second.cancel()
     failures = [r for r in caplog.records if "evaluating the health" in r.getMessage()]
     assert len(failures) == 1, failures
 

@@ -279,6 +279,20 @@ async def index_covers(url: str, name: str, collection: str) -> bool:
         await connection.close()
 
 
+async def assert_list_served(
+    url: str, storage: Storage, item: type[Message], collection: str, index_name: str
+) -> None:
+    """A record of ``item`` created in ``collection`` is listed back by a filter on its
+    owner, and the database plans that list with the index ``index_name``."""
+    items = storage.namespace("tests/evo").repository(item, collection=collection)
+    await items.create(item(id="i1", owner="ann"))
+    with captured_statements() as seen:
+        page = await items.list(filter={"owner": "ann"})
+    assert [i.id for i in page.items] == ["i1"]
+    ((sql, parameters),) = [(s, p) for s, p in seen if s.startswith("SELECT")]
+    assert index_name in await query_plan(url, sql, parameters)
+
+
 @pytest.mark.parametrize(
     "collection",
     [
@@ -300,14 +314,8 @@ async def test_a_collection_name_is_quoted_in_the_index_and_the_statement(
         # The index covers the collection named, no other one.
         assert await index_covers(sql_url, index.name, collection)
         assert not await index_covers(sql_url, index.name, collection + "x")
-        items = storage.namespace("tests/evo").repository(item, collection=collection)
-        await items.create(item(id="i1", owner="ann"))
-        with captured_statements() as seen:
-            page = await items.list(filter={"owner": "ann"})
-        assert [i.id for i in page.items] == ["i1"]
-        ((sql, parameters),) = [(s, p) for s, p in seen if s.startswith("SELECT")]
         # The statement's literal names the same collection: the index serves the list.
-        assert index.name in await query_plan(sql_url, sql, parameters)
+        await assert_list_served(sql_url, storage, item, collection, index.name)
 
 
 async def _previous_release_index(url: str, name: str, types: list[str]) -> None:
@@ -363,13 +371,7 @@ async def test_a_collection_name_is_quoted_for_a_postgresql_reading_backslash_es
     async with connected(postgres_url) as storage:
         assert (await storage.apply_indexes([item])).created == [index.name]
         assert await index_covers(postgres_url, index.name, collection)
-        items = storage.namespace("tests/evo").repository(item, collection=collection)
-        await items.create(item(id="i1", owner="ann"))
-        with captured_statements() as seen:
-            page = await items.list(filter={"owner": "ann"})
-        assert [i.id for i in page.items] == ["i1"]
-        ((sql, parameters),) = [(s, p) for s, p in seen if s.startswith("SELECT")]
-        assert index.name in await query_plan(postgres_url, sql, parameters)
+        await assert_list_served(postgres_url, storage, item, collection, index.name)
 
 
 async def test_a_collection_no_index_can_cover_is_still_listed(tmp_path: Path) -> None:
