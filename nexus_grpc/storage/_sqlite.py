@@ -295,19 +295,10 @@ class SqliteDriver:
     ) -> AsyncIterator[SqliteConnection]:
         """A transaction with execution ``options``: committed when the body returns,
         rolled back when it raises or is cancelled (``autocommit``: one per statement)."""
-        if write:
-            await self._take_write_turn()
-        try:
-            await self._open.acquire()
-        except BaseException:
-            if write:
-                self._writer.release()
-            raise
+        await self._take_slot(write=write)
 
         def release() -> None:
-            self._open.release()
-            if write:
-                self._writer.release()
+            self._give_back(write=write)
 
         connection = SqliteConnection(self, options, autocommit=autocommit)
         try:
@@ -331,12 +322,7 @@ class SqliteDriver:
         or is cancelled. Takes a slot and the write turn as :meth:`transaction` does."""
         if self._closed:
             raise RuntimeError("the storage is closed")
-        await self._take_write_turn()
-        try:
-            await self._open.acquire()
-        except BaseException:
-            self._writer.release()
-            raise
+        await self._take_slot(write=True)
         unit = SqliteUnit(self, self._idle_units.pop() if self._idle_units else None)
 
         def release() -> None:
@@ -345,8 +331,7 @@ class SqliteDriver:
                     unit.discard()
                 else:
                     self._idle_units.append(unit.session)
-            self._open.release()
-            self._writer.release()
+            self._give_back(write=True)
 
         try:
             await unit.begin()
@@ -392,6 +377,24 @@ class SqliteDriver:
         self.executor.shutdown(wait=False)
         for _ in range(taken):
             self._open.release()
+
+    async def _take_slot(self, *, write: bool) -> None:
+        """A pooled connection's slot, after the write turn for a write (the turn is
+        given back if the wait for the slot ends otherwise)."""
+        if write:
+            await self._take_write_turn()
+        try:
+            await self._open.acquire()
+        except BaseException:
+            if write:
+                self._writer.release()
+            raise
+
+    def _give_back(self, *, write: bool) -> None:
+        """Release what :meth:`_take_slot` took."""
+        self._open.release()
+        if write:
+            self._writer.release()
 
     async def _take_write_turn(self) -> None:
         if not self._writer.locked():

@@ -142,8 +142,9 @@ def declared_indexes(descriptor: Descriptor) -> tuple[DeclaredIndex, ...]:
 
 
 def index_collections(descriptor: Descriptor) -> list[str]:
-    """The collections the indexes ``descriptor`` declares cover, sorted."""
-    return sorted({index.collection for index in declared_indexes(descriptor)})
+    """The collections the indexes ``descriptor`` declares cover, sorted (for a
+    declaration already validated: see :func:`indexed_collections`)."""
+    return sorted(indexed_collections(descriptor))
 
 
 @functools.cache

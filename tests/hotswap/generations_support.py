@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,3 +47,22 @@ def clean_modules() -> Iterator[None]:
     yield
     envelope._event_pools[:] = pools
     forget_contract_modules()
+
+
+async def hold_a_call(record: Any, call: Awaitable[Any]) -> asyncio.Future[Any]:
+    """Start ``call`` (one the swap plugin's gate holds) on the running generation of
+    ``record`` and return it once that generation counts it in flight. Calls before it
+    must have left first: a refused call's status reaches its client before the call
+    stops counting, and its count must not pass for this one's."""
+    for _ in range(500):
+        if not record.in_flight.count:
+            break
+        await asyncio.sleep(0.01)
+    assert record.in_flight.count == 0
+    held = asyncio.ensure_future(call)
+    for _ in range(500):
+        if record.in_flight.count:
+            break
+        await asyncio.sleep(0.01)
+    assert record.in_flight.count == 1
+    return held

@@ -93,12 +93,7 @@ async def test_a_reload_upgrades_the_contract_live(
     assert record is not None and record.loaded is not None
     gate = asyncio.Event()
     record.loaded.plugin.services[0].gate = gate  # type: ignore[attr-defined]
-    held = asyncio.ensure_future(stub.GetItem(items_pb2.GetItemRequest(id="hold")))
-    for _ in range(200):
-        if record.in_flight.count:
-            break
-        await asyncio.sleep(0.01)
-    assert record.in_flight.count == 1
+    held = await support.hold_a_call(record, stub.GetItem(items_pb2.GetItemRequest(id="hold")))
 
     upgradable.write("v2", generated["v2"], put_item=True)
     # The reload answers once the old generation drained: the held call keeps it open.

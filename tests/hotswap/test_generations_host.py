@@ -199,12 +199,7 @@ async def test_an_upgrade_serves_the_new_contract_live(
     assert record is not None and record.loaded is not None
     gate = asyncio.Event()
     record.loaded.plugin.services[0].gate = gate  # type: ignore[attr-defined]
-    held = asyncio.ensure_future(stub.GetItem(items_pb2.GetItemRequest(id="hold")))
-    for _ in range(200):
-        if record.in_flight.count:
-            break
-        await asyncio.sleep(0.01)
-    assert record.in_flight.count == 1
+    held = await support.hold_a_call(record, stub.GetItem(items_pb2.GetItemRequest(id="hold")))
 
     plugins_v2 = _plugin_folder(tmp_path, "v2", put_item=True)
     generation = _upgrade(host_v1, plugins_v2, generated["v2"])
