@@ -453,6 +453,11 @@ class StorageConfig:
     #: balancers stop sending calls that could only fail; False reports it only under
     #: ``nexus.storage``.
     gates_overall_health: bool = True
+    #: Seconds an index nexus built is kept once no loaded contract declares it, before
+    #: it is dropped: during a rolling upgrade the processes still on the previous
+    #: release list from it, and a release rolled back within this time needs no
+    #: rebuild. Make it longer than a rolling upgrade takes; 0 drops it at start.
+    index_drop_delay: float = 900.0
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from nexus_grpc.storage.declared import (
 )
 from nexus_grpc.storage.metrics import StorageMetrics
 from nexus_grpc.storage.opening import open_storage
+from nexus_grpc.storage.retired_sweep import RetiredIndexSweep
 from nexus_grpc.supervisor.channel import Broadcast
 from nexus_grpc.tls import TLS_HEALTH, ClientDirectory, TlsExpiryMetrics, TlsService
 from nexus_grpc.tls.material import check_config, plaintext_exposed
@@ -98,6 +99,8 @@ class Host:
         #: The plugin folder watcher (``nexus serve --reload``) and what stops it.
         self._watching: asyncio.Future[None] | None = None
         self._stop_watching = asyncio.Event()
+        #: Drops indexes no contract declares once storage.index_drop_delay is over.
+        self._index_sweep: RetiredIndexSweep | None = None
         self.grpc_port = 0
         self.http_port = 0
         self._serving = False
@@ -304,9 +307,11 @@ class Host:
         # A swap asked of one worker applies to all of them.
         self._plugins.swap.share(self.broadcast)
         # A plugin loaded or reloaded at runtime gets its contract's storage indexes.
-        self._plugins.swap.index_with(self._storage)
+        self._plugins.swap.index_with(self._storage, self.config.storage.index_drop_delay)
         await self._plugins.load_all()
         await self._apply_declared_indexes()
+        self._index_sweep = RetiredIndexSweep(self._storage, self.config.storage.index_drop_delay)
+        self._index_sweep.start()
         await self.bus.start()
         await self.outbox.start()
         # A Redis bus that cannot reach Redis yet starts NOT_SERVING and flips when it can.
@@ -366,7 +371,9 @@ class Host:
                 continue
             types.append(descriptor)
         try:
-            await self._storage.apply_indexes(types)
+            await self._storage.apply_indexes(
+                types, drop_delay=self.config.storage.index_drop_delay
+            )
         except Exception as error:
             _log.error(
                 "storage indexes declared by the contracts were not applied: %s: %s",
@@ -549,6 +556,8 @@ class Host:
         await self.outbox.stop()
         if self._plugins is not None:
             await self._plugins.stop_all()
+        if self._index_sweep is not None:
+            await self._index_sweep.stop()
         if self._storage is not None:
             await self._storage.close()
         await self.cache.close()

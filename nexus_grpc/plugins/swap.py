@@ -169,11 +169,15 @@ class HotSwap:
         self._closed = False
         self._sharing: SwapSharing | None = None
         self._storage: Storage | None = None
+        self._index_drop_delay = 0.0
 
-    def index_with(self, storage: Storage) -> None:
+    def index_with(self, storage: Storage, drop_delay: float = 0.0) -> None:
         """Build the storage indexes a plugin's contract declares when it is loaded or
-        reloaded, in ``storage``."""
+        reloaded, in ``storage``; those its types stopped declaring are dropped after
+        ``drop_delay`` seconds (``storage.index_drop_delay``: a swap back within it
+        finds them still built)."""
         self._storage = storage
+        self._index_drop_delay = drop_delay
 
     def share(self, broadcast: Broadcast) -> None:
         """Apply the swaps of this host's other workers, and have them apply its own."""
@@ -461,7 +465,7 @@ class HotSwap:
         return generation
 
     async def _apply_indexes(self, name: str, generation: Generation) -> None:
-        """Build the indexes the new generation's contract declares (and drop those its
+        """Build the indexes the new generation's contract declares (and retire those its
         types stopped declaring). Only its own types are given: the indexes of every
         other type are left alone (see :mod:`nexus_grpc.storage.indexes`). Under the
         swap lock, so a later swap's types are never applied before an earlier one's.
@@ -484,7 +488,7 @@ class HotSwap:
                 continue
             types.append(descriptor)
         try:
-            await self._storage.apply_indexes(types)
+            await self._storage.apply_indexes(types, drop_delay=self._index_drop_delay)
         except Exception as error:  # any database failure: the swap is done regardless
             _log.warning(
                 "plugin %s: the storage indexes its contract declares were not applied: %s: %s",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,7 +38,10 @@ __all__ = [
     "index_collections",
     "indexed_collections",
     "loaded_message_types",
+    "report_changes",
 ]
+
+_log = logging.getLogger("nexus.storage")
 
 #: Prefix of every index nexus builds; no other index is ever dropped by it.
 INDEX_PREFIX = "nexus_ix_"
@@ -102,12 +106,29 @@ def _name(identity: str) -> str:
 
 @dataclass
 class IndexChanges:
-    """What applying the declared indexes did: index names built and dropped, and the
-    collections whose index documents were re-derived."""
+    """What applying the declared indexes did: index names built, dropped and kept
+    though no contract declares them (``retired``, until the drop delay has passed), and
+    the types whose index documents were re-derived."""
 
     created: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     reindexed: list[str] = field(default_factory=list)
+    retired: list[str] = field(default_factory=list)
+
+
+def report_changes(changes: IndexChanges, drop_delay: float = 0.0) -> None:
+    """One log line per index built, dropped, or kept though no contract declares it."""
+    for name in changes.created:
+        _log.info("built the declared index %s", name)
+    for name in changes.dropped:
+        _log.info("dropped the index %s, which no contract declares any more", name)
+    for name in changes.retired:
+        _log.info(
+            "kept the index %s, which no contract declares any more, for processes still "
+            "using it; it is dropped once undeclared for %gs (storage.index_drop_delay)",
+            name,
+            drop_delay,
+        )
 
 
 @functools.cache

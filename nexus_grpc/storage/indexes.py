@@ -21,8 +21,13 @@ Evolution, at every start, for the message types given:
   INDEX CONCURRENTLY`` (writes go on while it builds); on SQLite inside one write
   transaction (readers go on in WAL mode; writers wait until it is built);
 * an index nexus built for a type (recorded in ``nexus_index_catalog``) that the type no
-  longer declares is dropped once no other type declares it. Indexes nexus did not build
-  (other names, no catalog row) are never touched;
+  longer declares is retired once no other type declares it: kept for ``drop_delay``
+  seconds (``storage.index_drop_delay``; recorded in ``nexus_index_retired``), then
+  dropped by the first start or retired-index sweep (:func:`drop_retired_sql_indexes`)
+  that finds it due. During a rolling upgrade the processes still on the previous release
+  keep serving their lists from it, and a release rolled back to within the delay finds
+  it still built (its start takes it back; nothing is rebuilt). A delay of 0 drops it at
+  once. Indexes nexus did not build (other names, no catalog row) are never touched;
 * a declared path whose value kind changed (a field's type changed) re-derives the index
   documents of the collections the type's indexes cover from the payloads, in batches,
   before the index is built: payloads are the source of truth, so filters then agree
@@ -58,14 +63,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Delete
 from sqlalchemy.sql.elements import TextClause
 
-from .declared import DeclaredIndex, IndexChanges, declared_indexes, index_collections
+from .declared import (
+    DeclaredIndex,
+    IndexChanges,
+    declared_indexes,
+    index_collections,
+    report_changes,
+)
 from .engine import Database, SqlConnection
 from .index import index_document, indexed_fields
-from .schema import RECORDS_TABLE, collection_literal, index_catalog, records
+from .schema import RECORDS_TABLE, collection_literal, index_catalog, index_retired, records
 
 __all__ = [
     "IndexChanges",
     "apply_sql_indexes",
+    "drop_retired_sql_indexes",
     "index_columns",
     "index_predicate",
     "reindex_collection",
@@ -130,21 +142,125 @@ def _literal_sql(database: Database, expression: ColumnElement[Any]) -> str:
     return str(compiled)
 
 
-async def apply_sql_indexes(database: Database, types: Sequence[Descriptor]) -> IndexChanges:
-    """Build the indexes ``types`` declare and drop those they no longer declare."""
+async def apply_sql_indexes(
+    database: Database, types: Sequence[Descriptor], *, drop_delay: float = 0.0
+) -> IndexChanges:
+    """Build the indexes ``types`` declare; retire those they no longer declare, and
+    drop them once retired for ``drop_delay`` seconds (0: at once)."""
     wanted = {descriptor.full_name: declared_indexes(descriptor) for descriptor in types}
     by_name = {descriptor.full_name: descriptor for descriptor in types}
     if not wanted:
         return IndexChanges()
     if database.dialect.name == "sqlite":
-        return await _apply_sqlite(database, wanted, by_name)
-    return await _apply_postgres(database, wanted, by_name)
+        return await _apply_sqlite(database, wanted, by_name, drop_delay)
+    return await _apply_postgres(database, wanted, by_name, drop_delay)
+
+
+async def drop_retired_sql_indexes(database: Database, *, drop_delay: float) -> IndexChanges:
+    """Drop the retired indexes whose ``drop_delay`` has passed (what a start would drop
+    of them), without loading any contract: the host's periodic sweep, so that an index
+    no contract declares stops costing every write of its collection once the delay is
+    over, not at the next start. On PostgreSQL a sweep finding another process changing
+    indexes (the advisory lock taken) does nothing this time."""
+    changes = IndexChanges()
+    # Read first, without a lock: nearly every sweep finds nothing due.
+    async with database.transaction(write=False) as conn:
+        if not _any_due(await _retired(conn), drop_delay):
+            return changes
+    if database.dialect.name == "sqlite":
+        async with database.transaction(write=True) as conn:
+            await _drop_due(conn, drop_delay, "DROP INDEX IF EXISTS", changes)
+    else:
+        engine = database._engine
+        assert engine is not None
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            if not await _try_lock(conn):
+                return changes
+            try:
+                await _drop_due(conn, drop_delay, "DROP INDEX CONCURRENTLY IF EXISTS", changes)
+            finally:
+                await _unlock(conn)
+    report_changes(changes)
+    return changes
+
+
+async def _retire_or_drop(
+    conn: SqlConnection,
+    wanted: dict[str, tuple[DeclaredIndex, ...]],
+    recorded: list[tuple[str, str, str]],
+    changes: IndexChanges,
+    *,
+    drop_delay: float,
+    drop_sql: str,
+) -> None:
+    """The catalog's part of a start: what the given types declare again is no longer
+    retired; what none declares any more is retired, or dropped once due. A type whose
+    index documents were just re-derived (a field's type changed) has its old indexes
+    dropped at once: their values no longer mean what its previous release read them as,
+    and their catalog rows would report the type change again at every start."""
+    retired = await _retired(conn)
+    declared = {index.name for indexes in wanted.values() for index in indexes}
+    taken_back = sorted(declared & set(retired))
+    if taken_back:
+        await conn.execute(delete(index_retired).where(index_retired.c.index_name.in_(taken_back)))
+    now = datetime.now(UTC)
+    for name, type_name, still_used in _unwanted(wanted, recorded):
+        if still_used or name in changes.dropped:
+            await conn.execute(_forget(name, type_name))
+        elif type_name in changes.reindexed or _due(retired.get(name), now, drop_delay):
+            await _drop_retired(conn, name, drop_sql)
+            changes.dropped.append(name)
+        elif name not in changes.retired:
+            if name not in retired:
+                await conn.execute(index_retired.insert().values(index_name=name, retired_at=now))
+                retired[name] = now
+            changes.retired.append(name)
+
+
+async def _retired(conn: SqlConnection) -> dict[str, datetime]:
+    """Retired index → when it was retired."""
+    rows: Sequence[Any] = (
+        await conn.execute(select(index_retired.c.index_name, index_retired.c.retired_at))
+    ).all()
+    return {str(row[0]): row[1] for row in rows}
+
+
+def _any_due(retired: dict[str, datetime], drop_delay: float) -> bool:
+    now = datetime.now(UTC)
+    return any(_due(since, now, drop_delay) for since in retired.values())
+
+
+async def _drop_due(
+    conn: SqlConnection, drop_delay: float, drop_sql: str, changes: IndexChanges
+) -> None:
+    """Drop every retired index that is due, read again under the lock."""
+    now = datetime.now(UTC)
+    for name, since in (await _retired(conn)).items():
+        if _due(since, now, drop_delay):
+            await _drop_retired(conn, name, drop_sql)
+            changes.dropped.append(name)
+
+
+def _due(since: datetime | None, now: datetime, drop_delay: float) -> bool:
+    """Whether an index retired ``since`` (None: retired now) may be dropped."""
+    if drop_delay <= 0:
+        return True
+    return since is not None and (now - since).total_seconds() >= drop_delay
+
+
+async def _drop_retired(conn: SqlConnection, name: str, drop_sql: str) -> None:
+    """Drop ``name`` and forget it: its catalog rows (every type's) and its retirement."""
+    await conn.execute(text(f"{drop_sql} {name}"))
+    await conn.execute(delete(index_catalog).where(index_catalog.c.index_name == name))
+    await conn.execute(delete(index_retired).where(index_retired.c.index_name == name))
 
 
 async def _apply_sqlite(
     database: Database,
     wanted: dict[str, tuple[DeclaredIndex, ...]],
     types: dict[str, Descriptor],
+    drop_delay: float,
 ) -> IndexChanges:
     changes = IndexChanges()
     async with database.transaction(write=False) as conn:
@@ -166,12 +282,10 @@ async def _apply_sqlite(
             await conn.execute(_create_index_sql(database, index, concurrently=False))
             await _record(conn, index)
             changes.created.append(index.name)
-        for name, type_name, still_used in _unwanted(wanted, recorded):
-            await conn.execute(_forget(name, type_name))
-            if not still_used and name not in changes.dropped:
-                await conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
-                changes.dropped.append(name)
-    _report(changes)
+        await _retire_or_drop(
+            conn, wanted, recorded, changes, drop_delay=drop_delay, drop_sql="DROP INDEX IF EXISTS"
+        )
+    report_changes(changes, drop_delay)
     return changes
 
 
@@ -179,6 +293,7 @@ async def _apply_postgres(
     database: Database,
     wanted: dict[str, tuple[DeclaredIndex, ...]],
     types: dict[str, Descriptor],
+    drop_delay: float,
 ) -> IndexChanges:
     changes = IndexChanges()
     # CREATE INDEX CONCURRENTLY refuses to run inside a transaction block: this
@@ -197,21 +312,32 @@ async def _apply_postgres(
                 if await _build_postgres(database, conn, index):
                     changes.created.append(index.name)
                 await _record(conn, index)
-            for name, type_name, still_used in _unwanted(wanted, recorded):
-                if not still_used and name not in changes.dropped:
-                    await conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
-                    changes.dropped.append(name)
-                await conn.execute(_forget(name, type_name))
+            await _retire_or_drop(
+                conn,
+                wanted,
+                recorded,
+                changes,
+                drop_delay=drop_delay,
+                drop_sql="DROP INDEX CONCURRENTLY IF EXISTS",
+            )
         finally:
-            await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _INDEX_LOCK_KEY})
-    _report(changes)
+            await _unlock(conn)
+    report_changes(changes, drop_delay)
     return changes
+
+
+async def _try_lock(conn: AsyncConnection) -> bool:
+    try_lock = text("SELECT pg_try_advisory_lock(:key)")
+    return bool((await conn.execute(try_lock, {"key": _INDEX_LOCK_KEY})).scalar_one())
+
+
+async def _unlock(conn: AsyncConnection) -> None:
+    await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _INDEX_LOCK_KEY})
 
 
 async def _lock(conn: AsyncConnection) -> None:
     deadline = time.monotonic() + _LOCK_WAIT
-    try_lock = text("SELECT pg_try_advisory_lock(:key)")
-    while not (await conn.execute(try_lock, {"key": _INDEX_LOCK_KEY})).scalar_one():
+    while not await _try_lock(conn):
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"another process held the index lock for over {_LOCK_WAIT:.0f} s "
@@ -405,10 +531,3 @@ def _reindex_batch(
     )
     connection.execute(update, documents)
     return len(page), str(page[-1][0])
-
-
-def _report(changes: IndexChanges) -> None:
-    for name in changes.created:
-        _log.info("built the declared index %s", name)
-    for name in changes.dropped:
-        _log.info("dropped the index %s, which no contract declares any more", name)

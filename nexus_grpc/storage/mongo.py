@@ -97,7 +97,7 @@ from .declared import IndexChanges
 from .engine import PROBE_COLLECTION, PROBE_ID, PROBE_NAMESPACE
 from .faults import StorageHealth, StorageUnavailableError, mongo_cause, sanitized_mongo_error
 from .index import descriptor_of
-from .mongo_indexes import apply_mongo_indexes
+from .mongo_indexes import apply_mongo_indexes, drop_retired_mongo_indexes
 from .namespace import RepositoryScope
 from .query import DEFAULT_PAGE_SIZE, ListQuery, build_query, check_page_size
 from .repository import M, Page, Record, Repository, _check_id_length, _fits
@@ -259,11 +259,19 @@ class MongoBackend:
             self._closed = True
             await self._client.close()
 
-    async def apply_indexes(self, types: Sequence[Descriptor]) -> IndexChanges:
-        """Build and drop declared indexes (see :mod:`.mongo_indexes`)."""
+    async def apply_indexes(
+        self, types: Sequence[Descriptor], *, drop_delay: float
+    ) -> IndexChanges:
+        """Build, retire and drop declared indexes (see :mod:`.mongo_indexes`)."""
         self.check_open()
         with self.translate_errors():
-            return await apply_mongo_indexes(self.records, types)
+            return await apply_mongo_indexes(self.records, types, drop_delay=drop_delay)
+
+    async def drop_retired_indexes(self, *, drop_delay: float) -> IndexChanges:
+        """Drop the retired indexes that are due (see :mod:`.mongo_indexes`)."""
+        self.check_open()
+        with self.translate_errors():
+            return await drop_retired_mongo_indexes(self.records, drop_delay=drop_delay)
 
     def check_open(self) -> None:
         """Raise RuntimeError once the storage is closed."""

@@ -8,16 +8,19 @@ here costs no parsing of the record, which is what the SQL predicate saves. Mong
 indexes without blocking reads and writes (since 4.2), and ``createIndex`` with the same
 name and keys is a no-op, so processes starting together do not fail on it. What was
 built for which type is recorded in the ``nexus_index_catalog`` collection, so an index
-a type stops declaring is dropped at start (once no other type declares it) and no
-index nexus did not build is ever dropped. A path whose value kind changed re-derives
-the index documents of the collections the type's indexes cover from the payloads, in
-batches.
+a type stops declaring is retired at start once no other type declares it (recorded in
+``nexus_index_retired``), dropped once retired for the drop delay as on SQL (see
+:mod:`.indexes`), and no index nexus did not build is ever dropped. One on the same keys
+as an index now declared is dropped at once: MongoDB keeps one index per set of keys. A
+path whose value kind changed re-derives the index documents of the collections the
+type's indexes cover from the payloads, in batches.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,12 +30,23 @@ from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import OperationFailure
 
-from .declared import DeclaredIndex, IndexChanges, declared_indexes, index_collections
+from .declared import (
+    DeclaredIndex,
+    IndexChanges,
+    declared_indexes,
+    index_collections,
+    report_changes,
+)
 from .index import indexed_fields
 from .mongo_query import ID_FIELD, INDEX_FIELD, index_subdocument
-from .schema import INDEX_CATALOG_TABLE
+from .schema import INDEX_CATALOG_TABLE, INDEX_RETIRED_TABLE
 
-__all__ = ["apply_mongo_indexes", "index_keys", "reindex_collection"]
+__all__ = [
+    "apply_mongo_indexes",
+    "drop_retired_mongo_indexes",
+    "index_keys",
+    "reindex_collection",
+]
 
 _log = logging.getLogger("nexus.storage")
 
@@ -54,14 +68,16 @@ def index_keys(index: DeclaredIndex) -> list[tuple[str, int]]:
 
 
 async def apply_mongo_indexes(
-    records: AsyncCollection[Document], types: Sequence[Descriptor]
+    records: AsyncCollection[Document], types: Sequence[Descriptor], *, drop_delay: float = 0.0
 ) -> IndexChanges:
-    """Build the indexes ``types`` declare and drop those they no longer declare."""
+    """Build the indexes ``types`` declare; retire those they no longer declare, and
+    drop them once retired for ``drop_delay`` seconds (0: at once)."""
     changes = IndexChanges()
     wanted = {descriptor.full_name: _by_keys(descriptor) for descriptor in types}
     if not wanted:
         return changes
-    catalog: AsyncCollection[Document] = records.database.get_collection(INDEX_CATALOG_TABLE)
+    catalog = _catalog(records)
+    retirements = _retirements(records)
     recorded = [
         document async for document in catalog.find({"message_type": {"$in": sorted(wanted)}})
     ]
@@ -70,19 +86,43 @@ async def apply_mongo_indexes(
             for collection in index_collections(descriptor) or [descriptor.full_name]:
                 await reindex_collection(records, descriptor, collection)
             changes.reindexed.append(descriptor.full_name)
+    declared = {(i.keys_name, type_name) for type_name, indexes in wanted.items() for i in indexes}
+    declared_names = {name for name, _ in declared}
+    retired = {str(d["_id"]): float(d["retired_at"]) async for d in retirements.find({})}
+    taken_back = sorted(declared_names & set(retired))
+    if taken_back:
+        await retirements.delete_many({"_id": {"$in": taken_back}})
+    existing = await records.index_information()
+    wanted_keys = {
+        _key_tuple(index_keys(index)): index.keys_name
+        for indexes in wanted.values()
+        for index in indexes
+    }
+    now = time.time()
     # Drops first: an index whose only change is a path's value kind has the same
     # keys, and MongoDB refuses a second index on the same keys under another name.
-    declared = {(i.keys_name, type_name) for type_name, indexes in wanted.items() for i in indexes}
     for document in recorded:
         name, type_name = document["index_name"], document["message_type"]
         if (name, type_name) in declared:
             continue
-        await catalog.delete_one({"_id": document["_id"]})
-        if await catalog.count_documents({"index_name": name}, limit=1) == 0:
-            # Another process starting at the same time may have dropped it already.
-            with contextlib.suppress(OperationFailure):
-                await records.drop_index(name)
+        still_used = name in declared_names or await catalog.count_documents(
+            {"index_name": name, "message_type": {"$nin": sorted(wanted)}}, limit=1
+        )
+        if still_used or name in changes.dropped:
+            await catalog.delete_one({"_id": document["_id"]})
+            continue
+        keys = _key_tuple(existing.get(name, {}).get("key", ()))
+        in_the_way = wanted_keys.get(keys, name) != name
+        if in_the_way or type_name in changes.reindexed or _due(retired.get(name), now, drop_delay):
+            await _drop(records, name)
             changes.dropped.append(name)
+        elif name not in changes.retired:
+            if name not in retired:
+                await retirements.update_one(
+                    {"_id": name}, {"$setOnInsert": {"retired_at": now}}, upsert=True
+                )
+                retired[name] = now
+            changes.retired.append(name)
     existing = await records.index_information()
     for indexes in wanted.values():
         for index in indexes:
@@ -99,11 +139,52 @@ async def apply_mongo_indexes(
                 },
                 upsert=True,
             )
-    for name in changes.created:
-        _log.info("built the declared index %s", name)
-    for name in changes.dropped:
-        _log.info("dropped the index %s, which no contract declares any more", name)
+    report_changes(changes, drop_delay)
     return changes
+
+
+async def drop_retired_mongo_indexes(
+    records: AsyncCollection[Document], *, drop_delay: float
+) -> IndexChanges:
+    """Drop the retired indexes whose ``drop_delay`` has passed (the host's periodic
+    sweep; see :func:`.indexes.drop_retired_sql_indexes`)."""
+    changes = IndexChanges()
+    now = time.time()
+    async for document in _retirements(records).find({}):
+        if _due(float(document["retired_at"]), now, drop_delay):
+            await _drop(records, str(document["_id"]))
+            changes.dropped.append(str(document["_id"]))
+    report_changes(changes, drop_delay)
+    return changes
+
+
+def _catalog(records: AsyncCollection[Document]) -> AsyncCollection[Document]:
+    return records.database.get_collection(INDEX_CATALOG_TABLE)
+
+
+def _retirements(records: AsyncCollection[Document]) -> AsyncCollection[Document]:
+    """Retired index name (``_id``) → ``retired_at`` (seconds since the epoch)."""
+    return records.database.get_collection(INDEX_RETIRED_TABLE)
+
+
+def _key_tuple(keys: Any) -> tuple[tuple[str, int], ...]:
+    return tuple((str(field), int(direction)) for field, direction in keys)
+
+
+def _due(since: float | None, now: float, drop_delay: float) -> bool:
+    """Whether an index retired at ``since`` (None: retired now) may be dropped."""
+    if drop_delay <= 0:
+        return True
+    return since is not None and now - since >= drop_delay
+
+
+async def _drop(records: AsyncCollection[Document], name: str) -> None:
+    """Drop ``name`` and forget it: its catalog rows (every type's) and its retirement."""
+    # Another process starting at the same time may have dropped it already.
+    with contextlib.suppress(OperationFailure):
+        await records.drop_index(name)
+    await _catalog(records).delete_many({"index_name": name})
+    await _retirements(records).delete_one({"_id": name})
 
 
 def _by_keys(descriptor: Descriptor) -> tuple[DeclaredIndex, ...]:

@@ -22,7 +22,7 @@ from sqlalchemy.engine import URL
 from .declared import IndexChanges
 from .engine import Database, ScopeConnection, SqlConnection, execute_point, translate_errors
 from .faults import StorageHealth
-from .indexes import apply_sql_indexes
+from .indexes import apply_sql_indexes, drop_retired_sql_indexes
 from .points import Point, RawRows
 from .repository import M, Repository, check_id_field
 from .schema import MAX_KEY_LENGTH
@@ -110,8 +110,15 @@ class Backend(Protocol):
         """Release every connection; idempotent."""
         ...
 
-    async def apply_indexes(self, types: Sequence[Descriptor]) -> IndexChanges:
-        """Build the indexes ``types`` declare, drop those they stopped declaring."""
+    async def apply_indexes(
+        self, types: Sequence[Descriptor], *, drop_delay: float
+    ) -> IndexChanges:
+        """Build the indexes ``types`` declare; retire those they stopped declaring and
+        drop them once retired for ``drop_delay`` seconds."""
+        ...
+
+    async def drop_retired_indexes(self, *, drop_delay: float) -> IndexChanges:
+        """Drop the indexes retired for ``drop_delay`` seconds or more."""
         ...
 
     def scope(self, namespace: str) -> RepositoryScope:
@@ -301,9 +308,15 @@ class SqlBackend:
         await self._database.health.close()
         await self._database.close()
 
-    async def apply_indexes(self, types: Sequence[Descriptor]) -> IndexChanges:
-        """Build and drop declared indexes (see :mod:`.indexes`)."""
-        return await apply_sql_indexes(self._database, types)
+    async def apply_indexes(
+        self, types: Sequence[Descriptor], *, drop_delay: float
+    ) -> IndexChanges:
+        """Build, retire and drop declared indexes (see :mod:`.indexes`)."""
+        return await apply_sql_indexes(self._database, types, drop_delay=drop_delay)
+
+    async def drop_retired_indexes(self, *, drop_delay: float) -> IndexChanges:
+        """Drop the retired indexes that are due (see :mod:`.indexes`)."""
+        return await drop_retired_sql_indexes(self._database, drop_delay=drop_delay)
 
     def scope(self, namespace: str) -> RepositoryScope:
         """Repositories of ``namespace``, each statement group its own transaction."""

@@ -24,10 +24,12 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "INDEX_CATALOG_TABLE",
+    "INDEX_RETIRED_TABLE",
     "MAX_KEY_LENGTH",
     "RECORDS_TABLE",
     "collection_literal",
     "index_catalog",
+    "index_retired",
     "metadata",
     "records",
 ]
@@ -37,6 +39,10 @@ RECORDS_TABLE = "nexus_records"
 
 #: Name of the table recording which database indexes nexus built, and for whom.
 INDEX_CATALOG_TABLE = "nexus_index_catalog"
+
+#: Name of the table holding the indexes nexus keeps for a while after the last
+#: contract declaring them stopped (``storage.index_drop_delay``).
+INDEX_RETIRED_TABLE = "nexus_index_retired"
 
 #: Longest namespace, collection or id the table accepts (in characters).
 MAX_KEY_LENGTH = 255
@@ -110,6 +116,19 @@ index_catalog = Table(
     Column("definition", String(2000), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     PrimaryKeyConstraint("index_name", "message_type", name=f"{INDEX_CATALOG_TABLE}_pkey"),
+)
+
+#: One row per index no loaded contract declares any more, kept until ``retired_at`` +
+#: the drop delay so that processes of the previous release (a rolling upgrade) and a
+#: release rolled back to keep their indexes. A start that declares it again deletes the
+#: row. A table of its own, not a catalog column: releases that know nothing of it read
+#: and write the catalog as before.
+index_retired = Table(
+    INDEX_RETIRED_TABLE,
+    metadata,
+    Column("index_name", String(63), nullable=False),
+    Column("retired_at", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("index_name", name=f"{INDEX_RETIRED_TABLE}_pkey"),
 )
 
 

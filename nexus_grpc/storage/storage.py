@@ -98,23 +98,40 @@ class Storage:
         return self._backend.closed
 
     async def apply_indexes(
-        self, message_types: Iterable[type[Message] | Descriptor] | None = None
+        self,
+        message_types: Iterable[type[Message] | Descriptor] | None = None,
+        *,
+        drop_delay: float = 0.0,
     ) -> IndexChanges:
         """Build the database indexes the message types declare in their contracts
-        (``option (nexus.options.v1.storage)``) and drop the ones nexus built for them
-        that they no longer declare; see :mod:`.indexes`.
+        (``option (nexus.options.v1.storage)``), and retire the ones nexus built for
+        them that they no longer declare: a retired index is dropped by the first call
+        of this method or of :meth:`drop_retired_indexes` once it has been retired for
+        ``drop_delay`` seconds (0: at once; the host passes ``storage.index_drop_delay``);
+        see :mod:`.indexes`.
 
         ``None`` means every message type of the contracts imported so far (what the
         host does at start, once its plugins are loaded). Raises
         IndexDeclarationError for a declaration naming a field that cannot be indexed.
         """
+        if drop_delay < 0:
+            raise ValueError(f"drop_delay must be 0 or more seconds, got {drop_delay}")
         if message_types is None:
             types = loaded_message_types()
         else:
             types = [t if isinstance(t, Descriptor) else descriptor_of(t) for t in message_types]
         for descriptor in types:
             declared_indexes(descriptor)  # validates every declaration before any DDL
-        return await self._backend.apply_indexes(types)
+        return await self._backend.apply_indexes(types, drop_delay=drop_delay)
+
+    async def drop_retired_indexes(self, *, drop_delay: float) -> IndexChanges:
+        """Drop the indexes :meth:`apply_indexes` retired ``drop_delay`` seconds ago or
+        more; the host runs this periodically, so that an index no contract declares
+        stops costing its collection's writes soon after the delay, not at the next start.
+        """
+        if drop_delay < 0:
+            raise ValueError(f"drop_delay must be 0 or more seconds, got {drop_delay}")
+        return await self._backend.drop_retired_indexes(drop_delay=drop_delay)
 
     def namespace(self, name: str) -> Namespace:
         """The namespace ``name``: "/"-separated segments of ``[a-z0-9_-]+``.

@@ -1,8 +1,11 @@
 """A plugin loaded or reloaded while the host runs gets the storage indexes its
-contract declares, without the host's other indexes being dropped."""
+contract declares, without the host's other indexes being dropped; one its new
+contract stops declaring is retired, not dropped."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,3 +162,15 @@ async def test_a_plugin_loaded_and_upgraded_at_runtime_gets_its_declared_indexes
         notes_v2 = record.context.storage.repository(note_v2)
         plan = await _plan_of_a_list(url, notes_v2, order_by="weight desc", page_size=10)
         assert weight in plan and "TEMP B-TREE" not in plan, plan
+
+        # An upgrade that stops declaring it retires it (storage.index_drop_delay, 15
+        # minutes by default): generations still serving and a swap back keep it.
+        _write(tmp_path, stubs, "v3", weight_index=False)
+        await running.host.plugins.reload("notes")
+        assert await nexus_indexes(url) == at_start | {shelf, weight}
+        assert _retired(url) == {weight}
+
+
+def _retired(url: str) -> set[str]:
+    with contextlib.closing(sqlite3.connect(url.split("///", 1)[1])) as connection:
+        return {row[0] for row in connection.execute("SELECT index_name FROM nexus_index_retired")}

@@ -1,0 +1,75 @@
+"""The host's periodic drop of retired indexes, once their drop delay has passed.
+
+An index no loaded contract declares any more is retired at start and kept for
+``storage.index_drop_delay`` (see :mod:`.indexes`): processes of the previous release
+still list from it during a rolling upgrade. Meanwhile every write of its collection
+still maintains it, so it should go soon after the delay, not at the next start, which
+may be weeks later. The sweep checks a handful of rows a few times per delay; every
+worker of every process runs it, and they agree (drops are idempotent, SQLite's write
+lock and PostgreSQL's advisory lock order them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from .storage import Storage
+
+__all__ = ["RetiredIndexSweep", "sweep_interval"]
+
+_log = logging.getLogger("nexus.storage")
+
+#: The longest wait between two sweeps, in seconds.
+MAX_INTERVAL = 60.0
+
+
+def sweep_interval(drop_delay: float) -> float:
+    """Seconds between sweeps: a quarter of the delay, between 1 s and a minute."""
+    return max(1.0, min(MAX_INTERVAL, drop_delay / 4))
+
+
+class RetiredIndexSweep:
+    """Drops ``storage``'s retired indexes once retired for ``drop_delay`` seconds."""
+
+    def __init__(self, storage: Storage, drop_delay: float) -> None:
+        self._storage = storage
+        self._drop_delay = drop_delay
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Sweep in the background until :meth:`stop` (nothing to do for a 0 delay:
+        every start drops what it retires at once)."""
+        if self._drop_delay > 0 and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop sweeping; idempotent."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        interval = sweep_interval(self._drop_delay)
+        failing = False
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._storage.drop_retired_indexes(drop_delay=self._drop_delay)
+            except Exception as error:  # storage down: the next sweep tries again
+                if not failing:
+                    _log.warning(
+                        "retired storage indexes could not be dropped (trying again every "
+                        "%gs): %s: %s",
+                        interval,
+                        type(error).__name__,
+                        error,
+                    )
+                failing = True
+            else:
+                if failing:
+                    _log.info("retired storage indexes are being dropped again")
+                failing = False

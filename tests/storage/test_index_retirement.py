@@ -1,0 +1,170 @@
+"""Indexes no contract declares any more are retired, not dropped at once: processes of
+the previous release (a rolling upgrade) and a release rolled back to keep them until
+the drop delay is over; then a start or the host's sweep drops them. Every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from nexus_grpc.config import StorageConfig
+from nexus_grpc.storage.retired_sweep import RetiredIndexSweep, sweep_interval
+
+from . import backend_url, connected
+from .test_indexes import _names, item_type, nexus_indexes
+
+#: Short enough for a test, long enough that two calls in a row fall within it.
+DELAY = 0.6
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mongodb"])
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return backend_url(request, tmp_path)
+
+
+def _versions() -> tuple[type, type]:
+    """Release 1 lists by owner; release 2 by region instead."""
+    v1 = item_type({"owner": "string", "region": "string"}, [["owner"]])
+    v2 = item_type({"owner": "string", "region": "string"}, [["region"]])
+    return v1, v2
+
+
+async def test_an_undeclared_index_is_kept_for_the_delay_then_dropped_at_start(
+    any_url: str,
+) -> None:
+    v1, v2 = _versions()
+    old, new = _names(v1, any_url), _names(v2, any_url)
+    async with connected(any_url) as storage:
+        await storage.apply_indexes([v1], drop_delay=DELAY)
+        items = storage.namespace("tests/retire").repository(v1)
+        await items.create(v1(id="i1", owner="ann", region="eu"))
+    async with connected(any_url) as storage:
+        upgraded = await storage.apply_indexes([v2], drop_delay=DELAY)
+        assert upgraded.created == sorted(new) and upgraded.retired == sorted(old)
+        assert not upgraded.dropped
+        # A process still on release 1 lists from its index as before.
+        assert await nexus_indexes(any_url) == old | new
+        listed = (
+            await storage.namespace("tests/retire").repository(v1).list(filter={"owner": "ann"})
+        )
+        assert [item.id for item in listed.items] == ["i1"]
+        # Another start within the delay keeps it, without restarting the clock.
+        again = await storage.apply_indexes([v2], drop_delay=DELAY)
+        assert again.retired == sorted(old) and not again.dropped and not again.created
+        await asyncio.sleep(DELAY + 0.1)
+        due = await storage.apply_indexes([v2], drop_delay=DELAY)
+        assert due.dropped == sorted(old) and not due.retired
+        assert await nexus_indexes(any_url) == new
+        # Dropped and forgotten: nothing is left to retire or drop.
+        later = await storage.apply_indexes([v2], drop_delay=DELAY)
+        assert not later.dropped and not later.retired and not later.created
+
+
+async def test_a_release_rolled_back_within_the_delay_takes_its_index_back(any_url: str) -> None:
+    v1, v2 = _versions()
+    old, new = _names(v1, any_url), _names(v2, any_url)
+    async with connected(any_url) as storage:
+        await storage.apply_indexes([v1], drop_delay=DELAY)
+        await storage.apply_indexes([v2], drop_delay=DELAY)
+        back = await storage.apply_indexes([v1], drop_delay=DELAY)
+        # Nothing rebuilt; release 2's index is the one retired now.
+        assert not back.created and not back.dropped and back.retired == sorted(new)
+        await asyncio.sleep(DELAY + 0.1)
+        swept = await storage.drop_retired_indexes(drop_delay=DELAY)
+        assert swept.dropped == sorted(new)
+        assert await nexus_indexes(any_url) == old
+
+
+async def test_the_sweep_drops_only_what_is_due(any_url: str) -> None:
+    v1, v2 = _versions()
+    old, new = _names(v1, any_url), _names(v2, any_url)
+    async with connected(any_url) as storage:
+        await storage.apply_indexes([v1], drop_delay=DELAY)
+        await storage.apply_indexes([v2], drop_delay=DELAY)
+        early = await storage.drop_retired_indexes(drop_delay=DELAY)
+        assert not early.dropped and await nexus_indexes(any_url) == old | new
+        await asyncio.sleep(DELAY + 0.1)
+        swept = await storage.drop_retired_indexes(drop_delay=DELAY)
+        assert swept.dropped == sorted(old) and await nexus_indexes(any_url) == new
+        assert not (await storage.drop_retired_indexes(drop_delay=DELAY)).dropped
+        # The catalog forgot it too: the next start has nothing to report.
+        later = await storage.apply_indexes([v2], drop_delay=DELAY)
+        assert not later.dropped and not later.retired and not later.created
+
+
+async def test_a_zero_delay_drops_at_once_as_before(any_url: str) -> None:
+    v1, v2 = _versions()
+    async with connected(any_url) as storage:
+        await storage.apply_indexes([v1])
+        changes = await storage.apply_indexes([v2])
+        assert changes.dropped == sorted(_names(v1, any_url)) and not changes.retired
+        assert await nexus_indexes(any_url) == _names(v2, any_url)
+
+
+async def test_a_field_type_change_drops_the_old_index_at_once(any_url: str) -> None:
+    v1 = item_type({"rank": "string"}, [["rank"]])
+    v2 = item_type({"rank": "int64"}, [["rank"]])
+    async with connected(any_url) as storage:
+        await storage.apply_indexes([v1], drop_delay=DELAY)
+        changes = await storage.apply_indexes([v2], drop_delay=DELAY)
+        # Its values no longer mean what release 1 read them as.
+        assert changes.reindexed == ["nexus.storage.evo.Item"]
+        assert changes.dropped == sorted(_names(v1, any_url)) and not changes.retired
+        again = await storage.apply_indexes([v2], drop_delay=DELAY)
+        assert not again.reindexed and not again.dropped
+
+
+async def test_a_negative_delay_is_refused(tmp_path: Path) -> None:
+    async with connected(f"sqlite+aiosqlite:///{tmp_path}/nexus.db") as storage:
+        with pytest.raises(ValueError, match="drop_delay"):
+            await storage.apply_indexes([], drop_delay=-1)
+        with pytest.raises(ValueError, match="drop_delay"):
+            await storage.drop_retired_indexes(drop_delay=-1)
+
+
+def test_the_sweep_runs_a_few_times_per_delay_between_a_second_and_a_minute() -> None:
+    assert sweep_interval(0.1) == 1.0
+    assert sweep_interval(20) == 5.0
+    assert sweep_interval(900) == 60.0
+    assert StorageConfig().index_drop_delay == 900.0
+
+
+async def test_the_sweep_drops_a_due_index_without_a_restart(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/nexus.db"
+    v1, v2 = _versions()
+    async with connected(url) as storage:
+        await storage.apply_indexes([v1], drop_delay=DELAY)
+        await storage.apply_indexes([v2], drop_delay=DELAY)
+        sweep = RetiredIndexSweep(storage, DELAY)
+        sweep.start()
+        try:
+            deadline = time.monotonic() + DELAY + 3 * sweep_interval(DELAY)
+            while await nexus_indexes(url) != _names(v2, url):
+                assert time.monotonic() < deadline, "the sweep never dropped the index"
+                await asyncio.sleep(0.1)
+        finally:
+            await sweep.stop()
+        await sweep.stop()  # idempotent
+
+
+async def test_the_host_sweeps_with_the_configured_delay(tmp_path: Path) -> None:
+    from nexus_grpc.testing import running_host
+
+    url = f"sqlite:///{tmp_path}/host.db"
+    v1, v2 = _versions()
+    async with connected(url) as storage:
+        await storage.apply_indexes([v1], drop_delay=DELAY)
+        await storage.apply_indexes([v2], drop_delay=DELAY)
+    async with running_host(
+        plugins=[],
+        data_dir=tmp_path,
+        storage_url=url,
+        storage=StorageConfig(index_drop_delay=DELAY),
+    ):
+        deadline = time.monotonic() + DELAY + 3 * sweep_interval(DELAY)
+        while _names(v1, url) & await nexus_indexes(url):
+            assert time.monotonic() < deadline, "the host never dropped the retired index"
+            await asyncio.sleep(0.1)
