@@ -157,29 +157,35 @@ class Repository(Generic[M]):
         ``for_update`` (only inside a transaction) locks the row until the transaction
         ends, so a read-modify-write cannot lose a concurrent update.
         """
-        record = await self.get_record(id, for_update=for_update)
-        return None if record is None else record.message
+        points = self._points
+        sql = points.payload_for_update if for_update else points.payload
+        rows = await self._read_point(id, sql, for_update)
+        return None if not rows else self._parse(rows[0][0])
 
     async def get_record(self, id: str, *, for_update: bool = False) -> Record[M] | None:
         """Like :meth:`get`, with the version and timestamps."""
+        points = self._points
+        sql = points.select_for_update if for_update else points.select
+        rows = await self._read_point(id, sql, for_update)
+        if not rows:
+            return None
+        payload, version, created_at, updated_at = rows[0]
+        created, updated = points.read_time(created_at), points.read_time(updated_at)
+        return Record(self._parse(payload), version, created, updated)
+
+    async def _read_point(self, id: str, sql: str, for_update: bool) -> Sequence[Any]:
+        """The rows of point read ``sql`` of ``id`` (none for an id no record can have)."""
         if for_update and not self._scope.in_transaction:
             raise RuntimeError(
                 "for_update needs a transaction: use the repository of a "
                 "Namespace.transaction() unit of work"
             )
         if not _fits(id):
-            return None
-        points = self._points
+            return ()
         # PostgreSQL locks the row; SQLite has no row locks, and a transaction holds the
         # database write lock from BEGIN IMMEDIATE anyway.
-        sql = points.select_for_update if for_update else points.select
         params = (self._scope.namespace, self._collection, id)
-        rows = (await self._scope.run_point(sql, params, write=for_update)).rows
-        if not rows:
-            return None
-        payload, version, created_at, updated_at = rows[0]
-        created, updated = points.read_time(created_at), points.read_time(updated_at)
-        return Record(self._parse(payload), version, created, updated)
+        return (await self._scope.run_point(sql, params, write=for_update)).rows
 
     async def update(self, message: M, *, expected_version: int | None = None) -> M:
         """Replace the stored message with the same id; return a copy of the new one.

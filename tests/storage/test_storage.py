@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, inspect, make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from nexus_grpc.storage import RECORDS_TABLE, Storage
-from nexus_grpc.storage.schema import INDEX_CATALOG_TABLE
+from nexus_grpc.storage.schema import INDEX_CATALOG_TABLE, INDEX_RETIRED_TABLE
 
 from . import connected
 
@@ -38,7 +38,7 @@ async def test_concurrent_first_connects_create_the_schema_once(storage_url: str
         await asyncio.gather(*(storage.close() for storage in storages))
 
 
-async def test_the_schema_has_the_records_table_and_the_index_catalog(storage_url: str) -> None:
+async def test_the_schema_has_the_records_table_and_the_index_tables(storage_url: str) -> None:
     if storage_url.startswith("mongodb"):
         pytest.skip("inspects the SQL table; test_mongo.py checks the MongoDB collection")
     async with connected(storage_url):
@@ -65,7 +65,7 @@ async def test_the_schema_has_the_records_table_and_the_index_catalog(storage_ur
         finally:
             await async_engine.dispose()
 
-    assert sorted(tables) == sorted([INDEX_CATALOG_TABLE, RECORDS_TABLE])
+    assert sorted(tables) == sorted([INDEX_CATALOG_TABLE, INDEX_RETIRED_TABLE, RECORDS_TABLE])
     assert list(columns) == [
         "namespace", "collection", "id", "payload", "index_doc", "version", "created_at",
         "updated_at",
