@@ -524,6 +524,9 @@ class Host:
         if self._released:
             return
         self._released = True
+        if self._index_sweep is not None:
+            # First: a PostgreSQL DROP INDEX CONCURRENTLY has no place in a drain.
+            await self._index_sweep.stop()
         if self._watching is not None:
             self._stop_watching.set()
             await asyncio.wait([self._watching], timeout=5)
@@ -556,8 +559,6 @@ class Host:
         await self.outbox.stop()
         if self._plugins is not None:
             await self._plugins.stop_all()
-        if self._index_sweep is not None:
-            await self._index_sweep.stop()
         if self._storage is not None:
             await self._storage.close()
         await self.cache.close()

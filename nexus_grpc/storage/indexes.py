@@ -27,7 +27,10 @@ Evolution, at every start, for the message types given:
   that finds it due. During a rolling upgrade the processes still on the previous release
   keep serving their lists from it, and a release rolled back to within the delay finds
   it still built (its start takes it back; nothing is rebuilt). A delay of 0 drops it at
-  once. Indexes nexus did not build (other names, no catalog row) are never touched;
+  once. A retired index leaves the catalog: a process declaring it again (of any
+  release, one that knows nothing of retirement too) writes its row back, and the next
+  start or sweep takes it back instead of dropping it. Indexes nexus did not build
+  (other names, no catalog row, no retirement) are never touched;
 * a declared path whose value kind changed (a field's type changed) re-derives the index
   documents of the collections the type's indexes cover from the payloads, in batches,
   before the index is built: payloads are the source of truth, so filters then agree
@@ -47,6 +50,7 @@ failed half-way leaves an invalid index behind, which the next start drops and r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -194,28 +198,47 @@ async def _retire_or_drop(
     drop_delay: float,
     drop_sql: str,
 ) -> None:
-    """The catalog's part of a start: what the given types declare again is no longer
-    retired; what none declares any more is retired, or dropped once due. A type whose
-    index documents were just re-derived (a field's type changed) has its old indexes
-    dropped at once: their values no longer mean what its previous release read them as,
-    and their catalog rows would report the type change again at every start."""
+    """The catalog's part of a start, under the lock.
+
+    A retired index someone declares again is taken back: one of the given types, or
+    any catalog row (a retired index has none: a row means a process wrote it since,
+    perhaps of a release that knows nothing of retirement, rolled back to). Then each
+    catalog row of a given type whose index it no longer declares goes, and the index
+    is retired unless another type still declares it; then every retired index that is
+    due is dropped. A type whose index documents were just re-derived (a field's type
+    changed) has its old indexes dropped at once: their values no longer mean what its
+    previous release read them as."""
     retired = await _retired(conn)
     declared = {index.name for indexes in wanted.values() for index in indexes}
-    taken_back = sorted(declared & set(retired))
-    if taken_back:
-        await conn.execute(delete(index_retired).where(index_retired.c.index_name.in_(taken_back)))
+    await _take_back(conn, retired, declared | {name for name, _, _ in recorded})
     now = datetime.now(UTC)
     for name, type_name, still_used in _unwanted(wanted, recorded):
-        if still_used or name in changes.dropped:
-            await conn.execute(_forget(name, type_name))
-        elif type_name in changes.reindexed or _due(retired.get(name), now, drop_delay):
+        await conn.execute(_forget(name, type_name))
+        if still_used or name in changes.dropped or name in retired:
+            continue
+        if type_name in changes.reindexed or drop_delay <= 0:
             await _drop_retired(conn, name, drop_sql)
             changes.dropped.append(name)
-        elif name not in changes.retired:
-            if name not in retired:
-                await conn.execute(index_retired.insert().values(index_name=name, retired_at=now))
-                retired[name] = now
+        else:
+            await conn.execute(index_retired.insert().values(index_name=name, retired_at=now))
+            retired[name] = now
+    for name, since in retired.items():
+        if name in changes.dropped:
+            continue
+        if _due(since, now, drop_delay):
+            await _drop_retired(conn, name, drop_sql)
+            changes.dropped.append(name)
+        else:
             changes.retired.append(name)
+
+
+async def _take_back(conn: SqlConnection, retired: dict[str, datetime], names: set[str]) -> None:
+    """Un-retire those of ``retired`` that ``names`` holds (and forget them there)."""
+    taken_back = sorted(names & set(retired))
+    if taken_back:
+        await conn.execute(delete(index_retired).where(index_retired.c.index_name.in_(taken_back)))
+        for name in taken_back:
+            del retired[name]
 
 
 async def _retired(conn: SqlConnection) -> dict[str, datetime]:
@@ -234,25 +257,29 @@ def _any_due(retired: dict[str, datetime], drop_delay: float) -> bool:
 async def _drop_due(
     conn: SqlConnection, drop_delay: float, drop_sql: str, changes: IndexChanges
 ) -> None:
-    """Drop every retired index that is due, read again under the lock."""
+    """Drop every retired index that is due, read again under the lock; one with a
+    catalog row again (a process declaring it started since) is taken back instead."""
+    retired = await _retired(conn)
+    catalog = index_catalog.c
+    rows = await conn.execute(
+        select(catalog.index_name).where(catalog.index_name.in_(sorted(retired))).distinct()
+    )
+    await _take_back(conn, retired, {str(row[0]) for row in rows.all()})
     now = datetime.now(UTC)
-    for name, since in (await _retired(conn)).items():
+    for name, since in retired.items():
         if _due(since, now, drop_delay):
             await _drop_retired(conn, name, drop_sql)
             changes.dropped.append(name)
 
 
-def _due(since: datetime | None, now: datetime, drop_delay: float) -> bool:
-    """Whether an index retired ``since`` (None: retired now) may be dropped."""
-    if drop_delay <= 0:
-        return True
-    return since is not None and (now - since).total_seconds() >= drop_delay
+def _due(since: datetime, now: datetime, drop_delay: float) -> bool:
+    """Whether an index retired ``since`` may be dropped."""
+    return drop_delay <= 0 or (now - since).total_seconds() >= drop_delay
 
 
 async def _drop_retired(conn: SqlConnection, name: str, drop_sql: str) -> None:
-    """Drop ``name`` and forget it: its catalog rows (every type's) and its retirement."""
+    """Drop ``name`` and forget its retirement (a retired index has no catalog row)."""
     await conn.execute(text(f"{drop_sql} {name}"))
-    await conn.execute(delete(index_catalog).where(index_catalog.c.index_name == name))
     await conn.execute(delete(index_retired).where(index_retired.c.index_name == name))
 
 
@@ -281,7 +308,9 @@ async def _apply_sqlite(
         for index in _missing(wanted, built):
             await conn.execute(_create_index_sql(database, index, concurrently=False))
             await _record(conn, index)
-            changes.created.append(index.name)
+            # One still there (retired, now declared again) was not built now.
+            if index.name not in present:
+                changes.created.append(index.name)
         await _retire_or_drop(
             conn, wanted, recorded, changes, drop_delay=drop_delay, drop_sql="DROP INDEX IF EXISTS"
         )
@@ -332,7 +361,15 @@ async def _try_lock(conn: AsyncConnection) -> bool:
 
 
 async def _unlock(conn: AsyncConnection) -> None:
-    await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _INDEX_LOCK_KEY})
+    """Release the index lock; never raises (it runs in ``finally`` blocks, where an
+    error would replace what is propagating, a cancellation included)."""
+    try:
+        await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _INDEX_LOCK_KEY})
+    except Exception:
+        # A statement interrupted on this connection (a cancelled sweep) left it unusable.
+        # Its session still holds the lock: close it rather than let the pool keep it.
+        with contextlib.suppress(Exception):
+            await conn.invalidate()
 
 
 async def _lock(conn: AsyncConnection) -> None:

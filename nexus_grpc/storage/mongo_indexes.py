@@ -18,17 +18,20 @@ type's indexes cover from the payloads, in batches.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor
 from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import OperationFailure
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from .declared import (
     DeclaredIndex,
@@ -57,6 +60,10 @@ Document = dict[str, Any]
 
 #: The server's answer to a second index on the same keys under another name.
 _INDEX_OPTIONS_CONFLICT = 85
+#: The collection holding the lease on index changes (see :func:`_lease`).
+INDEX_LEASE_COLLECTION = "nexus_index_lease"
+#: Seconds a lease lasts, and between two tries of a held one.
+_LEASE_SECONDS, _LEASE_POLL = 120.0, 0.2
 
 
 def index_keys(index: DeclaredIndex) -> list[tuple[str, int]]:
@@ -72,12 +79,30 @@ async def apply_mongo_indexes(
 ) -> IndexChanges:
     """Build the indexes ``types`` declare; retire those they no longer declare, and
     drop them once retired for ``drop_delay`` seconds (0: at once)."""
-    changes = IndexChanges()
     wanted = {descriptor.full_name: _by_keys(descriptor) for descriptor in types}
     if not wanted:
-        return changes
+        return IndexChanges()
+    async with _lease(records, wait=_LEASE_SECONDS + _LEASE_POLL) as held:
+        if not held:
+            raise TimeoutError(
+                f"another process held the index lease for over {_LEASE_SECONDS:.0f} s; "
+                "start again once it is done"
+            )
+        changes = await _apply(records, types, wanted, drop_delay)
+    report_changes(changes, drop_delay)
+    return changes
+
+
+async def _apply(
+    records: AsyncCollection[Document],
+    types: Sequence[Descriptor],
+    wanted: dict[str, tuple[DeclaredIndex, ...]],
+    drop_delay: float,
+) -> IndexChanges:
+    """:func:`apply_mongo_indexes` under the lease: the same steps as on SQL (see
+    :func:`.indexes._retire_or_drop`), drops before builds."""
+    changes = IndexChanges()
     catalog = _catalog(records)
-    retirements = _retirements(records)
     recorded = [
         document async for document in catalog.find({"message_type": {"$in": sorted(wanted)}})
     ]
@@ -88,40 +113,48 @@ async def apply_mongo_indexes(
             changes.reindexed.append(descriptor.full_name)
     declared = {(i.keys_name, type_name) for type_name, indexes in wanted.items() for i in indexes}
     declared_names = {name for name, _ in declared}
-    retired = {str(d["_id"]): float(d["retired_at"]) async for d in retirements.find({})}
-    taken_back = sorted(declared_names & set(retired))
-    if taken_back:
-        await retirements.delete_many({"_id": {"$in": taken_back}})
+    retired = await _retired(records)
+    await _take_back(records, retired, declared_names | await _with_rows(records, retired))
+    # Drops first: an index whose only change is a path's value kind has the same keys,
+    # and MongoDB refuses a second index on the same keys under another name; a retired
+    # one on the keys of an index now declared is in its way too.
     existing = await records.index_information()
     wanted_keys = {
         _key_tuple(index_keys(index)): index.keys_name
         for indexes in wanted.values()
         for index in indexes
     }
+
+    def in_the_way(name: str) -> bool:
+        keys = _key_tuple(existing.get(name, {}).get("key", ()))
+        return wanted_keys.get(keys, name) != name
+
     now = time.time()
-    # Drops first: an index whose only change is a path's value kind has the same
-    # keys, and MongoDB refuses a second index on the same keys under another name.
     for document in recorded:
         name, type_name = document["index_name"], document["message_type"]
         if (name, type_name) in declared:
             continue
-        still_used = name in declared_names or await catalog.count_documents(
-            {"index_name": name, "message_type": {"$nin": sorted(wanted)}}, limit=1
-        )
-        if still_used or name in changes.dropped:
-            await catalog.delete_one({"_id": document["_id"]})
+        await catalog.delete_one({"_id": document["_id"]})
+        if name in declared_names or name in changes.dropped or name in retired:
             continue
-        keys = _key_tuple(existing.get(name, {}).get("key", ()))
-        in_the_way = wanted_keys.get(keys, name) != name
-        if in_the_way or type_name in changes.reindexed or _due(retired.get(name), now, drop_delay):
+        others = {"index_name": name, "message_type": {"$nin": sorted(wanted)}}
+        if await catalog.count_documents(others, limit=1):
+            continue  # a type not loaded here still declares it
+        if type_name in changes.reindexed or drop_delay <= 0 or in_the_way(name):
             await _drop(records, name)
             changes.dropped.append(name)
-        elif name not in changes.retired:
-            if name not in retired:
-                await retirements.update_one(
-                    {"_id": name}, {"$setOnInsert": {"retired_at": now}}, upsert=True
-                )
-                retired[name] = now
+        else:
+            await _retirements(records).update_one(
+                {"_id": name}, {"$set": {"retired_at": now}}, upsert=True
+            )
+            retired[name] = now
+    for name, since in retired.items():
+        if name in changes.dropped:
+            continue
+        if in_the_way(name) or _due(since, now, drop_delay):
+            await _drop(records, name)
+            changes.dropped.append(name)
+        else:
             changes.retired.append(name)
     existing = await records.index_information()
     for indexes in wanted.values():
@@ -139,7 +172,6 @@ async def apply_mongo_indexes(
                 },
                 upsert=True,
             )
-    report_changes(changes, drop_delay)
     return changes
 
 
@@ -147,15 +179,85 @@ async def drop_retired_mongo_indexes(
     records: AsyncCollection[Document], *, drop_delay: float
 ) -> IndexChanges:
     """Drop the retired indexes whose ``drop_delay`` has passed (the host's periodic
-    sweep; see :func:`.indexes.drop_retired_sql_indexes`)."""
+    sweep; see :func:`.indexes.drop_retired_sql_indexes`). One with a catalog row again
+    is taken back; a sweep finding the lease held does nothing this time."""
     changes = IndexChanges()
     now = time.time()
-    async for document in _retirements(records).find({}):
-        if _due(float(document["retired_at"]), now, drop_delay):
-            await _drop(records, str(document["_id"]))
-            changes.dropped.append(str(document["_id"]))
+    if not any(_due(since, now, drop_delay) for since in (await _retired(records)).values()):
+        return changes
+    async with _lease(records, wait=0) as held:
+        if not held:
+            return changes
+        retired = await _retired(records)
+        await _take_back(records, retired, await _with_rows(records, retired))
+        for name, since in retired.items():
+            if _due(since, now, drop_delay):
+                await _drop(records, name)
+                changes.dropped.append(name)
     report_changes(changes, drop_delay)
     return changes
+
+
+@asynccontextmanager
+async def _lease(records: AsyncCollection[Document], *, wait: float) -> AsyncIterator[bool]:
+    """Hold the index lease (what PostgreSQL's advisory lock is on SQL) while the block
+    runs, waiting up to ``wait`` seconds for it; yields whether it is held.
+
+    MongoDB has no session lock that ends with its holder, so the lease is a document
+    that expires :data:`_LEASE_SECONDS` after it was taken (by the clocks of the
+    processes sharing the database): a process killed while holding it stops others
+    that long at most. Taking it is one upsert whose filter only matches an expired
+    lease: a live one makes the insert collide on ``_id``.
+    """
+    leases = records.database.get_collection(INDEX_LEASE_COLLECTION)
+    holder = uuid.uuid4().hex
+    deadline = time.monotonic() + wait
+    held = False
+    while True:
+        now = time.time()
+        try:
+            await leases.update_one(
+                {"_id": "indexes", "until": {"$lt": now}},
+                {"$set": {"holder": holder, "until": now + _LEASE_SECONDS}},
+                upsert=True,
+            )
+            held = True
+            break
+        except DuplicateKeyError:
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(_LEASE_POLL)
+    try:
+        yield held
+    finally:
+        if held:
+            # Even when cancelled: a lease left behind stops every start for a while.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(leases.delete_one({"_id": "indexes", "holder": holder}))
+
+
+async def _retired(records: AsyncCollection[Document]) -> dict[str, float]:
+    """Retired index → when it was retired (seconds since the epoch)."""
+    return {str(d["_id"]): float(d["retired_at"]) async for d in _retirements(records).find({})}
+
+
+async def _with_rows(records: AsyncCollection[Document], names: Iterable[str]) -> set[str]:
+    """Those of ``names`` with a catalog row: someone declares them (a retired index has
+    none; a process declaring it wrote one since, perhaps of a release that knows
+    nothing of retirement)."""
+    rows = _catalog(records).find({"index_name": {"$in": sorted(names)}}, {"index_name": 1})
+    return {str(row["index_name"]) async for row in rows}
+
+
+async def _take_back(
+    records: AsyncCollection[Document], retired: dict[str, float], names: set[str]
+) -> None:
+    """Un-retire those of ``retired`` that ``names`` holds (and forget them there)."""
+    taken_back = sorted(names & set(retired))
+    if taken_back:
+        await _retirements(records).delete_many({"_id": {"$in": taken_back}})
+        for name in taken_back:
+            del retired[name]
 
 
 def _catalog(records: AsyncCollection[Document]) -> AsyncCollection[Document]:
@@ -171,19 +273,16 @@ def _key_tuple(keys: Any) -> tuple[tuple[str, int], ...]:
     return tuple((str(field), int(direction)) for field, direction in keys)
 
 
-def _due(since: float | None, now: float, drop_delay: float) -> bool:
-    """Whether an index retired at ``since`` (None: retired now) may be dropped."""
-    if drop_delay <= 0:
-        return True
-    return since is not None and now - since >= drop_delay
+def _due(since: float, now: float, drop_delay: float) -> bool:
+    """Whether an index retired at ``since`` may be dropped."""
+    return drop_delay <= 0 or now - since >= drop_delay
 
 
 async def _drop(records: AsyncCollection[Document], name: str) -> None:
-    """Drop ``name`` and forget it: its catalog rows (every type's) and its retirement."""
-    # Another process starting at the same time may have dropped it already.
+    """Drop ``name`` and forget its retirement (a retired index has no catalog row)."""
+    # Dropped by hand (or by a process of a release without the lease) already.
     with contextlib.suppress(OperationFailure):
         await records.drop_index(name)
-    await _catalog(records).delete_many({"index_name": name})
     await _retirements(records).delete_one({"_id": name})
 
 

@@ -12,7 +12,6 @@ lock and PostgreSQL's advisory lock order them).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from .storage import Storage
@@ -23,6 +22,8 @@ _log = logging.getLogger("nexus.storage")
 
 #: The longest wait between two sweeps, in seconds.
 MAX_INTERVAL = 60.0
+#: Seconds :meth:`RetiredIndexSweep.stop` waits for a sweep in progress to end.
+STOP_WAIT = 5.0
 
 
 def sweep_interval(drop_delay: float) -> float:
@@ -45,12 +46,13 @@ class RetiredIndexSweep:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Stop sweeping; idempotent."""
+        """Stop sweeping, within :data:`STOP_WAIT` seconds; idempotent."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # A drop interrupted on PostgreSQL ends its connection; a database that does
+            # not answer must not hold up the host's stop either.
+            await asyncio.wait({task}, timeout=STOP_WAIT)
 
     async def _run(self) -> None:
         interval = sweep_interval(self._drop_delay)
@@ -60,6 +62,11 @@ class RetiredIndexSweep:
             try:
                 await self._storage.drop_retired_indexes(drop_delay=self._drop_delay)
             except Exception as error:  # storage down: the next sweep tries again
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # Stopped mid-statement: the driver's error stands in for the
+                    # cancellation, which must still end the loop.
+                    raise asyncio.CancelledError from error
                 if not failing:
                     _log.warning(
                         "retired storage indexes could not be dropped (trying again every "

@@ -7,10 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from google.protobuf.message import Message
+from sqlalchemy import text
 
 from nexus_grpc.config import StorageConfig
+from nexus_grpc.storage import Storage, mongo_indexes
+from nexus_grpc.storage import indexes as sql_indexes
+from nexus_grpc.storage.declared import declared_indexes
 from nexus_grpc.storage.retired_sweep import RetiredIndexSweep, sweep_interval
 
 from . import backend_url, connected
@@ -168,3 +174,133 @@ async def test_the_host_sweeps_with_the_configured_delay(tmp_path: Path) -> None
         while _names(v1, url) & await nexus_indexes(url):
             assert time.monotonic() < deadline, "the host never dropped the retired index"
             await asyncio.sleep(0.1)
+
+
+async def _declared_by_a_release_without_retirement(
+    storage: Storage, message_type: type[Message]
+) -> None:
+    """What a start of a release that knows nothing of retirement leaves behind when its
+    contract declares an index that exists: its catalog row, written as such a release
+    writes it (it builds nothing: the index is there)."""
+    backend: Any = storage._backend
+    if backend.name == "mongodb":
+        catalog = backend.records.database.get_collection("nexus_index_catalog")
+        for index in declared_indexes(message_type.DESCRIPTOR):
+            await catalog.update_one(
+                {"_id": f"{index.keys_name}|{index.message_type}"},
+                {
+                    "$set": {
+                        "index_name": index.keys_name,
+                        "message_type": index.message_type,
+                        "definition": index.definition,
+                    }
+                },
+                upsert=True,
+            )
+        return
+    async with backend._database.transaction(write=True) as conn:
+        for index in declared_indexes(message_type.DESCRIPTOR):
+            await sql_indexes._record(conn, index)
+
+
+async def test_a_rollback_to_a_release_without_retirement_keeps_its_index(any_url: str) -> None:
+    v1, v2 = _versions()
+    old, new = _names(v1, any_url), _names(v2, any_url)
+    async with connected(any_url) as storage:
+        await storage.apply_indexes([v1], drop_delay=DELAY)
+        await storage.apply_indexes([v2], drop_delay=DELAY)
+        # Rolled back to the release before retirement existed: its start declares the
+        # index again, and a process of the new release still running sweeps.
+        await _declared_by_a_release_without_retirement(storage, v1)
+        await asyncio.sleep(DELAY + 0.1)
+        swept = await storage.drop_retired_indexes(drop_delay=DELAY)
+        assert not swept.dropped and old <= await nexus_indexes(any_url)
+        # Deployed again weeks later: the delay starts over, it is not spent already.
+        again = await storage.apply_indexes([v2], drop_delay=DELAY)
+        assert again.retired == sorted(old) and not again.dropped
+        assert await nexus_indexes(any_url) == old | new
+
+
+async def test_a_rollback_without_a_sweep_does_not_spend_the_next_upgrades_delay(
+    any_url: str,
+) -> None:
+    v1, v2 = _versions()
+    old = _names(v1, any_url)
+    async with connected(any_url) as storage:
+        await storage.apply_indexes([v1], drop_delay=DELAY)
+        await storage.apply_indexes([v2], drop_delay=DELAY)
+        await _declared_by_a_release_without_retirement(storage, v1)  # a full rollback
+        await asyncio.sleep(DELAY + 0.1)
+        again = await storage.apply_indexes([v2], drop_delay=DELAY)
+        assert again.retired == sorted(old) and not again.dropped
+
+
+async def test_stopping_a_postgresql_sweep_mid_drop_ends_it(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v1, v2 = _versions()
+    async with connected(postgres_url) as storage:
+        await storage.apply_indexes([v1], drop_delay=DELAY)
+        await storage.apply_indexes([v2], drop_delay=DELAY)
+        await asyncio.sleep(DELAY + 0.1)
+        real = sql_indexes._drop_retired
+        inside = asyncio.Event()
+
+        async def slow(conn: Any, name: str, drop_sql: str) -> None:
+            inside.set()
+            await conn.execute(text("SELECT pg_sleep(3)"))  # a long DROP INDEX CONCURRENTLY
+            await real(conn, name, drop_sql)
+
+        monkeypatch.setattr(sql_indexes, "_drop_retired", slow)
+        sweep = RetiredIndexSweep(storage, DELAY)
+        sweep.start()
+        await asyncio.wait_for(inside.wait(), 5)
+        task = sweep._task
+        assert task is not None
+        started = time.monotonic()
+        await sweep.stop()
+        assert task.done() and time.monotonic() - started < 2
+        monkeypatch.undo()
+        # The interrupted connection did not keep the index lock: a start gets it.
+        changes = await asyncio.wait_for(storage.apply_indexes([v2], drop_delay=DELAY), 10)
+        assert changes.dropped == sorted(_names(v1, postgres_url))
+
+
+async def test_mongodb_index_changes_take_turns(mongo_url: str) -> None:
+    async with connected(mongo_url) as storage:
+        records: Any = storage._backend.records  # type: ignore[attr-defined]
+        order: list[str] = []
+        async with mongo_indexes._lease(records, wait=0) as first:
+            assert first
+            async with mongo_indexes._lease(records, wait=0) as busy:
+                assert not busy  # what a sweep finding it held gets: nothing to do
+
+            async def second() -> None:
+                async with mongo_indexes._lease(records, wait=10) as held:
+                    assert held
+                    order.append("second")
+
+            waiting = asyncio.create_task(second())
+            await asyncio.sleep(0.5)
+            order.append("first done")
+        await asyncio.wait_for(waiting, 10)
+        assert order == ["first done", "second"]
+
+
+async def test_mongodb_drops_a_retired_index_in_the_way_of_one_now_declared(
+    mongo_url: str,
+) -> None:
+    # Type A stops indexing rank (a string); type B indexes rank as a number: the same
+    # MongoDB keys, which MongoDB allows one index of.
+    a1 = item_type({"rank": "string", "owner": "string"}, [["rank"]], name="A")
+    a2 = item_type({"rank": "string", "owner": "string"}, [["owner"]], name="A")
+    b = item_type({"rank": "int64"}, [["rank"]], name="B")
+    async with connected(mongo_url) as storage:
+        await storage.apply_indexes([a1], drop_delay=DELAY)
+        retiring = await storage.apply_indexes([a2], drop_delay=DELAY)
+        assert retiring.retired == sorted(_names(a1, mongo_url) - _names(a2, mongo_url))
+        built = await storage.apply_indexes([b], drop_delay=DELAY)
+        assert built.dropped == retiring.retired and built.created == sorted(_names(b, mongo_url))
+        await asyncio.sleep(DELAY + 0.1)
+        await storage.drop_retired_indexes(drop_delay=DELAY)
+        assert _names(b, mongo_url) <= await nexus_indexes(mongo_url)
