@@ -43,11 +43,7 @@ from nexus_grpc.ratelimit import (
 )
 from nexus_grpc.routing import InFlight, Router
 from nexus_grpc.storage import Storage, make_private_dir
-from nexus_grpc.storage.declared import (
-    IndexDeclarationError,
-    declared_indexes,
-    loaded_message_types,
-)
+from nexus_grpc.storage.declared import indexable_types, loaded_message_types
 from nexus_grpc.storage.metrics import StorageMetrics
 from nexus_grpc.storage.opening import open_storage
 from nexus_grpc.storage.retired_sweep import RetiredIndexSweep
@@ -310,7 +306,12 @@ class Host:
         self._plugins.swap.index_with(self._storage, self.config.storage.index_drop_delay)
         await self._plugins.load_all()
         await self._apply_declared_indexes()
-        self._index_sweep = RetiredIndexSweep(self._storage, self.config.storage.index_drop_delay)
+        self._index_sweep = RetiredIndexSweep(
+            self._storage,
+            self.config.storage.index_drop_delay,
+            # The contracts loaded now (hot swaps included): their indexes are kept.
+            declared=lambda: indexable_types(loaded_message_types())[0],
+        )
         self._index_sweep.start()
         await self.bus.start()
         await self.outbox.start()
@@ -358,18 +359,12 @@ class Host:
 
     async def _apply_declared_indexes(self) -> None:
         """Build the storage indexes the loaded contracts declare (the plugins imported
-        theirs while loading), and drop those no longer declared. A failure is logged,
+        theirs while loading), and retire those no longer declared. A failure is logged,
         not fatal: lists stay correct without an index, only slower."""
         assert self._storage is not None
-        types = []
-        for descriptor in loaded_message_types():
-            try:
-                declared_indexes(descriptor)
-            except IndexDeclarationError as error:
-                # One contract's mistake must not cost every other contract its indexes.
-                _log.error("storage indexes of %s not built: %s", descriptor.full_name, error)
-                continue
-            types.append(descriptor)
+        types, invalid = indexable_types(loaded_message_types())
+        for descriptor, error in invalid:
+            _log.error("storage indexes of %s not built: %s", descriptor.full_name, error)
         try:
             await self._storage.apply_indexes(
                 types, drop_delay=self.config.storage.index_drop_delay

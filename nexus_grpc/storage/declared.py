@@ -36,6 +36,7 @@ __all__ = [
     "IndexKey",
     "declared_indexes",
     "index_collections",
+    "indexable_types",
     "indexed_collections",
     "loaded_message_types",
     "report_changes",
@@ -212,6 +213,23 @@ def _key(descriptor: Descriptor, where: str, position: int, item: str) -> IndexK
             f"{where}: index {position} field {words[0]!r}: {exc.reason}"
         ) from None
     return IndexKey(indexed.path, indexed.kind, descending=direction == "desc")
+
+
+def indexable_types(
+    types: Iterable[Descriptor],
+) -> tuple[list[Descriptor], list[tuple[Descriptor, IndexDeclarationError]]]:
+    """``types`` whose declarations are valid, and the others with what is wrong: one
+    contract's mistake must not cost every other contract its indexes."""
+    valid: list[Descriptor] = []
+    invalid: list[tuple[Descriptor, IndexDeclarationError]] = []
+    for descriptor in types:
+        try:
+            declared_indexes(descriptor)
+        except IndexDeclarationError as error:
+            invalid.append((descriptor, error))
+        else:
+            valid.append(descriptor)
+    return valid, invalid
 
 
 def loaded_message_types() -> list[Descriptor]:

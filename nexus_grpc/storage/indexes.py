@@ -160,20 +160,29 @@ async def apply_sql_indexes(
     return await _apply_postgres(database, wanted, by_name, drop_delay)
 
 
-async def drop_retired_sql_indexes(database: Database, *, drop_delay: float) -> IndexChanges:
+async def drop_retired_sql_indexes(
+    database: Database, *, drop_delay: float, declared: Sequence[Descriptor] = ()
+) -> IndexChanges:
     """Drop the retired indexes whose ``drop_delay`` has passed (what a start would drop
-    of them), without loading any contract: the host's periodic sweep, so that an index
-    no contract declares stops costing every write of its collection once the delay is
-    over, not at the next start. On PostgreSQL a sweep finding another process changing
-    indexes (the advisory lock taken) does nothing this time."""
+    of them): the host's periodic sweep, so that an index no contract declares stops
+    costing every write of its collection once the delay is over, not at the next
+    start. Those the ``declared`` types (this process's contracts) declare are taken
+    back instead: a process of another release may have retired them at its start. On
+    PostgreSQL a sweep finding another process changing indexes (the advisory lock
+    taken) does nothing this time; on SQLite it waits for the write lock as any write."""
     changes = IndexChanges()
+    ours: dict[str, list[DeclaredIndex]] = {}
+    for descriptor in declared:
+        for index in declared_indexes(descriptor):
+            ours.setdefault(index.name, []).append(index)
     # Read first, without a lock: nearly every sweep finds nothing due.
     async with database.transaction(write=False) as conn:
-        if not _any_due(await _retired(conn), drop_delay):
-            return changes
+        retired = await _retired(conn)
+    if not _any_due(retired, drop_delay) and not set(ours) & set(retired):
+        return changes
     if database.dialect.name == "sqlite":
         async with database.transaction(write=True) as conn:
-            await _drop_due(conn, drop_delay, "DROP INDEX IF EXISTS", changes)
+            await _drop_due(conn, drop_delay, "DROP INDEX IF EXISTS", changes, ours)
     else:
         engine = database._engine
         assert engine is not None
@@ -182,7 +191,9 @@ async def drop_retired_sql_indexes(database: Database, *, drop_delay: float) -> 
             if not await _try_lock(conn):
                 return changes
             try:
-                await _drop_due(conn, drop_delay, "DROP INDEX CONCURRENTLY IF EXISTS", changes)
+                await _drop_due(
+                    conn, drop_delay, "DROP INDEX CONCURRENTLY IF EXISTS", changes, ours
+                )
             finally:
                 await _unlock(conn)
     report_changes(changes)
@@ -212,16 +223,17 @@ async def _retire_or_drop(
     declared = {index.name for indexes in wanted.values() for index in indexes}
     await _take_back(conn, retired, declared | {name for name, _, _ in recorded})
     now = datetime.now(UTC)
+    # The catalog row goes last: on PostgreSQL each statement commits on its own, and an
+    # index left with neither a catalog row nor a retirement would never be dropped.
     for name, type_name, still_used in _unwanted(wanted, recorded):
+        if not (still_used or name in changes.dropped or name in retired):
+            if type_name in changes.reindexed or drop_delay <= 0:
+                await _drop_retired(conn, name, drop_sql)
+                changes.dropped.append(name)
+            else:
+                await conn.execute(index_retired.insert().values(index_name=name, retired_at=now))
+                retired[name] = now
         await conn.execute(_forget(name, type_name))
-        if still_used or name in changes.dropped or name in retired:
-            continue
-        if type_name in changes.reindexed or drop_delay <= 0:
-            await _drop_retired(conn, name, drop_sql)
-            changes.dropped.append(name)
-        else:
-            await conn.execute(index_retired.insert().values(index_name=name, retired_at=now))
-            retired[name] = now
     for name, since in retired.items():
         if name in changes.dropped:
             continue
@@ -255,16 +267,25 @@ def _any_due(retired: dict[str, datetime], drop_delay: float) -> bool:
 
 
 async def _drop_due(
-    conn: SqlConnection, drop_delay: float, drop_sql: str, changes: IndexChanges
+    conn: SqlConnection,
+    drop_delay: float,
+    drop_sql: str,
+    changes: IndexChanges,
+    ours: dict[str, list[DeclaredIndex]],
 ) -> None:
-    """Drop every retired index that is due, read again under the lock; one with a
-    catalog row again (a process declaring it started since) is taken back instead."""
+    """Drop every retired index that is due, read again under the lock. One with a
+    catalog row again (a process declaring it started since) is taken back instead, and
+    so is one this process declares, whose catalog rows are written back (so that a
+    later release that stops declaring it retires it in turn)."""
     retired = await _retired(conn)
     catalog = index_catalog.c
     rows = await conn.execute(
         select(catalog.index_name).where(catalog.index_name.in_(sorted(retired))).distinct()
     )
-    await _take_back(conn, retired, {str(row[0]) for row in rows.all()})
+    for name in set(ours) & set(retired):
+        for index in ours[name]:
+            await _record(conn, index)
+    await _take_back(conn, retired, set(ours) | {str(row[0]) for row in rows.all()})
     now = datetime.now(UTC)
     for name, since in retired.items():
         if _due(since, now, drop_delay):

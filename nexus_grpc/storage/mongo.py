@@ -267,11 +267,15 @@ class MongoBackend:
         with self.translate_errors():
             return await apply_mongo_indexes(self.records, types, drop_delay=drop_delay)
 
-    async def drop_retired_indexes(self, *, drop_delay: float) -> IndexChanges:
+    async def drop_retired_indexes(
+        self, *, drop_delay: float, declared: Sequence[Descriptor]
+    ) -> IndexChanges:
         """Drop the retired indexes that are due (see :mod:`.mongo_indexes`)."""
         self.check_open()
         with self.translate_errors():
-            return await drop_retired_mongo_indexes(self.records, drop_delay=drop_delay)
+            return await drop_retired_mongo_indexes(
+                self.records, drop_delay=drop_delay, declared=declared
+            )
 
     def check_open(self) -> None:
         """Raise RuntimeError once the storage is closed."""

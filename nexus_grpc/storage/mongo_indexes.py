@@ -62,8 +62,12 @@ Document = dict[str, Any]
 _INDEX_OPTIONS_CONFLICT = 85
 #: The collection holding the lease on index changes (see :func:`_lease`).
 INDEX_LEASE_COLLECTION = "nexus_index_lease"
-#: Seconds a lease lasts, and between two tries of a held one.
-_LEASE_SECONDS, _LEASE_POLL = 120.0, 0.2
+#: The lease document's id.
+_LEASE_ID = "indexes"
+#: Seconds a lease lasts unless renewed, and between two tries of a held one.
+_LEASE_SECONDS, _LEASE_POLL = 30.0, 0.2
+#: Seconds a start waits for another process's index changes (PostgreSQL's too).
+_LEASE_WAIT = 600.0
 
 
 def index_keys(index: DeclaredIndex) -> list[tuple[str, int]]:
@@ -82,11 +86,11 @@ async def apply_mongo_indexes(
     wanted = {descriptor.full_name: _by_keys(descriptor) for descriptor in types}
     if not wanted:
         return IndexChanges()
-    async with _lease(records, wait=_LEASE_SECONDS + _LEASE_POLL) as held:
+    async with _lease(records, wait=_LEASE_WAIT) as held:
         if not held:
             raise TimeoutError(
-                f"another process held the index lease for over {_LEASE_SECONDS:.0f} s; "
-                "start again once it is done"
+                f"another process held the index lease for over {_LEASE_WAIT:.0f} s "
+                "(building a large index?); start again once it is done"
             )
         changes = await _apply(records, types, wanted, drop_delay)
     report_changes(changes, drop_delay)
@@ -130,24 +134,28 @@ async def _apply(
         return wanted_keys.get(keys, name) != name
 
     now = time.time()
+    # The catalog row goes last: an index left with neither a catalog row nor a
+    # retirement (a failure between the two) would never be dropped.
     for document in recorded:
         name, type_name = document["index_name"], document["message_type"]
         if (name, type_name) in declared:
             continue
-        await catalog.delete_one({"_id": document["_id"]})
-        if name in declared_names or name in changes.dropped or name in retired:
-            continue
         others = {"index_name": name, "message_type": {"$nin": sorted(wanted)}}
-        if await catalog.count_documents(others, limit=1):
-            continue  # a type not loaded here still declares it
-        if type_name in changes.reindexed or drop_delay <= 0 or in_the_way(name):
-            await _drop(records, name)
-            changes.dropped.append(name)
-        else:
-            await _retirements(records).update_one(
-                {"_id": name}, {"$set": {"retired_at": now}}, upsert=True
-            )
-            retired[name] = now
+        if (
+            name not in declared_names
+            and name not in changes.dropped
+            and name not in retired
+            and not await catalog.count_documents(others, limit=1)  # a type not loaded here
+        ):
+            if type_name in changes.reindexed or drop_delay <= 0 or in_the_way(name):
+                await _drop(records, name)
+                changes.dropped.append(name)
+            else:
+                await _retirements(records).update_one(
+                    {"_id": name}, {"$set": {"retired_at": now}}, upsert=True
+                )
+                retired[name] = now
+        await catalog.delete_one({"_id": document["_id"]})
     for name, since in retired.items():
         if name in changes.dropped:
             continue
@@ -161,35 +169,36 @@ async def _apply(
         for index in indexes:
             if index.keys_name not in existing and await _create(records, index):
                 changes.created.append(index.keys_name)
-            await catalog.update_one(
-                {"_id": f"{index.keys_name}|{index.message_type}"},
-                {
-                    "$set": {
-                        "index_name": index.keys_name,
-                        "message_type": index.message_type,
-                        "definition": index.definition,
-                    }
-                },
-                upsert=True,
-            )
+            await _record(records, index)
     return changes
 
 
 async def drop_retired_mongo_indexes(
-    records: AsyncCollection[Document], *, drop_delay: float
+    records: AsyncCollection[Document], *, drop_delay: float, declared: Sequence[Descriptor] = ()
 ) -> IndexChanges:
     """Drop the retired indexes whose ``drop_delay`` has passed (the host's periodic
-    sweep; see :func:`.indexes.drop_retired_sql_indexes`). One with a catalog row again
-    is taken back; a sweep finding the lease held does nothing this time."""
+    sweep; see :func:`.indexes.drop_retired_sql_indexes`). One with a catalog row again,
+    or one the ``declared`` types declare (its catalog rows written back), is taken
+    back; a sweep finding the lease held does nothing this time."""
     changes = IndexChanges()
+    ours: dict[str, list[DeclaredIndex]] = {}
+    for descriptor in declared:
+        for index in _by_keys(descriptor):
+            ours.setdefault(index.keys_name, []).append(index)
+    retired = await _retired(records)
     now = time.time()
-    if not any(_due(since, now, drop_delay) for since in (await _retired(records)).values()):
+    if not any(_due(since, now, drop_delay) for since in retired.values()) and not (
+        set(ours) & set(retired)
+    ):
         return changes
     async with _lease(records, wait=0) as held:
         if not held:
             return changes
         retired = await _retired(records)
-        await _take_back(records, retired, await _with_rows(records, retired))
+        for name in set(ours) & set(retired):
+            for index in ours[name]:
+                await _record(records, index)
+        await _take_back(records, retired, set(ours) | await _with_rows(records, retired))
         for name, since in retired.items():
             if _due(since, now, drop_delay):
                 await _drop(records, name)
@@ -204,36 +213,55 @@ async def _lease(records: AsyncCollection[Document], *, wait: float) -> AsyncIte
     runs, waiting up to ``wait`` seconds for it; yields whether it is held.
 
     MongoDB has no session lock that ends with its holder, so the lease is a document
-    that expires :data:`_LEASE_SECONDS` after it was taken (by the clocks of the
-    processes sharing the database): a process killed while holding it stops others
-    that long at most. Taking it is one upsert whose filter only matches an expired
-    lease: a live one makes the insert collide on ``_id``.
+    that expires :data:`_LEASE_SECONDS` after it was last renewed (by the clocks of the
+    processes sharing the database): the holder renews it every third of that while the
+    block runs (a large build or re-index takes as long as it takes), and a process
+    killed while holding it stops the others that long at most. Taking it is one upsert
+    whose filter only matches an expired lease: a live one makes the insert collide on
+    ``_id``.
     """
     leases = records.database.get_collection(INDEX_LEASE_COLLECTION)
     holder = uuid.uuid4().hex
     deadline = time.monotonic() + wait
     held = False
-    while True:
-        now = time.time()
-        try:
-            await leases.update_one(
-                {"_id": "indexes", "until": {"$lt": now}},
-                {"$set": {"holder": holder, "until": now + _LEASE_SECONDS}},
-                upsert=True,
-            )
-            held = True
-            break
-        except DuplicateKeyError:
-            if time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(_LEASE_POLL)
     try:
-        yield held
+        while True:
+            now = time.time()
+            try:
+                await leases.update_one(
+                    {"_id": _LEASE_ID, "until": {"$lt": now}},
+                    {"$set": {"holder": holder, "until": now + _LEASE_SECONDS}},
+                    upsert=True,
+                )
+                held = True
+                break
+            except DuplicateKeyError:
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(_LEASE_POLL)
+        renewing = asyncio.get_running_loop().create_task(_renew(leases, holder)) if held else None
+        try:
+            yield held
+        finally:
+            if renewing is not None:
+                renewing.cancel()
     finally:
-        if held:
-            # Even when cancelled: a lease left behind stops every start for a while.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(leases.delete_one({"_id": "indexes", "holder": holder}))
+        # Even when cancelled, and when cancelled while taking it (the server may have
+        # applied the upsert): a lease left behind stops every start for a while.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(leases.delete_one({"_id": _LEASE_ID, "holder": holder}))
+
+
+async def _renew(leases: AsyncCollection[Document], holder: str) -> None:
+    while True:
+        await asyncio.sleep(_LEASE_SECONDS / 3)
+        renewed = await leases.update_one(
+            {"_id": _LEASE_ID, "holder": holder},
+            {"$set": {"until": time.time() + _LEASE_SECONDS}},
+        )
+        if renewed.matched_count == 0:
+            _log.warning("the MongoDB index lease expired before it could be renewed")
+            return
 
 
 async def _retired(records: AsyncCollection[Document]) -> dict[str, float]:
@@ -258,6 +286,21 @@ async def _take_back(
         await _retirements(records).delete_many({"_id": {"$in": taken_back}})
         for name in taken_back:
             del retired[name]
+
+
+async def _record(records: AsyncCollection[Document], index: DeclaredIndex) -> None:
+    """The catalog row saying ``index`` was built for its type."""
+    await _catalog(records).update_one(
+        {"_id": f"{index.keys_name}|{index.message_type}"},
+        {
+            "$set": {
+                "index_name": index.keys_name,
+                "message_type": index.message_type,
+                "definition": index.definition,
+            }
+        },
+        upsert=True,
+    )
 
 
 def _catalog(records: AsyncCollection[Document]) -> AsyncCollection[Document]:

@@ -117,8 +117,11 @@ class Backend(Protocol):
         drop them once retired for ``drop_delay`` seconds."""
         ...
 
-    async def drop_retired_indexes(self, *, drop_delay: float) -> IndexChanges:
-        """Drop the indexes retired for ``drop_delay`` seconds or more."""
+    async def drop_retired_indexes(
+        self, *, drop_delay: float, declared: Sequence[Descriptor]
+    ) -> IndexChanges:
+        """Drop the indexes retired for ``drop_delay`` seconds or more, but those the
+        ``declared`` types declare."""
         ...
 
     def scope(self, namespace: str) -> RepositoryScope:
@@ -314,9 +317,13 @@ class SqlBackend:
         """Build, retire and drop declared indexes (see :mod:`.indexes`)."""
         return await apply_sql_indexes(self._database, types, drop_delay=drop_delay)
 
-    async def drop_retired_indexes(self, *, drop_delay: float) -> IndexChanges:
+    async def drop_retired_indexes(
+        self, *, drop_delay: float, declared: Sequence[Descriptor]
+    ) -> IndexChanges:
         """Drop the retired indexes that are due (see :mod:`.indexes`)."""
-        return await drop_retired_sql_indexes(self._database, drop_delay=drop_delay)
+        return await drop_retired_sql_indexes(
+            self._database, drop_delay=drop_delay, declared=declared
+        )
 
     def scope(self, namespace: str) -> RepositoryScope:
         """Repositories of ``namespace``, each statement group its own transaction."""

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
+
+from google.protobuf.descriptor import Descriptor
 
 from .storage import Storage
 
@@ -32,11 +35,23 @@ def sweep_interval(drop_delay: float) -> float:
 
 
 class RetiredIndexSweep:
-    """Drops ``storage``'s retired indexes once retired for ``drop_delay`` seconds."""
+    """Drops ``storage``'s retired indexes once retired for ``drop_delay`` seconds.
 
-    def __init__(self, storage: Storage, drop_delay: float) -> None:
+    ``declared`` gives the message types this process serves at each sweep: an index
+    they declare is never dropped (a process of another release may have retired it
+    at its start) but taken back.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        drop_delay: float,
+        *,
+        declared: Callable[[], Sequence[Descriptor]] = list,
+    ) -> None:
         self._storage = storage
         self._drop_delay = drop_delay
+        self._declared = declared
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -53,6 +68,8 @@ class RetiredIndexSweep:
             # A drop interrupted on PostgreSQL ends its connection; a database that does
             # not answer must not hold up the host's stop either.
             await asyncio.wait({task}, timeout=STOP_WAIT)
+            if not task.done():
+                _log.warning("a retired-index sweep was still running at stop")
 
     async def _run(self) -> None:
         interval = sweep_interval(self._drop_delay)
@@ -60,7 +77,9 @@ class RetiredIndexSweep:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self._storage.drop_retired_indexes(drop_delay=self._drop_delay)
+                await self._storage.drop_retired_indexes(
+                    drop_delay=self._drop_delay, declared=self._declared()
+                )
             except Exception as error:  # storage down: the next sweep tries again
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():

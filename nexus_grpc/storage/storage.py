@@ -124,14 +124,22 @@ class Storage:
             declared_indexes(descriptor)  # validates every declaration before any DDL
         return await self._backend.apply_indexes(types, drop_delay=drop_delay)
 
-    async def drop_retired_indexes(self, *, drop_delay: float) -> IndexChanges:
+    async def drop_retired_indexes(
+        self,
+        *,
+        drop_delay: float,
+        declared: Iterable[type[Message] | Descriptor] = (),
+    ) -> IndexChanges:
         """Drop the indexes :meth:`apply_indexes` retired ``drop_delay`` seconds ago or
         more; the host runs this periodically, so that an index no contract declares
         stops costing its collection's writes soon after the delay, not at the next start.
+        Indexes the ``declared`` types declare (the ones this process serves) are taken
+        back instead: a process of another release may have retired them.
         """
         if drop_delay < 0:
             raise ValueError(f"drop_delay must be 0 or more seconds, got {drop_delay}")
-        return await self._backend.drop_retired_indexes(drop_delay=drop_delay)
+        types = [t if isinstance(t, Descriptor) else descriptor_of(t) for t in declared]
+        return await self._backend.drop_retired_indexes(drop_delay=drop_delay, declared=types)
 
     def namespace(self, name: str) -> Namespace:
         """The namespace ``name``: "/"-separated segments of ``[a-z0-9_-]+``.

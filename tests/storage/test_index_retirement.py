@@ -304,3 +304,93 @@ async def test_mongodb_drops_a_retired_index_in_the_way_of_one_now_declared(
         await asyncio.sleep(DELAY + 0.1)
         await storage.drop_retired_indexes(drop_delay=DELAY)
         assert _names(b, mongo_url) <= await nexus_indexes(mongo_url)
+
+
+async def test_a_sweep_keeps_and_takes_back_what_its_own_contracts_declare(any_url: str) -> None:
+    v1, v2 = _versions()
+    new = _names(v2, any_url)
+    async with connected(any_url) as upgraded, connected(any_url) as previous:
+        await previous.apply_indexes([v1], drop_delay=DELAY)
+        await upgraded.apply_indexes([v2], drop_delay=DELAY)
+        # A process of release 1 restarts during the upgrade: it retires release 2's.
+        back = await previous.apply_indexes([v1], drop_delay=DELAY)
+        assert back.retired == sorted(new)
+        await asyncio.sleep(DELAY + 0.1)
+        # Release 2's processes sweep with their own contracts: theirs is taken back.
+        swept = await upgraded.drop_retired_indexes(drop_delay=DELAY, declared=[v2])
+        assert not swept.dropped and new <= await nexus_indexes(any_url)
+        # With its catalog rows written back: a release 3 dropping it retires it in turn.
+        v3 = item_type({"owner": "string", "region": "string"}, [])
+        later = await upgraded.apply_indexes([v3], drop_delay=DELAY)
+        assert set(later.retired) >= new
+
+
+@pytest.mark.parametrize("failing", ["drop", "retirement"])
+async def test_an_index_change_failing_half_way_leaves_nothing_undroppable(
+    any_url: str, failing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "drop": a field's type changed, so the old index is dropped at once; "retirement":
+    # an index no longer declared. Each statement commits on its own on PostgreSQL and
+    # MongoDB: a failure in between must leave something a later start finishes.
+    if failing == "drop":
+        v1 = item_type({"rank": "string"}, [["rank"]])
+        v2 = item_type({"rank": "int64"}, [["rank"]])
+    else:
+        v1, v2 = _versions()
+    old = _names(v1, any_url)
+
+    async def lost(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("connection lost half-way")
+
+    async with connected(any_url) as storage:
+        await storage.apply_indexes([v1], drop_delay=DELAY)
+        mongo = any_url.startswith("mongodb")
+        if failing == "drop":  # the DROP itself is lost
+            target, name = (mongo_indexes, "_drop") if mongo else (sql_indexes, "_drop_retired")
+            monkeypatch.setattr(target, name, lost)
+        elif mongo:  # retired, then lost before the catalog row goes
+            real_delete = mongo_indexes.AsyncCollection.delete_one
+
+            async def delete_one(collection: Any, *args: Any, **kwargs: Any) -> Any:
+                if collection.name == "nexus_index_catalog":
+                    await lost()
+                return await real_delete(collection, *args, **kwargs)
+
+            monkeypatch.setattr(mongo_indexes.AsyncCollection, "delete_one", delete_one)
+        else:
+
+            def forget(*args: Any) -> Any:
+                raise ConnectionError("connection lost half-way")
+
+            monkeypatch.setattr(sql_indexes, "_forget", forget)
+        with pytest.raises(Exception, match="half-way"):
+            await storage.apply_indexes([v2], drop_delay=DELAY)
+        monkeypatch.undo()
+        for _ in range(2):
+            await storage.apply_indexes([v2], drop_delay=DELAY)
+            await asyncio.sleep(DELAY + 0.1)
+            await storage.drop_retired_indexes(drop_delay=DELAY)
+        assert not old & await nexus_indexes(any_url)
+
+
+async def test_the_mongodb_lease_is_renewed_while_its_holder_works(
+    mongo_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mongo_indexes, "_LEASE_SECONDS", 0.6)
+    async with connected(mongo_url) as storage:
+        records: Any = storage._backend.records  # type: ignore[attr-defined]
+        inside: list[str] = []
+        overlaps: list[bool] = []
+
+        async def work(name: str, seconds: float) -> None:
+            async with mongo_indexes._lease(records, wait=10) as held:
+                assert held
+                overlaps.append(bool(inside))
+                inside.append(name)
+                await asyncio.sleep(seconds)
+                inside.remove(name)
+
+        first = asyncio.create_task(work("long build", 2.0))
+        await asyncio.sleep(0.1)
+        await asyncio.gather(first, work("next start", 0.1))
+        assert overlaps == [False, False]
