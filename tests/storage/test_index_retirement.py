@@ -184,19 +184,9 @@ async def _declared_by_a_release_without_retirement(
     writes it (it builds nothing: the index is there)."""
     backend: Any = storage._backend
     if backend.name == "mongodb":
-        catalog = backend.records.database.get_collection("nexus_index_catalog")
+        # The catalog document every release writes the same way.
         for index in declared_indexes(message_type.DESCRIPTOR):
-            await catalog.update_one(
-                {"_id": f"{index.keys_name}|{index.message_type}"},
-                {
-                    "$set": {
-                        "index_name": index.keys_name,
-                        "message_type": index.message_type,
-                        "definition": index.definition,
-                    }
-                },
-                upsert=True,
-            )
+            await mongo_indexes._record(backend.records, index)
         return
     async with backend._database.transaction(write=True) as conn:
         for index in declared_indexes(message_type.DESCRIPTOR):
