@@ -177,8 +177,10 @@ async def drop_retired_sql_indexes(
             ours.setdefault(index.name, []).append(index)
     # Read first, without a lock: nearly every sweep finds nothing due.
     async with database.transaction(write=False) as conn:
-        retired = await _retired(conn)
-    if not _any_due(retired, drop_delay) and not set(ours) & set(retired):
+        retired, now = await _retired(conn), await _now(conn)
+    if not any(_due(since, now, drop_delay) for since in retired.values()) and not (
+        set(ours) & set(retired)
+    ):
         return changes
     if database.dialect.name == "sqlite":
         async with database.transaction(write=True) as conn:
@@ -222,7 +224,7 @@ async def _retire_or_drop(
     retired = await _retired(conn)
     declared = {index.name for indexes in wanted.values() for index in indexes}
     await _take_back(conn, retired, declared | {name for name, _, _ in recorded})
-    now = datetime.now(UTC)
+    now = await _now(conn)
     # The catalog row goes last: on PostgreSQL each statement commits on its own, and an
     # index left with neither a catalog row nor a retirement would never be dropped.
     for name, type_name, still_used in _unwanted(wanted, recorded):
@@ -261,9 +263,13 @@ async def _retired(conn: SqlConnection) -> dict[str, datetime]:
     return {str(row[0]): row[1] for row in rows}
 
 
-def _any_due(retired: dict[str, datetime], drop_delay: float) -> bool:
-    now = datetime.now(UTC)
-    return any(_due(since, now, drop_delay) for since in retired.values())
+async def _now(conn: SqlConnection) -> datetime:
+    """The time retirements are measured in: PostgreSQL's clock, shared by every process
+    of every machine using the database (SQLite's processes share one machine's)."""
+    if not isinstance(conn, AsyncConnection) or conn.dialect.name == "sqlite":
+        return datetime.now(UTC)
+    value: datetime = (await conn.execute(text("SELECT now()"))).scalar_one()
+    return value.astimezone(UTC)
 
 
 async def _drop_due(
@@ -286,7 +292,7 @@ async def _drop_due(
         for index in ours[name]:
             await _record(conn, index)
     await _take_back(conn, retired, set(ours) | {str(row[0]) for row in rows.all()})
-    now = datetime.now(UTC)
+    now = await _now(conn)
     for name, since in retired.items():
         if _due(since, now, drop_delay):
             await _drop_retired(conn, name, drop_sql)

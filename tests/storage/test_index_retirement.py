@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -384,3 +385,24 @@ async def test_the_mongodb_lease_is_renewed_while_its_holder_works(
         await asyncio.sleep(0.1)
         await asyncio.gather(first, work("next start", 0.1))
         assert overlaps == [False, False]
+
+
+async def test_postgresql_measures_the_delay_by_its_own_clock(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Processes on several machines share the database: a process whose clock runs an
+    # hour ahead must not find another's retirement due.
+    class Ahead(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return datetime.now(tz) + timedelta(hours=1)
+
+    v1, v2 = _versions()
+    async with connected(postgres_url) as storage:
+        await storage.apply_indexes([v1], drop_delay=DELAY)
+        await storage.apply_indexes([v2], drop_delay=DELAY)
+        monkeypatch.setattr(sql_indexes, "datetime", Ahead)
+        again = await storage.apply_indexes([v2], drop_delay=DELAY)
+        swept = await storage.drop_retired_indexes(drop_delay=DELAY)
+        assert not again.dropped and not swept.dropped
+        assert _names(v1, postgres_url) <= await nexus_indexes(postgres_url)
