@@ -163,28 +163,24 @@ async def apply_sql_indexes(
 async def drop_retired_sql_indexes(
     database: Database, *, drop_delay: float, declared: Sequence[Descriptor] = ()
 ) -> IndexChanges:
-    """Drop the retired indexes whose ``drop_delay`` has passed (what a start would drop
-    of them): the host's periodic sweep, so that an index no contract declares stops
-    costing every write of its collection once the delay is over, not at the next
-    start. Those the ``declared`` types (this process's contracts) declare are taken
-    back instead: a process of another release may have retired them at its start. On
-    PostgreSQL a sweep finding another process changing indexes (the advisory lock
-    taken) does nothing this time; on SQLite it waits for the write lock as any write."""
+    """The host's periodic sweep: what a start does but build, for the ``declared``
+    types (this process's contracts). So an index no contract declares is dropped once
+    the delay is over, not at the next start; an index the ``declared`` types declare is
+    taken back (a process of another release may have retired it) with its catalog rows
+    written back; and an index of theirs they no longer declare is retired (a process of
+    the previous release still running may have taken it back). On PostgreSQL a sweep
+    finding another process changing indexes (the advisory lock taken) does nothing
+    this time; on SQLite it waits for the write lock as any write."""
     changes = IndexChanges()
-    ours: dict[str, list[DeclaredIndex]] = {}
-    for descriptor in declared:
-        for index in declared_indexes(descriptor):
-            ours.setdefault(index.name, []).append(index)
-    # Read first, without a lock: nearly every sweep finds nothing due.
+    wanted = {descriptor.full_name: declared_indexes(descriptor) for descriptor in declared}
+    # Read first, without a lock: nearly every sweep has nothing to do.
     async with database.transaction(write=False) as conn:
-        retired, now = await _retired(conn), await _now(conn)
-    if not any(_due(since, now, drop_delay) for since in retired.values()) and not (
-        set(ours) & set(retired)
-    ):
+        recorded, retired, now = await _recorded(conn), await _retired(conn), await _now(conn)
+    if not _sweep_due(wanted, recorded, retired, now, drop_delay):
         return changes
     if database.dialect.name == "sqlite":
         async with database.transaction(write=True) as conn:
-            await _drop_due(conn, drop_delay, "DROP INDEX IF EXISTS", changes, ours)
+            await _sweep(conn, wanted, changes, drop_delay, "DROP INDEX IF EXISTS")
     else:
         engine = database._engine
         assert engine is not None
@@ -193,13 +189,48 @@ async def drop_retired_sql_indexes(
             if not await _try_lock(conn):
                 return changes
             try:
-                await _drop_due(
-                    conn, drop_delay, "DROP INDEX CONCURRENTLY IF EXISTS", changes, ours
-                )
+                await _sweep(conn, wanted, changes, drop_delay, "DROP INDEX CONCURRENTLY IF EXISTS")
             finally:
                 await _unlock(conn)
-    report_changes(changes)
+    report_changes(changes, drop_delay)
     return changes
+
+
+def _sweep_due(
+    wanted: dict[str, tuple[DeclaredIndex, ...]],
+    recorded: list[tuple[str, str, str]],
+    retired: dict[str, datetime],
+    now: datetime,
+    drop_delay: float,
+) -> bool:
+    """Whether a sweep has anything to do: a retirement due, declared or with a catalog
+    row again, or a catalog row of a declared type that its type no longer declares."""
+    declared = {index.name for indexes in wanted.values() for index in indexes}
+    return (
+        any(_due(since, now, drop_delay) for since in retired.values())
+        or bool(set(retired) & (declared | {name for name, _, _ in recorded}))
+        or bool(_unwanted(wanted, recorded))
+    )
+
+
+async def _sweep(
+    conn: SqlConnection,
+    wanted: dict[str, tuple[DeclaredIndex, ...]],
+    changes: IndexChanges,
+    drop_delay: float,
+    drop_sql: str,
+) -> None:
+    """A sweep under the lock: the declared types' retired indexes re-recorded, then
+    what a start does with the catalog."""
+    retired = await _retired(conn)
+    for indexes in wanted.values():
+        for index in indexes:
+            if index.name in retired:
+                await _record(conn, index)
+    recorded = await _recorded(conn)
+    await _retire_or_drop(conn, wanted, recorded, changes, drop_delay=drop_delay, drop_sql=drop_sql)
+    # Reported (logged) once, when retired, not at every sweep while kept.
+    changes.retired = [name for name in changes.retired if name not in retired]
 
 
 async def _retire_or_drop(
@@ -270,33 +301,6 @@ async def _now(conn: SqlConnection) -> datetime:
         return datetime.now(UTC)
     value: datetime = (await conn.execute(text("SELECT now()"))).scalar_one()
     return value.astimezone(UTC)
-
-
-async def _drop_due(
-    conn: SqlConnection,
-    drop_delay: float,
-    drop_sql: str,
-    changes: IndexChanges,
-    ours: dict[str, list[DeclaredIndex]],
-) -> None:
-    """Drop every retired index that is due, read again under the lock. One with a
-    catalog row again (a process declaring it started since) is taken back instead, and
-    so is one this process declares, whose catalog rows are written back (so that a
-    later release that stops declaring it retires it in turn)."""
-    retired = await _retired(conn)
-    catalog = index_catalog.c
-    rows = await conn.execute(
-        select(catalog.index_name).where(catalog.index_name.in_(sorted(retired))).distinct()
-    )
-    for name in set(ours) & set(retired):
-        for index in ours[name]:
-            await _record(conn, index)
-    await _take_back(conn, retired, set(ours) | {str(row[0]) for row in rows.all()})
-    now = await _now(conn)
-    for name, since in retired.items():
-        if _due(since, now, drop_delay):
-            await _drop_retired(conn, name, drop_sql)
-            changes.dropped.append(name)
 
 
 def _due(since: datetime, now: datetime, drop_delay: float) -> bool:

@@ -60,6 +60,8 @@ Document = dict[str, Any]
 
 #: The server's answer to a second index on the same keys under another name.
 _INDEX_OPTIONS_CONFLICT = 85
+#: The server's answer to dropping an index that does not exist.
+_INDEX_NOT_FOUND = 27
 #: The collection holding the lease on index changes (see :func:`_lease`).
 INDEX_LEASE_COLLECTION = "nexus_index_lease"
 #: The lease document's id.
@@ -106,18 +108,43 @@ async def _apply(
     """:func:`apply_mongo_indexes` under the lease: the same steps as on SQL (see
     :func:`.indexes._retire_or_drop`), drops before builds."""
     changes = IndexChanges()
-    catalog = _catalog(records)
-    recorded = [
-        document async for document in catalog.find({"message_type": {"$in": sorted(wanted)}})
-    ]
+    recorded = await _recorded(records, wanted)
     for descriptor in types:
         if _kind_changed(descriptor, recorded):
             for collection in index_collections(descriptor) or [descriptor.full_name]:
                 await reindex_collection(records, descriptor, collection)
             changes.reindexed.append(descriptor.full_name)
+    await _settle(records, wanted, recorded, changes, drop_delay)
+    existing = await records.index_information()
+    for indexes in wanted.values():
+        for index in indexes:
+            if index.keys_name not in existing and await _create(records, index):
+                changes.created.append(index.keys_name)
+            await _record(records, index)
+    return changes
+
+
+async def _recorded(
+    records: AsyncCollection[Document], wanted: dict[str, tuple[DeclaredIndex, ...]]
+) -> list[Document]:
+    """The catalog rows of the ``wanted`` types."""
+    rows = _catalog(records).find({"message_type": {"$in": sorted(wanted)}})
+    return [document async for document in rows]
+
+
+async def _settle(
+    records: AsyncCollection[Document],
+    wanted: dict[str, tuple[DeclaredIndex, ...]],
+    recorded: list[Document],
+    changes: IndexChanges,
+    drop_delay: float,
+) -> dict[str, float]:
+    """Take back, retire and drop as on SQL; the retirements found at first."""
+    catalog = _catalog(records)
     declared = {(i.keys_name, type_name) for type_name, indexes in wanted.items() for i in indexes}
     declared_names = {name for name, _ in declared}
     retired = await _retired(records)
+    found = dict(retired)
     await _take_back(records, retired, declared_names | await _with_rows(records, retired))
     # Drops first: an index whose only change is a path's value kind has the same keys,
     # and MongoDB refuses a second index on the same keys under another name; a retired
@@ -164,47 +191,53 @@ async def _apply(
             changes.dropped.append(name)
         else:
             changes.retired.append(name)
-    existing = await records.index_information()
-    for indexes in wanted.values():
-        for index in indexes:
-            if index.keys_name not in existing and await _create(records, index):
-                changes.created.append(index.keys_name)
-            await _record(records, index)
-    return changes
+    return found
 
 
 async def drop_retired_mongo_indexes(
     records: AsyncCollection[Document], *, drop_delay: float, declared: Sequence[Descriptor] = ()
 ) -> IndexChanges:
-    """Drop the retired indexes whose ``drop_delay`` has passed (the host's periodic
-    sweep; see :func:`.indexes.drop_retired_sql_indexes`). One with a catalog row again,
-    or one the ``declared`` types declare (its catalog rows written back), is taken
-    back; a sweep finding the lease held does nothing this time."""
+    """The host's periodic sweep, as on SQL (see :func:`.indexes.drop_retired_sql_indexes`):
+    what a start does but build, for the ``declared`` types. A sweep finding the lease
+    held does nothing this time."""
     changes = IndexChanges()
-    ours: dict[str, list[DeclaredIndex]] = {}
-    for descriptor in declared:
-        for index in _by_keys(descriptor):
-            ours.setdefault(index.keys_name, []).append(index)
-    retired = await _retired(records)
-    now = time.time()
-    if not any(_due(since, now, drop_delay) for since in retired.values()) and not (
-        set(ours) & set(retired)
-    ):
+    wanted = {descriptor.full_name: _by_keys(descriptor) for descriptor in declared}
+    if not await _sweep_due(records, wanted, drop_delay):
         return changes
     async with _lease(records, wait=0) as held:
         if not held:
             return changes
         retired = await _retired(records)
-        for name in set(ours) & set(retired):
-            for index in ours[name]:
-                await _record(records, index)
-        await _take_back(records, retired, set(ours) | await _with_rows(records, retired))
-        for name, since in retired.items():
-            if _due(since, now, drop_delay):
-                await _drop(records, name)
-                changes.dropped.append(name)
+        for indexes in wanted.values():
+            for index in indexes:
+                if index.keys_name in retired:
+                    await _record(records, index)
+        before = await _settle(
+            records, wanted, await _recorded(records, wanted), changes, drop_delay
+        )
+    # Reported (logged) once, when retired, not at every sweep while kept.
+    changes.retired = [name for name in changes.retired if name not in before]
     report_changes(changes, drop_delay)
     return changes
+
+
+async def _sweep_due(
+    records: AsyncCollection[Document],
+    wanted: dict[str, tuple[DeclaredIndex, ...]],
+    drop_delay: float,
+) -> bool:
+    """Whether a sweep has anything to do (read without the lease): a retirement due,
+    declared or with a catalog row again, or a catalog row of a declared type that its
+    type no longer declares."""
+    retired = await _retired(records)
+    now = time.time()
+    declared = {(i.keys_name, type_name) for type_name, indexes in wanted.items() for i in indexes}
+    if any(_due(since, now, drop_delay) for since in retired.values()):
+        return True
+    if set(retired) & ({name for name, _ in declared} | await _with_rows(records, retired)):
+        return True
+    recorded = await _recorded(records, wanted)
+    return any((row["index_name"], row["message_type"]) not in declared for row in recorded)
 
 
 @asynccontextmanager
@@ -323,9 +356,13 @@ def _due(since: float, now: float, drop_delay: float) -> bool:
 
 async def _drop(records: AsyncCollection[Document], name: str) -> None:
     """Drop ``name`` and forget its retirement (a retired index has no catalog row)."""
-    # Dropped by hand (or by a process of a release without the lease) already.
-    with contextlib.suppress(OperationFailure):
+    try:
         await records.drop_index(name)
+    except OperationFailure as exc:
+        # Dropped by hand (or by a process of a release without the lease) already. Any
+        # other refusal keeps the retirement, so a later start or sweep tries again.
+        if exc.code != _INDEX_NOT_FOUND:
+            raise
     await _retirements(records).delete_one({"_id": name})
 
 

@@ -4,9 +4,11 @@ An index no loaded contract declares any more is retired at start and kept for
 ``storage.index_drop_delay`` (see :mod:`.indexes`): processes of the previous release
 still list from it during a rolling upgrade. Meanwhile every write of its collection
 still maintains it, so it should go soon after the delay, not at the next start, which
-may be weeks later. The sweep checks a handful of rows a few times per delay; every
-worker of every process runs it, and they agree (drops are idempotent, SQLite's write
-lock and PostgreSQL's advisory lock order them).
+may be weeks later. The sweep reads a handful of rows a few times per delay and, when
+there is something to do, does with the catalog what a start does for this process's
+contracts (see :func:`.indexes.drop_retired_sql_indexes`). Every worker of every
+process runs it, and they agree: SQLite's write lock, PostgreSQL's advisory lock and
+MongoDB's lease order them.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from types import TracebackType
 
@@ -114,8 +115,7 @@ class Storage:
         host does at start, once its plugins are loaded). Raises
         IndexDeclarationError for a declaration naming a field that cannot be indexed.
         """
-        if drop_delay < 0:
-            raise ValueError(f"drop_delay must be 0 or more seconds, got {drop_delay}")
+        _check_delay(drop_delay)
         if message_types is None:
             types = loaded_message_types()
         else:
@@ -136,8 +136,7 @@ class Storage:
         Indexes the ``declared`` types declare (the ones this process serves) are taken
         back instead: a process of another release may have retired them.
         """
-        if drop_delay < 0:
-            raise ValueError(f"drop_delay must be 0 or more seconds, got {drop_delay}")
+        _check_delay(drop_delay)
         types = [t if isinstance(t, Descriptor) else descriptor_of(t) for t in declared]
         return await self._backend.drop_retired_indexes(drop_delay=drop_delay, declared=types)
 
@@ -162,3 +161,8 @@ class Storage:
         traceback: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _check_delay(drop_delay: float) -> None:
+    if not math.isfinite(drop_delay) or drop_delay < 0:
+        raise ValueError(f"drop_delay must be 0 or more seconds, got {drop_delay}")

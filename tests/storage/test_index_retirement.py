@@ -23,8 +23,9 @@ from nexus_grpc.storage.retired_sweep import RetiredIndexSweep, sweep_interval
 from . import backend_url, connected
 from .test_indexes import _names, item_type, nexus_indexes
 
-#: Short enough for a test, long enough that two calls in a row fall within it.
-DELAY = 0.6
+#: Short enough for a test, long enough that a few calls in a row fall within it on a
+#: loaded CI machine (PostgreSQL builds and drops CONCURRENTLY).
+DELAY = 2.0
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mongodb"])
@@ -406,3 +407,56 @@ async def test_postgresql_measures_the_delay_by_its_own_clock(
         swept = await storage.drop_retired_indexes(drop_delay=DELAY)
         assert not again.dropped and not swept.dropped
         assert _names(v1, postgres_url) <= await nexus_indexes(postgres_url)
+
+
+async def test_a_previous_fleet_stopped_after_taking_its_index_back_still_loses_it(
+    any_url: str,
+) -> None:
+    # Blue/green, or the old pods of a rolling update sweeping once more before they
+    # end: release 1's sweep takes its index back; no release 1 process starts again.
+    v1, v2 = _versions()
+    old = _names(v1, any_url)
+    async with connected(any_url) as blue, connected(any_url) as green:
+        await blue.apply_indexes([v1], drop_delay=DELAY)
+        await green.apply_indexes([v2], drop_delay=DELAY)
+        await blue.drop_retired_indexes(drop_delay=DELAY, declared=[v1])
+        assert old <= await nexus_indexes(any_url)
+        # Release 2's sweeps retire it again, then drop it once due.
+        first = await green.drop_retired_indexes(drop_delay=DELAY, declared=[v2])
+        assert first.retired == sorted(old)
+        await asyncio.sleep(DELAY + 0.1)
+        swept = await green.drop_retired_indexes(drop_delay=DELAY, declared=[v2])
+        assert swept.dropped == sorted(old) and not old & await nexus_indexes(any_url)
+        # Nothing left to do: the next sweep changes nothing and logs nothing.
+        idle = await green.drop_retired_indexes(drop_delay=DELAY, declared=[v2])
+        assert not idle.dropped and not idle.retired
+
+
+async def test_a_mongodb_drop_the_server_refuses_keeps_the_retirement(
+    mongo_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pymongo.errors import OperationFailure
+
+    v1, v2 = _versions()
+    old = _names(v1, mongo_url)
+    async with connected(mongo_url) as storage:
+        await storage.apply_indexes([v1], drop_delay=DELAY)
+        await storage.apply_indexes([v2], drop_delay=DELAY)
+        await asyncio.sleep(DELAY + 0.1)
+
+        async def refused(collection: Any, name: str, **kwargs: Any) -> None:
+            raise OperationFailure("not authorized to execute command dropIndexes", 13)
+
+        monkeypatch.setattr(mongo_indexes.AsyncCollection, "drop_index", refused)
+        with pytest.raises(Exception, match=r"OperationFailure \(13\)"):
+            await storage.drop_retired_indexes(drop_delay=DELAY)
+        monkeypatch.undo()
+        swept = await storage.drop_retired_indexes(drop_delay=DELAY)
+        assert swept.dropped == sorted(old) and not old & await nexus_indexes(mongo_url)
+        # An index gone already (dropped by hand) is forgotten without an error.
+        await storage.apply_indexes([v1], drop_delay=DELAY)
+        await storage.apply_indexes([v2], drop_delay=DELAY)
+        records: Any = storage._backend.records  # type: ignore[attr-defined]
+        await records.drop_index(next(iter(old)))
+        await asyncio.sleep(DELAY + 0.1)
+        assert (await storage.drop_retired_indexes(drop_delay=DELAY)).dropped == sorted(old)
