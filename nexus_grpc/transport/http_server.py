@@ -30,6 +30,9 @@ _log = logging.getLogger("nexus.http")
 
 #: Longest wait, at stop, for connections just accepted to send their first request.
 _SETTLE_SECONDS = 0.5
+#: Seconds given to connections accepted just before the listener closed to reach the
+#: server's connection list (see ``_settle_new_connections``).
+_ACCEPTED_ARRIVE = 0.05
 
 
 class HttpServer:
@@ -161,9 +164,14 @@ class HttpServer:
         assert self._server is not None
         for listener in self._server.servers:
             listener.close()
-        deadline = asyncio.get_running_loop().time() + limit
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        # A socket asyncio accepted gets its protocol (and joins the connections below)
+        # in a task of its own, a loop turn or more later: without this first wait the
+        # poll can find nothing pending while such a connection is on its way in.
+        await asyncio.sleep(min(limit, _ACCEPTED_ARRIVE))
         # uvicorn's connections have no "first request read" callback: polled.
-        while asyncio.get_running_loop().time() < deadline and any(  # noqa: ASYNC110
+        while loop.time() < deadline and any(  # noqa: ASYNC110
             getattr(connection, "cycle", False) is None
             for connection in self._server.server_state.connections
         ):
