@@ -41,7 +41,9 @@ class RetiredIndexSweep:
 
     ``declared`` gives the message types this process serves at each sweep: an index
     they declare is never dropped (a process of another release may have retired it
-    at its start) but taken back.
+    at its start) but taken back, and one of theirs they no longer declare is retired.
+    A hot swap finishing during a sweep may leave that sweep a generation behind; the
+    next one sees the new generation.
     """
 
     def __init__(
