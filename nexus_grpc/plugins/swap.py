@@ -50,7 +50,7 @@ from nexus_grpc.plugins.generation import Generation
 from nexus_grpc.plugins.manager import PluginManager, PluginRecord, PluginState, PrepareError
 from nexus_grpc.plugins.modules import forget_modules
 from nexus_grpc.routing import RoutingTable
-from nexus_grpc.storage.declared import IndexDeclarationError, declared_indexes
+from nexus_grpc.storage.declared import indexable_types
 
 if TYPE_CHECKING:
     from nexus_grpc.plugins.swap_sharing import SwapSharing
@@ -473,20 +473,15 @@ class HotSwap:
         lists stay correct without an index, only slower."""
         if self._storage is None:
             return
-        types: list[Descriptor] = []
-        for descriptor in _message_types(generation):
-            try:
-                declared_indexes(descriptor)
-            except IndexDeclarationError as error:
-                _log.warning(
-                    "plugin %s: storage indexes of %s not built: %s",
-                    name,
-                    descriptor.full_name,
-                    error,
-                    extra={"plugin": name},
-                )
-                continue
-            types.append(descriptor)
+        types, invalid = indexable_types(_message_types(generation))
+        for descriptor, error in invalid:
+            _log.warning(
+                "plugin %s: storage indexes of %s not built: %s",
+                name,
+                descriptor.full_name,
+                error,
+                extra={"plugin": name},
+            )
         try:
             await self._storage.apply_indexes(types, drop_delay=self._index_drop_delay)
         except Exception as error:  # any database failure: the swap is done regardless

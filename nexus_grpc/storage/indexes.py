@@ -53,9 +53,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor
@@ -180,18 +181,12 @@ async def drop_retired_sql_indexes(
         return changes
     if database.dialect.name == "sqlite":
         async with database.transaction(write=True) as conn:
-            await _sweep(conn, wanted, changes, drop_delay, "DROP INDEX IF EXISTS")
+            await _sweep(conn, wanted, changes, drop_delay)
     else:
-        engine = database._engine
-        assert engine is not None
-        async with engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            if not await _try_lock(conn):
+        async with _postgres_ddl(database, wait=False) as locked:
+            if locked is None:
                 return changes
-            try:
-                await _sweep(conn, wanted, changes, drop_delay, "DROP INDEX CONCURRENTLY IF EXISTS")
-            finally:
-                await _unlock(conn)
+            await _sweep(locked, wanted, changes, drop_delay)
     report_changes(changes, drop_delay)
     return changes
 
@@ -218,7 +213,6 @@ async def _sweep(
     wanted: dict[str, tuple[DeclaredIndex, ...]],
     changes: IndexChanges,
     drop_delay: float,
-    drop_sql: str,
 ) -> None:
     """A sweep under the lock: the declared types' retired indexes re-recorded, then
     what a start does with the catalog."""
@@ -228,7 +222,7 @@ async def _sweep(
             if index.name in retired:
                 await _record(conn, index)
     recorded = await _recorded(conn)
-    await _retire_or_drop(conn, wanted, recorded, changes, drop_delay=drop_delay, drop_sql=drop_sql)
+    await _retire_or_drop(conn, wanted, recorded, changes, drop_delay=drop_delay)
     # Reported (logged) once, when retired, not at every sweep while kept.
     changes.retired = [name for name in changes.retired if name not in retired]
 
@@ -240,7 +234,6 @@ async def _retire_or_drop(
     changes: IndexChanges,
     *,
     drop_delay: float,
-    drop_sql: str,
 ) -> None:
     """The catalog's part of a start, under the lock.
 
@@ -261,7 +254,7 @@ async def _retire_or_drop(
     for name, type_name, still_used in _unwanted(wanted, recorded):
         if not (still_used or name in changes.dropped or name in retired):
             if type_name in changes.reindexed or drop_delay <= 0:
-                await _drop_retired(conn, name, drop_sql)
+                await _drop_retired(conn, name)
                 changes.dropped.append(name)
             else:
                 await conn.execute(index_retired.insert().values(index_name=name, retired_at=now))
@@ -271,7 +264,7 @@ async def _retire_or_drop(
         if name in changes.dropped:
             continue
         if _due(since, now, drop_delay):
-            await _drop_retired(conn, name, drop_sql)
+            await _drop_retired(conn, name)
             changes.dropped.append(name)
         else:
             changes.retired.append(name)
@@ -294,10 +287,14 @@ async def _retired(conn: SqlConnection) -> dict[str, datetime]:
     return {str(row[0]): row[1] for row in rows}
 
 
+def _on_postgres(conn: SqlConnection) -> TypeGuard[AsyncConnection]:
+    return isinstance(conn, AsyncConnection) and conn.dialect.name == "postgresql"
+
+
 async def _now(conn: SqlConnection) -> datetime:
     """The time retirements are measured in: PostgreSQL's clock, shared by every process
     of every machine using the database (SQLite's processes share one machine's)."""
-    if not isinstance(conn, AsyncConnection) or conn.dialect.name == "sqlite":
+    if not _on_postgres(conn):
         return datetime.now(UTC)
     value: datetime = (await conn.execute(text("SELECT now()"))).scalar_one()
     return value.astimezone(UTC)
@@ -308,9 +305,12 @@ def _due(since: datetime, now: datetime, drop_delay: float) -> bool:
     return drop_delay <= 0 or (now - since).total_seconds() >= drop_delay
 
 
-async def _drop_retired(conn: SqlConnection, name: str, drop_sql: str) -> None:
-    """Drop ``name`` and forget its retirement (a retired index has no catalog row)."""
-    await conn.execute(text(f"{drop_sql} {name}"))
+async def _drop_retired(conn: SqlConnection, name: str) -> None:
+    """Drop ``name`` and forget its retirement (a retired index has no catalog row). On
+    PostgreSQL concurrently: writes go on meanwhile (the connection commits each
+    statement on its own, see :func:`_postgres_ddl`)."""
+    how = "CONCURRENTLY " if _on_postgres(conn) else ""
+    await conn.execute(text(f"DROP INDEX {how}IF EXISTS {name}"))
     await conn.execute(delete(index_retired).where(index_retired.c.index_name == name))
 
 
@@ -342,9 +342,7 @@ async def _apply_sqlite(
             # One still there (retired, now declared again) was not built now.
             if index.name not in present:
                 changes.created.append(index.name)
-        await _retire_or_drop(
-            conn, wanted, recorded, changes, drop_delay=drop_delay, drop_sql="DROP INDEX IF EXISTS"
-        )
+        await _retire_or_drop(conn, wanted, recorded, changes, drop_delay=drop_delay)
     report_changes(changes, drop_delay)
     return changes
 
@@ -356,34 +354,41 @@ async def _apply_postgres(
     drop_delay: float,
 ) -> IndexChanges:
     changes = IndexChanges()
-    # CREATE INDEX CONCURRENTLY refuses to run inside a transaction block: this
-    # connection commits each statement. The Database hands out transactions only.
+    async with _postgres_ddl(database, wait=True) as conn:
+        assert conn is not None
+        recorded = await _recorded(conn)
+        for type_name in _kind_changed(recorded, types):
+            await _reindex_type(database, types[type_name])
+            changes.reindexed.append(type_name)
+        for index in _missing(wanted, recorded, ignore_recorded=True):
+            if await _build_postgres(database, conn, index):
+                changes.created.append(index.name)
+            await _record(conn, index)
+        await _retire_or_drop(conn, wanted, recorded, changes, drop_delay=drop_delay)
+    report_changes(changes, drop_delay)
+    return changes
+
+
+@asynccontextmanager
+async def _postgres_ddl(database: Database, *, wait: bool) -> AsyncIterator[AsyncConnection | None]:
+    """The connection index changes run on, holding the index lock: waiting for it up
+    to :data:`_LOCK_WAIT` (a start), or None at once when another process holds it (a
+    sweep). CREATE and DROP INDEX CONCURRENTLY refuse to run inside a transaction
+    block: this connection commits each statement. The Database hands out transactions
+    only."""
     engine = database._engine  # the one DDL connection outside them
     assert engine is not None
     async with engine.connect() as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
-        await _lock(conn)
+        if wait:
+            await _lock(conn)
+        elif not await _try_lock(conn):
+            yield None
+            return
         try:
-            recorded = await _recorded(conn)
-            for type_name in _kind_changed(recorded, types):
-                await _reindex_type(database, types[type_name])
-                changes.reindexed.append(type_name)
-            for index in _missing(wanted, recorded, ignore_recorded=True):
-                if await _build_postgres(database, conn, index):
-                    changes.created.append(index.name)
-                await _record(conn, index)
-            await _retire_or_drop(
-                conn,
-                wanted,
-                recorded,
-                changes,
-                drop_delay=drop_delay,
-                drop_sql="DROP INDEX CONCURRENTLY IF EXISTS",
-            )
+            yield conn
         finally:
             await _unlock(conn)
-    report_changes(changes, drop_delay)
-    return changes
 
 
 async def _try_lock(conn: AsyncConnection) -> bool:

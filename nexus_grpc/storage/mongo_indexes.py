@@ -138,13 +138,12 @@ async def _settle(
     recorded: list[Document],
     changes: IndexChanges,
     drop_delay: float,
-) -> dict[str, float]:
-    """Take back, retire and drop as on SQL; the retirements found at first."""
+) -> None:
+    """Take back, retire and drop as on SQL (see :func:`.indexes._retire_or_drop`)."""
     catalog = _catalog(records)
     declared = {(i.keys_name, type_name) for type_name, indexes in wanted.items() for i in indexes}
     declared_names = {name for name, _ in declared}
     retired = await _retired(records)
-    found = dict(retired)
     await _take_back(records, retired, declared_names | await _with_rows(records, retired))
     # Drops first: an index whose only change is a path's value kind has the same keys,
     # and MongoDB refuses a second index on the same keys under another name; a retired
@@ -191,7 +190,6 @@ async def _settle(
             changes.dropped.append(name)
         else:
             changes.retired.append(name)
-    return found
 
 
 async def drop_retired_mongo_indexes(
@@ -212,11 +210,9 @@ async def drop_retired_mongo_indexes(
             for index in indexes:
                 if index.keys_name in retired:
                     await _record(records, index)
-        before = await _settle(
-            records, wanted, await _recorded(records, wanted), changes, drop_delay
-        )
+        await _settle(records, wanted, await _recorded(records, wanted), changes, drop_delay)
     # Reported (logged) once, when retired, not at every sweep while kept.
-    changes.retired = [name for name in changes.retired if name not in before]
+    changes.retired = [name for name in changes.retired if name not in retired]
     report_changes(changes, drop_delay)
     return changes
 

@@ -238,10 +238,10 @@ async def test_stopping_a_postgresql_sweep_mid_drop_ends_it(
         real = sql_indexes._drop_retired
         inside = asyncio.Event()
 
-        async def slow(conn: Any, name: str, drop_sql: str) -> None:
+        async def slow(conn: Any, name: str) -> None:
             inside.set()
             await conn.execute(text("SELECT pg_sleep(3)"))  # a long DROP INDEX CONCURRENTLY
-            await real(conn, name, drop_sql)
+            await real(conn, name)
 
         monkeypatch.setattr(sql_indexes, "_drop_retired", slow)
         sweep = RetiredIndexSweep(storage, DELAY)
