@@ -5,7 +5,8 @@ drains without announcing it).
 One gRPC outcome is grpc core's own: when a server shuts down, calls that arrived but
 that the application had not yet asked for (grpc.aio takes them one at a time) are
 cancelled (``ZombifyPending``), and the client sees CANCELLED. Under saturating load a
-rolling restart shows a few at most; they are counted and bounded here, not hidden.
+rolling restart shows a few at most: at most one per client thread and retiring worker,
+as each thread has one call in flight. They are counted and bounded here, not hidden.
 
 The other is the kernel's, with ``net.ipv4.tcp_migrate_req`` at 0 (this namespace's
 default; the supervisor warns about it): connections queued on a retiring worker's
@@ -126,7 +127,9 @@ def test_sighup_rolls_every_worker_without_a_failed_call(
             )
             time.sleep(1.0)
         cancelled = [f for f in load.failures if f == "gRPC StatusCode.CANCELLED: CANCELLED"]
-        assert len(cancelled) <= 3, (load.outcomes, load.failures)
+        # A gRPC client thread has one call in flight: each retiring worker (2) can have
+        # taken at most one call per thread that it had not asked for yet.
+        assert len(cancelled) <= THREADS * 2, (load.outcomes, load.failures)
         assert [f for f in load.failures if f not in cancelled] == [], load.failures
         # At most one per gRPC client thread and retiring worker (2), and only when the
         # kernel does not migrate a closing listener's queue.
