@@ -355,7 +355,8 @@ class EventsConfig:
     max_stream_length: int = 1_000_000
     #: Seconds an outbox row is left to the process that wrote it before any relays it.
     outbox_relay_after: float = 5.0
-    #: Seconds between two outbox relay sweeps.
+    #: Seconds between two outbox relays of due rows (what was published is deleted in
+    #: batches of 100 in between).
     outbox_poll_interval: float = 1.0
     #: Seconds a consumer's inbox remembers a handled event (after the event's time).
     inbox_retention: float = 7 * 24 * 3600.0

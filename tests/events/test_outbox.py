@@ -633,3 +633,48 @@ async def test_two_concurrent_deliveries_of_one_event_take_effect_once(
     finally:
         for opened in storages:
             await opened.close()
+
+
+async def test_batches_of_published_events_are_deleted_at_once_and_relayed_at_the_poll_pace(
+    sqlite: Storage,
+) -> None:
+    # Under load every 100 publishes wake the relay loop to delete their rows; listing
+    # the outbox for rows due for a relay waits for the poll interval, and still comes.
+    namespace = sqlite.namespace("plugins/business/inventory")
+    bus = MemoryBus()
+    handled = await listening(bus)
+
+    class Counted(Outbox):
+        relay_passes = 0
+
+        async def _relay_source(self, entry: Any, refused: set[str]) -> int:
+            Counted.relay_passes += 1
+            return await super()._relay_source(entry, refused)
+
+    poll = 2.0
+    outbox = Counted(bus, relay_after=0.5, poll_interval=poll)
+    outbox.register("inventory", namespace, DECLARED)
+    publisher = Publisher(bus, "inventory", DECLARED, outbox=outbox)
+    await outbox.start()
+    try:
+        await eventually(lambda: Counted.relay_passes == 1)  # the first sweep, at start
+        started = asyncio.get_running_loop().time()
+        stranded = await left_behind(
+            namespace, inventory_pb2.StockReserved(order_id="stranded"), source="inventory"
+        )
+        for i in range(350):
+            async with namespace.transaction() as unit:
+                await publisher.publish(
+                    inventory_pb2.StockReserved(order_id=f"o{i}"), transaction=unit
+                )
+        # The batches of 100 were deleted without waiting for the poll interval.
+        published = outbox._sources["inventory"].published
+        await eventually(lambda: len(published) < 100, poll / 2)
+        assert set(await outbox_rows(namespace)) == published | {stranded.id}
+        elapsed = asyncio.get_running_loop().time() - started
+        assert Counted.relay_passes <= 1 + int(elapsed / poll) + 1
+        # The relay pass comes at the poll pace and publishes the stranded row.
+        await eventually(lambda: "stranded" in handled, 2 * poll + 5)
+    finally:
+        await outbox.stop()
+        await bus.stop(grace=1)
