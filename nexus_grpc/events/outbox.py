@@ -30,8 +30,8 @@ publishes (a rolling upgrade) is left to a process that declares it, and a row n
 another plugin as its source is never published. An outbox that cannot be read (its
 storage fails, a row no longer decodes) holds back its own plugin's relay only, logged
 until it can be read again; its rows stay, whatever the outage lasts (an unavailable
-storage is a warning, not a traceback). A type the bus refuses waits for the next sweep
-while the other types go on.
+storage is a warning, not a traceback). A type the bus refuses waits for the next relay
+pass while the other types go on.
 
 **Order.** Events published while the bus is up reach it in commit order of each
 task. Events held back during an outage are relayed after it, oldest first, and may
@@ -93,7 +93,7 @@ class Outbox:
     """Keeps events with the data that produced them until the bus has them.
 
     ``relay_after``: seconds a row is left to the process that wrote it before any
-    relay publishes it. ``poll_interval``: seconds between two relay sweeps.
+    relay publishes it. ``poll_interval``: seconds between two relay passes.
     ``clock``: wall-clock seconds (envelope times are wall-clock).
     """
 
@@ -161,9 +161,10 @@ class Outbox:
     async def sweep(self, *, relay: bool = True) -> int:
         """Delete what was published; relay rows due for it. The number relayed.
 
-        Rows of a type the bus refuses wait for the next sweep (in order: the older
-        first); the other types, and the other plugins' outboxes, go on. With
-        ``relay=False`` the sweep only deletes.
+        Rows of a type the bus refuses wait for the next relay pass (in order: the
+        older first); the other types, and the other plugins' outboxes, go on. With
+        ``relay=False`` the sweep only deletes (and cannot tell a failing relay works
+        again).
         """
         refused: set[str] = set()
         relayed = 0
@@ -180,7 +181,7 @@ class Outbox:
                         _log.exception("outbox relay of %s failed; retrying", entry.name)
                 entry.failing = True
                 continue
-            if entry.failing:
+            if entry.failing and relay:
                 _log.info("outbox relay of %s works again", entry.name)
                 entry.failing = False
         return relayed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -670,11 +671,50 @@ async def test_batches_of_published_events_are_deleted_at_once_and_relayed_at_th
         # The batches of 100 were deleted without waiting for the poll interval.
         published = outbox._sources["inventory"].published
         await eventually(lambda: len(published) < 100, poll / 2)
-        assert set(await outbox_rows(namespace)) == published | {stranded.id}
+        # Every row but the stranded one's is published and still to delete, at most.
+        assert set(await outbox_rows(namespace)) - {stranded.id} <= published
         elapsed = asyncio.get_running_loop().time() - started
         assert Counted.relay_passes <= 1 + int(elapsed / poll) + 1
+        if Counted.relay_passes == 1:  # no relay pass since the row was left
+            assert "stranded" not in handled
         # The relay pass comes at the poll pace and publishes the stranded row.
         await eventually(lambda: "stranded" in handled, 2 * poll + 5)
     finally:
         await outbox.stop()
         await bus.stop(grace=1)
+
+
+async def test_a_failing_relay_is_logged_once_while_deletes_go_on(
+    sqlite: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Deletes that succeed between two relay passes say nothing about the relay: a relay
+    # that keeps failing must not be logged as working again (and failing anew) each pass.
+    namespace = sqlite.namespace("plugins/business/inventory")
+    bus = MemoryBus()
+    await listening(bus)
+
+    class Unreadable(Outbox):
+        async def _relay_source(self, entry: Any, refused: set[str]) -> int:
+            raise RuntimeError("a row no longer decodes")
+
+    outbox = Unreadable(bus, relay_after=0.5, poll_interval=0.1)
+    outbox.register("inventory", namespace, DECLARED)
+    publisher = Publisher(bus, "inventory", DECLARED, outbox=outbox)
+    caplog.set_level(logging.INFO, logger="nexus.events")
+    await outbox.start()
+    try:
+        started = asyncio.get_running_loop().time()
+        published = 0
+        while asyncio.get_running_loop().time() - started < 0.6 or published < 300:
+            async with namespace.transaction() as unit:
+                await publisher.publish(
+                    inventory_pb2.StockReserved(order_id=str(published)), transaction=unit
+                )
+            published += 1
+        await eventually(lambda: len(outbox._sources["inventory"].published) < 100)
+    finally:
+        await outbox.stop()
+        await bus.stop(grace=1)
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("outbox relay of inventory failed" in m for m in messages) == 1
+    assert not any("works again" in m for m in messages)
