@@ -79,7 +79,10 @@ def main(collections: int) -> dict[str, dict[str, float]]:
         flag = ["--frozen"] if side == "frozen" else []
         argv = [sys.executable, "-m", "benchmarks.gc_pause", "--side", *flag]
         argv += ["--collections", str(collections)]
-        done = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=300)
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
+        if done.returncode != 0:
+            sys.stderr.write(done.stderr)
+            raise SystemExit(f"gc_pause: the {side!r} side failed ({done.returncode})")
         results[side] = json.loads(done.stdout.strip().splitlines()[-1])
     print("A started host (orders plugin, 200 creates served): one full gc.collect()")
     print(f"{'heap':>12} {'tracked':>9} {'frozen':>8} {'best ms':>8} {'median ms':>10}")

@@ -1,10 +1,11 @@
 """The objects ``nexus serve`` imports, taken out of the cyclic garbage collector's walks.
 
 A full (generation 2) collection walks every object the collector tracks. In a started
-host that is ~110k objects, ~95 % of them made by importing nexus, grpc, protobuf and
-SQLAlchemy, and one walk holds the event loop's thread for ~65 ms on our machines: a
-stall every few seconds under load, in every in-flight call's latency. ``gc.freeze()``
-moves the objects tracked so far to a permanent generation that collections skip.
+host that is ~113k objects, ~93 % of them made by importing nexus, grpc, protobuf and
+SQLAlchemy, and one walk holds the event loop's thread for ~50 to 70 ms on our
+machines (a stall every ~10 s under a write load, in every in-flight call's latency);
+frozen, ~0.5 to 1.5 ms (``benchmarks/gc_pause.py``). ``gc.freeze()`` moves the objects
+tracked so far to a permanent generation that collections skip.
 
 The freeze is taken after the imports and before any plugin is loaded: frozen objects
 are never collected, and a plugin's code must be freed when a hot swap retires its

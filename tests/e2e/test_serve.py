@@ -357,10 +357,11 @@ def test_serve_freezes_its_imports_before_it_loads_a_plugin(
     serve = start_serve(tmp_path, probe_stubs, [REPO / "tests" / "probe"], NEXUS_LOG__LEVEL="debug")
     try:
         messages = [entry["message"] for entry in serve.logs]
-        froze = next(i for i, m in enumerate(messages) if m.startswith("froze "))
+        froze = next((i for i, m in enumerate(messages) if m.startswith("froze ")), None)
+        assert froze is not None, messages
         # nexus, grpc, protobuf and SQLAlchemy: ~100k objects on CPython 3.11.
         assert int(messages[froze].split()[1]) > 20_000
-        loaded = next(i for i, m in enumerate(messages) if m.startswith("plugin probe "))
-        assert froze < loaded
+        loaded = next((i for i, m in enumerate(messages) if m.startswith("plugin probe ")), None)
+        assert loaded is not None and froze < loaded, messages
     finally:
         serve.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import subprocess
 import sys
 import types
 import weakref
@@ -269,20 +270,20 @@ def test_generations_loaded_after_nexus_serve_froze_its_imports_are_still_freed(
     # frozen objects are never collected, and a generation must be.
     from nexus_grpc.heap import freeze_imported
 
-    # Why before: a generation alive when the freeze is taken outlives its release.
-    early = _load(generated, "v1")
-    kept = weakref.ref(early.modules[SWAP_PB2])
-    assert freeze_imported() > 0
-    early.release()
-    del early
-    gc.collect()
-    assert kept() is not None
-    gc.unfreeze()
-    gc.collect()
-    assert kept() is None
-
-    assert freeze_imported() > 0
     try:
+        # Why before: a generation alive when the freeze is taken outlives its release.
+        early = _load(generated, "v1")
+        kept = weakref.ref(early.modules[SWAP_PB2])
+        assert freeze_imported() > 0
+        early.release()
+        del early
+        gc.collect()
+        assert kept() is not None
+        gc.unfreeze()
+        gc.collect()
+        assert kept() is None
+
+        assert freeze_imported() > 0
         alive: list[weakref.ref[Any]] = []
         for number in range(3):
             generation = _load(generated, "v1") if number % 2 == 0 else _load(generated, "v2")
@@ -293,6 +294,23 @@ def test_generations_loaded_after_nexus_serve_froze_its_imports_are_still_freed(
         assert [ref for ref in alive if ref() is not None] == []
     finally:
         gc.unfreeze()
+
+
+def test_what_nexus_serve_freezes_holds_no_plugin_code() -> None:
+    # nexus serve freezes after importing these two modules (nexus_grpc/cli/serve.py):
+    # plugin code or a plugin's contract imported by them would never be freed by a swap.
+    probe = (
+        "import sys, nexus_grpc.host, nexus_grpc.supervisor.worker\n"
+        "print('\\n'.join(sorted(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    plugin_code = ("nexus_plugins", "nexus_grpc.bundled", "plugins.", "nexus.orders")
+    plugin_code += ("nexus.inventory", "nexus.auth")
+    loaded = [name for name in done.stdout.split() if name.startswith(plugin_code)]
+    assert loaded == []
 
 
 def test_a_contract_file_the_upgrade_added_joins_the_generation(
