@@ -115,6 +115,7 @@ class Outbox:
         self._inboxes: list[Inbox] = []
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
 
     def register(self, source: str, namespace: Namespace, declared: frozenset[str]) -> None:
         """Relay ``source``'s outbox in ``namespace``; it may publish ``declared`` types."""
@@ -149,10 +150,15 @@ class Outbox:
     async def stop(self) -> None:
         """Stop the loop and delete the rows this process published (best effort)."""
         if self._task is not None:
+            # The flag ends the loop at its next turn should the cancellation be lost in
+            # something it awaited (Python 3.11's asyncio.wait_for drops one that races
+            # with its result; the loop no longer uses it, storage drivers might).
+            self._stopping = True
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            self._stopping = False
         for entry in self._sources.values():
             # Rows left are relayed again later: a duplicate, which the inbox absorbs.
             with contextlib.suppress(Exception):
@@ -224,7 +230,7 @@ class Outbox:
         next_prune = loop.time()  # monotonic: a wall clock set back must not stop pruning
         next_relay = loop.time()
         relayed = 0
-        while True:
+        while not self._stopping:
             # A batch of published ids wakes the loop long before the poll interval is
             # over under load (every 100 events); its delete is due, but relaying lists
             # the outbox (~2 ms on a thread on SQLite, for rows that are seldom due), so
@@ -238,8 +244,11 @@ class Outbox:
                 await self._prune_inboxes()
             if relayed >= _BATCH:
                 continue  # a backlog after an outage: drain it without pausing
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the wake
+            # instead of raising a cancellation that arrives in the same turn.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, next_relay - loop.time()))
+                async with asyncio.timeout(max(0.0, next_relay - loop.time())):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def _delete_published(self, entry: _Source) -> None:

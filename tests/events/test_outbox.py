@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -718,3 +719,30 @@ async def test_a_failing_relay_is_logged_once_while_deletes_go_on(
     messages = [record.getMessage() for record in caplog.records]
     assert sum("outbox relay of inventory failed" in m for m in messages) == 1
     assert not any("works again" in m for m in messages)
+
+
+async def test_stop_ends_the_relay_loop_even_when_its_cancellation_is_lost(
+    sqlite: Storage,
+) -> None:
+    # Python 3.11's asyncio.wait_for, and any awaited code like it, can drop a
+    # cancellation that races with a result: stopping must not wait for ever.
+    sweeping = asyncio.Event()
+
+    class LosingCancellations(Outbox):
+        async def sweep(self, *, relay: bool = True) -> int:
+            sweeping.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.5)
+            return 0
+
+    outbox = LosingCancellations(MemoryBus(), poll_interval=0.05)
+    outbox.register("inventory", sqlite.namespace("plugins/business/inventory"), DECLARED)
+    await outbox.start()
+    await sweeping.wait()  # stopped in the middle of a sweep, which drops the cancellation
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    stopping = asyncio.ensure_future(outbox.stop())
+    # Not wait_for: it would drop its own cancellation into stop()'s suppression.
+    done, _ = await asyncio.wait([stopping], timeout=5)
+    assert done, "stop() still waits for the relay loop after 5 s"
+    assert loop.time() - began < 2
