@@ -20,9 +20,10 @@ of CPU in thread switches on small machines; the statement itself ~5 µs (a read
   (see ``_sqlite``);
 * no connection of this process checkpoints on commit (a checkpoint writes and syncs
   the database file: milliseconds on the loop's thread). Every
-  :data:`CHECKPOINT_EVERY` commits a passive checkpoint runs on a thread instead, in
-  the write turn as SQLite's own runs right after a commit (a writer running beside it
-  would keep the WAL from starting over); other processes checkpoint as they do.
+  :data:`CHECKPOINT_EVERY` commits passive checkpoints run on a thread instead: one
+  while writers go on (most of the copying and syncing), then one in the write turn,
+  as SQLite's own runs right after a commit (a writer running beside it would keep the
+  WAL from starting over); other processes checkpoint as they do.
 
 Between BEGIN and COMMIT on the loop's thread nothing awaits: a cancelled caller cannot
 leave a transaction open. A write handed to a thread keeps the write turn until its
@@ -288,9 +289,9 @@ class SqlitePoints:
         connection.close()
 
     def checkpoint_step(self) -> None:
-        """A passive checkpoint, on a thread, in the write turn: with no writer of this
-        process running meanwhile it can copy the whole WAL back, and the next write
-        starts the WAL over instead of growing it."""
+        """A passive checkpoint, on a thread. Run in the write turn, with no writer of
+        this process running meanwhile, it can copy the whole WAL back, and the next
+        write starts the WAL over instead of growing it (see ``SqliteDriver._checkpoint``)."""
         connection = self._connect()
         # A failure is left to the next one, or to another connection's automatic one.
         with contextlib.closing(connection), contextlib.suppress(sqlite3.Error):
