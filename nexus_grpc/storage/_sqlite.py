@@ -217,9 +217,10 @@ class SqliteDriver:
         self.connect = connect
         #: Whether each step runs in a copy of the caller's context (when tracing).
         self.carry_context = carry_context
-        # One thread more than transactions: a point write always finds one too.
+        # One thread more than transactions: a point write always finds one too; and
+        # one for the checkpoint's first pass, which runs beside them (_checkpoint).
         self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=pool_size + 1, thread_name_prefix="nexus-sqlite"
+            max_workers=pool_size + 2, thread_name_prefix="nexus-sqlite"
         )
         #: Database name of point statements' spans (None: tracing off).
         self.span_namespace = span_namespace
@@ -268,9 +269,10 @@ class SqliteDriver:
 
     def _checkpoint_if_due(self) -> None:
         # On the loop, after a write transaction: commits may be counted on threads.
-        if self._closed or not self.points.checkpoint_due():
+        # Asked only once the last checkpoint is over: asking starts the count over.
+        if self._closed or (self._checkpointing is not None and not self._checkpointing.done()):
             return
-        if self._checkpointing is not None and not self._checkpointing.done():
+        if not self.points.checkpoint_due():
             return
         # A context of its own: not the caller's trace or request id.
         self._checkpointing = asyncio.get_running_loop().create_task(
@@ -279,11 +281,11 @@ class SqliteDriver:
 
     async def _checkpoint(self) -> None:
         # Two passive checkpoints. The first copies the WAL back while writers go on
-        # (SQLite lets them): most of the work, and its fsyncs, ~20-40 ms per 500
-        # commits here. The second, in the write turn, copies what was written
-        # meanwhile: with no writer of this process running it can copy the whole WAL,
-        # and the next write starts the WAL over instead of growing it. Writers wait for
-        # the second only.
+        # (SQLite lets them): the copying of ~500 commits, and two fsyncs, ~20-40 ms
+        # here. The second, in the write turn, copies what was written meanwhile (and
+        # syncs again): with no writer of this process running it can copy the whole
+        # WAL, and the next write starts the WAL over instead of growing it. Writers
+        # wait for the second only.
         try:
             await asyncio.wrap_future(self.executor.submit(self.points.checkpoint_step))
             await self._take_write_turn()

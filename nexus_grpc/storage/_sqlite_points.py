@@ -21,7 +21,7 @@ of CPU in thread switches on small machines; the statement itself ~5 µs (a read
 * no connection of this process checkpoints on commit (a checkpoint writes and syncs
   the database file: milliseconds on the loop's thread). Every
   :data:`CHECKPOINT_EVERY` commits passive checkpoints run on a thread instead: one
-  while writers go on (most of the copying and syncing), then one in the write turn,
+  while writers go on (most of the copying), then one in the write turn,
   as SQLite's own runs right after a commit (a writer running beside it would keep the
   WAL from starting over); other processes checkpoint as they do.
 
@@ -292,9 +292,8 @@ class SqlitePoints:
         """A passive checkpoint, on a thread. Run in the write turn, with no writer of
         this process running meanwhile, it can copy the whole WAL back, and the next
         write starts the WAL over instead of growing it (see ``SqliteDriver._checkpoint``)."""
-        connection = self._connect()
-        # A failure is left to the next one, or to another connection's automatic one.
-        with contextlib.closing(connection), contextlib.suppress(sqlite3.Error):
+        # A failure (opening too) is left to the next one, or to another process's.
+        with contextlib.suppress(sqlite3.Error), contextlib.closing(self._connect()) as connection:
             connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def close(self) -> None:
