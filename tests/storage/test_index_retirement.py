@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,19 @@ def _versions() -> tuple[type, type]:
     return v1, v2
 
 
+@asynccontextmanager
+async def _upgraded(
+    url: str,
+) -> AsyncIterator[tuple[Storage, type, type, set[str], set[str]]]:
+    """Release 1 started, then release 2: the storage, both releases' types, and the
+    names of release 1's (retired) and release 2's indexes."""
+    v1, v2 = _versions()
+    async with connected(url) as storage:
+        await storage.apply_indexes([v1], drop_delay=DELAY)
+        await storage.apply_indexes([v2], drop_delay=DELAY)
+        yield storage, v1, v2, _names(v1, url), _names(v2, url)
+
+
 async def test_an_undeclared_index_is_kept_for_the_delay_then_dropped_at_start(
     any_url: str,
 ) -> None:
@@ -72,11 +87,7 @@ async def test_an_undeclared_index_is_kept_for_the_delay_then_dropped_at_start(
 
 
 async def test_a_release_rolled_back_within_the_delay_takes_its_index_back(any_url: str) -> None:
-    v1, v2 = _versions()
-    old, new = _names(v1, any_url), _names(v2, any_url)
-    async with connected(any_url) as storage:
-        await storage.apply_indexes([v1], drop_delay=DELAY)
-        await storage.apply_indexes([v2], drop_delay=DELAY)
+    async with _upgraded(any_url) as (storage, v1, _, old, new):
         back = await storage.apply_indexes([v1], drop_delay=DELAY)
         # Nothing rebuilt; release 2's index is the one retired now.
         assert not back.created and not back.dropped and back.retired == sorted(new)
@@ -87,11 +98,7 @@ async def test_a_release_rolled_back_within_the_delay_takes_its_index_back(any_u
 
 
 async def test_the_sweep_drops_only_what_is_due(any_url: str) -> None:
-    v1, v2 = _versions()
-    old, new = _names(v1, any_url), _names(v2, any_url)
-    async with connected(any_url) as storage:
-        await storage.apply_indexes([v1], drop_delay=DELAY)
-        await storage.apply_indexes([v2], drop_delay=DELAY)
+    async with _upgraded(any_url) as (storage, _, v2, old, new):
         early = await storage.drop_retired_indexes(drop_delay=DELAY)
         assert not early.dropped and await nexus_indexes(any_url) == old | new
         await asyncio.sleep(DELAY + 0.1)
@@ -196,11 +203,7 @@ async def _declared_by_a_release_without_retirement(
 
 
 async def test_a_rollback_to_a_release_without_retirement_keeps_its_index(any_url: str) -> None:
-    v1, v2 = _versions()
-    old, new = _names(v1, any_url), _names(v2, any_url)
-    async with connected(any_url) as storage:
-        await storage.apply_indexes([v1], drop_delay=DELAY)
-        await storage.apply_indexes([v2], drop_delay=DELAY)
+    async with _upgraded(any_url) as (storage, v1, v2, old, new):
         # Rolled back to the release before retirement existed: its start declares the
         # index again, and a process of the new release still running sweeps.
         await _declared_by_a_release_without_retirement(storage, v1)
