@@ -219,11 +219,7 @@ async def test_a_rollback_to_a_release_without_retirement_keeps_its_index(any_ur
 async def test_a_rollback_without_a_sweep_does_not_spend_the_next_upgrades_delay(
     any_url: str,
 ) -> None:
-    v1, v2 = _versions()
-    old = _names(v1, any_url)
-    async with connected(any_url) as storage:
-        await storage.apply_indexes([v1], drop_delay=DELAY)
-        await storage.apply_indexes([v2], drop_delay=DELAY)
+    async with _upgraded(any_url) as (storage, v1, v2, old, _):
         await _declared_by_a_release_without_retirement(storage, v1)  # a full rollback
         await asyncio.sleep(DELAY + 0.1)
         again = await storage.apply_indexes([v2], drop_delay=DELAY)
@@ -440,11 +436,7 @@ async def test_a_mongodb_drop_the_server_refuses_keeps_the_retirement(
 ) -> None:
     from pymongo.errors import OperationFailure
 
-    v1, v2 = _versions()
-    old = _names(v1, mongo_url)
-    async with connected(mongo_url) as storage:
-        await storage.apply_indexes([v1], drop_delay=DELAY)
-        await storage.apply_indexes([v2], drop_delay=DELAY)
+    async with _upgraded(mongo_url) as (storage, v1, v2, old, _):
         await asyncio.sleep(DELAY + 0.1)
 
         async def refused(collection: Any, name: str, **kwargs: Any) -> None:
