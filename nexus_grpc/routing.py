@@ -91,7 +91,10 @@ class InFlight:
     async def wait_idle(self, seconds: float | None = None) -> bool:
         """Wait until no call is running; False when ``seconds`` passed first."""
         try:
-            await asyncio.wait_for(self._idle.wait(), seconds)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can drop a
+            # cancellation that lands in the same turn as the wake.
+            async with asyncio.timeout(seconds):
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True

@@ -100,7 +100,8 @@ class EventCapture(Generic[_E]):
                 "`capture = await host.events(EventType)` before the call that publishes, "
                 "so its consumer group exists before the event does"
             )
-        return await asyncio.wait_for(self._queue.get(), within)
+        async with asyncio.timeout(within):
+            return await self._queue.get()
 
     async def _deliver(self, event: Message, delivery: Any) -> None:
         self.received.append(event)  # type: ignore[arg-type]  # the bus decodes _E

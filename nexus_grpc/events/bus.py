@@ -296,7 +296,8 @@ class MemoryBus:
         self._running = False
         waits = [entry.queue.join() for entry in self._groups.values()]
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*waits), grace)
+            async with asyncio.timeout(grace):
+                await asyncio.gather(*waits)
         for entry in self._groups.values():
             if entry.worker is not None:
                 entry.worker.cancel()

@@ -181,7 +181,8 @@ class SwapSharing:
                 waiting.changed.clear()
                 # Woken by an answer, or every second to notice a worker that died.
                 try:
-                    await asyncio.wait_for(waiting.changed.wait(), min(remaining, 1.0))
+                    async with asyncio.timeout(min(remaining, 1.0)):
+                        await waiting.changed.wait()
                 except TimeoutError:
                     continue
         finally:

@@ -196,7 +196,8 @@ class Broadcast:
         self._replies[ident] = reply
         try:
             await self._send({**message, "id": ident})
-            return await asyncio.wait_for(reply, _REPLY_TIMEOUT)
+            async with asyncio.timeout(_REPLY_TIMEOUT):
+                return await reply
         except TimeoutError:
             raise SupervisorUnavailable(
                 f"the supervisor did not answer within {_REPLY_TIMEOUT:g}s"

@@ -80,3 +80,16 @@ async def test_in_flight_waits_for_the_last_call() -> None:
     assert await counter.wait_idle(1)
     await task
     assert counter.count == 0
+
+
+async def test_a_cancellation_racing_the_last_call_is_not_lost() -> None:
+    # The drain that waits is cancelled in the same turn as the last call ends: it must
+    # end cancelled, not report an idle server (Python 3.11's wait_for dropped this).
+    counter = InFlight()
+    counter.enter()
+    waiter = asyncio.create_task(counter.wait_idle(5))
+    await asyncio.sleep(0)
+    counter.leave()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
