@@ -262,7 +262,10 @@ class SqlitePoints:
             connection.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise wrap("BEGIN IMMEDIATE", exc, self._dialect) from exc
-        return self._finish(connection, sql, params)
+        rows = self._finish(connection, sql, params)
+        # Counted too: under another process's writes most commits may come this way.
+        self.committed()
+        return rows
 
     def _finish(self, connection: sqlite3.Connection, sql: str, params: Sequence[Any]) -> RawRows:
         """Run ``sql`` and COMMIT in the transaction begun on ``connection``; roll back

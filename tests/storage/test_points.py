@@ -44,6 +44,26 @@ def other_process_holds(path: Path, begin: str) -> Iterator[sqlite3.Connection]:
         other.close()
 
 
+@contextlib.contextmanager
+def points_on(path: Path) -> Iterator[SqlitePoints]:
+    """The point statements of one process on the SQLite file ``path``, with no storage
+    around them."""
+    executor = concurrent.futures.ThreadPoolExecutor(1)
+    points = SqlitePoints(
+        lambda: sqlite3.connect(path, isolation_level=None, timeout=5, check_same_thread=False),
+        executor,
+        dialect=sqlite_dialect.dialect(),
+        busy_timeout_ms=5000,
+        carry_context=False,
+        span_namespace=None,
+    )
+    try:
+        yield points
+    finally:
+        points.close()
+        executor.shutdown()
+
+
 async def _loop_stays_responsive(pending: asyncio.Future[object]) -> None:
     """Ticks of 10 ms keep coming while ``pending`` waits for a lock."""
     for _ in range(5):
@@ -95,16 +115,7 @@ async def test_a_read_refused_a_lock_at_once_is_left_to_a_thread(tmp_path: Path)
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as setup:
         setup.execute("CREATE TABLE t (x)")
         setup.execute("INSERT INTO t VALUES (1)")
-    executor = concurrent.futures.ThreadPoolExecutor(1)
-    points = SqlitePoints(
-        lambda: sqlite3.connect(path, isolation_level=None, timeout=5, check_same_thread=False),
-        executor,
-        dialect=sqlite_dialect.dialect(),
-        busy_timeout_ms=5000,
-        carry_context=False,
-        span_namespace=None,
-    )
-    try:
+    with points_on(path) as points:
         assert (await points.read_now("SELECT x FROM t", ())) is not None  # connected
         with other_process_holds(path, "BEGIN EXCLUSIVE"):
             started = time.monotonic()
@@ -112,9 +123,22 @@ async def test_a_read_refused_a_lock_at_once_is_left_to_a_thread(tmp_path: Path)
             assert time.monotonic() - started < 1  # refused at once, not after 5 s
         rows = await points.read_now("SELECT x FROM t", ())
         assert rows is not None and list(rows.rows) == [(1,)]
-    finally:
-        points.close()
-        executor.shutdown()
+
+
+async def test_writes_that_waited_on_a_thread_count_toward_the_checkpoint(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "count.db"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as setup:
+        setup.execute("PRAGMA journal_mode = WAL")
+        setup.execute("CREATE TABLE t (x)")
+    with points_on(path) as points:
+        for number in range(CHECKPOINT_EVERY - 1):
+            assert await points.write_now("INSERT INTO t VALUES (?)", (number,)) is not None
+        assert not points.checkpoint_due()
+        # The last one as when another process held the lock: on the thread.
+        await points.write_on_thread("INSERT INTO t VALUES (?)", (-1,), lambda: None)
+        assert points.checkpoint_due()
 
 
 #: Commits of the WAL tests, and what their WAL may grow to: half of the least it would
