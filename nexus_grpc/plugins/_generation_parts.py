@@ -19,6 +19,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, symbol_database
 from google.protobuf.descriptor import Descriptor, FileDescriptor
 
 __all__ = [
+    "HOST_CONTRACT_FOLDERS",
     "Facade",
     "GenerationError",
     "PoolModule",
@@ -32,6 +33,14 @@ __all__ = [
     "serialized_on_disk",
     "unregister_classes",
 ]
+
+
+#: Folders of the contracts the host's own code imports (its options, admin service and
+#: event envelope). Never a plugin's, even where their generated modules share a root
+#: with a plugin's (an installed wheel, the repository's ``generated/``): a generation
+#: copies them from the host's modules like any file it does not own, and a change to
+#: one takes a restart.
+HOST_CONTRACT_FOLDERS = frozenset({"nexus/options/v1", "nexus/admin/v1", "nexus/events/v1"})
 
 
 class GenerationError(ImportError):
@@ -77,7 +86,8 @@ def contract_modules(
     ``search`` root that has it. The files the given descriptors import, directly or
     not, from the same generated root (``acme/common/v1/types.proto``, in another
     folder) belong to the contract too, with their folders: left out, a changed one
-    would stay at its running version.
+    would stay at its running version. The host's contracts
+    (:data:`HOST_CONTRACT_FOLDERS`) never do.
     """
     roots = [Path(p) for p in (sys.path if search is None else search) if str(p)]
     given = list(files)
@@ -90,6 +100,8 @@ def contract_modules(
     for descriptor in given:
         if isinstance(descriptor, FileDescriptor):
             for dependency in _imported(descriptor):
+                if str(Path(dependency).parent) in HOST_CONTRACT_FOLDERS:
+                    continue
                 relative = Path(module_name_of(dependency).replace(".", "/") + ".py")
                 if any((root / relative).is_file() for root in contract_roots):
                     names.add(dependency)

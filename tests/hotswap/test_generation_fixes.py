@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -17,6 +18,7 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
+from nexus_grpc.plugins._generation_parts import HOST_CONTRACT_FOLDERS
 from nexus_grpc.plugins.generations import GenerationError, contract_modules, load_generation
 from nexus_grpc.routing import InFlight, Router
 from nexus_grpc.transport.reflection import ReflectionServicer
@@ -183,3 +185,47 @@ def test_reflection_answers_a_file_from_the_pool_of_the_plugin_serving_it() -> N
     by_symbol = reflection_pb2.ServerReflectionRequest(file_containing_symbol="shared.v1.Thing")
     assert thing_fields(by_name) == ["a", "b"]
     assert thing_fields(by_symbol) == ["a", "b"]
+
+
+def test_a_bundled_plugins_contract_leaves_the_host_contracts_it_imports_alone() -> None:
+    # The orders contract imports the host's options from the same generated root (as
+    # in an installed wheel): they are the host's, and stay its modules through a swap.
+    from nexus.options.v1 import options_pb2
+    from nexus.orders.v1 import orders_pb2
+
+    root = Path(options_pb2.__file__).parents[3]  # the root of the generated nexus package
+    modules = contract_modules([orders_pb2.DESCRIPTOR], search=[root])
+    assert modules == ["nexus.orders.v1.events_pb2", "nexus.orders.v1.orders_pb2"]
+    new = load_generation(modules, label="orders@2", search=[root])
+    try:
+        assert sorted(new.own_files) == [
+            "nexus/orders/v1/events.proto",
+            "nexus/orders/v1/orders.proto",
+        ]
+        # Copied into its pool, byte for byte, like any file it does not own.
+        copied = new.pool.FindFileByName("nexus/options/v1/options.proto")
+        assert copied.serialized_pb == options_pb2.DESCRIPTOR.serialized_pb
+        with new.binding():
+            assert sys.modules["nexus.options.v1.options_pb2"] is options_pb2
+        assert sys.modules["nexus.orders.v1.orders_pb2"] is new.module("nexus.orders.v1.orders_pb2")
+    finally:
+        new.restore()
+        new.release()
+    assert sys.modules["nexus.options.v1.options_pb2"] is options_pb2
+    assert sys.modules["nexus.orders.v1.orders_pb2"] is orders_pb2
+
+
+def test_the_host_contract_folders_are_the_contracts_the_host_imports() -> None:
+    # In a fresh interpreter: every module of nexus_grpc imported, then the generated
+    # nexus modules that came with them.
+    script = (
+        "import importlib, pkgutil, sys, nexus_grpc\n"
+        "for info in pkgutil.walk_packages(nexus_grpc.__path__, 'nexus_grpc.'):\n"
+        "    importlib.import_module(info.name)\n"
+        "print(' '.join(sorted({n.rpartition('.')[0].replace('.', '/') for n in sys.modules"
+        " if n.startswith('nexus.') and n.endswith('_pb2')})))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert set(done.stdout.split()) == HOST_CONTRACT_FOLDERS
