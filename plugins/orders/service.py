@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
@@ -291,8 +292,9 @@ def _total(order: orders_pb2.Order) -> int:
 
 
 def _now() -> timestamp_pb2.Timestamp:
+    # From nanoseconds: GetCurrentTime goes through a datetime, ~5x the cost.
     stamp = timestamp_pb2.Timestamp()
-    stamp.GetCurrentTime()
+    stamp.FromNanoseconds(time.time_ns())
     return stamp
 
 
