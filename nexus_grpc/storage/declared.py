@@ -18,6 +18,7 @@ import logging
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FileDescriptor
@@ -30,6 +31,7 @@ __all__ = [
     "INDEX_PREFIX",
     "MAX_INDEXES_PER_TYPE",
     "MAX_INDEX_KEYS",
+    "BuiltIndex",
     "DeclaredIndex",
     "IndexChanges",
     "IndexDeclarationError",
@@ -115,6 +117,18 @@ class IndexChanges:
     dropped: list[str] = field(default_factory=list)
     reindexed: list[str] = field(default_factory=list)
     retired: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BuiltIndex:
+    """An index nexus built, as the database's catalog records it: built for
+    ``message_type`` (one entry per type declaring it), or retired (no type, the time it
+    was retired), to be dropped once retired for the drop delay."""
+
+    name: str
+    message_type: str = ""
+    definition: str = ""
+    retired_at: datetime | None = None
 
 
 def report_changes(changes: IndexChanges, drop_delay: float = 0.0) -> None:

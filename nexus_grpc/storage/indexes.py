@@ -69,6 +69,7 @@ from sqlalchemy.sql.dml import Delete
 from sqlalchemy.sql.elements import TextClause
 
 from .declared import (
+    BuiltIndex,
     DeclaredIndex,
     IndexChanges,
     declared_indexes,
@@ -85,7 +86,9 @@ __all__ = [
     "drop_retired_sql_indexes",
     "index_columns",
     "index_predicate",
+    "list_sql_indexes",
     "reindex_collection",
+    "retire_sql_indexes",
 ]
 
 _log = logging.getLogger("nexus.storage")
@@ -188,6 +191,63 @@ async def drop_retired_sql_indexes(
                 return changes
             await _sweep(locked, wanted, changes, drop_delay)
     report_changes(changes, drop_delay)
+    return changes
+
+
+async def list_sql_indexes(database: Database) -> list[BuiltIndex]:
+    """Every catalog row, then every retired index, each by name."""
+    async with database.transaction(write=False) as conn:
+        recorded, retired = await _recorded(conn), await _retired(conn)
+    return built_indexes(recorded, retired)
+
+
+def built_indexes(
+    recorded: Sequence[tuple[str, str, str]], retired: dict[str, datetime]
+) -> list[BuiltIndex]:
+    """Catalog rows (name, type, definition) and retirements as :class:`BuiltIndex`."""
+    return [
+        *(
+            BuiltIndex(name, type_name, definition)
+            for name, type_name, definition in sorted(recorded)
+        ),
+        *(BuiltIndex(name, retired_at=since) for name, since in sorted(retired.items())),
+    ]
+
+
+async def retire_sql_indexes(
+    database: Database, message_type: str, *, drop_delay: float
+) -> IndexChanges:
+    """Retire the indexes built for ``message_type``, as a start does for an index its
+    type stops declaring: for a type no process declares any more (its plugin removed
+    everywhere), which no start can tell apart from one another process still serves.
+    Its catalog rows go; an index another type's row names is kept, the others are
+    retired (dropped at once for a 0 delay). A process still declaring the type takes
+    them back at its next sweep or start."""
+    if database.dialect.name == "sqlite":
+        async with database.transaction(write=True) as conn:
+            changes = await _retire_type(conn, message_type, drop_delay)
+    else:
+        async with _postgres_ddl(database, wait=True) as locked:
+            assert locked is not None  # waited for
+            changes = await _retire_type(locked, message_type, drop_delay)
+    report_changes(changes, drop_delay)
+    return changes
+
+
+async def _retire_type(conn: SqlConnection, message_type: str, drop_delay: float) -> IndexChanges:
+    changes = IndexChanges()
+    recorded, retired, now = await _recorded(conn), await _retired(conn), await _now(conn)
+    others = {name for name, type_name, _ in recorded if type_name != message_type}
+    for name in sorted({name for name, type_name, _ in recorded if type_name == message_type}):
+        # The catalog row goes last, as in _retire_or_drop.
+        if name not in others and name not in retired:
+            if drop_delay <= 0:
+                await _drop_retired(conn, name)
+                changes.dropped.append(name)
+            else:
+                await conn.execute(index_retired.insert().values(index_name=name, retired_at=now))
+                changes.retired.append(name)
+        await conn.execute(_forget(name, message_type))
     return changes
 
 

@@ -93,11 +93,16 @@ from nexus_grpc.urls import mask_url
 
 from . import mongo_query
 from ._mongo_spans import CommandSpans
-from .declared import IndexChanges
+from .declared import BuiltIndex, IndexChanges
 from .engine import PROBE_COLLECTION, PROBE_ID, PROBE_NAMESPACE
 from .faults import StorageHealth, StorageUnavailableError, mongo_cause, sanitized_mongo_error
 from .index import descriptor_of
-from .mongo_indexes import apply_mongo_indexes, drop_retired_mongo_indexes
+from .mongo_indexes import (
+    apply_mongo_indexes,
+    drop_retired_mongo_indexes,
+    list_mongo_indexes,
+    retire_mongo_indexes,
+)
 from .namespace import RepositoryScope
 from .query import DEFAULT_PAGE_SIZE, ListQuery, build_query, check_page_size
 from .repository import M, Page, Record, Repository, _check_id_length, _fits
@@ -276,6 +281,18 @@ class MongoBackend:
             return await drop_retired_mongo_indexes(
                 self.records, drop_delay=drop_delay, declared=declared
             )
+
+    async def list_indexes(self) -> list[BuiltIndex]:
+        """The catalog and the retired indexes (see :mod:`.mongo_indexes`)."""
+        self.check_open()
+        with self.translate_errors():
+            return await list_mongo_indexes(self.records)
+
+    async def retire_indexes(self, message_type: str, *, drop_delay: float) -> IndexChanges:
+        """Retire a type's indexes (see :func:`.mongo_indexes.retire_mongo_indexes`)."""
+        self.check_open()
+        with self.translate_errors():
+            return await retire_mongo_indexes(self.records, message_type, drop_delay=drop_delay)
 
     def check_open(self) -> None:
         """Raise RuntimeError once the storage is closed."""

@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import message_factory
@@ -34,6 +35,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from .declared import (
+    BuiltIndex,
     DeclaredIndex,
     IndexChanges,
     declared_indexes,
@@ -48,7 +50,9 @@ __all__ = [
     "apply_mongo_indexes",
     "drop_retired_mongo_indexes",
     "index_keys",
+    "list_mongo_indexes",
     "reindex_collection",
+    "retire_mongo_indexes",
 ]
 
 _log = logging.getLogger("nexus.storage")
@@ -213,6 +217,54 @@ async def drop_retired_mongo_indexes(
         await _settle(records, wanted, await _recorded(records, wanted), changes, drop_delay)
     # Reported (logged) once, when retired, not at every sweep while kept.
     changes.retired = [name for name in changes.retired if name not in retired]
+    report_changes(changes, drop_delay)
+    return changes
+
+
+async def list_mongo_indexes(records: AsyncCollection[Document]) -> list[BuiltIndex]:
+    """Every catalog row, then every retired index, each by name."""
+    rows = [
+        BuiltIndex(str(d["index_name"]), str(d["message_type"]), str(d.get("definition", "")))
+        async for d in _catalog(records).find({})
+    ]
+    retired = [
+        BuiltIndex(name, retired_at=datetime.fromtimestamp(since, UTC))
+        for name, since in (await _retired(records)).items()
+    ]
+    return [*sorted(rows, key=lambda i: (i.name, i.message_type)), *sorted(retired, key=str)]
+
+
+async def retire_mongo_indexes(
+    records: AsyncCollection[Document], message_type: str, *, drop_delay: float
+) -> IndexChanges:
+    """Retire the indexes built for ``message_type``, as on SQL (see
+    :func:`.indexes.retire_sql_indexes`), under the lease."""
+    changes = IndexChanges()
+    async with _lease(records, wait=_LEASE_WAIT) as held:
+        if not held:
+            raise TimeoutError(
+                f"another process held the index lease for over {_LEASE_WAIT:.0f} s "
+                "(building a large index?); try again once it is done"
+            )
+        catalog = _catalog(records)
+        retired = await _retired(records)
+        now = time.time()
+        rows = [document async for document in catalog.find({"message_type": message_type})]
+        for document in rows:
+            name = str(document["index_name"])
+            others = {"index_name": name, "message_type": {"$ne": message_type}}
+            if name not in retired and not await catalog.count_documents(others, limit=1):
+                if drop_delay <= 0:
+                    await _drop(records, name)
+                    changes.dropped.append(name)
+                else:
+                    await _retirements(records).update_one(
+                        {"_id": name}, {"$set": {"retired_at": now}}, upsert=True
+                    )
+                    changes.retired.append(name)
+                retired[name] = now
+            # The catalog row goes last, as in _settle.
+            await catalog.delete_one({"_id": document["_id"]})
     report_changes(changes, drop_delay)
     return changes
 

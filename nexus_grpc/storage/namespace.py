@@ -19,10 +19,15 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from sqlalchemy.engine import URL
 
-from .declared import IndexChanges
+from .declared import BuiltIndex, IndexChanges
 from .engine import Database, ScopeConnection, SqlConnection, execute_point, translate_errors
 from .faults import StorageHealth
-from .indexes import apply_sql_indexes, drop_retired_sql_indexes
+from .indexes import (
+    apply_sql_indexes,
+    drop_retired_sql_indexes,
+    list_sql_indexes,
+    retire_sql_indexes,
+)
 from .points import Point, RawRows
 from .repository import M, Repository, check_id_field
 from .schema import MAX_KEY_LENGTH
@@ -122,6 +127,14 @@ class Backend(Protocol):
     ) -> IndexChanges:
         """Drop the indexes retired for ``drop_delay`` seconds or more, but those the
         ``declared`` types declare."""
+        ...
+
+    async def list_indexes(self) -> list[BuiltIndex]:
+        """The indexes nexus built and recorded, and the retired ones."""
+        ...
+
+    async def retire_indexes(self, message_type: str, *, drop_delay: float) -> IndexChanges:
+        """Retire the indexes built for ``message_type`` (dropped after ``drop_delay``)."""
         ...
 
     def scope(self, namespace: str) -> RepositoryScope:
@@ -324,6 +337,14 @@ class SqlBackend:
         return await drop_retired_sql_indexes(
             self._database, drop_delay=drop_delay, declared=declared
         )
+
+    async def list_indexes(self) -> list[BuiltIndex]:
+        """The catalog and the retired indexes (see :mod:`.indexes`)."""
+        return await list_sql_indexes(self._database)
+
+    async def retire_indexes(self, message_type: str, *, drop_delay: float) -> IndexChanges:
+        """Retire a type's indexes (see :func:`.indexes.retire_sql_indexes`)."""
+        return await retire_sql_indexes(self._database, message_type, drop_delay=drop_delay)
 
     def scope(self, namespace: str) -> RepositoryScope:
         """Repositories of ``namespace``, each statement group its own transaction."""

@@ -10,7 +10,7 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from sqlalchemy.engine import URL
 
-from .declared import IndexChanges, declared_indexes, loaded_message_types
+from .declared import BuiltIndex, IndexChanges, declared_indexes, loaded_message_types
 from .faults import StorageHealth
 from .index import descriptor_of
 from .namespace import Backend, Namespace, SqlBackend
@@ -139,6 +139,26 @@ class Storage:
         _check_delay(drop_delay)
         types = [t if isinstance(t, Descriptor) else descriptor_of(t) for t in declared]
         return await self._backend.drop_retired_indexes(drop_delay=drop_delay, declared=types)
+
+    async def list_indexes(self) -> list[BuiltIndex]:
+        """The indexes nexus built, as the database records them: one entry per message
+        type an index was built for (by any process sharing the database), then one
+        per retired index awaiting its drop."""
+        return await self._backend.list_indexes()
+
+    async def retire_indexes(self, message_type: str, *, drop_delay: float) -> IndexChanges:
+        """Retire the indexes built for ``message_type``, a type no process declares any
+        more (its plugin was removed everywhere): no start can tell that apart from a
+        type another process still serves, so it takes an operator to say so.
+
+        The type's catalog entries go. An index another type's entry names is kept;
+        the others are retired, as a start retires an index its type stops declaring,
+        and dropped once retired for ``drop_delay`` seconds by the first start or sweep
+        (at once for 0). A process still declaring the type takes them back at its next
+        sweep or start: nothing is dropped that a running contract declares.
+        """
+        _check_delay(drop_delay)
+        return await self._backend.retire_indexes(message_type, drop_delay=drop_delay)
 
     def namespace(self, name: str) -> Namespace:
         """The namespace ``name``: "/"-separated segments of ``[a-z0-9_-]+``.
