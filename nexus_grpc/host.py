@@ -14,6 +14,7 @@ import grpc
 
 from nexus_grpc.access.audit import AuditLog
 from nexus_grpc.access.validation import ValidationStage
+from nexus_grpc.admin.indexes import IndexesAdmin
 from nexus_grpc.admin.service import AdminServicer
 from nexus_grpc.auth import KeySet, SessionGuard, TokenIssuer, Tokens, TokenVerifier
 from nexus_grpc.cache import CacheManager
@@ -470,6 +471,7 @@ class Host:
 
     def _install_core_services(self, manager: PluginManager, audit: AuditLog) -> None:
         in_flight = InFlight()
+        assert self._storage is not None  # opened before the services are installed
         bindings = [
             *bind_servicer(self.health.servicer),
             *reflection_bindings(ReflectionServicer(self.router)),
@@ -479,6 +481,11 @@ class Host:
                     self.health,
                     audit,
                     bus=self.bus,
+                    indexes=IndexesAdmin(
+                        self._storage,
+                        drop_delay=self.config.storage.index_drop_delay,
+                        declared=lambda: (t.full_name for t in loaded_message_types()),
+                    ),
                     restart_workers=self.broadcast.restart_workers,
                 )
             ),

@@ -1,6 +1,6 @@
 """nexus.admin.v1.AdminService: the host's plugins, their state and their health, the
-audit log, the event bus's dead letters, replay and backlog, and restarts of the
-worker processes."""
+audit log, the event bus's dead letters, replay and backlog, the storage indexes, and
+restarts of the worker processes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from nexus.admin.v1 import admin_pb2, admin_pb2_grpc
 
 from nexus_grpc.access.audit import AuditLog
 from nexus_grpc.admin.events import EventsAdmin
+from nexus_grpc.admin.indexes import IndexesAdmin
 from nexus_grpc.admin.plugins import PluginsAdmin, change_message
 from nexus_grpc.errors import NotFoundError, StatusError
 from nexus_grpc.plugins.manager import PluginManager, PluginRecord
@@ -31,6 +32,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         audit: AuditLog,
         *,
         bus: object | None = None,
+        indexes: IndexesAdmin | None = None,
         restart_workers: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self._manager = manager
@@ -38,6 +40,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._health = health
         self._audit = audit
         self._events = EventsAdmin(bus)
+        self._indexes = indexes
         self._plugins = PluginsAdmin(manager, audit)
 
     async def ListAuditRecords(
@@ -119,6 +122,23 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.EventStats:
         """Pending, lag and dead letters per consumer group."""
         return await self._events.stats()
+
+    async def ListIndexes(
+        self, request: admin_pb2.ListIndexesRequest, context: Any
+    ) -> admin_pb2.ListIndexesResponse:
+        """The indexes nexus built, and the retired ones."""
+        return await self._storage_indexes().list()
+
+    async def RetireIndexes(
+        self, request: admin_pb2.RetireIndexesRequest, context: Any
+    ) -> admin_pb2.RetireIndexesResponse:
+        """Retire the indexes of a message type no process declares any more."""
+        return await self._storage_indexes().retire(request)
+
+    def _storage_indexes(self) -> IndexesAdmin:
+        if self._indexes is None:
+            raise StatusError(grpc.StatusCode.UNIMPLEMENTED, "this host has no storage")
+        return self._indexes
 
     async def RestartWorkers(
         self, request: admin_pb2.RestartWorkersRequest, context: Any

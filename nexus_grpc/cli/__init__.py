@@ -10,7 +10,18 @@ import argparse
 import importlib.metadata
 from collections.abc import Sequence
 
-from nexus_grpc.cli import contracts, events, health, login, new, plugins, serve, tls, users
+from nexus_grpc.cli import (
+    contracts,
+    events,
+    health,
+    login,
+    new,
+    plugins,
+    serve,
+    storage,
+    tls,
+    users,
+)
 
 __all__ = ["main"]
 
@@ -31,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nexus", description="gRPC-first plugin host.")
     parser.add_argument("--version", action="version", version=f"nexus {_version()}")
     commands = parser.add_subparsers(title="commands")
-    for module in (serve, health, plugins, events, contracts, users, login, new, tls):
+    for module in (serve, health, plugins, events, storage, contracts, users, login, new, tls):
         module.register(commands)
     return parser
 

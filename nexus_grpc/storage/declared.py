@@ -117,6 +117,9 @@ class IndexChanges:
     dropped: list[str] = field(default_factory=list)
     reindexed: list[str] = field(default_factory=list)
     retired: list[str] = field(default_factory=list)
+    #: Indexes an operator's retirement of a type left alone: another type's catalog
+    #: entry names them too (see ``Storage.retire_indexes``).
+    shared: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

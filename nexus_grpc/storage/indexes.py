@@ -240,7 +240,9 @@ async def _retire_type(conn: SqlConnection, message_type: str, drop_delay: float
     others = {name for name, type_name, _ in recorded if type_name != message_type}
     for name in sorted({name for name, type_name, _ in recorded if type_name == message_type}):
         # The catalog row goes last, as in _retire_or_drop.
-        if name not in others and name not in retired:
+        if name in others:
+            changes.shared.append(name)
+        elif name not in retired:
             if drop_delay <= 0:
                 await _drop_retired(conn, name)
                 changes.dropped.append(name)

@@ -253,7 +253,9 @@ async def retire_mongo_indexes(
         for document in rows:
             name = str(document["index_name"])
             others = {"index_name": name, "message_type": {"$ne": message_type}}
-            if name not in retired and not await catalog.count_documents(others, limit=1):
+            if await catalog.count_documents(others, limit=1):
+                changes.shared.append(name)
+            elif name not in retired:
                 if drop_delay <= 0:
                     await _drop(records, name)
                     changes.dropped.append(name)

@@ -206,6 +206,8 @@ def test_every_binding_is_an_operation_with_a_stable_id(bundled: dict[str, Any])
         ("post", "/v1/admin/events/groups/{group}/dead-letters/{id}:redrive"),
         ("post", "/v1/admin/events/groups/{group}:replay"),
         ("get", "/v1/admin/events/stats"),
+        ("get", "/v1/admin/indexes"),
+        ("post", "/v1/admin/indexes:retire"),
         ("post", "/v1/admin/workers:restart"),
     } | {
         # Unannotated methods get the default binding, whatever this grpcio version has.

@@ -94,6 +94,7 @@ async def test_an_index_another_type_still_records_is_kept(any_url: str) -> None
         await storage.apply_indexes([first, second], drop_delay=DELAY)
         changes = await storage.retire_indexes(GONE, drop_delay=DELAY)
         assert not changes.retired and not changes.dropped
+        assert changes.shared == sorted(_names(second, any_url))
         built = await storage.list_indexes()
         assert not _recorded(built, GONE) and not _retired(built)
         assert _recorded(built, "nexus.storage.evo.Other") == _names(second, any_url)

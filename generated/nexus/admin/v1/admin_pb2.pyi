@@ -271,6 +271,46 @@ class RestartWorkersResponse(_message.Message):
     workers: int
     def __init__(self, workers: _Optional[int] = ...) -> None: ...
 
+class ListIndexesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListIndexesResponse(_message.Message):
+    __slots__ = ("indexes",)
+    INDEXES_FIELD_NUMBER: _ClassVar[int]
+    indexes: _containers.RepeatedCompositeFieldContainer[StorageIndex]
+    def __init__(self, indexes: _Optional[_Iterable[_Union[StorageIndex, _Mapping]]] = ...) -> None: ...
+
+class StorageIndex(_message.Message):
+    __slots__ = ("name", "message_type", "definition", "retire_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DEFINITION_FIELD_NUMBER: _ClassVar[int]
+    RETIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    message_type: str
+    definition: str
+    retire_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., message_type: _Optional[str] = ..., definition: _Optional[str] = ..., retire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RetireIndexesRequest(_message.Message):
+    __slots__ = ("message_type",)
+    MESSAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    message_type: str
+    def __init__(self, message_type: _Optional[str] = ...) -> None: ...
+
+class RetireIndexesResponse(_message.Message):
+    __slots__ = ("retired", "dropped", "kept", "drop_delay")
+    RETIRED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    DROP_DELAY_FIELD_NUMBER: _ClassVar[int]
+    retired: _containers.RepeatedScalarFieldContainer[str]
+    dropped: _containers.RepeatedScalarFieldContainer[str]
+    kept: _containers.RepeatedScalarFieldContainer[str]
+    drop_delay: float
+    def __init__(self, retired: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ..., kept: _Optional[_Iterable[str]] = ..., drop_delay: _Optional[float] = ...) -> None: ...
+
 class ListPluginsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -85,6 +85,16 @@ class AdminServiceStub:
                 request_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.GetEventStatsRequest.SerializeToString,
                 response_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.EventStats.FromString,
                 _registered_method=True)
+        self.ListIndexes = channel.unary_unary(
+                '/nexus.admin.v1.AdminService/ListIndexes',
+                request_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ListIndexesRequest.SerializeToString,
+                response_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ListIndexesResponse.FromString,
+                _registered_method=True)
+        self.RetireIndexes = channel.unary_unary(
+                '/nexus.admin.v1.AdminService/RetireIndexes',
+                request_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.RetireIndexesRequest.SerializeToString,
+                response_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.RetireIndexesResponse.FromString,
+                _registered_method=True)
         self.RestartWorkers = channel.unary_unary(
                 '/nexus.admin.v1.AdminService/RestartWorkers',
                 request_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.RestartWorkersRequest.SerializeToString,
@@ -192,6 +202,30 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListIndexes(self, request, context):
+        """Lists the indexes nexus built in the database, as its catalog records them: one
+        entry per message type an index was built for, by any process sharing the
+        database, then the retired ones awaiting their drop (storage.index_drop_delay).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireIndexes(self, request, context):
+        """Retires the indexes built for a message type that no process declares any more
+        (its plugin removed everywhere): no start can tell that from a type another
+        process sharing the database still serves, so it takes an operator to say so. The
+        type's catalog entries go; an index another type's entry names is kept, the
+        others are retired as a start retires an index its type stops declaring, and
+        dropped once retired for storage.index_drop_delay (at once for 0). A process still
+        declaring the type takes them back at its next sweep or start.
+        FAILED_PRECONDITION when this host declares the type; NOT_FOUND when no index is
+        recorded for it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RestartWorkers(self, request, context):
         """Replaces the worker processes of this host (nexus serve --workers N), as SIGHUP
         does. ROLLING (the default policy): one worker at a time, each replacement serving
@@ -256,6 +290,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetEventStats,
                     request_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.GetEventStatsRequest.FromString,
                     response_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.EventStats.SerializeToString,
+            ),
+            'ListIndexes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIndexes,
+                    request_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ListIndexesRequest.FromString,
+                    response_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.ListIndexesResponse.SerializeToString,
+            ),
+            'RetireIndexes': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireIndexes,
+                    request_deserializer=nexus_dot_admin_dot_v1_dot_admin__pb2.RetireIndexesRequest.FromString,
+                    response_serializer=nexus_dot_admin_dot_v1_dot_admin__pb2.RetireIndexesResponse.SerializeToString,
             ),
             'RestartWorkers': grpc.unary_unary_rpc_method_handler(
                     servicer.RestartWorkers,
@@ -534,6 +578,60 @@ class AdminService:
             '/nexus.admin.v1.AdminService/GetEventStats',
             nexus_dot_admin_dot_v1_dot_admin__pb2.GetEventStatsRequest.SerializeToString,
             nexus_dot_admin_dot_v1_dot_admin__pb2.EventStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIndexes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.admin.v1.AdminService/ListIndexes',
+            nexus_dot_admin_dot_v1_dot_admin__pb2.ListIndexesRequest.SerializeToString,
+            nexus_dot_admin_dot_v1_dot_admin__pb2.ListIndexesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireIndexes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.admin.v1.AdminService/RetireIndexes',
+            nexus_dot_admin_dot_v1_dot_admin__pb2.RetireIndexesRequest.SerializeToString,
+            nexus_dot_admin_dot_v1_dot_admin__pb2.RetireIndexesResponse.FromString,
             options,
             channel_credentials,
             insecure,
