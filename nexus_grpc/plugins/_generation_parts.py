@@ -41,6 +41,9 @@ __all__ = [
 #: copies them from the host's modules like any file it does not own, and a change to
 #: one takes a restart.
 HOST_CONTRACT_FOLDERS = frozenset({"nexus/options/v1", "nexus/admin/v1", "nexus/events/v1"})
+#: Proto packages no plugin owns either: protobuf's well-known types and googleapis,
+#: whose modules share site-packages with an installed plugin's.
+_LIBRARY_PREFIX = "google/"
 
 
 class GenerationError(ImportError):
@@ -87,7 +90,7 @@ def contract_modules(
     not, from the same generated root (``acme/common/v1/types.proto``, in another
     folder) belong to the contract too, with their folders: left out, a changed one
     would stay at its running version. The host's contracts
-    (:data:`HOST_CONTRACT_FOLDERS`) never do.
+    (:data:`HOST_CONTRACT_FOLDERS`) and the ``google/`` files never do.
     """
     roots = [Path(p) for p in (sys.path if search is None else search) if str(p)]
     given = list(files)
@@ -100,7 +103,7 @@ def contract_modules(
     for descriptor in given:
         if isinstance(descriptor, FileDescriptor):
             for dependency in _imported(descriptor):
-                if str(Path(dependency).parent) in HOST_CONTRACT_FOLDERS:
+                if _owned_elsewhere(dependency):
                     continue
                 relative = Path(module_name_of(dependency).replace(".", "/") + ".py")
                 if any((root / relative).is_file() for root in contract_roots):
@@ -112,6 +115,12 @@ def contract_modules(
             package = folder.replace("/", ".")
             found.update(f"{package}.{module.stem}" for module in (root / folder).glob("*_pb2.py"))
     return sorted(found)
+
+
+def _owned_elsewhere(proto_file: str) -> bool:
+    """Whether ``proto_file`` is the host's or a library's, whatever root it is in."""
+    folder = proto_file.rpartition("/")[0]
+    return folder in HOST_CONTRACT_FOLDERS or proto_file.startswith(_LIBRARY_PREFIX)
 
 
 def _root_of(folder: str, roots: Sequence[Path]) -> Path | None:

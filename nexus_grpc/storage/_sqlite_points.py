@@ -49,8 +49,9 @@ from .spans import client_span, sql_operation, sql_table
 
 __all__ = ["CHECKPOINT_EVERY", "SqlitePoints", "run_raw"]
 
-#: Commits of the loop-side write connection between two passive checkpoints. SQLite's
-#: own default (1000 pages) is of the same order for small records.
+#: Commits of this process (point writes and units, on the loop or on threads) between
+#: two passive checkpoints. SQLite's own default (1000 pages) is of the same order for
+#: small records.
 CHECKPOINT_EVERY = 500
 
 #: Point statements run on the loop's thread between two yields to other tasks.

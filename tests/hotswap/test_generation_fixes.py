@@ -187,13 +187,21 @@ def test_reflection_answers_a_file_from_the_pool_of_the_plugin_serving_it() -> N
     assert thing_fields(by_symbol) == ["a", "b"]
 
 
-def test_a_bundled_plugins_contract_leaves_the_host_contracts_it_imports_alone() -> None:
-    # The orders contract imports the host's options from the same generated root (as
-    # in an installed wheel): they are the host's, and stay its modules through a swap.
+def test_a_bundled_plugins_contract_leaves_the_host_and_library_files_alone(
+    tmp_path: Path,
+) -> None:
+    # An installed wheel: the orders contract, the host's options and protobuf's and
+    # googleapis' files in one root (site-packages). Only the orders files are its own;
+    # the others stay the host's modules through a swap.
+    import google.protobuf
+    from google.protobuf import timestamp_pb2
     from nexus.options.v1 import options_pb2
     from nexus.orders.v1 import orders_pb2
 
-    root = Path(options_pb2.__file__).parents[3]  # the root of the generated nexus package
+    root = tmp_path / "site-packages"
+    root.mkdir()
+    (root / "nexus").symlink_to(Path(options_pb2.__file__).parents[2])
+    (root / "google").symlink_to(Path(google.protobuf.__file__).parents[1])
     modules = contract_modules([orders_pb2.DESCRIPTOR], search=[root])
     assert modules == ["nexus.orders.v1.events_pb2", "nexus.orders.v1.orders_pb2"]
     new = load_generation(modules, label="orders@2", search=[root])
@@ -208,10 +216,12 @@ def test_a_bundled_plugins_contract_leaves_the_host_contracts_it_imports_alone()
         with new.binding():
             assert sys.modules["nexus.options.v1.options_pb2"] is options_pb2
         assert sys.modules["nexus.orders.v1.orders_pb2"] is new.module("nexus.orders.v1.orders_pb2")
+        assert sys.modules["google.protobuf.timestamp_pb2"] is timestamp_pb2
     finally:
         new.restore()
         new.release()
     assert sys.modules["nexus.options.v1.options_pb2"] is options_pb2
+    assert sys.modules["google.protobuf.timestamp_pb2"] is timestamp_pb2
     assert sys.modules["nexus.orders.v1.orders_pb2"] is orders_pb2
 
 
@@ -221,7 +231,8 @@ def test_the_host_contract_folders_are_the_contracts_the_host_imports() -> None:
     script = (
         "import importlib, pkgutil, sys, nexus_grpc\n"
         "for info in pkgutil.walk_packages(nexus_grpc.__path__, 'nexus_grpc.'):\n"
-        "    importlib.import_module(info.name)\n"
+        "    if not info.name.startswith('nexus_grpc.bundled.'):  # plugins (a wheel's)\n"
+        "        importlib.import_module(info.name)\n"
         "print(' '.join(sorted({n.rpartition('.')[0].replace('.', '/') for n in sys.modules"
         " if n.startswith('nexus.') and n.endswith('_pb2')})))\n"
     )
