@@ -39,7 +39,6 @@ class IndexesAdmin:
                 name=built.name, message_type=built.message_type, definition=built.definition
             )
             if built.retired_at is not None:
-                # A naive time (SQLite's) is UTC, which FromDatetime assumes.
                 index.retire_time.FromDatetime(built.retired_at)
         return response
 
@@ -58,7 +57,10 @@ class IndexesAdmin:
         built = await self._storage.list_indexes()
         if not any(index.message_type == message_type for index in built):
             raise NotFoundError("indexes of message type", message_type)
-        changes = await self._storage.retire_indexes(message_type, drop_delay=self._drop_delay)
+        try:
+            changes = await self._storage.retire_indexes(message_type, drop_delay=self._drop_delay)
+        except TimeoutError as error:  # another process's index build held the lock
+            raise StatusError(grpc.StatusCode.UNAVAILABLE, str(error)) from None
         return admin_pb2.RetireIndexesResponse(
             retired=changes.retired,
             dropped=changes.dropped,

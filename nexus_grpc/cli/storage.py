@@ -28,7 +28,8 @@ def register(commands: Any) -> None:
     retire = storage_commands.add_parser(
         "retire-indexes",
         help="retire the indexes of a message type no process declares any more (its "
-        "plugin removed everywhere); dropped after storage.index_drop_delay",
+        "plugin removed everywhere); dropped after storage.index_drop_delay. It waits "
+        "for another process's index build: raise --timeout while one runs",
     )
     retire.add_argument("type", help="message type, e.g. acme.notes.v1.Note")
     retire.set_defaults(run=_storage_retire)
@@ -71,5 +72,8 @@ def _storage_retire(args: argparse.Namespace) -> int:
     for name in response.dropped:
         print(f"nexus storage: dropped {name}")
     for name in response.kept:
-        print(f"nexus storage: kept {name}, which another message type's indexes share")
+        print(
+            f"nexus storage: kept {name}, which another message type declares too "
+            "(retire again once it no longer does)"
+        )
     return 0

@@ -239,16 +239,19 @@ async def _retire_type(conn: SqlConnection, message_type: str, drop_delay: float
     recorded, retired, now = await _recorded(conn), await _retired(conn), await _now(conn)
     others = {name for name, type_name, _ in recorded if type_name != message_type}
     for name in sorted({name for name, type_name, _ in recorded if type_name == message_type}):
-        # The catalog row goes last, as in _retire_or_drop.
         if name in others:
+            # Its row stays: retiring the type again once the other type no longer
+            # declares the index retires it then.
             changes.shared.append(name)
-        elif name not in retired:
-            if drop_delay <= 0:
-                await _drop_retired(conn, name)
-                changes.dropped.append(name)
-            else:
+            continue
+        if drop_delay <= 0:
+            await _drop_retired(conn, name)
+            changes.dropped.append(name)
+        else:
+            if name not in retired:  # else retired by an attempt that failed after
                 await conn.execute(index_retired.insert().values(index_name=name, retired_at=now))
-                changes.retired.append(name)
+            changes.retired.append(name)
+        # The catalog row goes last, as in _retire_or_drop.
         await conn.execute(_forget(name, message_type))
     return changes
 

@@ -170,12 +170,14 @@ async def _settle(
         name, type_name = document["index_name"], document["message_type"]
         if (name, type_name) in declared:
             continue
-        others = {"index_name": name, "message_type": {"$nin": sorted(wanted)}}
         if (
             name not in declared_names
             and name not in changes.dropped
             and name not in retired
-            and not await catalog.count_documents(others, limit=1)  # a type not loaded here
+            # A type not loaded here declaring it (or its keys: the same index here).
+            and not await _used_elsewhere(
+                catalog, name, str(document.get("definition", "")), sorted(wanted)
+            )
         ):
             if type_name in changes.reindexed or drop_delay <= 0 or in_the_way(name):
                 await _drop(records, name)
@@ -250,21 +252,24 @@ async def retire_mongo_indexes(
         retired = await _retired(records)
         now = time.time()
         rows = [document async for document in catalog.find({"message_type": message_type})]
-        for document in rows:
+        for document in sorted(rows, key=lambda row: str(row["index_name"])):
             name = str(document["index_name"])
-            others = {"index_name": name, "message_type": {"$ne": message_type}}
-            if await catalog.count_documents(others, limit=1):
+            if await _used_elsewhere(
+                catalog, name, str(document.get("definition", "")), [message_type]
+            ):
+                # Its entry stays: retiring the type again once the other type no
+                # longer declares the index retires it then.
                 changes.shared.append(name)
-            elif name not in retired:
-                if drop_delay <= 0:
-                    await _drop(records, name)
-                    changes.dropped.append(name)
-                else:
+                continue
+            if drop_delay <= 0:
+                await _drop(records, name)
+                changes.dropped.append(name)
+            else:
+                if name not in retired:  # else retired by an attempt that failed after
                     await _retirements(records).update_one(
                         {"_id": name}, {"$set": {"retired_at": now}}, upsert=True
                     )
-                    changes.retired.append(name)
-                retired[name] = now
+                changes.retired.append(name)
             # The catalog row goes last, as in _settle.
             await catalog.delete_one({"_id": document["_id"]})
     report_changes(changes, drop_delay)
@@ -384,6 +389,27 @@ async def _record(records: AsyncCollection[Document], index: DeclaredIndex) -> N
         },
         upsert=True,
     )
+
+
+async def _used_elsewhere(
+    catalog: AsyncCollection[Document], name: str, definition: str, types: list[str]
+) -> bool:
+    """Whether a catalog row of a type but ``types`` names the index ``name``, or keys
+    like ``definition``'s: declarations differing only in their value kinds are one
+    MongoDB index, built under the first one's name (see :func:`_create`)."""
+    keys = _definition_keys(definition)
+    rows = catalog.find({"message_type": {"$nin": types}}, {"index_name": 1, "definition": 1})
+    async for row in rows:
+        if row["index_name"] == name or _definition_keys(str(row.get("definition", ""))) == keys:
+            return True
+    return False
+
+
+def _definition_keys(definition: str) -> tuple[tuple[str, bool], ...]:
+    """The (path, descending) keys of a catalog row's definition (``path:kind[:desc]``,
+    comma-separated): what the MongoDB index is built on, whatever the value kinds."""
+    specs = [spec.split(":") for spec in definition.split(",") if spec]
+    return tuple((parts[0], parts[-1] == "desc") for parts in specs)
 
 
 def _catalog(records: AsyncCollection[Document]) -> AsyncCollection[Document]:

@@ -340,11 +340,14 @@ class SqlBackend:
 
     async def list_indexes(self) -> list[BuiltIndex]:
         """The catalog and the retired indexes (see :mod:`.indexes`)."""
-        return await list_sql_indexes(self._database)
+        with translate_errors(self._database.health):
+            return await list_sql_indexes(self._database)
 
     async def retire_indexes(self, message_type: str, *, drop_delay: float) -> IndexChanges:
         """Retire a type's indexes (see :func:`.indexes.retire_sql_indexes`)."""
-        return await retire_sql_indexes(self._database, message_type, drop_delay=drop_delay)
+        # Also on the DDL connection of PostgreSQL, which no transaction wraps.
+        with translate_errors(self._database.health):
+            return await retire_sql_indexes(self._database, message_type, drop_delay=drop_delay)
 
     def scope(self, namespace: str) -> RepositoryScope:
         """Repositories of ``namespace``, each statement group its own transaction."""

@@ -151,11 +151,13 @@ class Storage:
         more (its plugin was removed everywhere): no start can tell that apart from a
         type another process still serves, so it takes an operator to say so.
 
-        The type's catalog entries go. An index another type's entry names is kept;
-        the others are retired, as a start retires an index its type stops declaring,
-        and dropped once retired for ``drop_delay`` seconds by the first start or sweep
-        (at once for 0). A process still declaring the type takes them back at its next
-        sweep or start: nothing is dropped that a running contract declares.
+        Each index is retired as a start retires an index its type stops declaring
+        (its catalog entry for the type goes), and dropped by the first start or sweep
+        finding it retired for that process's drop delay; ``drop_delay`` 0 drops it at
+        once. An index another type's entry names too (on MongoDB: or the same keys) is
+        kept with the type's entry (``IndexChanges.shared``): retire again once the other
+        type no longer declares it. A process still declaring the type takes the
+        retired ones back at its next sweep or start.
         """
         _check_delay(drop_delay)
         return await self._backend.retire_indexes(message_type, drop_delay=drop_delay)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,9 @@ async def test_an_operator_retires_the_indexes_of_a_removed_plugin_s_type(admin:
     assert not [i for i in listed if i.message_type == gone]
     retired = {i.name: i for i in listed if i.HasField("retire_time")}
     assert set(retired) == names
-    assert all(not i.message_type and i.retire_time.seconds > 0 for i in retired.values())
+    now = time.time()
+    assert all(not i.message_type for i in retired.values())
+    assert all(abs(i.retire_time.seconds - now) < 60 for i in retired.values())
     # Again: nothing is recorded for it any more.
     with pytest.raises(grpc.aio.AioRpcError) as again:
         await admin.stub.RetireIndexes(admin_pb2.RetireIndexesRequest(message_type=gone))

@@ -95,10 +95,32 @@ async def test_an_index_another_type_still_records_is_kept(any_url: str) -> None
         changes = await storage.retire_indexes(GONE, drop_delay=DELAY)
         assert not changes.retired and not changes.dropped
         assert changes.shared == sorted(_names(second, any_url))
+        # Its entry stays: retiring it again once Other stops declaring it retires it.
         built = await storage.list_indexes()
-        assert not _recorded(built, GONE) and not _retired(built)
+        assert _recorded(built, GONE) == _names(first, any_url) and not _retired(built)
         assert _recorded(built, "nexus.storage.evo.Other") == _names(second, any_url)
         assert await nexus_indexes(any_url) == _names(second, any_url)
+        await storage.apply_indexes([item_type({"owner": "string"}, [], name="Other")])
+        again = await storage.retire_indexes(GONE, drop_delay=0)
+        assert again.dropped == sorted(_names(first, any_url)) and not again.shared
+        assert not await nexus_indexes(any_url)
+
+
+async def test_an_index_on_the_same_keys_another_type_uses_is_kept(any_url: str) -> None:
+    # Declarations differing in their value kinds only: two indexes on SQL, one on
+    # MongoDB (built under the first one's name), which Other's lists use too.
+    gone = item_type({"owner": "string"}, [["owner"]], name="Gone")
+    other = item_type({"owner": "int64"}, [["owner"]], name="Other")
+    async with connected(any_url) as storage:
+        await storage.apply_indexes([gone, other])
+        before = await nexus_indexes(any_url)
+        changes = await storage.retire_indexes(GONE, drop_delay=0)
+        if any_url.startswith("mongodb"):
+            assert changes.shared == sorted(_names(gone, any_url)) and not changes.dropped
+            assert await nexus_indexes(any_url) == before
+        else:
+            assert changes.dropped == sorted(_names(gone, any_url)) and not changes.shared
+            assert await nexus_indexes(any_url) == _names(other, any_url)
 
 
 async def test_a_zero_delay_drops_them_at_once(any_url: str) -> None:

@@ -214,13 +214,16 @@ class AdminServiceServicer:
     def RetireIndexes(self, request, context):
         """Retires the indexes built for a message type that no process declares any more
         (its plugin removed everywhere): no start can tell that from a type another
-        process sharing the database still serves, so it takes an operator to say so. The
-        type's catalog entries go; an index another type's entry names is kept, the
-        others are retired as a start retires an index its type stops declaring, and
-        dropped once retired for storage.index_drop_delay (at once for 0). A process still
-        declaring the type takes them back at its next sweep or start.
-        FAILED_PRECONDITION when this host declares the type; NOT_FOUND when no index is
-        recorded for it.
+        process sharing the database still serves, so it takes an operator to say so.
+        Each index is retired as a start retires an index its type stops declaring, and
+        its catalog entry for the type goes; the first start or sweep of any process
+        finding it retired for that process's storage.index_drop_delay drops it (this
+        host's delay 0: dropped at once). An index another type's entry names too (on
+        MongoDB: or the same keys) is kept with its entry: retire the type again once that
+        type no longer declares it. A process still declaring the type takes the retired
+        ones back at its next sweep or start. FAILED_PRECONDITION when this host has the
+        type's contract loaded; NOT_FOUND when no index is recorded for it; UNAVAILABLE
+        while another process held the index lock for minutes (a long index build).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
