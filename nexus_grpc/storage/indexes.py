@@ -198,10 +198,10 @@ async def list_sql_indexes(database: Database) -> list[BuiltIndex]:
     """Every catalog row, then every retired index, each by name."""
     async with database.transaction(write=False) as conn:
         recorded, retired = await _recorded(conn), await _retired(conn)
-    return built_indexes(recorded, retired)
+    return _built(recorded, retired)
 
 
-def built_indexes(
+def _built(
     recorded: Sequence[tuple[str, str, str]], retired: dict[str, datetime]
 ) -> list[BuiltIndex]:
     """Catalog rows (name, type, definition) and retirements as :class:`BuiltIndex`."""
@@ -220,9 +220,9 @@ async def retire_sql_indexes(
     """Retire the indexes built for ``message_type``, as a start does for an index its
     type stops declaring: for a type no process declares any more (its plugin removed
     everywhere), which no start can tell apart from one another process still serves.
-    Its catalog rows go; an index another type's row names is kept, the others are
-    retired (dropped at once for a 0 delay). A process still declaring the type takes
-    them back at its next sweep or start."""
+    Each index is retired (dropped at once for a 0 delay) and its catalog row goes; one
+    another type's row names too is kept, with its row. A process still declaring the
+    type takes the retired ones back at its next sweep or start."""
     if database.dialect.name == "sqlite":
         async with database.transaction(write=True) as conn:
             changes = await _retire_type(conn, message_type, drop_delay)

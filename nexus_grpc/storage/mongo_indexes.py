@@ -233,7 +233,10 @@ async def list_mongo_indexes(records: AsyncCollection[Document]) -> list[BuiltIn
         BuiltIndex(name, retired_at=datetime.fromtimestamp(since, UTC))
         for name, since in (await _retired(records)).items()
     ]
-    return [*sorted(rows, key=lambda i: (i.name, i.message_type)), *sorted(retired, key=str)]
+    return [
+        *sorted(rows, key=lambda i: (i.name, i.message_type)),
+        *sorted(retired, key=lambda i: i.name),
+    ]
 
 
 async def retire_mongo_indexes(
