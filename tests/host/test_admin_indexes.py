@@ -111,6 +111,10 @@ async def test_rest_bad_names_and_permissions(admin: Admin) -> None:
         listed = await client.get("/v1/admin/indexes")
         assert listed.status_code == 200
         assert ORDER in {i["messageType"] for i in listed.json()["indexes"]}
+    # Authentication comes before any work, the request's validation included.
+    async with httpx.AsyncClient(base_url=running.http_url) as anonymous:
+        refused = await anonymous.post("/v1/admin/indexes:retire", json={"messageType": "x y"})
+        assert refused.status_code == 401
     reader = admin_pb2_grpc.AdminServiceStub(
         running.channel(running.token("reader", grants=["storage.read:all"]))
     )

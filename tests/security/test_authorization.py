@@ -77,8 +77,16 @@ async def test_a_non_admin_cannot_call_admin_methods(client: Client) -> None:
             token,
         )
         assert outcome.code == "PERMISSION_DENIED"
+        retire = await client.call(
+            "/nexus.admin.v1.AdminService/RetireIndexes",
+            admin_pb2.RetireIndexesRequest(message_type="nexus.orders.v1.Order"),
+            admin_pb2.RetireIndexesResponse,
+            token,
+        )
+        assert retire.code == "PERMISSION_DENIED"
         return
-    for path in ("/v1/admin/plugins", "/v1/admin/plugins/orders", "/v1/admin/audit", "/v1/users"):
+    paths = ("/v1/admin/plugins", "/v1/admin/plugins/orders", "/v1/admin/audit", "/v1/users")
+    for path in (*paths, "/v1/admin/indexes"):
         response = await client.http.get(path, headers={"authorization": token})
         assert response.status_code == 403, path
         assert response.json()["details"][0]["reason"] == "PERMISSION_REQUIRED"
