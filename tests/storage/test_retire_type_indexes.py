@@ -6,11 +6,13 @@ takes them back. Every backend."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from nexus_grpc.storage.declared import BuiltIndex
+from nexus_grpc.storage.schema import index_retired
 
 from . import backend_url, connected
 from .test_indexes import _names, item_type, nexus_indexes
@@ -137,3 +139,31 @@ async def test_a_negative_delay_is_refused(tmp_path: Path) -> None:
     async with connected(f"sqlite+aiosqlite:///{tmp_path}/nexus.db") as storage:
         with pytest.raises(ValueError, match="delay"):
             await storage.retire_indexes(GONE, drop_delay=-1)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return backend_url(request, tmp_path)
+
+
+async def test_a_retry_after_an_attempt_that_failed_half_way_reports_the_retirement(
+    sql_url: str,
+) -> None:
+    url = sql_url
+    gone, _ = _types()
+    names = _names(gone, url)
+    async with connected(url) as storage:
+        await storage.apply_indexes([gone], drop_delay=DELAY)
+        # An attempt that wrote the retirements, then failed before the catalog rows went.
+        earlier = datetime.now(UTC) - timedelta(seconds=1)
+        async with storage._backend._database.transaction(write=True) as conn:  # type: ignore[attr-defined]
+            for name in sorted(names):
+                await conn.execute(
+                    index_retired.insert().values(index_name=name, retired_at=earlier)
+                )
+        again = await storage.retire_indexes(GONE, drop_delay=DELAY)
+        assert again.retired == sorted(names)
+        built = await storage.list_indexes()
+        assert not _recorded(built, GONE)
+        # Retired once, from the first attempt on: not twice, the clock not restarted.
+        assert [i.retired_at for i in built if i.retired_at is not None] == [earlier] * len(names)
