@@ -54,13 +54,13 @@ class IndexesAdmin:
                 "its sweep would take the indexes back; retire them once no process "
                 "serving the database loads it (restart this one without its plugin)",
             )
-        built = await self._storage.list_indexes()
-        if not any(index.message_type == message_type for index in built):
-            raise NotFoundError("indexes of message type", message_type)
         try:
             changes = await self._storage.retire_indexes(message_type, drop_delay=self._drop_delay)
         except TimeoutError as error:  # another process's index build held the lock
             raise StatusError(grpc.StatusCode.UNAVAILABLE, str(error)) from None
+        if not (changes.retired or changes.dropped or changes.shared):
+            # The retirement, under the index lock, found no catalog entry of the type.
+            raise NotFoundError("indexes of message type", message_type)
         return admin_pb2.RetireIndexesResponse(
             retired=changes.retired,
             dropped=changes.dropped,

@@ -28,12 +28,12 @@ from nexus.admin.v1 import admin_pb2, admin_pb2_grpc
 from nexus.inventory.v1 import inventory_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
-from nexus_grpc import cli
 from nexus_grpc.config import EventsConfig
 from nexus_grpc.errors import NotFoundError
 from nexus_grpc.events import Envelope, MemoryBus, seal
 from nexus_grpc.events.redis_bus import RedisBus
 from nexus_grpc.testing import RunningHost, running_host
+from tests.fixtures.cli import run_cli
 
 pytestmark = pytest.mark.usefixtures("probe_stubs")
 
@@ -683,17 +683,6 @@ async def test_an_unreachable_redis_is_unavailable_and_metrics_still_answer(
 
 
 # CLI ---------------------------------------------------------------------------------
-
-
-async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``nexus ARGV`` in a thread (its blocking gRPC calls must not stall the host)."""
-    capsys.readouterr()
-    try:
-        code = await asyncio.to_thread(cli.main, list(argv))
-    except SystemExit as exit:  # argparse refusing the arguments
-        code = int(exit.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 async def test_cli_lists_redrives_and_reports(

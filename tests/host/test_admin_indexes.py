@@ -3,7 +3,6 @@ built them for, and retired by an operator for a type no process declares any mo
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -15,11 +14,12 @@ import grpc
 import httpx
 import pytest
 from nexus.admin.v1 import admin_pb2, admin_pb2_grpc
+from nexus.orders.v1 import orders_pb2
 
-from nexus_grpc import cli
 from nexus_grpc.config import StorageConfig
 from nexus_grpc.storage.declared import declared_indexes
 from nexus_grpc.testing import RunningHost, running_host
+from tests.fixtures.cli import run_cli
 from tests.storage import connected
 from tests.storage.test_indexes import item_type
 
@@ -66,7 +66,7 @@ async def test_every_process_s_indexes_are_listed(admin: Admin) -> None:
     gone, names = await _removed_plugins_type(admin.url)
     listed = await _listed(admin)
     orders = {i.name for i in listed if i.message_type == ORDER}
-    assert orders and orders == {i.name for i in declared_indexes(_order_descriptor())}
+    assert orders and orders == {i.name for i in declared_indexes(orders_pb2.Order.DESCRIPTOR)}
     assert {i.name for i in listed if i.message_type == gone} == names
     assert all(i.definition and not i.HasField("retire_time") for i in listed)
 
@@ -124,12 +124,6 @@ async def test_rest_bad_names_and_permissions(admin: Admin) -> None:
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def _order_descriptor() -> Any:
-    from nexus.orders.v1 import orders_pb2
-
-    return orders_pb2.Order.DESCRIPTOR
-
-
 async def test_the_cli_lists_and_retires(admin: Admin, capsys: pytest.CaptureFixture[str]) -> None:
     gone, names = await _removed_plugins_type(admin.url)
     target = ("--address", admin.running.address, "--token", admin.running.token("ops"))
@@ -146,11 +140,3 @@ async def test_the_cli_lists_and_retires(admin: Admin, capsys: pytest.CaptureFix
     assert code == 0 and {i["name"] for i in listed if "retireTime" in i} == names
     code, _, err = await run_cli(capsys, "storage", "retire-indexes", ORDER, *target)
     assert code == 1 and "FAILED_PRECONDITION" in err
-
-
-async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``nexus ARGV`` in a thread (its blocking gRPC calls must not stall the host)."""
-    capsys.readouterr()
-    code = await asyncio.to_thread(cli.main, list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err

@@ -24,10 +24,10 @@ from nexus.auth.v1 import auth_pb2, auth_pb2_grpc
 from nexus.options.v1 import options_pb2
 from nexus.orders.v1 import orders_pb2, orders_pb2_grpc
 
-from nexus_grpc import cli
 from nexus_grpc.config import AuthConfig, CacheConfig
 from nexus_grpc.gateway.grpcweb import decode_frames, encode_frame
 from nexus_grpc.testing import RunningHost, running_host
+from tests.fixtures.cli import run_cli
 
 PASSWORD = "correct horse battery"
 #: The bound the issue asks for is one second; polls stop at twice that so a loaded
@@ -333,13 +333,6 @@ async def test_editing_a_role_voids_the_tokens_of_its_holders(host: RunningHost)
         auth_pb2.PutRoleRequest(role=auth_pb2.Role(name="customer"))
     )
     assert await who(host, gina.access) == grpc.StatusCode.UNAUTHENTICATED
-
-
-async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = await asyncio.to_thread(cli.main, list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 async def test_cli_disables_enables_revokes_and_deletes(
