@@ -22,7 +22,9 @@ import pytest
 
 from tests.supervisor.storm import THREADS_PER_PORT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# Alone: with other test workers loading the machine, a rare reset shows up that does not
+# in isolation (see scripts/test).
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.alone]
 
 
 def _namespaces() -> bool:
