@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -68,26 +67,14 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return GroupScheduling(config, log)
 
 
-#: scripts/test's phase: "parallel" runs all but the ``alone`` tests, "alone" only them.
-#: (Not a NEXUS_ variable: the `nexus serve` processes tests start would read it.)
-_PHASE = os.environ.get("SCRIPTS_TEST_PHASE", "")
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep the tests of scripts/test's phase; on a pytest-xdist worker, put the longest
-    groups first.
+    """On a pytest-xdist worker, put the longest groups first.
 
     The controller hands out the groups in this order (scripts/test passes
     --no-loadscope-reorder): one that started last would keep the other workers waiting
     at the end.
     """
-    if _PHASE in ("parallel", "alone"):
-        wanted = _PHASE == "alone"
-        kept = [item for item in items if (item.get_closest_marker("alone") is not None) == wanted]
-        if len(kept) < len(items):
-            config.hook.pytest_deselected(items=[item for item in items if item not in kept])
-            items[:] = kept
     if not hasattr(config, "workerinput"):
         return
     rank = {name: index for index, name in enumerate(_LONGEST_FIRST)}

@@ -22,9 +22,7 @@ import pytest
 
 from tests.supervisor.storm import THREADS_PER_PORT
 
-# Alone: with other test workers loading the machine, a rare reset shows up that does not
-# in isolation (see scripts/test).
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.alone]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def _namespaces() -> bool:
