@@ -53,6 +53,7 @@ from nexus_grpc.tls import TLS_HEALTH, ClientDirectory, TlsExpiryMetrics, TlsSer
 from nexus_grpc.tls.material import check_config, plaintext_exposed
 from nexus_grpc.tracing import enabled as tracing_enabled
 from nexus_grpc.tracing.setup import Tracing, start_tracing
+from nexus_grpc.transport.accept_guard import GuardedSocket
 from nexus_grpc.transport.allow_list import NetworkStage, RefusedConnections
 from nexus_grpc.transport.grpc_forwarded import ForwardedStage
 from nexus_grpc.transport.grpc_server import create_server
@@ -81,8 +82,11 @@ _log = logging.getLogger("nexus.host")
 class Host:
     """One nexus process: storage, plugins, the gRPC server, health."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, http_socket: GuardedSocket | None = None) -> None:
+        """``http_socket``: a listening socket to serve HTTP on instead of binding
+        ``http.address`` (a worker's, kept by its supervisor across restarts)."""
         self.config = config
+        self._http_socket = http_socket
         self.router = Router()
         self.health = HealthState()
         self._stages: list[Stage] = []
@@ -248,6 +252,7 @@ class Host:
                 gateway,
                 self.config.http.address,
                 reuse_port=self.config.server.reuse_port,
+                listening=self._http_socket,
                 limits=HttpLimits.from_config(self.config.http),
                 policy=NetworkPolicy.from_lists(
                     "http", self.config.http.allow, self.config.http.deny

@@ -19,6 +19,7 @@ from typing import Any
 from nexus_grpc.cli._args import host_port
 from nexus_grpc.cli._config import config_from_args, config_options
 from nexus_grpc.config import Config, ConfigError, check_workers, parse_workers
+from nexus_grpc.supervisor.links import WorkerLinks
 
 __all__ = ["register"]
 
@@ -61,6 +62,7 @@ def register(commands: Any) -> None:
     serve.add_argument("--worker-line", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--worker-metrics", help=argparse.SUPPRESS)
     serve.add_argument("--worker-slot", type=int, default=0, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-http-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
 
@@ -92,13 +94,14 @@ def _serve(args: argparse.Namespace) -> int:
     worker_slot = args.worker_slot if args.worker_line is not None else None
     configure_logging(config.log.level, config.log.format, worker=worker_slot)
     if args.worker_line is not None:
-        return _run_host(config, worker=(args.worker_line, Path(args.worker_metrics)))
+        worker = WorkerLinks(args.worker_line, Path(args.worker_metrics), args.worker_http_fd)
+        return _run_host(config, worker=worker)
     if config.server.workers > 1:
         return _supervise(config, args)
     return _run_host(config, worker=None)
 
 
-def _run_host(config: Config, worker: tuple[int, Path] | None) -> int:
+def _run_host(config: Config, worker: WorkerLinks | None) -> int:
     try:
         from nexus_grpc.heap import freeze_imported
         from nexus_grpc.host import Host
@@ -109,7 +112,7 @@ def _run_host(config: Config, worker: tuple[int, Path] | None) -> int:
         if worker is None:
             asyncio.run(Host(config).run_until_signalled())
         else:
-            run_worker(per_worker(config), line_fd=worker[0], metrics_dir=worker[1])
+            run_worker(per_worker(config), worker)
     except Exception as error:
         # Start-up failures (port taken, strict mode, unreachable database) are the
         # operator's to fix: say what failed without a traceback, which is in debug logs.
@@ -142,7 +145,7 @@ def per_worker(config: Config) -> Config:
 def _supervise(config: Config, args: argparse.Namespace) -> int:
     # Only modules free of grpc: the supervisor must hold no gRPC object.
     from nexus_grpc.supervisor import metrics
-    from nexus_grpc.supervisor.ports import migration_warning, reserve
+    from nexus_grpc.supervisor.ports import SlotListeners, migration_warning, reserve
     from nexus_grpc.supervisor.supervisor import Supervisor
 
     reserved = []
@@ -157,6 +160,7 @@ def _supervise(config: Config, args: argparse.Namespace) -> int:
         return 1
     grpc_address = reserved[0].address
     http_address = reserved[1].address if len(reserved) > 1 else ""
+    listeners = SlotListeners(reserved[1]) if len(reserved) > 1 else None
     directory: Path | None = None
     warning = migration_warning()
     if warning is not None:
@@ -187,12 +191,15 @@ def _supervise(config: Config, args: argparse.Namespace) -> int:
             command,
             metrics_dir=directory,
             stop_timeout=settings.shutdown_delay + settings.grace_period + _STOP_MARGIN,
+            listeners=listeners,
         )
         return asyncio.run(supervisor.run(on_ready=ready))
     except OSError as error:
         _log.error("nexus could not start: %s", error)
         return 1
     finally:
+        if listeners is not None:
+            listeners.close()
         for reservation in reserved:
             reservation.close()
         if directory is not None:
@@ -218,7 +225,8 @@ def _worker_command(
     passed += ["--workers", str(count)]
     passed += ["--grpc-address", grpc_address, f"--http-address={http_address}"]
 
-    def command(fd: int, slot: int) -> Sequence[str]:
+    def command(fd: int, slot: int, http_fd: int | None) -> Sequence[str]:
+        inherited = [] if http_fd is None else ["--worker-http-fd", str(http_fd)]
         return [
             sys.executable,
             "-c",
@@ -231,6 +239,7 @@ def _worker_command(
             str(metrics_dir),
             "--worker-slot",
             str(slot),
+            *inherited,
         ]
 
     return command

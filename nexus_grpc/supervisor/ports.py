@@ -14,6 +14,14 @@ option only once it owns the port, which lets its own workers join. Two supervis
 starting at once on one port would both bind (neither listens yet), so each also holds
 a lock named after the port: an abstract Unix socket, which lives in the same network
 namespace as the port and vanishes with the process, killed or not.
+
+The HTTP port's listening sockets are the supervisor's too (:class:`SlotListeners`), one
+per worker slot, passed to each worker the slot runs: a rolling restart's replacement
+accepts on its predecessor's socket, which therefore never closes. Closing a listener
+drops or resets what its queue held (unless ``net.ipv4.tcp_migrate_req`` hands it to the
+group's other listeners) and races the kernel's hand-over of connections completing
+their handshake at that moment. grpcio opens its own listeners, so the gRPC port still
+relies on the sysctl for that.
 """
 
 from __future__ import annotations
@@ -21,7 +29,15 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-__all__ = ["MIGRATE_REQ", "PortReservation", "migration_warning", "reserve"]
+from nexus_grpc.transport.accept_guard import LISTEN_BACKLOG
+
+__all__ = [
+    "MIGRATE_REQ",
+    "PortReservation",
+    "SlotListeners",
+    "migration_warning",
+    "reserve",
+]
 
 #: The sysctl that moves connections queued on a closing listener to the others of its
 #: ``SO_REUSEPORT`` group (Linux 5.14+; per network namespace, so settable per pod).
@@ -43,10 +59,57 @@ class PortReservation:
         port: int = self._sock.getsockname()[1]
         return port
 
+    def listen(self) -> socket.socket:
+        """A new socket listening on the reserved address, in the port's
+        ``SO_REUSEPORT`` group."""
+        sock = socket.socket(self._sock.family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(self._sock.getsockname())
+            sock.listen(LISTEN_BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
     def close(self) -> None:
         """Give the port back (the supervisor is stopping)."""
         self._sock.close()
         self._lock.close()
+
+
+class SlotListeners:
+    """One listening socket per worker slot on a reserved port, kept by the supervisor.
+
+    Every worker a slot runs serves on the slot's socket, so a rolling restart closes
+    no listener: the replacement accepts beside the old worker, which then stops
+    accepting and finishes what it took. When a slot's worker dies instead, its socket is
+    closed (:meth:`renew`): nobody would accept the connections the kernel keeps handing
+    it until a replacement is up, and the replacement gets a new one.
+    """
+
+    def __init__(self, port: PortReservation) -> None:
+        self._port = port
+        self._sockets: dict[int, socket.socket] = {}
+
+    def for_slot(self, slot: int) -> socket.socket:
+        """The listening socket of ``slot``, opened at its first worker's start."""
+        sock = self._sockets.get(slot)
+        if sock is None:
+            sock = self._sockets[slot] = self._port.listen()
+        return sock
+
+    def renew(self, slot: int) -> None:
+        """Close ``slot``'s socket (its worker died); its next worker gets a new one."""
+        sock = self._sockets.pop(slot, None)
+        if sock is not None:
+            sock.close()
+
+    def close(self) -> None:
+        """Close every slot's socket (every worker has exited)."""
+        for slot in list(self._sockets):
+            self.renew(slot)
 
 
 def _lock(port: int) -> socket.socket | None:
@@ -99,10 +162,11 @@ def reserve(address: str, what: str) -> PortReservation:
 
 
 def migration_warning(setting: Path = MIGRATE_REQ) -> str | None:
-    """What to tell the operator when a rolling restart may reset connections: with
+    """What to tell the operator when a rolling restart may reset gRPC connections: with
     ``net.ipv4.tcp_migrate_req`` at 0 (the default) the connections a retiring worker's
-    listener had queued but not accepted yet are reset when it closes (a few per roll
-    under a storm of new connections); with 1 the kernel hands them to another worker.
+    gRPC listener had queued but not accepted yet are reset when it closes (a few per
+    roll under a storm of new connections); with 1 the kernel hands them to another
+    worker. (The HTTP port's listeners never close in a roll: :class:`SlotListeners`.)
     None when it is 1 (or the kernel has no such setting: nothing to do)."""
     try:
         value = setting.read_text().strip()
@@ -111,7 +175,7 @@ def migration_warning(setting: Path = MIGRATE_REQ) -> str | None:
     if value != "0":
         return None
     return (
-        "net.ipv4.tcp_migrate_req is 0: a rolling restart resets the connections queued "
-        "on a retiring worker's listener; set it to 1 in this network namespace "
+        "net.ipv4.tcp_migrate_req is 0: a rolling restart resets the gRPC connections "
+        "queued on a retiring worker's listener; set it to 1 in this network namespace "
         "(sysctl -w net.ipv4.tcp_migrate_req=1, or the pod's securityContext.sysctls)"
     )

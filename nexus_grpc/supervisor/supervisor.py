@@ -28,7 +28,10 @@ terminal's Ctrl-C reaches the supervisor alone, which then stops them in order.
   holds; replacements are told the worker count, so a file that cannot serve that
   many workers is refused and the old workers keep serving). A SIGHUP during a
   rolling restart (or during start-up) queues one more roll. The kernel keeps handing
-  new connections to the listeners left, so clients see no refused connection.
+  new connections to the listeners left, so clients see no refused connection. The
+  HTTP port's listeners are the supervisor's, one per slot (``listeners``,
+  :class:`~nexus_grpc.supervisor.ports.SlotListeners`): a replacement serves on its
+  predecessor's socket, so no HTTP listener closes during a roll.
 - Plugins swapped at runtime: the supervisor records the versions the host serves and
   each worker started later serves the same (:mod:`nexus_grpc.supervisor.swaps`).
 """
@@ -49,12 +52,14 @@ from pathlib import Path
 from nexus_grpc.supervisor.channel import MAX_MESSAGE_BYTES, RETIRE_SIGNAL, decode, encode
 from nexus_grpc.supervisor.metrics import forget_worker
 from nexus_grpc.supervisor.policy import CrashLoop, RestartPolicy
+from nexus_grpc.supervisor.ports import SlotListeners
 from nexus_grpc.supervisor.swaps import PluginState
 
 __all__ = ["Supervisor", "WorkerCommand"]
 
-#: The command line of a worker, given the number of its end of the line and its slot.
-WorkerCommand = Callable[[int, int], Sequence[str]]
+#: The command line of a worker, given the number of its end of the line, its slot and
+#: the descriptor of the slot's HTTP listener (None without ``listeners``).
+WorkerCommand = Callable[[int, int, int | None], Sequence[str]]
 
 _log = logging.getLogger("nexus.supervisor")
 
@@ -93,9 +98,11 @@ class Supervisor:
         stop_timeout: float,
         ready_timeout: float = 120.0,
         policy: RestartPolicy | None = None,
+        listeners: SlotListeners | None = None,
     ) -> None:
         self.count = count
         self._command = command
+        self._listeners = listeners
         self._metrics_dir = metrics_dir
         self._stop_timeout = stop_timeout
         self._ready_timeout = ready_timeout
@@ -230,11 +237,13 @@ class Supervisor:
         return worker.ready.is_set() and not worker.exited.is_set()
 
     async def _spawn(self, slot: int) -> _Worker:
+        listener = self._listeners.for_slot(slot) if self._listeners is not None else None
+        http_fd = listener.fileno() if listener is not None else None
         ours, theirs = socket.socketpair()
         try:
             process = await asyncio.create_subprocess_exec(
-                *self._command(theirs.fileno(), slot),
-                pass_fds=(theirs.fileno(),),
+                *self._command(theirs.fileno(), slot, http_fd),
+                pass_fds=(theirs.fileno(),) if http_fd is None else (theirs.fileno(), http_fd),
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
             )
@@ -325,6 +334,13 @@ class Supervisor:
             )
         if self._current.get(worker.slot) is worker:
             del self._current[worker.slot]
+        if (
+            self._listeners is not None
+            and not self._stopping
+            and not any(other.slot == worker.slot for other in self._alive)
+        ):
+            # Nobody accepts on the slot's socket until a replacement is up.
+            self._listeners.renew(worker.slot)
         if self._stopping or worker.retiring:
             _log.info("worker %d (pid %d) exited (%s)", worker.slot, worker.pid, status)
             return

@@ -3,7 +3,8 @@
 Compared to a single ``nexus serve`` a worker (started by the supervisor with
 ``--worker-line FD --worker-metrics DIR``) differs only in what it shares:
 
-- it binds the ports the supervisor reserved, with ``SO_REUSEPORT``;
+- it binds the gRPC port the supervisor reserved, with ``SO_REUSEPORT``, and serves
+  HTTP on its slot's listening socket, which the supervisor keeps and passes down;
 - it reports ready on the line once it serves and its overall health is SERVING;
 - its metrics go to the shared files and a scrape answers for all workers
   (:mod:`nexus_grpc.supervisor.metrics`);
@@ -21,7 +22,6 @@ import logging
 import os
 import signal
 from collections.abc import Iterable
-from pathlib import Path
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -29,7 +29,9 @@ from prometheus_client.registry import Collector
 from nexus_grpc.config import Config
 from nexus_grpc.host import Host
 from nexus_grpc.supervisor.channel import RETIRE_SIGNAL
+from nexus_grpc.supervisor.links import WorkerLinks
 from nexus_grpc.supervisor.metrics import FLUSH_INTERVAL, SharedMetrics
+from nexus_grpc.transport.accept_guard import GuardedSocket
 from nexus_grpc.transport.health import OVERALL
 
 __all__ = ["run_worker"]
@@ -48,15 +50,19 @@ class _WorkerCount(Collector):
         yield GaugeMetricFamily("nexus_workers", "Worker processes serving.", value=1)
 
 
-def run_worker(config: Config, *, line_fd: int, metrics_dir: Path) -> None:
+def run_worker(config: Config, links: WorkerLinks) -> None:
     """Serve ``config`` as one of several workers until SIGTERM or the supervisor goes."""
-    asyncio.run(_serve(config, line_fd, metrics_dir))
+    asyncio.run(_serve(config, links))
 
 
-async def _serve(config: Config, line_fd: int, metrics_dir: Path) -> None:
-    host = Host(config)
-    await host.broadcast.connect(line_fd)
-    shared = SharedMetrics(metrics_dir)
+async def _serve(config: Config, links: WorkerLinks) -> None:
+    http_socket = None
+    if links.http_fd is not None:
+        # The family, type and protocol come from the descriptor itself.
+        http_socket = GuardedSocket(fileno=links.http_fd)
+    host = Host(config, http_socket=http_socket)
+    await host.broadcast.connect(links.line_fd)
+    shared = SharedMetrics(links.metrics_dir)
     registry = host.metrics.registry
     registry.register(_WorkerCount())
     host.metrics.share(shared.exposition)

@@ -18,7 +18,11 @@ import uvicorn
 
 from nexus_grpc.config import HttpConfig
 from nexus_grpc.gateway.app import GatewayApp
-from nexus_grpc.transport.accept_guard import GuardedSocket, install_accept_error_log
+from nexus_grpc.transport.accept_guard import (
+    LISTEN_BACKLOG,
+    GuardedSocket,
+    install_accept_error_log,
+)
 from nexus_grpc.transport.allow_list import AcceptScreen, RefusedConnections
 from nexus_grpc.transport.grpc_server import ListenError
 from nexus_grpc.transport.http_protocol import HttpLimits, limited_protocol
@@ -44,6 +48,7 @@ class HttpServer:
         address: str,
         *,
         reuse_port: bool = False,
+        listening: GuardedSocket | None = None,
         limits: HttpLimits | None = None,
         policy: NetworkPolicy | None = None,
         proxies: TrustedProxies | None = None,
@@ -56,6 +61,7 @@ class HttpServer:
         self._handshake_timeout = handshake_timeout
         self._address = address
         self._reuse_port = reuse_port
+        self._listening = listening
         self._limits = _fit_fd_limit(limits or HttpLimits.from_config(HttpConfig()))
         self._policy = policy or NetworkPolicy("http")
         self._proxies = proxies or TrustedProxies()
@@ -66,7 +72,17 @@ class HttpServer:
         self.port = 0
 
     def bind(self) -> int:
-        """Bind the listening socket (a taken port fails here, before anything starts)."""
+        """Bind the listening socket (a taken port fails here, before anything starts),
+        or take the one given as ``listening``."""
+        sock = self._listening if self._listening is not None else self._bind()
+        if self._policy.active:
+            sock.screen = AcceptScreen(self._policy, self._refused)
+        sock.setblocking(False)
+        self._socket = sock
+        self.port = sock.getsockname()[1]
+        return self.port
+
+    def _bind(self) -> GuardedSocket:
         host, _, port_text = self._address.rpartition(":")
         host = host.strip("[]") or "127.0.0.1"
         try:
@@ -87,13 +103,8 @@ class HttpServer:
                 f"http.address {self._address}: cannot listen ({error}); is another process "
                 "using the port?"
             ) from None
-        if self._policy.active:
-            sock.screen = AcceptScreen(self._policy, self._refused)
-        sock.listen(2048)
-        sock.setblocking(False)
-        self._socket = sock
-        self.port = sock.getsockname()[1]
-        return self.port
+        sock.listen(LISTEN_BACKLOG)
+        return sock
 
     async def start(self) -> None:
         """Start serving on the bound socket."""

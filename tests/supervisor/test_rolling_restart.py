@@ -9,8 +9,9 @@ rolling restart shows a few at most: at most one per client thread and retiring 
 as each thread has one call in flight. They are counted and bounded here, not hidden.
 
 The other is the kernel's, with ``net.ipv4.tcp_migrate_req`` at 0 (this namespace's
-default; the supervisor warns about it): connections queued on a retiring worker's
-listener but not accepted yet are reset when it closes. The client sees UNAVAILABLE
+default; the supervisor warns about it): connections queued on a retiring worker's gRPC
+listener but not accepted yet are reset when it closes (the HTTP port's listeners are
+the supervisor's and never close in a roll). The client sees UNAVAILABLE
 before its connection carried a call, and reconnects. How many are queued at that
 moment grows with the machine's load; each client thread has one connection attempt
 in flight, so it loses at most one per retiring worker. With migration on there are

@@ -22,11 +22,11 @@ FAST = RestartPolicy(base_delay=0.05, max_delay=0.2, max_deaths=3, window=30.0)
 pytestmark = pytest.mark.asyncio
 
 
-def command(out: Path, modes: Callable[[int], str]) -> Callable[[int, int], Sequence[str]]:
+def command(out: Path, modes: Callable[[int], str]) -> Callable[[int, int, int | None], Sequence[str]]:
     """Worker command lines; ``modes(n)`` is the mode of the n-th worker started."""
     started = [0]
 
-    def line(fd: int, slot: int) -> Sequence[str]:
+    def line(fd: int, slot: int, http_fd: int | None) -> Sequence[str]:
         started[0] += 1
         return [sys.executable, str(WORKER), str(fd), str(out), modes(started[0])]
 
