@@ -93,7 +93,8 @@ class ServerConfig:
     #: grpcio turns SO_REUSEPORT on silently, letting two hosts bind the same port.
     reuse_port: bool = False
     #: Worker processes serving both ports ("auto": one per usable core). Above 1 a
-    #: supervisor starts them, they share the ports with SO_REUSEPORT, and the limits,
+    #: supervisor starts them, they share the ports with SO_REUSEPORT (the HTTP port on
+    #: listening sockets the supervisor keeps, one per worker slot), and the limits,
     #: the events and the cache must be on Redis (state every worker shares).
     workers: int = 1
     #: Seconds to keep serving after health turns NOT_SERVING on shutdown, so load
