@@ -147,13 +147,16 @@ def _supervise(config: Config, args: argparse.Namespace) -> int:
     from nexus_grpc.supervisor import metrics
     from nexus_grpc.supervisor.ports import SlotListeners, migration_warning, reserve
     from nexus_grpc.supervisor.supervisor import Supervisor
+    from nexus_grpc.transport.listen_address import http_listen_address
 
     reserved = []
     try:
         reserved.append(reserve(config.server.grpc_address, "server.grpc_address"))
         if config.http.address:
-            reserved.append(reserve(config.http.address, "http.address"))
-    except OSError as error:
+            # Bound as one process's HTTP server binds it (127.0.0.1 for no host).
+            bind = http_listen_address(config.http.address)
+            reserved.append(reserve(config.http.address, "http.address", bind=bind))
+    except (OSError, ValueError) as error:
         for reservation in reserved:
             reservation.close()
         _log.error("nexus could not start: %s", error)

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-
-from nexus_grpc.transport.accept_guard import LISTEN_BACKLOG
+from typing import Any
 
 __all__ = [
     "MIGRATE_REQ",
@@ -59,15 +58,15 @@ class PortReservation:
         port: int = self._sock.getsockname()[1]
         return port
 
-    def listen(self) -> socket.socket:
-        """A new socket listening on the reserved address, in the port's
-        ``SO_REUSEPORT`` group."""
+    def share(self) -> socket.socket:
+        """A new socket bound to the reserved address with ``SO_REUSEPORT``, for a worker
+        to listen on: the kernel hands connections only to listening sockets, so none
+        waits on it before a worker serves (asyncio's server calls ``listen``)."""
         sock = socket.socket(self._sock.family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(self._sock.getsockname())
-            sock.listen(LISTEN_BACKLOG)
         except OSError:
             sock.close()
             raise
@@ -94,10 +93,10 @@ class SlotListeners:
         self._sockets: dict[int, socket.socket] = {}
 
     def for_slot(self, slot: int) -> socket.socket:
-        """The listening socket of ``slot``, opened at its first worker's start."""
+        """The socket of ``slot``, made at its first worker's start (which listens on it)."""
         sock = self._sockets.get(slot)
         if sock is None:
-            sock = self._sockets[slot] = self._port.listen()
+            sock = self._sockets[slot] = self._port.share()
         return sock
 
     def renew(self, slot: int) -> None:
@@ -107,7 +106,7 @@ class SlotListeners:
             sock.close()
 
     def close(self) -> None:
-        """Close every slot's socket (every worker has exited)."""
+        """Close the supervisor's copy of every slot's socket (the host is stopping)."""
         for slot in list(self._sockets):
             self.renew(slot)
 
@@ -124,12 +123,16 @@ def _lock(port: int) -> socket.socket | None:
     return lock
 
 
-def reserve(address: str, what: str) -> PortReservation:
+def reserve(
+    address: str, what: str, *, bind: tuple[socket.AddressFamily, tuple[str, int]] | None = None
+) -> PortReservation:
     """Reserve ``address`` ("host:port", "[v6]:port"; port 0 picks one) for workers.
 
-    ``what`` names the setting in errors (``server.grpc_address``). Raises OSError with
-    a message when the port is taken: bound by a program that does not share it,
-    listened on by any program, or reserved by another supervisor.
+    ``what`` names the setting in errors (``server.grpc_address``); ``bind`` is the
+    family and address to bind when the caller resolves ``address`` itself (the HTTP
+    server's rules, see ``http_listen_address``). Raises OSError with a message when
+    the port is taken: bound by a program that does not share it, listened on by any
+    program, or reserved by another supervisor.
     """
     host, _, port_text = address.rpartition(":")
     bare = host.strip("[]") or "0.0.0.0"
@@ -137,17 +140,21 @@ def reserve(address: str, what: str) -> PortReservation:
         port = int(port_text)
     except ValueError:
         raise OSError(f"{what} {address}: not host:port") from None
-    try:
-        infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as error:
-        raise OSError(f"{what} {address}: cannot resolve {bare}: {error}") from None
-    family, _, _, _, sockaddr = infos[0]
+    sockaddr: Any
+    if bind is not None:
+        family, sockaddr = bind
+    else:
+        try:
+            infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except OSError as error:
+            raise OSError(f"{what} {address}: cannot resolve {bare}: {error}") from None
+        family, _, _, _, sockaddr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         # SO_REUSEADDR as every listener sets it: connections of an earlier run left
         # in TIME_WAIT do not block the port. No SO_REUSEPORT yet (see the docstring).
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(sockaddr)
+        sock.bind(sockaddr)  # a host name in ``bind`` resolves in its family
     except OSError as error:
         sock.close()
         raise OSError(f"{what} {address}: cannot reserve the port ({error.strerror})") from None

@@ -122,6 +122,8 @@ class Supervisor:
         #: A SIGHUP arrived while a roll ran (or before the workers served): roll again.
         self._roll_again = False
         self._restarts: set[asyncio.Task[None]] = set()
+        #: Slots whose next worker is being started (not in ``_alive`` yet).
+        self._spawning: set[int] = set()
         #: The plugin versions the host serves, for workers started later.
         self._plugins = PluginState()
 
@@ -237,6 +239,13 @@ class Supervisor:
         return worker.ready.is_set() and not worker.exited.is_set()
 
     async def _spawn(self, slot: int) -> _Worker:
+        self._spawning.add(slot)
+        try:
+            return await self._start_worker(slot)
+        finally:
+            self._spawning.discard(slot)
+
+    async def _start_worker(self, slot: int) -> _Worker:
         listener = self._listeners.for_slot(slot) if self._listeners is not None else None
         http_fd = listener.fileno() if listener is not None else None
         ours, theirs = socket.socketpair()
@@ -337,9 +346,11 @@ class Supervisor:
         if (
             self._listeners is not None
             and not self._stopping
-            and not any(other.slot == worker.slot for other in self._alive)
+            and worker.slot not in self._spawning
+            and not any(o.slot == worker.slot and not o.retiring for o in self._alive)
         ):
-            # Nobody accepts on the slot's socket until a replacement is up.
+            # Nobody accepts on the slot's socket until a replacement is up (a retiring
+            # worker stops accepting as it drains).
             self._listeners.renew(worker.slot)
         if self._stopping or worker.retiring:
             _log.info("worker %d (pid %d) exited (%s)", worker.slot, worker.pid, status)
@@ -461,6 +472,10 @@ class Supervisor:
 
     async def _stop_all(self) -> None:
         self._stopping = True
+        if self._listeners is not None:
+            # Each worker keeps its own copy until it stops accepting: the sockets
+            # close with the last one, and new connections are refused from then on.
+            self._listeners.close()
         if self._rolling is not None:
             self._rolling.cancel()
         workers = list(self._alive)

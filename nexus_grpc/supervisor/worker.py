@@ -56,8 +56,11 @@ def run_worker(config: Config, links: WorkerLinks) -> None:
 
 
 async def _serve(config: Config, links: WorkerLinks) -> None:
+    # Passed down to this process only: no program it starts may keep them open.
+    os.set_inheritable(links.line_fd, False)
     http_socket = None
     if links.http_fd is not None:
+        os.set_inheritable(links.http_fd, False)
         # The family, type and protocol come from the descriptor itself.
         http_socket = GuardedSocket(fileno=links.http_fd)
     host = Host(config, http_socket=http_socket)

@@ -26,6 +26,7 @@ from nexus_grpc.transport.accept_guard import (
 from nexus_grpc.transport.allow_list import AcceptScreen, RefusedConnections
 from nexus_grpc.transport.grpc_server import ListenError
 from nexus_grpc.transport.http_protocol import HttpLimits, limited_protocol
+from nexus_grpc.transport.listen_address import http_listen_address
 from nexus_grpc.transport.netpolicy import NetworkPolicy, TrustedProxies
 
 __all__ = ["HttpServer"]
@@ -83,11 +84,8 @@ class HttpServer:
         return self.port
 
     def _bind(self) -> GuardedSocket:
-        host, _, port_text = self._address.rpartition(":")
-        host = host.strip("[]") or "127.0.0.1"
         try:
-            port = int(port_text)
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            family, address = http_listen_address(self._address)
             # IPPROTO_TCP, not 0: asyncio turns TCP_NODELAY on only for sockets whose
             # protocol says TCP, and without it every response waits ~40 ms for the
             # client's delayed ACK between uvicorn's header and body writes.
@@ -97,7 +95,7 @@ class HttpServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self._reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port))
+            sock.bind(address)
         except (OSError, ValueError) as error:
             raise ListenError(
                 f"http.address {self._address}: cannot listen ({error}); is another process "

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from nexus_grpc.supervisor import RestartPolicy, Supervisor
+from nexus_grpc.supervisor.ports import SlotListeners, reserve
 
 WORKER = Path(__file__).with_name("line_worker.py")
 FAST = RestartPolicy(base_delay=0.05, max_delay=0.2, max_deaths=3, window=30.0)
@@ -22,11 +23,16 @@ FAST = RestartPolicy(base_delay=0.05, max_delay=0.2, max_deaths=3, window=30.0)
 pytestmark = pytest.mark.asyncio
 
 
-def command(out: Path, modes: Callable[[int], str]) -> Callable[[int, int, int | None], Sequence[str]]:
-    """Worker command lines; ``modes(n)`` is the mode of the n-th worker started."""
+def command(
+    out: Path, modes: Callable[[int], str], sockets: list[tuple[int, int]] | None = None
+) -> Callable[[int, int, int | None], Sequence[str]]:
+    """Worker command lines; ``modes(n)`` is the mode of the n-th worker started.
+    ``sockets`` gets (slot, inode of the HTTP socket passed) per worker started."""
     started = [0]
 
     def line(fd: int, slot: int, http_fd: int | None) -> Sequence[str]:
+        if sockets is not None and http_fd is not None:
+            sockets.append((slot, os.fstat(http_fd).st_ino))
         started[0] += 1
         return [sys.executable, str(WORKER), str(fd), str(out), modes(started[0])]
 
@@ -40,13 +46,16 @@ def supervisor(
     *,
     stop_timeout: float = 10.0,
     policy: RestartPolicy = FAST,
+    listeners: SlotListeners | None = None,
+    sockets: list[tuple[int, int]] | None = None,
 ) -> Supervisor:
     return Supervisor(
         count,
-        command(tmp_path, modes),
+        command(tmp_path, modes, sockets),
         metrics_dir=tmp_path,
         stop_timeout=stop_timeout,
         policy=policy,
+        listeners=listeners,
     )
 
 
@@ -271,3 +280,66 @@ async def test_restart_requests_say_why_they_are_refused(tmp_path: Path) -> None
     await until(lambda: sup.pids()[0] != ready[0][0])
     sup.stop()
     assert await running == 0
+
+
+async def test_a_slot_serves_every_worker_on_one_http_socket_until_a_worker_dies(
+    tmp_path: Path,
+) -> None:
+    port = reserve("127.0.0.1:0", "http.address")
+    listeners = SlotListeners(port)
+    sockets: list[tuple[int, int]] = []
+    # The third worker started (slot 0's replacement in the roll) crashes once it serves.
+    sup = supervisor(
+        tmp_path,
+        2,
+        lambda n: "crash" if n == 3 else "serve",
+        listeners=listeners,
+        sockets=sockets,
+    )
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    try:
+        await until(lambda: bool(ready))
+        first = dict(sockets)
+        assert len(set(first.values())) == 2
+        assert await sup.rolling_restart()
+        # Both replacements got their slot's socket: none was closed by the roll.
+        assert sockets[2:4] == [(0, first[0]), (1, first[1])]
+        # Slot 0's replacement died: its restart gets a new socket, slot 1 keeps its own.
+        await until(lambda: len(sockets) == 5)
+        assert sockets[4][0] == 0 and sockets[4][1] not in first.values()
+        assert os.fstat(listeners.for_slot(1).fileno()).st_ino == first[1]
+    finally:
+        sup.stop()
+        assert await running == 0
+        listeners.close()
+        port.close()
+
+
+async def test_a_stop_closes_the_supervisors_http_sockets_before_the_workers_drain(
+    tmp_path: Path,
+) -> None:
+    port = reserve("127.0.0.1:0", "http.address")
+    listeners = SlotListeners(port)
+    sup = supervisor(tmp_path, 2, lambda n: "stubborn", stop_timeout=3.0, listeners=listeners)
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    try:
+        await until(lambda: bool(ready))
+        held = [listeners.for_slot(slot) for slot in (0, 1)]
+        sup.stop()
+        # Each worker's own copy keeps its socket until it stops accepting, no longer.
+        await until(lambda: all(sock.fileno() == -1 for sock in held), seconds=2.0)
+        assert all(_running(pid) for pid in ready[0])
+    finally:
+        sup.stop()
+        assert await running == 0
+        port.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
