@@ -83,7 +83,7 @@ class Host:
     """One nexus process: storage, plugins, the gRPC server, health."""
 
     def __init__(self, config: Config, *, http_socket: GuardedSocket | None = None) -> None:
-        """``http_socket``: a listening socket to serve HTTP on instead of binding
+        """``http_socket``: a bound socket to serve HTTP on instead of binding
         ``http.address`` (a worker's, kept by its supervisor across restarts)."""
         self.config = config
         self._http_socket = http_socket
@@ -164,6 +164,10 @@ class Host:
         #: Whether stop() turns health NOT_SERVING and waits ``shutdown_delay`` first
         #: (False for a worker a rolling restart replaces while the others serve on).
         self.announce_shutdown = True
+        #: Whether stop() leaves the HTTP socket given as ``http_socket`` listening for
+        #: the others holding it (True for a worker a rolling restart replaces: its
+        #: replacement accepts on it), instead of ending it for every holder.
+        self.hand_over_http = False
         #: Liveness and readiness: /healthz, /readyz and their gRPC health services.
         self._probes = Probes(self._readiness_sources())
 
@@ -558,7 +562,7 @@ class Host:
                 await self._server.start()
             stopping.append(self._server.stop(grace))
         if self._http is not None:
-            stopping.append(self._http.stop(grace))
+            stopping.append(self._http.stop(grace, hand_over=self.hand_over_http))
         await asyncio.gather(*stopping)
         # Events raised by the last calls are delivered before the plugins stop.
         await self.bus.stop(grace)

@@ -15,9 +15,9 @@ starting at once on one port would both bind (neither listens yet), so each also
 a lock named after the port: an abstract Unix socket, which lives in the same network
 namespace as the port and vanishes with the process, killed or not.
 
-The HTTP port's listening sockets are the supervisor's too (:class:`SlotListeners`), one
-per worker slot, passed to each worker the slot runs: a rolling restart's replacement
-accepts on its predecessor's socket, which therefore never closes. Closing a listener
+The HTTP port's sockets are the supervisor's too (:class:`SlotListeners`), one per
+worker slot, passed to each worker the slot runs: a rolling restart's replacement
+accepts on its predecessor's socket, which therefore does not close in a roll. Closing a listener
 drops or resets what its queue held (unless ``net.ipv4.tcp_migrate_req`` hands it to the
 group's other listeners) and races the kernel's hand-over of connections completing
 their handshake at that moment. grpcio opens its own listeners, so the gRPC port still
@@ -83,9 +83,11 @@ class SlotListeners:
 
     Every worker a slot runs serves on the slot's socket, so a rolling restart closes
     no listener: the replacement accepts beside the old worker, which then stops
-    accepting and finishes what it took. When a slot's worker dies instead, its socket is
-    closed (:meth:`renew`): nobody would accept the connections the kernel keeps handing
-    it until a replacement is up, and the replacement gets a new one.
+    accepting and finishes what it took. When a slot is left without a worker (one
+    died, or stopped other than by a roll), its socket is closed (:meth:`renew`): nobody
+    would accept the connections the kernel hands it until a replacement is up, and the
+    replacement gets a new one. (A worker stopping other than by a roll also ends the
+    socket's listening itself, as it stops accepting: ``HttpServer.stop``.)
     """
 
     def __init__(self, port: PortReservation) -> None:

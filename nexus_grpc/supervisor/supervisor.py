@@ -19,10 +19,11 @@ terminal's Ctrl-C reaches the supervisor alone, which then stops them in order.
   A worker still running ``stop_timeout`` seconds later is killed. A worker a rolling
   restart is retiring drains already: it gets no SIGTERM of its own (which it would
   take for the second one, cancelling its calls).
-- SIGHUP: rolling restart, one worker at a time: the replacement starts and binds the
-  shared ports, and only once it reports ready (listening, health SERVING) does the
-  old one get :data:`~nexus_grpc.supervisor.channel.RETIRE_SIGNAL` and drain (its
-  health stays SERVING: the host as a whole does not go away). Replacements read the
+- SIGHUP: rolling restart, one worker at a time: the replacement starts, binds the
+  gRPC port and gets its slot's HTTP socket, and only once it reports ready
+  (listening, health SERVING) does the old one get
+  :data:`~nexus_grpc.supervisor.channel.RETIRE_SIGNAL` and drain (its health stays
+  SERVING: the host as a whole does not go away). Replacements read the
   configuration file again, so a rolling restart also applies configuration changes
   and renewed certificates (not the ports or the worker count, which the supervisor
   holds; replacements are told the worker count, so a file that cannot serve that
@@ -45,6 +46,7 @@ import os
 import signal
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,8 +124,8 @@ class Supervisor:
         #: A SIGHUP arrived while a roll ran (or before the workers served): roll again.
         self._roll_again = False
         self._restarts: set[asyncio.Task[None]] = set()
-        #: Slots whose next worker is being started (not in ``_alive`` yet).
-        self._spawning: set[int] = set()
+        #: Slot → workers being started for it (not in ``_alive`` yet).
+        self._spawning: Counter[int] = Counter()
         #: The plugin versions the host serves, for workers started later.
         self._plugins = PluginState()
 
@@ -239,11 +241,11 @@ class Supervisor:
         return worker.ready.is_set() and not worker.exited.is_set()
 
     async def _spawn(self, slot: int) -> _Worker:
-        self._spawning.add(slot)
+        self._spawning[slot] += 1
         try:
             return await self._start_worker(slot)
         finally:
-            self._spawning.discard(slot)
+            self._spawning[slot] -= 1
 
     async def _start_worker(self, slot: int) -> _Worker:
         listener = self._listeners.for_slot(slot) if self._listeners is not None else None
@@ -346,7 +348,7 @@ class Supervisor:
         if (
             self._listeners is not None
             and not self._stopping
-            and worker.slot not in self._spawning
+            and not self._spawning[worker.slot]
             and not any(o.slot == worker.slot and not o.retiring for o in self._alive)
         ):
             # Nobody accepts on the slot's socket until a replacement is up (a retiring
@@ -458,7 +460,9 @@ class Supervisor:
             if not await self._until_ready(new):
                 problem = self._not_ready(new)
                 new.retiring = True
-                self._terminate(new)
+                # Retired, not stopped: it shares the slot's HTTP socket with the old
+                # worker, which must keep listening on it.
+                self._terminate(new, RETIRE_SIGNAL)
                 if old is not None and not old.exited.is_set():
                     self._current[slot] = old
                 _log.error("rolling restart stopped: %s; the old worker keeps serving", problem)

@@ -1,7 +1,8 @@
 """One worker process: the ordinary host, wired to its supervisor.
 
 Compared to a single ``nexus serve`` a worker (started by the supervisor with
-``--worker-line FD --worker-metrics DIR``) differs only in what it shares:
+``--worker-line FD --worker-metrics DIR`` and, with HTTP on, ``--worker-http-fd FD``)
+differs only in what it shares:
 
 - it binds the gRPC port the supervisor reserved, with ``SO_REUSEPORT``, and serves
   HTTP on its slot's listening socket, which the supervisor keeps and passes down;
@@ -9,7 +10,9 @@ Compared to a single ``nexus serve`` a worker (started by the supervisor with
 - its metrics go to the shared files and a scrape answers for all workers
   (:mod:`nexus_grpc.supervisor.metrics`);
 - ``host.broadcast`` reaches every worker (:mod:`nexus_grpc.supervisor.channel`);
-- on SIGUSR2 (a rolling restart replaced it) it drains with health left SERVING;
+- on SIGUSR2 (a rolling restart replaced it) it drains with health left SERVING and
+  leaves the slot's HTTP socket listening for its replacement (any other stop ends
+  that socket's listening, so no connection waits there for nobody);
 - it shuts down (draining, as on SIGTERM) when the line closes: its supervisor is
   gone and nobody would stop or restart it any more.
 """
@@ -74,6 +77,8 @@ async def _serve(config: Config, links: WorkerLinks) -> None:
         # Replaced in a rolling restart: drain as on SIGTERM, health left SERVING.
         _log.info("replaced by a new worker: draining")
         host.announce_shutdown = False
+        # Its replacement accepts on the slot's HTTP socket: leave it listening.
+        host.hand_over_http = True
         # Refuse swaps from now on, before the SIGTERM below is handled.
         with contextlib.suppress(RuntimeError):  # not started yet: no swap to refuse
             host.plugins.swap.refuse()

@@ -7,6 +7,7 @@ handlers on the same objects, with no thread or process hop between them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import resource
@@ -74,7 +75,7 @@ class HttpServer:
 
     def bind(self) -> int:
         """Bind the listening socket (a taken port fails here, before anything starts),
-        or take the one given as ``listening``."""
+        or take the one given as ``listening`` (bound; ``start`` listens on it)."""
         sock = self._listening if self._listening is not None else self._bind()
         if self._policy.active:
             sock.screen = AcceptScreen(self._policy, self._refused)
@@ -160,17 +161,25 @@ class HttpServer:
         server.servers = [listener]
         server.started = True
 
-    async def _settle_new_connections(self, limit: float) -> None:
+    async def _settle_new_connections(self, limit: float, *, hand_over: bool) -> None:
         """Stop accepting, then give connections accepted but not read from yet up to
         ``limit`` seconds to send their first request.
 
         uvicorn's shutdown closes every connection without a request in progress: one
         the loop accepted a moment ago, its request still unread in the socket, would
         be reset (the client sees ECONNRESET, not an answer). A worker retired by a
-        rolling restart meets these under a storm of new connections (what the kernel
-        had not handed out yet moves to another worker with tcp_migrate_req).
+        rolling restart meets these under a storm of new connections.
+
+        A socket given as ``listening`` is shared (a worker's, with its supervisor and
+        its slot's next worker): with ``hand_over`` it keeps listening for them, else it
+        stops listening for every holder, so that no connection queues where nobody
+        will accept it.
         """
         assert self._server is not None
+        if self._listening is not None and not hand_over:
+            # In the same step as the close below: the loop sees no accept fail.
+            with contextlib.suppress(OSError):
+                self._listening.shutdown(socket.SHUT_RDWR)
         for listener in self._server.servers:
             listener.close()
         loop = asyncio.get_running_loop()
@@ -194,8 +203,11 @@ class HttpServer:
         for task in list(self._server.server_state.tasks):
             task.cancel()
 
-    async def stop(self, grace: float) -> None:
-        """Stop accepting, let requests in flight finish for up to ``grace`` seconds."""
+    async def stop(self, grace: float, *, hand_over: bool = False) -> None:
+        """Stop accepting, let requests in flight finish for up to ``grace`` seconds.
+
+        ``hand_over``: a socket given as ``listening`` keeps listening for the others
+        holding it (a rolling restart's replacement), see ``_settle_new_connections``."""
         if self._server is None or self._task is None:
             if self._socket is not None:
                 self._socket.close()
@@ -204,7 +216,7 @@ class HttpServer:
         self._server.config.timeout_graceful_shutdown = cast(int, max(grace, 0.0))
         self._server.should_exit = True
         await self._task
-        await self._settle_new_connections(min(grace, _SETTLE_SECONDS))
+        await self._settle_new_connections(min(grace, _SETTLE_SECONDS), hand_over=hand_over)
         await self._server.shutdown(sockets=[self._socket] if self._socket else None)
         if self._socket is not None:
             self._socket.close()

@@ -288,27 +288,30 @@ async def test_a_slot_serves_every_worker_on_one_http_socket_until_a_worker_dies
     port = reserve("127.0.0.1:0", "http.address")
     listeners = SlotListeners(port)
     sockets: list[tuple[int, int]] = []
-    # The third worker started (slot 0's replacement in the roll) crashes once it serves.
-    sup = supervisor(
-        tmp_path,
-        2,
-        lambda n: "crash" if n == 3 else "serve",
-        listeners=listeners,
-        sockets=sockets,
-    )
+    sup = supervisor(tmp_path, 2, lambda n: "serve", listeners=listeners, sockets=sockets)
+
+    def passed(slot: int) -> list[int]:
+        """Inodes of the sockets passed to ``slot``'s workers, in order."""
+        return [inode for passed_slot, inode in sockets if passed_slot == slot]
+
     ready: list[list[int]] = []
     running = asyncio.create_task(sup.run(on_ready=ready.append))
     try:
         await until(lambda: bool(ready))
-        first = dict(sockets)
-        assert len(set(first.values())) == 2
+        first = {slot: passed(slot) for slot in (0, 1)}
+        assert all(len(inodes) == 1 for inodes in first.values())
+        assert first[0] != first[1]
         assert await sup.rolling_restart()
-        # Both replacements got their slot's socket: none was closed by the roll.
-        assert sockets[2:4] == [(0, first[0]), (1, first[1])]
-        # Slot 0's replacement died: its restart gets a new socket, slot 1 keeps its own.
-        await until(lambda: len(sockets) == 5)
-        assert sockets[4][0] == 0 and sockets[4][1] not in first.values()
-        assert os.fstat(listeners.for_slot(1).fileno()).st_ino == first[1]
+        # Both replacements got their slot's socket: the roll closed none.
+        assert {slot: passed(slot) for slot in (0, 1)} == {
+            slot: inodes * 2 for slot, inodes in first.items()
+        }
+        # Slot 0's worker dies: its restart gets a new socket, slot 1 keeps its own.
+        os.kill(sup.pids()[0], signal.SIGKILL)
+        await until(lambda: len(passed(0)) == 3)
+        assert passed(0)[2] not in first[0] + first[1]
+        assert os.fstat(listeners.for_slot(0).fileno()).st_ino == passed(0)[2]
+        assert os.fstat(listeners.for_slot(1).fileno()).st_ino == first[1][0]
     finally:
         sup.stop()
         assert await running == 0

@@ -1,0 +1,62 @@
+"""The HTTP server on a socket it shares (a worker's, with its supervisor and its slot's
+next worker): stopping for good ends the socket's listening for every holder, so no
+connection queues where nobody will accept it; a rolling restart's hand-over leaves it
+listening for the next worker."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, cast
+
+import httpx
+import pytest
+
+from nexus_grpc.transport.accept_guard import GuardedSocket
+from nexus_grpc.transport.http_server import HttpServer
+from nexus_grpc.transport.listen_address import http_listen_address
+
+
+async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A plain ASGI app: 200 "hello"."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+def connects(port: int) -> bool:
+    """Whether a TCP handshake with 127.0.0.1:``port`` completes (queued or accepted)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("hand_over", [True, False], ids=["handed over", "stopped"])
+async def test_a_shared_socket_keeps_listening_only_when_handed_over(hand_over: bool) -> None:
+    # The supervisor's copy: bound, never listened on by it.
+    kept = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        kept.bind(("127.0.0.1", 0))
+        port = kept.getsockname()[1]
+        shared = GuardedSocket(fileno=os.dup(kept.fileno()))
+        server = HttpServer(cast(Any, hello), "127.0.0.1:0", listening=shared)
+        assert server.bind() == port
+        await server.start()
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"http://127.0.0.1:{port}/")).text == "hello"
+        await server.stop(1.0, hand_over=hand_over)
+        # The server's own descriptor is closed either way; the kept one decides.
+        assert shared.fileno() == -1 and kept.fileno() != -1
+        assert connects(port) is hand_over
+    finally:
+        kept.close()
+
+
+def test_the_http_address_binds_as_one_process_binds_it() -> None:
+    assert http_listen_address(":8080") == (socket.AF_INET, ("127.0.0.1", 8080))
+    assert http_listen_address("localhost:0") == (socket.AF_INET, ("localhost", 0))
+    assert http_listen_address("[::]:443") == (socket.AF_INET6, ("::", 443))
+    for bad in ("127.0.0.1:http", "127.0.0.1:70000", "127.0.0.1:-1"):
+        with pytest.raises(ValueError, match=r"invalid literal|not from 0 to 65535"):
+            http_listen_address(bad)
