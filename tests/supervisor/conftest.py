@@ -5,12 +5,22 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.e2e.conftest import BIN, REPO, ServeProcess
 
-__all__ = ["Workers", "start_workers", "workers_config"]
+__all__ = ["Workers", "start_workers", "until", "workers_config"]
+
+
+def until(check: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Poll ``check`` until it is true; AssertionError after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
 
 
 @dataclass

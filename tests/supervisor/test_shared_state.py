@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.redis import RedisServer
-from tests.supervisor.conftest import Workers, start_workers, workers_config
+from tests.supervisor.conftest import Workers, start_workers, until, workers_config
 
 pytestmark = pytest.mark.e2e
 
@@ -58,13 +58,6 @@ shutdown_delay = 1.0
         yield running
     finally:
         running.close()
-
-
-def until(check: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def on_every_worker(host: Workers, call: Callable[[httpx.Client], None], tries: int = 40) -> None:

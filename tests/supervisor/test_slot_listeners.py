@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.fixtures.redis import RedisServer
-from tests.supervisor.conftest import Workers, start_workers, workers_config
+from tests.supervisor.conftest import Workers, start_workers, until, workers_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -62,13 +60,6 @@ def wait_started(host: Workers, known: set[int]) -> tuple[int, int]:
     return found
 
 
-def until(check: Callable[[], bool], seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
 def test_http_listeners_outlive_rolling_restarts_but_not_a_dead_worker(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -104,7 +95,7 @@ def test_http_listeners_outlive_rolling_restarts_but_not_a_dead_worker(
         os.kill(victim, signal.SIGKILL)
         slot, restarted = wait_started(host, known | set(replacements))
         assert slot == replacements[victim]
-        until(lambda: len(listening_sockets(restarted, port)) == 1)
+        until(lambda: len(listening_sockets(restarted, port)) == 1, seconds=60.0)
         renewed = listening_sockets(restarted, port)
         assert not renewed & slots, "the dead worker's socket was handed on"
         assert listening_sockets(host.process.pid, port) == (slots - lost) | renewed
