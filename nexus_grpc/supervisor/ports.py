@@ -17,8 +17,8 @@ namespace as the port and vanishes with the process, killed or not.
 
 The HTTP port's sockets are the supervisor's too (:class:`SlotListeners`), one per
 worker slot, passed to each worker the slot runs: a rolling restart's replacement
-accepts on its predecessor's socket, which therefore does not close in a roll. Closing a listener
-drops or resets what its queue held (unless ``net.ipv4.tcp_migrate_req`` hands it to the
+accepts on its predecessor's socket, which therefore does not close in a roll. Closing
+a listener drops or resets what its queue held (unless ``net.ipv4.tcp_migrate_req`` hands it to the
 group's other listeners) and races the kernel's hand-over of connections completing
 their handshake at that moment. grpcio opens its own listeners, so the gRPC port still
 relies on the sysctl for that.
@@ -79,7 +79,8 @@ class PortReservation:
 
 
 class SlotListeners:
-    """One listening socket per worker slot on a reserved port, kept by the supervisor.
+    """One socket per worker slot on a reserved port, kept by the supervisor (its
+    workers listen on it).
 
     Every worker a slot runs serves on the slot's socket, so a rolling restart closes
     no listener: the replacement accepts beside the old worker, which then stops
@@ -102,7 +103,7 @@ class SlotListeners:
         return sock
 
     def renew(self, slot: int) -> None:
-        """Close ``slot``'s socket (its worker died); its next worker gets a new one."""
+        """Close ``slot``'s socket (no worker accepts on it); its next worker gets a new one."""
         sock = self._sockets.pop(slot, None)
         if sock is not None:
             sock.close()
@@ -125,6 +126,22 @@ def _lock(port: int) -> socket.socket | None:
     return lock
 
 
+def _resolve(address: str, what: str) -> tuple[socket.AddressFamily, Any]:
+    """The family and socket address of ``address`` (an empty host: every address)."""
+    host, _, port_text = address.rpartition(":")
+    bare = host.strip("[]") or "0.0.0.0"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise OSError(f"{what} {address}: not host:port") from None
+    try:
+        infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as error:
+        raise OSError(f"{what} {address}: cannot resolve {bare}: {error}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
 def reserve(
     address: str, what: str, *, bind: tuple[socket.AddressFamily, tuple[str, int]] | None = None
 ) -> PortReservation:
@@ -136,21 +153,8 @@ def reserve(
     the port is taken: bound by a program that does not share it, listened on by any
     program, or reserved by another supervisor.
     """
-    host, _, port_text = address.rpartition(":")
-    bare = host.strip("[]") or "0.0.0.0"
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise OSError(f"{what} {address}: not host:port") from None
-    sockaddr: Any
-    if bind is not None:
-        family, sockaddr = bind
-    else:
-        try:
-            infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        except OSError as error:
-            raise OSError(f"{what} {address}: cannot resolve {bare}: {error}") from None
-        family, _, _, _, sockaddr = infos[0]
+    host = address.rpartition(":")[0]
+    family, sockaddr = bind if bind is not None else _resolve(address, what)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         # SO_REUSEADDR as every listener sets it: connections of an earlier run left

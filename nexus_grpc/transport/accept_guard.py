@@ -25,11 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["LISTEN_BACKLOG", "AcceptErrorLog", "GuardedSocket", "install_accept_error_log"]
-
-#: Connections a listening socket queues before the kernel drops new handshakes
-#: (uvicorn's default; the kernel caps it at ``net.core.somaxconn``).
-LISTEN_BACKLOG = 2048
+__all__ = ["AcceptErrorLog", "GuardedSocket", "install_accept_error_log"]
 
 _RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # The message asyncio's selector loop reports a resource failure of accept() with.

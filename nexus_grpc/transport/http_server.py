@@ -19,11 +19,7 @@ import uvicorn
 
 from nexus_grpc.config import HttpConfig
 from nexus_grpc.gateway.app import GatewayApp
-from nexus_grpc.transport.accept_guard import (
-    LISTEN_BACKLOG,
-    GuardedSocket,
-    install_accept_error_log,
-)
+from nexus_grpc.transport.accept_guard import GuardedSocket, install_accept_error_log
 from nexus_grpc.transport.allow_list import AcceptScreen, RefusedConnections
 from nexus_grpc.transport.grpc_server import ListenError
 from nexus_grpc.transport.http_protocol import HttpLimits, limited_protocol
@@ -102,7 +98,7 @@ class HttpServer:
                 f"http.address {self._address}: cannot listen ({error}); is another process "
                 "using the port?"
             ) from None
-        sock.listen(LISTEN_BACKLOG)
+        sock.listen(2048)  # uvicorn's backlog, which create_server() sets again
         return sock
 
     async def start(self) -> None:

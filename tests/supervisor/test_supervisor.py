@@ -16,6 +16,7 @@ import pytest
 
 from nexus_grpc.supervisor import RestartPolicy, Supervisor
 from nexus_grpc.supervisor.ports import SlotListeners, reserve
+from nexus_grpc.supervisor.supervisor import WorkerCommand
 
 WORKER = Path(__file__).with_name("line_worker.py")
 FAST = RestartPolicy(base_delay=0.05, max_delay=0.2, max_deaths=3, window=30.0)
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.asyncio
 
 def command(
     out: Path, modes: Callable[[int], str], sockets: list[tuple[int, int]] | None = None
-) -> Callable[[int, int, int | None], Sequence[str]]:
+) -> WorkerCommand:
     """Worker command lines; ``modes(n)`` is the mode of the n-th worker started.
     ``sockets`` gets (slot, inode of the HTTP socket passed) per worker started."""
     started = [0]
