@@ -12,7 +12,11 @@ terminal's Ctrl-C reaches the supervisor alone, which then stops them in order.
 - A worker that dies is started again after a backoff (also one that served and died
   while the others were starting: start-up waits for its replacement); too many
   deaths in a window is a crash loop: everything stops and the supervisor exits 1
-  saying so (:mod:`nexus_grpc.supervisor.policy`). Every death is logged.
+  saying so (:mod:`nexus_grpc.supervisor.policy`). Every death is logged. A worker
+  whose process cannot be started counts as one that died at once (at start-up it
+  fails the start; in a rolling restart it stops the roll, the old worker serving).
+- A worker is known from the moment its process exists, and a stop first ends the
+  starts under way: no worker outlives its supervisor unknown.
 - SIGTERM or SIGINT: every worker gets SIGTERM and drains as a single host does
   (health NOT_SERVING, ``server.shutdown_delay``, then ``server.grace_period`` for the
   calls in flight); a second signal is passed on too, which cancels what is left.
@@ -121,9 +125,12 @@ class Supervisor:
         self._done = asyncio.Event()
         self._failure: str | None = None
         self._rolling: asyncio.Task[None] | None = None
+        #: The replacement a rolling restart waits for (it says why that one stops).
+        self._awaited: _Worker | None = None
         #: A SIGHUP arrived while a roll ran (or before the workers served): roll again.
         self._roll_again = False
-        self._restarts: set[asyncio.Task[None]] = set()
+        #: Restarts waiting for their backoff or starting a worker → the slot of each.
+        self._restarts: dict[asyncio.Task[None], int] = {}
         #: Slot → workers being started for it (not in ``_alive`` yet).
         self._spawning: Counter[int] = Counter()
         #: The plugin versions the host serves, for workers started later.
@@ -148,12 +155,15 @@ class Supervisor:
                 if self._roll_again:
                     self._start_rolls()
                 await self._done.wait()
+        except BaseException:
+            # Cancelled, or a defect: no worker may outlive this supervisor unknown.
+            self._abandon()
+            raise
+        else:
             await self._stop_all()
         finally:
             for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(number)
-            for task in list(self._restarts):
-                task.cancel()
         if self._failure is not None:
             _log.error("nexus workers stopped: %s", self._failure)
             return 1
@@ -176,15 +186,24 @@ class Supervisor:
 
     async def _start_all(self) -> bool:
         first = await self._spawn(0)
+        if first is None:
+            return self._fail_start(self._spawn_failure(0))
         await self._until_ready(first)
         if not first.ready.is_set():
-            return self._fail_start(first)
-        others = [await self._spawn(slot) for slot in range(1, self.count)]
+            return self._fail_start(self._not_ready(first))
+        others = []
+        for slot in range(1, self.count):
+            if self._done.is_set():
+                return False
+            worker = await self._spawn(slot)
+            if worker is None:
+                return self._fail_start(self._spawn_failure(slot))
+            others.append(worker)
         for worker in others:
             await self._until_ready(worker)
             # One that served and died since is being restarted (see _watch).
             if not worker.ready.is_set():
-                return self._fail_start(worker)
+                return self._fail_start(self._not_ready(worker))
         return await self._until_all_ready()
 
     async def _until_all_ready(self) -> bool:
@@ -210,11 +229,15 @@ class Supervisor:
             await asyncio.sleep(0.05)
         return False
 
-    def _fail_start(self, worker: _Worker) -> bool:
+    def _fail_start(self, problem: str) -> bool:
         if self._failure is None and not self._stop_asked:
-            self._failure = self._not_ready(worker)
+            self._failure = problem
         self._done.set()
         return False
+
+    @staticmethod
+    def _spawn_failure(slot: int) -> str:
+        return f"worker {slot} could not be started (logged above)"
 
     def _not_ready(self, worker: _Worker) -> str:
         if worker.exited.is_set():
@@ -240,28 +263,45 @@ class Supervisor:
                 waiter.cancel()
         return worker.ready.is_set() and not worker.exited.is_set()
 
-    async def _spawn(self, slot: int) -> _Worker:
+    async def _spawn(self, slot: int) -> _Worker | None:
+        """A new worker serving ``slot``; None (logged) when its process could not be
+        started (no descriptor, no memory, no such program, its socket not bound)."""
         self._spawning[slot] += 1
         try:
             return await self._start_worker(slot)
+        except OSError as error:
+            _log.error("worker %d could not be started: %s", slot, error)
+            return None
         finally:
             self._spawning[slot] -= 1
+            self._renew_unserved(slot)
 
     async def _start_worker(self, slot: int) -> _Worker:
         listener = self._listeners.for_slot(slot) if self._listeners is not None else None
         http_fd = listener.fileno() if listener is not None else None
         ours, theirs = socket.socketpair()
         try:
+            ours.setblocking(False)
+            # Before the process exists: from its start to its registration below
+            # nothing is awaited, so no cancellation can leave it running unknown.
+            reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_MESSAGE_BYTES)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        try:
+            # Cancelled half-way, asyncio kills the process it started.
             process = await asyncio.create_subprocess_exec(
                 *self._command(theirs.fileno(), slot, http_fd),
                 pass_fds=(theirs.fileno(),) if http_fd is None else (theirs.fileno(), http_fd),
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
             )
+        except BaseException:
+            writer.close()
+            raise
         finally:
             theirs.close()
-        ours.setblocking(False)
-        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_MESSAGE_BYTES)
         worker = _Worker(slot, process, writer, started=time.monotonic())
         self._current[slot] = worker
         self._alive.add(worker)
@@ -270,6 +310,9 @@ class Supervisor:
             asyncio.create_task(self._watch(worker)),
         ]
         _log.info("worker %d started (pid %d)", slot, process.pid, extra={"pid": process.pid})
+        if self._stopping:
+            # Started while the stop waited for this start: it stops with the others.
+            self._terminate(worker)
         return worker
 
     async def _read(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
@@ -345,21 +388,11 @@ class Supervisor:
             )
         if self._current.get(worker.slot) is worker:
             del self._current[worker.slot]
-        if (
-            self._listeners is not None
-            and not self._stopping
-            and not self._spawning[worker.slot]
-            and not any(o.slot == worker.slot and not o.retiring for o in self._alive)
-        ):
-            # Nobody accepts on the slot's socket until a replacement is up (a retiring
-            # worker stops accepting as it drains).
-            self._listeners.renew(worker.slot)
+        self._renew_unserved(worker.slot)
         if self._stopping or worker.retiring:
             _log.info("worker %d (pid %d) exited (%s)", worker.slot, worker.pid, status)
             return
-        if not worker.ready.is_set() and (
-            not self._serving or (self._rolling is not None and not self._rolling.done())
-        ):
+        if not worker.ready.is_set() and (not self._serving or worker is self._awaited):
             # Start-up or the rolling restart waiting for it says why it stops.
             _log.warning(
                 "worker %d (pid %d) exited with status %s before it served",
@@ -385,12 +418,7 @@ class Supervisor:
             return
         delay = self._crashes.died(worker.slot, now=time.monotonic(), started=worker.started)
         if delay is None:
-            self._failure = (
-                f"crash loop: {self._crashes.describe()} (worker {worker.slot}, pid "
-                f"{worker.pid}, exited with status {status} last); stopping every worker"
-            )
-            _log.error("nexus workers: %s", self._failure)
-            self._done.set()
+            self._crash_loop(f"worker {worker.slot}, pid {worker.pid}, exited with status {status}")
             return
         _log.warning(
             "worker %d (pid %d) died (exit status %s); starting it again in %.2fs",
@@ -402,15 +430,45 @@ class Supervisor:
         )
         self._schedule_restart(worker.slot, delay)
 
+    def _renew_unserved(self, slot: int) -> None:
+        """A new socket for ``slot`` when nobody will accept on its own: no live worker
+        of the slot but retiring ones (which stop accepting as they drain), and no start
+        under way."""
+        if (
+            self._listeners is not None
+            and not self._stopping
+            and not self._spawning[slot]
+            and not any(o.slot == slot and not o.retiring for o in self._alive)
+        ):
+            self._listeners.renew(slot)
+
     def _schedule_restart(self, slot: int, delay: float) -> None:
         task = asyncio.create_task(self._restart(slot, delay))
-        self._restarts.add(task)
-        task.add_done_callback(self._restarts.discard)
+        self._restarts[task] = slot
+        task.add_done_callback(self._forget_restart)
+
+    def _forget_restart(self, task: asyncio.Task[None]) -> None:
+        self._restarts.pop(task, None)
 
     async def _restart(self, slot: int, delay: float) -> None:
         await asyncio.sleep(delay)
-        if not self._stopping and slot not in self._current:
-            await self._spawn(slot)
+        if self._stopping or slot in self._current:
+            return
+        if await self._spawn(slot) is None:
+            # As if it had died at once: backoff, and a crash loop when it persists.
+            now = time.monotonic()
+            again = self._crashes.died(slot, now=now, started=now)
+            if again is None:
+                self._crash_loop(f"worker {slot} could not be started")
+                return
+            self._schedule_restart(slot, again)
+
+    def _crash_loop(self, last: str) -> None:
+        self._failure = (
+            f"crash loop: {self._crashes.describe()} ({last} last); stopping every worker"
+        )
+        _log.error("nexus workers: %s", self._failure)
+        self._done.set()
 
     def _on_stop_signal(self, number: signal.Signals) -> None:
         if self._stopping:
@@ -457,15 +515,31 @@ class Supervisor:
                 return False
             old = self._current.get(slot)
             new = await self._spawn(slot)
-            if not await self._until_ready(new):
+            if new is None:
+                _log.error("rolling restart stopped: the old worker %d keeps serving", slot)
+                return False
+            self._awaited = new
+            try:
+                ready = await self._until_ready(new)
+            finally:
+                self._awaited = None
+            if not ready:
                 problem = self._not_ready(new)
                 new.retiring = True
                 # Retired, not stopped: it shares the slot's HTTP socket with the old
                 # worker, which must keep listening on it.
                 self._terminate(new, RETIRE_SIGNAL)
+                if self._current.get(slot) is new:
+                    del self._current[slot]
                 if old is not None and not old.exited.is_set():
                     self._current[slot] = old
-                _log.error("rolling restart stopped: %s; the old worker keeps serving", problem)
+                    _log.error("rolling restart stopped: %s; the old worker keeps serving", problem)
+                    return False
+                _log.error("rolling restart stopped: %s", problem)
+                if not self._stopping and slot not in self._restarts.values():
+                    # The old worker died meanwhile, and its restart found the slot
+                    # taken by this replacement: the slot needs a worker all the same.
+                    self._schedule_restart(slot, 0.0)
                 return False
             if old is not None and not old.exited.is_set():
                 old.retiring = True
@@ -480,8 +554,12 @@ class Supervisor:
             # Each worker keeps its own copy until it stops accepting: the sockets
             # close with the last one, and new connections are refused from then on.
             self._listeners.close()
-        if self._rolling is not None:
-            self._rolling.cancel()
+        # Ended before the list is taken: a start they were making has its worker
+        # in the list, or no process.
+        starting = [t for t in (self._rolling, *self._restarts) if t is not None]
+        for task in starting:
+            task.cancel()
+        await asyncio.gather(*starting, return_exceptions=True)
         workers = list(self._alive)
         for worker in workers:
             # A retiring worker drains already (RETIRE_SIGNAL): a SIGTERM now would be
@@ -489,6 +567,19 @@ class Supervisor:
             if not worker.retiring:
                 self._terminate(worker)
         await self._wait_exit(workers)
+
+    def _abandon(self) -> None:
+        """Stop without waiting: every worker not retiring gets SIGTERM and drains on
+        its own (what sees workers exit may be cancelled with the supervisor)."""
+        self._stopping = True
+        if self._listeners is not None:
+            self._listeners.close()
+        for task in (self._rolling, *self._restarts):
+            if task is not None:
+                task.cancel()
+        for worker in list(self._alive):
+            if not worker.retiring:
+                self._terminate(worker)
 
     def _terminate(self, worker: _Worker, number: int = signal.SIGTERM) -> None:
         if not worker.exited.is_set():

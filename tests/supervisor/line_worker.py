@@ -5,7 +5,7 @@ subscribes to "hello" (every message received is written to ``OUT_DIR/<pid>.json
 reports ready, publishes one "hello" with its pid each time a "go" arrives, and
 waits for SIGTERM (or SIGUSR2, retired). MODE:
 ``serve`` as said; ``crash`` exits 3 shortly after reporting ready; ``fail`` exits 3
-before it is ready; ``stubborn`` ignores SIGTERM; ``slow`` reports ready after 3 s;
+before it is ready; ``late-fail`` exits 3 after 1 s, never ready; ``stubborn`` ignores SIGTERM; ``slow`` reports ready after 3 s;
 ``draining`` takes 1.5 s to drain once retired, and writes every signal it got;
 ``ask`` asks for a rolling restart before it reports ready, and twice on each "ask"
 message, writing the answers to ``OUT_DIR/<pid>.asked``.
@@ -26,6 +26,9 @@ from nexus_grpc.supervisor.channel import Broadcast
 
 async def main(fd: int, out: Path, mode: str) -> None:
     if mode == "fail":
+        os._exit(3)
+    if mode == "late-fail":
+        await asyncio.sleep(1.0)
         os._exit(3)
     line = Broadcast()
     await line.connect(fd)

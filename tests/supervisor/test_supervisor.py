@@ -27,15 +27,19 @@ pytestmark = pytest.mark.asyncio
 def command(
     out: Path, modes: Callable[[int], str], sockets: list[tuple[int, int]] | None = None
 ) -> WorkerCommand:
-    """Worker command lines; ``modes(n)`` is the mode of the n-th worker started.
-    ``sockets`` gets (slot, inode of the HTTP socket passed) per worker started."""
+    """Worker command lines; ``modes(n)`` is the mode of the n-th worker started
+    (``missing``: a program that does not exist). ``sockets`` gets (slot, inode of the
+    HTTP socket passed) per worker started."""
     started = [0]
 
     def line(fd: int, slot: int, http_fd: int | None) -> Sequence[str]:
         if sockets is not None and http_fd is not None:
             sockets.append((slot, os.fstat(http_fd).st_ino))
         started[0] += 1
-        return [sys.executable, str(WORKER), str(fd), str(out), modes(started[0])]
+        mode = modes(started[0])
+        if mode == "missing":
+            return [str(out / "no-such-program"), str(fd)]
+        return [sys.executable, str(WORKER), str(fd), str(out), mode]
 
     return line
 
@@ -350,3 +354,102 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _processes_of(out: Path) -> list[int]:
+    """Pids of the live worker processes started with ``out`` as their folder."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue  # gone meanwhile
+        if str(out).encode() in argv and str(WORKER).encode() in argv and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+async def test_a_worker_that_cannot_be_started_fails_the_start_and_stops_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sup = supervisor(tmp_path, 3, lambda n: "missing" if n == 2 else "serve")
+    assert await asyncio.wait_for(sup.run(), 20) == 1
+    assert "worker 1 could not be started: [Errno 2]" in caplog.text
+    assert "nexus workers stopped: worker 1 could not be started" in caplog.text
+    # Worker 0 had started: it is stopped with the supervisor, not left running.
+    assert _processes_of(tmp_path) == []
+
+
+async def test_a_restart_that_cannot_start_its_worker_tries_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "nexus.supervisor")
+    # Worker 1 dies after it served; its first restart finds no program, the next works.
+    modes = {1: "crash", 2: "missing"}
+    sup = supervisor(tmp_path, 1, lambda n: modes.get(n, "serve"))
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    await until(lambda: bool(ready))
+    await until(lambda: caplog.text.count(") serving") == 2)
+    assert "worker 0 could not be started" in caplog.text
+    assert sup.pids()[0] != ready[0][0]
+    sup.stop()
+    assert await running == 0
+
+
+async def test_a_roll_that_cannot_start_a_replacement_keeps_the_old_worker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sup = supervisor(tmp_path, 2, lambda n: "missing" if n == 3 else "serve")
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    await until(lambda: bool(ready))
+    assert await sup.rolling_restart() is False
+    assert "rolling restart stopped: the old worker 0 keeps serving" in caplog.text
+    assert sorted(sup.pids().values()) == sorted(ready[0])
+    assert sorted(_processes_of(tmp_path)) == sorted(ready[0])
+    sup.stop()
+    assert await running == 0
+
+
+async def test_a_slot_whose_old_worker_died_during_a_failed_roll_is_served_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "nexus.supervisor")
+    # The replacement (2nd worker) never serves; the old one dies while it starts.
+    sup = supervisor(tmp_path, 1, lambda n: "late-fail" if n == 2 else "serve")
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    await until(lambda: bool(ready))
+    old = ready[0][0]
+    os.kill(os.getpid(), signal.SIGHUP)
+    await until(lambda: caplog.text.count(" started (pid") == 2)
+    os.kill(old, signal.SIGKILL)
+    await until(lambda: "rolling restart stopped: worker 0" in caplog.text)
+    assert "the old worker keeps serving" not in caplog.text
+    # Before, the slot stayed empty: the old worker's restart had found it taken.
+    await until(lambda: caplog.text.count(") serving") == 2)
+    assert sup.pids()[0] != old
+    assert _processes_of(tmp_path) == [sup.pids()[0]]
+    sup.stop()
+    assert await running == 0
+
+
+async def test_a_stop_during_a_restarts_start_leaves_no_process_behind(tmp_path: Path) -> None:
+    stopping: list[Supervisor] = []
+
+    def modes(n: int) -> str:
+        if n == 2:
+            # The stop lands while the restart of the crashed worker 1 starts this one.
+            stopping[0].stop()
+        return "crash" if n == 1 else "serve"
+
+    sup = supervisor(tmp_path, 1, modes)
+    stopping.append(sup)
+    assert await asyncio.wait_for(sup.run(), 20) == 0
+    # Time for a process left behind to be seen running the worker.
+    await asyncio.sleep(1.0)
+    assert _processes_of(tmp_path) == []
