@@ -164,10 +164,11 @@ class Host:
         #: Whether stop() turns health NOT_SERVING and waits ``shutdown_delay`` first
         #: (False for a worker a rolling restart replaces while the others serve on).
         self.announce_shutdown = True
-        #: Whether stop() leaves the HTTP socket given as ``http_socket`` listening for
-        #: the others holding it (True for a worker a rolling restart replaces: its
-        #: replacement accepts on it), instead of ending it for every holder.
-        self.hand_over_http = False
+        #: Asked as stop() stops accepting on the HTTP socket given as ``http_socket``:
+        #: whether to leave it listening for the others holding it (a worker's slot
+        #: partner in a rolling restart accepts on it) instead of ending its listening
+        #: for every holder. None: never.
+        self.hand_over_http: Callable[[], Awaitable[bool]] | None = None
         #: Liveness and readiness: /healthz, /readyz and their gRPC health services.
         self._probes = Probes(self._readiness_sources())
 
@@ -562,7 +563,8 @@ class Host:
                 await self._server.start()
             stopping.append(self._server.stop(grace))
         if self._http is not None:
-            stopping.append(self._http.stop(grace, hand_over=self.hand_over_http))
+            hand_over = self.hand_over_http is not None and await self.hand_over_http()
+            stopping.append(self._http.stop(grace, hand_over=hand_over))
         await asyncio.gather(*stopping)
         # Events raised by the last calls are delivered before the plugins stop.
         await self.bus.stop(grace)

@@ -22,6 +22,11 @@ newline-delimited JSON objects, at most :data:`MAX_MESSAGE_BYTES` each:
   ``plugins.swap`` message relayed for each plugin since.
 - worker → supervisor ``{"kind": "unfit", "reason": TEXT}``: this worker cannot serve
   what the others serve and exits before it is ready: its exit is no crash.
+- worker → supervisor ``{"kind": "hand_over", "id": N}``: a worker stopping (not
+  retired) asks whether another worker of its slot accepts on the slot's HTTP socket
+  (its replacement, or the worker it was to replace); the supervisor answers
+  ``{"kind": "reply", "id": N, "hand_over": BOOL}``. With true the stopping worker
+  leaves the socket listening, else it ends the socket's listening for every holder.
 
 Signals complete the line: SIGTERM stops a worker as it stops a host (health
 NOT_SERVING, ``server.shutdown_delay``, drain); :data:`RETIRE_SIGNAL` (SIGUSR2) drains a
@@ -74,6 +79,9 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 
 #: Seconds a worker waits for the supervisor's answer to a request.
 _REPLY_TIMEOUT = 10.0
+#: Seconds a stopping worker waits to learn whether it hands its HTTP socket over: its
+#: HTTP port keeps accepting meanwhile.
+_HAND_OVER_TIMEOUT = 1.0
 
 #: A subscriber: called with the message's data and the sending worker's pid.
 Handler = Callable[[Any, int], Awaitable[None] | None]
@@ -188,7 +196,21 @@ class Broadcast:
         if self._writer is not None:
             await self._send({"kind": "unfit", "reason": reason[:4000]})
 
-    async def _request(self, message: dict[str, Any]) -> dict[str, Any]:
+    async def hands_over(self) -> bool:
+        """Whether another worker of this one's slot accepts on the slot's HTTP socket,
+        so that this worker, stopping, must leave it listening. False without a
+        supervisor, or without its answer within a second."""
+        if self._writer is None or self.closed.is_set():
+            return False
+        try:
+            answer = await self._request({"kind": "hand_over"}, answer_within=_HAND_OVER_TIMEOUT)
+        except (SupervisorUnavailable, OSError):
+            return False
+        return answer.get("hand_over") is True
+
+    async def _request(
+        self, message: dict[str, Any], *, answer_within: float = _REPLY_TIMEOUT
+    ) -> dict[str, Any]:
         """Send ``message`` with a fresh id; the supervisor's reply to it."""
         self._next_id += 1
         ident = self._next_id
@@ -196,11 +218,11 @@ class Broadcast:
         self._replies[ident] = reply
         try:
             await self._send({**message, "id": ident})
-            async with asyncio.timeout(_REPLY_TIMEOUT):
+            async with asyncio.timeout(answer_within):
                 return await reply
         except TimeoutError:
             raise SupervisorUnavailable(
-                f"the supervisor did not answer within {_REPLY_TIMEOUT:g}s"
+                f"the supervisor did not answer within {answer_within:g}s"
             ) from None
         finally:
             self._replies.pop(ident, None)

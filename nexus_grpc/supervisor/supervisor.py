@@ -340,6 +340,8 @@ class Supervisor:
                 self._reply(worker, message.get("id"), self._request_restart())
             elif message["kind"] == "unfit":
                 worker.unfit = str(message.get("reason", ""))[:4000] or "no reason given"
+            elif message["kind"] == "hand_over":
+                self._reply(worker, message.get("id"), {"hand_over": self._shared(worker)})
             elif message["kind"] == "state":
                 self._reply(worker, message.get("id"), self._plugins.answer(message.get("plugins")))
             elif message["kind"] == "broadcast":
@@ -362,6 +364,14 @@ class Supervisor:
         _log.info("rolling restart of %d workers asked for by AdminService", self.count)
         self._start_rolls()
         return {"workers": self.count}
+
+    def _shared(self, worker: _Worker) -> bool:
+        """Whether another live worker of ``worker``'s slot, not retiring, accepts on
+        the slot's HTTP socket (a roll's replacement, or the worker it replaces)."""
+        return not self._stopping and any(
+            o is not worker and o.slot == worker.slot and not o.retiring and not o.exited.is_set()
+            for o in self._alive
+        )
 
     def _reply(self, worker: _Worker, ident: object, answer: dict[str, object]) -> None:
         with contextlib.suppress(OSError, RuntimeError):

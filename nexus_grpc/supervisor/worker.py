@@ -11,8 +11,10 @@ differs only in what it shares:
   (:mod:`nexus_grpc.supervisor.metrics`);
 - ``host.broadcast`` reaches every worker (:mod:`nexus_grpc.supervisor.channel`);
 - on SIGUSR2 (a rolling restart replaced it) it drains with health left SERVING and
-  leaves the slot's HTTP socket listening for its replacement (any other stop ends
-  that socket's listening, so no connection waits there for nobody);
+  leaves the slot's HTTP socket listening for its replacement; any other stop (a
+  SIGTERM) does so only when the supervisor says another worker of the slot accepts on
+  it (a SIGTERM sent to one worker in the middle of its roll), else it ends that
+  socket's listening, so no connection waits there for nobody;
 - it shuts down (draining, as on SIGTERM) when the line closes: its supervisor is
   gone and nobody would stop or restart it any more.
 """
@@ -73,12 +75,22 @@ async def _serve(config: Config, links: WorkerLinks) -> None:
     registry.register(_WorkerCount())
     host.metrics.share(shared.exposition)
 
+    retired = False
+
+    async def hands_over() -> bool:
+        # Retired: its replacement accepts on the slot's HTTP socket. Otherwise only the
+        # supervisor knows whether a worker of the slot does.
+        return retired or await host.broadcast.hands_over()
+
+    if links.http_fd is not None:
+        host.hand_over_http = hands_over
+
     def retire() -> None:
         # Replaced in a rolling restart: drain as on SIGTERM, health left SERVING.
+        nonlocal retired
         _log.info("replaced by a new worker: draining")
         host.announce_shutdown = False
-        # Its replacement accepts on the slot's HTTP socket: leave it listening.
-        host.hand_over_http = True
+        retired = True
         # Refuse swaps from now on, before the SIGTERM below is handled.
         with contextlib.suppress(RuntimeError):  # not started yet: no swap to refuse
             host.plugins.swap.refuse()

@@ -8,7 +8,9 @@ waits for SIGTERM (or SIGUSR2, retired). MODE:
 before it is ready; ``late-fail`` exits 3 after 1 s, never ready; ``stubborn`` ignores SIGTERM; ``slow`` reports ready after 3 s;
 ``draining`` takes 1.5 s to drain once retired, and writes every signal it got;
 ``ask`` asks for a rolling restart before it reports ready, and twice on each "ask"
-message, writing the answers to ``OUT_DIR/<pid>.asked``.
+message, writing the answers to ``OUT_DIR/<pid>.asked``; ``hand-over``, once stopped,
+asks whether it hands its slot's HTTP socket over and writes the answer to
+``OUT_DIR/<pid>.hand_over``.
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ async def main(fd: int, out: Path, mode: str) -> None:
         os._exit(3)
     closed = asyncio.ensure_future(line.closed.wait())
     await asyncio.wait([asyncio.ensure_future(stop.wait()), closed], return_when="FIRST_COMPLETED")
+    if mode == "hand-over":
+        (out / f"{os.getpid()}.hand_over").write_text(str(await line.hands_over()))
     said = ",".join(got) if mode == "draining" else reason[0]
     (out / f"{os.getpid()}.stopped").write_text(said if stop.is_set() else "line closed")
 

@@ -104,3 +104,31 @@ def test_http_listeners_outlive_rolling_restarts_but_not_a_dead_worker(
         assert host.stop() == 0
     finally:
         host.close()
+
+
+def test_a_worker_stopped_alone_in_the_middle_of_its_roll_leaves_its_socket_listening(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    redis_url = f"redis://{redis_server.host}:{redis_server.port}/10"
+    host = start_workers(tmp_path, workers_config(tmp_path / "nexus.toml", redis_url))
+    try:
+        port = int(host.http_address.rpartition(":")[2])
+        slots = listening_sockets(host.process.pid, port)
+        host.process.send_signal(signal.SIGHUP)
+        slot, replacement = wait_started(host, set(host.worker_pids))
+        old = host.worker_pids[slot]
+        held = listening_sockets(old, port)
+        # An operator's SIGTERM to the old worker while its replacement starts: the
+        # replacement shares the slot's socket, so the old one must not end its listening.
+        os.kill(old, signal.SIGTERM)
+        host.wait_for_log(
+            lambda e: str(e.get("message", "")).startswith("rolling restart done"), timeout=90
+        )
+        until(lambda: not Path(f"/proc/{old}").exists(), seconds=30.0)
+        assert listening_sockets(replacement, port) == held
+        assert listening_sockets(host.process.pid, port) == slots
+        for _ in range(20):  # on every slot's socket, whichever the kernel picks
+            assert httpx.get(f"http://{host.http_address}/healthz", timeout=10).status_code == 200
+        assert host.stop() == 0
+    finally:
+        host.close()

@@ -453,3 +453,37 @@ async def test_a_stop_during_a_restarts_start_leaves_no_process_behind(tmp_path:
     # Time for a process left behind to be seen running the worker.
     await asyncio.sleep(1.0)
     assert _processes_of(tmp_path) == []
+
+
+async def test_a_worker_stopped_alone_hands_its_http_socket_over_only_to_a_slot_partner(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "nexus.supervisor")
+    # Worker 1 serves slot 0; a roll starts worker 2 for it (3 s to serve), and worker 1
+    # gets a SIGTERM of its own meanwhile.
+    sup = supervisor(tmp_path, 1, lambda n: "slow" if n == 2 else "hand-over")
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    await until(lambda: bool(ready))
+    old = ready[0][0]
+    os.kill(os.getpid(), signal.SIGHUP)
+    await until(lambda: caplog.text.count(" started (pid") == 2)
+    os.kill(old, signal.SIGTERM)
+    answer = tmp_path / f"{old}.hand_over"
+    await until(answer.exists)
+    # Its replacement accepts on the slot's socket: it must keep listening.
+    assert answer.read_text() == "True"
+    await until(lambda: "rolling restart done" in caplog.text)
+    sup.stop()
+    assert await running == 0
+    # A worker alone in its slot, stopped on its own, ends the socket's listening.
+    alone = supervisor(tmp_path, 1, lambda n: "hand-over")
+    ready.clear()
+    running = asyncio.create_task(alone.run(on_ready=ready.append))
+    await until(lambda: bool(ready))
+    os.kill(ready[0][0], signal.SIGTERM)
+    answer = tmp_path / f"{ready[0][0]}.hand_over"
+    await until(answer.exists)
+    assert answer.read_text() == "False"
+    alone.stop()
+    assert await running == 0
