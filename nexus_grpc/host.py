@@ -507,6 +507,11 @@ class Host:
             )
         self.router.add(routes)
 
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping is not None
+
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING, keep serving for ``shutdown_delay``, drain for ``grace``, stop."""
         if self._plugins is not None:
@@ -555,6 +560,8 @@ class Host:
         ended = self.streams.end_all()
         if ended:
             _log.info("ended %d open stream(s): server shutting down", ended)
+        # Asked first: the gRPC stop below must not wait for the answer to begin.
+        hand_over = self.hand_over_http is not None and await self.hand_over_http()
         stopping = []
         if self._server is not None:
             if not self._serving:
@@ -563,7 +570,6 @@ class Host:
                 await self._server.start()
             stopping.append(self._server.stop(grace))
         if self._http is not None:
-            hand_over = self.hand_over_http is not None and await self.hand_over_http()
             stopping.append(self._http.stop(grace, hand_over=hand_over))
         await asyncio.gather(*stopping)
         # Events raised by the last calls are delivered before the plugins stop.

@@ -23,8 +23,9 @@ newline-delimited JSON objects, at most :data:`MAX_MESSAGE_BYTES` each:
 - worker → supervisor ``{"kind": "unfit", "reason": TEXT}``: this worker cannot serve
   what the others serve and exits before it is ready: its exit is no crash.
 - worker → supervisor ``{"kind": "hand_over", "id": N}``: a worker stopping (not
-  retired) asks whether another worker of its slot accepts on the slot's HTTP socket
-  (its replacement, or the worker it was to replace); the supervisor answers
+  retired) asks whether another worker of its slot serves on the slot's HTTP socket
+  and goes on doing so (serving, neither retiring nor stopping); the supervisor, which
+  from then on counts the asking worker as stopping, answers
   ``{"kind": "reply", "id": N, "hand_over": BOOL}``. With true the stopping worker
   leaves the socket listening, else it ends the socket's listening for every holder.
 
@@ -197,9 +198,9 @@ class Broadcast:
             await self._send({"kind": "unfit", "reason": reason[:4000]})
 
     async def hands_over(self) -> bool:
-        """Whether another worker of this one's slot accepts on the slot's HTTP socket,
-        so that this worker, stopping, must leave it listening. False without a
-        supervisor, or without its answer within a second."""
+        """Whether another worker of this one's slot serves on the slot's HTTP socket
+        and goes on doing so, so that this worker, stopping, must leave it listening.
+        False without a supervisor, or without its answer within a second."""
         if self._writer is None or self.closed.is_set():
             return False
         try:
@@ -275,6 +276,9 @@ class Broadcast:
             _log.error("the line to the supervisor failed: %s", error)
         finally:
             self.closed.set()
+            for waiting in self._replies.values():
+                if not waiting.done():
+                    waiting.set_exception(SupervisorUnavailable("the supervisor is gone"))
 
     def _deliver(self, topic: str, data: Any, origin: int) -> None:
         for handler in self._handlers.get(topic, ()):

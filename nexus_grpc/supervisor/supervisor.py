@@ -73,6 +73,12 @@ _log = logging.getLogger("nexus.supervisor")
 _UNFIT_RETRY = 30.0
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """Log the exception ``task`` ended with (a defect: nobody awaits it)."""
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+
 @dataclass(eq=False)
 class _Worker:
     slot: int
@@ -83,6 +89,8 @@ class _Worker:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     #: Being replaced or stopped on purpose: its exit is no crash.
     retiring: bool = False
+    #: Stopping on its own (a SIGTERM not from the supervisor): it drains already.
+    leaving: bool = False
     #: Why it will not serve (its plugins differ from the host's): its exit is no crash.
     unfit: str = ""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -155,12 +163,11 @@ class Supervisor:
                 if self._roll_again:
                     self._start_rolls()
                 await self._done.wait()
+            await self._stop_all()
         except BaseException:
             # Cancelled, or a defect: no worker may outlive this supervisor unknown.
             self._abandon()
             raise
-        else:
-            await self._stop_all()
         finally:
             for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(number)
@@ -341,6 +348,7 @@ class Supervisor:
             elif message["kind"] == "unfit":
                 worker.unfit = str(message.get("reason", ""))[:4000] or "no reason given"
             elif message["kind"] == "hand_over":
+                worker.leaving = True
                 self._reply(worker, message.get("id"), {"hand_over": self._shared(worker)})
             elif message["kind"] == "state":
                 self._reply(worker, message.get("id"), self._plugins.answer(message.get("plugins")))
@@ -366,12 +374,17 @@ class Supervisor:
         return {"workers": self.count}
 
     def _shared(self, worker: _Worker) -> bool:
-        """Whether another live worker of ``worker``'s slot, not retiring, accepts on
-        the slot's HTTP socket (a roll's replacement, or the worker it replaces)."""
+        """Whether another worker of ``worker``'s slot accepts on the slot's HTTP socket
+        and goes on doing so: it serves, and is neither retiring nor stopping."""
         return not self._stopping and any(
-            o is not worker and o.slot == worker.slot and not o.retiring and not o.exited.is_set()
+            o is not worker and o.slot == worker.slot and o.ready.is_set() and self._stays(o)
             for o in self._alive
         )
+
+    @staticmethod
+    def _stays(worker: _Worker) -> bool:
+        """Whether ``worker`` goes on serving: alive, neither retiring nor stopping."""
+        return not (worker.retiring or worker.leaving or worker.exited.is_set())
 
     def _reply(self, worker: _Worker, ident: object, answer: dict[str, object]) -> None:
         with contextlib.suppress(OSError, RuntimeError):
@@ -448,22 +461,20 @@ class Supervisor:
             self._listeners is not None
             and not self._stopping
             and not self._spawning[slot]
-            and not any(o.slot == slot and not o.retiring for o in self._alive)
+            and not any(o.slot == slot and self._stays(o) for o in self._alive)
         ):
             self._listeners.renew(slot)
 
     def _schedule_restart(self, slot: int, delay: float) -> None:
-        task = asyncio.create_task(self._restart(slot, delay))
+        task = asyncio.create_task(self._restart(slot, delay), name=f"restart of worker {slot}")
         self._restarts[task] = slot
-        task.add_done_callback(self._forget_restart)
-
-    def _forget_restart(self, task: asyncio.Task[None]) -> None:
-        self._restarts.pop(task, None)
+        task.add_done_callback(self._restarts.pop)
+        task.add_done_callback(_log_failure)
 
     async def _restart(self, slot: int, delay: float) -> None:
         await asyncio.sleep(delay)
-        if self._stopping or slot in self._current:
-            return
+        if self._stopping or slot in self._current or self._spawning[slot]:
+            return  # served, or a rolling restart is starting the slot's worker
         if await self._spawn(slot) is None:
             # As if it had died at once: backoff, and a crash loop when it persists.
             now = time.monotonic()
@@ -506,7 +517,8 @@ class Supervisor:
 
     def _start_rolls(self) -> None:
         self._roll_again = False
-        self._rolling = asyncio.create_task(self._rolls())
+        self._rolling = asyncio.create_task(self._rolls(), name="rolling restart")
+        self._rolling.add_done_callback(_log_failure)
 
     async def _rolls(self) -> None:
         """Rolling restarts until none is queued (a SIGHUP during one queues another)."""
@@ -526,8 +538,7 @@ class Supervisor:
             old = self._current.get(slot)
             new = await self._spawn(slot)
             if new is None:
-                _log.error("rolling restart stopped: the old worker %d keeps serving", slot)
-                return False
+                return self._roll_stopped(slot, old, f"worker {slot} could not be started")
             self._awaited = new
             try:
                 ready = await self._until_ready(new)
@@ -541,22 +552,26 @@ class Supervisor:
                 self._terminate(new, RETIRE_SIGNAL)
                 if self._current.get(slot) is new:
                     del self._current[slot]
-                if old is not None and not old.exited.is_set():
-                    self._current[slot] = old
-                    _log.error("rolling restart stopped: %s; the old worker keeps serving", problem)
-                    return False
-                _log.error("rolling restart stopped: %s", problem)
-                if not self._stopping and slot not in self._restarts.values():
-                    # The old worker died meanwhile, and its restart found the slot
-                    # taken by this replacement: the slot needs a worker all the same.
-                    self._schedule_restart(slot, 0.0)
-                return False
+                return self._roll_stopped(slot, old, problem)
             if old is not None and not old.exited.is_set():
                 old.retiring = True
                 self._terminate(old, RETIRE_SIGNAL)
                 await self._wait_exit([old])
         _log.info("rolling restart done: %d workers replaced", self.count)
         return True
+
+    def _roll_stopped(self, slot: int, old: _Worker | None, problem: str) -> bool:
+        """End a rolling restart whose replacement for ``slot`` did not serve: False."""
+        if old is not None and not old.exited.is_set():
+            self._current[slot] = old
+            _log.error("rolling restart stopped: %s; the old worker keeps serving", problem)
+            return False
+        _log.error("rolling restart stopped: %s", problem)
+        if not self._stopping and slot not in self._current and slot not in self._restarts.values():
+            # The old worker died meanwhile, and its restart found the slot being
+            # started by the roll: the slot needs a worker all the same.
+            self._schedule_restart(slot, 0.0)
+        return False
 
     async def _stop_all(self) -> None:
         self._stopping = True
@@ -572,15 +587,16 @@ class Supervisor:
         await asyncio.gather(*starting, return_exceptions=True)
         workers = list(self._alive)
         for worker in workers:
-            # A retiring worker drains already (RETIRE_SIGNAL): a SIGTERM now would be
-            # its second one, which cancels the calls it is finishing.
-            if not worker.retiring:
+            # A retiring or leaving worker drains already: a SIGTERM now would be its
+            # second one, which cancels the calls it is finishing.
+            if not (worker.retiring or worker.leaving):
                 self._terminate(worker)
         await self._wait_exit(workers)
 
     def _abandon(self) -> None:
-        """Stop without waiting: every worker not retiring gets SIGTERM and drains on
-        its own (what sees workers exit may be cancelled with the supervisor)."""
+        """Stop without waiting (what sees workers exit may be cancelled with the
+        supervisor): every worker's line is closed, so each stops and drains as it
+        does when its supervisor is gone, on one SIGTERM of its own."""
         self._stopping = True
         if self._listeners is not None:
             self._listeners.close()
@@ -588,8 +604,7 @@ class Supervisor:
             if task is not None:
                 task.cancel()
         for worker in list(self._alive):
-            if not worker.retiring:
-                self._terminate(worker)
+            worker.writer.close()
 
     def _terminate(self, worker: _Worker, number: int = signal.SIGTERM) -> None:
         if not worker.exited.is_set():

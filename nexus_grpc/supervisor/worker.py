@@ -12,9 +12,10 @@ differs only in what it shares:
 - ``host.broadcast`` reaches every worker (:mod:`nexus_grpc.supervisor.channel`);
 - on SIGUSR2 (a rolling restart replaced it) it drains with health left SERVING and
   leaves the slot's HTTP socket listening for its replacement; any other stop (a
-  SIGTERM) does so only when the supervisor says another worker of the slot accepts on
-  it (a SIGTERM sent to one worker in the middle of its roll), else it ends that
-  socket's listening, so no connection waits there for nobody;
+  SIGTERM) does so only when the supervisor says another worker of the slot serves on
+  it and goes on doing so (the old worker, when a roll's replacement is stopped while
+  it starts), else it ends that socket's listening, so no connection waits there for
+  nobody;
 - it shuts down (draining, as on SIGTERM) when the line closes: its supervisor is
   gone and nobody would stop or restart it any more.
 """
@@ -88,9 +89,13 @@ async def _serve(config: Config, links: WorkerLinks) -> None:
     def retire() -> None:
         # Replaced in a rolling restart: drain as on SIGTERM, health left SERVING.
         nonlocal retired
+        retired = True
+        if host.stopping:
+            # Stopping already (a SIGTERM of its own): a second one would cancel its
+            # calls. It hands the socket over all the same.
+            return
         _log.info("replaced by a new worker: draining")
         host.announce_shutdown = False
-        retired = True
         # Refuse swaps from now on, before the SIGTERM below is handled.
         with contextlib.suppress(RuntimeError):  # not started yet: no swap to refuse
             host.plugins.swap.refuse()

@@ -10,12 +10,15 @@ before it is ready; ``late-fail`` exits 3 after 1 s, never ready; ``stubborn`` i
 ``ask`` asks for a rolling restart before it reports ready, and twice on each "ask"
 message, writing the answers to ``OUT_DIR/<pid>.asked``; ``hand-over``, once stopped,
 asks whether it hands its slot's HTTP socket over and writes the answer to
-``OUT_DIR/<pid>.hand_over``.
+``OUT_DIR/<pid>.hand_over``; ``slow-hand-over`` does the same but takes 3 s to report
+ready (``OUT_DIR/<pid>.starting`` says it is on its way), and a SIGTERM meanwhile stops
+it before it is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -91,15 +94,21 @@ async def main(fd: int, out: Path, mode: str) -> None:
     loop.add_signal_handler(signal.SIGUSR2, retire)
     if mode == "slow":
         await asyncio.sleep(3)
+    if mode == "slow-hand-over":
+        (out / f"{os.getpid()}.starting").touch()  # its signal handlers are on
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3):
+                await stop.wait()
     if mode == "ask":
         await ask()
-    await line.ready()
+    if not stop.is_set():
+        await line.ready()
     if mode == "crash":
         await asyncio.sleep(0.1)
         os._exit(3)
     closed = asyncio.ensure_future(line.closed.wait())
     await asyncio.wait([asyncio.ensure_future(stop.wait()), closed], return_when="FIRST_COMPLETED")
-    if mode == "hand-over":
+    if mode.endswith("hand-over"):
         (out / f"{os.getpid()}.hand_over").write_text(str(await line.hands_over()))
     said = ",".join(got) if mode == "draining" else reason[0]
     (out / f"{os.getpid()}.stopped").write_text(said if stop.is_set() else "line closed")

@@ -408,7 +408,10 @@ async def test_a_roll_that_cannot_start_a_replacement_keeps_the_old_worker(
     running = asyncio.create_task(sup.run(on_ready=ready.append))
     await until(lambda: bool(ready))
     assert await sup.rolling_restart() is False
-    assert "rolling restart stopped: the old worker 0 keeps serving" in caplog.text
+    assert (
+        "rolling restart stopped: worker 0 could not be started; the old worker keeps serving"
+        in caplog.text
+    )
     assert sorted(sup.pids().values()) == sorted(ready[0])
     assert sorted(_processes_of(tmp_path)) == sorted(ready[0])
     sup.stop()
@@ -455,35 +458,38 @@ async def test_a_stop_during_a_restarts_start_leaves_no_process_behind(tmp_path:
     assert _processes_of(tmp_path) == []
 
 
-async def test_a_worker_stopped_alone_hands_its_http_socket_over_only_to_a_slot_partner(
+async def test_a_worker_stopped_alone_hands_its_http_socket_over_only_to_a_serving_partner(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "nexus.supervisor")
-    # Worker 1 serves slot 0; a roll starts worker 2 for it (3 s to serve), and worker 1
-    # gets a SIGTERM of its own meanwhile.
-    sup = supervisor(tmp_path, 1, lambda n: "slow" if n == 2 else "hand-over")
+    modes = {1: "hand-over"}
+    sup = supervisor(tmp_path, 1, lambda n: modes.get(n, "slow-hand-over"))
     ready: list[list[int]] = []
     running = asyncio.create_task(sup.run(on_ready=ready.append))
     await until(lambda: bool(ready))
     old = ready[0][0]
+
+    async def stopped_by_hand(pid: int) -> str:
+        if pid != old:
+            await until((tmp_path / f"{pid}.starting").exists)
+        os.kill(pid, signal.SIGTERM)
+        answer = tmp_path / f"{pid}.hand_over"
+        await until(answer.exists)
+        return answer.read_text()
+
+    # A roll's replacement stopped while it starts: the old worker serves on the slot's
+    # socket, which must keep listening.
     os.kill(os.getpid(), signal.SIGHUP)
     await until(lambda: caplog.text.count(" started (pid") == 2)
-    os.kill(old, signal.SIGTERM)
-    answer = tmp_path / f"{old}.hand_over"
-    await until(answer.exists)
-    # Its replacement accepts on the slot's socket: it must keep listening.
-    assert answer.read_text() == "True"
+    assert await stopped_by_hand(sup.pids()[0]) == "True"
+    await until(lambda: "rolling restart stopped" in caplog.text)
+    assert sup.pids()[0] == old
+    # The old worker stopped while its replacement starts: nobody else accepts yet.
+    os.kill(os.getpid(), signal.SIGHUP)
+    await until(lambda: caplog.text.count(" started (pid") == 3)
+    assert await stopped_by_hand(old) == "False"
     await until(lambda: "rolling restart done" in caplog.text)
+    # The replacement, alone in its slot.
+    assert await stopped_by_hand(sup.pids()[0]) == "False"
     sup.stop()
-    assert await running == 0
-    # A worker alone in its slot, stopped on its own, ends the socket's listening.
-    alone = supervisor(tmp_path, 1, lambda n: "hand-over")
-    ready.clear()
-    running = asyncio.create_task(alone.run(on_ready=ready.append))
-    await until(lambda: bool(ready))
-    os.kill(ready[0][0], signal.SIGTERM)
-    answer = tmp_path / f"{ready[0][0]}.hand_over"
-    await until(answer.exists)
-    assert answer.read_text() == "False"
-    alone.stop()
     assert await running == 0
