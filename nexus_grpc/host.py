@@ -164,11 +164,13 @@ class Host:
         #: Whether stop() turns health NOT_SERVING and waits ``shutdown_delay`` first
         #: (False for a worker a rolling restart replaces while the others serve on).
         self.announce_shutdown = True
-        #: Asked as stop() stops accepting on the HTTP socket given as ``http_socket``:
-        #: whether to leave it listening for the others holding it (a worker's slot
-        #: partner in a rolling restart accepts on it) instead of ending its listening
-        #: for every holder. None: never.
+        #: Asked once, as stop() begins (or as a failed start releases what it took):
+        #: whether to leave the HTTP socket given as ``http_socket`` listening for the
+        #: others holding it (a worker's slot partner in a rolling restart accepts on
+        #: it) when this host stops accepting, instead of ending its listening for
+        #: every holder. None: never.
         self.hand_over_http: Callable[[], Awaitable[bool]] | None = None
+        self._handing_over: bool | None = None
         #: Liveness and readiness: /healthz, /readyz and their gRPC health services.
         self._probes = Probes(self._readiness_sources())
 
@@ -524,6 +526,9 @@ class Host:
     async def _stop(self, grace: float | None) -> None:
         settings = self.config.server
         grace = settings.grace_period if grace is None else grace
+        # Asked as the stop begins: a worker's supervisor learns at once that this one
+        # is on its way out (and gives the slot's next worker a socket of its own).
+        await self._hands_over()
         # A worker replaced in a rolling restart does not announce it: the others serve
         # on, so health stays SERVING and its clients move over as its connections close.
         if self.announce_shutdown:
@@ -534,6 +539,11 @@ class Host:
         _log.info("draining calls for up to %.1fs", grace, extra={"grace_period": grace})
         await self._release(grace)
         _log.info("nexus stopped")
+
+    async def _hands_over(self) -> bool:
+        if self._handing_over is None:
+            self._handing_over = self.hand_over_http is not None and await self.hand_over_http()
+        return self._handing_over
 
     async def _release(self, grace: float) -> None:
         """Stop the listeners (draining for ``grace``), the plugins, then storage; once
@@ -561,7 +571,7 @@ class Host:
         if ended:
             _log.info("ended %d open stream(s): server shutting down", ended)
         # Asked first: the gRPC stop below must not wait for the answer to begin.
-        hand_over = self.hand_over_http is not None and await self.hand_over_http()
+        hand_over = await self._hands_over()
         stopping = []
         if self._server is not None:
             if not self._serving:

@@ -22,10 +22,11 @@ newline-delimited JSON objects, at most :data:`MAX_MESSAGE_BYTES` each:
   ``plugins.swap`` message relayed for each plugin since.
 - worker → supervisor ``{"kind": "unfit", "reason": TEXT}``: this worker cannot serve
   what the others serve and exits before it is ready: its exit is no crash.
-- worker → supervisor ``{"kind": "hand_over", "id": N}``: a worker stopping (not
-  retired) asks whether another worker of its slot serves on the slot's HTTP socket
-  and goes on doing so (serving, neither retiring nor stopping); the supervisor, which
-  from then on counts the asking worker as stopping, answers
+- worker → supervisor ``{"kind": "hand_over", "id": N}``: a worker beginning to stop
+  (not retired) asks whether another worker of its slot stays on the slot's HTTP
+  socket (alive, neither retiring nor stopping; it may listen before it serves). The
+  supervisor counts the asking worker as stopping from then on (no SIGTERM of its own
+  at a stop), gives the slot's next worker a new socket when none stays, and answers
   ``{"kind": "reply", "id": N, "hand_over": BOOL}``. With true the stopping worker
   leaves the socket listening, else it ends the socket's listening for every holder.
 
@@ -198,8 +199,8 @@ class Broadcast:
             await self._send({"kind": "unfit", "reason": reason[:4000]})
 
     async def hands_over(self) -> bool:
-        """Whether another worker of this one's slot serves on the slot's HTTP socket
-        and goes on doing so, so that this worker, stopping, must leave it listening.
+        """Whether another worker of this one's slot stays on the slot's HTTP socket,
+        so that this worker, stopping, must leave it listening.
         False without a supervisor, or without its answer within a second."""
         if self._writer is None or self.closed.is_set():
             return False

@@ -348,8 +348,7 @@ class Supervisor:
             elif message["kind"] == "unfit":
                 worker.unfit = str(message.get("reason", ""))[:4000] or "no reason given"
             elif message["kind"] == "hand_over":
-                worker.leaving = True
-                self._reply(worker, message.get("id"), {"hand_over": self._shared(worker)})
+                self._reply(worker, message.get("id"), {"hand_over": self._leaving(worker)})
             elif message["kind"] == "state":
                 self._reply(worker, message.get("id"), self._plugins.answer(message.get("plugins")))
             elif message["kind"] == "broadcast":
@@ -373,13 +372,18 @@ class Supervisor:
         self._start_rolls()
         return {"workers": self.count}
 
-    def _shared(self, worker: _Worker) -> bool:
-        """Whether another worker of ``worker``'s slot accepts on the slot's HTTP socket
-        and goes on doing so: it serves, and is neither retiring nor stopping."""
-        return not self._stopping and any(
-            o is not worker and o.slot == worker.slot and o.ready.is_set() and self._stays(o)
-            for o in self._alive
+    def _leaving(self, worker: _Worker) -> bool:
+        """``worker`` stops on its own: whether it leaves the slot's HTTP socket
+        listening, because another worker of the slot stays (it may listen on it
+        already, ready or not). If not, the socket is the leaving worker's to end, and
+        the slot's next worker gets a new one."""
+        worker.leaving = True
+        shared = not self._stopping and any(
+            o.slot == worker.slot and self._stays(o) for o in self._alive
         )
+        if not shared and self._listeners is not None and not self._stopping:
+            self._listeners.renew(worker.slot)
+        return shared
 
     @staticmethod
     def _stays(worker: _Worker) -> bool:
@@ -535,6 +539,10 @@ class Supervisor:
         for slot in range(self.count):
             if self._stopping:
                 return False
+            # A restart starting the slot's worker: the roll replaces that one. (No event
+            # to wait on: starts are seldom and short.)
+            while self._spawning[slot]:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
             old = self._current.get(slot)
             new = await self._spawn(slot)
             if new is None:

@@ -12,10 +12,9 @@ differs only in what it shares:
 - ``host.broadcast`` reaches every worker (:mod:`nexus_grpc.supervisor.channel`);
 - on SIGUSR2 (a rolling restart replaced it) it drains with health left SERVING and
   leaves the slot's HTTP socket listening for its replacement; any other stop (a
-  SIGTERM) does so only when the supervisor says another worker of the slot serves on
-  it and goes on doing so (the old worker, when a roll's replacement is stopped while
-  it starts), else it ends that socket's listening, so no connection waits there for
-  nobody;
+  SIGTERM) does so only when the supervisor says another worker of the slot stays on
+  it (a roll's replacement, or the worker it replaces), else it ends that socket's
+  listening, so no connection waits there for nobody;
 - it shuts down (draining, as on SIGTERM) when the line closes: its supervisor is
   gone and nobody would stop or restart it any more.
 """
@@ -143,6 +142,8 @@ async def _flush(shared: SharedMetrics, host: Host) -> None:
 
 async def _orphaned(host: Host) -> None:
     await host.broadcast.closed.wait()
+    if host.stopping:
+        return  # draining already: a SIGTERM now would cancel its calls
     _log.warning("the supervisor is gone: stopping this worker")
     # The host's own signal handling drains it, as a SIGTERM from the supervisor would.
     os.kill(os.getpid(), signal.SIGTERM)

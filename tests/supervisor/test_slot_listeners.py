@@ -106,7 +106,7 @@ def test_http_listeners_outlive_rolling_restarts_but_not_a_dead_worker(
         host.close()
 
 
-def test_a_worker_stopped_alone_in_the_middle_of_its_roll_leaves_its_slot_served(
+def test_a_worker_stopped_alone_in_the_middle_of_its_roll_leaves_its_socket_listening(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     redis_url = f"redis://{redis_server.host}:{redis_server.port}/10"
@@ -118,9 +118,9 @@ def test_a_worker_stopped_alone_in_the_middle_of_its_roll_leaves_its_slot_served
         slot, replacement = wait_started(host, set(host.worker_pids))
         old = host.worker_pids[slot]
         held = listening_sockets(old, port)
-        # An operator's SIGTERM to the old worker while its replacement starts: nobody
-        # else serves on the slot's socket yet, so the old worker ends its listening;
-        # the replacement listens on that very socket again once it serves.
+        # An operator's SIGTERM to the old worker while its replacement starts: the
+        # replacement shares the slot's socket (it may listen on it already), so the
+        # old worker must not end its listening.
         os.kill(old, signal.SIGTERM)
         host.wait_for_log(
             lambda e: str(e.get("message", "")).startswith("rolling restart done"), timeout=90
