@@ -317,9 +317,6 @@ class Supervisor:
             asyncio.create_task(self._watch(worker)),
         ]
         _log.info("worker %d started (pid %d)", slot, process.pid, extra={"pid": process.pid})
-        if self._stopping:
-            # Started while the stop waited for this start: it stops with the others.
-            self._terminate(worker)
         return worker
 
     async def _read(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
@@ -378,10 +375,10 @@ class Supervisor:
         already, ready or not). If not, the socket is the leaving worker's to end, and
         the slot's next worker gets a new one."""
         worker.leaving = True
-        shared = not self._stopping and any(
-            o.slot == worker.slot and self._stays(o) for o in self._alive
-        )
-        if not shared and self._listeners is not None and not self._stopping:
+        if self._stopping:
+            return False
+        shared = any(o.slot == worker.slot and self._stays(o) for o in self._alive)
+        if not shared and self._listeners is not None:
             self._listeners.renew(worker.slot)
         return shared
 
@@ -458,9 +455,9 @@ class Supervisor:
         self._schedule_restart(worker.slot, delay)
 
     def _renew_unserved(self, slot: int) -> None:
-        """A new socket for ``slot`` when nobody will accept on its own: no live worker
-        of the slot but retiring ones (which stop accepting as they drain), and no start
-        under way."""
+        """A new socket for ``slot`` when nobody will accept on its own: no worker of
+        the slot stays (retiring and leaving ones stop accepting as they drain), and no
+        start is under way."""
         if (
             self._listeners is not None
             and not self._stopping
