@@ -7,6 +7,8 @@ waits for SIGTERM (or SIGUSR2, retired). MODE:
 ``serve`` as said; ``crash`` exits 3 shortly after reporting ready; ``fail`` exits 3
 before it is ready; ``late-fail`` exits 3 after 1 s, never ready; ``stubborn`` ignores SIGTERM; ``slow`` reports ready after 3 s;
 ``draining`` takes 1.5 s to drain once retired, and writes every signal it got;
+``leaving``, on a SIGTERM, asks for the hand-over as a stopping worker does (then
+touches ``OUT_DIR/<pid>.leaving``), drains 1.5 s and writes every signal it got;
 ``ask`` asks for a rolling restart before it reports ready, and twice on each "ask"
 message, writing the answers to ``OUT_DIR/<pid>.asked``; ``hand-over``, once stopped,
 asks whether it hands its slot's HTTP socket over and writes the answer to
@@ -91,6 +93,20 @@ async def main(fd: int, out: Path, mode: str) -> None:
                 stop.set()
 
         loop.add_signal_handler(signal.SIGTERM, on_term)
+    if mode == "leaving":
+        leaving: list[asyncio.Future[None]] = []
+
+        def on_leave() -> None:
+            got.append("SIGTERM")
+            if not leaving:
+                leaving.append(asyncio.ensure_future(leave()))
+
+        async def leave() -> None:
+            await line.hands_over()  # the supervisor counts it as stopping from now on
+            (out / f"{os.getpid()}.leaving").touch()
+            loop.call_later(1.5, stop.set)
+
+        loop.add_signal_handler(signal.SIGTERM, on_leave)
     loop.add_signal_handler(signal.SIGUSR2, retire)
     if mode == "slow":
         await asyncio.sleep(3)
@@ -110,7 +126,7 @@ async def main(fd: int, out: Path, mode: str) -> None:
     await asyncio.wait([asyncio.ensure_future(stop.wait()), closed], return_when="FIRST_COMPLETED")
     if mode.endswith("hand-over"):
         (out / f"{os.getpid()}.hand_over").write_text(str(await line.hands_over()))
-    said = ",".join(got) if mode == "draining" else reason[0]
+    said = ",".join(got) if mode in ("draining", "leaving") else reason[0]
     (out / f"{os.getpid()}.stopped").write_text(said if stop.is_set() else "line closed")
 
 

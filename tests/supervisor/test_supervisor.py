@@ -493,3 +493,19 @@ async def test_a_worker_stopped_alone_hands_its_http_socket_over_only_to_a_partn
     assert await stopped_by_hand(sup.pids()[0]) == "False"
     sup.stop()
     assert await running == 0
+
+
+async def test_a_worker_stopping_on_its_own_gets_no_second_sigterm_at_the_stop(
+    tmp_path: Path,
+) -> None:
+    sup = supervisor(tmp_path, 1, lambda n: "leaving")
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    await until(lambda: bool(ready))
+    pid = ready[0][0]
+    os.kill(pid, signal.SIGTERM)
+    await until((tmp_path / f"{pid}.leaving").exists)
+    # A second SIGTERM would cancel the calls it drains.
+    sup.stop()
+    assert await asyncio.wait_for(running, 20) == 0
+    assert (tmp_path / f"{pid}.stopped").read_text() == "SIGTERM"
