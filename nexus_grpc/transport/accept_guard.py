@@ -12,6 +12,11 @@ the loop, report "nothing to accept", so asyncio logs once, retries once a secon
 keeps serving the connections it has; accepting resumes by itself once descriptors free
 up. :class:`AcceptErrorLog` lets one of those records through per interval, without the
 traceback, with the number it held back.
+
+A socket shared by several processes (a worker's HTTP socket) stops listening for all
+of them when one ends its listening; every ``accept()`` then fails with EINVAL, which
+asyncio logs with a traceback and retries at once, for ever, at full CPU. The guard
+stops accepting on it instead, and says so once.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = ["AcceptErrorLog", "GuardedSocket", "install_accept_error_log"]
+
+_log = logging.getLogger("nexus.http")
 
 _RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # The message asyncio's selector loop reports a resource failure of accept() with.
@@ -61,6 +68,9 @@ class GuardedSocket(socket.socket):
                 with conn:
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
         except OSError as error:
+            if error.errno == errno.EINVAL:
+                self._stop_accepting()
+                raise BlockingIOError(errno.EAGAIN, "the socket no longer listens") from None
             if error.errno in _RESOURCE_ERRORS:
                 # asyncio removes the reader and retries in a second; the flag only has to
                 # stop the rest of this pass's accept loop.
@@ -70,6 +80,15 @@ class GuardedSocket(socket.socket):
 
     def _wake(self) -> None:
         self._resting = False
+
+    def _stop_accepting(self) -> None:
+        # The event loop watches the socket for connections to accept: no more.
+        asyncio.get_running_loop().remove_reader(self.fileno())
+        _log.warning(
+            "the listening socket on port %s no longer listens (another process holding "
+            "it ended its listening): no new connections are accepted on it here",
+            self.getsockname()[1],
+        )
 
 
 class AcceptErrorLog(logging.Filter):

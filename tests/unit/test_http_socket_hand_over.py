@@ -5,6 +5,7 @@ listening for the next worker."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from typing import Any, cast
@@ -60,3 +61,28 @@ def test_the_http_address_binds_as_one_process_binds_it() -> None:
     for bad in ("127.0.0.1:http", "127.0.0.1:70000", "127.0.0.1:-1"):
         with pytest.raises(ValueError, match=r"invalid literal|not from 0 to 65535"):
             http_listen_address(bad)
+
+
+async def test_a_socket_whose_listening_another_holder_ended_is_left_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    kept = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        kept.bind(("127.0.0.1", 0))
+        port = kept.getsockname()[1]
+        shared = GuardedSocket(fileno=os.dup(kept.fileno()))
+        server = HttpServer(cast(Any, hello), "127.0.0.1:0", listening=shared)
+        assert server.bind() == port
+        await server.start()
+        # Another holder (a worker stopping on its own) ends the socket's listening:
+        # accept() fails with EINVAL from then on, which asyncio would log and retry
+        # at once, for ever.
+        kept.shutdown(socket.SHUT_RDWR)
+        await asyncio.sleep(0.3)
+        asyncio_errors = [r for r in caplog.records if r.name == "asyncio"]
+        ours = [r for r in caplog.records if "no longer listens" in r.getMessage()]
+        assert asyncio_errors == [] and len(ours) == 1
+        assert not connects(port)
+        await server.stop(1.0)
+    finally:
+        kept.close()
