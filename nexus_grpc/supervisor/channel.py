@@ -200,14 +200,17 @@ class Broadcast:
 
     async def hands_over(self) -> bool:
         """Whether another worker of this one's slot stays on the slot's HTTP socket,
-        so that this worker, stopping, must leave it listening.
-        False without a supervisor, or without its answer within a second."""
+        so that this worker, stopping, must leave it listening. False without a
+        supervisor or once it is gone; True when it is there but does not answer within
+        a second: ending a socket a partner listens on would leave that partner unable
+        to accept for good, while a socket left listening is closed by the supervisor
+        once this worker has exited."""
         if self._writer is None or self.closed.is_set():
             return False
         try:
             answer = await self._request({"kind": "hand_over"}, answer_within=_HAND_OVER_TIMEOUT)
         except (SupervisorUnavailable, OSError):
-            return False
+            return not self.closed.is_set()
         return answer.get("hand_over") is True
 
     async def _request(

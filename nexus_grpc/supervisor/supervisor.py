@@ -371,13 +371,17 @@ class Supervisor:
 
     def _leaving(self, worker: _Worker) -> bool:
         """``worker`` stops on its own: whether it leaves the slot's HTTP socket
-        listening, because another worker of the slot stays (it may listen on it
-        already, ready or not). If not, the socket is the leaving worker's to end, and
-        the slot's next worker gets a new one."""
+        listening, because another worker of the slot stays or is being started (it
+        may listen on it already, ready or not). If not, the socket is the leaving
+        worker's to end, and the slot's next worker gets a new one."""
         worker.leaving = True
         if self._stopping:
             return False
-        shared = any(o.slot == worker.slot and self._stays(o) for o in self._alive)
+        # A start under way for the slot holds its socket already (a roll's replacement
+        # between taking it and being registered).
+        shared = bool(self._spawning[worker.slot]) or any(
+            o.slot == worker.slot and self._stays(o) for o in self._alive
+        )
         if not shared and self._listeners is not None:
             self._listeners.renew(worker.slot)
         return shared

@@ -509,3 +509,39 @@ async def test_a_worker_stopping_on_its_own_gets_no_second_sigterm_at_the_stop(
     sup.stop()
     assert await asyncio.wait_for(running, 20) == 0
     assert (tmp_path / f"{pid}.stopped").read_text() == "SIGTERM"
+
+
+async def test_a_worker_leaving_while_a_roll_starts_its_replacement_hands_its_socket_over(
+    tmp_path: Path,
+) -> None:
+    port = reserve("127.0.0.1:0", "http.address")
+    listeners = SlotListeners(port)
+    sockets: list[tuple[int, int]] = []
+    answers: list[bool] = []
+    holder: list[Supervisor] = []
+
+    def modes(n: int) -> str:
+        if n == 2:
+            # The old worker's hand-over question, read while its replacement has the
+            # slot's socket but is not registered yet.
+            sup = holder[0]
+            answers.append(sup._leaving(sup._current[0]))
+        return "serve"
+
+    sup = supervisor(tmp_path, 1, modes, listeners=listeners, sockets=sockets)
+    holder.append(sup)
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    try:
+        await until(lambda: bool(ready))
+        assert await sup.rolling_restart()
+        # Before, the answer was False: the socket renewed under the replacement, which
+        # the old worker's shutdown would then have left unable to accept.
+        assert answers == [True]
+        assert [inode for _, inode in sockets] == [sockets[0][1]] * 2
+        assert os.fstat(listeners.for_slot(0).fileno()).st_ino == sockets[0][1]
+    finally:
+        sup.stop()
+        assert await running == 0
+        listeners.close()
+        port.close()
