@@ -24,9 +24,10 @@ newline-delimited JSON objects, at most :data:`MAX_MESSAGE_BYTES` each:
   what the others serve and exits before it is ready: its exit is no crash.
 - worker → supervisor ``{"kind": "hand_over", "id": N}``: a worker beginning to stop
   (not retired) asks whether another worker of its slot stays on the slot's HTTP
-  socket (alive, neither retiring nor stopping; it may listen before it serves). The
-  supervisor counts the asking worker as stopping from then on (no SIGTERM of its own
-  at a stop), gives the slot's next worker a new socket when none stays, and answers
+  socket (being started, or alive and neither retiring nor stopping: it may listen
+  before it serves). The supervisor counts the asking worker as stopping from then on
+  (no SIGTERM of its own at a stop), gives the slot's next worker a new socket when
+  none stays, and answers
   ``{"kind": "reply", "id": N, "hand_over": BOOL}``. With true the stopping worker
   leaves the socket listening, else it ends the socket's listening for every holder.
 

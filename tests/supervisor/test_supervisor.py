@@ -71,6 +71,14 @@ async def until(check: Callable[[], bool], seconds: float = 15.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def serving(sup: Supervisor) -> tuple[asyncio.Task[int], list[int]]:
+    """``sup`` running until every worker serves: its run task and the workers' pids."""
+    ready: list[list[int]] = []
+    running = asyncio.create_task(sup.run(on_ready=ready.append))
+    await until(lambda: bool(ready))
+    return running, ready[0]
+
+
 def received(tmp_path: Path, pid: int) -> list[dict[str, object]]:
     path = tmp_path / f"{pid}.json"
     return json.loads(path.read_text()) if path.exists() else []
@@ -78,10 +86,7 @@ def received(tmp_path: Path, pid: int) -> list[dict[str, object]]:
 
 async def test_a_broadcast_reaches_every_worker_once(tmp_path: Path) -> None:
     sup = supervisor(tmp_path, 3, lambda n: "serve")
-    ready: list[list[int]] = []
-    running = asyncio.create_task(sup.run(on_ready=ready.append))
-    await until(lambda: bool(ready))
-    pids = ready[0]
+    running, pids = await serving(sup)
     sup.broadcast("go", None)
     # Each worker published one "hello": every worker got all three, itself included.
     await until(lambda: all(len(received(tmp_path, pid)) == 3 for pid in pids))
@@ -97,9 +102,7 @@ async def test_a_broadcast_reaches_every_worker_once(tmp_path: Path) -> None:
 
 async def test_a_dead_worker_is_started_again(tmp_path: Path) -> None:
     sup = supervisor(tmp_path, 2, lambda n: "serve")
-    ready: list[list[int]] = []
-    running = asyncio.create_task(sup.run(on_ready=ready.append))
-    await until(lambda: bool(ready))
+    running, pids = await serving(sup)
     victim = sup.pids()[1]
     os.kill(victim, signal.SIGKILL)
     await until(lambda: sup.pids().get(1) not in (None, victim))
@@ -107,7 +110,7 @@ async def test_a_dead_worker_is_started_again(tmp_path: Path) -> None:
     # The new worker is on the line: it gets broadcasts (its own hello).
     sup.broadcast("go", None)
     await until(lambda: len(received(tmp_path, replacement)) >= 1)
-    assert sup.pids()[0] == ready[0][0]
+    assert sup.pids()[0] == pids[0]
     sup.stop()
     assert await running == 0
 
@@ -141,10 +144,8 @@ async def test_rolling_restart_replaces_each_worker_after_its_replacement_serves
     tmp_path: Path,
 ) -> None:
     sup = supervisor(tmp_path, 2, lambda n: "serve")
-    ready: list[list[int]] = []
-    running = asyncio.create_task(sup.run(on_ready=ready.append))
-    await until(lambda: bool(ready))
-    old = ready[0]
+    running, pids = await serving(sup)
+    old = pids
     assert await sup.rolling_restart() is True
     new = list(sup.pids().values())
     assert len(new) == 2 and not set(new) & set(old)
@@ -159,11 +160,9 @@ async def test_a_replacement_that_fails_leaves_the_old_worker_serving(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     sup = supervisor(tmp_path, 2, lambda n: "serve" if n <= 2 else "fail")
-    ready: list[list[int]] = []
-    running = asyncio.create_task(sup.run(on_ready=ready.append))
-    await until(lambda: bool(ready))
+    running, pids = await serving(sup)
     assert await sup.rolling_restart() is False
-    assert sorted(sup.pids().values()) == sorted(ready[0])
+    assert sorted(sup.pids().values()) == sorted(pids)
     assert "rolling restart stopped: worker 0" in caplog.text
     sup.stop()
     assert await running == 0
@@ -171,13 +170,11 @@ async def test_a_replacement_that_fails_leaves_the_old_worker_serving(
 
 async def test_a_worker_ignoring_sigterm_is_killed_after_the_timeout(tmp_path: Path) -> None:
     sup = supervisor(tmp_path, 1, lambda n: "stubborn", stop_timeout=0.5)
-    ready: list[list[int]] = []
-    running = asyncio.create_task(sup.run(on_ready=ready.append))
-    await until(lambda: bool(ready))
+    running, pids = await serving(sup)
     sup.stop()
     assert await asyncio.wait_for(running, 10) == 0
     with pytest.raises(ProcessLookupError):
-        os.kill(ready[0][0], 0)
+        os.kill(pids[0], 0)
 
 
 async def test_a_stop_during_the_start_is_no_failure(
@@ -198,11 +195,9 @@ async def test_a_worker_dying_while_the_others_start_is_restarted(
     # Worker 0 serves, then dies while worker 1 is still starting (3 s).
     modes = {1: "crash", 2: "slow"}
     sup = supervisor(tmp_path, 2, lambda n: modes.get(n, "serve"))
-    ready: list[list[int]] = []
-    running = asyncio.create_task(sup.run(on_ready=ready.append))
-    await until(lambda: bool(ready))
+    running, pids = await serving(sup)
     # Start-up waited for the replacement: every slot serves, with the pids reported.
-    assert len(ready[0]) == 2 and ready[0] == [sup.pids()[0], sup.pids()[1]]
+    assert len(pids) == 2 and pids == [sup.pids()[0], sup.pids()[1]]
     assert "worker 0 (pid" in caplog.text and "starting it again" in caplog.text
     sup.stop()
     assert await running == 0
@@ -213,10 +208,8 @@ async def test_a_sigterm_during_a_rolling_restart_is_not_sent_twice_to_the_retir
 ) -> None:
     caplog.set_level(logging.INFO, "nexus.supervisor")
     sup = supervisor(tmp_path, 1, lambda n: "draining")
-    ready: list[list[int]] = []
-    running = asyncio.create_task(sup.run(on_ready=ready.append))
-    await until(lambda: bool(ready))
-    old = ready[0][0]
+    running, pids = await serving(sup)
+    old = pids[0]
     os.kill(os.getpid(), signal.SIGHUP)
     # The replacement serves, the old worker is retiring (draining 1.5 s): stop now.
     await until(lambda: caplog.text.count(") serving") == 2)
@@ -235,9 +228,7 @@ async def test_a_sighup_during_a_rolling_restart_queues_another(
 ) -> None:
     caplog.set_level(logging.INFO, "nexus.supervisor")
     sup = supervisor(tmp_path, 2, lambda n: "serve" if n <= 2 else "slow")
-    ready: list[list[int]] = []
-    running = asyncio.create_task(sup.run(on_ready=ready.append))
-    await until(lambda: bool(ready))
+    running, _ = await serving(sup)
     os.kill(os.getpid(), signal.SIGHUP)
     await asyncio.sleep(0.5)
     os.kill(os.getpid(), signal.SIGHUP)  # the first roll waits for a slow replacement
@@ -267,10 +258,8 @@ async def test_a_sighup_during_the_start_rolls_once_the_workers_serve(
 
 async def test_restart_requests_say_why_they_are_refused(tmp_path: Path) -> None:
     sup = supervisor(tmp_path, 1, lambda n: "ask" if n == 1 else "serve")
-    ready: list[list[int]] = []
-    running = asyncio.create_task(sup.run(on_ready=ready.append))
-    await until(lambda: bool(ready))
-    asked = tmp_path / f"{ready[0][0]}.asked"
+    running, pids = await serving(sup)
+    asked = tmp_path / f"{pids[0]}.asked"
     # Before it served: the workers are starting (UNAVAILABLE for RestartWorkers).
     assert (await asyncio.to_thread(asked.read_text)).splitlines() == [
         "SupervisorUnavailable: the workers are starting or stopping"
@@ -282,7 +271,7 @@ async def test_restart_requests_say_why_they_are_refused(tmp_path: Path) -> None
         "1",
         "RestartRunning: a rolling restart is running already",
     ]
-    await until(lambda: sup.pids()[0] != ready[0][0])
+    await until(lambda: sup.pids()[0] != pids[0])
     sup.stop()
     assert await running == 0
 
@@ -390,12 +379,10 @@ async def test_a_restart_that_cannot_start_its_worker_tries_again(
     # Worker 1 dies after it served; its first restart finds no program, the next works.
     modes = {1: "crash", 2: "missing"}
     sup = supervisor(tmp_path, 1, lambda n: modes.get(n, "serve"))
-    ready: list[list[int]] = []
-    running = asyncio.create_task(sup.run(on_ready=ready.append))
-    await until(lambda: bool(ready))
+    running, pids = await serving(sup)
     await until(lambda: caplog.text.count(") serving") == 2)
     assert "worker 0 could not be started" in caplog.text
-    assert sup.pids()[0] != ready[0][0]
+    assert sup.pids()[0] != pids[0]
     sup.stop()
     assert await running == 0
 
@@ -404,16 +391,14 @@ async def test_a_roll_that_cannot_start_a_replacement_keeps_the_old_worker(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     sup = supervisor(tmp_path, 2, lambda n: "missing" if n == 3 else "serve")
-    ready: list[list[int]] = []
-    running = asyncio.create_task(sup.run(on_ready=ready.append))
-    await until(lambda: bool(ready))
+    running, pids = await serving(sup)
     assert await sup.rolling_restart() is False
     assert (
         "rolling restart stopped: worker 0 could not be started; the old worker keeps serving"
         in caplog.text
     )
-    assert sorted(sup.pids().values()) == sorted(ready[0])
-    assert sorted(_processes_of(tmp_path)) == sorted(ready[0])
+    assert sorted(sup.pids().values()) == sorted(pids)
+    assert sorted(_processes_of(tmp_path)) == sorted(pids)
     sup.stop()
     assert await running == 0
 
@@ -424,10 +409,8 @@ async def test_a_slot_whose_old_worker_died_during_a_failed_roll_is_served_again
     caplog.set_level(logging.INFO, "nexus.supervisor")
     # The replacement (2nd worker) never serves; the old one dies while it starts.
     sup = supervisor(tmp_path, 1, lambda n: "late-fail" if n == 2 else "serve")
-    ready: list[list[int]] = []
-    running = asyncio.create_task(sup.run(on_ready=ready.append))
-    await until(lambda: bool(ready))
-    old = ready[0][0]
+    running, pids = await serving(sup)
+    old = pids[0]
     os.kill(os.getpid(), signal.SIGHUP)
     await until(lambda: caplog.text.count(" started (pid") == 2)
     os.kill(old, signal.SIGKILL)
@@ -464,10 +447,8 @@ async def test_a_worker_stopped_alone_hands_its_http_socket_over_only_to_a_partn
     caplog.set_level(logging.INFO, "nexus.supervisor")
     modes = {1: "hand-over"}
     sup = supervisor(tmp_path, 1, lambda n: modes.get(n, "slow-hand-over"))
-    ready: list[list[int]] = []
-    running = asyncio.create_task(sup.run(on_ready=ready.append))
-    await until(lambda: bool(ready))
-    old = ready[0][0]
+    running, pids = await serving(sup)
+    old = pids[0]
 
     async def stopped_by_hand(pid: int) -> str:
         if pid != old:
@@ -499,10 +480,8 @@ async def test_a_worker_stopping_on_its_own_gets_no_second_sigterm_at_the_stop(
     tmp_path: Path,
 ) -> None:
     sup = supervisor(tmp_path, 1, lambda n: "leaving")
-    ready: list[list[int]] = []
-    running = asyncio.create_task(sup.run(on_ready=ready.append))
-    await until(lambda: bool(ready))
-    pid = ready[0][0]
+    running, pids = await serving(sup)
+    pid = pids[0]
     os.kill(pid, signal.SIGTERM)
     await until((tmp_path / f"{pid}.leaving").exists)
     # A second SIGTERM would cancel the calls it drains.

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import httpx
@@ -33,25 +35,35 @@ def connects(port: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("hand_over", [True, False], ids=["handed over", "stopped"])
-async def test_a_shared_socket_keeps_listening_only_when_handed_over(hand_over: bool) -> None:
+@asynccontextmanager
+async def serving_on_a_kept_socket() -> AsyncIterator[
+    tuple[socket.socket, GuardedSocket, HttpServer]
+]:
+    """An ``HttpServer`` serving on a copy of a socket kept open here, as a worker serves
+    on its supervisor's: (the kept socket, the server's copy, the server)."""
     # The supervisor's copy: bound, never listened on by it.
     kept = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         kept.bind(("127.0.0.1", 0))
-        port = kept.getsockname()[1]
         shared = GuardedSocket(fileno=os.dup(kept.fileno()))
         server = HttpServer(cast(Any, hello), "127.0.0.1:0", listening=shared)
-        assert server.bind() == port
+        assert server.bind() == kept.getsockname()[1]
         await server.start()
+        yield kept, shared, server
+    finally:
+        kept.close()
+
+
+@pytest.mark.parametrize("hand_over", [True, False], ids=["handed over", "stopped"])
+async def test_a_shared_socket_keeps_listening_only_when_handed_over(hand_over: bool) -> None:
+    async with serving_on_a_kept_socket() as (kept, shared, server):
+        port = kept.getsockname()[1]
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"http://127.0.0.1:{port}/")).text == "hello"
         await server.stop(1.0, hand_over=hand_over)
         # The server's own descriptor is closed either way; the kept one decides.
         assert shared.fileno() == -1 and kept.fileno() != -1
         assert connects(port) is hand_over
-    finally:
-        kept.close()
 
 
 def test_the_http_address_binds_as_one_process_binds_it() -> None:
@@ -66,14 +78,8 @@ def test_the_http_address_binds_as_one_process_binds_it() -> None:
 async def test_a_socket_whose_listening_another_holder_ended_is_left_quietly(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    kept = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        kept.bind(("127.0.0.1", 0))
+    async with serving_on_a_kept_socket() as (kept, _, server):
         port = kept.getsockname()[1]
-        shared = GuardedSocket(fileno=os.dup(kept.fileno()))
-        server = HttpServer(cast(Any, hello), "127.0.0.1:0", listening=shared)
-        assert server.bind() == port
-        await server.start()
         # Another holder (a worker stopping on its own) ends the socket's listening:
         # accept() fails with EINVAL from then on, which asyncio would log and retry
         # at once, for ever.
@@ -84,5 +90,3 @@ async def test_a_socket_whose_listening_another_holder_ended_is_left_quietly(
         assert asyncio_errors == [] and len(ours) == 1
         assert not connects(port)
         await server.stop(1.0)
-    finally:
-        kept.close()
