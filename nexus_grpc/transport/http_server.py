@@ -167,23 +167,28 @@ class HttpServer:
         rolling restart meets these under a storm of new connections.
 
         A socket given as ``listening`` is shared (a worker's, with its supervisor and
-        its slot's next worker): with ``hand_over`` it keeps listening for them, else it
+        its slot's next worker): with ``hand_over`` it keeps listening for them. Else it
         stops listening for every holder, so that no connection queues where nobody
-        will accept it.
+        will accept it (a socket of its own as well: a connection made from then on is
+        refused rather than queued and reset at the close).
         """
-        assert self._server is not None
-        if self._listening is not None and not hand_over:
-            # In the same step as the close below: the loop sees no accept fail.
-            with contextlib.suppress(OSError):
-                self._listening.shutdown(socket.SHUT_RDWR)
-        for listener in self._server.servers:
-            listener.close()
+        assert self._server is not None and self._socket is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
-        # A socket asyncio accepted gets its protocol (and joins the connections below)
-        # in a task of its own, a loop turn or more later: without this first wait the
-        # poll can find nothing pending while such a connection is on its way in.
+        if not hand_over:
+            # In the same step as the accepting stops: the loop sees no accept fail.
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)
+        # Stop accepting, but close asyncio's server only once the sockets it accepted
+        # have their transports: each gets one in a task of its own, a loop turn later,
+        # and one whose task finds the server closed is dropped with its request unread,
+        # which the kernel answers with a reset (CPython 3.11's Server._attach asserts,
+        # and the error is only reported in debug mode).
+        loop.remove_reader(self._socket)
+        # This wait also lets those connections join the ones polled below.
         await asyncio.sleep(min(limit, _ACCEPTED_ARRIVE))
+        for listener in self._server.servers:
+            listener.close()
         # uvicorn's connections have no "first request read" callback: polled.
         while loop.time() < deadline and any(  # noqa: ASYNC110
             getattr(connection, "cycle", False) is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -90,3 +91,41 @@ async def test_a_socket_whose_listening_another_holder_ended_is_left_quietly(
         assert asyncio_errors == [] and len(ours) == 1
         assert not connects(port)
         await server.stop(1.0)
+
+
+@pytest.mark.parametrize("hand_over", [True, False], ids=["handed over", "stopped"])
+async def test_a_connection_accepted_in_the_turn_the_server_stops_accepting_is_answered(
+    hand_over: bool,
+) -> None:
+    async with serving_on_a_kept_socket() as (kept, _, server):
+        loop = asyncio.get_running_loop()
+        # uvicorn's main loop has seen its exit flag already, so stop() stops accepting
+        # in its first step: the loop turn it runs in is then known (private names, for
+        # that only).
+        assert server._server is not None and server._task is not None
+        server._server.should_exit = True
+        await server._task
+        bell, ring = socket.socketpair()
+        stops: list[asyncio.Task[None]] = []
+
+        def start_stop() -> None:
+            loop.remove_reader(ring)
+            stops.append(asyncio.create_task(server.stop(5.0, hand_over=hand_over)))
+
+        loop.add_reader(ring, start_stop)
+        try:
+            # Ready before the client: the loop's next turn starts the stop, then accepts
+            # the client, whose transport comes a turn later, after the stop's first step.
+            bell.send(b"!")
+            client = socket.create_connection(kept.getsockname(), timeout=5)
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            # Holding the loop: the handshake and the request reach the server's socket.
+            time.sleep(0.05)  # noqa: ASYNC251
+            with client:
+                answer = await asyncio.to_thread(client.recv, 64)
+            await stops[0]
+        finally:
+            loop.remove_reader(ring)
+            bell.close()
+            ring.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer
