@@ -33,8 +33,15 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.engine import Dialect
 
+from ._postgres_reads import BatchedReads, batched_form
 from ._postgres_units import FAILURES as _FAILURES
-from ._postgres_units import PostgresUnit, as_dbapi_error, rowcount, statement_span
+from ._postgres_units import (
+    PostgresUnit,
+    as_dbapi_error,
+    ends_the_session,
+    rowcount,
+    statement_span,
+)
 from .points import RawRows
 from .spans import Server
 
@@ -101,18 +108,30 @@ class PostgresPoints:
         self._unit_slots = asyncio.Semaphore(_MAX_UNITS)
         # Tasks closing connections whose statement was cancelled (strong references).
         self._retiring: set[asyncio.Task[None]] = set()
+        self._reads = BatchedReads(self._read)
         self._closed = False
 
     async def run(self, sql: str, params: Sequence[Any], *, write: bool) -> RawRows:
         """Run ``sql`` as a transaction of its own: its rows (a read) or row count.
 
-        Failures come as SQLAlchemy's DBAPIError around the driver's (parameters
-        hidden), as the engine's statements raise them.
+        A point read by id may share its statement with concurrent ones (see
+        ``_postgres_reads``). Failures come as SQLAlchemy's DBAPIError around the
+        driver's (parameters hidden), as the engine's statements raise them.
         """
         if self._span is None:
-            return await self._run(sql, params, write)
+            return await self._statement(sql, params, write)
+        # A shared read's span is its caller's wait for the statement that served it.
         with statement_span(self._span, sql):
+            return await self._statement(sql, params, write)
+
+    async def _statement(self, sql: str, params: Sequence[Any], write: bool) -> RawRows:
+        batched_sql = None if write else batched_form(sql)
+        if batched_sql is None:
             return await self._run(sql, params, write)
+        return await self._reads.read(sql, batched_sql, params)
+
+    async def _read(self, sql: str, params: Sequence[Any]) -> RawRows:
+        return await self._run(sql, params, False)
 
     async def _run(self, sql: str, params: Sequence[Any], write: bool) -> RawRows:
         await self._slots.acquire()
@@ -131,9 +150,13 @@ class PostgresPoints:
                     else:
                         rows = await connection.fetch(sql, *params)
                         result = RawRows(rows, len(rows))
-                except asyncpg.PostgresError:
-                    # The server refused the statement: the connection is fine.
-                    self._give_back(connection)
+                except asyncpg.PostgresError as exc:
+                    if ends_the_session(exc):
+                        # Ended by the server: reused, it would fail the next statement.
+                        connection.terminate()
+                    else:
+                        # The server refused the statement: the connection is fine.
+                        self._give_back(connection)
                     raise
                 except asyncio.CancelledError:
                     # asyncpg has sent (or is sending) PostgreSQL a CancelRequest from a
@@ -283,6 +306,8 @@ class PostgresPoints:
     async def close(self) -> None:
         """Close the idle connections; those in use close when their statement ends."""
         self._closed = True
+        # Shared reads under way end now (a statement sent) or fail (none sent yet).
+        await self._reads.close()
         if self._retiring:
             # Cancelled statements' connections: closing, each within _CLOSE_WAIT.
             await asyncio.wait(set(self._retiring))

@@ -37,10 +37,34 @@ from sqlalchemy.sql.elements import ClauseElement
 from .points import RawRows
 from .spans import Server, client_span, sql_operation, sql_table
 
-__all__ = ["FAILURES", "PostgresUnit", "as_dbapi_error", "rowcount", "statement_span"]
+__all__ = [
+    "FAILURES",
+    "PostgresUnit",
+    "as_dbapi_error",
+    "ends_the_session",
+    "rowcount",
+    "statement_span",
+]
 
 #: What a failing statement may raise: server errors, asyncpg's own, the network.
-FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+FAILURES = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+
+
+def ends_the_session(exc: BaseException) -> bool:
+    """Whether server error ``exc`` ends the connection's session: the server is
+    shutting down or restarting, or ended this backend (``pg_terminate_backend``), and
+    closes the connection after it. Such a connection is not used again."""
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return sqlstate.startswith(("57P", "08")) or getattr(exc, "severity", None) in (
+        "FATAL",
+        "PANIC",
+    )
 
 
 def statement_span(

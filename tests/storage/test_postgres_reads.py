@@ -1,0 +1,150 @@
+"""PostgreSQL point reads by id share their statements under load (``_postgres_reads``):
+every reader gets its own record, sees what was committed before it asked, and a
+cancelled or failing reader affects nobody else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+from nexus.orders.v1 import orders_pb2
+
+from nexus_grpc.storage import Repository, Storage, StorageUnavailableError
+from nexus_grpc.storage._postgres_reads import batched_form
+from nexus_grpc.storage.points import points_for
+from tests.storage import connected
+
+Order = orders_pb2.Order
+
+
+@pytest.fixture
+async def storage(postgres_url: str) -> AsyncIterator[Storage]:
+    async with connected(postgres_url) as storage:
+        yield storage
+
+
+@pytest.fixture
+def statements(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The read statements asyncpg sends from now on (the real driver runs them)."""
+    sent: list[str] = []
+    fetch = asyncpg.Connection.fetch
+
+    async def recording(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(query)
+        return await fetch(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.Connection, "fetch", recording)
+    yield sent
+
+
+async def orders_with(storage: Storage, count: int) -> Repository[Order]:
+    orders = storage.namespace("reads").repository(Order)
+    for n in range(count):
+        await orders.create(Order(id=f"o{n}", customer_id=f"c{n}"))
+    return orders
+
+
+def test_only_plain_point_reads_by_id_are_shared() -> None:
+    points = points_for("postgresql")
+    assert batched_form(points.payload) == (
+        "SELECT id, payload FROM nexus_records WHERE namespace = $1 AND collection = $2 "
+        "AND id = ANY($3::text[])"
+    )
+    assert batched_form(points.select) is not None
+    for unshared in (points.payload_for_update, points.select_for_update, points.delete):
+        assert batched_form(unshared) is None
+    assert batched_form("SELECT payload FROM a JOIN b WHERE namespace = $1") is None
+
+
+async def test_concurrent_reads_share_statements_and_each_gets_its_own_record(
+    storage: Storage, statements: list[str]
+) -> None:
+    orders = await orders_with(storage, 40)
+    statements.clear()
+    # Every id twice, and ids no record has.
+    wanted = [f"o{n % 40}" for n in range(80)] + ["missing", "gone"]
+    found = await asyncio.gather(*(orders.get(id) for id in wanted))
+    assert [order.customer_id if order else None for order in found] == [
+        f"c{n % 40}" for n in range(80)
+    ] + [None, None]
+    shared = [sql for sql in statements if "ANY(" in sql]
+    assert shared, statements
+    assert len(statements) < len(wanted) // 4, statements
+    # get_record shares its own statement, with versions and times intact.
+    records = await asyncio.gather(*(orders.get_record(f"o{n}") for n in range(40)))
+    assert all(
+        r is not None and r.version == 1 and r.message.id == f"o{n}" for n, r in enumerate(records)
+    )
+
+
+async def test_a_read_asked_after_a_write_committed_sees_it(storage: Storage) -> None:
+    orders = await orders_with(storage, 10)
+    # Shared statements under way for the whole test: reads of the existing records.
+    busy = [asyncio.ensure_future(orders.get(f"o{n % 10}")) for n in range(60)]
+    await asyncio.sleep(0)
+    for n in range(20):
+        await orders.create(Order(id=f"new{n}"))
+        # Asked after the commit, while other reads' statements run.
+        assert await orders.get(f"new{n}") == Order(id=f"new{n}")
+        await orders.update(Order(id=f"new{n}", note="changed"))
+        assert (await orders.get(f"new{n}")) == Order(id=f"new{n}", note="changed")
+    assert all(order is not None for order in await asyncio.gather(*busy))
+
+
+async def test_a_cancelled_reader_leaves_the_others_their_records(
+    storage: Storage, statements: list[str]
+) -> None:
+    orders = await orders_with(storage, 30)
+    statements.clear()
+    readers = [asyncio.ensure_future(orders.get(f"o{n}")) for n in range(30)]
+    await asyncio.sleep(0)  # the first ones sent, the rest waiting to share
+    cancelled = readers[3::4]
+    for reader in cancelled:
+        reader.cancel()
+    for n, reader in enumerate(readers):
+        if reader in cancelled:
+            with pytest.raises(asyncio.CancelledError):
+                await reader
+        else:
+            assert (await reader) == Order(id=f"o{n}", customer_id=f"c{n}")
+    assert any("ANY(" in sql for sql in statements)
+    # The connections are fine afterwards.
+    assert await orders.get("o0") == Order(id="o0", customer_id="c0")
+
+
+async def test_readers_waiting_when_the_database_goes_away_all_fail_clearly(
+    postgres_url: str, postgres_server: Any
+) -> None:
+    database = postgres_url.rsplit("/", 1)[1]
+    async with connected(postgres_url) as storage:
+        orders = await orders_with(storage, 5)
+        readers = [asyncio.ensure_future(orders.get(f"o{n % 5}")) for n in range(40)]
+        await asyncio.sleep(0)
+        postgres_server.psql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+        )
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*readers, return_exceptions=True), timeout=30
+        )
+        # Each reader has an answer: its record, or the storage's "unavailable".
+        for outcome in outcomes:
+            assert isinstance(outcome, (Order, StorageUnavailableError)), outcome
+        assert await orders.get("o1") == Order(id="o1", customer_id="c1")
+
+
+async def test_reads_waiting_when_the_storage_closes_end(postgres_url: str) -> None:
+    storage = await Storage.connect(postgres_url)
+    orders = await orders_with(storage, 5)
+    readers = [asyncio.ensure_future(orders.get(f"o{n % 5}")) for n in range(40)]
+    await asyncio.sleep(0)
+    await storage.close()
+    outcomes = await asyncio.wait_for(asyncio.gather(*readers, return_exceptions=True), 30)
+    for outcome in outcomes:
+        assert isinstance(outcome, (Order, RuntimeError)), outcome
+    with contextlib.suppress(RuntimeError):
+        await orders.get("o1")
