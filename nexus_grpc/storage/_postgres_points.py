@@ -5,7 +5,8 @@ a greenlet, BEGIN, the adapted cursor, COMMIT, the pool's reset); asyncpg itself
 ~70 µs for the same prepared statement. A point statement outside a unit of work is its
 own transaction, which PostgreSQL gives a lone statement anyway (autocommit), so it
 runs here on a few asyncpg connections of its own: each statement prepared once per
-connection (asyncpg's statement cache) and no BEGIN or COMMIT round trips.
+connection (asyncpg's statement cache) and no BEGIN or COMMIT round trips. Concurrent
+reads by id share statements under load (see ``_postgres_reads``).
 
 These connections only ever run these statements, one at a time: they change no
 session state (no SET, LISTEN or advisory lock), so one goes back to the idle list as
@@ -131,9 +132,12 @@ class PostgresPoints:
         return await self._reads.read(sql, batched_sql, params)
 
     async def _read(self, sql: str, params: Sequence[Any]) -> RawRows:
-        return await self._run(sql, params, False)
+        return await self._run(sql, params, False, again=True)
 
-    async def _run(self, sql: str, params: Sequence[Any], write: bool) -> RawRows:
+    async def _run(
+        self, sql: str, params: Sequence[Any], write: bool, *, again: bool = False
+    ) -> RawRows:
+        """``sql``'s rows or row count; ``again``: a plain read, which may be sent twice."""
         await self._slots.acquire()
         # Whether the slot went to a task retiring a cancelled statement's connection.
         handed_over = False
@@ -142,34 +146,44 @@ class PostgresPoints:
                 raise RuntimeError("the storage is closed")
             connection = None
             try:
-                connection = self._take_idle() or await self._connect()
-                try:
-                    if write:
-                        status = await connection.execute(sql, *params)
-                        result = RawRows((), rowcount(status))
-                    else:
-                        rows = await connection.fetch(sql, *params)
-                        result = RawRows(rows, len(rows))
-                except asyncpg.PostgresError as exc:
-                    if ends_the_session(exc):
+                connection = self._take_idle()
+                for fresh in (connection is None, True):
+                    if fresh:
+                        connection = await self._connect()
+                    try:
+                        if write:
+                            status = await connection.execute(sql, *params)
+                            result = RawRows((), rowcount(status))
+                        else:
+                            rows = await connection.fetch(sql, *params)
+                            result = RawRows(rows, len(rows))
+                        break
+                    except asyncpg.PostgresError as exc:
+                        if not ends_the_session(exc):
+                            # The server refused the statement: the connection is fine.
+                            self._give_back(connection)
+                            raise
                         # Ended by the server: reused, it would fail the next statement.
                         connection.terminate()
-                    else:
-                        # The server refused the statement: the connection is fine.
-                        self._give_back(connection)
-                    raise
-                except asyncio.CancelledError:
-                    # asyncpg has sent (or is sending) PostgreSQL a CancelRequest from a
-                    # task of its own; terminate() would cancel that task and leave the
-                    # server running (and committing) the statement. Closing politely
-                    # waits for the server to acknowledge the cancel first; the slot is
-                    # held until then, so the server never runs more than _MAX_SIZE.
-                    handed_over = self._retire(connection)
-                    raise
-                except BaseException:
-                    # Lost, or interrupted mid-statement otherwise: not used again.
-                    connection.terminate()
-                    raise
+                        if fresh or not again:
+                            raise
+                    except asyncio.CancelledError:
+                        # asyncpg has sent (or is sending) PostgreSQL a CancelRequest
+                        # from a task of its own; terminate() would cancel that task and
+                        # leave the server running (and committing) the statement.
+                        # Closing politely waits for the server to acknowledge the
+                        # cancel first; the slot is held until then, so the server never
+                        # runs more than _MAX_SIZE.
+                        handed_over = self._retire(connection)
+                        raise
+                    except BaseException as exc:
+                        # Lost, or interrupted mid-statement otherwise: not used again.
+                        connection.terminate()
+                        if fresh or not again or not isinstance(exc, _FAILURES):
+                            raise
+                    # An idle connection the server had ended (a restart, its backend
+                    # terminated) before this process read the end of its stream: a
+                    # plain read goes again, once, on a new connection.
             except _FAILURES as exc:
                 # Not connected, or the connection is gone: the storage's "connection lost".
                 raise as_dbapi_error(sql, exc, connection) from exc
@@ -306,8 +320,8 @@ class PostgresPoints:
     async def close(self) -> None:
         """Close the idle connections; those in use close when their statement ends."""
         self._closed = True
-        # Shared reads under way end now (a statement sent) or fail (none sent yet).
-        await self._reads.close()
+        # Shared reads not sent yet fail now; those sent end as other statements in use.
+        self._reads.close()
         if self._retiring:
             # Cancelled statements' connections: closing, each within _CLOSE_WAIT.
             await asyncio.wait(set(self._retiring))

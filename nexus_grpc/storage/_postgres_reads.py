@@ -13,9 +13,13 @@ again. So reads of one statement shape and collection share their statements:
 
 A read joins only a statement not sent yet, so it sees every write committed before
 it was asked for, as a statement of its own would. Its caller being cancelled leaves
-the shared statement running for the others (a read changes nothing). A failure of the
-shared statement is every waiting read's failure. Reads inside a unit of work, and
-reads that lock (``FOR UPDATE``), never come here.
+the shared statement running for the others (a read changes nothing). One read must not
+fail the others: an id PostgreSQL cannot take as text (a NUL character) is always read
+alone, and when the server refuses a shared statement for another reason, each of its
+reads is sent again alone, for an answer of its own. A lost connection is every waiting
+read's failure. Reads inside a unit of work, and reads that lock (``FOR UPDATE``),
+never come here. The shared statement's time shows in each waiting caller's span (its
+wait), not in a span of its own.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from sqlalchemy.exc import DBAPIError
 
 from .points import RawRows
 
@@ -86,6 +92,9 @@ class BatchedReads:
         """The rows of point read ``sql`` with ``params`` (namespace, collection, id);
         ``batched_sql`` is ``batched_form(sql)``."""
         namespace, collection, id = params
+        if "\x00" in id:
+            # Refused by PostgreSQL as text: in a shared statement it would fail them all.
+            return await self._run(sql, params)
         key = (sql, namespace, collection)
         shape = self._shapes.get(key)
         if shape is None:
@@ -117,7 +126,17 @@ class BatchedReads:
             context=contextvars.Context(),
         )
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def done(task: asyncio.Task[None]) -> None:
+            # Here rather than in the task: a task cancelled before its first step runs
+            # none of its own code.
+            self._tasks.discard(task)
+            for futures in readers.values():
+                for future in futures:
+                    future.cancel()  # only those the task left unanswered
+            self._ended(key, shape)
+
+        task.add_done_callback(done)
 
     async def _share(
         self,
@@ -125,32 +144,46 @@ class BatchedReads:
         shape: _Shape,
         readers: dict[str, list[asyncio.Future[RawRows]]],
     ) -> None:
+        sql, namespace, collection = key
         try:
-            _, namespace, collection = key
             done = await self._run(shape.batched_sql, (namespace, collection, list(readers)))
-        except BaseException as exc:
-            for futures in readers.values():
-                for future in futures:
-                    if future.done():
-                        continue
-                    if isinstance(exc, Exception):
-                        future.set_exception(exc)
-                    else:  # cancelled (the loop is closing): so are its readers
-                        future.cancel()
-            if not isinstance(exc, Exception):
-                raise
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                _answer(readers, exc)
+                return
+            # Refused, by the server (a timeout, say) or the driver (an id it cannot
+            # encode), on a connection still fine: each read alone, for its own answer.
+            alone = await asyncio.gather(
+                *(self._run(sql, (namespace, collection, id)) for id in readers),
+                return_exceptions=True,
+            )
+            for (id, futures), outcome in zip(readers.items(), alone, strict=True):
+                _answer({id: futures}, outcome)
             return
-        finally:
-            self._ended(key, shape)
+        except Exception as exc:  # not connected, the storage closed
+            _answer(readers, exc)
+            return
         found = {row[0]: tuple(row)[1:] for row in done.rows}
         for id, futures in readers.items():
             row = found.get(id)
-            result = RawRows((row,), 1) if row is not None else RawRows((), 0)
-            for future in futures:
-                if not future.done():
-                    future.set_result(result)
+            _answer({id: futures}, RawRows((row,), 1) if row is not None else RawRows((), 0))
 
-    async def close(self) -> None:
-        """Wait for the shared statements running (each ends or fails on its own)."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
+    def close(self) -> None:
+        """Fail the reads still waiting for a statement (those sent end on their own)."""
+        for shape in self._shapes.values():
+            waiting, shape.waiting = shape.waiting, {}
+            _answer(waiting, RuntimeError("the storage is closed"))
+
+
+def _answer(
+    readers: dict[str, list[asyncio.Future[RawRows]]], outcome: RawRows | BaseException
+) -> None:
+    """Give ``outcome`` to every reader still waiting for it."""
+    for futures in readers.values():
+        for future in futures:
+            if future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)

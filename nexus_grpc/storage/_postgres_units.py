@@ -61,10 +61,8 @@ def ends_the_session(exc: BaseException) -> bool:
     shutting down or restarting, or ended this backend (``pg_terminate_backend``), and
     closes the connection after it. Such a connection is not used again."""
     sqlstate = getattr(exc, "sqlstate", None) or ""
-    return sqlstate.startswith(("57P", "08")) or getattr(exc, "severity", None) in (
-        "FATAL",
-        "PANIC",
-    )
+    # asyncpg's own "connection lost" errors carry class 08 too.
+    return sqlstate.startswith(("57P", "08"))
 
 
 def statement_span(

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -14,7 +15,9 @@ import pytest
 from nexus.orders.v1 import orders_pb2
 
 from nexus_grpc.storage import Repository, Storage, StorageUnavailableError
+from nexus_grpc.storage._postgres_points import PostgresPoints
 from nexus_grpc.storage._postgres_reads import batched_form
+from nexus_grpc.storage._postgres_units import ends_the_session
 from nexus_grpc.storage.points import points_for
 from tests.storage import connected
 
@@ -28,7 +31,7 @@ async def storage(postgres_url: str) -> AsyncIterator[Storage]:
 
 
 @pytest.fixture
-def statements(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The read statements asyncpg sends from now on (the real driver runs them)."""
     sent: list[str] = []
     fetch = asyncpg.Connection.fetch
@@ -38,7 +41,7 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         return await fetch(self, query, *args, **kwargs)
 
     monkeypatch.setattr(asyncpg.Connection, "fetch", recording)
-    yield sent
+    return sent
 
 
 async def orders_with(storage: Storage, count: int) -> Repository[Order]:
@@ -81,18 +84,100 @@ async def test_concurrent_reads_share_statements_and_each_gets_its_own_record(
     )
 
 
-async def test_a_read_asked_after_a_write_committed_sees_it(storage: Storage) -> None:
-    orders = await orders_with(storage, 10)
-    # Shared statements under way for the whole test: reads of the existing records.
-    busy = [asyncio.ensure_future(orders.get(f"o{n % 10}")) for n in range(60)]
-    await asyncio.sleep(0)
-    for n in range(20):
-        await orders.create(Order(id=f"new{n}"))
-        # Asked after the commit, while other reads' statements run.
-        assert await orders.get(f"new{n}") == Order(id=f"new{n}")
-        await orders.update(Order(id=f"new{n}", note="changed"))
-        assert (await orders.get(f"new{n}")) == Order(id=f"new{n}", note="changed")
-    assert all(order is not None for order in await asyncio.gather(*busy))
+@dataclass
+class Holds:
+    """Read statements held after they ran, keeping their place among those running."""
+
+    on: bool = False
+    #: One per statement held, in the order they ran: set it to let that one return.
+    gates: list[asyncio.Event] = field(default_factory=list)
+
+    async def wait_for(self, count: int) -> None:
+        while len(self.gates) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def holds(monkeypatch: pytest.MonkeyPatch) -> Holds:
+    """While ``on``, every read statement is held once it has its rows."""
+    holds = Holds()
+    read = PostgresPoints._read
+
+    async def holding_read(self: Any, sql: str, params: Any) -> Any:
+        rows = await read(self, sql, params)
+        if holds.on:
+            gate = asyncio.Event()
+            holds.gates.append(gate)
+            await gate.wait()
+        return rows
+
+    monkeypatch.setattr(PostgresPoints, "_read", holding_read)
+    return holds
+
+
+async def test_a_read_asked_after_a_write_committed_waits_for_a_statement_sent_after_it(
+    postgres_url: str, holds: Holds, statements: list[str]
+) -> None:
+    async with connected(postgres_url) as storage:
+        orders = await orders_with(storage, 4)
+        holds.on = True
+        alone = [asyncio.ensure_future(orders.get(f"o{n}")) for n in range(2)]
+        await holds.wait_for(2)
+        waiting = [asyncio.ensure_future(orders.get(f"o{n}")) for n in (2, 3)]
+        await asyncio.sleep(0)
+        holds.gates[0].set()  # the first ends: the two waiting go in a shared statement
+        await holds.wait_for(3)
+        holds.on = False
+        assert [sql for sql in statements if "ANY(" in sql] == [statements[-1]]
+        # Two statements of the shape in flight, one shared, both sent before this commit.
+        await orders.create(Order(id="late"))
+        late = asyncio.ensure_future(orders.get("late"))
+        await asyncio.sleep(0.2)
+        assert not late.done()  # waiting: it must not ride on a statement already sent
+        holds.gates[1].set()  # the second alone ends: the next statement reads "late"
+        assert await late == Order(id="late")
+        holds.gates[2].set()
+        found = await asyncio.gather(*alone, *waiting)
+        assert [order.id for order in found if order] == ["o0", "o1", "o2", "o3"]
+        assert sum("ANY(" in sql for sql in statements) == 2, statements
+
+
+async def test_one_readers_bad_id_fails_only_that_reader(
+    storage: Storage, statements: list[str]
+) -> None:
+    orders = await orders_with(storage, 20)
+    statements.clear()
+    # NUL: PostgreSQL refuses it as text. A lone surrogate: the driver cannot encode it.
+    bad = ["bad\x00id", "bad\ud800id"]
+    wanted = [f"o{n}" for n in range(20)] + bad
+    outcomes = await asyncio.gather(*(orders.get(id) for id in wanted), return_exceptions=True)
+    assert outcomes[:20] == [Order(id=f"o{n}", customer_id=f"c{n}") for n in range(20)]
+    for outcome in outcomes[20:]:
+        assert isinstance(outcome, Exception) and not isinstance(outcome, Order), outcome
+    assert any("ANY(" in sql for sql in statements), statements
+
+
+def test_only_errors_that_end_the_session_close_a_connection() -> None:
+    assert ends_the_session(asyncpg.AdminShutdownError("terminating connection"))
+    assert ends_the_session(asyncpg.ConnectionDoesNotExistError("connection was closed"))
+    assert not ends_the_session(asyncpg.UniqueViolationError("duplicate key"))
+    assert not ends_the_session(asyncpg.QueryCanceledError("statement timeout"))
+
+
+async def test_a_read_on_a_connection_ended_while_idle_is_sent_again_on_a_new_one(
+    postgres_server: Any, postgres_url: str
+) -> None:
+    database = postgres_url.rsplit("/", 1)[1]
+    async with connected(postgres_url) as storage:
+        orders = await orders_with(storage, 1)
+        for _ in range(3):
+            postgres_server.psql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+            )
+            # No wait: the idle connection's end of stream is not read yet.
+            assert await orders.get("o0") == Order(id="o0", customer_id="c0")
+            assert storage.health.healthy
 
 
 async def test_a_cancelled_reader_leaves_the_others_their_records(
