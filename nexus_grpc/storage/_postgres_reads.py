@@ -14,10 +14,10 @@ again. So reads of one statement shape and collection share their statements:
 A read joins only a statement not sent yet, so it sees every write committed before
 it was asked for, as a statement of its own would. Its caller being cancelled leaves
 the shared statement running for the others (a read changes nothing). One read must not
-fail the others: an id PostgreSQL cannot take as text (a NUL character) is always read
-alone, and when the server refuses a shared statement for another reason, each of its
-reads is sent again alone, for an answer of its own. A lost connection is every waiting
-read's failure. Reads inside a unit of work, and reads that lock (``FOR UPDATE``),
+fail the others: when the server or the driver refuses a shared statement on a
+connection still fine (a timeout, an id it cannot encode), each of its reads is sent
+again alone, for an answer of its own. A lost connection is every waiting read's
+failure. Reads inside a unit of work, and reads that lock (``FOR UPDATE``),
 never come here. The shared statement's time shows in each waiting caller's span (its
 wait), not in a span of its own.
 """
@@ -92,9 +92,6 @@ class BatchedReads:
         """The rows of point read ``sql`` with ``params`` (namespace, collection, id);
         ``batched_sql`` is ``batched_form(sql)``."""
         namespace, collection, id = params
-        if "\x00" in id:
-            # Refused by PostgreSQL as text: in a shared statement it would fail them all.
-            return await self._run(sql, params)
         key = (sql, namespace, collection)
         shape = self._shapes.get(key)
         if shape is None:

@@ -105,7 +105,7 @@ from .mongo_indexes import (
 )
 from .namespace import RepositoryScope
 from .query import DEFAULT_PAGE_SIZE, ListQuery, build_query, check_page_size
-from .repository import M, Page, Record, Repository, _check_id_length, _fits
+from .repository import M, Page, Record, Repository, _check_id, _fits
 from .schema import RECORDS_TABLE
 
 __all__ = [
@@ -535,7 +535,7 @@ class MongoRepository(Repository[M]):
         if not record_id:
             record_id = uuid.uuid4().hex
             setattr(created, self._id_field_name, record_id)
-        _check_id_length(self._id_field_name, record_id)
+        _check_id(self._id_field_name, record_id)
         now = _now()
         fields: Document = {
             "ns": self._mongo.namespace,

@@ -128,7 +128,7 @@ class Repository(Generic[M]):
         if not record_id:
             record_id = uuid.uuid4().hex
             setattr(created, self._id_field, record_id)
-        _check_id_length(self._id_field, record_id)
+        _check_id(self._id_field, record_id)
         points = self._points
         now = points.time(datetime.now(UTC))
         # ON CONFLICT DO NOTHING instead of catching the unique violation: on PostgreSQL
@@ -337,12 +337,18 @@ def check_id_field(message_type: type[Message], id_field: str) -> None:
 
 
 def _fits(record_id: Any) -> bool:
-    # Longer ids cannot have been stored; PostgreSQL would reject them outright.
-    return isinstance(record_id, str) and len(record_id) <= MAX_KEY_LENGTH
+    # Longer ids, and ids with NUL, cannot have been stored (see ``_check_id``);
+    # PostgreSQL would reject them outright.
+    return (
+        isinstance(record_id, str) and len(record_id) <= MAX_KEY_LENGTH and "\x00" not in record_id
+    )
 
 
-def _check_id_length(id_field: str, record_id: str) -> None:
+def _check_id(id_field: str, record_id: str) -> None:
     if len(record_id) > MAX_KEY_LENGTH:
         raise InvalidArgumentError(
             [FieldViolation(id_field, f"must be at most {MAX_KEY_LENGTH} characters")]
         )
+    if "\x00" in record_id:
+        # PostgreSQL's text cannot hold it: refused on every backend alike.
+        raise InvalidArgumentError([FieldViolation(id_field, "must not contain NUL characters")])

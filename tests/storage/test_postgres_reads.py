@@ -147,13 +147,11 @@ async def test_one_readers_bad_id_fails_only_that_reader(
 ) -> None:
     orders = await orders_with(storage, 20)
     statements.clear()
-    # NUL: PostgreSQL refuses it as text. A lone surrogate: the driver cannot encode it.
-    bad = ["bad\x00id", "bad\ud800id"]
-    wanted = [f"o{n}" for n in range(20)] + bad
+    # A lone surrogate: the driver cannot encode it, and refuses the whole statement.
+    wanted = [f"o{n}" for n in range(20)] + ["bad\ud800id"]
     outcomes = await asyncio.gather(*(orders.get(id) for id in wanted), return_exceptions=True)
     assert outcomes[:20] == [Order(id=f"o{n}", customer_id=f"c{n}") for n in range(20)]
-    for outcome in outcomes[20:]:
-        assert isinstance(outcome, Exception) and not isinstance(outcome, Order), outcome
+    assert isinstance(outcomes[20], Exception) and "surrogates" in str(outcomes[20])
     assert any("ANY(" in sql for sql in statements), statements
 
 

@@ -283,6 +283,19 @@ async def test_an_overlong_id_is_an_invalid_argument(orders: Repository[Order]) 
     assert await orders.delete("x" * 256) is False
 
 
+async def test_an_id_with_nul_is_an_invalid_argument_and_no_record_has_one(
+    orders: Repository[Order],
+) -> None:
+    with pytest.raises(InvalidArgumentError, match="must not contain NUL characters"):
+        await orders.create(make_order(id="a\x00b"))
+    assert await orders.get("a\x00b") is None
+    assert await orders.get_record("a\x00b") is None
+    with pytest.raises(NotFoundError):
+        await orders.update(make_order(id="a\x00b"))
+    assert await orders.delete("a\x00b") is False
+    assert await orders.delete_many(["a\x00b"]) == 0
+
+
 # --- filters ------------------------------------------------------------------------------
 
 
