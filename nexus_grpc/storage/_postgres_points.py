@@ -179,7 +179,11 @@ class PostgresPoints:
                     except BaseException as exc:
                         # Lost, or interrupted mid-statement otherwise: not used again.
                         connection.terminate()
-                        if fresh or not again or not isinstance(exc, _FAILURES):
+                        # Not a timeout or a network error: those would come again.
+                        ended = isinstance(
+                            exc, asyncpg.InterfaceError | asyncpg.InternalClientError
+                        )
+                        if fresh or not again or not ended:
                             raise
                     # An idle connection the server had ended (a restart, its backend
                     # terminated) before this process read the end of its stream: a

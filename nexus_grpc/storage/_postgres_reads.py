@@ -14,10 +14,10 @@ again. So reads of one statement shape and collection share their statements:
 A read joins only a statement not sent yet, so it sees every write committed before
 it was asked for, as a statement of its own would. Its caller being cancelled leaves
 the shared statement running for the others (a read changes nothing). One read must not
-fail the others: when the server or the driver refuses a shared statement on a
-connection still fine (a timeout, an id it cannot encode), each of its reads is sent
-again alone, for an answer of its own. A lost connection is every waiting read's
-failure. Reads inside a unit of work, and reads that lock (``FOR UPDATE``),
+fail the others: when a shared statement is refused for a value (an id the driver
+cannot encode), each of its reads is sent again alone, for an answer of its own. A
+failure of the statement as a whole (a lost connection, a timeout) is every waiting
+read's failure. Reads inside a unit of work, and reads that lock (``FOR UPDATE``),
 never come here. The shared statement's time shows in each waiting caller's span (its
 wait), not in a span of its own.
 """
@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.exc import DBAPIError
 
 from .points import RawRows
@@ -103,8 +104,17 @@ class BatchedReads:
             finally:
                 self._ended(key, shape)
         future: asyncio.Future[RawRows] = asyncio.get_running_loop().create_future()
-        shape.waiting.setdefault(id, []).append(future)
-        return await future
+        futures = shape.waiting.setdefault(id, [])
+        futures.append(future)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if shape.waiting.get(id) is futures:
+                # Gone before its statement was sent: the id is read for nobody else.
+                futures.remove(future)
+                if not futures:
+                    del shape.waiting[id]
+            raise
 
     def _ended(self, key: tuple[str, str, str], shape: _Shape) -> None:
         """One statement of ``shape`` ended: send the reads waiting, if any."""
@@ -145,11 +155,13 @@ class BatchedReads:
         try:
             done = await self._run(shape.batched_sql, (namespace, collection, list(readers)))
         except DBAPIError as exc:
-            if exc.connection_invalidated:
+            if exc.connection_invalidated or not _about_a_value(exc.orig):
+                # Lost, or refused for the statement as a whole (a timeout, a lock):
+                # each read alone would fare the same, at many times the cost.
                 _answer(readers, exc)
                 return
-            # Refused, by the server (a timeout, say) or the driver (an id it cannot
-            # encode), on a connection still fine: each read alone, for its own answer.
+            # Refused for a value (an id the driver cannot encode): each read alone,
+            # for an answer of its own.
             alone = await asyncio.gather(
                 *(self._run(sql, (namespace, collection, id)) for id in readers),
                 return_exceptions=True,
@@ -170,6 +182,14 @@ class BatchedReads:
         for shape in self._shapes.values():
             waiting, shape.waiting = shape.waiting, {}
             _answer(waiting, RuntimeError("the storage is closed"))
+
+
+def _about_a_value(error: BaseException | None) -> bool:
+    """Whether driver error ``error`` is about one parameter's value (SQLSTATE class 22,
+    or asyncpg refusing to encode it), not about the statement."""
+    return isinstance(error, asyncpg.DataError) or (
+        getattr(error, "sqlstate", None) or ""
+    ).startswith("22")
 
 
 def _answer(

@@ -127,7 +127,8 @@ def _token_value(kind: ValueKind, value: object) -> Scalar:
         if isinstance(value, bool):
             return value
     elif kind is ValueKind.STRING:
-        if isinstance(value, str):
+        # No NUL: no stored value has one on PostgreSQL, whose text refuses it.
+        if isinstance(value, str) and "\x00" not in value:
             return value
     elif isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -217,6 +218,12 @@ def _sort_key(value: Scalar) -> tuple[str, Scalar]:
 def _coerce(target: Target, value: object, *, many: bool) -> Scalar:
     coerced = _coerce_value(target, value)
     if coerced is None:
+        if isinstance(value, str) and "\x00" in value:
+            raise InvalidQueryError(
+                f"filter field {target.path!r}: must not contain NUL characters",
+                argument="filter",
+                field_path=target.path,
+            )
         expected = _expectation(target)
         if not many:
             expected += ", or a list/tuple of them"
@@ -235,7 +242,8 @@ def _coerce_value(target: Target, value: object) -> Scalar | None:
     """The normalised value, or None if ``value`` does not fit the field."""
     kind, field = target.kind, target.field
     if kind is ValueKind.STRING:
-        return value if isinstance(value, str) else None
+        # PostgreSQL's text refuses NUL: the same error on every backend.
+        return value if isinstance(value, str) and "\x00" not in value else None
     if kind is ValueKind.BOOL:
         return value if isinstance(value, bool) else None
     if kind is ValueKind.FLOAT:

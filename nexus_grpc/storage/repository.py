@@ -101,11 +101,18 @@ class Repository(Generic[M]):
         self._collection = collection
         self._id_field = id_field
         self._points = scope.dialect.points
+        # PostgreSQL's text holds no NUL: no record there has such an id, and asking
+        # the server for one would fail.
+        self._nul_free = scope.dialect.name == "postgresql"
 
     @property
     def collection(self) -> str:
         """The collection name (by default the message's full name)."""
         return self._collection
+
+    def _can_have(self, record_id: Any) -> bool:
+        """Whether a record of this repository can have ``record_id``."""
+        return _fits(record_id) and not (self._nul_free and "\x00" in record_id)
 
     @property
     def message_type(self) -> type[M]:
@@ -180,7 +187,7 @@ class Repository(Generic[M]):
                 "for_update needs a transaction: use the repository of a "
                 "Namespace.transaction() unit of work"
             )
-        if not _fits(id):
+        if not self._can_have(id):
             return ()
         # PostgreSQL locks the row; SQLite has no row locks, and a transaction holds the
         # database write lock from BEGIN IMMEDIATE anyway.
@@ -196,7 +203,7 @@ class Repository(Generic[M]):
         """
         updated = self._copy(message)
         record_id: str = getattr(updated, self._id_field)
-        if not _fits(record_id) or not record_id:
+        if not self._can_have(record_id) or not record_id:
             raise NotFoundError(self._collection, record_id)
         points, scope = self._points, self._scope
         key = (scope.namespace, self._collection, record_id)
@@ -225,14 +232,14 @@ class Repository(Generic[M]):
 
     async def delete(self, id: str) -> bool:
         """Delete the message with ``id``; whether there was one."""
-        if not _fits(id):
+        if not self._can_have(id):
             return False
         key = (self._scope.namespace, self._collection, id)
         return bool((await self._scope.run_point(self._points.delete, key, write=True)).rowcount)
 
     async def delete_many(self, ids: Iterable[str]) -> int:
         """Delete the messages with these ``ids`` in one statement; how many there were."""
-        wanted = sorted({id for id in ids if _fits(id)})
+        wanted = sorted({id for id in ids if self._can_have(id)})
         if not wanted:
             return 0
         if len(wanted) <= MAX_DELETE_IDS:
@@ -337,11 +344,8 @@ def check_id_field(message_type: type[Message], id_field: str) -> None:
 
 
 def _fits(record_id: Any) -> bool:
-    # Longer ids, and ids with NUL, cannot have been stored (see ``_check_id``);
-    # PostgreSQL would reject them outright.
-    return (
-        isinstance(record_id, str) and len(record_id) <= MAX_KEY_LENGTH and "\x00" not in record_id
-    )
+    # Longer ids cannot have been stored; PostgreSQL would reject them outright.
+    return isinstance(record_id, str) and len(record_id) <= MAX_KEY_LENGTH
 
 
 def _check_id(id_field: str, record_id: str) -> None:
@@ -350,5 +354,6 @@ def _check_id(id_field: str, record_id: str) -> None:
             [FieldViolation(id_field, f"must be at most {MAX_KEY_LENGTH} characters")]
         )
     if "\x00" in record_id:
-        # PostgreSQL's text cannot hold it: refused on every backend alike.
+        # PostgreSQL's text cannot hold it: refused on every backend alike (records an
+        # older version stored with one on SQLite or MongoDB stay readable).
         raise InvalidArgumentError([FieldViolation(id_field, "must not contain NUL characters")])

@@ -155,6 +155,32 @@ async def test_one_readers_bad_id_fails_only_that_reader(
     assert any("ANY(" in sql for sql in statements), statements
 
 
+async def test_a_shared_statement_refused_as_a_whole_is_not_sent_again_per_read(
+    postgres_url: str, statements: list[str]
+) -> None:
+    database = postgres_url.rsplit("/", 1)[1]
+    locker = await asyncpg.connect(postgres_url.replace("+asyncpg", ""))
+    try:
+        # Every statement of the connections opened from now on times out after 0.2 s.
+        await locker.execute(f"ALTER DATABASE \"{database}\" SET statement_timeout = '200ms'")
+        async with connected(postgres_url) as storage:
+            orders = await orders_with(storage, 1)
+            statements.clear()
+            async with locker.transaction():
+                # Every read waits for this lock until its timeout.
+                await locker.execute("LOCK TABLE nexus_records IN ACCESS EXCLUSIVE MODE")
+                outcomes = await asyncio.gather(
+                    *(orders.get(f"x{n}") for n in range(30)), return_exceptions=True
+                )
+            assert all(isinstance(outcome, Exception) for outcome in outcomes), outcomes
+            # Two alone and one shared for the rest, each sent once: a timeout is the
+            # statement's, and would come again for each read alone.
+            assert len(statements) == 3, statements
+            assert await orders.get("o0") == Order(id="o0", customer_id="c0")
+    finally:
+        await locker.close()
+
+
 def test_only_errors_that_end_the_session_close_a_connection() -> None:
     assert ends_the_session(asyncpg.AdminShutdownError("terminating connection"))
     assert ends_the_session(asyncpg.ConnectionDoesNotExistError("connection was closed"))

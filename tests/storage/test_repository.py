@@ -294,6 +294,9 @@ async def test_an_id_with_nul_is_an_invalid_argument_and_no_record_has_one(
         await orders.update(make_order(id="a\x00b"))
     assert await orders.delete("a\x00b") is False
     assert await orders.delete_many(["a\x00b"]) == 0
+    for nul_filter in ({"id": "a\x00b"}, {"customer_id": ["ok", "a\x00b"]}):
+        with pytest.raises(InvalidQueryError, match="must not contain NUL characters"):
+            await orders.list(filter=nul_filter)
 
 
 # --- filters ------------------------------------------------------------------------------
