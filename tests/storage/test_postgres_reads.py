@@ -51,6 +51,15 @@ async def orders_with(storage: Storage, count: int) -> Repository[Order]:
     return orders
 
 
+def end_sessions(postgres_server: Any, postgres_url: str) -> None:
+    """End every session of ``postgres_url``'s database (as a server restart would)."""
+    database = postgres_url.rsplit("/", 1)[1]
+    postgres_server.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+    )
+
+
 def test_only_plain_point_reads_by_id_are_shared() -> None:
     points = points_for("postgresql")
     assert batched_form(points.payload) == (
@@ -191,14 +200,10 @@ def test_only_errors_that_end_the_session_close_a_connection() -> None:
 async def test_a_read_on_a_connection_ended_while_idle_is_sent_again_on_a_new_one(
     postgres_server: Any, postgres_url: str
 ) -> None:
-    database = postgres_url.rsplit("/", 1)[1]
     async with connected(postgres_url) as storage:
         orders = await orders_with(storage, 1)
         for _ in range(3):
-            postgres_server.psql(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
-            )
+            end_sessions(postgres_server, postgres_url)
             # No wait: the idle connection's end of stream is not read yet.
             assert await orders.get("o0") == Order(id="o0", customer_id="c0")
             assert storage.health.healthy
@@ -228,15 +233,11 @@ async def test_a_cancelled_reader_leaves_the_others_their_records(
 async def test_readers_waiting_when_the_database_goes_away_all_fail_clearly(
     postgres_url: str, postgres_server: Any
 ) -> None:
-    database = postgres_url.rsplit("/", 1)[1]
     async with connected(postgres_url) as storage:
         orders = await orders_with(storage, 5)
         readers = [asyncio.ensure_future(orders.get(f"o{n % 5}")) for n in range(40)]
         await asyncio.sleep(0)
-        postgres_server.psql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
-        )
+        end_sessions(postgres_server, postgres_url)
         outcomes = await asyncio.wait_for(
             asyncio.gather(*readers, return_exceptions=True), timeout=30
         )
