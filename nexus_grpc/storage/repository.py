@@ -110,6 +110,21 @@ class Repository(Generic[M]):
         """The collection name (by default the message's full name)."""
         return self._collection
 
+    def _document(self, message: M) -> Any:
+        """``message``'s index document as the driver binds it."""
+        document = index_document(message)
+        bound = self._points.document(document)
+        if self._nul_free and "\\u0000" in bound:
+            # PostgreSQL's jsonb refuses NUL: the field's error rather than the server's.
+            refused = [
+                FieldViolation(path, "must not contain NUL characters on PostgreSQL")
+                for path, value in document.items()
+                if isinstance(value, str) and "\x00" in value
+            ]
+            if refused:
+                raise InvalidArgumentError(refused)
+        return bound
+
     def _can_have(self, record_id: Any) -> bool:
         """Whether a record of this repository can have ``record_id``."""
         return _fits(record_id) and not (self._nul_free and "\x00" in record_id)
@@ -146,7 +161,7 @@ class Repository(Generic[M]):
             self._collection,
             record_id,
             created.SerializeToString(deterministic=True),
-            points.document(index_document(created)),
+            self._document(created),
             now,
             now,
         )
@@ -209,7 +224,7 @@ class Repository(Generic[M]):
         key = (scope.namespace, self._collection, record_id)
         params: tuple[Any, ...] = (
             updated.SerializeToString(deterministic=True),
-            points.document(index_document(updated)),
+            self._document(updated),
             points.time(datetime.now(UTC)),
             *key,
         )

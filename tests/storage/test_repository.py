@@ -283,6 +283,22 @@ async def test_an_overlong_id_is_an_invalid_argument(orders: Repository[Order]) 
     assert await orders.delete("x" * 256) is False
 
 
+async def test_a_nul_in_an_indexed_string_is_refused_where_the_database_cannot_index_it(
+    storage: Storage, orders: Repository[Order]
+) -> None:
+    order = make_order(id="n1")
+    order.customer_id = "a\x00b"
+    if storage.dialect != "postgresql":
+        assert (await orders.create(order)).customer_id == "a\x00b"
+        return
+    with pytest.raises(InvalidArgumentError, match="customer_id") as refused:
+        await orders.create(order)
+    assert "must not contain NUL characters" in str(refused.value)
+    await orders.create(make_order(id="n1"))
+    with pytest.raises(InvalidArgumentError, match="customer_id"):
+        await orders.update(order)
+
+
 async def test_an_id_with_nul_is_an_invalid_argument_and_no_record_has_one(
     orders: Repository[Order],
 ) -> None:
