@@ -147,6 +147,9 @@ class PostgresPoints:
             connection = None
             try:
                 connection = self._take_idle()
+                # At most two tries: the second only for a plain read (``again``) whose
+                # idle connection the server had ended (a restart, its backend
+                # terminated) before this process read the end of its stream.
                 for fresh in (connection is None, True):
                     if fresh:
                         connection = await self._connect()
@@ -185,9 +188,6 @@ class PostgresPoints:
                         )
                         if fresh or not again or not ended:
                             raise
-                    # An idle connection the server had ended (a restart, its backend
-                    # terminated) before this process read the end of its stream: a
-                    # plain read goes again, once, on a new connection.
             except _FAILURES as exc:
                 # Not connected, or the connection is gone: the storage's "connection lost".
                 raise as_dbapi_error(sql, exc, connection) from exc

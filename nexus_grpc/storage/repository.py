@@ -110,25 +110,6 @@ class Repository(Generic[M]):
         """The collection name (by default the message's full name)."""
         return self._collection
 
-    def _document(self, message: M) -> Any:
-        """``message``'s index document as the driver binds it."""
-        document = index_document(message)
-        bound = self._points.document(document)
-        if self._nul_free and "\\u0000" in bound:
-            # PostgreSQL's jsonb refuses NUL: the field's error rather than the server's.
-            refused = [
-                FieldViolation(path, "must not contain NUL characters on PostgreSQL")
-                for path, value in document.items()
-                if isinstance(value, str) and "\x00" in value
-            ]
-            if refused:
-                raise InvalidArgumentError(refused)
-        return bound
-
-    def _can_have(self, record_id: Any) -> bool:
-        """Whether a record of this repository can have ``record_id``."""
-        return _fits(record_id) and not (self._nul_free and "\x00" in record_id)
-
     @property
     def message_type(self) -> type[M]:
         """The message class stored here."""
@@ -332,6 +313,25 @@ class Repository(Generic[M]):
             records.c.namespace == self._scope.namespace,
             records.c.collection == self._collection,
         )
+
+    def _document(self, message: M) -> Any:
+        """``message``'s index document as the driver binds it."""
+        document = index_document(message)
+        bound = self._points.document(document)
+        if self._nul_free and "\\u0000" in bound:
+            # PostgreSQL's jsonb refuses NUL: the field's error rather than the server's.
+            refused = [
+                FieldViolation(path, "must not contain NUL characters on PostgreSQL")
+                for path, value in document.items()
+                if isinstance(value, str) and "\x00" in value
+            ]
+            if refused:
+                raise InvalidArgumentError(refused)
+        return bound
+
+    def _can_have(self, record_id: Any) -> bool:
+        """Whether a record of this repository can have ``record_id``."""
+        return _fits(record_id) and not (self._nul_free and "\x00" in record_id)
 
     def _copy(self, message: M) -> M:
         if not isinstance(message, self._type):
