@@ -318,11 +318,13 @@ async def test_a_lockout_longer_than_the_failure_window_is_not_cut_short(
     tmp_path: Path,
 ) -> None:
     """Failures forgotten after the window must not end a lock that is still open."""
-    auth = AuthConfig(login_lockout_base=60.0, login_failure_window=0.3)
+    # A window long enough for five failed logins on a loaded machine (each hashes a
+    # password), short beside the lock.
+    auth = AuthConfig(login_lockout_base=60.0, login_failure_window=2.0)
     async for host in start(tmp_path, auth):
         for n in range(5):
             response = await login_from(host, ADDRESSES[n], f"wrong {n}")
             assert response.status_code == 401
-        await asyncio.sleep(0.5)  # past the failure window, well inside the lock
+        await asyncio.sleep(2.5)  # past the failure window, well inside the lock
         response = await login_from(host, ADDRESSES[5], "wrong again")
         assert response.status_code == 429, response.text
