@@ -44,8 +44,10 @@ class SqliteSteps:
         if self._ended:
             raise RuntimeError("this transaction has ended")
         if self._on_loop and not blocking:
-            # A point where the caller may be cancelled, as a thread hop would give.
-            await asyncio.sleep(0)
+            # Not a yield per statement: resuming the caller's whole await chain costs
+            # more than the statement (~35 µs of a two-insert unit's ~175). The loop
+            # still gets a turn every few statements, as between point statements.
+            await self._driver.points.take_turns()
             if self._ended:
                 raise RuntimeError("this transaction has ended")
             return work()

@@ -18,9 +18,17 @@ from typing import Any, Protocol
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 
 from .declared import BuiltIndex, IndexChanges
-from .engine import Database, ScopeConnection, SqlConnection, execute_point, translate_errors
+from .engine import (
+    Database,
+    ScopeConnection,
+    SqlConnection,
+    execute_point,
+    raise_translated,
+    translate_errors,
+)
 from .faults import StorageHealth
 from .indexes import (
     apply_sql_indexes,
@@ -261,12 +269,19 @@ class _TransactionScope:
     async def run_point(
         self, sql: str, params: Sequence[Any], *, write: bool, or_else: Point | None = None
     ) -> RawRows:
+        # connection() spelled out: this runs for every statement of a unit of work, and
+        # two context managers cost more than the statement's own Python.
         # Both statements in one turn: no other task's call runs between them.
-        async with self.connection(write=write) as conn:
-            done = await execute_point(conn, sql, params)
-            if or_else is None or done.rowcount:
-                return done
-            found = await execute_point(conn, *or_else)
+        async with self._lock:
+            if not self.active:
+                raise RuntimeError("this unit of work's transaction has ended")
+            try:
+                done = await execute_point(self._conn, sql, params)
+                if or_else is None or done.rowcount:
+                    return done
+                found = await execute_point(self._conn, *or_else)
+            except DBAPIError as exc:
+                raise_translated(exc, self._health)
         return RawRows(found.rows, done.rowcount)
 
     def repository(self, message_type: type[M], *, collection: str, id_field: str) -> Repository[M]:
