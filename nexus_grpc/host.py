@@ -168,7 +168,8 @@ class Host:
         #: whether to leave the HTTP socket given as ``http_socket`` listening for the
         #: others holding it (a worker's slot partner in a rolling restart accepts on
         #: it) when this host stops accepting, instead of ending its listening for
-        #: every holder. None: never.
+        #: every holder. None: never. A worker's question also tells its supervisor
+        #: that it stops on its own.
         self.hand_over_http: Callable[[], Awaitable[bool]] | None = None
         self._handing_over: bool | None = None
         #: Liveness and readiness: /healthz, /readyz and their gRPC health services.

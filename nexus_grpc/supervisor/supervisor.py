@@ -13,6 +13,9 @@ terminal's Ctrl-C reaches the supervisor alone, which then stops them in order.
   while the others were starting: start-up waits for its replacement); too many
   deaths in a window is a crash loop: everything stops and the supervisor exits 1
   saying so (:mod:`nexus_grpc.supervisor.policy`). Every death is logged. A worker
+  that served and stopped on its own with status 0 (an operator's SIGTERM to it: it
+  says so on the line as its stop begins) did not die: it is started again at once,
+  and not counted. A worker
   whose process cannot be started counts as one that died at once (at start-up it
   fails the start; in a rolling restart it stops the roll, the old worker serving).
 - A worker is known from the moment its process exists, and a stop first ends the
@@ -443,6 +446,19 @@ class Supervisor:
                 extra={"pid": worker.pid, "restart_delay": _UNFIT_RETRY},
             )
             self._schedule_restart(worker.slot, _UNFIT_RETRY)
+            return
+        if worker.leaving and status == 0 and worker.ready.is_set():
+            # It served, said it was stopping on its own (an operator's SIGTERM to it) and
+            # exited cleanly: no crash. Its slot is served again at once, with no backoff
+            # and nothing counted toward the crash loop, which recycling workers by hand
+            # would otherwise trip.
+            _log.info(
+                "worker %d (pid %d) stopped on its own; starting a new one",
+                worker.slot,
+                worker.pid,
+                extra={"pid": worker.pid, "exit_status": status},
+            )
+            self._schedule_restart(worker.slot, 0.0)
             return
         delay = self._crashes.died(worker.slot, now=time.monotonic(), started=worker.started)
         if delay is None:

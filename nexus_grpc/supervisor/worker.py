@@ -82,8 +82,9 @@ async def _serve(config: Config, links: WorkerLinks) -> None:
         # supervisor knows whether a worker of the slot does.
         return retired or await host.broadcast.hands_over()
 
-    if links.http_fd is not None:
-        host.hand_over_http = hands_over
+    # Asked at every stop, with or without an HTTP socket: the question also tells the
+    # supervisor that this worker stops on its own, so that its exit is no crash.
+    host.hand_over_http = hands_over
 
     def retire() -> None:
         # Replaced in a rolling restart: drain as on SIGTERM, health left SERVING.

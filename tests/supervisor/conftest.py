@@ -113,6 +113,6 @@ def start_workers(
         serve.close()
         raise
     serve.address = ready["grpc_address"]
-    serve.http_address = ready["http_address"]
+    serve.http_address = ready.get("http_address", "")  # none without HTTP
     serve.worker_pids = ready["worker_pids"]
     return serve

@@ -48,3 +48,32 @@ def test_a_crash_loop_stops_the_host_with_status_1(
         assert len(killed) >= 5
     finally:
         host.close()
+
+
+@pytest.mark.parametrize("http", ["127.0.0.1:0", ""], ids=["http", "grpc-only"])
+def test_a_worker_an_operator_stops_is_started_again_and_is_no_death(
+    redis_server: RedisServer, tmp_path: Path, http: str
+) -> None:
+    redis_url = f"redis://{redis_server.host}:{redis_server.port}/11"
+    config = workers_config(tmp_path / "nexus.toml", redis_url)
+    host = start_workers(tmp_path, config, NEXUS_HTTP__ADDRESS=http)
+    try:
+        stopped = host.worker_pids[0]
+        os.kill(stopped, signal.SIGTERM)
+        entry = host.wait_for_log(
+            lambda e: "stopped on its own; starting a new one" in e.get("message", ""), timeout=30
+        )
+        assert entry["pid"] == stopped and entry["exit_status"] == 0
+        again = host.wait_for_log(
+            lambda e: (
+                e.get("message", "").startswith("worker ")
+                and " started (pid " in e["message"]
+                and e["pid"] not in host.worker_pids
+            ),
+            timeout=30,
+        )
+        host.wait_for_log(lambda e: f"(pid {again['pid']}) serving" in e.get("message", ""), 60)
+        assert not [e for e in host.logs if " died " in e.get("message", "")]
+        assert host.stop() == 0
+    finally:
+        host.close()

@@ -524,3 +524,25 @@ async def test_a_worker_leaving_while_a_roll_starts_its_replacement_hands_its_so
         assert await running == 0
         listeners.close()
         port.close()
+
+
+async def test_a_worker_stopped_by_hand_is_started_again_at_once_and_is_no_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "nexus.supervisor")
+    # Two deaths would be a crash loop, and a death waits 5 s for its restart.
+    policy = RestartPolicy(base_delay=5.0, max_delay=5.0, max_deaths=2, window=60.0)
+    sup = supervisor(tmp_path, 1, lambda n: "leaving", policy=policy)
+    running, _ = await serving(sup)
+    stopped = []
+    for served in range(2, 5):
+        pid = sup.pids()[0]
+        os.kill(pid, signal.SIGTERM)  # it drains 1.5 s, then exits 0
+        await until(lambda n=served: caplog.text.count(") serving") == n, seconds=4.0)
+        stopped.append(pid)
+    assert all((tmp_path / f"{pid}.stopped").read_text() == "SIGTERM" for pid in stopped)
+    assert caplog.text.count("stopped on its own; starting a new one") == 3
+    assert "died" not in caplog.text
+    assert not running.done()
+    sup.stop()
+    assert await asyncio.wait_for(running, 20) == 0
