@@ -32,7 +32,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any
 
 from sqlalchemy import Engine, and_, create_engine, event, text
 from sqlalchemy.engine import URL, Connection, make_url
@@ -399,20 +399,21 @@ def translate_errors(health: StorageHealth | None = None) -> Iterator[None]:
         yield
     except DBAPIError as exc:
         raise_translated(exc, health)
+        raise
 
 
-def raise_translated(exc: DBAPIError, health: StorageHealth | None) -> NoReturn:
-    """Raise what :func:`translate_errors` turns ``exc`` into (``exc`` itself if nothing):
-    for callers on a hot path, where a ``try`` costs less than the context manager."""
+def raise_translated(exc: DBAPIError, health: StorageHealth | None) -> None:
+    """Raise what :func:`translate_errors` turns ``exc`` into, if anything; the caller
+    re-raises ``exc`` itself (a bare ``raise``) when this returns. For callers on a hot
+    path, where a ``try`` costs less than the context manager."""
     conflict = _conflict_for(exc)
     if conflict is not None:
         raise conflict from exc
     cause = _unavailable_cause(exc)
-    if cause is None:
-        raise exc
-    # "from None": the driver's error (its text holds the SQL) is not shown with
-    # this one in a logged traceback; the cause says what went wrong.
-    raise _unavailable(health, cause) from None
+    if cause is not None:
+        # "from None": the driver's error (its text holds the SQL) is not shown with
+        # this one in a logged traceback; the cause says what went wrong.
+        raise _unavailable(health, cause) from None
 
 
 def _unavailable(health: StorageHealth | None, cause: str) -> StorageUnavailableError:

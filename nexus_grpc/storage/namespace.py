@@ -282,6 +282,7 @@ class _TransactionScope:
                 found = await execute_point(self._conn, *or_else)
             except DBAPIError as exc:
                 raise_translated(exc, self._health)
+                raise
         return RawRows(found.rows, done.rowcount)
 
     def repository(self, message_type: type[M], *, collection: str, id_field: str) -> Repository[M]:

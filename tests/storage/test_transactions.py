@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from pathlib import Path
 from typing import Any
 
 import pytest
 from nexus.orders.v1 import orders_pb2
+from sqlalchemy.exc import DBAPIError
 
 from nexus_grpc.errors import AlreadyExistsError, ConflictError, NotFoundError
 from nexus_grpc.storage import Namespace, Storage
+from nexus_grpc.storage._sqlite_points import SqlitePoints
 from tests.storage import connected
 
 Order = orders_pb2.Order
@@ -297,6 +301,62 @@ async def test_a_sqlite_unit_of_work_cancelled_mid_statement_commits_nothing(
         await storage.close()
 
 
+async def test_a_unit_on_the_loops_thread_cancelled_at_any_turn_commits_all_or_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    granted: list[bool] = []
+    begin_now = SqlitePoints.begin_now
+
+    def spied(self: SqlitePoints, connection: Any) -> bool:
+        granted.append(begin_now(self, connection))
+        return granted[-1]
+
+    monkeypatch.setattr(SqlitePoints, "begin_now", spied)
+    storage = await Storage.connect(f"sqlite:///{tmp_path}/turns.db")
+    try:
+        namespace = storage.namespace("turns")
+        # A first unit leaves a pooled connection idle: the next ones take SQLite's write
+        # lock on the loop's thread, and their statements run there too, yielding to the
+        # loop only every few statements.
+        async with namespace.transaction() as unit:
+            await unit.repository(Order).create(Order(id="seed"))
+        cut_short = 0
+        for turns in range(0, 40, 2):
+            began = asyncio.Event()
+
+            async def twelve_creates(
+                prefix: str = f"{turns}-", began: asyncio.Event = began
+            ) -> None:
+                async with namespace.transaction() as unit:
+                    repo = unit.repository(Order)
+                    for number in range(12):
+                        await repo.create(Order(id=f"{prefix}{number}"))
+                        began.set()
+
+            granted.clear()
+            task = asyncio.create_task(twelve_creates())
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            task.cancel()
+            try:
+                await task
+                committed = True
+            except asyncio.CancelledError:
+                committed = False
+                cut_short += began.is_set()
+            if began.is_set():
+                assert granted == [True], "the unit did not take the lock on the loop's thread"
+            ids = [f"{turns}-{n}" for n in range(12)]
+            stored = [await namespace.repository(Order).get(i) for i in ids]
+            assert [o is not None for o in stored] == [committed] * 12
+            # Rolled back or committed, the write turn and the connection are free.
+            async with asyncio.timeout(2), namespace.transaction() as unit:
+                await unit.repository(Order).create(Order(id=f"after-{turns}"))
+        assert cut_short >= 1, "no cancellation landed inside a unit"
+    finally:
+        await storage.close()
+
+
 async def test_a_failed_statement_outside_a_unit_of_work_leaves_no_transaction_open(
     tmp_path: Path,
 ) -> None:
@@ -405,4 +465,33 @@ async def test_a_sqlite_commit_cancelled_while_it_waits_still_ends_the_transacti
         assert ids == ["after"]
         await asyncio.gather(*slow)
     finally:
+        await storage.close()
+
+
+@pytest.mark.parametrize("where", ["thread", "loop"])
+async def test_a_statement_error_in_a_unit_of_work_is_freed_once_dropped(
+    tmp_path: Path, where: str
+) -> None:
+    """The error of a statement passed on untranslated is in no reference cycle, which
+    would keep it, its frames and the statement's parameters until a collection."""
+    storage = await Storage.connect(f"sqlite:///{tmp_path}/freed.db")
+    namespace = storage.namespace("freed")
+    if where == "loop":
+        # A first unit leaves a pooled connection idle: the next one runs on the loop's
+        # thread; the very first runs its statements on a thread.
+        async with namespace.transaction() as unit:
+            await unit.repository(Order).create(Order(id="seed"))
+    gc.disable()
+    try:
+        async with namespace.transaction() as unit:
+            scope: Any = unit._scope
+            try:
+                await scope.run_point(
+                    "SELECT * FROM no_such_table WHERE id = ?", ("x",), write=False
+                )
+            except DBAPIError as error:
+                freed = weakref.ref(error)
+        assert freed() is None
+    finally:
+        gc.enable()
         await storage.close()
