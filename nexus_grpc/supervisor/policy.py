@@ -7,6 +7,12 @@ does not spin a core; a worker that ran ``stable_after`` seconds starts the coun
 supervisor stops everything and exits non-zero instead of restarting forever, since
 something outside the worker (a database, a bad deploy) is wrong and an operator or
 an orchestrator has to act.
+
+A worker that served and stopped on its own with status 0 (an operator's SIGTERM to
+it) did not die: it is started again at once and not counted, once per slot every
+``stable_after`` seconds. A slot that stops on its own more often than that (a plugin
+or a watchdog stopping each new worker) is counted as dying, so it cannot restart a
+worker in a loop.
 """
 
 from __future__ import annotations
@@ -35,6 +41,17 @@ class CrashLoop:
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     _deaths: deque[float] = field(default_factory=deque)
     _in_a_row: dict[int, int] = field(default_factory=dict)
+    _stopped_alone: dict[int, float] = field(default_factory=dict)
+
+    def stopped_alone(self, slot: int, *, now: float) -> bool:
+        """Record that ``slot``'s worker, having served, stopped on its own at ``now``
+        with status 0: whether that is no death (the first such stop of the slot within
+        ``stable_after`` seconds); if not, the caller counts it with :meth:`died`."""
+        last = self._stopped_alone.get(slot)
+        if last is not None and now - last < self.policy.stable_after:
+            return False
+        self._stopped_alone[slot] = now
+        return True
 
     def died(self, slot: int, *, now: float, started: float) -> float | None:
         """Record that ``slot``'s worker (started at ``started``) died at ``now``: the

@@ -15,7 +15,7 @@ terminal's Ctrl-C reaches the supervisor alone, which then stops them in order.
   saying so (:mod:`nexus_grpc.supervisor.policy`). Every death is logged. A worker
   that served and stopped on its own with status 0 (an operator's SIGTERM to it: it
   says so on the line as its stop begins) did not die: it is started again at once,
-  and not counted. A worker
+  and not counted (once per slot every ``stable_after`` seconds). A worker
   whose process cannot be started counts as one that died at once (at start-up it
   fails the start; in a rolling restart it stops the roll, the old worker serving).
 - A worker is known from the moment its process exists, and a stop first ends the
@@ -447,11 +447,13 @@ class Supervisor:
             )
             self._schedule_restart(worker.slot, _UNFIT_RETRY)
             return
-        if worker.leaving and status == 0 and worker.ready.is_set():
+        now = time.monotonic()
+        stopped_alone = worker.leaving and status == 0 and worker.ready.is_set()
+        if stopped_alone and self._crashes.stopped_alone(worker.slot, now=now):
             # It served, said it was stopping on its own (an operator's SIGTERM to it) and
             # exited cleanly: no crash. Its slot is served again at once, with no backoff
             # and nothing counted toward the crash loop, which recycling workers by hand
-            # would otherwise trip.
+            # would otherwise trip (see policy: once per slot every stable_after seconds).
             _log.info(
                 "worker %d (pid %d) stopped on its own; starting a new one",
                 worker.slot,
@@ -460,14 +462,16 @@ class Supervisor:
             )
             self._schedule_restart(worker.slot, 0.0)
             return
-        delay = self._crashes.died(worker.slot, now=time.monotonic(), started=worker.started)
+        delay = self._crashes.died(worker.slot, now=now, started=worker.started)
         if delay is None:
             self._crash_loop(f"worker {worker.slot}, pid {worker.pid}, exited with status {status}")
             return
+        how = "stopped on its own again too soon" if stopped_alone else "died"
         _log.warning(
-            "worker %d (pid %d) died (exit status %s); starting it again in %.2fs",
+            "worker %d (pid %d) %s (exit status %s); starting it again in %.2fs",
             worker.slot,
             worker.pid,
+            how,
             status,
             delay,
             extra={"pid": worker.pid, "exit_status": status, "restart_delay": delay},

@@ -9,7 +9,8 @@ before it is ready; ``late-fail`` exits 3 after 1 s, never ready; ``stubborn`` i
 ``draining`` takes 1.5 s to drain once retired, and writes every signal it got;
 ``leaving``, on a SIGTERM, asks for the hand-over as a stopping worker does (then
 touches ``OUT_DIR/<pid>.leaving``), drains 1.5 s and writes every signal it got;
-``ask`` asks for a rolling restart before it reports ready, and twice on each "ask"
+``self-stop`` stops on its own 0.05 s after it is ready (asks for the hand-over, exits
+0), as a plugin or a watchdog stopping every new worker would; ``ask`` asks for a rolling restart before it reports ready, and twice on each "ask"
 message, writing the answers to ``OUT_DIR/<pid>.asked``; ``hand-over``, once stopped,
 asks whether it hands its slot's HTTP socket over and writes the answer to
 ``OUT_DIR/<pid>.hand_over``; ``slow-hand-over`` does the same but takes 3 s to report
@@ -122,6 +123,11 @@ async def main(fd: int, out: Path, mode: str) -> None:
     if mode == "crash":
         await asyncio.sleep(0.1)
         os._exit(3)
+    if mode == "self-stop":
+        await asyncio.sleep(0.05)
+        await line.hands_over()
+        await line.close()
+        return
     closed = asyncio.ensure_future(line.closed.wait())
     await asyncio.wait([asyncio.ensure_future(stop.wait()), closed], return_when="FIRST_COMPLETED")
     if mode.endswith("hand-over"):

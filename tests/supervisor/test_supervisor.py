@@ -530,8 +530,11 @@ async def test_a_worker_stopped_by_hand_is_started_again_at_once_and_is_no_crash
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "nexus.supervisor")
-    # Two deaths would be a crash loop, and a death waits 5 s for its restart.
-    policy = RestartPolicy(base_delay=5.0, max_delay=5.0, max_deaths=2, window=60.0)
+    # Two deaths would be a crash loop, and a death waits 5 s for its restart; a slot
+    # may stop on its own once a second without it counting.
+    policy = RestartPolicy(
+        base_delay=5.0, max_delay=5.0, max_deaths=2, window=60.0, stable_after=1.0
+    )
     sup = supervisor(tmp_path, 1, lambda n: "leaving", policy=policy)
     running, _ = await serving(sup)
     stopped = []
@@ -546,3 +549,15 @@ async def test_a_worker_stopped_by_hand_is_started_again_at_once_and_is_no_crash
     assert not running.done()
     sup.stop()
     assert await asyncio.wait_for(running, 20) == 0
+
+
+async def test_a_slot_whose_workers_keep_stopping_on_their_own_ends_in_a_crash_loop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "nexus.supervisor")
+    # Each worker stops on its own right after it serves: only the first is free.
+    sup = supervisor(tmp_path, 1, lambda n: "self-stop")
+    assert await asyncio.wait_for(sup.run(), 20) == 1
+    assert caplog.text.count("stopped on its own; starting a new one") == 1
+    assert caplog.text.count("stopped on its own again too soon (exit status 0)") == 2
+    assert "crash loop: 3 worker deaths within 30s" in caplog.text
