@@ -5,7 +5,9 @@ burns the CPU time the request names (a busy loop on ``time.thread_time``) and r
 the request, loaded by h2load as ``scripts/bench`` loads every gRPC target (4
 connections x 8 streams: 32 calls in flight). For each handler time the report gives
 the server's CPU per call, and that CPU less the handler's: what grpc.aio, grpc core's
-poller thread and the event loop spend on a call.
+poller thread and the event loop spend on a call. One more case, ``0+trailer``, is an
+instant handler that sets a trailing metadatum, as nexus's ``x-request-id`` on every
+call: what that costs grpc.aio.
 
 That cost is not fixed. A handler that answers at once lets each wake-up of the loop
 take many calls; a slower one leaves fewer calls ready per wake-up, and each pays more
@@ -32,21 +34,23 @@ from pathlib import Path
 from benchmarks.run import free_ports, grpc_frame, process_cpu_seconds
 
 _METHOD = "/bench.Burn/Call"
+#: A request id as nexus's observe stage makes one (32 hex digits).
+_REQUEST_ID = "0123456789abcdef0123456789abcdef"
 _DONE = re.compile(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded")
 
 
 async def _serve(port: int) -> None:
     import grpc
 
-    def burn(request: bytes) -> bytes:
-        # The request is the handler's CPU time in µs, as ASCII digits.
-        until = time.thread_time() + int(request) / 1e6
+    async def call(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        # The request is the handler's CPU time in µs, as ASCII digits, after a "t" when
+        # the call also sets a trailing metadatum (as nexus's x-request-id).
+        if request.startswith(b"t"):
+            context.set_trailing_metadata((("x-request-id", _REQUEST_ID),))
+        until = time.thread_time() + int(request.removeprefix(b"t")) / 1e6
         while time.thread_time() < until:
             pass
         return request
-
-    async def call(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        return burn(request)
 
     server = grpc.aio.server()
     handler = grpc.unary_unary_rpc_method_handler(call)  # bytes in, bytes out
@@ -88,57 +92,61 @@ def _load(port: int, body: Path, seconds: int) -> int:
     return int(found.group(1))
 
 
-def main(burns: list[int], seconds: int, rounds: int) -> dict[int, tuple[float, float]]:
-    """Print and return, per handler time (µs), the median calls/s and CPU µs per call."""
+def main(burns: list[int], seconds: int, rounds: int) -> dict[str, tuple[float, float]]:
+    """Print and return, per case (a handler time in µs; "0+trailer": an instant handler
+    setting a trailing metadatum), the median calls/s and CPU µs per call."""
+    cases = {str(burn): (burn, str(burn).encode()) for burn in burns}
+    cases["0+trailer"] = (0, b"t0")
     (port,) = free_ports(1)
     server = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.grpc_overhead", "--serve", str(port)],
         cwd=Path(__file__).resolve().parent.parent,
         stdin=subprocess.DEVNULL,
     )
-    samples: dict[int, list[tuple[float, float]]] = {burn: [] for burn in burns}
+    samples: dict[str, list[tuple[float, float]]] = {case: [] for case in cases}
     try:
         with tempfile.TemporaryDirectory(prefix="nexus-bench-grpc-") as name:
             bodies = {}
-            for burn in burns:
-                bodies[burn] = Path(name) / f"burn-{burn}.bin"
-                bodies[burn].write_bytes(grpc_frame(str(burn).encode()))
+            for number, (case, (_, request)) in enumerate(cases.items()):
+                bodies[case] = Path(name) / f"case-{number}.bin"
+                bodies[case].write_bytes(grpc_frame(request))
+            first = next(iter(cases))
             deadline = time.monotonic() + 30
             while True:  # until the server answers
                 try:
-                    _load(port, bodies[burns[0]], 1)
+                    _load(port, bodies[first], 1)
                     break
                 except RuntimeError:
                     if time.monotonic() > deadline or server.poll() is not None:
                         raise
                     time.sleep(0.2)
-            for burn in burns:  # warm-up
-                _load(port, bodies[burn], 1)
+            for case in cases:  # warm-up
+                _load(port, bodies[case], 1)
             for round_number in range(rounds):
-                order = burns if round_number % 2 == 0 else burns[::-1]
-                for burn in order:
+                order = list(cases) if round_number % 2 == 0 else list(cases)[::-1]
+                for case in order:
                     before = process_cpu_seconds(server.pid)
-                    calls = _load(port, bodies[burn], seconds)
+                    calls = _load(port, bodies[case], seconds)
                     cpu = process_cpu_seconds(server.pid) - before
-                    samples[burn].append((calls / seconds, cpu / calls * 1e6))
+                    samples[case].append((calls / seconds, cpu / calls * 1e6))
     finally:
         server.terminate()
         server.wait(10)
     result = {
-        burn: (
+        case: (
             statistics.median(rate for rate, _ in values),
             statistics.median(cpu for _, cpu in values),
         )
-        for burn, values in samples.items()
+        for case, values in samples.items()
     }
-    base = result[burns[0]][1] - burns[0]
+    base = result[first][1] - cases[first][0]
     print("bare grpc.aio, 32 calls in flight: server CPU per call as the handler's time grows")
     heads = ("handler µs", "calls/s", "CPU µs/call", "grpc µs/call", "vs first")
     widths = (11, 9, 12, 13, 9)
     print(" ".join(f"{head:>{width}}" for head, width in zip(heads, widths, strict=True)))
-    for burn, (rate, cpu) in result.items():
-        overhead = cpu - burn
-        print(f"{burn:>11} {rate:>9.0f} {cpu:>12.1f} {overhead:>13.1f} {overhead / base:>9.2f}")
+    for case, (rate, cpu) in result.items():
+        overhead = cpu - cases[case][0]
+        print(f"{case:>11} {rate:>9.0f} {cpu:>12.1f} {overhead:>13.1f} {overhead / base:>9.2f}")
     return result
 
 
