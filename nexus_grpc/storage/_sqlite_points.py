@@ -38,6 +38,7 @@ import contextlib
 import contextvars
 import functools
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,8 +55,9 @@ __all__ = ["CHECKPOINT_EVERY", "SqlitePoints", "run_raw"]
 #: small records.
 CHECKPOINT_EVERY = 500
 
-#: Point statements run on the loop's thread between two yields to other tasks.
-_YIELD_EVERY = 8
+#: Seconds point statements may hold the loop's thread, one after the other, before the
+#: next one lets the loop run first.
+_TURN_AFTER = 0.002
 
 #: sqlite3 error names of a lock SQLite refused at once (busy timeout 0).
 _REFUSED = ("SQLITE_BUSY", "SQLITE_LOCKED")
@@ -117,6 +119,7 @@ class SqlitePoints:
         busy_timeout_ms: int,
         carry_context: bool,
         span_namespace: str | None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._connect = connect
         self._busy_timeout_ms = busy_timeout_ms
@@ -128,7 +131,9 @@ class SqlitePoints:
         self._loop_writer: sqlite3.Connection | None = None
         self._thread_writer: sqlite3.Connection | None = None
         self._commits = 0
-        self._streak = 0
+        self._clock = clock
+        # When the statements run since the loop last turned began; None once it turned.
+        self._holding_since: float | None = None
         self._closed = False
 
     def _run(self, connection: sqlite3.Connection, sql: str, params: Sequence[Any]) -> RawRows:
@@ -137,12 +142,28 @@ class SqlitePoints:
         )
 
     async def take_turns(self) -> None:
-        """Let the loop run other tasks every few point statements: on the loop's
-        thread a long series of them (a loop of creates) would otherwise never yield."""
-        self._streak += 1
-        if self._streak >= _YIELD_EVERY:
-            self._streak = 0
-            await asyncio.sleep(0)
+        """Before a statement on the loop's thread: let the loop run first once the
+        statements run since it last turned have held it :data:`_TURN_AFTER` seconds.
+
+        A long series of them (a loop of creates, of 256-id deletes) would otherwise
+        hold it for as long as it lasts. A yield per statement would cost more than the
+        statement (resuming the caller's whole chain of awaits): statements interleaved
+        with the loop's own turns, as concurrent calls' are, never yield here."""
+        now = self._clock()
+        since = self._holding_since
+        if since is None:
+            self._hold(now)
+        elif now - since >= _TURN_AFTER:
+            await asyncio.sleep(0)  # the loop runs _turned first
+            self._hold(self._clock())
+
+    def _hold(self, now: float) -> None:
+        """Statements hold the loop's thread from ``now`` until its next turn."""
+        self._holding_since = now
+        asyncio.get_running_loop().call_soon(self._turned)
+
+    def _turned(self) -> None:
+        self._holding_since = None
 
     # -- reads -------------------------------------------------------------------------
 

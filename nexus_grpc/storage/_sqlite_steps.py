@@ -46,7 +46,8 @@ class SqliteSteps:
         if self._on_loop and not blocking:
             # Not a yield per statement: resuming the caller's whole await chain costs
             # more than the statement (8 to 14 µs of a two-insert unit's ~150). The loop
-            # still gets a turn every few statements, as between point statements.
+            # still gets a turn once statements have held it a while, as for point
+            # statements outside units.
             await self._driver.points.take_turns()
             if self._ended:
                 raise RuntimeError("this transaction has ended")

@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from nexus_grpc.errors import AlreadyExistsError, ConflictError, NotFoundError
 from nexus_grpc.storage import Namespace, Storage
+from nexus_grpc.storage import _sqlite_points as sqlite_points
 from nexus_grpc.storage._sqlite_points import SqlitePoints
 from tests.storage import connected
 
@@ -312,12 +313,14 @@ async def test_a_unit_on_the_loops_thread_cancelled_at_any_turn_commits_all_or_n
         return granted[-1]
 
     monkeypatch.setattr(SqlitePoints, "begin_now", spied)
+    # A turn of the loop before every statement (not once they have held it 2 ms), so
+    # that cancellations land between a unit's statements.
+    monkeypatch.setattr(sqlite_points, "_TURN_AFTER", 0.0)
     storage = await Storage.connect(f"sqlite:///{tmp_path}/turns.db")
     try:
         namespace = storage.namespace("turns")
         # A first unit leaves a pooled connection idle: the next ones take SQLite's write
-        # lock on the loop's thread, and their statements run there too, yielding to the
-        # loop only every few statements.
+        # lock on the loop's thread, and their statements run there too.
         async with namespace.transaction() as unit:
             await unit.repository(Order).create(Order(id="seed"))
         cut_short = 0
@@ -494,4 +497,45 @@ async def test_a_statement_error_in_a_unit_of_work_is_freed_once_dropped(
         assert freed() is None
     finally:
         gc.enable()
+        await storage.close()
+
+
+async def test_point_statements_give_the_loop_a_turn_once_they_have_held_it_a_while(
+    tmp_path: Path,
+) -> None:
+    storage = await Storage.connect(f"sqlite:///{tmp_path}/held.db")
+    try:
+        repo = storage.namespace("held").repository(Order)
+        await repo.create(Order(id="a"))
+        points: Any = storage._backend._database._sqlite.points  # type: ignore[attr-defined]
+        turns = 0
+
+        async def count_turns() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        async def turns_during_twenty_reads() -> int:
+            await asyncio.sleep(0)  # the loop turns: the reads start a new run
+            before = turns
+            for _ in range(20):  # on the loop's thread, one after the other
+                assert await repo.get("a") is not None
+            return turns - before
+
+        counting = asyncio.create_task(count_turns())
+        # A clock on which each statement takes 1 ms: a turn every second or third.
+        now = [0.0]
+
+        def slow() -> float:
+            now[0] += 0.001
+            return now[0]
+
+        points._clock = slow
+        assert await turns_during_twenty_reads() >= 6
+        # Statements that take no time: the loop is not asked to turn for them.
+        points._clock = lambda: 0.0
+        assert await turns_during_twenty_reads() == 0
+        counting.cancel()
+    finally:
         await storage.close()
