@@ -55,8 +55,9 @@ __all__ = ["CHECKPOINT_EVERY", "SqlitePoints", "run_raw"]
 #: small records.
 CHECKPOINT_EVERY = 500
 
-#: Seconds point statements may hold the loop's thread, one after the other, before the
-#: next one lets the loop run first.
+#: Point statements run on the loop's thread between two yields to other tasks, at most.
+_YIELD_EVERY = 8
+#: Seconds such a series may last, at most, before its next statement yields first.
 _TURN_AFTER = 0.002
 
 #: sqlite3 error names of a lock SQLite refused at once (busy timeout 0).
@@ -132,8 +133,9 @@ class SqlitePoints:
         self._thread_writer: sqlite3.Connection | None = None
         self._commits = 0
         self._clock = clock
-        # When the statements run since the loop last turned began; None once it turned.
-        self._holding_since: float | None = None
+        # The statements run since a statement last yielded: how many, since when.
+        self._streak = 0
+        self._streak_began = 0.0
         self._closed = False
 
     def _run(self, connection: sqlite3.Connection, sql: str, params: Sequence[Any]) -> RawRows:
@@ -142,28 +144,22 @@ class SqlitePoints:
         )
 
     async def take_turns(self) -> None:
-        """Before a statement on the loop's thread: let the loop run first once the
-        statements run since it last turned have held it :data:`_TURN_AFTER` seconds.
+        """Before a statement on the loop's thread: yield to other tasks first every
+        :data:`_YIELD_EVERY` statements, or once the statements run since the last
+        yield have lasted :data:`_TURN_AFTER` seconds (a series of 256-id deletes).
 
-        A long series of them (a loop of creates, of 256-id deletes) would otherwise
-        hold it for as long as it lasts. A yield per statement would cost more than the
-        statement (resuming the caller's whole chain of awaits): statements interleaved
-        with the loop's own turns, as concurrent calls' are, never yield here."""
+        On the loop's thread a long series of statements (a loop of creates) would
+        otherwise never yield; a yield before each would cost more than the statement
+        (resuming the caller's whole chain of awaits). The count is shared by every
+        task, so concurrent series take turns as before; the time bounds what a series
+        of slow statements holds the loop for."""
+        self._streak += 1
         now = self._clock()
-        since = self._holding_since
-        if since is None:
-            self._hold(now)
-        elif now - since >= _TURN_AFTER:
-            await asyncio.sleep(0)  # the loop runs _turned first
-            self._hold(self._clock())
-
-    def _hold(self, now: float) -> None:
-        """Statements hold the loop's thread from ``now`` until its next turn."""
-        self._holding_since = now
-        asyncio.get_running_loop().call_soon(self._turned)
-
-    def _turned(self) -> None:
-        self._holding_since = None
+        if self._streak == 1:
+            self._streak_began = now
+        if self._streak >= _YIELD_EVERY or now - self._streak_began >= _TURN_AFTER:
+            self._streak = 0
+            await asyncio.sleep(0)
 
     # -- reads -------------------------------------------------------------------------
 

@@ -313,8 +313,8 @@ async def test_a_unit_on_the_loops_thread_cancelled_at_any_turn_commits_all_or_n
         return granted[-1]
 
     monkeypatch.setattr(SqlitePoints, "begin_now", spied)
-    # A turn of the loop before every statement (not once they have held it 2 ms), so
-    # that cancellations land between a unit's statements.
+    # A yield before every statement (not every eighth, or after 2 ms), so that a
+    # cancellation after k turns lands after the unit's k-th create.
     monkeypatch.setattr(sqlite_points, "_TURN_AFTER", 0.0)
     storage = await Storage.connect(f"sqlite:///{tmp_path}/turns.db")
     try:
@@ -324,7 +324,7 @@ async def test_a_unit_on_the_loops_thread_cancelled_at_any_turn_commits_all_or_n
         async with namespace.transaction() as unit:
             await unit.repository(Order).create(Order(id="seed"))
         cut_short = 0
-        for turns in range(0, 40, 2):
+        for turns in range(14):
             began = asyncio.Event()
 
             async def twelve_creates(
@@ -500,7 +500,7 @@ async def test_a_statement_error_in_a_unit_of_work_is_freed_once_dropped(
         await storage.close()
 
 
-async def test_point_statements_give_the_loop_a_turn_once_they_have_held_it_a_while(
+async def test_point_statements_yield_once_a_series_of_them_has_lasted_a_while(
     tmp_path: Path,
 ) -> None:
     storage = await Storage.connect(f"sqlite:///{tmp_path}/held.db")
@@ -524,18 +524,20 @@ async def test_point_statements_give_the_loop_a_turn_once_they_have_held_it_a_wh
             return turns - before
 
         counting = asyncio.create_task(count_turns())
-        # A clock on which each statement takes 1 ms: a turn every second or third.
-        now = [0.0]
+        try:
+            # A clock on which each statement takes 1 ms: a yield every third statement.
+            now = [0.0]
 
-        def slow() -> float:
-            now[0] += 0.001
-            return now[0]
+            def slow() -> float:
+                now[0] += 0.001
+                return now[0]
 
-        points._clock = slow
-        assert await turns_during_twenty_reads() >= 6
-        # Statements that take no time: the loop is not asked to turn for them.
-        points._clock = lambda: 0.0
-        assert await turns_during_twenty_reads() == 0
-        counting.cancel()
+            points._clock = slow
+            assert await turns_during_twenty_reads() >= 6
+            # Statements that take no time: a yield every eighth only.
+            points._clock = lambda: 0.0
+            assert await turns_during_twenty_reads() <= 3
+        finally:
+            counting.cancel()
     finally:
         await storage.close()
