@@ -55,9 +55,9 @@ __all__ = ["CHECKPOINT_EVERY", "SqlitePoints", "run_raw"]
 #: small records.
 CHECKPOINT_EVERY = 500
 
-#: Point statements run on the loop's thread between two yields to other tasks, at most.
+#: Statements a task runs on the loop's thread in a row, at most, before it yields.
 _YIELD_EVERY = 8
-#: Seconds such a series may last, at most, before its next statement yields first.
+#: Seconds such a run may last, at most, before the task's next statement yields first.
 _TURN_AFTER = 0.002
 
 #: sqlite3 error names of a lock SQLite refused at once (busy timeout 0).
@@ -133,9 +133,11 @@ class SqlitePoints:
         self._thread_writer: sqlite3.Connection | None = None
         self._commits = 0
         self._clock = clock
-        # The statements run since a statement last yielded: how many, since when.
+        # The statements run in a row on the loop's thread: how many, since when, and
+        # whether the loop's next turn is to start a new run.
         self._streak = 0
         self._streak_began = 0.0
+        self._reset_pending = False
         self._closed = False
 
     def _run(self, connection: sqlite3.Connection, sql: str, params: Sequence[Any]) -> RawRows:
@@ -144,22 +146,37 @@ class SqlitePoints:
         )
 
     async def take_turns(self) -> None:
-        """Before a statement on the loop's thread: yield to other tasks first every
-        :data:`_YIELD_EVERY` statements, or once the statements run since the last
-        yield have lasted :data:`_TURN_AFTER` seconds (a series of 256-id deletes).
+        """Before a statement on the loop's thread: yield to other tasks first once the
+        statements run in a row number :data:`_YIELD_EVERY`, or have lasted
+        :data:`_TURN_AFTER` seconds.
 
-        On the loop's thread a long series of statements (a loop of creates) would
-        otherwise never yield; a yield before each would cost more than the statement
-        (resuming the caller's whole chain of awaits). The count is shared by every
-        task, so concurrent series take turns as before; the time bounds what a series
-        of slow statements holds the loop for."""
+        "In a row" means without the loop turning in between: each turn of the loop
+        (and so each idle gap) starts a new run, so statements interleaved with the
+        loop's own turns, as concurrent calls' are, never yield here. A yield before
+        every statement would cost more than the statement (resuming the caller's whole
+        chain of awaits); none at all would let a long series (a loop of creates, of
+        256-id deletes) hold the loop for as long as it lasts. A task that yielded
+        starts a new run with the statement it resumes for: concurrent series take
+        turns, each holding the loop for at most eight statements, or 2 ms and one
+        statement, at a time."""
+        if self._streak == 0:
+            self._begin_streak()
         self._streak += 1
-        now = self._clock()
-        if self._streak == 1:
-            self._streak_began = now
-        if self._streak >= _YIELD_EVERY or now - self._streak_began >= _TURN_AFTER:
+        if self._streak > _YIELD_EVERY or self._clock() - self._streak_began >= _TURN_AFTER:
             self._streak = 0
             await asyncio.sleep(0)
+            self._begin_streak()  # the statement this task resumes for is the first
+            self._streak = 1
+
+    def _begin_streak(self) -> None:
+        self._streak_began = self._clock()
+        if not self._reset_pending:  # the loop's next turn starts a new run
+            self._reset_pending = True
+            asyncio.get_running_loop().call_soon(self._turned)
+
+    def _turned(self) -> None:
+        self._reset_pending = False
+        self._streak = 0
 
     # -- reads -------------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ class SqliteSteps:
         if self._on_loop and not blocking:
             # Not a yield per statement: resuming the caller's whole await chain costs
             # more than the statement (8 to 14 µs of a two-insert unit's ~150). It still
-            # yields every few statements, as point statements outside units do.
+            # yields after a run of statements, as point statements outside units do.
             await self._driver.points.take_turns()
             if self._ended:
                 raise RuntimeError("this transaction has ended")

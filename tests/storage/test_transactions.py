@@ -500,44 +500,55 @@ async def test_a_statement_error_in_a_unit_of_work_is_freed_once_dropped(
         await storage.close()
 
 
-async def test_point_statements_yield_once_a_series_of_them_has_lasted_a_while(
-    tmp_path: Path,
+class _CountedSleeps:
+    """``asyncio`` as a module sees it, its ``sleep`` calls counted."""
+
+    def __init__(self) -> None:
+        self.sleeps = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps += 1
+        await asyncio.sleep(delay)
+
+
+async def test_statements_in_a_row_on_the_loops_thread_yield_by_count_and_by_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     storage = await Storage.connect(f"sqlite:///{tmp_path}/held.db")
     try:
         repo = storage.namespace("held").repository(Order)
         await repo.create(Order(id="a"))
+        assert await repo.get("a") is not None  # the read connection is open
         points: Any = storage._backend._database._sqlite.points  # type: ignore[attr-defined]
-        turns = 0
+        counted = _CountedSleeps()
+        monkeypatch.setattr(sqlite_points, "asyncio", counted)
 
-        async def count_turns() -> None:
-            nonlocal turns
-            while True:
-                turns += 1
-                await asyncio.sleep(0)
-
-        async def turns_during_twenty_reads() -> int:
-            await asyncio.sleep(0)  # the loop turns: the reads start a new run
-            before = turns
-            for _ in range(20):  # on the loop's thread, one after the other
+        async def yields_of_twenty_reads(*, loop_turns_between: bool) -> int:
+            await asyncio.sleep(0)  # the loop turns: a new run
+            before = counted.sleeps
+            for _ in range(20):
+                if loop_turns_between:
+                    await asyncio.sleep(0)
                 assert await repo.get("a") is not None
-            return turns - before
+            return counted.sleeps - before
 
-        counting = asyncio.create_task(count_turns())
-        try:
-            # A clock on which each statement takes 1 ms: a yield every third statement.
-            now = [0.0]
+        now = [0.0]
 
-            def slow() -> float:
-                now[0] += 0.001
-                return now[0]
+        def slow() -> float:  # each reading of the clock 1 ms later
+            now[0] += 0.001
+            return now[0]
 
-            points._clock = slow
-            assert await turns_during_twenty_reads() >= 6
-            # Statements that take no time: a yield every eighth only.
-            points._clock = lambda: 0.0
-            assert await turns_during_twenty_reads() <= 3
-        finally:
-            counting.cancel()
+        points._clock = slow
+        # In a row, 2 ms pass every second statement.
+        assert await yields_of_twenty_reads(loop_turns_between=False) >= 8
+        # With a turn of the loop between them (concurrent calls', an idle gap), never.
+        assert await yields_of_twenty_reads(loop_turns_between=True) == 0
+        points._clock = lambda: 0.0
+        # Statements that take no time: a yield after every eighth in a row.
+        assert await yields_of_twenty_reads(loop_turns_between=False) == 2
+        assert await yields_of_twenty_reads(loop_turns_between=True) == 0
     finally:
         await storage.close()
