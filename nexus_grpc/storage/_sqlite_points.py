@@ -25,9 +25,10 @@ of CPU in thread switches on small machines; the statement itself ~5 µs (a read
   as SQLite's own runs right after a commit (a writer running beside it would keep the
   WAL from starting over); other processes checkpoint as they do.
 
-Between BEGIN and COMMIT on the loop's thread nothing awaits: a cancelled caller cannot
-leave a transaction open. A write handed to a thread keeps the write turn until its
-step is over, even when its caller stops waiting.
+Between a point write's BEGIN and COMMIT on the loop's thread nothing awaits: a
+cancelled caller cannot leave it open (a unit of work's statements may yield between
+them; a cancelled unit is rolled back, see ``_sqlite``). A write handed to a thread
+keeps the write turn until its step is over, even when its caller stops waiting.
 """
 
 from __future__ import annotations
@@ -133,11 +134,12 @@ class SqlitePoints:
         self._thread_writer: sqlite3.Connection | None = None
         self._commits = 0
         self._clock = clock
-        # The statements run in a row on the loop's thread: how many, since when, and
-        # whether the loop's next turn is to start a new run.
+        # The statements a task runs in a row on the loop's thread: which task, how
+        # many, since when, and the loop whose next turn is to start a new run.
+        self._streak_task: asyncio.Task[Any] | None = None
         self._streak = 0
         self._streak_began = 0.0
-        self._reset_pending = False
+        self._reset_on: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     def _run(self, connection: sqlite3.Connection, sql: str, params: Sequence[Any]) -> RawRows:
@@ -155,11 +157,11 @@ class SqlitePoints:
         loop's own turns, as concurrent calls' are, never yield here. A yield before
         every statement would cost more than the statement (resuming the caller's whole
         chain of awaits); none at all would let a long series (a loop of creates, of
-        256-id deletes) hold the loop for as long as it lasts. A task that yielded
-        starts a new run with the statement it resumes for: concurrent series take
-        turns, each holding the loop for at most eight statements, or 2 ms and one
-        statement, at a time."""
-        if self._streak == 0:
+        256-id deletes) hold the loop for as long as it lasts. Each task has a run of
+        its own, and one that yielded starts a new run with the statement it resumes
+        for: concurrent series take turns, each holding the loop for at most eight
+        statements, or 2 ms and one statement, at a time."""
+        if self._streak == 0 or self._streak_task is not asyncio.current_task():
             self._begin_streak()
         self._streak += 1
         if self._streak > _YIELD_EVERY or self._clock() - self._streak_began >= _TURN_AFTER:
@@ -169,13 +171,18 @@ class SqlitePoints:
             self._streak = 1
 
     def _begin_streak(self) -> None:
+        self._streak_task = asyncio.current_task()
+        self._streak = 0
         self._streak_began = self._clock()
-        if not self._reset_pending:  # the loop's next turn starts a new run
-            self._reset_pending = True
-            asyncio.get_running_loop().call_soon(self._turned)
+        loop = asyncio.get_running_loop()
+        # The loop's next turn starts a new run. Asked again on another loop: one closed
+        # before it turned never will.
+        if self._reset_on is not loop:
+            self._reset_on = loop
+            loop.call_soon(self._turned)
 
     def _turned(self) -> None:
-        self._reset_pending = False
+        self._reset_on = None
         self._streak = 0
 
     # -- reads -------------------------------------------------------------------------

@@ -550,5 +550,11 @@ async def test_statements_in_a_row_on_the_loops_thread_yield_by_count_and_by_tim
         # Statements that take no time: a yield after every eighth in a row.
         assert await yields_of_twenty_reads(loop_turns_between=False) == 2
         assert await yields_of_twenty_reads(loop_turns_between=True) == 0
+        # Twenty calls of one statement each, in one pass of the loop: each task has a
+        # run of its own.
+        await asyncio.sleep(0)
+        before = counted.sleeps
+        await asyncio.gather(*(repo.get("a") for _ in range(20)))
+        assert counted.sleeps == before
     finally:
         await storage.close()
