@@ -62,7 +62,12 @@ def test_rolling_restarts_under_a_connection_storm_reset_no_http_connection(
     assert "http failed" not in outcomes, report
     # Each roll retires both workers; a storm thread has one connection at a time.
     at_retiring_moments = THREADS_PER_PORT * 2 * report["rolls"]
-    assert outcomes.get("grpc closed", 0) <= at_retiring_moments, report
+    # But a thread opens connection after connection, and while a retiring worker's
+    # gRPC listener closes (grpc core's, not ours) the kernel may hand it several of
+    # them: clean closes are bounded by how long that takes, a few per thread and
+    # retiring moment (17 for 16 moments in one CI run, 42 on a loaded machine), not
+    # by one. A listener left open for the whole drain would close thousands.
+    assert outcomes.get("grpc closed", 0) <= 4 * at_retiring_moments, report
     resets = report["errors"].get("grpc ConnectionResetError", 0)
     assert set(report["errors"]) <= {"grpc ConnectionResetError"}, report
     assert outcomes.get("grpc failed", 0) == resets, report
