@@ -60,7 +60,7 @@ __all__ = [
     "ScopeConnection",
     "SqlConnection",
     "execute_point",
-    "raise_translated",
+    "raise_if_translated",
     "translate_errors",
 ]
 
@@ -398,11 +398,11 @@ def translate_errors(health: StorageHealth | None = None) -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
-        raise_translated(exc, health)
+        raise_if_translated(exc, health)
         raise
 
 
-def raise_translated(exc: DBAPIError, health: StorageHealth | None) -> None:
+def raise_if_translated(exc: DBAPIError, health: StorageHealth | None) -> None:
     """Raise what :func:`translate_errors` turns ``exc`` into, if anything; the caller
     re-raises ``exc`` itself (a bare ``raise``) when this returns. For callers on a hot
     path, where a ``try`` costs less than the context manager."""

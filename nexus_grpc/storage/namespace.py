@@ -26,7 +26,7 @@ from .engine import (
     ScopeConnection,
     SqlConnection,
     execute_point,
-    raise_translated,
+    raise_if_translated,
     translate_errors,
 )
 from .faults import StorageHealth
@@ -281,7 +281,7 @@ class _TransactionScope:
                     return done
                 found = await execute_point(self._conn, *or_else)
             except DBAPIError as exc:
-                raise_translated(exc, self._health)
+                raise_if_translated(exc, self._health)
                 raise
         return RawRows(found.rows, done.rowcount)
 
