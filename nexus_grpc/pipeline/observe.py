@@ -75,7 +75,7 @@ class ObserveStage:
             code = grpc.StatusCode.OK
             try:
                 if guard_requests:
-                    request = _until_cancelled(request)
+                    request = _until_cancelled(request, context)
                 result = await next(request, context)
                 code = context.code() or grpc.StatusCode.OK
                 return result
@@ -111,12 +111,15 @@ class ObserveStage:
         return observe
 
 
-async def _until_cancelled(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def _until_cancelled(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
     async for request in requests:
         yield request
-    # One trip through the event loop delivers the cancellation, if there is one,
-    # before the handler sees the end of the stream.
-    await asyncio.sleep(0)
+    if not hasattr(context, "transport"):
+        # grpc core ends the request stream and reports a client's cancel as two
+        # completions, which can reach the loop apart. One more read is a batch through
+        # the same completion queue, answered after the cancel already queued: by the
+        # time it returns (EOF), grpc.aio has cancelled this task if the client had.
+        await context.read()
 
 
 def _subject() -> str:
