@@ -218,7 +218,7 @@ def _sort_key(value: Scalar) -> tuple[str, Scalar]:
 def _coerce(target: Target, value: object, *, many: bool) -> Scalar:
     coerced = _coerce_value(target, value)
     if coerced is None:
-        if isinstance(value, str) and "\x00" in value:
+        if target.kind is ValueKind.STRING and isinstance(value, str) and "\x00" in value:
             raise InvalidQueryError(
                 f"filter field {target.path!r}: must not contain NUL characters",
                 argument="filter",

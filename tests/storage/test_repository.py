@@ -428,6 +428,9 @@ async def test_filter_by_nested_paths_and_other_scalar_types(
         ({"total_cents": "100"}, "expected an integer from -9223372036854775808 to"),
         ({"total_cents": 2**63}, "expected an integer from -9223372036854775808 to"),
         ({"total_cents": True}, "filter field 'total_cents': expected an integer"),
+        # A string for a number is the type's fault, NUL or not.
+        ({"total_cents": "1\x00"}, "filter field 'total_cents': expected an integer"),
+        ({"status": ["PENDING\x00"]}, "expected a nexus.orders.v1.OrderStatus value name"),
         ({"total_cents": 1.0}, "filter field 'total_cents': expected an integer"),
         ({"status": "PENDING"}, "expected a nexus.orders.v1.OrderStatus value name such as"),
         ({"status": [1, "BOGUS"]}, "got 'BOGUS'"),
