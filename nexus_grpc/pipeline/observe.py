@@ -75,7 +75,7 @@ class ObserveStage:
             code = grpc.StatusCode.OK
             try:
                 if guard_requests:
-                    request = _until_cancelled(request, context)
+                    request = _until_cancelled(request, context, asyncio.current_task())
                 result = await next(request, context)
                 code = context.code() or grpc.StatusCode.OK
                 return result
@@ -111,15 +111,28 @@ class ObserveStage:
         return observe
 
 
-async def _until_cancelled(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+async def _until_cancelled(
+    requests: AsyncIterator[Any], context: Any, call_task: asyncio.Task[Any] | None
+) -> AsyncIterator[Any]:
     async for request in requests:
         yield request
-    if not hasattr(context, "transport"):
-        # grpc core ends the request stream and reports a client's cancel as two
-        # completions, which can reach the loop apart. One more read is a batch through
-        # the same completion queue, answered after the cancel already queued: by the
-        # time it returns (EOF), grpc.aio has cancelled this task if the client had.
+    if hasattr(context, "transport"):
+        return  # the host's own transports end a cut-off stream with CancelledError
+    # grpc core ends the request stream and reports a client's cancel as two
+    # completions, which can reach the loop apart. One more read is a batch through
+    # the same completion queue, answered after the cancel already queued: once it
+    # returns (EOF), grpc.aio has cancelled the call's task if the client had.
+    try:
         await context.read()
+    except grpc.aio.UsageError:
+        if not context.done():
+            raise
+        return  # a reader of its own task: the call answered meanwhile, input complete
+    if call_task is None or call_task is asyncio.current_task():
+        return
+    # A reader in a task of its own is not the one grpc.aio cancels: it hears of it here.
+    if call_task.cancelled() or call_task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _subject() -> str:
