@@ -120,18 +120,19 @@ async def _until_cancelled(
         return  # the host's own transports end a cut-off stream with CancelledError
     # grpc core ends the request stream and reports a client's cancel as two
     # completions, which can reach the loop apart. One more read is a batch through
-    # the same completion queue, answered after the cancel already queued: once it
-    # returns (EOF), grpc.aio has cancelled the call's task if the client had.
+    # the same completion queue, answered after the cancel already queued, which
+    # grpc.aio turns into cancelling the call's task.
     try:
         await context.read()
-    except grpc.aio.UsageError:
+    except grpc.aio.BaseError:
+        # The call ended during this read: it answered or aborted (done, and the task
+        # check below tells whether the client had cancelled), or the server stopped
+        # under it (not done: cut off like a client's cancel).
         if not context.done():
-            raise
-        return  # a reader of its own task: the call answered meanwhile, input complete
-    if call_task is None or call_task is asyncio.current_task():
-        return
-    # A reader in a task of its own is not the one grpc.aio cancels: it hears of it here.
-    if call_task.cancelled() or call_task.cancelling():
+            raise asyncio.CancelledError from None
+    # grpc.aio cancels only the call's task; a reader in a task of its own hears of it
+    # here (the call's task ends normally, still marked as cancelling).
+    if call_task is not None and call_task is not asyncio.current_task() and call_task.cancelling():
         raise asyncio.CancelledError
 
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+import pytest
 from probe.v1 import probe_pb2
 
 from nexus_grpc.pipeline.observe import ObserveStage
@@ -120,33 +121,43 @@ async def test_a_reader_task_of_its_own_ends_cleanly_when_the_call_answers_first
     assert outcomes == ["complete"] * CALLS
 
 
-async def test_a_reader_task_of_its_own_hears_of_the_clients_cancel() -> None:
+@pytest.mark.parametrize("handler_answers", [False, True], ids=["awaits-reader", "answers-anyway"])
+async def test_a_reader_task_of_its_own_hears_of_the_clients_cancel(handler_answers: bool) -> None:
     # A reader the call's task does not await (shielded) is not the task grpc.aio
-    # cancels; it must not take a cancelled stream for complete input.
+    # cancels; it must not take a cancelled stream for complete input, also when the
+    # call's task catches its cancel and answers all the same.
     outcomes: list[str] = []
-    readers: set[asyncio.Task[int]] = set()
+    readers: list[asyncio.Task[int]] = []
+    reading = asyncio.Event()
 
     async def handler(requests: AsyncIterator[Any], context: Any) -> Any:
-        reader = asyncio.ensure_future(_read_all(requests, outcomes, asyncio.Event()))
-        readers.add(reader)
-        return probe_pb2.CollectResponse(count=await asyncio.shield(reader))
+        first = asyncio.Event()
+        reader = asyncio.ensure_future(_read_all(requests, outcomes, first))
+        readers.append(reader)
+        await first.wait()
+        reading.set()
+        try:
+            return probe_pb2.CollectResponse(count=await asyncio.shield(reader))
+        except asyncio.CancelledError:
+            if not handler_answers:
+                raise
+            return probe_pb2.CollectResponse(count=0)
 
     server, channel = await _serve(handler)
     try:
         collect = _collect(channel)
 
-        async def cancelled_stream(wait: float) -> None:
-            async def one_then_wait() -> AsyncIterator[probe_pb2.EchoRequest]:
-                yield probe_pb2.EchoRequest(text="a")
-                await asyncio.sleep(10)
+        async def one_then_wait() -> AsyncIterator[probe_pb2.EchoRequest]:
+            yield probe_pb2.EchoRequest(text="a")
+            await asyncio.sleep(10)
 
+        for _ in range(CALLS):
+            reading.clear()
             call = collect(one_then_wait())
-            await asyncio.sleep(wait)
+            await asyncio.wait_for(reading.wait(), 10)  # its reader has the first message
             call.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await call
-
-        await asyncio.gather(*(cancelled_stream(0.02 + i * 0.002) for i in range(CALLS)))
         await asyncio.wait_for(asyncio.gather(*readers, return_exceptions=True), 10)
     finally:
         await channel.close()
