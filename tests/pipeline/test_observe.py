@@ -163,3 +163,43 @@ async def test_a_reader_task_of_its_own_hears_of_the_clients_cancel(handler_answ
         await channel.close()
         await server.stop(0)
     assert outcomes == ["cancelled"] * CALLS
+
+
+async def test_a_reader_task_of_its_own_is_cancelled_when_the_server_stops_under_it() -> None:
+    # Open streams the client never finished: stopping the server cuts them off. A reader
+    # apart from the call's task hears a cancellation, not grpc.aio's private
+    # "server stopped" error from the stage's last read.
+    outcomes: list[str] = []
+    readers: list[asyncio.Task[int]] = []
+    reading: list[None] = []
+
+    async def handler(requests: AsyncIterator[Any], context: Any) -> Any:
+        first = asyncio.Event()
+        reader = asyncio.ensure_future(_read_all(requests, outcomes, first))
+        readers.append(reader)
+        await first.wait()
+        reading.append(None)
+        if len(reading) == CALLS // 2:
+            all_reading.set()
+        return probe_pb2.CollectResponse(count=await asyncio.shield(reader))
+
+    all_reading = asyncio.Event()
+    server, channel = await _serve(handler)
+    calls = []
+    try:
+        collect = _collect(channel)
+
+        async def one_then_wait() -> AsyncIterator[probe_pb2.EchoRequest]:
+            yield probe_pb2.EchoRequest(text="a")
+            await asyncio.sleep(10)
+
+        calls = [collect(one_then_wait()) for _ in range(CALLS // 2)]
+        await asyncio.wait_for(all_reading.wait(), 10)
+        await server.stop(0.1)
+        await asyncio.wait_for(asyncio.gather(*readers, return_exceptions=True), 10)
+    finally:
+        for call in calls:
+            call.cancel()
+        await channel.close()
+        await server.stop(0)
+    assert outcomes == ["cancelled"] * (CALLS // 2)
