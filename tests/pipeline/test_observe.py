@@ -26,13 +26,13 @@ Reader = Callable[[AsyncIterator[Any], Any], Awaitable[Any]]
 
 
 def _observed(
-    method: str, handler: Reader, *, ended: asyncio.Event | None = None
+    handler: Reader, *, ended: asyncio.Event | None = None
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """``handler`` behind the observe stage; ``ended`` is set when grpc.aio's request
-    stream ends, before the stage's own last read."""
-    descriptor = SERVICE.methods_by_name[method]
+    """``handler`` as ProbeService/Collect behind the observe stage; ``ended`` is set
+    when grpc.aio's request stream ends, before the stage's own last read."""
+    descriptor = SERVICE.methods_by_name["Collect"]
     info = MethodInfo(
-        f"/probe.v1.ProbeService/{method}", "probe", descriptor, Arity.of(descriptor), InFlight()
+        "/probe.v1.ProbeService/Collect", "probe", descriptor, Arity.of(descriptor), InFlight()
     )
     call = ObserveStage(access_log=False).bind(info, handler)
 
@@ -59,7 +59,7 @@ async def _serve(
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
-                "probe.v1.ProbeService", {"Collect": _observed("Collect", handler, ended=ended)}
+                "probe.v1.ProbeService", {"Collect": _observed(handler, ended=ended)}
             ),
         )
     )
@@ -74,6 +74,12 @@ def _collect(channel: grpc.aio.Channel) -> Any:
         request_serializer=probe_pb2.EchoRequest.SerializeToString,
         response_deserializer=probe_pb2.CollectResponse.FromString,
     )
+
+
+async def _one_then_wait() -> AsyncIterator[probe_pb2.EchoRequest]:
+    """A client stream that sends one message and never finishes."""
+    yield probe_pb2.EchoRequest(text="a")
+    await asyncio.sleep(10)
 
 
 async def _read_all(requests: AsyncIterator[Any], outcomes: list[str], first: asyncio.Event) -> int:
@@ -98,12 +104,12 @@ async def test_a_reader_task_of_its_own_ends_cleanly_when_the_call_answers_first
     # that read, which grpc.aio then fails with "RPC already finished". The input was
     # complete all the same.
     outcomes: list[str] = []
-    readers: set[asyncio.Task[int]] = set()
+    readers: list[asyncio.Task[int]] = []
     ended = asyncio.Event()
 
     async def handler(requests: AsyncIterator[Any], context: Any) -> Any:
         reader = asyncio.ensure_future(_read_all(requests, outcomes, asyncio.Event()))
-        readers.add(reader)
+        readers.append(reader)
         await ended.wait()
         ended.clear()
         return probe_pb2.CollectResponse(count=1)
@@ -147,13 +153,9 @@ async def test_a_reader_task_of_its_own_hears_of_the_clients_cancel(handler_answ
     try:
         collect = _collect(channel)
 
-        async def one_then_wait() -> AsyncIterator[probe_pb2.EchoRequest]:
-            yield probe_pb2.EchoRequest(text="a")
-            await asyncio.sleep(10)
-
         for _ in range(CALLS):
             reading.clear()
-            call = collect(one_then_wait())
+            call = collect(_one_then_wait())
             await asyncio.wait_for(reading.wait(), 10)  # its reader has the first message
             call.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -189,11 +191,7 @@ async def test_a_reader_task_of_its_own_is_cancelled_when_the_server_stops_under
     try:
         collect = _collect(channel)
 
-        async def one_then_wait() -> AsyncIterator[probe_pb2.EchoRequest]:
-            yield probe_pb2.EchoRequest(text="a")
-            await asyncio.sleep(10)
-
-        calls = [collect(one_then_wait()) for _ in range(CALLS // 2)]
+        calls = [collect(_one_then_wait()) for _ in range(CALLS // 2)]
         await asyncio.wait_for(all_reading.wait(), 10)
         await server.stop(0.1)
         await asyncio.wait_for(asyncio.gather(*readers, return_exceptions=True), 10)
