@@ -12,12 +12,13 @@ does not carry is a ValueError, never a silent reinterpretation.
 from __future__ import annotations
 
 import time
-import uuid
 
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError, Message
 from nexus.events.v1 import events_pb2
+
+from nexus_grpc.ids import random_id
 
 __all__ = [
     "Envelope",
@@ -49,7 +50,7 @@ def remove_event_pool(pool: descriptor_pool.DescriptorPool) -> None:
 def seal(message: Message, *, source: str, subject: str = "", correlation_id: str = "") -> Envelope:
     """``message`` in a new envelope with a fresh id and the current time."""
     envelope = Envelope(
-        id=uuid.uuid4().hex,
+        id=random_id(),
         source=source,
         type=message.DESCRIPTOR.full_name,
         subject=subject,

@@ -18,6 +18,7 @@ from nexus_grpc.access.policy import Access, EffectivePolicy
 from nexus_grpc.auth.principal import ANONYMOUS, Principal, Scope, principal_var
 from nexus_grpc.auth.sessions import SessionGuard
 from nexus_grpc.errors import StatusError
+from nexus_grpc.pipeline.context import invocation_metadata
 from nexus_grpc.plugins.spec import OwnershipCheck
 from nexus_grpc.routing import Arity, CallHandler, MethodInfo
 from nexus_grpc.tls.identity import CERTIFICATE, ClientDirectory, certificate_names
@@ -47,7 +48,7 @@ def _policy(method: MethodInfo) -> EffectivePolicy:
 
 
 def _bearer_token(context: Any) -> str | None:
-    for key, value in context.invocation_metadata() or ():
+    for key, value in invocation_metadata(context) or ():
         if key == "authorization" and isinstance(value, str):
             if value[: len(_BEARER)].lower() != _BEARER:
                 raise StatusError(

@@ -60,14 +60,16 @@ class ObserveStage:
         access_log = self._access_log
 
         async def observe(request: Any, context: Any) -> Any:
-            request_id = incoming_request_id(context.invocation_metadata())
+            metadata = context.invocation_metadata()
+            request_id = incoming_request_id(metadata)
             token = request_id_var.set(request_id)
             # Each call starts anonymous; the auth stage sets the principal, and it is
             # restored below once the access log has named it.
             principal_token = principal_var.set(None)
             # In-process calls made while serving this one inherit its principal and
-            # deadline, and end with it (CurrentCall.end below).
-            current = CurrentCall(context)
+            # deadline, and end with it (CurrentCall.end below). The stages below read
+            # the metadata from it (context.invocation_metadata).
+            current = CurrentCall(context, metadata)
             call_token = current_call_var.set(current)
             context.set_trailing_metadata((("x-request-id", request_id),))
             in_flight.enter()

@@ -47,7 +47,7 @@ import functools
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -324,35 +324,11 @@ class SqliteDriver:
         if write:
             self._checkpoint_if_due()
 
-    @asynccontextmanager
-    async def unit(self) -> AsyncIterator[SqliteUnit]:
+    def unit(self) -> AbstractAsyncContextManager[SqliteUnit]:
         """A unit of work's write transaction on a sqlite3 connection (see
         ``_sqlite_units``): committed when the body returns, rolled back when it raises
         or is cancelled. Takes a slot and the write turn as :meth:`transaction` does."""
-        if self._closed:
-            raise RuntimeError("the storage is closed")
-        await self._take_slot(write=True)
-        unit = SqliteUnit(self, self._idle_units.pop() if self._idle_units else None)
-
-        def release() -> None:
-            if unit.session is not None:
-                if self._closed or not unit.reusable():
-                    unit.discard()
-                else:
-                    self._idle_units.append(unit.session)
-            self._give_back(write=True)
-
-        try:
-            await unit.begin()
-            yield unit
-            await unit.finish(commit=True)
-        except BaseException:
-            # The body failed, or the commit did (and was rolled back); a cancelled
-            # commit is waited for, then the transaction rolled back if still open.
-            await _detached(unit.finish(commit=False), release)
-            raise
-        release()
-        self._checkpoint_if_due()
+        return _UnitScope(self)
 
     async def close(self) -> None:
         """Wait (a while) for open transactions to end, close the pooled connections and
@@ -418,6 +394,59 @@ class SqliteDriver:
             raise ConflictError(
                 "the database is busy with another write; retry it", reason=STORAGE_BUSY
             ) from None
+
+
+class _UnitScope:
+    """:meth:`SqliteDriver.unit`: a class, not a generator, as it wraps every unit of
+    work (a generator-based context manager costs a few µs more per layer)."""
+
+    __slots__ = ("_driver", "_unit")
+
+    def __init__(self, driver: SqliteDriver) -> None:
+        self._driver = driver
+        self._unit: SqliteUnit | None = None
+
+    async def __aenter__(self) -> SqliteUnit:
+        driver = self._driver
+        if driver._closed:
+            raise RuntimeError("the storage is closed")
+        await driver._take_slot(write=True)
+        idle = driver._idle_units
+        unit = self._unit = SqliteUnit(driver, idle.pop() if idle else None)
+        try:
+            await unit.begin()
+        except BaseException:
+            await _detached(unit.finish(commit=False), self._release)
+            raise
+        return unit
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        unit = self._unit
+        assert unit is not None
+        if exc_type is not None:
+            # The body failed or was cancelled: rolled back, its error goes on.
+            await _detached(unit.finish(commit=False), self._release)
+            return
+        try:
+            await unit.finish(commit=True)
+        except BaseException:
+            # The commit failed (and was rolled back), or was cancelled: waited for,
+            # then the transaction rolled back if still open.
+            await _detached(unit.finish(commit=False), self._release)
+            raise
+        self._release()
+        self._driver._checkpoint_if_due()
+
+    def _release(self) -> None:
+        driver, unit = self._driver, self._unit
+        assert unit is not None
+        if driver._closed:
+            unit.discard()
+        else:
+            kept = unit.for_next_unit()
+            if kept is not None:
+                driver._idle_units.append(kept)
+        driver._give_back(write=True)
 
 
 async def _detached(finishing: Awaitable[None], release: Callable[[], None]) -> None:

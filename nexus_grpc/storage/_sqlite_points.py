@@ -161,14 +161,25 @@ class SqlitePoints:
         its own, and one that yielded starts a new run with the statement it resumes
         for: concurrent series take turns, each holding the loop for at most eight
         statements, or 2 ms and one statement, at a time."""
+        if self.turn_due():
+            await self.yield_turn()
+
+    def turn_due(self) -> bool:
+        """Count a statement about to run on the loop's thread: whether its task must
+        yield first (:meth:`yield_turn`). :meth:`take_turns` in two halves, for the
+        paths where awaiting a coroutine per statement is a cost of its own."""
         if self._streak == 0 or self._streak_task is not asyncio.current_task():
             self._begin_streak()
         self._streak += 1
-        if self._streak > _YIELD_EVERY or self._clock() - self._streak_began >= _TURN_AFTER:
-            self._streak = 0
-            await asyncio.sleep(0)
-            self._begin_streak()  # the statement this task resumes for is the first
-            self._streak = 1
+        return self._streak > _YIELD_EVERY or self._clock() - self._streak_began >= _TURN_AFTER
+
+    async def yield_turn(self) -> None:
+        """Give the other tasks a turn of the loop; the statement this task resumes for
+        is the first of a new run."""
+        self._streak = 0
+        await asyncio.sleep(0)
+        self._begin_streak()
+        self._streak = 1
 
     def _begin_streak(self) -> None:
         self._streak_task = asyncio.current_task()
@@ -245,21 +256,37 @@ class SqlitePoints:
         self.committed()
         return rows
 
-    def begin_now(self, connection: sqlite3.Connection) -> bool:
+    def begin_now(self, connection: sqlite3.Connection, *, waits: bool = True) -> bool:
         """BEGIN IMMEDIATE on ``connection`` without waiting: whether SQLite granted
-        the write lock (its busy timeout is restored either way)."""
+        the write lock. ``waits``: the connection has its busy timeout, set to 0 for the
+        BEGIN and restored either way; False: its busy timeout is 0 already (see
+        :meth:`set_waiting`)."""
         try:
-            connection.execute("PRAGMA busy_timeout = 0")
-            try:
+            if not waits:
                 connection.execute("BEGIN IMMEDIATE")
-            finally:
-                connection.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            else:
+                connection.execute("PRAGMA busy_timeout = 0")
+                try:
+                    connection.execute("BEGIN IMMEDIATE")
+                finally:
+                    connection.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         except sqlite3.Error as exc:
             error = wrap("BEGIN IMMEDIATE", exc, self._dialect)
             if isinstance(error, DBAPIError) and _refused(error) and not connection.in_transaction:
                 return False
             raise error from exc
         return True
+
+    def set_waiting(self, connection: sqlite3.Connection, waits: bool) -> None:
+        """Give ``connection`` its busy timeout (``waits``), or none: a connection that
+        only ever takes SQLite's write lock with :meth:`begin_now` (and runs its
+        statements holding it, when they wait for no lock) needs no PRAGMA either side
+        of each BEGIN."""
+        timeout = self._busy_timeout_ms if waits else 0
+        try:
+            connection.execute(f"PRAGMA busy_timeout = {timeout}")
+        except sqlite3.Error as exc:
+            raise wrap("PRAGMA busy_timeout", exc, self._dialect) from exc
 
     def committed(self) -> None:
         """Count a commit of this process (on any thread)."""

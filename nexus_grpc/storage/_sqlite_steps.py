@@ -47,7 +47,9 @@ class SqliteSteps:
             # Not a yield per statement: resuming the caller's whole await chain costs
             # more than the statement (8 to 14 µs of a two-insert unit's ~150). It still
             # yields after a run of statements, as point statements outside units do.
-            await self._driver.points.take_turns()
+            points = self._driver.points
+            if points.turn_due():
+                await points.yield_turn()
             if self._ended:
                 raise RuntimeError("this transaction has ended")
             return work()

@@ -8,10 +8,12 @@ work therefore runs on a pooled connection the driver keeps checked out between 
 drives the transaction on its sqlite3 connection itself:
 
 * BEGIN IMMEDIATE is tried on the loop's thread with a busy timeout of 0 (see
-  ``_sqlite_points.begin_now``). Granted, the transaction holds SQLite's write lock: its
-  point statements and its COMMIT wait for no lock and run on the loop's thread. Refused
-  (another process writes), BEGIN IMMEDIATE waits on a thread up to the busy timeout and
-  every step of the transaction runs on a thread.
+  ``_sqlite_points.begin_now``; a connection kept between units has none, so no PRAGMA
+  runs either side of the BEGIN). Granted, the transaction holds SQLite's write lock:
+  its point statements and its COMMIT wait for no lock and run on the loop's thread.
+  Refused (another process writes), the connection gets its busy timeout back,
+  BEGIN IMMEDIATE waits on a thread up to it and every step of the transaction runs on
+  a thread.
 * Point statements (get, create, update, delete, delete_many of up to 256 ids) run as
   their SQL text on the sqlite3 connection (its statement cache), as outside a unit of
   work.
@@ -35,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, CursorResult, Row
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import MultipleResultsFound
+from sqlalchemy.exc import DBAPIError, MultipleResultsFound
 from sqlalchemy.sql.base import Executable
 
 from ._sqlite_points import run_raw, wrap
@@ -88,6 +90,11 @@ class SqliteUnit(SqliteSteps):
         self.session = session
         self._dialect: Dialect = driver.engine.dialect
         self._begun = False
+        # Whether the connection has its busy timeout: a new one has; one kept between
+        # units has none (see for_next_unit), so that BEGIN IMMEDIATE on the loop's
+        # thread needs no PRAGMA either side of it. The unit then holds SQLite's write
+        # lock, and its statements and COMMIT wait for no lock (WAL).
+        self._waits = session is None
 
     @property
     def _raw(self) -> sqlite3.Connection:
@@ -99,7 +106,7 @@ class SqliteUnit(SqliteSteps):
     async def begin(self) -> None:
         """BEGIN IMMEDIATE: on the loop's thread if SQLite grants the lock at once, else
         on a thread waiting up to the busy timeout."""
-        if self.session is not None and self._driver.points.begin_now(self._raw):
+        if self.session is not None and self._driver.points.begin_now(self._raw, waits=self._waits):
             self._begun = self._on_loop = True
             return
         await self._step(self._begin_waiting, blocking=True)
@@ -107,6 +114,9 @@ class SqliteUnit(SqliteSteps):
     def _begin_waiting(self) -> None:
         if self.session is None:
             self.session = self._driver.engine.connect()
+        elif not self._waits:
+            self._driver.points.set_waiting(self._raw, True)
+        self._waits = True
         try:
             self._raw.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -115,6 +125,17 @@ class SqliteUnit(SqliteSteps):
 
     async def execute_raw(self, sql: str, params: Sequence[Any]) -> RawRows:
         """Run a point statement (see ``points``): its rows and row count."""
+        if self._on_loop and self._running is None:
+            # What _step does here, spelled out: this runs for every statement of a
+            # unit, and three coroutines and a partial cost more than an insert's Python.
+            if self._ended:
+                raise RuntimeError("this transaction has ended")
+            points = self._driver.points
+            if points.turn_due():
+                await points.yield_turn()
+                if self._ended:
+                    raise RuntimeError("this transaction has ended")
+            return self._run_raw(sql, params)
         return await self._step(functools.partial(self._run_raw, sql, params))
 
     def _run_raw(self, sql: str, params: Sequence[Any]) -> RawRows:
@@ -183,10 +204,24 @@ class SqliteUnit(SqliteSteps):
             if self.session is not None and (self._raw.in_transaction or session.invalidated):
                 self.discard()  # never hand on a connection still in a transaction
 
-    def reusable(self) -> bool:
-        """Whether the connection may serve another unit: valid, no transaction open."""
+    def for_next_unit(self) -> Connection | None:
+        """The connection, with no busy timeout, to keep for the next unit; None when
+        there is none or it cannot serve another (invalidated, a transaction still
+        open: it is discarded)."""
         session = self.session
-        return session is not None and not session.invalidated and not self._raw.in_transaction
+        if session is None:
+            return None
+        if session.invalidated or self._raw.in_transaction:
+            self.discard()
+            return None
+        if self._waits:
+            try:
+                self._driver.points.set_waiting(self._raw, False)
+            except DBAPIError:
+                self.discard()
+                return None
+            self._waits = False
+        return session
 
     def discard(self) -> None:
         """Invalidate the connection: closed, never used again."""

@@ -30,9 +30,10 @@ import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from types import TracebackType
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Engine, and_, create_engine, event, text
 from sqlalchemy.engine import URL, Connection, make_url
@@ -88,6 +89,8 @@ _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 PROBE_NAMESPACE, PROBE_COLLECTION, PROBE_ID = "core/health", "nexus.storage.probe", "probe"
 
 _log = logging.getLogger("nexus.storage")
+
+T = TypeVar("T")
 
 
 class Database:
@@ -245,8 +248,7 @@ class Database:
             ) as conn:
                 yield conn
 
-    @asynccontextmanager
-    async def unit(self) -> AsyncIterator[ScopeConnection]:
+    def unit(self) -> AbstractAsyncContextManager[ScopeConnection]:
         """A unit of work's transaction: commit on normal exit, else rollback.
 
         PostgreSQL: on a point connection, statements straight on asyncpg (see
@@ -254,15 +256,13 @@ class Database:
         """
         if self._closed:
             raise RuntimeError("the storage is closed")
+        unit: AbstractAsyncContextManager[ScopeConnection]
         if self._sqlite is not None:
-            with translate_errors(self.health):
-                async with self._sqlite.unit() as sqlite_unit:
-                    yield sqlite_unit
-            return
-        assert self._engine is not None and self._postgres_points is not None
-        with translate_errors(self.health):
-            async with self._postgres_points.transaction(self._engine.dialect) as unit:
-                yield unit
+            unit = self._sqlite.unit()
+        else:
+            assert self._engine is not None and self._postgres_points is not None
+            unit = self._postgres_points.transaction(self._engine.dialect)
+        return _TranslatedErrors(unit, self.health)
 
     async def read_point(self, sql: str, params: Sequence[Any]) -> RawRows:
         """Run a point read (see ``points``) as a transaction of its own.
@@ -400,6 +400,40 @@ def translate_errors(health: StorageHealth | None = None) -> Iterator[None]:
     except DBAPIError as exc:
         raise_if_translated(exc, health)
         raise
+
+
+class _TranslatedErrors(Generic[T]):
+    """``inner`` with the errors of entering it, of its body and of leaving it
+    translated as by :func:`translate_errors`. A class, not a generator, as it wraps
+    every unit of work (a generator-based context manager costs a few µs more)."""
+
+    __slots__ = ("_health", "_inner")
+
+    def __init__(self, inner: AbstractAsyncContextManager[T], health: StorageHealth) -> None:
+        self._inner = inner
+        self._health = health
+
+    async def __aenter__(self) -> T:
+        try:
+            return await self._inner.__aenter__()
+        except DBAPIError as exc:
+            raise_if_translated(exc, self._health)
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        try:
+            suppressed = await self._inner.__aexit__(exc_type, exc, traceback)
+        except DBAPIError as error:
+            raise_if_translated(error, self._health)
+            raise
+        if not suppressed and isinstance(exc, DBAPIError):
+            raise_if_translated(exc, self._health)
+        return bool(suppressed)
 
 
 def raise_if_translated(exc: DBAPIError, health: StorageHealth | None) -> None:

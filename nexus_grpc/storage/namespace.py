@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
 from typing import Any, Protocol
 
 from google.protobuf.descriptor import Descriptor
@@ -272,7 +273,9 @@ class _TransactionScope:
         # connection() spelled out: this runs for every statement of a unit of work, and
         # two context managers cost more than the statement's own Python.
         # Both statements in one turn: no other task's call runs between them.
-        async with self._lock:
+        lock = self._lock
+        await lock.acquire()
+        try:
             if not self.active:
                 raise RuntimeError("this unit of work's transaction has ended")
             try:
@@ -283,10 +286,42 @@ class _TransactionScope:
             except DBAPIError as exc:
                 raise_if_translated(exc, self._health)
                 raise
+        finally:
+            lock.release()
         return RawRows(found.rows, done.rowcount)
 
     def repository(self, message_type: type[M], *, collection: str, id_field: str) -> Repository[M]:
         return Repository(self, message_type, collection=collection, id_field=id_field)
+
+
+class _UnitScope:
+    """:meth:`SqlBackend.transaction`: a unit of work's connection as a
+    :class:`_TransactionScope`, inactive once the unit has ended. A class, not a
+    generator, as it wraps every unit of work (see ``engine._TranslatedErrors``)."""
+
+    __slots__ = ("_database", "_namespace", "_scope", "_unit")
+
+    def __init__(self, database: Database, namespace: str) -> None:
+        self._database = database
+        self._namespace = namespace
+        self._unit = database.unit()
+        self._scope: _TransactionScope | None = None
+
+    async def __aenter__(self) -> RepositoryScope:
+        conn = await self._unit.__aenter__()
+        database = self._database
+        self._scope = _TransactionScope(self._namespace, database.dialect, conn, database.health)
+        return self._scope
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        assert self._scope is not None
+        self._scope.active = False
+        return await self._unit.__aexit__(exc_type, exc, traceback)
 
 
 class SqlBackend:
@@ -369,17 +404,9 @@ class SqlBackend:
         """Repositories of ``namespace``, each statement group its own transaction."""
         return _AutocommitScope(self._database, namespace)
 
-    @asynccontextmanager
-    async def transaction(self, namespace: str) -> AsyncIterator[RepositoryScope]:
+    def transaction(self, namespace: str) -> AbstractAsyncContextManager[RepositoryScope]:
         """One database transaction on one connection (see :meth:`Namespace.transaction`)."""
-        async with self._database.unit() as conn:
-            scope = _TransactionScope(
-                namespace, self._database.dialect, conn, self._database.health
-            )
-            try:
-                yield scope
-            finally:
-                scope.active = False
+        return _UnitScope(self._database, namespace)
 
 
 class Namespace:
@@ -413,8 +440,7 @@ class Namespace:
         """
         return _new_repository(self._scope, message_type, collection, id_field)
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[UnitOfWork]:
+    def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]:
         """One database transaction: committed on normal exit, rolled back on exception.
 
         On SQLite the transaction holds the database's write lock from its start, so
@@ -425,12 +451,36 @@ class Namespace:
         Once committed, the unit's :meth:`UnitOfWork.after_commit` callbacks run, with
         the transaction and its connection released.
         """
-        async with self._backend.transaction(self._name) as scope:
-            unit = UnitOfWork(scope)
-            yield unit
-        # Only reached when the transaction committed: the body raised nothing and the
-        # commit itself succeeded.
-        await unit._run_after_commit()
+        return _UnitOfWorkScope(self._backend.transaction(self._name))
+
+
+class _UnitOfWorkScope:
+    """:meth:`Namespace.transaction`: the backend's transaction as a
+    :class:`UnitOfWork`, whose after-commit callbacks run once it has committed."""
+
+    __slots__ = ("_transaction", "_unit")
+
+    def __init__(self, transaction: AbstractAsyncContextManager[RepositoryScope]) -> None:
+        self._transaction = transaction
+        self._unit: UnitOfWork | None = None
+
+    async def __aenter__(self) -> UnitOfWork:
+        self._unit = UnitOfWork(await self._transaction.__aenter__())
+        return self._unit
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        suppressed = await self._transaction.__aexit__(exc_type, exc, traceback)
+        if exc_type is None:
+            # Only reached when the transaction committed: the body raised nothing and
+            # the commit itself succeeded.
+            assert self._unit is not None
+            await self._unit._run_after_commit()
+        return suppressed
 
 
 class UnitOfWork:

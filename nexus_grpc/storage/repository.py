@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from nexus_grpc.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from nexus_grpc.ids import random_id
 
 from .declared import indexed_collections
 from .engine import ScopeConnection
@@ -129,7 +129,7 @@ class Repository(Generic[M]):
         created = self._copy(message)
         record_id: str = getattr(created, self._id_field)
         if not record_id:
-            record_id = uuid.uuid4().hex
+            record_id = random_id()
             setattr(created, self._id_field, record_id)
         _check_id(self._id_field, record_id)
         points = self._points

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nexus.orders.v1 import orders_pb2
 
 from nexus_grpc.errors import ConflictError
 from nexus_grpc.storage import Storage
+from nexus_grpc.storage._sqlite_points import SqlitePoints
 
 from . import connected
 
@@ -116,3 +118,51 @@ async def test_a_unit_refused_the_lock_past_the_busy_timeout_conflicts(tmp_path:
         assert await namespace.repository(Order).get("later") is not None
     finally:
         await storage.close()
+
+
+async def test_a_unit_on_a_kept_connection_runs_no_pragma_and_one_that_waited_gets_none_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between units the connection has no busy timeout: a unit that takes SQLite's lock
+    on the loop's thread runs BEGIN IMMEDIATE, its statements and COMMIT, nothing else.
+    One refused the lock at once gets the busy timeout back to wait with, and gives it
+    up again once it has ended."""
+    path = tmp_path / "nexus.db"
+    statements: list[str] = []
+    begin_now = SqlitePoints.begin_now
+
+    def traced(self: SqlitePoints, connection: sqlite3.Connection, **options: Any) -> bool:
+        connection.set_trace_callback(statements.append)
+        return begin_now(self, connection, **options)
+
+    monkeypatch.setattr(SqlitePoints, "begin_now", traced)
+    async with connected(f"sqlite:///{path}") as storage:
+        namespace = storage.namespace("units")
+
+        async def unit_of_work(order_id: str) -> None:
+            async with namespace.transaction() as unit:
+                await unit.repository(Order).create(Order(id=order_id))
+
+        await unit_of_work("first")  # on a thread: it opens the connection kept
+        statements.clear()
+        await unit_of_work("second")
+        assert [s.split()[0] for s in statements] == ["BEGIN", "INSERT", "COMMIT"]
+
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process's writer holds the lock
+            statements.clear()
+            waiting = asyncio.ensure_future(unit_of_work("third"))
+            await asyncio.sleep(0.3)  # refused at once, it waits on a thread
+            assert not waiting.done()
+            other.execute("COMMIT")
+            await asyncio.wait_for(waiting, 10)
+        finally:
+            other.close()
+        assert statements[:2] == ["BEGIN IMMEDIATE", "PRAGMA busy_timeout = 5000"]
+        assert statements[-1] == "PRAGMA busy_timeout = 0"
+
+        statements.clear()
+        await unit_of_work("fourth")
+        assert [s.split()[0] for s in statements] == ["BEGIN", "INSERT", "COMMIT"]
+        assert await namespace.repository(Order).get("fourth") is not None

@@ -308,8 +308,8 @@ async def test_a_unit_on_the_loops_thread_cancelled_at_any_turn_commits_all_or_n
     granted: list[bool] = []
     begin_now = SqlitePoints.begin_now
 
-    def spied(self: SqlitePoints, connection: Any) -> bool:
-        granted.append(begin_now(self, connection))
+    def spied(self: SqlitePoints, connection: Any, **options: Any) -> bool:
+        granted.append(begin_now(self, connection, **options))
         return granted[-1]
 
     monkeypatch.setattr(SqlitePoints, "begin_now", spied)
