@@ -381,7 +381,17 @@ def _configure_connection(dbapi_connection: sqlite3.Connection, *, busy_timeout_
         # busy_timeout first: switching to WAL itself may have to wait for a lock.
         cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.fetchall()
+        (mode,) = cursor.fetchone()
+        if str(mode).lower() != "wal":
+            # SQLite keeps its journal mode where WAL cannot work (a VFS or file system
+            # without shared memory). Without WAL readers block the writer and COMMIT
+            # waits for locks, where nexus runs commits on the loop's thread that must
+            # not wait: refused rather than run as conflicts under load.
+            raise sqlite3.OperationalError(
+                f"SQLite kept the journal mode {mode!r}: nexus needs WAL, which this "
+                "database's file system or VFS does not support (it needs shared memory "
+                "beside the file: use a local file system)"
+            )
         # NORMAL is durable in WAL mode except for the last commits on power loss.
         cursor.execute("PRAGMA synchronous = NORMAL")
         # Commits may run on the event loop's thread: checkpoints run on a thread of

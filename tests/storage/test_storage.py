@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nexus.orders.v1 import orders_pb2
@@ -89,6 +91,20 @@ async def test_sqlite_gets_its_directory_and_wal_journal(tmp_path: Path) -> None
         return mode
 
     assert await asyncio.to_thread(journal_mode) == "wal"
+
+
+async def test_a_database_that_cannot_use_wal_is_refused_at_connect(tmp_path: Path) -> None:
+    # A VFS without shared memory (as on some network file systems): SQLite answers the
+    # WAL pragma with the journal mode it keeps. Nothing is written in that mode.
+    path = tmp_path / "no-wal.db"
+    with pytest.raises(Exception, match="kept the journal mode 'delete': nexus needs WAL"):
+        await Storage.connect(f"sqlite:///file:{path}?vfs=unix-dotfile&uri=true")
+
+    def tables() -> list[Any]:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            return db.execute("SELECT name FROM sqlite_master").fetchall()
+
+    assert await asyncio.to_thread(tables) == []
 
 
 async def test_urls_without_a_driver_get_the_async_one(tmp_path: Path) -> None:
