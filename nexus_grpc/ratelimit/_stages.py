@@ -13,7 +13,7 @@ from google.rpc import error_details_pb2
 
 from nexus_grpc.auth.principal import principal_var
 from nexus_grpc.errors import StatusError
-from nexus_grpc.ratelimit._buckets import Buckets, RateClass, parse_rate_classes
+from nexus_grpc.ratelimit._buckets import Buckets, MemoryBuckets, RateClass, parse_rate_classes
 from nexus_grpc.routing import CallHandler, MethodInfo
 
 __all__ = ["ConcurrencyStage", "RateLimitStage", "caller_key", "peer_address", "rate_limited"]
@@ -110,7 +110,19 @@ class RateLimitStage:
                 f"which is not configured (configured: {known}); add it under "
                 f"[limits.rate_classes.{name}]"
             )
-        take = self._buckets.take
+        buckets = self._buckets
+        if isinstance(buckets, MemoryBuckets):
+            # In memory the decision needs no await: no coroutine per call for it.
+            take_now = buckets.take_now
+
+            async def limit_now(request: Any, context: Any) -> Any:
+                decision = take_now(rate_class, caller_key(context))
+                if not decision.allowed:
+                    raise rate_limited(name, decision.retry_after)
+                return await next(request, context)
+
+            return limit_now
+        take = buckets.take
 
         async def limit(request: Any, context: Any) -> Any:
             decision = await take(rate_class, caller_key(context))
