@@ -13,7 +13,6 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from types import TracebackType
 from typing import Any, Protocol
 
 from google.protobuf.descriptor import Descriptor
@@ -313,15 +312,10 @@ class _UnitScope:
         self._scope = _TransactionScope(self._namespace, database.dialect, conn, database.health)
         return self._scope
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool | None:
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
         assert self._scope is not None
         self._scope.active = False
-        return await self._unit.__aexit__(exc_type, exc, traceback)
+        return await self._unit.__aexit__(*exc_info)
 
 
 class SqlBackend:
@@ -468,14 +462,9 @@ class _UnitOfWorkScope:
         self._unit = UnitOfWork(await self._transaction.__aenter__())
         return self._unit
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool | None:
-        suppressed = await self._transaction.__aexit__(exc_type, exc, traceback)
-        if exc_type is None:
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        suppressed = await self._transaction.__aexit__(*exc_info)
+        if exc_info[0] is None:
             # Only reached when the transaction committed: the body raised nothing and
             # the commit itself succeeded.
             assert self._unit is not None
