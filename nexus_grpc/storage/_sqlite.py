@@ -328,7 +328,7 @@ class SqliteDriver:
         """A unit of work's write transaction on a sqlite3 connection (see
         ``_sqlite_units``): committed when the body returns, rolled back when it raises
         or is cancelled. Takes a slot and the write turn as :meth:`transaction` does."""
-        return _UnitScope(self)
+        return _SqliteUnitScope(self)
 
     async def close(self) -> None:
         """Wait (a while) for open transactions to end, close the pooled connections and
@@ -396,7 +396,7 @@ class SqliteDriver:
             ) from None
 
 
-class _UnitScope:
+class _SqliteUnitScope:
     """:meth:`SqliteDriver.unit`: a class, not a generator, as it wraps every unit of
     work (a generator-based context manager costs a few µs more per layer)."""
 

@@ -293,7 +293,7 @@ class _TransactionScope:
         return Repository(self, message_type, collection=collection, id_field=id_field)
 
 
-class _UnitScope:
+class _TransactionScopeContext:
     """:meth:`SqlBackend.transaction`: a unit of work's connection as a
     :class:`_TransactionScope`, inactive once the unit has ended. A class, not a
     generator, as it wraps every unit of work (see ``engine._TranslatedErrors``)."""
@@ -400,7 +400,7 @@ class SqlBackend:
 
     def transaction(self, namespace: str) -> AbstractAsyncContextManager[RepositoryScope]:
         """One database transaction on one connection (see :meth:`Namespace.transaction`)."""
-        return _UnitScope(self._database, namespace)
+        return _TransactionScopeContext(self._database, namespace)
 
 
 class Namespace:
