@@ -1,0 +1,441 @@
+"""Instructions per request, counted by callgrind: the load bench's ratios without its noise.
+
+Throughput on a shared 2-core machine varies by ±15% between rounds of one run, more
+than the differences the pipeline goal is about (nexus gRPC echo >= 0.9x bare grpc.aio).
+Instruction counts do not: valgrind's callgrind counts every instruction the server
+process executes in user space, and the same requests give the same count to within a
+fraction of a percent. This runs each server under callgrind, warms every case up, then
+per case zeroes the counters (``callgrind_control -z``), sends a fixed number of
+requests with h2load, and dumps the counters (``callgrind_control -d``):
+
+* nexus (``nexus serve``, the load bench's config and plugins: orders and the echo
+  plugin): gRPC Echo, GetOrder and CreateOrder, and REST ``POST /v1/echo/{id}``,
+  ``GET /v1/orders/{id}`` and ``POST /v1/orders``, every request with the bench's bearer
+  token;
+* bare grpc.aio (``benchmarks/bare_grpc.py --echo-stubs``): gRPC Echo.
+
+A host has timers (the HTTP server's tick, the outbox relay, health): a few million
+instructions per second of wall time under valgrind, where a request takes ~50x longer
+than natively. Each server's idle rate is measured (counters zeroed, a few seconds
+without requests, dumped) and subtracted for the case's wall time: ``net`` below.
+
+What this does not count: the kernel. System calls (SQLite's WAL writes and locks,
+socket I/O) cost time on the CPU but are one instruction each here, so the storage
+ratios of this table are better than the CPU ratios of ``benchmarks/run.py``; for the
+echo-vs-echo comparison both servers make the same system calls. Instructions are not
+time either: Python's interpreter loop runs at fewer instructions per cycle than grpc
+core's C, so an instruction ratio of the pipeline is a floor of its time ratio.
+
+    .venv/bin/python -m benchmarks.instructions                 # ~4 minutes
+    .venv/bin/python -m benchmarks.instructions --requests 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.run import (
+    BENCH_DIR,
+    BIN,
+    ECHO,
+    ECHO_PROTOS,
+    ECHO_SERVICE,
+    ORDER,
+    REPO,
+    SERVICE,
+    BenchError,
+    free_ports,
+    grpc_frame,
+    grpc_ready,
+    http_ready,
+    make_credentials,
+    rest_create,
+    wait_until,
+    write_nexus_config,
+)
+
+__all__ = ["Counted", "dump_total", "main", "net_per_request"]
+
+RESULTS_FILE = BENCH_DIR / "results" / "instructions.json"
+#: Seconds of wall time each server's idle rate is measured over.
+IDLE_SECONDS = 5.0
+#: Requests of each case before it is measured: first calls fill caches and import lazily.
+WARMUP_REQUESTS = 40
+#: Seconds a server may take to start under valgrind (~50x slower than natively).
+START_TIMEOUT = 600.0
+_SUMMARY = re.compile(r"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
+_H2_REQUESTS = re.compile(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded")
+_H2_STATUS = re.compile(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
+_H2_DATA = re.compile(r"traffic: .*?, \S+ \((\d+)\) data")
+
+
+@dataclass(frozen=True)
+class Counted:
+    """One measured case: instructions over a number of requests and seconds."""
+
+    name: str
+    requests: int
+    instructions: int
+    seconds: float
+
+
+def net_per_request(counted: Counted, idle_per_second: float) -> float:
+    """Instructions per request once the server's idle work over the case's wall time
+    is taken out."""
+    if counted.requests <= 0:
+        raise ValueError(f"{counted.name}: no requests counted")
+    return (counted.instructions - idle_per_second * counted.seconds) / counted.requests
+
+
+def dump_total(out_file: Path, label: str) -> int:
+    """The instruction total of callgrind's dump named ``label`` next to ``out_file``.
+
+    Each ``callgrind_control -d <label>`` writes ``<out_file>.<n>`` whose header names
+    the trigger (``desc: Trigger: dump <label>``) and carries the totals.
+    """
+    trigger = f"desc: Trigger: dump {label}\n"
+    for path in sorted(out_file.parent.glob(out_file.name + ".*")):
+        text = path.read_text(errors="replace")
+        if trigger in text:
+            match = _SUMMARY.search(text)
+            if match is None:
+                raise BenchError(f"{path}: a callgrind dump without totals")
+            return int(match.group(1))
+    raise BenchError(f"no callgrind dump named {label!r} beside {out_file}")
+
+
+class CallgrindServer:
+    """A server process running under callgrind, whose counters this zeroes and dumps."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], workdir: Path) -> None:
+        self.name = name
+        self.out_file = workdir / f"{name}.callgrind"
+        self._log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                # Every dump self-contained (names spelled out): callgrind_annotate reads
+                # any of them alone.
+                "--compress-strings=no",
+                f"--callgrind-out-file={self.out_file}",
+                *argv,
+            ],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        pidfile = os.environ.get("BENCH_PIDFILE", "")
+        if pidfile:  # scripts/bench stops it should this process die first
+            with open(pidfile, "a", encoding="utf-8") as handle:
+                handle.write(f"{self.process.pid} {self.out_file}\n")
+
+    def check(self) -> None:
+        """BenchError if the server has exited."""
+        if self.process.poll() is not None:
+            raise BenchError(f"{self.name} exited with status {self.process.returncode}")
+
+    def _control(self, *arguments: str) -> None:
+        result = subprocess.run(
+            ["callgrind_control", *arguments, str(self.process.pid)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise BenchError(f"callgrind_control {' '.join(arguments)}: {result.stderr.strip()}")
+
+    def count(self, name: str, action: Callable[[], int]) -> Counted:
+        """Instructions the server executes while ``action()`` runs; it returns the
+        number of requests it made."""
+        self._control("-z")
+        started = time.monotonic()
+        requests = action()
+        seconds = time.monotonic() - started
+        label = re.sub(r"\W", "_", name)
+        self._control("-d", label)
+        return Counted(name, requests, dump_total(self.out_file, label), seconds)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after a minute)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self._log.close()
+
+
+@dataclass(frozen=True)
+class Load:
+    """A fixed number of identical requests sent with h2load, checked for success."""
+
+    url: str
+    headers: tuple[str, ...]
+    body: Path | None
+    http1: bool = False
+    #: gRPC: bytes of the smallest successful response (an error is HTTP 200 too, but
+    #: carries no message: the DATA received tells them apart).
+    min_response: int = 0
+
+    def send(self, requests: int) -> int:
+        """Send ``requests`` requests; their number, or BenchError when any failed."""
+        argv = ["h2load", "-n", str(requests), "-t", "1"]
+        argv += ["--h1", "-c", "32"] if self.http1 else ["-c", "4", "-m", "8"]
+        if self.body is not None:
+            argv += ["-d", str(self.body)]
+        for header in self.headers:
+            argv += ["-H", header]
+        result = subprocess.run(
+            [*argv, self.url], capture_output=True, text=True, timeout=900, check=False
+        )
+        done = _H2_REQUESTS.search(result.stdout)
+        codes = _H2_STATUS.search(result.stdout)
+        if result.returncode != 0 or done is None or codes is None:
+            raise BenchError(f"h2load failed: {(result.stderr or result.stdout)[-300:]}")
+        succeeded, ok = int(done.group(3)), int(codes.group(1))
+        data = _H2_DATA.search(result.stdout)
+        received = int(data.group(1)) if data else 0
+        if succeeded != requests or ok != requests or received < requests * self.min_response:
+            raise BenchError(
+                f"{self.url}: {succeeded} of {requests} requests succeeded, {ok} with 2xx, "
+                f"{received} bytes of responses"
+            )
+        return requests
+
+
+def _grpc_load(port: int, path: str, payload: bytes, workdir: Path, auth: str) -> Load:
+    body = workdir / f"{path.strip('/').replace('/', '_')}.bin"
+    body.write_bytes(grpc_frame(payload))
+    headers = ("content-type: application/grpc", "te: trailers", f"authorization: {auth}")
+    # A response is at least a message's 5-byte prefix and one byte of it.
+    return Load(f"http://127.0.0.1:{port}{path}", headers, body, min_response=6)
+
+
+def _rest_load(port: int, path: str, body: Any, workdir: Path, auth: str) -> Load:
+    headers: tuple[str, ...] = (f"authorization: {auth}",)
+    file = None
+    if body is not None:
+        file = workdir / f"{path.strip('/').replace('/', '_')}.json"
+        file.write_text(json.dumps(body, separators=(",", ":")))
+        headers += ("content-type: application/json",)
+    return Load(f"http://127.0.0.1:{port}{path}", headers, file, http1=True)
+
+
+def _grpc_succeeds(port: int, path: str, payload: bytes, auth: str) -> None:
+    """One call as h2load will make it: gRPC errors come as HTTP 200, so check its status."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(path)
+        try:
+            call(payload, metadata=(("authorization", auth),), timeout=120)
+        except grpc.RpcError as error:
+            raise BenchError(f"{path} answered {error.code().name}: {error.details()}") from None
+
+
+def _idle() -> int:
+    time.sleep(IDLE_SECONDS)
+    return 1  # "requests": the idle count is used per second, not per request
+
+
+def _measure(
+    server: CallgrindServer, cases: dict[str, Load], requests: dict[str, int]
+) -> tuple[float, list[Counted]]:
+    """The server's idle rate, then every case warmed up and counted."""
+    for load in cases.values():
+        load.send(WARMUP_REQUESTS)
+    idle = server.count("idle", _idle)
+    idle_rate = idle.instructions / idle.seconds
+    counted = [
+        server.count(name, functools.partial(load.send, requests[name]))
+        for name, load in cases.items()
+    ]
+    return idle_rate, counted
+
+
+def run(requests: int, workdir: Path) -> dict[str, Any]:
+    """Measure nexus's six cases and bare grpc.aio's echo; the results as a dict."""
+    from google.protobuf import json_format
+    from nexus.orders.v1 import orders_pb2
+
+    from nexus_grpc.codegen import generate
+
+    credentials = make_credentials(workdir)
+    auth = credentials.authorization
+    stubs = workdir / "echo-stubs"
+    generate(ECHO_PROTOS, stubs)
+    sys.path.insert(0, str(stubs))
+    from transcode.v1 import transcode_pb2
+
+    echo = transcode_pb2.EchoRequest(
+        id=ECHO["id"], shelf=ECHO["shelf"], name=ECHO["name"], tags=ECHO["tags"]
+    ).SerializeToString()
+    create = orders_pb2.CreateOrderRequest()
+    json_format.ParseDict(ORDER, create.order)
+    echo_path = f"/{ECHO_SERVICE}/Echo"
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
+    inherited = [base_env["PYTHONPATH"]] if base_env.get("PYTHONPATH") else []
+    env = {**base_env, "PYTHONPATH": os.pathsep.join([str(stubs), *inherited])}
+    # Creates cost ~5x an echo: fewer of them take as long.
+    counts = {name: requests for name in ("grpc_echo", "grpc_get", "rest_echo", "rest_get")}
+    counts |= {"grpc_create": max(1, requests // 4), "rest_create": max(1, requests // 4)}
+    results: dict[str, Any] = {"requests": counts, "servers": {}}
+
+    grpc_port, http_port, bare_port = free_ports(3)
+    config = workdir / "nexus.toml"
+    write_nexus_config(
+        config,
+        data_dir=workdir / "nexus",
+        http_port=http_port,
+        secret_file=credentials.secret_file,
+    )
+    grpc_address = f"127.0.0.1:{grpc_port}"
+    nexus = CallgrindServer(
+        "nexus",
+        [str(BIN / "nexus"), "serve", "--config", str(config), "--grpc-address", grpc_address],
+        env,
+        workdir,
+    )
+    try:
+        wait_until("nexus gRPC", grpc_ready(grpc_port), nexus.check, START_TIMEOUT)
+        wait_until("nexus REST", http_ready(http_port), nexus.check, START_TIMEOUT)
+        order_id = rest_create(http_port, "nexus REST", auth)["id"]
+        get = orders_pb2.GetOrderRequest(id=order_id).SerializeToString()
+        grpc_cases = {
+            "grpc_echo": (echo_path, echo),
+            "grpc_get": (f"/{SERVICE}/GetOrder", get),
+            "grpc_create": (f"/{SERVICE}/CreateOrder", create.SerializeToString()),
+        }
+        for path, payload in grpc_cases.values():
+            _grpc_succeeds(grpc_port, path, payload, auth)
+        cases = {
+            name: _grpc_load(grpc_port, path, payload, workdir, auth)
+            for name, (path, payload) in grpc_cases.items()
+        }
+        echo_body = {k: v for k, v in ECHO.items() if k != "id"}
+        cases["rest_echo"] = _rest_load(
+            http_port, f"/v1/echo/{ECHO['id']}", echo_body, workdir, auth
+        )
+        cases["rest_get"] = _rest_load(http_port, f"/v1/orders/{order_id}", None, workdir, auth)
+        cases["rest_create"] = _rest_load(http_port, "/v1/orders", ORDER, workdir, auth)
+        results["servers"]["nexus"] = _report(*_measure(nexus, cases, counts))
+    finally:
+        nexus.stop()
+
+    python = [sys.executable, "-m", "benchmarks.bare_grpc"]
+    echo_stubs = ["--echo-stubs", str(stubs)]
+    bare = CallgrindServer(
+        "bare_grpc",
+        [*python, "--port", str(bare_port), "--data-dir", str(workdir / "bare"), *echo_stubs],
+        env,
+        workdir,
+    )
+    try:
+        wait_until("bare grpc.aio", grpc_ready(bare_port), bare.check, START_TIMEOUT)
+        _grpc_succeeds(bare_port, echo_path, echo, auth)
+        cases = {"grpc_echo": _grpc_load(bare_port, echo_path, echo, workdir, auth)}
+        results["servers"]["bare_grpc"] = _report(*_measure(bare, cases, counts))
+    finally:
+        bare.stop()
+    results["ratios"] = _ratios(results["servers"])
+    return results
+
+
+def _report(idle_rate: float, counted: list[Counted]) -> dict[str, Any]:
+    return {
+        "idle_instructions_per_second": idle_rate,
+        "cases": {
+            c.name: {
+                **asdict(c),
+                "raw_per_request": c.instructions / c.requests,
+                "net_per_request": net_per_request(c, idle_rate),
+            }
+            for c in counted
+        },
+    }
+
+
+def _ratios(servers: dict[str, Any]) -> dict[str, float]:
+    def net(server: str, case: str) -> float:
+        return float(servers[server]["cases"][case]["net_per_request"])
+
+    ratios = {
+        # Read like the load bench's ratios: the cheaper the numerator, the higher.
+        "pipeline: bare grpc.aio / nexus gRPC echo": net("bare_grpc", "grpc_echo")
+        / net("nexus", "grpc_echo"),
+    }
+    for transport in ("grpc", "rest"):
+        echo = net("nexus", f"{transport}_echo")
+        for operation in ("get", "create"):
+            ratios[f"{transport} {operation} share: echo / {operation}"] = echo / net(
+                "nexus", f"{transport}_{operation}"
+            )
+    return ratios
+
+
+def render(results: dict[str, Any]) -> str:
+    """The tables, for humans."""
+    lines = ["instructions per request (callgrind, user space; net = idle work taken out)"]
+    lines.append(f"  {'server':10} {'case':12} {'requests':>8} {'raw':>10} {'net':>10} {'s':>6}")
+    for server, found in results["servers"].items():
+        for case in found["cases"].values():
+            lines.append(
+                f"  {server:10} {case['name']:12} {case['requests']:8d} "
+                f"{case['raw_per_request'] / 1000:9.1f}k {case['net_per_request'] / 1000:9.1f}k "
+                f"{case['seconds']:6.1f}"
+            )
+        lines.append(
+            f"  {server:10} idle: {found['idle_instructions_per_second'] / 1e6:.2f}M instructions/s"
+        )
+    lines.append("ratios (instructions; goals in time: pipeline >= 0.9, get >= 0.6, create >= 0.4)")
+    for name, value in results["ratios"].items():
+        lines.append(f"  {name:45} {value:5.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the measurement, print the tables, write benchmarks/results/instructions.json."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--requests", type=int, default=600, help="requests per echo/get case (creates: 1/4)"
+    )
+    options = parser.parse_args(argv)
+    missing = [
+        tool for tool in ("valgrind", "callgrind_control", "h2load") if not shutil.which(tool)
+    ]
+    if missing:
+        print(f"instructions: missing {', '.join(missing)} (apt install valgrind nghttp2-client)")
+        return 1
+    with tempfile.TemporaryDirectory(prefix="nexus-instructions-") as tmp:
+        try:
+            results = run(options.requests, Path(tmp))
+        except BenchError as error:
+            print(f"instructions: {error}", file=sys.stderr)
+            return 1
+    print(render(results))
+    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_FILE.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""benchmarks.instructions: reading callgrind's dumps and taking the idle work out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.instructions import Counted, dump_total, net_per_request
+from benchmarks.run import BenchError
+
+
+def _dump(path: Path, label: str, total: int, key: str = "summary") -> None:
+    # The header callgrind writes for `callgrind_control -d <label>`, shortened.
+    path.write_text(
+        "# callgrind format\nversion: 1\ncreator: callgrind-3.19.0\n"
+        f"pid: 17481\ncmd: nexus serve\npart: 3\n\ndesc: I1 cache:\n"
+        f"desc: Timerange: Basic block 1 - 2\ndesc: Trigger: dump {label}\n\n"
+        f"positions: line\nevents: Ir\n{key}: {total}\n\nfn=(1) main\n0 {total}\n"
+    )
+
+
+def test_the_dump_is_found_by_its_label_among_the_parts(tmp_path: Path) -> None:
+    out = tmp_path / "nexus.callgrind"
+    _dump(tmp_path / "nexus.callgrind.1", "idle", 5_000_000)
+    _dump(tmp_path / "nexus.callgrind.2", "grpc_echo", 237_640_000)
+    _dump(tmp_path / "nexus.callgrind.3", "grpc_echo_2", 1, key="totals")
+    _dump(tmp_path / "bare.callgrind.1", "grpc_echo", 99)  # another server's dump
+
+    assert dump_total(out, "grpc_echo") == 237_640_000
+    assert dump_total(out, "idle") == 5_000_000
+    assert dump_total(out, "grpc_echo_2") == 1
+
+
+def test_a_missing_dump_or_one_without_totals_is_an_error(tmp_path: Path) -> None:
+    out = tmp_path / "nexus.callgrind"
+    with pytest.raises(BenchError, match="no callgrind dump named 'rest_get'"):
+        dump_total(out, "rest_get")
+    (tmp_path / "nexus.callgrind.1").write_text("desc: Trigger: dump rest_get\nevents: Ir\n")
+    with pytest.raises(BenchError, match="without totals"):
+        dump_total(out, "rest_get")
+
+
+def test_idle_work_over_the_case_wall_time_is_taken_out_per_request() -> None:
+    counted = Counted("grpc_echo", requests=400, instructions=267_440_000, seconds=5.7)
+    # 5.19M instructions per second of timers while the 400 requests took 5.7 s.
+    assert net_per_request(counted, 5_190_000) == pytest.approx(594_642.5)
+    assert net_per_request(counted, 0) == pytest.approx(668_600)
+    with pytest.raises(ValueError, match="no requests"):
+        net_per_request(Counted("idle", 0, 10, 1.0), 0)
