@@ -1,12 +1,14 @@
-"""Instructions per request, counted by callgrind: the load bench's ratios without its noise.
+"""Instructions per request, counted by callgrind: the load bench's ratios with less noise.
 
-Throughput on a shared 2-core machine varies by ±15% between rounds of one run, more
-than the differences the pipeline goal is about (nexus gRPC echo >= 0.9x bare grpc.aio).
-Instruction counts do not: valgrind's callgrind counts every instruction the server
-process executes in user space, and the same requests give the same count to within a
-fraction of a percent. This runs each server under callgrind, warms every case up, then
-per case zeroes the counters (``callgrind_control -z``), sends a fixed number of
-requests with h2load, and dumps the counters (``callgrind_control -d``):
+Throughput on a shared 2-core machine varies by 10 to 30 % between rounds of one run,
+more than the differences the pipeline goal is about (nexus gRPC echo >= 0.9x bare
+grpc.aio). Instruction counts vary much less: valgrind's callgrind counts every
+instruction the server process executes in user space, all its threads. This runs each
+server under callgrind, warms every case up (``WARMUP_REQUESTS``), then per case zeroes
+the counters (``callgrind_control -z``), sends a fixed number of requests with h2load
+(its connections opened anew per case: 4 x 8 streams for gRPC, up to 32 HTTP/1.1 for
+REST), waits ``SETTLE_SECONDS`` for work the requests left behind (the outbox relay's
+deletes), and dumps the counters (``callgrind_control -d``):
 
 * nexus (``nexus serve``, the load bench's config and plugins: orders and the echo
   plugin): gRPC Echo, GetOrder and CreateOrder, and REST ``POST /v1/echo/{id}``,
@@ -14,19 +16,25 @@ requests with h2load, and dumps the counters (``callgrind_control -d``):
   token;
 * bare grpc.aio (``benchmarks/bare_grpc.py --echo-stubs``): gRPC Echo.
 
-A host has timers (the HTTP server's tick, the outbox relay, health): a few million
-instructions per second of wall time under valgrind, where a request takes ~50x longer
-than natively. Each server's idle rate is measured (counters zeroed, a few seconds
-without requests, dumped) and subtracted for the case's wall time: ``net`` below.
+Every request must succeed: a 2xx, and for gRPC (whose errors are HTTP 200 too) at least
+the bytes of the response the case's check call got, per request.
+
+nexus has timers (the HTTP server's 100 ms tick, grpc core's threads, the outbox relay):
+~5 million instructions per second of wall time under valgrind, where a request takes
+~50x longer than natively (bare grpc.aio: ~0.02 million). Each server's idle rate is
+measured (counters zeroed, ``IDLE_SECONDS`` without requests, dumped) and taken out for
+each case's wall time: ``net`` below. The idle rate itself moves by up to ~10 % between
+windows, so ``net`` moves by ~1 % of an echo between runs, and a ratio by about as much.
 
 What this does not count: the kernel. System calls (SQLite's WAL writes and locks,
-socket I/O) cost time on the CPU but are one instruction each here, so the storage
-ratios of this table are better than the CPU ratios of ``benchmarks/run.py``; for the
-echo-vs-echo comparison both servers make the same system calls. Instructions are not
-time either: Python's interpreter loop runs at fewer instructions per cycle than grpc
-core's C, so an instruction ratio of the pipeline is a floor of its time ratio.
+socket I/O) cost CPU time but are one instruction each here, so the storage ratios of
+this table are kinder than the CPU ratios of ``benchmarks/run.py``; for the echo
+against echo comparison both servers make the same system calls. Instructions are not
+time either (cache misses and instructions per cycle differ between code paths): read
+these ratios next to the load bench's CPU figures, which the goals are stated in, not
+in place of them.
 
-    .venv/bin/python -m benchmarks.instructions                 # ~4 minutes
+    .venv/bin/python -m benchmarks.instructions                 # ~3 to 4 minutes
     .venv/bin/python -m benchmarks.instructions --requests 1000
 """
 
@@ -38,6 +46,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -59,19 +68,23 @@ from benchmarks.run import (
     BenchError,
     free_ports,
     grpc_frame,
-    grpc_ready,
     http_ready,
     make_credentials,
     rest_create,
+    terminated_on_signals,
     wait_until,
     write_nexus_config,
 )
 
-__all__ = ["Counted", "dump_total", "main", "net_per_request"]
+__all__ = ["Counted", "dump_total", "h2load_problem", "main", "net_per_request"]
 
 RESULTS_FILE = BENCH_DIR / "results" / "instructions.json"
 #: Seconds of wall time each server's idle rate is measured over.
-IDLE_SECONDS = 5.0
+IDLE_SECONDS = 6.0
+#: Seconds counted after each case's last response, and waited before the idle window:
+#: work a case leaves behind (the outbox relay deletes published events within its 1 s
+#: poll) is counted with the case, not with the next one or the idle rate.
+SETTLE_SECONDS = 2.0
 #: Requests of each case before it is measured: first calls fill caches and import lazily.
 WARMUP_REQUESTS = 40
 #: Seconds a server may take to start under valgrind (~50x slower than natively).
@@ -123,7 +136,8 @@ class CallgrindServer:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], workdir: Path) -> None:
         self.name = name
         self.out_file = workdir / f"{name}.callgrind"
-        self._log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self._log_path = workdir / f"{name}.log"
+        self._log = open(self._log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [
                 "valgrind",
@@ -147,26 +161,33 @@ class CallgrindServer:
                 handle.write(f"{self.process.pid} {self.out_file}\n")
 
     def check(self) -> None:
-        """BenchError if the server has exited."""
+        """BenchError, with the end of the server's output, if it has exited."""
         if self.process.poll() is not None:
-            raise BenchError(f"{self.name} exited with status {self.process.returncode}")
+            self._log.flush()
+            lines = self._log_path.read_text(errors="replace").splitlines()[-25:]
+            tail = "\n".join("    " + line for line in lines)
+            raise BenchError(f"{self.name} exited with status {self.process.returncode}:\n{tail}")
 
     def _control(self, *arguments: str) -> None:
-        result = subprocess.run(
-            ["callgrind_control", *arguments, str(self.process.pid)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if result.returncode != 0:
-            raise BenchError(f"callgrind_control {' '.join(arguments)}: {result.stderr.strip()}")
+        # callgrind_control exits 0 whatever happened: its "OK." is the only success.
+        self.check()
+        command = ["callgrind_control", *arguments, str(self.process.pid)]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"{' '.join(command)} did not answer in 120 s") from None
+        if "OK." not in result.stdout:
+            self.check()
+            answer = (result.stdout + result.stderr).strip()[-300:]
+            raise BenchError(f"{' '.join(command)} failed: {answer}")
 
     def count(self, name: str, action: Callable[[], int]) -> Counted:
-        """Instructions the server executes while ``action()`` runs; it returns the
-        number of requests it made."""
+        """Instructions the server executes while ``action()`` runs (it returns the
+        number of requests it made) and for ``SETTLE_SECONDS`` after."""
         self._control("-z")
         started = time.monotonic()
         requests = action()
+        time.sleep(SETTLE_SECONDS)
         seconds = time.monotonic() - started
         label = re.sub(r"\W", "_", name)
         self._control("-d", label)
@@ -192,42 +213,57 @@ class Load:
     headers: tuple[str, ...]
     body: Path | None
     http1: bool = False
-    #: gRPC: bytes of the smallest successful response (an error is HTTP 200 too, but
-    #: carries no message: the DATA received tells them apart).
+    #: gRPC: bytes of the smallest successful response, 5-byte prefix included (an
+    #: error is HTTP 200 too, but carries no message: the DATA received tells them apart).
     min_response: int = 0
 
     def send(self, requests: int) -> int:
         """Send ``requests`` requests; their number, or BenchError when any failed."""
         argv = ["h2load", "-n", str(requests), "-t", "1"]
-        argv += ["--h1", "-c", "32"] if self.http1 else ["-c", "4", "-m", "8"]
+        if self.http1:  # h2load wants no more connections than requests
+            argv += ["--h1", "-c", str(min(32, requests))]
+        else:
+            argv += ["-c", str(min(4, requests)), "-m", "8"]
         if self.body is not None:
             argv += ["-d", str(self.body)]
         for header in self.headers:
             argv += ["-H", header]
-        result = subprocess.run(
-            [*argv, self.url], capture_output=True, text=True, timeout=900, check=False
-        )
-        done = _H2_REQUESTS.search(result.stdout)
-        codes = _H2_STATUS.search(result.stdout)
-        if result.returncode != 0 or done is None or codes is None:
-            raise BenchError(f"h2load failed: {(result.stderr or result.stdout)[-300:]}")
-        succeeded, ok = int(done.group(3)), int(codes.group(1))
-        data = _H2_DATA.search(result.stdout)
-        received = int(data.group(1)) if data else 0
-        if succeeded != requests or ok != requests or received < requests * self.min_response:
-            raise BenchError(
-                f"{self.url}: {succeeded} of {requests} requests succeeded, {ok} with 2xx, "
-                f"{received} bytes of responses"
-            )
+        try:
+            result = subprocess.run([*argv, self.url], capture_output=True, text=True, timeout=900)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"h2load on {self.url} did not finish in 900 s") from None
+        if result.returncode != 0:
+            raise BenchError(f"h2load failed: {(result.stderr or result.stdout).strip()[-300:]}")
+        problem = h2load_problem(result.stdout, requests, self.min_response)
+        if problem is not None:
+            raise BenchError(f"{self.url}: {problem}")
         return requests
 
 
-def _grpc_load(port: int, path: str, payload: bytes, workdir: Path, auth: str) -> Load:
+def h2load_problem(output: str, requests: int, min_response: int) -> str | None:
+    """What h2load's report says went wrong with ``requests`` requests; None if each
+    succeeded with a 2xx and the responses hold at least ``min_response`` bytes each."""
+    done = _H2_REQUESTS.search(output)
+    codes = _H2_STATUS.search(output)
+    data = _H2_DATA.search(output)
+    if done is None or codes is None or data is None:
+        return f"unreadable h2load report: {output.strip()[-300:]}"
+    succeeded, ok, received = int(done.group(3)), int(codes.group(1)), int(data.group(1))
+    if succeeded != requests or ok != requests or received < requests * min_response:
+        return (
+            f"{succeeded} of {requests} requests succeeded, {ok} with 2xx, {received} bytes "
+            f"of responses (at least {requests * min_response} expected)"
+        )
+    return None
+
+
+def _grpc_load(
+    port: int, path: str, payload: bytes, workdir: Path, auth: str, response: int
+) -> Load:
     body = workdir / f"{path.strip('/').replace('/', '_')}.bin"
     body.write_bytes(grpc_frame(payload))
     headers = ("content-type: application/grpc", "te: trailers", f"authorization: {auth}")
-    # A response is at least a message's 5-byte prefix and one byte of it.
-    return Load(f"http://127.0.0.1:{port}{path}", headers, body, min_response=6)
+    return Load(f"http://127.0.0.1:{port}{path}", headers, body, min_response=5 + response)
 
 
 def _rest_load(port: int, path: str, body: Any, workdir: Path, auth: str) -> Load:
@@ -240,16 +276,29 @@ def _rest_load(port: int, path: str, body: Any, workdir: Path, auth: str) -> Loa
     return Load(f"http://127.0.0.1:{port}{path}", headers, file, http1=True)
 
 
-def _grpc_succeeds(port: int, path: str, payload: bytes, auth: str) -> None:
-    """One call as h2load will make it: gRPC errors come as HTTP 200, so check its status."""
+def _grpc_succeeds(port: int, path: str, payload: bytes, auth: str) -> bytes:
+    """One call as h2load will make it (gRPC errors come as HTTP 200, so its status is
+    checked here); its response."""
     import grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = channel.unary_unary(path)
         try:
-            call(payload, metadata=(("authorization", auth),), timeout=120)
+            response: bytes = call(
+                payload, metadata=(("authorization", auth),), timeout=120, wait_for_ready=True
+            )
         except grpc.RpcError as error:
             raise BenchError(f"{path} answered {error.code().name}: {error.details()}") from None
+    return response
+
+
+def _listening(port: int) -> Callable[[], bool]:
+    # A plain connect: grpc's own readiness wait swallows a Ctrl-C while a server starts.
+    def probe() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+
+    return probe
 
 
 def _idle() -> int:
@@ -263,6 +312,7 @@ def _measure(
     """The server's idle rate, then every case warmed up and counted."""
     for load in cases.values():
         load.send(WARMUP_REQUESTS)
+    time.sleep(SETTLE_SECONDS)  # what the warm-up left behind is not idle work
     idle = server.count("idle", _idle)
     idle_rate = idle.instructions / idle.seconds
     counted = [
@@ -316,7 +366,7 @@ def run(requests: int, workdir: Path) -> dict[str, Any]:
         workdir,
     )
     try:
-        wait_until("nexus gRPC", grpc_ready(grpc_port), nexus.check, START_TIMEOUT)
+        wait_until("nexus gRPC", _listening(grpc_port), nexus.check, START_TIMEOUT)
         wait_until("nexus REST", http_ready(http_port), nexus.check, START_TIMEOUT)
         order_id = rest_create(http_port, "nexus REST", auth)["id"]
         get = orders_pb2.GetOrderRequest(id=order_id).SerializeToString()
@@ -325,12 +375,16 @@ def run(requests: int, workdir: Path) -> dict[str, Any]:
             "grpc_get": (f"/{SERVICE}/GetOrder", get),
             "grpc_create": (f"/{SERVICE}/CreateOrder", create.SerializeToString()),
         }
-        for path, payload in grpc_cases.values():
-            _grpc_succeeds(grpc_port, path, payload, auth)
-        cases = {
-            name: _grpc_load(grpc_port, path, payload, workdir, auth)
-            for name, (path, payload) in grpc_cases.items()
-        }
+        cases = {}
+        for name, (path, payload) in grpc_cases.items():
+            answer = _grpc_succeeds(grpc_port, path, payload, auth)
+            size = len(answer)
+            if name == "grpc_create":
+                # The one part of a created order whose size varies: its times' nanos.
+                created = orders_pb2.Order.FromString(answer)
+                created.create_time.nanos = created.update_time.nanos = 0
+                size = created.ByteSize()
+            cases[name] = _grpc_load(grpc_port, path, payload, workdir, auth, size)
         echo_body = {k: v for k, v in ECHO.items() if k != "id"}
         cases["rest_echo"] = _rest_load(
             http_port, f"/v1/echo/{ECHO['id']}", echo_body, workdir, auth
@@ -350,9 +404,9 @@ def run(requests: int, workdir: Path) -> dict[str, Any]:
         workdir,
     )
     try:
-        wait_until("bare grpc.aio", grpc_ready(bare_port), bare.check, START_TIMEOUT)
-        _grpc_succeeds(bare_port, echo_path, echo, auth)
-        cases = {"grpc_echo": _grpc_load(bare_port, echo_path, echo, workdir, auth)}
+        wait_until("bare grpc.aio", _listening(bare_port), bare.check, START_TIMEOUT)
+        size = len(_grpc_succeeds(bare_port, echo_path, echo, auth))
+        cases = {"grpc_echo": _grpc_load(bare_port, echo_path, echo, workdir, auth, size)}
         results["servers"]["bare_grpc"] = _report(*_measure(bare, cases, counts))
     finally:
         bare.stop()
@@ -412,20 +466,37 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the measurement, print the tables, write benchmarks/results/instructions.json."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--requests", type=int, default=600, help="requests per echo/get case (creates: 1/4)"
+        "--requests",
+        type=_at_least(4),
+        default=600,
+        help="requests per echo/get case (creates: a quarter)",
     )
     options = parser.parse_args(argv)
-    missing = [
-        tool for tool in ("valgrind", "callgrind_control", "h2load") if not shutil.which(tool)
-    ]
+    tools = ("valgrind", "callgrind_control", "h2load")
+    missing = [tool for tool in tools if not shutil.which(tool)]
     if missing:
-        print(f"instructions: missing {', '.join(missing)} (apt install valgrind nghttp2-client)")
+        print(
+            f"instructions: missing {', '.join(missing)} (apt install valgrind nghttp2-client)",
+            file=sys.stderr,
+        )
         return 1
-    with tempfile.TemporaryDirectory(prefix="nexus-instructions-") as tmp:
+    # SIGTERM and SIGHUP (scripts/bench passes Ctrl-C on as SIGTERM) end the run through
+    # the finally blocks that stop the servers.
+    with terminated_on_signals(), tempfile.TemporaryDirectory(prefix="nexus-instr-") as tmp:
         try:
             results = run(options.requests, Path(tmp))
         except BenchError as error:

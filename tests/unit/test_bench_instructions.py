@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.instructions import Counted, dump_total, net_per_request
+from benchmarks.instructions import Counted, dump_total, h2load_problem, net_per_request
 from benchmarks.run import BenchError
 
 
@@ -48,3 +48,27 @@ def test_idle_work_over_the_case_wall_time_is_taken_out_per_request() -> None:
     assert net_per_request(counted, 0) == pytest.approx(668_600)
     with pytest.raises(ValueError, match="no requests"):
         net_per_request(Counted("idle", 0, 10, 1.0), 0)
+
+
+def _h2load_report(done: int, succeeded: int, ok: int, data: int) -> str:
+    # h2load 1.52's summary lines, as it prints them for a gRPC run.
+    return (
+        "finished in 62.40ms, 3204.97 req/s, 212.61KB/s\n"
+        f"requests: 200 total, 200 started, {done} done, {succeeded} succeeded, "
+        f"{200 - succeeded} failed, 0 errored, 0 timeout\n"
+        f"status codes: {ok} 2xx, 0 3xx, 0 4xx, {200 - ok} 5xx\n"
+        f"traffic: 13.27KB (13586) total, 900B (900) headers (space savings 94.44%), "
+        f"1.95KB ({data}) data\n"
+    )
+
+
+def test_every_request_must_succeed_with_a_whole_response() -> None:
+    # 39 bytes: the 5-byte prefix and the 34-byte echo each successful call gets back.
+    assert h2load_problem(_h2load_report(200, 200, 200, 200 * 39), 200, 39) is None
+    # gRPC errors are HTTP 200 without a message: 40 answers and 160 errors.
+    partial = h2load_problem(_h2load_report(200, 200, 200, 40 * 39), 200, 39)
+    assert partial is not None and "1560 bytes of responses (at least 7800 expected)" in partial
+    assert "199 of 200 requests succeeded" in str(
+        h2load_problem(_h2load_report(200, 199, 199, 200 * 39), 200, 39)
+    )
+    assert "unreadable h2load report" in str(h2load_problem("connect failed", 200, 39))
