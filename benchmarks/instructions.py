@@ -309,7 +309,7 @@ def _idle() -> int:
 def _measure(
     server: CallgrindServer, cases: dict[str, Load], requests: dict[str, int]
 ) -> tuple[float, list[Counted]]:
-    """The server's idle rate, then every case warmed up and counted."""
+    """Every case warmed up; then the server's idle rate; then every case counted."""
     for load in cases.values():
         load.send(WARMUP_REQUESTS)
     time.sleep(SETTLE_SECONDS)  # what the warm-up left behind is not idle work
