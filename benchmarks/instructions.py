@@ -34,13 +34,18 @@ time either (cache misses and instructions per cycle differ between code paths):
 these ratios next to the load bench's CPU figures, which the goals are stated in, not
 in place of them.
 
+With ``BENCH_STORAGE=postgresql`` (as for ``benchmarks/run.py``) nexus stores in a
+throwaway PostgreSQL server; its instructions are the server's own and not counted.
+
     .venv/bin/python -m benchmarks.instructions                 # ~3 to 4 minutes
     .venv/bin/python -m benchmarks.instructions --requests 1000
+    BENCH_STORAGE=postgresql .venv/bin/python -m benchmarks.instructions
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -70,7 +75,9 @@ from benchmarks.run import (
     grpc_frame,
     http_ready,
     make_credentials,
+    postgres_database,
     rest_create,
+    storage_setting,
     terminated_on_signals,
     wait_until,
     write_nexus_config,
@@ -322,8 +329,9 @@ def _measure(
     return idle_rate, counted
 
 
-def run(requests: int, workdir: Path) -> dict[str, Any]:
-    """Measure nexus's six cases and bare grpc.aio's echo; the results as a dict."""
+def run(requests: int, workdir: Path, storage_url: str = "") -> dict[str, Any]:
+    """Measure nexus's six cases (on ``storage_url``, else SQLite) and bare grpc.aio's
+    echo; the results as a dict."""
     from google.protobuf import json_format
     from nexus.orders.v1 import orders_pb2
 
@@ -348,7 +356,8 @@ def run(requests: int, workdir: Path) -> dict[str, Any]:
     # Creates cost ~5x an echo: fewer of them take as long.
     counts = {name: requests for name in ("grpc_echo", "grpc_get", "rest_echo", "rest_get")}
     counts |= {"grpc_create": max(1, requests // 4), "rest_create": max(1, requests // 4)}
-    results: dict[str, Any] = {"requests": counts, "servers": {}}
+    storage = "postgresql" if storage_url else "sqlite"
+    results: dict[str, Any] = {"storage": storage, "requests": counts, "servers": {}}
 
     grpc_port, http_port, bare_port = free_ports(3)
     config = workdir / "nexus.toml"
@@ -357,6 +366,7 @@ def run(requests: int, workdir: Path) -> dict[str, Any]:
         data_dir=workdir / "nexus",
         http_port=http_port,
         secret_file=credentials.secret_file,
+        storage_url=storage_url,
     )
     grpc_address = f"127.0.0.1:{grpc_port}"
     nexus = CallgrindServer(
@@ -448,7 +458,10 @@ def _ratios(servers: dict[str, Any]) -> dict[str, float]:
 
 def render(results: dict[str, Any]) -> str:
     """The tables, for humans."""
-    lines = ["instructions per request (callgrind, user space; net = idle work taken out)"]
+    lines = [
+        "instructions per request (callgrind, user space; net = idle work taken out); "
+        f"nexus on {results['storage']}"
+    ]
     lines.append(f"  {'server':10} {'case':12} {'requests':>8} {'raw':>10} {'net':>10} {'s':>6}")
     for server, found in results["servers"].items():
         for case in found["cases"].values():
@@ -464,6 +477,10 @@ def render(results: dict[str, Any]) -> str:
     for name, value in results["ratios"].items():
         lines.append(f"  {name:45} {value:5.2f}")
     return "\n".join(lines)
+
+
+def _say(message: str) -> None:
+    print(f"instructions: {message}", file=sys.stderr)
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:
@@ -496,9 +513,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # SIGTERM and SIGHUP (scripts/bench passes Ctrl-C on as SIGTERM) end the run through
     # the finally blocks that stop the servers.
-    with terminated_on_signals(), tempfile.TemporaryDirectory(prefix="nexus-instr-") as tmp:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(terminated_on_signals())
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="nexus-instr-"))
         try:
-            results = run(options.requests, Path(tmp))
+            storage_url = ""
+            if storage_setting() == "postgresql":
+                storage_url = stack.enter_context(postgres_database(_say))
+            results = run(options.requests, Path(tmp), storage_url)
         except BenchError as error:
             print(f"instructions: {error}", file=sys.stderr)
             return 1
