@@ -22,9 +22,10 @@ the bytes of the response the case's check call got, per request.
 nexus has timers (the HTTP server's 100 ms tick, grpc core's threads, the outbox relay):
 ~5 million instructions per second of wall time under valgrind, where a request takes
 ~50x longer than natively (bare grpc.aio: ~0.02 million). Each server's idle rate is
-measured (counters zeroed, ``IDLE_SECONDS`` without requests, dumped) and taken out for
-each case's wall time: ``net`` below. The idle rate itself moves by up to ~10 % between
-windows, so ``net`` moves by ~1 % of an echo between runs, and a ratio by about as much.
+measured (counters zeroed, ``IDLE_SECONDS`` and the settle time without requests,
+dumped) and taken out for each case's wall time: ``net`` below. The idle rate itself
+moves by up to ~10 % between windows, so ``net`` moves by ~1 % of an echo between
+runs, and a ratio by about as much.
 
 What this does not count: the kernel. System calls (SQLite's WAL writes and locks,
 socket I/O) cost CPU time but are one instruction each here, so the storage ratios of
