@@ -32,6 +32,15 @@ def test_the_dump_is_found_by_its_label_among_the_parts(tmp_path: Path) -> None:
     assert dump_total(out, "grpc_echo_2") == 1
 
 
+def test_totals_far_down_a_large_dump_are_found(tmp_path: Path) -> None:
+    # No summary in the header: the totals line closes a dump of many cost lines.
+    lines = "".join(f"{n} 1\n" for n in range(10_000))
+    (tmp_path / "nexus.callgrind.1").write_text(
+        f"desc: Trigger: dump rest_create\nevents: Ir\nfn=(1) main\n{lines}totals: 88347864\n"
+    )
+    assert dump_total(tmp_path / "nexus.callgrind", "rest_create") == 88_347_864
+
+
 def test_a_missing_dump_or_one_without_totals_is_an_error(tmp_path: Path) -> None:
     out = tmp_path / "nexus.callgrind"
     with pytest.raises(BenchError, match="no callgrind dump named 'rest_get'"):
