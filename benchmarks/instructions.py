@@ -69,9 +69,9 @@ from benchmarks.run import (
     ECHO_PROTOS,
     ECHO_SERVICE,
     ORDER,
-    REPO,
     SERVICE,
     BenchError,
+    Processes,
     free_ports,
     grpc_frame,
     http_ready,
@@ -143,47 +143,37 @@ def dump_total(out_file: Path, label: str) -> int:
 
 
 class CallgrindServer:
-    """A server process running under callgrind, whose counters this zeroes and dumps."""
+    """A server process running under callgrind, whose counters this zeroes and dumps.
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], workdir: Path) -> None:
+    ``procs`` (the load bench's) starts it, logs its output, lists it in the pid file
+    ``scripts/bench`` cleans up with, and stops it.
+    """
+
+    def __init__(
+        self, procs: Processes, name: str, argv: list[str], env: dict[str, str], workdir: Path
+    ) -> None:
         self.name = name
         self.out_file = workdir / f"{name}.callgrind"
-        self._log_path = workdir / f"{name}.log"
-        self._log = open(self._log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                # Every dump self-contained (names spelled out): callgrind_annotate reads
-                # any of them alone.
-                "--compress-strings=no",
-                f"--callgrind-out-file={self.out_file}",
-                *argv,
-            ],
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        pidfile = os.environ.get("BENCH_PIDFILE", "")
-        if pidfile:  # scripts/bench stops it should this process die first
-            with open(pidfile, "a", encoding="utf-8") as handle:
-                handle.write(f"{self.process.pid} {self.out_file}\n")
+        self._procs = procs
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            # Every dump self-contained (names spelled out): callgrind_annotate reads
+            # any of them alone.
+            "--compress-strings=no",
+            f"--callgrind-out-file={self.out_file}",
+            *argv,
+        ]
+        self._pid = procs.start(name, command, env).pid
 
     def check(self) -> None:
         """BenchError, with the end of the server's output, if it has exited."""
-        if self.process.poll() is not None:
-            self._log.flush()
-            lines = self._log_path.read_text(errors="replace").splitlines()[-25:]
-            tail = "\n".join("    " + line for line in lines)
-            raise BenchError(f"{self.name} exited with status {self.process.returncode}:\n{tail}")
+        self._procs.check(self.name)
 
     def _control(self, *arguments: str) -> None:
         # callgrind_control exits 0 whatever happened: its "OK." is the only success.
         self.check()
-        command = ["callgrind_control", *arguments, str(self.process.pid)]
+        command = ["callgrind_control", *arguments, str(self._pid)]
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         except subprocess.TimeoutExpired:
@@ -204,17 +194,6 @@ class CallgrindServer:
         label = re.sub(r"\W", "_", name)
         self._control("-d", label)
         return Counted(name, requests, dump_total(self.out_file, label), seconds)
-
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after a minute)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self._log.close()
 
 
 @dataclass(frozen=True)
@@ -290,11 +269,13 @@ def _rest_load(port: int, path: str, body: Any, workdir: Path, auth: str) -> Loa
 
 def _grpc_succeeds(port: int, path: str, payload: bytes, auth: str) -> bytes:
     """One call as h2load will make it (gRPC errors come as HTTP 200, so its status is
-    checked here); its response."""
+    checked here); its response. ``run.grpc_check`` but waiting for the server to serve
+    (its port accepts connections before it does) and for a first call under valgrind."""
     import grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary(path)
+        # No (de)serializers: the payload goes out as given, the response comes back as bytes.
+        call = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
         try:
             response: bytes = call(
                 payload, metadata=(("authorization", auth),), timeout=120, wait_for_ready=True
@@ -374,7 +355,10 @@ def run(requests: int, workdir: Path, storage_url: str = "") -> dict[str, Any]:
         storage_url=storage_url,
     )
     grpc_address = f"127.0.0.1:{grpc_port}"
+    # One server under valgrind at a time: stop_all() ends each phase.
+    procs = Processes(workdir)
     nexus = CallgrindServer(
+        procs,
         "nexus",
         [str(BIN / "nexus"), "serve", "--config", str(config), "--grpc-address", grpc_address],
         env,
@@ -408,11 +392,12 @@ def run(requests: int, workdir: Path, storage_url: str = "") -> dict[str, Any]:
         cases["rest_create"] = _rest_load(http_port, "/v1/orders", ORDER, workdir, auth)
         results["servers"]["nexus"] = _report(*_measure(nexus, cases, counts))
     finally:
-        nexus.stop()
+        procs.stop_all()
 
     python = [sys.executable, "-m", "benchmarks.bare_grpc"]
     echo_stubs = ["--echo-stubs", str(stubs)]
     bare = CallgrindServer(
+        procs,
         "bare_grpc",
         [*python, "--port", str(bare_port), "--data-dir", str(workdir / "bare"), *echo_stubs],
         env,
@@ -424,7 +409,7 @@ def run(requests: int, workdir: Path, storage_url: str = "") -> dict[str, Any]:
         cases = {"grpc_echo": _grpc_load(bare_port, echo_path, echo, workdir, auth, size)}
         results["servers"]["bare_grpc"] = _report(*_measure(bare, cases, counts))
     finally:
-        bare.stop()
+        procs.stop_all()
     results["ratios"] = _ratios(results["servers"])
     return results
 
