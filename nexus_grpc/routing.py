@@ -69,8 +69,9 @@ class InFlight:
 
     def __init__(self) -> None:
         self._count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # Made by the first wait while calls run, set when they are over: a call
+        # itself only adds and subtracts (this runs twice per call).
+        self._idle: asyncio.Event | None = None
 
     @property
     def count(self) -> int:
@@ -80,21 +81,25 @@ class InFlight:
     def enter(self) -> None:
         """A call started."""
         self._count += 1
-        self._idle.clear()
 
     def leave(self) -> None:
         """A call ended, however it ended."""
         self._count -= 1
-        if self._count == 0:
+        if self._count == 0 and self._idle is not None:
             self._idle.set()
 
     async def wait_idle(self, seconds: float | None = None) -> bool:
         """Wait until no call is running; False when ``seconds`` passed first."""
+        if self._count == 0:
+            return True
+        if self._idle is None or self._idle.is_set():
+            self._idle = asyncio.Event()
+        idle = self._idle
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can drop a
             # cancellation that lands in the same turn as the wake.
             async with asyncio.timeout(seconds):
-                await self._idle.wait()
+                await idle.wait()
         except TimeoutError:
             return False
         return True

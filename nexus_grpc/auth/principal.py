@@ -50,6 +50,10 @@ class Grant:
         return self.resource in ("*", resource) and self.action in ("*", action)
 
 
+#: Permissions whose scope one principal remembers.
+_SCOPE_CACHE_LIMIT = 256
+
+
 @dataclass(frozen=True)
 class Principal:
     """An authenticated caller."""
@@ -69,11 +73,25 @@ class Principal:
     #: verified client certificate listed in ``[auth.clients]``; no token id, epoch or
     #: expiry then) or "plugin" (a plugin's own identity, in-process).
     via: str = "token"
+    # scope_for's answers: the access stage asks on every call, and the verifier hands
+    # out one Principal per cached token, so each is worked out once per token.
+    _scopes: dict[tuple[str, str], Scope | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def scope_for(self, resource: str, action: str) -> Scope | None:
         """The widest scope this principal holds for ``resource.action``; None if none."""
+        permission = (resource, action)
+        try:
+            return self._scopes[permission]
+        except KeyError:
+            pass
         scopes = [grant.scope for grant in self.grants if grant.covers(resource, action)]
-        return max(scopes) if scopes else None
+        widest = max(scopes) if scopes else None
+        # Bounded: the contracts' permissions, and whatever a plugin asks about.
+        if len(self._scopes) < _SCOPE_CACHE_LIMIT:
+            self._scopes[permission] = widest
+        return widest
 
 
 #: The principal of the call being served; None when the caller is anonymous.

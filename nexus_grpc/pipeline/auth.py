@@ -152,11 +152,13 @@ class AuthStage:
                         )
                     raise
                 if principal is None:
+                    if principal_var.get() is not None:
+                        principal_var.set(None)  # anonymous, whatever the task inherited
                     return await next(request, context)  # public, anonymous
                 if streams_responses and principal.via != CERTIFICATE:
                     context = _RevocableContext(context, principal, sessions)
-            # Not reset here: the observe stage restores it after the access log line,
-            # which names the principal.
+            # Not reset: every transport serves a call in a task of its own (grpc.aio,
+            # start_call), so it ends with the call, after the access log named it.
             principal_var.set(principal)
             return await next(request, context)
 

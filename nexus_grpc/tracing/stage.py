@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from nexus_grpc.errors import StatusError
 from nexus_grpc.pipeline.codes import as_code, cancelled_code
+from nexus_grpc.pipeline.context import received_metadata
 from nexus_grpc.routing import CallHandler, MethodInfo
 from nexus_grpc.tracing._state import tracer
 from nexus_grpc.tracing.http import HttpCall
@@ -80,7 +81,7 @@ class ServerSpanStage:
         get_tracer = tracer
 
         async def traced(request: Any, context: Any) -> Any:
-            parent = extract_pairs(context.invocation_metadata())
+            parent = extract_pairs(received_metadata(context))
             attributes: dict[str, Any] = dict(base)
             attributes["nexus.transport"] = getattr(context, "transport", "grpc")
             http: HttpCall | None = getattr(context, "http_call", None)

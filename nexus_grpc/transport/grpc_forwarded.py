@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nexus_grpc.pipeline.context import received_metadata
 from nexus_grpc.ratelimit import peer_address
 from nexus_grpc.routing import CallHandler, MethodInfo
 from nexus_grpc.transport.netpolicy import TrustedProxies, forwarded_hops, parse_address
@@ -101,7 +102,7 @@ class ForwardedStage:
         # The hop syntax is the HTTP header's: reuse its parser on the metadata values.
         fields = [
             (header.encode("ascii"), value.encode("latin-1"))
-            for key, value in context.invocation_metadata() or ()
+            for key, value in received_metadata(context) or ()
             if key == header and isinstance(value, str)
         ]
         found = self._proxies.client_address(proxy, forwarded_hops(fields, header))

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from nexus_grpc.config import ServerConfig
+from nexus_grpc.pipeline.context import note_lookup_metadata
 from nexus_grpc.routing import Router
 from nexus_grpc.transport.allow_list import guard_grpc_listener
 from nexus_grpc.transport.netpolicy import NetworkPolicy
@@ -56,6 +57,8 @@ class Dispatcher(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             if self._on_unknown is not None:
                 self._on_unknown("grpc")
             return None
+        # Decoded for this lookup, reused by the call's stages (the call's own task).
+        note_lookup_metadata(handler_call_details.invocation_metadata)
         if self._watch is None:
             return route.grpc_handler
         entry = self._bounded.get(route.path)
