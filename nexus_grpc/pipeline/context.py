@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -218,7 +219,10 @@ def note_lookup_metadata(metadata: Any) -> None:
         task = asyncio.current_task()
     except RuntimeError:  # no running loop: grpcio's threaded server, nothing to keep
         return
-    _looked_up_var.set((task, metadata))
+    if task is not None:
+        # A weak reference: the task holds its context, which holds this; a strong one
+        # would keep every call's task (and its token) until the cyclic collector ran.
+        _looked_up_var.set((weakref.ref(task), metadata))
 
 
 def received_metadata(context: Any) -> Any:
@@ -233,7 +237,7 @@ def received_metadata(context: Any) -> Any:
     noted = _looked_up_var.get()
     if (
         noted is not None
-        and noted[0] is asyncio.current_task()
+        and noted[0]() is asyncio.current_task()
         and not hasattr(context, "transport")
     ):
         return noted[1]
@@ -245,9 +249,9 @@ def _nothing() -> None:
 
 
 #: The metadata grpc.aio decoded to look up the current task's call, and that task.
-_looked_up_var: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, Any] | None] = (
-    contextvars.ContextVar("nexus_looked_up_metadata", default=None)
-)
+_looked_up_var: contextvars.ContextVar[
+    tuple[weakref.ReferenceType[asyncio.Task[Any]], Any] | None
+] = contextvars.ContextVar("nexus_looked_up_metadata", default=None)
 
 
 #: The call the current task is serving (set by the observe stage); None outside calls.

@@ -90,9 +90,17 @@ class ObserveStage:
                 return result
             except asyncio.CancelledError:
                 code = cancelled_code(context)
+                if hasattr(context, "transport"):
+                    # The host's own transports answer once the task is over (a
+                    # deadline, a drain): grpc.aio's client cannot read trailers then.
+                    _trail_request_id(context, request_id)
                 raise
             except BaseException:
                 code = context.code() or grpc.StatusCode.UNKNOWN
+                # A handler's own abort(): grpc.aio has sent its status already, the
+                # host's own transports have not (the error stage adds it to its own).
+                if hasattr(context, "transport"):
+                    _trail_request_id(context, request_id)
                 raise
             finally:
                 in_flight.leave()

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from nexus_grpc.auth.principal import principal_var
 from nexus_grpc.pipeline.context import CallContext, start_call
 from nexus_grpc.plugins._inproc_calls import (
     Call,
@@ -190,6 +191,10 @@ class _MultiCallable:
         handler = route.call
 
         async def serve(request: Any, context: Any) -> Any:
+            # The callee's task starts anonymous, like a network call's: its auth stage
+            # takes the caller's identity from the context, and a call refused before
+            # that is not logged under the caller's name.
+            principal_var.set(None)
             response = await handler(request, context)
             # Copied as the handler returns it, before its code can touch it again.
             return copy_out(response) if response is not None else None

@@ -8,7 +8,10 @@ failed call carries its request id back in its trailers, a successful one does n
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import gc
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -17,7 +20,12 @@ from probe.v1 import probe_pb2
 
 from nexus_grpc.errors import StatusError
 from nexus_grpc.pipeline import ErrorStage, ObserveStage, chain
-from nexus_grpc.pipeline.context import CallContext, received_metadata
+from nexus_grpc.pipeline.context import (
+    CallContext,
+    current_call_var,
+    invocation_metadata,
+    received_metadata,
+)
 from nexus_grpc.routing import Arity, InFlight, MethodInfo, Route, Router
 from nexus_grpc.transport.grpc_server import Dispatcher
 
@@ -25,14 +33,15 @@ SLEEP = probe_pb2.DESCRIPTOR.services_by_name["ProbeService"].methods_by_name["S
 PATH = "/probe.v1.ProbeService/Sleep"
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
+Metadata = tuple[tuple[str, str], ...]
+Sleep = Callable[[Metadata], Awaitable[tuple[grpc.StatusCode, dict[str, Any]]]]
 
 
-async def _call(
-    handler: Handler, read_timeout: float = 0.0, metadata: tuple[tuple[str, str], ...] = ()
-) -> tuple[grpc.StatusCode, dict[str, Any]]:
-    """One call of ``handler`` as ProbeService/Sleep behind the observe and error stages,
-    looked up by the host's dispatcher (``read_timeout`` > 0: served with the read
-    watch); its status code and trailing metadata."""
+@contextlib.asynccontextmanager
+async def _serving(handler: Handler, read_timeout: float = 0.0) -> AsyncIterator[Sleep]:
+    """``handler`` as ProbeService/Sleep behind the observe and error stages, looked up
+    by the host's dispatcher (``read_timeout`` > 0: served with the read watch); yields
+    a function making one call and returning its code and trailing metadata."""
     info = MethodInfo(PATH, "probe", SLEEP, Arity.of(SLEEP), InFlight())
     call = chain([ObserveStage(access_log=False), ErrorStage()], info, handler)
 
@@ -55,11 +64,22 @@ async def _call(
                 request_serializer=probe_pb2.SleepRequest.SerializeToString,
                 response_deserializer=probe_pb2.SleepResponse.FromString,
             )
-            sleep = stub(probe_pb2.SleepRequest(millis=1), metadata=metadata)
-            code = await sleep.code()
-            return code, dict(await sleep.trailing_metadata() or ())
+
+            async def sleep(metadata: Metadata = ()) -> tuple[grpc.StatusCode, dict[str, Any]]:
+                made = stub(probe_pb2.SleepRequest(millis=1), metadata=metadata)
+                code = await made.code()
+                return code, dict(await made.trailing_metadata() or ())
+
+            yield sleep
     finally:
         await server.stop(None)
+
+
+async def _call(
+    handler: Handler, read_timeout: float = 0.0, metadata: Metadata = ()
+) -> tuple[grpc.StatusCode, dict[str, Any]]:
+    async with _serving(handler, read_timeout) as sleep:
+        return await sleep(metadata)
 
 
 @pytest.mark.parametrize("read_timeout", [0.0, 5.0], ids=["unary", "read-watched"])
@@ -71,6 +91,8 @@ async def test_the_stages_reuse_the_metadata_decoded_for_the_lookup(read_timeout
         seen["reused"] = received_metadata(context) is first  # a decode builds a new tuple
         seen["same"] = tuple(first) == tuple(context.invocation_metadata())
         seen["keys"] = {key for key, _ in first}
+        current = current_call_var.get()  # what the stages below read (the auth stage)
+        seen["observe_took_it"] = current is not None and current.metadata is first
 
         # A task the handler starts inherits the variables, not the call's task: it asks.
         async def in_another_task() -> Any:
@@ -88,6 +110,7 @@ async def test_the_stages_reuse_the_metadata_decoded_for_the_lookup(read_timeout
     code, _ = await _call(handler, read_timeout, metadata=(("tenant", "acme"),))
     assert code == grpc.StatusCode.OK
     assert seen["reused"] and seen["same"] and seen["other_task_asks"]
+    assert seen["observe_took_it"]
     assert "tenant" in seen["keys"]
     assert seen["own_context"] == (("k", "v"),)
 
@@ -127,3 +150,49 @@ async def test_a_failed_call_without_an_id_gets_a_generated_one() -> None:
     request_id = trailing["x-request-id"]
     assert isinstance(request_id, str) and len(request_id) == 32
     int(request_id, 16)
+
+
+@pytest.mark.parametrize("read_timeout", [0.0, 5.0], ids=["unary", "read-watched"])
+async def test_concurrent_calls_each_read_their_own_token(read_timeout: float) -> None:
+    mixed: list[tuple[str, str]] = []
+
+    async def handler(request: Any, context: Any) -> Any:
+        mine = dict(context.invocation_metadata())["authorization"]
+        for _ in range(5):
+            await asyncio.sleep(0)  # other calls are looked up and served meanwhile
+            seen = dict(invocation_metadata(context))["authorization"]  # the auth stage's read
+            if seen != mine:
+                mixed.append((mine, seen))
+        return probe_pb2.SleepResponse(slept_millis=1)
+
+    async with _serving(handler, read_timeout) as sleep:
+        answers = await asyncio.gather(
+            *(sleep((("authorization", f"Bearer t{n}"),)) for n in range(100))
+        )
+    assert [code for code, _ in answers] == [grpc.StatusCode.OK] * 100
+    assert mixed == []
+
+
+async def test_a_finished_call_leaves_nothing_for_the_cyclic_collector() -> None:
+    # The noted metadata sits in the call task's own context: it must not reference the
+    # task back, or every call's task and token would wait for a collection.
+    tasks: list[weakref.ReferenceType[asyncio.Task[Any]]] = []
+
+    async def handler(request: Any, context: Any) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.append(weakref.ref(task))
+        return probe_pb2.SleepResponse(slept_millis=1)
+
+    gc.collect()
+    gc.disable()
+    try:
+        async with _serving(handler) as sleep:
+            for _ in range(5):
+                assert (await sleep(()))[0] == grpc.StatusCode.OK
+            await asyncio.sleep(0.05)
+            alive = [ref for ref in tasks if ref() is not None]
+    finally:
+        gc.enable()
+    assert len(tasks) == 5
+    assert alive == []

@@ -111,6 +111,7 @@ async def shop(tmp_path: Path) -> AsyncIterator[Shop]:
         data_dir=tmp_path,
         plugin_config={"caller": {"harness": harness}},
         auth=GRANTED,
+        access_log=True,
     ) as host:
         assert host.host.plugins.record("caller").state == "SERVING"  # type: ignore[union-attr]
         yield Shop(host, harness)
@@ -782,3 +783,47 @@ async def test_a_request_iterator_that_raises_cancels_the_call_as_grpc_does(
     [logged] = [r for r in caplog.records if r.name == "nexus.services"]
     assert logged.levelno == logging.WARNING
     assert "the caller's bug" in caplog.text
+
+
+async def test_an_in_process_call_refused_by_auth_is_logged_as_anonymous_not_as_its_caller(
+    shop: Shop, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Inside alice's call the plugin calls WhoAmI with a bad token of its own: the
+    # callee's task must not carry alice into the access log of a call it refused.
+    async def bad_token(ctx: PluginContext) -> Any:
+        assert ctx.services is not None
+        auth = ctx.services.client(auth_pb2_grpc.AuthServiceStub)
+        try:
+            await auth.WhoAmI(
+                auth_pb2.WhoAmIRequest(), metadata=(("authorization", "Bearer garbage"),)
+            )
+        except grpc.aio.AioRpcError as error:
+            return error
+        return None
+
+    with caplog.at_level(logging.INFO, logger="nexus.access"):
+        error = await shop.inside_call(bad_token, token=shop.host.token("alice"))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    [line] = [
+        record
+        for record in caplog.records
+        if record.name == "nexus.access"
+        and getattr(record, "method", "") == "/nexus.auth.v1.AuthService/WhoAmI"
+    ]
+    assert line.principal == "anonymous"  # type: ignore[attr-defined]
+
+
+async def test_an_in_process_call_past_its_deadline_carries_the_request_id(shop: Shop) -> None:
+    async def slow(ctx: PluginContext) -> Any:
+        assert ctx.services is not None
+        transcode = ctx.services.client(transcode_pb2_grpc.TranscodeServiceStub)
+        chat = transcode.Chat(timeout=0.05)  # a stream whose requests never come
+        return await chat.code(), await chat.trailing_metadata()
+
+    code, trailing = await shop.inside_call(
+        slow,
+        token=shop.host.token("alice"),
+        metadata=(("x-request-id", "req-dl"),),
+    )
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert dict(trailing or ())["x-request-id"] == "req-dl"
