@@ -91,8 +91,9 @@ class ObserveStage:
             except asyncio.CancelledError:
                 code = cancelled_code(context)
                 if hasattr(context, "transport"):
-                    # The host's own transports answer once the task is over (a
-                    # deadline, a drain): grpc.aio's client cannot read trailers then.
+                    # A deadline or a drain: the host's own transports send the status
+                    # and trailers once the task is over (grpc core has already sent
+                    # its own).
                     _trail_request_id(context, request_id)
                 raise
             except BaseException:
