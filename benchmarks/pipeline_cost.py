@@ -45,7 +45,7 @@ import sys
 import tempfile
 import timeit
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -71,7 +71,7 @@ from nexus_grpc.routing import Arity, CallHandler, InFlight, MethodInfo
 from nexus_grpc.storage import Storage
 from plugins.auth.sessions import SessionStore
 
-__all__ = ["FakeContext", "main", "measure"]
+__all__ = ["BenchStages", "FakeContext", "bench_stages", "get_order_info", "main", "measure"]
 
 REPO = Path(__file__).resolve().parents[1]
 #: Span queue of the tracing case: one timed run's spans (flushed between runs) fit.
@@ -193,10 +193,25 @@ def time_call(
     return min(runs), runs
 
 
-async def measure(
-    repeat: int, min_time: float, workdir: Path, *, tracing: bool = True
-) -> dict[str, Any]:
-    """Build the host's stages and time them one by one; the results as a dict."""
+@dataclass
+class BenchStages:
+    """The host's stages as the bench configures them, and what they were built from."""
+
+    config: Config
+    keys: KeySet
+    #: The HS256 secret and an access token of the bench's admin (``*.*:all``).
+    secret: bytes
+    token: str
+    verifier: TokenVerifier
+    sessions: SessionGuard
+    audit: AuditLog
+    stages: list[Stage]
+
+
+@contextlib.asynccontextmanager
+async def bench_stages(workdir: Path) -> AsyncIterator[BenchStages]:
+    """Build the host's stages for the bench's settings (HS256 secret file in ``workdir``,
+    rate limits too high to throttle, access log off); their storage closes on exit."""
     secret_file = workdir / "jwt-hs256.key"
     secret = secrets.token_bytes(64)
     handle = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -230,13 +245,46 @@ async def measure(
         await sessions.check(Principal(subject="bench-admin"))
         # The stages exactly as the host builds them for this configuration.
         stages: list[Stage] = Host(config)._build_stages(verifier, sessions, audit)
-        rows = await _time_stages(stages, token, repeat, min_time)
-        extras = await _time_verification(keys, config.auth, token, secret, repeat, min_time)
-        traced = None
-        if tracing:
-            traced = await _time_tracing(config, verifier, sessions, audit, token, repeat, min_time)
+        yield BenchStages(config, keys, secret, token, verifier, sessions, audit, stages)
     finally:
         await storage.close()
+
+
+def get_order_info() -> MethodInfo:
+    """GetOrder's route information as the host binds it (its contract policy)."""
+    descriptor = orders_pb2.DESCRIPTOR.services_by_name[SERVICE].methods_by_name[METHOD]
+    return MethodInfo(
+        PATH,
+        "orders",
+        descriptor,
+        Arity.of(descriptor),
+        InFlight(),
+        policy=effective_policy(descriptor),
+        ownership=_owns,
+        category="business",
+    )
+
+
+async def measure(
+    repeat: int, min_time: float, workdir: Path, *, tracing: bool = True
+) -> dict[str, Any]:
+    """Build the host's stages and time them one by one; the results as a dict."""
+    async with bench_stages(workdir) as built:
+        rows = await _time_stages(built.stages, built.token, repeat, min_time)
+        extras = await _time_verification(
+            built.keys, built.config.auth, built.token, built.secret, repeat, min_time
+        )
+        traced = None
+        if tracing:
+            traced = await _time_tracing(
+                built.config,
+                built.verifier,
+                built.sessions,
+                built.audit,
+                built.token,
+                repeat,
+                min_time,
+            )
     result: dict[str, Any] = {
         "method": PATH,
         "repeat": repeat,
@@ -331,17 +379,7 @@ async def _time_stages(
     only_ends: bool = False,
     between: Callable[[], Any] | None = None,
 ) -> list[Row]:
-    descriptor = orders_pb2.DESCRIPTOR.services_by_name[SERVICE].methods_by_name[METHOD]
-    info = MethodInfo(
-        PATH,
-        "orders",
-        descriptor,
-        Arity.of(descriptor),
-        InFlight(),
-        policy=effective_policy(descriptor),
-        ownership=_owns,
-        category="business",
-    )
+    info = get_order_info()
     response = orders_pb2.Order(id="0af1f498cdc34485aff607576753974e", customer_id="alice")
     request = orders_pb2.GetOrderRequest(id="0af1f498cdc34485aff607576753974e")
     context = FakeContext((("authorization", f"Bearer {token}"), ("user-agent", "h2load")))

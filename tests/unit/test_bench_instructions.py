@@ -81,3 +81,16 @@ def test_every_request_must_succeed_with_a_whole_response() -> None:
         h2load_problem(_h2load_report(200, 199, 199, 200 * 39), 200, 39)
     )
     assert "unreadable h2load report" in str(h2load_problem("connect failed", 200, 39))
+
+
+def test_the_stage_table_prices_each_stage_by_the_best_rounds_difference() -> None:
+    from benchmarks.stage_instructions import render
+
+    table = render(
+        [
+            {"stages": [], "per_call": [479_000.0, 478_000.0]},
+            {"stages": ["ForwardedStage", "ObserveStage"], "per_call": [521_500.0, 520_000.0]},
+        ]
+    ).splitlines()
+    assert "(handler alone)" in table[2] and "479.0k, 478.0k" in table[2]
+    assert "ObserveStage" in table[3] and table[3].endswith("+42.0k")
