@@ -113,7 +113,8 @@ def _measure(count: int | None, calls: int, rounds: int, workdir: Path) -> dict[
         load.send(WARMUP_CALLS)
         per_call = []
         for round_number in range(rounds):
-            counted = server.count(f"{label}_{round_number}", lambda: load.send(calls))
+            # A dump label must not start with a digit: callgrind_control takes it for a pid.
+            counted = server.count(f"stages_{label}_{round_number}", lambda: load.send(calls))
             per_call.append(counted.instructions / counted.requests)
     finally:
         procs.stop_all()
