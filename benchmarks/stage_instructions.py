@@ -86,7 +86,10 @@ async def _serve(ready: Path, count: int | None) -> None:
             port = server.add_insecure_port("127.0.0.1:0")
             await server.start()
             names = ",".join(type(stage).__name__ for stage in stages) or "-"
-            await asyncio.to_thread(ready.write_text, f"{port} {built.token} {names}")
+            # Written aside and renamed: the driver reads it as soon as it exists.
+            written = ready.with_name(ready.name + ".part")
+            await asyncio.to_thread(written.write_text, f"{port} {built.token} {names}")
+            await asyncio.to_thread(written.replace, ready)
             await server.wait_for_termination()
 
 
