@@ -84,7 +84,16 @@ from benchmarks.run import (
     write_nexus_config,
 )
 
-__all__ = ["Counted", "dump_total", "h2load_problem", "main", "net_per_request"]
+__all__ = [
+    "Counted",
+    "dump_total",
+    "grpc_load",
+    "grpc_succeeds",
+    "h2load_problem",
+    "listening",
+    "main",
+    "net_per_request",
+]
 
 RESULTS_FILE = BENCH_DIR / "results" / "instructions.json"
 #: Seconds of wall time each server's idle rate is measured over.
@@ -248,9 +257,11 @@ def h2load_problem(output: str, requests: int, min_response: int) -> str | None:
     return None
 
 
-def _grpc_load(
+def grpc_load(
     port: int, path: str, payload: bytes, workdir: Path, auth: str, response: int
 ) -> Load:
+    """h2load calls of ``path`` with ``payload`` framed in a file under ``workdir``, each
+    expected to answer at least ``response`` bytes of message."""
     body = workdir / f"{path.strip('/').replace('/', '_')}.bin"
     body.write_bytes(grpc_frame(payload))
     headers = ("content-type: application/grpc", "te: trailers", f"authorization: {auth}")
@@ -267,7 +278,7 @@ def _rest_load(port: int, path: str, body: Any, workdir: Path, auth: str) -> Loa
     return Load(f"http://127.0.0.1:{port}{path}", headers, file, http1=True)
 
 
-def _grpc_succeeds(port: int, path: str, payload: bytes, auth: str) -> bytes:
+def grpc_succeeds(port: int, path: str, payload: bytes, auth: str) -> bytes:
     """One call as h2load will make it (gRPC errors come as HTTP 200, so its status is
     checked here); its response. ``run.grpc_check`` but waiting for the server to serve
     (its port accepts connections before it does) and for a first call under valgrind."""
@@ -285,7 +296,8 @@ def _grpc_succeeds(port: int, path: str, payload: bytes, auth: str) -> bytes:
     return response
 
 
-def _listening(port: int) -> Callable[[], bool]:
+def listening(port: int) -> Callable[[], bool]:
+    """A readiness probe: True once ``port`` on loopback accepts a connection."""
     # A plain connect: grpc's own readiness wait swallows a Ctrl-C while a server starts.
     def probe() -> bool:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -365,7 +377,7 @@ def run(requests: int, workdir: Path, storage_url: str = "") -> dict[str, Any]:
         workdir,
     )
     try:
-        wait_until("nexus gRPC", _listening(grpc_port), nexus.check, START_TIMEOUT)
+        wait_until("nexus gRPC", listening(grpc_port), nexus.check, START_TIMEOUT)
         wait_until("nexus REST", http_ready(http_port), nexus.check, START_TIMEOUT)
         order_id = rest_create(http_port, "nexus REST", auth)["id"]
         get = orders_pb2.GetOrderRequest(id=order_id).SerializeToString()
@@ -376,14 +388,14 @@ def run(requests: int, workdir: Path, storage_url: str = "") -> dict[str, Any]:
         }
         cases = {}
         for name, (path, payload) in grpc_cases.items():
-            answer = _grpc_succeeds(grpc_port, path, payload, auth)
+            answer = grpc_succeeds(grpc_port, path, payload, auth)
             size = len(answer)
             if name == "grpc_create":
                 # The one part of a created order whose size varies: its times' nanos.
                 created = orders_pb2.Order.FromString(answer)
                 created.create_time.nanos = created.update_time.nanos = 0
                 size = created.ByteSize()
-            cases[name] = _grpc_load(grpc_port, path, payload, workdir, auth, size)
+            cases[name] = grpc_load(grpc_port, path, payload, workdir, auth, size)
         echo_body = {k: v for k, v in ECHO.items() if k != "id"}
         cases["rest_echo"] = _rest_load(
             http_port, f"/v1/echo/{ECHO['id']}", echo_body, workdir, auth
@@ -404,9 +416,9 @@ def run(requests: int, workdir: Path, storage_url: str = "") -> dict[str, Any]:
         workdir,
     )
     try:
-        wait_until("bare grpc.aio", _listening(bare_port), bare.check, START_TIMEOUT)
-        size = len(_grpc_succeeds(bare_port, echo_path, echo, auth))
-        cases = {"grpc_echo": _grpc_load(bare_port, echo_path, echo, workdir, auth, size)}
+        wait_until("bare grpc.aio", listening(bare_port), bare.check, START_TIMEOUT)
+        size = len(grpc_succeeds(bare_port, echo_path, echo, auth))
+        cases = {"grpc_echo": grpc_load(bare_port, echo_path, echo, workdir, auth, size)}
         results["servers"]["bare_grpc"] = _report(*_measure(bare, cases, counts))
     finally:
         procs.stop_all()

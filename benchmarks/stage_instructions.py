@@ -37,9 +37,9 @@ from benchmarks.instructions import (
     START_TIMEOUT,
     CallgrindServer,
     Load,
-    _grpc_load,
-    _grpc_succeeds,
-    _listening,
+    grpc_load,
+    grpc_succeeds,
+    listening,
 )
 from benchmarks.run import BENCH_DIR, BenchError, Processes, terminated_on_signals, wait_until
 
@@ -109,10 +109,10 @@ def _measure(count: int | None, calls: int, rounds: int, workdir: Path) -> dict[
         wait_until("the stages' server", ready.exists, server.check, START_TIMEOUT)
         port_text, token, names = ready.read_text().split(" ", 2)
         port, auth = int(port_text), f"Bearer {token}"
-        wait_until("the stages' server", _listening(port), server.check, START_TIMEOUT)
+        wait_until("the stages' server", listening(port), server.check, START_TIMEOUT)
         payload = orders_pb2.GetOrderRequest(id=ORDER_ID).SerializeToString()
-        answer = _grpc_succeeds(port, PATH, payload, auth)
-        load: Load = _grpc_load(port, PATH, payload, workdir, auth, len(answer))
+        answer = grpc_succeeds(port, PATH, payload, auth)
+        load: Load = grpc_load(port, PATH, payload, workdir, auth, len(answer))
         load.send(WARMUP_CALLS)
         per_call = []
         for round_number in range(rounds):
