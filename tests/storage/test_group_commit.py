@@ -1,0 +1,273 @@
+"""Group commit on SQLite: units of work that wait for the write turn run in the
+transaction the unit before them left open, each under a savepoint, and commit
+together (see ``nexus_grpc.storage._sqlite``)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from nexus.orders.v1 import orders_pb2
+from sqlalchemy.exc import DBAPIError
+
+from nexus_grpc.errors import ConflictError
+from nexus_grpc.storage import Namespace
+from nexus_grpc.storage._sqlite import GROUP_COMMIT_UNITS
+from nexus_grpc.storage._sqlite_points import wrap
+from nexus_grpc.storage._sqlite_units import SqliteUnit
+from nexus_grpc.storage.faults import StorageUnavailableError
+
+from . import connected
+
+Order = orders_pb2.Order
+
+
+class Commits:
+    """Counts the COMMITs units run, and how many units each one ended."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original_end = SqliteUnit._end
+
+        def counted(unit: SqliteUnit, *, commit: bool) -> None:
+            original_end(unit, commit=commit)
+            if commit:
+                self.count += 1
+
+        monkeypatch.setattr(SqliteUnit, "_end", counted)
+
+
+@asynccontextmanager
+async def units_namespace(tmp_path: Path) -> AsyncIterator[Namespace]:
+    async with connected(f"sqlite:///{tmp_path}/nexus.db") as storage:
+        namespace = storage.namespace("group")
+        # The first unit opens the connection kept between units, on a thread; the
+        # later ones take SQLite's lock on the loop's thread and may form groups.
+        async with namespace.transaction() as unit:
+            await unit.repository(Order).create(Order(id="seed"))
+        yield namespace
+
+
+class Gate:
+    """A unit that holds the write turn until released, so others queue behind it."""
+
+    def __init__(self, namespace: Namespace, order_id: str) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.task = asyncio.ensure_future(self._run(namespace, order_id))
+
+    async def _run(self, namespace: Namespace, order_id: str) -> None:
+        async with namespace.transaction() as unit:
+            await unit.repository(Order).create(Order(id=order_id))
+            self.entered.set()
+            await self.release.wait()
+
+
+async def create_in_unit(namespace: Namespace, order_id: str) -> None:
+    async with namespace.transaction() as unit:
+        await unit.repository(Order).create(Order(id=order_id))
+
+
+async def queued() -> None:
+    """Let the tasks just started run until they queue for the write turn."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def ids(namespace: Namespace) -> set[str]:
+    page = await namespace.repository(Order).list(page_size=100)
+    return {order.id for order in page.items}
+
+
+async def test_concurrent_units_share_commits_and_all_land(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with units_namespace(tmp_path) as namespace:
+        commits = Commits(monkeypatch)
+        gate = Gate(namespace, "gate")
+        await gate.entered.wait()
+        names = [f"o-{n}" for n in range(20)]
+        tasks = [asyncio.ensure_future(create_in_unit(namespace, name)) for name in names]
+        await queued()
+        gate.release.set()
+        await asyncio.wait_for(asyncio.gather(gate.task, *tasks), 10)
+        assert await ids(namespace) == {"seed", "gate", *names}
+        # 21 units, in groups of GROUP_COMMIT_UNITS at most.
+        assert GROUP_COMMIT_UNITS > 1
+        assert commits.count == -(-21 // GROUP_COMMIT_UNITS)
+
+
+async def test_a_lone_unit_commits_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with units_namespace(tmp_path) as namespace:
+        commits = Commits(monkeypatch)
+        await create_in_unit(namespace, "alone")
+        assert commits.count == 1
+        assert "alone" in await ids(namespace)
+
+
+async def test_a_failing_unit_of_a_group_rolls_back_alone(tmp_path: Path) -> None:
+    async with units_namespace(tmp_path) as namespace:
+        gate = Gate(namespace, "before")
+        await gate.entered.wait()
+
+        async def failing() -> None:
+            async with namespace.transaction() as unit:
+                orders = unit.repository(Order)
+                # It runs in the transaction the gate left open: it sees its order, and
+                # the gate waits for the group's commit.
+                assert await orders.get("before") is not None
+                assert not gate.task.done()
+                await orders.create(Order(id="failed"))
+                raise RuntimeError("no")
+
+        bad = asyncio.ensure_future(failing())
+        after = asyncio.ensure_future(create_in_unit(namespace, "after"))
+        await queued()
+        gate.release.set()
+        await asyncio.wait_for(gate.task, 10)
+        with pytest.raises(RuntimeError, match="no"):
+            await bad
+        await asyncio.wait_for(after, 10)
+        assert await ids(namespace) == {"seed", "before", "after"}
+
+
+async def test_a_conflict_in_a_joined_unit_is_its_own(tmp_path: Path) -> None:
+    async with units_namespace(tmp_path) as namespace:
+        orders = namespace.repository(Order)
+        stored = await orders.create(Order(id="versioned", note="v1"))
+        gate = Gate(namespace, "before")
+        await gate.entered.wait()
+
+        async def stale_update() -> None:
+            async with namespace.transaction() as unit:
+                # In the gate's open transaction: its order is there already.
+                assert await unit.repository(Order).get("before") is not None
+                assert not gate.task.done()
+                changed = Order()
+                changed.CopyFrom(stored)
+                changed.note = "v2"
+                await unit.repository(Order).update(changed, expected_version=7)
+
+        stale = asyncio.ensure_future(stale_update())
+        await queued()
+        gate.release.set()
+        await asyncio.wait_for(gate.task, 10)
+        with pytest.raises(ConflictError):
+            await stale
+        assert (await orders.get("versioned")) == stored
+        assert "before" in await ids(namespace)
+
+
+async def test_a_unit_cancelled_while_its_group_commits_is_committed(tmp_path: Path) -> None:
+    """Its body was over: as without groups, its writes commit; its caller has gone."""
+    async with units_namespace(tmp_path) as namespace:
+        first = Gate(namespace, "first")
+        await first.entered.wait()
+        second = Gate(namespace, "second")
+        await queued()
+        first.release.set()  # first hands its transaction on to second, and waits
+        await asyncio.wait_for(second.entered.wait(), 10)
+        assert not first.task.done()
+        first.task.cancel()
+        await asyncio.sleep(0)
+        second.release.set()
+        await asyncio.wait_for(second.task, 10)
+        with pytest.raises(asyncio.CancelledError):
+            await first.task
+        assert {"first", "second"} <= await ids(namespace)
+
+
+async def test_a_group_whose_next_unit_stops_waiting_still_commits(tmp_path: Path) -> None:
+    async with units_namespace(tmp_path) as namespace:
+        gate = Gate(namespace, "handed-on")
+        await gate.entered.wait()
+        waiting = asyncio.ensure_future(create_in_unit(namespace, "never"))
+        await queued()
+        # The gate hands its transaction on and gives the turn back; the unit it was
+        # left for stops waiting before it runs.
+        gate.release.set()
+        waiting.cancel()
+        await asyncio.wait_for(gate.task, 10)
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await ids(namespace) == {"seed", "handed-on"}
+        # The turn is free again and the kept connection clean.
+        await create_in_unit(namespace, "next")
+        assert "next" in await ids(namespace)
+
+
+async def test_another_writer_commits_an_open_group_first(tmp_path: Path) -> None:
+    async with units_namespace(tmp_path) as namespace:
+        gate = Gate(namespace, "unit")
+        await gate.entered.wait()
+        orders = namespace.repository(Order)
+        point = asyncio.ensure_future(orders.create(Order(id="point")))  # no unit
+        later = asyncio.ensure_future(create_in_unit(namespace, "later"))
+        await queued()
+        gate.release.set()
+        await asyncio.wait_for(asyncio.gather(gate.task, point, later), 10)
+        assert await ids(namespace) == {"seed", "unit", "point", "later"}
+
+
+async def test_a_unit_that_ran_a_sqlalchemy_statement_ends_its_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with units_namespace(tmp_path) as namespace:
+        commits = Commits(monkeypatch)
+        gate = Gate(namespace, "gate")
+        await gate.entered.wait()
+
+        async def listing() -> None:
+            async with namespace.transaction() as unit:
+                orders = unit.repository(Order)
+                await orders.create(Order(id="listed", customer_id="c"))
+                page = await orders.list(filter={"customer_id": "c"}, page_size=10)
+                assert [order.id for order in page.items] == ["listed"]
+
+        lister = asyncio.ensure_future(listing())
+        after = asyncio.ensure_future(create_in_unit(namespace, "after"))
+        await queued()
+        gate.release.set()
+        await asyncio.wait_for(asyncio.gather(gate.task, lister, after), 10)
+        # gate + listing commit together (the listing's Connection ends it); "after"
+        # commits alone.
+        assert commits.count == 2
+        assert await ids(namespace) == {"seed", "gate", "listed", "after"}
+
+
+async def test_a_failed_commit_fails_every_unit_of_the_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with units_namespace(tmp_path) as namespace:
+        gate = Gate(namespace, "first")
+        await gate.entered.wait()
+        second = asyncio.ensure_future(create_in_unit(namespace, "second"))
+        await queued()
+        original: Callable[..., None] = SqliteUnit._end
+
+        def failing_commit(unit: SqliteUnit, *, commit: bool) -> None:
+            if not commit:
+                original(unit, commit=False)
+                return
+            # What a full disk does to a COMMIT: SQLite rolls the transaction back.
+            original(unit, commit=False)
+            full = sqlite3.OperationalError("database or disk is full")
+            raise wrap("COMMIT", full, unit._dialect)
+
+        monkeypatch.setattr(SqliteUnit, "_end", failing_commit)
+        gate.release.set()
+        results = await asyncio.wait_for(
+            asyncio.gather(gate.task, second, return_exceptions=True), 10
+        )
+        monkeypatch.undo()
+        for result in results:
+            # Each unit its own error: the storage's "unavailable", as for any full disk.
+            assert isinstance(result, (StorageUnavailableError, DBAPIError)), result
+        assert results[0] is not results[1]
+        assert await ids(namespace) == {"seed"}
+        await create_in_unit(namespace, "recovered")
+        assert "recovered" in await ids(namespace)
