@@ -560,8 +560,9 @@ async def probe_server(metrics: Metrics) -> AsyncIterator[ProbeServer]:
 
 
 async def _settled(samples: Samples, code: str) -> float | None:
-    # The server finishes its bookkeeping a moment after the client sees the status.
-    for _ in range(200):
+    # The server finishes its bookkeeping a moment after the client sees the status (a
+    # deadline's, once grpc core has told the loop: seconds on a loaded machine).
+    for _ in range(1000):
         if samples.handled(code):
             break
         await asyncio.sleep(0.01)
