@@ -571,12 +571,12 @@ class _SqliteUnitScope:
         if driver._may_hand_on(unit, size):
             await self._hand_on(group or _CommitGroup(unit))
         elif group is not None:
-            # The group's last unit: its COMMIT runs on the loop's thread, no step to
-            # wait for (a joined unit holds the write lock there).
-            try:
-                group.commit(driver)
-            finally:
-                self._release()
+            # The group's last unit: its COMMIT runs on the loop's thread (a joined unit
+            # holds the write lock there), after a step its body stopped waiting for.
+            if unit.step_running:
+                await _finished(self._commit_group(group))
+            else:
+                self._commit_group_now(group)
         else:
             try:
                 await unit.finish(commit=True)
@@ -595,15 +595,9 @@ class _SqliteUnitScope:
         assert unit is not None
         try:
             unit.hand_on()
-        except BaseException as error:
+        except Exception:
             # Its savepoint could not be released: the group ends with this unit.
-            try:
-                if unit.roll_back_own():
-                    group.commit(driver)
-                else:
-                    group.fail(error, driver)
-            finally:
-                self._release()
+            self._end_group(group)
             raise
         committed = asyncio.get_running_loop().create_future()
         group.waiting.append(committed)
@@ -613,6 +607,22 @@ class _SqliteUnitScope:
         # Cancelled meanwhile: the group commits all the same (or fails) without it.
         await committed
 
+    async def _commit_group(self, group: _CommitGroup) -> None:
+        unit = self._unit
+        assert unit is not None
+        try:
+            await unit.settle()
+        except BaseException:
+            self._release()
+            raise
+        self._commit_group_now(group)
+
+    def _commit_group_now(self, group: _CommitGroup) -> None:
+        try:
+            group.commit(self._driver)
+        finally:
+            self._release()
+
     async def _leave_group(self, group: _CommitGroup) -> None:
         # A joined unit failed: its own statements are undone and the group committed at
         # once. A failure ends the group: this unit's caller must not wait for later
@@ -620,10 +630,22 @@ class _SqliteUnitScope:
         unit = self._unit
         assert unit is not None
         await unit.settle()
-        if unit.roll_back_own():
-            group.commit(self._driver)
-        else:
-            group.fail(RuntimeError("rolling back to the unit's savepoint failed"), self._driver)
+        self._end_group(group, release=False)
+
+    def _end_group(self, group: _CommitGroup, *, release: bool = True) -> None:
+        """Undo this unit's own statements and commit what the group's earlier units
+        wrote (or fail them, should the rollback to the savepoint fail)."""
+        unit = self._unit
+        assert unit is not None
+        try:
+            error = unit.roll_back_own()
+            if error is None:
+                group.commit(self._driver)
+            else:
+                group.fail(error, self._driver)
+        finally:
+            if release:
+                self._release()
 
     def _release(self) -> None:
         """Give the slot and the turn back; the unit's connection, if it still has it,
@@ -643,6 +665,21 @@ def _keep_or_discard(driver: SqliteDriver, unit: SqliteUnit) -> None:
         kept = unit.for_next_unit()
         if kept is not None:
             driver._idle_units.append(kept)
+
+
+async def _finished(work: Awaitable[None]) -> None:
+    """Await ``work`` in a task of its own that the caller's cancellation does not stop
+    (a group's COMMIT is the other units' too); its error, if the caller still waits."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(_log_unheard)
+    await asyncio.shield(task)
+
+
+def _log_unheard(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        # Retrieved here, so that one whose caller was cancelled is not reported as
+        # never retrieved; the group's units get their own errors.
+        _log.debug("a group's commit failed after its last unit's caller left")
 
 
 async def _detached(finishing: Awaitable[None], release: Callable[[], None]) -> None:

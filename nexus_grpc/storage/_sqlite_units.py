@@ -129,6 +129,10 @@ class SqliteUnit(SqliteSteps):
         self.session, carrier.session = carrier.session, None
         self._waits = carrier._waits
         try:
+            if not self._raw.in_transaction:
+                # A SAVEPOINT would begin a transaction of its own, and its RELEASE
+                # commit it: never the group's (see can_hand_on).
+                raise RuntimeError("the transaction left open for this unit has ended")
             self._statement(f"SAVEPOINT {_SAVEPOINT}")
         except BaseException:
             carrier.session, self.session = self.session, None
@@ -139,7 +143,9 @@ class SqliteUnit(SqliteSteps):
         """Whether the unit, its body over, may leave its transaction open for the next
         unit instead of committing it: it runs on the loop's thread, on its sqlite3
         connection alone (a statement built with SQLAlchemy opened the Connection's own
-        transaction, which that Connection must end), with no step still running."""
+        transaction, which that Connection must end), with no step still running, and
+        its transaction still open (SQLite rolls the whole of it back on some errors, a
+        full disk or an interrupt, which a body may have caught: COMMIT then tells)."""
         session = self.session
         return (
             self._on_loop
@@ -147,7 +153,13 @@ class SqliteUnit(SqliteSteps):
             and self._running is None
             and session is not None
             and not session.in_transaction()
+            and self._raw.in_transaction
         )
+
+    @property
+    def step_running(self) -> bool:
+        """Whether a step runs on a thread still (its caller stopped waiting for it)."""
+        return self._running is not None and not self._running.done()
 
     def hand_on(self) -> None:
         """End the unit without committing: its statements stay in the open transaction
@@ -156,19 +168,19 @@ class SqliteUnit(SqliteSteps):
         if self.joined:
             self._statement(f"RELEASE {_SAVEPOINT}")
 
-    def roll_back_own(self) -> bool:
+    def roll_back_own(self) -> Exception | None:
         """Undo this joined unit's statements only (ROLLBACK TO its savepoint); the
-        transaction stays open for the units before it. False when that failed: the
-        whole transaction was rolled back (or the connection discarded) instead."""
+        transaction stays open for the units before it. The error when that failed:
+        the whole transaction was rolled back (or the connection discarded) instead."""
         self._ended = True
         try:
             self._statement(f"ROLLBACK TO {_SAVEPOINT}")
             self._statement(f"RELEASE {_SAVEPOINT}")
-        except BaseException:
-            with contextlib.suppress(BaseException):
+        except Exception as error:
+            with contextlib.suppress(Exception):
                 self._end(commit=False)
-            return False
-        return True
+            return error
+        return None
 
     async def settle(self) -> None:
         """End the unit: further statements raise; a step still running on a thread

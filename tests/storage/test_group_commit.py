@@ -5,10 +5,14 @@ together (see ``nexus_grpc.storage._sqlite``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nexus.orders.v1 import orders_pb2
@@ -39,6 +43,29 @@ class Commits:
                 self.count += 1
 
         monkeypatch.setattr(SqliteUnit, "_end", counted)
+
+
+class HandOns:
+    """Counts the units that left their transaction open for the next one."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original = SqliteUnit.hand_on
+
+        def counted(unit: SqliteUnit) -> None:
+            original(unit)
+            self.count += 1
+
+        monkeypatch.setattr(SqliteUnit, "hand_on", counted)
+
+
+def unit_connection(namespace: Namespace) -> sqlite3.Connection:
+    """The sqlite3 connection units of ``namespace``'s storage run on (kept between
+    units; units_namespace has opened it)."""
+    driver = namespace._backend._database._sqlite  # type: ignore[attr-defined]
+    raw = driver._idle_units[0].connection.dbapi_connection
+    assert isinstance(raw, sqlite3.Connection)
+    return raw
 
 
 @asynccontextmanager
@@ -181,8 +208,11 @@ async def test_a_unit_cancelled_while_its_group_commits_is_committed(tmp_path: P
         assert {"first", "second"} <= await ids(namespace)
 
 
-async def test_a_group_whose_next_unit_stops_waiting_still_commits(tmp_path: Path) -> None:
+async def test_a_group_whose_next_unit_stops_waiting_still_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with units_namespace(tmp_path) as namespace:
+        hand_ons = HandOns(monkeypatch)
         gate = Gate(namespace, "handed-on")
         await gate.entered.wait()
         waiting = asyncio.ensure_future(create_in_unit(namespace, "never"))
@@ -194,14 +224,18 @@ async def test_a_group_whose_next_unit_stops_waiting_still_commits(tmp_path: Pat
         await asyncio.wait_for(gate.task, 10)
         with pytest.raises(asyncio.CancelledError):
             await waiting
+        assert hand_ons.count == 1
         assert await ids(namespace) == {"seed", "handed-on"}
         # The turn is free again and the kept connection clean.
         await create_in_unit(namespace, "next")
         assert "next" in await ids(namespace)
 
 
-async def test_another_writer_commits_an_open_group_first(tmp_path: Path) -> None:
+async def test_another_writer_commits_an_open_group_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with units_namespace(tmp_path) as namespace:
+        hand_ons = HandOns(monkeypatch)
         gate = Gate(namespace, "unit")
         await gate.entered.wait()
         orders = namespace.repository(Order)
@@ -210,6 +244,9 @@ async def test_another_writer_commits_an_open_group_first(tmp_path: Path) -> Non
         await queued()
         gate.release.set()
         await asyncio.wait_for(asyncio.gather(gate.task, point, later), 10)
+        # The gate left its transaction open (a unit waited); the point write, first in
+        # line, committed it before its own.
+        assert hand_ons.count == 1
         assert await ids(namespace) == {"seed", "unit", "point", "later"}
 
 
@@ -248,12 +285,14 @@ async def test_a_failed_commit_fails_every_unit_of_the_group(
         second = asyncio.ensure_future(create_in_unit(namespace, "second"))
         await queued()
         original: Callable[..., None] = SqliteUnit._end
+        attempts = []
 
         def failing_commit(unit: SqliteUnit, *, commit: bool) -> None:
             if not commit:
                 original(unit, commit=False)
                 return
             # What a full disk does to a COMMIT: SQLite rolls the transaction back.
+            attempts.append(unit)
             original(unit, commit=False)
             full = sqlite3.OperationalError("database or disk is full")
             raise wrap("COMMIT", full, unit._dialect)
@@ -264,6 +303,7 @@ async def test_a_failed_commit_fails_every_unit_of_the_group(
             asyncio.gather(gate.task, second, return_exceptions=True), 10
         )
         monkeypatch.undo()
+        assert len(attempts) == 1  # one COMMIT for both units
         for result in results:
             # Each unit its own error: the storage's "unavailable", as for any full disk.
             assert isinstance(result, (StorageUnavailableError, DBAPIError)), result
@@ -271,3 +311,116 @@ async def test_a_failed_commit_fails_every_unit_of_the_group(
         assert await ids(namespace) == {"seed"}
         await create_in_unit(namespace, "recovered")
         assert "recovered" in await ids(namespace)
+
+
+async def test_the_last_unit_commits_after_a_step_it_stopped_waiting_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A joined unit whose body gave up waiting for its list (still running on a thread)
+    and returned: the group commits once that step is over, never beside it."""
+    async with units_namespace(tmp_path) as namespace:
+        raw = unit_connection(namespace)
+        loop_thread = threading.get_ident()
+        step_started, step_over = threading.Event(), threading.Event()
+
+        def slow_on_threads() -> int:
+            # A list no index serves: 0.3 s inside one step.
+            if threading.get_ident() != loop_thread and not step_started.is_set():
+                step_started.set()
+                time.sleep(0.3)
+            return 0
+
+        original_execute = SqliteUnit._execute
+
+        def execute(unit: SqliteUnit, statement: Any) -> Any:
+            try:
+                return original_execute(unit, statement)
+            finally:
+                step_over.set()
+
+        under_step: list[bool] = []
+        original_commit_now = SqliteUnit.commit_now
+
+        def commit_now(unit: SqliteUnit) -> None:
+            under_step.append(step_started.is_set() and not step_over.is_set())
+            original_commit_now(unit)
+
+        monkeypatch.setattr(SqliteUnit, "_execute", execute)
+        monkeypatch.setattr(SqliteUnit, "commit_now", commit_now)
+        raw.set_progress_handler(slow_on_threads, 10)
+        try:
+            gate = Gate(namespace, "gate")
+            await gate.entered.wait()
+
+            async def impatient() -> None:
+                async with namespace.transaction() as unit:
+                    orders = unit.repository(Order)
+                    await orders.create(Order(id="joined"))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(orders.list(page_size=10), 0.05)
+
+            joined = asyncio.ensure_future(impatient())
+            await queued()
+            gate.release.set()
+            await asyncio.wait_for(asyncio.gather(gate.task, joined), 10)
+        finally:
+            raw.set_progress_handler(None, 0)
+        assert under_step == [False]
+        assert {"gate", "joined"} <= await ids(namespace)
+
+
+async def test_a_transaction_sqlite_rolled_back_is_not_handed_on(tmp_path: Path) -> None:
+    """An error after which SQLite rolls the whole transaction back (an interrupt here; a
+    full disk, an I/O error), caught by the body: the unit's COMMIT fails and its caller
+    hears of it, rather than the next unit's SAVEPOINT beginning a new transaction."""
+    async with units_namespace(tmp_path) as namespace:
+        raw = unit_connection(namespace)
+        entered, release = asyncio.Event(), asyncio.Event()
+
+        async def tolerant() -> None:
+            async with namespace.transaction() as unit:
+                orders = unit.repository(Order)
+                await orders.create(Order(id="lost"))
+                entered.set()
+                await release.wait()
+                raw.set_progress_handler(lambda: 1, 1)
+                try:
+                    with contextlib.suppress(Exception):  # an optional write
+                        await orders.create(Order(id="interrupted"))
+                finally:
+                    raw.set_progress_handler(None, 0)
+                assert not raw.in_transaction
+
+        told = asyncio.ensure_future(tolerant())
+        await entered.wait()
+        joined = asyncio.ensure_future(create_in_unit(namespace, "joined"))
+        await queued()
+        release.set()
+        outcome, after = await asyncio.wait_for(
+            asyncio.gather(told, joined, return_exceptions=True), 10
+        )
+        assert isinstance(outcome, Exception)
+        assert "no transaction is active" in str(outcome)
+        assert after is None
+        assert await ids(namespace) == {"seed", "joined"}
+
+
+async def test_a_unit_nested_in_another_of_its_task_still_times_out(tmp_path: Path) -> None:
+    async with units_namespace(tmp_path) as namespace:
+        driver = namespace._backend._database._sqlite  # type: ignore[attr-defined]
+        driver._write_timeout = 0.3
+
+        async def later() -> None:
+            await asyncio.sleep(0.15)
+            await create_in_unit(namespace, "other")
+
+        async with namespace.transaction() as outer:
+            await outer.repository(Order).create(Order(id="outer"))
+            other = asyncio.ensure_future(later())
+            with pytest.raises(ConflictError):
+                async with namespace.transaction() as inner:
+                    await inner.repository(Order).create(Order(id="inner"))
+        await asyncio.wait_for(other, 5)
+        assert driver._units_waiting == 0
+        assert driver._pending is None
+        assert await ids(namespace) == {"seed", "outer", "other"}
