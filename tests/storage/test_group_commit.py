@@ -9,7 +9,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,13 @@ class Gate:
         self.release = asyncio.Event()
         self.task = asyncio.ensure_future(self._run(namespace, order_id))
 
+    @classmethod
+    async def holding(cls, namespace: Namespace, order_id: str) -> Gate:
+        """A gate whose unit has written ``order_id`` and holds the turn."""
+        gate = cls(namespace, order_id)
+        await gate.entered.wait()
+        return gate
+
     async def _run(self, namespace: Namespace, order_id: str) -> None:
         async with namespace.transaction() as unit:
             await unit.repository(Order).create(Order(id=order_id))
@@ -97,6 +104,15 @@ class Gate:
 async def create_in_unit(namespace: Namespace, order_id: str) -> None:
     async with namespace.transaction() as unit:
         await unit.repository(Order).create(Order(id=order_id))
+
+
+async def behind(gate: Gate, *calls: Awaitable[Any]) -> list[Any]:
+    """Run ``calls`` queued behind ``gate``'s unit, then let the gate go; the gate's
+    result and theirs (exceptions returned, not raised)."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    await queued()
+    gate.release.set()
+    return await asyncio.wait_for(asyncio.gather(gate.task, *tasks, return_exceptions=True), 10)
 
 
 async def queued() -> None:
@@ -115,13 +131,10 @@ async def test_concurrent_units_share_commits_and_all_land(
 ) -> None:
     async with units_namespace(tmp_path) as namespace:
         commits = Commits(monkeypatch)
-        gate = Gate(namespace, "gate")
-        await gate.entered.wait()
+        gate = await Gate.holding(namespace, "gate")
         names = [f"o-{n}" for n in range(20)]
-        tasks = [asyncio.ensure_future(create_in_unit(namespace, name)) for name in names]
-        await queued()
-        gate.release.set()
-        await asyncio.wait_for(asyncio.gather(gate.task, *tasks), 10)
+        results = await behind(gate, *(create_in_unit(namespace, name) for name in names))
+        assert results == [None] * 21
         assert await ids(namespace) == {"seed", "gate", *names}
         # 21 units, in groups of GROUP_COMMIT_UNITS at most.
         assert GROUP_COMMIT_UNITS > 1
@@ -138,8 +151,7 @@ async def test_a_lone_unit_commits_at_once(tmp_path: Path, monkeypatch: pytest.M
 
 async def test_a_failing_unit_of_a_group_rolls_back_alone(tmp_path: Path) -> None:
     async with units_namespace(tmp_path) as namespace:
-        gate = Gate(namespace, "before")
-        await gate.entered.wait()
+        gate = await Gate.holding(namespace, "before")
 
         async def failing() -> None:
             async with namespace.transaction() as unit:
@@ -151,14 +163,9 @@ async def test_a_failing_unit_of_a_group_rolls_back_alone(tmp_path: Path) -> Non
                 await orders.create(Order(id="failed"))
                 raise RuntimeError("no")
 
-        bad = asyncio.ensure_future(failing())
-        after = asyncio.ensure_future(create_in_unit(namespace, "after"))
-        await queued()
-        gate.release.set()
-        await asyncio.wait_for(gate.task, 10)
-        with pytest.raises(RuntimeError, match="no"):
-            await bad
-        await asyncio.wait_for(after, 10)
+        done, bad, after = await behind(gate, failing(), create_in_unit(namespace, "after"))
+        assert done is None and after is None
+        assert isinstance(bad, RuntimeError) and str(bad) == "no"
         assert await ids(namespace) == {"seed", "before", "after"}
 
 
@@ -166,8 +173,7 @@ async def test_a_conflict_in_a_joined_unit_is_its_own(tmp_path: Path) -> None:
     async with units_namespace(tmp_path) as namespace:
         orders = namespace.repository(Order)
         stored = await orders.create(Order(id="versioned", note="v1"))
-        gate = Gate(namespace, "before")
-        await gate.entered.wait()
+        gate = await Gate.holding(namespace, "before")
 
         async def stale_update() -> None:
             async with namespace.transaction() as unit:
@@ -179,12 +185,9 @@ async def test_a_conflict_in_a_joined_unit_is_its_own(tmp_path: Path) -> None:
                 changed.note = "v2"
                 await unit.repository(Order).update(changed, expected_version=7)
 
-        stale = asyncio.ensure_future(stale_update())
-        await queued()
-        gate.release.set()
-        await asyncio.wait_for(gate.task, 10)
-        with pytest.raises(ConflictError):
-            await stale
+        done, stale = await behind(gate, stale_update())
+        assert done is None
+        assert isinstance(stale, ConflictError)
         assert (await orders.get("versioned")) == stored
         assert "before" in await ids(namespace)
 
@@ -192,8 +195,7 @@ async def test_a_conflict_in_a_joined_unit_is_its_own(tmp_path: Path) -> None:
 async def test_a_unit_cancelled_while_its_group_commits_is_committed(tmp_path: Path) -> None:
     """Its body was over: as without groups, its writes commit; its caller has gone."""
     async with units_namespace(tmp_path) as namespace:
-        first = Gate(namespace, "first")
-        await first.entered.wait()
+        first = await Gate.holding(namespace, "first")
         second = Gate(namespace, "second")
         await queued()
         first.release.set()  # first hands its transaction on to second, and waits
@@ -213,8 +215,7 @@ async def test_a_group_whose_next_unit_stops_waiting_still_commits(
 ) -> None:
     async with units_namespace(tmp_path) as namespace:
         hand_ons = HandOns(monkeypatch)
-        gate = Gate(namespace, "handed-on")
-        await gate.entered.wait()
+        gate = await Gate.holding(namespace, "handed-on")
         waiting = asyncio.ensure_future(create_in_unit(namespace, "never"))
         await queued()
         # The gate hands its transaction on and gives the turn back; the unit it was
@@ -236,14 +237,11 @@ async def test_another_writer_commits_an_open_group_first(
 ) -> None:
     async with units_namespace(tmp_path) as namespace:
         hand_ons = HandOns(monkeypatch)
-        gate = Gate(namespace, "unit")
-        await gate.entered.wait()
+        gate = await Gate.holding(namespace, "unit")
         orders = namespace.repository(Order)
-        point = asyncio.ensure_future(orders.create(Order(id="point")))  # no unit
-        later = asyncio.ensure_future(create_in_unit(namespace, "later"))
-        await queued()
-        gate.release.set()
-        await asyncio.wait_for(asyncio.gather(gate.task, point, later), 10)
+        point = orders.create(Order(id="point"))  # no unit
+        results = await behind(gate, point, create_in_unit(namespace, "later"))
+        assert results[0] is None and results[2] is None
         # The gate left its transaction open (a unit waited); the point write, first in
         # line, committed it before its own.
         assert hand_ons.count == 1
@@ -255,8 +253,7 @@ async def test_a_unit_that_ran_a_sqlalchemy_statement_ends_its_group(
 ) -> None:
     async with units_namespace(tmp_path) as namespace:
         commits = Commits(monkeypatch)
-        gate = Gate(namespace, "gate")
-        await gate.entered.wait()
+        gate = await Gate.holding(namespace, "gate")
 
         async def listing() -> None:
             async with namespace.transaction() as unit:
@@ -265,11 +262,8 @@ async def test_a_unit_that_ran_a_sqlalchemy_statement_ends_its_group(
                 page = await orders.list(filter={"customer_id": "c"}, page_size=10)
                 assert [order.id for order in page.items] == ["listed"]
 
-        lister = asyncio.ensure_future(listing())
-        after = asyncio.ensure_future(create_in_unit(namespace, "after"))
-        await queued()
-        gate.release.set()
-        await asyncio.wait_for(asyncio.gather(gate.task, lister, after), 10)
+        results = await behind(gate, listing(), create_in_unit(namespace, "after"))
+        assert results == [None, None, None]
         # gate + listing commit together (the listing's Connection ends it); "after"
         # commits alone.
         assert commits.count == 2
@@ -280,8 +274,7 @@ async def test_a_failed_commit_fails_every_unit_of_the_group(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with units_namespace(tmp_path) as namespace:
-        gate = Gate(namespace, "first")
-        await gate.entered.wait()
+        gate = await Gate.holding(namespace, "first")
         second = asyncio.ensure_future(create_in_unit(namespace, "second"))
         await queued()
         original: Callable[..., None] = SqliteUnit._end
@@ -349,8 +342,7 @@ async def test_the_last_unit_commits_after_a_step_it_stopped_waiting_for(
         monkeypatch.setattr(SqliteUnit, "commit_now", commit_now)
         raw.set_progress_handler(slow_on_threads, 10)
         try:
-            gate = Gate(namespace, "gate")
-            await gate.entered.wait()
+            gate = await Gate.holding(namespace, "gate")
 
             async def impatient() -> None:
                 async with namespace.transaction() as unit:
@@ -359,10 +351,7 @@ async def test_the_last_unit_commits_after_a_step_it_stopped_waiting_for(
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(orders.list(page_size=10), 0.05)
 
-            joined = asyncio.ensure_future(impatient())
-            await queued()
-            gate.release.set()
-            await asyncio.wait_for(asyncio.gather(gate.task, joined), 10)
+            assert await behind(gate, impatient()) == [None, None]
         finally:
             raw.set_progress_handler(None, 0)
         assert under_step == [False]
