@@ -37,10 +37,10 @@ Concurrency:
   cancellation cannot interrupt.
 
 Group commit. A commit's cost is mostly the pages it writes to the WAL (two system calls
-a page): an order with its outbox event dirties ~13 pages of a table of 20,000 records
+a page): an order with its outbox event dirties ~12 pages of a table of 20,000 records
 (its row, the primary key's leaves, a leaf of each declared index) and its COMMIT costs
 more CPU than its statements. Concurrent units touch many of the same pages, so units
-that commit together write fewer pages each (~5 in groups of eight). A unit of work
+that commit together write fewer pages each (~7 in groups of eight). A unit of work
 whose body is over while other units wait for the write turn therefore does not commit:
 it leaves its transaction open and gives the turn to the next unit, which runs in that
 transaction under a savepoint (its failure rolls back its own statements only) and
@@ -93,8 +93,9 @@ _log = logging.getLogger("nexus.storage")
 _CLOSE_WAIT = 10.0
 
 #: Units of work that share one COMMIT at most (group commit; 1: each commits alone).
-#: Eight measured ~5 WAL pages per unit of an order and its event, against ~13 alone;
-#: more gain little and make a unit wait for more bodies.
+#: Eight measured ~7 WAL pages per unit of an order and its event, against ~12 alone
+#: (``benchmarks/group_commit.py``); sixteen served no more creates through the host and
+#: make a unit wait for more bodies.
 GROUP_COMMIT_UNITS = 8
 
 
