@@ -509,6 +509,8 @@ class _CommitGroup:
                 continue
             if isinstance(cause, sqlite3.Error):
                 waiter.set_exception(wrap("COMMIT", cause, driver.engine.dialect))
+            elif isinstance(error, ConflictError):
+                waiter.set_exception(ConflictError(error.message, reason=error.reason))
             else:
                 waiter.set_exception(RuntimeError(f"the unit of work's commit failed: {error}"))
 
@@ -614,7 +616,11 @@ class _SqliteUnitScope:
         try:
             await unit.settle()
         except BaseException:
-            self._release()
+            # Cancelled (the loop shutting down): the group's units hear of it; the
+            # connection, its step maybe still running, is left alone, never reused.
+            group.fail(RuntimeError("the storage stopped before the commit"), self._driver)
+            unit.session = None
+            self._driver._give_back(write=True)
             raise
         self._commit_group_now(group)
 

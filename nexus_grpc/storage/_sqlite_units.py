@@ -44,6 +44,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, MultipleResultsFound
 from sqlalchemy.sql.base import Executable
 
+from nexus_grpc.errors import ConflictError
+
 from ._sqlite_points import run_raw, wrap
 from ._sqlite_steps import SqliteSteps
 from .points import RawRows
@@ -57,6 +59,18 @@ T = TypeVar("T")
 
 #: The savepoint a unit runs under in a transaction an earlier unit left open.
 _SAVEPOINT = "nexus_unit"
+
+
+def _rolled_back() -> ConflictError:
+    # SQLite rolls a whole transaction back on some errors (a full disk, an I/O error,
+    # an interrupt), which the unit's body may have caught. Its statements must not go
+    # on outside it (each would commit on its own, in autocommit), nor its COMMIT
+    # report success: ABORTED, which a client retries whole.
+    return ConflictError(
+        "the database rolled this unit of work back after an error it went on from; "
+        "nothing of it is stored: retry it",
+        reason="TRANSACTION_ROLLED_BACK",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +188,8 @@ class SqliteUnit(SqliteSteps):
         the whole transaction was rolled back (or the connection discarded) instead."""
         self._ended = True
         try:
+            if not self._raw.in_transaction:
+                raise _rolled_back()  # by SQLite, the earlier units' statements with it
             self._statement(f"ROLLBACK TO {_SAVEPOINT}")
             self._statement(f"RELEASE {_SAVEPOINT}")
         except Exception as error:
@@ -228,7 +244,15 @@ class SqliteUnit(SqliteSteps):
         return await self._step(functools.partial(self._run_raw, sql, params))
 
     def _run_raw(self, sql: str, params: Sequence[Any]) -> RawRows:
-        return run_raw(self._raw, sql, params, dialect=self._dialect, span_namespace=self._spans)
+        raw = self._raw
+        if self._begun and not raw.in_transaction:
+            raise _rolled_back()
+        return run_raw(raw, sql, params, dialect=self._dialect, span_namespace=self._spans)
+
+    def _check_open(self) -> None:
+        """ConflictError when SQLite has rolled the unit's transaction back under it."""
+        if self._begun and self.session is not None and not self._raw.in_transaction:
+            raise _rolled_back()
 
     @property
     def _spans(self) -> str | None:
@@ -242,13 +266,20 @@ class SqliteUnit(SqliteSteps):
 
     def _execute(self, statement: Executable) -> Rows:
         assert self.session is not None
+        # Before SQLAlchemy's "begin" listener would open a new transaction.
+        self._check_open()
         # The engine's "begin" listener sees the sqlite3 transaction open: no second BEGIN.
         return rows_of(self.session.execute(statement))
 
     async def run_sync(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``work(connection, *args, **kwargs)`` in the transaction, on a thread
         (``connection``: the engine's, over the unit's sqlite3 connection)."""
-        return await self._step(lambda: work(self.session, *args, **kwargs), blocking=True)
+
+        def in_transaction() -> T:
+            self._check_open()
+            return work(self.session, *args, **kwargs)
+
+        return await self._step(in_transaction, blocking=True)
 
     async def finish(self, *, commit: bool) -> None:
         """COMMIT (or ROLLBACK) once the running step is over; the unit has ended either
@@ -265,6 +296,10 @@ class SqliteUnit(SqliteSteps):
         assert session is not None
         raw = self._raw
         try:
+            if commit and not raw.in_transaction:
+                # SQLAlchemy's commit() of a transaction SQLite has rolled back does
+                # nothing and returns: it must not pass for one.
+                raise _rolled_back()
             if session.in_transaction():
                 # A SQLAlchemy statement ran: its Connection ends the transaction (and
                 # knows it has ended).

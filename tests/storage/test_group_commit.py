@@ -388,8 +388,8 @@ async def test_a_transaction_sqlite_rolled_back_is_not_handed_on(tmp_path: Path)
         outcome, after = await asyncio.wait_for(
             asyncio.gather(told, joined, return_exceptions=True), 10
         )
-        assert isinstance(outcome, Exception)
-        assert "no transaction is active" in str(outcome)
+        assert isinstance(outcome, ConflictError)
+        assert outcome.reason == "TRANSACTION_ROLLED_BACK"
         assert after is None
         assert await ids(namespace) == {"seed", "joined"}
 
@@ -413,3 +413,139 @@ async def test_a_unit_nested_in_another_of_its_task_still_times_out(tmp_path: Pa
         assert driver._units_waiting == 0
         assert driver._pending is None
         assert await ids(namespace) == {"seed", "outer", "other"}
+
+
+async def tolerant_of_a_rollback(namespace: Namespace, *, list_first: bool) -> None:
+    """A unit whose write SQLite interrupts (rolling its whole transaction back, as a full
+    disk or an I/O error does) and whose body goes on from the error to write again."""
+    async with namespace.transaction() as unit:
+        raw = unit._scope._conn._raw  # type: ignore[attr-defined]
+        orders = unit.repository(Order)
+        if list_first:
+            await orders.list(filter={"customer_id": "c"}, page_size=10)  # on a thread
+        await orders.create(Order(id="doomed"))
+        raw.set_progress_handler(lambda: 1, 1)
+        try:
+            with contextlib.suppress(Exception):
+                await orders.create(Order(id="interrupted"))
+        finally:
+            raw.set_progress_handler(None, 0)
+        assert not raw.in_transaction
+        if not list_first:
+            await orders.list(filter={"customer_id": "c"}, page_size=10)
+        await orders.create(Order(id="late"))
+
+
+@pytest.mark.parametrize("list_first", [True, False])
+async def test_a_group_sqlite_rolled_back_fails_all_its_units_and_stores_nothing(
+    tmp_path: Path, list_first: bool
+) -> None:
+    """Whether the joined unit ran a list (SQLAlchemy's Connection, whose commit() of a
+    transaction SQLite ended does nothing) before or after the rollback."""
+    async with units_namespace(tmp_path) as namespace:
+        gate = await Gate.holding(namespace, "first")
+        first, joined = await behind(gate, tolerant_of_a_rollback(namespace, list_first=list_first))
+        for outcome in (first, joined):
+            assert isinstance(outcome, ConflictError), outcome
+            assert outcome.reason == "TRANSACTION_ROLLED_BACK"
+        assert await ids(namespace) == {"seed"}
+
+
+async def test_a_lone_unit_sqlite_rolled_back_stores_nothing(tmp_path: Path) -> None:
+    async with units_namespace(tmp_path) as namespace:
+        with pytest.raises(ConflictError, match="rolled this unit of work back"):
+            await tolerant_of_a_rollback(namespace, list_first=False)
+        assert await ids(namespace) == {"seed"}
+
+
+async def test_a_group_is_committed_when_its_next_unit_times_out_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with units_namespace(tmp_path) as namespace:
+        namespace._backend._database._sqlite._write_timeout = 0.5  # type: ignore[attr-defined]
+        hand_ons = HandOns(monkeypatch)
+        gate = await Gate.holding(namespace, "handed-on")
+        waiting = asyncio.ensure_future(create_in_unit(namespace, "never"))
+        await queued()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        # The gate's body ends, then the waiter's deadline passes before it runs: the
+        # loop is held past both in one turn.
+        loop.call_at(began + 0.49, gate.release.set)
+        loop.call_at(began + 0.3, lambda: time.sleep(0.4))
+        await asyncio.wait_for(gate.task, 3)
+        assert hand_ons.count == 1
+        with pytest.raises(ConflictError):
+            await waiting
+        assert await ids(namespace) == {"seed", "handed-on"}
+
+
+async def test_a_group_is_committed_when_its_next_unit_stops_waiting_for_a_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with units_namespace(tmp_path) as namespace:
+        driver = namespace._backend._database._sqlite  # type: ignore[attr-defined]
+        hand_ons = HandOns(monkeypatch)
+        gate = await Gate.holding(namespace, "handed-on")
+        taken = 0
+        try:
+            for _ in range(driver._pool_size - 1):  # every slot but the gate's
+                await driver._open.acquire()
+                taken += 1
+            waiting = asyncio.ensure_future(create_in_unit(namespace, "never"))
+            await queued()
+            # Another transaction is first in line for the slot the gate gives back.
+            slot = asyncio.ensure_future(driver._open.acquire())
+            await queued()
+            gate.release.set()
+            await queued()
+            assert hand_ons.count == 1
+            assert not gate.task.done()
+            waiting.cancel()  # it has the turn and waits for a slot
+            await asyncio.wait_for(gate.task, 3)
+            await slot
+            driver._open.release()
+        finally:
+            for _ in range(taken):
+                driver._open.release()
+        assert await ids(namespace) == {"seed", "handed-on"}
+
+
+async def test_the_last_unit_commits_its_group_even_when_its_caller_leaves(
+    tmp_path: Path,
+) -> None:
+    """Its body over, a step of it still running: cancelling its caller leaves the
+    group's COMMIT (the earlier units' too) to happen once the step is over."""
+    async with units_namespace(tmp_path) as namespace:
+        raw = unit_connection(namespace)
+        loop_thread = threading.get_ident()
+        body_over = asyncio.Event()
+
+        def slow_on_threads() -> int:
+            if threading.get_ident() != loop_thread:
+                time.sleep(0.01)
+            return 0
+
+        gate = await Gate.holding(namespace, "gate")
+
+        async def impatient() -> None:
+            async with namespace.transaction() as unit:
+                orders = unit.repository(Order)
+                await orders.create(Order(id="joined"))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(orders.list(page_size=10), 0.01)
+                body_over.set()
+
+        raw.set_progress_handler(slow_on_threads, 10)
+        try:
+            joined = asyncio.ensure_future(impatient())
+            await queued()
+            gate.release.set()
+            await asyncio.wait_for(body_over.wait(), 5)
+            joined.cancel()
+            await asyncio.wait_for(gate.task, 5)
+        finally:
+            raw.set_progress_handler(None, 0)
+        with pytest.raises(asyncio.CancelledError):
+            await joined
+        assert {"gate", "joined"} <= await ids(namespace)
