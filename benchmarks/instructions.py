@@ -298,6 +298,7 @@ def grpc_succeeds(port: int, path: str, payload: bytes, auth: str) -> bytes:
 
 def listening(port: int) -> Callable[[], bool]:
     """A readiness probe: True once ``port`` on loopback accepts a connection."""
+
     # A plain connect: grpc's own readiness wait swallows a Ctrl-C while a server starts.
     def probe() -> bool:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
