@@ -460,6 +460,13 @@ class StorageConfig:
     #: release list from it, and a release rolled back within this time needs no
     #: rebuild. Make it longer than a rolling upgrade takes; 0 drops it at start.
     index_drop_delay: float = 900.0
+    #: SQLite: units of work of concurrent writers that share one COMMIT at most
+    #: (group commit, see docs/storage.md); 1 commits each alone.
+    group_commit_units: int = 8
+
+
+#: Most units of work one SQLite COMMIT may take (``storage.group_commit_units``).
+MAX_GROUP_COMMIT_UNITS = 64
 
 
 @dataclass(frozen=True)
@@ -596,6 +603,7 @@ def load_config(
     _check_tracing(config.tracing)
     check_workers(config)
     _check_hot_swap(config.plugins.hot_swap)
+    _check_storage(config.storage)
     # Imported here: the tls package reads this module's TlsConfig.
     from nexus_grpc.tls.material import check_config
 
@@ -730,6 +738,16 @@ def _check_networks(config: Config) -> None:
         parse_networks("server.trusted_proxies", config.server.trusted_proxies)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def _check_storage(storage: StorageConfig) -> None:
+    """A group of units of work holds at least one and at most a few dozen."""
+    units = storage.group_commit_units
+    if not 1 <= units <= MAX_GROUP_COMMIT_UNITS:
+        raise ConfigError(
+            f"storage.group_commit_units: expected a count from 1 (each unit commits "
+            f"alone) to {MAX_GROUP_COMMIT_UNITS}, got {units!r}"
+        )
 
 
 def _check_hot_swap(settings: HotSwapConfig) -> None:

@@ -226,7 +226,8 @@ class SqliteDriver:
     each step in a copy of the calling task's context variables (tracing's current
     span), which threads otherwise do not see.
     ``span_namespace``: with tracing on, the database name of point statements' spans
-    (None: no spans).
+    (None: no spans). ``group_commit_units``: units of work sharing one COMMIT at most
+    (1: each commits alone).
     """
 
     def __init__(
@@ -239,6 +240,7 @@ class SqliteDriver:
         busy_timeout_ms: int = 5000,
         carry_context: bool = False,
         span_namespace: str | None = None,
+        group_commit_units: int = GROUP_COMMIT_UNITS,
     ) -> None:
         self.engine = engine
         #: Opens a configured sqlite3 connection (units of work's, point statements').
@@ -273,7 +275,7 @@ class SqliteDriver:
         # in a transaction): a unit skips the pool's checkout and checkin.
         self._idle_units: list[Connection] = []
         #: Units of work sharing one COMMIT at most (see the module docstring).
-        self.group_commit_units = GROUP_COMMIT_UNITS
+        self.group_commit_units = group_commit_units
         # The transaction a unit left open with the write turn for the next unit, while
         # no unit runs in it; and how many units wait for the turn.
         self._pending: _CommitGroup | None = None

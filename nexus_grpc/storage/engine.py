@@ -47,7 +47,7 @@ from nexus_grpc.urls import mask_url
 
 from ._postgres_points import PostgresPoints, asyncpg_connect_args
 from ._postgres_units import PostgresUnit
-from ._sqlite import SqliteConnection, SqliteDriver
+from ._sqlite import GROUP_COMMIT_UNITS, SqliteConnection, SqliteDriver
 from ._sqlite_units import SqliteUnit
 from .faults import StorageHealth, StorageUnavailableError, os_cause, postgres_cause, sqlite_cause
 from .files import prepare_sqlite_files
@@ -115,14 +115,24 @@ class Database:
 
     @classmethod
     async def open(
-        cls, url: str | URL, *, sqlite_busy_timeout: float = 5.0, connect_timeout: float = 5.0
+        cls,
+        url: str | URL,
+        *,
+        sqlite_busy_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        sqlite_group_commit_units: int = GROUP_COMMIT_UNITS,
     ) -> Database:
         """Create the engine for ``url`` (no connection is made yet).
 
         ``connect_timeout``: seconds a PostgreSQL connect may take (asyncpg waits 60 by
         default: an unreachable server would hold every call past its deadline instead
         of failing UNAVAILABLE); a ``timeout`` in the URL wins.
+        ``sqlite_group_commit_units``: units of work sharing one SQLite COMMIT at most.
         """
+        if sqlite_group_commit_units < 1:
+            raise ValueError(
+                f"group_commit_units must be 1 or more, got {sqlite_group_commit_units}"
+            )
         parsed = _normalise_url(url)
         backend = parsed.get_backend_name()
         if backend == "sqlite":
@@ -162,6 +172,7 @@ class Database:
                 busy_timeout_ms=busy_timeout_ms,
                 carry_context=traced,
                 span_namespace=name if traced else None,
+                group_commit_units=sqlite_group_commit_units,
             )
             return cls(dialect_for(backend), sqlite=driver)
         connect_args = {} if "timeout" in parsed.query else {"timeout": connect_timeout}

@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
+from ._sqlite import GROUP_COMMIT_UNITS
 from .declared import BuiltIndex, IndexChanges
 from .engine import (
     Database,
@@ -332,10 +333,14 @@ class SqlBackend:
         create_schema: bool,
         sqlite_busy_timeout: float,
         connect_timeout: float = 5.0,
+        sqlite_group_commit_units: int = GROUP_COMMIT_UNITS,
     ) -> SqlBackend:
         """Connect to ``url`` and create the schema if asked (see :meth:`Storage.connect`)."""
         database = await Database.open(
-            url, sqlite_busy_timeout=sqlite_busy_timeout, connect_timeout=connect_timeout
+            url,
+            sqlite_busy_timeout=sqlite_busy_timeout,
+            connect_timeout=connect_timeout,
+            sqlite_group_commit_units=sqlite_group_commit_units,
         )
         try:
             if create_schema:

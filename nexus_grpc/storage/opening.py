@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from nexus_grpc.urls import mask_url, unreachable
 
+from ._sqlite import GROUP_COMMIT_UNITS
 from .faults import StorageUnavailableError
 from .storage import Storage
 
@@ -20,10 +21,14 @@ class StorageStartError(RuntimeError):
     """The storage could not be opened; the message names it and says why."""
 
 
-async def open_storage(url: str, *, connect_timeout: float) -> Storage:
+async def open_storage(
+    url: str, *, connect_timeout: float, group_commit_units: int = GROUP_COMMIT_UNITS
+) -> Storage:
     """``Storage.connect(url)``; raises :class:`StorageStartError` when it fails."""
     try:
-        return await Storage.connect(url, connect_timeout=connect_timeout)
+        return await Storage.connect(
+            url, connect_timeout=connect_timeout, sqlite_group_commit_units=group_commit_units
+        )
     except StorageUnavailableError as error:
         raise StorageStartError(unreachable("storage", url, error.cause)) from None
     except (ValueError, ImportError) as error:  # a URL no backend takes

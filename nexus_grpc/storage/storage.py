@@ -10,6 +10,7 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from sqlalchemy.engine import URL
 
+from ._sqlite import GROUP_COMMIT_UNITS
 from .declared import BuiltIndex, IndexChanges, declared_indexes, loaded_message_types
 from .faults import StorageHealth
 from .index import descriptor_of
@@ -39,6 +40,7 @@ class Storage:
         create_schema: bool = True,
         sqlite_busy_timeout: float = 5.0,
         connect_timeout: float = 5.0,
+        sqlite_group_commit_units: int = GROUP_COMMIT_UNITS,
     ) -> Storage:
         """Connect to ``url`` and create the schema if it is missing.
 
@@ -49,7 +51,9 @@ class Storage:
         idempotent and safe when several processes start at once. ``sqlite_busy_timeout``
         is how many seconds a SQLite writer waits for another before failing with
         ConflictError; ``connect_timeout`` how long connecting to PostgreSQL or finding
-        a MongoDB server may take before the call fails UNAVAILABLE.
+        a MongoDB server may take before the call fails UNAVAILABLE;
+        ``sqlite_group_commit_units`` how many units of work of concurrent writers may
+        share one SQLite COMMIT (group commit; 1: each commits alone).
         """
         backend: Backend
         if isinstance(url, str) and url.startswith(_MONGODB_SCHEMES):
@@ -70,6 +74,7 @@ class Storage:
                 create_schema=create_schema,
                 sqlite_busy_timeout=sqlite_busy_timeout,
                 connect_timeout=connect_timeout,
+                sqlite_group_commit_units=sqlite_group_commit_units,
             )
         return cls(backend)
 

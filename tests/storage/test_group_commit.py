@@ -19,7 +19,7 @@ from nexus.orders.v1 import orders_pb2
 from sqlalchemy.exc import DBAPIError
 
 from nexus_grpc.errors import ConflictError
-from nexus_grpc.storage import Namespace
+from nexus_grpc.storage import Namespace, Storage
 from nexus_grpc.storage._sqlite import GROUP_COMMIT_UNITS
 from nexus_grpc.storage._sqlite_points import wrap
 from nexus_grpc.storage._sqlite_units import SqliteUnit
@@ -549,3 +549,25 @@ async def test_the_last_unit_commits_its_group_even_when_its_caller_leaves(
         with pytest.raises(asyncio.CancelledError):
             await joined
         assert {"gate", "joined"} <= await ids(namespace)
+
+
+async def test_group_commit_units_of_one_commits_every_unit_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = await Storage.connect(f"sqlite:///{tmp_path}/nexus.db", sqlite_group_commit_units=1)
+    try:
+        namespace = storage.namespace("group")
+        await create_in_unit(namespace, "seed")  # opens the connection kept for units
+        commits, hand_ons = Commits(monkeypatch), HandOns(monkeypatch)
+        gate = await Gate.holding(namespace, "gate")
+        names = [f"o-{n}" for n in range(5)]
+        assert (
+            await behind(gate, *(create_in_unit(namespace, name) for name in names)) == [None] * 6
+        )
+        assert hand_ons.count == 0
+        assert commits.count == 6
+        assert await ids(namespace) == {"seed", "gate", *names}
+    finally:
+        await storage.close()
+    with pytest.raises(ValueError, match="group_commit_units must be 1 or more"):
+        await Storage.connect(f"sqlite:///{tmp_path}/other.db", sqlite_group_commit_units=0)

@@ -97,6 +97,11 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
             {"NEXUS_LOG__FORMAT": "xml"},
             "log.format (from NEXUS_LOG__FORMAT): expected one of auto, json, text",
         ),
+        (
+            {"NEXUS_STORAGE__GROUP_COMMIT_UNITS": "0"},
+            "storage.group_commit_units: expected a count from 1 (each unit commits alone) "
+            "to 64, got 0",
+        ),
     ],
 )
 def test_bad_environment_values_name_key_and_expectation(
