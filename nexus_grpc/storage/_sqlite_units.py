@@ -159,7 +159,8 @@ class SqliteUnit(SqliteSteps):
         connection alone (a statement built with SQLAlchemy opened the Connection's own
         transaction, which that Connection must end), with no step still running, and
         its transaction still open (SQLite rolls the whole of it back on some errors, a
-        full disk or an interrupt, which a body may have caught: COMMIT then tells)."""
+        full disk or an interrupt, which a body may have caught: its commit then raises
+        ABORTED)."""
         session = self.session
         return (
             self._on_loop
@@ -245,7 +246,7 @@ class SqliteUnit(SqliteSteps):
 
     def _run_raw(self, sql: str, params: Sequence[Any]) -> RawRows:
         raw = self._raw
-        if self._begun and not raw.in_transaction:
+        if self._begun and not raw.in_transaction:  # _check_open, inlined: every statement
             raise _rolled_back()
         return run_raw(raw, sql, params, dialect=self._dialect, span_namespace=self._spans)
 
