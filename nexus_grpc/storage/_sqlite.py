@@ -51,8 +51,8 @@ writer taking the turn (a point write, a SQLAlchemy transaction, the checkpoint)
 an open group first. Only units running on the loop's thread on their sqlite3 connection
 alone hand their transaction on (see ``SqliteUnit.can_hand_on``).
 
-The price: a unit's COMMIT waits for the bodies of the units that joined its group,
-seven at most. Those units were waiting for the turn anyway; a body that awaits
+The price: a unit's COMMIT waits for the bodies of the units that joined its group
+(seven at most by default). Those units were waiting for the turn anyway; a body that awaits
 something slow while holding the turn (a network call inside a transaction) now delays
 the units before it as well as those after it, and a body must never wait for a write
 of another request to become visible.
@@ -618,10 +618,11 @@ class _SqliteUnitScope:
         try:
             await unit.settle()
         except BaseException:
-            # Cancelled (the loop shutting down): the group's units hear of it; the
-            # connection, its step maybe still running, is left alone, never reused.
+            # Cancelled (the loop shutting down): the group's units hear of it, and the
+            # connection is discarded (its transaction rolled back, SQLite's lock freed)
+            # once the step still running on it is over.
             group.fail(RuntimeError("the storage stopped before the commit"), self._driver)
-            unit.session = None
+            unit.discard_when_idle()
             self._driver._give_back(write=True)
             raise
         self._commit_group_now(group)

@@ -32,6 +32,8 @@ drives the transaction on its sqlite3 connection itself:
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import sqlite3
@@ -67,8 +69,9 @@ def _rolled_back() -> ConflictError:
     # on outside it (each would commit on its own, in autocommit), nor its COMMIT
     # report success: ABORTED, which a client retries whole.
     return ConflictError(
-        "the database rolled this unit of work back after an error it went on from; "
-        "nothing of it is stored: retry it",
+        "the database rolled this unit of work's transaction back after an error that "
+        "went unheeded (by it or a unit of work sharing its commit); nothing of it is "
+        "stored: retry it",
         reason="TRANSACTION_ROLLED_BACK",
     )
 
@@ -353,6 +356,21 @@ class SqliteUnit(SqliteSteps):
             self._waits = False
         self.session = None
         return session
+
+    def discard_when_idle(self) -> None:
+        """:meth:`discard` once the step running on a thread, if any, is over (on the
+        loop's thread); the unit has no connection from now on."""
+        running = self._running
+        if running is None or running.done():
+            self.discard()
+            return
+        loop = asyncio.get_running_loop()
+
+        def over(_: concurrent.futures.Future[Any]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left
+                loop.call_soon_threadsafe(self.discard)
+
+        running.add_done_callback(over)
 
     def discard(self) -> None:
         """Invalidate the connection: closed, never used again."""

@@ -453,7 +453,7 @@ async def test_a_group_sqlite_rolled_back_fails_all_its_units_and_stores_nothing
 
 async def test_a_lone_unit_sqlite_rolled_back_stores_nothing(tmp_path: Path) -> None:
     async with units_namespace(tmp_path) as namespace:
-        with pytest.raises(ConflictError, match="rolled this unit of work back"):
+        with pytest.raises(ConflictError, match="rolled this unit of work's transaction back"):
             await tolerant_of_a_rollback(namespace, list_first=False)
         assert await ids(namespace) == {"seed"}
 
@@ -571,3 +571,55 @@ async def test_group_commit_units_of_one_commits_every_unit_alone(
         await storage.close()
     with pytest.raises(ValueError, match="group_commit_units must be 1 or more"):
         await Storage.connect(f"sqlite:///{tmp_path}/other.db", sqlite_group_commit_units=0)
+
+
+async def test_a_group_whose_commit_task_is_cancelled_fails_and_frees_the_lock(
+    tmp_path: Path,
+) -> None:
+    """Only a loop shutting down cancels it; the earlier units hear of it, and the
+    connection is discarded (SQLite's write lock freed) once its running step is over."""
+    async with units_namespace(tmp_path) as namespace:
+        raw = unit_connection(namespace)
+        loop_thread = threading.get_ident()
+        started = threading.Event()
+
+        def slow_on_threads() -> int:
+            if threading.get_ident() != loop_thread and not started.is_set():
+                started.set()
+                time.sleep(0.3)
+            return 0
+
+        gate = await Gate.holding(namespace, "gate")
+        body_over = asyncio.Event()
+
+        async def impatient() -> None:
+            async with namespace.transaction() as unit:
+                orders = unit.repository(Order)
+                await orders.create(Order(id="joined"))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(orders.list(page_size=10), 0.01)
+                body_over.set()
+
+        raw.set_progress_handler(slow_on_threads, 10)
+        try:
+            joined = asyncio.ensure_future(impatient())
+            await queued()
+            gate.release.set()
+            await asyncio.wait_for(body_over.wait(), 5)
+            await asyncio.sleep(0)
+            [committing] = [
+                task
+                for task in asyncio.all_tasks()
+                if getattr(task.get_coro(), "__qualname__", "").endswith("_commit_group")
+            ]
+            committing.cancel()
+            first, _ = await asyncio.gather(gate.task, joined, return_exceptions=True)
+            assert isinstance(first, RuntimeError)
+            assert "stopped before the commit" in str(first)
+            await asyncio.to_thread(started.wait, 5)
+            await asyncio.sleep(0.5)  # the step is over: the connection is gone
+        finally:
+            with contextlib.suppress(sqlite3.ProgrammingError):  # closed, as it should be
+                raw.set_progress_handler(None, 0)
+        await asyncio.wait_for(create_in_unit(namespace, "after"), 3)
+        assert await ids(namespace) == {"seed", "after"}
