@@ -106,6 +106,33 @@ async def create_in_unit(namespace: Namespace, order_id: str) -> None:
         await unit.repository(Order).create(Order(id=order_id))
 
 
+def slow_first_thread_step(raw: sqlite3.Connection, seconds: float) -> threading.Event:
+    """Make the first statement run on a thread over ``raw`` (a list, say) last
+    ``seconds``: a scan no index serves. The event is set once it has begun."""
+    loop_thread = threading.get_ident()
+    begun = threading.Event()
+
+    def slow() -> int:
+        if threading.get_ident() != loop_thread and not begun.is_set():
+            begun.set()
+            time.sleep(seconds)
+        return 0
+
+    raw.set_progress_handler(slow, 10)
+    return begun
+
+
+async def impatient_unit(namespace: Namespace, body_over: asyncio.Event) -> None:
+    """A unit that creates "joined", stops waiting for its list after 10 ms (the list
+    goes on on its thread) and returns; ``body_over`` is set as its body ends."""
+    async with namespace.transaction() as unit:
+        orders = unit.repository(Order)
+        await orders.create(Order(id="joined"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(orders.list(page_size=10), 0.01)
+        body_over.set()
+
+
 async def behind(gate: Gate, *calls: Awaitable[Any]) -> list[Any]:
     """Run ``calls`` queued behind ``gate``'s unit, then let the gate go; the gate's
     result and theirs (exceptions returned, not raised)."""
@@ -313,16 +340,7 @@ async def test_the_last_unit_commits_after_a_step_it_stopped_waiting_for(
     and returned: the group commits once that step is over, never beside it."""
     async with units_namespace(tmp_path) as namespace:
         raw = unit_connection(namespace)
-        loop_thread = threading.get_ident()
-        step_started, step_over = threading.Event(), threading.Event()
-
-        def slow_on_threads() -> int:
-            # A list no index serves: 0.3 s inside one step.
-            if threading.get_ident() != loop_thread and not step_started.is_set():
-                step_started.set()
-                time.sleep(0.3)
-            return 0
-
+        step_over = threading.Event()
         original_execute = SqliteUnit._execute
 
         def execute(unit: SqliteUnit, statement: Any) -> Any:
@@ -335,23 +353,15 @@ async def test_the_last_unit_commits_after_a_step_it_stopped_waiting_for(
         original_commit_now = SqliteUnit.commit_now
 
         def commit_now(unit: SqliteUnit) -> None:
-            under_step.append(step_started.is_set() and not step_over.is_set())
+            under_step.append(step_begun.is_set() and not step_over.is_set())
             original_commit_now(unit)
 
         monkeypatch.setattr(SqliteUnit, "_execute", execute)
         monkeypatch.setattr(SqliteUnit, "commit_now", commit_now)
-        raw.set_progress_handler(slow_on_threads, 10)
+        step_begun = slow_first_thread_step(raw, 0.3)
         try:
             gate = await Gate.holding(namespace, "gate")
-
-            async def impatient() -> None:
-                async with namespace.transaction() as unit:
-                    orders = unit.repository(Order)
-                    await orders.create(Order(id="joined"))
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(orders.list(page_size=10), 0.05)
-
-            assert await behind(gate, impatient()) == [None, None]
+            assert await behind(gate, impatient_unit(namespace, asyncio.Event())) == [None, None]
         finally:
             raw.set_progress_handler(None, 0)
         assert under_step == [False]
@@ -518,27 +528,11 @@ async def test_the_last_unit_commits_its_group_even_when_its_caller_leaves(
     group's COMMIT (the earlier units' too) to happen once the step is over."""
     async with units_namespace(tmp_path) as namespace:
         raw = unit_connection(namespace)
-        loop_thread = threading.get_ident()
         body_over = asyncio.Event()
-
-        def slow_on_threads() -> int:
-            if threading.get_ident() != loop_thread:
-                time.sleep(0.01)
-            return 0
-
         gate = await Gate.holding(namespace, "gate")
-
-        async def impatient() -> None:
-            async with namespace.transaction() as unit:
-                orders = unit.repository(Order)
-                await orders.create(Order(id="joined"))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(orders.list(page_size=10), 0.01)
-                body_over.set()
-
-        raw.set_progress_handler(slow_on_threads, 10)
+        slow_first_thread_step(raw, 0.3)
         try:
-            joined = asyncio.ensure_future(impatient())
+            joined = asyncio.ensure_future(impatient_unit(namespace, body_over))
             await queued()
             gate.release.set()
             await asyncio.wait_for(body_over.wait(), 5)
@@ -580,29 +574,11 @@ async def test_a_group_whose_commit_task_is_cancelled_fails_and_frees_the_lock(
     connection is discarded (SQLite's write lock freed) once its running step is over."""
     async with units_namespace(tmp_path) as namespace:
         raw = unit_connection(namespace)
-        loop_thread = threading.get_ident()
-        started = threading.Event()
-
-        def slow_on_threads() -> int:
-            if threading.get_ident() != loop_thread and not started.is_set():
-                started.set()
-                time.sleep(0.3)
-            return 0
-
-        gate = await Gate.holding(namespace, "gate")
         body_over = asyncio.Event()
-
-        async def impatient() -> None:
-            async with namespace.transaction() as unit:
-                orders = unit.repository(Order)
-                await orders.create(Order(id="joined"))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(orders.list(page_size=10), 0.01)
-                body_over.set()
-
-        raw.set_progress_handler(slow_on_threads, 10)
+        gate = await Gate.holding(namespace, "gate")
+        step_begun = slow_first_thread_step(raw, 0.3)
         try:
-            joined = asyncio.ensure_future(impatient())
+            joined = asyncio.ensure_future(impatient_unit(namespace, body_over))
             await queued()
             gate.release.set()
             await asyncio.wait_for(body_over.wait(), 5)
@@ -616,7 +592,7 @@ async def test_a_group_whose_commit_task_is_cancelled_fails_and_frees_the_lock(
             first, _ = await asyncio.gather(gate.task, joined, return_exceptions=True)
             assert isinstance(first, RuntimeError)
             assert "stopped before the commit" in str(first)
-            await asyncio.to_thread(started.wait, 5)
+            await asyncio.to_thread(step_begun.wait, 5)
             await asyncio.sleep(0.5)  # the step is over: the connection is gone
         finally:
             with contextlib.suppress(sqlite3.ProgrammingError):  # closed, as it should be
