@@ -478,12 +478,16 @@ class _CommitGroup:
     ``carrier``, the last unit, holds the connection; each earlier unit waits on its
     future in ``waiting``."""
 
-    __slots__ = ("carrier", "size", "waiting")
+    __slots__ = ("carrier", "waiting")
 
     def __init__(self, carrier: SqliteUnit) -> None:
         self.carrier = carrier
-        self.size = 1
         self.waiting: list[asyncio.Future[None]] = []
+
+    @property
+    def size(self) -> int:
+        """The units in the group: each earlier one waits, the carrier runs."""
+        return len(self.waiting) + 1
 
     def commit(self, driver: SqliteDriver) -> None:
         """COMMIT on the loop's thread and tell the waiting units how it went; the
@@ -547,7 +551,6 @@ class _SqliteUnitScope:
                     self._release()
                 raise
             group.carrier = unit
-            group.size += 1
             self._group = group
             return unit
         idle = driver._idle_units

@@ -288,8 +288,7 @@ class SqliteUnit(SqliteSteps):
     async def finish(self, *, commit: bool) -> None:
         """COMMIT (or ROLLBACK) once the running step is over; the unit has ended either
         way. Safe to call again after a first call was cancelled."""
-        self._ended = True
-        await self._after_running()
+        await self.settle()
         if not self._begun or self.session is None:
             return
         self._begun = False
