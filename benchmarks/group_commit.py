@@ -17,7 +17,10 @@ every unit shares whatever the grouping), in WAL mode with ``synchronous = NORMA
   a savepoint (as nexus runs a group), and the same without savepoints: what grouping
   alone would save, though units could then not fail on their own;
 * a passive checkpoint every 500 commits, as nexus does; the WAL frames per unit are
-  counted from the checkpoints (a frame is a page written: two system calls).
+  counted from the checkpoints (a frame is a page written: two system calls);
+* ids made as nexus makes them (:func:`nexus_grpc.ids.new_id`, version 7 UUIDs, which
+  start with the time), or with ``--random-ids`` as version 4 UUIDs (random all
+  through, as nexus made them before): what keys in creation order save.
 
 CPU per unit (``time.process_time``, kernel time included), best of ``--rounds``, the
 group sizes interleaved and the two variants alternating first, so drifts of a noisy
@@ -27,6 +30,7 @@ ends with a checkpoint (it pays for the WAL it wrote). The noise between rounds 
 
     .venv/bin/python -m benchmarks.group_commit
     .venv/bin/python -m benchmarks.group_commit --units 8000 --rounds 5 --records 100000
+    .venv/bin/python -m benchmarks.group_commit --random-ids
 """
 
 from __future__ import annotations
@@ -39,12 +43,14 @@ import sqlite3
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from nexus.events.v1 import events_pb2
 from nexus.orders.v1 import orders_pb2
 
+from nexus_grpc.ids import new_id
 from nexus_grpc.storage import Storage
 
 GROUP_SIZES = (1, 2, 4, 8, 16)
@@ -67,6 +73,8 @@ _CHECKPOINT_EVERY = 500
 #: Customers the orders are spread over (the customer index's leaves).
 _CUSTOMERS = 100
 _NOW = "2026-12-06 12:00:00.000000"
+#: Makes the ids of new orders and events (``--random-ids``: version 4 UUIDs).
+_make_id: Callable[[], str] = new_id
 
 
 @dataclass
@@ -77,9 +85,13 @@ class Cost:
     frames: float
 
 
+def _random_id() -> str:
+    return uuid.uuid4().hex
+
+
 def _order(payload: bytes) -> tuple[str, tuple[object, ...]]:
     """A new order's id and its insert's parameters."""
-    order_id = uuid.uuid4().hex
+    order_id = _make_id()
     customer = f"customer-{random.randrange(_CUSTOMERS)}"
     document = _ORDER_DOC % (order_id, customer, time.time_ns())
     return order_id, (NAMESPACE, ORDERS, order_id, payload, document, _NOW, _NOW)
@@ -88,7 +100,7 @@ def _order(payload: bytes) -> tuple[str, tuple[object, ...]]:
 def _unit(db: sqlite3.Connection, payload: bytes) -> None:
     order_id, order = _order(payload)
     db.execute(_INSERT, order)
-    event_id = uuid.uuid4().hex
+    event_id = _make_id()
     document = _EVENT_DOC % (event_id, time.time_ns(), order_id)
     db.execute(_INSERT, (NAMESPACE, OUTBOX, event_id, payload, document, _NOW, _NOW))
 
@@ -165,9 +177,10 @@ def main(units: int, rounds: int, records: int) -> dict[tuple[int, bool], Cost]:
                         key = (group, savepoints)
                         if key not in best or cost.cpu < best[key].cpu:
                             best[key] = cost
+    ids = "version 4 (random)" if _make_id is not new_id else "version 7 (nexus's)"
     print(
-        f"SQLite, bare sqlite3, {records} orders stored first: CPU µs and WAL frames per "
-        "unit of work (an order and its outbox event)"
+        f"SQLite, bare sqlite3, {records} orders stored first, ids: UUIDs of {ids}: CPU µs "
+        "and WAL frames per unit of work (an order and its outbox event)"
     )
     ratio, frames = "vs 1", "frames"
     print(
@@ -189,5 +202,10 @@ if __name__ == "__main__":
     parser.add_argument("--units", type=int, default=4000, help="units per round and size")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (best kept)")
     parser.add_argument("--records", type=int, default=20000, help="orders stored first")
+    parser.add_argument(
+        "--random-ids", action="store_true", help="version 4 UUIDs instead of nexus's ids"
+    )
     arguments = parser.parse_args()
+    if arguments.random_ids:
+        _make_id = _random_id
     main(arguments.units, arguments.rounds, arguments.records)

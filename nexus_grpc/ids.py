@@ -1,17 +1,49 @@
-"""Random record and event ids."""
+"""Ids of new records and events: UUIDs of version 7 (RFC 9562), in creation order.
+
+A version 4 UUID is random all through, so each record stored under one lands on a
+random leaf of the primary key's B-tree (and each event on one of the outbox's): a unit
+of work dirties a leaf page of its own in every key it touches, and units committed
+together (SQLite's group commit) share none of them. A version 7 UUID starts with the
+time, so new keys go to the right-hand end of the tree, where one page takes many of
+them: measured with ``benchmarks/group_commit.py``, an order and its event in groups of
+eight wrote 5.0 WAL pages per unit against 7.2 with version 4 ids. PostgreSQL and
+MongoDB B-trees gain the same way (fewer pages written, fewer cache misses as a
+collection grows).
+
+The price: an id tells when it was made, to a fraction of a millisecond. It is still
+unguessable (62 random bits after the time), so ids cannot be probed. A caller that
+must not reveal the time passes ids of its own.
+"""
 
 from __future__ import annotations
 
 import os
+import time
 
-__all__ = ["random_id"]
+__all__ = ["new_id"]
+
+#: Fractions of a millisecond in the 12 bits after the version (RFC 9562 §6.2, method 3).
+_FRACTIONS = 4096
+#: The time part (milliseconds and fraction) of the last id made here.
+_last_stamp = 0
 
 
-def random_id() -> str:
-    """A random UUID (version 4, RFC 9562) as 32 lowercase hex digits: what
-    ``uuid.uuid4().hex`` gives, without building the UUID object (a third of the cost,
-    paid for every record and event created without an id)."""
+def new_id() -> str:
+    """A fresh UUID of version 7 (RFC 9562) as 32 lowercase hex digits.
+
+    The first 48 bits are the Unix time in milliseconds, the 12 after the version a
+    fraction of the millisecond, the last 62 random. Ids made one after the other (not
+    at the same instant on two threads) sort in the order they were made, also when the
+    clock steps back or two fall in one fraction: the time part is then the last one's
+    plus one. The random bits keep every id apart. No lock: taking one would cost as
+    much as the rest, and ids are made on the event loop's thread.
+    """
+    global _last_stamp
+    stamp = time.time_ns() * _FRACTIONS // 1_000_000
+    if stamp <= _last_stamp:
+        stamp = _last_stamp + 1
+    _last_stamp = stamp
     value = bytearray(os.urandom(16))
-    value[6] = value[6] & 0x0F | 0x40  # version 4
+    value[:8] = (stamp >> 12 << 16 | 0x7000 | stamp & 0xFFF).to_bytes(8)  # version 7
     value[8] = value[8] & 0x3F | 0x80  # the RFC's variant
     return value.hex()

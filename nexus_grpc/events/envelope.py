@@ -18,7 +18,7 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError, Message
 from nexus.events.v1 import events_pb2
 
-from nexus_grpc.ids import random_id
+from nexus_grpc.ids import new_id
 
 __all__ = [
     "Envelope",
@@ -50,7 +50,7 @@ def remove_event_pool(pool: descriptor_pool.DescriptorPool) -> None:
 def seal(message: Message, *, source: str, subject: str = "", correlation_id: str = "") -> Envelope:
     """``message`` in a new envelope with a fresh id and the current time."""
     envelope = Envelope(
-        id=random_id(),
+        id=new_id(),
         source=source,
         type=message.DESCRIPTOR.full_name,
         subject=subject,

@@ -88,7 +88,7 @@ from pymongo.write_concern import WriteConcern
 
 from nexus_grpc import tracing
 from nexus_grpc.errors import AlreadyExistsError, ConflictError, NotFoundError
-from nexus_grpc.ids import random_id
+from nexus_grpc.ids import new_id
 from nexus_grpc.urls import mask_url
 
 from . import mongo_query
@@ -533,7 +533,7 @@ class MongoRepository(Repository[M]):
         created = self._copy_in(message)
         record_id: str = getattr(created, self._id_field_name)
         if not record_id:
-            record_id = random_id()
+            record_id = new_id()
             setattr(created, self._id_field_name, record_id)
         _check_id(self._id_field_name, record_id)
         now = _now()

@@ -20,7 +20,7 @@ from nexus_grpc.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from nexus_grpc.ids import random_id
+from nexus_grpc.ids import new_id
 
 from .declared import indexed_collections
 from .engine import ScopeConnection
@@ -123,13 +123,14 @@ class Repository(Generic[M]):
     async def create(self, message: M) -> M:
         """Store a new message and return a copy of it as stored.
 
-        An empty id field is filled with a fresh UUID4 hex string (in the copy). Raises
+        An empty id field is filled with a fresh id (in the copy): a version 7 UUID in
+        hex, which tells when it was made (see :mod:`nexus_grpc.ids`). Raises
         AlreadyExistsError if the collection holds that id already.
         """
         created = self._copy(message)
         record_id: str = getattr(created, self._id_field)
         if not record_id:
-            record_id = random_id()
+            record_id = new_id()
             setattr(created, self._id_field, record_id)
         _check_id(self._id_field, record_id)
         points = self._points

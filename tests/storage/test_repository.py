@@ -89,17 +89,27 @@ async def test_create_then_get_round_trips_the_message(orders: Repository[Order]
     assert fetched is not created
 
 
-async def test_create_generates_a_uuid4_hex_id_without_touching_the_input(
+async def test_create_generates_a_uuid7_hex_id_without_touching_the_input(
     orders: Repository[Order],
 ) -> None:
     original = make_order()
 
     created = await orders.create(original)
 
-    assert uuid.UUID(hex=created.id).version == 4
+    assert uuid.UUID(hex=created.id).version == 7
     assert created.id == uuid.UUID(created.id).hex
     assert original.id == ""
     assert await orders.get(created.id) == created
+
+
+async def test_records_given_new_ids_list_in_the_order_they_were_created(
+    orders: Repository[Order],
+) -> None:
+    created = [await orders.create(make_order()) for _ in range(12)]
+
+    page = await orders.list(page_size=50)
+
+    assert [order.id for order in page.items] == [order.id for order in created]
 
 
 async def test_create_of_an_existing_id_raises_already_exists(orders: Repository[Order]) -> None:

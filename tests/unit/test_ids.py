@@ -1,21 +1,51 @@
-"""Random ids: version 4 UUIDs as 32 hex digits, as ``uuid.uuid4().hex`` gives them."""
+"""New ids: version 7 UUIDs (RFC 9562) as 32 hex digits, in the order they were made."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
-from nexus_grpc.ids import random_id
+import pytest
+
+from nexus_grpc.ids import new_id
 
 
-def test_random_ids_are_version_4_uuids_in_hex_and_do_not_repeat() -> None:
-    ids = [random_id() for _ in range(2000)]
-    assert len(set(ids)) == len(ids)
-    for value in ids:
+def test_new_ids_are_version_7_uuids_in_hex_and_do_not_repeat() -> None:
+    made = [new_id() for _ in range(2000)]
+    assert len(set(made)) == len(made)
+    for value in made:
         parsed = uuid.UUID(value)
         assert parsed.hex == value
-        assert parsed.version == 4
+        assert parsed.version == 7
         assert parsed.variant == uuid.RFC_4122
-    # The 122 random bits vary: every hex digit but the version's is seen in each place.
-    for position in range(32):
-        digits = {value[position] for value in ids}
-        assert len(digits) == (1 if position == 12 else 4 if position == 16 else 16)
+    # The 62 random bits vary: every hex digit is seen in each of their places (the
+    # first holds the variant's two bits, so four values).
+    for position in range(16, 32):
+        digits = {value[position] for value in made}
+        assert len(digits) == (4 if position == 16 else 16)
+
+
+def test_an_id_starts_with_the_unix_time_in_milliseconds() -> None:
+    before = time.time_ns() // 1_000_000
+    value = new_id()
+    after = time.time_ns() // 1_000_000
+    assert before <= int(value[:12], 16) <= after
+
+
+def test_ids_sort_in_the_order_they_were_made() -> None:
+    made = [new_id() for _ in range(5000)]
+    assert made == sorted(made)
+
+
+def test_ids_keep_their_order_when_the_clock_steps_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = new_id()
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    monkeypatch.setattr(time, "time_ns", lambda: an_hour_ago)
+    later = [new_id() for _ in range(3)]
+    assert [first, *later] == sorted([first, *later])
+    assert len({first, *later}) == 4
+    # The time part goes on from the last id's, one fraction of a millisecond a time.
+    stamps = [int(value[:12] + value[13:16], 16) for value in (first, *later)]
+    assert stamps[1:] == [stamps[0] + 1, stamps[0] + 2, stamps[0] + 3]
