@@ -37,6 +37,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.internal import type_checkers
 from google.protobuf.message import Message
 
+from nexus_grpc.gateway.timestamps import timestamp_to_json
+
 __all__ = ["message_to_dict", "parse_dict", "to_dict"]
 
 _INT64_TYPES = frozenset(
@@ -141,6 +143,7 @@ def _parse_with_json_format(value: Any, message: Message, ignore_unknown_fields:
 _STRING_WKT = frozenset(
     {"google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"}
 )
+_TIMESTAMP = "google.protobuf.Timestamp"
 _WRAPPERS = frozenset(
     f"google.protobuf.{name}Value"
     for name in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
@@ -164,8 +167,10 @@ def _compile_message_writer(
     descriptor: Descriptor, proto_names: bool, cache: _TypeCache
 ) -> _Writer:
     full_name = str(descriptor.full_name)
-    if full_name in _STRING_WKT:
-        writer: _Writer = _to_json_string
+    if full_name == _TIMESTAMP:
+        writer: _Writer = timestamp_to_json
+    elif full_name in _STRING_WKT:
+        writer = _to_json_string
     elif full_name in _WRAPPERS:
         inner = _value_writer(descriptor.fields_by_name["value"], proto_names)
         writer = lambda message: inner(message.value)  # noqa: E731

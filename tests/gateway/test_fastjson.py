@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 import pytest
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,6 +15,7 @@ from nexus.orders.v1 import orders_pb2
 from transcode.v1 import transcode_pb2 as pb
 
 from nexus_grpc.gateway import fastjson
+from nexus_grpc.gateway.timestamps import timestamp_to_json
 
 
 def full_echo() -> pb.EchoRequest:
@@ -204,3 +205,48 @@ def test_deep_nesting_of_a_recursive_message_is_a_client_error(depth: int) -> No
         loads(b'{"child": {"child": {"v": 2}}}', "body"), shallow, JsonOptions(), "body"
     )
     assert shallow.child.child.v == 2
+
+
+_SECONDS = st.integers(-62_135_596_800, 253_402_300_799)
+_NANOS = st.one_of(
+    st.integers(0, 999_999_999),
+    st.integers(0, 999).map(lambda n: n * 1_000_000),
+    st.integers(0, 999_999).map(lambda n: n * 1_000),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_SECONDS, _NANOS, _SECONDS)
+def test_timestamps_are_written_as_to_json_string_writes_them(
+    seconds: int, nanos: int, other: int
+) -> None:
+    # ``other`` comes between two writes of the same second: the kept second is replaced.
+    for value in (seconds, seconds, other, seconds):
+        stamp = timestamp_pb2.Timestamp(seconds=value, nanos=nanos)
+        assert timestamp_to_json(stamp) == stamp.ToJsonString()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [(-62_135_596_801, 0), (253_402_300_800, 0), (0, -1), (0, 1_000_000_000), (-1, -5)],
+)
+def test_a_timestamp_out_of_range_raises_what_to_json_string_raises(
+    seconds: int, nanos: int
+) -> None:
+    stamp = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+    with pytest.raises(ValueError, match="Timestamp is not valid") as expected:
+        stamp.ToJsonString()
+    # Also when the second before was written: the kept one must not hide the range check.
+    timestamp_to_json(timestamp_pb2.Timestamp(seconds=seconds if nanos else 0))
+    with pytest.raises(ValueError, match="Timestamp is not valid") as raised:
+        timestamp_to_json(stamp)
+    assert str(raised.value) == str(expected.value)
+
+
+def test_a_message_with_timestamps_is_written_as_json_format_writes_it() -> None:
+    order = orders_pb2.Order(id="o")
+    order.create_time.FromJsonString("2026-12-07T10:00:00.5Z")
+    order.update_time.FromJsonString("2026-12-07T10:00:00.000000001Z")
+    for proto_names in (False, True):
+        expected = json_format.MessageToDict(order, preserving_proto_field_name=proto_names)
+        assert fastjson.to_dict(order, proto_names) == expected
