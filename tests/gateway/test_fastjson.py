@@ -236,7 +236,8 @@ def test_a_timestamp_out_of_range_raises_what_to_json_string_raises(
     stamp = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
     with pytest.raises(ValueError, match="Timestamp is not valid") as expected:
         stamp.ToJsonString()
-    # Also when the second before was written: the kept one must not hide the range check.
+    # Also right after a valid value of the same second (bad nanos): the kept second
+    # must not skip the check. (A second out of range is never kept.)
     timestamp_to_json(timestamp_pb2.Timestamp(seconds=seconds if nanos else 0))
     with pytest.raises(ValueError, match="Timestamp is not valid") as raised:
         timestamp_to_json(stamp)

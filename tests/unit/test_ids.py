@@ -49,3 +49,35 @@ def test_ids_keep_their_order_when_the_clock_steps_back(
     # The time part goes on from the last id's, one fraction of a millisecond a time.
     stamps = [int(value[:12] + value[13:16], 16) for value in (first, *later)]
     assert stamps[1:] == [stamps[0] + 1, stamps[0] + 2, stamps[0] + 3]
+
+
+def _frozen_at(monkeypatch: pytest.MonkeyPatch, nanoseconds: int) -> None:
+    # Far in the future of any id made before: the guard does not bump the first one.
+    monkeypatch.setattr(time, "time_ns", lambda: nanoseconds)
+
+
+def test_the_twelve_bits_after_the_version_are_the_fraction_of_the_millisecond(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    millis = 4_102_444_800_000  # 2100-01-01
+    # 0.75 of a millisecond: 3072 of 4096 fractions.
+    _frozen_at(monkeypatch, millis * 1_000_000 + 750_000)
+    value = new_id()
+    assert int(value[:12], 16) == millis
+    assert value[12] == "7"
+    assert int(value[13:16], 16) == 3072
+
+
+def test_a_full_millisecond_of_fractions_carries_into_the_milliseconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    millis = 4_102_444_900_000
+    # The last fraction of a millisecond, frozen: the next ids count on past it.
+    _frozen_at(monkeypatch, millis * 1_000_000 + 999_999)
+    made = [new_id() for _ in range(3)]
+    assert [(int(v[:12], 16), int(v[13:16], 16)) for v in made] == [
+        (millis, 0xFFF),
+        (millis + 1, 0),
+        (millis + 1, 1),
+    ]
+    assert all(uuid.UUID(v).version == 7 for v in made)
