@@ -10,9 +10,9 @@ is namespace, collection, id), where one page takes many of them: measured with
 pages per unit against 7.2 with version 4 ids. On PostgreSQL and MongoDB, whose B-trees
 work alike, the gain was not measured.
 
-Records that ids of version 4 (nexus's before) keep sort among the new ones by their
+Records stored under version 4 ids (nexus's before) sort among the new ones by their
 random digits: new ids begin with ``01``, after about one old id in a hundred and before
-the rest. The creation order of ids holds for the records created since.
+the rest. Ids are in creation order among the records created since.
 
 The price: an id tells when it was made, to a fraction of a millisecond. It is still
 unguessable (62 random bits after the time), so ids cannot be probed. A caller that
