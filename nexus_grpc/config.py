@@ -461,7 +461,8 @@ class StorageConfig:
     #: rebuild. Make it longer than a rolling upgrade takes; 0 drops it at start.
     index_drop_delay: float = 900.0
     #: SQLite: units of work of concurrent writers that share one COMMIT at most
-    #: (group commit, see docs/storage.md); 1 commits each alone.
+    #: (group commit, see docs/storage.md); 1 commits each alone. The storage layer's
+    #: GROUP_COMMIT_UNITS, written here too so that reading a config imports no storage.
     group_commit_units: int = 8
 
 

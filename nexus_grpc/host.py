@@ -276,11 +276,7 @@ class Host:
                 handshake_timeout=self.config.http.header_timeout,
             )
             self.http_port = self._http.bind()
-        self._storage = await open_storage(
-            self.config.storage_url(),
-            connect_timeout=self.config.storage.connect_timeout,
-            group_commit_units=self.config.storage.group_commit_units,
-        )
+        self._storage = await open_storage(self.config)
         self._storage.health.on_change(self._on_storage_health)
         self._storage.start_probing(
             interval=self.config.storage.probe_interval, timeout=self.config.storage.probe_timeout

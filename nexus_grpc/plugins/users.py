@@ -62,9 +62,7 @@ async def create_user(config: Config, username: str, password: str, roles: list[
 
     await asyncio.to_thread(make_private_dir, Path(config.data_dir))
     try:
-        storage = await open_storage(
-            config.storage_url(), connect_timeout=config.storage.connect_timeout
-        )
+        storage = await open_storage(config)
     except StorageStartError as error:
         raise UserCreationError(str(error)) from None
     try:

@@ -8,9 +8,9 @@ operator reads it among other start-up failures (a port taken, a plugin broken).
 
 from __future__ import annotations
 
+from nexus_grpc.config import Config
 from nexus_grpc.urls import mask_url, unreachable
 
-from ._sqlite import GROUP_COMMIT_UNITS
 from .faults import StorageUnavailableError
 from .storage import Storage
 
@@ -21,13 +21,15 @@ class StorageStartError(RuntimeError):
     """The storage could not be opened; the message names it and says why."""
 
 
-async def open_storage(
-    url: str, *, connect_timeout: float, group_commit_units: int = GROUP_COMMIT_UNITS
-) -> Storage:
-    """``Storage.connect(url)``; raises :class:`StorageStartError` when it fails."""
+async def open_storage(config: Config) -> Storage:
+    """``Storage.connect`` with ``config``'s URL and ``[storage]`` settings; raises
+    :class:`StorageStartError` when it fails."""
+    url = config.storage_url()
     try:
         return await Storage.connect(
-            url, connect_timeout=connect_timeout, sqlite_group_commit_units=group_commit_units
+            url,
+            connect_timeout=config.storage.connect_timeout,
+            sqlite_group_commit_units=config.storage.group_commit_units,
         )
     except StorageUnavailableError as error:
         raise StorageStartError(unreachable("storage", url, error.cause)) from None

@@ -206,3 +206,12 @@ def test_bundled_plugins_are_chosen_by_name_or_star() -> None:
 def test_unknown_bundled_plugins_are_refused(value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(environ={"NEXUS_PLUGINS__BUNDLED": value})
+
+
+def test_the_group_commit_default_is_the_storage_layers() -> None:
+    # The config is read without importing the storage (SQLAlchemy); the two defaults
+    # are written twice and must not drift apart.
+    from nexus_grpc.config import StorageConfig
+    from nexus_grpc.storage._sqlite import GROUP_COMMIT_UNITS
+
+    assert StorageConfig().group_commit_units == GROUP_COMMIT_UNITS

@@ -7,7 +7,16 @@ import uuid
 
 import pytest
 
+from nexus_grpc import ids
 from nexus_grpc.ids import new_id
+
+
+def _frozen_at(monkeypatch: pytest.MonkeyPatch, nanoseconds: int) -> None:
+    # A clock that stands still at ``nanoseconds``. The last stamp is put back after the
+    # test too: the guard would otherwise keep every later id of this process at the
+    # frozen time (the year 2100 below) or after it.
+    monkeypatch.setattr(time, "time_ns", lambda: nanoseconds)
+    monkeypatch.setattr("nexus_grpc.ids._last_stamp", ids._last_stamp)
 
 
 def test_new_ids_are_version_7_uuids_in_hex_and_do_not_repeat() -> None:
@@ -41,8 +50,7 @@ def test_ids_keep_their_order_when_the_clock_steps_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     first = new_id()
-    an_hour_ago = time.time_ns() - 3600 * 10**9
-    monkeypatch.setattr(time, "time_ns", lambda: an_hour_ago)
+    _frozen_at(monkeypatch, time.time_ns() - 3600 * 10**9)
     later = [new_id() for _ in range(3)]
     assert [first, *later] == sorted([first, *later])
     assert len({first, *later}) == 4
@@ -51,14 +59,10 @@ def test_ids_keep_their_order_when_the_clock_steps_back(
     assert stamps[1:] == [stamps[0] + 1, stamps[0] + 2, stamps[0] + 3]
 
 
-def _frozen_at(monkeypatch: pytest.MonkeyPatch, nanoseconds: int) -> None:
-    # Far in the future of any id made before: the guard does not bump the first one.
-    monkeypatch.setattr(time, "time_ns", lambda: nanoseconds)
-
-
 def test_the_twelve_bits_after_the_version_are_the_fraction_of_the_millisecond(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Far in the future of any id made before: the guard does not bump the first one.
     millis = 4_102_444_800_000  # 2100-01-01
     # 0.75 of a millisecond: 3072 of 4096 fractions.
     _frozen_at(monkeypatch, millis * 1_000_000 + 750_000)
