@@ -131,8 +131,16 @@ class ObserveStage:
 async def _until_cancelled(
     requests: AsyncIterator[Any], context: Any, call_task: asyncio.Task[Any] | None
 ) -> AsyncIterator[Any]:
-    async for request in requests:
-        yield request
+    try:
+        async for request in requests:
+            yield request
+    except grpc.aio.BaseError:
+        # A reader in a task of its own, between two reads when the client cancelled:
+        # the call's task caught its cancel and answered, and the next read finds the
+        # call finished. The input was cut off, not complete.
+        if _cancelled_elsewhere(call_task):
+            raise asyncio.CancelledError from None
+        raise
     if hasattr(context, "transport"):
         return  # the host's own transports end a cut-off stream with CancelledError
     # grpc core ends the request stream and reports a client's cancel as two
@@ -149,8 +157,17 @@ async def _until_cancelled(
             raise asyncio.CancelledError from None
     # grpc.aio cancels only the call's task; a reader in a task of its own hears of it
     # here (the call's task ends normally, still marked as cancelling).
-    if call_task is not None and call_task is not asyncio.current_task() and call_task.cancelling():
+    if _cancelled_elsewhere(call_task):
         raise asyncio.CancelledError
+
+
+def _cancelled_elsewhere(call_task: asyncio.Task[Any] | None) -> bool:
+    """Whether the call's task, not the one reading, was cancelled (the client's cancel)."""
+    return (
+        call_task is not None
+        and call_task is not asyncio.current_task()
+        and call_task.cancelling() > 0
+    )
 
 
 def _trail_request_id(context: Any, request_id: str) -> None:
